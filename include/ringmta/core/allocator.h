@@ -1,0 +1,13 @@
+// Which allocator this binary runs on (DESIGN principle 8: every binary links mimalloc).
+// Binaries log it at start-up; the allocation-count tests use allocation_count().
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace ringmta::core {
+
+// "mimalloc 2.0.9" when mimalloc serves malloc/new in this process, else "libc malloc".
+std::string allocator_name();
+
+}  // namespace ringmta::core
