@@ -1,0 +1,449 @@
+// The settings table: one row per setting, giving its TOML key, its flag, and how a textual
+// value is applied. File values and flag values both arrive as strings (a TOML array gives
+// several), so each setting has a single parser and a single error message.
+#include "ringmta/config/settings.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <charconv>
+#include <functional>
+#include <optional>
+#include <string_view>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+namespace ringmta::config {
+namespace {
+
+using values = std::vector<std::string>;
+
+// Parsers throw this with "expected …, got '…'"; the loader adds where and which key.
+struct bad_value : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+[[noreturn]] void expected(std::string_view what, std::string_view got) {
+  throw bad_value(fmt::format("expected {}, got '{}'", what, got));
+}
+
+std::uint64_t parse_unsigned(std::string_view text, std::uint64_t max) {
+  std::uint64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size() || value > max)
+    expected(fmt::format("a whole number up to {}", max), text);
+  return value;
+}
+
+// "52428800", "50M", "64k", "1G" (binary multiples, as operators write sizes).
+std::uint64_t parse_bytes(std::string_view text) {
+  std::uint64_t unit = 1;
+  std::string_view digits = text;
+  if (!text.empty()) {
+    switch (text.back()) {
+      case 'k': case 'K': unit = 1ull << 10; break;
+      case 'm': case 'M': unit = 1ull << 20; break;
+      case 'g': case 'G': unit = 1ull << 30; break;
+      default: break;
+    }
+    if (unit != 1) digits.remove_suffix(1);
+  }
+  try {
+    return parse_unsigned(digits, (1ull << 50) / unit) * unit;
+  } catch (const bad_value&) {
+    expected("a byte size such as 52428800, 64k or 50M", text);
+  }
+}
+
+// "300", "300s", "5m", "2h", "5d" → seconds.
+std::uint32_t parse_seconds(std::string_view text) {
+  std::uint64_t unit = 1;
+  std::string_view digits = text;
+  if (!text.empty()) {
+    switch (text.back()) {
+      case 's': unit = 1; break;
+      case 'm': unit = 60; break;
+      case 'h': unit = 3600; break;
+      case 'd': unit = 86400; break;
+      default: unit = 0; break;
+    }
+    if (unit != 0) digits.remove_suffix(1);
+    else unit = 1;
+  }
+  try {
+    return static_cast<std::uint32_t>(parse_unsigned(digits, 100ull * 365 * 86400 / unit) * unit);
+  } catch (const bad_value&) {
+    expected("a duration such as 30, 30s, 5m, 2h or 5d", text);
+  }
+}
+
+bool parse_bool(std::string_view text) {
+  if (text == "true" || text == "yes" || text == "on" || text == "1") return true;
+  if (text == "false" || text == "no" || text == "off" || text == "0") return false;
+  expected("true or false", text);
+}
+
+core::endpoint parse_endpoint(std::string_view text, std::optional<std::uint16_t> port = {}) {
+  auto parsed = core::endpoint::parse(text, port);
+  if (!parsed) expected("an address and port such as 127.0.0.1:25 or [::1]:25", text);
+  return *parsed;
+}
+
+core::cidr parse_cidr(std::string_view text) {
+  auto parsed = core::cidr::parse(text);
+  if (!parsed) expected("an address range such as 192.0.2.0/24 or 2001:db8::/32", text);
+  return *parsed;
+}
+
+std::string lowercase(std::string_view text) {
+  std::string out(text);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+// A domain name as operators type it: letters, digits, '-', '.', no empty labels.
+std::string parse_domain(std::string_view text) {
+  bool valid = !text.empty() && text.size() <= 253 && text.front() != '.' && text.back() != '.';
+  for (std::size_t i = 0; valid && i < text.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    valid = std::isalnum(c) || c == '-' || (c == '.' && text[i - 1] != '.');
+  }
+  if (!valid) expected("a domain name such as example.com", text);
+  return lowercase(text);
+}
+
+// "HOST:PORT" or "[HOST]:PORT" where HOST is a name or an address; PORT defaults to 25.
+std::pair<std::string, std::uint16_t> parse_host_port(std::string_view text) {
+  std::string_view host = text;
+  std::uint16_t port = 25;
+  std::string_view port_text;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos) expected("HOST:PORT or [ADDRESS]:PORT", text);
+    host = text.substr(1, close - 1);
+    if (close + 1 < text.size()) {
+      if (text[close + 1] != ':') expected("HOST:PORT or [ADDRESS]:PORT", text);
+      port_text = text.substr(close + 2);
+    }
+  } else if (const auto colon = text.rfind(':'); colon != std::string_view::npos) {
+    host = text.substr(0, colon);
+    port_text = text.substr(colon + 1);
+  }
+  if (!port_text.empty()) port = static_cast<std::uint16_t>(parse_unsigned(port_text, 65535));
+  if (host.empty()) expected("HOST:PORT", text);
+  if (!core::endpoint::parse(host, port) && !core::endpoint::parse(fmt::format("[{}]", host), port))
+    parse_domain(host);
+  return {std::string(host), port};
+}
+
+std::string one(const values& v) {
+  if (v.size() != 1) throw bad_value(fmt::format("expected one value, got {}", v.size()));
+  return v.front();
+}
+
+template <typename T, typename Parse>
+std::vector<T> each(const values& v, Parse parse) {
+  std::vector<T> out;
+  for (const auto& text : v) out.push_back(parse(text));
+  return out;
+}
+
+enum class arity : std::uint8_t { one, list, flag };
+
+struct setting_spec {
+  const char* key;         // TOML key path
+  const char* flag;        // command-line flag
+  const char* value_name;  // for --help
+  arity kind;
+  const char* help;
+  std::function<void(settings&, const values&)> apply;
+};
+
+std::uint32_t to_u32(std::string_view text, std::uint64_t max = UINT32_MAX) {
+  return static_cast<std::uint32_t>(parse_unsigned(text, max));
+}
+
+const std::vector<setting_spec>& table() {
+  static const std::vector<setting_spec> specs = {
+    {"server.listen", "--listen", "ADDR:PORT", arity::list, "SMTP listener (repeatable)",
+     [](settings& s, const values& v) {
+       s.listen = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t); });
+     }},
+    {"server.hostname", "--hostname", "NAME", arity::one, "name in greeting, EHLO, Received",
+     [](settings& s, const values& v) { s.hostname = parse_domain(one(v)); }},
+    {"server.shards", "--shards", "N", arity::one, "reactor threads (0: one per core)",
+     [](settings& s, const values& v) { s.shards = to_u32(one(v), 256); }},
+    {"server.mynetworks", "--mynetworks", "CIDR,...", arity::list,
+     "clients allowed to relay to any domain",
+     [](settings& s, const values& v) { s.mynetworks = each<core::cidr>(v, parse_cidr); }},
+    {"server.proxy_protocol", "--proxy-protocol", "", arity::flag,
+     "expect a PROXY v1/v2 header on every connection (behind HAProxy)",
+     [](settings& s, const values& v) { s.proxy_protocol = parse_bool(one(v)); }},
+    {"server.greeting_text", "--greeting-text", "TEXT", arity::one, "text after 220 HOSTNAME",
+     [](settings& s, const values& v) { s.greeting_text = one(v); }},
+    {"limits.max_message_size", "--max-message-size", "BYTES", arity::one,
+     "largest message accepted (SIZE)",
+     [](settings& s, const values& v) { s.message_bytes_max = parse_bytes(one(v)); }},
+    {"limits.max_recipients", "--max-recipients", "N", arity::one, "recipients per message",
+     [](settings& s, const values& v) { s.recipients_max = to_u32(one(v), 100000); }},
+    {"limits.max_sessions_per_shard", "--max-sessions-per-shard", "N", arity::one,
+     "concurrent sessions per shard",
+     [](settings& s, const values& v) { s.sessions_per_shard_max = to_u32(one(v)); }},
+    {"limits.max_sessions_per_client", "--max-sessions-per-client", "N", arity::one,
+     "concurrent sessions per client address (per shard)",
+     [](settings& s, const values& v) { s.sessions_per_client_max = to_u32(one(v)); }},
+    {"limits.max_errors_per_session", "--max-errors-per-session", "N", arity::one,
+     "protocol errors before 421 and disconnect",
+     [](settings& s, const values& v) { s.errors_per_session_max = to_u32(one(v), 10000); }},
+    {"limits.bare_line_endings", "--bare-line-endings", "reject|normalize", arity::one,
+     "a bare CR or LF in DATA: reject the message (default) or normalize to CRLF",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       if (text == "reject") s.bare_line_endings = bare_line_ending_policy::reject;
+       else if (text == "normalize") s.bare_line_endings = bare_line_ending_policy::normalize;
+       else expected("reject or normalize", text);
+     }},
+    {"timeouts.command", "--timeout-command", "DURATION", arity::one,
+     "idle wait for a command (RFC 5321 §4.5.3.2.7: 5 minutes)",
+     [](settings& s, const values& v) { s.timeout_command_s = parse_seconds(one(v)); }},
+    {"timeouts.data_block", "--timeout-data-block", "DURATION", arity::one,
+     "wait for each block of DATA (RFC 5321 §4.5.3.2.5: 3 minutes)",
+     [](settings& s, const values& v) { s.timeout_data_block_s = parse_seconds(one(v)); }},
+    {"timeouts.shutdown_grace", "--shutdown-grace", "DURATION", arity::one,
+     "on SIGTERM, how long sessions may finish before 421",
+     [](settings& s, const values& v) { s.shutdown_grace_s = parse_seconds(one(v)); }},
+    {"spool.dir", "--spool", "DIR", arity::one, "spool directory",
+     [](settings& s, const values& v) { s.spool_dir = one(v); }},
+    {"spool.unsafe_no_fsync", "--unsafe-no-fsync", "", arity::flag,
+     "DEBUG ONLY: answer 250 without fdatasync (loses mail on power failure)",
+     [](settings& s, const values& v) { s.unsafe_no_fsync = parse_bool(one(v)); }},
+    {"relay.relay_domains", "--relay-domains", "DOMAIN,...", arity::list,
+     "domains accepted from any client",
+     [](settings& s, const values& v) { s.relay_domains = each<std::string>(v, parse_domain); }},
+    {"relay.relayhost", "--relayhost", "HOST:PORT", arity::one,
+     "deliver everything to this smarthost instead of MX hosts",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       if (!text.empty()) parse_host_port(text);
+       s.relayhost = text;
+     }},
+    {"relay.delivery_port", "--delivery-port", "PORT", arity::one,
+     "port of MX hosts (25; tests use others)",
+     [](settings& s, const values& v) {
+       s.delivery_port = static_cast<std::uint16_t>(parse_unsigned(one(v), 65535));
+     }},
+    {"relay.resolvers", "--resolver", "ADDR:PORT", arity::list,
+     "DNS server (repeatable; default: /etc/resolv.conf)",
+     [](settings& s, const values& v) {
+       s.resolvers = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t, 53); });
+     }},
+    {"relay.routes", "--route", "DOMAIN=HOST:PORT", arity::list,
+     "deliver a domain to a fixed host (repeatable)",
+     [](settings& s, const values& v) {
+       s.routes.clear();
+       for (const auto& text : v) {
+         const auto equals = text.find('=');
+         if (equals == std::string::npos) expected("DOMAIN=HOST:PORT", text);
+         auto [host, port] = parse_host_port(std::string_view(text).substr(equals + 1));
+         s.routes.push_back({parse_domain(std::string_view(text).substr(0, equals)), host, port});
+       }
+     }},
+    {"queue.lifetime", "--queue-lifetime", "DURATION", arity::one,
+     "bounce what is not delivered after this long",
+     [](settings& s, const values& v) { s.queue_lifetime_s = parse_seconds(one(v)); }},
+    {"queue.retry_schedule", "--retry-schedule", "DURATION,...", arity::list,
+     "waits between attempts; the last one repeats",
+     [](settings& s, const values& v) {
+       s.retry_schedule_s = each<std::uint32_t>(v, [](auto& t) { return parse_seconds(t); });
+       if (s.retry_schedule_s.empty()) throw bad_value("expected at least one duration");
+     }},
+    {"queue.max_connections_per_destination", "--max-connections-per-destination", "N",
+     arity::one, "concurrent connections to one destination",
+     [](settings& s, const values& v) {
+       s.default_destination_limits.connections_max = to_u32(one(v), 10000);
+     }},
+    {"queue.max_messages_per_connection", "--max-messages-per-connection", "N", arity::one,
+     "messages sent over one connection before it is closed",
+     [](settings& s, const values& v) {
+       s.default_destination_limits.messages_per_connection_max = to_u32(one(v));
+     }},
+    {"queue.max_messages_per_second", "--max-messages-per-second", "RATE", arity::one,
+     "per-destination rate limit (0: none)",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       double rate = 0;
+       const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), rate);
+       if (error != std::errc() || end != text.data() + text.size() || rate < 0)
+         expected("a rate such as 0, 50 or 0.5", text);
+       s.default_destination_limits.messages_per_second_max = rate;
+     }},
+    {"admin.listen", "--admin-listen", "ADDR:PORT", arity::list,
+     "metrics, health and admin API listener (repeatable)",
+     [](settings& s, const values& v) {
+       s.admin_listen = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t); });
+     }},
+    {"admin.log_format", "--log-format", "json|text", arity::one, "log record format",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       if (text != "json" && text != "text") expected("json or text", text);
+       s.log_format = text;
+     }},
+  };
+  return specs;
+}
+
+settings defaults() {
+  settings s;
+  s.listen = {*core::endpoint::parse("0.0.0.0:25")};
+  s.mynetworks = {*core::cidr::parse("127.0.0.0/8"), *core::cidr::parse("::1")};
+  s.admin_listen = {*core::endpoint::parse("127.0.0.1:8025")};
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) == 0 && name[0] != '\0') s.hostname = lowercase(name);
+  else s.hostname = "localhost";
+  return s;
+}
+
+// A TOML leaf as the strings our parsers take: arrays give one string per element.
+values toml_values(const toml::node& node) {
+  values out;
+  auto scalar = [&out](const toml::node& item) {
+    if (auto text = item.value<std::string>(); text && item.is_string()) out.push_back(*text);
+    else if (item.is_boolean()) out.push_back(*item.value<bool>() ? "true" : "false");
+    else if (item.is_integer()) out.push_back(std::to_string(*item.value<std::int64_t>()));
+    else if (item.is_floating_point()) out.push_back(fmt::format("{}", *item.value<double>()));
+    else throw bad_value("expected a string, number, boolean or an array of them");
+  };
+  if (const auto* array = node.as_array()) {
+    for (const auto& item : *array) scalar(item);
+  } else {
+    scalar(node);
+  }
+  return out;
+}
+
+std::string where(const std::string& origin, const toml::node& node) {
+  const auto line = node.source().begin.line;
+  return line ? fmt::format("{}:{}", origin, line) : origin;
+}
+
+void apply_toml(settings& s, const toml::table& root, const std::string& origin) {
+  std::vector<std::string> seen;
+  for (const auto& spec : table()) {
+    const auto node = root.at_path(spec.key);
+    if (!node) continue;
+    seen.push_back(spec.key);
+    try {
+      if (std::string_view(spec.key) == "relay.routes" && node.is_table()) {
+        values routes;  // [relay.routes] "example.com" = "192.0.2.1:25"
+        for (const auto& [domain, target] : *node.as_table())
+          routes.push_back(fmt::format("{}={}", domain.str(), one(toml_values(target))));
+        spec.apply(s, routes);
+      } else {
+        spec.apply(s, toml_values(*node.node()));
+      }
+    } catch (const bad_value& problem) {
+      throw error(fmt::format("{}: {}: {}", where(origin, *node.node()), spec.key, problem.what()));
+    }
+  }
+  // Every key must be one we know: a typo must not silently fall back to a default.
+  for (const auto& [section, body] : root) {
+    const auto* section_table = body.as_table();
+    if (!section_table)
+      throw error(fmt::format("{}: '{}': settings live in sections such as [server]",
+                              where(origin, body), section.str()));
+    for (const auto& [key, value] : *section_table) {
+      const auto path = fmt::format("{}.{}", section.str(), key.str());
+      if (std::find(seen.begin(), seen.end(), path) == seen.end())
+        throw error(fmt::format("{}: unknown setting '{}'", where(origin, value), path));
+    }
+  }
+}
+
+void apply_flags(settings& s, const std::vector<std::string>& flags, std::string& config_path) {
+  CLI::App app{"ringmta"};
+  app.allow_extras(false);
+  app.add_option("--config", config_path, "TOML configuration file");
+  std::vector<std::pair<const setting_spec*, values>> given(table().size());
+  for (std::size_t i = 0; i < table().size(); ++i) {
+    const auto& spec = table()[i];
+    given[i].first = &spec;
+    if (spec.kind == arity::flag) {
+      app.add_flag_function(spec.flag, [&given, i](std::int64_t) { given[i].second = {"true"}; },
+                            spec.help);
+    } else {
+      auto* option = app.add_option(spec.flag, given[i].second, spec.help);
+      option->type_name(spec.value_name);
+      if (spec.kind == arity::list) option->delimiter(',');
+      else option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    }
+  }
+  std::vector<std::string> reversed(flags.rbegin(), flags.rend());  // CLI11 parses a reversed list
+  try {
+    app.parse(reversed);
+  } catch (const CLI::ParseError& problem) {
+    throw error(fmt::format("command line: {}", problem.what()));
+  }
+  for (const auto& [spec, v] : given) {
+    if (v.empty()) continue;
+    try {
+      spec->apply(s, v);
+    } catch (const bad_value& problem) {
+      throw error(fmt::format("command line: {}: {}", spec->flag, problem.what()));
+    }
+  }
+}
+
+std::string config_path_from(const std::vector<std::string>& flags) {
+  for (std::size_t i = 0; i < flags.size(); ++i) {
+    if (flags[i] == "--config" && i + 1 < flags.size()) return flags[i + 1];
+    if (flags[i].rfind("--config=", 0) == 0) return flags[i].substr(9);
+  }
+  return {};
+}
+
+}  // namespace
+
+settings load_from(const std::string& toml_text, const std::string& origin,
+                   const std::vector<std::string>& flags) {
+  settings s = defaults();
+  if (!origin.empty()) {
+    try {
+      apply_toml(s, toml::parse(toml_text, origin), origin);
+    } catch (const toml::parse_error& problem) {
+      throw error(fmt::format("{}:{}: {}", origin, problem.source().begin.line,
+                              problem.description()));
+    }
+  }
+  std::string ignored;
+  apply_flags(s, flags, ignored);
+  if (s.listen.empty()) throw error("no listener: give --listen ADDR:PORT or server.listen");
+  return s;
+}
+
+settings load(int argc, const char* const* argv) {
+  const std::vector<std::string> flags(argv + 1, argv + argc);
+  const std::string path = config_path_from(flags);
+  if (path.empty()) return load_from({}, {}, flags);
+  std::ifstream file(path);
+  if (!file) throw error(fmt::format("{}: cannot read: {}", path, std::strerror(errno)));
+  std::ostringstream text;
+  text << file.rdbuf();
+  return load_from(text.str(), path, flags);
+}
+
+std::string help_text() {
+  std::string out = "  --config PATH  TOML configuration file (see conf/ringmta.toml)\n";
+  for (const auto& spec : table()) {
+    out += fmt::format("  {} {}  {} [{}]\n", spec.flag, spec.value_name, spec.help, spec.key);
+  }
+  return out;
+}
+
+}  // namespace ringmta::config

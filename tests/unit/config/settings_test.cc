@@ -1,0 +1,120 @@
+#include "ringmta/config/settings.h"
+
+#include <gtest/gtest.h>
+
+namespace ringmta::config {
+namespace {
+
+settings from(const std::string& toml, std::vector<std::string> flags = {}) {
+  return load_from(toml, toml.empty() ? "" : "test.toml", flags);
+}
+
+std::string error_of(const std::string& toml, std::vector<std::string> flags = {}) {
+  try {
+    from(toml, flags);
+  } catch (const error& problem) {
+    return problem.what();
+  }
+  return "no error";
+}
+
+TEST(settings, safe_defaults) {
+  const auto s = from("");
+  ASSERT_EQ(s.listen.size(), 1u);
+  EXPECT_EQ(s.listen[0].to_string(), "0.0.0.0:25");
+  EXPECT_EQ(s.message_bytes_max, 50ull << 20);
+  EXPECT_FALSE(s.unsafe_no_fsync);
+  EXPECT_TRUE(s.relay_domains.empty()) << "no open relay by default";
+  ASSERT_EQ(s.mynetworks.size(), 2u);
+  EXPECT_EQ(s.mynetworks[0].to_string(), "127.0.0.0/8");
+  EXPECT_EQ(s.bare_line_endings, bare_line_ending_policy::reject);
+  EXPECT_FALSE(s.hostname.empty());
+}
+
+TEST(settings, file_values_are_applied) {
+  const auto s = from(R"(
+[server]
+listen = ["127.0.0.1:2525", "[::1]:2525"]
+hostname = "MX.Example.COM"
+shards = 2
+[limits]
+max_message_size = "10M"
+max_recipients = 50
+[timeouts]
+command = "5m"
+[relay]
+relay_domains = ["example.com"]
+[relay.routes]
+"example.org" = "192.0.2.7:2526"
+[queue]
+retry_schedule = ["1m", "10m"]
+)");
+  ASSERT_EQ(s.listen.size(), 2u);
+  EXPECT_EQ(s.listen[1].to_string(), "[::1]:2525");
+  EXPECT_EQ(s.hostname, "mx.example.com");
+  EXPECT_EQ(s.shards, 2u);
+  EXPECT_EQ(s.message_bytes_max, 10ull << 20);
+  EXPECT_EQ(s.recipients_max, 50u);
+  EXPECT_EQ(s.timeout_command_s, 300u);
+  ASSERT_EQ(s.routes.size(), 1u);
+  EXPECT_EQ(s.routes[0].destination, "example.org");
+  EXPECT_EQ(s.routes[0].host, "192.0.2.7");
+  EXPECT_EQ(s.routes[0].port, 2526);
+  EXPECT_EQ(s.retry_schedule_s, (std::vector<std::uint32_t>{60, 600}));
+}
+
+TEST(settings, flags_override_file) {
+  const auto s = from("[server]\nlisten = [\"127.0.0.1:2525\"]\n[limits]\nmax_recipients = 5\n",
+                      {"--listen", "127.0.0.2:26", "--listen=127.0.0.3:27", "--max-recipients",
+                       "7", "--unsafe-no-fsync", "--mynetworks", "10.0.0.0/8,192.0.2.0/24",
+                       "--spool", "/tmp/q"});
+  ASSERT_EQ(s.listen.size(), 2u);
+  EXPECT_EQ(s.listen[0].to_string(), "127.0.0.2:26");
+  EXPECT_EQ(s.listen[1].to_string(), "127.0.0.3:27");
+  EXPECT_EQ(s.recipients_max, 7u);
+  EXPECT_TRUE(s.unsafe_no_fsync);
+  ASSERT_EQ(s.mynetworks.size(), 2u);
+  EXPECT_EQ(s.mynetworks[1].to_string(), "192.0.2.0/24");
+  EXPECT_EQ(s.spool_dir, "/tmp/q");
+}
+
+TEST(settings, errors_name_file_line_key_and_problem) {
+  EXPECT_EQ(error_of("[limits]\n\nmax_message_size = \"lots\"\n"),
+            "test.toml:3: limits.max_message_size: expected a byte size such as 52428800, "
+            "64k or 50M, got 'lots'");
+  EXPECT_EQ(error_of("[server]\nlisten = \"localhost:25\"\n"),
+            "test.toml:2: server.listen: expected an address and port such as 127.0.0.1:25 or "
+            "[::1]:25, got 'localhost:25'");
+  EXPECT_EQ(error_of("[server]\nlisen = \"127.0.0.1:25\"\n"),
+            "test.toml:2: unknown setting 'server.lisen'");
+  EXPECT_EQ(error_of("", {"--max-message-size", "-1"}),
+            "command line: --max-message-size: expected a byte size such as 52428800, 64k or "
+            "50M, got '-1'");
+  EXPECT_NE(error_of("", {"--no-such-flag"}).find("command line:"), std::string::npos);
+  EXPECT_NE(error_of("[server\n").find("test.toml:1:"), std::string::npos);
+  EXPECT_EQ(error_of("", {"--bare-line-endings", "accept"}),
+            "command line: --bare-line-endings: expected reject or normalize, got 'accept'");
+  EXPECT_EQ(error_of("", {"--route", "example.com"}),
+            "command line: --route: expected DOMAIN=HOST:PORT, got 'example.com'");
+}
+
+TEST(settings, load_reports_unreadable_file) {
+  const char* argv[] = {"ringmta", "--config", "/nonexistent/ringmta.toml"};
+  try {
+    load(3, argv);
+    FAIL() << "no error";
+  } catch (const error& problem) {
+    EXPECT_EQ(std::string(problem.what()),
+              "/nonexistent/ringmta.toml: cannot read: No such file or directory");
+  }
+}
+
+TEST(settings, help_lists_every_flag_with_its_key) {
+  const auto help = help_text();
+  EXPECT_NE(help.find("--listen ADDR:PORT"), std::string::npos);
+  EXPECT_NE(help.find("[spool.dir]"), std::string::npos);
+  EXPECT_NE(help.find("--max-message-size BYTES"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ringmta::config
