@@ -118,3 +118,34 @@ TEST(settings, help_lists_every_flag_with_its_key) {
 
 }  // namespace
 }  // namespace ringmta::config
+
+namespace ringmta::config {
+namespace {
+
+// conf/ringmta.toml documents the defaults: loading it must give exactly the built-in ones.
+TEST(settings, shipped_config_file_states_the_defaults) {
+  const char* argv[] = {"ringmta", "--config", RINGMTA_SOURCE_ROOT "/conf/ringmta.toml"};
+  const auto file = load(3, argv);
+  const auto builtin = load_from({}, {}, {});
+  EXPECT_EQ(file.listen[0].to_string(), builtin.listen[0].to_string());
+  EXPECT_EQ(file.shards, builtin.shards);
+  EXPECT_EQ(file.mynetworks.size(), builtin.mynetworks.size());
+  EXPECT_EQ(file.message_bytes_max, builtin.message_bytes_max);
+  EXPECT_EQ(file.recipients_max, builtin.recipients_max);
+  EXPECT_EQ(file.sessions_per_shard_max, builtin.sessions_per_shard_max);
+  EXPECT_EQ(file.sessions_per_client_max, builtin.sessions_per_client_max);
+  EXPECT_EQ(file.errors_per_session_max, builtin.errors_per_session_max);
+  EXPECT_EQ(file.timeout_command_s, builtin.timeout_command_s);
+  EXPECT_EQ(file.timeout_data_block_s, builtin.timeout_data_block_s);
+  EXPECT_EQ(file.shutdown_grace_s, builtin.shutdown_grace_s);
+  EXPECT_EQ(file.spool_dir, builtin.spool_dir);
+  EXPECT_EQ(file.queue_lifetime_s, builtin.queue_lifetime_s);
+  EXPECT_EQ(file.retry_schedule_s, builtin.retry_schedule_s);
+  EXPECT_EQ(file.default_destination_limits.connections_max,
+            builtin.default_destination_limits.connections_max);
+  EXPECT_EQ(file.admin_listen[0].to_string(), builtin.admin_listen[0].to_string());
+  EXPECT_EQ(file.greeting_text, builtin.greeting_text);
+}
+
+}  // namespace
+}  // namespace ringmta::config
