@@ -3,8 +3,9 @@
 // Five levels of 64 slots; level l holds timers due in [64^l, 64^(l+1)) ticks. Scheduling and
 // cancelling are O(1) on intrusive nodes (no allocation per timer); advancing jumps from one
 // tick with work to the next (found through per-level occupancy bitmaps), so an idle stretch
-// costs nothing and each timer is moved at most once per level. The reactor advances the wheel once per loop iteration and sleeps until
-// next_tick() (one kernel wait per shard, whatever the number of timers).
+// costs nothing and each timer is moved at most once per level. The reactor advances the wheel
+// once per loop iteration and sleeps until next_tick() (one kernel wait per shard, whatever the
+// number of timers).
 //
 // Invariants: a node is in at most one wheel list; a node's deadline is always > now() while it
 // is armed; a node fires at the first advance() whose tick reaches its deadline, never earlier.
