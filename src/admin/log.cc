@@ -1,0 +1,162 @@
+#include "ringmta/admin/log.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <ctime>
+
+#include <fmt/format.h>
+
+#include "ringmta/core/assert.h"
+
+namespace ringmta::admin {
+
+log_buffer::log_buffer(log_format format, std::size_t bytes_max)
+    : _bytes_max(bytes_max), _format(format) {
+  _text.reserve(bytes_max);  // all memory up front: appending never reallocates
+}
+
+void log_buffer::append(std::string_view bytes) noexcept {
+  if (_overflow || _text.size() + bytes.size() > _bytes_max) {
+    _overflow = true;
+    return;
+  }
+  _text.append(bytes);
+}
+
+void log_buffer::append_escaped(std::string_view bytes) noexcept {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::size_t plain_start = 0;
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(bytes[i]);
+    const bool needs_escape = c < 0x20 || c == '"' || c == '\\' || c == 0x7f ||
+                              (_format == log_format::text && c == ' ');
+    if (!needs_escape) continue;
+    append(bytes.substr(plain_start, i - plain_start));
+    plain_start = i + 1;
+    switch (c) {
+      case '"': append("\\\""); break;
+      case '\\': append("\\\\"); break;
+      case '\n': append("\\n"); break;
+      case '\r': append("\\r"); break;
+      case '\t': append("\\t"); break;
+      default: {
+        const char escaped[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        append(std::string_view(escaped, 6));
+      }
+    }
+  }
+  append(bytes.substr(plain_start));
+}
+
+void log_buffer::consume(std::size_t bytes) noexcept {
+  RINGMTA_ASSERT(bytes <= _committed);
+  _text.erase(0, bytes);
+  _committed -= bytes;
+}
+
+log_record::log_record(log_buffer& buffer, std::string_view event) noexcept
+    : _buffer(buffer), _start(buffer._text.size()) {
+  RINGMTA_ASSERT(_start == buffer._committed);  // one record at a time per buffer
+  buffer._overflow = false;
+  const std::int64_t ms = buffer._unix_ms;
+  const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char stamp[40];
+  const int length =
+      std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                    utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
+                    utc.tm_sec, static_cast<int>(ms % 1000));
+  if (buffer._format == log_format::json) {
+    buffer.append("{\"ts\":\"");
+    buffer.append(std::string_view(stamp, static_cast<std::size_t>(length)));
+    buffer.append("\",\"event\":\"");
+    buffer.append_escaped(event);
+    buffer.append("\"");
+  } else {
+    buffer.append(std::string_view(stamp, static_cast<std::size_t>(length)));
+    buffer.append(" ");
+    buffer.append_escaped(event);
+  }
+}
+
+void log_record::key(std::string_view name) noexcept {
+  if (_buffer._format == log_format::json) {
+    _buffer.append(",\"");
+    _buffer.append(name);
+    _buffer.append("\":");
+  } else {
+    _buffer.append(" ");
+    _buffer.append(name);
+    _buffer.append("=");
+  }
+}
+
+log_record& log_record::field(std::string_view name, std::string_view value) noexcept {
+  key(name);
+  const bool quoted = _buffer._format == log_format::json;
+  if (quoted) _buffer.append("\"");
+  _buffer.append_escaped(value);
+  if (quoted) _buffer.append("\"");
+  return *this;
+}
+
+log_record& log_record::field(std::string_view name, std::int64_t value) noexcept {
+  key(name);
+  char digits[24];
+  const auto end = fmt::format_to_n(digits, sizeof digits, "{}", value);
+  _buffer.append(std::string_view(digits, end.size));
+  return *this;
+}
+
+log_record& log_record::field(std::string_view name, std::uint64_t value) noexcept {
+  key(name);
+  char digits[24];
+  const auto end = fmt::format_to_n(digits, sizeof digits, "{}", value);
+  _buffer.append(std::string_view(digits, end.size));
+  return *this;
+}
+
+log_record& log_record::field(std::string_view name, double value) noexcept {
+  key(name);
+  char digits[32];
+  const auto end = fmt::format_to_n(digits, sizeof digits, "{:.6g}", value);
+  _buffer.append(std::string_view(digits, end.size));
+  return *this;
+}
+
+log_record& log_record::field(std::string_view name, bool value) noexcept {
+  key(name);
+  _buffer.append(value ? "true" : "false");
+  return *this;
+}
+
+void log_record::end() noexcept {
+  if (!_open) return;
+  _open = false;
+  _buffer.append(_buffer._format == log_format::json ? "}\n" : "\n");
+  if (_buffer._overflow) {  // roll the partial record back: never write half a line
+    _buffer._text.resize(_start);
+    _buffer._overflow = false;
+    ++_buffer._dropped;
+    return;
+  }
+  _buffer._committed = _buffer._text.size();
+}
+
+void flush_to(log_buffer& buffer, int fd) noexcept {
+  while (!buffer.pending().empty()) {
+    const auto text = buffer.pending();
+    const ssize_t written = ::write(fd, text.data(), text.size());
+    if (written < 0 && errno == EINTR) continue;
+    if (written <= 0) {  // a broken log sink must not stop mail: drop what we cannot write
+      buffer.consume(text.size());
+      return;
+    }
+    buffer.consume(static_cast<std::size_t>(written));
+  }
+}
+
+}  // namespace ringmta::admin
