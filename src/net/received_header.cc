@@ -1,0 +1,85 @@
+#include "ringmta/net/received_header.h"
+
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
+#include "ringmta/core/assert.h"
+
+namespace ringmta::net {
+namespace {
+
+class writer {
+ public:
+  writer(char* out, std::size_t capacity) : _out(out), _capacity(capacity) {}
+  void text(std::string_view bytes) noexcept {
+    const std::size_t n = bytes.size() < room() ? bytes.size() : room();
+    std::memcpy(_out + _used, bytes.data(), n);
+    _used += n;
+  }
+  // The client's HELO is attacker-controlled: keep printable ASCII except characters that
+  // would change the header's structure (parentheses open comments, CR/LF fold lines).
+  void sanitised(std::string_view bytes, std::size_t max) noexcept {
+    for (std::size_t i = 0; i < bytes.size() && i < max && room() > 0; ++i) {
+      const unsigned char c = static_cast<unsigned char>(bytes[i]);
+      const bool safe = c > 0x20 && c < 0x7f && c != '(' && c != ')' && c != '\\';
+      _out[_used++] = safe ? static_cast<char>(c) : '_';
+    }
+  }
+  std::size_t used() const noexcept { return _used; }
+  std::size_t room() const noexcept { return _capacity - _used; }
+
+ private:
+  char* _out;
+  std::size_t _capacity;
+  std::size_t _used = 0;
+};
+
+}  // namespace
+
+std::size_t format_rfc5322_date(std::int64_t unix_seconds, char* out) noexcept {
+  static constexpr const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  const std::time_t seconds = static_cast<std::time_t>(unix_seconds);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  const int n = std::snprintf(out, 32, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[utc.tm_wday],
+                              utc.tm_mday, months[utc.tm_mon], utc.tm_year + 1900, utc.tm_hour,
+                              utc.tm_min, utc.tm_sec);
+  RINGMTA_ASSERT(n > 0 && n < 32);
+  return static_cast<std::size_t>(n);
+}
+
+std::size_t format_received_header(const received_fields& fields, char* out,
+                                   std::size_t out_bytes) noexcept {
+  RINGMTA_ASSERT(out_bytes >= 64);
+  // Keep room for the date line and the final CRLF whatever the other fields hold.
+  writer w(out, out_bytes - 48);
+  w.text("Received: from ");
+  w.sanitised(fields.helo.empty() ? std::string_view("unknown") : fields.helo, 255);
+  w.text(" ([");
+  w.sanitised(fields.client_address, 64);
+  w.text("])\r\n\tby ");
+  w.sanitised(fields.hostname, 255);
+  w.text(" (ringmta) with ");
+  w.sanitised(fields.protocol, 16);
+  w.text(" id ");
+  w.sanitised(fields.queue_id, 64);
+  if (!fields.single_recipient.empty() && w.room() > 300) {
+    w.text("\r\n\tfor <");
+    w.sanitised(fields.single_recipient, 256);
+    w.text(">");
+  }
+  std::size_t length = w.used();
+  char date[32];
+  const std::size_t date_length = format_rfc5322_date(fields.unix_seconds, date);
+  std::memcpy(out + length, ";\r\n\t", 4);
+  length += 4;
+  std::memcpy(out + length, date, date_length);
+  length += date_length;
+  std::memcpy(out + length, "\r\n", 2);
+  return length + 2;
+}
+
+}  // namespace ringmta::net
