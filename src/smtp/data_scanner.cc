@@ -1,0 +1,124 @@
+// SSE2/AVX2 search for CR or LF with 8-bit detection folded into the same pass (the movemask
+// of the raw bytes is their top bits), so each body octet is read once.
+#include "ringmta/smtp/data_scanner.h"
+
+#include <cstdint>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace ringmta::smtp {
+
+const char* find_line_break_portable(const char* begin, const char* end,
+                                     bool& eight_bit) noexcept {
+  unsigned char high = 0;
+  const char* p = begin;
+  for (; p < end; ++p) {
+    const unsigned char c = static_cast<unsigned char>(*p);
+    if (c == '\r' || c == '\n') break;
+    high |= c;
+  }
+  if (high & 0x80) eight_bit = true;
+  return p;
+}
+
+#if defined(__x86_64__)
+
+namespace {
+inline unsigned low_bits(unsigned count) noexcept { return (1u << count) - 1u; }
+}  // namespace
+
+const char* find_line_break_sse2(const char* begin, const char* end, bool& eight_bit) noexcept {
+  const __m128i cr = _mm_set1_epi8('\r');
+  const __m128i lf = _mm_set1_epi8('\n');
+  unsigned high = 0;
+  const char* p = begin;
+  for (; end - p >= 16; p += 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const unsigned breaks = static_cast<unsigned>(
+        _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf))));
+    const unsigned top = static_cast<unsigned>(_mm_movemask_epi8(v));
+    if (breaks != 0) {
+      const unsigned at = static_cast<unsigned>(__builtin_ctz(breaks));
+      high |= top & low_bits(at);
+      if (high) eight_bit = true;
+      return p + at;
+    }
+    high |= top;
+  }
+  if (high) eight_bit = true;
+  return find_line_break_portable(p, end, eight_bit);
+}
+
+__attribute__((target("avx2"))) const char* find_line_break_avx2_impl(const char* begin,
+                                                                       const char* end,
+                                                                       bool& eight_bit) noexcept {
+  const __m256i cr = _mm256_set1_epi8('\r');
+  const __m256i lf = _mm256_set1_epi8('\n');
+  std::uint32_t high = 0;
+  const char* p = begin;
+  for (; end - p >= 32; p += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const std::uint32_t breaks = static_cast<std::uint32_t>(_mm256_movemask_epi8(
+        _mm256_or_si256(_mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(v, lf))));
+    const std::uint32_t top = static_cast<std::uint32_t>(_mm256_movemask_epi8(v));
+    if (breaks != 0) {
+      const unsigned at = static_cast<unsigned>(__builtin_ctz(breaks));
+      const std::uint32_t below = at == 0 ? 0u : (0xffffffffu >> (32 - at));
+      high |= top & below;
+      if (high) eight_bit = true;
+      return p + at;
+    }
+    high |= top;
+  }
+  if (high) eight_bit = true;
+  return find_line_break_sse2(p, end, eight_bit);
+}
+
+namespace {
+
+bool cpu_has_avx2() noexcept {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+
+using scanner_fn = const char* (*)(const char*, const char*, bool&) noexcept;
+
+scanner_fn pick_scanner() noexcept {
+  return cpu_has_avx2() ? &find_line_break_avx2_impl : &find_line_break_sse2;
+}
+
+}  // namespace
+
+const char* find_line_break_avx2(const char* begin, const char* end, bool& eight_bit) noexcept {
+  if (!cpu_has_avx2()) return find_line_break_portable(begin, end, eight_bit);
+  return find_line_break_avx2_impl(begin, end, eight_bit);
+}
+
+const char* find_line_break(const char* begin, const char* end, bool& eight_bit) noexcept {
+  // A function-local static: safe even when called from another file's static initializer.
+  static const scanner_fn chosen = pick_scanner();
+  return chosen(begin, end, eight_bit);
+}
+
+std::string_view line_break_scanner_name() noexcept {
+  return cpu_has_avx2() ? "avx2" : "sse2";
+}
+
+#else  // not x86-64
+
+const char* find_line_break_sse2(const char* begin, const char* end, bool& eight_bit) noexcept {
+  return find_line_break_portable(begin, end, eight_bit);
+}
+const char* find_line_break_avx2(const char* begin, const char* end, bool& eight_bit) noexcept {
+  return find_line_break_portable(begin, end, eight_bit);
+}
+const char* find_line_break(const char* begin, const char* end, bool& eight_bit) noexcept {
+  return find_line_break_portable(begin, end, eight_bit);
+}
+std::string_view line_break_scanner_name() noexcept { return "portable"; }
+
+#endif
+
+}  // namespace ringmta::smtp

@@ -1,0 +1,374 @@
+// server_session: input framing, the DATA and BDAT state machines, lifecycle events.
+// Commands live in server_commands.cc, reply formatting in server_reply.cc.
+#include "ringmta/smtp/server_session.h"
+
+#include <cstring>
+
+#include "ringmta/core/assert.h"
+#include "ringmta/smtp/data_scanner.h"
+#include "server_internal.h"
+
+namespace ringmta::smtp {
+
+server_session::server_session(const server_config& config, server_handler& handler) noexcept
+    : _config(config), _handler(handler), _tls_active(config.tls_active) {
+  RINGMTA_ASSERT(config.limits.command_line_bytes_max >= 64);
+  RINGMTA_ASSERT(config.limits.command_line_bytes_max <= command_line_capacity);
+  RINGMTA_ASSERT(config.hostname.size() <= domain_bytes_max);
+}
+
+void server_session::start() noexcept {
+  RINGMTA_ASSERT(_phase == phase::not_started);
+  std::array<char, detail::reply_line_bytes_max> text;
+  write_reply(220, "", detail::join(text, {_config.hostname, " ", _config.greeting_text}));
+  _phase = phase::command;
+}
+
+void server_session::start_refusing(std::string_view text) noexcept {
+  RINGMTA_ASSERT(_phase == phase::not_started);
+  std::array<char, detail::reply_line_bytes_max> line;
+  write_reply(554, "", detail::join(line, {_config.hostname, " ", text}));
+  --_errors;  // the greeting is not the client's error
+  _refusing = true;
+  _phase = phase::command;
+}
+
+std::size_t server_session::feed(std::string_view bytes) noexcept {
+  RINGMTA_ASSERT(_phase != phase::not_started);
+  std::size_t used = 0;
+  while (used < bytes.size() && _pending == pending_kind::none) {
+    const std::string_view rest = bytes.substr(used);
+    switch (_phase) {
+      case phase::not_started:
+      case phase::closed:
+      case phase::tls_handshake:
+        return bytes.size();  // discarded: after QUIT/421, or plaintext behind STARTTLS
+      case phase::command:
+        if (output_free() < detail::step_output_bytes_max) return used;  // drain output first
+        used += feed_command(rest);
+        break;
+      case phase::skip_line:
+        used += feed_skip(rest);
+        break;
+      case phase::data:
+        used += feed_data(rest);
+        break;
+      case phase::bdat_chunk:
+        used += feed_bdat(rest);
+        break;
+    }
+    check_error_limit();
+  }
+  if (_phase == phase::closed || _phase == phase::tls_handshake) return bytes.size();
+  return used;
+}
+
+void server_session::check_error_limit() noexcept {
+  if (_errors >= _config.limits.errors_max && _phase != phase::closed &&
+      _pending == pending_kind::none) {
+    close_with(421, "4.7.0", "Too many errors, closing connection", abort_reason::connection_lost);
+  }
+}
+
+bool server_session::output_full() const noexcept {
+  return output_free() < detail::step_output_bytes_max;
+}
+
+// Collects one command line (up to and including LF). Zero-copy when the whole line is in
+// `bytes`; otherwise the part seen so far waits in _line. RFC 5321 §4.5.3.1.4 line limit.
+std::size_t server_session::feed_command(std::string_view bytes) noexcept {
+  const std::size_t limit = _config.limits.command_line_bytes_max;
+  const std::size_t room = limit - _line_bytes_buffered;
+  const std::size_t window = bytes.size() < room ? bytes.size() : room;
+  const void* lf = std::memchr(bytes.data(), '\n', window);
+  if (lf != nullptr) {
+    const std::size_t take = static_cast<std::size_t>(static_cast<const char*>(lf) - bytes.data()) + 1;
+    if (_line_bytes_buffered == 0) {
+      process_line(bytes.substr(0, take));
+    } else {
+      std::memcpy(_line.data() + _line_bytes_buffered, bytes.data(), take);
+      const std::size_t total = _line_bytes_buffered + take;
+      _line_bytes_buffered = 0;
+      process_line(std::string_view(_line.data(), total));
+    }
+    return take;
+  }
+  if (bytes.size() >= room) {  // no LF within the limit
+    _line_bytes_buffered = 0;
+    _auth_exchange = false;
+    write_reply(500, "5.5.2", "Line too long");
+    _phase = phase::skip_line;
+    return room;
+  }
+  std::memcpy(_line.data() + _line_bytes_buffered, bytes.data(), bytes.size());
+  _line_bytes_buffered += bytes.size();
+  return bytes.size();
+}
+
+std::size_t server_session::feed_skip(std::string_view bytes) noexcept {
+  const void* lf = std::memchr(bytes.data(), '\n', bytes.size());
+  if (lf == nullptr) return bytes.size();
+  _phase = phase::command;
+  return static_cast<std::size_t>(static_cast<const char*>(lf) - bytes.data()) + 1;
+}
+
+void server_session::begin_message(body_form form) noexcept {
+  _summary = body_summary{};
+  _summary.form = form;
+  _summary.declared = _mail_parameters.body;
+  _data_state = data_state::line_start;
+  _message_open = true;
+  _message_failed = false;
+  _bare_seen_last = false;
+  _line_bytes = 0;
+  _stuffed_dots = 0;
+}
+
+void server_session::fail_message(abort_reason reason) noexcept {
+  if (_message_failed) return;
+  _message_failed = true;
+  _failure = reason;
+  _handler.on_data_aborted(reason);
+}
+
+// Hands body octets to the embedder unless the message already failed; enforces the size limit
+// before the octets that would exceed it are handed over.
+void server_session::emit_body(const char* begin, const char* end) noexcept {
+  if (begin == end || _message_failed) return;
+  const std::uint64_t bytes = static_cast<std::uint64_t>(end - begin);
+  _summary.wire_bytes += bytes;
+  if (_summary.wire_bytes > _config.limits.message_bytes_max + _stuffed_dots) {
+    fail_message(abort_reason::message_too_big);
+    return;
+  }
+  _handler.on_body(std::string_view(begin, bytes), _summary.form);
+}
+
+void server_session::end_line() noexcept {
+  ++_summary.line_count;
+  const std::uint32_t limit = _config.limits.text_line_bytes_max;
+  if (limit != 0 && _line_bytes + 2 > limit) fail_message(abort_reason::line_too_long);
+  _line_bytes = 0;
+  _data_state = data_state::line_start;
+}
+
+namespace {
+constexpr std::string_view held_dot = ".";
+constexpr std::string_view held_dot_cr = ".\r";
+constexpr std::string_view crlf = "\r\n";
+constexpr std::string_view lf_only = "\n";
+constexpr std::string_view lone_dot_line = "..\r\n";  // a "." line that must not end DATA
+}  // namespace
+
+void server_session::emit_static(std::string_view bytes) noexcept {
+  emit_body(bytes.data(), bytes.data() + bytes.size());
+}
+
+// DATA body (RFC 5321 §4.1.1.4, §4.5.2). Only <CR><LF>.<CR><LF> ends it; a line-start "." is
+// held back until the next octet shows whether it is the end marker or a stuffing dot; bare CR
+// and bare LF fail the message or are normalized (never a line start that could end it).
+std::size_t server_session::feed_data(std::string_view bytes) noexcept {
+  const char* const begin = bytes.data();
+  const char* const end = begin + bytes.size();
+  const char* p = begin;
+  const char* run = begin;  // octets from here to p are not yet handed to on_body
+  bool dot_here = false;    // the held "." (and CR) are in this buffer, at `run`
+  const bool normalize = _config.bare_line_ending == bare_line_ending_policy::normalize;
+  while (p < end) {
+    switch (_data_state) {
+      case data_state::line_start:
+        if (*p == '.') {
+          emit_body(run, p);
+          run = p++;
+          dot_here = true;
+          _data_state = data_state::dot;
+          break;
+        }
+        _data_state = data_state::in_line;
+        [[fallthrough]];
+      case data_state::in_line: {
+        const char* q = find_line_break(p, end, _summary.eight_bit);
+        _line_bytes += static_cast<std::uint64_t>(q - p);
+        p = q;
+        if (p == end) break;
+        if (*p == '\r') {
+          if (p + 1 < end && p[1] == '\n') {  // the common case: CRLF in one buffer
+            p += 2;
+            _bare_seen_last = false;
+            end_line();
+          } else {
+            ++p;
+            _data_state = data_state::after_cr;
+          }
+        } else if (!normalize) {  // bare LF: RFC 5321 §2.3.8
+          fail_message(abort_reason::bare_lf);
+          ++p;
+        } else {
+          emit_body(run, p);
+          emit_static(crlf);
+          run = ++p;
+          normalized_line_end();
+        }
+        break;
+      }
+      case data_state::after_cr:
+        if (*p == '\n') {
+          ++p;
+          _bare_seen_last = false;
+          end_line();
+        } else if (!normalize) {
+          fail_message(abort_reason::bare_cr);
+          _data_state = data_state::in_line;
+        } else {  // CR (already in the run or emitted) + LF supplied
+          emit_body(run, p);
+          emit_static(lf_only);
+          run = p;
+          normalized_line_end();
+        }
+        break;
+      case data_state::dot:
+        if (*p == '\r') {
+          ++p;
+          _data_state = data_state::dot_cr;
+        } else if (*p == '\n') {
+          if (!normalize) {
+            fail_message(abort_reason::bare_lf);
+            if (!dot_here) emit_static(held_dot);
+            _data_state = data_state::in_line;
+            run = dot_here ? run : p;
+            ++p;
+          } else {
+            emit_static(lone_dot_line);
+            run = ++p;
+            normalized_line_end();
+          }
+        } else {  // a stuffing dot (RFC 5321 §4.5.2): wire form keeps it, SIZE does not count it
+          ++_stuffed_dots;
+          if (!dot_here) {
+            emit_static(held_dot);
+            run = p;
+          }
+          _data_state = data_state::in_line;
+        }
+        break;
+      case data_state::dot_cr:
+        if (*p == '\n' && !_bare_seen_last) {
+          ++p;
+          end_of_data();
+          return static_cast<std::size_t>(p - begin);
+        }
+        if (*p == '\n') {  // "." line after a normalized ending: re-stuffed, not an end
+          emit_static(lone_dot_line);
+          run = ++p;
+          _bare_seen_last = false;
+          end_line();
+        } else if (!normalize) {
+          fail_message(abort_reason::bare_cr);
+          if (!dot_here) {
+            emit_static(held_dot_cr);
+            run = p;
+          }
+          _data_state = data_state::in_line;
+        } else {
+          emit_static(lone_dot_line);
+          run = p;
+          normalized_line_end();
+        }
+        break;
+    }
+  }
+  if (_data_state != data_state::dot && _data_state != data_state::dot_cr) emit_body(run, end);
+  const std::uint32_t limit = _config.limits.text_line_bytes_max;
+  if (limit != 0 && _line_bytes + 2 > limit) fail_message(abort_reason::line_too_long);
+  return bytes.size();
+}
+
+void server_session::normalized_line_end() noexcept {
+  _summary.normalized = true;
+  _bare_seen_last = true;
+  end_line();
+}
+
+// BDAT chunk octets (RFC 3030 §2): exactly the announced count, raw.
+std::size_t server_session::feed_bdat(std::string_view bytes) noexcept {
+  const std::size_t take =
+      _bdat_remaining < bytes.size() ? static_cast<std::size_t>(_bdat_remaining) : bytes.size();
+  if (!_bdat_discard && !_message_failed) {
+    const char* p = bytes.data();
+    const char* const end = p + take;
+    while (p < end) {  // summary only: BDAT data has no line rules
+      p = find_line_break(p, end, _summary.eight_bit);
+      if (p < end && *p++ == '\n') ++_summary.line_count;
+    }
+    _summary.message_bytes += take;
+    if (_summary.message_bytes > _config.limits.message_bytes_max) {
+      fail_message(abort_reason::message_too_big);
+    } else {
+      _summary.wire_bytes += take;
+      _handler.on_body(bytes.substr(0, take), body_form::raw);
+    }
+  }
+  _bdat_remaining -= take;
+  if (_bdat_remaining == 0) end_of_chunk();
+  return take;
+}
+
+void server_session::close_with(std::uint16_t code, std::string_view enhanced,
+                                std::string_view text, abort_reason reason) noexcept {
+  if (_phase == phase::closed) return;
+  if (_message_open) fail_message(reason);
+  _message_open = false;
+  _pending = pending_kind::none;
+  _auth_exchange = false;
+  _phase = phase::closed;
+  std::array<char, detail::reply_line_bytes_max> line;
+  write_reply(code, enhanced, detail::join(line, {_config.hostname, " ", text}));
+}
+
+void server_session::on_timeout() noexcept {
+  close_with(421, "4.4.2", "Error: timeout exceeded", abort_reason::timeout);
+}
+
+void server_session::shutdown() noexcept {
+  close_with(421, "4.3.2", "Service shutting down", abort_reason::shutdown);
+}
+
+void server_session::connection_lost() noexcept {
+  if (_message_open) fail_message(abort_reason::connection_lost);
+  _message_open = false;
+  _pending = pending_kind::none;
+  _phase = phase::closed;
+}
+
+void server_session::tls_established() noexcept {
+  RINGMTA_ASSERT(_phase == phase::tls_handshake);
+  // RFC 3207 §4.2: forget everything learned before TLS, the client starts over with EHLO.
+  _tls_active = true;
+  _helo_bytes = 0;
+  _extended = false;
+  _authenticated = false;
+  _line_bytes_buffered = 0;
+  clear_transaction(false);
+  _phase = phase::command;
+}
+
+std::string_view server_session::protocol_name() const noexcept {
+  // RFC 3848 (ESMTPS/ESMTPA/ESMTPSA), RFC 6531 §3.7.3 (UTF8SMTP...).
+  static constexpr std::string_view names[2][4] = {
+      {"ESMTP", "ESMTPS", "ESMTPA", "ESMTPSA"},
+      {"UTF8SMTP", "UTF8SMTPS", "UTF8SMTPA", "UTF8SMTPSA"}};
+  if (!_extended) return "SMTP";
+  const int index = (_tls_active ? 1 : 0) + (_authenticated ? 2 : 0);
+  return names[_smtputf8_used ? 1 : 0][index];
+}
+
+envelope_view server_session::envelope() const noexcept {
+  envelope_view view;
+  view.has_mail = _has_mail;
+  view.reverse_path = std::string_view(_reverse_path.data(), _reverse_path_bytes);
+  view.mail = &_mail_parameters;
+  view.recipient_count = _recipients;
+  return view;
+}
+
+}  // namespace ringmta::smtp
