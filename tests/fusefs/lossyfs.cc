@@ -109,10 +109,12 @@ bool is_control(fuse_ino_t parent, const char* name) {
   return parent == root_ino && control_name == name;
 }
 
+// A reply that fails (the request was interrupted) never reached the kernel, which will then
+// send no forget for it: take the lookup back.
 void reply_entry_locked(fuse_req_t request, filesystem& fs, const node_ref& target) {
   fs.tree.add_lookup(*target);
   const fuse_entry_param entry = entry_of(*target);
-  fuse_reply_entry(request, &entry);
+  if (fuse_reply_entry(request, &entry) != 0) fs.tree.forget(target->ino, 1);
 }
 
 std::string control_text(filesystem& fs) {
@@ -378,10 +380,11 @@ void op_create(fuse_req_t request, fuse_ino_t parent, const char* name, mode_t m
   info->fh = reinterpret_cast<std::uint64_t>(new_handle(fs, created, info->flags));
   info->direct_io = 1;
   if (fuse_reply_create(request, &entry, info) != 0) {
-    // The opener is gone (interrupted): the kernel will send no release for this handle.
+    // The opener is gone (interrupted): the kernel will send no release and no forget.
     auto* handle = handle_of(info);
     fs.tree.released(std::move(handle->target));
     delete handle;
+    fs.tree.forget(entry.ino, 1);
   }
 }
 
