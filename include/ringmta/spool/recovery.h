@@ -1,0 +1,88 @@
+// Start-up recovery: rebuilds one shard's queue from its segment files and state journals.
+//
+// Blocking syscalls (allowed at start-up). Read-only: never writes, truncates or deletes, so
+// it is also what `ringmta spool ls` runs against a live spool. Guarantees: every message
+// whose commit record and data records verify is returned with its envelope location and the
+// last journaled state of each recipient; a message never committed never appears; torn
+// tails and corrupt regions are skipped (scanning resumes at the next verifying record) and
+// reported. Never crashes or allocates without bound on garbage input.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ringmta/core/result.h"
+#include "ringmta/spool/index.h"
+
+namespace ringmta::spool {
+
+// An fd that closes itself. Moves only.
+class unique_fd {
+ public:
+  unique_fd() noexcept = default;
+  explicit unique_fd(int fd) noexcept : _fd(fd) {}
+  unique_fd(unique_fd&& other) noexcept : _fd(other.release()) {}
+  unique_fd& operator=(unique_fd&& other) noexcept;
+  unique_fd(const unique_fd&) = delete;
+  unique_fd& operator=(const unique_fd&) = delete;
+  ~unique_fd();
+  int get() const noexcept { return _fd; }
+  int release() noexcept {
+    const int fd = _fd;
+    _fd = -1;
+    return fd;
+  }
+
+ private:
+  int _fd = -1;
+};
+
+// A file never given its header (crash while creating it) comes back empty (valid_bytes 0)
+// and the store removes it; a file with a damaged header is left alone and reported.
+struct recovered_file {
+  std::uint32_t id = 0;
+  unique_fd fd;              // read-only
+  std::uint64_t salt = 0;
+  std::uint64_t valid_bytes = 0;  // end of the last verifying record
+  std::uint64_t file_bytes = 0;
+};
+
+struct recovery_report {
+  std::uint64_t segments = 0;
+  std::uint64_t journals = 0;
+  std::uint64_t records = 0;
+  std::uint64_t messages = 0;           // queued messages returned
+  std::uint64_t final_messages = 0;     // all recipients final, segment not yet reclaimed
+  std::uint64_t state_records = 0;
+  std::uint64_t torn_tails = 0;         // non-zero bytes after the last record of a file
+  std::uint64_t corrupt_regions = 0;    // unverifiable bytes followed by verifying records
+  std::uint64_t voided_messages = 0;    // written by a batch whose write failed
+  std::uint64_t incomplete_messages = 0;  // commit whose data is missing or corrupt
+  std::uint64_t unreadable_files = 0;
+  std::vector<std::string> problems;   // one line each, for the log; capped at 100 lines
+};
+
+struct recovered_state {
+  std::uint32_t shard = 0;
+  std::vector<recovered_file> segments;  // ascending id
+  std::vector<recovered_file> journals;  // ascending id
+  std::vector<message_entry> messages;   // status queued or final, ascending id
+  message_id id_floor = 0;
+  std::uint32_t next_file_id = 1;
+  recovery_report report;
+};
+
+// `shard_directory` must exist. Fails only when the directory cannot be listed; damaged
+// files are reported in the result, never fatal.
+core::result<recovered_state> recover(const std::string& shard_directory, std::uint32_t shard);
+
+// "DIR/shard-<n>"; make_shard_directory creates it (and DIR) when missing.
+std::string shard_directory(const std::string& spool_directory, std::uint32_t shard);
+core::result<void> make_shard_directory(const std::string& spool_directory, std::uint32_t shard);
+
+// File names inside a shard directory.
+std::string segment_file_name(std::uint32_t id);
+std::string journal_file_name(std::uint32_t id);
+
+}  // namespace ringmta::spool

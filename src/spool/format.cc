@@ -1,0 +1,92 @@
+#include "format.h"
+
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
+#include <bit>
+
+namespace ringmta::spool::format {
+
+static_assert(std::endian::native == std::endian::little, "spool files are little-endian");
+
+std::uint64_t seed(std::uint64_t salt, std::uint64_t offset) noexcept {
+  return salt ^ (offset * 0x9e3779b97f4a7c15ull);
+}
+
+void encode_header_prefix(char* out, record_type type, std::uint32_t payload_bytes,
+                          message_id id) noexcept {
+  std::memset(out, 0, header_bytes);
+  store_le<std::uint32_t>(out, magic);
+  out[4] = static_cast<char>(type);
+  store_le<std::uint32_t>(out + 8, payload_bytes);
+  store_le<std::uint64_t>(out + 16, id);
+}
+
+static std::uint64_t checksum(const char* header, std::string_view payload,
+                              std::uint64_t seed_value) noexcept {
+  XXH3_state_t state;
+  XXH3_64bits_reset_withSeed(&state, seed_value);
+  XXH3_64bits_update(&state, payload.data(), payload.size());
+  XXH3_64bits_update(&state, header, 24);
+  return XXH3_64bits_digest(&state);
+}
+
+void encode_record(char* out, record_type type, message_id id, std::string_view payload,
+                   std::uint64_t seed_value) noexcept {
+  encode_header_prefix(out, type, static_cast<std::uint32_t>(payload.size()), id);
+  store_le<std::uint64_t>(out + 24, checksum(out, payload, seed_value));
+}
+
+bool decode_header(const char* in, record_header& out) noexcept {
+  if (load_le<std::uint32_t>(in) != magic) return false;
+  const auto type = static_cast<std::uint8_t>(in[4]);
+  if (type < 1 || type > 6) return false;
+  out.type = static_cast<record_type>(type);
+  out.payload_bytes = load_le<std::uint32_t>(in + 8);
+  out.id = load_le<std::uint64_t>(in + 16);
+  out.checksum = load_le<std::uint64_t>(in + 24);
+  return out.payload_bytes <= payload_bytes_max;
+}
+
+bool verify(const char* header, std::string_view payload, std::uint64_t seed_value) noexcept {
+  return checksum(header, payload, seed_value) == load_le<std::uint64_t>(header + 24);
+}
+
+void encode_file_header(const file_header& value, char* out) noexcept {
+  store_le(out, value.version);
+  store_le(out + 4, value.shard);
+  store_le(out + 8, value.file_id);
+  store_le(out + 16, value.salt);
+  store_le(out + 24, value.id_floor);
+  store_le(out + 32, value.reserved);
+}
+
+file_header decode_file_header(const char* in) noexcept {
+  file_header value;
+  value.version = load_le<std::uint32_t>(in);
+  value.shard = load_le<std::uint32_t>(in + 4);
+  value.file_id = load_le<std::uint64_t>(in + 8);
+  value.salt = load_le<std::uint64_t>(in + 16);
+  value.id_floor = load_le<std::uint64_t>(in + 24);
+  value.reserved = load_le<std::uint64_t>(in + 32);
+  return value;
+}
+
+void encode_state(const state_payload& value, char* out) noexcept {
+  store_le(out, value.recipient);
+  out[2] = static_cast<char>(value.state);
+  out[3] = 0;
+  store_le(out + 4, value.attempts);
+  store_le(out + 8, value.next_attempt_seconds);
+}
+
+state_payload decode_state(const char* in) noexcept {
+  state_payload value;
+  value.recipient = load_le<std::uint16_t>(in);
+  value.state = static_cast<std::uint8_t>(in[2]);
+  value.attempts = load_le<std::uint32_t>(in + 4);
+  value.next_attempt_seconds = load_le<std::int64_t>(in + 8);
+  return value;
+}
+
+}  // namespace ringmta::spool::format

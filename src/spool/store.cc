@@ -1,0 +1,545 @@
+// spool::store: construction, reception (begin/append/commit/abort), delivery (mark/read).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "store_internal.h"
+
+namespace ringmta::spool {
+
+namespace {
+// A data record is only started when at least this much payload fits in the segment, so a
+// nearly full segment is not filled with tiny records.
+constexpr std::uint64_t record_payload_bytes_min = 512;
+constexpr std::size_t raw_piece_bytes = 4096;
+}  // namespace
+
+store::store(store_config config, recovered_state recovered)
+    : _config(std::move(config)),
+      _ids(_config.shard, recovered.id_floor),
+      _next_file_id(recovered.next_file_id),
+      _open(std::make_unique<segment_batch>()),
+      _journal_open(std::make_unique<journal_batch>()),
+      _flight(std::make_unique<flight>()),
+      _record(std::make_unique<open_record>()) {
+  RINGMTA_ASSERT(_config.block_bytes >= 4096);
+  RINGMTA_ASSERT(_config.buffered_bytes_max / _config.block_bytes <= 512);  // iovecs per write
+  RINGMTA_ASSERT(_config.segment_bytes >= 64 * 1024);
+  RINGMTA_ASSERT(_config.data_record_bytes_max >= record_payload_bytes_min);
+  RINGMTA_ASSERT(_config.data_record_bytes_max <= format::payload_bytes_max);
+  for (auto& file : recovered.segments) {
+    auto& slot = _segments[file.id];
+    slot.id = file.id;
+    slot.role = file_role::sealed;
+    slot.fd = file.fd.release();
+    slot.salt = file.salt;
+    slot.write_offset = file.file_bytes;
+    slot.capacity = file.file_bytes;
+    slot.path = _config.directory + "/" + segment_file_name(file.id);
+  }
+  for (auto& file : recovered.journals) {
+    auto& slot = _journals[file.id];
+    slot.id = file.id;
+    slot.journal = true;
+    slot.role = file_role::sealed;
+    slot.fd = file.fd.release();
+    slot.path = _config.directory + "/" + journal_file_name(file.id);
+  }
+  _index.reserve(recovered.messages.size());
+  for (auto& entry : recovered.messages) {
+    const bool final = entry.status == message_status::final;
+    for (unsigned bit = 0; bit < 64; ++bit) {
+      if ((entry.segment_mask >> bit & 1) == 0 || final) continue;
+      auto found = _segments.find(entry.first_segment + bit);
+      if (found != _segments.end()) ++found->second.refs;
+    }
+    if (final) {
+      auto found = _segments.find(entry.commit_segment);
+      if (found != _segments.end()) found->second.final_ids.push_back(entry.id);
+    }
+    _index.emplace(entry.id, std::move(entry));
+  }
+  _snapshot_needed = true;  // start-up compacts the journals into a fresh one
+  request_segment();
+  request_journal();
+}
+
+store::~store() {
+  for (auto* files : {&_segments, &_journals}) {
+    for (auto& [id, slot] : *files) {
+      if (slot.fd >= 0 && slot.role != file_role::removing) ::close(slot.fd);
+    }
+  }
+}
+
+store::pending_message* store::lookup(message_handle handle) noexcept {
+  RINGMTA_ASSERT(handle.slot < _pending.size());
+  auto& message = _pending[handle.slot];
+  RINGMTA_ASSERT(message.in_use && message.generation == handle.generation);
+  return &message;
+}
+
+core::result<message_handle> store::begin(std::int64_t now_seconds) noexcept {
+  std::uint32_t slot;
+  if (!_pending_free.empty()) {
+    slot = _pending_free.back();
+    _pending_free.pop_back();
+  } else {
+    if (_pending.size() >= _config.pending_messages_max) return core::fail(EAGAIN);
+    slot = static_cast<std::uint32_t>(_pending.size());
+    _pending.emplace_back();
+  }
+  auto& message = _pending[slot];
+  message.in_use = true;
+  message.id = _ids.next(now_seconds);
+  message.error = 0;
+  message.body_bytes = 0;
+  message.last_batch = 0;
+  message.first_segment = 0;
+  message.segment_mask = 0;
+  message.ranges.clear();
+  message.stuffer.reset();
+  return message_handle{slot, message.generation};
+}
+
+message_id store::id_of(message_handle handle) const noexcept {
+  RINGMTA_ASSERT(handle.slot < _pending.size());
+  return _pending[handle.slot].id;
+}
+
+std::uint64_t store::placeable_bytes() const noexcept {
+  std::uint64_t bytes = 0;
+  if (_current != nullptr) bytes += _current->capacity - _current->write_offset;
+  if (_spare != nullptr) bytes += _spare->capacity - _spare->write_offset;
+  return bytes;
+}
+
+// Makes the current segment able to take a record of `record_bytes` (or, when splittable, a
+// worthwhile piece of it), switching to the spare segment when needed. 0 or an errno.
+int store::ensure_room(std::uint64_t record_bytes, bool splittable) noexcept {
+  if (_current != nullptr) {
+    const std::uint64_t room = _current->capacity - _current->write_offset;
+    if (room >= record_bytes) return 0;
+    if (splittable && room >= format::header_bytes + record_payload_bytes_min) return 0;
+    close_open_record();
+    _current->role = file_role::sealed;
+    _current = nullptr;
+  }
+  if (_spare == nullptr) {
+    if (_create_error != 0) return _create_error;
+    request_segment();
+    return EAGAIN;
+  }
+  _current = _spare;
+  _current->role = file_role::current;
+  _spare = nullptr;
+  request_segment();
+  place_voids();
+  const std::uint64_t room = _current->capacity - _current->write_offset;
+  if (room < record_bytes && !splittable) return EMSGSIZE;
+  return 0;
+}
+
+void store::touch(pending_message& message, std::uint32_t segment) noexcept {
+  if (message.first_segment == 0) {
+    message.first_segment = segment;
+    message.segment_mask = 1;
+    ++_current->refs;
+    return;
+  }
+  const std::uint32_t bit = segment - message.first_segment;
+  RINGMTA_ASSERT(segment >= message.first_segment && bit < 64);
+  if ((message.segment_mask >> bit & 1) == 0) {
+    message.segment_mask |= std::uint64_t{1} << bit;
+    ++_current->refs;
+  }
+}
+
+char* store::take_block() noexcept {
+  char* block;
+  if (!_free_blocks.empty()) {
+    block = _free_blocks.back();
+    _free_blocks.pop_back();
+  } else {
+    _blocks.push_back(std::make_unique<char[]>(_config.block_bytes));
+    block = _blocks.back().get();
+  }
+  _open->blocks.push_back(block);
+  _block = block;
+  _block_used = 0;
+  return block;
+}
+
+// Accounts `bytes` at `at` (inside the current block) to the current segment's extent.
+static void add_piece(std::vector<iovec>& pieces, char* at, std::size_t bytes) {
+  if (!pieces.empty()) {
+    auto& last = pieces.back();
+    if (static_cast<char*>(last.iov_base) + last.iov_len == at) {
+      last.iov_len += bytes;
+      return;
+    }
+  }
+  pieces.push_back(iovec{at, bytes});
+}
+
+char* store::put_header() noexcept {
+  RINGMTA_ASSERT(_current != nullptr);
+  if (_block == nullptr || _config.block_bytes - _block_used < format::header_bytes) take_block();
+  char* at = _block + _block_used;
+  put_bytes(std::string_view(at, format::header_bytes));  // reserves; filled by the caller
+  return at;
+}
+
+void store::put_bytes(std::string_view bytes) noexcept {
+  RINGMTA_ASSERT(_current != nullptr);
+  if (_open->extents.empty() || _open->extents.back().segment != _current->id) {
+    _open->extents.push_back(extent{_current->id, _current->fd, _current->write_offset, 0, {}});
+  }
+  auto& target = _open->extents.back();
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    if (_block == nullptr || _block_used == _config.block_bytes) take_block();
+    const std::size_t n = std::min<std::size_t>(bytes.size() - done,
+                                                _config.block_bytes - _block_used);
+    char* at = _block + _block_used;
+    if (bytes.data() + done != at) std::memcpy(at, bytes.data() + done, n);
+    add_piece(target.pieces, at, n);
+    _block_used += static_cast<std::uint32_t>(n);
+    done += n;
+  }
+  target.bytes += bytes.size();
+  _open->bytes += bytes.size();
+  _buffered_bytes += bytes.size();
+  _current->write_offset += bytes.size();
+  _current->last_batch = _batch_seq;
+}
+
+void store::close_open_record() noexcept {
+  auto& record = *_record;
+  if (!record.active) return;
+  format::encode_header_prefix(record.header, format::record_type::data, record.payload_bytes,
+                               _pending[record.slot].id);
+  XXH3_64bits_update(&record.hash, record.header, 24);
+  format::store_le<std::uint64_t>(record.header + 24, XXH3_64bits_digest(&record.hash));
+  record.active = false;
+}
+
+void store::place_voids() noexcept {
+  for (auto& mark : _voids) {
+    if (mark.batch != 0) continue;
+    char payload[format::void_payload_bytes];
+    format::store_le<std::uint64_t>(payload, mark.segment);
+    format::store_le<std::uint64_t>(payload + 8, mark.valid_end);
+    const std::uint64_t offset = _current->write_offset;
+    char* header = put_header();
+    format::encode_record(header, format::record_type::void_tail, 0,
+                          std::string_view(payload, sizeof payload),
+                          format::seed(_current->salt, offset));
+    put_bytes(std::string_view(payload, sizeof payload));
+    mark.batch = _batch_seq;
+  }
+}
+
+// Places wire bytes of `message` as data records; returns how many were placed.
+std::size_t store::append_wire(pending_message& message, std::string_view wire) noexcept {
+  auto& record = *_record;
+  const auto slot = static_cast<std::uint32_t>(&message - _pending.data());
+  std::size_t done = 0;
+  while (done < wire.size()) {
+    const std::size_t rest = wire.size() - done;
+    if (record.active && record.slot == slot && _current != nullptr &&
+        record.segment == _current->id && record.payload_bytes < _config.data_record_bytes_max &&
+        _current->write_offset < _current->capacity) {
+      const std::size_t n = std::min<std::uint64_t>(
+          {rest, _config.data_record_bytes_max - record.payload_bytes,
+           _current->capacity - _current->write_offset});
+      const auto piece = wire.substr(done, n);
+      put_bytes(piece);
+      XXH3_64bits_update(&record.hash, piece.data(), piece.size());
+      record.payload_bytes += static_cast<std::uint32_t>(n);
+      message.ranges.back().length += static_cast<std::uint32_t>(n);
+      message.body_bytes += n;
+      done += n;
+      continue;
+    }
+    const int error = ensure_room(
+        format::header_bytes + std::min<std::uint64_t>(rest, _config.data_record_bytes_max), true);
+    if (error != 0) {
+      if (error != EAGAIN) message.error = error;
+      break;
+    }
+    close_open_record();
+    touch(message, _current->id);
+    const std::uint64_t offset = _current->write_offset;
+    record.header = put_header();
+    record.active = true;
+    record.slot = slot;
+    record.payload_bytes = 0;
+    record.segment = _current->id;
+    record.offset = offset;
+    XXH3_64bits_reset_withSeed(&record.hash, format::seed(_current->salt, offset));
+    message.ranges.push_back(body_range{_current->id, 0, offset + format::header_bytes});
+  }
+  if (done > 0) message.last_batch = _batch_seq;
+  return done;
+}
+
+core::result<std::size_t> store::append(message_handle handle, std::string_view wire) noexcept {
+  auto& message = *lookup(handle);
+  if (message.error != 0) return core::fail(message.error);
+  if (placeable_bytes() == 0 && _create_error != 0) return core::fail(_create_error);
+  const std::uint64_t room =
+      _buffered_bytes >= _config.buffered_bytes_max ? 0
+                                                     : _config.buffered_bytes_max - _buffered_bytes;
+  const std::size_t placed = append_wire(message, wire.substr(0, std::min<std::uint64_t>(
+                                                                  wire.size(), room)));
+  if (message.error != 0) return core::fail(message.error);
+  if (_open->bytes >= _config.batch_bytes_max && !_flight->active) submit();
+  return placed;
+}
+
+core::result<std::size_t> store::append_raw(message_handle handle, std::string_view raw) noexcept {
+  auto& message = *lookup(handle);
+  if (message.error != 0) return core::fail(message.error);
+  std::size_t done = 0;
+  while (done < raw.size()) {
+    const auto piece = raw.substr(done, raw_piece_bytes);
+    const std::size_t stuffed = message.stuffer.stuffed_size(piece);
+    // Place a piece whole or not at all, so the stuffer's state matches what was stored.
+    const std::uint64_t need = stuffed + 4096;  // slack: headers, void records, segment tail
+    if (_buffered_bytes + stuffed > _config.buffered_bytes_max || placeable_bytes() < need) {
+      if (done == 0 && placeable_bytes() == 0 && _create_error != 0) {
+        return core::fail(_create_error);
+      }
+      if (placeable_bytes() < need && _spare == nullptr) request_segment();
+      break;
+    }
+    _scratch.clear();
+    message.stuffer.feed(piece, [this](std::string_view out) { _scratch.append(out); });
+    const std::size_t placed = append_wire(message, _scratch);
+    if (message.error != 0) return core::fail(message.error);
+    RINGMTA_ASSERT(placed == _scratch.size());
+    done += piece.size();
+  }
+  if (_open->bytes >= _config.batch_bytes_max && !_flight->active) submit();
+  return done;
+}
+
+core::result<std::uint64_t> store::commit(message_handle handle, const envelope& value) noexcept {
+  auto& message = *lookup(handle);
+  RINGMTA_ASSERT(value.id == message.id);
+  if (message.error != 0) {
+    const int error = message.error;
+    forget_pending(message);
+    return core::fail(error);
+  }
+  _scratch.clear();
+  char fixed[format::commit_fixed_bytes];
+  format::store_le<std::uint64_t>(fixed, message.body_bytes);
+  format::store_le<std::uint32_t>(fixed + 8, static_cast<std::uint32_t>(message.ranges.size()));
+  _scratch.append(fixed, sizeof fixed);
+  for (const auto& range : message.ranges) {
+    char bytes[format::range_bytes];
+    format::store_le<std::uint32_t>(bytes, range.segment);
+    format::store_le<std::uint32_t>(bytes + 4, range.length);
+    format::store_le<std::uint64_t>(bytes + 8, range.offset);
+    _scratch.append(bytes, sizeof bytes);
+  }
+  const std::size_t envelope_at = _scratch.size();
+  encode_envelope(value, _scratch);
+  format::store_le<std::uint32_t>(_scratch.data() + 12,
+                                  static_cast<std::uint32_t>(_scratch.size() - envelope_at));
+  const std::uint64_t record_bytes = format::header_bytes + _scratch.size();
+  if (record_bytes > _config.segment_bytes - format::first_record_offset ||
+      _scratch.size() > format::payload_bytes_max) {
+    forget_pending(message);
+    return core::fail(EMSGSIZE);
+  }
+  const int error = ensure_room(record_bytes, false);
+  if (error == EAGAIN) return core::fail(EAGAIN);
+  if (error != 0) {
+    forget_pending(message);
+    return core::fail(error);
+  }
+  close_open_record();
+  touch(message, _current->id);
+  const std::uint64_t offset = _current->write_offset;
+  char* header = put_header();
+  format::encode_record(header, format::record_type::commit, message.id, _scratch,
+                        format::seed(_current->salt, offset));
+  put_bytes(_scratch);
+
+  message_entry entry;
+  entry.id = message.id;
+  entry.body_bytes = message.body_bytes;
+  entry.received_seconds = value.received_seconds;
+  entry.commit_offset = offset;
+  entry.commit_segment = _current->id;
+  entry.commit_bytes = static_cast<std::uint32_t>(record_bytes);
+  entry.first_segment = message.first_segment;
+  entry.segment_mask = message.segment_mask;
+  entry.status = message_status::committing;
+  entry.recipients.resize(value.recipients.size());
+  _index.insert_or_assign(message.id, std::move(entry));
+  const std::uint64_t ticket = _next_ticket++;
+  _open->tickets.emplace_back(ticket, message.id);
+  // The references now belong to the index entry.
+  message.first_segment = 0;
+  message.segment_mask = 0;
+  forget_pending(message);
+  if (_open->bytes >= _config.batch_bytes_max && !_flight->active) submit();
+  return ticket;
+}
+
+void store::release_segments(std::uint32_t first, std::uint64_t mask) noexcept {
+  for (unsigned bit = 0; bit < 64; ++bit) {
+    if ((mask >> bit & 1) == 0) continue;
+    auto found = _segments.find(first + bit);
+    RINGMTA_ASSERT(found != _segments.end() && found->second.refs > 0);
+    --found->second.refs;
+    maybe_remove_segment(found->second);
+  }
+}
+
+void store::forget_pending(pending_message& message) noexcept {
+  const auto slot = static_cast<std::uint32_t>(&message - _pending.data());
+  if (_record->active && _record->slot == slot) close_open_record();
+  const std::uint32_t first = message.first_segment;
+  const std::uint64_t mask = message.segment_mask;
+  message.first_segment = 0;
+  message.segment_mask = 0;
+  message.in_use = false;
+  ++message.generation;
+  message.ranges.clear();
+  _pending_free.push_back(slot);
+  if (first != 0) release_segments(first, mask);
+}
+
+void store::abort(message_handle handle) noexcept { forget_pending(*lookup(handle)); }
+
+const message_entry* store::find(message_id id) const noexcept {
+  auto found = _index.find(id);
+  if (found == _index.end() || found->second.status == message_status::committing) return nullptr;
+  return &found->second;
+}
+
+core::result<std::uint64_t> store::mark(message_id id, std::uint16_t recipient,
+                                        recipient_status status) noexcept {
+  auto found = _index.find(id);
+  if (found == _index.end() || found->second.status != message_status::queued) {
+    return core::fail(ENOENT);
+  }
+  auto& entry = found->second;
+  if (recipient >= entry.recipients.size() || is_final(entry.recipients[recipient].state)) {
+    return core::fail(EINVAL);
+  }
+  if ((_journal_open->items.size() + 1) * state_record_bytes >
+      _config.journal_buffered_bytes_max) {
+    return core::fail(ENOBUFS);
+  }
+  entry.recipients[recipient] = status;
+  format::state_payload payload;
+  payload.recipient = recipient;
+  payload.state = static_cast<std::uint8_t>(status.state);
+  payload.attempts = status.attempts;
+  payload.next_attempt_seconds = status.next_attempt_seconds;
+  _journal_open->items.push_back(journal_item{id, payload});
+  const std::uint64_t ticket = _next_ticket++;
+  _journal_open->tickets.emplace_back(ticket, id);
+  const bool all_final = std::all_of(entry.recipients.begin(), entry.recipients.end(),
+                                     [](const recipient_status& s) { return is_final(s.state); });
+  if (all_final) {
+    entry.status = message_status::final;
+    _journal_open->finals.push_back(id);
+  }
+  return ticket;
+}
+
+core::result<commit_view> decode_commit(std::string_view payload) {
+  if (payload.size() < format::commit_fixed_bytes) return core::fail(EBADMSG);
+  commit_view view;
+  view.body_bytes = format::load_le<std::uint64_t>(payload.data());
+  const auto count = format::load_le<std::uint32_t>(payload.data() + 8);
+  const auto envelope_bytes = format::load_le<std::uint32_t>(payload.data() + 12);
+  const std::uint64_t expected = format::commit_fixed_bytes +
+                                 std::uint64_t{count} * format::range_bytes + envelope_bytes;
+  if (expected != payload.size()) return core::fail(EBADMSG);
+  view.ranges.resize(count);
+  std::uint64_t total = 0;
+  const char* at = payload.data() + format::commit_fixed_bytes;
+  for (auto& range : view.ranges) {
+    range.segment = format::load_le<std::uint32_t>(at);
+    range.length = format::load_le<std::uint32_t>(at + 4);
+    range.offset = format::load_le<std::uint64_t>(at + 8);
+    total += range.length;
+    at += format::range_bytes;
+  }
+  if (total != view.body_bytes) return core::fail(EBADMSG);
+  view.envelope_bytes = payload.substr(payload.size() - envelope_bytes);
+  return view;
+}
+
+core::result<stored_message> store::read(message_id id) const {
+  const message_entry* entry = find(id);
+  if (entry == nullptr) return core::fail(ENOENT);
+  auto segment = _segments.find(entry->commit_segment);
+  if (segment == _segments.end() || segment->second.fd < 0) return core::fail(ENOENT);
+  std::string bytes(entry->commit_bytes, '\0');
+  const ssize_t got = ::pread(segment->second.fd, bytes.data(), bytes.size(),
+                              static_cast<off_t>(entry->commit_offset));
+  if (got < 0) return core::fail(errno);
+  if (static_cast<std::size_t>(got) != bytes.size()) return core::fail(EIO);
+  format::record_header header;
+  const std::string_view payload(bytes.data() + format::header_bytes,
+                                 bytes.size() - format::header_bytes);
+  if (!format::decode_header(bytes.data(), header) || header.id != id ||
+      header.type != format::record_type::commit ||
+      !format::verify(bytes.data(), payload,
+                      format::seed(segment->second.salt, entry->commit_offset))) {
+    return core::fail(EBADMSG);
+  }
+  auto view = decode_commit(payload);
+  if (!view) return core::fail(view.error());
+  auto decoded = decode_envelope(view.value().envelope_bytes);
+  if (!decoded) return core::fail(decoded.error());
+  stored_message message;
+  message.envelope = std::move(decoded.value());
+  message.body_bytes = view.value().body_bytes;
+  message.body.reserve(view.value().ranges.size());
+  for (const auto& range : view.value().ranges) {
+    auto holder = _segments.find(range.segment);
+    if (holder == _segments.end() || holder->second.fd < 0) return core::fail(ENOENT);
+    message.body.push_back(body_slice{holder->second.fd, range.offset, range.length});
+  }
+  return message;
+}
+
+bool store::next_event(event& out) noexcept {
+  if (_events.empty()) return false;
+  out = _events.front();
+  _events.pop_front();
+  return true;
+}
+
+void store::push_event(event_kind kind, std::uint64_t ticket, message_id id, int error) noexcept {
+  _events.push_back(event{kind, ticket, id, error});
+}
+
+bool store::idle() const noexcept {
+  return _operations.empty() && !_flight->active && _open->bytes == 0 &&
+         _open->tickets.empty() && _journal_open->empty() && !_creating_segment &&
+         !_creating_journal;
+}
+
+store_stats store::stats() const noexcept {
+  store_stats out = _stats;
+  out.buffered_bytes = _buffered_bytes;
+  out.queued_messages = 0;
+  for (const auto& [id, entry] : _index) {
+    if (entry.status == message_status::queued) ++out.queued_messages;
+  }
+  return out;
+}
+
+}  // namespace ringmta::spool

@@ -1,0 +1,174 @@
+// spool::store: segment and journal files (creation, removal, reclaim) and journal encoding.
+#include <algorithm>
+#include <cerrno>
+
+#include "store_internal.h"
+
+namespace ringmta::spool {
+
+std::uint64_t store::salt_for(std::uint32_t file_id) const noexcept {
+  // splitmix64 of the secret seed and the file id.
+  std::uint64_t z = _config.random_seed + 0x9e3779b97f4a7c15ull * (file_id + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+void store::request_segment() noexcept {
+  if (_creating_segment || _spare != nullptr) return;
+  _creating_segment = true;
+  request_create(_next_file_id++, false);
+}
+
+void store::request_journal() noexcept {
+  if (_creating_journal || _journal_spare != nullptr) return;
+  _creating_journal = true;
+  request_create(_next_file_id++, true);
+}
+
+void store::request_create(std::uint32_t id, bool journal) noexcept {
+  auto& files = journal ? _journals : _segments;
+  auto& slot = files[id];
+  slot.id = id;
+  slot.journal = journal;
+  slot.role = file_role::creating;
+  slot.salt = salt_for(id);
+  slot.capacity = journal ? _config.journal_bytes : _config.segment_bytes;
+  slot.write_offset = format::first_record_offset;
+  slot.path = _config.directory + "/" + (journal ? journal_file_name(id) : segment_file_name(id));
+  format::file_header header;
+  header.shard = _config.shard;
+  header.file_id = id;
+  header.salt = slot.salt;
+  header.id_floor = _ids.last();
+  char payload[format::file_header_bytes];
+  format::encode_file_header(header, payload);
+  std::memcpy(slot.header + format::header_bytes, payload, sizeof payload);
+  format::encode_record(slot.header,
+                        journal ? format::record_type::journal_header
+                                : format::record_type::segment_header,
+                        0, std::string_view(payload, sizeof payload), format::seed(0, 0));
+  operation op;
+  op.kind = operation_kind::create_file;
+  op.token = make_token(journal ? token_class::create_journal : token_class::create_segment, id);
+  op.path = slot.path.c_str();
+  op.directory = _config.directory.c_str();
+  op.header = slot.header;
+  op.header_bytes = format::first_record_offset;
+  op.bytes = slot.capacity;
+  push_operation(op);
+}
+
+void store::on_create_done(std::uint32_t id, bool journal, std::int64_t result) noexcept {
+  auto& files = journal ? _journals : _segments;
+  auto found = files.find(id);
+  RINGMTA_ASSERT(found != files.end() && found->second.role == file_role::creating);
+  (journal ? _creating_journal : _creating_segment) = false;
+  if (result < 0) {
+    files.erase(found);
+    (journal ? _journal_create_error : _create_error) = static_cast<int>(-result);
+    return;
+  }
+  auto& slot = found->second;
+  slot.fd = static_cast<int>(result);
+  slot.role = file_role::spare;
+  if (journal) {
+    _journal_create_error = 0;
+    _journal_spare = &slot;
+  } else {
+    _create_error = 0;
+    _spare = &slot;
+    ++_stats.segments_created;
+    remove_unneeded_files();
+  }
+  if (!_flight->active && _snapshot_needed && journal) submit();
+}
+
+void store::request_remove(file_slot& file) noexcept {
+  file.role = file_role::removing;
+  operation op;
+  op.kind = operation_kind::remove_file;
+  op.token = make_token(file.journal ? token_class::remove_journal : token_class::remove_segment,
+                        file.id);
+  op.fd = file.fd;
+  op.path = file.path.c_str();
+  op.directory = _config.directory.c_str();
+  push_operation(op);
+}
+
+void store::on_remove_done(std::uint32_t id, bool journal, std::int64_t result) noexcept {
+  auto& files = journal ? _journals : _segments;
+  auto found = files.find(id);
+  RINGMTA_ASSERT(found != files.end() && found->second.role == file_role::removing);
+  auto& slot = found->second;
+  if (result < 0) {
+    // The file may still be there: keep what recovery would need to see its messages as final
+    // (their index entries feed every journal snapshot). Never retried.
+    slot.role = file_role::sealed;
+    slot.remove_failed = true;
+    slot.fd = -1;
+    return;
+  }
+  for (message_id message : slot.final_ids) {
+    auto entry = _index.find(message);
+    if (entry != _index.end() && entry->second.status == message_status::final) {
+      _index.erase(entry);
+    }
+  }
+  if (!journal) ++_stats.segments_removed;
+  files.erase(found);
+}
+
+// A sealed segment goes when no live message touches it, no unfinished batch wrote to it, and a
+// newer segment (whose header carries the id floor) exists on disk.
+void store::maybe_remove_segment(file_slot& segment) noexcept {
+  if (segment.role != file_role::sealed || segment.refs != 0 || segment.remove_failed) return;
+  const std::uint64_t unfinished = _flight->active ? _flight->seq : _batch_seq;
+  if (segment.last_batch >= unfinished) return;
+  const file_slot* newest = _spare != nullptr ? _spare : _current;
+  if (newest == nullptr || newest->id < segment.id) return;
+  request_remove(segment);
+}
+
+void store::remove_unneeded_files() noexcept {
+  for (auto& [id, segment] : _segments) maybe_remove_segment(segment);
+}
+
+void store::encode_journal_items(std::string& out, std::uint64_t salt,
+                                 std::uint64_t offset) const {
+  for (const auto& item : _flight->journal.items) {
+    char record[state_record_bytes];
+    format::encode_state(item.state, record + format::header_bytes);
+    format::encode_record(record, format::record_type::state, item.id,
+                          std::string_view(record + format::header_bytes,
+                                           format::state_payload_bytes),
+                          format::seed(salt, offset + out.size()));
+    out.append(record, sizeof record);
+  }
+}
+
+// Every durable message's non-initial recipient states, as state records at `offset` onward.
+void store::encode_snapshot(std::string& out, std::uint64_t salt, std::uint64_t offset) const {
+  const recipient_status initial;
+  for (const auto& [id, entry] : _index) {
+    if (entry.status == message_status::committing) continue;
+    for (std::size_t i = 0; i < entry.recipients.size(); ++i) {
+      const auto& status = entry.recipients[i];
+      if (status == initial) continue;
+      format::state_payload payload;
+      payload.recipient = static_cast<std::uint16_t>(i);
+      payload.state = static_cast<std::uint8_t>(status.state);
+      payload.attempts = status.attempts;
+      payload.next_attempt_seconds = status.next_attempt_seconds;
+      char record[state_record_bytes];
+      format::encode_state(payload, record + format::header_bytes);
+      format::encode_record(record, format::record_type::state, id,
+                            std::string_view(record + format::header_bytes,
+                                             format::state_payload_bytes),
+                            format::seed(salt, offset + out.size()));
+      out.append(record, sizeof record);
+    }
+  }
+}
+
+}  // namespace ringmta::spool

@@ -1,0 +1,131 @@
+// Message ids, envelope encoding and dot-stuffing.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+
+#include "ringmta/spool/dot_stuffer.h"
+#include "ringmta/spool/envelope.h"
+#include "ringmta/spool/message_id.h"
+
+namespace ringmta::spool {
+namespace {
+
+TEST(message_id, unique_and_increasing_when_the_clock_steps_back) {
+  message_id_generator ids(3, 0);
+  message_id previous = 0;
+  std::set<message_id> seen;
+  const std::int64_t times[] = {1000, 1000, 1001, 500, 500, 999, 1001, 2000, 10};
+  for (std::int64_t now : times) {
+    for (int i = 0; i < 100; ++i) {
+      const message_id id = ids.next(now);
+      EXPECT_GT(id, previous);
+      EXPECT_EQ(message_id_shard(id), 3u);
+      EXPECT_TRUE(seen.insert(id).second);
+      previous = id;
+    }
+  }
+}
+
+TEST(message_id, restart_from_floor_never_repeats) {
+  message_id_generator first(1, 0);
+  message_id last = 0;
+  for (int i = 0; i < 1000; ++i) last = first.next(5000);
+  message_id_generator restarted(1, last);
+  EXPECT_GT(restarted.next(4000), last);  // clock went back across the restart
+  message_id_generator other_shard(2, 0);
+  EXPECT_NE(other_shard.next(5000), first.next(5000));
+}
+
+TEST(message_id, sequence_overflow_spills_into_next_second) {
+  message_id_generator ids(0, 0);
+  message_id previous = 0;
+  for (int i = 0; i < (1 << message_id_sequence_bits) + 10; ++i) {
+    const message_id id = ids.next(77);
+    ASSERT_GT(id, previous);
+    previous = id;
+  }
+  EXPECT_EQ(message_id_seconds(previous), 78);
+}
+
+TEST(message_id, text_round_trip) {
+  const message_id id = 0x0123456789abcdefull;
+  const auto text = format_message_id(id);
+  EXPECT_STREQ(text.data(), "0123456789abcdef");
+  EXPECT_EQ(parse_message_id(text.data()), id);
+  EXPECT_FALSE(parse_message_id("0123456789abcdeg").has_value());
+  EXPECT_FALSE(parse_message_id("0123").has_value());
+}
+
+envelope sample_envelope() {
+  envelope value;
+  value.id = 42;
+  value.reverse_path = "a@b.example";
+  value.size_declared = 12345;
+  value.body = body_type::eight_bit_mime;
+  value.smtputf8 = true;
+  value.ret = dsn_return::headers;
+  value.envid = "QQ314159";
+  value.received_seconds = 1'700'000'000;
+  value.client_address = "[2001:db8::1]";
+  value.helo = "mx.example";
+  value.recipients.push_back({"x@y.example", notify_success | notify_failure, "rfc822;x@y"});
+  value.recipients.push_back({"z@y.example", 0, ""});
+  return value;
+}
+
+TEST(envelope, round_trip) {
+  const envelope value = sample_envelope();
+  std::string bytes;
+  encode_envelope(value, bytes);
+  auto decoded = decode_envelope(bytes);
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(decoded.value(), value);
+  envelope empty_sender;  // <> and no optional parameters
+  empty_sender.recipients.push_back({"p@q", 0, ""});
+  bytes.clear();
+  encode_envelope(empty_sender, bytes);
+  ASSERT_TRUE(decode_envelope(bytes).ok());
+  EXPECT_EQ(decode_envelope(bytes).value(), empty_sender);
+}
+
+TEST(envelope, garbage_is_rejected_never_crashes) {
+  std::string bytes;
+  encode_envelope(sample_envelope(), bytes);
+  for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
+    EXPECT_FALSE(decode_envelope(std::string_view(bytes).substr(0, cut)).ok()) << cut;
+  }
+  std::mt19937 random(7);
+  int decoded = 0;
+  for (int round = 0; round < 20000; ++round) {
+    std::string mutated = bytes;
+    mutated[random() % mutated.size()] = static_cast<char>(random());
+    if (random() % 2) mutated.resize(random() % (mutated.size() + 1));
+    decoded += decode_envelope(mutated).ok() ? 1 : 0;  // may decode (a changed letter): no crash
+  }
+  std::string huge_count(64, '\0');
+  huge_count[0] = 1;
+  EXPECT_FALSE(decode_envelope(huge_count).ok());
+  EXPECT_LT(decoded, 20000);
+}
+
+std::string stuff(dot_stuffer& stuffer, std::string_view input) {
+  std::string out;
+  stuffer.feed(input, [&](std::string_view piece) { out.append(piece); });
+  return out;
+}
+
+TEST(dot_stuffer, stuffs_line_starts_across_chunks) {
+  dot_stuffer stuffer;
+  EXPECT_EQ(stuff(stuffer, ".a\r\nb.\r\n.."), "..a\r\nb.\r\n...");
+  stuffer.reset();
+  std::string out;
+  for (char c : std::string(".x\r\n.\r\n\r\n..y\n.z")) out += stuff(stuffer, std::string(1, c));
+  EXPECT_EQ(out, "..x\r\n..\r\n\r\n...y\n..z");
+  dot_stuffer sizing;
+  EXPECT_EQ(sizing.stuffed_size(".a\r\n.b"), 8u);
+  EXPECT_TRUE(sizing.at_line_start());
+}
+
+}  // namespace
+}  // namespace ringmta::spool

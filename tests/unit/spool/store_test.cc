@@ -1,0 +1,308 @@
+// spool::store on the real disk, driven synchronously: round trip, BDAT stuffing, journal
+// states, reclaim, ids across restarts and shards.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "spool_test_util.h"
+
+namespace ringmta::spool {
+namespace {
+
+using test::make_body;
+using test::make_envelope;
+using test::read_body;
+using test::small_config;
+using test::temp_dir;
+
+struct expected_message {
+  envelope value;
+  std::string body;
+};
+
+std::unique_ptr<sync_spool> open_spool(const store_config& config) {
+  auto opened = sync_spool::open(config);
+  EXPECT_TRUE(opened.ok()) << opened.error_text();
+  return opened.ok() ? std::move(opened.value()) : nullptr;
+}
+
+void expect_recovered(const store_config& config,
+                      const std::map<message_id, expected_message>& expected) {
+  auto spool = open_spool(config);
+  ASSERT_NE(spool, nullptr);
+  EXPECT_TRUE(spool->report().problems.empty()) << spool->report().problems.front();
+  std::size_t queued = 0;
+  spool->core().for_each_message([&](const message_entry&) { ++queued; });
+  EXPECT_EQ(queued, expected.size());
+  for (const auto& [id, message] : expected) {
+    auto stored = spool->core().read(id);
+    ASSERT_TRUE(stored.ok()) << format_message_id(id).data() << ": " << stored.error_text();
+    EXPECT_EQ(stored.value().envelope, message.value);
+    EXPECT_EQ(stored.value().body_bytes, message.body.size());
+    EXPECT_EQ(read_body(stored.value()), message.body) << format_message_id(id).data();
+  }
+}
+
+TEST(spool_store, round_trip_interleaved_varied_sizes) {
+  temp_dir dir;
+  const auto config = small_config(dir.shard(0));
+  std::map<message_id, expected_message> expected;
+  {
+    auto spool = open_spool(config);
+    ASSERT_NE(spool, nullptr);
+    std::mt19937 random(1);
+    const std::size_t sizes[] = {0, 1, 2, 100, 1000, 4096, 70'000, 300'000, 3'000'000};
+    std::uint32_t seed = 0;
+    for (int round = 0; round < 12; ++round) {
+      // Several sessions at once, their chunks interleaved as the reactor would see them.
+      struct session {
+        message_handle handle;
+        std::string body;
+        std::size_t sent = 0;
+      };
+      std::vector<session> sessions;
+      for (int s = 0; s < 8; ++s) {
+        auto handle = spool->begin(1'700'000'000 + round);
+        ASSERT_TRUE(handle.ok());
+        sessions.push_back({handle.value(), make_body(sizes[(seed + s) % 9], seed + s), 0});
+      }
+      bool busy = true;
+      while (busy) {
+        busy = false;
+        for (auto& one : sessions) {
+          if (one.sent == one.body.size()) continue;
+          const std::size_t n = std::min<std::size_t>(1 + random() % 20000,
+                                                      one.body.size() - one.sent);
+          ASSERT_TRUE(spool->append(one.handle, std::string_view(one.body).substr(one.sent, n))
+                          .ok());
+          one.sent += n;
+          busy = true;
+        }
+      }
+      for (auto& one : sessions) {
+        const message_id id = spool->core().id_of(one.handle);
+        auto value = make_envelope(id, 1 + seed % 4, seed);
+        ASSERT_TRUE(spool->commit(one.handle, value).ok());
+        expected[id] = {value, one.body};
+        ++seed;
+      }
+      spool->flush();
+    }
+    std::size_t durable = 0;
+    for (const auto& item : spool->take_events()) {
+      EXPECT_EQ(item.error, 0);
+      durable += item.kind == event_kind::committed ? 1 : 0;
+    }
+    EXPECT_EQ(durable, expected.size());
+    EXPECT_GT(spool->core().stats().segments_created, 2u);  // the 3 MB bodies span segments
+  }
+  expect_recovered(config, expected);
+}
+
+TEST(spool_store, bdat_raw_chunks_are_stored_dot_stuffed) {
+  temp_dir dir;
+  const auto config = small_config(dir.shard(0));
+  std::map<message_id, expected_message> expected;
+  {
+    auto spool = open_spool(config);
+    ASSERT_NE(spool, nullptr);
+    const std::string raw = ".starts with dot\r\nmiddle . dot\r\n..two\r\n.";
+    auto handle = spool->begin(100).value();
+    // Split so that line starts and dots fall on chunk edges.
+    for (std::size_t at = 0; at < raw.size(); at += 3) {
+      ASSERT_TRUE(spool->append_raw(handle, std::string_view(raw).substr(at, 3)).ok());
+    }
+    const message_id id = spool->core().id_of(handle);
+    auto value = make_envelope(id, 1, 1);
+    ASSERT_TRUE(spool->commit(handle, value).ok());
+    expected[id] = {value, "..starts with dot\r\nmiddle . dot\r\n...two\r\n.."};
+    // A large raw body: many pieces, stuffing state across 4 KiB internal pieces.
+    std::string big;
+    for (int i = 0; i < 50000; ++i) big += i % 3 == 0 ? ".line\r\n" : "text\r\n";
+    std::string stuffed;
+    dot_stuffer stuffer;
+    stuffer.feed(big, [&](std::string_view piece) { stuffed.append(piece); });
+    auto second = spool->begin(101).value();
+    ASSERT_TRUE(spool->append_raw(second, big).ok());
+    const message_id second_id = spool->core().id_of(second);
+    auto second_value = make_envelope(second_id, 2, 2);
+    ASSERT_TRUE(spool->commit(second, second_value).ok());
+    expected[second_id] = {second_value, stuffed};
+    spool->flush();
+  }
+  expect_recovered(config, expected);
+}
+
+TEST(spool_store, aborted_and_uncommitted_messages_never_appear) {
+  temp_dir dir;
+  const auto config = small_config(dir.shard(0));
+  std::map<message_id, expected_message> expected;
+  {
+    auto spool = open_spool(config);
+    ASSERT_NE(spool, nullptr);
+    auto aborted = spool->begin(1).value();
+    ASSERT_TRUE(spool->append(aborted, make_body(5000, 1)).ok());
+    auto kept = spool->begin(1).value();
+    const std::string body = make_body(3000, 2);
+    ASSERT_TRUE(spool->append(kept, body).ok());
+    spool->core().abort(aborted);
+    auto never_committed = spool->begin(1).value();
+    ASSERT_TRUE(spool->append(never_committed, make_body(7000, 3)).ok());
+    const message_id id = spool->core().id_of(kept);
+    auto value = make_envelope(id, 1, 9);
+    ASSERT_TRUE(spool->commit(kept, value).ok());
+    expected[id] = {value, body};
+    spool->flush();  // the uncommitted data reaches the disk too
+  }
+  expect_recovered(config, expected);
+}
+
+message_id commit_one(sync_spool& spool, std::int64_t now, std::uint32_t recipients,
+                      std::uint32_t seed, std::size_t bytes = 2000) {
+  auto handle = spool.begin(now).value();
+  EXPECT_TRUE(spool.append(handle, make_body(bytes, seed)).ok());
+  const message_id id = spool.core().id_of(handle);
+  EXPECT_TRUE(spool.commit(handle, make_envelope(id, recipients, seed)).ok());
+  return id;
+}
+
+TEST(spool_store, journal_states_and_retry_times_survive_restart) {
+  temp_dir dir;
+  const auto config = small_config(dir.shard(0));
+  std::vector<message_id> ids;
+  {
+    auto spool = open_spool(config);
+    for (std::uint32_t i = 0; i < 20; ++i) ids.push_back(commit_one(*spool, 1000, 3, i));
+    spool->flush();
+    for (std::uint32_t i = 0; i < 20; ++i) {
+      ASSERT_TRUE(spool->mark(ids[i], 0, {recipient_state::delivered, 1, 0}).ok());
+      ASSERT_TRUE(spool->mark(ids[i], 1, {recipient_state::deferred, i + 1, 5000 + i}).ok());
+    }
+    ASSERT_TRUE(spool->mark(ids[0], 2, {recipient_state::bounced, 1, 0}).ok());
+    EXPECT_EQ(spool->mark(ids[1], 0, {recipient_state::queued, 0, 0}).error(), EINVAL);
+    spool->flush();
+    std::size_t marked = 0;
+    for (const auto& item : spool->take_events()) {
+      if (item.kind == event_kind::marked) {
+        EXPECT_EQ(item.error, 0);
+        ++marked;
+      }
+    }
+    EXPECT_EQ(marked, 41u);
+  }
+  auto spool = open_spool(config);
+  EXPECT_TRUE(spool->report().problems.empty());
+  for (std::uint32_t i = 0; i < 20; ++i) {
+    const message_entry* entry = spool->core().find(ids[i]);
+    ASSERT_NE(entry, nullptr);
+    EXPECT_EQ(entry->recipients[0].state, recipient_state::delivered);
+    EXPECT_EQ(entry->recipients[1],
+              (recipient_status{recipient_state::deferred, i + 1, 5000 + std::int64_t{i}}));
+    EXPECT_EQ(entry->recipients[2].state,
+              i == 0 ? recipient_state::bounced : recipient_state::queued);
+  }
+  // A second restart reads the start-up snapshot journal written by the first one.
+  spool.reset();
+  spool = open_spool(config);
+  EXPECT_EQ(spool->core().find(ids[5])->recipients[1].next_attempt_seconds, 5005);
+  EXPECT_EQ(spool->report().journals, 1u);
+}
+
+std::size_t count_files(const std::string& directory, std::string_view prefix) {
+  std::size_t count = 0;
+  for (const auto& item : std::filesystem::directory_iterator(directory)) {
+    if (item.path().filename().string().starts_with(prefix)) ++count;
+  }
+  return count;
+}
+
+TEST(spool_store, segments_are_reclaimed_when_every_message_is_final) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  config.segment_bytes = 128u << 10;
+  std::vector<message_id> ids;
+  auto spool = open_spool(config);
+  for (std::uint32_t i = 0; i < 60; ++i) {
+    ids.push_back(commit_one(*spool, 1000, 2, i, 10'000));
+    if (i % 10 == 9) spool->flush();
+  }
+  spool->flush();
+  const std::size_t segments_before = count_files(config.directory, "segment-");
+  EXPECT_GE(segments_before, 5u);
+  // Finish all but the last message: every segment but the newest ones can go.
+  for (std::size_t i = 0; i + 1 < ids.size(); ++i) {
+    ASSERT_TRUE(spool->mark(ids[i], 0, {recipient_state::delivered, 1, 0}).ok());
+    ASSERT_TRUE(spool->mark(ids[i], 1, {recipient_state::bounced, 1, 0}).ok());
+  }
+  spool->flush();
+  const std::size_t segments_after = count_files(config.directory, "segment-");
+  EXPECT_LE(segments_after, 3u);  // the last message's segment(s), the current and the spare
+  EXPECT_GT(spool->core().stats().segments_removed, 0u);
+  EXPECT_EQ(spool->core().find(ids[0]), nullptr);  // dropped with its segment
+  EXPECT_NE(spool->core().find(ids.back()), nullptr);
+  spool.reset();
+  spool = open_spool(config);
+  EXPECT_TRUE(spool->report().problems.empty()) << spool->report().problems.front();
+  std::size_t queued = 0;
+  spool->core().for_each_message([&](const message_entry& entry) {
+    queued += entry.status == message_status::queued ? 1 : 0;
+  });
+  EXPECT_EQ(queued, 1u);
+  EXPECT_TRUE(spool->core().read(ids.back()).ok());
+}
+
+TEST(spool_store, journal_compaction_keeps_states) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  config.journal_bytes = 16u << 10;
+  std::vector<message_id> ids;
+  {
+    auto spool = open_spool(config);
+    for (std::uint32_t i = 0; i < 50; ++i) ids.push_back(commit_one(*spool, 1000, 2, i, 300));
+    spool->flush();
+    for (std::uint32_t attempt = 1; attempt <= 20; ++attempt) {
+      for (auto id : ids) {
+        ASSERT_TRUE(spool->mark(id, 1, {recipient_state::deferred, attempt, 9000 + attempt})
+                        .ok());
+      }
+      spool->flush();
+    }
+    EXPECT_GE(spool->core().stats().journal_snapshots, 3u);
+    EXPECT_LE(count_files(config.directory, "journal-"), 2u);
+  }
+  auto spool = open_spool(config);
+  for (auto id : ids) {
+    ASSERT_NE(spool->core().find(id), nullptr);
+    EXPECT_EQ(spool->core().find(id)->recipients[1],
+              (recipient_status{recipient_state::deferred, 20, 9020}));
+  }
+}
+
+TEST(spool_store, ids_unique_across_restarts_and_shards) {
+  temp_dir dir;
+  std::set<message_id> seen;
+  for (int restart = 0; restart < 3; ++restart) {
+    for (std::uint32_t shard = 0; shard < 2; ++shard) {
+      auto spool = open_spool(small_config(dir.shard(shard), shard));
+      // The clock steps back on every restart.
+      const std::int64_t now = 1'800'000'000 - restart * 3600;
+      for (int i = 0; i < 50; ++i) {
+        auto handle = spool->begin(now).value();
+        const message_id id = spool->core().id_of(handle);
+        EXPECT_TRUE(seen.insert(id).second) << format_message_id(id).data();
+        if (i % 2 == 0) {
+          ASSERT_TRUE(spool->commit(handle, make_envelope(id, 1, i)).ok());
+        } else {
+          spool->core().abort(handle);
+        }
+      }
+      spool->flush();
+    }
+  }
+  EXPECT_EQ(seen.size(), 300u);
+}
+
+}  // namespace
+}  // namespace ringmta::spool
