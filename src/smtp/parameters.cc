@@ -102,7 +102,7 @@ parameter_error apply_mail(std::string_view k, std::string_view v, bool has_valu
     if (!once(1)) return parameter_error::duplicate;
     if (!has_value || !parse_decimal(v, out.size)) return parameter_error::value;
     out.has_size = true;
-  } else if (ieq(k, "BODY") && (ext.eight_bit_mime || ext.binary_mime)) {
+  } else if (ieq(k, "BODY") && (ext.eight_bit_mime || (ext.binary_mime && ext.chunking))) {
     if (!once(2)) return parameter_error::duplicate;
     if (ieq(v, "7BIT")) out.body = body_type::seven_bit;
     else if (ieq(v, "8BITMIME") && ext.eight_bit_mime) out.body = body_type::eight_bit_mime;

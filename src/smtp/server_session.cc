@@ -154,7 +154,6 @@ void server_session::end_line() noexcept {
 
 namespace {
 constexpr std::string_view held_dot = ".";
-constexpr std::string_view held_dot_cr = ".\r";
 constexpr std::string_view crlf = "\r\n";
 constexpr std::string_view lf_only = "\n";
 constexpr std::string_view lone_dot_line = "..\r\n";  // a "." line that must not end DATA
@@ -231,14 +230,12 @@ std::size_t server_session::feed_data(std::string_view bytes) noexcept {
           ++p;
           _data_state = data_state::dot_cr;
         } else if (*p == '\n') {
-          if (!normalize) {
+          if (!normalize) {  // the body is abandoned: no need to keep `run` exact
             fail_message(abort_reason::bare_lf);
-            if (!dot_here) emit_static(held_dot);
             _data_state = data_state::in_line;
-            run = dot_here ? run : p;
             ++p;
           } else {
-            emit_static(lone_dot_line);
+            emit_lone_dot_line();
             run = ++p;
             normalized_line_end();
           }
@@ -258,19 +255,15 @@ std::size_t server_session::feed_data(std::string_view bytes) noexcept {
           return static_cast<std::size_t>(p - begin);
         }
         if (*p == '\n') {  // "." line after a normalized ending: re-stuffed, not an end
-          emit_static(lone_dot_line);
+          emit_lone_dot_line();
           run = ++p;
           _bare_seen_last = false;
           end_line();
         } else if (!normalize) {
           fail_message(abort_reason::bare_cr);
-          if (!dot_here) {
-            emit_static(held_dot_cr);
-            run = p;
-          }
           _data_state = data_state::in_line;
         } else {
-          emit_static(lone_dot_line);
+          emit_lone_dot_line();
           run = p;
           normalized_line_end();
         }
@@ -281,6 +274,13 @@ std::size_t server_session::feed_data(std::string_view bytes) noexcept {
   const std::uint32_t limit = _config.limits.text_line_bytes_max;
   if (limit != 0 && _line_bytes + 2 > limit) fail_message(abort_reason::line_too_long);
   return bytes.size();
+}
+
+// A "." line whose ending was not a real CRLF pair: written as ".." CRLF (a stuffed dot), so
+// the stored wire form can never contain an end marker the client did not send.
+void server_session::emit_lone_dot_line() noexcept {
+  ++_stuffed_dots;
+  emit_static(lone_dot_line);
 }
 
 void server_session::normalized_line_end() noexcept {

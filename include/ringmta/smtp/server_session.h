@@ -233,6 +233,7 @@ class server_session {
   void emit_static(std::string_view bytes) noexcept;
   void end_line() noexcept;
   void normalized_line_end() noexcept;
+  void emit_lone_dot_line() noexcept;
   void fail_message(abort_reason reason) noexcept;
   void check_error_limit() noexcept;
   void close_with(std::uint16_t code, std::string_view enhanced, std::string_view text,

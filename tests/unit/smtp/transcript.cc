@@ -99,7 +99,7 @@ transcript parse_transcript(const std::string& name, const std::string& text) {
     } else if (line.rfind("S:", 0) == 0) {
       t.expected_output += unescape(rest) + "\r\n";
     } else if (line.rfind("E:", 0) == 0) {
-      t.expected_events.push_back(rest);
+      t.expected_events.push_back(expand_repeats(rest));
       t.check_events = true;
     } else if (line.rfind("V:", 0) == 0) {
       std::istringstream in(rest);
@@ -193,6 +193,9 @@ class recording_handler final : public server_handler {
     return answer("data_end");
   }
   void on_data_aborted(abort_reason reason) noexcept override {
+    // Like an embedder: drop the partial body. How much of it arrived depends on the splits.
+    _body.clear();
+    _body_open = false;
     record("aborted " + std::string(describe(reason)));
   }
   void on_reset() noexcept override { record("reset"); }
