@@ -1,0 +1,218 @@
+// server_session API behaviour that transcripts cannot express: output back-pressure, pending
+// verdicts cancelled by shutdown, zero-copy body slices, protocol names, envelope queries.
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "ringmta/smtp/server_session.h"
+
+namespace ringmta::smtp {
+namespace {
+
+struct slice_record {
+  const char* data;
+  std::size_t size;
+};
+
+class probe_handler final : public server_handler {
+ public:
+  bool hold_data_end = false;
+  int aborted = 0;
+  int data_ends = 0;
+  std::vector<slice_record> slices;
+  std::string body;
+  body_summary last_summary;
+
+  void on_body(std::string_view slice, body_form) noexcept override {
+    slices.push_back({slice.data(), slice.size()});
+    body.append(slice);
+  }
+  verdict on_data_end(const body_summary& summary) noexcept override {
+    ++data_ends;
+    last_summary = summary;
+    return hold_data_end ? verdict::pending() : verdict::accept();
+  }
+  void on_data_aborted(abort_reason) noexcept override { ++aborted; }
+  verdict on_auth(std::string_view, std::string_view) noexcept override {
+    return verdict::accept();
+  }
+};
+
+std::string drain(server_session& session) {
+  std::string out(session.output());
+  session.consume_output(out.size());
+  return out;
+}
+
+TEST(server_session, pipelined_input_pauses_when_output_is_full) {
+  server_config config;
+  probe_handler handler;
+  server_session session(config, handler);
+  session.start();
+  drain(session);
+  std::string input;
+  for (int i = 0; i < 2000; ++i) input += "NOOP\r\n";
+  // The client never reads: feed pauses instead of growing the output without bound.
+  const std::size_t used = session.feed(input);
+  EXPECT_LT(used, input.size());
+  EXPECT_TRUE(session.output_full());
+  EXPECT_FALSE(session.awaiting_verdict());
+  EXPECT_LE(session.output().size(), server_session::output_bytes_capacity);
+  EXPECT_EQ(session.feed(std::string_view(input).substr(used)), 0u);  // still paused
+  // Draining lets it go on; every command gets exactly one reply, in order.
+  std::string replies = drain(session);
+  std::size_t at = used;
+  for (int rounds = 0; at < input.size() && rounds < 1000; ++rounds) {
+    at += session.feed(std::string_view(input).substr(at));
+    replies += drain(session);
+  }
+  EXPECT_EQ(at, input.size());
+  std::string expected;
+  for (int i = 0; i < 2000; ++i) expected += "250 2.0.0 Ok\r\n";
+  EXPECT_EQ(replies, expected);
+}
+
+TEST(server_session, feed_consumes_nothing_while_a_verdict_is_pending) {
+  server_config config;
+  probe_handler handler;
+  handler.hold_data_end = true;
+  server_session session(config, handler);
+  session.start();
+  const std::string input =
+      "EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n";
+  const std::size_t used = session.feed(input);
+  EXPECT_EQ(std::string_view(input).substr(used), "QUIT\r\n");
+  EXPECT_TRUE(session.awaiting_verdict());
+  EXPECT_EQ(session.feed("QUIT\r\n"), 0u);
+  EXPECT_EQ(handler.data_ends, 1);
+  session.resume(verdict::respond(250, "2.0.0", "Ok: queued as ABC"));
+  EXPECT_FALSE(session.awaiting_verdict());
+  EXPECT_EQ(session.messages_accepted(), 1u);
+  EXPECT_EQ(session.feed("QUIT\r\n"), 6u);
+  const std::string out = drain(session);
+  EXPECT_NE(out.find("250 2.0.0 Ok: queued as ABC\r\n221 2.0.0"), std::string::npos) << out;
+  EXPECT_TRUE(session.wants_close());
+}
+
+TEST(server_session, shutdown_cancels_a_pending_verdict) {
+  server_config config;
+  probe_handler handler;
+  handler.hold_data_end = true;
+  server_session session(config, handler);
+  session.start();
+  session.feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nhi\r\n.\r\n");
+  ASSERT_TRUE(session.awaiting_verdict());
+  drain(session);
+  session.shutdown();
+  EXPECT_TRUE(session.wants_close());
+  EXPECT_FALSE(session.awaiting_verdict());
+  EXPECT_EQ(drain(session), "421 4.3.2 localhost Service shutting down\r\n");
+  session.resume(verdict::accept());  // too late: ignored
+  EXPECT_EQ(drain(session), "");
+  EXPECT_EQ(session.feed("NOOP\r\n"), 6u);  // discarded
+  EXPECT_EQ(drain(session), "");
+}
+
+TEST(server_session, body_slices_point_into_the_fed_buffer) {
+  server_config config;
+  probe_handler handler;
+  server_session session(config, handler);
+  session.start();
+  session.feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n");
+  const std::string part1 = "line one\r\n..stuffed\r\n";
+  const std::string part2 = "\r\n.";  // ends with a held-back dot
+  const std::string part3 = "tail\r\n.\r\n";
+  for (const std::string* part : {&part1, &part2, &part3}) {
+    const std::size_t before = handler.slices.size();
+    EXPECT_EQ(session.feed(*part), part->size());
+    for (std::size_t i = before; i < handler.slices.size(); ++i) {
+      const slice_record s = handler.slices[i];
+      const bool inside = s.data >= part->data() && s.data + s.size <= part->data() + part->size();
+      const bool held_dot = s.size == 1 && *s.data == '.';  // static storage
+      EXPECT_TRUE(inside || held_dot) << "slice " << i;
+    }
+  }
+  EXPECT_EQ(handler.body, "line one\r\n..stuffed\r\n\r\n.tail\r\n");
+  EXPECT_EQ(handler.last_summary.message_bytes, handler.body.size() - 2);
+  EXPECT_EQ(handler.last_summary.line_count, 4u);
+}
+
+TEST(server_session, protocol_name_follows_rfc3848) {
+  server_config config;
+  config.auth_offered = true;
+  config.starttls_offered = true;
+  probe_handler handler;
+  server_session session(config, handler);
+  session.start();
+  session.feed("HELO c\r\n");
+  EXPECT_EQ(session.protocol_name(), "SMTP");
+  EXPECT_EQ(session.helo_name(), "c");
+  session.feed("EHLO d.example\r\n");
+  EXPECT_EQ(session.protocol_name(), "ESMTP");
+  session.feed("STARTTLS\r\nignored\r\n");
+  EXPECT_TRUE(session.awaiting_tls());
+  session.tls_established();
+  EXPECT_EQ(session.helo_name(), "");
+  session.feed("EHLO d.example\r\n");
+  EXPECT_EQ(session.protocol_name(), "ESMTPS");
+  session.feed("AUTH PLAIN AGFAYgBj\r\n");
+  EXPECT_TRUE(session.authenticated());
+  EXPECT_EQ(session.protocol_name(), "ESMTPSA");
+  session.feed("MAIL FROM:<a@b.example> SMTPUTF8 SIZE=42\r\n");
+  EXPECT_EQ(session.protocol_name(), "UTF8SMTPSA");
+  const envelope_view envelope = session.envelope();
+  EXPECT_TRUE(envelope.has_mail);
+  EXPECT_EQ(envelope.reverse_path, "a@b.example");
+  EXPECT_EQ(envelope.mail->size, 42u);
+  session.feed("RCPT TO:<x@y.example>\r\nRCPT TO:<z@y.example>\r\n");
+  EXPECT_EQ(session.envelope().recipient_count, 2u);
+  session.feed("RSET\r\n");
+  EXPECT_FALSE(session.envelope().has_mail);
+  EXPECT_EQ(session.protocol_name(), "ESMTPSA");
+}
+
+TEST(server_session, connection_lost_aborts_the_message) {
+  server_config config;
+  probe_handler handler;
+  server_session session(config, handler);
+  session.start();
+  session.feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nhalf");
+  EXPECT_TRUE(session.in_message());
+  session.connection_lost();
+  EXPECT_EQ(handler.aborted, 1);
+  EXPECT_TRUE(session.wants_close());
+  EXPECT_FALSE(session.in_message());
+}
+
+TEST(server_session, replies_from_the_embedder_are_sanitized_and_bounded) {
+  struct evil_handler final : server_handler {
+    std::string text = std::string(700, 'x') + "\r\nline two\x01\n" + std::string(3000, 'y');
+    verdict on_rcpt_to(const mailbox&, const rcpt_parameters&) noexcept override {
+      return verdict::respond(550, "5.1.1", text);
+    }
+  } handler;
+  server_config config;
+  server_session session(config, handler);
+  session.start();
+  session.feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\n");
+  drain(session);
+  session.feed("RCPT TO:<c@d.example>\r\n");
+  const std::string out = drain(session);
+  std::size_t at = 0;
+  int lines = 0;
+  while (at < out.size()) {
+    const std::size_t end = out.find("\r\n", at);
+    ASSERT_NE(end, std::string::npos);
+    EXPECT_LE(end + 2 - at, 512u);
+    EXPECT_EQ(out.substr(at, 3), "550");
+    for (std::size_t i = at; i < end; ++i) EXPECT_GE(static_cast<unsigned char>(out[i]), 0x20);
+    at = end + 2;
+    ++lines;
+  }
+  EXPECT_GE(lines, 2);
+  EXPECT_EQ(out[out.rfind("550") + 3], ' ');  // the last line ends the reply
+}
+
+}  // namespace
+}  // namespace ringmta::smtp
