@@ -515,6 +515,11 @@ core::result<stored_message> store::read(message_id id) const {
   return message;
 }
 
+int store::segment_fd(std::uint32_t segment) const noexcept {
+  auto found = _segments.find(segment);
+  return found == _segments.end() ? -1 : found->second.fd;
+}
+
 bool store::next_event(event& out) noexcept {
   if (_events.empty()) return false;
   out = _events.front();

@@ -124,6 +124,9 @@ class store {
   // Envelope and body location of a queued message (one blocking pread of its commit
   // record; locate() + decode_commit() do the same through the ring).
   core::result<stored_message> read(message_id id) const;
+  // The read-only-usable fd of a segment (-1 when unknown): for splice/sendfile of body_slices
+  // and for reading a commit record through the ring.
+  int segment_fd(std::uint32_t segment) const noexcept;
   // Every durable message, in no particular order.
   template <typename Visit>
   void for_each_message(Visit&& visit) const {

@@ -1,0 +1,555 @@
+// The spool under faults: a recording driver that checks the durability contract, writes and
+// syncs that fail (ENOSPC, EIO), torn tails, flipped bytes, garbage files, a full tmpfs.
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <set>
+
+#include "spool_test_util.h"
+
+namespace ringmta::spool {
+namespace {
+
+using test::make_body;
+using test::make_envelope;
+using test::read_body;
+using test::small_config;
+using test::temp_dir;
+
+// Runs a store's operations one at a time in random order (any order of what the store has
+// handed out is legal), optionally failing some, and checks every durable ticket against what
+// was written and synced so far.
+class recording_driver {
+ public:
+  explicit recording_driver(store& target, std::uint32_t seed = 1)
+      : _store(target), _random(seed) {}
+
+  std::function<std::int64_t(const operation&)> fault;  // < 0: fail the op with that result
+  std::vector<event> events;
+  std::size_t durable_checked = 0;
+
+  bool run_one() {
+    pull();
+    if (_queue.empty()) return false;
+    const std::size_t pick = _random() % _queue.size();
+    const auto [op, issued] = _queue[pick];
+    _queue.erase(_queue.begin() + static_cast<std::ptrdiff_t>(pick));
+    std::int64_t result = fault ? fault(op) : 0;
+    if (result >= 0) result = perform(op);
+    if (result >= 0 && op.kind == operation_kind::write) {
+      _writes.push_back({op.fd, op.offset, op.bytes, _step});
+    }
+    if (result >= 0 && op.kind == operation_kind::datasync) _syncs.push_back({op.fd, issued});
+    ++_step;
+    _store.complete(op.token, result);
+    event item;
+    while (_store.next_event(item)) {
+      if (item.kind == event_kind::committed && item.error == 0) check_durable(item.id);
+      events.push_back(item);
+    }
+    return true;
+  }
+  void run() {
+    while (run_one()) {
+    }
+  }
+  // Performs everything but datasyncs, which stay queued.
+  void run_writes_only() {
+    for (;;) {
+      pull();
+      auto found = std::find_if(_queue.begin(), _queue.end(), [](const auto& queued) {
+        return queued.first.kind != operation_kind::datasync;
+      });
+      if (found == _queue.end()) return;
+      const operation op = found->first;
+      _queue.erase(found);
+      const std::int64_t result = perform(op);
+      if (op.kind == operation_kind::write) _writes.push_back({op.fd, op.offset, op.bytes, _step});
+      ++_step;
+      _store.complete(op.token, result);
+      event item;
+      while (_store.next_event(item)) events.push_back(item);
+    }
+  }
+  std::size_t queued_syncs() const {
+    return static_cast<std::size_t>(std::count_if(_queue.begin(), _queue.end(), [](auto& q) {
+      return q.first.kind == operation_kind::datasync;
+    }));
+  }
+
+ private:
+  struct write_done {
+    int fd;
+    std::uint64_t offset, bytes, step;
+  };
+  struct sync_done {
+    int fd;
+    std::uint64_t issued_step;
+  };
+
+  void pull() {
+    operation op;
+    while (_store.next_operation(op)) _queue.emplace_back(op, _step);
+  }
+  bool covered(int fd, std::uint64_t offset, std::uint64_t bytes) const {
+    for (const auto& w : _writes) {
+      if (w.fd != fd || w.offset > offset || offset + bytes > w.offset + w.bytes) continue;
+      for (const auto& s : _syncs) {
+        if (s.fd == fd && s.issued_step > w.step) return true;
+      }
+    }
+    return false;
+  }
+  void check_durable(message_id id) {
+    const message_entry* entry = _store.find(id);
+    ASSERT_NE(entry, nullptr);
+    EXPECT_TRUE(covered(_store.segment_fd(entry->commit_segment), entry->commit_offset,
+                        entry->commit_bytes))
+        << "commit record of " << format_message_id(id).data() << " not synced";
+    auto stored = _store.read(id);
+    ASSERT_TRUE(stored.ok());
+    for (const auto& slice : stored.value().body) {
+      EXPECT_TRUE(covered(slice.fd, slice.offset - 32, slice.length + 32))
+          << "data of " << format_message_id(id).data() << " not synced";
+    }
+    ++durable_checked;
+  }
+
+  store& _store;
+  std::mt19937 _random;
+  std::vector<std::pair<operation, std::uint64_t>> _queue;
+  std::vector<write_done> _writes;
+  std::vector<sync_done> _syncs;
+  std::uint64_t _step = 0;
+};
+
+std::unique_ptr<store> open_store(const store_config& config) {
+  ::mkdir(config.directory.c_str(), 0750);
+  auto recovered = recover(config.directory, config.shard);
+  EXPECT_TRUE(recovered.ok());
+  return std::make_unique<store>(config, std::move(recovered.value()));
+}
+
+struct sent {
+  envelope value;
+  std::string body;
+};
+
+// Begins, appends (running the driver on backpressure) and commits one message.
+core::result<std::uint64_t> send(store& target, recording_driver& driver, std::uint32_t seed,
+                                 std::size_t bytes, std::map<message_id, sent>& log) {
+  auto handle = target.begin(1000);
+  if (!handle) return core::fail(handle.error());
+  const std::string body = make_body(bytes, seed);
+  std::string_view rest(body);
+  for (int stall = 0; !rest.empty() && stall < 100;) {
+    auto taken = target.append(handle.value(), rest);
+    if (!taken) {
+      target.abort(handle.value());
+      return core::fail(taken.error());
+    }
+    rest.remove_prefix(taken.value());
+    if (taken.value() == 0) {
+      ++stall;
+      target.flush();
+      driver.run();
+    }
+  }
+  const message_id id = target.id_of(handle.value());
+  auto value = make_envelope(id, 2, seed);
+  for (int attempt = 0;; ++attempt) {
+    auto ticket = target.commit(handle.value(), value);
+    if (ticket.ok()) log[id] = {value, body};
+    if (ticket.ok() || ticket.error() != EAGAIN || attempt > 50) return ticket;
+    target.flush();
+    driver.run();
+  }
+}
+
+void expect_exactly(const store_config& config, const std::map<message_id, sent>& expected) {
+  auto recovered = recover(config.directory, config.shard);
+  ASSERT_TRUE(recovered.ok());
+  std::set<message_id> found;
+  for (const auto& entry : recovered.value().messages) found.insert(entry.id);
+  std::set<message_id> wanted;
+  for (const auto& [id, message] : expected) wanted.insert(id);
+  EXPECT_EQ(found, wanted);
+  auto reopened = std::make_unique<store>(config, std::move(recovered.value()));
+  run_operations(*reopened);
+  for (const auto& [id, message] : expected) {
+    auto stored = reopened->read(id);
+    ASSERT_TRUE(stored.ok()) << stored.error_text();
+    EXPECT_EQ(stored.value().envelope, message.value);
+    EXPECT_EQ(read_body(stored.value()), message.body);
+  }
+}
+
+TEST(spool_faults, no_ticket_is_durable_before_its_data_and_record_are_synced) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  config.segment_bytes = 256u << 10;  // rollovers inside batches
+  std::map<message_id, sent> log;
+  auto target = open_store(config);
+  recording_driver driver(*target, 7);
+  driver.run();
+  std::mt19937 random(3);
+  for (std::uint32_t round = 0; round < 30; ++round) {
+    for (std::uint32_t i = 0; i < 1 + random() % 20; ++i) {
+      ASSERT_TRUE(send(*target, driver, round * 100 + i, random() % 40000, log).ok());
+    }
+    target->flush();
+    // Writes may complete, but while the sync is held back no ticket may be reported.
+    driver.run_writes_only();
+    if (driver.queued_syncs() > 0) {
+      for (const auto& item : driver.events) {
+        EXPECT_FALSE(item.kind == event_kind::committed && item.error == 0 &&
+                     target->find(item.id) == nullptr);
+      }
+    }
+    driver.run();
+  }
+  std::size_t durable = 0;
+  for (const auto& item : driver.events) durable += item.error == 0 ? 1 : 0;
+  EXPECT_EQ(durable, log.size());
+  EXPECT_EQ(driver.durable_checked, log.size());
+  target.reset();
+  expect_exactly(config, log);
+}
+
+TEST(spool_faults, held_sync_holds_every_ticket) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  std::map<message_id, sent> log;
+  auto target = open_store(config);
+  recording_driver driver(*target);
+  driver.run();
+  for (std::uint32_t i = 0; i < 10; ++i) ASSERT_TRUE(send(*target, driver, i, 1000, log).ok());
+  target->flush();
+  driver.run_writes_only();
+  EXPECT_GT(driver.queued_syncs(), 0u);
+  EXPECT_TRUE(driver.events.empty());
+  driver.run();
+  EXPECT_EQ(driver.events.size(), 10u);
+}
+
+TEST(spool_faults, failed_writes_fail_the_batch_and_the_spool_recovers_when_space_returns) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  config.segment_bytes = 128u << 10;
+  std::map<message_id, sent> good;
+  std::map<message_id, sent> failed;
+  auto target = open_store(config);
+  recording_driver driver(*target);
+  bool disk_full = false;
+  driver.fault = [&](const operation& op) -> std::int64_t {
+    const bool writes = op.kind == operation_kind::write || op.kind == operation_kind::create_file;
+    return disk_full && writes ? -ENOSPC : 0;
+  };
+  driver.run();
+  for (std::uint32_t i = 0; i < 5; ++i) ASSERT_TRUE(send(*target, driver, i, 3000, good).ok());
+  target->flush();
+  driver.run();
+  // A message whose first bytes are in the batch that will fail.
+  auto straddling = target->begin(1000).value();
+  ASSERT_EQ(target->append(straddling, make_body(500, 99)).value(), 500u);
+
+  disk_full = true;
+  std::size_t failed_events = 0;
+  for (std::uint32_t i = 10; i < 40; ++i) {
+    auto ticket = send(*target, driver, i, 3000, failed);
+    if (!ticket.ok()) {
+      EXPECT_EQ(ticket.error(), ENOSPC);
+    }
+    target->flush();
+    driver.run();
+  }
+  for (const auto& item : driver.events) {
+    if (item.error != 0) {
+      EXPECT_EQ(item.error, ENOSPC);
+      ++failed_events;
+    }
+  }
+  EXPECT_GT(failed_events, 0u);
+  auto late = target->append(straddling, "more\r\n");
+  EXPECT_FALSE(late.ok());
+  target->abort(straddling);
+
+  disk_full = false;
+  target->flush();  // retries the segment creation
+  driver.run();
+  for (std::uint32_t i = 50; i < 60; ++i) ASSERT_TRUE(send(*target, driver, i, 3000, good).ok());
+  target->flush();
+  driver.run();
+  std::size_t durable = 0;
+  for (const auto& item : driver.events) durable += item.error == 0 ? 1 : 0;
+  EXPECT_EQ(durable, good.size());
+  target.reset();
+  expect_exactly(config, good);
+}
+
+TEST(spool_faults, failed_sync_voids_the_batch_even_if_its_bytes_reached_the_disk) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  std::map<message_id, sent> good;
+  std::map<message_id, sent> failed;
+  auto target = open_store(config);
+  recording_driver driver(*target);
+  int sync_failures = 0;
+  driver.fault = [&](const operation& op) -> std::int64_t {
+    if (op.kind == operation_kind::datasync && sync_failures > 0) {
+      --sync_failures;
+      perform(op);  // the bytes are there, the kernel just reported an error
+      return -EIO;
+    }
+    return 0;
+  };
+  driver.run();
+  for (std::uint32_t i = 0; i < 5; ++i) ASSERT_TRUE(send(*target, driver, i, 2000, good).ok());
+  target->flush();
+  driver.run();
+  sync_failures = 2;  // the segment sync (and the journal's, if one is in the flight)
+  for (std::uint32_t i = 10; i < 15; ++i) ASSERT_TRUE(send(*target, driver, i, 2000, failed).ok());
+  target->flush();
+  driver.run();
+  sync_failures = 0;
+  for (std::uint32_t i = 20; i < 25; ++i) ASSERT_TRUE(send(*target, driver, i, 2000, good).ok());
+  target->flush();
+  driver.run();
+  std::size_t errors = 0;
+  for (const auto& item : driver.events) errors += item.error == EIO ? 1 : 0;
+  EXPECT_EQ(errors, 5u);
+  target.reset();
+  auto recovered = recover(config.directory, 0);
+  ASSERT_TRUE(recovered.ok());
+  EXPECT_EQ(recovered.value().report.voided_messages, 5u);
+  expect_exactly(config, good);
+}
+
+// Builds a spool whose newest segment ends with a last batch of a few messages; returns the
+// messages, their record extents and the segment path.
+struct torn_setup {
+  std::map<message_id, sent> all;
+  std::set<message_id> last_batch;
+  std::map<message_id, std::vector<std::pair<std::uint64_t, std::uint64_t>>> records;
+  std::map<message_id, std::uint64_t> commit_end;
+  std::string segment_path;
+  std::uint64_t last_batch_start = ~0ull;
+  std::uint64_t end = 0;
+};
+
+torn_setup build_torn_setup(const store_config& config) {
+  torn_setup setup;
+  auto spool = sync_spool::open(config);
+  EXPECT_TRUE(spool.ok());
+  auto& s = *spool.value();
+  auto add = [&](std::uint32_t seed, std::size_t bytes, bool two_chunks) {
+    auto handle = s.begin(1000).value();
+    const std::string body = make_body(bytes, seed);
+    const std::size_t half = two_chunks ? bytes / 2 : bytes;
+    EXPECT_TRUE(s.append(handle, std::string_view(body).substr(0, half)).ok());
+    auto other = s.begin(1000).value();  // interleaved: splits the records
+    EXPECT_TRUE(s.append(other, "x\r\n").ok());
+    s.core().abort(other);
+    EXPECT_TRUE(s.append(handle, std::string_view(body).substr(half)).ok());
+    const message_id id = s.core().id_of(handle);
+    auto value = make_envelope(id, 1, seed);
+    EXPECT_TRUE(s.commit(handle, value).ok());
+    setup.all[id] = {value, body};
+    return id;
+  };
+  for (std::uint32_t i = 0; i < 20; ++i) add(i, 500 + i * 37, i % 3 == 0);
+  s.flush();
+  for (std::uint32_t i = 100; i < 103; ++i) setup.last_batch.insert(add(i, 400, i == 101));
+  s.flush();
+  for (const auto& [id, message] : setup.all) {
+    const message_entry* entry = s.core().find(id);
+    auto stored = s.core().read(id);
+    EXPECT_TRUE(stored.ok());
+    auto& extents = setup.records[id];
+    extents.emplace_back(entry->commit_offset, entry->commit_offset + entry->commit_bytes);
+    for (const auto& slice : stored.value().body) {
+      extents.emplace_back(slice.offset - 32, slice.offset + slice.length);
+    }
+    setup.commit_end[id] = entry->commit_offset + entry->commit_bytes;
+    setup.end = std::max(setup.end, setup.commit_end[id]);
+    if (setup.last_batch.count(id) != 0) {
+      for (const auto& [from, to] : extents) {
+        setup.last_batch_start = std::min(setup.last_batch_start, from);
+      }
+    }
+    setup.segment_path = config.directory + "/" + segment_file_name(entry->commit_segment);
+  }
+  return setup;
+}
+
+std::set<message_id> recovered_ids(const store_config& config) {
+  auto recovered = recover(config.directory, 0);
+  EXPECT_TRUE(recovered.ok());
+  std::set<message_id> ids;
+  for (const auto& entry : recovered.value().messages) ids.insert(entry.id);
+  return ids;
+}
+
+TEST(spool_faults, torn_tail_at_every_byte_of_the_last_batch) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  config.segment_bytes = 128u << 10;
+  const torn_setup setup = build_torn_setup(config);
+  ASSERT_LT(setup.last_batch_start, setup.end);
+  const int fd = ::open(setup.segment_path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  // Cut from the end downwards: each cut is a crash in the middle of the last batch's write.
+  for (std::uint64_t cut = setup.end; cut + 1 > setup.last_batch_start; --cut) {
+    ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(cut)), 0);
+    std::set<message_id> expected;
+    for (const auto& [id, end] : setup.commit_end) {
+      if (end <= cut) expected.insert(id);
+    }
+    ASSERT_EQ(recovered_ids(config), expected) << "cut at " << cut;
+  }
+  ::close(fd);
+  std::map<message_id, sent> survivors;
+  for (const auto& [id, message] : setup.all) {
+    if (setup.last_batch.count(id) == 0) survivors[id] = message;
+  }
+  expect_exactly(config, survivors);
+}
+
+TEST(spool_faults, flipped_bytes_lose_only_the_message_they_hit) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  config.segment_bytes = 128u << 10;
+  const torn_setup setup = build_torn_setup(config);
+  const int fd = ::open(setup.segment_path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  std::mt19937 random(11);
+  for (int round = 0; round < 400; ++round) {
+    const std::uint64_t at = 72 + random() % (setup.end - 72);
+    char byte;
+    ASSERT_EQ(::pread(fd, &byte, 1, static_cast<off_t>(at)), 1);
+    const char flipped = static_cast<char>(byte ^ (1 + random() % 255));
+    ASSERT_EQ(::pwrite(fd, &flipped, 1, static_cast<off_t>(at)), 1);
+    std::set<message_id> expected;
+    for (const auto& [id, extents] : setup.records) {
+      const bool hit = std::any_of(extents.begin(), extents.end(),
+                                   [&](const auto& e) { return at >= e.first && at < e.second; });
+      if (!hit) expected.insert(id);
+    }
+    ASSERT_EQ(recovered_ids(config), expected) << "flip at " << at;
+    ASSERT_EQ(::pwrite(fd, &byte, 1, static_cast<off_t>(at)), 1);
+  }
+  ::close(fd);
+  EXPECT_EQ(recovered_ids(config).size(), setup.all.size());
+}
+
+TEST(spool_faults, garbage_files_are_reported_never_fatal) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  const torn_setup setup = build_torn_setup(config);
+  std::mt19937 random(5);
+  auto write_file = [&](const std::string& name, const std::string& bytes) {
+    const int fd = ::open((config.directory + "/" + name).c_str(), O_CREAT | O_TRUNC | O_WRONLY,
+                          0640);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+    ::close(fd);
+  };
+  for (int round = 0; round < 30; ++round) {
+    std::string junk(random() % 5000, '\0');
+    for (auto& c : junk) c = static_cast<char>(random());
+    for (std::size_t i = 0; i + 4 < junk.size(); i += 1 + random() % 200) {
+      std::memcpy(junk.data() + i, "RMSR", 4);  // many false magics
+    }
+    write_file(segment_file_name(0x1000 + round), junk);
+    write_file(journal_file_name(0x2000 + round), junk);
+  }
+  write_file("segment-zzzz.log", "ignored name");
+  write_file(segment_file_name(0x3000), std::string(100, '\0'));  // never initialised
+  auto recovered = recover(config.directory, 0);
+  ASSERT_TRUE(recovered.ok());
+  EXPECT_GE(recovered.value().report.unreadable_files, 50u);
+  EXPECT_FALSE(recovered.value().report.problems.empty());
+  EXPECT_EQ(recovered.value().messages.size(), setup.all.size());
+  // The store starts on top of the damage and keeps serving; new files get fresh ids.
+  auto spool = sync_spool::open(config);
+  ASSERT_TRUE(spool.ok());
+  auto handle = spool.value()->begin(2000).value();
+  ASSERT_TRUE(spool.value()->append(handle, "hi\r\n").ok());
+  const message_id id = spool.value()->core().id_of(handle);
+  ASSERT_TRUE(spool.value()->commit(handle, make_envelope(id, 1, 1)).ok());
+  spool.value()->flush();
+  EXPECT_EQ(spool.value()->take_events().back().error, 0);
+  EXPECT_FALSE(std::filesystem::exists(config.directory + "/" + segment_file_name(0x3000)));
+}
+
+TEST(spool_faults, full_tmpfs_fails_tickets_then_serves_again) {
+  temp_dir dir;
+  const std::string mount_point = dir.path() + "/tiny";
+  ::mkdir(mount_point.c_str(), 0750);
+  if (::mount("tmpfs", mount_point.c_str(), "tmpfs", 0, "size=1m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root): " << std::strerror(errno);
+  }
+  struct unmount_at_exit {
+    std::string path;
+    ~unmount_at_exit() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mount_point};
+  auto config = small_config(shard_directory(mount_point, 0));
+  config.segment_bytes = 128u << 10;
+  config.journal_bytes = 64u << 10;
+  std::map<message_id, sent> good;
+  std::map<message_id, sent> lost;
+  {
+    auto target = open_store(config);
+    recording_driver driver(*target);
+    driver.run();
+    for (std::uint32_t i = 0; i < 20; ++i) ASSERT_TRUE(send(*target, driver, i, 1000, good).ok());
+    target->flush();
+    driver.run();
+    // Fill the filesystem.
+    const std::string filler = mount_point + "/filler";
+    const int fd = ::open(filler.c_str(), O_CREAT | O_WRONLY, 0640);
+    ASSERT_GE(fd, 0);
+    const std::string block(4096, 'f');
+    while (::write(fd, block.data(), block.size()) > 0) {
+    }
+    ::close(fd);
+    std::size_t refused = 0;
+    for (std::uint32_t i = 100; i < 400; ++i) {
+      auto ticket = send(*target, driver, i, 1000, lost);
+      refused += ticket.ok() ? 0 : 1;
+      target->flush();
+      driver.run();
+    }
+    std::size_t failed = refused;
+    for (const auto& item : driver.events) failed += item.error != 0 ? 1 : 0;
+    EXPECT_GT(failed, 0u);
+    for (const auto& item : driver.events) {
+      if (item.error == 0) continue;
+      lost.erase(item.id);
+    }
+    // Whatever was acknowledged while the disk filled is good.
+    for (const auto& item : driver.events) {
+      if (item.error == 0 && lost.count(item.id) != 0) {
+        good[item.id] = lost[item.id];
+        lost.erase(item.id);
+      }
+    }
+    ASSERT_EQ(::unlink(filler.c_str()), 0);
+    target->flush();
+    driver.run();
+    for (std::uint32_t i = 500; i < 520; ++i) {
+      ASSERT_TRUE(send(*target, driver, i, 1000, good).ok()) << i;
+    }
+    target->flush();
+    driver.run();
+  }
+  expect_exactly(config, good);
+}
+
+}  // namespace
+}  // namespace ringmta::spool
