@@ -238,8 +238,7 @@ void server_session::greet(std::string_view argument, bool extended) noexcept {
   abort_open_message();
   clear_transaction(true);  // RFC 5321 §4.1.4: EHLO/HELO resets the transaction
   _auth_exchange = false;
-  std::memcpy(_helo.data(), domain.data(), domain.size());
-  _helo_bytes = domain.size();
+  _helo_bytes = detail::copy_into(_helo, domain);
   decide(extended ? pending_kind::ehlo : pending_kind::helo, _handler.on_helo(domain, extended));
 }
 

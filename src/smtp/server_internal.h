@@ -37,6 +37,15 @@ inline bool iequals_upper(std::string_view text, std::string_view word) noexcept
   return text.size() == word.size() && starts_with_upper(text, word);
 }
 
+// Copies as much of `text` as fits into `buffer`; returns the octets copied. Safe for empty
+// views whose data() is null (memcpy's pointers must never be).
+template <std::size_t N>
+std::size_t copy_into(std::array<char, N>& buffer, std::string_view text) noexcept {
+  const std::size_t n = text.size() < N ? text.size() : N;
+  for (std::size_t i = 0; i < n; ++i) buffer[i] = text[i];
+  return n;
+}
+
 // Concatenates parts into `buffer` (cut at its size); returns the view of what was written.
 template <std::size_t N>
 std::string_view join(std::array<char, N>& buffer,

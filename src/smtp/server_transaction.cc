@@ -95,8 +95,7 @@ void server_session::command_mail(std::string_view argument) noexcept {
     write_reply(552, "5.3.4", "Message size exceeds fixed maximum message size");  // RFC 1870
     return;
   }
-  std::memcpy(_reverse_path.data(), path.box.address.data(), path.box.address.size());
-  _reverse_path_bytes = path.box.address.size();
+  _reverse_path_bytes = detail::copy_into(_reverse_path, path.box.address);
   decide(pending_kind::mail, _handler.on_mail_from(path.box, _mail_parameters));
 }
 
@@ -174,13 +173,8 @@ void server_session::command_data(std::string_view argument) noexcept {
 void server_session::discard_chunk(std::uint16_t code, std::string_view enhanced,
                                    std::string_view text) noexcept {
   _deferred_code = code;
-  const std::size_t e = enhanced.size() < _deferred_enhanced.size() ? enhanced.size()
-                                                                    : _deferred_enhanced.size();
-  std::memcpy(_deferred_enhanced.data(), enhanced.data(), e);
-  _deferred_enhanced_bytes = e;
-  const std::size_t t = text.size() < _deferred_text.size() ? text.size() : _deferred_text.size();
-  std::memcpy(_deferred_text.data(), text.data(), t);
-  _deferred_text_bytes = t;
+  _deferred_enhanced_bytes = detail::copy_into(_deferred_enhanced, enhanced);
+  _deferred_text_bytes = detail::copy_into(_deferred_text, text);
   _bdat_discard = true;
   _phase = phase::bdat_chunk;
   if (_bdat_remaining == 0) end_of_chunk();
