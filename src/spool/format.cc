@@ -3,7 +3,10 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
+#include <unistd.h>
+
 #include <bit>
+#include <cerrno>
 
 namespace ringmta::spool::format {
 
@@ -87,6 +90,29 @@ state_payload decode_state(const char* in) noexcept {
   value.attempts = load_le<std::uint32_t>(in + 4);
   value.next_attempt_seconds = load_le<std::int64_t>(in + 8);
   return value;
+}
+
+core::result<std::string> read_commit_record(int fd, std::uint64_t salt, std::uint64_t offset,
+                                             std::uint32_t bytes, message_id id) {
+  if (bytes < header_bytes || bytes > header_bytes + payload_bytes_max) return core::fail(EBADMSG);
+  std::string record(bytes, '\0');
+  std::size_t done = 0;
+  while (done < record.size()) {
+    const ssize_t got = ::pread(fd, record.data() + done, record.size() - done,
+                                static_cast<off_t>(offset + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return core::fail(errno);
+    if (got == 0) return core::fail(EIO);
+    done += static_cast<std::size_t>(got);
+  }
+  record_header header;
+  const std::string_view payload = std::string_view(record).substr(header_bytes);
+  if (!decode_header(record.data(), header) || header.id != id ||
+      header.type != record_type::commit || header.payload_bytes != payload.size() ||
+      !verify(record.data(), payload, seed(salt, offset))) {
+    return core::fail(EBADMSG);
+  }
+  return std::string(payload);
 }
 
 }  // namespace ringmta::spool::format

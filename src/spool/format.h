@@ -12,7 +12,10 @@
 
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <string_view>
+
+#include "ringmta/core/result.h"
 
 #include "ringmta/spool/message_id.h"
 
@@ -85,6 +88,11 @@ void encode_file_header(const file_header& value, char* out) noexcept;
 file_header decode_file_header(const char* in) noexcept;
 void encode_state(const state_payload& value, char* out) noexcept;
 state_payload decode_state(const char* in) noexcept;
+
+// Reads and verifies the commit record of `id` at `offset` (`bytes` = header + payload) and
+// returns its payload. Blocking pread. EBADMSG when it does not verify.
+core::result<std::string> read_commit_record(int fd, std::uint64_t salt, std::uint64_t offset,
+                                             std::uint32_t bytes, message_id id);
 
 template <typename T>
 inline void store_le(char* out, T value) noexcept {

@@ -485,20 +485,10 @@ core::result<stored_message> store::read(message_id id) const {
   if (entry == nullptr) return core::fail(ENOENT);
   auto segment = _segments.find(entry->commit_segment);
   if (segment == _segments.end() || segment->second.fd < 0) return core::fail(ENOENT);
-  std::string bytes(entry->commit_bytes, '\0');
-  const ssize_t got = ::pread(segment->second.fd, bytes.data(), bytes.size(),
-                              static_cast<off_t>(entry->commit_offset));
-  if (got < 0) return core::fail(errno);
-  if (static_cast<std::size_t>(got) != bytes.size()) return core::fail(EIO);
-  format::record_header header;
-  const std::string_view payload(bytes.data() + format::header_bytes,
-                                 bytes.size() - format::header_bytes);
-  if (!format::decode_header(bytes.data(), header) || header.id != id ||
-      header.type != format::record_type::commit ||
-      !format::verify(bytes.data(), payload,
-                      format::seed(segment->second.salt, entry->commit_offset))) {
-    return core::fail(EBADMSG);
-  }
+  auto record = format::read_commit_record(segment->second.fd, segment->second.salt,
+                                          entry->commit_offset, entry->commit_bytes, id);
+  if (!record) return core::fail(record.error());
+  const std::string_view payload = record.value();
   auto view = decode_commit(payload);
   if (!view) return core::fail(view.error());
   auto decoded = decode_envelope(view.value().envelope_bytes);
