@@ -254,7 +254,8 @@ void server_session::write_ehlo_reply() noexcept {
     std::memcpy(size_line.data(), "SIZE ", 5);
     const auto done = std::to_chars(size_line.data() + 5, size_line.data() + size_line.size(),
                                     _config.limits.message_bytes_max);
-    size_text = std::string_view(size_line.data(), static_cast<std::size_t>(done.ptr - size_line.data()));
+    size_text = std::string_view(size_line.data(),
+                                 static_cast<std::size_t>(done.ptr - size_line.data()));
   }
   std::array<char, detail::reply_line_bytes_max> auth_line;
   const std::string_view auth_text = detail::join(auth_line, {"AUTH ", _config.auth_mechanisms});

@@ -116,8 +116,8 @@ void server_session::write_line(std::uint16_t code, bool more, std::string_view 
 void server_session::write_reply(std::uint16_t code, std::string_view enhanced,
                                  std::string_view text) noexcept {
   RINGMTA_ASSERT(code >= 200 && code <= 599);
-  RINGMTA_ASSERT(enhanced.empty() ||
-                 (is_enhanced_code(enhanced) && enhanced[0] == static_cast<char>('0' + code / 100)));
+  RINGMTA_ASSERT(enhanced.empty() || (is_enhanced_code(enhanced) &&
+                                      enhanced[0] == static_cast<char>('0' + code / 100)));
   std::size_t lines = 0;
   std::size_t total = 0;
   for (std::size_t at = 0; at <= text.size();) {

@@ -82,7 +82,8 @@ std::size_t server_session::feed_command(std::string_view bytes) noexcept {
   const std::size_t window = bytes.size() < room ? bytes.size() : room;
   const void* lf = std::memchr(bytes.data(), '\n', window);
   if (lf != nullptr) {
-    const std::size_t take = static_cast<std::size_t>(static_cast<const char*>(lf) - bytes.data()) + 1;
+    const std::size_t take =
+        static_cast<std::size_t>(static_cast<const char*>(lf) - bytes.data()) + 1;
     if (_line_bytes_buffered == 0) {
       process_line(bytes.substr(0, take));
     } else {
@@ -166,114 +167,130 @@ void server_session::emit_static(std::string_view bytes) noexcept {
 // DATA body (RFC 5321 §4.1.1.4, §4.5.2). Only <CR><LF>.<CR><LF> ends it; a line-start "." is
 // held back until the next octet shows whether it is the end marker or a stuffing dot; bare CR
 // and bare LF fail the message or are normalized (never a line start that could end it).
+// The hot path is line_start/in_line: one vector search per line, CRLF checked in place.
 std::size_t server_session::feed_data(std::string_view bytes) noexcept {
-  const char* const begin = bytes.data();
-  const char* const end = begin + bytes.size();
-  const char* p = begin;
-  const char* run = begin;  // octets from here to p are not yet handed to on_body
-  bool dot_here = false;    // the held "." (and CR) are in this buffer, at `run`
+  data_cursor c{bytes.data(), bytes.data(), bytes.data() + bytes.size(), false};
   const bool normalize = _config.bare_line_ending == bare_line_ending_policy::normalize;
-  while (p < end) {
+  while (c.p < c.end) {
     switch (_data_state) {
       case data_state::line_start:
-        if (*p == '.') {
-          emit_body(run, p);
-          run = p++;
-          dot_here = true;
+        if (*c.p == '.') {
+          emit_body(c.run, c.p);
+          c.run = c.p++;
+          c.dot_here = true;
           _data_state = data_state::dot;
           break;
         }
         _data_state = data_state::in_line;
         [[fallthrough]];
       case data_state::in_line: {
-        const char* q = find_line_break(p, end, _summary.eight_bit);
-        _line_bytes += static_cast<std::uint64_t>(q - p);
-        p = q;
-        if (p == end) break;
-        if (*p == '\r') {
-          if (p + 1 < end && p[1] == '\n') {  // the common case: CRLF in one buffer
-            p += 2;
-            _bare_seen_last = false;
-            end_line();
-          } else {
-            ++p;
-            _data_state = data_state::after_cr;
-          }
+        const char* q = find_line_break(c.p, c.end, _summary.eight_bit);
+        _line_bytes += static_cast<std::uint64_t>(q - c.p);
+        c.p = q;
+        if (c.p == c.end) break;
+        if (*c.p == '\r' && c.p + 1 < c.end && c.p[1] == '\n') {  // CRLF in one buffer
+          c.p += 2;
+          _bare_seen_last = false;
+          end_line();
+        } else if (*c.p == '\r') {
+          ++c.p;
+          _data_state = data_state::after_cr;
         } else if (!normalize) {  // bare LF: RFC 5321 §2.3.8
           fail_message(abort_reason::bare_lf);
-          ++p;
+          ++c.p;
         } else {
-          emit_body(run, p);
+          emit_body(c.run, c.p);
           emit_static(crlf);
-          run = ++p;
+          c.run = ++c.p;
           normalized_line_end();
         }
         break;
       }
       case data_state::after_cr:
-        if (*p == '\n') {
-          ++p;
-          _bare_seen_last = false;
-          end_line();
-        } else if (!normalize) {
-          fail_message(abort_reason::bare_cr);
-          _data_state = data_state::in_line;
-        } else {  // CR (already in the run or emitted) + LF supplied
-          emit_body(run, p);
-          emit_static(lf_only);
-          run = p;
-          normalized_line_end();
-        }
+        data_after_cr(c, normalize);
         break;
       case data_state::dot:
-        if (*p == '\r') {
-          ++p;
-          _data_state = data_state::dot_cr;
-        } else if (*p == '\n') {
-          if (!normalize) {  // the body is abandoned: no need to keep `run` exact
-            fail_message(abort_reason::bare_lf);
-            _data_state = data_state::in_line;
-            ++p;
-          } else {
-            emit_lone_dot_line();
-            run = ++p;
-            normalized_line_end();
-          }
-        } else {  // a stuffing dot (RFC 5321 §4.5.2): wire form keeps it, SIZE does not count it
-          ++_stuffed_dots;
-          if (!dot_here) {
-            emit_static(held_dot);
-            run = p;
-          }
-          _data_state = data_state::in_line;
-        }
+        data_after_dot(c, normalize);
         break;
       case data_state::dot_cr:
-        if (*p == '\n' && !_bare_seen_last) {
-          ++p;
+        if (data_after_dot_cr(c, normalize)) {
           end_of_data();
-          return static_cast<std::size_t>(p - begin);
-        }
-        if (*p == '\n') {  // "." line after a normalized ending: re-stuffed, not an end
-          emit_lone_dot_line();
-          run = ++p;
-          _bare_seen_last = false;
-          end_line();
-        } else if (!normalize) {
-          fail_message(abort_reason::bare_cr);
-          _data_state = data_state::in_line;
-        } else {
-          emit_lone_dot_line();
-          run = p;
-          normalized_line_end();
+          return static_cast<std::size_t>(c.p - bytes.data());
         }
         break;
     }
   }
-  if (_data_state != data_state::dot && _data_state != data_state::dot_cr) emit_body(run, end);
+  // A held "." or ".\r" is not handed over yet: the next octets decide what it is.
+  if (_data_state != data_state::dot && _data_state != data_state::dot_cr) emit_body(c.run, c.end);
   const std::uint32_t limit = _config.limits.text_line_bytes_max;
   if (limit != 0 && _line_bytes + 2 > limit) fail_message(abort_reason::line_too_long);
   return bytes.size();
+}
+
+// A CR ended the previous buffer or was just seen: LF completes the line, anything else makes
+// it a bare CR.
+void server_session::data_after_cr(data_cursor& c, bool normalize) noexcept {
+  if (*c.p == '\n') {
+    ++c.p;
+    _bare_seen_last = false;
+    end_line();
+  } else if (!normalize) {
+    fail_message(abort_reason::bare_cr);
+    _data_state = data_state::in_line;
+  } else {  // the CR is in the run (or was handed over already); supply its LF
+    emit_body(c.run, c.p);
+    emit_static(lf_only);
+    c.run = c.p;
+    normalized_line_end();
+  }
+}
+
+// A line started with "." (held): CR may begin the end marker, LF is a bare LF, anything else
+// makes the dot a stuffing dot (RFC 5321 §4.5.2: kept in wire form, not counted by SIZE).
+void server_session::data_after_dot(data_cursor& c, bool normalize) noexcept {
+  if (*c.p == '\r') {
+    ++c.p;
+    _data_state = data_state::dot_cr;
+  } else if (*c.p == '\n') {
+    if (!normalize) {  // the body is abandoned: `run` need not stay exact
+      fail_message(abort_reason::bare_lf);
+      _data_state = data_state::in_line;
+      ++c.p;
+    } else {
+      emit_lone_dot_line();
+      c.run = ++c.p;
+      normalized_line_end();
+    }
+  } else {
+    ++_stuffed_dots;
+    if (!c.dot_here) {  // the dot came in an earlier buffer
+      emit_static(held_dot);
+      c.run = c.p;
+    }
+    _data_state = data_state::in_line;
+  }
+}
+
+// ".\r" held: LF after a real CRLF line start is the end of data (returns true).
+bool server_session::data_after_dot_cr(data_cursor& c, bool normalize) noexcept {
+  if (*c.p == '\n' && !_bare_seen_last) {
+    ++c.p;
+    return true;
+  }
+  if (*c.p == '\n') {  // a "." line after a normalized ending: re-stuffed, not an end
+    emit_lone_dot_line();
+    c.run = ++c.p;
+    _bare_seen_last = false;
+    end_line();
+  } else if (!normalize) {
+    fail_message(abort_reason::bare_cr);
+    _data_state = data_state::in_line;
+  } else {
+    emit_lone_dot_line();
+    c.run = c.p;
+    normalized_line_end();
+  }
+  return false;
 }
 
 // A "." line whose ending was not a real CRLF pair: written as ".." CRLF (a stuffed dot), so

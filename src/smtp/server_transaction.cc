@@ -271,7 +271,8 @@ void server_session::end_of_chunk() noexcept {
   _phase = phase::command;
   if (_bdat_discard) {
     _bdat_discard = false;
-    write_reply(_deferred_code, std::string_view(_deferred_enhanced.data(), _deferred_enhanced_bytes),
+    write_reply(_deferred_code,
+                std::string_view(_deferred_enhanced.data(), _deferred_enhanced_bytes),
                 std::string_view(_deferred_text.data(), _deferred_text_bytes));
     return;
   }

@@ -9,9 +9,11 @@
 // - Replies come out in command order (RFC 2920 §3.1). feed() handles as many pipelined
 //   commands as it can in one call; the embedder sends output() in one write afterwards.
 // - feed() stops early (returns fewer octets than given) when a handler answered
-//   verdict::pending(), when the output buffer lacks room for the next reply, or after
-//   STARTTLS was accepted. The embedder then calls resume() / drains output and feeds the rest
-//   again. Octets not consumed were not looked at in any way that matters later.
+//   verdict::pending() (awaiting_verdict()) or when the output buffer lacks room for the next
+//   reply (output_full()). The embedder then calls resume() / drains output and feeds the rest
+//   again; octets not consumed have not been acted on. After QUIT, a 421, or an accepted
+//   STARTTLS (awaiting_tls()) every octet given is consumed and discarded.
+// - Callbacks must not call back into the session (resume() comes later, from the embedder).
 // - Body slices given to on_body() point into the buffer passed to the current feed() call, or
 //   to static storage (a held-back "." or a normalized line ending); they are valid only during
 //   the callback. The engine keeps no pointer into fed buffers after feed() returns; a partial
@@ -182,6 +184,12 @@ class server_session {
     none, helo, ehlo, mail, rcpt, data_start, bdat_start, data_end, vrfy, starttls, auth,
     auth_response };
   enum class data_state : std::uint8_t { line_start, in_line, after_cr, dot, dot_cr };
+  struct data_cursor {
+    const char* p;    // next octet to look at
+    const char* run;  // octets from here to p are not yet handed to on_body
+    const char* end;
+    bool dot_here;    // the held "." is in this buffer, at run
+  };
   struct command_entry;
 
   // commands and verdicts (server_commands.cc, server_transaction.cc)
@@ -228,6 +236,9 @@ class server_session {
   std::size_t feed_command(std::string_view bytes) noexcept;
   std::size_t feed_skip(std::string_view bytes) noexcept;
   std::size_t feed_data(std::string_view bytes) noexcept;
+  void data_after_cr(data_cursor& c, bool normalize) noexcept;
+  void data_after_dot(data_cursor& c, bool normalize) noexcept;
+  bool data_after_dot_cr(data_cursor& c, bool normalize) noexcept;
   std::size_t feed_bdat(std::string_view bytes) noexcept;
   void emit_body(const char* begin, const char* end) noexcept;
   void emit_static(std::string_view bytes) noexcept;
@@ -277,8 +288,8 @@ class server_session {
 
   // deferred reply of a discarded BDAT chunk (sent once the chunk is read, RFC 3030 §2)
   std::uint16_t _deferred_code = 0;
-  std::array<char, 10> _deferred_enhanced{};
-  std::array<char, 200> _deferred_text{};
+  std::array<char, 10> _deferred_enhanced;
+  std::array<char, 200> _deferred_text;
   std::size_t _deferred_enhanced_bytes = 0;
   std::size_t _deferred_text_bytes = 0;
 
@@ -287,12 +298,14 @@ class server_session {
   std::size_t _reverse_path_bytes = 0;
   std::size_t _output_begin = 0;
   std::size_t _output_end = 0;
-  std::array<char, command_line_capacity> _line{};
-  std::array<char, domain_bytes_max> _helo{};
-  std::array<char, path_bytes_max> _reverse_path{};
-  std::array<char, envid_bytes_max> _envid{};
-  std::array<char, orcpt_bytes_max> _orcpt{};
-  std::array<char, output_bytes_capacity> _output{};
+  // Not value-initialized: only the first *_bytes octets of each are ever read, and a
+  // session per connection should not start with a 12 KiB memset.
+  std::array<char, command_line_capacity> _line;
+  std::array<char, domain_bytes_max> _helo;
+  std::array<char, path_bytes_max> _reverse_path;
+  std::array<char, envid_bytes_max> _envid;
+  std::array<char, orcpt_bytes_max> _orcpt;
+  std::array<char, output_bytes_capacity> _output;
 };
 
 }  // namespace ringmta::smtp

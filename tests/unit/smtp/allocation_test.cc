@@ -45,9 +45,10 @@ TEST(allocation, steady_state_transactions_allocate_nothing) {
   server_session session(config, handler);
   std::string body;
   while (body.size() < 1024) body += "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n";
-  const std::string transaction = "MAIL FROM:<a@b.example> SIZE=2000 BODY=8BITMIME\r\n"
-                                  "RCPT TO:<c@d.example> NOTIFY=SUCCESS ORCPT=rfc822;c+40d.example\r\n"
-                                  "DATA\r\n" + body + ".\r\n";
+  const std::string transaction =
+      "MAIL FROM:<a@b.example> SIZE=2000 BODY=8BITMIME\r\n"
+      "RCPT TO:<c@d.example> NOTIFY=SUCCESS ORCPT=rfc822;c+40d.example\r\n"
+      "DATA\r\n" + body + ".\r\n";
   const std::string chunked = "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT " +
                               std::to_string(body.size()) + " LAST\r\n" + body;
   session.start();

@@ -151,7 +151,8 @@ class recording_handler final : public server_handler {
     if (p.has_size) e += " SIZE=" + std::to_string(p.size);
     if (p.body != body_type::unspecified) e += " BODY=" + std::string(to_string(p.body));
     if (p.smtputf8) e += " SMTPUTF8";
-    if (p.ret != dsn_return::unspecified) e += p.ret == dsn_return::full ? " RET=FULL" : " RET=HDRS";
+    if (p.ret == dsn_return::full) e += " RET=FULL";
+    if (p.ret == dsn_return::headers) e += " RET=HDRS";
     if (!p.envid.empty()) e += " ENVID=" + escape(p.envid);
     if (!p.auth.empty()) e += " AUTH=" + escape(p.auth);
     record(e);
@@ -189,7 +190,9 @@ class recording_handler final : public server_handler {
            std::to_string(s.message_bytes) + " lines=" + std::to_string(s.line_count) +
            " chunks=" + std::to_string(s.chunk_count) + " 8bit=" + (s.eight_bit ? "1" : "0") +
            " normalized=" + (s.normalized ? "1" : "0") +
-           (s.declared == body_type::unspecified ? "" : " body=" + std::string(to_string(s.declared))));
+           (s.declared == body_type::unspecified
+                ? ""
+                : " body=" + std::string(to_string(s.declared))));
     return answer("data_end");
   }
   void on_data_aborted(abort_reason reason) noexcept override {
@@ -277,7 +280,8 @@ void build_config(const transcript& t, config_holder& h) {
   c.hostname = h.hostname;
   c.greeting_text = h.greeting;
   c.auth_mechanisms = h.mechanisms;
-  c.limits.command_line_bytes_max = static_cast<std::uint32_t>(number("command_line_bytes_max", 512));
+  c.limits.command_line_bytes_max =
+      static_cast<std::uint32_t>(number("command_line_bytes_max", 512));
   c.limits.text_line_bytes_max = static_cast<std::uint32_t>(number("text_line_bytes_max", 1000));
   c.limits.message_bytes_max = number("message_bytes_max", 10485760);
   c.limits.recipients_max = static_cast<std::uint32_t>(number("recipients_max", 100));
