@@ -333,14 +333,15 @@ core::result<void> ring::prep_accept(int listen_fd, std::uint64_t user_data, boo
                                      bool direct, sqe_flags flags) noexcept {
   return queue(user_data, flags, [&](io_uring_sqe* s) {
     // Accepted sockets stay blocking: io_uring polls them itself, and O_NONBLOCK would turn
-    // some ops into -EAGAIN for us to handle.
+    // some ops into -EAGAIN for us to handle. Direct descriptors have no close-on-exec flag
+    // (the kernel refuses SOCK_CLOEXEC with them); normal ones get it.
     if (multishot && direct) {
-      io_uring_prep_multishot_accept_direct(s, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+      io_uring_prep_multishot_accept_direct(s, listen_fd, nullptr, nullptr, 0);
     } else if (multishot) {
       io_uring_prep_multishot_accept(s, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
     } else if (direct) {
-      io_uring_prep_accept_direct(s, listen_fd, nullptr, nullptr, SOCK_CLOEXEC,
-                                  IORING_FILE_INDEX_ALLOC);
+      // liburing stores index + 1: ALLOC - 1 encodes IORING_FILE_INDEX_ALLOC.
+      io_uring_prep_accept_direct(s, listen_fd, nullptr, nullptr, 0, IORING_FILE_INDEX_ALLOC - 1);
     } else {
       io_uring_prep_accept(s, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
     }

@@ -15,7 +15,8 @@
 // until the op's completion (the kernel may read them at any time before). Timeouts' timespecs
 // are copied into storage owned by the ring (one per SQE slot), so callers pass plain numbers.
 //
-// Invariants: only the thread that called init() submits (IORING_SETUP_SINGLE_ISSUER). Every
+// Invariants: only the thread that called init() submits or waits (IORING_SETUP_SINGLE_ISSUER;
+// the registered ring fd is private to that thread too: elsewhere, enter fails). Every
 // user_data the caller passes is returned exactly once per CQE; multishot ops return it once per
 // CQE until a CQE without cqe_flag_more.
 // Never: includes <liburing.h> in this header, throws, or allocates after init().
@@ -176,6 +177,8 @@ class ring {
   core::result<void> prep_close_fixed(std::uint32_t fixed_index, std::uint64_t user_data,
                                       sqe_flags flags = sqe::none) noexcept;
   // One side must be a pipe. offset -1: use/advance the file position (or none for pipes).
+  // Chaining file->pipe->socket: a short splice (normal) fails a plain sqe::link and cancels the
+  // next op, so chain the halves with sqe::hardlink.
   core::result<void> prep_splice(int fd_in, std::int64_t offset_in, int fd_out,
                                  std::int64_t offset_out, std::uint32_t length,
                                  std::uint64_t user_data, sqe_flags flags = sqe::none) noexcept;
