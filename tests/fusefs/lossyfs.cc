@@ -726,7 +726,9 @@ int serve(fuse_session* session, const fuse_cmdline_opts& options, filesystem& f
     if (options.max_threads <= 100000) {  // libfuse leaves it at UINT_MAX when not given
       fuse_loop_cfg_set_max_threads(config, options.max_threads);
     }
-    fuse_loop_cfg_set_idle_threads(config, options.max_idle_threads);
+    if (options.max_idle_threads <= 100000) {
+      fuse_loop_cfg_set_idle_threads(config, options.max_idle_threads);
+    }
     status = fuse_session_loop_mt(session, config);
     fuse_loop_cfg_destroy(config);
   }
