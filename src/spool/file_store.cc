@@ -52,7 +52,8 @@ file_store::~file_store() {
 }
 
 core::result<std::unique_ptr<file_store>> file_store::open(file_store_config config) {
-  for (const auto& path : {config.directory, config.directory + "/tmp", config.directory + "/msg"}) {
+  const std::string directory = config.directory;
+  for (const auto& path : {directory, directory + "/tmp", directory + "/msg"}) {
     if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST) return core::fail(errno);
   }
   message_id floor = 0;

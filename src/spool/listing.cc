@@ -35,8 +35,9 @@ void list_shard(const std::string& directory, std::uint32_t shard, spool_listing
   for (const auto& problem : state.report.problems) out.problems.push_back(prefix + problem);
   for (const auto& entry : state.messages) {
     if (entry.status != message_status::queued) continue;
-    auto segment = std::find_if(state.segments.begin(), state.segments.end(),
-                                [&](const recovered_file& f) { return f.id == entry.commit_segment; });
+    auto segment = std::find_if(
+        state.segments.begin(), state.segments.end(),
+        [&](const recovered_file& file) { return file.id == entry.commit_segment; });
     if (segment == state.segments.end()) continue;
     auto payload = format::read_commit_record(segment->fd.get(), segment->salt,
                                               entry.commit_offset, entry.commit_bytes, entry.id);

@@ -125,6 +125,9 @@ void store::maybe_remove_segment(file_slot& segment) noexcept {
   if (segment.role != file_role::sealed || segment.refs != 0 || segment.remove_failed) return;
   const std::uint64_t unfinished = _flight->active ? _flight->seq : _batch_seq;
   if (segment.last_batch >= unfinished) return;
+  for (const auto& start : _unsynced_starts) {
+    if (start.first == segment.id) return;  // the next sync still covers it
+  }
   const file_slot* newest = _spare != nullptr ? _spare : _current;
   if (newest == nullptr || newest->id < segment.id) return;
   request_remove(segment);

@@ -39,8 +39,11 @@ void store::submit() noexcept {
   f.syncs_pending = 0;
   f.journal_file = nullptr;
   f.seq = _batch_seq;
+  f.sync_segments = false;
+  f.segment_sync_fds.clear();
   close_open_record();
-  if (_open->bytes > 0 || !_open->tickets.empty()) submit_segment_part();
+  const bool flush_requested = _flush_requested;
+  if (_open->bytes > 0 || !_open->tickets.empty()) submit_segment_part(flush_requested);
   submit_journal_part();
   if (f.writes_pending == 0) return;  // nothing to write: stay idle, keep the request
   _flush_requested = false;
@@ -48,9 +51,23 @@ void store::submit() noexcept {
   ++_stats.flushes;
 }
 
-void store::submit_segment_part() noexcept {
+void store::submit_segment_part(bool flush_requested) noexcept {
   auto& f = *_flight;
   std::swap(f.segments, *_open);
+  f.sync_segments = flush_requested || !f.segments.tickets.empty();
+  if (_unsynced_since == 0) _unsynced_since = f.seq;
+  for (const auto& part : f.segments.extents) {
+    const bool known = std::any_of(_unsynced_starts.begin(), _unsynced_starts.end(),
+                                   [&](const auto& start) { return start.first == part.segment; });
+    if (!known) _unsynced_starts.emplace_back(part.segment, part.offset);
+  }
+  if (f.sync_segments) {
+    for (const auto& [segment, offset] : _unsynced_starts) {
+      auto found = _segments.find(segment);
+      RINGMTA_ASSERT(found != _segments.end() && found->second.fd >= 0);
+      f.segment_sync_fds.push_back(found->second.fd);
+    }
+  }
   _open->seq = ++_batch_seq;
   _block = nullptr;  // the partly filled block travels with the flight
   _block_used = 0;
@@ -155,15 +172,11 @@ void store::complete(std::uint64_t token, std::int64_t result) noexcept {
 void store::start_syncs() noexcept {
   auto& f = *_flight;
   if (f.segment_error == 0) {
-    for (std::size_t i = 0; i < f.segments.extents.size(); ++i) {
-      const int fd = f.segments.extents[i].fd;
-      bool seen = false;
-      for (std::size_t j = 0; j < i; ++j) seen |= f.segments.extents[j].fd == fd;
-      if (seen) continue;
+    for (std::size_t i = 0; i < f.segment_sync_fds.size(); ++i) {
       operation op;
       op.kind = operation_kind::datasync;
       op.token = make_token(token_class::segment_sync, f.seq << 16 | i);
-      op.fd = fd;
+      op.fd = f.segment_sync_fds[i];
       push_operation(op);
       ++f.syncs_pending;
     }
@@ -208,6 +221,9 @@ void store::finish_segment_part() noexcept {
     fail_segments(f.segment_error);
     return;
   }
+  if (!f.sync_segments) return;  // written, not yet durable: nothing to report
+  _unsynced_since = 0;
+  _unsynced_starts.clear();
   for (const auto& [ticket, id] : f.segments.tickets) {
     auto found = _index.find(id);
     RINGMTA_ASSERT(found != _index.end());
@@ -215,7 +231,9 @@ void store::finish_segment_part() noexcept {
     ++_stats.commits_durable;
     push_event(event_kind::committed, ticket, id, 0);
   }
-  std::erase_if(_voids, [&](const void_mark& mark) { return mark.batch == f.seq; });
+  std::erase_if(_voids, [&](const void_mark& mark) {
+    return mark.batch != 0 && mark.batch <= f.seq;  // durable now
+  });
 }
 
 void store::finish_journal_part() noexcept {
@@ -259,14 +277,23 @@ void store::finish_journal_part() noexcept {
   batch.finals.clear();
 }
 
-// A segment write or sync failed: nothing written since the last durable batch can be trusted.
-// Fail every ticket in the failed and the open batch, fail the messages with data there,
+// A segment write or sync failed: nothing written since the last successful sync can be
+// trusted (a sync error may stem from any earlier unsynced page). Fail every ticket in the
+// failed and the open batch, fail the messages with data in any unsynced batch,
 // abandon the segments they touched (void_tail records in the next segment mark where those
 // end) and continue in a fresh segment.
 void store::fail_segments(int error) noexcept {
   auto& f = *_flight;
+  const std::uint64_t lost_from = _unsynced_since != 0 ? _unsynced_since : f.seq;
   close_open_record();
   _record->active = false;
+  for (const auto& [segment, offset] : _unsynced_starts) {
+    _voids.push_back(void_mark{segment, offset, 0});
+    if (_current != nullptr && _current->id == segment) {
+      _current->role = file_role::sealed;
+      _current = nullptr;
+    }
+  }
   for (segment_batch* batch : {&f.segments, _open.get()}) {
     for (const auto& part : batch->extents) {
       auto found = std::find_if(_voids.begin(), _voids.end(), [&](const void_mark& mark) {
@@ -294,11 +321,15 @@ void store::fail_segments(int error) noexcept {
     }
   }
   for (auto& mark : _voids) {
-    if (mark.batch >= f.seq) mark.batch = 0;  // its record was in a lost batch: place again
+    if (mark.batch >= lost_from) mark.batch = 0;  // its record was in a lost batch: place again
   }
   for (auto& message : _pending) {
-    if (message.in_use && message.error == 0 && message.last_batch >= f.seq) message.error = error;
+    if (message.in_use && message.error == 0 && message.last_batch >= lost_from) {
+      message.error = error;
+    }
   }
+  _unsynced_since = 0;
+  _unsynced_starts.clear();
   recycle(*_open);
   _open->seq = ++_batch_seq;
   _block = nullptr;

@@ -116,6 +116,8 @@ struct store::flight {
   journal_batch journal;
   std::string journal_bytes;
   iovec journal_iovec{};
+  bool sync_segments = false;          // false: a full batch of body data, written only
+  std::vector<int> segment_sync_fds;   // every fd with unsynced writes, when syncing
   file_slot* journal_file = nullptr;  // null: no journal write in this flight
   bool journal_snapshot = false;
   std::uint32_t writes_pending = 0;

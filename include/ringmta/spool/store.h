@@ -5,7 +5,8 @@
 // body ranges). Appends are copied into fixed blocks of the open batch; flush() (end of the
 // reactor's loop iteration) or a full batch turns the batch into write operations and, once
 // they complete, one datasync per file: group commit. One flush is in flight at a time; the
-// next batch accumulates meanwhile. A commit ticket is reported durable (next_event) only
+// next batch accumulates meanwhile; a batch that fills with body data only is written without
+// a sync (the next sync covers it). A commit ticket is reported durable (next_event) only
 // after its data, its commit record and everything before them were written AND synced.
 // Per-recipient delivery state goes to a separate small journal with the same batching;
 // the journal is rewritten as a snapshot (compaction) when it grows, after a failed write,
@@ -186,7 +187,7 @@ class store {
   // flushing (store_flush.cc)
   bool can_submit() const noexcept;
   void submit() noexcept;
-  void submit_segment_part() noexcept;
+  void submit_segment_part(bool flush_requested) noexcept;
   void submit_journal_part() noexcept;
   void start_syncs() noexcept;
   void on_flight_done() noexcept;
@@ -220,7 +221,11 @@ class store {
   std::unique_ptr<flight> _flight;
   bool _flush_requested = false;
   std::uint64_t _batch_seq = 1;        // seq of the open segment batch
-  std::uint64_t _failed_below = 0;     // pending data in batches >= this failed (see fail)
+  // Segment bytes written but not yet covered by a successful datasync: a batch that fills
+  // up without any commit in it is written at once (memory back) but synced only with the
+  // next batch that carries tickets, so a large message costs one sync, not one per batch.
+  std::uint64_t _unsynced_since = 0;   // seq of the oldest unsynced flight, 0: none
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> _unsynced_starts;  // segment, offset
   std::vector<std::unique_ptr<char[]>> _blocks;
   std::vector<char*> _free_blocks;
   char* _block = nullptr;              // block being filled, owned by _open

@@ -85,7 +85,8 @@ TEST(spool_listing, lists_queued_messages_of_every_shard) {
       ASSERT_TRUE(s.append(handle, "x\r\n").ok());
       const message_id id = s.core().id_of(handle);
       ASSERT_TRUE(s.commit(handle, make_envelope(id, 2, 77)).ok());
-      EXPECT_EQ(s.mark(id, 1, {recipient_state::deferred, 3, 4242}).error(), ENOENT);  // not durable yet
+      // Not durable yet: delivery cannot see it.
+      EXPECT_EQ(s.mark(id, 1, {recipient_state::deferred, 3, 4242}).error(), ENOENT);
       s.flush();
       ASSERT_TRUE(s.mark(id, 1, {recipient_state::deferred, 3, 4242}).ok());
       s.flush();

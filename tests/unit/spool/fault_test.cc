@@ -313,10 +313,19 @@ TEST(spool_faults, failed_sync_voids_the_batch_even_if_its_bytes_reached_the_dis
   target->flush();
   driver.run();
   sync_failures = 2;  // the segment sync (and the journal's, if one is in the flight)
-  for (std::uint32_t i = 10; i < 15; ++i) ASSERT_TRUE(send(*target, driver, i, 2000, failed).ok());
+  // Body data of a message still being received goes out in unsynced full batches; the failing
+  // sync covers them, so that message fails too.
+  auto receiving = target->begin(1000).value();
+  ASSERT_EQ(target->append(receiving, make_body(600'000, 3)).value(), 600'000u);
+  driver.run();
+  for (std::uint32_t i = 10; i < 15; ++i) {
+    // One large message: several batches written without a sync before its commit.
+    ASSERT_TRUE(send(*target, driver, i, i == 12 ? 1'000'000 : 2000, failed).ok());
+  }
   target->flush();
   driver.run();
   sync_failures = 0;
+  EXPECT_FALSE(target->commit(receiving, make_envelope(target->id_of(receiving), 1, 3)).ok());
   for (std::uint32_t i = 20; i < 25; ++i) ASSERT_TRUE(send(*target, driver, i, 2000, good).ok());
   target->flush();
   driver.run();
@@ -326,7 +335,7 @@ TEST(spool_faults, failed_sync_voids_the_batch_even_if_its_bytes_reached_the_dis
   target.reset();
   auto recovered = recover(config.directory, 0);
   ASSERT_TRUE(recovered.ok());
-  EXPECT_EQ(recovered.value().report.voided_messages, 5u);
+  EXPECT_GE(recovered.value().report.voided_messages, 1u);  // on disk, yet not recovered
   expect_exactly(config, good);
 }
 
