@@ -1,15 +1,18 @@
 // Segment log with group commit vs file-per-message, on real files, driven synchronously.
 //
-//   spool_bench [--dir D] [--seconds S]
+//   spool_bench [--dir D] [--seconds S] [--rounds N]
 // Prints a markdown table: messages/s for 1 KiB messages at several messages per sync, and
 // MB/s for large messages. Every scenario is bounded in time and count and cleans up after
-// itself. The directory should be on the disk under test (default /var/tmp).
+// itself. The directory should be on the disk under test (default /var/tmp). Each row is the
+// median of N rounds (default 3).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "ringmta/spool/file_store.h"
 #include "ringmta/spool/sync_driver.h"
@@ -140,65 +143,89 @@ void print_row(const char* store, const std::string& sync, std::uint64_t per_bat
 
 }  // namespace
 
+struct scenario {
+  const char* store;
+  std::string sync;
+  std::uint64_t per_batch;
+  std::size_t message_bytes;
+  std::function<outcome(const std::string&)> run;
+  std::vector<outcome> results;
+};
+
+// The middle result by messages/s (the disk here is shared and noisy: rounds interleave the
+// scenarios so that a slow spell does not land on one of them only).
+const outcome& median(std::vector<outcome>& results) {
+  std::sort(results.begin(), results.end(), [](const outcome& a, const outcome& b) {
+    return a.messages / a.seconds < b.messages / b.seconds;
+  });
+  return results[results.size() / 2];
+}
+
 int main(int argc, char** argv) {
   options opts;
+  int rounds = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--dir") {
       opts.directory = argv[i + 1];
     } else if (flag == "--seconds") {
       opts.seconds = std::atof(argv[i + 1]);
+    } else if (flag == "--rounds") {
+      rounds = std::max(1, std::atoi(argv[i + 1]));
     } else {
-      std::fprintf(stderr, "usage: spool_bench [--dir D] [--seconds S]\n");
+      std::fprintf(stderr, "usage: spool_bench [--dir D] [--seconds S] [--rounds N]\n");
       return 2;
     }
   }
   const std::string base = opts.directory + "/spool-bench-" + std::to_string(::getpid());
   std::filesystem::create_directories(base);
-  int scenario = 0;
-  auto fresh = [&] {
-    const std::string path = base + "/" + std::to_string(scenario++);
-    std::filesystem::remove_all(path);
-    return path;
-  };
-  std::printf("| store | sync | msgs/sync | bytes | messages | msgs/s | MB/s | ms/sync | failed |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
   constexpr std::size_t small = 1024;
+  constexpr std::size_t large = 10u << 20;
   constexpr std::uint64_t budget = 400'000;
+  const std::string log_sync = "group commit (1 fdatasync)";
+  const std::string each_sync = "fdatasync+rename+dir fsync";
+  std::vector<scenario> scenarios;
   for (std::uint64_t n : {1, 10, 50, 200}) {
-    const std::string dir = fresh();
-    print_row("segment log", "group commit (1 fdatasync)", n, small,
-              bench_log(opts, dir, n, small, budget));
-    std::filesystem::remove_all(dir);
+    scenarios.push_back({"segment log", log_sync, n, small, [&opts, n](const std::string& dir) {
+                           return bench_log(opts, dir, n, small, budget);
+                         }, {}});
   }
-  {
-    const std::string dir = fresh();
-    print_row("file per message", "fdatasync+rename+dir fsync", 1, small,
-              bench_files(opts, dir, file_store_sync::each_message, 1, small, budget));
-    std::filesystem::remove_all(dir);
-  }
+  scenarios.push_back({"file per message", each_sync, 1, small, [&opts](const std::string& dir) {
+                         return bench_files(opts, dir, file_store_sync::each_message, 1, small,
+                                            budget);
+                       }, {}});
   for (std::uint64_t n : {10, 50, 200}) {
     for (auto mode : {file_store_sync::batch_fdatasync, file_store_sync::batch_syncfs}) {
-      const std::string dir = fresh();
-      print_row("file per message",
-                mode == file_store_sync::batch_fdatasync ? "N fdatasync, 1 dir fsync"
-                                                         : "1 syncfs, 1 dir fsync",
-                n, small, bench_files(opts, dir, mode, n, small, budget));
+      scenarios.push_back({"file per message",
+                           mode == file_store_sync::batch_fdatasync ? "N fdatasync, 1 dir fsync"
+                                                                    : "1 syncfs, 1 dir fsync",
+                           n, small, [&opts, n, mode](const std::string& dir) {
+                             return bench_files(opts, dir, mode, n, small, budget);
+                           }, {}});
+    }
+  }
+  for (std::uint64_t n : {1, 4}) {
+    scenarios.push_back({"segment log", log_sync, n, large, [&opts, n](const std::string& dir) {
+                           return bench_log(opts, dir, n, large, 64);
+                         }, {}});
+  }
+  scenarios.push_back({"file per message", each_sync, 1, large, [&opts](const std::string& dir) {
+                         return bench_files(opts, dir, file_store_sync::each_message, 1, large,
+                                            64);
+                       }, {}});
+  int serial = 0;
+  for (int round = 0; round < rounds; ++round) {
+    for (auto& one : scenarios) {
+      const std::string dir = base + "/" + std::to_string(serial++);
+      one.results.push_back(one.run(dir));
       std::filesystem::remove_all(dir);
     }
   }
-  constexpr std::size_t large = 10u << 20;
-  for (std::uint64_t n : {1, 4}) {
-    const std::string dir = fresh();
-    print_row("segment log", "group commit (1 fdatasync)", n, large,
-              bench_log(opts, dir, n, large, 64));
-    std::filesystem::remove_all(dir);
-  }
-  {
-    const std::string dir = fresh();
-    print_row("file per message", "fdatasync+rename+dir fsync", 1, large,
-              bench_files(opts, dir, file_store_sync::each_message, 1, large, 64));
-    std::filesystem::remove_all(dir);
+  std::printf("| store | sync | msgs/sync | bytes | messages | msgs/s | MB/s | ms/sync |"
+              " failed |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (auto& one : scenarios) {
+    print_row(one.store, one.sync, one.per_batch, one.message_bytes, median(one.results));
   }
   std::filesystem::remove_all(base);
   return 0;
