@@ -64,7 +64,8 @@ std::size_t server_session::feed(std::string_view bytes) noexcept {
 }
 
 void server_session::check_error_limit() noexcept {
-  if (_errors >= _config.limits.errors_max && _phase != phase::closed &&
+  const std::uint32_t limit = _config.limits.errors_max;  // 0: unlimited
+  if (limit != 0 && _errors >= limit && _phase != phase::closed &&
       _pending == pending_kind::none) {
     close_with(421, "4.7.0", "Too many errors, closing connection", abort_reason::connection_lost);
   }

@@ -48,7 +48,7 @@ struct server_limits {
   std::uint32_t text_line_bytes_max = 1000;       // incl. CRLF, §4.5.3.1.6; 0: unchecked
   std::uint64_t message_bytes_max = 50u << 20;    // advertised as SIZE (RFC 1870)
   std::uint32_t recipients_max = 1000;            // §4.5.3.1.8 asks for at least 100
-  std::uint32_t errors_max = 20;                  // 5xx replies before 421 4.7.0 and close
+  std::uint32_t errors_max = 20;                  // 5xx replies before 421 4.7.0; 0: no limit
 };
 
 struct server_config {
