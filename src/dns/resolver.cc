@@ -94,7 +94,7 @@ action& resolver::push_action(action_kind kind) {
 
 action* resolver::next_action() noexcept {
   if (_action_next < _action_count) return &_actions[_action_next++];
-  _action_next = _action_count = 0;
+  _action_next = _action_count = 0;  // all drained: the elements are reused from the start
   return nullptr;
 }
 
@@ -122,7 +122,6 @@ std::uint64_t resolver::start_host_lookup(std::string_view host, std::uint64_t n
 std::uint64_t resolver::start_lookup(bool mx, std::string_view name, std::uint64_t now_ms,
                                      std::uint64_t deadline_ms) {
   ++_counters.lookups_started;
-  if (_action_next == _action_count) _action_next = _action_count = 0;
   const std::uint64_t sequence = ++_lookup_sequence;
   if (_free_lookups.empty()) {  // every slot busy: refuse now, the queue retries later
     const std::uint64_t id = sequence << lookup_index_bits | lookup_index_mask;
@@ -530,7 +529,8 @@ void resolver::finish_query(std::uint32_t slot, answer result, std::uint64_t now
   query& q = _queries[slot];
   close_tcp(q);
   _cache.insert(q.name, q.type, result, now_ms);
-  const std::string name = std::move(q.name);
+  _name_scratch.swap(q.name);  // both keep their capacity
+  const std::string& name = _name_scratch;
   const record_type type = q.type;
   // Never re-entered: advance() only starts questions, it never finishes one.
   std::vector<std::uint64_t> waiters = std::move(_waiters_scratch);
@@ -557,7 +557,6 @@ void resolver::finish_query(std::uint32_t slot, answer result, std::uint64_t now
 
 void resolver::on_udp_packet(std::uint32_t server_index, std::span<const std::uint8_t> bytes,
                              std::uint64_t now_ms) {
-  if (_action_next == _action_count) _action_next = _action_count = 0;
   const int id = message_id(bytes);
   const std::uint16_t slot_plus_one = id < 0 ? 0 : _query_by_id[static_cast<std::size_t>(id)];
   if (slot_plus_one == 0 || server_index >= _config.servers.size()) {
@@ -575,7 +574,6 @@ void resolver::on_udp_packet(std::uint32_t server_index, std::span<const std::ui
 
 void resolver::on_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t> bytes,
                            std::uint64_t now_ms) {
-  if (_action_next == _action_count) _action_next = _action_count = 0;
   const auto slot = static_cast<std::uint32_t>(exchange & exchange_slot_mask);
   if (slot >= _queries.size()) return;
   query& q = _queries[slot];
@@ -589,12 +587,11 @@ void resolver::on_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t>
     if (q.tcp_in.size() == 2) wanted += std::size_t{q.tcp_in[0]} << 8 | q.tcp_in[1];
   }
   if (q.tcp_in.size() < 2 || q.tcp_in.size() < wanted) return;  // more to come
-  const std::vector<std::uint8_t> message(q.tcp_in.begin() + 2, q.tcp_in.end());
-  handle_reply(slot, message, true, now_ms);
+  // handle_reply parses before anything can touch tcp_in again (transmit clears it).
+  handle_reply(slot, std::span(q.tcp_in).subspan(2), true, now_ms);
 }
 
 void resolver::on_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
-  if (_action_next == _action_count) _action_next = _action_count = 0;
   const auto slot = static_cast<std::uint32_t>(exchange & exchange_slot_mask);
   if (slot >= _queries.size()) return;
   query& q = _queries[slot];
@@ -604,7 +601,6 @@ void resolver::on_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
 }
 
 void resolver::on_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
-  if (_action_next == _action_count) _action_next = _action_count = 0;
   const auto slot = static_cast<std::uint32_t>(exchange & exchange_slot_mask);
   if (slot >= _queries.size()) return;
   query& q = _queries[slot];
@@ -613,7 +609,6 @@ void resolver::on_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
 }
 
 void resolver::on_time(std::uint64_t now_ms) {
-  if (_action_next == _action_count) _action_next = _action_count = 0;
   for (std::uint32_t slot = 0; slot < _queries.size(); ++slot) {
     if (_queries[slot].active && _queries[slot].deadline_ms <= now_ms)
       attempt_failed(slot, answer_status::timeout, now_ms);

@@ -1,5 +1,7 @@
 #include "ringmta/dns/wire.h"
 
+// First: without it ldns/common.h #defines bool, true and false as macros in C++.
+#include <stdbool.h>  // NOLINT(modernize-deprecated-headers)
 #include <ldns/ldns.h>
 
 #include <algorithm>

@@ -102,8 +102,9 @@ class resolver {
   // When on_time must next be called; no_deadline when nothing is waiting.
   std::uint64_t next_deadline_ms() const noexcept;
 
-  // The next thing to do, or nullptr. The action stays valid until the next call into the
-  // resolver other than next_action(); drain them all after every call.
+  // The next thing to do, or nullptr. Drain until nullptr after every call. An action stays
+  // valid until next_action() returns nullptr, so the embedder may call into the resolver while
+  // handling one (e.g. start the next lookup on lookup_done); new actions queue behind.
   action* next_action() noexcept;
 
   const resolver_counters& counters() const noexcept { return _counters; }
@@ -152,13 +153,14 @@ class resolver {
   std::vector<std::uint32_t> _free_lookups;
   std::size_t _lookups_active = 0;
   std::deque<std::uint64_t> _blocked;  // lookups waiting for a free query slot, oldest first
-  std::vector<action> _actions;        // reused: [_action_next, _action_count) are pending
+  std::deque<action> _actions;  // stable addresses; [_action_next, _action_count) are pending
   std::size_t _action_count = 0;
   std::size_t _action_next = 0;
   std::uint64_t _exchange_sequence = 0;
   std::uint64_t _lookup_sequence = 0;
   std::uint32_t _rotate_next = 0;
   std::vector<std::uint64_t> _waiters_scratch;
+  std::string _name_scratch;
   resolver_counters _counters;
 };
 

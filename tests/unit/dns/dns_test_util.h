@@ -2,6 +2,8 @@
 // a harness that collects a resolver's actions the way an embedder would.
 #pragma once
 
+// First: without it ldns/common.h #defines bool, true and false as macros in C++.
+#include <stdbool.h>  // NOLINT(modernize-deprecated-headers)
 #include <ldns/ldns.h>
 
 #include <algorithm>

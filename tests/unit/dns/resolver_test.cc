@@ -502,5 +502,21 @@ TEST(dns_resolver, ipv4_only_asks_no_aaaa) {
   EXPECT_EQ(h.results.at(id).status, lookup_status::ok);
 }
 
+TEST(dns_resolver, actions_stay_valid_while_the_embedder_calls_back_in) {
+  harness h;
+  const auto literal = h.r.start_mx_lookup("[127.0.0.1]", h.now_ms);
+  action* done = h.r.next_action();
+  ASSERT_NE(done, nullptr);
+  ASSERT_EQ(done->kind, action_kind::lookup_done);
+  // Handling lookup_done by starting more work must not disturb the action in hand.
+  for (int i = 0; i < 50; ++i) h.r.start_mx_lookup("d" + std::to_string(i) + ".test", h.now_ms);
+  EXPECT_EQ(done->lookup, literal);
+  ASSERT_EQ(done->result.hosts.size(), 1u);
+  EXPECT_EQ(done->result.hosts[0].name, "[127.0.0.1]");
+  std::size_t sends = 0;
+  while (action* next = h.r.next_action()) sends += next->kind == action_kind::send;
+  EXPECT_EQ(sends, 50u);
+}
+
 }  // namespace
 }  // namespace ringmta::dns
