@@ -53,7 +53,8 @@ int ring::fd() const noexcept { return _uring ? _uring->ring_fd : -1; }
 
 // Tries the best flag set first and falls back one step at a time; each flag's reason:
 core::result<void> ring::setup(const ring_options& options) noexcept {
-  const unsigned cq_entries = options.cq_entries != 0 ? options.cq_entries : options.sq_entries * 16;
+  const unsigned cq_entries =
+      options.cq_entries != 0 ? options.cq_entries : options.sq_entries * 16;
   // CQSIZE: a CQ much larger than the SQ, because one multishot accept/recv SQE can post many
   //   CQEs per loop iteration; overflowing the CQ costs a kernel-side list and an extra enter.
   // SUBMIT_ALL: one bad SQE does not stop the batch; its error comes back as its own CQE, so
@@ -146,7 +147,9 @@ void ring::probe_features() noexcept {
   utsname name{};
   if (uname(&name) == 0) _features.kernel_release = name.release;
   io_uring_probe* probe = io_uring_get_probe_ring(_uring.get());
-  auto has = [probe](unsigned op) { return probe != nullptr && io_uring_opcode_supported(probe, op); };
+  auto has = [probe](unsigned op) {
+    return probe != nullptr && io_uring_opcode_supported(probe, op);
+  };
   // Multishot accept came with IORING_OP_SOCKET (5.19); multishot recv, MSG_RING fd passing and
   // SEND_ZC all came in 6.0: the opcodes date the kernel where no flag can be probed.
   _features.multishot_accept = has(IORING_OP_SOCKET) && has(IORING_OP_ACCEPT);
@@ -257,7 +260,8 @@ unsigned ring::pending_sqes() const noexcept {
 
 core::result<unsigned> ring::submit() noexcept { return enter(0, -1); }
 
-core::result<unsigned> ring::submit_and_wait(unsigned wait_count, std::int64_t timeout_ns) noexcept {
+core::result<unsigned> ring::submit_and_wait(unsigned wait_count,
+                                             std::int64_t timeout_ns) noexcept {
   return enter(wait_count, timeout_ns);
 }
 

@@ -177,7 +177,9 @@ TEST(echo, concurrent_clients_get_their_bytes_back) {
       for (int i = 0; i < messages_per_client; ++i) {
         const std::size_t size = 1 + static_cast<std::size_t>(i * 97 + k * 13) % 3000;
         message.assign(size, '\0');
-        for (std::size_t j = 0; j < size; ++j) message[j] = static_cast<char>('a' + (j + i + k) % 26);
+        for (std::size_t j = 0; j < size; ++j) {
+          message[j] = static_cast<char>('a' + (j + i + k) % 26);
+        }
         if (write(fd, message.data(), size) != static_cast<ssize_t>(size)) break;
         back.assign(size, '\0');
         if (test::read_full(fd, back.data(), size) != size || back != message) {
