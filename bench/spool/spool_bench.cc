@@ -70,9 +70,10 @@ outcome run_batches(const options& opts, std::uint64_t per_batch, std::uint64_t 
 }
 
 outcome bench_log(const options& opts, const std::string& directory, std::uint64_t per_batch,
-                  std::size_t message_bytes, std::uint64_t budget) {
+                  std::size_t message_bytes, std::uint64_t budget, bool preallocate = true) {
   store_config config;
   config.directory = directory;
+  config.preallocate = preallocate;
   auto opened = sync_spool::open(config);
   if (!opened) {
     std::fprintf(stderr, "open %s: %s\n", directory.c_str(), opened.error_text());
@@ -132,7 +133,7 @@ outcome bench_files(const options& opts, const std::string& directory, file_stor
 void print_row(const char* store, const std::string& sync, std::uint64_t per_batch,
                std::size_t message_bytes, const outcome& result) {
   const double rate = static_cast<double>(result.messages) / result.seconds;
-  std::printf("| %-22s | %-26s | %5llu | %8zu | %8llu | %10.0f | %8.1f | %8.2f | %llu |\n", store,
+  std::printf("| %-25s | %-26s | %5llu | %8zu | %8llu | %10.0f | %8.1f | %8.2f | %llu |\n", store,
               sync.c_str(), static_cast<unsigned long long>(per_batch), message_bytes,
               static_cast<unsigned long long>(result.messages), rate,
               static_cast<double>(result.bytes) / result.seconds / 1e6,
@@ -204,9 +205,17 @@ int main(int argc, char** argv) {
                            }, {}});
     }
   }
+  scenarios.push_back({"segment log, no fallocate", log_sync, 200, small,
+                       [&opts](const std::string& dir) {
+                         return bench_log(opts, dir, 200, small, budget, false);
+                       }, {}});
   for (std::uint64_t n : {1, 4}) {
     scenarios.push_back({"segment log", log_sync, n, large, [&opts, n](const std::string& dir) {
                            return bench_log(opts, dir, n, large, 64);
+                         }, {}});
+    scenarios.push_back({"segment log, no fallocate", log_sync, n, large,
+                         [&opts, n](const std::string& dir) {
+                           return bench_log(opts, dir, n, large, 64, false);
                          }, {}});
   }
   scenarios.push_back({"file per message", each_sync, 1, large, [&opts](const std::string& dir) {

@@ -55,7 +55,7 @@ void store::request_create(std::uint32_t id, bool journal) noexcept {
   op.directory = _config.directory.c_str();
   op.header = slot.header;
   op.header_bytes = format::first_record_offset;
-  op.bytes = slot.capacity;
+  op.bytes = !journal && !_config.preallocate ? 0 : slot.capacity;
   push_operation(op);
 }
 

@@ -71,7 +71,8 @@ std::int64_t perform_create_file(const operation& op) noexcept {
   };
   // Preallocating moves ENOSPC here, away from the writes of acknowledged batches, and keeps
   // the file size (metadata) unchanged by appends so fdatasync stays a data-only flush.
-  if (::fallocate(fd, 0, 0, static_cast<off_t>(op.bytes)) != 0 && errno != EOPNOTSUPP) {
+  if (op.bytes > 0 && ::fallocate(fd, 0, 0, static_cast<off_t>(op.bytes)) != 0 &&
+      errno != EOPNOTSUPP) {
     return give_up(errno);
   }
   std::uint32_t done = 0;

@@ -35,7 +35,7 @@ struct operation {
   std::uint64_t offset = 0;  // write
   const iovec* iovecs = nullptr;  // write
   std::uint32_t iovec_count = 0;
-  std::uint64_t bytes = 0;         // write: total of the iovecs; create_file: bytes to allocate
+  std::uint64_t bytes = 0;  // write: total of the iovecs; create_file: bytes to allocate (0: none)
   const char* path = nullptr;      // create_file, remove_file (NUL-terminated)
   const char* directory = nullptr;  // create_file, remove_file: the directory to fsync
   const void* header = nullptr;    // create_file: bytes to write at offset 0 before syncing

@@ -496,12 +496,13 @@ TEST(spool_faults, garbage_files_are_reported_never_fatal) {
   EXPECT_FALSE(std::filesystem::exists(config.directory + "/" + segment_file_name(0x3000)));
 }
 
-TEST(spool_faults, full_tmpfs_fails_tickets_then_serves_again) {
+void full_tmpfs_fails_tickets_then_serves_again(bool preallocate) {
   temp_dir dir;
   const std::string mount_point = dir.path() + "/tiny";
   ::mkdir(mount_point.c_str(), 0750);
   if (::mount("tmpfs", mount_point.c_str(), "tmpfs", 0, "size=1m") != 0) {
     GTEST_SKIP() << "cannot mount a tmpfs here (needs root): " << std::strerror(errno);
+    return;
   }
   struct unmount_at_exit {
     std::string path;
@@ -510,6 +511,7 @@ TEST(spool_faults, full_tmpfs_fails_tickets_then_serves_again) {
   auto config = small_config(shard_directory(mount_point, 0));
   config.segment_bytes = 128u << 10;
   config.journal_bytes = 64u << 10;
+  config.preallocate = preallocate;
   std::map<message_id, sent> good;
   std::map<message_id, sent> lost;
   {
@@ -558,6 +560,12 @@ TEST(spool_faults, full_tmpfs_fails_tickets_then_serves_again) {
     driver.run();
   }
   expect_exactly(config, good);
+}
+
+// With preallocation a full disk fails the segment creation; without, the appends' writes.
+TEST(spool_faults, full_tmpfs_preallocated) { full_tmpfs_fails_tickets_then_serves_again(true); }
+TEST(spool_faults, full_tmpfs_not_preallocated) {
+  full_tmpfs_fails_tickets_then_serves_again(false);
 }
 
 }  // namespace
