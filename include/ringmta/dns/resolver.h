@@ -13,6 +13,22 @@
 // connection per `send` (bytes are already length-framed, RFC 1035 §4.2.2), passes what it reads
 // to on_tcp_data, and closes it on a `close` action.
 //
+// Policy (RFC 5321 §5.1):
+// - MX hosts are ordered by preference, equal preferences shuffled with the injected random
+//   source; at most mx_hosts_max hosts get their A/AAAA resolved.
+// - Host addresses always come from A/AAAA questions of their own (answered from the cache when
+//   fresh), never from the additional section: glue in a stub's reply is only as trustworthy
+//   as the recursive server anyway, and separate questions give each RRset its own TTL.
+// - No MX (NODATA) -> implicit MX: the domain's own A/AAAA, preference 0. Null MX (RFC 7505)
+//   -> 5.1.10. NXDOMAIN -> 5.1.2. No host with an address -> 5.4.4, unless some host failed
+//   temporarily -> 4.4.3. SERVFAIL/REFUSED/malformed everywhere or timeouts -> 4.4.3.
+//   A host whose address lookup failed is skipped while other hosts have addresses.
+// - A question tries servers in turn (rotated with `rotate`), attempts rounds, timeout_ms each:
+//   at most attempts x servers x timeout_ms. SERVFAIL and friends move on at once; TC retries
+//   the same server over TCP; FORMERR retries once without EDNS0 (RFC 6891 §7).
+// - CNAMEs are followed inside a reply; a chain the server did not finish (an authoritative
+//   server pointing outside its zones) is chased with a new question, cname_depth_max deep.
+//
 // Invariants: every lookup ends in exactly one lookup_done action (unless cancelled), by its
 // deadline at the latest; at most queries_in_flight_max questions are on the wire, each asked
 // once however many lookups want it (coalescing); memory is bounded by the config.
