@@ -9,7 +9,9 @@
 // One loop iteration of a shard: advance its timers, drain its inbound queues (calling each
 // message's handler), send the batched wake-ups it owes other shards, publish buffer-ring
 // recycles, then submit and wait (at most until the next timer) and dispatch every completion
-// to the handler that owns its op kind.
+// to the handler that owns its op kind. The timer wheel needs no timeout SQE: the wait itself
+// carries the next deadline (io_uring_enter's EXT_ARG timeout), one per shard whatever the
+// number of timers, and an idle shard with no timer sleeps up to idle_wait_ms_max.
 //
 // Modules plug in through on_start (run on each shard's thread before any loop starts): they
 // register a completion_handler per op kind (add_handler returns the kind to pack into their
@@ -19,10 +21,12 @@
 // exits. A handler must stay valid until its shard's thread has exited (join()).
 //
 // Messages: try_send(to, message) pushes into the (this -> to) queue and returns false when it
-// is full: back-pressure. Nothing is dropped; the sender keeps the work and retries later (for
-// example on its next loop iteration, or from a timer), or sheds load with an SMTP 4xx. A wake-
-// up (a MSG_RING CQE in the target's ring) is sent at most once per target per iteration and
-// only when the target has said it is about to sleep; a busy target is never interrupted.
+// is full: back-pressure. Nothing is dropped; the sender keeps the work and retries later (a
+// message to itself runs on its next loop iteration; a timer works too), or sheds load with an
+// SMTP 4xx. A wake-up (a MSG_RING CQE in the target's ring) is sent at most once per target per
+// iteration and only when the target has said it is about to sleep; a busy target is never
+// interrupted. try_send works from on_start (delivered once loops run); send_fd only from the
+// loop (other shards' ring fds are known once every shard has started).
 //
 // Never: blocks in a handler, takes a lock on the hot path, or touches another shard's ring.
 #pragma once

@@ -3,6 +3,7 @@
 #include "ringmta/io/ring.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -116,6 +117,32 @@ TEST(ring, cancel_by_user_data_and_by_fd) {
   for (const completion& c : got) {
     EXPECT_EQ(c.res, c.user_data == recv_b ? -ECANCELED : 1);  // one op cancelled
   }
+  close(pair[0]);
+  close(pair[1]);
+}
+
+TEST(ring, vectored_send_and_poll) {
+  ring r;
+  ASSERT_TRUE(r.init(ring_options{}).ok());
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const std::uint64_t poll_ud = pack_user_data(20, 0, 1), send_ud = pack_user_data(20, 0, 2);
+  ASSERT_TRUE(r.prep_poll(pair[1], POLLIN, poll_ud).ok());
+  ASSERT_TRUE(r.submit().ok());
+  char reply[] = "250 ok\r\n", body[] = "body";
+  iovec pieces[] = {{reply, 8}, {body, 4}};
+  msghdr message{};
+  message.msg_iov = pieces;
+  message.msg_iovlen = 2;
+  ASSERT_TRUE(r.prep_sendmsg(pair[0], &message, send_ud).ok());
+  const auto got = test::wait_completions(r, 2);
+  ASSERT_EQ(got.size(), 2u);
+  for (const completion& c : got) {
+    EXPECT_EQ(c.res, c.user_data == send_ud ? 12 : POLLIN) << c.user_data;
+  }
+  char back[12];
+  EXPECT_EQ(test::read_full(pair[1], back, sizeof back), sizeof back);
+  EXPECT_EQ(std::string(back, 12), "250 ok\r\nbody");
   close(pair[0]);
   close(pair[1]);
 }
