@@ -8,6 +8,9 @@
 // Invariants the embedder can rely on:
 // - Replies come out in command order (RFC 2920 §3.1). feed() handles as many pipelined
 //   commands as it can in one call; the embedder sends output() in one write afterwards.
+//   Each command's reply is produced before the next command is looked at, so commands after
+//   a group-ending one (EHLO, DATA, BDAT, STARTTLS, AUTH, VRFY, NOOP, QUIT...) are handled
+//   only after its reply exists; after STARTTLS and QUIT they are not handled at all.
 // - feed() stops early (returns fewer octets than given) when a handler answered
 //   verdict::pending() (awaiting_verdict()) or when the output buffer lacks room for the next
 //   reply (output_full()). The embedder then calls resume() / drains output and feeds the rest
@@ -43,6 +46,16 @@ enum class bare_line_ending_policy : std::uint8_t {
   normalize,  // bare CR / bare LF become CRLF in the body handed to the embedder
 };
 
+// What hitting each limit does (all keep the session in sync with the client):
+// - command line longer than command_line_bytes_max: 500 5.5.2 at once, rest of the line
+//   skipped up to its LF (RFC 5321 §4.5.3.1.4, §4.5.3.1.10);
+// - text line longer than text_line_bytes_max: the message is read to its end and refused
+//   with 550 5.6.0 (§4.5.3.1.6; not truncated or wrapped, which would change signed content);
+// - message over message_bytes_max (unstuffed octets): SIZE= over it gets 552 5.3.4 at MAIL;
+//   otherwise the body is read and dropped to its end, then 552 5.3.4 (RFC 1870 §6.2);
+// - recipients over recipients_max: 452 4.5.3 for each extra RCPT (§4.5.3.1.10);
+// - errors_max 5xx replies: 421 4.7.0 and close;
+// - output: feed() pauses while output_full(), so a client that never reads costs no memory.
 struct server_limits {
   std::uint32_t command_line_bytes_max = 512;     // incl. CRLF, RFC 5321 §4.5.3.1.4; ≤ 2048
   std::uint32_t text_line_bytes_max = 1000;       // incl. CRLF, §4.5.3.1.6; 0: unchecked
