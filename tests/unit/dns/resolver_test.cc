@@ -96,7 +96,7 @@ TEST(dns_resolver, query_ids_are_random_and_distinct) {
 TEST(dns_resolver, mismatched_replies_are_ignored) {
   harness h;
   const auto id = h.mx("example.test");
-  const auto& query = h.sent[0].query;
+  const auto query = h.sent[0].query;
   reply_spec good = records({"example.test. 300 IN MX 10 mx.example.test."});
   // Wrong id, wrong name, wrong type, wrong server, garbage: all ignored.
   h.r.on_udp_packet(0, make_reply(query.id ^ 1, "example.test", mx, good), h.now_ms);
@@ -121,7 +121,7 @@ TEST(dns_resolver, truncated_reply_retries_over_tcp) {
   truncated.truncated = true;
   h.answer(0, truncated);
   ASSERT_EQ(h.sent.size(), 2u);
-  const auto& tcp = h.sent[1];
+  const auto tcp = h.sent[1];
   EXPECT_EQ(tcp.via, transport::tcp);
   EXPECT_EQ(tcp.server, 0u);
   EXPECT_EQ(tcp.query.name, "big.test");
