@@ -329,6 +329,9 @@ core::result<std::size_t> store::append_raw(message_handle handle, std::string_v
 core::result<std::uint64_t> store::commit(message_handle handle, const envelope& value) noexcept {
   auto& message = *lookup(handle);
   RINGMTA_ASSERT(value.id == message.id);
+  if (value.recipients.empty() || value.recipients.size() > envelope_recipients_max) {
+    message.error = EINVAL;  // RFC 5321 §3.3: no DATA without a recipient; index is 16 bits
+  }
   if (message.error != 0) {
     const int error = message.error;
     forget_pending(message);

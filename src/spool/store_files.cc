@@ -81,7 +81,7 @@ void store::on_create_done(std::uint32_t id, bool journal, std::int64_t result) 
     ++_stats.segments_created;
     remove_unneeded_files();
   }
-  if (!_flight->active && _snapshot_needed && journal) submit();
+  if (!_flight->active && journal && (_snapshot_needed || _flush_requested)) submit();
 }
 
 void store::request_remove(file_slot& file) noexcept {

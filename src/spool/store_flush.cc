@@ -44,8 +44,13 @@ void store::submit() noexcept {
   close_open_record();
   const bool flush_requested = _flush_requested;
   if (_open->bytes > 0 || !_open->tickets.empty()) submit_segment_part(flush_requested);
-  submit_journal_part();
-  if (f.writes_pending == 0) return;  // nothing to write: stay idle, keep the request
+  const bool journal_deferred = !submit_journal_part();
+  if (f.writes_pending == 0) {
+    // Nothing to write. A request stays only for marks waiting for their journal file (its
+    // creation completes into a submit); else the next full batch would sync for nothing.
+    _flush_requested = journal_deferred;
+    return;
+  }
   _flush_requested = false;
   f.active = true;
   ++_stats.flushes;
@@ -86,9 +91,10 @@ void store::submit_segment_part(bool flush_requested) noexcept {
   }
 }
 
-void store::submit_journal_part() noexcept {
+// False when marks wait for a journal file to be created.
+bool store::submit_journal_part() noexcept {
   auto& f = *_flight;
-  if (_journal_open->empty() && !_snapshot_needed) return;
+  if (_journal_open->empty() && !_snapshot_needed) return true;
   if (!_snapshot_needed && _journal != nullptr &&
       _journal->write_offset > _config.journal_bytes && _journal_spare != nullptr) {
     _snapshot_needed = true;  // compaction: rewrite the live state into a fresh journal
@@ -96,7 +102,7 @@ void store::submit_journal_part() noexcept {
   file_slot* target = _snapshot_needed ? _journal_spare : _journal;
   if (target == nullptr) {
     request_journal();
-    return;  // marks wait in the open journal batch
+    return false;  // marks wait in the open journal batch
   }
   std::swap(f.journal, *_journal_open);
   _journal_open->items.clear();
@@ -128,6 +134,7 @@ void store::submit_journal_part() noexcept {
   target->write_offset += f.journal_bytes.size();
   push_operation(op);
   ++f.writes_pending;
+  return true;
 }
 
 void store::complete(std::uint64_t token, std::int64_t result) noexcept {

@@ -191,7 +191,7 @@ class store {
   bool can_submit() const noexcept;
   void submit() noexcept;
   void submit_segment_part(bool flush_requested) noexcept;
-  void submit_journal_part() noexcept;
+  bool submit_journal_part() noexcept;
   void start_syncs() noexcept;
   void on_flight_done() noexcept;
   void finish_segment_part() noexcept;
