@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
+#include <memory>
 
 namespace ringmta::dns {
 
@@ -86,6 +88,19 @@ core::result<void> parse_resolv_conf(std::string_view text, resolver_config& int
   if (servers.empty()) return core::fail(EINVAL);
   into.servers = std::move(servers);
   return {};
+}
+
+core::result<void> load_resolv_conf(const char* path, resolver_config& into) {
+  constexpr std::size_t bytes_max = 64 * 1024;
+  const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path, "re"),
+                                                             &std::fclose);
+  if (!file) return core::fail(errno != 0 ? errno : EIO);
+  std::string text(bytes_max + 1, '\0');
+  const std::size_t size = std::fread(text.data(), 1, text.size(), file.get());
+  if (std::ferror(file.get())) return core::fail(EIO);
+  if (size > bytes_max) return core::fail(EFBIG);
+  text.resize(size);
+  return parse_resolv_conf(text, into);
 }
 
 }  // namespace ringmta::dns

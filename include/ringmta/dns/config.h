@@ -2,7 +2,7 @@
 // for resolv.conf(5) text.
 //
 // Invariants: a config accepted by validate() has 1..servers_max servers and non-zero bounds.
-// Never: the parser opens no file; the caller reads /etc/resolv.conf and passes the text.
+// Never: parse_resolv_conf opens no file; load_resolv_conf reads one, at start-up only.
 #pragma once
 
 #include <cstddef>
@@ -48,5 +48,10 @@ struct resolver_config {
 // attempts:N rotate". "search"/"domain" are ignored: RFC 5321 §5.1 wants fully-qualified names.
 // Keeps into's other fields. Fails with EINVAL when no usable nameserver line is present.
 core::result<void> parse_resolv_conf(std::string_view text, resolver_config& into);
+
+// Start-up helper (the resolver itself never calls it): reads the file at `path` (normally
+// /etc/resolv.conf, at most 64 KiB) and parses it. ENOENT/EACCES/... from the read, EINVAL
+// when it names no usable nameserver, EFBIG when it is larger.
+core::result<void> load_resolv_conf(const char* path, resolver_config& into);
 
 }  // namespace ringmta::dns

@@ -1,6 +1,10 @@
 #include "ringmta/dns/config.h"
 
+#include <unistd.h>
+
 #include <cerrno>
+#include <cstdio>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -88,6 +92,24 @@ TEST(dns_config, validate_names_the_bad_setting) {
   config.edns_payload_bytes = 0;
   config.ipv4 = config.ipv6 = false;
   EXPECT_NE(config.validate().find("IPv4"), std::string::npos);
+}
+
+TEST(dns_config, loads_a_resolv_conf_file) {
+  char path[] = "/tmp/ringmta-resolv-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::string text = "nameserver 127.0.0.53\noptions attempts:3\n";
+  ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  close(fd);
+  resolver_config config;
+  ASSERT_TRUE(load_resolv_conf(path, config).ok());
+  std::remove(path);
+  ASSERT_EQ(config.servers.size(), 1u);
+  EXPECT_EQ(config.servers[0].to_string(), "127.0.0.53:53");
+  EXPECT_EQ(config.attempts, 3u);
+  const auto missing = load_resolv_conf("/nonexistent/resolv.conf", config);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error(), ENOENT);
 }
 
 }  // namespace
