@@ -518,5 +518,31 @@ TEST(dns_resolver, actions_stay_valid_while_the_embedder_calls_back_in) {
   EXPECT_EQ(sends, 50u);
 }
 
+TEST(dns_resolver, mismatched_or_truncated_tcp_reply_fails_the_attempt) {
+  harness h;
+  const auto id = h.mx("big.test");
+  reply_spec truncated;
+  truncated.truncated = true;
+  h.answer(0, truncated);
+  const auto tcp = h.sent.at(1);
+  ASSERT_EQ(tcp.via, transport::tcp);
+  reply_spec wrong = records({"big.test. 300 IN MX 10 mx.big.test."});
+  wrong.tcp = true;
+  h.r.on_tcp_data(tcp.exchange, make_reply(tcp.query.id ^ 1, "big.test", mx, wrong), h.now_ms);
+  h.drain();
+  ASSERT_EQ(h.closed.size(), 1u);  // one question per connection: closed whatever it said
+  ASSERT_EQ(h.sent.size(), 3u);
+  EXPECT_EQ(h.sent[2].via, transport::udp);
+  EXPECT_EQ(h.sent[2].server, 1u);
+  h.answer(2, truncated);  // server 1 truncates too, and its TCP reply is truncated again
+  ASSERT_EQ(h.sent.back().via, transport::tcp);
+  h.answer(h.sent.size() - 1, truncated);
+  EXPECT_EQ(h.closed.size(), 2u);
+  EXPECT_EQ(h.sent.back().via, transport::udp);  // second round, server 0
+  EXPECT_EQ(h.sent.back().server, 0u);
+  EXPECT_EQ(h.results.count(id), 0u);
+  EXPECT_GE(h.r.counters().server_failures, 2u);
+}
+
 }  // namespace
 }  // namespace ringmta::dns
