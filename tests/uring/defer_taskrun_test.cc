@@ -14,7 +14,7 @@ namespace {
 
 TEST(defer_taskrun, completions_wait_for_our_enter) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   if (!r.features().defer_taskrun) GTEST_SKIP() << "kernel lacks IORING_SETUP_DEFER_TASKRUN";
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
@@ -39,7 +39,7 @@ TEST(defer_taskrun, another_thread_cannot_submit) {
   // A registered ring fd is private to the registering thread (another thread gets EINVAL
   // before SINGLE_ISSUER is even checked): use the plain fd to see the issuer check itself.
   options.register_ring_fd = false;
-  ASSERT_TRUE(r.init(options).ok());
+  RINGMTA_INIT_OR_SKIP(r, options);
   if (!r.features().single_issuer) GTEST_SKIP() << "kernel lacks IORING_SETUP_SINGLE_ISSUER";
   ASSERT_TRUE(r.prep_nop(pack_user_data(20, 0, 1)).ok());
   int foreign_error = 0;

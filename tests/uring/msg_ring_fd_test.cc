@@ -18,7 +18,7 @@ TEST(msg_ring_fd, a_socket_moves_between_rings) {
   ring source;
   ring_options options;
   options.fixed_file_count = 4;
-  ASSERT_TRUE(source.init(options).ok());
+  RINGMTA_INIT_OR_SKIP(source, options);
   if (!source.features().msg_ring_fd) GTEST_SKIP() << "kernel lacks MSG_RING fd passing";
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);

@@ -12,7 +12,7 @@ namespace {
 
 TEST(msg_ring, posts_a_completion_into_a_sleeping_ring) {
   ring sender;
-  ASSERT_TRUE(sender.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(sender, ring_options{});
   if (!sender.features().msg_ring) GTEST_SKIP() << "kernel lacks IORING_OP_MSG_RING";
   std::atomic<int> target_fd{-1};
   std::atomic<bool> done{false};
@@ -47,7 +47,7 @@ TEST(msg_ring, posts_a_completion_into_a_sleeping_ring) {
 
 TEST(msg_ring, to_a_bad_fd_fails_on_the_sender) {
   ring sender;
-  ASSERT_TRUE(sender.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(sender, ring_options{});
   if (!sender.features().msg_ring) GTEST_SKIP() << "kernel lacks IORING_OP_MSG_RING";
   ASSERT_TRUE(sender.prep_msg_ring(0, 1, 1, pack_user_data(31, 0, 2)).ok());  // stdin: no ring
   const auto own = test::wait_completions(sender, 1);

@@ -13,7 +13,7 @@ namespace {
 
 TEST(multishot_accept, one_sqe_accepts_many_connections) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   if (!r.features().multishot_accept) GTEST_SKIP() << "kernel lacks multishot accept";
   std::uint16_t port = 0;
   const int listen_fd = test::listen_loopback(&port);
@@ -56,7 +56,7 @@ TEST(multishot_accept, direct_accept_fills_the_fixed_table) {
   ring r;
   ring_options options;
   options.fixed_file_count = 8;
-  ASSERT_TRUE(r.init(options).ok());
+  RINGMTA_INIT_OR_SKIP(r, options);
   if (!r.features().multishot_accept) GTEST_SKIP() << "kernel lacks multishot accept";
   std::uint16_t port = 0;
   const int listen_fd = test::listen_loopback(&port);

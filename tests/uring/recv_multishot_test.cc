@@ -19,7 +19,7 @@ std::string text(std::span<std::byte> bytes) {
 
 struct recv_fixture : ::testing::Test {
   void SetUp() override {
-    ASSERT_TRUE(r.init(ring_options{}).ok());
+    RINGMTA_INIT_OR_SKIP(r, ring_options{});
     if (!r.features().multishot_recv || !r.features().buffer_ring) {
       GTEST_SKIP() << "kernel lacks multishot recv or provided buffer rings";
     }

@@ -16,7 +16,7 @@ namespace {
 
 TEST(send_zc, result_then_notification) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   if (!r.features().send_zc) GTEST_SKIP() << "kernel lacks IORING_OP_SEND_ZC";
   std::uint16_t port = 0;
   const int listen_fd = test::listen_loopback(&port);

@@ -16,7 +16,7 @@ namespace {
 
 TEST(splice, file_to_socket_through_a_pipe) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   if (!r.features().splice) GTEST_SKIP() << "kernel lacks IORING_OP_SPLICE";
   char path[] = "/tmp/ringmta-splice-XXXXXX";
   const int file = mkstemp(path);

@@ -9,12 +9,24 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <functional>
 #include <vector>
 
 #include "ringmta/core/clock.h"
 #include "ringmta/io/ring.h"
+
+// Initialises an io::ring in a test body, skipping the test where io_uring itself is missing
+// or forbidden (ENOSYS, EPERM: e.g. kernel.io_uring_disabled) and failing on any other error.
+#define RINGMTA_INIT_OR_SKIP(ring_object, options)                                   \
+  do {                                                                               \
+    const auto init_result = (ring_object).init(options);                            \
+    if (!init_result.ok() && (init_result.error() == ENOSYS || init_result.error() == EPERM)) { \
+      GTEST_SKIP() << "io_uring unavailable: " << init_result.error_text();          \
+    }                                                                                \
+    ASSERT_TRUE(init_result.ok()) << init_result.error_text();                       \
+  } while (0)
 
 namespace ringmta::test {
 

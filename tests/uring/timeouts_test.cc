@@ -21,7 +21,7 @@ int result_of(const std::vector<completion>& got, std::uint64_t user_data) {
 
 TEST(timeouts, relative_count_remove_update) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   const std::uint64_t expire = pack_user_data(20, 0, 1);
   ASSERT_TRUE(r.prep_timeout(1 * ms, expire).ok());
   auto got = test::wait_completions(r, 1);
@@ -52,7 +52,7 @@ TEST(timeouts, relative_count_remove_update) {
 
 TEST(timeouts, link_timeout_cancels_a_silent_recv) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
   char buffer[4];
@@ -76,7 +76,7 @@ TEST(timeouts, link_timeout_cancels_a_silent_recv) {
 
 TEST(timeouts, multishot_timeout_fires_repeatedly) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   if (!r.features().multishot_timeout) GTEST_SKIP() << "kernel lacks IORING_TIMEOUT_MULTISHOT";
   const std::uint64_t ud = pack_user_data(20, 0, 9);
   ASSERT_TRUE(r.prep_timeout_multishot(1 * ms, 3, ud).ok());

@@ -18,7 +18,7 @@ namespace {
 
 struct fixture : ::testing::Test {
   void SetUp() override {
-    ASSERT_TRUE(r.init(ring_options{}).ok());
+    RINGMTA_INIT_OR_SKIP(r, ring_options{});
     if (!r.features().buffer_ring) GTEST_SKIP() << "kernel lacks provided buffer rings";
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
   }

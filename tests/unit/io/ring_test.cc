@@ -18,7 +18,7 @@ namespace {
 
 TEST(ring, init_reports_features) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   EXPECT_GT(r.fd(), 0);
   const std::string line = r.features().describe();
   EXPECT_NE(line.find("io_uring on Linux"), std::string::npos) << line;
@@ -28,7 +28,7 @@ TEST(ring, init_reports_features) {
 
 TEST(ring, nop_returns_its_user_data) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   const std::uint64_t ud = pack_user_data(op_kind_first_free, 5, 77);
   ASSERT_TRUE(r.prep_nop(ud).ok());
   EXPECT_EQ(r.pending_sqes(), 1u);
@@ -44,7 +44,7 @@ TEST(ring, full_submission_queue_submits_and_never_drops) {
   ring_options options;
   options.sq_entries = 8;
   options.cq_entries = 256;
-  ASSERT_TRUE(r.init(options).ok());
+  RINGMTA_INIT_OR_SKIP(r, options);
   constexpr unsigned count = 200;
   for (unsigned i = 0; i < count; ++i) ASSERT_TRUE(r.prep_nop(pack_user_data(20, 0, i)).ok());
   EXPECT_GT(r.counters().sq_full_submits, 0u);
@@ -59,7 +59,7 @@ TEST(ring, reserve_keeps_a_chain_whole) {
   ring r;
   ring_options options;
   options.sq_entries = 4;
-  ASSERT_TRUE(r.init(options).ok());
+  RINGMTA_INIT_OR_SKIP(r, options);
   for (unsigned i = 0; i < 3; ++i) ASSERT_TRUE(r.prep_nop(pack_user_data(20, 0, i)).ok());
   ASSERT_TRUE(r.reserve(2).ok());  // only one slot was left: the three NOPs went to the kernel
   EXPECT_EQ(r.pending_sqes(), 0u);
@@ -70,7 +70,7 @@ TEST(ring, reserve_keeps_a_chain_whole) {
 
 TEST(ring, writev_at_offset_then_read_back) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   char path[] = "/tmp/ringmta-io-XXXXXX";
   const int fd = mkstemp(path);
   ASSERT_GE(fd, 0);
@@ -95,7 +95,7 @@ TEST(ring, writev_at_offset_then_read_back) {
 
 TEST(ring, cancel_by_user_data_and_by_fd) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
   char buffer[16];
@@ -123,7 +123,7 @@ TEST(ring, cancel_by_user_data_and_by_fd) {
 
 TEST(ring, vectored_send_and_poll) {
   ring r;
-  ASSERT_TRUE(r.init(ring_options{}).ok());
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
   const std::uint64_t poll_ud = pack_user_data(20, 0, 1), send_ud = pack_user_data(20, 0, 2);
