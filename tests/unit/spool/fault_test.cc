@@ -570,3 +570,63 @@ TEST(spool_faults, full_tmpfs_not_preallocated) {
 
 }  // namespace
 }  // namespace ringmta::spool
+
+namespace ringmta::spool {
+namespace {
+
+TEST(spool_backpressure, append_takes_no_more_than_the_buffers_hold) {
+  test::temp_dir dir;
+  auto config = test::small_config(dir.shard(0));
+  config.buffered_bytes_max = 512u << 10;
+  config.batch_bytes_max = 128u << 10;
+  auto target = open_store(config);
+  run_operations(*target);  // files created
+  auto handle = target->begin(1).value();
+  const std::string body = test::make_body(4u << 20, 1);
+  // Nothing completes: the store may only buffer up to its limit.
+  std::size_t taken = 0;
+  for (int i = 0; i < 10; ++i) {
+    auto result = target->append(handle, std::string_view(body).substr(taken));
+    ASSERT_TRUE(result.ok());
+    taken += result.value();
+  }
+  EXPECT_LE(taken, config.buffered_bytes_max);
+  EXPECT_GT(taken, 0u);
+  EXPECT_EQ(target->append(handle, std::string_view(body).substr(taken)).value(), 0u);
+  // Completions free the buffers; the rest goes in.
+  for (int round = 0; round < 100 && taken < body.size(); ++round) {
+    run_operations(*target);
+    auto result = target->append(handle, std::string_view(body).substr(taken));
+    ASSERT_TRUE(result.ok());
+    taken += result.value();
+  }
+  ASSERT_EQ(taken, body.size());
+  const message_id id = target->id_of(handle);
+  ASSERT_TRUE(target->commit(handle, test::make_envelope(id, 1, 1)).ok());
+  target->flush();
+  run_operations(*target);
+  event item;
+  ASSERT_TRUE(target->next_event(item));
+  EXPECT_EQ(item.error, 0);
+  auto stored = target->read(id);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(test::read_body(stored.value()), body);
+  // One range per data record (64 KiB here) plus one per segment switch: not one per append.
+  EXPECT_LE(stored.value().body.size(), body.size() / config.data_record_bytes_max + 8);
+}
+
+TEST(spool_backpressure, commit_without_recipients_is_refused) {
+  test::temp_dir dir;
+  auto target = open_store(test::small_config(dir.shard(0)));
+  run_operations(*target);
+  auto handle = target->begin(1).value();
+  ASSERT_TRUE(target->append(handle, "x\r\n").ok());
+  auto value = test::make_envelope(target->id_of(handle), 0, 1);
+  EXPECT_EQ(target->commit(handle, value).error(), EINVAL);
+  target->flush();
+  run_operations(*target);
+  EXPECT_TRUE(target->idle());
+}
+
+}  // namespace
+}  // namespace ringmta::spool
