@@ -109,7 +109,7 @@ void server_session::write_verdict(const verdict& answer, std::uint16_t code,
     }
   }
   if (code / 100 == 3) enhanced = "";
-  write_reply(code, enhanced, text);
+  write_reply(code, enhanced, text, answer.what() == verdict::kind::respond);
 }
 
 void server_session::apply(pending_kind kind, const verdict& answer) noexcept {
@@ -152,7 +152,7 @@ void server_session::apply(pending_kind kind, const verdict& answer) noexcept {
       }
       _phase = phase::data;
       if (answer.what() == verdict::kind::respond)
-        write_reply(354, "", answer.get_reply().text);
+        write_reply(354, "", answer.get_reply().text, true);
       else
         write_reply(354, "", "End data with <CR><LF>.<CR><LF>");
       break;
@@ -194,7 +194,7 @@ void server_session::apply_auth(const verdict& answer) noexcept {
   const std::uint16_t code = answer.get_reply().code;
   if (code == 334) {  // RFC 4954 §4: a server challenge, base64 text
     _auth_exchange = true;
-    write_reply(334, "", answer.get_reply().text);
+    write_reply(334, "", answer.get_reply().text, true);
     return;
   }
   _auth_exchange = false;
@@ -277,7 +277,7 @@ void server_session::write_ehlo_reply() noexcept {
     if (lines[i].first) last = i;
   }
   for (std::size_t i = 0; i <= last; ++i) {
-    if (lines[i].first) write_line(250, i != last, "", lines[i].second);
+    if (lines[i].first) write_line(250, i != last, "", lines[i].second, false);
   }
 }
 

@@ -74,50 +74,57 @@ void server_session::consume_output(std::size_t bytes) noexcept {
   if (_output_begin == _output_end) _output_begin = _output_end = 0;
 }
 
-void server_session::write_raw(std::string_view bytes) noexcept {
-  if (_output.size() - _output_end < bytes.size()) {  // compact: move pending output to front
+// Room for `bytes` more octets at the end of the output, compacting first when needed.
+char* server_session::reserve_output(std::size_t bytes) noexcept {
+  if (_output.size() - _output_end < bytes) {  // move pending output to the front
     std::memmove(_output.data(), _output.data() + _output_begin, _output_end - _output_begin);
     _output_end -= _output_begin;
     _output_begin = 0;
   }
-  RINGMTA_ASSERT(_output.size() - _output_end >= bytes.size());
-  std::memcpy(_output.data() + _output_end, bytes.data(), bytes.size());
-  _output_end += bytes.size();
+  RINGMTA_ASSERT(_output.size() - _output_end >= bytes);
+  return _output.data() + _output_end;
 }
 
-// One reply line: code, '-' or ' ', enhanced code, text; control characters replaced and the
-// line cut to reply_line_bytes_max including CRLF (RFC 5321 §4.5.3.1.5).
+// One reply line, written in place: code, '-' or ' ', enhanced code, text; control characters
+// replaced and the line cut to reply_line_bytes_max including CRLF (RFC 5321 §4.5.3.1.5).
 void server_session::write_line(std::uint16_t code, bool more, std::string_view enhanced,
-                                std::string_view text) noexcept {
-  std::array<char, detail::reply_line_bytes_max> line;
-  std::size_t n = 0;
-  line[n++] = static_cast<char>('0' + code / 100);
-  line[n++] = static_cast<char>('0' + (code / 10) % 10);
-  line[n++] = static_cast<char>('0' + code % 10);
-  line[n++] = more ? '-' : ' ';
-  if (!enhanced.empty() && _config.extensions.enhanced_status_codes) {
-    std::memcpy(line.data() + n, enhanced.data(), enhanced.size());
-    n += enhanced.size();
-    if (!text.empty()) line[n++] = ' ';
-  }
-  const std::size_t room = line.size() - 2 - n;
+                                std::string_view text, bool untrusted) noexcept {
+  const bool with_enhanced = !enhanced.empty() && _config.extensions.enhanced_status_codes;
+  const std::size_t prefix = 4 + (with_enhanced ? enhanced.size() + (text.empty() ? 0 : 1) : 0);
+  const std::size_t room = detail::reply_line_bytes_max - 2 - prefix;
   const std::size_t take = text.size() < room ? text.size() : room;
-  for (std::size_t i = 0; i < take; ++i) {
-    const unsigned char c = static_cast<unsigned char>(text[i]);
-    line[n++] = (c < 0x20 || c == 0x7f) ? '?' : static_cast<char>(c);
+  char* const line = reserve_output(prefix + take + 2);
+  line[0] = static_cast<char>('0' + code / 100);
+  line[1] = static_cast<char>('0' + (code / 10) % 10);
+  line[2] = static_cast<char>('0' + code % 10);
+  line[3] = more ? '-' : ' ';
+  if (with_enhanced) {
+    std::memcpy(line + 4, enhanced.data(), enhanced.size());
+    if (!text.empty()) line[4 + enhanced.size()] = ' ';
   }
-  line[n++] = '\r';
-  line[n++] = '\n';
-  write_raw(std::string_view(line.data(), n));
+  char* const body = line + prefix;
+  if (take > 0) std::memcpy(body, text.data(), take);
+  for (std::size_t i = 0; untrusted && i < take; ++i) {
+    const unsigned char c = static_cast<unsigned char>(body[i]);
+    if (c < 0x20 || c == 0x7f) body[i] = '?';
+  }
+  body[take] = '\r';
+  body[take + 1] = '\n';
+  _output_end += prefix + take + 2;
 }
 
 // A reply of one or more lines ('\n' separates them), at most detail::reply_bytes_max octets;
 // lines beyond that are dropped. 5xx replies count toward errors_max.
 void server_session::write_reply(std::uint16_t code, std::string_view enhanced,
-                                 std::string_view text) noexcept {
+                                 std::string_view text, bool untrusted) noexcept {
   RINGMTA_ASSERT(code >= 200 && code <= 599);
   RINGMTA_ASSERT(enhanced.empty() || (is_enhanced_code(enhanced) &&
                                       enhanced[0] == static_cast<char>('0' + code / 100)));
+  if (text.find('\n') == std::string_view::npos) {  // the common single-line reply
+    write_line(code, false, enhanced, text, untrusted);
+    if (code >= 500) ++_errors;
+    return;
+  }
   std::size_t lines = 0;
   std::size_t total = 0;
   for (std::size_t at = 0; at <= text.size();) {
@@ -134,7 +141,7 @@ void server_session::write_reply(std::uint16_t code, std::string_view enhanced,
   for (std::size_t i = 0; i < lines; ++i) {
     std::size_t end = text.find('\n', at);
     if (end == std::string_view::npos) end = text.size();
-    write_line(code, i + 1 < lines, enhanced, text.substr(at, end - at));
+    write_line(code, i + 1 < lines, enhanced, text.substr(at, end - at), untrusted);
     at = end + 1;
   }
   if (code >= 500) ++_errors;

@@ -20,14 +20,14 @@ server_session::server_session(const server_config& config, server_handler& hand
 void server_session::start() noexcept {
   RINGMTA_ASSERT(_phase == phase::not_started);
   std::array<char, detail::reply_line_bytes_max> text;
-  write_reply(220, "", detail::join(text, {_config.hostname, " ", _config.greeting_text}));
+  write_reply(220, "", detail::join(text, {_config.hostname, " ", _config.greeting_text}), true);
   _phase = phase::command;
 }
 
 void server_session::start_refusing(std::string_view text) noexcept {
   RINGMTA_ASSERT(_phase == phase::not_started);
   std::array<char, detail::reply_line_bytes_max> line;
-  write_reply(554, "", detail::join(line, {_config.hostname, " ", text}));
+  write_reply(554, "", detail::join(line, {_config.hostname, " ", text}), true);
   --_errors;  // the greeting is not the client's error
   _refusing = true;
   _phase = phase::command;

@@ -32,14 +32,17 @@ bool server_session::reject_parameters(const parameter_result& result) noexcept 
     case parameter_error::none:
       return false;
     case parameter_error::unknown:
-      write_reply(555, "5.5.4", detail::join(text, {"Unsupported parameter: ", result.keyword}));
+      write_reply(555, "5.5.4", detail::join(text, {"Unsupported parameter: ", result.keyword}),
+                  true);
       break;
     case parameter_error::duplicate:
-      write_reply(501, "5.5.4", detail::join(text, {"Duplicate parameter: ", result.keyword}));
+      write_reply(501, "5.5.4", detail::join(text, {"Duplicate parameter: ", result.keyword}),
+                  true);
       break;
     case parameter_error::syntax:
     case parameter_error::value:
-      write_reply(501, "5.5.4", detail::join(text, {"Invalid parameter: ", result.keyword}));
+      write_reply(501, "5.5.4", detail::join(text, {"Invalid parameter: ", result.keyword}),
+                  true);
       break;
   }
   return true;
@@ -273,7 +276,7 @@ void server_session::end_of_chunk() noexcept {
     _bdat_discard = false;
     write_reply(_deferred_code,
                 std::string_view(_deferred_enhanced.data(), _deferred_enhanced_bytes),
-                std::string_view(_deferred_text.data(), _deferred_text_bytes));
+                std::string_view(_deferred_text.data(), _deferred_text_bytes), true);
     return;
   }
   if (_message_failed) {

@@ -264,10 +264,13 @@ class server_session {
                   abort_reason reason) noexcept;
 
   // output (server_reply.cc)
-  void write_reply(std::uint16_t code, std::string_view enhanced, std::string_view text) noexcept;
+  // untrusted: the text comes from the embedder or echoes the client, so control characters
+  // are replaced; the engine's own texts skip that pass.
+  void write_reply(std::uint16_t code, std::string_view enhanced, std::string_view text,
+                   bool untrusted = false) noexcept;
   void write_line(std::uint16_t code, bool more, std::string_view enhanced,
-                  std::string_view text) noexcept;
-  void write_raw(std::string_view bytes) noexcept;
+                  std::string_view text, bool untrusted) noexcept;
+  char* reserve_output(std::size_t bytes) noexcept;
   std::size_t output_free() const noexcept;
 
   const server_config& _config;

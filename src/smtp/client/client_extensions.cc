@@ -67,7 +67,7 @@ void client_extensions::parse_line(std::string_view line) noexcept {
   } else if (keyword_is(keyword, "AUTH")) {
     auth = true;
     const std::size_t take = std::min(params.size(), sizeof(auth_mechanisms_data));
-    std::memcpy(auth_mechanisms_data, params.data(), take);
+    if (take != 0) std::memcpy(auth_mechanisms_data, params.data(), take);
     auth_mechanisms_bytes = static_cast<std::uint8_t>(take);
   }
 }

@@ -176,6 +176,7 @@ std::size_t client_session::output_room() noexcept {
 
 void client_session::append(std::string_view text) noexcept {
   RINGMTA_ASSERT(text.size() <= sizeof(_output) - _output_end);
+  if (text.empty()) return;  // an empty view may hold a null pointer: no memcpy
   std::memcpy(_output + _output_end, text.data(), text.size());
   _output_end = static_cast<std::uint16_t>(_output_end + text.size());
 }

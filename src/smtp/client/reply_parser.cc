@@ -71,7 +71,7 @@ void parsed_reply::assign_local(std::uint16_t reply_code, reply_enhanced_code co
   local = true;
   text_truncated = text.size() > sizeof(text_data);
   text_bytes = static_cast<std::uint16_t>(std::min(text.size(), sizeof(text_data)));
-  std::memcpy(text_data, text.data(), text_bytes);
+  if (text_bytes != 0) std::memcpy(text_data, text.data(), text_bytes);
 }
 
 void parsed_reply::copy_from(const parsed_reply& other) noexcept {
@@ -111,6 +111,7 @@ reply_parser::step reply_parser::fail(reply_parse_error error, std::size_t consu
 
 reply_parser::step reply_parser::feed(std::string_view bytes) noexcept {
   if (_error != reply_parse_error::none) return {status::failed, 0};
+  if (bytes.empty()) return {status::need_more, 0};
   if (_reply_complete) {
     // The previous call finished a reply (its view stayed valid until now): start the next one.
     _reply_complete = false;
@@ -191,6 +192,7 @@ void reply_parser::append_text(std::string_view text) noexcept {
   const std::size_t room = sizeof(_reply.text_data) - _reply.text_bytes;
   const std::size_t take = std::min(room, text.size());
   if (take < text.size()) _reply.text_truncated = true;
+  if (take == 0) return;  // an empty view may hold a null pointer: no memcpy
   std::memcpy(_reply.text_data + _reply.text_bytes, text.data(), take);
   _reply.text_bytes = static_cast<std::uint16_t>(_reply.text_bytes + take);
 }
