@@ -372,6 +372,7 @@ void blast_shard::start_message(connection& c, std::uint64_t intended_ns) noexce
   envelope.size_bytes = c.header_bytes + body->bytes;
   c.message_start_ns = intended_ns;
   c.data_sent_ns = 0;
+  if (_rate > 0 && core::monotonic_ns() > intended_ns + 1'000'000) ++_results.late_starts;
   --c.messages_left;
   _counters.messages_started.add();
   c.session->start_transaction(envelope);
@@ -576,7 +577,6 @@ void blast_shard::pump_once() noexcept {
       const std::uint64_t intended = _shared.start_ns +
           static_cast<std::uint64_t>((double(_id) / _config.rate + double(_scheduled) / _rate) * 1e9);
       ++_scheduled;
-      if (now > intended + 1'000'000) ++_results.late_starts;
       start_message(*c, intended);
       drain_events(*c);
       continue;

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# A private Postfix instance for the tools' interop tests: its own config, queue and data
+# directories under DIR, smtpd on 127.0.0.1:SMTPD_PORT, relaying everything to
+# [127.0.0.1]:RELAY_PORT. Never touches the system's /etc/postfix or its queue. Needs root
+# (Postfix's master drops privileges to the postfix user itself); no chroot.
+# usage: postfix_instance.sh start DIR SMTPD_PORT RELAY_PORT | stop DIR
+set -eu
+cmd=$1; W=$2
+if [ "$cmd" = stop ]; then postfix -c "$W/etc" stop >/dev/null 2>&1 || true; exit 0; fi
+PORT=$3; RELAY=$4
+mkdir -p "$W/etc" "$W/queue" "$W/data"; chown postfix "$W/data"
+cat > "$W/etc/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $W/queue
+data_directory = $W/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = pf.test
+mydomain = pf.test
+myorigin = pf.test
+mydestination =
+relayhost = [127.0.0.1]:$RELAY
+mynetworks = 127.0.0.0/8
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_recipient_restrictions = permit_mynetworks, reject
+maillog_file = $W/maillog
+maillog_file_prefixes = $W
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+in_flow_delay = 0
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+message_size_limit = 50000000
+biff = no
+CF
+cat > "$W/etc/master.cf" <<CF
+127.0.0.1:$PORT inet n - n - - smtpd
+pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+local unix - n n - - local
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+CF
+postfix -c "$W/etc" check || { script -qc "postfix -c $W/etc check" /dev/null; exit 1; }
+postfix -c "$W/etc" start >/dev/null 2>&1 || { tail -20 "$W/maillog" >&2; exit 1; }
