@@ -249,6 +249,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
     }
     if (session.awaiting_tls() && random.below(2) == 0) session.tls_established();
+    switch (random.below(512)) {  // embedder events at any moment, rarely
+      case 0: session.on_timeout(); break;
+      case 1: session.shutdown(); break;
+      case 2: session.connection_lost(); break;
+      default: break;
+    }
     if (session.output_full() || random.below(4) != 0) {
       replies.take(session.output());
       session.consume_output(session.output().size());
