@@ -11,7 +11,13 @@
 namespace ringmta::smtp {
 
 server_session::server_session(const server_config& config, server_handler& handler) noexcept
-    : _config(config), _handler(handler), _tls_active(config.tls_active) {
+    : _config(config),
+      _handler(handler),
+      _tls_active(config.tls_active),
+      // 0: no fixed maximum (RFC 1870 §4: "SIZE" without a number); a huge bound keeps the
+      // comparisons free of overflow.
+      _message_bytes_max(config.limits.message_bytes_max != 0 ? config.limits.message_bytes_max
+                                                              : std::uint64_t{1} << 62) {
   RINGMTA_ASSERT(config.limits.command_line_bytes_max >= 64);
   RINGMTA_ASSERT(config.limits.command_line_bytes_max <= command_line_capacity);
   RINGMTA_ASSERT(config.hostname.size() <= domain_bytes_max);
@@ -139,7 +145,7 @@ void server_session::emit_body(const char* begin, const char* end) noexcept {
   if (begin == end || _message_failed) return;
   const std::uint64_t bytes = static_cast<std::uint64_t>(end - begin);
   _summary.wire_bytes += bytes;
-  if (_summary.wire_bytes > _config.limits.message_bytes_max + _stuffed_dots) {
+  if (_summary.wire_bytes > _message_bytes_max + _stuffed_dots) {
     fail_message(abort_reason::message_too_big);
     return;
   }
@@ -319,7 +325,7 @@ std::size_t server_session::feed_bdat(std::string_view bytes) noexcept {
       if (p < end && *p++ == '\n') ++_summary.line_count;
     }
     _summary.message_bytes += take;
-    if (_summary.message_bytes > _config.limits.message_bytes_max) {
+    if (_summary.message_bytes > _message_bytes_max) {
       fail_message(abort_reason::message_too_big);
     } else {
       _summary.wire_bytes += take;

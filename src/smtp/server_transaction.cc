@@ -94,7 +94,7 @@ void server_session::command_mail(std::string_view argument) noexcept {
     write_reply(553, "5.6.7", describe(path_error::utf8_not_allowed));
     return;
   }
-  if (_mail_parameters.has_size && _mail_parameters.size > _config.limits.message_bytes_max) {
+  if (_mail_parameters.has_size && _mail_parameters.size > _message_bytes_max) {
     write_reply(552, "5.3.4", "Message size exceeds fixed maximum message size");  // RFC 1870
     return;
   }
@@ -261,7 +261,7 @@ void server_session::end_of_data() noexcept {
     return;
   }
   _summary.message_bytes = _summary.wire_bytes - _stuffed_dots;
-  if (_summary.message_bytes > _config.limits.message_bytes_max) {
+  if (_summary.message_bytes > _message_bytes_max) {
     fail_message(abort_reason::message_too_big);
     write_failure_reply();
     clear_transaction(false);

@@ -3,7 +3,7 @@
 // The embedder feeds received bytes; the engine parses commands, calls a server_handler for
 // each decision, and appends replies to a bounded output buffer that the embedder sends.
 // It never makes a syscall, never reads a clock, never logs, never throws, and never allocates:
-// every buffer is a fixed array inside the session (about 10 KiB).
+// every buffer is a fixed array inside the session (sizeof is about 12 KiB).
 //
 // Invariants the embedder can rely on:
 // - Replies come out in command order (RFC 2920 §3.1). feed() handles as many pipelined
@@ -59,7 +59,7 @@ enum class bare_line_ending_policy : std::uint8_t {
 struct server_limits {
   std::uint32_t command_line_bytes_max = 512;     // incl. CRLF, RFC 5321 §4.5.3.1.4; ≤ 2048
   std::uint32_t text_line_bytes_max = 1000;       // incl. CRLF, §4.5.3.1.6; 0: unchecked
-  std::uint64_t message_bytes_max = 50u << 20;    // advertised as SIZE (RFC 1870)
+  std::uint64_t message_bytes_max = 50u << 20;    // advertised as SIZE (RFC 1870); 0: none
   std::uint32_t recipients_max = 1000;            // §4.5.3.1.8 asks for at least 100
   std::uint32_t errors_max = 20;                  // 5xx replies before 421 4.7.0; 0: no limit
 };
@@ -88,7 +88,7 @@ enum class abort_reason : std::uint8_t {
   bare_cr,           // reject policy: a CR not followed by LF
   message_too_big,   // more than message_bytes_max (552 5.3.4)
   line_too_long,     // a text line over text_line_bytes_max (550 5.6.0)
-  reset,             // RSET / EHLO / STARTTLS between BDAT chunks
+  reset,             // RSET, HELO/EHLO or QUIT between BDAT chunks
   timeout,           // on_timeout() during a message
   shutdown,          // shutdown() during a message
   connection_lost,   // connection_lost() during a message
@@ -116,8 +116,8 @@ struct envelope_view {
   std::uint32_t recipient_count = 0;  // accepted RCPTs
 };
 
-// Implemented by the embedder. Called only from inside feed(), resume(), start(),
-// tls_established(), on_timeout(), shutdown(), connection_lost(). Every callback that returns a
+// Implemented by the embedder. Called only from inside feed(), resume(), on_timeout(),
+// shutdown(), connection_lost(); never after wants_close(). Every callback that returns a
 // verdict may return verdict::pending(). Views are valid only during the call.
 class server_handler {
  public:
@@ -133,6 +133,8 @@ class server_handler {
   // The message is complete; typically pending until the spool has it on stable storage.
   virtual verdict on_data_end(const body_summary& summary) noexcept;
   // The message will not be accepted: drop what was buffered. on_data_end() will not follow.
+  // A DATA transaction ends with the failure reply at end of data; a BDAT one lasts until
+  // its LAST chunk or RSET (which then calls on_reset()).
   virtual void on_data_aborted(abort_reason reason) noexcept;
   // A transaction (MAIL accepted) was cleared by RSET, HELO/EHLO or STARTTLS. Not called
   // after on_data_end(): the transaction ends there anyway.
@@ -161,7 +163,9 @@ class server_session {
 
   // Consumes received octets; returns how many (see the invariants above).
   std::size_t feed(std::string_view bytes) noexcept;
-  // Answers the callback that returned pending. The reply is appended in order.
+  // Answers the callback that returned pending (answer must not be pending itself). The reply
+  // is appended in order; then feed() the octets it did not consume. Ignored once
+  // wants_close() (on_timeout() or shutdown() cancelled the wait).
   void resume(const verdict& answer) noexcept;
   // The TLS handshake after STARTTLS completed: back to the pre-EHLO state (RFC 3207 §4.2).
   void tls_established() noexcept;
@@ -279,6 +283,7 @@ class server_session {
   pending_kind _pending = pending_kind::none;
   bool _refusing = false;
   bool _tls_active = false;
+  std::uint64_t _message_bytes_max = 0;  // limits.message_bytes_max, 0 mapped to "none"
   bool _authenticated = false;
   bool _extended = false;           // EHLO (not HELO) was accepted
   bool _auth_exchange = false;      // next command line is a SASL response
