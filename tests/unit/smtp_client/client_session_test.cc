@@ -514,6 +514,51 @@ TEST(client_session_transaction, many_recipients_pipelined_through_a_small_outpu
   EXPECT_EQ(result.events[202], "message accepted 250");
 }
 
+TEST(client_session_transaction, output_consumed_in_small_pieces) {
+  // A transport that takes 97 bytes at a time: the batch is compacted and continued in the
+  // fixed output buffer, and the byte stream is exactly the commands in order.
+  std::vector<std::string> addresses;
+  for (int i = 0; i < 60; ++i) addresses.push_back(fmt::format("{:x>230}{:02}@example.org", "", i));
+  std::vector<client_recipient> recipients;
+  for (const auto& address : addresses) recipients.push_back({address, {}, {}});
+  client_session session(config_default());
+  std::string sent;
+  auto send_some = [&] {
+    const std::string_view out = session.output();
+    const std::size_t bytes = std::min<std::size_t>(97, out.size());
+    sent.append(out.substr(0, bytes));
+    session.consume_output(bytes);
+  };
+  session.feed("220 mx\r\n");
+  while (!session.output().empty()) send_some();
+  session.feed("250-mx\r\n250 PIPELINING\r\n");
+  ASSERT_EQ(session.next_event().kind, client_event_kind::ready);
+  session.start_transaction(envelope_of(recipients));
+  for (int rounds = 0; rounds < 10000 && !session.output().empty(); ++rounds) send_some();
+  std::string expected = "EHLO client.example\r\nMAIL FROM:<sender@example.com>\r\n";
+  for (const auto& address : addresses) expected += "RCPT TO:<" + address + ">\r\n";
+  expected += "DATA\r\n";
+  EXPECT_EQ(sent, expected);
+  EXPECT_EQ(session.phase(), client_phase::mail);
+}
+
+TEST(client_session_tls, plaintext_fed_after_start_tls_event_is_rejected) {
+  client_config config = config_default();
+  config.tls = client_tls_policy::required;
+  client_session session(config);
+  session.feed("220 mx\r\n");
+  session.consume_output(session.output().size());
+  session.feed("250-mx\r\n250 STARTTLS\r\n");
+  session.consume_output(session.output().size());
+  ASSERT_EQ(session.feed("220 go\r\n"), 8u);
+  ASSERT_EQ(session.next_event().kind, client_event_kind::start_tls);
+  // The embedder wrongly hands more plaintext to the engine instead of to TLS.
+  EXPECT_EQ(session.feed("250 injected\r\n"), 14u);
+  const client_event closed = session.next_event();
+  EXPECT_EQ(closed.kind, client_event_kind::closed);
+  EXPECT_EQ(closed.close_reason, client_close_reason::protocol_error);
+}
+
 TEST(client_session_transaction, connection_reuse_for_several_messages) {
   const client_envelope envelope = envelope_of(one_recipient);
   std::string script(greeting_and_ehlo_pipelining);
