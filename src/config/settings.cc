@@ -83,6 +83,20 @@ std::uint32_t parse_seconds(std::string_view text) {
   }
 }
 
+// "500ms", "2s", "0" → milliseconds (durations where a fraction of a second matters).
+std::uint32_t parse_milliseconds(std::string_view text) {
+  if (text.size() > 2 && text.substr(text.size() - 2) == "ms") {
+    try {
+      return static_cast<std::uint32_t>(parse_unsigned(text.substr(0, text.size() - 2), 86'400'000));
+    } catch (const bad_value&) {
+      expected("a duration such as 0, 500ms or 2s", text);
+    }
+  }
+  const std::uint32_t seconds = parse_seconds(text);
+  if (seconds > 86'400) expected("a duration up to 1d", text);
+  return seconds * 1000;
+}
+
 bool parse_bool(std::string_view text) {
   if (text == "true" || text == "yes" || text == "on" || text == "1") return true;
   if (text == "false" || text == "no" || text == "off" || text == "0") return false;
@@ -219,6 +233,9 @@ const std::vector<setting_spec>& table() {
     {"timeouts.shutdown_grace", "--shutdown-grace", "DURATION", arity::one,
      "on SIGTERM, how long sessions may finish before 421",
      [](settings& s, const values& v) { s.shutdown_grace_s = parse_seconds(one(v)); }},
+    {"timeouts.greeting_delay", "--greeting-delay", "DURATION", arity::one,
+     "wait this long before the greeting; a client that talks first gets 554 (0: off)",
+     [](settings& s, const values& v) { s.greeting_delay_ms = parse_milliseconds(one(v)); }},
     {"spool.dir", "--spool", "DIR", arity::one, "spool directory",
      [](settings& s, const values& v) { s.spool_dir = one(v); }},
     {"spool.unsafe_no_fsync", "--unsafe-no-fsync", "", arity::flag,

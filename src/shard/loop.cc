@@ -156,6 +156,7 @@ void shard::run() noexcept {
     _now_ms = monotonic_ms();
     _counters.timers_fired += _timers.advance(_now_ms);
     drain_inbound();
+    for (iteration_hook* hook : _hooks) hook->before_wait(*this);
     flush_wakeups();
     flush_buffer_rings();
     // Sleep only when nothing is waiting: announce it, fence, and look once more.

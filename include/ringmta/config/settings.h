@@ -57,6 +57,7 @@ struct settings {
   std::uint32_t timeout_command_s = 300;
   std::uint32_t timeout_data_block_s = 180;
   std::uint32_t shutdown_grace_s = 30;
+  std::uint32_t greeting_delay_ms = 0;  // > 0: wait, and reject clients that talk first
 
   // [spool]
   std::string spool_dir = "/var/spool/ringmta";

@@ -1,5 +1,5 @@
 // Which allocator this binary runs on (DESIGN principle 8: every binary links mimalloc).
-// Binaries log it at start-up; the allocation-count tests use allocation_count().
+// Binaries log it at start-up.
 #pragma once
 
 #include <cstdint>

@@ -23,4 +23,11 @@ inline std::int64_t wall_seconds() noexcept {
   return now.tv_sec;
 }
 
+// Wall-clock milliseconds since the epoch: for log record time stamps.
+inline std::int64_t wall_milliseconds() noexcept {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<std::int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1'000'000;
+}
+
 }  // namespace ringmta::core

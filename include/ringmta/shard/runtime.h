@@ -7,11 +7,11 @@
 // join()). Shard i is pinned to the i-th allowed CPU modulo their number (N may exceed cores).
 //
 // One loop iteration of a shard: advance its timers, drain its inbound queues (calling each
-// message's handler), send the batched wake-ups it owes other shards, publish buffer-ring
-// recycles, then submit and wait (at most until the next timer) and dispatch every completion
-// to the handler that owns its op kind. The timer wheel needs no timeout SQE: the wait itself
-// carries the next deadline (io_uring_enter's EXT_ARG timeout), one per shard whatever the
-// number of timers, and an idle shard with no timer sleeps up to idle_wait_ms_max.
+// message's handler), run the iteration hooks, send the batched wake-ups it owes other shards,
+// publish buffer-ring recycles, then submit and wait (at most until the next timer) and dispatch
+// every completion to the handler that owns its op kind. The timer wheel needs no timeout SQE: the
+// wait itself carries the next deadline (io_uring_enter's EXT_ARG timeout), one per shard whatever
+// the number of timers, and an idle shard with no timer sleeps up to idle_wait_ms_max.
 //
 // Modules plug in through on_start (run on each shard's thread before any loop starts): they
 // register a completion_handler per op kind (add_handler returns the kind to pack into their
@@ -71,6 +71,17 @@ class completion_handler {
 
  protected:
   ~completion_handler() = default;
+};
+
+// Work that batches per loop iteration (the spool's group-commit flush, log writes, retrying
+// work that waited for room). Runs after timers and inbound messages, before the shard submits
+// and sleeps, so what it queues goes to the kernel in the same submit.
+class iteration_hook {
+ public:
+  virtual void before_wait(shard& owner) noexcept = 0;
+
+ protected:
+  ~iteration_hook() = default;
 };
 
 // Receives connections (fixed files) handed over by other shards (shard::send_fd).
@@ -137,6 +148,8 @@ class shard {
   core::result<io::op_kind> add_handler(completion_handler& handler) noexcept;
   // The loop flushes this buffer ring's recycles once per iteration.
   void add_buffer_ring(io::buffer_ring& buffers) noexcept;
+  // Runs hook.before_wait() once per loop iteration, in the order added.
+  void add_iteration_hook(iteration_hook& hook) noexcept { _hooks.push_back(&hook); }
   void set_fd_handoff_handler(fd_handoff_handler& handler) noexcept { _fd_handler = &handler; }
 
   // Queues `m` for shard `to` (may be this shard). False when that queue is full.
@@ -182,6 +195,7 @@ class shard {
   unsigned _next_kind = io::op_kind_first_free;
   fd_handoff_handler* _fd_handler = nullptr;
   std::vector<io::buffer_ring*> _buffer_rings;
+  std::vector<iteration_hook*> _hooks;
   std::vector<std::uint8_t> _owes_wakeup;  // per target: pushed since the last flush
   std::vector<unsigned> _owed_targets;
   int _ring_fd = -1;  // published before any loop starts; read by other shards

@@ -76,6 +76,8 @@ TEST(settings, flags_override_file) {
   ASSERT_EQ(s.mynetworks.size(), 2u);
   EXPECT_EQ(s.mynetworks[1].to_string(), "192.0.2.0/24");
   EXPECT_EQ(s.spool_dir, "/tmp/q");
+  EXPECT_EQ(from("", {"--greeting-delay", "1500ms"}).greeting_delay_ms, 1500u);
+  EXPECT_EQ(from("", {"--greeting-delay", "2s"}).greeting_delay_ms, 2000u);
 }
 
 TEST(settings, errors_name_file_line_key_and_problem) {
@@ -138,6 +140,7 @@ TEST(settings, shipped_config_file_states_the_defaults) {
   EXPECT_EQ(file.timeout_command_s, builtin.timeout_command_s);
   EXPECT_EQ(file.timeout_data_block_s, builtin.timeout_data_block_s);
   EXPECT_EQ(file.shutdown_grace_s, builtin.shutdown_grace_s);
+  EXPECT_EQ(file.greeting_delay_ms, builtin.greeting_delay_ms);
   EXPECT_EQ(file.spool_dir, builtin.spool_dir);
   EXPECT_EQ(file.queue_lifetime_s, builtin.queue_lifetime_s);
   EXPECT_EQ(file.retry_schedule_s, builtin.retry_schedule_s);

@@ -1,0 +1,33 @@
+// The ringmta daemon: from validated settings to running shards and back to exit status.
+//
+// Start-up (blocking, may throw config::error for what the settings cannot give): recover every
+// shard's spool, open the listeners (SO_REUSEPORT, one socket per shard), start the admin
+// endpoint (/metrics, /health), then start the shards, each with its spool store, its ring
+// driver and its inbound SMTP server. The calling thread then waits for SIGTERM/SIGINT:
+// stop accepting, let sessions finish for shutdown_grace, answer 421 to the rest, let the spool
+// finish its writes, exit 0.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ringmta/config/settings.h"
+#include "ringmta/core/endpoint.h"
+
+namespace ringmta::server {
+
+struct daemon_hooks {
+  // Called once the listeners are bound (tests read the ports chosen for port 0).
+  std::function<void(const std::vector<core::endpoint>& smtp,
+                     const std::vector<core::endpoint>& admin)>
+      on_listening;
+};
+
+// Returns the process exit status.
+int run_daemon(const config::settings& settings, const daemon_hooks& hooks = {});
+
+// `ringmta spool ls`: prints the queued messages of a spool directory. Returns exit status.
+int list_spool_command(const std::string& spool_directory, bool json);
+
+}  // namespace ringmta::server

@@ -1,0 +1,135 @@
+// server::inbound: one shard's SMTP front door. Listening sockets (SO_REUSEPORT, one per listener
+// per shard), multishot accept, connections that run smtp::server_session over the ring, and
+// the path from end-of-data to the spool and back to the 250.
+//
+// Per connection, the flow is one receive, one feed, one send at a time:
+//   recv (provided buffer) → session.feed() → replies → send → recv again.
+// A receive is not re-armed while input is held (a pending verdict, a full output buffer, a
+// send in flight), so a client that pipelines faster than we answer is slowed down by TCP flow
+// control, not by our memory. An idle connection holds no receive buffer (provided buffers).
+// The reply to end-of-data is held until the spool reports the message durable (DESIGN
+// principle 4); a spool write error becomes 452 4.3.1.
+//
+// Limits: sessions per shard (421 4.7.0 at the greeting), sessions per client address across
+// all shards (421 4.7.0), command and data-block timeouts (421 4.4.2), early talkers (554
+// 5.5.0), and everything the protocol engine bounds. Shutdown stops accepting, lets sessions
+// finish for a grace period, then answers 421 4.3.2 to the rest.
+// Never: a 250 before fdatasync completed (unless the operator set unsafe_no_fsync), a blocking
+// syscall on the data path, a pointer into a recycled receive buffer.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ringmta/admin/log.h"
+#include "ringmta/admin/metrics.h"
+#include "ringmta/core/endpoint.h"
+#include "ringmta/shard/runtime.h"
+#include "ringmta/smtp/server_session.h"
+#include "ringmta/spool/store.h"
+
+namespace ringmta::server {
+
+class spool_ring_driver;
+
+// Concurrent sessions per client address, shared by every shard: a fixed table of atomic
+// counters indexed by a hash of the address. Two addresses that share a slot share a limit,
+// which errs on the strict side; with 65536 slots that is rare. Cheap enough for accept time.
+class client_counters {
+ public:
+  static constexpr std::size_t slot_count = 1 << 16;
+  // Counts a new session; false (and nothing counted) when the address is at `limit`.
+  bool try_add(const core::endpoint& client, std::uint32_t limit) noexcept;
+  void remove(const core::endpoint& client) noexcept;
+
+ private:
+  static std::size_t slot_of(const core::endpoint& client) noexcept;
+  std::unique_ptr<std::atomic<std::uint32_t>[]> _counts{
+      new std::atomic<std::uint32_t>[slot_count]()};
+};
+
+// Relay policy (RFC 5321 §3.6, no open relay by default): a client in mynetworks may send to
+// any domain; any client may send to relay_domains (and their subdomains when listed with a
+// leading dot) and to postmaster (RFC 5321 §4.5.1).
+struct relay_policy {
+  std::vector<core::cidr> mynetworks;
+  std::vector<std::string> relay_domains;  // lowercase; ".example.com" matches subdomains
+
+  bool client_may_relay(const core::endpoint& client) const noexcept;
+  bool accepts_domain(std::string_view domain) const noexcept;
+};
+
+struct inbound_config {
+  std::vector<core::endpoint> listen;
+  std::vector<std::vector<int>> listener_fds;  // [shard][listener], from open_listeners()
+  std::string hostname;
+  std::string greeting_text;
+  smtp::server_config engine;  // hostname/greeting views point into the strings above
+  relay_policy relay;
+  bool proxy_protocol = false;
+  std::uint32_t sessions_per_shard_max = 20000;
+  std::uint32_t sessions_per_client_max = 100;
+  std::uint32_t timeout_command_ms = 300'000;     // RFC 5321 §4.5.3.2.7
+  std::uint32_t timeout_data_block_ms = 180'000;  // RFC 5321 §4.5.3.2.5
+  std::uint32_t timeout_proxy_header_ms = 10'000;
+  std::uint32_t greeting_delay_ms = 0;  // > 0: data before the greeting is an early talker
+  std::uint32_t receive_buffer_bytes = 16 * 1024;
+  std::uint32_t receive_buffer_count = 2048;  // per shard, power of two
+  client_counters* clients = nullptr;          // shared by all shards
+};
+
+// Per-shard counters, registered with the metrics registry by the daemon.
+struct inbound_metrics {
+  admin::counter connections_accepted;
+  admin::counter connections_refused_shard_limit;
+  admin::counter connections_refused_client_limit;
+  admin::counter early_talkers;
+  admin::counter timeouts;
+  admin::counter messages_accepted;
+  admin::counter messages_rejected;
+  admin::counter message_bytes;
+  admin::counter recipients_accepted;
+  admin::counter relay_denied;
+  admin::counter spool_failures;
+  admin::gauge sessions;
+  admin::histogram commit_latency;  // end of data → durable
+};
+
+class inbound_server;
+
+// Opens `shards` listening sockets per endpoint with SO_REUSEPORT, so the kernel spreads new
+// connections over the shards; port 0 is resolved by the first socket and shared by the rest.
+// Returns [shard][listener] fds and fills `bound` with the actual addresses. Start-up only.
+core::result<std::vector<std::vector<int>>> open_listeners(
+    const std::vector<core::endpoint>& listen, unsigned shards,
+    std::vector<core::endpoint>& bound) noexcept;
+
+// One per shard, created and used on that shard's thread.
+class inbound {
+ public:
+  inbound(const inbound_config& config, shard::shard& owner, spool::store& store,
+          spool_ring_driver& driver, inbound_metrics& metrics, admin::log_buffer& log);
+  ~inbound();
+  inbound(const inbound&) = delete;
+  inbound& operator=(const inbound&) = delete;
+
+  // Opens this shard's listeners, registers the receive buffers, arms the accepts.
+  core::result<void> start() noexcept;
+  // Stops accepting; sessions may finish for grace_ms, then get 421 4.3.2 and are closed.
+  void begin_shutdown(std::uint32_t grace_ms) noexcept;
+  bool drained() const noexcept;
+  std::uint32_t sessions() const noexcept;
+  // The spool may have room again: retry connections whose input waits for it.
+  void retry_waiting() noexcept;
+
+  // The spool reports a commit ticket durable (error 0) or failed.
+  void on_committed(std::uint64_t ticket, int error) noexcept;
+
+ private:
+  std::unique_ptr<inbound_server> _server;
+};
+
+}  // namespace ringmta::server

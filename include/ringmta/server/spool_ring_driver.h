@@ -1,0 +1,57 @@
+// server::spool_ring_driver: runs one shard's spool::store operations on that shard's ring.
+//
+// The store decides what to write and when to sync (group commit); this driver turns each
+// operation into a ring op (write → WRITEV, datasync → FSYNC with DATASYNC), feeds every
+// completion back to the store, and hands the store's events (durable or failed tickets) to
+// the listeners. File creation and removal are rare (one per 64 MiB segment) and use the
+// store's blocking helpers on the shard thread; the store asks for the next segment ahead of
+// time, so the data path does not wait for them.
+//
+// unsafe_no_fsync (debug only) completes every datasync at once without syncing: then "250"
+// no longer means durable. The daemon logs a warning at start-up when it is set.
+// Never: reports a ticket itself, or reorders the store's operations.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "ringmta/shard/runtime.h"
+#include "ringmta/spool/store.h"
+
+namespace ringmta::server {
+
+class spool_ring_driver final : public shard::completion_handler {
+ public:
+  using event_listener = std::function<void(const spool::event&)>;
+
+  spool_ring_driver(shard::shard& owner, spool::store& store, bool unsafe_no_fsync) noexcept;
+
+  core::result<void> start() noexcept;  // registers the op kind; on the shard's thread
+  void set_listener(event_listener listener) { _listener = std::move(listener); }
+
+  // Submits whatever the store has to do and delivers its events. Call after anything that
+  // may give the store work (commit, mark, flush) — the shard calls it at the end of every
+  // loop iteration after store.flush().
+  void pump() noexcept;
+  std::uint32_t operations_in_flight() const noexcept { return _in_flight; }
+
+  void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
+
+ private:
+  void submit(const spool::operation& op) noexcept;
+  std::uint32_t remember(std::uint64_t token);
+  std::uint64_t forget(std::uint32_t slot) noexcept;
+
+  shard::shard& _owner;
+  spool::store& _store;
+  bool _unsafe_no_fsync;
+  io::op_kind _kind = io::op_kind_invalid;
+  std::uint32_t _in_flight = 0;
+  bool _pumping = false;  // listeners may call back into pump(): no re-entry
+  event_listener _listener;
+  std::vector<std::uint64_t> _tokens;        // store token of each in-flight op, by slot
+  std::vector<std::uint32_t> _free_slots;
+};
+
+}  // namespace ringmta::server

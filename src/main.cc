@@ -1,0 +1,57 @@
+// ringmta: the daemon, and `ringmta spool ls`.
+//
+//   ringmta [--config FILE] [--listen ADDR:PORT ...] [--spool DIR] ...   run the MTA
+//   ringmta spool ls [--spool DIR | --config FILE] [--json]              list queued mail
+//   ringmta --help                                                       every flag
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "ringmta/config/settings.h"
+#include "ringmta/server/daemon.h"
+
+namespace {
+
+void print_help() {
+  std::printf(
+      "usage: ringmta [--config FILE] [flags]      run the mail transfer agent\n"
+      "       ringmta spool ls [flags] [--json]    list queued messages\n\n"
+      "Every setting has a flag (flags override the file):\n%s",
+      ringmta::config::help_text().c_str());
+}
+
+int spool_command(int argc, const char* const* argv) {
+  // argv: ringmta spool ls [settings flags...] [--json]
+  if (argc < 3 || std::strcmp(argv[2], "ls") != 0) {
+    std::fprintf(stderr, "ringmta: unknown spool command; try: ringmta spool ls\n");
+    return 2;
+  }
+  bool json = false;
+  std::vector<const char*> rest = {argv[0]};
+  for (int i = 3; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--json") == 0) json = true;
+    else rest.push_back(argv[i]);
+  }
+  const auto settings = ringmta::config::load(static_cast<int>(rest.size()), rest.data());
+  return ringmta::server::list_spool_command(settings.spool_dir, json);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    for (int i = 1; i < argc; ++i) {
+      if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+        print_help();
+        return 0;
+      }
+    }
+    if (argc > 1 && std::strcmp(argv[1], "spool") == 0) return spool_command(argc, argv);
+    const auto settings = ringmta::config::load(argc, argv);
+    return ringmta::server::run_daemon(settings);
+  } catch (const ringmta::config::error& problem) {
+    std::fprintf(stderr, "ringmta: %s\n", problem.what());
+    return 2;
+  }
+}

@@ -1,0 +1,348 @@
+#include "ringmta/server/daemon.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "ringmta/admin/http_server.h"
+#include "ringmta/admin/log.h"
+#include "ringmta/admin/metrics.h"
+#include "ringmta/core/allocator.h"
+#include "ringmta/core/clock.h"
+#include "ringmta/server/inbound.h"
+#include "ringmta/server/spool_ring_driver.h"
+#include "ringmta/shard/runtime.h"
+#include "ringmta/spool/listing.h"
+#include "ringmta/spool/recovery.h"
+#include "ringmta/spool/store.h"
+#include "ringmta/spool/sync_driver.h"
+
+namespace ringmta::server {
+namespace {
+
+// Start-up and shutdown messages: one line each on stderr, in the configured format.
+void log_event(admin::log_format format, std::string_view event, std::string_view detail) {
+  admin::log_buffer line(format, 8192);
+  line.set_time(core::wall_milliseconds());
+  line.record(event).field("detail", detail);
+  admin::flush_to(line, STDERR_FILENO);
+}
+
+// Everything one shard runs. Created on the shard's thread (on_start), destroyed there too.
+class shard_services final : public shard::iteration_hook {
+ public:
+  shard_services(shard::shard& owner, const inbound_config& inbound_settings,
+                 std::unique_ptr<spool::store> store, bool unsafe_no_fsync,
+                 inbound_metrics& metrics, admin::log_format format)
+      : _store(std::move(store)),
+        _driver(owner, *_store, unsafe_no_fsync),
+        _log(format),
+        _front(inbound_settings, owner, *_store, _driver, metrics, _log) {}
+
+  core::result<void> start(shard::shard& owner) noexcept {
+    if (auto ready = _driver.start(); !ready) return ready;
+    _driver.set_listener([this](const spool::event& done) {
+      if (done.kind == spool::event_kind::committed) _front.on_committed(done.ticket, done.error);
+    });
+    if (auto ready = _front.start(); !ready) return ready;
+    owner.add_iteration_hook(*this);
+    return {};
+  }
+
+  void before_wait(shard::shard&) noexcept override {
+    _store->flush();  // group commit: one write + one fdatasync for this iteration's messages
+    _driver.pump();
+    _front.retry_waiting();
+    if (!_log.pending().empty()) admin::flush_to(_log, STDOUT_FILENO);
+    _finished.store(_front.drained() && _store->idle() && _driver.operations_in_flight() == 0,
+                    std::memory_order_relaxed);
+  }
+
+  void begin_shutdown(std::uint32_t grace_ms) noexcept { _front.begin_shutdown(grace_ms); }
+  bool finished() const noexcept { return _finished.load(std::memory_order_relaxed); }
+
+ private:
+  std::unique_ptr<spool::store> _store;
+  spool_ring_driver _driver;
+  admin::log_buffer _log;
+  inbound _front;
+  std::atomic<bool> _finished{false};
+};
+
+std::vector<std::unique_ptr<shard_services>>* g_services = nullptr;
+
+unsigned shard_count_for(const config::settings& settings) {
+  if (settings.shards > 0) return settings.shards;
+  const unsigned cores = std::thread::hardware_concurrency();
+  return cores > 0 ? cores : 1;
+}
+
+// Every shard directory that holds queued mail must have a shard to serve it.
+void check_spool_shards(const std::string& spool_dir, unsigned shards) {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(spool_dir, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("shard-", 0) != 0) continue;
+    const unsigned index = static_cast<unsigned>(std::strtoul(name.c_str() + 6, nullptr, 10));
+    if (index < shards) continue;
+    auto recovered = spool::recover(entry.path().string(), index);
+    if (recovered && !recovered.value().messages.empty())
+      throw config::error(fmt::format(
+          "{}: {} messages are queued in {} but only {} shards are configured: start with "
+          "--shards {} or more",
+          spool_dir, recovered.value().messages.size(), name, shards, index + 1));
+  }
+}
+
+inbound_config make_inbound_config(const config::settings& settings) {
+  inbound_config c;
+  c.listen = settings.listen;
+  c.hostname = settings.hostname;
+  c.greeting_text = settings.greeting_text;
+  c.relay.mynetworks = settings.mynetworks;
+  c.relay.relay_domains = settings.relay_domains;
+  c.proxy_protocol = settings.proxy_protocol;
+  c.sessions_per_shard_max = settings.sessions_per_shard_max;
+  c.sessions_per_client_max = settings.sessions_per_client_max;
+  c.timeout_command_ms = settings.timeout_command_s * 1000;
+  c.timeout_data_block_ms = settings.timeout_data_block_s * 1000;
+  c.greeting_delay_ms = settings.greeting_delay_ms;
+  auto& engine = c.engine;
+  engine.limits.message_bytes_max = settings.message_bytes_max;
+  engine.limits.recipients_max = std::min<std::uint32_t>(settings.recipients_max, 65535);
+  engine.limits.errors_max = settings.errors_per_session_max;
+  engine.bare_line_ending = settings.bare_line_endings == config::bare_line_ending_policy::reject
+                                ? smtp::bare_line_ending_policy::reject
+                                : smtp::bare_line_ending_policy::normalize;
+  return c;
+}
+
+void register_metrics(admin::registry& registry, const inbound_metrics& m) {
+  registry.add("ringmta_connections_accepted_total", "SMTP connections accepted",
+               m.connections_accepted);
+  registry.add("ringmta_connections_refused_total{reason=\"shard_limit\"}",
+               "SMTP connections refused with 421", m.connections_refused_shard_limit);
+  registry.add("ringmta_connections_refused_total{reason=\"client_limit\"}",
+               "SMTP connections refused with 421", m.connections_refused_client_limit);
+  registry.add("ringmta_early_talkers_total", "Clients that sent before the greeting",
+               m.early_talkers);
+  registry.add("ringmta_session_timeouts_total", "Sessions closed by a timeout", m.timeouts);
+  registry.add("ringmta_messages_accepted_total", "Messages answered 250 (durable)",
+               m.messages_accepted);
+  registry.add("ringmta_messages_rejected_total", "Messages rejected during DATA/BDAT",
+               m.messages_rejected);
+  registry.add("ringmta_message_bytes_total", "Bytes of accepted messages", m.message_bytes);
+  registry.add("ringmta_recipients_accepted_total", "Recipients accepted",
+               m.recipients_accepted);
+  registry.add("ringmta_relay_denied_total", "Recipients refused: relay access denied",
+               m.relay_denied);
+  registry.add("ringmta_spool_failures_total", "Messages answered 452 for a spool failure",
+               m.spool_failures);
+  registry.add("ringmta_sessions", "Open SMTP sessions", m.sessions);
+  registry.add("ringmta_commit_latency_seconds", "End of data to durable (fdatasync done)",
+               m.commit_latency);
+}
+
+sigset_t termination_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
+
+}  // namespace
+
+int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
+  const auto format =
+      settings.log_format == "json" ? admin::log_format::json : admin::log_format::text;
+  const unsigned shards = shard_count_for(settings);
+  if (settings.unsafe_no_fsync)
+    log_event(format, "warning",
+              "--unsafe-no-fsync: 250 replies do not wait for fdatasync; mail is lost on a crash");
+
+  // Signals go to the main thread only: block them before any thread starts.
+  const sigset_t signals = termination_signals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  // Spool: recover every shard before taking any connection.
+  if (::mkdir(settings.spool_dir.c_str(), 0750) < 0 && errno != EEXIST)
+    throw config::error(fmt::format("{}: cannot create spool directory: {}", settings.spool_dir,
+                                    std::strerror(errno)));
+  check_spool_shards(settings.spool_dir, shards);
+  std::vector<std::unique_ptr<spool::store>> stores;
+  for (unsigned shard = 0; shard < shards; ++shard) {
+    if (auto made = spool::make_shard_directory(settings.spool_dir, shard); !made)
+      throw config::error(fmt::format("{}: cannot create shard directory: {}",
+                                      settings.spool_dir, made.error_text()));
+    const std::string directory = spool::shard_directory(settings.spool_dir, shard);
+    auto recovered = spool::recover(directory, shard);
+    if (!recovered)
+      throw config::error(fmt::format("{}: cannot read spool: {}", directory,
+                                      recovered.error_text()));
+    const auto& report = recovered.value().report;
+    log_event(format, "spool_recovered",
+              fmt::format("shard {}: {} queued, {} segments, {} torn tails, {} corrupt regions, "
+                          "{} incomplete",
+                          shard, report.messages, report.segments, report.torn_tails,
+                          report.corrupt_regions, report.incomplete_messages));
+    for (const auto& problem : report.problems) log_event(format, "spool_problem", problem);
+    spool::store_config store_settings;
+    store_settings.directory = directory;
+    store_settings.shard = shard;
+    store_settings.random_seed = spool::random_seed();
+    stores.push_back(
+        std::make_unique<spool::store>(store_settings, std::move(recovered).value()));
+  }
+
+  inbound_config front = make_inbound_config(settings);
+  front.engine.hostname = front.hostname;
+  front.engine.greeting_text = front.greeting_text;
+  client_counters clients;
+  front.clients = &clients;
+  std::vector<core::endpoint> bound;
+  auto listeners = open_listeners(settings.listen, shards, bound);
+  if (!listeners)
+    throw config::error(fmt::format("cannot listen on {}: {}", settings.listen.front().to_string(),
+                                    listeners.error_text()));
+  front.listener_fds = std::move(listeners).value();
+
+  // Metrics and the admin endpoint.
+  std::vector<std::unique_ptr<inbound_metrics>> metrics;
+  admin::registry registry;
+  for (unsigned shard = 0; shard < shards; ++shard) {
+    metrics.push_back(std::make_unique<inbound_metrics>());
+    register_metrics(registry, *metrics.back());
+  }
+  std::atomic<bool> stopping{false};
+  admin::http_server admin_server;
+  if (!settings.admin_listen.empty()) {
+    auto started = admin_server.start(settings.admin_listen, [&](const admin::http_request& r) {
+      if (r.path == "/metrics")
+        return admin::http_response{200, "text/plain; version=0.0.4", registry.render_prometheus()};
+      if (r.path == "/health")
+        return stopping.load() ? admin::http_response{503, "text/plain", "stopping\n"}
+                               : admin::http_response{200, "text/plain", "ok\n"};
+      return admin::http_response{404, "text/plain", "not found\n"};
+    });
+    if (!started)
+      throw config::error(fmt::format("cannot listen on {} (admin): {}",
+                                      settings.admin_listen.front().to_string(),
+                                      started.error_text()));
+  }
+
+  // Shards.
+  std::vector<std::unique_ptr<shard_services>> services(shards);
+  g_services = &services;
+  shard::runtime_options options;
+  options.shard_count = shards;
+  options.ring.sq_entries = 4096;
+  shard::runtime runtime(options);
+  std::string ring_description;
+  auto started = runtime.start(
+      [&](shard::shard& owner) -> core::result<void> {
+        const unsigned id = owner.id();
+        services[id] = std::make_unique<shard_services>(owner, front, std::move(stores[id]),
+                                                        settings.unsafe_no_fsync, *metrics[id],
+                                                        format);
+        if (id == 0) ring_description = owner.ring().features().describe();
+        return services[id]->start(owner);
+      },
+      [](shard::shard&) {});  // services outlive the threads: in-flight ops may still complete
+  if (!started)
+    throw config::error(fmt::format("cannot start shards: {}", started.error_text()));
+  log_event(format, "started",
+            fmt::format("ringmta {} shards, {}, {}; {}", shards, core::allocator_name(),
+                        settings.unsafe_no_fsync ? "UNSAFE no fsync" : "fdatasync on",
+                        ring_description));
+  for (const auto& at : bound) log_event(format, "listening", at.to_string());
+  for (const auto& at : admin_server.bound()) log_event(format, "admin_listening", at.to_string());
+  if (hooks.on_listening) hooks.on_listening(bound, admin_server.bound());
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  stopping = true;
+  log_event(format, "stopping", fmt::format("signal {}: grace {} s", signal_number,
+                                            settings.shutdown_grace_s));
+  for (unsigned shard = 0; shard < shards; ++shard) {
+    shard::message begin{};
+    begin.handler = [](shard::shard& target, const shard::message& m) noexcept {
+      (*g_services)[target.id()]->begin_shutdown(static_cast<std::uint32_t>(m.words[0]));
+    };
+    begin.words[0] = settings.shutdown_grace_s * 1000ull;
+    runtime.post(shard, begin);
+  }
+  // Sessions get the grace time, then 421 and a few seconds to close; the spool's last writes
+  // and syncs complete before the shards stop.
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::seconds(settings.shutdown_grace_s + 10);
+  auto all_finished = [&] {
+    for (const auto& s : services)
+      if (s && !s->finished()) return false;
+    return true;
+  };
+  while (!all_finished() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  runtime.request_stop();
+  runtime.join();
+  services.clear();  // after join: no shard thread runs their handlers any more
+  admin_server.stop();
+  g_services = nullptr;
+  log_event(format, "stopped", all_finished() ? "clean" : "grace expired");
+  return 0;
+}
+
+int list_spool_command(const std::string& spool_directory, bool json) {
+  auto listing = spool::list_spool(spool_directory);
+  if (!listing) {
+    std::fprintf(stderr, "ringmta: %s: %s\n", spool_directory.c_str(), listing.error_text());
+    return 1;
+  }
+  const std::int64_t now = core::wall_seconds();
+  if (json) {
+    auto out = nlohmann::json::array();
+    for (const auto& m : listing.value().messages) {
+      auto recipients = nlohmann::json::array();
+      for (const auto& r : m.recipients)
+        recipients.push_back({{"address", r.address},
+                              {"state", spool::recipient_state_name(r.status.state)},
+                              {"attempts", r.status.attempts}});
+      out.push_back({{"id", spool::format_message_id(m.id).data()},
+                     {"shard", m.shard},
+                     {"sender", m.sender},
+                     {"recipients", recipients},
+                     {"size", m.body_bytes},
+                     {"age_seconds", now - m.received_seconds}});
+    }
+    std::printf("%s\n", out.dump(1).c_str());
+  } else {
+    std::printf("%-16s %10s %8s  %-30s %s\n", "ID", "SIZE", "AGE", "SENDER", "RECIPIENTS");
+    for (const auto& m : listing.value().messages) {
+      std::string recipients;
+      for (const auto& r : m.recipients)
+        recipients += fmt::format("{}{} ({})", recipients.empty() ? "" : ", ", r.address,
+                                  spool::recipient_state_name(r.status.state));
+      std::printf("%-16s %10llu %7llds  %-30s %s\n", spool::format_message_id(m.id).data(),
+                  static_cast<unsigned long long>(m.body_bytes),
+                  static_cast<long long>(now - m.received_seconds),
+                  m.sender.empty() ? "<>" : m.sender.c_str(), recipients.c_str());
+    }
+    std::printf("%zu messages queued\n", listing.value().messages.size());
+  }
+  for (const auto& problem : listing.value().problems)
+    std::fprintf(stderr, "ringmta: %s\n", problem.c_str());
+  return 0;
+}
+
+}  // namespace ringmta::server

@@ -1,0 +1,363 @@
+// server::inbound: listeners, accept, the connection table, commit tickets, shutdown.
+// One SMTP session over the ring is in inbound_connection.cc.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <xxhash.h>
+
+#include "inbound_internal.h"
+#include "ringmta/core/assert.h"
+
+namespace ringmta::server {
+
+// ---- client_counters
+
+std::size_t client_counters::slot_of(const core::endpoint& client) noexcept {
+  const std::string address = client.address_string();  // v4-mapped v6 counts as v4
+  return XXH3_64bits(address.data(), address.size()) & (slot_count - 1);
+}
+
+bool client_counters::try_add(const core::endpoint& client, std::uint32_t limit) noexcept {
+  auto& count = _counts[slot_of(client)];
+  std::uint32_t seen = count.load(std::memory_order_relaxed);
+  do {
+    if (seen >= limit) return false;
+  } while (!count.compare_exchange_weak(seen, seen + 1, std::memory_order_relaxed));
+  return true;
+}
+
+void client_counters::remove(const core::endpoint& client) noexcept {
+  const auto before = _counts[slot_of(client)].fetch_sub(1, std::memory_order_relaxed);
+  RINGMTA_ASSERT(before > 0);
+}
+
+// ---- relay_policy
+
+bool relay_policy::client_may_relay(const core::endpoint& client) const noexcept {
+  return std::any_of(mynetworks.begin(), mynetworks.end(),
+                     [&](const core::cidr& range) {
+                       return range.contains(client.sockaddr_pointer());
+                     });
+}
+
+namespace {
+bool equal_ignoring_case(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+}  // namespace
+
+bool relay_policy::accepts_domain(std::string_view domain) const noexcept {
+  for (const auto& listed : relay_domains) {
+    if (!listed.empty() && listed.front() == '.') {  // ".example.com": any subdomain
+      if (domain.size() > listed.size() &&
+          equal_ignoring_case(domain.substr(domain.size() - listed.size()), listed))
+        return true;
+    } else if (equal_ignoring_case(domain, listed)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// ---- listeners
+
+namespace {
+
+core::result<int> open_listener(const core::endpoint& at) noexcept {
+  const int fd = ::socket(at.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return core::fail(errno);
+  const int on = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  if (::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
+      ::bind(fd, at.sockaddr_pointer(), at.length) < 0 || ::listen(fd, 4096) < 0) {
+    const int error = errno;
+    ::close(fd);
+    return core::fail(error);
+  }
+  return fd;
+}
+
+core::endpoint local_address(int fd) noexcept {
+  sockaddr_storage address{};
+  socklen_t length = sizeof address;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  return core::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&address), length);
+}
+
+}  // namespace
+
+core::result<std::vector<std::vector<int>>> open_listeners(
+    const std::vector<core::endpoint>& listen, unsigned shards,
+    std::vector<core::endpoint>& bound) noexcept {
+  std::vector<std::vector<int>> fds(shards);
+  bound.clear();
+  for (const auto& configured : listen) {
+    core::endpoint at = configured;
+    for (unsigned shard = 0; shard < shards; ++shard) {
+      auto fd = open_listener(at);
+      if (!fd) {
+        for (auto& per_shard : fds)
+          for (int open_fd : per_shard) ::close(open_fd);
+        return core::fail(fd.error());
+      }
+      if (shard == 0) at = local_address(fd.value());  // port 0: every shard shares the port
+      fds[shard].push_back(fd.value());
+    }
+    bound.push_back(at);
+  }
+  return fds;
+}
+
+// ---- ticket_table
+
+ticket_table::ticket_table(std::uint32_t sessions_max) {
+  std::size_t size = 16;
+  while (size < 2 * std::size_t{sessions_max}) size <<= 1;
+  _entries.resize(size);
+  _mask = size - 1;
+}
+
+void ticket_table::insert(std::uint64_t ticket, std::uint32_t slot,
+                          std::uint32_t generation) noexcept {
+  RINGMTA_ASSERT(ticket != 0);
+  for (std::size_t i = ticket & _mask;; i = (i + 1) & _mask) {
+    if (_entries[i].ticket == 0) {
+      _entries[i] = {ticket, slot, generation};
+      return;
+    }
+  }
+}
+
+std::optional<std::pair<std::uint32_t, std::uint32_t>> ticket_table::take(
+    std::uint64_t ticket) noexcept {
+  std::size_t i = ticket & _mask;
+  for (; _entries[i].ticket != 0; i = (i + 1) & _mask) {
+    if (_entries[i].ticket == ticket) break;
+  }
+  if (_entries[i].ticket == 0) return std::nullopt;
+  const auto found = std::make_pair(_entries[i].slot, _entries[i].generation);
+  // Backward-shift deletion keeps every probe chain intact without tombstones: an entry after
+  // the hole moves into it unless its home slot lies cyclically in (hole, its position].
+  for (std::size_t j = (i + 1) & _mask; _entries[j].ticket != 0; j = (j + 1) & _mask) {
+    const std::size_t home = _entries[j].ticket & _mask;
+    const bool stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+    if (stays) continue;
+    _entries[i] = _entries[j];
+    i = j;
+  }
+  _entries[i] = {};
+  return found;
+}
+
+// ---- inbound_server
+
+inbound_server::inbound_server(const inbound_config& config, shard::shard& owner,
+                               spool::store& store, spool_ring_driver& driver,
+                               inbound_metrics& metrics, admin::log_buffer& log)
+    : _config(config),
+      _owner(owner),
+      _store(store),
+      _driver(driver),
+      _metrics(metrics),
+      _log(log),
+      _tickets(config.sessions_per_shard_max),
+      _grace_timer(*this) {
+  _connections.resize(config.sessions_per_shard_max);
+  _free_slots.reserve(config.sessions_per_shard_max);
+  for (std::uint32_t slot = config.sessions_per_shard_max; slot-- > 0;) _free_slots.push_back(slot);
+  _waiting.reserve(config.sessions_per_shard_max);
+  _retrying.reserve(config.sessions_per_shard_max);
+}
+
+inbound_server::~inbound_server() {
+  if (_grace_timer.armed()) _owner.timers().cancel(_grace_timer);
+  for (auto& c : _connections) {
+    if (c && c->timer.armed()) _owner.timers().cancel(c->timer);
+    if (c && c->fd >= 0 && !c->fd_closed) ::close(c->fd);
+  }
+  for (int fd : _listeners) ::close(fd);
+}
+
+core::result<void> inbound_server::start() noexcept {
+  for (io::op_kind* kind : {&_accept_kind, &_recv_kind, &_send_kind, &_close_kind}) {
+    auto registered = _owner.add_handler(*this);
+    if (!registered) return core::fail(registered.error());
+    *kind = registered.value();
+  }
+  io::buffer_ring_options options;
+  options.group_id = 1;
+  options.buffer_count = _config.receive_buffer_count;
+  options.buffer_bytes = _config.receive_buffer_bytes;
+  if (auto ready = _buffers.init(_owner.ring(), options); !ready) return ready;
+  _owner.add_buffer_ring(_buffers);
+  RINGMTA_ASSERT(_owner.id() < _config.listener_fds.size());
+  _listeners = _config.listener_fds[_owner.id()];
+  _accept_armed.assign(_listeners.size(), false);
+  for (std::size_t i = 0; i < _listeners.size(); ++i) arm_accept(i);
+  return {};
+}
+
+void inbound_server::arm_accept(std::size_t listener) noexcept {
+  if (_shutting_down || _accept_armed[listener]) return;
+  const auto queued = _owner.ring().prep_accept(
+      _listeners[listener], io::pack_user_data(_accept_kind, 0, static_cast<std::uint32_t>(listener)),
+      /*multishot=*/true);
+  _accept_armed[listener] = queued.ok();
+}
+
+void inbound_server::on_completion(shard::shard&, const io::completion& done) noexcept {
+  const io::op_kind kind = done.kind();
+  if (kind == _accept_kind) return on_accepted(done.tag().slot, done);
+  connection* c = find(done);
+  if (c == nullptr) {  // stale: the connection is gone; give back what the CQE carries
+    if (done.has_buffer()) {
+      _buffers.consume(done);
+      _buffers.recycle(done.buffer_id());
+    }
+    return;
+  }
+  if (kind == _recv_kind) c->on_received(done);
+  else if (kind == _send_kind) c->on_sent(done);
+  else if (kind == _close_kind) c->on_closed();
+}
+
+connection* inbound_server::find(const io::completion& done) noexcept {
+  const io::op_tag tag = done.tag();
+  if (tag.slot >= _connections.size() || !_connections[tag.slot]) return nullptr;
+  connection& c = *_connections[tag.slot];
+  if (!c.live || c.generation != tag.generation) return nullptr;
+  return &c;
+}
+
+void inbound_server::on_accepted(std::size_t listener, const io::completion& done) noexcept {
+  if (!done.more()) _accept_armed[listener] = false;
+  if (done.failed()) {
+    // EMFILE/ENFILE/ENOMEM: out of resources; the multishot ended, re-arm and keep serving.
+    if (!done.more()) arm_accept(listener);
+    return;
+  }
+  const int fd = done.res;
+  if (!done.more()) arm_accept(listener);
+  sockaddr_storage address{};
+  socklen_t length = sizeof address;
+  if (_shutting_down || ::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) < 0) {
+    ::close(fd);
+    return;
+  }
+  const int on = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);  // replies are small and batched
+  connection* c = acquire();
+  if (c == nullptr) {
+    // At the session limit: a best-effort 421 straight from this thread (non-blocking send on a
+    // fresh socket always fits the buffer) instead of leaving the client to time out.
+    static constexpr char busy[] = "421 4.7.0 Too many connections, try again later\r\n";
+    [[maybe_unused]] const auto sent = ::send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ::close(fd);
+    _metrics.connections_refused_shard_limit.add();
+    return;
+  }
+  _metrics.connections_accepted.add();
+  c->open(fd, core::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&address), length),
+          false);
+}
+
+connection* inbound_server::acquire() noexcept {
+  if (_free_slots.empty()) return nullptr;
+  const std::uint32_t slot = _free_slots.back();
+  _free_slots.pop_back();
+  auto& c = _connections[slot];
+  if (!c) c = std::make_unique<connection>(*this, slot);  // first use of this slot only
+  c->live = true;
+  ++_live;
+  _metrics.sessions.set(_live);
+  return c.get();
+}
+
+void inbound_server::release(connection& c) noexcept {
+  RINGMTA_ASSERT(c.live && c.ops_in_flight == 0);
+  if (c.counted_client) _config.clients->remove(c.peer);
+  c.counted_client = false;
+  c.live = false;
+  c.generation = (c.generation + 1) & io::generation_mask;
+  c.session.reset();
+  _free_slots.push_back(c.slot);
+  --_live;
+  _metrics.sessions.set(_live);
+}
+
+bool inbound_server::spool_has_room() const noexcept {
+  // A feed hands the spool at most one receive buffer of body plus a Received: header.
+  const auto stats = _store.stats();
+  return stats.buffered_bytes + 2 * std::uint64_t{_config.receive_buffer_bytes} <=
+         _store.config().buffered_bytes_max;
+}
+
+void inbound_server::wait_for_spool(connection& c) noexcept {
+  if (c.waiting_for_spool) return;
+  c.waiting_for_spool = true;
+  _waiting.push_back(c.slot);
+}
+
+void inbound_server::retry_waiting() noexcept {
+  if (_waiting.empty()) return;
+  _retrying.swap(_waiting);  // a connection still blocked re-adds itself to _waiting
+  for (const std::uint32_t slot : _retrying) {
+    connection& c = *_connections[slot];
+    c.waiting_for_spool = false;
+    if (c.live) c.pump();
+  }
+  _retrying.clear();
+}
+
+void inbound_server::on_committed(std::uint64_t ticket, int error) noexcept {
+  const auto waiter = _tickets.take(ticket);
+  if (!waiter) return;
+  connection& c = *_connections[waiter->first];
+  if (!c.live || c.generation != waiter->second) return;  // client left before the 250
+  c.on_commit_result(error);
+}
+
+void inbound_server::begin_shutdown(std::uint32_t grace_ms) noexcept {
+  if (_shutting_down) return;
+  _shutting_down = true;
+  // Closing the listening sockets ends the multishot accepts (their final CQE arrives later).
+  for (int fd : _listeners) ::shutdown(fd, SHUT_RDWR);
+  _owner.timers().schedule_after(_grace_timer, grace_ms);
+}
+
+inbound_server::grace_timer::grace_timer(inbound_server& server) noexcept
+    : core::timer_node(&inbound_server::on_grace_expired), owner(server) {}
+
+void inbound_server::on_grace_expired(core::timer_node& node) noexcept {
+  inbound_server* server = &static_cast<grace_timer&>(node).owner;
+  for (auto& c : server->_connections) {
+    if (c && c->live) c->shutdown_now();
+  }
+}
+
+// ---- inbound (the public face)
+
+inbound::inbound(const inbound_config& config, shard::shard& owner, spool::store& store,
+                 spool_ring_driver& driver, inbound_metrics& metrics, admin::log_buffer& log)
+    : _server(std::make_unique<inbound_server>(config, owner, store, driver, metrics, log)) {}
+inbound::~inbound() = default;
+core::result<void> inbound::start() noexcept { return _server->start(); }
+void inbound::begin_shutdown(std::uint32_t grace_ms) noexcept { _server->begin_shutdown(grace_ms); }
+bool inbound::drained() const noexcept { return _server->drained(); }
+std::uint32_t inbound::sessions() const noexcept { return _server->sessions(); }
+void inbound::retry_waiting() noexcept { _server->retry_waiting(); }
+void inbound::on_committed(std::uint64_t ticket, int error) noexcept {
+  _server->on_committed(ticket, error);
+}
+
+}  // namespace ringmta::server

@@ -1,0 +1,477 @@
+// One inbound SMTP session over the ring: receive → feed → send, the spool path from DATA to
+// the 250, timeouts, PROXY header, early talkers, and closing. See server/inbound.h.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <fmt/format.h>
+
+#include "inbound_internal.h"
+#include "ringmta/core/assert.h"
+#include "ringmta/core/clock.h"
+#include "ringmta/net/proxy_protocol.h"
+#include "ringmta/net/received_header.h"
+
+namespace ringmta::server {
+
+namespace {
+
+constexpr std::string_view storage_text = "Insufficient system storage, try again later";
+constexpr std::string_view early_talker_reply =
+    "554 5.5.0 SMTP protocol violation: data sent before the greeting\r\n";
+constexpr std::string_view client_limit_reply =
+    "421 4.7.0 Too many connections from your address, try again later\r\n";
+constexpr std::uint32_t hard_close_ms = 5000;
+
+spool::body_type to_spool(smtp::body_type type) noexcept {
+  switch (type) {
+    case smtp::body_type::seven_bit: return spool::body_type::seven_bit;
+    case smtp::body_type::eight_bit_mime: return spool::body_type::eight_bit_mime;
+    case smtp::body_type::binary_mime: return spool::body_type::binary_mime;
+    case smtp::body_type::unspecified: break;
+  }
+  return spool::body_type::unspecified;
+}
+
+spool::dsn_return to_spool(smtp::dsn_return ret) noexcept {
+  switch (ret) {
+    case smtp::dsn_return::full: return spool::dsn_return::full;
+    case smtp::dsn_return::headers: return spool::dsn_return::headers;
+    case smtp::dsn_return::unspecified: break;
+  }
+  return spool::dsn_return::unspecified;
+}
+
+}  // namespace
+
+connection_timer::connection_timer(connection& c) noexcept
+    : core::timer_node([](core::timer_node& node) noexcept {
+        static_cast<connection_timer&>(node).owner.on_timeout();
+      }),
+      owner(c) {}
+
+connection::connection(inbound_server& owner_server, std::uint32_t slot_index) noexcept
+    : server(owner_server), slot(slot_index), timer(*this) {}
+
+// ---- opening, greeting, PROXY header
+
+void connection::open(int accepted_fd, const core::endpoint& peer_address, bool) noexcept {
+  const auto& config = server.config();
+  fd = accepted_fd;
+  peer = peer_address;
+  awaiting_proxy = config.proxy_protocol;
+  greeted = recv_armed = send_in_flight = closing = fd_closed = false;
+  waiting_for_spool = holding = in_message = commit_retry = false;
+  close_after_literal = false;
+  literal = {};
+  message_error = 0;
+  ops_in_flight = 0;
+  proxy_bytes.clear();
+  session.emplace(config.engine, *this);
+  if (awaiting_proxy) {  // policy waits for the real client address in the PROXY header
+    arm_receive();
+    schedule(timer_purpose::proxy_header, config.timeout_proxy_header_ms);
+    return;
+  }
+  admit();
+}
+
+// Applies the per-client limit and relay rights for `peer`, then greets (or delays).
+void connection::admit() noexcept {
+  const auto& config = server.config();
+  if (!config.clients->try_add(peer, config.sessions_per_client_max)) {
+    server.metrics().connections_refused_client_limit.add();
+    return send_literal_and_close(client_limit_reply);
+  }
+  counted_client = true;
+  relay_allowed = config.relay.client_may_relay(peer);
+  if (config.greeting_delay_ms > 0) {  // a client that talks first is not a real MTA
+    arm_receive();
+    schedule(timer_purpose::greeting_delay, config.greeting_delay_ms);
+    return;
+  }
+  greet();
+}
+
+void connection::greet() noexcept {
+  session->start();
+  greeted = true;
+  restart_timer();
+  pump();
+}
+
+// Parses the PROXY header from what arrived; true once the session can start.
+bool connection::take_proxy_header(std::string_view bytes) noexcept {
+  std::string_view received = bytes;
+  if (!proxy_bytes.empty() || bytes.size() < 16) {  // rare: the header came in pieces
+    proxy_bytes.append(bytes);
+    received = proxy_bytes;
+  }
+  const auto result = net::parse_proxy_header(received);
+  if (result.status == net::proxy_status::need_more) {
+    if (proxy_bytes.empty()) proxy_bytes.assign(bytes);
+    return false;
+  }
+  if (result.status == net::proxy_status::invalid) {
+    close();
+    return false;
+  }
+  if (result.has_addresses) peer = result.source;
+  awaiting_proxy = false;
+  const std::size_t rest = received.size() - result.header_bytes;
+  proxy_bytes.clear();
+  if (rest > 0) {  // SMTP bytes behind the header: the client spoke before our greeting
+    server.metrics().early_talkers.add();
+    send_literal_and_close(early_talker_reply);
+    return false;
+  }
+  admit();
+  return true;
+}
+
+// ---- the pump: feed held input, send replies, re-arm the receive
+
+void connection::pump() noexcept {
+  if (closing) return finish_close();
+  if (send_in_flight) return;  // the session's output buffer must not move under the kernel
+  if (!literal.empty()) return send_output();
+  if (close_after_literal) return close();
+  if (!greeted) return;
+  if (commit_retry) retry_commit();
+  if (holding) feed_held();
+  if (!session->output().empty()) return send_output();
+  if (session->wants_close()) return close();
+  if (!holding && !recv_armed && !waiting_for_spool) arm_receive();
+}
+
+void connection::feed_held() noexcept {
+  while (holding && !session->awaiting_verdict() && !session->wants_close()) {
+    if (!server.spool_has_room()) return server.wait_for_spool(*this);
+    const auto bytes = server.buffers().view(held_buffer, held_end);
+    const std::string_view input(reinterpret_cast<const char*>(bytes.data()) + held_offset,
+                                 held_end - held_offset);
+    const std::size_t consumed = session->feed(input);
+    held_offset += static_cast<std::uint32_t>(consumed);
+    if (held_offset == held_end) release_held();
+    if (consumed == 0) return;  // output full, or waiting for TLS: the pump continues later
+  }
+}
+
+void connection::release_held() noexcept {
+  if (!holding) return;
+  holding = false;
+  server.buffers().recycle(held_buffer);
+}
+
+void connection::arm_receive() noexcept {
+  const auto queued = server.owner().ring().prep_recv_select(
+      fd, server.buffers().group_id(), server.user_data(server.recv_kind(), *this));
+  if (!queued) return close();
+  recv_armed = true;
+  ++ops_in_flight;
+}
+
+void connection::send_output() noexcept {
+  const std::string_view pending = literal.empty() ? session->output() : literal;
+  const auto queued = server.owner().ring().prep_send(
+      fd, pending.data(), static_cast<std::uint32_t>(pending.size()),
+      server.user_data(server.send_kind(), *this));
+  if (!queued) return close();
+  send_in_flight = true;
+  ++ops_in_flight;
+}
+
+void connection::send_literal_and_close(std::string_view reply) noexcept {
+  literal = reply;
+  close_after_literal = true;
+  greeted = true;
+  pump();
+}
+
+void connection::on_received(const io::completion& done) noexcept {
+  recv_armed = false;
+  --ops_in_flight;
+  std::string_view bytes;
+  if (done.has_buffer()) {
+    const auto span = server.buffers().consume(done);
+    bytes = {reinterpret_cast<const char*>(span.data()), span.size()};
+  }
+  if (done.res == -ENOBUFS) {  // every receive buffer is held: try again once some come back
+    server.buffers().note_enobufs();
+    return server.wait_for_spool(*this);
+  }
+  if (closing || done.res <= 0) {  // EOF, reset, or our own shutdown
+    if (done.has_buffer()) server.buffers().recycle(done.buffer_id());
+    if (!closing && session) session->connection_lost();
+    return close();
+  }
+  const std::uint16_t buffer_id = done.buffer_id();
+  if (awaiting_proxy) {
+    take_proxy_header(bytes);
+    server.buffers().recycle(buffer_id);
+    return pump();
+  }
+  if (!greeted) {  // data during the greeting delay
+    server.buffers().recycle(buffer_id);
+    server.metrics().early_talkers.add();
+    return send_literal_and_close(early_talker_reply);
+  }
+  RINGMTA_ASSERT(!holding);
+  holding = true;
+  held_buffer = buffer_id;
+  held_offset = 0;
+  held_end = static_cast<std::uint32_t>(bytes.size());
+  restart_timer();
+  pump();
+}
+
+void connection::on_sent(const io::completion& done) noexcept {
+  send_in_flight = false;
+  --ops_in_flight;
+  if (done.res < 0 || closing) {
+    if (!closing && session) session->connection_lost();
+    return close();
+  }
+  const auto sent = static_cast<std::size_t>(done.res);
+  if (!literal.empty()) literal.remove_prefix(sent);
+  else session->consume_output(sent);
+  pump();
+}
+
+// ---- timers
+
+void connection::schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept {
+  auto& timers = server.owner().timers();
+  if (timer.armed()) timers.cancel(timer);
+  timer_use = purpose;
+  timers.schedule_after(timer, delay_ms);
+}
+
+void connection::restart_timer() noexcept {
+  const auto& config = server.config();
+  const bool data = session && session->in_message();
+  schedule(data ? timer_purpose::data_block : timer_purpose::command,
+           data ? config.timeout_data_block_ms : config.timeout_command_ms);
+}
+
+void connection::on_timeout() noexcept {
+  switch (timer_use) {
+    case timer_purpose::greeting_delay:
+      return greet();
+    case timer_purpose::proxy_header:
+      return close();
+    case timer_purpose::hard_close:
+      return close();
+    case timer_purpose::command:
+    case timer_purpose::data_block:
+      break;
+  }
+  server.metrics().timeouts.add();
+  // RFC 5321 §4.5.3.2: 421 and close. If the client does not even read that, close hard.
+  schedule(timer_purpose::hard_close, hard_close_ms);
+  session->on_timeout();
+  pump();
+}
+
+void connection::shutdown_now() noexcept {
+  if (closing || close_after_literal) return;
+  schedule(timer_purpose::hard_close, hard_close_ms);
+  if (!greeted || awaiting_proxy) return close();
+  session->shutdown();
+  pump();
+}
+
+// ---- closing
+
+void connection::close() noexcept {
+  if (!closing) {
+    closing = true;
+    if (timer.armed()) server.owner().timers().cancel(timer);
+    release_held();
+    if (in_message) {
+      server.store().abort(message);
+      in_message = false;
+    }
+    commit_retry = false;
+    // Ends a pending receive or a send to a client that stopped reading (they complete with
+    // 0 / -EPIPE); the fd itself is closed through the ring once no op refers to it.
+    ::shutdown(fd, SHUT_RDWR);
+  }
+  finish_close();
+}
+
+void connection::finish_close() noexcept {
+  if (ops_in_flight > 0 || fd_closed) return;
+  fd_closed = true;
+  const auto queued =
+      server.owner().ring().prep_close(fd, server.user_data(server.close_kind(), *this));
+  if (!queued) {
+    ::close(fd);
+    return on_closed();
+  }
+  ++ops_in_flight;
+}
+
+void connection::on_closed() noexcept {
+  if (ops_in_flight > 0) --ops_in_flight;
+  fd = -1;
+  server.release(*this);
+}
+
+// ---- the SMTP transaction (smtp::server_handler)
+
+smtp::verdict connection::on_helo(std::string_view, bool) noexcept {
+  return smtp::verdict::accept();
+}
+
+smtp::verdict connection::on_mail_from(const smtp::mailbox& reverse_path,
+                                       const smtp::mail_parameters& parameters) noexcept {
+  envelope.reverse_path.assign(reverse_path.address);
+  envelope.size_declared = parameters.has_size ? parameters.size : 0;
+  envelope.body = to_spool(parameters.body);
+  envelope.smtputf8 = parameters.smtputf8;
+  envelope.ret = to_spool(parameters.ret);
+  envelope.envid.assign(parameters.envid);
+  envelope.recipients.clear();
+  return smtp::verdict::accept();
+}
+
+smtp::verdict connection::on_rcpt_to(const smtp::mailbox& forward_path,
+                                     const smtp::rcpt_parameters& parameters) noexcept {
+  // RFC 5321 §3.6.2 / §4.5.1: only our clients relay; anyone may write to our domains and to
+  // postmaster.
+  const bool allowed = relay_allowed || forward_path.is_postmaster ||
+                       server.config().relay.accepts_domain(forward_path.domain);
+  if (!allowed) {
+    server.metrics().relay_denied.add();
+    return smtp::verdict::respond(554, "5.7.1", "Relay access denied");
+  }
+  auto& added = envelope.recipients.emplace_back();
+  added.address.assign(forward_path.is_postmaster && forward_path.address.empty()
+                           ? std::string_view("postmaster")
+                           : forward_path.address);
+  added.notify = parameters.notify;
+  added.orcpt.clear();
+  if (!parameters.orcpt.empty()) {
+    added.orcpt.append(parameters.orcpt_type).append(";").append(parameters.orcpt);
+  }
+  server.metrics().recipients_accepted.add();
+  return smtp::verdict::accept();
+}
+
+smtp::verdict connection::on_data_start() noexcept {
+  const std::int64_t now_seconds = core::wall_seconds();
+  auto handle = server.store().begin(now_seconds);
+  if (!handle) {
+    server.metrics().spool_failures.add();
+    return smtp::verdict::respond(452, "4.3.1", storage_text);
+  }
+  message = handle.value();
+  in_message = true;
+  message_error = 0;
+  message_bytes = 0;
+  envelope.id = server.store().id_of(message);
+  envelope.received_seconds = now_seconds;
+  const auto id_text = spool::format_message_id(envelope.id);
+  const std::string client_text = peer.address_string();
+  char header[net::received_header_bytes_max];
+  const net::received_fields fields{
+      session->helo_name(), client_text, server.config().hostname, session->protocol_name(),
+      std::string_view(id_text.data(), 16),
+      envelope.recipients.size() == 1 ? std::string_view(envelope.recipients[0].address)
+                                      : std::string_view(),
+      now_seconds};
+  on_body(std::string_view(header, net::format_received_header(fields, header, sizeof header)),
+          smtp::body_form::wire);
+  return smtp::verdict::accept();
+}
+
+void connection::on_body(std::string_view slice, smtp::body_form form) noexcept {
+  if (message_error != 0 || !in_message) return;
+  auto& store = server.store();
+  const auto taken = form == smtp::body_form::wire ? store.append(message, slice)
+                                                   : store.append_raw(message, slice);
+  if (!taken) message_error = taken.error();
+  else if (taken.value() < slice.size()) message_error = ENOBUFS;  // room was checked: a bug
+  message_bytes += slice.size();
+}
+
+smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
+  data_end_ns = core::monotonic_ns();
+  if (message_error != 0) {
+    server.store().abort(message);
+    in_message = false;
+    server.metrics().spool_failures.add();
+    return smtp::verdict::respond(452, "4.3.1", storage_text);
+  }
+  envelope.client_address = peer.address_string();
+  envelope.helo.assign(session->helo_name());
+  return commit();
+}
+
+smtp::verdict connection::commit() noexcept {
+  auto committed = server.store().commit(message, envelope);
+  if (!committed && committed.error() == EAGAIN) {  // no segment ready yet: retry shortly
+    commit_retry = true;
+    server.wait_for_spool(*this);
+    return smtp::verdict::pending();
+  }
+  in_message = false;
+  if (!committed) {
+    server.metrics().spool_failures.add();
+    return smtp::verdict::respond(452, "4.3.1", storage_text);
+  }
+  ticket = committed.value();
+  server.tickets().insert(ticket, slot, generation);
+  server.driver().pump();  // a batch may be full already
+  return smtp::verdict::pending();
+}
+
+void connection::retry_commit() noexcept {
+  commit_retry = false;
+  const smtp::verdict answer = commit();
+  if (!answer.is_pending()) session->resume(answer);
+}
+
+void connection::on_commit_result(int error) noexcept {
+  auto& metrics = server.metrics();
+  if (error != 0) {
+    metrics.spool_failures.add();
+    session->resume(smtp::verdict::respond(452, "4.3.1", storage_text));
+    return pump();
+  }
+  metrics.messages_accepted.add();
+  metrics.message_bytes.add(message_bytes);
+  metrics.commit_latency.record_us((core::monotonic_ns() - data_end_ns) / 1000);
+  const auto id_text = spool::format_message_id(envelope.id);
+  const std::string_view id(id_text.data(), 16);
+  char text[64];
+  const auto length = fmt::format_to_n(text, sizeof text, "Ok: queued as {}", id).size;
+  session->resume(smtp::verdict::respond(250, "2.0.0", std::string_view(text, length)));
+  server.log().set_time(core::wall_milliseconds());
+  server.log()
+      .record("received")
+      .field("id", id)
+      .field("from", envelope.reverse_path)
+      .field("recipients", static_cast<std::uint64_t>(envelope.recipients.size()))
+      .field("size", message_bytes)
+      .field("client", envelope.client_address)
+      .field("helo", envelope.helo)
+      .field("protocol", session->protocol_name());
+  pump();
+}
+
+void connection::on_data_aborted(smtp::abort_reason) noexcept {
+  if (in_message) server.store().abort(message);
+  in_message = false;
+  commit_retry = false;
+  server.metrics().messages_rejected.add();
+}
+
+void connection::on_reset() noexcept {
+  envelope.reverse_path.clear();
+  envelope.recipients.clear();
+}
+
+}  // namespace ringmta::server

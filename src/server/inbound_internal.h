@@ -1,0 +1,203 @@
+// Internals of server::inbound shared by inbound.cc (listeners, accept, the connection table,
+// shutdown) and inbound_connection.cc (one SMTP session over the ring).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ringmta/core/timer_wheel.h"
+#include "ringmta/io/buffer_ring.h"
+#include "ringmta/server/inbound.h"
+#include "ringmta/server/spool_ring_driver.h"
+#include "ringmta/spool/envelope.h"
+
+namespace ringmta::server {
+
+class inbound_server;
+struct connection;
+
+// Embedded in a connection; the expiry callback finds its owner through `owner`.
+struct connection_timer : core::timer_node {
+  explicit connection_timer(connection& c) noexcept;
+  connection& owner;
+};
+
+enum class timer_purpose : std::uint8_t {
+  greeting_delay, proxy_header, command, data_block, hard_close };
+
+// One SMTP session. Lives in inbound_server's table and is reused for later connections
+// (the session is re-created in place; strings keep their capacity).
+struct connection final : smtp::server_handler {
+  connection(inbound_server& server, std::uint32_t slot) noexcept;
+
+  inbound_server& server;
+  const std::uint32_t slot;
+  std::uint32_t generation = 0;
+  int fd = -1;
+  core::endpoint peer;
+  std::optional<smtp::server_session> session;
+  connection_timer timer;
+  timer_purpose timer_use = timer_purpose::command;
+
+  bool live = false;
+  bool counted_client = false;  // holds a client_counters slot
+  bool awaiting_proxy = false;  // PROXY header not yet received
+  bool greeted = false;         // the greeting's send completed (early-talker check)
+  bool recv_armed = false;
+  bool send_in_flight = false;
+  bool closing = false;         // close requested: no new ops, fd closed when ops drain
+  bool fd_closed = false;
+  bool relay_allowed = false;   // client is in mynetworks
+  bool waiting_for_spool = false;  // input held until the spool has buffer room
+  bool close_after_literal = false;  // a fixed reply (limit, early talker), then close
+  std::string_view literal;          // fixed reply still to send (static storage)
+  std::uint8_t ops_in_flight = 0;
+
+  // Input received but not fed yet (held while a verdict is pending, output is full, or a send
+  // is in flight): part of a provided buffer we still own.
+  bool holding = false;
+  std::uint16_t held_buffer = 0;
+  std::uint32_t held_offset = 0;
+  std::uint32_t held_end = 0;
+  std::string proxy_bytes;  // a PROXY header split across receives (bounded by the parser)
+
+  // The message being received.
+  bool in_message = false;
+  bool commit_retry = false;  // the store had no segment ready: commit again later
+  int message_error = 0;      // a spool append failed: answer 452 at the end of data
+  spool::message_handle message{};
+  std::uint64_t ticket = 0;
+  std::uint64_t data_end_ns = 0;
+  std::uint64_t message_bytes = 0;
+  spool::envelope envelope;
+
+  // smtp::server_handler
+  smtp::verdict on_helo(std::string_view domain, bool extended) noexcept override;
+  smtp::verdict on_mail_from(const smtp::mailbox& reverse_path,
+                             const smtp::mail_parameters& parameters) noexcept override;
+  smtp::verdict on_rcpt_to(const smtp::mailbox& forward_path,
+                           const smtp::rcpt_parameters& parameters) noexcept override;
+  smtp::verdict on_data_start() noexcept override;
+  void on_body(std::string_view slice, smtp::body_form form) noexcept override;
+  smtp::verdict on_data_end(const smtp::body_summary& summary) noexcept override;
+  void on_data_aborted(smtp::abort_reason reason) noexcept override;
+  void on_reset() noexcept override;
+
+  // Driving the session over the ring (inbound_connection.cc).
+  void open(int accepted_fd, const core::endpoint& peer_address, bool refuse) noexcept;
+  void on_received(const io::completion& done) noexcept;
+  void on_sent(const io::completion& done) noexcept;
+  void on_closed() noexcept;
+  void on_timeout() noexcept;
+  void on_commit_result(int error) noexcept;
+  void retry_commit() noexcept;
+  void shutdown_now() noexcept;  // 421 4.3.2 and close
+  void pump() noexcept;
+  void close() noexcept;
+
+ private:
+  void feed_held() noexcept;
+  bool take_proxy_header(std::string_view bytes) noexcept;
+  void admit() noexcept;
+  void greet() noexcept;
+  void send_literal_and_close(std::string_view reply) noexcept;
+  void schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept;
+  void finish_close() noexcept;
+  void arm_receive() noexcept;
+  void send_output() noexcept;
+  void release_held() noexcept;
+  void restart_timer() noexcept;
+  smtp::verdict commit() noexcept;
+  void clear_message() noexcept;
+};
+
+// Outstanding commit tickets → the connection waiting for each. Open addressing over a
+// power-of-two table twice the session limit (one pending commit per connection at most).
+class ticket_table {
+ public:
+  explicit ticket_table(std::uint32_t sessions_max);
+  void insert(std::uint64_t ticket, std::uint32_t slot, std::uint32_t generation) noexcept;
+  // Removes and returns the waiter of `ticket`.
+  std::optional<std::pair<std::uint32_t, std::uint32_t>> take(std::uint64_t ticket) noexcept;
+
+ private:
+  struct entry {
+    std::uint64_t ticket = 0;  // 0: empty (tickets start at 1)
+    std::uint32_t slot = 0;
+    std::uint32_t generation = 0;
+  };
+  std::vector<entry> _entries;
+  std::size_t _mask;
+};
+
+class inbound_server final : public shard::completion_handler {
+ public:
+  inbound_server(const inbound_config& config, shard::shard& owner, spool::store& store,
+                 spool_ring_driver& driver, inbound_metrics& metrics, admin::log_buffer& log);
+  ~inbound_server();
+
+  core::result<void> start() noexcept;
+  void begin_shutdown(std::uint32_t grace_ms) noexcept;
+  bool drained() const noexcept { return _shutting_down && _live == 0; }
+  std::uint32_t sessions() const noexcept { return _live; }
+  void on_committed(std::uint64_t ticket, int error) noexcept;
+  void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
+  // Gives held input another chance once the spool has room again (end of each iteration).
+  void retry_waiting() noexcept;
+
+  // For connections.
+  const inbound_config& config() const noexcept { return _config; }
+  shard::shard& owner() noexcept { return _owner; }
+  spool::store& store() noexcept { return _store; }
+  spool_ring_driver& driver() noexcept { return _driver; }
+  inbound_metrics& metrics() noexcept { return _metrics; }
+  admin::log_buffer& log() noexcept { return _log; }
+  io::buffer_ring& buffers() noexcept { return _buffers; }
+  ticket_table& tickets() noexcept { return _tickets; }
+  bool shutting_down() const noexcept { return _shutting_down; }
+  bool spool_has_room() const noexcept;
+  void wait_for_spool(connection& c) noexcept;
+  std::uint64_t user_data(io::op_kind kind, const connection& c) const noexcept {
+    return io::pack_user_data(kind, c.generation, c.slot);
+  }
+  io::op_kind recv_kind() const noexcept { return _recv_kind; }
+  io::op_kind send_kind() const noexcept { return _send_kind; }
+  io::op_kind close_kind() const noexcept { return _close_kind; }
+  void release(connection& c) noexcept;
+
+ private:
+  void arm_accept(std::size_t listener) noexcept;
+  void on_accepted(std::size_t listener, const io::completion& done) noexcept;
+  connection* acquire() noexcept;
+  connection* find(const io::completion& done) noexcept;
+  static void on_grace_expired(core::timer_node& node) noexcept;
+
+  const inbound_config& _config;
+  shard::shard& _owner;
+  spool::store& _store;
+  spool_ring_driver& _driver;
+  inbound_metrics& _metrics;
+  admin::log_buffer& _log;
+  io::buffer_ring _buffers;
+  ticket_table _tickets;
+  std::vector<int> _listeners;            // this shard's sockets, one per configured listener
+  std::vector<bool> _accept_armed;
+  std::vector<std::unique_ptr<connection>> _connections;  // by slot; created on first use
+  std::vector<std::uint32_t> _free_slots;
+  std::vector<std::uint32_t> _waiting;   // slots waiting for spool room or a commit retry
+  std::vector<std::uint32_t> _retrying;  // _waiting being retried
+  std::uint32_t _live = 0;
+  bool _shutting_down = false;
+  struct grace_timer : core::timer_node {
+    explicit grace_timer(inbound_server& server) noexcept;
+    inbound_server& owner;
+  } _grace_timer;
+  io::op_kind _accept_kind = io::op_kind_invalid;
+  io::op_kind _recv_kind = io::op_kind_invalid;
+  io::op_kind _send_kind = io::op_kind_invalid;
+  io::op_kind _close_kind = io::op_kind_invalid;
+};
+
+}  // namespace ringmta::server

@@ -1,0 +1,97 @@
+#include "ringmta/server/spool_ring_driver.h"
+
+#include "ringmta/core/assert.h"
+#include "ringmta/spool/sync_driver.h"
+
+namespace ringmta::server {
+
+spool_ring_driver::spool_ring_driver(shard::shard& owner, spool::store& store,
+                                     bool unsafe_no_fsync) noexcept
+    : _owner(owner), _store(store), _unsafe_no_fsync(unsafe_no_fsync) {}
+
+core::result<void> spool_ring_driver::start() noexcept {
+  _tokens.reserve(1024);
+  _free_slots.reserve(1024);
+  auto kind = _owner.add_handler(*this);
+  if (!kind) return core::fail(kind.error());
+  _kind = kind.value();
+  return {};
+}
+
+void spool_ring_driver::submit(const spool::operation& op) noexcept {
+  core::result<void> queued;
+  const std::uint32_t slot = remember(op.token);
+  const std::uint64_t user_data = io::pack_user_data(_kind, 0, slot);
+  switch (op.kind) {
+    case spool::operation_kind::write:
+      queued = _owner.ring().prep_writev(op.fd, op.iovecs, op.iovec_count, op.offset, user_data);
+      break;
+    case spool::operation_kind::datasync:
+      if (_unsafe_no_fsync) {
+        _store.complete(op.token, 0);
+        return;
+      }
+      queued = _owner.ring().prep_fdatasync(op.fd, user_data);
+      break;
+    case spool::operation_kind::create_file:
+      _store.complete(op.token, spool::perform_create_file(op));
+      return;
+    case spool::operation_kind::remove_file:
+      _store.complete(op.token, spool::perform_remove_file(op));
+      return;
+  }
+  if (!queued) {  // the kernel refused the submission: the store sees an I/O error
+    forget(slot);
+    _store.complete(op.token, -queued.error());
+    return;
+  }
+  ++_in_flight;
+}
+
+// Store tokens use all 64 bits, so in-flight ops carry a slot of this table instead; it grows
+// to the largest batch seen and is then reused (no allocation in steady state).
+std::uint32_t spool_ring_driver::remember(std::uint64_t token) {
+  if (_free_slots.empty()) {
+    _tokens.push_back(token);
+    _free_slots.reserve(_tokens.capacity());  // forget() then never allocates
+    return static_cast<std::uint32_t>(_tokens.size() - 1);
+  }
+  const std::uint32_t slot = _free_slots.back();
+  _free_slots.pop_back();
+  _tokens[slot] = token;
+  return slot;
+}
+
+std::uint64_t spool_ring_driver::forget(std::uint32_t slot) noexcept {
+  RINGMTA_ASSERT(slot < _tokens.size());
+  _free_slots.push_back(slot);  // capacity reserved when the slot was created
+  return _tokens[slot];
+}
+
+void spool_ring_driver::pump() noexcept {
+  if (_pumping) return;
+  _pumping = true;
+  for (bool progress = true; progress;) {
+    progress = false;
+    spool::operation op;
+    while (_store.next_operation(op)) {
+      submit(op);
+      progress = true;
+    }
+    spool::event event;
+    while (_store.next_event(event)) {
+      if (_listener) _listener(event);
+      progress = true;
+    }
+  }
+  _pumping = false;
+}
+
+void spool_ring_driver::on_completion(shard::shard&, const io::completion& done) noexcept {
+  RINGMTA_ASSERT(_in_flight > 0);
+  --_in_flight;
+  _store.complete(forget(done.tag().slot), done.res);
+  pump();
+}
+
+}  // namespace ringmta::server
