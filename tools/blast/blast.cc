@@ -323,10 +323,7 @@ void blast_shard::on_ready(connection& c) noexcept {
     return;
   }
   if (_scheduled < due_messages(now)) {
-    const std::uint64_t intended = _shared.start_ns +
-        static_cast<std::uint64_t>((double(_id) / _config.rate + double(_scheduled) / _rate) * 1e9);
-    ++_scheduled;
-    start_message(c, intended);
+    start_message(c, intended_ns(_scheduled++));
     return;
   }
   _idle.push_back(std::uint64_t{c.generation} << 32 | c.slot);
@@ -531,6 +528,12 @@ void blast_shard::on_connection_timeout(core::timer_node& node) noexcept {
   self.drain_events(c);
 }
 
+// Message k of this shard's schedule: shards are offset by 1/R from each other, each at R/T.
+std::uint64_t blast_shard::intended_ns(std::uint64_t k) const noexcept {
+  const double seconds = double(_id) / _config.rate + double(k) / _rate;
+  return _shared.start_ns + static_cast<std::uint64_t>(seconds * 1e9);
+}
+
 std::uint64_t blast_shard::due_messages(std::uint64_t now_ns) const noexcept {
   const double elapsed = double(now_ns - _shared.start_ns) / 1e9 - double(_id) / _config.rate;
   if (elapsed < 0) return 0;
@@ -574,10 +577,7 @@ void blast_shard::pump_once() noexcept {
       connection* c = _connections.get(static_cast<std::uint32_t>(handle),
                                        static_cast<std::uint32_t>(handle >> 32));
       if (c == nullptr || c->fd < 0 || c->session->phase() != smtp::client_phase::ready) continue;
-      const std::uint64_t intended = _shared.start_ns +
-          static_cast<std::uint64_t>((double(_id) / _config.rate + double(_scheduled) / _rate) * 1e9);
-      ++_scheduled;
-      start_message(*c, intended);
+      start_message(*c, intended_ns(_scheduled++));
       drain_events(*c);
       continue;
     }

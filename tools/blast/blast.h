@@ -179,6 +179,7 @@ class blast_shard final : public shard::completion_handler {
   void finish(connection& c) noexcept;
   void check_finished() noexcept;
   std::uint64_t due_messages(std::uint64_t now_ns) const noexcept;
+  std::uint64_t intended_ns(std::uint64_t k) const noexcept;
   static void on_tick(core::timer_node& node) noexcept;
   static void on_connection_timeout(core::timer_node& node) noexcept;
 
@@ -190,7 +191,7 @@ class blast_shard final : public shard::completion_handler {
   shard::shard* _shard = nullptr;
   std::unique_ptr<io::buffer_ring> _buffers;
   loadkit::object_pool<connection> _connections;
-  std::vector<std::uint64_t> _idle;        // generation << 32 | slot: ready, waiting for a due message
+  std::vector<std::uint64_t> _idle;  // generation << 32 | slot: ready, waiting for due work
   std::vector<std::uint64_t> _recv_retry;  // multishot recv ended with ENOBUFS
   std::vector<std::uint64_t> _swap;
   std::uint64_t _scheduled = 0;  // --rate: messages of our schedule handed out so far

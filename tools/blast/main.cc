@@ -176,7 +176,8 @@ void progress(const shard_table& shards, double elapsed, std::uint64_t& last_mes
 // Runs until every shard is done, --duration (+ --drain) passes, or SIGINT/SIGTERM.
 void control(const blast_config& config, blast_shared& shared, const shard_table& shards,
              bool show_progress) {
-  std::uint64_t last_messages = 0, last_sessions = 0, next_progress = shared.start_ns + 1'000'000'000;
+  std::uint64_t last_messages = 0, last_sessions = 0;
+  std::uint64_t next_progress = shared.start_ns + 1'000'000'000;
   std::uint64_t stop_at = 0;
   for (;;) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

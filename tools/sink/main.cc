@@ -97,7 +97,8 @@ void apply_extensions(const cli_options& cli, sink_config& config) {
   config.server.greeting_text = "ESMTP ringmta-sink";
   config.server.starttls_offered = false;  // no TLS in the sink (see tools/README.md)
   config.server.bare_line_ending =
-      cli.normalize ? smtp::bare_line_ending_policy::normalize : smtp::bare_line_ending_policy::reject;
+      cli.normalize ? smtp::bare_line_ending_policy::normalize
+                    : smtp::bare_line_ending_policy::reject;
 }
 
 }  // namespace

@@ -19,15 +19,13 @@ constexpr std::uint32_t retry_delay_ms = 1;
 // RFC 5321 §3.8 / §4.2.2: 421 closes the transmission channel.
 constexpr std::string_view too_many_connections = "421 4.7.0 Too many connections\r\n";
 
-template <typename T, core::timer_node T::*Member>
-T& owner_of(core::timer_node& node) noexcept {
-  const auto offset = reinterpret_cast<std::size_t>(&(static_cast<T*>(nullptr)->*Member));
-  return *reinterpret_cast<T*>(reinterpret_cast<char*>(&node) - offset);
-}
-
 }  // namespace
 
-connection::connection() noexcept = default;
+connection::connection() noexcept {
+  idle_timer.owner = this;
+  delay_timer.owner = this;
+  save_observer.out = &save_message;
+}
 
 smtp::verdict connection::on_mail_from(const smtp::mailbox& reverse_path,
                                        const smtp::mail_parameters&) noexcept {
@@ -64,22 +62,10 @@ smtp::verdict connection::on_data_start() noexcept {
   return smtp::verdict::accept();
 }
 
-namespace {
-struct string_observer final : loadkit::scan_observer {
-  std::string* out = nullptr;
-  void on_message_bytes(std::string_view bytes) noexcept override { out->append(bytes); }
-};
-thread_local string_observer save_observer;
-}  // namespace
-
 void connection::on_body(std::string_view slice, smtp::body_form form) noexcept {
   if (!scanning) {
-    loadkit::scan_observer* observer = nullptr;
-    if (!owner->_config.save_dir.empty()) {
-      save_observer.out = &save_message;
-      observer = &save_observer;
-    }
-    scanner.begin(form == smtp::body_form::wire, observer);
+    scanner.begin(form == smtp::body_form::wire,
+                  owner->_config.save_dir.empty() ? nullptr : &save_observer);
     scanning = true;
   }
   scanner.feed(slice);
@@ -87,7 +73,6 @@ void connection::on_body(std::string_view slice, smtp::body_form form) noexcept 
 
 smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcept {
   if (!scanning) scanner.begin(summary.form == smtp::body_form::wire);
-  if (!owner->_config.save_dir.empty()) save_observer.out = &save_message;
   scanning = false;
   const loadkit::scan_result scan = scanner.finish();
   owner->_counters.message_bytes.add(summary.message_bytes);
@@ -100,14 +85,14 @@ void connection::on_data_aborted(smtp::abort_reason) noexcept {
 }
 
 void connection::on_idle_timer(core::timer_node& node) noexcept {
-  connection& c = owner_of<connection, &connection::idle_timer>(node);
+  connection& c = loadkit::owned_timer<connection>::owner_of(node);
   c.owner->_counters.timeouts.add();
   c.session->on_timeout();  // 421 4.4.2, then close once it is sent
   c.owner->process(c);
 }
 
 void connection::on_delay_timer(core::timer_node& node) noexcept {
-  connection& c = owner_of<connection, &connection::delay_timer>(node);
+  connection& c = loadkit::owned_timer<connection>::owner_of(node);
   c.session->resume(c.delayed);
   c.owner->process(c);
 }
@@ -128,6 +113,7 @@ sink_shard::~sink_shard() {
 
 core::result<void> sink_shard::start(shard::shard& owner) noexcept {
   _shard = &owner;
+  _retry_timer.owner = this;
   for (io::op_kind* kind : {&_kind_accept, &_kind_recv, &_kind_send, &_kind_misc}) {
     auto added = owner.add_handler(*this);
     if (!added) return core::fail(added.error());
@@ -146,11 +132,11 @@ core::result<void> sink_shard::start(shard::shard& owner) noexcept {
 
 void sink_shard::stop() noexcept {
   _stopping = true;
-  _shard->timers().cancel(_retry_timer);
+  _shard->timers().cancel(_retry_timer.node);
   for (const int fd : _listen_fds) ::shutdown(fd, SHUT_RDWR);  // ends the multishot accepts
   _connections.for_each_live([this](connection& c, std::uint32_t, std::uint32_t) {
-    _shard->timers().cancel(c.idle_timer);
-    _shard->timers().cancel(c.delay_timer);
+    _shard->timers().cancel(c.idle_timer.node);
+    _shard->timers().cancel(c.delay_timer.node);
     release_held(c);
     if (c.fd >= 0) {
       ::shutdown(c.fd, SHUT_RDWR);  // a recv in flight completes with 0 and finds us stopping
@@ -214,7 +200,7 @@ void sink_shard::on_accept(const io::completion& done) noexcept {
   c.session.emplace(_config.server, c);
   _counters.connections.add();
   c.session->start();
-  _shard->timers().schedule_after(c.idle_timer, _config.idle_timeout_ms);
+  _shard->timers().schedule_after(c.idle_timer.node, _config.idle_timeout_ms);
   process(c);
 }
 
@@ -238,7 +224,9 @@ void sink_shard::on_recv(connection& c, const io::completion& done) noexcept {
     _buffers->note_enobufs();
     _counters.enobufs.add();
     _recv_retry.push_back(std::uint64_t{c.generation} << 32 | c.slot);
-    if (!_retry_timer.armed()) _shard->timers().schedule_after(_retry_timer, retry_delay_ms);
+    if (!_retry_timer.node.armed()) {
+      _shard->timers().schedule_after(_retry_timer.node, retry_delay_ms);
+    }
     return;
   }
   if (done.res <= 0) {  // EOF or error: the peer is gone
@@ -255,7 +243,7 @@ void sink_shard::on_recv(connection& c, const io::completion& done) noexcept {
   c.held = bytes.data();
   c.held_bytes = static_cast<std::uint32_t>(bytes.size());
   c.held_buffer = done.buffer_id();
-  _shard->timers().schedule_after(c.idle_timer, _config.idle_timeout_ms);
+  _shard->timers().schedule_after(c.idle_timer.node, _config.idle_timeout_ms);
   process(c);
 }
 
@@ -331,15 +319,15 @@ void sink_shard::close(connection& c) noexcept {
     ::close(c.fd);
   }
   c.fd = -1;
-  _shard->timers().cancel(c.idle_timer);
-  _shard->timers().cancel(c.delay_timer);
+  _shard->timers().cancel(c.idle_timer.node);
+  _shard->timers().cancel(c.delay_timer.node);
   release_held(c);
   _counters.connections_closed.add();
   _connections.release(c.slot);  // in-flight completions are stale from now on
 }
 
 void sink_shard::on_retry_timer(core::timer_node& node) noexcept {
-  owner_of<sink_shard, &sink_shard::_retry_timer>(node).retry_recvs();
+  loadkit::owned_timer<sink_shard>::owner_of(node).retry_recvs();
 }
 
 void sink_shard::retry_recvs() noexcept {
@@ -385,7 +373,7 @@ smtp::verdict sink_shard::decide_data_end(connection& c,
   }
   if (_config.reply_delay_ms == 0) return answer;
   c.delayed = answer;
-  _shard->timers().schedule_after(c.delay_timer, _config.reply_delay_ms);
+  _shard->timers().schedule_after(c.delay_timer.node, _config.reply_delay_ms);
   return smtp::verdict::pending();
 }
 

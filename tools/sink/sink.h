@@ -26,6 +26,7 @@
 #include "loadkit/integrity.h"
 #include "loadkit/object_pool.h"
 #include "loadkit/options.h"
+#include "loadkit/owned_timer.h"
 #include "loadkit/random.h"
 #include "ringmta/core/endpoint.h"
 #include "ringmta/core/timer_wheel.h"
@@ -100,12 +101,16 @@ struct connection final : smtp::server_handler {
   std::uint16_t held_buffer = 0;
   std::uint32_t send_bytes = 0;  // output bytes in flight
   smtp::verdict delayed = smtp::verdict::accept();
-  core::timer_node idle_timer{&connection::on_idle_timer};
-  core::timer_node delay_timer{&connection::on_delay_timer};
+  loadkit::owned_timer<connection> idle_timer{&connection::on_idle_timer};
+  loadkit::owned_timer<connection> delay_timer{&connection::on_delay_timer};
   loadkit::message_scanner scanner;
   // --save-dir only: the envelope and the unstuffed message, reused from message to message.
   std::string save_envelope;
   std::string save_message;
+  struct string_observer final : loadkit::scan_observer {
+    std::string* out = nullptr;
+    void on_message_bytes(std::string_view bytes) noexcept override { out->append(bytes); }
+  } save_observer;
 
   // server_handler
   smtp::verdict on_mail_from(const smtp::mailbox& reverse_path,
@@ -166,7 +171,7 @@ class sink_shard final : public shard::completion_handler {
   loadkit::object_pool<connection> _connections;
   std::vector<std::uint64_t> _recv_retry;  // generation << 32 | slot whose recv hit ENOBUFS
   std::vector<std::uint64_t> _retry_swap;
-  core::timer_node _retry_timer{&sink_shard::on_retry_timer};
+  loadkit::owned_timer<sink_shard> _retry_timer{&sink_shard::on_retry_timer};
   loadkit::random _random;
   loadkit::id_tracker _ids;
   sink_counters _counters;

@@ -318,6 +318,27 @@ def _():
     assert saved == message, (saved, message)
 
 
+@test("save-dir under concurrency: large messages arriving interleaved are saved whole")
+def _():
+    save = tempfile.mkdtemp(dir=WORK, prefix="save-")
+    sink = Sink("--save-dir", save, "--recv-buffer-bytes", "4096", threads=1)
+    rc, r = blast("--target", sink.address, "--sessions", "40", "--size", "100k:200k",
+                  "--concurrency", "8", "--threads", "1", "--recipients", "2")
+    assert rc == 0, r
+    sink.wait_accepted(40)
+    _, s = sink.stop()
+    saved = saved_messages(save)
+    assert len(saved) == 40 and s["integrity_ok"] == 40, s
+    for name, (envelope, message) in saved.items():
+        assert "X-Sink-Integrity: ok" in envelope, (name, envelope)
+        assert len([l for l in envelope if l.startswith("X-Sink-Rcpt-To:")]) == 2, envelope
+        head, _, body = message.partition(b"\r\n\r\n")
+        assert head.count(b"X-Blast-Id:") == 1, head
+        lines = body.split(b"\r\n")[:-2]  # the last line may be cut short by the size
+        numbers = [int(l.split()[2]) for l in lines]
+        assert numbers == list(range(len(numbers))), f"{name}: body lines out of order"
+
+
 # ---- real peers
 
 
