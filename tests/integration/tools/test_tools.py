@@ -178,6 +178,42 @@ def _():
     assert rc == 0 and sa["accepted"] == 100 and sb["accepted"] == 100, (sa, sb)
 
 
+@test("a server that answers garbage: protocol_error per session, exit 3, no crash")
+def _():
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    def serve():
+        for _ in range(10):
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"220 ok\r\n")
+                conn.recv(4096)  # EHLO
+                conn.sendall(b"250-x\r\n\x00\x01 not smtp\r\n")
+                conn.recv(4096)
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    rc, r = blast("--target", f"127.0.0.1:{port}", "--sessions", "10", "--concurrency", "1",
+                  "--threads", "1", "--timeout", "5s", timeout_s=60)
+    listener.close()
+    assert rc == 3, rc
+    assert r["errors"] == {"protocol_error": 10}, r["errors"]
+
+
+@test("--duration bounds a run without --sessions; the drain lets open sessions finish")
+def _():
+    sink = Sink("--reply-delay-ms", "20", threads=1)
+    rc, r = blast("--target", sink.address, "--duration", "1s", "--concurrency", "4",
+                  "--messages-per-session", "3", "--threads", "1", timeout_s=30)
+    _, s = sink.stop()
+    assert rc == 0, (rc, r["errors"])
+    assert r["messages"]["accepted"] == r["messages"]["started"] > 0, r["messages"]
+    assert s["accepted"] == r["messages"]["accepted"], s
+    assert 1.0 <= r["elapsed_s"] < 10, r["elapsed_s"]
+
+
 # ---- fault injection
 
 
