@@ -380,7 +380,10 @@ void client_session::fail_connection(client_close_reason reason, const parsed_re
   }
   _stop_sending = true;
   queue(client_event_kind::closed, client_outcome::accepted, reason, &_close_reply);
-  if (send_quit && output_room() >= client_command_bytes_max) write_command("QUIT", {});
+  // Commands not yet handed out are void (a pipelined batch after a 421 or a malformed reply);
+  // only a polite QUIT remains to be sent.
+  _output_begin = _output_end = 0;
+  if (send_quit) write_command("QUIT", {});
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -127,7 +127,9 @@ reply_parser::step reply_parser::feed(std::string_view bytes) noexcept {
       lf != nullptr ? static_cast<std::size_t>(static_cast<const char*>(lf) - bytes.data()) + 1
                     : bytes.size();
   // A full buffer is the line limit (RFC 5321 §4.5.3.1.5): no line is held past 512 bytes.
-  if (_line_bytes + take > reply_line_bytes_max) return fail(reply_parse_error::line_too_long, take);
+  if (_line_bytes + take > reply_line_bytes_max) {
+    return fail(reply_parse_error::line_too_long, take);
+  }
   std::memcpy(_line + _line_bytes, bytes.data(), take);
   _line_bytes = static_cast<std::uint16_t>(_line_bytes + take);
   if (lf == nullptr) return {status::need_more, take};

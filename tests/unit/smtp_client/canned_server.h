@@ -33,7 +33,9 @@ class canned_server {
     }
   }
 
-  std::string_view replies() const { return {_replies + _reply_begin, _reply_bytes - _reply_begin}; }
+  std::string_view replies() const {
+    return {_replies + _reply_begin, _reply_bytes - _reply_begin};
+  }
   void consume_replies(std::size_t bytes) {
     _reply_begin += bytes;
     if (_reply_begin == _reply_bytes) _reply_begin = _reply_bytes = 0;

@@ -498,7 +498,8 @@ TEST(client_session_transaction, many_recipients_pipelined_through_a_small_outpu
   for (int i = 0; i < 200; ++i) addresses.push_back(fmt::format("{:0>200}@example.org", i));
   std::vector<client_recipient> recipients;
   for (const auto& address : addresses) recipients.push_back({address, {}, {}});
-  std::string script = std::string(greeting_and_ehlo_pipelining) + "C: MAIL FROM:<sender@example.com>\n";
+  std::string script =
+      std::string(greeting_and_ehlo_pipelining) + "C: MAIL FROM:<sender@example.com>\n";
   for (const auto& address : addresses) script += "C: RCPT TO:<" + address + ">\n";
   script += "C: DATA\nS: 250 ok\n";
   for (int i = 0; i < 200; ++i) script += i % 2 == 0 ? "S: 250 ok\n" : "S: 550 no\n";
@@ -1073,6 +1074,27 @@ TEST(client_session_api, reply_before_its_command_was_sent_is_unexpected) {
   const client_event event = session.next_event();
   EXPECT_EQ(event.kind, client_event_kind::closed);
   EXPECT_EQ(event.close_reason, client_close_reason::reply_unexpected);
+}
+
+TEST(client_session_api, closing_discards_commands_not_yet_sent) {
+  client_session session(config_default());
+  session.feed("220 mx\r\n");
+  session.consume_output(session.output().size());
+  session.feed("250-mx\r\n250 PIPELINING\r\n");
+  ASSERT_EQ(session.next_event().kind, client_event_kind::ready);
+  session.start_transaction(envelope_of(three_recipients));
+  const std::string_view mail = "MAIL FROM:<sender@example.com>\r\n";
+  ASSERT_EQ(session.output().substr(0, mail.size()), mail);
+  session.consume_output(mail.size());  // only MAIL went out; the RCPTs and DATA wait
+  session.feed("421 4.3.2 shutting down\r\n");
+  std::vector<client_event_kind> kinds;
+  for (auto event = session.next_event(); event.kind != client_event_kind::none;
+       event = session.next_event()) {
+    kinds.push_back(event.kind);
+  }
+  EXPECT_EQ(kinds.size(), 5u);  // 3 recipient results, message result, closed
+  EXPECT_EQ(kinds.back(), client_event_kind::closed);
+  EXPECT_EQ(session.output(), "");
 }
 
 TEST(client_session_api, reset_starts_a_new_connection) {

@@ -356,7 +356,9 @@ TEST(smtp_sink_interop, soft_rejected_recipients_then_rset_and_reuse) {
   ASSERT_EQ(log.messages.size(), 3u);
   for (const auto& m : log.messages) EXPECT_EQ(m, "no recipients accepted 554");
   ASSERT_EQ(log.recipients.size(), 6u);
-  for (const auto& r : log.recipients) EXPECT_NE(r.find("transient failure 450"), std::string::npos);
+  for (const auto& r : log.recipients) {
+    EXPECT_NE(r.find("transient failure 450"), std::string::npos) << r;
+  }
 }
 
 TEST(smtp_sink_interop, refused_end_of_data) {
