@@ -16,24 +16,30 @@ namespace {
 void print_help() {
   std::printf(
       "usage: ringmta [--config FILE] [flags]      run the mail transfer agent\n"
-      "       ringmta spool ls [flags] [--json]    list queued messages\n\n"
+      "       ringmta spool ls [flags] [--json]    list queued messages\n"
+      "       ringmta spool cat ID [flags] [--wire] print a queued message\n\n"
       "Every setting has a flag (flags override the file):\n%s",
       ringmta::config::help_text().c_str());
 }
 
 int spool_command(int argc, const char* const* argv) {
   // argv: ringmta spool ls [settings flags...] [--json]
-  if (argc < 3 || std::strcmp(argv[2], "ls") != 0) {
-    std::fprintf(stderr, "ringmta: unknown spool command; try: ringmta spool ls\n");
+  //       ringmta spool cat ID [settings flags...] [--wire]
+  const bool list = argc >= 3 && std::strcmp(argv[2], "ls") == 0;
+  const bool cat = argc >= 4 && std::strcmp(argv[2], "cat") == 0;
+  if (!list && !cat) {
+    std::fprintf(stderr, "ringmta: usage: ringmta spool ls [--json] | ringmta spool cat ID\n");
     return 2;
   }
-  bool json = false;
+  bool json = false, wire = false;
   std::vector<const char*> rest = {argv[0]};
-  for (int i = 3; i < argc; ++i) {
+  for (int i = cat ? 4 : 3; i < argc; ++i) {
     if (std::strcmp(argv[i], "--json") == 0) json = true;
+    else if (std::strcmp(argv[i], "--wire") == 0) wire = true;
     else rest.push_back(argv[i]);
   }
   const auto settings = ringmta::config::load(static_cast<int>(rest.size()), rest.data());
+  if (cat) return ringmta::server::cat_spool_command(settings.spool_dir, argv[3], wire);
   return ringmta::server::list_spool_command(settings.spool_dir, json);
 }
 

@@ -303,6 +303,55 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   return 0;
 }
 
+int cat_spool_command(const std::string& spool_directory, const std::string& id_text, bool wire) {
+  const auto id = spool::parse_message_id(id_text);
+  if (!id) {
+    std::fprintf(stderr, "ringmta: '%s' is not a message id (16 hex digits)\n", id_text.c_str());
+    return 2;
+  }
+  const std::uint32_t shard = spool::message_id_shard(*id);
+  const std::string directory = spool::shard_directory(spool_directory, shard);
+  auto recovered = spool::recover(directory, shard);
+  if (!recovered) {
+    std::fprintf(stderr, "ringmta: %s: %s\n", directory.c_str(), recovered.error_text());
+    return 1;
+  }
+  // A store over the recovered files answers read(); its own start-up operations (a new
+  // segment, a journal snapshot) are never performed, so nothing on disk changes.
+  spool::store_config settings;
+  settings.directory = directory;
+  settings.shard = shard;
+  spool::store reader(settings, std::move(recovered).value());
+  auto message = reader.read(*id);
+  if (!message) {
+    std::fprintf(stderr, "ringmta: %s: no such queued message (%s)\n", id_text.c_str(),
+                 message.error_text());
+    return 1;
+  }
+  std::string body;
+  for (const auto& slice : message.value().body) {
+    const std::size_t at = body.size();
+    body.resize(at + slice.length);
+    if (::pread(slice.fd, body.data() + at, slice.length, static_cast<off_t>(slice.offset)) !=
+        static_cast<ssize_t>(slice.length)) {
+      std::fprintf(stderr, "ringmta: %s: short read\n", id_text.c_str());
+      return 1;
+    }
+  }
+  if (!wire) {  // undo dot-stuffing (RFC 5321 §4.5.2): what the client's message was
+    std::string plain;
+    plain.reserve(body.size());
+    bool line_start = true;
+    for (std::size_t i = 0; i < body.size(); ++i) {
+      if (!(line_start && body[i] == '.')) plain.push_back(body[i]);
+      line_start = body[i] == '\n';
+    }
+    body.swap(plain);
+  }
+  std::fwrite(body.data(), 1, body.size(), stdout);
+  return 0;
+}
+
 int list_spool_command(const std::string& spool_directory, bool json) {
   auto listing = spool::list_spool(spool_directory);
   if (!listing) {

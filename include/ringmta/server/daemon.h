@@ -30,4 +30,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks = {})
 // `ringmta spool ls`: prints the queued messages of a spool directory. Returns exit status.
 int list_spool_command(const std::string& spool_directory, bool json);
 
+// `ringmta spool cat ID`: writes a queued message as received (unstuffed; `wire`: as stored,
+// dot-stuffed), our Received: header first. Read-only. Returns exit status.
+int cat_spool_command(const std::string& spool_directory, const std::string& id, bool wire);
+
 }  // namespace ringmta::server

@@ -1,0 +1,195 @@
+"""Shared pieces of the daemon's integration tests: TAP output, starting ringmta on free
+loopback ports with a private spool, raw SMTP conversations, and reading the spool back.
+
+Every wait is bounded; a daemon left running is killed when the test ends.
+"""
+import atexit
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+class Tap:
+    """Minimal TAP producer: meson counts each line as one test case."""
+
+    def __init__(self):
+        self.count = 0
+        self.failed = 0
+
+    def ok(self, condition, description, detail=""):
+        self.count += 1
+        status = "ok" if condition else "not ok"
+        print(f"{status} {self.count} - {description}", flush=True)
+        if not condition:
+            self.failed += 1
+            for line in str(detail).splitlines()[:40]:
+                print(f"# {line}", flush=True)
+        return condition
+
+    def skip_all(self, reason):
+        print(f"1..0 # SKIP {reason}", flush=True)
+        sys.exit(0)
+
+    def done(self):
+        print(f"1..{self.count}", flush=True)
+        sys.exit(1 if self.failed else 0)
+
+
+class Daemon:
+    """ringmta on 127.0.0.1:<free port> with its own spool; stderr is collected."""
+
+    def __init__(self, binary, spool=None, args=(), shards=2, env=None):
+        self.binary = binary
+        self.spool = spool or tempfile.mkdtemp(prefix="ringmta-spool-")
+        self.args = list(args)
+        self.shards = shards
+        self.env = env
+        self.process = None
+        self.port = None
+        self.admin_port = None
+        self.stderr_lines = []
+        self.stdout_lines = []
+        self._listening = threading.Event()
+
+    def start(self, timeout=20):
+        command = [self.binary, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                   "--spool", self.spool, "--shards", str(self.shards), "--hostname",
+                   "mx.test.example", "--log-format", "json"] + self.args
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=self.env)
+        atexit.register(self.kill)
+        threading.Thread(target=self._read, args=(self.process.stderr, self.stderr_lines, True),
+                         daemon=True).start()
+        threading.Thread(target=self._read, args=(self.process.stdout, self.stdout_lines, False),
+                         daemon=True).start()
+        if not self._listening.wait(timeout):
+            self.kill()
+            raise RuntimeError("ringmta did not start:\n" + "\n".join(self.stderr_lines[-20:]))
+        return self
+
+    def _read(self, stream, lines, watch):
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+            if not watch:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == "listening" and self.port is None:
+                self.port = int(record["detail"].rsplit(":", 1)[1])
+            if record.get("event") == "admin_listening":
+                self.admin_port = int(record["detail"].rsplit(":", 1)[1])
+                self._listening.set()
+
+    def events(self, name):
+        out = []
+        for line in self.stdout_lines + self.stderr_lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == name:
+                out.append(record)
+        return out
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def metrics(self):
+        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        values = {}
+        for line in data.decode().split("\r\n\r\n", 1)[1].splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+
+def spool_list(binary, spool):
+    out = subprocess.run([binary, "spool", "ls", "--spool", spool, "--json"], capture_output=True,
+                         text=True, timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def spool_cat(binary, spool, message_id):
+    """The stored message as the client sent it (Received: header first), or None."""
+    out = subprocess.run([binary, "spool", "cat", message_id, "--spool", spool],
+                         capture_output=True, timeout=60)
+    return out.stdout if out.returncode == 0 else None
+
+
+class Conversation:
+    """A raw SMTP client: send exact bytes, read whole replies (multi-line aware)."""
+
+    def __init__(self, port, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buffer = b""
+
+    def send(self, data):
+        self.sock.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def reply(self):
+        """Returns (code, full text) of the next reply, or (None, '') on EOF."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return None, b"".join(lines).decode(errors="replace")
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            lines.append(line + b"\r\n")
+            if len(line) < 4 or line[3:4] != b"-":
+                return int(line[:3]), b"".join(lines).decode(errors="replace")
+
+    def command(self, line):
+        self.send(line + "\r\n")
+        return self.reply()
+
+    def closed(self, timeout=10):
+        """True when the server closes the connection within `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except (socket.timeout, ConnectionResetError):
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+def queued_id(reply_text):
+    match = re.search(r"queued as ([0-9a-f]{16})", reply_text)
+    return match.group(1) if match else None
+
+
+def unstuff(wire):
+    """Wire-form body lines starting with '..' lose one dot (RFC 5321 §4.5.2)."""
+    return re.sub(rb"(^|\r\n)\.", rb"\1", wire)
