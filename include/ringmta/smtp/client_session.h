@@ -20,18 +20,29 @@
 //   pending, so a reply referenced by an event stays valid until the next call into the engine.
 //
 // Outcomes: every recipient of a transaction gets exactly one recipient_result, in index order;
-// then exactly one message_result. A recipient whose result is `accepted` shares the fate of
-// the message_result; a failed one is final. Every connection ends with exactly one `closed`.
+// then exactly one message_result, then `ready` (or `closed`). A recipient whose result is
+// `accepted` shares the fate of the message_result; a failed one is final. Every connection
+// ends with exactly one `closed`.
 //
 // The body is never seen here: on send_body the embedder writes the message in SMTP wire form
 // (dot-stuffed, ending in CRLF) straight from the spool, then calls body_sent(), and the engine
-// emits the ".\r\n" terminator (RFC 5321 §4.1.1.4).
+// emits the ".\r\n" terminator (RFC 5321 §4.1.1.4). Sending the terminator in the same write
+// as the body's tail (or with TCP_NODELAY) avoids a Nagle / delayed-ACK stall per message.
+//
+// Choices: after PIPELINING's DATA got 354 with no recipient accepted, the engine sends a lone
+// "." (RFC 2920 §3.1), which ends the transaction without RSET. A transaction that failed with
+// MAIL accepted (no recipient, DATA refused) is cleared lazily: RSET goes first in the next
+// transaction's batch, never before QUIT. A connection lost after "." defers the message,
+// which may deliver it twice (RFC 1047). BDAT/CHUNKING is recorded but not used.
 //
 // Invariants: no syscalls, no clock reads, no logging, no exceptions, no heap allocation (all
-// buffers are fixed members); at most one command line is held per RFC 5321 §4.5.3.1.4 bound;
-// without PIPELINING at most one command is unanswered. A peer's malformed or unexpected bytes
-// end the connection with a clear reason; they never reach an assertion. Misuse of the API by
-// the embedder (e.g. start_transaction() when not ready) is a programmer error and asserts.
+// buffers are fixed members, ~10 KiB a session); every command is one CRLF-terminated line of
+// at most client_command_bytes_max, and nothing from an envelope can add a CR or LF to it;
+// without PIPELINING at most one command is unanswered. A reply can only answer a command
+// already handed out through consume_output(); anything else is unexpected. A peer's
+// malformed or unexpected bytes end the connection with a clear reason; they never reach an
+// assertion. Misuse of the API by the embedder (e.g. start_transaction() when not ready) is a
+// programmer error and asserts.
 #pragma once
 
 #include <cstddef>
