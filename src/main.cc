@@ -17,7 +17,8 @@ void print_help() {
   std::printf(
       "usage: ringmta [--config FILE] [flags]      run the mail transfer agent\n"
       "       ringmta spool ls [flags] [--json]    list queued messages\n"
-      "       ringmta spool cat ID [flags] [--wire] print a queued message\n\n"
+      "       ringmta spool cat ID [flags] [--wire] print a queued message\n"
+      "       ringmta spool export DIR [flags]     write every queued message to DIR/<id>.eml\n\n"
       "Every setting has a flag (flags override the file):\n%s",
       ringmta::config::help_text().c_str());
 }
@@ -27,19 +28,22 @@ int spool_command(int argc, const char* const* argv) {
   //       ringmta spool cat ID [settings flags...] [--wire]
   const bool list = argc >= 3 && std::strcmp(argv[2], "ls") == 0;
   const bool cat = argc >= 4 && std::strcmp(argv[2], "cat") == 0;
-  if (!list && !cat) {
-    std::fprintf(stderr, "ringmta: usage: ringmta spool ls [--json] | ringmta spool cat ID\n");
+  const bool dump = argc >= 4 && std::strcmp(argv[2], "export") == 0;
+  if (!list && !cat && !dump) {
+    std::fprintf(stderr, "ringmta: usage: ringmta spool ls [--json] | ringmta spool cat ID | "
+                         "ringmta spool export DIR\n");
     return 2;
   }
   bool json = false, wire = false;
   std::vector<const char*> rest = {argv[0]};
-  for (int i = cat ? 4 : 3; i < argc; ++i) {
+  for (int i = list ? 3 : 4; i < argc; ++i) {
     if (std::strcmp(argv[i], "--json") == 0) json = true;
     else if (std::strcmp(argv[i], "--wire") == 0) wire = true;
     else rest.push_back(argv[i]);
   }
   const auto settings = ringmta::config::load(static_cast<int>(rest.size()), rest.data());
   if (cat) return ringmta::server::cat_spool_command(settings.spool_dir, argv[3], wire);
+  if (dump) return ringmta::server::export_spool_command(settings.spool_dir, argv[3], wire);
   return ringmta::server::list_spool_command(settings.spool_dir, json);
 }
 

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -177,14 +178,11 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   ::signal(SIGPIPE, SIG_IGN);
 
   // Spool: recover every shard before taking any connection.
-  if (::mkdir(settings.spool_dir.c_str(), 0750) < 0 && errno != EEXIST)
-    throw config::error(fmt::format("{}: cannot create spool directory: {}", settings.spool_dir,
-                                    std::strerror(errno)));
   check_spool_shards(settings.spool_dir, shards);
   std::vector<std::unique_ptr<spool::store>> stores;
   for (unsigned shard = 0; shard < shards; ++shard) {
     if (auto made = spool::make_shard_directory(settings.spool_dir, shard); !made)
-      throw config::error(fmt::format("{}: cannot create shard directory: {}",
+      throw config::error(fmt::format("{}: cannot create spool directory: {}",
                                       settings.spool_dir, made.error_text()));
     const std::string directory = spool::shard_directory(settings.spool_dir, shard);
     auto recovered = spool::recover(directory, shard);
@@ -303,53 +301,122 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   return 0;
 }
 
+namespace {
+
+// Reads queued messages of one shard directory without changing anything on disk: a store
+// over the recovered files answers read(); its own start-up operations (a new segment, a
+// journal snapshot) are never performed.
+class spool_reader {
+ public:
+  static core::result<std::unique_ptr<spool_reader>> open(const std::string& spool_directory,
+                                                          std::uint32_t shard) {
+    const std::string directory = spool::shard_directory(spool_directory, shard);
+    auto recovered = spool::recover(directory, shard);
+    if (!recovered) return core::fail(recovered.error());
+    spool::store_config settings;
+    settings.directory = directory;
+    settings.shard = shard;
+    return std::unique_ptr<spool_reader>(
+        new spool_reader(std::make_unique<spool::store>(settings, std::move(recovered).value())));
+  }
+
+  std::vector<spool::message_id> queued() const {
+    std::vector<spool::message_id> ids;
+    _store->for_each_message([&](const spool::message_entry& entry) {
+      if (entry.status == spool::message_status::queued) ids.push_back(entry.id);
+    });
+    std::sort(ids.begin(), ids.end());
+    return ids;
+  }
+
+  // The message as stored (wire form) or, unless `wire`, as the client sent it.
+  core::result<std::string> message(spool::message_id id, bool wire) const {
+    auto stored = _store->read(id);
+    if (!stored) return core::fail(stored.error());
+    std::string body;
+    for (const auto& slice : stored.value().body) {
+      const std::size_t at = body.size();
+      body.resize(at + slice.length);
+      if (::pread(slice.fd, body.data() + at, slice.length, static_cast<off_t>(slice.offset)) !=
+          static_cast<ssize_t>(slice.length))
+        return core::fail(EIO);
+    }
+    if (wire) return body;
+    std::string plain;  // undo dot-stuffing (RFC 5321 §4.5.2)
+    plain.reserve(body.size());
+    bool line_start = true;
+    for (const char c : body) {
+      if (!(line_start && c == '.')) plain.push_back(c);
+      line_start = c == '\n';
+    }
+    return plain;
+  }
+
+ private:
+  explicit spool_reader(std::unique_ptr<spool::store> store) : _store(std::move(store)) {}
+  std::unique_ptr<spool::store> _store;
+};
+
+std::vector<std::uint32_t> shards_in(const std::string& spool_directory) {
+  std::vector<std::uint32_t> shards;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(spool_directory, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("shard-", 0) == 0 && name.size() > 6)
+      shards.push_back(static_cast<std::uint32_t>(std::strtoul(name.c_str() + 6, nullptr, 10)));
+  }
+  std::sort(shards.begin(), shards.end());
+  return shards;
+}
+
+}  // namespace
+
 int cat_spool_command(const std::string& spool_directory, const std::string& id_text, bool wire) {
   const auto id = spool::parse_message_id(id_text);
   if (!id) {
     std::fprintf(stderr, "ringmta: '%s' is not a message id (16 hex digits)\n", id_text.c_str());
     return 2;
   }
-  const std::uint32_t shard = spool::message_id_shard(*id);
-  const std::string directory = spool::shard_directory(spool_directory, shard);
-  auto recovered = spool::recover(directory, shard);
-  if (!recovered) {
-    std::fprintf(stderr, "ringmta: %s: %s\n", directory.c_str(), recovered.error_text());
-    return 1;
-  }
-  // A store over the recovered files answers read(); its own start-up operations (a new
-  // segment, a journal snapshot) are never performed, so nothing on disk changes.
-  spool::store_config settings;
-  settings.directory = directory;
-  settings.shard = shard;
-  spool::store reader(settings, std::move(recovered).value());
-  auto message = reader.read(*id);
+  auto reader = spool_reader::open(spool_directory, spool::message_id_shard(*id));
+  auto message = reader ? reader.value()->message(*id, wire)
+                        : core::result<std::string>(core::fail(reader.error()));
   if (!message) {
-    std::fprintf(stderr, "ringmta: %s: no such queued message (%s)\n", id_text.c_str(),
-                 message.error_text());
+    std::fprintf(stderr, "ringmta: %s: %s\n", id_text.c_str(), message.error_text());
     return 1;
   }
-  std::string body;
-  for (const auto& slice : message.value().body) {
-    const std::size_t at = body.size();
-    body.resize(at + slice.length);
-    if (::pread(slice.fd, body.data() + at, slice.length, static_cast<off_t>(slice.offset)) !=
-        static_cast<ssize_t>(slice.length)) {
-      std::fprintf(stderr, "ringmta: %s: short read\n", id_text.c_str());
-      return 1;
-    }
-  }
-  if (!wire) {  // undo dot-stuffing (RFC 5321 §4.5.2): what the client's message was
-    std::string plain;
-    plain.reserve(body.size());
-    bool line_start = true;
-    for (std::size_t i = 0; i < body.size(); ++i) {
-      if (!(line_start && body[i] == '.')) plain.push_back(body[i]);
-      line_start = body[i] == '\n';
-    }
-    body.swap(plain);
-  }
-  std::fwrite(body.data(), 1, body.size(), stdout);
+  std::fwrite(message.value().data(), 1, message.value().size(), stdout);
   return 0;
+}
+
+int export_spool_command(const std::string& spool_directory, const std::string& out_directory,
+                         bool wire) {
+  std::size_t written = 0, failed = 0;
+  for (const std::uint32_t shard : shards_in(spool_directory)) {
+    auto reader = spool_reader::open(spool_directory, shard);
+    if (!reader) {
+      std::fprintf(stderr, "ringmta: shard-%u: %s\n", shard, reader.error_text());
+      ++failed;
+      continue;
+    }
+    for (const spool::message_id id : reader.value()->queued()) {
+      const auto name = spool::format_message_id(id);
+      auto message = reader.value()->message(id, wire);
+      std::FILE* out = message ? std::fopen((out_directory + "/" + name.data() + ".eml").c_str(),
+                                            "wb")
+                               : nullptr;
+      if (out == nullptr ||
+          std::fwrite(message.value().data(), 1, message.value().size(), out) !=
+              message.value().size()) {
+        std::fprintf(stderr, "ringmta: %s: cannot export\n", name.data());
+        ++failed;
+      } else {
+        ++written;
+      }
+      if (out != nullptr) std::fclose(out);
+    }
+  }
+  std::printf("%zu messages exported to %s\n", written, out_directory.c_str());
+  return failed == 0 ? 0 : 1;
 }
 
 int list_spool_command(const std::string& spool_directory, bool json) {

@@ -33,9 +33,35 @@ std::string shard_directory(const std::string& spool_directory, std::uint32_t sh
   return spool_directory + "/shard-" + std::to_string(shard);
 }
 
+namespace {
+
+// A new directory entry is durable only once its parent directory is synced (POSIX; ext4
+// happens to journal it, a power-loss-strict filesystem does not).
+core::result<void> sync_directory(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return core::fail(errno);
+  const int synced = ::fsync(fd);
+  const int error = errno;
+  ::close(fd);
+  if (synced != 0) return core::fail(error);
+  return {};
+}
+
+std::string parent_of(const std::string& path) {
+  const auto slash = path.find_last_of('/', path.size() > 1 ? path.size() - 2 : 0);
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
 core::result<void> make_shard_directory(const std::string& spool_directory, std::uint32_t shard) {
   for (const auto& path : {spool_directory, shard_directory(spool_directory, shard)}) {
-    if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST) return core::fail(errno);
+    if (::mkdir(path.c_str(), 0750) != 0) {
+      if (errno != EEXIST) return core::fail(errno);
+      continue;
+    }
+    if (auto synced = sync_directory(parent_of(path)); !synced) return synced;
   }
   return {};
 }

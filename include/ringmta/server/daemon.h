@@ -34,4 +34,8 @@ int list_spool_command(const std::string& spool_directory, bool json);
 // dot-stuffed), our Received: header first. Read-only. Returns exit status.
 int cat_spool_command(const std::string& spool_directory, const std::string& id, bool wire);
 
+// `ringmta spool export DIR`: writes every queued message to DIR/<id>.eml as `spool cat` would.
+int export_spool_command(const std::string& spool_directory, const std::string& out_directory,
+                         bool wire);
+
 }  // namespace ringmta::server

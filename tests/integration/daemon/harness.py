@@ -7,6 +7,7 @@ import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -193,3 +194,121 @@ def queued_id(reply_text):
 def unstuff(wire):
     """Wire-form body lines starting with '..' lose one dot (RFC 5321 §4.5.2)."""
     return re.sub(rb"(^|\r\n)\.", rb"\1", wire)
+
+
+def received_header_and_body(stored):
+    """Splits our Received: header (folded lines ending with the date) from the message."""
+    assert stored.startswith(b"Received: from "), stored[:80]
+    end = stored.index(b"\r\n", stored.index(b" +0000")) + 2
+    return stored[:end], stored[end:]
+
+
+def test_message(run, n):
+    """Deterministic message n of a run: sizes from 300 octets to ~200 KiB, dot lines."""
+    size = (300, 3000, 30000, 200000)[n % 4] + n % 97
+    line = f"{run}-{n} " + "abcdefghijklmnopqrstuvwxyz0123456789" * 2
+    body = []
+    total = 0
+    i = 0
+    while total < size:
+        text = ("." if i % 7 == 0 else "") + line[: 20 + (n + i) % 60]
+        body.append(text)
+        total += len(text) + 2
+        i += 1
+    return (f"X-Test-Id: {run}-{n}\r\nSubject: message {n}\r\n\r\n" +
+            "\r\n".join(body) + "\r\n").encode()
+
+
+def dot_stuff(message):
+    return re.sub(rb"(^|\r\n)\.", rb"\1..", message)
+
+
+class Load:
+    """Threads that keep delivering test messages (several per connection) and record which
+    got 250, until stop(). Connection errors (the server was killed) end the thread."""
+
+    def __init__(self, port, run, threads=6, per_connection=5, first=0):
+        self.port, self.run, self.per_connection = port, run, per_connection
+        self.acked = {}        # message number -> queue id
+        self.attempted = set()
+        self._next = first
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(threads)]
+
+    def start(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def next_number(self):
+        with self._lock:
+            n = self._next
+            self._next += 1
+            return n
+
+    def _work(self):
+        while not self._stop.is_set():
+            try:
+                c = Conversation(self.port, timeout=15)
+                if c.reply()[0] != 220 or c.command("EHLO load.test")[0] != 250:
+                    return
+                for _ in range(self.per_connection):
+                    if self._stop.is_set():
+                        break
+                    n = self.next_number()
+                    with self._lock:
+                        self.attempted.add(n)
+                    c.send(f"MAIL FROM:<load@client.test>\r\nRCPT TO:<n{n}@example.com>\r\n"
+                           "DATA\r\n")
+                    codes = [c.reply()[0] for _ in range(3)]
+                    if codes != [250, 250, 354]:
+                        return
+                    c.send(dot_stuff(test_message(self.run, n)) + b".\r\n")
+                    code, text = c.reply()
+                    if code == 250:
+                        with self._lock:
+                            self.acked[n] = queued_id(text)
+                    elif code is None:
+                        return
+                c.command("QUIT")
+                c.close()
+            except OSError:
+                return
+
+
+def export_spool(binary, spool):
+    """{queue id: message as the client sent it} for every queued message."""
+    out = tempfile.mkdtemp(prefix="ringmta-export-")
+    subprocess.run([binary, "spool", "export", out, "--spool", spool], capture_output=True,
+                   timeout=300, check=True)
+    messages = {}
+    for name in os.listdir(out):
+        with open(os.path.join(out, name), "rb") as f:
+            messages[name[:-4]] = f.read()
+    shutil.rmtree(out, ignore_errors=True)
+    return messages
+
+
+def verify_spool(binary, spool, run, acked):
+    """Checks the crash guarantees. Returns (missing acked, corrupt, unacked complete)."""
+    by_number = {}
+    corrupt = []
+    for queue_id, stored in export_spool(binary, spool).items():
+        _, message = received_header_and_body(stored)
+        match = re.match(rb"X-Test-Id: ([^\r]+)-(\d+)\r\n", message)
+        if not match or match.group(1).decode() != run:
+            corrupt.append(queue_id)
+            continue
+        n = int(match.group(2))
+        if message != test_message(run, n):
+            corrupt.append(queue_id)
+        by_number.setdefault(n, []).append(queue_id)
+    missing = [n for n in acked if n not in by_number]
+    unacked = [n for n in by_number if n not in acked]
+    return missing, corrupt, unacked

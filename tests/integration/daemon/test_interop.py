@@ -9,18 +9,11 @@ import smtplib
 import subprocess
 import sys
 
-from harness import Daemon, Tap, queued_id, spool_cat, spool_list
+from harness import Daemon, Tap, queued_id, received_header_and_body, spool_cat, spool_list
 
 tap = Tap()
 binary = sys.argv[1]
 daemon = Daemon(binary).start()
-
-
-def received_header_and_body(stored):
-    """Splits our Received: header (4 folded lines) from the message the client sent."""
-    assert stored.startswith(b"Received: from ")
-    end = stored.index(b"\r\n", stored.index(b" +0000")) + 2
-    return stored[:end], stored[end:]
 
 
 # --- smtplib: messages whose wire form needs care: leading dots, long lines, 8-bit, CRLF.
