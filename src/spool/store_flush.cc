@@ -23,7 +23,8 @@ void store::flush() noexcept {
     _create_error = 0;
     request_segment();
   }
-  if (_journal_create_error != 0 && !_creating_journal && _journal_spare == nullptr) {
+  if ((_journal_create_error != 0 || _snapshot_needed) && !_creating_journal &&
+      _journal_spare == nullptr) {
     _journal_create_error = 0;
     request_journal();
   }
@@ -258,8 +259,11 @@ void store::finish_journal_part() noexcept {
       _journal->role = file_role::sealed;
       _journal = nullptr;
     }
+    // A snapshot that failed holds nothing the older journals do not: remove its file. The
+    // next attempt waits for the next flush(), so a broken disk costs one try per loop
+    // iteration, not a storm of new files.
+    if (f.journal_snapshot) request_remove(*f.journal_file);
     _snapshot_needed = true;
-    request_journal();
   } else {
     for (const auto& [ticket, id] : batch.tickets) push_event(event_kind::marked, ticket, id, 0);
     for (message_id id : batch.finals) {

@@ -31,6 +31,7 @@ class recording_driver {
 
   std::function<std::int64_t(const operation&)> fault;  // < 0: fail the op with that result
   std::vector<event> events;
+  std::map<int, std::string> fd_paths;  // files created so far
   std::size_t durable_checked = 0;
 
   bool run_one() {
@@ -41,6 +42,9 @@ class recording_driver {
     _queue.erase(_queue.begin() + static_cast<std::ptrdiff_t>(pick));
     std::int64_t result = fault ? fault(op) : 0;
     if (result >= 0) result = perform(op);
+    if (result >= 0 && op.kind == operation_kind::create_file) {
+      fd_paths[static_cast<int>(result)] = op.path;
+    }
     if (result >= 0 && op.kind == operation_kind::write) {
       _writes.push_back({op.fd, op.offset, op.bytes, _step});
     }
@@ -613,6 +617,53 @@ TEST(spool_backpressure, append_takes_no_more_than_the_buffers_hold) {
   EXPECT_EQ(test::read_body(stored.value()), body);
   // One range per data record (64 KiB here) plus one per segment switch: not one per append.
   EXPECT_LE(stored.value().body.size(), body.size() / config.data_record_bytes_max + 8);
+}
+
+TEST(spool_faults, failed_journal_write_is_rewritten_as_a_snapshot) {
+  test::temp_dir dir;
+  const auto config = test::small_config(dir.shard(0));
+  std::map<message_id, sent> log;
+  auto target = open_store(config);
+  recording_driver driver(*target);
+  bool journal_broken = false;
+  driver.fault = [&](const operation& op) -> std::int64_t {
+    const bool journal = driver.fd_paths[op.fd].find("journal-") != std::string::npos;
+    return journal_broken && journal && op.kind == operation_kind::write ? -EIO : 0;
+  };
+  driver.run();
+  for (std::uint32_t i = 0; i < 10; ++i) ASSERT_TRUE(send(*target, driver, i, 500, log).ok());
+  target->flush();
+  driver.run();
+  journal_broken = true;
+  std::vector<message_id> ids;
+  for (const auto& [id, message] : log) ids.push_back(id);
+  for (std::size_t i = 0; i < 5; ++i) {
+    ASSERT_TRUE(target->mark(ids[i], 0, {recipient_state::delivered, 1, 0}).ok());
+  }
+  target->flush();
+  driver.run();
+  std::size_t failed_marks = 0;
+  for (const auto& item : driver.events) {
+    failed_marks += item.kind == event_kind::marked && item.error == EIO ? 1 : 0;
+  }
+  EXPECT_EQ(failed_marks, 5u);
+  EXPECT_EQ(target->find(ids[0])->recipients[0].state, recipient_state::delivered);
+  journal_broken = false;
+  ASSERT_TRUE(target->mark(ids[9], 1, {recipient_state::deferred, 2, 777}).ok());
+  target->flush();
+  driver.run();
+  EXPECT_LE(target->stats().journal_snapshots, 4u);  // one try per flush, no storm
+  target.reset();
+  auto recovered = recover(config.directory, 0);
+  ASSERT_TRUE(recovered.ok());
+  EXPECT_EQ(recovered.value().journals.size(), 1u);  // failed attempts were removed
+  std::map<message_id, message_entry> entries;
+  for (auto& entry : recovered.value().messages) entries[entry.id] = entry;
+  for (std::size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(entries[ids[i]].recipients[0].state, recipient_state::delivered) << i;
+  }
+  EXPECT_EQ(entries[ids[9]].recipients[1],
+            (recipient_status{recipient_state::deferred, 2, 777}));
 }
 
 TEST(spool_backpressure, commit_without_recipients_is_refused) {
