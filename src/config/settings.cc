@@ -238,6 +238,12 @@ const std::vector<setting_spec>& table() {
      [](settings& s, const values& v) { s.greeting_delay_ms = parse_milliseconds(one(v)); }},
     {"spool.dir", "--spool", "DIR", arity::one, "spool directory",
      [](settings& s, const values& v) { s.spool_dir = one(v); }},
+    {"spool.segment_size", "--spool-segment-size", "BYTES", arity::one,
+     "size of each preallocated spool segment file (1M or more)",
+     [](settings& s, const values& v) {
+       s.spool_segment_bytes = parse_bytes(one(v));
+       if (s.spool_segment_bytes < (1u << 20)) expected("a size of at least 1M", one(v));
+     }},
     {"spool.unsafe_no_fsync", "--unsafe-no-fsync", "", arity::flag,
      "DEBUG ONLY: answer 250 without fdatasync (loses mail on power failure)",
      [](settings& s, const values& v) { s.unsafe_no_fsync = parse_bool(one(v)); }},

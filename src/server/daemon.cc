@@ -200,6 +200,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     store_settings.directory = directory;
     store_settings.shard = shard;
     store_settings.random_seed = spool::random_seed();
+    store_settings.segment_bytes = settings.spool_segment_bytes;
     stores.push_back(
         std::make_unique<spool::store>(store_settings, std::move(recovered).value()));
   }

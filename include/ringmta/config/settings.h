@@ -62,6 +62,7 @@ struct settings {
   // [spool]
   std::string spool_dir = "/var/spool/ringmta";
   bool unsafe_no_fsync = false;  // debug only: breaks "250 means durable"
+  std::uint64_t spool_segment_bytes = 64ull << 20;  // size of each preallocated segment file
 
   // [relay]
   std::vector<std::string> relay_domains;  // accepted for any client
