@@ -1,6 +1,7 @@
 #include "ringmta/server/daemon.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -171,6 +172,13 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   if (settings.unsafe_no_fsync)
     log_event(format, "warning",
               "--unsafe-no-fsync: 250 replies do not wait for fdatasync; mail is lost on a crash");
+
+  // One fd per connection: take every descriptor the hard limit allows.
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
 
   // Signals go to the main thread only: block them before any thread starts.
   const sigset_t signals = termination_signals();

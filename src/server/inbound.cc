@@ -177,6 +177,7 @@ inbound_server::inbound_server(const inbound_config& config, shard::shard& owner
   for (std::uint32_t slot = config.sessions_per_shard_max; slot-- > 0;) _free_slots.push_back(slot);
   _waiting.reserve(config.sessions_per_shard_max);
   _retrying.reserve(config.sessions_per_shard_max);
+  _greeting = "220 " + config.hostname + " " + config.greeting_text + "\r\n";
 }
 
 inbound_server::~inbound_server() {

@@ -68,7 +68,6 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   message_error = 0;
   ops_in_flight = 0;
   proxy_bytes.clear();
-  session.emplace(config.engine, *this);
   if (awaiting_proxy) {  // policy waits for the real client address in the PROXY header
     arm_receive();
     schedule(timer_purpose::proxy_header, config.timeout_proxy_header_ms);
@@ -94,11 +93,21 @@ void connection::admit() noexcept {
   greet();
 }
 
+// The greeting is a fixed text, sent without a session: an idle connection costs only this
+// small struct, and the ~12 KiB protocol engine is created when the client first speaks.
 void connection::greet() noexcept {
-  session->start();
+  literal = server.greeting();
   greeted = true;
   restart_timer();
   pump();
+}
+
+void connection::ensure_session() noexcept {
+  if (session) return;
+  session = std::make_unique<smtp::server_session>(server.config().engine, *this);
+  session->start();
+  RINGMTA_ASSERT(session->output() == server.greeting());  // the one the client already has
+  session->consume_output(session->output().size());
 }
 
 // Parses the PROXY header from what arrived; true once the session can start.
@@ -138,6 +147,11 @@ void connection::pump() noexcept {
   if (!literal.empty()) return send_output();
   if (close_after_literal) return close();
   if (!greeted) return;
+  if (holding) ensure_session();
+  if (!session) {  // greeted, nothing received yet
+    if (!recv_armed && !waiting_for_spool) arm_receive();
+    return;
+  }
   if (commit_retry) retry_commit();
   if (holding) feed_held();
   if (!session->output().empty()) return send_output();
@@ -270,6 +284,7 @@ void connection::on_timeout() noexcept {
   server.metrics().timeouts.add();
   // RFC 5321 §4.5.3.2: 421 and close. If the client does not even read that, close hard.
   schedule(timer_purpose::hard_close, hard_close_ms);
+  ensure_session();
   session->on_timeout();
   pump();
 }
@@ -278,6 +293,7 @@ void connection::shutdown_now() noexcept {
   if (closing || close_after_literal) return;
   schedule(timer_purpose::hard_close, hard_close_ms);
   if (!greeted || awaiting_proxy) return close();
+  ensure_session();
   session->shutdown();
   pump();
 }

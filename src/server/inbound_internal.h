@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,7 +38,7 @@ struct connection final : smtp::server_handler {
   std::uint32_t generation = 0;
   int fd = -1;
   core::endpoint peer;
-  std::optional<smtp::server_session> session;
+  std::unique_ptr<smtp::server_session> session;  // created when the client first speaks
   connection_timer timer;
   timer_purpose timer_use = timer_purpose::command;
 
@@ -102,6 +103,7 @@ struct connection final : smtp::server_handler {
   bool take_proxy_header(std::string_view bytes) noexcept;
   void admit() noexcept;
   void greet() noexcept;
+  void ensure_session() noexcept;
   void send_literal_and_close(std::string_view reply) noexcept;
   void schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept;
   void finish_close() noexcept;
@@ -158,6 +160,7 @@ class inbound_server final : public shard::completion_handler {
   ticket_table& tickets() noexcept { return _tickets; }
   bool shutting_down() const noexcept { return _shutting_down; }
   bool spool_has_room() const noexcept;
+  std::string_view greeting() const noexcept { return _greeting; }
   void wait_for_spool(connection& c) noexcept;
   std::uint64_t user_data(io::op_kind kind, const connection& c) const noexcept {
     return io::pack_user_data(kind, c.generation, c.slot);
@@ -188,6 +191,7 @@ class inbound_server final : public shard::completion_handler {
   std::vector<std::uint32_t> _free_slots;
   std::vector<std::uint32_t> _waiting;   // slots waiting for spool room or a commit retry
   std::vector<std::uint32_t> _retrying;  // _waiting being retried
+  std::string _greeting;  // "220 <hostname> <text>\r\n", what server_session::start() writes
   std::uint32_t _live = 0;
   bool _shutting_down = false;
   struct grace_timer : core::timer_node {

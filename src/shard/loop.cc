@@ -179,6 +179,10 @@ void shard::run() noexcept {
     (void)_ring.submit_and_wait(may_sleep && wait_ns > 0 ? 1 : 0, wait_ns);
     _sleeping.store(false, std::memory_order_relaxed);
     _wake_pending.store(false, std::memory_order_seq_cst);
+    // The wait may have lasted long: handlers must see the time after it, or a timeout they
+    // schedule "after N ms" would be measured from before the sleep and fire early.
+    _now_ms = monotonic_ms();
+    _counters.timers_fired += _timers.advance(_now_ms);
     dispatch_all();
   }
 }
