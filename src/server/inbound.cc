@@ -298,8 +298,7 @@ void inbound_server::release(connection& c) noexcept {
 
 bool inbound_server::spool_has_room() const noexcept {
   // A feed hands the spool at most one receive buffer of body plus a Received: header.
-  const auto stats = _store.stats();
-  return stats.buffered_bytes + 2 * std::uint64_t{_config.receive_buffer_bytes} <=
+  return _store.buffered_bytes() + 2 * std::uint64_t{_config.receive_buffer_bytes} <=
          _store.config().buffered_bytes_max;
 }
 

@@ -145,7 +145,9 @@ class store {
   void complete(std::uint64_t token, std::int64_t result) noexcept;
   bool next_event(event& out) noexcept;
   bool idle() const noexcept;  // nothing buffered, in flight or waiting to be performed
-  store_stats stats() const noexcept;
+  store_stats stats() const noexcept;  // walks the index (queued count): not per message
+  // Bytes in the open and in-flight batches; append() pushes back past buffered_bytes_max.
+  std::uint64_t buffered_bytes() const noexcept { return _buffered_bytes; }
   const store_config& config() const noexcept { return _config; }
 
  private:
