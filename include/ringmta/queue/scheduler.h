@@ -1,0 +1,317 @@
+// queue::scheduler: one shard's delivery queues, per destination (a recipient domain, a route
+// or the smarthost), with retry scheduling, connection and rate limits, lifetime expiry and
+// operator actions. Pure: time comes in as wall-clock milliseconds (`now_ms`, the same clock
+// as the spool's seconds ×1000), jitter from a seeded generator, no syscalls, no I/O, no
+// threads, no exceptions on the data path. One scheduler per shard; not thread-safe.
+//
+// Work unit: a job = one message's recipients (indices into its envelope) for one
+// destination. The embedder owns the message; a job is a 64-byte record in a slab (see
+// "Memory" below). Every job is in exactly one place: the destination's ready list (FIFO),
+// its scheduled heap (ordered by next attempt), or in flight (taken by a connection). Each
+// job leaves the scheduler exactly once: delivered(), failed(), deferred() → expired or
+// bounced, or an event (expired / bounced_by_operator). Nothing is ever dropped silently.
+//
+// Embedder loop (one shard):
+//   add(...)                           at reception (or recovery, with the stored attempt time)
+//   timer at next_wakeup_ms(); poll(now, out) → connect requests: open one connection each
+//   on connected:  take_for_connection(c, now) → job | throttled(retry_at) | none | close
+//   per job:       delivered() / failed() / deferred(..., keep_mask) with the client's results
+//   on connect failure (refused, all MX failed, DNS failure, 421 greeting): connection_failed()
+//     → the whole destination backs off to one shared time (RFC 5321 §4.5.4.1: don't hammer)
+//   connection_closed() when a connection ends; drain next_event() after any call.
+// Calls may move the wake-up earlier (a closed connection frees a slot, a job arrives):
+// read next_wakeup_ms() again after each batch of calls.
+//
+// Retry schedule: attempt n (1-based, counted in the job) that ends in deferral waits
+// retry_delays_ms[min(n, size) - 1] ± jitter; the next attempt never lands later than the
+// message's expiry time, and a deferral at or after expiry (received + lifetime_max_ms)
+// expires the job instead (the caller bounces: RFC 5321 §4.5.4.1 give-up time).
+// Destination-wide backoff uses the destination's count of consecutive connection failures
+// in the same schedule; after it the destination probes with one connection until a
+// connection succeeds (take_for_connection is the proof of success).
+//
+// Memory: 64 bytes per job record (static_assert below) + 16 bytes per scheduled job (heap
+// entry) + 4 bytes per free slot; containers grow geometrically, so up to 2x that in slack.
+// About 80-100 bytes per queued job; 10 M jobs ~ 1 GiB. Per destination ~ 250 bytes + name.
+// Error texts are interned (refcounted, bounded count), a job holds a 4-byte reference.
+//
+// Never: reads a clock, allocates per job beyond amortized containers, or throws after
+// construction. Misuse (a stale handle, an outcome for a job not in flight) asserts.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ringmta/queue/status.h"
+#include "ringmta/spool/message_id.h"
+
+namespace ringmta::queue {
+
+inline constexpr std::int64_t no_wakeup_ms = std::numeric_limits<std::int64_t>::max();
+inline constexpr std::size_t destination_name_bytes_max = 255 + 32;  // domain or route name
+inline constexpr std::size_t error_text_bytes_max = 512;             // longer texts are cut
+inline constexpr unsigned job_recipients_max = 64;                   // recipient window of a job
+
+struct destination_limits {
+  std::uint32_t connections_max = 10;               // concurrent connections (>= 1)
+  std::uint32_t messages_per_connection_max = 100;  // 0: unlimited
+  // Token bucket: rate_messages per rate_period_ms, at most rate_burst banked. Exact integer
+  // arithmetic (one message costs rate_period_ms units, each ms adds rate_messages units).
+  std::uint32_t rate_messages = 0;                  // 0: no rate limit
+  std::uint32_t rate_period_ms = 1000;
+  std::uint32_t rate_burst = 1;                     // >= 1
+  std::uint32_t recipients_per_transaction_max = 50;  // 1..64; add() splits larger jobs
+  bool operator==(const destination_limits&) const = default;
+};
+
+struct scheduler_config {
+  destination_limits limits;  // defaults; set_limits() overrides per destination name
+  // Delay after the n-th failed attempt; the last one repeats. Must not be empty.
+  std::vector<std::int64_t> retry_delays_ms = {5 * 60'000, 15 * 60'000, 30 * 60'000,
+                                                60 * 60'000, 2 * 3'600'000, 4 * 3'600'000};
+  std::uint32_t jitter_permille = 100;                   // ±10% of each delay
+  std::int64_t lifetime_max_ms = 5 * 86'400'000LL;       // then expire (bounce)
+  std::int64_t delay_warning_ms = 4 * 3'600'000LL;       // "delayed" DSN once; 0: never
+  std::int64_t idle_forget_ms = 3'600'000;               // idle destination state is dropped
+  std::uint32_t destinations_max = 100'000;
+  std::uint32_t jobs_per_destination_max = 1'000'000;
+  std::uint32_t jobs_max = 10'000'000;                   // whole shard
+  std::uint32_t connections_max = 4096;                  // whole shard
+  std::uint32_t error_texts_max = 4096;                  // distinct retained error texts
+  std::uint64_t random_seed = 1;                         // jitter source (splitmix64)
+};
+
+struct destination_id {
+  std::uint32_t slot = 0;
+  std::uint32_t generation = 0;
+  bool operator==(const destination_id&) const = default;
+};
+struct connection_id {
+  std::uint32_t slot = 0;
+  std::uint32_t generation = 0;
+  bool operator==(const connection_id&) const = default;
+};
+struct job_id {
+  std::uint32_t slot = 0;
+  std::uint32_t generation = 0;
+  bool operator==(const job_id&) const = default;
+};
+
+// One message's recipients for one destination, as the embedder hands them in.
+struct job_spec {
+  spool::message_id message = 0;
+  std::int64_t received_seconds = 0;               // the envelope's; drives lifetime expiry
+  std::span<const std::uint16_t> recipients;       // envelope indices, no duplicates
+  // Recovery from the spool: attempts already made and the stored next attempt time.
+  std::uint16_t attempts = 0;
+  std::int64_t not_before_ms = 0;                  // <= now: ready at once
+};
+
+enum class admission : std::uint8_t {
+  checked,  // reception: refuse when a limit is reached (the embedder answers 452)
+  forced,   // recovery of mail already accepted: jobs limits do not apply (never drop)
+};
+
+enum class add_status : std::uint8_t {
+  added,
+  invalid,             // empty recipients, empty or too long destination name
+  destinations_full,   // destinations_max reached and no idle destination to forget
+  destination_full,    // jobs_per_destination_max
+  jobs_full,           // jobs_max
+};
+struct add_result {
+  add_status status = add_status::invalid;
+  destination_id destination;
+  std::uint32_t jobs_added = 0;  // the recipients may be split into several jobs
+};
+
+// What the embedder gets about a job (from take_for_connection, events and list_jobs).
+// Recipient k of the job is envelope index first_recipient + b for each bit b set in mask.
+struct job_view {
+  job_id id;
+  destination_id destination;
+  spool::message_id message = 0;
+  std::uint64_t recipient_mask = 0;
+  std::uint16_t first_recipient = 0;
+  std::uint16_t attempts = 0;
+  std::int64_t received_seconds = 0;
+  std::int64_t first_attempt_ms = 0;   // 0: never attempted (second resolution)
+  std::int64_t last_attempt_ms = 0;    // 0: never attempted (second resolution)
+  std::int64_t next_attempt_ms = 0;    // meaningful when scheduled
+  std::uint16_t last_reply_code = 0;   // of the last deferral, 0 when none
+  status_code last_status;
+  std::string_view last_error;         // valid until the next call that changes the scheduler
+  template <typename Visit>
+  void for_each_recipient(Visit&& visit) const {
+    for (std::uint64_t bits = recipient_mask; bits != 0; bits &= bits - 1)
+      visit(static_cast<std::uint16_t>(first_recipient + __builtin_ctzll(bits)));
+  }
+  unsigned recipient_count() const noexcept { return __builtin_popcountll(recipient_mask); }
+};
+
+struct connect_request {
+  connection_id connection;
+  destination_id destination;
+  std::string_view name;  // valid while the connection lives
+  bool probe = false;     // first connection after a destination-wide backoff
+};
+
+enum class take_status : std::uint8_t {
+  job,        // deliver `job` on this connection
+  throttled,  // rate limit: ask again at retry_at_ms (keep the connection if you like)
+  none,       // no ready job: close, or keep it briefly and ask again
+  close,      // messages_per_connection_max reached or destination suspended: close now
+};
+struct take_result {
+  take_status status = take_status::none;
+  job_view job;
+  std::int64_t retry_at_ms = 0;
+};
+
+enum class defer_status : std::uint8_t {
+  scheduled,            // will be retried at next_attempt_ms
+  expired,              // past lifetime_max_ms: the job is gone; bounce its recipients
+  bounced_by_operator,  // bounce_all() ran while it was in flight: the job is gone; bounce
+};
+struct defer_result {
+  defer_status status = defer_status::scheduled;
+  std::int64_t next_attempt_ms = 0;
+  std::uint16_t attempts = 0;
+  bool delay_warning = false;  // first time past delay_warning_ms: send a "delayed" DSN
+};
+
+enum class event_kind : std::uint8_t {
+  expired,              // destination-wide deferral found the job past its lifetime: bounce
+  bounced_by_operator,  // bounce_all(): bounce with "bounced by operator"
+  delay_warning,        // destination-wide deferral crossed delay_warning_ms: "delayed" DSN
+};
+struct job_event {
+  event_kind kind = event_kind::expired;
+  job_view job;  // for expired/bounced the job is gone; job.id is stale
+  std::int64_t next_attempt_ms = 0;  // delay_warning: when it will be retried
+};
+
+struct destination_info {
+  destination_id id;
+  std::string_view name;
+  bool suspended = false;
+  bool probing = false;
+  std::uint32_t ready = 0;
+  std::uint32_t scheduled = 0;
+  std::uint32_t in_flight = 0;
+  std::uint32_t connections = 0;
+  std::uint32_t connection_failures = 0;  // consecutive
+  std::int64_t backoff_until_ms = 0;      // destination-wide backoff, 0: none
+  std::int64_t next_attempt_ms = 0;       // earliest scheduled job, 0: none
+  std::int64_t last_error_ms = 0;
+  std::string_view last_error;
+  destination_limits limits;
+};
+
+struct scheduler_stats {
+  std::uint64_t destinations = 0;
+  std::uint64_t jobs = 0;
+  std::uint64_t ready = 0;
+  std::uint64_t scheduled = 0;
+  std::uint64_t in_flight = 0;
+  std::uint64_t connections = 0;
+  std::uint64_t added = 0;
+  std::uint64_t delivered = 0;
+  std::uint64_t deferred = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t expired = 0;
+  std::uint64_t bounced_by_operator = 0;
+  std::uint64_t destinations_forgotten = 0;
+  std::uint64_t connection_failures = 0;
+  std::uint64_t error_texts = 0;
+  // Bytes held by the scheduler's containers (capacity, not size): jobs, heaps, lists,
+  // destination records; names and error texts counted by length. An estimate for metrics.
+  std::uint64_t memory_bytes = 0;
+};
+
+class scheduler {
+ public:
+  // Asserts a sane config (non-empty schedule, limits >= 1). Reserves nothing up front.
+  explicit scheduler(scheduler_config config);
+  ~scheduler();
+  scheduler(const scheduler&) = delete;
+  scheduler& operator=(const scheduler&) = delete;
+
+  // --- jobs in ---
+  // Splits the recipients into jobs of at most recipients_per_transaction_max recipients
+  // within one 64-index window (sorted by index). Either all of them are added or none.
+  add_result add(std::string_view destination, const job_spec& spec, std::int64_t now_ms,
+                 admission mode = admission::checked) noexcept;
+  // Whether add() with `recipient_count` recipients would be refused (for a 452 at RCPT).
+  add_status can_add(std::string_view destination, std::uint32_t job_count) const noexcept;
+
+  // --- timing and connections ---
+  std::int64_t next_wakeup_ms() noexcept;  // no_wakeup_ms when nothing is pending
+  // Moves due jobs to ready, forgets idle destinations, and appends one request per
+  // connection the embedder should open now. Returns how many were appended.
+  std::size_t poll(std::int64_t now_ms, std::vector<connect_request>& out) noexcept;
+  take_result take_for_connection(connection_id connection, std::int64_t now_ms) noexcept;
+  void connection_closed(connection_id connection, std::int64_t now_ms) noexcept;
+  // The connection could not be used at all: the destination backs off (all its ready jobs
+  // move to one shared next attempt; expired ones come out as events). Ends the connection.
+  void connection_failed(connection_id connection, std::int64_t now_ms,
+                         const failure& reason) noexcept;
+  // The same backoff without a connection (e.g. DNS says the domain has no usable MX).
+  void defer_destination(destination_id destination, std::int64_t now_ms,
+                         const failure& reason) noexcept;
+
+  // --- job outcomes (only for jobs in flight) ---
+  void delivered(job_id job, std::int64_t now_ms) noexcept;
+  void failed(job_id job, std::int64_t now_ms, const failure& reason) noexcept;
+  // Recipients in `keep_mask` (bits of job.recipient_mask) stay queued; the others got a
+  // final answer from the caller. keep_mask == 0 is delivered().
+  defer_result deferred(job_id job, std::int64_t now_ms, const failure& reason,
+                        std::uint64_t keep_mask = ~std::uint64_t{0}) noexcept;
+
+  // --- events: expired / bounced_by_operator / delay_warning jobs ---
+  // `out.job.last_error` stays valid until the next call to next_event().
+  bool next_event(job_event& out) noexcept;
+
+  // --- operator actions (by destination name; false/0 when unknown) ---
+  bool suspend(std::string_view destination, std::int64_t now_ms) noexcept;  // creates it
+  bool resume(std::string_view destination, std::int64_t now_ms) noexcept;
+  std::size_t flush(std::string_view destination, std::int64_t now_ms) noexcept;
+  std::size_t flush_all(std::int64_t now_ms) noexcept;
+  // Ready and scheduled jobs come out as bounced_by_operator events at once; jobs in flight
+  // are bounced when their connection reports them deferred. Returns the events queued.
+  std::size_t bounce_all(std::string_view destination, std::int64_t now_ms) noexcept;
+  void set_limits(std::string_view destination, const destination_limits& limits);
+  void clear_limits(std::string_view destination);
+
+  // --- inspection ---
+  bool inspect(std::string_view destination, destination_info& out) const noexcept;
+  bool inspect(destination_id destination, destination_info& out) const noexcept;
+  // Visits at most `count_max` destinations (in slot order) as destination_info.
+  template <typename Visit>
+  void list_destinations(std::size_t count_max, Visit&& visit) const {
+    destination_info info;
+    for (std::uint32_t slot = 0; slot < slot_count() && count_max > 0; ++slot) {
+      if (!info_at(slot, info)) continue;
+      visit(static_cast<const destination_info&>(info));
+      --count_max;
+    }
+  }
+  // Appends at most `count_max` jobs: in flight, then ready (in order), then scheduled.
+  std::size_t list_jobs(std::string_view destination, std::size_t count_max,
+                        std::vector<job_view>& out) const;
+  scheduler_stats stats() const noexcept;
+  const scheduler_config& config() const noexcept;
+
+ private:
+  struct state;
+  std::uint32_t slot_count() const noexcept;
+  bool info_at(std::uint32_t slot, destination_info& out) const noexcept;
+  std::unique_ptr<state> _state;
+};
+
+}  // namespace ringmta::queue

@@ -1,0 +1,197 @@
+// Internal state of queue::scheduler (scheduler.h), shared by scheduler.cc (jobs, timing,
+// connections) and scheduler_admin.cc (operator actions, inspection).
+//
+// Invariants: every live job is in exactly one of its destination's ready list, scheduled
+// heap or in-flight list, and its `state` says which; counts match the containers; a
+// destination is on the idle list exactly when it has no job, no connection and is not
+// suspended; `wake_ms` is the time of the destination's valid entry in the wake heap
+// (no_wakeup_ms: none). Heap entries that do not match are stale and skipped.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "ringmta/queue/scheduler.h"
+
+namespace ringmta::queue {
+
+inline constexpr std::uint32_t nil_slot = 0xffffffffu;
+
+enum class job_state : std::uint8_t { free, ready, scheduled, in_flight };
+enum job_flag : std::uint8_t { job_flag_delay_warned = 1, job_flag_bounce = 2 };
+
+struct job_record {
+  spool::message_id message = 0;
+  std::uint64_t mask = 0;
+  std::int64_t next_attempt_ms = 0;
+  std::uint32_t received_seconds = 0;   // epoch seconds (fits until 2106)
+  std::uint32_t first_attempt_seconds = 0;  // 0: never attempted
+  std::uint32_t last_attempt_seconds = 0;
+  std::uint32_t prev = nil_slot;        // ready / in-flight list links
+  std::uint32_t next = nil_slot;
+  std::uint32_t destination = nil_slot;
+  std::uint32_t generation = 0;
+  std::uint32_t error = 0;              // interned error text, 0: none
+  std::uint16_t attempts = 0;
+  std::uint16_t first_recipient = 0;
+  job_state state = job_state::free;
+  std::uint8_t flags = 0;
+};
+static_assert(sizeof(job_record) == 64, "bytes per job are documented in scheduler.h");
+
+struct heap_entry {
+  std::int64_t time_ms;
+  std::uint32_t slot;
+  std::uint32_t generation;  // of the job or destination the entry names
+};
+// std heap functions build a max-heap; this order makes it a min-heap on (time, slot).
+struct heap_later {
+  bool operator()(const heap_entry& a, const heap_entry& b) const noexcept {
+    return a.time_ms != b.time_ms ? a.time_ms > b.time_ms : a.slot > b.slot;
+  }
+};
+
+struct job_list {
+  std::uint32_t head = nil_slot;
+  std::uint32_t tail = nil_slot;
+  std::uint32_t count = 0;
+};
+
+struct destination_record {
+  std::string name;
+  std::uint32_t generation = 0;
+  bool live = false;
+  bool suspended = false;
+  bool probing = false;
+  bool idle = false;
+  bool starved = false;  // waiting for a shard-wide connection slot
+  destination_limits limits;
+  job_list ready;
+  job_list in_flight;
+  std::vector<heap_entry> scheduled;  // min-heap of job slots by next attempt
+  std::uint32_t connections = 0;
+  std::uint32_t connections_starting = 0;  // opened, no take_for_connection yet
+  std::uint32_t connection_failures = 0;   // consecutive
+  std::int64_t backoff_until_ms = 0;
+  std::int64_t bucket_units = 0;           // token bucket level (see destination_limits)
+  std::int64_t bucket_time_ms = 0;
+  std::int64_t wake_ms = no_wakeup_ms;
+  std::uint32_t idle_prev = nil_slot;
+  std::uint32_t idle_next = nil_slot;
+  std::int64_t idle_since_ms = 0;
+  std::uint32_t error = 0;
+  std::int64_t last_error_ms = 0;
+
+  std::uint32_t job_count() const noexcept {
+    return ready.count + in_flight.count + static_cast<std::uint32_t>(scheduled.size());
+  }
+};
+
+struct connection_record {
+  std::uint32_t destination = nil_slot;
+  std::uint32_t generation = 0;
+  std::uint32_t taken = 0;
+  bool live = false;
+  bool started = false;
+};
+
+// Interned error texts: key = 2 bytes reply code + 5 bytes status + text.
+struct error_entry {
+  std::string key;
+  std::uint32_t refs = 0;
+  std::uint16_t reply_code = 0;
+  status_code status;
+  std::string_view text() const noexcept { return std::string_view(key).substr(7); }
+};
+
+struct pending_event {
+  job_event event;
+  std::uint32_t error = 0;  // reference held while the event waits and while it is read
+};
+
+// Heterogeneous lookup by string_view in maps keyed by std::string.
+struct name_hash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view name) const noexcept {
+    return std::hash<std::string_view>{}(name);
+  }
+};
+template <typename Value>
+using name_map = std::unordered_map<std::string, Value, name_hash, std::equal_to<>>;
+
+struct scheduler::state {
+  scheduler_config config;
+  std::uint64_t random = 0;
+  std::vector<job_record> jobs;
+  std::vector<std::uint32_t> free_jobs;
+  std::uint32_t live_jobs = 0;
+  std::vector<destination_record> destinations;
+  std::vector<std::uint32_t> free_destinations;
+  std::uint32_t live_destinations = 0;
+  name_map<std::uint32_t> by_name;
+  name_map<destination_limits> overrides;
+  std::vector<connection_record> connections;
+  std::vector<std::uint32_t> free_connections;
+  std::uint32_t live_connections = 0;
+  std::vector<heap_entry> wake;  // min-heap of destinations by wake time
+  std::deque<std::uint32_t> starved;
+  std::uint32_t idle_head = nil_slot;
+  std::uint32_t idle_tail = nil_slot;
+  std::deque<error_entry> errors;  // index 0 unused; deque keeps keys in place
+  std::vector<std::uint32_t> free_errors;
+  std::unordered_map<std::string_view, std::uint32_t> error_index;
+  std::deque<pending_event> events;
+  std::uint32_t event_error_held = 0;
+  std::vector<std::uint32_t> due;            // scratch for poll()
+  std::vector<std::uint16_t> recipients;     // scratch for add()
+  scheduler_stats counters;
+
+  // errors (scheduler.cc)
+  std::uint32_t intern(const failure& reason) noexcept;
+  void retain(std::uint32_t error) noexcept;
+  void release(std::uint32_t error) noexcept;
+  // destinations
+  destination_record* find(std::string_view name) noexcept;
+  const destination_record* find(std::string_view name) const noexcept;
+  destination_record& at(destination_id id) noexcept;
+  std::uint32_t create(std::string_view name, std::int64_t now_ms) noexcept;
+  void forget(std::uint32_t slot) noexcept;
+  bool forget_one_idle(std::int64_t now_ms) noexcept;
+  void sweep_idle(std::int64_t now_ms) noexcept;
+  void update_idle(std::uint32_t slot, std::int64_t now_ms) noexcept;
+  void unlink_idle(std::uint32_t slot) noexcept;
+  void reschedule(std::uint32_t slot, std::int64_t now_ms) noexcept;
+  std::int64_t compute_wake(destination_record& d, std::int64_t now_ms) noexcept;
+  bool can_open(destination_record& d, std::int64_t now_ms) const noexcept;
+  void service(std::uint32_t slot, std::int64_t now_ms, std::vector<connect_request>& out);
+  void move_due(destination_record& d, std::int64_t now_ms) noexcept;
+  void apply_limits(destination_record& d, const destination_limits& limits) noexcept;
+  // token bucket
+  void refill(destination_record& d, std::int64_t now_ms) const noexcept;
+  std::int64_t bucket_time_for(const destination_record& d, std::uint32_t messages) const
+      noexcept;
+  // jobs
+  std::uint32_t allocate_job() noexcept;
+  void free_job(std::uint32_t slot) noexcept;
+  job_record& job_at(job_id id) noexcept;
+  void push_back(job_list& list, std::uint32_t slot) noexcept;
+  void unlink(job_list& list, std::uint32_t slot) noexcept;
+  void schedule(destination_record& d, std::uint32_t slot, std::int64_t at_ms) noexcept;
+  job_view view(std::uint32_t slot) const noexcept;
+  std::int64_t jittered(std::int64_t delay_ms) noexcept;
+  std::int64_t retry_delay(std::uint32_t attempts) noexcept;
+  std::int64_t expiry_ms(const job_record& job) const noexcept;
+  void note_attempt(job_record& job, std::int64_t now_ms, std::uint32_t error) noexcept;
+  bool warn_delay(job_record& job, std::int64_t now_ms) const noexcept;
+  void push_event(event_kind kind, std::uint32_t slot, std::int64_t next_ms) noexcept;
+  void backoff(std::uint32_t slot, std::int64_t now_ms, const failure& reason) noexcept;
+  void release_connection(connection_id id, std::int64_t now_ms) noexcept;
+  void fill_info(std::uint32_t slot, destination_info& out) const noexcept;
+};
+
+}  // namespace ringmta::queue

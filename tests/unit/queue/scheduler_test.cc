@@ -1,0 +1,706 @@
+// queue::scheduler with injected time (ms) and seeded jitter: ordering, retries, expiry,
+// limits, destination-wide backoff, operator actions, bounds and forgetting.
+#include "ringmta/queue/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <set>
+#include <vector>
+
+namespace ringmta::queue {
+namespace {
+
+constexpr std::int64_t t0 = 1'700'000'000'000;  // ms; received_seconds below are t0 / 1000
+constexpr std::int64_t t0_seconds = t0 / 1000;
+
+scheduler_config plain_config() {
+  scheduler_config config;
+  config.jitter_permille = 0;
+  config.retry_delays_ms = {1000, 5000, 60000};
+  config.delay_warning_ms = 0;
+  return config;
+}
+
+struct harness {
+  explicit harness(scheduler_config config) : queue(std::move(config)) {}
+  scheduler queue;
+  std::vector<std::uint16_t> recipients_storage;
+
+  add_result add(std::string_view destination, spool::message_id message,
+                 std::vector<std::uint16_t> recipients, std::int64_t now = t0,
+                 std::int64_t not_before = 0, std::uint16_t attempts = 0,
+                 admission mode = admission::checked) {
+    recipients_storage = std::move(recipients);
+    job_spec spec;
+    spec.message = message;
+    spec.received_seconds = t0_seconds;
+    spec.recipients = recipients_storage;
+    spec.not_before_ms = not_before;
+    spec.attempts = attempts;
+    return queue.add(destination, spec, now, mode);
+  }
+  std::vector<connect_request> poll(std::int64_t now) {
+    std::vector<connect_request> out;
+    queue.poll(now, out);
+    return out;
+  }
+  destination_info info(std::string_view name) {
+    destination_info out;
+    EXPECT_TRUE(queue.inspect(name, out)) << name;
+    return out;
+  }
+  struct event_copy {
+    event_kind kind;
+    job_view job;  // job.last_error is cleared: see error_text
+    std::string error_text;
+  };
+  std::vector<event_copy> events() {
+    std::vector<event_copy> out;
+    job_event event;
+    while (queue.next_event(event)) {
+      out.push_back(event_copy{event.kind, event.job, std::string(event.job.last_error)});
+      out.back().job.last_error = {};  // only valid until the next next_event()
+    }
+    return out;
+  }
+};
+
+const failure temporary{451, status_code{4, 3, 0}, "451 4.3.0 try again later"};
+const failure refused{0, status_code{4, 4, 1}, "connection refused"};
+
+TEST(scheduler, add_poll_take_in_order) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;
+  harness h(config);
+  EXPECT_EQ(h.queue.next_wakeup_ms(), no_wakeup_ms);
+  for (spool::message_id id = 1; id <= 3; ++id) {
+    add_result added = h.add("example.org", id, {0});
+    ASSERT_EQ(added.status, add_status::added);
+    EXPECT_EQ(added.jobs_added, 1u);
+  }
+  EXPECT_EQ(h.queue.next_wakeup_ms(), t0);
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0].name, "example.org");
+  EXPECT_FALSE(requests[0].probe);
+  EXPECT_EQ(h.poll(t0).size(), 0u);  // at the connection limit
+  for (spool::message_id id = 1; id <= 3; ++id) {
+    take_result taken = h.queue.take_for_connection(requests[0].connection, t0);
+    ASSERT_EQ(taken.status, take_status::job);
+    EXPECT_EQ(taken.job.message, id);
+    EXPECT_EQ(taken.job.attempts, 0u);
+    h.queue.delivered(taken.job.id, t0);
+  }
+  EXPECT_EQ(h.queue.take_for_connection(requests[0].connection, t0).status, take_status::none);
+  h.queue.connection_closed(requests[0].connection, t0);
+  scheduler_stats stats = h.queue.stats();
+  EXPECT_EQ(stats.jobs, 0u);
+  EXPECT_EQ(stats.delivered, 3u);
+  EXPECT_EQ(stats.connections, 0u);
+  EXPECT_EQ(h.queue.next_wakeup_ms(), no_wakeup_ms);
+}
+
+TEST(scheduler, opens_connections_up_to_the_limit_for_the_backlog) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 3;
+  harness h(config);
+  h.add("example.org", 1, {0});
+  h.add("example.org", 2, {0});
+  EXPECT_EQ(h.poll(t0).size(), 2u);  // two ready jobs: two connections
+  for (spool::message_id id = 3; id <= 10; ++id) h.add("example.org", id, {0});
+  EXPECT_EQ(h.poll(t0).size(), 1u);  // the third and last allowed
+  EXPECT_EQ(h.info("example.org").connections, 3u);
+}
+
+TEST(scheduler, recipients_split_by_window_and_transaction_limit) {
+  scheduler_config config = plain_config();
+  config.limits.recipients_per_transaction_max = 2;
+  harness h(config);
+  add_result added = h.add("example.org", 7, {70, 2, 0, 1, 1});
+  ASSERT_EQ(added.status, add_status::added);
+  EXPECT_EQ(added.jobs_added, 3u);
+  std::vector<job_view> jobs;
+  EXPECT_EQ(h.queue.list_jobs("example.org", 10, jobs), 3u);
+  std::vector<std::vector<std::uint16_t>> recipients;
+  for (const job_view& job : jobs) {
+    std::vector<std::uint16_t> indices;
+    job.for_each_recipient([&](std::uint16_t index) { indices.push_back(index); });
+    recipients.push_back(indices);
+  }
+  EXPECT_EQ(recipients, (std::vector<std::vector<std::uint16_t>>{{0, 1}, {2}, {70}}));
+
+  // Without the transaction limit, the 64-index window still splits 0 and 70.
+  harness wide(plain_config());
+  EXPECT_EQ(wide.add("example.org", 7, {0, 63, 64}).jobs_added, 2u);
+  EXPECT_EQ(wide.add("example.org", 8, {}).status, add_status::invalid);
+  EXPECT_EQ(wide.add("", 8, {1}).status, add_status::invalid);
+}
+
+// Takes the single job of a one-connection destination.
+job_view take_one(harness& h, std::string_view destination, std::int64_t now,
+                  connection_id& connection) {
+  auto requests = h.poll(now);
+  EXPECT_EQ(requests.size(), 1u) << destination;
+  if (requests.empty()) return {};
+  connection = requests[0].connection;
+  take_result taken = h.queue.take_for_connection(connection, now);
+  EXPECT_EQ(taken.status, take_status::job);
+  return taken.job;
+}
+
+TEST(scheduler, retry_schedule_counts_attempts_and_repeats_the_last_delay) {
+  harness h(plain_config());
+  h.add("example.org", 1, {0, 1});
+  std::int64_t now = t0;
+  const std::int64_t expected[] = {1000, 5000, 60000, 60000};
+  for (std::uint16_t attempt = 1; attempt <= 4; ++attempt) {
+    connection_id connection;
+    job_view job = take_one(h, "example.org", now, connection);
+    EXPECT_EQ(job.attempts, attempt - 1);
+    defer_result result = h.queue.deferred(job.id, now, temporary);
+    EXPECT_EQ(result.status, defer_status::scheduled);
+    EXPECT_EQ(result.attempts, attempt);
+    EXPECT_EQ(result.next_attempt_ms, now + expected[attempt - 1]);
+    h.queue.connection_closed(connection, now);
+    EXPECT_EQ(h.queue.next_wakeup_ms(), result.next_attempt_ms);
+    EXPECT_TRUE(h.poll(result.next_attempt_ms - 1).empty());  // not a millisecond early
+    now = result.next_attempt_ms;
+  }
+  connection_id connection;
+  job_view job = take_one(h, "example.org", now, connection);
+  EXPECT_EQ(job.attempts, 4u);
+  EXPECT_EQ(job.last_error, "451 4.3.0 try again later");
+  EXPECT_EQ(job.last_reply_code, 451);
+  EXPECT_EQ(job.last_status, (status_code{4, 3, 0}));
+  EXPECT_EQ(job.first_attempt_ms, t0);
+  EXPECT_EQ(job.last_attempt_ms, now - 60000);
+}
+
+TEST(scheduler, partial_deferral_keeps_only_the_named_recipients) {
+  harness h(plain_config());
+  h.add("example.org", 1, {3, 4, 5});
+  connection_id connection;
+  job_view job = take_one(h, "example.org", t0, connection);
+  EXPECT_EQ(job.recipient_count(), 3u);
+  h.queue.deferred(job.id, t0, temporary, job.recipient_mask & 0b010);  // only index 4
+  h.queue.connection_closed(connection, t0);
+  job = take_one(h, "example.org", t0 + 1000, connection);
+  std::vector<std::uint16_t> indices;
+  job.for_each_recipient([&](std::uint16_t index) { indices.push_back(index); });
+  EXPECT_EQ(indices, std::vector<std::uint16_t>{4});
+}
+
+TEST(scheduler, jitter_stays_within_bounds_and_is_seeded) {
+  auto run = [](std::uint64_t seed) {
+    scheduler_config config = plain_config();
+    config.jitter_permille = 100;
+    config.retry_delays_ms = {100'000};
+    config.random_seed = seed;
+    harness h(config);
+    std::vector<std::int64_t> delays;
+    std::int64_t now = t0;
+    h.add("example.org", 1, {0});
+    for (int i = 0; i < 200; ++i) {
+      connection_id connection;
+      job_view job = take_one(h, "example.org", now, connection);
+      defer_result result = h.queue.deferred(job.id, now, temporary);
+      h.queue.connection_closed(connection, now);
+      delays.push_back(result.next_attempt_ms - now);
+      now = result.next_attempt_ms;
+    }
+    return delays;
+  };
+  std::vector<std::int64_t> delays = run(42);
+  std::set<std::int64_t> distinct(delays.begin(), delays.end());
+  EXPECT_GT(distinct.size(), 100u);  // really jittered
+  for (std::int64_t delay : delays) {
+    EXPECT_GE(delay, 90'000);
+    EXPECT_LE(delay, 110'000);
+  }
+  EXPECT_EQ(run(42), delays);  // same seed, same schedule
+  EXPECT_NE(run(43), delays);
+}
+
+TEST(scheduler, lifetime_expiry_clamps_the_last_retry_then_expires) {
+  scheduler_config config = plain_config();
+  config.lifetime_max_ms = 7000;
+  harness h(config);
+  h.add("example.org", 1, {0});
+  connection_id connection;
+  job_view job = take_one(h, "example.org", t0, connection);
+  EXPECT_EQ(h.queue.deferred(job.id, t0, temporary).next_attempt_ms, t0 + 1000);
+  h.queue.connection_closed(connection, t0);
+  job = take_one(h, "example.org", t0 + 1000, connection);
+  // 5000 ms would be t0 + 6000, still inside the lifetime.
+  EXPECT_EQ(h.queue.deferred(job.id, t0 + 1000, temporary).next_attempt_ms, t0 + 6000);
+  h.queue.connection_closed(connection, t0 + 1000);
+  job = take_one(h, "example.org", t0 + 6000, connection);
+  // 60000 ms would pass the lifetime: the last attempt is at the expiry time itself.
+  EXPECT_EQ(h.queue.deferred(job.id, t0 + 6000, temporary).next_attempt_ms, t0 + 7000);
+  h.queue.connection_closed(connection, t0 + 6000);
+  job = take_one(h, "example.org", t0 + 7000, connection);
+  defer_result result = h.queue.deferred(job.id, t0 + 7000, temporary);
+  EXPECT_EQ(result.status, defer_status::expired);
+  EXPECT_EQ(result.attempts, 4u);
+  EXPECT_EQ(h.queue.stats().expired, 1u);
+  EXPECT_EQ(h.queue.stats().jobs, 0u);
+}
+
+TEST(scheduler, delay_warning_once_past_the_threshold) {
+  scheduler_config config = plain_config();
+  config.delay_warning_ms = 3000;
+  harness h(config);
+  h.add("example.org", 1, {0});
+  std::int64_t now = t0;
+  std::vector<bool> warnings;
+  for (int i = 0; i < 4; ++i) {
+    connection_id connection;
+    job_view job = take_one(h, "example.org", now, connection);
+    defer_result result = h.queue.deferred(job.id, now, temporary);
+    warnings.push_back(result.delay_warning);
+    h.queue.connection_closed(connection, now);
+    now = result.next_attempt_ms;
+  }
+  // Attempts at t0, +1000, +6000 (past 3000: warn), +66000 (already warned).
+  EXPECT_EQ(warnings, (std::vector<bool>{false, false, true, false}));
+}
+
+TEST(scheduler, token_bucket_is_exact) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;
+  config.limits.rate_messages = 3;
+  config.limits.rate_period_ms = 1000;
+  config.limits.rate_burst = 2;
+  config.limits.messages_per_connection_max = 0;
+  harness h(config);
+  for (spool::message_id id = 1; id <= 10; ++id) h.add("example.org", id, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 1u);
+  connection_id connection = requests[0].connection;
+  auto take = [&](std::int64_t now) { return h.queue.take_for_connection(connection, now); };
+  EXPECT_EQ(take(t0).status, take_status::job);  // burst of 2
+  EXPECT_EQ(take(t0).status, take_status::job);
+  take_result throttled = take(t0);
+  EXPECT_EQ(throttled.status, take_status::throttled);
+  EXPECT_EQ(throttled.retry_at_ms, t0 + 334);  // ceil(1000 / 3)
+  EXPECT_EQ(take(t0 + 333).status, take_status::throttled);
+  EXPECT_EQ(take(t0 + 334).status, take_status::job);
+  // 2 units left over (334 * 3 - 1000): the next token is due after 333 more ms, not 334.
+  EXPECT_EQ(take(t0 + 334).retry_at_ms, t0 + 334 + 333);
+  EXPECT_EQ(take(t0 + 667).status, take_status::job);
+  // A long pause banks at most the burst.
+  EXPECT_EQ(take(t0 + 100'000).status, take_status::job);
+  EXPECT_EQ(take(t0 + 100'000).status, take_status::job);
+  EXPECT_EQ(take(t0 + 100'000).status, take_status::throttled);
+}
+
+TEST(scheduler, rate_limit_delays_new_connections) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 5;
+  config.limits.rate_messages = 1;
+  config.limits.rate_period_ms = 1000;
+  config.limits.rate_burst = 1;
+  harness h(config);
+  for (spool::message_id id = 1; id <= 3; ++id) h.add("example.org", id, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 1u);  // one token: one connection, not five
+  ASSERT_EQ(h.queue.take_for_connection(requests[0].connection, t0).status, take_status::job);
+  EXPECT_EQ(h.queue.next_wakeup_ms(), t0 + 1000);
+  EXPECT_TRUE(h.poll(t0 + 999).empty());
+  EXPECT_EQ(h.poll(t0 + 1000).size(), 1u);
+}
+
+TEST(scheduler, messages_per_connection_then_close) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;
+  config.limits.messages_per_connection_max = 2;
+  harness h(config);
+  for (spool::message_id id = 1; id <= 3; ++id) h.add("example.org", id, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 1u);
+  for (int i = 0; i < 2; ++i) {
+    take_result taken = h.queue.take_for_connection(requests[0].connection, t0);
+    ASSERT_EQ(taken.status, take_status::job);
+    h.queue.delivered(taken.job.id, t0);
+  }
+  EXPECT_EQ(h.queue.take_for_connection(requests[0].connection, t0).status, take_status::close);
+  h.queue.connection_closed(requests[0].connection, t0);
+  EXPECT_EQ(h.queue.next_wakeup_ms(), t0);  // the third job wants a new connection
+  EXPECT_EQ(h.poll(t0).size(), 1u);
+}
+
+TEST(scheduler, destination_backoff_shares_one_time_then_probes) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 3;
+  harness h(config);
+  for (spool::message_id id = 1; id <= 5; ++id) h.add("dead.example", id, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 3u);
+  for (const auto& request : requests) h.queue.connection_failed(request.connection, t0, refused);
+  destination_info info = h.info("dead.example");
+  EXPECT_EQ(info.ready, 0u);
+  EXPECT_EQ(info.scheduled, 5u);
+  EXPECT_EQ(info.connections, 0u);
+  EXPECT_EQ(info.connection_failures, 1u);  // opened together, failed together: one failure
+  EXPECT_TRUE(info.probing);
+  EXPECT_EQ(info.last_error, "connection refused");
+  std::int64_t shared = info.backoff_until_ms;
+  EXPECT_EQ(shared, t0 + 1000);
+  std::vector<job_view> jobs;
+  h.queue.list_jobs("dead.example", 10, jobs);
+  ASSERT_EQ(jobs.size(), 5u);
+  for (const job_view& job : jobs) {
+    EXPECT_EQ(job.next_attempt_ms, shared);
+    EXPECT_EQ(job.attempts, 1u);  // each failure counted once per job: the first moved them
+  }
+  EXPECT_EQ(h.queue.next_wakeup_ms(), shared);
+  // A job arriving meanwhile waits too: no hammering of a dead host.
+  h.add("dead.example", 6, {0}, t0 + 10);
+  EXPECT_TRUE(h.poll(t0 + 10).empty());
+  EXPECT_EQ(h.queue.next_wakeup_ms(), shared);
+  // At the shared time: one probe connection only.
+  requests = h.poll(shared);
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_TRUE(requests[0].probe);
+  EXPECT_TRUE(h.poll(shared).empty());
+  // The probe works: the destination opens up again.
+  ASSERT_EQ(h.queue.take_for_connection(requests[0].connection, shared).status, take_status::job);
+  EXPECT_FALSE(h.info("dead.example").probing);
+  EXPECT_EQ(h.poll(shared).size(), 2u);
+}
+
+TEST(scheduler, repeated_destination_failures_climb_the_schedule) {
+  harness h(plain_config());
+  h.add("dead.example", 1, {0});
+  h.add("dead.example", 2, {0}, t0, t0 + 3000);  // scheduled before the backoff ends
+  std::int64_t now = t0;
+  const std::int64_t expected[] = {1000, 5000, 60000, 60000};
+  for (std::int64_t delay : expected) {
+    auto requests = h.poll(now);
+    ASSERT_EQ(requests.size(), 1u);
+    h.queue.connection_failed(requests[0].connection, now, refused);
+    destination_info info = h.info("dead.example");
+    EXPECT_EQ(info.backoff_until_ms, now + delay);
+    EXPECT_EQ(info.next_attempt_ms, now + delay);  // the other job waits for it too
+    now += delay;
+  }
+}
+
+TEST(scheduler, backoff_expires_old_jobs_as_events) {
+  scheduler_config config = plain_config();
+  config.lifetime_max_ms = 1000;
+  harness h(config);
+  h.add("dead.example", 1, {0, 1});
+  auto requests = h.poll(t0 + 2000);
+  ASSERT_EQ(requests.size(), 1u);
+  h.queue.connection_failed(requests[0].connection, t0 + 2000, refused);
+  auto events = h.events();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].kind, event_kind::expired);
+  EXPECT_EQ(events[0].job.message, 1u);
+  EXPECT_EQ(events[0].job.recipient_count(), 2u);
+  EXPECT_EQ(events[0].error_text, "connection refused");
+  EXPECT_EQ(h.queue.stats().jobs, 0u);
+}
+
+TEST(scheduler, suspend_and_resume) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 2;
+  harness h(config);
+  for (spool::message_id id = 1; id <= 3; ++id) h.add("example.org", id, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_TRUE(h.queue.suspend("example.org", t0));
+  EXPECT_EQ(h.queue.take_for_connection(requests[0].connection, t0).status, take_status::close);
+  h.queue.connection_closed(requests[0].connection, t0);
+  h.queue.connection_closed(requests[1].connection, t0);
+  EXPECT_TRUE(h.poll(t0).empty());
+  EXPECT_EQ(h.queue.next_wakeup_ms(), no_wakeup_ms);
+  EXPECT_TRUE(h.info("example.org").suspended);
+  // Suspended destinations are never forgotten, even long idle; suspending creates one.
+  EXPECT_TRUE(h.queue.suspend("other.example", t0));
+  h.poll(t0 + 100 * 3'600'000LL);
+  destination_info info;
+  EXPECT_TRUE(h.queue.inspect("other.example", info));
+  EXPECT_TRUE(h.queue.resume("example.org", t0 + 5));
+  EXPECT_EQ(h.queue.next_wakeup_ms(), t0 + 5);
+  EXPECT_EQ(h.poll(t0 + 5).size(), 2u);
+  EXPECT_FALSE(h.queue.resume("unknown.example", t0));
+}
+
+TEST(scheduler, flush_makes_scheduled_ready_keeping_attempts) {
+  harness h(plain_config());
+  h.add("example.org", 1, {0});
+  h.add("example.org", 2, {0}, t0, t0 + 3'600'000, 4);  // recovered, due in an hour
+  connection_id connection;
+  job_view job = take_one(h, "example.org", t0, connection);
+  h.queue.deferred(job.id, t0, temporary);
+  h.queue.connection_closed(connection, t0);
+  EXPECT_EQ(h.info("example.org").scheduled, 2u);
+  EXPECT_EQ(h.queue.flush("example.org", t0 + 1), 2u);
+  EXPECT_EQ(h.info("example.org").ready, 2u);
+  auto requests = h.poll(t0 + 1);
+  ASSERT_FALSE(requests.empty());
+  std::vector<std::uint16_t> attempts;
+  for (int i = 0; i < 2; ++i) {
+    take_result taken = h.queue.take_for_connection(requests[0].connection, t0 + 1);
+    ASSERT_EQ(taken.status, take_status::job);
+    attempts.push_back(taken.job.attempts);
+  }
+  EXPECT_EQ(attempts, (std::vector<std::uint16_t>{1, 4}));  // in next-attempt order
+  EXPECT_EQ(h.queue.flush("unknown.example", t0), 0u);
+}
+
+TEST(scheduler, flush_all_lifts_backoff) {
+  harness h(plain_config());
+  h.add("a.example", 1, {0});
+  h.add("b.example", 2, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 2u);
+  for (const auto& request : requests) h.queue.connection_failed(request.connection, t0, refused);
+  EXPECT_TRUE(h.poll(t0 + 1).empty());
+  EXPECT_EQ(h.queue.flush_all(t0 + 1), 2u);
+  EXPECT_EQ(h.poll(t0 + 1).size(), 2u);
+}
+
+TEST(scheduler, bounce_all_hands_back_every_job) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;
+  harness h(config);
+  for (spool::message_id id = 1; id <= 3; ++id) h.add("example.org", id, {0});
+  h.add("example.org", 4, {0}, t0, t0 + 50'000);
+  connection_id connection;
+  job_view in_flight = take_one(h, "example.org", t0, connection);
+  EXPECT_EQ(h.queue.bounce_all("example.org", t0), 3u);  // 2 ready + 1 scheduled
+  auto events = h.events();
+  ASSERT_EQ(events.size(), 3u);
+  std::set<spool::message_id> bounced;
+  for (const auto& event : events) {
+    EXPECT_EQ(event.kind, event_kind::bounced_by_operator);
+    EXPECT_EQ(event.error_text, "bounced by operator");
+    EXPECT_EQ(event.job.last_status.klass, 5);
+    bounced.insert(event.job.message);
+  }
+  EXPECT_EQ(bounced, (std::set<spool::message_id>{2, 3, 4}));
+  // The job on the wire is bounced when its connection defers it...
+  EXPECT_EQ(h.queue.deferred(in_flight.id, t0, temporary).status,
+            defer_status::bounced_by_operator);
+  EXPECT_EQ(h.queue.stats().jobs, 0u);
+  EXPECT_EQ(h.queue.stats().bounced_by_operator, 4u);
+  // ...but may still be delivered if the peer accepted it.
+  h.add("example.org", 5, {0});
+  h.queue.connection_closed(connection, t0);
+  job_view later = take_one(h, "example.org", t0, connection);
+  h.queue.bounce_all("example.org", t0);
+  h.queue.delivered(later.id, t0);
+  EXPECT_EQ(h.queue.stats().delivered, 1u);
+}
+
+TEST(scheduler, recovered_jobs_wait_for_their_stored_time) {
+  harness h(plain_config());
+  add_result added = h.add("example.org", 9, {2}, t0, t0 + 30'000, 3);
+  ASSERT_EQ(added.status, add_status::added);
+  EXPECT_EQ(h.info("example.org").scheduled, 1u);
+  EXPECT_EQ(h.queue.next_wakeup_ms(), t0 + 30'000);
+  EXPECT_TRUE(h.poll(t0 + 29'999).empty());
+  connection_id connection;
+  job_view job = take_one(h, "example.org", t0 + 30'000, connection);
+  EXPECT_EQ(job.attempts, 3u);
+  EXPECT_EQ(job.first_recipient, 2u);
+  // Attempt 4 follows the schedule from where it stood.
+  EXPECT_EQ(h.queue.deferred(job.id, t0 + 30'000, temporary).next_attempt_ms, t0 + 90'000);
+}
+
+TEST(scheduler, limits_refuse_and_forced_admission_does_not) {
+  scheduler_config config = plain_config();
+  config.jobs_max = 4;
+  config.jobs_per_destination_max = 2;
+  config.destinations_max = 2;
+  harness h(config);
+  EXPECT_EQ(h.add("a.example", 1, {0}).status, add_status::added);
+  EXPECT_EQ(h.add("a.example", 2, {0}).status, add_status::added);
+  EXPECT_EQ(h.add("a.example", 3, {0}).status, add_status::destination_full);
+  EXPECT_EQ(h.queue.can_add("a.example", 1), add_status::destination_full);
+  EXPECT_EQ(h.add("b.example", 4, {0}).status, add_status::added);
+  EXPECT_EQ(h.add("c.example", 5, {0}).status, add_status::destinations_full);
+  EXPECT_EQ(h.queue.can_add("c.example", 1), add_status::destinations_full);
+  EXPECT_EQ(h.add("b.example", 5, {0}).status, add_status::added);
+  EXPECT_EQ(h.add("b.example", 6, {0}).status, add_status::jobs_full);
+  EXPECT_EQ(h.queue.can_add("a.example", 1), add_status::jobs_full);
+  // A refused add leaves nothing behind (all or nothing).
+  EXPECT_EQ(h.queue.stats().jobs, 4u);
+  EXPECT_EQ(h.add("c.example", 7, {0}, t0, 0, 0, admission::forced).status, add_status::added);
+  EXPECT_EQ(h.add("a.example", 8, {0}, t0, 0, 0, admission::forced).status, add_status::added);
+  EXPECT_EQ(h.queue.stats().jobs, 6u);
+  EXPECT_EQ(h.queue.stats().destinations, 3u);
+}
+
+TEST(scheduler, full_destination_table_forgets_an_idle_one) {
+  scheduler_config config = plain_config();
+  config.destinations_max = 1;
+  harness h(config);
+  h.add("a.example", 1, {0});
+  connection_id connection;
+  job_view job = take_one(h, "a.example", t0, connection);
+  h.queue.delivered(job.id, t0);
+  h.queue.connection_closed(connection, t0);
+  EXPECT_EQ(h.add("b.example", 2, {0}).status, add_status::added);  // a.example made room
+  destination_info info;
+  EXPECT_FALSE(h.queue.inspect("a.example", info));
+  EXPECT_EQ(h.queue.stats().destinations_forgotten, 1u);
+}
+
+TEST(scheduler, idle_destinations_are_forgotten_unless_backing_off) {
+  scheduler_config config = plain_config();
+  config.idle_forget_ms = 10'000;
+  config.retry_delays_ms = {15'000};
+  harness h(config);
+  h.add("live.example", 1, {0});
+  h.add("dead.example", 2, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 2u);
+  for (const auto& request : requests) {
+    take_result taken = h.queue.take_for_connection(request.connection, t0);
+    ASSERT_EQ(taken.status, take_status::job);
+    h.queue.delivered(taken.job.id, t0);
+    if (request.name == "dead.example") h.queue.connection_failed(request.connection, t0, refused);
+    else h.queue.connection_closed(request.connection, t0);
+  }
+  destination_info info;
+  h.poll(t0 + 9'999);
+  EXPECT_TRUE(h.queue.inspect("live.example", info));
+  h.poll(t0 + 10'000);
+  EXPECT_FALSE(h.queue.inspect("live.example", info));
+  EXPECT_TRUE(h.queue.inspect("dead.example", info));  // still backing off: kept
+  h.poll(t0 + 19'999);
+  EXPECT_TRUE(h.queue.inspect("dead.example", info));
+  h.poll(t0 + 20'000);  // rotated at +10 s, backoff over at +15 s, forgotten 10 s after
+  EXPECT_FALSE(h.queue.inspect("dead.example", info));
+  EXPECT_EQ(h.queue.stats().destinations, 0u);
+}
+
+TEST(scheduler, shard_connection_limit_starves_then_wakes) {
+  scheduler_config config = plain_config();
+  config.connections_max = 1;
+  harness h(config);
+  h.add("a.example", 1, {0});
+  h.add("b.example", 2, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_TRUE(h.poll(t0).empty());
+  EXPECT_EQ(h.queue.next_wakeup_ms(), no_wakeup_ms);  // no busy loop while starved
+  take_result taken = h.queue.take_for_connection(requests[0].connection, t0);
+  h.queue.delivered(taken.job.id, t0);
+  h.queue.connection_closed(requests[0].connection, t0 + 7);
+  EXPECT_EQ(h.queue.next_wakeup_ms(), t0 + 7);
+  auto next = h.poll(t0 + 7);
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_NE(next[0].name, requests[0].name);
+}
+
+TEST(scheduler, per_destination_limits_override) {
+  harness h(plain_config());
+  destination_limits narrow;
+  narrow.connections_max = 1;
+  h.queue.set_limits("narrow.example", narrow);
+  for (spool::message_id id = 1; id <= 5; ++id) {
+    h.add("narrow.example", id, {0});
+    h.add("wide.example", id, {0});
+  }
+  auto requests = h.poll(t0);
+  std::size_t narrow_count = 0;
+  for (const auto& request : requests) narrow_count += request.name == "narrow.example";
+  EXPECT_EQ(narrow_count, 1u);
+  EXPECT_EQ(requests.size(), 6u);
+  EXPECT_EQ(h.info("narrow.example").limits.connections_max, 1u);
+  h.queue.clear_limits("narrow.example");
+  EXPECT_EQ(h.info("narrow.example").limits.connections_max, 10u);
+}
+
+TEST(scheduler, failed_and_inspection) {
+  harness h(plain_config());
+  h.add("example.org", 1, {0});
+  connection_id connection;
+  job_view job = take_one(h, "example.org", t0, connection);
+  destination_info info = h.info("example.org");
+  EXPECT_EQ(info.in_flight, 1u);
+  EXPECT_EQ(info.connections, 1u);
+  h.queue.failed(job.id, t0, failure{550, status_code{5, 1, 1}, "550 5.1.1 no such user"});
+  info = h.info("example.org");
+  EXPECT_EQ(info.in_flight, 0u);
+  EXPECT_EQ(info.last_error, "550 5.1.1 no such user");
+  EXPECT_EQ(h.queue.stats().failed, 1u);
+  std::size_t listed = 0;
+  h.queue.list_destinations(10, [&](const destination_info& each) {
+    EXPECT_EQ(each.name, "example.org");
+    ++listed;
+  });
+  EXPECT_EQ(listed, 1u);
+}
+
+TEST(scheduler, error_texts_are_shared_and_bounded) {
+  scheduler_config config = plain_config();
+  config.error_texts_max = 2;
+  harness h(config);
+  for (spool::message_id id = 1; id <= 4; ++id) h.add("example.org", id, {0});
+  auto requests = h.poll(t0);
+  std::vector<job_id> taken;
+  for (int i = 0; i < 4; ++i) {
+    take_result result = h.queue.take_for_connection(requests[0].connection, t0);
+    ASSERT_EQ(result.status, take_status::job);
+    taken.push_back(result.job.id);
+  }
+  const std::string texts[] = {"451 a", "451 b", "451 c", "451 a"};
+  for (int i = 0; i < 4; ++i)
+    h.queue.deferred(taken[i], t0, failure{451, status_code{4, 0, 0}, texts[i]});
+  EXPECT_EQ(h.queue.stats().error_texts, 2u);  // "451 c" did not fit: that job keeps none
+  std::vector<job_view> jobs;
+  h.queue.list_jobs("example.org", 10, jobs);
+  std::multiset<std::string> kept;
+  for (const auto& job : jobs) kept.insert(std::string(job.last_error));
+  EXPECT_EQ(kept, (std::multiset<std::string>{"", "451 a", "451 a", "451 b"}));
+  std::string long_text(2000, 'x');
+  EXPECT_EQ(h.queue.list_jobs("example.org", 2, jobs), 2u);  // bounded listing
+}
+
+TEST(scheduler, slots_are_reused_so_memory_stays_flat) {
+  harness h(plain_config());
+  std::int64_t now = t0;
+  for (int round = 0; round < 1000; ++round) {
+    h.add("example.org", static_cast<spool::message_id>(round + 1), {0, 1});
+    auto requests = h.poll(now);
+    for (const auto& request : requests) {
+      take_result taken = h.queue.take_for_connection(request.connection, now);
+      if (taken.status == take_status::job) h.queue.delivered(taken.job.id, now);
+      h.queue.connection_closed(request.connection, now);
+    }
+    now += 10;
+  }
+  scheduler_stats stats = h.queue.stats();
+  EXPECT_EQ(stats.jobs, 0u);
+  EXPECT_EQ(stats.delivered, 1000u);
+  EXPECT_EQ(stats.connections, 0u);
+  EXPECT_LT(stats.memory_bytes, 16u * 1024);  // a few slots, reused 1000 times
+}
+
+TEST(scheduler, bytes_per_queued_job) {
+  harness h(plain_config());
+  constexpr int count = 200'000;
+  for (int i = 0; i < count; ++i) {
+    std::string name = "d" + std::to_string(i % 1000) + ".example";
+    // Half ready, half scheduled (recovered with a later attempt time).
+    h.add(name, static_cast<spool::message_id>(i + 1), {0}, t0, i % 2 ? t0 + 60'000 : 0);
+  }
+  scheduler_stats stats = h.queue.stats();
+  EXPECT_EQ(stats.jobs, static_cast<std::uint64_t>(count));
+  double per_job = static_cast<double>(stats.memory_bytes) / count;
+  std::printf("scheduler memory: %.1f bytes per job (%d jobs, 1000 destinations)\n", per_job,
+              count);
+  EXPECT_LT(per_job, 160.0);  // 64 + 8 (half of a 16-byte heap entry) + growth slack
+}
+
+}  // namespace
+}  // namespace ringmta::queue
