@@ -32,6 +32,7 @@ struct cli_options {
   std::string size = "1k", pipelining = "auto", duration, drain = "5s", timeout = "30s";
   std::string from = "blast{n}@blast.test", to = "rcpt{r}@{domain}";
   bool json = false;
+  bool no_pin = false;
   bool quiet = false;
 };
 
@@ -79,6 +80,8 @@ void add_flags(CLI::App& app, cli_options& cli, blast_config& config) {
   app.add_option("--to", cli.to, "recipient pattern ({n} {r} {d} {domain} {s})");
   app.add_option("--ehlo", config.ehlo, "name sent in EHLO");
   app.add_option("--run-id", config.run, "run name in X-Blast-Id (default: random)");
+  app.add_flag("--no-pin", cli.no_pin,
+               "do not pin thread i to the i-th allowed CPU (taskset still applies)");
   app.add_flag("--json", cli.json, "print the summary as JSON on stdout");
   app.add_flag("--quiet", cli.quiet, "no progress line");
 }
@@ -324,6 +327,7 @@ int run(int argc, char** argv) {
   shared.sessions_left.store(static_cast<std::int64_t>(config.sessions));
   shard::runtime_options options;
   options.shard_count = config.threads;
+  options.pin_threads = !cli.no_pin;
   options.ring.sq_entries = 1024;
   shard::runtime rt(options);
   shard_table shards;

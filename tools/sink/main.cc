@@ -34,6 +34,7 @@ struct cli_options {
   std::vector<std::string> expect_ids;
   std::string stats_file, ready_file;
   bool json = false;
+  bool no_pin = false;
   bool no_pipelining = false, no_8bitmime = false, no_chunking = false, no_smtputf8 = false;
   bool no_dsn = false, no_size = false, no_enhanced = false, normalize = false;
 };
@@ -251,6 +252,8 @@ void add_flags(CLI::App& app, cli_options& cli, sink_config& config) {
   app.add_option("--recv-buffers", config.recv_buffers, "provided buffers per shard (2^n)");
   app.add_option("--recv-buffer-bytes", config.recv_buffer_bytes, "size of each buffer");
   app.add_option("--message-bytes-max", config.server.limits.message_bytes_max, "SIZE limit");
+  app.add_flag("--no-pin", cli.no_pin,
+               "do not pin thread i to the i-th allowed CPU (taskset still applies)");
   app.add_flag("--json", cli.json, "print stats as JSON (stdout) on SIGUSR1 and exit");
   app.add_flag("--no-pipelining", cli.no_pipelining, "do not offer PIPELINING");
   app.add_flag("--no-8bitmime", cli.no_8bitmime, "do not offer 8BITMIME (nor BINARYMIME)");
@@ -326,6 +329,7 @@ int run(int argc, char** argv) {
 
   shard::runtime_options options;
   options.shard_count = config.threads;
+  options.pin_threads = !cli.no_pin;
   options.ring.sq_entries = 1024;
   shard::runtime rt(options);
   shard_table shards;
