@@ -335,6 +335,7 @@ int run(int argc, char** argv) {
   shard_table shards;
   for (unsigned i = 0; i < config.threads; ++i) {
     shards.push_back(std::make_unique<sink_shard>(config, i, std::move(listen_fds[i])));
+    for (const auto& range : expected) shards.back()->reserve_ids(range);
   }
   const std::uint64_t started_ns = core::monotonic_ns();
   auto started = rt.start([&](shard::shard& s) { return shards[s.id()]->start(s); },

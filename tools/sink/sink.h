@@ -144,6 +144,8 @@ class sink_shard final : public shard::completion_handler {
 
   const sink_counters& counters() const noexcept { return _counters; }
   const loadkit::id_tracker& ids() const noexcept { return _ids; }  // after join() only
+  // Start-up: room for the ids of --expect-ids, so a run does not grow the bitset.
+  void reserve_ids(const loadkit::id_range& range) { _ids.reserve(range.run, range.last); }
   // Posted by the control thread: copies the id tracker into request->trackers[id].
   static void on_snapshot(shard::shard& target, const shard::message& m) noexcept;
 
