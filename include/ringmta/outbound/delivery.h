@@ -1,0 +1,153 @@
+// outbound delivery vocabulary: where a connection goes (route), what one delivery carries
+// (envelope + wire-form body slices + the embedder's token), what comes back (per recipient, per
+// delivery, per connection), and the handler the embedder implements to receive it.
+//
+// Outcomes reuse smtp::client_outcome: accepted / transient_failure (retry later) /
+// permanent_failure (bounce) / no_recipients (delivery only: every recipient failed; their own
+// results say why). Every reply handed out is a smtp::parsed_reply: the server's, or one made
+// locally (reply.local), always with a code, and an enhanced code when one applies.
+//
+// Invariants: results reference memory that is valid only during the callback (copy what you
+// keep). envelope_storage owns every byte the engine's envelope points to.
+// Never: a delivery result without its recipient results before it; a callback from inside an
+// outbound API call (see outbound.h).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ringmta/core/endpoint.h"
+#include "ringmta/smtp/client_session.h"
+#include "ringmta/spool/envelope.h"
+#include "ringmta/spool/store.h"
+
+namespace ringmta::outbound {
+
+// A connection as the embedder names it; stale handles are refused (generation checked).
+struct connection_handle {
+  std::uint32_t slot = 0;
+  std::uint32_t generation = 0;
+  friend bool operator==(const connection_handle&, const connection_handle&) = default;
+};
+
+enum class route_kind : std::uint8_t {
+  mx,    // RFC 5321 §5.1: MX lookup of `name` (or its address literal), implicit MX
+  host,  // one host (smarthost, transport route): address literal or a name (A/AAAA only)
+};
+
+struct route {
+  route_kind kind = route_kind::mx;
+  std::string_view name;  // domain, host name, "[192.0.2.1]", "[IPv6:2001:db8::1]" or an IP
+  std::uint16_t port = 25;
+};
+
+// One message (or some of its recipients) to send over a ready connection. Every view (the
+// envelope's, the recipients array, the body slices) must stay valid until on_delivery_done.
+struct delivery {
+  smtp::client_envelope envelope;           // size_bytes 0: the sum of the body slices
+  std::span<const spool::body_slice> body;  // wire form (dot-stuffed, CRLF), no final ".CRLF"
+  std::uint64_t token = 0;                  // the embedder's: handed back with every result
+};
+
+// The server a result came from. name is the MX host (or literal) and address its IP:port;
+// address is nullptr (and name may be empty) when no server was reached.
+struct remote_host {
+  std::string_view name;
+  const core::endpoint* address = nullptr;
+};
+
+struct recipient_result {
+  std::uint64_t token = 0;
+  std::uint32_t recipient_index = 0;  // into delivery.envelope.recipients
+  smtp::client_outcome outcome = smtp::client_outcome::accepted;  // never no_recipients
+  const smtp::parsed_reply* reply = nullptr;  // never null
+  remote_host remote;
+};
+
+struct delivery_result {
+  std::uint64_t token = 0;
+  // accepted: the server took the message for every recipient reported accepted;
+  // transient/permanent: those recipients failed with it; no_recipients: none was accepted.
+  smtp::client_outcome outcome = smtp::client_outcome::accepted;
+  const smtp::parsed_reply* reply = nullptr;  // the reply to "." (or why it failed); never null
+  remote_host remote;
+};
+
+enum class close_reason : std::uint8_t {
+  released,            // the embedder called release(): QUIT was sent
+  idle_timeout,        // ready and unused for idle_timeout_ms: QUIT was sent
+  destination_failed,  // never became ready: DNS or every address failed (see failure)
+  lost,                // failed after it was ready: peer closed, timeout, 421, protocol error
+  shutdown,            // outbound::begin_shutdown() / stop()
+};
+std::string_view describe(close_reason reason) noexcept;
+
+struct close_result {
+  close_reason reason = close_reason::released;
+  bool ever_ready = false;        // a delivery could have been attempted
+  std::uint32_t deliveries = 0;   // deliveries finished on this connection
+  std::uint32_t addresses_tried = 0;
+  // destination_failed: transient_failure (retry the destination later) or permanent_failure
+  // (bounce its messages: null MX 5.1.10, NXDOMAIN 5.1.2, every server said 5xx); else accepted.
+  smtp::client_outcome failure = smtp::client_outcome::accepted;
+  const smtp::parsed_reply* reply = nullptr;  // why it closed; never null
+  remote_host remote;                         // the last server tried
+};
+
+// Implemented by the embedder (the queue), called on the shard's thread from completions and
+// timers only. A callback may call any outbound API, for any connection.
+class delivery_handler {
+ public:
+  // The connection can take a delivery: after the greeting and EHLO/HELO, and after each
+  // delivery. Call deliver() or release() (now or later; idle_timeout_ms closes it).
+  virtual void on_ready(connection_handle connection, std::uint64_t destination) noexcept = 0;
+  // One per recipient of a delivery, in index order, before its on_delivery_done.
+  virtual void on_recipient_result(connection_handle connection, std::uint64_t destination,
+                                   const recipient_result& result) noexcept = 0;
+  virtual void on_delivery_done(connection_handle connection, std::uint64_t destination,
+                                const delivery_result& result) noexcept = 0;
+  // Exactly once per opened connection; the handle is stale afterwards.
+  virtual void on_closed(connection_handle connection, std::uint64_t destination,
+                         const close_result& result) noexcept = 0;
+
+ protected:
+  ~delivery_handler() = default;
+};
+
+// RFC 3461 §4: xtext ("+" and "=" and anything outside "!".."~" become "+XX").
+void append_xtext(std::string& out, std::string_view text);
+
+// Builds the engine's envelope for some recipients of a spooled message and owns its bytes:
+// keep it alive and unchanged until the delivery's on_delivery_done. NOTIFY bits become the
+// RFC 3461 keyword list; ENVID and ORCPT (kept decoded in the spool) are xtext-encoded again,
+// and dropped when the encoded form exceeds the RFC 3461 limits (they are advisory).
+// BODY=BINARYMIME cannot go over DATA: it is sent as 8BITMIME (the body is in DATA wire form).
+class envelope_storage {
+ public:
+  envelope_storage() = default;
+  envelope_storage(const envelope_storage&) = delete;  // the views point into this object
+  envelope_storage& operator=(const envelope_storage&) = delete;
+
+  // recipients: indexes into value.recipients, in the order results will be reported.
+  // body_bytes: the wire-form body size (the sum of the slices), for SIZE=.
+  const smtp::client_envelope& assign(const spool::envelope& value,
+                                      std::span<const std::uint16_t> recipients,
+                                      std::uint64_t body_bytes);
+  const smtp::client_envelope& envelope() const noexcept { return _envelope; }
+
+ private:
+  std::string _reverse_path;
+  std::string _envid;
+  std::vector<std::string> _addresses;
+  std::vector<std::string> _orcpts;
+  std::vector<smtp::client_recipient> _recipients;
+  smtp::client_envelope _envelope;
+};
+
+// The NOTIFY keyword list for notify bits (RFC 3461 §4.1), "" when bits is 0.
+std::string_view notify_keywords(std::uint8_t bits) noexcept;
+
+}  // namespace ringmta::outbound

@@ -1,0 +1,143 @@
+// outbound::attempt_plan: address order and the destination's failure (outbound/attempt_plan.h).
+#include "ringmta/outbound/attempt_plan.h"
+
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace ringmta::outbound {
+
+namespace {
+
+smtp::reply_enhanced_code enhanced(std::uint8_t status_class, std::uint16_t subject,
+                                   std::uint16_t detail) noexcept {
+  return smtp::reply_enhanced_code{status_class, subject, detail};
+}
+
+}  // namespace
+
+core::endpoint to_endpoint(const dns::ip_address& ip, std::uint16_t port) noexcept {
+  core::endpoint out;
+  if (ip.family == 6) {
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.address);
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    std::memcpy(&v6->sin6_addr, ip.bytes.data(), 16);
+    out.length = sizeof(sockaddr_in6);
+  } else {
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&out.address);
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    std::memcpy(&v4->sin_addr, ip.bytes.data(), 4);
+    out.length = sizeof(sockaddr_in);
+  }
+  return out;
+}
+
+std::vector<candidate> plan_candidates(const dns::mx_result& result,
+                                       const plan_options& options) {
+  std::vector<candidate> planned;
+  if (result.status != dns::lookup_status::ok) return planned;
+  std::vector<dns::ip_address> seen;
+  for (const dns::mx_host& host : result.hosts) {
+    for (const dns::ip_address& ip : host.addresses) {
+      if (planned.size() >= options.addresses_max) return planned;
+      if ((ip.family == 4 && !options.ipv4) || (ip.family == 6 && !options.ipv6)) continue;
+      if (ip.family != 4 && ip.family != 6) continue;
+      if (std::find(seen.begin(), seen.end(), ip) != seen.end()) continue;  // one server, once
+      seen.push_back(ip);
+      planned.push_back(candidate{host.name, to_endpoint(ip, options.port)});
+    }
+  }
+  return planned;
+}
+
+smtp::client_outcome dns_failure_reply(const dns::mx_result& result, smtp::parsed_reply& out) {
+  using dns::failure_kind;
+  std::uint16_t code = 451;
+  smtp::reply_enhanced_code code_enhanced = enhanced(4, 4, 3);
+  switch (result.failure) {
+    case failure_kind::no_such_domain: code = 550; code_enhanced = enhanced(5, 1, 2); break;
+    // RFC 7505 §4.1 / RFC 7504 §3: 556 5.1.10 "domain does not accept mail".
+    case failure_kind::null_mx: code = 556; code_enhanced = enhanced(5, 1, 10); break;
+    case failure_kind::no_mail_route: code = 554; code_enhanced = enhanced(5, 4, 4); break;
+    case failure_kind::bad_domain: code = 550; code_enhanced = enhanced(5, 1, 3); break;
+    case failure_kind::overloaded: code = 451; code_enhanced = enhanced(4, 3, 0); break;
+    case failure_kind::server_failure:
+    case failure_kind::timeout:
+    case failure_kind::none: break;
+  }
+  const std::string_view text =
+      result.text.empty() ? std::string_view("DNS lookup failed") : std::string_view(result.text);
+  out.assign_local(code, code_enhanced, text);
+  return code >= 500 ? smtp::client_outcome::permanent_failure
+                     : smtp::client_outcome::transient_failure;
+}
+
+// ---- attempt_tracker
+
+void attempt_tracker::reset() noexcept {
+  _tries = 0;
+  _permanent_rejections = 0;
+  _last = attempt_failure::connect_failed;
+  _last_code = 0;
+  _last_enhanced = {};
+  _last_text.clear();
+}
+
+void attempt_tracker::record(const candidate& tried, attempt_failure how, int error,
+                             const smtp::parsed_reply* reply) {
+  ++_tries;
+  _last = how;
+  _last_code = 0;
+  _last_enhanced = {};
+  const std::string where =
+      fmt::format("{}[{}]:{}", tried.host_name, tried.address.address_string(),
+                  tried.address.port());
+  switch (how) {
+    case attempt_failure::connect_failed:
+      _last_text = fmt::format("connect to {}: {}", where,
+                               error == ETIMEDOUT ? "connection timed out"
+                                                  : std::strerror(error));
+      return;
+    case attempt_failure::rejected:
+      if (reply != nullptr && reply->permanent()) ++_permanent_rejections;
+      break;
+    case attempt_failure::broken:
+      break;
+  }
+  if (reply == nullptr) {
+    _last_text = fmt::format("{}: session failed", where);
+    return;
+  }
+  _last_code = reply->code;
+  _last_enhanced = reply->enhanced;
+  _last_text = fmt::format("{} {}: {} {}", where, reply->local ? "failed" : "said",
+                           reply->code, reply->text());
+}
+
+smtp::client_outcome attempt_tracker::summary(smtp::parsed_reply& out) const {
+  const std::string_view text =
+      _last_text.empty() ? std::string_view("no address to try") : std::string_view(_last_text);
+  if (_tries > 0 && _permanent_rejections == _tries) {
+    // Every server refused us for good (RFC 5321 §3.1 554 greeting, 5xx to EHLO and HELO).
+    const auto code_enhanced = _last_enhanced.present() ? _last_enhanced : enhanced(5, 0, 0);
+    out.assign_local(_last_code >= 500 ? _last_code : 554, code_enhanced, text);
+    return smtp::client_outcome::permanent_failure;
+  }
+  if (_last == attempt_failure::rejected && _last_code >= 400 && _last_code < 500) {
+    out.assign_local(_last_code, _last_enhanced.present() ? _last_enhanced : enhanced(4, 0, 0),
+                     text);
+    return smtp::client_outcome::transient_failure;
+  }
+  // RFC 3463: X.4.2 bad connection (the last server broke the session), X.4.1 no answer (the
+  // last address could not be reached, or refused us while others were unreachable).
+  out.assign_local(451, _last == attempt_failure::broken ? enhanced(4, 4, 2) : enhanced(4, 4, 1),
+                   text);
+  return smtp::client_outcome::transient_failure;
+}
+
+}  // namespace ringmta::outbound

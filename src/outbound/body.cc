@@ -1,0 +1,276 @@
+// The message body, from the spool's segment file to the socket, after the server's 354:
+//   staged:  bodies up to copy_body_bytes_max are read into the connection's staging buffer and
+//            sent with the ".CRLF" terminator in one send (one packet for a small message);
+//   spliced: IORING_OP_SPLICE file -> pipe, hard-linked to pipe -> socket, one pair in flight,
+//            pipe_capacity bytes per pair; then the engine's ".CRLF" as a plain send;
+//   copied:  (body_transfer::copy) read a chunk into a pooled buffer, send it, repeat; then
+//            the engine's ".CRLF" as a plain send.
+// The slices are in wire form already: nothing is re-stuffed (docs/design.md principle 3).
+// A spool read failure or a short file ends the connection without the terminator (a partial
+// message must never be completed) and reports 451 4.3.0 for the recipients.
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "outbound_internal.h"
+#include "ringmta/core/assert.h"
+
+namespace ringmta::outbound {
+
+void connection::start_body() noexcept {
+  RINGMTA_ASSERT(staged_begin == staged_end && !send_in_flight && body.open);
+  const auto& config = server.config();
+  body.wanted = false;
+  body.slice = 0;
+  body.slice_done = 0;
+  if (body.total <= config.copy_body_bytes_max &&
+      body.total + 16 <= server.staging_bytes()) {
+    body.how = body_progress::path::staged;
+    body.staged = 0;
+    ++server.counters().bodies_staged;
+    return read_staged_step();
+  }
+  const bool splice = config.transfer == body_transfer::splice;
+  int error = 0;
+  const auto slot = server.transfers().acquire(splice, error);
+  if (!slot) {
+    if (error != 0) return body_failed_locally(error);
+    body.wanted = true;  // pump() starts again once a slot is free (resume_body)
+    return server.wait_for_transfer(*this);
+  }
+  body.transfer = *slot;
+  body.holds_transfer = true;
+  body.in_pipe = 0;
+  if (splice) {
+    body.how = body_progress::path::spliced;
+    ++server.counters().bodies_spliced;
+    return splice_step();
+  }
+  body.how = body_progress::path::copied;
+  body.buffer_filled = body.buffer_sent = 0;
+  body.last_read = false;
+  ++server.counters().bodies_copied;
+  copy_step();
+}
+
+void connection::resume_body() noexcept {
+  body.wanted = true;
+  server.defer(*this);  // pump() calls start_body() at the end of the iteration
+}
+
+// Skips empty slices; true while bytes remain.
+static bool next_bytes(const delivery& job, body_progress& body) noexcept {
+  while (body.slice < job.body.size() && body.slice_done >= job.body[body.slice].length) {
+    ++body.slice;
+    body.slice_done = 0;
+  }
+  return body.slice < job.body.size();
+}
+
+// ---- staged: read everything into staging, then one send with ".CRLF"
+
+void connection::read_staged_step() noexcept {
+  if (!next_bytes(job, body)) {
+    staged_begin = 0;
+    staged_end = body.staged;
+    body.open = false;
+    session->body_sent();  // the engine's ".CRLF" (RFC 5321 §4.1.1.4) follows the body's tail
+    stage_output();
+    server.counters().body_bytes += body.total;
+    if (!send_staged()) process_events();
+    return;
+  }
+  const spool::body_slice& piece = job.body[body.slice];
+  const auto queued = server.owner().ring().prep_read(
+      piece.fd, staging.get() + body.staged,
+      static_cast<std::uint32_t>(piece.length - body.slice_done), piece.offset + body.slice_done,
+      server.user_data(server.body_read_kind, *this));
+  if (!queued) return body_failed_locally(queued.error());
+  body.step_in_flight = true;
+  ++ops;
+}
+
+// ---- spliced: file -> pipe -> socket
+
+void connection::splice_step() noexcept {
+  auto& ring = server.owner().ring();
+  const transfer_pool::slot& pipe = server.transfers().at(body.transfer);
+  body.requested = 0;
+  body.in_result = body.out_result = 0;
+  if (body.in_pipe > 0) {  // the socket took less than the pipe held: send the rest first
+    const auto queued = ring.prep_splice(pipe.pipe_read, -1, fd, -1, body.in_pipe,
+                                         server.user_data(server.splice_out_kind, *this));
+    if (!queued) return body_failed_locally(queued.error());
+    body.out_pending = body.step_in_flight = true;
+    ++ops;
+    return;
+  }
+  if (!next_bytes(job, body)) return body_done();
+  const spool::body_slice& piece = job.body[body.slice];
+  const auto length = static_cast<std::uint32_t>(
+      std::min<std::uint64_t>(piece.length - body.slice_done, pipe.pipe_capacity));
+  // A short splice fails a plain link: hard-link the halves (io/ring.h). The pipe is empty
+  // and at least `length` big, so the first half never waits for room.
+  const bool queued =
+      ring.reserve(2).ok() &&
+      ring.prep_splice(piece.fd, static_cast<std::int64_t>(piece.offset + body.slice_done),
+                       pipe.pipe_write, -1, length,
+                       server.user_data(server.splice_in_kind, *this), io::sqe::hardlink)
+          .ok();
+  if (!queued) return body_failed_locally(EIO);
+  ++ops;
+  body.in_pending = body.step_in_flight = true;
+  body.requested = length;
+  if (ring.prep_splice(pipe.pipe_read, -1, fd, -1, length,
+                       server.user_data(server.splice_out_kind, *this))) {
+    ++ops;
+    body.out_pending = true;
+  }
+  ++server.counters().splice_pairs;
+}
+
+void connection::on_splice_pair_done() noexcept {
+  if (body.requested > 0) {
+    if (body.in_result <= 0) {  // the spool file ended early or could not be read
+      return body_failed_locally(body.in_result < 0 ? -body.in_result : EIO);
+    }
+    body.slice_done += static_cast<std::uint32_t>(body.in_result);
+    body.in_pipe += static_cast<std::uint32_t>(body.in_result);
+  }
+  if (body.out_result < 0) {  // the socket failed: the connection is lost
+    abort_body();
+    session->on_peer_closed();
+    process_events();
+    return pump();
+  }
+  const auto sent = std::min<std::uint32_t>(static_cast<std::uint32_t>(body.out_result),
+                                            body.in_pipe);
+  body.in_pipe -= sent;
+  server.counters().body_bytes += sent;
+  restart_timer();  // RFC 5321 §4.5.3.2.5: per block moved
+  splice_step();
+}
+
+// ---- copied: read a chunk, send it
+
+void connection::copy_step() noexcept {
+  auto& ring = server.owner().ring();
+  transfer_pool::slot& buffer = server.transfers().at(body.transfer);
+  if (body.buffer_sent < body.buffer_filled) {
+    const auto queued = ring.prep_send(fd, buffer.buffer.get() + body.buffer_sent,
+                                       body.buffer_filled - body.buffer_sent,
+                                       server.user_data(server.body_send_kind, *this));
+    if (!queued) return body_failed_locally(queued.error());
+    body.step_in_flight = true;
+    ++ops;
+    return;
+  }
+  body.buffer_filled = body.buffer_sent = 0;
+  if (!next_bytes(job, body)) return body_done();
+  const spool::body_slice& piece = job.body[body.slice];
+  const auto length = static_cast<std::uint32_t>(
+      std::min<std::uint64_t>(piece.length - body.slice_done, server.transfers().buffer_bytes()));
+  const auto queued = ring.prep_read(piece.fd, buffer.buffer.get(), length,
+                                     piece.offset + body.slice_done,
+                                     server.user_data(server.body_read_kind, *this));
+  if (!queued) return body_failed_locally(queued.error());
+  body.step_in_flight = true;
+  ++ops;
+}
+
+// ---- completions
+
+void connection::on_body_completion(io::op_kind kind, const io::completion& done) noexcept {
+  if (kind == server.splice_in_kind) {
+    body.in_pending = false;
+    body.in_result = done.res;
+    if (done.res <= 0 && body.out_pending) {
+      // The pipe stays empty: the pipe -> socket half would wait forever. Cancel it.
+      (void)server.owner().ring().prep_cancel(server.user_data(server.splice_out_kind, *this),
+                                              io::pack_user_data(server.misc_kind, 0, 0), false,
+                                              io::sqe::skip_success);
+    }
+  } else if (kind == server.splice_out_kind) {
+    body.out_pending = false;
+    body.out_result = done.res;
+  }
+  if (body.in_pending || body.out_pending) return;  // the other half of the pair is coming
+  body.step_in_flight = false;
+  if (body.aborted) {  // abandoned meanwhile: the pipe/buffer is free of the kernel now
+    body.aborted = false;
+    release_transfer(false);
+    return;
+  }
+  if (socket_ending) return abort_body();
+  if (body.how == body_progress::path::spliced) return on_splice_pair_done();
+  if (done.res <= 0) {
+    if (kind == server.body_send_kind) {  // the socket failed
+      abort_body();
+      session->on_peer_closed();
+      process_events();
+      return pump();
+    }
+    return body_failed_locally(done.res < 0 ? -done.res : EIO);
+  }
+  const auto bytes = static_cast<std::uint32_t>(done.res);
+  restart_timer();  // RFC 5321 §4.5.3.2.5: per block moved
+  if (body.how == body_progress::path::staged) {
+    body.slice_done += bytes;
+    body.staged += bytes;
+    return read_staged_step();
+  }
+  if (kind == server.body_send_kind) {
+    body.buffer_sent += bytes;
+    server.counters().body_bytes += bytes;
+  } else {  // a chunk was read (short reads just make a smaller chunk)
+    body.slice_done += bytes;
+    body.buffer_filled = bytes;
+  }
+  copy_step();
+}
+
+// Every byte is in the socket: give the pipe/buffer back, let the engine add ".CRLF".
+void connection::body_done() noexcept {
+  release_transfer(body.in_pipe == 0);
+  body.how = body_progress::path::none;
+  body.open = false;
+  session->body_sent();  // pump() sends the ".CRLF" now
+  restart_timer();
+  pump();
+}
+
+void connection::release_transfer(bool clean) noexcept {
+  if (!body.holds_transfer) return;
+  body.holds_transfer = false;
+  server.transfers().release(body.transfer, clean);  // unclean: a pipe may hold stale bytes
+  server.transfer_released();
+}
+
+void connection::abort_body() noexcept {
+  body.wanted = false;
+  body.waiting = false;  // a queued wait is skipped when its turn comes
+  body.how = body_progress::path::none;
+  if (body.step_in_flight) {  // the kernel may still use the pipe/buffer: release on completion
+    body.aborted = true;
+    if (!socket_ending && fd >= 0) ::shutdown(fd, SHUT_RDWR);  // unblock a waiting splice
+    return;
+  }
+  release_transfer(false);
+}
+
+void connection::body_failed_locally(int error) noexcept {
+  body_failed = true;
+  local_reply.assign_local(
+      451, smtp::reply_enhanced_code{4, 3, 0},
+      fmt::format("cannot read the message from the spool: {}", std::strerror(error)));
+  abort_body();
+  // No ".CRLF" may follow a partial body: drop the connection (the server discards the
+  // transaction, RFC 5321 §4.1.1.4); the engine fails the recipients transiently.
+  session->on_peer_closed();
+  process_events();
+  pump();
+}
+
+}  // namespace ringmta::outbound

@@ -1,0 +1,563 @@
+// One outgoing SMTP connection over the ring: route lookup, address fallback, connect, the
+// receive -> feed -> events -> send loop, timeouts, idle reuse and closing. The body transfer
+// is in body.cc. See outbound/outbound.h.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "outbound_internal.h"
+#include "ringmta/core/assert.h"
+
+namespace ringmta::outbound {
+
+namespace {
+
+smtp::reply_enhanced_code enhanced(std::uint8_t status_class, std::uint16_t subject,
+                                   std::uint16_t detail) noexcept {
+  return smtp::reply_enhanced_code{status_class, subject, detail};
+}
+
+// A bare IP as a host route becomes an address literal, so no DNS question is asked for it.
+std::string as_literal(std::string_view name) {
+  if (!name.empty() && name.front() == '[') return std::string(name);
+  const auto ip = dns::ip_address::parse(name);
+  if (!ip) return std::string(name);
+  return ip.value().family == 6 ? "[IPv6:" + std::string(name) + "]"
+                                : "[" + std::string(name) + "]";
+}
+
+}  // namespace
+
+connection_timer::connection_timer(connection& c) noexcept
+    : core::timer_node([](core::timer_node& node) noexcept {
+        static_cast<connection_timer&>(node).owner.on_timer();
+      }),
+      owner(c) {}
+
+connection::connection(outbound_server& owner_server, std::uint32_t slot_index) noexcept
+    : server(owner_server), slot(slot_index), timer(*this) {}
+
+remote_host connection::remote() const noexcept {
+  if (!tried_any || current >= candidates.size()) return {};
+  return remote_host{candidates[current].host_name, &candidates[current].address};
+}
+
+// ---- opening: route lookup, then addresses in order
+
+void connection::open(std::uint64_t destination_cookie, const route& where) noexcept {
+  destination = destination_cookie;
+  kind = where.kind;
+  route_name = as_literal(where.name);
+  port = where.port;
+  candidates.clear();
+  next_candidate = current = 0;
+  tried_any = false;
+  attempts.reset();
+  fd = -1;
+  ops = 0;
+  connecting = connect_timed_out = receive_armed = send_in_flight = false;
+  socket_ending = close_queued = retry_receive = next_after_close = false;
+  ever_ready = idle = delivering = quit_requested = finishing = body_failed = false;
+  drop_after_results = false;
+  deliveries = 0;
+  body = body_progress{};
+  staged_begin = staged_end = 0;
+  reason = close_reason::lost;
+  failure = smtp::client_outcome::accepted;
+  if (!session) {  // first use of this slot: the only allocations of a connection
+    session = std::make_unique<smtp::client_session>(server.engine_config());
+    staging = std::make_unique<char[]>(server.staging_bytes());
+  }
+  resolving = true;
+  const std::uint64_t cookie = std::uint64_t{generation} << 32 | slot;
+  // The result comes from the DNS client's own loop, never from inside this call.
+  lookup = kind == route_kind::mx ? server.dns().start_mx_lookup(route_name, server, cookie)
+                                  : server.dns().start_host_lookup(route_name, server, cookie);
+}
+
+void connection::on_lookup_done(dns::mx_result& result) noexcept {
+  if (quit_requested) return pump();  // abandoned while resolving
+  if (result.status != dns::lookup_status::ok) {
+    failure = dns_failure_reply(result, close_reply);
+    reason = close_reason::destination_failed;
+    return finish();
+  }
+  const auto& config = server.config();
+  candidates = plan_candidates(result, plan_options{port, config.addresses_max, config.ipv4,
+                                                    config.ipv6});
+  if (candidates.empty()) {  // e.g. only AAAA records and IPv6 switched off
+    close_reply.assign_local(451, enhanced(4, 4, 4),
+                             "no usable address for " + route_name + " (address families)");
+    failure = smtp::client_outcome::transient_failure;
+    reason = close_reason::destination_failed;
+    return finish();
+  }
+  try_next_address();
+}
+
+void connection::try_next_address() noexcept {
+  while (next_candidate < candidates.size()) {
+    const std::uint32_t index = next_candidate++;
+    connect_to(index);
+    if (fd >= 0) return;  // connecting; otherwise it failed at once (recorded): next one
+  }
+  failure = attempts.summary(close_reply);
+  reason = close_reason::destination_failed;
+  finish();
+}
+
+void connection::connect_to(std::uint32_t index) noexcept {
+  const auto& config = server.config();
+  const candidate& to = candidates[index];
+  current = index;
+  tried_any = true;
+  ++server.counters().connect_attempts;
+  session->reset();
+  connecting = connect_timed_out = receive_armed = send_in_flight = false;
+  socket_ending = close_queued = next_after_close = false;
+  staged_begin = staged_end = 0;
+  const int family = to.address.family();
+  const int socket_fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int error = socket_fd < 0 ? errno : 0;
+  if (socket_fd >= 0) {
+    // The engine batches commands itself; the final "." must not wait for a delayed ACK.
+    const int on = 1;
+    ::setsockopt(socket_fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    const auto& source = family == AF_INET6 ? config.source_ipv6 : config.source_ipv4;
+    if (source) {
+      // Pick the port at connect time: many connections from one address share ports.
+      ::setsockopt(socket_fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
+      if (::bind(socket_fd, source->sockaddr_pointer(), source->length) != 0) error = errno;
+    }
+  }
+  if (error == 0) {
+    const auto queued = server.owner().ring().prep_connect(
+        socket_fd, to.address.sockaddr_pointer(), to.address.length,
+        server.user_data(server.connect_kind, *this));
+    if (!queued) error = queued.error();
+  }
+  if (error != 0) {
+    if (socket_fd >= 0) ::close(socket_fd);
+    ++server.counters().connect_failures;
+    attempts.record(to, attempt_failure::connect_failed, error, nullptr);
+    return;
+  }
+  fd = socket_fd;
+  connecting = true;
+  ++ops;
+  schedule(timer_purpose::connect, config.timeout_connect_ms);
+}
+
+void connection::on_connected(const io::completion& done) noexcept {
+  connecting = false;
+  if (socket_ending) return;  // abandoned meanwhile
+  if (done.res < 0) {
+    const int error = connect_timed_out ? ETIMEDOUT : -done.res;
+    ++server.counters().connect_failures;
+    return fail_attempt(attempt_failure::connect_failed, error, nullptr);
+  }
+  restart_timer();  // the greeting (RFC 5321 §4.5.3.2.1)
+  arm_receive();
+}
+
+// This address is no good (RFC 5321 §5.1): close the socket, then try the next one.
+void connection::fail_attempt(attempt_failure how, int error,
+                              const smtp::parsed_reply* reply) noexcept {
+  attempts.record(candidates[current], how, error, reply);
+  next_after_close = true;
+  end_socket();
+}
+
+// ---- receive -> feed -> events
+
+void connection::arm_receive() noexcept {
+  if (receive_armed || fd < 0 || connecting || socket_ending) return;
+  const auto queued = server.owner().ring().prep_recv_select(
+      fd, server.buffers().group_id(), server.user_data(server.receive_kind, *this));
+  if (!queued) {  // the kernel refused a submission: try again at the end of the iteration
+    retry_receive = true;
+    server.defer(*this);
+    return;
+  }
+  receive_armed = true;
+  ++ops;
+}
+
+void connection::on_received(const io::completion& done) noexcept {
+  receive_armed = false;
+  std::string_view chunk;
+  if (done.has_buffer()) {
+    const auto bytes = server.buffers().consume(done);
+    chunk = {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+  }
+  const auto recycle = [&] {
+    if (done.has_buffer()) server.buffers().recycle(done.buffer_id());
+  };
+  if (done.res == -ENOBUFS) {  // every buffer is out: re-arm once some come back
+    server.buffers().note_enobufs();
+    ++server.counters().receive_enobufs;
+    retry_receive = true;
+    server.defer(*this);
+    return;
+  }
+  if (socket_ending || session->phase() == smtp::client_phase::closed) {
+    recycle();
+    return pump();
+  }
+  if (done.res <= 0) {
+    recycle();
+    session->on_peer_closed();
+    process_events();
+    return pump();
+  }
+  const std::uint32_t owner_generation = generation;
+  while (!chunk.empty()) {
+    const std::size_t used = session->feed(chunk);
+    chunk.remove_prefix(used);
+    process_events();
+    if (!live || generation != owner_generation || finishing || socket_ending) break;
+    if (session->phase() == smtp::client_phase::closed) break;
+    if (used == 0 && !session->event_pending()) break;  // the engine takes nothing more now
+  }
+  recycle();  // nothing refers to the buffer any more: replies were copied or reported
+  restart_timer();
+  pump();
+}
+
+void connection::process_events() noexcept {
+  const std::uint32_t owner_generation = generation;
+  while (live && generation == owner_generation && !finishing) {
+    const smtp::client_event event = session->next_event();
+    switch (event.kind) {
+      case smtp::client_event_kind::none: return;
+      case smtp::client_event_kind::ready: on_session_ready(); break;
+      case smtp::client_event_kind::recipient_result:
+      case smtp::client_event_kind::message_result: report(event); break;
+      case smtp::client_event_kind::send_body: body.wanted = body.open = true; break;
+      case smtp::client_event_kind::start_tls: session->tls_failed(); break;  // policy none
+      case smtp::client_event_kind::closed: return on_session_closed(event);
+    }
+  }
+}
+
+void connection::on_session_ready() noexcept {
+  if (!ever_ready) {
+    ever_ready = true;
+    ++server.counters().sessions_ready;
+  }
+  if (drop_after_results) {  // no QUIT: the server may still be reading body bytes
+    reason = close_reason::lost;
+    close_reply.copy_from(local_reply);
+    return end_socket();
+  }
+  if (server.shutting_down() && !quit_requested) {
+    quit_requested = true;
+    quit_reason = close_reason::shutdown;
+  }
+  if (quit_requested) {
+    session->quit();
+    return restart_timer();
+  }
+  idle = true;
+  restart_timer();  // the idle lifetime
+  server.handler().on_ready(handle(), destination);
+}
+
+void connection::report(const smtp::client_event& event) noexcept {
+  auto& counters = server.counters();
+  const smtp::parsed_reply* reply = event.reply;
+  smtp::client_outcome outcome = event.outcome;
+  // A body that could not be read from the spool failed locally: say so, not "lost".
+  if (body_failed && reply->local && outcome != smtp::client_outcome::accepted) {
+    reply = &local_reply;
+  }
+  if (event.kind == smtp::client_event_kind::recipient_result) {
+    switch (outcome) {
+      case smtp::client_outcome::accepted: ++counters.recipients_accepted; break;
+      case smtp::client_outcome::permanent_failure: ++counters.recipients_permanent; break;
+      default: ++counters.recipients_transient; break;
+    }
+    server.handler().on_recipient_result(
+        handle(), destination, recipient_result{job.token, event.recipient_index, outcome, reply,
+                                                remote()});
+    return;
+  }
+  if (body.open) {
+    // A reply before our ".": the server gave up on the message (or is broken). Whatever it
+    // said, the body did not get through: never count it delivered, never reuse the session
+    // (the rest of the body would be read as commands).
+    if (!reply->local) {
+      drop_after_results = true;
+      if (outcome == smtp::client_outcome::accepted) {
+        local_reply.assign_local(451, enhanced(4, 4, 2),
+                                 "the server replied before the end of the message data");
+        reply = &local_reply;
+        outcome = smtp::client_outcome::transient_failure;
+      }
+    }
+    body.open = false;
+    abort_body();
+  }
+  delivering = false;
+  ++deliveries;
+  if (outcome == smtp::client_outcome::accepted) ++counters.deliveries_accepted;
+  else ++counters.deliveries_failed;
+  if (!body.step_in_flight) body = body_progress{};
+  server.handler().on_delivery_done(handle(), destination,
+                                    delivery_result{job.token, outcome, reply, remote()});
+}
+
+void connection::on_session_closed(const smtp::client_event& event) noexcept {
+  idle = false;
+  if (event.close_reason == smtp::client_close_reason::timeout) ++server.counters().timeouts;
+  if (!ever_ready && !quit_requested) {
+    // RFC 5321 §5.1 / §3.1: a 4xx/5xx greeting or a refused EHLO/HELO: next address; so is a
+    // session that broke before it was ready.
+    const bool rejected = event.close_reason == smtp::client_close_reason::greeting_rejected ||
+                          event.close_reason == smtp::client_close_reason::hello_rejected;
+    attempts.record(candidates[current],
+                    rejected ? attempt_failure::rejected : attempt_failure::broken, 0,
+                    event.reply);
+    next_after_close = true;
+  } else {
+    reason = quit_requested ? quit_reason
+             : event.close_reason == smtp::client_close_reason::quit ? close_reason::released
+                                                                       : close_reason::lost;
+    close_reply.copy_from(*event.reply);
+    next_after_close = false;
+  }
+  restart_timer();  // bounds the flush of a last QUIT
+  pump();
+}
+
+// ---- sending
+
+void connection::stage_output() noexcept {
+  const std::string_view out = session->output();
+  RINGMTA_ASSERT(staged_end + out.size() <= server.staging_bytes());
+  std::memcpy(staging.get() + staged_end, out.data(), out.size());
+  staged_end += static_cast<std::uint32_t>(out.size());
+  session->consume_output(out.size());  // handed to the kernel now (client_session.h)
+}
+
+bool connection::send_staged() noexcept {
+  const auto queued = server.owner().ring().prep_send(
+      fd, staging.get() + staged_begin, staged_end - staged_begin,
+      server.user_data(server.send_kind, *this));
+  if (!queued) {
+    session->on_peer_closed();  // cannot talk to the kernel: treat as a lost connection
+    return false;
+  }
+  send_in_flight = true;
+  ++ops;
+  return true;
+}
+
+void connection::on_sent(const io::completion& done) noexcept {
+  send_in_flight = false;
+  if (socket_ending) return;
+  if (done.res < 0) {
+    session->on_peer_closed();
+    process_events();
+    return pump();
+  }
+  staged_begin += static_cast<std::uint32_t>(done.res);
+  if (staged_begin < staged_end) {  // short send: the rest now, in order
+    if (!send_staged()) process_events();
+    return pump();
+  }
+  if (body.how == body_progress::path::staged) {
+    server.counters().body_bytes += body.total;
+    body.how = body_progress::path::none;  // the body and its ".CRLF" are out
+  }
+  staged_begin = staged_end = 0;
+  restart_timer();
+  pump();
+}
+
+// Makes progress with whatever is due: abandoning, output, the body, closing, receiving.
+void connection::pump() noexcept {
+  if (!live || finishing) return;
+  if (!ever_ready && quit_requested) {  // abandoned before it was ready
+    reason = quit_reason;
+    failure = smtp::client_outcome::accepted;
+    close_reply.assign_local(421, enhanced(4, 3, 2), "connection abandoned before it was ready");
+    if (resolving) {
+      server.dns().cancel(lookup);
+      resolving = false;
+      return finish();
+    }
+    if (fd >= 0) {
+      next_after_close = false;
+      return end_socket();
+    }
+    return finish();
+  }
+  if (fd < 0 || connecting || socket_ending) return;
+  if (session->phase() != smtp::client_phase::closed) arm_receive();
+  if (send_in_flight || body.step_in_flight) return;
+  if (staged_end > staged_begin) {
+    if (!send_staged()) process_events();
+    return;
+  }
+  if (!session->output().empty()) {
+    stage_output();
+    if (!send_staged()) process_events();
+    return;
+  }
+  if (body.wanted && !body.waiting && body.how == body_progress::path::none) return start_body();
+  if (session->phase() == smtp::client_phase::closed) end_socket();
+}
+
+void connection::start_delivery(const delivery& next) noexcept {
+  job = next;
+  std::uint64_t total = 0;
+  for (const spool::body_slice& piece : job.body) total += piece.length;
+  if (job.envelope.size_bytes == 0) job.envelope.size_bytes = total;
+  idle = false;
+  delivering = true;
+  RINGMTA_ASSERT(!body.step_in_flight && !body.holds_transfer);
+  body = body_progress{};
+  body.total = total;
+  body_failed = false;
+  ++server.counters().deliveries;
+  session->start_transaction(job.envelope);
+  restart_timer();
+}
+
+void connection::request_quit(close_reason why) noexcept {
+  if (quit_requested) return;
+  quit_requested = true;
+  quit_reason = why;
+  if (idle) {  // otherwise the QUIT follows the delivery in progress (on_session_ready)
+    idle = false;
+    session->quit();
+    restart_timer();
+    server.defer(*this);
+  }
+}
+
+void connection::abandon(close_reason why) noexcept {
+  if (quit_requested) return;
+  quit_requested = true;
+  quit_reason = why;
+  server.defer(*this);
+}
+
+// ---- timers
+
+void connection::schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept {
+  timer_use = purpose;
+  server.owner().timers().schedule_after(timer, delay_ms);
+}
+
+void connection::restart_timer() noexcept {
+  if (fd < 0 || connecting || socket_ending || finishing) return;
+  const auto& config = server.config();
+  switch (session->phase()) {
+    case smtp::client_phase::greeting: return schedule(timer_purpose::reply,
+                                                       config.timeout_greeting_ms);
+    case smtp::client_phase::ehlo:
+    case smtp::client_phase::helo:
+    case smtp::client_phase::starttls:
+    case smtp::client_phase::tls_handshake:
+      return schedule(timer_purpose::reply, config.timeout_hello_ms);
+    case smtp::client_phase::ready:
+      if (idle) return schedule(timer_purpose::idle, config.idle_timeout_ms);
+      return server.owner().timers().cancel(timer);
+    case smtp::client_phase::rset:
+    case smtp::client_phase::mail: return schedule(timer_purpose::reply, config.timeout_mail_ms);
+    case smtp::client_phase::rcpt: return schedule(timer_purpose::reply, config.timeout_rcpt_ms);
+    case smtp::client_phase::data:
+      return schedule(timer_purpose::reply, config.timeout_data_init_ms);
+    case smtp::client_phase::body:
+      return schedule(timer_purpose::reply, config.timeout_data_block_ms);
+    case smtp::client_phase::data_end:
+      return schedule(timer_purpose::reply, config.timeout_data_end_ms);
+    case smtp::client_phase::quit: return schedule(timer_purpose::reply, config.timeout_quit_ms);
+    case smtp::client_phase::closed: return schedule(timer_purpose::flush,
+                                                     config.timeout_quit_ms);
+  }
+}
+
+void connection::on_timer() noexcept {
+  switch (timer_use) {
+    case timer_purpose::connect: {
+      ++server.counters().timeouts;
+      connect_timed_out = true;
+      // The connect completes with -ECANCELED, reported as a timeout (next address).
+      const auto queued = server.owner().ring().prep_cancel(
+          server.user_data(server.connect_kind, *this),
+          io::pack_user_data(server.misc_kind, 0, 0), false, io::sqe::skip_success);
+      if (!queued) fail_attempt(attempt_failure::connect_failed, ETIMEDOUT, nullptr);
+      return;
+    }
+    case timer_purpose::idle:
+      if (idle) request_quit(close_reason::idle_timeout);
+      return pump();
+    case timer_purpose::reply:  // RFC 5321 §4.5.3.2: a timeout is a transient failure
+      session->on_timeout();
+      process_events();
+      return pump();
+    case timer_purpose::flush:  // the last QUIT could not be flushed: close hard
+      return end_socket();
+  }
+}
+
+// ---- closing
+
+void connection::end_socket() noexcept {
+  if (fd < 0) return;
+  if (!socket_ending) {
+    socket_ending = true;
+    server.owner().timers().cancel(timer);
+    abort_body();
+    if (connecting) {
+      (void)server.owner().ring().prep_cancel(server.user_data(server.connect_kind, *this),
+                                              io::pack_user_data(server.misc_kind, 0, 0), false,
+                                              io::sqe::skip_success);
+    }
+    // Ends a pending receive (0), a send or splice blocked on a peer that stopped reading.
+    ::shutdown(fd, SHUT_RDWR);
+  }
+  if (ops > 0 || close_queued) return;
+  close_queued = true;
+  if (server.owner().ring().prep_close(fd, server.user_data(server.close_kind, *this))) {
+    ++ops;
+    return;
+  }
+  ::close(fd);
+  on_fd_closed();
+}
+
+void connection::on_fd_closed() noexcept {
+  fd = -1;
+  close_queued = socket_ending = false;
+  if (!ever_ready && quit_requested) return pump();  // abandoned: finish with its reason
+  if (next_after_close) {
+    next_after_close = false;
+    return try_next_address();
+  }
+  finish();
+}
+
+void connection::finish() noexcept {
+  RINGMTA_ASSERT(fd < 0 && ops == 0);
+  if (finishing) return;
+  finishing = true;
+  server.owner().timers().cancel(timer);
+  if (resolving) server.dns().cancel(lookup);
+  resolving = false;
+  idle = delivering = false;
+  if (reason == close_reason::destination_failed) ++server.counters().destination_failures;
+  const close_result result{reason,    ever_ready,           deliveries, attempts.tries(),
+                            failure,   &close_reply,         remote()};
+  server.handler().on_closed(handle(), destination, result);
+  server.release_slot(*this);
+}
+
+}  // namespace ringmta::outbound

@@ -1,0 +1,273 @@
+// Internals of outbound::outbound shared by outbound.cc (the table, the API, DNS results, the
+// iteration hook), connection.cc (one SMTP client session over the ring) and body.cc (moving
+// the body from the spool to the socket).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ringmta/core/timer_wheel.h"
+#include "ringmta/io/buffer_ring.h"
+#include "ringmta/outbound/attempt_plan.h"
+#include "ringmta/outbound/outbound.h"
+
+namespace ringmta::outbound {
+
+class outbound_server;
+struct connection;
+
+enum class timer_purpose : std::uint8_t { connect, reply, idle, flush };
+
+struct connection_timer : core::timer_node {
+  explicit connection_timer(connection& c) noexcept;
+  connection& owner;
+};
+
+// Where a body transfer stands. One transfer step (a read, a send, a splice pair) at a time.
+struct body_progress {
+  enum class path : std::uint8_t { none, staged, spliced, copied };
+  path how = path::none;
+  bool open = false;            // send_body seen, body_sent() not yet called
+  bool wanted = false;          // open and not started: starts once output and sends are done
+  bool waiting = false;         // queued for a free transfer slot
+  bool step_in_flight = false;
+  bool aborted = false;         // abandoned while a step was in flight: clean up on completion
+  bool holds_transfer = false;
+  std::uint32_t transfer = 0;   // slot in the transfer pool (spliced, copied)
+  std::uint32_t slice = 0;      // next slice to move
+  std::uint64_t slice_done = 0; // bytes of that slice moved (or read)
+  std::uint64_t total = 0;      // body bytes (sum of slices)
+  std::uint32_t staged = 0;     // staged path: bytes read into staging so far
+  // The splice pair in flight: file -> pipe (in), pipe -> socket (out).
+  std::uint32_t requested = 0;  // 0: a lone pipe -> socket splice of leftover bytes
+  std::int32_t in_result = 0;
+  std::int32_t out_result = 0;
+  bool in_pending = false;
+  bool out_pending = false;
+  std::uint32_t in_pipe = 0;    // bytes in the pipe not yet sent
+  // body_transfer::copy: the buffer's filled and sent bytes.
+  std::uint32_t buffer_filled = 0;
+  std::uint32_t buffer_sent = 0;
+  bool last_read = false;       // the buffer holds the body's tail
+};
+
+// One outgoing connection; lives in outbound_server's table and is reused (the session and
+// the staging buffer are allocated on the slot's first use only).
+struct connection {
+  connection(outbound_server& server, std::uint32_t slot) noexcept;
+
+  outbound_server& server;
+  const std::uint32_t slot;
+  std::uint32_t generation = 0;
+  bool live = false;
+  std::uint64_t destination = 0;
+
+  // Route and attempts.
+  route_kind kind = route_kind::mx;
+  std::string route_name;
+  std::uint16_t port = 25;
+  bool resolving = false;
+  std::uint64_t lookup = 0;
+  std::vector<candidate> candidates;
+  std::uint32_t next_candidate = 0;
+  std::uint32_t current = 0;  // index of the candidate of the socket (valid once one is tried)
+  bool tried_any = false;
+  attempt_tracker attempts;
+
+  // The socket of the current try.
+  int fd = -1;
+  std::uint8_t ops = 0;  // SQEs in flight that name this connection (skip_success ones aside)
+  bool connecting = false;
+  bool connect_timed_out = false;
+  bool receive_armed = false;
+  bool send_in_flight = false;
+  bool socket_ending = false;  // shut down; close the fd once ops drain
+  bool close_queued = false;
+  bool retry_receive = false;  // a receive ended with ENOBUFS: re-arm at the end of iteration
+  bool next_after_close = false;  // after the fd is closed: try the next address (else finish)
+
+  // The SMTP session.
+  std::unique_ptr<smtp::client_session> session;
+  bool ever_ready = false;
+  bool idle = false;          // ready and given nothing yet
+  bool delivering = false;
+  bool quit_requested = false;
+  close_reason quit_reason = close_reason::released;
+  std::uint32_t deliveries = 0;
+  delivery job;
+  body_progress body;
+
+  // Staging: engine output copied here when handed to the kernel (client_session says the
+  // output may move once consumed), and small bodies read here to go out with ".CRLF".
+  std::unique_ptr<char[]> staging;
+  std::uint32_t staged_begin = 0;
+  std::uint32_t staged_end = 0;
+
+  connection_timer timer;
+  timer_purpose timer_use = timer_purpose::reply;
+
+  // How it ended.
+  bool finishing = false;
+  close_reason reason = close_reason::lost;
+  smtp::client_outcome failure = smtp::client_outcome::accepted;
+  smtp::parsed_reply close_reply;
+  smtp::parsed_reply local_reply;  // replaces engine replies after a local body failure
+  bool body_failed = false;
+  bool drop_after_results = false;  // the server answered mid-body: close, no QUIT, no reuse
+
+  remote_host remote() const noexcept;
+  connection_handle handle() const noexcept { return {slot, generation}; }
+
+  // Driving the session (connection.cc).
+  void open(std::uint64_t destination_cookie, const route& where) noexcept;
+  void on_lookup_done(dns::mx_result& result) noexcept;
+  void try_next_address() noexcept;
+  void on_connected(const io::completion& done) noexcept;
+  void on_received(const io::completion& done) noexcept;
+  void on_sent(const io::completion& done) noexcept;
+  void on_fd_closed() noexcept;
+  void on_timer() noexcept;
+  void pump() noexcept;
+  void process_events() noexcept;
+  void start_delivery(const delivery& next) noexcept;
+  void request_quit(close_reason why) noexcept;
+  void abandon(close_reason why) noexcept;  // not ready yet: stop trying
+  void arm_receive() noexcept;
+  void restart_timer() noexcept;
+  void end_socket() noexcept;  // shut the socket; the fd is closed once no op refers to it
+
+  // Body (body.cc).
+  void start_body() noexcept;
+  void on_body_completion(io::op_kind kind, const io::completion& done) noexcept;
+  void resume_body() noexcept;  // a transfer slot became free
+  void abort_body() noexcept;   // the socket is going away: give the transfer slot back
+
+ private:
+  void connect_to(std::uint32_t index) noexcept;
+  void fail_attempt(attempt_failure how, int error, const smtp::parsed_reply* reply) noexcept;
+  void on_session_ready() noexcept;
+  void on_session_closed(const smtp::client_event& event) noexcept;
+  void report(const smtp::client_event& event) noexcept;
+  bool send_staged() noexcept;
+  void stage_output() noexcept;
+  void finish() noexcept;
+  void schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept;
+  // body.cc helpers
+  void read_staged_step() noexcept;
+  void splice_step() noexcept;
+  void copy_step() noexcept;
+  void body_done() noexcept;
+  void release_transfer(bool clean) noexcept;
+  void body_failed_locally(int error) noexcept;
+  void on_splice_pair_done() noexcept;
+};
+
+// Pipes (splice) and buffers (copy) for large bodies, a fixed number per shard, created on
+// first use. A pipe that may hold stale bytes (a transfer that failed) is closed, not reused.
+class transfer_pool {
+ public:
+  struct slot {
+    int pipe_read = -1;
+    int pipe_write = -1;
+    std::uint32_t pipe_capacity = 0;
+    std::unique_ptr<char[]> buffer;
+    bool busy = false;
+  };
+
+  transfer_pool(std::uint32_t count, std::uint32_t pipe_bytes, std::uint32_t buffer_bytes);
+  ~transfer_pool();
+
+  // A free slot with a pipe (want_pipe) or a buffer ready; nullopt when all are busy (or a
+  // pipe cannot be made: errno in `error`).
+  std::optional<std::uint32_t> acquire(bool want_pipe, int& error) noexcept;
+  void release(std::uint32_t index, bool clean) noexcept;
+  slot& at(std::uint32_t index) noexcept { return _slots[index]; }
+  std::uint32_t buffer_bytes() const noexcept { return _buffer_bytes; }
+
+ private:
+  std::vector<slot> _slots;
+  std::uint32_t _pipe_bytes;
+  std::uint32_t _buffer_bytes;
+};
+
+class outbound_server final : public shard::completion_handler,
+                              public shard::iteration_hook,
+                              public lookup_handler {
+ public:
+  outbound_server(shard::shard& owner, dns_client& dns, delivery_handler& handler,
+                  const outbound_config& config);
+  ~outbound_server();
+
+  core::result<void> start() noexcept;
+  core::result<connection_handle> open_connection(std::uint64_t destination,
+                                                  const route& where) noexcept;
+  core::result<void> deliver(connection_handle handle, const delivery& job) noexcept;
+  void release(connection_handle handle) noexcept;
+  void begin_shutdown() noexcept;
+  bool drained() const noexcept { return _shutting_down && _live == 0; }
+  void stop() noexcept;
+  std::uint32_t live() const noexcept { return _live; }
+  outbound_counters& counters() noexcept { return _counters; }
+
+  void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
+  void before_wait(shard::shard& owner) noexcept override;
+  void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;
+
+  // For connections.
+  const outbound_config& config() const noexcept { return _config; }
+  shard::shard& owner() noexcept { return _owner; }
+  dns_client& dns() noexcept { return _dns; }
+  delivery_handler& handler() noexcept { return _handler; }
+  io::buffer_ring& buffers() noexcept { return _buffers; }
+  transfer_pool& transfers() noexcept { return _transfers; }
+  const smtp::client_config& engine_config() const noexcept { return _engine; }
+  std::uint32_t staging_bytes() const noexcept { return _staging_bytes; }
+  bool shutting_down() const noexcept { return _shutting_down; }
+  bool stopped() const noexcept { return _stopped; }
+  std::uint64_t user_data(io::op_kind kind, const connection& c) const noexcept {
+    return io::pack_user_data(kind, c.generation, c.slot);
+  }
+  // Op kinds.
+  io::op_kind connect_kind = io::op_kind_invalid;
+  io::op_kind receive_kind = io::op_kind_invalid;
+  io::op_kind send_kind = io::op_kind_invalid;
+  io::op_kind close_kind = io::op_kind_invalid;
+  io::op_kind body_read_kind = io::op_kind_invalid;
+  io::op_kind body_send_kind = io::op_kind_invalid;
+  io::op_kind splice_in_kind = io::op_kind_invalid;
+  io::op_kind splice_out_kind = io::op_kind_invalid;
+  io::op_kind misc_kind = io::op_kind_invalid;
+
+  // Work for the end of the loop iteration (API calls never call the handler themselves).
+  void defer(connection& c) noexcept;
+  void wait_for_transfer(connection& c) noexcept;
+  void transfer_released() noexcept;
+  void release_slot(connection& c) noexcept;
+
+ private:
+  connection* find(connection_handle handle) noexcept;
+  connection* find(const io::op_tag& tag) noexcept;
+
+  shard::shard& _owner;
+  dns_client& _dns;
+  delivery_handler& _handler;
+  outbound_config _config;
+  smtp::client_config _engine;
+  std::uint32_t _staging_bytes;
+  io::buffer_ring _buffers;
+  transfer_pool _transfers;
+  std::vector<std::unique_ptr<connection>> _connections;  // by slot; created on first use
+  std::vector<std::uint32_t> _free_slots;
+  std::vector<connection_handle> _deferred;
+  std::vector<connection_handle> _deferred_batch;
+  std::vector<connection_handle> _transfer_waiters;  // FIFO of bodies waiting for a slot
+  std::uint32_t _live = 0;
+  bool _shutting_down = false;
+  bool _stopped = false;
+  outbound_counters _counters;
+};
+
+}  // namespace ringmta::outbound
