@@ -464,17 +464,8 @@ void scheduler::state::release_connection(connection_id id, std::int64_t now_ms)
   free_connections.push_back(id.slot);
   --live_connections;
   std::uint32_t slot = record.destination;
-  // The freed slot goes to the first starved destination that still wants a connection.
-  while (!starved.empty()) {
-    std::uint32_t waiting = starved.front();
-    starved.pop_front();
-    destination_record& w = destinations[waiting];
-    if (!w.live || !w.starved) continue;
-    w.starved = false;
-    w.wake_ms = no_wakeup_ms;  // force a fresh heap entry
-    reschedule(waiting, now_ms);
-    if (w.wake_ms != no_wakeup_ms && w.ready.count > w.connections_starting) break;
-  }
+  // A starved destination may go now: poll() wakes them all (next_wakeup_ms says when).
+  if (!starved.empty()) starved_wake_ms = std::min(starved_wake_ms, now_ms);
   reschedule(slot, now_ms);
 }
 

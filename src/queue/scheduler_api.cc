@@ -111,19 +111,37 @@ add_result scheduler::add(std::string_view name, const job_spec& spec, std::int6
 
 std::int64_t scheduler::next_wakeup_ms() noexcept {
   state& s = *_state;
+  std::int64_t starved_at = no_wakeup_ms;
+  if (!s.starved.empty() && s.live_connections < s.config.connections_max)
+    starved_at = s.starved_wake_ms;
   while (!s.wake.empty()) {
     const heap_entry& top = s.wake.front();
     const destination_record& d = s.destinations[top.slot];
-    if (d.live && d.generation == top.generation && d.wake_ms == top.time_ms) return top.time_ms;
+    if (d.live && d.generation == top.generation && d.wake_ms == top.time_ms)
+      return std::min(top.time_ms, starved_at);
     std::pop_heap(s.wake.begin(), s.wake.end(), heap_later{});
     s.wake.pop_back();
   }
-  return no_wakeup_ms;
+  return starved_at;
 }
 
 std::size_t scheduler::poll(std::int64_t now_ms, std::vector<connect_request>& out) noexcept {
   state& s = *_state;
   s.sweep_idle(now_ms);
+  // Destinations that waited for a shard-wide connection slot all try again now; the ones
+  // that find no slot starve again (compute_wake).
+  if (s.live_connections < s.config.connections_max) {
+    s.starved_wake_ms = no_wakeup_ms;
+    for (std::size_t count = s.starved.size(); count > 0; --count) {
+      std::uint32_t slot = s.starved.front();
+      s.starved.pop_front();
+      destination_record& d = s.destinations[slot];
+      if (!d.live || !d.starved) continue;
+      d.starved = false;
+      d.wake_ms = no_wakeup_ms;  // force a fresh heap entry
+      s.reschedule(slot, now_ms);
+    }
+  }
   std::size_t before = out.size();
   s.due.clear();
   while (!s.wake.empty() && s.wake.front().time_ms <= now_ms) {

@@ -140,6 +140,7 @@ struct scheduler::state {
   std::uint32_t live_connections = 0;
   std::vector<heap_entry> wake;  // min-heap of destinations by wake time
   std::deque<std::uint32_t> starved;
+  std::int64_t starved_wake_ms = no_wakeup_ms;  // a connection slot freed up at this time
   std::uint32_t idle_head = nil_slot;
   std::uint32_t idle_tail = nil_slot;
   std::deque<error_entry> errors;  // index 0 unused; deque keeps keys in place
