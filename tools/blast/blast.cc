@@ -349,20 +349,8 @@ void blast_shard::start_message(connection& c, std::uint64_t intended_ns) noexce
                                              _config.domain_suffix, _id);
     c.rcpts[r] = smtp::client_recipient{{c.rcpt_text[r].data(), n}, {}, {}};
   }
-  char id_text[24];
-  const std::size_t id_bytes = loadkit::write_decimal(id_text, id, 12);
-  char checksum[16];
-  loadkit::write_hex16(checksum, body->checksum);
-  const auto written = fmt::format_to_n(
-      c.header, sizeof c.header,
-      "From: <{}>\r\nTo: <{}>\r\nSubject: ringmta-blast {}-{}\r\nDate: {}\r\n"
-      "Message-ID: <{}-{}@{}>\r\n{}: {}-{}\r\n{}: xxh64={}\r\n\r\n",
-      std::string_view(c.from, c.from_bytes), c.rcpts[0].address, _config.run,
-      std::string_view(id_text, id_bytes), _config.date, _config.run,
-      std::string_view(id_text, id_bytes), _config.ehlo, loadkit::id_field, _config.run,
-      std::string_view(id_text, id_bytes), loadkit::checksum_field,
-      std::string_view(checksum, 16));
-  c.header_bytes = static_cast<std::uint32_t>(std::min(written.size, sizeof c.header));
+  c.header_bytes = static_cast<std::uint32_t>(render_header(
+      _config, id, {c.from, c.from_bytes}, c.rcpts[0].address, *body, c.header, sizeof c.header));
   smtp::client_envelope envelope;
   envelope.reverse_path = {c.from, c.from_bytes};
   envelope.recipients = c.rcpts;

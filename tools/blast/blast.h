@@ -207,7 +207,13 @@ class blast_shard final : public shard::completion_handler {
   io::op_kind _kind_connect = 0, _kind_recv = 0, _kind_send = 0, _kind_misc = 0;
 };
 
-// Builds bodies, run id and date from the parsed flags (start-up).
+// Builds the body variants (shared text, tails, checksums) from the size distribution.
 void prepare_bodies(blast_config& config, const std::vector<loadkit::size_choice>& sizes);
+
+// Renders one message's header block (From, To, Subject, Date, Message-ID, X-Blast-Id,
+// X-Blast-Checksum, empty line) into out; returns its length. No allocation (per message).
+std::size_t render_header(const blast_config& config, std::uint64_t id, std::string_view from,
+                          std::string_view first_recipient, const body_variant& body, char* out,
+                          std::size_t out_bytes_max) noexcept;
 
 }  // namespace ringmta::blast

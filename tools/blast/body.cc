@@ -98,6 +98,23 @@ std::size_t address_pattern::render(char* out, std::size_t out_bytes_max, std::u
   return static_cast<std::size_t>(p - out);
 }
 
+std::size_t render_header(const blast_config& config, std::uint64_t id, std::string_view from,
+                          std::string_view first_recipient, const body_variant& body, char* out,
+                          std::size_t out_bytes_max) noexcept {
+  char id_text[24];
+  const std::string_view number(id_text, loadkit::write_decimal(id_text, id, 12));
+  char checksum[16];
+  loadkit::write_hex16(checksum, body.checksum);
+  const auto written = fmt::format_to_n(
+      out, out_bytes_max,
+      "From: <{}>\r\nTo: <{}>\r\nSubject: ringmta-blast {}-{}\r\nDate: {}\r\n"
+      "Message-ID: <{}-{}@{}>\r\n{}: {}-{}\r\n{}: xxh64={}\r\n\r\n",
+      from, first_recipient, config.run, number, config.date, config.run, number, config.ehlo,
+      loadkit::id_field, config.run, number, loadkit::checksum_field,
+      std::string_view(checksum, 16));
+  return std::min(written.size, out_bytes_max);
+}
+
 // The shared body text: numbered 78-octet lines (76 + CRLF, RFC 5322 §2.1.1's recommended 78),
 // never starting with '.', so no dot-stuffing is ever needed and the wire form is the message.
 void prepare_bodies(blast_config& config, const std::vector<loadkit::size_choice>& sizes) {
