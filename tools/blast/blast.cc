@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -126,7 +128,9 @@ core::result<void> blast_shard::start(shard::shard& owner) noexcept {
   _buffers = std::make_unique<io::buffer_ring>();
   io::buffer_ring_options options;
   options.group_id = buffer_group;
-  options.buffer_count = 4096;
+  // Replies are small and consumed at once, but every open connection may have one arrive in
+  // the same loop iteration: room for two per connection, at least 1024, at most 32768.
+  options.buffer_count = std::bit_ceil(std::clamp<std::uint32_t>(2 * _concurrency, 1024, 32768));
   options.buffer_bytes = 1024;
   if (auto ok = _buffers->init(owner.ring(), options); !ok) return ok;
   owner.add_buffer_ring(*_buffers);
