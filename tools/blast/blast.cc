@@ -145,8 +145,13 @@ void blast_shard::stop() noexcept {
   _connections.for_each_live([this](connection& c, std::uint32_t, std::uint32_t) {
     _shard->timers().cancel(c.timeout.node);
     if (c.fd >= 0) {
-      _counters.errors[static_cast<std::size_t>(error_kind::aborted)].add();
-      _counters.sessions_failed.add();
+      if (c.waiting_eof && !c.has_error) {  // QUIT answered: only the server's FIN was missing
+        _counters.sessions_done.add();
+      } else {
+        _counters.errors[static_cast<std::size_t>(error_kind::aborted)].add();
+        _counters.sessions_failed.add();
+      }
+      _counters.open.add(~std::uint64_t{0});
       ::shutdown(c.fd, SHUT_RDWR);
       ::close(c.fd);
       c.fd = -1;
