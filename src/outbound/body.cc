@@ -1,8 +1,8 @@
 // The message body, from the spool's segment file to the socket, after the server's 354:
 //   staged:  bodies up to copy_body_bytes_max are read into the connection's staging buffer and
 //            sent with the ".CRLF" terminator in one send (one packet for a small message);
-//   spliced: IORING_OP_SPLICE file -> pipe, hard-linked to pipe -> socket, one pair in flight,
-//            pipe_capacity bytes per pair; then the engine's ".CRLF" as a plain send;
+//   spliced: IORING_OP_SPLICE file -> pipe, then pipe -> socket, one splice in flight, up to
+//            pipe_capacity bytes each; then the engine's ".CRLF" as a plain send;
 //   copied:  (body_transfer::copy) read a chunk into a pooled buffer, send it, repeat; then
 //            the engine's ".CRLF" as a plain send.
 // The slices are in wire form already: nothing is re-stuffed (docs/design.md principle 3).
@@ -92,61 +92,50 @@ void connection::read_staged_step() noexcept {
   ++ops;
 }
 
-// ---- spliced: file -> pipe -> socket
+// ---- spliced: file -> pipe, then pipe -> socket
 
+// One splice at a time, the second only once the first is known: the pipe then never waits
+// for bytes that will not come (a hard-linked pair blocks its second half for good in an
+// io-wq worker when the file ends early, and neither cancel nor shutdown wakes a pipe wait).
 void connection::splice_step() noexcept {
   auto& ring = server.owner().ring();
   const transfer_pool::slot& pipe = server.transfers().at(body.transfer);
-  body.requested = 0;
-  body.in_result = body.out_result = 0;
-  if (body.in_pipe > 0) {  // the socket took less than the pipe held: send the rest first
+  if (body.in_pipe > 0) {  // pipe -> socket: may block on the peer (shutdown wakes it)
     const auto queued = ring.prep_splice(pipe.pipe_read, -1, fd, -1, body.in_pipe,
                                          server.user_data(server.splice_out_kind, *this));
     if (!queued) return body_failed_locally(queued.error());
-    body.out_pending = body.step_in_flight = true;
-    ++ops;
-    return;
+  } else {
+    if (!next_bytes(job, body)) return body_done();
+    const spool::body_slice& piece = job.body[body.slice];
+    const auto length = static_cast<std::uint32_t>(
+        std::min<std::uint64_t>(piece.length - body.slice_done, pipe.pipe_capacity));
+    // file -> pipe: the pipe is empty and at least `length` big, so it never waits for room.
+    const auto queued = ring.prep_splice(
+        piece.fd, static_cast<std::int64_t>(piece.offset + body.slice_done), pipe.pipe_write, -1,
+        length, server.user_data(server.splice_in_kind, *this));
+    if (!queued) return body_failed_locally(queued.error());
   }
-  if (!next_bytes(job, body)) return body_done();
-  const spool::body_slice& piece = job.body[body.slice];
-  const auto length = static_cast<std::uint32_t>(
-      std::min<std::uint64_t>(piece.length - body.slice_done, pipe.pipe_capacity));
-  // A short splice fails a plain link: hard-link the halves (io/ring.h). The pipe is empty
-  // and at least `length` big, so the first half never waits for room.
-  const bool queued =
-      ring.reserve(2).ok() &&
-      ring.prep_splice(piece.fd, static_cast<std::int64_t>(piece.offset + body.slice_done),
-                       pipe.pipe_write, -1, length,
-                       server.user_data(server.splice_in_kind, *this), io::sqe::hardlink)
-          .ok();
-  if (!queued) return body_failed_locally(EIO);
+  body.step_in_flight = true;
   ++ops;
-  body.in_pending = body.step_in_flight = true;
-  body.requested = length;
-  if (ring.prep_splice(pipe.pipe_read, -1, fd, -1, length,
-                       server.user_data(server.splice_out_kind, *this))) {
-    ++ops;
-    body.out_pending = true;
-  }
-  ++server.counters().splice_pairs;
+  ++server.counters().splices;
 }
 
-void connection::on_splice_pair_done() noexcept {
-  if (body.requested > 0) {
-    if (body.in_result <= 0) {  // the spool file ended early or could not be read
-      return body_failed_locally(body.in_result < 0 ? -body.in_result : EIO);
+void connection::on_splice_done(io::op_kind kind, std::int32_t result) noexcept {
+  if (kind == server.splice_in_kind) {
+    if (result <= 0) {  // the spool file ended early or could not be read
+      return body_failed_locally(result < 0 ? -result : EIO);
     }
-    body.slice_done += static_cast<std::uint32_t>(body.in_result);
-    body.in_pipe += static_cast<std::uint32_t>(body.in_result);
+    body.slice_done += static_cast<std::uint32_t>(result);
+    body.in_pipe = static_cast<std::uint32_t>(result);
+    return splice_step();
   }
-  if (body.out_result < 0) {  // the socket failed: the connection is lost
+  if (result <= 0) {  // the socket failed: the connection is lost
     abort_body();
     session->on_peer_closed();
     process_events();
     return pump();
   }
-  const auto sent = std::min<std::uint32_t>(static_cast<std::uint32_t>(body.out_result),
-                                            body.in_pipe);
+  const auto sent = std::min<std::uint32_t>(static_cast<std::uint32_t>(result), body.in_pipe);
   body.in_pipe -= sent;
   server.counters().body_bytes += sent;
   restart_timer();  // RFC 5321 §4.5.3.2.5: per block moved
@@ -183,28 +172,14 @@ void connection::copy_step() noexcept {
 // ---- completions
 
 void connection::on_body_completion(io::op_kind kind, const io::completion& done) noexcept {
-  if (kind == server.splice_in_kind) {
-    body.in_pending = false;
-    body.in_result = done.res;
-    if (done.res <= 0 && body.out_pending) {
-      // The pipe stays empty: the pipe -> socket half would wait forever. Cancel it.
-      (void)server.owner().ring().prep_cancel(server.user_data(server.splice_out_kind, *this),
-                                              io::pack_user_data(server.misc_kind, 0, 0), false,
-                                              io::sqe::skip_success);
-    }
-  } else if (kind == server.splice_out_kind) {
-    body.out_pending = false;
-    body.out_result = done.res;
-  }
-  if (body.in_pending || body.out_pending) return;  // the other half of the pair is coming
   body.step_in_flight = false;
   if (body.aborted) {  // abandoned meanwhile: the pipe/buffer is free of the kernel now
     body.aborted = false;
     release_transfer(false);
-    return;
+    return pump();  // whatever waited for the step (closing, the next output)
   }
   if (socket_ending) return abort_body();
-  if (body.how == body_progress::path::spliced) return on_splice_pair_done();
+  if (body.how == body_progress::path::spliced) return on_splice_done(kind, done.res);
   if (done.res <= 0) {
     if (kind == server.body_send_kind) {  // the socket failed
       abort_body();

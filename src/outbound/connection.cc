@@ -348,8 +348,9 @@ bool connection::send_staged() noexcept {
   const auto queued = server.owner().ring().prep_send(
       fd, staging.get() + staged_begin, staged_end - staged_begin,
       server.user_data(server.send_kind, *this));
-  if (!queued) {
-    session->on_peer_closed();  // cannot talk to the kernel: treat as a lost connection
+  if (!queued) {  // cannot talk to the kernel: treat as a lost connection
+    staged_begin = staged_end = 0;
+    session->on_peer_closed();
     return false;
   }
   send_in_flight = true;
@@ -360,7 +361,8 @@ bool connection::send_staged() noexcept {
 void connection::on_sent(const io::completion& done) noexcept {
   send_in_flight = false;
   if (socket_ending) return;
-  if (done.res < 0) {
+  if (done.res < 0) {  // EPIPE, ECONNRESET: what is staged can never go out
+    staged_begin = staged_end = 0;
     session->on_peer_closed();
     process_events();
     return pump();

@@ -41,13 +41,7 @@ struct body_progress {
   std::uint64_t slice_done = 0; // bytes of that slice moved (or read)
   std::uint64_t total = 0;      // body bytes (sum of slices)
   std::uint32_t staged = 0;     // staged path: bytes read into staging so far
-  // The splice pair in flight: file -> pipe (in), pipe -> socket (out).
-  std::uint32_t requested = 0;  // 0: a lone pipe -> socket splice of leftover bytes
-  std::int32_t in_result = 0;
-  std::int32_t out_result = 0;
-  bool in_pending = false;
-  bool out_pending = false;
-  std::uint32_t in_pipe = 0;    // bytes in the pipe not yet sent
+  std::uint32_t in_pipe = 0;    // spliced: bytes in the pipe not yet sent
   // body_transfer::copy: the buffer's filled and sent bytes.
   std::uint32_t buffer_filled = 0;
   std::uint32_t buffer_sent = 0;
@@ -162,7 +156,7 @@ struct connection {
   void body_done() noexcept;
   void release_transfer(bool clean) noexcept;
   void body_failed_locally(int error) noexcept;
-  void on_splice_pair_done() noexcept;
+  void on_splice_done(io::op_kind kind, std::int32_t result) noexcept;
 };
 
 // Pipes (splice) and buffers (copy) for large bodies, a fixed number per shard, created on

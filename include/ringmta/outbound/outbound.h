@@ -22,8 +22,8 @@
 // handed to the kernel (client_session's consume_output rule); TCP_NODELAY is set, since the
 // engine batches commands itself and the final "." must not wait for a delayed ACK.
 // The body goes from the spool's segment file to the socket without passing through user
-// space: IORING_OP_SPLICE file -> pipe -> socket, hard-linked pairs, a pipe per active transfer
-// from a per-shard pool. Bodies up to copy_body_bytes_max are read into the staging buffer and
+// space: IORING_OP_SPLICE file -> pipe, then pipe -> socket, a pipe per active transfer from a
+// per-shard pool. Bodies up to copy_body_bytes_max are read into the staging buffer and
 // sent with the ".CRLF" in one send instead (bench/outbound/README.md: splice pays an io-wq
 // hop per op, which dominates for small bodies). The body is never re-stuffed.
 //
@@ -101,7 +101,7 @@ struct outbound_counters {
   std::uint64_t bodies_staged = 0;          // small: read + one send
   std::uint64_t bodies_spliced = 0;
   std::uint64_t bodies_copied = 0;          // body_transfer::copy
-  std::uint64_t splice_pairs = 0;
+  std::uint64_t splices = 0;               // splice ops (file -> pipe, pipe -> socket)
   std::uint64_t transfer_waits = 0;         // a large body waited for a free pipe/buffer
   std::uint64_t timeouts = 0;
   std::uint64_t receive_enobufs = 0;
