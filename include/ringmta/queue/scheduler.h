@@ -247,7 +247,8 @@ class scheduler {
   // within one 64-index window (sorted by index). Either all of them are added or none.
   add_result add(std::string_view destination, const job_spec& spec, std::int64_t now_ms,
                  admission mode = admission::checked) noexcept;
-  // Whether add() with `recipient_count` recipients would be refused (for a 452 at RCPT).
+  // What add() of `job_count` jobs (checked admission) would answer, without adding: for a
+  // 452 at RCPT time (RFC 5321 §4.5.3.1.10). destinations_full only when no idle one exists.
   add_status can_add(std::string_view destination, std::uint32_t job_count) const noexcept;
 
   // --- timing and connections ---

@@ -109,7 +109,8 @@ def global_types(directory):
     with open(os.path.join(directory, "global.eml"), "rb") as f:
         raw = unstuff(f.read())
     groups = status_groups(parts[1], raw)
-    assert groups[1]["Final-Recipient"] == "utf-8; \u5ba20@example.org", groups[1]["Final-Recipient"]
+    final = groups[1]["Final-Recipient"]
+    assert final == "utf-8; \u5ba20@example.org", final
 
 
 @check("headers_only: RET=HDRS returns text/rfc822-headers")
