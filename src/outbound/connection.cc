@@ -56,6 +56,7 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
   candidates.clear();
   next_candidate = current = 0;
   tried_any = false;
+  addresses_tried = 0;
   attempts.reset();
   fd = -1;
   ops = 0;
@@ -115,6 +116,7 @@ void connection::connect_to(std::uint32_t index) noexcept {
   const candidate& to = candidates[index];
   current = index;
   tried_any = true;
+  ++addresses_tried;
   ++server.counters().connect_attempts;
   session->reset();
   connecting = connect_timed_out = receive_armed = send_in_flight = false;
@@ -556,8 +558,8 @@ void connection::finish() noexcept {
   resolving = false;
   idle = delivering = false;
   if (reason == close_reason::destination_failed) ++server.counters().destination_failures;
-  const close_result result{reason,    ever_ready,           deliveries, attempts.tries(),
-                            failure,   &close_reply,         remote()};
+  const close_result result{reason,  ever_ready,   deliveries, addresses_tried,
+                            failure, &close_reply, remote()};
   server.handler().on_closed(handle(), destination, result);
   server.release_slot(*this);
 }

@@ -69,6 +69,7 @@ struct connection {
   std::uint32_t next_candidate = 0;
   std::uint32_t current = 0;  // index of the candidate of the socket (valid once one is tried)
   bool tried_any = false;
+  std::uint32_t addresses_tried = 0;
   attempt_tracker attempts;
 
   // The socket of the current try.

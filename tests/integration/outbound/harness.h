@@ -578,6 +578,14 @@ class harness {
     return copy;
   }
 
+  std::pair<dns::resolver_counters, dns_client_counters> dns_counters(unsigned id) {
+    std::pair<dns::resolver_counters, dns_client_counters> copy;
+    run(id, [&](shard_parts& parts) {
+      copy = {parts.dns->resolver().counters(), parts.dns->counters()};
+    });
+    return copy;
+  }
+
   recorder log;
 
  private:
