@@ -158,7 +158,8 @@ bool wants_full(const dsn_request& request) noexcept {
 }
 
 // Length of the line at `at` (up to and including its LF, or to the end), and whether it is
-// a line SMTP may carry: CRLF-terminated, no other CR, no NUL, <= 998 octets unstuffed.
+// a line SMTP may carry: CRLF-terminated, no other CR, no NUL, dot-stuffed, <= 998 octets
+// unstuffed.
 struct line_info {
   std::size_t length;
   std::size_t content;  // without the line ending
@@ -172,7 +173,10 @@ line_info line_at(std::string_view text, std::size_t at) noexcept {
   bool crlf = line.size() >= 2 && line.ends_with("\r\n");
   std::string_view content = crlf ? line.substr(0, line.size() - 2) : line;
   if (lf != std::string_view::npos && !crlf) return {line.size(), content.size(), false};
-  bool safe = content.find('\r') == std::string_view::npos &&
+  // A line starting with a single "." is not dot-stuffed wire form (the input is not what the
+  // spool stores): never copy it verbatim into a wire-form DSN.
+  bool stuffed = !content.starts_with(".") || content.starts_with("..");
+  bool safe = stuffed && content.find('\r') == std::string_view::npos &&
               content.find('\0') == std::string_view::npos;
   std::size_t octets = content.size() - (content.starts_with("..") ? 1 : 0);
   return {line.size(), content.size(), safe && octets <= line_octets_max};

@@ -15,8 +15,9 @@
 //   message/global-headers, report-type=global-delivery-status, "utf-8;" address types. The
 //   DSN needs SMTPUTF8 itself only when the address it goes to is not ASCII; 8-bit parts
 //   travel with BODY=8BITMIME (RFC 6532 §3.5: message/global is for that).
-// - A returned original whose lines break SMTP rules (longer than 998, NUL, bare CR or LF)
-//   falls back to headers; a header section that does so is cut before the bad line.
+// - A returned original whose lines break SMTP rules (longer than 998, NUL, bare CR or LF,
+//   a leading "." not stuffed) falls back to headers; a header section that does so is cut
+//   before the bad line. So the output is valid wire form whatever the input.
 // - Field values (diagnostics, ENVID, ORCPT, remote names) are xtext-decoded where RFC 3461
 //   says so, stripped of control characters, non-ASCII replaced by '?' unless in global mode,
 //   cut to bounded lengths and folded at 78 columns.

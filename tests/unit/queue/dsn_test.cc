@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -499,6 +500,59 @@ TEST(dsn, notify_policy) {
   EXPECT_FALSE(should_send_dsn(sender, notify_failure, dsn_action::delayed));
   EXPECT_TRUE(should_send_dsn(sender, notify_delay, dsn_action::delayed));
   EXPECT_FALSE(should_send_dsn(sender, notify_delay, dsn_action::failed));
+}
+
+// Hostile inputs (random bytes with CR, LF, NUL, dots, 8-bit, long lines in the original,
+// the diagnostic, the addresses): the output always parses and keeps every wire invariant.
+TEST(dsn, random_inputs_keep_the_invariants) {
+  std::mt19937_64 random(20240601);
+  const char alphabet[] = {'a', ' ', '.', '\r', '\n', '\0', '\xc3', '\xa9', '-', '=', ':', '+'};
+  auto random_text = [&](std::size_t length_max) {
+    std::string text(std::uniform_int_distribution<std::size_t>(0, length_max)(random), 'a');
+    for (char& c : text) {
+      bool long_run = std::uniform_int_distribution<int>(0, 50)(random) == 0;
+      c = long_run ? 'a' : alphabet[std::uniform_int_distribution<int>(0, 11)(random)];
+    }
+    return text;
+  };
+  int returned_full = 0;
+  for (int round = 0; round < 2000 && !HasFailure(); ++round) {
+    dsn_fixture f;
+    std::string address = random_text(40) + "@x", diagnostic = random_text(1500);
+    std::string remote = random_text(30), orcpt = "rfc822;" + random_text(30);
+    f.recipients[0].address = address;
+    f.recipients[0].diagnostic = diagnostic;
+    f.recipients[0].remote_mta = remote;
+    f.recipients[0].orcpt = orcpt;
+    f.envelope.smtputf8 = round % 3 == 0;
+    f.envelope.envid = random_text(20);
+    f.envelope.ret = static_cast<spool::dsn_return>(round % 3);
+    f.body = round % 2 ? wire_message(3, random_text(3000)) : random_text(3000);
+    if (round % 4 == 3) {  // valid wire form with 8-bit, dots and spaces: returned whole
+      std::string lines;
+      for (char c : random_text(3000)) {
+        if (lines.empty() || lines.ends_with("\n")) {
+          if (c == '.') lines += '.';  // stuffed
+        }
+        lines += c == '\r' || c == '\n' || c == '\0' ? 'b' : c;
+        if (std::uniform_int_distribution<int>(0, 60)(random) == 0) lines += "\r\n";
+      }
+      f.body = wire_message(3, lines + "\r\n");
+    }
+    dsn_result result;
+    parsed_dsn dsn = f.build(&result);  // unstuff() checks CRLF, <= 998 and dots
+    SCOPED_TRACE("round " + std::to_string(round));
+    ASSERT_EQ(dsn.parts.size(), 3u);
+    ASSERT_EQ(dsn.status_groups.size(), 2u);
+    EXPECT_EQ(dsn.status_groups[1]["action"], "failed");
+    returned_full += result.returned_full;
+    if (result.returned_full) {
+      std::string expected = f.body.ends_with("\r\n") || f.body.empty() ? f.body
+                                                                         : f.body + "\r\n";
+      EXPECT_EQ(dsn.parts[2].body, unstuff(expected));
+    }
+  }
+  EXPECT_GT(returned_full, 200);  // the whole-message path was exercised too
 }
 
 TEST(dsn, dates) {
