@@ -20,15 +20,22 @@
 //     → the whole destination backs off to one shared time (RFC 5321 §4.5.4.1: don't hammer)
 //   connection_closed() when a connection ends; drain next_event() after any call.
 // Calls may move the wake-up earlier (a closed connection frees a slot, a job arrives):
-// read next_wakeup_ms() again after each batch of calls.
+// read next_wakeup_ms() again after each batch of calls; a wake-up <= now means poll now.
+// A connection kept open after take_status::none is not told when new jobs arrive (poll()
+// opens new connections for them, up to the limit): ask again soon or close it. Jobs taken
+// on a connection that then fails are still reported one by one (usually deferred()).
+// Events queue up until next_event() drains them: drain after every call.
 //
 // Retry schedule: attempt n (1-based, counted in the job) that ends in deferral waits
 // retry_delays_ms[min(n, size) - 1] ± jitter; the next attempt never lands later than the
 // message's expiry time, and a deferral at or after expiry (received + lifetime_max_ms)
 // expires the job instead (the caller bounces: RFC 5321 §4.5.4.1 give-up time).
 // Destination-wide backoff uses the destination's count of consecutive connection failures
-// in the same schedule; after it the destination probes with one connection until a
-// connection succeeds (take_for_connection is the proof of success).
+// in the same schedule (connections failing during a backoff count once); after it the
+// destination probes with one connection until a connection succeeds (its first
+// take_for_connection is the proof). Expiry during a destination-wide backoff is checked at
+// the failure that moves a job, so a job may outlive its lifetime by up to one backoff delay.
+// flush() lifts the backoff but keeps the single probe connection.
 //
 // Memory: 64 bytes per job record (static_assert below) + 16 bytes per scheduled job (heap
 // entry) + 4 bytes per free slot; containers grow geometrically, so up to 2x that in slack.
@@ -107,7 +114,8 @@ struct job_spec {
   spool::message_id message = 0;
   std::int64_t received_seconds = 0;               // the envelope's; drives lifetime expiry
   std::span<const std::uint16_t> recipients;       // envelope indices, no duplicates
-  // Recovery from the spool: attempts already made and the stored next attempt time.
+  // Recovery from the spool: attempts already made (clamp the spool's 32-bit count) and the
+  // stored next attempt time (spool seconds × 1000).
   std::uint16_t attempts = 0;
   std::int64_t not_before_ms = 0;                  // <= now: ready at once
 };
