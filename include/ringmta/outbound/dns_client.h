@@ -70,7 +70,7 @@ class dns_client final : public shard::completion_handler, public shard::iterati
   // their receives. On this shard's thread, once.
   core::result<void> start() noexcept;
   // Closes every socket and cancels the timer; pending lookups get no result. On this shard's
-  // thread (runtime on_stop); the object may be destroyed once the shard's thread has exited.
+  // thread (runtime on_stop); destroy the object once the shard's thread has exited (join).
   void stop() noexcept;
 
   // RFC 5321 §5.1 route of `domain` (or address literal); see dns::resolver. Returns the

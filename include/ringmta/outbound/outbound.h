@@ -136,7 +136,8 @@ class outbound {
   void begin_shutdown() noexcept;
   bool drained() const noexcept;
   // Hard stop on the shard's thread (runtime on_stop): sockets shut, timers cancelled, no
-  // more callbacks. Destroy the object after the shard's thread has exited.
+  // more callbacks. Destroy the object after the shard's thread has exited (join) and before
+  // the runtime: its receive buffer ring is registered on the shard's ring.
   void stop() noexcept;
 
   std::uint32_t connections() const noexcept;

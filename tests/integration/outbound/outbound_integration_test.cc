@@ -359,6 +359,51 @@ TEST(outbound, refuses_connections_beyond_the_limit_and_bad_routes) {
   EXPECT_FALSE(closed.ever_ready);
 }
 
+TEST(outbound, release_and_shutdown_end_connections_that_are_not_ready_yet_or_idle) {
+  scripted_sink sink;  // .1 serves; .6 accepts and never greets
+  ASSERT_TRUE(sink.start({"127.0.0.1", "127.0.0.6"}, {"--silent", "127.0.0.6"}));
+  harness h({1, test_config(), {}});  // greeting timeout 10 s: nothing here may wait for it
+  ASSERT_TRUE(h.started());
+  h.run(0, [](harness::shard_parts& parts) { parts.embedder->keep_idle = true; });
+  test_spool spool;
+  // 1: waits for a greeting that never comes, then the embedder gives up on it.
+  connection_handle waiting{};
+  h.run(0, [&](harness::shard_parts& parts) {
+    waiting = parts.out->open_connection(1, literal("127.0.0.6", sink.port())).value();
+  });
+  const std::uint64_t deadline = now_ms() + 10'000;
+  while (sink.connections("127.0.0.6") == 0 && now_ms() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  h.run(0, [&](harness::shard_parts& parts) { parts.out->release(waiting); });
+  ASSERT_TRUE(h.log.wait_for(1, kind::closed, 1, 5000));
+  EXPECT_EQ(h.log.of(1, kind::closed)[0].reason, close_reason::released);
+  EXPECT_FALSE(h.log.of(1, kind::closed)[0].ever_ready);
+  // 2: idle after a delivery (keep_idle), 3: waiting for a greeting again; then shutdown.
+  h.deliver(0, 2, literal("127.0.0.1", sink.port()),
+            {&spool.add(make_message(100, 1), {"a@example.net"}).job});
+  ASSERT_TRUE(h.log.wait_for(2, kind::ready, 2));
+  h.run(0, [&](harness::shard_parts& parts) {
+    (void)parts.out->open_connection(3, literal("127.0.0.6", sink.port())).value();
+  });
+  bool refused = false;
+  h.run(0, [&](harness::shard_parts& parts) {
+    parts.out->begin_shutdown();
+    refused = parts.out->open_connection(4, literal("127.0.0.1", sink.port())).error() ==
+              ESHUTDOWN;
+  });
+  EXPECT_TRUE(refused);
+  ASSERT_TRUE(h.log.wait_for(2, kind::closed, 1, 5000));
+  ASSERT_TRUE(h.log.wait_for(3, kind::closed, 1, 5000));
+  EXPECT_EQ(h.log.of(2, kind::closed)[0].reason, close_reason::shutdown);
+  EXPECT_EQ(h.log.of(2, kind::closed)[0].deliveries, 1u);
+  EXPECT_EQ(h.log.of(3, kind::closed)[0].reason, close_reason::shutdown);
+  bool drained = false;
+  h.run(0, [&](harness::shard_parts& parts) { drained = parts.out->drained(); });
+  EXPECT_TRUE(drained);
+  EXPECT_EQ(sink.count("quits"), 1u);  // the idle one said QUIT; the others were never ready
+}
+
 TEST(outbound, two_shards_deliver_side_by_side) {
   postfix_sink sink;
   ASSERT_TRUE(sink.start("127.0.0.1"));
