@@ -1,7 +1,8 @@
 // outbound_bench: delivery throughput of one shard's outbound connections to Postfix's
-// smtp-sink on loopback. One message of --size bytes is spooled (spool::sync_spool), then
-// --messages deliveries of it go out over --connections reused connections (each delivers
-// messages/connections in a row, then QUIT). Bounded by the message count and --limit-s.
+// smtp-sink on loopback (or any sink given with --sink, e.g. ringmta-sink). One message of
+// --size bytes is spooled (spool::sync_spool), then --messages deliveries of it go out over
+// --connections reused connections (each delivers messages/connections in a row, then QUIT).
+// Bounded by the message count and --limit-s.
 //
 // Reports messages/s, body MiB/s and the process CPU time per message (the shard thread plus
 // the io-wq workers that run splices; smtp-sink is another process), for one body transfer
@@ -35,6 +36,7 @@ int run(int argc, char** argv) {
   std::string mode = "staged";
   std::uint32_t limit_s = 120;
   bool pipelining = true;
+  std::string external;
   CLI::App app{"outbound delivery throughput to smtp-sink"};
   app.add_option("--messages", messages, "deliveries in all")->check(CLI::Range(1, 10'000'000));
   app.add_option("--size", size, "message size in bytes")->check(CLI::Range(100, 64 << 20));
@@ -43,10 +45,23 @@ int run(int argc, char** argv) {
       ->check(CLI::IsMember({"staged", "splice", "copy"}));
   app.add_option("--limit-s", limit_s, "give up after this long");
   app.add_flag("!--no-pipelining", pipelining, "do not use PIPELINING");
+  app.add_option("--sink", external, "IPv4:PORT of a running sink instead of smtp-sink");
   CLI11_PARSE(app, argc, argv);
 
   postfix_sink sink;
-  if (!sink.start("127.0.0.1")) {
+  std::string sink_address = "127.0.0.1";
+  std::uint16_t sink_port = 0;
+  if (!external.empty()) {
+    const auto at = core::endpoint::parse(external);
+    if (!at || at->family() != AF_INET) {
+      std::fprintf(stderr, "outbound_bench: --sink wants IPv4:PORT\n");
+      return 1;
+    }
+    sink_address = at->address_string();
+    sink_port = at->port();
+  } else if (sink.start(sink_address)) {
+    sink_port = sink.port();
+  } else {
     std::fprintf(stderr, "outbound_bench: smtp-sink did not start\n");
     return 1;
   }
@@ -72,7 +87,7 @@ int run(int argc, char** argv) {
   const double cpu_before = cpu_seconds();
   const std::uint64_t start_ns = core::monotonic_ns();
   for (std::uint32_t c = 0; c < connections; ++c) {
-    h.deliver(0, c, route{route_kind::host, "127.0.0.1", sink.port()}, queues[c]);
+    h.deliver(0, c, route{route_kind::host, sink_address, sink_port}, queues[c]);
   }
   bool finished = true;
   for (std::uint32_t c = 0; c < connections; ++c) {

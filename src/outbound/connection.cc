@@ -61,7 +61,7 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
   fd = -1;
   ops = 0;
   connecting = connect_timed_out = receive_armed = send_in_flight = false;
-  socket_ending = close_queued = retry_receive = next_after_close = false;
+  socket_ending = close_queued = retry_receive = next_after_close = deferred = false;
   ever_ready = idle = delivering = quit_requested = finishing = body_failed = false;
   drop_after_results = false;
   deliveries = 0;
@@ -375,7 +375,6 @@ void connection::on_sent(const io::completion& done) noexcept {
     return pump();
   }
   if (body.how == body_progress::path::staged) {
-    server.counters().body_bytes += body.total;
     body.how = body_progress::path::none;  // the body and its ".CRLF" are out
   }
   staged_begin = staged_end = 0;

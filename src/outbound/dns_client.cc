@@ -157,7 +157,7 @@ std::uint64_t dns_client::start_mx_lookup(std::string_view domain, lookup_handle
                                           std::uint64_t cookie) noexcept {
   const std::uint64_t id = _resolver.start_mx_lookup(domain, now_ms());
   _waiters[id] = waiter{&handler, cookie};
-  _actions_waiting = true;  // drained at the end of this iteration: no callback from here
+  actions_waiting();
   return id;
 }
 
@@ -165,13 +165,22 @@ std::uint64_t dns_client::start_host_lookup(std::string_view host, lookup_handle
                                             std::uint64_t cookie) noexcept {
   const std::uint64_t id = _resolver.start_host_lookup(host, now_ms());
   _waiters[id] = waiter{&handler, cookie};
-  _actions_waiting = true;
+  actions_waiting();
   return id;
 }
 
 void dns_client::cancel(std::uint64_t lookup) noexcept {
   if (_waiters.erase(lookup) == 0) return;
   _resolver.cancel(lookup);
+}
+
+// Actions wait for the end of this iteration (no callback from inside start_*). The hook may
+// have run already this iteration (a start from a later hook): the timer, due at the next tick,
+// makes sure the shard does not sleep on them.
+void dns_client::actions_waiting() noexcept {
+  if (_draining || _actions_waiting) return;  // the running drain or a pending wake takes them
+  _actions_waiting = true;
+  if (!_stopped) _owner.timers().schedule_after(_timer, 0);
 }
 
 void dns_client::before_wait(shard::shard&) noexcept {

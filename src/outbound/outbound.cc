@@ -76,7 +76,8 @@ outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_
           std::max<std::size_t>(2 * smtp::client_output_bytes_max,
                                 std::size_t{config.copy_body_bytes_max} + 16))),
       _transfers(std::max<std::uint32_t>(1, config.transfers_max), config.pipe_bytes,
-                 std::max<std::uint32_t>(4096, config.copy_chunk_bytes) + 16) {
+                 std::max<std::uint32_t>(4096, config.copy_chunk_bytes) + 16),
+      _kick(*this) {
   RINGMTA_ASSERT(config.connections_max > 0);
   _engine.helo_name = _config.helo_name;
   _engine.pipelining = _config.pipelining;
@@ -89,7 +90,11 @@ outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_
   _transfer_waiters.reserve(config.connections_max);
 }
 
+outbound_server::kick_timer::kick_timer(outbound_server& server) noexcept
+    : core::timer_node(&outbound_server::on_kick), owner(server) {}
+
 outbound_server::~outbound_server() {
+  RINGMTA_ASSERT(!_kick.armed());  // stop() on the shard's thread first
   for (auto& c : _connections) {
     if (!c) continue;
     RINGMTA_ASSERT(!c->timer.armed());  // stop() on the shard's thread first
@@ -180,6 +185,7 @@ void outbound_server::begin_shutdown() noexcept {
 
 void outbound_server::stop() noexcept {
   _stopped = true;
+  _owner.timers().cancel(_kick);
   for (auto& c : _connections) {
     if (!c || !c->live) continue;
     _owner.timers().cancel(c->timer);
@@ -189,16 +195,32 @@ void outbound_server::stop() noexcept {
   }
 }
 
-void outbound_server::defer(connection& c) noexcept { _deferred.push_back(c.handle()); }
+// Work for the end of the iteration. The hook may have run already (an API call from a later
+// hook or from our own deferred work): the kick timer, due at the next tick, keeps the shard
+// from sleeping on it.
+void outbound_server::defer(connection& c) noexcept {
+  if (c.deferred) return;  // once per round: the list stays within connections_max
+  c.deferred = true;
+  if (_deferred.empty() && !_stopped) _owner.timers().schedule_after(_kick, 0);
+  _deferred.push_back(c.handle());
+}
 
-// End of the loop iteration: run what API calls left for later (events the engine produced
-// synchronously, output to send), then retry receives that found no buffer.
-void outbound_server::before_wait(shard::shard&) noexcept {
+void outbound_server::before_wait(shard::shard&) noexcept { run_deferred(); }
+
+void outbound_server::on_kick(core::timer_node& node) noexcept {
+  static_cast<kick_timer&>(node).owner.run_deferred();
+}
+
+// Runs what API calls left for later (events the engine produced synchronously, output to
+// send, receives that found no buffer). Work deferred meanwhile waits for the next round.
+void outbound_server::run_deferred() noexcept {
   if (_deferred.empty() || _stopped) return;
-  _deferred_batch.swap(_deferred);  // connections deferred meanwhile wait for the next round
+  _owner.timers().cancel(_kick);
+  _deferred_batch.swap(_deferred);
   for (const connection_handle handle : _deferred_batch) {
     connection* c = find(handle);
     if (c == nullptr) continue;
+    c->deferred = false;
     if (c->retry_receive) {
       c->retry_receive = false;
       c->arm_receive();

@@ -82,6 +82,7 @@ struct connection {
   bool socket_ending = false;  // shut down; close the fd once ops drain
   bool close_queued = false;
   bool retry_receive = false;  // a receive ended with ENOBUFS: re-arm at the end of iteration
+  bool deferred = false;       // listed in outbound_server's deferred work
   bool next_after_close = false;  // after the fd is closed: try the next address (else finish)
 
   // The SMTP session.
@@ -245,6 +246,13 @@ class outbound_server final : public shard::completion_handler,
  private:
   connection* find(connection_handle handle) noexcept;
   connection* find(const io::op_tag& tag) noexcept;
+  void run_deferred() noexcept;
+  static void on_kick(core::timer_node& node) noexcept;
+
+  struct kick_timer : core::timer_node {
+    explicit kick_timer(outbound_server& server) noexcept;
+    outbound_server& owner;
+  };
 
   shard::shard& _owner;
   dns_client& _dns;
@@ -259,6 +267,7 @@ class outbound_server final : public shard::completion_handler,
   std::vector<connection_handle> _deferred;
   std::vector<connection_handle> _deferred_batch;
   std::vector<connection_handle> _transfer_waiters;  // FIFO of bodies waiting for a slot
+  kick_timer _kick;
   std::uint32_t _live = 0;
   bool _shutting_down = false;
   bool _stopped = false;

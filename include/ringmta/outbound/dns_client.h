@@ -104,6 +104,7 @@ class dns_client final : public shard::completion_handler, public shard::iterati
   };
 
   static std::uint64_t now_ms() noexcept;
+  void actions_waiting() noexcept;
   void drain() noexcept;
   void handle(dns::action& next) noexcept;
   void send_udp(dns::action& next) noexcept;

@@ -509,7 +509,9 @@ class harness {
     _runtime = std::make_unique<shard::runtime>(runtime);
     dns_client_config dns;
     dns.resolver.servers = _options.resolvers;
-    if (dns.resolver.servers.empty()) dns.resolver.servers.push_back({dns::ip_address::v4(127, 0, 0, 1), 9});
+    if (dns.resolver.servers.empty()) {  // literal routes only: never asked
+      dns.resolver.servers.push_back({dns::ip_address::v4(127, 0, 0, 1), 9});
+    }
     dns.resolver.timeout_ms = 1000;
     dns.resolver.attempts = 1;
     dns.resolver.lookup_timeout_ms = 10'000;

@@ -60,7 +60,9 @@ TEST(plan_candidates, skips_disabled_families) {
 
 TEST(plan_candidates, stops_at_addresses_max) {
   std::vector<dns::mx_host> many;
-  for (std::uint8_t i = 1; i <= 6; ++i) many.push_back({"h" + std::to_string(i), i, {v4(i), v6(i)}});
+  for (std::uint8_t i = 1; i <= 6; ++i) {
+    many.push_back({"h" + std::to_string(i), i, {v4(i), v6(i)}});
+  }
   const auto planned = plan_candidates(hosts(many), plan_options{25, 5, true, true});
   ASSERT_EQ(planned.size(), 5u);
   EXPECT_EQ(planned.back().host_name, "h3");
