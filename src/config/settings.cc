@@ -262,6 +262,9 @@ const std::vector<setting_spec>& table() {
      [](settings& s, const values& v) {
        s.delivery_port = static_cast<std::uint16_t>(parse_unsigned(one(v), 65535));
      }},
+    {"relay.connect_timeout", "--timeout-connect", "DURATION", arity::one,
+     "how long an outbound TCP connect may take before the next MX address is tried",
+     [](settings& s, const values& v) { s.timeout_connect_s = parse_seconds(one(v)); }},
     {"relay.resolvers", "--resolver", "ADDR:PORT", arity::list,
      "DNS server (repeatable; default: /etc/resolv.conf)",
      [](settings& s, const values& v) {

@@ -22,6 +22,7 @@
 #include "ringmta/core/allocator.h"
 #include "ringmta/core/clock.h"
 #include "ringmta/server/inbound.h"
+#include "ringmta/server/relay.h"
 #include "ringmta/server/spool_ring_driver.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/spool/listing.h"
@@ -40,25 +41,35 @@ void log_event(admin::log_format format, std::string_view event, std::string_vie
   admin::flush_to(line, STDERR_FILENO);
 }
 
+struct shard_metrics {
+  inbound_metrics inbound;
+  relay_metrics relay;
+};
+
 // Everything one shard runs. Created on the shard's thread (on_start), destroyed there too.
 class shard_services final : public shard::iteration_hook {
  public:
   shard_services(shard::shard& owner, const inbound_config& inbound_settings,
-                 std::unique_ptr<spool::store> store, bool unsafe_no_fsync,
-                 inbound_metrics& metrics, admin::log_format format)
+                 const relay_config& relay_settings, std::unique_ptr<spool::store> store,
+                 bool unsafe_no_fsync, shard_metrics& metrics, admin::log_format format)
       : _store(std::move(store)),
         _driver(owner, *_store, unsafe_no_fsync),
         _log(format),
-        _front(inbound_settings, owner, *_store, _driver, metrics, _log) {}
+        _front(inbound_settings, owner, *_store, _driver, metrics.inbound, _log),
+        _relay(relay_settings, owner, *_store, metrics.relay, _log) {}
+
+  relay& delivery() noexcept { return _relay; }
 
   core::result<void> start(shard::shard& owner) noexcept {
     if (auto ready = _driver.start(); !ready) return ready;
     _driver.set_listener([this](const spool::event& done) {
-      if (done.kind == spool::event_kind::committed) _front.on_committed(done.ticket, done.error);
+      if (done.kind != spool::event_kind::committed) return;
+      if (!_relay.on_committed(done.ticket, done.error)) _front.on_committed(done.ticket, done.error);
     });
+    _front.set_accepted_listener([this](spool::message_id id) { _relay.route(id); });
+    owner.add_iteration_hook(*this);  // the spool's group commit: one flush per iteration
     if (auto ready = _front.start(); !ready) return ready;
-    owner.add_iteration_hook(*this);
-    return {};
+    return _relay.start();
   }
 
   void before_wait(shard::shard&) noexcept override {
@@ -66,11 +77,16 @@ class shard_services final : public shard::iteration_hook {
     _driver.pump();
     _front.retry_waiting();
     if (!_log.pending().empty()) admin::flush_to(_log, STDOUT_FILENO);
-    _finished.store(_front.drained() && _store->idle() && _driver.operations_in_flight() == 0,
+    _finished.store(_front.drained() && _relay.drained() && _store->idle() &&
+                        _driver.operations_in_flight() == 0,
                     std::memory_order_relaxed);
   }
 
-  void begin_shutdown(std::uint32_t grace_ms) noexcept { _front.begin_shutdown(grace_ms); }
+  void begin_shutdown(std::uint32_t grace_ms) noexcept {
+    _front.begin_shutdown(grace_ms);
+    _relay.begin_shutdown();
+  }
+  void stop() noexcept { _relay.stop(); }
   bool finished() const noexcept { return _finished.load(std::memory_order_relaxed); }
 
  private:
@@ -78,6 +94,7 @@ class shard_services final : public shard::iteration_hook {
   spool_ring_driver _driver;
   admin::log_buffer _log;
   inbound _front;
+  relay _relay;
   std::atomic<bool> _finished{false};
 };
 
@@ -127,6 +144,21 @@ inbound_config make_inbound_config(const config::settings& settings) {
                                 ? smtp::bare_line_ending_policy::reject
                                 : smtp::bare_line_ending_policy::normalize;
   return c;
+}
+
+void register_metrics(admin::registry& registry, const relay_metrics& m) {
+  registry.add("ringmta_recipients_routed_total", "Recipients handed to delivery queues",
+               m.routed_recipients);
+  registry.add("ringmta_recipients_delivered_total", "Recipients delivered", m.delivered);
+  registry.add("ringmta_recipients_deferred_total", "Delivery attempts deferred (4xx)",
+               m.deferred);
+  registry.add("ringmta_recipients_bounced_total", "Recipients bounced (5xx or expired)",
+               m.bounced);
+  registry.add("ringmta_dsn_queued_total", "Delivery status notifications spooled", m.dsn_queued);
+  registry.add("ringmta_dsn_failed_total", "DSNs that could not be spooled", m.dsn_failed);
+  registry.add("ringmta_outbound_connections_total", "Outbound SMTP connections opened",
+               m.connections);
+  registry.add("ringmta_queued_jobs", "Delivery jobs in the queues", m.queued_jobs);
 }
 
 void register_metrics(admin::registry& registry, const inbound_metrics& m) {
@@ -226,11 +258,12 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   front.listener_fds = std::move(listeners).value();
 
   // Metrics and the admin endpoint.
-  std::vector<std::unique_ptr<inbound_metrics>> metrics;
+  std::vector<std::unique_ptr<shard_metrics>> metrics;
   admin::registry registry;
   for (unsigned shard = 0; shard < shards; ++shard) {
-    metrics.push_back(std::make_unique<inbound_metrics>());
-    register_metrics(registry, *metrics.back());
+    metrics.push_back(std::make_unique<shard_metrics>());
+    register_metrics(registry, metrics.back()->inbound);
+    register_metrics(registry, metrics.back()->relay);
   }
   std::atomic<bool> stopping{false};
   admin::http_server admin_server;
@@ -250,6 +283,9 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   }
 
   // Shards.
+  relay_config delivery = make_relay_config(settings);
+  std::vector<relay*> relays(shards, nullptr);
+  delivery.shards = &relays;
   std::vector<std::unique_ptr<shard_services>> services(shards);
   g_services = &services;
   shard::runtime_options options;
@@ -260,13 +296,16 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   auto started = runtime.start(
       [&](shard::shard& owner) -> core::result<void> {
         const unsigned id = owner.id();
-        services[id] = std::make_unique<shard_services>(owner, front, std::move(stores[id]),
+        services[id] = std::make_unique<shard_services>(owner, front, delivery,
+                                                        std::move(stores[id]),
                                                         settings.unsafe_no_fsync, *metrics[id],
                                                         format);
+        relays[id] = &services[id]->delivery();
         if (id == 0) ring_description = owner.ring().features().describe();
         return services[id]->start(owner);
       },
-      [](shard::shard&) {});  // services outlive the threads: in-flight ops may still complete
+      // Objects outlive the threads (in-flight ops may still complete); sockets close here.
+      [&](shard::shard& owner) { services[owner.id()]->stop(); });
   if (!started)
     throw config::error(fmt::format("cannot start shards: {}", started.error_text()));
   log_event(format, "started",

@@ -475,6 +475,7 @@ void connection::on_commit_result(int error) noexcept {
       .field("client", envelope.client_address)
       .field("helo", envelope.helo)
       .field("protocol", session->protocol_name());
+  if (server.accepted_listener) server.accepted_listener(envelope.id);
   pump();
 }
 

@@ -145,6 +145,7 @@ class inbound_server final : public shard::completion_handler {
   bool drained() const noexcept { return _shutting_down && _live == 0; }
   std::uint32_t sessions() const noexcept { return _live; }
   void on_committed(std::uint64_t ticket, int error) noexcept;
+  std::function<void(spool::message_id)> accepted_listener;
   void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
   // Gives held input another chance once the spool has room again (end of each iteration).
   void retry_waiting() noexcept;

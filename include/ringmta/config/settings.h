@@ -68,6 +68,7 @@ struct settings {
   std::vector<std::string> relay_domains;  // accepted for any client
   std::string relayhost;                   // smarthost "HOST:PORT"; empty: MX delivery
   std::uint16_t delivery_port = 25;
+  std::uint32_t timeout_connect_s = 30;     // outbound TCP connect
   std::vector<core::endpoint> resolvers;   // empty: /etc/resolv.conf
   std::vector<route> routes;
 

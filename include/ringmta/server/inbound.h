@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -127,6 +128,8 @@ class inbound {
 
   // The spool reports a commit ticket durable (error 0) or failed.
   void on_committed(std::uint64_t ticket, int error) noexcept;
+  // Called for every message answered 250 (it is durable): the relay takes it from there.
+  void set_accepted_listener(std::function<void(spool::message_id)> listener);
 
  private:
   std::unique_ptr<inbound_server> _server;

@@ -144,6 +144,7 @@ TEST(settings, shipped_config_file_states_the_defaults) {
   EXPECT_EQ(file.spool_dir, builtin.spool_dir);
   EXPECT_EQ(file.spool_segment_bytes, builtin.spool_segment_bytes);
   EXPECT_EQ(file.queue_lifetime_s, builtin.queue_lifetime_s);
+  EXPECT_EQ(file.timeout_connect_s, builtin.timeout_connect_s);
   EXPECT_EQ(file.retry_schedule_s, builtin.retry_schedule_s);
   EXPECT_EQ(file.default_destination_limits.connections_max,
             builtin.default_destination_limits.connections_max);

@@ -1,0 +1,119 @@
+// server::relay: one shard's part of delivering mail. Every shard plays two roles.
+//
+// Home of the messages in its own spool: when a message becomes durable (or is recovered at
+// start-up) the home groups its recipients by destination and hands each group to the shard
+// that owns that destination (hash(destination) % shards), through the shard queues. Owners
+// report every recipient's outcome back; the home records it in the spool journal (a message
+// leaves the spool when every recipient is delivered or bounced), logs it, and turns bounces
+// into DSNs (RFC 3464) from the null sender that it spools and routes like any other message.
+//
+// Owner of the destinations that hash to it: their queues and limits (queue::scheduler), the
+// DNS lookups and SMTP client connections (outbound::outbound over outbound::dns_client), and
+// the deliveries themselves. A destination is a recipient domain; a smarthost or a per-domain
+// route only changes where its connections go, so queues, limits and work stay spread over
+// the shards.
+//
+// Messages are shared read-only between shards: the home allocates a spooled_message
+// (envelope + body location) and frees it once every recipient is final, which happens only
+// after every owner has reported and dropped its reference. Outcomes of one delivery travel
+// as one heap-allocated batch. Nothing is dropped: a full shard queue keeps the item for the
+// next loop iteration.
+// Never: a DSN for a message from <>, a recipient reported twice, a message freed while a
+// delivery of it is in flight.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ringmta/admin/log.h"
+#include "ringmta/admin/metrics.h"
+#include "ringmta/config/settings.h"
+#include "ringmta/outbound/dns_client.h"
+#include "ringmta/outbound/outbound.h"
+#include "ringmta/queue/scheduler.h"
+#include "ringmta/shard/runtime.h"
+#include "ringmta/spool/store.h"
+
+namespace ringmta::server {
+
+class relay;
+
+// Handlers of the cross-shard messages between relays (shard::message::handler).
+void on_job_message(shard::shard& target, const shard::message& received) noexcept;
+void on_outcome_message(shard::shard& target, const shard::message& received) noexcept;
+
+// Where a destination's connections go.
+struct relay_route {
+  bool mx = true;    // MX lookup of the destination (RFC 5321 §5.1)
+  std::string host;  // else this host (address literal or name: A/AAAA only)
+  std::uint16_t port = 25;
+};
+
+struct relay_config {
+  std::string hostname;  // HELO name, Reporting-MTA of DSNs
+  std::uint16_t delivery_port = 25;
+  bool has_relayhost = false;
+  relay_route relayhost;
+  std::vector<config::route> routes;  // per-domain fixed hosts
+  queue::scheduler_config scheduler;
+  outbound::outbound_config outbound;
+  outbound::dns_client_config dns;
+  std::vector<relay*>* shards = nullptr;  // every shard's relay, by shard id (set before start)
+};
+
+// Per-shard counters, registered by the daemon.
+struct relay_metrics {
+  admin::counter routed_recipients;
+  admin::counter delivered;
+  admin::counter deferred;
+  admin::counter bounced;
+  admin::counter dsn_queued;
+  admin::counter dsn_failed;
+  admin::counter connections;
+  admin::gauge queued_jobs;
+};
+
+relay_config make_relay_config(const config::settings& settings);
+
+class relay final : public outbound::delivery_handler, public shard::iteration_hook {
+ public:
+  relay(const relay_config& config, shard::shard& owner, spool::store& store,
+        relay_metrics& metrics, admin::log_buffer& log);
+  ~relay();
+  relay(const relay&) = delete;
+  relay& operator=(const relay&) = delete;
+
+  // Starts DNS and outbound on this shard and routes every queued message of the store (its
+  // recovered state). On the shard's thread, once.
+  core::result<void> start() noexcept;
+  // A message of this shard's spool became durable: deliver it.
+  void route(spool::message_id id) noexcept;
+  // The spool reports a ticket; true when it was one of ours (a DSN being spooled).
+  bool on_committed(std::uint64_t ticket, int error) noexcept;
+  // Stop opening connections; finish or abandon deliveries. Queued mail stays in the spool.
+  void begin_shutdown() noexcept;
+  bool drained() const noexcept;
+  void stop() noexcept;  // hard stop on the shard's thread (runtime on_stop)
+
+  // shard::iteration_hook
+  void before_wait(shard::shard& owner) noexcept override;
+  // outbound::delivery_handler
+  void on_ready(outbound::connection_handle connection, std::uint64_t destination) noexcept override;
+  void on_recipient_result(outbound::connection_handle connection, std::uint64_t destination,
+                           const outbound::recipient_result& result) noexcept override;
+  void on_delivery_done(outbound::connection_handle connection, std::uint64_t destination,
+                        const outbound::delivery_result& result) noexcept override;
+  void on_closed(outbound::connection_handle connection, std::uint64_t destination,
+                 const outbound::close_result& result) noexcept override;
+
+  struct state;  // defined in relay_internal.h
+
+ private:
+  friend void on_job_message(shard::shard& target, const shard::message& received) noexcept;
+  friend void on_outcome_message(shard::shard& target, const shard::message& received) noexcept;
+  std::unique_ptr<state> _state;
+};
+
+}  // namespace ringmta::server

@@ -1,0 +1,497 @@
+// server::relay, owner role: the destinations this shard owns — their queues, connections
+// and deliveries — plus set-up and the cross-shard plumbing. The home role (routing, spool
+// marks, DSNs) is in relay_home.cc.
+#include "ringmta/server/relay.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include <fmt/format.h>
+#include <xxhash.h>
+
+#include "relay_internal.h"
+#include "ringmta/core/assert.h"
+#include "ringmta/core/clock.h"
+
+namespace ringmta::server {
+
+// ---- helpers
+
+std::string destination_of(std::string_view address, std::string_view hostname) {
+  const auto at = address.rfind('@');
+  const std::string_view domain = at == std::string_view::npos ? hostname : address.substr(at + 1);
+  std::string out(domain);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+unsigned owner_of(std::string_view destination, unsigned shards) noexcept {
+  return static_cast<unsigned>(XXH3_64bits(destination.data(), destination.size()) % shards);
+}
+
+recipient_report report_from(const smtp::parsed_reply& reply, const outbound::remote_host& remote,
+                             std::uint16_t index, outcome_kind kind) {
+  recipient_report out;
+  out.index = index;
+  out.kind = kind;
+  out.reply_code = reply.code;
+  if (reply.enhanced.present()) {
+    out.status = {reply.enhanced.status_class, reply.enhanced.subject, reply.enhanced.detail};
+  }
+  out.text = fmt::format("{} {}", reply.code, reply.text());
+  std::replace(out.text.begin(), out.text.end(), '\n', ' ');
+  if (remote.address != nullptr) {
+    out.remote = fmt::format("{} [{}]", remote.name, remote.address->to_string());
+  } else {
+    out.remote = std::string(remote.name);
+  }
+  return out;
+}
+
+queue::failure failure_of(const recipient_report& report) noexcept {
+  return queue::failure{report.reply_code, report.status, report.text};
+}
+
+relay_config make_relay_config(const config::settings& settings) {
+  relay_config c;
+  c.hostname = settings.hostname;
+  c.delivery_port = settings.delivery_port;
+  if (!settings.relayhost.empty()) {
+    c.has_relayhost = true;
+    c.relayhost.mx = false;
+    const auto colon = settings.relayhost.rfind(':');
+    const bool bracketed = settings.relayhost.front() == '[';
+    const auto close = settings.relayhost.find(']');
+    if (colon != std::string::npos && (!bracketed || colon > close)) {
+      c.relayhost.host = settings.relayhost.substr(0, colon);
+      c.relayhost.port = static_cast<std::uint16_t>(std::stoul(settings.relayhost.substr(colon + 1)));
+    } else {
+      c.relayhost.host = settings.relayhost;
+    }
+    if (bracketed) c.relayhost.host = c.relayhost.host.substr(1, c.relayhost.host.size() - 2);
+  }
+  c.routes = settings.routes;
+  auto& s = c.scheduler;
+  s.retry_delays_ms.clear();
+  for (const auto delay : settings.retry_schedule_s) s.retry_delays_ms.push_back(delay * 1000ll);
+  s.lifetime_max_ms = settings.queue_lifetime_s * 1000ll;
+  s.limits.connections_max = std::max<std::uint32_t>(1, settings.default_destination_limits.connections_max);
+  s.limits.messages_per_connection_max =
+      settings.default_destination_limits.messages_per_connection_max;
+  const double rate = settings.default_destination_limits.messages_per_second_max;
+  if (rate > 0) {  // "0.5 per second" = 1 per 2000 ms; keep integer arithmetic exact
+    s.limits.rate_messages = rate >= 1 ? static_cast<std::uint32_t>(rate) : 1;
+    s.limits.rate_period_ms = rate >= 1 ? 1000 : static_cast<std::uint32_t>(1000 / rate);
+    s.limits.rate_burst = std::max<std::uint32_t>(1, s.limits.rate_messages);
+  }
+  s.random_seed = static_cast<std::uint64_t>(core::monotonic_ns());
+  c.outbound.helo_name = settings.hostname;
+  c.outbound.timeout_connect_ms = settings.timeout_connect_s * 1000;
+  c.outbound.idle_timeout_ms = 2'000;
+  c.dns.resolver.servers.clear();
+  if (settings.resolvers.empty()) {
+    if (auto loaded = dns::load_resolv_conf("/etc/resolv.conf", c.dns.resolver); !loaded)
+      throw config::error(fmt::format("/etc/resolv.conf: {}", loaded.error_text()));
+  } else {
+    for (const auto& server : settings.resolvers) {
+      auto parsed = dns::server_address::parse(server.to_string());
+      if (!parsed) throw config::error(fmt::format("resolver {}: bad address", server.to_string()));
+      c.dns.resolver.servers.push_back(parsed.value());
+    }
+  }
+  if (const auto problem = c.dns.resolver.validate(); !problem.empty())
+    throw config::error(fmt::format("DNS resolvers: {}", problem));
+  return c;
+}
+
+// ---- cross-shard messages: a pointer whose ownership moves with the message
+
+void on_job_message(shard::shard& target, const shard::message& received) noexcept {
+  auto& registry = *reinterpret_cast<std::vector<relay*>*>(received.words[1]);
+  registry[target.id()]->_state->accept_job(
+      std::unique_ptr<routed_job>(reinterpret_cast<routed_job*>(received.words[0])));
+}
+
+void on_outcome_message(shard::shard& target, const shard::message& received) noexcept {
+  auto& registry = *reinterpret_cast<std::vector<relay*>*>(received.words[1]);
+  registry[target.id()]->_state->on_outcomes(
+      std::unique_ptr<outcome_batch>(reinterpret_cast<outcome_batch*>(received.words[0])));
+}
+
+void relay::state::send(unsigned to, const shard::message& m) noexcept {
+  if (!backlog.empty() || !owner.try_send(to, m)) backlog.emplace_back(to, m);
+}
+
+void relay::state::flush_backlog() noexcept {
+  std::size_t sent = 0;
+  for (; sent < backlog.size(); ++sent) {
+    if (!owner.try_send(backlog[sent].first, backlog[sent].second)) break;
+  }
+  backlog.erase(backlog.begin(), backlog.begin() + static_cast<std::ptrdiff_t>(sent));
+}
+
+// After the last report of a message reaches its home, the home may free it at any moment:
+// callers drop their own reference (job_left) before reporting, and pass what they need.
+void relay::state::report(spooled_message* message, unsigned home,
+                          std::vector<recipient_report> reports) noexcept {
+  if (reports.empty()) return;
+  auto* batch = new outcome_batch{message, std::move(reports)};
+  shard::message m{};
+  m.handler = &on_outcome_message;
+  m.words[0] = reinterpret_cast<std::uintptr_t>(batch);
+  m.words[1] = reinterpret_cast<std::uintptr_t>(config.shards);
+  send(home, m);
+}
+
+// ---- relay and its state
+
+relay::state::wakeup_timer::wakeup_timer(state& s) noexcept
+    : core::timer_node([](core::timer_node& node) noexcept {
+        static_cast<wakeup_timer&>(node).owner.poll();
+      }),
+      owner(s) {}
+
+relay::state::state(relay& relay_self, const relay_config& relay_settings,
+                    shard::shard& shard_owner, spool::store& spool_store,
+                    relay_metrics& relay_counters, admin::log_buffer& log_buffer)
+    : self(relay_self),
+      config(relay_settings),
+      owner(shard_owner),
+      store(spool_store),
+      metrics(relay_counters),
+      log(log_buffer),
+      scheduler(relay_settings.scheduler),
+      dns(shard_owner, relay_settings.dns),
+      out(shard_owner, dns, relay_self, relay_settings.outbound),
+      timer(*this) {}
+
+relay::relay(const relay_config& config, shard::shard& owner, spool::store& store,
+             relay_metrics& metrics, admin::log_buffer& log)
+    : _state(std::make_unique<state>(*this, config, owner, store, metrics, log)) {}
+
+relay::~relay() {
+  if (_state->timer.armed()) _state->owner.timers().cancel(_state->timer);
+}
+
+core::result<void> relay::start() noexcept {
+  if (auto ready = _state->dns.start(); !ready) return ready;
+  if (auto ready = _state->out.start(); !ready) return ready;
+  _state->owner.add_iteration_hook(*this);
+  _state->recover();
+  return {};
+}
+
+void relay::route(spool::message_id id) noexcept { _state->route(id); }
+bool relay::on_committed(std::uint64_t ticket, int error) noexcept {
+  return _state->on_committed(ticket, error);
+}
+
+void relay::begin_shutdown() noexcept {
+  _state->shutting_down = true;
+  _state->out.begin_shutdown();
+}
+
+bool relay::drained() const noexcept {
+  return _state->out.drained() && _state->backlog.empty() && _state->dsns.empty() &&
+         _state->dsn_tickets.empty();
+}
+
+void relay::stop() noexcept {
+  _state->out.stop();
+  _state->dns.stop();
+}
+
+void relay::before_wait(shard::shard&) noexcept {
+  _state->flush_backlog();
+  _state->continue_dsns();
+  _state->poll();
+}
+
+// ---- owner role: jobs in, connections out
+
+relay_route relay::state::route_for(std::string_view destination) const {
+  for (const auto& fixed : config.routes) {
+    if (fixed.destination == destination) return relay_route{false, fixed.host, fixed.port};
+  }
+  if (config.has_relayhost) return config.relayhost;
+  return relay_route{true, std::string(destination), config.delivery_port};
+}
+
+void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
+  spooled_message& message = *job->message;
+  const std::int64_t now = core::wall_milliseconds();
+  const queue::job_spec spec{message.id, message.envelope.received_seconds, job->recipients,
+                             job->attempts, job->not_before_ms};
+  const auto added = scheduler.add(job->destination, spec, now, queue::admission::forced);
+  if (added.status != queue::add_status::added) {
+    // Only a destination name the scheduler cannot hold gets here: a permanent failure.
+    std::vector<recipient_report> reports;
+    for (const std::uint16_t index : job->recipients) {
+      recipient_report r;
+      r.index = index;
+      r.kind = outcome_kind::bounced;
+      r.reply_code = 550;
+      r.status = {5, 1, 2};
+      r.text = fmt::format("550 5.1.2 destination '{}' cannot be queued", job->destination);
+      reports.push_back(std::move(r));
+    }
+    return report(&message, message.home, std::move(reports));
+  }
+  auto& entry = owned[message.id];
+  entry.message = &message;
+  entry.jobs += added.jobs_added;
+  metrics.queued_jobs.add(added.jobs_added);
+  poll();
+}
+
+void relay::state::arm_timer(std::int64_t now_ms) noexcept {
+  const std::int64_t wakeup = scheduler.next_wakeup_ms();
+  auto& timers = owner.timers();
+  if (timer.armed()) timers.cancel(timer);
+  if (wakeup == queue::no_wakeup_ms) return;
+  const std::int64_t delay = std::max<std::int64_t>(1, wakeup - now_ms);
+  timers.schedule_at(timer, owner.now_ms() + static_cast<std::uint64_t>(delay));
+}
+
+void relay::state::poll() noexcept {
+  const std::int64_t now = core::wall_milliseconds();
+  queue::job_event event;
+  while (scheduler.next_event(event)) handle_event(event);
+  if (!shutting_down && scheduler.next_wakeup_ms() <= now) {
+    requests.clear();
+    scheduler.poll(now, requests);
+    for (const auto& request : requests) open(request);
+    while (scheduler.next_event(event)) handle_event(event);
+  }
+  arm_timer(now);
+}
+
+void relay::state::open(const queue::connect_request& request) noexcept {
+  const std::uint64_t cookie =
+      (std::uint64_t{request.connection.slot} << 32) | request.connection.generation;
+  const relay_route where = route_for(request.name);
+  const outbound::route target{where.mx ? outbound::route_kind::mx : outbound::route_kind::host,
+                               where.mx ? request.name : std::string_view(where.host),
+                               where.port};
+  auto opened = out.open_connection(cookie, target);
+  if (!opened) {  // at the shard's connection limit: the scheduler offers it again later
+    scheduler.connection_closed(request.connection, core::wall_milliseconds());
+    return;
+  }
+  connection_names[cookie] = std::string(request.name);
+  metrics.connections.add();
+}
+
+namespace {
+queue::connection_id connection_of(std::uint64_t cookie) noexcept {
+  return {static_cast<std::uint32_t>(cookie >> 32), static_cast<std::uint32_t>(cookie)};
+}
+}  // namespace
+
+void relay::on_ready(outbound::connection_handle connection, std::uint64_t destination) noexcept {
+  auto& s = *_state;
+  if (s.shutting_down) return s.out.release(connection);
+  const auto taken = s.scheduler.take_for_connection(connection_of(destination),
+                                                     core::wall_milliseconds());
+  if (taken.status != queue::take_status::job) return s.out.release(connection);
+  s.start_delivery(connection, taken.job);
+}
+
+void relay::state::start_delivery(outbound::connection_handle connection,
+                                  const queue::job_view& job) noexcept {
+  const auto found = owned.find(job.message);
+  RINGMTA_ASSERT(found != owned.end());
+  spooled_message& message = *found->second.message;
+  std::uint32_t slot;
+  if (free_flights.empty()) {
+    slot = static_cast<std::uint32_t>(flights.size());
+    flights.push_back(std::make_unique<in_flight>());
+  } else {
+    slot = free_flights.back();
+    free_flights.pop_back();
+  }
+  in_flight& flight = *flights[slot];
+  flight.live = true;
+  flight.job = job;
+  flight.job.last_error = {};
+  flight.message = &message;
+  flight.indices.clear();
+  job.for_each_recipient([&](std::uint16_t index) { flight.indices.push_back(index); });
+  flight.results.assign(flight.indices.size(), recipient_report{});
+  const auto& envelope = flight.storage.assign(message.envelope, flight.indices, message.body_bytes);
+  const outbound::delivery delivery{envelope, message.body, slot};
+  if (auto sent = out.deliver(connection, delivery); !sent) {
+    // Not ready after all: the job goes back to the queue as a transient failure.
+    recipient_report local;
+    local.reply_code = 451;
+    local.status = {4, 3, 0};
+    local.text = "451 4.3.0 local delivery hand-off failed";
+    for (std::size_t i = 0; i < flight.indices.size(); ++i) {
+      flight.results[i] = local;
+      flight.results[i].index = flight.indices[i];
+      flight.results[i].kind = outcome_kind::deferred;
+    }
+    smtp::parsed_reply none;
+    none.assign_local(451, {4, 3, 0}, "local delivery hand-off failed");
+    finish_delivery(slot, outbound::delivery_result{slot, smtp::client_outcome::transient_failure,
+                                                    &none, {}});
+    out.release(connection);
+  }
+}
+
+void relay::on_recipient_result(outbound::connection_handle, std::uint64_t,
+                                const outbound::recipient_result& result) noexcept {
+  auto& s = *_state;
+  RINGMTA_ASSERT(result.token < s.flights.size());
+  in_flight& flight = *s.flights[result.token];
+  RINGMTA_ASSERT(flight.live && result.recipient_index < flight.results.size());
+  const outcome_kind kind = result.outcome == smtp::client_outcome::accepted ? outcome_kind::delivered
+                            : result.outcome == smtp::client_outcome::permanent_failure
+                                ? outcome_kind::bounced
+                                : outcome_kind::deferred;
+  flight.results[result.recipient_index] =
+      report_from(*result.reply, result.remote, flight.indices[result.recipient_index], kind);
+}
+
+void relay::on_delivery_done(outbound::connection_handle, std::uint64_t,
+                             const outbound::delivery_result& result) noexcept {
+  auto& s = *_state;
+  RINGMTA_ASSERT(result.token < s.flights.size());
+  s.finish_delivery(static_cast<std::uint32_t>(result.token), result);
+}
+
+// Turns one delivery's results into scheduler outcomes and a report to the message's home.
+void relay::state::finish_delivery(std::uint32_t slot,
+                                   const outbound::delivery_result& result) noexcept {
+  in_flight& flight = *flights[slot];
+  RINGMTA_ASSERT(flight.live);
+  const std::int64_t now = core::wall_milliseconds();
+  std::uint64_t keep_mask = 0;
+  bool all_permanent = true;
+  const recipient_report* first_transient = nullptr;
+  for (std::size_t i = 0; i < flight.results.size(); ++i) {
+    recipient_report& r = flight.results[i];
+    // Accepted at RCPT but the message failed after DATA: the message's reply decides.
+    if (r.kind == outcome_kind::delivered && result.outcome != smtp::client_outcome::accepted) {
+      const auto kind = result.outcome == smtp::client_outcome::permanent_failure
+                            ? outcome_kind::bounced
+                            : outcome_kind::deferred;
+      r = report_from(*result.reply, result.remote, flight.indices[i], kind);
+    }
+    if (r.kind == outcome_kind::deferred) {
+      keep_mask |= std::uint64_t{1} << (flight.indices[i] - flight.job.first_recipient);
+      if (first_transient == nullptr) first_transient = &r;
+    }
+    all_permanent &= r.kind == outcome_kind::bounced;
+  }
+  spooled_message* const message = flight.message;
+  const unsigned home = message->home;
+  const spool::message_id id = message->id;
+  bool job_gone = true;
+  if (all_permanent && !flight.results.empty()) {
+    scheduler.failed(flight.job.id, now, failure_of(flight.results.front()));
+  } else if (keep_mask == 0) {
+    scheduler.delivered(flight.job.id, now);
+  } else {
+    const auto deferred = scheduler.deferred(flight.job.id, now, failure_of(*first_transient), keep_mask);
+    job_gone = deferred.status != queue::defer_status::scheduled;
+    for (auto& r : flight.results) {
+      if (r.kind != outcome_kind::deferred) continue;
+      r.attempts = deferred.attempts;
+      r.next_attempt_ms = deferred.next_attempt_ms;
+      if (job_gone) {  // expired (or bounced by the operator) while it was on the wire
+        r.kind = outcome_kind::bounced;
+        r.text = fmt::format("{} (gave up: {})", r.text,
+                             deferred.status == queue::defer_status::expired
+                                 ? "queue lifetime expired" : "bounced by the operator");
+        r.status = {4, 4, 7};
+      }
+    }
+    if (deferred.delay_warning) {  // first time past delay_warning: a "delayed" DSN too
+      const std::size_t count = flight.results.size();
+      for (std::size_t i = 0; i < count; ++i) {
+        if (flight.results[i].kind != outcome_kind::deferred) continue;
+        flight.results.push_back(flight.results[i]);
+        flight.results.back().kind = outcome_kind::delayed;
+      }
+    }
+  }
+  std::vector<recipient_report> reports;
+  reports.swap(flight.results);
+  flight.live = false;
+  flight.message = nullptr;
+  free_flights.push_back(slot);
+  if (job_gone) job_left(id);
+  report(message, home, std::move(reports));
+}
+
+void relay::state::job_left(spool::message_id id) noexcept {
+  metrics.queued_jobs.add(-1);
+  const auto found = owned.find(id);
+  RINGMTA_ASSERT(found != owned.end() && found->second.jobs > 0);
+  if (--found->second.jobs == 0) owned.erase(found);
+}
+
+void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
+                      const outbound::close_result& result) noexcept {
+  auto& s = *_state;
+  const std::int64_t now = core::wall_milliseconds();
+  const auto connection = connection_of(destination);
+  auto name_entry = s.connection_names.find(destination);
+  const std::string name = name_entry != s.connection_names.end() ? name_entry->second : "";
+  if (name_entry != s.connection_names.end()) s.connection_names.erase(name_entry);
+  if (result.reason != outbound::close_reason::destination_failed) {
+    s.scheduler.connection_closed(connection, now);
+    return s.poll();
+  }
+  const recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
+  if (result.failure == smtp::client_outcome::permanent_failure) {
+    // Null MX, NXDOMAIN, every server said 5xx: every job of the destination bounces now.
+    s.scheduler.connection_closed(connection, now);
+    s.permanent_failures[name] = why;
+    s.scheduler.bounce_all(name, now);
+  } else {
+    s.scheduler.connection_failed(connection, now, failure_of(why));
+  }
+  s.poll();
+}
+
+void relay::state::handle_event(const queue::job_event& event) noexcept {
+  const auto found = owned.find(event.job.message);
+  RINGMTA_ASSERT(found != owned.end());
+  spooled_message* const message = found->second.message;
+  const unsigned home = message->home;
+  std::vector<recipient_report> reports;
+  queue::destination_info info;
+  scheduler.inspect(event.job.destination, info);
+  const auto permanent = permanent_failures.find(std::string(info.name));
+  event.job.for_each_recipient([&](std::uint16_t index) {
+    recipient_report r;
+    r.index = index;
+    r.attempts = event.job.attempts;
+    if (event.kind == queue::event_kind::delay_warning) {
+      r.kind = outcome_kind::delayed;
+      r.next_attempt_ms = event.next_attempt_ms;
+      r.status = event.job.last_status.valid() ? event.job.last_status : queue::status_code{4, 0, 0};
+      r.text = std::string(event.job.last_error);
+    } else if (event.kind == queue::event_kind::bounced_by_operator &&
+               permanent != permanent_failures.end()) {
+      r = permanent->second;
+      r.index = index;
+      r.kind = outcome_kind::bounced;
+    } else {
+      r.kind = outcome_kind::bounced;
+      const bool expired = event.kind == queue::event_kind::expired;
+      r.status = expired ? queue::status_code{4, 4, 7} : queue::status_code{5, 0, 0};
+      r.reply_code = expired ? 0 : 550;
+      r.text = expired ? fmt::format("delivery time expired; last error: {}", event.job.last_error)
+                       : std::string("bounced by the operator");
+    }
+    reports.push_back(std::move(r));
+  });
+  if (event.kind != queue::event_kind::delay_warning) job_left(event.job.message);
+  report(message, home, std::move(reports));
+}
+
+}  // namespace ringmta::server

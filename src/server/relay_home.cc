@@ -1,0 +1,290 @@
+// server::relay, home role: routes this shard's spooled messages to the shards that own their
+// destinations, records every recipient's outcome in the spool, and spools DSNs for bounces.
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+#include <fmt/format.h>
+
+#include "relay_internal.h"
+#include "ringmta/core/assert.h"
+#include "ringmta/core/clock.h"
+
+namespace ringmta::server {
+
+namespace {
+
+const char* event_name(outcome_kind kind) noexcept {
+  switch (kind) {
+    case outcome_kind::delivered: return "delivered";
+    case outcome_kind::deferred: return "deferred";
+    case outcome_kind::bounced: return "bounced";
+    case outcome_kind::delayed: return "delayed";
+  }
+  return "?";
+}
+
+// The first `bytes` of a body given as slices, read with pread (page cache: just written).
+std::string read_prefix(const std::vector<spool::body_slice>& body, std::uint64_t bytes) {
+  std::string out;
+  for (const auto& slice : body) {
+    if (out.size() >= bytes) break;
+    const std::size_t want = static_cast<std::size_t>(
+        std::min<std::uint64_t>(slice.length, bytes - out.size()));
+    const std::size_t at = out.size();
+    out.resize(at + want);
+    const ssize_t got = ::pread(slice.fd, out.data() + at, want, static_cast<off_t>(slice.offset));
+    if (got != static_cast<ssize_t>(want)) {
+      out.resize(at + static_cast<std::size_t>(std::max<ssize_t>(got, 0)));
+      break;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<spooled_message> relay::state::load(spool::message_id id) noexcept {
+  auto stored = store.read(id);
+  if (!stored) {
+    log.set_time(core::wall_milliseconds());
+    log.record("spool_read_failed")
+        .field("id", std::string_view(spool::format_message_id(id).data(), 16))
+        .field("error", stored.error_text());
+    return nullptr;
+  }
+  auto message = std::make_unique<spooled_message>();
+  message->id = id;
+  message->home = owner.id();
+  message->envelope = std::move(stored.value().envelope);
+  message->body = std::move(stored.value().body);
+  message->body_bytes = stored.value().body_bytes;
+  return message;
+}
+
+void relay::state::route(spool::message_id id) noexcept {
+  auto message = load(id);
+  if (!message) return;
+  spooled_message& routed = *message;
+  messages[id] = std::move(message);
+  route_recipients(routed, nullptr);
+}
+
+// Start-up: every queued message of this shard's spool goes back to its destinations' queues
+// with its recipients' attempts and retry times.
+void relay::state::recover() noexcept {
+  std::vector<spool::message_id> queued;
+  store.for_each_message([&](const spool::message_entry& entry) {
+    if (entry.status == spool::message_status::queued) queued.push_back(entry.id);
+  });
+  std::sort(queued.begin(), queued.end());
+  for (const spool::message_id id : queued) {
+    auto message = load(id);
+    if (!message) continue;
+    spooled_message& routed = *message;
+    messages[id] = std::move(message);
+    route_recipients(routed, store.find(id));
+  }
+}
+
+// Groups the open recipients by destination (and, after a restart, by their retry state) and
+// hands each group to the destination's owner.
+void relay::state::route_recipients(spooled_message& message,
+                                    const spool::message_entry* recovered) noexcept {
+  using key = std::tuple<std::string, std::uint16_t, std::int64_t>;
+  std::map<key, std::vector<std::uint16_t>> groups;
+  const auto& recipients = message.envelope.recipients;
+  for (std::size_t i = 0; i < recipients.size(); ++i) {
+    std::uint16_t attempts = 0;
+    std::int64_t not_before_ms = 0;
+    if (recovered != nullptr && i < recovered->recipients.size()) {
+      const auto& status = recovered->recipients[i];
+      if (spool::is_final(status.state)) continue;
+      attempts = static_cast<std::uint16_t>(std::min<std::uint32_t>(status.attempts, 0xffff));
+      if (status.state == spool::recipient_state::deferred)
+        not_before_ms = status.next_attempt_seconds * 1000;
+    }
+    groups[{destination_of(recipients[i].address, config.hostname), attempts, not_before_ms}]
+        .push_back(static_cast<std::uint16_t>(i));
+  }
+  const unsigned shards = static_cast<unsigned>(config.shards->size());
+  for (auto& [group, indices] : groups) {
+    message.recipients_open += static_cast<std::uint32_t>(indices.size());
+    metrics.routed_recipients.add(indices.size());
+    auto* job = new routed_job{&message, std::get<0>(group), std::move(indices),
+                               std::get<1>(group), std::get<2>(group)};
+    shard::message m{};
+    m.handler = &on_job_message;
+    m.words[0] = reinterpret_cast<std::uintptr_t>(job);
+    m.words[1] = reinterpret_cast<std::uintptr_t>(config.shards);
+    send(owner_of(job->destination, shards), m);
+  }
+  if (message.recipients_open == 0) messages.erase(message.id);  // nothing left to do
+}
+
+void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
+  spooled_message& message = *batch->message;
+  RINGMTA_ASSERT(message.home == owner.id());
+  for (const auto& r : batch->reports) record(message, r);
+  // The DSN reads the original before the marks let the spool reclaim its segment.
+  if (!message.notes.empty()) queue_dsn(message);
+  const std::int64_t now_seconds = core::wall_seconds();
+  for (const auto& r : batch->reports) {
+    spool::recipient_status status;
+    status.attempts = r.attempts;
+    switch (r.kind) {
+      case outcome_kind::delivered: status.state = spool::recipient_state::delivered; break;
+      case outcome_kind::bounced: status.state = spool::recipient_state::bounced; break;
+      case outcome_kind::deferred:
+        status.state = spool::recipient_state::deferred;
+        status.next_attempt_seconds = std::max<std::int64_t>(now_seconds, r.next_attempt_ms / 1000);
+        break;
+      case outcome_kind::delayed: continue;  // a notice, not a state change
+    }
+    // Losing a mark to a crash means a redelivery after restart, never a loss: the delivery
+    // does not wait for the mark to be durable.
+    (void)store.mark(message.id, r.index, status);
+    if (spool::is_final(status.state)) {
+      RINGMTA_ASSERT(message.recipients_open > 0);
+      --message.recipients_open;
+    }
+  }
+  if (message.recipients_open == 0) messages.erase(message.id);
+}
+
+// Logs one outcome and keeps what a DSN needs (RFC 3461: as NOTIFY asks; never for <>).
+void relay::state::record(spooled_message& message, const recipient_report& r) noexcept {
+  const auto& recipient = message.envelope.recipients.at(r.index);
+  log.set_time(core::wall_milliseconds());
+  auto line = log.record(event_name(r.kind));
+  line.field("id", std::string_view(spool::format_message_id(message.id).data(), 16))
+      .field("from", message.envelope.reverse_path)
+      .field("to", recipient.address)
+      .field("relay", r.remote)
+      .field("reply", r.text)
+      .field("attempts", static_cast<std::uint64_t>(r.attempts))
+      .field("delay_s", core::wall_seconds() - message.envelope.received_seconds);
+  if (r.kind == outcome_kind::deferred) line.field("retry_at_s", r.next_attempt_ms / 1000);
+  line.end();
+  queue::dsn_action action = queue::dsn_action::failed;
+  switch (r.kind) {
+    case outcome_kind::delivered: metrics.delivered.add(); action = queue::dsn_action::delivered; break;
+    case outcome_kind::bounced: metrics.bounced.add(); action = queue::dsn_action::failed; break;
+    case outcome_kind::delayed: action = queue::dsn_action::delayed; break;
+    case outcome_kind::deferred: metrics.deferred.add(); return;
+  }
+  if (!queue::should_send_dsn(message.envelope.reverse_path, recipient.notify, action)) return;
+  dsn_note note;
+  note.index = r.index;
+  note.action = action;
+  note.status = r.status;
+  if (!note.status.valid()) {
+    note.status = {static_cast<std::uint8_t>(action == queue::dsn_action::failed ? 5
+                                             : action == queue::dsn_action::delayed ? 4 : 2),
+                   0, 0};
+  }
+  note.remote = r.remote;
+  note.diagnostic = r.text;
+  note.last_attempt_seconds = core::wall_seconds();
+  note.retry_until_seconds =
+      message.envelope.received_seconds + config.scheduler.lifetime_max_ms / 1000;
+  message.notes.push_back(std::move(note));
+}
+
+// Builds the DSN for the notes gathered on `message` and starts spooling it from <> to the
+// original sender (RFC 3464). The bytes go into the spool over the next iterations if the
+// spool's buffers are busy.
+void relay::state::queue_dsn(spooled_message& message) noexcept {
+  std::vector<dsn_note> notes;
+  notes.swap(message.notes);
+  const std::int64_t now_seconds = core::wall_seconds();
+  auto handle = store.begin(now_seconds);
+  if (!handle) {
+    metrics.dsn_failed.add();
+    return;
+  }
+  auto pending = std::make_unique<pending_dsn>();
+  pending->handle = handle.value();
+  pending->id = store.id_of(handle.value());
+  std::vector<queue::dsn_recipient> recipients;
+  for (const auto& note : notes) {
+    const auto& original = message.envelope.recipients.at(note.index);
+    recipients.push_back({original.address, original.orcpt, note.action, note.status, note.remote,
+                          note.diagnostic, note.last_attempt_seconds,
+                          note.action == queue::dsn_action::delayed ? note.retry_until_seconds : 0});
+  }
+  queue::dsn_request request;
+  request.reporting_mta = config.hostname;
+  request.original = &message.envelope;
+  request.recipients = recipients;
+  request.original_body_bytes = message.body_bytes;
+  request.dsn_id = pending->id;
+  request.now_seconds = now_seconds;
+  const std::string original = read_prefix(message.body, queue::dsn_original_bytes_needed(request));
+  const std::string_view pieces[] = {original};
+  request.original_body = pieces;
+  auto built = queue::build_dsn(request, pending->bytes);
+  if (!built) {
+    store.abort(pending->handle);
+    metrics.dsn_failed.add();
+    return;
+  }
+  auto& envelope = pending->envelope;
+  envelope.id = pending->id;
+  envelope.reverse_path.clear();  // from <>: never bounced again (RFC 5321 §4.5.5)
+  envelope.recipients.push_back({message.envelope.reverse_path, 0, {}});
+  envelope.body = built.value().body;
+  envelope.smtputf8 = built.value().smtputf8;
+  envelope.received_seconds = now_seconds;
+  envelope.client_address = "local";
+  envelope.helo = config.hostname;
+  dsns.push_back(std::move(pending));
+  continue_dsns();
+}
+
+// Appends and commits the DSNs in progress as far as the spool takes them now.
+void relay::state::continue_dsns() noexcept {
+  for (std::size_t i = 0; i < dsns.size();) {
+    pending_dsn& dsn = *dsns[i];
+    if (dsn.appended < dsn.bytes.size()) {
+      auto taken = store.append(dsn.handle, std::string_view(dsn.bytes).substr(dsn.appended));
+      if (!taken) {
+        store.abort(dsn.handle);
+        metrics.dsn_failed.add();
+        dsns.erase(dsns.begin() + static_cast<std::ptrdiff_t>(i));
+        continue;
+      }
+      dsn.appended += taken.value();
+      if (dsn.appended < dsn.bytes.size()) { ++i; continue; }  // buffers full: next iteration
+    }
+    auto committed = store.commit(dsn.handle, dsn.envelope);
+    if (!committed && committed.error() == EAGAIN) { ++i; continue; }
+    if (!committed) {
+      metrics.dsn_failed.add();
+    } else {
+      dsn.bytes = std::string();  // the spool has them now
+      dsn_tickets[committed.value()] = std::move(dsns[i]);
+    }
+    dsns.erase(dsns.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+}
+
+bool relay::state::on_committed(std::uint64_t ticket, int error) noexcept {
+  const auto found = dsn_tickets.find(ticket);
+  if (found == dsn_tickets.end()) return false;
+  const spool::message_id id = found->second->id;
+  dsn_tickets.erase(found);
+  if (error != 0) {
+    metrics.dsn_failed.add();
+    return true;
+  }
+  metrics.dsn_queued.add();
+  log.set_time(core::wall_milliseconds());
+  log.record("dsn_queued").field("id", std::string_view(spool::format_message_id(id).data(), 16));
+  route(id);
+  return true;
+}
+
+}  // namespace ringmta::server

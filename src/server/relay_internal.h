@@ -1,0 +1,163 @@
+// Internals of server::relay shared by relay.cc (the owner role: queues, connections,
+// deliveries) and relay_home.cc (the home role: routing, outcomes, spool marks, DSNs).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ringmta/core/timer_wheel.h"
+#include "ringmta/queue/dsn.h"
+#include "ringmta/server/relay.h"
+#include "ringmta/spool/envelope.h"
+
+namespace ringmta::server {
+
+// What the home learned about a recipient and keeps for its DSN.
+struct dsn_note {
+  std::uint16_t index = 0;
+  queue::dsn_action action = queue::dsn_action::failed;
+  queue::status_code status;
+  std::string remote;
+  std::string diagnostic;
+  std::int64_t last_attempt_seconds = 0;
+  std::int64_t retry_until_seconds = 0;
+};
+
+// A queued message as every shard sees it: immutable after the home built it, except the
+// home-only fields at the end. Freed by the home once every recipient is final.
+struct spooled_message {
+  spool::message_id id = 0;
+  unsigned home = 0;
+  spool::envelope envelope;
+  std::vector<spool::body_slice> body;  // wire form, in the home's segment files
+  std::uint64_t body_bytes = 0;
+  // home only
+  std::uint32_t recipients_open = 0;
+  std::vector<dsn_note> notes;  // outcomes waiting to be reported by a DSN
+};
+
+// Home → owner: some recipients of a message for one destination.
+struct routed_job {
+  spooled_message* message = nullptr;
+  std::string destination;
+  std::vector<std::uint16_t> recipients;
+  std::uint16_t attempts = 0;
+  std::int64_t not_before_ms = 0;
+};
+
+enum class outcome_kind : std::uint8_t { delivered, deferred, bounced, delayed };
+
+struct recipient_report {
+  std::uint16_t index = 0;
+  outcome_kind kind = outcome_kind::deferred;
+  std::uint16_t attempts = 0;
+  std::int64_t next_attempt_ms = 0;  // deferred: when it will be tried again
+  std::uint16_t reply_code = 0;
+  queue::status_code status;
+  std::string text;    // the reply (or local reason), for logs and DSNs
+  std::string remote;  // "mx.example.com [192.0.2.1]:25" when a server was reached
+};
+
+// Owner → home: outcomes of one delivery (or one scheduler event).
+struct outcome_batch {
+  spooled_message* message = nullptr;
+  std::vector<recipient_report> reports;
+};
+
+// A delivery on the wire (owner side); the storage keeps the engine's envelope alive.
+struct in_flight {
+  bool live = false;
+  queue::job_view job;  // job.last_error must not be read: it points into the scheduler
+  spooled_message* message = nullptr;
+  std::vector<std::uint16_t> indices;        // envelope indices, in the order sent
+  std::vector<recipient_report> results;     // by position in `indices`
+  outbound::envelope_storage storage;
+};
+
+// A DSN being written into this shard's spool.
+struct pending_dsn {
+  spool::message_handle handle{};
+  spool::message_id id = 0;
+  spool::envelope envelope;
+  std::string bytes;
+  std::size_t appended = 0;
+  bool committing = false;
+};
+
+struct relay::state {
+  state(relay& self, const relay_config& config, shard::shard& owner, spool::store& store,
+        relay_metrics& metrics, admin::log_buffer& log);
+
+  relay& self;
+  const relay_config& config;
+  shard::shard& owner;
+  spool::store& store;
+  relay_metrics& metrics;
+  admin::log_buffer& log;
+  queue::scheduler scheduler;
+  outbound::dns_client dns;
+  outbound::outbound out;
+  bool shutting_down = false;
+
+  // home role (relay_home.cc)
+  std::unordered_map<spool::message_id, std::unique_ptr<spooled_message>> messages;
+  std::vector<std::unique_ptr<pending_dsn>> dsns;               // being appended / committed
+  std::unordered_map<std::uint64_t, std::unique_ptr<pending_dsn>> dsn_tickets;
+  void route(spool::message_id id) noexcept;
+  void recover() noexcept;
+  void route_recipients(spooled_message& message, const spool::message_entry* recovered) noexcept;
+  void on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept;
+  void record(spooled_message& message, const recipient_report& report) noexcept;
+  void queue_dsn(spooled_message& message) noexcept;
+  void continue_dsns() noexcept;
+  bool on_committed(std::uint64_t ticket, int error) noexcept;
+  std::unique_ptr<spooled_message> load(spool::message_id id) noexcept;
+
+  // owner role (relay.cc)
+  struct owned_message {
+    spooled_message* message = nullptr;
+    std::uint32_t jobs = 0;  // scheduler jobs of this message on this shard
+  };
+  std::unordered_map<spool::message_id, owned_message> owned;
+  std::vector<std::unique_ptr<in_flight>> flights;
+  std::vector<std::uint32_t> free_flights;
+  std::unordered_map<std::uint64_t, std::string> connection_names;  // by connection cookie
+  std::unordered_map<std::string, recipient_report> permanent_failures;  // by destination
+  std::vector<queue::connect_request> requests;
+  struct wakeup_timer : core::timer_node {
+    explicit wakeup_timer(state& s) noexcept;
+    state& owner;
+  } timer;
+  void accept_job(std::unique_ptr<routed_job> job) noexcept;
+  void poll() noexcept;
+  void open(const queue::connect_request& request) noexcept;
+  void start_delivery(outbound::connection_handle connection, const queue::job_view& job) noexcept;
+  void finish_delivery(std::uint32_t slot, const outbound::delivery_result& result) noexcept;
+  void handle_event(const queue::job_event& event) noexcept;
+  void job_left(spool::message_id id) noexcept;
+  void report(spooled_message* message, unsigned home,
+              std::vector<recipient_report> reports) noexcept;
+  void arm_timer(std::int64_t now_ms) noexcept;
+  relay_route route_for(std::string_view destination) const;
+
+  // both: cross-shard sends that found the target's queue full, retried every iteration
+  std::vector<std::pair<unsigned, shard::message>> backlog;
+  void send(unsigned to, const shard::message& m) noexcept;
+  void flush_backlog() noexcept;
+  relay& peer(unsigned shard) const noexcept { return *(*config.shards)[shard]; }
+};
+
+// Destination of a recipient address: its domain, lowercase (RFC 5321 §2.4: domains are
+// case-insensitive); <postmaster> without a domain goes to our own host name.
+std::string destination_of(std::string_view address, std::string_view hostname);
+// The shard that owns a destination.
+unsigned owner_of(std::string_view destination, unsigned shards) noexcept;
+// The failure as the scheduler and DSNs want it, from an SMTP reply.
+recipient_report report_from(const smtp::parsed_reply& reply, const outbound::remote_host& remote,
+                             std::uint16_t index, outcome_kind kind);
+queue::failure failure_of(const recipient_report& report) noexcept;
+
+}  // namespace ringmta::server
