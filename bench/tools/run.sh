@@ -54,6 +54,9 @@ for round in $(seq "$ROUNDS"); do
     -f a@x.test -t b@y.test "127.0.0.1:$PF_PORT"
   timed ringmta_pair_reuse $((PER * SESSIONS)) "$BLAST" --quiet --target "$RINGMTA_SINK" \
     --sessions "$SESSIONS" --messages-per-session "$PER" --concurrency "$SESSIONS" --size 1024
+  timed ringmta_pair_reuse_bdat $((PER * SESSIONS)) "$BLAST" --quiet --target "$RINGMTA_SINK" \
+    --sessions "$SESSIONS" --messages-per-session "$PER" --concurrency "$SESSIONS" --size 1024 \
+    --bdat
   timed postfix_pair_conn "$CONN_MSGS" smtp-source -s "$SESSIONS" -m "$CONN_MSGS" -l 1024 \
     -f a@x.test -t b@y.test "127.0.0.1:$PF_PORT"
   timed ringmta_pair_conn "$CONN_MSGS" "$BLAST" --quiet --target "$RINGMTA_SINK" \

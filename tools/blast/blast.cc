@@ -40,6 +40,16 @@ struct connection {
   bool ehlo_done = false;
   bool waiting_eof = false;
   bool for_due = false;        // --rate: opened for a due message, not ready yet
+  // --bdat: the transaction is scripted here (RFC 3030 with RFC 2920): MAIL, RCPTs and
+  // "BDAT n LAST" + the message go out in one write; the replies go to our own parser while
+  // client_session stays in `ready` (it handled greeting and EHLO and will say QUIT).
+  bool scripted = false;
+  bool bdat_pending = false;   // the scripted write is not yet handed to the kernel
+  std::uint32_t replies_seen = 0;
+  std::uint32_t rcpt_accepted = 0;
+  std::uint32_t command_bytes = 0;
+  std::optional<smtp::reply_parser> parser;
+  std::vector<char> commands;
   bool has_error = false;
   error_kind error = error_kind::aborted;
   std::uint32_t messages_left = 0;
@@ -200,9 +210,15 @@ connection* blast_shard::open_session() noexcept {
     c.session.emplace(client);
     c.rcpt_text.resize(_config.recipients);
     c.rcpts.resize(_config.recipients);
+    if (_config.bdat) {
+      c.parser.emplace();
+      c.commands.resize(std::size_t{_config.recipients} * (address_bytes_max + 16) + 512);
+    }
   } else {
     c.session->reset();
   }
+  if (c.parser) c.parser->reset();
+  c.scripted = c.bdat_pending = false;
   c.connecting = c.recv_armed = c.send_in_flight = c.body_pending = c.data_in_flight = false;
   c.greeted = c.ehlo_done = c.waiting_eof = c.for_due = c.has_error = false;
   c.staged_bytes = c.iov_count = c.iov_first = 0;
@@ -273,6 +289,11 @@ void blast_shard::on_recv(connection& c, const io::completion& done) noexcept {
   std::string_view chunk(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   _shard->timers().schedule_after(c.timeout.node, _config.timeout_ms);
   while (!chunk.empty()) {
+    if (c.scripted) {
+      feed_scripted(c, chunk);
+      if (c.generation != generation || c.fd < 0) break;
+      continue;
+    }
     const std::size_t used = c.session->feed(chunk);
     chunk.remove_prefix(used);
     if (!c.greeted && c.session->phase() != smtp::client_phase::greeting) {
@@ -322,6 +343,11 @@ void blast_shard::on_ready(connection& c) noexcept {
       return;
     }
   }
+  next_step(c, now);
+}
+
+// Between transactions: the next message (now, or when due under --rate), or QUIT.
+void blast_shard::next_step(connection& c, std::uint64_t now) noexcept {
   const bool stop = _stopping || _shared.stop_starting.load(std::memory_order_relaxed);
   if (c.messages_left == 0 || stop) {
     c.session->quit();
@@ -369,7 +395,94 @@ void blast_shard::start_message(connection& c, std::uint64_t intended_ns) noexce
   if (_rate > 0 && core::monotonic_ns() > intended_ns + 1'000'000) ++_results.late_starts;
   --c.messages_left;
   _counters.messages_started.add();
+  if (use_bdat(c)) {
+    prepare_bdat(c);
+    return;
+  }
   c.session->start_transaction(envelope);
+}
+
+bool blast_shard::use_bdat(const connection& c) const noexcept {
+  return _config.bdat && c.session->extensions().chunking && c.session->pipelining_active();
+}
+
+// RFC 3030 §2 + RFC 2920: the whole transaction in one write; the replies (MAIL, each RCPT,
+// BDAT) come back in order.
+void blast_shard::prepare_bdat(connection& c) noexcept {
+  char* out = c.commands.data();
+  const auto put = [&out](std::string_view text) {
+    std::memcpy(out, text.data(), text.size());
+    out += text.size();
+  };
+  put("MAIL FROM:<");
+  put({c.from, c.from_bytes});
+  put(">\r\n");
+  for (const smtp::client_recipient& r : c.rcpts) {
+    put("RCPT TO:<");
+    put(r.address);
+    put(">\r\n");
+  }
+  put("BDAT ");
+  char digits[20];
+  put({digits, loadkit::write_decimal(digits, c.header_bytes + c.body->bytes, 1)});
+  put(" LAST\r\n");
+  c.command_bytes = static_cast<std::uint32_t>(out - c.commands.data());
+  c.scripted = true;
+  c.bdat_pending = true;
+  c.replies_seen = 0;
+  c.rcpt_accepted = 0;
+  _counters.messages_bdat.add();
+}
+
+void blast_shard::feed_scripted(connection& c, std::string_view& chunk) noexcept {
+  const std::uint32_t generation = c.generation;
+  while (!chunk.empty() && c.scripted) {
+    const smtp::reply_parser::step step = c.parser->feed(chunk);
+    chunk.remove_prefix(step.consumed);
+    if (step.what == smtp::reply_parser::status::failed) {
+      c.set_error(error_kind::protocol_error);
+      finish(c);
+      return;
+    }
+    if (step.what == smtp::reply_parser::status::reply_done) {
+      on_scripted_reply(c, c.parser->reply());
+      if (c.generation != generation || c.fd < 0) return;
+    }
+  }
+}
+
+void blast_shard::on_scripted_reply(connection& c, const smtp::parsed_reply& reply) noexcept {
+  const std::uint32_t index = c.replies_seen++;
+  const std::uint32_t recipients = static_cast<std::uint32_t>(c.rcpts.size());
+  if (index == 0) return;  // MAIL: its failure shows in every later reply
+  if (index <= recipients) {
+    if (reply.code < _results.rcpt_codes.size()) ++_results.rcpt_codes[reply.code];
+    if (reply.positive()) {
+      ++c.rcpt_accepted;
+      _counters.recipients_accepted.add();
+    } else if (reply.permanent()) {
+      _counters.recipients_permfail.add();
+    } else {
+      _counters.recipients_tempfail.add();
+    }
+    return;
+  }
+  const std::uint64_t now = core::monotonic_ns();  // the reply to BDAT LAST ends the message
+  if (reply.code < _results.data_codes.size()) ++_results.data_codes[reply.code];
+  if (c.data_sent_ns != 0) _results.data.record(now - c.data_sent_ns);
+  _results.message.record(now > c.message_start_ns ? now - c.message_start_ns : 0);
+  if (c.rcpt_accepted == 0) {
+    _counters.messages_no_recipients.add();
+  } else if (reply.positive()) {
+    _counters.messages_accepted.add();
+  } else if (reply.permanent()) {
+    _counters.messages_permfail.add();
+  } else {
+    _counters.messages_tempfail.add();
+  }
+  c.scripted = false;
+  next_step(c, now);
+  drain_events(c);  // QUIT from the engine, or the next scripted write
 }
 
 void blast_shard::on_recipient_result(connection& c, const smtp::client_event& e) noexcept {
@@ -427,6 +540,18 @@ void blast_shard::flush(connection& c) noexcept {
     c.session->consume_output(out.size());
   };
   stage();
+  if (c.bdat_pending) {
+    c.bdat_pending = false;
+    c.iov[c.iov_count++] = iovec{c.commands.data(), c.command_bytes};
+    c.iov[c.iov_count++] = iovec{c.header, c.header_bytes};
+    if (c.body->prefix_bytes > 0) {
+      c.iov[c.iov_count++] =
+          iovec{const_cast<char*>(_config.body_text.data()), c.body->prefix_bytes};
+    }
+    c.iov[c.iov_count++] = iovec{const_cast<char*>(c.body->tail.data()), c.body->tail.size()};
+    _counters.body_bytes.add(c.header_bytes + c.body->bytes);
+    c.data_in_flight = true;
+  }
   if (c.body_pending) {
     c.body_pending = false;
     c.iov[c.iov_count++] = iovec{c.header, c.header_bytes};
@@ -499,6 +624,7 @@ void blast_shard::finish(connection& c) noexcept {
   c.fd = -1;
   _shard->timers().cancel(c.timeout.node);
   if (c.for_due) --_connecting_for_due;
+  if (c.scripted) _counters.messages_tempfail.add();  // lost with the connection: retry later
   if (c.has_error) {
     _counters.errors[static_cast<std::size_t>(c.error)].add();
     _counters.sessions_failed.add();

@@ -83,6 +83,7 @@ struct blast_config {
   std::uint32_t domains = 1;
   std::string domain_suffix = "test";
   pipelining_mode pipelining = pipelining_mode::automatic;
+  bool bdat = false;                // CHUNKING: MAIL, RCPTs, BDAT n LAST + message in one write
   double rate = 0;                  // messages/s, open loop; 0: closed loop
   std::uint64_t duration_ms = 0;    // 0: until --sessions is done
   std::uint64_t drain_ms = 5000;    // after --duration: time for open sessions to finish
@@ -114,6 +115,7 @@ struct blast_counters {
   loadkit::counter messages_tempfail;
   loadkit::counter messages_permfail;
   loadkit::counter messages_no_recipients;
+  loadkit::counter messages_bdat;     // sent with BDAT (--bdat and the server offers CHUNKING)
   loadkit::counter recipients_accepted;
   loadkit::counter recipients_tempfail;
   loadkit::counter recipients_permfail;
@@ -168,6 +170,11 @@ class blast_shard final : public shard::completion_handler {
   void on_send(connection& c, const io::completion& done) noexcept;
   void drain_events(connection& c) noexcept;
   void on_ready(connection& c) noexcept;
+  void next_step(connection& c, std::uint64_t now_ns) noexcept;
+  bool use_bdat(const connection& c) const noexcept;
+  void prepare_bdat(connection& c) noexcept;
+  void feed_scripted(connection& c, std::string_view& chunk) noexcept;
+  void on_scripted_reply(connection& c, const smtp::parsed_reply& reply) noexcept;
   void start_message(connection& c, std::uint64_t intended_ns) noexcept;
   void on_recipient_result(connection& c, const smtp::client_event& e) noexcept;
   void on_message_result(connection& c, const smtp::client_event& e) noexcept;

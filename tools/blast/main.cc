@@ -69,6 +69,8 @@ void add_flags(CLI::App& app, cli_options& cli, blast_config& config) {
   app.add_option("--domain-suffix", config.domain_suffix, "suffix of the recipient domains");
   app.add_option("--pipelining", cli.pipelining, "on | off | auto")
       ->check(CLI::IsMember({"on", "off", "auto"}));
+  app.add_flag("--bdat", config.bdat,
+               "send with BDAT (CHUNKING) when offered: the whole transaction in one write");
   app.add_option("--rate", config.rate, "open loop: messages started per second (0: closed loop)")
       ->check(CLI::Range(0.0, 1e7));
   app.add_option("--duration", cli.duration, "stop starting work after this long (e.g. 30s)");
@@ -231,7 +233,8 @@ nlohmann::json build_report(const blast_config& config, const shard_table& shard
                    {"accepted", get(&blast_counters::messages_accepted)},
                    {"tempfail", get(&blast_counters::messages_tempfail)},
                    {"permfail", get(&blast_counters::messages_permfail)},
-                   {"no_recipients", get(&blast_counters::messages_no_recipients)}};
+                   {"no_recipients", get(&blast_counters::messages_no_recipients)},
+                   {"sent_with_bdat", get(&blast_counters::messages_bdat)}};
   j["recipients"] = {{"accepted", get(&blast_counters::recipients_accepted)},
                      {"tempfail", get(&blast_counters::recipients_tempfail)},
                      {"permfail", get(&blast_counters::recipients_permfail)}};

@@ -137,6 +137,30 @@ def _():
     assert s["connections"] == 2000 and s["message_bytes"] == r["message_bytes"], (s, r)
 
 
+@test("--bdat: CHUNKING transactions verified end to end; falls back to DATA when not offered")
+def _():
+    sink = Sink("--seed", "5", "--tempfail-rate", "rcpt=0.2", "--expect-ids", "bd:0-1999")
+    rc, r = blast("--target", sink.address, "--sessions", "200", "--messages-per-session", "10",
+                  "--recipients", "2", "--size", "2:64k", "--bdat",
+                  "--concurrency", "10", "--run-id", "bd")
+    _, s = sink.stop()
+    assert rc == 1 and r["errors"] == {}, (rc, r["errors"])  # tempfails: exit 1
+    m = r["messages"]
+    assert m["sent_with_bdat"] == 2000 == m["started"], m
+    assert m["accepted"] == s["accepted"] == s["integrity_ok"] and s["integrity_corrupt"] == 0, s
+    assert m["no_recipients"] > 0 and m["accepted"] + m["no_recipients"] == 2000, m
+    assert r["replies"]["rcpt"].get("451", 0) == s["rcpt_tempfail"], (r["replies"], s)
+    assert s["missing"] == m["no_recipients"] and s["duplicates"] == 0, s
+    assert r["latency"]["data"]["count"] == 2000, r["latency"]["data"]
+    check_latency_structure(r)
+    sink = Sink("--no-chunking")
+    rc, r = blast("--target", sink.address, "--sessions", "20", "--messages-per-session", "5",
+                  "--bdat", "--concurrency", "4")
+    _, s = sink.stop()
+    assert rc == 0 and r["messages"]["sent_with_bdat"] == 0, r["messages"]
+    assert s["accepted"] == 100 and s["integrity_ok"] == 100, s
+
+
 @test("size distribution, no pipelining, sink without PIPELINING/8BITMIME/CHUNKING")
 def _():
     sink = Sink("--no-pipelining", "--no-8bitmime", "--no-chunking", "--expect-ids", "t2:0-299")
@@ -416,7 +440,7 @@ def _():
 def _():
     if not have("postfix", "postconf") or os.geteuid() != 0:
         return "SKIP postfix missing or not root"
-    sink = Sink("--expect-ids", "pf:0-599")
+    sink = Sink("--expect-ids", "pf:0-599", "--expect-ids", "pfb:0-99")
     work = tempfile.mkdtemp(dir=WORK, prefix="postfix-")
     for directory in (WORK, work):  # Postfix's daemons run as the postfix user
         os.chmod(directory, 0o755)
@@ -430,14 +454,19 @@ def _():
                       "--messages-per-session", "10", "--recipients", "3", "--domains", "4",
                       "--size", "1k:32k", "--concurrency", "6", "--run-id", "pf")
         assert rc == 0 and r["messages"]["accepted"] == 600, r
-        s = sink.wait_accepted(600, timeout_s=120)
-        wait_for(lambda: sink.stats()["distinct_ids"] >= 600, 60, "all ids")
+        rc, r = blast("--target", f"127.0.0.1:{port}", "--sessions", "10",
+                      "--messages-per-session", "10", "--bdat", "--concurrency", "5",
+                      "--run-id", "pfb")
+        assert rc == 0 and r["messages"]["accepted"] == 100, r
+        assert r["messages"]["sent_with_bdat"] == 100, r["messages"]  # Postfix offers CHUNKING
+        s = sink.wait_accepted(700, timeout_s=120)
+        wait_for(lambda: sink.stats()["distinct_ids"] >= 700, 60, "all ids")
     finally:
         subprocess.run([POSTFIX_INSTANCE, "stop", work], timeout=60)
     rc, s = sink.stop()
     assert s["integrity_ok"] == s["accepted"] and s["integrity_corrupt"] == 0, s
-    assert s["distinct_ids"] == 600 and s["missing"] == 0 and s["duplicates"] == 0, s
-    assert s["recipients"] == 1800, s
+    assert s["distinct_ids"] == 700 and s["missing"] == 0 and s["duplicates"] == 0, s
+    assert s["recipients"] == 1900, s
 
 
 # ---- latency report structure
