@@ -404,6 +404,39 @@ TEST(outbound, release_and_shutdown_end_connections_that_are_not_ready_yet_or_id
   EXPECT_EQ(sink.count("quits"), 1u);  // the idle one said QUIT; the others were never ready
 }
 
+TEST(outbound, binds_the_configured_source_address) {
+  scripted_sink sink;
+  ASSERT_TRUE(sink.start({"127.0.0.1"}));
+  auto config = test_config();
+  config.source_ipv4 = core::endpoint::parse("127.0.0.9:0");
+  harness h({1, config, {}});
+  ASSERT_TRUE(h.started());
+  test_spool spool;
+  h.deliver(0, 1, literal("127.0.0.1", sink.port()),
+            {&spool.add(make_message(300, 1), {"a@example.net"}).job});
+  ASSERT_TRUE(h.log.wait_for(1, kind::closed, 1));
+  EXPECT_EQ(h.log.of(1, kind::delivery)[0].outcome, client_outcome::accepted);
+  EXPECT_EQ(sink.record(1)["peer"], "127.0.0.9");
+}
+
+TEST(outbound, a_reply_timeout_is_a_transient_failure) {
+  postfix_sink sink;
+  // Answers DATA after 3 s; without PIPELINING, so MAIL and RCPT are answered at once.
+  ASSERT_TRUE(sink.start("127.0.0.1", {"-p", "-w", "3"}));
+  auto config = test_config();
+  config.timeout_data_init_ms = 300;  // RFC 5321 §4.5.3.2.4, shortened
+  harness h({1, config, {}});
+  ASSERT_TRUE(h.started());
+  test_spool spool;
+  h.deliver(0, 1, literal("127.0.0.1", sink.port()),
+            {&spool.add(make_message(300, 1), {"a@example.net"}).job});
+  ASSERT_TRUE(h.log.wait_for(1, kind::closed, 1));
+  ASSERT_EQ(h.log.of(1, kind::delivery).size(), 1u);
+  EXPECT_EQ(h.log.of(1, kind::delivery)[0].outcome, client_outcome::transient_failure);
+  EXPECT_EQ(h.log.of(1, kind::closed)[0].reason, close_reason::lost);
+  EXPECT_EQ(h.counters(0).timeouts, 1u);
+}
+
 TEST(outbound, two_shards_deliver_side_by_side) {
   postfix_sink sink;
   ASSERT_TRUE(sink.start("127.0.0.1"));

@@ -6,7 +6,8 @@
 Listens on every --listen address with one port (--port, or the one the OS gives the first
 address), prints "READY <port>" and serves until SIGTERM/SIGINT or, with --stop-on-stdin-eof,
 until stdin closes. Per accepted message it writes DIR/msg-<n>.eml (the body as the client meant
-it: dot-unstuffed) and DIR/msg-<n>.json (envelope, listener address, connection number); after
+it: dot-unstuffed) and DIR/msg-<n>.json (envelope, listener and client addresses, connection
+number); after
 every change it rewrites DIR/stats.json (connections per address, messages, QUITs, and two
 pipelining observations: commands that arrived while an earlier command was still unanswered,
 counted as pipelined when PIPELINING was offered and as early otherwise).
@@ -215,7 +216,7 @@ class session:
         del self.buf[:body_end + 3]
         body = re.sub(rb"(\A|\n)\.", rb"\1", wire)  # RFC 5321 §4.5.2: remove the added dot
         record = {"mail": mail, "rcpts": rcpts, "address": self.address,
-                  "connection": self.number}
+                  "connection": self.number, "peer": self.conn.getpeername()[0]}
         self.owner.save(record, body)
         self.send(args.data_reply + "\r\n")
         return True
