@@ -453,8 +453,34 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
     s.scheduler.bounce_all(name, now);
   } else {
     s.scheduler.connection_failed(connection, now, failure_of(why));
+    s.report_deferred_destination(name, why);
   }
   s.poll();
+}
+
+// A destination-wide deferral moved the destination's jobs to one retry time: their homes
+// record it (state and retry time survive a restart) and log it, like a per-message deferral.
+// Bounded per failure, so a dead destination with a huge queue cannot flood the log.
+void relay::state::report_deferred_destination(const std::string& name,
+                                               const recipient_report& why) noexcept {
+  constexpr std::size_t jobs_reported_max = 1000;
+  std::vector<queue::job_view> jobs;
+  scheduler.list_jobs(name, jobs_reported_max, jobs);
+  for (const auto& job : jobs) {
+    if (job.next_attempt_ms == 0) continue;  // in flight on another connection
+    const auto found = owned.find(job.message);
+    if (found == owned.end()) continue;
+    std::vector<recipient_report> reports;
+    job.for_each_recipient([&](std::uint16_t index) {
+      recipient_report r = why;
+      r.index = index;
+      r.kind = outcome_kind::deferred;
+      r.attempts = job.attempts;
+      r.next_attempt_ms = job.next_attempt_ms;
+      reports.push_back(std::move(r));
+    });
+    report(found->second.message, found->second.message->home, std::move(reports));
+  }
 }
 
 void relay::state::handle_event(const queue::job_event& event) noexcept {

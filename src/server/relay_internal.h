@@ -137,6 +137,7 @@ struct relay::state {
   void start_delivery(outbound::connection_handle connection, const queue::job_view& job) noexcept;
   void finish_delivery(std::uint32_t slot, const outbound::delivery_result& result) noexcept;
   void handle_event(const queue::job_event& event) noexcept;
+  void report_deferred_destination(const std::string& name, const recipient_report& why) noexcept;
   void job_left(spool::message_id id) noexcept;
   void report(spooled_message* message, unsigned home,
               std::vector<recipient_report> reports) noexcept;

@@ -43,6 +43,13 @@ class Tap:
         sys.exit(1 if self.failed else 0)
 
 
+def free_port(address="127.0.0.1"):
+    """A TCP port free on `address` right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
 class Daemon:
     """ringmta on 127.0.0.1:<free port> with its own spool; stderr is collected."""
 

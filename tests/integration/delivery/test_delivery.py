@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""End to end through real peers: smtplib/swaks → ringmta → MX from a real DNS server (NSD) →
+ringmta-sink on 127.0.0.x. MX preference and fallback, implicit MX, byte-exact bodies,
+temporary failures retried until delivered, permanent failures bounced with a DSN delivered
+to the sender's domain, null MX (5.1.10), NXDOMAIN (5.1.2), SERVFAIL (deferred, no bounce),
+NOTIFY=NEVER and the null sender (no DSN), queue lifetime expiry (DSN 4.4.7).
+usage: test_delivery.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT"""
+import shutil
+import smtplib
+import subprocess
+import sys
+
+from harness import Daemon, Tap, free_port
+from peers import DnsServer, Sink, dsn_fields, wait_until, without_received
+
+tap = Tap()
+ringmta, sink_binary, dns_script = sys.argv[1:4]
+if not shutil.which("nsd"):
+    tap.skip_all("nsd is not installed")
+
+port = free_port("127.0.0.3")
+dns = DnsServer(dns_script, {
+    "good.test": ["@ MX 10 mx", "mx A 127.0.0.3"],
+    "fallback.test": ["@ MX 10 mx1", "@ MX 20 mx2", "mx1 A 127.0.0.2", "mx2 A 127.0.0.3"],
+    "implicit.test": ["@ A 127.0.0.3"],
+    "sender.test": ["@ MX 10 mx", "mx A 127.0.0.4"],
+    "temp.test": ["@ MX 10 mx", "mx A 127.0.0.5"],
+    "perm.test": ["@ MX 10 mx", "mx A 127.0.0.6"],
+    "nullmx.test": ["@ MX 0 ."],
+}, broken=["broken.test"])
+good = Sink(sink_binary, "127.0.0.3", port)
+sender_domain = Sink(sink_binary, "127.0.0.4", port)
+flaky = Sink(sink_binary, "127.0.0.5", port, ["--tempfail-rate", "rcpt=0.5", "--seed", "7"])
+refusing = Sink(sink_binary, "127.0.0.6", port, ["--permfail-rate", "rcpt=1"])
+daemon = Daemon(ringmta, args=["--resolver", dns.address, "--delivery-port", str(port),
+                               "--retry-schedule", "1s", "--timeout-connect", "2s"]).start()
+
+
+def send(sender, recipients, body, options=(), rcpt_options=()):
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        return client.sendmail(sender, recipients, body, list(options), list(rcpt_options))
+
+
+def message(subject, lines=3):
+    text = "".join(f"line {i} of {subject}\r\n" if i % 3 else f".dot line {i}\r\n"
+                   for i in range(lines))
+    return (f"Subject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\n{text}").encode()
+
+
+# --- normal delivery: MX, MX fallback after a refused connection, implicit MX; byte-exact
+sent = {name: message(name, 40) for name in ("plain", "fallback", "implicit", "multi")}
+send("sender@sender.test", ["a@good.test"], sent["plain"])
+send("sender@sender.test", ["b@fallback.test"], sent["fallback"])
+send("sender@sender.test", ["c@implicit.test"], sent["implicit"])
+send("sender@sender.test", ["d1@good.test", "d2@GOOD.test", "e@fallback.test"], sent["multi"])
+arrived = wait_until(lambda: len(good.messages()) >= 5 and good.messages(), 30) or []
+by_subject = {}
+for envelope, body in arrived:
+    subject = body.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+    by_subject.setdefault(subject, []).append((envelope, body))
+tap.ok(len(arrived) == 5, "5 transactions arrived at the MX host's sink", len(arrived))
+for name in ("plain", "fallback", "implicit"):
+    copies = by_subject.get(name, [])
+    tap.ok(len(copies) == 1 and without_received(copies[0][1]) == sent[name],
+           f"{name}: delivered once, byte-exact after our Received: header")
+multi = by_subject.get("multi", [])
+rcpts = sorted(r for envelope, _ in multi for r in envelope["rcpt"])
+tap.ok(rcpts == ["d1@good.test", "d2@GOOD.test", "e@fallback.test"],
+       "three recipients, two destinations: each recipient delivered once", rcpts)
+tap.ok(all(envelope.get("mail-from") == "<sender@sender.test>" for envelope, _ in arrived),
+       "the reverse path is kept")
+tap.ok(any(b"by mx.test.example (ringmta) with ESMTP" in body for _, body in arrived),
+       "our Received: header is on the relayed message")
+
+# --- temporary failures (50% of RCPTs refused 451) are retried until delivered
+for i in range(10):
+    send("sender@sender.test", [f"t{i}@temp.test"], message(f"temp{i}"))
+delivered = wait_until(lambda: flaky.stats().get("accepted", 0) >= 10, 60)
+tap.ok(delivered, "10 messages to a flaky MX all delivered after retries", flaky.stats())
+tap.ok(flaky.stats().get("rcpt_tempfail", 0) > 0 and daemon.events("deferred"),
+       "and some attempts were deferred on the way")
+
+# --- permanent failures → DSN to the sender's domain; none for NOTIFY=NEVER or from <>
+send("sender@sender.test", ["nobody@perm.test"], message("perm"))
+send("sender@sender.test", ["x@nullmx.test"], message("nullmx"))
+send("sender@sender.test", ["y@nosuch.good.test"], message("nxdomain"))
+send("sender@sender.test", ["never@perm.test"], message("never"), rcpt_options=["NOTIFY=NEVER"])
+send("", ["fromnull@perm.test"], message("fromnull"))
+dsns = wait_until(lambda: len(sender_domain.messages()) >= 3 and sender_domain.messages(), 30)
+dsns = sender_domain.messages()
+tap.ok(len(dsns) == 3, "three DSNs arrive at the sender's domain (not for NEVER, not for <>)",
+       [without_received(b)[:300] for _, b in dsns])
+reports = {}
+for envelope, body in dsns:
+    fields = dsn_fields(body)
+    tap.ok(envelope.get("mail-from") == "<>" and envelope["rcpt"] == ["sender@sender.test"],
+           "DSN from <> to the original sender", envelope)
+    tap.ok(b"multipart/report" in body and b"report-type=delivery-status" in body,
+           "DSN is a multipart/report delivery-status (RFC 3464)")
+    for recipient, status in zip(fields.get("final-recipient", []), fields.get("status", [])):
+        reports[recipient.split(";")[-1].strip()] = (status, fields.get("action", [""])[0])
+tap.ok(reports.get("nobody@perm.test", ("",))[0] == "5.1.1" and
+       reports["nobody@perm.test"][1] == "failed", "rejected recipient: failed 5.1.1", reports)
+tap.ok(reports.get("x@nullmx.test", ("",))[0] == "5.1.10", "null MX: 5.1.10 (RFC 7505)", reports)
+tap.ok(reports.get("y@nosuch.good.test", ("",))[0] == "5.1.2", "NXDOMAIN: 5.1.2", reports)
+tap.ok(refusing.stats().get("rcpt_permfail", 0) >= 3, "the refusing MX saw the RCPTs",
+       refusing.stats())
+bounced = daemon.events("bounced")
+tap.ok(len(bounced) == 5, "every permanent failure is logged as bounced", len(bounced))
+
+# --- SERVFAIL: deferred, never bounced
+send("sender@sender.test", ["z@broken.test"], message("servfail"))
+deferred = wait_until(lambda: [e for e in daemon.events("deferred") if e["to"] == "z@broken.test"],
+                      20)
+tap.ok(deferred, "SERVFAIL defers the recipient", daemon.events("deferred")[-3:])
+tap.ok(not [e for e in daemon.events("bounced") if e["to"] == "z@broken.test"],
+       "and does not bounce it")
+metrics = daemon.metrics()
+tap.ok(metrics.get("ringmta_recipients_delivered_total", 0) >= 16, "metrics count deliveries",
+       metrics.get("ringmta_recipients_delivered_total"))
+tap.ok(daemon.stop() == 0, "clean exit with mail still queued")
+queued = subprocess.run([ringmta, "spool", "ls", "--spool", daemon.spool], capture_output=True,
+                        text=True).stdout
+tap.ok("z@broken.test (deferred)" in queued, "the deferred message stays in the spool", queued)
+
+# --- queue lifetime expiry: a DSN with 4.4.7 after the lifetime
+before = len(sender_domain.messages())
+expiring = Daemon(ringmta, args=["--resolver", dns.address, "--delivery-port", str(port),
+                                 "--retry-schedule", "1s", "--queue-lifetime", "3s"]).start()
+with smtplib.SMTP("127.0.0.1", expiring.port, timeout=30) as client:
+    client.sendmail("sender@sender.test", ["late@broken.test"], message("expiry"))
+expired = wait_until(lambda: len(sender_domain.messages()) > before, 30)
+last = sender_domain.messages()[-1][1] if expired else b""
+tap.ok(expired and dsn_fields(last).get("status") == ["4.4.7"] and
+       dsn_fields(last).get("action") == ["failed"],
+       "expired message: DSN failed 4.4.7 to the sender", last[-1500:])
+tap.ok(expiring.stop() == 0, "clean exit")
+for peer in (good, sender_domain, flaky, refusing, dns):
+    peer.stop()
+tap.done()
