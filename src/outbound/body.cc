@@ -95,8 +95,9 @@ void connection::read_staged_step() noexcept {
 // ---- spliced: file -> pipe, then pipe -> socket
 
 // One splice at a time, the second only once the first is known: the pipe then never waits
-// for bytes that will not come (a hard-linked pair blocks its second half for good in an
-// io-wq worker when the file ends early, and neither cancel nor shutdown wakes a pipe wait).
+// for bytes that will not come. (A hard-linked pair left its second half waiting for good in
+// an io-wq worker when the file ended early: in the test of a short spool file neither an
+// async cancel nor a shutdown of the socket ended it.)
 void connection::splice_step() noexcept {
   auto& ring = server.owner().ring();
   const transfer_pool::slot& pipe = server.transfers().at(body.transfer);

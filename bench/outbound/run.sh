@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs outbound_bench in alternating rounds (staged, splice, copy) and prints the median of each
+# mode's messages/s, body MiB/s and CPU us/message. Bounded: ROUNDS x modes x one run each.
+#   bench/outbound/run.sh BUILD_DIR [SIZE MESSAGES CONNECTIONS [SINK]]
+#   SINK: "smtp-sink" (default: the bench starts Postfix's smtp-sink) or "ringmta-sink"
+#   (started here from BUILD_DIR/tools/sink, one thread, port chosen by the OS).
+#   ROUNDS=3 MODES="staged splice copy"
+set -euo pipefail
+build=${1:?build directory}
+size=${2:-1024}
+messages=${3:-50000}
+connections=${4:-4}
+sink=${5:-smtp-sink}
+rounds=${ROUNDS:-3}
+modes=${MODES:-staged splice copy}
+bench=$build/tests/integration/outbound/outbound_bench
+[ -x "$build/bench/outbound/outbound_bench" ] && bench=$build/bench/outbound/outbound_bench
+
+extra=()
+sink_pid=
+work=$(mktemp -d)
+trap '[ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+if [ "$sink" = ringmta-sink ]; then
+  "$build/tools/sink/ringmta-sink" --threads 1 --no-pin --listen 127.0.0.1:0 \
+    --ready-file "$work/ready" >"$work/sink.log" 2>&1 &
+  sink_pid=$!
+  for _ in $(seq 50); do [ -s "$work/ready" ] && break; sleep 0.1; done
+  extra=(--sink "$(head -1 "$work/ready")")
+fi
+
+for round in $(seq "$rounds"); do
+  for mode in $modes; do
+    "$bench" --messages "$messages" --size "$size" --connections "$connections" \
+      --mode "$mode" "${extra[@]}" | sed -n 2p | sed "s/^/$mode /" >>"$work/results"
+  done
+  echo "round $round done" >&2
+done
+
+echo "size=$size messages=$messages connections=$connections sink=$sink rounds=$rounds"
+for mode in $modes; do
+  grep "^$mode " "$work/results" | awk -v mode="$mode" '
+    { for (i = 1; i <= NF; i++) {
+        if ($(i) == "messages/s,") rate[NR] = $(i - 1)
+        if ($(i) == "MiB/s") mib[NR] = $(i - 1)
+        if ($(i) == "us/message") cpu[NR] = $(i - 1)
+      } }
+    function median(a, n,   i, j, t) {
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    END { printf "%-7s median %8.0f messages/s %7.1f MiB/s %8.1f us CPU/message\n", mode,
+          median(rate, NR), median(mib, NR), median(cpu, NR) }'
+done
