@@ -39,7 +39,10 @@ recipient_report report_from(const smtp::parsed_reply& reply, const outbound::re
   if (reply.enhanced.present()) {
     out.status = {reply.enhanced.status_class, reply.enhanced.subject, reply.enhanced.detail};
   }
-  out.text = fmt::format("{} {}", reply.code, reply.text());
+  out.text = reply.enhanced.present()
+                 ? fmt::format("{} {}.{}.{} {}", reply.code, reply.enhanced.status_class,
+                               reply.enhanced.subject, reply.enhanced.detail, reply.text())
+                 : fmt::format("{} {}", reply.code, reply.text());
   std::replace(out.text.begin(), out.text.end(), '\n', ' ');
   if (remote.address != nullptr) {
     out.remote = fmt::format("{} [{}]", remote.name, remote.address->to_string());
@@ -372,13 +375,16 @@ void relay::state::finish_delivery(std::uint32_t slot,
   const recipient_report* first_transient = nullptr;
   for (std::size_t i = 0; i < flight.results.size(); ++i) {
     recipient_report& r = flight.results[i];
-    // Accepted at RCPT but the message failed after DATA: the message's reply decides.
-    if (r.kind == outcome_kind::delivered && result.outcome != smtp::client_outcome::accepted) {
-      const auto kind = result.outcome == smtp::client_outcome::permanent_failure
+    // Accepted at RCPT: the reply to the end of data decides, and is the one worth logging
+    // (it carries the next hop's queue id).
+    if (r.kind == outcome_kind::delivered) {
+      const auto kind = result.outcome == smtp::client_outcome::accepted ? outcome_kind::delivered
+                        : result.outcome == smtp::client_outcome::permanent_failure
                             ? outcome_kind::bounced
                             : outcome_kind::deferred;
       r = report_from(*result.reply, result.remote, flight.indices[i], kind);
     }
+    r.attempts = static_cast<std::uint16_t>(flight.job.attempts + 1);
     if (r.kind == outcome_kind::deferred) {
       keep_mask |= std::uint64_t{1} << (flight.indices[i] - flight.job.first_recipient);
       if (first_transient == nullptr) first_transient = &r;
