@@ -239,8 +239,9 @@ class Load:
     """Threads that keep delivering test messages (several per connection) and record which
     got 250, until stop(). Connection errors (the server was killed) end the thread."""
 
-    def __init__(self, port, run, threads=6, per_connection=5, first=0):
+    def __init__(self, port, run, threads=6, per_connection=5, first=0, domain="example.com"):
         self.port, self.run, self.per_connection = port, run, per_connection
+        self.domain = domain
         self.acked = {}        # message number -> queue id
         self.attempted = set()
         self._next = first
@@ -276,7 +277,7 @@ class Load:
                     n = self.next_number()
                     with self._lock:
                         self.attempted.add(n)
-                    c.send(f"MAIL FROM:<load@client.test>\r\nRCPT TO:<n{n}@example.com>\r\n"
+                    c.send(f"MAIL FROM:<load@client.test>\r\nRCPT TO:<n{n}@{self.domain}>\r\n"
                            "DATA\r\n")
                     codes = [c.reply()[0] for _ in range(3)]
                     if codes != [250, 250, 354]:

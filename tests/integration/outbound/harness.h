@@ -419,6 +419,7 @@ class scripted_embedder final : public delivery_handler {
   bool count_only = false;  // benchmarks: count results, record only on_closed
   std::atomic<std::uint64_t> accepted{0};
   std::atomic<std::uint64_t> failed{0};
+  std::function<void(std::uint64_t delivered)> on_delivered;  // count_only: after each delivery
   std::map<std::uint64_t, std::deque<const delivery*>> queue;  // shard thread only
 
   void on_ready(connection_handle c, std::uint64_t destination) noexcept override {
@@ -445,6 +446,7 @@ class scripted_embedder final : public delivery_handler {
                         const delivery_result& result) noexcept override {
     if (count_only) {
       (result.outcome == smtp::client_outcome::accepted ? accepted : failed).fetch_add(1);
+      if (on_delivered) on_delivered(accepted.load() + failed.load());
       return;
     }
     record r = with_reply(record::kind::delivery, destination, *result.reply, result.remote);
