@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""End-to-end relay rate, side by side in one run: 1 KiB messages to 100 destination domains
+(d0.test … d99.test, each with an MX on 127.0.0.3 served by NSD), the clock running from the
+first message injected until the sink has every one of them.
+
+  no MTA:   ringmta-blast → ringmta-sink                     (the client/sink pair's ceiling)
+  ringmta:  ringmta-blast → ringmta (fdatasync) → ringmta-sink
+  Postfix:  smtp-source → Postfix → smtp-sink (../shared/peers/postfix.sh, its own harness)
+
+Two injection modes, as bulk platforms use both: persistent connections (100 messages per
+connection) and one message per connection.
+usage: bench/e2e/relay.py [MSGS=50000] [--modes persistent,single] [--build build]
+       [--peers ../shared/peers] [--skip-postfix] [--shards N]"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "../.."))
+sys.path.insert(0, os.path.join(ROOT, "tests/integration/daemon"))
+sys.path.insert(0, os.path.join(ROOT, "tests/integration/delivery"))
+from harness import Daemon, free_port  # noqa: E402
+from peers import DnsServer, wait_until  # noqa: E402
+
+
+def sink_start(binary, port, work):
+    stats = os.path.join(work, "sink-stats.json")
+    ready = os.path.join(work, "sink-ready")
+    for path in (stats, ready):
+        if os.path.exists(path):
+            os.unlink(path)
+    process = subprocess.Popen([binary, "--listen", f"127.0.0.3:{port}", "--threads", "2",
+                                "--stats-file", stats, "--ready-file", ready,
+                                "--max-connections", "100000"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: os.path.exists(ready), 10, 0.05)
+    return process, stats
+
+
+def sink_accepted(process, stats):
+    process.send_signal(10)  # SIGUSR1: rewrite the stats file
+    time.sleep(0.05)
+    try:
+        with open(stats) as f:
+            return json.load(f).get("accepted", 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def blast(binary, target, msgs, per_session, extra=()):
+    sessions = msgs // per_session
+    command = [binary, "--target", target, "--sessions", str(sessions), "--concurrency", "50",
+               "--messages-per-session", str(per_session), "--size", "1k", "--domains", "100",
+               "--quiet", "--json"] + list(extra)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    summary = json.loads(result.stdout) if result.stdout.strip().startswith("{") else {}
+    return summary
+
+
+def run_no_mta(args, mode_per_session, work):
+    port = free_port("127.0.0.3")
+    sink, stats = sink_start(args.sink, port, work)
+    t0 = time.monotonic()
+    blast(args.blast, f"127.0.0.3:{port}", args.msgs, mode_per_session)
+    done = wait_until(lambda: sink_accepted(sink, stats) >= args.msgs, 300, 0.05)
+    elapsed = time.monotonic() - t0
+    got = sink_accepted(sink, stats)
+    sink.terminate()
+    sink.wait(30)
+    return args.msgs / elapsed if done else 0.0, got
+
+
+def run_ringmta(args, mode_per_session, work, dns):
+    port = free_port("127.0.0.3")
+    sink, stats = sink_start(args.sink, port, work)
+    daemon = Daemon(args.ringmta, shards=args.shards,
+                    args=["--resolver", dns.address, "--delivery-port", str(port),
+                          "--max-sessions-per-client", "100000",
+                          "--max-connections-per-destination", "4",
+                          "--max-messages-per-connection", "1000"]).start()
+    t0 = time.monotonic()
+    summary = blast(args.blast, f"127.0.0.1:{daemon.port}", args.msgs, mode_per_session)
+    accepted_at = time.monotonic() - t0
+    done = wait_until(lambda: sink_accepted(sink, stats) >= args.msgs, 600, 0.05)
+    elapsed = time.monotonic() - t0
+    got = sink_accepted(sink, stats)
+    daemon.stop()
+    sink.terminate()
+    sink.wait(30)
+    accepted = summary.get("messages", {}).get("accepted", "?") if summary else "?"
+    return (args.msgs / elapsed if done else 0.0), got, args.msgs / accepted_at, accepted
+
+
+def run_postfix(args, mode_per_session):
+    script = os.path.join(args.peers, "postfix.sh")
+    if args.skip_postfix or not os.path.exists(script):
+        return None
+    env = dict(os.environ)
+    if mode_per_session > 1:
+        env["REUSE"] = "1"
+    out = subprocess.run([script, str(args.msgs), "50", "1024"], capture_output=True, text=True,
+                         env=env, timeout=1800).stdout
+    match = re.search(r"drained end-to-end in ([\d.]+)s = (\d+) msg/s", out)
+    return float(match.group(2)) if match else None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("msgs", nargs="?", type=int, default=50000)
+    parser.add_argument("--modes", default="persistent,single")
+    parser.add_argument("--build", default=os.path.join(ROOT, "build"))
+    parser.add_argument("--peers", default=os.path.join(ROOT, "../shared/peers"))
+    parser.add_argument("--skip-postfix", action="store_true")
+    parser.add_argument("--shards", type=int, default=2)
+    args = parser.parse_args()
+    args.ringmta = os.path.join(args.build, "src/ringmta")
+    args.blast = os.path.join(args.build, "tools/blast/ringmta-blast")
+    args.sink = os.path.join(args.build, "tools/sink/ringmta-sink")
+    work = tempfile.mkdtemp(prefix="ringmta-relay-bench-")
+    zones = {f"d{i}.test": ["@ MX 10 mx", "mx A 127.0.0.3"] for i in range(100)}
+    dns = DnsServer(os.path.join(ROOT, "tests/integration/dns/dns_server.py"), zones)
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {os.cpu_count()} CPUs, load {load}; "
+          f"{args.msgs} messages of 1 KiB to 100 domains; ringmta {args.shards} shards")
+    for mode in args.modes.split(","):
+        per_session = 100 if mode == "persistent" else 1
+        ceiling, ceiling_got = run_no_mta(args, per_session, work)
+        rate, got, accept_rate, accepted = run_ringmta(args, per_session, work, dns)
+        postfix = run_postfix(args, per_session)
+        print(f"{mode} ({per_session} msg/connection):")
+        print(f"  no MTA (blast -> sink):        {ceiling:8.0f} msg/s ({ceiling_got} at the sink)")
+        print(f"  ringmta end to end:            {rate:8.0f} msg/s ({got} at the sink; accepted "
+              f"{accepted} at {accept_rate:.0f} msg/s) = {rate / ceiling:.2f}x no-MTA")
+        if postfix:
+            print(f"  Postfix end to end:            {postfix:8.0f} msg/s; ringmta = "
+                  f"{rate / postfix:.1f}x Postfix")
+        sys.stdout.flush()
+    dns.stop()
+
+
+if __name__ == "__main__":
+    main()
