@@ -27,6 +27,9 @@
 // sent with the ".CRLF" in one send instead (bench/outbound/README.md: splice pays an io-wq
 // hop per op, which dominates for small bodies). The body is never re-stuffed.
 //
+// Memory: a connection slot allocates its session and staging buffer on first use, a route
+// lookup its candidate list; a delivery over a ready connection allocates nothing
+// (tests/integration/outbound/outbound_alloc_test.cc).
 // Never: blocks, calls a handler from inside an API call (results of work started by an API
 // call arrive from completions, timers or the end of the loop iteration), holds a receive
 // buffer across loop iterations, or has more than connections_max connections.
