@@ -124,16 +124,25 @@ core::result<void> dns_client::start() noexcept {
     *kind = added.value();
   }
   _owner.add_iteration_hook(*this);
+  // A server we cannot talk to (e.g. an IPv6 address on a host without IPv6) is skipped: its
+  // sends fail at once and the resolver moves on. Only no usable server at all is an error.
   const auto& servers = _config.resolver.servers;
+  int last_error = 0;
+  std::size_t usable = 0;
   for (std::uint32_t i = 0; i < servers.size(); ++i) {
     const core::endpoint at = to_endpoint(servers[i].ip, servers[i].port);
     const int fd = ::socket(at.family(), SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return core::fail(errno);
-    _udp[i].fd = fd;
     // A connected socket: the kernel drops datagrams from anyone but this server.
-    if (::connect(fd, at.sockaddr_pointer(), at.length) != 0) return core::fail(errno);
+    if (fd < 0 || ::connect(fd, at.sockaddr_pointer(), at.length) != 0) {
+      last_error = errno;
+      if (fd >= 0) ::close(fd);
+      continue;
+    }
+    _udp[i].fd = fd;
+    ++usable;
     arm_udp_receive(i);
   }
+  if (usable == 0) return core::fail(last_error != 0 ? last_error : EINVAL);
   return {};
 }
 
@@ -282,7 +291,8 @@ void dns_client::on_udp_received(std::uint32_t server, const io::completion& don
 
 void dns_client::send_udp(dns::action& next) noexcept {
   const auto slot = _sends.acquire();
-  if (!slot || next.bytes.size() > query_bytes_max || next.server_index >= _udp.size()) {
+  if (!slot || next.bytes.size() > query_bytes_max || next.server_index >= _udp.size() ||
+      _udp[next.server_index].fd < 0) {
     if (slot) _sends.release(slot->slot);
     ++_counters.udp_sends_refused;
     _resolver.on_send_failed(next.exchange, now_ms());

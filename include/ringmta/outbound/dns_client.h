@@ -67,7 +67,8 @@ class dns_client final : public shard::completion_handler, public shard::iterati
   dns_client& operator=(const dns_client&) = delete;
 
   // Registers the op kinds and the iteration hook, opens and connects the UDP sockets, arms
-  // their receives. On this shard's thread, once.
+  // their receives. On this shard's thread, once. A server whose socket cannot be connected
+  // is skipped (its queries fail over to the others); errno when no server is usable.
   core::result<void> start() noexcept;
   // Closes every socket and cancels the timer; pending lookups get no result. On this shard's
   // thread (runtime on_stop); destroy the object once the shard's thread has exited (join).

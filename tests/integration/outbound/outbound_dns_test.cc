@@ -225,6 +225,18 @@ TEST_F(outbound_dns, a_truncated_mx_answer_is_asked_again_over_tcp) {
   EXPECT_GE(counters.second.tcp_connections, 1u);
 }
 
+TEST_F(outbound_dns, a_resolver_that_cannot_be_reached_is_skipped) {
+  auto o = options();
+  // A link-local IPv6 address without a scope: connect() refuses it (EINVAL) on any host.
+  o.resolvers.insert(o.resolvers.begin(),
+                     {dns::ip_address::parse("fe80::1").value(), 53});
+  _harness = std::make_unique<harness>(o);
+  ASSERT_TRUE(_harness->started());
+  deliver_to(24, "fallback.test");
+  EXPECT_EQ(delivery_of(24).outcome, client_outcome::accepted);
+  EXPECT_GE(_harness->dns_counters(0).second.udp_sends_refused, 1u);  // failed over at once
+}
+
 // A resolver port nobody listens on (ICMP port unreachable: fails at once) and one that never
 // answers (the resolver's timeout, driven by the shard's timer wheel): both 4.4.3.
 TEST(outbound_dns_servers, unreachable_or_silent_resolvers_fail_transiently) {
