@@ -1,0 +1,1014 @@
+// The whole relay path in memory on one core, with the project's real engines at every stage:
+//   1. an inbound client's pipelined session (EHLO, MAIL, RCPT ×R, DATA, 1 KiB body, ".", QUIT)
+//      fed to smtp::server_session, whose handler spools the message the way
+//      src/server/inbound_connection.cc does (begin → Received: header → append → commit,
+//      250 only once the store reports the ticket durable);
+//   2. spool::store with group commit: one flush() per batch of 64 sessions (one reactor loop
+//      iteration in the daemon), operations completed in memory;
+//   3. queue::scheduler: one job per (message, destination), recipients spread over 100
+//      destination domains, one pooled connection per destination reused for
+//      messages_per_connection_max messages (like src/server/relay.cc);
+//   4. smtp::client_session talking to another smtp::server_session (the next hop, accepting
+//      everything): bytes shuttled both ways, the wire-form body fed to the peer on send_body.
+// After delivery the home role marks every recipient delivered in the spool (store.mark), as
+// relay_home.cc does, so segments are reclaimed and memory stays flat over millions of
+// messages. items_per_second = messages relayed (every recipient delivered) per CPU second.
+// One benchmark per stage tells where the time goes. Results and commands: README.md here.
+//
+// Checked inside the timed loop (RINGMTA_ASSERT stays on in release builds): every inbound
+// session gets R accepted recipients, 250 after its end of data and 221 after QUIT; every
+// recipient is delivered exactly once; the next hop receives as many body octets as the spool
+// got (and the same octets, compared byte for byte, on every 1024th delivery); no message is
+// left queued at the end of any batch; the totals agree at the end of every run.
+// Never: a syscall in the steady state (segment and journal files are memfds, created once per
+// 64 MiB of spool and closed on removal; writes and syncs complete without touching them), a
+// clock read (time is simulated: 1 ms per batch), or a sleep.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <fmt/format.h>
+
+#include "ringmta/core/assert.h"
+#include "ringmta/net/received_header.h"
+#include "ringmta/outbound/delivery.h"
+#include "ringmta/queue/scheduler.h"
+#include "ringmta/smtp/client_session.h"
+#include "ringmta/smtp/server_session.h"
+#include "ringmta/spool/store.h"
+
+namespace ringmta {
+namespace {
+
+constexpr std::int64_t start_ms = 1'700'000'000'000;  // simulated wall clock at the start
+constexpr std::uint32_t batch_sessions = 64;          // sessions per group commit
+constexpr std::uint32_t destination_count = 100;
+constexpr std::uint32_t body_bytes = 1024;
+constexpr std::uint64_t sample_every = 1024;          // byte-exact check of one delivery in N
+constexpr std::string_view our_hostname = "mx.example.net";
+constexpr std::string_view client_address = "192.0.2.7";
+
+// ---- workload: the inbound clients' sessions
+
+std::string destination_name(std::uint32_t index) {
+  return fmt::format("d{}.example", index % destination_count);
+}
+
+// A 1 KiB message in SMTP wire form: headers, 76-character text lines, one dot-stuffed line.
+std::string message_body() {
+  std::string body =
+      "From: Alice <alice@example.org>\r\nTo: undisclosed-recipients:;\r\n"
+      "Subject: relay benchmark\r\nMessage-ID: <bench.1@example.org>\r\n"
+      "Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n\r\n..a line that starts with a dot\r\n";
+  while (body.size() < body_bytes - 2) {
+    const std::size_t column = body.size() - body.rfind('\n') - 1;
+    if (column == 76) {
+      body += "\r\n";
+    } else {
+      body += static_cast<char>('a' + (body.size() * 7) % 26);
+    }
+  }
+  body += "\r\n";
+  RINGMTA_ASSERT(body.size() == body_bytes);
+  return body;
+}
+
+struct workload {
+  std::uint32_t recipients = 1;
+  std::string body;                 // wire form, without the final ".CRLF"
+  std::vector<std::string> inputs;  // by first destination: the client's pipelined session
+};
+
+// Message n goes to destinations n, n+1, ... n+R-1 (mod 100): R recipients over R domains.
+workload make_workload(std::uint32_t recipients) {
+  workload w;
+  w.recipients = recipients;
+  w.body = message_body();
+  for (std::uint32_t first = 0; first < destination_count; ++first) {
+    std::string input = "EHLO client.example.org\r\nMAIL FROM:<alice@example.org>\r\n";
+    for (std::uint32_t r = 0; r < recipients; ++r) {
+      input += fmt::format("RCPT TO:<user{}@{}>\r\n", r, destination_name(first + r));
+    }
+    input += "DATA\r\n" + w.body + ".\r\nQUIT\r\n";
+    w.inputs.push_back(std::move(input));
+  }
+  return w;
+}
+
+// ---- stage 2: the real store, its operations completed in memory
+
+// Completes every write with its byte count and every datasync with 0 at once, without a
+// syscall: the spool's own work (record framing, checksums, copying into batch blocks, the
+// index, tickets, journal) is all that is measured. Files are memfds holding only their
+// header: never read, since the next hop gets the body from memory (the daemon splices it
+// from the segment file instead).
+class memory_spool {
+ public:
+  explicit memory_spool(std::uint64_t journal_bytes)
+      : _store(make_config(journal_bytes), spool::recovered_state{}) {
+    pump();
+  }
+  ~memory_spool() = default;
+  memory_spool(const memory_spool&) = delete;
+  memory_spool& operator=(const memory_spool&) = delete;
+
+  spool::store& store() noexcept { return _store; }
+  const spool::store& store() const noexcept { return _store; }
+
+  // Performs every operation the store has, and those their completions produce.
+  void pump() noexcept {
+    spool::operation op;
+    while (_store.next_operation(op)) _store.complete(op.token, perform(op));
+  }
+
+  std::uint64_t writes = 0;
+  std::uint64_t bytes_written = 0;
+  std::uint64_t datasyncs = 0;
+  std::uint64_t files_created = 0;
+  std::uint64_t files_removed = 0;
+
+ private:
+  static spool::store_config make_config(std::uint64_t journal_bytes) {
+    spool::store_config config;  // the daemon's defaults: 64 MiB segments, 4 MiB journal
+    config.journal_bytes = journal_bytes;
+    config.directory = "/relaybench-memory";  // only names the memfds: nothing is created there
+    config.random_seed = 0x5eed'0f'7e1a'7be7;
+    return config;
+  }
+
+  std::int64_t perform(const spool::operation& op) noexcept {
+    switch (op.kind) {
+      case spool::operation_kind::write:
+        ++writes;
+        bytes_written += op.bytes;
+        return static_cast<std::int64_t>(op.bytes);
+      case spool::operation_kind::datasync:
+        ++datasyncs;
+        return 0;
+      case spool::operation_kind::create_file: {
+        const int fd = ::memfd_create("relaybench-spool", MFD_CLOEXEC);
+        if (fd < 0) return -errno;
+        const auto wrote = ::pwrite(fd, op.header, op.header_bytes, 0);
+        RINGMTA_ASSERT(wrote == static_cast<ssize_t>(op.header_bytes));
+        ++files_created;
+        return fd;
+      }
+      case spool::operation_kind::remove_file:
+        if (op.fd >= 0) ::close(op.fd);
+        ++files_removed;
+        return 0;
+    }
+    return -EINVAL;
+  }
+
+  spool::store _store;
+};
+
+// ---- the home role: messages from reception until every recipient is final
+
+struct held_message {
+  spool::message_id id = 0;
+  spool::envelope envelope;
+  std::string body;  // wire form, byte for byte what the spool got (Received: header first)
+  std::uint32_t recipients_open = 0;
+  std::uint64_t delivered_mask = 0;  // exactly-once check, by envelope index
+};
+
+// Stable addresses (deque), recycled slots keep their strings' capacity.
+class message_table {
+ public:
+  message_table() { _by_id.reserve(4 * batch_sessions); }
+
+  held_message& allocate(spool::message_id id) {
+    held_message* m;
+    if (_free.empty()) {
+      m = &_slots.emplace_back();
+    } else {
+      m = _free.back();
+      _free.pop_back();
+    }
+    m->id = id;
+    m->body.clear();
+    m->recipients_open = 0;
+    m->delivered_mask = 0;
+    const bool inserted = _by_id.emplace(id, m).second;
+    RINGMTA_ASSERT(inserted);
+    return *m;
+  }
+  held_message* find(spool::message_id id) noexcept {
+    const auto found = _by_id.find(id);
+    return found == _by_id.end() ? nullptr : found->second;
+  }
+  void release(held_message& m) noexcept {
+    const auto erased = _by_id.erase(m.id);
+    RINGMTA_ASSERT(erased == 1);
+    _free.push_back(&m);
+  }
+  std::size_t live() const noexcept { return _by_id.size(); }
+
+ private:
+  std::deque<held_message> _slots;
+  std::vector<held_message*> _free;
+  std::unordered_map<spool::message_id, held_message*> _by_id;
+};
+
+// ---- stage 4: one outgoing connection, smtp::client_session against a peer server_session
+
+// The next hop: accepts every command; counts (and on request keeps) the body it receives.
+class accept_all_peer final : public smtp::server_handler {
+ public:
+  // The next message's body as the spool has it; `compare` keeps the octets for a byte check.
+  void expect(std::string_view body, bool compare) noexcept {
+    _expected = body;
+    _compare = compare;
+    _received.clear();
+    _received_bytes = 0;
+  }
+  void on_body(std::string_view slice, smtp::body_form) noexcept override {
+    _received_bytes += slice.size();
+    if (_compare) _received.append(slice);
+  }
+  smtp::verdict on_data_end(const smtp::body_summary& summary) noexcept override {
+    RINGMTA_ASSERT(summary.wire_bytes == _expected.size() && _received_bytes == _expected.size());
+    RINGMTA_ASSERT(!_compare || _received == _expected);
+    ++messages;
+    body_bytes_received += _received_bytes;
+    return smtp::verdict::accept();
+  }
+  std::uint64_t messages = 0;
+  std::uint64_t body_bytes_received = 0;
+
+ private:
+  std::string_view _expected;
+  bool _compare = false;
+  std::string _received;
+  std::uint64_t _received_bytes = 0;
+};
+
+// The session keeps a reference to its config: one for every peer, alive for the process.
+const smtp::server_config& peer_config() {
+  static const smtp::server_config config{.hostname = "mx.next-hop.example"};
+  return config;
+}
+
+smtp::client_config client_config() {
+  smtp::client_config config;
+  config.helo_name = our_hostname;
+  return config;
+}
+
+// A connection: the client engine and the peer engine joined by an in-memory "socket". Every
+// call runs the exchange to quiescence, so a transaction completes inside send().
+class smtp_link {
+ public:
+  smtp_link() : _client(client_config()) {}
+  smtp_link(const smtp_link&) = delete;
+  smtp_link& operator=(const smtp_link&) = delete;
+
+  // A new connection: greeting, EHLO, until the client is ready.
+  void connect() noexcept {
+    _client.reset();
+    _peer.reset();
+    _peer.emplace(peer_config(), _peer_handler);
+    _peer->start();
+    _ready = _closed = false;
+    exchange();
+    RINGMTA_ASSERT(_ready && _client.pipelining_active());
+    ++connections;
+  }
+
+  // One transaction on a ready connection; returns the message outcome. `compare` asks the
+  // peer for a byte-for-byte check of the body.
+  smtp::client_outcome send(const smtp::client_envelope& envelope, std::string_view body,
+                            bool compare) noexcept {
+    RINGMTA_ASSERT(_ready && !_closed);
+    _ready = _result_seen = false;
+    _accepted = 0;
+    _body = body;
+    _peer_handler.expect(body, compare);
+    _client.start_transaction(envelope);
+    exchange();
+    RINGMTA_ASSERT(_result_seen && _ready);
+    return _outcome;
+  }
+
+  // QUIT and the peer's 221: the connection is over.
+  void quit() noexcept {
+    RINGMTA_ASSERT(_ready && !_closed);
+    _ready = false;
+    _client.quit();
+    exchange();
+    RINGMTA_ASSERT(_closed && _peer->wants_close());
+  }
+
+  std::uint32_t accepted_recipients() const noexcept { return _accepted; }
+  const accept_all_peer& peer() const noexcept { return _peer_handler; }
+  std::uint64_t connections = 0;
+
+ private:
+  // Moves bytes both ways and handles the client's events until nothing moves.
+  void exchange() noexcept {
+    for (bool moved = true; moved;) {
+      moved = false;
+      for (auto event = _client.next_event(); event.kind != smtp::client_event_kind::none;
+           event = _client.next_event()) {
+        on_event(event);
+      }
+      if (const auto out = _client.output(); !out.empty()) {  // client → peer
+        const std::size_t taken = _peer->feed(out);
+        _client.consume_output(taken);
+        moved |= taken > 0;
+      }
+      if (const auto out = _peer->output(); !out.empty()) {  // peer → client
+        const std::size_t taken = _client.feed(out);
+        _peer->consume_output(taken);
+        moved |= taken > 0;
+      }
+    }
+  }
+
+  void on_event(const smtp::client_event& event) noexcept {
+    switch (event.kind) {
+      case smtp::client_event_kind::ready: _ready = true; break;
+      case smtp::client_event_kind::recipient_result:
+        if (event.outcome == smtp::client_outcome::accepted) ++_accepted;
+        break;
+      case smtp::client_event_kind::send_body: {
+        // The daemon splices these octets from the spool's segment file to the socket.
+        const std::size_t taken = _peer->feed(_body);
+        RINGMTA_ASSERT(taken == _body.size());
+        _client.body_sent();
+        break;
+      }
+      case smtp::client_event_kind::message_result:
+        _result_seen = true;
+        _outcome = event.outcome;
+        break;
+      case smtp::client_event_kind::closed:
+        RINGMTA_ASSERT(event.close_reason == smtp::client_close_reason::quit);
+        _closed = true;
+        break;
+      case smtp::client_event_kind::start_tls:
+      case smtp::client_event_kind::none: RINGMTA_ASSERT(false);
+    }
+  }
+
+  smtp::client_session _client;
+  accept_all_peer _peer_handler;
+  std::optional<smtp::server_session> _peer;
+  std::string_view _body;
+  bool _ready = false;
+  bool _closed = false;
+  bool _result_seen = false;
+  smtp::client_outcome _outcome = smtp::client_outcome::transient_failure;
+  std::uint32_t _accepted = 0;
+};
+
+// ---- stage 3: the scheduler and its pool of reused connections
+
+struct pool_connection {
+  queue::connection_id id;
+  std::uint32_t destination_slot = 0;
+  bool queued_for_service = false;
+  std::uint32_t deliveries = 0;
+  smtp_link link;                    // unused by the queue-only stage
+  outbound::envelope_storage storage;  // the engine's envelope of the delivery in progress
+};
+
+// What a connection does; the queue-only stage delivers nothing.
+class carrier {
+ public:
+  virtual void connect(pool_connection& connection) noexcept = 0;
+  // Delivers the job; true when every recipient was accepted.
+  virtual bool deliver(pool_connection& connection, const queue::job_view& job) noexcept = 0;
+  virtual void disconnect(pool_connection& connection) noexcept = 0;
+
+ protected:
+  ~carrier() = default;
+};
+
+queue::scheduler_config scheduler_settings() {
+  queue::scheduler_config config;
+  config.limits.connections_max = 1;               // one pooled connection per destination
+  config.limits.messages_per_connection_max = 100;  // the default: then QUIT, reconnect
+  config.random_seed = 7;
+  return config;
+}
+
+// The owner role of src/server/relay.cc without the ring: poll → open → take_for_connection →
+// deliver → delivered(). A connection whose queue ran dry stays open (the engine's reuse) and
+// is served again when add() gives its destination a job; it closes when the scheduler says
+// close (messages_per_connection_max), and poll() opens the next one.
+class dispatcher {
+ public:
+  explicit dispatcher(carrier& target) : _carrier(target), _scheduler(scheduler_settings()) {
+    _requests.reserve(destination_count);
+    _by_destination.resize(2 * destination_count, nullptr);
+  }
+
+  void add(std::string_view destination, const queue::job_spec& spec, std::int64_t now_ms) {
+    const auto added = _scheduler.add(destination, spec, now_ms, queue::admission::forced);
+    RINGMTA_ASSERT(added.status == queue::add_status::added && added.jobs_added == 1);
+    ++jobs_added;
+    const std::uint32_t slot = added.destination.slot;
+    if (slot >= _by_destination.size()) _by_destination.resize(2 * slot + 2, nullptr);
+    pool_connection* idle = _by_destination[slot];
+    if (idle != nullptr && !idle->queued_for_service) {
+      idle->queued_for_service = true;
+      _service.push_back(idle);
+    }
+  }
+
+  // Until every ready job went out.
+  [[gnu::noinline]] void run(std::int64_t now_ms) noexcept {
+    for (;;) {
+      _requests.clear();
+      if (_scheduler.next_wakeup_ms() <= now_ms) _scheduler.poll(now_ms, _requests);
+      for (const auto& request : _requests) open(request);
+      if (_service.empty()) break;
+      _serving.swap(_service);
+      for (pool_connection* c : _serving) serve(*c, now_ms);
+      _serving.clear();
+    }
+    queue::job_event event;
+    RINGMTA_ASSERT(!_scheduler.next_event(event));  // nothing expires or bounces here
+  }
+
+  void close_all(std::int64_t now_ms) noexcept {
+    for (pool_connection*& c : _by_destination) {
+      if (c == nullptr) continue;
+      _carrier.disconnect(*c);
+      _scheduler.connection_closed(c->id, now_ms);
+      _free.push_back(c);
+      c = nullptr;
+    }
+  }
+
+  const queue::scheduler& scheduler() const noexcept { return _scheduler; }
+  // Messages the next hops accepted, over every connection so far.
+  std::uint64_t peer_messages() const noexcept {
+    std::uint64_t total = 0;
+    for (const auto& c : _connections) total += c.link.peer().messages;
+    return total;
+  }
+  std::uint64_t jobs_added = 0;
+  std::uint64_t jobs_delivered = 0;
+  std::uint64_t connections_opened = 0;
+
+ private:
+  void open(const queue::connect_request& request) noexcept {
+    pool_connection* c;
+    if (_free.empty()) {
+      c = &_connections.emplace_back();
+    } else {
+      c = _free.back();
+      _free.pop_back();
+    }
+    c->id = request.connection;
+    c->destination_slot = request.destination.slot;
+    c->deliveries = 0;
+    RINGMTA_ASSERT(c->destination_slot < _by_destination.size() &&
+                   _by_destination[c->destination_slot] == nullptr);
+    _by_destination[c->destination_slot] = c;
+    _carrier.connect(*c);
+    ++connections_opened;
+    c->queued_for_service = true;
+    _service.push_back(c);
+  }
+
+  void serve(pool_connection& c, std::int64_t now_ms) noexcept {
+    c.queued_for_service = false;
+    for (;;) {
+      const queue::take_result taken = _scheduler.take_for_connection(c.id, now_ms);
+      switch (taken.status) {
+        case queue::take_status::job: {
+          const bool accepted = _carrier.deliver(c, taken.job);
+          RINGMTA_ASSERT(accepted);  // the peer accepts everything
+          _scheduler.delivered(taken.job.id, now_ms);
+          ++c.deliveries;
+          ++jobs_delivered;
+          continue;
+        }
+        case queue::take_status::close:
+          RINGMTA_ASSERT(c.deliveries == scheduler_settings().limits.messages_per_connection_max);
+          _carrier.disconnect(c);
+          _scheduler.connection_closed(c.id, now_ms);
+          _by_destination[c.destination_slot] = nullptr;
+          _free.push_back(&c);
+          return;
+        case queue::take_status::none: return;  // stays open, idle
+        case queue::take_status::throttled: RINGMTA_ASSERT(false);
+      }
+    }
+  }
+
+  carrier& _carrier;
+  queue::scheduler _scheduler;
+  std::vector<queue::connect_request> _requests;
+  std::deque<pool_connection> _connections;
+  std::vector<pool_connection*> _free;
+  std::vector<pool_connection*> _by_destination;  // open connection by destination slot
+  std::vector<pool_connection*> _service;         // connections with work to ask for
+  std::vector<pool_connection*> _serving;
+};
+
+// ---- stage 1: the inbound session and its handler
+
+class relay_pipeline;
+
+// One inbound connection's handler, shaped like src/server/inbound_connection.cc: the envelope
+// is built from MAIL and RCPT, the message streams into the store from on_data_start (with the
+// Received: header first), and end of data commits it and answers pending until durable.
+class inbound_connection final : public smtp::server_handler {
+ public:
+  explicit inbound_connection(relay_pipeline& owner) noexcept : _owner(owner) {}
+
+  // A new session: greeting, then the client's whole pipelined input, up to the end of data
+  // (the session stops there, awaiting the spool's verdict).
+  void open(std::string_view input) noexcept;
+  // The spool reported the ticket: 250 (or 452), then the rest of the input (QUIT).
+  void on_durable(int error) noexcept;
+
+  std::uint64_t ticket() const noexcept { return _ticket; }
+  held_message* message() const noexcept { return _message; }
+  spool::envelope& envelope() noexcept { return _envelope; }
+
+  smtp::verdict on_mail_from(const smtp::mailbox& reverse_path,
+                             const smtp::mail_parameters& parameters) noexcept override;
+  smtp::verdict on_rcpt_to(const smtp::mailbox& forward_path,
+                           const smtp::rcpt_parameters& parameters) noexcept override;
+  smtp::verdict on_data_start() noexcept override;
+  void on_body(std::string_view slice, smtp::body_form form) noexcept override;
+  smtp::verdict on_data_end(const smtp::body_summary& summary) noexcept override;
+  void on_data_aborted(smtp::abort_reason reason) noexcept override;
+
+ private:
+  relay_pipeline& _owner;
+  std::optional<smtp::server_session> _session;
+  std::string_view _rest;  // input not yet consumed
+  spool::envelope _envelope;
+  spool::message_handle _handle;
+  held_message* _message = nullptr;
+  std::uint64_t _ticket = 0;
+  int _error = 0;
+};
+
+smtp::server_config inbound_settings() {
+  smtp::server_config config;
+  config.hostname = our_hostname;
+  return config;
+}
+
+enum class pipeline_mode : std::uint8_t {
+  relay,      // all four stages
+  reception,  // stages 1 and 2: after the 250 every recipient is marked delivered at once
+};
+
+class relay_pipeline final : private carrier {
+ public:
+  relay_pipeline(const workload& load, pipeline_mode mode,
+                 std::uint64_t journal_bytes = spool::store_config{}.journal_bytes)
+      : _load(load), _mode(mode), _spool(journal_bytes), _dispatcher(*this) {
+    for (std::uint32_t i = 0; i < batch_sessions; ++i) _inbound.emplace_back(*this);
+  }
+
+  // One reactor loop iteration's worth: 64 sessions, one group commit, their 250s, routing,
+  // and relaying every job that became ready.
+  // (The phases are kept out of line so that a profile shows each one's share.)
+  void run_batch() noexcept {
+    _now_ms += 1;
+    receive();
+    group_commit();
+    if (_mode == pipeline_mode::relay) _dispatcher.run(_now_ms);
+    RINGMTA_ASSERT(_table.live() == 0);  // every message of the batch is relayed
+  }
+
+  // Ends the run: pool connections QUIT, the last marks are flushed, the totals must agree.
+  void finish() noexcept {
+    _dispatcher.close_all(_now_ms);
+    _spool.store().flush();
+    _spool.pump();
+    spool::event event;
+    while (_spool.store().next_event(event)) on_spool_event(event);
+    RINGMTA_ASSERT(_relayed == _sessions && _accepted_250 == _sessions);
+    RINGMTA_ASSERT(_spool.store().stats().commits_durable == _sessions);
+    RINGMTA_ASSERT(_marks_durable == _sessions * _load.recipients);
+    if (_mode == pipeline_mode::relay) {
+      RINGMTA_ASSERT(_deliveries == _sessions * _load.recipients);
+      RINGMTA_ASSERT(_dispatcher.jobs_delivered == _deliveries &&
+                     _dispatcher.jobs_added == _deliveries);
+      RINGMTA_ASSERT(_dispatcher.peer_messages() == _deliveries);
+      RINGMTA_ASSERT(_dispatcher.scheduler().stats().jobs == 0);
+    }
+  }
+
+  void report(benchmark::State& state) const {
+    const auto messages = static_cast<double>(_relayed);
+    state.SetItemsProcessed(static_cast<std::int64_t>(_relayed));
+    state.counters["per_message"] =
+        benchmark::Counter(messages, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+    state.counters["deliveries"] = static_cast<double>(_deliveries);
+    state.counters["connections"] = static_cast<double>(_dispatcher.connections_opened);
+    state.counters["spool_bytes_per_msg"] = static_cast<double>(_spool.bytes_written) / messages;
+    const auto stats = _spool.store().stats();
+    state.counters["segments"] = static_cast<double>(stats.segments_created);
+    state.counters["journal_snapshots"] = static_cast<double>(stats.journal_snapshots);
+  }
+
+  // Used by inbound_connection.
+  const smtp::server_config& inbound_config() const noexcept { return _inbound_config; }
+  memory_spool& spool() noexcept { return _spool; }
+  message_table& table() noexcept { return _table; }
+  std::int64_t now_seconds() const noexcept { return _now_ms / 1000; }
+  std::uint32_t recipients_expected() const noexcept { return _load.recipients; }
+
+ private:
+  // Stage 1 (+ the spool's appends and commits): every session up to its end of data.
+  [[gnu::noinline]] void receive() noexcept {
+    for (auto& connection : _inbound) {
+      connection.open(_load.inputs[_sessions % destination_count]);
+      ++_sessions;
+    }
+    _first_ticket = _inbound.front().ticket();
+  }
+
+  // Stage 2's flush, the 250s, and routing (or, for the reception stage, the marks).
+  [[gnu::noinline]] void group_commit() noexcept {
+    auto& store = _spool.store();
+    store.flush();  // group commit: one write and one datasync for the whole batch
+    _spool.pump();
+    spool::event event;
+    while (store.next_event(event)) on_spool_event(event);
+  }
+
+  void on_spool_event(const spool::event& event) noexcept {
+    RINGMTA_ASSERT(event.error == 0);
+    if (event.kind == spool::event_kind::marked) {
+      ++_marks_durable;
+      return;
+    }
+    // Commit tickets of one batch are consecutive: no mark is taken while sessions commit.
+    const std::uint64_t index = event.ticket - _first_ticket;
+    RINGMTA_ASSERT(index < _inbound.size() && _inbound[index].ticket() == event.ticket);
+    inbound_connection& connection = _inbound[index];
+    held_message& message = *connection.message();
+    connection.on_durable(0);
+    ++_accepted_250;
+    message.envelope.recipients.swap(connection.envelope().recipients);  // capacity circulates
+    std::swap(message.envelope.reverse_path, connection.envelope().reverse_path);
+    message.envelope.id = message.id;
+    message.envelope.received_seconds = connection.envelope().received_seconds;
+    const auto count = static_cast<std::uint16_t>(message.envelope.recipients.size());
+    message.recipients_open = count;
+    if (_mode == pipeline_mode::relay) return route(message);
+    for (std::uint16_t i = 0; i < count; ++i) (void)mark_delivered(message, i);
+  }
+
+  // Groups the recipients by destination (their domain, lowercase: RFC 5321 §2.4) and queues
+  // one job per destination, as relay_home.cc route_recipients + relay.cc accept_job do.
+  void route(held_message& message) noexcept {
+    const auto& recipients = message.envelope.recipients;
+    RINGMTA_ASSERT(recipients.size() <= 64);
+    std::uint64_t grouped = 0;
+    std::array<std::uint16_t, 64> indices;
+    std::array<char, 256> name;
+    for (std::size_t i = 0; i < recipients.size(); ++i) {
+      if ((grouped >> i) & 1) continue;
+      const std::string_view domain = domain_of(recipients[i].address);
+      std::size_t count = 0;
+      for (std::size_t j = i; j < recipients.size(); ++j) {
+        if (((grouped >> j) & 1) || !same_domain(domain_of(recipients[j].address), domain))
+          continue;
+        grouped |= std::uint64_t{1} << j;
+        indices[count++] = static_cast<std::uint16_t>(j);
+      }
+      RINGMTA_ASSERT(domain.size() <= name.size());
+      for (std::size_t k = 0; k < domain.size(); ++k) name[k] = lower(domain[k]);
+      queue::job_spec spec;
+      spec.message = message.id;
+      spec.received_seconds = message.envelope.received_seconds;
+      spec.recipients = {indices.data(), count};
+      _dispatcher.add({name.data(), domain.size()}, spec, _now_ms);
+    }
+  }
+
+  static std::string_view domain_of(std::string_view address) noexcept {
+    const auto at = address.rfind('@');
+    return at == std::string_view::npos ? our_hostname : address.substr(at + 1);
+  }
+  static char lower(char c) noexcept { return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c; }
+  static bool same_domain(std::string_view a, std::string_view b) noexcept {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (lower(a[i]) != lower(b[i])) return false;
+    return true;
+  }
+
+  // The home records a final state (relay_home.cc on_outcomes); true when the message is done.
+  bool mark_delivered(held_message& message, std::uint16_t index) noexcept {
+    const std::uint64_t bit = std::uint64_t{1} << index;
+    RINGMTA_ASSERT((message.delivered_mask & bit) == 0);  // exactly once
+    message.delivered_mask |= bit;
+    spool::recipient_status status;
+    status.state = spool::recipient_state::delivered;
+    status.attempts = 1;
+    const auto marked = _spool.store().mark(message.id, index, status);
+    RINGMTA_ASSERT(marked.ok());
+    RINGMTA_ASSERT(message.recipients_open > 0);
+    if (--message.recipients_open > 0) return false;
+    ++_relayed;
+    _table.release(message);
+    return true;
+  }
+
+  // carrier: pooled SMTP links to the next hop
+  void connect(pool_connection& c) noexcept override { c.link.connect(); }
+  void disconnect(pool_connection& c) noexcept override { c.link.quit(); }
+  bool deliver(pool_connection& c, const queue::job_view& job) noexcept override {
+    held_message* message = _table.find(job.message);
+    RINGMTA_ASSERT(message != nullptr);
+    std::array<std::uint16_t, 64> indices;
+    std::size_t count = 0;
+    job.for_each_recipient([&](std::uint16_t index) { indices[count++] = index; });
+    const auto& envelope =
+        c.storage.assign(message->envelope, {indices.data(), count}, message->body.size());
+    const bool compare = _deliveries % sample_every == 0;
+    const auto outcome = c.link.send(envelope, message->body, compare);
+    ++_deliveries;
+    if (outcome != smtp::client_outcome::accepted || c.link.accepted_recipients() != count)
+      return false;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (mark_delivered(*message, indices[i])) break;  // released with its last recipient
+    }
+    return true;
+  }
+
+  const workload& _load;
+  pipeline_mode _mode;
+  smtp::server_config _inbound_config = inbound_settings();
+  memory_spool _spool;
+  message_table _table;
+  dispatcher _dispatcher;
+  std::deque<inbound_connection> _inbound;
+  std::int64_t _now_ms = start_ms;
+  std::uint64_t _first_ticket = 0;
+  std::uint64_t _sessions = 0;
+  std::uint64_t _accepted_250 = 0;
+  std::uint64_t _relayed = 0;
+  std::uint64_t _deliveries = 0;
+  std::uint64_t _marks_durable = 0;
+};
+
+void inbound_connection::open(std::string_view input) noexcept {
+  _session.reset();
+  _session.emplace(_owner.inbound_config(), *this);
+  _session->start();
+  _message = nullptr;
+  _ticket = 0;
+  const std::size_t used = _session->feed(input);
+  _rest = input.substr(used);
+  // Stopped at the end of data: EHLO, MAIL, every RCPT and DATA answered, the body spooled.
+  RINGMTA_ASSERT(_session->awaiting_verdict() && _ticket != 0 && _rest == "QUIT\r\n");
+  _session->consume_output(_session->output().size());  // the daemon sends these replies
+}
+
+void inbound_connection::on_durable(int error) noexcept {
+  RINGMTA_ASSERT(error == 0);
+  const auto id_text = spool::format_message_id(_message->id);
+  char text[64];
+  const auto length =
+      fmt::format_to_n(text, sizeof text, "Ok: queued as {}", std::string_view(id_text.data(), 16))
+          .size;
+  _session->resume(smtp::verdict::respond(250, "2.0.0", std::string_view(text, length)));
+  const std::size_t used = _session->feed(_rest);
+  RINGMTA_ASSERT(used == _rest.size() && _session->wants_close());
+  const std::string_view out = _session->output();
+  RINGMTA_ASSERT(out.starts_with("250 2.0.0 Ok: queued as ") &&
+                 out.find("\r\n221 ") != std::string_view::npos);
+  _session->consume_output(out.size());
+}
+
+smtp::verdict inbound_connection::on_mail_from(const smtp::mailbox& reverse_path,
+                                               const smtp::mail_parameters& parameters) noexcept {
+  _envelope.reverse_path.assign(reverse_path.address);
+  _envelope.size_declared = parameters.has_size ? parameters.size : 0;
+  _envelope.envid.assign(parameters.envid);
+  _envelope.recipients.clear();
+  return smtp::verdict::accept();
+}
+
+smtp::verdict inbound_connection::on_rcpt_to(const smtp::mailbox& forward_path,
+                                             const smtp::rcpt_parameters& parameters) noexcept {
+  auto& added = _envelope.recipients.emplace_back();  // our client: relaying is allowed
+  added.address.assign(forward_path.address);
+  added.notify = parameters.notify;
+  added.orcpt.clear();
+  return smtp::verdict::accept();
+}
+
+smtp::verdict inbound_connection::on_data_start() noexcept {
+  auto& store = _owner.spool().store();
+  const std::int64_t now_seconds = _owner.now_seconds();
+  auto handle = store.begin(now_seconds);
+  RINGMTA_ASSERT(handle.ok());
+  _handle = handle.value();
+  _error = 0;
+  _envelope.id = store.id_of(_handle);
+  _envelope.received_seconds = now_seconds;
+  _message = &_owner.table().allocate(_envelope.id);
+  const auto id_text = spool::format_message_id(_envelope.id);
+  char header[net::received_header_bytes_max];
+  const net::received_fields fields{
+      _session->helo_name(), client_address, our_hostname, _session->protocol_name(),
+      std::string_view(id_text.data(), 16),
+      _envelope.recipients.size() == 1 ? std::string_view(_envelope.recipients[0].address)
+                                       : std::string_view(),
+      now_seconds};
+  on_body(std::string_view(header, net::format_received_header(fields, header, sizeof header)),
+          smtp::body_form::wire);
+  return smtp::verdict::accept();
+}
+
+void inbound_connection::on_body(std::string_view slice, smtp::body_form form) noexcept {
+  RINGMTA_ASSERT(form == smtp::body_form::wire);
+  const auto taken = _owner.spool().store().append(_handle, slice);
+  if (!taken || taken.value() != slice.size()) _error = taken ? ENOBUFS : taken.error();
+  _message->body.append(slice);  // what the next hop must receive
+}
+
+smtp::verdict inbound_connection::on_data_end(const smtp::body_summary&) noexcept {
+  RINGMTA_ASSERT(_error == 0 && _envelope.recipients.size() == _owner.recipients_expected());
+  _envelope.client_address.assign(client_address);
+  _envelope.helo.assign(_session->helo_name());
+  auto& spool = _owner.spool();
+  auto committed = spool.store().commit(_handle, _envelope);
+  if (!committed && committed.error() == EAGAIN) {  // no segment ready yet: run the store
+    spool.pump();
+    committed = spool.store().commit(_handle, _envelope);
+  }
+  RINGMTA_ASSERT(committed.ok());
+  _ticket = committed.value();
+  return smtp::verdict::pending();  // 250 once the ticket is durable
+}
+
+void inbound_connection::on_data_aborted(smtp::abort_reason) noexcept { RINGMTA_ASSERT(false); }
+
+// ---- benchmarks
+
+const workload& workload_for(std::uint32_t recipients) {
+  static const workload one = make_workload(1);
+  static const workload three = make_workload(3);
+  RINGMTA_ASSERT(recipients == 1 || recipients == 3);
+  return recipients == 1 ? one : three;
+}
+
+// The whole path; one iteration = one batch of 64 inbound sessions.
+void relay_path(benchmark::State& state) {
+  const workload& load = workload_for(static_cast<std::uint32_t>(state.range(0)));
+  relay_pipeline pipeline(load, pipeline_mode::relay);
+  for (auto _ : state) pipeline.run_batch();
+  pipeline.finish();
+  pipeline.report(state);
+}
+BENCHMARK(relay_path)->Name("relay")->ArgName("rcpt")->Arg(1)->Arg(3);
+// 31,250 batches × 64 = 2,000,000 messages relayed in one run.
+BENCHMARK(relay_path)->Name("relay/2M")->ArgName("rcpt")->Arg(1)->Iterations(31'250)
+    ->Unit(benchmark::kMillisecond);
+
+// Stages 1 + 2: inbound sessions, spool with group commit, 250s; then the home marks every
+// recipient delivered at once (the spool's share of a delivery).
+void stage_parse_spool(benchmark::State& state) {
+  const workload& load = workload_for(static_cast<std::uint32_t>(state.range(0)));
+  relay_pipeline pipeline(load, pipeline_mode::reception);
+  for (auto _ : state) pipeline.run_batch();
+  pipeline.finish();
+  pipeline.report(state);
+}
+BENCHMARK(stage_parse_spool)->Name("stage/parse_spool")->ArgName("rcpt")->Arg(1)->Arg(3);
+
+// Diagnostic (README, findings): the same with a 64 MiB journal compaction threshold instead
+// of the default 4 MiB, which the state of one 64 MiB segment's messages outgrows at 3
+// recipients per message, after which every flush writes a full journal snapshot.
+void diagnostic_large_journal(benchmark::State& state) {
+  const workload& load = workload_for(static_cast<std::uint32_t>(state.range(0)));
+  relay_pipeline pipeline(load, static_cast<pipeline_mode>(state.range(1)), 64u << 20);
+  for (auto _ : state) pipeline.run_batch();
+  pipeline.finish();
+  pipeline.report(state);
+}
+BENCHMARK(diagnostic_large_journal)->Name("diagnostic/journal_64MiB")->ArgNames({"rcpt", "mode"})
+    ->Args({3, static_cast<int>(pipeline_mode::relay)})
+    ->Args({3, static_cast<int>(pipeline_mode::reception)});
+
+// Stage 3 alone: the same jobs through the scheduler and the connection pool; a delivery
+// succeeds at once.
+class null_carrier final : public carrier {
+ public:
+  void connect(pool_connection&) noexcept override {}
+  bool deliver(pool_connection&, const queue::job_view& job) noexcept override {
+    RINGMTA_ASSERT(job.recipient_count() == 1);
+    return true;
+  }
+  void disconnect(pool_connection&) noexcept override {}
+};
+
+void stage_queue(benchmark::State& state) {
+  const auto recipients = static_cast<std::uint32_t>(state.range(0));
+  std::vector<std::string> names;
+  for (std::uint32_t d = 0; d < destination_count; ++d) names.push_back(destination_name(d));
+  null_carrier target;
+  dispatcher queue(target);
+  std::int64_t now_ms = start_ms;
+  spool::message_id id = 0;
+  for (auto _ : state) {
+    ++now_ms;
+    for (std::uint32_t m = 0; m < batch_sessions; ++m) {
+      ++id;
+      for (std::uint16_t r = 0; r < recipients; ++r) {
+        queue::job_spec spec;
+        spec.message = id;
+        spec.received_seconds = now_ms / 1000;
+        spec.recipients = {&r, 1};
+        queue.add(names[(id + r) % destination_count], spec, now_ms);
+      }
+    }
+    queue.run(now_ms);
+    RINGMTA_ASSERT(queue.jobs_delivered == queue.jobs_added);
+  }
+  queue.close_all(now_ms);
+  RINGMTA_ASSERT(queue.jobs_added == id * recipients && queue.scheduler().stats().jobs == 0);
+  state.SetItemsProcessed(static_cast<std::int64_t>(id));
+  state.counters["connections"] = static_cast<double>(queue.connections_opened);
+}
+BENCHMARK(stage_queue)->Name("stage/queue")->ArgName("rcpt")->Arg(1)->Arg(3);
+
+// Stage 4 alone: each message's recipients go out over the pooled link of their destination
+// (QUIT and a new connection every 100 deliveries), envelope built by envelope_storage.
+void stage_client_peer(benchmark::State& state) {
+  const workload& load = workload_for(static_cast<std::uint32_t>(state.range(0)));
+  // One stored message per first destination, as the spool holds it (Received: header first).
+  std::vector<spool::envelope> envelopes(destination_count);
+  char header[net::received_header_bytes_max];
+  const net::received_fields fields{"client.example.org", client_address, our_hostname, "ESMTP",
+                                    "0000000000000001", "user0@d0.example", start_ms / 1000};
+  const std::string body =
+      std::string(header, net::format_received_header(fields, header, sizeof header)) +
+      load.body;
+  for (std::uint32_t d = 0; d < destination_count; ++d) {
+    envelopes[d].reverse_path = "alice@example.org";
+    for (std::uint32_t r = 0; r < load.recipients; ++r) {
+      envelopes[d].recipients.push_back(
+          {fmt::format("user{}@{}", r, destination_name(d + r)), 0, {}});
+    }
+  }
+  std::deque<smtp_link> links(destination_count);
+  std::vector<std::uint32_t> sent(destination_count, 0);
+  for (auto& link : links) link.connect();
+  outbound::envelope_storage storage;
+  std::uint64_t messages = 0;
+  std::uint64_t deliveries = 0;
+  for (auto _ : state) {
+    for (std::uint32_t m = 0; m < batch_sessions; ++m, ++messages) {
+      const auto first = static_cast<std::uint32_t>(messages % destination_count);
+      for (std::uint16_t r = 0; r < load.recipients; ++r) {
+        const std::uint32_t d = (first + r) % destination_count;
+        if (sent[d] == 100) {  // messages_per_connection_max
+          links[d].quit();
+          links[d].connect();
+          sent[d] = 0;
+        }
+        const auto& envelope = storage.assign(envelopes[first], {&r, 1}, body.size());
+        const bool compare = deliveries % sample_every == 0;
+        const auto outcome = links[d].send(envelope, body, compare);
+        RINGMTA_ASSERT(outcome == smtp::client_outcome::accepted &&
+                       links[d].accepted_recipients() == 1);
+        ++sent[d];
+        ++deliveries;
+      }
+    }
+  }
+  std::uint64_t peer_messages = 0;  // the peer handler counts across its connections
+  for (auto& link : links) {
+    peer_messages += link.peer().messages;
+    link.quit();
+  }
+  RINGMTA_ASSERT(peer_messages == deliveries && deliveries == messages * load.recipients);
+  state.SetItemsProcessed(static_cast<std::int64_t>(messages));
+  state.counters["deliveries"] = static_cast<double>(deliveries);
+}
+BENCHMARK(stage_client_peer)->Name("stage/client_peer")->ArgName("rcpt")->Arg(1)->Arg(3);
+
+}  // namespace
+}  // namespace ringmta
+
+BENCHMARK_MAIN();
