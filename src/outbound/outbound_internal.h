@@ -26,7 +26,7 @@ struct connection_timer : core::timer_node {
   connection& owner;
 };
 
-// Where a body transfer stands. One transfer step (a read, a send, a splice pair) at a time.
+// Where a body transfer stands. One transfer step (a read, a send, a splice) at a time.
 struct body_progress {
   enum class path : std::uint8_t { none, staged, spliced, copied };
   path how = path::none;

@@ -437,6 +437,41 @@ TEST(outbound, a_reply_timeout_is_a_transient_failure) {
   EXPECT_EQ(h.counters(0).timeouts, 1u);
 }
 
+TEST(outbound, more_large_bodies_than_pipes_take_turns) {
+  scripted_sink sink;
+  ASSERT_TRUE(sink.start({"127.0.0.1"}));
+  auto config = test_config();
+  config.transfers_max = 2;  // six connections, two pipes
+  config.pipe_bytes = 64 * 1024;
+  harness h({1, config, {}});
+  ASSERT_TRUE(h.started());
+  test_spool spool;
+  std::vector<std::string> texts;
+  std::vector<const delivery*> jobs[6];
+  for (std::uint32_t i = 0; i < 18; ++i) {
+    texts.push_back(make_message(200 * 1024 + i, 40 + i));
+    jobs[i % 6].push_back(&spool.add(texts.back(), {"a@example.net"},
+                                     spool::body_type::seven_bit, i).job);
+  }
+  for (std::uint64_t d = 0; d < 6; ++d) {
+    h.deliver(0, 100 + d, literal("127.0.0.1", sink.port()), jobs[d]);
+  }
+  std::map<std::string, int> expected;
+  for (const auto& text : texts) ++expected[text];
+  for (std::uint64_t d = 0; d < 6; ++d) {
+    ASSERT_TRUE(h.log.wait_for(100 + d, kind::closed, 1));
+    for (const auto& r : h.log.of(100 + d, kind::delivery)) {
+      EXPECT_EQ(r.outcome, client_outcome::accepted) << r.text;
+    }
+  }
+  std::map<std::string, int> received;
+  for (unsigned n = 1; n <= 18; ++n) ++received[sink.body(n)];
+  EXPECT_TRUE(received == expected) << "a body was lost, duplicated or mixed up";
+  const auto counters = h.counters(0);
+  EXPECT_EQ(counters.bodies_spliced, 18u);
+  std::printf("transfer waits: %llu\n", static_cast<unsigned long long>(counters.transfer_waits));
+}
+
 TEST(outbound, two_shards_deliver_side_by_side) {
   postfix_sink sink;
   ASSERT_TRUE(sink.start("127.0.0.1"));
