@@ -32,7 +32,7 @@ enum notify_bits : std::uint8_t {
 struct recipient {
   std::string address;   // forward path without the angle brackets
   std::uint8_t notify = 0;
-  std::string orcpt;     // RFC 3461 §4.2 ORCPT value as received ("rfc822;x@y"), may be empty
+  std::string orcpt;     // RFC 3461 §4.2 ORCPT "addr-type;address", address xtext-decoded
   bool operator==(const recipient&) const = default;
 };
 
@@ -43,7 +43,7 @@ struct envelope {
   body_type body = body_type::unspecified;
   bool smtputf8 = false;  // RFC 6531
   dsn_return ret = dsn_return::unspecified;
-  std::string envid;  // RFC 3461 §4.4 ENVID, xtext as received
+  std::string envid;  // RFC 3461 §4.4 ENVID, xtext-decoded (re-encoded when relayed)
   std::vector<recipient> recipients;
   std::int64_t received_seconds = 0;  // wall clock
   std::string client_address;  // text, e.g. "192.0.2.1" or "[2001:db8::1]:5000"
