@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 
 #include <fmt/format.h>
@@ -56,27 +57,48 @@ void log_buffer::consume(std::size_t bytes) noexcept {
   _committed -= bytes;
 }
 
+namespace {
+
+// "2026-11-21T21:55:35.123Z" into out[24]; the date part is recomputed once per second (a log
+// line per message must not cost a gmtime and a printf).
+void format_timestamp(std::int64_t unix_ms, char* out) noexcept {
+  thread_local std::int64_t cached_second = -1;
+  thread_local char cached[64];  // "YYYY-MM-DDTHH:MM:SS" (room for any int the format could print)
+  const std::int64_t second = unix_ms / 1000;
+  if (second != cached_second) {
+    const std::time_t seconds = static_cast<std::time_t>(second);
+    std::tm utc{};
+    gmtime_r(&seconds, &utc);
+    std::snprintf(cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d", utc.tm_year + 1900,
+                  utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec);
+    cached_second = second;
+  }
+  std::memcpy(out, cached, 19);
+  const int ms = static_cast<int>(unix_ms % 1000);
+  out[19] = '.';
+  out[20] = static_cast<char>('0' + ms / 100);
+  out[21] = static_cast<char>('0' + ms / 10 % 10);
+  out[22] = static_cast<char>('0' + ms % 10);
+  out[23] = 'Z';
+}
+
+}  // namespace
+
 log_record::log_record(log_buffer& buffer, std::string_view event) noexcept
     : _buffer(buffer), _start(buffer._text.size()) {
   RINGMTA_ASSERT(_start == buffer._committed);  // one record at a time per buffer
   buffer._overflow = false;
-  const std::int64_t ms = buffer._unix_ms;
-  const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
-  std::tm utc{};
-  gmtime_r(&seconds, &utc);
-  char stamp[40];
-  const int length =
-      std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                    utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
-                    utc.tm_sec, static_cast<int>(ms % 1000));
+  char stamp[24];
+  format_timestamp(buffer._unix_ms, stamp);
+  const std::string_view stamp_text(stamp, sizeof stamp);
   if (buffer._format == log_format::json) {
     buffer.append("{\"ts\":\"");
-    buffer.append(std::string_view(stamp, static_cast<std::size_t>(length)));
+    buffer.append(stamp_text);
     buffer.append("\",\"event\":\"");
     buffer.append_escaped(event);
     buffer.append("\"");
   } else {
-    buffer.append(std::string_view(stamp, static_cast<std::size_t>(length)));
+    buffer.append(stamp_text);
     buffer.append(" ");
     buffer.append_escaped(event);
   }

@@ -41,14 +41,23 @@ std::size_t format_rfc5322_date(std::int64_t unix_seconds, char* out) noexcept {
   static constexpr const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
   static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  const std::time_t seconds = static_cast<std::time_t>(unix_seconds);
-  std::tm utc{};
-  gmtime_r(&seconds, &utc);
-  const int n = std::snprintf(out, 32, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[utc.tm_wday],
-                              utc.tm_mday, months[utc.tm_mon], utc.tm_year + 1900, utc.tm_hour,
-                              utc.tm_min, utc.tm_sec);
-  RINGMTA_ASSERT(n > 0 && n < 32);
-  return static_cast<std::size_t>(n);
+  // One Received: header per message: format each second once per thread.
+  thread_local std::int64_t cached_second = -1;
+  thread_local char cached[32];
+  thread_local std::size_t cached_length = 0;
+  if (unix_seconds != cached_second) {
+    const std::time_t seconds = static_cast<std::time_t>(unix_seconds);
+    std::tm utc{};
+    gmtime_r(&seconds, &utc);
+    const int n = std::snprintf(cached, sizeof cached, "%s, %02d %s %04d %02d:%02d:%02d +0000",
+                                days[utc.tm_wday], utc.tm_mday, months[utc.tm_mon],
+                                utc.tm_year + 1900, utc.tm_hour, utc.tm_min, utc.tm_sec);
+    RINGMTA_ASSERT(n > 0 && n < 32);
+    cached_length = static_cast<std::size_t>(n);
+    cached_second = unix_seconds;
+  }
+  std::memcpy(out, cached, cached_length);
+  return cached_length;
 }
 
 std::size_t format_received_header(const received_fields& fields, char* out,
