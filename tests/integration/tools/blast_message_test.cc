@@ -10,30 +10,11 @@
 
 #include <gtest/gtest.h>
 
+#include "allocation_counter.h"
+
 #include "blast/blast.h"
 #include "loadkit/integrity.h"
 
-namespace {
-std::atomic<long> allocations{0};
-}  // namespace
-
-void* operator new(std::size_t size) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(size == 0 ? 1 : size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t& tag) noexcept {
-  return operator new(size, tag);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace ringmta::blast {
 namespace {
@@ -87,14 +68,14 @@ TEST(blast_message, addresses_and_header_render_without_allocation) {
   char from[256], to[256], header[1024];
   const std::size_t to_bytes = config.to->render(to, sizeof to, 7, 2, 3, "example", 1);
   EXPECT_EQ(std::string_view(to, to_bytes), "r2-1@d3.example");
-  const long before = allocations.load();
+  const long before = static_cast<long>(::ringmta::testing::allocations());
   std::size_t total = 0;
   for (std::uint64_t id = 0; id < 1000; ++id) {
     const std::size_t n = config.from->render(from, sizeof from, id, 0, 0, "test", 0);
     total += render_header(config, id, {from, n}, {to, to_bytes}, config.bodies[0], header,
                            sizeof header);
   }
-  EXPECT_EQ(allocations.load() - before, 0);
+  EXPECT_EQ(static_cast<long>(::ringmta::testing::allocations()) - before, 0);
   EXPECT_GT(total, 1000u * 200u);
   EXPECT_FALSE(address_pattern::parse("{nope}@x"));
   EXPECT_FALSE(address_pattern::parse("{n@x"));

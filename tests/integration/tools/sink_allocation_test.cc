@@ -10,30 +10,11 @@
 
 #include <gtest/gtest.h>
 
+#include "allocation_counter.h"
+
 #include "loadkit/integrity.h"
 #include "sink/sink.h"
 
-namespace {
-std::atomic<long> allocations{0};
-}  // namespace
-
-void* operator new(std::size_t size) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(size == 0 ? 1 : size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t& tag) noexcept {
-  return operator new(size, tag);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace ringmta::sink {
 namespace {
@@ -70,9 +51,9 @@ TEST(sink_allocation, steady_state_message_path_allocates_nothing) {
   };
   feed("EHLO client.test\r\n");
   for (std::size_t n = 0; n < 100; ++n) feed(inputs[n]);  // warm-up
-  const long before = allocations.load();
+  const long before = static_cast<long>(::ringmta::testing::allocations());
   for (std::size_t n = 100; n < inputs.size(); ++n) feed(inputs[n]);
-  EXPECT_EQ(allocations.load() - before, 0);
+  EXPECT_EQ(static_cast<long>(::ringmta::testing::allocations()) - before, 0);
   EXPECT_EQ(shard.counters().accepted.get(), 1100u);
   EXPECT_EQ(shard.counters().integrity_ok.get(), 1100u);
   EXPECT_EQ(shard.counters().duplicates.get(), 0u);

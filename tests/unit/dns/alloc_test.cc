@@ -8,37 +8,9 @@
 
 #include <gtest/gtest.h>
 
+#include "allocation_counter.h"
 #include "dns_test_util.h"
 
-namespace {
-long allocations = 0;
-bool counting = false;
-}  // namespace
-
-// Every replaceable form that does not take an alignment, so allocation and release always
-// pair up (ASan checks that; std::stable_sort uses the nothrow form).
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-  if (counting) ++allocations;
-  return std::malloc(size == 0 ? 1 : size);
-}
-void* operator new(std::size_t size) {
-  if (void* block = operator new(size, std::nothrow)) return block;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
-  return operator new(size, std::nothrow);
-}
-// GCC cannot see that the replaced operator new above is malloc-based.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void operator delete(void* block) noexcept { std::free(block); }
-void operator delete(void* block, std::size_t) noexcept { std::free(block); }
-void operator delete(void* block, const std::nothrow_t&) noexcept { std::free(block); }
-void operator delete[](void* block) noexcept { std::free(block); }
-void operator delete[](void* block, std::size_t) noexcept { std::free(block); }
-void operator delete[](void* block, const std::nothrow_t&) noexcept { std::free(block); }
 
 namespace ringmta::dns {
 namespace {
@@ -60,7 +32,7 @@ class counted_driver {
     round_cost cost;
     const std::string domain = "d" + std::to_string(round) + ".test";
     _sent.clear();
-    allocations = 0;
+    ::ringmta::testing::reset_allocations();
     counted([&] { _r.start_mx_lookup(domain, _now_ms); });
     reply(0, domain + ". 300 IN MX 10 mx1." + domain + ".");
     reply(0, domain + ". 300 IN MX 10 mx2." + domain + ".");  // ignored: already answered
@@ -68,11 +40,11 @@ class counted_driver {
       const auto query = decode_query(_sent[i].bytes, false);
       reply(i, query.type == record_type::a ? query.name + ". 300 IN A 127.0.0.2" : "");
     }
-    cost.network = allocations;
+    cost.network = static_cast<long>(::ringmta::testing::allocations());
     EXPECT_EQ(_done, 2 * round + 1);
-    allocations = 0;
+    ::ringmta::testing::reset_allocations();
     counted([&] { _r.start_mx_lookup(domain, _now_ms); });
-    cost.cached = allocations;
+    cost.cached = static_cast<long>(::ringmta::testing::allocations());
     EXPECT_EQ(_done, 2 * round + 2);
     return cost;
   }
@@ -80,20 +52,20 @@ class counted_driver {
  private:
   template <typename Call>
   void counted(Call call) {
-    counting = true;
+    ::ringmta::testing::set_counting_allocations(true);
     call();
     while (action* a = _r.next_action()) {
       if (a->kind == action_kind::send) {
         _sent.push_back(sent{a->server_index, {}});
-        counting = false;
+        ::ringmta::testing::set_counting_allocations(false);
         _sent.back().bytes.assign(a->bytes.begin(), a->bytes.end());
-        counting = true;
+        ::ringmta::testing::set_counting_allocations(true);
       } else if (a->kind == action_kind::lookup_done) {
         EXPECT_EQ(a->result.status, lookup_status::ok) << a->result.text;
         ++_done;
       }
     }
-    counting = false;
+    ::ringmta::testing::set_counting_allocations(false);
   }
 
   void reply(std::size_t index, const std::string& record) {

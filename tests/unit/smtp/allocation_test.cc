@@ -7,29 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include "allocation_counter.h"
+
 #include "ringmta/smtp/server_session.h"
 
-namespace {
-std::atomic<long> allocations{0};
-}  // namespace
-
-void* operator new(std::size_t size) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(size == 0 ? 1 : size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t& tag) noexcept {
-  return operator new(size, tag);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace ringmta::smtp {
 namespace {
@@ -55,7 +36,7 @@ TEST(allocation, steady_state_transactions_allocate_nothing) {
   session.feed("EHLO client.example\r\n");
   session.consume_output(session.output().size());
 
-  const long before = allocations.load();
+  const long before = static_cast<long>(::ringmta::testing::allocations());
   for (int i = 0; i < 100; ++i) {
     const std::string& input = i % 2 == 0 ? transaction : chunked;
     std::size_t at = 0;
@@ -65,13 +46,13 @@ TEST(allocation, steady_state_transactions_allocate_nothing) {
       session.consume_output(session.output().size());
     }
   }
-  const long during = allocations.load() - before;
+  const long during = static_cast<long>(::ringmta::testing::allocations()) - before;
   EXPECT_EQ(during, 0);
   EXPECT_EQ(session.messages_accepted(), 100u);
   EXPECT_EQ(handler.body_bytes, 100 * body.size());
   // The counter works: an allocation outside the session is seen.
   auto* probe = new std::string(100, 'x');
-  EXPECT_GT(allocations.load() - before, during);
+  EXPECT_GT(static_cast<long>(::ringmta::testing::allocations()) - before, during);
   delete probe;
 }
 

@@ -7,31 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include "allocation_counter.h"
 #include "canned_server.h"
 #include "ringmta/smtp/client_session.h"
 
-namespace {
-std::atomic<bool> counting{false};
-std::atomic<std::size_t> allocations{0};
-
-void* counted_allocation(std::size_t bytes) {
-  if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1);
-  void* memory = std::malloc(bytes == 0 ? 1 : bytes);
-  if (memory == nullptr) throw std::bad_alloc();
-  return memory;
-}
-}  // namespace
-
-void* operator new(std::size_t bytes) { return counted_allocation(bytes); }
-void* operator new[](std::size_t bytes) { return counted_allocation(bytes); }
-void* operator new(std::size_t bytes, const std::nothrow_t&) noexcept {
-  if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1);
-  return std::malloc(bytes == 0 ? 1 : bytes);
-}
-void operator delete(void* memory) noexcept { std::free(memory); }
-void operator delete[](void* memory) noexcept { std::free(memory); }
-void operator delete(void* memory, std::size_t) noexcept { std::free(memory); }
-void operator delete[](void* memory, std::size_t) noexcept { std::free(memory); }
 
 namespace ringmta::smtp {
 namespace {
@@ -64,16 +43,16 @@ void steady_state_allocates_nothing(bool pipelining) {
   session.start_transaction(envelope);
   ASSERT_EQ(run_until_idle(session, server, counts), client_event_kind::ready);
   constexpr std::size_t transactions = 2000;
-  allocations = 0;
-  counting = true;
+  ::ringmta::testing::reset_allocations();
+  ::ringmta::testing::set_counting_allocations(true);
   for (std::size_t i = 0; i < transactions; ++i) {
     session.start_transaction(envelope);
     if (run_until_idle(session, server, counts) != client_event_kind::ready) break;
   }
   session.quit();
   const client_event_kind last = run_until_idle(session, server, counts);
-  counting = false;
-  EXPECT_EQ(allocations.load(), 0u);
+  ::ringmta::testing::set_counting_allocations(false);
+  EXPECT_EQ(::ringmta::testing::allocations(), 0u);
   EXPECT_EQ(last, client_event_kind::closed);
   EXPECT_EQ(server.messages(), transactions + 1);
   EXPECT_EQ(counts.accepted_messages, transactions + 1);
@@ -90,11 +69,11 @@ TEST(client_session_allocation, one_command_at_a_time_allocates_nothing) {
 
 TEST(client_session_allocation, the_counter_counts) {
   // Guards the test itself: an allocation while counting is seen.
-  allocations = 0;
-  counting = true;
+  ::ringmta::testing::reset_allocations();
+  ::ringmta::testing::set_counting_allocations(true);
   auto* leak_check = new int(7);
-  counting = false;
-  EXPECT_EQ(allocations.load(), 1u);
+  ::ringmta::testing::set_counting_allocations(false);
+  EXPECT_EQ(::ringmta::testing::allocations(), 1u);
   delete leak_check;
 }
 
