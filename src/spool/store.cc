@@ -18,7 +18,8 @@ constexpr std::size_t raw_piece_bytes = 4096;
 store::store(store_config config, recovered_state recovered)
     : _config(std::move(config)),
       _ids(_config.shard, recovered.id_floor),
-      _next_file_id(recovered.next_file_id),
+      _next_segment_id(recovered.next_file_id),
+      _next_journal_id(recovered.next_file_id),
       _open(std::make_unique<segment_batch>()),
       _journal_open(std::make_unique<journal_batch>()),
       _flight(std::make_unique<flight>()),

@@ -6,9 +6,11 @@
 
 namespace ringmta::spool {
 
-std::uint64_t store::salt_for(std::uint32_t file_id) const noexcept {
-  // splitmix64 of the secret seed and the file id.
-  std::uint64_t z = _config.random_seed + 0x9e3779b97f4a7c15ull * (file_id + 1);
+std::uint64_t store::salt_for(std::uint32_t file_id, bool journal) const noexcept {
+  // splitmix64 of the secret seed, the file kind and the file id (segments and journals may
+  // share an id; their salts must differ).
+  const std::uint64_t key = (std::uint64_t{journal} << 32 | file_id) + 1;
+  std::uint64_t z = _config.random_seed + 0x9e3779b97f4a7c15ull * key;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
@@ -17,13 +19,13 @@ std::uint64_t store::salt_for(std::uint32_t file_id) const noexcept {
 void store::request_segment() noexcept {
   if (_creating_segment || _spare != nullptr) return;
   _creating_segment = true;
-  request_create(_next_file_id++, false);
+  request_create(_retry_segment_id != 0 ? _retry_segment_id : _next_segment_id++, false);
 }
 
 void store::request_journal() noexcept {
   if (_creating_journal || _journal_spare != nullptr) return;
   _creating_journal = true;
-  request_create(_next_file_id++, true);
+  request_create(_retry_journal_id != 0 ? _retry_journal_id : _next_journal_id++, true);
 }
 
 void store::request_create(std::uint32_t id, bool journal) noexcept {
@@ -32,7 +34,7 @@ void store::request_create(std::uint32_t id, bool journal) noexcept {
   slot.id = id;
   slot.journal = journal;
   slot.role = file_role::creating;
-  slot.salt = salt_for(id);
+  slot.salt = salt_for(id, journal);
   slot.capacity = journal ? _config.journal_bytes : _config.segment_bytes;
   slot.write_offset = format::first_record_offset;
   slot.path = _config.directory + "/" + (journal ? journal_file_name(id) : segment_file_name(id));
@@ -64,6 +66,8 @@ void store::on_create_done(std::uint32_t id, bool journal, std::int64_t result) 
   auto found = files.find(id);
   RINGMTA_ASSERT(found != files.end() && found->second.role == file_role::creating);
   (journal ? _creating_journal : _creating_segment) = false;
+  // A failure retries the same name, unless the name itself is taken (a stray file).
+  (journal ? _retry_journal_id : _retry_segment_id) = result < 0 && result != -EEXIST ? id : 0;
   if (result < 0) {
     files.erase(found);
     (journal ? _journal_create_error : _create_error) = static_cast<int>(-result);

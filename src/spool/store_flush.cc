@@ -92,12 +92,21 @@ void store::submit_segment_part(bool flush_requested) noexcept {
   }
 }
 
+// The journal is compacted once it passes journal_bytes and has at least doubled since the last
+// snapshot: a snapshot larger than journal_bytes (many messages kept until their segment goes)
+// must not trigger another one at every flush. Rewrites stay within 2x of what is appended.
+bool store::journal_wants_compaction() const noexcept {
+  if (_journal == nullptr) return false;
+  const std::uint64_t threshold =
+      std::max<std::uint64_t>(_config.journal_bytes, 2 * _last_snapshot_bytes);
+  return _journal->write_offset > threshold;
+}
+
 // False when marks wait for a journal file to be created.
 bool store::submit_journal_part() noexcept {
   auto& f = *_flight;
   if (_journal_open->empty() && !_snapshot_needed) return true;
-  if (!_snapshot_needed && _journal != nullptr &&
-      _journal->write_offset > _config.journal_bytes && _journal_spare != nullptr) {
+  if (!_snapshot_needed && journal_wants_compaction() && _journal_spare != nullptr) {
     _snapshot_needed = true;  // compaction: rewrite the live state into a fresh journal
   }
   file_slot* target = _snapshot_needed ? _journal_spare : _journal;
@@ -113,6 +122,7 @@ bool store::submit_journal_part() noexcept {
   f.journal_snapshot = _snapshot_needed;
   if (_snapshot_needed) {
     encode_snapshot(f.journal_bytes, target->salt, target->write_offset);
+    _last_snapshot_bytes = f.journal_bytes.size();
     _journal_spare = nullptr;
     target->role = file_role::current;
     if (_journal != nullptr) _journal->role = file_role::sealed;
@@ -281,7 +291,7 @@ void store::finish_journal_part() noexcept {
         if (id < f.journal_file->id && journal.role == file_role::sealed) request_remove(journal);
       }
     }
-    if (_journal != nullptr && _journal->write_offset > _config.journal_bytes) request_journal();
+    if (journal_wants_compaction()) request_journal();
   }
   batch.items.clear();
   batch.tickets.clear();

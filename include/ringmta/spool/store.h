@@ -188,7 +188,8 @@ class store {
   void encode_journal_items(std::string& out, std::uint64_t salt, std::uint64_t offset) const;
   void remove_unneeded_files() noexcept;
   std::uint64_t placeable_bytes() const noexcept;
-  std::uint64_t salt_for(std::uint32_t file_id) const noexcept;
+  std::uint64_t salt_for(std::uint32_t file_id, bool journal) const noexcept;
+  bool journal_wants_compaction() const noexcept;
   // flushing (store_flush.cc)
   bool can_submit() const noexcept;
   void submit() noexcept;
@@ -205,7 +206,14 @@ class store {
 
   store_config _config;
   message_id_generator _ids;
-  std::uint32_t _next_file_id;
+  // Segments and journals count their ids separately, and a failed creation is retried with
+  // the same id: consecutive segments then have consecutive ids, which a message's segment
+  // mask (64 segments from its first) relies on, even across journal compactions or a full disk.
+  std::uint32_t _next_segment_id;
+  std::uint32_t _next_journal_id;
+  std::uint32_t _retry_segment_id = 0;  // 0: none
+  std::uint32_t _retry_journal_id = 0;
+  std::uint64_t _last_snapshot_bytes = 0;  // compaction waits for the journal to double it
   std::map<std::uint32_t, file_slot> _segments;
   std::map<std::uint32_t, file_slot> _journals;
   file_slot* _current = nullptr;       // segment receiving appends

@@ -681,3 +681,85 @@ TEST(spool_backpressure, commit_without_recipients_is_refused) {
 
 }  // namespace
 }  // namespace ringmta::spool
+
+namespace ringmta::spool {
+namespace {
+
+// A journal whose snapshot alone is larger than journal_bytes (many live recipients) must not
+// be rewritten at every flush: compaction waits until the journal doubles the last snapshot.
+TEST(spool_journal, compaction_does_not_repeat_at_every_flush) {
+  test::temp_dir dir;
+  auto config = test::small_config(dir.shard(0));
+  config.journal_bytes = 4096;
+  std::map<message_id, sent> log;
+  auto target = open_store(config);
+  recording_driver driver(*target);
+  driver.run();
+  std::uint32_t seed = 0;
+  for (int round = 0; round < 60; ++round) {
+    std::vector<message_id> fresh;
+    for (int i = 0; i < 20; ++i) {
+      const auto before = log.size();
+      ASSERT_TRUE(send(*target, driver, seed++, 200, log).ok());
+      ASSERT_EQ(log.size(), before + 1);
+    }
+    target->flush();
+    driver.run();
+    for (auto it = std::prev(log.end(), 20); it != log.end(); ++it) {  // live: deferred
+      ASSERT_TRUE(target->mark(it->first, 0, {recipient_state::deferred, 1, 1059}).ok());
+    }
+    target->flush();
+    driver.run();
+  }
+  // 1,200 live messages make a snapshot far above 4 KiB. With the journal growing linearly,
+  // doubling allows about log2(60) snapshots; compacting at every flush would make ~100.
+  EXPECT_LE(target->stats().journal_snapshots, 10u);
+  target.reset();
+  auto recovered = recover(config.directory, 0);
+  ASSERT_TRUE(recovered.ok());
+  ASSERT_EQ(recovered.value().messages.size(), log.size());
+  for (const auto& entry : recovered.value().messages)
+    EXPECT_EQ(entry.recipients[0].next_attempt_seconds, 1059) << entry.id;
+}
+
+// Failed segment creations (a full disk) retry the same file id, so consecutive segments keep
+// consecutive ids: a message's segment mask spans 64 ids from its first segment.
+TEST(spool_faults, failed_segment_creations_do_not_use_up_ids) {
+  test::temp_dir dir;
+  const auto config = test::small_config(dir.shard(0));
+  std::map<message_id, sent> log;
+  auto target = open_store(config);
+  recording_driver driver(*target);
+  int failures_left = 0;
+  driver.fault = [&](const operation& op) -> std::int64_t {
+    if (op.kind != operation_kind::create_file || failures_left == 0) return 0;
+    if (std::string(op.path).find("segment-") == std::string::npos) return 0;
+    --failures_left;
+    return -ENOSPC;
+  };
+  driver.run();
+  failures_left = 200;
+  // Fill segments (1 MiB each) while creations fail many times, then let them succeed.
+  for (std::uint32_t i = 0; i < 30; ++i) {
+    (void)send(*target, driver, i, 100'000, log);
+    target->flush();
+    driver.run();
+    if (i == 15) failures_left = 0;
+  }
+  ASSERT_TRUE(send(*target, driver, 99, 2'500'000, log).ok());  // spans three segments
+  target->flush();
+  driver.run();
+  target.reset();
+  auto recovered = recover(config.directory, 0);
+  ASSERT_TRUE(recovered.ok());
+  std::vector<std::uint32_t> ids;
+  for (const auto& file : recovered.value().segments) ids.push_back(file.id);
+  ASSERT_GE(ids.size(), 3u);
+  for (std::size_t i = 1; i < ids.size(); ++i) EXPECT_EQ(ids[i], ids[i - 1] + 1) << i;
+  std::size_t found = 0;
+  for (const auto& entry : recovered.value().messages) found += log.count(entry.id);
+  EXPECT_EQ(found, log.size());
+}
+
+}  // namespace
+}  // namespace ringmta::spool
