@@ -45,6 +45,7 @@ run_ringmta() {
   local port; port=$(free_port)
   rm -rf "$WORK/spool"
   "$RINGMTA" --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --spool "$WORK/spool" \
+    --resolver 127.0.0.1:9 \
     --shards "$SHARDS" --max-sessions-per-client 100000 --log-format text \
     >/dev/null 2>"$WORK/ringmta.err" & local pid=$!; pids+=("$pid")
   sleep 1
