@@ -290,6 +290,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   g_services = &services;
   shard::runtime_options options;
   options.shard_count = shards;
+  options.pin_threads = settings.pin_threads;
   options.ring.sq_entries = 4096;
   shard::runtime runtime(options);
   std::string ring_description;

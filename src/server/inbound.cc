@@ -78,6 +78,8 @@ core::result<int> open_listener(const core::endpoint& at) noexcept {
   if (fd < 0) return core::fail(errno);
   const int on = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  // Accepted sockets inherit TCP_NODELAY: replies are small and already batched per feed.
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
   if (::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
       ::bind(fd, at.sockaddr_pointer(), at.length) < 0 || ::listen(fd, 4096) < 0) {
     const int error = errno;
@@ -255,8 +257,6 @@ void inbound_server::on_accepted(std::size_t listener, const io::completion& don
     ::close(fd);
     return;
   }
-  const int on = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);  // replies are small and batched
   connection* c = acquire();
   if (c == nullptr) {
     // At the session limit: a best-effort 421 straight from this thread (non-blocking send on a

@@ -41,6 +41,7 @@ struct settings {
   std::vector<core::endpoint> listen;  // default 0.0.0.0:25
   std::string hostname;                // default: the machine's host name
   std::uint32_t shards = 0;            // 0: one per core
+  bool pin_threads = true;             // shard i runs on the i-th allowed CPU
   std::vector<core::cidr> mynetworks;  // clients allowed to relay; default loopback
   bool proxy_protocol = false;         // listeners expect a PROXY v1/v2 header (HAProxy)
   std::string greeting_text = "ESMTP ringmta";

@@ -131,6 +131,7 @@ TEST(settings, shipped_config_file_states_the_defaults) {
   const auto builtin = load_from({}, {}, {});
   EXPECT_EQ(file.listen[0].to_string(), builtin.listen[0].to_string());
   EXPECT_EQ(file.shards, builtin.shards);
+  EXPECT_EQ(file.pin_threads, builtin.pin_threads);
   EXPECT_EQ(file.mynetworks.size(), builtin.mynetworks.size());
   EXPECT_EQ(file.message_bytes_max, builtin.message_bytes_max);
   EXPECT_EQ(file.recipients_max, builtin.recipients_max);
