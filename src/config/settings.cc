@@ -419,8 +419,10 @@ void apply_flags(settings& s, const std::vector<std::string>& flags, std::string
   } catch (const CLI::ParseError& problem) {
     throw error(fmt::format("command line: {}", problem.what()));
   }
-  for (const auto& [spec, v] : given) {
+  for (auto& [spec, v] : given) {
     if (v.empty()) continue;
+    // A single-valued flag given twice: the last one wins (scripts append overrides).
+    if (spec->kind != arity::list && v.size() > 1) v.erase(v.begin(), v.end() - 1);
     try {
       spec->apply(s, v);
     } catch (const bad_value& problem) {

@@ -77,6 +77,7 @@ TEST(settings, flags_override_file) {
   EXPECT_EQ(s.mynetworks[1].to_string(), "192.0.2.0/24");
   EXPECT_EQ(s.spool_dir, "/tmp/q");
   EXPECT_EQ(from("", {"--greeting-delay", "1500ms"}).greeting_delay_ms, 1500u);
+  EXPECT_EQ(from("", {"--shards", "3", "--shards", "5"}).shards, 5u);  // the last one wins
   EXPECT_EQ(from("", {"--greeting-delay", "2s"}).greeting_delay_ms, 2000u);
 }
 
