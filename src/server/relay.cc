@@ -68,7 +68,8 @@ relay_config make_relay_config(const config::settings& settings) {
     const auto close = settings.relayhost.find(']');
     if (colon != std::string::npos && (!bracketed || colon > close)) {
       c.relayhost.host = settings.relayhost.substr(0, colon);
-      c.relayhost.port = static_cast<std::uint16_t>(std::stoul(settings.relayhost.substr(colon + 1)));
+      c.relayhost.port =
+          static_cast<std::uint16_t>(std::stoul(settings.relayhost.substr(colon + 1)));
     } else {
       c.relayhost.host = settings.relayhost;
     }
@@ -79,10 +80,10 @@ relay_config make_relay_config(const config::settings& settings) {
   s.retry_delays_ms.clear();
   for (const auto delay : settings.retry_schedule_s) s.retry_delays_ms.push_back(delay * 1000ll);
   s.lifetime_max_ms = settings.queue_lifetime_s * 1000ll;
-  s.limits.connections_max = std::max<std::uint32_t>(1, settings.default_destination_limits.connections_max);
-  s.limits.messages_per_connection_max =
-      settings.default_destination_limits.messages_per_connection_max;
-  const double rate = settings.default_destination_limits.messages_per_second_max;
+  const auto& limits = settings.default_destination_limits;
+  s.limits.connections_max = std::max<std::uint32_t>(1, limits.connections_max);
+  s.limits.messages_per_connection_max = limits.messages_per_connection_max;
+  const double rate = limits.messages_per_second_max;
   if (rate > 0) {  // "0.5 per second" = 1 per 2000 ms; keep integer arithmetic exact
     s.limits.rate_messages = rate >= 1 ? static_cast<std::uint32_t>(rate) : 1;
     s.limits.rate_period_ms = rate >= 1 ? 1000 : static_cast<std::uint32_t>(1000 / rate);
@@ -92,6 +93,7 @@ relay_config make_relay_config(const config::settings& settings) {
   c.outbound.helo_name = settings.hostname;
   c.outbound.timeout_connect_ms = settings.timeout_connect_s * 1000;
   c.outbound.idle_timeout_ms = 2'000;
+  c.outbound.receive_buffer_count = 4096;  // > connections: a reply never waits for a buffer
   c.dns.resolver.servers.clear();
   if (settings.resolvers.empty()) {
     if (auto loaded = dns::load_resolv_conf("/etc/resolv.conf", c.dns.resolver); !loaded)
@@ -322,7 +324,8 @@ void relay::state::start_delivery(outbound::connection_handle connection,
   flight.indices.clear();
   job.for_each_recipient([&](std::uint16_t index) { flight.indices.push_back(index); });
   flight.results.assign(flight.indices.size(), recipient_report{});
-  const auto& envelope = flight.storage.assign(message.envelope, flight.indices, message.body_bytes);
+  const auto& envelope =
+      flight.storage.assign(message.envelope, flight.indices, message.body_bytes);
   const outbound::delivery delivery{envelope, message.body, slot};
   if (auto sent = out.deliver(connection, delivery); !sent) {
     // Not ready after all: the job goes back to the queue as a transient failure.
@@ -349,10 +352,10 @@ void relay::on_recipient_result(outbound::connection_handle, std::uint64_t,
   RINGMTA_ASSERT(result.token < s.flights.size());
   in_flight& flight = *s.flights[result.token];
   RINGMTA_ASSERT(flight.live && result.recipient_index < flight.results.size());
-  const outcome_kind kind = result.outcome == smtp::client_outcome::accepted ? outcome_kind::delivered
-                            : result.outcome == smtp::client_outcome::permanent_failure
-                                ? outcome_kind::bounced
-                                : outcome_kind::deferred;
+  const outcome_kind kind =
+      result.outcome == smtp::client_outcome::accepted            ? outcome_kind::delivered
+      : result.outcome == smtp::client_outcome::permanent_failure ? outcome_kind::bounced
+                                                                  : outcome_kind::deferred;
   flight.results[result.recipient_index] =
       report_from(*result.reply, result.remote, flight.indices[result.recipient_index], kind);
 }
@@ -400,7 +403,8 @@ void relay::state::finish_delivery(std::uint32_t slot,
   } else if (keep_mask == 0) {
     scheduler.delivered(flight.job.id, now);
   } else {
-    const auto deferred = scheduler.deferred(flight.job.id, now, failure_of(*first_transient), keep_mask);
+    const auto deferred =
+        scheduler.deferred(flight.job.id, now, failure_of(*first_transient), keep_mask);
     job_gone = deferred.status != queue::defer_status::scheduled;
     for (auto& r : flight.results) {
       if (r.kind != outcome_kind::deferred) continue;
@@ -505,7 +509,8 @@ void relay::state::handle_event(const queue::job_event& event) noexcept {
     if (event.kind == queue::event_kind::delay_warning) {
       r.kind = outcome_kind::delayed;
       r.next_attempt_ms = event.next_attempt_ms;
-      r.status = event.job.last_status.valid() ? event.job.last_status : queue::status_code{4, 0, 0};
+      r.status =
+          event.job.last_status.valid() ? event.job.last_status : queue::status_code{4, 0, 0};
       r.text = std::string(event.job.last_error);
     } else if (event.kind == queue::event_kind::bounced_by_operator &&
                permanent != permanent_failures.end()) {

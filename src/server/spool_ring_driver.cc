@@ -12,6 +12,7 @@ spool_ring_driver::spool_ring_driver(shard::shard& owner, spool::store& store,
 core::result<void> spool_ring_driver::start() noexcept {
   _tokens.reserve(1024);
   _free_slots.reserve(1024);
+  _chain.reserve(64);
   auto kind = _owner.add_handler(*this);
   if (!kind) return core::fail(kind.error());
   _kind = kind.value();
@@ -19,27 +20,26 @@ core::result<void> spool_ring_driver::start() noexcept {
 }
 
 void spool_ring_driver::submit(const spool::operation& op) noexcept {
-  core::result<void> queued;
+  switch (op.kind) {  // what completes here, without the ring
+    case spool::operation_kind::create_file:
+      return _store.complete(op.token, spool::perform_create_file(op));
+    case spool::operation_kind::remove_file:
+      return _store.complete(op.token, spool::perform_remove_file(op));
+    case spool::operation_kind::datasync:
+      if (_unsafe_no_fsync) return _store.complete(op.token, 0);
+      break;
+    case spool::operation_kind::write:
+      break;
+  }
   const std::uint32_t slot = remember(op.token);
   const std::uint64_t user_data = io::pack_user_data(_kind, 0, slot);
-  switch (op.kind) {
-    case spool::operation_kind::write:
-      queued = _owner.ring().prep_writev(op.fd, op.iovecs, op.iovec_count, op.offset, user_data);
-      break;
-    case spool::operation_kind::datasync:
-      if (_unsafe_no_fsync) {
-        _store.complete(op.token, 0);
-        return;
-      }
-      queued = _owner.ring().prep_fdatasync(op.fd, user_data);
-      break;
-    case spool::operation_kind::create_file:
-      _store.complete(op.token, spool::perform_create_file(op));
-      return;
-    case spool::operation_kind::remove_file:
-      _store.complete(op.token, spool::perform_remove_file(op));
-      return;
-  }
+  // IOSQE_IO_LINK: the kernel starts the next op of the chain once this one succeeded. Without
+  // syncs (unsafe_no_fsync) there is no next SQE to link to.
+  const io::sqe_flags link = op.link_next && !_unsafe_no_fsync ? io::sqe::link : io::sqe::none;
+  const auto queued =
+      op.kind == spool::operation_kind::write
+          ? _owner.ring().prep_writev(op.fd, op.iovecs, op.iovec_count, op.offset, user_data, link)
+          : _owner.ring().prep_fdatasync(op.fd, user_data, link);
   if (!queued) {  // the kernel refused the submission: the store sees an I/O error
     forget(slot);
     _store.complete(op.token, -queued.error());
@@ -75,7 +75,12 @@ void spool_ring_driver::pump() noexcept {
     progress = false;
     spool::operation op;
     while (_store.next_operation(op)) {
-      submit(op);
+      // A linked chain must reach the kernel in one submission: room for all of it first.
+      _chain.push_back(op);
+      if (op.link_next) continue;
+      (void)_owner.ring().reserve(static_cast<unsigned>(_chain.size()));
+      for (const auto& chained : _chain) submit(chained);
+      _chain.clear();
       progress = true;
     }
     spool::event event;

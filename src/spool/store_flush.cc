@@ -38,14 +38,27 @@ void store::submit() noexcept {
   f.journal_error = 0;
   f.writes_pending = 0;
   f.syncs_pending = 0;
+  f.syncs_issued = false;
   f.journal_file = nullptr;
   f.seq = _batch_seq;
   f.sync_segments = false;
   f.segment_sync_fds.clear();
   close_open_record();
+  const std::size_t first_op = _operations.size();
   const bool flush_requested = _flush_requested;
-  if (_open->bytes > 0 || !_open->tickets.empty()) submit_segment_part(flush_requested);
-  const bool journal_deferred = !submit_journal_part();
+  const bool commits = !_open->tickets.empty();
+  if (_open->bytes > 0 || commits) submit_segment_part(flush_requested);
+  // Marks wait for a flight without commits, unless they have waited long or piled up.
+  const bool journal_lags = commits && !_snapshot_needed &&
+                            _flights_since_journal < _config.journal_lag_flights_max &&
+                            _journal_open->items.size() < _config.journal_lag_items_max;
+  bool journal_deferred = false;
+  if (journal_lags) {
+    journal_deferred = !_journal_open->empty();  // keep the request: marks still to write
+  } else {
+    journal_deferred = !submit_journal_part();
+  }
+  _flights_since_journal = f.journal_file != nullptr ? 0 : _flights_since_journal + 1;
   if (f.writes_pending == 0) {
     // Nothing to write. A request stays only for marks waiting for their journal file (its
     // creation completes into a submit); else the next full batch would sync for nothing.
@@ -55,6 +68,18 @@ void store::submit() noexcept {
   _flush_requested = false;
   f.active = true;
   ++_stats.flushes;
+  // The datasyncs go out now, chained behind the writes (each op links to the next): the
+  // kernel starts them as soon as the writes are done, without a trip through the loop.
+  // Only when this flight's operations are nothing but its writes (a file creation queued in
+  // between would break the chain): a sync must never start before the writes it covers.
+  const bool only_writes = _operations.size() - first_op == f.writes_pending;
+  if ((f.sync_segments || f.journal_file != nullptr) && only_writes) {
+    f.syncs_issued = true;
+    start_syncs();
+    for (std::size_t i = first_op; i + 1 < _operations.size(); ++i) {
+      _operations[i].link_next = true;
+    }
+  }
 }
 
 void store::submit_segment_part(bool flush_requested) noexcept {
@@ -176,7 +201,9 @@ void store::complete(std::uint64_t token, std::int64_t result) noexcept {
     if (error == 0) _stats.bytes_written += expected;
     (segment ? f.segment_error : f.journal_error) |= error;
     RINGMTA_ASSERT(f.writes_pending > 0);
-    if (--f.writes_pending == 0) start_syncs();
+    if (--f.writes_pending > 0) return;
+    if (!f.syncs_issued) return start_syncs();
+    if (f.syncs_pending == 0) on_flight_done();  // a driver may finish syncs first
     return;
   }
   RINGMTA_ASSERT(kind == token_class::segment_sync || kind == token_class::journal_sync);
@@ -184,7 +211,7 @@ void store::complete(std::uint64_t token, std::int64_t result) noexcept {
   int& part_error = segment ? f.segment_error : f.journal_error;
   if (part_error == 0) part_error = error;
   RINGMTA_ASSERT(f.syncs_pending > 0);
-  if (--f.syncs_pending == 0) on_flight_done();
+  if (--f.syncs_pending == 0 && f.writes_pending == 0) on_flight_done();
 }
 
 void store::start_syncs() noexcept {
@@ -207,7 +234,7 @@ void store::start_syncs() noexcept {
     push_operation(op);
     ++f.syncs_pending;
   }
-  if (f.syncs_pending == 0) on_flight_done();
+  if (f.syncs_pending == 0 && f.writes_pending == 0) on_flight_done();
 }
 
 void store::recycle(segment_batch& batch) noexcept {

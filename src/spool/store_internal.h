@@ -122,6 +122,7 @@ struct store::flight {
   bool journal_snapshot = false;
   std::uint32_t writes_pending = 0;
   std::uint32_t syncs_pending = 0;
+  bool syncs_issued = false;  // chained behind the writes at submit()
   int segment_error = 0;
   int journal_error = 0;
 };

@@ -108,8 +108,14 @@ std::int64_t perform(const operation& op) noexcept {
 std::size_t run_operations(store& target) noexcept {
   std::size_t count = 0;
   operation op;
+  bool cancel_next = false;  // a linked predecessor failed: io_uring would cancel this one
   while (target.next_operation(op)) {
-    target.complete(op.token, perform(op));
+    const std::int64_t result = cancel_next ? -ECANCELED : perform(op);
+    const bool short_write =
+        op.kind == operation_kind::write && static_cast<std::uint64_t>(result) != op.bytes;
+    const bool failed = result < 0 || short_write;
+    cancel_next = op.link_next && failed;
+    target.complete(op.token, result);
     ++count;
   }
   return count;

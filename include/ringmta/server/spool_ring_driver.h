@@ -1,7 +1,8 @@
 // server::spool_ring_driver: runs one shard's spool::store operations on that shard's ring.
 //
 // The store decides what to write and when to sync (group commit); this driver turns each
-// operation into a ring op (write → WRITEV, datasync → FSYNC with DATASYNC), feeds every
+// operation into a ring op (write → WRITEV, datasync → FSYNC with DATASYNC; a flight's writes
+// and syncs go as one IOSQE_IO_LINK chain, submitted together), feeds every
 // completion back to the store, and hands the store's events (durable or failed tickets) to
 // the listeners. File creation and removal are rare (one per 64 MiB segment) and use the
 // store's blocking helpers on the shard thread; the store asks for the next segment ahead of
@@ -52,6 +53,7 @@ class spool_ring_driver final : public shard::completion_handler {
   event_listener _listener;
   std::vector<std::uint64_t> _tokens;        // store token of each in-flight op, by slot
   std::vector<std::uint32_t> _free_slots;
+  std::vector<spool::operation> _chain;  // linked ops gathered until the chain's last one
 };
 
 }  // namespace ringmta::server

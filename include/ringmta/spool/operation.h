@@ -13,8 +13,10 @@
 //                Result: the new fd (read-write), which the store then owns.
 //   remove_file  blocking helper perform_remove_file() (close fd, unlink, fsync directory),
 //                or CLOSE+UNLINKAT+FSYNC(directory).
-// Operations of one kind never depend on each other's order except as the store sequences
-// them: it emits a datasync only after the writes it covers have completed.
+// Order: with link_next set, the next operation the store hands out may start only once this
+// one completed successfully; if it failed (or was short), the next completes with -ECANCELED
+// (io_uring's IOSQE_IO_LINK). The store chains a flight's writes into its datasyncs that way,
+// so a group commit costs one submission instead of two. Otherwise operations are independent.
 // The pointers inside an operation stay valid until its completion is reported.
 #pragma once
 
@@ -40,6 +42,7 @@ struct operation {
   const char* directory = nullptr;  // create_file, remove_file: the directory to fsync
   const void* header = nullptr;    // create_file: bytes to write at offset 0 before syncing
   std::uint32_t header_bytes = 0;
+  bool link_next = false;  // the next operation waits for this one (see above)
 };
 
 enum class event_kind : std::uint8_t {

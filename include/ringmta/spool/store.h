@@ -52,6 +52,11 @@ struct store_config {
   std::uint32_t data_record_bytes_max = 1u << 20;  // payload of one data record
   std::uint64_t journal_buffered_bytes_max = 4u << 20;  // mark() fails beyond this
   std::uint32_t pending_messages_max = 65536;       // begin() fails beyond this
+  // Recipient-state marks ride along with a flight that makes commits durable only every
+  // this many flights (or when they pile up): their fdatasync would otherwise hold back every
+  // 250. A late mark can only cause a redelivery after a crash, never a loss.
+  std::uint32_t journal_lag_flights_max = 8;
+  std::uint32_t journal_lag_items_max = 4096;
   // Secret per process (getrandom): salts the record checksums so that bytes inside a message
   // body can never pass for a record. sync_driver::make_config fills it.
   std::uint64_t random_seed = 0;
@@ -214,6 +219,7 @@ class store {
   std::uint32_t _retry_segment_id = 0;  // 0: none
   std::uint32_t _retry_journal_id = 0;
   std::uint64_t _last_snapshot_bytes = 0;  // compaction waits for the journal to double it
+  std::uint32_t _flights_since_journal = 0;
   std::map<std::uint32_t, file_slot> _segments;
   std::map<std::uint32_t, file_slot> _journals;
   file_slot* _current = nullptr;       // segment receiving appends

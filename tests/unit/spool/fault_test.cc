@@ -36,12 +36,22 @@ class recording_driver {
 
   bool run_one() {
     pull();
-    if (_queue.empty()) return false;
-    const std::size_t pick = _random() % _queue.size();
-    const auto [op, issued] = _queue[pick];
+    std::vector<std::size_t> ready;  // linked ops wait for their predecessor (IOSQE_IO_LINK)
+    for (std::size_t i = 0; i < _queue.size(); ++i) {
+      if (_queue[i].after == 0 || _outcomes.count(_queue[i].after)) ready.push_back(i);
+    }
+    if (ready.empty()) return false;
+    const std::size_t pick = ready[_random() % ready.size()];
+    const queued_op entry = _queue[pick];
+    const operation& op = entry.op;
     _queue.erase(_queue.begin() + static_cast<std::ptrdiff_t>(pick));
+    // A linked op starts when its predecessor is done: that is when a sync "is issued".
+    const std::uint64_t issued = entry.after != 0 ? _step : entry.issued;
     std::int64_t result = fault ? fault(op) : 0;
+    if (entry.after != 0 && !_outcomes[entry.after]) result = -ECANCELED;
     if (result >= 0) result = perform(op);
+    _outcomes[entry.serial] = result >= 0 && (op.kind != operation_kind::write ||
+                                              static_cast<std::uint64_t>(result) == op.bytes);
     if (result >= 0 && op.kind == operation_kind::create_file) {
       fd_paths[static_cast<int>(result)] = op.path;
     }
@@ -66,13 +76,16 @@ class recording_driver {
   void run_writes_only() {
     for (;;) {
       pull();
-      auto found = std::find_if(_queue.begin(), _queue.end(), [](const auto& queued) {
-        return queued.first.kind != operation_kind::datasync;
+      auto found = std::find_if(_queue.begin(), _queue.end(), [&](const queued_op& queued) {
+        return queued.op.kind != operation_kind::datasync &&
+               (queued.after == 0 || _outcomes.count(queued.after));
       });
       if (found == _queue.end()) return;
-      const operation op = found->first;
+      const queued_op entry = *found;
+      const operation op = entry.op;
       _queue.erase(found);
       const std::int64_t result = perform(op);
+      _outcomes[entry.serial] = result >= 0;
       if (op.kind == operation_kind::write) _writes.push_back({op.fd, op.offset, op.bytes, _step});
       ++_step;
       _store.complete(op.token, result);
@@ -82,7 +95,7 @@ class recording_driver {
   }
   std::size_t queued_syncs() const {
     return static_cast<std::size_t>(std::count_if(_queue.begin(), _queue.end(), [](auto& q) {
-      return q.first.kind == operation_kind::datasync;
+      return q.op.kind == operation_kind::datasync;
     }));
   }
 
@@ -98,7 +111,11 @@ class recording_driver {
 
   void pull() {
     operation op;
-    while (_store.next_operation(op)) _queue.emplace_back(op, _step);
+    while (_store.next_operation(op)) {
+      const std::uint64_t serial = ++_serial;
+      _queue.push_back({op, _step, serial, _previous_linked ? serial - 1 : 0});
+      _previous_linked = op.link_next;
+    }
   }
   bool covered(int fd, std::uint64_t offset, std::uint64_t bytes) const {
     for (const auto& w : _writes) {
@@ -126,7 +143,16 @@ class recording_driver {
 
   store& _store;
   std::mt19937 _random;
-  std::vector<std::pair<operation, std::uint64_t>> _queue;
+  struct queued_op {
+    operation op;
+    std::uint64_t issued;  // step when the store handed it out
+    std::uint64_t serial;
+    std::uint64_t after;   // serial of the op it is linked behind, 0: none
+  };
+  std::vector<queued_op> _queue;
+  std::map<std::uint64_t, bool> _outcomes;  // serial -> succeeded
+  std::uint64_t _serial = 0;
+  bool _previous_linked = false;
   std::vector<write_done> _writes;
   std::vector<sync_done> _syncs;
   std::uint64_t _step = 0;
