@@ -64,7 +64,8 @@ class shard_services final : public shard::iteration_hook {
     if (auto ready = _driver.start(); !ready) return ready;
     _driver.set_listener([this](const spool::event& done) {
       if (done.kind != spool::event_kind::committed) return;
-      if (!_relay.on_committed(done.ticket, done.error)) _front.on_committed(done.ticket, done.error);
+      if (_relay.on_committed(done.ticket, done.error)) return;  // a DSN being spooled
+      _front.on_committed(done.ticket, done.error);
     });
     _front.set_accepted_listener([this](spool::message_id id) { _relay.route(id); });
     owner.add_iteration_hook(*this);  // the spool's group commit: one flush per iteration

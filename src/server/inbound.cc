@@ -212,9 +212,8 @@ core::result<void> inbound_server::start() noexcept {
 
 void inbound_server::arm_accept(std::size_t listener) noexcept {
   if (_shutting_down || _accept_armed[listener]) return;
-  const auto queued = _owner.ring().prep_accept(
-      _listeners[listener], io::pack_user_data(_accept_kind, 0, static_cast<std::uint32_t>(listener)),
-      /*multishot=*/true);
+  const auto tag = io::pack_user_data(_accept_kind, 0, static_cast<std::uint32_t>(listener));
+  const auto queued = _owner.ring().prep_accept(_listeners[listener], tag, /*multishot=*/true);
   _accept_armed[listener] = queued.ok();
 }
 
@@ -262,7 +261,8 @@ void inbound_server::on_accepted(std::size_t listener, const io::completion& don
     // At the session limit: a best-effort 421 straight from this thread (non-blocking send on a
     // fresh socket always fits the buffer) instead of leaving the client to time out.
     static constexpr char busy[] = "421 4.7.0 Too many connections, try again later\r\n";
-    [[maybe_unused]] const auto sent = ::send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    [[maybe_unused]] const auto sent =
+        ::send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
     ::close(fd);
     _metrics.connections_refused_shard_limit.add();
     return;

@@ -170,10 +170,20 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
   line.end();
   queue::dsn_action action = queue::dsn_action::failed;
   switch (r.kind) {
-    case outcome_kind::delivered: metrics.delivered.add(); action = queue::dsn_action::delivered; break;
-    case outcome_kind::bounced: metrics.bounced.add(); action = queue::dsn_action::failed; break;
-    case outcome_kind::delayed: action = queue::dsn_action::delayed; break;
-    case outcome_kind::deferred: metrics.deferred.add(); return;
+    case outcome_kind::delivered:
+      metrics.delivered.add();
+      action = queue::dsn_action::delivered;
+      break;
+    case outcome_kind::bounced:
+      metrics.bounced.add();
+      action = queue::dsn_action::failed;
+      break;
+    case outcome_kind::delayed:
+      action = queue::dsn_action::delayed;
+      break;
+    case outcome_kind::deferred:
+      metrics.deferred.add();
+      return;
   }
   if (!queue::should_send_dsn(message.envelope.reverse_path, recipient.notify, action)) return;
   dsn_note note;
@@ -211,9 +221,10 @@ void relay::state::queue_dsn(spooled_message& message) noexcept {
   std::vector<queue::dsn_recipient> recipients;
   for (const auto& note : notes) {
     const auto& original = message.envelope.recipients.at(note.index);
+    const bool delayed = note.action == queue::dsn_action::delayed;
     recipients.push_back({original.address, original.orcpt, note.action, note.status, note.remote,
                           note.diagnostic, note.last_attempt_seconds,
-                          note.action == queue::dsn_action::delayed ? note.retry_until_seconds : 0});
+                          delayed ? note.retry_until_seconds : 0});
   }
   queue::dsn_request request;
   request.reporting_mta = config.hostname;

@@ -100,7 +100,8 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   // shard::iteration_hook
   void before_wait(shard::shard& owner) noexcept override;
   // outbound::delivery_handler
-  void on_ready(outbound::connection_handle connection, std::uint64_t destination) noexcept override;
+  void on_ready(outbound::connection_handle connection,
+                std::uint64_t destination) noexcept override;
   void on_recipient_result(outbound::connection_handle connection, std::uint64_t destination,
                            const outbound::recipient_result& result) noexcept override;
   void on_delivery_done(outbound::connection_handle connection, std::uint64_t destination,
