@@ -145,7 +145,7 @@ void http_server::serve(int client_fd) noexcept {
   http_response response;
   try {
     response = _handler(request);
-  } catch (const std::exception& problem) {  // admin code may allocate and throw; mail must not stop
+  } catch (const std::exception& problem) {  // admin code may throw; mail must not stop
     response = {500, "text/plain", fmt::format("internal error: {}\n", problem.what())};
   }
   respond(client_fd, response);

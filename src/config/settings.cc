@@ -87,7 +87,8 @@ std::uint32_t parse_seconds(std::string_view text) {
 std::uint32_t parse_milliseconds(std::string_view text) {
   if (text.size() > 2 && text.substr(text.size() - 2) == "ms") {
     try {
-      return static_cast<std::uint32_t>(parse_unsigned(text.substr(0, text.size() - 2), 86'400'000));
+      const auto digits = text.substr(0, text.size() - 2);
+      return static_cast<std::uint32_t>(parse_unsigned(digits, 86'400'000));
     } catch (const bad_value&) {
       expected("a duration such as 0, 500ms or 2s", text);
     }

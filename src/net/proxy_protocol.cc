@@ -56,7 +56,8 @@ bool parse_v1_endpoint(std::string_view address, std::string_view port_text, boo
 }
 
 // Splits "a b c" on single spaces into at most `max` fields; false on empty fields.
-std::size_t split_fields(std::string_view line, std::string_view* fields, std::size_t max) noexcept {
+std::size_t split_fields(std::string_view line, std::string_view* fields,
+                         std::size_t max) noexcept {
   std::size_t count = 0;
   while (count < max) {
     const auto space = line.find(' ');
