@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <future>
+#include <optional>
 #include <memory>
 #include <thread>
 
@@ -23,6 +25,7 @@
 #include "ringmta/core/clock.h"
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/relay.h"
+#include "relay_internal.h"
 #include "ringmta/server/spool_ring_driver.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/spool/listing.h"
@@ -100,6 +103,72 @@ class shard_services final : public shard::iteration_hook {
 };
 
 std::vector<std::unique_ptr<shard_services>>* g_services = nullptr;
+
+// The admin thread asks a shard's relay something and waits (bounded) for the answer.
+struct admin_request {
+  std::function<std::string(relay&)> work;
+  std::promise<std::string> answer;
+};
+
+void on_admin_request(shard::shard& target, const shard::message& m) noexcept {
+  auto* request = reinterpret_cast<std::shared_ptr<admin_request>*>(m.words[0]);
+  try {
+    (*request)->answer.set_value((*request)->work((*g_services)[target.id()]->delivery()));
+  } catch (...) {  // admin work may allocate; the shard keeps running whatever happens
+  }
+  delete request;
+}
+
+std::optional<std::string> ask_shard(shard::runtime& runtime, unsigned shard,
+                                     std::function<std::string(relay&)> work) {
+  auto request = std::make_shared<admin_request>();
+  request->work = std::move(work);
+  auto answer = request->answer.get_future();
+  shard::message m{};
+  m.handler = &on_admin_request;
+  auto* owned = new std::shared_ptr<admin_request>(request);
+  m.words[0] = reinterpret_cast<std::uintptr_t>(owned);
+  if (!runtime.post(shard, m)) {
+    delete owned;
+    return std::nullopt;
+  }
+  if (answer.wait_for(std::chrono::seconds(2)) != std::future_status::ready) return std::nullopt;
+  return answer.get();
+}
+
+// GET /queue: every shard's destinations. POST /queue/DESTINATION/ACTION: suspend, resume,
+// flush (retry now) or bounce (every queued message of the destination, with a DSN).
+admin::http_response queue_api(shard::runtime& runtime, unsigned shards,
+                               const admin::http_request& r) {
+  const auto fail = [](int status, std::string text) {
+    return admin::http_response{status, "application/json",
+                                "{\"error\":\"" + json_escape(text) + "\"}\n"};
+  };
+  if (r.method == "GET" && (r.path == "/queue" || r.path == "/queue/")) {
+    std::string out = "[";
+    for (unsigned shard = 0; shard < shards; ++shard) {
+      auto part = ask_shard(runtime, shard, [](relay& owner) {
+        return owner.destinations_json(1000);
+      });
+      if (!part) return fail(503, "shard did not answer");
+      if (part->size() > 2) out += (out.size() > 1 ? "," : "") + part->substr(1, part->size() - 2);
+    }
+    return {200, "application/json", out + "]\n"};
+  }
+  if (r.method != "POST") return fail(405, "use GET /queue or POST /queue/DESTINATION/ACTION");
+  const std::string rest = r.path.substr(std::string("/queue/").size());
+  const auto slash = rest.find('/');
+  if (slash == std::string::npos) return fail(404, "POST /queue/DESTINATION/ACTION");
+  const std::string destination = destination_of("@" + rest.substr(0, slash), "");
+  const std::string action = rest.substr(slash + 1);
+  auto answer = ask_shard(runtime, owner_of(destination, shards),
+                          [destination, action](relay& owner) {
+                            return owner.operate(destination, action);
+                          });
+  if (!answer) return fail(503, "shard did not answer");
+  if (answer->empty()) return fail(400, "unknown action: " + action);
+  return {200, "application/json", *answer + "\n"};
+}
 
 unsigned shard_count_for(const config::settings& settings) {
   if (settings.shards > 0) return settings.shards;
@@ -267,6 +336,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     register_metrics(registry, metrics.back()->relay);
   }
   std::atomic<bool> stopping{false};
+  std::atomic<bool> runtime_ready{false};  // the queue API needs running shards
+  shard::runtime* runtime_pointer = nullptr;
   admin::http_server admin_server;
   if (!settings.admin_listen.empty()) {
     auto started = admin_server.start(settings.admin_listen, [&](const admin::http_request& r) {
@@ -275,6 +346,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
       if (r.path == "/health")
         return stopping.load() ? admin::http_response{503, "text/plain", "stopping\n"}
                                : admin::http_response{200, "text/plain", "ok\n"};
+      if (r.path.rfind("/queue", 0) == 0 && runtime_ready.load())
+        return queue_api(*runtime_pointer, shards, r);
       return admin::http_response{404, "text/plain", "not found\n"};
     });
     if (!started)
@@ -310,6 +383,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
       [&](shard::shard& owner) { services[owner.id()]->stop(); });
   if (!started)
     throw config::error(fmt::format("cannot start shards: {}", started.error_text()));
+  runtime_pointer = &runtime;
+  runtime_ready = true;
   log_event(format, "started",
             fmt::format("ringmta {} shards, {}, {}; {}", shards, core::allocator_name(),
                         settings.unsafe_no_fsync ? "UNSAFE no fsync" : "fdatasync on",
@@ -342,10 +417,11 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   };
   while (!all_finished() && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  runtime_ready = false;
+  admin_server.stop();  // no admin request may reach a stopping shard
   runtime.request_stop();
   runtime.join();
   services.clear();  // after join: no shard thread runs their handlers any more
-  admin_server.stop();
   g_services = nullptr;
   log_event(format, "stopped", all_finished() ? "clean" : "grace expired");
   return 0;

@@ -17,6 +17,17 @@ namespace ringmta::server {
 
 // ---- helpers
 
+// Minimal JSON string escaping for texts that come from remote servers.
+std::string json_escape(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) continue;
+    out += c;
+  }
+  return out;
+}
+
 std::string destination_of(std::string_view address, std::string_view hostname) {
   const auto at = address.rfind('@');
   const std::string_view domain = at == std::string_view::npos ? hostname : address.substr(at + 1);
@@ -211,6 +222,48 @@ void relay::before_wait(shard::shard&) noexcept {
   _state->flush_backlog();
   _state->continue_dsns();
   _state->poll();
+}
+
+// ---- operator actions (admin API)
+
+std::string relay::operate(std::string_view destination, std::string_view action) {
+  auto& s = *_state;
+  const std::int64_t now = core::wall_milliseconds();
+  std::size_t jobs = 0;
+  bool known = true;
+  if (action == "suspend") {
+    known = s.scheduler.suspend(destination, now);
+  } else if (action == "resume") {
+    known = s.scheduler.resume(destination, now);
+  } else if (action == "flush") {
+    jobs = s.scheduler.flush(destination, now);
+  } else if (action == "bounce") {
+    jobs = s.scheduler.bounce_all(destination, now);
+  } else {
+    return {};
+  }
+  s.log.set_time(now);
+  s.log.record("operator").field("action", action).field("destination", destination)
+      .field("jobs", static_cast<std::uint64_t>(jobs));
+  s.poll();  // bounced jobs come out as events; flushed ones may go now
+  return fmt::format("{{\"destination\":\"{}\",\"action\":\"{}\",\"known\":{},\"jobs\":{}}}",
+                     json_escape(destination), action, known ? "true" : "false", jobs);
+}
+
+std::string relay::destinations_json(std::size_t count_max) const {
+  std::string out = "[";
+  _state->scheduler.list_destinations(count_max, [&](const queue::destination_info& d) {
+    if (out.size() > 1) out += ",";
+    out += fmt::format(
+        "{{\"destination\":\"{}\",\"shard\":{},\"suspended\":{},\"ready\":{},"
+        "\"scheduled\":{},\"in_flight\":{},\"connections\":{},\"next_attempt_ms\":{},"
+        "\"backoff_until_ms\":{},\"last_error\":\"{}\"}}",
+        json_escape(d.name), _state->owner.id(), d.suspended ? "true" : "false", d.ready,
+        d.scheduled,
+        d.in_flight, d.connections, d.next_attempt_ms, d.backoff_until_ms,
+        json_escape(d.last_error));
+  });
+  return out + "]";
 }
 
 // ---- owner role: jobs in, connections out

@@ -160,5 +160,6 @@ unsigned owner_of(std::string_view destination, unsigned shards) noexcept;
 recipient_report report_from(const smtp::parsed_reply& reply, const outbound::remote_host& remote,
                              std::uint16_t index, outcome_kind kind);
 queue::failure failure_of(const recipient_report& report) noexcept;
+std::string json_escape(std::string_view text);
 
 }  // namespace ringmta::server

@@ -97,6 +97,12 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   bool drained() const noexcept;
   void stop() noexcept;  // hard stop on the shard's thread (runtime on_stop)
 
+  // Operator actions (admin API), on the shard that owns the destination. `action` is one of
+  // suspend, resume, flush, bounce. Returns a one-line JSON result, or "" for a bad action.
+  std::string operate(std::string_view destination, std::string_view action);
+  // The destinations this shard owns, as a JSON array (at most `count_max`).
+  std::string destinations_json(std::size_t count_max) const;
+
   // shard::iteration_hook
   void before_wait(shard::shard& owner) noexcept override;
   // outbound::delivery_handler

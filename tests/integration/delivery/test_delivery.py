@@ -3,12 +3,16 @@
 ringmta-sink on 127.0.0.x. MX preference and fallback, implicit MX, byte-exact bodies,
 temporary failures retried until delivered, permanent failures bounced with a DSN delivered
 to the sender's domain, null MX (5.1.10), NXDOMAIN (5.1.2), SERVFAIL (deferred, no bounce),
-NOTIFY=NEVER and the null sender (no DSN), queue lifetime expiry (DSN 4.4.7).
+NOTIFY=NEVER and the null sender (no DSN), queue lifetime expiry (DSN 4.4.7), and the
+operator's queue API (list, suspend, resume, flush, bounce).
 usage: test_delivery.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT"""
+import json
 import shutil
 import smtplib
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 from harness import Daemon, Tap, free_port
 from peers import DnsServer, Sink, dsn_fields, wait_until, without_received
@@ -135,6 +139,44 @@ tap.ok(expired and dsn_fields(last).get("status") == ["4.4.7"] and
        dsn_fields(last).get("action") == ["failed"],
        "expired message: DSN failed 4.4.7 to the sender", last[-1500:])
 tap.ok(expiring.stop() == 0, "clean exit")
+# --- operator actions through the admin API: list, suspend, flush, bounce
+
+def admin(daemon, method, path):
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.admin_port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+before = len(sender_domain.messages())
+operated = Daemon(ringmta, args=["--resolver", dns.address, "--delivery-port", str(port),
+                                 "--retry-schedule", "1h"]).start()
+with smtplib.SMTP("127.0.0.1", operated.port, timeout=30) as client:
+    client.sendmail("sender@sender.test", ["held@broken.test"], message("operator"))
+listed = wait_until(lambda: [d for d in admin(operated, "GET", "/queue")[1]
+                             if d["destination"] == "broken.test" and d["scheduled"] >= 1], 20)
+tap.ok(listed, "GET /queue lists the deferred destination with its job",
+       admin(operated, "GET", "/queue"))
+code, body = admin(operated, "POST", "/queue/broken.test/suspend")
+tap.ok(code == 200 and body["known"], "POST suspend", body)
+tap.ok([d for d in admin(operated, "GET", "/queue")[1]
+        if d["destination"] == "broken.test" and d["suspended"]], "the destination shows suspended")
+code, body = admin(operated, "POST", "/queue/broken.test/resume")
+code, body = admin(operated, "POST", "/queue/broken.test/flush")
+tap.ok(code == 200 and body["jobs"] == 1, "POST flush makes the scheduled job ready now", body)
+code, body = admin(operated, "POST", "/queue/Broken.TEST/bounce")
+tap.ok(code == 200 and body["destination"] == "broken.test", "POST bounce (case-insensitive)",
+       body)
+bounced_dsn = wait_until(lambda: len(sender_domain.messages()) > before, 20)
+last = sender_domain.messages()[-1][1] if bounced_dsn else b""
+tap.ok(bounced_dsn and b"held@broken.test" in last and b"operator" in last,
+       "the bounced message's DSN reaches the sender", last[-800:])
+code, body = admin(operated, "POST", "/queue/broken.test/explode")
+tap.ok(code == 400 and "unknown action" in body["error"], "an unknown action is refused", body)
+tap.ok(operated.stop() == 0, "clean exit")
+
 for peer in (good, sender_domain, flaky, refusing, dns):
     peer.stop()
 tap.done()
