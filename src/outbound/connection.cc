@@ -32,14 +32,8 @@ std::string as_literal(std::string_view name) {
 
 }  // namespace
 
-connection_timer::connection_timer(connection& c) noexcept
-    : core::timer_node([](core::timer_node& node) noexcept {
-        static_cast<connection_timer&>(node).owner.on_timer();
-      }),
-      owner(c) {}
-
 connection::connection(outbound_server& owner_server, std::uint32_t slot_index) noexcept
-    : server(owner_server), slot(slot_index), timer(*this) {}
+    : server(owner_server), slot(slot_index) {}
 
 remote_host connection::remote() const noexcept {
   if (!tried_any || current >= candidates.size()) return {};

@@ -71,16 +71,12 @@ struct dns_client::tcp_exchange {
   bool close_queued = false;
 };
 
-dns_client::deadline_timer::deadline_timer(dns_client& client) noexcept
-    : core::timer_node(&dns_client::on_deadline), owner(client) {}
-
 dns_client::dns_client(shard::shard& owner, dns_client_config config)
     : _owner(owner),
       _config(std::move(config)),
       _resolver(_config.resolver, kernel_random()),
       _sends(std::max<std::uint32_t>(1, _config.udp_sends_max)),
-      _tcp(std::max<std::uint32_t>(1, _config.tcp_exchanges_max)),
-      _timer(*this) {
+      _tcp(std::max<std::uint32_t>(1, _config.tcp_exchanges_max)) {
   RINGMTA_ASSERT(_config.receive_buffer_bytes >= 512);
   _udp.resize(_config.resolver.servers.size());
   for (auto& socket : _udp) {
@@ -239,10 +235,9 @@ void dns_client::reschedule() noexcept {
   timers.schedule_at(_timer, deadline);
 }
 
-void dns_client::on_deadline(core::timer_node& node) noexcept {
-  dns_client& self = static_cast<deadline_timer&>(node).owner;
-  self._resolver.on_time(now_ms());
-  self.drain();
+void dns_client::on_deadline() noexcept {
+  _resolver.on_time(now_ms());
+  drain();
 }
 
 // ---- completions

@@ -76,8 +76,7 @@ outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_
           std::max<std::size_t>(2 * smtp::client_output_bytes_max,
                                 std::size_t{config.copy_body_bytes_max} + 16))),
       _transfers(std::max<std::uint32_t>(1, config.transfers_max), config.pipe_bytes,
-                 std::max<std::uint32_t>(4096, config.copy_chunk_bytes) + 16),
-      _kick(*this) {
+                 std::max<std::uint32_t>(4096, config.copy_chunk_bytes) + 16) {
   RINGMTA_ASSERT(config.connections_max > 0);
   _engine.helo_name = _config.helo_name;
   _engine.pipelining = _config.pipelining;
@@ -89,9 +88,6 @@ outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_
   _deferred_batch.reserve(config.connections_max);
   _transfer_waiters.reserve(config.connections_max);
 }
-
-outbound_server::kick_timer::kick_timer(outbound_server& server) noexcept
-    : core::timer_node(&outbound_server::on_kick), owner(server) {}
 
 outbound_server::~outbound_server() {
   RINGMTA_ASSERT(!_kick.armed());  // stop() on the shard's thread first
@@ -206,10 +202,6 @@ void outbound_server::defer(connection& c) noexcept {
 }
 
 void outbound_server::before_wait(shard::shard&) noexcept { run_deferred(); }
-
-void outbound_server::on_kick(core::timer_node& node) noexcept {
-  static_cast<kick_timer&>(node).owner.run_deferred();
-}
 
 // Runs what API calls left for later (events the engine produced synchronously, output to
 // send, receives that found no buffer). Work deferred meanwhile waits for the next round.

@@ -21,11 +21,6 @@ struct connection;
 
 enum class timer_purpose : std::uint8_t { connect, reply, idle, flush };
 
-struct connection_timer : core::timer_node {
-  explicit connection_timer(connection& c) noexcept;
-  connection& owner;
-};
-
 // Where a body transfer stands. One transfer step (a read, a send, a splice) at a time.
 struct body_progress {
   enum class path : std::uint8_t { none, staged, spliced, copied };
@@ -102,7 +97,6 @@ struct connection {
   std::uint32_t staged_begin = 0;
   std::uint32_t staged_end = 0;
 
-  connection_timer timer;
   timer_purpose timer_use = timer_purpose::reply;
 
   // How it ended.
@@ -126,6 +120,8 @@ struct connection {
   void on_sent(const io::completion& done) noexcept;
   void on_fd_closed() noexcept;
   void on_timer() noexcept;
+  // Declared after on_timer: a member pointer needs the member declared first.
+  core::member_timer<connection, &connection::on_timer> timer{*this};
   void pump() noexcept;
   void process_events() noexcept;
   void start_delivery(const delivery& next) noexcept;
@@ -247,12 +243,8 @@ class outbound_server final : public shard::completion_handler,
   connection* find(connection_handle handle) noexcept;
   connection* find(const io::op_tag& tag) noexcept;
   void run_deferred() noexcept;
-  static void on_kick(core::timer_node& node) noexcept;
+  void on_kick() noexcept { run_deferred(); }
 
-  struct kick_timer : core::timer_node {
-    explicit kick_timer(outbound_server& server) noexcept;
-    outbound_server& owner;
-  };
 
   shard::shard& _owner;
   dns_client& _dns;
@@ -267,7 +259,7 @@ class outbound_server final : public shard::completion_handler,
   std::vector<connection_handle> _deferred;
   std::vector<connection_handle> _deferred_batch;
   std::vector<connection_handle> _transfer_waiters;  // FIFO of bodies waiting for a slot
-  kick_timer _kick;
+  core::member_timer<outbound_server, &outbound_server::on_kick> _kick{*this};
   std::uint32_t _live = 0;
   bool _shutting_down = false;
   bool _stopped = false;

@@ -172,8 +172,7 @@ inbound_server::inbound_server(const inbound_config& config, shard::shard& owner
       _driver(driver),
       _metrics(metrics),
       _log(log),
-      _tickets(config.sessions_per_shard_max),
-      _grace_timer(*this) {
+      _tickets(config.sessions_per_shard_max) {
   _connections.resize(config.sessions_per_shard_max);
   _free_slots.reserve(config.sessions_per_shard_max);
   for (std::uint32_t slot = config.sessions_per_shard_max; slot-- > 0;) _free_slots.push_back(slot);
@@ -335,12 +334,8 @@ void inbound_server::begin_shutdown(std::uint32_t grace_ms) noexcept {
   _owner.timers().schedule_after(_grace_timer, grace_ms);
 }
 
-inbound_server::grace_timer::grace_timer(inbound_server& server) noexcept
-    : core::timer_node(&inbound_server::on_grace_expired), owner(server) {}
-
-void inbound_server::on_grace_expired(core::timer_node& node) noexcept {
-  inbound_server* server = &static_cast<grace_timer&>(node).owner;
-  for (auto& c : server->_connections) {
+void inbound_server::on_grace_expired() noexcept {
+  for (auto& c : _connections) {
     if (c && c->live) c->shutdown_now();
   }
 }

@@ -45,14 +45,8 @@ spool::dsn_return to_spool(smtp::dsn_return ret) noexcept {
 
 }  // namespace
 
-connection_timer::connection_timer(connection& c) noexcept
-    : core::timer_node([](core::timer_node& node) noexcept {
-        static_cast<connection_timer&>(node).owner.on_timeout();
-      }),
-      owner(c) {}
-
 connection::connection(inbound_server& owner_server, std::uint32_t slot_index) noexcept
-    : server(owner_server), slot(slot_index), timer(*this) {}
+    : server(owner_server), slot(slot_index) {}
 
 // ---- opening, greeting, PROXY header
 

@@ -19,12 +19,6 @@ namespace ringmta::server {
 class inbound_server;
 struct connection;
 
-// Embedded in a connection; the expiry callback finds its owner through `owner`.
-struct connection_timer : core::timer_node {
-  explicit connection_timer(connection& c) noexcept;
-  connection& owner;
-};
-
 enum class timer_purpose : std::uint8_t {
   greeting_delay, proxy_header, command, data_block, hard_close };
 
@@ -39,7 +33,6 @@ struct connection final : smtp::server_handler {
   int fd = -1;
   core::endpoint peer;
   std::unique_ptr<smtp::server_session> session;  // created when the client first speaks
-  connection_timer timer;
   timer_purpose timer_use = timer_purpose::command;
 
   bool live = false;
@@ -92,6 +85,8 @@ struct connection final : smtp::server_handler {
   void on_sent(const io::completion& done) noexcept;
   void on_closed() noexcept;
   void on_timeout() noexcept;
+  // Declared after on_timeout: a member pointer needs the member declared first.
+  core::member_timer<connection, &connection::on_timeout> timer{*this};
   void on_commit_result(int error) noexcept;
   void retry_commit() noexcept;
   void shutdown_now() noexcept;  // 421 4.3.2 and close
@@ -176,7 +171,7 @@ class inbound_server final : public shard::completion_handler {
   void on_accepted(std::size_t listener, const io::completion& done) noexcept;
   connection* acquire() noexcept;
   connection* find(const io::completion& done) noexcept;
-  static void on_grace_expired(core::timer_node& node) noexcept;
+  void on_grace_expired() noexcept;
 
   const inbound_config& _config;
   shard::shard& _owner;
@@ -195,10 +190,7 @@ class inbound_server final : public shard::completion_handler {
   std::string _greeting;  // "220 <hostname> <text>\r\n", what server_session::start() writes
   std::uint32_t _live = 0;
   bool _shutting_down = false;
-  struct grace_timer : core::timer_node {
-    explicit grace_timer(inbound_server& server) noexcept;
-    inbound_server& owner;
-  } _grace_timer;
+  core::member_timer<inbound_server, &inbound_server::on_grace_expired> _grace_timer{*this};
   io::op_kind _accept_kind = io::op_kind_invalid;
   io::op_kind _recv_kind = io::op_kind_invalid;
   io::op_kind _send_kind = io::op_kind_invalid;

@@ -162,12 +162,6 @@ void relay::state::report(spooled_message* message, unsigned home,
 
 // ---- relay and its state
 
-relay::state::wakeup_timer::wakeup_timer(state& s) noexcept
-    : core::timer_node([](core::timer_node& node) noexcept {
-        static_cast<wakeup_timer&>(node).owner.poll();
-      }),
-      owner(s) {}
-
 relay::state::state(relay& relay_self, const relay_config& relay_settings,
                     shard::shard& shard_owner, spool::store& spool_store,
                     relay_metrics& relay_counters, admin::log_buffer& log_buffer)
@@ -179,8 +173,7 @@ relay::state::state(relay& relay_self, const relay_config& relay_settings,
       log(log_buffer),
       scheduler(relay_settings.scheduler),
       dns(shard_owner, relay_settings.dns),
-      out(shard_owner, dns, relay_self, relay_settings.outbound),
-      timer(*this) {}
+      out(shard_owner, dns, relay_self, relay_settings.outbound) {}
 
 relay::relay(const relay_config& config, shard::shard& owner, spool::store& store,
              relay_metrics& metrics, admin::log_buffer& log)

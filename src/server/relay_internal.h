@@ -127,12 +127,9 @@ struct relay::state {
   std::unordered_map<std::uint64_t, std::string> connection_names;  // by connection cookie
   std::unordered_map<std::string, recipient_report> permanent_failures;  // by destination
   std::vector<queue::connect_request> requests;
-  struct wakeup_timer : core::timer_node {
-    explicit wakeup_timer(state& s) noexcept;
-    state& owner;
-  } timer;
   void accept_job(std::unique_ptr<routed_job> job) noexcept;
   void poll() noexcept;
+  core::member_timer<state, &state::poll> timer{*this};  // after poll: it names it
   void open(const queue::connect_request& request) noexcept;
   void start_delivery(outbound::connection_handle connection, const queue::job_view& job) noexcept;
   void finish_delivery(std::uint32_t slot, const outbound::delivery_result& result) noexcept;

@@ -47,6 +47,21 @@ class timer_node {
   std::uint8_t _slot = 0;
 };
 
+// The usual way to embed a timeout: a timer_node that calls owner.*Method() when it expires.
+//   core::member_timer<connection, &connection::on_timeout> timer{*this};
+template <typename Owner, void (Owner::*Method)() noexcept>
+class member_timer : public timer_node {
+ public:
+  explicit member_timer(Owner& owner) noexcept : timer_node(&expire), _owner(owner) {}
+
+ private:
+  static void expire(timer_node& node) noexcept {
+    auto& self = static_cast<member_timer&>(node);
+    (self._owner.*Method)();
+  }
+  Owner& _owner;
+};
+
 class timer_wheel {
  public:
   static constexpr unsigned level_bits = 6;

@@ -99,10 +99,6 @@ class dns_client final : public shard::completion_handler, public shard::iterati
     lookup_handler* handler = nullptr;
     std::uint64_t cookie = 0;
   };
-  struct deadline_timer : core::timer_node {
-    explicit deadline_timer(dns_client& client) noexcept;
-    dns_client& owner;
-  };
 
   static std::uint64_t now_ms() noexcept;
   void actions_waiting() noexcept;
@@ -122,7 +118,7 @@ class dns_client final : public shard::completion_handler, public shard::iterati
   void close_tcp_when_idle(tcp_exchange& exchange, std::uint32_t slot) noexcept;
   std::uint64_t tcp_user_data(io::op_kind kind, std::uint32_t slot) const noexcept;
   void reschedule() noexcept;
-  static void on_deadline(core::timer_node& node) noexcept;
+  void on_deadline() noexcept;
 
   shard::shard& _owner;
   dns_client_config _config;
@@ -133,7 +129,7 @@ class dns_client final : public shard::completion_handler, public shard::iterati
   std::vector<std::uint8_t> _send_bytes;  // udp_sends_max x query_bytes_max, by send slot
   std::vector<std::uint8_t> _tcp_bytes;   // per TCP slot: the framed query, then receive room
   std::unordered_map<std::uint64_t, waiter> _waiters;  // resolver lookup id -> who waits
-  deadline_timer _timer;
+  core::member_timer<dns_client, &dns_client::on_deadline> _timer{*this};
   io::op_kind _udp_recv_kind = io::op_kind_invalid;
   io::op_kind _udp_send_kind = io::op_kind_invalid;
   io::op_kind _tcp_connect_kind = io::op_kind_invalid;
