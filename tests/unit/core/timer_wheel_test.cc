@@ -192,3 +192,28 @@ TEST(timer_wheel, random_operations_match_a_model) {
 
 }  // namespace
 }  // namespace ringmta::core
+
+namespace ringmta::core {
+namespace {
+
+struct owner_with_timeout {
+  int fired = 0;
+  void on_timeout() noexcept { ++fired; }
+  member_timer<owner_with_timeout, &owner_with_timeout::on_timeout> timer{*this};
+};
+
+TEST(member_timer, calls_its_owner_method_on_expiry) {
+  timer_wheel wheel(100);
+  owner_with_timeout a, b;
+  wheel.schedule_after(a.timer, 5);
+  wheel.schedule_after(b.timer, 10);
+  wheel.advance(105);
+  EXPECT_EQ(a.fired, 1);
+  EXPECT_EQ(b.fired, 0);
+  wheel.cancel(b.timer);
+  wheel.advance(200);
+  EXPECT_EQ(b.fired, 0);
+}
+
+}  // namespace
+}  // namespace ringmta::core
