@@ -293,7 +293,36 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
   entry.message = &message;
   entry.jobs += added.jobs_added;
   metrics.queued_jobs.add(added.jobs_added);
+  if (idle.count(job->destination) != 0) woken.push_back(job->destination);
   poll();
+}
+
+// Gives the destination's ready jobs to its idle connections. True when a connection is still
+// idle afterwards (the destination has no more ready work for it).
+bool relay::state::serve_idle(const std::string& destination, std::int64_t now_ms) noexcept {
+  const auto found = idle.find(destination);
+  if (found == idle.end()) return false;
+  auto& waiting = found->second;
+  while (!waiting.empty()) {
+    const idle_connection c = waiting.back();
+    const auto connection = queue::connection_id{static_cast<std::uint32_t>(c.cookie >> 32),
+                                                 static_cast<std::uint32_t>(c.cookie)};
+    const auto taken = scheduler.take_for_connection(connection, now_ms);
+    if (taken.status == queue::take_status::none) break;
+    waiting.pop_back();
+    if (taken.status == queue::take_status::job) start_delivery(c.handle, taken.job);
+    else out.release(c.handle);  // close (per-connection limit, suspended) or throttled
+  }
+  const bool still_idle = !waiting.empty();
+  if (!still_idle) idle.erase(found);
+  return still_idle;
+}
+
+void relay::state::drop_idle(const std::string& destination, std::uint64_t cookie) noexcept {
+  const auto found = idle.find(destination);
+  if (found == idle.end()) return;
+  std::erase_if(found->second, [&](const idle_connection& c) { return c.cookie == cookie; });
+  if (found->second.empty()) idle.erase(found);
 }
 
 void relay::state::arm_timer(std::int64_t now_ms) noexcept {
@@ -309,10 +338,21 @@ void relay::state::poll() noexcept {
   const std::int64_t now = core::wall_milliseconds();
   queue::job_event event;
   while (scheduler.next_event(event)) handle_event(event);
+  for (const auto& destination : woken) serve_idle(destination, now);
+  woken.clear();
   if (!shutting_down && scheduler.next_wakeup_ms() <= now) {
     requests.clear();
     scheduler.poll(now, requests);
-    for (const auto& request : requests) open(request);
+    for (const auto& request : requests) {
+      const std::string name(request.name);
+      if (idle.count(name) == 0) {
+        open(request);
+        continue;
+      }
+      // An idle connection to it is open already: use it rather than a new one.
+      scheduler.connection_closed(request.connection, now);
+      serve_idle(name, now);
+    }
     while (scheduler.next_event(event)) handle_event(event);
   }
   arm_timer(now);
@@ -345,8 +385,13 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
   if (s.shutting_down) return s.out.release(connection);
   const auto taken = s.scheduler.take_for_connection(connection_of(destination),
                                                      core::wall_milliseconds());
-  if (taken.status != queue::take_status::job) return s.out.release(connection);
-  s.start_delivery(connection, taken.job);
+  if (taken.status == queue::take_status::job) return s.start_delivery(connection, taken.job);
+  const auto name = s.connection_names.find(destination);
+  if (taken.status != queue::take_status::none || name == s.connection_names.end())
+    return s.out.release(connection);
+  // Nothing ready now: keep it for the destination's next job (connection reuse); the
+  // outbound closes it after its idle timeout.
+  s.idle[name->second].push_back({connection, destination});
 }
 
 void relay::state::start_delivery(outbound::connection_handle connection,
@@ -497,6 +542,7 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
   auto name_entry = s.connection_names.find(destination);
   const std::string name = name_entry != s.connection_names.end() ? name_entry->second : "";
   if (name_entry != s.connection_names.end()) s.connection_names.erase(name_entry);
+  s.drop_idle(name, destination);
   if (result.reason != outbound::close_reason::destination_failed) {
     s.scheduler.connection_closed(connection, now);
     return s.poll();

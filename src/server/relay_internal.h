@@ -125,6 +125,17 @@ struct relay::state {
   std::vector<std::unique_ptr<in_flight>> flights;
   std::vector<std::uint32_t> free_flights;
   std::unordered_map<std::uint64_t, std::string> connection_names;  // by connection cookie
+  // Ready connections with nothing to send, by destination: reused when the destination gets
+  // work (the outbound closes them after its idle timeout). `woken` lists destinations that
+  // received jobs since the last poll.
+  struct idle_connection {
+    outbound::connection_handle handle;
+    std::uint64_t cookie = 0;
+  };
+  std::unordered_map<std::string, std::vector<idle_connection>> idle;
+  std::vector<std::string> woken;
+  bool serve_idle(const std::string& destination, std::int64_t now_ms) noexcept;
+  void drop_idle(const std::string& destination, std::uint64_t cookie) noexcept;
   std::unordered_map<std::string, recipient_report> permanent_failures;  // by destination
   std::vector<queue::connect_request> requests;
   void accept_job(std::unique_ptr<routed_job> job) noexcept;

@@ -76,6 +76,16 @@ tap.ok(all(envelope.get("mail-from") == "<sender@sender.test>" for envelope, _ i
 tap.ok(any(b"by mx.test.example (ringmta) with ESMTP" in body for _, body in arrived),
        "our Received: header is on the relayed message")
 
+# --- connection reuse: messages trickling in one by one share one idle connection
+connections_before = good.stats().get("connections", 0)
+accepted_before = good.stats().get("accepted", 0)
+for i in range(10):
+    send("sender@sender.test", [f"reuse{i}@good.test"], message(f"reuse{i}"))
+    wait_until(lambda: good.stats().get("accepted", 0) >= accepted_before + i + 1, 10, 0.05)
+opened = good.stats().get("connections", 0) - connections_before
+tap.ok(good.stats().get("accepted", 0) == accepted_before + 10 and opened <= 2,
+       f"10 messages one after another reuse the idle connection ({opened} opened)")
+
 # --- temporary failures (50% of RCPTs refused 451) are retried until delivered
 for i in range(10):
     send("sender@sender.test", [f"t{i}@temp.test"], message(f"temp{i}"))
