@@ -215,7 +215,7 @@ const std::vector<setting_spec>& table() {
      "concurrent sessions per shard",
      [](settings& s, const values& v) { s.sessions_per_shard_max = to_u32(one(v)); }},
     {"limits.max_sessions_per_client", "--max-sessions-per-client", "N", arity::one,
-     "concurrent sessions per client address (per shard)",
+     "concurrent sessions per client address, across all shards",
      [](settings& s, const values& v) { s.sessions_per_client_max = to_u32(one(v)); }},
     {"limits.max_errors_per_session", "--max-errors-per-session", "N", arity::one,
      "protocol errors before 421 and disconnect",
