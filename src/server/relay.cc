@@ -107,8 +107,12 @@ relay_config make_relay_config(const config::settings& settings) {
   c.outbound.receive_buffer_count = 4096;  // > connections: a reply never waits for a buffer
   c.dns.resolver.servers.clear();
   if (settings.resolvers.empty()) {
-    if (auto loaded = dns::load_resolv_conf("/etc/resolv.conf", c.dns.resolver); !loaded)
-      throw config::error(fmt::format("/etc/resolv.conf: {}", loaded.error_text()));
+    // Like the C library: a missing /etc/resolv.conf, or one without a nameserver line,
+    // means a resolver on this host.
+    const auto loaded = dns::load_resolv_conf("/etc/resolv.conf", c.dns.resolver);
+    if (!loaded || c.dns.resolver.servers.empty()) {
+      c.dns.resolver.servers = {dns::server_address::parse("127.0.0.1:53").value()};
+    }
   } else {
     for (const auto& server : settings.resolvers) {
       auto parsed = dns::server_address::parse(server.to_string());
