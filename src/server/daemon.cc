@@ -70,7 +70,10 @@ class shard_services final : public shard::iteration_hook {
       if (_relay.on_committed(done.ticket, done.error)) return;  // a DSN being spooled
       _front.on_committed(done.ticket, done.error);
     });
-    _front.set_accepted_listener([this](spool::message_id id) { _relay.route(id); });
+    _front.set_accepted_listener(
+        [this](const spool::envelope& envelope, std::span<const spool::body_slice> body) {
+          _relay.route(envelope, body);
+        });
     owner.add_iteration_hook(*this);  // the spool's group commit: one flush per iteration
     if (auto ready = _front.start(); !ready) return ready;
     return _relay.start();

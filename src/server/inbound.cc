@@ -354,7 +354,7 @@ void inbound::retry_waiting() noexcept { _server->retry_waiting(); }
 void inbound::on_committed(std::uint64_t ticket, int error) noexcept {
   _server->on_committed(ticket, error);
 }
-void inbound::set_accepted_listener(std::function<void(spool::message_id)> listener) {
+void inbound::set_accepted_listener(accepted_fn listener) {
   _server->accepted_listener = std::move(listener);
 }
 

@@ -79,6 +79,7 @@ void connection::admit() noexcept {
   }
   counted_client = true;
   relay_allowed = config.relay.client_may_relay(peer);
+  envelope.client_address = peer.address_string();  // once: every message's Received/envelope
   if (config.greeting_delay_ms > 0) {  // a client that talks first is not a real MTA
     arm_receive();
     schedule(timer_purpose::greeting_delay, config.greeting_delay_ms);
@@ -384,10 +385,10 @@ smtp::verdict connection::on_data_start() noexcept {
   envelope.id = server.store().id_of(message);
   envelope.received_seconds = now_seconds;
   const auto id_text = spool::format_message_id(envelope.id);
-  const std::string client_text = peer.address_string();
   char header[net::received_header_bytes_max];
   const net::received_fields fields{
-      session->helo_name(), client_text, server.config().hostname, session->protocol_name(),
+      session->helo_name(), envelope.client_address, server.config().hostname,
+      session->protocol_name(),
       std::string_view(id_text.data(), 16),
       envelope.recipients.size() == 1 ? std::string_view(envelope.recipients[0].address)
                                       : std::string_view(),
@@ -415,13 +416,12 @@ smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
     server.metrics().spool_failures.add();
     return smtp::verdict::respond(452, "4.3.1", storage_text);
   }
-  envelope.client_address = peer.address_string();
   envelope.helo.assign(session->helo_name());
   return commit();
 }
 
 smtp::verdict connection::commit() noexcept {
-  auto committed = server.store().commit(message, envelope);
+  auto committed = server.store().commit(message, envelope, &body);
   if (!committed && committed.error() == EAGAIN) {  // no segment ready yet: retry shortly
     commit_retry = true;
     server.wait_for_spool(*this);
@@ -469,7 +469,7 @@ void connection::on_commit_result(int error) noexcept {
       .field("client", envelope.client_address)
       .field("helo", envelope.helo)
       .field("protocol", session->protocol_name());
-  if (server.accepted_listener) server.accepted_listener(envelope.id);
+  if (server.accepted_listener) server.accepted_listener(envelope, body);
   pump();
 }
 

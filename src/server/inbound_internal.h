@@ -65,7 +65,8 @@ struct connection final : smtp::server_handler {
   std::uint64_t ticket = 0;
   std::uint64_t data_end_ns = 0;
   std::uint64_t message_bytes = 0;
-  spool::envelope envelope;
+  spool::envelope envelope;  // client_address is set once per connection (admit)
+  std::vector<spool::body_slice> body;  // where commit() put the body
 
   // smtp::server_handler
   smtp::verdict on_helo(std::string_view domain, bool extended) noexcept override;
@@ -140,7 +141,7 @@ class inbound_server final : public shard::completion_handler {
   bool drained() const noexcept { return _shutting_down && _live == 0; }
   std::uint32_t sessions() const noexcept { return _live; }
   void on_committed(std::uint64_t ticket, int error) noexcept;
-  std::function<void(spool::message_id)> accepted_listener;
+  inbound::accepted_fn accepted_listener;
   void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
   // Gives held input another chance once the spool has room again (end of each iteration).
   void retry_waiting() noexcept;

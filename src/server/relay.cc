@@ -195,7 +195,9 @@ core::result<void> relay::start() noexcept {
   return {};
 }
 
-void relay::route(spool::message_id id) noexcept { _state->route(id); }
+void relay::route(const spool::envelope& envelope, std::span<const spool::body_slice> body) {
+  _state->route(envelope, body);
+}
 bool relay::on_committed(std::uint64_t ticket, int error) noexcept {
   return _state->on_committed(ticket, error);
 }

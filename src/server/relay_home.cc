@@ -64,11 +64,16 @@ std::unique_ptr<spooled_message> relay::state::load(spool::message_id id) noexce
   return message;
 }
 
-void relay::state::route(spool::message_id id) noexcept {
-  auto message = load(id);
-  if (!message) return;
+void relay::state::route(const spool::envelope& envelope,
+                         std::span<const spool::body_slice> body) {
+  auto message = std::make_unique<spooled_message>();
+  message->id = envelope.id;
+  message->home = owner.id();
+  message->envelope = envelope;
+  message->body.assign(body.begin(), body.end());
+  for (const auto& slice : body) message->body_bytes += slice.length;
   spooled_message& routed = *message;
-  messages[id] = std::move(message);
+  messages[envelope.id] = std::move(message);
   route_recipients(routed, nullptr);
 }
 
@@ -270,7 +275,7 @@ void relay::state::continue_dsns() noexcept {
       dsn.appended += taken.value();
       if (dsn.appended < dsn.bytes.size()) { ++i; continue; }  // buffers full: next iteration
     }
-    auto committed = store.commit(dsn.handle, dsn.envelope);
+    auto committed = store.commit(dsn.handle, dsn.envelope, &dsn.body);
     if (!committed && committed.error() == EAGAIN) { ++i; continue; }
     if (!committed) {
       metrics.dsn_failed.add();
@@ -285,7 +290,7 @@ void relay::state::continue_dsns() noexcept {
 bool relay::state::on_committed(std::uint64_t ticket, int error) noexcept {
   const auto found = dsn_tickets.find(ticket);
   if (found == dsn_tickets.end()) return false;
-  const spool::message_id id = found->second->id;
+  const std::unique_ptr<pending_dsn> dsn = std::move(found->second);
   dsn_tickets.erase(found);
   if (error != 0) {
     metrics.dsn_failed.add();
@@ -293,8 +298,9 @@ bool relay::state::on_committed(std::uint64_t ticket, int error) noexcept {
   }
   metrics.dsn_queued.add();
   log.set_time(core::wall_milliseconds());
-  log.record("dsn_queued").field("id", std::string_view(spool::format_message_id(id).data(), 16));
-  route(id);
+  log.record("dsn_queued")
+      .field("id", std::string_view(spool::format_message_id(dsn->id).data(), 16));
+  route(dsn->envelope, dsn->body);
   return true;
 }
 

@@ -83,6 +83,7 @@ struct pending_dsn {
   spool::message_id id = 0;
   spool::envelope envelope;
   std::string bytes;
+  std::vector<spool::body_slice> body;  // where the spool put it (from commit)
   std::size_t appended = 0;
   bool committing = false;
 };
@@ -106,7 +107,7 @@ struct relay::state {
   std::unordered_map<spool::message_id, std::unique_ptr<spooled_message>> messages;
   std::vector<std::unique_ptr<pending_dsn>> dsns;               // being appended / committed
   std::unordered_map<std::uint64_t, std::unique_ptr<pending_dsn>> dsn_tickets;
-  void route(spool::message_id id) noexcept;
+  void route(const spool::envelope& envelope, std::span<const spool::body_slice> body);
   void recover() noexcept;
   void route_recipients(spooled_message& message, const spool::message_entry* recovered) noexcept;
   void on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept;
@@ -114,7 +115,7 @@ struct relay::state {
   void queue_dsn(spooled_message& message) noexcept;
   void continue_dsns() noexcept;
   bool on_committed(std::uint64_t ticket, int error) noexcept;
-  std::unique_ptr<spooled_message> load(spool::message_id id) noexcept;
+  std::unique_ptr<spooled_message> load(spool::message_id id) noexcept;  // recovery only
 
   // owner role (relay.cc)
   struct owned_message {

@@ -327,7 +327,8 @@ core::result<std::size_t> store::append_raw(message_handle handle, std::string_v
   return done;
 }
 
-core::result<std::uint64_t> store::commit(message_handle handle, const envelope& value) noexcept {
+core::result<std::uint64_t> store::commit(message_handle handle, const envelope& value,
+                                          std::vector<body_slice>* body) noexcept {
   auto& message = *lookup(handle);
   RINGMTA_ASSERT(value.id == message.id);
   if (value.recipients.empty() || value.recipients.size() > envelope_recipients_max) {
@@ -388,6 +389,11 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
   _index.insert_or_assign(message.id, std::move(entry));
   const std::uint64_t ticket = _next_ticket++;
   _open->tickets.emplace_back(ticket, message.id);
+  if (body != nullptr) {
+    body->clear();
+    for (const auto& range : message.ranges)
+      body->push_back(body_slice{segment_fd(range.segment), range.offset, range.length});
+  }
   // The references now belong to the index entry.
   message.first_segment = 0;
   message.segment_mask = 0;

@@ -182,10 +182,10 @@ core::result<void> sync_spool::append_raw(message_handle handle, std::string_vie
   return {};
 }
 
-core::result<std::uint64_t> sync_spool::commit(message_handle handle,
-                                               const envelope& value) noexcept {
+core::result<std::uint64_t> sync_spool::commit(message_handle handle, const envelope& value,
+                                               std::vector<body_slice>* body) noexcept {
   for (int attempt = 0;; ++attempt) {
-    auto ticket = _store->commit(handle, value);
+    auto ticket = _store->commit(handle, value, body);
     if (ticket || ticket.error() != EAGAIN || attempt == 3) {
       run();
       return ticket;

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <memory>
 #include <string>
 #include <vector>
@@ -128,8 +129,11 @@ class inbound {
 
   // The spool reports a commit ticket durable (error 0) or failed.
   void on_committed(std::uint64_t ticket, int error) noexcept;
-  // Called for every message answered 250 (it is durable): the relay takes it from there.
-  void set_accepted_listener(std::function<void(spool::message_id)> listener);
+  // Called for every message answered 250 (it is durable), with its envelope and where the
+  // spool put its body: the relay takes it from there.
+  using accepted_fn =
+      std::function<void(const spool::envelope&, std::span<const spool::body_slice>)>;
+  void set_accepted_listener(accepted_fn listener);
 
  private:
   std::unique_ptr<inbound_server> _server;

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -88,8 +89,9 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   // Starts DNS and outbound on this shard and routes every queued message of the store (its
   // recovered state). On the shard's thread, once.
   core::result<void> start() noexcept;
-  // A message of this shard's spool became durable: deliver it.
-  void route(spool::message_id id) noexcept;
+  // A message of this shard's spool became durable: deliver it. `body` is where the spool
+  // put it (store::commit told), so nothing is read back.
+  void route(const spool::envelope& envelope, std::span<const spool::body_slice> body);
   // The spool reports a ticket; true when it was one of ours (a DSN being spooled).
   bool on_committed(std::uint64_t ticket, int error) noexcept;
   // Stop opening connections; finish or abandon deliveries. Queued mail stays in the spool.

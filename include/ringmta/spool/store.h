@@ -119,7 +119,10 @@ class store {
   // envelope.id must be id_of(handle). EAGAIN: no segment ready yet, retry after the next
   // completion. Any other error (and a failed event) means 452 4.3.1. Consumes the handle
   // unless the error is EAGAIN.
-  core::result<std::uint64_t> commit(message_handle handle, const envelope& value) noexcept;
+  // With `body`, also gives where the committed body lives (what read() would say), so the
+  // caller can deliver it without reading the commit record back.
+  core::result<std::uint64_t> commit(message_handle handle, const envelope& value,
+                                     std::vector<body_slice>* body = nullptr) noexcept;
   void abort(message_handle handle) noexcept;
 
   // --- delivery ---

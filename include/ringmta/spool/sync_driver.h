@@ -45,7 +45,8 @@ class sync_spool {
   core::result<message_handle> begin(std::int64_t now_seconds) noexcept;
   core::result<void> append(message_handle handle, std::string_view wire) noexcept;
   core::result<void> append_raw(message_handle handle, std::string_view raw) noexcept;
-  core::result<std::uint64_t> commit(message_handle handle, const envelope& value) noexcept;
+  core::result<std::uint64_t> commit(message_handle handle, const envelope& value,
+                                     std::vector<body_slice>* body = nullptr) noexcept;
   core::result<std::uint64_t> mark(message_id id, std::uint16_t recipient,
                                    recipient_status status) noexcept;
   // flush() and run until everything is written and synced.

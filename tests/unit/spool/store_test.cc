@@ -101,6 +101,34 @@ TEST(spool_store, round_trip_interleaved_varied_sizes) {
   expect_recovered(config, expected);
 }
 
+// What commit() says about the body is what read() says once it is durable, also for bodies
+// that span a segment switch.
+TEST(spool_store, commit_gives_the_body_location_read_would) {
+  temp_dir dir;
+  const auto config = small_config(dir.shard(0));  // 1 MiB segments
+  auto spool = open_spool(config);
+  ASSERT_NE(spool, nullptr);
+  for (std::uint32_t seed = 0; seed < 12; ++seed) {
+    auto handle = spool->begin(1000);
+    ASSERT_TRUE(handle.ok());
+    const std::string body = make_body(seed % 3 == 0 ? 700'000 : 3'000, seed);
+    ASSERT_TRUE(spool->append(handle.value(), body).ok());
+    const message_id id = spool->core().id_of(handle.value());
+    std::vector<body_slice> told;
+    ASSERT_TRUE(spool->commit(handle.value(), make_envelope(id, 1, seed), &told).ok());
+    spool->flush();
+    auto stored = spool->core().read(id);
+    ASSERT_TRUE(stored.ok());
+    ASSERT_EQ(told.size(), stored.value().body.size()) << seed;
+    for (std::size_t i = 0; i < told.size(); ++i) {
+      EXPECT_EQ(told[i].fd, stored.value().body[i].fd);
+      EXPECT_EQ(told[i].offset, stored.value().body[i].offset);
+      EXPECT_EQ(told[i].length, stored.value().body[i].length);
+    }
+    EXPECT_EQ(read_body(stored_message{stored.value().envelope, body.size(), told}), body);
+  }
+}
+
 TEST(spool_store, bdat_raw_chunks_are_stored_dot_stuffed) {
   temp_dir dir;
   const auto config = small_config(dir.shard(0));
