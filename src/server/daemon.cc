@@ -58,13 +58,21 @@ class shard_services final : public shard::iteration_hook {
       : _store(std::move(store)),
         _driver(owner, *_store, unsafe_no_fsync),
         _log(format),
+        _format(format),
         _front(inbound_settings, owner, *_store, _driver, metrics.inbound, _log),
         _relay(relay_settings, owner, *_store, metrics.relay, _log) {}
 
   relay& delivery() noexcept { return _relay; }
 
+  // On failure, says which part could not start (the error alone says too little).
   core::result<void> start(shard::shard& owner) noexcept {
-    if (auto ready = _driver.start(); !ready) return ready;
+    auto failed = [&](const char* part, const core::result<void>& outcome) {
+      if (outcome) return false;
+      log_event(_format, "start_failed",
+                fmt::format("shard {}: {}: {}", owner.id(), part, outcome.error_text()));
+      return true;
+    };
+    if (auto ready = _driver.start(); failed("spool driver", ready)) return ready;
     _driver.set_listener([this](const spool::event& done) {
       if (done.kind != spool::event_kind::committed) return;
       if (_relay.on_committed(done.ticket, done.error)) return;  // a DSN being spooled
@@ -75,8 +83,10 @@ class shard_services final : public shard::iteration_hook {
           _relay.route(envelope, body);
         });
     owner.add_iteration_hook(*this);  // the spool's group commit: one flush per iteration
-    if (auto ready = _front.start(); !ready) return ready;
-    return _relay.start();
+    if (auto ready = _front.start(); failed("listeners and receive buffers", ready)) return ready;
+    auto ready = _relay.start();
+    failed("relay (DNS and outbound)", ready);
+    return ready;
   }
 
   void before_wait(shard::shard&) noexcept override {
@@ -100,6 +110,7 @@ class shard_services final : public shard::iteration_hook {
   std::unique_ptr<spool::store> _store;
   spool_ring_driver _driver;
   admin::log_buffer _log;
+  admin::log_format _format;
   inbound _front;
   relay _relay;
   std::atomic<bool> _finished{false};
@@ -384,8 +395,13 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
       },
       // Objects outlive the threads (in-flight ops may still complete); sockets close here.
       [&](shard::shard& owner) { services[owner.id()]->stop(); });
-  if (!started)
-    throw config::error(fmt::format("cannot start shards: {}", started.error_text()));
+  if (!started) {
+    // The shards have stopped; their services hold timers on the shards' wheels: destroy them
+    // before the runtime goes.
+    services.clear();
+    throw config::error(fmt::format("cannot start shards ({}): {}", runtime.start_failure(),
+                                    started.error_text()));
+  }
   runtime_pointer = &runtime;
   runtime_ready = true;
   log_event(format, "started",

@@ -166,20 +166,30 @@ void shard::thread_main(std::function<core::result<void>(shard&)>* on_start,
   runtime& owner = _owner;
   if (owner.options().pin_threads) pin();
   int error = 0;
+  const char* failed_stage = "";
   // The ring is created here: with SINGLE_ISSUER its creator is its only submitter.
-  if (auto ok = _ring.init(owner.options().ring); !ok) error = ok.error();
+  if (auto ok = _ring.init(owner.options().ring); !ok) {
+    error = ok.error();
+    failed_stage = "io_uring setup";
+  }
   _now_ms = monotonic_ms();
   _timers.advance(_now_ms);
   bool started = false;
   if (error == 0 && *on_start) {
     auto ok = (*on_start)(*this);
-    if (!ok) error = ok.error();
+    if (!ok) {
+      error = ok.error();
+      failed_stage = "start";
+    }
   }
   started = error == 0;
   _ring_fd = _ring.initialised() ? _ring.fd() : -1;
   {
     std::unique_lock lock(owner._start_mutex);
-    if (error != 0 && owner._start_error == 0) owner._start_error = error;
+    if (error != 0 && owner._start_error == 0) {
+      owner._start_error = error;
+      owner._start_failure = "shard " + std::to_string(_id) + ": " + failed_stage;
+    }
     ++owner._ready_count;
     owner._start_cv.notify_all();
     owner._start_cv.wait(lock, [&] { return owner._go || owner._abort; });

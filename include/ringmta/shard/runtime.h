@@ -37,6 +37,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -226,6 +227,8 @@ class runtime {
   // Starts every shard and returns once each has run on_start (or the first failure, in which
   // case every shard is stopped and joined before returning the error).
   core::result<void> start(start_fn on_start = {}, stop_fn on_stop = {});
+  // After a failed start: which shard failed and where ("shard 1: io_uring setup").
+  const std::string& start_failure() const noexcept { return _start_failure; }
   // From any thread; idempotent. Shards finish their current iteration, run on_stop, exit.
   void request_stop() noexcept;
   void join();
@@ -260,6 +263,7 @@ class runtime {
   std::condition_variable _start_cv;
   unsigned _ready_count = 0;
   int _start_error = 0;
+  std::string _start_failure;
   bool _go = false;
   bool _abort = false;
 
