@@ -24,6 +24,8 @@ std::string ring_features::describe() const {
   if (registered_ring_fd) add(setup, "registered-ring-fd");
   if (fixed_file_count > 0) setup += fmt::format(" fixed-files={}", fixed_file_count);
   if (nodrop) add(setup, "NODROP");
+  if (setup_enomem_retries > 0)
+    setup += fmt::format(" (setup retried {}x after ENOMEM)", setup_enomem_retries);
   op(multishot_accept, "accept-multishot");
   op(multishot_recv, "recv-multishot");
   op(buffer_ring, "buffer-ring");

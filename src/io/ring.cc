@@ -41,6 +41,8 @@ __kernel_timespec to_timespec(std::uint64_t ns) noexcept {
   return ts;
 }
 
+constexpr unsigned setup_enomem_retries_max = 8;  // 10 ms doubling: 2.55 s at most
+
 }  // namespace
 
 ring::ring() noexcept = default;
@@ -79,7 +81,18 @@ core::result<void> ring::setup(const ring_options& options) noexcept {
     io_uring_params params{};
     params.flags = a.flags;
     params.cq_entries = cq_entries;
-    const int rc = io_uring_queue_init_params(options.sq_entries, _uring.get(), &params);
+    int rc = io_uring_queue_init_params(options.sq_entries, _uring.get(), &params);
+    // ENOMEM under memory pressure is transient: the kernel allocates the rings' pages in bulk
+    // and gives up below its watermarks (seen right after a kill -9 with much dirty page cache).
+    // Wait for reclaim, up to about 2.5 s in all, rather than refuse to start.
+    for (unsigned retry = 0; rc == -ENOMEM && retry < setup_enomem_retries_max; ++retry) {
+      ::usleep(10'000u << retry);
+      params = io_uring_params{};
+      params.flags = a.flags;
+      params.cq_entries = cq_entries;
+      rc = io_uring_queue_init_params(options.sq_entries, _uring.get(), &params);
+      _features.setup_enomem_retries = retry + 1;
+    }
     if (rc == 0) {
       _features.single_issuer = (a.flags & IORING_SETUP_SINGLE_ISSUER) != 0;
       _features.defer_taskrun = (a.flags & IORING_SETUP_DEFER_TASKRUN) != 0;

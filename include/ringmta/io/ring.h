@@ -75,6 +75,7 @@ struct ring_features {
   unsigned sq_entries = 0;
   unsigned cq_entries = 0;
   unsigned fixed_file_count = 0;
+  unsigned setup_enomem_retries = 0;  // io_uring_setup refused for memory, then succeeded
   // Operations and op features available.
   bool multishot_accept = false;
   bool multishot_recv = false;
