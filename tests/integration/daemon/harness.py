@@ -56,6 +56,10 @@ class Daemon:
     def __init__(self, binary, spool=None, args=(), shards=2, env=None):
         self.binary = binary
         self.spool = spool or tempfile.mkdtemp(prefix="ringmta-spool-")
+        if spool is None and not os.environ.get("RINGMTA_KEEP_SPOOL"):
+            # A load test leaves gigabytes: remove the spool we made when the test exits
+            # (after the kill registered by start(), which runs first).
+            atexit.register(shutil.rmtree, self.spool, True)
         self.args = list(args)
         self.shards = shards
         self.env = env
