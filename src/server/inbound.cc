@@ -18,9 +18,20 @@ namespace ringmta::server {
 
 // ---- client_counters
 
+// Hashes the address bytes alone (no port); a v4-mapped v6 address counts as its v4 address.
 std::size_t client_counters::slot_of(const core::endpoint& client) noexcept {
-  const std::string address = client.address_string();  // v4-mapped v6 counts as v4
-  return XXH3_64bits(address.data(), address.size()) & (slot_count - 1);
+  const void* bytes = nullptr;
+  std::size_t length = 0;
+  if (client.family() == AF_INET) {
+    bytes = &reinterpret_cast<const sockaddr_in*>(client.sockaddr_pointer())->sin_addr;
+    length = 4;
+  } else if (client.family() == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6*>(client.sockaddr_pointer())->sin6_addr;
+    const bool v4_mapped = IN6_IS_ADDR_V4MAPPED(&v6);
+    bytes = v4_mapped ? static_cast<const void*>(v6.s6_addr + 12) : &v6;
+    length = v4_mapped ? 4 : 16;
+  }
+  return XXH3_64bits(bytes, length) & (slot_count - 1);
 }
 
 bool client_counters::try_add(const core::endpoint& client, std::uint32_t limit) noexcept {
