@@ -9,7 +9,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <future>
 #include <optional>
 #include <memory>
@@ -192,18 +191,16 @@ unsigned shard_count_for(const config::settings& settings) {
 
 // Every shard directory that holds queued mail must have a shard to serve it.
 void check_spool_shards(const std::string& spool_dir, unsigned shards) {
-  std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator(spool_dir, error)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("shard-", 0) != 0) continue;
-    const unsigned index = static_cast<unsigned>(std::strtoul(name.c_str() + 6, nullptr, 10));
+  auto present = spool::shards_in(spool_dir);
+  if (!present) return;  // a new spool: created below
+  for (const std::uint32_t index : present.value()) {
     if (index < shards) continue;
-    auto recovered = spool::recover(entry.path().string(), index);
+    auto recovered = spool::recover(spool::shard_directory(spool_dir, index), index);
     if (recovered && !recovered.value().messages.empty())
       throw config::error(fmt::format(
-          "{}: {} messages are queued in {} but only {} shards are configured: start with "
-          "--shards {} or more",
-          spool_dir, recovered.value().messages.size(), name, shards, index + 1));
+          "{}: {} messages are queued in shard-{} but only {} shards are configured: start "
+          "with --shards {} or more",
+          spool_dir, recovered.value().messages.size(), index, shards, index + 1));
   }
 }
 
@@ -502,18 +499,6 @@ class spool_reader {
   std::unique_ptr<spool::store> _store;
 };
 
-std::vector<std::uint32_t> shards_in(const std::string& spool_directory) {
-  std::vector<std::uint32_t> shards;
-  std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator(spool_directory, error)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("shard-", 0) == 0 && name.size() > 6)
-      shards.push_back(static_cast<std::uint32_t>(std::strtoul(name.c_str() + 6, nullptr, 10)));
-  }
-  std::sort(shards.begin(), shards.end());
-  return shards;
-}
-
 }  // namespace
 
 int cat_spool_command(const std::string& spool_directory, const std::string& id_text, bool wire) {
@@ -536,7 +521,12 @@ int cat_spool_command(const std::string& spool_directory, const std::string& id_
 int export_spool_command(const std::string& spool_directory, const std::string& out_directory,
                          bool wire) {
   std::size_t written = 0, failed = 0;
-  for (const std::uint32_t shard : shards_in(spool_directory)) {
+  auto shards = spool::shards_in(spool_directory);
+  if (!shards) {
+    std::fprintf(stderr, "ringmta: %s: %s\n", spool_directory.c_str(), shards.error_text());
+    return 1;
+  }
+  for (const std::uint32_t shard : shards.value()) {
     auto reader = spool_reader::open(spool_directory, shard);
     if (!reader) {
       std::fprintf(stderr, "ringmta: shard-%u: %s\n", shard, reader.error_text());

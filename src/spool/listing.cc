@@ -1,7 +1,5 @@
 #include "ringmta/spool/listing.h"
 
-#include <dirent.h>
-
 #include <algorithm>
 #include <cerrno>
 
@@ -12,17 +10,6 @@
 namespace ringmta::spool {
 
 namespace {
-
-// "shard-12" → 12; anything else → nullopt-like -1.
-long parse_shard(std::string_view name) {
-  if (!name.starts_with("shard-") || name.size() == 6 || name.size() > 9) return -1;
-  long value = 0;
-  for (char c : name.substr(6)) {
-    if (c < '0' || c > '9') return -1;
-    value = value * 10 + (c - '0');
-  }
-  return value <= static_cast<long>(message_id_shard_max) ? value : -1;
-}
 
 void list_shard(const std::string& directory, std::uint32_t shard, spool_listing& out) {
   const std::string prefix = "shard-" + std::to_string(shard) + ": ";
@@ -67,17 +54,10 @@ void list_shard(const std::string& directory, std::uint32_t shard, spool_listing
 }  // namespace
 
 core::result<spool_listing> list_spool(const std::string& spool_directory) {
-  DIR* directory = ::opendir(spool_directory.c_str());
-  if (directory == nullptr) return core::fail(errno);
-  std::vector<std::uint32_t> shards;
-  while (const dirent* item = ::readdir(directory)) {
-    const long shard = parse_shard(item->d_name);
-    if (shard >= 0) shards.push_back(static_cast<std::uint32_t>(shard));
-  }
-  ::closedir(directory);
-  std::sort(shards.begin(), shards.end());
+  auto shards = shards_in(spool_directory);
+  if (!shards) return core::fail(shards.error());
   spool_listing listing;
-  for (std::uint32_t shard : shards) {
+  for (std::uint32_t shard : shards.value()) {
     list_shard(shard_directory(spool_directory, shard), shard, listing);
   }
   return listing;

@@ -66,6 +66,26 @@ core::result<void> make_shard_directory(const std::string& spool_directory, std:
   return {};
 }
 
+core::result<std::vector<std::uint32_t>> shards_in(const std::string& spool_directory) {
+  DIR* directory = ::opendir(spool_directory.c_str());
+  if (directory == nullptr) return core::fail(errno);
+  std::vector<std::uint32_t> shards;
+  while (const dirent* item = ::readdir(directory)) {
+    const std::string_view name(item->d_name);
+    if (!name.starts_with("shard-") || name.size() == 6 || name.size() > 9) continue;
+    std::uint32_t value = 0;
+    bool digits = true;
+    for (char c : name.substr(6)) {
+      digits = digits && c >= '0' && c <= '9';
+      value = value * 10 + static_cast<std::uint32_t>(c - '0');
+    }
+    if (digits && value <= message_id_shard_max) shards.push_back(value);
+  }
+  ::closedir(directory);
+  std::sort(shards.begin(), shards.end());
+  return shards;
+}
+
 std::string segment_file_name(std::uint32_t id) {
   char name[32];
   std::snprintf(name, sizeof name, "segment-%08x.log", id);

@@ -80,6 +80,9 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
 // "DIR/shard-<n>"; make_shard_directory creates it (and DIR) when missing.
 std::string shard_directory(const std::string& spool_directory, std::uint32_t shard);
 core::result<void> make_shard_directory(const std::string& spool_directory, std::uint32_t shard);
+// The shard numbers of the "shard-<n>" directories in the spool directory, ascending; other
+// entries are ignored. Fails only when the directory cannot be listed.
+core::result<std::vector<std::uint32_t>> shards_in(const std::string& spool_directory);
 
 // File names inside a shard directory.
 std::string segment_file_name(std::uint32_t id);

@@ -104,5 +104,15 @@ received_logs = daemon.events("received")
 tap.ok(len(received_logs) >= 2000, "one JSON 'received' record per message",
        len(received_logs))
 tap.ok(daemon.stop() == 0, "SIGTERM: clean exit 0")
+
+# Fewer shards than the spool holds mail for: a clear start-up error, not mail left unserved.
+shards_with_mail = {m["shard"] for m in spool_list(binary, daemon.spool)}
+refused = subprocess.run([binary, "--listen", "127.0.0.1:0", "--spool", daemon.spool,
+                          "--shards", "1"], capture_output=True, text=True, timeout=60)
+tap.ok(1 in shards_with_mail and refused.returncode != 0 and
+       "queued in shard-1 but only 1 shards are configured" in refused.stderr and
+       "--shards 2" in refused.stderr,
+       "restart with fewer shards than hold mail: refused with a clear error",
+       f"{shards_with_mail} {refused.returncode} {refused.stderr[-500:]}")
 shutil.rmtree(daemon.spool, ignore_errors=True)
 tap.done()

@@ -114,5 +114,16 @@ TEST(spool_listing, lists_queued_messages_of_every_shard) {
   EXPECT_FALSE(list_spool(dir.path() + "/missing").ok());
 }
 
+TEST(spool_shards_in, names_only_the_shard_directories_in_order) {
+  temp_dir dir;
+  for (const char* name : {"shard-10", "shard-2", "shard-0", "shard-", "shard-x1", "shard-1x",
+                           "shards-3", "shard-99999999"})
+    std::filesystem::create_directory(dir.path() + "/" + name);
+  auto shards = shards_in(dir.path());
+  ASSERT_TRUE(shards.ok()) << shards.error_text();
+  EXPECT_EQ(shards.value(), (std::vector<std::uint32_t>{0, 2, 10}));
+  EXPECT_EQ(shards_in(dir.path() + "/missing").error(), ENOENT);
+}
+
 }  // namespace
 }  // namespace ringmta::spool
