@@ -24,6 +24,7 @@ work = tempfile.mkdtemp(prefix="ringmta-haproxy-")
 config = f"""global
     log stdout format raw local0 warning
 defaults
+    log global
     mode tcp
     timeout connect 5s
     timeout client 30s
@@ -37,7 +38,8 @@ frontend smtp_v2
 backend ringmta_v1
     server mta 127.0.0.1:{daemon.port} send-proxy
 backend ringmta_v2
-    server mta 127.0.0.1:{daemon.port} send-proxy-v2 check inter 500ms
+    option smtpchk HELO haproxy.test
+    server mta 127.0.0.1:{daemon.port} send-proxy-v2 check check-send-proxy inter 300ms fall 2
 """
 with open(f"{work}/haproxy.cfg", "w") as f:
     f.write(config)
@@ -85,7 +87,8 @@ raw = Conversation(daemon.port)
 raw.send("EHLO no-proxy-header\r\n")
 code, _ = raw.reply()
 tap.ok(code is None, "a connection without a PROXY header is closed without a greeting")
-time.sleep(1.5)  # several HAProxy health checks (PROXY v2 LOCAL) have run
+# HAProxy's health checks send a PROXY v2 LOCAL header, then expect 220 and 250 for HELO.
+time.sleep(1.5)  # several have run: two failures in a row would mark the server DOWN
 tap.ok(haproxy.poll() is None, "HAProxy is still running (its health checks pass)")
 haproxy.terminate()
 output = haproxy.communicate(timeout=10)[0]
