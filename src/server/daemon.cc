@@ -483,15 +483,8 @@ class spool_reader {
           static_cast<ssize_t>(slice.length))
         return core::fail(EIO);
     }
-    if (wire) return body;
-    std::string plain;  // undo dot-stuffing (RFC 5321 §4.5.2)
-    plain.reserve(body.size());
-    bool line_start = true;
-    for (const char c : body) {
-      if (!(line_start && c == '.')) plain.push_back(c);
-      line_start = c == '\n';
-    }
-    return plain;
+    if (!wire) body.resize(spool::undo_dot_stuffing(body.data(), body.size()));  // RFC 5321 §4.5.2
+    return body;
   }
 
  private:

@@ -38,4 +38,8 @@ class dot_stuffer {
   bool _line_start = true;
 };
 
+// The inverse for a whole stuffed body (BDAT sends the raw message; `spool cat` shows it):
+// removes the "." added at each line start, in place, and returns the new size.
+std::size_t undo_dot_stuffing(char* data, std::size_t size) noexcept;
+
 }  // namespace ringmta::spool

@@ -127,5 +127,18 @@ TEST(dot_stuffer, stuffs_line_starts_across_chunks) {
   EXPECT_TRUE(sizing.at_line_start());
 }
 
+TEST(dot_stuffer, undo_is_the_inverse_of_stuffing) {
+  for (const std::string& raw : {std::string(".x\r\n.\r\n\r\n..y\n.z"), std::string("plain\r\n"),
+                                std::string(""), std::string("."), std::string("a\r\n.\r\n..\r\n")}) {
+    dot_stuffer stuffer;
+    std::string wire = stuff(stuffer, raw);
+    wire.resize(undo_dot_stuffing(wire.data(), wire.size()));
+    EXPECT_EQ(wire, raw);
+  }
+  std::string wire = "..leading\r\nmid.dot\r\n...three\r\n";
+  wire.resize(undo_dot_stuffing(wire.data(), wire.size()));
+  EXPECT_EQ(wire, ".leading\r\nmid.dot\r\n..three\r\n");
+}
+
 }  // namespace
 }  // namespace ringmta::spool
