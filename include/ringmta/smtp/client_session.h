@@ -1,5 +1,5 @@
 // smtp::client_session: the pure SMTP client engine (RFC 5321, with PIPELINING, SIZE, 8BITMIME,
-// SMTPUTF8, DSN, ENHANCEDSTATUSCODES and STARTTLS). One object per outgoing connection.
+// SMTPUTF8, DSN, ENHANCEDSTATUSCODES, CHUNKING and STARTTLS). One object per outgoing connection.
 //
 // Bytes in, commands and events out. The embedder owns the socket, the clock and the message
 // body; the engine owns the protocol:
@@ -28,12 +28,19 @@
 // (dot-stuffed, ending in CRLF) straight from the spool, then calls body_sent(), and the engine
 // emits the ".\r\n" terminator (RFC 5321 §4.1.1.4). Sending the terminator in the same write
 // as the body's tail (or with TCP_NODELAY) avoids a Nagle / delayed-ACK stall per message.
+// With CHUNKING (RFC 3030) the embedder may instead hand over the message as one chunk: it
+// sets envelope.chunk_bytes to the size of the raw (unstuffed) message; the engine writes
+// "BDAT <size> LAST" as the last command and emits send_body at once (no 354 to wait for),
+// the embedder sends exactly that many octets right after the command's CRLF and calls
+// body_sent(); the reply to BDAT ends the transaction. With PIPELINING the whole message is
+// one write: MAIL, RCPTs, BDAT and the body.
 //
 // Choices: after PIPELINING's DATA got 354 with no recipient accepted, the engine sends a lone
 // "." (RFC 2920 §3.1), which ends the transaction without RSET. A transaction that failed with
 // MAIL accepted (no recipient, DATA refused) is cleared lazily: RSET goes first in the next
 // transaction's batch, never before QUIT. A connection lost after "." defers the message,
-// which may deliver it twice (RFC 1047). BDAT/CHUNKING is recorded but not used.
+// which may deliver it twice (RFC 1047). A BDAT that failed (its chunk read and discarded by
+// the server, RFC 3030 §2) is followed by RSET in the next transaction.
 //
 // Invariants: no syscalls, no clock reads, no logging, no exceptions, no heap allocation (all
 // buffers are fixed members, ~10 KiB a session); every command is one CRLF-terminated line of
@@ -74,6 +81,7 @@ struct client_config {
   std::string_view helo_name;  // our name for EHLO/HELO; its storage outlives the session
   client_tls_policy tls = client_tls_policy::none;
   bool pipelining = true;  // use PIPELINING (RFC 2920) when the server offers it
+  bool chunking = true;    // allow BDAT (RFC 3030) when the server offers CHUNKING
   std::uint16_t reply_lines_max = reply_lines_max_default;
 };
 
@@ -98,6 +106,9 @@ struct client_envelope {
   bool smtputf8 = false;          // needs SMTPUTF8 (RFC 6531); also implied by 8-bit addresses
   std::string_view dsn_ret;       // "FULL" / "HDRS" or empty (RFC 3461 §4.3)
   std::string_view dsn_envid;     // xtext or empty (RFC 3461 §4.4)
+  // Nonzero: send the message with "BDAT chunk_bytes LAST" (needs chunking_active()); the
+  // embedder then sends exactly this many octets of the raw message, NOT dot-stuffed.
+  std::uint64_t chunk_bytes = 0;
 };
 
 // What the engine waits for; the embedder arms the matching timeout (RFC 5321 §4.5.3.2).
@@ -194,6 +205,11 @@ class client_session {
   bool pipelining_active() const noexcept {
     return _config.pipelining && _extensions.pipelining;
   }
+  // Whether a transaction may use BDAT (envelope.chunk_bytes); known once ready.
+  bool chunking_active() const noexcept { return _config.chunking && _extensions.chunking; }
+  // "BDAT n LAST" is in output() (or already handed out) and the chunk must follow it next;
+  // the embedder may send it with the command without waiting for the send_body event.
+  bool chunk_due() const noexcept { return _chunk_pending; }
   bool event_pending() const noexcept {
     return _report_next < _known_end || _queue_count != 0;
   }
@@ -227,6 +243,7 @@ class client_session {
   void on_rcpt_reply(const parsed_reply& reply, std::uint32_t index) noexcept;
   void on_data_reply(const parsed_reply& reply) noexcept;
   void on_data_end_reply(const parsed_reply& reply) noexcept;
+  void on_bdat_reply(const parsed_reply& reply) noexcept;
   void pump() noexcept;
   void render_step(std::uint32_t step) noexcept;
   void fail_all_recipients(client_outcome outcome, const parsed_reply& reply) noexcept;
@@ -236,7 +253,8 @@ class client_session {
   client_phase phase_for_step(std::uint32_t step) const noexcept;
   client_event report_recipient(std::uint32_t index) noexcept;
 
-  // Steps of one transaction: RSET, MAIL, RCPT 0..n-1, DATA, "." (RFC 2920 batch order).
+  // Steps of one transaction: RSET, MAIL, RCPT 0..n-1, DATA, "." (RFC 2920 batch order); with
+  // BDAT the DATA step is "BDAT n LAST" plus the chunk, and its reply ends the transaction.
   static constexpr std::uint32_t step_rset = 0;
   static constexpr std::uint32_t step_mail = 1;
   static constexpr std::uint32_t step_first_rcpt = 2;
@@ -269,6 +287,8 @@ class client_session {
   bool _mail_failed = false;
   bool _stop_sending = false;
   bool _empty_body = false;  // "." sent without a body: 354 came but no recipient was accepted
+  bool _bdat = false;          // this transaction ends with BDAT LAST instead of DATA
+  bool _chunk_pending = false; // BDAT written; the embedder has not called body_sent() yet
   std::uint32_t _send_step = 0;   // next step to write
   std::uint32_t _reply_step = 0;  // step whose reply comes next
   std::uint32_t _accepted = 0;

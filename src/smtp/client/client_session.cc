@@ -90,6 +90,7 @@ void client_session::reset() noexcept {
   _envelope = {};
   _transaction_active = false;
   _needs_smtputf8 = _mail_failed = _stop_sending = _empty_body = false;
+  _bdat = _chunk_pending = false;
   _send_step = _reply_step = _accepted = 0;
   _report_next = _known_end = _replied_index = 0;
   _bulk_from = bulk_none;
@@ -390,6 +391,11 @@ void client_session::fail_connection(client_close_reason reason, const parsed_re
 // Embedder calls.
 
 void client_session::body_sent() noexcept {
+  if (_bdat) {  // the chunk followed the BDAT command: nothing to add
+    RINGMTA_ASSERT(_chunk_pending);
+    _chunk_pending = false;
+    return;
+  }
   RINGMTA_ASSERT(_phase == client_phase::body);
   // RFC 5321 §4.1.1.4: the body ended in CRLF, so "." CRLF completes <CRLF>.<CRLF>.
   RINGMTA_ASSERT(output_room() >= 3);

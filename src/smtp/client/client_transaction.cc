@@ -1,7 +1,8 @@
 // client_session: one mail transaction (RFC 5321 §3.3), with or without PIPELINING (RFC 2920).
 //
 // A transaction is a fixed sequence of steps: [RSET] MAIL, RCPT for each sendable recipient,
-// DATA, then "." after the body. _send_step is the next step to write, _reply_step the step
+// DATA, then "." after the body; or, with a chunk (RFC 3030), "BDAT n LAST" in DATA's place,
+// the chunk right behind it and no "." step. _send_step is the next step to write, _reply_step the step
 // whose reply comes next; replies arrive in step order (RFC 2920 §3.1). Without PIPELINING a
 // step is written only when every earlier one is answered (_send_step == _reply_step).
 #include <algorithm>
@@ -54,8 +55,8 @@ client_phase client_session::phase_for_step(std::uint32_t step) const noexcept {
   if (step == step_rset) return client_phase::rset;
   if (step == step_mail) return client_phase::mail;
   if (step < step_data()) return client_phase::rcpt;
-  if (step == step_data()) return client_phase::data;
-  return client_phase::data_end;
+  if (step == step_data() && !_bdat) return client_phase::data;
+  return client_phase::data_end;  // with BDAT: the reply to the chunk ends the message
 }
 
 void client_session::start_transaction(const client_envelope& envelope) noexcept {
@@ -64,6 +65,9 @@ void client_session::start_transaction(const client_envelope& envelope) noexcept
   _envelope = envelope;
   _transaction_active = true;
   _needs_smtputf8 = _mail_failed = _stop_sending = _empty_body = false;
+  _bdat = envelope.chunk_bytes != 0;
+  RINGMTA_ASSERT(!_bdat || chunking_active());
+  _chunk_pending = false;
   _accepted = 0;
   _report_next = _known_end = _replied_index = 0;
   _bulk_from = bulk_none;
@@ -175,6 +179,14 @@ void client_session::render_step(std::uint32_t step) noexcept {
       append(recipient.orcpt);
     }
     append("\r\n");
+  } else if (_bdat) {
+    RINGMTA_ASSERT(step == step_data());
+    append("BDAT ");  // RFC 3030 §2: the whole message as one last chunk
+    append_number(_envelope.chunk_bytes);
+    append(" LAST\r\n");
+    _chunk_pending = true;  // the chunk must follow this CRLF before anything else
+    queue(client_event_kind::send_body, client_outcome::accepted, client_close_reason::quit,
+          nullptr);
   } else {
     RINGMTA_ASSERT(step == step_data());
     append("DATA\r\n");
@@ -185,8 +197,8 @@ void client_session::on_transaction_reply(const parsed_reply& reply) noexcept {
   const std::uint32_t step = _reply_step;
   if (step == step_end()) {
     on_data_end_reply(reply);
-  } else if (reply.code_class() == 3 && step != step_data()) {
-    // Only DATA may be answered with 3xx (RFC 5321 §4.3.2).
+  } else if (reply.code_class() == 3 && (step != step_data() || _bdat)) {
+    // Only DATA may be answered with 3xx (RFC 5321 §4.3.2; RFC 3030 §2 for BDAT).
     fail_connection(client_close_reason::reply_unexpected, reply, false);
   } else if (step == step_rset) {
     if (!reply.positive()) {
@@ -198,6 +210,8 @@ void client_session::on_transaction_reply(const parsed_reply& reply) noexcept {
     on_mail_reply(reply);
   } else if (step < step_data()) {
     on_rcpt_reply(reply, step - step_first_rcpt);
+  } else if (_bdat) {
+    on_bdat_reply(reply);
   } else {
     on_data_reply(reply);
   }
@@ -278,6 +292,25 @@ void client_session::on_data_end_reply(const parsed_reply& reply) noexcept {
   }
   // RFC 5321 §4.2.5: 2xx means the server took responsibility for every accepted recipient.
   conclude(outcome_of(reply), reply, false);
+}
+
+// The reply to "BDAT n LAST": the chunk was read either way (RFC 3030 §2); 2xx delivers.
+void client_session::on_bdat_reply(const parsed_reply& reply) noexcept {
+  _reply_step = step_end();
+  if (_mail_failed) {
+    conclude(_bulk_outcome, _bulk_reply, false);  // BDAT was refused for want of MAIL
+  } else if (_accepted == 0) {
+    if (reply.positive()) {
+      _message_reply.assign_local(554, enhanced(5, 5, 1), "no valid recipients");
+      conclude(client_outcome::no_recipients, _message_reply, true);
+    } else {
+      conclude(client_outcome::no_recipients, reply, true);
+    }
+  } else if (reply.positive()) {
+    conclude(client_outcome::accepted, reply, false);
+  } else {
+    conclude(outcome_of(reply), reply, true);  // RSET first next time, to be sure
+  }
 }
 
 void client_session::fail_all_recipients(client_outcome outcome,

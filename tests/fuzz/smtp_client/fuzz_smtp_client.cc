@@ -4,7 +4,8 @@
 // the fuzzer reaches deep states quickly), feed raw bytes, send part of the output, hold the
 // output back, time out, close the connection (or start a new one). Events are answered from
 // the program's bytes: start a transaction with one of a few envelopes (valid, invalid
-// addresses, 8-bit, SMTPUTF8, oversized, DSN) or QUIT; complete or fail TLS.
+// addresses, 8-bit, SMTPUTF8, oversized, DSN; as DATA or, with CHUNKING, one BDAT chunk) or
+// QUIT; complete or fail TLS.
 //
 // Invariants (abort on violation): every command written is a known verb, one line ending in
 // CRLF, at most client_command_bytes_max long, with no other CR or LF; without PIPELINING at
@@ -92,7 +93,7 @@ client_envelope make_envelope(std::uint8_t choice) {
 }
 
 bool known_command(std::string_view line) {
-  for (const std::string_view verb : {"EHLO ", "HELO ", "MAIL FROM:<", "RCPT TO:<"}) {
+  for (const std::string_view verb : {"EHLO ", "HELO ", "MAIL FROM:<", "RCPT TO:<", "BDAT "}) {
     if (line.substr(0, verb.size()) == verb) return true;
   }
   return line == "STARTTLS" || line == "DATA" || line == "RSET" || line == "QUIT" || line == ".";
@@ -183,6 +184,8 @@ class harness {
           _session.quit();
         } else {
           _envelope = make_envelope(_choice);
+          // When CHUNKING is on, every third choice sends the message as one BDAT chunk.
+          if (_session.chunking_active() && _choice % 3 == 0) _envelope.chunk_bytes = 1 + _choice;
           _choice = 7;  // one transaction per operation, then QUIT: no endless local failures
           _in_transaction = true;
           _next_recipient = 0;
@@ -205,7 +208,8 @@ class harness {
         break;
       case client_event_kind::send_body:
         FUZZ_CHECK(_in_transaction);
-        FUZZ_CHECK(_session.phase() == client_phase::body);
+        // DATA: after the 354; BDAT: as soon as the command is written, whatever is awaited.
+        FUZZ_CHECK(_session.phase() == client_phase::body || _envelope.chunk_bytes != 0);
         _session.body_sent();
         break;
       case client_event_kind::start_tls:

@@ -1108,6 +1108,212 @@ TEST(client_session_api, reset_starts_a_new_connection) {
   EXPECT_EQ(session.output(), "EHLO client.example\r\n");
 }
 
+// --- CHUNKING (RFC 3030): the message as one BDAT LAST chunk --------------------------------
+
+constexpr std::string_view greeting_and_ehlo_chunking = R"(
+S: 220 mx.example ESMTP
+C: EHLO client.example
+S: 250-mx.example hello
+S: 250-PIPELINING
+S: 250-CHUNKING
+S: 250-8BITMIME
+S: 250 ENHANCEDSTATUSCODES
+)";
+
+client_envelope chunked(client_envelope envelope, std::uint64_t chunk_bytes) {
+  envelope.chunk_bytes = chunk_bytes;
+  return envelope;
+}
+
+TEST(client_session_chunking, pipelined_bdat_sends_the_chunk_without_waiting) {
+  // MAIL, RCPTs and BDAT go in one batch and the body follows at once ("body" comes before
+  // any reply); the reply to BDAT ends the message.
+  const auto result = play(std::string(greeting_and_ehlo_chunking) + R"(
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: RCPT TO:<b@example.org>
+C: RCPT TO:<c@example.org>
+C: BDAT 1200 LAST
+S: 250 2.1.0 Ok
+S: 250 2.1.5 Ok
+S: 550 5.1.1 unknown
+S: 250 2.1.5 Ok
+S: 250 2.0.0 queued as X
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: BDAT 7 LAST
+S: 250 2.1.0 Ok
+S: 250 2.1.5 Ok
+S: 250 2.0.0 queued as Y
+C: QUIT
+S: 221 2.0.0 bye
+)", {chunked(envelope_of(three_recipients), 1200), chunked(envelope_of(one_recipient), 7)});
+  EXPECT_EQ(result.events,
+            (strings{"ready", "body", "rcpt 0 accepted 250 2.1.5", "rcpt 1 permanent 550 5.1.1",
+                     "rcpt 2 accepted 250 2.1.5", "message accepted 250 2.0.0", "ready", "body",
+                     "rcpt 0 accepted 250 2.1.5", "message accepted 250 2.0.0", "ready",
+                     "closed quit 221 2.0.0"}));
+}
+
+TEST(client_session_chunking, bdat_and_data_mix_on_one_connection) {
+  const auto result = play(std::string(greeting_and_ehlo_chunking) + R"(
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: DATA
+S: 250 ok
+S: 250 ok
+S: 354 go
+C: .
+S: 250 ok
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: BDAT 3 LAST
+S: 250 ok
+S: 250 ok
+S: 250 ok
+C: QUIT
+S: 221 bye
+)", {envelope_of(one_recipient), chunked(envelope_of(one_recipient), 3)});
+  EXPECT_EQ(result.events,
+            (strings{"ready", "rcpt 0 accepted 250", "body", "message accepted 250", "ready",
+                     "body", "rcpt 0 accepted 250", "message accepted 250", "ready",
+                     "closed quit 221"}));
+}
+
+TEST(client_session_chunking, refused_bdat_fails_the_message_and_rsets_next_time) {
+  const auto result = play(std::string(greeting_and_ehlo_chunking) + R"(
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: BDAT 10 LAST
+S: 250 ok
+S: 250 ok
+S: 452 4.3.1 insufficient storage
+C: RSET
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: BDAT 10 LAST
+S: 250 flushed
+S: 250 ok
+S: 250 ok
+S: 554 5.6.0 content rejected
+C: QUIT
+S: 221 bye
+)", {chunked(envelope_of(one_recipient), 10), chunked(envelope_of(one_recipient), 10)});
+  EXPECT_EQ(result.events,
+            (strings{"ready", "body", "rcpt 0 accepted 250", "message transient 452 4.3.1",
+                     "ready", "body", "rcpt 0 accepted 250", "message permanent 554 5.6.0",
+                     "ready", "closed quit 221"}));
+}
+
+TEST(client_session_chunking, pipelined_mail_failure_takes_the_bdat_refusal_too) {
+  const auto result = play(std::string(greeting_and_ehlo_chunking) + R"(
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: RCPT TO:<b@example.org>
+C: BDAT 5 LAST
+S: 550 5.7.1 sender rejected
+S: 503 5.5.1 need MAIL
+S: 503 5.5.1 need MAIL
+S: 503 5.5.1 need MAIL
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: BDAT 5 LAST
+S: 250 ok
+S: 250 ok
+S: 250 ok
+C: QUIT
+S: 221 bye
+)", {chunked(envelope_of(std::span(three_recipients).first(2)), 5),
+     chunked(envelope_of(one_recipient), 5)});
+  EXPECT_EQ(result.events,
+            (strings{"ready", "body", "rcpt 0 permanent 550 5.7.1", "rcpt 1 permanent 550 5.7.1",
+                     "message permanent 550 5.7.1", "ready", "body", "rcpt 0 accepted 250",
+                     "message accepted 250", "ready", "closed quit 221"}));
+}
+
+TEST(client_session_chunking, no_recipient_accepted) {
+  // The chunk went out with the batch; the server refuses BDAT (or, oddly, accepts it): either
+  // way nothing was delivered and RSET clears the transaction.
+  const auto result = play(std::string(greeting_and_ehlo_chunking) + R"(
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: BDAT 4 LAST
+S: 250 ok
+S: 550 5.1.1 no
+S: 554 5.5.1 no valid recipients
+C: RSET
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: BDAT 4 LAST
+S: 250 ok
+S: 250 ok
+S: 550 5.1.1 no
+S: 250 ok
+C: QUIT
+S: 221 bye
+)", {chunked(envelope_of(one_recipient), 4), chunked(envelope_of(one_recipient), 4)});
+  EXPECT_EQ(result.events,
+            (strings{"ready", "body", "rcpt 0 permanent 550 5.1.1", "message none 554 5.5.1",
+                     "ready", "body", "rcpt 0 permanent 550 5.1.1",
+                     "message none 554 5.5.1 local", "ready", "closed quit 221"}));
+}
+
+TEST(client_session_chunking, without_pipelining_bdat_waits_its_turn) {
+  const auto result = play(R"(
+S: 220 mx.example ESMTP
+C: EHLO client.example
+S: 250-mx.example
+S: 250 CHUNKING
+C: MAIL FROM:<sender@example.com>
+S: 250 ok
+C: RCPT TO:<a@example.org>
+S: 550 no
+C: RCPT TO:<b@example.org>
+S: 250 ok
+C: BDAT 99 LAST
+S: 250 ok
+C: MAIL FROM:<sender@example.com>
+S: 250 ok
+C: RCPT TO:<a@example.org>
+S: 550 no
+C: QUIT
+S: 221 bye
+)", {chunked(envelope_of(std::span(three_recipients).first(2)), 99),
+     chunked(envelope_of(one_recipient), 99)});
+  EXPECT_EQ(result.events,
+            (strings{"ready", "rcpt 0 permanent 550", "rcpt 1 accepted 250", "body",
+                     "message accepted 250", "ready", "rcpt 0 permanent 550",
+                     "message none 554 5.5.1 local", "ready", "closed quit 221"}));
+}
+
+TEST(client_session_chunking, a_3xx_reply_to_bdat_is_unexpected) {
+  const auto result = play(std::string(greeting_and_ehlo_chunking) + R"(
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<a@example.org>
+C: BDAT 4 LAST
+S: 250 ok
+S: 250 ok
+S: 354 go ahead
+)", {chunked(envelope_of(one_recipient), 4)});
+  EXPECT_EQ(result.events,
+            (strings{"ready", "body", "rcpt 0 accepted 250", "message transient 354",
+                     "closed reply_unexpected 354"}));
+}
+
+TEST(client_session_chunking, only_when_offered_and_allowed) {
+  client_config config = config_default();
+  transcript_driver offered(config, {});
+  (void)offered.run(greeting_and_ehlo_chunking, 1 << 20);
+  EXPECT_TRUE(offered.session().chunking_active());
+  transcript_driver not_offered(config, {});
+  (void)not_offered.run(greeting_and_ehlo_pipelining, 1 << 20);
+  EXPECT_FALSE(not_offered.session().chunking_active());
+  config.chunking = false;
+  transcript_driver refused(config, {});
+  (void)refused.run(greeting_and_ehlo_chunking, 1 << 20);
+  EXPECT_FALSE(refused.session().chunking_active());
+}
+
 TEST(client_session_api_death, misuse_asserts) {
   EXPECT_DEATH(
       {
@@ -1119,6 +1325,18 @@ TEST(client_session_api_death, misuse_asserts) {
       {
         client_session session(config_default());
         session.body_sent();
+      },
+      "assertion failed");
+  EXPECT_DEATH(  // a chunk for a server that does not offer CHUNKING
+      {
+        client_session session(config_default());
+        session.feed("220 mx\r\n");
+        session.next_event();
+        session.consume_output(session.output().size());
+        session.feed("250 mx\r\n");
+        while (session.next_event().kind != client_event_kind::none) {
+        }
+        session.start_transaction(chunked(envelope_of(one_recipient), 10));
       },
       "assertion failed");
   EXPECT_DEATH(
