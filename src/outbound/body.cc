@@ -5,9 +5,13 @@
 //            pipe_capacity bytes each; then the engine's ".CRLF" as a plain send;
 //   copied:  (body_transfer::copy) read a chunk into a pooled buffer, send it, repeat; then
 //            the engine's ".CRLF" as a plain send.
+//   chunk:   (CHUNKING) a small body already in the page cache is read at once, unstuffed and
+//            sent as "BDAT n LAST" plus chunk in the same send as MAIL and RCPT.
 // The slices are in wire form already: nothing is re-stuffed (docs/design.md principle 3).
 // A spool read failure or a short file ends the connection without the terminator (a partial
 // message must never be completed) and reports 451 4.3.0 for the recipients.
+#include <sys/uio.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -16,6 +20,7 @@
 
 #include "outbound_internal.h"
 #include "ringmta/core/assert.h"
+#include "ringmta/spool/dot_stuffer.h"
 
 namespace ringmta::outbound {
 
@@ -53,6 +58,47 @@ void connection::start_body() noexcept {
   body.last_read = false;
   ++server.counters().bodies_copied;
   copy_step();
+}
+
+// Reads a small body for BDAT without blocking: RWF_NOWAIT fails unless the bytes are in the
+// page cache (they almost always are: the message was just written). Otherwise, or on any
+// error, the message goes with DATA and the ring reads it (and reports a failure) as usual.
+bool connection::prefetch_chunk() noexcept {
+  if (body.total == 0 || body.total > server.config().copy_body_bytes_max ||
+      chunk_offset + body.total > server.staging_bytes() || staged_end != staged_begin ||
+      send_in_flight) {
+    return false;
+  }
+  char* const chunk = staging.get() + chunk_offset;
+  std::uint64_t filled = 0;
+  for (const spool::body_slice& piece : job.body) {
+    for (std::uint64_t done = 0; done < piece.length;) {
+      iovec part{chunk + filled, static_cast<std::size_t>(piece.length - done)};
+      const ssize_t got = ::preadv2(piece.fd, &part, 1,
+                                    static_cast<off_t>(piece.offset + done), RWF_NOWAIT);
+      if (got <= 0) return false;
+      done += static_cast<std::uint64_t>(got);
+      filled += static_cast<std::uint64_t>(got);
+    }
+  }
+  body.chunk_bytes = static_cast<std::uint32_t>(spool::undo_dot_stuffing(chunk, filled));
+  body.how = body_progress::path::chunk_ready;
+  ++server.counters().bodies_chunked;
+  return true;
+}
+
+// Puts the engine's output (its tail ends with "BDAT n LAST"; empty if that went out already)
+// right in front of the chunk. Nothing else may come between the command and the chunk.
+void connection::stage_chunk() noexcept {
+  const std::string_view out = session->output();
+  RINGMTA_ASSERT(staged_begin == staged_end && out.size() <= chunk_offset);
+  staged_begin = chunk_offset - static_cast<std::uint32_t>(out.size());
+  std::memcpy(staging.get() + staged_begin, out.data(), out.size());
+  staged_end = chunk_offset + body.chunk_bytes;
+  session->consume_output(out.size());
+  session->body_sent();
+  body.how = body_progress::path::chunk_sending;
+  server.counters().body_bytes += body.chunk_bytes;
 }
 
 void connection::resume_body() noexcept {

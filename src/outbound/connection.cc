@@ -233,7 +233,13 @@ void connection::process_events() noexcept {
       case smtp::client_event_kind::ready: on_session_ready(); break;
       case smtp::client_event_kind::recipient_result:
       case smtp::client_event_kind::message_result: report(event); break;
-      case smtp::client_event_kind::send_body: body.wanted = body.open = true; break;
+      case smtp::client_event_kind::send_body:
+        // A BDAT chunk is already staged or goes with the commands (pump); DATA: start it.
+        if (body.how != body_progress::path::chunk_ready &&
+            body.how != body_progress::path::chunk_sending) {
+          body.wanted = body.open = true;
+        }
+        break;
       case smtp::client_event_kind::start_tls: session->tls_failed(); break;  // policy none
       case smtp::client_event_kind::closed: return on_session_closed(event);
     }
@@ -368,8 +374,8 @@ void connection::on_sent(const io::completion& done) noexcept {
     if (!send_staged()) process_events();
     return pump();
   }
-  if (body.how == body_progress::path::staged) {
-    body.how = body_progress::path::none;  // the body and its ".CRLF" are out
+  if (body.how == body_progress::path::staged || body.how == body_progress::path::chunk_sending) {
+    body.how = body_progress::path::none;  // the body and its ".CRLF" (or the chunk) are out
   }
   staged_begin = staged_end = 0;
   restart_timer();
@@ -401,6 +407,11 @@ void connection::pump() noexcept {
     if (!send_staged()) process_events();
     return;
   }
+  if (body.how == body_progress::path::chunk_ready && session->chunk_due()) {
+    stage_chunk();  // the commands up to BDAT and the chunk: one send
+    if (!send_staged()) process_events();
+    return;
+  }
   if (!session->output().empty()) {
     stage_output();
     if (!send_staged()) process_events();
@@ -422,6 +433,7 @@ void connection::start_delivery(const delivery& next) noexcept {
   body.total = total;
   body_failed = false;
   ++server.counters().deliveries;
+  if (session->chunking_active() && prefetch_chunk()) job.envelope.chunk_bytes = body.chunk_bytes;
   session->start_transaction(job.envelope);
   restart_timer();
 }

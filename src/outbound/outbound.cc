@@ -71,15 +71,17 @@ outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_
       _dns(dns),
       _handler(handler),
       _config(config),
-      // Commands (engine output, <= 4 KiB), or a small body plus ".CRLF".
+      // Commands (engine output, <= 4 KiB), then a small body plus ".CRLF" or a BDAT chunk
+      // (at chunk_offset, behind the room for the commands).
       _staging_bytes(static_cast<std::uint32_t>(
           std::max<std::size_t>(2 * smtp::client_output_bytes_max,
-                                std::size_t{config.copy_body_bytes_max} + 16))),
+                                chunk_offset + std::size_t{config.copy_body_bytes_max} + 16))),
       _transfers(std::max<std::uint32_t>(1, config.transfers_max), config.pipe_bytes,
                  std::max<std::uint32_t>(4096, config.copy_chunk_bytes) + 16) {
   RINGMTA_ASSERT(config.connections_max > 0);
   _engine.helo_name = _config.helo_name;
   _engine.pipelining = _config.pipelining;
+  _engine.chunking = _config.chunking;
   _engine.tls = smtp::client_tls_policy::none;
   _connections.resize(config.connections_max);
   _free_slots.reserve(config.connections_max);

@@ -21,9 +21,15 @@ struct connection;
 
 enum class timer_purpose : std::uint8_t { connect, reply, idle, flush };
 
+// Where in the staging buffer a BDAT chunk is read: the commands that precede it (at most one
+// engine output) are copied right in front of it, so both leave in one send.
+inline constexpr std::uint32_t chunk_offset = smtp::client_output_bytes_max;
+
 // Where a body transfer stands. One transfer step (a read, a send, a splice) at a time.
 struct body_progress {
-  enum class path : std::uint8_t { none, staged, spliced, copied };
+  // chunk_ready: read and unstuffed at chunk_offset before the transaction started, waits for
+  // the engine's BDAT; chunk_sending: in the send with the commands.
+  enum class path : std::uint8_t { none, staged, spliced, copied, chunk_ready, chunk_sending };
   path how = path::none;
   bool open = false;            // send_body seen, body_sent() not yet called
   bool wanted = false;          // open and not started: starts once output and sends are done
@@ -41,6 +47,7 @@ struct body_progress {
   std::uint32_t buffer_filled = 0;
   std::uint32_t buffer_sent = 0;
   bool last_read = false;       // the buffer holds the body's tail
+  std::uint32_t chunk_bytes = 0;  // BDAT: the raw (unstuffed) message size
 };
 
 // One outgoing connection; lives in outbound_server's table and is reused (the session and
@@ -133,6 +140,8 @@ struct connection {
 
   // Body (body.cc).
   void start_body() noexcept;
+  bool prefetch_chunk() noexcept;  // reads a small body for BDAT if it is in the page cache
+  void stage_chunk() noexcept;
   void on_body_completion(io::op_kind kind, const io::completion& done) noexcept;
   void resume_body() noexcept;  // a transfer slot became free
   void abort_body() noexcept;   // the socket is going away: give the transfer slot back

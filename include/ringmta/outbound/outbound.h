@@ -57,6 +57,9 @@ enum class body_transfer : std::uint8_t {
 struct outbound_config {
   std::string helo_name = "localhost";
   bool pipelining = true;  // RFC 2920, when the server offers it
+  // RFC 3030: bodies read whole into memory (copy_body_bytes_max) go as one BDAT chunk when
+  // the server offers CHUNKING: commands and body in one send, no wait for 354.
+  bool chunking = true;
   std::uint32_t connections_max = 1024;
   std::uint32_t addresses_max = 10;  // addresses tried per connection (RFC 5321 §4.5.4.1)
   bool ipv4 = true;
@@ -102,6 +105,7 @@ struct outbound_counters {
   std::uint64_t recipients_permanent = 0;
   std::uint64_t body_bytes = 0;             // wire-form bytes handed to the kernel
   std::uint64_t bodies_staged = 0;          // small: read + one send
+  std::uint64_t bodies_chunked = 0;         // small, CHUNKING: BDAT with the commands' send
   std::uint64_t bodies_spliced = 0;
   std::uint64_t bodies_copied = 0;          // body_transfer::copy
   std::uint64_t splices = 0;               // splice ops (file -> pipe, pipe -> socket)
