@@ -393,13 +393,23 @@ smtp::verdict connection::on_data_start() noexcept {
       envelope.recipients.size() == 1 ? std::string_view(envelope.recipients[0].address)
                                       : std::string_view(),
       now_seconds};
-  on_body(std::string_view(header, net::format_received_header(fields, header, sizeof header)),
-          smtp::body_form::wire);
+  // Spooled with the first body bytes: one record (and one read at delivery) for both, as other
+  // sessions' appends cannot come in between.
+  received_header.assign(header, net::format_received_header(fields, header, sizeof header));
   return smtp::verdict::accept();
 }
 
 void connection::on_body(std::string_view slice, smtp::body_form form) noexcept {
   if (message_error != 0 || !in_message) return;
+  if (!received_header.empty()) {
+    spool_bytes(received_header, smtp::body_form::wire);
+    received_header.clear();
+  }
+  spool_bytes(slice, form);
+}
+
+void connection::spool_bytes(std::string_view slice, smtp::body_form form) noexcept {
+  if (message_error != 0) return;
   auto& store = server.store();
   const auto taken = form == smtp::body_form::wire ? store.append(message, slice)
                                                    : store.append_raw(message, slice);
@@ -410,6 +420,7 @@ void connection::on_body(std::string_view slice, smtp::body_form form) noexcept 
 
 smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
   data_end_ns = core::monotonic_ns();
+  if (!received_header.empty()) on_body({}, smtp::body_form::wire);  // an empty body
   if (message_error != 0) {
     server.store().abort(message);
     in_message = false;

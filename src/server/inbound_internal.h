@@ -67,6 +67,7 @@ struct connection final : smtp::server_handler {
   std::uint64_t message_bytes = 0;
   spool::envelope envelope;  // client_address is set once per connection (admit)
   std::vector<spool::body_slice> body;  // where commit() put the body
+  std::string received_header;  // formatted at DATA, spooled with the first body bytes
 
   // smtp::server_handler
   smtp::verdict on_helo(std::string_view domain, bool extended) noexcept override;
@@ -76,6 +77,7 @@ struct connection final : smtp::server_handler {
                            const smtp::rcpt_parameters& parameters) noexcept override;
   smtp::verdict on_data_start() noexcept override;
   void on_body(std::string_view slice, smtp::body_form form) noexcept override;
+  void spool_bytes(std::string_view slice, smtp::body_form form) noexcept;
   smtp::verdict on_data_end(const smtp::body_summary& summary) noexcept override;
   void on_data_aborted(smtp::abort_reason reason) noexcept override;
   void on_reset() noexcept override;
