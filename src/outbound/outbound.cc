@@ -148,14 +148,17 @@ core::result<connection_handle> outbound_server::open_connection(std::uint64_t d
   return c->handle();
 }
 
+bool outbound_server::can_deliver(connection_handle handle) noexcept {
+  const connection* c = find(handle);
+  return c != nullptr && c->idle && !c->delivering && !c->quit_requested && c->session &&
+         c->session->phase() == smtp::client_phase::ready && !c->session->event_pending();
+}
+
 core::result<void> outbound_server::deliver(connection_handle handle,
                                             const delivery& job) noexcept {
+  if (find(handle) == nullptr) return core::fail(EINVAL);
+  if (!can_deliver(handle)) return core::fail(EBUSY);
   connection* c = find(handle);
-  if (c == nullptr) return core::fail(EINVAL);
-  if (!c->idle || c->delivering || c->quit_requested || !c->session ||
-      c->session->phase() != smtp::client_phase::ready || c->session->event_pending()) {
-    return core::fail(EBUSY);
-  }
   for (const spool::body_slice& piece : job.body) {
     if (piece.fd < 0) return core::fail(EINVAL);
   }
@@ -290,6 +293,9 @@ outbound::outbound(shard::shard& owner, dns_client& dns, delivery_handler& handl
     : _server(std::make_unique<outbound_server>(owner, dns, handler, config)) {}
 outbound::~outbound() = default;
 core::result<void> outbound::start() noexcept { return _server->start(); }
+bool outbound::can_deliver(connection_handle connection) noexcept {
+  return _server->can_deliver(connection);
+}
 core::result<connection_handle> outbound::open_connection(std::uint64_t destination,
                                                           const route& where) noexcept {
   return _server->open_connection(destination, where);

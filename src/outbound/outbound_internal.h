@@ -48,6 +48,7 @@ struct body_progress {
   std::uint32_t buffer_sent = 0;
   bool last_read = false;       // the buffer holds the body's tail
   std::uint32_t chunk_bytes = 0;  // BDAT: the raw (unstuffed) message size
+  bool chunked = false;           // this transaction uses BDAT: send_body needs nothing more
 };
 
 // One outgoing connection; lives in outbound_server's table and is reused (the session and
@@ -206,6 +207,7 @@ class outbound_server final : public shard::completion_handler,
   core::result<connection_handle> open_connection(std::uint64_t destination,
                                                   const route& where) noexcept;
   core::result<void> deliver(connection_handle handle, const delivery& job) noexcept;
+  bool can_deliver(connection_handle handle) noexcept;
   void release(connection_handle handle) noexcept;
   void begin_shutdown() noexcept;
   bool drained() const noexcept { return _shutting_down && _live == 0; }

@@ -311,6 +311,10 @@ bool relay::state::serve_idle(const std::string& destination, std::int64_t now_m
   auto& waiting = found->second;
   while (!waiting.empty()) {
     const idle_connection c = waiting.back();
+    if (!out.can_deliver(c.handle)) {  // quitting (idle lifetime over) or lost: on_closed follows
+      waiting.pop_back();
+      continue;
+    }
     const auto connection = queue::connection_id{static_cast<std::uint32_t>(c.cookie >> 32),
                                                  static_cast<std::uint32_t>(c.cookie)};
     const auto taken = scheduler.take_for_connection(connection, now_ms);

@@ -135,6 +135,9 @@ class outbound {
   // Sends one delivery over a connection that reported on_ready and got nothing since.
   // EINVAL: stale handle or a body slice without fd; EBUSY: not ready.
   core::result<void> deliver(connection_handle connection, const delivery& job) noexcept;
+  // Whether deliver() would take a job now. An idle connection stops being usable when its
+  // idle lifetime ends (it is quitting) or the server went away; on_closed follows.
+  bool can_deliver(connection_handle connection) noexcept;
   // QUIT now when ready, after the current delivery otherwise; before ready: abandon the
   // attempt. on_closed follows (reason released). Stale handles are ignored.
   void release(connection_handle connection) noexcept;
