@@ -83,6 +83,7 @@ bool connection::prefetch_chunk() noexcept {
   }
   body.chunk_bytes = static_cast<std::uint32_t>(spool::undo_dot_stuffing(chunk, filled));
   body.how = body_progress::path::chunk_ready;
+  body.chunked = true;
   ++server.counters().bodies_chunked;
   return true;
 }

@@ -234,11 +234,8 @@ void connection::process_events() noexcept {
       case smtp::client_event_kind::recipient_result:
       case smtp::client_event_kind::message_result: report(event); break;
       case smtp::client_event_kind::send_body:
-        // A BDAT chunk is already staged or goes with the commands (pump); DATA: start it.
-        if (body.how != body_progress::path::chunk_ready &&
-            body.how != body_progress::path::chunk_sending) {
-          body.wanted = body.open = true;
-        }
+        // BDAT: the chunk goes with the commands (pump, chunk_due); DATA: start the body.
+        if (!body.chunked) body.wanted = body.open = true;
         break;
       case smtp::client_event_kind::start_tls: session->tls_failed(); break;  // policy none
       case smtp::client_event_kind::closed: return on_session_closed(event);
