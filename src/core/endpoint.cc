@@ -1,6 +1,7 @@
 #include "ringmta/core/endpoint.h"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
 
 #include <charconv>
 #include <cstring>
@@ -38,6 +39,63 @@ std::uint16_t endpoint::port() const noexcept {
   if (family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(address).sin_port);
   if (family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(address).sin6_port);
   return 0;
+}
+
+bool endpoint::operator==(const endpoint& other) const noexcept {
+  if (family() != other.family() || port() != other.port()) return false;
+  if (family() == AF_INET) {
+    return reinterpret_cast<const sockaddr_in&>(address).sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in&>(other.address).sin_addr.s_addr;
+  }
+  if (family() == AF_INET6) {
+    return std::memcmp(&reinterpret_cast<const sockaddr_in6&>(address).sin6_addr,
+                       &reinterpret_cast<const sockaddr_in6&>(other.address).sin6_addr, 16) == 0;
+  }
+  return false;
+}
+
+bool endpoint::is_any_address() const noexcept {
+  if (family() == AF_INET) {
+    return reinterpret_cast<const sockaddr_in&>(address).sin_addr.s_addr == htonl(INADDR_ANY);
+  }
+  if (family() == AF_INET6) {
+    return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6&>(address).sin6_addr);
+  }
+  return false;
+}
+
+std::vector<endpoint> expand_wildcards(const std::vector<endpoint>& listening) {
+  std::vector<endpoint> out;
+  ifaddrs* interfaces = nullptr;
+  if (::getifaddrs(&interfaces) != 0) interfaces = nullptr;
+  for (const endpoint& at : listening) {
+    if (!at.is_any_address()) {
+      out.push_back(at);
+      continue;
+    }
+    for (const ifaddrs* i = interfaces; i != nullptr; i = i->ifa_next) {
+      if (i->ifa_addr == nullptr) continue;
+      const int family = i->ifa_addr->sa_family;
+      if (family != at.family() && !(at.family() == AF_INET6 && family == AF_INET)) continue;
+      endpoint local;
+      if (family == AF_INET) {
+        auto& v4 = reinterpret_cast<sockaddr_in&>(local.address);
+        v4 = reinterpret_cast<const sockaddr_in&>(*i->ifa_addr);
+        v4.sin_port = htons(at.port());
+        local.length = sizeof v4;
+      } else if (family == AF_INET6) {
+        auto& v6 = reinterpret_cast<sockaddr_in6&>(local.address);
+        v6 = reinterpret_cast<const sockaddr_in6&>(*i->ifa_addr);
+        v6.sin6_port = htons(at.port());
+        local.length = sizeof v6;
+      } else {
+        continue;
+      }
+      out.push_back(local);
+    }
+  }
+  if (interfaces != nullptr) ::freeifaddrs(interfaces);
+  return out;
 }
 
 std::string endpoint::address_string() const {

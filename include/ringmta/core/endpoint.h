@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace ringmta::core {
 
@@ -32,7 +33,15 @@ struct endpoint {
   static std::optional<endpoint> parse(std::string_view text,
                                        std::optional<std::uint16_t> default_port = {});
   static endpoint from_sockaddr(const sockaddr* address, socklen_t length) noexcept;
+  // Same family, address and port (nothing else of the socket address counts).
+  bool operator==(const endpoint& other) const noexcept;
+  // The wildcard address (0.0.0.0 or ::): a listener on it takes every local address.
+  bool is_any_address() const noexcept;
 };
+
+// The endpoints behind `listening`: a wildcard (0.0.0.0:P, [::]:P) becomes every local
+// interface address with port P (IPv4 ones too for [::], which takes both); others as given.
+std::vector<endpoint> expand_wildcards(const std::vector<endpoint>& listening);
 
 // An address range: "192.0.2.0/24", "2001:db8::/32", or a single address (full-length prefix).
 // IPv4 ranges also match IPv4-mapped IPv6 peers (::ffff:a.b.c.d), as dual-stack sockets give.

@@ -1,5 +1,7 @@
 #include "ringmta/core/endpoint.h"
 
+#include <algorithm>
+
 #include <arpa/inet.h>
 
 #include <gtest/gtest.h>
@@ -62,6 +64,28 @@ TEST(cidr, single_address_and_errors) {
   EXPECT_EQ(one->prefix_bits, 128u);
   for (const char* bad : {"10.0.0.0/33", "::/129", "10.0.0/8", "abc", "10.0.0.0/"})
     EXPECT_FALSE(cidr::parse(bad)) << bad;
+}
+
+TEST(endpoint, equality_is_family_address_and_port) {
+  EXPECT_TRUE(*endpoint::parse("127.0.0.2:25") == *endpoint::parse("127.0.0.2:25"));
+  EXPECT_FALSE(*endpoint::parse("127.0.0.2:25") == *endpoint::parse("127.0.0.2:26"));
+  EXPECT_FALSE(*endpoint::parse("127.0.0.2:25") == *endpoint::parse("127.0.0.3:25"));
+  EXPECT_TRUE(*endpoint::parse("[::1]:25") == *endpoint::parse("[::1]:25"));
+  EXPECT_FALSE(*endpoint::parse("[::1]:25") == *endpoint::parse("127.0.0.1:25"));
+}
+
+TEST(endpoint, wildcards_expand_to_the_local_addresses) {
+  EXPECT_TRUE(endpoint::parse("0.0.0.0:25")->is_any_address());
+  EXPECT_TRUE(endpoint::parse("[::]:25")->is_any_address());
+  EXPECT_FALSE(endpoint::parse("127.0.0.1:25")->is_any_address());
+  const auto expanded = expand_wildcards({*endpoint::parse("0.0.0.0:2525"),
+                                          *endpoint::parse("192.0.2.7:26")});
+  // Loopback is on every Linux host; the specific endpoint stays as it is.
+  EXPECT_NE(std::find(expanded.begin(), expanded.end(), *endpoint::parse("127.0.0.1:2525")),
+            expanded.end());
+  EXPECT_NE(std::find(expanded.begin(), expanded.end(), *endpoint::parse("192.0.2.7:26")),
+            expanded.end());
+  for (const auto& e : expanded) EXPECT_TRUE(e.port() == 2525 || e.port() == 26);
 }
 
 }  // namespace
