@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -37,12 +38,46 @@ core::endpoint to_endpoint(const dns::ip_address& ip, std::uint16_t port) noexce
   return out;
 }
 
-std::vector<candidate> plan_candidates(const dns::mx_result& result,
-                                       const plan_options& options) {
+namespace {
+
+bool equal_ignoring_case(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+bool is_self(const dns::mx_host& host, const plan_options& options) {
+  std::string_view name = host.name;
+  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
+  if (!options.self_name.empty() && equal_ignoring_case(name, options.self_name)) return true;
+  if (options.self_endpoints == nullptr) return false;
+  return std::any_of(host.addresses.begin(), host.addresses.end(), [&](const dns::ip_address& ip) {
+    const core::endpoint at = to_endpoint(ip, options.port);
+    return std::find(options.self_endpoints->begin(), options.self_endpoints->end(), at) !=
+           options.self_endpoints->end();
+  });
+}
+
+}  // namespace
+
+std::vector<candidate> plan_candidates(const dns::mx_result& result, const plan_options& options,
+                                       bool* loops_back) {
   std::vector<candidate> planned;
+  if (loops_back != nullptr) *loops_back = false;
   if (result.status != dns::lookup_status::ok) return planned;
+  // RFC 5321 §5.1: from the most preferred host that is us on, nothing may be tried.
+  bool self_found = false;
+  std::uint16_t self_preference = 0;
+  for (const dns::mx_host& host : result.hosts) {
+    if (is_self(host, options) && (!self_found || host.preference < self_preference)) {
+      self_found = true;
+      self_preference = host.preference;
+    }
+  }
   std::vector<dns::ip_address> seen;
   for (const dns::mx_host& host : result.hosts) {
+    if (self_found && host.preference >= self_preference) continue;
     for (const dns::ip_address& ip : host.addresses) {
       if (planned.size() >= options.addresses_max) return planned;
       if ((ip.family == 4 && !options.ipv4) || (ip.family == 6 && !options.ipv6)) continue;
@@ -52,6 +87,7 @@ std::vector<candidate> plan_candidates(const dns::mx_result& result,
       planned.push_back(candidate{host.name, to_endpoint(ip, options.port)});
     }
   }
+  if (loops_back != nullptr) *loops_back = self_found && planned.empty();
   return planned;
 }
 

@@ -82,8 +82,18 @@ void connection::on_lookup_done(dns::mx_result& result) noexcept {
     return finish();
   }
   const auto& config = server.config();
-  candidates = plan_candidates(result, plan_options{port, config.addresses_max, config.ipv4,
-                                                    config.ipv6});
+  bool loops_back = false;
+  candidates = plan_candidates(result,
+                               plan_options{port, config.addresses_max, config.ipv4, config.ipv6,
+                                            config.helo_name, &config.self_endpoints},
+                               &loops_back);
+  if (loops_back) {  // RFC 5321 §5.1: the best MX is us; relaying to ourselves never ends
+    close_reply.assign_local(554, enhanced(5, 4, 6),
+                             "mail for " + route_name + " loops back to myself");
+    failure = smtp::client_outcome::permanent_failure;
+    reason = close_reason::destination_failed;
+    return finish();
+  }
   if (candidates.empty()) {  // e.g. only AAAA records and IPv6 switched off
     close_reply.assign_local(451, enhanced(4, 4, 4),
                              "no usable address for " + route_name + " (address families)");

@@ -369,6 +369,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
 
   // Shards.
   relay_config delivery = make_relay_config(settings);
+  delivery.outbound.self_endpoints = core::expand_wildcards(bound);  // MX loops (RFC 5321 §5.1)
   std::vector<relay*> relays(shards, nullptr);
   delivery.shards = &relays;
   std::vector<std::unique_ptr<shard_services>> services(shards);

@@ -2,7 +2,10 @@
 // destination's failure when none of them gives a usable SMTP session (RFC 5321 §5.1, §4.5.4.1).
 //
 // Order: MX hosts as the resolver returned them (preference order, equal preferences already
-// shuffled), each host's addresses in the resolver's order. An address already planned is
+// shuffled), each host's addresses in the resolver's order. A host that is this MTA (our host
+// name, or an address:port we listen on) is dropped with every host of the same or a less
+// preferred preference (RFC 5321 §5.1); when nothing is left the mail loops back to us (554
+// 5.4.6, as Postfix). An address already planned is
 // skipped (two MX names for one server are tried once), so are disabled families; at most
 // addresses_max addresses are planned (RFC 5321 §4.5.4.1 wants a bound on the tries).
 // An address is abandoned for the next one when it refuses or times out the connection, greets
@@ -22,6 +25,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ringmta/core/endpoint.h"
@@ -40,11 +44,16 @@ struct plan_options {
   std::uint32_t addresses_max = 10;
   bool ipv4 = true;
   bool ipv6 = true;
+  // Ourselves: our host name (compared without case) and the endpoints we accept mail on.
+  std::string_view self_name;
+  const std::vector<core::endpoint>* self_endpoints = nullptr;
 };
 
 // The addresses to try for a successful lookup, in order (empty when `result` failed or no
-// address is usable with `options`).
-std::vector<candidate> plan_candidates(const dns::mx_result& result, const plan_options& options);
+// address is usable with `options`). `loops_back`, when given, tells whether the plan is empty
+// because the best MX host is ourselves.
+std::vector<candidate> plan_candidates(const dns::mx_result& result, const plan_options& options,
+                                       bool* loops_back = nullptr);
 
 // A socket address for `ip`:port.
 core::endpoint to_endpoint(const dns::ip_address& ip, std::uint16_t port) noexcept;

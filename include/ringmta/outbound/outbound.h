@@ -40,6 +40,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "ringmta/core/endpoint.h"
 #include "ringmta/core/result.h"
@@ -62,6 +63,9 @@ struct outbound_config {
   bool chunking = true;
   std::uint32_t connections_max = 1024;
   std::uint32_t addresses_max = 10;  // addresses tried per connection (RFC 5321 §4.5.4.1)
+  // Where we accept mail (address:port, wildcards expanded): an MX host there, or named
+  // helo_name, is ourselves (attempt_plan.h).
+  std::vector<core::endpoint> self_endpoints;
   bool ipv4 = true;
   bool ipv6 = true;
   std::optional<core::endpoint> source_ipv4;  // bind() before connect (port 0 = any)

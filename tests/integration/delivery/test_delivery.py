@@ -31,12 +31,18 @@ dns = DnsServer(dns_script, {
     "temp.test": ["@ MX 10 mx", "mx A 127.0.0.5"],
     "perm.test": ["@ MX 10 mx", "mx A 127.0.0.6"],
     "nullmx.test": ["@ MX 0 ."],
+    # MX hosts that are ringmta itself: by address and port, and by name (our host name).
+    "loop.test": ["@ MX 10 mx", "mx A 127.0.0.7"],
+    "loopname.test": ["@ MX 10 mx.test.example."],
+    "test.example": ["mx A 127.0.0.8"],
+    "backup.test": ["@ MX 10 mx", "@ MX 20 us", "mx A 127.0.0.3", "us A 127.0.0.7"],
 }, broken=["broken.test"])
 good = Sink(sink_binary, "127.0.0.3", port)
 sender_domain = Sink(sink_binary, "127.0.0.4", port)
 flaky = Sink(sink_binary, "127.0.0.5", port, ["--tempfail-rate", "rcpt=0.5", "--seed", "7"])
 refusing = Sink(sink_binary, "127.0.0.6", port, ["--permfail-rate", "rcpt=1"])
 daemon = Daemon(ringmta, args=["--resolver", dns.address, "--delivery-port", str(port),
+                               "--listen", f"127.0.0.7:{port}",
                                "--retry-schedule", "1s", "--timeout-connect", "2s"]).start()
 
 
@@ -121,6 +127,28 @@ tap.ok(refusing.stats().get("rcpt_permfail", 0) >= 3, "the refusing MX saw the R
        refusing.stats())
 bounced = daemon.events("bounced")
 tap.ok(len(bounced) == 5, "every permanent failure is logged as bounced", len(bounced))
+
+# --- MX hosts that are ourselves (RFC 5321 §5.1): less preferred ones are skipped; when the
+# best one is us, the mail would loop: bounced 5.4.6, as Postfix does.
+before = len(sender_domain.messages())
+send("sender@sender.test", ["l1@loop.test"], message("loop"))
+send("sender@sender.test", ["l2@loopname.test"], message("loopname"))
+looped = wait_until(lambda: len(sender_domain.messages()) >= before + 2, 30)
+loop_reports = {}
+for _, body in sender_domain.messages()[before:]:
+    fields = dsn_fields(body)
+    for recipient, status in zip(fields.get("final-recipient", []), fields.get("status", [])):
+        loop_reports[recipient.split(";")[-1].strip()] = status
+tap.ok(looped and loop_reports.get("l1@loop.test") == "5.4.6",
+       "MX at our own address and port: bounced 5.4.6, not relayed to ourselves", loop_reports)
+tap.ok(loop_reports.get("l2@loopname.test") == "5.4.6", "MX named as our host: bounced 5.4.6",
+       loop_reports)
+tap.ok(any("loops back to myself" in e.get("reply", "") for e in daemon.events("bounced")),
+       "the bounce says the mail loops back to us")
+backup_body = message("backup")
+send("sender@sender.test", ["m@backup.test"], backup_body)
+tap.ok(wait_until(lambda: any(b"Subject: backup" in body for _, body in good.messages()), 30),
+       "an MX list with us as the backup delivers to the better host")
 
 # --- SERVFAIL: deferred, never bounced
 send("sender@sender.test", ["z@broken.test"], message("servfail"))

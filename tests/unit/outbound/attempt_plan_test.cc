@@ -49,6 +49,39 @@ TEST(plan_candidates, tries_an_address_shared_by_two_hosts_once) {
             (std::vector<std::string>{"a.test 192.0.2.1:25", "b.test 192.0.2.2:25"}));
 }
 
+TEST(plan_candidates, drops_ourselves_and_every_less_preferred_host) {
+  // RFC 5321 §5.1: we are mx2 (by address and port); only the better mx1 may be tried.
+  const auto result = hosts({{"mx1.test", 10, {v4(1)}},
+                             {"mx2.test", 20, {v4(2)}},
+                             {"mx3.test", 30, {v4(3)}},
+                             {"mx2b.test", 20, {v4(4)}}});
+  const std::vector<core::endpoint> us = {to_endpoint(v4(2), 25)};
+  plan_options options{25, 10, true, true, "relay.example", &us};
+  bool loops = true;
+  EXPECT_EQ(describe(plan_candidates(result, options, &loops)),
+            (std::vector<std::string>{"mx1.test 192.0.2.1:25"}));
+  EXPECT_FALSE(loops);
+  // Another port at the same address is another server, not us.
+  options.port = 2525;
+  EXPECT_EQ(plan_candidates(result, options, &loops).size(), 4u);
+  EXPECT_FALSE(loops);
+}
+
+TEST(plan_candidates, the_best_host_being_ourselves_is_a_loop) {
+  const auto by_name = hosts({{"Relay.Example.", 10, {v4(9)}}, {"backup.test", 20, {v4(2)}}});
+  const plan_options options{25, 10, true, true, "relay.example", nullptr};
+  bool loops = false;
+  EXPECT_TRUE(plan_candidates(by_name, options, &loops).empty());
+  EXPECT_TRUE(loops);
+  const auto other = hosts({{"mx.other.test", 10, {v4(1)}}});
+  EXPECT_EQ(plan_candidates(other, options, &loops).size(), 1u);
+  EXPECT_FALSE(loops);
+  // Empty for another reason (no usable family) is not a loop.
+  EXPECT_TRUE(plan_candidates(other, plan_options{25, 10, false, false, "relay.example"}, &loops)
+                  .empty());
+  EXPECT_FALSE(loops);
+}
+
 TEST(plan_candidates, skips_disabled_families) {
   const auto result = hosts({{"a.test", 10, {v6(1), v4(1)}}});
   EXPECT_EQ(describe(plan_candidates(result, plan_options{25, 10, true, false})),
