@@ -217,6 +217,7 @@ inbound_config make_inbound_config(const config::settings& settings) {
   c.timeout_command_ms = settings.timeout_command_s * 1000;
   c.timeout_data_block_ms = settings.timeout_data_block_s * 1000;
   c.greeting_delay_ms = settings.greeting_delay_ms;
+  c.hops_max = settings.hops_max;
   auto& engine = c.engine;
   engine.limits.message_bytes_max = settings.message_bytes_max;
   engine.limits.recipients_max = std::min<std::uint32_t>(settings.recipients_max, 65535);

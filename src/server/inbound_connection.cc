@@ -396,11 +396,13 @@ smtp::verdict connection::on_data_start() noexcept {
   // Spooled with the first body bytes: one record (and one read at delivery) for both, as other
   // sessions' appends cannot come in between.
   received_header.assign(header, net::format_received_header(fields, header, sizeof header));
+  hops.reset();
   return smtp::verdict::accept();
 }
 
 void connection::on_body(std::string_view slice, smtp::body_form form) noexcept {
   if (message_error != 0 || !in_message) return;
+  hops.feed(slice);
   if (!received_header.empty()) {
     spool_bytes(received_header, smtp::body_form::wire);
     received_header.clear();
@@ -426,6 +428,13 @@ smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
     in_message = false;
     server.metrics().spool_failures.add();
     return smtp::verdict::respond(452, "4.3.1", storage_text);
+  }
+  if (hops.count() >= server.config().hops_max) {  // with ours it would be one more
+    server.store().abort(message);
+    in_message = false;
+    server.metrics().messages_rejected.add();
+    // A static text: the verdict's view must outlive this call (smtp/reply.h).
+    return smtp::verdict::respond(554, "5.4.6", "too many hops (Received: fields): mail loop?");
   }
   envelope.helo.assign(session->helo_name());
   return commit();

@@ -10,6 +10,7 @@
 
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/io/buffer_ring.h"
+#include "ringmta/net/received_header.h"
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/spool_ring_driver.h"
 #include "ringmta/spool/envelope.h"
@@ -68,6 +69,7 @@ struct connection final : smtp::server_handler {
   spool::envelope envelope;  // client_address is set once per connection (admit)
   std::vector<spool::body_slice> body;  // where commit() put the body
   std::string received_header;  // formatted at DATA, spooled with the first body bytes
+  net::received_counter hops;   // the client's Received: fields (RFC 5321 §6.3)
 
   // smtp::server_handler
   smtp::verdict on_helo(std::string_view domain, bool extended) noexcept override;

@@ -49,6 +49,7 @@ struct settings {
   // [limits] (RFC 5321 §4.5.3.1 minimums are respected: lines 512/1000, 100 recipients)
   std::uint64_t message_bytes_max = 50ull << 20;
   std::uint32_t recipients_max = 1000;
+  std::uint32_t hops_max = 100;  // RFC 5321 §6.3: a loop shows as ever more Received: fields
   std::uint32_t sessions_per_shard_max = 20000;
   std::uint32_t sessions_per_client_max = 100;
   std::uint32_t errors_per_session_max = 20;

@@ -78,6 +78,7 @@ struct inbound_config {
   std::uint32_t timeout_data_block_ms = 180'000;  // RFC 5321 §4.5.3.2.5
   std::uint32_t timeout_proxy_header_ms = 10'000;
   std::uint32_t greeting_delay_ms = 0;  // > 0: data before the greeting is an early talker
+  std::uint32_t hops_max = 100;  // Received: fields before a message is refused as a loop
   std::uint32_t receive_buffer_bytes = 16 * 1024;
   std::uint32_t receive_buffer_count = 2048;  // per shard, power of two
   client_counters* clients = nullptr;          // shared by all shards
