@@ -241,6 +241,17 @@ void register_metrics(admin::registry& registry, const relay_metrics& m) {
   registry.add("ringmta_outbound_connections_total", "Outbound SMTP connections opened",
                m.connections);
   registry.add("ringmta_queued_jobs", "Delivery jobs in the queues", m.queued_jobs);
+  const char* bodies_help = "Message bodies sent, by how they left the spool";
+  registry.add("ringmta_outbound_bodies_total{path=\"bdat\"}", bodies_help, m.bodies_bdat);
+  registry.add("ringmta_outbound_bodies_total{path=\"data\"}", bodies_help, m.bodies_data);
+  registry.add("ringmta_outbound_bodies_total{path=\"splice\"}", bodies_help, m.bodies_spliced);
+  registry.add("ringmta_outbound_bodies_total{path=\"copy\"}", bodies_help, m.bodies_copied);
+  registry.add("ringmta_outbound_body_bytes_total", "Body bytes handed to the kernel",
+               m.body_bytes);
+  registry.add("ringmta_outbound_connect_failures_total",
+               "Outbound connects refused, unreachable or timed out", m.connect_failures);
+  registry.add("ringmta_outbound_timeouts_total", "Outbound SMTP replies that timed out",
+               m.outbound_timeouts);
 }
 
 void register_metrics(admin::registry& registry, const inbound_metrics& m) {

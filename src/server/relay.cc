@@ -221,6 +221,15 @@ void relay::before_wait(shard::shard&) noexcept {
   _state->flush_backlog();
   _state->continue_dsns();
   _state->poll();
+  const outbound::outbound_counters& out = _state->out.counters();
+  auto& m = _state->metrics;
+  m.bodies_bdat.set_total(out.bodies_chunked);
+  m.bodies_data.set_total(out.bodies_staged);
+  m.bodies_spliced.set_total(out.bodies_spliced);
+  m.bodies_copied.set_total(out.bodies_copied);
+  m.body_bytes.set_total(out.body_bytes);
+  m.connect_failures.set_total(out.connect_failures);
+  m.outbound_timeouts.set_total(out.timeouts);
 }
 
 // ---- operator actions (admin API)

@@ -23,6 +23,8 @@ class counter {
     _value.store(_value.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
   std::uint64_t read() const noexcept { return _value.load(std::memory_order_relaxed); }
+  // Mirrors a running total kept elsewhere by the same (single) writer.
+  void set_total(std::uint64_t total) noexcept { _value.store(total, std::memory_order_relaxed); }
 
  private:
   std::atomic<std::uint64_t> _value{0};

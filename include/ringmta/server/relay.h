@@ -74,6 +74,14 @@ struct relay_metrics {
   admin::counter dsn_failed;
   admin::counter connections;
   admin::gauge queued_jobs;
+  // Mirrored from the shard's outbound counters once per loop iteration.
+  admin::counter bodies_bdat;     // small bodies sent as one BDAT chunk with the commands
+  admin::counter bodies_data;     // small bodies sent after DATA's 354
+  admin::counter bodies_spliced;  // large bodies spliced from the spool
+  admin::counter bodies_copied;
+  admin::counter body_bytes;
+  admin::counter connect_failures;
+  admin::counter outbound_timeouts;
 };
 
 relay_config make_relay_config(const config::settings& settings);

@@ -158,6 +158,10 @@ tap.ok(deferred, "SERVFAIL defers the recipient", daemon.events("deferred")[-3:]
 tap.ok(not [e for e in daemon.events("bounced") if e["to"] == "z@broken.test"],
        "and does not bounce it")
 metrics = daemon.metrics()
+tap.ok(metrics.get('ringmta_outbound_bodies_total{path="bdat"}', 0) >= 10 and
+       metrics.get("ringmta_outbound_connect_failures_total", 0) >= 1,
+       "metrics show bodies sent with BDAT and the refused connect of the MX fallback",
+       {k: v for k, v in metrics.items() if "outbound" in k})
 tap.ok(metrics.get("ringmta_recipients_delivered_total", 0) >= 16, "metrics count deliveries",
        metrics.get("ringmta_recipients_delivered_total"))
 tap.ok(daemon.stop() == 0, "clean exit with mail still queued")
