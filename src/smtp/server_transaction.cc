@@ -196,7 +196,10 @@ void server_session::command_bdat(std::string_view argument) noexcept {
   const std::string_view rest(parsed.ptr, static_cast<std::size_t>(end - parsed.ptr));
   if (argument.empty() || argument[0] != ' ' || parsed.ec != std::errc() || digits[0] == '+' ||
       !(rest.empty() || iequals_upper(rest, " LAST"))) {
-    write_reply(501, "5.5.4", "Syntax: BDAT size [LAST]");
+    // The client sends a chunk behind it whose size we cannot know: reading on would take
+    // message octets for commands (a smuggling vector), so the connection ends here.
+    close_with(501, "5.5.4", "Syntax: BDAT size [LAST]; closing, the chunk cannot be skipped",
+               abort_reason::connection_lost);
     return;
   }
   _bdat_remaining = size;

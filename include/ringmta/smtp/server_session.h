@@ -55,6 +55,8 @@ enum class bare_line_ending_policy : std::uint8_t {
 //   otherwise the body is read and dropped to its end, then 552 5.3.4 (RFC 1870 §6.2);
 // - recipients over recipients_max: 452 4.5.3 for each extra RCPT (§4.5.3.1.10);
 // - errors_max 5xx replies: 421 4.7.0 and close;
+// - BDAT whose size cannot be parsed: 501 5.5.4 and close (the chunk behind it cannot be
+//   skipped, and reading it as commands would let message octets run as commands);
 // - output: feed() pauses while output_full(), so a client that never reads costs no memory.
 struct server_limits {
   std::uint32_t command_line_bytes_max = 512;     // incl. CRLF, RFC 5321 §4.5.3.1.4; ≤ 2048

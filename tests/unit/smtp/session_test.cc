@@ -172,6 +172,27 @@ TEST(server_session, protocol_name_follows_rfc3848) {
   EXPECT_EQ(session.protocol_name(), "ESMTPSA");
 }
 
+TEST(server_session, unparsable_bdat_size_closes_the_connection) {
+  // The chunk behind a BDAT with a bad size cannot be found: its octets must never be read as
+  // commands (here a smuggled MAIL/RCPT/DATA), so the session replies 501 and ends.
+  for (const char* bad : {"BDAT", "BDAT x", "BDAT 5 LASTX", "BDAT -1", "BDAT +5",
+                          "BDAT 99999999999999999999999", "BDAT 5 LAST more"}) {
+    server_config config;
+    probe_handler handler;
+    server_session session(config, handler);
+    session.start();
+    drain(session);
+    session.feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+    drain(session);
+    session.feed(std::string(bad) + "\r\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@x.example>\r\n");
+    const std::string out = drain(session);
+    EXPECT_EQ(out.substr(0, 10), "501 5.5.4 ") << bad;
+    EXPECT_NE(out.find("cannot be skipped"), std::string::npos) << bad;
+    EXPECT_EQ(out.find("250"), std::string::npos) << bad << ": nothing after it was run";
+    EXPECT_TRUE(session.wants_close()) << bad;
+  }
+}
+
 TEST(server_session, connection_lost_aborts_the_message) {
   server_config config;
   probe_handler handler;
