@@ -307,9 +307,9 @@ void inbound_server::release(connection& c) noexcept {
 }
 
 bool inbound_server::spool_has_room() const noexcept {
-  // A feed hands the spool at most one receive buffer of body plus a Received: header.
-  return _store.buffered_bytes() + 2 * std::uint64_t{_config.receive_buffer_bytes} <=
-         _store.config().buffered_bytes_max;
+  // A feed hands the spool at most one receive buffer of body (dot-stuffed: up to twice as
+  // much) plus a Received: header.
+  return _store.can_append(2 * std::uint64_t{_config.receive_buffer_bytes});
 }
 
 void inbound_server::wait_for_spool(connection& c) noexcept {

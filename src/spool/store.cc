@@ -109,6 +109,12 @@ message_id store::id_of(message_handle handle) const noexcept {
   return _pending[handle.slot].id;
 }
 
+bool store::can_append(std::uint64_t bytes) const noexcept {
+  if (_buffered_bytes + bytes > _config.buffered_bytes_max) return false;
+  // Room for the bytes and the headers of the records they may be split into.
+  return placeable_bytes() >= bytes + 4 * format::header_bytes || _create_error != 0;
+}
+
 std::uint64_t store::placeable_bytes() const noexcept {
   std::uint64_t bytes = 0;
   if (_current != nullptr) bytes += _current->capacity - _current->write_offset;

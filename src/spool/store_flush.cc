@@ -19,10 +19,9 @@ bool store::next_operation(operation& out) noexcept {
 void store::flush() noexcept {
   _flush_requested = true;
   // Failed creations are retried once per flush (the reactor's loop iteration), not per call.
-  if (_create_error != 0 && !_creating_segment && _spare == nullptr) {
-    _create_error = 0;
-    request_segment();
-  }
+  // The error stays until a creation succeeds: meanwhile appends fail at once (452 for the
+  // client) rather than wait for a retry that is likely to fail the same way.
+  if (_create_error != 0 && !_creating_segment && _spare == nullptr) request_segment();
   if ((_journal_create_error != 0 || _snapshot_needed) && !_creating_journal &&
       _journal_spare == nullptr) {
     _journal_create_error = 0;

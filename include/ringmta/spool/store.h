@@ -156,6 +156,10 @@ class store {
   store_stats stats() const noexcept;  // walks the index (queued count): not per message
   // Bytes in the open and in-flight batches; append() pushes back past buffered_bytes_max.
   std::uint64_t buffered_bytes() const noexcept { return _buffered_bytes; }
+  // Whether append()/append_raw() of up to `bytes` wire bytes now takes all of them, or fails
+  // at once because segment files cannot be created: never a partial take for want of a
+  // segment that is still being created (the embedder holds its input until then).
+  bool can_append(std::uint64_t bytes) const noexcept;
   const store_config& config() const noexcept { return _config; }
 
  private:
@@ -231,7 +235,7 @@ class store {
   file_slot* _journal_spare = nullptr;  // fresh journal for the next snapshot
   bool _creating_segment = false;
   bool _creating_journal = false;
-  int _create_error = 0;               // last segment creation failure, cleared by flush()
+  int _create_error = 0;               // last segment creation failure, until one succeeds
   int _journal_create_error = 0;
   bool _snapshot_needed = true;        // the next journal write starts a fresh journal
   std::unordered_map<message_id, message_entry> _index;

@@ -750,6 +750,32 @@ TEST(spool_journal, compaction_does_not_repeat_at_every_flush) {
 
 // Failed segment creations (a full disk) retry the same file id, so consecutive segments keep
 // consecutive ids: a message's segment mask spans 64 ids from its first segment.
+TEST(spool_faults, can_append_waits_for_a_segment_and_fails_fast_without_one) {
+  test::temp_dir dir;
+  const auto config = test::small_config(dir.shard(0));
+  auto target = open_store(config);
+  recording_driver driver(*target);
+  // The first segment is still being created: appending now would take nothing.
+  EXPECT_FALSE(target->can_append(4096));
+  driver.run();
+  EXPECT_TRUE(target->can_append(4096));
+  EXPECT_FALSE(target->can_append(config.buffered_bytes_max + 1));  // back-pressure as before
+
+  test::temp_dir full_dir;
+  auto full = open_store(test::small_config(full_dir.shard(0)));
+  recording_driver failing(*full);
+  failing.fault = [](const operation& op) -> std::int64_t {
+    return op.kind == operation_kind::create_file ? -ENOSPC : 0;
+  };
+  failing.run();
+  // No segment can be made: the caller is told at once (452), not left waiting.
+  EXPECT_TRUE(full->can_append(4096));
+  auto handle = full->begin(1'800'000'000);
+  ASSERT_TRUE(handle.ok());
+  EXPECT_EQ(full->append(handle.value(), "Subject: x\r\n\r\nbody\r\n").error(), ENOSPC);
+  full->abort(handle.value());
+}
+
 TEST(spool_faults, failed_segment_creations_do_not_use_up_ids) {
   test::temp_dir dir;
   const auto config = test::small_config(dir.shard(0));
