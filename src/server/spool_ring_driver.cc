@@ -1,5 +1,8 @@
 #include "ringmta/server/spool_ring_driver.h"
 
+#include <chrono>
+#include <system_error>
+
 #include "ringmta/core/assert.h"
 #include "ringmta/spool/sync_driver.h"
 
@@ -9,6 +12,15 @@ spool_ring_driver::spool_ring_driver(shard::shard& owner, spool::store& store,
                                      bool unsafe_no_fsync) noexcept
     : _owner(owner), _store(store), _unsafe_no_fsync(unsafe_no_fsync) {}
 
+spool_ring_driver::~spool_ring_driver() {
+  {
+    std::lock_guard lock(_file_mutex);
+    _file_stop = true;
+  }
+  _file_wake.notify_one();
+  if (_file_worker.joinable()) _file_worker.join();
+}
+
 core::result<void> spool_ring_driver::start() noexcept {
   _tokens.reserve(1024);
   _free_slots.reserve(1024);
@@ -16,15 +28,71 @@ core::result<void> spool_ring_driver::start() noexcept {
   auto kind = _owner.add_handler(*this);
   if (!kind) return core::fail(kind.error());
   _kind = kind.value();
+  try {
+    _file_worker = std::thread([this] { file_worker_main(); });
+  } catch (const std::system_error& e) {
+    return core::fail(e.code().value());
+  }
   return {};
+}
+
+// The worker: one blocking file operation at a time, in order; each result wakes the shard.
+void spool_ring_driver::file_worker_main() noexcept {
+  std::unique_lock lock(_file_mutex);
+  for (;;) {
+    _file_wake.wait(lock, [this] { return _file_stop || !_file_ops.empty(); });
+    if (_file_stop) return;  // the daemon waits for operations_in_flight() == 0 before this
+    const spool::operation op = _file_ops.front();
+    _file_ops.pop_front();
+    lock.unlock();
+    const std::int64_t result = op.kind == spool::operation_kind::create_file
+                                    ? spool::perform_create_file(op)
+                                    : spool::perform_remove_file(op);
+    lock.lock();
+    const bool first = _file_results.empty();
+    _file_results.emplace_back(op.token, result);
+    if (!first) continue;  // a message is on its way already and will take this one too
+    shard::message m{};
+    m.handler = &spool_ring_driver::on_file_results;
+    m.words[0] = reinterpret_cast<std::uintptr_t>(this);
+    lock.unlock();
+    // Full only under a flood of admin requests; the shard drains it every iteration.
+    while (!_owner.owner().post(_owner.id(), m)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      std::lock_guard stopping(_file_mutex);
+      if (_file_stop) return;
+    }
+    lock.lock();
+  }
+}
+
+void spool_ring_driver::on_file_results(shard::shard&, const shard::message& m) noexcept {
+  auto& self = *reinterpret_cast<spool_ring_driver*>(m.words[0]);
+  {
+    std::lock_guard lock(self._file_mutex);
+    self._file_batch.swap(self._file_results);
+  }
+  for (const auto& [token, result] : self._file_batch) {
+    RINGMTA_ASSERT(self._in_flight > 0);
+    --self._in_flight;
+    self._store.complete(token, result);
+  }
+  self._file_batch.clear();
+  self.pump();
 }
 
 void spool_ring_driver::submit(const spool::operation& op) noexcept {
   switch (op.kind) {  // what completes here, without the ring
     case spool::operation_kind::create_file:
-      return _store.complete(op.token, spool::perform_create_file(op));
-    case spool::operation_kind::remove_file:
-      return _store.complete(op.token, spool::perform_remove_file(op));
+    case spool::operation_kind::remove_file: {
+      {
+        std::lock_guard lock(_file_mutex);
+        _file_ops.push_back(op);
+      }
+      _file_wake.notify_one();
+      ++_in_flight;
+      return;
+    }
     case spool::operation_kind::datasync:
       if (_unsafe_no_fsync) return _store.complete(op.token, 0);
       break;

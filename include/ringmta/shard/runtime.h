@@ -139,6 +139,8 @@ class shard {
 
   unsigned id() const noexcept { return _id; }
   unsigned count() const noexcept;
+  // The runtime this shard belongs to (for runtime::post from helper threads).
+  runtime& owner() noexcept { return _owner; }
   io::ring& ring() noexcept { return _ring; }
   // Ticks are milliseconds of the monotonic clock; now_ms() is read once per loop iteration.
   core::timer_wheel& timers() noexcept { return _timers; }
