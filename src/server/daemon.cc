@@ -43,9 +43,29 @@ void log_event(admin::log_format format, std::string_view event, std::string_vie
   admin::flush_to(line, STDERR_FILENO);
 }
 
+// The spool's running counters, mirrored once per loop iteration (the store is shard-local).
+struct spool_metrics {
+  admin::counter flushes;
+  admin::counter datasyncs;
+  admin::counter bytes_written;
+  admin::counter segments_created;
+  admin::counter segments_removed;
+  admin::counter journal_snapshots;
+
+  void mirror(const spool::store_stats& s) noexcept {
+    flushes.set_total(s.flushes);
+    datasyncs.set_total(s.datasyncs);
+    bytes_written.set_total(s.bytes_written);
+    segments_created.set_total(s.segments_created);
+    segments_removed.set_total(s.segments_removed);
+    journal_snapshots.set_total(s.journal_snapshots);
+  }
+};
+
 struct shard_metrics {
   inbound_metrics inbound;
   relay_metrics relay;
+  spool_metrics spool;
 };
 
 // Everything one shard runs. Created on the shard's thread (on_start), destroyed there too.
@@ -58,6 +78,7 @@ class shard_services final : public shard::iteration_hook {
         _driver(owner, *_store, unsafe_no_fsync),
         _log(format),
         _format(format),
+        _spool_metrics(metrics.spool),
         _front(inbound_settings, owner, *_store, _driver, metrics.inbound, _log),
         _relay(relay_settings, owner, *_store, metrics.relay, _log) {}
 
@@ -93,6 +114,7 @@ class shard_services final : public shard::iteration_hook {
     _driver.pump();
     _front.retry_waiting();
     if (!_log.pending().empty()) admin::flush_to(_log, STDOUT_FILENO);
+    _spool_metrics.mirror(_store->counters());
     _finished.store(_front.drained() && _relay.drained() && _store->idle() &&
                         _driver.operations_in_flight() == 0,
                     std::memory_order_relaxed);
@@ -110,6 +132,7 @@ class shard_services final : public shard::iteration_hook {
   spool_ring_driver _driver;
   admin::log_buffer _log;
   admin::log_format _format;
+  spool_metrics& _spool_metrics;
   inbound _front;
   relay _relay;
   std::atomic<bool> _finished{false};
@@ -254,6 +277,19 @@ void register_metrics(admin::registry& registry, const relay_metrics& m) {
                m.outbound_timeouts);
 }
 
+void register_metrics(admin::registry& registry, const spool_metrics& m) {
+  registry.add("ringmta_spool_flushes_total", "Group commits (one write flight each)", m.flushes);
+  registry.add("ringmta_spool_datasyncs_total", "fdatasync calls completed", m.datasyncs);
+  registry.add("ringmta_spool_bytes_written_total", "Bytes written to segments and journals",
+               m.bytes_written);
+  registry.add("ringmta_spool_segments_created_total", "Segment files created",
+               m.segments_created);
+  registry.add("ringmta_spool_segments_removed_total", "Segment files removed (all final)",
+               m.segments_removed);
+  registry.add("ringmta_spool_journal_snapshots_total", "Journal compactions",
+               m.journal_snapshots);
+}
+
 void register_metrics(admin::registry& registry, const inbound_metrics& m) {
   registry.add("ringmta_connections_accepted_total", "SMTP connections accepted",
                m.connections_accepted);
@@ -357,6 +393,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     metrics.push_back(std::make_unique<shard_metrics>());
     register_metrics(registry, metrics.back()->inbound);
     register_metrics(registry, metrics.back()->relay);
+    register_metrics(registry, metrics.back()->spool);
   }
   std::atomic<bool> stopping{false};
   std::atomic<bool> runtime_ready{false};  // the queue API needs running shards

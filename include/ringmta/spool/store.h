@@ -154,6 +154,8 @@ class store {
   bool next_event(event& out) noexcept;
   bool idle() const noexcept;  // nothing buffered, in flight or waiting to be performed
   store_stats stats() const noexcept;  // walks the index (queued count): not per message
+  // The running counters only (queued_messages and buffered_bytes left 0): cheap, any time.
+  const store_stats& counters() const noexcept { return _stats; }
   // Bytes in the open and in-flight batches; append() pushes back past buffered_bytes_max.
   std::uint64_t buffered_bytes() const noexcept { return _buffered_bytes; }
   // Whether append()/append_raw() of up to `bytes` wire bytes now takes all of them, or fails

@@ -100,6 +100,14 @@ if tap.ok(os.path.exists(source), "smtp-source installed"):
 metrics = daemon.metrics()
 tap.ok(metrics.get("ringmta_messages_accepted_total", 0) >= 2000 + len(cases) + 1,
        "metrics count the accepted messages", metrics.get("ringmta_messages_accepted_total"))
+flushes = metrics.get("ringmta_spool_flushes_total", 0)
+print(f"# {metrics.get('ringmta_messages_accepted_total', 0):.0f} messages in {flushes:.0f} "
+      f"spool flushes, {metrics.get('ringmta_spool_datasyncs_total', 0):.0f} fdatasyncs")
+tap.ok(0 < flushes < metrics.get("ringmta_messages_accepted_total", 0) and
+       metrics.get("ringmta_spool_datasyncs_total", 0) >= flushes and
+       metrics.get("ringmta_spool_segments_created_total", 0) >= 2,
+       "spool metrics: group commit (fewer flushes than messages), every flush synced",
+       {k: v for k, v in metrics.items() if "spool" in k or "accepted" in k})
 received_logs = daemon.events("received")
 tap.ok(len(received_logs) >= 2000, "one JSON 'received' record per message",
        len(received_logs))
