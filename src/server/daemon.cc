@@ -245,6 +245,10 @@ inbound_config make_inbound_config(const config::settings& settings) {
   engine.limits.message_bytes_max = settings.message_bytes_max;
   engine.limits.recipients_max = std::min<std::uint32_t>(settings.recipients_max, 65535);
   engine.limits.errors_max = settings.errors_per_session_max;
+  // No BINARYMIME: relaying such a message needs the next hop to take BINARYMIME over BDAT
+  // for the whole body, which delivery does not promise (bodies over 64 KiB go with DATA);
+  // DATA would break binary content. Clients send binary data encoded (RFC 2045) instead.
+  engine.extensions.binary_mime = false;
   engine.bare_line_ending = settings.bare_line_endings == config::bare_line_ending_policy::reject
                                 ? smtp::bare_line_ending_policy::reject
                                 : smtp::bare_line_ending_policy::normalize;

@@ -30,6 +30,13 @@ c, code, _ = greeted(d.port)
 tap.ok(code == 220, "greeting 220")
 code, text = c.command("EHLO client.test")
 tap.ok(code == 250 and "SIZE 10240" in text, "EHLO advertises SIZE 10240", text)
+tap.ok("CHUNKING" in text and "BINARYMIME" not in text,
+       "CHUNKING offered, BINARYMIME not (delivery could not pass binary data on intact)", text)
+other, _, _ = greeted(d.port)  # its own session: the error must not count against c's limit
+other.command("EHLO client.test")
+code, text = other.command("MAIL FROM:<a@client.test> BODY=BINARYMIME")
+tap.ok(code is not None and code >= 500, "MAIL BODY=BINARYMIME refused", text)
+other.close()
 c.command("MAIL FROM:<a@client.test>")
 code, text = c.command("RCPT TO:<someone@elsewhere.org>")
 tap.ok(code == 554 and "5.7.1" in text, "relay to a foreign domain: 554 5.7.1", text)
