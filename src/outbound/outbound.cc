@@ -150,15 +150,14 @@ core::result<connection_handle> outbound_server::open_connection(std::uint64_t d
 
 bool outbound_server::can_deliver(connection_handle handle) noexcept {
   const connection* c = find(handle);
-  return c != nullptr && c->idle && !c->delivering && !c->quit_requested && c->session &&
-         c->session->phase() == smtp::client_phase::ready && !c->session->event_pending();
+  return c != nullptr && c->takes_delivery();
 }
 
 core::result<void> outbound_server::deliver(connection_handle handle,
                                             const delivery& job) noexcept {
-  if (find(handle) == nullptr) return core::fail(EINVAL);
-  if (!can_deliver(handle)) return core::fail(EBUSY);
   connection* c = find(handle);
+  if (c == nullptr) return core::fail(EINVAL);
+  if (!c->takes_delivery()) return core::fail(EBUSY);
   for (const spool::body_slice& piece : job.body) {
     if (piece.fd < 0) return core::fail(EINVAL);
   }

@@ -117,6 +117,11 @@ struct connection {
   bool drop_after_results = false;  // the server answered mid-body: close, no QUIT, no reuse
 
   remote_host remote() const noexcept;
+  // Ready and given nothing: deliver() may hand it a job now.
+  bool takes_delivery() const noexcept {
+    return idle && !delivering && !quit_requested && session &&
+           session->phase() == smtp::client_phase::ready && !session->event_pending();
+  }
   connection_handle handle() const noexcept { return {slot, generation}; }
 
   // Driving the session (connection.cc).
