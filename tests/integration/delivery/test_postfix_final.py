@@ -24,21 +24,13 @@ work = tempfile.mkdtemp(prefix="ringmta-postfix-")
 os.chmod(work, 0o755)  # Postfix's own processes run as the postfix user
 port = free_port()
 mailboxes = os.path.join(work, "mailboxes")
-for d in ("etc", "queue", "data", "mailboxes"):
-    os.makedirs(os.path.join(work, d))
-shutil.chown(os.path.join(work, "data"), "postfix")
+os.makedirs(mailboxes)
 shutil.chown(mailboxes, "nobody", "nogroup")
-with open(os.path.join(work, "etc", "main.cf"), "w") as f:
-    f.write(f"""compatibility_level = 3.6
-queue_directory = {work}/queue
-data_directory = {work}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = final.mx.test
-mydestination =
-mynetworks = 127.0.0.0/8
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
+# The shared private-instance script, made a final MTA: virtual mailboxes for final.test.
+extra_main_cf = os.path.join(work, "final.cf")
+with open(extra_main_cf, "w") as f:
+    f.write(f"""myhostname = final.mx.test
+relayhost =
 virtual_mailbox_domains = final.test
 virtual_mailbox_base = {mailboxes}
 virtual_mailbox_maps = inline:{{ bob@final.test=bob }}
@@ -46,36 +38,13 @@ virtual_uid_maps = static:65534
 virtual_gid_maps = static:65534
 virtual_minimum_uid = 100
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-maillog_file = {work}/maillog
-maillog_file_prefixes = {work}
-alias_maps =
-alias_database =
-smtpd_tls_security_level = none
-biff = no
+smtpd_recipient_restrictions =
 """)
-with open(os.path.join(work, "etc", "master.cf"), "w") as f:
-    f.write(f"""127.0.0.1:{port} inet n - n - - smtpd
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-virtual unix - n n - - virtual
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-""")
-# Postfix reports configuration problems only to a terminal: run it under script(1).
-started = subprocess.run(["script", "-qc", f"postfix -c {work}/etc start", "/dev/null"],
+instance = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools",
+                        "postfix_instance.sh")
+# Postfix reports configuration problems only to a terminal: the script runs `postfix check`
+# under script(1) when it fails.
+started = subprocess.run([instance, "start", work, str(port), "9", extra_main_cf],
                          capture_output=True, text=True)
 try:
     listening = wait_until(lambda: subprocess.run(["ss", "-Hltn", f"sport = :{port}"],
@@ -109,7 +78,7 @@ try:
            "ringmta sent the message with BDAT and logs Postfix's queue id", delivered)
     tap.ok(daemon.stop() == 0, "clean exit")
 finally:
-    subprocess.run(["postfix", "-c", os.path.join(work, "etc"), "stop"], capture_output=True)
+    subprocess.run([instance, "stop", work], capture_output=True)
     time.sleep(0.5)
     shutil.rmtree(work, ignore_errors=True)
 tap.done()

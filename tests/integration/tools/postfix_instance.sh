@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# A private Postfix instance for the tools' interop tests: its own config, queue and data
-# directories under DIR, smtpd on 127.0.0.1:SMTPD_PORT, relaying everything to
-# [127.0.0.1]:RELAY_PORT. Never touches the system's /etc/postfix or its queue. Needs root
-# (Postfix's master drops privileges to the postfix user itself); no chroot.
-# usage: postfix_instance.sh start DIR SMTPD_PORT RELAY_PORT | stop DIR
+# A private Postfix instance for interop tests (tools, delivery): its own config, queue and
+# data directories under DIR, smtpd on 127.0.0.1:SMTPD_PORT, relaying everything to
+# [127.0.0.1]:RELAY_PORT. EXTRA_MAIN_CF, a file of main.cf lines, overrides these settings
+# (e.g. final delivery to virtual mailboxes instead of relaying). Never touches the system's
+# /etc/postfix or its queue. Needs root (Postfix's master drops privileges to the
+# postfix user itself); no chroot.
+# usage: postfix_instance.sh start DIR SMTPD_PORT RELAY_PORT [EXTRA_MAIN_CF] | stop DIR
 set -eu
 cmd=$1; W=$2
 if [ "$cmd" = stop ]; then postfix -c "$W/etc" stop >/dev/null 2>&1 || true; exit 0; fi
-PORT=$3; RELAY=$4
+PORT=$3; RELAY=$4; EXTRA=${5:-}
 mkdir -p "$W/etc" "$W/queue" "$W/data"; chown postfix "$W/data"
 cat > "$W/etc/main.cf" <<CF
 compatibility_level = 3.6
@@ -38,6 +40,12 @@ smtpd_client_connection_rate_limit = 0
 message_size_limit = 50000000
 biff = no
 CF
+# Overrides are applied in place (a repeated main.cf entry would warn in every log line).
+if [ -n "$EXTRA" ]; then
+  while IFS= read -r setting; do
+    [ -n "$setting" ] && postconf -c "$W/etc" -e "$setting"
+  done < "$EXTRA"
+fi
 cat > "$W/etc/master.cf" <<CF
 127.0.0.1:$PORT inet n - n - - smtpd
 pickup unix n - n 60 1 pickup
@@ -57,6 +65,7 @@ error unix - - n - - error
 retry unix - - n - - error
 discard unix - - n - - discard
 local unix - n n - - local
+virtual unix - n n - - virtual
 anvil unix - - n - 1 anvil
 scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
