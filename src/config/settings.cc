@@ -213,7 +213,10 @@ const std::vector<setting_spec>& table() {
      [](settings& s, const values& v) { s.recipients_max = to_u32(one(v), 100000); }},
     {"limits.max_hops", "--max-hops", "N", arity::one,
      "Received: fields a message may carry; more is a mail loop (554 5.4.6)",
-     [](settings& s, const values& v) { s.hops_max = to_u32(one(v), 100000); }},
+     [](settings& s, const values& v) {
+       s.hops_max = to_u32(one(v), 100000);
+       if (s.hops_max == 0) expected("a count of 1 or more (0 would refuse every message)", one(v));
+     }},
     {"limits.max_sessions_per_shard", "--max-sessions-per-shard", "N", arity::one,
      "concurrent sessions per shard",
      [](settings& s, const values& v) { s.sessions_per_shard_max = to_u32(one(v)); }},

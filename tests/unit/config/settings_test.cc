@@ -97,6 +97,9 @@ TEST(settings, errors_name_file_line_key_and_problem) {
   EXPECT_NE(error_of("[server\n").find("test.toml:1:"), std::string::npos);
   EXPECT_EQ(error_of("", {"--bare-line-endings", "accept"}),
             "command line: --bare-line-endings: expected reject or normalize, got 'accept'");
+  EXPECT_EQ(error_of("", {"--max-hops", "0"}),
+            "command line: --max-hops: expected a count of 1 or more (0 would refuse every "
+            "message), got '0'");
   EXPECT_EQ(error_of("", {"--route", "example.com"}),
             "command line: --route: expected DOMAIN=HOST:PORT, got 'example.com'");
 }
