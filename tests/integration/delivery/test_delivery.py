@@ -59,17 +59,21 @@ def message(subject, lines=3):
 
 # --- normal delivery: MX, MX fallback after a refused connection, implicit MX; byte-exact
 sent = {name: message(name, 40) for name in ("plain", "fallback", "implicit", "multi")}
+# Over copy_body_bytes_max (64 KiB): spliced from the spool after DATA although the sink offers
+# CHUNKING (the small ones go as BDAT chunks).
+sent["large"] = message("large", 4000)
 send("sender@sender.test", ["a@good.test"], sent["plain"])
+send("sender@sender.test", ["big@good.test"], sent["large"])
 send("sender@sender.test", ["b@fallback.test"], sent["fallback"])
 send("sender@sender.test", ["c@implicit.test"], sent["implicit"])
 send("sender@sender.test", ["d1@good.test", "d2@GOOD.test", "e@fallback.test"], sent["multi"])
-arrived = wait_until(lambda: len(good.messages()) >= 5 and good.messages(), 30) or []
+arrived = wait_until(lambda: len(good.messages()) >= 6 and good.messages(), 30) or []
 by_subject = {}
 for envelope, body in arrived:
     subject = body.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
     by_subject.setdefault(subject, []).append((envelope, body))
-tap.ok(len(arrived) == 5, "5 transactions arrived at the MX host's sink", len(arrived))
-for name in ("plain", "fallback", "implicit"):
+tap.ok(len(arrived) == 6, "6 transactions arrived at the MX host's sink", len(arrived))
+for name in ("plain", "fallback", "implicit", "large"):
     copies = by_subject.get(name, [])
     tap.ok(len(copies) == 1 and without_received(copies[0][1]) == sent[name],
            f"{name}: delivered once, byte-exact after our Received: header")
@@ -159,8 +163,10 @@ tap.ok(not [e for e in daemon.events("bounced") if e["to"] == "z@broken.test"],
        "and does not bounce it")
 metrics = daemon.metrics()
 tap.ok(metrics.get('ringmta_outbound_bodies_total{path="bdat"}', 0) >= 10 and
+       metrics.get('ringmta_outbound_bodies_total{path="splice"}', 0) >= 1 and
        metrics.get("ringmta_outbound_connect_failures_total", 0) >= 1,
-       "metrics show bodies sent with BDAT and the refused connect of the MX fallback",
+       "metrics show bodies sent with BDAT, the large one spliced, and the MX fallback's "
+       "refused connect",
        {k: v for k, v in metrics.items() if "outbound" in k})
 tap.ok(metrics.get("ringmta_recipients_delivered_total", 0) >= 16, "metrics count deliveries",
        metrics.get("ringmta_recipients_delivered_total"))
