@@ -52,6 +52,21 @@ def sink_accepted(process, stats):
         return 0
 
 
+def start_dns(domains=100):
+    """NSD serving d0.test … d{domains-1}.test, each with an MX on 127.0.0.3."""
+    zones = {f"d{i}.test": ["@ MX 10 mx", "mx A 127.0.0.3"] for i in range(domains)}
+    return DnsServer(os.path.join(ROOT, "tests/integration/dns/dns_server.py"), zones)
+
+
+def start_ringmta(binary, shards, dns, delivery_port):
+    """ringmta relaying to the sink at 127.0.0.3:delivery_port, limits opened for load."""
+    return Daemon(binary, shards=shards,
+                  args=["--resolver", dns.address, "--delivery-port", str(delivery_port),
+                        "--max-sessions-per-client", "100000",
+                        "--max-connections-per-destination", "4",
+                        "--max-messages-per-connection", "1000"]).start()
+
+
 def blast(binary, target, msgs, per_session, extra=()):
     sessions = msgs // per_session
     command = [binary, "--target", target, "--sessions", str(sessions), "--concurrency", "50",
@@ -78,11 +93,7 @@ def run_no_mta(args, mode_per_session, work):
 def run_ringmta(args, mode_per_session, work, dns):
     port = free_port("127.0.0.3")
     sink, stats = sink_start(args.sink, port, work)
-    daemon = Daemon(args.ringmta, shards=args.shards,
-                    args=["--resolver", dns.address, "--delivery-port", str(port),
-                          "--max-sessions-per-client", "100000",
-                          "--max-connections-per-destination", "4",
-                          "--max-messages-per-connection", "1000"]).start()
+    daemon = start_ringmta(args.ringmta, args.shards, dns, port)
     t0 = time.monotonic()
     summary = blast(args.blast, f"127.0.0.1:{daemon.port}", args.msgs, mode_per_session)
     accepted_at = time.monotonic() - t0
@@ -122,8 +133,7 @@ def main():
     args.blast = os.path.join(args.build, "tools/blast/ringmta-blast")
     args.sink = os.path.join(args.build, "tools/sink/ringmta-sink")
     work = tempfile.mkdtemp(prefix="ringmta-relay-bench-")
-    zones = {f"d{i}.test": ["@ MX 10 mx", "mx A 127.0.0.3"] for i in range(100)}
-    dns = DnsServer(os.path.join(ROOT, "tests/integration/dns/dns_server.py"), zones)
+    dns = start_dns()
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {os.cpu_count()} CPUs, load {load}; "

@@ -7,7 +7,6 @@ usage: bench/e2e/relay_cpu.py [MSGS=200000] [--build build] [--shards 2]"""
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,8 +15,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "../.."))
 sys.path.insert(0, HERE)
 import relay  # noqa: E402  (puts the test harness on the path)
-from harness import Daemon, free_port  # noqa: E402
-from peers import DnsServer, wait_until  # noqa: E402
+from harness import free_port  # noqa: E402
+from peers import wait_until  # noqa: E402
 
 
 def cpu_seconds(pid):
@@ -40,23 +39,15 @@ def main():
     blast = os.path.join(args.build, "tools/blast/ringmta-blast")
     sink_binary = os.path.join(args.build, "tools/sink/ringmta-sink")
     work = tempfile.mkdtemp(prefix="ringmta-relay-cpu-")
-    zones = {f"d{i}.test": ["@ MX 10 mx", "mx A 127.0.0.3"] for i in range(100)}
-    dns = DnsServer(os.path.join(ROOT, "tests/integration/dns/dns_server.py"), zones)
+    dns = relay.start_dns()
     port = free_port("127.0.0.3")
     sink, stats = relay.sink_start(sink_binary, port, work)
-    daemon = Daemon(os.path.join(args.build, "src/ringmta"), shards=args.shards,
-                    args=["--resolver", dns.address, "--delivery-port", str(port),
-                          "--max-sessions-per-client", "100000",
-                          "--max-connections-per-destination", "4",
-                          "--max-messages-per-connection", "1000"]).start()
+    daemon = relay.start_ringmta(os.path.join(args.build, "src/ringmta"), args.shards, dns, port)
     before = {"ringmta": cpu_seconds(daemon.process.pid), "ringmta-sink": cpu_seconds(sink.pid)}
     ticks_before = machine_ticks()
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
-    subprocess.run([blast, "--target", f"127.0.0.1:{daemon.port}", "--sessions",
-                    str(args.msgs // 100), "--concurrency", "50", "--messages-per-session", "100",
-                    "--size", "1k", "--domains", "100", "--quiet", "--json"],
-                   capture_output=True, timeout=900)
+    relay.blast(blast, f"127.0.0.1:{daemon.port}", args.msgs, 100)  # persistent injection
     done = wait_until(lambda: relay.sink_accepted(sink, stats) >= args.msgs, 600, 0.05)
     elapsed = time.monotonic() - t0
     after = {"ringmta": cpu_seconds(daemon.process.pid), "ringmta-sink": cpu_seconds(sink.pid)}
