@@ -539,28 +539,26 @@ void blast_shard::flush(connection& c) noexcept {
     c.staged_bytes += static_cast<std::uint32_t>(out.size());
     c.session->consume_output(out.size());
   };
+  // The message itself: its tagged header, the shared body text, then its own tail.
+  const auto add_message = [&] {
+    c.iov[c.iov_count++] = iovec{c.header, c.header_bytes};
+    if (c.body->prefix_bytes > 0) {
+      c.iov[c.iov_count++] =
+          iovec{const_cast<char*>(_config.body_text.data()), c.body->prefix_bytes};
+    }
+    c.iov[c.iov_count++] = iovec{const_cast<char*>(c.body->tail.data()), c.body->tail.size()};
+    _counters.body_bytes.add(c.header_bytes + c.body->bytes);
+  };
   stage();
   if (c.bdat_pending) {
     c.bdat_pending = false;
     c.iov[c.iov_count++] = iovec{c.commands.data(), c.command_bytes};
-    c.iov[c.iov_count++] = iovec{c.header, c.header_bytes};
-    if (c.body->prefix_bytes > 0) {
-      c.iov[c.iov_count++] =
-          iovec{const_cast<char*>(_config.body_text.data()), c.body->prefix_bytes};
-    }
-    c.iov[c.iov_count++] = iovec{const_cast<char*>(c.body->tail.data()), c.body->tail.size()};
-    _counters.body_bytes.add(c.header_bytes + c.body->bytes);
+    add_message();
     c.data_in_flight = true;
   }
   if (c.body_pending) {
     c.body_pending = false;
-    c.iov[c.iov_count++] = iovec{c.header, c.header_bytes};
-    if (c.body->prefix_bytes > 0) {
-      c.iov[c.iov_count++] =
-          iovec{const_cast<char*>(_config.body_text.data()), c.body->prefix_bytes};
-    }
-    c.iov[c.iov_count++] = iovec{const_cast<char*>(c.body->tail.data()), c.body->tail.size()};
-    _counters.body_bytes.add(c.header_bytes + c.body->bytes);
+    add_message();
     c.session->body_sent();  // the engine adds ".\r\n" (RFC 5321 §4.1.1.4)
     stage();
     c.data_in_flight = true;
