@@ -155,6 +155,33 @@ TEST(settings, shipped_config_file_states_the_defaults) {
             builtin.default_destination_limits.connections_max);
   EXPECT_EQ(file.admin_listen[0].to_string(), builtin.admin_listen[0].to_string());
   EXPECT_EQ(file.greeting_text, builtin.greeting_text);
+  EXPECT_EQ(file.user, builtin.user);
+  EXPECT_EQ(file.allow_root, builtin.allow_root);
+  EXPECT_EQ(file.debug_endpoints, builtin.debug_endpoints);
+}
+
+TEST(settings, deployment_settings) {
+  const auto builtin = from("");
+  EXPECT_EQ(builtin.user, "ringmta");
+  EXPECT_FALSE(builtin.allow_root) << "root must be asked for";
+  EXPECT_FALSE(builtin.debug_endpoints);
+  EXPECT_EQ(builtin.pin_threads, pin_policy::automatic);
+  const auto file = from("[server]\nuser = \"mail\"\nallow_root = true\npin_threads = false\n"
+                         "[admin]\ndebug_endpoints = true\n");
+  EXPECT_EQ(file.user, "mail");
+  EXPECT_TRUE(file.allow_root);
+  EXPECT_TRUE(file.debug_endpoints);
+  EXPECT_EQ(file.pin_threads, pin_policy::off);
+  const auto flags = from("", {"--user", "nobody", "--allow-root", "--pin-threads", "true"});
+  EXPECT_EQ(flags.user, "nobody");
+  EXPECT_TRUE(flags.allow_root);
+  EXPECT_EQ(flags.pin_threads, pin_policy::on);
+  EXPECT_EQ(from("", {"--pin-threads", "auto"}).pin_threads, pin_policy::automatic);
+  EXPECT_NE(error_of("", {"--pin-threads", "sometimes"}).find("--pin-threads"),
+            std::string::npos);
+  EXPECT_NE(error_of("[server]\nuser = \"\"\n").find("test.toml:2: server.user"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"--user", "a:b"}).find("--user"), std::string::npos);
 }
 
 }  // namespace
