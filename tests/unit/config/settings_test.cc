@@ -186,3 +186,41 @@ TEST(settings, deployment_settings) {
 
 }  // namespace
 }  // namespace ringmta::config
+
+#include "ringmta/config/man_page.h"
+
+namespace ringmta::config {
+namespace {
+
+TEST(man_page, defaults_come_from_the_documented_config_file) {
+  const auto defaults = documented_defaults(
+      "[server]\n"
+      "listen = [\"0.0.0.0:25\"]   # --listen\n"
+      "# hostname = \"mx.example.com\"  # --hostname; default: this machine's host name\n"
+      "greeting_text = \"a # b\"   # a '#' inside a string is not a comment\n"
+      "[relay.routes]                 # --route\n"
+      "# \"example.org\" = \"192.0.2.10:25\"\n");
+  EXPECT_EQ(defaults.at("server.listen"), "[\"0.0.0.0:25\"]");
+  EXPECT_EQ(defaults.at("server.hostname"), "this machine's host name");
+  EXPECT_EQ(defaults.at("server.greeting_text"), "\"a # b\"");
+  EXPECT_EQ(defaults.at("relay.routes"), "an empty table");
+  EXPECT_FALSE(missing_defaults("[server]\nlisten = 1\n").empty());
+}
+
+TEST(man_page, pages_escape_roff_and_list_each_setting) {
+  const auto page8 = man_page(8, "[server]\nlisten = [\"0.0.0.0:25\"]\n", "9.9");
+  EXPECT_NE(page8.find(".TH RINGMTA 8 \"\" \"ringmta 9.9\""), std::string::npos);
+  EXPECT_NE(page8.find("\\%\\fB\\-\\-listen\\fR"), std::string::npos) << "flags unhyphenated";
+  EXPECT_NE(page8.find("default \\fB[\"0.0.0.0:25\"]\\fR"), std::string::npos);
+  EXPECT_NE(page8.find("RFC 5321 \\[sc]4.5.3.2.7"), std::string::npos) << "non-ASCII as glyphs";
+  EXPECT_NE(page8.find("default \\fBsee conf/ringmta.toml\\fR"), std::string::npos)
+      << "an undocumented key says so instead of inventing a default";
+  const auto page5 = man_page(5, "[server]\nlisten = [\"0.0.0.0:25\"]\n", "9.9");
+  EXPECT_NE(page5.find(".SH [server]\n.TP\n\\fBlisten\\fR = [\"0.0.0.0:25\"]"), std::string::npos);
+  for (const auto& s : describe_settings()) {
+    EXPECT_NE(page8.find(s.key), std::string::npos) << s.key;
+  }
+}
+
+}  // namespace
+}  // namespace ringmta::config
