@@ -22,10 +22,9 @@ pid=""
 cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
+source bench/e2e/lib.sh  # free_port, now, rate
 
-# run PLACEMENT PIN: prints "msg/s choice"
+# run PLACEMENT PIN: prints msg/s
 run() {
   local placement=$1 pin=$2 shards=2 server_cpus="" client_cpus="" port t0 t1
   case "$placement" in
@@ -45,8 +44,7 @@ run() {
     -t b@example.com "127.0.0.1:$port" 2>>"$WORK/source.err"
   t1=$(now)
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-  python3 -c "import sys; print(f'{int(sys.argv[1])/(float(sys.argv[3])-float(sys.argv[2])):.0f}')" \
-    "$MSGS" "$t0" "$t1"
+  rate "$MSGS" "$t0" "$t1"
 }
 
 # What --pin-threads auto decides in a placement (a start without load, the log record).
