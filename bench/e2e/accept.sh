@@ -14,6 +14,7 @@ RINGMTA=${RINGMTA:-build/src/ringmta}
 ROUNDS=${ROUNDS:-2}
 PEERS=${PEERS:-../shared/peers}
 SHARDS=${SHARDS:-2}
+ROOT_FLAG=""; [ "$(id -u)" != 0 ] || ROOT_FLAG=--allow-root  # a benchmark, not a deployment
 WORK=$(mktemp -d /var/tmp/ringmta-accept-XXXXXX)
 SOURCE=$(command -v smtp-source || echo /usr/sbin/smtp-source)
 SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
@@ -21,9 +22,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-rate() { python3 -c "import sys; print(f'{int(sys.argv[1])/(float(sys.argv[3])-float(sys.argv[2])):.0f}')" "$@"; }
+source bench/e2e/lib.sh  # free_port, now, rate
 load() {  # $1 port; prints msg/s
   local t0 t1
   t0=$(now)
@@ -46,7 +45,7 @@ run_ringmta() {
   rm -rf "$WORK/spool"
   "$RINGMTA" --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --spool "$WORK/spool" \
     --resolver 127.0.0.1:9 \
-    --shards "$SHARDS" --max-sessions-per-client 100000 --log-format text \
+    --shards "$SHARDS" --max-sessions-per-client 100000 --log-format text $ROOT_FLAG \
     >/dev/null 2>"$WORK/ringmta.err" & local pid=$!; pids+=("$pid")
   sleep 1
   load "$port"

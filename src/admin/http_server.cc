@@ -76,7 +76,11 @@ int read_request(int fd, std::string& raw, std::size_t& header_end) {
 
 core::result<void> http_server::start(const std::vector<core::endpoint>& listen,
                                       handler on_request) {
-  _handler = std::move(on_request);
+  if (auto bound = bind(listen); !bound) return bound;
+  return start(std::move(on_request));
+}
+
+core::result<void> http_server::bind(const std::vector<core::endpoint>& listen) {
   for (const auto& at : listen) {
     const int fd = ::socket(at.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return core::fail(errno);
@@ -93,6 +97,11 @@ core::result<void> http_server::start(const std::vector<core::endpoint>& listen,
     _bound.push_back(core::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&bound), length));
     _listen_fds.push_back(fd);
   }
+  return {};
+}
+
+core::result<void> http_server::start(handler on_request) {
+  _handler = std::move(on_request);
   _wake_fd = ::eventfd(0, EFD_CLOEXEC);
   if (_wake_fd < 0) return core::fail(errno);
   _thread = std::thread([this] { run(); });

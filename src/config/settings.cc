@@ -195,9 +195,15 @@ const std::vector<setting_spec>& table() {
      [](settings& s, const values& v) { s.hostname = parse_domain(one(v)); }},
     {"server.shards", "--shards", "N", arity::one, "reactor threads (0: one per core)",
      [](settings& s, const values& v) { s.shards = to_u32(one(v), 256); }},
-    {"server.pin_threads", "--pin-threads", "true|false", arity::one,
-     "pin shard i to the i-th allowed CPU (off when sharing cores with other busy programs)",
-     [](settings& s, const values& v) { s.pin_threads = parse_bool(one(v)); }},
+    {"server.pin_threads", "--pin-threads", "auto|true|false", arity::one,
+     "pin shard i to the i-th allowed CPU; auto: only on a CPU set reserved for ringmta "
+     "(pinned shards lose to other busy programs on shared cores)",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       s.pin_threads = text == "auto"     ? pin_policy::automatic
+                       : parse_bool(text) ? pin_policy::on
+                                          : pin_policy::off;
+     }},
     {"server.mynetworks", "--mynetworks", "CIDR,...", arity::list,
      "clients allowed to relay to any domain",
      [](settings& s, const values& v) { s.mynetworks = each<core::cidr>(v, parse_cidr); }},
@@ -331,6 +337,21 @@ const std::vector<setting_spec>& table() {
        if (text != "json" && text != "text") expected("json or text", text);
        s.log_format = text;
      }},
+    // Deployment and supervision: privilege drop (src/server/privileges.cc) and test hooks.
+    {"server.user", "--user", "NAME", arity::one,
+     "started as root: open listeners and spool, then run as this user with no capabilities",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       if (text.empty() || text.find_first_of(":/ \t") != std::string::npos)
+         expected("a user name such as ringmta", text);
+       s.user = text;
+     }},
+    {"server.allow_root", "--allow-root", "", arity::flag,
+     "started as root: keep running as root instead of switching to --user (not advised)",
+     [](settings& s, const values& v) { s.allow_root = parse_bool(one(v)); }},
+    {"admin.debug_endpoints", "--debug-endpoints", "", arity::flag,
+     "TESTS ONLY: POST /debug/freeze/SHARD?ms=N on the admin listener blocks a shard's loop",
+     [](settings& s, const values& v) { s.debug_endpoints = parse_bool(one(v)); }},
   };
   return specs;
 }
@@ -481,6 +502,14 @@ std::string help_text() {
   for (const auto& spec : table()) {
     out += fmt::format("  {} {}  {} [{}]\n", spec.flag, spec.value_name, spec.help, spec.key);
   }
+  return out;
+}
+
+std::vector<setting_description> describe_settings() {
+  std::vector<setting_description> out;
+  for (const auto& spec : table())
+    out.push_back({spec.key, spec.flag, spec.value_name, spec.help, spec.kind == arity::flag,
+                   spec.kind == arity::list});
   return out;
 }
 

@@ -23,9 +23,13 @@
 #include "ringmta/core/allocator.h"
 #include "ringmta/core/clock.h"
 #include "ringmta/server/inbound.h"
+#include "ringmta/server/liveness.h"
+#include "ringmta/server/privileges.h"
+#include "ringmta/server/service_notify.h"
 #include "ringmta/server/relay.h"
 #include "relay_internal.h"
 #include "ringmta/server/spool_ring_driver.h"
+#include "ringmta/shard/pinning.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/spool/listing.h"
 #include "ringmta/spool/recovery.h"
@@ -334,6 +338,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   const auto format =
       settings.log_format == "json" ? admin::log_format::json : admin::log_format::text;
   const unsigned shards = shard_count_for(settings);
+  const privilege_plan privileges = plan_privileges(settings);  // refuse root early
   if (settings.unsafe_no_fsync)
     log_event(format, "warning",
               "--unsafe-no-fsync: 250 replies do not wait for fdatasync; mail is lost on a crash");
@@ -389,6 +394,19 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     throw config::error(fmt::format("cannot listen on {}: {}", settings.listen.front().to_string(),
                                     listeners.error_text()));
   front.listener_fds = std::move(listeners).value();
+  admin::http_server admin_server;
+  if (auto admin_bound = admin_server.bind(settings.admin_listen); !admin_bound)
+    throw config::error(fmt::format("cannot listen on {} (admin): {}",
+                                    settings.admin_listen.front().to_string(),
+                                    admin_bound.error_text()));
+  if (settings.debug_endpoints)
+    log_event(format, "warning", "--debug-endpoints: POST /debug/freeze/SHARD blocks shards");
+  // Everything that needs root is open: the spool goes to --user, and so do we.
+  const auto log_line = [format](std::string_view event, std::string_view detail) {
+    log_event(format, event, detail);
+  };
+  hand_spool_over(privileges, settings.spool_dir, log_line);
+  log_event(format, "privileges", drop_privileges(privileges, settings.spool_dir));
 
   // Metrics and the admin endpoint.
   std::vector<std::unique_ptr<shard_metrics>> metrics;
@@ -402,21 +420,20 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   std::atomic<bool> stopping{false};
   std::atomic<bool> runtime_ready{false};  // the queue API needs running shards
   shard::runtime* runtime_pointer = nullptr;
-  admin::http_server admin_server;
   if (!settings.admin_listen.empty()) {
-    auto started = admin_server.start(settings.admin_listen, [&](const admin::http_request& r) {
+    auto started = admin_server.start([&](const admin::http_request& r) {
       if (r.path == "/metrics")
         return admin::http_response{200, "text/plain; version=0.0.4", registry.render_prometheus()};
       if (r.path == "/health")
-        return stopping.load() ? admin::http_response{503, "text/plain", "stopping\n"}
-                               : admin::http_response{200, "text/plain", "ok\n"};
+        return health_response(runtime_ready.load() ? runtime_pointer : nullptr, stopping.load());
       if (r.path.rfind("/queue", 0) == 0 && runtime_ready.load())
         return queue_api(*runtime_pointer, shards, r);
+      if (r.path.rfind("/debug/", 0) == 0 && settings.debug_endpoints && runtime_ready.load())
+        return debug_request(*runtime_pointer, r);
       return admin::http_response{404, "text/plain", "not found\n"};
     });
     if (!started)
-      throw config::error(fmt::format("cannot listen on {} (admin): {}",
-                                      settings.admin_listen.front().to_string(),
+      throw config::error(fmt::format("cannot start the admin endpoint: {}",
                                       started.error_text()));
   }
 
@@ -429,7 +446,13 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   g_services = &services;
   shard::runtime_options options;
   options.shard_count = shards;
-  options.pin_threads = settings.pin_threads;
+  const auto pinning = shard::choose_pinning(
+      settings.pin_threads == config::pin_policy::automatic
+          ? std::nullopt
+          : std::optional<bool>(settings.pin_threads == config::pin_policy::on),
+      shard::read_cpu_view());
+  options.pin_threads = pinning.pin;
+  log_event(format, "cpu_pinning", pinning.reason);
   options.ring.sq_entries = 4096;
   shard::runtime runtime(options);
   std::string ring_description;
@@ -462,10 +485,15 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   for (const auto& at : bound) log_event(format, "listening", at.to_string());
   for (const auto& at : admin_server.bound()) log_event(format, "admin_listening", at.to_string());
   if (hooks.on_listening) hooks.on_listening(bound, admin_server.bound());
+  service_notifier notifier(log_line);
+  notifier.ready(fmt::format("accepting mail on {} ({} shards)", bound.front().to_string(),
+                             shards),
+                 [&runtime] { return stalled_shard(runtime); });
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   stopping = true;
+  notifier.stopping(fmt::format("stopping: sessions get {} s to finish", settings.shutdown_grace_s));
   log_event(format, "stopping", fmt::format("signal {}: grace {} s", signal_number,
                                             settings.shutdown_grace_s));
   for (unsigned shard = 0; shard < shards; ++shard) {
@@ -491,6 +519,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   admin_server.stop();  // no admin request may reach a stopping shard
   runtime.request_stop();
   runtime.join();
+  notifier.stop();
   services.clear();  // after join: no shard thread runs their handlers any more
   g_services = nullptr;
   log_event(format, "stopped", all_finished() ? "clean" : "grace expired");

@@ -154,6 +154,7 @@ void shard::run() noexcept {
   while (!_stop_requested.load(std::memory_order_relaxed)) {
     ++_counters.loop_iterations;
     _now_ms = monotonic_ms();
+    _last_turn_ms.store(_now_ms, std::memory_order_relaxed);  // heartbeat: one plain store
     _counters.timers_fired += _timers.advance(_now_ms);
     drain_inbound();
     for (iteration_hook* hook : _hooks) hook->before_wait(*this);

@@ -40,6 +40,9 @@ class http_server {
 
   // Binds every endpoint (port 0: the OS picks; see bound()) and starts the thread.
   core::result<void> start(const std::vector<core::endpoint>& listen, handler on_request);
+  // The same in two steps: bind while privileged, start the thread once privileges are gone.
+  core::result<void> bind(const std::vector<core::endpoint>& listen);
+  core::result<void> start(handler on_request);
   void stop() noexcept;
   const std::vector<core::endpoint>& bound() const noexcept { return _bound; }
 

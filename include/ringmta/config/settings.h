@@ -23,6 +23,10 @@ class error : public std::runtime_error {
 
 enum class bare_line_ending_policy : std::uint8_t { reject, normalize };
 
+// Whether shard threads are pinned to CPUs. automatic: only when the process's CPU set was
+// reserved for it (narrower than the online CPUs, or isolated CPUs), see shard/pinning.h.
+enum class pin_policy : std::uint8_t { automatic, on, off };
+
 // A per-destination delivery route: "example.com = 192.0.2.7:2525" in [relay.routes].
 struct route {
   std::string destination;  // domain (lowercase)
@@ -41,7 +45,7 @@ struct settings {
   std::vector<core::endpoint> listen;  // default 0.0.0.0:25
   std::string hostname;                // default: the machine's host name
   std::uint32_t shards = 0;            // 0: one per core
-  bool pin_threads = true;             // shard i runs on the i-th allowed CPU
+  pin_policy pin_threads = pin_policy::automatic;  // shard i on the i-th allowed CPU
   std::vector<core::cidr> mynetworks;  // clients allowed to relay; default loopback
   bool proxy_protocol = false;         // listeners expect a PROXY v1/v2 header (HAProxy)
   std::string greeting_text = "ESMTP ringmta";
@@ -82,6 +86,11 @@ struct settings {
   // [admin]
   std::vector<core::endpoint> admin_listen;  // metrics, health, admin API; default 127.0.0.1:8025
   std::string log_format = "json";           // "json" or "text"
+
+  // Deployment and supervision (src/server/privileges.cc, service_notify.cc, liveness.cc)
+  std::string user = "ringmta";  // [server] user: started as root, run as this user
+  bool allow_root = false;       // [server] allow_root: keep running as root (no drop)
+  bool debug_endpoints = false;  // [admin] debug_endpoints: POST /debug/... (tests only)
 };
 
 // Defaults, then `path` (when not empty), then flags. Throws config::error.
@@ -94,5 +103,16 @@ settings load_from(const std::string& toml_text, const std::string& origin,
 
 // "--listen ADDR:PORT (repeatable) [server.listen] ..." for --help.
 std::string help_text();
+
+// One row of the settings table, for generated documentation (man pages, see man_page.h).
+struct setting_description {
+  std::string key;         // "server.listen"
+  std::string flag;        // "--listen"
+  std::string value_name;  // "ADDR:PORT"; empty for a boolean flag
+  std::string help;
+  bool boolean_flag = false;  // --flag, --flag=true, --flag=false
+  bool list = false;          // repeatable / comma-separated; a TOML array
+};
+std::vector<setting_description> describe_settings();
 
 }  // namespace ringmta::config

@@ -146,6 +146,12 @@ class shard {
   core::timer_wheel& timers() noexcept { return _timers; }
   std::uint64_t now_ms() const noexcept { return _now_ms; }
   const shard_counters& counters() const noexcept { return _counters; }
+  // Heartbeat: the monotonic millisecond at which this shard's loop last began an iteration
+  // (0 before it runs). Any thread may read it; an idle shard still turns every
+  // idle_wait_ms_max, so an age well past that means the loop is stuck (health, watchdog).
+  std::uint64_t last_turn_ms() const noexcept {
+    return _last_turn_ms.load(std::memory_order_relaxed);
+  }
 
   // Routes completions of a fresh op kind to `handler`; ENOSPC when all 240 kinds are taken.
   core::result<io::op_kind> add_handler(completion_handler& handler) noexcept;
@@ -214,6 +220,10 @@ class shard {
   std::atomic<bool> _wake_pending{false};
   std::atomic<bool> _stop_requested{false};
   std::atomic<bool> _external_waiting{false};
+
+  // Written by this shard once per iteration, read by the admin and watchdog threads: its own
+  // cache line, so the shard's store never contends with the wake-up flags above.
+  alignas(cache_line_bytes) std::atomic<std::uint64_t> _last_turn_ms{0};
 };
 
 class runtime {

@@ -53,7 +53,7 @@ def free_port(address="127.0.0.1"):
 class Daemon:
     """ringmta on 127.0.0.1:<free port> with its own spool; stderr is collected."""
 
-    def __init__(self, binary, spool=None, args=(), shards=2, env=None):
+    def __init__(self, binary, spool=None, args=(), shards=2, env=None, prefix=()):
         self.binary = binary
         self.spool = spool or tempfile.mkdtemp(prefix="ringmta-spool-")
         if spool is None and not os.environ.get("RINGMTA_KEEP_SPOOL"):
@@ -63,6 +63,7 @@ class Daemon:
         self.args = list(args)
         self.shards = shards
         self.env = env
+        self.prefix = list(prefix)  # e.g. setpriv ... to start unprivileged
         self.process = None
         self.port = None
         self.admin_port = None
@@ -79,6 +80,11 @@ class Daemon:
         command = [self.binary, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
                    "--spool", self.spool, "--shards", str(self.shards), "--hostname",
                    "mx.test.example", "--log-format", "json"] + resolver + self.args
+        # Tests run as root: say so, unless the test is about running as another user.
+        if os.geteuid() == 0 and not self.prefix and \
+                not any(a.startswith("--user") for a in self.args):
+            command.append("--allow-root")
+        command = self.prefix + command
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, env=self.env)
         atexit.register(self.kill)

@@ -116,7 +116,8 @@ tap.ok(daemon.stop() == 0, "SIGTERM: clean exit 0")
 # Fewer shards than the spool holds mail for: a clear start-up error, not mail left unserved.
 shards_with_mail = {m["shard"] for m in spool_list(binary, daemon.spool)}
 refused = subprocess.run([binary, "--listen", "127.0.0.1:0", "--spool", daemon.spool,
-                          "--shards", "1"], capture_output=True, text=True, timeout=60)
+                          "--shards", "1", "--allow-root"], capture_output=True, text=True,
+                         timeout=60)
 tap.ok(1 in shards_with_mail and refused.returncode != 0 and
        "queued in shard-1 but only 1 shards are configured" in refused.stderr and
        "--shards 2" in refused.stderr,

@@ -167,7 +167,7 @@ d.stop()
 # --- bad configuration: a clear start-up error and a non-zero exit
 def start_error(args, config_text=None):
     with tempfile.TemporaryDirectory() as work:
-        command = [binary, "--spool", work + "/spool"] + args
+        command = [binary, "--spool", work + "/spool", "--allow-root"] + args
         if config_text is not None:
             with open(work + "/bad.toml", "w") as f:
                 f.write(config_text)

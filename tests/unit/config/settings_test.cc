@@ -155,6 +155,71 @@ TEST(settings, shipped_config_file_states_the_defaults) {
             builtin.default_destination_limits.connections_max);
   EXPECT_EQ(file.admin_listen[0].to_string(), builtin.admin_listen[0].to_string());
   EXPECT_EQ(file.greeting_text, builtin.greeting_text);
+  EXPECT_EQ(file.user, builtin.user);
+  EXPECT_EQ(file.allow_root, builtin.allow_root);
+  EXPECT_EQ(file.debug_endpoints, builtin.debug_endpoints);
+}
+
+TEST(settings, deployment_settings) {
+  const auto builtin = from("");
+  EXPECT_EQ(builtin.user, "ringmta");
+  EXPECT_FALSE(builtin.allow_root) << "root must be asked for";
+  EXPECT_FALSE(builtin.debug_endpoints);
+  EXPECT_EQ(builtin.pin_threads, pin_policy::automatic);
+  const auto file = from("[server]\nuser = \"mail\"\nallow_root = true\npin_threads = false\n"
+                         "[admin]\ndebug_endpoints = true\n");
+  EXPECT_EQ(file.user, "mail");
+  EXPECT_TRUE(file.allow_root);
+  EXPECT_TRUE(file.debug_endpoints);
+  EXPECT_EQ(file.pin_threads, pin_policy::off);
+  const auto flags = from("", {"--user", "nobody", "--allow-root", "--pin-threads", "true"});
+  EXPECT_EQ(flags.user, "nobody");
+  EXPECT_TRUE(flags.allow_root);
+  EXPECT_EQ(flags.pin_threads, pin_policy::on);
+  EXPECT_EQ(from("", {"--pin-threads", "auto"}).pin_threads, pin_policy::automatic);
+  EXPECT_NE(error_of("", {"--pin-threads", "sometimes"}).find("--pin-threads"),
+            std::string::npos);
+  EXPECT_NE(error_of("[server]\nuser = \"\"\n").find("test.toml:2: server.user"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"--user", "a:b"}).find("--user"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ringmta::config
+
+#include "ringmta/config/man_page.h"
+
+namespace ringmta::config {
+namespace {
+
+TEST(man_page, defaults_come_from_the_documented_config_file) {
+  const auto defaults = documented_defaults(
+      "[server]\n"
+      "listen = [\"0.0.0.0:25\"]   # --listen\n"
+      "# hostname = \"mx.example.com\"  # --hostname; default: this machine's host name\n"
+      "greeting_text = \"a # b\"   # a '#' inside a string is not a comment\n"
+      "[relay.routes]                 # --route\n"
+      "# \"example.org\" = \"192.0.2.10:25\"\n");
+  EXPECT_EQ(defaults.at("server.listen"), "[\"0.0.0.0:25\"]");
+  EXPECT_EQ(defaults.at("server.hostname"), "this machine's host name");
+  EXPECT_EQ(defaults.at("server.greeting_text"), "\"a # b\"");
+  EXPECT_EQ(defaults.at("relay.routes"), "an empty table");
+  EXPECT_FALSE(missing_defaults("[server]\nlisten = 1\n").empty());
+}
+
+TEST(man_page, pages_escape_roff_and_list_each_setting) {
+  const auto page8 = man_page(8, "[server]\nlisten = [\"0.0.0.0:25\"]\n", "9.9");
+  EXPECT_NE(page8.find(".TH RINGMTA 8 \"\" \"ringmta 9.9\""), std::string::npos);
+  EXPECT_NE(page8.find("\\%\\fB\\-\\-listen\\fR"), std::string::npos) << "flags unhyphenated";
+  EXPECT_NE(page8.find("default \\fB[\"0.0.0.0:25\"]\\fR"), std::string::npos);
+  EXPECT_NE(page8.find("RFC 5321 \\[sc]4.5.3.2.7"), std::string::npos) << "non-ASCII as glyphs";
+  EXPECT_NE(page8.find("default \\fBsee conf/ringmta.toml\\fR"), std::string::npos)
+      << "an undocumented key says so instead of inventing a default";
+  const auto page5 = man_page(5, "[server]\nlisten = [\"0.0.0.0:25\"]\n", "9.9");
+  EXPECT_NE(page5.find(".SH [server]\n.TP\n\\fBlisten\\fR = [\"0.0.0.0:25\"]"), std::string::npos);
+  for (const auto& s : describe_settings()) {
+    EXPECT_NE(page8.find(s.key), std::string::npos) << s.key;
+  }
 }
 
 }  // namespace

@@ -236,6 +236,50 @@ TEST(runtime, post_from_a_foreign_thread_reaches_an_idle_shard) {
   EXPECT_TRUE(finish(rt, [&] { return posted_value.load() == 0xfeed; }, 10000));
 }
 
+// ---- Heartbeat: an idle shard still turns (bounded sleep); a blocked one does not.
+
+std::atomic<bool> blocked_started{false};
+std::atomic<bool> release_blocked{false};
+
+void block_until_released(shard&, const message&) noexcept {
+  blocked_started = true;
+  const std::uint64_t deadline = core::monotonic_ns() + 10'000'000'000ull;
+  while (!release_blocked.load() && core::monotonic_ns() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+TEST(runtime, heartbeat_advances_while_idle_and_stops_while_a_handler_blocks) {
+  runtime_options options = small_options(2);
+  options.idle_wait_ms_max = 20;  // no timers, no messages: the loop turns only by the bound
+  runtime rt(options);
+  EXPECT_EQ(rt.at(1).last_turn_ms(), 0u);
+  ASSERT_TRUE(rt.start().ok());
+  const auto wait_for = [](const std::function<bool()>& done) {
+    const std::uint64_t deadline = core::monotonic_ns() + 5'000'000'000ull;
+    while (!done() && core::monotonic_ns() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return done();
+  };
+  ASSERT_TRUE(wait_for([&] { return rt.at(1).last_turn_ms() != 0; }));
+  const std::uint64_t idle_turn = rt.at(1).last_turn_ms();
+  EXPECT_TRUE(wait_for([&] { return rt.at(1).last_turn_ms() > idle_turn; }))
+      << "an idle shard must keep turning";
+
+  blocked_started = false;
+  release_blocked = false;
+  message m;
+  m.handler = &block_until_released;
+  ASSERT_TRUE(rt.post(1, m));
+  ASSERT_TRUE(wait_for([] { return blocked_started.load(); }));
+  const std::uint64_t frozen_turn = rt.at(1).last_turn_ms();
+  const std::uint64_t shard0_turn = rt.at(0).last_turn_ms();
+  // Shard 0 turns several times (its own bound) while shard 1's heartbeat must not move.
+  EXPECT_TRUE(wait_for([&] { return rt.at(0).last_turn_ms() > shard0_turn + 60; }));
+  EXPECT_EQ(rt.at(1).last_turn_ms(), frozen_turn);
+  release_blocked = true;
+  EXPECT_TRUE(finish(rt, [&] { return rt.at(1).last_turn_ms() > frozen_turn; }, 5000));
+}
+
 // ---- A connection (fixed file) handed from shard 0 to shard 1.
 
 struct handoff_receiver final : fd_handoff_handler {
