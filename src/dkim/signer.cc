@@ -135,6 +135,7 @@ sign_outcome message_signer::finish(std::int64_t now_seconds) noexcept {
   switch (_state) {
     case state::idle:
     case state::headers:
+    case state::signed_done:
     case state::skip: return sign_outcome::not_signed;
     case state::overflow: return sign_outcome::header_too_large;
     case state::refuse_from: return sign_outcome::no_single_from;
@@ -152,8 +153,12 @@ sign_outcome message_signer::finish(std::int64_t now_seconds) noexcept {
   if (bare > 0) return sign_outcome::bare_line_ending;
   _out.clear();
   for (const signing_key* key : _chosen) {
-    if (!sign_one(*key, now_seconds)) return sign_outcome::failed;
+    if (!sign_one(*key, now_seconds)) {
+      _state = state::skip;
+      return sign_outcome::failed;
+    }
   }
+  _state = state::signed_done;
   return sign_outcome::signed_ok;
 }
 

@@ -50,8 +50,11 @@ class message_signer {
   void feed(std::string_view bytes, bool stuffed) noexcept;
   // End of data. `now_seconds` gives t= and x=.
   sign_outcome finish(std::int64_t now_seconds) noexcept;
-  // After finish() returned signed_ok: the DKIM-Signature fields, CRLF-terminated.
-  std::string_view fields() const noexcept { return _out; }
+  // After finish() returned signed_ok (until begin() or clear()): the DKIM-Signature
+  // fields, CRLF-terminated; empty otherwise.
+  std::string_view fields() const noexcept {
+    return _state == state::signed_done ? std::string_view(_out) : std::string_view();
+  }
   // The keys that signed (or would have), in order: for logs and metrics.
   const std::vector<const signing_key*>& chosen() const noexcept { return _chosen; }
   // Drops the message and the table it holds.
@@ -59,7 +62,8 @@ class message_signer {
   bool active() const noexcept { return _state != state::idle; }
 
  private:
-  enum class state : std::uint8_t { idle, headers, body, skip, refuse_from, overflow };
+  enum class state : std::uint8_t {
+    idle, headers, body, skip, refuse_from, overflow, signed_done };
   void feed_headers(const char*& p, const char* end) noexcept;
   void end_of_headers() noexcept;
   bool sign_one(const signing_key& key, std::int64_t now_seconds) noexcept;
