@@ -38,7 +38,11 @@ void canonicalize_header(canonicalization mode, const header_field& field, std::
   }
   // §3.4.2: lowercase name, no WSP around the colon, unfolded, WSP runs as one SP, no
   // trailing WSP.
-  for (const char c : field.name) out.push_back(lower(c));
+  const std::size_t name_at = out.size();
+  for (const char c : field.name) {
+    if (c != '\r' && c != '\n') out.push_back(lower(c));  // a folded name unfolds too
+  }
+  while (out.size() > name_at && is_wsp(out.back())) out.pop_back();
   out.push_back(':');
   const std::size_t colon = line.find(':');
   const std::string_view value =
