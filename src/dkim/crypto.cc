@@ -9,6 +9,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
+#include <cstring>
 #include <fstream>
 #include <span>
 #include <sstream>
@@ -55,14 +56,29 @@ sha256::sha256() : _context(EVP_MD_CTX_new()) {
 sha256::~sha256() { EVP_MD_CTX_free(_context); }
 
 void sha256::reset() noexcept {
-  RINGMTA_ASSERT(EVP_DigestInit_ex2(_context, sha256_md(), nullptr) == 1);
+  _gathered = 0;
+  const int ready = EVP_DigestInit_ex2(_context, sha256_md(), nullptr);
+  RINGMTA_ASSERT(ready == 1);
+}
+
+void sha256::drain() noexcept {
+  if (_gathered > 0) EVP_DigestUpdate(_context, _buffer.data(), _gathered);
+  _gathered = 0;
 }
 
 void sha256::update(std::string_view bytes) noexcept {
-  if (!bytes.empty()) EVP_DigestUpdate(_context, bytes.data(), bytes.size());
+  if (bytes.size() >= small_bytes) {
+    drain();
+    EVP_DigestUpdate(_context, bytes.data(), bytes.size());
+    return;
+  }
+  if (_gathered + bytes.size() > _buffer.size()) drain();
+  std::memcpy(_buffer.data() + _gathered, bytes.data(), bytes.size());
+  _gathered += bytes.size();
 }
 
 digest sha256::finish() noexcept {
+  drain();
   digest out{};
   unsigned int length = 0;
   RINGMTA_ASSERT(EVP_DigestFinal_ex(_context, out.data(), &length) == 1 && length == out.size());
