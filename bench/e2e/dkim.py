@@ -8,7 +8,7 @@ opendkim process). Before measuring, a few messages of each pipeline go to a sec
 saves them, and dkimpy must verify their signature (both MTAs really sign).
 
 usage: bench/e2e/dkim.py [MSGS=10000] [--postfix-msgs MSGS/10] [--sizes 1024,102400]
-                         [--algorithms ed25519,rsa] [--build build] [--shards 2]
+                         [--algorithms ed25519,rsa] [--build build] [--shards 2] [--reuse]
 (Postfix gets fewer messages: at its rate the same count would take ten times as long; rates
 and CPU are per message.)"""
 import argparse
@@ -113,13 +113,16 @@ def verify(messages, record):
     return int(out.stdout.strip() or 0)
 
 
+REUSE = []  # ["-d"]: many messages per connection (--reuse)
+
+
 def source(port, msgs, size, recipient):
-    subprocess.run(["smtp-source", "-s", "50", "-m", str(msgs), "-l", str(size), "-f",
+    subprocess.run(["smtp-source"] + REUSE + ["-s", "50", "-m", str(msgs), "-l", str(size), "-f",
                     "a@x.test", "-t", recipient, f"127.0.0.1:{port}"], check=True, timeout=1800)
 
 
 def run_ringmta(args, key, record, size, work):
-    check = Sink(args.sink, work, "r-check", save=True)
+    check = Sink(args.sink, work, f"r-check-{size}-{os.path.basename(key)}", save=True)
     bench = Sink(args.sink, work, "r-bench")
     daemon = Daemon(args.ringmta, shards=args.shards, args=[
         "--dkim", f"x.test:sel:{key}", "--route", f"check.test=127.0.0.1:{check.port}",
@@ -142,7 +145,7 @@ def run_ringmta(args, key, record, size, work):
 
 def run_postfix(args, key, algorithm, record, size, work):
     msgs = args.postfix_msgs
-    check = Sink(args.sink, work, "p-check", save=True)
+    check = Sink(args.sink, work, f"p-check-{size}-{algorithm}", save=True)
     bench = Sink(args.sink, work, "p-bench")
     milter_port = free_port()
     conf = os.path.join(work, "opendkim.conf")
@@ -200,7 +203,11 @@ def main():
     parser.add_argument("--algorithms", default="ed25519,rsa")
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--reuse", action="store_true",
+                        help="smtp-source -d: many messages per connection")
     args = parser.parse_args()
+    if args.reuse:
+        REUSE.append("-d")
     args.ringmta = os.path.join(args.build, "src/ringmta")
     args.sink = os.path.join(args.build, "tools/sink/ringmta-sink")
     args.postfix_msgs = args.postfix_msgs or max(args.msgs // 10, 100)
