@@ -184,7 +184,10 @@ bool private_key::sign(const digest& hash, std::string& signature) const noexcep
     }
     EVP_PKEY_CTX_free(context);
   }
-  if (!ok) return false;
+  if (!ok) {
+    ERR_clear_error();  // the queue is per thread: leave nothing for the next caller
+    return false;
+  }
   signature.resize(length);
   return true;
 }

@@ -127,6 +127,18 @@ std::shared_ptr<const key_table> build_key_table(const config::settings& setting
     if (!has_keys(*table, domain))
       throw config::error(fmt::format("signing.platform_domains: no [[dkim]] key for {}", domain));
   }
+  // The fields of one message must fit the spool's header prefix: bound the signatures.
+  std::size_t most = 0;
+  std::vector<const signing_key*> chosen;
+  for (const signing_key& key : table->keys) {
+    chosen.clear();
+    table->choose(key.domain, chosen);
+    most = std::max(most, chosen.size());
+  }
+  if (most > signatures_per_message_max)
+    throw config::error(fmt::format("dkim: a message would carry {} signatures (keys of one "
+                                    "domain plus platform domains); at most {}",
+                                    most, signatures_per_message_max));
   return table;
 }
 

@@ -53,6 +53,10 @@ class key_table {
   bool signs_without_author() const;
 };
 
+// A message's DKIM-Signature fields are committed with it (at most 64 KiB, spool::store):
+// 16 RSA-4096 signatures with a long h= take ~28 KiB.
+inline constexpr std::size_t signatures_per_message_max = 16;
+
 // The default h= candidates and which of them are over-signed (RFC 6376 §5.4.1, §8.15).
 const std::vector<std::string>& default_signed_headers();
 const std::vector<std::string>& default_oversigned_headers();

@@ -321,5 +321,12 @@ out = subprocess.run([ringmta, "--listen", "127.0.0.1:0", "--spool", os.path.joi
                      text=True, timeout=30)
 tap.ok(out.returncode == 2 and "missing.key: cannot read" in out.stderr,
        "an unreadable key file stops the start-up with exit 2", out.stderr)
+many = []
+for i in range(17):  # 17 signatures would not fit a message's committed fields
+    many += ["--dkim", f"many.test:s{i}:{key_files[('relaxed.test', 'ed')]}"]
+out = subprocess.run([ringmta, "--listen", "127.0.0.1:0", "--spool", os.path.join(work, "s2")] +
+                     many, capture_output=True, text=True, timeout=30)
+tap.ok(out.returncode == 2 and "17 signatures" in out.stderr,
+       "more than 16 signatures per message is a start-up error", out.stderr)
 shutil.rmtree(work, ignore_errors=True)
 tap.done()
