@@ -2,6 +2,7 @@
 //
 //   ringmta [--config FILE] [--listen ADDR:PORT ...] [--spool DIR] ...   run the MTA
 //   ringmta spool ls [--spool DIR | --config FILE] [--json]              list queued mail
+//   ringmta dkim keygen --domain D --selector S [--algorithm rsa|ed25519]   a DKIM key
 //   ringmta --help                                                       every flag
 #include <cstdio>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "ringmta/config/settings.h"
+#include "ringmta/dkim/keygen.h"
 #include "ringmta/server/daemon.h"
 
 namespace {
@@ -18,7 +20,9 @@ void print_help() {
       "usage: ringmta [--config FILE] [flags]      run the mail transfer agent\n"
       "       ringmta spool ls [flags] [--json]    list queued messages\n"
       "       ringmta spool cat ID [flags] [--wire] print a queued message\n"
-      "       ringmta spool export DIR [flags]     write every queued message to DIR/<id>.eml\n\n"
+      "       ringmta spool export DIR [flags]     write every queued message to DIR/<id>.eml\n"
+      "       ringmta dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits N]\n"
+      "                                            write a DKIM key, print its DNS record\n\n"
       "Every setting has a flag (flags override the file):\n%s",
       ringmta::config::help_text().c_str());
 }
@@ -51,6 +55,8 @@ int spool_command(int argc, const char* const* argv) {
 
 int main(int argc, char** argv) {
   try {
+    if (argc > 2 && std::strcmp(argv[1], "dkim") == 0 && std::strcmp(argv[2], "keygen") == 0)
+      return ringmta::dkim::keygen_command(std::vector<std::string>(argv + 3, argv + argc));
     for (int i = 1; i < argc; ++i) {
       if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
         print_help();

@@ -170,6 +170,65 @@ std::vector<T> each(const values& v, Parse parse) {
   return out;
 }
 
+// ---- DKIM signing (issue 13): --dkim and [[dkim]] tables.
+constexpr std::string_view dkim_table_keys[] = {"domain", "selector", "key_file", "algorithm",
+                                                 "headers", "canonicalization"};
+
+// A DNS label for s= (RFC 6376 §3.1: selectors are sub-domains, dots allowed).
+std::string parse_selector(std::string_view text) {
+  try {
+    return parse_domain(text);
+  } catch (const bad_value&) {
+    expected("a selector such as mail2024 or a.b", text);
+  }
+}
+
+// "--dkim DOMAIN:SELECTOR:KEYFILE": the key file may contain colons.
+dkim_key parse_dkim_flag(std::string_view text) {
+  const auto first = text.find(':');
+  const auto second = first == std::string_view::npos ? first : text.find(':', first + 1);
+  if (second == std::string_view::npos || second + 1 == text.size())
+    expected("DOMAIN:SELECTOR:KEYFILE", text);
+  dkim_key key;
+  key.domain = parse_domain(text.substr(0, first));
+  key.selector = parse_selector(text.substr(first + 1, second - first - 1));
+  key.key_file = std::string(text.substr(second + 1));
+  key.origin = "command line";
+  return key;
+}
+
+void parse_dkim_field(dkim_key& key, std::string_view name, const values& v) {
+  if (name == "domain") key.domain = parse_domain(one(v));
+  else if (name == "selector") key.selector = parse_selector(one(v));
+  else if (name == "key_file") key.key_file = one(v);
+  else if (name == "algorithm") {
+    key.algorithm = one(v);
+    if (key.algorithm == "rsa-sha256") key.algorithm = "rsa";
+    if (key.algorithm == "ed25519-sha256") key.algorithm = "ed25519";
+    if (key.algorithm != "rsa" && key.algorithm != "ed25519") expected("rsa or ed25519", one(v));
+  } else if (name == "headers") {
+    key.headers.clear();
+    for (const auto& header : v) {
+      const bool token = !header.empty() && std::all_of(header.begin(), header.end(), [](char c) {
+        return c > 32 && c < 127 && c != ':';
+      });
+      if (!token) expected("header field names such as From or List-Unsubscribe", header);
+      key.headers.push_back(lowercase(header));
+    }
+    if (std::find(key.headers.begin(), key.headers.end(), "from") == key.headers.end())
+      expected("a list that includes From (RFC 6376 §5.4)", key.headers.front());
+  } else if (name == "canonicalization") {
+    const auto text = one(v);
+    const auto slash = text.find('/');
+    const auto part_ok = [](std::string_view p) { return p == "relaxed" || p == "simple"; };
+    if (slash == std::string::npos || !part_ok(text.substr(0, slash)) ||
+        !part_ok(text.substr(slash + 1)))
+      expected("relaxed/relaxed, simple/simple, relaxed/simple or simple/relaxed", text);
+    key.canonicalization = text;
+  }
+}
+// ---- end of DKIM signing helpers
+
 enum class arity : std::uint8_t { one, list, flag };
 
 struct setting_spec {
@@ -326,6 +385,49 @@ const std::vector<setting_spec>& table() {
          expected("a rate such as 0, 50 or 0.5", text);
        s.default_destination_limits.messages_per_second_max = rate;
      }},
+    // ---- DKIM signing (issue 13): [[dkim]] keys and [signing]. The keys are only parsed
+    // here; dkim::build_key_table reads and checks the files at start-up.
+    {"dkim", "--dkim", "DOMAIN:SELECTOR:KEYFILE", arity::list,
+     "sign mail From DOMAIN with this key (repeatable; TOML: [[dkim]] tables)",
+     [](settings& s, const values& v) {
+       s.dkim_keys.clear();
+       for (const auto& text : v) s.dkim_keys.push_back(parse_dkim_flag(text));
+     }},
+    {"signing.fallback", "--dkim-fallback", "SENDER=DOMAIN", arity::list,
+     "sign mail whose From domain has no key as DOMAIN (SENDER: name, .name, or *)",
+     [](settings& s, const values& v) {
+       s.dkim_fallback.clear();
+       for (const auto& text : v) {
+         const auto equals = text.find('=');
+         if (equals == std::string::npos) expected("SENDER=DOMAIN such as *=esp.example", text);
+         const std::string_view sender = std::string_view(text).substr(0, equals);
+         std::string pattern = sender == "*" ? std::string("*")
+                               : sender.starts_with(".")
+                                   ? "." + parse_domain(sender.substr(1))
+                                   : parse_domain(sender);
+         s.dkim_fallback.emplace_back(pattern,
+                                      parse_domain(std::string_view(text).substr(equals + 1)));
+       }
+     }},
+    {"signing.platform_domains", "--dkim-platform", "DOMAIN,...", arity::list,
+     "also sign every signed message with DOMAIN's keys (a platform's own signature)",
+     [](settings& s, const values& v) {
+       s.dkim_platform_domains = each<std::string>(v, parse_domain);
+     }},
+    {"signing.max_header_size", "--dkim-max-header-size", "BYTES", arity::one,
+     "header block of a message to sign; a larger one is refused (552 5.3.4)",
+     [](settings& s, const values& v) {
+       s.dkim_header_bytes_max = parse_bytes(one(v));
+       if (s.dkim_header_bytes_max < 4096 || s.dkim_header_bytes_max > (64u << 20))
+         expected("a size from 4k to 64M", one(v));
+     }},
+    {"signing.timestamp", "--dkim-timestamp", "true|false", arity::one,
+     "put the signing time (t=) in DKIM signatures",
+     [](settings& s, const values& v) { s.dkim_timestamp = parse_bool(one(v)); }},
+    {"signing.expire", "--dkim-expire", "DURATION", arity::one,
+     "signatures expire (x=) this long after signing; 0: never",
+     [](settings& s, const values& v) { s.dkim_expire_s = parse_seconds(one(v)); }},
+    // ---- end of DKIM signing
     {"admin.listen", "--admin-listen", "ADDR:PORT", arity::list,
      "metrics, health and admin API listener (repeatable)",
      [](settings& s, const values& v) {
@@ -390,6 +492,37 @@ std::string where(const std::string& origin, const toml::node& node) {
   return line ? fmt::format("{}:{}", origin, line) : origin;
 }
 
+// [[dkim]] tables: each field is checked where it is written (file:line: dkim.FIELD: ...).
+void apply_dkim_tables(settings& s, const toml::node& node, const std::string& origin) {
+  const auto* tables = node.as_array();
+  if (tables == nullptr || !tables->is_array_of_tables())
+    throw error(fmt::format("{}: dkim: expected [[dkim]] tables (domain, selector, key_file)",
+                            where(origin, node)));
+  s.dkim_keys.clear();
+  for (const auto& item : *tables) {
+    const auto& table = *item.as_table();
+    dkim_key key;
+    key.origin = where(origin, item);
+    for (const auto& [name, value] : table) {
+      const std::string_view field = name.str();
+      try {
+        if (std::find(std::begin(dkim_table_keys), std::end(dkim_table_keys), field) ==
+            std::end(dkim_table_keys))
+          throw bad_value("unknown field; use domain, selector, key_file, algorithm, headers, "
+                          "canonicalization");
+        parse_dkim_field(key, field, toml_values(value));
+      } catch (const bad_value& problem) {
+        throw error(fmt::format("{}: dkim.{}: {}", where(origin, value), field, problem.what()));
+      }
+    }
+    for (const auto* required : {"domain", "selector", "key_file"}) {
+      if (!table.contains(required))
+        throw error(fmt::format("{}: dkim: missing {}", key.origin, required));
+    }
+    s.dkim_keys.push_back(std::move(key));
+  }
+}
+
 void apply_toml(settings& s, const toml::table& root, const std::string& origin) {
   std::vector<std::string> seen;
   for (const auto& spec : table()) {
@@ -397,6 +530,10 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
     if (!node) continue;
     seen.push_back(spec.key);
     try {
+      if (std::string_view(spec.key) == "dkim") {
+        apply_dkim_tables(s, *node.node(), origin);
+        continue;
+      }
       if (std::string_view(spec.key) == "relay.routes" && node.is_table()) {
         values routes;  // [relay.routes] "example.com" = "192.0.2.1:25"
         for (const auto& [domain, target] : *node.as_table())
@@ -411,6 +548,7 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
   }
   // Every key must be one we know: a typo must not silently fall back to a default.
   for (const auto& [section, body] : root) {
+    if (section.str() == "dkim") continue;  // [[dkim]]: checked by apply_dkim_tables
     const auto* section_table = body.as_table();
     if (!section_table)
       throw error(fmt::format("{}: '{}': settings live in sections such as [server]",

@@ -322,6 +322,7 @@ void register_metrics(admin::registry& registry, const inbound_metrics& m) {
   registry.add("ringmta_sessions", "Open SMTP sessions", m.sessions);
   registry.add("ringmta_commit_latency_seconds", "End of data to durable (fdatasync done)",
                m.commit_latency);
+  register_metrics(registry, m.dkim);
 }
 
 sigset_t termination_signals() {
@@ -355,6 +356,13 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  // DKIM keys: read and checked before anything starts (a bad key is a start-up error).
+  auto dkim_keys = dkim::build_key_table(settings);
+  for (const auto& key : dkim_keys->keys)
+    log_event(format, "dkim_key",
+              fmt::format("{} selector {}: {} {} bits from {}", key.domain, key.selector,
+                          dkim::name_of(key.key->algorithm()), key.key->bits(), key.key_file));
+
   // Spool: recover every shard before taking any connection.
   check_spool_shards(settings.spool_dir, shards);
   std::vector<std::unique_ptr<spool::store>> stores;
@@ -384,6 +392,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   }
 
   inbound_config front = make_inbound_config(settings);
+  front.dkim_keys = std::move(dkim_keys);
   front.engine.hostname = front.hostname;
   front.engine.greeting_text = front.greeting_text;
   client_counters clients;

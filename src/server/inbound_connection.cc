@@ -397,12 +397,14 @@ smtp::verdict connection::on_data_start() noexcept {
   // sessions' appends cannot come in between.
   received_header.assign(header, net::format_received_header(fields, header, sizeof header));
   hops.reset();
+  dkim_begin();
   return smtp::verdict::accept();
 }
 
 void connection::on_body(std::string_view slice, smtp::body_form form) noexcept {
   if (message_error != 0 || !in_message) return;
   hops.feed(slice);
+  dkim_feed(slice, form);
   if (!received_header.empty()) {
     spool_bytes(received_header, smtp::body_form::wire);
     received_header.clear();
@@ -436,12 +438,18 @@ smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
     // A static text: the verdict's view must outlive this call (smtp/reply.h).
     return smtp::verdict::respond(554, "5.4.6", "too many hops (Received: fields): mail loop?");
   }
+  if (auto refused = dkim_finish()) {  // never unsigned mail that was meant to be signed
+    server.store().abort(message);
+    in_message = false;
+    server.metrics().messages_rejected.add();
+    return *refused;
+  }
   envelope.helo.assign(session->helo_name());
   return commit();
 }
 
 smtp::verdict connection::commit() noexcept {
-  auto committed = server.store().commit(message, envelope, &body);
+  auto committed = server.store().commit(message, envelope, &body, dkim_fields());
   if (!committed && committed.error() == EAGAIN) {  // no segment ready yet: retry shortly
     commit_retry = true;
     server.wait_for_spool(*this);
@@ -480,15 +488,16 @@ void connection::on_commit_result(int error) noexcept {
   const auto length = fmt::format_to_n(text, sizeof text, "Ok: queued as {}", id).size;
   session->resume(smtp::verdict::respond(250, "2.0.0", std::string_view(text, length)));
   server.log().set_time(core::wall_milliseconds());
-  server.log()
-      .record("received")
-      .field("id", id)
+  admin::log_record record = server.log().record("received");
+  record.field("id", id)
       .field("from", envelope.reverse_path)
       .field("recipients", static_cast<std::uint64_t>(envelope.recipients.size()))
       .field("size", message_bytes)
       .field("client", envelope.client_address)
       .field("helo", envelope.helo)
       .field("protocol", session->protocol_name());
+  dkim_accepted(record);
+  record.end();
   if (server.accepted_listener) server.accepted_listener(envelope, body);
   pump();
 }

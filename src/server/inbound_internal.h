@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ringmta/core/timer_wheel.h"
+#include "ringmta/dkim/signer.h"
 #include "ringmta/io/buffer_ring.h"
 #include "ringmta/net/received_header.h"
 #include "ringmta/server/inbound.h"
@@ -70,6 +71,7 @@ struct connection final : smtp::server_handler {
   std::vector<spool::body_slice> body;  // where commit() put the body
   std::string received_header;  // formatted at DATA, spooled with the first body bytes
   net::received_counter hops;   // the client's Received: fields (RFC 5321 §6.3)
+  std::unique_ptr<dkim::message_signer> dkim;  // made at the first message to sign
 
   // smtp::server_handler
   smtp::verdict on_helo(std::string_view domain, bool extended) noexcept override;
@@ -83,6 +85,15 @@ struct connection final : smtp::server_handler {
   smtp::verdict on_data_end(const smtp::body_summary& summary) noexcept override;
   void on_data_aborted(smtp::abort_reason reason) noexcept override;
   void on_reset() noexcept override;
+
+  // DKIM signing (inbound_dkim.cc): begin at DATA, feed every body slice, sign at the end.
+  bool signs_for_client() const noexcept;
+  void dkim_begin() noexcept;
+  void dkim_feed(std::string_view slice, smtp::body_form form) noexcept;
+  // Signs; a refusal (never unsigned mail that was meant to be signed) or nothing.
+  std::optional<smtp::verdict> dkim_finish() noexcept;
+  std::string_view dkim_fields() const noexcept;  // committed ahead of the body
+  void dkim_accepted(admin::log_record& record) noexcept;  // metrics and log fields
 
   // Driving the session over the ring (inbound_connection.cc).
   void open(int accepted_fd, const core::endpoint& peer_address, bool refuse) noexcept;

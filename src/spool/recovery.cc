@@ -383,6 +383,18 @@ bool voided(const scan_context& ctx, const commit_seen& commit) {
   return false;
 }
 
+// Whether the commit names exactly the verified data records of its message. `seen` is in
+// file order; the commit may list a record out of that order: a header prefix (DKIM-Signature)
+// is written at the end of data, after the body, but named first (store::commit). Spools
+// without prefixes list them in file order, as before.
+bool same_records(const std::vector<body_range>& seen, std::vector<body_range> named) {
+  if (seen.size() != named.size()) return false;
+  std::sort(named.begin(), named.end(), [](const body_range& a, const body_range& b) {
+    return a.segment != b.segment ? a.segment < b.segment : a.offset < b.offset;
+  });
+  return seen == named;
+}
+
 // Turns verified commits into index entries. `complete` is false when data is missing.
 void build_messages(scan_context& ctx, std::vector<message_id>& incomplete) {
   auto& report = ctx.state->report;
@@ -414,7 +426,7 @@ void build_messages(scan_context& ctx, std::vector<message_id>& incomplete) {
     if (commit.ranges.empty()) {
       complete = complete && data == ctx.data.end();
     } else {
-      complete = complete && data != ctx.data.end() && data->second == commit.ranges;
+      complete = complete && data != ctx.data.end() && same_records(data->second, commit.ranges);
     }
     entry.recipients.resize(commit.recipients);
     if (!complete) incomplete.push_back(id);

@@ -9,6 +9,13 @@
 namespace ringmta::spool {
 
 namespace {
+
+void encode_range(char* out, const body_range& range) noexcept {
+  format::store_le<std::uint32_t>(out, range.segment);
+  format::store_le<std::uint32_t>(out + 4, range.length);
+  format::store_le<std::uint64_t>(out + 8, range.offset);
+}
+
 // A data record is only started when at least this much payload fits in the segment, so a
 // nearly full segment is not filled with tiny records.
 constexpr std::uint64_t record_payload_bytes_min = 512;
@@ -334,9 +341,11 @@ core::result<std::size_t> store::append_raw(message_handle handle, std::string_v
 }
 
 core::result<std::uint64_t> store::commit(message_handle handle, const envelope& value,
-                                          std::vector<body_slice>* body) noexcept {
+                                          std::vector<body_slice>* body,
+                                          std::string_view header_prefix) noexcept {
   auto& message = *lookup(handle);
   RINGMTA_ASSERT(value.id == message.id);
+  RINGMTA_ASSERT(header_prefix.size() <= header_prefix_bytes_max);
   if (value.recipients.empty() || value.recipients.size() > envelope_recipients_max) {
     message.error = EINVAL;  // RFC 5321 §3.3: no DATA without a recipient; index is 16 bits
   }
@@ -345,16 +354,22 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
     forget_pending(message);
     return core::fail(error);
   }
+  // The prefix (DKIM-Signature fields) is a data record of its own, placed right before the
+  // commit record and named FIRST among the body ranges: delivery sends it ahead of the
+  // received bytes. Its range is filled in once the record has its place.
+  const bool prefixed = !header_prefix.empty();
+  const std::uint64_t prefix_record_bytes =
+      prefixed ? format::header_bytes + header_prefix.size() : 0;
+  const std::size_t range_count = message.ranges.size() + (prefixed ? 1 : 0);
   _scratch.clear();
   char fixed[format::commit_fixed_bytes];
-  format::store_le<std::uint64_t>(fixed, message.body_bytes);
-  format::store_le<std::uint32_t>(fixed + 8, static_cast<std::uint32_t>(message.ranges.size()));
+  format::store_le<std::uint64_t>(fixed, message.body_bytes + header_prefix.size());
+  format::store_le<std::uint32_t>(fixed + 8, static_cast<std::uint32_t>(range_count));
   _scratch.append(fixed, sizeof fixed);
+  if (prefixed) _scratch.append(format::range_bytes, '\0');  // patched below
   for (const auto& range : message.ranges) {
     char bytes[format::range_bytes];
-    format::store_le<std::uint32_t>(bytes, range.segment);
-    format::store_le<std::uint32_t>(bytes + 4, range.length);
-    format::store_le<std::uint64_t>(bytes + 8, range.offset);
+    encode_range(bytes, range);
     _scratch.append(bytes, sizeof bytes);
   }
   const std::size_t envelope_at = _scratch.size();
@@ -362,12 +377,12 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
   format::store_le<std::uint32_t>(_scratch.data() + 12,
                                   static_cast<std::uint32_t>(_scratch.size() - envelope_at));
   const std::uint64_t record_bytes = format::header_bytes + _scratch.size();
-  if (record_bytes > _config.segment_bytes - format::first_record_offset ||
+  if (prefix_record_bytes + record_bytes > _config.segment_bytes - format::first_record_offset ||
       _scratch.size() > format::payload_bytes_max) {
     forget_pending(message);
     return core::fail(EMSGSIZE);
   }
-  const int error = ensure_room(record_bytes, false);
+  const int error = ensure_room(prefix_record_bytes + record_bytes, false);
   if (error == EAGAIN) return core::fail(EAGAIN);
   if (error != 0) {
     forget_pending(message);
@@ -375,6 +390,12 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
   }
   close_open_record();
   touch(message, _current->id);
+  if (prefixed) {
+    const body_range range = place_prefix(message.id, header_prefix);
+    encode_range(_scratch.data() + format::commit_fixed_bytes, range);
+    message.ranges.insert(message.ranges.begin(), range);
+    message.body_bytes += header_prefix.size();
+  }
   const std::uint64_t offset = _current->write_offset;
   char* header = put_header();
   format::encode_record(header, format::record_type::commit, message.id, _scratch,
@@ -406,6 +427,17 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
   forget_pending(message);
   if (_open->bytes >= _config.batch_bytes_max && !_flight->active) submit();
   return ticket;
+}
+
+// One whole data record holding `bytes`, at the current write offset (room was ensured).
+body_range store::place_prefix(message_id id, std::string_view bytes) noexcept {
+  const std::uint64_t offset = _current->write_offset;
+  char* header = put_header();
+  format::encode_record(header, format::record_type::data, id, bytes,
+                        format::seed(_current->salt, offset));
+  put_bytes(bytes);
+  return body_range{_current->id, static_cast<std::uint32_t>(bytes.size()),
+                    offset + format::header_bytes};
 }
 
 void store::release_segments(std::uint32_t first, std::uint64_t mask) noexcept {

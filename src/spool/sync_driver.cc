@@ -183,9 +183,10 @@ core::result<void> sync_spool::append_raw(message_handle handle, std::string_vie
 }
 
 core::result<std::uint64_t> sync_spool::commit(message_handle handle, const envelope& value,
-                                               std::vector<body_slice>* body) noexcept {
+                                               std::vector<body_slice>* body,
+                                               std::string_view header_prefix) noexcept {
   for (int attempt = 0;; ++attempt) {
-    auto ticket = _store->commit(handle, value, body);
+    auto ticket = _store->commit(handle, value, body, header_prefix);
     if (ticket || ticket.error() != EAGAIN || attempt == 3) {
       run();
       return ticket;

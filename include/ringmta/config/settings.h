@@ -40,6 +40,18 @@ struct destination_limits {
   double messages_per_second_max = 0;  // 0: unlimited
 };
 
+// One DKIM signing key: a [[dkim]] table or --dkim DOMAIN:SELECTOR:KEYFILE (RFC 6376). The
+// key file is read and checked when the key table is built (dkim/key_table.h), not here.
+struct dkim_key {
+  std::string domain;     // d=, lowercase
+  std::string selector;   // s=
+  std::string key_file;
+  std::string algorithm;  // "rsa" or "ed25519"; empty: what the key file holds
+  std::vector<std::string> headers;  // h= candidates, lowercase; empty: the default list
+  std::string canonicalization = "relaxed/relaxed";  // header/body: relaxed or simple
+  std::string origin;     // "FILE:LINE" or "command line", for start-up errors
+};
+
 struct settings {
   // [server]
   std::vector<core::endpoint> listen;  // default 0.0.0.0:25
@@ -82,6 +94,17 @@ struct settings {
   std::uint32_t queue_lifetime_s = 5 * 24 * 3600;
   std::vector<std::uint32_t> retry_schedule_s = {60, 300, 900, 1800, 3600, 7200, 14400};
   destination_limits default_destination_limits;
+
+  // [[dkim]] keys and [signing]: DKIM signing of mail from mynetworks (and, once AUTH
+  // exists, authenticated clients). See dkim/key_table.h for how a key is chosen.
+  std::vector<dkim_key> dkim_keys;
+  // Signing domain for mail whose From: domain has no key: "customer.example" (exact),
+  // ".customer.example" (subdomains) or "*" (any) → signing domain.
+  std::vector<std::pair<std::string, std::string>> dkim_fallback;
+  std::vector<std::string> dkim_platform_domains;  // also sign every signed message as these
+  std::uint64_t dkim_header_bytes_max = 256u << 10;  // header block of a message to sign
+  bool dkim_timestamp = true;                        // t=
+  std::uint32_t dkim_expire_s = 0;                   // x= = t= + this; 0: no x=
 
   // [admin]
   std::vector<core::endpoint> admin_listen;  // metrics, health, admin API; default 127.0.0.1:8025

@@ -29,6 +29,8 @@
 #include "ringmta/admin/log.h"
 #include "ringmta/admin/metrics.h"
 #include "ringmta/core/endpoint.h"
+#include "ringmta/dkim/key_table.h"
+#include "ringmta/server/inbound_dkim.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/smtp/server_session.h"
 #include "ringmta/spool/store.h"
@@ -82,6 +84,9 @@ struct inbound_config {
   std::uint32_t receive_buffer_bytes = 16 * 1024;
   std::uint32_t receive_buffer_count = 2048;  // per shard, power of two
   client_counters* clients = nullptr;          // shared by all shards
+  // DKIM keys (immutable; a reload installs a new table): mail from mynetworks (and
+  // authenticated clients) is signed when its From: domain has keys. Null or empty: off.
+  std::shared_ptr<const dkim::key_table> dkim_keys;
 };
 
 // Per-shard counters, registered with the metrics registry by the daemon.
@@ -99,6 +104,7 @@ struct inbound_metrics {
   admin::counter spool_failures;
   admin::gauge sessions;
   admin::histogram commit_latency;  // end of data → durable
+  dkim_metrics dkim;
 };
 
 class inbound_server;

@@ -76,6 +76,8 @@ struct body_slice {
   std::uint32_t length = 0;
 };
 
+inline constexpr std::size_t header_prefix_bytes_max = 64u << 10;
+
 struct stored_message {
   spool::envelope envelope;
   std::uint64_t body_bytes = 0;
@@ -121,8 +123,13 @@ class store {
   // unless the error is EAGAIN.
   // With `body`, also gives where the committed body lives (what read() would say), so the
   // caller can deliver it without reading the commit record back.
+  // `header_prefix` (header fields computed at the end of data, e.g. DKIM-Signature; CRLF
+  // lines that never start with ".", so wire and raw form agree) is stored in its own data
+  // record in the same group commit and becomes the FIRST body range: every reader (delivery,
+  // `spool cat`, DSNs) sees it ahead of the received bytes. At most header_prefix_bytes_max.
   core::result<std::uint64_t> commit(message_handle handle, const envelope& value,
-                                     std::vector<body_slice>* body = nullptr) noexcept;
+                                     std::vector<body_slice>* body = nullptr,
+                                     std::string_view header_prefix = {}) noexcept;
   void abort(message_handle handle) noexcept;
 
   // --- delivery ---
@@ -188,6 +195,7 @@ class store {
   void put_bytes(std::string_view bytes) noexcept;
   char* take_block() noexcept;
   void place_voids() noexcept;
+  body_range place_prefix(message_id id, std::string_view bytes) noexcept;
   void release_segments(std::uint32_t first, std::uint64_t mask) noexcept;
   void forget_pending(pending_message& message) noexcept;
   // files (store_files.cc)

@@ -46,7 +46,8 @@ class sync_spool {
   core::result<void> append(message_handle handle, std::string_view wire) noexcept;
   core::result<void> append_raw(message_handle handle, std::string_view raw) noexcept;
   core::result<std::uint64_t> commit(message_handle handle, const envelope& value,
-                                     std::vector<body_slice>* body = nullptr) noexcept;
+                                     std::vector<body_slice>* body = nullptr,
+                                     std::string_view header_prefix = {}) noexcept;
   core::result<std::uint64_t> mark(message_id id, std::uint16_t recipient,
                                    recipient_status status) noexcept;
   // flush() and run until everything is written and synced.

@@ -158,6 +158,66 @@ TEST(settings, shipped_config_file_states_the_defaults) {
   EXPECT_EQ(file.user, builtin.user);
   EXPECT_EQ(file.allow_root, builtin.allow_root);
   EXPECT_EQ(file.debug_endpoints, builtin.debug_endpoints);
+  EXPECT_EQ(file.dkim_keys.size(), builtin.dkim_keys.size());
+  EXPECT_EQ(file.dkim_header_bytes_max, builtin.dkim_header_bytes_max);
+  EXPECT_EQ(file.dkim_timestamp, builtin.dkim_timestamp);
+  EXPECT_EQ(file.dkim_expire_s, builtin.dkim_expire_s);
+  EXPECT_EQ(file.dkim_fallback, builtin.dkim_fallback);
+  EXPECT_EQ(file.dkim_platform_domains, builtin.dkim_platform_domains);
+}
+
+// [[dkim]] tables and --dkim: parsed with file:line errors; the key files are read later.
+TEST(settings, dkim_tables_and_flags) {
+  const auto s = load_from(R"([[dkim]]
+domain = "Example.COM"
+selector = "s1"
+key_file = "/k/a.key"
+algorithm = "ed25519"
+headers = ["From", "Subject", "List-Unsubscribe"]
+
+[[dkim]]
+domain = "esp.example"
+selector = "s2"
+key_file = "/k/b.key"
+canonicalization = "simple/simple"
+
+[signing]
+fallback = ["*=esp.example", ".customer.example=esp.example"]
+platform_domains = ["esp.example"]
+expire = "7d"
+timestamp = false
+)", "t.toml", {});
+  ASSERT_EQ(s.dkim_keys.size(), 2u);
+  EXPECT_EQ(s.dkim_keys[0].domain, "example.com");
+  EXPECT_EQ(s.dkim_keys[0].algorithm, "ed25519");
+  EXPECT_EQ(s.dkim_keys[0].headers,
+            (std::vector<std::string>{"from", "subject", "list-unsubscribe"}));
+  EXPECT_EQ(s.dkim_keys[0].origin, "t.toml:1");
+  EXPECT_EQ(s.dkim_keys[1].canonicalization, "simple/simple");
+  EXPECT_EQ(s.dkim_fallback.size(), 2u);
+  EXPECT_EQ(s.dkim_fallback[1].first, ".customer.example");
+  EXPECT_EQ(s.dkim_expire_s, 7u * 86400);
+  EXPECT_FALSE(s.dkim_timestamp);
+  const auto flags = load_from({}, {}, {"--dkim", "a.example:sel:/k/with:colon.key", "--dkim",
+                                        "b.example:sel:/k/b.key"});
+  ASSERT_EQ(flags.dkim_keys.size(), 2u);
+  EXPECT_EQ(flags.dkim_keys[0].key_file, "/k/with:colon.key");
+  EXPECT_EQ(flags.dkim_keys[1].domain, "b.example");
+  EXPECT_EQ(error_of("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\n", {}),
+            "test.toml:1: dkim: missing key_file");
+  EXPECT_EQ(error_of("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\nkey_file = \"k\"\n"
+                     "headers = [\"To\"]\n",
+                     {}),
+            "test.toml:5: dkim.headers: expected a list that includes From (RFC 6376 §5.4), got 'to'");
+  EXPECT_EQ(error_of("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\nkey_file = \"k\"\n"
+                     "color = \"red\"\n",
+                     {}),
+            "test.toml:5: dkim.color: unknown field; use domain, selector, key_file, algorithm, "
+            "headers, canonicalization");
+  EXPECT_EQ(error_of("", {"--dkim", "a.example:sel"}),
+            "command line: --dkim: expected DOMAIN:SELECTOR:KEYFILE, got 'a.example:sel'");
+  EXPECT_EQ(error_of("", {"--dkim-fallback", "x"}),
+            "command line: --dkim-fallback: expected SENDER=DOMAIN such as *=esp.example, got 'x'");
 }
 
 TEST(settings, deployment_settings) {
