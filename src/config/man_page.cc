@@ -172,6 +172,12 @@ std::map<std::string, std::string> documented_defaults(std::string_view conf_tex
     conf_text = end == std::string_view::npos ? std::string_view() : conf_text.substr(end + 1);
     const bool commented = !line.empty() && line.front() == '#';
     if (commented) line = trim(line.substr(1));
+    if (line.starts_with("[[")) {  // an array of tables ([[dkim]]): one setting, a list
+      const auto name = std::string(line.substr(2, line.find("]]") - 2));
+      if (!out.count(name)) out[name] = "none";
+      section = name;
+      continue;
+    }
     if (!commented && !line.empty() && line.front() == '[') {
       section = std::string(line.substr(1, line.find(']') - 1));
       out[section] = "an empty table";  // [relay.routes]: a setting that is a table
@@ -224,6 +230,13 @@ std::string man_page(int section, std::string_view conf_text, std::string_view v
   std::string current;
   for (const auto& s : settings) {
     const auto dot = s.key.find('.');
+    if (dot == std::string::npos) {  // a top-level array of tables: [[dkim]]
+      out += fmt::format(".SH [[{}]]\n.TP\none table each, default {}\n{}\nOption: {}\n",
+                         roff(s.key), roff(default_of(defaults, s.key)), sentence(s.help),
+                         flag_usage(s));
+      current.clear();
+      continue;
+    }
     const std::string table = s.key.substr(0, dot);
     if (table != current) {
       out += fmt::format(".SH [{}]\n", table);

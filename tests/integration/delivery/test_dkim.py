@@ -312,11 +312,11 @@ again.stop()
 bad = os.path.join(work, "bad.key")
 with open(bad, "w") as f:
     f.write("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
-out = subprocess.run([ringmta, "--listen", "127.0.0.1:0", "--spool", os.path.join(work, "s2"),
+out = subprocess.run([ringmta, "--allow-root", "--listen", "127.0.0.1:0", "--spool", os.path.join(work, "s2"),
                       "--dkim", f"bad.test:sel:{bad}"], capture_output=True, text=True, timeout=30)
 tap.ok(out.returncode == 2 and bad in out.stderr and "bad.test" in out.stderr,
        "a malformed key file stops the start-up with exit 2 and names it", out.stderr)
-out = subprocess.run([ringmta, "--listen", "127.0.0.1:0", "--spool", os.path.join(work, "s2"),
+out = subprocess.run([ringmta, "--allow-root", "--listen", "127.0.0.1:0", "--spool", os.path.join(work, "s2"),
                       "--dkim", f"gone.test:sel:{work}/missing.key"], capture_output=True,
                      text=True, timeout=30)
 tap.ok(out.returncode == 2 and "missing.key: cannot read" in out.stderr,
@@ -324,7 +324,7 @@ tap.ok(out.returncode == 2 and "missing.key: cannot read" in out.stderr,
 many = []
 for i in range(17):  # 17 signatures would not fit a message's committed fields
     many += ["--dkim", f"many.test:s{i}:{key_files[('relaxed.test', 'ed')]}"]
-out = subprocess.run([ringmta, "--listen", "127.0.0.1:0", "--spool", os.path.join(work, "s2")] +
+out = subprocess.run([ringmta, "--allow-root", "--listen", "127.0.0.1:0", "--spool", os.path.join(work, "s2")] +
                      many, capture_output=True, text=True, timeout=30)
 tap.ok(out.returncode == 2 and "17 signatures" in out.stderr,
        "more than 16 signatures per message is a start-up error", out.stderr)

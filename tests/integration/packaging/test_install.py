@@ -93,6 +93,10 @@ missing8 = [flag for flag, key in rows if flag not in flat8 or key not in flat8]
 tap.ok(not missing8, "ringmta(8) lists every flag with its key", missing8)
 missing5 = []
 for flag, key in rows:
+    if "." not in key:  # a top-level array of tables ([[dkim]])
+        if f"[[{key}]]" not in flat5 or flag not in flat5:
+            missing5.append(key)
+        continue
     section, name = key.split(".", 1)
     block = flat5.split(f"[{section}]", 1)[-1]
     if f"{name} =" not in block or flag not in block:
