@@ -134,9 +134,9 @@ void line_break_scan(benchmark::State& state) {
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * body.size()));
 }
-BENCHMARK_TEMPLATE(line_break_scan, find_line_break_portable)->Name("scanner/portable")->Arg(78)->Arg(1000);
-BENCHMARK_TEMPLATE(line_break_scan, find_line_break_sse2)->Name("scanner/sse2")->Arg(78)->Arg(1000);
-BENCHMARK_TEMPLATE(line_break_scan, find_line_break_avx2)->Name("scanner/avx2")->Arg(78)->Arg(1000);
+BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_portable)->Name("scanner/portable")->Arg(78)->Arg(1000);
+BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_sse2)->Name("scanner/sse2")->Arg(78)->Arg(1000);
+BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_avx2)->Name("scanner/avx2")->Arg(78)->Arg(1000);
 
 }  // namespace
 }  // namespace ringmta::smtp

@@ -1,5 +1,5 @@
-// SSE2/AVX2 search for CR or LF with 8-bit detection folded into the same pass (the movemask
-// of the raw bytes is their top bits), so each body octet is read once.
+// SSE2/AVX2 search for CR, LF or NUL with 8-bit detection folded into the same pass (the
+// movemask of the raw bytes is their top bits), so each body octet is read once.
 #include "ringmta/smtp/data_scanner.h"
 
 #include <cstdint>
@@ -10,13 +10,13 @@
 
 namespace ringmta::smtp {
 
-const char* find_line_break_portable(const char* begin, const char* end,
+const char* find_cr_lf_nul_portable(const char* begin, const char* end,
                                      bool& eight_bit) noexcept {
   unsigned char high = 0;
   const char* p = begin;
   for (; p < end; ++p) {
     const unsigned char c = static_cast<unsigned char>(*p);
-    if (c == '\r' || c == '\n') break;
+    if (c == '\r' || c == '\n' || c == 0) break;
     high |= c;
   }
   if (high & 0x80) eight_bit = true;
@@ -29,15 +29,17 @@ namespace {
 inline unsigned low_bits(unsigned count) noexcept { return (1u << count) - 1u; }
 }  // namespace
 
-const char* find_line_break_sse2(const char* begin, const char* end, bool& eight_bit) noexcept {
+const char* find_cr_lf_nul_sse2(const char* begin, const char* end, bool& eight_bit) noexcept {
   const __m128i cr = _mm_set1_epi8('\r');
   const __m128i lf = _mm_set1_epi8('\n');
+  const __m128i nul = _mm_setzero_si128();
   unsigned high = 0;
   const char* p = begin;
   for (; end - p >= 16; p += 16) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     const unsigned breaks = static_cast<unsigned>(
-        _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf))));
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)),
+                                       _mm_cmpeq_epi8(v, nul))));
     const unsigned top = static_cast<unsigned>(_mm_movemask_epi8(v));
     if (breaks != 0) {
       const unsigned at = static_cast<unsigned>(__builtin_ctz(breaks));
@@ -48,20 +50,22 @@ const char* find_line_break_sse2(const char* begin, const char* end, bool& eight
     high |= top;
   }
   if (high) eight_bit = true;
-  return find_line_break_portable(p, end, eight_bit);
+  return find_cr_lf_nul_portable(p, end, eight_bit);
 }
 
-__attribute__((target("avx2"))) const char* find_line_break_avx2_impl(const char* begin,
+__attribute__((target("avx2"))) const char* find_cr_lf_nul_avx2_impl(const char* begin,
                                                                        const char* end,
                                                                        bool& eight_bit) noexcept {
   const __m256i cr = _mm256_set1_epi8('\r');
   const __m256i lf = _mm256_set1_epi8('\n');
+  const __m256i nul = _mm256_setzero_si256();
   std::uint32_t high = 0;
   const char* p = begin;
   for (; end - p >= 32; p += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    const std::uint32_t breaks = static_cast<std::uint32_t>(_mm256_movemask_epi8(
-        _mm256_or_si256(_mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(v, lf))));
+    const std::uint32_t breaks = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_or_si256(
+        _mm256_or_si256(_mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(v, lf)),
+        _mm256_cmpeq_epi8(v, nul))));
     const std::uint32_t top = static_cast<std::uint32_t>(_mm256_movemask_epi8(v));
     if (breaks != 0) {
       const unsigned at = static_cast<unsigned>(__builtin_ctz(breaks));
@@ -73,7 +77,7 @@ __attribute__((target("avx2"))) const char* find_line_break_avx2_impl(const char
     high |= top;
   }
   if (high) eight_bit = true;
-  return find_line_break_sse2(p, end, eight_bit);
+  return find_cr_lf_nul_sse2(p, end, eight_bit);
 }
 
 namespace {
@@ -86,17 +90,17 @@ bool cpu_has_avx2() noexcept {
 using scanner_fn = const char* (*)(const char*, const char*, bool&) noexcept;
 
 scanner_fn pick_scanner() noexcept {
-  return cpu_has_avx2() ? &find_line_break_avx2_impl : &find_line_break_sse2;
+  return cpu_has_avx2() ? &find_cr_lf_nul_avx2_impl : &find_cr_lf_nul_sse2;
 }
 
 }  // namespace
 
-const char* find_line_break_avx2(const char* begin, const char* end, bool& eight_bit) noexcept {
-  if (!cpu_has_avx2()) return find_line_break_portable(begin, end, eight_bit);
-  return find_line_break_avx2_impl(begin, end, eight_bit);
+const char* find_cr_lf_nul_avx2(const char* begin, const char* end, bool& eight_bit) noexcept {
+  if (!cpu_has_avx2()) return find_cr_lf_nul_portable(begin, end, eight_bit);
+  return find_cr_lf_nul_avx2_impl(begin, end, eight_bit);
 }
 
-const char* find_line_break(const char* begin, const char* end, bool& eight_bit) noexcept {
+const char* find_cr_lf_nul(const char* begin, const char* end, bool& eight_bit) noexcept {
   // A function-local static: safe even when called from another file's static initializer.
   static const scanner_fn chosen = pick_scanner();
   return chosen(begin, end, eight_bit);
@@ -108,14 +112,14 @@ std::string_view line_break_scanner_name() noexcept {
 
 #else  // not x86-64
 
-const char* find_line_break_sse2(const char* begin, const char* end, bool& eight_bit) noexcept {
-  return find_line_break_portable(begin, end, eight_bit);
+const char* find_cr_lf_nul_sse2(const char* begin, const char* end, bool& eight_bit) noexcept {
+  return find_cr_lf_nul_portable(begin, end, eight_bit);
 }
-const char* find_line_break_avx2(const char* begin, const char* end, bool& eight_bit) noexcept {
-  return find_line_break_portable(begin, end, eight_bit);
+const char* find_cr_lf_nul_avx2(const char* begin, const char* end, bool& eight_bit) noexcept {
+  return find_cr_lf_nul_portable(begin, end, eight_bit);
 }
-const char* find_line_break(const char* begin, const char* end, bool& eight_bit) noexcept {
-  return find_line_break_portable(begin, end, eight_bit);
+const char* find_cr_lf_nul(const char* begin, const char* end, bool& eight_bit) noexcept {
+  return find_cr_lf_nul_portable(begin, end, eight_bit);
 }
 std::string_view line_break_scanner_name() noexcept { return "portable"; }
 
