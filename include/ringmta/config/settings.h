@@ -79,6 +79,12 @@ struct settings {
   std::vector<std::uint32_t> retry_schedule_s = {60, 300, 900, 1800, 3600, 7200, 14400};
   destination_limits default_destination_limits;
 
+  // Hostile clients (issue 10)
+  std::string postmaster;                      // alias for postmaster at our own names
+  std::uint32_t min_data_rate_bytes = 500;     // DATA/BDAT bytes/s (Postfix smtpd_min_data_rate)
+  std::uint32_t timeout_under_load_ms = 10'000;  // Postfix stress mode: smtpd_timeout 10s
+  std::uint32_t load_threshold_percent = 80;   // of sessions_per_shard_max
+
   // [admin]
   std::vector<core::endpoint> admin_listen;  // metrics, health, admin API; default 127.0.0.1:8025
   std::string log_format = "json";           // "json" or "text"
