@@ -49,7 +49,7 @@ class session_deadline {
       return _deadline_ms = ceiling;
     }
     const std::uint64_t earned = bytes * 1000 / _limits.min_data_rate_bytes;
-    _deadline_ms = std::min(std::max(_deadline_ms, now_ms) + earned, ceiling);
+    _deadline_ms = std::min(_deadline_ms + earned, ceiling);  // a passed one stays passed
     return _deadline_ms;
   }
 
