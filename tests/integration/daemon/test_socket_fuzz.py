@@ -7,6 +7,7 @@ at a bare CR or LF (lax_downstream.py), as a vulnerable next hop would.
 
 Sessions: EHLO, 1-3 transactions by DATA or BDAT (one or several chunks), pipelined or not,
 sent in random pieces with random pauses; bodies with dot lines, long lines, 8-bit octets,
+BDAT messages without a final CRLF,
 and mutations: bare CR, bare LF, NUL, "<CR>.<CR>"-style end markers followed by smuggled
 commands. A share of "chaos" sessions also breaks framing on purpose (wrong BDAT sizes,
 unstuffed end markers, garbage commands, huge or bad sizes, abrupt closes).
@@ -117,6 +118,8 @@ class Session:
                 out.append(head + b"DATA\r\n")
                 out.append(("body", dot_stuff(body) + b".\r\n"))
             else:
+                if rng.random() < 0.2:
+                    body = body[:-2]  # RFC 3030 allows a message without its final CRLF
                 pieces, at = [], 0
                 while at < len(body):
                     size = rng.randrange(1, len(body) - at + 1)
