@@ -14,14 +14,15 @@ server_session::server_session(const server_config& config, server_handler& hand
                                std::span<char> long_line_storage) noexcept
     : _config(config),
       _handler(handler),
-      _line_buffer(long_line_storage.size() > command_line_capacity
-                       ? long_line_storage
-                       : std::span<char>(_line.data(), _line.size())),
       _tls_active(config.tls_active),
       // 0: no fixed maximum (RFC 1870 §4: "SIZE" without a number); a huge bound keeps the
       // comparisons free of overflow.
       _message_bytes_max(config.limits.message_bytes_max != 0 ? config.limits.message_bytes_max
                                                               : std::uint64_t{1} << 62) {
+  // Set here, not in the initializer list: _line is declared (and so "initialized") later.
+  _line_buffer = long_line_storage.size() > command_line_capacity
+                     ? long_line_storage
+                     : std::span<char>(_line.data(), _line.size());
   RINGMTA_ASSERT(config.limits.command_line_bytes_max >= 64);
   RINGMTA_ASSERT(config.limits.command_line_bytes_max <= 512 + 128);  // room for extensions
   RINGMTA_ASSERT(config.hostname.size() <= domain_bytes_max);

@@ -70,13 +70,13 @@ struct server_limits {
   // incl. CRLF, RFC 5321 §4.5.3.1.4; ≤ 640. MAIL and RCPT get more room for the parameters of
   // the extensions offered (server_session::line_limit).
   std::uint32_t command_line_bytes_max = 512;
-  // AUTH command lines and SASL responses (RFC 4954 §4: 12288 octets suffice for deployed
-  // mechanisms). Lines over command_line_capacity need long_line_storage (constructor).
-  std::uint32_t auth_line_bytes_max = 12288;
   std::uint32_t text_line_bytes_max = 1000;       // incl. CRLF, §4.5.3.1.6; 0: unchecked
   std::uint64_t message_bytes_max = 50u << 20;    // advertised as SIZE (RFC 1870); 0: none
   std::uint32_t recipients_max = 1000;            // §4.5.3.1.8 asks for at least 100
   std::uint32_t errors_max = 20;                  // 5xx replies before 421 4.7.0; 0: no limit
+  // AUTH command lines and SASL responses (RFC 4954 §4: 12288 octets suffice for deployed
+  // mechanisms). Lines over command_line_capacity need long_line_storage (constructor).
+  std::uint32_t auth_line_bytes_max = 12288;
 };
 
 struct server_config {
