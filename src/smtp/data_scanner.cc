@@ -27,22 +27,24 @@ const char* find_cr_lf_nul_portable(const char* begin, const char* end,
 
 namespace {
 inline unsigned low_bits(unsigned count) noexcept { return (1u << count) - 1u; }
+// CR (13), LF (10) and NUL (0) are all <= 13: one unsigned minimum and one compare find every
+// candidate (as cheap as the CR/LF pair alone); the rare other control octets among them
+// (tab, form feed...) are skipped one by one.
+inline bool is_stop(char c) noexcept { return c == '\r' || c == '\n' || c == '\0'; }
 }  // namespace
 
 const char* find_cr_lf_nul_sse2(const char* begin, const char* end, bool& eight_bit) noexcept {
-  const __m128i cr = _mm_set1_epi8('\r');
-  const __m128i lf = _mm_set1_epi8('\n');
-  const __m128i nul = _mm_setzero_si128();
+  const __m128i limit = _mm_set1_epi8(13);
   unsigned high = 0;
   const char* p = begin;
   for (; end - p >= 16; p += 16) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    const unsigned breaks = static_cast<unsigned>(
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)),
-                                       _mm_cmpeq_epi8(v, nul))));
+    unsigned candidates =
+        static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(v, limit), v)));
     const unsigned top = static_cast<unsigned>(_mm_movemask_epi8(v));
-    if (breaks != 0) {
-      const unsigned at = static_cast<unsigned>(__builtin_ctz(breaks));
+    for (; candidates != 0; candidates &= candidates - 1) {
+      const unsigned at = static_cast<unsigned>(__builtin_ctz(candidates));
+      if (!is_stop(p[at])) continue;
       high |= top & low_bits(at);
       if (high) eight_bit = true;
       return p + at;
@@ -54,21 +56,19 @@ const char* find_cr_lf_nul_sse2(const char* begin, const char* end, bool& eight_
 }
 
 __attribute__((target("avx2"))) const char* find_cr_lf_nul_avx2_impl(const char* begin,
-                                                                       const char* end,
-                                                                       bool& eight_bit) noexcept {
-  const __m256i cr = _mm256_set1_epi8('\r');
-  const __m256i lf = _mm256_set1_epi8('\n');
-  const __m256i nul = _mm256_setzero_si256();
+                                                                      const char* end,
+                                                                      bool& eight_bit) noexcept {
+  const __m256i limit = _mm256_set1_epi8(13);
   std::uint32_t high = 0;
   const char* p = begin;
   for (; end - p >= 32; p += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    const std::uint32_t breaks = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_or_si256(
-        _mm256_or_si256(_mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(v, lf)),
-        _mm256_cmpeq_epi8(v, nul))));
+    std::uint32_t candidates = static_cast<std::uint32_t>(
+        _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_min_epu8(v, limit), v)));
     const std::uint32_t top = static_cast<std::uint32_t>(_mm256_movemask_epi8(v));
-    if (breaks != 0) {
-      const unsigned at = static_cast<unsigned>(__builtin_ctz(breaks));
+    for (; candidates != 0; candidates &= candidates - 1) {
+      const unsigned at = static_cast<unsigned>(__builtin_ctz(candidates));
+      if (!is_stop(p[at])) continue;
       const std::uint32_t below = at == 0 ? 0u : (0xffffffffu >> (32 - at));
       high |= top & below;
       if (high) eight_bit = true;

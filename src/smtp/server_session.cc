@@ -2,6 +2,7 @@
 // Commands live in server_commands.cc, reply formatting in server_reply.cc.
 #include "ringmta/smtp/server_session.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "ringmta/core/assert.h"
@@ -25,6 +26,12 @@ server_session::server_session(const server_config& config, server_handler& hand
                      : std::span<char>(_line.data(), _line.size());
   RINGMTA_ASSERT(config.limits.command_line_bytes_max >= 64);
   RINGMTA_ASSERT(config.limits.command_line_bytes_max <= 512 + 128);  // room for extensions
+  // line_limit(): the parts that depend on the configuration alone (AUTH= follows TLS).
+  const extension_set& ext = config.extensions;
+  _mail_line_bytes_max = config.limits.command_line_bytes_max + (ext.size ? 26 : 0) +
+                         (ext.eight_bit_mime || ext.binary_mime ? 16 : 0) +
+                         (ext.smtputf8 ? 10 : 0) + (ext.dsn ? 316 : 0);
+  _rcpt_line_bytes_max = config.limits.command_line_bytes_max + (ext.dsn ? 536 : 0);
   RINGMTA_ASSERT(config.hostname.size() <= domain_bytes_max);
 }
 
@@ -91,11 +98,15 @@ bool server_session::output_full() const noexcept {
 // command (line_limit), known once its first five octets are.
 std::size_t server_session::feed_command(std::string_view bytes) noexcept {
   std::array<char, 5> head_bytes;
-  const std::size_t from_line = _line_bytes_buffered < 5 ? _line_bytes_buffered : 5;
-  std::size_t head_size = detail::copy_into(head_bytes, {_line_buffer.data(), from_line});
-  for (std::size_t i = 0; head_size < 5 && i < bytes.size(); ++i)
-    head_bytes[head_size++] = bytes[i];
-  const std::size_t limit = line_limit({head_bytes.data(), head_size});
+  std::string_view head = bytes.substr(0, 5);  // the usual case: nothing buffered
+  if (_line_bytes_buffered >= 5) {
+    head = std::string_view(_line_buffer.data(), 5);
+  } else if (_line_bytes_buffered > 0) {
+    std::size_t n = detail::copy_into(head_bytes, {_line_buffer.data(), _line_bytes_buffered});
+    for (std::size_t i = 0; n < 5 && i < bytes.size(); ++i) head_bytes[n++] = bytes[i];
+    head = std::string_view(head_bytes.data(), n);
+  }
+  const std::size_t limit = line_limit(head);
   const std::size_t room = limit > _line_bytes_buffered ? limit - _line_bytes_buffered : 0;
   const std::size_t window = bytes.size() < room ? bytes.size() : room;
   const void* lf = std::memchr(bytes.data(), '\n', window);
@@ -132,25 +143,19 @@ std::size_t server_session::feed_command(std::string_view bytes) noexcept {
 // §4.2). AUTH lines and SASL responses: auth_line_bytes_max (12288, RFC 4954 §4). `head` is
 // the line's first octets (up to five): too few to tell the command allow the largest limit.
 std::size_t server_session::line_limit(std::string_view head) const noexcept {
-  const server_limits& limits = _config.limits;
-  const extension_set& ext = _config.extensions;
-  const std::size_t base = limits.command_line_bytes_max;
+  const std::size_t base = _config.limits.command_line_bytes_max;
   const std::size_t auth =
-      limits.auth_line_bytes_max < _line_buffer.size() ? limits.auth_line_bytes_max
-                                                       : _line_buffer.size();
-  const bool auth_now = auth_advertised();
+      std::min<std::size_t>(_config.limits.auth_line_bytes_max, _line_buffer.size());
   if (_auth_exchange) return auth;
-  const std::size_t mail = base + (ext.size ? 26 : 0) +
-                           (ext.eight_bit_mime || ext.binary_mime ? 16 : 0) +
-                           (ext.smtputf8 ? 10 : 0) + (ext.dsn ? 316 : 0) + (auth_now ? 500 : 0);
-  const std::size_t rcpt = base + (ext.dsn ? 536 : 0);
+  const bool auth_now = auth_advertised();
+  const std::size_t mail = _mail_line_bytes_max + (auth_now ? 500 : 0);
   if (head.size() < 5) {
-    const std::size_t most = mail > rcpt ? mail : rcpt;
-    return auth_now && auth > most ? auth : most;
+    const std::size_t most = std::max(mail, _rcpt_line_bytes_max);
+    return auth_now ? std::max(auth, most) : most;
   }
   if (detail::starts_with_upper(head, "MAIL ")) return mail;
-  if (detail::starts_with_upper(head, "RCPT ")) return rcpt;
-  if (auth_now && detail::starts_with_upper(head, "AUTH ")) return auth > base ? auth : base;
+  if (detail::starts_with_upper(head, "RCPT ")) return _rcpt_line_bytes_max;
+  if (auth_now && detail::starts_with_upper(head, "AUTH ")) return std::max(auth, base);
   return base;
 }
 

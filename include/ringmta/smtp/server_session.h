@@ -311,6 +311,8 @@ class server_session {
   const server_config& _config;
   server_handler& _handler;
   std::span<char> _line_buffer;     // _line, or the embedder's long_line_storage
+  std::size_t _mail_line_bytes_max = 0;  // MAIL's limit without AUTH= (line_limit)
+  std::size_t _rcpt_line_bytes_max = 0;
   phase _phase = phase::not_started;
   pending_kind _pending = pending_kind::none;
   bool _refusing = false;
