@@ -3,7 +3,8 @@
 (tests/integration/daemon/test_socket_fuzz.py) against one ringmta for MINUTES, relaying to
 the lax downstream so the queue drains; the daemon's RSS (and its queue) sampled every
 INTERVAL seconds and printed as a table for bench/README.md. Not a test: run it by hand.
-usage: fuzz_memory.py RINGMTA_BINARY [MINUTES=30] [INTERVAL=60] [WORKERS=6]"""
+usage: fuzz_memory.py RINGMTA_BINARY [MINUTES=30] [INTERVAL=60] [WORKERS=6]
+(RINGMTA_ARGS="--spool-segment-size 4M" adds daemon flags)"""
 import os
 import random
 import sys
@@ -36,7 +37,7 @@ def main():
         "--bare-line-endings", "normalize", "--relay-domains", "fuzz.test",
         "--route", f"fuzz.test=127.0.0.1:{down.port}", "--retry-schedule", "1s",
         "--timeout-command", "3s", "--timeout-data-block", "3s", "--max-message-size", "1M",
-        "--max-errors-per-session", "50"]).start()
+        "--max-errors-per-session", "50"] + os.environ.get("RINGMTA_ARGS", "").split()).start()
     stats = {"lock": threading.Lock(), "acked": set(), "whole": set(), "hangs": [],
              "sessions": 0}
     stop_at = time.monotonic() + minutes * 60
@@ -55,15 +56,16 @@ def main():
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
     started = time.monotonic()
     print(f"# seed {seed}, {workers} workers, {minutes} min; sampling every {interval} s")
-    print("| minute | sessions | RSS MiB | queued jobs | sessions open |")
-    print("|---|---|---|---|---|", flush=True)
+    print("| minute | sessions | RSS MiB | queued jobs | sessions open | segments removed |")
+    print("|---|---|---|---|---|---|", flush=True)
     for t in threads:
         t.start()
     while True:
         m = d.metrics()
         print(f"| {(time.monotonic() - started) / 60:.1f} | {stats['sessions']} | "
               f"{rss_kib(d.process.pid) / 1024:.1f} | {m.get('ringmta_queued_jobs', 0):.0f} | "
-              f"{m.get('ringmta_sessions', 0):.0f} |", flush=True)
+              f"{m.get('ringmta_sessions', 0):.0f} | "
+              f"{m.get('ringmta_spool_segments_removed_total', 0):.0f} |", flush=True)
         if time.monotonic() >= stop_at:
             break
         time.sleep(interval)
