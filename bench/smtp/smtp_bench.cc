@@ -131,7 +131,7 @@ BENCHMARK_CAPTURE(bdat_scan, text_78, 78)->Name("bdat_scan/78_octet_lines")
 BENCHMARK_CAPTURE(bdat_scan, long_998, 1000)->Name("bdat_scan/1000_octet_lines")
     ->Arg(1 << 10)->Arg(64 << 10)->Arg(10 << 20);
 
-// The CR/LF search alone over a 10 MiB body of 78-octet lines, per variant.
+// The CR/LF/NUL search alone over a 10 MiB body of 78-octet lines, per variant.
 template <const char* (*Scan)(const char*, const char*, bool&) noexcept>
 void line_break_scan(benchmark::State& state) {
   const std::string body = text_body(10 << 20, static_cast<std::size_t>(state.range(0)));
@@ -148,9 +148,12 @@ void line_break_scan(benchmark::State& state) {
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * body.size()));
 }
-BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_portable)->Name("scanner/portable")->Arg(78)->Arg(1000);
-BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_sse2)->Name("scanner/sse2")->Arg(78)->Arg(1000);
-BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_avx2)->Name("scanner/avx2")->Arg(78)->Arg(1000);
+BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_portable)
+    ->Name("scanner/portable")->Arg(78)->Arg(1000);
+BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_sse2)
+    ->Name("scanner/sse2")->Arg(78)->Arg(1000);
+BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_avx2)
+    ->Name("scanner/avx2")->Arg(78)->Arg(1000);
 
 }  // namespace
 }  // namespace ringmta::smtp
