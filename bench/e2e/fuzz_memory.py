@@ -39,7 +39,7 @@ def main():
         "--timeout-command", "3s", "--timeout-data-block", "3s", "--max-message-size", "1M",
         "--max-errors-per-session", "50"] + os.environ.get("RINGMTA_ARGS", "").split()).start()
     stats = {"lock": threading.Lock(), "acked": set(), "whole": set(), "hangs": [],
-             "sessions": 0}
+             "sessions": 0, "resets": 0}
     stop_at = time.monotonic() + minutes * 60
 
     def worker(index):

@@ -14,7 +14,8 @@ unstuffed end markers, garbage commands, huge or bad sizes, abrupt closes).
 
 Checks: (1) every downstream message begins with ringmta's Received: header carrying the id
 of a message ringmta answered 250 (a message split off by a bare CR has none: smuggling);
-(2) no id arrives twice; (3) every message of a well-framed session arrives whole (it ends
+(2) no id arrives twice, and messages whose 250 the client did not see are no more than the
+sessions ended by a reset (which drops unread replies); (3) every message of a well-framed session arrives whole (it ends
 with its X-Fuzz-End trailer: nothing cut at a bare-CR "." line); (4) every message answered
 250 arrives (nothing lost, no delivery jammed by a body without final CRLF); (5) the daemon
 never crashes, answers a probe after each phase, and the server side of every session ends
@@ -159,7 +160,10 @@ class Session:
         except socket.timeout:
             self.stats["hangs"].append(self.tag)
         except OSError:
-            pass  # the server closed on us (421, chaos): fine
+            # The server closed on us (421, chaos). A reset also drops replies not yet read,
+            # so a message may have been accepted without this client seeing its 250.
+            with self.stats["lock"]:
+                self.stats["resets"] += 1
         finally:
             sock.close()
         ids = re.findall(rb"queued as ([0-9a-f]{16})", received)
@@ -203,7 +207,7 @@ def run_phase(mode, seconds, phase):
         "--timeout-command", "3s", "--timeout-data-block", "3s", "--max-message-size", "1M",
         "--max-errors-per-session", "50", "--shutdown-grace", "5s"]).start()
     stats = {"lock": threading.Lock(), "acked": set(), "whole": set(), "hangs": [],
-             "sessions": 0}
+             "sessions": 0, "resets": 0}
     stop_at = time.monotonic() + seconds
 
     def worker(index):
@@ -239,8 +243,9 @@ def run_phase(mode, seconds, phase):
            f"(smuggling); {sum(len(v) for v in found.values())} messages downstream",
            [m["data"][:200] for m in foreign[:5]])
     unknown = [k for k in found if k is not None and k not in stats["acked"]]
-    tap.ok(not unknown, f"{mode}: every downstream message was answered 250 by ringmta",
-           unknown[:10])
+    tap.ok(len(unknown) <= stats["resets"],
+           f"{mode}: downstream messages whose 250 the client never saw ({len(unknown)}) are at "
+           f"most the sessions cut off by a reset ({stats['resets']})", unknown[:10])
     twice = [k for k, v in found.items() if k is not None and len(v) > 1]
     tap.ok(not twice, f"{mode}: no message arrived twice", twice[:10])
     missing = sorted(stats["acked"] - set(found))
