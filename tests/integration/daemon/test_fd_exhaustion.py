@@ -46,7 +46,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-CLIENTS, HOLD = 400, 1.5
+CLIENTS, HOLD = 400, float(os.environ.get("HOLD_SECONDS", "1.5"))
 cpu_before = cpu_seconds(d.process.pid)
 started = time.monotonic()
 selector = selectors.DefaultSelector()
