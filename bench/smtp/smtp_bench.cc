@@ -90,8 +90,10 @@ void session_lockstep(benchmark::State& state) {
 }
 BENCHMARK(session_lockstep)->Name("session/lockstep");
 
-// DATA scanning: one transaction per iteration on a long-lived session; bytes = body octets.
-void data_scan(benchmark::State& state, std::size_t line_bytes) {
+// One transaction per iteration on a long-lived session, its body sent with DATA or as one
+// "BDAT n LAST" chunk (whose content obeys the same line rules, without dot handling); bytes =
+// body octets.
+void scan_transactions(benchmark::State& state, std::size_t line_bytes, bool bdat) {
   const std::size_t size = static_cast<std::size_t>(state.range(0));
   server_config config;
   config.limits.message_bytes_max = 64u << 20;
@@ -101,9 +103,11 @@ void data_scan(benchmark::State& state, std::size_t line_bytes) {
   session.start();
   session.feed("EHLO client.example.org\r\n");
   drain(session);
+  const std::string body = text_body(size, line_bytes);
   const std::string input =
-      "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n" +
-      text_body(size, line_bytes) + ".\r\n";
+      "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n" +
+      (bdat ? "BDAT " + std::to_string(body.size()) + " LAST\r\n" + body
+            : "DATA\r\n" + body + ".\r\n");
   for (auto _ : state) {
     const std::size_t used = session.feed(input);
     drain(session);
@@ -112,12 +116,22 @@ void data_scan(benchmark::State& state, std::size_t line_bytes) {
   RINGMTA_ASSERT(session.messages_accepted() == static_cast<std::uint64_t>(state.iterations()));
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * size));
 }
+void data_scan(benchmark::State& state, std::size_t line_bytes) {
+  scan_transactions(state, line_bytes, false);
+}
+void bdat_scan(benchmark::State& state, std::size_t line_bytes) {
+  scan_transactions(state, line_bytes, true);
+}
 BENCHMARK_CAPTURE(data_scan, text_78, 78)->Name("data_scan/78_octet_lines")
     ->Arg(1 << 10)->Arg(64 << 10)->Arg(10 << 20);
 BENCHMARK_CAPTURE(data_scan, long_998, 1000)->Name("data_scan/1000_octet_lines")
     ->Arg(1 << 10)->Arg(64 << 10)->Arg(10 << 20);
+BENCHMARK_CAPTURE(bdat_scan, text_78, 78)->Name("bdat_scan/78_octet_lines")
+    ->Arg(1 << 10)->Arg(64 << 10)->Arg(10 << 20);
+BENCHMARK_CAPTURE(bdat_scan, long_998, 1000)->Name("bdat_scan/1000_octet_lines")
+    ->Arg(1 << 10)->Arg(64 << 10)->Arg(10 << 20);
 
-// The CR/LF search alone over a 10 MiB body of 78-octet lines, per variant.
+// The CR/LF/NUL search alone over a 10 MiB body of 78-octet lines, per variant.
 template <const char* (*Scan)(const char*, const char*, bool&) noexcept>
 void line_break_scan(benchmark::State& state) {
   const std::string body = text_body(10 << 20, static_cast<std::size_t>(state.range(0)));
@@ -134,9 +148,12 @@ void line_break_scan(benchmark::State& state) {
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * body.size()));
 }
-BENCHMARK_TEMPLATE(line_break_scan, find_line_break_portable)->Name("scanner/portable")->Arg(78)->Arg(1000);
-BENCHMARK_TEMPLATE(line_break_scan, find_line_break_sse2)->Name("scanner/sse2")->Arg(78)->Arg(1000);
-BENCHMARK_TEMPLATE(line_break_scan, find_line_break_avx2)->Name("scanner/avx2")->Arg(78)->Arg(1000);
+BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_portable)
+    ->Name("scanner/portable")->Arg(78)->Arg(1000);
+BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_sse2)
+    ->Name("scanner/sse2")->Arg(78)->Arg(1000);
+BENCHMARK_TEMPLATE(line_break_scan, find_cr_lf_nul_avx2)
+    ->Name("scanner/avx2")->Arg(78)->Arg(1000);
 
 }  // namespace
 }  // namespace ringmta::smtp

@@ -31,8 +31,7 @@ void log_buffer::append_escaped(std::string_view bytes) noexcept {
   std::size_t plain_start = 0;
   for (std::size_t i = 0; i < bytes.size(); ++i) {
     const unsigned char c = static_cast<unsigned char>(bytes[i]);
-    const bool needs_escape = c < 0x20 || c == '"' || c == '\\' || c == 0x7f ||
-                              (_format == log_format::text && c == ' ');
+    const bool needs_escape = c < 0x20 || c == '"' || c == '\\' || c == 0x7f;
     if (!needs_escape) continue;
     append(bytes.substr(plain_start, i - plain_start));
     plain_start = i + 1;
@@ -116,9 +115,22 @@ void log_record::key(std::string_view name) noexcept {
   }
 }
 
+namespace {
+// Text format (logfmt): a value goes bare unless it is empty or holds a space, '=', '"', '\\'
+// or a control character; then it is quoted, with the JSON escapes inside the quotes.
+bool needs_quotes(std::string_view value) noexcept {
+  if (value.empty()) return true;
+  for (const char ch : value) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if (c <= 0x20 || c == '=' || c == '"' || c == '\\' || c == 0x7f) return true;
+  }
+  return false;
+}
+}  // namespace
+
 log_record& log_record::field(std::string_view name, std::string_view value) noexcept {
   key(name);
-  const bool quoted = _buffer._format == log_format::json;
+  const bool quoted = _buffer._format == log_format::json || needs_quotes(value);
   if (quoted) _buffer.append("\"");
   _buffer.append_escaped(value);
   if (quoted) _buffer.append("\"");

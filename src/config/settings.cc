@@ -277,7 +277,7 @@ const std::vector<setting_spec>& table() {
     {"limits.max_recipients", "--max-recipients", "N", arity::one, "recipients per message",
      [](settings& s, const values& v) { s.recipients_max = to_u32(one(v), 100000); }},
     {"limits.max_hops", "--max-hops", "N", arity::one,
-     "Received: fields a message may carry; more is a mail loop (554 5.4.6)",
+     "Received: fields a message may arrive with; more is a mail loop (554 5.4.6)",
      [](settings& s, const values& v) {
        s.hops_max = to_u32(one(v), 100000);
        if (s.hops_max == 0) expected("a count of 1 or more (0 would refuse every message)", one(v));
@@ -300,7 +300,7 @@ const std::vector<setting_spec>& table() {
        else expected("reject or normalize", text);
      }},
     {"timeouts.command", "--timeout-command", "DURATION", arity::one,
-     "idle wait for a command (RFC 5321 §4.5.3.2.7: 5 minutes)",
+     "deadline for each whole command line (RFC 5321 §4.5.3.2.7: 5 minutes)",
      [](settings& s, const values& v) { s.timeout_command_s = parse_seconds(one(v)); }},
     {"timeouts.data_block", "--timeout-data-block", "DURATION", arity::one,
      "wait for each block of DATA (RFC 5321 §4.5.3.2.5: 3 minutes)",
@@ -428,6 +428,34 @@ const std::vector<setting_spec>& table() {
      "signatures expire (x=) this long after signing; 0: never",
      [](settings& s, const values& v) { s.dkim_expire_s = parse_seconds(one(v)); }},
     // ---- end of DKIM signing
+    // ---- Hostile clients (issue 10): where postmaster mail goes, slow-sender deadlines and
+    // shorter timeouts near the session limit (Postfix's smtpd_min_data_rate and stress mode).
+    {"server.postmaster", "--postmaster", "ADDRESS", arity::one,
+     "mailbox on another host for postmaster at our own names (RFC 5321 4.5.1); empty: refused",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       const auto at = text.rfind('@');
+       if (!text.empty() && (at == std::string::npos || at == 0))
+         expected("an address such as hostmaster@example.com", text);
+       if (!text.empty()) parse_domain(std::string_view(text).substr(at + 1));
+       s.postmaster = text;
+     }},
+    {"timeouts.min_data_rate", "--min-data-rate", "BYTES", arity::one,
+     "DATA/BDAT bytes per second a client must keep up (each block buys time, at most "
+     "--timeout-data-block; 0: only the idle timeout)",
+     [](settings& s, const values& v) {
+       s.min_data_rate_bytes = static_cast<std::uint32_t>(std::min<std::uint64_t>(
+           parse_bytes(one(v)), std::uint64_t{1} << 30));
+     }},
+    {"timeouts.under_load", "--timeout-under-load", "DURATION", arity::one,
+     "command and data timeouts while a shard is above --load-threshold (0: no change)",
+     [](settings& s, const values& v) { s.timeout_under_load_ms = parse_milliseconds(one(v)); }},
+    {"limits.load_threshold", "--load-threshold", "PERCENT", arity::one,
+     "share of --max-sessions-per-shard from which --timeout-under-load applies",
+     [](settings& s, const values& v) {
+       s.load_threshold_percent = to_u32(one(v), 100);
+       if (s.load_threshold_percent == 0) expected("a percentage from 1 to 100", one(v));
+     }},
     {"admin.listen", "--admin-listen", "ADDR:PORT", arity::list,
      "metrics, health and admin API listener (repeatable)",
      [](settings& s, const values& v) {

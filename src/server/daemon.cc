@@ -39,6 +39,12 @@
 namespace ringmta::server {
 namespace {
 
+// Descriptors besides inbound sessions, per shard: outbound connections (outbound::config
+// connections_max) and splice pipes (2 x transfers_max), DNS sockets; spool segments and
+// journals (a segment holds up to 64 MiB, so hundreds of GiB queued stay below this).
+constexpr std::uint64_t outbound_descriptors_per_shard = 1024 + 2 * 64 + 8;
+constexpr std::uint64_t spool_descriptors_per_shard = 256;
+
 // Start-up and shutdown messages: one line each on stderr, in the configured format.
 void log_event(admin::log_format format, std::string_view event, std::string_view detail) {
   admin::log_buffer line(format, 8192);
@@ -245,6 +251,12 @@ inbound_config make_inbound_config(const config::settings& settings) {
   c.timeout_data_block_ms = settings.timeout_data_block_s * 1000;
   c.greeting_delay_ms = settings.greeting_delay_ms;
   c.hops_max = settings.hops_max;
+  c.min_data_rate_bytes = settings.min_data_rate_bytes;
+  c.timeout_under_load_ms = settings.timeout_under_load_ms;
+  c.load_threshold_percent = settings.load_threshold_percent;
+  c.recipients.hostname = settings.hostname;
+  c.recipients.postmaster = settings.postmaster;
+  for (const auto& r : settings.routes) c.recipients.routed.push_back(r.destination);
   auto& engine = c.engine;
   engine.limits.message_bytes_max = settings.message_bytes_max;
   engine.limits.recipients_max = std::min<std::uint32_t>(settings.recipients_max, 65535);
@@ -317,12 +329,78 @@ void register_metrics(admin::registry& registry, const inbound_metrics& m) {
                m.recipients_accepted);
   registry.add("ringmta_relay_denied_total", "Recipients refused: relay access denied",
                m.relay_denied);
+  registry.add("ringmta_recipients_duplicate_total",
+               "RCPTs folded into an earlier one of the same transaction", m.recipients_duplicate);
+  registry.add("ringmta_recipients_unknown_total",
+               "Recipients at our own names refused (no mailbox, no --postmaster)",
+               m.recipients_unknown);
   registry.add("ringmta_spool_failures_total", "Messages answered 452 for a spool failure",
                m.spool_failures);
   registry.add("ringmta_sessions", "Open SMTP sessions", m.sessions);
+  registry.add("ringmta_accept_pauses_total",
+               "Listener paused: accept failed for want of descriptors or memory", m.accept_pauses);
+  registry.add("ringmta_load_episodes_total",
+               "Times a shard went above --load-threshold (shorter timeouts)", m.load_episodes);
   registry.add("ringmta_commit_latency_seconds", "End of data to durable (fdatasync done)",
                m.commit_latency);
   register_metrics(registry, m.dkim);
+}
+
+// The address literals that name this host (RFC 5321 §4.1.3): "[192.0.2.1]", "[ipv6:::1]".
+void set_own_literals(recipient_policy& policy, const std::vector<core::endpoint>& bound) {
+  for (const auto& at : core::expand_wildcards(bound)) {
+    const std::string address = at.address_string();
+    policy.own_literals.push_back(address.find(':') == std::string::npos
+                                      ? "[" + address + "]"
+                                      : "[ipv6:" + address + "]");
+  }
+}
+
+// --postmaster must lead to a mailbox elsewhere: at one of our own names it would loop.
+void check_postmaster(const inbound_config& front, admin::log_format format) {
+  const std::string& alias = front.recipients.postmaster;
+  if (alias.empty()) {
+    log_event(format, "warning",
+              "no --postmaster: RCPT TO:<postmaster> and postmaster@" +
+                  front.recipients.hostname + " are refused (RFC 5321 4.5.1 requires them)");
+    return;
+  }
+  const std::string_view domain = std::string_view(alias).substr(alias.rfind('@') + 1);
+  if (front.recipients.is_own_name(domain, front.relay))
+    throw config::error(fmt::format("--postmaster {}: {} is one of our own names, which have no "
+                                    "mailboxes: give a mailbox on another host",
+                                    alias, domain));
+}
+
+// One descriptor per session, outbound connection, splice pipe end and spool file: raise the
+// soft RLIMIT_NOFILE to what the limits need (never beyond the hard limit, never lower), and
+// say so when that is not enough. At the limit the listeners pause (inbound.cc), they do not
+// spin, but clients then wait for a greeting: a lower --max-sessions-per-shard answers 421.
+void raise_descriptor_limit(const config::settings& settings, unsigned shards,
+                            admin::log_format format) {
+  const std::uint64_t per_shard = std::uint64_t{settings.sessions_per_shard_max} +
+                                  outbound_descriptors_per_shard + spool_descriptors_per_shard;
+  const std::uint64_t needed = per_shard * shards + 64;  // listeners, admin, stdio, DNS
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) != 0) return;
+  if (files.rlim_cur < needed && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max == RLIM_INFINITY ? needed
+                                                     : std::min<rlim_t>(needed, files.rlim_max);
+    ::setrlimit(RLIMIT_NOFILE, &files);
+    ::getrlimit(RLIMIT_NOFILE, &files);
+  }
+  if (files.rlim_cur >= needed) return;
+  log_event(format, "warning",
+            fmt::format("RLIMIT_NOFILE is {} but the limits need {} descriptors ({} shards x "
+                        "({} sessions + {} outbound + {} spool) + 64): at the limit accepting "
+                        "pauses; lower --max-sessions-per-shard to about {} or raise the hard "
+                        "limit (LimitNOFILE=)",
+                        files.rlim_cur, needed, shards, settings.sessions_per_shard_max,
+                        outbound_descriptors_per_shard, spool_descriptors_per_shard,
+                        files.rlim_cur > 64 + shards * (per_shard - settings.sessions_per_shard_max)
+                            ? (files.rlim_cur - 64) / shards -
+                                  (per_shard - settings.sessions_per_shard_max)
+                            : 0));
 }
 
 sigset_t termination_signals() {
@@ -344,12 +422,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     log_event(format, "warning",
               "--unsafe-no-fsync: 250 replies do not wait for fdatasync; mail is lost on a crash");
 
-  // One fd per connection: take every descriptor the hard limit allows.
-  rlimit files{};
-  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
-    files.rlim_cur = files.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &files);
-  }
+  raise_descriptor_limit(settings, shards, format);
 
   // Signals go to the main thread only: block them before any thread starts.
   const sigset_t signals = termination_signals();
@@ -403,6 +476,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     throw config::error(fmt::format("cannot listen on {}: {}", settings.listen.front().to_string(),
                                     listeners.error_text()));
   front.listener_fds = std::move(listeners).value();
+  set_own_literals(front.recipients, bound);
+  check_postmaster(front, format);
   admin::http_server admin_server;
   if (auto admin_bound = admin_server.bind(settings.admin_listen); !admin_bound)
     throw config::error(fmt::format("cannot listen on {} (admin): {}",

@@ -13,6 +13,7 @@
 
 #include "inbound_internal.h"
 #include "ringmta/core/assert.h"
+#include "ringmta/core/clock.h"
 
 namespace ringmta::server {
 
@@ -183,7 +184,9 @@ inbound_server::inbound_server(const inbound_config& config, shard::shard& owner
       _driver(driver),
       _metrics(metrics),
       _log(log),
-      _tickets(config.sessions_per_shard_max) {
+      _tickets(config.sessions_per_shard_max),
+      _deadlines{config.timeout_command_ms, config.timeout_data_block_ms,
+                 config.min_data_rate_bytes, config.timeout_under_load_ms} {
   _connections.resize(config.sessions_per_shard_max);
   _free_slots.reserve(config.sessions_per_shard_max);
   for (std::uint32_t slot = config.sessions_per_shard_max; slot-- > 0;) _free_slots.push_back(slot);
@@ -194,6 +197,7 @@ inbound_server::inbound_server(const inbound_config& config, shard::shard& owner
 
 inbound_server::~inbound_server() {
   if (_grace_timer.armed()) _owner.timers().cancel(_grace_timer);
+  if (_accept_timer.armed()) _owner.timers().cancel(_accept_timer);
   for (auto& c : _connections) {
     if (c && c->timer.armed()) _owner.timers().cancel(c->timer);
     if (c && c->fd >= 0 && !c->fd_closed) ::close(c->fd);
@@ -216,12 +220,13 @@ core::result<void> inbound_server::start() noexcept {
   RINGMTA_ASSERT(_owner.id() < _config.listener_fds.size());
   _listeners = _config.listener_fds[_owner.id()];
   _accept_armed.assign(_listeners.size(), false);
+  _accept_paused.assign(_listeners.size(), false);
   for (std::size_t i = 0; i < _listeners.size(); ++i) arm_accept(i);
   return {};
 }
 
 void inbound_server::arm_accept(std::size_t listener) noexcept {
-  if (_shutting_down || _accept_armed[listener]) return;
+  if (_shutting_down || _accept_armed[listener] || _accept_paused[listener]) return;
   const auto tag = io::pack_user_data(_accept_kind, 0, static_cast<std::uint32_t>(listener));
   const auto queued = _owner.ring().prep_accept(_listeners[listener], tag, /*multishot=*/true);
   _accept_armed[listener] = queued.ok();
@@ -254,8 +259,10 @@ connection* inbound_server::find(const io::completion& done) noexcept {
 void inbound_server::on_accepted(std::size_t listener, const io::completion& done) noexcept {
   if (!done.more()) _accept_armed[listener] = false;
   if (done.failed()) {
-    // EMFILE/ENFILE/ENOMEM: out of resources; the multishot ended, re-arm and keep serving.
-    if (!done.more()) arm_accept(listener);
+    const int error = -done.res;
+    if (error == EMFILE || error == ENFILE || error == ENOMEM || error == ENOBUFS)
+      return pause_accepting(listener, error);
+    if (!done.more()) arm_accept(listener);  // ECONNABORTED and the like: the next one is fine
     return;
   }
   const int fd = done.res;
@@ -282,6 +289,57 @@ void inbound_server::on_accepted(std::size_t listener, const io::completion& don
           false);
 }
 
+// Out of descriptors (or memory): an accept re-armed now would fail at once, over and over,
+// with the CPU spinning and no client served. The listener waits, connections queue in the
+// kernel's backlog, and accepting resumes when a connection closes (a descriptor is free) or
+// after accept_retry_ms (another part of the process may have freed one). Logged at most once
+// a minute, with the count.
+void inbound_server::pause_accepting(std::size_t listener, int error) noexcept {
+  constexpr std::uint32_t accept_retry_ms = 250;
+  _accept_paused[listener] = true;
+  ++_accept_pauses;
+  _metrics.accept_pauses.add();
+  if (!_accept_timer.armed()) _owner.timers().schedule_after(_accept_timer, accept_retry_ms);
+  const std::uint64_t now = _owner.now_ms();
+  if (_pause_logged_ms != 0 && now - _pause_logged_ms < 60'000) return;
+  _pause_logged_ms = now;
+  _log.set_time(core::wall_milliseconds());
+  _log.record("accept_paused")
+      .field("shard", static_cast<std::uint64_t>(_owner.id()))
+      .field("error", std::string_view(std::strerror(error)))
+      .field("pauses", _accept_pauses)
+      .field("sessions", static_cast<std::uint64_t>(_live));
+}
+
+void inbound_server::resume_accepting() noexcept {
+  if (_accept_timer.armed()) _owner.timers().cancel(_accept_timer);
+  for (std::size_t i = 0; i < _accept_paused.size(); ++i) {
+    if (!_accept_paused[i]) continue;
+    _accept_paused[i] = false;
+    arm_accept(i);
+  }
+}
+
+// Above load_threshold_percent of the session limit every deadline is capped at the
+// under-load timeout (session_deadline.h); the sessions already open are shortened at once.
+// Leaves load 10 points lower, so a shard at the threshold does not flap.
+void inbound_server::update_load() noexcept {
+  const std::uint64_t used = std::uint64_t{_live} * 100;
+  const std::uint64_t limit = _config.sessions_per_shard_max;
+  const std::uint64_t enter = limit * _config.load_threshold_percent;
+  const std::uint64_t leave =
+      _config.load_threshold_percent > 10 ? limit * (_config.load_threshold_percent - 10) : 0;
+  if (!_loaded && used >= enter) {
+    _loaded = true;
+    _metrics.load_episodes.add();
+    for (auto& c : _connections) {
+      if (c && c->live) c->apply_load();
+    }
+  } else if (_loaded && used < leave) {
+    _loaded = false;
+  }
+}
+
 connection* inbound_server::acquire() noexcept {
   if (_free_slots.empty()) return nullptr;
   const std::uint32_t slot = _free_slots.back();
@@ -291,6 +349,7 @@ connection* inbound_server::acquire() noexcept {
   c->live = true;
   ++_live;
   _metrics.sessions.set(_live);
+  update_load();
   return c.get();
 }
 
@@ -304,6 +363,8 @@ void inbound_server::release(connection& c) noexcept {
   _free_slots.push_back(c.slot);
   --_live;
   _metrics.sessions.set(_live);
+  update_load();
+  if (_accept_timer.armed()) resume_accepting();  // a descriptor is free again
 }
 
 bool inbound_server::spool_has_room() const noexcept {
@@ -343,6 +404,11 @@ void inbound_server::begin_shutdown(std::uint32_t grace_ms) noexcept {
   // Closing the listening sockets ends the multishot accepts (their final CQE arrives later).
   for (int fd : _listeners) ::shutdown(fd, SHUT_RDWR);
   _owner.timers().schedule_after(_grace_timer, grace_ms);
+  // Idle sessions have nothing to finish: 421 now, so one idle client does not hold the
+  // whole grace period. The others get it once their transaction is over (connection::pump).
+  for (auto& c : _connections) {
+    if (c && c->live && c->idle()) c->shutdown_now();
+  }
 }
 
 void inbound_server::on_grace_expired() noexcept {

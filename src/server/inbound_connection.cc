@@ -46,7 +46,7 @@ spool::dsn_return to_spool(smtp::dsn_return ret) noexcept {
 }  // namespace
 
 connection::connection(inbound_server& owner_server, std::uint32_t slot_index) noexcept
-    : server(owner_server), slot(slot_index) {}
+    : server(owner_server), slot(slot_index), deadline(owner_server.deadlines()) {}
 
 // ---- opening, greeting, PROXY header
 
@@ -61,6 +61,7 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   literal = {};
   message_error = 0;
   ops_in_flight = 0;
+  seen_progress = 0;
   proxy_bytes.clear();
   if (awaiting_proxy) {  // policy waits for the real client address in the PROXY header
     arm_receive();
@@ -142,6 +143,7 @@ void connection::pump() noexcept {
   if (!literal.empty()) return send_output();
   if (close_after_literal) return close();
   if (!greeted) return;
+  if (server.shutting_down() && idle()) return shutdown_now();  // its transaction is over
   if (holding) ensure_session();
   if (!session) {  // greeted, nothing received yet
     if (!recv_armed && !waiting_for_spool) arm_receive();
@@ -231,8 +233,8 @@ void connection::on_received(const io::completion& done) noexcept {
   held_buffer = buffer_id;
   held_offset = 0;
   held_end = static_cast<std::uint32_t>(bytes.size());
-  restart_timer();
   pump();
+  note_received(bytes.size());
 }
 
 void connection::on_sent(const io::completion& done) noexcept {
@@ -257,11 +259,40 @@ void connection::schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcep
   timers.schedule_after(timer, delay_ms);
 }
 
+// A command is due (after the greeting): session_deadline.h has the rules.
 void connection::restart_timer() noexcept {
-  const auto& config = server.config();
+  schedule_deadline(deadline.expect_command(server.owner().now_ms(), server.loaded()));
+}
+
+// After received bytes were fed: a completed command or message sets a new deadline, message
+// octets extend it by the minimum data rate, a partial command line extends nothing.
+void connection::note_received(std::uint64_t bytes) noexcept {
+  if (closing || close_after_literal || !greeted || awaiting_proxy) return;
+  if (session && session->wants_close()) return;  // the hard-close timer runs
+  const std::uint64_t progress = session ? session->progress() : 0;
+  const bool in_data = session && session->in_message();
+  schedule_deadline(deadline.received(server.owner().now_ms(), bytes, in_data,
+                                      progress != seen_progress, server.loaded()));
+  seen_progress = progress;
+}
+
+void connection::apply_load() noexcept {
+  if (closing || close_after_literal || !greeted || awaiting_proxy) return;
+  if (session && session->wants_close()) return;
+  if (timer_use != timer_purpose::command && timer_use != timer_purpose::data_block) return;
+  schedule_deadline(deadline.shorten(server.owner().now_ms(), true));
+}
+
+void connection::schedule_deadline(std::uint64_t deadline_ms) noexcept {
+  const std::uint64_t now = server.owner().now_ms();
   const bool data = session && session->in_message();
   schedule(data ? timer_purpose::data_block : timer_purpose::command,
-           data ? config.timeout_data_block_ms : config.timeout_command_ms);
+           static_cast<std::uint32_t>(deadline_ms > now ? deadline_ms - now : 0));
+}
+
+bool connection::idle() const noexcept {
+  if (closing || close_after_literal || !greeted || awaiting_proxy || in_message) return false;
+  return !session || session->idle();
 }
 
 void connection::on_timeout() noexcept {
@@ -342,7 +373,10 @@ smtp::verdict connection::on_mail_from(const smtp::mailbox& reverse_path,
   envelope.size_declared = parameters.has_size ? parameters.size : 0;
   envelope.body = to_spool(parameters.body);
   envelope.smtputf8 = parameters.smtputf8;
-  envelope.ret = to_spool(parameters.ret);
+  // Mail from outside mynetworks, unauthenticated, may carry a forged sender: a DSN to it
+  // returns the headers only (RET=HDRS forced, also for the next hop), never the body.
+  envelope.ret = relay_allowed || session->authenticated() ? to_spool(parameters.ret)
+                                                           : spool::dsn_return::headers;
   envelope.envid.assign(parameters.envid);
   envelope.recipients.clear();
   return smtp::verdict::accept();
@@ -350,24 +384,40 @@ smtp::verdict connection::on_mail_from(const smtp::mailbox& reverse_path,
 
 smtp::verdict connection::on_rcpt_to(const smtp::mailbox& forward_path,
                                      const smtp::rcpt_parameters& parameters) noexcept {
+  auto& metrics = server.metrics();
+  const auto& config = server.config();
   // RFC 5321 §3.6.2 / §4.5.1: only our clients relay; anyone may write to our domains and to
-  // postmaster.
-  const bool allowed = relay_allowed || forward_path.is_postmaster ||
-                       server.config().relay.accepts_domain(forward_path.domain);
-  if (!allowed) {
-    server.metrics().relay_denied.add();
-    return smtp::verdict::respond(554, "5.7.1", "Relay access denied");
+  // postmaster; our own names have no other mailbox (recipient_policy.h).
+  const recipient_decision decision =
+      config.recipients.decide(forward_path, relay_allowed, config.relay);
+  switch (decision.verdict) {
+    case recipient_verdict::accept:
+      break;
+    case recipient_verdict::relay_denied:
+      metrics.relay_denied.add();
+      return smtp::verdict::respond(554, "5.7.1", "Relay access denied");
+    case recipient_verdict::no_mailbox:
+      metrics.recipients_unknown.add();
+      return smtp::verdict::respond(550, "5.1.1", "No such user here: this host relays only");
+    case recipient_verdict::no_postmaster:
+      metrics.recipients_unknown.add();
+      return smtp::verdict::respond(550, "5.1.1", "No postmaster mailbox configured here");
+  }
+  // Duplicates are answered 250 and delivered once (smtp::same_mailbox: domain without case).
+  for (const auto& earlier : envelope.recipients) {
+    if (smtp::same_mailbox(earlier.address, decision.address)) {
+      metrics.recipients_duplicate.add();
+      return smtp::verdict::accept();
+    }
   }
   auto& added = envelope.recipients.emplace_back();
-  added.address.assign(forward_path.is_postmaster && forward_path.address.empty()
-                           ? std::string_view("postmaster")
-                           : forward_path.address);
+  added.address.assign(decision.address);
   added.notify = parameters.notify;
   added.orcpt.clear();
   if (!parameters.orcpt.empty()) {
     added.orcpt.append(parameters.orcpt_type).append(";").append(parameters.orcpt);
   }
-  server.metrics().recipients_accepted.add();
+  metrics.recipients_accepted.add();
   return smtp::verdict::accept();
 }
 
@@ -431,7 +481,9 @@ smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
     server.metrics().spool_failures.add();
     return smtp::verdict::respond(452, "4.3.1", storage_text);
   }
-  if (hops.count() >= server.config().hops_max) {  // with ours it would be one more
+  // RFC 5321 §6.3 asks for a threshold of "at least 100 Received entries": a message may
+  // arrive with hops_max of them (ours makes hops_max + 1); one more is taken for a loop.
+  if (hops.count() > server.config().hops_max) {
     server.store().abort(message);
     in_message = false;
     server.metrics().messages_rejected.add();

@@ -15,6 +15,7 @@
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/spool_ring_driver.h"
 #include "ringmta/spool/envelope.h"
+#include "session_deadline.h"
 
 namespace ringmta::server {
 
@@ -36,6 +37,8 @@ struct connection final : smtp::server_handler {
   core::endpoint peer;
   std::unique_ptr<smtp::server_session> session;  // created when the client first speaks
   timer_purpose timer_use = timer_purpose::command;
+  session_deadline deadline;
+  std::uint64_t seen_progress = 0;  // session->progress() when the deadline was last set
 
   bool live = false;
   bool counted_client = false;  // holds a client_counters slot
@@ -106,6 +109,8 @@ struct connection final : smtp::server_handler {
   void on_commit_result(int error) noexcept;
   void retry_commit() noexcept;
   void shutdown_now() noexcept;  // 421 4.3.2 and close
+  void apply_load() noexcept;     // the shard became loaded: shorten the deadline
+  bool idle() const noexcept;     // nothing would be cut short by closing now
   void pump() noexcept;
   void close() noexcept;
 
@@ -122,6 +127,8 @@ struct connection final : smtp::server_handler {
   void send_output() noexcept;
   void release_held() noexcept;
   void restart_timer() noexcept;
+  void note_received(std::uint64_t bytes) noexcept;
+  void schedule_deadline(std::uint64_t deadline_ms) noexcept;
   smtp::verdict commit() noexcept;
   void clear_message() noexcept;
 };
@@ -171,6 +178,8 @@ class inbound_server final : public shard::completion_handler {
   io::buffer_ring& buffers() noexcept { return _buffers; }
   ticket_table& tickets() noexcept { return _tickets; }
   bool shutting_down() const noexcept { return _shutting_down; }
+  bool loaded() const noexcept { return _loaded; }
+  const deadline_limits& deadlines() const noexcept { return _deadlines; }
   bool spool_has_room() const noexcept;
   std::string_view greeting() const noexcept { return _greeting; }
   void wait_for_spool(connection& c) noexcept;
@@ -188,6 +197,9 @@ class inbound_server final : public shard::completion_handler {
   connection* acquire() noexcept;
   connection* find(const io::completion& done) noexcept;
   void on_grace_expired() noexcept;
+  void pause_accepting(std::size_t listener, int error) noexcept;
+  void resume_accepting() noexcept;
+  void update_load() noexcept;
 
   const inbound_config& _config;
   shard::shard& _owner;
@@ -199,6 +211,13 @@ class inbound_server final : public shard::completion_handler {
   ticket_table _tickets;
   std::vector<int> _listeners;            // this shard's sockets, one per configured listener
   std::vector<bool> _accept_armed;
+  // Listeners that hit EMFILE/ENFILE: not re-armed until a connection closes or the retry
+  // timer fires (re-arming at once would spin: the error comes straight back).
+  std::vector<bool> _accept_paused;
+  std::uint64_t _accept_pauses = 0;       // since start, for the log line
+  std::uint64_t _pause_logged_ms = 0;     // when the last accept_paused line was written
+  deadline_limits _deadlines;
+  bool _loaded = false;                   // sessions above load_threshold_percent
   std::vector<std::unique_ptr<connection>> _connections;  // by slot; created on first use
   std::vector<std::uint32_t> _free_slots;
   std::vector<std::uint32_t> _waiting;   // slots waiting for spool room or a commit retry
@@ -207,6 +226,7 @@ class inbound_server final : public shard::completion_handler {
   std::uint32_t _live = 0;
   bool _shutting_down = false;
   core::member_timer<inbound_server, &inbound_server::on_grace_expired> _grace_timer{*this};
+  core::member_timer<inbound_server, &inbound_server::resume_accepting> _accept_timer{*this};
   io::op_kind _accept_kind = io::op_kind_invalid;
   io::op_kind _recv_kind = io::op_kind_invalid;
   io::op_kind _send_kind = io::op_kind_invalid;

@@ -1,5 +1,6 @@
 #include "ringmta/server/spool_ring_driver.h"
 
+#include <cerrno>
 #include <chrono>
 #include <system_error>
 
@@ -48,6 +49,11 @@ void spool_ring_driver::file_worker_main() noexcept {
     const std::int64_t result = op.kind == spool::operation_kind::create_file
                                     ? spool::perform_create_file(op)
                                     : spool::perform_remove_file(op);
+    // The store retries a failed creation at its next flush, and the result wakes the shard
+    // for one: out of descriptors, that was a loop of failed opens using a whole core (issue
+    // 10). Descriptors come back when connections close, so a short pause here costs nothing.
+    if (result == -EMFILE || result == -ENFILE)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     lock.lock();
     const bool first = _file_results.empty();
     _file_results.emplace_back(op.token, result);

@@ -101,6 +101,20 @@ std::size_t utf8_sequence_bytes(unsigned char c) noexcept {
 
 }  // namespace
 
+bool same_mailbox(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  const std::size_t at = a.rfind('@');  // a quoted local part may hold '@' itself
+  if (at != b.rfind('@')) return false;
+  const std::size_t local = at == std::string_view::npos ? a.size() : at;
+  if (a.substr(0, local) != b.substr(0, local)) return false;
+  for (std::size_t i = local; i < a.size(); ++i) {
+    const char x = a[i] >= 'A' && a[i] <= 'Z' ? static_cast<char>(a[i] + 32) : a[i];
+    const char y = b[i] >= 'A' && b[i] <= 'Z' ? static_cast<char>(b[i] + 32) : b[i];
+    if (x != y) return false;
+  }
+  return true;
+}
+
 bool is_valid_utf8(std::string_view text) noexcept {
   std::size_t i = 0;
   while (i < text.size()) {

@@ -18,6 +18,7 @@ struct server_session::command_entry {
 };
 
 void server_session::process_line(std::string_view line) noexcept {
+  ++_progress;
   std::string_view content = line.substr(0, line.size() - 1);  // without LF
   if (!content.empty() && content.back() == '\r') {
     content.remove_suffix(1);

@@ -32,6 +32,7 @@ std::string_view describe(abort_reason reason) noexcept {
   switch (reason) {
     case abort_reason::bare_lf: return "bare LF in message";
     case abort_reason::bare_cr: return "bare CR in message";
+    case abort_reason::nul: return "NUL in message";
     case abort_reason::message_too_big: return "message too big";
     case abort_reason::line_too_long: return "message line too long";
     case abort_reason::reset: return "transaction reset";

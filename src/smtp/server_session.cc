@@ -2,6 +2,7 @@
 // Commands live in server_commands.cc, reply formatting in server_reply.cc.
 #include "ringmta/smtp/server_session.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "ringmta/core/assert.h"
@@ -10,7 +11,8 @@
 
 namespace ringmta::smtp {
 
-server_session::server_session(const server_config& config, server_handler& handler) noexcept
+server_session::server_session(const server_config& config, server_handler& handler,
+                               std::span<char> long_line_storage) noexcept
     : _config(config),
       _handler(handler),
       _tls_active(config.tls_active),
@@ -18,8 +20,18 @@ server_session::server_session(const server_config& config, server_handler& hand
       // comparisons free of overflow.
       _message_bytes_max(config.limits.message_bytes_max != 0 ? config.limits.message_bytes_max
                                                               : std::uint64_t{1} << 62) {
+  // Set here, not in the initializer list: _line is declared (and so "initialized") later.
+  _line_buffer = long_line_storage.size() > command_line_capacity
+                     ? long_line_storage
+                     : std::span<char>(_line.data(), _line.size());
   RINGMTA_ASSERT(config.limits.command_line_bytes_max >= 64);
-  RINGMTA_ASSERT(config.limits.command_line_bytes_max <= command_line_capacity);
+  RINGMTA_ASSERT(config.limits.command_line_bytes_max <= 512 + 128);  // room for extensions
+  // line_limit(): the parts that depend on the configuration alone (AUTH= follows TLS).
+  const extension_set& ext = config.extensions;
+  _mail_line_bytes_max = config.limits.command_line_bytes_max + (ext.size ? 26 : 0) +
+                         (ext.eight_bit_mime || ext.binary_mime ? 16 : 0) +
+                         (ext.smtputf8 ? 10 : 0) + (ext.dsn ? 316 : 0);
+  _rcpt_line_bytes_max = config.limits.command_line_bytes_max + (ext.dsn ? 536 : 0);
   RINGMTA_ASSERT(config.hostname.size() <= domain_bytes_max);
 }
 
@@ -82,10 +94,20 @@ bool server_session::output_full() const noexcept {
 }
 
 // Collects one command line (up to and including LF). Zero-copy when the whole line is in
-// `bytes`; otherwise the part seen so far waits in _line. RFC 5321 §4.5.3.1.4 line limit.
+// `bytes`; otherwise the part seen so far waits in the line buffer. The limit depends on the
+// command (line_limit), known once its first five octets are.
 std::size_t server_session::feed_command(std::string_view bytes) noexcept {
-  const std::size_t limit = _config.limits.command_line_bytes_max;
-  const std::size_t room = limit - _line_bytes_buffered;
+  std::array<char, 5> head_bytes;
+  std::string_view head = bytes.substr(0, 5);  // the usual case: nothing buffered
+  if (_line_bytes_buffered >= 5) {
+    head = std::string_view(_line_buffer.data(), 5);
+  } else if (_line_bytes_buffered > 0) {
+    std::size_t n = detail::copy_into(head_bytes, {_line_buffer.data(), _line_bytes_buffered});
+    for (std::size_t i = 0; n < 5 && i < bytes.size(); ++i) head_bytes[n++] = bytes[i];
+    head = std::string_view(head_bytes.data(), n);
+  }
+  const std::size_t limit = line_limit(head);
+  const std::size_t room = limit > _line_bytes_buffered ? limit - _line_bytes_buffered : 0;
   const std::size_t window = bytes.size() < room ? bytes.size() : room;
   const void* lf = std::memchr(bytes.data(), '\n', window);
   if (lf != nullptr) {
@@ -94,10 +116,10 @@ std::size_t server_session::feed_command(std::string_view bytes) noexcept {
     if (_line_bytes_buffered == 0) {
       process_line(bytes.substr(0, take));
     } else {
-      std::memcpy(_line.data() + _line_bytes_buffered, bytes.data(), take);
+      std::memcpy(_line_buffer.data() + _line_bytes_buffered, bytes.data(), take);
       const std::size_t total = _line_bytes_buffered + take;
       _line_bytes_buffered = 0;
-      process_line(std::string_view(_line.data(), total));
+      process_line(std::string_view(_line_buffer.data(), total));
     }
     return take;
   }
@@ -108,14 +130,39 @@ std::size_t server_session::feed_command(std::string_view bytes) noexcept {
     _phase = phase::skip_line;
     return room;
   }
-  std::memcpy(_line.data() + _line_bytes_buffered, bytes.data(), bytes.size());
+  std::memcpy(_line_buffer.data() + _line_bytes_buffered, bytes.data(), bytes.size());
   _line_bytes_buffered += bytes.size();
   return bytes.size();
+}
+
+// RFC 5321 §4.5.3.1.4: 512 octets, which an extension may raise for the commands it adds
+// parameters to. MAIL: SIZE +26 (RFC 1870 §3), SMTPUTF8 +10 (RFC 6531 §3.4), AUTH= +500 (RFC
+// 4954 §5), and for BODY and DSN the longest values the parameter parser takes: " BODY=
+// BINARYMIME" 16, " RET=HDRS ENVID=" + 100 characters as xtext (up to 300 octets, RFC 3461
+// §4.3, §4.4). RCPT with DSN: " NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=" + 500 (RFC 3461 §4.1,
+// §4.2). AUTH lines and SASL responses: auth_line_bytes_max (12288, RFC 4954 §4). `head` is
+// the line's first octets (up to five): too few to tell the command allow the largest limit.
+std::size_t server_session::line_limit(std::string_view head) const noexcept {
+  const std::size_t base = _config.limits.command_line_bytes_max;
+  const std::size_t auth =
+      std::min<std::size_t>(_config.limits.auth_line_bytes_max, _line_buffer.size());
+  if (_auth_exchange) return auth;
+  const bool auth_now = auth_advertised();
+  const std::size_t mail = _mail_line_bytes_max + (auth_now ? 500 : 0);
+  if (head.size() < 5) {
+    const std::size_t most = std::max(mail, _rcpt_line_bytes_max);
+    return auth_now ? std::max(auth, most) : most;
+  }
+  if (detail::starts_with_upper(head, "MAIL ")) return mail;
+  if (detail::starts_with_upper(head, "RCPT ")) return _rcpt_line_bytes_max;
+  if (auth_now && detail::starts_with_upper(head, "AUTH ")) return std::max(auth, base);
+  return base;
 }
 
 std::size_t server_session::feed_skip(std::string_view bytes) noexcept {
   const void* lf = std::memchr(bytes.data(), '\n', bytes.size());
   if (lf == nullptr) return bytes.size();
+  ++_progress;
   _phase = phase::command;
   return static_cast<std::size_t>(static_cast<const char*>(lf) - bytes.data()) + 1;
 }
@@ -128,6 +175,7 @@ void server_session::begin_message(body_form form) noexcept {
   _message_open = true;
   _message_failed = false;
   _bare_seen_last = false;
+  _dot_nul_dropped = false;
   _line_bytes = 0;
   _stuffed_dots = 0;
 }
@@ -191,7 +239,7 @@ std::size_t server_session::feed_data(std::string_view bytes) noexcept {
         _data_state = data_state::in_line;
         [[fallthrough]];
       case data_state::in_line: {
-        const char* q = find_line_break(c.p, c.end, _summary.eight_bit);
+        const char* q = find_cr_lf_nul(c.p, c.end, _summary.eight_bit);
         _line_bytes += static_cast<std::uint64_t>(q - c.p);
         c.p = q;
         if (c.p == c.end) break;
@@ -202,6 +250,8 @@ std::size_t server_session::feed_data(std::string_view bytes) noexcept {
         } else if (*c.p == '\r') {
           ++c.p;
           _data_state = data_state::after_cr;
+        } else if (*c.p == '\0') {
+          data_nul(c, normalize);
         } else if (!normalize) {  // bare LF: RFC 5321 §2.3.8
           fail_message(abort_reason::bare_lf);
           ++c.p;
@@ -252,9 +302,32 @@ void server_session::data_after_cr(data_cursor& c, bool normalize) noexcept {
   }
 }
 
+// NUL (RFC 2045 §2.7, §2.8: neither 7bit nor 8bit data contains it; many a downstream ends
+// a string there): fails the message, or is dropped under the normalize policy.
+void server_session::data_nul(data_cursor& c, bool normalize) noexcept {
+  if (!normalize) {
+    fail_message(abort_reason::nul);
+    ++c.p;
+    return;
+  }
+  emit_body(c.run, c.p);
+  c.run = ++c.p;
+  _summary.normalized = true;
+}
+
 // A line started with "." (held): CR may begin the end marker, LF is a bare LF, anything else
 // makes the dot a stuffing dot (RFC 5321 §4.5.2: kept in wire form, not counted by SIZE).
 void server_session::data_after_dot(data_cursor& c, bool normalize) noexcept {
+  if (*c.p == '\0' && normalize) {
+    // Dropped, and the dot stays held (re-emitted from static storage if the line goes on):
+    // ".<NUL><CR><LF>" must not become ".<CR><LF>", the end marker, in the stored wire form.
+    c.run = ++c.p;
+    c.dot_here = false;
+    _dot_nul_dropped = true;
+    _summary.normalized = true;
+    return;
+  }
+  _dot_nul_dropped = _dot_nul_dropped && *c.p == '\r';
   if (*c.p == '\r') {
     ++c.p;
     _data_state = data_state::dot_cr;
@@ -280,11 +353,13 @@ void server_session::data_after_dot(data_cursor& c, bool normalize) noexcept {
 
 // ".\r" held: LF after a real CRLF line start is the end of data (returns true).
 bool server_session::data_after_dot_cr(data_cursor& c, bool normalize) noexcept {
-  if (*c.p == '\n' && !_bare_seen_last) {
+  const bool nul_dropped = _dot_nul_dropped;
+  _dot_nul_dropped = false;
+  if (*c.p == '\n' && !_bare_seen_last && !nul_dropped) {
     ++c.p;
     return true;
   }
-  if (*c.p == '\n') {  // a "." line after a normalized ending: re-stuffed, not an end
+  if (*c.p == '\n') {  // a "." line after a normalized ending or a NUL: re-stuffed, no end
     emit_lone_dot_line();
     c.run = ++c.p;
     _bare_seen_last = false;
@@ -313,28 +388,83 @@ void server_session::normalized_line_end() noexcept {
   end_line();
 }
 
-// BDAT chunk octets (RFC 3030 §2): exactly the announced count, raw.
+// BDAT chunk octets (RFC 3030 §2): exactly the announced count, raw. Unless the message is
+// BINARYMIME, the octets obey the same line rules as DATA (bare CR, bare LF, NUL, line length:
+// scan_bdat), since they may be relayed over DATA where a bare CR could end a line downstream.
 std::size_t server_session::feed_bdat(std::string_view bytes) noexcept {
   const std::size_t take =
       _bdat_remaining < bytes.size() ? static_cast<std::size_t>(_bdat_remaining) : bytes.size();
   if (!_bdat_discard && !_message_failed) {
-    const char* p = bytes.data();
-    const char* const end = p + take;
-    while (p < end) {  // summary only: BDAT data has no line rules
-      p = find_line_break(p, end, _summary.eight_bit);
-      if (p < end && *p++ == '\n') ++_summary.line_count;
-    }
     _summary.message_bytes += take;
     if (_summary.message_bytes > _message_bytes_max) {
       fail_message(abort_reason::message_too_big);
+    } else if (_summary.declared == body_type::binary_mime) {  // no line rules
+      for (const char* p = bytes.data(); p < bytes.data() + take;) {
+        p = find_cr_lf_nul(p, bytes.data() + take, _summary.eight_bit);
+        if (p < bytes.data() + take && *p++ == '\n') ++_summary.line_count;
+      }
+      emit_body(bytes.data(), bytes.data() + take);
     } else {
-      _summary.wire_bytes += take;
-      _handler.on_body(bytes.substr(0, take), body_form::raw);
+      scan_bdat(bytes.substr(0, take));
     }
   }
   _bdat_remaining -= take;
   if (_bdat_remaining == 0) end_of_chunk();
   return take;
+}
+
+// The line rules of feed_data without dot handling (BDAT content is not dot-stuffed and has
+// no end marker). A CR at the end of a chunk waits in after_cr for the next chunk's first
+// octet; a CR that ends the message is bare (finish_bdat_message).
+void server_session::scan_bdat(std::string_view chunk) noexcept {
+  data_cursor c{chunk.data(), chunk.data(), chunk.data() + chunk.size(), false};
+  const bool normalize = _config.bare_line_ending == bare_line_ending_policy::normalize;
+  while (c.p < c.end && !_message_failed) {
+    if (_data_state == data_state::after_cr) {
+      data_after_cr(c, normalize);
+      continue;
+    }
+    const char* q = find_cr_lf_nul(c.p, c.end, _summary.eight_bit);
+    if (q != c.p) _data_state = data_state::in_line;
+    _line_bytes += static_cast<std::uint64_t>(q - c.p);
+    c.p = q;
+    if (c.p == c.end) break;
+    if (*c.p == '\r') {
+      ++c.p;
+      _data_state = data_state::after_cr;
+    } else if (*c.p == '\0') {
+      data_nul(c, normalize);
+    } else if (!normalize) {  // bare LF: RFC 5321 §2.3.8
+      fail_message(abort_reason::bare_lf);
+    } else {
+      emit_body(c.run, c.p);
+      emit_static(crlf);
+      c.run = ++c.p;
+      normalized_line_end();
+    }
+  }
+  if (!_message_failed) emit_body(c.run, c.end);
+  const std::uint32_t limit = _config.limits.text_line_bytes_max;
+  if (limit != 0 && _line_bytes + 2 > limit) fail_message(abort_reason::line_too_long);
+}
+
+// The LAST chunk was read. A CR that ended it is bare; a last line without CRLF gets one: RFC
+// 3030 allows such a message, but DATA, over which it may be relayed, cannot carry it (the
+// next hop would never see the end of data) and every stored body ends with CRLF.
+void server_session::finish_bdat_message() noexcept {
+  if (_message_failed || _summary.declared == body_type::binary_mime) return;
+  if (_data_state == data_state::after_cr) {
+    if (_config.bare_line_ending == bare_line_ending_policy::reject) {
+      fail_message(abort_reason::bare_cr);
+      return;
+    }
+    emit_static(lf_only);
+    normalized_line_end();
+  } else if (_data_state == data_state::in_line) {
+    emit_static(crlf);
+    _summary.final_crlf_added = true;
+    end_line();
+  }
 }
 
 void server_session::close_with(std::uint16_t code, std::string_view enhanced,

@@ -202,6 +202,15 @@ void server_session::command_bdat(std::string_view argument) noexcept {
                abort_reason::connection_lost);
     return;
   }
+  // A chunk that alone exceeds the message size limit can only be refused (RFC 3030 §2 has
+  // the server read every announced octet): reading up to 2^64-1 octets to discard them would
+  // hold the connection for good, and its octets must never be taken for commands. So it is
+  // refused at once and the connection closed, before anything of the chunk is read.
+  if (size > _message_bytes_max) {
+    close_with(552, "5.3.4", "Chunk size exceeds fixed maximum message size, closing connection",
+               abort_reason::message_too_big);
+    return;
+  }
   _bdat_remaining = size;
   _bdat_last = !rest.empty();
   std::uint16_t code = 0;
@@ -243,6 +252,9 @@ void server_session::write_failure_reply() noexcept {
     case abort_reason::bare_cr:
       write_reply(550, "5.6.0", "Message contains bare <CR>: lines must end with <CR><LF>");
       break;
+    case abort_reason::nul:  // RFC 2045 §2.7, §2.8
+      write_reply(550, "5.6.0", "Message contains NUL octets: not allowed in mail text");
+      break;
     case abort_reason::message_too_big:  // RFC 1870 §6.2
       write_reply(552, "5.3.4", "Message size exceeds fixed maximum message size");
       break;
@@ -256,6 +268,7 @@ void server_session::write_failure_reply() noexcept {
 }
 
 void server_session::end_of_data() noexcept {
+  ++_progress;
   _phase = phase::command;
   _message_open = false;
   if (_message_failed) {
@@ -274,6 +287,7 @@ void server_session::end_of_data() noexcept {
 }
 
 void server_session::end_of_chunk() noexcept {
+  ++_progress;
   _phase = phase::command;
   if (_bdat_discard) {
     _bdat_discard = false;
@@ -282,6 +296,7 @@ void server_session::end_of_chunk() noexcept {
                 std::string_view(_deferred_text.data(), _deferred_text_bytes), true);
     return;
   }
+  if (_bdat_last) finish_bdat_message();
   if (_message_failed) {
     write_failure_reply();
     if (_bdat_last) clear_transaction(false);
@@ -343,10 +358,15 @@ void server_session::command_expn(std::string_view) noexcept {
   write_reply(502, "5.5.1", "EXPN command is disabled");
 }
 
+// Lists only the commands this session would accept now (EXPN is always refused).
 void server_session::command_help(std::string_view) noexcept {
-  write_reply(214, "2.0.0",
-              "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH\n"
-              "See RFC 5321");
+  std::array<char, 128> text;
+  const std::string_view help = detail::join(
+      text, {"Commands: EHLO HELO MAIL RCPT DATA", _config.extensions.chunking ? " BDAT" : "",
+             " RSET NOOP QUIT", _config.vrfy_enabled ? " VRFY" : "", " HELP",
+             _config.starttls_offered && !_tls_active ? " STARTTLS" : "",
+             auth_advertised() ? " AUTH" : "", "\nSee RFC 5321"});
+  write_reply(214, "2.0.0", help);
 }
 
 void server_session::command_starttls(std::string_view argument) noexcept {
@@ -413,5 +433,10 @@ void server_session::auth_response_line(std::string_view line) noexcept {
 }
 
 bool server_session::in_message() const noexcept { return _message_open; }
+
+bool server_session::idle() const noexcept {
+  return _phase == phase::command && _pending == pending_kind::none && !_has_mail &&
+         !_message_open && !_auth_exchange && _line_bytes_buffered == 0;
+}
 
 }  // namespace ringmta::smtp

@@ -1,4 +1,5 @@
-// Structured log records: one JSON object per line (or "key=value" text), for reception,
+// Structured log records: one JSON object per line (or logfmt text: key=value, values quoted
+// when they hold spaces, '=', quotes or control characters), for reception,
 // delivery, transient failure, bounce, and daemon events (DESIGN principle 7).
 //
 // Each shard owns a log_buffer and appends records while it works; the shard writes the whole

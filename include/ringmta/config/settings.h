@@ -105,6 +105,11 @@ struct settings {
   std::uint64_t dkim_header_bytes_max = 256u << 10;  // header block of a message to sign
   bool dkim_timestamp = true;                        // t=
   std::uint32_t dkim_expire_s = 0;                   // x= = t= + this; 0: no x=
+  // Hostile clients (issue 10)
+  std::string postmaster;                      // alias for postmaster at our own names
+  std::uint32_t min_data_rate_bytes = 500;     // DATA/BDAT bytes/s (Postfix smtpd_min_data_rate)
+  std::uint32_t timeout_under_load_ms = 10'000;  // Postfix stress mode: smtpd_timeout 10s
+  std::uint32_t load_threshold_percent = 80;   // of sessions_per_shard_max
 
   // [admin]
   std::vector<core::endpoint> admin_listen;  // metrics, health, admin API; default 127.0.0.1:8025

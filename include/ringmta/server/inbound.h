@@ -31,6 +31,7 @@
 #include "ringmta/core/endpoint.h"
 #include "ringmta/dkim/key_table.h"
 #include "ringmta/server/inbound_dkim.h"
+#include "ringmta/server/recipient_policy.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/smtp/server_session.h"
 #include "ringmta/spool/store.h"
@@ -73,14 +74,22 @@ struct inbound_config {
   std::string greeting_text;
   smtp::server_config engine;  // hostname/greeting views point into the strings above
   relay_policy relay;
+  recipient_policy recipients;  // own names, --postmaster
   bool proxy_protocol = false;
   std::uint32_t sessions_per_shard_max = 20000;
   std::uint32_t sessions_per_client_max = 100;
   std::uint32_t timeout_command_ms = 300'000;     // RFC 5321 §4.5.3.2.7
   std::uint32_t timeout_data_block_ms = 180'000;  // RFC 5321 §4.5.3.2.5
   std::uint32_t timeout_proxy_header_ms = 10'000;
+  // Slow senders: a DATA/BDAT block buys bytes / min_data_rate_bytes seconds of deadline,
+  // never more than timeout_data_block_ms ahead (0: idle timeout only). Above
+  // load_threshold_percent of sessions_per_shard_max, every timeout is at most
+  // timeout_under_load_ms (0: unchanged).
+  std::uint32_t min_data_rate_bytes = 500;
+  std::uint32_t timeout_under_load_ms = 10'000;
+  std::uint32_t load_threshold_percent = 80;
   std::uint32_t greeting_delay_ms = 0;  // > 0: data before the greeting is an early talker
-  std::uint32_t hops_max = 100;  // Received: fields before a message is refused as a loop
+  std::uint32_t hops_max = 100;  // Received: fields a message may arrive with; more: a loop
   std::uint32_t receive_buffer_bytes = 16 * 1024;
   std::uint32_t receive_buffer_count = 2048;  // per shard, power of two
   client_counters* clients = nullptr;          // shared by all shards
@@ -100,8 +109,12 @@ struct inbound_metrics {
   admin::counter messages_rejected;
   admin::counter message_bytes;
   admin::counter recipients_accepted;
+  admin::counter recipients_duplicate;  // folded into an earlier RCPT of the transaction
+  admin::counter recipients_unknown;    // own names without a mailbox (550 5.1.1)
   admin::counter relay_denied;
   admin::counter spool_failures;
+  admin::counter accept_pauses;  // EMFILE/ENFILE/ENOMEM from accept: listener paused
+  admin::counter load_episodes;  // times the shard went above load_threshold_percent
   admin::gauge sessions;
   admin::histogram commit_latency;  // end of data → durable
   dkim_metrics dkim;

@@ -62,6 +62,13 @@ bool is_address_literal(std::string_view text) noexcept;
 // into `out`. Returns the decoded length, or -1 when malformed or longer than out.
 std::ptrdiff_t decode_xtext(std::string_view text, std::span<char> out) noexcept;
 
+// Whether two forward paths ("local@domain", as in mailbox::address) name the same mailbox for
+// folding duplicate recipients: RFC 5321 §2.4 has the local part case-sensitive (only the
+// destination host may decide otherwise), domains are not, so only the domain is compared
+// without case. A quoted local part and its unquoted equivalent count as different (rare;
+// the only cost is a second delivery).
+bool same_mailbox(std::string_view a, std::string_view b) noexcept;
+
 // True when `text` is well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF).
 bool is_valid_utf8(std::string_view text) noexcept;
 

@@ -20,10 +20,13 @@
 // - Body slices given to on_body() point into the buffer passed to the current feed() call, or
 //   to static storage (a held-back "." or a normalized line ending); they are valid only during
 //   the callback. The engine keeps no pointer into fed buffers after feed() returns; a partial
-//   command line is copied into the session (at most command_line_bytes_max octets).
+//   command line is copied into the session (at most its command's limit).
 // - Only <CR><LF>.<CR><LF> ends DATA (RFC 5321 §4.1.1.4). A bare CR or bare LF in a message is
 //   rejected at the end of data (550 5.6.0), or normalized to CRLF if configured; either way it
-//   can never end the message or start another one (SMTP smuggling).
+//   can never end the message or start another one (SMTP smuggling). NUL is rejected the same
+//   way, or dropped. BDAT content obeys the same rules (it may be relayed over DATA) unless the
+//   message is BODY=BINARYMIME, and a BDAT message not ending in CRLF gets one (RFC 3030 allows
+//   it, DATA cannot carry it): every body handed over as text ends with CRLF.
 // - After STARTTLS is accepted (220), every octet until tls_established() is discarded, so no
 //   plaintext pipelined behind STARTTLS is ever processed (CVE-2011-0411).
 // Never: a pointer into fed buffers kept across calls, a reply line over 512 octets, output
@@ -33,6 +36,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "ringmta/smtp/address.h"
@@ -47,7 +51,8 @@ enum class bare_line_ending_policy : std::uint8_t {
 };
 
 // What hitting each limit does (all keep the session in sync with the client):
-// - command line longer than command_line_bytes_max: 500 5.5.2 at once, rest of the line
+// - command line longer than its command's limit (command_line_bytes_max, more for MAIL/RCPT
+//   with extensions, auth_line_bytes_max for AUTH): 500 5.5.2 at once, rest of the line
 //   skipped up to its LF (RFC 5321 §4.5.3.1.4, §4.5.3.1.10);
 // - text line longer than text_line_bytes_max: the message is read to its end and refused
 //   with 550 5.6.0 (§4.5.3.1.6; not truncated or wrapped, which would change signed content);
@@ -57,13 +62,21 @@ enum class bare_line_ending_policy : std::uint8_t {
 // - errors_max 5xx replies: 421 4.7.0 and close;
 // - BDAT whose size cannot be parsed: 501 5.5.4 and close (the chunk behind it cannot be
 //   skipped, and reading it as commands would let message octets run as commands);
+// - BDAT chunk larger than message_bytes_max on its own: 552 5.3.4 and close, for the same
+//   reason (up to 2^64-1 octets cannot be read and discarded); chunks that fit alone but
+//   overflow the message are read and dropped, then 552 5.3.4;
 // - output: feed() pauses while output_full(), so a client that never reads costs no memory.
 struct server_limits {
-  std::uint32_t command_line_bytes_max = 512;     // incl. CRLF, RFC 5321 §4.5.3.1.4; ≤ 2048
+  // incl. CRLF, RFC 5321 §4.5.3.1.4; ≤ 640. MAIL and RCPT get more room for the parameters of
+  // the extensions offered (server_session::line_limit).
+  std::uint32_t command_line_bytes_max = 512;
   std::uint32_t text_line_bytes_max = 1000;       // incl. CRLF, §4.5.3.1.6; 0: unchecked
   std::uint64_t message_bytes_max = 50u << 20;    // advertised as SIZE (RFC 1870); 0: none
   std::uint32_t recipients_max = 1000;            // §4.5.3.1.8 asks for at least 100
   std::uint32_t errors_max = 20;                  // 5xx replies before 421 4.7.0; 0: no limit
+  // AUTH command lines and SASL responses (RFC 4954 §4: 12288 octets suffice for deployed
+  // mechanisms). Lines over command_line_capacity need long_line_storage (constructor).
+  std::uint32_t auth_line_bytes_max = 12288;
 };
 
 struct server_config {
@@ -82,12 +95,13 @@ struct server_config {
 
 enum class body_form : std::uint8_t {
   wire,  // DATA: dot-stuffed, CRLF line endings, the final ".\r\n" excluded
-  raw,   // BDAT: the chunk octets as sent (RFC 3030)
+  raw,   // BDAT: the chunk octets (RFC 3030), after the line rules (normalize may rewrite)
 };
 
 enum class abort_reason : std::uint8_t {
   bare_lf,           // reject policy: a message line ended with LF alone
   bare_cr,           // reject policy: a CR not followed by LF
+  nul,               // reject policy: a NUL octet (550 5.6.0)
   message_too_big,   // more than message_bytes_max (552 5.3.4)
   line_too_long,     // a text line over text_line_bytes_max (550 5.6.0)
   reset,             // RSET, HELO/EHLO or QUIT between BDAT chunks
@@ -106,7 +120,8 @@ struct body_summary {
   std::uint64_t line_count = 0;     // line endings seen
   std::uint32_t chunk_count = 0;    // BDAT commands (0 for DATA)
   bool eight_bit = false;           // an octet above 127 was seen
-  bool normalized = false;          // bare CR/LF were rewritten to CRLF
+  bool normalized = false;          // bare CR/LF were rewritten to CRLF, or NULs dropped
+  bool final_crlf_added = false;    // BDAT: the message did not end with CRLF; one was added
 };
 
 // The current transaction; views stay valid until the next MAIL, RSET, HELO/EHLO or the end
@@ -154,7 +169,11 @@ class server_session {
   static constexpr std::size_t output_bytes_capacity = 8192;
   static constexpr std::size_t command_line_capacity = 2048;
 
-  server_session(const server_config& config, server_handler& handler) noexcept;
+  // long_line_storage: room for AUTH lines over command_line_capacity (an embedder offering
+  // AUTH passes auth_line_bytes_max octets; without it AUTH lines are cut at the capacity).
+  // Must outlive the session.
+  server_session(const server_config& config, server_handler& handler,
+                 std::span<char> long_line_storage = {}) noexcept;
   server_session(const server_session&) = delete;
   server_session& operator=(const server_session&) = delete;
 
@@ -186,6 +205,12 @@ class server_session {
   // feed() stopped because output() must be drained first.
   bool output_full() const noexcept;
   bool in_message() const noexcept;  // inside DATA or between BDAT chunks
+  // Between transactions in the command phase with nothing half-read or awaited: a session
+  // that can be closed (421 on shutdown) without cutting anything short.
+  bool idle() const noexcept;
+  // Grows whenever a command line or a message (DATA end, BDAT chunk) is completed: what a
+  // per-command deadline restarts on (a byte that completes nothing buys no time).
+  std::uint64_t progress() const noexcept { return _progress; }
 
   std::string_view helo_name() const noexcept { return {_helo.data(), _helo_bytes}; }
   // RFC 3848 / RFC 6531 §3.7.3 "with" protocol for the Received: header.
@@ -253,12 +278,16 @@ class server_session {
 
   // input framing, DATA and BDAT, lifecycle (server_session.cc)
   std::size_t feed_command(std::string_view bytes) noexcept;
+  std::size_t line_limit(std::string_view head) const noexcept;
   std::size_t feed_skip(std::string_view bytes) noexcept;
   std::size_t feed_data(std::string_view bytes) noexcept;
   void data_after_cr(data_cursor& c, bool normalize) noexcept;
   void data_after_dot(data_cursor& c, bool normalize) noexcept;
   bool data_after_dot_cr(data_cursor& c, bool normalize) noexcept;
   std::size_t feed_bdat(std::string_view bytes) noexcept;
+  void scan_bdat(std::string_view chunk) noexcept;
+  void finish_bdat_message() noexcept;
+  void data_nul(data_cursor& c, bool normalize) noexcept;
   void emit_body(const char* begin, const char* end) noexcept;
   void emit_static(std::string_view bytes) noexcept;
   void end_line() noexcept;
@@ -281,6 +310,9 @@ class server_session {
 
   const server_config& _config;
   server_handler& _handler;
+  std::span<char> _line_buffer;     // _line, or the embedder's long_line_storage
+  std::size_t _mail_line_bytes_max = 0;  // MAIL's limit without AUTH= (line_limit)
+  std::size_t _rcpt_line_bytes_max = 0;
   phase _phase = phase::not_started;
   pending_kind _pending = pending_kind::none;
   bool _refusing = false;
@@ -295,12 +327,14 @@ class server_session {
   std::uint32_t _recipients = 0;
   std::uint32_t _errors = 0;
   std::uint64_t _messages_accepted = 0;
+  std::uint64_t _progress = 0;
 
   // message in progress
   data_state _data_state = data_state::line_start;
   bool _message_failed = false;     // on_data_aborted was called; scanning to the end
   abort_reason _failure = abort_reason::reset;
   bool _bare_seen_last = false;     // the last line ending was normalized (not a real CRLF)
+  bool _dot_nul_dropped = false;    // normalize: a NUL after the held line-start "." dropped
   bool _bdat_last = false;
   bool _bdat_discard = false;       // chunk is read and dropped (no transaction / rejected)
   std::uint64_t _bdat_remaining = 0;

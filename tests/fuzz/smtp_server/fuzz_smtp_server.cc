@@ -10,7 +10,9 @@
 // - body slices lie inside the buffer being fed (or are the engine's small static strings);
 //   no on_body after on_data_aborted; wire_bytes equals the octets handed over;
 // - an accepted DATA body has only CRLF line endings, never contains <CR><LF>.<CR><LF> and
-//   never starts with ".<CR><LF>" (no smuggled end marker can reach the spool);
+//   never starts with ".<CR><LF>" (no smuggled end marker can reach the spool); an accepted
+//   BDAT body (not BINARYMIME) has only CRLF line endings too; neither holds a NUL, and both
+//   end with CRLF;
 // - no handler call after the session wants to close.
 #include <cstddef>
 #include <cstdint>
@@ -102,7 +104,7 @@ class fuzz_handler final : public server_handler {
     FUZZ_CHECK(!closed && in_message && !aborted);
     const bool inside = slice.data() >= fed.data() &&
                         slice.data() + slice.size() <= fed.data() + fed.size();
-    FUZZ_CHECK(inside || (form == body_form::wire && is_static_piece(slice)));
+    FUZZ_CHECK(inside || is_static_piece(slice));
     body_bytes += slice.size();
     // DATA: the limit counts unstuffed octets, so stuffing dots may add up to one per line.
     FUZZ_CHECK(body_bytes <= (form == body_form::raw ? message_bytes_max
@@ -113,7 +115,10 @@ class fuzz_handler final : public server_handler {
     FUZZ_CHECK(!closed && in_message && !aborted);
     FUZZ_CHECK(summary.wire_bytes == body_bytes);
     FUZZ_CHECK(summary.message_bytes <= message_bytes_max);
-    if (summary.form == body_form::wire && body.size() == body_bytes) check_wire_body();
+    if (body.size() == body_bytes && summary.declared != body_type::binary_mime) {
+      if (summary.form == body_form::wire) check_wire_body();
+      else check_text_lines();  // BDAT text: the DATA line rules, and a final CRLF
+    }
     in_message = false;
     return pick(false);
   }
@@ -130,6 +135,11 @@ class fuzz_handler final : public server_handler {
   void check_wire_body() {
     FUZZ_CHECK(body.find("\r\n.\r\n") == std::string::npos);
     FUZZ_CHECK(body.rfind(".\r\n", 0) != 0);
+    check_text_lines();
+  }
+  void check_text_lines() {
+    FUZZ_CHECK(body.find('\0') == std::string::npos);
+    FUZZ_CHECK(body.empty() || (body.size() >= 2 && body.substr(body.size() - 2) == "\r\n"));
     for (std::size_t i = 0; i < body.size(); ++i) {
       if (body[i] == '\r') FUZZ_CHECK(i + 1 < body.size() && body[i + 1] == '\n');
       if (body[i] == '\n') FUZZ_CHECK(i > 0 && body[i - 1] == '\r');

@@ -33,11 +33,18 @@ TEST(log, json_records_are_one_escaped_line_each) {
   EXPECT_EQ(first["tls"], false);
 }
 
-TEST(log, text_format_escapes_spaces) {
+// logfmt: bare values when they can be, quoted (spaces kept readable) when they must be, and
+// no value can forge a field or a line.
+TEST(log, text_format_quotes_values_readably) {
   log_buffer log(log_format::text);
-  log.record("bounce").field("reply", "550 5.1.1 no such user");
+  log.record("bounce")
+      .field("reply", "550 5.1.1 no such user")
+      .field("id", "0123abcd")
+      .field("from", "")
+      .field("helo", "x=1 \"y\"\nz\\");
   EXPECT_EQ(std::string(log.pending()),
-            "1970-01-01T00:00:00.000Z bounce reply=550\\u00205.1.1\\u0020no\\u0020such\\u0020user\n");
+            "1970-01-01T00:00:00.000Z bounce reply=\"550 5.1.1 no such user\" id=0123abcd "
+            "from=\"\" helo=\"x=1 \\\"y\\\"\\nz\\\\\"\n");
 }
 
 TEST(log, full_buffer_drops_whole_records_and_counts_them) {

@@ -55,6 +55,16 @@ TEST(address, xtext_and_utf8) {
   EXPECT_FALSE(is_valid_utf8("\xe2\x82"));          // truncated
 }
 
+TEST(address, same_mailbox_folds_the_domain_case_only) {
+  EXPECT_TRUE(same_mailbox("User@EXAMPLE.com", "User@example.COM"));
+  EXPECT_FALSE(same_mailbox("User@example.com", "user@example.com"));  // RFC 5321 §2.4
+  EXPECT_FALSE(same_mailbox("a@example.com", "a@example.org"));
+  EXPECT_FALSE(same_mailbox("a@b.example", "a@bb.example"));
+  EXPECT_TRUE(same_mailbox("\"a@b\"@x.example", "\"a@b\"@X.example"));
+  EXPECT_FALSE(same_mailbox("\"a@B\"@x.example", "\"a@b\"@x.example"));
+  EXPECT_TRUE(same_mailbox("postmaster", "postmaster"));
+}
+
 TEST(parameters, keyword_and_value_syntax) {
   extension_set ext;
   mail_parameters mail;
@@ -78,19 +88,21 @@ using scanner = const char* (*)(const char*, const char*, bool&) noexcept;
 
 TEST(data_scanner, every_variant_agrees_with_the_portable_one) {
   std::mt19937 rng(7);
-  const scanner variants[] = {&find_line_break, &find_line_break_sse2, &find_line_break_avx2};
+  const scanner variants[] = {&find_cr_lf_nul, &find_cr_lf_nul_sse2, &find_cr_lf_nul_avx2};
   std::string buffer(300, 'a');
   for (int round = 0; round < 3000; ++round) {
     for (char& c : buffer) {
       const unsigned r = rng() % 200;
+      // NUL, CR, LF, and the other octets <= 13 the vector search must skip (tab, form feed)
       c = r == 0 ? '\r' : r == 1 ? '\n' : r == 2 ? static_cast<char>(0x80 + rng() % 128)
-                                             : static_cast<char>('a' + rng() % 26);
+          : r == 3 ? '\0' : r < 8 ? static_cast<char>(rng() % 14)
+                               : static_cast<char>('a' + rng() % 26);
     }
     const std::size_t begin = rng() % 64;
     const std::size_t end = begin + rng() % (buffer.size() - begin);
     bool expected_8bit = false;
     const char* expected =
-        find_line_break_portable(buffer.data() + begin, buffer.data() + end, expected_8bit);
+        find_cr_lf_nul_portable(buffer.data() + begin, buffer.data() + end, expected_8bit);
     for (const scanner s : variants) {
       bool eight_bit = false;
       EXPECT_EQ(s(buffer.data() + begin, buffer.data() + end, eight_bit), expected);
@@ -98,6 +110,16 @@ TEST(data_scanner, every_variant_agrees_with_the_portable_one) {
     }
   }
   EXPECT_FALSE(line_break_scanner_name().empty());
+}
+
+TEST(data_scanner, stops_at_nul_in_every_variant) {
+  std::string buffer(100, 'x');
+  buffer[70] = '\0';
+  for (const scanner s : {&find_cr_lf_nul, &find_cr_lf_nul_sse2, &find_cr_lf_nul_avx2,
+                          &find_cr_lf_nul_portable}) {
+    bool eight_bit = false;
+    EXPECT_EQ(s(buffer.data(), buffer.data() + buffer.size(), eight_bit), buffer.data() + 70);
+  }
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // server_session API behaviour that transcripts cannot express: output back-pressure, pending
 // verdicts cancelled by shutdown, zero-copy body slices, protocol names, envelope queries.
+#include <array>
 #include <string>
 #include <vector>
 
@@ -233,6 +234,44 @@ TEST(server_session, replies_from_the_embedder_are_sanitized_and_bounded) {
   }
   EXPECT_GE(lines, 2);
   EXPECT_EQ(out[out.rfind("550") + 3], ' ');  // the last line ends the reply
+}
+
+}  // namespace
+}  // namespace ringmta::smtp
+
+namespace ringmta::smtp {
+namespace {
+
+// RFC 5321 §4.5.3.1.4 with extensions: MAIL and RCPT get room for their parameters, other
+// commands keep 512, AUTH lines get auth_line_bytes_max when storage for them is given.
+TEST(server_session, command_line_limit_depends_on_the_command) {
+  server_config config;
+  config.auth_offered = true;
+  config.auth_requires_tls = false;
+  probe_handler handler;
+  std::array<char, 12288> long_lines;
+  server_session session(config, handler, long_lines);
+  session.start();
+  session.feed("EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n");
+  drain(session);
+  const std::string orcpt = "rfc822;" + std::string(480, 'o');
+  session.feed("RCPT TO:<x@y.example> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=" + orcpt + "\r\n");
+  EXPECT_EQ(drain(session).substr(0, 3), "250");  // 558 octets
+  session.feed("RCPT TO:<x@y.example> ORCPT=rfc822;" + std::string(1100, 'o') + "\r\n");
+  EXPECT_EQ(drain(session).substr(0, 9), "500 5.5.2");
+  session.feed("NOOP " + std::string(520, 'n') + "\r\n");
+  EXPECT_EQ(drain(session).substr(0, 9), "500 5.5.2");
+  session.feed("RSET\r\nAUTH PLAIN " + std::string(9000, 'A') + "\r\n");
+  EXPECT_EQ(drain(session), "250 2.0.0 Ok\r\n235 2.7.0 Authentication successful\r\n");
+  // Fed one octet at a time the limits are the same (the partial line is buffered).
+  server_session slow(config, handler, long_lines);
+  slow.start();
+  const std::string input = "EHLO c.example\r\nAUTH PLAIN " + std::string(12000, 'A') +
+                            "\r\nNOOP " + std::string(600, 'n') + "\r\n";
+  for (const char c : input) slow.feed(std::string_view(&c, 1));
+  const std::string out = drain(slow);
+  EXPECT_NE(out.find("235 2.7.0"), std::string::npos) << out;
+  EXPECT_NE(out.find("500 5.5.2"), std::string::npos) << out;
 }
 
 }  // namespace

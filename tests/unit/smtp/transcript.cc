@@ -190,6 +190,7 @@ class recording_handler final : public server_handler {
            std::to_string(s.message_bytes) + " lines=" + std::to_string(s.line_count) +
            " chunks=" + std::to_string(s.chunk_count) + " 8bit=" + (s.eight_bit ? "1" : "0") +
            " normalized=" + (s.normalized ? "1" : "0") +
+           (s.final_crlf_added ? " final_crlf_added" : "") +
            (s.declared == body_type::unspecified
                 ? ""
                 : " body=" + std::string(to_string(s.declared))));
