@@ -270,7 +270,10 @@ void session::fail(failure reason) noexcept {
 void session::handshake_step() noexcept {
   ERR_clear_error();
   const int done = SSL_do_handshake(_ssl);
-  if (done == 1) return set_state(tls::state::established);
+  if (done == 1) {
+    _handshake_completed = true;
+    return set_state(tls::state::established);
+  }
   const int error = SSL_get_error(_ssl, done);
   if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) return;
   const failure reason = classify(ERR_peek_last_error(), _ssl, _detail);

@@ -79,6 +79,17 @@ struct settings {
   std::vector<std::uint32_t> retry_schedule_s = {60, 300, 900, 1800, 3600, 7200, 14400};
   destination_limits default_destination_limits;
 
+  // [tls] (certificates are read and checked by the daemon at start-up: exit 2 naming the file)
+  std::vector<std::string> tls_cert_files;  // paired in order with tls_key_files
+  std::vector<std::string> tls_key_files;
+  std::vector<core::endpoint> tls_listen;   // implicit TLS (RFC 8314)
+  std::string tls_min_version = "TLS1.2";   // "TLS1.2" or "TLS1.3"
+  std::string tls_ciphers;                  // empty: tls::default_ciphers
+  std::string tls_ciphersuites;             // empty: tls::default_ciphersuites
+  bool tls_ask_client_certificate = false;
+  std::uint32_t tls_ticket_key_rotation_s = 3600;
+  std::uint32_t timeout_tls_handshake_s = 60;
+
   // [admin]
   std::vector<core::endpoint> admin_listen;  // metrics, health, admin API; default 127.0.0.1:8025
   std::string log_format = "json";           // "json" or "text"

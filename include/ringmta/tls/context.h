@@ -111,6 +111,8 @@ class server_context {
   ssl_ctx_st* native() const noexcept { return _ctx; }
   const ticket_key_ring& ticket_keys() const noexcept { return *_keys; }
   ticket_key_ring& ticket_keys_mutable() const noexcept { return *_keys; }
+  // For a reload: the new context shares the ring, so tickets stay valid.
+  std::shared_ptr<ticket_key_ring> ticket_key_ring_shared() const noexcept { return _keys; }
   // "ECDSA P-256 + RSA 2048" for the start-up log.
   const std::string& description() const noexcept { return _description; }
 

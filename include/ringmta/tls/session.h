@@ -139,6 +139,8 @@ class session {
 
   tls::state state() const noexcept { return _state; }
   bool established() const noexcept { return _state == tls::state::established; }
+  // The handshake finished (even if the peer closed at once, in the same flight).
+  bool handshake_completed() const noexcept { return _handshake_completed; }
   failure error() const noexcept { return _error; }
   // OpenSSL's reason for a failure ("wrong version number", "certificate verify failed: ...").
   std::string_view error_detail() const noexcept { return _detail; }
@@ -186,7 +188,8 @@ class session {
   tls::state _state = tls::state::handshake;
   failure _error = failure::none;
   bool _server = false;
-  bool _want_write = false;  // OpenSSL stopped because the ciphertext buffer was full
+  bool _want_write = false;
+  bool _handshake_completed = false;  // OpenSSL stopped because the ciphertext buffer was full
   std::string_view _detail;  // static text from OpenSSL's error tables
 };
 
