@@ -335,9 +335,10 @@ const std::vector<setting_spec>& table() {
     {"tls.min_version", "--tls-min-version", "TLS1.2|TLS1.3", arity::one,
      "oldest TLS version accepted (SSLv3, TLS 1.0 and 1.1 never are)",
      [](settings& s, const values& v) {
-       const std::string text = lowercase(one(v));
-       if (text == "tls1.2" || text == "tlsv1.2" || text == "1.2") s.tls_min_version = "TLS1.2";
-       else if (text == "tls1.3" || text == "tlsv1.3" || text == "1.3") s.tls_min_version = "TLS1.3";
+       std::string text = lowercase(one(v));  // "TLS1.2", "TLSv1.2" or "1.2"
+       text.erase(0, text.rfind("tlsv", 0) == 0 ? 4 : text.rfind("tls", 0) == 0 ? 3 : 0);
+       if (text == "1.2") s.tls_min_version = "TLS1.2";
+       else if (text == "1.3") s.tls_min_version = "TLS1.3";
        else expected("TLS1.2 or TLS1.3", one(v));
      }},
     {"tls.ciphers", "--tls-ciphers", "LIST", arity::one,

@@ -192,9 +192,13 @@ void connection::arm_receive() noexcept {
 
 void connection::send_output() noexcept {
   if (tls) return send_output_tls();
-  const std::string_view pending = literal.empty() ? session->output() : literal;
+  send_bytes(literal.empty() ? session->output() : literal);
+}
+
+// One send in flight; `bytes` must stay in place until on_sent().
+void connection::send_bytes(std::string_view bytes) noexcept {
   const auto queued = server.owner().ring().prep_send(
-      fd, pending.data(), static_cast<std::uint32_t>(pending.size()),
+      fd, bytes.data(), static_cast<std::uint32_t>(bytes.size()),
       server.user_data(server.send_kind(), *this));
   if (!queued) return close();
   send_in_flight = true;

@@ -121,6 +121,7 @@ struct connection final : smtp::server_handler {
   void finish_close() noexcept;
   void arm_receive() noexcept;
   void send_output() noexcept;
+  void send_bytes(std::string_view bytes) noexcept;
   void release_held() noexcept;
   void restart_timer() noexcept;
   smtp::verdict commit() noexcept;

@@ -192,12 +192,7 @@ void connection::send_output_tls() noexcept {
   }
   const std::string_view out = tls->ciphertext();
   if (out.empty()) return close();  // nothing can be sent any more: the session failed
-  const auto queued = server.owner().ring().prep_send(
-      fd, out.data(), static_cast<std::uint32_t>(out.size()),
-      server.user_data(server.send_kind(), *this));
-  if (!queued) return close();
-  send_in_flight = true;
-  ++ops_in_flight;
+  send_bytes(out);  // queued ciphertext never moves (tls/session.h)
 }
 
 }  // namespace ringmta::server

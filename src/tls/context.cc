@@ -64,7 +64,8 @@ bool ticket_key_ring::read(std::size_t index, key& out) const noexcept {
     if (before == 0) return false;  // never written
     if (before & 1u) continue;      // being written
     std::uint64_t words_out[words];
-    for (std::size_t i = 0; i < words; ++i) words_out[i] = s.data[i].load(std::memory_order_relaxed);
+    for (std::size_t i = 0; i < words; ++i)
+      words_out[i] = s.data[i].load(std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (s.sequence.load(std::memory_order_relaxed) != before) continue;
     std::memcpy(out.name.data(), words_out, 16);
@@ -163,7 +164,7 @@ int ticket_callback(SSL* ssl, unsigned char key_name[16], unsigned char* iv,
       result = -1;
   } else {
     bool renew = false;
-    if (!ring->find(key_name, now, k, renew)) return 0;  // unknown or expired: full handshake  // unknown or expired: full handshake
+    if (!ring->find(key_name, now, k, renew)) return 0;  // unknown or expired: full handshake
     // 2: valid, and the client gets a fresh ticket. Always: OpenSSL's TLS 1.3 client does not
     // reuse a ticket (RFC 8446 §C.4), so without a new one the next connection would pay a
     // full handshake; with it, an injector resumes on every connection. (`renew` would ask

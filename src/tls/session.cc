@@ -198,7 +198,8 @@ session::~session() {
     SSL_set_ex_data(_ssl, detail::session_ex_index(), nullptr);
     // SMTP ends with QUIT, rarely with close_notify; without this SSL_free would mark the
     // session (and the tickets cached from it) not resumable. Failed sessions stay marked.
-    if (_state != tls::state::failed) SSL_set_shutdown(_ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    if (_state != tls::state::failed)
+      SSL_set_shutdown(_ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     SSL_free(_ssl);
   }
 }

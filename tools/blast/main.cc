@@ -334,7 +334,7 @@ void print_text(const nlohmann::json& j, const blast_results& merged) {
                        j["tls"]["failures"].get<std::uint64_t>());
   }
   if (j["messages"]["bdat_fallback_sessions"].get<std::uint64_t>() > 0) {
-    out += fmt::format("  --bdat: {} sessions sent with DATA (CHUNKING or PIPELINING not offered)\n",
+    out += fmt::format("  --bdat: {} sessions sent with DATA (no CHUNKING or PIPELINING)\n",
                        j["messages"]["bdat_fallback_sessions"].get<std::uint64_t>());
   }
   out += loadkit::latency_header() + "\n";

@@ -342,7 +342,8 @@ int run(int argc, char** argv) {
                  "--recv-buffer-bytes >= 512\n";
     return 2;
   }
-  if (cli.tls_cert.size() != cli.tls_key.size() || (!cli.tls_listen.empty() && cli.tls_cert.empty())) {
+  if (cli.tls_cert.size() != cli.tls_key.size() ||
+      (!cli.tls_listen.empty() && cli.tls_cert.empty())) {
     std::cerr << "ringmta-sink: give one --tls-key per --tls-cert; --tls-listen needs them\n";
     return 2;
   }

@@ -40,9 +40,9 @@ def last_received(count):
 
 def openssl(*args, data=b"QUIT\r\n", timeout=30):
     # -ign_eof: read until the server closes (after QUIT), not until stdin ends.
-    out = subprocess.run(["openssl", "s_client", "-nocommands", "-ign_eof", "-CAfile", pki["ca"],
-                          "-verify_hostname", "mx.test.example", *args], input=data, capture_output=True,
-                         timeout=timeout)
+    out = subprocess.run(["openssl", "s_client", "-nocommands", "-ign_eof", "-CAfile",
+                          pki["ca"], "-verify_hostname", "mx.test.example", *args], input=data,
+                         capture_output=True, timeout=timeout)
     return out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
 
 
