@@ -39,8 +39,9 @@ load() {
   timeout 600 "$BLAST" --target "127.0.0.1:$1" --starttls --sessions "$sessions" \
     --messages-per-session "$PER" --concurrency "$SESS" --size "$SIZE" --threads 2 --no-pin \
     --json --quiet ${BLAST_ARGS:-} > "$WORK/blast.json" || true
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); t=r["tls"]
-print(f"{r[\"rates\"][\"messages_per_s\"]:.0f} {t[\"handshakes\"]} {t[\"resumed\"]} {t[\"failures\"]} {r[\"messages\"][\"accepted\"]}")' "$WORK/blast.json"
+  python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); t = r["tls"]
+print(round(r["rates"]["messages_per_s"]), t["handshakes"], t["resumed"], t["failures"],
+      r["messages"]["accepted"])' "$WORK/blast.json"
 }
 
 run_sink() {
