@@ -456,6 +456,46 @@ const std::vector<setting_spec>& table() {
        s.load_threshold_percent = to_u32(one(v), 100);
        if (s.load_threshold_percent == 0) expected("a percentage from 1 to 100", one(v));
      }},
+    // ---- TLS (inbound STARTTLS and implicit TLS; src/tls, src/server/inbound_tls.cc) ----
+    {"tls.cert", "--tls-cert", "FILE", arity::list,
+     "PEM certificate chain (repeatable; paired in order with --tls-key; one per key type: "
+     "ECDSA, RSA); with one, every listener offers STARTTLS",
+     [](settings& s, const values& v) { s.tls_cert_files = v; }},
+    {"tls.key", "--tls-key", "FILE", arity::list, "PEM private key of each --tls-cert",
+     [](settings& s, const values& v) { s.tls_key_files = v; }},
+    {"tls.listen", "--tls-listen", "ADDR:PORT", arity::list,
+     "implicit TLS listener, e.g. submissions on port 465 (RFC 8314; repeatable)",
+     [](settings& s, const values& v) {
+       s.tls_listen = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t); });
+     }},
+    {"tls.min_version", "--tls-min-version", "TLS1.2|TLS1.3", arity::one,
+     "oldest TLS version accepted (SSLv3, TLS 1.0 and 1.1 never are)",
+     [](settings& s, const values& v) {
+       std::string text = lowercase(one(v));  // "TLS1.2", "TLSv1.2" or "1.2"
+       text.erase(0, text.rfind("tlsv", 0) == 0 ? 4 : text.rfind("tls", 0) == 0 ? 3 : 0);
+       if (text == "1.2") s.tls_min_version = "TLS1.2";
+       else if (text == "1.3") s.tls_min_version = "TLS1.3";
+       else expected("TLS1.2 or TLS1.3", one(v));
+     }},
+    {"tls.ciphers", "--tls-ciphers", "LIST", arity::one,
+     "TLS 1.2 ciphers, OpenSSL syntax (default: ECDHE with AES-GCM or ChaCha20-Poly1305)",
+     [](settings& s, const values& v) { s.tls_ciphers = one(v); }},
+    {"tls.ciphersuites", "--tls-ciphersuites", "LIST", arity::one,
+     "TLS 1.3 cipher suites (default: OpenSSL's three)",
+     [](settings& s, const values& v) { s.tls_ciphersuites = one(v); }},
+    {"tls.ask_client_certificate", "--tls-ask-client-cert", "", arity::flag,
+     "ask clients for a certificate (never required nor verified; logged as presented)",
+     [](settings& s, const values& v) { s.tls_ask_client_certificate = parse_bool(one(v)); }},
+    {"tls.ticket_key_rotation", "--tls-ticket-key-rotation", "DURATION", arity::one,
+     "new session ticket key this often; a key decrypts for twice as long, then is erased",
+     [](settings& s, const values& v) {
+       s.tls_ticket_key_rotation_s = parse_seconds(one(v));
+       if (s.tls_ticket_key_rotation_s == 0) expected("a duration of 1s or more", one(v));
+     }},
+    {"timeouts.tls_handshake", "--timeout-tls-handshake", "DURATION", arity::one,
+     "the whole TLS handshake after STARTTLS or on an implicit TLS listener",
+     [](settings& s, const values& v) { s.timeout_tls_handshake_s = parse_seconds(one(v)); }},
+    // ---- end of TLS ----
     {"admin.listen", "--admin-listen", "ADDR:PORT", arity::list,
      "metrics, health and admin API listener (repeatable)",
      [](settings& s, const values& v) {
@@ -649,6 +689,11 @@ settings load_from(const std::string& toml_text, const std::string& origin,
   std::string ignored;
   apply_flags(s, flags, ignored);
   if (s.listen.empty()) throw error("no listener: give --listen ADDR:PORT or server.listen");
+  if (s.tls_cert_files.size() != s.tls_key_files.size())
+    throw error(fmt::format("tls: {} --tls-cert but {} --tls-key: give one key per certificate",
+                            s.tls_cert_files.size(), s.tls_key_files.size()));
+  if (!s.tls_listen.empty() && s.tls_cert_files.empty())
+    throw error("tls.listen: an implicit TLS listener needs --tls-cert and --tls-key");
   return s;
 }
 

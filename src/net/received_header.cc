@@ -27,6 +27,13 @@ class writer {
       _out[_used++] = safe ? static_cast<char>(c) : '_';
     }
   }
+  // A comment we wrote ourselves: printable ASCII and spaces, parentheses kept.
+  void sanitised_comment(std::string_view bytes, std::size_t max) noexcept {
+    for (std::size_t i = 0; i < bytes.size() && i < max && room() > 0; ++i) {
+      const unsigned char c = static_cast<unsigned char>(bytes[i]);
+      _out[_used++] = c >= 0x20 && c < 0x7f && c != '\\' ? static_cast<char>(c) : '_';
+    }
+  }
   std::size_t used() const noexcept { return _used; }
   std::size_t room() const noexcept { return _capacity - _used; }
 
@@ -70,7 +77,12 @@ std::size_t format_received_header(const received_fields& fields, char* out,
   w.sanitised(fields.helo.empty() ? std::string_view("unknown") : fields.helo, 255);
   w.text(" ([");
   w.sanitised(fields.client_address, 64);
-  w.text("])\r\n\tby ");
+  w.text("])\r\n\t");
+  if (!fields.tls.empty()) {  // ours (protocol and cipher names), but kept printable anyway
+    w.sanitised_comment(fields.tls, 160);
+    w.text("\r\n\t");
+  }
+  w.text("by ");
   w.sanitised(fields.hostname, 255);
   w.text(" (ringmta) with ");
   w.sanitised(fields.protocol, 16);

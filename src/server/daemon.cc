@@ -35,6 +35,7 @@
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
 #include "ringmta/spool/sync_driver.h"
+#include "ringmta/tls/ktls.h"
 
 namespace ringmta::server {
 namespace {
@@ -128,6 +129,11 @@ class shard_services final : public shard::iteration_hook {
     _finished.store(_front.drained() && _relay.drained() && _store->idle() &&
                         _driver.operations_in_flight() == 0,
                     std::memory_order_relaxed);
+  }
+
+  // Reload: new TLS sessions of this shard use `context` (on the shard's thread).
+  void set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept {
+    _front.set_tls_context(std::move(context));
   }
 
   void begin_shutdown(std::uint32_t grace_ms) noexcept {
@@ -344,6 +350,19 @@ void register_metrics(admin::registry& registry, const inbound_metrics& m) {
   registry.add("ringmta_commit_latency_seconds", "End of data to durable (fdatasync done)",
                m.commit_latency);
   register_metrics(registry, m.dkim);
+  registry.add("ringmta_tls_handshakes_total{direction=\"in\"}",
+               "TLS handshakes completed (STARTTLS and implicit TLS)", m.tls_handshakes);
+  registry.add("ringmta_tls_resumptions_total{direction=\"in\"}",
+               "TLS handshakes that resumed a session (ticket)", m.tls_resumed);
+  const char* failures = "TLS handshakes that failed, by reason";
+  for (std::size_t reason = 1; reason < m.tls_failures.size(); ++reason) {
+    registry.add(fmt::format("ringmta_tls_handshake_failures_total{{direction=\"in\","
+                             "reason=\"{}\"}}",
+                             tls::describe(static_cast<tls::failure>(reason))),
+                 failures, m.tls_failures[reason]);
+  }
+  registry.add("ringmta_tls_handshake_failures_total{direction=\"in\",reason=\"timeout\"}",
+               failures, m.tls_timeouts);
 }
 
 // The address literals that name this host (RFC 5321 §4.1.3): "[192.0.2.1]", "[ipv6:::1]".
@@ -411,7 +430,44 @@ sigset_t termination_signals() {
   return set;
 }
 
+// The inbound TLS context, STARTTLS on every listener, the implicit TLS listeners, and the kTLS
+// probe's answer (logged once). A certificate that cannot be used is a start-up error (exit 2).
+void start_tls(const config::settings& settings, admin::log_format format, inbound_config& c) {
+  c.implicit_tls.assign(c.listen.size(), false);
+  auto loaded = load_tls_server_context(settings, nullptr);
+  if (!loaded.error.empty()) throw config::error("tls: " + loaded.error);
+  c.tls = loaded.context;
+  c.engine.starttls_offered = c.tls != nullptr;
+  c.engine_implicit_tls = c.engine;
+  c.engine_implicit_tls.tls_active = true;  // RFC 8314: TLS from the first byte
+  c.timeout_tls_handshake_ms = settings.timeout_tls_handshake_s * 1000;
+  for (const auto& at : settings.tls_listen) {
+    c.listen.push_back(at);
+    c.implicit_tls.push_back(true);
+  }
+  if (!c.tls) return;
+  const auto ktls = tls::probe_ktls();
+  log_event(format, "tls", fmt::format("certificates: {}; minimum {}; kTLS: {}",
+                                       c.tls->description(), settings.tls_min_version,
+                                       ktls.detail));
+}
+
 }  // namespace
+
+tls::server_load_result load_tls_server_context(const config::settings& settings,
+                                                std::shared_ptr<tls::ticket_key_ring> keys) {
+  if (settings.tls_cert_files.empty()) return {};
+  tls::server_settings s;
+  for (std::size_t i = 0; i < settings.tls_cert_files.size(); ++i)
+    s.certificates.push_back({settings.tls_cert_files[i], settings.tls_key_files.at(i)});
+  if (!tls::parse_version(settings.tls_min_version, s.min_version))
+    return {nullptr, "bad minimum version " + settings.tls_min_version};
+  if (!settings.tls_ciphers.empty()) s.ciphers = settings.tls_ciphers;
+  if (!settings.tls_ciphersuites.empty()) s.ciphersuites = settings.tls_ciphersuites;
+  s.ask_client_certificate = settings.tls_ask_client_certificate;
+  if (!keys) keys = std::make_shared<tls::ticket_key_ring>(settings.tls_ticket_key_rotation_s);
+  return tls::load_server_context(s, std::move(keys));
+}
 
 int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   const auto format =
@@ -468,10 +524,11 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   front.dkim_keys = std::move(dkim_keys);
   front.engine.hostname = front.hostname;
   front.engine.greeting_text = front.greeting_text;
+  start_tls(settings, format, front);
   client_counters clients;
   front.clients = &clients;
   std::vector<core::endpoint> bound;
-  auto listeners = open_listeners(settings.listen, shards, bound);
+  auto listeners = open_listeners(front.listen, shards, bound);
   if (!listeners)
     throw config::error(fmt::format("cannot listen on {}: {}", settings.listen.front().to_string(),
                                     listeners.error_text()));
@@ -566,7 +623,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
             fmt::format("ringmta {} shards, {}, {}; {}", shards, core::allocator_name(),
                         settings.unsafe_no_fsync ? "UNSAFE no fsync" : "fdatasync on",
                         ring_description));
-  for (const auto& at : bound) log_event(format, "listening", at.to_string());
+  for (std::size_t i = 0; i < bound.size(); ++i)
+    log_event(format, front.implicit_tls[i] ? "listening_tls" : "listening", bound[i].to_string());
   for (const auto& at : admin_server.bound()) log_event(format, "admin_listening", at.to_string());
   if (hooks.on_listening) hooks.on_listening(bound, admin_server.bound());
   service_notifier notifier(log_line);

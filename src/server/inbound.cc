@@ -186,7 +186,8 @@ inbound_server::inbound_server(const inbound_config& config, shard::shard& owner
       _log(log),
       _tickets(config.sessions_per_shard_max),
       _deadlines{config.timeout_command_ms, config.timeout_data_block_ms,
-                 config.min_data_rate_bytes, config.timeout_under_load_ms} {
+                 config.min_data_rate_bytes, config.timeout_under_load_ms},
+      _tls(config.tls) {
   _connections.resize(config.sessions_per_shard_max);
   _free_slots.reserve(config.sessions_per_shard_max);
   for (std::uint32_t slot = config.sessions_per_shard_max; slot-- > 0;) _free_slots.push_back(slot);
@@ -198,6 +199,7 @@ inbound_server::inbound_server(const inbound_config& config, shard::shard& owner
 inbound_server::~inbound_server() {
   if (_grace_timer.armed()) _owner.timers().cancel(_grace_timer);
   if (_accept_timer.armed()) _owner.timers().cancel(_accept_timer);
+  if (_ticket_timer.armed()) _owner.timers().cancel(_ticket_timer);
   for (auto& c : _connections) {
     if (c && c->timer.armed()) _owner.timers().cancel(c->timer);
     if (c && c->fd >= 0 && !c->fd_closed) ::close(c->fd);
@@ -222,6 +224,7 @@ core::result<void> inbound_server::start() noexcept {
   _accept_armed.assign(_listeners.size(), false);
   _accept_paused.assign(_listeners.size(), false);
   for (std::size_t i = 0; i < _listeners.size(); ++i) arm_accept(i);
+  if (_tls) on_ticket_timer();
   return {};
 }
 
@@ -285,6 +288,7 @@ void inbound_server::on_accepted(std::size_t listener, const io::completion& don
     return;
   }
   _metrics.connections_accepted.add();
+  c->implicit_tls = listener < _config.implicit_tls.size() && _config.implicit_tls[listener];
   c->open(fd, core::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&address), length),
           false);
 }
@@ -360,6 +364,7 @@ void inbound_server::release(connection& c) noexcept {
   c.live = false;
   c.generation = (c.generation + 1) & io::generation_mask;
   c.session.reset();
+  c.tls.reset();  // the SSL and its buffers: an idle slot holds no TLS memory
   _free_slots.push_back(c.slot);
   --_live;
   _metrics.sessions.set(_live);
@@ -398,6 +403,19 @@ void inbound_server::on_committed(std::uint64_t ticket, int error) noexcept {
   c.on_commit_result(error);
 }
 
+void inbound_server::set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept {
+  _tls = std::move(context);
+  if (_tls && !_ticket_timer.armed()) on_ticket_timer();
+}
+
+// Ticket keys rotate on time even without handshakes, so an expired key is erased from memory
+// within a minute (tls::ticket_key_ring; any shard may rotate, one at a time).
+void inbound_server::on_ticket_timer() noexcept {
+  if (!_tls) return;
+  _tls->ticket_keys_mutable().rotate_if_due(core::wall_seconds());
+  _owner.timers().schedule_after(_ticket_timer, 60'000);
+}
+
 void inbound_server::begin_shutdown(std::uint32_t grace_ms) noexcept {
   if (_shutting_down) return;
   _shutting_down = true;
@@ -430,6 +448,9 @@ std::uint32_t inbound::sessions() const noexcept { return _server->sessions(); }
 void inbound::retry_waiting() noexcept { _server->retry_waiting(); }
 void inbound::on_committed(std::uint64_t ticket, int error) noexcept {
   _server->on_committed(ticket, error);
+}
+void inbound::set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept {
+  _server->set_tls_context(std::move(context));
 }
 void inbound::set_accepted_listener(accepted_fn listener) {
   _server->accepted_listener = std::move(listener);

@@ -63,6 +63,8 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   ops_in_flight = 0;
   seen_progress = 0;
   proxy_bytes.clear();
+  tls_phase = tls_stage::off;  // implicit_tls was set by the listener that accepted us
+  tls.reset();
   if (awaiting_proxy) {  // policy waits for the real client address in the PROXY header
     arm_receive();
     schedule(timer_purpose::proxy_header, config.timeout_proxy_header_ms);
@@ -81,6 +83,7 @@ void connection::admit() noexcept {
   counted_client = true;
   relay_allowed = config.relay.client_may_relay(peer);
   envelope.client_address = peer.address_string();  // once: every message's Received/envelope
+  if (implicit_tls) return begin_tls();  // RFC 8314 §3.3: the handshake comes first
   if (config.greeting_delay_ms > 0) {  // a client that talks first is not a real MTA
     arm_receive();
     schedule(timer_purpose::greeting_delay, config.greeting_delay_ms);
@@ -100,7 +103,8 @@ void connection::greet() noexcept {
 
 void connection::ensure_session() noexcept {
   if (session) return;
-  session = std::make_unique<smtp::server_session>(server.config().engine, *this);
+  session = std::make_unique<smtp::server_session>(
+      implicit_tls ? server.config().engine_implicit_tls : server.config().engine, *this);
   session->start();
   RINGMTA_ASSERT(session->output() == server.greeting());  // the one the client already has
   session->consume_output(session->output().size());
@@ -140,23 +144,28 @@ bool connection::take_proxy_header(std::string_view bytes) noexcept {
 void connection::pump() noexcept {
   if (closing) return finish_close();
   if (send_in_flight) return;  // the session's output buffer must not move under the kernel
-  if (!literal.empty()) return send_output();
+  if (!literal.empty() || tls_output_pending()) return send_output();
   if (close_after_literal) return close();
+  if (pump_tls()) return;  // STARTTLS's 220, the handshake, a TLS failure
   if (!greeted) return;
   if (server.shutting_down() && idle()) return shutdown_now();  // its transaction is over
-  if (holding) ensure_session();
+  if (holding || tls_plaintext_pending()) ensure_session();
   if (!session) {  // greeted, nothing received yet
     if (!recv_armed && !waiting_for_spool) arm_receive();
     return;
   }
   if (commit_retry) retry_commit();
-  if (holding) feed_held();
-  if (!session->output().empty()) return send_output();
+  if (holding || tls_plaintext_pending()) feed_held();
+  if (!session->output().empty() || tls_output_pending()) return send_output();
   if (session->wants_close()) return close();
-  if (!holding && !recv_armed && !waiting_for_spool) arm_receive();
+  if (!holding && !recv_armed && !waiting_for_spool && !tls_plaintext_pending()) {
+    if (tls) tls->trim();  // idle: the TLS staging buffers go back
+    arm_receive();
+  }
 }
 
 void connection::feed_held() noexcept {
+  if (tls_phase == tls_stage::active) return feed_held_tls();
   while (holding && !session->awaiting_verdict() && !session->wants_close()) {
     if (!server.spool_has_room()) return server.wait_for_spool(*this);
     const auto bytes = server.buffers().view(held_buffer, held_end);
@@ -184,9 +193,14 @@ void connection::arm_receive() noexcept {
 }
 
 void connection::send_output() noexcept {
-  const std::string_view pending = literal.empty() ? session->output() : literal;
+  if (tls) return send_output_tls();
+  send_bytes(literal.empty() ? session->output() : literal);
+}
+
+// One send in flight; `bytes` must stay in place until on_sent().
+void connection::send_bytes(std::string_view bytes) noexcept {
   const auto queued = server.owner().ring().prep_send(
-      fd, pending.data(), static_cast<std::uint32_t>(pending.size()),
+      fd, bytes.data(), static_cast<std::uint32_t>(bytes.size()),
       server.user_data(server.send_kind(), *this));
   if (!queued) return close();
   send_in_flight = true;
@@ -214,6 +228,7 @@ void connection::on_received(const io::completion& done) noexcept {
   }
   if (closing || done.res <= 0) {  // EOF, reset, or our own shutdown
     if (done.has_buffer()) server.buffers().recycle(done.buffer_id());
+    if (!closing && tls) tls_end_of_input();
     if (!closing && session) session->connection_lost();
     return close();
   }
@@ -245,7 +260,8 @@ void connection::on_sent(const io::completion& done) noexcept {
     return close();
   }
   const auto sent = static_cast<std::size_t>(done.res);
-  if (!literal.empty()) literal.remove_prefix(sent);
+  if (tls) tls->consume_ciphertext(sent);  // plaintext was consumed when it was encrypted
+  else if (!literal.empty()) literal.remove_prefix(sent);
   else session->consume_output(sent);
   pump();
 }
@@ -261,6 +277,7 @@ void connection::schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcep
 
 // A command is due (after the greeting): session_deadline.h has the rules.
 void connection::restart_timer() noexcept {
+  if (tls_phase == tls_stage::handshake) return;  // the handshake has one deadline, not per read
   schedule_deadline(deadline.expect_command(server.owner().now_ms(), server.loaded()));
 }
 
@@ -268,6 +285,7 @@ void connection::restart_timer() noexcept {
 // octets extend it by the minimum data rate, a partial command line extends nothing.
 void connection::note_received(std::uint64_t bytes) noexcept {
   if (closing || close_after_literal || !greeted || awaiting_proxy) return;
+  if (tls_phase == tls_stage::handshake) return;  // the handshake has one deadline, not per read
   if (session && session->wants_close()) return;  // the hard-close timer runs
   const std::uint64_t progress = session ? session->progress() : 0;
   const bool in_data = session && session->in_message();
@@ -303,6 +321,9 @@ void connection::on_timeout() noexcept {
       return close();
     case timer_purpose::hard_close:
       return close();
+    case timer_purpose::tls_handshake:  // no SMTP reply can be sent inside a handshake
+      server.metrics().tls_timeouts.add();
+      return close();
     case timer_purpose::command:
     case timer_purpose::data_block:
       break;
@@ -318,7 +339,7 @@ void connection::on_timeout() noexcept {
 void connection::shutdown_now() noexcept {
   if (closing || close_after_literal) return;
   schedule(timer_purpose::hard_close, hard_close_ms);
-  if (!greeted || awaiting_proxy) return close();
+  if (!greeted || awaiting_proxy || tls_phase == tls_stage::handshake) return close();
   ensure_session();
   session->shutdown();
   pump();
@@ -442,7 +463,7 @@ smtp::verdict connection::on_data_start() noexcept {
       std::string_view(id_text.data(), 16),
       envelope.recipients.size() == 1 ? std::string_view(envelope.recipients[0].address)
                                       : std::string_view(),
-      now_seconds};
+      now_seconds, tls_summary};
   // Spooled with the first body bytes: one record (and one read at delivery) for both, as other
   // sessions' appends cannot come in between.
   received_header.assign(header, net::format_received_header(fields, header, sizeof header));
@@ -549,6 +570,11 @@ void connection::on_commit_result(int error) noexcept {
       .field("helo", envelope.helo)
       .field("protocol", session->protocol_name());
   dkim_accepted(record);
+  if (tls && tls->established()) {
+    record.field("tls_version", tls->protocol())
+        .field("tls_cipher", tls->cipher())
+        .field("tls_client_certificate", tls->peer_certificate());
+  }
   record.end();
   if (server.accepted_listener) server.accepted_listener(envelope, body);
   pump();

@@ -23,7 +23,12 @@ class inbound_server;
 struct connection;
 
 enum class timer_purpose : std::uint8_t {
-  greeting_delay, proxy_header, command, data_block, hard_close };
+  greeting_delay, proxy_header, command, data_block, hard_close, tls_handshake };
+
+// A connection's TLS phase (inbound_tls.cc). off → starting (STARTTLS answered 220, the reply
+// still going out in plaintext) → handshake → active; implicit TLS starts at handshake; any
+// TLS phase may go to failed (send the alert, close).
+enum class tls_stage : std::uint8_t { off, starting, handshake, active, failed };
 
 // One SMTP session. Lives in inbound_server's table and is reused for later connections
 // (the session is re-created in place; strings keep their capacity).
@@ -76,6 +81,12 @@ struct connection final : smtp::server_handler {
   net::received_counter hops;   // the client's Received: fields (RFC 5321 §6.3)
   std::unique_ptr<dkim::message_signer> dkim;  // made at the first message to sign
 
+  // TLS (inbound_tls.cc): the session exists from the handshake to the end of the connection.
+  tls_stage tls_phase = tls_stage::off;
+  bool implicit_tls = false;     // accepted on a --tls-listen listener
+  std::unique_ptr<tls::session> tls;
+  std::string tls_summary;       // "(using TLSv1.3 with cipher ... (256/256 bits))"
+
   // smtp::server_handler
   smtp::verdict on_helo(std::string_view domain, bool extended) noexcept override;
   smtp::verdict on_mail_from(const smtp::mailbox& reverse_path,
@@ -88,6 +99,7 @@ struct connection final : smtp::server_handler {
   smtp::verdict on_data_end(const smtp::body_summary& summary) noexcept override;
   void on_data_aborted(smtp::abort_reason reason) noexcept override;
   void on_reset() noexcept override;
+  smtp::verdict on_starttls() noexcept override;
 
   // DKIM signing (inbound_dkim.cc): begin at DATA, feed every body slice, sign at the end.
   bool signs_for_client() const noexcept;
@@ -125,12 +137,28 @@ struct connection final : smtp::server_handler {
   void finish_close() noexcept;
   void arm_receive() noexcept;
   void send_output() noexcept;
+  void send_bytes(std::string_view bytes) noexcept;
   void release_held() noexcept;
   void restart_timer() noexcept;
   void note_received(std::uint64_t bytes) noexcept;
   void schedule_deadline(std::uint64_t deadline_ms) noexcept;
   smtp::verdict commit() noexcept;
   void clear_message() noexcept;
+
+  // TLS glue (inbound_tls.cc).
+  void set_tls_stage(tls_stage next) noexcept;
+  bool pump_tls() noexcept;  // true: the TLS phase decided this pump
+  void begin_tls() noexcept;
+  bool pump_handshake() noexcept;
+  void on_tls_established() noexcept;
+  void on_tls_failed() noexcept;
+  void feed_held_tls() noexcept;
+  void send_output_tls() noexcept;
+  void tls_end_of_input() noexcept;
+  bool tls_output_pending() const noexcept { return tls && !tls->ciphertext().empty(); }
+  bool tls_plaintext_pending() const noexcept { return tls && !tls->plaintext().empty(); }
+  std::string_view held_view() const noexcept;
+  void take_held(std::size_t bytes) noexcept;
 };
 
 // Outstanding commit tickets → the connection waiting for each. Open addressing over a
@@ -165,6 +193,8 @@ class inbound_server final : public shard::completion_handler {
   void on_committed(std::uint64_t ticket, int error) noexcept;
   inbound::accepted_fn accepted_listener;
   void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
+  const std::shared_ptr<const tls::server_context>& tls_context() const noexcept { return _tls; }
+  void set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept;
   // Gives held input another chance once the spool has room again (end of each iteration).
   void retry_waiting() noexcept;
 
@@ -200,6 +230,7 @@ class inbound_server final : public shard::completion_handler {
   void pause_accepting(std::size_t listener, int error) noexcept;
   void resume_accepting() noexcept;
   void update_load() noexcept;
+  void on_ticket_timer() noexcept;
 
   const inbound_config& _config;
   shard::shard& _owner;
@@ -227,6 +258,8 @@ class inbound_server final : public shard::completion_handler {
   bool _shutting_down = false;
   core::member_timer<inbound_server, &inbound_server::on_grace_expired> _grace_timer{*this};
   core::member_timer<inbound_server, &inbound_server::resume_accepting> _accept_timer{*this};
+  std::shared_ptr<const tls::server_context> _tls;  // for new TLS sessions of this shard
+  core::member_timer<inbound_server, &inbound_server::on_ticket_timer> _ticket_timer{*this};
   io::op_kind _accept_kind = io::op_kind_invalid;
   io::op_kind _recv_kind = io::op_kind_invalid;
   io::op_kind _send_kind = io::op_kind_invalid;

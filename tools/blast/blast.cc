@@ -70,6 +70,11 @@ struct connection {
   msghdr message{};
   char staging[staging_bytes];
   loadkit::owned_timer<connection> timeout{&blast_shard::on_connection_timeout};
+  // --starttls / --tls: the TLS session, from the ClientHello to the end of the connection.
+  std::unique_ptr<tls::session> tls;
+  bool tls_handshaking = false;
+  std::uint32_t target = 0;
+  std::uint64_t tls_start_ns = 0;
 
   std::uint64_t user_data(io::op_kind kind) const noexcept {
     return io::pack_user_data(kind, generation, slot);
@@ -207,6 +212,8 @@ connection* blast_shard::open_session() noexcept {
     smtp::client_config client;
     client.helo_name = _config.ehlo;
     client.pipelining = _config.pipelining != pipelining_mode::off;
+    client.tls = _config.tls == tls_mode::starttls ? smtp::client_tls_policy::required
+                                                   : smtp::client_tls_policy::none;
     c.session.emplace(client);
     c.rcpt_text.resize(_config.recipients);
     c.rcpts.resize(_config.recipients);
@@ -223,6 +230,9 @@ connection* blast_shard::open_session() noexcept {
   c.greeted = c.ehlo_done = c.waiting_eof = c.for_due = c.has_error = false;
   c.staged_bytes = c.iov_count = c.iov_first = 0;
   c.messages_left = _config.messages_per_session;
+  c.tls.reset();
+  c.tls_handshaking = false;
+  c.target = _next_target % static_cast<std::uint32_t>(_config.targets.size());
   _counters.sessions_started.add();
   _counters.open.add(1);
   const core::endpoint& target = _config.targets[_next_target++ % _config.targets.size()];
@@ -254,6 +264,7 @@ void blast_shard::on_connect(connection& c, const io::completion& done) noexcept
     return;
   }
   arm_recv(c);
+  if (_config.tls == tls_mode::implicit) start_tls(c);  // RFC 8314: the ClientHello first
 }
 
 void blast_shard::arm_recv(connection& c) noexcept {
@@ -286,12 +297,21 @@ void blast_shard::on_recv(connection& c, const io::completion& done) noexcept {
     return;
   }
   const std::uint32_t generation = c.generation;
-  std::string_view chunk(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  const std::string_view chunk(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   _shard->timers().schedule_after(c.timeout.node, _config.timeout_ms);
+  if (c.tls) feed_tls(c, chunk);
+  else feed_plaintext(c, chunk);
+  recycle();
+  if (c.generation == generation && c.fd >= 0 && !c.recv_armed) arm_recv(c);
+}
+
+// Server bytes (decrypted, with TLS) into the engine or the scripted BDAT parser.
+bool blast_shard::feed_plaintext(connection& c, std::string_view chunk) noexcept {
+  const std::uint32_t generation = c.generation;
   while (!chunk.empty()) {
     if (c.scripted) {
       feed_scripted(c, chunk);
-      if (c.generation != generation || c.fd < 0) break;
+      if (c.generation != generation || c.fd < 0) return false;
       continue;
     }
     const std::size_t used = c.session->feed(chunk);
@@ -302,11 +322,78 @@ void blast_shard::on_recv(connection& c, const io::completion& done) noexcept {
       _results.connect.record(c.ehlo_ns - c.connect_ns);
     }
     drain_events(c);
-    if (c.generation != generation || c.fd < 0 || c.waiting_eof) break;  // the session ended
+    if (c.generation != generation || c.fd < 0) return false;
+    if (c.waiting_eof) break;  // the session ended
     if (used == 0 && !c.session->event_pending()) break;
   }
-  recycle();
-  if (c.generation == generation && c.fd >= 0 && !c.recv_armed) arm_recv(c);
+  return true;
+}
+
+// Ciphertext → tls::session → plaintext → feed_plaintext; the handshake's end restarts the
+// engine after STARTTLS (it says EHLO again, RFC 3207 §4.2).
+bool blast_shard::feed_tls(connection& c, std::string_view chunk) noexcept {
+  const std::uint32_t generation = c.generation;
+  for (int guard = 0; guard < 256; ++guard) {
+    const std::size_t taken = c.tls->feed(chunk);
+    chunk.remove_prefix(taken);
+    if (c.tls_handshaking && c.tls->handshake_completed()) {
+      c.tls_handshaking = false;
+      _counters.tls_handshakes.add();
+      if (c.tls->resumed()) _counters.tls_resumed.add();
+      _results.tls.record(core::monotonic_ns() - c.tls_start_ns);
+      if (_config.tls == tls_mode::starttls) c.session->tls_started();
+    }
+    if (c.tls->state() == tls::state::failed ||
+        (c.tls_handshaking && c.tls->state() != tls::state::handshake)) {
+      _counters.tls_failures.add();
+      c.tls_handshaking = false;
+      c.set_error(error_kind::tls);
+      finish(c);
+      return false;
+    }
+    const std::string_view plain = c.tls->plaintext();
+    if (!plain.empty()) {
+      const bool alive = feed_plaintext(c, plain);
+      if (!alive || c.generation != generation) return false;
+      c.tls->consume_plaintext(plain.size());
+    } else if (!c.tls_handshaking && c.session->output().size() > 0) {
+      drain_events(c);  // the EHLO after tls_started()
+    }
+    if (c.waiting_eof || (chunk.empty() && c.tls->plaintext().empty())) break;
+    if (taken == 0 && plain.empty()) break;
+  }
+  if (c.fd >= 0 && !c.send_in_flight && !c.tls->ciphertext().empty()) submit_send(c);
+  return true;
+}
+
+void blast_shard::start_tls(connection& c) noexcept {
+  const std::string key = _config.targets[c.target].to_string();
+  tls::client_options options;
+  options.cache = _config.tls_resume ? &_tls_cache : nullptr;
+  options.cache_key = key;
+  options.now_s = core::wall_seconds();
+  c.tls = tls::session::connect(_config.tls_context, options);
+  if (!c.tls) {
+    c.set_error(error_kind::tls);
+    finish(c);
+    return;
+  }
+  c.tls_handshaking = true;
+  c.tls_start_ns = core::monotonic_ns();
+  if (!c.send_in_flight) submit_send(c);  // the ClientHello
+}
+
+// --starttls / --tls: the pieces flush() gathered are encrypted, as far as they fit.
+void blast_shard::encrypt_pending(connection& c) noexcept {
+  while (c.iov_first < c.iov_count && c.tls->established()) {
+    iovec& piece = c.iov[c.iov_first];
+    const std::size_t taken =
+        c.tls->write({static_cast<const char*>(piece.iov_base), piece.iov_len});
+    piece.iov_base = static_cast<char*>(piece.iov_base) + taken;
+    piece.iov_len -= taken;
+    if (piece.iov_len != 0) return;  // the ciphertext buffer is full: after this send
+    ++c.iov_first;
+  }
 }
 
 void blast_shard::drain_events(connection& c) noexcept {
@@ -318,7 +405,7 @@ void blast_shard::drain_events(connection& c) noexcept {
       case smtp::client_event_kind::recipient_result: on_recipient_result(c, e); break;
       case smtp::client_event_kind::send_body: c.body_pending = true; break;
       case smtp::client_event_kind::message_result: on_message_result(c, e); break;
-      case smtp::client_event_kind::start_tls: c.session->tls_failed(); break;  // no TLS here
+      case smtp::client_event_kind::start_tls: start_tls(c); break;
       case smtp::client_event_kind::closed: on_closed(c, e); return;
     }
   }
@@ -337,6 +424,7 @@ void blast_shard::on_ready(connection& c) noexcept {
       c.for_due = false;
       --_connecting_for_due;
     }
+    if (_config.bdat && !use_bdat(c)) _counters.bdat_fallbacks.add();  // said at the end
     if (_config.pipelining == pipelining_mode::on && !c.session->pipelining_active()) {
       c.set_error(error_kind::no_pipelining);
       c.session->quit();
@@ -563,11 +651,24 @@ void blast_shard::flush(connection& c) noexcept {
     stage();
     c.data_in_flight = true;
   }
-  if (c.iov_count == 0) return;
+  if (c.iov_count == 0 && !(c.tls && !c.tls->ciphertext().empty())) return;
   submit_send(c);
 }
 
 void blast_shard::submit_send(connection& c) noexcept {
+  if (c.tls) {  // send ciphertext: whatever is queued, after encrypting what fits
+    encrypt_pending(c);
+    const std::string_view out = c.tls->ciphertext();
+    if (out.empty()) return;
+    if (!_shard->ring().prep_send(c.fd, out.data(), static_cast<std::uint32_t>(out.size()),
+                                  c.user_data(_kind_send))) {
+      c.set_error(error_kind::connect_other);
+      finish(c);
+      return;
+    }
+    c.send_in_flight = true;
+    return;
+  }
   c.message = msghdr{};
   c.message.msg_iov = c.iov + c.iov_first;
   c.message.msg_iovlen = c.iov_count - c.iov_first;
@@ -588,6 +689,14 @@ void blast_shard::on_send(connection& c, const io::completion& done) noexcept {
     return;
   }
   auto sent = static_cast<std::size_t>(done.res);
+  if (c.tls) {
+    c.tls->consume_ciphertext(sent);
+    if (c.iov_first < c.iov_count || !c.tls->ciphertext().empty()) {
+      submit_send(c);  // more of the message, or what OpenSSL queued meanwhile
+      return;
+    }
+    sent = 0;
+  }
   while (c.iov_first < c.iov_count && sent >= c.iov[c.iov_first].iov_len) {
     sent -= c.iov[c.iov_first].iov_len;
     ++c.iov_first;
@@ -621,6 +730,9 @@ void blast_shard::finish(connection& c) noexcept {
   }
   c.fd = -1;
   _shard->timers().cancel(c.timeout.node);
+  if (c.tls_handshaking) _counters.tls_failures.add();  // the handshake never completed
+  c.tls.reset();
+  c.tls_handshaking = false;
   if (c.for_due) --_connecting_for_due;
   if (c.scripted) _counters.messages_tempfail.add();  // lost with the connection: retry later
   if (c.has_error) {

@@ -43,10 +43,15 @@
 #include "ringmta/io/buffer_ring.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/smtp/client_session.h"
+#include "ringmta/tls/session.h"
 
 namespace ringmta::blast {
 
 enum class pipelining_mode : std::uint8_t { off, on, automatic };
+// --starttls: EHLO, STARTTLS, handshake, EHLO again (RFC 3207); --tls: TLS from the first byte
+// (RFC 8314). Either way through the project's tls::session (no certificate verification: a
+// load tool measures, it does not authenticate).
+enum class tls_mode : std::uint8_t { off, starttls, implicit };
 
 // An address pattern: literal text with {n} (message number), {r} (recipient index),
 // {d} (domain index), {domain} (d<d>.<suffix>), {s} (shard). Parsed once at start-up.
@@ -84,6 +89,9 @@ struct blast_config {
   std::string domain_suffix = "test";
   pipelining_mode pipelining = pipelining_mode::automatic;
   bool bdat = false;                // CHUNKING: MAIL, RCPTs, BDAT n LAST + message in one write
+  tls_mode tls = tls_mode::off;
+  bool tls_resume = true;           // offer the session ticket of the previous connection
+  std::shared_ptr<const tls::client_context> tls_context;
   double rate = 0;                  // messages/s, open loop; 0: closed loop
   std::uint64_t duration_ms = 0;    // 0: until --sessions is done
   std::uint64_t drain_ms = 5000;    // after --duration: time for open sessions to finish
@@ -121,6 +129,10 @@ struct blast_counters {
   loadkit::counter recipients_permfail;
   loadkit::counter body_bytes;        // message octets handed to the kernel (headers + body)
   loadkit::counter open;              // gauge: sessions open now (written as add(+/-))
+  loadkit::counter tls_handshakes;    // completed
+  loadkit::counter tls_resumed;       // ... of which resumed a session
+  loadkit::counter tls_failures;      // handshakes that failed (also counted in errors.tls)
+  loadkit::counter bdat_fallbacks;    // --bdat, but the server did not offer CHUNKING
   std::array<loadkit::counter, static_cast<std::size_t>(error_kind::count_)> errors;
 };
 
@@ -131,6 +143,7 @@ struct blast_results {
   loadkit::histogram data;     // end of data sent -> its reply
   loadkit::histogram message;  // message start (intended start under --rate) -> its reply
   loadkit::histogram session;  // connect issued -> connection closed
+  loadkit::histogram tls;      // ClientHello handed out -> handshake complete
   std::array<std::uint64_t, 600> rcpt_codes{};
   std::array<std::uint64_t, 600> data_codes{};  // reply to end of data (or MAIL when it failed)
   std::uint64_t late_starts = 0;  // --rate: messages started after their intended time + 1 ms
@@ -168,6 +181,10 @@ class blast_shard final : public shard::completion_handler {
   void on_connect(connection& c, const io::completion& done) noexcept;
   void on_recv(connection& c, const io::completion& done) noexcept;
   void on_send(connection& c, const io::completion& done) noexcept;
+  bool feed_plaintext(connection& c, std::string_view chunk) noexcept;  // false: c ended
+  bool feed_tls(connection& c, std::string_view chunk) noexcept;        // false: c ended
+  void start_tls(connection& c) noexcept;
+  void encrypt_pending(connection& c) noexcept;
   void drain_events(connection& c) noexcept;
   void on_ready(connection& c) noexcept;
   void next_step(connection& c, std::uint64_t now_ns) noexcept;
@@ -212,6 +229,7 @@ class blast_shard final : public shard::completion_handler {
   bool _stopping = false;
   bool _finished = false;
   io::op_kind _kind_connect = 0, _kind_recv = 0, _kind_send = 0, _kind_misc = 0;
+  tls::client_session_cache _tls_cache{64};  // per shard: the targets' latest tickets
 };
 
 // Builds the body variants (shared text, tails, checksums) from the size distribution.

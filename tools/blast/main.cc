@@ -3,7 +3,8 @@
 //
 // Exit status: 0 when every message was accepted and no session failed; 1 when some messages or
 // sessions failed but at least one message was accepted; 2 for a usage error; 3 when nothing was
-// accepted at all (target unreachable, or everything rejected); 4 when the shards cannot start.
+// accepted at all (target unreachable, or everything rejected); 4 when the shards cannot start;
+// 5 when an open-loop run (--rate) achieved less than --rate-tolerance of the requested rate.
 #include <signal.h>
 #include <unistd.h>
 
@@ -34,6 +35,9 @@ struct cli_options {
   bool json = false;
   bool no_pin = false;
   bool quiet = false;
+  bool starttls = false, implicit_tls = false, no_tls_resume = false;
+  std::string latency_prefix;   // --latency-hgrm: percentile tables for plotting
+  double rate_tolerance = 0.9;  // --rate: achieved/requested below this fails the run
 };
 
 std::atomic<bool> interrupted{false};
@@ -54,6 +58,7 @@ std::uint64_t errors_total(const shard_table& shards) {
 }
 
 void add_flags(CLI::App& app, cli_options& cli, blast_config& config) {
+  app.option_defaults()->always_capture_default();  // --help shows every default
   app.add_option("--target", cli.targets, "ADDRESS:PORT of the server (repeatable: round-robin)")
       ->required();
   app.add_option("--sessions", config.sessions, "total sessions (connections); 0: unbounded");
@@ -85,6 +90,15 @@ void add_flags(CLI::App& app, cli_options& cli, blast_config& config) {
   app.add_flag("--no-pin", cli.no_pin,
                "do not pin thread i to the i-th allowed CPU (taskset still applies)");
   app.add_flag("--json", cli.json, "print the summary as JSON on stdout");
+  app.add_flag("--starttls", cli.starttls, "STARTTLS after EHLO (RFC 3207), then EHLO again");
+  app.add_flag("--tls", cli.implicit_tls, "implicit TLS from the first byte (RFC 8314, port 465)");
+  app.add_flag("--tls-resume,!--no-tls-resume", config.tls_resume,
+               "offer the previous connection's session ticket (resumption)");
+  app.add_option("--latency-hgrm", cli.latency_prefix,
+                 "write PREFIX.<latency>.hgrm percentile tables (HdrHistogram format)");
+  app.add_option("--rate-tolerance", cli.rate_tolerance,
+                 "--rate: a run achieving less than this share of the rate fails (exit 5)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_flag("--quiet", cli.quiet, "no progress line");
 }
 
@@ -137,6 +151,21 @@ bool configure(const cli_options& cli, blast_config& config) {
     std::cerr << "ringmta-blast: bad --from/--to pattern (placeholders: {n} {r} {d} {domain} "
                  "{s})\n";
     return false;
+  }
+  if (cli.starttls && cli.implicit_tls) {
+    std::cerr << "ringmta-blast: --starttls and --tls exclude each other\n";
+    return false;
+  }
+  config.tls = cli.starttls       ? tls_mode::starttls
+               : cli.implicit_tls ? tls_mode::implicit
+                                  : tls_mode::off;
+  if (config.tls != tls_mode::off) {
+    auto loaded = tls::load_client_context(tls::client_settings{});
+    if (!loaded.context) {
+      std::cerr << "ringmta-blast: TLS: " << loaded.error << "\n";
+      return false;
+    }
+    config.tls_context = loaded.context;
   }
   if (config.run.empty()) {
     config.run = fmt::format("{:08x}", static_cast<std::uint32_t>(
@@ -234,7 +263,15 @@ nlohmann::json build_report(const blast_config& config, const shard_table& shard
                    {"tempfail", get(&blast_counters::messages_tempfail)},
                    {"permfail", get(&blast_counters::messages_permfail)},
                    {"no_recipients", get(&blast_counters::messages_no_recipients)},
-                   {"sent_with_bdat", get(&blast_counters::messages_bdat)}};
+                   {"sent_with_bdat", get(&blast_counters::messages_bdat)},
+                   {"bdat_fallback_sessions", get(&blast_counters::bdat_fallbacks)}};
+  j["tls"] = {{"mode", config.tls == tls_mode::starttls   ? "starttls"
+                       : config.tls == tls_mode::implicit ? "implicit"
+                                                          : "off"},
+              {"resume", config.tls_resume},
+              {"handshakes", get(&blast_counters::tls_handshakes)},
+              {"resumed", get(&blast_counters::tls_resumed)},
+              {"failures", get(&blast_counters::tls_failures)}};
   j["recipients"] = {{"accepted", get(&blast_counters::recipients_accepted)},
                      {"tempfail", get(&blast_counters::recipients_tempfail)},
                      {"permfail", get(&blast_counters::recipients_permfail)}};
@@ -254,8 +291,14 @@ nlohmann::json build_report(const blast_config& config, const shard_table& shard
                   {"ehlo", loadkit::latency_json(merged.ehlo)},
                   {"data", loadkit::latency_json(merged.data)},
                   {"message", loadkit::latency_json(merged.message)},
-                  {"session", loadkit::latency_json(merged.session)}};
+                  {"session", loadkit::latency_json(merged.session)},
+                  {"tls_handshake", loadkit::latency_json(merged.tls)}};
+  // The rate achieved while work was being started (the drain after --duration excluded).
+  const double active = config.duration_ms != 0
+                            ? std::min(seconds, double(config.duration_ms) / 1000.0) : seconds;
+  const double achieved = double(get(&blast_counters::messages_accepted)) / active;
   j["open_loop"] = {{"rate", config.rate}, {"late_starts", merged.late_starts},
+                    {"achieved_rate", config.rate > 0 ? achieved : 0.0},
                     {"message_latency_from", config.rate > 0 ? "intended start" : "start"}};
   return j;
 }
@@ -282,6 +325,18 @@ void print_text(const nlohmann::json& j, const blast_results& merged) {
   out += fmt::format("  replies: rcpt {} data {}\n", j["replies"]["rcpt"].dump(),
                      j["replies"]["data"].dump());
   out += fmt::format("  errors: {}\n", j["errors"].dump());
+  if (j["tls"]["mode"] != "off") {
+    out += fmt::format("  tls ({}, resume {}): {} handshakes, {} resumed, {} failed\n",
+                       j["tls"]["mode"].get<std::string>(), j["tls"]["resume"].get<bool>() ? "on"
+                                                                                          : "off",
+                       j["tls"]["handshakes"].get<std::uint64_t>(),
+                       j["tls"]["resumed"].get<std::uint64_t>(),
+                       j["tls"]["failures"].get<std::uint64_t>());
+  }
+  if (j["messages"]["bdat_fallback_sessions"].get<std::uint64_t>() > 0) {
+    out += fmt::format("  --bdat: {} sessions sent with DATA (no CHUNKING or PIPELINING)\n",
+                       j["messages"]["bdat_fallback_sessions"].get<std::uint64_t>());
+  }
   out += loadkit::latency_header() + "\n";
   out += loadkit::latency_line("connect->greeting", merged.connect) + "\n";
   out += loadkit::latency_line("ehlo", merged.ehlo) + "\n";
@@ -290,19 +345,24 @@ void print_text(const nlohmann::json& j, const blast_results& merged) {
                                                                         : "message",
                                merged.message) + "\n";
   out += loadkit::latency_line("session", merged.session) + "\n";
+  if (merged.tls.count() > 0) out += loadkit::latency_line("tls handshake", merged.tls) + "\n";
   if (j["open_loop"]["rate"].get<double>() > 0) {
-    out += fmt::format("  open loop at {:.0f} msg/s: {} messages started > 1 ms late\n",
+    out += fmt::format("  open loop at {:.0f} msg/s: achieved {:.0f} msg/s, {} messages started > "
+                       "1 ms late\n",
                        j["open_loop"]["rate"].get<double>(),
+                       j["open_loop"]["achieved_rate"].get<double>(),
                        j["open_loop"]["late_starts"].get<std::uint64_t>());
   }
   std::cout << out << std::flush;
 }
 
-int exit_status(const nlohmann::json& j) {
+int exit_status(const nlohmann::json& j, double tolerance) {
   const auto accepted = j["messages"]["accepted"].get<std::uint64_t>();
   const auto started = j["messages"]["started"].get<std::uint64_t>();
   const auto failed_sessions = j["sessions"]["failed"].get<std::uint64_t>();
   if (accepted == 0) return 3;
+  const double rate = j["open_loop"]["rate"].get<double>();
+  if (rate > 0 && j["open_loop"]["achieved_rate"].get<double>() < tolerance * rate) return 5;
   if (accepted != started || failed_sessions != 0) return 1;
   return 0;
 }
@@ -356,6 +416,7 @@ int run(int argc, char** argv) {
     merged.data.merge(r.data);
     merged.message.merge(r.message);
     merged.session.merge(r.session);
+    merged.tls.merge(r.tls);
     for (std::size_t i = 0; i < 600; ++i) {
       merged.rcpt_codes[i] += r.rcpt_codes[i];
       merged.data_codes[i] += r.data_codes[i];
@@ -368,7 +429,32 @@ int run(int argc, char** argv) {
   } else {
     print_text(report, merged);
   }
-  const int status = exit_status(report);
+  const int status = exit_status(report, cli.rate_tolerance);
+  if (status == 5) {
+    std::cerr << fmt::format("ringmta-blast: open loop achieved {:.0f} of {:.0f} msg/s ({:.0f} %), "
+                             "below --rate-tolerance {:.0f} %: the target (or this machine) "
+                             "could not keep up\n",
+                             report["open_loop"]["achieved_rate"].get<double>(), config.rate,
+                             100 * report["open_loop"]["achieved_rate"].get<double>() / config.rate,
+                             100 * cli.rate_tolerance);
+  }
+  if (report["messages"]["bdat_fallback_sessions"].get<std::uint64_t>() > 0) {
+    std::cerr << "ringmta-blast: --bdat: the server did not offer CHUNKING and PIPELINING; "
+              << report["messages"]["bdat_fallback_sessions"].get<std::uint64_t>()
+              << " sessions sent with DATA\n";
+  }
+  if (!cli.latency_prefix.empty()) {
+    for (const auto& [name, h] : {std::pair<const char*, const loadkit::histogram*>{
+                                      "connect", &merged.connect},
+                                  {"ehlo", &merged.ehlo}, {"data", &merged.data},
+                                  {"message", &merged.message}, {"session", &merged.session},
+                                  {"tls_handshake", &merged.tls}}) {
+      if (h->count() == 0) continue;
+      const std::string path = cli.latency_prefix + "." + name + ".hgrm";
+      if (!loadkit::write_percentile_table(path, *h))
+        std::cerr << "ringmta-blast: cannot write " << path << "\n";
+    }
+  }
   if (status == 3) {
     std::cerr << "ringmta-blast: no message was accepted (errors: " << report["errors"].dump()
               << ", replies: " << report["replies"].dump() << ")\n";

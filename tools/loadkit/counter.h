@@ -14,6 +14,7 @@ class counter {
   void add(std::uint64_t n = 1) noexcept {
     _value.store(_value.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
+  void set(std::uint64_t value) noexcept { _value.store(value, std::memory_order_relaxed); }
   std::uint64_t get() const noexcept { return _value.load(std::memory_order_relaxed); }
 
  private:

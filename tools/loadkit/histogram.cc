@@ -10,6 +10,7 @@ void histogram::merge(const histogram& other) noexcept {
   for (std::size_t i = 0; i < bucket_count; ++i) _counts[i] += other._counts[i];
   _count += other._count;
   _sum += other._sum;
+  _sum_squares += other._sum_squares;
   if (other._count != 0) {
     if (other._min < _min) _min = other._min;
     if (other._max > _max) _max = other._max;
@@ -20,6 +21,7 @@ void histogram::clear() noexcept {
   for (auto& c : _counts) c = 0;
   _count = 0;
   _sum = 0;
+  _sum_squares = 0;
   _min = ~std::uint64_t{0};
   _max = 0;
 }

@@ -15,6 +15,7 @@
 
 #include <array>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -32,6 +33,7 @@ class histogram {
     ++_counts[index_of(value)];
     ++_count;
     _sum += value;
+    _sum_squares += double(value) * double(value);
     if (value < _min) _min = value;
     if (value > _max) _max = value;
   }
@@ -42,6 +44,12 @@ class histogram {
   std::uint64_t min() const noexcept { return _count == 0 ? 0 : _min; }
   std::uint64_t max() const noexcept { return _max; }
   double mean() const noexcept { return _count == 0 ? 0.0 : double(_sum) / double(_count); }
+  double standard_deviation() const noexcept {
+    if (_count == 0) return 0.0;
+    const double m = mean();
+    const double variance = _sum_squares / double(_count) - m * m;
+    return variance > 0 ? std::sqrt(variance) : 0.0;
+  }
   // The value at or below which `percent` (0..100) of the recorded values lie: the midpoint of
   // the bucket holding that rank, clamped to [min, max]. 0 when empty.
   std::uint64_t percentile(double percent) const noexcept;
@@ -61,6 +69,7 @@ class histogram {
   std::vector<std::uint64_t> _counts;  // bucket_count entries, allocated once
   std::uint64_t _count = 0;
   std::uint64_t _sum = 0;
+  double _sum_squares = 0;
   std::uint64_t _min = ~std::uint64_t{0};
   std::uint64_t _max = 0;
 };

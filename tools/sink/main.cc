@@ -30,6 +30,8 @@ namespace {
 
 struct cli_options {
   std::vector<std::string> listen{"127.0.0.1:2526"};
+  std::vector<std::string> tls_listen;  // implicit TLS (RFC 8314)
+  std::vector<std::string> tls_cert, tls_key;
   std::string tempfail = "0", permfail = "0", duration;
   std::vector<std::string> expect_ids;
   std::string stats_file, ready_file;
@@ -96,7 +98,9 @@ void apply_extensions(const cli_options& cli, sink_config& config) {
   e.enhanced_status_codes = !cli.no_enhanced;
   config.server.hostname = config.hostname;
   config.server.greeting_text = "ESMTP ringmta-sink";
-  config.server.starttls_offered = false;  // no TLS in the sink (see tools/README.md)
+  config.server.starttls_offered = config.tls != nullptr;
+  config.server_implicit_tls = config.server;
+  config.server_implicit_tls.tls_active = true;
   config.server.bare_line_ending =
       cli.normalize ? smtp::bare_line_ending_policy::normalize
                     : smtp::bare_line_ending_policy::reject;
@@ -148,6 +152,9 @@ nlohmann::json build_stats(const shard_table& shards, const std::vector<loadkit:
   RINGMTA_SINK_FIELD(saved);
   RINGMTA_SINK_FIELD(save_errors);
   RINGMTA_SINK_FIELD(enobufs);
+  RINGMTA_SINK_FIELD(tls_handshakes);
+  RINGMTA_SINK_FIELD(tls_resumed);
+  RINGMTA_SINK_FIELD(tls_failures);
 #undef RINGMTA_SINK_FIELD
   loadkit::id_tracker merged;
   for (const auto& tracker : ids) merged.merge(tracker);
@@ -165,7 +172,19 @@ nlohmann::json build_stats(const shard_table& shards, const std::vector<loadkit:
   j["missing"] = missing;
   j["expected"] = ranges;
   j["elapsed_s"] = elapsed_s;
-  j["messages_per_s"] = elapsed_s > 0 ? double(j["accepted"].get<std::uint64_t>()) / elapsed_s : 0;
+  // msg/s over the busy time (first to last accepted message), not the sink's lifetime: a sink
+  // started long before the load would otherwise report a fraction of the real rate.
+  std::uint64_t first = 0, last = 0;
+  for (const auto& s : shards) {
+    const std::uint64_t f = s->counters().first_accept_ns.get();
+    if (f != 0 && (first == 0 || f < first)) first = f;
+    last = std::max(last, s->counters().last_accept_ns.get());
+  }
+  const double busy_s = last > first ? double(last - first) / 1e9 : 0.0;
+  const auto accepted = j["accepted"].get<std::uint64_t>();
+  j["busy_s"] = busy_s;
+  j["messages_per_s"] = busy_s > 0 ? double(accepted > 0 ? accepted - 1 : 0) / busy_s : 0.0;
+  j["lifetime_messages_per_s"] = elapsed_s > 0 ? double(accepted) / elapsed_s : 0;
   return j;
 }
 
@@ -173,7 +192,8 @@ std::string stats_text(const nlohmann::json& j) {
   return fmt::format(
       "ringmta-sink: {} connections ({} refused), {} messages ({} accepted, {} tempfail, {} "
       "permfail, {} dropped, {} aborted), {} recipients, {} bytes; integrity: {} ok, {} corrupt, "
-      "{} untagged; ids: {} distinct, {} duplicate, {} missing; {:.1f} s\n",
+      "{} untagged; ids: {} distinct, {} duplicate, {} missing; {:.0f} msg/s over {:.2f} s busy "
+      "({:.1f} s up); tls: {} handshakes, {} resumed, {} failed\n",
       j["connections"].get<std::uint64_t>(), j["connections_refused"].get<std::uint64_t>(),
       j["messages"].get<std::uint64_t>(), j["accepted"].get<std::uint64_t>(),
       j["data_tempfail"].get<std::uint64_t>(), j["data_permfail"].get<std::uint64_t>(),
@@ -182,7 +202,9 @@ std::string stats_text(const nlohmann::json& j) {
       j["integrity_ok"].get<std::uint64_t>(), j["integrity_corrupt"].get<std::uint64_t>(),
       j["untagged"].get<std::uint64_t>(), j["distinct_ids"].get<std::uint64_t>(),
       j["duplicates"].get<std::uint64_t>(), j["missing"].get<std::uint64_t>(),
-      j["elapsed_s"].get<double>());
+      j["messages_per_s"].get<double>(), j["busy_s"].get<double>(), j["elapsed_s"].get<double>(),
+      j["tls_handshakes"].get<std::uint64_t>(), j["tls_resumed"].get<std::uint64_t>(),
+      j["tls_failures"].get<std::uint64_t>());
 }
 
 void write_stats_file(const std::string& path, const nlohmann::json& j) {
@@ -229,8 +251,14 @@ std::vector<loadkit::id_tracker> snapshot_ids(shard::runtime& rt, shard_table& s
 }
 
 void add_flags(CLI::App& app, cli_options& cli, sink_config& config) {
+  app.option_defaults()->always_capture_default();  // --help shows every default
   app.add_option("--listen", cli.listen, "ADDRESS:PORT to listen on (repeatable; port 0: any)");
   app.add_option("--threads", config.threads, "shards (threads)")->check(CLI::Range(1, 64));
+  app.add_option("--tls-cert", cli.tls_cert,
+                 "PEM certificate chain (repeatable, paired with --tls-key): offer STARTTLS");
+  app.add_option("--tls-key", cli.tls_key, "PEM private key of each --tls-cert");
+  app.add_option("--tls-listen", cli.tls_listen,
+                 "ADDRESS:PORT for implicit TLS (RFC 8314; repeatable; port 0: any)");
   app.add_option("--tempfail-rate", cli.tempfail,
                  "4xx probability: P (end of data) or rcpt=P,data=P");
   app.add_option("--permfail-rate", cli.permfail,
@@ -314,7 +342,26 @@ int run(int argc, char** argv) {
                  "--recv-buffer-bytes >= 512\n";
     return 2;
   }
+  if (cli.tls_cert.size() != cli.tls_key.size() ||
+      (!cli.tls_listen.empty() && cli.tls_cert.empty())) {
+    std::cerr << "ringmta-sink: give one --tls-key per --tls-cert; --tls-listen needs them\n";
+    return 2;
+  }
+  if (!cli.tls_cert.empty()) {
+    tls::server_settings tls_settings;
+    for (std::size_t i = 0; i < cli.tls_cert.size(); ++i)
+      tls_settings.certificates.push_back({cli.tls_cert[i], cli.tls_key[i]});
+    auto loaded = tls::load_server_context(tls_settings, nullptr);
+    if (!loaded.context) {
+      std::cerr << "ringmta-sink: TLS: " << loaded.error << "\n";
+      return 2;
+    }
+    config.tls = loaded.context;
+  }
   apply_extensions(cli, config);
+  config.implicit_tls.assign(cli.listen.size(), false);
+  config.implicit_tls.resize(cli.listen.size() + cli.tls_listen.size(), true);
+  cli.listen.insert(cli.listen.end(), cli.tls_listen.begin(), cli.tls_listen.end());
 
   // Signals are taken by this thread alone (sigtimedwait); shards inherit the blocked mask.
   sigset_t signals;

@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 
+#include "ringmta/core/clock.h"
+
 namespace ringmta::sink {
 
 namespace {
@@ -197,9 +199,13 @@ void sink_shard::on_accept(const io::completion& done) noexcept {
   c.held = nullptr;
   c.held_bytes = 0;
   c.send_bytes = 0;
-  c.session.emplace(_config.server, c);
+  c.implicit_tls = listener < _config.implicit_tls.size() && _config.implicit_tls[listener];
+  c.tls.reset();
+  c.tls_handshaking = false;
+  c.session.emplace(c.implicit_tls ? _config.server_implicit_tls : _config.server, c);
   _counters.connections.add();
-  c.session->start();
+  c.session->start();  // implicit TLS: the greeting waits in output() for the handshake
+  if (c.implicit_tls && !start_tls(c)) return;
   _shard->timers().schedule_after(c.idle_timer.node, _config.idle_timeout_ms);
   process(c);
 }
@@ -254,7 +260,8 @@ void sink_shard::on_send(connection& c, const io::completion& done) noexcept {
     close(c);
     return;
   }
-  c.session->consume_output(static_cast<std::size_t>(done.res));
+  if (c.tls) c.tls->consume_ciphertext(static_cast<std::size_t>(done.res));
+  else c.session->consume_output(static_cast<std::size_t>(done.res));
   process(c);
 }
 
@@ -268,6 +275,7 @@ void sink_shard::release_held(connection& c) noexcept {
 // Feeds what is held while the session can take it, sends output, then decides what the
 // connection waits for next (RFC 2920 §3.1: replies go out in order, in as few writes as we can).
 void sink_shard::process(connection& c) noexcept {
+  if (c.tls) return process_tls(c);
   smtp::server_session& s = *c.session;
   while (c.held != nullptr && !c.send_in_flight && !c.drop && !s.wants_close() &&
          !s.awaiting_verdict() && !s.output_full()) {
@@ -298,7 +306,79 @@ void sink_shard::process(connection& c) noexcept {
     if (!c.send_in_flight) close(c);
     return;
   }
+  // STARTTLS answered: once the 220 is out, the next byte is the ClientHello (what the client
+  // pipelined behind STARTTLS was discarded by the engine).
+  if (s.awaiting_tls() && !c.send_in_flight && s.output().empty()) {
+    release_held(c);
+    if (!start_tls(c)) return;
+    return process_tls(c);
+  }
   if (c.held == nullptr && !c.recv_armed) arm_recv(c);
+}
+
+bool sink_shard::start_tls(connection& c) noexcept {
+  c.tls = tls::session::accept(_config.tls);
+  if (!c.tls) {
+    _counters.tls_failures.add();
+    close(c);
+    return false;
+  }
+  c.tls_handshaking = true;
+  return true;
+}
+
+// Held ciphertext → TLS → plaintext → engine, as far as the engine takes it.
+void sink_shard::feed_tls(connection& c) noexcept {
+  smtp::server_session& s = *c.session;
+  tls::session& t = *c.tls;
+  for (int guard = 0; guard < 1024; ++guard) {
+    if (c.drop || s.wants_close() || s.awaiting_verdict() || s.output_full()) return;
+    if (!c.tls_handshaking && t.established() && !t.plaintext().empty()) {
+      const std::size_t used = s.feed(t.plaintext());
+      t.consume_plaintext(used);
+      if (used == 0) return;
+      continue;
+    }
+    if (c.held == nullptr) return;
+    const std::size_t taken = t.feed({reinterpret_cast<const char*>(c.held), c.held_bytes});
+    c.held += taken;
+    c.held_bytes -= static_cast<std::uint32_t>(taken);
+    if (c.held_bytes == 0) release_held(c);
+    if (c.tls_handshaking && t.handshake_completed()) {
+      c.tls_handshaking = false;
+      _counters.tls_handshakes.add();
+      if (t.resumed()) _counters.tls_resumed.add();
+      if (!c.implicit_tls) s.tls_established();  // RFC 3207 §4.2: EHLO again
+    }
+    if (t.state() == tls::state::failed || t.state() == tls::state::closed) return;
+    if (taken == 0 && t.plaintext().empty()) return;
+  }
+}
+
+void sink_shard::process_tls(connection& c) noexcept {
+  smtp::server_session& s = *c.session;
+  tls::session& t = *c.tls;
+  if (!c.send_in_flight) feed_tls(c);
+  if (c.drop) return close(c);
+  const bool ended = t.state() == tls::state::failed || t.state() == tls::state::closed;
+  if (ended || s.wants_close()) release_held(c);
+  if (t.established() && !s.output().empty()) s.consume_output(t.write(s.output()));
+  const std::string_view out = t.ciphertext();
+  if (!c.send_in_flight && !out.empty()) {
+    if (!_shard->ring().prep_send(c.fd, out.data(), static_cast<std::uint32_t>(out.size()),
+                                  io::pack_user_data(_kind_send, c.generation, c.slot))) {
+      return close(c);
+    }
+    c.send_in_flight = true;
+  }
+  if (ended || (s.wants_close() && s.output().empty())) {
+    if (!c.send_in_flight) close(c);
+    return;
+  }
+  if (c.held == nullptr && !c.recv_armed && !c.send_in_flight) {
+    if (t.plaintext().empty()) t.trim();
+    arm_recv(c);
+  }
 }
 
 void sink_shard::arm_recv(connection& c) noexcept {
@@ -322,6 +402,9 @@ void sink_shard::close(connection& c) noexcept {
   _shard->timers().cancel(c.idle_timer.node);
   _shard->timers().cancel(c.delay_timer.node);
   release_held(c);
+  if (c.tls_handshaking) _counters.tls_failures.add();  // closed before the handshake ended
+  c.tls_handshaking = false;
+  c.tls.reset();
   _counters.connections_closed.add();
   _connections.release(c.slot);  // in-flight completions are stale from now on
 }
@@ -366,6 +449,9 @@ smtp::verdict sink_shard::decide_data_end(connection& c,
   } else {
     // Only accepted messages count for loss and duplication: a refused one is the sender's.
     _counters.accepted.add();
+    const std::uint64_t now = core::monotonic_ns();
+    if (_counters.first_accept_ns.get() == 0) _counters.first_accept_ns.set(now);
+    _counters.last_accept_ns.set(now);
     if (scan.has_id && _ids.note(scan.run, scan.n) == loadkit::id_tracker::outcome::duplicate) {
       _counters.duplicates.add();
     }

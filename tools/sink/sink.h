@@ -33,6 +33,7 @@
 #include "ringmta/io/buffer_ring.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/smtp/server_session.h"
+#include "ringmta/tls/session.h"
 
 namespace ringmta::sink {
 
@@ -50,6 +51,11 @@ struct sink_config {
   std::uint32_t recv_buffers = 1024;      // per shard, power of two
   std::uint32_t recv_buffer_bytes = 16384;
   smtp::server_config server;        // extensions etc.; hostname view set from `hostname`
+  // --tls-cert/--tls-key: STARTTLS offered on every listener; implicit TLS listeners (RFC
+  // 8314) use server_implicit_tls (tls_active). Listener i is implicit if implicit_tls[i].
+  std::shared_ptr<const tls::server_context> tls;
+  smtp::server_config server_implicit_tls;
+  std::vector<bool> implicit_tls;
 };
 
 // Counters of one shard (single writer: the shard; readers: anyone, any time).
@@ -78,6 +84,13 @@ struct sink_counters {
   loadkit::counter saved;
   loadkit::counter save_errors;
   loadkit::counter enobufs;
+  loadkit::counter tls_handshakes;
+  loadkit::counter tls_resumed;
+  loadkit::counter tls_failures;
+  // First and last accepted message (monotonic ns; 0: none yet): the busy time msg/s is
+  // measured over, not the sink's lifetime.
+  loadkit::counter first_accept_ns;
+  loadkit::counter last_accept_ns;
 };
 
 class sink_shard;
@@ -96,6 +109,9 @@ struct connection final : smtp::server_handler {
   bool send_in_flight = false;
   bool drop = false;           // injected disconnect: close without replying
   bool scanning = false;       // a message body is being scanned
+  std::unique_ptr<tls::session> tls;  // STARTTLS (after the 220 went out) or implicit TLS
+  bool tls_handshaking = false;
+  bool implicit_tls = false;
   std::byte* held = nullptr;   // unconsumed received bytes (a buffer we own)
   std::uint32_t held_bytes = 0;
   std::uint16_t held_buffer = 0;
@@ -157,6 +173,9 @@ class sink_shard final : public shard::completion_handler {
   void on_send(connection& c, const io::completion& done) noexcept;
   void refuse(int fd) noexcept;
   void process(connection& c) noexcept;
+  void process_tls(connection& c) noexcept;
+  void feed_tls(connection& c) noexcept;
+  bool start_tls(connection& c) noexcept;
   void arm_recv(connection& c) noexcept;
   void close(connection& c) noexcept;
   void retry_recvs() noexcept;

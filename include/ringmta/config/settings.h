@@ -110,6 +110,16 @@ struct settings {
   std::uint32_t min_data_rate_bytes = 500;     // DATA/BDAT bytes/s (Postfix smtpd_min_data_rate)
   std::uint32_t timeout_under_load_ms = 10'000;  // Postfix stress mode: smtpd_timeout 10s
   std::uint32_t load_threshold_percent = 80;   // of sessions_per_shard_max
+  // [tls] (certificates are read and checked by the daemon at start-up: exit 2 naming the file)
+  std::vector<std::string> tls_cert_files;  // paired in order with tls_key_files
+  std::vector<std::string> tls_key_files;
+  std::vector<core::endpoint> tls_listen;   // implicit TLS (RFC 8314)
+  std::string tls_min_version = "TLS1.2";   // "TLS1.2" or "TLS1.3"
+  std::string tls_ciphers;                  // empty: tls::default_ciphers
+  std::string tls_ciphersuites;             // empty: tls::default_ciphersuites
+  bool tls_ask_client_certificate = false;
+  std::uint32_t tls_ticket_key_rotation_s = 3600;
+  std::uint32_t timeout_tls_handshake_s = 60;
 
   // [admin]
   std::vector<core::endpoint> admin_listen;  // metrics, health, admin API; default 127.0.0.1:8025

@@ -2,6 +2,7 @@
 // RFC 5322 §3.6.7), e.g.
 //
 //   Received: from client.example (client.example [192.0.2.7])
+//   	(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))
 //   	by mx.example.com (ringmta) with ESMTPS id 0GXK3M2Q7A1
 //   	for <bob@example.com>; Sat, 21 Nov 2026 21:55:35 +0000
 //
@@ -25,6 +26,9 @@ struct received_fields {
   std::string_view queue_id;
   std::string_view single_recipient;  // empty unless exactly one recipient
   std::int64_t unix_seconds = 0;
+  // "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))" or empty (Postfix's
+  // form, on its own line after the "from" clause).
+  std::string_view tls;
 };
 
 inline constexpr std::size_t received_header_bytes_max = 1024;

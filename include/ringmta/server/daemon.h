@@ -14,6 +14,7 @@
 
 #include "ringmta/config/settings.h"
 #include "ringmta/core/endpoint.h"
+#include "ringmta/tls/context.h"
 
 namespace ringmta::server {
 
@@ -23,6 +24,15 @@ struct daemon_hooks {
                      const std::vector<core::endpoint>& admin)>
       on_listening;
 };
+
+// The inbound TLS context of `settings` (--tls-cert/--tls-key pairs, --tls-min-version, cipher
+// lists): reads and checks every file, so it blocks; call it at start-up or on a reload
+// thread, never on a shard. No certificate: null context, empty error. A bad file: null
+// context and "FILE: problem". For a reload pass the running context's ticket key ring
+// (server_context::ticket_key_ring_shared()) so clients keep resuming across it; then hand the
+// new context to every shard (shard_services::set_tls_context, as a shard message).
+tls::server_load_result load_tls_server_context(const config::settings& settings,
+                                                std::shared_ptr<tls::ticket_key_ring> keys);
 
 // Returns the process exit status.
 int run_daemon(const config::settings& settings, const daemon_hooks& hooks = {});

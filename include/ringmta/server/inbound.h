@@ -18,6 +18,7 @@
 // syscall on the data path, a pointer into a recycled receive buffer.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -35,6 +36,8 @@
 #include "ringmta/shard/runtime.h"
 #include "ringmta/smtp/server_session.h"
 #include "ringmta/spool/store.h"
+#include "ringmta/tls/context.h"
+#include "ringmta/tls/session.h"
 
 namespace ringmta::server {
 
@@ -70,9 +73,15 @@ struct relay_policy {
 struct inbound_config {
   std::vector<core::endpoint> listen;
   std::vector<std::vector<int>> listener_fds;  // [shard][listener], from open_listeners()
+  std::vector<bool> implicit_tls;  // per listener: TLS from the first byte (RFC 8314)
   std::string hostname;
   std::string greeting_text;
   smtp::server_config engine;  // hostname/greeting views point into the strings above
+  smtp::server_config engine_implicit_tls;  // the same, with tls_active (implicit listeners)
+  // STARTTLS and implicit TLS (null: no certificate, STARTTLS not offered). Each shard holds
+  // its own pointer and can be handed a new context (inbound::set_tls_context) on reload.
+  std::shared_ptr<const tls::server_context> tls;
+  std::uint32_t timeout_tls_handshake_ms = 60'000;
   relay_policy relay;
   recipient_policy recipients;  // own names, --postmaster
   bool proxy_protocol = false;
@@ -118,6 +127,10 @@ struct inbound_metrics {
   admin::gauge sessions;
   admin::histogram commit_latency;  // end of data → durable
   dkim_metrics dkim;
+  admin::counter tls_handshakes;    // completed (STARTTLS and implicit)
+  admin::counter tls_resumed;       // ... of which resumed a session (ticket)
+  admin::counter tls_timeouts;      // handshakes cut by --timeout-tls-handshake
+  std::array<admin::counter, static_cast<std::size_t>(tls::failure::count_)> tls_failures;
 };
 
 class inbound_server;
@@ -146,6 +159,10 @@ class inbound {
   std::uint32_t sessions() const noexcept;
   // The spool may have room again: retry connections whose input waits for it.
   void retry_waiting() noexcept;
+
+  // New TLS sessions of this shard use `context` from now on; running ones keep theirs.
+  // Call on the shard's thread (reload posts it as a shard message).
+  void set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept;
 
   // The spool reports a commit ticket durable (error 0) or failed.
   void on_committed(std::uint64_t ticket, int error) noexcept;

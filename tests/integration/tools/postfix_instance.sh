@@ -69,6 +69,7 @@ virtual unix - n n - - virtual
 anvil unix - - n - 1 anvil
 scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
+tlsmgr unix - - n 1000? 1 tlsmgr
 CF
 postfix -c "$W/etc" check || { script -qc "postfix -c $W/etc check" /dev/null; exit 1; }
 postfix -c "$W/etc" start >/dev/null 2>&1 || { tail -20 "$W/maillog" >&2; exit 1; }

@@ -20,6 +20,9 @@ import time
 import traceback
 
 BLAST, SINK, POSTFIX_INSTANCE = sys.argv[1:4]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../daemon"))
+import tls_pki  # noqa: E402  (a throwaway CA made with the openssl command)
+LAST_STDERR = [""]
 WORK = tempfile.mkdtemp(prefix="ringmta-tools-test-")
 RESULTS = []
 PROCESSES = []  # every sink started, killed at exit if a failed test left it running
@@ -89,6 +92,7 @@ def blast(*args, timeout_s=120):
     """Runs ringmta-blast --json; returns (exit status, report)."""
     proc = subprocess.run([BLAST, "--json", "--quiet", *args], capture_output=True, text=True,
                           timeout=timeout_s)
+    LAST_STDERR[0] = proc.stderr
     try:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError:
@@ -159,6 +163,8 @@ def _():
     _, s = sink.stop()
     assert rc == 0 and r["messages"]["sent_with_bdat"] == 0, r["messages"]
     assert s["accepted"] == 100 and s["integrity_ok"] == 100, s
+    assert r["messages"]["bdat_fallback_sessions"] == 20, r["messages"]
+    assert "did not offer CHUNKING" in LAST_STDERR[0], LAST_STDERR[0]
 
 
 @test("size distribution, no pipelining, sink without PIPELINING/8BITMIME/CHUNKING")
@@ -479,7 +485,10 @@ def _():
     rc, r = blast("--target", sink.address, "--sessions", "100", "--rate", "200",
                   "--concurrency", "2", "--threads", "1")
     sink.stop()
-    assert rc == 0, r
+    # Far below the requested rate: said on stderr, exit 5 (not 0 as if all went well).
+    assert rc == 5, (rc, r["open_loop"])
+    assert r["open_loop"]["achieved_rate"] < 0.9 * 200, r["open_loop"]
+    assert "achieved" in LAST_STDERR[0] and "--rate-tolerance" in LAST_STDERR[0], LAST_STDERR[0]
     check_latency_structure(r)
     lat = r["latency"]
     assert lat["message"]["count"] == 100 and r["open_loop"]["late_starts"] > 0, r["open_loop"]
@@ -492,6 +501,83 @@ def _():
     sink.stop()
     assert rc == 0 and r["open_loop"]["late_starts"] == 0, r
     assert r["latency"]["message"]["p50_us"] < 3 * r["latency"]["data"]["p50_us"], r["latency"]
+
+
+# ---- TLS
+
+
+PKI = {}
+
+
+def pki():
+    if not PKI:
+        PKI.update(tls_pki.make(tempfile.mkdtemp(dir=WORK, prefix="pki-")))
+    return PKI
+
+
+@test("TLS: blast --starttls and --tls against the sink's STARTTLS and implicit listeners")
+def _():
+    p = pki()
+    sink = Sink("--tls-cert", p["ecdsa_cert"], "--tls-key", p["ecdsa_key"], "--tls-cert",
+                p["rsa_cert"], "--tls-key", p["rsa_key"], "--tls-listen", "127.0.0.1:0",
+                "--expect-ids", "tls1:0-599", "--expect-ids", "tls2:0-299")
+    implicit = open(sink.ready).read().split()[1]
+    rc, r = blast("--target", sink.address, "--starttls", "--sessions", "300",
+                  "--messages-per-session", "2", "--concurrency", "10", "--run-id", "tls1",
+                  "--size", "1k:100k")
+    assert rc == 0 and r["messages"]["accepted"] == 600 and r["errors"] == {}, r
+    t = r["tls"]
+    assert t["mode"] == "starttls" and t["handshakes"] == 300 and t["failures"] == 0, t
+    assert 0 < t["resumed"] < 300, t  # the first connections of each thread have no ticket
+    assert r["latency"]["tls_handshake"]["count"] == 300, r["latency"]["tls_handshake"]
+    rc, r = blast("--target", implicit, "--tls", "--no-tls-resume", "--sessions", "300",
+                  "--concurrency", "10", "--run-id", "tls2")
+    assert rc == 0 and r["messages"]["accepted"] == 300, r
+    assert r["tls"]["handshakes"] == 300 and r["tls"]["resumed"] == 0, r["tls"]
+    src, s = sink.stop()
+    assert src == 0 and s["missing"] == 0 and s["integrity_ok"] == 900, s
+    assert s["tls_handshakes"] == 600 and s["tls_failures"] == 0, s
+    assert s["tls_resumed"] == t["resumed"], (s, t)
+
+
+@test("TLS: a plaintext client on the sink's implicit listener fails; blast counts failures")
+def _():
+    p = pki()
+    sink = Sink("--tls-cert", p["ecdsa_cert"], "--tls-key", p["ecdsa_key"], "--tls-listen",
+                "127.0.0.1:0")
+    implicit = open(sink.ready).read().split()[1]
+    rc, r = blast("--target", implicit, "--sessions", "3", "--concurrency", "1",
+                  "--timeout", "3s")
+    assert rc == 3 and r["messages"]["accepted"] == 0, r
+    rc, r = blast("--target", sink.address, "--tls", "--sessions", "3", "--concurrency", "1",
+                  "--timeout", "3s")  # TLS to the plaintext port: the sink's 220 is no TLS
+    _, s = sink.stop()
+    assert rc == 3 and r["tls"]["failures"] == 3 and r["errors"].get("tls") == 3, r
+    assert s["tls_failures"] == 3, s
+
+
+@test("latency tables (--latency-hgrm) in HdrHistogram's percentile format; --help defaults")
+def _():
+    sink = Sink()
+    prefix = os.path.join(WORK, "lat")
+    rc, _ = blast("--target", sink.address, "--sessions", "50", "--concurrency", "5",
+                  "--latency-hgrm", prefix)
+    _, s = sink.stop()
+    assert rc == 0
+    table = open(prefix + ".message.hgrm").read().splitlines()
+    assert table[0].split() == ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"], table
+    rows = [line.split() for line in table[2:] if line and not line.startswith("#")]
+    assert float(rows[-1][1]) == 1.0 and int(rows[-1][2]) == 50, rows[-1]
+    values = [float(row[0]) for row in rows]
+    assert values == sorted(values), values
+    assert any(line.startswith("#[Mean") for line in table), table
+    assert 0 < s["busy_s"] <= s["elapsed_s"], s
+    assert s["messages_per_s"] >= s["lifetime_messages_per_s"], s  # busy time, not lifetime
+    help_text = subprocess.run([BLAST, "--help"], capture_output=True, text=True).stdout
+    line = next(l for l in help_text.splitlines() if "--concurrency" in l)
+    assert "10" in line, line  # the default is shown
+    sink_help = subprocess.run([SINK, "--help"], capture_output=True, text=True).stdout
+    assert "16384" in sink_help, sink_help
 
 
 @test("bad flags: clear error, exit 2")

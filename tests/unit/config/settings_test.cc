@@ -104,6 +104,24 @@ TEST(settings, errors_name_file_line_key_and_problem) {
             "command line: --route: expected DOMAIN=HOST:PORT, got 'example.com'");
 }
 
+TEST(settings, tls_block) {
+  const auto s = from("[tls]\ncert = [\"a.pem\", \"b.pem\"]\nkey = [\"a.key\", \"b.key\"]\n"
+                      "listen = [\"127.0.0.1:465\"]\nmin_version = \"TLSv1.3\"\n",
+                      {"--timeout-tls-handshake", "30s", "--tls-ask-client-cert"});
+  EXPECT_EQ(s.tls_cert_files, (std::vector<std::string>{"a.pem", "b.pem"}));
+  EXPECT_EQ(s.tls_key_files, (std::vector<std::string>{"a.key", "b.key"}));
+  ASSERT_EQ(s.tls_listen.size(), 1u);
+  EXPECT_EQ(s.tls_min_version, "TLS1.3");
+  EXPECT_EQ(s.timeout_tls_handshake_s, 30u);
+  EXPECT_TRUE(s.tls_ask_client_certificate);
+  EXPECT_NE(error_of("", {"--tls-min-version", "TLS1.0"}).find("expected TLS1.2 or TLS1.3"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"--tls-cert", "a.pem"}).find("one key per certificate"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"--tls-listen", "127.0.0.1:465"}).find("needs --tls-cert"),
+            std::string::npos);
+}
+
 TEST(settings, load_reports_unreadable_file) {
   const char* argv[] = {"ringmta", "--config", "/nonexistent/ringmta.toml"};
   try {

@@ -22,6 +22,17 @@ TEST(received_header, rfc5321_trace_format) {
             "\tSat, 21 Nov 2026 21:55:35 +0000\r\n");
 }
 
+TEST(received_header, tls_line_as_postfix_writes_it) {
+  received_fields fields{"client.example", "192.0.2.7", "mx.example.com", "ESMTPS",
+                         "0GXK3M2Q7A1", "", 1795298135,
+                         "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))"};
+  EXPECT_EQ(format(fields),
+            "Received: from client.example ([192.0.2.7])\r\n"
+            "\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n"
+            "\tby mx.example.com (ringmta) with ESMTPS id 0GXK3M2Q7A1;\r\n"
+            "\tSat, 21 Nov 2026 21:55:35 +0000\r\n");
+}
+
 TEST(received_header, hostile_helo_cannot_add_lines_or_comments) {
   received_fields fields{"evil)\r\nX-Injected: yes (", "2001:db8::1", "mx", "ESMTP", "Q1", "",
                          0};
