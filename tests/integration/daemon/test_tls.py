@@ -232,7 +232,7 @@ for args, needle in (
         (["--tls-cert", pki["ca"], "--tls-key", pki["ca"]], "not a PEM private key"),
         (["--tls-cert", pki["ecdsa_cert"]], "give one key per certificate"),
         (["--tls-listen", "127.0.0.1:0"], "needs --tls-cert")):
-    out = subprocess.run([binary, "--listen", "127.0.0.1:0", "--spool",
+    out = subprocess.run([binary, "--allow-root", "--listen", "127.0.0.1:0", "--spool",
                           tempfile.mkdtemp(prefix="ringmta-spool-"), "--admin-listen",
                           "127.0.0.1:0", *args], capture_output=True, text=True, timeout=30)
     tap.ok(out.returncode == 2 and needle in out.stderr,
