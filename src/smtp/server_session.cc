@@ -251,7 +251,9 @@ std::size_t server_session::feed_data(std::string_view bytes) noexcept {
           ++c.p;
           _data_state = data_state::after_cr;
         } else if (*c.p == '\0') {
+          const bool line_empty = _line_bytes == 0;
           data_nul(c, normalize);
+          if (normalize && line_empty) _data_state = data_state::line_start_after_nul;
         } else if (!normalize) {  // bare LF: RFC 5321 §2.3.8
           fail_message(abort_reason::bare_lf);
           ++c.p;
@@ -263,6 +265,9 @@ std::size_t server_session::feed_data(std::string_view bytes) noexcept {
         }
         break;
       }
+      case data_state::line_start_after_nul:
+        data_after_line_start_nul(c);
+        break;
       case data_state::after_cr:
         data_after_cr(c, normalize);
         break;
@@ -313,6 +318,19 @@ void server_session::data_nul(data_cursor& c, bool normalize) noexcept {
   emit_body(c.run, c.p);
   c.run = ++c.p;
   _summary.normalized = true;
+}
+
+// The client's line began with NUL (dropped), so a "." after it is text, not a stuffing dot
+// (RFC 5321 §4.5.2 unstuffs only a first "."). Without the NUL it begins the stored line, so
+// it gets a stuffing dot of its own: "<NUL>.<CR><LF>" must not become the end marker there.
+void server_session::data_after_line_start_nul(data_cursor& c) noexcept {
+  if (*c.p == '.') {
+    emit_body(c.run, c.p);
+    emit_static(held_dot);
+    c.run = c.p;
+    ++_stuffed_dots;
+  }
+  _data_state = data_state::in_line;
 }
 
 // A line started with "." (held): CR may begin the end marker, LF is a bare LF, anything else

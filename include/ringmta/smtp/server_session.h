@@ -227,7 +227,9 @@ class server_session {
   enum class pending_kind : std::uint8_t {
     none, helo, ehlo, mail, rcpt, data_start, bdat_start, data_end, vrfy, starttls, auth,
     auth_response };
-  enum class data_state : std::uint8_t { line_start, in_line, after_cr, dot, dot_cr };
+  // line_start_after_nul: only NULs (dropped under normalize) since the line began.
+  enum class data_state : std::uint8_t {
+    line_start, line_start_after_nul, in_line, after_cr, dot, dot_cr };
   struct data_cursor {
     const char* p;    // next octet to look at
     const char* run;  // octets from here to p are not yet handed to on_body
@@ -288,6 +290,7 @@ class server_session {
   void scan_bdat(std::string_view chunk) noexcept;
   void finish_bdat_message() noexcept;
   void data_nul(data_cursor& c, bool normalize) noexcept;
+  void data_after_line_start_nul(data_cursor& c) noexcept;
   void emit_body(const char* begin, const char* end) noexcept;
   void emit_static(std::string_view bytes) noexcept;
   void end_line() noexcept;
