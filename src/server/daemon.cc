@@ -384,6 +384,11 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  // Delivery settings first: a bad resolver or CA file is a start-up error before the spool
+  // or any socket is touched.
+  relay_config delivery = make_relay_config(settings);
+  log_event(format, "outbound_tls", delivery.tls_description);
+
   // Spool: recover every shard before taking any connection.
   check_spool_shards(settings.spool_dir, shards);
   std::vector<std::unique_ptr<spool::store>> stores;
@@ -455,8 +460,6 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   }
 
   // Shards.
-  relay_config delivery = make_relay_config(settings);
-  log_event(format, "outbound_tls", delivery.tls_description);
   delivery.outbound.self_endpoints = core::expand_wildcards(bound);  // MX loops (RFC 5321 §5.1)
   std::vector<relay*> relays(shards, nullptr);
   delivery.shards = &relays;
