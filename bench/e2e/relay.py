@@ -58,13 +58,13 @@ def start_dns(domains=100):
     return DnsServer(os.path.join(ROOT, "tests/integration/dns/dns_server.py"), zones)
 
 
-def start_ringmta(binary, shards, dns, delivery_port):
+def start_ringmta(binary, shards, dns, delivery_port, extra=()):
     """ringmta relaying to the sink at 127.0.0.3:delivery_port, limits opened for load."""
     return Daemon(binary, shards=shards,
                   args=["--resolver", dns.address, "--delivery-port", str(delivery_port),
                         "--max-sessions-per-client", "100000",
                         "--max-connections-per-destination", "4",
-                        "--max-messages-per-connection", "1000"]).start()
+                        "--max-messages-per-connection", "1000"] + list(extra)).start()
 
 
 def blast(binary, target, msgs, per_session, extra=()):
