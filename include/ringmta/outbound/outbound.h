@@ -17,8 +17,8 @@
 // messages it sends over one connection.
 //
 // Per connection one receive (provided buffers: an idle connection holds none), one send or
-// body transfer, and one timer (connect, RFC 5321 §4.5.3.2 reply timeouts, data block, idle)
-// at a time. Commands are copied out of the engine into the connection's staging buffer when
+// body transfer step (over TLS: one send, and one spool read beside it), and one timer
+// (connect, RFC 5321 §4.5.3.2 reply timeouts, data block, idle) at a time. Commands are copied out of the engine into the connection's staging buffer when
 // handed to the kernel (client_session's consume_output rule); TCP_NODELAY is set, since the
 // engine batches commands itself and the final "." must not wait for a delayed ACK.
 // The body goes from the spool's segment file to the socket without passing through user
