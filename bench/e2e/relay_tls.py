@@ -6,21 +6,23 @@ until the receiver has every one of them.
 
 The receiver is the same for every contender: stunnel (Debian's stunnel4, `protocol = smtp`:
 it greets, offers STARTTLS, runs the server side of the handshake with OpenSSL and passes the
-decrypted stream on) in front of ringmta-sink. A Python ssl sink would be the bottleneck, and
-Postfix's smtpd as receiver would cap both contenders at its own rate; stunnel+sink is real
-TLS at a rate well above Postfix's relay. Its CPU time is printed, so a saturated receiver
-shows.
+decrypted stream on) in front of ringmta-sink; or, with --tls-sink PATH, a ringmta-sink that
+speaks STARTTLS itself (built from the branch that adds it: the inbound/load-tool TLS work). A
+Python ssl sink would be the bottleneck, and Postfix's smtpd as receiver would cap both
+contenders at its own rate. The receiver's CPU time is printed, so a saturated one shows.
 
   ringmta TLS:    ringmta-blast -> ringmta (--tls-policy required) -> stunnel -> ringmta-sink
   ringmta plain:  ringmta-blast -> ringmta (--tls-policy none) -> ringmta-sink   (reference)
   Postfix TLS:    ringmta-blast -> Postfix (smtp_tls_security_level = encrypt, relayhost =
                   the stunnel port; a private instance, tests/integration/tools/
                   postfix_instance.sh) -> stunnel -> ringmta-sink
+  Postfix plain:  the same with smtp_tls_security_level = none (--postfix-plain; reference)
 
 Neither contender verifies the certificate (required = Postfix's encrypt). The contenders
 alternate within each round (--rounds), so a disturbance hits one round, not one contender.
 usage: bench/e2e/relay_tls.py [MSGS=20000] [--rounds 2] [--postfix-msgs N] [--build build]
-       [--shards 2] [--per-session 100] [--skip-postfix] [--postfix-reuse yes|no]"""
+       [--shards 2] [--per-session 100] [--skip-postfix] [--postfix-reuse yes|no]
+       [--tls-sink PATH] [--postfix-plain]"""
 import argparse
 import os
 import shutil
@@ -49,10 +51,18 @@ def cpu_seconds(pid):
 
 
 class Receiver:
-    """ringmta-sink on 127.0.0.3, and stunnel terminating STARTTLS in front of it."""
+    """ringmta-sink on 127.0.0.3, and stunnel terminating STARTTLS in front of it; or one
+    ringmta-sink offering STARTTLS itself (--tls-sink), both ports then the same."""
 
     def __init__(self, args, work, pki):
         self.sink_port = free_port("127.0.0.3")
+        self.stunnel = None
+        if args.tls_sink:
+            self.tls_port = self.sink_port
+            self.sink, self.stats = relay.sink_start(
+                args.tls_sink, self.sink_port, work, ["--tls-cert", pki["cert"],
+                                                      "--tls-key", pki["key"]])
+            return
         self.tls_port = free_port("127.0.0.3")
         self.sink, self.stats = relay.sink_start(args.sink, self.sink_port, work)
         conf = os.path.join(work, "stunnel.conf")
@@ -69,12 +79,15 @@ class Receiver:
         return relay.sink_accepted(self.sink, self.stats)
 
     def cpu(self):
-        return cpu_seconds(self.stunnel.pid), cpu_seconds(self.sink.pid)
+        """CPU seconds of (the TLS end, the sink): the same process with --tls-sink."""
+        tls_end = self.stunnel or self.sink
+        return cpu_seconds(tls_end.pid), cpu_seconds(self.sink.pid)
 
     def stop(self):
         for process in (self.stunnel, self.sink):
-            process.terminate()
-            process.wait(30)
+            if process is not None:
+                process.terminate()
+                process.wait(30)
 
 
 def run_ringmta(args, work, dns, pki, tls):
@@ -99,7 +112,7 @@ def run_ringmta(args, work, dns, pki, tls):
     return result
 
 
-def run_postfix(args, work, pki):
+def run_postfix(args, work, pki, tls):
     receiver = Receiver(args, work, pki)
     instance = os.path.join(work, "postfix")
     shutil.rmtree(instance, ignore_errors=True)
@@ -108,8 +121,9 @@ def run_postfix(args, work, pki):
     port = free_port()
     main_cf = os.path.join(work, "postfix-main.cf")
     with open(main_cf, "w") as f:  # the settings of ../shared/peers/postfix.sh, plus TLS out
-        f.write(f"relayhost = [127.0.0.3]:{receiver.tls_port}\n"
-                "smtp_tls_security_level = encrypt\nsmtp_tls_loglevel = 1\n"
+        f.write(f"relayhost = [127.0.0.3]:{receiver.tls_port if tls else receiver.sink_port}\n"
+                f"smtp_tls_security_level = {'encrypt' if tls else 'none'}\n"
+                "smtp_tls_loglevel = 1\n"
                 f"smtp_tls_connection_reuse = {args.postfix_reuse}\n"
                 "default_process_limit = 200\n"
                 "default_destination_concurrency_limit = 50\n"
@@ -153,6 +167,8 @@ def main():
     parser.add_argument("--per-session", type=int, default=100)
     parser.add_argument("--skip-postfix", action="store_true")
     parser.add_argument("--postfix-reuse", default="yes", choices=["yes", "no"])
+    parser.add_argument("--tls-sink", default="", help="a ringmta-sink with --tls-cert")
+    parser.add_argument("--postfix-plain", action="store_true")
     args = parser.parse_args()
     args.ringmta = os.path.join(args.build, "src/ringmta")
     args.blast = os.path.join(args.build, "tools/blast/ringmta-blast")
@@ -165,15 +181,17 @@ def main():
         load = " ".join(f.read().split()[:3])
     print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {os.cpu_count()} CPUs, load {load}; "
           f"{args.msgs} messages of 1 KiB to 100 domains, {args.per_session} per injected "
-          f"connection; ringmta {args.shards} shards; receiver stunnel -> ringmta-sink")
+          f"connection; ringmta {args.shards} shards; receiver "
+          f"{args.tls_sink + ' (STARTTLS)' if args.tls_sink else 'stunnel -> ringmta-sink'}")
     for round_number in range(1, args.rounds + 1):
         tls = run_ringmta(args, work, dns, pki, True)
         plain = run_ringmta(args, work, dns, pki, False)
-        postfix = None if args.skip_postfix else run_postfix(args, work, pki)
+        postfix = None if args.skip_postfix else run_postfix(args, work, pki, True)
+        postfix_plain = run_postfix(args, work, pki, False) if args.postfix_plain else None
         print(f"round {round_number}:")
         print(f"  ringmta, TLS out:    {tls['rate']:8.0f} msg/s ({tls['got']} received; "
               f"ringmta {tls['cpu_us']:.0f} us CPU/msg; {tls['handshakes']} handshakes, "
-              f"{tls['resumed']} resumed; stunnel {tls['receiver_cpu'][0]:.1f} s CPU, "
+              f"{tls['resumed']} resumed; receiver TLS end {tls['receiver_cpu'][0]:.1f} s CPU, "
               f"sink {tls['receiver_cpu'][1]:.1f} s in {tls['elapsed']:.1f} s)")
         print(f"  ringmta, plain out:  {plain['rate']:8.0f} msg/s ({plain['got']} received; "
               f"ringmta {plain['cpu_us']:.0f} us CPU/msg) -> TLS costs "
@@ -183,8 +201,11 @@ def main():
             ratio = tls["rate"] / postfix["rate"] if postfix["rate"] else float("inf")
             print(f"  Postfix, TLS out:    {postfix['rate']:8.0f} msg/s ({postfix['got']} of "
                   f"{postfix['msgs']} received; {postfix['tls_logged']} TLS connections "
-                  f"logged; stunnel {postfix['receiver_cpu'][0]:.1f} s CPU in "
+                  f"logged; receiver TLS end {postfix['receiver_cpu'][0]:.1f} s CPU in "
                   f"{postfix['elapsed']:.1f} s) -> ringmta = {ratio:.1f}x Postfix")
+        if postfix_plain:
+            print(f"  Postfix, plain out:  {postfix_plain['rate']:8.0f} msg/s "
+                  f"({postfix_plain['got']} of {postfix_plain['msgs']} received)")
         sys.stdout.flush()
     dns.stop()
     shutil.rmtree(work, ignore_errors=True)

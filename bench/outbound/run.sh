@@ -6,7 +6,8 @@
 #   (started here from BUILD_DIR/tools/sink, one thread, port chosen by the OS).
 #   ROUNDS=3 MODES="staged splice copy"; the modes tls and tls-staged (STARTTLS) need
 #   SINK=ringmta-sink: stunnel (protocol = smtp, a throwaway self-signed certificate) then
-#   terminates TLS in front of it, and only those modes go through stunnel.
+#   terminates TLS in front of it, and only those modes go through stunnel; or TLS_SINK=PATH,
+#   a ringmta-sink that offers STARTTLS itself (--tls-cert), used for every mode.
 set -euo pipefail
 build=${1:?build directory}
 size=${2:-1024}
@@ -22,19 +23,28 @@ extra=()
 sink_pid=
 work=$(mktemp -d)
 trap '[ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  -subj /CN=sink.test -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+sink_binary=$build/tools/sink/ringmta-sink
+sink_tls=()
+if [ -n "${TLS_SINK:-}" ]; then
+  sink=ringmta-sink
+  sink_binary=$TLS_SINK
+  sink_tls=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+fi
 if [ "$sink" = ringmta-sink ]; then
-  "$build/tools/sink/ringmta-sink" --threads 1 --no-pin --listen 127.0.0.1:0 \
+  "$sink_binary" --threads 1 --no-pin --listen 127.0.0.1:0 "${sink_tls[@]}" \
     --ready-file "$work/ready" >"$work/sink.log" 2>&1 &
   sink_pid=$!
   for _ in $(seq 50); do [ -s "$work/ready" ] && break; sleep 0.1; done
   extra=(--sink "$(head -1 "$work/ready")")
 fi
-tls_extra=()
+tls_extra=("${extra[@]}")
 stunnel_pid=
-case " $modes " in *" tls"*)
+stunnel_needed=no
+case " $modes " in *" tls"*) [ -n "${TLS_SINK:-}" ] || stunnel_needed=yes ;; esac
+if [ $stunnel_needed = yes ]; then
   [ "$sink" = ringmta-sink ] || { echo "run.sh: TLS modes need SINK=ringmta-sink" >&2; exit 2; }
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-    -subj /CN=sink.test -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
   tls_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])')
   cat >"$work/stunnel.conf" <<CONF
@@ -53,8 +63,7 @@ CONF
   tls_extra=(--sink "127.0.0.1:$tls_port")
   trap '[ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null; kill "$stunnel_pid" 2>/dev/null
         wait 2>/dev/null; rm -rf "$work"' EXIT
-  ;;
-esac
+fi
 
 for round in $(seq "$rounds"); do
   for mode in $modes; do
