@@ -28,7 +28,7 @@ from harness import Daemon, free_port  # noqa: E402
 from peers import DnsServer, wait_until  # noqa: E402
 
 
-def sink_start(binary, port, work):
+def sink_start(binary, port, work, extra=()):
     stats = os.path.join(work, "sink-stats.json")
     ready = os.path.join(work, "sink-ready")
     for path in (stats, ready):
@@ -36,7 +36,7 @@ def sink_start(binary, port, work):
             os.unlink(path)
     process = subprocess.Popen([binary, "--listen", f"127.0.0.3:{port}", "--threads", "2",
                                 "--stats-file", stats, "--ready-file", ready,
-                                "--max-connections", "100000"],
+                                "--max-connections", "100000"] + list(extra),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: os.path.exists(ready), 10, 0.05)
     return process, stats
@@ -58,13 +58,13 @@ def start_dns(domains=100):
     return DnsServer(os.path.join(ROOT, "tests/integration/dns/dns_server.py"), zones)
 
 
-def start_ringmta(binary, shards, dns, delivery_port):
+def start_ringmta(binary, shards, dns, delivery_port, extra=()):
     """ringmta relaying to the sink at 127.0.0.3:delivery_port, limits opened for load."""
     return Daemon(binary, shards=shards,
                   args=["--resolver", dns.address, "--delivery-port", str(delivery_port),
                         "--max-sessions-per-client", "100000",
                         "--max-connections-per-destination", "4",
-                        "--max-messages-per-connection", "1000"]).start()
+                        "--max-messages-per-connection", "1000"] + list(extra)).start()
 
 
 def blast(binary, target, msgs, per_session, extra=()):

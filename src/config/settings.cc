@@ -158,6 +158,14 @@ std::pair<std::string, std::uint16_t> parse_host_port(std::string_view text) {
   return {std::string(host), port};
 }
 
+tls_policy parse_tls_policy(std::string_view text) {
+  if (text == "none") return tls_policy::none;
+  if (text == "opportunistic" || text == "may") return tls_policy::opportunistic;
+  if (text == "required" || text == "encrypt") return tls_policy::required;
+  if (text == "verify") return tls_policy::verify;
+  expected("none, opportunistic, required or verify", text);
+}
+
 std::string one(const values& v) {
   if (v.size() != 1) throw bad_value(fmt::format("expected one value, got {}", v.size()));
   return v.front();
@@ -356,6 +364,29 @@ const std::vector<setting_spec>& table() {
          s.routes.push_back({parse_domain(std::string_view(text).substr(0, equals)), host, port});
        }
      }},
+    // ---- outbound TLS (issue 11): [relay.tls] policy, per-domain policies, the CA store.
+    {"relay.tls.policy", "--tls-policy", "none|opportunistic|required|verify", arity::one,
+     "outbound TLS: STARTTLS when offered (opportunistic), required, or required with the "
+     "certificate verified against the MX host name (verify)",
+     [](settings& s, const values& v) { s.relay_tls_policy = parse_tls_policy(one(v)); }},
+    {"relay.tls.policy_for", "--tls-policy-for", "DOMAIN=POLICY", arity::list,
+     "outbound TLS policy for one destination domain (.example.com: its subdomains; repeatable)",
+     [](settings& s, const values& v) {
+       s.relay_tls_policy_for.clear();
+       for (const auto& text : v) {
+         const auto equals = text.find('=');
+         if (equals == std::string::npos) expected("DOMAIN=POLICY", text);
+         const std::string_view domain = std::string_view(text).substr(0, equals);
+         const bool subdomains = !domain.empty() && domain.front() == '.';
+         s.relay_tls_policy_for.push_back(
+             {(subdomains ? "." : "") + parse_domain(domain.substr(subdomains ? 1 : 0)),
+              parse_tls_policy(std::string_view(text).substr(equals + 1))});
+       }
+     }},
+    {"relay.tls.ca_file", "--tls-ca", "FILE", arity::one,
+     "CA certificates (PEM) that `verify` trusts; empty: the system store",
+     [](settings& s, const values& v) { s.relay_tls_ca_file = one(v); }},
+    // ---- end of outbound TLS
     {"queue.lifetime", "--queue-lifetime", "DURATION", arity::one,
      "bounce what is not delivered after this long",
      [](settings& s, const values& v) { s.queue_lifetime_s = parse_seconds(one(v)); }},
@@ -591,6 +622,25 @@ void apply_dkim_tables(settings& s, const toml::node& node, const std::string& o
   }
 }
 
+// Keys of `table` (at `prefix`) must be settings, or sections holding some ([relay.tls]).
+void check_known(const toml::table& section, const std::string& prefix,
+                 const std::vector<std::string>& seen, const std::string& origin) {
+  for (const auto& [key, value] : section) {
+    const auto path = fmt::format("{}.{}", prefix, key.str());
+    if (std::find(seen.begin(), seen.end(), path) != seen.end()) continue;
+    const auto& specs = table();
+    const bool holds_settings =
+        std::any_of(specs.begin(), specs.end(), [&](const setting_spec& spec) {
+          return std::string_view(spec.key).rfind(path + ".", 0) == 0;
+        });
+    if (holds_settings && value.is_table()) {
+      check_known(*value.as_table(), path, seen, origin);
+      continue;
+    }
+    throw error(fmt::format("{}: unknown setting '{}'", where(origin, value), path));
+  }
+}
+
 void apply_toml(settings& s, const toml::table& root, const std::string& origin) {
   std::vector<std::string> seen;
   for (const auto& spec : table()) {
@@ -602,11 +652,28 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
         apply_dkim_tables(s, *node.node(), origin);
         continue;
       }
-      if (std::string_view(spec.key) == "relay.routes" && node.is_table()) {
-        values routes;  // [relay.routes] "example.com" = "192.0.2.1:25"
-        for (const auto& [domain, target] : *node.as_table())
-          routes.push_back(fmt::format("{}={}", domain.str(), one(toml_values(target))));
-        spec.apply(s, routes);
+      if (spec.kind == arity::list && node.is_table()) {
+        // [relay.routes] "example.com" = "192.0.2.1:25" is --route example.com=192.0.2.1:25
+        values entries;
+        std::vector<const toml::node*> nodes;
+        for (const auto& [name, value] : *node.as_table()) {
+          entries.push_back(fmt::format("{}={}", name.str(), one(toml_values(value))));
+          nodes.push_back(&value);
+        }
+        try {
+          spec.apply(s, entries);
+        } catch (const bad_value&) {  // name the entry's own line
+          for (std::size_t i = 0; i < entries.size(); ++i) {
+            settings scratch;
+            try {
+              spec.apply(scratch, {entries[i]});
+            } catch (const bad_value& problem) {
+              throw error(fmt::format("{}: {}: {}", where(origin, *nodes[i]), spec.key,
+                                      problem.what()));
+            }
+          }
+          throw;
+        }
       } else {
         spec.apply(s, toml_values(*node.node()));
       }
@@ -621,11 +688,7 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
     if (!section_table)
       throw error(fmt::format("{}: '{}': settings live in sections such as [server]",
                               where(origin, body), section.str()));
-    for (const auto& [key, value] : *section_table) {
-      const auto path = fmt::format("{}.{}", section.str(), key.str());
-      if (std::find(seen.begin(), seen.end(), path) == seen.end())
-        throw error(fmt::format("{}: unknown setting '{}'", where(origin, value), path));
-    }
+    check_known(*section_table, std::string(section.str()), seen, origin);
   }
 }
 

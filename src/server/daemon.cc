@@ -277,6 +277,38 @@ inbound_config make_inbound_config(const config::settings& settings) {
   return c;
 }
 
+// Outbound TLS (RFC 3207): handshakes, failures by reason, resumptions, what opportunistic TLS
+// fell back from, and STARTTLS replies followed by injected plaintext.
+void register_tls_metrics(admin::registry& registry, const relay_metrics& m) {
+  registry.add("ringmta_outbound_tls_handshakes_total", "Outbound TLS handshakes completed",
+               m.tls_handshakes);
+  registry.add("ringmta_outbound_tls_resumptions_total",
+               "Outbound TLS handshakes resumed from the session cache", m.tls_resumed);
+  registry.add("ringmta_outbound_tls_verified_total",
+               "Outbound TLS handshakes whose chain and host name verified", m.tls_verified);
+  const char* failures_help = "Outbound TLS handshakes that failed, by reason";
+  for (std::size_t i = 0; i < m.tls_failures.size(); ++i) {
+    const auto reason = tls::describe(static_cast<tls::failure>(i));
+    if (reason == "none") continue;
+    registry.add(fmt::format("ringmta_outbound_tls_failures_total{{reason=\"{}\"}}", reason),
+                 failures_help, m.tls_failures[i]);
+  }
+  registry.add("ringmta_outbound_tls_failures_total{reason=\"timeout\"}", failures_help,
+               m.tls_timeouts);
+  registry.add("ringmta_outbound_tls_unavailable_total",
+               "Servers without STARTTLS (or refusing it) where TLS was required",
+               m.tls_unavailable);
+  registry.add("ringmta_outbound_tls_plaintext_total{why=\"retry\"}",
+               "Opportunistic TLS connections made in plaintext after a failed handshake",
+               m.tls_plaintext_retries);
+  registry.add("ringmta_outbound_tls_plaintext_total{why=\"remembered\"}",
+               "Opportunistic TLS connections made in plaintext after a failed handshake",
+               m.tls_plaintext_remembered);
+  registry.add("ringmta_outbound_starttls_injections_total",
+               "STARTTLS replies followed by plaintext before the handshake (discarded)",
+               m.tls_injections);
+}
+
 void register_metrics(admin::registry& registry, const relay_metrics& m) {
   registry.add("ringmta_recipients_routed_total", "Recipients handed to delivery queues",
                m.routed_recipients);
@@ -301,6 +333,8 @@ void register_metrics(admin::registry& registry, const relay_metrics& m) {
                "Outbound connects refused, unreachable or timed out", m.connect_failures);
   registry.add("ringmta_outbound_timeouts_total", "Outbound SMTP replies that timed out",
                m.outbound_timeouts);
+  registry.add("ringmta_outbound_bodies_total{path=\"tls\"}", bodies_help, m.bodies_encrypted);
+  register_tls_metrics(registry, m);
 }
 
 void register_metrics(admin::registry& registry, const spool_metrics& m) {
@@ -491,6 +525,10 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     log_event(format, "dkim_key",
               fmt::format("{} selector {}: {} {} bits from {}", key.domain, key.selector,
                           dkim::name_of(key.key->algorithm()), key.key->bits(), key.key_file));
+  // Delivery settings first: a bad resolver or CA file is a start-up error before the spool
+  // or any socket is touched.
+  relay_config delivery = make_relay_config(settings);
+  log_event(format, "outbound_tls", delivery.tls_description);
 
   // Spool: recover every shard before taking any connection.
   check_spool_shards(settings.spool_dir, shards);
@@ -579,7 +617,6 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   }
 
   // Shards.
-  relay_config delivery = make_relay_config(settings);
   delivery.outbound.self_endpoints = core::expand_wildcards(bound);  // MX loops (RFC 5321 §5.1)
   std::vector<relay*> relays(shards, nullptr);
   delivery.shards = &relays;

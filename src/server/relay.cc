@@ -63,9 +63,87 @@ recipient_report report_from(const smtp::parsed_reply& reply, const outbound::re
   return out;
 }
 
+void note_tls(recipient_report& report, const outbound::tls_outcome& tls) {
+  if (tls.mode != outbound::tls_mode::encrypted) {
+    report.tls = "none";
+    report.tls_note = tls.mode == outbound::tls_mode::fallback
+                          ? fmt::format("{}: {}", outbound::describe(tls.mode), tls.detail)
+                          : std::string(outbound::describe(tls.mode));
+    return;
+  }
+  report.tls = std::string(tls.protocol);
+  report.tls_cipher = std::string(tls.cipher);
+  report.tls_bits = static_cast<std::uint16_t>(tls.cipher_bits);
+  report.tls_verified = tls.verified;
+  report.tls_resumed = tls.resumed;
+}
+
+outbound::tls_policy tls_policy_for(const relay_config& config, std::string_view destination) {
+  if (config.tls_policies.empty()) return config.tls_default;
+  const std::string name(destination);
+  if (const auto exact = config.tls_policies.find(name); exact != config.tls_policies.end())
+    return exact->second;
+  // ".example.com" covers every name below it; the longest such suffix wins (Postfix's
+  // smtp_tls_policy_maps convention).
+  for (std::size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1)) {
+    const auto parent = config.tls_policies.find(name.substr(dot));
+    if (parent != config.tls_policies.end()) return parent->second;
+  }
+  return config.tls_default;
+}
+
 queue::failure failure_of(const recipient_report& report) noexcept {
   return queue::failure{report.reply_code, report.status, report.text};
 }
+
+namespace {
+
+outbound::tls_policy to_outbound(config::tls_policy policy) noexcept {
+  switch (policy) {
+    case config::tls_policy::none: return outbound::tls_policy::none;
+    case config::tls_policy::opportunistic: return outbound::tls_policy::opportunistic;
+    case config::tls_policy::required: return outbound::tls_policy::required;
+    case config::tls_policy::verify: return outbound::tls_policy::verify;
+  }
+  return outbound::tls_policy::opportunistic;
+}
+
+// The policies, and the client context with its CA store: read once here, at start-up, and
+// shared read-only by every shard (never a certificate file read per connection).
+void configure_tls(const config::settings& settings, relay_config& c) {
+  c.tls_default = to_outbound(settings.relay_tls_policy);
+  bool verifies = c.tls_default == outbound::tls_policy::verify;
+  bool encrypts = c.tls_default != outbound::tls_policy::none;
+  for (const auto& entry : settings.relay_tls_policy_for) {
+    c.tls_policies[entry.domain] = to_outbound(entry.policy);
+    verifies |= entry.policy == config::tls_policy::verify;
+    encrypts |= entry.policy != config::tls_policy::none;
+  }
+  if (!encrypts) {
+    c.tls_description = "outbound TLS off (policy none everywhere)";
+    return;
+  }
+  tls::client_settings tls_settings;
+  tls_settings.ca_file = settings.relay_tls_ca_file;
+  // Without `verify` nothing needs trust anchors: a host without a system store still gets
+  // opportunistic and required TLS (verified = false in every record).
+  tls_settings.ca_required = verifies || !settings.relay_tls_ca_file.empty();
+  auto loaded = tls::load_client_context(tls_settings);
+  if (!loaded.context) {
+    throw config::error(fmt::format("outbound TLS ({}): {}",
+                                    settings.relay_tls_ca_file.empty()
+                                        ? "system CA store; give --tls-ca FILE"
+                                        : "--tls-ca, relay.tls.ca_file",
+                                    loaded.error));
+  }
+  c.outbound.tls_context = std::move(loaded.context);
+  c.tls_description = fmt::format(
+      "outbound TLS: policy {} by default, {} per-domain, CA store {}",
+      outbound::describe(c.tls_default), c.tls_policies.size(),
+      settings.relay_tls_ca_file.empty() ? "system" : settings.relay_tls_ca_file);
+}
+
+}  // namespace
 
 relay_config make_relay_config(const config::settings& settings) {
   relay_config c;
@@ -87,6 +165,7 @@ relay_config make_relay_config(const config::settings& settings) {
     if (bracketed) c.relayhost.host = c.relayhost.host.substr(1, c.relayhost.host.size() - 2);
   }
   c.routes = settings.routes;
+  configure_tls(settings, c);
   auto& s = c.scheduler;
   s.retry_delays_ms.clear();
   for (const auto delay : settings.retry_schedule_s) s.retry_delays_ms.push_back(delay * 1000ll);
@@ -230,6 +309,17 @@ void relay::before_wait(shard::shard&) noexcept {
   m.body_bytes.set_total(out.body_bytes);
   m.connect_failures.set_total(out.connect_failures);
   m.outbound_timeouts.set_total(out.timeouts);
+  m.tls_handshakes.set_total(out.tls_handshakes);
+  m.tls_resumed.set_total(out.tls_resumed);
+  m.tls_verified.set_total(out.tls_verified);
+  for (std::size_t i = 0; i < m.tls_failures.size(); ++i)
+    m.tls_failures[i].set_total(out.tls_failures[i]);
+  m.tls_timeouts.set_total(out.tls_timeouts);
+  m.tls_unavailable.set_total(out.tls_unavailable);
+  m.tls_plaintext_retries.set_total(out.tls_plaintext_retries);
+  m.tls_plaintext_remembered.set_total(out.tls_plaintext_remembered);
+  m.tls_injections.set_total(out.tls_injections);
+  m.bodies_encrypted.set_total(out.bodies_encrypted);
 }
 
 // ---- operator actions (admin API)
@@ -383,7 +473,7 @@ void relay::state::open(const queue::connect_request& request) noexcept {
   const relay_route where = route_for(request.name);
   const outbound::route target{where.mx ? outbound::route_kind::mx : outbound::route_kind::host,
                                where.mx ? request.name : std::string_view(where.host),
-                               where.port};
+                               where.port, tls_policy_for(config, request.name)};
   auto opened = out.open_connection(cookie, target);
   if (!opened) {  // at the shard's connection limit: the scheduler offers it again later
     scheduler.connection_closed(request.connection, core::wall_milliseconds());
@@ -497,6 +587,7 @@ void relay::state::finish_delivery(std::uint32_t slot,
                             : outcome_kind::deferred;
       r = report_from(*result.reply, result.remote, flight.indices[i], kind);
     }
+    if (result.tls != nullptr) note_tls(r, *result.tls);
     r.attempts = static_cast<std::uint16_t>(flight.job.attempts + 1);
     if (r.kind == outcome_kind::deferred) {
       keep_mask |= std::uint64_t{1} << (flight.indices[i] - flight.job.first_recipient);

@@ -172,6 +172,17 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
       .field("attempts", static_cast<std::uint64_t>(r.attempts))
       .field("delay_s", core::wall_seconds() - message.envelope.received_seconds);
   if (r.kind == outcome_kind::deferred) line.field("retry_at_s", r.next_attempt_ms / 1000);
+  if (!r.tls.empty()) {  // the delivery's connection: protocol, cipher, verified, or why not
+    line.field("tls", r.tls);
+    if (r.tls_note.empty()) {
+      line.field("tls_cipher", r.tls_cipher)
+          .field("tls_bits", static_cast<std::uint64_t>(r.tls_bits))
+          .field("tls_verified", r.tls_verified)
+          .field("tls_resumed", r.tls_resumed);
+    } else {
+      line.field("tls_note", r.tls_note);
+    }
+  }
   line.end();
   queue::dsn_action action = queue::dsn_action::failed;
   switch (r.kind) {

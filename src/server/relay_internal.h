@@ -59,6 +59,13 @@ struct recipient_report {
   queue::status_code status;
   std::string text;    // the reply (or local reason), for logs and DSNs
   std::string remote;  // "mx.example.com [192.0.2.1]:25" when a server was reached
+  // How the delivery's connection was protected (empty when no session carried it).
+  std::string tls;         // "TLSv1.3", or "none" for plaintext
+  std::string tls_cipher;  // "TLS_AES_256_GCM_SHA384"
+  std::uint16_t tls_bits = 0;
+  bool tls_verified = false;  // chain and MX host name verified
+  bool tls_resumed = false;
+  std::string tls_note;  // plaintext: why (no STARTTLS, refused, handshake failed: ...)
 };
 
 // Owner → home: outcomes of one delivery (or one scheduler event).
@@ -169,6 +176,8 @@ unsigned owner_of(std::string_view destination, unsigned shards) noexcept;
 recipient_report report_from(const smtp::parsed_reply& reply, const outbound::remote_host& remote,
                              std::uint16_t index, outcome_kind kind);
 queue::failure failure_of(const recipient_report& report) noexcept;
+// Copies a delivery's TLS outcome into its report (for the log record).
+void note_tls(recipient_report& report, const outbound::tls_outcome& tls);
 std::string json_escape(std::string_view text);
 
 }  // namespace ringmta::server

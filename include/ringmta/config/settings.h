@@ -34,6 +34,19 @@ struct route {
   std::uint16_t port = 25;
 };
 
+// Outbound TLS (RFC 3207) demanded of a destination's servers.
+enum class tls_policy : std::uint8_t {
+  none,           // never STARTTLS
+  opportunistic,  // STARTTLS when offered, unverified; a failed handshake: plaintext retry
+  required,       // STARTTLS or defer (4.7.x), unverified; never plaintext
+  verify,         // required, and the chain and the MX host name (RFC 6125) must verify
+};
+// "example.com = verify" in [relay.tls.policy_for]; ".example.com" covers its subdomains.
+struct tls_policy_entry {
+  std::string domain;  // lowercase; a leading '.' matches subdomains only
+  tls_policy policy = tls_policy::opportunistic;
+};
+
 struct destination_limits {
   std::uint32_t connections_max = 20;
   std::uint32_t messages_per_connection_max = 100;
@@ -89,6 +102,10 @@ struct settings {
   std::uint32_t timeout_connect_s = 30;     // outbound TCP connect
   std::vector<core::endpoint> resolvers;   // empty: /etc/resolv.conf
   std::vector<route> routes;
+  // [relay.tls]: outbound TLS (the CA store is read once at start-up)
+  tls_policy relay_tls_policy = tls_policy::opportunistic;
+  std::vector<tls_policy_entry> relay_tls_policy_for;  // per destination domain
+  std::string relay_tls_ca_file;                       // PEM bundle; empty: the system store
 
   // [queue]
   std::uint32_t queue_lifetime_s = 5 * 24 * 3600;

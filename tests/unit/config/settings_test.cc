@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 namespace ringmta::config {
 namespace {
 
@@ -122,6 +124,57 @@ TEST(settings, tls_block) {
             std::string::npos);
 }
 
+TEST(settings, outbound_tls_policies_from_file_and_flags) {
+  const auto defaults = from("");
+  EXPECT_EQ(defaults.relay_tls_policy, tls_policy::opportunistic);
+  EXPECT_TRUE(defaults.relay_tls_policy_for.empty());
+  EXPECT_EQ(defaults.relay_tls_ca_file, "");
+  const auto file = from(R"(
+[relay.tls]
+policy = "required"
+ca_file = "/etc/ringmta/ca.pem"
+[relay.tls.policy_for]
+"Bank.Example" = "verify"
+".legacy.example" = "none"
+)");
+  EXPECT_EQ(file.relay_tls_policy, tls_policy::required);
+  EXPECT_EQ(file.relay_tls_ca_file, "/etc/ringmta/ca.pem");
+  ASSERT_EQ(file.relay_tls_policy_for.size(), 2u);
+  std::map<std::string, tls_policy> by_domain;
+  for (const auto& entry : file.relay_tls_policy_for) by_domain[entry.domain] = entry.policy;
+  EXPECT_EQ(by_domain, (std::map<std::string, tls_policy>{{"bank.example", tls_policy::verify},
+                                                          {".legacy.example", tls_policy::none}}));
+  const auto flags = from("", {"--tls-policy", "verify", "--tls-ca", "/tmp/ca.pem",
+                               "--tls-policy-for", "a.example=none",
+                               "--tls-policy-for=b.example=opportunistic"});
+  EXPECT_EQ(flags.relay_tls_policy, tls_policy::verify);
+  EXPECT_EQ(flags.relay_tls_ca_file, "/tmp/ca.pem");
+  ASSERT_EQ(flags.relay_tls_policy_for.size(), 2u);
+  EXPECT_EQ(flags.relay_tls_policy_for[1].domain, "b.example");
+  EXPECT_EQ(flags.relay_tls_policy_for[1].policy, tls_policy::opportunistic);
+  // Postfix's level names are understood too.
+  EXPECT_EQ(from("", {"--tls-policy", "encrypt"}).relay_tls_policy, tls_policy::required);
+  EXPECT_EQ(from("", {"--tls-policy", "may"}).relay_tls_policy, tls_policy::opportunistic);
+}
+
+TEST(settings, outbound_tls_errors_name_where_and_what) {
+  EXPECT_EQ(error_of("[relay.tls]\npolicy = \"secure\"\n"),
+            "test.toml:2: relay.tls.policy: expected none, opportunistic, required or verify, "
+            "got 'secure'");
+  EXPECT_EQ(error_of("[relay.tls]\npolicy = \"verify\"\npolicie = \"none\"\n"),
+            "test.toml:3: unknown setting 'relay.tls.policie'");
+  EXPECT_EQ(error_of("[relay.tls.policy_for]\n\"bank..example\" = \"verify\"\n"),
+            "test.toml:2: relay.tls.policy_for: expected a domain name such as example.com, "
+            "got 'bank..example'");
+  EXPECT_EQ(error_of("", {"--tls-policy-for", "bank.example"}),
+            "command line: --tls-policy-for: expected DOMAIN=POLICY, got 'bank.example'");
+  EXPECT_EQ(error_of("", {"--tls-policy-for", "bank.example=strict"}),
+            "command line: --tls-policy-for: expected none, opportunistic, required or verify, "
+            "got 'strict'");
+  EXPECT_EQ(error_of("[relay.tlz]\npolicy = \"none\"\n"),
+            "test.toml:1: unknown setting 'relay.tlz'");
+}
+
 TEST(settings, load_reports_unreadable_file) {
   const char* argv[] = {"ringmta", "--config", "/nonexistent/ringmta.toml"};
   try {
@@ -173,6 +226,9 @@ TEST(settings, shipped_config_file_states_the_defaults) {
             builtin.default_destination_limits.connections_max);
   EXPECT_EQ(file.admin_listen[0].to_string(), builtin.admin_listen[0].to_string());
   EXPECT_EQ(file.greeting_text, builtin.greeting_text);
+  EXPECT_EQ(file.relay_tls_policy, builtin.relay_tls_policy);
+  EXPECT_EQ(file.relay_tls_ca_file, builtin.relay_tls_ca_file);
+  EXPECT_EQ(file.relay_tls_policy_for.size(), builtin.relay_tls_policy_for.size());
   EXPECT_EQ(file.user, builtin.user);
   EXPECT_EQ(file.allow_root, builtin.allow_root);
   EXPECT_EQ(file.debug_endpoints, builtin.debug_endpoints);
