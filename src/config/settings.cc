@@ -348,7 +348,9 @@ const std::vector<setting_spec>& table() {
      [](const settings& s) { return number(s.hops_max); }, live},
     {"limits.max_sessions_per_shard", "--max-sessions-per-shard", "N", arity::one,
      "concurrent sessions per shard (tables are sized for it at start-up)",
-     [](settings& s, const values& v) { s.sessions_per_shard_max = parse_count(one(v), 1, 1000000); },
+     [](settings& s, const values& v) {
+       s.sessions_per_shard_max = parse_count(one(v), 1, 1000000);
+     },
      [](const settings& s) { return number(s.sessions_per_shard_max); }},
     {"limits.max_sessions_per_client", "--max-sessions-per-client", "N", arity::one,
      "concurrent sessions per client address, across all shards",
@@ -790,6 +792,20 @@ std::vector<std::string> changed_keys(const settings& before, const settings& af
   for (const auto& spec : table())
     if (show(before, spec.key) != show(after, spec.key)) out.push_back(spec.key);
   return out;
+}
+
+void keep_value(settings& next, const settings& current, const std::string& key) {
+  const auto& spec = spec_of(key);
+  try {
+    const auto document = toml::parse(fmt::format("value = {}\n", show(current, key)), key);
+    spec.apply(next, toml_values(*document["value"].node()));
+  } catch (const std::exception& problem) {  // show() and apply() disagree: a table bug
+    throw error(fmt::format("{}: cannot keep the running value: {}", key, problem.what()));
+  }
+  if (const auto origin = current.origins.find(key); origin != current.origins.end())
+    next.origins[key] = origin->second;
+  else
+    next.origins.erase(key);
 }
 
 }  // namespace ringmta::config

@@ -126,6 +126,9 @@ std::string render(const settings& s);
 // Keys whose effective values differ between `before` and `after`, in table order.
 std::vector<std::string> changed_keys(const settings& before, const settings& after);
 
+// Sets `key` in `next` to its value in `current` (a reload keeps what needs a restart).
+void keep_value(settings& next, const settings& current, const std::string& key);
+
 // Defaults, then `path` (when not empty), then flags, then the checks that involve several
 // keys. Throws config::error. argv[0] is skipped. `--config PATH` among the flags names the
 // file.

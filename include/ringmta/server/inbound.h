@@ -69,6 +69,7 @@ struct inbound_config {
   std::vector<std::vector<int>> listener_fds;  // [shard][listener], from open_listeners()
   std::string hostname;
   std::string greeting_text;
+  std::string greeting;        // "220 HOSTNAME TEXT\r\n" (set by freeze())
   smtp::server_config engine;  // hostname/greeting views point into the strings above
   relay_policy relay;
   bool proxy_protocol = false;
@@ -103,6 +104,11 @@ struct inbound_metrics {
 
 class inbound_server;
 
+// The immutable snapshot sessions hold: `config` moved to the heap, its engine's views and the
+// greeting pointing into itself. Made on the daemon thread (start-up, reload); shared by every
+// shard and by each session that started under it (a reload changes new sessions only).
+std::shared_ptr<const inbound_config> freeze(inbound_config config);
+
 // Opens `shards` listening sockets per endpoint with SO_REUSEPORT, so the kernel spreads new
 // connections over the shards; port 0 is resolved by the first socket and shared by the rest.
 // Returns [shard][listener] fds and fills `bound` with the actual addresses. Start-up only.
@@ -113,7 +119,9 @@ core::result<std::vector<std::vector<int>>> open_listeners(
 // One per shard, created and used on that shard's thread.
 class inbound {
  public:
-  inbound(const inbound_config& config, shard::shard& owner, spool::store& store,
+  // `config` also fixes what cannot change without a restart: listeners, session tables,
+  // receive buffers.
+  inbound(std::shared_ptr<const inbound_config> config, shard::shard& owner, spool::store& store,
           spool_ring_driver& driver, inbound_metrics& metrics, admin::log_buffer& log);
   ~inbound();
   inbound(const inbound&) = delete;
@@ -127,6 +135,8 @@ class inbound {
   std::uint32_t sessions() const noexcept;
   // The spool may have room again: retry connections whose input waits for it.
   void retry_waiting() noexcept;
+  // A reload: sessions accepted from now on use `next` (its fixed parts must equal the first).
+  void update(std::shared_ptr<const inbound_config> next) noexcept;
 
   // The spool reports a commit ticket durable (error 0) or failed.
   void on_committed(std::uint64_t ticket, int error) noexcept;

@@ -311,3 +311,19 @@ TEST(settings, changed_keys_lists_what_differs) {
 
 }  // namespace
 }  // namespace ringmta::config
+
+namespace ringmta::config {
+namespace {
+
+TEST(settings, keep_value_restores_every_key) {
+  const auto current = from("", {"--listen", "127.0.0.1:2525", "--retry-schedule", "1m,1h",
+                                 "--route", "a.example=192.0.2.1:26", "--unsafe-no-fsync"});
+  for (const auto& info : describe()) {
+    auto next = from("");
+    keep_value(next, current, info.key);
+    EXPECT_EQ(show(next, info.key), show(current, info.key)) << info.key;
+  }
+}
+
+}  // namespace
+}  // namespace ringmta::config
