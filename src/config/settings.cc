@@ -462,9 +462,9 @@ const std::vector<setting_spec>& table() {
      },
      live},
     {"queue.lifetime", "--queue-lifetime", "DURATION", arity::one,
-     "bounce what is not delivered after this long (1m to 365d)",
+     "bounce what is not delivered after this long (1s to 365d)",
      [](settings& s, const values& v) {
-       s.queue_lifetime_s = parse_seconds_in(one(v), 60, 365 * 86400);
+       s.queue_lifetime_s = parse_seconds_in(one(v), 1, 365 * 86400);
      },
      [](const settings& s) { return duration(s.queue_lifetime_s); }, live},
     {"queue.retry_schedule", "--retry-schedule", "DURATION,...", arity::list,

@@ -178,7 +178,7 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
       .field("reply", r.text)
       .field("attempt", static_cast<std::uint64_t>(r.attempts))
       .seconds_field("delay", now_ms - message.received_ms);
-  if (r.attempt_ms > 0) line.seconds_field("delay_attempt", r.attempt_ms);
+  if (r.attempt_ms >= 0) line.seconds_field("delay_attempt", r.attempt_ms);
   if (r.session != 0) line.hex_field("session", r.session);
   if (r.kind == outcome_kind::deferred) line.field("retry_at_s", r.next_attempt_ms / 1000);
   line.end();

@@ -61,12 +61,12 @@ struct recipient_report {
   std::string text;    // the reply (or local reason), for logs and DSNs
   std::string remote;  // "mx.example.com [192.0.2.1]:25" when a server was reached
   // For the log record: the host name and address apart, the outbound session (connection)
-  // and how long this attempt took (0: no delivery attempt of its own, e.g. a destination
+  // and how long this attempt took (-1: no delivery attempt of its own, e.g. a destination
   // that could not be reached at all).
   std::string mx;
   std::string ip;            // "192.0.2.1:25"
   std::uint64_t session = 0;
-  std::int64_t attempt_ms = 0;
+  std::int64_t attempt_ms = -1;
 };
 
 // Owner → home: outcomes of one delivery (or one scheduler event).

@@ -253,10 +253,12 @@ c.command("EHLO client.test")
 c.command("MAIL FROM:<a@client.test>")
 tap.ok(c.command("RCPT TO:<x@elsewhere.test>")[0] == 554, "relaying is refused")
 tap.ok(c.command("BOGUS")[0] == 500, "a protocol error")
-held = [Conversation(daemon.port) for _ in range(3)]  # the per-client limit is 3 with `c`
-over = Conversation(daemon.port)
-tap.ok(over.reply()[0] == 421, "a client over its session limit gets 421")
-for h in held + [over, c]:
+held, greetings = [], []
+for _ in range(3):  # one at a time: with `c` the third is over the per-client limit of 3
+    held.append(Conversation(daemon.port))
+    greetings.append(held[-1].reply()[0])
+tap.ok(greetings == [220, 220, 421], f"a client over its session limit gets 421 ({greetings})")
+for h in held + [c]:
     h.close()
 tap.ok(wait_for(lambda: daemon.events("delivered") and daemon.events("deferred")),
        "one message delivered, one deferred")

@@ -244,7 +244,7 @@ TEST(settings, nonsensical_values_are_errors) {
             "command line: --retry-schedule: expected a duration from 1s to 30d such as 30s, "
             "5m or 2h, got '0'");
   EXPECT_EQ(error_of("[queue]\nlifetime = 0\n"),
-            "test.toml:2: queue.lifetime: expected a duration from 1m to 365d such as 30s, 5m "
+            "test.toml:2: queue.lifetime: expected a duration from 1s to 365d such as 30s, 5m "
             "or 2h, got '0'");
   for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
            {"--timeout-command", "0"}, {"--timeout-command", "50d"},
