@@ -280,6 +280,9 @@ class outbound_server final : public shard::completion_handler,
   void before_wait(shard::shard& owner) noexcept override;
   void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;
 
+  // A reload: connects started from now wait this long.
+  void set_timeout_connect_ms(std::uint32_t ms) noexcept { _config.timeout_connect_ms = ms; }
+
   // For connections.
   const outbound_config& config() const noexcept { return _config; }
   shard::shard& owner() noexcept { return _owner; }

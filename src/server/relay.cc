@@ -57,9 +57,11 @@ recipient_report report_from(const smtp::parsed_reply& reply, const outbound::re
   std::replace(out.text.begin(), out.text.end(), '\n', ' ');
   if (remote.address != nullptr) {
     out.remote = fmt::format("{} [{}]", remote.name, remote.address->to_string());
+    out.ip = remote.address->to_string();
   } else {
     out.remote = std::string(remote.name);
   }
+  out.mx = std::string(remote.name);
   return out;
 }
 
@@ -195,12 +197,13 @@ relay_config make_relay_config(const config::settings& settings) {
   } else {
     for (const auto& server : settings.resolvers) {
       auto parsed = dns::server_address::parse(server.to_string());
-      if (!parsed) throw config::error(fmt::format("resolver {}: bad address", server.to_string()));
+      if (!parsed)
+        throw config::error(fmt::format("relay.resolvers: {}: bad address", server.to_string()));
       c.dns.resolver.servers.push_back(parsed.value());
     }
   }
   if (const auto problem = c.dns.resolver.validate(); !problem.empty())
-    throw config::error(fmt::format("DNS resolvers: {}", problem));
+    throw config::error(fmt::format("relay.resolvers: {}", problem));
   return c;
 }
 
@@ -250,13 +253,16 @@ relay::state::state(relay& relay_self, const relay_config& relay_settings,
                     relay_metrics& relay_counters, admin::log_buffer& log_buffer)
     : self(relay_self),
       config(relay_settings),
+      live(std::make_shared<const relay_config>(relay_settings)),
       owner(shard_owner),
       store(spool_store),
       metrics(relay_counters),
       log(log_buffer),
       scheduler(relay_settings.scheduler),
       dns(shard_owner, relay_settings.dns),
-      out(shard_owner, dns, relay_self, relay_settings.outbound) {}
+      out(shard_owner, dns, relay_self, relay_settings.outbound) {
+  next_session = admin::session_id_base(shard_owner.id(), true);
+}
 
 relay::relay(const relay_config& config, shard::shard& owner, spool::store& store,
              relay_metrics& metrics, admin::log_buffer& log)
@@ -294,6 +300,14 @@ bool relay::drained() const noexcept {
 void relay::stop() noexcept {
   _state->out.stop();
   _state->dns.stop();
+}
+
+void relay::update(std::shared_ptr<const relay_config> next) noexcept {
+  auto& s = *_state;
+  s.live = std::move(next);
+  s.scheduler.set_policy(s.live->scheduler);
+  s.out.set_timeout_connect_ms(s.live->outbound.timeout_connect_ms);
+  s.poll();  // new limits may let a destination open connections now
 }
 
 void relay::before_wait(shard::shard&) noexcept {
@@ -367,11 +381,11 @@ std::string relay::destinations_json(std::size_t count_max) const {
 // ---- owner role: jobs in, connections out
 
 relay_route relay::state::route_for(std::string_view destination) const {
-  for (const auto& fixed : config.routes) {
+  for (const auto& fixed : live->routes) {
     if (fixed.destination == destination) return relay_route{false, fixed.host, fixed.port};
   }
-  if (config.has_relayhost) return config.relayhost;
-  return relay_route{true, std::string(destination), config.delivery_port};
+  if (live->has_relayhost) return live->relayhost;
+  return relay_route{true, std::string(destination), live->delivery_port};
 }
 
 void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
@@ -419,7 +433,7 @@ bool relay::state::serve_idle(const std::string& destination, std::int64_t now_m
     const auto taken = scheduler.take_for_connection(connection, now_ms);
     if (taken.status == queue::take_status::none) break;
     waiting.pop_back();
-    if (taken.status == queue::take_status::job) start_delivery(c.handle, taken.job);
+    if (taken.status == queue::take_status::job) start_delivery(c.handle, c.cookie, taken.job);
     else out.release(c.handle);  // close (per-connection limit, suspended) or throttled
   }
   const bool still_idle = !waiting.empty();
@@ -446,7 +460,7 @@ void relay::state::arm_timer(std::int64_t now_ms) noexcept {
 void relay::state::poll() noexcept {
   const std::int64_t now = core::wall_milliseconds();
   queue::job_event event;
-  while (scheduler.next_event(event)) handle_event(event);
+  while (scheduler.next_event(event)) handle_event(event, nullptr);
   for (const auto& destination : woken) serve_idle(destination, now);
   woken.clear();
   if (!shutting_down && scheduler.next_wakeup_ms() <= now) {
@@ -462,7 +476,7 @@ void relay::state::poll() noexcept {
       scheduler.connection_closed(request.connection, now);
       serve_idle(name, now);
     }
-    while (scheduler.next_event(event)) handle_event(event);
+    while (scheduler.next_event(event)) handle_event(event, nullptr);
   }
   arm_timer(now);
 }
@@ -480,6 +494,7 @@ void relay::state::open(const queue::connect_request& request) noexcept {
     return;
   }
   connection_names[cookie] = std::string(request.name);
+  connection_sessions[cookie] = next_session++;
   metrics.connections.add();
 }
 
@@ -494,7 +509,8 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
   if (s.shutting_down) return s.out.release(connection);
   const auto taken = s.scheduler.take_for_connection(connection_of(destination),
                                                      core::wall_milliseconds());
-  if (taken.status == queue::take_status::job) return s.start_delivery(connection, taken.job);
+  if (taken.status == queue::take_status::job)
+    return s.start_delivery(connection, destination, taken.job);
   const auto name = s.connection_names.find(destination);
   if (taken.status != queue::take_status::none || name == s.connection_names.end())
     return s.out.release(connection);
@@ -503,7 +519,12 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
   s.idle[name->second].push_back({connection, destination});
 }
 
-void relay::state::start_delivery(outbound::connection_handle connection,
+std::uint64_t relay::state::session_of(std::uint64_t cookie) const noexcept {
+  const auto found = connection_sessions.find(cookie);
+  return found != connection_sessions.end() ? found->second : 0;
+}
+
+void relay::state::start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
                                   const queue::job_view& job) noexcept {
   const auto found = owned.find(job.message);
   RINGMTA_ASSERT(found != owned.end());
@@ -524,6 +545,8 @@ void relay::state::start_delivery(outbound::connection_handle connection,
   flight.indices.clear();
   job.for_each_recipient([&](std::uint16_t index) { flight.indices.push_back(index); });
   flight.results.assign(flight.indices.size(), recipient_report{});
+  flight.session = session_of(cookie);
+  flight.started_ms = core::wall_milliseconds();
   const auto& envelope =
       flight.storage.assign(message.envelope, flight.indices, message.body_bytes);
   const outbound::delivery delivery{envelope, message.body, slot};
@@ -589,6 +612,8 @@ void relay::state::finish_delivery(std::uint32_t slot,
     }
     if (result.tls != nullptr) note_tls(r, *result.tls);
     r.attempts = static_cast<std::uint16_t>(flight.job.attempts + 1);
+    r.session = flight.session;
+    r.attempt_ms = now - flight.started_ms;
     if (r.kind == outcome_kind::deferred) {
       keep_mask |= std::uint64_t{1} << (flight.indices[i] - flight.job.first_recipient);
       if (first_transient == nullptr) first_transient = &r;
@@ -652,50 +677,36 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
   auto name_entry = s.connection_names.find(destination);
   const std::string name = name_entry != s.connection_names.end() ? name_entry->second : "";
   if (name_entry != s.connection_names.end()) s.connection_names.erase(name_entry);
+  const std::uint64_t session = s.session_of(destination);
+  s.connection_sessions.erase(destination);
   s.drop_idle(name, destination);
   if (result.reason != outbound::close_reason::destination_failed) {
     s.scheduler.connection_closed(connection, now);
     return s.poll();
   }
-  const recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
+  recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
+  why.session = session;
   if (result.failure == smtp::client_outcome::permanent_failure) {
     // Null MX, NXDOMAIN, every server said 5xx: every job of the destination bounces now.
     s.scheduler.connection_closed(connection, now);
     s.permanent_failures[name] = why;
     s.scheduler.bounce_all(name, now);
   } else {
+    // Each job this failure counted an attempt for comes out as one `deferred` event: its
+    // home records it (attempts and retry time survive a restart) and logs it once.
     s.scheduler.connection_failed(connection, now, failure_of(why));
-    s.report_deferred_destination(name, why);
+    s.drain_events(&why);
   }
   s.poll();
 }
 
-// A destination-wide deferral moved the destination's jobs to one retry time: their homes
-// record it (state and retry time survive a restart) and log it, like a per-message deferral.
-// Bounded per failure, so a dead destination with a huge queue cannot flood the log.
-void relay::state::report_deferred_destination(const std::string& name,
-                                               const recipient_report& why) noexcept {
-  constexpr std::size_t jobs_reported_max = 1000;
-  std::vector<queue::job_view> jobs;
-  scheduler.list_jobs(name, jobs_reported_max, jobs);
-  for (const auto& job : jobs) {
-    if (job.next_attempt_ms == 0) continue;  // in flight on another connection
-    const auto found = owned.find(job.message);
-    if (found == owned.end()) continue;
-    std::vector<recipient_report> reports;
-    job.for_each_recipient([&](std::uint16_t index) {
-      recipient_report r = why;
-      r.index = index;
-      r.kind = outcome_kind::deferred;
-      r.attempts = job.attempts;
-      r.next_attempt_ms = job.next_attempt_ms;
-      reports.push_back(std::move(r));
-    });
-    report(found->second.message, found->second.message->home, std::move(reports));
-  }
+void relay::state::drain_events(const recipient_report* why) noexcept {
+  queue::job_event event;
+  while (scheduler.next_event(event)) handle_event(event, why);
 }
 
-void relay::state::handle_event(const queue::job_event& event) noexcept {
+void relay::state::handle_event(const queue::job_event& event,
+                                const recipient_report* why) noexcept {
   const auto found = owned.find(event.job.message);
   RINGMTA_ASSERT(found != owned.end());
   spooled_message* const message = found->second.message;
@@ -708,7 +719,15 @@ void relay::state::handle_event(const queue::job_event& event) noexcept {
     recipient_report r;
     r.index = index;
     r.attempts = event.job.attempts;
-    if (event.kind == queue::event_kind::delay_warning) {
+    if (event.kind == queue::event_kind::deferred) {
+      if (why != nullptr) r = *why;  // the reply and the remote host of the failure
+      else r.text = std::string(event.job.last_error);
+      r.index = index;
+      r.attempts = event.job.attempts;
+      r.kind = outcome_kind::deferred;
+      r.next_attempt_ms = event.next_attempt_ms;
+      if (why == nullptr) r.status = event.job.last_status;
+    } else if (event.kind == queue::event_kind::delay_warning) {
       r.kind = outcome_kind::delayed;
       r.next_attempt_ms = event.next_attempt_ms;
       r.status =
@@ -729,7 +748,9 @@ void relay::state::handle_event(const queue::job_event& event) noexcept {
     }
     reports.push_back(std::move(r));
   });
-  if (event.kind != queue::event_kind::delay_warning) job_left(event.job.message);
+  if (event.kind == queue::event_kind::expired ||
+      event.kind == queue::event_kind::bounced_by_operator)
+    job_left(event.job.message);
   report(message, home, std::move(reports));
 }
 

@@ -128,6 +128,11 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   bool drained() const noexcept;
   void stop() noexcept;  // hard stop on the shard's thread (runtime on_stop)
 
+  // A reload: routes, relayhost, delivery port, retry schedule, lifetime, destination limits
+  // and the connect timeout of `next` apply to deliveries and connections started from now;
+  // jobs keep their attempts, and take the new retry delays at their next deferral.
+  void update(std::shared_ptr<const relay_config> next) noexcept;
+
   // Operator actions (admin API), on the shard that owns the destination. `action` is one of
   // suspend, resume, flush, bounce. Returns a one-line JSON result, or "" for a bad action.
   std::string operate(std::string_view destination, std::string_view action);
