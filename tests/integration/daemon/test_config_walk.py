@@ -78,6 +78,9 @@ started_ok = 0
 for row in table:
     key, flag = row["key"], row["flag"]
     section, _, name = key.rpartition(".")  # "" for a top-level key ([[dkim]])
+    # check-config runs the start-up checks that need no socket; a real start per accepted
+    # value costs a second, so each key starts the daemon with its first three (CI time).
+    starts_left = 3
     for probe in probes:
         escaped = probe.replace("\\", "\\\\").replace("\x01", "\\u0001")
         path = os.path.join(work, "walk.toml")
@@ -92,8 +95,9 @@ for row in table:
         status, errors = check([f"{flag}={probe}"])
         if status not in (0, 2) or (status == 2 and flag not in errors):
             bad.append((key, "flag", repr(probe), status, errors.strip()))
-        if status != 0:
+        if status != 0 or starts_left == 0:
             continue
+        starts_left -= 1
         status, errors, started = start_daemon(f"{flag}={probe}")
         if started and status == 0:
             started_ok += 1
