@@ -62,7 +62,7 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   message_error = 0;
   ops_in_flight = 0;
   seen_progress = 0;
-  proxy_bytes.clear();
+  proxy_reader.reset();
   tls_phase = tls_stage::off;  // implicit_tls was set by the listener that accepted us
   tls.reset();
   if (awaiting_proxy) {  // policy waits for the real client address in the PROXY header
@@ -112,24 +112,16 @@ void connection::ensure_session() noexcept {
 
 // Parses the PROXY header from what arrived; true once the session can start.
 bool connection::take_proxy_header(std::string_view bytes) noexcept {
-  std::string_view received = bytes;
-  if (!proxy_bytes.empty() || bytes.size() < 16) {  // rare: the header came in pieces
-    proxy_bytes.append(bytes);
-    received = proxy_bytes;
-  }
-  const auto result = net::parse_proxy_header(received);
-  if (result.status == net::proxy_status::need_more) {
-    if (proxy_bytes.empty()) proxy_bytes.assign(bytes);
-    return false;
-  }
+  const auto result = proxy_reader.feed(bytes);
+  if (result.status == net::proxy_status::need_more) return false;
   if (result.status == net::proxy_status::invalid) {
     close();
     return false;
   }
   if (result.has_addresses) peer = result.source;
   awaiting_proxy = false;
-  const std::size_t rest = received.size() - result.header_bytes;
-  proxy_bytes.clear();
+  const std::size_t rest = proxy_reader.trailing_bytes();
+  proxy_reader.reset();
   if (rest > 0) {  // SMTP bytes behind the header: the client spoke before our greeting
     server.metrics().early_talkers.add();
     send_literal_and_close(early_talker_reply);
@@ -236,6 +228,8 @@ void connection::on_received(const io::completion& done) noexcept {
   if (awaiting_proxy) {
     take_proxy_header(bytes);
     server.buffers().recycle(buffer_id);
+    // The header came in pieces: read on (pump() arms receives only once we have greeted).
+    if (awaiting_proxy && !closing && !recv_armed) arm_receive();
     return pump();
   }
   if (!greeted) {  // data during the greeting delay

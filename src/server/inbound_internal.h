@@ -11,6 +11,7 @@
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/dkim/signer.h"
 #include "ringmta/io/buffer_ring.h"
+#include "ringmta/net/proxy_protocol.h"
 #include "ringmta/net/received_header.h"
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/spool_ring_driver.h"
@@ -65,7 +66,7 @@ struct connection final : smtp::server_handler {
   std::uint16_t held_buffer = 0;
   std::uint32_t held_offset = 0;
   std::uint32_t held_end = 0;
-  std::string proxy_bytes;  // a PROXY header split across receives (bounded by the parser)
+  net::proxy_header_reader proxy_reader;  // a PROXY header, in however many pieces
 
   // The message being received.
   bool in_message = false;
