@@ -55,6 +55,9 @@ recipient_report report_from(const smtp::parsed_reply& reply, const outbound::re
                                reply.enhanced.subject, reply.enhanced.detail, reply.text())
                  : fmt::format("{} {}", reply.code, reply.text());
   std::replace(out.text.begin(), out.text.end(), '\n', ' ');
+  out.from_server = !reply.local;
+  out.remote_dsn = remote.offers_dsn;
+  out.remote_name = std::string(remote.name);
   if (remote.address != nullptr) {
     out.remote = fmt::format("{} [{}]", remote.name, remote.address->to_string());
   } else {

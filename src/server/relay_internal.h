@@ -20,8 +20,9 @@ struct dsn_note {
   std::uint16_t index = 0;
   queue::dsn_action action = queue::dsn_action::failed;
   queue::status_code status;
-  std::string remote;
+  std::string remote;  // host name only
   std::string diagnostic;
+  bool diagnostic_from_server = false;
   std::int64_t last_attempt_seconds = 0;
   std::int64_t retry_until_seconds = 0;
 };
@@ -59,6 +60,9 @@ struct recipient_report {
   queue::status_code status;
   std::string text;    // the reply (or local reason), for logs and DSNs
   std::string remote;  // "mx.example.com [192.0.2.1]:25" when a server was reached
+  std::string remote_name;  // "mx.example.com": the DSN's Remote-MTA (RFC 3464 §2.3.5)
+  bool from_server = false;  // `text` is a reply a server sent (else our own reason)
+  bool remote_dsn = false;   // the server offered DSN: the parameters went on with the message
 };
 
 // Owner → home: outcomes of one delivery (or one scheduler event).

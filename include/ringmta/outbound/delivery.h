@@ -57,6 +57,9 @@ struct delivery {
 struct remote_host {
   std::string_view name;
   const core::endpoint* address = nullptr;
+  // The server offered DSN (RFC 3461): NOTIFY/ORCPT/ENVID/RET went on with the message, so
+  // success reports are its job, not ours (RFC 3461 §5.2.2).
+  bool offers_dsn = false;
 };
 
 struct recipient_result {
