@@ -19,6 +19,8 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "ringmta/net/idna.h"
+
 namespace ringmta::config {
 namespace {
 
@@ -123,15 +125,19 @@ std::string lowercase(std::string_view text) {
   return out;
 }
 
-// A domain name as operators type it: letters, digits, '-', '.', no empty labels.
+// A domain name as operators type it: letters, digits, '-', '.', no empty labels; a name in
+// Unicode ("bücher.example") is kept in its A-label form (IDNA 2008), the one every lookup,
+// route and relay-domain comparison uses (net/idna.h).
 std::string parse_domain(std::string_view text) {
-  bool valid = !text.empty() && text.size() <= 253 && text.front() != '.' && text.back() != '.';
-  for (std::size_t i = 0; valid && i < text.size(); ++i) {
-    const unsigned char c = static_cast<unsigned char>(text[i]);
-    valid = std::isalnum(c) || c == '-' || (c == '.' && text[i - 1] != '.');
+  const auto ascii = net::domain_to_ascii(text);
+  const std::string_view name = ascii ? std::string_view(*ascii) : text;
+  bool valid = ascii && name.size() <= 253 && name.front() != '.' && name.back() != '.';
+  for (std::size_t i = 0; valid && i < name.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(name[i]);
+    valid = std::isalnum(c) || c == '-' || (c == '.' && name[i - 1] != '.');
   }
-  if (!valid) expected("a domain name such as example.com", text);
-  return lowercase(text);
+  if (!valid) expected("a domain name such as example.com or bücher.example", text);
+  return std::string(name);
 }
 
 // "HOST:PORT" or "[HOST]:PORT" where HOST is a name or an address; PORT defaults to 25.

@@ -487,8 +487,15 @@ void connection::spool_bytes(std::string_view slice, smtp::body_form form) noexc
   message_bytes += slice.size();
 }
 
-smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
+smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcept {
   data_end_ns = core::monotonic_ns();
+  // The body type records what the content is, not only what the client declared: "7bit" means
+  // no octet above 127 arrived (so an SMTPUTF8 message has UTF-8 in its addresses only, which
+  // lets delivery use A-label domains to a server without SMTPUTF8: outbound/delivery.cc).
+  if (!summary.eight_bit && envelope.body == spool::body_type::unspecified)
+    envelope.body = spool::body_type::seven_bit;
+  else if (summary.eight_bit && envelope.body == spool::body_type::seven_bit)
+    envelope.body = spool::body_type::unspecified;  // a client's BODY=7BIT was not true
   if (!received_header.empty()) on_body({}, smtp::body_form::wire);  // an empty body
   if (message_error != 0) {
     server.store().abort(message);

@@ -143,8 +143,10 @@ class envelope_storage {
 
  private:
   std::string _reverse_path;
+  std::string _reverse_path_ascii;  // with an A-label domain, when that differs (net/idna.h)
   std::string _envid;
   std::vector<std::string> _addresses;
+  std::vector<std::string> _addresses_ascii;
   std::vector<std::string> _orcpts;
   std::vector<smtp::client_recipient> _recipients;
   smtp::client_envelope _envelope;
