@@ -451,13 +451,16 @@ smtp::verdict connection::on_data_start() noexcept {
   envelope.received_seconds = now_seconds;
   const auto id_text = spool::format_message_id(envelope.id);
   char header[net::received_header_bytes_max];
+  // One source for the header's "with" and the log record's "protocol" (RFC 3848, RFC 6531
+  // §3.7.3): taken once, while the transaction (and its SMTPUTF8) is current.
+  message_protocol = session->protocol_name();
   const net::received_fields fields{
       session->helo_name(), envelope.client_address, server.config().hostname,
-      session->protocol_name(),
+      message_protocol,
       std::string_view(id_text.data(), 16),
       envelope.recipients.size() == 1 ? std::string_view(envelope.recipients[0].address)
                                       : std::string_view(),
-      now_seconds, tls_summary};
+      now_seconds, tls_summary, envelope.smtputf8};
   // Spooled with the first body bytes: one record (and one read at delivery) for both, as other
   // sessions' appends cannot come in between.
   received_header.assign(header, net::format_received_header(fields, header, sizeof header));
@@ -569,7 +572,7 @@ void connection::on_commit_result(int error) noexcept {
       .field("size", message_bytes)
       .field("client", envelope.client_address)
       .field("helo", envelope.helo)
-      .field("protocol", session->protocol_name());
+      .field("protocol", message_protocol);
   dkim_accepted(record);
   if (tls && tls->established()) {
     record.field("tls_version", tls->protocol())

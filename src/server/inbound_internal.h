@@ -67,6 +67,7 @@ struct connection final : smtp::server_handler {
   std::uint32_t held_offset = 0;
   std::uint32_t held_end = 0;
   net::proxy_header_reader proxy_reader;  // a PROXY header, in however many pieces
+  std::string_view message_protocol;  // "UTF8SMTPS"...: this message's Received: and log record
 
   // The message being received.
   bool in_message = false;
