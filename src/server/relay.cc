@@ -57,9 +57,9 @@ recipient_report report_from(const smtp::parsed_reply& reply, const outbound::re
   }
   out.text = reply.enhanced.present()
                  ? fmt::format("{} {}.{}.{} {}", reply.code, reply.enhanced.status_class,
-                               reply.enhanced.subject, reply.enhanced.detail, reply.text())
-                 : fmt::format("{} {}", reply.code, reply.text());
-  std::replace(out.text.begin(), out.text.end(), '\n', ' ');
+                               reply.enhanced.subject, reply.enhanced.detail,
+                               reply.one_line_text())
+                 : fmt::format("{} {}", reply.code, reply.one_line_text());
   out.from_server = !reply.local;
   out.remote_dsn = remote.offers_dsn;
   out.remote_name = std::string(remote.name);

@@ -80,8 +80,10 @@ try:
         "--route", f"xn--mnchen-3ya.test=127.0.0.1:{plain_port}",  # an A-label one
         "--route", f"plain.test=127.0.0.1:{plain_port}",
         "--route", f"sender.test=127.0.0.1:{sender_port}",
+        "--route", f"held.test=127.0.0.1:{free_port()}",  # nothing listens: stays queued
         "--mynetworks", "127.0.0.9/32",
-        "--relay-domains", f"final.test,{BUECHER},xn--mnchen-3ya.test,plain.test,sender.test",
+        "--relay-domains",
+        f"final.test,{BUECHER},xn--mnchen-3ya.test,plain.test,sender.test,held.test",
     ]).start()
     tap.ok(True, "--route and --relay-domains accept a non-ASCII (U-label) name")
 
@@ -204,6 +206,38 @@ try:
     pf_code, pf_text = pf.reply()
     pf.close()
     tap.ok(pf_code is not None, f"Postfix answers the NUL body: {pf_code} {pf_text.strip()}")
+
+    # --- 8. small ones: spool ls columns with a UTF-8 sender; spool export creates DIR.
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.sendmail("j\u00f6rg.\u00fc\u00fc@sender.test", ["x@held.test"],
+                        b"Subject: held\r\n\r\nx\r\n", mail_options=["SMTPUTF8"])
+    listing = subprocess.run([ringmta, "spool", "ls", "--spool", daemon.spool],
+                             capture_output=True, text=True).stdout.splitlines()
+    header = [line for line in listing if line.startswith("ID")]
+    row = [line for line in listing if "x@held.test" in line]
+    tap.ok(header and row and row[0].index("x@held.test") == header[0].index("RECIPIENTS"),
+           "spool ls: the recipients column lines up after a UTF-8 sender", listing)
+    target = os.path.join(work, "export", "nested")
+    exported = subprocess.run([ringmta, "spool", "export", target, "--spool", daemon.spool],
+                              capture_output=True, text=True)
+    tap.ok(exported.returncode == 0 and os.listdir(target),
+           "spool export creates its directory", exported.stderr + exported.stdout)
+    blocker = os.path.join(work, "a-file")
+    open(blocker, "w").close()
+    refused = subprocess.run([ringmta, "spool", "export", blocker + "/sub", "--spool",
+                              daemon.spool], capture_output=True, text=True)
+    tap.ok(refused.returncode != 0 and "Not a directory" in refused.stderr,
+           "spool export says why it cannot export", refused.stderr)
+    seven_port = free_port()
+    seven = Sink(sink_binary, "127.0.0.1", seven_port, ["--no-8bitmime"])
+    c = Conversation(seven_port)
+    c.reply()
+    code, ehlo = c.command("EHLO client.test")
+    c.close()
+    tap.ok(code == 250 and "8BITMIME" not in ehlo and "SMTPUTF8" not in ehlo,
+           "ringmta-sink --no-8bitmime offers no SMTPUTF8 either (RFC 6531 §3.1)", ehlo)
+    seven.stop()
     tap.ok(daemon.stop() == 0, "clean exit")
 finally:
     subprocess.run([instance, "stop", work], capture_output=True)
