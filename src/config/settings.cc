@@ -305,6 +305,15 @@ const std::vector<setting_spec>& table() {
        else if (text == "normalize") s.bare_line_endings = bare_line_ending_policy::normalize;
        else expected("reject or normalize", text);
      }},
+    {"limits.long_lines", "--long-lines", "reject|fold", arity::one,
+     "a message line over 998 octets: fold it at a blank or the limit (default, as Postfix "
+     "does) or reject the message 550 5.6.0",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       if (text == "reject") s.long_lines = long_line_policy::reject;
+       else if (text == "fold") s.long_lines = long_line_policy::fold;
+       else expected("reject or fold", text);
+     }},
     {"timeouts.command", "--timeout-command", "DURATION", arity::one,
      "deadline for each whole command line (RFC 5321 §4.5.3.2.7: 5 minutes)",
      [](settings& s, const values& v) { s.timeout_command_s = parse_seconds(one(v)); }},

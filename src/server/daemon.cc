@@ -277,6 +277,9 @@ inbound_config make_inbound_config(const config::settings& settings) {
   engine.bare_line_ending = settings.bare_line_endings == config::bare_line_ending_policy::reject
                                 ? smtp::bare_line_ending_policy::reject
                                 : smtp::bare_line_ending_policy::normalize;
+  engine.long_lines = settings.long_lines == config::long_line_policy::fold
+                          ? smtp::long_line_policy::fold
+                          : smtp::long_line_policy::reject;
   return c;
 }
 

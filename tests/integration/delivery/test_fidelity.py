@@ -207,7 +207,34 @@ try:
     pf.close()
     tap.ok(pf_code is not None, f"Postfix answers the NUL body: {pf_code} {pf_text.strip()}")
 
-    # --- 8. small ones: spool ls columns with a UTF-8 sender; spool export creates DIR.
+    # --- 8. a line over 998 octets from a direct client: folded (the default), not refused;
+    # Postfix, given the same message directly, for the table.
+    long_body = b"<p>" + b"h" * 1200 + b" " + b"w" * 1500 + b"</p>\r\n"
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        client.ehlo("client.test")
+        refused = client.sendmail("alice@sender.test", ["bob@final.test"],
+                                  b"Subject: long line ours\r\n\r\n" + long_body)
+    tap.ok(refused == {}, "a 2.7 KB line is accepted (--long-lines fold)")
+    with smtplib.SMTP("127.0.0.1", pf_port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.sendmail("alice@sender.test", ["bob@final.test"],
+                        b"Subject: long line postfix\r\n\r\n" + long_body)
+
+    def long_message(subject):
+        box = open(mailbox, "rb").read() if os.path.exists(mailbox) else b""
+        part = box.split(subject, 1)
+        return part[1].split(b"\nFrom ", 1)[0] if len(part) == 2 else b""
+    ours = wait_until(lambda: b"</p>" in long_message(b"Subject: long line ours"), 30)
+    theirs = wait_until(lambda: b"</p>" in long_message(b"Subject: long line postfix"), 30)
+    ours_lines = [len(x) for x in long_message(b"Subject: long line ours").split(b"\n")]
+    theirs_lines = [len(x) for x in long_message(b"Subject: long line postfix").split(b"\n")]
+    tap.ok(ours and max(ours_lines) <= 998 and
+           long_message(b"Subject: long line ours").replace(b"\n", b"").find(
+               long_body.rstrip(b"\r\n")) >= 0,
+           "relayed to Postfix folded at 998, nothing lost", ours_lines)
+    tap.ok(theirs, f"Postfix direct: line lengths in its mailbox {theirs_lines[:6]}")
+
+    # --- 9. small ones: spool ls columns with a UTF-8 sender; spool export creates DIR.
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
         client.ehlo("client.test")
         client.sendmail("j\u00f6rg.\u00fc\u00fc@sender.test", ["x@held.test"],
