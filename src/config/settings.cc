@@ -21,6 +21,8 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "ringmta/net/idna.h"
+
 namespace ringmta::config {
 namespace {
 
@@ -135,15 +137,19 @@ std::string lowercase(std::string_view text) {
   return out;
 }
 
-// A domain name as operators type it: letters, digits, '-', '.', no empty labels.
+// A domain name as operators type it: letters, digits, '-', '.', no empty labels; a name in
+// Unicode ("bücher.example") is kept in its A-label form (IDNA 2008), the one every lookup,
+// route and relay-domain comparison uses (net/idna.h).
 std::string parse_domain(std::string_view text) {
-  bool valid = !text.empty() && text.size() <= 253 && text.front() != '.' && text.back() != '.';
-  for (std::size_t i = 0; valid && i < text.size(); ++i) {
-    const unsigned char c = static_cast<unsigned char>(text[i]);
-    valid = std::isalnum(c) || c == '-' || (c == '.' && text[i - 1] != '.');
+  const auto ascii = net::domain_to_ascii(text);
+  const std::string_view name = ascii ? std::string_view(*ascii) : text;
+  bool valid = ascii && name.size() <= 253 && name.front() != '.' && name.back() != '.';
+  for (std::size_t i = 0; valid && i < name.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(name[i]);
+    valid = std::isalnum(c) || c == '-' || (c == '.' && name[i - 1] != '.');
   }
-  if (!valid) expected("a domain name such as example.com", text);
-  return lowercase(text);
+  if (!valid) expected("a domain name such as example.com or bücher.example", text);
+  return std::string(name);
 }
 
 // "HOST:PORT" or "[HOST]:PORT" where HOST is a name or an address; PORT defaults to 25.
@@ -488,6 +494,19 @@ const std::vector<setting_spec>& table() {
      [](const settings& s) {
        return toml_string(s.bare_line_endings == bare_line_ending_policy::reject ? "reject"
                                                                             : "normalize");
+     },
+     live},
+    {"limits.long_lines", "--long-lines", "reject|fold", arity::one,
+     "a message line over 998 octets: fold it at a blank or the limit (default, as Postfix "
+     "does) or reject the message 550 5.6.0",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       if (text == "reject") s.long_lines = long_line_policy::reject;
+       else if (text == "fold") s.long_lines = long_line_policy::fold;
+       else expected("reject or fold", text);
+     },
+     [](const settings& s) {
+       return toml_string(s.long_lines == long_line_policy::reject ? "reject" : "fold");
      },
      live},
     {"timeouts.command", "--timeout-command", "DURATION", arity::one,

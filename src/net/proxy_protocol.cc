@@ -164,4 +164,25 @@ proxy_result parse_proxy_header(std::string_view received) noexcept {
   return parse_v2(received);
 }
 
+proxy_result proxy_header_reader::feed(std::string_view piece) {
+  std::string_view received = piece;
+  if (!_pending.empty()) {
+    _pending.append(piece);
+    received = _pending;
+  }
+  auto result = parse_proxy_header(received);
+  if (result.status == proxy_status::need_more) {
+    if (_pending.empty()) _pending.assign(piece);
+    return result;
+  }
+  if (result.status == proxy_status::done) _trailing = received.size() - result.header_bytes;
+  _pending.clear();
+  return result;
+}
+
+void proxy_header_reader::reset() noexcept {
+  _pending.clear();
+  _trailing = 0;
+}
+
 }  // namespace ringmta::net

@@ -13,6 +13,28 @@ namespace {
 class writer {
  public:
   writer(char* out, std::size_t capacity) : _out(out), _capacity(capacity) {}
+  // Octets of the well-formed UTF-8 sequence (RFC 3629 §4) at the start of `s`, 2 to 4; 0 when
+  // there is none (ASCII, a stray continuation byte, an overlong or surrogate form, a cut).
+  static std::size_t utf8_sequence_bytes(std::string_view s) noexcept {
+    const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+    const unsigned char c = byte(0);
+    std::size_t n = 0;
+    unsigned char low = 0x80, high = 0xbf;  // allowed range of the second octet
+    if (c >= 0xc2 && c <= 0xdf) n = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+      n = 3;
+      if (c == 0xe0) low = 0xa0;
+      if (c == 0xed) high = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 4;
+      if (c == 0xf0) low = 0x90;
+      if (c == 0xf4) high = 0x8f;
+    }
+    if (n == 0 || s.size() < n || byte(1) < low || byte(1) > high) return 0;
+    for (std::size_t i = 2; i < n; ++i)
+      if (byte(i) < 0x80 || byte(i) > 0xbf) return 0;
+    return n;
+  }
   void text(std::string_view bytes) noexcept {
     const std::size_t n = bytes.size() < room() ? bytes.size() : room();
     std::memcpy(_out + _used, bytes.data(), n);
@@ -25,6 +47,23 @@ class writer {
       const unsigned char c = static_cast<unsigned char>(bytes[i]);
       const bool safe = c > 0x20 && c < 0x7f && c != '(' && c != ')' && c != '\\';
       _out[_used++] = safe ? static_cast<char>(c) : '_';
+    }
+  }
+  // The "for" address of an SMTPUTF8 message: as sanitised(), but well-formed UTF-8 sequences
+  // are kept (RFC 6532 §3.2 allows UTF-8 in header fields of such a message, and Postfix and
+  // Exim keep the address as received); a sequence the limit would cut is left out whole.
+  void sanitised_utf8(std::string_view bytes, std::size_t max) noexcept {
+    if (bytes.size() > max) bytes = bytes.substr(0, max);
+    std::size_t i = 0;
+    while (i < bytes.size() && room() > 0) {
+      const std::size_t n = utf8_sequence_bytes(bytes.substr(i));
+      if (n <= 1 || n > room()) {
+        sanitised(bytes.substr(i, 1), 1);
+        ++i;
+        continue;
+      }
+      text(bytes.substr(i, n));
+      i += n;
     }
   }
   // A comment we wrote ourselves: printable ASCII and spaces, parentheses kept.
@@ -90,7 +129,8 @@ std::size_t format_received_header(const received_fields& fields, char* out,
   w.sanitised(fields.queue_id, 64);
   if (!fields.single_recipient.empty() && w.room() > 300) {
     w.text("\r\n\tfor <");
-    w.sanitised(fields.single_recipient, 256);
+    if (fields.utf8) w.sanitised_utf8(fields.single_recipient, 256);
+    else w.sanitised(fields.single_recipient, 256);
     w.text(">");
   }
   std::size_t length = w.used();

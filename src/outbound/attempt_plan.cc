@@ -164,7 +164,7 @@ void attempt_tracker::record(const candidate& tried, attempt_failure how, int er
   _last_code = reply->code;
   _last_enhanced = reply->enhanced;
   _last_text = fmt::format("{} {}: {} {}", where, reply->local ? "failed" : "said",
-                           reply->code, reply->text());
+                           reply->code, reply->one_line_text());
 }
 
 smtp::client_outcome attempt_tracker::summary(smtp::parsed_reply& out) const {

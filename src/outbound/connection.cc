@@ -37,7 +37,8 @@ connection::connection(outbound_server& owner_server, std::uint32_t slot_index) 
 
 remote_host connection::remote() const noexcept {
   if (!tried_any || current >= candidates.size()) return {};
-  return remote_host{candidates[current].host_name, &candidates[current].address};
+  const bool dsn = session && session->extensions().dsn;
+  return remote_host{candidates[current].host_name, &candidates[current].address, dsn};
 }
 
 // ---- opening: route lookup, then addresses in order

@@ -2,6 +2,7 @@
 #include "ringmta/outbound/delivery.h"
 
 #include "ringmta/core/assert.h"
+#include "ringmta/net/idna.h"
 
 namespace ringmta::outbound {
 
@@ -102,36 +103,56 @@ smtp::client_body_type body_of(spool::body_type body) noexcept {
   return smtp::client_body_type::seven_bit;
 }
 
+// The address with its domain in A-labels, for a next hop without SMTPUTF8, when that is a
+// different spelling and the local part is ASCII (only SMTPUTF8 carries a non-ASCII one);
+// else empty.
+std::string ascii_domain_form(std::string_view address) {
+  const auto at = address.rfind('@');
+  if (at == std::string_view::npos || net::is_ascii(address) ||
+      !net::is_ascii(address.substr(0, at)))
+    return {};
+  return net::address_to_ascii_domain(address).value_or(std::string());
+}
+
 }  // namespace
 
 const smtp::client_envelope& envelope_storage::assign(const spool::envelope& value,
                                                       std::span<const std::uint16_t> recipients,
                                                       std::uint64_t body_bytes) {
   _reverse_path = value.reverse_path;
+  _reverse_path_ascii = ascii_domain_form(value.reverse_path);
   _envid.clear();
   append_xtext(_envid, value.envid);
   if (_envid.size() > smtp::client_envid_bytes_max) _envid.clear();  // advisory: drop it
   _addresses.resize(recipients.size());
+  _addresses_ascii.resize(recipients.size());
   _orcpts.resize(recipients.size());
   _recipients.resize(recipients.size());
   for (std::size_t i = 0; i < recipients.size(); ++i) {
     RINGMTA_ASSERT(recipients[i] < value.recipients.size());
     const spool::recipient& source = value.recipients[recipients[i]];
     _addresses[i] = source.address;
+    _addresses_ascii[i] = ascii_domain_form(source.address);
     encode_orcpt(_orcpts[i], source.orcpt);
   }
   // Views are taken once every string is in place (the vectors above no longer grow).
   for (std::size_t i = 0; i < recipients.size(); ++i) {
     const spool::recipient& source = value.recipients[recipients[i]];
     _recipients[i] = smtp::client_recipient{_addresses[i], notify_keywords(source.notify),
-                                            _orcpts[i]};
+                                            _orcpts[i], _addresses_ascii[i]};
   }
   _envelope = smtp::client_envelope{};
   _envelope.reverse_path = _reverse_path;
+  _envelope.reverse_path_ascii = _reverse_path_ascii;
   _envelope.recipients = _recipients;
   _envelope.size_bytes = body_bytes;
   _envelope.body = body_of(value.body);
-  _envelope.smtputf8 = value.smtputf8;
+  // An SMTPUTF8 message whose content is known to be ASCII (the inbound side marks it 7bit)
+  // needs SMTPUTF8 only for its addresses: the client decides that from the addresses it
+  // sends, so such a message with only non-ASCII domains can go to a server without SMTPUTF8
+  // with A-label domains (RFC 6531 §3.2; Postfix does the same). UTF-8 in the header section
+  // keeps the flag, and then 5.6.7 to such a server.
+  _envelope.smtputf8 = value.smtputf8 && value.body != spool::body_type::seven_bit;
   switch (value.ret) {
     case spool::dsn_return::full: _envelope.dsn_ret = "FULL"; break;
     case spool::dsn_return::headers: _envelope.dsn_ret = "HDRS"; break;

@@ -262,7 +262,8 @@ void put_per_recipient(std::string& out, const dsn_recipient& recipient, bool gl
     put_field(out, "Remote-MTA", "dns; " + clean(recipient.remote_mta, false, field_bytes_max));
   if (!recipient.diagnostic.empty()) {
     put_field(out, "Diagnostic-Code",
-              "smtp; " + clean(recipient.diagnostic, global, policy.diagnostic_bytes_max));
+              clean(recipient.diagnostic_type, false, 32) + "; " +
+                  clean(recipient.diagnostic, global, policy.diagnostic_bytes_max));
   }
   if (recipient.last_attempt_seconds != 0)
     put_field(out, "Last-Attempt-Date", format_rfc5322_date(recipient.last_attempt_seconds));
@@ -286,7 +287,7 @@ std::string delivery_status(const dsn_request& request, bool global) {
 }
 
 struct report_kind {
-  bool failed = false, delayed = false, success = false;
+  bool failed = false, delayed = false, success = false, relayed = false;
 };
 
 report_kind kind_of(std::span<const dsn_recipient> recipients) noexcept {
@@ -295,6 +296,7 @@ report_kind kind_of(std::span<const dsn_recipient> recipients) noexcept {
     kind.failed |= r.action == dsn_action::failed;
     kind.delayed |= r.action == dsn_action::delayed;
     kind.success |= r.action != dsn_action::failed && r.action != dsn_action::delayed;
+    kind.relayed |= r.action == dsn_action::relayed;
   }
   return kind;
 }
@@ -317,6 +319,10 @@ std::string human_text(const dsn_request& request, bool global, const returned_p
                        "The mail system keeps trying; you do not need to send it again.";
     if (until != 0) text += " It gives up after " + format_rfc5322_date(until) + ".";
     put_folded(out, "", text, "");
+  } else if (kind.relayed) {  // RFC 3461 §5.2.2.2 (the subject stays Postfix's, as for success)
+    put_folded(out, "", "Your message was relayed to the recipients listed below, as you asked "
+                        "to be told. The next mail server does not send delivery reports, so "
+                        "you will get no further notice of its delivery.", "");
   } else {
     put_folded(out, "", "Your message was delivered to the recipients listed below, as you "
                         "asked to be told.", "");

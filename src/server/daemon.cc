@@ -9,8 +9,10 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <future>
 #include <optional>
 #include <memory>
@@ -332,6 +334,9 @@ inbound_config make_inbound_config(const config::settings& settings) {
   engine.bare_line_ending = settings.bare_line_endings == config::bare_line_ending_policy::reject
                                 ? smtp::bare_line_ending_policy::reject
                                 : smtp::bare_line_ending_policy::normalize;
+  engine.long_lines = settings.long_lines == config::long_line_policy::fold
+                          ? smtp::long_line_policy::fold
+                          : smtp::long_line_policy::reject;
   return c;
 }
 
@@ -1098,6 +1103,13 @@ int export_spool_command(const std::string& spool_directory, const std::string& 
     std::fprintf(stderr, "ringmta: %s: %s\n", spool_directory.c_str(), shards.error_text());
     return 1;
   }
+  std::error_code made;  // DIR is created (with its parents) like `mkdir -p`
+  std::filesystem::create_directories(out_directory, made);
+  if (made) {
+    std::fprintf(stderr, "ringmta: %s: cannot create: %s\n", out_directory.c_str(),
+                 made.message().c_str());
+    return 1;
+  }
   for (const std::uint32_t shard : shards.value()) {
     auto reader = spool_reader::open(spool_directory, shard);
     if (!reader) {
@@ -1108,22 +1120,35 @@ int export_spool_command(const std::string& spool_directory, const std::string& 
     for (const spool::message_id id : reader.value()->queued()) {
       const auto name = spool::format_message_id(id);
       auto message = reader.value()->message(id, wire);
-      std::FILE* out = message ? std::fopen((out_directory + "/" + name.data() + ".eml").c_str(),
-                                            "wb")
-                               : nullptr;
-      if (out == nullptr ||
-          std::fwrite(message.value().data(), 1, message.value().size(), out) !=
-              message.value().size()) {
-        std::fprintf(stderr, "ringmta: %s: cannot export\n", name.data());
-        ++failed;
-      } else {
+      const std::string path = out_directory + "/" + name.data() + ".eml";
+      std::FILE* out = message ? std::fopen(path.c_str(), "wb") : nullptr;
+      bool ok = out != nullptr && std::fwrite(message.value().data(), 1, message.value().size(),
+                                              out) == message.value().size();
+      const int error = errno;
+      if (out != nullptr && std::fclose(out) != 0) ok = false;
+      if (ok) {
         ++written;
+        continue;
       }
-      if (out != nullptr) std::fclose(out);
+      std::fprintf(stderr, "ringmta: %s: cannot export: %s\n",
+                   message ? path.c_str() : name.data(),
+                   message ? std::strerror(error != 0 ? error : errno) : message.error_text());
+      ++failed;
     }
   }
   std::printf("%zu messages exported to %s\n", written, out_directory.c_str());
   return failed == 0 ? 0 : 1;
+}
+
+// `text` padded with spaces to `width` columns, counting UTF-8 code points rather than octets
+// (printf's %-30s counts octets, so a UTF-8 sender shifted every column after it).
+static std::string padded_columns(std::string_view text, std::size_t width) {
+  const auto points = static_cast<std::size_t>(std::count_if(text.begin(), text.end(), [](char c) {
+    return (static_cast<unsigned char>(c) & 0xc0) != 0x80;  // not a continuation octet
+  }));
+  std::string out(text);
+  if (points < width) out.append(width - points, ' ');
+  return out;
 }
 
 int list_spool_command(const std::string& spool_directory, bool json) {
@@ -1156,10 +1181,11 @@ int list_spool_command(const std::string& spool_directory, bool json) {
       for (const auto& r : m.recipients)
         recipients += fmt::format("{}{} ({})", recipients.empty() ? "" : ", ", r.address,
                                   spool::recipient_state_name(r.status.state));
-      std::printf("%-16s %10llu %7llds  %-30s %s\n", spool::format_message_id(m.id).data(),
+      std::printf("%-16s %10llu %7llds  %s %s\n", spool::format_message_id(m.id).data(),
                   static_cast<unsigned long long>(m.body_bytes),
                   static_cast<long long>(now - m.received_seconds),
-                  m.sender.empty() ? "<>" : m.sender.c_str(), recipients.c_str());
+                  padded_columns(m.sender.empty() ? "<>" : m.sender, 30).c_str(),
+                  recipients.c_str());
     }
     std::printf("%zu messages queued\n", listing.value().messages.size());
   }

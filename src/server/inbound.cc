@@ -12,6 +12,7 @@
 #include <xxhash.h>
 
 #include "inbound_internal.h"
+#include "ringmta/net/idna.h"
 #include "ringmta/core/assert.h"
 #include "ringmta/core/clock.h"
 
@@ -68,7 +69,13 @@ bool equal_ignoring_case(std::string_view a, std::string_view b) noexcept {
 }
 }  // namespace
 
+// relay_domains are A-labels (settings); a U-label domain from an SMTPUTF8 client is compared
+// in its A-label form (RFC 5890 §2.3.2.1), so a look-alike never matches by accident.
 bool relay_policy::accepts_domain(std::string_view domain) const noexcept {
+  if (!net::is_ascii(domain)) {
+    const auto ascii = net::domain_to_ascii(domain);
+    return ascii && accepts_domain(*ascii);
+  }
   for (const auto& listed : relay_domains) {
     if (!listed.empty() && listed.front() == '.') {  // ".example.com": any subdomain
       if (domain.size() > listed.size() &&

@@ -70,7 +70,7 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   message_error = 0;
   ops_in_flight = 0;
   seen_progress = 0;
-  proxy_bytes.clear();
+  proxy_reader.reset();
   tls_phase = tls_stage::off;  // implicit_tls was set by the listener that accepted us
   tls.reset();
   if (awaiting_proxy) {  // policy waits for the real client address in the PROXY header
@@ -121,24 +121,16 @@ void connection::ensure_session() noexcept {
 
 // Parses the PROXY header from what arrived; true once the session can start.
 bool connection::take_proxy_header(std::string_view bytes) noexcept {
-  std::string_view received = bytes;
-  if (!proxy_bytes.empty() || bytes.size() < 16) {  // rare: the header came in pieces
-    proxy_bytes.append(bytes);
-    received = proxy_bytes;
-  }
-  const auto result = net::parse_proxy_header(received);
-  if (result.status == net::proxy_status::need_more) {
-    if (proxy_bytes.empty()) proxy_bytes.assign(bytes);
-    return false;
-  }
+  const auto result = proxy_reader.feed(bytes);
+  if (result.status == net::proxy_status::need_more) return false;
   if (result.status == net::proxy_status::invalid) {
     close("bad PROXY header");
     return false;
   }
   if (result.has_addresses) peer = result.source;
   awaiting_proxy = false;
-  const std::size_t rest = received.size() - result.header_bytes;
-  proxy_bytes.clear();
+  const std::size_t rest = proxy_reader.trailing_bytes();
+  proxy_reader.reset();
   if (rest > 0) {  // SMTP bytes behind the header: the client spoke before our greeting
     server.metrics().early_talkers.add();
     log_connect();
@@ -247,6 +239,8 @@ void connection::on_received(const io::completion& done) noexcept {
   if (awaiting_proxy) {
     take_proxy_header(bytes);
     server.buffers().recycle(buffer_id);
+    // The header came in pieces: read on (pump() arms receives only once we have greeted).
+    if (awaiting_proxy && !closing && !recv_armed) arm_receive();
     return pump();
   }
   if (!greeted) {  // data during the greeting delay
@@ -524,13 +518,16 @@ smtp::verdict connection::on_data_start() noexcept {
   envelope.received_seconds = now_seconds;
   const auto id_text = spool::format_message_id(envelope.id);
   char header[net::received_header_bytes_max];
+  // One source for the header's "with" and the log record's "protocol" (RFC 3848, RFC 6531
+  // §3.7.3): taken once, while the transaction (and its SMTPUTF8) is current.
+  message_protocol = session->protocol_name();
   const net::received_fields fields{
       session->helo_name(), envelope.client_address, settings->hostname,
-      session->protocol_name(),
+      message_protocol,
       std::string_view(id_text.data(), 16),
       envelope.recipients.size() == 1 ? std::string_view(envelope.recipients[0].address)
                                       : std::string_view(),
-      now_seconds, tls_summary};
+      now_seconds, tls_summary, envelope.smtputf8};
   // Spooled with the first body bytes: one record (and one read at delivery) for both, as other
   // sessions' appends cannot come in between.
   received_header.assign(header, net::format_received_header(fields, header, sizeof header));
@@ -560,8 +557,15 @@ void connection::spool_bytes(std::string_view slice, smtp::body_form form) noexc
   message_bytes += slice.size();
 }
 
-smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
+smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcept {
   data_end_ns = core::monotonic_ns();
+  // The body type records what the content is, not only what the client declared: "7bit" means
+  // no octet above 127 arrived (so an SMTPUTF8 message has UTF-8 in its addresses only, which
+  // lets delivery use A-label domains to a server without SMTPUTF8: outbound/delivery.cc).
+  if (!summary.eight_bit && envelope.body == spool::body_type::unspecified)
+    envelope.body = spool::body_type::seven_bit;
+  else if (summary.eight_bit && envelope.body == spool::body_type::seven_bit)
+    envelope.body = spool::body_type::unspecified;  // a client's BODY=7BIT was not true
   if (!received_header.empty()) on_body({}, smtp::body_form::wire);  // an empty body
   if (message_error != 0) {
     server.store().abort(message);
@@ -638,7 +642,7 @@ void connection::on_commit_result(int error) noexcept {
       .field("size", message_bytes)
       .field("client", envelope.client_address)
       .field("helo", envelope.helo)
-      .field("protocol", session->protocol_name());
+      .field("protocol", message_protocol);
   dkim_accepted(record);
   if (tls && tls->established()) {
     record.field("tls_version", tls->protocol())

@@ -11,6 +11,7 @@
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/dkim/signer.h"
 #include "ringmta/io/buffer_ring.h"
+#include "ringmta/net/proxy_protocol.h"
 #include "ringmta/net/received_header.h"
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/spool_ring_driver.h"
@@ -67,7 +68,8 @@ struct connection final : smtp::server_handler {
   std::uint16_t held_buffer = 0;
   std::uint32_t held_offset = 0;
   std::uint32_t held_end = 0;
-  std::string proxy_bytes;  // a PROXY header split across receives (bounded by the parser)
+  net::proxy_header_reader proxy_reader;  // a PROXY header, in however many pieces
+  std::string_view message_protocol;  // "UTF8SMTPS"...: this message's Received: and log record
 
   // For log records (connect, disconnect, rejected).
   std::uint64_t session_id = 0;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "ringmta/net/idna.h"
 #include "ringmta/server/inbound.h"
 
 namespace ringmta::server {
@@ -21,6 +22,10 @@ bool iequal(std::string_view a, std::string_view b) noexcept {
 
 bool recipient_policy::is_own_name(std::string_view domain,
                                    const relay_policy& relay) const noexcept {
+  if (!net::is_ascii(domain)) {  // our names are ASCII: compare the A-label form
+    const auto ascii = net::domain_to_ascii(domain);
+    return ascii && is_own_name(*ascii, relay);
+  }
   const bool own = iequal(domain, hostname) || iequal(domain, "localhost") ||
                    std::any_of(own_literals.begin(), own_literals.end(),
                                [&](const std::string& literal) { return iequal(domain, literal); });

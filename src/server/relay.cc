@@ -10,6 +10,7 @@
 #include <xxhash.h>
 
 #include "relay_internal.h"
+#include "ringmta/net/idna.h"
 #include "ringmta/core/assert.h"
 #include "ringmta/core/clock.h"
 
@@ -28,9 +29,13 @@ std::string json_escape(std::string_view text) {
   return out;
 }
 
+// The destination is the domain's A-label form (RFC 5890): DNS, --route, shaping and queues
+// all see one spelling of "bücher.test". A domain without one (invalid IDNA) keeps its bytes
+// and fails at the resolver (5.1.3), as any invalid name does.
 std::string destination_of(std::string_view address, std::string_view hostname) {
   const auto at = address.rfind('@');
   const std::string_view domain = at == std::string_view::npos ? hostname : address.substr(at + 1);
+  if (auto ascii = net::domain_to_ascii(domain)) return std::move(*ascii);
   std::string out(domain);
   std::transform(out.begin(), out.end(), out.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -52,9 +57,11 @@ recipient_report report_from(const smtp::parsed_reply& reply, const outbound::re
   }
   out.text = reply.enhanced.present()
                  ? fmt::format("{} {}.{}.{} {}", reply.code, reply.enhanced.status_class,
-                               reply.enhanced.subject, reply.enhanced.detail, reply.text())
-                 : fmt::format("{} {}", reply.code, reply.text());
-  std::replace(out.text.begin(), out.text.end(), '\n', ' ');
+                               reply.enhanced.subject, reply.enhanced.detail,
+                               reply.one_line_text())
+                 : fmt::format("{} {}", reply.code, reply.one_line_text());
+  out.from_server = !reply.local;
+  out.remote_dsn = remote.offers_dsn;
   if (remote.address != nullptr) {
     out.remote = fmt::format("{} [{}]", remote.name, remote.address->to_string());
     out.ip = remote.address->to_string();

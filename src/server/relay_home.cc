@@ -197,7 +197,11 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
   switch (r.kind) {
     case outcome_kind::delivered:
       metrics.delivered.add();
-      action = queue::dsn_action::delivered;
+      // ringmta never delivers finally: it hands the message on. A next hop that offers DSN
+      // got NOTIFY/ORCPT/ENVID/RET and reports success itself; we send nothing (RFC 3461
+      // §5.2.2.1). One without DSN: we report "relayed" as NOTIFY=SUCCESS asks (§5.2.2.2).
+      if (r.remote_dsn) return;
+      action = queue::dsn_action::relayed;
       break;
     case outcome_kind::bounced:
       metrics.bounced.add();
@@ -220,8 +224,9 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
                                              : action == queue::dsn_action::delayed ? 4 : 2),
                    0, 0};
   }
-  note.remote = r.remote;
+  note.remote = r.mx;
   note.diagnostic = r.text;
+  note.diagnostic_from_server = r.from_server;
   note.last_attempt_seconds = core::wall_seconds();
   note.retry_until_seconds =
       message.envelope.received_seconds + live->scheduler.lifetime_max_ms / 1000;
@@ -249,7 +254,8 @@ void relay::state::queue_dsn(spooled_message& message) noexcept {
     const bool delayed = note.action == queue::dsn_action::delayed;
     recipients.push_back({original.address, original.orcpt, note.action, note.status, note.remote,
                           note.diagnostic, note.last_attempt_seconds,
-                          delayed ? note.retry_until_seconds : 0});
+                          delayed ? note.retry_until_seconds : 0,
+                          note.diagnostic_from_server ? "smtp" : "X-Ringmta"});
   }
   queue::dsn_request request;
   request.reporting_mta = config.hostname;

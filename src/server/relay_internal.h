@@ -20,8 +20,9 @@ struct dsn_note {
   std::uint16_t index = 0;
   queue::dsn_action action = queue::dsn_action::failed;
   queue::status_code status;
-  std::string remote;
+  std::string remote;  // host name only
   std::string diagnostic;
+  bool diagnostic_from_server = false;
   std::int64_t last_attempt_seconds = 0;
   std::int64_t retry_until_seconds = 0;
 };
@@ -70,10 +71,12 @@ struct recipient_report {
   // For the log record: the host name and address apart, the outbound session (connection)
   // and how long this attempt took (-1: no delivery attempt of its own, e.g. a destination
   // that could not be reached at all).
-  std::string mx;
+  std::string mx;            // "mx.example.com": also the DSN's Remote-MTA (RFC 3464 §2.3.5)
   std::string ip;            // "192.0.2.1:25"
   std::uint64_t session = 0;
   std::int64_t attempt_ms = -1;
+  bool from_server = false;  // `text` is a reply a server sent (else our own reason)
+  bool remote_dsn = false;   // the server offered DSN: the parameters went on with the message
 };
 
 // Owner → home: outcomes of one delivery (or one scheduler event).

@@ -178,6 +178,8 @@ void server_session::begin_message(body_form form) noexcept {
   _dot_nul_dropped = false;
   _line_bytes = 0;
   _stuffed_dots = 0;
+  _in_header_section = true;
+  _line_lead_dot = false;
 }
 
 void server_session::fail_message(abort_reason reason) noexcept {
@@ -204,7 +206,9 @@ void server_session::end_line() noexcept {
   ++_summary.line_count;
   const std::uint32_t limit = _config.limits.text_line_bytes_max;
   if (limit != 0 && _line_bytes + 2 > limit) fail_message(abort_reason::line_too_long);
+  if (_line_bytes == 0 && !_line_lead_dot) _in_header_section = false;  // RFC 5322 §2.1
   _line_bytes = 0;
+  _line_lead_dot = false;
   _data_state = data_state::line_start;
 }
 
@@ -213,7 +217,35 @@ constexpr std::string_view held_dot = ".";
 constexpr std::string_view crlf = "\r\n";
 constexpr std::string_view lf_only = "\n";
 constexpr std::string_view lone_dot_line = "..\r\n";  // a "." line that must not end DATA
+constexpr std::string_view crlf_space = "\r\n ";
 }  // namespace
+
+// long_line_policy::fold: the octets [c.p, next_special) continue the current line (no CR,
+// LF or NUL among them); each time the line reaches the limit it is broken there. The break
+// depends only on the line's octets, never on how the client's segments split them, so the
+// stored message (and its DKIM signature) is the same for the same input.
+void server_session::fold_long_line(data_cursor& c, const char* next_special) noexcept {
+  const std::uint64_t limit = _config.limits.text_line_bytes_max - 2;  // octets before CRLF
+  while (!_message_failed) {
+    const std::uint64_t room = limit - (_line_lead_dot ? 1 : 0);  // a stuffing dot is stored
+    if (_line_bytes + static_cast<std::uint64_t>(next_special - c.p) <= room) return;
+    RINGMTA_ASSERT(_line_bytes <= room);
+    const char* const at = c.p + (room - _line_bytes);  // the first octet that does not fit
+    emit_body(c.run, at);
+    c.run = c.p = at;
+    // RFC 5322 §2.2.3: in the header section CRLF and a blank continue the field; in DATA a
+    // "." that now begins a line gets its stuffing dot (RFC 5321 §4.5.2).
+    const bool space = _in_header_section;
+    const bool dot = !space && *at == '.' && _summary.form == body_form::wire;
+    emit_static(space ? crlf_space : crlf);
+    if (dot) emit_static(held_dot);
+    _stuffed_dots += 2 + (space || dot ? 1 : 0);  // ours: not counted against the size limit
+    _summary.folded = true;
+    ++_summary.line_count;
+    _line_bytes = space ? 1 : 0;
+    _line_lead_dot = dot;
+  }
+}
 
 void server_session::emit_static(std::string_view bytes) noexcept {
   emit_body(bytes.data(), bytes.data() + bytes.size());
@@ -240,6 +272,8 @@ std::size_t server_session::feed_data(std::string_view bytes) noexcept {
         [[fallthrough]];
       case data_state::in_line: {
         const char* q = find_cr_lf_nul(c.p, c.end, _summary.eight_bit);
+        if (_config.long_lines == long_line_policy::fold && _config.limits.text_line_bytes_max)
+          fold_long_line(c, q);
         _line_bytes += static_cast<std::uint64_t>(q - c.p);
         c.p = q;
         if (c.p == c.end) break;
@@ -361,6 +395,7 @@ void server_session::data_after_dot(data_cursor& c, bool normalize) noexcept {
     }
   } else {
     ++_stuffed_dots;
+    _line_lead_dot = true;  // stored with the line: folding counts it (_line_bytes does not)
     if (!c.dot_here) {  // the dot came in an earlier buffer
       emit_static(held_dot);
       c.run = c.p;
@@ -444,6 +479,8 @@ void server_session::scan_bdat(std::string_view chunk) noexcept {
     }
     const char* q = find_cr_lf_nul(c.p, c.end, _summary.eight_bit);
     if (q != c.p) _data_state = data_state::in_line;
+    if (_config.long_lines == long_line_policy::fold && _config.limits.text_line_bytes_max)
+      fold_long_line(c, q);
     _line_bytes += static_cast<std::uint64_t>(q - c.p);
     c.p = q;
     if (c.p == c.end) break;

@@ -92,7 +92,9 @@ void apply_extensions(const cli_options& cli, sink_config& config) {
   e.eight_bit_mime = !cli.no_8bitmime;
   e.chunking = !cli.no_chunking;
   e.binary_mime = !cli.no_chunking && !cli.no_8bitmime;
-  e.smtputf8 = !cli.no_smtputf8;
+  // RFC 6531 §3.1: a server offering SMTPUTF8 must also offer 8BITMIME; offering it alone made
+  // Postfix send BODY=8BITMIME and get 555.
+  e.smtputf8 = !cli.no_smtputf8 && !cli.no_8bitmime;
   e.dsn = !cli.no_dsn;
   e.size = !cli.no_size;
   e.enhanced_status_codes = !cli.no_enhanced;
@@ -284,7 +286,7 @@ void add_flags(CLI::App& app, cli_options& cli, sink_config& config) {
                "do not pin thread i to the i-th allowed CPU (taskset still applies)");
   app.add_flag("--json", cli.json, "print stats as JSON (stdout) on SIGUSR1 and exit");
   app.add_flag("--no-pipelining", cli.no_pipelining, "do not offer PIPELINING");
-  app.add_flag("--no-8bitmime", cli.no_8bitmime, "do not offer 8BITMIME (nor BINARYMIME)");
+  app.add_flag("--no-8bitmime", cli.no_8bitmime, "do not offer 8BITMIME (nor BINARYMIME, nor SMTPUTF8)");
   app.add_flag("--no-chunking", cli.no_chunking, "do not offer CHUNKING (BDAT)");
   app.add_flag("--no-smtputf8", cli.no_smtputf8, "do not offer SMTPUTF8");
   app.add_flag("--no-dsn", cli.no_dsn, "do not offer DSN");

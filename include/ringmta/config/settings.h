@@ -26,6 +26,7 @@ class error : public std::runtime_error {
 };
 
 enum class bare_line_ending_policy : std::uint8_t { reject, normalize };
+enum class long_line_policy : std::uint8_t { reject, fold };
 
 // Whether shard threads are pinned to CPUs. automatic: only when the process's CPU set was
 // reserved for it (narrower than the online CPUs, or isolated CPUs), see shard/pinning.h.
@@ -87,6 +88,7 @@ struct settings {
   std::uint32_t sessions_per_client_max = 100;
   std::uint32_t errors_per_session_max = 20;
   bare_line_ending_policy bare_line_endings = bare_line_ending_policy::reject;
+  long_line_policy long_lines = long_line_policy::fold;  // issue 17: docs/interop.md
 
   // [timeouts] server side, RFC 5321 §4.5.3.2 (seconds)
   std::uint32_t timeout_command_s = 300;

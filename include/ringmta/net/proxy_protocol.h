@@ -1,7 +1,7 @@
 // PROXY protocol v1 (text) and v2 (binary) header parser, as sent by HAProxy and other load
 // balancers in front of ringmta (https://www.haproxy.org/download/2.8/doc/proxy-protocol.txt).
 //
-// Pure: bytes in, a verdict out; no syscalls, no allocation. The connection feeds whatever it
+// Pure: bytes in, a verdict out; no syscalls; the parser does not allocate. The connection feeds whatever it
 // has received; the parser never consumes a byte past the header, so SMTP bytes that arrive in
 // the same segment are left for the SMTP session. It never trusts a length it has not bounded:
 // v1 headers are at most 107 bytes, v2 headers at most 16 + 65535 (we cap TLVs at 1 KiB).
@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "ringmta/core/endpoint.h"
@@ -38,5 +39,21 @@ inline constexpr std::size_t proxy_v2_tlv_bytes_max = 1024;
 
 // `received` is everything received on the connection so far (from its first byte).
 proxy_result parse_proxy_header(std::string_view received) noexcept;
+
+// Collects a header that arrives in any number of pieces (a balancer or a client may send it
+// one byte per segment). The first piece is parsed in place; only a header split across
+// receives is copied, and the copy is bounded by the parser (at most 16 + 216 + 1 KiB).
+class proxy_header_reader {
+ public:
+  // One received piece. When the result is `done`, `trailing_bytes()` octets at the end of
+  // `piece` came after the header (SMTP sent before our greeting).
+  proxy_result feed(std::string_view piece);
+  std::size_t trailing_bytes() const noexcept { return _trailing; }
+  void reset() noexcept;
+
+ private:
+  std::string _pending;  // the pieces so far, while the header is incomplete
+  std::size_t _trailing = 0;
+};
 
 }  // namespace ringmta::net

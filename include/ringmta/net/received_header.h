@@ -10,6 +10,7 @@
 // would put a DNS round trip on every connection), so the parenthesised part names the
 // client's address only, as RFC 5321 §4.4 allows ("TCP-info" is the address literal).
 // The "for" clause is given only for single-recipient messages, to not disclose Bcc lists.
+// The protocol given here is the one the connection logs for the message: one source.
 #pragma once
 
 #include <cstddef>
@@ -29,6 +30,9 @@ struct received_fields {
   // "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))" or empty (Postfix's
   // form, on its own line after the "from" clause).
   std::string_view tls;
+  // An SMTPUTF8 message (RFC 6531): the "for" address keeps its UTF-8 (RFC 6532 §3.2); in any
+  // other message a non-ASCII octet becomes '_'.
+  bool utf8 = false;
 };
 
 inline constexpr std::size_t received_header_bytes_max = 1024;

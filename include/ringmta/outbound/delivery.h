@@ -91,6 +91,9 @@ struct delivery {
 struct remote_host {
   std::string_view name;
   const core::endpoint* address = nullptr;
+  // The server offered DSN (RFC 3461): NOTIFY/ORCPT/ENVID/RET went on with the message, so
+  // success reports are its job, not ours (RFC 3461 §5.2.2).
+  bool offers_dsn = false;
 };
 
 struct recipient_result {
@@ -175,8 +178,10 @@ class envelope_storage {
 
  private:
   std::string _reverse_path;
+  std::string _reverse_path_ascii;  // with an A-label domain, when that differs (net/idna.h)
   std::string _envid;
   std::vector<std::string> _addresses;
+  std::vector<std::string> _addresses_ascii;
   std::vector<std::string> _orcpts;
   std::vector<smtp::client_recipient> _recipients;
   smtp::client_envelope _envelope;

@@ -54,10 +54,13 @@ struct dsn_recipient {
   std::string_view orcpt;          // ORCPT as received ("rfc822;a+2Bb@x"), may be empty
   dsn_action action = dsn_action::failed;
   status_code status;              // invalid: 5.0.0 / 4.0.0 / 2.0.0 from the action
-  std::string_view remote_mta;     // host name (or "[192.0.2.1]"), may be empty
+  std::string_view remote_mta;     // host name (or "[192.0.2.1]"), may be empty; no port
   std::string_view diagnostic;     // the remote reply text, e.g. "550 5.1.1 no such user"
   std::int64_t last_attempt_seconds = 0;      // 0: not given
   std::int64_t will_retry_until_seconds = 0;  // delayed only; 0: not given
+  // RFC 3464 §2.3.6 diagnostic-type: "smtp" only for a reply a server sent; our own reasons
+  // (an operator bounce, an expired lifetime) use an X- type so no one reads them as SMTP.
+  std::string_view diagnostic_type = "smtp";
 };
 
 struct dsn_policy {

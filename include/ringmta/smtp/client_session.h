@@ -95,12 +95,17 @@ struct client_recipient {
   std::string_view address;  // forward path without <>, e.g. "user@example.org"
   std::string_view notify;   // DSN NOTIFY value ("SUCCESS,FAILURE") or empty (RFC 3461 §4.1)
   std::string_view orcpt;    // DSN ORCPT value, already xtext ("rfc822;user@example.org") or empty
+  // The address with its domain in A-labels ("bob@xn--bcher-kva.test" for "bob@bücher.test"),
+  // sent instead to a server without SMTPUTF8 (RFC 6531 §3.2, RFC 5890); empty: none exists
+  // (ASCII already, or a non-ASCII local part: such an address needs SMTPUTF8).
+  std::string_view address_ascii;
 };
 
 // One message to send. Every view (and the recipients array) is owned by the embedder and must
 // stay valid from start_transaction() until its message_result event has been returned.
 struct client_envelope {
   std::string_view reverse_path;  // without <>; empty for the null reverse path <>
+  std::string_view reverse_path_ascii;  // like client_recipient::address_ascii
   std::span<const client_recipient> recipients;
   std::uint64_t size_bytes = 0;   // body size in wire form, for SIZE= (RFC 1870); 0 = unknown
   client_body_type body = client_body_type::seven_bit;
@@ -258,6 +263,7 @@ class client_session {
   void fail_all_recipients(client_outcome outcome, const parsed_reply& reply) noexcept;
   void conclude(client_outcome outcome, const parsed_reply& reply, bool rset_needed) noexcept;
   recipient_problem check_recipient(std::uint32_t index) const noexcept;
+  std::string_view sent_path(std::string_view path, std::string_view ascii) const noexcept;
   std::uint32_t skip_unsendable(std::uint32_t step) const noexcept;
   client_phase phase_for_step(std::uint32_t step) const noexcept;
   client_event report_recipient(std::uint32_t index) noexcept;

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace ringmta::smtp {
@@ -60,6 +61,9 @@ struct parsed_reply {
                     std::string_view text) noexcept;
   // Deep copy (fixed size, no allocation), used when a reply must outlive the next one.
   void copy_from(const parsed_reply& other) noexcept;
+  // The text on one line for logs and DSNs: lines joined by one space, lines that are empty
+  // (a "550-5.7.1" line with only a code) and spaces at the joins left out.
+  std::string one_line_text() const;
 };
 
 enum class reply_parse_error : std::uint8_t {

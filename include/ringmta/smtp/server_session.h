@@ -50,12 +50,24 @@ enum class bare_line_ending_policy : std::uint8_t {
   normalize,  // bare CR / bare LF become CRLF in the body handed to the embedder
 };
 
+// A text line over text_line_bytes_max (RFC 5321 §4.5.3.1.6: 998 octets + CRLF).
+enum class long_line_policy : std::uint8_t {
+  reject,  // 550 5.6.0 at end of data: the content is never changed (the engine's default)
+  // The body handed to the embedder gets a line break where a line reaches the limit, as
+  // Postfix's smtp_line_length_limit: CRLF and a space in the header section (the field goes
+  // on as folding, RFC 5322 §2.2.3), CRLF alone in the body (base64 and HTML URL parsers drop
+  // it; a "." after it gets its stuffing dot in DATA, RFC 5321 §4.5.2). Only the line's octets
+  // decide where (never the client's segmentation), and whatever signs the message (DKIM)
+  // sees the folded octets, since it reads what the embedder stores.
+  fold,
+};
+
 // What hitting each limit does (all keep the session in sync with the client):
 // - command line longer than its command's limit (command_line_bytes_max, more for MAIL/RCPT
 //   with extensions, auth_line_bytes_max for AUTH): 500 5.5.2 at once, rest of the line
 //   skipped up to its LF (RFC 5321 §4.5.3.1.4, §4.5.3.1.10);
 // - text line longer than text_line_bytes_max: the message is read to its end and refused
-//   with 550 5.6.0 (§4.5.3.1.6; not truncated or wrapped, which would change signed content);
+//   with 550 5.6.0 (§4.5.3.1.6), unless long_line_policy::fold breaks it (see there);
 // - message over message_bytes_max (unstuffed octets): SIZE= over it gets 552 5.3.4 at MAIL;
 //   otherwise the body is read and dropped to its end, then 552 5.3.4 (RFC 1870 §6.2);
 // - recipients over recipients_max: 452 4.5.3 for each extra RCPT (§4.5.3.1.10);
@@ -91,6 +103,7 @@ struct server_config {
   std::string_view auth_mechanisms = "PLAIN LOGIN";
   bool vrfy_enabled = true;                       // false: VRFY gets 502 5.5.1
   bare_line_ending_policy bare_line_ending = bare_line_ending_policy::reject;
+  long_line_policy long_lines = long_line_policy::reject;
 };
 
 enum class body_form : std::uint8_t {
@@ -122,6 +135,7 @@ struct body_summary {
   bool eight_bit = false;           // an octet above 127 was seen
   bool normalized = false;          // bare CR/LF were rewritten to CRLF, or NULs dropped
   bool final_crlf_added = false;    // BDAT: the message did not end with CRLF; one was added
+  bool folded = false;              // long_line_policy::fold broke a line over the limit
 };
 
 // The current transaction; views stay valid until the next MAIL, RSET, HELO/EHLO or the end
@@ -237,6 +251,7 @@ class server_session {
     bool dot_here;    // the held "." is in this buffer, at run
   };
   struct command_entry;
+  void fold_long_line(data_cursor& c, const char* next_special) noexcept;
 
   // commands and verdicts (server_commands.cc, server_transaction.cc)
   void process_line(std::string_view line) noexcept;
@@ -342,7 +357,9 @@ class server_session {
   bool _bdat_discard = false;       // chunk is read and dropped (no transaction / rejected)
   std::uint64_t _bdat_remaining = 0;
   std::uint64_t _line_bytes = 0;
-  std::uint64_t _stuffed_dots = 0;
+  std::uint64_t _stuffed_dots = 0;  // octets we added (stuffing dots, fold breaks): not sized
+  bool _in_header_section = true;   // no empty line yet (where a fold break gets a space)
+  bool _line_lead_dot = false;      // DATA: this line is stored with a stuffing dot before it
   body_summary _summary;
   mail_parameters _mail_parameters;
 

@@ -24,11 +24,19 @@ bool ret_ok(std::string_view value) noexcept {
 
 }  // namespace
 
+// RFC 6531 §3.2, RFC 5890: a server without SMTPUTF8 gets an address whose only non-ASCII
+// part is its domain with the domain in A-labels; with SMTPUTF8 the address goes as received.
+std::string_view client_session::sent_path(std::string_view path,
+                                           std::string_view ascii) const noexcept {
+  return !_extensions.smtputf8 && !ascii.empty() ? ascii : path;
+}
+
 client_session::recipient_problem client_session::check_recipient(
     std::uint32_t index) const noexcept {
   const client_recipient& recipient = _envelope.recipients[index];
+  const std::string_view address = sent_path(recipient.address, recipient.address_ascii);
   bool eight_bit = false;
-  if (recipient.address.empty() || !path_ok(recipient.address, eight_bit)) {
+  if (address.empty() || !path_ok(address, eight_bit)) {
     return recipient_problem::bad_address;
   }
   // DSN parameters are only sent when the server offers DSN (RFC 3461 §4); only then they count.
@@ -87,10 +95,13 @@ bool client_session::fail_locally(const client_envelope& envelope) noexcept {
   std::uint32_t sendable = 0;
   for (std::uint32_t i = 0; i < recipient_count(); ++i) {
     if (check_recipient(i) == recipient_problem::none) ++sendable;
-    (void)path_ok(envelope.recipients[i].address, eight_bit);
+    const auto& recipient = envelope.recipients[i];
+    (void)path_ok(sent_path(recipient.address, recipient.address_ascii), eight_bit);
   }
-  const bool reverse_path_ok = path_ok(envelope.reverse_path, eight_bit);
-  // RFC 6531 §3.2: non-ASCII addresses need SMTPUTF8 whatever the embedder said.
+  const bool reverse_path_ok =
+      path_ok(sent_path(envelope.reverse_path, envelope.reverse_path_ascii), eight_bit);
+  // RFC 6531 §3.2: non-ASCII addresses need SMTPUTF8 whatever the embedder said; to a server
+  // without it, domains went as A-labels above, so only a non-ASCII local part counts.
   _needs_smtputf8 = envelope.smtputf8 || eight_bit;
   const bool dsn_ok = (envelope.dsn_ret.empty() || ret_ok(envelope.dsn_ret)) &&
                       (envelope.dsn_envid.empty() ||
@@ -148,7 +159,7 @@ void client_session::render_step(std::uint32_t step) noexcept {
     append("RSET\r\n");
   } else if (step == step_mail) {
     append("MAIL FROM:<");
-    append(_envelope.reverse_path);
+    append(sent_path(_envelope.reverse_path, _envelope.reverse_path_ascii));
     append(">");
     if (_extensions.size && _envelope.size_bytes != 0) {  // RFC 1870 §3
       append(" SIZE=");
@@ -168,7 +179,7 @@ void client_session::render_step(std::uint32_t step) noexcept {
   } else if (step < step_data()) {
     const client_recipient& recipient = _envelope.recipients[step - step_first_rcpt];
     append("RCPT TO:<");
-    append(recipient.address);
+    append(sent_path(recipient.address, recipient.address_ascii));
     append(">");
     if (_extensions.dsn && !recipient.notify.empty()) {  // RFC 3461 §4.1
       append(" NOTIFY=");

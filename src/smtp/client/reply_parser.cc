@@ -199,4 +199,20 @@ void reply_parser::append_text(std::string_view text) noexcept {
   _reply.text_bytes = static_cast<std::uint16_t>(_reply.text_bytes + take);
 }
 
+std::string parsed_reply::one_line_text() const {
+  std::string out;
+  std::string_view rest = text();
+  while (!rest.empty()) {
+    const auto newline = rest.find('\n');
+    std::string_view line = rest.substr(0, newline);
+    rest = newline == std::string_view::npos ? std::string_view() : rest.substr(newline + 1);
+    while (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+    while (!line.empty() && line.back() == ' ') line.remove_suffix(1);
+    if (line.empty()) continue;
+    if (!out.empty()) out += ' ';
+    out += line;
+  }
+  return out;
+}
+
 }  // namespace ringmta::smtp

@@ -1,8 +1,8 @@
 // libFuzzer target for smtp::server_session.
 //
-// Input: 3 octets of configuration (policy, offered features, limits, PRNG seed), then the
-// client's byte stream. The stream is fed in pieces whose sizes come from a PRNG seeded by the
-// input; the handler answers accept / respond / pending at random and resumes pending verdicts
+// Input: 3 octets of configuration (policies, offered features, limits, PRNG seed whose low
+// bit also picks long_lines=fold), then the client's byte stream. The stream is fed in pieces
+// whose sizes come from a PRNG seeded by the input; the handler answers accept / respond / pending at random and resumes pending verdicts
 // later; output is drained at random (so feed() pauses on a full buffer). Checked invariants:
 // - feed() never consumes more than given; output never exceeds its capacity;
 // - every reply line is "DDD" (2xx-5xx) + ' ' or '-' + text + CRLF, at most 512 octets, lines
@@ -12,7 +12,7 @@
 // - an accepted DATA body has only CRLF line endings, never contains <CR><LF>.<CR><LF> and
 //   never starts with ".<CR><LF>" (no smuggled end marker can reach the spool); an accepted
 //   BDAT body (not BINARYMIME) has only CRLF line endings too; neither holds a NUL, and both
-//   end with CRLF;
+//   end with CRLF; under long_lines=fold no line of an accepted body exceeds the limit;
 // - no handler call after the session wants to close.
 #include <cstddef>
 #include <cstdint>
@@ -49,7 +49,7 @@ struct prng {
 };
 
 bool is_static_piece(std::string_view s) {
-  return s == "." || s == "\r\n" || s == "\n" || s == "..\r\n";
+  return s == "." || s == "\r\n" || s == "\n" || s == "..\r\n" || s == "\r\n ";
 }
 
 class fuzz_handler final : public server_handler {
@@ -63,6 +63,7 @@ class fuzz_handler final : public server_handler {
   std::string body;
   std::uint64_t body_bytes = 0;
   std::uint64_t message_bytes_max = 0;
+  std::uint32_t folded_line_bytes_max = 0;  // long_lines=fold: no stored line longer (incl. CRLF)
 
   verdict pick(bool auth) noexcept {
     FUZZ_CHECK(!closed);
@@ -107,8 +108,10 @@ class fuzz_handler final : public server_handler {
     FUZZ_CHECK(inside || is_static_piece(slice));
     body_bytes += slice.size();
     // DATA: the limit counts unstuffed octets, so stuffing dots may add up to one per line.
-    FUZZ_CHECK(body_bytes <= (form == body_form::raw ? message_bytes_max
-                                                     : 2 * message_bytes_max + 4));
+    // Folding adds up to 4 octets per line it breaks (lines of at least 62 octets here).
+    FUZZ_CHECK(body_bytes <= (form == body_form::raw && folded_line_bytes_max == 0
+                                  ? message_bytes_max
+                                  : 2 * message_bytes_max + 4));
     if (body.size() < (1u << 20)) body.append(slice);
   }
   verdict on_data_end(const body_summary& summary) noexcept override {
@@ -145,6 +148,11 @@ class fuzz_handler final : public server_handler {
       if (body[i] == '\n') FUZZ_CHECK(i > 0 && body[i - 1] == '\r');
     }
     FUZZ_CHECK(body.empty() || body.size() >= 2);
+    for (std::size_t at = 0; folded_line_bytes_max != 0 && at < body.size();) {
+      const std::size_t end = body.find("\r\n", at);
+      FUZZ_CHECK(end != std::string::npos && end + 2 - at <= folded_line_bytes_max);
+      at = end + 2;
+    }
   }
 
   static constexpr char long_text[601] =
@@ -195,8 +203,9 @@ class reply_checker {
   bool _finished = false;
 };
 
-server_config make_config(std::uint8_t flags, std::uint8_t extensions) {
+server_config make_config(std::uint8_t flags, std::uint8_t extensions, std::uint8_t seed) {
   server_config c;
+  c.long_lines = (seed & 1) ? long_line_policy::fold : long_line_policy::reject;
   c.hostname = "fuzz.example";
   c.bare_line_ending = (flags & 1) ? bare_line_ending_policy::normalize
                                    : bare_line_ending_policy::reject;
@@ -226,10 +235,12 @@ server_config make_config(std::uint8_t flags, std::uint8_t extensions) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 3) return 0;
-  const server_config config = make_config(data[0], data[1]);
+  const server_config config = make_config(data[0], data[1], data[2]);
   prng random{0x9e3779b97f4a7c15ull ^ (std::uint64_t{data[2]} << 32) ^ size};
   fuzz_handler handler(random);
   handler.message_bytes_max = config.limits.message_bytes_max;
+  if (config.long_lines == long_line_policy::fold)
+    handler.folded_line_bytes_max = config.limits.text_line_bytes_max;
   server_session session(config, handler);
   reply_checker replies;
   if (data[0] & 64) session.start_refusing("busy");

@@ -83,6 +83,24 @@ for version, port in (("v1", v1_port), ("v2", v2_port)):
     tap.ok(code == 250, f"{version}: but may send to our domain")
     other.close()
 
+# Issue 17 item 7: a header that arrives one byte per segment (before the fix: never
+# completed, closed by the 10 s PROXY timeout without a greeting).
+v2_body = bytes([127, 0, 0, 9, 127, 0, 0, 1, 0x10, 0, 0, 25])
+for version, header in (("v1", b"PROXY TCP4 127.0.0.9 127.0.0.1 4096 25\r\n"),
+                        ("v2", b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c" + v2_body)):
+    c = client_from("127.0.0.1", daemon.port)
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(len(header)):
+        c.send(header[i:i + 1])
+        time.sleep(0.005)  # pacing, so each byte is its own segment and read
+    code, _ = c.reply()
+    tap.ok(code == 220, f"{version} header one byte per segment: greeting")
+    c.command("EHLO client.test")
+    c.command("MAIL FROM:<a@client.test>")
+    code, text = c.command("RCPT TO:<b@elsewhere.test>")
+    tap.ok(code == 250, f"{version} in pieces: the address in it (127.0.0.9) may relay", text)
+    c.close()
+
 raw = Conversation(daemon.port)
 raw.send("EHLO no-proxy-header\r\n")
 code, _ = raw.reply()

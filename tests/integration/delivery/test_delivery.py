@@ -221,6 +221,9 @@ bounced_dsn = wait_until(lambda: len(sender_domain.messages()) > before, 20)
 last = sender_domain.messages()[-1][1] if bounced_dsn else b""
 tap.ok(bounced_dsn and b"held@broken.test" in last and b"operator" in last,
        "the bounced message's DSN reaches the sender", last[-800:])
+# Issue 17: no server sent "bounced by the operator": it is not an SMTP diagnostic.
+tap.ok(b"Diagnostic-Code: X-Ringmta; " in last and b"Diagnostic-Code: smtp;" not in last,
+       "the operator bounce's Diagnostic-Code is X-Ringmta, not smtp", last[-800:])
 code, body = admin(operated, "POST", "/queue/broken.test/explode")
 tap.ok(code == 400 and "unknown action" in body["error"], "an unknown action is refused", body)
 tap.ok(operated.stop() == 0, "clean exit")

@@ -125,6 +125,10 @@ corpus = {
                   b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
                   b"Content-Transfer-Encoding: 8bit\r\n", "caf\u00e9 \u2713\r\n".encode()),
     "no-final-crlf": (b"To: bob@DEST\r\nSubject: unterminated\r\n", b"last line"),
+    # Issue 17: lines over 998 octets are folded (--long-lines fold, the default) before they
+    # are stored and signed: the signature holds over what is relayed. A "." lands at 998.
+    "long-lines": (b"To: bob@DEST\r\nSubject: " + b"s" * 1500 + b"\r\n",
+                   b"<p>" + b"h" * 995 + b".after the fold " + b"w" * 2100 + b"</p>\r\nend\r\n"),
 }
 BDAT_ONLY = {"no-final-crlf"}  # DATA cannot carry a body without its final CRLF
 
@@ -211,6 +215,11 @@ arrived = wait_until(lambda: len(bdat_sink.messages()) + len(data_sink.messages(
 saved = bdat_sink.messages() + data_sink.messages()
 tap.ok(arrived, f"all {expected} messages arrived at the sinks",
        f"{len(saved)} arrived; " + "\n".join(daemon.stderr_lines[-5:]))
+folded = [m for _, m in saved if b"Message-ID: <long-lines." in m]
+tap.ok(len(folded) == 4 and all(max(len(line) for line in m.split(b"\r\n")) <= 998 and
+                                b"\r\n.after the fold" in m for m in folded),
+       "lines over 998 octets arrive folded (the sink saves them unstuffed), signed as stored",
+       [max(len(line) for line in m.split(b"\r\n")) for m in folded])
 
 bad_dkimpy, bad_opendkim, counts, artifacts = [], [], [], []
 for envelope, message in saved:

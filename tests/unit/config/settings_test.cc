@@ -165,8 +165,8 @@ TEST(settings, outbound_tls_errors_name_where_and_what) {
   EXPECT_EQ(error_of("[relay.tls]\npolicy = \"verify\"\npolicie = \"none\"\n"),
             "test.toml:3: unknown setting 'relay.tls.policie'");
   EXPECT_EQ(error_of("[relay.tls.policy_for]\n\"bank..example\" = \"verify\"\n"),
-            "test.toml:2: relay.tls.policy_for: expected a domain name such as example.com, "
-            "got 'bank..example'");
+            "test.toml:2: relay.tls.policy_for: expected a domain name such as example.com or "
+            "b\xC3\xBC" "cher.example, got 'bank..example'");
   EXPECT_EQ(error_of("", {"--tls-policy-for", "bank.example"}),
             "command line: --tls-policy-for: expected DOMAIN=POLICY, got 'bank.example'");
   EXPECT_EQ(error_of("", {"--tls-policy-for", "bank.example=strict"}),

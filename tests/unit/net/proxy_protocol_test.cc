@@ -103,5 +103,35 @@ TEST(proxy_v2, malformed_headers_are_invalid) {
   EXPECT_EQ(parse_proxy_header("\r\n\r\nX").status, proxy_status::invalid);
 }
 
+// Issue 17 item 7: a header sent one byte per segment must complete, in v1 and v2, and bytes
+// that come with the last piece are counted as trailing (an early talker).
+TEST(proxy_reader, header_one_byte_per_piece) {
+  const std::string v1 = "PROXY TCP4 192.0.2.7 192.0.2.1 4321 25\r\n";
+  std::string body(12, '\0');
+  body[0] = 10, body[3] = 9, body[8] = 0x10, body[11] = 25;
+  for (const auto& header : {v1, v2_header(1, 0x11, body)}) {
+    proxy_header_reader reader;
+    proxy_result result;
+    for (std::size_t i = 0; i + 1 < header.size(); ++i) {
+      result = reader.feed(header.substr(i, 1));
+      ASSERT_EQ(result.status, proxy_status::need_more) << i;
+    }
+    result = reader.feed(header.substr(header.size() - 1) + "EHLO");
+    ASSERT_EQ(result.status, proxy_status::done) << result.problem;
+    EXPECT_EQ(result.header_bytes, header.size());
+    EXPECT_EQ(reader.trailing_bytes(), 4u);
+    EXPECT_TRUE(result.has_addresses);
+  }
+}
+
+TEST(proxy_reader, garbage_in_pieces_is_invalid_and_reset_starts_over) {
+  proxy_header_reader reader;
+  EXPECT_EQ(reader.feed("PRO").status, proxy_status::need_more);
+  EXPECT_EQ(reader.feed("XZ").status, proxy_status::invalid);
+  reader.reset();
+  EXPECT_EQ(reader.feed("PROXY UNKNOWN\r\n").status, proxy_status::done);
+  EXPECT_EQ(reader.trailing_bytes(), 0u);
+}
+
 }  // namespace
 }  // namespace ringmta::net

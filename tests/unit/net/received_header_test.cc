@@ -44,6 +44,21 @@ TEST(received_header, hostile_helo_cannot_add_lines_or_comments) {
   EXPECT_NE(header.find("Thu, 01 Jan 1970 00:00:00 +0000\r\n"), std::string::npos);
 }
 
+// Issue 17 item 3: an SMTPUTF8 message keeps the UTF-8 address (RFC 6532), as Postfix and
+// Exim do; malformed UTF-8 and CR/LF still become '_'; a non-SMTPUTF8 message stays ASCII.
+TEST(received_header, utf8_for_clause_of_an_smtputf8_message) {
+  received_fields fields{"client.example", "192.0.2.7", "mx.example.com", "UTF8SMTP", "Q1",
+                         "b\xC3\xB6" "b@b\xC3\xBC" "cher.test", 0};
+  fields.utf8 = true;
+  EXPECT_NE(format(fields).find("\tfor <b\xC3\xB6" "b@b\xC3\xBC" "cher.test>;\r\n"),
+            std::string::npos) << format(fields);
+  fields.single_recipient = "x\xC3@y\xED\xA0\x80\r\n.test";  // cut sequence, surrogate, CRLF
+  EXPECT_NE(format(fields).find("for <x_@y_____.test>"), std::string::npos) << format(fields);
+  fields.utf8 = false;
+  fields.single_recipient = "b\xC3\xB6" "b@example.com";
+  EXPECT_NE(format(fields).find("for <b__b@example.com>"), std::string::npos);
+}
+
 TEST(received_header, oversized_fields_are_truncated_within_the_buffer) {
   const std::string huge(5000, 'a');
   received_fields fields{huge, huge, huge, huge, huge, huge, 0};

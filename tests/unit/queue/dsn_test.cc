@@ -453,6 +453,26 @@ TEST(dsn, success_report) {
   EXPECT_EQ(dsn.top.field("subject"), "Successful Mail Delivery Report");
   EXPECT_EQ(dsn.status_groups[1]["action"], "relayed");
   EXPECT_FALSE(result.returned_full);
+  EXPECT_NE(dsn.parts[0].body.find("relayed"), std::string::npos) << dsn.parts[0].body;
+  EXPECT_NE(dsn.parts[0].body.find("does not send"), std::string::npos) << dsn.parts[0].body;
+}
+
+// Issue 17: Remote-MTA is "dns; host.name"; a diagnostic that no server sent (an operator
+// bounce) has an X- type, never "smtp;".
+TEST(dsn, remote_mta_and_diagnostic_type) {
+  dsn_fixture f;
+  f.recipients[0].remote_mta = "mx.example.net";
+  f.recipients[0].diagnostic = "550 5.1.1 no such user";
+  parsed_dsn dsn = f.build();
+  EXPECT_EQ(dsn.status_groups[1]["remote-mta"], "dns; mx.example.net");
+  EXPECT_EQ(dsn.status_groups[1]["diagnostic-code"], "smtp; 550 5.1.1 no such user");
+  dsn_fixture local;
+  local.recipients[0].remote_mta = {};
+  local.recipients[0].diagnostic = "bounced by the operator";
+  local.recipients[0].diagnostic_type = "X-Ringmta";
+  parsed_dsn bounced = local.build();
+  EXPECT_EQ(bounced.status_groups[1]["diagnostic-code"], "X-Ringmta; bounced by the operator");
+  EXPECT_EQ(bounced.status_groups[1].count("remote-mta"), 0u);
 }
 
 TEST(dsn, refuses_bad_requests) {

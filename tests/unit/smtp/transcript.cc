@@ -190,7 +190,7 @@ class recording_handler final : public server_handler {
            std::to_string(s.message_bytes) + " lines=" + std::to_string(s.line_count) +
            " chunks=" + std::to_string(s.chunk_count) + " 8bit=" + (s.eight_bit ? "1" : "0") +
            " normalized=" + (s.normalized ? "1" : "0") +
-           (s.final_crlf_added ? " final_crlf_added" : "") +
+           (s.final_crlf_added ? " final_crlf_added" : "") + (s.folded ? " folded" : "") +
            (s.declared == body_type::unspecified
                 ? ""
                 : " body=" + std::string(to_string(s.declared))));
@@ -295,6 +295,8 @@ void build_config(const transcript& t, config_holder& h) {
   c.bare_line_ending = config_value(t, "bare", "reject") == "normalize"
                            ? bare_line_ending_policy::normalize
                            : bare_line_ending_policy::reject;
+  c.long_lines = config_value(t, "long_lines", "reject") == "fold" ? long_line_policy::fold
+                                                                    : long_line_policy::reject;
   c.extensions.pipelining = flag("pipelining", true);
   c.extensions.size = flag("size", true);
   c.extensions.eight_bit_mime = flag("8bitmime", true);

@@ -634,6 +634,45 @@ S: 221 bye
   EXPECT_EQ(capable.events.size(), 6u);
 }
 
+// Issue 17 item 2: a non-ASCII domain with an ASCII local part goes as its A-label form to a
+// server without SMTPUTF8 (no SMTPUTF8 parameter), and as received to one that offers it.
+TEST(client_session_rules, a_label_domain_to_a_server_without_smtputf8) {
+  const client_recipient idn[] = {
+      {"bob@b\xC3\xBC" "cher.test", {}, {}, "bob@xn--bcher-kva.test"}};
+  const auto plain = play(std::string(greeting_and_ehlo_pipelining) + R"(
+C: MAIL FROM:<sender@example.com>
+C: RCPT TO:<bob@xn--bcher-kva.test>
+C: DATA
+S: 250 ok
+S: 250 ok
+S: 354 go
+C: .
+S: 250 ok
+C: QUIT
+S: 221 bye
+)", {envelope_of(idn)});
+  EXPECT_EQ(plain.first_mismatch, "");
+  EXPECT_EQ(plain.events.back(), "closed quit 221");
+  const auto offered = play(R"(
+S: 220 mx
+C: EHLO client.example
+S: 250-mx
+S: 250 SMTPUTF8
+C: MAIL FROM:<sender@example.com> SMTPUTF8
+S: 250 ok
+C: RCPT TO:<bob@b)" "\xC3\xBC" R"(cher.test>
+S: 250 ok
+C: DATA
+S: 354 go
+C: .
+S: 250 ok
+C: QUIT
+S: 221 bye
+)", {envelope_of(idn)});
+  EXPECT_EQ(offered.first_mismatch, "");
+  EXPECT_EQ(offered.events.back(), "closed quit 221");
+}
+
 TEST(client_session_rules, smtputf8_required_but_not_offered) {
   const client_recipient utf8_recipient[] = {{"j\xC3\xB6rg@example.org", {}, {}}};
   client_envelope flagged = envelope_of(one_recipient);

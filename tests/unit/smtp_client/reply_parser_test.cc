@@ -74,6 +74,22 @@ TEST(reply_parser, multi_line_reply_joins_text_and_strips_enhanced_codes) {
             "Please try double-checking the address\nfor typos.");
 }
 
+// Issue 17 item 8: logs got "550 5.7.1  blocked" (two spaces) from a first line with only
+// the code; one_line_text() joins with one space and skips empty lines.
+TEST(reply_parser, one_line_text_for_logs) {
+  reply_parser parser(reply_lines_max_default);
+  const std::string bytes = "550-5.7.1\r\n550-5.7.1 blocked \r\n550 5.7.1  see the FAQ\r\n";
+  std::string_view rest = bytes;
+  while (!rest.empty()) {
+    const auto step = parser.feed(rest);
+    rest.remove_prefix(step.consumed);
+    ASSERT_NE(step.what, reply_parser::status::failed);
+    if (step.what == reply_parser::status::reply_done) break;
+  }
+  EXPECT_EQ(parser.reply().text(), "\nblocked \n see the FAQ");  // as received, lines by LF
+  EXPECT_EQ(parser.reply().one_line_text(), "blocked see the FAQ");
+}
+
 TEST(reply_parser, every_split_parses_like_the_whole) {
   const std::string bytes =
       "220-mx.example ESMTP\r\n220 2.0.0 ready\r\n"
