@@ -11,8 +11,6 @@ import shutil
 import smtplib
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 from harness import Daemon, Tap, free_port
 from peers import DnsServer, Sink, dsn_fields, wait_until, without_received
@@ -190,12 +188,9 @@ tap.ok(expiring.stop() == 0, "clean exit")
 # --- operator actions through the admin API: list, suspend, flush, bounce
 
 def admin(daemon, method, path):
-    request = urllib.request.Request(f"http://127.0.0.1:{daemon.admin_port}{path}", method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    """Through the control socket (SPOOL/admin.sock), as ringmta-ctl."""
+    code, body = daemon.admin(method, path, timeout=10)
+    return code, json.loads(body)
 
 
 before = len(sender_domain.messages())
@@ -208,7 +203,7 @@ listed = wait_until(lambda: [d for d in admin(operated, "GET", "/queue")[1]
 tap.ok(listed, "GET /queue lists the deferred destination with its job",
        admin(operated, "GET", "/queue"))
 code, body = admin(operated, "POST", "/queue/broken.test/suspend")
-tap.ok(code == 200 and body["known"], "POST suspend", body)
+tap.ok(code == 200 and body["action"] == "suspend", "POST suspend", body)
 tap.ok([d for d in admin(operated, "GET", "/queue")[1]
         if d["destination"] == "broken.test" and d["suspended"]], "the destination shows suspended")
 code, body = admin(operated, "POST", "/queue/broken.test/resume")
@@ -221,6 +216,10 @@ bounced_dsn = wait_until(lambda: len(sender_domain.messages()) > before, 20)
 last = sender_domain.messages()[-1][1] if bounced_dsn else b""
 tap.ok(bounced_dsn and b"held@broken.test" in last and b"operator" in last,
        "the bounced message's DSN reaches the sender", last[-800:])
+code, body = admin(operated, "POST", "/queue/gmial.com/suspend")
+tap.ok(code == 404 and not [d for d in admin(operated, "GET", "/queue")[1]
+                            if d["destination"] == "gmial.com"],
+       "a typo (POST /queue/gmial.com/suspend) is 404 and creates no destination", body)
 code, body = admin(operated, "POST", "/queue/broken.test/explode")
 tap.ok(code == 400 and "unknown action" in body["error"], "an unknown action is refused", body)
 tap.ok(operated.stop() == 0, "clean exit")
