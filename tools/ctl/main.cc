@@ -42,8 +42,8 @@ struct answer {
 std::string percent_encoded(std::string_view text) {
   std::string out;
   for (const unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') out += static_cast<char>(c);
-    else out += fmt::format("%{:02X}", c);
+    const bool unreserved = std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
+    out += unreserved ? std::string(1, static_cast<char>(c)) : fmt::format("%{:02X}", c);
   }
   return out;
 }
@@ -182,7 +182,8 @@ int show_queue(const context& c) {
                       ? "until " + when(d.value("suspended_until_ms", std::int64_t{0}))
                       : "yes";
     rows.push_back({d.value("destination", ""), std::to_string(d.value("ready", 0)),
-                    std::to_string(d.value("scheduled", 0)), std::to_string(d.value("in_flight", 0)),
+                    std::to_string(d.value("scheduled", 0)),
+                    std::to_string(d.value("in_flight", 0)),
                     std::to_string(d.value("connections", 0)),
                     when(d.value("next_attempt_ms", std::int64_t{0})), suspended,
                     d.value("last_error", "")});

@@ -181,8 +181,8 @@ TEST(http_server, unix_socket_has_its_mode_and_replaces_only_stale_files) {
   ASSERT_EQ(::lstat(path.c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
   EXPECT_EQ(st.st_mode & 0777, 0660u);
-  const auto echoed = exchange(unix_connect(path),
-                               "POST /echo HTTP/1.1\r\nConnection: close\r\n\r\n");
+  const auto echoed = exchange(unix_connect(path), "POST /echo HTTP/1.1\r\nConnection: close\r\n"
+                                                   "Content-Length: 0\r\n\r\n");
   EXPECT_NE(echoed.find("\r\n\r\nPOST   unix"), std::string::npos) << echoed;
   // A second server on the same path: the first still answers, so it is refused.
   http_server second;
