@@ -210,6 +210,7 @@ struct connection {
   void on_session_closed(const smtp::client_event& event) noexcept;
   void report(const smtp::client_event& event) noexcept;
   bool send_staged() noexcept;
+  bool queue_send(const char* bytes, std::uint32_t size) noexcept;
   void stage_output() noexcept;
   void finish() noexcept;
   void schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept;

@@ -133,10 +133,12 @@ void configure_tls(const config::settings& settings, relay_config& c) {
   tls_settings.ca_required = verifies || !settings.relay_tls_ca_file.empty();
   auto loaded = tls::load_client_context(tls_settings);
   if (!loaded.context) {
-    throw config::error(fmt::format("outbound TLS ({}): {}",
-                                    settings.relay_tls_ca_file.empty()
-                                        ? "system CA store; give --tls-ca FILE"
-                                        : "--tls-ca, relay.tls.ca_file",
+    if (settings.relay_tls_ca_file.empty())
+      throw config::error("outbound TLS (system CA store; give --tls-ca FILE): " + loaded.error);
+    const auto origin = settings.origins.find("relay.tls.ca_file");  // FILE:LINE or the flag
+    throw config::error(fmt::format("{}: relay.tls.ca_file: {}",
+                                    origin != settings.origins.end() ? origin->second
+                                                                     : "defaults",
                                     loaded.error));
   }
   c.outbound.tls_context = std::move(loaded.context);

@@ -66,7 +66,10 @@ def settled(spool, timeout=20):
 
 
 def run(command, timeout=20):
-    """(exit status, stderr); a command still running after `timeout` is killed (None)."""
+    """(exit status, stderr); a command still running after `timeout` is killed (None).
+    A daemon started here as root says so (--allow-root), as Daemon does."""
+    if os.geteuid() == 0 and command[1].startswith("--"):
+        command = command + ["--allow-root"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         return done.returncode, done.stderr
