@@ -1178,14 +1178,37 @@ int list_spool_command(const std::string& spool_directory, bool json) {
     return 1;
   }
   const std::int64_t now = core::wall_seconds();
+  // Why a recipient waits, as far as the spool knows: its attempts and next attempt (the
+  // journal), and an operator suspension of its domain (SPOOL/suspensions.json). The last
+  // reply is not journaled: `ringmta-ctl list` asks the running daemon for it.
+  suspension_table suspensions(spool_directory + "/suspensions.json");
+  std::string unreadable;
+  if (!suspensions.load(unreadable)) std::fprintf(stderr, "ringmta: %s\n", unreadable.c_str());
+  const auto why = [&](const spool::listed_recipient& r) {
+    std::string out = spool::recipient_state_name(r.status.state);
+    if (spool::is_final(r.status.state)) return out;
+    if (r.status.attempts > 0) out += fmt::format(", {} attempts", r.status.attempts);
+    if (r.status.next_attempt_seconds > now)
+      out += fmt::format(", next in {} s", r.status.next_attempt_seconds - now);
+    suspension held;
+    if (suspensions.find(destination_of(r.address, ""), held))
+      out += ", suspended" + (held.reason.empty() ? "" : ": " + held.reason);
+    return out;
+  };
   if (json) {
     auto out = nlohmann::json::array();
     for (const auto& m : listing.value().messages) {
       auto recipients = nlohmann::json::array();
-      for (const auto& r : m.recipients)
+      for (const auto& r : m.recipients) {
+        suspension held;
+        const bool suspended = suspensions.find(destination_of(r.address, ""), held);
         recipients.push_back({{"address", r.address},
                               {"state", spool::recipient_state_name(r.status.state)},
-                              {"attempts", r.status.attempts}});
+                              {"attempts", r.status.attempts},
+                              {"next_attempt_s", r.status.next_attempt_seconds},
+                              {"suspended", suspended},
+                              {"why", why(r)}});
+      }
       out.push_back({{"id", spool::format_message_id(m.id).data()},
                      {"shard", m.shard},
                      {"sender", m.sender},
@@ -1199,8 +1222,7 @@ int list_spool_command(const std::string& spool_directory, bool json) {
     for (const auto& m : listing.value().messages) {
       std::string recipients;
       for (const auto& r : m.recipients)
-        recipients += fmt::format("{}{} ({})", recipients.empty() ? "" : ", ", r.address,
-                                  spool::recipient_state_name(r.status.state));
+        recipients += fmt::format("{}{} ({})", recipients.empty() ? "" : ", ", r.address, why(r));
       std::printf("%-16s %10llu %7llds  %-30s %s\n", spool::format_message_id(m.id).data(),
                   static_cast<unsigned long long>(m.body_bytes),
                   static_cast<long long>(now - m.received_seconds),

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 
-from harness import Daemon, Tap, free_port, queued_id
+from harness import Daemon, Tap, free_port, queued_id, spool_list
 
 ringmta, ctl = sys.argv[1], sys.argv[2]
 tap = Tap()
@@ -175,6 +175,17 @@ tap.ok([a for a in actions if a.get("path") == "/queue/closed.test/suspend" and
 code, listed = ctl_json("list", "--domain", "closed.test")
 tap.ok(code == 0 and {j["state"] for j in listed} == {"suspended"},
        "list says the destination's mail is suspended", listed)
+
+listing = spool_list(ringmta, spool)
+closed_rcpts = [r for m in listing for r in m["recipients"] if r["address"].endswith("@closed.test")]
+tap.ok(len(closed_rcpts) == 2 and all(r["suspended"] and "suspended: maintenance" in r["why"]
+                                      for r in closed_rcpts) and
+       any("1 attempts, next in" in r["why"] for r in closed_rcpts),
+       "spool ls says why: attempts, next attempt, the suspension and its reason", listing)
+text = subprocess.run([ringmta, "spool", "ls", "--spool", spool], capture_output=True, text=True,
+                      timeout=60)
+tap.ok("x@closed.test (deferred, 1 attempts, next in" in text.stdout and
+       "suspended: maintenance)" in text.stdout, "spool ls (text) too", text.stdout)
 
 # --- restarts: clean, then SIGKILL (a crash right after the action)
 attempts_before = {j["id"]: j["attempts"] for j in ctl_json("list")[1]}
