@@ -241,6 +241,21 @@ int show_message(const context& c, const std::string& id) {
   return done;
 }
 
+int print_status(const json& s) {
+  const auto q = s.value("queue", json::object());
+  std::cout << fmt::format(
+      "ringmta {}, pid {}, up {}, {} shards\n"
+      "spool {}: {} bytes used, {} bytes free\n"
+      "queue: {} destinations, {} ready, {} scheduled, {} active, {} connections; "
+      "{} suspensions\n",
+      s.value("version", "?"), s.value("pid", 0), age(s.value("uptime_s", std::int64_t{0})),
+      s.value("shards", 0), s.value("spool_dir", ""), s.value("spool_bytes", std::uint64_t{0}),
+      s.value("spool_free_bytes", std::uint64_t{0}), q.value("destinations", 0),
+      q.value("ready", 0), q.value("scheduled", 0), q.value("in_flight", 0),
+      q.value("connections", 0), s.value("suspensions", 0));
+  return done;
+}
+
 int act(const context& c, const std::string& path,
         const std::map<std::string, std::string>& query, const std::string& done_text) {
   json out;
@@ -331,6 +346,7 @@ int main(int argc, char** argv) {
     if (auto failed = call(c, "POST", "/reload", {}, out)) return *failed;
   } else if (status->parsed()) {
     if (auto failed = call(c, "GET", "/status", {}, out)) return *failed;
+    if (!c.json_output) return print_status(out);
   }
   std::cout << out.dump(2) << "\n";
   return done;

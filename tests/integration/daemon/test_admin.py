@@ -238,6 +238,9 @@ code, status = ctl_json("status")
 tap.ok(code == 0 and status["shards"] == 2 and status["version"] and status["spool_bytes"] > 0
        and status["queue"]["scheduled"] + status["queue"]["ready"] >= 2,
        "status --json: version, shards, spool use, queue totals", status)
+text = run_ctl("status")
+tap.ok(text.returncode == 0 and text.stdout.startswith("ringmta ") and "2 shards" in text.stdout,
+       "status (text)", text.stdout)
 code, body = ctl_json("reload")
 tap.ok(code == 0, "reload", body)
 done = subprocess.run([ctl, "--socket", os.path.join(work, "nothing.sock"), "status"],
