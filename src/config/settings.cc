@@ -803,6 +803,27 @@ const std::vector<setting_spec>& table() {
      [](const settings& s) {
        return array(s.admin_listen, [](auto& e) { return e.to_string(); });
      }},
+    // The control socket (ringmta-ctl) and who may use the admin API over TCP (issue 14).
+    {"admin.socket", "--admin-socket", "PATH", arity::one,
+     "admin API UNIX socket for ringmta-ctl; empty: admin.sock in the spool directory",
+     [](settings& s, const values& v) {
+       s.admin_socket = path_setting(v, true);
+       if (s.admin_socket.size() >= 108) expected("a socket path of 107 bytes at most",
+                                                  s.admin_socket);
+     },
+     [](const settings& s) { return toml_string(s.admin_socket); }},
+    {"admin.socket_group", "--admin-socket-group", "NAME", arity::one,
+     "group of the admin socket (mode 0660): its members may run ringmta-ctl; empty: ours",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       if (text.find_first_of(":/ \t") != std::string::npos) expected("a group name", text);
+       s.admin_socket_group = text;
+     },
+     [](const settings& s) { return toml_string(s.admin_socket_group); }},
+    {"admin.token_file", "--admin-token-file", "PATH", arity::one,
+     "bearer token file: the admin API on admin.listen needs it; empty: /metrics, /health only",
+     [](settings& s, const values& v) { s.admin_token_file = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.admin_token_file); }},
     {"admin.log_format", "--log-format", "json|text", arity::one, "log record format",
      [](settings& s, const values& v) {
        const auto text = one(v);

@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <grp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <optional>
 #include <memory>
@@ -27,6 +29,7 @@
 #include "ringmta/admin/metrics.h"
 #include "ringmta/core/allocator.h"
 #include "ringmta/core/clock.h"
+#include "ringmta/server/admin_api.h"
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/liveness.h"
 #include "ringmta/server/privileges.h"
@@ -35,6 +38,7 @@
 #include "ringmta/server/relay.h"
 #include "ringmta/server/reload.h"
 #include "ringmta/server/signals.h"
+#include "ringmta/server/suspensions.h"
 #include "relay_internal.h"
 #include "ringmta/server/spool_ring_driver.h"
 #include "ringmta/shard/pinning.h"
@@ -244,40 +248,6 @@ std::optional<std::string> ask_shard(shard::runtime& runtime, unsigned shard,
   }
   if (answer.wait_for(std::chrono::seconds(2)) != std::future_status::ready) return std::nullopt;
   return answer.get();
-}
-
-// GET /queue: every shard's destinations. POST /queue/DESTINATION/ACTION: suspend, resume,
-// flush (retry now) or bounce (every queued message of the destination, with a DSN).
-admin::http_response queue_api(shard::runtime& runtime, unsigned shards,
-                               const admin::http_request& r) {
-  const auto fail = [](int status, std::string text) {
-    return admin::http_response{status, "application/json",
-                                "{\"error\":\"" + json_escape(text) + "\"}\n"};
-  };
-  if (r.method == "GET" && (r.path == "/queue" || r.path == "/queue/")) {
-    std::string out = "[";
-    for (unsigned shard = 0; shard < shards; ++shard) {
-      auto part = ask_shard(runtime, shard, [](relay& owner) {
-        return owner.destinations_json(1000);
-      });
-      if (!part) return fail(503, "shard did not answer");
-      if (part->size() > 2) out += (out.size() > 1 ? "," : "") + part->substr(1, part->size() - 2);
-    }
-    return {200, "application/json", out + "]\n"};
-  }
-  if (r.method != "POST") return fail(405, "use GET /queue or POST /queue/DESTINATION/ACTION");
-  const std::string rest = r.path.substr(std::string("/queue/").size());
-  const auto slash = rest.find('/');
-  if (slash == std::string::npos) return fail(404, "POST /queue/DESTINATION/ACTION");
-  const std::string destination = destination_of("@" + rest.substr(0, slash), "");
-  const std::string action = rest.substr(slash + 1);
-  auto answer = ask_shard(runtime, owner_of(destination, shards),
-                          [destination, action](relay& owner) {
-                            return owner.operate(destination, action);
-                          });
-  if (!answer) return fail(503, "shard did not answer");
-  if (answer->empty()) return fail(400, "unknown action: " + action);
-  return {200, "application/json", *answer + "\n"};
 }
 
 unsigned shard_count_for(const config::settings& settings) {
@@ -831,6 +801,56 @@ bool drain_shards(shard::runtime& runtime,
   return all_finished();
 }
 
+// The control socket (issue 14): in the spool directory unless --admin-socket says otherwise;
+// owned by the user we run as, in admin.socket_group, mode 0660.
+void bind_control_socket(admin::http_server& server, const config::settings& settings,
+                         const privilege_plan& plan) {
+  admin::unix_socket_options socket;
+  socket.path = settings.admin_socket.empty() ? settings.spool_dir + "/admin.sock"
+                                              : settings.admin_socket;
+  if (plan.what == privilege_plan::action::switch_user) {
+    socket.owner = plan.uid;
+    socket.group = plan.gid;
+  }
+  if (!settings.admin_socket_group.empty()) {
+    const group* entry = ::getgrnam(settings.admin_socket_group.c_str());
+    if (entry == nullptr)
+      throw config::error(fmt::format("{}: admin.socket_group: no group {}",
+                                      origin_of(settings, "admin.socket_group"),
+                                      settings.admin_socket_group));
+    socket.group = entry->gr_gid;
+  }
+  if (auto bound = server.bind_unix(socket); !bound)
+    throw config::error(fmt::format("{}: admin.socket: cannot listen on {}: {}{}",
+                                    origin_of(settings, "admin.socket"), socket.path,
+                                    bound.error_text(),
+                                    bound.error() == EADDRINUSE ? " (another daemon answers)"
+                                                                : ""));
+}
+
+// The bearer token for the admin API over TCP: the file's first line, at least 16 bytes.
+std::string read_admin_token(const config::settings& settings) {
+  if (settings.admin_token_file.empty()) return {};
+  std::ifstream in(settings.admin_token_file);
+  std::string token;
+  if (!in || !std::getline(in, token)) token.clear();
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  if (token.size() < 16)
+    throw config::error(fmt::format("{}: admin.token_file: {}: unreadable or shorter than 16 "
+                                    "characters", origin_of(settings, "admin.token_file"),
+                                    settings.admin_token_file));
+  return token;
+}
+
+std::unique_ptr<suspension_table> load_suspensions(const config::settings& settings,
+                                                   relay_config& delivery) {
+  auto table = std::make_unique<suspension_table>(settings.spool_dir + "/suspensions.json");
+  std::string problem;
+  if (!table->load(problem)) throw config::error(problem);
+  for (const auto& entry : table->all()) delivery.suspended_at_start.push_back(entry.destination);
+  return table;
+}
+
 }  // namespace
 
 void check_configuration(const config::settings& settings) {
@@ -902,6 +922,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
                                     origin_of(settings, "admin.listen"),
                                     settings.admin_listen.front().to_string(),
                                     admin_bound.error_text()));
+  const std::string admin_token = read_admin_token(settings);  // a root-only file is fine
+  auto suspensions = load_suspensions(settings, delivery);
   if (settings.debug_endpoints)
     log_event(format, "warning", "--debug-endpoints: POST /debug/freeze/SHARD blocks shards");
   // Everything that needs root is open: the spool goes to --user, and so do we. Only then
@@ -910,6 +932,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     log_event(format, event, detail);
   };
   hand_spool_over(privileges, settings.spool_dir, log_line);
+  bind_control_socket(admin_server, settings, privileges);
   log_event(format, "privileges", drop_privileges(privileges, settings.spool_dir));
   admin::log_writer writer(std::move(log_output), shards, settings.log_buffer_bytes, format);
   g_log_writer = &writer;
@@ -935,24 +958,36 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   std::function<config::settings()> load_settings = hooks.load_settings;
   if (!load_settings) load_settings = [settings] { return settings; };
   reloader reloads(settings, load_settings);
-  if (!settings.admin_listen.empty()) {
-    auto started = admin_server.start([&](const admin::http_request& r) {
-      if (r.path == "/metrics")
-        return admin::http_response{200, "text/plain; version=0.0.4", registry.render_prometheus()};
-      if (r.path == "/health")
-        return health_response(runtime_ready.load() ? runtime_pointer : nullptr, stopping.load());
-      if (r.path.rfind("/queue", 0) == 0 && runtime_ready.load())
-        return queue_api(*runtime_pointer, shards, r);
-      if (r.path == "/reload")
-        return reload_api(reloads, writer, r, runtime_ready.load() && !stopping.load());
-      if (r.path.rfind("/debug/", 0) == 0 && settings.debug_endpoints && runtime_ready.load())
-        return debug_request(*runtime_pointer, r);
+  admin_api api;
+  api.shards = shards;
+  api.token = admin_token;
+  api.spool_dir = settings.spool_dir;
+  api.started_ms = core::wall_milliseconds();
+  api.suspensions = suspensions.get();
+  api.writer = &writer;
+  api.registry = &registry;
+  api.running = [&] { return runtime_ready.load() && !stopping.load(); };
+  api.ask = [&](unsigned shard, admin_api::shard_work work) -> std::optional<std::string> {
+    if (!runtime_ready.load()) return std::nullopt;
+    return ask_shard(*runtime_pointer, shard, std::move(work));
+  };
+  api.health = [&](const admin::http_request&) {
+    return health_response(runtime_ready.load() ? runtime_pointer : nullptr, stopping.load());
+  };
+  api.reload = [&](const admin::http_request& r) {
+    return reload_api(reloads, writer, r, runtime_ready.load() && !stopping.load());
+  };
+  api.debug = [&](const admin::http_request& r) {
+    if (!settings.debug_endpoints || !runtime_ready.load())
       return admin::http_response{404, "text/plain", "not found\n"};
-    });
-    if (!started)
-      throw config::error(fmt::format("cannot start the admin endpoint: {}",
-                                      started.error_text()));
-  }
+    return debug_request(*runtime_pointer, r);
+  };
+  if (auto started = admin_server.start([&api](const admin::http_request& r) {
+        return api.serve(r);
+      });
+      !started)
+    throw config::error(fmt::format("cannot start the admin endpoint: {}",
+                                    started.error_text()));
 
   // Shards.
   delivery.outbound.self_endpoints = core::expand_wildcards(bound);  // MX loops (RFC 5321 §5.1)
@@ -994,6 +1029,14 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   register_reloadables(reloads, runtime, writer, *first_inbound, delivery);
   runtime_pointer = &runtime;
   runtime_ready = true;
+  // A timed suspension ends: resume the destination on its shard (the table drops it).
+  suspensions->start([&](const suspension& ended) {
+    const auto name = ended.destination;
+    api.ask(owner_of(name, shards), [name](relay& owner) { return owner.operate(name, "resume"); });
+    writer.post_record("suspension_ended", [&](admin::log_record& r) {
+      r.field("destination", name).field("reason", ended.reason).field("by", ended.by);
+    });
+  });
   log_event(format, "started",
             fmt::format("ringmta {} shards, {}, {}; {}", shards, core::allocator_name(),
                         settings.unsafe_no_fsync ? "UNSAFE no fsync" : "fdatasync on",
@@ -1001,6 +1044,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   for (std::size_t i = 0; i < bound.size(); ++i)
     log_event(format, front.implicit_tls[i] ? "listening_tls" : "listening", bound[i].to_string());
   for (const auto& at : admin_server.bound()) log_event(format, "admin_listening", at.to_string());
+  log_event(format, "admin_socket", admin_server.unix_path());
   if (hooks.on_listening) hooks.on_listening(bound, admin_server.bound());
   service_notifier notifier(log_line);
   notifier.ready(fmt::format("accepting mail on {} ({} shards)", bound.front().to_string(),
@@ -1014,6 +1058,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   log_event(format, "stopping",
             fmt::format("signal {}: grace {} s", signal_name(signal_number), grace_s));
   const bool clean = drain_shards(runtime, services, grace_s, signals, writer);
+  suspensions->stop();
   runtime_ready = false;
   admin_server.stop();  // no admin request may reach a stopping shard
   runtime.request_stop();
@@ -1158,14 +1203,37 @@ int list_spool_command(const std::string& spool_directory, bool json) {
     return 1;
   }
   const std::int64_t now = core::wall_seconds();
+  // Why a recipient waits, as far as the spool knows: its attempts and next attempt (the
+  // journal), and an operator suspension of its domain (SPOOL/suspensions.json). The last
+  // reply is not journaled: `ringmta-ctl list` asks the running daemon for it.
+  suspension_table suspensions(spool_directory + "/suspensions.json");
+  std::string unreadable;
+  if (!suspensions.load(unreadable)) std::fprintf(stderr, "ringmta: %s\n", unreadable.c_str());
+  const auto why = [&](const spool::listed_recipient& r) {
+    std::string out = spool::recipient_state_name(r.status.state);
+    if (spool::is_final(r.status.state)) return out;
+    if (r.status.attempts > 0) out += fmt::format(", {} attempts", r.status.attempts);
+    if (r.status.next_attempt_seconds > now)
+      out += fmt::format(", next in {} s", r.status.next_attempt_seconds - now);
+    suspension held;
+    if (suspensions.find(destination_of(r.address, ""), held))
+      out += ", suspended" + (held.reason.empty() ? "" : ": " + held.reason);
+    return out;
+  };
   if (json) {
     auto out = nlohmann::json::array();
     for (const auto& m : listing.value().messages) {
       auto recipients = nlohmann::json::array();
-      for (const auto& r : m.recipients)
+      for (const auto& r : m.recipients) {
+        suspension held;
+        const bool suspended = suspensions.find(destination_of(r.address, ""), held);
         recipients.push_back({{"address", r.address},
                               {"state", spool::recipient_state_name(r.status.state)},
-                              {"attempts", r.status.attempts}});
+                              {"attempts", r.status.attempts},
+                              {"next_attempt_s", r.status.next_attempt_seconds},
+                              {"suspended", suspended},
+                              {"why", why(r)}});
+      }
       out.push_back({{"id", spool::format_message_id(m.id).data()},
                      {"shard", m.shard},
                      {"sender", m.sender},
@@ -1179,8 +1247,7 @@ int list_spool_command(const std::string& spool_directory, bool json) {
     for (const auto& m : listing.value().messages) {
       std::string recipients;
       for (const auto& r : m.recipients)
-        recipients += fmt::format("{}{} ({})", recipients.empty() ? "" : ", ", r.address,
-                                  spool::recipient_state_name(r.status.state));
+        recipients += fmt::format("{}{} ({})", recipients.empty() ? "" : ", ", r.address, why(r));
       std::printf("%-16s %10llu %7llds  %s %s\n", spool::format_message_id(m.id).data(),
                   static_cast<unsigned long long>(m.body_bytes),
                   static_cast<long long>(now - m.received_seconds),

@@ -50,11 +50,9 @@ admin::http_response debug_request(shard::runtime& running, const admin::http_re
   const std::string_view path = r.path;
   if (r.method != "POST" || path.substr(0, prefix.size()) != prefix)
     return {404, "text/plain", "POST /debug/freeze/SHARD?ms=N\n"};
-  const auto rest = path.substr(prefix.size());
-  const auto query = rest.find("?ms=");
-  const auto id = number(rest.substr(0, query), running.shard_count() - 1);
-  const auto ms = query == std::string_view::npos ? std::nullopt
-                                                  : number(rest.substr(query + 4), freeze_ms_max);
+  const auto id = number(path.substr(prefix.size()), running.shard_count() - 1);
+  const auto ms_text = r.param("ms");  // the server parsed the query string
+  const auto ms = ms_text.empty() ? std::nullopt : number(ms_text, freeze_ms_max);
   if (!id || !ms)
     return {400, "text/plain",
             fmt::format("expected /debug/freeze/SHARD?ms=N with SHARD < {} and N <= {}\n",

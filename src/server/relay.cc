@@ -7,6 +7,7 @@
 #include <cctype>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <xxhash.h>
 
 #include "relay_internal.h"
@@ -285,6 +286,11 @@ core::result<void> relay::start() noexcept {
   if (auto ready = _state->dns.start(); !ready) return ready;
   if (auto ready = _state->out.start(); !ready) return ready;
   _state->owner.add_iteration_hook(*this);
+  const unsigned shards = _state->live->shards ? static_cast<unsigned>(_state->live->shards->size())
+                                               : 1;
+  for (const auto& name : _state->live->suspended_at_start)
+    if (owner_of(name, shards) == _state->owner.id())
+      _state->scheduler.suspend(name, core::wall_milliseconds());
   _state->recover();
   return {};
 }
@@ -371,20 +377,90 @@ std::string relay::operate(std::string_view destination, std::string_view action
                      json_escape(destination), action, known ? "true" : "false", jobs);
 }
 
+namespace {
+// Texts from remote servers may hold any bytes: invalid UTF-8 becomes U+FFFD, never bad JSON.
+std::string dump(const nlohmann::json& value) {
+  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+}  // namespace
+
 std::string relay::destinations_json(std::size_t count_max) const {
-  std::string out = "[";
+  auto out = nlohmann::json::array();
   _state->scheduler.list_destinations(count_max, [&](const queue::destination_info& d) {
-    if (out.size() > 1) out += ",";
-    out += fmt::format(
-        "{{\"destination\":\"{}\",\"shard\":{},\"suspended\":{},\"ready\":{},"
-        "\"scheduled\":{},\"in_flight\":{},\"connections\":{},\"next_attempt_ms\":{},"
-        "\"backoff_until_ms\":{},\"last_error\":\"{}\"}}",
-        json_escape(d.name), _state->owner.id(), d.suspended ? "true" : "false", d.ready,
-        d.scheduled,
-        d.in_flight, d.connections, d.next_attempt_ms, d.backoff_until_ms,
-        json_escape(d.last_error));
+    out.push_back({{"destination", std::string(d.name)}, {"shard", _state->owner.id()},
+                   {"suspended", d.suspended}, {"ready", d.ready}, {"scheduled", d.scheduled},
+                   {"in_flight", d.in_flight}, {"connections", d.connections},
+                   {"connection_failures", d.connection_failures},
+                   {"next_attempt_ms", d.next_attempt_ms},
+                   {"backoff_until_ms", d.backoff_until_ms},
+                   {"last_error_ms", d.last_error_ms}, {"last_error", std::string(d.last_error)}});
   });
-  return out + "]";
+  return dump(out);
+}
+
+bool relay::knows(std::string_view destination) const {
+  queue::destination_info info;
+  return _state->scheduler.inspect(destination, info);
+}
+
+std::string relay::jobs_json(std::string_view destination, std::size_t count_max) const {
+  const auto& scheduler = _state->scheduler;
+  std::vector<std::string> names;
+  if (!destination.empty()) names.emplace_back(destination);
+  else
+    scheduler.list_destinations(100'000, [&](const queue::destination_info& d) {
+      names.emplace_back(d.name);
+    });
+  auto out = nlohmann::json::array();
+  std::vector<queue::job_view> jobs;
+  for (const auto& name : names) {
+    if (jobs.size() >= count_max) break;
+    const std::size_t first = jobs.size();
+    scheduler.list_jobs(name, count_max - jobs.size(), jobs);
+    queue::destination_info info;
+    scheduler.inspect(name, info);
+    const std::int64_t now = core::wall_milliseconds();
+    for (std::size_t i = first; i < jobs.size(); ++i) {
+      const auto& j = jobs[i];
+      // The envelope is immutable once routed: the owner may read it (relay_internal.h).
+      const auto owned = _state->owned.find(j.message);
+      const spooled_message* message =
+          owned != _state->owned.end() ? owned->second.message : nullptr;
+      auto recipients = nlohmann::json::array();
+      j.for_each_recipient([&](std::uint16_t index) {
+        const bool known = message != nullptr && index < message->envelope.recipients.size();
+        recipients.push_back({{"index", index},
+                              {"address", known ? message->envelope.recipients[index].address
+                                                : std::string()}});
+      });
+      // list_jobs: in flight, then ready, then scheduled; a suspended destination holds all;
+      // a destination backing off after a connection failure holds even its ready jobs: they
+      // wait for the backoff, and its error is why.
+      const bool active = i - first < info.in_flight;
+      const bool backing_off = info.backoff_until_ms > now;
+      const char* state = active                    ? "active"
+                          : info.suspended          ? "suspended"
+                          : j.next_attempt_ms > now ? "deferred"
+                          : backing_off             ? "deferred"
+                                                    : "ready";
+      std::int64_t next_attempt_ms = j.next_attempt_ms;
+      std::string why(j.last_error);
+      if (!active && backing_off) {
+        next_attempt_ms = std::max(next_attempt_ms, info.backoff_until_ms);
+        if (why.empty()) why = "destination backing off: " + std::string(info.last_error);
+      }
+      out.push_back({{"id", std::string(spool::format_message_id(j.message).data())},
+                     {"destination", name},
+                     {"state", state}, {"recipients", recipients},
+                     {"sender", message ? message->envelope.reverse_path : std::string()},
+                     {"size", message ? message->body_bytes : 0},
+                     {"attempts", j.attempts}, {"received_s", j.received_seconds},
+                     {"last_attempt_ms", j.last_attempt_ms},
+                     {"next_attempt_ms", next_attempt_ms},
+                     {"last_reply_code", j.last_reply_code}, {"last_error", why}});
+    }
+  }
+  return dump(out);
 }
 
 // ---- owner role: jobs in, connections out

@@ -147,6 +147,9 @@ struct settings {
   // [admin]
   std::vector<core::endpoint> admin_listen;  // metrics, health, admin API; default 127.0.0.1:8025
   std::string log_format = "json";           // "json" or "text"
+  std::string admin_socket;        // control socket; empty: SPOOL/admin.sock
+  std::string admin_socket_group;  // its group (mode 0660); empty: the daemon's
+  std::string admin_token_file;    // bearer token for the admin API over TCP; empty: none
 
   // Deployment and supervision (src/server/privileges.cc, service_notify.cc, liveness.cc)
   std::string user = "ringmta";  // [server] user: started as root, run as this user

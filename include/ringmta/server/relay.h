@@ -69,6 +69,9 @@ struct relay_config {
   outbound::outbound_config outbound;
   outbound::dns_client_config dns;
   std::vector<relay*>* shards = nullptr;  // every shard's relay, by shard id (set before start)
+  // Destinations an operator suspended (SPOOL/suspensions.json): each shard suspends those it
+  // owns at start, before recovered mail is queued, so none of it is tried.
+  std::vector<std::string> suspended_at_start;
 };
 
 // Per-shard counters, registered by the daemon.
@@ -138,6 +141,11 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   std::string operate(std::string_view destination, std::string_view action);
   // The destinations this shard owns, as a JSON array (at most `count_max`).
   std::string destinations_json(std::size_t count_max) const;
+  // Whether this shard has queue state for the destination (the admin API's 404).
+  bool knows(std::string_view destination) const;
+  // Queued jobs (at most `count_max`) of one destination, or of all when it is empty, as a
+  // JSON array: message id, destination, state, recipients, attempts, next attempt, last reply.
+  std::string jobs_json(std::string_view destination, std::size_t count_max) const;
 
   // shard::iteration_hook
   void before_wait(shard::shard& owner) noexcept override;

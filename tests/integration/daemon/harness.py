@@ -157,11 +157,30 @@ class Daemon:
             self.process.kill()
             self.process.wait(10)
 
-    def admin(self, method, path, timeout=30):
-        """(status, body) of one admin API request."""
-        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=timeout) as s:
-            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-                      .encode())
+    def admin_socket(self):
+        """The daemon's control socket (--admin-socket, else SPOOL/admin.sock)."""
+        for i, a in enumerate(self.args):
+            if a == "--admin-socket":
+                return self.args[i + 1]
+            if a.startswith("--admin-socket="):
+                return a.split("=", 1)[1]
+        return os.path.join(self.spool, "admin.sock")
+
+    def admin(self, method, path, timeout=30, tcp=None, headers=()):
+        """(status, body) of one admin API request: /metrics and /health over TCP, the rest
+        through the control socket (tcp=True/False chooses)."""
+        if tcp is None:
+            tcp = path.split("?")[0] in ("/metrics", "/health")
+        if tcp:
+            s = socket.create_connection(("127.0.0.1", self.admin_port), timeout=timeout)
+        else:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(self.admin_socket())
+        with s:
+            extra = "".join(f"{h}\r\n" for h in headers)
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}"
+                      f"Content-Length: 0\r\n\r\n".encode())
             data = b""
             while chunk := s.recv(65536):
                 data += chunk

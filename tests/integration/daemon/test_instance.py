@@ -10,6 +10,7 @@ byte of it. Also: --version, and check-config's exit status and output.
 usage: test_instance.py RINGMTA"""
 import hashlib
 import os
+from stat import S_ISREG
 import socket
 import subprocess
 import sys
@@ -43,6 +44,8 @@ def snapshot(spool):
         for name in files:
             path = os.path.join(root, name)
             stat = os.stat(path)
+            if not S_ISREG(stat.st_mode):
+                continue  # the control socket (admin.sock): no data
             with open(path, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
             out[os.path.relpath(path, spool)] = (stat.st_size, stat.st_mtime_ns, digest)

@@ -46,6 +46,7 @@ files = sorted("/" + os.path.relpath(os.path.join(r, f), dest)
 expected = [
     under("sbindir", "ringmta"),
     under("bindir", "ringmta-blast"),
+    under("bindir", "ringmta-ctl"),
     under("bindir", "ringmta-sink"),
     under("sysconfdir", "ringmta", "ringmta.toml"),
     os.path.join(prefix, "lib/systemd/system/ringmta.service"),
@@ -53,6 +54,7 @@ expected = [
     os.path.join(prefix, "lib/tmpfiles.d/ringmta.conf"),
     under("mandir", "man8", "ringmta.8"),
     under("mandir", "man5", "ringmta.toml.5"),
+    under("mandir", "man1", "ringmta-ctl.1"),
 ]
 tap.ok(sorted(expected) == files, "exactly the expected files are installed",
        f"expected {sorted(expected)}\ngot {files}")
@@ -72,9 +74,10 @@ with open(dest + under("sysconfdir", "ringmta", "ringmta.toml")) as f, \
 # --- man pages
 page8 = dest + under("mandir", "man8", "ringmta.8")
 page5 = dest + under("mandir", "man5", "ringmta.toml.5")
+page1 = dest + under("mandir", "man1", "ringmta-ctl.1")
 env = dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8")
 rendered = {}
-for page in (page8, page5):
+for page in (page8, page5, page1):
     shown = run(["man", "--warnings", "-l", page], env=env)
     rendered[page] = shown.stdout
     tap.ok(shown.returncode == 0 and shown.stderr == "" and len(shown.stdout) > 1000,

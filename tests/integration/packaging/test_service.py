@@ -23,16 +23,6 @@ binary = os.path.abspath(sys.argv[1])
 tap = Tap()
 
 
-def http(port, method, path):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
-
-
 def wait_until(predicate, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -100,15 +90,15 @@ tap.ok(any(t.startswith("STATUS=accepting mail on 127.0.0.1:") for _, t in notif
        "STATUS= says where it listens", notify.messages)
 first_ping = wait_until(lambda: notify.first("WATCHDOG=1"), 10)
 tap.ok(first_ping is not None and first_ping >= ready_at, "WATCHDOG=1 follows READY=1")
-code, body = http(daemon.admin_port, "GET", "/health")
+code, body = daemon.admin("GET", "/health")
 tap.ok(code == 200 and body == "ok\n", "/health: 200 while every shard turns", body)
 
 # Freeze shard 1 for 9 s: past the 5 s stall limit, /health says so and the pings stop.
-code, body = http(daemon.admin_port, "POST", "/debug/freeze/1?ms=9000")
+code, body = daemon.admin("POST", "/debug/freeze/1?ms=9000")
 frozen_at = time.monotonic()
 tap.ok(code == 200, "debug hook freezes shard 1", body)
 stalled = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(
-    http(daemon.admin_port, "GET", "/health")), 12)
+    daemon.admin("GET", "/health")), 12)
 tap.ok(stalled and "shard 1: loop stalled" in stalled[1], "/health: 503 naming the stuck shard",
        stalled)
 stalled_at = time.monotonic()
@@ -119,15 +109,15 @@ time.sleep(1.5)  # three ping intervals inside the stall
 tap.ok(notify.count("WATCHDOG=1", stalled_at + 0.6, time.monotonic()) == 0,
        "no WATCHDOG=1 while a shard is stuck",
        [m for m in notify.messages if m[0] > stalled_at])
-recovered = wait_until(lambda: http(daemon.admin_port, "GET", "/health")[0] == 200, 15)
+recovered = wait_until(lambda: daemon.admin("GET", "/health")[0] == 200, 15)
 tap.ok(recovered, "/health back to 200 once the shard turns again")
 resumed = wait_until(lambda: notify.first("WATCHDOG=1", after=frozen_at + 9), 5)
 tap.ok(resumed is not None, "and the watchdog pings resume")
 tap.ok(any(t == "STATUS=running: every shard turns again" for _, t in notify.messages),
        "STATUS= says so")
-code, body = http(daemon.admin_port, "POST", "/debug/freeze/7?ms=10")
+code, body = daemon.admin("POST", "/debug/freeze/7?ms=10")
 tap.ok(code == 400, "a shard that does not exist: 400", body)
-code, body = http(daemon.admin_port, "POST", "/debug/freeze/0?ms=600000")
+code, body = daemon.admin("POST", "/debug/freeze/0?ms=600000")
 tap.ok(code == 400, "longer than 60 s: 400", body)
 
 tap.ok(daemon.stop() == 0, "SIGTERM: clean exit")
@@ -140,9 +130,9 @@ notify.close()
 
 # Without --debug-endpoints the hook does not exist.
 plain = Daemon(binary, shards=1).start()
-code, _ = http(plain.admin_port, "POST", "/debug/freeze/0?ms=10")
+code, _ = plain.admin("POST", "/debug/freeze/0?ms=10")
 tap.ok(code == 404, "no --debug-endpoints: /debug is 404")
-code, _ = http(plain.admin_port, "GET", "/health")
+code, _ = plain.admin("GET", "/health")
 tap.ok(code == 200, "and /health is 200 without NOTIFY_SOCKET (no notify socket needed)")
 plain.stop()
 subprocess.run(["rm", "-rf", work])

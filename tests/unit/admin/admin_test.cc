@@ -1,8 +1,13 @@
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -101,10 +106,8 @@ TEST(metrics, labelled_family_gets_one_help_line) {
             "ringmta_replies_total{class=\"5xx\"} 1\n");
 }
 
-std::string http_get(const core::endpoint& at, const std::string& request) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  EXPECT_EQ(::connect(fd, at.sockaddr_pointer(), at.length), 0);
-  ::send(fd, request.data(), request.size(), 0);
+std::string exchange(int fd, const std::string& request) {
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
   std::string response;
   char chunk[4096];
   ssize_t got;
@@ -113,23 +116,111 @@ std::string http_get(const core::endpoint& at, const std::string& request) {
   return response;
 }
 
+std::string http_get(const core::endpoint& at, const std::string& request) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  EXPECT_EQ(::connect(fd, at.sockaddr_pointer(), at.length), 0);
+  return exchange(fd, request);
+}
+
+int unix_connect(const std::string& path) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.data(), path.size());
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+http_response echo(const http_request& request) {
+  if (request.path == "/health") return http_response{200, "text/plain", "ok\n"};
+  if (request.path == "/echo")
+    return http_response{200, "text/plain",
+                         request.method + " " + request.param("duration") + " " +
+                             request.param("reason") + " " + request.peer + " " +
+                             request.operator_name + " " + request.body};
+  return http_response{404, "text/plain", "no\n"};
+}
+
 TEST(http_server, routes_requests_and_bounds_them) {
   http_server server;
-  auto started = server.start({*core::endpoint::parse("127.0.0.1:0")},
-                              [](const http_request& request) {
-                                if (request.path == "/health") return http_response{200, "text/plain", "ok\n"};
-                                return http_response{404, "text/plain", "no\n"};
-                              });
+  auto started = server.start({*core::endpoint::parse("127.0.0.1:0")}, echo);
   ASSERT_TRUE(started.ok()) << started.error_text();
   const auto at = server.bound().at(0);
   ASSERT_NE(at.port(), 0);
-  const auto health = http_get(at, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+  const auto health = http_get(at, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(health.substr(0, 15), "HTTP/1.1 200 OK");
   EXPECT_NE(health.find("\r\n\r\nok\n"), std::string::npos);
-  EXPECT_EQ(http_get(at, "GET /nope HTTP/1.1\r\n\r\n").substr(0, 12), "HTTP/1.1 404");
+  EXPECT_EQ(http_get(at, "GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n").substr(0, 12),
+            "HTTP/1.1 404");
   EXPECT_EQ(http_get(at, "GARBAGE\r\n\r\n").substr(0, 12), "HTTP/1.1 400");
-  EXPECT_EQ(http_get(at, "GET / HTTP/1.1\r\nX: " + std::string(20000, 'a')).substr(0, 12),
-            "HTTP/1.1 431");
+  // Query parameters are decoded; the body and the stated operator come through.
+  const auto echoed = http_get(at, "POST /echo?duration=1h&reason=disk%20full HTTP/1.1\r\n"
+                                   "Connection: close\r\nX-Ringmta-Operator: alice\r\n"
+                                   "Content-Length: 4\r\n\r\nbody");
+  EXPECT_NE(echoed.find("\r\n\r\nPOST 1h disk full 127.0.0.1:"), std::string::npos) << echoed;
+  EXPECT_NE(echoed.find(" alice body"), std::string::npos) << echoed;
+  // Bodies are bounded (413), so are header lines.
+  const auto large = http_get(at, "POST /echo HTTP/1.1\r\nConnection: close\r\nContent-Length: "
+                                  "1000000\r\n\r\n" + std::string(100000, 'a'));
+  EXPECT_EQ(large.substr(0, 12), "HTTP/1.1 413") << large.substr(0, 100);
+  const auto long_header = http_get(at, "GET / HTTP/1.1\r\nX: " + std::string(20000, 'a'));
+  EXPECT_EQ(long_header.substr(0, 10), "HTTP/1.1 4") << long_header.substr(0, 100);
+  server.stop();
+}
+
+TEST(http_server, unix_socket_has_its_mode_and_replaces_only_stale_files) {
+  const std::string path = ::testing::TempDir() + "ringmta-admin-test.sock";
+  ::unlink(path.c_str());
+  http_server server;
+  ASSERT_TRUE(server.bind_unix({path, 0660}).ok());
+  ASSERT_TRUE(server.start(echo).ok());
+  struct stat st{};
+  ASSERT_EQ(::lstat(path.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  const auto echoed = exchange(unix_connect(path), "POST /echo HTTP/1.1\r\nConnection: close\r\n"
+                                                   "Content-Length: 0\r\n\r\n");
+  EXPECT_NE(echoed.find("\r\n\r\nPOST   unix"), std::string::npos) << echoed;
+  // A second server on the same path: the first still answers, so it is refused.
+  http_server second;
+  EXPECT_EQ(second.bind_unix({path, 0660}).error(), EADDRINUSE);
+  server.stop();
+  EXPECT_NE(::lstat(path.c_str(), &st), 0) << "stop() removes the socket file";
+  // A socket file nobody answers on (a crashed daemon) is replaced; a regular file is not.
+  const int stale = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.data(), path.size());
+  ASSERT_EQ(::bind(stale, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ::close(stale);
+  http_server third;
+  EXPECT_TRUE(third.bind_unix({path, 0600}).ok());
+  third.stop();
+  const int regular = ::open(path.c_str(), O_CREAT | O_WRONLY, 0600);
+  ::close(regular);
+  http_server fourth;
+  EXPECT_EQ(fourth.bind_unix({path, 0600}).error(), EEXIST);
+  ::unlink(path.c_str());
+}
+
+// A client that sends nothing holds one worker, not the listener.
+TEST(http_server, a_silent_client_does_not_hold_others) {
+  http_server server;
+  ASSERT_TRUE(server.start({*core::endpoint::parse("127.0.0.1:0")}, echo).ok());
+  const auto at = server.bound().at(0);
+  std::vector<int> silent;
+  for (int i = 0; i < 4; ++i) {
+    silent.push_back(::socket(AF_INET, SOCK_STREAM, 0));
+    ASSERT_EQ(::connect(silent.back(), at.sockaddr_pointer(), at.length), 0);
+    ::send(silent.back(), "GET /health", 11, 0);
+  }
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(http_get(at, "GET /health HTTP/1.1\r\nConnection: close\r\n\r\n").substr(0, 12),
+              "HTTP/1.1 200");
+  for (int fd : silent) ::close(fd);
   server.stop();
 }
 
