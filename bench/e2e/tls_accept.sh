@@ -17,6 +17,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 ROUNDS=${ROUNDS:-2}
 RINGMTA=$BUILD/src/ringmta; BLAST=$BUILD/tools/blast/ringmta-blast
+ROOT_FLAG=""; [ "$(id -u)" != 0 ] || ROOT_FLAG=--allow-root  # a benchmark, not a deployment
 SINK=$BUILD/tools/sink/ringmta-sink
 WORK=$(mktemp -d /var/tmp/ringmta-tls-accept-XXXXXX)
 chmod 755 "$WORK"
@@ -57,7 +58,7 @@ start_ringmta() {  # $@: certificate flags; sets RPORT, RPID
   RPORT=$(free_port); rm -rf "$WORK/spool"
   "$RINGMTA" --listen "127.0.0.1:$RPORT" --admin-listen 127.0.0.1:0 --spool "$WORK/spool" \
     --resolver 127.0.0.1:9 --shards 2 --pin-threads false --max-sessions-per-client 100000 \
-    --log-format text "$@" >/dev/null 2>"$WORK/ringmta.err" & RPID=$!; pids+=("$RPID")
+    --log-format text $ROOT_FLAG "$@" >/dev/null 2>"$WORK/ringmta.err" & RPID=$!; pids+=("$RPID")
   sleep 1
 }
 

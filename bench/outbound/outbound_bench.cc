@@ -7,7 +7,10 @@
 // Reports messages/s, body MiB/s and the process CPU time per message (the shard thread plus
 // the io-wq workers that run splices; smtp-sink is another process), for one body transfer
 // mode: staged (read into the connection's buffer, one send with ".CRLF"), splice
-// (file -> pipe -> socket) or copy (pooled buffer, read then send).
+// (file -> pipe -> socket) or copy (pooled buffer, read then send); and over STARTTLS (the
+// sink given with --sink must offer it, e.g. stunnel in front of ringmta-sink): tls-staged
+// (the staged path through the TLS session) or tls (large-body path: read from the page cache
+// or the ring into a pooled buffer, encrypted in records, sent).
 //
 //   outbound_bench --messages 50000 --size 1024 --connections 4 --mode staged
 #include <sys/resource.h>
@@ -41,8 +44,8 @@ int run(int argc, char** argv) {
   app.add_option("--messages", messages, "deliveries in all")->check(CLI::Range(1, 10'000'000));
   app.add_option("--size", size, "message size in bytes")->check(CLI::Range(100, 64 << 20));
   app.add_option("--connections", connections, "connections (reused)")->check(CLI::Range(1, 512));
-  app.add_option("--mode", mode, "staged | splice | copy")
-      ->check(CLI::IsMember({"staged", "splice", "copy"}));
+  app.add_option("--mode", mode, "staged | splice | copy | tls-staged | tls")
+      ->check(CLI::IsMember({"staged", "splice", "copy", "tls-staged", "tls"}));
   app.add_option("--limit-s", limit_s, "give up after this long");
   app.add_flag("!--no-pipelining", pipelining, "do not use PIPELINING");
   app.add_option("--sink", external, "IPv4:PORT of a running sink instead of smtp-sink");
@@ -71,9 +74,23 @@ int run(int argc, char** argv) {
   options.config.pipelining = pipelining;
   options.config.connections_max = connections;
   options.config.transfers_max = connections;
-  if (mode != "staged") options.config.copy_body_bytes_max = 0;  // every body takes that path
-  else options.config.copy_body_bytes_max = static_cast<std::uint32_t>(size * 2);
+  const bool tls = mode.rfind("tls", 0) == 0;
+  if (mode != "staged" && mode != "tls-staged") {
+    options.config.copy_body_bytes_max = 0;  // every body takes that path
+  } else {
+    options.config.copy_body_bytes_max = static_cast<std::uint32_t>(size * 2);
+  }
   if (mode == "copy") options.config.transfer = body_transfer::copy;
+  if (tls) {
+    if (external.empty()) {
+      std::fprintf(stderr, "outbound_bench: --mode %s needs --sink with STARTTLS\n",
+                   mode.c_str());
+      return 1;
+    }
+    tls::client_settings settings;
+    settings.ca_required = false;  // `required`: encrypted, not verified
+    options.config.tls_context = tls::load_client_context(settings).context;
+  }
   harness h(options);
   if (!h.started()) {
     std::fprintf(stderr, "outbound_bench: the shard did not start\n");
@@ -87,7 +104,10 @@ int run(int argc, char** argv) {
   const double cpu_before = cpu_seconds();
   const std::uint64_t start_ns = core::monotonic_ns();
   for (std::uint32_t c = 0; c < connections; ++c) {
-    h.deliver(0, c, route{route_kind::host, sink_address, sink_port}, queues[c]);
+    h.deliver(0, c,
+              route{route_kind::host, sink_address, sink_port,
+                    tls ? tls_policy::required : tls_policy::none},
+              queues[c]);
   }
   bool finished = true;
   for (std::uint32_t c = 0; c < connections; ++c) {
@@ -104,7 +124,7 @@ int run(int argc, char** argv) {
       "mode=%s size=%zu connections=%u pipelining=%s messages=%llu accepted=%llu failed=%llu "
       "%s\n  elapsed %.3f s, %.0f messages/s, %.1f MiB/s of body, CPU %.1f us/message "
       "(%.0f%% of one core)\n  connects %llu, staged %llu, spliced %llu (%llu splices), "
-      "copied %llu\n",
+      "copied %llu, encrypted %llu, TLS handshakes %llu\n",
       mode.c_str(), size, connections, pipelining ? "on" : "off",
       static_cast<unsigned long long>(messages), static_cast<unsigned long long>(accepted),
       static_cast<unsigned long long>(failed), finished ? "" : "(TIME LIMIT HIT)", seconds,
@@ -115,7 +135,9 @@ int run(int argc, char** argv) {
       static_cast<unsigned long long>(counters.bodies_staged),
       static_cast<unsigned long long>(counters.bodies_spliced),
       static_cast<unsigned long long>(counters.splices),
-      static_cast<unsigned long long>(counters.bodies_copied));
+      static_cast<unsigned long long>(counters.bodies_copied),
+      static_cast<unsigned long long>(counters.bodies_encrypted),
+      static_cast<unsigned long long>(counters.tls_handshakes));
   return finished && failed == 0 && accepted == messages ? 0 : 1;
 }
 

@@ -144,6 +144,18 @@ void attempt_tracker::record(const candidate& tried, attempt_failure how, int er
       break;
     case attempt_failure::broken:
       break;
+    case attempt_failure::tls:
+      // Transient whatever the server said (a 5xx to STARTTLS included): TLS is our demand.
+      _last_code = 451;
+      _last_enhanced = reply != nullptr && reply->enhanced.present() &&
+                               reply->enhanced.subject == 7
+                           ? enhanced(4, 7, reply->enhanced.detail)
+                           : enhanced(4, 7, 5);
+      _last_text = reply == nullptr ? fmt::format("{}: TLS failed", where)
+                   : reply->local   ? fmt::format("{}: {}", where, reply->text())
+                                    : fmt::format("{} said to STARTTLS: {} {}", where,
+                                                  reply->code, reply->text());
+      return;
   }
   if (reply == nullptr) {
     _last_text = fmt::format("{}: session failed", where);
@@ -163,6 +175,10 @@ smtp::client_outcome attempt_tracker::summary(smtp::parsed_reply& out) const {
     const auto code_enhanced = _last_enhanced.present() ? _last_enhanced : enhanced(5, 0, 0);
     out.assign_local(_last_code >= 500 ? _last_code : 554, code_enhanced, text);
     return smtp::client_outcome::permanent_failure;
+  }
+  if (_last == attempt_failure::tls) {
+    out.assign_local(_last_code, _last_enhanced, text);
+    return smtp::client_outcome::transient_failure;
   }
   if (_last == attempt_failure::rejected && _last_code >= 400 && _last_code < 500) {
     out.assign_local(_last_code, _last_enhanced.present() ? _last_enhanced : enhanced(4, 0, 0),

@@ -37,7 +37,9 @@ void connection::start_body() noexcept {
     ++server.counters().bodies_staged;
     return read_staged_step();
   }
-  const bool splice = config.transfer == body_transfer::splice;
+  // Over TLS the bytes must pass through the session: no splice (no kTLS here), tls.cc.
+  const bool encrypted = tls != tls_state::plaintext;
+  const bool splice = !encrypted && config.transfer == body_transfer::splice;
   int error = 0;
   const auto slot = server.transfers().acquire(splice, error);
   if (!slot) {
@@ -48,6 +50,12 @@ void connection::start_body() noexcept {
   body.transfer = *slot;
   body.holds_transfer = true;
   body.in_pipe = 0;
+  if (encrypted) {
+    body.how = body_progress::path::encrypted;
+    body.buffer_filled = body.buffer_sent = 0;
+    ++server.counters().bodies_encrypted;
+    return pump();
+  }
   if (splice) {
     body.how = body_progress::path::spliced;
     ++server.counters().bodies_spliced;
@@ -107,8 +115,7 @@ void connection::resume_body() noexcept {
   server.defer(*this);  // pump() calls start_body() at the end of the iteration
 }
 
-// Skips empty slices; true while bytes remain.
-static bool next_bytes(const delivery& job, body_progress& body) noexcept {
+bool next_bytes(const delivery& job, body_progress& body) noexcept {
   while (body.slice < job.body.size() && body.slice_done >= job.body[body.slice].length) {
     ++body.slice;
     body.slice_done = 0;
@@ -126,6 +133,7 @@ void connection::read_staged_step() noexcept {
     session->body_sent();  // the engine's ".CRLF" (RFC 5321 §4.1.1.4) follows the body's tail
     stage_output();
     server.counters().body_bytes += body.total;
+    if (tls != tls_state::plaintext) return pump();  // through the TLS session (tls.cc)
     if (!send_staged()) process_events();
     return;
   }
@@ -228,6 +236,14 @@ void connection::on_body_completion(io::op_kind kind, const io::completion& done
   }
   if (socket_ending) return abort_body();
   if (body.how == body_progress::path::spliced) return on_splice_done(kind, done.res);
+  if (body.how == body_progress::path::encrypted) {  // a ring read for TLS (tls.cc)
+    if (done.res <= 0) return body_failed_locally(done.res < 0 ? -done.res : EIO);
+    body.slice_done += static_cast<std::uint32_t>(done.res);
+    body.buffer_filled = static_cast<std::uint32_t>(done.res);
+    body.buffer_sent = 0;
+    restart_timer();
+    return pump();
+  }
   if (done.res <= 0) {
     if (kind == server.body_send_kind) {  // the socket failed
       abort_body();

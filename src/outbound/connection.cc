@@ -56,7 +56,11 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
   fd = -1;
   ops = 0;
   connecting = connect_timed_out = receive_armed = send_in_flight = false;
-  socket_ending = close_queued = retry_receive = next_after_close = deferred = false;
+  socket_ending = close_queued = retry_receive = deferred = false;
+  then = after_close::finish;
+  tls_wanted = where.tls;
+  end_tls();
+  tls_note.clear();
   ever_ready = idle = delivering = quit_requested = finishing = body_failed = false;
   drop_after_results = false;
   deliveries = 0;
@@ -116,16 +120,17 @@ void connection::try_next_address() noexcept {
   finish();
 }
 
-void connection::connect_to(std::uint32_t index) noexcept {
+void connection::connect_to(std::uint32_t index, bool plaintext_retry) noexcept {
   const auto& config = server.config();
   const candidate& to = candidates[index];
   current = index;
   tried_any = true;
   ++addresses_tried;
   ++server.counters().connect_attempts;
-  session->reset();
+  choose_tls(index, plaintext_retry);  // resets the session with this socket's TLS policy
   connecting = connect_timed_out = receive_armed = send_in_flight = false;
-  socket_ending = close_queued = next_after_close = false;
+  socket_ending = close_queued = false;
+  then = after_close::finish;
   staged_begin = staged_end = 0;
   const int family = to.address.family();
   const int socket_fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -175,7 +180,7 @@ void connection::on_connected(const io::completion& done) noexcept {
 void connection::fail_attempt(attempt_failure how, int error,
                               const smtp::parsed_reply* reply) noexcept {
   attempts.record(candidates[current], how, error, reply);
-  next_after_close = true;
+  then = after_close::next_address;
   end_socket();
 }
 
@@ -217,10 +222,24 @@ void connection::on_received(const io::completion& done) noexcept {
   }
   if (done.res <= 0) {
     recycle();
+    if (tls == tls_state::handshake) {  // RFC 8446 §6: the peer left during the handshake
+      tls_session->end_of_input();
+      on_tls_failed();
+      return pump();
+    }
     session->on_peer_closed();
     process_events();
     return pump();
   }
+  if (tls == tls_state::handshake || tls == tls_state::established) {  // tls.cc
+    while (!chunk.empty() && feed_tls(chunk)) {
+    }
+    recycle();
+    restart_timer();
+    return pump();
+  }
+  // Plaintext. A chunk holding the 220 to STARTTLS stays plaintext to its end: the engine
+  // discards what follows the 220 (response injection); later receives go to the session.
   const std::uint32_t owner_generation = generation;
   while (!chunk.empty()) {
     const std::size_t used = session->feed(chunk);
@@ -248,7 +267,7 @@ void connection::process_events() noexcept {
         // BDAT: the chunk goes with the commands (pump, chunk_due); DATA: start the body.
         if (!body.chunked) body.wanted = body.open = true;
         break;
-      case smtp::client_event_kind::start_tls: session->tls_failed(); break;  // policy none
+      case smtp::client_event_kind::start_tls: begin_tls(); break;  // tls.cc
       case smtp::client_event_kind::closed: return on_session_closed(event);
     }
   }
@@ -274,7 +293,10 @@ void connection::on_session_ready() noexcept {
   }
   idle = true;
   restart_timer();  // the idle lifetime
+  const std::uint32_t owner_generation = generation;
   server.handler().on_ready(handle(), destination);
+  // Kept for later: an idle TLS connection gives its record buffers back (tls/session.h).
+  if (live && generation == owner_generation && idle && tls_session) tls_session->trim();
 }
 
 void connection::report(const smtp::client_event& event) noexcept {
@@ -317,28 +339,38 @@ void connection::report(const smtp::client_event& event) noexcept {
   if (outcome == smtp::client_outcome::accepted) ++counters.deliveries_accepted;
   else ++counters.deliveries_failed;
   if (!body.step_in_flight) body = body_progress{};
-  server.handler().on_delivery_done(handle(), destination,
-                                    delivery_result{job.token, outcome, reply, remote()});
+  server.handler().on_delivery_done(
+      handle(), destination,
+      delivery_result{job.token, outcome, reply, remote(), &describe_tls()});
 }
 
 void connection::on_session_closed(const smtp::client_event& event) noexcept {
   idle = false;
   if (event.close_reason == smtp::client_close_reason::timeout) ++server.counters().timeouts;
-  if (!ever_ready && !quit_requested) {
+  if (!ever_ready && !quit_requested && retry_in_plaintext(event)) {
+    then = after_close::plaintext_retry;  // tls.cc: opportunistic, the handshake failed
+  } else if (!ever_ready && !quit_requested) {
     // RFC 5321 §5.1 / §3.1: a 4xx/5xx greeting or a refused EHLO/HELO: next address; so is a
-    // session that broke before it was ready.
-    const bool rejected = event.close_reason == smtp::client_close_reason::greeting_rejected ||
-                          event.close_reason == smtp::client_close_reason::hello_rejected;
+    // session that broke before it was ready, and a server that cannot give the TLS that
+    // required/verify demand (RFC 3207 §4.1: never plaintext instead).
+    const auto why = event.close_reason;
+    const bool rejected = why == smtp::client_close_reason::greeting_rejected ||
+                          why == smtp::client_close_reason::hello_rejected;
+    const bool tls_problem = why == smtp::client_close_reason::tls_unavailable ||
+                             why == smtp::client_close_reason::tls_failed;
+    if (why == smtp::client_close_reason::tls_unavailable) ++server.counters().tls_unavailable;
     attempts.record(candidates[current],
-                    rejected ? attempt_failure::rejected : attempt_failure::broken, 0,
-                    event.reply);
-    next_after_close = true;
+                    tls_problem ? attempt_failure::tls
+                    : rejected  ? attempt_failure::rejected
+                                : attempt_failure::broken,
+                    0, event.reply);
+    then = after_close::next_address;
   } else {
     reason = quit_requested ? quit_reason
              : event.close_reason == smtp::client_close_reason::quit ? close_reason::released
                                                                        : close_reason::lost;
     close_reply.copy_from(*event.reply);
-    next_after_close = false;
+    then = after_close::finish;
   }
   restart_timer();  // bounds the flush of a last QUIT
   pump();
@@ -355,9 +387,13 @@ void connection::stage_output() noexcept {
 }
 
 bool connection::send_staged() noexcept {
-  const auto queued = server.owner().ring().prep_send(
-      fd, staging.get() + staged_begin, staged_end - staged_begin,
-      server.user_data(server.send_kind, *this));
+  return queue_send(staging.get() + staged_begin, staged_end - staged_begin);
+}
+
+// One send in flight (plaintext staging or TLS ciphertext); the bytes stay put until it ends.
+bool connection::queue_send(const char* bytes, std::uint32_t size) noexcept {
+  const auto queued = server.owner().ring().prep_send(fd, bytes, size,
+                                                      server.user_data(server.send_kind, *this));
   if (!queued) {  // cannot talk to the kernel: treat as a lost connection
     staged_begin = staged_end = 0;
     session->on_peer_closed();
@@ -371,6 +407,7 @@ bool connection::send_staged() noexcept {
 void connection::on_sent(const io::completion& done) noexcept {
   send_in_flight = false;
   if (socket_ending) return;
+  if (tls != tls_state::plaintext) return on_ciphertext_sent(done);  // tls.cc
   if (done.res < 0) {  // EPIPE, ECONNRESET: what is staged can never go out
     staged_begin = staged_end = 0;
     session->on_peer_closed();
@@ -403,13 +440,14 @@ void connection::pump() noexcept {
       return finish();
     }
     if (fd >= 0) {
-      next_after_close = false;
+      then = after_close::finish;
       return end_socket();
     }
     return finish();
   }
   if (fd < 0 || connecting || socket_ending) return;
   if (session->phase() != smtp::client_phase::closed) arm_receive();
+  if (tls != tls_state::plaintext) return pump_tls();  // tls.cc
   if (send_in_flight || body.step_in_flight) return;
   if (staged_end > staged_begin) {
     if (!send_staged()) process_events();
@@ -517,6 +555,12 @@ void connection::on_timer() noexcept {
       if (idle) request_quit(close_reason::idle_timeout);
       return pump();
     case timer_purpose::reply:  // RFC 5321 §4.5.3.2: a timeout is a transient failure
+      if (tls == tls_state::handshake) {  // as a failed handshake (opportunistic: plaintext)
+        ++server.counters().timeouts;
+        ++server.counters().tls_timeouts;
+        fail_tls_handshake("TLS handshake timed out");
+        return pump();
+      }
       session->on_timeout();
       process_events();
       return pump();
@@ -554,12 +598,18 @@ void connection::end_socket() noexcept {
 void connection::on_fd_closed() noexcept {
   fd = -1;
   close_queued = socket_ending = false;
+  end_tls();
   if (!ever_ready && quit_requested) return pump();  // abandoned: finish with its reason
-  if (next_after_close) {
-    next_after_close = false;
-    return try_next_address();
+  const after_close next = then;
+  then = after_close::finish;
+  switch (next) {
+    case after_close::finish: return finish();
+    case after_close::next_address: return try_next_address();
+    case after_close::plaintext_retry:
+      connect_to(current, true);
+      if (fd < 0) try_next_address();  // the retry could not even start (recorded)
+      return;
   }
-  finish();
 }
 
 void connection::finish() noexcept {

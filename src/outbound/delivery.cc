@@ -17,6 +17,27 @@ std::string_view describe(close_reason reason) noexcept {
   return "unknown";
 }
 
+std::string_view describe(tls_policy policy) noexcept {
+  switch (policy) {
+    case tls_policy::none: return "none";
+    case tls_policy::opportunistic: return "opportunistic";
+    case tls_policy::required: return "required";
+    case tls_policy::verify: return "verify";
+  }
+  return "unknown";
+}
+
+std::string_view describe(tls_mode mode) noexcept {
+  switch (mode) {
+    case tls_mode::none_by_policy: return "TLS policy none";
+    case tls_mode::not_offered: return "STARTTLS not offered";
+    case tls_mode::refused: return "STARTTLS refused";
+    case tls_mode::fallback: return "TLS handshake failed, plaintext retry";
+    case tls_mode::encrypted: return "TLS";
+  }
+  return "unknown";
+}
+
 void append_xtext(std::string& out, std::string_view text) {
   static constexpr char hex[] = "0123456789ABCDEF";
   for (const char c : text) {

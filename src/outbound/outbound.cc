@@ -77,12 +77,13 @@ outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_
           std::max<std::size_t>(2 * smtp::client_output_bytes_max,
                                 chunk_offset + std::size_t{config.copy_body_bytes_max} + 16))),
       _transfers(std::max<std::uint32_t>(1, config.transfers_max), config.pipe_bytes,
-                 std::max<std::uint32_t>(4096, config.copy_chunk_bytes) + 16) {
+                 std::max<std::uint32_t>(4096, config.copy_chunk_bytes) + 16),
+      _tls_cache(std::max<std::uint32_t>(1, config.tls_cache_entries)) {
   RINGMTA_ASSERT(config.connections_max > 0);
   _engine.helo_name = _config.helo_name;
   _engine.pipelining = _config.pipelining;
   _engine.chunking = _config.chunking;
-  _engine.tls = smtp::client_tls_policy::none;
+  _engine.tls = smtp::client_tls_policy::none;  // per connection: choose_tls() (tls.cc)
   _connections.resize(config.connections_max);
   _free_slots.reserve(config.connections_max);
   for (std::uint32_t slot = config.connections_max; slot-- > 0;) _free_slots.push_back(slot);
@@ -308,5 +309,8 @@ bool outbound::drained() const noexcept { return _server->drained(); }
 void outbound::stop() noexcept { _server->stop(); }
 std::uint32_t outbound::connections() const noexcept { return _server->live(); }
 const outbound_counters& outbound::counters() const noexcept { return _server->counters(); }
+void outbound::set_timeout_connect_ms(std::uint32_t ms) noexcept {
+  _server->set_timeout_connect_ms(ms);
+}
 
 }  // namespace ringmta::outbound

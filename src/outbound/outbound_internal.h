@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "ringmta/core/timer_wheel.h"
@@ -28,8 +29,11 @@ inline constexpr std::uint32_t chunk_offset = smtp::client_output_bytes_max;
 // Where a body transfer stands. One transfer step (a read, a send, a splice) at a time.
 struct body_progress {
   // chunk_ready: read and unstuffed at chunk_offset before the transaction started, waits for
-  // the engine's BDAT; chunk_sending: in the send with the commands.
-  enum class path : std::uint8_t { none, staged, spliced, copied, chunk_ready, chunk_sending };
+  // the engine's BDAT; chunk_sending: in the send with the commands. encrypted: over TLS, a
+  // large body read into a pooled buffer and handed to the TLS session (tls.cc).
+  enum class path : std::uint8_t {
+    none, staged, spliced, copied, chunk_ready, chunk_sending, encrypted
+  };
   path how = path::none;
   bool open = false;            // send_body seen, body_sent() not yet called
   bool wanted = false;          // open and not started: starts once output and sends are done
@@ -43,13 +47,33 @@ struct body_progress {
   std::uint64_t total = 0;      // body bytes (sum of slices)
   std::uint32_t staged = 0;     // staged path: bytes read into staging so far
   std::uint32_t in_pipe = 0;    // spliced: bytes in the pipe not yet sent
-  // body_transfer::copy: the buffer's filled and sent bytes.
+  // body_transfer::copy: the buffer's filled and sent bytes (encrypted: sent = handed to TLS).
   std::uint32_t buffer_filled = 0;
   std::uint32_t buffer_sent = 0;
   bool last_read = false;       // the buffer holds the body's tail
   std::uint32_t chunk_bytes = 0;  // BDAT: the raw (unstuffed) message size
   bool chunked = false;           // this transaction uses BDAT: send_body needs nothing more
 };
+
+// What follows once the current socket's fd is closed.
+enum class after_close : std::uint8_t {
+  finish,           // report on_closed
+  next_address,     // this address failed: try the next candidate (or finish)
+  plaintext_retry,  // opportunistic TLS failed its handshake: the same address, no STARTTLS
+};
+
+// What one socket does about TLS, chosen when it connects (tls.cc).
+enum class tls_intent : std::uint8_t {
+  none,         // policy none (or no TLS context): never STARTTLS
+  starttls,     // STARTTLS when offered (opportunistic) or demanded (required, verify)
+  retry_plain,  // opportunistic: the plaintext retry after this address failed a handshake
+  remembered,   // opportunistic: this address failed a handshake recently: plaintext at once
+};
+
+// Where TLS stands on the current socket. plaintext -> handshake (the server's 220 to
+// STARTTLS) -> established | failed; established -> failed (a fatal alert or bad record).
+// A new socket starts over at plaintext. Asserted at every transition (set_tls_state).
+enum class tls_state : std::uint8_t { plaintext, handshake, established, failed };
 
 // One outgoing connection; lives in outbound_server's table and is reused (the session and
 // the staging buffer are allocated on the slot's first use only).
@@ -86,7 +110,7 @@ struct connection {
   bool close_queued = false;
   bool retry_receive = false;  // a receive ended with ENOBUFS: re-arm at the end of iteration
   bool deferred = false;       // listed in outbound_server's deferred work
-  bool next_after_close = false;  // after the fd is closed: try the next address (else finish)
+  after_close then = after_close::finish;  // once the fd is closed
 
   // The SMTP session.
   std::unique_ptr<smtp::client_session> session;
@@ -106,6 +130,15 @@ struct connection {
   std::uint32_t staged_end = 0;
 
   timer_purpose timer_use = timer_purpose::reply;
+
+  // TLS of the current socket (tls.cc). The session exists from STARTTLS's 220 until the
+  // socket is closed; while it exists every byte both ways goes through it.
+  tls_policy tls_wanted = tls_policy::opportunistic;  // the route's
+  tls_intent intent = tls_intent::none;
+  tls_state tls = tls_state::plaintext;
+  std::unique_ptr<tls::session> tls_session;
+  std::string tls_note;  // fallback: why the handshake failed (for delivery records)
+  tls_outcome tls_report;  // rebuilt for each delivery result
 
   // How it ended.
   bool finishing = false;
@@ -144,6 +177,24 @@ struct connection {
   void restart_timer() noexcept;
   void end_socket() noexcept;  // shut the socket; the fd is closed once no op refers to it
 
+  // TLS (tls.cc).
+  // Before connecting to candidates[index]; plaintext_retry: the retry after a failed
+  // handshake on that address (opportunistic).
+  void choose_tls(std::uint32_t index, bool plaintext_retry) noexcept;
+  void begin_tls() noexcept;                       // the server said 220 to STARTTLS
+  void set_tls_state(tls_state next) noexcept;
+  bool feed_tls(std::string_view& chunk) noexcept;  // false: stop reading this chunk
+  void on_tls_established() noexcept;
+  void on_tls_failed() noexcept;
+  void fail_tls_handshake(std::string_view text) noexcept;
+  bool retry_in_plaintext(const smtp::client_event& event) noexcept;
+  void pump_tls() noexcept;
+  bool encrypt_pending() noexcept;  // staging, then body bytes, into the TLS session
+  bool send_ciphertext() noexcept;
+  void on_ciphertext_sent(const io::completion& done) noexcept;
+  const tls_outcome& describe_tls() noexcept;
+  void end_tls() noexcept;  // the socket is gone: free the session
+
   // Body (body.cc).
   void start_body() noexcept;
   bool prefetch_chunk() noexcept;  // reads a small body for BDAT if it is in the page cache
@@ -153,12 +204,13 @@ struct connection {
   void abort_body() noexcept;   // the socket is going away: give the transfer slot back
 
  private:
-  void connect_to(std::uint32_t index) noexcept;
+  void connect_to(std::uint32_t index, bool plaintext_retry = false) noexcept;
   void fail_attempt(attempt_failure how, int error, const smtp::parsed_reply* reply) noexcept;
   void on_session_ready() noexcept;
   void on_session_closed(const smtp::client_event& event) noexcept;
   void report(const smtp::client_event& event) noexcept;
   bool send_staged() noexcept;
+  bool queue_send(const char* bytes, std::uint32_t size) noexcept;
   void stage_output() noexcept;
   void finish() noexcept;
   void schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept;
@@ -170,7 +222,12 @@ struct connection {
   void release_transfer(bool clean) noexcept;
   void body_failed_locally(int error) noexcept;
   void on_splice_done(io::op_kind kind, std::int32_t result) noexcept;
+  void encrypted_read_step() noexcept;  // tls.cc: the next piece of a large body over TLS
+  bool encrypt_body() noexcept;
 };
+
+// Skips empty slices; true while bytes of the body remain (body.cc).
+bool next_bytes(const delivery& job, body_progress& body) noexcept;
 
 // Pipes (splice) and buffers (copy) for large bodies, a fixed number per shard, created on
 // first use. A pipe that may hold stale bytes (a transfer that failed) is closed, not reused.
@@ -224,6 +281,9 @@ class outbound_server final : public shard::completion_handler,
   void before_wait(shard::shard& owner) noexcept override;
   void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;
 
+  // A reload: connects started from now wait this long.
+  void set_timeout_connect_ms(std::uint32_t ms) noexcept { _config.timeout_connect_ms = ms; }
+
   // For connections.
   const outbound_config& config() const noexcept { return _config; }
   shard::shard& owner() noexcept { return _owner; }
@@ -233,6 +293,10 @@ class outbound_server final : public shard::completion_handler,
   transfer_pool& transfers() noexcept { return _transfers; }
   const smtp::client_config& engine_config() const noexcept { return _engine; }
   std::uint32_t staging_bytes() const noexcept { return _staging_bytes; }
+  tls::client_session_cache& tls_cache() noexcept { return _tls_cache; }
+  // Opportunistic TLS: addresses whose handshake failed, for tls_plaintext_memory_ms.
+  void remember_tls_failure(const core::endpoint& address, std::string_view why) noexcept;
+  const std::string* tls_failure_remembered(const core::endpoint& address) noexcept;
   bool shutting_down() const noexcept { return _shutting_down; }
   bool stopped() const noexcept { return _stopped; }
   std::uint64_t user_data(io::op_kind kind, const connection& c) const noexcept {
@@ -275,6 +339,12 @@ class outbound_server final : public shard::completion_handler,
   std::vector<connection_handle> _deferred;
   std::vector<connection_handle> _deferred_batch;
   std::vector<connection_handle> _transfer_waiters;  // FIFO of bodies waiting for a slot
+  tls::client_session_cache _tls_cache;
+  struct tls_failure_note {
+    std::int64_t until_ms = 0;
+    std::string why;
+  };
+  std::unordered_map<std::string, tls_failure_note> _tls_failures;  // by "address:port"
   core::member_timer<outbound_server, &outbound_server::on_kick> _kick{*this};
   std::uint32_t _live = 0;
   bool _shutting_down = false;

@@ -108,6 +108,26 @@ void scheduler::set_limits(std::string_view name, const destination_limits& limi
   }
 }
 
+void scheduler::set_policy(const scheduler_config& next) noexcept {
+  state& s = *_state;
+  RINGMTA_ASSERT(!next.retry_delays_ms.empty() && next.lifetime_max_ms > 0);
+  for (const std::int64_t delay : next.retry_delays_ms) RINGMTA_ASSERT(delay > 0);
+  RINGMTA_ASSERT(next.limits.connections_max >= 1 && next.limits.rate_period_ms >= 1 &&
+                 next.limits.rate_burst >= 1 && next.limits.recipients_per_transaction_max >= 1 &&
+                 next.limits.recipients_per_transaction_max <= job_recipients_max);
+  s.config.retry_delays_ms = next.retry_delays_ms;  // the vector keeps its capacity mostly
+  s.config.lifetime_max_ms = next.lifetime_max_ms;
+  s.config.delay_warning_ms = next.delay_warning_ms;
+  if (s.config.limits == next.limits) return;
+  s.config.limits = next.limits;
+  for (std::uint32_t slot = 0; slot < s.destinations.size(); ++slot) {
+    destination_record& d = s.destinations[slot];
+    if (!d.live || s.overrides.find(d.name) != s.overrides.end()) continue;
+    s.apply_limits(d, next.limits);
+    s.reschedule(slot, d.bucket_time_ms);
+  }
+}
+
 void scheduler::clear_limits(std::string_view name) {
   state& s = *_state;
   if (auto found = s.overrides.find(name); found != s.overrides.end()) s.overrides.erase(found);

@@ -62,18 +62,99 @@ recipient_report report_from(const smtp::parsed_reply& reply, const outbound::re
                  : fmt::format("{} {}", reply.code, reply.one_line_text());
   out.from_server = !reply.local;
   out.remote_dsn = remote.offers_dsn;
-  out.remote_name = std::string(remote.name);
   if (remote.address != nullptr) {
     out.remote = fmt::format("{} [{}]", remote.name, remote.address->to_string());
+    out.ip = remote.address->to_string();
   } else {
     out.remote = std::string(remote.name);
   }
+  out.mx = std::string(remote.name);
   return out;
+}
+
+void note_tls(recipient_report& report, const outbound::tls_outcome& tls) {
+  if (tls.mode != outbound::tls_mode::encrypted) {
+    report.tls = "none";
+    report.tls_note = tls.mode == outbound::tls_mode::fallback
+                          ? fmt::format("{}: {}", outbound::describe(tls.mode), tls.detail)
+                          : std::string(outbound::describe(tls.mode));
+    return;
+  }
+  report.tls = std::string(tls.protocol);
+  report.tls_cipher = std::string(tls.cipher);
+  report.tls_bits = static_cast<std::uint16_t>(tls.cipher_bits);
+  report.tls_verified = tls.verified;
+  report.tls_resumed = tls.resumed;
+}
+
+outbound::tls_policy tls_policy_for(const relay_config& config, std::string_view destination) {
+  if (config.tls_policies.empty()) return config.tls_default;
+  const std::string name(destination);
+  if (const auto exact = config.tls_policies.find(name); exact != config.tls_policies.end())
+    return exact->second;
+  // ".example.com" covers every name below it; the longest such suffix wins (Postfix's
+  // smtp_tls_policy_maps convention).
+  for (std::size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1)) {
+    const auto parent = config.tls_policies.find(name.substr(dot));
+    if (parent != config.tls_policies.end()) return parent->second;
+  }
+  return config.tls_default;
 }
 
 queue::failure failure_of(const recipient_report& report) noexcept {
   return queue::failure{report.reply_code, report.status, report.text};
 }
+
+namespace {
+
+outbound::tls_policy to_outbound(config::tls_policy policy) noexcept {
+  switch (policy) {
+    case config::tls_policy::none: return outbound::tls_policy::none;
+    case config::tls_policy::opportunistic: return outbound::tls_policy::opportunistic;
+    case config::tls_policy::required: return outbound::tls_policy::required;
+    case config::tls_policy::verify: return outbound::tls_policy::verify;
+  }
+  return outbound::tls_policy::opportunistic;
+}
+
+// The policies, and the client context with its CA store: read once here, at start-up, and
+// shared read-only by every shard (never a certificate file read per connection).
+void configure_tls(const config::settings& settings, relay_config& c) {
+  c.tls_default = to_outbound(settings.relay_tls_policy);
+  bool verifies = c.tls_default == outbound::tls_policy::verify;
+  bool encrypts = c.tls_default != outbound::tls_policy::none;
+  for (const auto& entry : settings.relay_tls_policy_for) {
+    c.tls_policies[entry.domain] = to_outbound(entry.policy);
+    verifies |= entry.policy == config::tls_policy::verify;
+    encrypts |= entry.policy != config::tls_policy::none;
+  }
+  if (!encrypts) {
+    c.tls_description = "outbound TLS off (policy none everywhere)";
+    return;
+  }
+  tls::client_settings tls_settings;
+  tls_settings.ca_file = settings.relay_tls_ca_file;
+  // Without `verify` nothing needs trust anchors: a host without a system store still gets
+  // opportunistic and required TLS (verified = false in every record).
+  tls_settings.ca_required = verifies || !settings.relay_tls_ca_file.empty();
+  auto loaded = tls::load_client_context(tls_settings);
+  if (!loaded.context) {
+    if (settings.relay_tls_ca_file.empty())
+      throw config::error("outbound TLS (system CA store; give --tls-ca FILE): " + loaded.error);
+    const auto origin = settings.origins.find("relay.tls.ca_file");  // FILE:LINE or the flag
+    throw config::error(fmt::format("{}: relay.tls.ca_file: {}",
+                                    origin != settings.origins.end() ? origin->second
+                                                                     : "defaults",
+                                    loaded.error));
+  }
+  c.outbound.tls_context = std::move(loaded.context);
+  c.tls_description = fmt::format(
+      "outbound TLS: policy {} by default, {} per-domain, CA store {}",
+      outbound::describe(c.tls_default), c.tls_policies.size(),
+      settings.relay_tls_ca_file.empty() ? "system" : settings.relay_tls_ca_file);
+}
+
+}  // namespace
 
 relay_config make_relay_config(const config::settings& settings) {
   relay_config c;
@@ -95,6 +176,7 @@ relay_config make_relay_config(const config::settings& settings) {
     if (bracketed) c.relayhost.host = c.relayhost.host.substr(1, c.relayhost.host.size() - 2);
   }
   c.routes = settings.routes;
+  configure_tls(settings, c);
   auto& s = c.scheduler;
   s.retry_delays_ms.clear();
   for (const auto delay : settings.retry_schedule_s) s.retry_delays_ms.push_back(delay * 1000ll);
@@ -124,12 +206,13 @@ relay_config make_relay_config(const config::settings& settings) {
   } else {
     for (const auto& server : settings.resolvers) {
       auto parsed = dns::server_address::parse(server.to_string());
-      if (!parsed) throw config::error(fmt::format("resolver {}: bad address", server.to_string()));
+      if (!parsed)
+        throw config::error(fmt::format("relay.resolvers: {}: bad address", server.to_string()));
       c.dns.resolver.servers.push_back(parsed.value());
     }
   }
   if (const auto problem = c.dns.resolver.validate(); !problem.empty())
-    throw config::error(fmt::format("DNS resolvers: {}", problem));
+    throw config::error(fmt::format("relay.resolvers: {}", problem));
   return c;
 }
 
@@ -179,13 +262,16 @@ relay::state::state(relay& relay_self, const relay_config& relay_settings,
                     relay_metrics& relay_counters, admin::log_buffer& log_buffer)
     : self(relay_self),
       config(relay_settings),
+      live(std::make_shared<const relay_config>(relay_settings)),
       owner(shard_owner),
       store(spool_store),
       metrics(relay_counters),
       log(log_buffer),
       scheduler(relay_settings.scheduler),
       dns(shard_owner, relay_settings.dns),
-      out(shard_owner, dns, relay_self, relay_settings.outbound) {}
+      out(shard_owner, dns, relay_self, relay_settings.outbound) {
+  next_session = admin::session_id_base(shard_owner.id(), true);
+}
 
 relay::relay(const relay_config& config, shard::shard& owner, spool::store& store,
              relay_metrics& metrics, admin::log_buffer& log)
@@ -225,6 +311,14 @@ void relay::stop() noexcept {
   _state->dns.stop();
 }
 
+void relay::update(std::shared_ptr<const relay_config> next) noexcept {
+  auto& s = *_state;
+  s.live = std::move(next);
+  s.scheduler.set_policy(s.live->scheduler);
+  s.out.set_timeout_connect_ms(s.live->outbound.timeout_connect_ms);
+  s.poll();  // new limits may let a destination open connections now
+}
+
 void relay::before_wait(shard::shard&) noexcept {
   _state->flush_backlog();
   _state->continue_dsns();
@@ -238,6 +332,17 @@ void relay::before_wait(shard::shard&) noexcept {
   m.body_bytes.set_total(out.body_bytes);
   m.connect_failures.set_total(out.connect_failures);
   m.outbound_timeouts.set_total(out.timeouts);
+  m.tls_handshakes.set_total(out.tls_handshakes);
+  m.tls_resumed.set_total(out.tls_resumed);
+  m.tls_verified.set_total(out.tls_verified);
+  for (std::size_t i = 0; i < m.tls_failures.size(); ++i)
+    m.tls_failures[i].set_total(out.tls_failures[i]);
+  m.tls_timeouts.set_total(out.tls_timeouts);
+  m.tls_unavailable.set_total(out.tls_unavailable);
+  m.tls_plaintext_retries.set_total(out.tls_plaintext_retries);
+  m.tls_plaintext_remembered.set_total(out.tls_plaintext_remembered);
+  m.tls_injections.set_total(out.tls_injections);
+  m.bodies_encrypted.set_total(out.bodies_encrypted);
 }
 
 // ---- operator actions (admin API)
@@ -285,11 +390,11 @@ std::string relay::destinations_json(std::size_t count_max) const {
 // ---- owner role: jobs in, connections out
 
 relay_route relay::state::route_for(std::string_view destination) const {
-  for (const auto& fixed : config.routes) {
+  for (const auto& fixed : live->routes) {
     if (fixed.destination == destination) return relay_route{false, fixed.host, fixed.port};
   }
-  if (config.has_relayhost) return config.relayhost;
-  return relay_route{true, std::string(destination), config.delivery_port};
+  if (live->has_relayhost) return live->relayhost;
+  return relay_route{true, std::string(destination), live->delivery_port};
 }
 
 void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
@@ -337,7 +442,7 @@ bool relay::state::serve_idle(const std::string& destination, std::int64_t now_m
     const auto taken = scheduler.take_for_connection(connection, now_ms);
     if (taken.status == queue::take_status::none) break;
     waiting.pop_back();
-    if (taken.status == queue::take_status::job) start_delivery(c.handle, taken.job);
+    if (taken.status == queue::take_status::job) start_delivery(c.handle, c.cookie, taken.job);
     else out.release(c.handle);  // close (per-connection limit, suspended) or throttled
   }
   const bool still_idle = !waiting.empty();
@@ -364,7 +469,7 @@ void relay::state::arm_timer(std::int64_t now_ms) noexcept {
 void relay::state::poll() noexcept {
   const std::int64_t now = core::wall_milliseconds();
   queue::job_event event;
-  while (scheduler.next_event(event)) handle_event(event);
+  while (scheduler.next_event(event)) handle_event(event, nullptr);
   for (const auto& destination : woken) serve_idle(destination, now);
   woken.clear();
   if (!shutting_down && scheduler.next_wakeup_ms() <= now) {
@@ -380,7 +485,7 @@ void relay::state::poll() noexcept {
       scheduler.connection_closed(request.connection, now);
       serve_idle(name, now);
     }
-    while (scheduler.next_event(event)) handle_event(event);
+    while (scheduler.next_event(event)) handle_event(event, nullptr);
   }
   arm_timer(now);
 }
@@ -391,13 +496,14 @@ void relay::state::open(const queue::connect_request& request) noexcept {
   const relay_route where = route_for(request.name);
   const outbound::route target{where.mx ? outbound::route_kind::mx : outbound::route_kind::host,
                                where.mx ? request.name : std::string_view(where.host),
-                               where.port};
+                               where.port, tls_policy_for(config, request.name)};
   auto opened = out.open_connection(cookie, target);
   if (!opened) {  // at the shard's connection limit: the scheduler offers it again later
     scheduler.connection_closed(request.connection, core::wall_milliseconds());
     return;
   }
   connection_names[cookie] = std::string(request.name);
+  connection_sessions[cookie] = next_session++;
   metrics.connections.add();
 }
 
@@ -412,7 +518,8 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
   if (s.shutting_down) return s.out.release(connection);
   const auto taken = s.scheduler.take_for_connection(connection_of(destination),
                                                      core::wall_milliseconds());
-  if (taken.status == queue::take_status::job) return s.start_delivery(connection, taken.job);
+  if (taken.status == queue::take_status::job)
+    return s.start_delivery(connection, destination, taken.job);
   const auto name = s.connection_names.find(destination);
   if (taken.status != queue::take_status::none || name == s.connection_names.end())
     return s.out.release(connection);
@@ -421,7 +528,12 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
   s.idle[name->second].push_back({connection, destination});
 }
 
-void relay::state::start_delivery(outbound::connection_handle connection,
+std::uint64_t relay::state::session_of(std::uint64_t cookie) const noexcept {
+  const auto found = connection_sessions.find(cookie);
+  return found != connection_sessions.end() ? found->second : 0;
+}
+
+void relay::state::start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
                                   const queue::job_view& job) noexcept {
   const auto found = owned.find(job.message);
   RINGMTA_ASSERT(found != owned.end());
@@ -442,6 +554,8 @@ void relay::state::start_delivery(outbound::connection_handle connection,
   flight.indices.clear();
   job.for_each_recipient([&](std::uint16_t index) { flight.indices.push_back(index); });
   flight.results.assign(flight.indices.size(), recipient_report{});
+  flight.session = session_of(cookie);
+  flight.started_ms = core::wall_milliseconds();
   const auto& envelope =
       flight.storage.assign(message.envelope, flight.indices, message.body_bytes);
   const outbound::delivery delivery{envelope, message.body, slot};
@@ -505,7 +619,10 @@ void relay::state::finish_delivery(std::uint32_t slot,
                             : outcome_kind::deferred;
       r = report_from(*result.reply, result.remote, flight.indices[i], kind);
     }
+    if (result.tls != nullptr) note_tls(r, *result.tls);
     r.attempts = static_cast<std::uint16_t>(flight.job.attempts + 1);
+    r.session = flight.session;
+    r.attempt_ms = now - flight.started_ms;
     if (r.kind == outcome_kind::deferred) {
       keep_mask |= std::uint64_t{1} << (flight.indices[i] - flight.job.first_recipient);
       if (first_transient == nullptr) first_transient = &r;
@@ -569,50 +686,36 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
   auto name_entry = s.connection_names.find(destination);
   const std::string name = name_entry != s.connection_names.end() ? name_entry->second : "";
   if (name_entry != s.connection_names.end()) s.connection_names.erase(name_entry);
+  const std::uint64_t session = s.session_of(destination);
+  s.connection_sessions.erase(destination);
   s.drop_idle(name, destination);
   if (result.reason != outbound::close_reason::destination_failed) {
     s.scheduler.connection_closed(connection, now);
     return s.poll();
   }
-  const recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
+  recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
+  why.session = session;
   if (result.failure == smtp::client_outcome::permanent_failure) {
     // Null MX, NXDOMAIN, every server said 5xx: every job of the destination bounces now.
     s.scheduler.connection_closed(connection, now);
     s.permanent_failures[name] = why;
     s.scheduler.bounce_all(name, now);
   } else {
+    // Each job this failure counted an attempt for comes out as one `deferred` event: its
+    // home records it (attempts and retry time survive a restart) and logs it once.
     s.scheduler.connection_failed(connection, now, failure_of(why));
-    s.report_deferred_destination(name, why);
+    s.drain_events(&why);
   }
   s.poll();
 }
 
-// A destination-wide deferral moved the destination's jobs to one retry time: their homes
-// record it (state and retry time survive a restart) and log it, like a per-message deferral.
-// Bounded per failure, so a dead destination with a huge queue cannot flood the log.
-void relay::state::report_deferred_destination(const std::string& name,
-                                               const recipient_report& why) noexcept {
-  constexpr std::size_t jobs_reported_max = 1000;
-  std::vector<queue::job_view> jobs;
-  scheduler.list_jobs(name, jobs_reported_max, jobs);
-  for (const auto& job : jobs) {
-    if (job.next_attempt_ms == 0) continue;  // in flight on another connection
-    const auto found = owned.find(job.message);
-    if (found == owned.end()) continue;
-    std::vector<recipient_report> reports;
-    job.for_each_recipient([&](std::uint16_t index) {
-      recipient_report r = why;
-      r.index = index;
-      r.kind = outcome_kind::deferred;
-      r.attempts = job.attempts;
-      r.next_attempt_ms = job.next_attempt_ms;
-      reports.push_back(std::move(r));
-    });
-    report(found->second.message, found->second.message->home, std::move(reports));
-  }
+void relay::state::drain_events(const recipient_report* why) noexcept {
+  queue::job_event event;
+  while (scheduler.next_event(event)) handle_event(event, why);
 }
 
-void relay::state::handle_event(const queue::job_event& event) noexcept {
+void relay::state::handle_event(const queue::job_event& event,
+                                const recipient_report* why) noexcept {
   const auto found = owned.find(event.job.message);
   RINGMTA_ASSERT(found != owned.end());
   spooled_message* const message = found->second.message;
@@ -625,7 +728,15 @@ void relay::state::handle_event(const queue::job_event& event) noexcept {
     recipient_report r;
     r.index = index;
     r.attempts = event.job.attempts;
-    if (event.kind == queue::event_kind::delay_warning) {
+    if (event.kind == queue::event_kind::deferred) {
+      if (why != nullptr) r = *why;  // the reply and the remote host of the failure
+      else r.text = std::string(event.job.last_error);
+      r.index = index;
+      r.attempts = event.job.attempts;
+      r.kind = outcome_kind::deferred;
+      r.next_attempt_ms = event.next_attempt_ms;
+      if (why == nullptr) r.status = event.job.last_status;
+    } else if (event.kind == queue::event_kind::delay_warning) {
       r.kind = outcome_kind::delayed;
       r.next_attempt_ms = event.next_attempt_ms;
       r.status =
@@ -646,7 +757,9 @@ void relay::state::handle_event(const queue::job_event& event) noexcept {
     }
     reports.push_back(std::move(r));
   });
-  if (event.kind != queue::event_kind::delay_warning) job_left(event.job.message);
+  if (event.kind == queue::event_kind::expired ||
+      event.kind == queue::event_kind::bounced_by_operator)
+    job_left(event.job.message);
   report(message, home, std::move(reports));
 }
 

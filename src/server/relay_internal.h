@@ -35,6 +35,7 @@ struct spooled_message {
   spool::envelope envelope;
   std::vector<spool::body_slice> body;  // wire form, in the home's segment files
   std::uint64_t body_bytes = 0;
+  std::int64_t received_ms = 0;  // when it was answered 250 (recovered: the envelope's second)
   // home only
   std::uint32_t recipients_open = 0;
   std::vector<dsn_note> notes;  // outcomes waiting to be reported by a DSN
@@ -60,9 +61,22 @@ struct recipient_report {
   queue::status_code status;
   std::string text;    // the reply (or local reason), for logs and DSNs
   std::string remote;  // "mx.example.com [192.0.2.1]:25" when a server was reached
-  std::string remote_name;  // "mx.example.com": the DSN's Remote-MTA (RFC 3464 §2.3.5)
   bool from_server = false;  // `text` is a reply a server sent (else our own reason)
   bool remote_dsn = false;   // the server offered DSN: the parameters went on with the message
+  // How the delivery's connection was protected (empty when no session carried it).
+  std::string tls;         // "TLSv1.3", or "none" for plaintext
+  std::string tls_cipher;  // "TLS_AES_256_GCM_SHA384"
+  std::uint16_t tls_bits = 0;
+  bool tls_verified = false;  // chain and MX host name verified
+  bool tls_resumed = false;
+  std::string tls_note;  // plaintext: why (no STARTTLS, refused, handshake failed: ...)
+  // For the log record: the host name and address apart, the outbound session (connection)
+  // and how long this attempt took (-1: no delivery attempt of its own, e.g. a destination
+  // that could not be reached at all).
+  std::string mx;            // host name alone: also the DSN's Remote-MTA (RFC 3464 §2.3.5)
+  std::string ip;            // "192.0.2.1:25"
+  std::uint64_t session = 0;
+  std::int64_t attempt_ms = -1;
 };
 
 // Owner → home: outcomes of one delivery (or one scheduler event).
@@ -79,6 +93,8 @@ struct in_flight {
   std::vector<std::uint16_t> indices;        // envelope indices, in the order sent
   std::vector<recipient_report> results;     // by position in `indices`
   outbound::envelope_storage storage;
+  std::uint64_t session = 0;                 // the connection's log session id
+  std::int64_t started_ms = 0;
 };
 
 // A DSN being written into this shard's spool.
@@ -97,7 +113,9 @@ struct relay::state {
         relay_metrics& metrics, admin::log_buffer& log);
 
   relay& self;
-  const relay_config& config;
+  const relay_config& config;  // as started: shards, host name (what a reload cannot change)
+  // The latest reload's routes, relayhost, port, queue policy: for deliveries started from now.
+  std::shared_ptr<const relay_config> live;
   shard::shard& owner;
   spool::store& store;
   relay_metrics& metrics;
@@ -130,6 +148,8 @@ struct relay::state {
   std::vector<std::unique_ptr<in_flight>> flights;
   std::vector<std::uint32_t> free_flights;
   std::unordered_map<std::uint64_t, std::string> connection_names;  // by connection cookie
+  std::unordered_map<std::uint64_t, std::uint64_t> connection_sessions;  // cookie → session id
+  std::uint64_t next_session = 0;  // outbound session ids for log records (session_id_base)
   // Ready connections with nothing to send, by destination: reused when the destination gets
   // work (the outbound closes them after its idle timeout). `woken` lists destinations that
   // received jobs since the last poll.
@@ -147,10 +167,13 @@ struct relay::state {
   void poll() noexcept;
   core::member_timer<state, &state::poll> timer{*this};  // after poll: it names it
   void open(const queue::connect_request& request) noexcept;
-  void start_delivery(outbound::connection_handle connection, const queue::job_view& job) noexcept;
+  void start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
+                      const queue::job_view& job) noexcept;
+  std::uint64_t session_of(std::uint64_t cookie) const noexcept;
   void finish_delivery(std::uint32_t slot, const outbound::delivery_result& result) noexcept;
-  void handle_event(const queue::job_event& event) noexcept;
-  void report_deferred_destination(const std::string& name, const recipient_report& why) noexcept;
+  // `why`: the destination-wide failure that produced the events (deferred jobs report it).
+  void handle_event(const queue::job_event& event, const recipient_report* why) noexcept;
+  void drain_events(const recipient_report* why) noexcept;
   void job_left(spool::message_id id) noexcept;
   void report(spooled_message* message, unsigned home,
               std::vector<recipient_report> reports) noexcept;
@@ -173,6 +196,8 @@ unsigned owner_of(std::string_view destination, unsigned shards) noexcept;
 recipient_report report_from(const smtp::parsed_reply& reply, const outbound::remote_host& remote,
                              std::uint16_t index, outcome_kind kind);
 queue::failure failure_of(const recipient_report& report) noexcept;
+// Copies a delivery's TLS outcome into its report (for the log record).
+void note_tls(recipient_report& report, const outbound::tls_outcome& tls);
 std::string json_escape(std::string_view text);
 
 }  // namespace ringmta::server

@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <algorithm>
 #include <cstring>
 #include <ctime>
@@ -327,8 +328,21 @@ struct client_context_loader {
       if (SSL_CTX_load_verify_locations(ctx, settings.ca_file.c_str(), nullptr) != 1)
         return {nullptr, fmt::format("{}: not a PEM CA bundle: {}", settings.ca_file,
                                      take_openssl_errors())};
-    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-      return {nullptr, "system CA store: " + take_openssl_errors()};
+    } else {
+      // The system store as one bundle, read now. Not SSL_CTX_set_default_verify_paths: its
+      // hashed directory is searched on disk during each verification (a blocking read on a
+      // shard, per connection, for every issuer not already loaded).
+      const char* variable = std::getenv(X509_get_default_cert_file_env());
+      const std::string bundle = variable != nullptr && *variable != '\0'
+                                     ? std::string(variable)
+                                     : std::string(X509_get_default_cert_file());
+      std::FILE* probe = open_pem(bundle, error);
+      if (probe == nullptr && settings.ca_required) return {nullptr, "system CA store: " + error};
+      if (probe != nullptr) {
+        std::fclose(probe);
+        if (SSL_CTX_load_verify_locations(ctx, bundle.c_str(), nullptr) != 1)
+          return {nullptr, fmt::format("system CA store {}: {}", bundle, take_openssl_errors())};
+      }
     }
     // Sessions go to the per-shard client_session_cache through the new-session callback.
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);

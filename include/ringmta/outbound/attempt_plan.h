@@ -15,7 +15,9 @@
 //   - every try reached a server that said 5xx to the greeting or to EHLO/HELO: permanent, with
 //     the last such reply (the servers refuse us for good);
 //   - otherwise transient: the last server's reply when it was a 4xx rejection, 4.4.2 when the
-//     last server broke the session, else 4.4.1 (refused, unreachable, timed out).
+//     last server broke the session, 4.7.x when it could not give the TLS the policy demands
+//     (RFC 3463: X.7.4 security features not supported, X.7.5 cryptographic failure; the text
+//     names the server and why), else 4.4.1 (refused, unreachable, timed out).
 // DNS outcomes map to replies as well: NXDOMAIN 550 5.1.2, null MX 556 5.1.10 (RFC 7505 §4,
 // RFC 7504), no route 554 5.4.4, bad name 550 5.1.3 (permanent); SERVFAIL or timeout 451 4.4.3,
 // overload 451 4.3.0 (transient).
@@ -66,6 +68,8 @@ enum class attempt_failure : std::uint8_t {
   connect_failed,  // the connect op failed (errno) or timed out (ETIMEDOUT)
   rejected,        // the server answered the greeting or EHLO/HELO with 4xx/5xx
   broken,          // the session ended before it was ready: closed, timeout, garbage, 421
+  tls,             // required/verify: STARTTLS not offered or refused, or the handshake (or
+                   // the certificate) failed
 };
 
 // Records the tries of one connection and sums them up.

@@ -38,10 +38,44 @@ enum class route_kind : std::uint8_t {
   host,  // one host (smarthost, transport route): address literal or a name (A/AAAA only)
 };
 
+// What a connection demands of TLS (RFC 3207 STARTTLS), chosen per destination by the embedder.
+enum class tls_policy : std::uint8_t {
+  none,           // never STARTTLS
+  opportunistic,  // STARTTLS when offered, unverified; a failed handshake is retried once in
+                  // plaintext on the same server (and remembered for a while: outbound.h)
+  required,       // STARTTLS or a 4.7.x failure of that server, unverified; never plaintext
+  verify,         // required, and the chain and the server's name (RFC 6125) must verify
+};
+std::string_view describe(tls_policy policy) noexcept;
+
 struct route {
   route_kind kind = route_kind::mx;
   std::string_view name;  // domain, host name, "[192.0.2.1]", "[IPv6:2001:db8::1]" or an IP
   std::uint16_t port = 25;
+  // `verify` checks the MX host name (kind mx) or this route's host name (kind host, e.g. a
+  // smarthost): the name the connection was told to reach, never one the server claims.
+  tls_policy tls = tls_policy::opportunistic;
+};
+
+// How the connection that carried a delivery was protected (for delivery records).
+enum class tls_mode : std::uint8_t {
+  none_by_policy,   // tls_policy::none
+  not_offered,      // opportunistic: the server did not offer STARTTLS
+  refused,          // opportunistic: the server answered STARTTLS with 4xx/5xx
+  fallback,         // opportunistic: a handshake with this server failed (now or recently):
+                    // plaintext retry; `detail` says why
+  encrypted,        // TLS
+};
+std::string_view describe(tls_mode mode) noexcept;
+
+struct tls_outcome {
+  tls_mode mode = tls_mode::none_by_policy;
+  std::string_view protocol;  // encrypted: "TLSv1.3"
+  std::string_view cipher;    // encrypted: "TLS_AES_256_GCM_SHA384"
+  int cipher_bits = 0;
+  bool verified = false;  // the chain and the host name verified (whatever the policy asked)
+  bool resumed = false;   // an abbreviated handshake from the per-shard session cache
+  std::string_view detail;  // fallback: the handshake failure
 };
 
 // One message (or some of its recipients) to send over a ready connection. Every view (the
@@ -77,6 +111,7 @@ struct delivery_result {
   smtp::client_outcome outcome = smtp::client_outcome::accepted;
   const smtp::parsed_reply* reply = nullptr;  // the reply to "." (or why it failed); never null
   remote_host remote;
+  const tls_outcome* tls = nullptr;  // the connection's protection; never null
 };
 
 enum class close_reason : std::uint8_t {

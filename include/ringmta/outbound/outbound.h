@@ -17,8 +17,8 @@
 // messages it sends over one connection.
 //
 // Per connection one receive (provided buffers: an idle connection holds none), one send or
-// body transfer, and one timer (connect, RFC 5321 §4.5.3.2 reply timeouts, data block, idle)
-// at a time. Commands are copied out of the engine into the connection's staging buffer when
+// body transfer step (over TLS: one send, and one spool read beside it), and one timer
+// (connect, RFC 5321 §4.5.3.2 reply timeouts, data block, idle) at a time. Commands are copied out of the engine into the connection's staging buffer when
 // handed to the kernel (client_session's consume_output rule); TCP_NODELAY is set, since the
 // engine batches commands itself and the final "." must not wait for a delayed ACK.
 // The body goes from the spool's segment file to the socket without passing through user
@@ -26,6 +26,21 @@
 // per-shard pool. Bodies up to copy_body_bytes_max are read into the staging buffer and
 // sent with the ".CRLF" in one send instead (bench/outbound/README.md: splice pays an io-wq
 // hop per op, which dominates for small bodies). The body is never re-stuffed.
+//
+// TLS (RFC 3207, outbound/tls.cc): a route's tls_policy decides what the connection demands.
+// On the server's 220 to STARTTLS the connection runs a tls::session (memory BIOs, the ring
+// moving ciphertext; the handshake is CPU work on the shard), with SNI and the RFC 6125 name
+// check against the MX host name (or the route's host, e.g. a smarthost; address literals get
+// no SNI and are checked against the certificate's IP addresses). Anything the server sent
+// after that 220 and before the handshake is discarded (response injection), and EHLO is said
+// again. A shard keeps resumable sessions per server (tls_cache_entries, keyed by host name,
+// port and whether the chain was verified). Under `opportunistic` a failed handshake is
+// retried once in plaintext on the same address, and the address is remembered for
+// tls_plaintext_memory_ms so that the next connections go plaintext at once; under `required`
+// and `verify` it is that address's failure (4.7.x), the next address is tried, and no byte of
+// mail is ever sent in plaintext. Splice cannot carry TLS (no kTLS here): over TLS a large
+// body is read from the spool into a pooled buffer (preadv2 RWF_NOWAIT from the page cache,
+// else a ring read), encrypted in records and sent, the next read overlapping the send.
 //
 // Memory: a connection slot allocates its session and staging buffer on first use, a route
 // lookup its candidate list; a delivery over a ready connection allocates nothing
@@ -36,6 +51,7 @@
 // Threads: one per shard, created and used on that shard's thread only.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -47,6 +63,8 @@
 #include "ringmta/outbound/delivery.h"
 #include "ringmta/outbound/dns_client.h"
 #include "ringmta/shard/runtime.h"
+#include "ringmta/tls/context.h"
+#include "ringmta/tls/session.h"
 
 namespace ringmta::outbound {
 
@@ -89,6 +107,14 @@ struct outbound_config {
   std::uint32_t pipe_bytes = 256 * 1024;          // F_SETPIPE_SZ (the kernel may give less)
   std::uint32_t copy_chunk_bytes = 256 * 1024;    // body_transfer::copy buffer per transfer
 
+  // TLS. The client context holds the CA store (loaded once at start-up, never from disk per
+  // connection); null: no TLS at all (opportunistic then stays plaintext, required and verify
+  // fail their servers).
+  std::shared_ptr<const tls::client_context> tls_context;
+  std::uint32_t tls_cache_entries = 1024;            // resumable sessions per shard
+  std::uint32_t tls_plaintext_memory_ms = 3'600'000;  // opportunistic: a failed handshake's
+  std::uint32_t tls_plaintext_memory_entries = 4096;  // address goes plaintext this long
+
   std::uint16_t buffer_group = 2;  // provided buffer group id on the shard's ring (inbound: 1)
   std::uint32_t receive_buffer_count = 256;  // power of two
   std::uint32_t receive_buffer_bytes = 4096;
@@ -116,6 +142,17 @@ struct outbound_counters {
   std::uint64_t transfer_waits = 0;         // a large body waited for a free pipe/buffer
   std::uint64_t timeouts = 0;
   std::uint64_t receive_enobufs = 0;
+  // TLS
+  std::uint64_t tls_handshakes = 0;           // completed
+  std::uint64_t tls_resumed = 0;              // of which abbreviated (session cache)
+  std::uint64_t tls_verified = 0;             // of which the chain and host name verified
+  std::array<std::uint64_t, static_cast<std::size_t>(tls::failure::count_)> tls_failures{};
+  std::uint64_t tls_timeouts = 0;             // handshakes that did not finish in time
+  std::uint64_t tls_unavailable = 0;          // required/verify: STARTTLS not offered/refused
+  std::uint64_t tls_plaintext_retries = 0;    // opportunistic: handshake failed, retried plain
+  std::uint64_t tls_plaintext_remembered = 0;  // opportunistic: plaintext at once (memory)
+  std::uint64_t tls_injections = 0;           // plaintext after STARTTLS's 220 (discarded)
+  std::uint64_t bodies_encrypted = 0;         // large bodies read and encrypted (not spliced)
 };
 
 class outbound_server;
@@ -153,6 +190,9 @@ class outbound {
   // more callbacks. Destroy the object after the shard's thread has exited (join) and before
   // the runtime: its receive buffer ring is registered on the shard's ring.
   void stop() noexcept;
+
+  // A reload: connects started from now wait this long (the other settings are fixed).
+  void set_timeout_connect_ms(std::uint32_t ms) noexcept;
 
   std::uint32_t connections() const noexcept;
   const outbound_counters& counters() const noexcept;

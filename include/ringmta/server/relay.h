@@ -22,10 +22,12 @@
 // delivery of it is in flight.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "ringmta/admin/log.h"
@@ -58,6 +60,11 @@ struct relay_config {
   bool has_relayhost = false;
   relay_route relayhost;
   std::vector<config::route> routes;  // per-domain fixed hosts
+  // Outbound TLS per destination (RFC 3207): "example.com" exactly, else the longest
+  // ".parent" entry, else tls_default. Also with a relayhost (its name is what verify checks).
+  outbound::tls_policy tls_default = outbound::tls_policy::opportunistic;
+  std::unordered_map<std::string, outbound::tls_policy> tls_policies;
+  std::string tls_description;  // for the start-up log
   queue::scheduler_config scheduler;
   outbound::outbound_config outbound;
   outbound::dns_client_config dns;
@@ -82,9 +89,23 @@ struct relay_metrics {
   admin::counter body_bytes;
   admin::counter connect_failures;
   admin::counter outbound_timeouts;
+  // Outbound TLS, mirrored the same way.
+  admin::counter tls_handshakes;
+  admin::counter tls_resumed;
+  admin::counter tls_verified;
+  std::array<admin::counter, static_cast<std::size_t>(tls::failure::count_)> tls_failures;
+  admin::counter tls_timeouts;
+  admin::counter tls_unavailable;
+  admin::counter tls_plaintext_retries;
+  admin::counter tls_plaintext_remembered;
+  admin::counter tls_injections;
+  admin::counter bodies_encrypted;
 };
 
+// Throws config::error (start-up): bad resolvers, an unreadable --tls-ca file.
 relay_config make_relay_config(const config::settings& settings);
+// The TLS policy for a destination domain (lowercase).
+outbound::tls_policy tls_policy_for(const relay_config& config, std::string_view destination);
 
 class relay final : public outbound::delivery_handler, public shard::iteration_hook {
  public:
@@ -106,6 +127,11 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   void begin_shutdown() noexcept;
   bool drained() const noexcept;
   void stop() noexcept;  // hard stop on the shard's thread (runtime on_stop)
+
+  // A reload: routes, relayhost, delivery port, retry schedule, lifetime, destination limits
+  // and the connect timeout of `next` apply to deliveries and connections started from now;
+  // jobs keep their attempts, and take the new retry delays at their next deferral.
+  void update(std::shared_ptr<const relay_config> next) noexcept;
 
   // Operator actions (admin API), on the shard that owns the destination. `action` is one of
   // suspend, resume, flush, bounce. Returns a one-line JSON result, or "" for a bad action.

@@ -10,7 +10,8 @@
 //                        to the transport (copied or submitted, not when the send completes)
 //   start_transaction()  on `ready`: send one message; or quit()
 //   body_sent()          on `send_body`: the embedder has written the whole body
-//   tls_started() / tls_failed()   on `start_tls`
+//   tls_started() / tls_failed()   on `start_tls`: bytes after the 220 in the same feed()
+//                        are discarded (injection); from then on bytes go to TLS, not here
 //   on_timeout() / on_peer_closed()  embedder-observed events (phase() picks the timeout)
 //
 // Embedder loop:
@@ -159,7 +160,7 @@ enum class client_close_reason : std::uint8_t {
   tls_failed,         // the embedder reported a failed handshake
   service_closing,    // the server sent 421 (RFC 5321 §3.8)
   reply_unexpected,   // a well-formed reply that is not allowed here (e.g. unsolicited)
-  protocol_error,     // malformed reply, or plaintext after STARTTLS's 220
+  protocol_error,     // malformed reply, or plaintext fed after start_tls (embedder's TLS)
   peer_closed,        // the connection ended without QUIT
   timeout,            // the embedder's timer for phase() fired
 };
@@ -187,6 +188,9 @@ class client_session {
 
   // Starts over for a new connection (same config): waits for the greeting again.
   void reset() noexcept;
+  // The same with another TLS policy for this connection (per destination, or a plaintext
+  // retry after a failed handshake).
+  void reset(client_tls_policy tls) noexcept;
 
   std::size_t feed(std::string_view bytes) noexcept;
   client_event next_event() noexcept;
@@ -199,7 +203,8 @@ class client_session {
   void start_transaction(const client_envelope& envelope) noexcept;
   void body_sent() noexcept;
   void tls_started() noexcept;
-  void tls_failed() noexcept;
+  // `why` becomes the text of the closing reply (local 421 4.7.5); copied.
+  void tls_failed(std::string_view why = {}) noexcept;
   void quit() noexcept;
   void on_timeout() noexcept;
   void on_peer_closed() noexcept;
@@ -207,6 +212,10 @@ class client_session {
   client_phase phase() const noexcept { return _phase; }
   const client_extensions& extensions() const noexcept { return _extensions; }
   bool tls_active() const noexcept { return _tls_active; }
+  client_tls_policy tls_policy() const noexcept { return _config.tls; }
+  // Octets the server sent after its 220 to STARTTLS and before the handshake: discarded
+  // (response injection, RFC 3207 §5). Counted per connection; reset() clears it.
+  std::uint64_t tls_discarded_bytes() const noexcept { return _tls_discarded; }
   bool pipelining_active() const noexcept {
     return _config.pipelining && _extensions.pipelining;
   }
@@ -283,6 +292,7 @@ class client_session {
   client_extensions _extensions;
   client_phase _phase = client_phase::greeting;
   bool _tls_active = false;
+  std::uint64_t _tls_discarded = 0;
   bool _rset_needed = false;  // a failed transaction left server state: RSET first next time
   std::uint32_t _unanswered = 0;  // commands handed out (lines consumed) minus replies received
 

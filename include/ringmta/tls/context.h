@@ -134,7 +134,12 @@ server_load_result load_server_context(const server_settings& settings,
                                        std::shared_ptr<ticket_key_ring> keys);
 
 struct client_settings {
-  std::string ca_file;  // PEM bundle; empty: the system store (SSL_CTX_set_default_verify_paths)
+  // PEM bundle; empty: the system store, read from its bundle file (SSL_CERT_FILE or
+  // OpenSSL's default, /usr/lib/ssl/cert.pem), never looked up on disk per connection.
+  std::string ca_file;
+  // With an empty ca_file: whether a missing system bundle is an error. False for callers
+  // that never demand verification (opportunistic TLS): nothing then verifies.
+  bool ca_required = true;
   version min_version = version::tls1_2;
   std::string ciphers{default_ciphers};
   std::string ciphersuites{default_ciphersuites};

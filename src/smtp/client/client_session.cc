@@ -80,7 +80,13 @@ client_session::client_session(const client_config& config) noexcept
   reset();
 }
 
+void client_session::reset(client_tls_policy tls) noexcept {
+  _config.tls = tls;
+  reset();
+}
+
 void client_session::reset() noexcept {
+  _tls_discarded = 0;
   _parser.reset();
   _extensions.clear();
   _phase = client_phase::greeting;
@@ -204,15 +210,15 @@ void client_session::write_command(std::string_view verb, std::string_view argum
 std::size_t client_session::feed(std::string_view bytes) noexcept {
   if (_phase == client_phase::closed) return bytes.size();
   if (event_pending()) return 0;
+  if (_phase == client_phase::tls_handshake) {
+    // A later receive handed to the engine instead of to TLS: nothing in it can be trusted.
+    fail_connection_local(client_close_reason::protocol_error, 421, enhanced(4, 5, 0),
+                          "plaintext after the reply to STARTTLS");
+    return bytes.size();
+  }
   std::size_t used = 0;
   while (used < bytes.size()) {
-    // RFC 3207 §5, CVE-2011-0411 in reverse: bytes after the 220 to STARTTLS and before the
-    // handshake were injected in plaintext; acting on them would mix them into the TLS session.
-    if (_phase == client_phase::tls_handshake) {
-      fail_connection_local(client_close_reason::protocol_error, 421, enhanced(4, 5, 0),
-                            "plaintext after the reply to STARTTLS");
-      return bytes.size();
-    }
+    if (_phase == client_phase::tls_handshake) break;  // the rest is discarded below
     const reply_parser::step step = _parser.feed(bytes.substr(used));
     used += step.consumed;
     if (step.what == reply_parser::status::failed) {
@@ -228,8 +234,11 @@ std::size_t client_session::feed(std::string_view bytes) noexcept {
     if (event_pending()) break;
   }
   if (_phase == client_phase::tls_handshake && used < bytes.size()) {
-    fail_connection_local(client_close_reason::protocol_error, 421, enhanced(4, 5, 0),
-                          "plaintext after the reply to STARTTLS");
+    // RFC 3207 §5, CVE-2011-0411 mirrored: whatever follows the 220 to STARTTLS in plaintext
+    // was sent ahead of the handshake (a server's TLS data can only answer our ClientHello),
+    // so it is injection. It is dropped, never read as replies after the handshake (Postfix
+    // flushes its input the same way); the embedder sees how much in tls_discarded_bytes().
+    _tls_discarded += bytes.size() - used;
     return bytes.size();
   }
   return used;
@@ -413,10 +422,11 @@ void client_session::tls_started() noexcept {
   _phase = client_phase::ehlo;
 }
 
-void client_session::tls_failed() noexcept {
+void client_session::tls_failed(std::string_view why) noexcept {
   RINGMTA_ASSERT(_phase == client_phase::tls_handshake);
+  // RFC 3463 X.7.5: cryptographic failure. No QUIT: plaintext may not follow STARTTLS.
   fail_connection_local(client_close_reason::tls_failed, 421, enhanced(4, 7, 5),
-                        "TLS handshake failed");
+                        why.empty() ? std::string_view("TLS handshake failed") : why);
 }
 
 void client_session::quit() noexcept {

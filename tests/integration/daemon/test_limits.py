@@ -184,6 +184,12 @@ code, err = start_error(["--listen", "127.0.0.1:0"], "[limits]\nmax_message_size
 tap.ok(code == 2 and "bad.toml:2: limits.max_message_size" in err, "bad value in the file", err)
 code, err = start_error(["--listen", "127.0.0.1:0"], "[server]\nlisen = 1\n")
 tap.ok(code == 2 and "unknown setting 'server.lisen'" in err, "unknown key in the file", err)
+code, err = start_error(["--listen", "127.0.0.1:0", "--tls-ca", "/nonexistent/ca.pem"])
+tap.ok(code == 2 and "--tls-ca" in err and "/nonexistent/ca.pem: cannot read" in err,
+       "an unreadable --tls-ca file", err)
+code, err = start_error(["--listen", "127.0.0.1:0", "--tls-policy", "strict"])
+tap.ok(code == 2 and "--tls-policy" in err and "none, opportunistic, required or verify" in err,
+       "a bad --tls-policy", err)
 busy = socket.socket()
 busy.bind(("127.0.0.1", 0))
 busy.listen()

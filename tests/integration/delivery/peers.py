@@ -85,6 +85,38 @@ class Sink:
             self.process.wait(30)
 
 
+def make_test_ca(directory, names):
+    """A throwaway CA and one ECDSA P-256 server certificate for `names` (DNS or IP subject
+    alternative names), made with the openssl command; no key is ever committed. Returns the
+    paths: {"ca": CA certificate, "cert": server certificate, "key": its key}."""
+    os.makedirs(directory, exist_ok=True)
+    path = lambda name: os.path.join(directory, name)  # noqa: E731
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-out", path("ca.key"))
+    openssl("req", "-x509", "-new", "-key", path("ca.key"), "-subj", "/CN=ringmta test CA",
+            "-days", "2", "-out", path("ca.pem"),
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-out", path("server.key"))
+    openssl("req", "-new", "-key", path("server.key"), "-subj", f"/CN={names[0]}",
+            "-out", path("server.csr"))
+    alt = ",".join(("IP:" if re.fullmatch(r"[\d.]+|[\da-fA-F:]+", n) else "DNS:") + n
+                   for n in names)
+    with open(path("server.ext"), "w") as f:
+        f.write(f"subjectAltName={alt}\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", path("server.csr"), "-CA", path("ca.pem"),
+            "-CAkey", path("ca.key"), "-CAcreateserial", "-days", "2",
+            "-extfile", path("server.ext"), "-out", path("server.pem"))
+    os.chmod(path("server.key"), 0o644)  # read by Postfix's smtpd in the tests
+    return {"ca": path("ca.pem"), "cert": path("server.pem"), "key": path("server.key")}
+
+
 def wait_until(condition, timeout, step=0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -372,6 +372,12 @@ struct record {
   bool ever_ready = false;
   std::uint32_t deliveries = 0;
   std::uint32_t tries = 0;
+  // delivery: how its connection was protected
+  tls_mode tls = tls_mode::none_by_policy;
+  std::string tls_protocol;
+  bool tls_verified = false;
+  bool tls_resumed = false;
+  std::string tls_detail;
 };
 
 class recorder {
@@ -452,6 +458,11 @@ class scripted_embedder final : public delivery_handler {
     record r = with_reply(record::kind::delivery, destination, *result.reply, result.remote);
     r.token = result.token;
     r.outcome = result.outcome;
+    r.tls = result.tls->mode;
+    r.tls_protocol = std::string(result.tls->protocol);
+    r.tls_verified = result.tls->verified;
+    r.tls_resumed = result.tls->resumed;
+    r.tls_detail = std::string(result.tls->detail);
     _log.add(std::move(r));
   }
   void on_closed(connection_handle, std::uint64_t destination,

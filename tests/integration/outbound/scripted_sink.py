@@ -15,6 +15,12 @@ counted as pipelined when PIPELINING was offered and as early otherwise).
 Options script the replies: no PIPELINING / 8BITMIME, a SIZE limit, RCPT rejections by local-part
 prefix, a greeting per address (e.g. 554), a silent address (accepts, never greets), the reply
 to end of data, and faults inside DATA (reply early and close, or just close).
+
+STARTTLS (RFC 3207) with --tls-cert/--tls-key (Python's ssl module): offered before TLS only,
+and scripted: --tls-reply (e.g. "454 4.7.0 not now"), --tls-inject TEXT (sent after the 220 in
+the same packet: response injection), --tls-broken (plaintext junk instead of a handshake, then
+close), --tls-silent (220, then nothing). stats.json counts starttls, handshakes (and resumed
+ones), ehlo and mail commands; each message record says whether it came over TLS.
 """
 import argparse
 import json
@@ -23,6 +29,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 
@@ -47,6 +54,12 @@ def parse_args(argv):
     p.add_argument("--close-in-data", action="store_true",
                    help="close after the first body bytes without a reply")
     p.add_argument("--stop-on-stdin-eof", action="store_true")
+    p.add_argument("--tls-cert", default="", help="PEM chain: offer STARTTLS")
+    p.add_argument("--tls-key", default="")
+    p.add_argument("--tls-reply", default="220 2.0.0 Ready to start TLS")
+    p.add_argument("--tls-inject", default="", help="plaintext sent right after the 220")
+    p.add_argument("--tls-broken", action="store_true", help="junk instead of a handshake")
+    p.add_argument("--tls-silent", action="store_true", help="never start the handshake")
     return p.parse_args(argv)
 
 
@@ -55,7 +68,12 @@ class sink:
         self.args = args
         self.lock = threading.Lock()
         self.stats = {"connections": {}, "messages": 0, "quits": 0, "pipelined_commands": 0,
-                      "early_commands": 0, "rsets": 0, "aborted_data": 0}
+                      "early_commands": 0, "rsets": 0, "aborted_data": 0, "starttls": 0,
+                      "handshakes": 0, "resumed": 0, "ehlo": 0, "mail": 0}
+        self.tls = None
+        if args.tls_cert:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(args.tls_cert, args.tls_key)
         self.next_connection = 0
         self.rejections = []
         for rule in args.reject_rcpt:
@@ -94,8 +112,10 @@ class sink:
                 json.dump(record, out)
             self.write_stats()
 
-    def ehlo_lines(self):
+    def ehlo_lines(self, tls_active=False):
         lines = ["sink.test"]
+        if self.tls is not None and not tls_active:
+            lines.append("STARTTLS")
         if not self.args.no_pipelining:
             lines.append("PIPELINING")
         lines.append(f"SIZE {self.args.size}" if self.args.size else "SIZE")
@@ -113,6 +133,7 @@ class session:
         self.address = address
         self.buf = bytearray()
         self.number = owner.new_connection(address)
+        self.tls = None  # (version, cipher) once STARTTLS completed
 
     def fill(self):
         data = self.conn.recv(1 << 20)
@@ -152,10 +173,17 @@ class session:
                 self.owner.count("early_commands" if args.no_pipelining else "pipelined_commands")
             verb = command[:4].upper()
             if verb == "EHLO":
-                self.send(self.owner.ehlo_lines())
+                self.owner.count("ehlo")
+                self.send(self.owner.ehlo_lines(self.tls is not None))
+            elif verb == "STAR" and command.upper() == "STARTTLS" and self.owner.tls is not None \
+                    and self.tls is None:
+                if not self.starttls():
+                    return
+                mail, rcpts = None, []  # RFC 3207 §4.2: the session starts over
             elif verb == "HELO":
                 self.send("250 sink.test\r\n")
             elif verb == "MAIL":
+                self.owner.count("mail")
                 mail, rcpts = command, []
                 self.send("250 2.1.0 Ok\r\n")
             elif verb == "RCPT":
@@ -180,6 +208,32 @@ class session:
                 return
             else:
                 self.send("502 5.5.2 Error: command not recognized\r\n")
+
+    def starttls(self):
+        """True when the session goes on over TLS."""
+        args = self.owner.args
+        self.owner.count("starttls")
+        reply = args.tls_reply + "\r\n"
+        if not args.tls_reply.startswith("220"):
+            self.send(reply)
+            return True
+        # One send: a server (or a man in the middle) pipelining plaintext behind its 220.
+        self.send(reply + (args.tls_inject + "\r\n" if args.tls_inject else ""))
+        self.buf.clear()  # RFC 3207 §4.2 (server side): nothing pipelined before TLS counts
+        if args.tls_silent:
+            while self.conn.recv(4096):
+                pass
+            return False
+        if args.tls_broken:
+            self.conn.recv(4096)  # the ClientHello
+            self.send("this is not TLS\r\n")
+            return False
+        self.conn = self.owner.tls.wrap_socket(self.conn, server_side=True)
+        self.tls = (self.conn.version(), self.conn.cipher()[0])
+        self.owner.count("handshakes")
+        if self.conn.session_reused:
+            self.owner.count("resumed")
+        return True
 
     def rcpt(self, command, rcpts):
         match = re.search(r"<([^>]*)>", command)
@@ -216,7 +270,8 @@ class session:
         del self.buf[:body_end + 3]
         body = re.sub(rb"(\A|\n)\.", rb"\1", wire)  # RFC 5321 §4.5.2: remove the added dot
         record = {"mail": mail, "rcpts": rcpts, "address": self.address,
-                  "connection": self.number, "peer": self.conn.getpeername()[0]}
+                  "connection": self.number, "peer": self.conn.getpeername()[0],
+                  "tls": list(self.tls) if self.tls else None}
         self.owner.save(record, body)
         self.send(args.data_reply + "\r\n")
         return True

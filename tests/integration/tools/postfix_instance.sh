@@ -2,14 +2,17 @@
 # A private Postfix instance for interop tests (tools, delivery): its own config, queue and
 # data directories under DIR, smtpd on 127.0.0.1:SMTPD_PORT, relaying everything to
 # [127.0.0.1]:RELAY_PORT. EXTRA_MAIN_CF, a file of main.cf lines, overrides these settings
-# (e.g. final delivery to virtual mailboxes instead of relaying). Never touches the system's
+# (e.g. final delivery to virtual mailboxes instead of relaying); EXTRA_MASTER_CF, a file of
+# master.cf lines, adds services (e.g. more smtpd listeners with -o overrides, such as one
+# with STARTTLS and one without). Never touches the system's
 # /etc/postfix or its queue. Needs root (Postfix's master drops privileges to the
 # postfix user itself); no chroot.
-# usage: postfix_instance.sh start DIR SMTPD_PORT RELAY_PORT [EXTRA_MAIN_CF] | stop DIR
+# usage: postfix_instance.sh start DIR SMTPD_PORT RELAY_PORT [EXTRA_MAIN_CF [EXTRA_MASTER_CF]]
+#        postfix_instance.sh stop DIR
 set -eu
 cmd=$1; W=$2
 if [ "$cmd" = stop ]; then postfix -c "$W/etc" stop >/dev/null 2>&1 || true; exit 0; fi
-PORT=$3; RELAY=$4; EXTRA=${5:-}
+PORT=$3; RELAY=$4; EXTRA=${5:-}; EXTRA_MASTER=${6:-}
 mkdir -p "$W/etc" "$W/queue" "$W/data"; chown postfix "$W/data"
 cat > "$W/etc/main.cf" <<CF
 compatibility_level = 3.6
@@ -68,8 +71,10 @@ local unix - n n - - local
 virtual unix - n n - - virtual
 anvil unix - - n - 1 anvil
 scache unix - - n - 1 scache
+tlsmgr unix - - n 1000? 1 tlsmgr
 postlog unix-dgram n - n - 1 postlogd
 tlsmgr unix - - n 1000? 1 tlsmgr
 CF
+if [ -n "$EXTRA_MASTER" ]; then cat "$EXTRA_MASTER" >> "$W/etc/master.cf"; fi
 postfix -c "$W/etc" check || { script -qc "postfix -c $W/etc check" /dev/null; exit 1; }
 postfix -c "$W/etc" start >/dev/null 2>&1 || { tail -20 "$W/maillog" >&2; exit 1; }

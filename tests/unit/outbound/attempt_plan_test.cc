@@ -204,5 +204,32 @@ TEST(attempt_tracker, a_broken_session_is_a_bad_connection) {
   EXPECT_EQ(tracker.tries(), 0u);
 }
 
+// TLS that required/verify demand and a server could not give: transient 4.7.x whatever the
+// server said (even a 5xx to STARTTLS), with the reason, and never counted as a refusal.
+TEST(attempt_tracker, tls_failures_are_transient_security_failures) {
+  attempt_tracker tracker;
+  smtp::parsed_reply handshake;
+  handshake.assign_local(421, {4, 7, 5},
+                         "TLS handshake failed: certificate of mx1.test not verified: "
+                         "hostname mismatch");
+  tracker.record(at("mx1.test", 1), attempt_failure::tls, 0, &handshake);
+  smtp::parsed_reply reply;
+  EXPECT_EQ(tracker.summary(reply), smtp::client_outcome::transient_failure);
+  EXPECT_EQ(reply.code, 451);
+  EXPECT_EQ(reply.enhanced, (smtp::reply_enhanced_code{4, 7, 5}));
+  EXPECT_EQ(reply.text(), "mx1.test[192.0.2.1]:25: TLS handshake failed: certificate of "
+                          "mx1.test not verified: hostname mismatch");
+  const auto refused = server_reply(554, {5, 7, 0}, "no TLS for you");
+  tracker.record(at("mx2.test", 2), attempt_failure::tls, 0, &refused);
+  EXPECT_EQ(tracker.summary(reply), smtp::client_outcome::transient_failure);
+  EXPECT_EQ(reply.code, 451);
+  EXPECT_EQ(reply.enhanced, (smtp::reply_enhanced_code{4, 7, 0}));
+  EXPECT_EQ(reply.text(), "mx2.test[192.0.2.2]:25 said to STARTTLS: 554 no TLS for you");
+  const auto odd = server_reply(454, {4, 3, 0}, "later");  // not a security code: X.7.5
+  tracker.record(at("mx2.test", 2), attempt_failure::tls, 0, &odd);
+  tracker.summary(reply);
+  EXPECT_EQ(reply.enhanced, (smtp::reply_enhanced_code{4, 7, 5}));
+}
+
 }  // namespace
 }  // namespace ringmta::outbound

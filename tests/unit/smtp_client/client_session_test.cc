@@ -1017,10 +1017,13 @@ C: QUIT
   EXPECT_EQ(refused.events, (strings{"closed tls_unavailable 454 4.7.0"}));
 }
 
-TEST(client_session_tls, plaintext_after_starttls_reply_is_injection) {
+// RFC 3207 §5 mirrored (response injection): a server, or someone in the path, answering
+// "220 ready\r\n250 injected" in one packet. What follows the 220 is dropped; the replies after
+// the handshake answer the new EHLO only.
+TEST(client_session_tls, plaintext_after_starttls_reply_is_discarded) {
   client_config config = config_default();
   config.tls = client_tls_policy::required;
-  transcript_driver driver(config, {});
+  transcript_driver driver(config, {envelope_of(one_recipient)});
   const auto result = driver.run(R"(
 S: 220 mx
 C: EHLO client.example
@@ -1029,9 +1032,51 @@ S: 250 STARTTLS
 C: STARTTLS
 S: 220 go ahead
 S: 250-injected
+S: 250 PIPELINING
+C: EHLO client.example
+S: 250 mx
+C: MAIL FROM:<sender@example.com>
+S: 250 ok
+C: RCPT TO:<a@example.org>
+S: 250 ok
+C: DATA
+S: 354 go
+C: .
+S: 250 ok
+C: QUIT
+S: 221 bye
 )", 1 << 20);
-  EXPECT_EQ(result.events, (strings{"closed protocol_error 421 4.5.0 local"}));
-  EXPECT_FALSE(driver.session().tls_active());
+  EXPECT_EQ(result.first_mismatch, "");
+  EXPECT_EQ(result.events, (strings{"tls", "ready", "rcpt 0 accepted 250", "body",
+                                    "message accepted 250", "ready", "closed quit 221"}));
+  EXPECT_TRUE(driver.session().tls_active());
+  // The injected PIPELINING was never believed: commands went one at a time.
+  EXPECT_FALSE(driver.session().extensions().pipelining);
+  EXPECT_EQ(driver.session().tls_discarded_bytes(),
+            std::string_view("250-injected\r\n250 PIPELINING\r\n").size());
+}
+
+TEST(client_session_tls, discarded_bytes_are_counted_per_connection) {
+  client_config config = config_default();
+  config.tls = client_tls_policy::opportunistic;
+  client_session session(config);
+  session.feed("220 mx\r\n");
+  session.consume_output(session.output().size());
+  session.feed("250-mx\r\n250 STARTTLS\r\n");
+  session.consume_output(session.output().size());
+  EXPECT_EQ(session.feed("220 go\r\n250 injected\r\n"), 22u);  // all taken, most dropped
+  EXPECT_EQ(session.next_event().kind, client_event_kind::start_tls);
+  EXPECT_EQ(session.tls_discarded_bytes(), 14u);
+  session.reset(client_tls_policy::none);
+  EXPECT_EQ(session.tls_discarded_bytes(), 0u);
+  EXPECT_EQ(session.tls_policy(), client_tls_policy::none);
+  // The plaintext retry: STARTTLS offered, never used.
+  session.feed("220 mx\r\n");
+  session.consume_output(session.output().size());
+  session.feed("250-mx\r\n250 STARTTLS\r\n");
+  EXPECT_EQ(session.next_event().kind, client_event_kind::ready);
+  EXPECT_EQ(session.output(), "");
+  EXPECT_FALSE(session.tls_active());
 }
 
 TEST(client_session_tls, handshake_failure) {
@@ -1047,10 +1092,15 @@ TEST(client_session_tls, handshake_failure) {
   ASSERT_EQ(session.feed("220 go\r\n"), 8u);
   EXPECT_EQ(session.next_event().kind, client_event_kind::start_tls);
   EXPECT_EQ(session.phase(), client_phase::tls_handshake);
-  session.tls_failed();
+  session.tls_failed("TLS handshake failed: certificate verify failed: hostname mismatch");
   const client_event closed = session.next_event();
   EXPECT_EQ(closed.kind, client_event_kind::closed);
   EXPECT_EQ(closed.close_reason, client_close_reason::tls_failed);
+  EXPECT_EQ(closed.reply->code, 421);
+  EXPECT_EQ(closed.reply->enhanced.subject, 7);
+  EXPECT_EQ(closed.reply->enhanced.detail, 5);
+  EXPECT_EQ(closed.reply->text(),
+            "TLS handshake failed: certificate verify failed: hostname mismatch");
   EXPECT_EQ(session.next_event().kind, client_event_kind::none);
   EXPECT_EQ(session.output(), "");
 }

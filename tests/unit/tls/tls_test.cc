@@ -315,5 +315,36 @@ TEST(tls_context, startup_errors_name_the_file) {
   EXPECT_EQ(loaded.context->description(), "ECDSA prime256v1 + RSA 2048");
 }
 
+// The system store is read from its bundle file when the context is made (never from the
+// hashed directory during a handshake): pointing SSL_CERT_FILE at our test CA makes exactly it
+// trusted, and a missing bundle is a start-up error naming it.
+TEST(tls_context, system_store_is_the_bundle_file_loaded_at_start) {
+  const char* saved = std::getenv("SSL_CERT_FILE");
+  const std::string previous = saved != nullptr ? saved : "";
+  ::setenv("SSL_CERT_FILE", pki().ca_cert.c_str(), 1);
+  const auto trusting = load_client_context(client_settings{});
+  ::setenv("SSL_CERT_FILE", (pki().directory + "/no-bundle.pem").c_str(), 1);
+  const auto missing = load_client_context(client_settings{});
+  client_settings optional;
+  optional.ca_required = false;
+  const auto without_anchors = load_client_context(optional);
+  if (saved != nullptr) ::setenv("SSL_CERT_FILE", previous.c_str(), 1);
+  else ::unsetenv("SSL_CERT_FILE");
+  EXPECT_EQ(missing.context, nullptr);
+  EXPECT_NE(missing.error.find("system CA store: " + pki().directory + "/no-bundle.pem"),
+            std::string::npos) << missing.error;
+  EXPECT_NE(without_anchors.context, nullptr) << "opportunistic TLS needs no trust anchors";
+  ASSERT_NE(trusting.context, nullptr) << trusting.error;
+  auto s = session::accept(server());
+  client_options options;
+  options.host = "mx.test.example";
+  options.verify = true;
+  auto c = session::connect(trusting.context, options);
+  wire w{*c, *s};
+  w.run();
+  EXPECT_EQ(c->state(), state::established) << c->error_detail();
+  EXPECT_TRUE(c->peer_verified());
+}
+
 }  // namespace
 }  // namespace ringmta::tls
