@@ -124,10 +124,14 @@ std::unique_ptr<verify_result> verifier::check(verify_request& request) {
     result->outcome = verify_outcome::unavailable;
     return result;
   }
-  const bool good = request.table->verify(request.user, request.password);  // the slow part
+  // The slow part: a hash, or a round trip to Dovecot.
+  const check_result checked = request.table->check(request.user, request.password,
+                                                    request.client);
   std::lock_guard lock(_mutex);
   const std::uint64_t now_ms = core::monotonic_ns() / 1'000'000;
-  if (good) {
+  if (checked == check_result::unavailable) {
+    result->outcome = verify_outcome::unavailable;
+  } else if (checked == check_result::accepted) {
     _throttle.record_success(request.user);
     result->outcome = verify_outcome::success;
     _counters.succeeded.fetch_add(1, std::memory_order_relaxed);

@@ -866,6 +866,11 @@ const std::vector<setting_spec>& table() {
      "one); with it, AUTH PLAIN LOGIN is offered after TLS; empty: no AUTH",
      [](settings& s, const values& v) { s.auth_passwd_file = path_setting(v, true); },
      [](const settings& s) { return toml_string(s.auth_passwd_file); }, live},
+    {"auth.dovecot", "--auth-dovecot", "SOCKET", arity::one,
+     "Dovecot's auth-client UNIX socket (as Postfix's smtpd_sasl_type = dovecot), instead of "
+     "--auth-passwd-file; empty: not used",
+     [](settings& s, const values& v) { s.auth_dovecot = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.auth_dovecot); }, live},
     {"auth.sender_map", "--auth-sender-map", "FILE", arity::one,
      "which logins may use which envelope senders: `address-or-@domain login,...` lines; "
      "without an entry a login may send only as itself (553 5.7.1 otherwise)",
@@ -1119,18 +1124,19 @@ void check_together(const settings& s) {
   if (!s.tls_listen.empty() && s.tls_cert_files.empty())
     throw error(fmt::format("{}: tls.listen: an implicit TLS listener needs --tls-cert and "
                             "--tls-key", where_set(s, "tls.listen")));
-  if ((!s.submissions_listen.empty() || !s.submission_listen.empty()) &&
-      s.tls_cert_files.empty())
-    throw error(fmt::format("{}: server.submission_listen: submission needs TLS (RFC 8314): "
-                            "give --tls-cert and --tls-key",
-                            where_set(s, s.submissions_listen.empty()
-                                             ? "server.submission_listen"
-                                             : "server.submissions_listen")));
-  if ((!s.submissions_listen.empty() || !s.submission_listen.empty()) &&
-      s.auth_passwd_file.empty())
-    throw error(fmt::format("{}: auth.passwd_file: submission listeners need an AUTH back-end: "
-                            "give --auth-passwd-file",
-                            where_set(s, "server.submission_listen")));
+  if (!s.submissions_listen.empty() || !s.submission_listen.empty()) {
+    const char* key =
+        s.submission_listen.empty() ? "server.submissions_listen" : "server.submission_listen";
+    if (s.tls_cert_files.empty())
+      throw error(fmt::format("{}: {}: submission needs TLS (RFC 8314): give --tls-cert and "
+                              "--tls-key", where_set(s, key), key));
+    if (s.auth_passwd_file.empty() && s.auth_dovecot.empty())
+      throw error(fmt::format("{}: {}: submission needs an AUTH back-end: give "
+                              "--auth-passwd-file or --auth-dovecot", where_set(s, key), key));
+  }
+  if (!s.auth_passwd_file.empty() && !s.auth_dovecot.empty())
+    throw error(fmt::format("{}: auth.dovecot: give --auth-dovecot or --auth-passwd-file, not "
+                            "both", where_set(s, "auth.dovecot")));
   if (s.log_output == "file" && s.log_file.empty())
     throw error(fmt::format("{}: log.output: 'file' needs log.file (--log-file PATH)",
                             where_set(s, "log.output")));

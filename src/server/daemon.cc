@@ -246,6 +246,8 @@ void set_auth(const config::settings& settings, inbound_config& c) {
   try {
     if (!settings.auth_passwd_file.empty())
       c.auth_credentials = auth::credentials::load_passwd_file(settings.auth_passwd_file);
+    if (!settings.auth_dovecot.empty())  // connected per check, on the verifier threads
+      c.auth_credentials = std::make_shared<auth::dovecot_backend>(settings.auth_dovecot);
   } catch (const std::runtime_error& problem) {
     throw fail("auth.passwd_file", problem);
   }
@@ -909,6 +911,8 @@ bool drain_shards(shard::runtime& runtime,
 void check_configuration(const config::settings& settings) {
   open_log_output(settings);
   make_relay_config(settings);
+  inbound_config auth_tables;
+  set_auth(settings, auth_tables);  // the passwd file and sender map parse
 }
 
 int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {

@@ -14,6 +14,7 @@
 // Never: a password stored or logged; a throw out of verify().
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -22,7 +23,23 @@
 
 namespace ringmta::auth {
 
-class credentials {
+enum class check_result : std::uint8_t {
+  accepted,
+  refused,      // wrong password or unknown login
+  unavailable,  // the back-end could not answer (454 4.7.0)
+};
+
+// Where logins are checked: a passwd file, or a Dovecot auth service. check() runs on a
+// verifier thread and may block there (hash, socket), never on a shard.
+class backend {
+ public:
+  virtual ~backend() = default;
+  // `client`: the client's address (Dovecot's rip, for its own logs and penalties).
+  virtual check_result check(std::string_view user, std::string_view password,
+                             std::string_view client) const noexcept = 0;
+};
+
+class credentials final : public backend {
  public:
   // Throws std::runtime_error "FILE:LINE: what is wrong" for an unreadable file, a line
   // without ':', a duplicate user or a hash libcrypt does not accept.
@@ -33,6 +50,10 @@ class credentials {
   // True when `password` matches the user's hash. An unknown user costs one hash too (a dummy
   // of the strongest scheme in the file), so timing does not tell which logins exist.
   bool verify(std::string_view user, std::string_view password) const noexcept;
+  check_result check(std::string_view user, std::string_view password,
+                     std::string_view) const noexcept override {
+    return verify(user, password) ? check_result::accepted : check_result::refused;
+  }
   std::size_t size() const noexcept { return _hashes.size(); }
   const std::string& origin() const noexcept { return _origin; }
 
@@ -40,6 +61,22 @@ class credentials {
   std::unordered_map<std::string, std::string> _hashes;  // user → crypt hash
   std::string _dummy_hash;
   std::string _origin;
+};
+
+// Dovecot's authentication protocol (auth client protocol 1.1) over its UNIX socket, as
+// Postfix's smtpd_sasl_type = dovecot speaks it: one connection per check (handshake, one AUTH
+// PLAIN request, OK or FAIL), with a deadline on every read and write.
+class dovecot_backend final : public backend {
+ public:
+  explicit dovecot_backend(std::string socket_path, std::uint32_t timeout_ms = 10'000)
+      : _socket_path(std::move(socket_path)), _timeout_ms(timeout_ms) {}
+  check_result check(std::string_view user, std::string_view password,
+                     std::string_view client) const noexcept override;
+  const std::string& socket_path() const noexcept { return _socket_path; }
+
+ private:
+  std::string _socket_path;
+  std::uint32_t _timeout_ms;
 };
 
 // Which envelope senders a login may use (RFC 6409 §6.1: the submission server may check).

@@ -77,7 +77,7 @@ struct verify_request {
   std::string user;
   std::string password;  // wiped once checked
   std::string client;    // the client's address, for the throttle
-  std::shared_ptr<const credentials> table;
+  std::shared_ptr<const backend> table;
   reply_address reply_to;
 };
 

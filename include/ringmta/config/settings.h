@@ -149,6 +149,7 @@ struct settings {
 
   // [auth] SMTP AUTH (RFC 4954), offered after TLS when a back-end is configured
   std::string auth_passwd_file;            // user:crypt-hash lines (Dovecot passwd-file)
+  std::string auth_dovecot;                // Dovecot auth-client socket (instead of the file)
   std::string auth_sender_map;             // "address-or-@domain login,..." (Postfix style)
   bool auth_plaintext_loopback = false;    // also offer AUTH without TLS to loopback clients
   std::uint32_t auth_workers = 2;          // password-hashing threads

@@ -114,7 +114,7 @@ struct inbound_config {
   // SMTP AUTH (RFC 4954; inbound_auth.cc). No credentials: AUTH is not offered. Both tables
   // are immutable (a reload builds new ones); the verifier is shared by every shard and
   // outlives them.
-  std::shared_ptr<const auth::credentials> auth_credentials;
+  std::shared_ptr<const auth::backend> auth_credentials;
   std::shared_ptr<const auth::sender_map> auth_senders;  // null: a login sends as itself
   auth::verifier* auth_verifier = nullptr;
   bool auth_plaintext_loopback = false;

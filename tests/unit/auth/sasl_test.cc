@@ -73,7 +73,7 @@ TEST(sasl, plain_refusals) {
       {b64(std::string("\0\0pw", 4)), 535},           // empty login
       {b64(std::string("\0bob\0", 5)), 535},          // empty password
       {b64(std::string("\0b\tob\0pw", 8)), 535},      // control character in the login
-      {b64(std::string("\0") + std::string(256, 'u') + std::string("\0pw", 3)), 535},
+      {b64(std::string(1, '\0') + std::string(256, 'u') + std::string("\0pw", 3)), 535},
   };
   for (const auto& p : probes) {
     sasl_exchange x;
