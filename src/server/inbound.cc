@@ -378,6 +378,7 @@ void inbound_server::release(connection& c) noexcept {
   c.session.reset();
   c.sasl.reset();
   c.auth_held.reset();
+  c.auth_line_storage.reset();  // 12 KiB: an idle slot keeps none
   c.tls.reset();       // the SSL and its buffers: an idle slot holds no TLS memory
   c.settings.reset();  // an idle slot does not keep an old configuration alive
   _free_slots.push_back(c.slot);

@@ -102,7 +102,7 @@ struct connection final : smtp::server_handler {
   bool submission = false;           // accepted on a submission listener: AUTH before MAIL
   std::unique_ptr<auth::sasl_exchange> sasl;
   static constexpr std::size_t auth_line_bytes_max = 12288;  // RFC 4954 §4
-  std::unique_ptr<char[]> auth_line_storage;  // made at the first session offering AUTH
+  std::unique_ptr<char[]> auth_line_storage;  // made per session offering AUTH
   std::string login;                 // authenticated as (log records, sender checks)
   std::unique_ptr<auth::verify_result> auth_held;  // a failure answered after its delay
   std::uint32_t auth_failures = 0;   // this session's failed AUTH attempts

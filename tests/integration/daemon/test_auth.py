@@ -369,6 +369,7 @@ service auth {{
 if shutil.which("dovecot") or os.path.exists("/usr/sbin/dovecot"):
     d = os.path.join(work, "dovecot")
     os.makedirs(os.path.join(d, "state"))
+    os.chmod(work, 0o755)  # Dovecot's auth process runs as its own user and reads the file
     with open(os.path.join(d, "users"), "w") as f:
         f.write(passwd_line("dana@ours.test", "dovecot-pw", "bcrypt")[1] + "\n")
     with open(os.path.join(d, "dovecot.conf"), "w") as f:
