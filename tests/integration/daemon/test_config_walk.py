@@ -73,6 +73,8 @@ bad = []       # refusals that did not name the setting, or statuses other than 
 started_ok = 0
 for row in table:
     key, flag = row["key"], row["flag"]
+    if "." not in key:  # [[dkim]] tables (a top-level array): settings_test walks them
+        continue
     section, name = key.split(".", 1)
     for probe in probes:
         escaped = probe.replace("\\", "\\\\").replace("\x01", "\\u0001")
