@@ -18,7 +18,8 @@ namespace {
 
 std::string read_file(const std::string& path) {
   std::ifstream file(path);
-  if (!file) throw std::runtime_error(fmt::format("{}: cannot read: {}", path, std::strerror(errno)));
+  if (!file)
+    throw std::runtime_error(fmt::format("{}: cannot read: {}", path, std::strerror(errno)));
   std::ostringstream text;
   text << file.rdbuf();
   return text.str();
