@@ -7,6 +7,7 @@ records with the login and never the password, brute-force delays and lockout (4
 `ringmta passwd`, the passwd file reloaded on SIGHUP, and --proxy-trusted (a PROXY header from an
 untrusted peer closes the connection).
 usage: test_auth.py RINGMTA"""
+import atexit
 import base64
 import os
 import shutil
@@ -26,6 +27,7 @@ tap = Tap()
 binary = sys.argv[1]
 pki = tls_pki.make()
 work = tempfile.mkdtemp(prefix="ringmta-auth-")
+atexit.register(shutil.rmtree, work, True)
 context = ssl.create_default_context(cafile=pki["ca"])
 PASSWORDS = {"alice@ours.test": "alice secret 1", "bob": "b0b-pw", "carol@other.test": "c4rol"}
 
@@ -376,6 +378,7 @@ if shutil.which("dovecot") or os.path.exists("/usr/sbin/dovecot"):
         f.write(DOVECOT_CONF.format(d=d))
     dovecot = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", os.path.join(d, "dovecot.conf")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(lambda: dovecot.poll() is not None or dovecot.kill())  # even on a failure
     socket_path = os.path.join(d, "run", "auth-client")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not os.path.exists(socket_path):
