@@ -4,14 +4,18 @@
 //   ringmta spool ls [--spool DIR | --config FILE] [--json]              list queued mail
 //   ringmta dkim keygen --domain D --selector S [--algorithm rsa|ed25519]   a DKIM key
 //   ringmta check-config [--config FILE] [flags] [--json]                validate, print
+//   ringmta passwd USER [--scheme yescrypt|bcrypt|sha512] < password     an --auth-passwd-file line
 //   ringmta --help | --version
 #include <cstdio>
+#include <iostream>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "ringmta/auth/credentials.h"
 #include "ringmta/config/settings.h"
 #include "ringmta/dkim/keygen.h"
 #include "ringmta/server/daemon.h"
@@ -31,6 +35,9 @@ void print_help() {
       "       ringmta dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits N]\n"
       "                                            write a DKIM key, print its DNS record\n"
       "       ringmta check-config [flags] [--json] validate and print the effective settings\n"
+      "       ringmta passwd USER [--scheme yescrypt|bcrypt|sha512]\n"
+      "                                            read a password on stdin, print the\n"
+      "                                            user:hash line for --auth-passwd-file\n"
       "       ringmta --version\n\n"
       "Signals: SIGHUP reloads the configuration, SIGUSR1 reopens the log file, SIGTERM stops.\n"
       "Every setting has a flag (flags override the file):\n%s",
@@ -94,6 +101,42 @@ int check_config_command(int argc, const char* const* argv) {
   return 0;
 }
 
+// `ringmta passwd USER`: the password comes on stdin (one line: never on the command line,
+// where ps shows it), the line for --auth-passwd-file goes to stdout. Exit 0, or 2 for bad use.
+int passwd_command(int argc, const char* const* argv) {
+  std::string scheme = "yescrypt";
+  const char* user = nullptr;
+  for (int i = 2; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--scheme") == 0 && i + 1 < argc) scheme = argv[++i];
+    else if (user == nullptr && argv[i][0] != '-') user = argv[i];
+    else user = nullptr, i = argc;
+  }
+  const std::string_view name = user == nullptr ? "" : user;
+  const bool bad_name = name.empty() || name.find_first_of(":#") == 0 ||
+                        name.find(':') != std::string_view::npos ||
+                        std::any_of(name.begin(), name.end(),
+                                    [](char c) { return static_cast<unsigned char>(c) < 0x21; });
+  if (bad_name || (scheme != "yescrypt" && scheme != "bcrypt" && scheme != "sha512")) {
+    std::fprintf(stderr, "ringmta: usage: ringmta passwd USER [--scheme yescrypt|bcrypt|sha512] "
+                         "< password (USER without ':', spaces or control characters)\n");
+    return 2;
+  }
+  std::string password;
+  std::getline(std::cin, password);
+  if (!password.empty() && password.back() == '\r') password.pop_back();
+  if (password.empty()) {
+    std::fprintf(stderr, "ringmta: passwd: no password on standard input\n");
+    return 2;
+  }
+  try {
+    std::printf("%s:%s\n", user, ringmta::auth::make_hash(password, scheme).c_str());
+  } catch (const std::exception& problem) {
+    std::fprintf(stderr, "ringmta: passwd: %s\n", problem.what());
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -111,6 +154,7 @@ int main(int argc, char** argv) {
       }
     }
     if (argc > 1 && std::strcmp(argv[1], "spool") == 0) return spool_command(argc, argv);
+    if (argc > 1 && std::strcmp(argv[1], "passwd") == 0) return passwd_command(argc, argv);
     if (argc > 1 && std::strcmp(argv[1], "check-config") == 0)
       return check_config_command(argc, argv);
     const auto settings = ringmta::config::load(argc, argv);

@@ -450,6 +450,29 @@ const std::vector<setting_spec>& table() {
      "expect a PROXY v1/v2 header on every connection (behind HAProxy)",
      [](settings& s, const values& v) { s.proxy_protocol = parse_bool(one(v)); },
      [](const settings& s) { return boolean(s.proxy_protocol); }, live},
+    {"server.proxy_trusted", "--proxy-trusted", "CIDR,...", arity::list,
+     "peers whose PROXY header is believed; a PROXY connection from any other peer is closed",
+     [](settings& s, const values& v) { s.proxy_trusted = each<core::cidr>(v, parse_cidr); },
+     [](const settings& s) {
+       return array(s.proxy_trusted, [](auto& c) { return c.to_string(); });
+     },
+     live},
+    {"server.submission_listen", "--submission-listen", "ADDR:PORT", arity::list,
+     "submission listener, e.g. port 587 (RFC 6409: STARTTLS, then AUTH before MAIL)",
+     [](settings& s, const values& v) {
+       s.submission_listen = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t); });
+     },
+     [](const settings& s) {
+       return array(s.submission_listen, [](auto& e) { return e.to_string(); });
+     }},
+    {"server.submissions_listen", "--submissions-listen", "ADDR:PORT", arity::list,
+     "submission over implicit TLS, e.g. port 465 (RFC 8314: AUTH before MAIL)",
+     [](settings& s, const values& v) {
+       s.submissions_listen = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t); });
+     },
+     [](const settings& s) {
+       return array(s.submissions_listen, [](auto& e) { return e.to_string(); });
+     }},
     {"server.greeting_text", "--greeting-text", "TEXT", arity::one, "text after 220 HOSTNAME",
      [](settings& s, const values& v) { s.greeting_text = parse_reply_text(one(v)); },
      [](const settings& s) { return toml_string(s.greeting_text); }, live},
@@ -877,6 +900,43 @@ const std::vector<setting_spec>& table() {
        s.user = text;
      },
      [](const settings& s) { return toml_string(s.user); }},
+    // ---- SMTP AUTH (RFC 4954; src/auth, issue 12) ----
+    {"auth.passwd_file", "--auth-passwd-file", "FILE", arity::one,
+     "user:hash lines (crypt(3): yescrypt, bcrypt, sha512-crypt; `ringmta passwd USER` makes "
+     "one); with it, AUTH PLAIN LOGIN is offered after TLS; empty: no AUTH",
+     [](settings& s, const values& v) { s.auth_passwd_file = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.auth_passwd_file); }, live},
+    {"auth.dovecot", "--auth-dovecot", "SOCKET", arity::one,
+     "Dovecot's auth-client UNIX socket (as Postfix's smtpd_sasl_type = dovecot), instead of "
+     "--auth-passwd-file; empty: not used",
+     [](settings& s, const values& v) { s.auth_dovecot = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.auth_dovecot); }, live},
+    {"auth.sender_map", "--auth-sender-map", "FILE", arity::one,
+     "which logins may use which envelope senders: `address-or-@domain login,...` lines; "
+     "without an entry a login may send only as itself (553 5.7.1 otherwise)",
+     [](settings& s, const values& v) { s.auth_sender_map = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.auth_sender_map); }, live},
+    {"auth.plaintext_loopback", "--auth-plaintext-loopback", "", arity::flag,
+     "also offer AUTH without TLS to clients on loopback addresses (never to others)",
+     [](settings& s, const values& v) { s.auth_plaintext_loopback = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.auth_plaintext_loopback); }, live},
+    {"auth.workers", "--auth-workers", "N", arity::one,
+     "threads that verify password hashes (never a shard)",
+     [](settings& s, const values& v) { s.auth_workers = parse_count(one(v), 1, 64); },
+     [](const settings& s) { return number(s.auth_workers); }},
+    {"auth.queue_size", "--auth-queue-size", "N", arity::one,
+     "password checks waiting for a worker; beyond it AUTH gets 454 4.7.0",
+     [](settings& s, const values& v) { s.auth_queue_size = parse_count(one(v), 1, 1'000'000); },
+     [](const settings& s) { return number(s.auth_queue_size); }},
+    {"auth.max_failures", "--auth-max-failures", "N", arity::one,
+     "failed logins per client address or per login before a lockout (454 4.7.0); each "
+     "failure's 535 is delayed more (0.5 s doubling, at most 8 s)",
+     [](settings& s, const values& v) { s.auth_failures_max = parse_count(one(v), 1, 1'000'000); },
+     [](const settings& s) { return number(s.auth_failures_max); }},
+    {"auth.lockout", "--auth-lockout", "DURATION", arity::one,
+     "how long a lockout lasts, and how long failures are remembered",
+     [](settings& s, const values& v) { s.auth_lockout_s = parse_seconds_in(one(v), 1, 86400); },
+     [](const settings& s) { return duration(s.auth_lockout_s); }},
     {"server.allow_root", "--allow-root", "", arity::flag,
      "started as root: keep running as root instead of switching to --user (not advised)",
      [](settings& s, const values& v) { s.allow_root = parse_bool(one(v)); },
@@ -893,6 +953,7 @@ settings defaults() {
   settings s;
   s.listen = {*core::endpoint::parse("0.0.0.0:25")};
   s.mynetworks = {*core::cidr::parse("127.0.0.0/8"), *core::cidr::parse("::1")};
+  s.proxy_trusted = s.mynetworks;
   s.admin_listen = {*core::endpoint::parse("127.0.0.1:8025")};
   char name[256] = {};
   if (gethostname(name, sizeof name - 1) == 0 && name[0] != '\0') s.hostname = lowercase(name);
@@ -1103,6 +1164,19 @@ void check_together(const settings& s) {
   if (!s.tls_listen.empty() && s.tls_cert_files.empty())
     throw error(fmt::format("{}: tls.listen: an implicit TLS listener needs --tls-cert and "
                             "--tls-key", where_set(s, "tls.listen")));
+  if (!s.submissions_listen.empty() || !s.submission_listen.empty()) {
+    const char* key =
+        s.submission_listen.empty() ? "server.submissions_listen" : "server.submission_listen";
+    if (s.tls_cert_files.empty())
+      throw error(fmt::format("{}: {}: submission needs TLS (RFC 8314): give --tls-cert and "
+                              "--tls-key", where_set(s, key), key));
+    if (s.auth_passwd_file.empty() && s.auth_dovecot.empty())
+      throw error(fmt::format("{}: {}: submission needs an AUTH back-end: give "
+                              "--auth-passwd-file or --auth-dovecot", where_set(s, key), key));
+  }
+  if (!s.auth_passwd_file.empty() && !s.auth_dovecot.empty())
+    throw error(fmt::format("{}: auth.dovecot: give --auth-dovecot or --auth-passwd-file, not "
+                            "both", where_set(s, "auth.dovecot")));
   if (s.log_output == "file" && s.log_file.empty())
     throw error(fmt::format("{}: log.output: 'file' needs log.file (--log-file PATH)",
                             where_set(s, "log.output")));

@@ -135,6 +135,7 @@ class shard_services final : public shard::iteration_hook {
         _relay(relay_settings, owner, *_store, metrics.relay, _log) {}
 
   relay& delivery() noexcept { return _relay; }
+  inbound& front() noexcept { return _front; }
 
   // On failure, says which part could not start (the error alone says too little), and which
   // settings are involved.
@@ -218,6 +219,54 @@ void on_shard_update(shard::shard& target, std::unique_ptr<shard_update> update)
   update->applied->fetch_add(1, std::memory_order_release);
 }
 
+// A password check's result, from a verifier thread to the shard of its connection.
+void on_auth_verified(shard::shard& target, std::unique_ptr<auth::verify_result> result) noexcept {
+  (*g_services)[target.id()]->front().on_auth_result(std::move(result));
+}
+
+// The verifier's way back to the shards; null before the shards run and once they stop (then
+// results are dropped: their connections are gone).
+std::atomic<shard::runtime*> g_auth_runtime{nullptr};
+
+std::unique_ptr<auth::verifier> make_verifier(const config::settings& settings) {
+  auth::throttle_settings throttle;
+  throttle.failures_max = settings.auth_failures_max;
+  throttle.lockout_ms = settings.auth_lockout_s * 1000;
+  return std::make_unique<auth::verifier>(
+      settings.auth_workers, settings.auth_queue_size, throttle,
+      [](std::unique_ptr<auth::verify_result>& result) {
+        shard::runtime* runtime = g_auth_runtime.load(std::memory_order_acquire);
+        if (runtime == nullptr) return true;  // stopping: nobody waits for it any more
+        // post_owned frees what it could not post: hand it a copy, keep ours for a retry.
+        return shard::post_owned<auth::verify_result, &on_auth_verified>(
+            *runtime, result->reply_to.shard, std::make_unique<auth::verify_result>(*result));
+      });
+}
+
+// SMTP AUTH's back-end and sender map (read here: start-up or a reload, never a shard). A file
+// that cannot be used is a start-up error naming the setting, or a rejected reload.
+void set_auth(const config::settings& settings, inbound_config& c) {
+  const auto fail = [&](const char* key, const std::exception& problem) {
+    return config::error(fmt::format("{}: {}: {}", origin_of(settings, key), key, problem.what()));
+  };
+  try {
+    if (!settings.auth_passwd_file.empty())
+      c.auth_credentials = auth::credentials::load_passwd_file(settings.auth_passwd_file);
+    if (!settings.auth_dovecot.empty())  // connected per check, on the verifier threads
+      c.auth_credentials = std::make_shared<auth::dovecot_backend>(settings.auth_dovecot);
+  } catch (const std::runtime_error& problem) {
+    throw fail("auth.passwd_file", problem);
+  }
+  try {
+    if (!settings.auth_sender_map.empty())
+      c.auth_senders = auth::sender_map::load_file(settings.auth_sender_map);
+  } catch (const std::runtime_error& problem) {
+    throw fail("auth.sender_map", problem);
+  }
+  c.auth_plaintext_loopback = settings.auth_plaintext_loopback;
+  c.engine.auth_offered = c.auth_credentials != nullptr;  // PLAIN LOGIN, after TLS
+}
+
 // The admin thread asks a shard's relay something and waits (bounded) for the answer.
 struct admin_request {
   std::function<std::string(relay&)> work;
@@ -281,6 +330,7 @@ inbound_config make_inbound_config(const config::settings& settings) {
   c.relay.mynetworks = settings.mynetworks;
   c.relay.relay_domains = settings.relay_domains;
   c.proxy_protocol = settings.proxy_protocol;
+  c.proxy_trusted = settings.proxy_trusted;
   c.sessions_per_shard_max = settings.sessions_per_shard_max;
   c.sessions_per_client_max = settings.sessions_per_client_max;
   c.timeout_command_ms = settings.timeout_command_s * 1000;
@@ -307,6 +357,7 @@ inbound_config make_inbound_config(const config::settings& settings) {
   engine.long_lines = settings.long_lines == config::long_line_policy::fold
                           ? smtp::long_line_policy::fold
                           : smtp::long_line_policy::reject;
+  set_auth(settings, c);
   return c;
 }
 
@@ -430,6 +481,19 @@ void register_metrics(admin::registry& registry, const inbound_metrics& m) {
   }
   registry.add("ringmta_tls_handshake_failures_total{direction=\"in\",reason=\"timeout\"}",
                failures, m.tls_timeouts);
+  const char* auth_help = "SMTP AUTH attempts, by result";
+  registry.add("ringmta_auth_total{result=\"success\"}", auth_help, m.auth_succeeded);
+  registry.add("ringmta_auth_total{result=\"failure\"}", auth_help, m.auth_failed);
+  registry.add("ringmta_auth_total{result=\"locked\"}", auth_help, m.auth_locked);
+  registry.add("ringmta_auth_total{result=\"busy\"}", auth_help, m.auth_busy);
+  registry.add("ringmta_auth_sender_denied_total",
+               "MAIL FROM refused: the login may not use that sender (553 5.7.1)",
+               m.auth_sender_denied);
+  registry.add("ringmta_auth_required_total",
+               "MAIL refused on a submission listener before AUTH (530 5.7.0)", m.auth_required);
+  registry.add("ringmta_proxy_untrusted_total",
+               "PROXY protocol connections closed: the peer is not in proxy_trusted",
+               m.proxy_untrusted);
 }
 
 // The address literals that name this host (RFC 5321 §4.1.3): "[192.0.2.1]", "[ipv6:::1]".
@@ -570,6 +634,8 @@ void set_tls(const config::settings& settings, std::shared_ptr<tls::ticket_key_r
   c.engine.starttls_offered = c.tls != nullptr;
   c.engine_implicit_tls = c.engine;
   c.engine_implicit_tls.tls_active = true;  // RFC 8314: TLS from the first byte
+  c.engine_plain_auth = c.engine;            // --auth-plaintext-loopback, loopback clients only
+  c.engine_plain_auth.auth_requires_tls = false;
   c.timeout_tls_handshake_ms = settings.timeout_tls_handshake_s * 1000;
 }
 
@@ -592,6 +658,8 @@ shard_configuration build_shard_configuration(const config::settings& settings,
           front);
   front.listen = first_inbound.listen;
   front.implicit_tls = first_inbound.implicit_tls;
+  front.submission = first_inbound.submission;
+  front.auth_verifier = first_inbound.auth_verifier;
   front.listener_fds = first_inbound.listener_fds;
   front.clients = first_inbound.clients;
   front.recipients.own_literals = first_inbound.recipients.own_literals;
@@ -656,6 +724,18 @@ void start_tls(const config::settings& settings, admin::log_format format, inbou
   for (const auto& at : settings.tls_listen) {
     c.listen.push_back(at);
     c.implicit_tls.push_back(true);
+  }
+  // Submission (RFC 6409, port 587: STARTTLS then AUTH) and submissions (RFC 8314, port 465).
+  c.submission.assign(c.listen.size(), false);
+  for (const auto& at : settings.submission_listen) {
+    c.listen.push_back(at);
+    c.implicit_tls.push_back(false);
+    c.submission.push_back(true);
+  }
+  for (const auto& at : settings.submissions_listen) {
+    c.listen.push_back(at);
+    c.implicit_tls.push_back(true);
+    c.submission.push_back(true);
   }
   if (!c.tls) return;
   const auto ktls = tls::probe_ktls();
@@ -856,6 +936,8 @@ std::unique_ptr<suspension_table> load_suspensions(const config::settings& setti
 void check_configuration(const config::settings& settings) {
   open_log_output(settings);
   make_relay_config(settings);
+  inbound_config auth_tables;
+  set_auth(settings, auth_tables);  // the passwd file and sender map parse
 }
 
 int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
@@ -893,6 +975,10 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
                                              origin_of(settings, "server.listen"));
   std::vector<core::endpoint> addresses = settings.listen;
   addresses.insert(addresses.end(), settings.tls_listen.begin(), settings.tls_listen.end());
+  addresses.insert(addresses.end(), settings.submission_listen.begin(),
+                   settings.submission_listen.end());
+  addresses.insert(addresses.end(), settings.submissions_listen.begin(),
+                   settings.submissions_listen.end());
   const listen_claim claimed(addresses, listen_key);
   check_spool_shards(settings, shards);
   auto stores = recover_spool(settings, shards, format);
@@ -902,6 +988,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   start_tls(settings, format, front);
   client_counters clients;
   front.clients = &clients;
+  const auto verifier = make_verifier(settings);  // its threads start after the privilege drop
+  front.auth_verifier = verifier.get();
   std::vector<core::endpoint> bound;
   auto listeners = open_listeners(front.listen, shards, bound);
   if (!listeners)
@@ -936,6 +1024,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   log_event(format, "privileges", drop_privileges(privileges, settings.spool_dir));
   admin::log_writer writer(std::move(log_output), shards, settings.log_buffer_bytes, format);
   g_log_writer = &writer;
+  verifier->start();
   struct unset_writer {
     ~unset_writer() { g_log_writer = nullptr; }
   } unset_writer_on_exit;
@@ -1006,6 +1095,13 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   log_event(format, "cpu_pinning", pinning.reason);
   options.ring.sq_entries = 4096;
   shard::runtime runtime(options);
+  struct stop_verifier {  // before the runtime goes: no result may be posted to it after
+    auth::verifier& pool;
+    ~stop_verifier() {
+      g_auth_runtime.store(nullptr, std::memory_order_release);
+      pool.stop();
+    }
+  } stop_verifier_first{*verifier};
   std::string ring_description;
   auto started = runtime.start(
       [&](shard::shard& owner) -> core::result<void> {
@@ -1027,6 +1123,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
                                     started.error_text()));
   }
   register_reloadables(reloads, runtime, writer, *first_inbound, delivery);
+  g_auth_runtime.store(&runtime, std::memory_order_release);
   runtime_pointer = &runtime;
   runtime_ready = true;
   // A timed suspension ends: resume the destination on its shard (the table drops it).
@@ -1042,7 +1139,12 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
                         settings.unsafe_no_fsync ? "UNSAFE no fsync" : "fdatasync on",
                         ring_description));
   for (std::size_t i = 0; i < bound.size(); ++i)
-    log_event(format, front.implicit_tls[i] ? "listening_tls" : "listening", bound[i].to_string());
+    log_event(format,
+              front.submission[i] ? (front.implicit_tls[i] ? "listening_submissions"
+                                                           : "listening_submission")
+              : front.implicit_tls[i] ? "listening_tls"
+                                      : "listening",
+              bound[i].to_string());
   for (const auto& at : admin_server.bound()) log_event(format, "admin_listening", at.to_string());
   log_event(format, "admin_socket", admin_server.unix_path());
   if (hooks.on_listening) hooks.on_listening(bound, admin_server.bound());
@@ -1060,6 +1162,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   const bool clean = drain_shards(runtime, services, grace_s, signals, writer);
   suspensions->stop();
   runtime_ready = false;
+  g_auth_runtime.store(nullptr, std::memory_order_release);
+  verifier->stop();
   admin_server.stop();  // no admin request may reach a stopping shard
   runtime.request_stop();
   runtime.join();

@@ -307,6 +307,7 @@ void inbound_server::on_accepted(std::size_t listener, const io::completion& don
   }
   _metrics.connections_accepted.add();
   c->implicit_tls = listener < _config.implicit_tls.size() && _config.implicit_tls[listener];
+  c->submission = listener < _config.submission.size() && _config.submission[listener];
   c->open(fd, core::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&address), length),
           false);
 }
@@ -382,6 +383,9 @@ void inbound_server::release(connection& c) noexcept {
   c.live = false;
   c.generation = (c.generation + 1) & io::generation_mask;
   c.session.reset();
+  c.sasl.reset();
+  c.auth_held.reset();
+  c.auth_line_storage.reset();  // 12 KiB: an idle slot keeps none
   c.tls.reset();       // the SSL and its buffers: an idle slot holds no TLS memory
   c.settings.reset();  // an idle slot does not keep an old configuration alive
   _free_slots.push_back(c.slot);
@@ -420,6 +424,14 @@ void inbound_server::on_committed(std::uint64_t ticket, int error) noexcept {
   connection& c = *_connections[waiter->first];
   if (!c.live || c.generation != waiter->second) return;  // client left before the 250
   c.on_commit_result(error);
+}
+
+void inbound_server::on_auth_result(std::unique_ptr<auth::verify_result> result) noexcept {
+  const auto& to = result->reply_to;
+  if (to.slot >= _connections.size() || !_connections[to.slot]) return;
+  connection& c = *_connections[to.slot];
+  if (!c.live || c.generation != to.generation) return;  // the client left meanwhile
+  c.on_auth_result(std::move(result));
 }
 
 void inbound_server::set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept {
@@ -477,11 +489,16 @@ std::shared_ptr<const inbound_config> freeze(inbound_config config) {
   frozen->engine.greeting_text = frozen->greeting_text;
   frozen->engine_implicit_tls.hostname = frozen->hostname;
   frozen->engine_implicit_tls.greeting_text = frozen->greeting_text;
+  frozen->engine_plain_auth.hostname = frozen->hostname;
+  frozen->engine_plain_auth.greeting_text = frozen->greeting_text;
   frozen->greeting = "220 " + frozen->hostname + " " + frozen->greeting_text + "\r\n";
   return frozen;
 }
 void inbound::on_committed(std::uint64_t ticket, int error) noexcept {
   _server->on_committed(ticket, error);
+}
+void inbound::on_auth_result(std::unique_ptr<auth::verify_result> result) noexcept {
+  _server->on_auth_result(std::move(result));
 }
 void inbound::set_accepted_listener(accepted_fn listener) {
   _server->accepted_listener = std::move(listener);

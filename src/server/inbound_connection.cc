@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include <fmt/format.h>
@@ -73,12 +74,30 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   proxy_reader.reset();
   tls_phase = tls_stage::off;  // implicit_tls was set by the listener that accepted us
   tls.reset();
+  sasl.reset();
+  login.clear();
+  auth_held.reset();
+  auth_failures = 0;
+  auth_mechanism = {};
+  if (awaiting_proxy && !proxy_peer_trusted()) {
+    // Anyone else could claim an address inside mynetworks and relay anywhere.
+    server.metrics().proxy_untrusted.add();
+    log_connect();
+    return close("PROXY connection from an untrusted peer (not in proxy_trusted)");
+  }
   if (awaiting_proxy) {  // policy waits for the real client address in the PROXY header
     arm_receive();
     schedule(timer_purpose::proxy_header, config.timeout_proxy_header_ms);
     return;
   }
   admit();
+}
+
+bool connection::proxy_peer_trusted() const noexcept {
+  const auto& trusted = settings->proxy_trusted;
+  return std::any_of(trusted.begin(), trusted.end(), [&](const core::cidr& range) {
+    return range.contains(peer.sockaddr_pointer());
+  });
 }
 
 // Applies the per-client limit and relay rights for `peer`, then greets (or delays).
@@ -112,8 +131,18 @@ void connection::greet() noexcept {
 
 void connection::ensure_session() noexcept {
   if (session) return;
+  const auto& config = *settings;
+  std::span<char> auth_storage;
+  if (config.auth_credentials) {  // AUTH offered: its lines may be long (RFC 4954 §4)
+    const std::size_t bytes = config.engine.limits.auth_line_bytes_max;
+    if (!auth_line_storage) auth_line_storage = std::make_unique<char[]>(auth_line_bytes_max);
+    auth_storage = {auth_line_storage.get(), std::min<std::size_t>(bytes, auth_line_bytes_max)};
+  }
   session = std::make_unique<smtp::server_session>(
-      implicit_tls ? settings->engine_implicit_tls : settings->engine, *this);
+      implicit_tls              ? config.engine_implicit_tls
+      : auth_plaintext_allowed() ? config.engine_plain_auth
+                                 : config.engine,
+      *this, auth_storage);
   session->start();
   RINGMTA_ASSERT(session->output() == settings->greeting);  // the one the client already has
   session->consume_output(session->output().size());
@@ -330,6 +359,8 @@ void connection::on_timeout() noexcept {
       return close("no PROXY header");
     case timer_purpose::hard_close:
       return close("not reading");
+    case timer_purpose::auth_delay:
+      return answer_auth();
     case timer_purpose::tls_handshake:  // no SMTP reply can be sent inside a handshake
       server.metrics().tls_timeouts.add();
       return close("TLS handshake timeout");
@@ -369,6 +400,8 @@ void connection::close(const char* reason) noexcept {
       in_message = false;
     }
     commit_retry = false;
+    auth_held.reset();
+    sasl.reset();
     // Ends a pending receive or a send to a client that stopped reading (they complete with
     // 0 / -EPIPE); the fd itself is closed through the ring once no op refers to it.
     ::shutdown(fd, SHUT_RDWR);
@@ -448,6 +481,7 @@ smtp::verdict connection::on_helo(std::string_view, bool) noexcept {
 
 smtp::verdict connection::on_mail_from(const smtp::mailbox& reverse_path,
                                        const smtp::mail_parameters& parameters) noexcept {
+  if (auto refused = check_sender(reverse_path)) return *refused;
   envelope.reverse_path.assign(reverse_path.address);
   envelope.size_declared = parameters.has_size ? parameters.size : 0;
   envelope.body = to_spool(parameters.body);
@@ -468,7 +502,8 @@ smtp::verdict connection::on_rcpt_to(const smtp::mailbox& forward_path,
   // RFC 5321 §3.6.2 / §4.5.1: only our clients relay; anyone may write to our domains and to
   // postmaster; our own names have no other mailbox (recipient_policy.h).
   const recipient_decision decision =
-      config.recipients.decide(forward_path, relay_allowed, config.relay);
+      config.recipients.decide(forward_path, relay_allowed || session->authenticated(),
+                               config.relay);
   switch (decision.verdict) {
     case recipient_verdict::accept:
       break;
@@ -643,6 +678,7 @@ void connection::on_commit_result(int error) noexcept {
       .field("client", envelope.client_address)
       .field("helo", envelope.helo)
       .field("protocol", message_protocol);
+  if (!login.empty()) record.field("login", login);
   dkim_accepted(record);
   if (tls && tls->established()) {
     record.field("tls_version", tls->protocol())

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "ringmta/auth/sasl.h"
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/dkim/signer.h"
 #include "ringmta/io/buffer_ring.h"
@@ -24,7 +25,7 @@ class inbound_server;
 struct connection;
 
 enum class timer_purpose : std::uint8_t {
-  greeting_delay, proxy_header, command, data_block, hard_close, tls_handshake };
+  greeting_delay, proxy_header, command, data_block, hard_close, tls_handshake, auth_delay };
 
 // A connection's TLS phase (inbound_tls.cc). off → starting (STARTTLS answered 220, the reply
 // still going out in plaintext) → handshake → active; implicit TLS starts at handshake; any
@@ -99,6 +100,16 @@ struct connection final : smtp::server_handler {
   std::unique_ptr<tls::session> tls;
   std::string tls_summary;       // "(using TLSv1.3 with cipher ... (256/256 bits))"
 
+  // SMTP AUTH (inbound_auth.cc). The exchange object exists only during an AUTH exchange.
+  bool submission = false;           // accepted on a submission listener: AUTH before MAIL
+  std::unique_ptr<auth::sasl_exchange> sasl;
+  static constexpr std::size_t auth_line_bytes_max = 12288;  // RFC 4954 §4
+  std::unique_ptr<char[]> auth_line_storage;  // made per session offering AUTH
+  std::string login;                 // authenticated as (log records, sender checks)
+  std::unique_ptr<auth::verify_result> auth_held;  // a failure answered after its delay
+  std::uint32_t auth_failures = 0;   // this session's failed AUTH attempts
+  std::string_view auth_mechanism;   // "PLAIN" or "LOGIN" (static), for the log records
+
   // smtp::server_handler
   smtp::verdict on_helo(std::string_view domain, bool extended) noexcept override;
   smtp::verdict on_mail_from(const smtp::mailbox& reverse_path,
@@ -112,6 +123,15 @@ struct connection final : smtp::server_handler {
   void on_data_aborted(smtp::abort_reason reason) noexcept override;
   void on_reset() noexcept override;
   smtp::verdict on_starttls() noexcept override;
+  smtp::verdict on_auth(std::string_view mechanism,
+                        std::string_view initial_response) noexcept override;
+  smtp::verdict on_auth_response(std::string_view line) noexcept override;
+  void on_auth_result(std::unique_ptr<auth::verify_result> result) noexcept;
+  void answer_auth() noexcept;          // the held result, after its delay
+  smtp::verdict auth_step(const auth::sasl_step& step) noexcept;
+  void log_auth(std::string_view user, std::string_view result) noexcept;
+  bool auth_plaintext_allowed() const noexcept;
+  std::optional<smtp::verdict> check_sender(const smtp::mailbox& reverse_path) noexcept;
 
   // DKIM signing (inbound_dkim.cc): begin at DATA, feed every body slice, sign at the end.
   bool signs_for_client() const noexcept;
@@ -141,6 +161,7 @@ struct connection final : smtp::server_handler {
  private:
   void feed_held() noexcept;
   bool take_proxy_header(std::string_view bytes) noexcept;
+  bool proxy_peer_trusted() const noexcept;
   void admit() noexcept;
   void greet() noexcept;
   void ensure_session() noexcept;
@@ -207,6 +228,7 @@ class inbound_server final : public shard::completion_handler {
   bool drained() const noexcept { return _shutting_down && _live == 0; }
   std::uint32_t sessions() const noexcept { return _live; }
   void on_committed(std::uint64_t ticket, int error) noexcept;
+  void on_auth_result(std::unique_ptr<auth::verify_result> result) noexcept;
   inbound::accepted_fn accepted_listener;
   void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
   const std::shared_ptr<const tls::server_context>& tls_context() const noexcept { return _tls; }

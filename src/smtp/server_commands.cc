@@ -201,6 +201,7 @@ void server_session::apply_auth(const verdict& answer) noexcept {
   _auth_exchange = false;
   if (code < 400) _authenticated = true;
   write_verdict(answer, code, "", "");
+  if (code == 421) _phase = phase::closed;  // RFC 5321 §3.8: e.g. a brute-force lockout
 }
 
 void server_session::clear_transaction(bool notify) noexcept {

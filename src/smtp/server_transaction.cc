@@ -390,7 +390,8 @@ void server_session::command_starttls(std::string_view argument) noexcept {
 void server_session::command_auth(std::string_view argument) noexcept {
   if (!auth_advertised()) {
     if (_config.auth_offered)
-      write_reply(530, "5.7.0", "Must issue a STARTTLS command first");  // RFC 3207 §4
+      // RFC 4954 §6: the mechanisms need an encrypted session first.
+      write_reply(538, "5.7.11", "Encryption required for requested authentication mechanism");
     else
       write_reply(502, "5.5.1", "AUTH not available");
     return;

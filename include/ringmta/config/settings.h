@@ -78,6 +78,11 @@ struct settings {
   pin_policy pin_threads = pin_policy::automatic;  // shard i on the i-th allowed CPU
   std::vector<core::cidr> mynetworks;  // clients allowed to relay; default loopback
   bool proxy_protocol = false;         // listeners expect a PROXY v1/v2 header (HAProxy)
+  std::vector<core::cidr> proxy_trusted;  // peers whose PROXY header is believed; default loopback
+  // Submission listeners (RFC 6409 port 587: AUTH before MAIL; RFC 8314 port 465: implicit TLS
+  // and AUTH before MAIL).
+  std::vector<core::endpoint> submission_listen;
+  std::vector<core::endpoint> submissions_listen;
   std::string greeting_text = "ESMTP ringmta";
 
   // [limits] (RFC 5321 §4.5.3.1 minimums are respected: lines 512/1000, 100 recipients)
@@ -143,6 +148,16 @@ struct settings {
   bool tls_ask_client_certificate = false;
   std::uint32_t tls_ticket_key_rotation_s = 3600;
   std::uint32_t timeout_tls_handshake_s = 60;
+
+  // [auth] SMTP AUTH (RFC 4954), offered after TLS when a back-end is configured
+  std::string auth_passwd_file;            // user:crypt-hash lines (Dovecot passwd-file)
+  std::string auth_dovecot;                // Dovecot auth-client socket (instead of the file)
+  std::string auth_sender_map;             // "address-or-@domain login,..." (Postfix style)
+  bool auth_plaintext_loopback = false;    // also offer AUTH without TLS to loopback clients
+  std::uint32_t auth_workers = 2;          // password-hashing threads
+  std::uint32_t auth_queue_size = 256;     // checks waiting for a worker; beyond: 454 4.7.0
+  std::uint32_t auth_failures_max = 10;    // per address or login, then locked out
+  std::uint32_t auth_lockout_s = 600;      // lockout and failure memory
 
   // [admin]
   std::vector<core::endpoint> admin_listen;  // metrics, health, admin API; default 127.0.0.1:8025

@@ -29,6 +29,8 @@
 
 #include "ringmta/admin/log.h"
 #include "ringmta/admin/metrics.h"
+#include "ringmta/auth/credentials.h"
+#include "ringmta/auth/verifier.h"
 #include "ringmta/core/endpoint.h"
 #include "ringmta/dkim/key_table.h"
 #include "ringmta/server/inbound_dkim.h"
@@ -74,11 +76,13 @@ struct inbound_config {
   std::vector<core::endpoint> listen;
   std::vector<std::vector<int>> listener_fds;  // [shard][listener], from open_listeners()
   std::vector<bool> implicit_tls;  // per listener: TLS from the first byte (RFC 8314)
+  std::vector<bool> submission;    // per listener: AUTH before MAIL (RFC 6409, RFC 8314)
   std::string hostname;
   std::string greeting_text;
   std::string greeting;        // "220 HOSTNAME TEXT\r\n" (set by freeze())
   smtp::server_config engine;  // hostname/greeting views point into the strings above
   smtp::server_config engine_implicit_tls;  // the same, with tls_active (implicit listeners)
+  smtp::server_config engine_plain_auth;    // AUTH offered without TLS (loopback, if allowed)
   // STARTTLS and implicit TLS (null: no certificate, STARTTLS not offered). A reload builds a
   // new snapshot with a new context (same ticket keys); sessions keep the one they began with.
   std::shared_ptr<const tls::server_context> tls;
@@ -86,6 +90,7 @@ struct inbound_config {
   relay_policy relay;
   recipient_policy recipients;  // own names, --postmaster
   bool proxy_protocol = false;
+  std::vector<core::cidr> proxy_trusted;  // peers whose PROXY header is believed
   std::uint32_t sessions_per_shard_max = 20000;
   std::uint32_t sessions_per_client_max = 100;
   std::uint32_t timeout_command_ms = 300'000;     // RFC 5321 §4.5.3.2.7
@@ -106,6 +111,13 @@ struct inbound_config {
   // DKIM keys (immutable; a reload installs a new table): mail from mynetworks (and
   // authenticated clients) is signed when its From: domain has keys. Null or empty: off.
   std::shared_ptr<const dkim::key_table> dkim_keys;
+  // SMTP AUTH (RFC 4954; inbound_auth.cc). No credentials: AUTH is not offered. Both tables
+  // are immutable (a reload builds new ones); the verifier is shared by every shard and
+  // outlives them.
+  std::shared_ptr<const auth::backend> auth_credentials;
+  std::shared_ptr<const auth::sender_map> auth_senders;  // null: a login sends as itself
+  auth::verifier* auth_verifier = nullptr;
+  bool auth_plaintext_loopback = false;
 };
 
 // Per-shard counters, registered with the metrics registry by the daemon.
@@ -131,6 +143,13 @@ struct inbound_metrics {
   admin::counter tls_handshakes;    // completed (STARTTLS and implicit)
   admin::counter tls_resumed;       // ... of which resumed a session (ticket)
   admin::counter tls_timeouts;      // handshakes cut by --timeout-tls-handshake
+  admin::counter auth_succeeded;
+  admin::counter auth_failed;       // 535: bad credentials (each delayed, see auth/verifier.h)
+  admin::counter auth_locked;       // refused while the address or login is locked out
+  admin::counter auth_busy;         // 454: verifier queue full or back-end unavailable
+  admin::counter auth_sender_denied;  // 553 5.7.1: the login may not use that sender
+  admin::counter auth_required;     // 530 5.7.0: MAIL without AUTH on a submission listener
+  admin::counter proxy_untrusted;   // PROXY connections from peers not in proxy_trusted
   std::array<admin::counter, static_cast<std::size_t>(tls::failure::count_)> tls_failures;
 };
 
@@ -177,6 +196,8 @@ class inbound {
   using accepted_fn =
       std::function<void(const spool::envelope&, std::span<const spool::body_slice>)>;
   void set_accepted_listener(accepted_fn listener);
+  // A password check finished (the verifier's result, posted to this shard).
+  void on_auth_result(std::unique_ptr<auth::verify_result> result) noexcept;
 
  private:
   std::unique_ptr<inbound_server> _server;
