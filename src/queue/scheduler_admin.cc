@@ -108,6 +108,19 @@ void scheduler::set_limits(std::string_view name, const destination_limits& limi
   }
 }
 
+bool scheduler::reshape(std::string_view name, const destination_limits& limits) {
+  state& s = *_state;
+  RINGMTA_ASSERT(limits.connections_max >= 1 && limits.rate_period_ms >= 1 &&
+                 limits.rate_burst >= 1 && limits.recipients_per_transaction_max >= 1 &&
+                 limits.recipients_per_transaction_max <= job_recipients_max);
+  destination_record* d = s.find(name);
+  if (d == nullptr) return false;
+  if (s.overrides.count(name) != 0 || d->limits == limits) return true;  // an operator's wins
+  s.apply_limits(*d, limits);
+  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket_time_ms);
+  return true;
+}
+
 void scheduler::clear_limits(std::string_view name) {
   state& s = *_state;
   if (auto found = s.overrides.find(name); found != s.overrides.end()) s.overrides.erase(found);

@@ -36,6 +36,7 @@
 #include "ringmta/outbound/dns_client.h"
 #include "ringmta/outbound/outbound.h"
 #include "ringmta/queue/scheduler.h"
+#include "ringmta/server/shaping.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/spool/store.h"
 
@@ -66,6 +67,8 @@ struct relay_config {
   std::unordered_map<std::string, outbound::tls_policy> tls_policies;
   std::string tls_description;  // for the start-up log
   queue::scheduler_config scheduler;
+  // [[shaping]]: the table every shard starts with (relay::set_shaping replaces it).
+  std::shared_ptr<const shaping_table> shaping;
   outbound::outbound_config outbound;
   outbound::dns_client_config dns;
   std::vector<relay*>* shards = nullptr;  // every shard's relay, by shard id (set before start)
@@ -127,6 +130,10 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   void begin_shutdown() noexcept;
   bool drained() const noexcept;
   void stop() noexcept;  // hard stop on the shard's thread (runtime on_stop)
+
+  // A new shaping table (a reload), on this shard's thread: live queues are reshaped at once,
+  // connections already open keep the timeouts and EHLO name they were opened with.
+  void set_shaping(std::shared_ptr<const shaping_table> table) noexcept;
 
   // Operator actions (admin API), on the shard that owns the destination. `action` is one of
   // suspend, resume, flush, bounce. Returns a one-line JSON result, or "" for a bad action.
