@@ -9,8 +9,14 @@ first message injected until the sink has every one of them.
 
 Two injection modes, as bulk platforms use both: persistent connections (100 messages per
 connection) and one message per connection.
+With --reference BINARY, ringmta's end-to-end rate is measured for BINARY (an older ringmta,
+e.g. built from main) and for this build, alternating, --rounds times each: a change's cost
+side by side in one run (log records this build dropped are reported: a cost hidden by
+dropping logs would show there).
 usage: bench/e2e/relay.py [MSGS=50000] [--modes persistent,single] [--build build]
-       [--peers ../shared/peers] [--skip-postfix] [--shards N]"""
+       [--peers ../shared/peers] [--skip-postfix] [--shards N]
+       [--reference OLD_RINGMTA [--rounds 3]]"""
+import statistics
 import argparse
 import json
 import os
@@ -26,6 +32,13 @@ sys.path.insert(0, os.path.join(ROOT, "tests/integration/daemon"))
 sys.path.insert(0, os.path.join(ROOT, "tests/integration/delivery"))
 from harness import Daemon, free_port  # noqa: E402
 from peers import DnsServer, wait_until  # noqa: E402
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sink_start(binary, port, work, extra=()):
@@ -90,21 +103,50 @@ def run_no_mta(args, mode_per_session, work):
     return args.msgs / elapsed if done else 0.0, got
 
 
-def run_ringmta(args, mode_per_session, work, dns):
+def run_ringmta(args, mode_per_session, work, dns, binary=None):
     port = free_port("127.0.0.3")
     sink, stats = sink_start(args.sink, port, work)
-    daemon = start_ringmta(args.ringmta, args.shards, dns, port)
+    daemon = start_ringmta(binary or args.ringmta, args.shards, dns, port)
+    cpu_before = cpu_seconds(daemon.process.pid)
     t0 = time.monotonic()
     summary = blast(args.blast, f"127.0.0.1:{daemon.port}", args.msgs, mode_per_session)
     accepted_at = time.monotonic() - t0
     done = wait_until(lambda: sink_accepted(sink, stats) >= args.msgs, 600, 0.05)
     elapsed = time.monotonic() - t0
     got = sink_accepted(sink, stats)
+    args.cpu_us = (cpu_seconds(daemon.process.pid) - cpu_before) * 1e6 / args.msgs
+    args.log_dropped = daemon.metrics().get("ringmta_log_records_dropped_total", 0)
     daemon.stop()
     sink.terminate()
     sink.wait(30)
     accepted = summary.get("messages", {}).get("accepted", "?") if summary else "?"
     return (args.msgs / elapsed if done else 0.0), got, args.msgs / accepted_at, accepted
+
+
+def compare(args, mode, per_session, work, dns):
+    """This build against --reference, alternating, --rounds each."""
+    rates = {"reference": [], "this build": []}
+    cpu = {"reference": [], "this build": []}
+    dropped = 0
+    for round_number in range(args.rounds):
+        order = [("reference", args.reference), ("this build", args.ringmta)]
+        for label, binary in order if round_number % 2 == 0 else reversed(order):
+            rate = run_ringmta(args, per_session, work, dns, binary)[0]
+            rates[label].append(rate)
+            cpu[label].append(args.cpu_us)
+            if label == "this build":
+                dropped += args.log_dropped
+            print(f"  {mode} round {round_number + 1} {label:10}: {rate:8.0f} msg/s, "
+                  f"ringmta CPU {args.cpu_us:5.1f} us/msg", flush=True)
+    reference = statistics.median(rates["reference"])
+    current = statistics.median(rates["this build"])
+    cpu_reference = statistics.median(cpu["reference"])
+    cpu_current = statistics.median(cpu["this build"])
+    print(f"{mode} ({per_session} msg/connection): median reference {reference:.0f} msg/s, "
+          f"this build {current:.0f} msg/s = {current / reference:.3f}x; ringmta CPU per "
+          f"message {cpu_reference:.1f} vs {cpu_current:.1f} us = "
+          f"{cpu_current / cpu_reference:.3f}x; log records dropped by this build: {dropped:.0f}")
+    sys.stdout.flush()
 
 
 def run_postfix(args, mode_per_session):
@@ -128,6 +170,8 @@ def main():
     parser.add_argument("--peers", default=os.path.join(ROOT, "../shared/peers"))
     parser.add_argument("--skip-postfix", action="store_true")
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--reference", help="another ringmta binary to compare with")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     args.ringmta = os.path.join(args.build, "src/ringmta")
     args.blast = os.path.join(args.build, "tools/blast/ringmta-blast")
@@ -140,6 +184,9 @@ def main():
           f"{args.msgs} messages of 1 KiB to 100 domains; ringmta {args.shards} shards")
     for mode in args.modes.split(","):
         per_session = 100 if mode == "persistent" else 1
+        if args.reference:
+            compare(args, mode, per_session, work, dns)
+            continue
         ceiling, ceiling_got = run_no_mta(args, per_session, work)
         rate, got, accept_rate, accepted = run_ringmta(args, per_session, work, dns)
         postfix = run_postfix(args, per_session)

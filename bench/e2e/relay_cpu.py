@@ -19,12 +19,6 @@ from harness import free_port  # noqa: E402
 from peers import wait_until  # noqa: E402
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_ticks():
     with open("/proc/stat") as f:
         return [int(x) for x in f.readline().split()[1:9]]
@@ -43,14 +37,14 @@ def main():
     port = free_port("127.0.0.3")
     sink, stats = relay.sink_start(sink_binary, port, work)
     daemon = relay.start_ringmta(os.path.join(args.build, "src/ringmta"), args.shards, dns, port)
-    before = {"ringmta": cpu_seconds(daemon.process.pid), "ringmta-sink": cpu_seconds(sink.pid)}
+    before = {"ringmta": relay.cpu_seconds(daemon.process.pid), "ringmta-sink": relay.cpu_seconds(sink.pid)}
     ticks_before = machine_ticks()
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     relay.blast(blast, f"127.0.0.1:{daemon.port}", args.msgs, 100)  # persistent injection
     done = wait_until(lambda: relay.sink_accepted(sink, stats) >= args.msgs, 600, 0.05)
     elapsed = time.monotonic() - t0
-    after = {"ringmta": cpu_seconds(daemon.process.pid), "ringmta-sink": cpu_seconds(sink.pid)}
+    after = {"ringmta": relay.cpu_seconds(daemon.process.pid), "ringmta-sink": relay.cpu_seconds(sink.pid)}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # blast (it has exited)
     self_after = resource.getrusage(resource.RUSAGE_SELF)
     ticks = [b - a for a, b in zip(ticks_before, machine_ticks())]

@@ -18,11 +18,15 @@ contenders at its own rate. The receiver's CPU time is printed, so a saturated o
                   postfix_instance.sh) -> stunnel -> ringmta-sink
   Postfix plain:  the same with smtp_tls_security_level = none (--postfix-plain; reference)
 
+With --tls-in both legs are encrypted: ringmta-blast injects with STARTTLS (resumption on),
+ringmta gets --tls-cert/--tls-key and Postfix smtpd_tls_security_level = may with the same
+certificate, so both contenders pay the same inbound handshakes.
+
 Neither contender verifies the certificate (required = Postfix's encrypt). The contenders
 alternate within each round (--rounds), so a disturbance hits one round, not one contender.
 usage: bench/e2e/relay_tls.py [MSGS=20000] [--rounds 2] [--postfix-msgs N] [--build build]
        [--shards 2] [--per-session 100] [--skip-postfix] [--postfix-reuse yes|no]
-       [--tls-sink PATH] [--postfix-plain]"""
+       [--tls-sink PATH] [--postfix-plain] [--tls-in]"""
 import argparse
 import os
 import shutil
@@ -90,14 +94,21 @@ class Receiver:
                 process.wait(30)
 
 
+def injector_tls(args):
+    """ringmta-blast's flags for the inbound leg: STARTTLS (with resumption) under --tls-in."""
+    return ["--starttls"] if args.tls_in else []
+
+
 def run_ringmta(args, work, dns, pki, tls):
     receiver = Receiver(args, work, pki)
     port = receiver.tls_port if tls else receiver.sink_port
+    inbound = ["--tls-cert", pki["cert"], "--tls-key", pki["key"]] if args.tls_in else []
     daemon = relay.start_ringmta(args.ringmta, args.shards, dns, port,
-                                 ["--tls-policy", "required" if tls else "none"])
+                                 ["--tls-policy", "required" if tls else "none"] + inbound)
     cpu_before = cpu_seconds(daemon.process.pid)
     t0 = time.monotonic()
-    relay.blast(args.blast, f"127.0.0.1:{daemon.port}", args.msgs, args.per_session)
+    relay.blast(args.blast, f"127.0.0.1:{daemon.port}", args.msgs, args.per_session,
+                injector_tls(args))
     done = wait_until(lambda: receiver.accepted() >= args.msgs, 600, 0.05)
     elapsed = time.monotonic() - t0
     result = {"rate": args.msgs / elapsed if done else 0.0, "got": receiver.accepted(),
@@ -129,6 +140,9 @@ def run_postfix(args, work, pki, tls):
                 "default_destination_concurrency_limit = 50\n"
                 "smtp_destination_concurrency_limit = 50\n"
                 "qmgr_message_active_limit = 40000\n")
+        if args.tls_in:
+            f.write(f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {pki['cert']}\n"
+                    f"smtpd_tls_key_file = {pki['key']}\n")
     master_cf = os.path.join(work, "postfix-master.cf")
     with open(master_cf, "w") as f:
         f.write("tlsproxy unix - - n - 0 tlsproxy\n")
@@ -143,7 +157,7 @@ def run_postfix(args, work, pki, tls):
                                       text=True).stdout.strip(), 15, 0.1)
     msgs = args.postfix_msgs or args.msgs
     t0 = time.monotonic()
-    relay.blast(args.blast, f"127.0.0.1:{port}", msgs, args.per_session)
+    relay.blast(args.blast, f"127.0.0.1:{port}", msgs, args.per_session, injector_tls(args))
     done = wait_until(lambda: receiver.accepted() >= msgs, 1800, 0.2)
     elapsed = time.monotonic() - t0
     got = receiver.accepted()
@@ -169,6 +183,7 @@ def main():
     parser.add_argument("--postfix-reuse", default="yes", choices=["yes", "no"])
     parser.add_argument("--tls-sink", default="", help="a ringmta-sink with --tls-cert")
     parser.add_argument("--postfix-plain", action="store_true")
+    parser.add_argument("--tls-in", action="store_true", help="inject with STARTTLS too")
     args = parser.parse_args()
     args.ringmta = os.path.join(args.build, "src/ringmta")
     args.blast = os.path.join(args.build, "tools/blast/ringmta-blast")
@@ -182,7 +197,8 @@ def main():
     print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {os.cpu_count()} CPUs, load {load}; "
           f"{args.msgs} messages of 1 KiB to 100 domains, {args.per_session} per injected "
           f"connection; ringmta {args.shards} shards; receiver "
-          f"{args.tls_sink + ' (STARTTLS)' if args.tls_sink else 'stunnel -> ringmta-sink'}")
+          f"{args.tls_sink + ' (STARTTLS)' if args.tls_sink else 'stunnel -> ringmta-sink'}; "
+          f"inbound leg {'STARTTLS' if args.tls_in else 'plaintext'}")
     for round_number in range(1, args.rounds + 1):
         tls = run_ringmta(args, work, dns, pki, True)
         plain = run_ringmta(args, work, dns, pki, False)

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "ringmta/core/assert.h"
+#include "ringmta/core/clock.h"
 
 namespace ringmta::admin {
 
@@ -54,6 +55,12 @@ void log_buffer::consume(std::size_t bytes) noexcept {
   RINGMTA_ASSERT(bytes <= _committed);
   _text.erase(0, bytes);
   _committed -= bytes;
+}
+
+void log_buffer::swap_text(std::string& batch) noexcept {
+  RINGMTA_ASSERT(batch.empty() && _committed == _text.size());
+  _text.swap(batch);
+  _committed = 0;
 }
 
 namespace {
@@ -161,6 +168,23 @@ log_record& log_record::field(std::string_view name, double value) noexcept {
   return *this;
 }
 
+log_record& log_record::hex_field(std::string_view name, std::uint64_t value) noexcept {
+  char digits[24];
+  const auto end = fmt::format_to_n(digits, sizeof digits, "{:016x}", value);
+  return field(name, std::string_view(digits, end.size));
+}
+
+log_record& log_record::seconds_field(std::string_view name, std::int64_t milliseconds) noexcept {
+  key(name);
+  char digits[32];
+  const std::int64_t whole = milliseconds / 1000;
+  const std::int64_t fraction = (milliseconds < 0 ? -milliseconds : milliseconds) % 1000;
+  const auto end = fmt::format_to_n(digits, sizeof digits, "{}{}.{:03}",
+                                    milliseconds < 0 && whole == 0 ? "-" : "", whole, fraction);
+  _buffer.append(std::string_view(digits, end.size));
+  return *this;
+}
+
 log_record& log_record::field(std::string_view name, bool value) noexcept {
   key(name);
   _buffer.append(value ? "true" : "false");
@@ -178,6 +202,11 @@ void log_record::end() noexcept {
     return;
   }
   _buffer._committed = _buffer._text.size();
+}
+
+std::uint64_t session_id_base(unsigned shard, bool outbound) noexcept {
+  const auto clock = static_cast<std::uint64_t>(core::wall_milliseconds()) & ((1ull << 40) - 1);
+  return (std::uint64_t{shard & 0xff} << 56) | (outbound ? 1ull << 55 : 0) | (clock << 12);
 }
 
 void flush_to(log_buffer& buffer, int fd) noexcept {

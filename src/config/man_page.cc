@@ -66,9 +66,9 @@ std::string default_of(const std::map<std::string, std::string>& defaults,
   return found == defaults.end() ? "see conf/ringmta.toml" : found->second;
 }
 
-std::string flag_usage(const setting_description& s) {
+std::string flag_usage(const setting_info& s) {
   // \% : never hyphenated (a flag must stay copyable).
-  if (s.boolean_flag)
+  if (s.kind == setting_kind::boolean)
     return fmt::format("\\%\\fB{}\\fR[\\fB=true\\fR|\\fBfalse\\fR]", roff(s.flag));
   return fmt::format("\\%\\fB{}\\fR \\%\\fI{}\\fR", roff(s.flag), roff(s.value_name));
 }
@@ -206,14 +206,14 @@ std::map<std::string, std::string> documented_defaults(std::string_view conf_tex
 std::vector<std::string> missing_defaults(std::string_view conf_text) {
   const auto defaults = documented_defaults(conf_text);
   std::vector<std::string> out;
-  for (const auto& s : describe_settings())
+  for (const auto& s : describe())
     if (!defaults.count(s.key)) out.push_back(s.key);
   return out;
 }
 
 std::string man_page(int section, std::string_view conf_text, std::string_view version) {
   const auto defaults = documented_defaults(conf_text);
-  const auto settings = describe_settings();
+  const auto settings = describe();
   std::string out = fmt::format(".\\\" Generated from src/config/settings.cc by ringmta-man.\n"
                                 ".TH {} {} \"\" \"ringmta {}\" \"{}\"\n",
                                 section == 8 ? "RINGMTA" : "RINGMTA.TOML", section, version,

@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <charconv>
+#include <cmath>
 #include <functional>
 #include <optional>
 #include <string_view>
@@ -40,6 +42,16 @@ std::uint64_t parse_unsigned(std::string_view text, std::uint64_t max) {
   if (text.empty() || error != std::errc() || end != text.data() + text.size() || value > max)
     expected(fmt::format("a whole number up to {}", max), text);
   return value;
+}
+
+// A count with a lower bound: 0 often means "refuse everything" or "never", which is no setting.
+std::uint32_t parse_count(std::string_view text, std::uint32_t min, std::uint32_t max) {
+  std::uint64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size() || value < min ||
+      value > max)
+    expected(fmt::format("a whole number from {} to {}", min, max), text);
+  return static_cast<std::uint32_t>(value);
 }
 
 // "52428800", "50M", "64k", "1G" (binary multiples, as operators write sizes).
@@ -152,7 +164,11 @@ std::pair<std::string, std::uint16_t> parse_host_port(std::string_view text) {
     host = text.substr(0, colon);
     port_text = text.substr(colon + 1);
   }
-  if (!port_text.empty()) port = static_cast<std::uint16_t>(parse_unsigned(port_text, 65535));
+  if (!port_text.empty()) {
+    const auto value = parse_unsigned(port_text, 65535);
+    if (value == 0) expected("a port from 1 to 65535", text);
+    port = static_cast<std::uint16_t>(value);
+  }
   if (host.empty()) expected("HOST:PORT", text);
   if (!core::endpoint::parse(host, port) && !core::endpoint::parse(fmt::format("[{}]", host), port))
     parse_domain(host);
@@ -165,6 +181,27 @@ tls_policy parse_tls_policy(std::string_view text) {
   if (text == "required" || text == "encrypt") return tls_policy::required;
   if (text == "verify") return tls_policy::verify;
   expected("none, opportunistic, required or verify", text);
+}
+
+std::string tls_policy_name(tls_policy policy) {
+  switch (policy) {
+    case tls_policy::none: return "none";
+    case tls_policy::opportunistic: return "opportunistic";
+    case tls_policy::required: return "required";
+    case tls_policy::verify: return "verify";
+  }
+  return "opportunistic";
+}
+
+// An OpenSSL cipher string ("ECDHE+AESGCM:!aNULL", "TLS_AES_256_GCM_SHA384"): OpenSSL checks
+// the names when the context is made (a start-up error); here only its alphabet.
+std::string cipher_list(std::string_view text) {
+  const bool bad = std::any_of(text.begin(), text.end(), [](char c) {
+    const bool allowed = c != 0 && std::strchr(":+-!@=._,", c) != nullptr;
+    return !(std::isalnum(static_cast<unsigned char>(c)) || allowed);
+  });
+  if (bad) expected("an OpenSSL cipher list such as ECDHE+AESGCM:ECDHE+CHACHA20", text);
+  return std::string(text);
 }
 
 std::string one(const values& v) {
@@ -243,12 +280,13 @@ constexpr std::string_view shaping_table_keys[] = {
     "domain", "mx", "max_connections", "max_messages_per_connection", "max_messages_per_second",
     "connect_timeout", "reply_timeout", "retry_schedule", "lifetime", "tls_policy", "ehlo_name"};
 
-// "50", "0.5": messages per second (0: unlimited).
+// "0", "50", "0.5": messages per second (0: unlimited); finite and within integer reach.
 double parse_rate(std::string_view text) {
   double rate = 0;
   const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), rate);
-  if (text.empty() || error != std::errc() || end != text.data() + text.size() || rate < 0)
-    expected("a rate such as 0, 50 or 0.5", text);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size() ||
+      !std::isfinite(rate) || rate < 0 || (rate > 0 && rate < 0.001) || rate > 1e6)
+    expected("a rate such as 0, 50 or 0.5 (0: unlimited; 0.001 to 1000000)", text);
   return rate;
 }
 
@@ -398,6 +436,8 @@ reply_rule_entry parse_reply_rule_flag(std::string_view text) {
 // ---- end of shaping helpers
 
 enum class arity : std::uint8_t { one, list, flag };
+constexpr reload_effect live = reload_effect::live;
+constexpr reload_effect restart = reload_effect::restart;
 
 struct setting_spec {
   const char* key;         // TOML key path
@@ -406,10 +446,166 @@ struct setting_spec {
   arity kind;
   const char* help;
   std::function<void(settings&, const values&)> apply;
+  // The effective value as TOML text (check-config, reload's list of changes). Every row has
+  // one: tests/unit/config walks the table and loads each rendered value back.
+  std::function<std::string(const settings&)> show = {};
+  reload_effect reload = restart;  // live: a reload applies it to new sessions and deliveries
 };
+
+// ---- rendering values as TOML text that loads back to the same value
+
+std::string toml_string(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') out += '\\';
+    if (byte < 0x20 || byte == 0x7f) out += fmt::format("\\u{:04x}", byte);
+    else out += c;
+  }
+  return out + "\"";
+}
+
+std::string boolean(bool value) { return value ? "true" : "false"; }
+std::string number(std::uint64_t value) { return std::to_string(value); }
+
+template <typename T, typename Show>
+std::string array(const std::vector<T>& items, Show show_one) {
+  std::string out = "[";
+  for (const auto& item : items) out += (out.size() > 1 ? ", " : "") + toml_string(show_one(item));
+  return out + "]";
+}
+
+// [[dkim]] tables as an array of inline tables ("dkim = [{domain = ..., ...}]" loads back).
+std::string dkim_tables(const std::vector<dkim_key>& keys) {
+  std::string out = "[";
+  for (const auto& key : keys) {
+    out += fmt::format("{}{{domain = {}, selector = {}, key_file = {}, canonicalization = {}",
+                       out.size() > 1 ? ", " : "", toml_string(key.domain),
+                       toml_string(key.selector), toml_string(key.key_file),
+                       toml_string(key.canonicalization));
+    if (!key.algorithm.empty()) out += ", algorithm = " + toml_string(key.algorithm);
+    if (!key.headers.empty())
+      out += ", headers = " + array(key.headers, [](const std::string& h) { return h; });
+    out += "}";
+  }
+  return out + "]";
+}
+
+// The largest unit that divides the value: 300 → "5m", 432000 → "5d".
+std::string duration_text(std::uint64_t seconds) {
+  if (seconds != 0 && seconds % 86400 == 0) return fmt::format("{}d", seconds / 86400);
+  if (seconds != 0 && seconds % 3600 == 0) return fmt::format("{}h", seconds / 3600);
+  if (seconds != 0 && seconds % 60 == 0) return fmt::format("{}m", seconds / 60);
+  return fmt::format("{}s", seconds);
+}
+std::string duration(std::uint64_t seconds) { return toml_string(duration_text(seconds)); }
+std::string duration_ms(std::uint32_t ms) {
+  return ms % 1000 == 0 ? duration(ms / 1000) : toml_string(fmt::format("{}ms", ms));
+}
+
+// [[shaping]] and [[reply_rule]] as inline tables (check-config, reload's list of changes).
+std::string shaping_tables(const std::vector<shaping_entry>& entries) {
+  std::string out = "[";
+  for (const auto& e : entries) {
+    std::vector<std::string> fields;
+    if (!e.domain.empty()) fields.push_back("domain = " + toml_string(e.domain));
+    if (!e.mx.empty()) fields.push_back("mx = " + toml_string(e.mx));
+    if (e.connections_max) fields.push_back(fmt::format("max_connections = {}", *e.connections_max));
+    if (e.messages_per_connection_max)
+      fields.push_back(
+          fmt::format("max_messages_per_connection = {}", *e.messages_per_connection_max));
+    if (e.messages_per_second_max)
+      fields.push_back(fmt::format("max_messages_per_second = {}", *e.messages_per_second_max));
+    if (e.timeout_connect_ms)
+      fields.push_back("connect_timeout = " + duration(*e.timeout_connect_ms / 1000));
+    if (e.timeout_reply_ms)
+      fields.push_back("reply_timeout = " + duration(*e.timeout_reply_ms / 1000));
+    if (e.retry_schedule_s)
+      fields.push_back("retry_schedule = " + array(*e.retry_schedule_s, [](std::uint32_t d) {
+                         return toml_string(duration_text(d));
+                       }));
+    if (e.queue_lifetime_s) fields.push_back("lifetime = " + duration(*e.queue_lifetime_s));
+    if (e.tls) fields.push_back("tls_policy = " + toml_string(tls_policy_name(*e.tls)));
+    if (e.ehlo_name) fields.push_back("ehlo_name = " + toml_string(*e.ehlo_name));
+    out += fmt::format("{}{{{}}}", out.size() > 1 ? ", " : "", fmt::join(fields, ", "));
+  }
+  return out + "]";
+}
+
+std::string reply_rule_tables(const std::vector<reply_rule_entry>& rules) {
+  std::string out = "[";
+  for (const auto& r : rules) {
+    std::vector<std::string> fields;
+    if (!r.domain.empty()) fields.push_back("domain = " + toml_string(r.domain));
+    if (!r.mx.empty()) fields.push_back("mx = " + toml_string(r.mx));
+    fields.push_back("pattern = " + toml_string(r.pattern));
+    fields.push_back(fmt::format("action = \"{}\"", r.action == reply_action::suspend ? "suspend"
+                                                   : r.action == reply_action::throttle
+                                                       ? "throttle"
+                                                       : "bounce"));
+    fields.push_back("duration = " + duration(r.duration_s));
+    if (r.connections_max) fields.push_back(fmt::format("max_connections = {}", *r.connections_max));
+    if (r.messages_per_second_max)
+      fields.push_back(fmt::format("max_messages_per_second = {}", *r.messages_per_second_max));
+    out += fmt::format("{}{{{}}}", out.size() > 1 ? ", " : "", fmt::join(fields, ", "));
+  }
+  return out + "]";
+}
+std::string byte_size(std::uint64_t bytes) {
+  if (bytes != 0 && bytes % (1ull << 30) == 0) return toml_string(fmt::format("{}G", bytes >> 30));
+  if (bytes != 0 && bytes % (1ull << 20) == 0) return toml_string(fmt::format("{}M", bytes >> 20));
+  if (bytes != 0 && bytes % (1ull << 10) == 0) return toml_string(fmt::format("{}k", bytes >> 10));
+  return number(bytes);
+}
+
+// A duration within bounds. Timers keep milliseconds in 32 bits, so waits stop at one day.
+std::uint32_t parse_seconds_in(std::string_view text, std::uint32_t min_s, std::uint32_t max_s) {
+  const std::uint32_t value = parse_seconds(text);
+  if (value < min_s || value > max_s)
+    expected(fmt::format("a duration from {} to {} such as 30s, 5m or 2h", duration_text(min_s),
+                         duration_text(max_s)),
+             text);
+  return value;
+}
+
+// One word of a fixed set.
+std::string parse_choice(std::string_view text, std::initializer_list<std::string_view> words) {
+  for (const auto word : words)
+    if (text == word) return std::string(text);
+  std::string listed;
+  for (const auto word : words) listed += fmt::format("{}{}", listed.empty() ? "" : ", ", word);
+  expected(fmt::format("one of {}", listed), text);
+}
+
+// Text sent on the wire after "220 HOSTNAME ": printable, one line (RFC 5321 §4.2: a reply
+// line is at most 512 octets; a CR or LF would let the text forge further replies).
+std::string parse_reply_text(std::string_view text) {
+  const bool printable = std::all_of(text.begin(), text.end(), [](char c) {
+    return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) != 0x7f;
+  });
+  if (!printable || text.size() > 400) expected("printable text on one line (400 bytes at most)",
+                                                text);
+  return std::string(text);
+}
+
+// A relay domain: a domain name, or ".example.com" for every subdomain of example.com.
+std::string parse_relay_domain(std::string_view text) {
+  if (!text.empty() && text.front() == '.') return "." + parse_domain(text.substr(1));
+  return parse_domain(text);
+}
 
 std::uint32_t to_u32(std::string_view text, std::uint64_t max = UINT32_MAX) {
   return static_cast<std::uint32_t>(parse_unsigned(text, max));
+}
+
+// A file system path; control characters are typing accidents, never a path meant.
+std::string path_setting(const values& v, bool empty_allowed = false) {
+  auto text = one(v);
+  const bool control = std::any_of(text.begin(), text.end(), [](char c) {
+    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+  });
+  if ((text.empty() && !empty_allowed) || control) expected("a path", text);
+  return text;
 }
 
 const std::vector<setting_spec>& table() {
@@ -417,11 +613,14 @@ const std::vector<setting_spec>& table() {
     {"server.listen", "--listen", "ADDR:PORT", arity::list, "SMTP listener (repeatable)",
      [](settings& s, const values& v) {
        s.listen = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t); });
-     }},
+     },
+     [](const settings& s) { return array(s.listen, [](auto& e) { return e.to_string(); }); }},
     {"server.hostname", "--hostname", "NAME", arity::one, "name in greeting, EHLO, Received",
-     [](settings& s, const values& v) { s.hostname = parse_domain(one(v)); }},
+     [](settings& s, const values& v) { s.hostname = parse_domain(one(v)); },
+     [](const settings& s) { return toml_string(s.hostname); }},
     {"server.shards", "--shards", "N", arity::one, "reactor threads (0: one per core)",
-     [](settings& s, const values& v) { s.shards = to_u32(one(v), 256); }},
+     [](settings& s, const values& v) { s.shards = to_u32(one(v), 256); },
+     [](const settings& s) { return number(s.shards); }},
     {"server.pin_threads", "--pin-threads", "auto|true|false", arity::one,
      "pin shard i to the i-th allowed CPU; auto: only on a CPU set reserved for ringmta "
      "(pinned shards lose to other busy programs on shared cores)",
@@ -430,35 +629,54 @@ const std::vector<setting_spec>& table() {
        s.pin_threads = text == "auto"     ? pin_policy::automatic
                        : parse_bool(text) ? pin_policy::on
                                           : pin_policy::off;
+     },
+     [](const settings& s) {
+       return toml_string(s.pin_threads == pin_policy::automatic ? "auto"
+                          : s.pin_threads == pin_policy::on      ? "true"
+                                                                 : "false");
      }},
     {"server.mynetworks", "--mynetworks", "CIDR,...", arity::list,
      "clients allowed to relay to any domain",
-     [](settings& s, const values& v) { s.mynetworks = each<core::cidr>(v, parse_cidr); }},
+     [](settings& s, const values& v) { s.mynetworks = each<core::cidr>(v, parse_cidr); },
+     [](const settings& s) { return array(s.mynetworks, [](auto& c) { return c.to_string(); }); },
+     live},
     {"server.proxy_protocol", "--proxy-protocol", "", arity::flag,
      "expect a PROXY v1/v2 header on every connection (behind HAProxy)",
-     [](settings& s, const values& v) { s.proxy_protocol = parse_bool(one(v)); }},
+     [](settings& s, const values& v) { s.proxy_protocol = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.proxy_protocol); }, live},
     {"server.greeting_text", "--greeting-text", "TEXT", arity::one, "text after 220 HOSTNAME",
-     [](settings& s, const values& v) { s.greeting_text = one(v); }},
+     [](settings& s, const values& v) { s.greeting_text = parse_reply_text(one(v)); },
+     [](const settings& s) { return toml_string(s.greeting_text); }, live},
     {"limits.max_message_size", "--max-message-size", "BYTES", arity::one,
-     "largest message accepted (SIZE)",
-     [](settings& s, const values& v) { s.message_bytes_max = parse_bytes(one(v)); }},
+     "largest message accepted, advertised as SIZE (0: no limit)",
+     [](settings& s, const values& v) { s.message_bytes_max = parse_bytes(one(v)); },
+     [](const settings& s) { return byte_size(s.message_bytes_max); }, live},
     {"limits.max_recipients", "--max-recipients", "N", arity::one, "recipients per message",
-     [](settings& s, const values& v) { s.recipients_max = to_u32(one(v), 100000); }},
+     [](settings& s, const values& v) { s.recipients_max = parse_count(one(v), 1, 65535); },
+     [](const settings& s) { return number(s.recipients_max); }, live},
     {"limits.max_hops", "--max-hops", "N", arity::one,
      "Received: fields a message may arrive with; more is a mail loop (554 5.4.6)",
      [](settings& s, const values& v) {
        s.hops_max = to_u32(one(v), 100000);
        if (s.hops_max == 0) expected("a count of 1 or more (0 would refuse every message)", one(v));
-     }},
+     },
+     [](const settings& s) { return number(s.hops_max); }, live},
     {"limits.max_sessions_per_shard", "--max-sessions-per-shard", "N", arity::one,
-     "concurrent sessions per shard",
-     [](settings& s, const values& v) { s.sessions_per_shard_max = to_u32(one(v)); }},
+     "concurrent sessions per shard (tables are sized for it at start-up)",
+     [](settings& s, const values& v) {
+       s.sessions_per_shard_max = parse_count(one(v), 1, 1000000);
+     },
+     [](const settings& s) { return number(s.sessions_per_shard_max); }},
     {"limits.max_sessions_per_client", "--max-sessions-per-client", "N", arity::one,
      "concurrent sessions per client address, across all shards",
-     [](settings& s, const values& v) { s.sessions_per_client_max = to_u32(one(v)); }},
+     [](settings& s, const values& v) {
+       s.sessions_per_client_max = parse_count(one(v), 1, 10000000);
+     },
+     [](const settings& s) { return number(s.sessions_per_client_max); }, live},
     {"limits.max_errors_per_session", "--max-errors-per-session", "N", arity::one,
-     "protocol errors before 421 and disconnect",
-     [](settings& s, const values& v) { s.errors_per_session_max = to_u32(one(v), 10000); }},
+     "protocol errors before 421 and disconnect (0: no limit)",
+     [](settings& s, const values& v) { s.errors_per_session_max = to_u32(one(v), 10000); },
+     [](const settings& s) { return number(s.errors_per_session_max); }, live},
     {"limits.bare_line_endings", "--bare-line-endings", "reject|normalize", arity::one,
      "a bare CR or LF in DATA: reject the message (default) or normalize to CRLF",
      [](settings& s, const values& v) {
@@ -466,53 +684,79 @@ const std::vector<setting_spec>& table() {
        if (text == "reject") s.bare_line_endings = bare_line_ending_policy::reject;
        else if (text == "normalize") s.bare_line_endings = bare_line_ending_policy::normalize;
        else expected("reject or normalize", text);
-     }},
+     },
+     [](const settings& s) {
+       return toml_string(s.bare_line_endings == bare_line_ending_policy::reject ? "reject"
+                                                                            : "normalize");
+     },
+     live},
     {"timeouts.command", "--timeout-command", "DURATION", arity::one,
      "deadline for each whole command line (RFC 5321 §4.5.3.2.7: 5 minutes)",
-     [](settings& s, const values& v) { s.timeout_command_s = parse_seconds(one(v)); }},
+     [](settings& s, const values& v) { s.timeout_command_s = parse_seconds_in(one(v), 1, 86400); },
+     [](const settings& s) { return duration(s.timeout_command_s); }, live},
     {"timeouts.data_block", "--timeout-data-block", "DURATION", arity::one,
      "wait for each block of DATA (RFC 5321 §4.5.3.2.5: 3 minutes)",
-     [](settings& s, const values& v) { s.timeout_data_block_s = parse_seconds(one(v)); }},
+     [](settings& s, const values& v) {
+       s.timeout_data_block_s = parse_seconds_in(one(v), 1, 86400);
+     },
+     [](const settings& s) { return duration(s.timeout_data_block_s); }, live},
     {"timeouts.shutdown_grace", "--shutdown-grace", "DURATION", arity::one,
      "on SIGTERM, how long sessions may finish before 421",
-     [](settings& s, const values& v) { s.shutdown_grace_s = parse_seconds(one(v)); }},
+     [](settings& s, const values& v) { s.shutdown_grace_s = parse_seconds_in(one(v), 0, 86400); },
+     [](const settings& s) { return duration(s.shutdown_grace_s); }, live},
     {"timeouts.greeting_delay", "--greeting-delay", "DURATION", arity::one,
      "wait this long before the greeting; a client that talks first gets 554 (0: off)",
-     [](settings& s, const values& v) { s.greeting_delay_ms = parse_milliseconds(one(v)); }},
-    {"spool.dir", "--spool", "DIR", arity::one, "spool directory",
-     [](settings& s, const values& v) { s.spool_dir = one(v); }},
+     [](settings& s, const values& v) { s.greeting_delay_ms = parse_milliseconds(one(v)); },
+     [](const settings& s) { return duration_ms(s.greeting_delay_ms); }, live},
+    {"spool.dir", "--spool", "DIR", arity::one, "spool directory (locked by the running daemon)",
+     [](settings& s, const values& v) { s.spool_dir = path_setting(v); },
+     [](const settings& s) { return toml_string(s.spool_dir); }},
     {"spool.segment_size", "--spool-segment-size", "BYTES", arity::one,
-     "size of each preallocated spool segment file (1M or more)",
+     "size of each preallocated spool segment file (1M to 16G)",
      [](settings& s, const values& v) {
        s.spool_segment_bytes = parse_bytes(one(v));
-       if (s.spool_segment_bytes < (1u << 20)) expected("a size of at least 1M", one(v));
-     }},
+       if (s.spool_segment_bytes < (1u << 20) || s.spool_segment_bytes > (16ull << 30))
+         expected("a size from 1M to 16G", one(v));
+     },
+     [](const settings& s) { return byte_size(s.spool_segment_bytes); }},
     {"spool.unsafe_no_fsync", "--unsafe-no-fsync", "", arity::flag,
      "DEBUG ONLY: answer 250 without fdatasync (loses mail on power failure)",
-     [](settings& s, const values& v) { s.unsafe_no_fsync = parse_bool(one(v)); }},
+     [](settings& s, const values& v) { s.unsafe_no_fsync = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.unsafe_no_fsync); }},
     {"relay.relay_domains", "--relay-domains", "DOMAIN,...", arity::list,
-     "domains accepted from any client",
-     [](settings& s, const values& v) { s.relay_domains = each<std::string>(v, parse_domain); }},
+     "domains accepted from any client (.example.com: its subdomains)",
+     [](settings& s, const values& v) {
+       s.relay_domains = each<std::string>(v, parse_relay_domain);
+     },
+     [](const settings& s) { return array(s.relay_domains, [](auto& d) { return d; }); }, live},
     {"relay.relayhost", "--relayhost", "HOST:PORT", arity::one,
      "deliver everything to this smarthost instead of MX hosts",
      [](settings& s, const values& v) {
        const auto text = one(v);
        if (!text.empty()) parse_host_port(text);
        s.relayhost = text;
-     }},
+     },
+     [](const settings& s) { return toml_string(s.relayhost); }, live},
     {"relay.delivery_port", "--delivery-port", "PORT", arity::one,
      "port of MX hosts (25; tests use others)",
      [](settings& s, const values& v) {
-       s.delivery_port = static_cast<std::uint16_t>(parse_unsigned(one(v), 65535));
-     }},
+       s.delivery_port = static_cast<std::uint16_t>(parse_count(one(v), 1, 65535));
+     },
+     [](const settings& s) { return number(s.delivery_port); }, live},
     {"relay.connect_timeout", "--timeout-connect", "DURATION", arity::one,
      "how long an outbound TCP connect may take before the next MX address is tried",
-     [](settings& s, const values& v) { s.timeout_connect_s = parse_seconds(one(v)); }},
+     [](settings& s, const values& v) { s.timeout_connect_s = parse_seconds_in(one(v), 1, 86400); },
+     [](const settings& s) { return duration(s.timeout_connect_s); }, live},
     {"relay.resolvers", "--resolver", "ADDR:PORT", arity::list,
      "DNS server (repeatable; default: /etc/resolv.conf)",
      [](settings& s, const values& v) {
-       s.resolvers = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t, 53); });
-     }},
+       s.resolvers = each<core::endpoint>(v, [](auto& t) {
+         auto at = parse_endpoint(t, 53);
+         if (at.port() == 0) expected("an address with a port from 1 to 65535", t);
+         return at;
+       });
+     },
+     [](const settings& s) { return array(s.resolvers, [](auto& e) { return e.to_string(); }); }},
     {"relay.routes", "--route", "DOMAIN=HOST:PORT", arity::list,
      "deliver a domain to a fixed host (repeatable)",
      [](settings& s, const values& v) {
@@ -523,12 +767,21 @@ const std::vector<setting_spec>& table() {
          auto [host, port] = parse_host_port(std::string_view(text).substr(equals + 1));
          s.routes.push_back({parse_domain(std::string_view(text).substr(0, equals)), host, port});
        }
-     }},
+     },
+     [](const settings& s) {
+       return array(s.routes, [](const route& r) {
+         const bool v6 = r.host.find(':') != std::string::npos;
+         return fmt::format("{}={}{}{}:{}", r.destination, v6 ? "[" : "", r.host, v6 ? "]" : "",
+                            r.port);
+       });
+     },
+     live},
     // ---- outbound TLS (issue 11): [relay.tls] policy, per-domain policies, the CA store.
     {"relay.tls.policy", "--tls-policy", "none|opportunistic|required|verify", arity::one,
      "outbound TLS: STARTTLS when offered (opportunistic), required, or required with the "
      "certificate verified against the MX host name (verify)",
-     [](settings& s, const values& v) { s.relay_tls_policy = parse_tls_policy(one(v)); }},
+     [](settings& s, const values& v) { s.relay_tls_policy = parse_tls_policy(one(v)); },
+     [](const settings& s) { return toml_string(tls_policy_name(s.relay_tls_policy)); }, live},
     {"relay.tls.policy_for", "--tls-policy-for", "DOMAIN=POLICY", arity::list,
      "outbound TLS policy for one destination domain (.example.com: its subdomains; repeatable)",
      [](settings& s, const values& v) {
@@ -542,35 +795,55 @@ const std::vector<setting_spec>& table() {
              {(subdomains ? "." : "") + parse_domain(domain.substr(subdomains ? 1 : 0)),
               parse_tls_policy(std::string_view(text).substr(equals + 1))});
        }
-     }},
+     },
+     [](const settings& s) { return array(s.relay_tls_policy_for, [](const tls_policy_entry& e) {
+         return e.domain + "=" + tls_policy_name(e.policy);
+       }); }, live},
     {"relay.tls.ca_file", "--tls-ca", "FILE", arity::one,
      "CA certificates (PEM) that `verify` trusts; empty: the system store",
-     [](settings& s, const values& v) { s.relay_tls_ca_file = one(v); }},
+     [](settings& s, const values& v) { s.relay_tls_ca_file = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.relay_tls_ca_file); }, live},
     // ---- end of outbound TLS
     {"queue.lifetime", "--queue-lifetime", "DURATION", arity::one,
-     "bounce what is not delivered after this long",
-     [](settings& s, const values& v) { s.queue_lifetime_s = parse_seconds(one(v)); }},
-    {"queue.retry_schedule", "--retry-schedule", "DURATION,...", arity::list,
-     "waits between attempts; the last one repeats",
+     "bounce what is not delivered after this long (1s to 365d)",
      [](settings& s, const values& v) {
-       s.retry_schedule_s = each<std::uint32_t>(v, [](auto& t) { return parse_seconds(t); });
-       if (s.retry_schedule_s.empty()) throw bad_value("expected at least one duration");
-     }},
+       s.queue_lifetime_s = parse_seconds_in(one(v), 1, 365 * 86400);
+     },
+     [](const settings& s) { return duration(s.queue_lifetime_s); }, live},
+    {"queue.retry_schedule", "--retry-schedule", "DURATION,...", arity::list,
+     "waits between attempts; the last one repeats (each 1s to 30d)",
+     [](settings& s, const values& v) {
+       s.retry_schedule_s =
+           each<std::uint32_t>(v, [](auto& t) { return parse_seconds_in(t, 1, 30 * 86400); });
+       if (s.retry_schedule_s.empty() || s.retry_schedule_s.size() > 100)
+         throw bad_value("expected from 1 to 100 durations");
+     },
+     [](const settings& s) { return array(s.retry_schedule_s, duration_text); }, live},
     {"queue.max_connections_per_destination", "--max-connections-per-destination", "N",
      arity::one, "concurrent connections to one destination",
      [](settings& s, const values& v) {
-       s.default_destination_limits.connections_max = to_u32(one(v), 10000);
-     }},
+       s.default_destination_limits.connections_max = parse_count(one(v), 1, 10000);
+     },
+     [](const settings& s) { return number(s.default_destination_limits.connections_max); },
+     live},
     {"queue.max_messages_per_connection", "--max-messages-per-connection", "N", arity::one,
-     "messages sent over one connection before it is closed",
+     "messages sent over one connection before it is closed (0: no limit)",
      [](settings& s, const values& v) {
        s.default_destination_limits.messages_per_connection_max = to_u32(one(v));
-     }},
+     },
+     [](const settings& s) {
+       return number(s.default_destination_limits.messages_per_connection_max);
+     },
+     live},
     {"queue.max_messages_per_second", "--max-messages-per-second", "RATE", arity::one,
      "per-destination rate limit (0: none)",
      [](settings& s, const values& v) {
        s.default_destination_limits.messages_per_second_max = parse_rate(one(v));
-     }},
+     },
+     [](const settings& s) {
+       return fmt::format("{}", s.default_destination_limits.messages_per_second_max);
+     },
+     live},
     // ---- shaping (issue 15)
     {"reply_rule", "--reply-rule", "MATCH ACTION DURATION PATTERN", arity::list,
      "what a server's reply does to its destination (repeatable; TOML: [[reply_rule]] "
@@ -579,14 +852,16 @@ const std::vector<setting_spec>& table() {
      [](settings& s, const values& v) {
        s.reply_rules.clear();
        for (const auto& text : v) s.reply_rules.push_back(parse_reply_rule_flag(text));
-     }},
+     },
+     [](const settings& s) { return reply_rule_tables(s.reply_rules); }, live},
     {"shaping", "--shaping", "MATCH KEY=VALUE...", arity::list,
      "per-destination overrides (repeatable; TOML: [[shaping]] tables): MATCH is example.com, "
      ".example.com or mx:*.host; keys as in [[shaping]], list items joined by ':'",
      [](settings& s, const values& v) {
        s.shaping.clear();
        for (const auto& text : v) s.shaping.push_back(parse_shaping_flag(text));
-     }},
+     },
+     [](const settings& s) { return shaping_tables(s.shaping); }, live},
     // ---- DKIM signing (issue 13): [[dkim]] keys and [signing]. The keys are only parsed
     // here; dkim::build_key_table reads and checks the files at start-up.
     {"dkim", "--dkim", "DOMAIN:SELECTOR:KEYFILE", arity::list,
@@ -594,7 +869,8 @@ const std::vector<setting_spec>& table() {
      [](settings& s, const values& v) {
        s.dkim_keys.clear();
        for (const auto& text : v) s.dkim_keys.push_back(parse_dkim_flag(text));
-     }},
+     },
+     [](const settings& s) { return dkim_tables(s.dkim_keys); }, live},
     {"signing.fallback", "--dkim-fallback", "SENDER=DOMAIN", arity::list,
      "sign mail whose From domain has no key as DOMAIN (SENDER: name, .name, or *)",
      [](settings& s, const values& v) {
@@ -610,25 +886,32 @@ const std::vector<setting_spec>& table() {
          s.dkim_fallback.emplace_back(pattern,
                                       parse_domain(std::string_view(text).substr(equals + 1)));
        }
-     }},
+     },
+     [](const settings& s) { return array(s.dkim_fallback, [](const auto& rule) {
+         return rule.first + "=" + rule.second;
+       }); }, live},
     {"signing.platform_domains", "--dkim-platform", "DOMAIN,...", arity::list,
      "also sign every signed message with DOMAIN's keys (a platform's own signature)",
      [](settings& s, const values& v) {
        s.dkim_platform_domains = each<std::string>(v, parse_domain);
-     }},
+     },
+     [](const settings& s) { return array(s.dkim_platform_domains, [](const std::string& d) { return d; }); }, live},
     {"signing.max_header_size", "--dkim-max-header-size", "BYTES", arity::one,
      "header block of a message to sign; a larger one is refused (552 5.3.4)",
      [](settings& s, const values& v) {
        s.dkim_header_bytes_max = parse_bytes(one(v));
        if (s.dkim_header_bytes_max < 4096 || s.dkim_header_bytes_max > (64u << 20))
          expected("a size from 4k to 64M", one(v));
-     }},
+     },
+     [](const settings& s) { return byte_size(s.dkim_header_bytes_max); }, live},
     {"signing.timestamp", "--dkim-timestamp", "true|false", arity::one,
      "put the signing time (t=) in DKIM signatures",
-     [](settings& s, const values& v) { s.dkim_timestamp = parse_bool(one(v)); }},
+     [](settings& s, const values& v) { s.dkim_timestamp = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.dkim_timestamp); }, live},
     {"signing.expire", "--dkim-expire", "DURATION", arity::one,
      "signatures expire (x=) this long after signing; 0: never",
-     [](settings& s, const values& v) { s.dkim_expire_s = parse_seconds(one(v)); }},
+     [](settings& s, const values& v) { s.dkim_expire_s = parse_seconds(one(v)); },
+     [](const settings& s) { return duration(s.dkim_expire_s); }, live},
     // ---- end of DKIM signing
     // ---- Hostile clients (issue 10): where postmaster mail goes, slow-sender deadlines and
     // shorter timeouts near the session limit (Postfix's smtpd_min_data_rate and stress mode).
@@ -641,35 +924,42 @@ const std::vector<setting_spec>& table() {
          expected("an address such as hostmaster@example.com", text);
        if (!text.empty()) parse_domain(std::string_view(text).substr(at + 1));
        s.postmaster = text;
-     }},
+     },
+     [](const settings& s) { return toml_string(s.postmaster); }, live},
     {"timeouts.min_data_rate", "--min-data-rate", "BYTES", arity::one,
      "DATA/BDAT bytes per second a client must keep up (each block buys time, at most "
      "--timeout-data-block; 0: only the idle timeout)",
      [](settings& s, const values& v) {
        s.min_data_rate_bytes = static_cast<std::uint32_t>(std::min<std::uint64_t>(
            parse_bytes(one(v)), std::uint64_t{1} << 30));
-     }},
+     },
+     [](const settings& s) { return byte_size(s.min_data_rate_bytes); }, live},
     {"timeouts.under_load", "--timeout-under-load", "DURATION", arity::one,
      "command and data timeouts while a shard is above --load-threshold (0: no change)",
-     [](settings& s, const values& v) { s.timeout_under_load_ms = parse_milliseconds(one(v)); }},
+     [](settings& s, const values& v) { s.timeout_under_load_ms = parse_milliseconds(one(v)); },
+     [](const settings& s) { return duration_ms(s.timeout_under_load_ms); }, live},
     {"limits.load_threshold", "--load-threshold", "PERCENT", arity::one,
      "share of --max-sessions-per-shard from which --timeout-under-load applies",
      [](settings& s, const values& v) {
        s.load_threshold_percent = to_u32(one(v), 100);
        if (s.load_threshold_percent == 0) expected("a percentage from 1 to 100", one(v));
-     }},
+     },
+     [](const settings& s) { return number(s.load_threshold_percent); }},
     // ---- TLS (inbound STARTTLS and implicit TLS; src/tls, src/server/inbound_tls.cc) ----
     {"tls.cert", "--tls-cert", "FILE", arity::list,
      "PEM certificate chain (repeatable; paired in order with --tls-key; one per key type: "
      "ECDSA, RSA); with one, every listener offers STARTTLS",
-     [](settings& s, const values& v) { s.tls_cert_files = v; }},
+     [](settings& s, const values& v) { s.tls_cert_files = v; },
+     [](const settings& s) { return array(s.tls_cert_files, [](const std::string& f) { return f; }); }, live},
     {"tls.key", "--tls-key", "FILE", arity::list, "PEM private key of each --tls-cert",
-     [](settings& s, const values& v) { s.tls_key_files = v; }},
+     [](settings& s, const values& v) { s.tls_key_files = v; },
+     [](const settings& s) { return array(s.tls_key_files, [](const std::string& f) { return f; }); }, live},
     {"tls.listen", "--tls-listen", "ADDR:PORT", arity::list,
      "implicit TLS listener, e.g. submissions on port 465 (RFC 8314; repeatable)",
      [](settings& s, const values& v) {
        s.tls_listen = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t); });
-     }},
+     },
+     [](const settings& s) { return array(s.tls_listen, [](auto& e) { return e.to_string(); }); }},
     {"tls.min_version", "--tls-min-version", "TLS1.2|TLS1.3", arity::one,
      "oldest TLS version accepted (SSLv3, TLS 1.0 and 1.1 never are)",
      [](settings& s, const values& v) {
@@ -678,37 +968,83 @@ const std::vector<setting_spec>& table() {
        if (text == "1.2") s.tls_min_version = "TLS1.2";
        else if (text == "1.3") s.tls_min_version = "TLS1.3";
        else expected("TLS1.2 or TLS1.3", one(v));
-     }},
+     },
+     [](const settings& s) { return toml_string(s.tls_min_version); }, live},
     {"tls.ciphers", "--tls-ciphers", "LIST", arity::one,
      "TLS 1.2 ciphers, OpenSSL syntax (default: ECDHE with AES-GCM or ChaCha20-Poly1305)",
-     [](settings& s, const values& v) { s.tls_ciphers = one(v); }},
+     [](settings& s, const values& v) { s.tls_ciphers = cipher_list(one(v)); },
+     [](const settings& s) { return toml_string(s.tls_ciphers); }, live},
     {"tls.ciphersuites", "--tls-ciphersuites", "LIST", arity::one,
      "TLS 1.3 cipher suites (default: OpenSSL's three)",
-     [](settings& s, const values& v) { s.tls_ciphersuites = one(v); }},
+     [](settings& s, const values& v) { s.tls_ciphersuites = cipher_list(one(v)); },
+     [](const settings& s) { return toml_string(s.tls_ciphersuites); }, live},
     {"tls.ask_client_certificate", "--tls-ask-client-cert", "", arity::flag,
      "ask clients for a certificate (never required nor verified; logged as presented)",
-     [](settings& s, const values& v) { s.tls_ask_client_certificate = parse_bool(one(v)); }},
+     [](settings& s, const values& v) { s.tls_ask_client_certificate = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.tls_ask_client_certificate); }, live},
     {"tls.ticket_key_rotation", "--tls-ticket-key-rotation", "DURATION", arity::one,
      "new session ticket key this often; a key decrypts for twice as long, then is erased",
      [](settings& s, const values& v) {
        s.tls_ticket_key_rotation_s = parse_seconds(one(v));
        if (s.tls_ticket_key_rotation_s == 0) expected("a duration of 1s or more", one(v));
-     }},
+     },
+     [](const settings& s) { return duration(s.tls_ticket_key_rotation_s); }},
     {"timeouts.tls_handshake", "--timeout-tls-handshake", "DURATION", arity::one,
      "the whole TLS handshake after STARTTLS or on an implicit TLS listener",
-     [](settings& s, const values& v) { s.timeout_tls_handshake_s = parse_seconds(one(v)); }},
+     [](settings& s, const values& v) { s.timeout_tls_handshake_s = parse_seconds(one(v)); },
+     [](const settings& s) { return duration(s.timeout_tls_handshake_s); }, live},
     // ---- end of TLS ----
     {"admin.listen", "--admin-listen", "ADDR:PORT", arity::list,
      "metrics, health and admin API listener (repeatable)",
      [](settings& s, const values& v) {
        s.admin_listen = each<core::endpoint>(v, [](auto& t) { return parse_endpoint(t); });
+     },
+     [](const settings& s) {
+       return array(s.admin_listen, [](auto& e) { return e.to_string(); });
      }},
     {"admin.log_format", "--log-format", "json|text", arity::one, "log record format",
      [](settings& s, const values& v) {
        const auto text = one(v);
        if (text != "json" && text != "text") expected("json or text", text);
        s.log_format = text;
-     }},
+     },
+     [](const settings& s) { return toml_string(s.log_format); }, live},
+    // Log outputs (issue 9: logs that never stall mail): a writer thread fed by per-shard
+    // buffers writes to one of these.
+    {"log.output", "--log-output", "stdout|file|syslog", arity::one,
+     "where log records go: stdout (journald), a file, or syslog",
+     [](settings& s, const values& v) {
+       s.log_output = parse_choice(one(v), {"stdout", "file", "syslog"});
+     },
+     [](const settings& s) { return toml_string(s.log_output); }, live},
+    {"log.file", "--log-file", "PATH", arity::one,
+     "log file for log.output = file (JSON lines; SIGUSR1 reopens it after logrotate)",
+     [](settings& s, const values& v) { s.log_file = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.log_file); }, live},
+    {"log.syslog_socket", "--log-syslog-socket", "PATH", arity::one,
+     "syslog's local datagram socket for log.output = syslog (RFC 5424 messages)",
+     [](settings& s, const values& v) {
+       s.log_syslog_socket = path_setting(v);
+       if (s.log_syslog_socket.size() >= 108) expected("a socket path of 107 bytes at most",
+                                                       s.log_syslog_socket);
+     },
+     [](const settings& s) { return toml_string(s.log_syslog_socket); }, live},
+    {"log.syslog_facility", "--log-syslog-facility", "NAME", arity::one,
+     "syslog facility: mail, daemon or local0 to local7",
+     [](settings& s, const values& v) {
+       s.log_syslog_facility = parse_choice(one(v), {"mail", "daemon", "local0", "local1",
+                                                     "local2", "local3", "local4", "local5",
+                                                     "local6", "local7"});
+     },
+     [](const settings& s) { return toml_string(s.log_syslog_facility); }, live},
+    {"log.buffer_size", "--log-buffer-size", "BYTES", arity::one,
+     "log buffer per shard (64k to 256M); records beyond it are dropped and counted",
+     [](settings& s, const values& v) {
+       s.log_buffer_bytes = parse_bytes(one(v));
+       if (s.log_buffer_bytes < (64u << 10) || s.log_buffer_bytes > (256u << 20))
+         expected("a size from 64k to 256M", one(v));
+     },
+     [](const settings& s) { return byte_size(s.log_buffer_bytes); }},
     // Deployment and supervision: privilege drop (src/server/privileges.cc) and test hooks.
     {"server.user", "--user", "NAME", arity::one,
      "started as root: open listeners and spool, then run as this user with no capabilities",
@@ -717,13 +1053,16 @@ const std::vector<setting_spec>& table() {
        if (text.empty() || text.find_first_of(":/ \t") != std::string::npos)
          expected("a user name such as ringmta", text);
        s.user = text;
-     }},
+     },
+     [](const settings& s) { return toml_string(s.user); }},
     {"server.allow_root", "--allow-root", "", arity::flag,
      "started as root: keep running as root instead of switching to --user (not advised)",
-     [](settings& s, const values& v) { s.allow_root = parse_bool(one(v)); }},
+     [](settings& s, const values& v) { s.allow_root = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.allow_root); }},
     {"admin.debug_endpoints", "--debug-endpoints", "", arity::flag,
      "TESTS ONLY: POST /debug/freeze/SHARD?ms=N on the admin listener blocks a shard's loop",
-     [](settings& s, const values& v) { s.debug_endpoints = parse_bool(one(v)); }},
+     [](settings& s, const values& v) { s.debug_endpoints = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.debug_endpoints); }},
   };
   return specs;
 }
@@ -765,7 +1104,7 @@ std::string where(const std::string& origin, const toml::node& node) {
 // [[dkim]] tables: each field is checked where it is written (file:line: dkim.FIELD: ...).
 void apply_dkim_tables(settings& s, const toml::node& node, const std::string& origin) {
   const auto* tables = node.as_array();
-  if (tables == nullptr || !tables->is_array_of_tables())
+  if (tables == nullptr || (!tables->empty() && !tables->is_array_of_tables()))
     throw error(fmt::format("{}: dkim: expected [[dkim]] tables (domain, selector, key_file)",
                             where(origin, node)));
   s.dkim_keys.clear();
@@ -858,6 +1197,7 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
     const auto node = root.at_path(spec.key);
     if (!node) continue;
     seen.push_back(spec.key);
+    s.origins[spec.key] = where(origin, *node.node());
     try {
       if (std::string_view(spec.key) == "dkim") {
         apply_dkim_tables(s, *node.node(), origin);
@@ -913,6 +1253,32 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
   }
 }
 
+bool is_boolean_word(std::string_view text) {
+  for (const std::string_view word : {"true", "false", "yes", "no", "on", "off", "1", "0"})
+    if (text == word) return true;
+  return false;
+}
+
+// Booleans take no value, "=true" or "=false"; "--flag false" (a word of its own) too, as the
+// help of earlier versions showed. Each becomes "--flag=VALUE" for CLI11.
+std::vector<std::string> normalize_booleans(const std::vector<std::string>& flags) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < flags.size(); ++i) {
+    const bool boolean_flag = std::any_of(table().begin(), table().end(), [&](const auto& spec) {
+      return spec.kind == arity::flag && flags[i] == spec.flag;
+    });
+    if (!boolean_flag) {
+      out.push_back(flags[i]);
+    } else if (i + 1 < flags.size() && is_boolean_word(flags[i + 1])) {
+      out.push_back(flags[i] + "=" + flags[i + 1]);
+      ++i;
+    } else {
+      out.push_back(flags[i] + "=true");
+    }
+  }
+  return out;
+}
+
 void apply_flags(settings& s, const std::vector<std::string>& flags, std::string& config_path) {
   CLI::App app{"ringmta"};
   app.allow_extras(false);
@@ -921,17 +1287,13 @@ void apply_flags(settings& s, const std::vector<std::string>& flags, std::string
   for (std::size_t i = 0; i < table().size(); ++i) {
     const auto& spec = table()[i];
     given[i].first = &spec;
-    if (spec.kind == arity::flag) {
-      app.add_flag_function(spec.flag, [&given, i](std::int64_t) { given[i].second = {"true"}; },
-                            spec.help);
-    } else {
-      auto* option = app.add_option(spec.flag, given[i].second, spec.help);
-      option->type_name(spec.value_name);
-      if (spec.kind == arity::list) option->delimiter(',');
-      else option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-    }
+    auto* option = app.add_option(spec.flag, given[i].second, spec.help);
+    option->type_name(spec.value_name);
+    if (spec.kind == arity::list) option->delimiter(',');
+    else option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   }
-  std::vector<std::string> reversed(flags.rbegin(), flags.rend());  // CLI11 parses a reversed list
+  const auto normalized = normalize_booleans(flags);
+  std::vector<std::string> reversed(normalized.rbegin(), normalized.rend());  // CLI11's order
   try {
     app.parse(reversed);
   } catch (const CLI::ParseError& problem) {
@@ -941,12 +1303,43 @@ void apply_flags(settings& s, const std::vector<std::string>& flags, std::string
     if (v.empty()) continue;
     // A single-valued flag given twice: the last one wins (scripts append overrides).
     if (spec->kind != arity::list && v.size() > 1) v.erase(v.begin(), v.end() - 1);
+    s.origins[spec->key] = fmt::format("command line ({})", spec->flag);
     try {
       spec->apply(s, v);
     } catch (const bad_value& problem) {
       throw error(fmt::format("command line: {}: {}", spec->flag, problem.what()));
     }
   }
+}
+
+std::string where_set(const settings& s, const std::string& key) {
+  const auto found = s.origins.find(key);
+  return found != s.origins.end() ? found->second : "defaults";
+}
+
+// Checks that involve more than one key, after file and flags.
+void check_together(const settings& s) {
+  if (s.listen.empty())
+    throw error(fmt::format("{}: server.listen: no listener: give --listen ADDR:PORT",
+                            where_set(s, "server.listen")));
+  if (s.tls_cert_files.size() != s.tls_key_files.size()) {
+    const char* key = s.tls_cert_files.size() > s.tls_key_files.size() ? "tls.cert" : "tls.key";
+    throw error(fmt::format("{}: {}: {} --tls-cert but {} --tls-key: give one key per certificate",
+                            where_set(s, key), key, s.tls_cert_files.size(),
+                            s.tls_key_files.size()));
+  }
+  if (!s.tls_listen.empty() && s.tls_cert_files.empty())
+    throw error(fmt::format("{}: tls.listen: an implicit TLS listener needs --tls-cert and "
+                            "--tls-key", where_set(s, "tls.listen")));
+  if (s.log_output == "file" && s.log_file.empty())
+    throw error(fmt::format("{}: log.output: 'file' needs log.file (--log-file PATH)",
+                            where_set(s, "log.output")));
+}
+
+const setting_spec& spec_of(const std::string& key) {
+  for (const auto& spec : table())
+    if (key == spec.key) return spec;
+  throw error(fmt::format("unknown setting '{}'", key));
 }
 
 std::string config_path_from(const std::vector<std::string>& flags) {
@@ -972,12 +1365,7 @@ settings load_from(const std::string& toml_text, const std::string& origin,
   }
   std::string ignored;
   apply_flags(s, flags, ignored);
-  if (s.listen.empty()) throw error("no listener: give --listen ADDR:PORT or server.listen");
-  if (s.tls_cert_files.size() != s.tls_key_files.size())
-    throw error(fmt::format("tls: {} --tls-cert but {} --tls-key: give one key per certificate",
-                            s.tls_cert_files.size(), s.tls_key_files.size()));
-  if (!s.tls_listen.empty() && s.tls_cert_files.empty())
-    throw error("tls.listen: an implicit TLS listener needs --tls-cert and --tls-key");
+  check_together(s);
   return s;
 }
 
@@ -995,17 +1383,78 @@ settings load(int argc, const char* const* argv) {
 std::string help_text() {
   std::string out = "  --config PATH  TOML configuration file (see conf/ringmta.toml)\n";
   for (const auto& spec : table()) {
-    out += fmt::format("  {} {}  {} [{}]\n", spec.flag, spec.value_name, spec.help, spec.key);
+    if (spec.kind == arity::flag)
+      out += fmt::format("  {}[=true|false]  {} [{}]\n", spec.flag, spec.help, spec.key);
+    else
+      out += fmt::format("  {} {}  {} [{}]\n", spec.flag, spec.value_name, spec.help, spec.key);
   }
   return out;
 }
 
-std::vector<setting_description> describe_settings() {
-  std::vector<setting_description> out;
-  for (const auto& spec : table())
-    out.push_back({spec.key, spec.flag, spec.value_name, spec.help, spec.kind == arity::flag,
-                   spec.kind == arity::list});
+std::vector<setting_info> describe() {
+  std::vector<setting_info> out;
+  for (const auto& spec : table()) {
+    const setting_kind kind = spec.kind == arity::flag   ? setting_kind::boolean
+                              : spec.kind == arity::list ? setting_kind::list
+                                                         : setting_kind::value;
+    out.push_back({spec.key, spec.flag, spec.value_name, kind, spec.reload, spec.help});
+  }
   return out;
+}
+
+std::string show(const settings& s, const std::string& key) {
+  const auto& spec = spec_of(key);
+  return spec.show ? spec.show(s) : std::string("\"(not shown)\"");
+}
+
+std::string render(const settings& s) {
+  // TOML puts top-level keys ([[dkim]] as inline tables) before any [section], and a section
+  // may appear once: rows are grouped by section in the order the table first names them.
+  auto section_of = [](std::string_view key) {  // "" for a top-level key
+    const auto dot = key.find('.');
+    return dot == std::string_view::npos ? std::string_view() : key.substr(0, dot);
+  };
+  std::vector<std::string_view> sections{""};
+  for (const auto& spec : table()) {
+    const auto section = section_of(spec.key);
+    if (std::find(sections.begin(), sections.end(), section) == sections.end())
+      sections.push_back(section);
+  }
+  std::string out;
+  for (const auto section : sections) {
+    if (!section.empty()) out += fmt::format("{}[{}]\n", out.empty() ? "" : "\n", section);
+    for (const auto& spec : table()) {
+      const std::string_view key(spec.key);
+      if (section_of(key) != section) continue;
+      const auto name = section.empty() ? key : key.substr(section.size() + 1);
+      const auto line = fmt::format("{} = {}", name, show(s, spec.key));
+      const auto origin = s.origins.find(spec.key);
+      if (origin == s.origins.end()) out += line + "\n";
+      else out += fmt::format("{:<40} # {}\n", line, origin->second);
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> changed_keys(const settings& before, const settings& after) {
+  std::vector<std::string> out;
+  for (const auto& spec : table())
+    if (show(before, spec.key) != show(after, spec.key)) out.push_back(spec.key);
+  return out;
+}
+
+void keep_value(settings& next, const settings& current, const std::string& key) {
+  const auto& spec = spec_of(key);
+  try {
+    const auto document = toml::parse(fmt::format("value = {}\n", show(current, key)), key);
+    spec.apply(next, toml_values(*document["value"].node()));
+  } catch (const std::exception& problem) {  // show() and apply() disagree: a table bug
+    throw error(fmt::format("{}: cannot keep the running value: {}", key, problem.what()));
+  }
+  if (const auto origin = current.origins.find(key); origin != current.origins.end())
+    next.origins[key] = origin->second;
+  else
+    next.origins.erase(key);
 }
 
 }  // namespace ringmta::config

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <ifaddrs.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -110,6 +111,22 @@ std::string endpoint::address_string() const {
       inet_ntop(AF_INET6, &v6, text, sizeof text);
   }
   return text;
+}
+
+std::string_view endpoint::to_chars(char* out, std::size_t size) const noexcept {
+  char text[INET6_ADDRSTRLEN] = "?";
+  bool bracket = false;
+  if (family() == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(address).sin_addr, text, sizeof text);
+  } else if (family() == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(address).sin6_addr;
+    bracket = !is_v4_mapped(v6);
+    if (bracket) inet_ntop(AF_INET6, &v6, text, sizeof text);
+    else inet_ntop(AF_INET, v6.s6_addr + 12, text, sizeof text);
+  }
+  const auto written = bracket ? fmt::format_to_n(out, size, "[{}]:{}", text, port())
+                               : fmt::format_to_n(out, size, "{}:{}", text, port());
+  return {out, std::min(written.size, size)};
 }
 
 std::string endpoint::to_string() const {

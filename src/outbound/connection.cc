@@ -391,9 +391,13 @@ void connection::stage_output() noexcept {
 }
 
 bool connection::send_staged() noexcept {
-  const auto queued = server.owner().ring().prep_send(
-      fd, staging.get() + staged_begin, staged_end - staged_begin,
-      server.user_data(server.send_kind, *this));
+  return queue_send(staging.get() + staged_begin, staged_end - staged_begin);
+}
+
+// One send in flight (plaintext staging or TLS ciphertext); the bytes stay put until it ends.
+bool connection::queue_send(const char* bytes, std::uint32_t size) noexcept {
+  const auto queued = server.owner().ring().prep_send(fd, bytes, size,
+                                                      server.user_data(server.send_kind, *this));
   if (!queued) {  // cannot talk to the kernel: treat as a lost connection
     staged_begin = staged_end = 0;
     session->on_peer_closed();

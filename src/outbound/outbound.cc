@@ -318,5 +318,8 @@ bool outbound::drained() const noexcept { return _server->drained(); }
 void outbound::stop() noexcept { _server->stop(); }
 std::uint32_t outbound::connections() const noexcept { return _server->live(); }
 const outbound_counters& outbound::counters() const noexcept { return _server->counters(); }
+void outbound::set_timeout_connect_ms(std::uint32_t ms) noexcept {
+  _server->set_timeout_connect_ms(ms);
+}
 
 }  // namespace ringmta::outbound

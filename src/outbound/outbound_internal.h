@@ -218,6 +218,7 @@ struct connection {
   void on_session_closed(const smtp::client_event& event) noexcept;
   void report(const smtp::client_event& event) noexcept;
   bool send_staged() noexcept;
+  bool queue_send(const char* bytes, std::uint32_t size) noexcept;
   void stage_output() noexcept;
   void finish() noexcept;
   void schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept;
@@ -287,6 +288,9 @@ class outbound_server final : public shard::completion_handler,
   void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
   void before_wait(shard::shard& owner) noexcept override;
   void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;
+
+  // A reload: connects started from now wait this long.
+  void set_timeout_connect_ms(std::uint32_t ms) noexcept { _config.timeout_connect_ms = ms; }
 
   // For connections.
   const outbound_config& config() const noexcept { return _config; }

@@ -270,17 +270,7 @@ bool connection::encrypt_pending() noexcept {
 
 bool connection::send_ciphertext() noexcept {
   const std::string_view out = tls_session->ciphertext();
-  const auto queued = server.owner().ring().prep_send(fd, out.data(),
-                                                      static_cast<std::uint32_t>(out.size()),
-                                                      server.user_data(server.send_kind, *this));
-  if (!queued) {  // cannot talk to the kernel: treat as a lost connection
-    staged_begin = staged_end = 0;
-    session->on_peer_closed();
-    return false;
-  }
-  send_in_flight = true;
-  ++ops;
-  return true;
+  return queue_send(out.data(), static_cast<std::uint32_t>(out.size()));
 }
 
 void connection::on_ciphertext_sent(const io::completion& done) noexcept {

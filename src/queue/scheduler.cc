@@ -384,7 +384,7 @@ void scheduler::state::push_event(event_kind kind, std::uint32_t slot,
   pending.error = jobs[slot].error;
   retain(pending.error);
   events.push_back(pending);
-  if (kind != event_kind::delay_warning) free_job(slot);
+  if (kind == event_kind::expired || kind == event_kind::bounced_by_operator) free_job(slot);
 }
 
 // ---------------------------------------------------------------- wake-ups
@@ -508,6 +508,7 @@ void scheduler::state::backoff(std::uint32_t slot, std::int64_t now_ms, const fa
       continue;
     }
     schedule(d, job_slot, until);
+    push_event(event_kind::deferred, job_slot, until);
     if (warn_delay(job, now_ms)) push_event(event_kind::delay_warning, job_slot, until);
   }
   // Scheduled jobs due before the destination is back wait for it too (one shared time).

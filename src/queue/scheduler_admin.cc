@@ -121,6 +121,26 @@ bool scheduler::reshape(std::string_view name, const destination_limits& limits)
   return true;
 }
 
+void scheduler::set_policy(const scheduler_config& next) noexcept {
+  state& s = *_state;
+  RINGMTA_ASSERT(!next.retry_delays_ms.empty() && next.lifetime_max_ms > 0);
+  for (const std::int64_t delay : next.retry_delays_ms) RINGMTA_ASSERT(delay > 0);
+  RINGMTA_ASSERT(next.limits.connections_max >= 1 && next.limits.rate_period_ms >= 1 &&
+                 next.limits.rate_burst >= 1 && next.limits.recipients_per_transaction_max >= 1 &&
+                 next.limits.recipients_per_transaction_max <= job_recipients_max);
+  s.config.retry_delays_ms = next.retry_delays_ms;  // the vector keeps its capacity mostly
+  s.config.lifetime_max_ms = next.lifetime_max_ms;
+  s.config.delay_warning_ms = next.delay_warning_ms;
+  if (s.config.limits == next.limits && !s.config.limits_for) return;
+  s.config.limits = next.limits;
+  for (std::uint32_t slot = 0; slot < s.destinations.size(); ++slot) {
+    destination_record& d = s.destinations[slot];
+    if (!d.live || s.overrides.find(d.name) != s.overrides.end()) continue;
+    s.apply_limits(d, s.config.limits_for ? s.config.limits_for(d.name) : next.limits);
+    s.reschedule(slot, d.bucket_time_ms);
+  }
+}
+
 void scheduler::clear_limits(std::string_view name) {
   state& s = *_state;
   if (auto found = s.overrides.find(name); found != s.overrides.end()) s.overrides.erase(found);
@@ -142,6 +162,7 @@ void scheduler::state::fill_info(std::uint32_t slot, destination_info& out) cons
   out.connections = d.connections;
   out.connection_failures = d.connection_failures;
   out.backoff_until_ms = d.backoff_until_ms;
+  out.paused_until_ms = d.paused_until_ms;
   out.next_attempt_ms = d.scheduled.empty() ? 0 : d.scheduled.front().time_ms;
   out.last_error_ms = d.last_error_ms;
   out.last_error = d.error != 0 ? errors[d.error].text() : std::string_view();

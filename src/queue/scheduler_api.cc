@@ -77,6 +77,12 @@ add_result scheduler::add(std::string_view name, const job_spec& spec, std::int6
     }
     slot = s.create(name, now_ms);
   }
+  // Recovery: jobs that already failed carry their attempts; a destination nobody has
+  // reached since (no connection yet) resumes its failure streak from them, so the backoff
+  // after a restart continues the retry schedule instead of starting it over.
+  if (destination_record& d = s.destinations[slot];
+      spec.attempts > d.connection_failures && d.connections == 0 && d.in_flight.count == 0)
+    d.connection_failures = spec.attempts;
   std::uint32_t per_transaction = s.destinations[slot].limits.recipients_per_transaction_max;
   for (std::size_t i = 0; i < s.recipients.size();) {
     std::uint32_t job_slot = s.allocate_job();

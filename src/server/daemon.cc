@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <future>
 #include <optional>
 #include <memory>
@@ -19,6 +21,7 @@
 
 #include "ringmta/admin/http_server.h"
 #include "ringmta/admin/log.h"
+#include "ringmta/admin/log_writer.h"
 #include "ringmta/admin/metrics.h"
 #include "ringmta/core/allocator.h"
 #include "ringmta/core/clock.h"
@@ -26,11 +29,15 @@
 #include "ringmta/server/liveness.h"
 #include "ringmta/server/privileges.h"
 #include "ringmta/server/service_notify.h"
+#include "ringmta/server/instance_lock.h"
 #include "ringmta/server/relay.h"
+#include "ringmta/server/reload.h"
+#include "ringmta/server/signals.h"
 #include "relay_internal.h"
 #include "ringmta/server/spool_ring_driver.h"
 #include "ringmta/shard/pinning.h"
 #include "ringmta/shard/runtime.h"
+#include "ringmta/shard/typed_message.h"
 #include "ringmta/spool/listing.h"
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
@@ -46,12 +53,28 @@ namespace {
 constexpr std::uint64_t outbound_descriptors_per_shard = 1024 + 2 * 64 + 8;
 constexpr std::uint64_t spool_descriptors_per_shard = 256;
 
-// Start-up and shutdown messages: one line each on stderr, in the configured format.
+// The daemon's log writer while it runs; start-up and shutdown messages before and after it
+// go straight to stderr.
+admin::log_writer* g_log_writer = nullptr;
+
+// A daemon event (start-up, signals, reload, shutdown): one record, from a thread that is not
+// a shard (or a shard at start-up), through the writer so that it never waits for the output.
 void log_event(admin::log_format format, std::string_view event, std::string_view detail) {
+  if (g_log_writer != nullptr) return g_log_writer->post(event, detail);
   admin::log_buffer line(format, 8192);
   line.set_time(core::wall_milliseconds());
   line.record(event).field("detail", detail);
   admin::flush_to(line, STDERR_FILENO);
+}
+
+admin::log_format format_of(const config::settings& settings) {
+  return settings.log_format == "json" ? admin::log_format::json : admin::log_format::text;
+}
+
+// Where a key's value came from, for start-up errors that name file, line and key.
+std::string origin_of(const config::settings& settings, const std::string& key) {
+  const auto found = settings.origins.find(key);
+  return found != settings.origins.end() ? found->second : "defaults";
 }
 
 // The spool's running counters, mirrored once per loop iteration (the store is shard-local).
@@ -77,25 +100,38 @@ struct shard_metrics {
   inbound_metrics inbound;
   relay_metrics relay;
   spool_metrics spool;
+  admin::counter log_records_dropped;  // the shard's log buffer was full
+};
+
+// A reload's new configuration for one shard (typed message, see on_shard_update).
+struct shard_update {
+  std::shared_ptr<const inbound_config> inbound;
+  std::shared_ptr<const relay_config> relay;
+  admin::log_format format = admin::log_format::json;
+  std::shared_ptr<std::atomic<unsigned>> applied;  // shards that took it
 };
 
 // Everything one shard runs. Created on the shard's thread (on_start), destroyed there too.
 class shard_services final : public shard::iteration_hook {
  public:
-  shard_services(shard::shard& owner, const inbound_config& inbound_settings,
+  shard_services(shard::shard& owner, std::shared_ptr<const inbound_config> inbound_settings,
                  const relay_config& relay_settings, std::unique_ptr<spool::store> store,
-                 bool unsafe_no_fsync, shard_metrics& metrics, admin::log_format format)
+                 bool unsafe_no_fsync, shard_metrics& metrics, admin::log_writer& writer,
+                 std::size_t log_bytes, admin::log_format format)
       : _store(std::move(store)),
         _driver(owner, *_store, unsafe_no_fsync),
-        _log(format),
+        _log(format, log_bytes),
+        _writer(writer),
+        _log_channel(writer.channel(owner.id())),
         _format(format),
-        _spool_metrics(metrics.spool),
-        _front(inbound_settings, owner, *_store, _driver, metrics.inbound, _log),
+        _metrics(metrics),
+        _front(std::move(inbound_settings), owner, *_store, _driver, metrics.inbound, _log),
         _relay(relay_settings, owner, *_store, metrics.relay, _log) {}
 
   relay& delivery() noexcept { return _relay; }
 
-  // On failure, says which part could not start (the error alone says too little).
+  // On failure, says which part could not start (the error alone says too little), and which
+  // settings are involved.
   core::result<void> start(shard::shard& owner) noexcept {
     auto failed = [&](const char* part, const core::result<void>& outcome) {
       if (outcome) return false;
@@ -103,7 +139,8 @@ class shard_services final : public shard::iteration_hook {
                 fmt::format("shard {}: {}: {}", owner.id(), part, outcome.error_text()));
       return true;
     };
-    if (auto ready = _driver.start(); failed("spool driver", ready)) return ready;
+    if (auto ready = _driver.start(); failed("spool.dir, spool.segment_size: spool driver", ready))
+      return ready;
     _driver.set_listener([this](const spool::event& done) {
       if (done.kind != spool::event_kind::committed) return;
       if (_relay.on_committed(done.ticket, done.error)) return;  // a DSN being spooled
@@ -114,9 +151,11 @@ class shard_services final : public shard::iteration_hook {
           _relay.route(envelope, body);
         });
     owner.add_iteration_hook(*this);  // the spool's group commit: one flush per iteration
-    if (auto ready = _front.start(); failed("listeners and receive buffers", ready)) return ready;
+    if (auto ready = _front.start();
+        failed("server.listen, limits.max_sessions_per_shard: listeners and buffers", ready))
+      return ready;
     auto ready = _relay.start();
-    failed("relay (DNS and outbound)", ready);
+    failed("relay.resolvers: relay (DNS and outbound)", ready);
     return ready;
   }
 
@@ -124,16 +163,19 @@ class shard_services final : public shard::iteration_hook {
     _store->flush();  // group commit: one write + one fdatasync for this iteration's messages
     _driver.pump();
     _front.retry_waiting();
-    if (!_log.pending().empty()) admin::flush_to(_log, STDOUT_FILENO);
-    _spool_metrics.mirror(_store->counters());
+    _writer.hand_off(_log_channel, _log);  // never waits: a busy writer leaves them here
+    _metrics.log_records_dropped.set_total(_log.dropped_records());
+    _metrics.spool.mirror(_store->counters());
     _finished.store(_front.drained() && _relay.drained() && _store->idle() &&
                         _driver.operations_in_flight() == 0,
                     std::memory_order_relaxed);
   }
 
-  // Reload: new TLS sessions of this shard use `context` (on the shard's thread).
-  void set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept {
-    _front.set_tls_context(std::move(context));
+  // A reload, on this shard's thread: new sessions and deliveries use the new settings.
+  void update(const shard_update& next) noexcept {
+    _front.update(next.inbound);
+    _relay.update(next.relay);
+    _log.set_format(next.format);
   }
 
   void begin_shutdown(std::uint32_t grace_ms) noexcept {
@@ -143,18 +185,32 @@ class shard_services final : public shard::iteration_hook {
   void stop() noexcept { _relay.stop(); }
   bool finished() const noexcept { return _finished.load(std::memory_order_relaxed); }
 
+  // After the shard's thread has ended: its last records (the final iterations' disconnects)
+  // go to the writer too, waiting at most a second for it.
+  void flush_log() noexcept {
+    for (int i = 0; i < 1000 && !_writer.hand_off(_log_channel, _log); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+
  private:
   std::unique_ptr<spool::store> _store;
   spool_ring_driver _driver;
   admin::log_buffer _log;
+  admin::log_writer& _writer;
+  admin::log_channel& _log_channel;
   admin::log_format _format;
-  spool_metrics& _spool_metrics;
+  shard_metrics& _metrics;
   inbound _front;
   relay _relay;
   std::atomic<bool> _finished{false};
 };
 
 std::vector<std::unique_ptr<shard_services>>* g_services = nullptr;
+
+void on_shard_update(shard::shard& target, std::unique_ptr<shard_update> update) noexcept {
+  (*g_services)[target.id()]->update(*update);
+  update->applied->fetch_add(1, std::memory_order_release);
+}
 
 // The admin thread asks a shard's relay something and waits (bounded) for the answer.
 struct admin_request {
@@ -229,7 +285,8 @@ unsigned shard_count_for(const config::settings& settings) {
 }
 
 // Every shard directory that holds queued mail must have a shard to serve it.
-void check_spool_shards(const std::string& spool_dir, unsigned shards) {
+void check_spool_shards(const config::settings& settings, unsigned shards) {
+  const std::string& spool_dir = settings.spool_dir;
   auto present = spool::shards_in(spool_dir);
   if (!present) return;  // a new spool: created below
   for (const std::uint32_t index : present.value()) {
@@ -237,9 +294,10 @@ void check_spool_shards(const std::string& spool_dir, unsigned shards) {
     auto recovered = spool::recover(spool::shard_directory(spool_dir, index), index);
     if (recovered && !recovered.value().messages.empty())
       throw config::error(fmt::format(
-          "{}: {} messages are queued in shard-{} but only {} shards are configured: start "
-          "with --shards {} or more",
-          spool_dir, recovered.value().messages.size(), index, shards, index + 1));
+          "{}: server.shards: {}: {} messages are queued in shard-{} but only {} shards are "
+          "configured: start with --shards {} or more",
+          origin_of(settings, "server.shards"), spool_dir, recovered.value().messages.size(),
+          index, shards, index + 1));
   }
 }
 
@@ -456,25 +514,170 @@ void raise_descriptor_limit(const config::settings& settings, unsigned shards,
                             : 0));
 }
 
-sigset_t termination_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  return set;
+const char* log_dropped_help = "Log records dropped because the log output did not keep up";
+
+void register_metrics(admin::registry& registry, const admin::log_writer_counters& m) {
+  registry.add("ringmta_log_records_dropped_total", log_dropped_help, m.events_dropped);
+  registry.add("ringmta_log_bytes_written_total", "Log bytes written to the log output",
+               m.bytes_written);
+  registry.add("ringmta_log_write_failures_total", "Log writes the output refused (bytes lost)",
+               m.write_failures);
 }
 
-// The inbound TLS context, STARTTLS on every listener, the implicit TLS listeners, and the kTLS
-// probe's answer (logged once). A certificate that cannot be used is a start-up error (exit 2).
-void start_tls(const config::settings& settings, admin::log_format format, inbound_config& c) {
-  c.implicit_tls.assign(c.listen.size(), false);
-  auto loaded = load_tls_server_context(settings, nullptr);
+// ---- logs
+
+admin::log_output_config log_output_of(const config::settings& settings) {
+  admin::log_output_config c;
+  if (settings.log_output == "file") c.output = admin::log_output_config::kind::file;
+  if (settings.log_output == "syslog") c.output = admin::log_output_config::kind::syslog;
+  c.file_path = settings.log_file;
+  c.syslog_socket = settings.log_syslog_socket;
+  c.syslog_facility = admin::syslog_facility_code(settings.log_syslog_facility);
+  c.hostname = settings.hostname;
+  return c;
+}
+
+// Opens the configured output, or throws naming the setting (start-up and reload).
+std::unique_ptr<admin::log_output> open_log_output(const config::settings& settings) {
+  std::string problem;
+  auto output = admin::open_log_output(log_output_of(settings), problem);
+  if (!output) {
+    const std::string key = settings.log_output == "file" ? "log.file" : "log.syslog_socket";
+    throw config::error(fmt::format("{}: {}: {}", origin_of(settings, key), key, problem));
+  }
+  return output;
+}
+
+bool log_output_changed(const config::settings& a, const config::settings& b) {
+  return a.log_output != b.log_output || a.log_file != b.log_file ||
+         a.log_syslog_socket != b.log_syslog_socket ||
+         a.log_syslog_facility != b.log_syslog_facility;
+}
+
+// ---- reload
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ",") + item;
+  return out;
+}
+
+// Logs a reload's outcome: `reloaded` (with the keys changed) or `reload_rejected` (why),
+// and `reload_restart_needed` for changed keys that keep their value until a restart.
+void log_reload(admin::log_writer& writer, std::string_view trigger,
+                const reload_outcome& outcome) {
+  if (outcome.applied) {
+    writer.post_record("reloaded", [&](admin::log_record& r) {
+      r.field("trigger", trigger).field("changed", joined(outcome.changed));
+    });
+  } else {
+    writer.post_record("reload_rejected", [&](admin::log_record& r) {
+      r.field("trigger", trigger).field("error", outcome.error)
+          .field("detail", "the running configuration stays in effect");
+    });
+  }
+  if (!outcome.restart_needed.empty()) {
+    writer.post_record("reload_restart_needed", [&](admin::log_record& r) {
+      r.field("keys", joined(outcome.restart_needed))
+          .field("detail", "changed, but these keep their running value until a restart");
+    });
+  }
+}
+
+// The inbound TLS context of `settings` and what it offers (STARTTLS, the implicit TLS engine).
+// `keys`: the running ticket key ring on a reload, so clients keep resuming across it. A
+// certificate that cannot be used throws config::error (exit 2 at start-up, a rejected reload).
+void set_tls(const config::settings& settings, std::shared_ptr<tls::ticket_key_ring> keys,
+             inbound_config& c) {
+  auto loaded = load_tls_server_context(settings, std::move(keys));
   if (!loaded.error.empty()) throw config::error("tls: " + loaded.error);
   c.tls = loaded.context;
   c.engine.starttls_offered = c.tls != nullptr;
   c.engine_implicit_tls = c.engine;
   c.engine_implicit_tls.tls_active = true;  // RFC 8314: TLS from the first byte
   c.timeout_tls_handshake_ms = settings.timeout_tls_handshake_s * 1000;
+}
+
+// What the shards need from a configuration: built on the daemon thread from `settings`,
+// with the parts fixed at start-up (listeners, client table, loop-detection endpoints) taken
+// from the first configuration.
+struct shard_configuration {
+  std::shared_ptr<const inbound_config> inbound;
+  std::shared_ptr<const relay_config> relay;
+};
+
+shard_configuration build_shard_configuration(const config::settings& settings,
+                                              const inbound_config& first_inbound,
+                                              const relay_config& first_relay) {
+  inbound_config front = make_inbound_config(settings);
+  // What a reload can change: DKIM keys and certificates are read again here (a bad one
+  // rejects the whole reload); listeners, the client table and our own addresses stay.
+  front.dkim_keys = dkim::build_key_table(settings);
+  set_tls(settings, first_inbound.tls ? first_inbound.tls->ticket_key_ring_shared() : nullptr,
+          front);
+  front.listen = first_inbound.listen;
+  front.implicit_tls = first_inbound.implicit_tls;
+  front.listener_fds = first_inbound.listener_fds;
+  front.clients = first_inbound.clients;
+  front.recipients.own_literals = first_inbound.recipients.own_literals;
+  check_postmaster(front, format_of(settings));
+  auto delivery = std::make_shared<relay_config>(make_relay_config(settings));
+  delivery->outbound.self_endpoints = first_relay.outbound.self_endpoints;
+  delivery->shards = first_relay.shards;
+  return {freeze(std::move(front)), std::move(delivery)};
+}
+
+// Hands a new configuration to every shard and waits (bounded) until each has taken it.
+void post_to_shards(shard::runtime& runtime, const shard_configuration& next,
+                    admin::log_format format) {
+  const unsigned shards = runtime.shard_count();
+  auto applied = std::make_shared<std::atomic<unsigned>>(0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (unsigned shard = 0; shard < shards; ++shard) {
+    while (!shard::post_owned<shard_update, &on_shard_update>(
+        runtime, shard, std::make_unique<shard_update>(
+                            shard_update{next.inbound, next.relay, format, applied}))) {
+      if (std::chrono::steady_clock::now() > deadline) break;  // full: the shard is stuck
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  while (applied->load(std::memory_order_acquire) < shards &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (applied->load(std::memory_order_acquire) < shards)
+    log_event(format, "warning",
+              fmt::format("reload: {} of {} shards took the new configuration within 5 s",
+                          applied->load(), shards));
+}
+
+// The two parts every daemon has: the shards' configuration, and the log output and format.
+// (TLS certificates, DKIM keys and an AUTH password file register their own.)
+void register_reloadables(reloader& reloads, shard::runtime& runtime, admin::log_writer& writer,
+                          const inbound_config& first_inbound, const relay_config& first_relay) {
+  reloads.add({"shards", [&](const config::settings& next, const config::settings&) {
+                 auto built = build_shard_configuration(next, first_inbound, first_relay);
+                 const auto format = format_of(next);
+                 return reload_install([&runtime, built, format] {
+                   post_to_shards(runtime, built, format);
+                 });
+               }});
+  reloads.add({"log", [&](const config::settings& next, const config::settings& running) {
+                 // Opened here, so that a path that cannot be opened rejects the reload.
+                 auto output = std::make_shared<std::unique_ptr<admin::log_output>>();
+                 if (log_output_changed(next, running)) *output = open_log_output(next);
+                 const auto format = format_of(next);
+                 return reload_install([&writer, output, format] {
+                   writer.set_format(format);
+                   if (*output) writer.replace_output(std::move(*output));
+                 });
+               }});
+}
+
+// Start-up: the TLS context, STARTTLS on every listener, the implicit TLS listeners, and the
+// kTLS probe's answer (logged once).
+void start_tls(const config::settings& settings, admin::log_format format, inbound_config& c) {
+  set_tls(settings, nullptr, c);
+  c.implicit_tls.assign(c.listen.size(), false);
   for (const auto& at : settings.tls_listen) {
     c.listen.push_back(at);
     c.implicit_tls.push_back(true);
@@ -503,44 +706,23 @@ tls::server_load_result load_tls_server_context(const config::settings& settings
   return tls::load_server_context(s, std::move(keys));
 }
 
-int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
-  const auto format =
-      settings.log_format == "json" ? admin::log_format::json : admin::log_format::text;
-  const unsigned shards = shard_count_for(settings);
-  const privilege_plan privileges = plan_privileges(settings);  // refuse root early
-  if (settings.unsafe_no_fsync)
-    log_event(format, "warning",
-              "--unsafe-no-fsync: 250 replies do not wait for fdatasync; mail is lost on a crash");
+namespace {
 
-  raise_descriptor_limit(settings, shards, format);
-
-  // Signals go to the main thread only: block them before any thread starts.
-  const sigset_t signals = termination_signals();
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
-
-  // DKIM keys: read and checked before anything starts (a bad key is a start-up error).
-  auto dkim_keys = dkim::build_key_table(settings);
-  for (const auto& key : dkim_keys->keys)
-    log_event(format, "dkim_key",
-              fmt::format("{} selector {}: {} {} bits from {}", key.domain, key.selector,
-                          dkim::name_of(key.key->algorithm()), key.key->bits(), key.key_file));
-  // Delivery settings first: a bad resolver or CA file is a start-up error before the spool
-  // or any socket is touched.
-  relay_config delivery = make_relay_config(settings);
-  log_event(format, "outbound_tls", delivery.tls_description);
-
-  // Spool: recover every shard before taking any connection.
-  check_spool_shards(settings.spool_dir, shards);
+// The spool of every shard, recovered before any connection is taken.
+std::vector<std::unique_ptr<spool::store>> recover_spool(const config::settings& settings,
+                                                          unsigned shards,
+                                                          admin::log_format format) {
   std::vector<std::unique_ptr<spool::store>> stores;
   for (unsigned shard = 0; shard < shards; ++shard) {
     if (auto made = spool::make_shard_directory(settings.spool_dir, shard); !made)
-      throw config::error(fmt::format("{}: cannot create spool directory: {}",
-                                      settings.spool_dir, made.error_text()));
+      throw config::error(fmt::format("{}: spool.dir: {}: cannot create spool directory: {}",
+                                      origin_of(settings, "spool.dir"), settings.spool_dir,
+                                      made.error_text()));
     const std::string directory = spool::shard_directory(settings.spool_dir, shard);
     auto recovered = spool::recover(directory, shard);
     if (!recovered)
-      throw config::error(fmt::format("{}: cannot read spool: {}", directory,
+      throw config::error(fmt::format("{}: spool.dir: {}: cannot read spool: {}",
+                                      origin_of(settings, "spool.dir"), directory,
                                       recovered.error_text()));
     const auto& report = recovered.value().report;
     log_event(format, "spool_recovered",
@@ -557,35 +739,178 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     stores.push_back(
         std::make_unique<spool::store>(store_settings, std::move(recovered).value()));
   }
+  return stores;
+}
+
+// The spool root exists and is ours: a second daemon on it exits here, before it reads or
+// writes anything in it.
+std::unique_ptr<spool_lock> lock_spool(const config::settings& settings) {
+  if (auto made = spool::make_shard_directory(settings.spool_dir, 0); !made)
+    throw config::error(fmt::format("{}: spool.dir: {}: cannot create: {}",
+                                    origin_of(settings, "spool.dir"), settings.spool_dir,
+                                    made.error_text()));
+  return std::make_unique<spool_lock>(settings.spool_dir);
+}
+
+// The main thread's life after start-up: signals one at a time until one says stop. Returns
+// that signal.
+int serve_signals(const sigset_t& signals, reloader& reloads, admin::log_writer& writer) {
+  for (;;) {
+    int number = 0;
+    if (sigwait(&signals, &number) != 0) continue;
+    const signal_action action = action_of(number);
+    writer.post_record("signal", [&](admin::log_record& r) {
+      r.field("signal", signal_name(number)).field("action", action_name(action));
+    });
+    switch (action) {
+      case signal_action::stop: return number;
+      case signal_action::reload: log_reload(writer, "SIGHUP", reloads.reload()); break;
+      case signal_action::reopen_logs: writer.reopen(); break;
+      case signal_action::ignore: break;
+    }
+  }
+}
+
+// While sessions finish: logs are still reopened; a reload or a second stop is logged and
+// ignored. Waits at most `wait_ms`.
+void serve_signals_while_stopping(const sigset_t& signals, admin::log_writer& writer,
+                                  std::uint32_t wait_ms) {
+  const timespec wait{0, static_cast<long>(wait_ms) * 1'000'000};
+  siginfo_t info{};
+  const int number = sigtimedwait(&signals, &info, &wait);
+  if (number <= 0) return;
+  const signal_action action = action_of(number);
+  writer.post_record("signal", [&](admin::log_record& r) {
+    r.field("signal", signal_name(number))
+        .field("action", action == signal_action::reopen_logs ? "reopen_logs"
+                                                              : "ignored (stopping)");
+  });
+  if (action == signal_action::reopen_logs) writer.reopen();
+}
+
+// POST /reload: the same as SIGHUP, answering what changed (or why nothing did).
+admin::http_response reload_api(reloader& reloads, admin::log_writer& writer,
+                                const admin::http_request& r, bool running) {
+  if (r.method != "POST")
+    return admin::http_response{405, "application/json", "{\"error\":\"use POST\"}\n"};
+  if (!running)
+    return admin::http_response{503, "application/json", "{\"error\":\"not running\"}\n"};
+  const auto outcome = reloads.reload();
+  log_reload(writer, "admin", outcome);
+  return admin::http_response{outcome.applied ? 200 : 400, "application/json",
+                              outcome.json() + "\n"};
+}
+
+// Stops accepting on every shard and waits until their sessions finished (the grace time,
+// then 421 and a few seconds to close) and the spool's last writes and syncs completed.
+// Returns whether all of them finished in time.
+bool drain_shards(shard::runtime& runtime,
+                  const std::vector<std::unique_ptr<shard_services>>& services,
+                  std::uint32_t grace_s, const sigset_t& signals, admin::log_writer& writer) {
+  for (unsigned shard = 0; shard < runtime.shard_count(); ++shard) {
+    shard::message begin{};
+    begin.handler = [](shard::shard& target, const shard::message& m) noexcept {
+      (*g_services)[target.id()]->begin_shutdown(static_cast<std::uint32_t>(m.words[0]));
+    };
+    begin.words[0] = grace_s * 1000ull;
+    runtime.post(shard, begin);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(grace_s + 10);
+  auto all_finished = [&] {
+    for (const auto& s : services)
+      if (s && !s->finished()) return false;
+    return true;
+  };
+  while (!all_finished() && std::chrono::steady_clock::now() < deadline)
+    serve_signals_while_stopping(signals, writer, 20);
+  return all_finished();
+}
+
+}  // namespace
+
+void check_configuration(const config::settings& settings) {
+  open_log_output(settings);
+  make_relay_config(settings);
+}
+
+int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
+  const auto format = format_of(settings);
+  const unsigned shards = shard_count_for(settings);
+  const privilege_plan privileges = plan_privileges(settings);  // refuse root early
+  if (settings.unsafe_no_fsync)
+    log_event(format, "warning",
+              "--unsafe-no-fsync: 250 replies do not wait for fdatasync; mail is lost on a crash");
+  raise_descriptor_limit(settings, shards, format);
+
+  // Signals go to the main thread only: block them before any thread starts (the log writer,
+  // after the privilege drop, is the first).
+  const sigset_t signals = daemon_signals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  // Opened as root (a log file under /var/log); written by the writer thread started below.
+  auto log_output = open_log_output(settings);
+
+  // DKIM keys: read and checked before anything starts (a bad key is a start-up error).
+  auto dkim_keys = dkim::build_key_table(settings);
+  for (const auto& key : dkim_keys->keys)
+    log_event(format, "dkim_key",
+              fmt::format("{} selector {}: {} {} bits from {}", key.domain, key.selector,
+                          dkim::name_of(key.key->algorithm()), key.key->bits(), key.key_file));
+  // Delivery settings first: a bad resolver or CA file is a start-up error before the spool
+  // or any socket is touched.
+  relay_config delivery = make_relay_config(settings);
+  log_event(format, "outbound_tls", delivery.tls_description);
+
+  // One daemon per spool and per address, then the spool: recover every shard before taking
+  // any connection.
+  const auto lock = lock_spool(settings);
+  const std::string listen_key = fmt::format("{}: server.listen",
+                                             origin_of(settings, "server.listen"));
+  std::vector<core::endpoint> addresses = settings.listen;
+  addresses.insert(addresses.end(), settings.tls_listen.begin(), settings.tls_listen.end());
+  const listen_claim claimed(addresses, listen_key);
+  check_spool_shards(settings, shards);
+  auto stores = recover_spool(settings, shards, format);
 
   inbound_config front = make_inbound_config(settings);
   front.dkim_keys = std::move(dkim_keys);
-  front.engine.hostname = front.hostname;
-  front.engine.greeting_text = front.greeting_text;
   start_tls(settings, format, front);
   client_counters clients;
   front.clients = &clients;
   std::vector<core::endpoint> bound;
   auto listeners = open_listeners(front.listen, shards, bound);
   if (!listeners)
-    throw config::error(fmt::format("cannot listen on {}: {}", settings.listen.front().to_string(),
-                                    listeners.error_text()));
+    throw config::error(fmt::format("{}: server.listen: cannot listen on {}: {}",
+                                    origin_of(settings, "server.listen"),
+                                    settings.listen.front().to_string(), listeners.error_text()));
   front.listener_fds = std::move(listeners).value();
   set_own_literals(front.recipients, bound);
   check_postmaster(front, format);
+  std::vector<core::endpoint> chosen;  // ports the system picked: claimed now, for the record
+  for (std::size_t i = 0; i < bound.size(); ++i)
+    if (front.listen[i].port() == 0) chosen.push_back(bound[i]);
+  const listen_claim claimed_chosen(chosen, listen_key, /*probe=*/false);
+  const auto first_inbound = freeze(front);
   admin::http_server admin_server;
   if (auto admin_bound = admin_server.bind(settings.admin_listen); !admin_bound)
-    throw config::error(fmt::format("cannot listen on {} (admin): {}",
+    throw config::error(fmt::format("{}: admin.listen: cannot listen on {}: {}",
+                                    origin_of(settings, "admin.listen"),
                                     settings.admin_listen.front().to_string(),
                                     admin_bound.error_text()));
   if (settings.debug_endpoints)
     log_event(format, "warning", "--debug-endpoints: POST /debug/freeze/SHARD blocks shards");
-  // Everything that needs root is open: the spool goes to --user, and so do we.
+  // Everything that needs root is open: the spool goes to --user, and so do we. Only then
+  // does the first other thread start (the log writer): the drop covers one thread.
   const auto log_line = [format](std::string_view event, std::string_view detail) {
     log_event(format, event, detail);
   };
   hand_spool_over(privileges, settings.spool_dir, log_line);
   log_event(format, "privileges", drop_privileges(privileges, settings.spool_dir));
+  admin::log_writer writer(std::move(log_output), shards, settings.log_buffer_bytes, format);
+  g_log_writer = &writer;
+  struct unset_writer {
+    ~unset_writer() { g_log_writer = nullptr; }
+  } unset_writer_on_exit;
 
   // Metrics and the admin endpoint.
   std::vector<std::unique_ptr<shard_metrics>> metrics;
@@ -595,10 +920,16 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     register_metrics(registry, metrics.back()->inbound);
     register_metrics(registry, metrics.back()->relay);
     register_metrics(registry, metrics.back()->spool);
+    registry.add("ringmta_log_records_dropped_total", log_dropped_help,
+                 metrics.back()->log_records_dropped);
   }
+  register_metrics(registry, writer.counters());
   std::atomic<bool> stopping{false};
-  std::atomic<bool> runtime_ready{false};  // the queue API needs running shards
+  std::atomic<bool> runtime_ready{false};  // the queue API and reload need running shards
   shard::runtime* runtime_pointer = nullptr;
+  std::function<config::settings()> load_settings = hooks.load_settings;
+  if (!load_settings) load_settings = [settings] { return settings; };
+  reloader reloads(settings, load_settings);
   if (!settings.admin_listen.empty()) {
     auto started = admin_server.start([&](const admin::http_request& r) {
       if (r.path == "/metrics")
@@ -607,6 +938,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
         return health_response(runtime_ready.load() ? runtime_pointer : nullptr, stopping.load());
       if (r.path.rfind("/queue", 0) == 0 && runtime_ready.load())
         return queue_api(*runtime_pointer, shards, r);
+      if (r.path == "/reload")
+        return reload_api(reloads, writer, r, runtime_ready.load() && !stopping.load());
       if (r.path.rfind("/debug/", 0) == 0 && settings.debug_endpoints && runtime_ready.load())
         return debug_request(*runtime_pointer, r);
       return admin::http_response{404, "text/plain", "not found\n"};
@@ -637,10 +970,9 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   auto started = runtime.start(
       [&](shard::shard& owner) -> core::result<void> {
         const unsigned id = owner.id();
-        services[id] = std::make_unique<shard_services>(owner, front, delivery,
-                                                        std::move(stores[id]),
-                                                        settings.unsafe_no_fsync, *metrics[id],
-                                                        format);
+        services[id] = std::make_unique<shard_services>(
+            owner, first_inbound, delivery, std::move(stores[id]), settings.unsafe_no_fsync,
+            *metrics[id], writer, settings.log_buffer_bytes, format);
         relays[id] = &services[id]->delivery();
         if (id == 0) ring_description = owner.ring().features().describe();
         return services[id]->start(owner);
@@ -654,6 +986,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
     throw config::error(fmt::format("cannot start shards ({}): {}", runtime.start_failure(),
                                     started.error_text()));
   }
+  register_reloadables(reloads, runtime, writer, *first_inbound, delivery);
   runtime_pointer = &runtime;
   runtime_ready = true;
   log_event(format, "started",
@@ -669,39 +1002,23 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
                              shards),
                  [&runtime] { return stalled_shard(runtime); });
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = serve_signals(signals, reloads, writer);
   stopping = true;
-  notifier.stopping(fmt::format("stopping: sessions get {} s to finish", settings.shutdown_grace_s));
-  log_event(format, "stopping", fmt::format("signal {}: grace {} s", signal_number,
-                                            settings.shutdown_grace_s));
-  for (unsigned shard = 0; shard < shards; ++shard) {
-    shard::message begin{};
-    begin.handler = [](shard::shard& target, const shard::message& m) noexcept {
-      (*g_services)[target.id()]->begin_shutdown(static_cast<std::uint32_t>(m.words[0]));
-    };
-    begin.words[0] = settings.shutdown_grace_s * 1000ull;
-    runtime.post(shard, begin);
-  }
-  // Sessions get the grace time, then 421 and a few seconds to close; the spool's last writes
-  // and syncs complete before the shards stop.
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::seconds(settings.shutdown_grace_s + 10);
-  auto all_finished = [&] {
-    for (const auto& s : services)
-      if (s && !s->finished()) return false;
-    return true;
-  };
-  while (!all_finished() && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const std::uint32_t grace_s = reloads.running().shutdown_grace_s;
+  notifier.stopping(fmt::format("stopping: sessions get {} s to finish", grace_s));
+  log_event(format, "stopping",
+            fmt::format("signal {}: grace {} s", signal_name(signal_number), grace_s));
+  const bool clean = drain_shards(runtime, services, grace_s, signals, writer);
   runtime_ready = false;
   admin_server.stop();  // no admin request may reach a stopping shard
   runtime.request_stop();
   runtime.join();
   notifier.stop();
+  for (auto& s : services)
+    if (s) s->flush_log();
   services.clear();  // after join: no shard thread runs their handlers any more
   g_services = nullptr;
-  log_event(format, "stopped", all_finished() ? "clean" : "grace expired");
+  log_event(format, "stopped", clean ? "clean" : "grace expired");
   return 0;
 }
 

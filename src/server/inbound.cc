@@ -175,25 +175,29 @@ std::optional<std::pair<std::uint32_t, std::uint32_t>> ticket_table::take(
 
 // ---- inbound_server
 
-inbound_server::inbound_server(const inbound_config& config, shard::shard& owner,
-                               spool::store& store, spool_ring_driver& driver,
-                               inbound_metrics& metrics, admin::log_buffer& log)
-    : _config(config),
+inbound_server::inbound_server(std::shared_ptr<const inbound_config> config,
+                               shard::shard& owner, spool::store& store,
+                               spool_ring_driver& driver, inbound_metrics& metrics,
+                               admin::log_buffer& log)
+    : _first(std::move(config)),
+      _config(*_first),
+      _current(_first),
       _owner(owner),
       _store(store),
       _driver(driver),
       _metrics(metrics),
       _log(log),
-      _tickets(config.sessions_per_shard_max),
-      _deadlines{config.timeout_command_ms, config.timeout_data_block_ms,
-                 config.min_data_rate_bytes, config.timeout_under_load_ms},
-      _tls(config.tls) {
-  _connections.resize(config.sessions_per_shard_max);
-  _free_slots.reserve(config.sessions_per_shard_max);
-  for (std::uint32_t slot = config.sessions_per_shard_max; slot-- > 0;) _free_slots.push_back(slot);
-  _waiting.reserve(config.sessions_per_shard_max);
-  _retrying.reserve(config.sessions_per_shard_max);
-  _greeting = "220 " + config.hostname + " " + config.greeting_text + "\r\n";
+      _tickets(_config.sessions_per_shard_max),
+      _deadlines{_config.timeout_command_ms, _config.timeout_data_block_ms,
+                 _config.min_data_rate_bytes, _config.timeout_under_load_ms},
+      _tls(_config.tls) {
+  _next_session = admin::session_id_base(owner.id(), false);
+  const std::uint32_t sessions_max = _config.sessions_per_shard_max;
+  _connections.resize(sessions_max);
+  _free_slots.reserve(sessions_max);
+  for (std::uint32_t slot = sessions_max; slot-- > 0;) _free_slots.push_back(slot);
+  _waiting.reserve(sessions_max);
+  _retrying.reserve(sessions_max);
 }
 
 inbound_server::~inbound_server() {
@@ -285,6 +289,13 @@ void inbound_server::on_accepted(std::size_t listener, const io::completion& don
         ::send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
     ::close(fd);
     _metrics.connections_refused_shard_limit.add();
+    char client[64];
+    const auto peer = core::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&address), length);
+    _log.set_time(core::wall_milliseconds());
+    _log.record("rejected")
+        .field("client", peer.to_chars(client, sizeof client))
+        .field("reply", std::string_view(busy, sizeof busy - 3))
+        .field("detail", "max_sessions_per_shard reached");
     return;
   }
   _metrics.connections_accepted.add();
@@ -364,7 +375,8 @@ void inbound_server::release(connection& c) noexcept {
   c.live = false;
   c.generation = (c.generation + 1) & io::generation_mask;
   c.session.reset();
-  c.tls.reset();  // the SSL and its buffers: an idle slot holds no TLS memory
+  c.tls.reset();       // the SSL and its buffers: an idle slot holds no TLS memory
+  c.settings.reset();  // an idle slot does not keep an old configuration alive
   _free_slots.push_back(c.slot);
   --_live;
   _metrics.sessions.set(_live);
@@ -437,20 +449,32 @@ void inbound_server::on_grace_expired() noexcept {
 
 // ---- inbound (the public face)
 
-inbound::inbound(const inbound_config& config, shard::shard& owner, spool::store& store,
-                 spool_ring_driver& driver, inbound_metrics& metrics, admin::log_buffer& log)
-    : _server(std::make_unique<inbound_server>(config, owner, store, driver, metrics, log)) {}
+inbound::inbound(std::shared_ptr<const inbound_config> config, shard::shard& owner,
+                 spool::store& store, spool_ring_driver& driver, inbound_metrics& metrics,
+                 admin::log_buffer& log)
+    : _server(std::make_unique<inbound_server>(std::move(config), owner, store, driver, metrics,
+                                               log)) {}
 inbound::~inbound() = default;
 core::result<void> inbound::start() noexcept { return _server->start(); }
 void inbound::begin_shutdown(std::uint32_t grace_ms) noexcept { _server->begin_shutdown(grace_ms); }
 bool inbound::drained() const noexcept { return _server->drained(); }
 std::uint32_t inbound::sessions() const noexcept { return _server->sessions(); }
 void inbound::retry_waiting() noexcept { _server->retry_waiting(); }
+void inbound::update(std::shared_ptr<const inbound_config> next) noexcept {
+  _server->update(std::move(next));
+}
+
+std::shared_ptr<const inbound_config> freeze(inbound_config config) {
+  auto frozen = std::make_shared<inbound_config>(std::move(config));
+  frozen->engine.hostname = frozen->hostname;  // views into the snapshot's own strings
+  frozen->engine.greeting_text = frozen->greeting_text;
+  frozen->engine_implicit_tls.hostname = frozen->hostname;
+  frozen->engine_implicit_tls.greeting_text = frozen->greeting_text;
+  frozen->greeting = "220 " + frozen->hostname + " " + frozen->greeting_text + "\r\n";
+  return frozen;
+}
 void inbound::on_committed(std::uint64_t ticket, int error) noexcept {
   _server->on_committed(ticket, error);
-}
-void inbound::set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept {
-  _server->set_tls_context(std::move(context));
 }
 void inbound::set_accepted_listener(accepted_fn listener) {
   _server->accepted_listener = std::move(listener);

@@ -51,9 +51,17 @@ connection::connection(inbound_server& owner_server, std::uint32_t slot_index) n
 // ---- opening, greeting, PROXY header
 
 void connection::open(int accepted_fd, const core::endpoint& peer_address, bool) noexcept {
-  const auto& config = server.config();
+  settings = server.current();  // this session's configuration until it ends (reload)
+  const auto& config = *settings;
+  deadline = session_deadline({config.timeout_command_ms, config.timeout_data_block_ms,
+                               config.min_data_rate_bytes, config.timeout_under_load_ms});
   fd = accepted_fd;
   peer = peer_address;
+  session_id = server.next_session_id();
+  opened_ms = core::wall_milliseconds();
+  messages_accepted = 0;
+  end_reason = nullptr;
+  rejection_detail.clear();
   awaiting_proxy = config.proxy_protocol;
   greeted = recv_armed = send_in_flight = closing = fd_closed = false;
   waiting_for_spool = holding = in_message = commit_retry = false;
@@ -75,10 +83,11 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
 
 // Applies the per-client limit and relay rights for `peer`, then greets (or delays).
 void connection::admit() noexcept {
-  const auto& config = server.config();
+  const auto& config = *settings;
+  log_connect();
   if (!config.clients->try_add(peer, config.sessions_per_client_max)) {
     server.metrics().connections_refused_client_limit.add();
-    return send_literal_and_close(client_limit_reply);
+    return send_literal_and_close(client_limit_reply, "client limit");
   }
   counted_client = true;
   relay_allowed = config.relay.client_may_relay(peer);
@@ -95,7 +104,7 @@ void connection::admit() noexcept {
 // The greeting is a fixed text, sent without a session: an idle connection costs only this
 // small struct, and the ~12 KiB protocol engine is created when the client first speaks.
 void connection::greet() noexcept {
-  literal = server.greeting();
+  literal = settings->greeting;
   greeted = true;
   restart_timer();
   pump();
@@ -104,9 +113,9 @@ void connection::greet() noexcept {
 void connection::ensure_session() noexcept {
   if (session) return;
   session = std::make_unique<smtp::server_session>(
-      implicit_tls ? server.config().engine_implicit_tls : server.config().engine, *this);
+      implicit_tls ? settings->engine_implicit_tls : settings->engine, *this);
   session->start();
-  RINGMTA_ASSERT(session->output() == server.greeting());  // the one the client already has
+  RINGMTA_ASSERT(session->output() == settings->greeting);  // the one the client already has
   session->consume_output(session->output().size());
 }
 
@@ -123,7 +132,7 @@ bool connection::take_proxy_header(std::string_view bytes) noexcept {
     return false;
   }
   if (result.status == net::proxy_status::invalid) {
-    close();
+    close("bad PROXY header");
     return false;
   }
   if (result.has_addresses) peer = result.source;
@@ -132,7 +141,8 @@ bool connection::take_proxy_header(std::string_view bytes) noexcept {
   proxy_bytes.clear();
   if (rest > 0) {  // SMTP bytes behind the header: the client spoke before our greeting
     server.metrics().early_talkers.add();
-    send_literal_and_close(early_talker_reply);
+    log_connect();
+    send_literal_and_close(early_talker_reply, "early talker");
     return false;
   }
   admit();
@@ -157,7 +167,7 @@ void connection::pump() noexcept {
   if (commit_retry) retry_commit();
   if (holding || tls_plaintext_pending()) feed_held();
   if (!session->output().empty() || tls_output_pending()) return send_output();
-  if (session->wants_close()) return close();
+  if (session->wants_close()) return close("session ended (QUIT or 421)");
   if (!holding && !recv_armed && !waiting_for_spool && !tls_plaintext_pending()) {
     if (tls) tls->trim();  // idle: the TLS staging buffers go back
     arm_receive();
@@ -207,7 +217,8 @@ void connection::send_bytes(std::string_view bytes) noexcept {
   ++ops_in_flight;
 }
 
-void connection::send_literal_and_close(std::string_view reply) noexcept {
+void connection::send_literal_and_close(std::string_view reply, const char* reason) noexcept {
+  if (end_reason == nullptr) end_reason = reason;
   literal = reply;
   close_after_literal = true;
   greeted = true;
@@ -230,7 +241,7 @@ void connection::on_received(const io::completion& done) noexcept {
     if (done.has_buffer()) server.buffers().recycle(done.buffer_id());
     if (!closing && tls) tls_end_of_input();
     if (!closing && session) session->connection_lost();
-    return close();
+    return close(done.res == 0 ? "client closed" : "receive failed");
   }
   const std::uint16_t buffer_id = done.buffer_id();
   if (awaiting_proxy) {
@@ -241,7 +252,7 @@ void connection::on_received(const io::completion& done) noexcept {
   if (!greeted) {  // data during the greeting delay
     server.buffers().recycle(buffer_id);
     server.metrics().early_talkers.add();
-    return send_literal_and_close(early_talker_reply);
+    return send_literal_and_close(early_talker_reply, "early talker");
   }
   RINGMTA_ASSERT(!holding);
   holding = true;
@@ -257,11 +268,15 @@ void connection::on_sent(const io::completion& done) noexcept {
   --ops_in_flight;
   if (done.res < 0 || closing) {
     if (!closing && session) session->connection_lost();
-    return close();
+    return close("send failed");
   }
   const auto sent = static_cast<std::size_t>(done.res);
-  if (tls) tls->consume_ciphertext(sent);  // plaintext was consumed when it was encrypted
-  else if (!literal.empty()) literal.remove_prefix(sent);
+  if (tls) {
+    tls->consume_ciphertext(sent);  // plaintext was consumed (and logged) when encrypted
+    return pump();
+  }
+  log_rejections((literal.empty() ? session->output() : literal).substr(0, sent));
+  if (!literal.empty()) literal.remove_prefix(sent);
   else session->consume_output(sent);
   pump();
 }
@@ -318,17 +333,18 @@ void connection::on_timeout() noexcept {
     case timer_purpose::greeting_delay:
       return greet();
     case timer_purpose::proxy_header:
-      return close();
+      return close("no PROXY header");
     case timer_purpose::hard_close:
-      return close();
+      return close("not reading");
     case timer_purpose::tls_handshake:  // no SMTP reply can be sent inside a handshake
       server.metrics().tls_timeouts.add();
-      return close();
+      return close("TLS handshake timeout");
     case timer_purpose::command:
     case timer_purpose::data_block:
       break;
   }
   server.metrics().timeouts.add();
+  if (end_reason == nullptr) end_reason = "timeout";
   // RFC 5321 §4.5.3.2: 421 and close. If the client does not even read that, close hard.
   schedule(timer_purpose::hard_close, hard_close_ms);
   ensure_session();
@@ -339,6 +355,7 @@ void connection::on_timeout() noexcept {
 void connection::shutdown_now() noexcept {
   if (closing || close_after_literal) return;
   schedule(timer_purpose::hard_close, hard_close_ms);
+  if (end_reason == nullptr) end_reason = "shutdown";
   if (!greeted || awaiting_proxy || tls_phase == tls_stage::handshake) return close();
   ensure_session();
   session->shutdown();
@@ -347,7 +364,8 @@ void connection::shutdown_now() noexcept {
 
 // ---- closing
 
-void connection::close() noexcept {
+void connection::close(const char* reason) noexcept {
+  if (end_reason == nullptr) end_reason = reason;
   if (!closing) {
     closing = true;
     if (timer.armed()) server.owner().timers().cancel(timer);
@@ -379,7 +397,53 @@ void connection::finish_close() noexcept {
 void connection::on_closed() noexcept {
   if (ops_in_flight > 0) --ops_in_flight;
   fd = -1;
+  log_disconnect();
   server.release(*this);
+}
+
+// ---- log records: connect, disconnect, every rejection
+
+void connection::log_connect() noexcept {
+  auto& log = server.log();
+  log.set_time(core::wall_milliseconds());
+  log.record("connect")
+      .hex_field("session", session_id)
+      .field("client", peer.to_chars(client_text, sizeof client_text))
+      .field("shard", server.owner().id());
+}
+
+void connection::log_disconnect() noexcept {
+  auto& log = server.log();
+  const std::int64_t now_ms = core::wall_milliseconds();
+  log.set_time(now_ms);
+  log.record("disconnect")
+      .hex_field("session", session_id)
+      .field("client", peer.to_chars(client_text, sizeof client_text))
+      .field("reason", end_reason != nullptr ? end_reason : "closed")
+      .field("messages", messages_accepted)
+      .seconds_field("duration", now_ms - opened_ms);
+}
+
+// Every 4xx/5xx reply that went out (the protocol engine's, ours, fixed ones) is a rejection
+// and gets a record with the reply as its reason. Replies are whole lines in practice; a line
+// split by a partial send is not recognized (a rejection's record may then be missing).
+void connection::log_rejections(std::string_view sent) noexcept {
+  while (!sent.empty()) {
+    const auto end = sent.find("\r\n");
+    if (end == std::string_view::npos) return;
+    const auto line = sent.substr(0, end);
+    sent.remove_prefix(end + 2);
+    if (line.size() < 4 || (line[0] != '4' && line[0] != '5') || line[3] != ' ') continue;
+    auto& log = server.log();
+    log.set_time(core::wall_milliseconds());
+    auto record = log.record("rejected");
+    record.hex_field("session", session_id)
+        .field("client", peer.to_chars(client_text, sizeof client_text))
+        .field("reply", line);
+    if (!rejection_detail.empty()) record.field("detail", rejection_detail);
+    record.end();
+    rejection_detail.clear();
+  }
 }
 
 // ---- the SMTP transaction (smtp::server_handler)
@@ -406,7 +470,7 @@ smtp::verdict connection::on_mail_from(const smtp::mailbox& reverse_path,
 smtp::verdict connection::on_rcpt_to(const smtp::mailbox& forward_path,
                                      const smtp::rcpt_parameters& parameters) noexcept {
   auto& metrics = server.metrics();
-  const auto& config = server.config();
+  const auto& config = *settings;  // relay domains and recipients reload with the session's
   // RFC 5321 §3.6.2 / §4.5.1: only our clients relay; anyone may write to our domains and to
   // postmaster; our own names have no other mailbox (recipient_policy.h).
   const recipient_decision decision =
@@ -416,12 +480,15 @@ smtp::verdict connection::on_rcpt_to(const smtp::mailbox& forward_path,
       break;
     case recipient_verdict::relay_denied:
       metrics.relay_denied.add();
+      rejection_detail.assign(forward_path.address);  // the `rejected` record names it
       return smtp::verdict::respond(554, "5.7.1", "Relay access denied");
     case recipient_verdict::no_mailbox:
       metrics.recipients_unknown.add();
+      rejection_detail.assign(forward_path.address);
       return smtp::verdict::respond(550, "5.1.1", "No such user here: this host relays only");
     case recipient_verdict::no_postmaster:
       metrics.recipients_unknown.add();
+      rejection_detail.assign(forward_path.address);
       return smtp::verdict::respond(550, "5.1.1", "No postmaster mailbox configured here");
   }
   // Duplicates are answered 250 and delivered once (smtp::same_mailbox: domain without case).
@@ -458,7 +525,7 @@ smtp::verdict connection::on_data_start() noexcept {
   const auto id_text = spool::format_message_id(envelope.id);
   char header[net::received_header_bytes_max];
   const net::received_fields fields{
-      session->helo_name(), envelope.client_address, server.config().hostname,
+      session->helo_name(), envelope.client_address, settings->hostname,
       session->protocol_name(),
       std::string_view(id_text.data(), 16),
       envelope.recipients.size() == 1 ? std::string_view(envelope.recipients[0].address)
@@ -504,10 +571,11 @@ smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
   }
   // RFC 5321 §6.3 asks for a threshold of "at least 100 Received entries": a message may
   // arrive with hops_max of them (ours makes hops_max + 1); one more is taken for a loop.
-  if (hops.count() > server.config().hops_max) {
+  if (hops.count() > settings->hops_max) {
     server.store().abort(message);
     in_message = false;
     server.metrics().messages_rejected.add();
+    rejection_detail = fmt::format("{} Received: fields", hops.count());
     // A static text: the verdict's view must outlive this call (smtp/reply.h).
     return smtp::verdict::respond(554, "5.4.6", "too many hops (Received: fields): mail loop?");
   }
@@ -553,6 +621,7 @@ void connection::on_commit_result(int error) noexcept {
     return pump();
   }
   metrics.messages_accepted.add();
+  ++messages_accepted;
   metrics.message_bytes.add(message_bytes);
   metrics.commit_latency.record_us((core::monotonic_ns() - data_end_ns) / 1000);
   const auto id_text = spool::format_message_id(envelope.id);
@@ -563,6 +632,7 @@ void connection::on_commit_result(int error) noexcept {
   server.log().set_time(core::wall_milliseconds());
   admin::log_record record = server.log().record("received");
   record.field("id", id)
+      .hex_field("session", session_id)
       .field("from", envelope.reverse_path)
       .field("recipients", static_cast<std::uint64_t>(envelope.recipients.size()))
       .field("size", message_bytes)

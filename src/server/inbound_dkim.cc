@@ -31,7 +31,7 @@ bool connection::signs_for_client() const noexcept {
 }
 
 void connection::dkim_begin() noexcept {
-  const auto& keys = server.config().dkim_keys;
+  const auto& keys = settings->dkim_keys;  // the session's snapshot: SIGHUP reloads keys
   if (dkim) dkim->clear();
   if (keys == nullptr || keys->empty() || !signs_for_client()) return;
   if (!dkim) dkim = std::make_unique<dkim::message_signer>();

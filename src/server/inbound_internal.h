@@ -41,6 +41,8 @@ struct connection final : smtp::server_handler {
   int fd = -1;
   core::endpoint peer;
   std::unique_ptr<smtp::server_session> session;  // created when the client first speaks
+  // The configuration this session started with: a reload changes new sessions only.
+  std::shared_ptr<const inbound_config> settings;
   timer_purpose timer_use = timer_purpose::command;
   session_deadline deadline;
   std::uint64_t seen_progress = 0;  // session->progress() when the deadline was last set
@@ -66,6 +68,14 @@ struct connection final : smtp::server_handler {
   std::uint32_t held_offset = 0;
   std::uint32_t held_end = 0;
   std::string proxy_bytes;  // a PROXY header split across receives (bounded by the parser)
+
+  // For log records (connect, disconnect, rejected).
+  std::uint64_t session_id = 0;
+  std::int64_t opened_ms = 0;
+  std::uint32_t messages_accepted = 0;
+  const char* end_reason = nullptr;  // static text: why the connection ended
+  std::string rejection_detail;      // what the next `rejected` record adds (a recipient)
+  char client_text[64];              // "192.0.2.1:1234" for the records
 
   // The message being received.
   bool in_message = false;
@@ -124,7 +134,7 @@ struct connection final : smtp::server_handler {
   void apply_load() noexcept;     // the shard became loaded: shorten the deadline
   bool idle() const noexcept;     // nothing would be cut short by closing now
   void pump() noexcept;
-  void close() noexcept;
+  void close(const char* reason = nullptr) noexcept;
 
  private:
   void feed_held() noexcept;
@@ -132,7 +142,10 @@ struct connection final : smtp::server_handler {
   void admit() noexcept;
   void greet() noexcept;
   void ensure_session() noexcept;
-  void send_literal_and_close(std::string_view reply) noexcept;
+  void send_literal_and_close(std::string_view reply, const char* reason) noexcept;
+  void log_connect() noexcept;
+  void log_disconnect() noexcept;
+  void log_rejections(std::string_view sent) noexcept;
   void schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept;
   void finish_close() noexcept;
   void arm_receive() noexcept;
@@ -182,8 +195,9 @@ class ticket_table {
 
 class inbound_server final : public shard::completion_handler {
  public:
-  inbound_server(const inbound_config& config, shard::shard& owner, spool::store& store,
-                 spool_ring_driver& driver, inbound_metrics& metrics, admin::log_buffer& log);
+  inbound_server(std::shared_ptr<const inbound_config> config, shard::shard& owner,
+                 spool::store& store, spool_ring_driver& driver, inbound_metrics& metrics,
+                 admin::log_buffer& log);
   ~inbound_server();
 
   core::result<void> start() noexcept;
@@ -198,8 +212,16 @@ class inbound_server final : public shard::completion_handler {
   // Gives held input another chance once the spool has room again (end of each iteration).
   void retry_waiting() noexcept;
 
-  // For connections.
+  // A reload's configuration, for sessions that start from now on.
+  // A reload: new sessions take `next`; STARTTLS and the ticket timer use its TLS context.
+  void update(std::shared_ptr<const inbound_config> next) noexcept {
+    set_tls_context(next->tls);
+    _current = std::move(next);
+  }
+
+  // For connections. config() holds what is fixed at start-up (tables, listeners, buffers).
   const inbound_config& config() const noexcept { return _config; }
+  const std::shared_ptr<const inbound_config>& current() const noexcept { return _current; }
   shard::shard& owner() noexcept { return _owner; }
   spool::store& store() noexcept { return _store; }
   spool_ring_driver& driver() noexcept { return _driver; }
@@ -210,8 +232,8 @@ class inbound_server final : public shard::completion_handler {
   bool shutting_down() const noexcept { return _shutting_down; }
   bool loaded() const noexcept { return _loaded; }
   const deadline_limits& deadlines() const noexcept { return _deadlines; }
+  std::uint64_t next_session_id() noexcept { return _next_session++; }
   bool spool_has_room() const noexcept;
-  std::string_view greeting() const noexcept { return _greeting; }
   void wait_for_spool(connection& c) noexcept;
   std::uint64_t user_data(io::op_kind kind, const connection& c) const noexcept {
     return io::pack_user_data(kind, c.generation, c.slot);
@@ -232,7 +254,9 @@ class inbound_server final : public shard::completion_handler {
   void update_load() noexcept;
   void on_ticket_timer() noexcept;
 
-  const inbound_config& _config;
+  const std::shared_ptr<const inbound_config> _first;
+  const inbound_config& _config;             // *_first: what cannot change without a restart
+  std::shared_ptr<const inbound_config> _current;
   shard::shard& _owner;
   spool::store& _store;
   spool_ring_driver& _driver;
@@ -253,8 +277,8 @@ class inbound_server final : public shard::completion_handler {
   std::vector<std::uint32_t> _free_slots;
   std::vector<std::uint32_t> _waiting;   // slots waiting for spool room or a commit retry
   std::vector<std::uint32_t> _retrying;  // _waiting being retried
-  std::string _greeting;  // "220 <hostname> <text>\r\n", what server_session::start() writes
   std::uint32_t _live = 0;
+  std::uint64_t _next_session = 0;  // log session ids (admin::session_id_base)
   bool _shutting_down = false;
   core::member_timer<inbound_server, &inbound_server::on_grace_expired> _grace_timer{*this};
   core::member_timer<inbound_server, &inbound_server::resume_accepting> _accept_timer{*this};

@@ -55,7 +55,7 @@ void connection::take_held(std::size_t bytes) noexcept {
 }
 
 void connection::begin_tls() noexcept {
-  auto context = server.tls_context();
+  auto context = settings->tls;  // the snapshot that offered STARTTLS (a reload may drop TLS)
   RINGMTA_ASSERT(context != nullptr);
   set_tls_stage(tls_stage::handshake);
   tls = tls::session::accept(std::move(context));
@@ -66,7 +66,7 @@ void connection::begin_tls() noexcept {
   // Received bytes are the handshake, not an early talker; an implicit listener's greeting
   // waits for the handshake (on_tls_established).
   greeted = true;
-  schedule(timer_purpose::tls_handshake, server.config().timeout_tls_handshake_ms);
+  schedule(timer_purpose::tls_handshake, settings->timeout_tls_handshake_ms);
   pump();
 }
 
@@ -128,7 +128,7 @@ void connection::on_tls_established() noexcept {
   tls_summary = fmt::format("(using {} with cipher {} ({}/{} bits))", tls->protocol(),
                             tls->cipher(), bits, algorithm_bits);
   if (implicit_tls) {  // now the 220 greeting, encrypted (RFC 8314 §3.3)
-    literal = server.greeting();
+    literal = settings->greeting;
     greeted = true;
   } else {
     session->tls_established();  // RFC 3207 §4.2: forget everything, EHLO again
@@ -185,9 +185,13 @@ void connection::feed_held_tls() noexcept {
 void connection::send_output_tls() noexcept {
   if (tls->established()) {
     if (!literal.empty()) {
-      literal.remove_prefix(tls->write(literal));
+      const std::size_t taken = tls->write(literal);
+      log_rejections(literal.substr(0, taken));
+      literal.remove_prefix(taken);
     } else if (session && !session->output().empty()) {
-      session->consume_output(tls->write(session->output()));
+      const std::size_t taken = tls->write(session->output());
+      log_rejections(session->output().substr(0, taken));
+      session->consume_output(taken);
     }
   }
   const std::string_view out = tls->ciphertext();

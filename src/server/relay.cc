@@ -57,9 +57,11 @@ recipient_report report_from(const smtp::parsed_reply& reply, const outbound::re
   std::replace(out.text.begin(), out.text.end(), '\n', ' ');
   if (remote.address != nullptr) {
     out.remote = fmt::format("{} [{}]", remote.name, remote.address->to_string());
+    out.ip = remote.address->to_string();
   } else {
     out.remote = std::string(remote.name);
   }
+  out.mx = std::string(remote.name);
   return out;
 }
 
@@ -135,10 +137,12 @@ void configure_tls(const config::settings& settings, relay_config& c) {
   tls_settings.ca_required = verifies || !settings.relay_tls_ca_file.empty();
   auto loaded = tls::load_client_context(tls_settings);
   if (!loaded.context) {
-    throw config::error(fmt::format("outbound TLS ({}): {}",
-                                    settings.relay_tls_ca_file.empty()
-                                        ? "system CA store; give --tls-ca FILE"
-                                        : "--tls-ca, relay.tls.ca_file",
+    if (settings.relay_tls_ca_file.empty())
+      throw config::error("outbound TLS (system CA store; give --tls-ca FILE): " + loaded.error);
+    const auto origin = settings.origins.find("relay.tls.ca_file");  // FILE:LINE or the flag
+    throw config::error(fmt::format("{}: relay.tls.ca_file: {}",
+                                    origin != settings.origins.end() ? origin->second
+                                                                     : "defaults",
                                     loaded.error));
   }
   c.outbound.tls_context = std::move(loaded.context);
@@ -195,12 +199,13 @@ relay_config make_relay_config(const config::settings& settings) {
   } else {
     for (const auto& server : settings.resolvers) {
       auto parsed = dns::server_address::parse(server.to_string());
-      if (!parsed) throw config::error(fmt::format("resolver {}: bad address", server.to_string()));
+      if (!parsed)
+        throw config::error(fmt::format("relay.resolvers: {}: bad address", server.to_string()));
       c.dns.resolver.servers.push_back(parsed.value());
     }
   }
   if (const auto problem = c.dns.resolver.validate(); !problem.empty())
-    throw config::error(fmt::format("DNS resolvers: {}", problem));
+    throw config::error(fmt::format("relay.resolvers: {}", problem));
   return c;
 }
 
@@ -258,6 +263,7 @@ relay::state::state(relay& relay_self, const relay_config& relay_settings,
                     relay_metrics& relay_counters, admin::log_buffer& log_buffer)
     : self(relay_self),
       config(relay_settings),
+      live(std::make_shared<const relay_config>(relay_settings)),
       owner(shard_owner),
       store(spool_store),
       metrics(relay_counters),
@@ -266,6 +272,7 @@ relay::state::state(relay& relay_self, const relay_config& relay_settings,
       dns(shard_owner, relay_settings.dns),
       out(shard_owner, dns, relay_self, relay_settings.outbound),
       shaping(relay_settings.shaping) {
+  next_session = admin::session_id_base(shard_owner.id(), true);
   if (!shaping) shaping = std::make_shared<const shaping_table>(config::settings{},
                                                                 relay_settings.scheduler.limits);
 }
@@ -306,6 +313,15 @@ bool relay::drained() const noexcept {
 void relay::stop() noexcept {
   _state->out.stop();
   _state->dns.stop();
+}
+
+void relay::update(std::shared_ptr<const relay_config> next) noexcept {
+  auto& s = *_state;
+  s.live = std::move(next);
+  if (s.live->shaping) s.shaping = s.live->shaping;  // [[shaping]], [[reply_rule]] reload too
+  s.scheduler.set_policy(s.live->scheduler);
+  s.out.set_timeout_connect_ms(s.live->outbound.timeout_connect_ms);
+  s.poll();  // new limits may let a destination open connections now
 }
 
 void relay::before_wait(shard::shard&) noexcept {
@@ -379,11 +395,11 @@ std::string relay::destinations_json(std::size_t count_max) const {
 // ---- owner role: jobs in, connections out
 
 relay_route relay::state::route_for(std::string_view destination) const {
-  for (const auto& fixed : config.routes) {
+  for (const auto& fixed : live->routes) {
     if (fixed.destination == destination) return relay_route{false, fixed.host, fixed.port};
   }
-  if (config.has_relayhost) return config.relayhost;
-  return relay_route{true, std::string(destination), config.delivery_port};
+  if (live->has_relayhost) return live->relayhost;
+  return relay_route{true, std::string(destination), live->delivery_port};
 }
 
 // With mx entries in the table, a destination whose MX hosts are not known yet gets one
@@ -441,13 +457,28 @@ void relay::state::apply_rule(const std::string& destination,
   queue::destination_info info;
   if (rule.action == config::reply_action::bounce || !scheduler.inspect(destination, info))
     return;
+  // The same 421 often ends the delivery and then the connection: one suspension.
+  if (rule.action == config::reply_action::suspend && info.paused_until_ms > now) return;
   log.set_time(now);
   log.record("reply_rule").field("destination", destination).field("rule", rule.origin)
       .field("action", rule.action == config::reply_action::suspend ? "suspend" : "throttle")
       .field("until_ms", static_cast<std::uint64_t>(until)).field("reply", why.text);
   if (rule.action == config::reply_action::suspend) {
+    // Jobs waiting for a retry move to `until` without an attempt (no scheduler event): their
+    // homes are told here, like the ready ones through events, so the suspension survives a
+    // restart in the journal's retry times (bounded, as destination-wide deferrals are).
+    constexpr std::size_t jobs_reported_max = 1000;
+    std::vector<queue::job_view> waiting;
+    scheduler.list_jobs(destination, jobs_reported_max, waiting);
+    std::erase_if(waiting, [&](const queue::job_view& job) {
+      return job.next_attempt_ms <= now || job.next_attempt_ms >= until;
+    });
     scheduler.pause(info.id, now, until, failure_of(why));
-    report_deferred_destination(destination, why);  // retry times survive a restart
+    drain_events(&why);
+    for (auto& job : waiting) {
+      job.last_error = {};
+      handle_event(queue::job_event{queue::event_kind::deferred, job, until}, &why);
+    }
     return;
   }
   throttles[destination] = throttle{until, rule.connections_max, rule.messages_per_second_max};
@@ -483,23 +514,17 @@ void relay::state::learn_mx(const std::string& destination,
   scheduler.reshape(destination, shape_of(destination).limits);
 }
 
-void relay::set_shaping(std::shared_ptr<const shaping_table> table) noexcept {
-  auto& s = *_state;
-  if (!table) return;
-  s.shaping = std::move(table);
-  std::vector<std::string> names;
-  s.scheduler.list_destinations(SIZE_MAX, [&](const queue::destination_info& d) {
-    names.emplace_back(d.name);
-  });
-  for (const auto& name : names) s.scheduler.reshape(name, s.shape_of(name).limits);
-  s.poll();
-}
-
 void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
   spooled_message& message = *job->message;
   const std::int64_t now = core::wall_milliseconds();
-  const queue::job_spec spec{message.id, message.envelope.received_seconds, job->recipients,
-                             job->attempts, job->not_before_ms};
+  queue::job_spec spec{message.id, message.envelope.received_seconds, job->recipients,
+                       job->attempts, job->not_before_ms};
+  // A destination a reply rule suspended: the job waits for the end (no attempt), and its
+  // home records that time, so a restart meanwhile does not send it early.
+  queue::destination_info info;
+  const bool paused = shaping->has_reply_rules() && scheduler.inspect(job->destination, info) &&
+                      info.paused_until_ms > std::max(now, job->not_before_ms);
+  if (paused) spec.not_before_ms = info.paused_until_ms;
   const auto added = scheduler.add(job->destination, spec, now, queue::admission::forced);
   if (added.status != queue::add_status::added) {
     // Only a destination name the scheduler cannot hold gets here: a permanent failure.
@@ -519,6 +544,20 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
   entry.message = &message;
   entry.jobs += added.jobs_added;
   metrics.queued_jobs.add(added.jobs_added);
+  if (paused) {
+    std::vector<recipient_report> reports;
+    for (const std::uint16_t index : job->recipients) {
+      recipient_report r;
+      r.index = index;
+      r.kind = outcome_kind::deferred;
+      r.attempts = job->attempts;
+      r.next_attempt_ms = info.paused_until_ms;
+      r.status = {4, 4, 5};
+      r.text = fmt::format("destination {} suspended by a reply rule", job->destination);
+      reports.push_back(std::move(r));
+    }
+    report(&message, message.home, std::move(reports));
+  }
   if (idle.count(job->destination) != 0) woken.push_back(job->destination);
   poll();
 }
@@ -540,7 +579,7 @@ bool relay::state::serve_idle(const std::string& destination, std::int64_t now_m
     const auto taken = scheduler.take_for_connection(connection, now_ms);
     if (taken.status == queue::take_status::none) break;
     waiting.pop_back();
-    if (taken.status == queue::take_status::job) start_delivery(c.handle, taken.job);
+    if (taken.status == queue::take_status::job) start_delivery(c.handle, c.cookie, taken.job);
     else out.release(c.handle);  // close (per-connection limit, suspended) or throttled
   }
   const bool still_idle = !waiting.empty();
@@ -569,7 +608,7 @@ void relay::state::poll() noexcept {
   const std::int64_t now = core::wall_milliseconds();
   if (!throttles.empty()) expire_throttles(now);
   queue::job_event event;
-  while (scheduler.next_event(event)) handle_event(event);
+  while (scheduler.next_event(event)) handle_event(event, nullptr);
   for (const auto& destination : woken) serve_idle(destination, now);
   woken.clear();
   if (!shutting_down && scheduler.next_wakeup_ms() <= now) {
@@ -585,7 +624,7 @@ void relay::state::poll() noexcept {
       scheduler.connection_closed(request.connection, now);
       serve_idle(name, now);
     }
-    while (scheduler.next_event(event)) handle_event(event);
+    while (scheduler.next_event(event)) handle_event(event, nullptr);
   }
   arm_timer(now);
 }
@@ -607,6 +646,7 @@ void relay::state::open(const queue::connect_request& request) noexcept {
     return;
   }
   connection_names[cookie] = std::string(request.name);
+  connection_sessions[cookie] = next_session++;
   metrics.connections.add();
 }
 
@@ -625,7 +665,8 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
   }
   const auto taken = s.scheduler.take_for_connection(connection_of(destination),
                                                      core::wall_milliseconds());
-  if (taken.status == queue::take_status::job) return s.start_delivery(connection, taken.job);
+  if (taken.status == queue::take_status::job)
+    return s.start_delivery(connection, destination, taken.job);
   const auto name = s.connection_names.find(destination);
   if (taken.status != queue::take_status::none || name == s.connection_names.end())
     return s.out.release(connection);
@@ -634,7 +675,12 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
   s.idle[name->second].push_back({connection, destination});
 }
 
-void relay::state::start_delivery(outbound::connection_handle connection,
+std::uint64_t relay::state::session_of(std::uint64_t cookie) const noexcept {
+  const auto found = connection_sessions.find(cookie);
+  return found != connection_sessions.end() ? found->second : 0;
+}
+
+void relay::state::start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
                                   const queue::job_view& job) noexcept {
   const auto found = owned.find(job.message);
   RINGMTA_ASSERT(found != owned.end());
@@ -655,6 +701,8 @@ void relay::state::start_delivery(outbound::connection_handle connection,
   flight.indices.clear();
   job.for_each_recipient([&](std::uint16_t index) { flight.indices.push_back(index); });
   flight.results.assign(flight.indices.size(), recipient_report{});
+  flight.session = session_of(cookie);
+  flight.started_ms = core::wall_milliseconds();
   const auto& envelope =
       flight.storage.assign(message.envelope, flight.indices, message.body_bytes);
   const outbound::delivery delivery{envelope, message.body, slot};
@@ -735,6 +783,8 @@ void relay::state::finish_delivery(std::uint32_t slot,
       }
     }
     r.attempts = static_cast<std::uint16_t>(flight.job.attempts + 1);
+    r.session = flight.session;
+    r.attempt_ms = now - flight.started_ms;
     if (r.kind == outcome_kind::deferred) {
       keep_mask |= std::uint64_t{1} << (flight.indices[i] - flight.job.first_recipient);
       if (first_transient == nullptr) first_transient = &r;
@@ -799,8 +849,11 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
   auto name_entry = s.connection_names.find(destination);
   const std::string name = name_entry != s.connection_names.end() ? name_entry->second : "";
   if (name_entry != s.connection_names.end()) s.connection_names.erase(name_entry);
+  const std::uint64_t session = s.session_of(destination);
+  s.connection_sessions.erase(destination);
   s.drop_idle(name, destination);
-  const recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
+  recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
+  why.session = session;
   // A 421 greeting, or a connection the server ended with 4xx/5xx: reply rules may fire.
   const bool refused = result.reason == outbound::close_reason::destination_failed ||
                        result.reason == outbound::close_reason::lost;
@@ -818,39 +871,22 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
     s.permanent_failures[name] = why;
     s.scheduler.bounce_all(name, now);
   } else {
+    // Each job this failure counted an attempt for comes out as one `deferred` event: its
+    // home records it (attempts and retry time survive a restart) and logs it once.
     s.scheduler.connection_failed(connection, now, failure_of(why));
-    s.report_deferred_destination(name, why);
+    s.drain_events(&why);
     if (rule != nullptr) s.apply_rule(name, *rule, why);
   }
   s.poll();
 }
 
-// A destination-wide deferral moved the destination's jobs to one retry time: their homes
-// record it (state and retry time survive a restart) and log it, like a per-message deferral.
-// Bounded per failure, so a dead destination with a huge queue cannot flood the log.
-void relay::state::report_deferred_destination(const std::string& name,
-                                               const recipient_report& why) noexcept {
-  constexpr std::size_t jobs_reported_max = 1000;
-  std::vector<queue::job_view> jobs;
-  scheduler.list_jobs(name, jobs_reported_max, jobs);
-  for (const auto& job : jobs) {
-    if (job.next_attempt_ms == 0) continue;  // in flight on another connection
-    const auto found = owned.find(job.message);
-    if (found == owned.end()) continue;
-    std::vector<recipient_report> reports;
-    job.for_each_recipient([&](std::uint16_t index) {
-      recipient_report r = why;
-      r.index = index;
-      r.kind = outcome_kind::deferred;
-      r.attempts = job.attempts;
-      r.next_attempt_ms = job.next_attempt_ms;
-      reports.push_back(std::move(r));
-    });
-    report(found->second.message, found->second.message->home, std::move(reports));
-  }
+void relay::state::drain_events(const recipient_report* why) noexcept {
+  queue::job_event event;
+  while (scheduler.next_event(event)) handle_event(event, why);
 }
 
-void relay::state::handle_event(const queue::job_event& event) noexcept {
+void relay::state::handle_event(const queue::job_event& event,
+                                const recipient_report* why) noexcept {
   const auto found = owned.find(event.job.message);
   RINGMTA_ASSERT(found != owned.end());
   spooled_message* const message = found->second.message;
@@ -863,7 +899,15 @@ void relay::state::handle_event(const queue::job_event& event) noexcept {
     recipient_report r;
     r.index = index;
     r.attempts = event.job.attempts;
-    if (event.kind == queue::event_kind::delay_warning) {
+    if (event.kind == queue::event_kind::deferred) {
+      if (why != nullptr) r = *why;  // the reply and the remote host of the failure
+      else r.text = std::string(event.job.last_error);
+      r.index = index;
+      r.attempts = event.job.attempts;
+      r.kind = outcome_kind::deferred;
+      r.next_attempt_ms = event.next_attempt_ms;
+      if (why == nullptr) r.status = event.job.last_status;
+    } else if (event.kind == queue::event_kind::delay_warning) {
       r.kind = outcome_kind::delayed;
       r.next_attempt_ms = event.next_attempt_ms;
       r.status =
@@ -884,7 +928,9 @@ void relay::state::handle_event(const queue::job_event& event) noexcept {
     }
     reports.push_back(std::move(r));
   });
-  if (event.kind != queue::event_kind::delay_warning) job_left(event.job.message);
+  if (event.kind == queue::event_kind::expired ||
+      event.kind == queue::event_kind::bounced_by_operator)
+    job_left(event.job.message);
   report(message, home, std::move(reports));
 }
 

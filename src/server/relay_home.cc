@@ -61,6 +61,7 @@ std::unique_ptr<spooled_message> relay::state::load(spool::message_id id) noexce
   message->envelope = std::move(stored.value().envelope);
   message->body = std::move(stored.value().body);
   message->body_bytes = stored.value().body_bytes;
+  message->received_ms = message->envelope.received_seconds * 1000;
   return message;
 }
 
@@ -70,6 +71,7 @@ void relay::state::route(const spool::envelope& envelope,
   message->id = envelope.id;
   message->home = owner.id();
   message->envelope = envelope;
+  message->received_ms = core::wall_milliseconds();
   message->body.assign(body.begin(), body.end());
   for (const auto& slice : body) message->body_bytes += slice.length;
   spooled_message& routed = *message;
@@ -162,15 +164,22 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
 // Logs one outcome and keeps what a DSN needs (RFC 3461: as NOTIFY asks; never for <>).
 void relay::state::record(spooled_message& message, const recipient_report& r) noexcept {
   const auto& recipient = message.envelope.recipients.at(r.index);
-  log.set_time(core::wall_milliseconds());
+  const std::int64_t now_ms = core::wall_milliseconds();
+  log.set_time(now_ms);
+  // What operators search for: the size, the MX host and its address apart, the attempt
+  // number, the outbound session, and delays to the millisecond.
   auto line = log.record(event_name(r.kind));
   line.field("id", std::string_view(spool::format_message_id(message.id).data(), 16))
       .field("from", message.envelope.reverse_path)
       .field("to", recipient.address)
-      .field("relay", r.remote)
+      .field("size", message.body_bytes)
+      .field("mx", r.mx)
+      .field("ip", r.ip)
       .field("reply", r.text)
-      .field("attempts", static_cast<std::uint64_t>(r.attempts))
-      .field("delay_s", core::wall_seconds() - message.envelope.received_seconds);
+      .field("attempt", static_cast<std::uint64_t>(r.attempts))
+      .seconds_field("delay", now_ms - message.received_ms);
+  if (r.attempt_ms >= 0) line.seconds_field("delay_attempt", r.attempt_ms);
+  if (r.session != 0) line.hex_field("session", r.session);
   if (r.kind == outcome_kind::deferred) line.field("retry_at_s", r.next_attempt_ms / 1000);
   if (!r.tls.empty()) {  // the delivery's connection: protocol, cipher, verified, or why not
     line.field("tls", r.tls);
@@ -215,7 +224,7 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
   note.diagnostic = r.text;
   note.last_attempt_seconds = core::wall_seconds();
   note.retry_until_seconds =
-      message.envelope.received_seconds + config.scheduler.lifetime_max_ms / 1000;
+      message.envelope.received_seconds + live->scheduler.lifetime_max_ms / 1000;
   message.notes.push_back(std::move(note));
 }
 

@@ -35,6 +35,7 @@ struct spooled_message {
   spool::envelope envelope;
   std::vector<spool::body_slice> body;  // wire form, in the home's segment files
   std::uint64_t body_bytes = 0;
+  std::int64_t received_ms = 0;  // when it was answered 250 (recovered: the envelope's second)
   // home only
   std::uint32_t recipients_open = 0;
   std::vector<dsn_note> notes;  // outcomes waiting to be reported by a DSN
@@ -67,6 +68,13 @@ struct recipient_report {
   bool tls_verified = false;  // chain and MX host name verified
   bool tls_resumed = false;
   std::string tls_note;  // plaintext: why (no STARTTLS, refused, handshake failed: ...)
+  // For the log record: the host name and address apart, the outbound session (connection)
+  // and how long this attempt took (-1: no delivery attempt of its own, e.g. a destination
+  // that could not be reached at all).
+  std::string mx;
+  std::string ip;            // "192.0.2.1:25"
+  std::uint64_t session = 0;
+  std::int64_t attempt_ms = -1;
 };
 
 // Owner → home: outcomes of one delivery (or one scheduler event).
@@ -83,6 +91,8 @@ struct in_flight {
   std::vector<std::uint16_t> indices;        // envelope indices, in the order sent
   std::vector<recipient_report> results;     // by position in `indices`
   outbound::envelope_storage storage;
+  std::uint64_t session = 0;                 // the connection's log session id
+  std::int64_t started_ms = 0;
 };
 
 // A DSN being written into this shard's spool.
@@ -101,7 +111,9 @@ struct relay::state {
         relay_metrics& metrics, admin::log_buffer& log);
 
   relay& self;
-  const relay_config& config;
+  const relay_config& config;  // as started: shards, host name (what a reload cannot change)
+  // The latest reload's routes, relayhost, port, queue policy: for deliveries started from now.
+  std::shared_ptr<const relay_config> live;
   shard::shard& owner;
   spool::store& store;
   relay_metrics& metrics;
@@ -135,6 +147,8 @@ struct relay::state {
   std::vector<std::unique_ptr<in_flight>> flights;
   std::vector<std::uint32_t> free_flights;
   std::unordered_map<std::uint64_t, std::string> connection_names;  // by connection cookie
+  std::unordered_map<std::uint64_t, std::uint64_t> connection_sessions;  // cookie → session id
+  std::uint64_t next_session = 0;  // outbound session ids for log records (session_id_base)
   // Ready connections with nothing to send, by destination: reused when the destination gets
   // work (the outbound closes them after its idle timeout). `woken` lists destinations that
   // received jobs since the last poll.
@@ -152,10 +166,13 @@ struct relay::state {
   void poll() noexcept;
   core::member_timer<state, &state::poll> timer{*this};  // after poll: it names it
   void open(const queue::connect_request& request) noexcept;
-  void start_delivery(outbound::connection_handle connection, const queue::job_view& job) noexcept;
+  void start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
+                      const queue::job_view& job) noexcept;
+  std::uint64_t session_of(std::uint64_t cookie) const noexcept;
   void finish_delivery(std::uint32_t slot, const outbound::delivery_result& result) noexcept;
-  void handle_event(const queue::job_event& event) noexcept;
-  void report_deferred_destination(const std::string& name, const recipient_report& why) noexcept;
+  // `why`: the destination-wide failure that produced the events (deferred jobs report it).
+  void handle_event(const queue::job_event& event, const recipient_report* why) noexcept;
+  void drain_events(const recipient_report* why) noexcept;
   void job_left(spool::message_id id) noexcept;
   void report(spooled_message* message, unsigned home,
               std::vector<recipient_report> reports) noexcept;

@@ -2,9 +2,10 @@
 // when they hold spaces, '=', quotes or control characters), for reception,
 // delivery, transient failure, bounce, and daemon events (DESIGN principle 7).
 //
-// Each shard owns a log_buffer and appends records while it works; the shard writes the whole
-// buffer with one write per loop iteration, so logging costs no syscall per message. The
-// buffer is bounded: when full, records are counted as dropped rather than growing memory.
+// Each shard owns a log_buffer and appends records while it works; once per loop iteration it
+// hands the whole buffer to the log writer thread (admin/log_writer.h), so logging costs no
+// syscall on the shard. The buffer is bounded: when full, records are counted as dropped
+// rather than growing memory.
 // Field values are escaped (RFC 8259 §7), so a hostile envelope cannot forge a log line.
 #pragma once
 
@@ -41,6 +42,10 @@ class log_record {
   }
   log_record& field(std::string_view key, double value) noexcept;
   log_record& field(std::string_view key, bool value) noexcept;
+  // 16 lowercase hex digits, like message ids (session ids).
+  log_record& hex_field(std::string_view key, std::uint64_t value) noexcept;
+  // Seconds with millisecond precision from a count of milliseconds ("1.234").
+  log_record& seconds_field(std::string_view key, std::int64_t milliseconds) noexcept;
   void end() noexcept;
 
  private:
@@ -61,6 +66,10 @@ class log_buffer {
   void consume(std::size_t bytes) noexcept;
   std::uint64_t dropped_records() const noexcept { return _dropped; }
   log_format format() const noexcept { return _format; }
+  void set_format(log_format format) noexcept { _format = format; }  // for the next records
+  // Gives every committed record away: `batch` (empty, with reserved capacity) takes the
+  // buffer's place, so nothing is copied or allocated. No record may be open.
+  void swap_text(std::string& batch) noexcept;
 
   // Wall-clock time for the "ts" field; the embedder sets it once per loop iteration.
   void set_time(std::int64_t unix_ms) noexcept { _unix_ms = unix_ms; }
@@ -77,6 +86,11 @@ class log_buffer {
   std::int64_t _unix_ms = 0;
   log_format _format;
 };
+
+// The first session id of a shard's inbound or outbound sessions (log records): the shard in
+// the top byte, the direction in the next bit, and below them a count that starts from the
+// clock, so that ids do not repeat after a restart. Add one per session.
+std::uint64_t session_id_base(unsigned shard, bool outbound) noexcept;
 
 // Writes pending records to fd (blocking; stderr/stdout or a file) and consumes them.
 void flush_to(log_buffer& buffer, int fd) noexcept;

@@ -2,8 +2,12 @@
 // file and then from command-line flags (flags win). Each setting has exactly one TOML key and
 // one flag, declared once in src/config/settings.cc's table, so the two can never drift apart.
 //
-// Start-up only: loading may allocate and throws config::error with "where: key: what is wrong".
-// Nothing on the data path reads this struct's strings; shards copy what they need.
+// Loading happens at start-up and on reload (SIGHUP, POST /reload), never on a shard thread: it
+// may allocate and throws config::error with "where: key: what is wrong", where is "FILE:LINE"
+// or "command line". Nothing on the data path reads this struct's strings; shards get
+// immutable snapshots of what they need. Each row of the table says whether a change can take
+// effect without a restart (reload_effect); describe() and render() expose the table to
+// `ringmta check-config`, the reload and the tests that walk every setting.
 #pragma once
 
 #include <cstdint>
@@ -186,10 +190,51 @@ struct settings {
   std::string user = "ringmta";  // [server] user: started as root, run as this user
   bool allow_root = false;       // [server] allow_root: keep running as root (no drop)
   bool debug_endpoints = false;  // [admin] debug_endpoints: POST /debug/... (tests only)
+  // [log] outputs (a dedicated writer thread; shards never block on them)
+  std::string log_output = "stdout";             // "stdout" (journald), "file" or "syslog"
+  std::string log_file;                          // log_output = file: JSON lines, SIGUSR1 reopens
+  std::string log_syslog_socket = "/dev/log";    // log_output = syslog: RFC 5424 datagrams
+  std::string log_syslog_facility = "mail";      // mail, daemon, local0 … local7
+  std::uint64_t log_buffer_bytes = 1ull << 20;   // per shard; records beyond it are dropped
+
+  // Where each key that was set came from: "FILE:LINE" or "command line (--flag)".
+  std::map<std::string, std::string> origins;
 };
 
-// Defaults, then `path` (when not empty), then flags. Throws config::error.
-// argv[0] is skipped. `--config PATH` among the flags names the file.
+enum class setting_kind : std::uint8_t { value, list, boolean };
+enum class reload_effect : std::uint8_t {
+  restart,  // read once at start-up: a changed value is reported by a reload, not applied
+  live,     // a reload applies it to new sessions and new deliveries
+};
+
+// One row of the settings table, for tools, tests and the generated man pages.
+struct setting_info {
+  std::string key;         // "queue.retry_schedule"
+  std::string flag;        // "--retry-schedule"
+  std::string value_name;  // "DURATION,..." (empty for booleans)
+  setting_kind kind = setting_kind::value;
+  reload_effect reload = reload_effect::restart;
+  std::string help;
+};
+
+std::vector<setting_info> describe();
+
+// The value of `key` in `s` as TOML text that loads back to the same value ("300s", "[...]").
+std::string show(const settings& s, const std::string& key);
+
+// Every setting's effective value as a TOML document, by section; keys that were set carry a
+// comment saying where. `ringmta check-config` prints it.
+std::string render(const settings& s);
+
+// Keys whose effective values differ between `before` and `after`, in table order.
+std::vector<std::string> changed_keys(const settings& before, const settings& after);
+
+// Sets `key` in `next` to its value in `current` (a reload keeps what needs a restart).
+void keep_value(settings& next, const settings& current, const std::string& key);
+
+// Defaults, then `path` (when not empty), then flags, then the checks that involve several
+// keys. Throws config::error. argv[0] is skipped. `--config PATH` among the flags names the
+// file.
 settings load(int argc, const char* const* argv);
 
 // The same steps on explicit inputs, for tests: `toml_text` as if it were file `origin`.
@@ -198,16 +243,5 @@ settings load_from(const std::string& toml_text, const std::string& origin,
 
 // "--listen ADDR:PORT (repeatable) [server.listen] ..." for --help.
 std::string help_text();
-
-// One row of the settings table, for generated documentation (man pages, see man_page.h).
-struct setting_description {
-  std::string key;         // "server.listen"
-  std::string flag;        // "--listen"
-  std::string value_name;  // "ADDR:PORT"; empty for a boolean flag
-  std::string help;
-  bool boolean_flag = false;  // --flag, --flag=true, --flag=false
-  bool list = false;          // repeatable / comma-separated; a TOML array
-};
-std::vector<setting_description> describe_settings();
 
 }  // namespace ringmta::config

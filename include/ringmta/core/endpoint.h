@@ -26,6 +26,8 @@ struct endpoint {
   }
   // "127.0.0.1:25" or "[::1]:25".
   std::string to_string() const;
+  // The same text written into out[size] (64 bytes are always enough), without allocating.
+  std::string_view to_chars(char* out, std::size_t size) const noexcept;
   // The address alone: "127.0.0.1" or "::1" (an IPv4-mapped IPv6 address prints as IPv4).
   std::string address_string() const;
 

@@ -197,6 +197,9 @@ class outbound {
   // the runtime: its receive buffer ring is registered on the shard's ring.
   void stop() noexcept;
 
+  // A reload: connects started from now wait this long (the other settings are fixed).
+  void set_timeout_connect_ms(std::uint32_t ms) noexcept;
+
   std::uint32_t connections() const noexcept;
   const outbound_counters& counters() const noexcept;
 

@@ -123,7 +123,8 @@ struct job_spec {
   std::int64_t received_seconds = 0;               // the envelope's; drives lifetime expiry
   std::span<const std::uint16_t> recipients;       // envelope indices, no duplicates
   // Recovery from the spool: attempts already made (clamp the spool's 32-bit count) and the
-  // stored next attempt time (spool seconds × 1000).
+  // stored next attempt time (spool seconds × 1000). A destination without connections takes
+  // the largest such count as its consecutive failures (its backoff continues the schedule).
   std::uint16_t attempts = 0;
   std::int64_t not_before_ms = 0;                  // <= now: ready at once
 };
@@ -205,6 +206,10 @@ enum class event_kind : std::uint8_t {
   expired,              // destination-wide deferral found the job past its lifetime: bounce
   bounced_by_operator,  // bounce_all(): bounce with "bounced by operator"
   delay_warning,        // destination-wide deferral crossed delay_warning_ms: "delayed" DSN
+  // A destination-wide deferral counted an attempt for this job and moved it to
+  // next_attempt_ms: exactly one per job per failure (record and journal it). Jobs that were
+  // only waiting (not due) are moved without an event: no attempt was made for them.
+  deferred,
 };
 struct job_event {
   event_kind kind = event_kind::expired;
@@ -223,6 +228,7 @@ struct destination_info {
   std::uint32_t connections = 0;
   std::uint32_t connection_failures = 0;  // consecutive
   std::int64_t backoff_until_ms = 0;      // destination-wide backoff, 0: none
+  std::int64_t paused_until_ms = 0;       // pause() by a reply rule, 0: none
   std::int64_t next_attempt_ms = 0;       // earliest scheduled job, 0: none
   std::int64_t last_error_ms = 0;
   std::string_view last_error;
@@ -295,7 +301,7 @@ class scheduler {
   defer_result deferred(job_id job, std::int64_t now_ms, const failure& reason,
                         std::uint64_t keep_mask = ~std::uint64_t{0}) noexcept;
 
-  // --- events: expired / bounced_by_operator / delay_warning jobs ---
+  // --- events: expired / bounced_by_operator / delay_warning / deferred jobs ---
   // `out.job.last_error` stays valid until the next call to next_event().
   bool next_event(job_event& out) noexcept;
 
@@ -311,6 +317,10 @@ class scheduler {
   // Changes a live destination's limits without remembering them (shaping learned its MX
   // site, or a reload): false when the destination does not exist.
   bool reshape(std::string_view destination, const destination_limits& limits);
+  // A reload: new retry delays, lifetime, delay warning and default limits (destinations
+  // without limits of their own take them now). Queued jobs keep their attempts and retry
+  // times; the new delays apply at their next deferral, the new lifetime at the next check.
+  void set_policy(const scheduler_config& next) noexcept;
   void clear_limits(std::string_view destination);
 
   // --- inspection ---

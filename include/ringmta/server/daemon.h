@@ -2,10 +2,13 @@
 //
 // Start-up (blocking, may throw config::error for what the settings cannot give): recover every
 // shard's spool, open the listeners (SO_REUSEPORT, one socket per shard), start the admin
-// endpoint (/metrics, /health), then start the shards, each with its spool store, its ring
-// driver and its inbound SMTP server. The calling thread then waits for SIGTERM/SIGINT:
-// stop accepting, let sessions finish for shutdown_grace, answer 421 to the rest, let the spool
-// finish its writes, exit 0.
+// endpoint (/metrics, /health, /queue, /reload), then start the shards, each with its spool
+// store, its ring driver and its inbound SMTP server. Before all that, the spool is locked and
+// the listening addresses claimed (server/instance_lock.h), and the log writer thread starts
+// (admin/log_writer.h). The calling thread then serves signals (server/signals.h): SIGHUP
+// reloads (server/reload.h), SIGUSR1 reopens the log file, and SIGTERM/SIGINT/SIGQUIT stop:
+// stop accepting, let sessions finish for shutdown_grace, answer 421 to the rest, let the
+// spool finish its writes, exit 0.
 #pragma once
 
 #include <functional>
@@ -23,16 +26,22 @@ struct daemon_hooks {
   std::function<void(const std::vector<core::endpoint>& smtp,
                      const std::vector<core::endpoint>& admin)>
       on_listening;
+  // Reads the configuration again for a reload (SIGHUP, POST /reload): the file and the flags
+  // the daemon was started with. Empty: a reload re-applies the start-up settings.
+  std::function<config::settings()> load_settings;
 };
 
 // The inbound TLS context of `settings` (--tls-cert/--tls-key pairs, --tls-min-version, cipher
 // lists): reads and checks every file, so it blocks; call it at start-up or on a reload
 // thread, never on a shard. No certificate: null context, empty error. A bad file: null
 // context and "FILE: problem". For a reload pass the running context's ticket key ring
-// (server_context::ticket_key_ring_shared()) so clients keep resuming across it; then hand the
-// new context to every shard (shard_services::set_tls_context, as a shard message).
+// (server_context::ticket_key_ring_shared()) so clients keep resuming across it; the reload's
+// inbound snapshot carries the new context to every shard.
 tls::server_load_result load_tls_server_context(const config::settings& settings,
                                                 std::shared_ptr<tls::ticket_key_ring> keys);
+// What start-up would refuse beyond the settings' own checks (the log output cannot be opened,
+// unusable DNS resolvers), without starting anything: throws config::error. check-config.
+void check_configuration(const config::settings& settings);
 
 // Returns the process exit status.
 int run_daemon(const config::settings& settings, const daemon_hooks& hooks = {});

@@ -76,10 +76,11 @@ struct inbound_config {
   std::vector<bool> implicit_tls;  // per listener: TLS from the first byte (RFC 8314)
   std::string hostname;
   std::string greeting_text;
+  std::string greeting;        // "220 HOSTNAME TEXT\r\n" (set by freeze())
   smtp::server_config engine;  // hostname/greeting views point into the strings above
   smtp::server_config engine_implicit_tls;  // the same, with tls_active (implicit listeners)
-  // STARTTLS and implicit TLS (null: no certificate, STARTTLS not offered). Each shard holds
-  // its own pointer and can be handed a new context (inbound::set_tls_context) on reload.
+  // STARTTLS and implicit TLS (null: no certificate, STARTTLS not offered). A reload builds a
+  // new snapshot with a new context (same ticket keys); sessions keep the one they began with.
   std::shared_ptr<const tls::server_context> tls;
   std::uint32_t timeout_tls_handshake_ms = 60'000;
   relay_policy relay;
@@ -135,6 +136,11 @@ struct inbound_metrics {
 
 class inbound_server;
 
+// The immutable snapshot sessions hold: `config` moved to the heap, its engine's views and the
+// greeting pointing into itself. Made on the daemon thread (start-up, reload); shared by every
+// shard and by each session that started under it (a reload changes new sessions only).
+std::shared_ptr<const inbound_config> freeze(inbound_config config);
+
 // Opens `shards` listening sockets per endpoint with SO_REUSEPORT, so the kernel spreads new
 // connections over the shards; port 0 is resolved by the first socket and shared by the rest.
 // Returns [shard][listener] fds and fills `bound` with the actual addresses. Start-up only.
@@ -145,7 +151,9 @@ core::result<std::vector<std::vector<int>>> open_listeners(
 // One per shard, created and used on that shard's thread.
 class inbound {
  public:
-  inbound(const inbound_config& config, shard::shard& owner, spool::store& store,
+  // `config` also fixes what cannot change without a restart: listeners, session tables,
+  // receive buffers.
+  inbound(std::shared_ptr<const inbound_config> config, shard::shard& owner, spool::store& store,
           spool_ring_driver& driver, inbound_metrics& metrics, admin::log_buffer& log);
   ~inbound();
   inbound(const inbound&) = delete;
@@ -159,10 +167,8 @@ class inbound {
   std::uint32_t sessions() const noexcept;
   // The spool may have room again: retry connections whose input waits for it.
   void retry_waiting() noexcept;
-
-  // New TLS sessions of this shard use `context` from now on; running ones keep theirs.
-  // Call on the shard's thread (reload posts it as a shard message).
-  void set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept;
+  // A reload: sessions accepted from now on use `next` (its fixed parts must equal the first).
+  void update(std::shared_ptr<const inbound_config> next) noexcept;
 
   // The spool reports a commit ticket durable (error 0) or failed.
   void on_committed(std::uint64_t ticket, int error) noexcept;

@@ -67,7 +67,9 @@ struct relay_config {
   std::unordered_map<std::string, outbound::tls_policy> tls_policies;
   std::string tls_description;  // for the start-up log
   queue::scheduler_config scheduler;
-  // [[shaping]]: the table every shard starts with (relay::set_shaping replaces it).
+  // [[shaping]] and [[reply_rule]]: immutable, shared by every shard; a reload (update())
+  // brings a new one: live queues are reshaped at once, open connections keep the timeouts
+  // and EHLO name they were opened with.
   std::shared_ptr<const shaping_table> shaping;
   outbound::outbound_config outbound;
   outbound::dns_client_config dns;
@@ -131,9 +133,10 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   bool drained() const noexcept;
   void stop() noexcept;  // hard stop on the shard's thread (runtime on_stop)
 
-  // A new shaping table (a reload), on this shard's thread: live queues are reshaped at once,
-  // connections already open keep the timeouts and EHLO name they were opened with.
-  void set_shaping(std::shared_ptr<const shaping_table> table) noexcept;
+  // A reload: routes, relayhost, delivery port, retry schedule, lifetime, destination limits
+  // and the connect timeout of `next` apply to deliveries and connections started from now;
+  // jobs keep their attempts, and take the new retry delays at their next deferral.
+  void update(std::shared_ptr<const relay_config> next) noexcept;
 
   // Operator actions (admin API), on the shard that owns the destination. `action` is one of
   // suspend, resume, flush, bounce. Returns a one-line JSON result, or "" for a bad action.

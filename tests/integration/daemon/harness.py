@@ -51,9 +51,15 @@ def free_port(address="127.0.0.1"):
 
 
 class Daemon:
-    """ringmta on 127.0.0.1:<free port> with its own spool; stderr is collected."""
+    """ringmta on 127.0.0.1:<free port> with its own spool; stderr is collected.
 
-    def __init__(self, binary, spool=None, args=(), shards=2, env=None, prefix=()):
+    stdout: where the daemon's stdout goes instead of a reader here (a stalled pipe, a file).
+    log_lines: a callable giving the records of another log output (a file, syslog), read
+    to learn the ports and by events().
+    prefix: a command the daemon runs under (e.g. setpriv ... to start unprivileged)."""
+
+    def __init__(self, binary, spool=None, args=(), shards=2, env=None, stdout=None,
+                 log_lines=None, prefix=()):
         self.binary = binary
         self.spool = spool or tempfile.mkdtemp(prefix="ringmta-spool-")
         if spool is None and not os.environ.get("RINGMTA_KEEP_SPOOL"):
@@ -64,6 +70,8 @@ class Daemon:
         self.shards = shards
         self.env = env
         self.prefix = list(prefix)  # e.g. setpriv ... to start unprivileged
+        self.stdout = stdout
+        self.log_lines = log_lines
         self.process = None
         self.port = None
         self.admin_port = None
@@ -85,36 +93,47 @@ class Daemon:
                 not any(a.startswith("--user") for a in self.args):
             command.append("--allow-root")
         command = self.prefix + command
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env=self.env)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE if self.stdout is None else self.stdout,
+            stderr=subprocess.PIPE, text=True, env=self.env)
         atexit.register(self.kill)
         threading.Thread(target=self._read, args=(self.process.stderr, self.stderr_lines, True),
                          daemon=True).start()
-        threading.Thread(target=self._read, args=(self.process.stdout, self.stdout_lines, False),
-                         daemon=True).start()
-        if not self._listening.wait(timeout):
-            self.kill()
-            raise RuntimeError("ringmta did not start:\n" + "\n".join(self.stderr_lines[-20:]))
+        if self.stdout is None:
+            threading.Thread(target=self._read,
+                             args=(self.process.stdout, self.stdout_lines, False),
+                             daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05):
+            for line in self.log_lines() if self.log_lines else []:
+                self._note(line)
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.kill()
+                raise RuntimeError("ringmta did not start:\n" +
+                                   "\n".join(self.stderr_lines[-20:]))
         return self
 
     def _read(self, stream, lines, watch):
         for line in stream:
             lines.append(line.rstrip("\n"))
-            if not watch:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == "listening" and self.port is None:
-                self.port = int(record["detail"].rsplit(":", 1)[1])
-            if record.get("event") == "admin_listening":
-                self.admin_port = int(record["detail"].rsplit(":", 1)[1])
-                self._listening.set()
+            if watch:
+                self._note(line)
+
+    def _note(self, line):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return
+        if record.get("event") == "listening" and self.port is None:
+            self.port = int(record["detail"].rsplit(":", 1)[1])
+        if record.get("event") == "admin_listening":
+            self.admin_port = int(record["detail"].rsplit(":", 1)[1])
+            self._listening.set()
 
     def events(self, name):
         out = []
-        for line in self.stdout_lines + self.stderr_lines:
+        extra = list(self.log_lines()) if self.log_lines else []
+        for line in self.stdout_lines + self.stderr_lines + extra:
             try:
                 record = json.loads(line)
             except ValueError:
@@ -138,14 +157,21 @@ class Daemon:
             self.process.kill()
             self.process.wait(10)
 
-    def metrics(self):
-        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    def admin(self, method, path, timeout=30):
+        """(status, body) of one admin API request."""
+        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=timeout) as s:
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                      .encode())
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
+        head, _, body = data.decode().partition("\r\n\r\n")
+        return int(head.split(" ", 2)[1]), body
+
+    def metrics(self):
+        _, text = self.admin("GET", "/metrics", timeout=5)
         values = {}
-        for line in data.decode().split("\r\n\r\n", 1)[1].splitlines():
+        for line in text.splitlines():
             if line and not line.startswith("#"):
                 name, value = line.rsplit(" ", 1)
                 values[name] = float(value)

@@ -10,15 +10,19 @@ sent, deferred 4.7.x). Start-up errors name file:line:key.
 Reply rules ([[reply_rule]], RE2): a scripted server answers y.test's DATA with Yahoo's
 "421 4.7.0 [TSS04]": y.test is suspended for an hour (one attempt, though its retry schedule
 says 1 s) while d.test keeps delivering; a 452 "over quota" for w.test bounces at once.
+SIGHUP reloads [[shaping]] (a new EHLO name on the next connections), and a restart keeps
+y.test's jobs waiting for the end of the suspension.
 usage: test_shaping.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT SCRIPTED_SINK"""
 import collections
 import json
 import os
 import shutil
+import signal
 import smtplib
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 from harness import Daemon, Tap, free_port
@@ -214,15 +218,58 @@ tap.ok(wait_until(lambda: len(sinks["d.test"].messages()) == before + 3, 30),
        "d.test keeps delivering while y.test is suspended")
 # y.test's own schedule is 1 s: without the suspension it would have been tried again by now.
 mail_commands = scripted_stats()["mail"]
-request = urllib.request.Request(f"http://127.0.0.1:{daemon.admin_port}/queue")
-with urllib.request.urlopen(request, timeout=10) as response:
-    queue = json.loads(response.read())
-y = [d for d in queue if d["destination"] == "y.test"]
+try:
+    status, body = daemon.admin("GET", "/queue")
+except (IndexError, OSError):
+    status, body = 0, "[]"
+if status != 200:
+    print(f"# admin GET /queue: {status}; daemon exit {daemon.process.poll()}")
+    print("# " + "\n# ".join(l[:300] for l in daemon.stdout_lines[-12:]), flush=True)
+    print("# " + "\n# ".join(daemon.stderr_lines[-15:]), flush=True)
+y = [d for d in json.loads(body) if d["destination"] == "y.test"]
 tap.ok(mail_commands == 2 and y and y[0]["scheduled"] + y[0]["ready"] == 2 and
        y[0]["in_flight"] == 0,
        "y.test: one MAIL for u1 and one for quota1@w.test; u1 and u2 wait for the suspension",
        (mail_commands, y[:1]))
+
+# --- SIGHUP reloads [[shaping]]: a.test's new EHLO name on the connections opened after it
+with open(config) as f:
+    text = f.read()
+with open(config, "w") as f:
+    f.write(text.replace('ehlo_name = "a-out.example"', 'ehlo_name = "a-reloaded.example"'))
+reloads = len(daemon.events("reloaded"))
+daemon.process.send_signal(signal.SIGHUP)
+reloaded = wait_until(lambda: daemon.events("reloaded")[reloads:], 20)
+tap.ok(reloaded and "shaping" in reloaded[0].get("changed", []),
+       "SIGHUP reloads [[shaping]] live", reloaded[:1])
+with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+    client.sendmail("s@sender.test", ["again@a.test"], b"Subject: again\r\n\r\nbody\r\n")
+again = wait_until(lambda: [e for e, _ in sinks["a.test"].messages() if e["rcpt"] == ["again@a.test"]],
+                   30)
+tap.ok(again and again[0]["helo"] == "a-reloaded.example",
+       "after the reload a.test's connections use the new EHLO name", again[:1])
+
+# --- a restart keeps the suspension: y.test's jobs keep their retry time an hour away
+daemon.stop()
+restarted = Daemon(ringmta, spool=daemon.spool,
+                   args=["--config", config, "--resolver", dns.address, "--delivery-port",
+                         str(port), "--retry-schedule", "1h", "--timeout-connect", "2s"]).start()
+
+
+def y_jobs():
+    status, body = restarted.admin("GET", "/queue")
+    return [d for d in json.loads(body) if d["destination"] == "y.test"] if status == 200 else []
+
+
+listed = wait_until(lambda: [d for d in y_jobs() if d["scheduled"] == 2], 20)
+now_ms = time.time() * 1000
+tap.ok(listed and listed[0]["next_attempt_ms"] > now_ms + 30 * 60 * 1000,
+       "after a restart y.test's two jobs still wait for the suspension's end", listed[:1])
+# y.test's own retry schedule is 1 s: three seconds without a MAIL show nothing went early.
+time.sleep(3)
+tap.ok(scripted_stats()["mail"] == mail_commands, "and no attempt was made meanwhile",
+       scripted_stats()["mail"])
+restarted.stop()
 scripted.stdin.close()
 scripted.wait(30)
-daemon.stop()
 tap.done()

@@ -55,7 +55,7 @@ struct model_connection {
 // backs off a destination proves nothing about those paths.
 struct coverage {
   std::uint64_t takes = 0, throttled = 0, deferrals = 0, expired = 0, bounced = 0;
-  std::uint64_t backoffs = 0, forgotten = 0, warnings = 0;
+  std::uint64_t backoffs = 0, forgotten = 0, warnings = 0, deferred = 0;
 };
 
 class model_run {
@@ -357,6 +357,7 @@ class model_run {
       }
       job.where = model_job::scheduled;
       job.next_ms = until;
+      _expected_events.insert({k, event_kind::deferred});
       if (!job.warned && _now >= job.received_ms + _config.delay_warning_ms) {
         job.warned = true;
         _expected_events.insert({k, event_kind::delay_warning});
@@ -422,7 +423,8 @@ class model_run {
       seen.expired += event.kind == event_kind::expired;
       seen.bounced += event.kind == event_kind::bounced_by_operator;
       seen.warnings += event.kind == event_kind::delay_warning;
-      if (event.kind != event_kind::delay_warning) {
+      seen.deferred += event.kind == event_kind::deferred;
+      if (event.kind != event_kind::delay_warning && event.kind != event_kind::deferred) {
         _recipients_out += event.job.recipient_count();
         _jobs.erase(k);
       } else {
@@ -562,17 +564,20 @@ TEST(scheduler_model, random_operations_match_the_model) {
     total.backoffs += run.seen.backoffs;
     total.forgotten += run.seen.forgotten;
     total.warnings += run.seen.warnings;
+    total.deferred += run.seen.deferred;
   }
   std::printf("model: %llu takes, %llu deferrals, %llu expired, %llu bounced, %llu backoffs, "
-              "%llu forgotten, %llu delay warnings\n",
+              "%llu forgotten, %llu delay warnings, %llu destination-wide deferrals\n",
               static_cast<unsigned long long>(total.takes),
               static_cast<unsigned long long>(total.deferrals),
               static_cast<unsigned long long>(total.expired),
               static_cast<unsigned long long>(total.bounced),
               static_cast<unsigned long long>(total.backoffs),
               static_cast<unsigned long long>(total.forgotten),
-              static_cast<unsigned long long>(total.warnings));
+              static_cast<unsigned long long>(total.warnings),
+              static_cast<unsigned long long>(total.deferred));
   EXPECT_GT(total.takes, 1000u);
+  EXPECT_GT(total.deferred, 0u);
   EXPECT_GT(total.deferrals, 100u);
   EXPECT_GT(total.expired, 0u);
   EXPECT_GT(total.bounced, 0u);

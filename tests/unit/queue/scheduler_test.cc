@@ -704,3 +704,62 @@ TEST(scheduler, bytes_per_queued_job) {
 
 }  // namespace
 }  // namespace ringmta::queue
+
+namespace ringmta::queue {
+namespace {
+
+// Issue 9: after a restart, several connections to a dead destination failed together and
+// each failure reported every job of the destination again (three `deferred` records per
+// job, attempts unchanged). A destination-wide deferral yields exactly one `deferred` event
+// per job it attempted, with the advanced attempt count; later failures during the backoff
+// yield none.
+TEST(scheduler, destination_failures_report_each_attempted_job_once) {
+  scheduler_config config = plain_config();
+  harness h(config);
+  h.add("dead.example", 1, {0});
+  h.add("dead.example", 2, {0});
+  h.add("dead.example", 3, {0});
+  auto requests = h.poll(t0 + 10);
+  ASSERT_GE(requests.size(), 2u);  // several connections at once, as after a restart
+  std::vector<harness::event_copy> events;
+  for (const auto& request : requests) {
+    h.queue.connection_failed(request.connection, t0 + 20, refused);
+    auto more = h.events();
+    events.insert(events.end(), more.begin(), more.end());
+  }
+  ASSERT_EQ(events.size(), 3u);
+  std::set<spool::message_id> messages;
+  for (const auto& event : events) {
+    EXPECT_EQ(event.kind, event_kind::deferred);
+    EXPECT_EQ(event.job.attempts, 1u);
+    EXPECT_GT(event.job.next_attempt_ms, t0 + 20);
+    messages.insert(event.job.message);
+  }
+  EXPECT_EQ(messages.size(), 3u);
+}
+
+}  // namespace
+}  // namespace ringmta::queue
+
+namespace ringmta::queue {
+namespace {
+
+// After a restart the destination-wide backoff continues the retry schedule where the jobs'
+// attempts left it, instead of starting over at the first delay.
+TEST(scheduler, recovered_attempts_continue_the_backoff_schedule) {
+  scheduler_config config = plain_config();
+  config.jitter_permille = 0;
+  config.retry_delays_ms = {1000, 2000, 4000, 8000};
+  harness h(config);
+  h.add("dead.example", 1, {0}, t0, /*not_before=*/0, /*attempts=*/2);
+  auto requests = h.poll(t0 + 10);
+  ASSERT_EQ(requests.size(), 1u);
+  h.queue.connection_failed(requests[0].connection, t0 + 10, refused);
+  auto events = h.events();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].job.attempts, 3u);
+  EXPECT_EQ(h.info("dead.example").backoff_until_ms, t0 + 10 + 4000);  // third failure's delay
+}
+
+}  // namespace
+}  // namespace ringmta::queue
