@@ -354,6 +354,7 @@ shaping_entry parse_shaping_flag(std::string_view text) {
   std::istringstream words{std::string(text)};
   std::string word;
   bool first = true;
+  std::size_t fields = 0;  // an entry that overrides nothing is a mistake
   while (words >> word) {
     if (first) {
       first = false;
@@ -367,8 +368,10 @@ shaping_entry parse_shaping_flag(std::string_view text) {
     std::istringstream list{word.substr(equals + 1)};
     for (std::string item; std::getline(list, item, ':');) items.push_back(item);
     parse_shaping_field(e, std::string_view(word).substr(0, equals), items);
+    ++fields;
   }
-  if (first) expected("MATCH KEY=VALUE ... (MATCH: example.com, .example.com, mx:*.host)", text);
+  if (fields == 0)
+    expected("MATCH KEY=VALUE ... (MATCH: example.com, .example.com, mx:*.host)", text);
   check_shaping_entry(e);
   return e;
 }
@@ -1137,8 +1140,8 @@ void apply_dkim_tables(settings& s, const toml::node& node, const std::string& o
 template <typename Entry, typename Field, typename Check>
 std::vector<Entry> array_of_tables(const toml::node& node, const std::string& origin,
                                    std::string_view name, Field field, Check check) {
-  const auto* tables = node.as_array();
-  if (tables == nullptr || !tables->is_array_of_tables())
+  const auto* tables = node.as_array();  // [] (what check-config shows for none) is none
+  if (tables == nullptr || (!tables->empty() && !tables->is_array_of_tables()))
     throw error(fmt::format("{}: {}: expected [[{}]] tables", where(origin, node), name, name));
   std::vector<Entry> out;
   for (const auto& item : *tables) {
