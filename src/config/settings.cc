@@ -19,6 +19,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <toml++/toml.h>
 
 #include "ringmta/net/idna.h"
@@ -280,6 +281,169 @@ void parse_dkim_field(dkim_key& key, std::string_view name, const values& v) {
 }
 // ---- end of DKIM signing helpers
 
+// ---- shaping (issue 15): [[shaping]] tables and --shaping.
+constexpr std::string_view shaping_table_keys[] = {
+    "domain", "mx", "max_connections", "max_messages_per_connection", "max_messages_per_second",
+    "connect_timeout", "reply_timeout", "retry_schedule", "lifetime", "tls_policy", "ehlo_name"};
+
+// "0", "50", "0.5": messages per second (0: unlimited); finite and within integer reach.
+double parse_rate(std::string_view text) {
+  double rate = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), rate);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size() ||
+      !std::isfinite(rate) || rate < 0 || (rate > 0 && rate < 0.001) || rate > 1e6)
+    expected("a rate such as 0, 50 or 0.5 (0: unlimited; 0.001 to 1000000)", text);
+  return rate;
+}
+
+// An MX host pattern: a host name where '*' stands for any run of characters.
+std::string parse_mx_pattern(std::string_view text) {
+  std::string plain(text);
+  std::replace(plain.begin(), plain.end(), '*', 'x');
+  try {
+    parse_domain(plain);
+  } catch (const bad_value&) {
+    expected("an MX host pattern such as *.google.com", text);
+  }
+  return lowercase(text);
+}
+
+void parse_shaping_field(shaping_entry& e, std::string_view name, const values& v) {
+  const auto milliseconds = [](const std::string& text) {
+    const std::uint64_t seconds = parse_seconds(text);
+    if (seconds == 0 || seconds > 86'400) expected("a duration from 1s to 1d", text);
+    return static_cast<std::uint32_t>(seconds * 1000);
+  };
+  if (name == "domain") {
+    const auto text = one(v);
+    const bool subdomains = !text.empty() && text.front() == '.';
+    e.domain = (subdomains ? "." : "") + parse_domain(std::string_view(text).substr(subdomains));
+  } else if (name == "mx") {
+    e.mx = parse_mx_pattern(one(v));
+  } else if (name == "max_connections") {
+    e.connections_max = static_cast<std::uint32_t>(parse_unsigned(one(v), 10000));
+    if (*e.connections_max == 0) expected("at least 1 connection", one(v));
+  } else if (name == "max_messages_per_connection") {
+    e.messages_per_connection_max = static_cast<std::uint32_t>(parse_unsigned(one(v), UINT32_MAX));
+  } else if (name == "max_messages_per_second") {
+    e.messages_per_second_max = parse_rate(one(v));
+  } else if (name == "connect_timeout") {
+    e.timeout_connect_ms = milliseconds(one(v));
+  } else if (name == "reply_timeout") {
+    e.timeout_reply_ms = milliseconds(one(v));
+  } else if (name == "retry_schedule") {
+    std::vector<std::uint32_t> delays;
+    for (const auto& text : v) delays.push_back(parse_seconds(text));
+    if (delays.empty()) throw bad_value("expected at least one duration");
+    e.retry_schedule_s = std::move(delays);
+  } else if (name == "lifetime") {
+    e.queue_lifetime_s = parse_seconds(one(v));
+  } else if (name == "tls_policy") {
+    e.tls = parse_tls_policy(one(v));
+  } else if (name == "ehlo_name") {
+    e.ehlo_name = parse_domain(one(v));
+  } else {
+    throw bad_value(fmt::format("unknown field; use {}", fmt::join(shaping_table_keys, ", ")));
+  }
+}
+
+void check_shaping_entry(const shaping_entry& e) {
+  if (e.domain.empty() == e.mx.empty())
+    throw bad_value("give exactly one of domain (example.com, .example.com) or mx (*.host)");
+}
+
+// --shaping "MATCH KEY=VALUE ...": MATCH is a domain, .domain or mx:PATTERN; lists (the
+// retry schedule) separate their items with ':'.
+shaping_entry parse_shaping_flag(std::string_view text) {
+  shaping_entry e;
+  e.origin = "command line";
+  std::istringstream words{std::string(text)};
+  std::string word;
+  bool first = true;
+  std::size_t fields = 0;  // an entry that overrides nothing is a mistake
+  while (words >> word) {
+    if (first) {
+      first = false;
+      if (word.rfind("mx:", 0) == 0) parse_shaping_field(e, "mx", {word.substr(3)});
+      else parse_shaping_field(e, "domain", {word});
+      continue;
+    }
+    const auto equals = word.find('=');
+    if (equals == std::string::npos) expected("KEY=VALUE after the match", word);
+    values items;
+    std::istringstream list{word.substr(equals + 1)};
+    for (std::string item; std::getline(list, item, ':');) items.push_back(item);
+    parse_shaping_field(e, std::string_view(word).substr(0, equals), items);
+    ++fields;
+  }
+  if (fields == 0)
+    expected("MATCH KEY=VALUE ... (MATCH: example.com, .example.com, mx:*.host)", text);
+  check_shaping_entry(e);
+  return e;
+}
+
+void parse_reply_rule_field(reply_rule_entry& e, std::string_view name, const values& v) {
+  if (name == "domain" || name == "mx") {
+    shaping_entry scratch;
+    parse_shaping_field(scratch, name, v);
+    (name == "domain" ? e.domain : e.mx) = name == "domain" ? scratch.domain : scratch.mx;
+  } else if (name == "pattern") {
+    e.pattern = one(v);
+    if (e.pattern.empty()) expected("an RE2 pattern such as ^421 4\\.7\\.0 ", e.pattern);
+  } else if (name == "action") {
+    const auto text = one(v);
+    if (text == "suspend") e.action = reply_action::suspend;
+    else if (text == "throttle") e.action = reply_action::throttle;
+    else if (text == "bounce") e.action = reply_action::bounce;
+    else expected("suspend, throttle or bounce", text);
+  } else if (name == "duration") {
+    e.duration_s = parse_seconds(one(v));
+    if (e.duration_s == 0) expected("a duration above 0", one(v));
+  } else if (name == "max_connections") {
+    e.connections_max = static_cast<std::uint32_t>(parse_unsigned(one(v), 10000));
+    if (*e.connections_max == 0) expected("at least 1 connection", one(v));
+  } else if (name == "max_messages_per_second") {
+    e.messages_per_second_max = parse_rate(one(v));
+  } else {
+    throw bad_value("unknown field; use domain, mx, pattern, action, duration, max_connections, "
+                    "max_messages_per_second");
+  }
+}
+
+void check_reply_rule(const reply_rule_entry& e) {
+  if (e.pattern.empty()) throw bad_value("missing pattern");
+  if (!e.domain.empty() && !e.mx.empty()) throw bad_value("give domain or mx, not both");
+  if (e.action == reply_action::throttle && !e.connections_max && !e.messages_per_second_max)
+    throw bad_value("throttle needs max_connections or max_messages_per_second");
+}
+
+// --reply-rule "MATCH ACTION DURATION PATTERN": MATCH is a domain, .domain, mx:PATTERN or *;
+// ACTION suspend, bounce, or throttle:CONNECTIONS:RATE; PATTERN is the rest of the text.
+reply_rule_entry parse_reply_rule_flag(std::string_view text) {
+  reply_rule_entry e;
+  e.origin = "command line";
+  std::istringstream words{std::string(text)};
+  std::string match, action, duration;
+  if (!(words >> match >> action >> duration))
+    expected("MATCH ACTION DURATION PATTERN", text);
+  if (match.rfind("mx:", 0) == 0) parse_reply_rule_field(e, "mx", {match.substr(3)});
+  else if (match != "*") parse_reply_rule_field(e, "domain", {match});
+  std::vector<std::string> parts;
+  std::istringstream pieces{action};
+  for (std::string part; std::getline(pieces, part, ':');) parts.push_back(part);
+  parse_reply_rule_field(e, "action", {parts.empty() ? action : parts[0]});
+  if (parts.size() > 1 && !parts[1].empty()) parse_reply_rule_field(e, "max_connections", {parts[1]});
+  if (parts.size() > 2 && !parts[2].empty())
+    parse_reply_rule_field(e, "max_messages_per_second", {parts[2]});
+  parse_reply_rule_field(e, "duration", {duration});
+  std::string pattern;
+  std::getline(words >> std::ws, pattern);
+  parse_reply_rule_field(e, "pattern", {pattern});
+  check_reply_rule(e);
+  return e;
+}
+// ---- end of shaping helpers
+
 enum class arity : std::uint8_t { one, list, flag };
 constexpr reload_effect live = reload_effect::live;
 constexpr reload_effect restart = reload_effect::restart;
@@ -347,6 +511,55 @@ std::string duration(std::uint64_t seconds) { return toml_string(duration_text(s
 std::string duration_ms(std::uint32_t ms) {
   return ms % 1000 == 0 ? duration(ms / 1000) : toml_string(fmt::format("{}ms", ms));
 }
+
+// [[shaping]] and [[reply_rule]] as inline tables (check-config, reload's list of changes).
+std::string shaping_tables(const std::vector<shaping_entry>& entries) {
+  std::string out = "[";
+  for (const auto& e : entries) {
+    std::vector<std::string> fields;
+    if (!e.domain.empty()) fields.push_back("domain = " + toml_string(e.domain));
+    if (!e.mx.empty()) fields.push_back("mx = " + toml_string(e.mx));
+    if (e.connections_max) fields.push_back(fmt::format("max_connections = {}", *e.connections_max));
+    if (e.messages_per_connection_max)
+      fields.push_back(
+          fmt::format("max_messages_per_connection = {}", *e.messages_per_connection_max));
+    if (e.messages_per_second_max)
+      fields.push_back(fmt::format("max_messages_per_second = {}", *e.messages_per_second_max));
+    if (e.timeout_connect_ms)
+      fields.push_back("connect_timeout = " + duration(*e.timeout_connect_ms / 1000));
+    if (e.timeout_reply_ms)
+      fields.push_back("reply_timeout = " + duration(*e.timeout_reply_ms / 1000));
+    if (e.retry_schedule_s)
+      fields.push_back("retry_schedule = " + array(*e.retry_schedule_s, [](std::uint32_t d) {
+                         return toml_string(duration_text(d));
+                       }));
+    if (e.queue_lifetime_s) fields.push_back("lifetime = " + duration(*e.queue_lifetime_s));
+    if (e.tls) fields.push_back("tls_policy = " + toml_string(tls_policy_name(*e.tls)));
+    if (e.ehlo_name) fields.push_back("ehlo_name = " + toml_string(*e.ehlo_name));
+    out += fmt::format("{}{{{}}}", out.size() > 1 ? ", " : "", fmt::join(fields, ", "));
+  }
+  return out + "]";
+}
+
+std::string reply_rule_tables(const std::vector<reply_rule_entry>& rules) {
+  std::string out = "[";
+  for (const auto& r : rules) {
+    std::vector<std::string> fields;
+    if (!r.domain.empty()) fields.push_back("domain = " + toml_string(r.domain));
+    if (!r.mx.empty()) fields.push_back("mx = " + toml_string(r.mx));
+    fields.push_back("pattern = " + toml_string(r.pattern));
+    fields.push_back(fmt::format("action = \"{}\"", r.action == reply_action::suspend ? "suspend"
+                                                   : r.action == reply_action::throttle
+                                                       ? "throttle"
+                                                       : "bounce"));
+    fields.push_back("duration = " + duration(r.duration_s));
+    if (r.connections_max) fields.push_back(fmt::format("max_connections = {}", *r.connections_max));
+    if (r.messages_per_second_max)
+      fields.push_back(fmt::format("max_messages_per_second = {}", *r.messages_per_second_max));
+    out += fmt::format("{}{{{}}}", out.size() > 1 ? ", " : "", fmt::join(fields, ", "));
+  }
+  return out + "]";
+}
 std::string byte_size(std::uint64_t bytes) {
   if (bytes != 0 && bytes % (1ull << 30) == 0) return toml_string(fmt::format("{}G", bytes >> 30));
   if (bytes != 0 && bytes % (1ull << 20) == 0) return toml_string(fmt::format("{}M", bytes >> 20));
@@ -388,16 +601,6 @@ std::string parse_reply_text(std::string_view text) {
 std::string parse_relay_domain(std::string_view text) {
   if (!text.empty() && text.front() == '.') return "." + parse_domain(text.substr(1));
   return parse_domain(text);
-}
-
-// "0", "50", "0.5": messages per second (0: unlimited); finite and within integer reach.
-double parse_rate(std::string_view text) {
-  double rate = 0;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), rate);
-  if (text.empty() || error != std::errc() || end != text.data() + text.size() ||
-      !std::isfinite(rate) || rate < 0 || (rate > 0 && rate < 0.001) || rate > 1e6)
-    expected("a rate such as 0, 50 or 0.5 (0: unlimited; 0.001 to 1000000)", text);
-  return rate;
 }
 
 std::uint32_t to_u32(std::string_view text, std::uint64_t max = UINT32_MAX) {
@@ -686,6 +889,24 @@ const std::vector<setting_spec>& table() {
        return fmt::format("{}", s.default_destination_limits.messages_per_second_max);
      },
      live},
+    // ---- shaping (issue 15)
+    {"reply_rule", "--reply-rule", "MATCH ACTION DURATION PATTERN", arity::list,
+     "what a server's reply does to its destination (repeatable; TOML: [[reply_rule]] "
+     "tables): ACTION suspend, bounce or throttle:CONNECTIONS:RATE; PATTERN is RE2 on "
+     "\"CODE TEXT\"",
+     [](settings& s, const values& v) {
+       s.reply_rules.clear();
+       for (const auto& text : v) s.reply_rules.push_back(parse_reply_rule_flag(text));
+     },
+     [](const settings& s) { return reply_rule_tables(s.reply_rules); }, live},
+    {"shaping", "--shaping", "MATCH KEY=VALUE...", arity::list,
+     "per-destination overrides (repeatable; TOML: [[shaping]] tables): MATCH is example.com, "
+     ".example.com or mx:*.host; keys as in [[shaping]], list items joined by ':'",
+     [](settings& s, const values& v) {
+       s.shaping.clear();
+       for (const auto& text : v) s.shaping.push_back(parse_shaping_flag(text));
+     },
+     [](const settings& s) { return shaping_tables(s.shaping); }, live},
     // ---- DKIM signing (issue 13): [[dkim]] keys and [signing]. The keys are only parsed
     // here; dkim::build_key_table reads and checks the files at start-up.
     {"dkim", "--dkim", "DOMAIN:SELECTOR:KEYFILE", arity::list,
@@ -1015,6 +1236,46 @@ void apply_dkim_tables(settings& s, const toml::node& node, const std::string& o
   }
 }
 
+// [[NAME]] tables, in file order: a bad field names its own line (file:line: NAME.KEY), a
+// bad table its first line.
+template <typename Entry, typename Field, typename Check>
+std::vector<Entry> array_of_tables(const toml::node& node, const std::string& origin,
+                                   std::string_view name, Field field, Check check) {
+  const auto* tables = node.as_array();  // [] (what check-config shows for none) is none
+  if (tables == nullptr || (!tables->empty() && !tables->is_array_of_tables()))
+    throw error(fmt::format("{}: {}: expected [[{}]] tables", where(origin, node), name, name));
+  std::vector<Entry> out;
+  for (const auto& item : *tables) {
+    Entry entry;
+    entry.origin = where(origin, item);
+    for (const auto& [key, value] : *item.as_table()) {
+      try {
+        field(entry, key.str(), toml_values(value));
+      } catch (const bad_value& problem) {
+        throw error(
+            fmt::format("{}: {}.{}: {}", where(origin, value), name, key.str(), problem.what()));
+      }
+    }
+    try {
+      check(entry);
+    } catch (const bad_value& problem) {
+      throw error(fmt::format("{}: {}: {}", entry.origin, name, problem.what()));
+    }
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
+
+void apply_shaping_tables(settings& s, const toml::node& node, const std::string& origin) {
+  s.shaping = array_of_tables<shaping_entry>(node, origin, "shaping", parse_shaping_field,
+                                             check_shaping_entry);
+}
+
+void apply_reply_rule_tables(settings& s, const toml::node& node, const std::string& origin) {
+  s.reply_rules = array_of_tables<reply_rule_entry>(node, origin, "reply_rule",
+                                                    parse_reply_rule_field, check_reply_rule);
+}
+
 // Keys of `table` (at `prefix`) must be settings, or sections holding some ([relay.tls]).
 void check_known(const toml::table& section, const std::string& prefix,
                  const std::vector<std::string>& seen, const std::string& origin) {
@@ -1044,6 +1305,14 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
     try {
       if (std::string_view(spec.key) == "dkim") {
         apply_dkim_tables(s, *node.node(), origin);
+        continue;
+      }
+      if (std::string_view(spec.key) == "shaping") {
+        apply_shaping_tables(s, *node.node(), origin);
+        continue;
+      }
+      if (std::string_view(spec.key) == "reply_rule") {
+        apply_reply_rule_tables(s, *node.node(), origin);
         continue;
       }
       if (spec.kind == arity::list && node.is_table()) {
@@ -1078,6 +1347,8 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
   // Every key must be one we know: a typo must not silently fall back to a default.
   for (const auto& [section, body] : root) {
     if (section.str() == "dkim") continue;  // [[dkim]]: checked by apply_dkim_tables
+    if (section.str() == "shaping") continue;  // [[shaping]]: apply_shaping_tables
+    if (section.str() == "reply_rule") continue;  // [[reply_rule]]: apply_reply_rule_tables
     const auto* section_table = body.as_table();
     if (!section_table)
       throw error(fmt::format("{}: '{}': settings live in sections such as [server]",

@@ -48,6 +48,10 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
   kind = where.kind;
   route_name = as_literal(where.name);
   port = where.port;
+  helo_name.assign(where.helo_name.empty() ? std::string_view(server.config().helo_name)
+                                           : where.helo_name);
+  timeout_connect_ms = where.timeout_connect_ms;
+  timeout_reply_ms = where.timeout_reply_ms;
   candidates.clear();
   next_candidate = current = 0;
   tried_any = false;
@@ -161,7 +165,8 @@ void connection::connect_to(std::uint32_t index, bool plaintext_retry) noexcept 
   fd = socket_fd;
   connecting = true;
   ++ops;
-  schedule(timer_purpose::connect, config.timeout_connect_ms);
+  schedule(timer_purpose::connect,
+           timeout_connect_ms != 0 ? timeout_connect_ms : config.timeout_connect_ms);
 }
 
 void connection::on_connected(const io::completion& done) noexcept {
@@ -514,26 +519,29 @@ void connection::restart_timer() noexcept {
   if (fd < 0 || connecting || socket_ending || finishing) return;
   const auto& config = server.config();
   switch (session->phase()) {
-    case smtp::client_phase::greeting: return schedule(timer_purpose::reply,
-                                                       config.timeout_greeting_ms);
+    case smtp::client_phase::greeting:
+      return schedule(timer_purpose::reply, reply_timeout(config.timeout_greeting_ms));
     case smtp::client_phase::ehlo:
     case smtp::client_phase::helo:
     case smtp::client_phase::starttls:
     case smtp::client_phase::tls_handshake:
-      return schedule(timer_purpose::reply, config.timeout_hello_ms);
+      return schedule(timer_purpose::reply, reply_timeout(config.timeout_hello_ms));
     case smtp::client_phase::ready:
       if (idle) return schedule(timer_purpose::idle, config.idle_timeout_ms);
       return server.owner().timers().cancel(timer);
     case smtp::client_phase::rset:
-    case smtp::client_phase::mail: return schedule(timer_purpose::reply, config.timeout_mail_ms);
-    case smtp::client_phase::rcpt: return schedule(timer_purpose::reply, config.timeout_rcpt_ms);
+    case smtp::client_phase::mail:
+      return schedule(timer_purpose::reply, reply_timeout(config.timeout_mail_ms));
+    case smtp::client_phase::rcpt:
+      return schedule(timer_purpose::reply, reply_timeout(config.timeout_rcpt_ms));
     case smtp::client_phase::data:
-      return schedule(timer_purpose::reply, config.timeout_data_init_ms);
+      return schedule(timer_purpose::reply, reply_timeout(config.timeout_data_init_ms));
     case smtp::client_phase::body:
       return schedule(timer_purpose::reply, config.timeout_data_block_ms);
     case smtp::client_phase::data_end:
-      return schedule(timer_purpose::reply, config.timeout_data_end_ms);
-    case smtp::client_phase::quit: return schedule(timer_purpose::reply, config.timeout_quit_ms);
+      return schedule(timer_purpose::reply, reply_timeout(config.timeout_data_end_ms));
+    case smtp::client_phase::quit:
+      return schedule(timer_purpose::reply, reply_timeout(config.timeout_quit_ms));
     case smtp::client_phase::closed: return schedule(timer_purpose::flush,
                                                      config.timeout_quit_ms);
   }

@@ -149,6 +149,12 @@ core::result<connection_handle> outbound_server::open_connection(std::uint64_t d
   return c->handle();
 }
 
+std::span<const candidate> outbound_server::route_candidates(connection_handle handle) noexcept {
+  const connection* c = find(handle);
+  if (c == nullptr || c->resolving) return {};
+  return c->candidates;
+}
+
 bool outbound_server::can_deliver(connection_handle handle) noexcept {
   const connection* c = find(handle);
   return c != nullptr && c->takes_delivery();
@@ -295,6 +301,9 @@ outbound::~outbound() = default;
 core::result<void> outbound::start() noexcept { return _server->start(); }
 bool outbound::can_deliver(connection_handle connection) noexcept {
   return _server->can_deliver(connection);
+}
+std::span<const candidate> outbound::route_candidates(connection_handle connection) noexcept {
+  return _server->route_candidates(connection);
 }
 core::result<connection_handle> outbound::open_connection(std::uint64_t destination,
                                                           const route& where) noexcept {

@@ -90,6 +90,14 @@ struct connection {
   route_kind kind = route_kind::mx;
   std::string route_name;
   std::uint16_t port = 25;
+  // Shaping (route): the EHLO name the session uses (the engine keeps a view of it) and
+  // timeouts; 0 keeps the outbound's.
+  std::string helo_name;
+  std::uint32_t timeout_connect_ms = 0;
+  std::uint32_t timeout_reply_ms = 0;
+  std::uint32_t reply_timeout(std::uint32_t configured) const noexcept {
+    return timeout_reply_ms != 0 ? timeout_reply_ms : configured;
+  }
   bool resolving = false;
   std::uint64_t lookup = 0;
   std::vector<candidate> candidates;
@@ -315,6 +323,7 @@ class outbound_server final : public shard::completion_handler,
 
   // Work for the end of the loop iteration (API calls never call the handler themselves).
   void defer(connection& c) noexcept;
+  std::span<const candidate> route_candidates(connection_handle handle) noexcept;
   void wait_for_transfer(connection& c) noexcept;
   void transfer_released() noexcept;
   void release_slot(connection& c) noexcept;

@@ -68,7 +68,7 @@ void connection::choose_tls(std::uint32_t index, bool plaintext_retry) noexcept 
     intent = tls_intent::starttls;
   }
   if (intent == tls_intent::starttls || intent == tls_intent::none) tls_note.clear();
-  session->reset(engine_policy(intent, tls_wanted));
+  session->reset(engine_policy(intent, tls_wanted), helo_name);
 }
 
 void connection::set_tls_state(tls_state next) noexcept {

@@ -117,7 +117,10 @@ std::uint32_t scheduler::state::create(std::string_view name, std::int64_t now_m
   d.live = true;
   d.name.assign(name);
   auto override_found = overrides.find(name);
-  d.limits = override_found != overrides.end() ? override_found->second : config.limits;
+  d.limits = override_found != overrides.end() ? override_found->second
+             : config.limits_for                ? config.limits_for(name)
+                                                : config.limits;
+  RINGMTA_ASSERT(limits_valid(d.limits));
   d.bucket_units = std::int64_t{d.limits.rate_burst} * d.limits.rate_period_ms;  // full
   d.bucket_time_ms = now_ms;
   by_name.emplace(d.name, slot);
@@ -339,14 +342,17 @@ std::int64_t scheduler::state::jittered(std::int64_t delay_ms) noexcept {
   return std::max<std::int64_t>(delay_ms - span + offset, 1);
 }
 
-std::int64_t scheduler::state::retry_delay(std::uint32_t attempts) noexcept {
-  const auto& delays = config.retry_delays_ms;
+std::int64_t scheduler::state::retry_delay(const destination_record& d,
+                                           std::uint32_t attempts) noexcept {
+  const auto& own = d.limits.retry_delays_ms;
+  const auto& delays = own && !own->empty() ? *own : config.retry_delays_ms;
   std::size_t index = std::min<std::size_t>(std::max<std::uint32_t>(attempts, 1), delays.size());
   return jittered(delays[index - 1]);
 }
 
 std::int64_t scheduler::state::expiry_ms(const job_record& job) const noexcept {
-  return std::int64_t{job.received_seconds} * 1000 + config.lifetime_max_ms;
+  const std::int64_t own = destinations[job.destination].limits.lifetime_max_ms;
+  return std::int64_t{job.received_seconds} * 1000 + (own > 0 ? own : config.lifetime_max_ms);
 }
 
 void scheduler::state::note_attempt(job_record& job, std::int64_t now_ms,
@@ -473,15 +479,16 @@ void scheduler::state::release_connection(connection_id id, std::int64_t now_ms)
 
 // RFC 5321 §4.5.4.1: a destination that cannot be reached is retried later as a whole; every
 // ready job shares one next attempt, so a dead host sees one probe, not one per message.
-void scheduler::state::backoff(std::uint32_t slot, std::int64_t now_ms,
-                               const failure& reason) noexcept {
+void scheduler::state::backoff(std::uint32_t slot, std::int64_t now_ms, const failure& reason,
+                               std::int64_t until_ms) noexcept {
   destination_record& d = destinations[slot];
-  ++counters.connection_failures;
-  // Connections that were opened together and fail together are one failure: only a failure
-  // outside a backoff raises the count (and so the delay).
-  if (d.backoff_until_ms <= now_ms) {
+  if (until_ms > 0) {
+    d.backoff_until_ms = std::max(d.backoff_until_ms, until_ms);
+  } else if (++counters.connection_failures; d.backoff_until_ms <= now_ms) {
+    // Connections that were opened together and fail together are one failure: only a
+    // failure outside a backoff raises the count (and so the delay).
     if (d.connection_failures < 0xffffffffu) ++d.connection_failures;
-    d.backoff_until_ms = now_ms + retry_delay(d.connection_failures);
+    d.backoff_until_ms = now_ms + retry_delay(d, d.connection_failures);
   }
   std::int64_t until = d.backoff_until_ms;
   d.probing = true;

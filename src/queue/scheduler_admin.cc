@@ -108,6 +108,19 @@ void scheduler::set_limits(std::string_view name, const destination_limits& limi
   }
 }
 
+bool scheduler::reshape(std::string_view name, const destination_limits& limits) {
+  state& s = *_state;
+  RINGMTA_ASSERT(limits.connections_max >= 1 && limits.rate_period_ms >= 1 &&
+                 limits.rate_burst >= 1 && limits.recipients_per_transaction_max >= 1 &&
+                 limits.recipients_per_transaction_max <= job_recipients_max);
+  destination_record* d = s.find(name);
+  if (d == nullptr) return false;
+  if (s.overrides.count(name) != 0 || d->limits == limits) return true;  // an operator's wins
+  s.apply_limits(*d, limits);
+  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket_time_ms);
+  return true;
+}
+
 void scheduler::set_policy(const scheduler_config& next) noexcept {
   state& s = *_state;
   RINGMTA_ASSERT(!next.retry_delays_ms.empty() && next.lifetime_max_ms > 0);
@@ -118,12 +131,12 @@ void scheduler::set_policy(const scheduler_config& next) noexcept {
   s.config.retry_delays_ms = next.retry_delays_ms;  // the vector keeps its capacity mostly
   s.config.lifetime_max_ms = next.lifetime_max_ms;
   s.config.delay_warning_ms = next.delay_warning_ms;
-  if (s.config.limits == next.limits) return;
+  if (s.config.limits == next.limits && !s.config.limits_for) return;
   s.config.limits = next.limits;
   for (std::uint32_t slot = 0; slot < s.destinations.size(); ++slot) {
     destination_record& d = s.destinations[slot];
     if (!d.live || s.overrides.find(d.name) != s.overrides.end()) continue;
-    s.apply_limits(d, next.limits);
+    s.apply_limits(d, s.config.limits_for ? s.config.limits_for(d.name) : next.limits);
     s.reschedule(slot, d.bucket_time_ms);
   }
 }
@@ -149,6 +162,7 @@ void scheduler::state::fill_info(std::uint32_t slot, destination_info& out) cons
   out.connections = d.connections;
   out.connection_failures = d.connection_failures;
   out.backoff_until_ms = d.backoff_until_ms;
+  out.paused_until_ms = d.paused_until_ms;
   out.next_attempt_ms = d.scheduled.empty() ? 0 : d.scheduled.front().time_ms;
   out.last_error_ms = d.last_error_ms;
   out.last_error = d.error != 0 ? errors[d.error].text() : std::string_view();

@@ -189,11 +189,12 @@ take_result scheduler::take_for_connection(connection_id id, std::int64_t now_ms
     --d.connections_starting;
     d.connection_failures = 0;
     d.probing = false;
-    d.backoff_until_ms = 0;
+    if (d.paused_until_ms <= now_ms) d.backoff_until_ms = 0;
   }
-  if (!d.suspended) s.move_due(d, now_ms);
+  const bool paused = d.paused_until_ms > now_ms;
+  if (!d.suspended && !paused) s.move_due(d, now_ms);
   std::uint32_t per_connection = d.limits.messages_per_connection_max;
-  if (d.suspended || (per_connection != 0 && c.taken >= per_connection)) {
+  if (d.suspended || paused || (per_connection != 0 && c.taken >= per_connection)) {
     result.status = take_status::close;
   } else if (d.ready.head == nil_slot) {
     result.status = take_status::none;
@@ -236,6 +237,15 @@ void scheduler::defer_destination(destination_id id, std::int64_t now_ms,
   state& s = *_state;
   s.at(id);
   s.backoff(id.slot, now_ms, reason);
+}
+
+void scheduler::pause(destination_id id, std::int64_t now_ms, std::int64_t until_ms,
+                      const failure& reason) noexcept {
+  state& s = *_state;
+  destination_record& d = s.at(id);
+  if (until_ms <= now_ms) return;
+  d.paused_until_ms = std::max(d.paused_until_ms, until_ms);
+  s.backoff(id.slot, now_ms, reason, d.paused_until_ms);
 }
 
 void scheduler::delivered(job_id id, std::int64_t now_ms) noexcept {
@@ -301,7 +311,7 @@ defer_result scheduler::deferred(job_id id, std::int64_t now_ms, const failure& 
   }
   // The last retry happens at the expiry time at the latest, so a message is bounced close
   // to its lifetime rather than one long delay after it.
-  std::int64_t next = std::min(now_ms + s.retry_delay(job.attempts), expiry);
+  std::int64_t next = std::min(now_ms + s.retry_delay(d, job.attempts), expiry);
   result.delay_warning = s.warn_delay(job, now_ms);
   s.schedule(d, id.slot, next);
   result.next_attempt_ms = next;

@@ -78,6 +78,7 @@ struct destination_record {
   std::uint32_t connections_starting = 0;  // opened, no take_for_connection yet
   std::uint32_t connection_failures = 0;   // consecutive
   std::int64_t backoff_until_ms = 0;
+  std::int64_t paused_until_ms = 0;        // reply rule: nothing goes before this
   std::int64_t bucket_units = 0;           // token bucket level (see destination_limits)
   std::int64_t bucket_time_ms = 0;
   std::int64_t wake_ms = no_wakeup_ms;
@@ -185,12 +186,14 @@ struct scheduler::state {
   void schedule(destination_record& d, std::uint32_t slot, std::int64_t at_ms) noexcept;
   job_view view(std::uint32_t slot) const noexcept;
   std::int64_t jittered(std::int64_t delay_ms) noexcept;
-  std::int64_t retry_delay(std::uint32_t attempts) noexcept;
+  std::int64_t retry_delay(const destination_record& d, std::uint32_t attempts) noexcept;
   std::int64_t expiry_ms(const job_record& job) const noexcept;
   void note_attempt(job_record& job, std::int64_t now_ms, std::uint32_t error) noexcept;
   bool warn_delay(job_record& job, std::int64_t now_ms) const noexcept;
   void push_event(event_kind kind, std::uint32_t slot, std::int64_t next_ms) noexcept;
-  void backoff(std::uint32_t slot, std::int64_t now_ms, const failure& reason) noexcept;
+  // until_ms > 0: to that time (a pause), without counting a connection failure.
+  void backoff(std::uint32_t slot, std::int64_t now_ms, const failure& reason,
+               std::int64_t until_ms = 0) noexcept;
   void release_connection(connection_id id, std::int64_t now_ms) noexcept;
   void fill_info(std::uint32_t slot, destination_info& out) const noexcept;
 };

@@ -129,6 +129,11 @@ void configure_tls(const config::settings& settings, relay_config& c) {
     verifies |= entry.policy == config::tls_policy::verify;
     encrypts |= entry.policy != config::tls_policy::none;
   }
+  for (const auto& entry : settings.shaping) {  // [[shaping]] tls_policy
+    if (!entry.tls) continue;
+    verifies |= *entry.tls == config::tls_policy::verify;
+    encrypts |= *entry.tls != config::tls_policy::none;
+  }
   if (!encrypts) {
     c.tls_description = "outbound TLS off (policy none everywhere)";
     return;
@@ -183,14 +188,9 @@ relay_config make_relay_config(const config::settings& settings) {
   for (const auto delay : settings.retry_schedule_s) s.retry_delays_ms.push_back(delay * 1000ll);
   s.lifetime_max_ms = settings.queue_lifetime_s * 1000ll;
   const auto& limits = settings.default_destination_limits;
-  s.limits.connections_max = std::max<std::uint32_t>(1, limits.connections_max);
-  s.limits.messages_per_connection_max = limits.messages_per_connection_max;
-  const double rate = limits.messages_per_second_max;
-  if (rate > 0) {  // "0.5 per second" = 1 per 2000 ms; keep integer arithmetic exact
-    s.limits.rate_messages = rate >= 1 ? static_cast<std::uint32_t>(rate) : 1;
-    s.limits.rate_period_ms = rate >= 1 ? 1000 : static_cast<std::uint32_t>(1000 / rate);
-    s.limits.rate_burst = std::max<std::uint32_t>(1, s.limits.rate_messages);
-  }
+  s.limits = limits_from(limits.connections_max, limits.messages_per_connection_max,
+                         limits.messages_per_second_max);
+  c.shaping = build_shaping_table(settings);
   s.random_seed = static_cast<std::uint64_t>(core::monotonic_ns());
   c.outbound.helo_name = settings.hostname;
   c.outbound.timeout_connect_ms = settings.timeout_connect_s * 1000;
@@ -258,6 +258,14 @@ void relay::state::report(spooled_message* message, unsigned home,
 
 // ---- relay and its state
 
+// The scheduler asks the shaping table for the limits of each destination it creates.
+queue::scheduler_config relay::state::shaped(queue::scheduler_config config, state& self) {
+  config.limits_for = [&self](std::string_view destination) {
+    return self.shape_of(destination).limits;
+  };
+  return config;
+}
+
 relay::state::state(relay& relay_self, const relay_config& relay_settings,
                     shard::shard& shard_owner, spool::store& spool_store,
                     relay_metrics& relay_counters, admin::log_buffer& log_buffer)
@@ -268,10 +276,13 @@ relay::state::state(relay& relay_self, const relay_config& relay_settings,
       store(spool_store),
       metrics(relay_counters),
       log(log_buffer),
-      scheduler(relay_settings.scheduler),
+      scheduler(shaped(relay_settings.scheduler, *this)),
       dns(shard_owner, relay_settings.dns),
-      out(shard_owner, dns, relay_self, relay_settings.outbound) {
+      out(shard_owner, dns, relay_self, relay_settings.outbound),
+      shaping(relay_settings.shaping) {
   next_session = admin::session_id_base(shard_owner.id(), true);
+  if (!shaping) shaping = std::make_shared<const shaping_table>(config::settings{},
+                                                                relay_settings.scheduler.limits);
 }
 
 relay::relay(const relay_config& config, shard::shard& owner, spool::store& store,
@@ -320,6 +331,7 @@ void relay::stop() noexcept {
 void relay::update(std::shared_ptr<const relay_config> next) noexcept {
   auto& s = *_state;
   s.live = std::move(next);
+  if (s.live->shaping) s.shaping = s.live->shaping;  // [[shaping]], [[reply_rule]] reload too
   s.scheduler.set_policy(s.live->scheduler);
   s.out.set_timeout_connect_ms(s.live->outbound.timeout_connect_ms);
   s.poll();  // new limits may let a destination open connections now
@@ -473,11 +485,129 @@ relay_route relay::state::route_for(std::string_view destination) const {
   return relay_route{true, std::string(destination), live->delivery_port};
 }
 
+// With mx entries in the table, a destination whose MX hosts are not known yet gets one
+// connection: it learns them (learn_mx), and a site limit is never overrun by the first burst.
+shape relay::state::shape_of(std::string_view destination) const {
+  shape out = base_shape_of(destination);
+  if (throttles.empty()) return out;
+  const auto found = throttles.find(std::string(destination));
+  if (found == throttles.end()) return out;
+  const throttle& t = found->second;  // a reply rule lowers, never raises
+  auto& l = out.limits;
+  const double rate = l.rate_messages == 0 ? 0.0 : l.rate_messages * 1000.0 / l.rate_period_ms;
+  double lowered = t.messages_per_second_max.value_or(rate);
+  if (rate > 0 && (lowered == 0 || lowered > rate)) lowered = rate;
+  auto limits = limits_from(std::min(l.connections_max, t.connections_max.value_or(UINT32_MAX)),
+                            l.messages_per_connection_max, lowered);
+  limits.retry_delays_ms = l.retry_delays_ms;
+  limits.lifetime_max_ms = l.lifetime_max_ms;
+  l = limits;
+  return out;
+}
+
+shape relay::state::base_shape_of(std::string_view destination) const {
+  if (!shaping->has_mx_entries()) return shaping->for_domain(destination);
+  if (const auto found = mx_hosts.find(std::string(destination)); found != mx_hosts.end()) {
+    std::vector<std::string_view> hosts(found->second.begin(), found->second.end());
+    return shaping->for_destination(destination, hosts);
+  }
+  shape out = shaping->for_domain(destination);
+  if (route_for(destination).mx) out.limits.connections_max = 1;
+  return out;
+}
+
+// ---- reply rules ([[reply_rule]]): a server's reply suspends, throttles or bounces
+
+std::string relay::state::destination_name(queue::destination_id id) const {
+  queue::destination_info info;
+  return scheduler.inspect(id, info) ? std::string(info.name) : std::string();
+}
+
+const config::reply_rule_entry* relay::state::rule_for(const std::string& destination,
+                                                       std::string_view reply) const noexcept {
+  if (!shaping->has_reply_rules() || reply.empty()) return nullptr;
+  std::vector<std::string_view> hosts;
+  if (const auto found = mx_hosts.find(destination); found != mx_hosts.end())
+    hosts.assign(found->second.begin(), found->second.end());
+  return shaping->match_reply(destination, hosts, reply);
+}
+
+void relay::state::apply_rule(const std::string& destination,
+                              const config::reply_rule_entry& rule,
+                              const recipient_report& why) noexcept {
+  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t until = now + std::int64_t{rule.duration_s} * 1000;
+  queue::destination_info info;
+  if (rule.action == config::reply_action::bounce || !scheduler.inspect(destination, info))
+    return;
+  // The same 421 often ends the delivery and then the connection: one suspension.
+  if (rule.action == config::reply_action::suspend && info.paused_until_ms > now) return;
+  log.set_time(now);
+  log.record("reply_rule").field("destination", destination).field("rule", rule.origin)
+      .field("action", rule.action == config::reply_action::suspend ? "suspend" : "throttle")
+      .field("until_ms", static_cast<std::uint64_t>(until)).field("reply", why.text);
+  if (rule.action == config::reply_action::suspend) {
+    // Jobs waiting for a retry move to `until` without an attempt (no scheduler event): their
+    // homes are told here, like the ready ones through events, so the suspension survives a
+    // restart in the journal's retry times (bounded, as destination-wide deferrals are).
+    constexpr std::size_t jobs_reported_max = 1000;
+    std::vector<queue::job_view> waiting;
+    scheduler.list_jobs(destination, jobs_reported_max, waiting);
+    std::erase_if(waiting, [&](const queue::job_view& job) {
+      return job.next_attempt_ms <= now || job.next_attempt_ms >= until;
+    });
+    scheduler.pause(info.id, now, until, failure_of(why));
+    drain_events(&why);
+    for (auto& job : waiting) {
+      job.last_error = {};
+      handle_event(queue::job_event{queue::event_kind::deferred, job, until}, &why);
+    }
+    return;
+  }
+  throttles[destination] = throttle{until, rule.connections_max, rule.messages_per_second_max};
+  scheduler.reshape(destination, shape_of(destination).limits);
+}
+
+void relay::state::expire_throttles(std::int64_t now_ms) noexcept {
+  for (auto it = throttles.begin(); it != throttles.end();) {
+    if (it->second.until_ms > now_ms) {
+      ++it;
+      continue;
+    }
+    const std::string name = it->first;
+    it = throttles.erase(it);
+    scheduler.reshape(name, shape_of(name).limits);
+  }
+}
+
+// The first ready connection of a destination tells its MX hosts: the MX layer of shaping
+// ("*.google.com") applies from then on, to the live queue and to later connections.
+void relay::state::learn_mx(const std::string& destination,
+                            outbound::connection_handle connection) noexcept {
+  if (mx_hosts.count(destination) != 0 || !route_for(destination).mx) return;
+  std::vector<std::string> hosts;
+  for (const auto& candidate : out.route_candidates(connection)) {
+    if (std::find(hosts.begin(), hosts.end(), candidate.host_name) == hosts.end())
+      hosts.push_back(candidate.host_name);
+  }
+  if (hosts.empty()) return;
+  constexpr std::size_t destinations_max = 100'000;
+  if (mx_hosts.size() >= destinations_max) mx_hosts.clear();  // relearned on next connections
+  mx_hosts.emplace(destination, std::move(hosts));
+  scheduler.reshape(destination, shape_of(destination).limits);
+}
+
 void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
   spooled_message& message = *job->message;
   const std::int64_t now = core::wall_milliseconds();
-  const queue::job_spec spec{message.id, message.envelope.received_seconds, job->recipients,
-                             job->attempts, job->not_before_ms};
+  queue::job_spec spec{message.id, message.envelope.received_seconds, job->recipients,
+                       job->attempts, job->not_before_ms};
+  // A destination a reply rule suspended: the job waits for the end (no attempt), and its
+  // home records that time, so a restart meanwhile does not send it early.
+  queue::destination_info info;
+  const bool paused = shaping->has_reply_rules() && scheduler.inspect(job->destination, info) &&
+                      info.paused_until_ms > std::max(now, job->not_before_ms);
+  if (paused) spec.not_before_ms = info.paused_until_ms;
   const auto added = scheduler.add(job->destination, spec, now, queue::admission::forced);
   if (added.status != queue::add_status::added) {
     // Only a destination name the scheduler cannot hold gets here: a permanent failure.
@@ -497,6 +627,20 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
   entry.message = &message;
   entry.jobs += added.jobs_added;
   metrics.queued_jobs.add(added.jobs_added);
+  if (paused) {
+    std::vector<recipient_report> reports;
+    for (const std::uint16_t index : job->recipients) {
+      recipient_report r;
+      r.index = index;
+      r.kind = outcome_kind::deferred;
+      r.attempts = job->attempts;
+      r.next_attempt_ms = info.paused_until_ms;
+      r.status = {4, 4, 5};
+      r.text = fmt::format("destination {} suspended by a reply rule", job->destination);
+      reports.push_back(std::move(r));
+    }
+    report(&message, message.home, std::move(reports));
+  }
   if (idle.count(job->destination) != 0) woken.push_back(job->destination);
   poll();
 }
@@ -534,7 +678,8 @@ void relay::state::drop_idle(const std::string& destination, std::uint64_t cooki
 }
 
 void relay::state::arm_timer(std::int64_t now_ms) noexcept {
-  const std::int64_t wakeup = scheduler.next_wakeup_ms();
+  std::int64_t wakeup = scheduler.next_wakeup_ms();
+  for (const auto& [name, t] : throttles) wakeup = std::min(wakeup, t.until_ms);
   auto& timers = owner.timers();
   if (timer.armed()) timers.cancel(timer);
   if (wakeup == queue::no_wakeup_ms) return;
@@ -544,6 +689,7 @@ void relay::state::arm_timer(std::int64_t now_ms) noexcept {
 
 void relay::state::poll() noexcept {
   const std::int64_t now = core::wall_milliseconds();
+  if (!throttles.empty()) expire_throttles(now);
   queue::job_event event;
   while (scheduler.next_event(event)) handle_event(event, nullptr);
   for (const auto& destination : woken) serve_idle(destination, now);
@@ -570,9 +716,13 @@ void relay::state::open(const queue::connect_request& request) noexcept {
   const std::uint64_t cookie =
       (std::uint64_t{request.connection.slot} << 32) | request.connection.generation;
   const relay_route where = route_for(request.name);
-  const outbound::route target{where.mx ? outbound::route_kind::mx : outbound::route_kind::host,
-                               where.mx ? request.name : std::string_view(where.host),
-                               where.port, tls_policy_for(config, request.name)};
+  const shape shaped = shape_of(request.name);
+  outbound::route target{where.mx ? outbound::route_kind::mx : outbound::route_kind::host,
+                         where.mx ? request.name : std::string_view(where.host), where.port,
+                         shaped.tls_set ? shaped.tls : tls_policy_for(config, request.name)};
+  target.helo_name = shaped.ehlo_name;
+  target.timeout_connect_ms = shaped.timeout_connect_ms;
+  target.timeout_reply_ms = shaped.timeout_reply_ms;
   auto opened = out.open_connection(cookie, target);
   if (!opened) {  // at the shard's connection limit: the scheduler offers it again later
     scheduler.connection_closed(request.connection, core::wall_milliseconds());
@@ -592,6 +742,10 @@ queue::connection_id connection_of(std::uint64_t cookie) noexcept {
 void relay::on_ready(outbound::connection_handle connection, std::uint64_t destination) noexcept {
   auto& s = *_state;
   if (s.shutting_down) return s.out.release(connection);
+  if (s.shaping->has_mx_entries()) {
+    if (const auto name = s.connection_names.find(destination); name != s.connection_names.end())
+      s.learn_mx(name->second, connection);
+  }
   const auto taken = s.scheduler.take_for_connection(connection_of(destination),
                                                      core::wall_milliseconds());
   if (taken.status == queue::take_status::job)
@@ -684,6 +838,10 @@ void relay::state::finish_delivery(std::uint32_t slot,
   std::uint64_t keep_mask = 0;
   bool all_permanent = true;
   const recipient_report* first_transient = nullptr;
+  const bool rules = shaping->has_reply_rules();
+  const std::string name = rules ? destination_name(flight.job.destination) : std::string();
+  const config::reply_rule_entry* fired = nullptr;
+  recipient_report fired_by;
   for (std::size_t i = 0; i < flight.results.size(); ++i) {
     recipient_report& r = flight.results[i];
     // Accepted at RCPT: the reply to the end of data decides, and is the one worth logging
@@ -696,6 +854,17 @@ void relay::state::finish_delivery(std::uint32_t slot,
       r = report_from(*result.reply, result.remote, flight.indices[i], kind);
     }
     if (result.tls != nullptr) note_tls(r, *result.tls);
+    if (rules && r.kind != outcome_kind::delivered) {
+      if (const auto* rule = rule_for(name, r.text)) {
+        if (rule->action == config::reply_action::bounce) {
+          r.kind = outcome_kind::bounced;
+          r.text += fmt::format(" (bounced by reply rule {})", rule->origin);
+        } else if (fired == nullptr) {
+          fired = rule;
+          fired_by = r;
+        }
+      }
+    }
     r.attempts = static_cast<std::uint16_t>(flight.job.attempts + 1);
     r.session = flight.session;
     r.attempt_ms = now - flight.started_ms;
@@ -745,6 +914,7 @@ void relay::state::finish_delivery(std::uint32_t slot,
   free_flights.push_back(slot);
   if (job_gone) job_left(id);
   report(message, home, std::move(reports));
+  if (fired != nullptr) apply_rule(name, *fired, fired_by);
 }
 
 void relay::state::job_left(spool::message_id id) noexcept {
@@ -765,12 +935,19 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
   const std::uint64_t session = s.session_of(destination);
   s.connection_sessions.erase(destination);
   s.drop_idle(name, destination);
-  if (result.reason != outbound::close_reason::destination_failed) {
-    s.scheduler.connection_closed(connection, now);
-    return s.poll();
-  }
   recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
   why.session = session;
+  // A 421 greeting, or a connection the server ended with 4xx/5xx: reply rules may fire.
+  const bool refused = result.reason == outbound::close_reason::destination_failed ||
+                       result.reason == outbound::close_reason::lost;
+  const config::reply_rule_entry* rule =
+      refused && why.reply_code >= 400 ? s.rule_for(name, why.text) : nullptr;
+  if (rule != nullptr && rule->action == config::reply_action::bounce) rule = nullptr;
+  if (result.reason != outbound::close_reason::destination_failed) {
+    s.scheduler.connection_closed(connection, now);
+    if (rule != nullptr) s.apply_rule(name, *rule, why);
+    return s.poll();
+  }
   if (result.failure == smtp::client_outcome::permanent_failure) {
     // Null MX, NXDOMAIN, every server said 5xx: every job of the destination bounces now.
     s.scheduler.connection_closed(connection, now);
@@ -781,6 +958,7 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
     // home records it (attempts and retry time survive a restart) and logs it once.
     s.scheduler.connection_failed(connection, now, failure_of(why));
     s.drain_events(&why);
+    if (rule != nullptr) s.apply_rule(name, *rule, why);
   }
   s.poll();
 }

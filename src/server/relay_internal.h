@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -120,6 +121,7 @@ struct relay::state {
   spool::store& store;
   relay_metrics& metrics;
   admin::log_buffer& log;
+  static queue::scheduler_config shaped(queue::scheduler_config config, state& self);
   queue::scheduler scheduler;
   outbound::dns_client dns;
   outbound::outbound out;
@@ -179,6 +181,27 @@ struct relay::state {
               std::vector<recipient_report> reports) noexcept;
   void arm_timer(std::int64_t now_ms) noexcept;
   relay_route route_for(std::string_view destination) const;
+  // Shaping (shaping.h): the table in use, and the MX hosts learned per destination (only
+  // when the table has mx entries; bounded, cleared when full).
+  std::shared_ptr<const shaping_table> shaping;
+  std::unordered_map<std::string, std::vector<std::string>> mx_hosts;
+  shape shape_of(std::string_view destination) const;
+  shape base_shape_of(std::string_view destination) const;  // without reply-rule throttles
+  // Reply rules: throttles in force (by destination, until a time), and the rule matching a
+  // reply from a destination's server.
+  struct throttle {
+    std::int64_t until_ms = 0;
+    std::optional<std::uint32_t> connections_max;
+    std::optional<double> messages_per_second_max;
+  };
+  std::unordered_map<std::string, throttle> throttles;
+  const config::reply_rule_entry* rule_for(const std::string& destination,
+                                           std::string_view reply) const noexcept;
+  void apply_rule(const std::string& destination, const config::reply_rule_entry& rule,
+                  const recipient_report& why) noexcept;
+  void expire_throttles(std::int64_t now_ms) noexcept;
+  std::string destination_name(queue::destination_id id) const;
+  void learn_mx(const std::string& destination, outbound::connection_handle connection) noexcept;
 
   // both: cross-shard sends that found the target's queue full, retried every iteration
   std::vector<std::pair<unsigned, shard::message>> backlog;

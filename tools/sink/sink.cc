@@ -204,6 +204,17 @@ void sink_shard::on_accept(const io::completion& done) noexcept {
   c.tls_handshaking = false;
   c.session.emplace(c.implicit_tls ? _config.server_implicit_tls : _config.server, c);
   _counters.connections.add();
+  ++_open;
+  c.serial = ++_connection_serial;
+  c.peer.clear();
+  if (!_config.save_dir.empty()) {  // a test tool may spend a syscall on this
+    core::endpoint peer;
+    socklen_t length = sizeof peer.address;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer.address), &length) == 0) {
+      peer.length = length;
+      c.peer = peer.to_string();
+    }
+  }
   c.session->start();  // implicit TLS: the greeting waits in output() for the handshake
   if (c.implicit_tls && !start_tls(c)) return;
   _shard->timers().schedule_after(c.idle_timer.node, _config.idle_timeout_ms);
@@ -389,6 +400,7 @@ void sink_shard::arm_recv(connection& c) noexcept {
 }
 
 void sink_shard::close(connection& c) noexcept {
+  --_open;
   auto& ring = _shard->ring();
   if (c.recv_armed) {
     (void)ring.prep_cancel(io::pack_user_data(_kind_recv, c.generation, c.slot),
@@ -474,6 +486,9 @@ void sink_shard::save(connection& c, const loadkit::scan_result& scan) noexcept 
                                        _saved_sequence++);
   const std::string temporary = name + ".tmp";
   std::string head = fmt::format("X-Sink-Helo: {}\r\n", c.session->helo_name());
+  head += fmt::format("X-Sink-Client: {}\r\nX-Sink-Connection: {}-{}\r\n", c.peer, _id, c.serial);
+  head += fmt::format("X-Sink-Concurrent: {}\r\nX-Sink-Time-Ms: {}\r\n", _open,
+                      core::monotonic_ns() / 1'000'000);
   head += c.save_envelope;
   head += fmt::format("X-Sink-Integrity: {}\r\nX-Sink-Message-Bytes: {}\r\n", integrity,
                       c.save_message.size());

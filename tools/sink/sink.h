@@ -123,6 +123,10 @@ struct connection final : smtp::server_handler {
   // --save-dir only: the envelope and the unstuffed message, reused from message to message.
   std::string save_envelope;
   std::string save_message;
+  // --save-dir only: who connected, and which connection of this shard it is (shaping tests
+  // count messages per connection, concurrent connections and client addresses per source).
+  std::string peer;
+  std::uint64_t serial = 0;
   struct string_observer final : loadkit::scan_observer {
     std::string* out = nullptr;
     void on_message_bytes(std::string_view bytes) noexcept override { out->append(bytes); }
@@ -197,6 +201,8 @@ class sink_shard final : public shard::completion_handler {
   loadkit::id_tracker _ids;
   sink_counters _counters;
   std::uint64_t _saved_sequence = 0;
+  std::uint64_t _connection_serial = 0;
+  std::uint32_t _open = 0;  // connections open on this shard now
   bool _stopping = false;
   io::op_kind _kind_accept = 0, _kind_recv = 0, _kind_send = 0, _kind_misc = 0;
 };

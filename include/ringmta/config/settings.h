@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -70,6 +71,43 @@ struct dkim_key {
   std::string origin;     // "FILE:LINE" or "command line", for start-up errors
 };
 
+// One [[shaping]] table or --shaping: per-destination delivery overrides (server/shaping.h).
+// Exactly one of domain / mx says what it matches; every field left unset keeps what a less
+// specific entry (or the global setting) gives.
+struct shaping_entry {
+  std::string domain;  // "example.com" exactly, ".example.com" its subdomains; lowercase
+  std::string mx;      // MX host pattern, '*' matches any run: "*.google.com"; lowercase
+  std::optional<std::uint32_t> connections_max;
+  std::optional<std::uint32_t> messages_per_connection_max;
+  std::optional<double> messages_per_second_max;
+  std::optional<std::uint32_t> timeout_connect_ms;
+  std::optional<std::uint32_t> timeout_reply_ms;  // every reply wait but data blocks
+  std::optional<std::vector<std::uint32_t>> retry_schedule_s;
+  std::optional<std::uint32_t> queue_lifetime_s;
+  std::optional<tls_policy> tls;
+  std::optional<std::string> ehlo_name;
+  std::string origin;  // "FILE:LINE" or "command line", for start-up errors and logs
+};
+
+// One [[reply_rule]] table or --reply-rule: what a reply from a destination's servers does
+// to the destination (server/shaping.h). `pattern` is an RE2 expression (linear time) searched
+// in "CODE TEXT" ("421 4.7.0 try later", multi-line replies joined by spaces).
+enum class reply_action : std::uint8_t {
+  suspend,   // no delivery attempt to the destination for `duration`
+  throttle,  // the destination's limits become these for `duration`
+  bounce,    // the recipients the reply was about bounce now (even for a 4xx)
+};
+struct reply_rule_entry {
+  std::string domain;   // as shaping_entry: "example.com", ".example.com"; or
+  std::string mx;       // an MX host pattern; both empty: every destination
+  std::string pattern;  // RE2, checked when the shaping table is built
+  reply_action action = reply_action::suspend;
+  std::uint32_t duration_s = 600;
+  std::optional<std::uint32_t> connections_max;     // throttle
+  std::optional<double> messages_per_second_max;    // throttle
+  std::string origin;
+};
+
 struct settings {
   // [server]
   std::vector<core::endpoint> listen;  // default 0.0.0.0:25
@@ -122,6 +160,8 @@ struct settings {
   std::uint32_t queue_lifetime_s = 5 * 24 * 3600;
   std::vector<std::uint32_t> retry_schedule_s = {60, 300, 900, 1800, 3600, 7200, 14400};
   destination_limits default_destination_limits;
+  std::vector<shaping_entry> shaping;  // [[shaping]] tables, in file order
+  std::vector<reply_rule_entry> reply_rules;  // [[reply_rule]] tables, first match wins
 
   // [[dkim]] keys and [signing]: DKIM signing of mail from mynetworks (and, once AUTH
   // exists, authenticated clients). See dkim/key_table.h for how a key is chosen.

@@ -55,6 +55,10 @@ struct route {
   // `verify` checks the MX host name (kind mx) or this route's host name (kind host, e.g. a
   // smarthost): the name the connection was told to reach, never one the server claims.
   tls_policy tls = tls_policy::opportunistic;
+  // Per-destination shaping (server/shaping.h); copied by open_connection.
+  std::string_view helo_name;            // empty: outbound_config::helo_name
+  std::uint32_t timeout_connect_ms = 0;  // 0: outbound_config's
+  std::uint32_t timeout_reply_ms = 0;    // 0: outbound_config's; else every reply wait
 };
 
 // How the connection that carried a delivery was protected (for delivery records).

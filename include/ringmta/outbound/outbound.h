@@ -55,11 +55,13 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "ringmta/core/endpoint.h"
 #include "ringmta/core/result.h"
+#include "ringmta/outbound/attempt_plan.h"
 #include "ringmta/outbound/delivery.h"
 #include "ringmta/outbound/dns_client.h"
 #include "ringmta/shard/runtime.h"
@@ -179,6 +181,10 @@ class outbound {
   // Whether deliver() would take a job now. An idle connection stops being usable when its
   // idle lifetime ends (it is quitting) or the server went away; on_closed follows.
   bool can_deliver(connection_handle connection) noexcept;
+  // The host names of the route's addresses (MX hosts, in preference order, repeated per
+  // address) once a connection resolved them; empty before, or for a stale handle. Valid
+  // until the next outbound call.
+  std::span<const candidate> route_candidates(connection_handle connection) noexcept;
   // QUIT now when ready, after the current delivery otherwise; before ready: abandon the
   // attempt. on_closed follows (reason released). Stale handles are ignored.
   void release(connection_handle connection) noexcept;

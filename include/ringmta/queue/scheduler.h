@@ -47,6 +47,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <span>
@@ -73,11 +74,18 @@ struct destination_limits {
   std::uint32_t rate_period_ms = 1000;
   std::uint32_t rate_burst = 1;                     // >= 1
   std::uint32_t recipients_per_transaction_max = 50;  // 1..64; add() splits larger jobs
+  // Shaping (server/shaping.h): this destination's own retry schedule (null or empty: the
+  // scheduler's) and queue lifetime (0: the scheduler's).
+  std::shared_ptr<const std::vector<std::int64_t>> retry_delays_ms;
+  std::int64_t lifetime_max_ms = 0;
   bool operator==(const destination_limits&) const = default;
 };
 
 struct scheduler_config {
   destination_limits limits;  // defaults; set_limits() overrides per destination name
+  // Shaping: when set, the limits of a destination being created (instead of `limits`; a
+  // set_limits() override still wins). Called once per destination creation, never per job.
+  std::function<destination_limits(std::string_view destination)> limits_for;
   // Delay after the n-th failed attempt; the last one repeats. Must not be empty.
   std::vector<std::int64_t> retry_delays_ms = {5 * 60'000, 15 * 60'000, 30 * 60'000,
                                                 60 * 60'000, 2 * 3'600'000, 4 * 3'600'000};
@@ -220,6 +228,7 @@ struct destination_info {
   std::uint32_t connections = 0;
   std::uint32_t connection_failures = 0;  // consecutive
   std::int64_t backoff_until_ms = 0;      // destination-wide backoff, 0: none
+  std::int64_t paused_until_ms = 0;       // pause() by a reply rule, 0: none
   std::int64_t next_attempt_ms = 0;       // earliest scheduled job, 0: none
   std::int64_t last_error_ms = 0;
   std::string_view last_error;
@@ -278,6 +287,11 @@ class scheduler {
   // The same backoff without a connection (e.g. DNS says the domain has no usable MX).
   void defer_destination(destination_id destination, std::int64_t now_ms,
                          const failure& reason) noexcept;
+  // A reply rule suspends the destination until `until_ms`: its queued jobs wait for then
+  // (as a backoff, the failure count unchanged), open connections take nothing more (close),
+  // and none is opened before; a connection starting meanwhile does not lift it.
+  void pause(destination_id destination, std::int64_t now_ms, std::int64_t until_ms,
+             const failure& reason) noexcept;
 
   // --- job outcomes (only for jobs in flight) ---
   void delivered(job_id job, std::int64_t now_ms) noexcept;
@@ -300,6 +314,9 @@ class scheduler {
   // are bounced when their connection reports them deferred. Returns the events queued.
   std::size_t bounce_all(std::string_view destination, std::int64_t now_ms) noexcept;
   void set_limits(std::string_view destination, const destination_limits& limits);
+  // Changes a live destination's limits without remembering them (shaping learned its MX
+  // site, or a reload): false when the destination does not exist.
+  bool reshape(std::string_view destination, const destination_limits& limits);
   // A reload: new retry delays, lifetime, delay warning and default limits (destinations
   // without limits of their own take them now). Queued jobs keep their attempts and retry
   // times; the new delays apply at their next deferral, the new lifetime at the next check.

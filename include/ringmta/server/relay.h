@@ -36,6 +36,7 @@
 #include "ringmta/outbound/dns_client.h"
 #include "ringmta/outbound/outbound.h"
 #include "ringmta/queue/scheduler.h"
+#include "ringmta/server/shaping.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/spool/store.h"
 
@@ -66,6 +67,10 @@ struct relay_config {
   std::unordered_map<std::string, outbound::tls_policy> tls_policies;
   std::string tls_description;  // for the start-up log
   queue::scheduler_config scheduler;
+  // [[shaping]] and [[reply_rule]]: immutable, shared by every shard; a reload (update())
+  // brings a new one: live queues are reshaped at once, open connections keep the timeouts
+  // and EHLO name they were opened with.
+  std::shared_ptr<const shaping_table> shaping;
   outbound::outbound_config outbound;
   outbound::dns_client_config dns;
   std::vector<relay*>* shards = nullptr;  // every shard's relay, by shard id (set before start)

@@ -191,6 +191,8 @@ class client_session {
   // The same with another TLS policy for this connection (per destination, or a plaintext
   // retry after a failed handshake).
   void reset(client_tls_policy tls) noexcept;
+  // ...and another EHLO/HELO name (per destination); its storage outlives the session's use.
+  void reset(client_tls_policy tls, std::string_view helo_name) noexcept;
 
   std::size_t feed(std::string_view bytes) noexcept;
   client_event next_event() noexcept;

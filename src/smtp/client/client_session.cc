@@ -80,6 +80,16 @@ client_session::client_session(const client_config& config) noexcept
   reset();
 }
 
+void client_session::reset(client_tls_policy tls, std::string_view helo_name) noexcept {
+  // Configuration, checked like the constructor's (RFC 5321 §4.1.1.1).
+  bool eight_bit = false;
+  RINGMTA_ASSERT(!helo_name.empty());
+  RINGMTA_ASSERT(parameter_ok(helo_name, client_helo_name_bytes_max));
+  RINGMTA_ASSERT(path_ok(helo_name, eight_bit) && !eight_bit);
+  _config.helo_name = helo_name;
+  reset(tls);
+}
+
 void client_session::reset(client_tls_policy tls) noexcept {
   _config.tls = tls;
   reset();
