@@ -4,20 +4,12 @@
 #include <cstring>
 
 #include "ringmta/core/assert.h"
+#include "ringmta/core/base64.h"
 
 namespace ringmta::auth {
 namespace {
 
 constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-int sextet(char c) noexcept {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
-  return -1;
-}
 
 // Volatile stores: the compiler may not drop the wipe of a buffer that is not read again.
 void wipe(char* bytes, std::size_t length) noexcept {
@@ -54,7 +46,7 @@ std::optional<std::size_t> decode_base64(std::string_view text, std::span<char> 
   int held = 0;
   std::size_t at = 0;
   for (const char c : text) {
-    const int value = sextet(c);
+    const int value = core::base64_value(c);
     if (value < 0) return std::nullopt;
     bits = (bits << 6) | static_cast<std::uint32_t>(value);
     held += 6;

@@ -6,21 +6,14 @@
 
 #include <fmt/format.h>
 
+#include "ringmta/core/base64.h"
+
 namespace ringmta::dkim {
 
 namespace {
 
 constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 constexpr std::size_t line_columns_max = 78;  // RFC 5322 §2.1.1 SHOULD
-
-int base64_value(char c) noexcept {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
-  return -1;
-}
 
 std::size_t count_named(std::span<const header_field> fields, std::string_view name) noexcept {
   return static_cast<std::size_t>(std::count_if(
@@ -72,7 +65,7 @@ bool decode_base64(std::string_view text, std::string& out) {
       ++padding;
       continue;
     }
-    const int v = base64_value(c);
+    const int v = core::base64_value(c);
     if (v < 0 || padding > 0) return false;
     buffer = buffer << 6 | static_cast<unsigned>(v);
     bits += 6;

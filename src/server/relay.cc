@@ -12,6 +12,7 @@
 
 #include "relay_internal.h"
 #include "ringmta/net/idna.h"
+#include "ringmta/server/shaping.h"
 #include "ringmta/core/assert.h"
 #include "ringmta/core/clock.h"
 
@@ -107,16 +108,6 @@ queue::failure failure_of(const recipient_report& report) noexcept {
 }
 
 namespace {
-
-outbound::tls_policy to_outbound(config::tls_policy policy) noexcept {
-  switch (policy) {
-    case config::tls_policy::none: return outbound::tls_policy::none;
-    case config::tls_policy::opportunistic: return outbound::tls_policy::opportunistic;
-    case config::tls_policy::required: return outbound::tls_policy::required;
-    case config::tls_policy::verify: return outbound::tls_policy::verify;
-  }
-  return outbound::tls_policy::opportunistic;
-}
 
 // The policies, and the client context with its CA store: read once here, at start-up, and
 // shared read-only by every shard (never a certificate file read per connection).

@@ -68,16 +68,6 @@ bool mx_pattern_matches(std::string_view pattern, std::string_view host) noexcep
 
 namespace {
 
-outbound::tls_policy to_outbound(config::tls_policy policy) noexcept {
-  switch (policy) {
-    case config::tls_policy::none: return outbound::tls_policy::none;
-    case config::tls_policy::opportunistic: return outbound::tls_policy::opportunistic;
-    case config::tls_policy::required: return outbound::tls_policy::required;
-    case config::tls_policy::verify: return outbound::tls_policy::verify;
-  }
-  return outbound::tls_policy::opportunistic;
-}
-
 // One layer over what the layers below gave.
 void apply(shape& out, const config::shaping_entry& e) {
   auto& l = out.limits;
@@ -220,6 +210,16 @@ std::shared_ptr<const shaping_table> build_shaping_table(const config::settings&
   return std::make_shared<const shaping_table>(
       settings, limits_from(d.connections_max, d.messages_per_connection_max,
                             d.messages_per_second_max));
+}
+
+outbound::tls_policy to_outbound(config::tls_policy policy) noexcept {
+  switch (policy) {
+    case config::tls_policy::none: return outbound::tls_policy::none;
+    case config::tls_policy::opportunistic: return outbound::tls_policy::opportunistic;
+    case config::tls_policy::required: return outbound::tls_policy::required;
+    case config::tls_policy::verify: return outbound::tls_policy::verify;
+  }
+  return outbound::tls_policy::opportunistic;
 }
 
 }  // namespace ringmta::server

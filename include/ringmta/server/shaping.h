@@ -96,4 +96,7 @@ class shaping_table {
 // Builds the table from the settings; throws config::error naming the entry's origin.
 std::shared_ptr<const shaping_table> build_shaping_table(const config::settings& settings);
 
+// A configured TLS policy as the outbound connection's (relay defaults and shaping overrides).
+outbound::tls_policy to_outbound(config::tls_policy policy) noexcept;
+
 }  // namespace ringmta::server
