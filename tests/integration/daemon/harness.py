@@ -380,3 +380,28 @@ def verify_spool(binary, spool, run, acked):
     missing = [n for n in acked if n not in by_number]
     unacked = [n for n in by_number if n not in acked]
     return missing, corrupt, unacked
+
+
+NODEMAILER = "/usr/share/nodejs/nodemailer"  # Debian's node-nodemailer
+
+
+def nodemailer_send(port, ca_file, sender, recipient, auth=None):
+    """Sends one message with nodemailer over STARTTLS (requireTLS, the test CA, server name
+    mx.test.example), logging in with auth=(user, password) if given. (True when nodemailer
+    reported a 250, its output), or (None, why) when node or nodemailer is missing."""
+    if not shutil.which("node") or not os.path.isdir(NODEMAILER):
+        return None, "nodemailer (Debian node-nodemailer) is not installed"
+    login = (f"auth: {{user: {json.dumps(auth[0])}, pass: {json.dumps(auth[1])}}}, "
+             if auth else "")
+    script = f"""
+const nodemailer = require('{NODEMAILER}');
+const fs = require('fs');
+const t = nodemailer.createTransport({{host: '127.0.0.1', port: {port}, secure: false,
+  requireTLS: true, name: 'node.test', {login}tls: {{ca: fs.readFileSync('{ca_file}'),
+  servername: 'mx.test.example'}}}});
+t.sendMail({{from: '{sender}', to: '{recipient}', subject: 'node', text: 'hi'}})
+ .then(i => {{ console.log('OK ' + i.response); process.exit(0); }})
+ .catch(e => {{ console.log('ERR ' + e); process.exit(1); }});
+"""
+    out = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60)
+    return out.returncode == 0 and "OK 250" in out.stdout, out.stdout + out.stderr
