@@ -254,7 +254,9 @@ def run_phase(mode, seconds, phase):
     cut = []
     for key, messages in found.items():
         for m in messages:
-            fuzz_id = re.search(rb"X-Fuzz-Id: (\S+)\r\n", m["data"])
+            # Ids are WORKER-NUMBER-N in ASCII digits; a mutated copy of the header may
+            # carry any bytes, and only ids of well-framed messages are checked.
+            fuzz_id = re.search(rb"X-Fuzz-Id: ([0-9]+-[0-9]+-[0-9]+)\r\n", m["data"])
             if fuzz_id and fuzz_id.group(1).decode() in stats["whole"] and \
                     not m["data"].endswith(b"X-Fuzz-End: " + fuzz_id.group(1) + b"\r\n"):
                 cut.append(fuzz_id.group(1))
