@@ -184,6 +184,7 @@ take_result scheduler::take_for_connection(connection_id id, std::int64_t now_ms
   std::uint32_t slot = c.destination;
   destination_record& d = s.destinations[slot];
   take_result result;
+  const bool reused = c.started;
   if (!c.started) {  // the connection works: the destination is reachable again
     c.started = true;
     --d.connections_starting;
@@ -196,7 +197,11 @@ take_result scheduler::take_for_connection(connection_id id, std::int64_t now_ms
   std::uint32_t per_connection = d.limits.messages_per_connection_max;
   if (d.suspended || paused || (per_connection != 0 && c.taken >= per_connection)) {
     result.status = take_status::close;
-  } else if (d.ready.head == nil_slot) {
+  } else if (d.ready.head == nil_slot || (reused && d.ready.count <= d.connections_starting)) {
+    // poll() opened a connection for each ready job beyond those starting; a connection that
+    // finished its delivery first must not take a job a starting one was opened for, or the
+    // new connection finds nothing and does only EHLO/QUIT (issue 17 item 8). The reused one
+    // idles instead; if the starting one fails, the job is still ready for it.
     result.status = take_status::none;
   } else {
     s.refill(d, now_ms);

@@ -9,6 +9,7 @@ neither) behind --route; clients are Python smtplib and raw sockets.
          SMTPUTF8; jörg@münchen.test bounces 5.6.7 there; look-alikes do not pass relay checks.
   Trace: the Received "for" clause keeps UTF-8; the log's protocol is the header's.
   NUL:   a body with "\\r\\n\\x00.\\r\\n" is refused 550 5.6.0 (reject is the default).
+  Reuse: a burst from concurrent clients opens no connection that does only EHLO/QUIT.
 usage: test_fidelity.py RINGMTA RINGMTA_SINK"""
 import os
 import re
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 
 from harness import Conversation, Daemon, Tap, free_port
 from peers import Sink, wait_until
@@ -234,7 +236,38 @@ try:
            "relayed to Postfix folded at 998, nothing lost", ours_lines)
     tap.ok(theirs, f"Postfix direct: line lengths in its mailbox {theirs_lines[:6]}")
 
-    # --- 9. small ones: spool ls columns with a UTF-8 sender; spool export creates DIR.
+    # --- 9. small ones: no outbound connection does only EHLO/QUIT. Concurrent clients make
+    # the relay open new connections while others finish; a finished one used to take the job
+    # a new one was opened for, and Postfix logged "disconnect from ... ehlo=1 quit=1".
+    mark = len(maillog())
+    burst, clients = 240, 8
+
+    def send_burst(index):
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=60) as client:
+            client.ehlo("client.test")
+            for n in range(burst // clients):
+                client.sendmail("alice@sender.test", ["bob@final.test"],
+                                b"Subject: burst %d-%d\r\n\r\nx\r\n" % (index, n))
+    workers = [threading.Thread(target=send_burst, args=(i,)) for i in range(clients)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+
+    def relay_sessions():
+        return [line for line in maillog()[mark:].splitlines()
+                if "postfix/smtpd" in line and "disconnect from" in line]
+
+    def carried():
+        return sum(int(m.group(1)) for line in relay_sessions()
+                   for m in [re.search(r" mail=(\d+)", line)] if m)
+    tap.ok(wait_until(lambda: carried() >= burst, 120),
+           f"Postfix received the burst of {burst} over {len(relay_sessions())} connections",
+           f"{carried()} MAIL commands")
+    idle = [line for line in relay_sessions() if " mail=" not in line]
+    tap.ok(not idle, "no outbound connection did only EHLO/QUIT", idle[:5])
+
+    # --- 10. small ones: spool ls columns with a UTF-8 sender; spool export creates DIR.
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
         client.ehlo("client.test")
         client.sendmail("j\u00f6rg.\u00fc\u00fc@sender.test", ["x@held.test"],

@@ -222,6 +222,7 @@ class model_run {
     model_connection* c = pick_connection();
     if (c == nullptr) return;
     model_destination& d = model_of(c->destination);
+    const bool reused = c->started;
     if (!c->started) {
       c->started = true;
       --d.starting;
@@ -235,8 +236,8 @@ class model_run {
       ASSERT_EQ(result.status, take_status::close) << where();
       return;
     }
-    if (d.ready.empty()) {
-      ASSERT_EQ(result.status, take_status::none) << where();
+    if (d.ready.empty() || (reused && d.ready.size() <= d.starting)) {
+      ASSERT_EQ(result.status, take_status::none) << where();  // left for a starting one
       return;
     }
     if (_rate && result.status == take_status::throttled) {

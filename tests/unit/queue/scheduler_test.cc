@@ -115,6 +115,51 @@ TEST(scheduler, opens_connections_up_to_the_limit_for_the_backlog) {
   EXPECT_EQ(h.info("example.org").connections, 3u);
 }
 
+// Issue 17 item 8: a connection that finished its delivery used to take the job a new
+// connection had just been opened for; the new one then found nothing and did only EHLO/QUIT.
+TEST(scheduler, a_reused_connection_leaves_jobs_to_starting_connections) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 3;
+  harness h(config);
+  h.add("example.org", 1, {0});
+  auto first = h.poll(t0);
+  ASSERT_EQ(first.size(), 1u);
+  take_result taken = h.queue.take_for_connection(first[0].connection, t0);
+  ASSERT_EQ(taken.status, take_status::job);
+  h.add("example.org", 2, {0});
+  auto second = h.poll(t0);  // the first connection is busy: a second one for message 2
+  ASSERT_EQ(second.size(), 1u);
+  h.queue.delivered(taken.job.id, t0);
+  // The first connection is free before the second one has greeted: message 2 is the second's.
+  EXPECT_EQ(h.queue.take_for_connection(first[0].connection, t0).status, take_status::none);
+  take_result for_new = h.queue.take_for_connection(second[0].connection, t0);
+  ASSERT_EQ(for_new.status, take_status::job);
+  EXPECT_EQ(for_new.job.message, 2u);
+  // Beyond the starting connections' share, a reused connection takes work as before.
+  h.add("example.org", 3, {0});
+  EXPECT_EQ(h.queue.take_for_connection(first[0].connection, t0).status, take_status::job);
+}
+
+// If the connection a job waited for fails, the job is still ready for a reused connection.
+TEST(scheduler, a_failed_starting_connection_leaves_its_job_to_a_reused_one) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 2;
+  harness h(config);
+  h.add("example.org", 1, {0});
+  auto first = h.poll(t0);
+  take_result taken = h.queue.take_for_connection(first[0].connection, t0);
+  ASSERT_EQ(taken.status, take_status::job);
+  h.add("example.org", 2, {0});
+  auto second = h.poll(t0);
+  ASSERT_EQ(second.size(), 1u);
+  h.queue.delivered(taken.job.id, t0);
+  EXPECT_EQ(h.queue.take_for_connection(first[0].connection, t0).status, take_status::none);
+  h.queue.connection_closed(second[0].connection, t0);  // refused before it greeted
+  take_result reused = h.queue.take_for_connection(first[0].connection, t0);
+  ASSERT_EQ(reused.status, take_status::job);
+  EXPECT_EQ(reused.job.message, 2u);
+}
+
 TEST(scheduler, recipients_split_by_window_and_transaction_limit) {
   scheduler_config config = plain_config();
   config.limits.recipients_per_transaction_max = 2;
@@ -432,7 +477,9 @@ TEST(scheduler, suspend_and_resume) {
 }
 
 TEST(scheduler, flush_makes_scheduled_ready_keeping_attempts) {
-  harness h(plain_config());
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;  // one connection takes both jobs
+  harness h(config);
   h.add("example.org", 1, {0});
   h.add("example.org", 2, {0}, t0, t0 + 3'600'000, 4);  // recovered, due in an hour
   connection_id connection;
@@ -644,6 +691,7 @@ TEST(scheduler, failed_and_inspection) {
 TEST(scheduler, error_texts_are_shared_and_bounded) {
   scheduler_config config = plain_config();
   config.error_texts_max = 2;
+  config.limits.connections_max = 1;  // one connection takes all four jobs
   harness h(config);
   for (spool::message_id id = 1; id <= 4; ++id) h.add("example.org", id, {0});
   auto requests = h.poll(t0);
