@@ -792,6 +792,11 @@ const std::vector<setting_spec>& table() {
      "how long an outbound TCP connect may take before the next MX address is tried",
      [](settings& s, const values& v) { s.timeout_connect_s = parse_seconds_in(one(v), 1, 86400); },
      [](const settings& s) { return duration(s.timeout_connect_s); }, live},
+    {"relay.mime_downgrade", "--mime-downgrade", "", arity::flag,
+     "convert 8-bit messages to quoted-printable for servers without 8BITMIME (false: bounce "
+     "them 5.6.3); DKIM-signed ones are bounced either way",
+     [](settings& s, const values& v) { s.mime_downgrade = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.mime_downgrade); }, live},
     {"relay.resolvers", "--resolver", "ADDR:PORT", arity::list,
      "DNS server (repeatable; default: /etc/resolv.conf)",
      [](settings& s, const values& v) {

@@ -160,6 +160,11 @@ bool outbound_server::can_deliver(connection_handle handle) noexcept {
   return c != nullptr && c->takes_delivery();
 }
 
+bool outbound_server::offers_8bitmime(connection_handle handle) noexcept {
+  const connection* c = find(handle);
+  return c != nullptr && c->session && c->session->extensions().eight_bit_mime;
+}
+
 core::result<void> outbound_server::deliver(connection_handle handle,
                                             const delivery& job) noexcept {
   connection* c = find(handle);
@@ -301,6 +306,9 @@ outbound::~outbound() = default;
 core::result<void> outbound::start() noexcept { return _server->start(); }
 bool outbound::can_deliver(connection_handle connection) noexcept {
   return _server->can_deliver(connection);
+}
+bool outbound::offers_8bitmime(connection_handle connection) noexcept {
+  return _server->offers_8bitmime(connection);
 }
 std::span<const candidate> outbound::route_candidates(connection_handle connection) noexcept {
   return _server->route_candidates(connection);

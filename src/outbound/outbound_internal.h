@@ -278,6 +278,7 @@ class outbound_server final : public shard::completion_handler,
                                                   const route& where) noexcept;
   core::result<void> deliver(connection_handle handle, const delivery& job) noexcept;
   bool can_deliver(connection_handle handle) noexcept;
+  bool offers_8bitmime(connection_handle handle) noexcept;
   void release(connection_handle handle) noexcept;
   void begin_shutdown() noexcept;
   bool drained() const noexcept { return _shutting_down && _live == 0; }

@@ -219,14 +219,43 @@ void on_shard_update(shard::shard& target, std::unique_ptr<shard_update> update)
   update->applied->fetch_add(1, std::memory_order_release);
 }
 
+// A 7-bit conversion, from the downgrade worker to the shard of its delivery.
+void on_downgraded(shard::shard& target, std::unique_ptr<downgrade_result> result) noexcept {
+  (*g_services)[target.id()]->delivery().on_downgraded(std::move(result));
+}
+
 // A password check's result, from a verifier thread to the shard of its connection.
 void on_auth_verified(shard::shard& target, std::unique_ptr<auth::verify_result> result) noexcept {
   (*g_services)[target.id()]->front().on_auth_result(std::move(result));
 }
 
-// The verifier's way back to the shards; null before the shards run and once they stop (then
-// results are dropped: their connections are gone).
-std::atomic<shard::runtime*> g_auth_runtime{nullptr};
+// The worker threads' way back to the shards (password checks, 7-bit conversions); null before
+// the shards run and once they stop (then results are dropped: their connections are gone).
+std::atomic<shard::runtime*> g_worker_runtime{nullptr};
+
+// One conversion on the downgrade worker; the result always goes back to its shard (where the
+// delivery waits), unless the shards are stopping.
+void run_downgrade_job(std::unique_ptr<downgrade_request> request,
+                       const core::work_pool<downgrade_request>& pool) {
+  std::unique_ptr<downgrade_result> result = run_downgrade(*request);
+  request.reset();  // closes its descriptors
+  if (!result) return;  // out of memory: the delivery waits for the shutdown (documented)
+  for (;;) {
+    shard::runtime* runtime = g_worker_runtime.load(std::memory_order_acquire);
+    if (runtime != nullptr) {
+      // post_owned frees what it could not post: hand it a copy, keep ours for a retry.
+      auto copy = std::make_unique<downgrade_result>(*result);
+      if (shard::post_owned<downgrade_result, &on_downgraded>(*runtime, result->shard,
+                                                              std::move(copy)))
+        return;  // the memfd travels with the copy
+    }
+    if (runtime == nullptr || pool.stopping()) {
+      if (result->fd >= 0) ::close(result->fd);
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the shard's inbox is full
+  }
+}
 
 std::unique_ptr<auth::verifier> make_verifier(const config::settings& settings) {
   auth::throttle_settings throttle;
@@ -235,7 +264,7 @@ std::unique_ptr<auth::verifier> make_verifier(const config::settings& settings) 
   return std::make_unique<auth::verifier>(
       settings.auth_workers, settings.auth_queue_size, throttle,
       [](std::unique_ptr<auth::verify_result>& result) {
-        shard::runtime* runtime = g_auth_runtime.load(std::memory_order_acquire);
+        shard::runtime* runtime = g_worker_runtime.load(std::memory_order_acquire);
         if (runtime == nullptr) return true;  // stopping: nobody waits for it any more
         // post_owned frees what it could not post: hand it a copy, keep ours for a retry.
         return shard::post_owned<auth::verify_result, &on_auth_verified>(
@@ -406,6 +435,13 @@ void register_metrics(admin::registry& registry, const relay_metrics& m) {
   registry.add("ringmta_outbound_connections_total", "Outbound SMTP connections opened",
                m.connections);
   registry.add("ringmta_queued_jobs", "Delivery jobs in the queues", m.queued_jobs);
+  const char* downgrade_help = "8-bit messages for servers without 8BITMIME, by outcome";
+  registry.add("ringmta_mime_downgrades_total{outcome=\"requested\"}", downgrade_help,
+               m.downgrades_requested);
+  registry.add("ringmta_mime_downgrades_total{outcome=\"converted\"}", downgrade_help,
+               m.downgrades_converted);
+  registry.add("ringmta_mime_downgrades_total{outcome=\"refused\"}", downgrade_help,
+               m.downgrades_refused);
   const char* bodies_help = "Message bodies sent, by how they left the spool";
   registry.add("ringmta_outbound_bodies_total{path=\"bdat\"}", bodies_help, m.bodies_bdat);
   registry.add("ringmta_outbound_bodies_total{path=\"data\"}", bodies_help, m.bodies_data);
@@ -667,6 +703,7 @@ shard_configuration build_shard_configuration(const config::settings& settings,
   auto delivery = std::make_shared<relay_config>(make_relay_config(settings));
   delivery->outbound.self_endpoints = first_relay.outbound.self_endpoints;
   delivery->shards = first_relay.shards;
+  delivery->downgrader = first_relay.downgrader;
   return {freeze(std::move(front)), std::move(delivery)};
 }
 
@@ -990,6 +1027,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   front.clients = &clients;
   const auto verifier = make_verifier(settings);  // its threads start after the privilege drop
   front.auth_verifier = verifier.get();
+  core::work_pool<downgrade_request> downgrader(1, downgrade_queue_max, run_downgrade_job);
   std::vector<core::endpoint> bound;
   auto listeners = open_listeners(front.listen, shards, bound);
   if (!listeners)
@@ -1025,6 +1063,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   admin::log_writer writer(std::move(log_output), shards, settings.log_buffer_bytes, format);
   g_log_writer = &writer;
   verifier->start();
+  downgrader.start();
   struct unset_writer {
     ~unset_writer() { g_log_writer = nullptr; }
   } unset_writer_on_exit;
@@ -1082,6 +1121,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   delivery.outbound.self_endpoints = core::expand_wildcards(bound);  // MX loops (RFC 5321 §5.1)
   std::vector<relay*> relays(shards, nullptr);
   delivery.shards = &relays;
+  delivery.downgrader = &downgrader;
   std::vector<std::unique_ptr<shard_services>> services(shards);
   g_services = &services;
   shard::runtime_options options;
@@ -1095,13 +1135,15 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   log_event(format, "cpu_pinning", pinning.reason);
   options.ring.sq_entries = 4096;
   shard::runtime runtime(options);
-  struct stop_verifier {  // before the runtime goes: no result may be posted to it after
-    auth::verifier& pool;
-    ~stop_verifier() {
-      g_auth_runtime.store(nullptr, std::memory_order_release);
-      pool.stop();
+  struct stop_workers {  // before the runtime goes: no result may be posted to it after
+    auth::verifier& verifier;
+    core::work_pool<downgrade_request>& downgrader;
+    ~stop_workers() {
+      g_worker_runtime.store(nullptr, std::memory_order_release);
+      verifier.stop();
+      downgrader.stop();
     }
-  } stop_verifier_first{*verifier};
+  } stop_workers_first{*verifier, downgrader};
   std::string ring_description;
   auto started = runtime.start(
       [&](shard::shard& owner) -> core::result<void> {
@@ -1123,7 +1165,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
                                     started.error_text()));
   }
   register_reloadables(reloads, runtime, writer, *first_inbound, delivery);
-  g_auth_runtime.store(&runtime, std::memory_order_release);
+  g_worker_runtime.store(&runtime, std::memory_order_release);
   runtime_pointer = &runtime;
   runtime_ready = true;
   // A timed suspension ends: resume the destination on its shard (the table drops it).
@@ -1162,8 +1204,9 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   const bool clean = drain_shards(runtime, services, grace_s, signals, writer);
   suspensions->stop();
   runtime_ready = false;
-  g_auth_runtime.store(nullptr, std::memory_order_release);
+  g_worker_runtime.store(nullptr, std::memory_order_release);
   verifier->stop();
+  downgrader.stop();
   admin_server.stop();  // no admin request may reach a stopping shard
   runtime.request_stop();
   runtime.join();

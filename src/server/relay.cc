@@ -3,6 +3,8 @@
 // marks, DSNs) is in relay_home.cc.
 #include "ringmta/server/relay.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 
@@ -157,6 +159,7 @@ relay_config make_relay_config(const config::settings& settings) {
   relay_config c;
   c.hostname = settings.hostname;
   c.delivery_port = settings.delivery_port;
+  c.mime_downgrade = settings.mime_downgrade;
   if (!settings.relayhost.empty()) {
     c.has_relayhost = true;
     c.relayhost.mx = false;
@@ -768,7 +771,8 @@ void relay::state::start_delivery(outbound::connection_handle connection, std::u
     free_flights.pop_back();
   }
   in_flight& flight = *flights[slot];
-  flight.live = true;
+  RINGMTA_ASSERT(flight.phase == flight_phase::free && flight.converted.fd < 0);
+  flight.phase = flight_phase::delivering;
   flight.job = job;
   flight.job.last_error = {};
   flight.message = &message;
@@ -777,26 +781,42 @@ void relay::state::start_delivery(outbound::connection_handle connection, std::u
   flight.results.assign(flight.indices.size(), recipient_report{});
   flight.session = session_of(cookie);
   flight.started_ms = core::wall_milliseconds();
+  flight.connection = connection;
+  flight.cookie = cookie;
   const auto& envelope =
       flight.storage.assign(message.envelope, flight.indices, message.body_bytes);
-  const outbound::delivery delivery{envelope, message.body, slot};
-  if (auto sent = out.deliver(connection, delivery); !sent) {
+  // RFC 6152 §3: 8-bit content to a server without 8BITMIME is converted (or bounced 5.6.3
+  // by the client engine when conversion is off).
+  if (envelope.body == smtp::client_body_type::eight_bit_mime &&
+      !out.offers_8bitmime(connection) && request_downgrade(slot)) {
+    return;  // on_downgraded continues
+  }
+  hand_off(slot, envelope, message.body);
+}
+
+void relay::state::hand_off(std::uint32_t slot, const smtp::client_envelope& envelope,
+                            std::span<const spool::body_slice> body) noexcept {
+  in_flight& flight = *flights[slot];
+  flight.phase = flight_phase::delivering;
+  const outbound::delivery delivery{envelope, body, slot};
+  if (auto sent = out.deliver(flight.connection, delivery); !sent) {
     // Not ready after all: the job goes back to the queue as a transient failure.
-    recipient_report local;
-    local.reply_code = 451;
-    local.status = {4, 3, 0};
-    local.text = "451 4.3.0 local delivery hand-off failed";
-    for (std::size_t i = 0; i < flight.indices.size(); ++i) {
-      flight.results[i] = local;
-      flight.results[i].index = flight.indices[i];
-      flight.results[i].kind = outcome_kind::deferred;
-    }
-    smtp::parsed_reply none;
-    none.assign_local(451, {4, 3, 0}, "local delivery hand-off failed");
-    finish_delivery(slot, outbound::delivery_result{slot, smtp::client_outcome::transient_failure,
-                                                    &none, {}});
+    const auto connection = flight.connection;
+    smtp::parsed_reply reply;
+    reply.assign_local(451, {4, 3, 0}, "local delivery hand-off failed");
+    fail_locally(slot, reply, outcome_kind::deferred);
     out.release(connection);
   }
+}
+
+void relay::state::fail_locally(std::uint32_t slot, const smtp::parsed_reply& reply,
+                                outcome_kind kind) noexcept {
+  in_flight& flight = *flights[slot];
+  for (std::size_t i = 0; i < flight.indices.size(); ++i)
+    flight.results[i] = report_from(reply, outbound::remote_host{}, flight.indices[i], kind);
+  const auto outcome = kind == outcome_kind::bounced ? smtp::client_outcome::permanent_failure
+                                                     : smtp::client_outcome::transient_failure;
+  finish_delivery(slot, outbound::delivery_result{slot, outcome, &reply, {}});
 }
 
 void relay::on_recipient_result(outbound::connection_handle, std::uint64_t,
@@ -804,7 +824,8 @@ void relay::on_recipient_result(outbound::connection_handle, std::uint64_t,
   auto& s = *_state;
   RINGMTA_ASSERT(result.token < s.flights.size());
   in_flight& flight = *s.flights[result.token];
-  RINGMTA_ASSERT(flight.live && result.recipient_index < flight.results.size());
+  RINGMTA_ASSERT(flight.phase == flight_phase::delivering &&
+                 result.recipient_index < flight.results.size());
   const outcome_kind kind =
       result.outcome == smtp::client_outcome::accepted            ? outcome_kind::delivered
       : result.outcome == smtp::client_outcome::permanent_failure ? outcome_kind::bounced
@@ -824,7 +845,7 @@ void relay::on_delivery_done(outbound::connection_handle, std::uint64_t,
 void relay::state::finish_delivery(std::uint32_t slot,
                                    const outbound::delivery_result& result) noexcept {
   in_flight& flight = *flights[slot];
-  RINGMTA_ASSERT(flight.live);
+  RINGMTA_ASSERT(flight.phase != flight_phase::free);  // converting: failed before sending
   const std::int64_t now = core::wall_milliseconds();
   std::uint64_t keep_mask = 0;
   bool all_permanent = true;
@@ -900,8 +921,12 @@ void relay::state::finish_delivery(std::uint32_t slot,
   }
   std::vector<recipient_report> reports;
   reports.swap(flight.results);
-  flight.live = false;
+  flight.phase = flight_phase::free;
   flight.message = nullptr;
+  if (flight.converted.fd >= 0) {  // the memfd of a 7-bit conversion (no disk behind it)
+    ::close(flight.converted.fd);
+    flight.converted = {};
+  }
   free_flights.push_back(slot);
   if (job_gone) job_left(id);
   report(message, home, std::move(reports));

@@ -87,8 +87,12 @@ struct outcome_batch {
 };
 
 // A delivery on the wire (owner side); the storage keeps the engine's envelope alive.
+// A delivery slot: free → (converting →) delivering → free. converting: the body is with the
+// downgrade worker (relay_downgrade.cc) and the connection waits, reserved for this job.
+enum class flight_phase : std::uint8_t { free, converting, delivering };
+
 struct in_flight {
-  bool live = false;
+  flight_phase phase = flight_phase::free;
   queue::job_view job;  // job.last_error must not be read: it points into the scheduler
   spooled_message* message = nullptr;
   std::vector<std::uint16_t> indices;        // envelope indices, in the order sent
@@ -96,6 +100,12 @@ struct in_flight {
   outbound::envelope_storage storage;
   std::uint64_t session = 0;                 // the connection's log session id
   std::int64_t started_ms = 0;
+  outbound::connection_handle connection{};
+  std::uint64_t cookie = 0;                  // the connection's (destination cookie)
+  // A 7-bit conversion of the body (a memfd the flight owns until it ends), and the envelope
+  // that goes with it (body type 7bit, its size).
+  spool::body_slice converted;
+  smtp::client_envelope converted_envelope;
 };
 
 // A DSN being written into this shard's spool.
@@ -172,6 +182,14 @@ struct relay::state {
   void start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
                       const queue::job_view& job) noexcept;
   std::uint64_t session_of(std::uint64_t cookie) const noexcept;
+  void hand_off(std::uint32_t slot, const smtp::client_envelope& envelope,
+                std::span<const spool::body_slice> body) noexcept;
+  // 8-bit message, next hop without 8BITMIME (relay_downgrade.cc): true when the worker took
+  // the body and the delivery continues in on_downgraded.
+  bool request_downgrade(std::uint32_t slot) noexcept;
+  // Ends a delivery that never reached the server, every recipient with this reply.
+  void fail_locally(std::uint32_t slot, const smtp::parsed_reply& reply,
+                    outcome_kind kind) noexcept;
   void finish_delivery(std::uint32_t slot, const outbound::delivery_result& result) noexcept;
   // `why`: the destination-wide failure that produced the events (deferred jobs report it).
   void handle_event(const queue::job_event& event, const recipient_report* why) noexcept;

@@ -149,6 +149,7 @@ struct settings {
   std::string relayhost;                   // smarthost "HOST:PORT"; empty: MX delivery
   std::uint16_t delivery_port = 25;
   std::uint32_t timeout_connect_s = 30;     // outbound TCP connect
+  bool mime_downgrade = true;  // 8-bit to a server without 8BITMIME: quoted-printable (RFC 6152)
   std::vector<core::endpoint> resolvers;   // empty: /etc/resolv.conf
   std::vector<route> routes;
   // [relay.tls]: outbound TLS (the CA store is read once at start-up)

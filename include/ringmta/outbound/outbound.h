@@ -181,6 +181,9 @@ class outbound {
   // Whether deliver() would take a job now. An idle connection stops being usable when its
   // idle lifetime ends (it is quitting) or the server went away; on_closed follows.
   bool can_deliver(connection_handle connection) noexcept;
+  // Whether the server of a connection that reported on_ready offered 8BITMIME (RFC 6152);
+  // false for a stale handle. An 8-bit message to one that did not is downgraded first.
+  bool offers_8bitmime(connection_handle connection) noexcept;
   // The host names of the route's addresses (MX hosts, in preference order, repeated per
   // address) once a connection resolved them; empty before, or for a stale handle. Valid
   // until the next outbound call.

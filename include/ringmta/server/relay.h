@@ -33,9 +33,11 @@
 #include "ringmta/admin/log.h"
 #include "ringmta/admin/metrics.h"
 #include "ringmta/config/settings.h"
+#include "ringmta/core/work_pool.h"
 #include "ringmta/outbound/dns_client.h"
 #include "ringmta/outbound/outbound.h"
 #include "ringmta/queue/scheduler.h"
+#include "ringmta/server/downgrade.h"
 #include "ringmta/server/shaping.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/spool/store.h"
@@ -74,6 +76,10 @@ struct relay_config {
   outbound::outbound_config outbound;
   outbound::dns_client_config dns;
   std::vector<relay*>* shards = nullptr;  // every shard's relay, by shard id (set before start)
+  // 8-bit mail to a next hop without 8BITMIME: converted to quoted-printable on this pool
+  // (server/downgrade.h), or bounced 5.6.3 when mime_downgrade is off or the pool is null.
+  bool mime_downgrade = true;
+  core::work_pool<downgrade_request>* downgrader = nullptr;
   // Destinations an operator suspended (SPOOL/suspensions.json): each shard suspends those it
   // owns at start, before recovered mail is queued, so none of it is tried.
   std::vector<std::string> suspended_at_start;
@@ -89,6 +95,10 @@ struct relay_metrics {
   admin::counter dsn_failed;
   admin::counter connections;
   admin::gauge queued_jobs;
+  // 8-bit messages to servers without 8BITMIME (server/downgrade.h).
+  admin::counter downgrades_requested;
+  admin::counter downgrades_converted;
+  admin::counter downgrades_refused;  // bounced 5.6.3
   // Mirrored from the shard's outbound counters once per loop iteration.
   admin::counter bodies_bdat;     // small bodies sent as one BDAT chunk with the commands
   admin::counter bodies_data;     // small bodies sent after DATA's 354
@@ -151,6 +161,8 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   // Queued jobs (at most `count_max`) of one destination, or of all when it is empty, as a
   // JSON array: message id, destination, state, recipients, attempts, next attempt, last reply.
   std::string jobs_json(std::string_view destination, std::size_t count_max) const;
+  // A downgrade worker's result for one of this shard's deliveries (relay_downgrade.cc).
+  void on_downgraded(std::unique_ptr<downgrade_result> result) noexcept;
 
   // shard::iteration_hook
   void before_wait(shard::shard& owner) noexcept override;

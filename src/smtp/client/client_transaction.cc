@@ -122,7 +122,8 @@ bool client_session::fail_locally(const client_envelope& envelope) noexcept {
     _message_reply.assign_local(552, enhanced(5, 3, 4),
                                 "message size exceeds the server's fixed maximum message size");
   } else if (envelope.body == client_body_type::eight_bit_mime && !_extensions.eight_bit_mime) {
-    // RFC 6152 §3 and RFC 3463 X.6.3: 8-bit data to a 7-bit server; we do not downgrade.
+    // RFC 6152 §3 and RFC 3463 X.6.3: 8-bit data to a 7-bit server. The relay converts such
+    // messages before they get here (server/downgrade.h) unless the operator turned that off.
     _message_reply.assign_local(554, enhanced(5, 6, 3),
                                 "8-bit message, but the server does not offer 8BITMIME");
   } else if (_needs_smtputf8 && !_extensions.smtputf8) {

@@ -10,10 +10,15 @@ neither) behind --route; clients are Python smtplib and raw sockets.
   Trace: the Received "for" clause keeps UTF-8; the log's protocol is the header's.
   NUL:   a body with "\\r\\n\\x00.\\r\\n" is refused 550 5.6.0 (reject is the default).
   Reuse: a burst from concurrent clients opens no connection that does only EHLO/QUIT.
+  8-bit: to a server without 8BITMIME, converted to quoted-printable (as Postfix does, observed
+         side by side); DKIM-signed or 8-bit-header messages bounce 5.6.3 with the reason.
 usage: test_fidelity.py RINGMTA RINGMTA_SINK"""
 import os
 import re
 import shutil
+import email
+import email.message
+import email.policy
 import smtplib
 import socket
 import subprocess
@@ -35,6 +40,7 @@ MUENCHEN = "m\u00fcnchen.test"        # xn--mnchen-3ya.test
 work = tempfile.mkdtemp(prefix="ringmta-fidelity-")
 os.chmod(work, 0o755)
 pf_port = free_port()
+seven_port = free_port()  # a ringmta-sink without 8BITMIME (and so without SMTPUTF8)
 mailboxes = os.path.join(work, "mailboxes")
 os.makedirs(mailboxes)
 shutil.chown(mailboxes, "nobody", "nogroup")
@@ -51,6 +57,8 @@ virtual_gid_maps = static:65534
 virtual_minimum_uid = 100
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_recipient_restrictions =
+relay_domains = seven.test
+transport_maps = inline:{{ seven.test=smtp:[127.0.0.1]:{seven_port} }}
 """)
 instance = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools",
                         "postfix_instance.sh")
@@ -59,6 +67,7 @@ started = subprocess.run([instance, "start", work, str(pf_port), "9", extra_main
 sender_port, plain_port = free_port(), free_port()
 senders = Sink(sink_binary, "127.0.0.1", sender_port)  # where DSNs to alice@sender.test go
 plain = Sink(sink_binary, "127.0.0.1", plain_port, ["--no-dsn", "--no-smtputf8"])
+seven = Sink(sink_binary, "127.0.0.1", seven_port, ["--no-8bitmime"])
 
 
 def maillog():
@@ -82,10 +91,11 @@ try:
         "--route", f"xn--mnchen-3ya.test=127.0.0.1:{plain_port}",  # an A-label one
         "--route", f"plain.test=127.0.0.1:{plain_port}",
         "--route", f"sender.test=127.0.0.1:{sender_port}",
+        "--route", f"seven.test=127.0.0.1:{seven_port}",
         "--route", f"held.test=127.0.0.1:{free_port()}",  # nothing listens: stays queued
         "--mynetworks", "127.0.0.9/32",
         "--relay-domains",
-        f"final.test,{BUECHER},xn--mnchen-3ya.test,plain.test,sender.test,held.test",
+        f"final.test,{BUECHER},xn--mnchen-3ya.test,plain.test,sender.test,held.test,seven.test",
     ]).start()
     tap.ok(True, "--route and --relay-domains accept a non-ASCII (U-label) name")
 
@@ -267,7 +277,90 @@ try:
     idle = [line for line in relay_sessions() if " mail=" not in line]
     tap.ok(not idle, "no outbound connection did only EHLO/QUIT", idle[:5])
 
-    # --- 10. small ones: spool ls columns with a UTF-8 sender; spool export creates DIR.
+    # --- 10. 8-bit to a server without 8BITMIME (RFC 6152 §3): quoted-printable, as Postfix.
+    text = "Gr\u00fc\u00dfe aus M\u00fcnchen \u2014 caf\u00e9 = na\u00efve \r\n" * 3
+    attachment = bytes(range(256)) * 4
+    eight = email.message.EmailMessage()
+    eight["Subject"], eight["From"], eight["To"] = "eight", "alice@sender.test", "bob@seven.test"
+    eight.set_content(text, charset="utf-8", cte="8bit")
+    eight.add_attachment(attachment, maintype="application", subtype="octet-stream",
+                         filename="blob.bin")
+    eight_bytes = eight.as_bytes(policy=email.policy.SMTP)
+    tap.ok(b"Content-Transfer-Encoding: 8bit" in eight_bytes, "the test message is 8-bit")
+
+    def seven_messages(subject):
+        return [m for m in seven.messages() if b"Subject: " + subject in m[1]]
+
+    def check_downgraded(found, who):
+        data = found[1]
+        parsed = email.message_from_bytes(data, policy=email.policy.default)
+        parts = list(parsed.iter_parts())
+        return (all(b < 0x80 for b in data) and
+                parts[0]["Content-Transfer-Encoding"] == "quoted-printable" and
+                parts[0].get_payload(decode=True).decode("utf-8") == text and
+                parts[1].get_payload(decode=True) == attachment), who
+
+    dsn_count = len(dsns())
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.sendmail("alice@sender.test", ["bob@seven.test"], eight_bytes,
+                        mail_options=["BODY=8BITMIME"])
+    tap.ok(wait_until(lambda: seven_messages(b"eight"), 30),
+           "ringmta relayed the 8-bit message to a server without 8BITMIME")
+    found = seven_messages(b"eight")
+    ok, _ = check_downgraded(found[0], "ringmta") if found else (False, "")
+    tap.ok(ok, "ringmta sent it as 7-bit: the text part quoted-printable and decoding to the "
+           "original, the base64 attachment unchanged", found[0][1][:1500] if found else "")
+    # A large one leaves through the splice path (the conversion is a memfd, not the spool).
+    big_text = ("8-bit line \u00e9\u00e8 " + "x" * 60 + "\r\n") * 8000
+    big = email.message.EmailMessage()
+    big["Subject"], big["From"], big["To"] = "big eight", "alice@sender.test", "bob@seven.test"
+    big.set_content(big_text, charset="utf-8", cte="8bit")
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.sendmail("alice@sender.test", ["bob@seven.test"],
+                        big.as_bytes(policy=email.policy.SMTP), mail_options=["BODY=8BITMIME"])
+    tap.ok(wait_until(lambda: seven_messages(b"big eight"), 30), "a 600 KB 8-bit message too")
+    found = seven_messages(b"big eight")
+    decoded = email.message_from_bytes(found[0][1], policy=email.policy.default) if found else None
+    tap.ok(decoded is not None and all(b < 0x80 for b in found[0][1]) and
+           decoded.get_payload(decode=True).decode("utf-8") == big_text,
+           "converted whole: quoted-printable decoding to the original")
+    # Postfix relaying the same message to the same server (observed for docs/interop.md).
+    with smtplib.SMTP("127.0.0.1", pf_port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.sendmail("alice@sender.test", ["bob@seven.test"],
+                        eight_bytes.replace(b"Subject: eight", b"Subject: eight via postfix"),
+                        mail_options=["BODY=8BITMIME"])
+    tap.ok(wait_until(lambda: seven_messages(b"eight via postfix"), 30),
+           "Postfix relayed it to the same server")
+    found = seven_messages(b"eight via postfix")
+    ok, _ = check_downgraded(found[0], "postfix") if found else (False, "")
+    tap.ok(ok, "Postfix converted it the same way (quoted-printable text part)",
+           found[0][1][:1500] if found else maillog()[-1500:])
+    # A DKIM-signed 8-bit message and one with 8-bit header octets cannot be converted.
+    signed = b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.test; s=s; h=from; bh=x; b=y\r\n" + \
+        eight_bytes.replace(b"Subject: eight", b"Subject: signed")
+    raw_header = eight_bytes.replace(b"Subject: eight", b"Subject: caf\xc3\xa9")
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.sendmail("alice@sender.test", ["bob@seven.test"], signed,
+                        mail_options=["BODY=8BITMIME"])
+        client.sendmail("alice@sender.test", ["bob@seven.test"], raw_header,
+                        mail_options=["BODY=8BITMIME"])
+    tap.ok(wait_until(lambda: len(dsns()) >= dsn_count + 2, 30), "both bounced with a DSN")
+    texts = [m[1].decode("utf-8", "replace").replace("\r\n ", " ") for m in dsns()[dsn_count:]]
+    tap.ok(any("5.6.3" in t and "DKIM-signed" in t for t in texts) and
+           any("5.6.3" in t and "8-bit octets in a header field" in t for t in texts),
+           "5.6.3 with the reason: DKIM-signed / 8-bit octets in a header field",
+           [t[-800:] for t in texts])
+    tap.ok(not seven_messages(b"signed") and not seven_messages(b"caf"),
+           "neither reached the 7-bit server")
+    downgrade_log = daemon.events("downgrade")
+    tap.ok(any(r.get("outcome") == "converted to quoted-printable" for r in downgrade_log),
+           "the conversion is logged", downgrade_log[:3])
+
+    # --- 11. small ones: spool ls columns with a UTF-8 sender; spool export creates DIR.
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
         client.ehlo("client.test")
         client.sendmail("j\u00f6rg.\u00fc\u00fc@sender.test", ["x@held.test"],
@@ -289,17 +382,15 @@ try:
                               daemon.spool], capture_output=True, text=True)
     tap.ok(refused.returncode != 0 and "Not a directory" in refused.stderr,
            "spool export says why it cannot export", refused.stderr)
-    seven_port = free_port()
-    seven = Sink(sink_binary, "127.0.0.1", seven_port, ["--no-8bitmime"])
     c = Conversation(seven_port)
     c.reply()
     code, ehlo = c.command("EHLO client.test")
     c.close()
     tap.ok(code == 250 and "8BITMIME" not in ehlo and "SMTPUTF8" not in ehlo,
            "ringmta-sink --no-8bitmime offers no SMTPUTF8 either (RFC 6531 §3.1)", ehlo)
-    seven.stop()
     tap.ok(daemon.stop() == 0, "clean exit")
 finally:
     subprocess.run([instance, "stop", work], capture_output=True)
+    seven.stop()
     shutil.rmtree(work, ignore_errors=True)
 tap.done()
