@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 
 #include "ringmta/core/clock.h"
 
@@ -64,48 +65,22 @@ void failure_throttle::record_success(const std::string& user) { _entries.erase(
 
 // ---- verifier
 
+verify_request::~verify_request() { OPENSSL_cleanse(password.data(), password.size()); }
+
 verifier::verifier(unsigned threads, std::size_t queue_max, const throttle_settings& throttle,
                    deliver_fn deliver)
-    : _thread_count(std::max(1u, threads)),
-      _queue_max(queue_max),
-      _deliver(std::move(deliver)),
-      _throttle(throttle) {}
-
-verifier::~verifier() { stop(); }
-
-void verifier::start() {
-  std::lock_guard lock(_mutex);
-  if (_started) return;
-  _started = true;
-  for (unsigned i = 0; i < _thread_count; ++i)
-    _threads.emplace_back([this] { worker_main(); });
-}
-
-void verifier::stop() noexcept {
-  {
-    std::lock_guard lock(_mutex);
-    _stopping = true;
-  }
-  _wake.notify_all();
-  for (auto& t : _threads)
-    if (t.joinable()) t.join();
-  _threads.clear();
-  for (auto& request : _queue) OPENSSL_cleanse(request->password.data(), request->password.size());
-  _queue.clear();
-}
+    : _deliver(std::move(deliver)),
+      _throttle(throttle),
+      _pool(std::max(1u, threads), queue_max,
+            [this](std::unique_ptr<verify_request> request,
+                   const core::work_pool<verify_request>& pool) {
+              verify(std::move(request), pool);
+            }) {}
 
 bool verifier::submit(std::unique_ptr<verify_request> request) noexcept {
-  {
-    std::lock_guard lock(_mutex);
-    if (_stopping || !_started || _queue.size() >= _queue_max) {
-      _counters.queue_full.fetch_add(1, std::memory_order_relaxed);
-      OPENSSL_cleanse(request->password.data(), request->password.size());
-      return false;
-    }
-    _queue.push_back(std::move(request));
-  }
-  _wake.notify_one();
-  return true;
+  if (_pool.submit(std::move(request))) return true;
+  _counters.queue_full.fetch_add(1, std::memory_order_relaxed);  // the request is wiped
+  return false;
 }
 
 std::unique_ptr<verify_result> verifier::check(verify_request& request) {
@@ -145,30 +120,16 @@ std::unique_ptr<verify_result> verifier::check(verify_request& request) {
   return result;
 }
 
-void verifier::worker_main() noexcept {
-  for (;;) {
-    std::unique_ptr<verify_request> request;
-    {
-      std::unique_lock lock(_mutex);
-      _wake.wait(lock, [this] { return _stopping || !_queue.empty(); });
-      if (_stopping) return;
-      request = std::move(_queue.front());
-      _queue.pop_front();
-    }
-    std::unique_ptr<verify_result> result;
-    try {
-      result = check(*request);
-    } catch (...) {  // allocation failure: answer "unavailable" rather than never
-      result.reset();
-    }
-    OPENSSL_cleanse(request->password.data(), request->password.size());
-    if (!result) continue;  // the session's command timeout ends its wait
-    // The shard's queue is full only under a flood of control messages; it drains each turn.
-    while (!_deliver(result)) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      std::lock_guard lock(_mutex);
-      if (_stopping) return;
-    }
+// On a worker thread. An allocation failure throws out to the pool: the session's command
+// timeout then ends its wait.
+void verifier::verify(std::unique_ptr<verify_request> request,
+                      const core::work_pool<verify_request>& pool) {
+  std::unique_ptr<verify_result> result = check(*request);
+  request.reset();  // wipes the password
+  // The shard's queue is full only under a flood of control messages; it drains each turn.
+  while (!_deliver(result)) {
+    if (pool.stopping()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 

@@ -14,18 +14,16 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "ringmta/auth/credentials.h"
+#include "ringmta/core/work_pool.h"
 
 namespace ringmta::auth {
 
@@ -75,10 +73,11 @@ struct reply_address {
 
 struct verify_request {
   std::string user;
-  std::string password;  // wiped once checked
+  std::string password;  // wiped when the request is destroyed (checked, refused or dropped)
   std::string client;    // the client's address, for the throttle
   std::shared_ptr<const backend> table;
   reply_address reply_to;
+  ~verify_request();
 };
 
 struct verify_result {
@@ -103,34 +102,27 @@ class verifier {
 
   verifier(unsigned threads, std::size_t queue_max, const throttle_settings& throttle,
            deliver_fn deliver);
-  ~verifier();
   verifier(const verifier&) = delete;
   verifier& operator=(const verifier&) = delete;
 
   // Starts the threads (after the privilege drop: it refuses to run with threads alive).
-  void start();
+  void start() { _pool.start(); }
   // Stops taking work, ends the threads; results not yet delivered are dropped (their
   // connections are going away with the shards).
-  void stop() noexcept;
+  void stop() noexcept { _pool.stop(); }
   // From a shard: false (nothing queued) when the queue is full or the pool is stopped.
   bool submit(std::unique_ptr<verify_request> request) noexcept;
   const verifier_counters& counters() const noexcept { return _counters; }
 
  private:
-  void worker_main() noexcept;
+  void verify(std::unique_ptr<verify_request> request, const core::work_pool<verify_request>& pool);
   std::unique_ptr<verify_result> check(verify_request& request);
 
-  const unsigned _thread_count;
-  const std::size_t _queue_max;
   deliver_fn _deliver;
-  std::mutex _mutex;
-  std::condition_variable _wake;
-  std::deque<std::unique_ptr<verify_request>> _queue;
-  bool _stopping = false;
-  bool _started = false;
+  std::mutex _mutex;           // the throttle's
   failure_throttle _throttle;  // under _mutex
   verifier_counters _counters;
-  std::vector<std::thread> _threads;
+  core::work_pool<verify_request> _pool;  // last: its threads stop before the rest goes
 };
 
 }  // namespace ringmta::auth
