@@ -149,6 +149,10 @@ class shard_services final : public shard::iteration_hook {
     if (auto ready = _driver.start(); failed("spool.dir, spool.segment_size: spool driver", ready))
       return ready;
     _driver.set_listener([this](const spool::event& done) {
+      if (done.kind == spool::event_kind::marked) {
+        _relay.on_marked(done.ticket, done.error);  // an operator action's journal record
+        return;
+      }
       if (done.kind != spool::event_kind::committed) return;
       if (_relay.on_committed(done.ticket, done.error)) return;  // a DSN being spooled
       _front.on_committed(done.ticket, done.error);
