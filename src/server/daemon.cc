@@ -1347,6 +1347,7 @@ int list_spool_command(const std::string& spool_directory, bool json) {
                      {"sender", m.sender},
                      {"recipients", recipients},
                      {"size", m.body_bytes},
+                     {"held", m.held},
                      {"age_seconds", now - m.received_seconds}});
     }
     std::printf("%s\n", out.dump(1).c_str());
@@ -1356,6 +1357,7 @@ int list_spool_command(const std::string& spool_directory, bool json) {
       std::string recipients;
       for (const auto& r : m.recipients)
         recipients += fmt::format("{}{} ({})", recipients.empty() ? "" : ", ", r.address, why(r));
+      if (m.held) recipients = "HELD: " + recipients;  // ringmta-ctl release ID
       std::printf("%-16s %10llu %7llds  %s %s\n", spool::format_message_id(m.id).data(),
                   static_cast<unsigned long long>(m.body_bytes),
                   static_cast<long long>(now - m.received_seconds),

@@ -26,6 +26,7 @@ struct listed_message {
   std::vector<listed_recipient> recipients;
   std::uint64_t body_bytes = 0;
   std::int64_t received_seconds = 0;  // age = now - received_seconds
+  bool held = false;                  // an operator's hold (ringmta-ctl hold): never tried
 };
 
 struct spool_listing {

@@ -134,6 +134,10 @@ tap.ok("HELD" in run_ctl("queue").stdout, "queue (text) has a HELD column")
 daemon = restart_after_kill(daemon)
 tap.ok(state_of(held) == "held", "after SIGKILL + restart the message is still held",
        ctl_json("list"))
+listed = {m["id"]: m for m in spool_list(ringmta, spool)}
+tap.ok(listed.get(held, {}).get("held") is True and
+       listed.get(deferred_ids["retry"], {}).get("held") is False,
+       "ringmta spool ls says which message is held", listed.get(held))
 later_sink = Sink(sink_binary, "127.0.0.1", later_port)  # later.test answers from now on
 probe = send(daemon.port, "probe@later.test")
 tap.ok(wait_until(lambda: [e for e, _ in later_sink.messages() if e["rcpt"] == ["probe@later.test"]],
