@@ -623,7 +623,7 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
   metrics.queued_jobs.add(added.jobs_added);
   if ((job->flags & spool::message_flag_bounce) != 0) {  // an operator's bounce, recovered
     scheduler.bounce_message(job->destination, message.id, now);
-    drain_events(nullptr);
+    return drain_events(nullptr);  // the jobs are gone: bounced, DSN and all
   }
   if (paused) {
     std::vector<recipient_report> reports;

@@ -4,7 +4,10 @@
 // the owner applies it to its scheduler (queue::scheduler::hold_message ...) in the order its
 // queue delivers messages, after any job of the message routed to it before. Deliveries in
 // flight finish first (docs/notes.md, "Per-message actions").
+#include <cstring>
+#include <optional>
 #include <set>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -113,6 +116,9 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
       return out.dump();
     }
     ticket = acted.value();
+    if (s.action_tickets.size() >= 4096) {  // answers nobody asked for (the API timed out)
+      std::erase_if(s.action_tickets, [](const auto& entry) { return entry.second >= 0; });
+    }
     s.action_tickets[ticket] = -1;
   }
   std::set<std::string> destinations;

@@ -487,6 +487,11 @@ core::result<std::uint64_t> store::mark(message_id id, std::uint16_t recipient,
     return core::fail(ENOBUFS);
   }
   entry.recipients[recipient] = status;
+  // The outcome of a message an operator bounced or deleted: no lag. Recovery would bounce or
+  // delete a recipient whose delivered mark was lost, instead of delivering it again.
+  if ((entry.flags & (message_flag_bounce | message_flag_deleted)) != 0) {
+    _journal_open->urgent = true;
+  }
   format::state_payload payload;
   payload.recipient = recipient;
   payload.state = static_cast<std::uint8_t>(status.state);
