@@ -150,10 +150,9 @@ struct context {
   std::string socket_path() const { return socket.empty() ? spool + "/admin.sock" : socket; }
 };
 
-// Sends one request; prints the error and returns the exit code when it failed.
-std::optional<int> call(const context& c, const std::string& method, const std::string& path,
-                        const std::map<std::string, std::string>& query, json& out) {
-  const answer got = request(c.socket_path(), method, path, query, c.timeout_s);
+// The exit code of a request that failed (after printing why), nullopt when it succeeded.
+// `out` is the answer's JSON (an error text that is not JSON becomes {"error": text}).
+std::optional<int> failure(const context& c, const answer& got, json& out) {
   if (got.status == 0) {
     std::cerr << "ringmta-ctl: " << got.problem << "\n";
     return unreachable;
@@ -169,6 +168,12 @@ std::optional<int> call(const context& c, const std::string& method, const std::
   if (got.status == 404) return not_found;
   if (got.status == 503) return unreachable;
   return refused;
+}
+
+// Sends one request; prints the error and returns the exit code when it failed.
+std::optional<int> call(const context& c, const std::string& method, const std::string& path,
+                        const std::map<std::string, std::string>& query, json& out) {
+  return failure(c, request(c.socket_path(), method, path, query, c.timeout_s), out);
 }
 
 int show_queue(const context& c) {
@@ -263,11 +268,15 @@ int act_on_ids(const context& c, const std::vector<std::string>& ids, const std:
                const std::map<std::string, std::string>& query, const std::string& done_text) {
   int status = done;
   json all = json::array();
+  context quiet = c;  // --json: one document on stdout, failures included in it
+  quiet.json_output = false;
   for (const auto& id : ids) {
     json out;
-    if (auto failed = call(c, "POST", "/messages/" + percent_encoded(id) + "/" + action, query,
-                           out)) {
+    if (auto failed = call(quiet, "POST", "/messages/" + percent_encoded(id) + "/" + action,
+                           query, out)) {
       status = std::max(status, *failed);
+      const std::string why = out.is_object() ? out.value("error", "") : "no answer";
+      if (c.json_output) all.push_back({{"id", id}, {"error", why}});
       continue;
     }
     if (c.json_output) all.push_back(out);
@@ -279,7 +288,8 @@ int act_on_ids(const context& c, const std::vector<std::string>& ids, const std:
 
 // Bulk: every message queued for a domain (or every deferred one).
 int act_on_selection(const context& c, const std::string& action,
-                     std::map<std::string, std::string> query, const std::string& done_text) {
+                     const std::map<std::string, std::string>& query,
+                     const std::string& done_text) {
   json out;
   if (auto failed = call(c, "POST", "/messages/" + action, query, out)) return *failed;
   if (c.json_output) return std::cout << out.dump(2) << "\n", done;
@@ -294,23 +304,12 @@ int act_on_selection(const context& c, const std::string& action,
 int show_body(const context& c, const std::string& id) {
   const answer got = request(c.socket_path(), "GET", "/messages/" + percent_encoded(id) + "/body",
                              {}, c.timeout_s);
-  if (got.status == 0) {
-    std::cerr << "ringmta-ctl: " << got.problem << "\n";
-    return unreachable;
-  }
   if (got.status != 200) {
     json out;
-    try {
-      out = json::parse(got.body);
-    } catch (const std::exception&) {
-      out = json{{"error", got.body}};
-    }
-    if (c.json_output) std::cout << out.dump(2) << "\n";
-    std::cerr << "ringmta-ctl: " << out.value("error", got.body) << "\n";
-    return got.status == 404 ? not_found : got.status == 503 ? unreachable : refused;
+    return failure(c, got, out).value_or(refused);
   }
-  if (c.json_output) return std::cout << json{{"id", id}, {"message", got.body}}.dump(2) << "\n", done;
-  std::cout << got.body;
+  if (c.json_output) std::cout << json{{"id", id}, {"message", got.body}}.dump(2) << "\n";
+  else std::cout << got.body;
   return done;
 }
 
@@ -399,10 +398,9 @@ int main(int argc, char** argv) {
   if (remove->parsed()) {
     if (!one_selection(!ids.empty() + !domain.empty() + all_deferred)) return usage;
     if (!ids.empty()) return act_on_ids(c, ids, "delete", {}, "deleted");
-    return act_on_selection(c, "delete",
-                            domain.empty() ? std::map<std::string, std::string>{{"state", "deferred"}}
-                                           : std::map<std::string, std::string>{{"domain", domain}},
-                            "deleted");
+    std::map<std::string, std::string> selection{{"state", "deferred"}};
+    if (!domain.empty()) selection = {{"domain", domain}};
+    return act_on_selection(c, "delete", selection, "deleted");
   }
   if (hold->parsed()) return act_on_ids(c, ids, "hold", {}, "held");
   if (release->parsed()) return act_on_ids(c, ids, "release", {}, "released");
