@@ -319,6 +319,7 @@ job_view scheduler::state::view(std::uint32_t slot) const noexcept {
   out.first_attempt_ms = std::int64_t{job.first_attempt_seconds} * 1000;
   out.last_attempt_ms = std::int64_t{job.last_attempt_seconds} * 1000;
   out.next_attempt_ms = job.next_attempt_ms;
+  out.held = job.state == job_state::held;
   if (job.error != 0) {
     const error_entry& entry = errors[job.error];
     out.last_reply_code = entry.reply_code;
@@ -384,7 +385,9 @@ void scheduler::state::push_event(event_kind kind, std::uint32_t slot,
   pending.error = jobs[slot].error;
   retain(pending.error);
   events.push_back(pending);
-  if (kind == event_kind::expired || kind == event_kind::bounced_by_operator) free_job(slot);
+  if (kind == event_kind::expired || kind == event_kind::bounced_by_operator ||
+      kind == event_kind::removed_by_operator)
+    free_job(slot);
 }
 
 // ---------------------------------------------------------------- wake-ups

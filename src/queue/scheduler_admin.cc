@@ -159,6 +159,7 @@ void scheduler::state::fill_info(std::uint32_t slot, destination_info& out) cons
   out.ready = d.ready.count;
   out.scheduled = static_cast<std::uint32_t>(d.scheduled.size());
   out.in_flight = d.in_flight.count;
+  out.held = d.held.count;
   out.connections = d.connections;
   out.connection_failures = d.connection_failures;
   out.backoff_until_ms = d.backoff_until_ms;
@@ -213,6 +214,9 @@ std::size_t scheduler::list_jobs(std::string_view name, std::size_t count_max,
                       order.end(), earlier);
     for (std::size_t i = 0; i < take; ++i) out.push_back(s.view(order[i].slot));
   }
+  for (std::uint32_t slot = d->held.head; slot != nil_slot && out.size() - before < count_max;
+       slot = s.jobs[slot].next)
+    out.push_back(s.view(slot));
   return out.size() - before;
 }
 
@@ -222,7 +226,7 @@ scheduler_stats scheduler::stats() const noexcept {
   out.destinations = s.live_destinations;
   out.jobs = s.live_jobs;
   out.connections = s.live_connections;
-  out.ready = out.scheduled = out.in_flight = 0;
+  out.ready = out.scheduled = out.in_flight = out.held = 0;
   std::uint64_t bytes = s.jobs.capacity() * sizeof(job_record) +
                         s.free_jobs.capacity() * sizeof(std::uint32_t) +
                         s.destinations.capacity() * sizeof(destination_record) +
@@ -235,6 +239,7 @@ scheduler_stats scheduler::stats() const noexcept {
     out.ready += d.ready.count;
     out.scheduled += d.scheduled.size();
     out.in_flight += d.in_flight.count;
+    out.held += d.held.count;
   }
   for (const error_entry& entry : s.errors) bytes += sizeof(error_entry) + entry.key.capacity();
   out.memory_bytes = bytes;

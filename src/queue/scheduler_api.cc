@@ -99,7 +99,11 @@ add_result scheduler::add(std::string_view name, const job_spec& spec, std::int6
     job.attempts = spec.attempts;
     job.destination = slot;
     destination_record& d = s.destinations[slot];
-    if (spec.not_before_ms > now_ms) {
+    if (spec.held) {
+      job.state = job_state::held;
+      job.next_attempt_ms = spec.not_before_ms;
+      s.push_back(d.held, job_slot);
+    } else if (spec.not_before_ms > now_ms) {
       s.schedule(d, job_slot, spec.not_before_ms);
     } else {
       job.state = job_state::ready;
@@ -291,10 +295,13 @@ defer_result scheduler::deferred(job_id id, std::int64_t now_ms, const failure& 
   s.unlink(d.in_flight, id.slot);
   job.mask &= keep_mask;
   defer_result result;
-  if ((job.flags & job_flag_bounce) != 0) {
-    result.status = defer_status::bounced_by_operator;
+  // Operator actions that found the job in flight (scheduler_message.cc): its transaction
+  // is over, the action applies now. Removal wins over a bounce, a bounce over a hold.
+  if ((job.flags & (job_flag_bounce | job_flag_remove)) != 0) {
+    const bool removed = (job.flags & job_flag_remove) != 0;
+    result.status = removed ? defer_status::removed_by_operator : defer_status::bounced_by_operator;
     result.attempts = job.attempts;
-    ++s.counters.bounced_by_operator;
+    ++(removed ? s.counters.removed_by_operator : s.counters.bounced_by_operator);
     s.free_job(id.slot);
     s.reschedule(slot, now_ms);
     return result;
@@ -318,6 +325,16 @@ defer_result scheduler::deferred(job_id id, std::int64_t now_ms, const failure& 
   // to its lifetime rather than one long delay after it.
   std::int64_t next = std::min(now_ms + s.retry_delay(d, job.attempts), expiry);
   result.delay_warning = s.warn_delay(job, now_ms);
+  if ((job.flags & job_flag_hold) != 0) {  // held while in flight: held now, no retry
+    job.flags &= static_cast<std::uint8_t>(~job_flag_hold);
+    job.state = job_state::held;
+    job.next_attempt_ms = next;
+    s.push_back(d.held, id.slot);
+    result.status = defer_status::held;
+    result.next_attempt_ms = next;
+    s.reschedule(slot, now_ms);
+    return result;
+  }
   s.schedule(d, id.slot, next);
   result.next_attempt_ms = next;
   s.reschedule(slot, now_ms);

@@ -22,8 +22,14 @@ namespace ringmta::queue {
 
 inline constexpr std::uint32_t nil_slot = 0xffffffffu;
 
-enum class job_state : std::uint8_t { free, ready, scheduled, in_flight };
-enum job_flag : std::uint8_t { job_flag_delay_warned = 1, job_flag_bounce = 2 };
+enum class job_state : std::uint8_t { free, ready, scheduled, in_flight, held };
+// hold / remove: set on a job in flight by an operator action, applied when it is deferred.
+enum job_flag : std::uint8_t {
+  job_flag_delay_warned = 1,
+  job_flag_bounce = 2,
+  job_flag_hold = 4,
+  job_flag_remove = 8,
+};
 
 struct job_record {
   spool::message_id message = 0;
@@ -73,6 +79,7 @@ struct destination_record {
   destination_limits limits;
   job_list ready;
   job_list in_flight;
+  job_list held;                      // operator holds: never taken, no wake-up, no expiry
   std::vector<heap_entry> scheduled;  // min-heap of job slots by next attempt
   std::uint32_t connections = 0;
   std::uint32_t connections_starting = 0;  // opened, no take_for_connection yet
@@ -89,7 +96,8 @@ struct destination_record {
   std::int64_t last_error_ms = 0;
 
   std::uint32_t job_count() const noexcept {
-    return ready.count + in_flight.count + static_cast<std::uint32_t>(scheduled.size());
+    return ready.count + in_flight.count + held.count +
+           static_cast<std::uint32_t>(scheduled.size());
   }
 };
 
@@ -191,6 +199,13 @@ struct scheduler::state {
   void note_attempt(job_record& job, std::int64_t now_ms, std::uint32_t error) noexcept;
   bool warn_delay(job_record& job, std::int64_t now_ms) const noexcept;
   void push_event(event_kind kind, std::uint32_t slot, std::int64_t next_ms) noexcept;
+  // Per-message actions (scheduler_message.cc): takes the queued jobs of `message` out of
+  // the destination's ready list and scheduled heap, appending their slots to `out`.
+  void take_queued(destination_record& d, spool::message_id message,
+                   std::vector<std::uint32_t>& out) noexcept;
+  scheduler::message_action_result end_jobs(destination_record& d, spool::message_id message,
+                                            event_kind kind, job_flag flag,
+                                            std::string_view text, std::int64_t now_ms) noexcept;
   // until_ms > 0: to that time (a pause), without counting a connection failure.
   void backoff(std::uint32_t slot, std::int64_t now_ms, const failure& reason,
                std::int64_t until_ms = 0) noexcept;

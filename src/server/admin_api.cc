@@ -6,8 +6,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <set>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -19,6 +22,8 @@
 #include "ringmta/core/clock.h"
 #include "ringmta/server/relay.h"
 #include "ringmta/server/suspensions.h"
+#include "ringmta/spool/listing.h"
+#include "ringmta/spool/recovery.h"
 
 #ifndef RINGMTA_VERSION
 #define RINGMTA_VERSION "unknown"
@@ -311,6 +316,119 @@ http_response queue(const admin_api& api, const http_request& r) {
   return act(api, r, name, rest.substr(slash + 1));
 }
 
+// ---- per-message actions: /messages/ID/ACTION, /messages/ID/body, /messages/ACTION?domain=
+
+// Polls the home shard until the action's journal record is durable (10 s at most): an
+// acknowledged action survives SIGKILL. A flush takes one loop iteration and one fdatasync.
+std::optional<std::string> wait_durable(const admin_api& api, unsigned home,
+                                        std::uint64_t ticket) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto state = api.ask(home, [ticket](relay& owner) { return owner.action_state(ticket); });
+    if (!state) return std::nullopt;
+    if (*state != "pending") return state;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return std::nullopt;
+}
+
+http_response act_on_message(const admin_api& api, const http_request& r, spool::message_id id,
+                             const std::string& action) {
+  const std::string text = spool::format_message_id(id).data();
+  const unsigned home = spool::message_id_shard(id);
+  if (home >= api.shards) return error(404, "no queued message " + text);
+  const std::string reason = r.param("reason").substr(0, 200);
+  const std::string by = who(r);
+  auto answer = api.ask(home, [id, action, reason, by](relay& owner) {
+    return owner.act_on_message(id, action, reason, by);
+  });
+  if (!answer) return error(503, "the shard did not answer");
+  if (answer->empty())
+    return error(400, "unknown action " + action + ": hold, release, delete, retry, bounce");
+  json out = json::parse(*answer);
+  if (!out.value("found", false)) return error(404, "no queued message " + text);
+  if (out.contains("error")) return error(500, out.value("error", ""));
+  if (const auto ticket = out.value("ticket", std::uint64_t{0}); ticket != 0) {
+    const auto state = wait_durable(api, home, ticket);
+    if (!state) return error(503, "journaled, but the spool did not report it durable in time");
+    if (*state != "ok") return error(500, *state);
+  }
+  out.erase("ticket");
+  return reply(200, out);
+}
+
+// Bulk: every queued message with a job at ?domain=D, or with a deferred job (?state=deferred).
+// Whole messages (as postsuper -d): their recipients at other destinations too.
+http_response act_on_messages(const admin_api& api, const http_request& r,
+                              const std::string& action) {
+  const std::string domain = lowercase(r.param("domain"));
+  const std::string state = r.param("state");
+  if (domain.empty() && state != "deferred")
+    return error(400, "name the messages: ?domain=DOMAIN or ?state=deferred");
+  const auto work = [domain](relay& owner) { return owner.jobs_json(domain, 100'000); };
+  std::optional<json> jobs;
+  if (domain.empty()) jobs = gather(api, work);
+  else if (auto part = api.ask(owner_of(domain, api.shards), work)) jobs = json::parse(*part);
+  if (!jobs) return error(503, "a shard did not answer");
+  std::set<std::string> ids;
+  for (const auto& job : *jobs)
+    if (state.empty() || job.value("state", "") == state) ids.insert(job.value("id", ""));
+  json done = json::array();
+  json failed = json::array();
+  for (const auto& text : ids) {
+    const auto id = spool::parse_message_id(text);
+    if (!id) continue;
+    const auto answer = act_on_message(api, r, *id, action);
+    if (answer.status == 200) done.push_back(text);
+    else if (answer.status != 404) failed.push_back({{"id", text}, {"status", answer.status}});
+  }  // a 404: the message left meanwhile (delivered, deleted)
+  json out = {{"action", action}, {"messages", done}, {"failed", failed}};
+  return reply(failed.empty() ? 200 : 500, out);
+}
+
+// The whole message from the home shard's segment files, read here (the shard only says
+// where): `ringmta-ctl show ID --body`.
+http_response message_text(const admin_api& api, spool::message_id id) {
+  const std::string text = spool::format_message_id(id).data();
+  const unsigned home = spool::message_id_shard(id);
+  if (home >= api.shards) return error(404, "no queued message " + text);
+  auto answer = api.ask(home, [id](relay& owner) { return owner.message_location_json(id); });
+  if (!answer) return error(503, "the shard did not answer");
+  if (answer->empty()) return error(404, "no queued message " + text);
+  const json where = json::parse(*answer);
+  spool::message_location location;
+  location.id = id;
+  location.commit_segment = where.value("commit_segment", 0u);
+  location.commit_offset = where.value("commit_offset", std::uint64_t{0});
+  location.commit_bytes = where.value("commit_bytes", 0u);
+  auto read = spool::read_message_text(spool::shard_directory(api.spool_dir, home), location,
+                                       std::uint64_t{1} << 30);
+  if (!read && read.error() == ENOENT) return error(404, "no queued message " + text);
+  if (!read) return error(500, fmt::format("cannot read {}: {}", text, read.error_text()));
+  return {200, "message/rfc822", std::move(read.value())};
+}
+
+http_response message_route(const admin_api& api, const http_request& r) {
+  const std::string rest = r.path.substr(std::string("/messages/").size());
+  const auto slash = rest.find('/');
+  if (slash == std::string::npos) {  // /messages/ACTION?domain=D | state=deferred
+    if (r.method != "POST") return error(405, "use POST /messages/ACTION?domain=DOMAIN");
+    if (rest != "hold" && rest != "release" && rest != "delete" && rest != "retry" &&
+        rest != "bounce")
+      return error(400, "unknown action " + rest + ": hold, release, delete, retry, bounce");
+    return act_on_messages(api, r, rest);
+  }
+  const auto id = spool::parse_message_id(rest.substr(0, slash));
+  if (!id) return error(400, "bad message id " + rest.substr(0, slash));
+  const std::string action = rest.substr(slash + 1);
+  if (action == "body") {
+    if (r.method != "GET") return error(405, "use GET /messages/ID/body");
+    return message_text(api, *id);
+  }
+  if (r.method != "POST") return error(405, "use POST /messages/ID/ACTION");
+  return act_on_message(api, r, *id, action);
+}
+
 }  // namespace
 
 std::optional<std::int64_t> parse_duration_s(std::string_view text) {
@@ -342,6 +460,7 @@ http_response admin_api::serve(const http_request& r) const {
   else if (!running()) out = error(503, "not running");
   else if (r.path == "/status") out = status(*this);
   else if (r.path.rfind("/queue", 0) == 0) out = queue(*this, r);
+  else if (r.path.rfind("/messages/", 0) == 0) out = message_route(*this, r);
   else out = error(404, "not found: " + r.path);
   if (r.method != "GET" && r.method != "HEAD") {
     std::string query;

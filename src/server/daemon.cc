@@ -149,6 +149,10 @@ class shard_services final : public shard::iteration_hook {
     if (auto ready = _driver.start(); failed("spool.dir, spool.segment_size: spool driver", ready))
       return ready;
     _driver.set_listener([this](const spool::event& done) {
+      if (done.kind == spool::event_kind::marked) {
+        _relay.on_marked(done.ticket, done.error);  // an operator action's journal record
+        return;
+      }
       if (done.kind != spool::event_kind::committed) return;
       if (_relay.on_committed(done.ticket, done.error)) return;  // a DSN being spooled
       _front.on_committed(done.ticket, done.error);
@@ -1386,6 +1390,7 @@ int list_spool_command(const std::string& spool_directory, bool json) {
                      {"sender", m.sender},
                      {"recipients", recipients},
                      {"size", m.body_bytes},
+                     {"held", m.held},
                      {"age_seconds", now - m.received_seconds}});
     }
     std::printf("%s\n", out.dump(1).c_str());
@@ -1395,6 +1400,7 @@ int list_spool_command(const std::string& spool_directory, bool json) {
       std::string recipients;
       for (const auto& r : m.recipients)
         recipients += fmt::format("{}{} ({})", recipients.empty() ? "" : ", ", r.address, why(r));
+      if (m.held) recipients = "HELD: " + recipients;  // ringmta-ctl release ID
       std::printf("%-16s %10llu %7llds  %s %s\n", spool::format_message_id(m.id).data(),
                   static_cast<unsigned long long>(m.body_bytes),
                   static_cast<long long>(now - m.received_seconds),

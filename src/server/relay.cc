@@ -395,7 +395,8 @@ std::string relay::destinations_json(std::size_t count_max) const {
   _state->scheduler.list_destinations(count_max, [&](const queue::destination_info& d) {
     out.push_back({{"destination", std::string(d.name)}, {"shard", _state->owner.id()},
                    {"suspended", d.suspended}, {"ready", d.ready}, {"scheduled", d.scheduled},
-                   {"in_flight", d.in_flight}, {"connections", d.connections},
+                   {"in_flight", d.in_flight}, {"held", d.held},
+                   {"connections", d.connections},
                    {"connection_failures", d.connection_failures},
                    {"next_attempt_ms", d.next_attempt_ms},
                    {"backoff_until_ms", d.backoff_until_ms},
@@ -445,6 +446,7 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
       const bool active = i - first < info.in_flight;
       const bool backing_off = info.backoff_until_ms > now;
       const char* state = active                    ? "active"
+                          : j.held                  ? "held"
                           : info.suspended          ? "suspended"
                           : j.next_attempt_ms > now ? "deferred"
                           : backing_off             ? "deferred"
@@ -602,6 +604,7 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
   const bool paused = shaping->has_reply_rules() && scheduler.inspect(job->destination, info) &&
                       info.paused_until_ms > std::max(now, job->not_before_ms);
   if (paused) spec.not_before_ms = info.paused_until_ms;
+  spec.held = (job->flags & spool::message_flag_held) != 0;  // an operator's hold, recovered
   const auto added = scheduler.add(job->destination, spec, now, queue::admission::forced);
   if (added.status != queue::add_status::added) {
     // Only a destination name the scheduler cannot hold gets here: a permanent failure.
@@ -621,6 +624,10 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
   entry.message = &message;
   entry.jobs += added.jobs_added;
   metrics.queued_jobs.add(added.jobs_added);
+  if ((job->flags & spool::message_flag_bounce) != 0) {  // an operator's bounce, recovered
+    scheduler.bounce_message(job->destination, message.id, now);
+    return drain_events(nullptr);  // the jobs are gone: bounced, DSN and all
+  }
   if (paused) {
     std::vector<recipient_report> reports;
     for (const std::uint16_t index : job->recipients) {
@@ -897,12 +904,16 @@ void relay::state::finish_delivery(std::uint32_t slot,
   } else {
     const auto deferred =
         scheduler.deferred(flight.job.id, now, failure_of(*first_transient), keep_mask);
-    job_gone = deferred.status != queue::defer_status::scheduled;
+    job_gone = deferred.status != queue::defer_status::scheduled &&
+               deferred.status != queue::defer_status::held;
     for (auto& r : flight.results) {
       if (r.kind != outcome_kind::deferred) continue;
       r.attempts = deferred.attempts;
       r.next_attempt_ms = deferred.next_attempt_ms;
-      if (job_gone) {  // expired (or bounced by the operator) while it was on the wire
+      if (deferred.status == queue::defer_status::removed_by_operator) {  // deleted meanwhile
+        r.kind = outcome_kind::deleted;
+        r.text = fmt::format("{} (deleted by the operator)", r.text);
+      } else if (job_gone) {  // expired (or bounced by the operator) while it was on the wire
         r.kind = outcome_kind::bounced;
         r.text = fmt::format("{} (gave up: {})", r.text,
                              deferred.status == queue::defer_status::expired
@@ -937,7 +948,10 @@ void relay::state::job_left(spool::message_id id) noexcept {
   metrics.queued_jobs.add(-1);
   const auto found = owned.find(id);
   RINGMTA_ASSERT(found != owned.end() && found->second.jobs > 0);
-  if (--found->second.jobs == 0) owned.erase(found);
+  if (--found->second.jobs == 0) {
+    owned.erase(found);
+    bounce_reasons.erase(id);
+  }
 }
 
 void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
@@ -1012,6 +1026,9 @@ void relay::state::handle_event(const queue::job_event& event,
       r.status =
           event.job.last_status.valid() ? event.job.last_status : queue::status_code{4, 0, 0};
       r.text = std::string(event.job.last_error);
+    } else if (event.kind == queue::event_kind::removed_by_operator) {
+      r.kind = outcome_kind::deleted;
+      r.text = "deleted by the operator";
     } else if (event.kind == queue::event_kind::bounced_by_operator &&
                permanent != permanent_failures.end()) {
       r = permanent->second;
@@ -1024,11 +1041,15 @@ void relay::state::handle_event(const queue::job_event& event,
       r.reply_code = expired ? 0 : 550;
       r.text = expired ? fmt::format("delivery time expired; last error: {}", event.job.last_error)
                        : std::string("bounced by the operator");
+      if (const auto why = bounce_reasons.find(event.job.message);
+          !expired && why != bounce_reasons.end())
+        r.text += ": " + why->second;
     }
     reports.push_back(std::move(r));
   });
   if (event.kind == queue::event_kind::expired ||
-      event.kind == queue::event_kind::bounced_by_operator)
+      event.kind == queue::event_kind::bounced_by_operator ||
+      event.kind == queue::event_kind::removed_by_operator)
     job_left(event.job.message);
   report(message, home, std::move(reports));
 }

@@ -22,6 +22,7 @@ const char* event_name(outcome_kind kind) noexcept {
     case outcome_kind::deferred: return "deferred";
     case outcome_kind::bounced: return "bounced";
     case outcome_kind::delayed: return "delayed";
+    case outcome_kind::deleted: return "deleted";
   }
   return "?";
 }
@@ -120,8 +121,15 @@ void relay::state::route_recipients(spooled_message& message,
   for (auto& [group, indices] : groups) {
     message.recipients_open += static_cast<std::uint32_t>(indices.size());
     metrics.routed_recipients.add(indices.size());
+    // Recovered operator actions travel with the job: held mail is never tried, a pending
+    // bounce is carried out (a deleted message is final at recovery and never gets here).
+    const std::uint8_t flags =
+        recovered == nullptr ? 0
+                             : static_cast<std::uint8_t>(recovered->flags &
+                                                         (spool::message_flag_held |
+                                                          spool::message_flag_bounce));
     auto* job = new routed_job{&message, std::get<0>(group), std::move(indices),
-                               std::get<1>(group), std::get<2>(group)};
+                               std::get<1>(group), std::get<2>(group), flags};
     shard::message m{};
     m.handler = &on_job_message;
     m.words[0] = reinterpret_cast<std::uintptr_t>(job);
@@ -144,6 +152,7 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
     switch (r.kind) {
       case outcome_kind::delivered: status.state = spool::recipient_state::delivered; break;
       case outcome_kind::bounced: status.state = spool::recipient_state::bounced; break;
+      case outcome_kind::deleted: status.state = spool::recipient_state::deleted; break;
       case outcome_kind::deferred:
         status.state = spool::recipient_state::deferred;
         status.next_attempt_seconds = std::max<std::int64_t>(now_seconds, r.next_attempt_ms / 1000);
@@ -213,6 +222,7 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
     case outcome_kind::deferred:
       metrics.deferred.add();
       return;
+    case outcome_kind::deleted: return;  // no DSN: the operator deleted it (postsuper -d)
   }
   if (!queue::should_send_dsn(message.envelope.reverse_path, recipient.notify, action)) return;
   dsn_note note;

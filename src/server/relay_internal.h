@@ -49,9 +49,24 @@ struct routed_job {
   std::vector<std::uint16_t> recipients;
   std::uint16_t attempts = 0;
   std::int64_t not_before_ms = 0;
+  std::uint8_t flags = 0;  // spool::message_flag_held / _bounce: recovered operator actions
 };
 
-enum class outcome_kind : std::uint8_t { delivered, deferred, bounced, delayed };
+// What an operator asked of one message (relay_actions.cc).
+enum class message_op : std::uint8_t { hold, release, remove, retry, bounce };
+
+// Home → owner: apply an operator action to the message's jobs at one destination. By id,
+// not by pointer: the owner may have reported every job already (then it has nothing to do).
+struct message_action_job {
+  spool::message_id id = 0;
+  std::string destination;
+  message_op op = message_op::hold;
+  std::string reason;  // bounce: for the DSN and the log
+};
+void on_message_action_message(shard::shard& target, const shard::message& received) noexcept;
+
+// deleted: an operator deleted the message (no DSN, like postsuper -d).
+enum class outcome_kind : std::uint8_t { delivered, deferred, bounced, delayed, deleted };
 
 struct recipient_report {
   std::uint16_t index = 0;
@@ -195,6 +210,13 @@ struct relay::state {
   void handle_event(const queue::job_event& event, const recipient_report* why) noexcept;
   void drain_events(const recipient_report* why) noexcept;
   void job_left(spool::message_id id) noexcept;
+  // Per-message operator actions (relay_actions.cc): the home's pending journal tickets
+  // (-1: not yet durable, else the errno), and the owner's side.
+  std::unordered_map<std::uint64_t, int> action_tickets;
+  std::unordered_map<spool::message_id, std::string> bounce_reasons;  // owner: until reported
+  void apply_message_action(const message_action_job& job) noexcept;
+  void send_message_action(spool::message_id id, const std::string& destination, message_op op,
+                           std::string_view reason) noexcept;
   void report(spooled_message* message, unsigned home,
               std::vector<recipient_report> reports) noexcept;
   void arm_timer(std::int64_t now_ms) noexcept;

@@ -67,6 +67,7 @@ const char* recipient_state_name(recipient_state state) noexcept {
     case recipient_state::deferred: return "deferred";
     case recipient_state::delivered: return "delivered";
     case recipient_state::bounced: return "bounced";
+    case recipient_state::deleted: return "deleted";
   }
   return "unknown";
 }

@@ -43,7 +43,7 @@ void encode_record(char* out, record_type type, message_id id, std::string_view 
 bool decode_header(const char* in, record_header& out) noexcept {
   if (load_le<std::uint32_t>(in) != magic) return false;
   const auto type = static_cast<std::uint8_t>(in[4]);
-  if (type < 1 || type > 6) return false;
+  if (type < 1 || type > static_cast<std::uint8_t>(record_type::action)) return false;
   out.type = static_cast<record_type>(type);
   out.payload_bytes = load_le<std::uint32_t>(in + 8);
   out.id = load_le<std::uint64_t>(in + 16);
@@ -89,6 +89,19 @@ state_payload decode_state(const char* in) noexcept {
   value.state = static_cast<std::uint8_t>(in[2]);
   value.attempts = load_le<std::uint32_t>(in + 4);
   value.next_attempt_seconds = load_le<std::int64_t>(in + 8);
+  return value;
+}
+
+void encode_action(const action_payload& value, char* out) noexcept {
+  std::memset(out, 0, action_payload_bytes);
+  out[0] = static_cast<char>(value.action);
+  store_le(out + 8, value.seconds);
+}
+
+action_payload decode_action(const char* in) noexcept {
+  action_payload value;
+  value.action = static_cast<std::uint8_t>(in[0]);
+  value.seconds = load_le<std::int64_t>(in + 8);
   return value;
 }
 

@@ -33,6 +33,7 @@ enum class record_type : std::uint8_t {
   commit = 4,    // makes a message visible: body length, body ranges, envelope
   void_tail = 5, // "segment S is valid only below offset X" after a failed write
   state = 6,     // journal: one recipient's delivery state (last one wins)
+  action = 7,    // journal: an operator action on the whole message (hold, release, delete, bounce)
 };
 
 struct record_header {
@@ -64,6 +65,16 @@ struct state_payload {
 };
 inline constexpr std::uint32_t state_payload_bytes = 16;
 
+// Payload of an action record: u8 action (spool::message_action) | u8[7] zero |
+// i64 seconds (when it was asked). Same size as a state record, so the journal's batches
+// hold both kinds alike.
+struct action_payload {
+  std::uint8_t action = 0;
+  std::int64_t seconds = 0;
+};
+inline constexpr std::uint32_t action_payload_bytes = 16;
+static_assert(action_payload_bytes == state_payload_bytes);
+
 // Payload of a void_tail record.
 inline constexpr std::uint32_t void_payload_bytes = 16;  // u64 segment id, u64 valid end
 
@@ -88,6 +99,8 @@ void encode_file_header(const file_header& value, char* out) noexcept;
 file_header decode_file_header(const char* in) noexcept;
 void encode_state(const state_payload& value, char* out) noexcept;
 state_payload decode_state(const char* in) noexcept;
+void encode_action(const action_payload& value, char* out) noexcept;
+action_payload decode_action(const char* in) noexcept;
 
 // Reads and verifies the commit record of `id` at `offset` (`bytes` = header + payload) and
 // returns its payload. Blocking pread. EBADMSG when it does not verify.

@@ -282,7 +282,28 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
               std::to_string(static_cast<int>(header.type)));
 }
 
+// An action record: the message's flags change (applied in journal order, with the state
+// records around it). Unknown actions are reported and ignored.
+void on_action_record(scan_context& ctx, std::uint32_t journal, const record_view& record) {
+  const auto payload = format::decode_action(record.payload.data());
+  auto found = ctx.messages.find(record.header.id);
+  if (found == ctx.messages.end()) return;  // message reclaimed or never complete
+  if (payload.action < static_cast<std::uint8_t>(message_action::hold) ||
+      payload.action > static_cast<std::uint8_t>(message_action::bounce)) {
+    ctx.problem("journal " + std::to_string(journal) + ": bad action record at " +
+                std::to_string(record.offset));
+    return;
+  }
+  found->second.flags =
+      apply_action(found->second.flags, static_cast<message_action>(payload.action));
+}
+
 void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_view& record) {
+  if (record.header.type == format::record_type::action &&
+      record.payload.size() == format::action_payload_bytes) {
+    ++ctx.state->report.action_records;
+    return on_action_record(ctx, journal, record);
+  }
   if (record.header.type != format::record_type::state ||
       record.payload.size() != format::state_payload_bytes) {
     ctx.problem("journal " + std::to_string(journal) + ": unexpected record at " +
@@ -294,7 +315,7 @@ void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_vi
   auto found = ctx.messages.find(record.header.id);
   if (found == ctx.messages.end()) return;  // message reclaimed or never complete
   auto& recipients = found->second.recipients;
-  if (payload.recipient >= recipients.size() || payload.state > 3) {
+  if (payload.recipient >= recipients.size() || payload.state > recipient_state_max) {
     ctx.problem("journal " + std::to_string(journal) + ": bad state record at " +
                 std::to_string(record.offset));
     return;
@@ -438,6 +459,19 @@ void build_messages(scan_context& ctx, std::vector<message_id>& incomplete) {
 
 }  // namespace
 
+std::uint8_t apply_action(std::uint8_t flags, message_action action) noexcept {
+  if ((flags & message_flag_deleted) != 0) return flags;  // a delete is the last word
+  switch (action) {
+    case message_action::hold: return static_cast<std::uint8_t>(flags | message_flag_held);
+    case message_action::release: return static_cast<std::uint8_t>(flags & ~message_flag_held);
+    case message_action::remove:
+      return static_cast<std::uint8_t>((flags | message_flag_deleted) & ~message_flag_held);
+    case message_action::bounce:
+      return static_cast<std::uint8_t>((flags | message_flag_bounce) & ~message_flag_held);
+  }
+  return flags;
+}
+
 core::result<recovered_state> recover(const std::string& shard_directory, std::uint32_t shard) {
   DIR* directory = ::opendir(shard_directory.c_str());
   if (directory == nullptr) return core::fail(errno);
@@ -472,6 +506,13 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
     if (scan_file(ctx, id, true, file)) state.journals.push_back(std::move(file));
   }
   state.report.journals = state.journals.size();
+  // A delete is final for every recipient it found open (the journal may not have had the
+  // per-recipient marks yet): never resurrected, never delivered again.
+  for (auto& [id, entry] : ctx.messages) {
+    if ((entry.flags & message_flag_deleted) == 0) continue;
+    for (auto& status : entry.recipients)
+      if (!is_final(status.state)) status = recipient_status{recipient_state::deleted, 0, 0};
+  }
   for (message_id id : incomplete) {
     auto found = ctx.messages.find(id);
     const auto& recipients = found->second.recipients;

@@ -487,12 +487,20 @@ core::result<std::uint64_t> store::mark(message_id id, std::uint16_t recipient,
     return core::fail(ENOBUFS);
   }
   entry.recipients[recipient] = status;
+  // The outcome of a message an operator bounced or deleted: no lag. Recovery would bounce or
+  // delete a recipient whose delivered mark was lost, instead of delivering it again.
+  if ((entry.flags & (message_flag_bounce | message_flag_deleted)) != 0) {
+    _journal_open->urgent = true;
+  }
   format::state_payload payload;
   payload.recipient = recipient;
   payload.state = static_cast<std::uint8_t>(status.state);
   payload.attempts = status.attempts;
   payload.next_attempt_seconds = status.next_attempt_seconds;
-  _journal_open->items.push_back(journal_item{id, payload});
+  journal_item item;
+  item.id = id;
+  item.state = payload;
+  _journal_open->items.push_back(item);
   const std::uint64_t ticket = _next_ticket++;
   _journal_open->tickets.emplace_back(ticket, id);
   const bool all_final = std::all_of(entry.recipients.begin(), entry.recipients.end(),
@@ -501,6 +509,29 @@ core::result<std::uint64_t> store::mark(message_id id, std::uint16_t recipient,
     entry.status = message_status::final;
     _journal_open->finals.push_back(id);
   }
+  return ticket;
+}
+
+core::result<std::uint64_t> store::act(message_id id, message_action action,
+                                       std::int64_t now_seconds) noexcept {
+  auto found = _index.find(id);
+  if (found == _index.end() || found->second.status != message_status::queued) {
+    return core::fail(ENOENT);
+  }
+  if ((_journal_open->items.size() + 1) * state_record_bytes >
+      _config.journal_buffered_bytes_max) {
+    return core::fail(ENOBUFS);
+  }
+  found->second.flags = apply_action(found->second.flags, action);
+  journal_item item;
+  item.id = id;
+  item.type = format::record_type::action;
+  item.action.action = static_cast<std::uint8_t>(action);
+  item.action.seconds = now_seconds;
+  _journal_open->items.push_back(item);
+  _journal_open->urgent = true;
+  const std::uint64_t ticket = _next_ticket++;
+  _journal_open->tickets.emplace_back(ticket, id);
   return ticket;
 }
 

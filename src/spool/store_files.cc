@@ -145,8 +145,12 @@ void store::encode_journal_items(std::string& out, std::uint64_t salt,
                                  std::uint64_t offset) const {
   for (const auto& item : _flight->journal.items) {
     char record[state_record_bytes];
-    format::encode_state(item.state, record + format::header_bytes);
-    format::encode_record(record, format::record_type::state, item.id,
+    if (item.type == format::record_type::action) {
+      format::encode_action(item.action, record + format::header_bytes);
+    } else {
+      format::encode_state(item.state, record + format::header_bytes);
+    }
+    format::encode_record(record, item.type, item.id,
                           std::string_view(record + format::header_bytes,
                                            format::state_payload_bytes),
                           format::seed(salt, offset + out.size()));
@@ -175,6 +179,29 @@ void store::encode_snapshot(std::string& out, std::uint64_t salt, std::uint64_t 
                             format::seed(salt, offset + out.size()));
       out.append(record, sizeof record);
     }
+    encode_flag_actions(out, id, entry.flags, salt, offset);
+  }
+}
+
+// The action records that restore a message's flags (after its state records, as in the
+// journal they come from): hold, delete, bounce. No flags: none.
+void store::encode_flag_actions(std::string& out, message_id id, std::uint8_t flags,
+                                std::uint64_t salt, std::uint64_t offset) const {
+  const std::pair<std::uint8_t, message_action> kinds[] = {
+      {message_flag_held, message_action::hold},
+      {message_flag_bounce, message_action::bounce},
+      {message_flag_deleted, message_action::remove}};
+  for (const auto& [flag, action] : kinds) {
+    if ((flags & flag) == 0) continue;
+    format::action_payload payload;
+    payload.action = static_cast<std::uint8_t>(action);
+    char record[state_record_bytes];
+    format::encode_action(payload, record + format::header_bytes);
+    format::encode_record(record, format::record_type::action, id,
+                          std::string_view(record + format::header_bytes,
+                                           format::action_payload_bytes),
+                          format::seed(salt, offset + out.size()));
+    out.append(record, sizeof record);
   }
 }
 

@@ -50,7 +50,8 @@ void store::submit() noexcept {
   // Marks wait for a flight without commits, unless they have waited long or piled up.
   const bool journal_lags = commits && !_snapshot_needed &&
                             _flights_since_journal < _config.journal_lag_flights_max &&
-                            _journal_open->items.size() < _config.journal_lag_items_max;
+                            _journal_open->items.size() < _config.journal_lag_items_max &&
+                            !_journal_open->urgent;
   bool journal_deferred = false;
   if (journal_lags) {
     journal_deferred = !_journal_open->empty();  // keep the request: marks still to write
@@ -142,6 +143,7 @@ bool store::submit_journal_part() noexcept {
   _journal_open->items.clear();
   _journal_open->tickets.clear();
   _journal_open->finals.clear();
+  _journal_open->urgent = false;
   f.journal_bytes.clear();
   f.journal_snapshot = _snapshot_needed;
   if (_snapshot_needed) {

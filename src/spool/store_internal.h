@@ -97,15 +97,19 @@ struct store::segment_batch {
   std::uint64_t bytes = 0;
 };
 
+// A state record, or an action record (type action: `action` is its payload).
 struct journal_item {
   message_id id = 0;
   format::state_payload state;
+  format::record_type type = format::record_type::state;
+  format::action_payload action;
 };
 
 struct store::journal_batch {
   std::vector<journal_item> items;
   std::vector<ticket_ref> tickets;
   std::vector<message_id> finals;  // became final in memory, durable with this batch
+  bool urgent = false;  // holds an action record: synced with the next flight, never lagged
   bool empty() const noexcept { return items.empty() && tickets.empty() && finals.empty(); }
 };
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -149,10 +150,9 @@ struct context {
   std::string socket_path() const { return socket.empty() ? spool + "/admin.sock" : socket; }
 };
 
-// Sends one request; prints the error and returns the exit code when it failed.
-std::optional<int> call(const context& c, const std::string& method, const std::string& path,
-                        const std::map<std::string, std::string>& query, json& out) {
-  const answer got = request(c.socket_path(), method, path, query, c.timeout_s);
+// The exit code of a request that failed (after printing why), nullopt when it succeeded.
+// `out` is the answer's JSON (an error text that is not JSON becomes {"error": text}).
+std::optional<int> failure(const context& c, const answer& got, json& out) {
   if (got.status == 0) {
     std::cerr << "ringmta-ctl: " << got.problem << "\n";
     return unreachable;
@@ -170,6 +170,12 @@ std::optional<int> call(const context& c, const std::string& method, const std::
   return refused;
 }
 
+// Sends one request; prints the error and returns the exit code when it failed.
+std::optional<int> call(const context& c, const std::string& method, const std::string& path,
+                        const std::map<std::string, std::string>& query, json& out) {
+  return failure(c, request(c.socket_path(), method, path, query, c.timeout_s), out);
+}
+
 int show_queue(const context& c) {
   json out;
   if (auto failed = call(c, "GET", "/queue", {}, out)) return *failed;
@@ -183,13 +189,13 @@ int show_queue(const context& c) {
                       : "yes";
     rows.push_back({d.value("destination", ""), std::to_string(d.value("ready", 0)),
                     std::to_string(d.value("scheduled", 0)),
-                    std::to_string(d.value("in_flight", 0)),
+                    std::to_string(d.value("in_flight", 0)), std::to_string(d.value("held", 0)),
                     std::to_string(d.value("connections", 0)),
                     when(d.value("next_attempt_ms", std::int64_t{0})), suspended,
                     d.value("last_error", "")});
   }
-  print_table({"DESTINATION", "READY", "SCHEDULED", "ACTIVE", "CONNS", "NEXT ATTEMPT", "SUSPENDED",
-               "LAST ERROR"}, rows);
+  print_table({"DESTINATION", "READY", "SCHEDULED", "ACTIVE", "HELD", "CONNS", "NEXT ATTEMPT",
+               "SUSPENDED", "LAST ERROR"}, rows);
   return done;
 }
 
@@ -256,6 +262,57 @@ int print_status(const json& s) {
   return done;
 }
 
+// Per-message actions: one request per id (each answered once journaled); the exit status
+// is the worst of them (an unknown id: 3).
+int act_on_ids(const context& c, const std::vector<std::string>& ids, const std::string& action,
+               const std::map<std::string, std::string>& query, const std::string& done_text) {
+  int status = done;
+  json all = json::array();
+  context quiet = c;  // --json: one document on stdout, failures included in it
+  quiet.json_output = false;
+  for (const auto& id : ids) {
+    json out;
+    if (auto failed = call(quiet, "POST", "/messages/" + percent_encoded(id) + "/" + action,
+                           query, out)) {
+      status = std::max(status, *failed);
+      const std::string why = out.is_object() ? out.value("error", "") : "no answer";
+      if (c.json_output) all.push_back({{"id", id}, {"error", why}});
+      continue;
+    }
+    if (c.json_output) all.push_back(out);
+    else std::cout << id << ": " << done_text << "\n";
+  }
+  if (c.json_output) std::cout << all.dump(2) << "\n";
+  return status;
+}
+
+// Bulk: every message queued for a domain (or every deferred one).
+int act_on_selection(const context& c, const std::string& action,
+                     const std::map<std::string, std::string>& query,
+                     const std::string& done_text) {
+  json out;
+  if (auto failed = call(c, "POST", "/messages/" + action, query, out)) return *failed;
+  if (c.json_output) return std::cout << out.dump(2) << "\n", done;
+  for (const auto& id : out.value("messages", json::array()))
+    std::cout << id.get<std::string>() << ": " << done_text << "\n";
+  std::cout << out.value("messages", json::array()).size() << " message(s) " << done_text
+            << "\n";
+  return done;
+}
+
+// The whole message as the spool holds it (headers and body).
+int show_body(const context& c, const std::string& id) {
+  const answer got = request(c.socket_path(), "GET", "/messages/" + percent_encoded(id) + "/body",
+                             {}, c.timeout_s);
+  if (got.status != 200) {
+    json out;
+    return failure(c, got, out).value_or(refused);
+  }
+  if (c.json_output) std::cout << json{{"id", id}, {"message", got.body}}.dump(2) << "\n";
+  else std::cout << got.body;
+  return done;
+}
+
 int act(const context& c, const std::string& path,
         const std::map<std::string, std::string>& query, const std::string& done_text) {
   json out;
@@ -284,12 +341,24 @@ int main(int argc, char** argv) {
   std::string sender;
   list->add_option("--domain", domain, "only this destination");
   list->add_option("--sender", sender, "only senders containing this text");
-  list->add_option("--state", state, "deferred|ready|active|suspended")
+  list->add_option("--state", state, "deferred|ready|active|suspended|held")
       ->check(CLI::IsMember({"deferred", "ready", "active", "suspended", "held"}));
   list->add_option("--older-than", older_than, "received longer ago than this (30m, 4h, 2d)");
   std::string target;
   auto* show = app.add_subcommand("show", "one queued message: envelope, per-destination state");
   show->add_option("ID", target, "queue id (from list)")->required();
+  bool body = false;
+  show->add_flag("--body", body, "print the whole message (headers and body) from the spool");
+  std::vector<std::string> ids;
+  bool all_deferred = false;
+  auto* remove = app.add_subcommand("delete", "delete messages without a DSN (as postsuper -d)");
+  remove->add_option("ID", ids, "queue ids (from list)");
+  remove->add_option("--domain", domain, "every message queued for this destination");
+  remove->add_flag("--all-deferred", all_deferred, "every message with a deferred recipient");
+  auto* hold = app.add_subcommand("hold", "hold messages: never tried until released (persistent)");
+  hold->add_option("ID", ids, "queue ids")->required();
+  auto* release = app.add_subcommand("release", "release held messages: tried now");
+  release->add_option("ID", ids, "queue ids")->required();
   auto* suspend = app.add_subcommand("suspend", "stop deliveries to a destination (persistent)");
   suspend->add_option("DOMAIN", target, "destination")->required();
   suspend->add_option("--duration", duration, "resume by itself after this (15m, 1h, 2d)");
@@ -297,11 +366,13 @@ int main(int argc, char** argv) {
   suspend->add_flag("--force", force, "suspend a destination that has no mail queued yet");
   auto* resume = app.add_subcommand("resume", "end a suspension");
   resume->add_option("DOMAIN", target, "destination")->required();
-  auto* retry = app.add_subcommand("retry", "try a destination's deferred mail now");
-  retry->add_option("--domain", target, "destination")->required();
-  auto* bounce = app.add_subcommand("bounce", "bounce a destination's queued mail (with DSNs)");
-  bounce->add_option("--domain", target, "destination")->required();
-  bounce->add_option("--reason", reason, "text for the log");
+  auto* retry = app.add_subcommand("retry", "try messages or a destination's mail now");
+  retry->add_option("ID", ids, "queue ids");
+  retry->add_option("--domain", target, "destination");
+  auto* bounce = app.add_subcommand("bounce", "bounce messages or a destination's mail (DSNs)");
+  bounce->add_option("ID", ids, "queue ids");
+  bounce->add_option("--domain", target, "destination");
+  bounce->add_option("--reason", reason, "text for the log and the DSN");
   auto* reload = app.add_subcommand("reload", "reload the configuration (as SIGHUP)");
   auto* status = app.add_subcommand("status", "version, uptime, shards, spool use, queue");
   try {
@@ -318,7 +389,29 @@ int main(int argc, char** argv) {
     if (!sender.empty()) query["sender"] = sender;
     return show_messages(c, query);
   }
-  if (show->parsed()) return show_message(c, target);
+  if (show->parsed()) return body ? show_body(c, target) : show_message(c, target);
+  const auto one_selection = [&](std::size_t selections) {
+    if (selections == 1) return true;
+    std::cerr << "ringmta-ctl: name message ids or one selection (--domain, --all-deferred)\n";
+    return false;
+  };
+  if (remove->parsed()) {
+    if (!one_selection(!ids.empty() + !domain.empty() + all_deferred)) return usage;
+    if (!ids.empty()) return act_on_ids(c, ids, "delete", {}, "deleted");
+    std::map<std::string, std::string> selection{{"state", "deferred"}};
+    if (!domain.empty()) selection = {{"domain", domain}};
+    return act_on_selection(c, "delete", selection, "deleted");
+  }
+  if (hold->parsed()) return act_on_ids(c, ids, "hold", {}, "held");
+  if (release->parsed()) return act_on_ids(c, ids, "release", {}, "released");
+  if ((retry->parsed() || bounce->parsed()) && !one_selection(!ids.empty() + !target.empty()))
+    return usage;
+  if (retry->parsed() && !ids.empty()) return act_on_ids(c, ids, "retry", {}, "retrying");
+  if (bounce->parsed() && !ids.empty()) {
+    std::map<std::string, std::string> query;
+    if (!reason.empty()) query["reason"] = reason;
+    return act_on_ids(c, ids, "bounce", query, "bounced");
+  }
   if (suspend->parsed()) {
     std::map<std::string, std::string> query;
     if (!duration.empty()) query["duration"] = duration;

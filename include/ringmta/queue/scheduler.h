@@ -127,6 +127,8 @@ struct job_spec {
   // the largest such count as its consecutive failures (its backoff continues the schedule).
   std::uint16_t attempts = 0;
   std::int64_t not_before_ms = 0;                  // <= now: ready at once
+  // Recovery of a message an operator held: its jobs are held at once (never taken).
+  bool held = false;
 };
 
 enum class admission : std::uint8_t {
@@ -163,6 +165,7 @@ struct job_view {
   std::uint16_t last_reply_code = 0;   // of the last deferral, 0 when none
   status_code last_status;
   std::string_view last_error;         // valid until the next call that changes the scheduler
+  bool held = false;                   // held by the operator (hold_message)
   template <typename Visit>
   void for_each_recipient(Visit&& visit) const {
     for (std::uint64_t bits = recipient_mask; bits != 0; bits &= bits - 1)
@@ -194,6 +197,8 @@ enum class defer_status : std::uint8_t {
   scheduled,            // will be retried at next_attempt_ms
   expired,              // past lifetime_max_ms: the job is gone; bounce its recipients
   bounced_by_operator,  // bounce_all() ran while it was in flight: the job is gone; bounce
+  removed_by_operator,  // remove_message() ran while it was in flight: the job is gone, no DSN
+  held,                 // hold_message() ran while it was in flight: kept, held (no retry)
 };
 struct defer_result {
   defer_status status = defer_status::scheduled;
@@ -210,6 +215,7 @@ enum class event_kind : std::uint8_t {
   // next_attempt_ms: exactly one per job per failure (record and journal it). Jobs that were
   // only waiting (not due) are moved without an event: no attempt was made for them.
   deferred,
+  removed_by_operator,  // remove_message(): the job is gone; record it deleted (no DSN)
 };
 struct job_event {
   event_kind kind = event_kind::expired;
@@ -225,6 +231,7 @@ struct destination_info {
   std::uint32_t ready = 0;
   std::uint32_t scheduled = 0;
   std::uint32_t in_flight = 0;
+  std::uint32_t held = 0;                 // held by the operator: never taken
   std::uint32_t connections = 0;
   std::uint32_t connection_failures = 0;  // consecutive
   std::int64_t backoff_until_ms = 0;      // destination-wide backoff, 0: none
@@ -248,6 +255,8 @@ struct scheduler_stats {
   std::uint64_t failed = 0;
   std::uint64_t expired = 0;
   std::uint64_t bounced_by_operator = 0;
+  std::uint64_t removed_by_operator = 0;
+  std::uint64_t held = 0;
   std::uint64_t destinations_forgotten = 0;
   std::uint64_t connection_failures = 0;
   std::uint64_t error_texts = 0;
@@ -314,6 +323,36 @@ class scheduler {
   // are bounced when their connection reports them deferred. Returns the events queued.
   std::size_t bounce_all(std::string_view destination, std::int64_t now_ms) noexcept;
   void set_limits(std::string_view destination, const destination_limits& limits);
+
+  // --- per-message operator actions (scheduler_message.cc) ---
+  // Each acts on one message's jobs at one destination (the embedder knows the destinations
+  // of a message's recipients), walking that destination's lists: O(jobs of the
+  // destination), an operator action, never the data path. A job in flight is never taken
+  // back: its transaction finishes and its outcome stands (delivered stays delivered, a 5xx
+  // fails it); only a deferral turns into the action (held, bounced, removed). `found` is
+  // false when the destination has no job of the message.
+  //   hold:    ready and scheduled jobs are held: never taken, never expired, no wake-ups.
+  //   release: held jobs become ready now (a release means "try it"); a pending hold of a
+  //            job in flight is cancelled.
+  //   retry:   scheduled jobs become ready now and a destination-wide backoff is lifted (as
+  //            flush()); held jobs stay held.
+  //   bounce:  queued and held jobs come out as bounced_by_operator events.
+  //   remove:  queued and held jobs come out as removed_by_operator events (no DSN).
+  struct message_action_result {
+    bool found = false;
+    std::uint32_t jobs = 0;       // jobs acted on now
+    std::uint32_t in_flight = 0;  // jobs in flight: acted on when their delivery defers
+  };
+  message_action_result hold_message(std::string_view destination, spool::message_id message,
+                                     std::int64_t now_ms) noexcept;
+  message_action_result release_message(std::string_view destination,
+                                        spool::message_id message, std::int64_t now_ms) noexcept;
+  message_action_result retry_message(std::string_view destination, spool::message_id message,
+                                      std::int64_t now_ms) noexcept;
+  message_action_result bounce_message(std::string_view destination, spool::message_id message,
+                                       std::int64_t now_ms) noexcept;
+  message_action_result remove_message(std::string_view destination, spool::message_id message,
+                                       std::int64_t now_ms) noexcept;
   // Changes a live destination's limits without remembering them (shaping learned its MX
   // site, or a reload): false when the destination does not exist.
   bool reshape(std::string_view destination, const destination_limits& limits);
@@ -336,7 +375,8 @@ class scheduler {
       --count_max;
     }
   }
-  // Appends at most `count_max` jobs: in flight, then ready (in order), then scheduled.
+  // Appends at most `count_max` jobs: in flight, then ready (in order), then scheduled, then
+  // held.
   std::size_t list_jobs(std::string_view destination, std::size_t count_max,
                         std::vector<job_view>& out) const;
   scheduler_stats stats() const noexcept;

@@ -14,6 +14,10 @@
 //   GET  /queue/DEST                         one destination; 404 when unknown
 //   POST /queue/DEST/suspend?duration=1h&reason=TEXT[&force=1]   persistent (suspensions.h)
 //   POST /queue/DEST/resume | retry | flush | bounce[?reason=TEXT]
+//   POST /messages/ID/hold | release | delete | retry | bounce[?reason=TEXT]   one message;
+//        answered once the action is journaled (durable); 404 for an unknown id
+//   POST /messages/ACTION?domain=D | ?state=deferred   every message queued there (bulk)
+//   GET  /messages/ID/body                   the whole message (message/rfc822)
 //   POST /reload, /debug/... (handed to the daemon)
 // Unknown destinations are 404 (a typo never creates a destination; suspend of one with no
 // mail yet needs force=1). Every request that changes something is logged ("admin_action")

@@ -164,6 +164,22 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   // A downgrade worker's result for one of this shard's deliveries (relay_downgrade.cc).
   void on_downgraded(std::unique_ptr<downgrade_result> result) noexcept;
 
+  // Per-message operator actions (admin API, relay_actions.cc), on the message's HOME shard
+  // (the one whose spool holds it): hold, release, delete, retry or bounce. Journals the
+  // action in the spool (store::act; retry is not persistent) and hands it to the owners of
+  // the message's destinations, which apply it in their message order (races with a
+  // delivery in flight: docs/notes.md). Returns JSON {"id", "action", "found", "ticket"};
+  // the API answers once action_state(ticket) is no longer "pending". `by`: who asked.
+  std::string act_on_message(spool::message_id id, std::string_view action,
+                             std::string_view reason, std::string_view by);
+  // "pending", "ok", or the error that kept the action's journal record from the disk.
+  std::string action_state(std::uint64_t ticket);
+  // The spool reports a mark ticket: true when it was an action's.
+  bool on_marked(std::uint64_t ticket, int error) noexcept;
+  // Where a queued message's commit record is (the admin thread reads the message from the
+  // segment files itself: no pread on the shard), as JSON, or "" when it is not queued here.
+  std::string message_location_json(spool::message_id id) const;
+
   // shard::iteration_hook
   void before_wait(shard::shard& owner) noexcept override;
   // outbound::delivery_handler
@@ -181,6 +197,8 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
  private:
   friend void on_job_message(shard::shard& target, const shard::message& received) noexcept;
   friend void on_outcome_message(shard::shard& target, const shard::message& received) noexcept;
+  friend void on_message_action_message(shard::shard& target,
+                                        const shard::message& received) noexcept;
   std::unique_ptr<state> _state;
 };
 

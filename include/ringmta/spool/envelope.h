@@ -52,11 +52,19 @@ struct envelope {
 };
 
 // Delivery state of one recipient, kept by the state journal. queued and deferred are live;
-// delivered and bounced are final and never change again.
-enum class recipient_state : std::uint8_t { queued = 0, deferred = 1, delivered = 2, bounced = 3 };
+// delivered, bounced and deleted (by an operator, no DSN) are final and never change again.
+enum class recipient_state : std::uint8_t {
+  queued = 0,
+  deferred = 1,
+  delivered = 2,
+  bounced = 3,
+  deleted = 4,
+};
+inline constexpr std::uint8_t recipient_state_max = 4;
 
 inline bool is_final(recipient_state state) noexcept {
-  return state == recipient_state::delivered || state == recipient_state::bounced;
+  return state == recipient_state::delivered || state == recipient_state::bounced ||
+         state == recipient_state::deleted;
 }
 const char* recipient_state_name(recipient_state state) noexcept;
 

@@ -27,6 +27,19 @@ struct body_range {
   bool operator==(const body_range&) const = default;
 };
 
+// Operator actions on a whole message (store::act), journaled as action records. A message
+// carries the result as flags: held (never routed for delivery until released), deleted
+// (every recipient not yet final becomes `deleted` at recovery), bounce (recovery routes its
+// open recipients to be bounced by the operator).
+enum class message_action : std::uint8_t { hold = 1, release = 2, remove = 3, bounce = 4 };
+enum message_flag : std::uint8_t {
+  message_flag_held = 1,
+  message_flag_deleted = 2,
+  message_flag_bounce = 4,
+};
+// The flags after `action`: a delete or a bounce ends a hold, nothing follows a delete.
+std::uint8_t apply_action(std::uint8_t flags, message_action action) noexcept;
+
 struct message_entry {
   message_id id = 0;
   std::uint64_t body_bytes = 0;
@@ -36,6 +49,7 @@ struct message_entry {
   std::uint32_t commit_bytes = 0;    // header + payload
   std::uint32_t first_segment = 0;   // segments touched: bit i of segment_mask = first + i
   message_status status = message_status::committing;
+  std::uint8_t flags = 0;            // message_flag bits (fits in the padding: still 80 bytes)
   std::uint64_t segment_mask = 0;
   std::vector<recipient_status> recipients;
 };

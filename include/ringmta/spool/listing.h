@@ -26,6 +26,7 @@ struct listed_message {
   std::vector<listed_recipient> recipients;
   std::uint64_t body_bytes = 0;
   std::int64_t received_seconds = 0;  // age = now - received_seconds
+  bool held = false;                  // an operator's hold (ringmta-ctl hold): never tried
 };
 
 struct spool_listing {
@@ -34,5 +35,21 @@ struct spool_listing {
 };
 
 core::result<spool_listing> list_spool(const std::string& spool_directory);
+
+// Where a message's commit record is (message_entry's fields), for read_message_text.
+struct message_location {
+  message_id id = 0;
+  std::uint32_t commit_segment = 0;
+  std::uint64_t commit_offset = 0;
+  std::uint32_t commit_bytes = 0;
+};
+
+// The whole message as the sender wrote it (headers and body; the stored wire form with its
+// dot-stuffing undone, RFC 5321 §4.5.2), read from the segment files of `shard_directory`,
+// opened by name (read-only, blocking: the admin thread, never a shard). At most
+// `bytes_max` bytes (EFBIG beyond). ENOENT when a segment is gone (the message left).
+core::result<std::string> read_message_text(const std::string& shard_directory,
+                                            const message_location& where,
+                                            std::uint64_t bytes_max);
 
 }  // namespace ringmta::spool

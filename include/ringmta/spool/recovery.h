@@ -55,6 +55,7 @@ struct recovery_report {
   std::uint64_t messages = 0;           // queued messages returned
   std::uint64_t final_messages = 0;     // all recipients final, segment not yet reclaimed
   std::uint64_t state_records = 0;
+  std::uint64_t action_records = 0;     // operator actions (hold, release, delete, bounce)
   std::uint64_t torn_tails = 0;         // non-zero bytes after the last record of a file
   std::uint64_t corrupt_regions = 0;    // unverifiable bytes followed by verifying records
   std::uint64_t voided_messages = 0;    // written by a batch whose write failed

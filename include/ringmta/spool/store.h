@@ -140,6 +140,15 @@ class store {
   // wait for it (losing it means a redelivery, not a loss).
   core::result<std::uint64_t> mark(message_id id, std::uint16_t recipient,
                                    recipient_status status) noexcept;
+  // An operator action on a queued message (ringmta-ctl hold/release/delete/bounce): updates
+  // its flags and journals an action record. The ticket is reported (event_kind::marked)
+  // once the record is durable, and the batch holding it is synced with the next flight
+  // (never lagged behind commits as marks are): the admin API answers only then. A delete
+  // does not make the message final by itself (deliveries in flight still read its body):
+  // the embedder marks each recipient `deleted` as its jobs leave; recovery does that for
+  // every recipient not yet final. ENOENT: not queued; ENOBUFS: journal buffer full.
+  core::result<std::uint64_t> act(message_id id, message_action action,
+                                  std::int64_t now_seconds) noexcept;
   // Envelope and body location of a queued message (one blocking pread of its commit
   // record; locate() + decode_commit() do the same through the ring).
   core::result<stored_message> read(message_id id) const;
@@ -207,6 +216,8 @@ class store {
   void on_remove_done(std::uint32_t id, bool journal, std::int64_t result) noexcept;
   void maybe_remove_segment(file_slot& segment) noexcept;
   void encode_snapshot(std::string& out, std::uint64_t salt, std::uint64_t offset) const;
+  void encode_flag_actions(std::string& out, message_id id, std::uint8_t flags,
+                           std::uint64_t salt, std::uint64_t offset) const;
   void encode_journal_items(std::string& out, std::uint64_t salt, std::uint64_t offset) const;
   void remove_unneeded_files() noexcept;
   std::uint64_t placeable_bytes() const noexcept;

@@ -4,6 +4,9 @@
 // the commit, envelope, range and journal decoders instead of stopping at the checksum.
 // Invariants: no crash, no unbounded allocation (libFuzzer's RSS limit), every recovered
 // message lies inside the files that were written, and recovery never writes to the files.
+// Operator action records (hold, release, delete, bounce; corpus journal_actions*): flags
+// are only the known bits, a deleted message is final with every recipient final, a held
+// one is never deleted too, and a queued message has a recipient still open.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -79,9 +82,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   auto recovered = ringmta::spool::recover(directory, 0);
   RINGMTA_ASSERT(recovered.ok());
+  namespace spool = ringmta::spool;
   for (const auto& message : recovered.value().messages) {
     RINGMTA_ASSERT(message.commit_segment == 1);
     RINGMTA_ASSERT(message.commit_offset + message.commit_bytes <= segment.size());
+    RINGMTA_ASSERT((message.flags & ~(spool::message_flag_held | spool::message_flag_deleted |
+                                      spool::message_flag_bounce)) == 0);
+    bool open = false;
+    for (const auto& recipient : message.recipients) {
+      RINGMTA_ASSERT(static_cast<std::uint8_t>(recipient.state) <= spool::recipient_state_max);
+      open |= !spool::is_final(recipient.state);
+    }
+    RINGMTA_ASSERT(open == (message.status == spool::message_status::queued));
+    if (message.flags & spool::message_flag_deleted) {
+      RINGMTA_ASSERT(message.status == spool::message_status::final);
+      RINGMTA_ASSERT((message.flags & spool::message_flag_held) == 0);
+    }
   }
   struct stat after {};
   RINGMTA_ASSERT(::stat((directory + "/" + ringmta::spool::segment_file_name(1)).c_str(),

@@ -811,3 +811,176 @@ TEST(scheduler, recovered_attempts_continue_the_backoff_schedule) {
 
 }  // namespace
 }  // namespace ringmta::queue
+
+// ---- per-message operator actions (scheduler_message.cc)
+
+namespace ringmta::queue {
+namespace {
+
+TEST(scheduler_message, hold_keeps_jobs_out_until_release) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;
+  config.lifetime_max_ms = 60'000;
+  harness h(config);
+  h.add("example.org", 1, {0});
+  h.add("example.org", 1, {70});  // a second job of message 1 (another recipient window)
+  h.add("example.org", 2, {0});
+  h.add("example.org", 3, {0}, t0, t0 + 5'000);
+  auto held = h.queue.hold_message("example.org", 1, t0);
+  EXPECT_TRUE(held.found);
+  EXPECT_EQ(held.jobs, 2u);
+  EXPECT_EQ(h.queue.hold_message("example.org", 3, t0).jobs, 1u);  // scheduled jobs too
+  EXPECT_EQ(h.info("example.org").held, 3u);
+  EXPECT_EQ(h.info("example.org").ready, 1u);
+  EXPECT_EQ(h.info("example.org").scheduled, 0u);
+  connection_id connection;
+  job_view job = take_one(h, "example.org", t0, connection);
+  EXPECT_EQ(job.message, 2u);
+  h.queue.delivered(job.id, t0);
+  EXPECT_EQ(h.queue.take_for_connection(connection, t0).status, take_status::none);
+  h.queue.connection_closed(connection, t0);
+  // Held jobs wake nothing, never expire, and keep their destination alive.
+  EXPECT_EQ(h.queue.next_wakeup_ms(), no_wakeup_ms);
+  EXPECT_TRUE(h.poll(t0 + 10 * 86'400'000LL).empty());
+  EXPECT_TRUE(h.events().empty());
+  EXPECT_EQ(h.info("example.org").held, 3u);
+  std::vector<job_view> listed;
+  h.queue.list_jobs("example.org", 10, listed);
+  ASSERT_EQ(listed.size(), 3u);
+  for (const auto& j : listed) EXPECT_TRUE(j.held);
+  // Release: ready at once, taken in order.
+  const std::int64_t later = t0 + 10 * 86'400'000LL;
+  auto released = h.queue.release_message("example.org", 1, later);
+  EXPECT_TRUE(released.found);
+  EXPECT_EQ(released.jobs, 2u);
+  EXPECT_EQ(h.info("example.org").ready, 2u);
+  EXPECT_EQ(h.info("example.org").held, 1u);
+  job = take_one(h, "example.org", later, connection);
+  EXPECT_EQ(job.message, 1u);
+  EXPECT_FALSE(job.held);
+}
+
+TEST(scheduler_message, a_job_in_flight_finishes_then_the_action_applies) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;
+  harness h(config);
+  h.add("example.org", 1, {0});
+  connection_id connection;
+  job_view job = take_one(h, "example.org", t0, connection);
+  auto held = h.queue.hold_message("example.org", 1, t0);
+  EXPECT_TRUE(held.found);
+  EXPECT_EQ(held.jobs, 0u);
+  EXPECT_EQ(held.in_flight, 1u);
+  // The transaction deferred: the job is held, not scheduled, and not tried again.
+  defer_result deferred = h.queue.deferred(job.id, t0 + 10, temporary);
+  EXPECT_EQ(deferred.status, defer_status::held);
+  EXPECT_EQ(deferred.attempts, 1u);
+  EXPECT_EQ(h.info("example.org").held, 1u);
+  EXPECT_EQ(h.info("example.org").scheduled, 0u);
+  EXPECT_EQ(h.queue.take_for_connection(connection, t0 + 10).status, take_status::none);
+  // The same action on a delivered transaction: the delivery stands, nothing is held.
+  h.add("example.org", 2, {0});
+  job = h.queue.take_for_connection(connection, t0 + 20).job;
+  ASSERT_EQ(job.message, 2u);
+  h.queue.hold_message("example.org", 2, t0 + 20);
+  h.queue.delivered(job.id, t0 + 30);
+  EXPECT_EQ(h.info("example.org").held, 1u);
+  EXPECT_EQ(h.queue.stats().delivered, 1u);
+  // A release before the transaction ends cancels the pending hold.
+  h.add("example.org", 3, {0});
+  job = h.queue.take_for_connection(connection, t0 + 40).job;
+  ASSERT_EQ(job.message, 3u);
+  h.queue.hold_message("example.org", 3, t0 + 40);
+  EXPECT_EQ(h.queue.release_message("example.org", 3, t0 + 41).in_flight, 1u);
+  EXPECT_EQ(h.queue.deferred(job.id, t0 + 50, temporary).status, defer_status::scheduled);
+}
+
+TEST(scheduler_message, remove_and_bounce_hand_back_only_that_message) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;
+  harness h(config);
+  h.add("example.org", 1, {0});                 // in flight below
+  h.add("example.org", 1, {70});                // ready
+  h.add("example.org", 1, {140}, t0, t0 + 5000);  // scheduled
+  h.add("example.org", 2, {0});
+  h.add("example.org", 3, {0});
+  h.queue.hold_message("example.org", 3, t0);
+  connection_id connection;
+  job_view flying = take_one(h, "example.org", t0, connection);
+  ASSERT_EQ(flying.message, 1u);
+  auto removed = h.queue.remove_message("example.org", 1, t0);
+  EXPECT_EQ(removed.jobs, 2u);
+  EXPECT_EQ(removed.in_flight, 1u);
+  auto events = h.events();
+  ASSERT_EQ(events.size(), 2u);
+  for (const auto& event : events) {
+    EXPECT_EQ(event.kind, event_kind::removed_by_operator);
+    EXPECT_EQ(event.job.message, 1u);
+    EXPECT_EQ(event.error_text, "deleted by the operator");
+  }
+  EXPECT_EQ(h.queue.deferred(flying.id, t0 + 1, temporary).status,
+            defer_status::removed_by_operator);
+  // Bounce of a held message: its job leaves as a bounce; message 2 is untouched.
+  auto bounced = h.queue.bounce_message("example.org", 3, t0 + 2);
+  EXPECT_EQ(bounced.jobs, 1u);
+  events = h.events();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].kind, event_kind::bounced_by_operator);
+  EXPECT_EQ(events[0].job.message, 3u);
+  EXPECT_EQ(events[0].error_text, "bounced by the operator");
+  EXPECT_EQ(h.queue.stats().jobs, 1u);
+  EXPECT_EQ(h.queue.stats().removed_by_operator, 3u);
+  EXPECT_EQ(h.queue.stats().bounced_by_operator, 1u);
+  // A bounce of a job in flight that is then delivered: delivered, never bounced too.
+  job_view two = h.queue.take_for_connection(connection, t0 + 3).job;
+  ASSERT_EQ(two.message, 2u);
+  EXPECT_EQ(h.queue.bounce_message("example.org", 2, t0 + 3).in_flight, 1u);
+  h.queue.delivered(two.id, t0 + 4);
+  EXPECT_TRUE(h.events().empty());
+  EXPECT_EQ(h.queue.stats().delivered, 1u);
+  // Unknown message or destination: nothing found.
+  EXPECT_FALSE(h.queue.remove_message("example.org", 99, t0).found);
+  EXPECT_FALSE(h.queue.hold_message("nowhere.example", 2, t0).found);
+}
+
+TEST(scheduler_message, retry_makes_one_message_ready_and_lifts_the_backoff) {
+  scheduler_config config = plain_config();
+  harness h(config);
+  h.add("example.org", 1, {0}, t0, t0 + 60'000);
+  h.add("example.org", 2, {0}, t0, t0 + 60'000);
+  auto retried = h.queue.retry_message("example.org", 2, t0);
+  EXPECT_TRUE(retried.found);
+  EXPECT_EQ(retried.jobs, 1u);
+  EXPECT_EQ(h.info("example.org").ready, 1u);
+  EXPECT_EQ(h.info("example.org").scheduled, 1u);
+  connection_id connection;
+  EXPECT_EQ(take_one(h, "example.org", t0, connection).message, 2u);
+  // Held jobs stay held.
+  h.queue.hold_message("example.org", 1, t0);
+  EXPECT_EQ(h.queue.retry_message("example.org", 1, t0).jobs, 0u);
+  EXPECT_EQ(h.info("example.org").held, 1u);
+}
+
+TEST(scheduler_message, recovered_held_jobs_are_held_at_once) {
+  harness h(plain_config());
+  std::vector<std::uint16_t> recipients = {0, 1};
+  job_spec spec;
+  spec.message = 7;
+  spec.received_seconds = t0_seconds;
+  spec.recipients = recipients;
+  spec.attempts = 2;
+  spec.not_before_ms = t0 + 1000;
+  spec.held = true;
+  ASSERT_EQ(h.queue.add("example.org", spec, t0, admission::forced).status, add_status::added);
+  EXPECT_EQ(h.info("example.org").held, 1u);
+  EXPECT_EQ(h.queue.next_wakeup_ms(), no_wakeup_ms);
+  EXPECT_TRUE(h.poll(t0 + 5000).empty());
+  EXPECT_EQ(h.queue.release_message("example.org", 7, t0 + 5000).jobs, 1u);
+  connection_id connection;
+  job_view job = take_one(h, "example.org", t0 + 5000, connection);
+  EXPECT_EQ(job.attempts, 2u);
+  EXPECT_EQ(job.recipient_count(), 2u);
+}
+
+}  // namespace
+}  // namespace ringmta::queue

@@ -341,6 +341,59 @@ TEST(spool_store, journal_compaction_keeps_states) {
   }
 }
 
+// Operator actions (store::act): journaled as action records, synced with the very next
+// flight even while commits let marks lag, restored by recovery and by every snapshot.
+TEST(spool_store, operator_actions_are_durable_at_once_and_survive_restarts) {
+  temp_dir dir;
+  const auto config = small_config(dir.shard(0));
+  std::vector<message_id> ids;
+  {
+    auto spool = open_spool(config);
+    for (std::uint32_t i = 0; i < 5; ++i) ids.push_back(commit_one(*spool, 1000, 2, i));
+    spool->flush();
+    (void)spool->take_events();
+    EXPECT_EQ(spool->core().act(0x1234, message_action::hold, 5).error(), ENOENT);
+    ASSERT_TRUE(spool->mark(ids[2], 0, {recipient_state::delivered, 1, 0}).ok());
+    commit_one(*spool, 1001, 1, 99);  // a commit in the same batch: marks alone would lag
+    const auto held = spool->core().act(ids[0], message_action::hold, 2000);
+    ASSERT_TRUE(held.ok());
+    ASSERT_TRUE(spool->core().act(ids[1], message_action::hold, 2000).ok());
+    ASSERT_TRUE(spool->core().act(ids[1], message_action::release, 2001).ok());
+    ASSERT_TRUE(spool->core().act(ids[2], message_action::remove, 2002).ok());
+    ASSERT_TRUE(spool->core().act(ids[3], message_action::bounce, 2003).ok());
+    ASSERT_TRUE(spool->core().act(ids[4], message_action::remove, 2004).ok());
+    EXPECT_EQ(spool->core().find(ids[0])->flags, message_flag_held);
+    EXPECT_EQ(spool->core().find(ids[2])->status, message_status::queued);  // until marked
+    // The deleted message becomes final as its recipients are marked deleted.
+    ASSERT_TRUE(spool->mark(ids[4], 0, {recipient_state::deleted, 0, 0}).ok());
+    ASSERT_TRUE(spool->mark(ids[4], 1, {recipient_state::deleted, 0, 0}).ok());
+    EXPECT_EQ(spool->core().find(ids[4])->status, message_status::final);
+    spool->flush();
+    bool durable = false;
+    for (const auto& item : spool->take_events())
+      durable |= item.kind == event_kind::marked && item.ticket == held.value() && item.error == 0;
+    EXPECT_TRUE(durable) << "an action's ticket must not wait for later flights";
+  }
+  for (int restart = 0; restart < 2; ++restart) {  // the second reads the start-up snapshot
+    auto spool = open_spool(config);
+    EXPECT_TRUE(spool->report().problems.empty()) << spool->report().problems.front();
+    EXPECT_EQ(spool->core().find(ids[0])->flags, message_flag_held);
+    EXPECT_EQ(spool->core().find(ids[0])->status, message_status::queued);
+    EXPECT_EQ(spool->core().find(ids[1])->flags, 0);
+    const message_entry* deleted = spool->core().find(ids[2]);
+    ASSERT_NE(deleted, nullptr);
+    EXPECT_EQ(deleted->status, message_status::final);  // never routed again
+    EXPECT_EQ(deleted->recipients[0].state, recipient_state::delivered);
+    EXPECT_EQ(deleted->recipients[1].state, recipient_state::deleted);
+    EXPECT_EQ(spool->core().find(ids[3])->flags, message_flag_bounce);
+    const message_entry* gone = spool->core().find(ids[4]);
+    EXPECT_TRUE(gone == nullptr || gone->status == message_status::final);
+    if (restart == 0) {
+      EXPECT_GE(spool->report().action_records, 6u);
+    }
+  }
+}
+
 TEST(spool_store, ids_unique_across_restarts_and_shards) {
   temp_dir dir;
   std::set<message_id> seen;

@@ -1,0 +1,180 @@
+// queue::scheduler: per-message operator actions (hold, release, retry, bounce, remove) on one
+// message's jobs at one destination. Not on the hot path: walks the destination's lists.
+// A job in flight is never taken back; it carries a flag that deferred() applies
+// (scheduler_api.cc), so the transaction's own outcome always stands.
+#include <algorithm>
+
+#include "ringmta/core/assert.h"
+#include "ringmta/queue/scheduler.h"
+#include "scheduler_state.h"
+
+namespace ringmta::queue {
+
+namespace {
+
+constexpr std::string_view operator_bounce_text = "bounced by the operator";
+constexpr std::string_view operator_remove_text = "deleted by the operator";
+
+// The jobs of `message` in `list`, in list order.
+void collect(const std::vector<job_record>& jobs, const job_list& list, spool::message_id message,
+             std::vector<std::uint32_t>& out) {
+  for (std::uint32_t slot = list.head; slot != nil_slot; slot = jobs[slot].next)
+    if (jobs[slot].message == message) out.push_back(slot);
+}
+
+}  // namespace
+
+void scheduler::state::take_queued(destination_record& d, spool::message_id message,
+                                   std::vector<std::uint32_t>& out) noexcept {
+  std::vector<std::uint32_t> ready;
+  collect(jobs, d.ready, message, ready);
+  for (const std::uint32_t slot : ready) unlink(d.ready, slot);
+  out.insert(out.end(), ready.begin(), ready.end());
+  const auto first = std::stable_partition(
+      d.scheduled.begin(), d.scheduled.end(),
+      [&](const heap_entry& e) { return jobs[e.slot].message != message; });
+  for (auto it = first; it != d.scheduled.end(); ++it) out.push_back(it->slot);
+  if (first != d.scheduled.end()) {
+    d.scheduled.erase(first, d.scheduled.end());
+    std::make_heap(d.scheduled.begin(), d.scheduled.end(), heap_later{});
+  }
+}
+
+scheduler::message_action_result scheduler::hold_message(std::string_view name,
+                                                         spool::message_id message,
+                                                         std::int64_t now_ms) noexcept {
+  state& s = *_state;
+  message_action_result result;
+  destination_record* d = s.find(name);
+  if (d == nullptr) return result;
+  std::vector<std::uint32_t> slots;
+  s.take_queued(*d, message, slots);
+  for (const std::uint32_t slot : slots) {
+    s.jobs[slot].state = job_state::held;
+    s.push_back(d->held, slot);
+  }
+  std::vector<std::uint32_t> already;
+  collect(s.jobs, d->held, message, already);
+  std::vector<std::uint32_t> flying;
+  collect(s.jobs, d->in_flight, message, flying);
+  for (const std::uint32_t slot : flying) s.jobs[slot].flags |= job_flag_hold;
+  result.jobs = static_cast<std::uint32_t>(already.size());
+  result.in_flight = static_cast<std::uint32_t>(flying.size());
+  result.found = result.jobs + result.in_flight > 0;
+  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
+  return result;
+}
+
+scheduler::message_action_result scheduler::release_message(std::string_view name,
+                                                            spool::message_id message,
+                                                            std::int64_t now_ms) noexcept {
+  state& s = *_state;
+  message_action_result result;
+  destination_record* d = s.find(name);
+  if (d == nullptr) return result;
+  std::vector<std::uint32_t> held;
+  collect(s.jobs, d->held, message, held);
+  for (const std::uint32_t slot : held) {
+    s.unlink(d->held, slot);
+    s.jobs[slot].state = job_state::ready;
+    s.jobs[slot].next_attempt_ms = now_ms;
+    s.push_back(d->ready, slot);
+  }
+  std::vector<std::uint32_t> flying;
+  collect(s.jobs, d->in_flight, message, flying);
+  for (const std::uint32_t slot : flying)
+    s.jobs[slot].flags &= static_cast<std::uint8_t>(~job_flag_hold);
+  std::vector<std::uint32_t> queued;
+  collect(s.jobs, d->ready, message, queued);
+  for (const heap_entry& e : d->scheduled)
+    if (s.jobs[e.slot].message == message) queued.push_back(e.slot);
+  result.jobs = static_cast<std::uint32_t>(held.size());
+  result.in_flight = static_cast<std::uint32_t>(flying.size());
+  result.found = !queued.empty() || !flying.empty();
+  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
+  return result;
+}
+
+scheduler::message_action_result scheduler::retry_message(std::string_view name,
+                                                          spool::message_id message,
+                                                          std::int64_t now_ms) noexcept {
+  state& s = *_state;
+  message_action_result result;
+  destination_record* d = s.find(name);
+  if (d == nullptr) return result;
+  std::vector<std::uint32_t> slots;
+  s.take_queued(*d, message, slots);
+  for (const std::uint32_t slot : slots) {
+    s.jobs[slot].state = job_state::ready;
+    s.jobs[slot].next_attempt_ms = now_ms;
+    s.push_back(d->ready, slot);
+  }
+  std::vector<std::uint32_t> others;
+  collect(s.jobs, d->held, message, others);
+  collect(s.jobs, d->in_flight, message, others);
+  result.jobs = static_cast<std::uint32_t>(slots.size());
+  result.found = !slots.empty() || !others.empty();
+  if (!slots.empty()) d->backoff_until_ms = 0;  // the operator asked for an attempt now
+  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
+  return result;
+}
+
+// bounce_message / remove_message: queued and held jobs leave as `kind` events now; jobs in
+// flight get `flag` and leave when their delivery defers.
+scheduler::message_action_result scheduler::state::end_jobs(destination_record& d,
+                                                            spool::message_id message,
+                                                            event_kind kind, job_flag flag,
+                                                            std::string_view text,
+                                                            std::int64_t now_ms) noexcept {
+  state& s = *this;
+  scheduler::message_action_result result;
+  std::vector<std::uint32_t> slots;
+  s.take_queued(d, message, slots);
+  std::vector<std::uint32_t> held;
+  collect(s.jobs, d.held, message, held);
+  for (const std::uint32_t slot : held) s.unlink(d.held, slot);
+  slots.insert(slots.end(), held.begin(), held.end());
+  const std::uint32_t error = s.intern(failure{550, status_code{5, 0, 0}, text});
+  for (const std::uint32_t slot : slots) {
+    job_record& job = s.jobs[slot];
+    s.retain(error);
+    s.release(job.error);
+    job.error = error;
+    s.push_event(kind, slot, 0);
+  }
+  s.release(error);
+  std::vector<std::uint32_t> flying;
+  collect(s.jobs, d.in_flight, message, flying);
+  for (const std::uint32_t slot : flying) s.jobs[slot].flags |= flag;
+  result.jobs = static_cast<std::uint32_t>(slots.size());
+  result.in_flight = static_cast<std::uint32_t>(flying.size());
+  result.found = result.jobs + result.in_flight > 0;
+  s.reschedule(static_cast<std::uint32_t>(&d - s.destinations.data()), now_ms);
+  return result;
+}
+
+scheduler::message_action_result scheduler::bounce_message(std::string_view name,
+                                                           spool::message_id message,
+                                                           std::int64_t now_ms) noexcept {
+  state& s = *_state;
+  destination_record* d = s.find(name);
+  if (d == nullptr) return {};
+  auto result = s.end_jobs(*d, message, event_kind::bounced_by_operator, job_flag_bounce,
+                         operator_bounce_text, now_ms);
+  s.counters.bounced_by_operator += result.jobs;
+  return result;
+}
+
+scheduler::message_action_result scheduler::remove_message(std::string_view name,
+                                                           spool::message_id message,
+                                                           std::int64_t now_ms) noexcept {
+  state& s = *_state;
+  destination_record* d = s.find(name);
+  if (d == nullptr) return {};
+  auto result = s.end_jobs(*d, message, event_kind::removed_by_operator, job_flag_remove,
+                         operator_remove_text, now_ms);
+  s.counters.removed_by_operator += result.jobs;
+  return result;
+}
+
+}  // namespace ringmta::queue

@@ -1,0 +1,170 @@
+// server::relay: per-message operator actions (ringmta-ctl hold, release, delete, retry,
+// bounce). The home journals the action in its spool (store::act) and sends it, as a typed
+// cross-shard message, to the owner of each destination of the message's open recipients;
+// the owner applies it to its scheduler (queue::scheduler::hold_message ...) in the order its
+// queue delivers messages, after any job of the message routed to it before. Deliveries in
+// flight finish first (docs/notes.md, "Per-message actions").
+#include <cstring>
+#include <optional>
+#include <set>
+#include <unordered_map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "relay_internal.h"
+#include "ringmta/core/clock.h"
+
+namespace ringmta::server {
+
+namespace {
+
+std::optional<message_op> op_named(std::string_view action) {
+  if (action == "hold") return message_op::hold;
+  if (action == "release") return message_op::release;
+  if (action == "delete") return message_op::remove;
+  if (action == "retry") return message_op::retry;
+  if (action == "bounce") return message_op::bounce;
+  return std::nullopt;
+}
+
+// The spool's action record for `op`; retry ("try it now") is not a state worth keeping.
+std::optional<spool::message_action> journaled(message_op op) {
+  switch (op) {
+    case message_op::hold: return spool::message_action::hold;
+    case message_op::release: return spool::message_action::release;
+    case message_op::remove: return spool::message_action::remove;
+    case message_op::bounce: return spool::message_action::bounce;
+    case message_op::retry: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+std::string id_text(spool::message_id id) {
+  return std::string(spool::format_message_id(id).data(), 16);
+}
+
+}  // namespace
+
+void on_message_action_message(shard::shard& target, const shard::message& received) noexcept {
+  auto& registry = *reinterpret_cast<std::vector<relay*>*>(received.words[1]);
+  const std::unique_ptr<message_action_job> job(
+      reinterpret_cast<message_action_job*>(received.words[0]));
+  registry[target.id()]->_state->apply_message_action(*job);
+}
+
+void relay::state::send_message_action(spool::message_id id, const std::string& destination,
+                                       message_op op, std::string_view reason) noexcept {
+  auto* job = new message_action_job{id, destination, op, std::string(reason)};
+  shard::message m{};
+  m.handler = &on_message_action_message;
+  m.words[0] = reinterpret_cast<std::uintptr_t>(job);
+  m.words[1] = reinterpret_cast<std::uintptr_t>(config.shards);
+  send(owner_of(destination, static_cast<unsigned>(config.shards->size())), m);
+}
+
+// Owner side: the scheduler decides; jobs that leave come out as events (bounced: a DSN;
+// removed: recorded deleted) and go home like any outcome.
+void relay::state::apply_message_action(const message_action_job& job) noexcept {
+  if (owned.find(job.id) == owned.end()) return;  // every job of it has been reported
+  const std::int64_t now = core::wall_milliseconds();
+  switch (job.op) {
+    case message_op::hold: scheduler.hold_message(job.destination, job.id, now); break;
+    case message_op::release: scheduler.release_message(job.destination, job.id, now); break;
+    case message_op::retry: scheduler.retry_message(job.destination, job.id, now); break;
+    case message_op::bounce:
+      if (!job.reason.empty()) bounce_reasons[job.id] = job.reason;
+      scheduler.bounce_message(job.destination, job.id, now);
+      break;
+    case message_op::remove: scheduler.remove_message(job.destination, job.id, now); break;
+  }
+  drain_events(nullptr);
+  poll();
+}
+
+// Home side.
+std::string relay::act_on_message(spool::message_id id, std::string_view action,
+                                  std::string_view reason, std::string_view by) {
+  auto& s = *_state;
+  const auto op = op_named(action);
+  if (!op) return {};
+  const std::int64_t now = core::wall_milliseconds();
+  nlohmann::json out = {{"id", id_text(id)}, {"action", action}, {"found", false}};
+  const auto found = s.messages.find(id);
+  const spool::message_entry* entry = s.store.find(id);
+  if (found == s.messages.end() || entry == nullptr ||
+      entry->status != spool::message_status::queued ||
+      (entry->flags & spool::message_flag_deleted) != 0)
+    return out.dump();
+  out["found"] = true;
+  const auto& recipients = found->second->envelope.recipients;
+  if (*op == message_op::release) {
+    // Released mail is due now, after a restart too: the marks go ahead of the action
+    // record, so they are durable with it.
+    for (std::size_t i = 0; i < entry->recipients.size(); ++i) {
+      spool::recipient_status status = entry->recipients[i];
+      if (status.state != spool::recipient_state::deferred) continue;
+      status.next_attempt_seconds = now / 1000;
+      (void)s.store.mark(id, static_cast<std::uint16_t>(i), status);
+    }
+  }
+  std::uint64_t ticket = 0;
+  if (const auto persistent = journaled(*op)) {
+    auto acted = s.store.act(id, *persistent, now / 1000);
+    if (!acted) {
+      out["error"] = fmt::format("cannot journal the action: {}", acted.error_text());
+      return out.dump();
+    }
+    ticket = acted.value();
+    if (s.action_tickets.size() >= 4096) {  // answers nobody asked for (the API timed out)
+      std::erase_if(s.action_tickets, [](const auto& entry) { return entry.second >= 0; });
+    }
+    s.action_tickets[ticket] = -1;
+  }
+  std::set<std::string> destinations;
+  for (std::size_t i = 0; i < recipients.size() && i < entry->recipients.size(); ++i)
+    if (!spool::is_final(entry->recipients[i].state))
+      destinations.insert(destination_of(recipients[i].address, s.config.hostname));
+  for (const auto& destination : destinations) s.send_message_action(id, destination, *op, reason);
+  s.log.set_time(now);
+  auto line = s.log.record("operator");
+  line.field("action", action).field("id", id_text(id)).field("by", by)
+      .field("destinations", static_cast<std::uint64_t>(destinations.size()));
+  if (!reason.empty()) line.field("reason", reason);
+  line.end();
+  out["ticket"] = ticket;
+  out["destinations"] = destinations.size();
+  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string relay::action_state(std::uint64_t ticket) {
+  auto& tickets = _state->action_tickets;
+  const auto found = tickets.find(ticket);
+  if (found == tickets.end()) return "unknown ticket";
+  if (found->second < 0) return "pending";
+  const int error = found->second;
+  tickets.erase(found);
+  return error == 0 ? "ok" : fmt::format("journal write failed: {}", std::strerror(error));
+}
+
+bool relay::on_marked(std::uint64_t ticket, int error) noexcept {
+  const auto found = _state->action_tickets.find(ticket);
+  if (found == _state->action_tickets.end()) return false;
+  found->second = error;
+  return true;
+}
+
+std::string relay::message_location_json(spool::message_id id) const {
+  const spool::message_entry* entry = _state->store.find(id);
+  if (entry == nullptr || entry->status != spool::message_status::queued ||
+      (entry->flags & spool::message_flag_deleted) != 0)
+    return {};
+  return nlohmann::json{{"shard", _state->owner.id()},
+                        {"commit_segment", entry->commit_segment},
+                        {"commit_offset", entry->commit_offset},
+                        {"commit_bytes", entry->commit_bytes},
+                        {"held", (entry->flags & spool::message_flag_held) != 0}}
+      .dump();
+}
+
+}  // namespace ringmta::server
