@@ -1072,9 +1072,10 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   }
   register_metrics(registry, writer.counters());
   if (events_out) {
-    start_events(*events_out, settings, writer, registry);
+    start_events(*events_out, settings, writer);
     if (!events_warning.empty()) writer.post("warning", events_warning);
   }
+  register_events_metrics(registry, events_out.get());
   std::atomic<bool> stopping{false};
   std::atomic<bool> runtime_ready{false};  // the queue API and reload need running shards
   shard::runtime* runtime_pointer = nullptr;

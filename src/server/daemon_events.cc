@@ -59,10 +59,18 @@ std::unique_ptr<event_service> open_events(const config::settings& settings,
 }
 
 void start_events(event_service& service, const config::settings& settings,
-                  admin::log_writer& writer, admin::registry& registry) {
+                  admin::log_writer& writer) {
   service.hook = std::make_unique<events::webhook>(service.log, writer,
                                                    webhook_config_of(settings));
-  const auto& log = service.log->counters();
+  service.hook->start();
+}
+
+void register_events_metrics(admin::registry& registry, const event_service* service) {
+  // Without a webhook the families are there too, at zero: one dashboard fits every daemon.
+  static const events::event_log_counters no_log;
+  static const events::webhook_counters no_hook;
+  const auto& log = service ? service->log->counters() : no_log;
+  const auto& hook = service && service->hook ? service->hook->counters() : no_hook;
   registry.add("ringmta_events_appended_total", "Records written to the webhook's event log",
                log.appended);
   registry.add("ringmta_events_append_failures_total",
@@ -74,7 +82,6 @@ void start_events(event_service& service, const config::settings& settings,
                log.invalid);
   registry.add("ringmta_events_backlog_bytes", "Event log bytes not yet acknowledged",
                log.backlog_bytes);
-  const auto& hook = service.hook->counters();
   registry.add("ringmta_events_batches_sent_total", "Webhook batches acknowledged (2xx)",
                hook.batches_sent);
   registry.add("ringmta_events_sent_total", "Records in acknowledged webhook batches",
@@ -82,7 +89,6 @@ void start_events(event_service& service, const config::settings& settings,
   registry.add("ringmta_events_post_failures_total",
                "Webhook posts that failed (non-2xx, connection, timeout)", hook.failures);
   registry.add("ringmta_events_failing", "1 while the webhook endpoint fails", hook.failing);
-  service.hook->start();
 }
 
 void register_events_reload(reloader& reloads, event_service* service,

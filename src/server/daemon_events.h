@@ -29,9 +29,11 @@ struct event_service {
 // events directory or the authorization file cannot be used. `warning` gets a corrupt cursor.
 std::unique_ptr<event_service> open_events(const config::settings& settings,
                                            std::string& warning);
-// The webhook thread starts; its counters and the event log's join the registry.
+// The webhook thread starts.
 void start_events(event_service& service, const config::settings& settings,
-                  admin::log_writer& writer, admin::registry& registry);
+                  admin::log_writer& writer);
+// The webhook's and the event log's counters (zero without a webhook: `service` nullptr).
+void register_events_metrics(admin::registry& registry, const event_service* service);
 // Registers the "events" reloadable part (endpoint, types, batching, limits).
 void register_events_reload(reloader& reloads, event_service* service,
                             admin::log_writer& writer);
