@@ -14,8 +14,10 @@ import glob
 import http.server
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -97,9 +99,10 @@ def wait_for(condition, timeout):
     return condition()
 
 
-def run_load(daemon, run, count, first):
+def run_load(daemon, run, count, first, domain="example.com"):
     """`count` messages (bounded, and at most 60 s); returns {number: queue id} of the 250s."""
-    load = Load(daemon.port, run, threads=3, per_connection=10, first=first).start()
+    load = Load(daemon.port, run, threads=3, per_connection=10, first=first,
+                domain=domain).start()
     wait_for(lambda: len(load.attempted) >= count, 60)
     load.stop()
     return load.acked, load.attempted
@@ -247,4 +250,61 @@ tap.ok(wait_for(lambda: newest in {r.get("id") for r in late.records()
                                    if r.get("event") == "received"}, 60),
        "once the endpoint is up, the newest records arrive")
 daemon.stop()
+
+# SIGHUP: new bounce rules and record types apply live; a bad rules file is refused naming
+# its file and line, and the running rules stay.
+work = tempfile.mkdtemp(prefix="ringmta-events-")
+config, rules = os.path.join(work, "ringmta.toml"), os.path.join(work, "classes.toml")
+port = free_port()
+hook = Receiver(port, stall_s=0)
+hook.up()
+
+
+def configure(types, classes_file):
+    with open(config + ".new", "w") as f:
+        f.write(f'[events]\nurl = "http://127.0.0.1:{port}/"\ntypes = {json.dumps(types)}\n'
+                f'interval = "100ms"\n[bounce]\nclasses_file = "{classes_file}"\n')
+    os.replace(config + ".new", config)
+
+
+def reload_and_wait(event):
+    before = len(daemon.events(event))
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: len(daemon.events(event)) > before, 15)
+    return daemon.events(event)[before:]
+
+
+configure(["deferred"], "")
+daemon = Daemon(binary, args=["--config", config]).start()
+deferred_of = lambda queue_id: [r for r in hook.records()
+                                if r.get("event") == "deferred" and r.get("id") == queue_id]
+got, _ = run_load(daemon, run, 5, 200_000)
+first_id = got[min(got)]
+tap.ok(wait_for(lambda: deferred_of(first_id), 30) and
+       deferred_of(first_id)[0]["class"] == "routing",
+       "built-in rules: a DNS failure is a routing deferral")
+with open(rules, "w") as f:
+    f.write("[[rule]]\nclass = \"rate-limit\"\ntext = '.'\n")
+configure(["deferred", "received"], rules)
+reloaded = reload_and_wait("reloaded")
+got, _ = run_load(daemon, run, 5, 201_000, "second.example")  # a first attempt
+later_id = got[min(got)]
+tap.ok(wait_for(lambda: deferred_of(later_id), 30) and
+       deferred_of(later_id)[0]["class"] == "rate-limit" and
+       wait_for(lambda: later_id in {r.get("id") for r in hook.records()
+                                     if r.get("event") == "received"}, 15),
+       "after SIGHUP, the new rules classify and the new record types are posted",
+       str(reloaded[-1:]))
+with open(rules, "w") as f:
+    f.write("[[rule]]\nclass = \"policy\"\ntext = '('\n")
+rejected = reload_and_wait("reload_rejected")
+tap.ok(rejected and f"{rules}:1: rule.text" in json.dumps(rejected[-1]),
+       "a bad rules file is refused, naming file, line and key", str(rejected[-1:]))
+got, _ = run_load(daemon, run, 5, 202_000, "third.example")
+kept_id = got[min(got)]
+tap.ok(wait_for(lambda: deferred_of(kept_id), 30) and
+       deferred_of(kept_id)[0]["class"] == "rate-limit",
+       "and the running rules stay")
+daemon.stop()
+shutil.rmtree(work, True)
 tap.done()
