@@ -127,6 +127,19 @@ std::unique_ptr<event_log> event_log::open(const std::string& directory,
   }
   ::closedir(listing);
   ::unlinkat(log->_directory_fd, "cursor.tmp", 0);
+  // Segment numbers only grow (event ids name them): the next is past every one seen, and the
+  // cursor written below remembers it even when no file is left.
+  const std::uint64_t newest = log->_segments.empty() ? 0 : log->_segments.rbegin()->first;
+  // Empty segments hold nothing to send (each start opens one): a daemon restarted in a loop
+  // with no records leaves one file, not one per start.
+  for (auto it = log->_segments.begin(); it != log->_segments.end();) {
+    if (it->second != 0) {
+      ++it;
+      continue;
+    }
+    ::unlinkat(log->_directory_fd, segment_name(it->first).c_str(), 0);
+    it = log->_segments.erase(it);
+  }
 
   std::lock_guard lock(log->_mutex);
   const std::uint64_t oldest = log->_segments.empty() ? 1 : log->_segments.begin()->first;
@@ -148,8 +161,7 @@ std::unique_ptr<event_log> event_log::open(const std::string& directory,
     ::unlinkat(log->_directory_fd, segment_name(log->_segments.begin()->first).c_str(), 0);
     log->_segments.erase(log->_segments.begin());
   }
-  const std::uint64_t last = log->_segments.empty() ? log->_cursor.segment
-                                                    : log->_segments.rbegin()->first;
+  const std::uint64_t last = std::max(newest, log->_cursor.segment);
   if (!log->_segments.empty() && log->_segments.begin()->first != log->_cursor.segment)
     log->_cursor = {log->_segments.begin()->first, 0};
   if (auto at = log->_segments.find(log->_cursor.segment); at != log->_segments.end())
@@ -159,6 +171,10 @@ std::unique_ptr<event_log> event_log::open(const std::string& directory,
     return nullptr;
   }
   if (log->_segments.size() == 1) log->_cursor = {log->_write_segment, 0};
+  if (!log->persist_cursor_locked()) {
+    problem = fmt::format("cannot write {}/cursor: {}", directory, std::strerror(errno));
+    return nullptr;
+  }
   log->_counters.backlog_bytes.set(static_cast<std::int64_t>(log->backlog_locked()));
   return log;
 }

@@ -111,6 +111,24 @@ TEST(event_log, batches_in_order_and_acknowledges_durably) {
   EXPECT_EQ(segments, 1);
 }
 
+TEST(event_log, restarts_with_nothing_to_send_leave_one_segment) {
+  temp_dir dir;
+  position last;
+  for (int start = 0; start < 5; ++start) {
+    auto log = open_log(dir.path);
+    EXPECT_TRUE(log->read(10, 1 << 20).empty());
+    last = log->cursor();
+  }
+  int segments = 0;
+  for (const auto& entry : fs::directory_iterator(dir.path))
+    segments += parse_segment_name(entry.path().filename().string()).has_value();
+  EXPECT_EQ(segments, 1);
+  // The cursor kept moving forward with the segment numbers (never reused).
+  auto log = open_log(dir.path);
+  log->append(record(7));
+  EXPECT_GT(log->read(10, 1 << 20).start.segment, last.segment);
+}
+
 TEST(event_log, bytes_limit_a_batch_but_never_below_one_record) {
   temp_dir dir;
   auto log = open_log(dir.path);
