@@ -209,6 +209,25 @@ std::uint64_t session_id_base(unsigned shard, bool outbound) noexcept {
   return (std::uint64_t{shard & 0xff} << 56) | (outbound ? 1ull << 55 : 0) | (clock << 12);
 }
 
+record_head parse_record_head(std::string_view line) noexcept {
+  record_head head;
+  constexpr std::string_view json_start = "{\"ts\":\"";
+  constexpr std::string_view json_event = "\",\"event\":\"";
+  constexpr std::size_t stamp_bytes = 24;  // 2026-01-02T03:04:05.678Z
+  if (line.starts_with(json_start) && line.size() > 7 + stamp_bytes + json_event.size() &&
+      line.substr(7 + stamp_bytes, json_event.size()) == json_event) {
+    head.timestamp = line.substr(7, stamp_bytes);
+    const auto rest = line.substr(7 + stamp_bytes + json_event.size());
+    head.event = rest.substr(0, rest.find('"'));
+  } else if (line.size() > stamp_bytes && line[stamp_bytes] == ' ') {
+    head.timestamp = line.substr(0, stamp_bytes);
+    const auto rest = line.substr(stamp_bytes + 1);
+    head.event = rest.substr(0, rest.find(' '));
+  }
+  if (head.event.empty() || head.event.size() > 32) head.event = "-";  // RFC 5424 MSGID
+  return head;
+}
+
 void flush_to(log_buffer& buffer, int fd) noexcept {
   while (!buffer.pending().empty()) {
     const auto text = buffer.pending();

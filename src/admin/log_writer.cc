@@ -80,31 +80,6 @@ class file_output final : public log_output {
   int _fd;
 };
 
-// The timestamp and event name at the start of a record line (json or text format).
-struct record_head {
-  std::string_view timestamp = "-";
-  std::string_view event = "-";
-};
-
-record_head head_of(std::string_view line) noexcept {
-  record_head head;
-  constexpr std::string_view json_start = "{\"ts\":\"";
-  constexpr std::string_view json_event = "\",\"event\":\"";
-  constexpr std::size_t stamp_bytes = 24;  // 2026-01-02T03:04:05.678Z
-  if (line.starts_with(json_start) && line.size() > 7 + stamp_bytes + json_event.size() &&
-      line.substr(7 + stamp_bytes, json_event.size()) == json_event) {
-    head.timestamp = line.substr(7, stamp_bytes);
-    const auto rest = line.substr(7 + stamp_bytes + json_event.size());
-    head.event = rest.substr(0, rest.find('"'));
-  } else if (line.size() > stamp_bytes && line[stamp_bytes] == ' ') {
-    head.timestamp = line.substr(0, stamp_bytes);
-    const auto rest = line.substr(stamp_bytes + 1);
-    head.event = rest.substr(0, rest.find(' '));
-  }
-  if (head.event.empty() || head.event.size() > 32) head.event = "-";  // RFC 5424 MSGID
-  return head;
-}
-
 // RFC 5424 §6.2.1 severities: 3 error, 4 warning, 5 notice, 6 informational.
 int severity_of(std::string_view event) noexcept {
   if (event.ends_with("_failed") || event == "spool_problem") return 3;
@@ -170,7 +145,7 @@ class syslog_output final : public log_output {
 
  private:
   bool send_record(std::string_view line) noexcept {
-    const record_head head = head_of(line);
+    const record_head head = parse_record_head(line);
     _datagram.clear();
     fmt::format_to(std::back_inserter(_datagram), "<{}>1 {} {} ringmta {} {} - ",
                    _facility * 8 + severity_of(head.event), head.timestamp, _hostname, _pid,
@@ -253,10 +228,13 @@ struct log_writer::state {
   bool reopen_requested = false;
   bool stop_requested = false;
   std::optional<log_format> format_requested;
+  std::shared_ptr<log_tap> tap_requested;
+  bool tap_changed = false;
 
   // Writer thread only.
   log_buffer own;  // the writer's own records (reopen, output replaced)
   std::unique_ptr<log_output> output;
+  std::shared_ptr<log_tap> tap;
 
   void run() noexcept;
   bool apply_requests() noexcept;
@@ -267,6 +245,7 @@ struct log_writer::state {
 
 void log_writer::state::write(std::string_view lines, log_stream stream) noexcept {
   if (lines.empty()) return;
+  if (tap) tap->append(lines);
   if (output->write(lines, stream)) counters.bytes_written.add(lines.size());
   else counters.write_failures.add();
 }
@@ -285,6 +264,10 @@ bool log_writer::state::apply_requests() noexcept {
     format_requested.reset();
   }
   own.set_time(core::wall_milliseconds());
+  if (tap_changed) {
+    tap = std::move(tap_requested);
+    tap_changed = false;
+  }
   if (replacement) {
     previous = std::move(output);
     output = std::move(replacement);
@@ -336,9 +319,11 @@ void log_writer::state::run() noexcept {
 }
 
 log_writer::log_writer(std::unique_ptr<log_output> output, unsigned channels,
-                       std::size_t batch_bytes, log_format format)
+                       std::size_t batch_bytes, log_format format,
+                       std::shared_ptr<log_tap> tap)
     : _state(std::make_shared<state>(std::move(output), batch_bytes, format)) {
   RINGMTA_ASSERT(_state->output != nullptr);
+  _state->tap = std::move(tap);
   for (unsigned i = 0; i < channels; ++i) {
     _state->channels.push_back(std::make_unique<log_channel>());
     _state->channels.back()->batch.reserve(batch_bytes);
@@ -419,6 +404,15 @@ void log_writer::set_format(log_format format) noexcept {
   {
     std::lock_guard lock(_state->control_mutex);
     _state->format_requested = format;
+  }
+  wake();
+}
+
+void log_writer::set_tap(std::shared_ptr<log_tap> tap) {
+  {
+    std::lock_guard lock(_state->control_mutex);
+    _state->tap_requested = std::move(tap);
+    _state->tap_changed = true;
   }
   wake();
 }

@@ -10,9 +10,9 @@
 namespace ringmta::admin {
 
 void histogram::record_us(std::uint64_t microseconds) noexcept {
-  // Bucket i holds values <= 2^i µs; std::bit_width(v - 1) is the smallest such i.
-  const std::size_t index =
-      microseconds <= 1 ? 0 : static_cast<std::size_t>(std::bit_width(microseconds - 1));
+  // Bucket i holds values <= 2^i units; std::bit_width(v - 1) is the smallest such i.
+  const std::uint64_t units = (microseconds + _unit_us - 1) / _unit_us;
+  const std::size_t index = units <= 1 ? 0 : static_cast<std::size_t>(std::bit_width(units - 1));
   auto& slot = _buckets[index < bucket_count ? index : bucket_count];
   slot.store(slot.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   _count.add();
@@ -109,7 +109,9 @@ std::string registry::render_prometheus() const {
             cumulative += static_cast<const histogram*>(p)->bucket(i);
           const std::string le =
               i < histogram::bucket_count
-                  ? fmt::format("le=\"{}\"", histogram::bucket_upper_us(i) / 1e6)
+                  ? fmt::format("le=\"{}\"",
+                                static_cast<const histogram*>(e.instances.front())
+                                        ->bucket_upper_us(i) / 1e6)
                   : std::string("le=\"+Inf\"");
           out += fmt::format("{} {}\n", with_suffix_and_label(e.name, "_bucket", le), cumulative);
         }

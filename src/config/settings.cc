@@ -22,6 +22,8 @@
 #include <fmt/ranges.h>
 #include <toml++/toml.h>
 
+#include "ringmta/events/record.h"
+#include "ringmta/events/webhook.h"
 #include "ringmta/net/idna.h"
 
 namespace ringmta::config {
@@ -1116,6 +1118,75 @@ const std::vector<setting_spec>& table() {
          expected("a size from 64k to 256M", one(v));
      },
      [](const settings& s) { return byte_size(s.log_buffer_bytes); }},
+    // ---- Events out (src/events, issue 14): log records posted to a webhook, at least once
+    {"events.url", "--events-url", "URL", arity::one,
+     "post log records to this endpoint as JSON arrays (http:// or https://); they wait in "
+     "SPOOL/events until a 2xx answer; empty: no webhook",
+     [](settings& s, const values& v) {
+       const auto text = one(v);
+       if (!text.empty() && !events::parse_endpoint_url(text))
+         expected("an http:// or https:// URL such as http://127.0.0.1:8080/events", text);
+       s.events_url = text;
+     },
+     [](const settings& s) { return toml_string(s.events_url); }, live},
+    {"events.types", "--events-types", "TYPE,...", arity::list,
+     "record types posted (received, delivered, deferred, bounced, ...; all: every record); "
+     "empty: the mail flow and operator actions",
+     [](settings& s, const values& v) {
+       s.events_types.clear();
+       for (const auto& type : v) {
+         const auto known = events::known_event_types();
+         if (type != "all" && std::find(known.begin(), known.end(), type) == known.end())
+           expected(fmt::format("record types (all, {})", fmt::join(known, ", ")), type);
+         s.events_types.push_back(type);
+       }
+     },
+     [](const settings& s) { return array(s.events_types, [](auto& t) { return t; }); }, live},
+    {"events.batch_size", "--events-batch-size", "N", arity::one,
+     "records per POST at most (1 to 10000)",
+     [](settings& s, const values& v) { s.events_batch_size = parse_count(one(v), 1, 10'000); },
+     [](const settings& s) { return number(s.events_batch_size); }, live},
+    {"events.interval", "--events-interval", "DURATION", arity::one,
+     "how long a partial batch waits for more records before it is posted (0 to 1h)",
+     [](settings& s, const values& v) {
+       s.events_interval_ms = parse_milliseconds(one(v));
+       if (s.events_interval_ms > 3'600'000) expected("a duration up to 1h", one(v));
+     },
+     [](const settings& s) { return duration_ms(s.events_interval_ms); }, live},
+    {"events.timeout", "--events-timeout", "DURATION", arity::one,
+     "connect, read and write timeout of a POST (100ms to 10m): a stalled endpoint fails",
+     [](settings& s, const values& v) {
+       s.events_timeout_ms = parse_milliseconds(one(v));
+       if (s.events_timeout_ms < 100 || s.events_timeout_ms > 600'000)
+         expected("a duration from 100ms to 10m", one(v));
+     },
+     [](const settings& s) { return duration_ms(s.events_timeout_ms); }, live},
+    {"events.retry_max", "--events-retry-max", "DURATION", arity::one,
+     "longest wait between retries of a failing endpoint (1s to 1h; from 0.5s, doubling)",
+     [](settings& s, const values& v) {
+       s.events_retry_max_ms = parse_milliseconds(one(v));
+       if (s.events_retry_max_ms < 1000 || s.events_retry_max_ms > 3'600'000)
+         expected("a duration from 1s to 1h", one(v));
+     },
+     [](const settings& s) { return duration_ms(s.events_retry_max_ms); }, live},
+    {"events.max_backlog", "--events-max-backlog", "BYTES", arity::one,
+     "records kept on disk for a failing endpoint (1M to 1T); beyond, the oldest are dropped "
+     "and counted (ringmta_events_dropped_total, an events_dropped record); mail never waits",
+     [](settings& s, const values& v) {
+       s.events_max_backlog_bytes = parse_bytes(one(v));
+       if (s.events_max_backlog_bytes < (1u << 20) || s.events_max_backlog_bytes > (1ull << 40))
+         expected("a size from 1M to 1T", one(v));
+     },
+     [](const settings& s) { return byte_size(s.events_max_backlog_bytes); }, live},
+    {"events.authorization_file", "--events-authorization-file", "PATH", arity::one,
+     "file whose first line is sent as the Authorization header (e.g. Bearer TOKEN)",
+     [](settings& s, const values& v) { s.events_authorization_file = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.events_authorization_file); }, live},
+    {"bounce.classes_file", "--bounce-classes", "FILE", arity::one,
+     "bounce classification rules ([[rule]] class, status, code, text: RE2); deferred and "
+     "bounced records carry the class; empty: the built-in rules (conf/bounce-classes.toml)",
+     [](settings& s, const values& v) { s.bounce_classes_file = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.bounce_classes_file); }, live},
     // Deployment and supervision: privilege drop (src/server/privileges.cc) and test hooks.
     {"server.user", "--user", "NAME", arity::one,
      "started as root: open listeners and spool, then run as this user with no capabilities",

@@ -1,5 +1,7 @@
 #include "ringmta/server/daemon.h"
 
+#include "daemon_events.h"
+
 #include <signal.h>
 #include <sys/resource.h>
 #include <grp.h>
@@ -426,6 +428,24 @@ void register_tls_metrics(admin::registry& registry, const relay_metrics& m) {
                m.tls_injections);
 }
 
+// Outcomes by class (the bounce classifier's bounded set) and the delivery latency.
+void register_outcome_metrics(admin::registry& registry, const relay_metrics& m) {
+  const char* help = "Recipient outcomes by result and bounce class (delivered: class none)";
+  registry.add("ringmta_deliveries_total{outcome=\"delivered\",class=\"none\"}", help,
+               m.delivered);
+  const auto classes = events::bounce_classifier::classes();
+  RINGMTA_ASSERT(classes.size() == relay_metrics::class_count);
+  for (std::size_t i = 0; i < classes.size(); ++i) {
+    registry.add(fmt::format("ringmta_deliveries_total{{outcome=\"deferred\",class=\"{}\"}}",
+                             classes[i]), help, m.deferred_by_class[i]);
+    registry.add(fmt::format("ringmta_deliveries_total{{outcome=\"bounced\",class=\"{}\"}}",
+                             classes[i]), help, m.bounced_by_class[i]);
+  }
+  registry.add("ringmta_delivery_latency_seconds",
+               "From reception (250 to DATA) to delivery, per recipient delivered",
+               m.delivery_latency);
+}
+
 void register_metrics(admin::registry& registry, const relay_metrics& m) {
   registry.add("ringmta_recipients_routed_total", "Recipients handed to delivery queues",
                m.routed_recipients);
@@ -459,6 +479,7 @@ void register_metrics(admin::registry& registry, const relay_metrics& m) {
                m.outbound_timeouts);
   registry.add("ringmta_outbound_bodies_total{path=\"tls\"}", bodies_help, m.bodies_encrypted);
   register_tls_metrics(registry, m);
+  register_outcome_metrics(registry, m);
 }
 
 void register_metrics(admin::registry& registry, const spool_metrics& m) {
@@ -1064,7 +1085,16 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   hand_spool_over(privileges, settings.spool_dir, log_line);
   bind_control_socket(admin_server, settings, privileges);
   log_event(format, "privileges", drop_privileges(privileges, settings.spool_dir));
-  admin::log_writer writer(std::move(log_output), shards, settings.log_buffer_bytes, format);
+  std::string events_warning;  // SPOOL/events: after the drop, so that we own what we create
+  const auto events_out = open_events(settings, events_warning);
+  admin::log_writer writer(std::move(log_output), shards, settings.log_buffer_bytes, format,
+                           events_out ? events_out->tap : nullptr);
+  struct stop_webhook {  // before the writer goes: the webhook posts records to it
+    event_service* events;
+    ~stop_webhook() {
+      if (events != nullptr && events->hook) events->hook->stop();
+    }
+  } stop_webhook_first{events_out.get()};
   g_log_writer = &writer;
   verifier->start();
   downgrader.start();
@@ -1084,6 +1114,11 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
                  metrics.back()->log_records_dropped);
   }
   register_metrics(registry, writer.counters());
+  if (events_out) {
+    start_events(*events_out, settings, writer);
+    if (!events_warning.empty()) writer.post("warning", events_warning);
+  }
+  register_events_metrics(registry, events_out.get());
   std::atomic<bool> stopping{false};
   std::atomic<bool> runtime_ready{false};  // the queue API and reload need running shards
   shard::runtime* runtime_pointer = nullptr;
@@ -1169,6 +1204,7 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
                                     started.error_text()));
   }
   register_reloadables(reloads, runtime, writer, *first_inbound, delivery);
+  register_events_reload(reloads, events_out.get(), writer);
   g_worker_runtime.store(&runtime, std::memory_order_release);
   runtime_pointer = &runtime;
   runtime_ready = true;

@@ -185,6 +185,15 @@ relay_config make_relay_config(const config::settings& settings) {
   s.limits = limits_from(limits.connections_max, limits.messages_per_connection_max,
                          limits.messages_per_second_max);
   c.shaping = build_shaping_table(settings);
+  std::string problem;
+  c.classifier = events::bounce_classifier::load(settings.bounce_classes_file, problem);
+  if (!c.classifier) {
+    const auto origin = settings.origins.find("bounce.classes_file");
+    throw config::error(fmt::format("{}: bounce.classes_file: {}",
+                                    origin != settings.origins.end() ? origin->second
+                                                                     : "defaults",
+                                    problem));
+  }
   s.random_seed = static_cast<std::uint64_t>(core::monotonic_ns());
   c.outbound.helo_name = settings.hostname;
   c.outbound.timeout_connect_ms = settings.timeout_connect_s * 1000;

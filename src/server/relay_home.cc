@@ -190,6 +190,20 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
   if (r.attempt_ms >= 0) line.seconds_field("delay_attempt", r.attempt_ms);
   if (r.session != 0) line.hex_field("session", r.session);
   if (r.kind == outcome_kind::deferred) line.field("retry_at_s", r.next_attempt_ms / 1000);
+  std::size_t klass = 0;
+  if (r.kind != outcome_kind::delivered) {  // the enhanced code and its class (bounce rules)
+    const auto status = queue::format_status_code(r.status);
+    const std::string_view status_text(status.data());
+    const std::string_view name = live->classifier
+                                      ? live->classifier->classify(r.reply_code, status_text,
+                                                                   r.text)
+                                      : events::bounce_classifier::other;
+    klass = events::bounce_classifier::class_index(name);
+    RINGMTA_ASSERT(klass < relay_metrics::class_count);
+    line.field("code", static_cast<std::uint64_t>(r.reply_code))
+        .field("status", status_text)
+        .field("class", name);
+  }
   if (!r.tls.empty()) {  // the delivery's connection: protocol, cipher, verified, or why not
     line.field("tls", r.tls);
     if (r.tls_note.empty()) {
@@ -206,6 +220,9 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
   switch (r.kind) {
     case outcome_kind::delivered:
       metrics.delivered.add();
+      metrics.delivery_latency.record_us(
+          static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ms - message.received_ms)) *
+          1000);
       // ringmta never delivers finally: it hands the message on. A next hop that offers DSN
       // got NOTIFY/ORCPT/ENVID/RET and reports success itself; we send nothing (RFC 3461
       // §5.2.2.1). One without DSN: we report "relayed" as NOTIFY=SUCCESS asks (§5.2.2.2).
@@ -214,6 +231,7 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
       break;
     case outcome_kind::bounced:
       metrics.bounced.add();
+      metrics.bounced_by_class[klass].add();
       action = queue::dsn_action::failed;
       break;
     case outcome_kind::delayed:
@@ -221,6 +239,7 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
       break;
     case outcome_kind::deferred:
       metrics.deferred.add();
+      metrics.deferred_by_class[klass].add();
       return;
     case outcome_kind::deleted: return;  // no DSN: the operator deleted it (postsuper -d)
   }

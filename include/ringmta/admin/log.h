@@ -92,6 +92,15 @@ class log_buffer {
 // clock, so that ids do not repeat after a restart. Add one per session.
 std::uint64_t session_id_base(unsigned shard, bool outbound) noexcept;
 
+// The timestamp and event name at the start of a record line (json or text format), as the
+// log buffer writes them; "-" for either when the line is not such a record (the syslog
+// output's MSGID, the event stream's type filter).
+struct record_head {
+  std::string_view timestamp = "-";
+  std::string_view event = "-";
+};
+record_head parse_record_head(std::string_view line) noexcept;
+
 // Writes pending records to fd (blocking; stderr/stdout or a file) and consumes them.
 void flush_to(log_buffer& buffer, int fd) noexcept;
 

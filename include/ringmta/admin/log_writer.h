@@ -70,6 +70,15 @@ class log_output {
 std::unique_ptr<log_output> open_log_output(const log_output_config& config,
                                             std::string& problem);
 
+// A second consumer of every record the writer writes (the webhook's event log, events/): called
+// on the writer thread with whole lines, before they go to the output, in the order written.
+// It may block (nothing but the writer waits for it) and must not post records itself.
+class log_tap {
+ public:
+  virtual ~log_tap() = default;
+  virtual void append(std::string_view lines) noexcept = 0;
+};
+
 // One producer's hand-off slot. Padded: shards write their own and nobody else's.
 struct alignas(64) log_channel {
   std::atomic<bool> busy{false};    // true: `batch` belongs to the writer
@@ -86,8 +95,9 @@ struct log_writer_counters {
 class log_writer {
  public:
   // `channels`: one per shard, each with room for `batch_bytes` of records.
+  // `tap`: sees every record from the first one on (set_tap() replaces it later).
   log_writer(std::unique_ptr<log_output> output, unsigned channels, std::size_t batch_bytes,
-             log_format format);
+             log_format format, std::shared_ptr<log_tap> tap = nullptr);
   ~log_writer();  // stop()
   log_writer(const log_writer&) = delete;
   log_writer& operator=(const log_writer&) = delete;
@@ -115,6 +125,7 @@ class log_writer {
   void reopen() noexcept;                                   // SIGUSR1
   void replace_output(std::unique_ptr<log_output> output);  // reload
   void set_format(log_format format) noexcept;              // reload: its own records' format
+  void set_tap(std::shared_ptr<log_tap> tap);               // start-up, reload; nullptr: none
 
   // Writes what is pending, then ends the thread. If the output stays blocked past
   // `wait_ms`, the thread is left behind (the process is exiting) and false is returned.

@@ -42,15 +42,20 @@ class gauge {
   std::atomic<std::int64_t> _value{0};
 };
 
-// Latency histogram with fixed power-of-two microsecond buckets: 1µs … ~33 s, then +Inf.
+// Latency histogram with fixed power-of-two buckets of `unit_us` microseconds: with the default
+// unit 1µs … ~33 s, then +Inf; with a unit of 1 ms (delivery latency) 1 ms … ~9.3 h.
+// Instances summed under one name share their unit.
 class histogram {
  public:
   static constexpr std::size_t bucket_count = 26;
+  explicit histogram(std::uint64_t unit_us = 1) noexcept : _unit_us(unit_us) {}
   void record_us(std::uint64_t microseconds) noexcept;
   std::uint64_t bucket(std::size_t i) const noexcept {
     return _buckets[i].load(std::memory_order_relaxed);
   }
-  static std::uint64_t bucket_upper_us(std::size_t i) noexcept { return std::uint64_t{1} << i; }
+  std::uint64_t bucket_upper_us(std::size_t i) const noexcept {
+    return (std::uint64_t{1} << i) * _unit_us;
+  }
   std::uint64_t count() const noexcept { return _count.read(); }
   std::uint64_t sum_us() const noexcept { return _sum_us.read(); }
 
@@ -58,6 +63,7 @@ class histogram {
   std::array<std::atomic<std::uint64_t>, bucket_count + 1> _buckets{};  // last: above the top
   counter _count;
   counter _sum_us;
+  std::uint64_t _unit_us;
 };
 
 class registry {

@@ -217,6 +217,17 @@ struct settings {
   std::string log_syslog_socket = "/dev/log";    // log_output = syslog: RFC 5424 datagrams
   std::string log_syslog_facility = "mail";      // mail, daemon, local0 … local7
   std::uint64_t log_buffer_bytes = 1ull << 20;   // per shard; records beyond it are dropped
+  // [events] the webhook (src/events, issue 14): records posted in batches, at least once
+  std::string events_url;                        // http(s)://host[:port]/path; empty: off
+  std::vector<std::string> events_types;         // record types; empty: the default set
+  std::uint32_t events_batch_size = 100;         // records per POST at most
+  std::uint32_t events_interval_ms = 1000;       // a partial batch waits this long for more
+  std::uint32_t events_timeout_ms = 10'000;      // connect, each read, each write
+  std::uint32_t events_retry_max_ms = 60'000;    // backoff ceiling after failures
+  std::uint64_t events_max_backlog_bytes = 1ull << 30;  // on disk; beyond: oldest dropped
+  std::string events_authorization_file;         // its first line: the Authorization header
+  // [bounce] classification of deferrals and bounces (events/bounce_class.h)
+  std::string bounce_classes_file;               // TOML [[rule]] tables; empty: built-in rules
 
   // Where each key that was set came from: "FILE:LINE" or "command line (--flag)".
   std::map<std::string, std::string> origins;

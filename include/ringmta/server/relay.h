@@ -34,6 +34,7 @@
 #include "ringmta/admin/metrics.h"
 #include "ringmta/config/settings.h"
 #include "ringmta/core/work_pool.h"
+#include "ringmta/events/bounce_class.h"
 #include "ringmta/outbound/dns_client.h"
 #include "ringmta/outbound/outbound.h"
 #include "ringmta/queue/scheduler.h"
@@ -83,6 +84,8 @@ struct relay_config {
   // Destinations an operator suspended (SPOOL/suspensions.json): each shard suspends those it
   // owns at start, before recovered mail is queued, so none of it is tried.
   std::vector<std::string> suspended_at_start;
+  // Deferred and bounced records carry a class from these rules (bounce.classes_file).
+  std::shared_ptr<const events::bounce_classifier> classifier;
 };
 
 // Per-shard counters, registered by the daemon.
@@ -118,6 +121,12 @@ struct relay_metrics {
   admin::counter tls_plaintext_remembered;
   admin::counter tls_injections;
   admin::counter bodies_encrypted;
+  // Outcomes by bounce class (bounded labels: events::bounce_classifier::classes()), and
+  // reception → delivery latency in millisecond units (up to ~9 h, then +Inf).
+  static constexpr std::size_t class_count = 11;
+  std::array<admin::counter, class_count> deferred_by_class;
+  std::array<admin::counter, class_count> bounced_by_class;
+  admin::histogram delivery_latency{1000};
 };
 
 // Throws config::error (start-up): bad resolvers, an unreadable --tls-ca file.

@@ -49,6 +49,7 @@ expected = [
     under("bindir", "ringmta-ctl"),
     under("bindir", "ringmta-sink"),
     under("sysconfdir", "ringmta", "ringmta.toml"),
+    under("sysconfdir", "ringmta", "bounce-classes.toml"),
     os.path.join(prefix, "lib/systemd/system/ringmta.service"),
     os.path.join(prefix, "lib/sysusers.d/ringmta.conf"),
     os.path.join(prefix, "lib/tmpfiles.d/ringmta.conf"),
