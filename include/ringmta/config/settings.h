@@ -151,6 +151,7 @@ struct settings {
   std::uint32_t timeout_connect_s = 30;     // outbound TCP connect
   std::vector<core::endpoint> resolvers;   // empty: /etc/resolv.conf
   std::vector<route> routes;
+  bool site_rollup = true;  // domains with the same MX hosts share one site queue (issue 15)
   // [relay.tls]: outbound TLS (the CA store is read once at start-up)
   tls_policy relay_tls_policy = tls_policy::opportunistic;
   std::vector<tls_policy_entry> relay_tls_policy_for;  // per destination domain
