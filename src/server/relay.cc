@@ -525,9 +525,18 @@ const config::reply_rule_entry* relay::state::rule_for(const std::string& destin
   return shaping->match_reply(destination, hosts, reply);
 }
 
+// A rule fired by one domain's reply acts on its whole MX site (relay_site.cc): the members
+// share the servers that said it.
 void relay::state::apply_rule(const std::string& destination,
                               const config::reply_rule_entry& rule,
                               const recipient_report& why) noexcept {
+  apply_rule_to(destination, rule, why);
+  for (const auto& member : site_members(destination)) apply_rule_to(member, rule, why);
+}
+
+void relay::state::apply_rule_to(const std::string& destination,
+                                 const config::reply_rule_entry& rule,
+                                 const recipient_report& why) noexcept {
   const std::int64_t now = core::wall_milliseconds();
   const std::int64_t until = now + std::int64_t{rule.duration_s} * 1000;
   queue::destination_info info;

@@ -229,6 +229,10 @@ struct relay::state {
                                            std::string_view reply) const noexcept;
   void apply_rule(const std::string& destination, const config::reply_rule_entry& rule,
                   const recipient_report& why) noexcept;
+  void apply_rule_to(const std::string& destination, const config::reply_rule_entry& rule,
+                     const recipient_report& why) noexcept;
+  // The other destinations of this one's MX site on this shard (none without a site).
+  std::vector<std::string> site_members(const std::string& destination) const;
   void expire_throttles(std::int64_t now_ms) noexcept;
   std::string destination_name(queue::destination_id id) const;
   void learn_mx(const std::string& destination, outbound::connection_handle connection) noexcept;

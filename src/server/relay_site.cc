@@ -160,6 +160,20 @@ std::string relay::state::idle_key(const std::string& destination) const {
   return found == joined.end() ? destination : "site " + found->second;
 }
 
+std::vector<std::string> relay::state::site_members(const std::string& destination) const {
+  std::vector<std::string> out;
+  const auto own = joined.find(destination);
+  if (own == joined.end()) return out;
+  for (const auto& [name, site] : joined) {
+    queue::destination_info info;
+    if (name == destination || site != own->second || !scheduler.inspect(name, info) ||
+        scheduler.site_of(info.id) != site)
+      continue;
+    out.push_back(name);
+  }
+  return out;
+}
+
 void relay::state::follow_job(std::uint64_t cookie, const queue::job_view& job) noexcept {
   if (scheduler.site_of(job.destination).empty()) return;
   const auto name = connection_names.find(cookie);
