@@ -828,6 +828,11 @@ const std::vector<setting_spec>& table() {
        });
      },
      live},
+    {"relay.site_rollup", "--site-rollup", "", arity::flag,
+     "domains whose MX hosts are the same share one site: one queue owner, one connection "
+     "limit, connections reused across them (KumoMTA's site_name)",
+     [](settings& s, const values& v) { s.site_rollup = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.site_rollup); }, live},
     // ---- outbound TLS (issue 11): [relay.tls] policy, per-domain policies, the CA store.
     {"relay.tls.policy", "--tls-policy", "none|opportunistic|required|verify", arity::one,
      "outbound TLS: STARTTLS when offered (opportunistic), required, or required with the "

@@ -132,6 +132,7 @@ void scheduler::state::forget(std::uint32_t slot) noexcept {
   destination_record& d = destinations[slot];
   RINGMTA_ASSERT(d.live && d.job_count() == 0 && d.connections == 0);
   unlink_idle(slot);
+  leave_site(d);
   by_name.erase(d.name);
   release(d.error);
   d.error = 0;
@@ -396,6 +397,7 @@ bool scheduler::state::can_open(destination_record& d, std::int64_t now_ms) cons
   std::uint32_t limit = d.probing ? 1 : d.limits.connections_max;
   if (d.suspended || d.connections >= limit) return false;
   if (d.ready.count <= d.connections_starting) return false;  // the starting ones take them
+  if (site_full(d)) return false;
   if (d.backoff_until_ms > now_ms) return false;
   refill(d, now_ms);
   return bucket_time_for(d, d.connections_starting + 1) <= now_ms;
@@ -410,6 +412,10 @@ std::int64_t scheduler::state::compute_wake(destination_record& d, std::int64_t 
     refill(d, now_ms);
     std::int64_t at = std::max({now_ms, d.backoff_until_ms,
                                 bucket_time_for(d, d.connections_starting + 1)});
+    if (at != no_wakeup_ms && site_full(d)) {
+      site_wait(d);  // woken when one of the site's connections ends
+      at = no_wakeup_ms;
+    }
     if (at != no_wakeup_ms && live_connections >= config.connections_max) {
       if (!d.starved) {  // woken when a connection slot frees up anywhere in the shard
         d.starved = true;
@@ -455,6 +461,7 @@ void scheduler::state::service(std::uint32_t slot, std::int64_t now_ms,
     ++live_connections;
     ++d.connections;
     ++d.connections_starting;
+    site_connection_opened(d);
     out.push_back(connect_request{connection_id{c, record.generation},
                                   destination_id{slot, d.generation}, d.name, d.probing});
   }
@@ -473,6 +480,7 @@ void scheduler::state::release_connection(connection_id id, std::int64_t now_ms)
   free_connections.push_back(id.slot);
   --live_connections;
   std::uint32_t slot = record.destination;
+  site_connection_released(d, now_ms);
   // A starved destination may go now: poll() wakes them all (next_wakeup_ms says when).
   if (!starved.empty()) starved_wake_ms = std::min(starved_wake_ms, now_ms);
   reschedule(slot, now_ms);

@@ -94,11 +94,24 @@ struct destination_record {
   std::int64_t idle_since_ms = 0;
   std::uint32_t error = 0;
   std::int64_t last_error_ms = 0;
+  std::uint32_t site = nil_slot;  // MX site (scheduler_site.cc), nil: connections of its own
+  bool site_waiting = false;      // on its site's waiting list (the site limit held it)
 
   std::uint32_t job_count() const noexcept {
     return ready.count + in_flight.count + held.count +
            static_cast<std::uint32_t>(scheduled.size());
   }
+};
+
+// An MX site (scheduler_site.cc): destinations whose connections share one limit, and whose
+// connections may carry any member's jobs. Exists while it has members.
+struct site_record {
+  std::string name;
+  destination_limits limits;  // connections_max and messages_per_connection_max apply here
+  std::vector<std::uint32_t> members;  // destination slots
+  std::uint32_t connections = 0;  // of every member
+  std::vector<std::uint32_t> waiting;  // member slots held by the limit: rescheduled on release
+  std::uint32_t next_member_hint = 0;  // round robin start for take_for_site
 };
 
 struct connection_record {
@@ -147,6 +160,9 @@ struct scheduler::state {
   std::vector<connection_record> connections;
   std::vector<std::uint32_t> free_connections;
   std::uint32_t live_connections = 0;
+  std::vector<site_record> sites;  // index 0.. ; freed slots have members == 0
+  std::vector<std::uint32_t> free_sites;
+  name_map<std::uint32_t> sites_by_name;
   std::vector<heap_entry> wake;  // min-heap of destinations by wake time
   std::deque<std::uint32_t> starved;
   std::int64_t starved_wake_ms = no_wakeup_ms;  // a connection slot freed up at this time
@@ -211,6 +227,14 @@ struct scheduler::state {
                std::int64_t until_ms = 0) noexcept;
   void release_connection(connection_id id, std::int64_t now_ms) noexcept;
   void fill_info(std::uint32_t slot, destination_info& out) const noexcept;
+  // sites (scheduler_site.cc)
+  bool site_full(const destination_record& d) const noexcept;
+  void site_wait(destination_record& d) noexcept;  // held by the site limit: wake on release
+  void site_connection_opened(destination_record& d) noexcept;
+  void site_connection_released(destination_record& d, std::int64_t now_ms) noexcept;
+  void leave_site(destination_record& d) noexcept;
+  std::uint32_t site_member_with_work(const site_record& site, std::uint32_t except,
+                                      std::int64_t now_ms) const noexcept;
 };
 
 }  // namespace ringmta::queue

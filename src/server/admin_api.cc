@@ -88,6 +88,20 @@ void add_suspension(const admin_api& api, json& destination) {
   destination["suspended_by"] = entry.by;
 }
 
+}  // namespace
+
+unsigned holder_of(const admin_api& api, const std::string& destination) {
+  const unsigned owner = owner_of(destination, api.shards);
+  const auto answer = api.ask(owner, [destination](relay& r) {
+    return std::to_string(r.holder_of(destination));
+  });
+  if (!answer) return owner;
+  const unsigned holder = static_cast<unsigned>(std::strtoul(answer->c_str(), nullptr, 10));
+  return holder < api.shards ? holder : owner;
+}
+
+namespace {
+
 http_response destinations(const admin_api& api) {
   auto all = gather(api, [](relay& owner) { return owner.destinations_json(100'000); });
   if (!all) return error(503, "a shard did not answer");
@@ -96,7 +110,7 @@ http_response destinations(const admin_api& api) {
 }
 
 std::optional<json> destination(const admin_api& api, const std::string& name) {
-  auto part = api.ask(owner_of(name, api.shards), [name](relay& owner) {
+  auto part = api.ask(holder_of(api, name), [name](relay& owner) {
     if (!owner.knows(name)) return std::string("[]");
     return owner.destinations_json(100'000);
   });
@@ -128,7 +142,7 @@ http_response messages(const admin_api& api, const http_request& r) {
   const auto work = [domain, limit](relay& owner) { return owner.jobs_json(domain, limit); };
   std::optional<json> all;
   if (domain.empty()) all = gather(api, work);
-  else if (auto part = api.ask(owner_of(domain, api.shards), work)) all = json::parse(*part);
+  else if (auto part = api.ask(holder_of(api, domain), work)) all = json::parse(*part);
   if (!all) return error(503, "a shard did not answer");
   const std::int64_t now_s = core::wall_milliseconds() / 1000;
   json out = json::array();
@@ -161,7 +175,7 @@ http_response suspend(const admin_api& api, const http_request& r, const std::st
   }
   if (auto saved = api.suspensions->put(entry); !saved)
     return error(500, fmt::format("cannot record the suspension: {}", saved.error_text()));
-  auto answer = api.ask(owner_of(name, api.shards),
+  auto answer = api.ask(holder_of(api, name),
                         [name](relay& owner) { return owner.operate(name, "suspend"); });
   if (!answer) return error(503, "recorded, but the shard did not answer: applies at restart");
   return reply(200, json{{"destination", name}, {"action", "suspend"},
@@ -185,7 +199,7 @@ http_response act(const admin_api& api, const http_request& r, const std::string
     was_suspended = erased.value();
   }
   if (!known && !was_suspended) return error(404, "no queue for " + name);
-  auto answer = api.ask(owner_of(name, api.shards), [name, operation](relay& owner) {
+  auto answer = api.ask(holder_of(api, name), [name, operation](relay& owner) {
     return owner.operate(name, operation);
   });
   if (!answer) return error(503, "the shard did not answer");

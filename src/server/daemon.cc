@@ -1211,7 +1211,8 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   // A timed suspension ends: resume the destination on its shard (the table drops it).
   suspensions->start([&](const suspension& ended) {
     const auto name = ended.destination;
-    api.ask(owner_of(name, shards), [name](relay& owner) { return owner.operate(name, "resume"); });
+    api.ask(holder_of(api, name),
+            [name](relay& owner) { return owner.operate(name, "resume"); });
     writer.post_record("suspension_ended", [&](admin::log_record& r) {
       r.field("destination", name).field("reason", ended.reason).field("by", ended.by);
     });

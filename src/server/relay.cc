@@ -176,6 +176,7 @@ relay_config make_relay_config(const config::settings& settings) {
     if (bracketed) c.relayhost.host = c.relayhost.host.substr(1, c.relayhost.host.size() - 2);
   }
   c.routes = settings.routes;
+  c.site_rollup = settings.site_rollup;
   configure_tls(settings, c);
   auto& s = c.scheduler;
   s.retry_delays_ms.clear();
@@ -336,6 +337,7 @@ void relay::update(std::shared_ptr<const relay_config> next) noexcept {
   s.live = std::move(next);
   if (s.live->shaping) s.shaping = s.live->shaping;  // [[shaping]], [[reply_rule]] reload too
   s.scheduler.set_policy(s.live->scheduler);
+  s.reshape_sites();
   s.out.set_timeout_connect_ms(s.live->outbound.timeout_connect_ms);
   s.poll();  // new limits may let a destination open connections now
 }
@@ -537,9 +539,18 @@ const config::reply_rule_entry* relay::state::rule_for(const std::string& destin
   return shaping->match_reply(destination, hosts, reply);
 }
 
+// A rule fired by one domain's reply acts on its whole MX site (relay_site.cc): the members
+// share the servers that said it.
 void relay::state::apply_rule(const std::string& destination,
                               const config::reply_rule_entry& rule,
                               const recipient_report& why) noexcept {
+  apply_rule_to(destination, rule, why);
+  for (const auto& member : site_members(destination)) apply_rule_to(member, rule, why);
+}
+
+void relay::state::apply_rule_to(const std::string& destination,
+                                 const config::reply_rule_entry& rule,
+                                 const recipient_report& why) noexcept {
   const std::int64_t now = core::wall_milliseconds();
   const std::int64_t until = now + std::int64_t{rule.duration_s} * 1000;
   queue::destination_info info;
@@ -602,7 +613,7 @@ void relay::state::learn_mx(const std::string& destination,
   scheduler.reshape(destination, shape_of(destination).limits);
 }
 
-void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
+void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   spooled_message& message = *job->message;
   const std::int64_t now = core::wall_milliseconds();
   queue::job_spec spec{message.id, message.envelope.received_seconds, job->recipients,
@@ -629,6 +640,7 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
     }
     return report(&message, message.home, std::move(reports));
   }
+  if (!job->site.empty()) join_site(*job, added.destination);
   auto& entry = owned[message.id];
   entry.message = &message;
   entry.jobs += added.jobs_added;
@@ -651,7 +663,8 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
     }
     report(&message, message.home, std::move(reports));
   }
-  if (idle.count(job->destination) != 0) woken.push_back(job->destination);
+  if (std::string key = idle_key(job->destination); idle.count(key) != 0)
+    woken.push_back(std::move(key));
   poll();
 }
 
@@ -669,10 +682,13 @@ bool relay::state::serve_idle(const std::string& destination, std::int64_t now_m
     }
     const auto connection = queue::connection_id{static_cast<std::uint32_t>(c.cookie >> 32),
                                                  static_cast<std::uint32_t>(c.cookie)};
-    const auto taken = scheduler.take_for_connection(connection, now_ms);
+    const auto taken = scheduler.take_for_site(connection, now_ms);
     if (taken.status == queue::take_status::none) break;
     waiting.pop_back();
-    if (taken.status == queue::take_status::job) start_delivery(c.handle, c.cookie, taken.job);
+    if (taken.status == queue::take_status::job) {
+      follow_job(c.cookie, taken.job);
+      start_delivery(c.handle, c.cookie, taken.job);
+    }
     else out.release(c.handle);  // close (per-connection limit, suspended) or throttled
   }
   const bool still_idle = !waiting.empty();
@@ -708,14 +724,14 @@ void relay::state::poll() noexcept {
     requests.clear();
     scheduler.poll(now, requests);
     for (const auto& request : requests) {
-      const std::string name(request.name);
-      if (idle.count(name) == 0) {
+      const std::string key = idle_key(std::string(request.name));
+      if (idle.count(key) == 0) {
         open(request);
         continue;
       }
-      // An idle connection to it is open already: use it rather than a new one.
+      // An idle connection to it (or to its site) is open already: use it, not a new one.
       scheduler.connection_closed(request.connection, now);
-      serve_idle(name, now);
+      serve_idle(key, now);
     }
     while (scheduler.next_event(event)) handle_event(event, nullptr);
   }
@@ -756,16 +772,18 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
     if (const auto name = s.connection_names.find(destination); name != s.connection_names.end())
       s.learn_mx(name->second, connection);
   }
-  const auto taken = s.scheduler.take_for_connection(connection_of(destination),
-                                                     core::wall_milliseconds());
-  if (taken.status == queue::take_status::job)
+  const auto taken = s.scheduler.take_for_site(connection_of(destination),
+                                               core::wall_milliseconds());
+  if (taken.status == queue::take_status::job) {
+    s.follow_job(destination, taken.job);
     return s.start_delivery(connection, destination, taken.job);
+  }
   const auto name = s.connection_names.find(destination);
   if (taken.status != queue::take_status::none || name == s.connection_names.end())
     return s.out.release(connection);
   // Nothing ready now: keep it for the destination's next job (connection reuse); the
   // outbound closes it after its idle timeout.
-  s.idle[name->second].push_back({connection, destination});
+  s.idle[s.idle_key(name->second)].push_back({connection, destination});
 }
 
 std::uint64_t relay::state::session_of(std::uint64_t cookie) const noexcept {
@@ -973,7 +991,7 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
   if (name_entry != s.connection_names.end()) s.connection_names.erase(name_entry);
   const std::uint64_t session = s.session_of(destination);
   s.connection_sessions.erase(destination);
-  s.drop_idle(name, destination);
+  s.drop_idle(s.idle_key(name), destination);
   recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
   why.session = session;
   // A 421 greeting, or a connection the server ended with 4xx/5xx: reply rules may fire.

@@ -50,6 +50,9 @@ struct routed_job {
   std::uint16_t attempts = 0;
   std::int64_t not_before_ms = 0;
   std::uint8_t flags = 0;  // spool::message_flag_held / _bounce: recovered operator actions
+  // Set by the destination's owner once its MX hosts are known (relay_site.cc): the job goes
+  // to the site's owner and joins the site there. Empty: not rolled up (yet).
+  std::string site;
 };
 
 // What an operator asked of one message (relay_actions.cc).
@@ -191,6 +194,33 @@ struct relay::state {
   std::unordered_map<std::string, recipient_report> permanent_failures;  // by destination
   std::vector<queue::connect_request> requests;
   void accept_job(std::unique_ptr<routed_job> job) noexcept;
+  void queue_job(std::unique_ptr<routed_job> job) noexcept;  // into this shard's scheduler
+  // MX site rollup (relay_site.cc). On the domain's owner: domain → site (learned by an MX
+  // lookup, bounded, relearned after an hour) and the jobs held while the lookup runs. On the
+  // site's owner: which destinations joined which site (for idle connections and reloads).
+  struct known_site {
+    std::string site;
+    std::int64_t learned_ms = 0;
+  };
+  std::unordered_map<std::string, known_site> sites;
+  std::unordered_map<std::string, std::vector<std::unique_ptr<routed_job>>> resolving;
+  std::unordered_map<std::uint64_t, std::string> lookups;  // lookup cookie → domain
+  std::uint64_t next_lookup = 0;
+  std::unordered_map<std::string, std::string> joined;
+  struct site_resolver final : outbound::lookup_handler {
+    explicit site_resolver(state& owner_state) : s(owner_state) {}
+    void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;
+    state& s;
+  };
+  site_resolver site_lookups{*this};
+  bool roll_up(std::unique_ptr<routed_job>& job) noexcept;  // true: held or forwarded
+  void forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept;
+  void join_site(const routed_job& job, queue::destination_id destination) noexcept;
+  shape site_shape(std::string_view site) const;
+  void reshape_sites() noexcept;
+  std::string idle_key(const std::string& destination) const;
+  // A site connection may carry another member's job: its name follows the job.
+  void follow_job(std::uint64_t cookie, const queue::job_view& job) noexcept;
   void poll() noexcept;
   core::member_timer<state, &state::poll> timer{*this};  // after poll: it names it
   void open(const queue::connect_request& request) noexcept;
@@ -239,6 +269,10 @@ struct relay::state {
                                            std::string_view reply) const noexcept;
   void apply_rule(const std::string& destination, const config::reply_rule_entry& rule,
                   const recipient_report& why) noexcept;
+  void apply_rule_to(const std::string& destination, const config::reply_rule_entry& rule,
+                     const recipient_report& why) noexcept;
+  // The other destinations of this one's MX site on this shard (none without a site).
+  std::vector<std::string> site_members(const std::string& destination) const;
   void expire_throttles(std::int64_t now_ms) noexcept;
   std::string destination_name(queue::destination_id id) const;
   void learn_mx(const std::string& destination, outbound::connection_handle connection) noexcept;

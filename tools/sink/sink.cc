@@ -21,6 +21,11 @@ constexpr std::uint32_t retry_delay_ms = 1;
 // RFC 5321 §3.8 / §4.2.2: 421 closes the transmission channel.
 constexpr std::string_view too_many_connections = "421 4.7.0 Too many connections\r\n";
 
+// "127.0.0.5:41234" → "127.0.0.5", "[::1]:41234" → "[::1]".
+std::string client_address(std::string_view peer) {
+  return std::string(peer.substr(0, peer.rfind(':')));
+}
+
 }  // namespace
 
 connection::connection() noexcept {
@@ -213,6 +218,7 @@ void sink_shard::on_accept(const io::completion& done) noexcept {
     if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer.address), &length) == 0) {
       peer.length = length;
       c.peer = peer.to_string();
+      ++_open_by_client[client_address(c.peer)];
     }
   }
   c.session->start();  // implicit TLS: the greeting waits in output() for the handshake
@@ -401,6 +407,11 @@ void sink_shard::arm_recv(connection& c) noexcept {
 
 void sink_shard::close(connection& c) noexcept {
   --_open;
+  if (!c.peer.empty()) {
+    const auto client = _open_by_client.find(client_address(c.peer));
+    if (client != _open_by_client.end() && --client->second == 0) _open_by_client.erase(client);
+    c.peer.clear();
+  }
   auto& ring = _shard->ring();
   if (c.recv_armed) {
     (void)ring.prep_cancel(io::pack_user_data(_kind_recv, c.generation, c.slot),
@@ -487,6 +498,9 @@ void sink_shard::save(connection& c, const loadkit::scan_result& scan) noexcept 
   const std::string temporary = name + ".tmp";
   std::string head = fmt::format("X-Sink-Helo: {}\r\n", c.session->helo_name());
   head += fmt::format("X-Sink-Client: {}\r\nX-Sink-Connection: {}-{}\r\n", c.peer, _id, c.serial);
+  const auto client = _open_by_client.find(client_address(c.peer));
+  head += fmt::format("X-Sink-Concurrent-Client: {}\r\n",
+                      client != _open_by_client.end() ? client->second : 0);
   head += fmt::format("X-Sink-Concurrent: {}\r\nX-Sink-Time-Ms: {}\r\n", _open,
                       core::monotonic_ns() / 1'000'000);
   head += c.save_envelope;

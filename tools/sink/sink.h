@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "loadkit/counter.h"
@@ -203,6 +204,9 @@ class sink_shard final : public shard::completion_handler {
   std::uint64_t _saved_sequence = 0;
   std::uint64_t _connection_serial = 0;
   std::uint32_t _open = 0;  // connections open on this shard now
+  // With --save-dir: connections open now per client address (without port), saved with each
+  // message as X-Sink-Concurrent-Client (site and source limits are per client).
+  std::unordered_map<std::string, std::uint32_t> _open_by_client;
   bool _stopping = false;
   io::op_kind _kind_accept = 0, _kind_recv = 0, _kind_send = 0, _kind_misc = 0;
 };

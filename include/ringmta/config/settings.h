@@ -152,6 +152,7 @@ struct settings {
   bool mime_downgrade = true;  // 8-bit to a server without 8BITMIME: quoted-printable (RFC 6152)
   std::vector<core::endpoint> resolvers;   // empty: /etc/resolv.conf
   std::vector<route> routes;
+  bool site_rollup = true;  // domains with the same MX hosts share one site queue (issue 15)
   // [relay.tls]: outbound TLS (the CA store is read once at start-up)
   tls_policy relay_tls_policy = tls_policy::opportunistic;
   std::vector<tls_policy_entry> relay_tls_policy_for;  // per destination domain

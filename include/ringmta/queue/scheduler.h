@@ -362,6 +362,25 @@ class scheduler {
   void set_policy(const scheduler_config& next) noexcept;
   void clear_limits(std::string_view destination);
 
+  // --- MX sites (KumoMTA's site_name; scheduler_site.cc) ---
+  // Domains whose MX host sets are equal form a site: the connections of all its members
+  // count against the site's connections_max and messages_per_connection_max (each member's
+  // own limits still apply too), and a connection opened for one member may carry another
+  // member's jobs (take_for_site). Queues, retry times, backoff, suspension and bounces stay
+  // per member destination. join_site() creates the site on first use and sets its limits
+  // (a later call replaces them); false when the destination is unknown. A destination
+  // leaves its site when it is forgotten; the site ends with its last member.
+  bool join_site(std::string_view destination, std::string_view site,
+                 const destination_limits& site_limits);
+  bool reshape_site(std::string_view site, const destination_limits& site_limits);
+  // take_for_connection(); when that finds nothing ready for the connection's destination
+  // and the destination is in a site, the connection moves to another member with ready
+  // jobs (not suspended, paused or backing off) and takes from it: the job's destination
+  // then says which. Closes at the site's messages_per_connection_max.
+  take_result take_for_site(connection_id connection, std::int64_t now_ms) noexcept;
+  // The site of a destination ("" when none); valid until the next call that changes sites.
+  std::string_view site_of(destination_id destination) const noexcept;
+
   // --- inspection ---
   bool inspect(std::string_view destination, destination_info& out) const noexcept;
   bool inspect(destination_id destination, destination_info& out) const noexcept;

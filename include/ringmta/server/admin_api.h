@@ -58,6 +58,10 @@ struct admin_api {
   admin::http_response serve(const admin::http_request& request) const;
 };
 
+// The shard that holds a destination's queue: its owner (hash of the name), or, when the
+// destination was rolled up into an MX site, the site's owner (relay::holder_of).
+unsigned holder_of(const admin_api& api, const std::string& destination);
+
 // "90", "90s", "15m", "1h", "2d" → seconds; nullopt when malformed or zero.
 std::optional<std::int64_t> parse_duration_s(std::string_view text);
 

@@ -86,6 +86,9 @@ struct relay_config {
   std::vector<std::string> suspended_at_start;
   // Deferred and bounced records carry a class from these rules (bounce.classes_file).
   std::shared_ptr<const events::bounce_classifier> classifier;
+  // MX site rollup (relay.site_rollup; docs/notes.md "MX sites"): an MX-routed domain is
+  // looked up first, then its jobs join its site's queue on the site's owner shard.
+  bool site_rollup = true;
 };
 
 // Per-shard counters, registered by the daemon.
@@ -167,6 +170,9 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   std::string destinations_json(std::size_t count_max) const;
   // Whether this shard has queue state for the destination (the admin API's 404).
   bool knows(std::string_view destination) const;
+  // Asked on the destination's owner: the shard holding its queue (itself, or the owner of
+  // the MX site the destination was rolled up into).
+  unsigned holder_of(std::string_view destination) const;
   // Queued jobs (at most `count_max`) of one destination, or of all when it is empty, as a
   // JSON array: message id, destination, state, recipients, attempts, next attempt, last reply.
   std::string jobs_json(std::string_view destination, std::size_t count_max) const;

@@ -72,8 +72,10 @@ instance = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools
                         "postfix_instance.sh")
 dns = DnsServer(dns_script, {"tls.test": [
     "good MX 10 mx", "wrong MX 10 other", "plain MX 10 plainmx", "broken MX 10 brokenmx",
-    "broken2 MX 10 brokenmx", "mx A 127.0.0.1", "other A 127.0.0.1", "plainmx A 127.0.0.2",
-    "brokenmx A 127.0.0.3"]})
+    "broken2 MX 10 brokenmx3", "mx A 127.0.0.1", "other A 127.0.0.1", "plainmx A 127.0.0.2",
+    "brokenmx A 127.0.0.3", "brokenmx3 A 127.0.0.3"]})
+# broken2's MX is another name for the same server: another MX site (a site would carry its
+# mail on broken's idle plaintext connection), so a new connection must remember the address.
 maillog = os.path.join(work, "maillog")
 
 

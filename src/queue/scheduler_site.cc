@@ -1,0 +1,166 @@
+// queue::scheduler, MX sites (scheduler.h "MX sites"): destinations whose connections share
+// one limit and carry each other's jobs. The hooks in scheduler.cc (can_open, compute_wake,
+// service, release_connection, forget) call the site_* helpers here; a destination without a
+// site (site == nil_slot) is untouched by them.
+//
+// Invariants: site.connections is the sum of its members' connections; a member is on
+// site.waiting at most once (site_waiting); a site with no member is on free_sites.
+#include <algorithm>
+
+#include "ringmta/core/assert.h"
+#include "scheduler_state.h"
+
+namespace ringmta::queue {
+
+bool scheduler::state::site_full(const destination_record& d) const noexcept {
+  if (d.site == nil_slot) return false;
+  const site_record& site = sites[d.site];
+  return site.connections >= site.limits.connections_max;
+}
+
+void scheduler::state::site_wait(destination_record& d) noexcept {
+  if (d.site_waiting) return;
+  d.site_waiting = true;
+  sites[d.site].waiting.push_back(static_cast<std::uint32_t>(&d - destinations.data()));
+}
+
+void scheduler::state::site_connection_opened(destination_record& d) noexcept {
+  if (d.site != nil_slot) ++sites[d.site].connections;
+}
+
+// A site connection ended: the members the limit held may open one now.
+void scheduler::state::site_connection_released(destination_record& d,
+                                                std::int64_t now_ms) noexcept {
+  if (d.site == nil_slot) return;
+  site_record& site = sites[d.site];
+  RINGMTA_ASSERT(site.connections > 0);
+  --site.connections;
+  std::vector<std::uint32_t> waiting;
+  waiting.swap(site.waiting);
+  for (const std::uint32_t slot : waiting) {
+    destination_record& member = destinations[slot];
+    member.site_waiting = false;
+    member.wake_ms = no_wakeup_ms;  // force a fresh heap entry
+    reschedule(slot, now_ms);
+  }
+}
+
+void scheduler::state::leave_site(destination_record& d) noexcept {
+  if (d.site == nil_slot) return;
+  site_record& site = sites[d.site];
+  const auto slot = static_cast<std::uint32_t>(&d - destinations.data());
+  RINGMTA_ASSERT(d.connections == 0);
+  std::erase(site.members, slot);
+  std::erase(site.waiting, slot);
+  d.site_waiting = false;
+  if (site.members.empty()) {
+    RINGMTA_ASSERT(site.connections == 0);
+    sites_by_name.erase(site.name);
+    site = site_record{};
+    free_sites.push_back(d.site);
+  }
+  d.site = nil_slot;
+}
+
+// A member other than `except` that a connection of the site may serve now (round robin).
+std::uint32_t scheduler::state::site_member_with_work(const site_record& site,
+                                                      std::uint32_t except,
+                                                      std::int64_t now_ms) const noexcept {
+  const std::size_t count = site.members.size();
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::uint32_t slot = site.members[(site.next_member_hint + i) % count];
+    const destination_record& m = destinations[slot];
+    if (slot == except || m.suspended || m.paused_until_ms > now_ms) continue;
+    if (m.backoff_until_ms > now_ms) continue;
+    const bool due = !m.scheduled.empty() && m.scheduled.front().time_ms <= now_ms;
+    if (m.ready.count > m.connections_starting || due) return slot;
+  }
+  return nil_slot;
+}
+
+bool scheduler::join_site(std::string_view destination, std::string_view site_name,
+                          const destination_limits& site_limits) {
+  state& s = *_state;
+  destination_record* d = s.find(destination);
+  if (d == nullptr || site_name.empty()) return false;
+  RINGMTA_ASSERT(site_limits.connections_max >= 1);
+  std::uint32_t index;
+  if (const auto found = s.sites_by_name.find(site_name); found != s.sites_by_name.end()) {
+    index = found->second;
+  } else if (!s.free_sites.empty()) {
+    index = s.free_sites.back();
+    s.free_sites.pop_back();
+  } else {
+    index = static_cast<std::uint32_t>(s.sites.size());
+    s.sites.emplace_back();
+  }
+  site_record& site = s.sites[index];
+  if (site.members.empty()) {
+    site.name.assign(site_name);
+    s.sites_by_name.emplace(site.name, index);
+  }
+  site.limits = site_limits;
+  if (d->site == index) return true;
+  if (d->site != nil_slot || d->connections != 0) {
+    // Moving between sites with connections open would break the counts: stay for now (the
+    // caller joins again once they end; MX sets change rarely).
+    if (d->connections != 0) return d->site == index;
+    s.leave_site(*d);
+  }
+  d->site = index;
+  site.members.push_back(static_cast<std::uint32_t>(d - s.destinations.data()));
+  return true;
+}
+
+bool scheduler::reshape_site(std::string_view site_name, const destination_limits& limits) {
+  state& s = *_state;
+  const auto found = s.sites_by_name.find(site_name);
+  if (found == s.sites_by_name.end()) return false;
+  RINGMTA_ASSERT(limits.connections_max >= 1);
+  s.sites[found->second].limits = limits;
+  return true;
+}
+
+take_result scheduler::take_for_site(connection_id id, std::int64_t now_ms) noexcept {
+  state& s = *_state;
+  RINGMTA_ASSERT(id.slot < s.connections.size());
+  connection_record& c = s.connections[id.slot];
+  RINGMTA_ASSERT(c.live && c.generation == id.generation);
+  if (const std::uint32_t site_slot = s.destinations[c.destination].site;
+      site_slot != nil_slot) {
+    const std::uint32_t per_connection = s.sites[site_slot].limits.messages_per_connection_max;
+    if (per_connection != 0 && c.taken >= per_connection) {
+      take_result result;
+      result.status = take_status::close;
+      return result;
+    }
+  }
+  take_result result = take_for_connection(id, now_ms);
+  if (result.status != take_status::none) return result;
+  const std::uint32_t from = c.destination;
+  destination_record& d = s.destinations[from];
+  if (d.site == nil_slot) return result;
+  site_record& site = s.sites[d.site];
+  const std::uint32_t to = s.site_member_with_work(site, from, now_ms);
+  if (to == nil_slot) return result;
+  site.next_member_hint = static_cast<std::uint32_t>(
+      (std::find(site.members.begin(), site.members.end(), to) - site.members.begin()) + 1);
+  // The connection (already started: take_for_connection saw it) changes hands within the
+  // site: the site's count is unchanged, the members' counts move.
+  RINGMTA_ASSERT(c.started && d.connections > 0);
+  --d.connections;
+  ++s.destinations[to].connections;
+  c.destination = to;
+  s.reschedule(from, now_ms);
+  return take_for_connection(id, now_ms);
+}
+
+std::string_view scheduler::site_of(destination_id id) const noexcept {
+  const state& s = *_state;
+  if (id.slot >= s.destinations.size()) return {};
+  const destination_record& d = s.destinations[id.slot];
+  if (!d.live || d.generation != id.generation || d.site == nil_slot) return {};
+  return s.sites[d.site].name;
+}
+
+}  // namespace ringmta::queue

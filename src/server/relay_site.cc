@@ -1,0 +1,186 @@
+// server::relay, MX site rollup (KumoMTA's site_name; docs/notes.md "MX sites"). Domains
+// whose MX host sets are equal share one site: their queues live on the site's owner shard
+// (hash of the site name), where the scheduler counts every member's connections against the
+// site's limit and lets a connection carry any member's jobs (queue::scheduler::take_for_site).
+//
+// Path of a job: home → the domain's owner (hash of the domain, as without rollup) → MX lookup
+// there (held meanwhile; the answer is cached per domain for an hour) → the site's owner, with
+// routed_job::site set → queued under its domain, joined to the site. Jobs of a domain whose
+// lookup fails, of a domain an operator suspended on its owner, of routes and of a relayhost
+// are queued on the domain's owner as before. Per-domain operations keep working: the admin
+// API asks the domain's owner where the queue is (holder_of).
+//
+// Never: blocks on DNS (the lookup is the shard's resolver over the ring), loses a held job
+// (it stays owned by the held list until forwarded or queued), or moves a job that a scheduler
+// already holds.
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "relay_internal.h"
+#include "ringmta/core/clock.h"
+
+namespace ringmta::server {
+
+namespace {
+constexpr std::int64_t site_relearn_ms = 3'600'000;  // MX sets change rarely; relearn hourly
+constexpr std::size_t sites_max = 100'000;           // known domains per shard (then cleared)
+constexpr std::size_t resolving_max = 10'000;        // domains being looked up per shard
+
+std::vector<std::string_view> hosts_of(std::string_view site) {
+  std::vector<std::string_view> hosts;
+  while (!site.empty()) {
+    const auto comma = site.find(',');
+    hosts.push_back(site.substr(0, comma));
+    if (comma == std::string_view::npos) break;
+    site.remove_prefix(comma + 1);
+  }
+  return hosts;
+}
+}  // namespace
+
+unsigned relay::holder_of(std::string_view destination) const {
+  const auto& s = *_state;
+  queue::destination_info info;
+  if (s.scheduler.inspect(destination, info)) return s.owner.id();
+  const auto known = s.sites.find(std::string(destination));
+  if (known == s.sites.end()) return s.owner.id();
+  return owner_of(known->second.site, static_cast<unsigned>(s.config.shards->size()));
+}
+
+void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
+  if (job->site.empty() && roll_up(job)) return;
+  queue_job(std::move(job));
+}
+
+// On the domain's owner: true when the job was taken (forwarded to its site, or held until
+// the domain's MX lookup answers); false: queue it here.
+bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
+  const std::string& domain = job->destination;
+  if (!live->site_rollup || domain.empty() || domain.front() == '[' || !route_for(domain).mx)
+    return false;
+  queue::destination_info info;
+  if (scheduler.inspect(domain, info) && info.suspended) return false;  // the operator's: here
+  if (const auto known = sites.find(domain); known != sites.end()) {
+    if (core::wall_milliseconds() - known->second.learned_ms < site_relearn_ms) {
+      forward_to_site(std::move(job), known->second.site);
+      return true;
+    }
+    sites.erase(known);
+  }
+  auto held = resolving.find(domain);
+  if (held == resolving.end()) {
+    if (resolving.size() >= resolving_max) return false;
+    const std::uint64_t cookie = ++next_lookup;
+    held = resolving.emplace(domain, std::vector<std::unique_ptr<routed_job>>{}).first;
+    lookups.emplace(cookie, domain);
+    dns.start_mx_lookup(domain, site_lookups, cookie);
+  }
+  held->second.push_back(std::move(job));
+  return true;
+}
+
+// The domain's MX hosts are known: its held jobs go to the site, or are queued here when the
+// lookup failed (the connection's own lookup then reports the failure as before).
+void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
+                                                 dns::mx_result& result) noexcept {
+  const auto name = s.lookups.find(cookie);
+  if (name == s.lookups.end()) return;
+  const std::string domain = std::move(name->second);
+  s.lookups.erase(name);
+  const auto held = s.resolving.find(domain);
+  if (held == s.resolving.end()) return;
+  std::vector<std::unique_ptr<routed_job>> jobs = std::move(held->second);
+  s.resolving.erase(held);
+  std::string site;
+  if (result.status == dns::lookup_status::ok && !result.hosts.empty()) {
+    std::vector<std::string_view> hosts;
+    for (const auto& host : result.hosts) hosts.push_back(host.name);
+    site = site_name(hosts);
+    if (s.sites.size() >= sites_max) s.sites.clear();
+    s.sites[domain] = known_site{site, core::wall_milliseconds()};
+  }
+  for (auto& job : jobs) {
+    if (site.empty()) s.queue_job(std::move(job));
+    else s.forward_to_site(std::move(job), site);
+  }
+}
+
+void relay::state::forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept {
+  job->site = std::move(site);
+  const unsigned to = owner_of(job->site, static_cast<unsigned>(config.shards->size()));
+  if (to == owner.id()) return queue_job(std::move(job));
+  shard::message m{};
+  m.handler = &on_job_message;
+  m.words[0] = reinterpret_cast<std::uintptr_t>(job.release());
+  m.words[1] = reinterpret_cast<std::uintptr_t>(config.shards);
+  send(to, m);
+}
+
+// The site's limits: the MX layer of shaping over the global settings (a domain's own
+// [[shaping]] entry still limits that domain's queue within the site).
+shape relay::state::site_shape(std::string_view site) const {
+  const auto hosts = hosts_of(site);
+  return shaping->for_destination("", hosts);
+}
+
+// On the site's owner, after the job was added under its domain: the domain joins the site
+// (once; the scheduler forgets idle domains, which then join again with their next job).
+void relay::state::join_site(const routed_job& job, queue::destination_id destination) noexcept {
+  if (scheduler.site_of(destination) == job.site) return;
+  if (shaping->has_mx_entries() && mx_hosts.count(job.destination) == 0) {
+    std::vector<std::string> hosts;
+    for (const auto host : hosts_of(job.site)) hosts.emplace_back(host);
+    constexpr std::size_t destinations_max = 100'000;
+    if (mx_hosts.size() >= destinations_max) mx_hosts.clear();
+    mx_hosts.emplace(job.destination, std::move(hosts));
+    scheduler.reshape(job.destination, shape_of(job.destination).limits);  // the MX layer
+  }
+  if (!scheduler.join_site(job.destination, job.site, site_shape(job.site).limits)) return;
+  if (joined.size() >= sites_max) joined.clear();
+  joined[job.destination] = job.site;
+}
+
+void relay::state::reshape_sites() noexcept {
+  for (auto it = joined.begin(); it != joined.end();) {
+    queue::destination_info info;
+    if (!scheduler.inspect(it->first, info) || scheduler.site_of(info.id) != it->second) {
+      it = joined.erase(it);
+      continue;
+    }
+    scheduler.reshape_site(it->second, site_shape(it->second).limits);
+    ++it;
+  }
+}
+
+// Idle connections wait per site for the members of a site, per destination otherwise.
+std::string relay::state::idle_key(const std::string& destination) const {
+  if (joined.empty()) return destination;
+  const auto found = joined.find(destination);
+  return found == joined.end() ? destination : "site " + found->second;
+}
+
+std::vector<std::string> relay::state::site_members(const std::string& destination) const {
+  std::vector<std::string> out;
+  const auto own = joined.find(destination);
+  if (own == joined.end()) return out;
+  for (const auto& [name, site] : joined) {
+    queue::destination_info info;
+    if (name == destination || site != own->second || !scheduler.inspect(name, info) ||
+        scheduler.site_of(info.id) != site)
+      continue;
+    out.push_back(name);
+  }
+  return out;
+}
+
+void relay::state::follow_job(std::uint64_t cookie, const queue::job_view& job) noexcept {
+  if (scheduler.site_of(job.destination).empty()) return;
+  const auto name = connection_names.find(cookie);
+  if (name == connection_names.end()) return;
+  queue::destination_info info;
+  if (scheduler.inspect(job.destination, info) && name->second != info.name)
+    name->second.assign(info.name);
+}
+
+}  // namespace ringmta::server

@@ -1,0 +1,144 @@
+// queue::scheduler MX sites: one connection limit for every member, connections carried
+// across members, per-member suspension, leaving the site when forgotten.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "ringmta/queue/scheduler.h"
+
+namespace ringmta::queue {
+namespace {
+
+constexpr std::int64_t t0 = 1'700'000'000'000;
+
+struct site_harness {
+  scheduler queue{[] {
+    scheduler_config config;
+    config.jitter_permille = 0;
+    config.delay_warning_ms = 0;
+    config.limits.connections_max = 10;
+    return config;
+  }()};
+  std::vector<std::uint16_t> recipients{0};
+  void add(std::string_view destination, spool::message_id id) {
+    job_spec spec;
+    spec.message = id;
+    spec.received_seconds = t0 / 1000;
+    spec.recipients = recipients;
+    ASSERT_EQ(queue.add(destination, spec, t0).status, add_status::added);
+  }
+  std::vector<connect_request> poll() {
+    std::vector<connect_request> out;
+    queue.poll(t0, out);
+    return out;
+  }
+  destination_limits site_limits(std::uint32_t connections, std::uint32_t per_connection = 0) {
+    destination_limits limits;
+    limits.connections_max = connections;
+    limits.messages_per_connection_max = per_connection;
+    return limits;
+  }
+};
+
+TEST(scheduler_site, members_share_the_site_connection_limit) {
+  site_harness h;
+  for (spool::message_id id = 1; id <= 6; ++id) h.add(id % 2 ? "gmail.test" : "googlemail.test", id);
+  ASSERT_TRUE(h.queue.join_site("gmail.test", "mx1.g.test,mx2.g.test", h.site_limits(2)));
+  ASSERT_TRUE(h.queue.join_site("googlemail.test", "mx1.g.test,mx2.g.test", h.site_limits(2)));
+  EXPECT_FALSE(h.queue.join_site("unknown.test", "x", h.site_limits(2)));
+  const auto opened = h.poll();
+  ASSERT_EQ(opened.size(), 2u);  // not 2 × 3 (each member alone would open 3)
+  EXPECT_TRUE(h.poll().empty());
+  // One ends: a member held by the limit opens one again.
+  h.queue.connection_closed(opened[0].connection, t0);
+  EXPECT_LE(h.queue.next_wakeup_ms(), t0);
+  EXPECT_EQ(h.poll().size(), 1u);
+  EXPECT_TRUE(h.poll().empty());
+}
+
+TEST(scheduler_site, a_connection_carries_every_members_jobs) {
+  site_harness h;
+  h.add("gmail.test", 1);
+  h.add("googlemail.test", 2);
+  h.add("googlemail.test", 3);
+  ASSERT_TRUE(h.queue.join_site("gmail.test", "g", h.site_limits(1)));
+  ASSERT_TRUE(h.queue.join_site("googlemail.test", "g", h.site_limits(1)));
+  auto opened = h.poll();
+  ASSERT_EQ(opened.size(), 1u);
+  std::vector<spool::message_id> carried;
+  std::vector<std::string> by;
+  for (;;) {
+    const auto taken = h.queue.take_for_site(opened[0].connection, t0);
+    if (taken.status != take_status::job) {
+      EXPECT_EQ(taken.status, take_status::none);
+      break;
+    }
+    carried.push_back(taken.job.message);
+    destination_info info;
+    ASSERT_TRUE(h.queue.inspect(taken.job.destination, info));
+    by.emplace_back(info.name);
+    EXPECT_EQ(h.queue.site_of(taken.job.destination), "g");
+    h.queue.delivered(taken.job.id, t0);
+  }
+  EXPECT_EQ(carried.size(), 3u);
+  EXPECT_NE(std::find(by.begin(), by.end(), "gmail.test"), by.end());
+  EXPECT_NE(std::find(by.begin(), by.end(), "googlemail.test"), by.end());
+  // take_for_connection alone never crosses members.
+  h.add("gmail.test", 4);
+  h.add("googlemail.test", 5);
+  const auto first = h.queue.take_for_connection(opened[0].connection, t0);
+  ASSERT_EQ(first.status, take_status::job);
+  h.queue.delivered(first.job.id, t0);
+  EXPECT_EQ(h.queue.take_for_connection(opened[0].connection, t0).status, take_status::none);
+}
+
+TEST(scheduler_site, suspension_stays_per_member_and_site_per_connection_limit_closes) {
+  site_harness h;
+  h.add("gmail.test", 1);
+  h.add("googlemail.test", 2);
+  h.add("googlemail.test", 3);
+  ASSERT_TRUE(h.queue.join_site("gmail.test", "g", h.site_limits(1, 2)));
+  ASSERT_TRUE(h.queue.join_site("googlemail.test", "g", h.site_limits(1, 2)));
+  ASSERT_TRUE(h.queue.suspend("googlemail.test", t0));
+  auto opened = h.poll();
+  ASSERT_EQ(opened.size(), 1u);
+  EXPECT_EQ(opened[0].name, "gmail.test");
+  auto taken = h.queue.take_for_site(opened[0].connection, t0);
+  ASSERT_EQ(taken.status, take_status::job);
+  EXPECT_EQ(taken.job.message, 1u);
+  h.queue.delivered(taken.job.id, t0);
+  EXPECT_EQ(h.queue.take_for_site(opened[0].connection, t0).status, take_status::none);
+  ASSERT_TRUE(h.queue.resume("googlemail.test", t0));
+  taken = h.queue.take_for_site(opened[0].connection, t0);
+  ASSERT_EQ(taken.status, take_status::job);
+  h.queue.delivered(taken.job.id, t0);
+  // Two messages on this connection: the site's per-connection limit closes it.
+  EXPECT_EQ(h.queue.take_for_site(opened[0].connection, t0).status, take_status::close);
+  h.queue.connection_closed(opened[0].connection, t0);
+  EXPECT_EQ(h.poll().size(), 1u);
+}
+
+TEST(scheduler_site, forgotten_members_leave_and_the_site_ends) {
+  site_harness h;
+  h.add("a.test", 1);
+  ASSERT_TRUE(h.queue.join_site("a.test", "s", h.site_limits(1)));
+  auto opened = h.poll();
+  ASSERT_EQ(opened.size(), 1u);
+  auto taken = h.queue.take_for_site(opened[0].connection, t0);
+  ASSERT_EQ(taken.status, take_status::job);
+  EXPECT_EQ(h.queue.site_of(taken.job.destination), "s");
+  h.queue.delivered(taken.job.id, t0);
+  h.queue.connection_closed(opened[0].connection, t0);
+  std::vector<connect_request> out;
+  h.queue.poll(t0 + 2 * 3'600'000, out);  // past idle_forget_ms: a.test is forgotten
+  destination_info info;
+  EXPECT_FALSE(h.queue.inspect("a.test", info));
+  EXPECT_FALSE(h.queue.reshape_site("s", h.site_limits(3)));
+  h.add("b.test", 2);
+  ASSERT_TRUE(h.queue.join_site("b.test", "s", h.site_limits(3)));
+  EXPECT_TRUE(h.queue.reshape_site("s", h.site_limits(3)));
+}
+
+}  // namespace
+}  // namespace ringmta::queue
