@@ -660,6 +660,14 @@ const std::vector<setting_spec>& table() {
        return array(s.proxy_trusted, [](auto& c) { return c.to_string(); });
      },
      live},
+    {"server.xclient_trusted", "--xclient-trusted", "CIDR,...", arity::list,
+     "peers allowed to use XCLIENT (Postfix's extension: a front end passes the original "
+     "client's address, HELO and login); empty: XCLIENT is never offered",
+     [](settings& s, const values& v) { s.xclient_trusted = each<core::cidr>(v, parse_cidr); },
+     [](const settings& s) {
+       return array(s.xclient_trusted, [](auto& c) { return c.to_string(); });
+     },
+     live},
     {"server.submission_listen", "--submission-listen", "ADDR:PORT", arity::list,
      "submission listener, e.g. port 587 (RFC 6409: STARTTLS, then AUTH before MAIL)",
      [](settings& s, const values& v) {
