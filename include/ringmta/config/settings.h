@@ -148,6 +148,8 @@ struct settings {
   // [relay]
   std::vector<std::string> relay_domains;  // accepted for any client
   std::string relayhost;                   // smarthost "HOST:PORT"; empty: MX delivery
+  std::string relayhost_auth;              // USER:PASSWORD file for AUTH to it; empty: none
+  bool relayhost_auth_plaintext = false;   // AUTH to it even without TLS
   std::uint16_t delivery_port = 25;
   std::uint32_t timeout_connect_s = 30;     // outbound TCP connect
   std::vector<core::endpoint> resolvers;   // empty: /etc/resolv.conf
