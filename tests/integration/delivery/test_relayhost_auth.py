@@ -234,7 +234,7 @@ try:
     alone = subprocess.run([ringmta, "--listen", "127.0.0.1:0", "--spool",
                             os.path.join(work, "spool-bad"), "--relayhost-auth", good,
                             "--allow-root"], capture_output=True, text=True, timeout=30)
-    tap.ok(alone.returncode == 2 and "needs a --relayhost" in alone.stderr,
+    tap.ok(alone.returncode == 2 and "need a --relayhost" in alone.stderr,
            "credentials without --relayhost exit 2", alone.stderr)
 finally:
     subprocess.run([instance, "stop", work], capture_output=True)
