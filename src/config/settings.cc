@@ -662,6 +662,14 @@ const std::vector<setting_spec>& table() {
        return array(s.proxy_trusted, [](auto& c) { return c.to_string(); });
      },
      live},
+    {"server.xclient_trusted", "--xclient-trusted", "CIDR,...", arity::list,
+     "peers allowed to use XCLIENT (Postfix's extension: a front end passes the original "
+     "client's address, HELO and login); empty: XCLIENT is never offered",
+     [](settings& s, const values& v) { s.xclient_trusted = each<core::cidr>(v, parse_cidr); },
+     [](const settings& s) {
+       return array(s.xclient_trusted, [](auto& c) { return c.to_string(); });
+     },
+     live},
     {"server.submission_listen", "--submission-listen", "ADDR:PORT", arity::list,
      "submission listener, e.g. port 587 (RFC 6409: STARTTLS, then AUTH before MAIL)",
      [](settings& s, const values& v) {
@@ -784,6 +792,15 @@ const std::vector<setting_spec>& table() {
        s.relayhost = text;
      },
      [](const settings& s) { return toml_string(s.relayhost); }, live},
+    {"relay.relayhost_auth", "--relayhost-auth", "FILE", arity::one,
+     "USER:PASSWORD for SMTP AUTH (PLAIN, else LOGIN) to the relayhost; the file must not be "
+     "group or world readable; sent only under TLS policy required or verify",
+     [](settings& s, const values& v) { s.relayhost_auth = path_setting(v, true); },
+     [](const settings& s) { return toml_string(s.relayhost_auth); }, live},
+    {"relay.relayhost_auth_plaintext", "--relayhost-auth-plaintext", "", arity::flag,
+     "send the relayhost credentials even without TLS (a relay host on a trusted network)",
+     [](settings& s, const values& v) { s.relayhost_auth_plaintext = parse_bool(one(v)); },
+     [](const settings& s) { return boolean(s.relayhost_auth_plaintext); }, live},
     {"relay.delivery_port", "--delivery-port", "PORT", arity::one,
      "port of MX hosts (25; tests use others)",
      [](settings& s, const values& v) {
@@ -1529,6 +1546,9 @@ void check_together(const settings& s) {
   if (!s.auth_passwd_file.empty() && !s.auth_dovecot.empty())
     throw error(fmt::format("{}: auth.dovecot: give --auth-dovecot or --auth-passwd-file, not "
                             "both", where_set(s, "auth.dovecot")));
+  if (!s.relayhost_auth.empty() && s.relayhost.empty())  // else the password goes nowhere
+    throw error(fmt::format("{}: relay.relayhost_auth: credentials need a --relayhost",
+                            where_set(s, "relay.relayhost_auth")));
   if (s.log_output == "file" && s.log_file.empty())
     throw error(fmt::format("{}: log.output: 'file' needs log.file (--log-file PATH)",
                             where_set(s, "log.output")));

@@ -156,6 +156,17 @@ void attempt_tracker::record(const candidate& tried, attempt_failure how, int er
                                     : fmt::format("{} said to STARTTLS: {} {}", where,
                                                   reply->code, reply->text());
       return;
+    case attempt_failure::auth:
+      _last_code = 454;
+      _last_enhanced = enhanced(4, 7, reply != nullptr && reply->enhanced.present() &&
+                                              reply->enhanced.subject == 7
+                                          ? reply->enhanced.detail
+                                          : 0);
+      _last_text = reply == nullptr ? fmt::format("{}: AUTH failed", where)
+                   : reply->local   ? fmt::format("{}: {}", where, reply->text())
+                                    : fmt::format("{} said to AUTH: {} {}", where, reply->code,
+                                                  reply->text());
+      return;
   }
   if (reply == nullptr) {
     _last_text = fmt::format("{}: session failed", where);
@@ -176,7 +187,7 @@ smtp::client_outcome attempt_tracker::summary(smtp::parsed_reply& out) const {
     out.assign_local(_last_code >= 500 ? _last_code : 554, code_enhanced, text);
     return smtp::client_outcome::permanent_failure;
   }
-  if (_last == attempt_failure::tls) {
+  if (_last == attempt_failure::tls || _last == attempt_failure::auth) {
     out.assign_local(_last_code, _last_enhanced, text);
     return smtp::client_outcome::transient_failure;
   }

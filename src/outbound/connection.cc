@@ -63,6 +63,8 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
   socket_ending = close_queued = retry_receive = deferred = false;
   then = after_close::finish;
   tls_wanted = where.tls;
+  auth = where.auth;
+  auth_plaintext = where.auth_plaintext;
   end_tls();
   tls_note.clear();
   ever_ready = idle = delivering = quit_requested = finishing = body_failed = false;
@@ -363,11 +365,15 @@ void connection::on_session_closed(const smtp::client_event& event) noexcept {
                           why == smtp::client_close_reason::hello_rejected;
     const bool tls_problem = why == smtp::client_close_reason::tls_unavailable ||
                              why == smtp::client_close_reason::tls_failed;
+    const bool auth_problem = why == smtp::client_close_reason::auth_unavailable ||
+                              why == smtp::client_close_reason::auth_failed;
     if (why == smtp::client_close_reason::tls_unavailable) ++server.counters().tls_unavailable;
+    if (auth_problem) ++server.counters().auth_failures;
     attempts.record(candidates[current],
-                    tls_problem ? attempt_failure::tls
-                    : rejected  ? attempt_failure::rejected
-                                : attempt_failure::broken,
+                    tls_problem    ? attempt_failure::tls
+                    : auth_problem ? attempt_failure::auth
+                    : rejected     ? attempt_failure::rejected
+                                   : attempt_failure::broken,
                     0, event.reply);
     then = after_close::next_address;
   } else {
@@ -524,6 +530,7 @@ void connection::restart_timer() noexcept {
     case smtp::client_phase::ehlo:
     case smtp::client_phase::helo:
     case smtp::client_phase::starttls:
+    case smtp::client_phase::auth:
     case smtp::client_phase::tls_handshake:
       return schedule(timer_purpose::reply, reply_timeout(config.timeout_hello_ms));
     case smtp::client_phase::ready:

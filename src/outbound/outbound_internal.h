@@ -142,6 +142,8 @@ struct connection {
   // TLS of the current socket (tls.cc). The session exists from STARTTLS's 220 until the
   // socket is closed; while it exists every byte both ways goes through it.
   tls_policy tls_wanted = tls_policy::opportunistic;  // the route's
+  std::shared_ptr<const client_credentials> auth;  // the route's AUTH (a relayhost), or null
+  bool auth_plaintext = false;
   tls_intent intent = tls_intent::none;
   tls_state tls = tls_state::plaintext;
   std::unique_ptr<tls::session> tls_session;
@@ -189,6 +191,7 @@ struct connection {
   // Before connecting to candidates[index]; plaintext_retry: the retry after a failed
   // handshake on that address (opportunistic).
   void choose_tls(std::uint32_t index, bool plaintext_retry) noexcept;
+  smtp::client_auth auth_for_session() const noexcept;
   void begin_tls() noexcept;                       // the server said 220 to STARTTLS
   void set_tls_state(tls_state next) noexcept;
   bool feed_tls(std::string_view& chunk) noexcept;  // false: stop reading this chunk

@@ -69,6 +69,22 @@ void connection::choose_tls(std::uint32_t index, bool plaintext_retry) noexcept 
   }
   if (intent == tls_intent::starttls || intent == tls_intent::none) tls_note.clear();
   session->reset(engine_policy(intent, tls_wanted), helo_name);
+  session->set_auth(auth_for_session());
+}
+
+// The credentials go out under TLS that the policy demands (required, verify) or where the
+// operator forced plaintext; with any other policy the session ends before AUTH and the mail
+// waits (a relay host would refuse it unauthenticated, and a bounce would lose it).
+smtp::client_auth connection::auth_for_session() const noexcept {
+  smtp::client_auth out;
+  if (!auth) return out;
+  out.user = auth->user;
+  out.password = auth->password;
+  out.mode = auth_plaintext                    ? smtp::client_auth_mode::plaintext
+             : tls_wanted == tls_policy::required || tls_wanted == tls_policy::verify
+                 ? smtp::client_auth_mode::over_tls
+                 : smtp::client_auth_mode::refused;
+  return out;
 }
 
 void connection::set_tls_state(tls_state next) noexcept {

@@ -366,6 +366,7 @@ inbound_config make_inbound_config(const config::settings& settings) {
   c.relay.relay_domains = settings.relay_domains;
   c.proxy_protocol = settings.proxy_protocol;
   c.proxy_trusted = settings.proxy_trusted;
+  c.xclient_trusted = settings.xclient_trusted;
   c.sessions_per_shard_max = settings.sessions_per_shard_max;
   c.sessions_per_client_max = settings.sessions_per_client_max;
   c.timeout_command_ms = settings.timeout_command_s * 1000;
@@ -555,6 +556,12 @@ void register_metrics(admin::registry& registry, const inbound_metrics& m) {
   registry.add("ringmta_proxy_untrusted_total",
                "PROXY protocol connections closed: the peer is not in proxy_trusted",
                m.proxy_untrusted);
+  registry.add("ringmta_xclient_total{result=\"accepted\"}",
+               "XCLIENT commands: accepted from xclient_trusted, refused (550 5.7.0) otherwise",
+               m.xclient_accepted);
+  registry.add("ringmta_xclient_total{result=\"untrusted\"}",
+               "XCLIENT commands: accepted from xclient_trusted, refused (550 5.7.0) otherwise",
+               m.xclient_untrusted);
 }
 
 // The address literals that name this host (RFC 5321 §4.1.3): "[192.0.2.1]", "[ipv6:::1]".

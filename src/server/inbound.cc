@@ -378,7 +378,7 @@ connection* inbound_server::acquire() noexcept {
 
 void inbound_server::release(connection& c) noexcept {
   RINGMTA_ASSERT(c.live && c.ops_in_flight == 0);
-  if (c.counted_client) _config.clients->remove(c.peer);
+  if (c.counted_client) _config.clients->remove(c.counted_peer);
   c.counted_client = false;
   c.live = false;
   c.generation = (c.generation + 1) & io::generation_mask;

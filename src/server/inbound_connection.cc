@@ -79,6 +79,9 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   auth_held.reset();
   auth_failures = 0;
   auth_mechanism = {};
+  xclient_address_unknown = false;
+  xclient_helo.clear();
+  client_name.clear();
   if (awaiting_proxy && !proxy_peer_trusted()) {
     // Anyone else could claim an address inside mynetworks and relay anywhere.
     server.metrics().proxy_untrusted.add();
@@ -109,6 +112,7 @@ void connection::admit() noexcept {
     return send_literal_and_close(client_limit_reply, "client limit");
   }
   counted_client = true;
+  counted_peer = peer;
   relay_allowed = config.relay.client_may_relay(peer);
   envelope.client_address = peer.address_string();  // once: every message's Received/envelope
   if (implicit_tls) return begin_tls();  // RFC 8314 §3.3: the handshake comes first
@@ -143,6 +147,7 @@ void connection::ensure_session() noexcept {
       : auth_plaintext_allowed() ? config.engine_plain_auth
                                  : config.engine,
       *this, auth_storage);
+  session->offer_xclient(xclient_peer_trusted());
   session->start();
   RINGMTA_ASSERT(session->output() == settings->greeting);  // the one the client already has
   session->consume_output(session->output().size());
@@ -557,7 +562,7 @@ smtp::verdict connection::on_data_start() noexcept {
   // §3.7.3): taken once, while the transaction (and its SMTPUTF8) is current.
   message_protocol = session->protocol_name();
   const net::received_fields fields{
-      session->helo_name(), envelope.client_address, settings->hostname,
+      helo_for_records(), envelope.client_address, settings->hostname,
       message_protocol,
       std::string_view(id_text.data(), 16),
       envelope.recipients.size() == 1 ? std::string_view(envelope.recipients[0].address)
@@ -624,7 +629,7 @@ smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcep
     server.metrics().messages_rejected.add();
     return *refused;
   }
-  envelope.helo.assign(session->helo_name());
+  envelope.helo.assign(helo_for_records());
   return commit();
 }
 

@@ -133,6 +133,18 @@ struct connection final : smtp::server_handler {
   bool auth_plaintext_allowed() const noexcept;
   std::optional<smtp::verdict> check_sender(const smtp::mailbox& reverse_path) noexcept;
 
+  // XCLIENT (inbound_xclient.cc): what a trusted front end said about the original client.
+  // The claimed address replaces `peer` (relaying, records); counted_peer keeps the one
+  // client_counters counted.
+  core::endpoint counted_peer;
+  bool xclient_address_unknown = false;  // ADDR=[UNAVAILABLE]: matches no network
+  std::string xclient_helo;              // HELO=: shown instead of the session's
+  std::string client_name;               // NAME=: for the records
+  smtp::verdict on_xclient(const smtp::xclient_attributes& attributes) noexcept override;
+  void on_xclient_refused() noexcept override;
+  bool xclient_peer_trusted() const noexcept;
+  std::string_view helo_for_records() const noexcept;
+
   // DKIM signing (inbound_dkim.cc): begin at DATA, feed every body slice, sign at the end.
   bool signs_for_client() const noexcept;
   void dkim_begin() noexcept;

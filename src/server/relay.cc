@@ -174,7 +174,10 @@ relay_config make_relay_config(const config::settings& settings) {
       c.relayhost.host = settings.relayhost;
     }
     if (bracketed) c.relayhost.host = c.relayhost.host.substr(1, c.relayhost.host.size() - 2);
+    c.relayhost.relayhost = true;
   }
+  c.relayhost_auth = load_relayhost_auth(settings);
+  c.relayhost_auth_plaintext = settings.relayhost_auth_plaintext;
   c.routes = settings.routes;
   c.site_rollup = settings.site_rollup;
   configure_tls(settings, c);
@@ -749,6 +752,10 @@ void relay::state::open(const queue::connect_request& request) noexcept {
   target.helo_name = shaped.ehlo_name;
   target.timeout_connect_ms = shaped.timeout_connect_ms;
   target.timeout_reply_ms = shaped.timeout_reply_ms;
+  if (where.relayhost) {  // never an MX's: the password goes to the host it is for
+    target.auth = live->relayhost_auth;
+    target.auth_plaintext = live->relayhost_auth_plaintext;
+  }
   auto opened = out.open_connection(cookie, target);
   if (!opened) {  // at the shard's connection limit: the scheduler offers it again later
     scheduler.connection_closed(request.connection, core::wall_milliseconds());

@@ -49,6 +49,7 @@ void server_session::dispatch(std::string_view line) noexcept {
       {"QUIT", &server_session::command_quit}, {"VRFY", &server_session::command_vrfy},
       {"EXPN", &server_session::command_expn}, {"HELP", &server_session::command_help},
       {"STARTTLS", &server_session::command_starttls}, {"AUTH", &server_session::command_auth},
+      {"XCLIENT", &server_session::command_xclient},
   };
   // RFC 5321 §4.1.1: verbs are case-insensitive; the argument keeps its leading space.
   const std::size_t space = line.find(' ');
@@ -182,7 +183,25 @@ void server_session::apply(pending_kind kind, const verdict& answer) noexcept {
     case pending_kind::auth_response:
       apply_auth(answer);
       break;
+    case pending_kind::xclient:
+      apply_xclient(answer);
+      break;
   }
+}
+
+// Postfix XCLIENT_README: success starts the session over as if the claimed client had just
+// connected (no HELO, no transaction) and answers with the greeting; TLS stays as it is.
+void server_session::apply_xclient(const verdict& answer) noexcept {
+  if (answer.what() == verdict::kind::respond && answer.get_reply().code >= 300) {
+    write_verdict(answer, 550, "5.7.0", "");
+    if (answer.get_reply().code == 421) _phase = phase::closed;
+    return;
+  }
+  _helo_bytes = 0;
+  _extended = false;
+  _authenticated = _xclient_login;
+  std::array<char, detail::reply_line_bytes_max> text;
+  write_reply(220, "", detail::join(text, {_config.hostname, " ", _config.greeting_text}), true);
 }
 
 void server_session::apply_auth(const verdict& answer) noexcept {
@@ -261,12 +280,16 @@ void server_session::write_ehlo_reply() noexcept {
   }
   std::array<char, detail::reply_line_bytes_max> auth_line;
   const std::string_view auth_text = detail::join(auth_line, {"AUTH ", _config.auth_mechanisms});
+  std::array<char, 64> xclient_line;
+  const std::string_view xclient_text =
+      detail::join(xclient_line, {"XCLIENT ", xclient_attribute_names});
   const std::pair<bool, std::string_view> lines[] = {
       {true, _config.hostname},
       {ext.pipelining, "PIPELINING"},
       {ext.size, size_text},
       {_config.starttls_offered && !_tls_active, "STARTTLS"},
       {auth_advertised(), auth_text},
+      {_xclient_offered, xclient_text},
       {ext.enhanced_status_codes, "ENHANCEDSTATUSCODES"},
       {ext.eight_bit_mime, "8BITMIME"},
       {ext.binary_mime && ext.chunking, "BINARYMIME"},

@@ -64,6 +64,10 @@ verdict server_handler::on_auth(std::string_view, std::string_view) noexcept {
 verdict server_handler::on_auth_response(std::string_view) noexcept {
   return verdict::respond(535, "5.7.8", "Authentication credentials invalid");
 }
+verdict server_handler::on_xclient(const xclient_attributes&) noexcept {
+  return verdict::respond(550, "5.7.0", "XCLIENT not available");
+}
+void server_handler::on_xclient_refused() noexcept {}
 
 std::size_t server_session::output_free() const noexcept {
   return output_bytes_capacity - (_output_end - _output_begin);

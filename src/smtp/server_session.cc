@@ -142,6 +142,8 @@ std::size_t server_session::feed_command(std::string_view bytes) noexcept {
 // §4.3, §4.4). RCPT with DSN: " NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=" + 500 (RFC 3461 §4.1,
 // §4.2). AUTH lines and SASL responses: auth_line_bytes_max (12288, RFC 4954 §4). `head` is
 // the line's first octets (up to five): too few to tell the command allow the largest limit.
+// XCLIENT from a client it is offered to: command_line_capacity (Postfix's line_length_limit
+// is 2048; NAME, HELO and LOGIN may each be 255 octets before xtext encoding).
 std::size_t server_session::line_limit(std::string_view head) const noexcept {
   const std::size_t base = _config.limits.command_line_bytes_max;
   const std::size_t auth =
@@ -149,13 +151,16 @@ std::size_t server_session::line_limit(std::string_view head) const noexcept {
   if (_auth_exchange) return auth;
   const bool auth_now = auth_advertised();
   const std::size_t mail = _mail_line_bytes_max + (auth_now ? 500 : 0);
+  const std::size_t xclient =
+      _xclient_offered ? std::max(base, command_line_capacity) : base;
   if (head.size() < 5) {
-    const std::size_t most = std::max(mail, _rcpt_line_bytes_max);
+    const std::size_t most = std::max({mail, _rcpt_line_bytes_max, xclient});
     return auth_now ? std::max(auth, most) : most;
   }
   if (detail::starts_with_upper(head, "MAIL ")) return mail;
   if (detail::starts_with_upper(head, "RCPT ")) return _rcpt_line_bytes_max;
   if (auth_now && detail::starts_with_upper(head, "AUTH ")) return std::max(auth, base);
+  if (detail::starts_with_upper(head, "XCLIE")) return xclient;
   return base;
 }
 

@@ -433,6 +433,31 @@ void server_session::auth_response_line(std::string_view line) noexcept {
   decide(pending_kind::auth_response, _handler.on_auth_response(line));
 }
 
+// Postfix XCLIENT_README: only from clients the embedder trusts (550 5.7.0 otherwise, as
+// Postfix answers), never inside a transaction ("between MAIL and DOT, or MAIL and RSET").
+void server_session::command_xclient(std::string_view argument) noexcept {
+  if (!_xclient_offered) {
+    write_reply(550, "5.7.0", "Error: insufficient authorization");
+    _handler.on_xclient_refused();
+    return;
+  }
+  if (_has_mail || _message_open) {
+    write_reply(503, "5.5.1", "Error: MAIL transaction in progress");
+    return;
+  }
+  std::array<char, command_line_capacity> storage;  // decoded values never outgrow the line
+  xclient_attributes attributes;
+  const xclient_result parsed = parse_xclient(argument, attributes, storage);
+  if (parsed.error != xclient_error::none) {
+    std::array<char, 128> text;
+    write_reply(501, "5.5.4", detail::join(text, {describe(parsed.error), parsed.attribute}),
+                true);
+    return;
+  }
+  _xclient_login = attributes.login.given();
+  decide(pending_kind::xclient, _handler.on_xclient(attributes));
+}
+
 bool server_session::in_message() const noexcept { return _message_open; }
 
 bool server_session::idle() const noexcept {

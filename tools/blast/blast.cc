@@ -103,7 +103,9 @@ error_kind close_error(smtp::client_close_reason reason) noexcept {
   using smtp::client_close_reason;
   switch (reason) {
     case client_close_reason::greeting_rejected: return error_kind::greeting_rejected;
-    case client_close_reason::hello_rejected: return error_kind::hello_rejected;
+    case client_close_reason::hello_rejected:
+    case client_close_reason::auth_unavailable:  // blast sends no credentials: not reached
+    case client_close_reason::auth_failed: return error_kind::hello_rejected;
     case client_close_reason::tls_unavailable:
     case client_close_reason::tls_failed: return error_kind::tls;
     case client_close_reason::service_closing: return error_kind::service_closing;

@@ -116,6 +116,7 @@ struct settings {
   pin_policy pin_threads = pin_policy::automatic;  // shard i on the i-th allowed CPU
   std::vector<core::cidr> mynetworks;  // clients allowed to relay; default loopback
   bool proxy_protocol = false;         // listeners expect a PROXY v1/v2 header (HAProxy)
+  std::vector<core::cidr> xclient_trusted;  // peers that may send XCLIENT; default none
   std::vector<core::cidr> proxy_trusted;  // peers whose PROXY header is believed; default loopback
   // Submission listeners (RFC 6409 port 587: AUTH before MAIL; RFC 8314 port 465: implicit TLS
   // and AUTH before MAIL).
@@ -147,6 +148,8 @@ struct settings {
   // [relay]
   std::vector<std::string> relay_domains;  // accepted for any client
   std::string relayhost;                   // smarthost "HOST:PORT"; empty: MX delivery
+  std::string relayhost_auth;              // USER:PASSWORD file for AUTH to it; empty: none
+  bool relayhost_auth_plaintext = false;   // AUTH to it even without TLS
   std::uint16_t delivery_port = 25;
   std::uint32_t timeout_connect_s = 30;     // outbound TCP connect
   bool mime_downgrade = true;  // 8-bit to a server without 8BITMIME: quoted-printable (RFC 6152)

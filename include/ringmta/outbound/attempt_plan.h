@@ -17,7 +17,9 @@
 //   - otherwise transient: the last server's reply when it was a 4xx rejection, 4.4.2 when the
 //     last server broke the session, 4.7.x when it could not give the TLS the policy demands
 //     (RFC 3463: X.7.4 security features not supported, X.7.5 cryptographic failure; the text
-//     names the server and why), else 4.4.1 (refused, unreachable, timed out).
+//     names the server and why), 4.7.x when AUTH to it failed (the server's reply, even a
+//     535, is in the text: a bounce would lose mail over a credentials problem), else 4.4.1
+//     (refused, unreachable, timed out).
 // DNS outcomes map to replies as well: NXDOMAIN 550 5.1.2, null MX 556 5.1.10 (RFC 7505 §4,
 // RFC 7504), no route 554 5.4.4, bad name 550 5.1.3 (permanent); SERVFAIL or timeout 451 4.4.3,
 // overload 451 4.3.0 (transient).
@@ -70,6 +72,8 @@ enum class attempt_failure : std::uint8_t {
   broken,          // the session ended before it was ready: closed, timeout, garbage, 421
   tls,             // required/verify: STARTTLS not offered or refused, or the handshake (or
                    // the certificate) failed
+  auth,            // AUTH to a relay host refused (535...) or not possible (no TLS, not
+                   // offered): always transient (a wrong password is the operator's to fix)
 };
 
 // Records the tries of one connection and sums them up.

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -48,6 +49,21 @@ enum class tls_policy : std::uint8_t {
 };
 std::string_view describe(tls_policy policy) noexcept;
 
+// Credentials for SMTP AUTH to a relay host (--relayhost-auth): immutable once loaded (start-up
+// or reload, never on a shard), shared by the connections that use them; the password is
+// wiped when the last one lets go.
+struct client_credentials {
+  std::string user;
+  std::string password;
+  client_credentials() = default;
+  client_credentials(const client_credentials&) = delete;
+  client_credentials& operator=(const client_credentials&) = delete;
+  ~client_credentials() {
+    volatile char* wipe = password.data();
+    for (std::size_t i = 0; i < password.size(); ++i) wipe[i] = 0;
+  }
+};
+
 struct route {
   route_kind kind = route_kind::mx;
   std::string_view name;  // domain, host name, "[192.0.2.1]", "[IPv6:2001:db8::1]" or an IP
@@ -59,6 +75,11 @@ struct route {
   std::string_view helo_name;            // empty: outbound_config::helo_name
   std::uint32_t timeout_connect_ms = 0;  // 0: outbound_config's
   std::uint32_t timeout_reply_ms = 0;    // 0: outbound_config's; else every reply wait
+  // AUTH to this host (a relayhost only, never an MX: the password goes to the host it is for).
+  // Used under tls required/verify once TLS is up, or always with auth_plaintext; otherwise
+  // the connection ends before MAIL and the mail is deferred (smtp::client_auth_mode).
+  std::shared_ptr<const client_credentials> auth;
+  bool auth_plaintext = false;
 };
 
 // How the connection that carried a delivery was protected (for delivery records).

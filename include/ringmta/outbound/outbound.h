@@ -154,6 +154,7 @@ struct outbound_counters {
   std::uint64_t tls_plaintext_retries = 0;    // opportunistic: handshake failed, retried plain
   std::uint64_t tls_plaintext_remembered = 0;  // opportunistic: plaintext at once (memory)
   std::uint64_t tls_injections = 0;           // plaintext after STARTTLS's 220 (discarded)
+  std::uint64_t auth_failures = 0;            // relayhost AUTH refused or not possible
   std::uint64_t bodies_encrypted = 0;         // large bodies read and encrypted (not spliced)
 };
 

@@ -91,6 +91,7 @@ struct inbound_config {
   recipient_policy recipients;  // own names, --postmaster
   bool proxy_protocol = false;
   std::vector<core::cidr> proxy_trusted;  // peers whose PROXY header is believed
+  std::vector<core::cidr> xclient_trusted;  // peers offered XCLIENT (empty: nobody)
   std::uint32_t sessions_per_shard_max = 20000;
   std::uint32_t sessions_per_client_max = 100;
   std::uint32_t timeout_command_ms = 300'000;     // RFC 5321 §4.5.3.2.7
@@ -150,6 +151,8 @@ struct inbound_metrics {
   admin::counter auth_sender_denied;  // 553 5.7.1: the login may not use that sender
   admin::counter auth_required;     // 530 5.7.0: MAIL without AUTH on a submission listener
   admin::counter proxy_untrusted;   // PROXY connections from peers not in proxy_trusted
+  admin::counter xclient_accepted;  // XCLIENT commands taken from xclient_trusted peers
+  admin::counter xclient_untrusted;  // XCLIENT from other peers (550 5.7.0)
   std::array<admin::counter, static_cast<std::size_t>(tls::failure::count_)> tls_failures;
 };
 

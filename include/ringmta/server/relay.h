@@ -56,6 +56,7 @@ struct relay_route {
   bool mx = true;    // MX lookup of the destination (RFC 5321 §5.1)
   std::string host;  // else this host (address literal or name: A/AAAA only)
   std::uint16_t port = 25;
+  bool relayhost = false;  // the --relayhost (gets its AUTH credentials; a route does not)
 };
 
 struct relay_config {
@@ -63,6 +64,10 @@ struct relay_config {
   std::uint16_t delivery_port = 25;
   bool has_relayhost = false;
   relay_route relayhost;
+  // --relayhost-auth (read by make_relay_config: start-up or reload, never a shard): null
+  // without it. Only connections to the relayhost carry them.
+  std::shared_ptr<const outbound::client_credentials> relayhost_auth;
+  bool relayhost_auth_plaintext = false;
   std::vector<config::route> routes;  // per-domain fixed hosts
   // Outbound TLS per destination (RFC 3207): "example.com" exactly, else the longest
   // ".parent" entry, else tls_default. Also with a relayhost (its name is what verify checks).
@@ -134,6 +139,11 @@ struct relay_metrics {
 
 // Throws config::error (start-up): bad resolvers, an unreadable --tls-ca file.
 relay_config make_relay_config(const config::settings& settings);
+// Reads --relayhost-auth (relayhost_auth.cc): one "USER:PASSWORD" line; refuses a file that is
+// group or world readable, empty, or whose fields are too long. Throws config::error naming
+// the setting and the file. Null when the setting is empty.
+std::shared_ptr<const outbound::client_credentials> load_relayhost_auth(
+    const config::settings& settings);
 // The TLS policy for a destination domain (lowercase).
 outbound::tls_policy tls_policy_for(const relay_config& config, std::string_view destination);
 

@@ -78,9 +78,30 @@ enum class client_tls_policy : std::uint8_t {
   required,       // STARTTLS or close (tls_unavailable)
 };
 
+// SMTP AUTH to the server (RFC 4954), for a relay host that wants a login: PLAIN (RFC 4616)
+// with an initial response when the server offers it, else LOGIN; after the EHLO that follows
+// STARTTLS, before the first transaction. A refusal (535, 454...) or a server that cannot take
+// the credentials safely ends the connection before MAIL (auth_failed / auth_unavailable): the
+// embedder defers, it never sends the message unauthenticated.
+enum class client_auth_mode : std::uint8_t {
+  off,        // no credentials: never AUTH
+  over_tls,   // AUTH once TLS is active; a session without TLS ends (auth_unavailable)
+  plaintext,  // AUTH even without TLS: the operator forced it
+  refused,    // credentials exist but this connection's TLS policy cannot protect them: end
+              // the session before AUTH (auth_unavailable), nothing is sent
+};
+
+struct client_auth {
+  client_auth_mode mode = client_auth_mode::off;
+  std::string_view user;      // ≤ 255 octets each, no NUL (PLAIN's separator, RFC 4616 §2)
+  std::string_view password;
+};
+inline constexpr std::size_t client_auth_field_bytes_max = 255;
+
 struct client_config {
   std::string_view helo_name;  // our name for EHLO/HELO; its storage outlives the session
   client_tls_policy tls = client_tls_policy::none;
+  client_auth auth;  // views owned by the embedder, valid while the session uses them
   bool pipelining = true;  // use PIPELINING (RFC 2920) when the server offers it
   bool chunking = true;    // allow BDAT (RFC 3030) when the server offers CHUNKING
   std::uint16_t reply_lines_max = reply_lines_max_default;
@@ -123,6 +144,7 @@ enum class client_phase : std::uint8_t {
   ehlo,           // the reply to EHLO (5 min)
   helo,           // the reply to HELO, after EHLO was refused (5 min)
   starttls,       // the reply to STARTTLS (5 min)
+  auth,           // the reply to AUTH or to a SASL response (5 min)
   tls_handshake,  // the embedder runs the TLS handshake, then calls tls_started()
   ready,          // idle between transactions: start_transaction() or quit()
   rset,           // the reply to RSET (5 min)
@@ -158,6 +180,9 @@ enum class client_close_reason : std::uint8_t {
   hello_rejected,     // EHLO and HELO refused (or EHLO answered 4xx)
   tls_unavailable,    // TLS required but STARTTLS not offered or refused
   tls_failed,         // the embedder reported a failed handshake
+  auth_unavailable,   // credentials to send, but no TLS (over_tls), no AUTH offered, no
+                      // mechanism in common, or the TLS policy refuses them (refused)
+  auth_failed,        // the server refused AUTH (535 5.7.8, 454...): its reply says why
   service_closing,    // the server sent 421 (RFC 5321 §3.8)
   reply_unexpected,   // a well-formed reply that is not allowed here (e.g. unsolicited)
   protocol_error,     // malformed reply, or plaintext fed after start_tls (embedder's TLS)
@@ -193,6 +218,10 @@ class client_session {
   void reset(client_tls_policy tls) noexcept;
   // ...and another EHLO/HELO name (per destination); its storage outlives the session's use.
   void reset(client_tls_policy tls, std::string_view helo_name) noexcept;
+  // Credentials for this connection and the next ones (until set again); call before the
+  // greeting arrives. Checked: user and password ≤ client_auth_field_bytes_max, no NUL/CR/LF.
+  void set_auth(const client_auth& auth) noexcept;
+  bool authenticated() const noexcept { return _authenticated; }
 
   std::size_t feed(std::string_view bytes) noexcept;
   client_event next_event() noexcept;
@@ -245,6 +274,10 @@ class client_session {
   void on_reply(const parsed_reply& reply) noexcept;
   void on_setup_reply(const parsed_reply& reply) noexcept;
   void after_hello() noexcept;
+  void start_auth() noexcept;
+  void on_auth_reply(const parsed_reply& reply) noexcept;
+  void write_base64_command(std::string_view prefix, std::string_view first,
+                            std::string_view second = {}) noexcept;
   void enter_ready() noexcept;
   void fail_connection(client_close_reason reason, const parsed_reply& reply,
                        bool send_quit) noexcept;
@@ -295,6 +328,11 @@ class client_session {
   client_phase _phase = client_phase::greeting;
   bool _tls_active = false;
   std::uint64_t _tls_discarded = 0;
+  // Where the AUTH exchange is (phase auth): what the next reply answers.
+  enum class auth_stage : std::uint8_t {
+    none, plain, login_start, login_user, login_password };
+  auth_stage _auth_stage = auth_stage::none;
+  bool _authenticated = false;
   bool _rset_needed = false;  // a failed transaction left server state: RSET first next time
   std::uint32_t _unanswered = 0;  // commands handed out (lines consumed) minus replies received
 

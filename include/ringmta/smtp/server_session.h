@@ -42,6 +42,7 @@
 #include "ringmta/smtp/address.h"
 #include "ringmta/smtp/parameters.h"
 #include "ringmta/smtp/reply.h"
+#include "ringmta/smtp/xclient.h"
 
 namespace ringmta::smtp {
 
@@ -176,6 +177,12 @@ class server_handler {
   // on_auth_response), 235 authenticates, 4xx/5xx fails. accept means 235.
   virtual verdict on_auth(std::string_view mechanism, std::string_view initial_response) noexcept;
   virtual verdict on_auth_response(std::string_view line) noexcept;
+  // XCLIENT (Postfix XCLIENT_README), only when offer_xclient(true): accept resets the session
+  // to its start (no HELO, no transaction; authenticated exactly when LOGIN gave a name) and
+  // answers with the 220 greeting; a 4xx/5xx changes nothing. Views are valid during the call.
+  virtual verdict on_xclient(const xclient_attributes& attributes) noexcept;
+  // XCLIENT from a client it is not offered to: the engine answered 550 5.7.0 (for a record).
+  virtual void on_xclient_refused() noexcept;
 };
 
 class server_session {
@@ -190,6 +197,10 @@ class server_session {
                  std::span<char> long_line_storage = {}) noexcept;
   server_session(const server_session&) = delete;
   server_session& operator=(const server_session&) = delete;
+
+  // Whether this client may use XCLIENT (the embedder's trust decision, e.g. by address):
+  // advertised in EHLO and accepted only then. Call before the first feed().
+  void offer_xclient(bool offered) noexcept { _xclient_offered = offered; }
 
   // Writes the 220 greeting. Call once, before the first feed().
   void start() noexcept;
@@ -240,7 +251,7 @@ class server_session {
     not_started, command, skip_line, data, bdat_chunk, tls_handshake, closed };
   enum class pending_kind : std::uint8_t {
     none, helo, ehlo, mail, rcpt, data_start, bdat_start, data_end, vrfy, starttls, auth,
-    auth_response };
+    auth_response, xclient };
   // line_start_after_nul: only NULs (dropped under normalize) since the line began.
   enum class data_state : std::uint8_t {
     line_start, line_start_after_nul, in_line, after_cr, dot, dot_cr };
@@ -272,6 +283,8 @@ class server_session {
   void command_starttls(std::string_view argument) noexcept;
   void command_auth(std::string_view argument) noexcept;
   void auth_response_line(std::string_view line) noexcept;
+  void command_xclient(std::string_view argument) noexcept;
+  void apply_xclient(const verdict& answer) noexcept;
   bool auth_advertised() const noexcept;
   bool reject_parameters(const parameter_result& result) noexcept;
   bool reject_parameter_text(std::string_view text) noexcept;
@@ -337,6 +350,8 @@ class server_session {
   bool _tls_active = false;
   std::uint64_t _message_bytes_max = 0;  // limits.message_bytes_max, 0 mapped to "none"
   bool _authenticated = false;
+  bool _xclient_offered = false;
+  bool _xclient_login = false;      // the pending XCLIENT named a LOGIN
   bool _extended = false;           // EHLO (not HELO) was accepted
   bool _auth_exchange = false;      // next command line is a SASL response
   bool _has_mail = false;

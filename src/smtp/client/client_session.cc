@@ -6,6 +6,7 @@
 
 #include "client_syntax.h"
 #include "ringmta/core/assert.h"
+#include "ringmta/core/base64.h"
 
 namespace ringmta::smtp {
 
@@ -30,6 +31,7 @@ std::string_view describe(client_phase phase) noexcept {
     case client_phase::ehlo: return "waiting for the reply to EHLO";
     case client_phase::helo: return "waiting for the reply to HELO";
     case client_phase::starttls: return "waiting for the reply to STARTTLS";
+    case client_phase::auth: return "waiting for the reply to AUTH";
     case client_phase::tls_handshake: return "during the TLS handshake";
     case client_phase::ready: return "while idle";
     case client_phase::rset: return "waiting for the reply to RSET";
@@ -51,6 +53,8 @@ std::string_view describe(client_close_reason reason) noexcept {
     case client_close_reason::hello_rejected: return "EHLO/HELO rejected";
     case client_close_reason::tls_unavailable: return "TLS unavailable";
     case client_close_reason::tls_failed: return "TLS handshake failed";
+    case client_close_reason::auth_unavailable: return "AUTH unavailable";
+    case client_close_reason::auth_failed: return "AUTH refused";
     case client_close_reason::service_closing: return "service closing (421)";
     case client_close_reason::reply_unexpected: return "unexpected reply";
     case client_close_reason::protocol_error: return "protocol error";
@@ -101,6 +105,8 @@ void client_session::reset() noexcept {
   _extensions.clear();
   _phase = client_phase::greeting;
   _tls_active = false;
+  _auth_stage = auth_stage::none;
+  _authenticated = false;
   _rset_needed = false;
   _unanswered = 1;  // the greeting is the reply to connecting (RFC 5321 §3.1)
   _envelope = {};
@@ -332,6 +338,9 @@ void client_session::on_setup_reply(const parsed_reply& reply) noexcept {
         enter_ready();  // opportunistic: carry on in plaintext (RFC 3207 §4.1)
       }
       return;
+    case client_phase::auth:
+      on_auth_reply(reply);
+      return;
     case client_phase::quit:
       fail_connection(client_close_reason::quit, reply, false);
       return;
@@ -355,7 +364,116 @@ void client_session::after_hello() noexcept {
       return;
     }
   }
+  if (_config.auth.mode != client_auth_mode::off) return start_auth();
   enter_ready();
+}
+
+void client_session::set_auth(const client_auth& auth) noexcept {
+  // Configuration (loaded and checked at start-up): a NUL would end PLAIN's field early, CR/LF
+  // cannot occur inside base64 but would mean a broken file.
+  for (const std::string_view field : {auth.user, auth.password}) {
+    RINGMTA_ASSERT(field.size() <= client_auth_field_bytes_max);
+    RINGMTA_ASSERT(field.find_first_of(std::string_view("\0\r\n", 3)) == std::string_view::npos);
+  }
+  RINGMTA_ASSERT(auth.mode == client_auth_mode::off || !auth.user.empty());
+  _config.auth = auth;
+}
+
+// RFC 4954 §4. The credentials never go out unprotected unless the operator said so, and never
+// to a server that did not offer AUTH (it would not know what to do with them anyway).
+void client_session::start_auth() noexcept {
+  const client_auth& auth = _config.auth;
+  std::string_view refusal;
+  if (auth.mode == client_auth_mode::refused)
+    refusal = "credentials for this host need TLS policy required or verify; not sent";
+  else if (auth.mode == client_auth_mode::over_tls && !_tls_active)
+    refusal = "AUTH needs TLS here and the session is not encrypted; credentials not sent";
+  else if (!_extensions.auth)
+    refusal = "the server does not offer AUTH; not sending the message unauthenticated";
+  const std::string_view offered = _extensions.auth_mechanisms();
+  auto lists = [&](std::string_view name) {
+    for (std::size_t at = 0; at < offered.size();) {
+      std::size_t end = offered.find(' ', at);
+      if (end == std::string_view::npos) end = offered.size();
+      if (equals_upper(offered.substr(at, end - at), name)) return true;
+      at = end + 1;
+    }
+    return false;
+  };
+  const bool plain = lists("PLAIN");
+  if (refusal.empty() && !plain && !lists("LOGIN"))
+    refusal = "no AUTH mechanism in common (PLAIN, LOGIN)";
+  if (!refusal.empty()) {
+    fail_connection_local(client_close_reason::auth_unavailable, 454, enhanced(4, 7, 0),
+                          refusal, true);
+    return;
+  }
+  _phase = client_phase::auth;
+  if (plain) {  // RFC 4616 §2: [authzid] NUL authcid NUL passwd, as the initial response
+    _auth_stage = auth_stage::plain;
+    write_base64_command("AUTH PLAIN ", auth.user, auth.password);
+  } else {
+    _auth_stage = auth_stage::login_start;
+    write_command("AUTH", "LOGIN");
+  }
+}
+
+// 235 ends the exchange; LOGIN's two 334 prompts get the user and the password (whatever
+// their text says, as every client does); anything 4xx/5xx ends the connection.
+void client_session::on_auth_reply(const parsed_reply& reply) noexcept {
+  const bool last = _auth_stage == auth_stage::plain || _auth_stage == auth_stage::login_password;
+  if (reply.code == 235 && last) {
+    _auth_stage = auth_stage::none;
+    _authenticated = true;
+    enter_ready();
+    return;
+  }
+  if (reply.code == 334 && _auth_stage == auth_stage::login_start) {
+    _auth_stage = auth_stage::login_user;
+    write_base64_command({}, _config.auth.user);
+    return;
+  }
+  if (reply.code == 334 && _auth_stage == auth_stage::login_user) {
+    _auth_stage = auth_stage::login_password;
+    write_base64_command({}, _config.auth.password);
+    return;
+  }
+  _auth_stage = auth_stage::none;
+  if (reply.code >= 400) {
+    fail_connection(client_close_reason::auth_failed, reply, true);
+    return;
+  }
+  // An unexpected 2xx/3xx: the server's state is unknown, so no QUIT (it may be read as a SASL
+  // response); the connection just ends.
+  fail_connection(client_close_reason::reply_unexpected, reply, false);
+}
+
+// "AUTH PLAIN " + base64(NUL user NUL password) (RFC 4616 §2, no authzid) when `password`
+// is given, else base64(user) alone (a LOGIN response; the password goes the same way).
+void client_session::write_base64_command(std::string_view prefix, std::string_view first,
+                                          std::string_view second) noexcept {
+  const bool plain_form = !prefix.empty();
+  char clear[2 * client_auth_field_bytes_max + 2];
+  std::size_t n = 0;
+  if (plain_form) clear[n++] = '\0';
+  std::memcpy(clear + n, first.data(), first.size());
+  n += first.size();
+  if (plain_form) {
+    clear[n++] = '\0';
+    std::memcpy(clear + n, second.data(), second.size());
+    n += second.size();
+  }
+  char encoded[core::base64_encoded_bytes(sizeof clear)];
+  const std::size_t written = core::base64_encode({clear, n}, encoded);
+  RINGMTA_ASSERT(output_room() >= client_command_bytes_max && written > 0);
+  append(prefix);
+  append({encoded, written});
+  append("\r\n");
+  // Neither the clear text nor its encoding stays in this stack frame.
+  volatile char* wipe_clear = clear;
+  for (std::size_t i = 0; i < n; ++i) wipe_clear[i] = 0;
+  volatile char* wipe_encoded = encoded;
+  for (std::size_t i = 0; i < written; ++i) wipe_encoded[i] = 0;
 }
 
 void client_session::enter_ready() noexcept {

@@ -5,7 +5,8 @@
 // output back, time out, close the connection (or start a new one). Events are answered from
 // the program's bytes: start a transaction with one of a few envelopes (valid, invalid
 // addresses, 8-bit, SMTPUTF8, oversized, DSN; as DATA or, with CHUNKING, one BDAT chunk) or
-// QUIT; complete or fail TLS.
+// QUIT; complete or fail TLS. The config byte also chooses whether AUTH credentials are set
+// (and how they may be sent).
 //
 // Invariants (abort on violation): every command written is a known verb, one line ending in
 // CRLF, at most client_command_bytes_max long, with no other CR or LF; without PIPELINING at
@@ -45,6 +46,7 @@ constexpr std::string_view canned_lines[] = {
     "452 4.5.3 too many recipients", "500 what", "502 5.5.1 no", "503 5.5.1 bad sequence",
     "550 5.1.1 unknown", "552 5.3.4 too big", "554 5.7.1 no", "250 2.1.5 ok",
     "220 2.0.0 ready for TLS", "250 PIPELINING", "334 VXNlcm5hbWU6", "250-",
+    "235 2.7.0 ok", "535 5.7.8 bad credentials", "250-AUTH LOGIN", "454 4.7.0 later",
 };
 
 const client_recipient valid_three[] = {
@@ -96,7 +98,10 @@ bool known_command(std::string_view line) {
   for (const std::string_view verb : {"EHLO ", "HELO ", "MAIL FROM:<", "RCPT TO:<", "BDAT "}) {
     if (line.substr(0, verb.size()) == verb) return true;
   }
-  return line == "STARTTLS" || line == "DATA" || line == "RSET" || line == "QUIT" || line == ".";
+  // AUTH to a relay host with the fixed credentials relay / s3cret (RFC 4954, 4616).
+  return line == "STARTTLS" || line == "DATA" || line == "RSET" || line == "QUIT" ||
+         line == "." || line == "AUTH PLAIN AHJlbGF5AHMzY3JldA==" || line == "AUTH LOGIN" ||
+         line == "cmVsYXk=" || line == "czNjcmV0";
 }
 
 class harness {
@@ -331,6 +336,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   config.pipelining = (config_byte & 1) != 0;
   config.tls = static_cast<client_tls_policy>((config_byte >> 1) % 3);
   config.reply_lines_max = lines_max;
+  // Credentials in some runs: AUTH off, over TLS only, in plaintext, refused by policy.
+  config.auth = {static_cast<client_auth_mode>((config_byte >> 1) / 3 % 4), "relay", "s3cret"};
   harness run(config);
 
   std::size_t pos = 1;

@@ -17,9 +17,12 @@ LINES = [
     "452 4.5.3 too many recipients", "500 what", "502 5.5.1 no", "503 5.5.1 bad sequence",
     "550 5.1.1 unknown", "552 5.3.4 too big", "554 5.7.1 no", "250 2.1.5 ok",
     "220 2.0.0 ready for TLS", "250 PIPELINING", "334 VXNlcm5hbWU6", "250-",
+    "235 2.7.0 ok", "535 5.7.8 bad credentials", "250-AUTH LOGIN", "454 4.7.0 later",
 ]
 
 PIPELINING, PLAIN, OPPORTUNISTIC, REQUIRED = 0xF1, 0xF0, 0xF3, 0xF5
+# With AUTH credentials (relay / s3cret): sent in plaintext; over TLS only (required policy).
+AUTH_PLAINTEXT, AUTH_OVER_TLS = 0xFD, 0xF9
 
 
 def line(text, choice=0):
@@ -47,6 +50,16 @@ def ehlo(*extensions, choice=0):
 
 def seeds():
     quit_ = 7
+    yield "auth-plain", bytes([AUTH_PLAINTEXT]) + line("220 mx.example ESMTP") + ehlo(
+        "250-AUTH PLAIN LOGIN") + line("235 2.7.0 ok", quit_) + line("221 2.0.0 bye")
+    yield "auth-login", bytes([AUTH_PLAINTEXT]) + line("220 mx.example ESMTP") + ehlo(
+        "250-AUTH LOGIN") + line("334 VXNlcm5hbWU6") + line("334 VXNlcm5hbWU6") + line(
+        "235 2.7.0 ok", quit_) + line("221 2.0.0 bye")
+    yield "auth-refused", bytes([AUTH_PLAINTEXT]) + line("220 mx.example ESMTP") + ehlo(
+        "250-AUTH PLAIN LOGIN") + line("535 5.7.8 bad credentials")
+    yield "auth-over-tls", bytes([AUTH_OVER_TLS]) + line("220 mx.example ESMTP") + ehlo(
+        "250-STARTTLS", "250-AUTH LOGIN") + line("220 2.0.0 ready for TLS", 1) + ehlo(
+        "250-AUTH PLAIN LOGIN") + line("235 2.7.0 ok", quit_) + line("221 2.0.0 bye")
     yield "pipelined-mixed", bytes([PIPELINING]) + line("220 mx.example ESMTP") + ehlo(
         "250-PIPELINING", "250-SIZE 1000", "250-DSN", "250-8BITMIME") + line("250 ok") + line(
         "250 2.1.5 ok") + line("250 2.1.5 ok") + line("550 5.1.1 unknown") + line(

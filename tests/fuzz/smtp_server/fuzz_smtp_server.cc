@@ -1,7 +1,8 @@
 // libFuzzer target for smtp::server_session.
 //
 // Input: 3 octets of configuration (policies, offered features, limits, PRNG seed whose low
-// bit also picks long_lines=fold), then the client's byte stream. The stream is fed in pieces
+// bit also picks long_lines=fold and whose next bit offers XCLIENT), then the client's byte
+// stream. The stream is fed in pieces
 // whose sizes come from a PRNG seeded by the input; the handler answers accept / respond / pending at random and resumes pending verdicts
 // later; output is drained at random (so feed() pauses on a full buffer). Checked invariants:
 // - feed() never consumes more than given; output never exceeds its capacity;
@@ -13,7 +14,9 @@
 //   never starts with ".<CR><LF>" (no smuggled end marker can reach the spool); an accepted
 //   BDAT body (not BINARYMIME) has only CRLF line endings too; neither holds a NUL, and both
 //   end with CRLF; under long_lines=fold no line of an accepted body exceeds the limit;
-// - no handler call after the session wants to close.
+// - no handler call after the session wants to close;
+// - XCLIENT reaches the handler only when offered, with every given
+//   value free of controls and spaces, PROTO SMTP/ESMTP, ports 0..65535 (smtp/xclient.h).
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -133,6 +136,20 @@ class fuzz_handler final : public server_handler {
   verdict on_starttls() noexcept override { return pick(false); }
   verdict on_auth(std::string_view, std::string_view) noexcept override { return pick(true); }
   verdict on_auth_response(std::string_view) noexcept override { return pick(true); }
+  verdict on_xclient(const xclient_attributes& a) noexcept override {
+    FUZZ_CHECK(xclient_offered && !closed);
+    for (const xclient_value* v : {&a.name, &a.address, &a.port, &a.protocol, &a.helo, &a.login,
+                                   &a.destination_address, &a.destination_port}) {
+      FUZZ_CHECK(v->given() || v->text.empty());
+      FUZZ_CHECK(!v->given() || !v->text.empty());
+      for (const char c : v->text) FUZZ_CHECK(static_cast<unsigned char>(c) > 32 && c != 127);
+    }
+    FUZZ_CHECK(!a.protocol.given() || a.protocol.text == "SMTP" || a.protocol.text == "ESMTP");
+    FUZZ_CHECK(!a.port.given() || a.port.text.size() <= 5);
+    return pick(false);
+  }
+  void on_xclient_refused() noexcept override { FUZZ_CHECK(!xclient_offered && !closed); }
+  bool xclient_offered = false;
 
  private:
   void check_wire_body() {
@@ -242,6 +259,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (config.long_lines == long_line_policy::fold)
     handler.folded_line_bytes_max = config.limits.text_line_bytes_max;
   server_session session(config, handler);
+  handler.xclient_offered = data[2] & 2;
+  session.offer_xclient(handler.xclient_offered);
   reply_checker replies;
   if (data[0] & 64) session.start_refusing("busy");
   else session.start();

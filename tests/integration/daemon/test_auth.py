@@ -4,8 +4,8 @@ login(), swaks --auth PLAIN/LOGIN --tls, nodemailer with auth, openssl s_client 
 after TLS (538 5.7.11 before), 535 5.7.8 for bad credentials, 530 5.7.0 for MAIL before AUTH on a
 submission port, authenticated relaying, the sender map (553 5.7.1), ESMTPSA in Received:, log
 records with the login and never the password, brute-force delays and lockout (421, 454),
-`ringmta passwd`, the passwd file reloaded on SIGHUP, and --proxy-trusted (a PROXY header from an
-untrusted peer closes the connection).
+`ringmta passwd`, the passwd file reloaded on SIGHUP, --proxy-trusted (a PROXY header from an
+untrusted peer closes the connection) and XCLIENT refused without --xclient-trusted.
 usage: test_auth.py RINGMTA"""
 import atexit
 import base64
@@ -300,6 +300,18 @@ if taken:
            "and every queued recipient's domain is ours.test (no percent hack, bang path, "
            "quoted @ or source route escapes)", addresses)
 c.quit()
+# An XCLIENT claim from an untrusted peer (no --xclient-trusted: nobody may): an address in
+# mynetworks and a login are both refused, and relaying stays closed.
+for source in ("127.0.0.63", "127.0.0.1"):
+    c = smtp(source=source)
+    offered = c.has_extn("xclient")
+    code, text = c.docmd("XCLIENT", "ADDR=127.0.0.250 LOGIN=alice@ours.test")
+    c.docmd("MAIL", "FROM:<alice@ours.test>")
+    code2, _ = c.docmd("RCPT", "TO:<x@elsewhere.test>")
+    tap.ok(not offered and code == 550 and b"5.7.0" in text and code2 == 554,
+           f"XCLIENT claim from {source} (untrusted): 550 5.7.0, relaying still refused",
+           (offered, code, text, code2))
+    c.quit()
 c = smtp(source="127.0.0.61")
 c.login("carol@other.test", PASSWORDS["carol@other.test"])
 claims = {}

@@ -231,5 +231,24 @@ TEST(attempt_tracker, tls_failures_are_transient_security_failures) {
   EXPECT_EQ(reply.enhanced, (smtp::reply_enhanced_code{4, 7, 5}));
 }
 
+// A relay host refusing our credentials (535 5.7.8, a 5xx) defers: the password is the
+// operator's to fix, and a bounce would lose the mail. The server's reply is kept in the text.
+TEST(attempt_tracker, auth_failures_defer_with_the_reply) {
+  attempt_tracker tracker;
+  const auto refused = server_reply(535, {5, 7, 8}, "Authentication credentials invalid");
+  tracker.record(at("relay.test", 1), attempt_failure::auth, 0, &refused);
+  smtp::parsed_reply reply;
+  EXPECT_EQ(tracker.summary(reply), smtp::client_outcome::transient_failure);
+  EXPECT_EQ(reply.code, 454);
+  EXPECT_EQ(reply.enhanced, (smtp::reply_enhanced_code{4, 7, 8}));
+  EXPECT_EQ(reply.text(), "relay.test[192.0.2.1]:25 said to AUTH: 535 Authentication "
+                          "credentials invalid");
+  smtp::parsed_reply local;
+  local.assign_local(454, {4, 7, 0}, "AUTH needs TLS here");
+  tracker.record(at("relay.test", 1), attempt_failure::auth, 0, &local);
+  EXPECT_EQ(tracker.summary(reply), smtp::client_outcome::transient_failure);
+  EXPECT_EQ(reply.text(), "relay.test[192.0.2.1]:25: AUTH needs TLS here");
+}
+
 }  // namespace
 }  // namespace ringmta::outbound

@@ -173,6 +173,46 @@ TEST(server_session, protocol_name_follows_rfc3848) {
   EXPECT_EQ(session.protocol_name(), "ESMTPSA");
 }
 
+class xclient_handler final : public server_handler {
+ public:
+  verdict answer = verdict::accept();
+  std::string login;
+  verdict on_xclient(const xclient_attributes& a) noexcept override {
+    login.assign(a.login.text);
+    return answer;
+  }
+};
+
+// XCLIENT LOGIN authenticates (Received: says ESMTPA after EHLO); XCLIENT without LOGIN, or
+// with LOGIN=[UNAVAILABLE], leaves the session unauthenticated; TLS survives it; a pending
+// verdict holds the greeting until resume().
+TEST(server_session, xclient_login_decides_authentication) {
+  server_config config;
+  config.tls_active = true;
+  xclient_handler handler;
+  server_session session(config, handler);
+  session.offer_xclient(true);
+  session.start();
+  drain(session);
+  session.feed("XCLIENT LOGIN=alice ADDR=192.0.2.7\r\nEHLO c.example\r\n");
+  EXPECT_EQ(handler.login, "alice");
+  EXPECT_TRUE(session.authenticated());
+  EXPECT_EQ(session.protocol_name(), "ESMTPSA");
+  session.feed("XCLIENT ADDR=192.0.2.8\r\n");
+  EXPECT_FALSE(session.authenticated());
+  session.feed("XCLIENT LOGIN=[UNAVAILABLE]\r\nEHLO c.example\r\n");
+  EXPECT_FALSE(session.authenticated());
+  EXPECT_EQ(session.protocol_name(), "ESMTPS");
+  drain(session);
+  handler.answer = verdict::pending();
+  EXPECT_EQ(session.feed("XCLIENT LOGIN=bob\r\nNOOP\r\n"), 19u);
+  EXPECT_TRUE(session.awaiting_verdict());
+  EXPECT_EQ(drain(session), "");
+  session.resume(verdict::accept());
+  EXPECT_TRUE(session.authenticated());
+  EXPECT_EQ(drain(session), "220 localhost ESMTP ringmta\r\n");
+}
+
 TEST(server_session, unparsable_bdat_size_closes_the_connection) {
   // The chunk behind a BDAT with a bad size cannot be found: its octets must never be read as
   // commands (here a smuggled MAIL/RCPT/DATA), so the session replies 501 and ends.

@@ -219,6 +219,22 @@ class recording_handler final : public server_handler {
     record("auth_response " + escape(line));
     return answer("auth_response");
   }
+  verdict on_xclient(const xclient_attributes& a) noexcept override {
+    std::string e = "xclient";
+    const std::pair<const char*, const xclient_value*> fields[] = {
+        {"NAME", &a.name}, {"ADDR", &a.address}, {"PORT", &a.port}, {"PROTO", &a.protocol},
+        {"HELO", &a.helo}, {"LOGIN", &a.login}, {"DESTADDR", &a.destination_address},
+        {"DESTPORT", &a.destination_port}};
+    for (const auto& [name, value] : fields) {
+      if (value->state == xclient_state::absent) continue;
+      e += std::string(" ") + name + "=" +
+           (value->given() ? escape(value->text) : std::string("[UNAVAILABLE]"));
+    }
+    if (a.address_v6) e += " v6";
+    record(e);
+    return answer("xclient");
+  }
+  void on_xclient_refused() noexcept override { record("xclient_refused"); }
 
   void flush_body() {
     if (!_body_open) return;
@@ -366,6 +382,7 @@ run_result run_transcript(const transcript& script, split_mode mode, std::uint32
   build_config(script, holder);
   recording_handler handler(script);
   server_session session(holder.config, handler);
+  session.offer_xclient(config_value(script, "xclient", "0") == "1");
   if (script.refuse) session.start_refusing(script.refuse_text);
   else session.start();
   std::mt19937 rng(seed);

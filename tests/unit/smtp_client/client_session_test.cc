@@ -1017,6 +1017,121 @@ C: QUIT
   EXPECT_EQ(refused.events, (strings{"closed tls_unavailable 454 4.7.0"}));
 }
 
+// --- AUTH to a relay host (RFC 4954) ------------------------------------------------------
+
+client_config auth_config(client_auth_mode mode) {
+  client_config config = config_default();
+  config.tls = client_tls_policy::required;
+  config.auth = {mode, "relay", "s3cret"};
+  return config;
+}
+
+constexpr std::string_view starttls_prefix = R"(
+S: 220 mx
+C: EHLO client.example
+S: 250-mx
+S: 250-AUTH PLAIN LOGIN
+S: 250 STARTTLS
+C: STARTTLS
+S: 220 2.0.0 go ahead
+C: EHLO client.example
+)";
+
+TEST(client_session_auth, plain_with_initial_response_after_tls) {
+  transcript_driver driver(auth_config(client_auth_mode::over_tls), {envelope_of(one_recipient)});
+  const auto result = driver.run(std::string(starttls_prefix) + R"(
+S: 250-mx
+S: 250 AUTH LOGIN PLAIN
+C: AUTH PLAIN AHJlbGF5AHMzY3JldA==
+S: 235 2.7.0 Authentication successful
+C: MAIL FROM:<sender@example.com>
+S: 250 ok
+C: RCPT TO:<a@example.org>
+S: 250 ok
+C: DATA
+S: 354 go
+C: .
+S: 250 ok
+C: QUIT
+S: 221 bye
+)", 5);
+  EXPECT_EQ(result.first_mismatch, "");
+  EXPECT_EQ(result.events, (strings{"tls", "ready", "rcpt 0 accepted 250", "body",
+                                    "message accepted 250", "ready", "closed quit 221"}));
+  EXPECT_TRUE(driver.session().authenticated());
+}
+
+TEST(client_session_auth, login_when_plain_is_not_offered) {
+  transcript_driver driver(auth_config(client_auth_mode::over_tls), {});
+  const auto result = driver.run(std::string(starttls_prefix) + R"(
+S: 250-mx
+S: 250 AUTH LOGIN CRAM-MD5
+C: AUTH LOGIN
+S: 334 VXNlcm5hbWU6
+C: cmVsYXk=
+S: 334 UGFzc3dvcmQ6
+C: czNjcmV0
+S: 235 2.7.0 ok
+C: QUIT
+S: 221 bye
+)", 7);
+  EXPECT_EQ(result.first_mismatch, "");
+  EXPECT_EQ(result.events, (strings{"tls", "ready", "closed quit 221"}));
+}
+
+// 535 ends the connection before MAIL: the embedder defers (attempt_plan: never a bounce).
+TEST(client_session_auth, refused_credentials_end_the_connection) {
+  transcript_driver driver(auth_config(client_auth_mode::over_tls), {});
+  const auto result = driver.run(std::string(starttls_prefix) + R"(
+S: 250-mx
+S: 250 AUTH PLAIN
+C: AUTH PLAIN AHJlbGF5AHMzY3JldA==
+S: 535 5.7.8 Authentication credentials invalid
+C: QUIT
+)", 4);
+  EXPECT_EQ(result.first_mismatch, "");
+  EXPECT_EQ(result.events, (strings{"tls", "closed auth_failed 535 5.7.8"}));
+  EXPECT_FALSE(driver.session().authenticated());
+}
+
+// Never in plaintext unless forced; never to a server without AUTH; never under a policy that
+// cannot protect them (refused): the session ends before anything is sent.
+TEST(client_session_auth, credentials_are_never_sent_unprotected) {
+  const std::string plain_server = R"(
+S: 220 mx
+C: EHLO client.example
+S: 250-mx
+S: 250 AUTH PLAIN LOGIN
+)";
+  client_config config = auth_config(client_auth_mode::over_tls);
+  config.tls = client_tls_policy::none;
+  auto result = play(plain_server + "C: QUIT\n", {}, config);
+  EXPECT_EQ(result.events, (strings{"closed auth_unavailable 454 4.7.0 local"}));
+  EXPECT_EQ(result.client.find("AUTH"), std::string::npos);
+  config.auth.mode = client_auth_mode::refused;
+  result = play(plain_server + "C: QUIT\n", {}, config);
+  EXPECT_EQ(result.events, (strings{"closed auth_unavailable 454 4.7.0 local"}));
+  config.auth.mode = client_auth_mode::plaintext;
+  result = play(plain_server + "C: AUTH PLAIN AHJlbGF5AHMzY3JldA==\nS: 235 ok\nC: QUIT\n", {},
+                config);
+  EXPECT_EQ(result.events, strings{"ready"});
+  const auto no_auth = play(R"(
+S: 220 mx
+C: EHLO client.example
+S: 250 mx
+C: QUIT
+)", {}, config);
+  EXPECT_EQ(no_auth.events, (strings{"closed auth_unavailable 454 4.7.0 local"}));
+  const auto no_mechanism = play(R"(
+S: 220 mx
+C: EHLO client.example
+S: 250-mx
+S: 250 AUTH CRAM-MD5 GSSAPI
+C: QUIT
+)", {}, config);
+  EXPECT_EQ(no_mechanism.events, (strings{"closed auth_unavailable 454 4.7.0 local"}));
+}
+
 // RFC 3207 §5 mirrored (response injection): a server, or someone in the path, answering
 // "220 ready\r\n250 injected" in one packet. What follows the 220 is dropped; the replies after
 // the handshake answer the new EHLO only.

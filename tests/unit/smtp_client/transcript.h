@@ -36,6 +36,8 @@ inline std::string reason_word(client_close_reason reason) {
     case client_close_reason::hello_rejected: return "hello_rejected";
     case client_close_reason::tls_unavailable: return "tls_unavailable";
     case client_close_reason::tls_failed: return "tls_failed";
+    case client_close_reason::auth_unavailable: return "auth_unavailable";
+    case client_close_reason::auth_failed: return "auth_failed";
     case client_close_reason::service_closing: return "service_closing";
     case client_close_reason::reply_unexpected: return "reply_unexpected";
     case client_close_reason::protocol_error: return "protocol_error";
