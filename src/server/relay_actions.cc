@@ -55,17 +55,24 @@ void on_message_action_message(shard::shard& target, const shard::message& recei
 
 void relay::state::send_message_action(spool::message_id id, const std::string& destination,
                                        message_op op, std::string_view reason) noexcept {
-  auto* job = new message_action_job{id, destination, op, std::string(reason)};
+  send_message_action_to(owner_of(destination, static_cast<unsigned>(config.shards->size())),
+                         message_action_job{id, destination, op, std::string(reason)});
+}
+
+void relay::state::send_message_action_to(unsigned shard, message_action_job job) noexcept {
   shard::message m{};
   m.handler = &on_message_action_message;
-  m.words[0] = reinterpret_cast<std::uintptr_t>(job);
+  m.words[0] = reinterpret_cast<std::uintptr_t>(new message_action_job(std::move(job)));
   m.words[1] = reinterpret_cast<std::uintptr_t>(config.shards);
-  send(owner_of(destination, static_cast<unsigned>(config.shards->size())), m);
+  send(shard, m);
 }
 
 // Owner side: the scheduler decides; jobs that leave come out as events (bounced: a DSN;
 // removed: recorded deleted) and go home like any outcome.
 void relay::state::apply_message_action(const message_action_job& job) noexcept {
+  // MX site rollup: the domain's owner knows which shard queues it (its site's owner).
+  if (const unsigned holder = self.holder_of(job.destination); holder != owner.id())
+    return send_message_action_to(holder, job);
   if (owned.find(job.id) == owned.end()) return;  // every job of it has been reported
   const std::int64_t now = core::wall_milliseconds();
   switch (job.op) {

@@ -245,6 +245,7 @@ struct relay::state {
   std::unordered_map<std::uint64_t, int> action_tickets;
   std::unordered_map<spool::message_id, std::string> bounce_reasons;  // owner: until reported
   void apply_message_action(const message_action_job& job) noexcept;
+  void send_message_action_to(unsigned shard, message_action_job job) noexcept;
   void send_message_action(spool::message_id id, const std::string& destination, message_op op,
                            std::string_view reason) noexcept;
   void report(spooled_message* message, unsigned home,
