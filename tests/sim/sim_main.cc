@@ -4,6 +4,7 @@
 //   tools/sim --seconds N               run seeds from --first-seed (default: random) for N
 //                                       wall seconds; prints seeds, events, simulated time
 //   --inject-bug no-fsync|dir-fsync     a known durability bug on the simulated disk
+//   --arrival-ms A                      mean time between client arrivals (default: per seed)
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
 //   --strict                            a message answered 452 that comes back is a violation
 // Exit 0: no violation; 1: a violation (its seed, message and the events before it are
@@ -32,7 +33,7 @@ struct arguments {
 
 int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
-             "[--first-seed S] [--inject-bug no-fsync|dir-fsync] [--messages M] "
+             "[--first-seed S] [--inject-bug no-fsync|dir-fsync] [--messages M] [--arrival-ms A] "
              "[--no-crashes] [--no-faults] [--strict] [--verbose]\n", problem);
   return 2;
 }
@@ -63,6 +64,9 @@ int parse(int argc, char** argv, arguments& out) {
     } else if (flag == "--messages" && has_value && parse_number(argv[++i], number) &&
                number > 0 && number < 10'000'000) {
       out.base.messages = static_cast<std::uint32_t>(number);
+    } else if (flag == "--arrival-ms" && has_value && parse_number(argv[++i], number) &&
+               number > 0 && number < 3'600'000) {
+      out.base.arrival_ms = static_cast<std::uint32_t>(number);
     } else if (flag == "--inject-bug" && has_value) {
       const std::string_view bug(argv[++i]);
       if (bug == "no-fsync") out.base.bug = disk_bug::no_fsync;
@@ -89,7 +93,8 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
   fmt::print("seed {}: VIOLATION: {}\nlast {} events:\n", run.seed, result.violation,
              result.last_events.size());
   for (const auto& line : result.last_events) fmt::print("  {}\n", line);
-  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}\n", run.seed, run.messages,
+  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}\n", run.seed, run.messages,
+             run.arrival_ms > 0 ? fmt::format(" --arrival-ms {}", run.arrival_ms) : "",
              run.bug != disk_bug::none ? " --inject-bug " : "", bug_name(run.bug),
              run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults");
   if (run.strict) fmt::print("  (with --strict)\n");

@@ -35,17 +35,23 @@ struct transaction {
   std::vector<std::size_t> chunks;      // BDAT chunk sizes (the last may be 0)
 };
 
+// RFC 5321 §4.5.2: a line starting with "." gets another one.
 std::string dot_stuff(std::string_view body) {
   std::string out;
   out.reserve(body.size() + body.size() / 64);
-  bool line_start = true;
-  for (const char c : body) {
-    if (line_start && c == '.') out.push_back('.');
-    out.push_back(c);
-    line_start = c == '\n';
+  std::size_t line = 0;
+  while (line < body.size()) {
+    if (body[line] == '.') out.push_back('.');
+    const std::size_t end = body.find('\n', line);
+    const std::size_t next = end == std::string_view::npos ? body.size() : end + 1;
+    out.append(body.substr(line, next - line));
+    line = next;
   }
   return out;
 }
+
+constexpr std::string_view letters =
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 abcdefghijklmnopqrstuvwxyz";
 
 bool is_bad(std::string_view address) { return address.substr(0, 4) == "bad-"; }
 
@@ -170,6 +176,7 @@ class world {
   void crash(bool torn);
   bool recover_and_check();
   bool check_recovered(spool::message_id id, expected_message& want);
+  void list_undelivered();
   std::int64_t latency_ns(std::int64_t low, std::int64_t high) {
     return static_cast<std::int64_t>(_random.between(static_cast<std::uint64_t>(low),
                                                      static_cast<std::uint64_t>(high)));
@@ -192,6 +199,7 @@ class world {
   std::map<std::uint64_t, std::uint32_t> _tickets;  // commit ticket -> connection
   std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
   std::map<spool::message_id, expected_message> _expected;
+  std::vector<spool::message_id> _undelivered;  // acknowledged, maybe with unmarked recipients
   std::set<spool::message_id> _refused;   // commit failed (452) and not recovered
   std::set<spool::message_id> _finished;  // recovered final: may come back final, never queued
   std::uint32_t _transactions_left = 0;
@@ -308,6 +316,7 @@ world::world(const options& settings) : _options(settings), _random(settings.see
       [this](std::string_view text) { note(text); });
   _net_ns_max = latency_ns(100'000, 5'000'000);
   _arrival_mean_ns = latency_ns(2'000'000, 200'000'000);
+  if (settings.arrival_ms > 0) _arrival_mean_ns = std::int64_t{settings.arrival_ms} * 1'000'000;
   _crash_mean_ns = latency_ns(300'000'000, 5'000'000'000);
   _deliver_mean_ns = latency_ns(1'000'000, 50'000'000);
   _disconnect_chance = static_cast<double>(_random.between(0, 100)) / 1000;
@@ -482,8 +491,11 @@ std::string world::make_body() {
     if (_random.chance(0.1)) body.push_back('.');  // dot-stuffing, and "." alone
     const std::uint64_t length = _random.chance(0.05) ? _random.between(200, 990)
                                                        : _random.below(78);
-    for (std::uint64_t j = 0; j < length; ++j) {
-      body.push_back(static_cast<char>('a' + (_random.next() % 26)));
+    for (std::uint64_t left = length; left > 0;) {  // random runs of the alphabet
+      const std::size_t from = _random.below(letters.size() - 1);
+      const std::size_t run = std::min<std::size_t>(left, letters.size() - from);
+      body.append(letters.substr(from, run));
+      left -= run;
     }
     body.append("\r\n");
   }
@@ -759,6 +771,7 @@ void world::on_committed(const spool::event& event) {
       want.state = fate::orphaned;
     } else {
       want.state = fate::acknowledged;
+      _undelivered.push_back(event.id);
       ++_outcome.acknowledged;
       const auto id_text = spool::format_message_id(event.id);
       const auto length = fmt::format_to_n(c.reply_text.data(), c.reply_text.size(),
@@ -798,13 +811,21 @@ bool world::check_durable(connection& c, spool::message_id id) {
 void world::deliver_tick() {
   if (_failed) return;
   if (_store) {
+    // A random acknowledged message with a recipient never marked (dropping, lazily, the
+    // ones that have none left).
     std::vector<std::pair<spool::message_id, std::uint16_t>> candidates;
-    for (const auto& [id, want] : _expected) {
-      if (want.state != fate::acknowledged) continue;
-      for (std::size_t r = 0; r < want.marks.size(); ++r) {
-        if (want.marks[r] == mark_state::none) candidates.emplace_back(id, r);
+    while (candidates.empty() && !_undelivered.empty()) {
+      const std::size_t pick = _random.below(_undelivered.size());
+      const auto found = _expected.find(_undelivered[pick]);
+      if (found != _expected.end() && found->second.state == fate::acknowledged) {
+        for (std::size_t r = 0; r < found->second.marks.size(); ++r) {
+          if (found->second.marks[r] == mark_state::none) candidates.emplace_back(found->first, r);
+        }
       }
-      if (candidates.size() >= 64) break;
+      if (candidates.empty()) {
+        _undelivered[pick] = _undelivered.back();
+        _undelivered.pop_back();
+      }
     }
     if (!candidates.empty()) {
       const auto [id, recipient] = candidates[_random.below(candidates.size())];
@@ -910,6 +931,7 @@ bool world::recover_and_check() {
     if (done && entry != nullptr) _finished.insert(it->first);
     it = done ? _expected.erase(it) : std::next(it);
   }
+  list_undelivered();
   settle();
   return !_failed;
 }
@@ -990,6 +1012,13 @@ bool world::check_recovered(spool::message_id id, expected_message& want) {
   }
   ++_outcome.recovered_checked;
   return true;
+}
+
+void world::list_undelivered() {
+  _undelivered.clear();
+  for (const auto& [id, want] : _expected) {
+    if (want.state == fate::acknowledged) _undelivered.push_back(id);
+  }
 }
 
 }  // namespace

@@ -38,6 +38,7 @@ struct options {
   bool crashes = true;
   bool faults = true;
   bool verbose = false;          // print every event as it happens
+  std::uint32_t arrival_ms = 0;  // mean time between client arrivals; 0: drawn from the seed
   bool strict = false;           // a 452'd message coming back is a violation (known issue)
 };
 
