@@ -84,7 +84,7 @@ int parse(int argc, char** argv, arguments& out) {
       return usage(fmt::format("bad argument {}", flag).c_str());
     }
   }
-  if (!out.seeds.empty() && out.seconds > 0) return usage("--seed and --seconds exclude each other");
+  if (!out.seeds.empty() && out.seconds > 0) return usage("--seed excludes --seconds");
   if (out.seeds.empty() && out.seconds <= 0) out.seconds = 10;
   return 0;
 }
