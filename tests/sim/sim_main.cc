@@ -7,6 +7,7 @@
 //   --arrival-ms A                      mean time between client arrivals (default: per seed)
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
 //   --strict                            a message answered 452 that comes back is a violation
+//   --no-ack-check                      no durability check at the 250: crashes must find it
 // Exit 0: no violation; 1: a violation (its seed, message and the events before it are
 // printed); 2: bad arguments. Only this driver reads the wall clock (for --seconds).
 #include <fmt/format.h>
@@ -34,7 +35,7 @@ struct arguments {
 int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
              "[--first-seed S] [--inject-bug no-fsync|dir-fsync] [--messages M] [--arrival-ms A] "
-             "[--no-crashes] [--no-faults] [--strict] [--verbose]\n", problem);
+             "[--no-crashes] [--no-faults] [--strict] [--no-ack-check] [--verbose]\n", problem);
   return 2;
 }
 
@@ -76,6 +77,8 @@ int parse(int argc, char** argv, arguments& out) {
       out.base.crashes = false;
     } else if (flag == "--no-faults") {
       out.base.faults = false;
+    } else if (flag == "--no-ack-check") {
+      out.base.ack_check = false;
     } else if (flag == "--strict") {
       out.base.strict = true;
     } else if (flag == "--verbose") {
@@ -98,6 +101,7 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
              run.bug != disk_bug::none ? " --inject-bug " : "", bug_name(run.bug),
              run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults");
   if (run.strict) fmt::print("  (with --strict)\n");
+  if (!run.ack_check) fmt::print("  (with --no-ack-check)\n");
 }
 
 void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {

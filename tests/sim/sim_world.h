@@ -39,7 +39,8 @@ struct options {
   bool faults = true;
   bool verbose = false;          // print every event as it happens
   std::uint32_t arrival_ms = 0;  // mean time between client arrivals; 0: drawn from the seed
-  bool strict = false;           // a 452'd message coming back is a violation (known issue)
+  bool strict = false;
+  bool ack_check = true;         // false: only recovery after crashes can find lost mail           // a 452'd message coming back is a violation (known issue)
 };
 
 struct outcome {
