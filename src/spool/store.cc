@@ -20,6 +20,9 @@ void encode_range(char* out, const body_range& range) noexcept {
 // nearly full segment is not filled with tiny records.
 constexpr std::uint64_t record_payload_bytes_min = 512;
 constexpr std::size_t raw_piece_bytes = 4096;
+// Room append_raw() keeps free beyond a piece: record headers, void records, a segment tail.
+// can_append() asks for the same, so its "takes all" holds for BDAT input too.
+constexpr std::uint64_t raw_slack_bytes = 4096;
 }  // namespace
 
 store::store(store_config config, recovered_state recovered)
@@ -118,8 +121,9 @@ message_id store::id_of(message_handle handle) const noexcept {
 
 bool store::can_append(std::uint64_t bytes) const noexcept {
   if (_buffered_bytes + bytes > _config.buffered_bytes_max) return false;
-  // Room for the bytes and the headers of the records they may be split into.
-  return placeable_bytes() >= bytes + 4 * format::header_bytes || _create_error != 0;
+  // Room for the bytes and what append_raw keeps free beyond them (headers of the records
+  // they may be split into, a segment tail). Without a segment to create, append fails at once.
+  return placeable_bytes() >= bytes + raw_slack_bytes || _create_error != 0;
 }
 
 std::uint64_t store::placeable_bytes() const noexcept {
@@ -321,9 +325,12 @@ core::result<std::size_t> store::append_raw(message_handle handle, std::string_v
     const auto piece = raw.substr(done, raw_piece_bytes);
     const std::size_t stuffed = message.stuffer.stuffed_size(piece);
     // Place a piece whole or not at all, so the stuffer's state matches what was stored.
-    const std::uint64_t need = stuffed + 4096;  // slack: headers, void records, segment tail
+    const std::uint64_t need = stuffed + raw_slack_bytes;
     if (_buffered_bytes + stuffed > _config.buffered_bytes_max || placeable_bytes() < need) {
-      if (done == 0 && placeable_bytes() == 0 && _create_error != 0) {
+      // No segment can be created: fail now rather than take part of the input (can_append
+      // promised all or an error; found by tests/sim, seed 21, docs/notes.md).
+      if (placeable_bytes() < need && _create_error != 0) {
+        message.error = _create_error;
         return core::fail(_create_error);
       }
       if (placeable_bytes() < need && _spare == nullptr) request_segment();

@@ -1,0 +1,393 @@
+#include "sim_disk.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace ringmta::sim {
+
+struct disk::flight {
+  spool::operation op;  // its pointers stay valid until the completion is reported
+  std::string name;     // basename of op.path
+  std::uint32_t step = 0;
+  int fd = -1;          // create_file: the fd opened by its first step
+  std::uint64_t inode = 0;
+  std::uint64_t issue_serial = 0;  // datasync: writes completed when it was issued
+  std::uint64_t issue_size = 0;
+  std::uint64_t next_linked = 0;   // an op waiting for this one (link_next)
+};
+
+namespace {
+
+const char* kind_name(spool::operation_kind kind) noexcept {
+  switch (kind) {
+    case spool::operation_kind::write: return "write";
+    case spool::operation_kind::datasync: return "datasync";
+    case spool::operation_kind::create_file: return "create";
+    case spool::operation_kind::remove_file: return "remove";
+  }
+  return "?";
+}
+
+std::string basename_of(const char* path) {
+  if (path == nullptr) return {};
+  const std::string_view text(path);
+  const auto slash = text.rfind('/');
+  return std::string(slash == std::string_view::npos ? text : text.substr(slash + 1));
+}
+
+}  // namespace
+
+disk::disk(scheduler& clock, random& random, disk_profile profile, disk_bug bug,
+           completion_fn on_complete, note_fn note)
+    : _clock(clock),
+      _random(random),
+      _profile(profile),
+      _bug(bug),
+      _on_complete(std::move(on_complete)),
+      _note(std::move(note)) {}
+
+disk::~disk() {
+  for (const auto& [fd, file] : _fds) {
+    if (!file.store_owned) ::close(fd);
+  }
+}
+
+bool disk::fault(double probability) noexcept {
+  if (!_faults || probability <= 0 || !_random.chance(probability)) return false;
+  ++_stats.faults;
+  return true;
+}
+
+disk::inode* disk::inode_of(int fd) noexcept {
+  const auto found = _fds.find(fd);
+  if (found == _fds.end()) return nullptr;
+  const auto node = _inodes.find(found->second.inode);
+  return node == _inodes.end() ? nullptr : &node->second;
+}
+
+void disk::submit(const spool::operation& op) {
+  const std::uint64_t serial = _next_serial++;
+  flight& entry = _ops[serial];
+  entry.op = op;
+  entry.name = basename_of(op.path);
+  const std::uint64_t predecessor = _chain_prev;
+  const int outcome = _chain_prev_outcome;
+  _chain_prev = op.link_next ? serial : 0;
+  _chain_prev_outcome = 0;
+  if (predecessor == 0 || outcome == 1) return start(serial);
+  if (outcome == 0) {
+    _ops.at(predecessor).next_linked = serial;
+    return;
+  }
+  _clock.after(0, [this, serial] { finish(serial, -ECANCELED); });
+}
+
+void disk::start(std::uint64_t serial) {
+  flight& op = _ops.at(serial);
+  switch (op.op.kind) {
+    case spool::operation_kind::write:
+      return schedule_step(serial, _profile.write_ns_min, _profile.write_ns_max);
+    case spool::operation_kind::datasync: {
+      op.issue_serial = _write_serial;
+      const inode* file = inode_of(op.op.fd);
+      op.issue_size = file != nullptr ? file->size : 0;
+      return schedule_step(serial, _profile.sync_ns_min, _profile.sync_ns_max);
+    }
+    case spool::operation_kind::create_file:
+    case spool::operation_kind::remove_file:
+      return schedule_step(serial, _profile.step_ns_min, _profile.step_ns_max);
+  }
+}
+
+void disk::schedule_step(std::uint64_t serial, std::int64_t low_ns, std::int64_t high_ns) {
+  const auto delay = static_cast<std::int64_t>(
+      _random.between(static_cast<std::uint64_t>(low_ns), static_cast<std::uint64_t>(high_ns)));
+  _clock.after(delay, [this, serial] { step(serial); });
+}
+
+void disk::step(std::uint64_t serial) {
+  const auto found = _ops.find(serial);
+  if (found == _ops.end()) return;  // forgotten by a crash
+  flight& op = found->second;
+  std::int64_t result = 0;
+  switch (op.op.kind) {
+    case spool::operation_kind::write: return finish(serial, do_write(op));
+    case spool::operation_kind::datasync: return finish(serial, do_sync(op));
+    case spool::operation_kind::create_file:
+      if (create_step(op, result)) return finish(serial, result);
+      break;
+    case spool::operation_kind::remove_file:
+      if (remove_step(op, result)) return finish(serial, result);
+      break;
+  }
+  ++op.step;
+  schedule_step(serial, _profile.step_ns_min, _profile.step_ns_max);
+}
+
+std::int64_t disk::do_write(flight& op) {
+  inode* file = inode_of(op.op.fd);
+  if (file == nullptr) return -EBADF;
+  if (fault(_profile.write_error)) return _random.chance(0.5) ? -EIO : -ENOSPC;
+  std::string bytes;
+  bytes.reserve(op.op.bytes);
+  for (std::uint32_t i = 0; i < op.op.iovec_count; ++i) {
+    bytes.append(static_cast<const char*>(op.op.iovecs[i].iov_base), op.op.iovecs[i].iov_len);
+  }
+  file->size = std::max(file->size, op.op.offset + bytes.size());
+  _stats.bytes_written += bytes.size();
+  const auto length = static_cast<std::int64_t>(bytes.size());
+  file->pending.push_back(pending_write{op.op.offset, std::move(bytes), ++_write_serial});
+  return length;
+}
+
+std::int64_t disk::do_sync(flight& op) {
+  inode* file = inode_of(op.op.fd);
+  if (file == nullptr) return -EBADF;
+  ++_stats.syncs;
+  if (fault(_profile.sync_error)) return -EIO;
+  if (_bug == disk_bug::no_fsync) return 0;  // --unsafe-no-fsync: reported, not done
+  sync_inode(*file, op.issue_serial, op.issue_size);
+  return 0;
+}
+
+void disk::sync_inode(inode& file, std::uint64_t up_to_serial, std::uint64_t size) {
+  auto keep = file.pending.begin();
+  for (auto& write : file.pending) {
+    if (write.serial <= up_to_serial) {
+      apply(file, write.offset, write.bytes);
+    } else {
+      *keep++ = std::move(write);
+    }
+  }
+  file.pending.erase(keep, file.pending.end());
+  file.durable_size = std::max(file.durable_size, size);
+}
+
+void disk::apply(inode& file, std::uint64_t offset, std::string_view bytes) {
+  if (file.durable.size() < offset + bytes.size()) file.durable.resize(offset + bytes.size());
+  std::memcpy(file.durable.data() + offset, bytes.data(), bytes.size());
+  file.durable_size = std::max(file.durable_size, offset + bytes.size());
+}
+
+void disk::sync_directory() noexcept {
+  _durable_names = _volatile_names;
+  collect();
+}
+
+// The steps of sync_driver.cc's perform_create_file; a failed step gives up as it does
+// (close, unlink). Returns true when the operation is over.
+bool disk::create_step(flight& op, std::int64_t& result) {
+  auto give_up = [&](int error) {
+    close_fd(op.fd);
+    const auto named = _volatile_names.find(op.name);
+    if (named != _volatile_names.end() && named->second == op.inode) _volatile_names.erase(named);
+    collect();
+    result = -error;
+    return true;
+  };
+  switch (op.step) {
+    case 0: {  // open(O_CREAT | O_EXCL)
+      if (_volatile_names.count(op.name) != 0) {
+        result = -EEXIST;
+        return true;
+      }
+      op.fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (op.fd < 0) {
+        result = -errno;
+        return true;
+      }
+      op.inode = _next_inode++;
+      _inodes[op.inode].name = op.name;
+      _volatile_names[op.name] = op.inode;
+      _fds[op.fd] = open_file{op.inode, false};
+      return false;
+    }
+    case 1:  // fallocate
+      if (fault(_profile.step_error)) return give_up(ENOSPC);
+      _inodes.at(op.inode).size = std::max(_inodes.at(op.inode).size, op.op.bytes);
+      return false;
+    case 2: {  // header write
+      if (fault(_profile.step_error)) return give_up(EIO);
+      inode& file = _inodes.at(op.inode);
+      const std::string_view header(static_cast<const char*>(op.op.header), op.op.header_bytes);
+      file.size = std::max<std::uint64_t>(file.size, header.size());
+      file.pending.push_back(pending_write{0, std::string(header), ++_write_serial});
+      return false;
+    }
+    case 3: {  // fdatasync (a blocking helper: not the ring's datasync, so no_fsync spares it)
+      if (fault(_profile.step_error)) return give_up(EIO);
+      inode& file = _inodes.at(op.inode);
+      sync_inode(file, _write_serial, file.size);
+      return false;
+    }
+    default:  // fsync of the directory
+      if (fault(_profile.step_error)) return give_up(EIO);
+      if (_bug != disk_bug::dir_fsync) sync_directory();
+      _fds.at(op.fd).store_owned = true;
+      ++_stats.files_created;
+      result = op.fd;
+      return true;
+  }
+}
+
+// perform_remove_file: close, unlink, fsync of the directory.
+bool disk::remove_step(flight& op, std::int64_t& result) {
+  switch (op.step) {
+    case 0:
+      if (op.op.fd >= 0) close_fd(op.op.fd);
+      return false;
+    case 1:
+      _volatile_names.erase(op.name);
+      collect();
+      return false;
+    default:
+      if (fault(_profile.step_error)) {
+        result = -EIO;
+        return true;
+      }
+      sync_directory();
+      ++_stats.files_removed;
+      result = 0;
+      return true;
+  }
+}
+
+void disk::close_fd(int fd) {
+  if (_fds.erase(fd) != 0) ::close(fd);
+}
+
+void disk::finish(std::uint64_t serial, std::int64_t result) {
+  const auto found = _ops.find(serial);
+  if (found == _ops.end()) return;
+  const flight op = std::move(found->second);
+  _ops.erase(found);
+  ++_stats.operations;
+  const bool ok = result >= 0 && (op.op.kind != spool::operation_kind::write ||
+                                  static_cast<std::uint64_t>(result) == op.op.bytes);
+  if (_chain_prev == serial) _chain_prev_outcome = ok ? 1 : -1;
+  const std::string name = op.op.kind == spool::operation_kind::write ||
+                                   op.op.kind == spool::operation_kind::datasync
+                               ? name_of(op.op.fd)
+                               : op.name;
+  _note(fmt::format("disk {} {} @{}+{} -> {}", kind_name(op.op.kind), name, op.op.offset,
+                    op.op.bytes, result));
+  _on_complete(op.op.token, result);
+  if (op.next_linked == 0) return;
+  if (ok) return start(op.next_linked);
+  _clock.after(0, [this, next = op.next_linked] { finish(next, -ECANCELED); });
+}
+
+void disk::collect() noexcept {
+  for (auto it = _inodes.begin(); it != _inodes.end();) {
+    bool used = false;
+    for (const auto* names : {&_volatile_names, &_durable_names}) {
+      for (const auto& [name, number] : *names) used = used || number == it->first;
+    }
+    for (const auto& [fd, file] : _fds) used = used || file.inode == it->first;
+    it = used ? std::next(it) : _inodes.erase(it);
+  }
+}
+
+void disk::keep_torn_prefix(inode& file) {
+  const std::size_t kept = _random.below(file.pending.size() + 1);
+  for (std::size_t i = 0; i < kept; ++i) {
+    apply(file, file.pending[i].offset, file.pending[i].bytes);
+    _stats.torn_bytes_kept += file.pending[i].bytes.size();
+  }
+  if (kept == file.pending.size()) return;
+  const auto& cut = file.pending[kept];  // survives up to a sector boundary inside it
+  const std::uint64_t first_sector = cut.offset / 512 + 1;
+  const std::uint64_t end_sector = (cut.offset + cut.bytes.size()) / 512;
+  if (end_sector < first_sector) return;
+  const std::uint64_t boundary = _random.between(first_sector, end_sector) * 512;
+  if (boundary >= cut.offset + cut.bytes.size()) return;
+  apply(file, cut.offset, std::string_view(cut.bytes).substr(0, boundary - cut.offset));
+  _stats.torn_bytes_kept += boundary - cut.offset;
+}
+
+void disk::crash(bool torn) {
+  _ops.clear();
+  _chain_prev = 0;
+  _chain_prev_outcome = 0;
+  for (const auto& [fd, file] : _fds) {
+    if (!file.store_owned) ::close(fd);
+  }
+  _fds.clear();
+  _volatile_names = _durable_names;
+  collect();
+  for (auto& [number, file] : _inodes) {
+    if (torn) keep_torn_prefix(file);
+    file.pending.clear();
+    file.size = file.durable_size;
+  }
+}
+
+core::result<void> disk::materialize(const std::string& directory) const {
+  for (const auto& [name, number] : _durable_names) {
+    const inode& file = _inodes.at(number);
+    const std::string path = directory + "/" + name;
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (fd < 0) return core::fail(errno);
+    const std::uint64_t bytes = std::min<std::uint64_t>(file.durable.size(), file.durable_size);
+    const bool ok = ::pwrite(fd, file.durable.data(), bytes, 0) == static_cast<ssize_t>(bytes) &&
+                    ::ftruncate(fd, static_cast<off_t>(file.durable_size)) == 0;
+    const int error = errno;
+    ::close(fd);
+    if (!ok) return core::fail(error);
+  }
+  return {};
+}
+
+void disk::adopt(int fd, std::string_view name) {
+  const auto named = _volatile_names.find(std::string(name));
+  if (named == _volatile_names.end()) return;
+  _fds[fd] = open_file{named->second, true};
+}
+
+bool disk::durable(int fd, std::uint64_t offset, std::uint64_t length, std::string& why) const {
+  const auto found = _fds.find(fd);
+  if (found == _fds.end()) {
+    why = fmt::format("fd {} is not a file of the simulated disk", fd);
+    return false;
+  }
+  const inode& file = _inodes.at(found->second.inode);
+  const auto named = _durable_names.find(file.name);
+  if (named == _durable_names.end() || named->second != found->second.inode) {
+    why = fmt::format("the directory entry of {} is not durable", file.name);
+    return false;
+  }
+  if (offset + length > file.durable_size) {
+    why = fmt::format("{} is durable up to {} only, not {}", file.name, file.durable_size,
+                      offset + length);
+    return false;
+  }
+  for (const auto& write : file.pending) {
+    if (write.offset < offset + length && offset < write.offset + write.bytes.size()) {
+      why = fmt::format("{} @{}+{} is written but not synced", file.name, write.offset,
+                        write.bytes.size());
+      return false;
+    }
+  }
+  for (const auto& [serial, op] : _ops) {
+    if (op.op.kind == spool::operation_kind::write && op.op.fd == fd &&
+        op.op.offset < offset + length && offset < op.op.offset + op.op.bytes) {
+      why = fmt::format("{} @{}+{} is still being written", file.name, op.op.offset,
+                        op.op.bytes);
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string disk::name_of(int fd) const {
+  const auto found = _fds.find(fd);
+  if (found == _fds.end()) return fmt::format("fd{}", fd);
+  return _inodes.at(found->second.inode).name;
+}
+
+}  // namespace ringmta::sim

@@ -1,0 +1,167 @@
+// ringmta-sim (run as tools/sim): replays one seeded simulation or searches seeds.
+//
+//   tools/sim --seed S [--seed S2 ...]  run these seeds (each replays exactly); prints digests
+//   tools/sim --seconds N               run seeds from --first-seed (default: random) for N
+//                                       wall seconds; prints seeds, events, simulated time
+//   --inject-bug no-fsync|dir-fsync     a known durability bug on the simulated disk
+//   --arrival-ms A                      mean time between client arrivals (default: per seed)
+//   --messages M  --no-crashes  --no-faults  --verbose (every event)
+//   --strict                            a message answered 452 that comes back is a violation
+//   --no-ack-check                      no durability check at the 250: crashes must find it
+// Exit 0: no violation; 1: a violation (its seed, message and the events before it are
+// printed); 2: bad arguments. Only this driver reads the wall clock (for --seconds).
+#include <fmt/format.h>
+#include <sys/random.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "sim_world.h"
+
+namespace {
+
+using ringmta::sim::disk_bug;
+
+struct arguments {
+  std::vector<std::uint64_t> seeds;
+  double seconds = 0;
+  std::uint64_t first_seed = 0;
+  bool first_seed_given = false;
+  ringmta::sim::options base;
+};
+
+int usage(const char* problem) {
+  fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
+             "[--first-seed S] [--inject-bug no-fsync|dir-fsync] [--messages M] [--arrival-ms A] "
+             "[--no-crashes] [--no-faults] [--strict] [--no-ack-check] [--verbose]\n", problem);
+  return 2;
+}
+
+bool parse_number(const char* text, std::uint64_t& out) {
+  char* end = nullptr;
+  errno = 0;
+  out = std::strtoull(text, &end, 0);
+  return errno == 0 && end != text && *end == '\0';
+}
+
+const char* bug_name(disk_bug bug) {
+  return bug == disk_bug::no_fsync ? "no-fsync" : bug == disk_bug::dir_fsync ? "dir-fsync" : "";
+}
+
+int parse(int argc, char** argv, arguments& out) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view flag(argv[i]);
+    const bool has_value = i + 1 < argc;
+    std::uint64_t number = 0;
+    if (flag == "--seed" && has_value && parse_number(argv[++i], number)) {
+      out.seeds.push_back(number);
+    } else if (flag == "--seconds" && has_value && parse_number(argv[++i], number)) {
+      out.seconds = static_cast<double>(number);
+    } else if (flag == "--first-seed" && has_value && parse_number(argv[++i], number)) {
+      out.first_seed = number;
+      out.first_seed_given = true;
+    } else if (flag == "--messages" && has_value && parse_number(argv[++i], number) &&
+               number > 0 && number < 10'000'000) {
+      out.base.messages = static_cast<std::uint32_t>(number);
+    } else if (flag == "--arrival-ms" && has_value && parse_number(argv[++i], number) &&
+               number > 0 && number < 3'600'000) {
+      out.base.arrival_ms = static_cast<std::uint32_t>(number);
+    } else if (flag == "--inject-bug" && has_value) {
+      const std::string_view bug(argv[++i]);
+      if (bug == "no-fsync") out.base.bug = disk_bug::no_fsync;
+      else if (bug == "dir-fsync") out.base.bug = disk_bug::dir_fsync;
+      else return usage("--inject-bug takes no-fsync or dir-fsync");
+    } else if (flag == "--no-crashes") {
+      out.base.crashes = false;
+    } else if (flag == "--no-faults") {
+      out.base.faults = false;
+    } else if (flag == "--no-ack-check") {
+      out.base.ack_check = false;
+    } else if (flag == "--strict") {
+      out.base.strict = true;
+    } else if (flag == "--verbose") {
+      out.base.verbose = true;
+    } else {
+      return usage(fmt::format("bad argument {}", flag).c_str());
+    }
+  }
+  if (!out.seeds.empty() && out.seconds > 0) return usage("--seed excludes --seconds");
+  if (out.seeds.empty() && out.seconds <= 0) out.seconds = 10;
+  return 0;
+}
+
+void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcome& result) {
+  fmt::print("seed {}: VIOLATION: {}\nlast {} events:\n", run.seed, result.violation,
+             result.last_events.size());
+  for (const auto& line : result.last_events) fmt::print("  {}\n", line);
+  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}\n", run.seed, run.messages,
+             run.arrival_ms > 0 ? fmt::format(" --arrival-ms {}", run.arrival_ms) : "",
+             run.bug != disk_bug::none ? " --inject-bug " : "", bug_name(run.bug),
+             run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults");
+  if (run.strict) fmt::print("  (with --strict)\n");
+  if (!run.ack_check) fmt::print("  (with --no-ack-check)\n");
+}
+
+void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
+  fmt::print("seed {}: {} digest {:016x} events {} simulated {:.3f}s sessions {} "
+             "acknowledged {} refused {} marks {} crashes {} verified {} adopted {} resurrected {} "
+             "disk ops {} syncs {} faults {}\n", seed, r.ok ? "ok" : "FAILED", r.digest,
+             r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
+             r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
+             r.disk.operations, r.disk.syncs, r.disk.faults);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  arguments args;
+  if (const int bad = parse(argc, argv, args); bad != 0) return bad;
+  if (!args.seeds.empty()) {
+    int status = 0;
+    for (const auto seed : args.seeds) {
+      auto run = args.base;
+      run.seed = seed;
+      const auto result = ringmta::sim::run(run);
+      print_summary(seed, result);
+      if (!result.ok) {
+        report_failure(run, result);
+        status = 1;
+      }
+    }
+    return status;
+  }
+  std::uint64_t seed = args.first_seed;
+  if (!args.first_seed_given && ::getrandom(&seed, sizeof seed, 0) != sizeof seed) seed = 1;
+  seed &= 0xffffffffffffull;  // short enough to type
+  fmt::print("searching seeds from {} for {}s{}{}\n", seed, args.seconds,
+             args.base.bug != disk_bug::none ? ", injected bug " : "", bug_name(args.base.bug));
+  const auto start = std::chrono::steady_clock::now();
+  std::uint64_t seeds = 0, events = 0, acknowledged = 0, crashes = 0;
+  std::int64_t simulated_ns = 0;
+  double wall = 0;
+  int status = 0;
+  do {
+    auto run = args.base;
+    run.seed = seed++;
+    const auto result = ringmta::sim::run(run);
+    ++seeds;
+    events += result.events;
+    simulated_ns += result.simulated_ns;
+    acknowledged += result.acknowledged;
+    crashes += result.crashes;
+    wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!result.ok) {
+      report_failure(run, result);
+      status = 1;
+      break;
+    }
+  } while (wall < args.seconds);
+  const double simulated = static_cast<double>(simulated_ns) / 1e9;
+  fmt::print("explored {} seeds ({}..{}): {} events, {} messages acknowledged, {} crashes, "
+             "{:.1f} simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} "
+             "events/s)\n", seeds, seed - seeds, seed - 1, events, acknowledged, crashes,
+             simulated, wall, simulated / wall, static_cast<double>(events) / wall);
+  return status;
+}

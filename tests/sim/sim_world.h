@@ -1,0 +1,66 @@
+// sim::run: one seeded run of the simulated MTA (the first slice of issue 16).
+//
+// A world of SMTP clients talks to the real smtp::server_session engine; each accepted message
+// goes through the real spool::store on a simulated disk (sim_disk.h); the 250 after the end
+// of data is given only when the store reports the commit ticket durable, as the daemon does.
+// Delivered recipients are marked (store::mark). Crashes come at random moments; after each,
+// the durable image is written to a real temporary directory, the real spool::recover() reads
+// it and a new store continues from what it found.
+//
+// Invariants, checked at every step (a violation ends the run with its message):
+// - no 250 to an end of data before the message's body and commit record are durable on the
+//   simulated disk (name, size and bytes);
+// - after a crash, every message answered 250 is recovered with its exact envelope and body,
+//   every recipient durably marked delivered is still delivered, every recipient never marked
+//   is still queued (at-least-once);
+// - nothing is recovered that was never answered 250, except a message whose commit ticket
+//   was issued and not answered 250: its commit was in flight at the crash, or it failed
+//   (452) or its client had gone — the store may have made it durable all the same;
+//   such a message is adopted (it must then survive later crashes);
+// - the store keeps its bounds (buffered bytes, open messages) and keeps its promises
+//   (append takes what can_append allowed);
+// - once faults stop and clients are done, everything drains (no session left waiting).
+// The same seed gives the same events and the same digest of the event log.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim_disk.h"
+
+namespace ringmta::sim {
+
+struct options {
+  std::uint64_t seed = 1;
+  std::uint32_t messages = 300;  // transactions the clients attempt in all
+  disk_bug bug = disk_bug::none;
+  bool crashes = true;
+  bool faults = true;
+  bool verbose = false;          // print every event as it happens
+  std::uint32_t arrival_ms = 0;  // mean time between client arrivals; 0: drawn from the seed
+  bool strict = false;
+  bool ack_check = true;         // false: only recovery after crashes can find lost mail           // a 452'd message coming back is a violation (known issue)
+};
+
+struct outcome {
+  bool ok = true;
+  std::string violation;
+  std::vector<std::string> last_events;  // the events before the violation, oldest first
+  std::uint64_t digest = 0;              // FNV-1a of the whole event log
+  std::uint64_t events = 0;
+  std::int64_t simulated_ns = 0;
+  std::uint64_t sessions = 0;
+  std::uint64_t acknowledged = 0;        // 250 after end of data
+  std::uint64_t refused = 0;             // 4xx/5xx after end of data
+  std::uint64_t delivered_marks = 0;     // marks reported durable
+  std::uint64_t crashes = 0;
+  std::uint64_t recovered_checked = 0;   // acknowledged messages verified after crashes
+  std::uint64_t adopted = 0;             // recovered though never answered 250 (in flight)
+  std::uint64_t resurrected = 0;         // answered 452, gone, then back (docs/notes.md)
+  disk_stats disk;
+};
+
+outcome run(const options& settings);
+
+}  // namespace ringmta::sim
