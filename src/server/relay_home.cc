@@ -144,7 +144,7 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
   RINGMTA_ASSERT(message.home == owner.id());
   for (const auto& r : batch->reports) record(message, r);
   // The DSN reads the original before the marks let the spool reclaim its segment.
-  if (!message.notes.empty()) queue_dsn(message);
+  if (message.notes && !message.notes->empty()) queue_dsn(message);
   const std::int64_t now_seconds = core::wall_seconds();
   for (const auto& r : batch->reports) {
     spool::recipient_status status;
@@ -259,7 +259,8 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
   note.last_attempt_seconds = core::wall_seconds();
   note.retry_until_seconds =
       message.envelope.received_seconds + live->scheduler.lifetime_max_ms / 1000;
-  message.notes.push_back(std::move(note));
+  if (!message.notes) message.notes = std::make_unique<std::vector<dsn_note>>();
+  message.notes->push_back(std::move(note));
 }
 
 // Builds the DSN for the notes gathered on `message` and starts spooling it from <> to the
@@ -267,7 +268,7 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
 // spool's buffers are busy.
 void relay::state::queue_dsn(spooled_message& message) noexcept {
   std::vector<dsn_note> notes;
-  notes.swap(message.notes);
+  notes.swap(*message.notes);
   const std::int64_t now_seconds = core::wall_seconds();
   auto handle = store.begin(now_seconds);
   if (!handle) {

@@ -29,18 +29,22 @@ struct dsn_note {
 };
 
 // A queued message as every shard sees it: immutable after the home built it, except the
-// home-only fields at the end. Freed by the home once every recipient is final.
+// home-only fields. Freed by the home once every recipient is final.
+// One is kept per queued message, so its size is memory per message (docs/notes.md, "Backlog
+// at scale"): it must stay within mimalloc's 256-byte size class (272 bytes took 320).
 struct spooled_message {
   spool::message_id id = 0;
   unsigned home = 0;
+  std::uint32_t recipients_open = 0;  // home only (here: it shares a word with `home`)
   spool::envelope envelope;
   std::vector<spool::body_slice> body;  // wire form, in the home's segment files
   std::uint64_t body_bytes = 0;
   std::int64_t received_ms = 0;  // when it was answered 250 (recovered: the envelope's second)
-  // home only
-  std::uint32_t recipients_open = 0;
-  std::vector<dsn_note> notes;  // outcomes waiting to be reported by a DSN
+  // home only: outcomes waiting to be reported by a DSN; allocated by the first one (most
+  // messages never have one).
+  std::unique_ptr<std::vector<dsn_note>> notes;
 };
+static_assert(sizeof(spooled_message) <= 256, "bytes per queued message: see the comment");
 
 // Home → owner: some recipients of a message for one destination.
 struct routed_job {

@@ -1,0 +1,373 @@
+#!/usr/bin/env python3
+"""ringmta holding a large backlog it cannot deliver, then releasing it (issue 15).
+
+N messages of 1 KiB to --domains destinations (d0.test … d{D-1}.test, NSD answers MX →
+127.0.0.3) are injected with ringmta-blast while the delivery port is closed (connection
+refused: nothing can be delivered, every destination backs off). Measured, in one run:
+
+  idle        daemon RSS before any mail
+  warm-up     one message per destination (MX lookups, first refused connections)
+  accept 0    accept rate of --probe messages with only the warm-up queued
+  backlog     RSS after N are queued: bytes per queued message beyond the idle daemon (the
+              spool's own size on disk is printed beside it)
+  cpu         daemon CPU (utime+stime from /proc/PID/stat) over --cpu-window seconds while
+              nothing can be delivered
+  accept N    accept rate of --probe messages with the backlog queued (ratio to accept 0)
+  restart     spool entries counted (ringmta spool ls) with the daemon stopped; ringmta-sink
+              (accepting) started on the delivery port; the daemon restarted on the spool:
+              seconds until it greets (220 on a new connection) and until the sink sees its
+              first connection and first accepted message
+  drain       messages/s until the sink has all of them; fairness from the daemon's log
+              (delivered records per destination over time); the most connections any one
+              destination had at once (GET /queue, sampled); the sink's id check (every
+              X-Blast-Id of every run exactly once: nothing lost, nothing duplicated)
+
+The retry schedule (--retry, default 1m) decides when the deferred backlog is tried again:
+the restart's first delivery waits for the earliest retry time the spool recorded.
+Every wait is bounded; the spool and logs are removed at the end (--keep to keep them).
+usage: bench/e2e/backlog.py [N=1000000] [--domains 10000] [--probe 20000] [--shards 2]
+       [--build build] [--retry 1m] [--cpu-window 30] [--keep] [--no-release]"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "../.."))
+sys.path.insert(0, os.path.join(ROOT, "tests/integration/daemon"))
+sys.path.insert(0, os.path.join(ROOT, "tests/integration/delivery"))
+sys.path.insert(0, HERE)
+from harness import Daemon, free_port  # noqa: E402
+from peers import wait_until  # noqa: E402
+from relay import cpu_seconds, sink_accepted  # noqa: E402
+
+
+def load():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def say(text):
+    print(f"[{time.strftime('%H:%M:%S')} load {load()}] {text}", flush=True)
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def du_bytes(path):
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class LogTail:
+    """New lines of the daemon's log file since the last call (the harness's log_lines)."""
+
+    def __init__(self, path):
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def __call__(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(64 << 20)
+        except OSError:
+            return []
+        self.offset += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        return [line.decode(errors="replace") for line in lines]
+
+
+class DnsSpec:
+    """NSD (tests/integration/dns/dns_server.py) with D zones from a spec file."""
+
+    def __init__(self, domains, work):
+        spec = os.path.join(work, "zones.json")
+        with open(spec, "w") as f:
+            json.dump({"zones": {f"d{i}.test": ["@ MX 10 mx", "mx A 127.0.0.3"]
+                                 for i in range(domains)}}, f)
+        self.process = subprocess.Popen(
+            [os.path.join(ROOT, "tests/integration/dns/dns_server.py"), "--spec", spec,
+             "--stop-on-stdin-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline().split()
+        if len(line) != 3 or line[0] != "READY":
+            raise RuntimeError("dns_server.py did not start")
+        self.address = f"{line[1]}:{line[2]}"
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+def blast(args, port, run, messages, per_session=100):
+    command = [args.blast, "--target", f"127.0.0.1:{port}", "--sessions",
+               str(messages // per_session), "--concurrency", "50", "--messages-per-session",
+               str(per_session), "--size", "1k", "--domains", str(args.domains), "--run-id", run,
+               "--quiet", "--json"]
+    t0 = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=args.inject_timeout)
+    elapsed = time.monotonic() - t0
+    summary = json.loads(result.stdout) if result.stdout.strip().startswith("{") else {}
+    accepted = summary.get("messages", {}).get("accepted", 0)
+    return accepted, accepted / elapsed
+
+
+def start_daemon(args, spool, dns, port, log):
+    daemon = Daemon(args.ringmta, spool=spool, shards=args.shards, log_lines=LogTail(log),
+                    stdout=subprocess.DEVNULL,
+                    args=["--resolver", dns.address, "--delivery-port", str(port),
+                          "--log-output", "file", "--log-file", log,
+                          "--retry-schedule", args.retry,
+                          "--max-sessions-per-client", "100000",
+                          "--max-connections-per-destination", str(args.per_destination),
+                          "--max-messages-per-connection", "1000"])
+    return daemon
+
+
+def greets(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            return s.recv(512).startswith(b"220")
+    except OSError:
+        return False
+
+
+def spool_count(args, spool):
+    """Queued messages as `ringmta spool ls` lists them (daemon stopped)."""
+    out = subprocess.run([args.ringmta, "spool", "ls", "--spool", spool], capture_output=True,
+                         timeout=600)
+    return sum(1 for line in out.stdout.splitlines() if re.match(rb"^[0-9a-f]{16}\b", line))
+
+
+def quiet_queue(daemon, timeout):
+    """Waits until no job of the queue is in flight (every first attempt has failed)."""
+    def settled():
+        try:
+            _, body = daemon.admin("GET", "/status", timeout=60)
+        except OSError:  # no control socket (an older ringmta): give it time instead
+            time.sleep(10)
+            return True
+        queue = json.loads(body).get("queue", {})
+        return queue.get("in_flight", 1) == 0 and queue.get("connections", 1) == 0
+    return wait_until(settled, timeout, 1.0)
+
+
+def backlog_phase(args, work, dns, port):
+    spool = os.path.join(work, "spool")
+    daemon = start_daemon(args, spool, dns, port, os.path.join(work, "ringmta-1.log")).start()
+    pid = daemon.process.pid
+    time.sleep(3)
+    idle = rss_bytes(pid)
+    say(f"idle daemon RSS {idle / 1e6:.1f} MB")
+    # One message per destination first: every destination's MX lookup and first refused
+    # connection happen here, not in the probes (else the empty queue pays for them).
+    warm, warm_rate = blast(args, daemon.port, "w0", args.domains)
+    quiet_queue(daemon, 300)
+    say(f"warm-up: {warm} messages (one per destination) at {warm_rate:.0f} msg/s")
+    got, rate0 = blast(args, daemon.port, "p0", args.probe)
+    say(f"accept, queue holding only the warm-up: {got} messages at {rate0:.0f} msg/s")
+    got += warm
+    t0 = time.monotonic()
+    injected, inject_rate = blast(args, daemon.port, "bk", args.messages)
+    say(f"injected {injected} in {time.monotonic() - t0:.1f} s ({inject_rate:.0f} msg/s)")
+    quiet_queue(daemon, 300)
+    time.sleep(5)
+    rss = rss_bytes(pid)
+    queued = injected + got
+    spool_bytes = du_bytes(spool)
+    say(f"backlog RSS {rss / 1e6:.1f} MB: {(rss - idle) / queued:.0f} bytes per queued message "
+        f"beyond the idle daemon ({queued} queued; spool on disk {spool_bytes / 1e6:.0f} MB = "
+        f"{spool_bytes / queued:.0f} bytes/message)")
+    cpu0 = cpu_seconds(pid)
+    time.sleep(args.cpu_window)
+    cpu = cpu_seconds(pid) - cpu0
+    say(f"daemon CPU while nothing can be delivered: {cpu:.2f} s over {args.cpu_window} s "
+        f"= {100 * cpu / args.cpu_window:.1f}% of a core")
+    got1, rate1 = blast(args, daemon.port, "p1", args.probe)
+    say(f"accept with the backlog: {got1} messages at {rate1:.0f} msg/s = {rate1 / rate0:.2f}x "
+        f"the empty queue")
+    quiet_queue(daemon, 300)
+    rss_after = rss_bytes(pid)
+    say(f"RSS after the second probe {rss_after / 1e6:.1f} MB")
+    t_stop = time.monotonic()
+    daemon.stop(timeout=300)
+    say(f"daemon stopped in {time.monotonic() - t_stop:.1f} s")
+    return spool, queued + got1
+
+
+def sink_start(args, port, work, runs):
+    stats = os.path.join(work, "sink-stats.json")
+    ready = os.path.join(work, "sink-ready")
+    command = [args.sink, "--listen", f"127.0.0.3:{port}", "--threads", "2", "--stats-file",
+               stats, "--ready-file", ready, "--max-connections", "100000"]
+    for run, count in runs:
+        command += ["--expect-ids", f"{run}:0-{count - 1}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: os.path.exists(ready), 10, 0.05)
+    return process, stats
+
+
+def sink_stats(process, stats):
+    sink_accepted(process, stats)  # SIGUSR1, then read
+    try:
+        with open(stats) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+class Fairness:
+    """Delivered records per destination, read from the daemon's log as it grows."""
+
+    def __init__(self, log):
+        self.tail = LogTail(log)
+        self.per_domain = {}
+        self.snapshots = []  # (seconds, delivered, domains reached, min, max per domain)
+
+    def update(self, seconds):
+        for line in self.tail():
+            if '"delivered"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == "delivered":
+                domain = record.get("to", "").rsplit("@", 1)[-1].lower()
+                self.per_domain[domain] = self.per_domain.get(domain, 0) + 1
+        counts = self.per_domain.values()
+        total = sum(counts)
+        self.snapshots.append((seconds, total, len(self.per_domain),
+                               min(counts) if counts else 0, max(counts) if counts else 0))
+
+
+def max_connections(daemon):
+    try:
+        status, body = daemon.admin("GET", "/queue", timeout=30)
+        queues = json.loads(body)
+        if status != 200 or not isinstance(queues, list):
+            return -1  # a shard busy past the admin API's wait: no sample this time
+        return max((d.get("connections", 0) for d in queues), default=0)
+    except (OSError, ValueError):
+        return -1
+
+
+def release_phase(args, work, dns, port, spool, total):
+    before = spool_count(args, spool)
+    say(f"spool ls with the daemon stopped: {before} messages (expected {total})")
+    runs = [("w0", args.domains), ("p0", args.probe), ("bk", args.messages),
+            ("p1", args.probe)]
+    sink, stats = sink_start(args, port, work, runs)
+    log = os.path.join(work, "ringmta-2.log")
+    daemon = start_daemon(args, spool, dns, port, log)
+    t0 = time.monotonic()
+    daemon.start(timeout=args.restart_timeout)
+    greeted = None
+    if wait_until(lambda: greets(daemon.port), args.restart_timeout, 0.01):
+        greeted = time.monotonic() - t0
+    say(f"restart: greets after {greeted:.2f} s")
+    first_connection = first_delivery = None
+    fairness = Fairness(log)
+    peak_connections = 0
+    deadline = t0 + args.drain_timeout
+    last_sample = 0.0
+    while time.monotonic() < deadline:
+        s = sink_stats(sink, stats)
+        now = time.monotonic() - t0
+        if first_connection is None and s.get("connections", 0) > 0:
+            first_connection = now
+        if first_delivery is None and s.get("accepted", 0) > 0:
+            first_delivery = now
+            say(f"restart: first connection at the sink after {first_connection:.2f} s, first "
+                f"message accepted after {first_delivery:.2f} s")
+        if now - last_sample >= 5:
+            last_sample = now
+            fairness.update(now)
+            peak_connections = max(peak_connections, max_connections(daemon))
+            seconds, delivered, reached, low, high = fairness.snapshots[-1]
+            say(f"drain t={seconds:6.1f} s: sink {s.get('accepted', 0)}, delivered records "
+                f"{delivered}, destinations reached {reached}/{args.domains}, per destination "
+                f"min {low} max {high}; most connections to one destination {peak_connections}")
+        if s.get("accepted", 0) >= total:
+            break
+        time.sleep(0.1 if first_delivery is None else 1.0)
+    drained = time.monotonic() - t0
+    s = sink_stats(sink, stats)
+    fairness.update(drained)
+    start = first_delivery or 0.0
+    say(f"drained {s.get('accepted', 0)} of {total} in {drained - start:.1f} s after the first "
+        f"delivery = {s.get('accepted', 0) / max(drained - start, 1e-9):.0f} msg/s; sink ids: "
+        f"{s.get('distinct_ids')} distinct, {s.get('duplicates')} duplicate, "
+        f"{s.get('missing')} missing; most connections to one destination "
+        f"{peak_connections} (limit {args.per_destination})")
+    halfway = next((snap for snap in fairness.snapshots if snap[1] >= total // 2), None)
+    if halfway:
+        say(f"fairness at half drained (t={halfway[0]:.0f} s): {halfway[2]}/{args.domains} "
+            f"destinations had deliveries, per destination min {halfway[3]} max {halfway[4]} "
+            f"(even share {total // 2 // args.domains})")
+    daemon.stop(timeout=300)
+    after = spool_count(args, spool)
+    say(f"spool ls after the drain: {after} messages")
+    sink.terminate()
+    sink.wait(30)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("messages", nargs="?", type=int, default=1_000_000)
+    parser.add_argument("--domains", type=int, default=10000)
+    parser.add_argument("--probe", type=int, default=20000)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--build", default=os.path.join(ROOT, "build"))
+    parser.add_argument("--retry", default="1m")
+    parser.add_argument("--per-destination", type=int, default=4)
+    parser.add_argument("--cpu-window", type=int, default=30)
+    parser.add_argument("--inject-timeout", type=int, default=1800)
+    parser.add_argument("--restart-timeout", type=int, default=300)
+    parser.add_argument("--drain-timeout", type=int, default=1800)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--no-release", action="store_true",
+                        help="stop after the backlog measurements (no restart, no drain)")
+    args = parser.parse_args()
+    args.ringmta = os.path.join(args.build, "src/ringmta")
+    args.blast = os.path.join(args.build, "tools/blast/ringmta-blast")
+    args.sink = os.path.join(args.build, "tools/sink/ringmta-sink")
+    work = tempfile.mkdtemp(prefix="ringmta-backlog-", dir="/var/tmp")
+    print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {os.cpu_count()} CPUs, load {load()}; "
+          f"{args.messages} messages of 1 KiB to {args.domains} domains; ringmta "
+          f"{args.shards} shards; retry {args.retry}; work {work}", flush=True)
+    dns = DnsSpec(args.domains, work)
+    port = free_port("127.0.0.3")  # nothing listens here until the release
+    try:
+        spool, total = backlog_phase(args, work, dns, port)
+        if not args.no_release:
+            release_phase(args, work, dns, port, spool, total)
+    finally:
+        dns.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    main()
