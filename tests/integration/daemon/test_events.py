@@ -280,7 +280,7 @@ deferred_of = lambda queue_id: [r for r in hook.records()
                                 if r.get("event") == "deferred" and r.get("id") == queue_id]
 got, _ = run_load(daemon, run, 5, 200_000)
 first_id = got[min(got)]
-tap.ok(wait_for(lambda: deferred_of(first_id), 30) and
+tap.ok(wait_for(lambda: deferred_of(first_id), 90) and
        deferred_of(first_id)[0]["class"] == "routing",
        "built-in rules: a DNS failure is a routing deferral")
 with open(rules, "w") as f:
@@ -289,10 +289,10 @@ configure(["deferred", "received"], rules)
 reloaded = reload_and_wait("reloaded")
 got, _ = run_load(daemon, run, 5, 201_000, "second.example")  # a first attempt
 later_id = got[min(got)]
-tap.ok(wait_for(lambda: deferred_of(later_id), 30) and
+tap.ok(wait_for(lambda: deferred_of(later_id), 90) and
        deferred_of(later_id)[0]["class"] == "rate-limit" and
        wait_for(lambda: later_id in {r.get("id") for r in hook.records()
-                                     if r.get("event") == "received"}, 15),
+                                     if r.get("event") == "received"}, 60),
        "after SIGHUP, the new rules classify and the new record types are posted",
        str(reloaded[-1:]))
 with open(rules, "w") as f:
@@ -302,7 +302,7 @@ tap.ok(rejected and f"{rules}:1: rule.text" in json.dumps(rejected[-1]),
        "a bad rules file is refused, naming file, line and key", str(rejected[-1:]))
 got, _ = run_load(daemon, run, 5, 202_000, "third.example")
 kept_id = got[min(got)]
-tap.ok(wait_for(lambda: deferred_of(kept_id), 30) and
+tap.ok(wait_for(lambda: deferred_of(kept_id), 90) and
        deferred_of(kept_id)[0]["class"] == "rate-limit",
        "and the running rules stay")
 daemon.stop()
