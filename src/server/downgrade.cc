@@ -34,6 +34,7 @@ std::string_view downgrade_result::reason() const noexcept {
     case downgrade_outcome::refused: return mime::describe(refusal);
     case downgrade_outcome::signed_message:
       return "DKIM-signed: a conversion would break the signature";
+    case downgrade_outcome::too_large: return "larger than 64 MiB, too large to convert";
     case downgrade_outcome::failed: return "cannot read the message from the spool";
   }
   return "unknown";
@@ -104,6 +105,12 @@ std::unique_ptr<downgrade_result> run_downgrade(const downgrade_request& request
   result->shard = request.shard;
   result->flight = request.flight;
   result->job = request.job;
+  std::uint64_t total = 0;
+  for (const spool::body_slice& piece : request.body) total += piece.length;
+  if (total > downgrade_bytes_max) {
+    result->outcome = downgrade_outcome::too_large;
+    return result;
+  }
   std::string raw;
   std::string converted;
   if (const int error = read_all(request, raw); error != 0) {

@@ -82,6 +82,7 @@ void relay::on_downgraded(std::unique_ptr<downgrade_result> result) noexcept {
       return s.hand_off(slot, flight.converted_envelope, flight.message->body);
     case downgrade_outcome::refused:
     case downgrade_outcome::signed_message:
+    case downgrade_outcome::too_large:
       s.metrics.downgrades_refused.add();
       // RFC 6152 §3 and RFC 3463 X.6.3: conversion required but not supported.
       reply.assign_local(554, {5, 6, 3},

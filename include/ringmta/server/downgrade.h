@@ -24,6 +24,9 @@
 namespace ringmta::server {
 
 inline constexpr std::size_t downgrade_queue_max = 256;
+// Largest body converted (wire form): the worker holds it and its conversion (up to ~3x) in
+// memory, one at a time. Larger 8-bit messages to a 7-bit server are bounced 5.6.3.
+inline constexpr std::uint64_t downgrade_bytes_max = 64u << 20;
 
 struct downgrade_request {
   unsigned shard = 0;         // where the result goes
@@ -33,7 +36,9 @@ struct downgrade_request {
   ~downgrade_request();       // closes the duplicates
 };
 
-enum class downgrade_outcome : std::uint8_t { converted, unchanged, refused, signed_message, failed };
+enum class downgrade_outcome : std::uint8_t {
+  converted, unchanged, refused, signed_message, too_large, failed
+};
 
 struct downgrade_result {
   unsigned shard = 0;
