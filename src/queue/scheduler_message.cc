@@ -121,13 +121,17 @@ scheduler::message_action_result scheduler::retry_message(std::string_view name,
 
 // bounce_message / remove_message: queued and held jobs leave as `kind` events now; jobs in
 // flight get `flag` and leave when their delivery defers.
-scheduler::message_action_result scheduler::state::end_jobs(destination_record& d,
+scheduler::message_action_result scheduler::state::end_jobs(std::string_view name,
                                                             spool::message_id message,
                                                             event_kind kind, job_flag flag,
                                                             std::string_view text,
+                                                            std::uint64_t& counter,
                                                             std::int64_t now_ms) noexcept {
   state& s = *this;
   scheduler::message_action_result result;
+  destination_record* found = s.find(name);
+  if (found == nullptr) return result;
+  destination_record& d = *found;
   std::vector<std::uint32_t> slots;
   s.take_queued(d, message, slots);
   std::vector<std::uint32_t> held;
@@ -149,6 +153,7 @@ scheduler::message_action_result scheduler::state::end_jobs(destination_record& 
   result.jobs = static_cast<std::uint32_t>(slots.size());
   result.in_flight = static_cast<std::uint32_t>(flying.size());
   result.found = result.jobs + result.in_flight > 0;
+  counter += result.jobs;
   s.reschedule(static_cast<std::uint32_t>(&d - s.destinations.data()), now_ms);
   return result;
 }
@@ -156,25 +161,15 @@ scheduler::message_action_result scheduler::state::end_jobs(destination_record& 
 scheduler::message_action_result scheduler::bounce_message(std::string_view name,
                                                            spool::message_id message,
                                                            std::int64_t now_ms) noexcept {
-  state& s = *_state;
-  destination_record* d = s.find(name);
-  if (d == nullptr) return {};
-  auto result = s.end_jobs(*d, message, event_kind::bounced_by_operator, job_flag_bounce,
-                         operator_bounce_text, now_ms);
-  s.counters.bounced_by_operator += result.jobs;
-  return result;
+  return _state->end_jobs(name, message, event_kind::bounced_by_operator, job_flag_bounce,
+                          operator_bounce_text, _state->counters.bounced_by_operator, now_ms);
 }
 
 scheduler::message_action_result scheduler::remove_message(std::string_view name,
                                                            spool::message_id message,
                                                            std::int64_t now_ms) noexcept {
-  state& s = *_state;
-  destination_record* d = s.find(name);
-  if (d == nullptr) return {};
-  auto result = s.end_jobs(*d, message, event_kind::removed_by_operator, job_flag_remove,
-                         operator_remove_text, now_ms);
-  s.counters.removed_by_operator += result.jobs;
-  return result;
+  return _state->end_jobs(name, message, event_kind::removed_by_operator, job_flag_remove,
+                          operator_remove_text, _state->counters.removed_by_operator, now_ms);
 }
 
 }  // namespace ringmta::queue

@@ -219,9 +219,12 @@ struct scheduler::state {
   // the destination's ready list and scheduled heap, appending their slots to `out`.
   void take_queued(destination_record& d, spool::message_id message,
                    std::vector<std::uint32_t>& out) noexcept;
-  scheduler::message_action_result end_jobs(destination_record& d, spool::message_id message,
+  // bounce_message / remove_message: ends the message's jobs at the destination `name` as
+  // `kind` events, counted in `counter`.
+  scheduler::message_action_result end_jobs(std::string_view name, spool::message_id message,
                                             event_kind kind, job_flag flag,
-                                            std::string_view text, std::int64_t now_ms) noexcept;
+                                            std::string_view text, std::uint64_t& counter,
+                                            std::int64_t now_ms) noexcept;
   // until_ms > 0: to that time (a pause), without counting a connection failure.
   void backoff(std::uint32_t slot, std::int64_t now_ms, const failure& reason,
                std::int64_t until_ms = 0) noexcept;
