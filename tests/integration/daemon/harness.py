@@ -405,3 +405,46 @@ t.sendMail({{from: '{sender}', to: '{recipient}', subject: 'node', text: 'hi'}})
 """
     out = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60)
     return out.returncode == 0 and "OK 250" in out.stdout, out.stdout + out.stderr
+
+
+DOVECOT_CONF = """base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols =
+ssl = no
+auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = scheme=CRYPT {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home=/nonexistent
+}}
+service auth {{
+  unix_listener auth-client {{
+    mode = 0666
+  }}
+}}
+"""
+
+
+def start_dovecot(directory, users):
+    """A private Dovecot (Debian's dovecot-core, never the system instance): its auth service
+    only, with `users` ("user:crypt-hash" lines) as its passwd-file. Returns the process and
+    the path of its auth-client socket (waited for); the process is killed at exit. The
+    directories above `directory` must be searchable by Dovecot's own auth user."""
+    os.makedirs(os.path.join(directory, "state"))
+    with open(os.path.join(directory, "users"), "w") as f:
+        f.write("".join(line + "\n" for line in users))
+    config = os.path.join(directory, "dovecot.conf")
+    with open(config, "w") as f:
+        f.write(DOVECOT_CONF.format(d=directory))
+    process = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", config],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(lambda: process.poll() is not None or process.kill())  # even on a failure
+    socket_path = os.path.join(directory, "run", "auth-client")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not os.path.exists(socket_path):
+        time.sleep(0.05)
+    return process, socket_path

@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from harness import (Conversation, Daemon, Tap, nodemailer_send, queued_id, spool_cat,
-                     spool_list)
+                     spool_list, start_dovecot)
 import tls_pki
 
 tap = Tap()
@@ -347,41 +347,10 @@ c.quit()
 loop.stop()
 
 # ---- --auth-dovecot: a private Dovecot (never the system one) checks the logins
-DOVECOT_CONF = """base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-protocols =
-ssl = no
-auth_mechanisms = plain login
-passdb {{
-  driver = passwd-file
-  args = scheme=CRYPT {d}/users
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home=/nonexistent
-}}
-service auth {{
-  unix_listener auth-client {{
-    mode = 0666
-  }}
-}}
-"""
 if shutil.which("dovecot") or os.path.exists("/usr/sbin/dovecot"):
-    d = os.path.join(work, "dovecot")
-    os.makedirs(os.path.join(d, "state"))
     os.chmod(work, 0o755)  # Dovecot's auth process runs as its own user and reads the file
-    with open(os.path.join(d, "users"), "w") as f:
-        f.write(passwd_line("dana@ours.test", "dovecot-pw", "bcrypt")[1] + "\n")
-    with open(os.path.join(d, "dovecot.conf"), "w") as f:
-        f.write(DOVECOT_CONF.format(d=d))
-    dovecot = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", os.path.join(d, "dovecot.conf")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    atexit.register(lambda: dovecot.poll() is not None or dovecot.kill())  # even on a failure
-    socket_path = os.path.join(d, "run", "auth-client")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not os.path.exists(socket_path):
-        time.sleep(0.05)
+    dovecot, socket_path = start_dovecot(
+        os.path.join(work, "dovecot"), [passwd_line("dana@ours.test", "dovecot-pw", "bcrypt")[1]])
     dove = Daemon(binary, args=tls_pki.daemon_args(pki) + [
         "--auth-dovecot", socket_path, "--mynetworks", "127.0.0.250/32"]).start()
     c = smtplib.SMTP("127.0.0.1", dove.port, timeout=30)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from harness import Daemon, Tap, free_port
+from harness import Daemon, Tap, free_port, start_dovecot
 from peers import make_test_ca, wait_until
 
 tap = Tap()
@@ -40,37 +40,9 @@ shutil.chown(mailboxes, "nobody", "nogroup")
 USER, PASSWORD = "relay@smarthost.test", "s3cret:with colon"
 
 # ---- a private Dovecot: auth service only, its passwd-file made by ringmta passwd
-dove = os.path.join(work, "dovecot")
-os.makedirs(os.path.join(dove, "state"))
 line = subprocess.run([ringmta, "passwd", USER, "--scheme", "sha512"], input=PASSWORD + "\n",
                       capture_output=True, text=True, timeout=30).stdout.strip()
-with open(os.path.join(dove, "users"), "w") as f:
-    f.write(line + "\n")
-with open(os.path.join(dove, "dovecot.conf"), "w") as f:
-    f.write(f"""base_dir = {dove}/run
-state_dir = {dove}/state
-log_path = {dove}/dovecot.log
-protocols =
-ssl = no
-auth_mechanisms = plain login
-passdb {{
-  driver = passwd-file
-  args = scheme=CRYPT {dove}/users
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home=/nonexistent
-}}
-service auth {{
-  unix_listener auth-client {{
-    mode = 0666
-  }}
-}}
-""")
-dovecot = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", os.path.join(dove, "dovecot.conf")],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-sasl_socket = os.path.join(dove, "run", "auth-client")
-wait_until(lambda: os.path.exists(sasl_socket), 15)
+dovecot, sasl_socket = start_dovecot(os.path.join(work, "dovecot"), [line])
 
 extra_main_cf = os.path.join(work, "main.cf")
 with open(extra_main_cf, "w") as f:
