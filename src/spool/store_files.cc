@@ -141,20 +141,31 @@ void store::remove_unneeded_files() noexcept {
   for (auto& [id, segment] : _segments) maybe_remove_segment(segment);
 }
 
+namespace {
+
+// Appends one journal record (state and action records share the 16-byte payload slot) whose
+// payload `encode_payload(char*)` writes, checksummed for its place in the file.
+template <typename Encode>
+void append_journal_record(std::string& out, format::record_type type, message_id id,
+                           std::uint64_t salt, std::uint64_t offset, Encode&& encode_payload) {
+  char record[state_record_bytes];
+  encode_payload(record + format::header_bytes);
+  format::encode_record(record, type, id,
+                        std::string_view(record + format::header_bytes,
+                                         format::state_payload_bytes),
+                        format::seed(salt, offset + out.size()));
+  out.append(record, sizeof record);
+}
+
+}  // namespace
+
 void store::encode_journal_items(std::string& out, std::uint64_t salt,
                                  std::uint64_t offset) const {
   for (const auto& item : _flight->journal.items) {
-    char record[state_record_bytes];
-    if (item.type == format::record_type::action) {
-      format::encode_action(item.action, record + format::header_bytes);
-    } else {
-      format::encode_state(item.state, record + format::header_bytes);
-    }
-    format::encode_record(record, item.type, item.id,
-                          std::string_view(record + format::header_bytes,
-                                           format::state_payload_bytes),
-                          format::seed(salt, offset + out.size()));
-    out.append(record, sizeof record);
+    append_journal_record(out, item.type, item.id, salt, offset, [&](char* payload) {
+      if (item.type == format::record_type::action) format::encode_action(item.action, payload);
+      else format::encode_state(item.state, payload);
+    });
   }
 }
 
@@ -171,13 +182,8 @@ void store::encode_snapshot(std::string& out, std::uint64_t salt, std::uint64_t 
       payload.state = static_cast<std::uint8_t>(status.state);
       payload.attempts = status.attempts;
       payload.next_attempt_seconds = status.next_attempt_seconds;
-      char record[state_record_bytes];
-      format::encode_state(payload, record + format::header_bytes);
-      format::encode_record(record, format::record_type::state, id,
-                            std::string_view(record + format::header_bytes,
-                                             format::state_payload_bytes),
-                            format::seed(salt, offset + out.size()));
-      out.append(record, sizeof record);
+      append_journal_record(out, format::record_type::state, id, salt, offset,
+                            [&](char* out_payload) { format::encode_state(payload, out_payload); });
     }
     encode_flag_actions(out, id, entry.flags, salt, offset);
   }
@@ -195,13 +201,8 @@ void store::encode_flag_actions(std::string& out, message_id id, std::uint8_t fl
     if ((flags & flag) == 0) continue;
     format::action_payload payload;
     payload.action = static_cast<std::uint8_t>(action);
-    char record[state_record_bytes];
-    format::encode_action(payload, record + format::header_bytes);
-    format::encode_record(record, format::record_type::action, id,
-                          std::string_view(record + format::header_bytes,
-                                           format::action_payload_bytes),
-                          format::seed(salt, offset + out.size()));
-    out.append(record, sizeof record);
+    append_journal_record(out, format::record_type::action, id, salt, offset,
+                          [&](char* out_payload) { format::encode_action(payload, out_payload); });
   }
 }
 
