@@ -9,6 +9,7 @@ key. Every value check-config accepts is then given to the daemon itself, which 
 and stop cleanly, or exit 2 naming the setting: never a signal, never another status.
 usage: test_config_walk.py RINGMTA"""
 import atexit
+import concurrent.futures
 import json
 import os
 import shutil
@@ -73,17 +74,17 @@ def start_daemon(flag_value):
     return status, "".join(lines), started
 
 
-bad = []       # refusals that did not name the setting, or statuses other than 0/2
-started_ok = 0
-for row in table:
+def walk(row):
+    """Every probe for one setting: (refusals that did not name it, daemons started cleanly)."""
     key, flag = row["key"], row["flag"]
     section, _, name = key.rpartition(".")  # "" for a top-level key ([[dkim]])
+    bad, started_ok = [], 0
     # check-config runs the start-up checks that need no socket; a real start per accepted
     # value costs a second, so each key starts the daemon with its first three (CI time).
     starts_left = 3
     for probe in probes:
         escaped = probe.replace("\\", "\\\\").replace("\x01", "\\u0001")
-        path = os.path.join(work, "walk.toml")
+        path = os.path.join(work, f"walk-{key}-{flag.lstrip('-')}.toml")
         with open(path, "w") as f:
             header = f"[{section}]" if section else ""
             f.write(f'{header}\n\n{name} = "{escaped}"\n')
@@ -103,6 +104,15 @@ for row in table:
             started_ok += 1
         elif status != 2 or (key not in errors and flag not in errors):
             bad.append((key, "daemon", repr(probe), status, errors.strip()[-300:]))
+    return bad, started_ok
+
+
+# Settings are independent: four at a time (the processes mostly wait on start-up and exit;
+# each daemon has its own spool and port 0, each probe file its own name).
+with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    results = list(pool.map(walk, table))
+bad = [entry for walked, _ in results for entry in walked]
+started_ok = sum(count for _, count in results)
 print(f"# {started_ok} accepted values started a daemon that stopped cleanly")
 tap.ok(not bad, "every value: accepted, or exit 2 naming the setting; never a signal",
        "\n".join(map(str, bad[:30])))
