@@ -13,7 +13,11 @@
 #include <fmt/format.h>
 #include <sys/random.h>
 
+#include <fmt/ranges.h>
+
 #include <chrono>
+#include <regex>
+#include <set>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -92,6 +96,45 @@ int parse(int argc, char** argv, arguments& out) {
   return 0;
 }
 
+// Tokens that name the things a violation is about: spool ids (16 hex digits), message keys
+// ("sim.c12.t0"), outbound connections ("oc7"), clients ("client 5 ").
+std::vector<std::string> tokens_in(const std::string& text) {
+  static const std::regex pattern(R"(\b[0-9a-f]{16}\b|sim\.c[0-9]+\.t[0-9]+|\boc[0-9]+\b|client [0-9]+ )");
+  std::vector<std::string> out;
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), pattern);
+       it != std::sregex_iterator(); ++it) {
+    out.push_back(it->str());
+  }
+  return out;
+}
+
+// The shortest trace: the seed replayed twice (it replays exactly), first keeping the events
+// that name what the violation names, then also those naming what those events name (the
+// connections that carried the message, the ids of its DSNs), plus crashes and healing.
+void print_related(const ringmta::sim::options& run, const std::string& violation) {
+  std::set<std::string> tokens;
+  for (auto& token : tokens_in(violation)) tokens.insert(token);
+  if (tokens.empty()) return;
+  for (int pass = 0; pass < 2; ++pass) {
+    auto replay = run;
+    replay.trace_filter.assign(tokens.begin(), tokens.end());
+    for (const char* always : {"CRASH", "VIOLATION", "healed", "operator:"}) {
+      replay.trace_filter.emplace_back(always);
+    }
+    const auto result = ringmta::sim::run(replay);
+    if (pass == 1) {
+      fmt::print("the {} events naming {}:\n", result.filtered_events.size(),
+                 fmt::join(tokens, " "));
+      for (const auto& line : result.filtered_events) fmt::print("  {}\n", line);
+      return;
+    }
+    for (const auto& line : result.filtered_events) {
+      if (line.find("CRASH") != std::string::npos) continue;
+      for (auto& token : tokens_in(line)) tokens.insert(token);
+    }
+  }
+}
+
 void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcome& result) {
   fmt::print("seed {}: VIOLATION: {}\nlast {} events:\n", run.seed, result.violation,
              result.last_events.size());
@@ -100,6 +143,7 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
              run.arrival_ms > 0 ? fmt::format(" --arrival-ms {}", run.arrival_ms) : "",
              run.bug != disk_bug::none ? " --inject-bug " : "", bug_name(run.bug),
              run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults");
+  print_related(run, result.violation);
   if (run.strict) fmt::print("  (with --strict)\n");
   if (!run.ack_check) fmt::print("  (with --no-ack-check)\n");
 }
@@ -107,10 +151,14 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
 void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
   fmt::print("seed {}: {} digest {:016x} events {} simulated {:.3f}s sessions {} "
              "acknowledged {} refused {} marks {} crashes {} verified {} adopted {} resurrected {} "
-             "disk ops {} syncs {} faults {}\n", seed, r.ok ? "ok" : "FAILED", r.digest,
+             "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
+             "bounces {} dsns {} dns queries {} operator actions {}\n", seed,
+             r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
-             r.disk.operations, r.disk.syncs, r.disk.faults);
+             r.disk.operations, r.disk.syncs, r.disk.faults, r.outbound_connections,
+             r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
+             r.operator_actions);
 }
 
 }  // namespace
