@@ -409,8 +409,13 @@ void outbound::state::bounce(spool::message_id id, const std::vector<std::uint16
   if (m.dsn) dsn_refused.insert(id);  // a DSN is never bounced with another (RFC 3464 §4)
   pending_dsn d;
   d.original = id;
+  const glue_bug bug = w.settings().glue;
   for (std::size_t k = 0; k < indices.size(); ++k) {
     ++w.counters().bounces;
+    if (bug == glue_bug::bounce_without_dsn) {
+      final_mark(id, indices[k], spool::recipient_state::bounced);
+      continue;
+    }
     if (!queue::should_send_dsn(m.reverse_path, m.notify.at(indices[k]),
                                 queue::dsn_action::failed)) {
       note(fmt::format("msg {:016x}/{} bounced, no DSN due (sender <{}>)", id, indices[k],
@@ -419,6 +424,7 @@ void outbound::state::bounce(spool::message_id id, const std::vector<std::uint16
       final_mark(id, indices[k], spool::recipient_state::bounced);
       continue;
     }
+    if (bug == glue_bug::mark_before_dsn) final_mark(id, indices[k], spool::recipient_state::bounced);
     d.recipients.push_back(indices[k]);
     d.diagnostics.push_back(diagnostics.at(k));
   }
@@ -1250,7 +1256,9 @@ void outbound::on_committed(const spool::event& event) {
   enqueue(d.id, want);
   for (const auto r : d.recipients) {
     s.dsn_of[{d.original, r}].push_back(d.id);
-    s.final_mark(d.original, r, spool::recipient_state::bounced);
+    if (s.w.settings().glue != glue_bug::mark_before_dsn) {
+      s.final_mark(d.original, r, spool::recipient_state::bounced);
+    }
   }
   s.pump_dsns();
 }

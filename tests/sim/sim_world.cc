@@ -38,7 +38,12 @@ smtp::verdict connection::on_mail_from(const smtp::mailbox& reverse_path,
 
 smtp::verdict connection::on_rcpt_to(const smtp::mailbox& forward_path,
                                      const smtp::rcpt_parameters& parameters) noexcept {
-  if (is_bad(forward_path.address)) return smtp::verdict::respond(550, "5.1.1", "no such user");
+  if (is_bad(forward_path.address)) {
+    if (_world.settings().glue == glue_bug::deliver_refused) {
+      envelope.recipients.emplace_back().address.assign(forward_path.address);
+    }
+    return smtp::verdict::respond(550, "5.1.1", "no such user");
+  }
   auto& recipient = envelope.recipients.emplace_back();
   recipient.address.assign(forward_path.address);
   recipient.notify = parameters.notify;
@@ -200,7 +205,7 @@ outcome world::run() {
   if (_options.crashes) _clock.after(exponential_ns(_crash_mean_ns), [this] { crash_tick(); });
   while (!_failed && _clock.run_one()) {
     settle();
-    if (!_healed && !_heal_scheduled && !active()) {
+    if (_outbound && !_healed && !_heal_scheduled && !active()) {
       // Faults go on a while after the clients are done (crashes among deliveries), then heal.
       _heal_scheduled = true;
       _clock.after(exponential_ns(_outbound ? 60'000'000'000 : 1), [this] { heal(); });
@@ -249,7 +254,8 @@ bool world::mark(spool::message_id id, std::uint16_t recipient, spool::recipient
   auto ticket = _store->mark(id, recipient, status);
   note(fmt::format("mark {:016x}/{} {}: {}", id, recipient, spool::recipient_state_name(state),
                    ticket ? 0 : ticket.error()));
-  if (!ticket) return ticket.error() == EINVAL;  // already final: nothing to retry
+  // EINVAL: already final; ENOENT: no longer queued (final, reclaimed): nothing to retry.
+  if (!ticket) return ticket.error() == EINVAL || ticket.error() == ENOENT;
   _mark_tickets[ticket.value()] = {id, recipient};
   const auto found = _expected.find(id);
   if (found != _expected.end() && found->second.marks.at(recipient) == mark_state::none) {
@@ -354,9 +360,11 @@ void world::spawn_client() {
 
 std::string world::make_body(std::string_view key) {
   // The Message-ID names the transaction at the remote MTAs (and inside DSNs about it).
-  std::string body = fmt::format("Subject: sim {}\r\nFrom: <a@sim.example>\r\n"
-                                 "Message-ID: <{}@sim.example>\r\n\r\n",
-                                 _random.next() % 100000, key);
+  // (Without the delivery side, the first slice's bodies: its seeds replay the same runs.)
+  std::string body = fmt::format("Subject: sim {}\r\nFrom: <a@sim.example>\r\n{}\r\n",
+                                 _random.next() % 100000,
+                                 _outbound ? fmt::format("Message-ID: <{}@sim.example>\r\n", key)
+                                           : std::string());
   const bool big = _random.chance(0.03);
   const std::uint64_t lines = big ? _random.between(500, 4000) : _random.between(0, 40);
   for (std::uint64_t i = 0; i < lines; ++i) {
@@ -381,7 +389,7 @@ transaction world::make_transaction(std::uint32_t client, std::uint32_t index) {
   for (std::uint64_t r = 0; r < recipients; ++r) {
     t.recipients.push_back(fmt::format("{}r{}@rcpt{}.example", _random.chance(0.1) ? "bad-" : "",
                                        r, _random.below(3)));
-    const std::uint64_t notify = _random.below(20);  // RFC 3461 §4.1: 5% NEVER, 5% FAILURE
+    const std::uint64_t notify = _outbound ? _random.below(20) : 2;  // 5% NEVER, 5% FAILURE
     t.notify.push_back(notify == 0 ? smtp::notify_never : notify == 1 ? smtp::notify_failure : 0);
   }
   t.key = fmt::format("sim.c{}.t{}", client, index);
@@ -650,7 +658,17 @@ void world::on_committed(const spool::event& event) {
     }
   } else {
     if (!check_durable(c, event.id)) return;
-    if (_outbound) _outbound->enqueue(event.id, want);
+    if (_outbound) {
+      // Delivery takes the envelope the glue stored (not the client's idea of it).
+      expected_message stored = want;
+      stored.recipients.clear();
+      stored.notify.clear();
+      for (const auto& r : c.envelope.recipients) {
+        stored.recipients.push_back(r.address);
+        stored.notify.push_back(r.notify);
+      }
+      _outbound->enqueue(event.id, stored);
+    }
     if (c.session->wants_close() || c.client_gone) {
       want.state = fate::orphaned;
     } else {

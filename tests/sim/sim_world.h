@@ -33,10 +33,20 @@
 
 namespace ringmta::sim {
 
+// Bugs planted in the simulated MTA's glue, to show the delivery invariants catch them.
+enum class glue_bug : std::uint8_t {
+  none,
+  bounce_without_dsn,  // a bounce marks the recipient and sends no DSN: UNDELIVERED
+  mark_before_dsn,     // the recipient is marked bounced before its DSN is durable: a crash
+                       // in between loses the DSN (UNDELIVERED)
+  deliver_refused,     // a recipient answered 550 at RCPT stays in the envelope
+};
+
 struct options {
   std::uint64_t seed = 1;
   std::uint32_t messages = 300;  // transactions the clients attempt in all
   disk_bug bug = disk_bug::none;
+  glue_bug glue = glue_bug::none;
   bool crashes = true;
   bool faults = true;
   bool verbose = false;          // print every event as it happens
