@@ -42,7 +42,8 @@ struct arguments {
 int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
              "[--first-seed S] [--inject-bug no-fsync|dir-fsync] [--messages M] [--arrival-ms A] "
-             "[--no-crashes] [--no-faults] [--no-outbound] [--strict] [--no-ack-check] [--verbose]\n",
+             "[--no-crashes] [--no-faults] [--no-outbound] [--strict] [--no-ack-check] "
+             "[--verbose]\n",
              problem);
   return 2;
 }
@@ -119,7 +120,8 @@ int parse(int argc, char** argv, arguments& out) {
 // Tokens that name the things a violation is about: spool ids (16 hex digits), message keys
 // ("sim.c12.t0"), outbound connections ("oc7"), clients ("client 5 ").
 std::vector<std::string> tokens_in(const std::string& text) {
-  static const std::regex pattern(R"(\b[0-9a-f]{16}\b|sim\.c[0-9]+\.t[0-9]+|\boc[0-9]+\b|client [0-9]+ )");
+  static const std::regex pattern(
+      R"(\b[0-9a-f]{16}\b|sim\.c[0-9]+\.t[0-9]+|\boc[0-9]+\b|client [0-9]+ )");
   std::vector<std::string> out;
   for (auto it = std::sregex_iterator(text.begin(), text.end(), pattern);
        it != std::sregex_iterator(); ++it) {
