@@ -5,7 +5,8 @@
 //                                       wall seconds; prints seeds, events, simulated time
 //   --inject-bug no-fsync|dir-fsync     a known durability bug on the simulated disk
 //   --arrival-ms A                      mean time between client arrivals (default: per seed)
-//   --inject-bug bounce-without-dsn|mark-before-dsn|deliver-refused   a bug in the glue
+//   --inject-bug bounce-without-dsn|mark-before-dsn|deliver-refused|leak-connection
+//                                       a bug in the delivery glue
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
 //   --no-outbound                       no delivery side (recipients marked at random)
 //   --strict                            a message answered 452 that comes back is a violation
@@ -64,6 +65,7 @@ const char* bug_name(const ringmta::sim::options& run) {
     case glue_bug::bounce_without_dsn: return "bounce-without-dsn";
     case glue_bug::mark_before_dsn: return "mark-before-dsn";
     case glue_bug::deliver_refused: return "deliver-refused";
+    case glue_bug::leak_connection: return "leak-connection";
     case glue_bug::none: break;
   }
   return "";
@@ -94,8 +96,9 @@ int parse(int argc, char** argv, arguments& out) {
       else if (bug == "bounce-without-dsn") out.base.glue = glue_bug::bounce_without_dsn;
       else if (bug == "mark-before-dsn") out.base.glue = glue_bug::mark_before_dsn;
       else if (bug == "deliver-refused") out.base.glue = glue_bug::deliver_refused;
+      else if (bug == "leak-connection") out.base.glue = glue_bug::leak_connection;
       else return usage("--inject-bug takes no-fsync, dir-fsync, bounce-without-dsn, "
-                        "mark-before-dsn or deliver-refused");
+                        "mark-before-dsn, deliver-refused or leak-connection");
     } else if (flag == "--no-crashes") {
       out.base.crashes = false;
     } else if (flag == "--no-outbound") {

@@ -788,7 +788,9 @@ void outbound::state::give_up(connection& c, const queue::failure& why) {
 
 void outbound::state::close(connection& c) {
   note(fmt::format("oc{} closed", c.number));
-  scheduler->connection_closed(c.id, now_ms());
+  if (w.settings().glue != glue_bug::leak_connection) {
+    scheduler->connection_closed(c.id, now_ms());
+  }
   drain_events();
   --open_count[c.destination_name];
   connections.erase(c.number);

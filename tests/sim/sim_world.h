@@ -40,6 +40,7 @@ enum class glue_bug : std::uint8_t {
   mark_before_dsn,     // the recipient is marked bounced before its DSN is durable: a crash
                        // in between loses the DSN (UNDELIVERED)
   deliver_refused,     // a recipient answered 550 at RCPT stays in the envelope
+  leak_connection,     // a closed connection is not reported to the scheduler: LIVENESS
 };
 
 struct options {
