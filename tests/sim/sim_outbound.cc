@@ -24,7 +24,6 @@ namespace {
 
 constexpr std::int64_t ms_ns = 1'000'000;
 constexpr std::int64_t client_timeout_ns = 60'000 * ms_ns;   // every phase (RFC: minutes)
-constexpr std::int64_t liveness_bound_ns = 2 * 86'400'000 * ms_ns;  // after healing
 constexpr std::string_view our_name = "mx.sim.example";
 constexpr std::uint32_t domain_count = 4;  // rcpt0..rcpt2.example and sender.example
 

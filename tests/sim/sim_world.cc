@@ -210,7 +210,7 @@ outcome world::run() {
       _heal_scheduled = true;
       _clock.after(exponential_ns(_outbound ? 60'000'000'000 : 1), [this] { heal(); });
     }
-    if (_healed && _clock.now_ns() - _healed_ns > 2 * 86'400'000'000'000LL && _outbound &&
+    if (_healed && _clock.now_ns() - _healed_ns > liveness_bound_ns && _outbound &&
         !_outbound->idle()) {
       fail(fmt::format("LIVENESS: two simulated days after faults were healed, the queue has "
                        "not drained: {}", _outbound->busy_reason()));

@@ -22,6 +22,8 @@ namespace ringmta::sim::internal {
 
 inline constexpr std::int64_t epoch_seconds = 1'800'000'000;  // the simulated wall clock at t = 0
 inline constexpr std::size_t trace_lines = 40;
+// After the faults are healed the queue must drain within this (LIVENESS).
+inline constexpr std::int64_t liveness_bound_ns = 2 * 86'400'000'000'000LL;
 inline constexpr std::string_view storage_text = "Local error: message not stored, try again later";
 
 // One transaction as the client means it: what must be stored if it is answered 250.
