@@ -1,5 +1,5 @@
 #!/bin/sh
-# A run with an injected durability bug must fail: exit 1 and a LOST MAIL report, within the
+# A run with an injected bug must fail: exit 1 and a report (LOST MAIL by default), within the
 # time meson gives it (60 s). Usage: expect_lost_mail.sh SIM_BINARY BUG [PATTERN [FLAGS...]]
 # (PATTERN defaults to "VIOLATION: LOST MAIL"; FLAGS go to the simulator.)
 sim="$1"

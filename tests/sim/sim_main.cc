@@ -5,15 +5,23 @@
 //                                       wall seconds; prints seeds, events, simulated time
 //   --inject-bug no-fsync|dir-fsync     a known durability bug on the simulated disk
 //   --arrival-ms A                      mean time between client arrivals (default: per seed)
+//   --inject-bug bounce-without-dsn|mark-before-dsn|deliver-refused|leak-connection
+//                                       a bug in the delivery glue
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
+//   --no-outbound                       no delivery side (recipients marked at random)
 //   --strict                            a message answered 452 that comes back is a violation
 //   --no-ack-check                      no durability check at the 250: crashes must find it
 // Exit 0: no violation; 1: a violation (its seed, message and the events before it are
 // printed); 2: bad arguments. Only this driver reads the wall clock (for --seconds).
 #include <fmt/format.h>
 #include <sys/random.h>
+#include <sys/resource.h>
+
+#include <fmt/ranges.h>
 
 #include <chrono>
+#include <regex>
+#include <set>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -35,7 +43,9 @@ struct arguments {
 int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
              "[--first-seed S] [--inject-bug no-fsync|dir-fsync] [--messages M] [--arrival-ms A] "
-             "[--no-crashes] [--no-faults] [--strict] [--no-ack-check] [--verbose]\n", problem);
+             "[--no-crashes] [--no-faults] [--no-outbound] [--strict] [--no-ack-check] "
+             "[--verbose]\n",
+             problem);
   return 2;
 }
 
@@ -46,8 +56,19 @@ bool parse_number(const char* text, std::uint64_t& out) {
   return errno == 0 && end != text && *end == '\0';
 }
 
-const char* bug_name(disk_bug bug) {
-  return bug == disk_bug::no_fsync ? "no-fsync" : bug == disk_bug::dir_fsync ? "dir-fsync" : "";
+using ringmta::sim::glue_bug;
+
+const char* bug_name(const ringmta::sim::options& run) {
+  if (run.bug == disk_bug::no_fsync) return "no-fsync";
+  if (run.bug == disk_bug::dir_fsync) return "dir-fsync";
+  switch (run.glue) {
+    case glue_bug::bounce_without_dsn: return "bounce-without-dsn";
+    case glue_bug::mark_before_dsn: return "mark-before-dsn";
+    case glue_bug::deliver_refused: return "deliver-refused";
+    case glue_bug::leak_connection: return "leak-connection";
+    case glue_bug::none: break;
+  }
+  return "";
 }
 
 int parse(int argc, char** argv, arguments& out) {
@@ -72,9 +93,16 @@ int parse(int argc, char** argv, arguments& out) {
       const std::string_view bug(argv[++i]);
       if (bug == "no-fsync") out.base.bug = disk_bug::no_fsync;
       else if (bug == "dir-fsync") out.base.bug = disk_bug::dir_fsync;
-      else return usage("--inject-bug takes no-fsync or dir-fsync");
+      else if (bug == "bounce-without-dsn") out.base.glue = glue_bug::bounce_without_dsn;
+      else if (bug == "mark-before-dsn") out.base.glue = glue_bug::mark_before_dsn;
+      else if (bug == "deliver-refused") out.base.glue = glue_bug::deliver_refused;
+      else if (bug == "leak-connection") out.base.glue = glue_bug::leak_connection;
+      else return usage("--inject-bug takes no-fsync, dir-fsync, bounce-without-dsn, "
+                        "mark-before-dsn, deliver-refused or leak-connection");
     } else if (flag == "--no-crashes") {
       out.base.crashes = false;
+    } else if (flag == "--no-outbound") {
+      out.base.outbound = false;
     } else if (flag == "--no-faults") {
       out.base.faults = false;
     } else if (flag == "--no-ack-check") {
@@ -92,14 +120,56 @@ int parse(int argc, char** argv, arguments& out) {
   return 0;
 }
 
+// Tokens that name the things a violation is about: spool ids (16 hex digits), message keys
+// ("sim.c12.t0"), outbound connections ("oc7"), clients ("client 5 ").
+std::vector<std::string> tokens_in(const std::string& text) {
+  static const std::regex pattern(
+      R"(\b[0-9a-f]{16}\b|sim\.c[0-9]+\.t[0-9]+|\boc[0-9]+\b|client [0-9]+ )");
+  std::vector<std::string> out;
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), pattern);
+       it != std::sregex_iterator(); ++it) {
+    out.push_back(it->str());
+  }
+  return out;
+}
+
+// The shortest trace: the seed replayed twice (it replays exactly), first keeping the events
+// that name what the violation names, then also those naming what those events name (the
+// connections that carried the message, the ids of its DSNs), plus crashes and healing.
+void print_related(const ringmta::sim::options& run, const std::string& violation) {
+  std::set<std::string> tokens;
+  for (auto& token : tokens_in(violation)) tokens.insert(token);
+  if (tokens.empty()) return;
+  for (int pass = 0; pass < 2; ++pass) {
+    auto replay = run;
+    replay.trace_filter.assign(tokens.begin(), tokens.end());
+    for (const char* always : {"CRASH", "VIOLATION", "healed", "operator:"}) {
+      replay.trace_filter.emplace_back(always);
+    }
+    const auto result = ringmta::sim::run(replay);
+    if (pass == 1) {
+      fmt::print("the {} events naming {}:\n", result.filtered_events.size(),
+                 fmt::join(tokens, " "));
+      for (const auto& line : result.filtered_events) fmt::print("  {}\n", line);
+      return;
+    }
+    for (const auto& line : result.filtered_events) {
+      if (line.find("CRASH") != std::string::npos) continue;
+      for (auto& token : tokens_in(line)) tokens.insert(token);
+    }
+  }
+}
+
 void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcome& result) {
   fmt::print("seed {}: VIOLATION: {}\nlast {} events:\n", run.seed, result.violation,
              result.last_events.size());
   for (const auto& line : result.last_events) fmt::print("  {}\n", line);
-  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}\n", run.seed, run.messages,
+  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}{}\n", run.seed, run.messages,
              run.arrival_ms > 0 ? fmt::format(" --arrival-ms {}", run.arrival_ms) : "",
-             run.bug != disk_bug::none ? " --inject-bug " : "", bug_name(run.bug),
-             run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults");
+             *bug_name(run) != '\0' ? " --inject-bug " : "", bug_name(run),
+             run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults",
+             run.outbound ? "" : " --no-outbound");
+  print_related(run, result.violation);
   if (run.strict) fmt::print("  (with --strict)\n");
   if (!run.ack_check) fmt::print("  (with --no-ack-check)\n");
 }
@@ -107,10 +177,32 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
 void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
   fmt::print("seed {}: {} digest {:016x} events {} simulated {:.3f}s sessions {} "
              "acknowledged {} refused {} marks {} crashes {} verified {} adopted {} resurrected {} "
-             "disk ops {} syncs {} faults {}\n", seed, r.ok ? "ok" : "FAILED", r.digest,
+             "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
+             "bounces {} dsns {} dns queries {} operator actions {}\n", seed,
+             r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
-             r.disk.operations, r.disk.syncs, r.disk.faults);
+             r.disk.operations, r.disk.syncs, r.disk.faults, r.outbound_connections,
+             r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
+             r.operator_actions);
+}
+
+// CPU seconds of this process (user + system): on a loaded machine the wall clock also counts
+// other processes' time, so both are printed.
+double cpu_seconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  const auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// Simulated seconds per wall second and per CPU second, and events per wall second.
+void print_speed(double simulated, std::uint64_t events, double wall, double cpu) {
+  fmt::print("speed: {:.1f} simulated seconds in {:.2f} wall seconds ({:.0f}x real time, "
+             "{:.0f} events/s), {:.2f} CPU seconds ({:.0f}x per CPU second)\n", simulated, wall,
+             simulated / wall, static_cast<double>(events) / wall, cpu, simulated / cpu);
 }
 
 }  // namespace
@@ -118,27 +210,35 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
 int main(int argc, char** argv) {
   arguments args;
   if (const int bad = parse(argc, argv, args); bad != 0) return bad;
+  const auto start = std::chrono::steady_clock::now();
+  const double cpu_start = cpu_seconds();
   if (!args.seeds.empty()) {
     int status = 0;
+    std::uint64_t events = 0;
+    std::int64_t simulated_ns = 0;
     for (const auto seed : args.seeds) {
       auto run = args.base;
       run.seed = seed;
       const auto result = ringmta::sim::run(run);
+      events += result.events;
+      simulated_ns += result.simulated_ns;
       print_summary(seed, result);
       if (!result.ok) {
         report_failure(run, result);
         status = 1;
       }
     }
+    print_speed(static_cast<double>(simulated_ns) / 1e9, events,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                cpu_seconds() - cpu_start);
     return status;
   }
   std::uint64_t seed = args.first_seed;
   if (!args.first_seed_given && ::getrandom(&seed, sizeof seed, 0) != sizeof seed) seed = 1;
   seed &= 0xffffffffffffull;  // short enough to type
   fmt::print("searching seeds from {} for {}s{}{}\n", seed, args.seconds,
-             args.base.bug != disk_bug::none ? ", injected bug " : "", bug_name(args.base.bug));
-  const auto start = std::chrono::steady_clock::now();
-  std::uint64_t seeds = 0, events = 0, acknowledged = 0, crashes = 0;
+             *bug_name(args.base) != '\0' ? ", injected bug " : "", bug_name(args.base));
+  std::uint64_t seeds = 0, events = 0, acknowledged = 0, crashes = 0, deliveries = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
   int status = 0;
@@ -151,6 +251,7 @@ int main(int argc, char** argv) {
     simulated_ns += result.simulated_ns;
     acknowledged += result.acknowledged;
     crashes += result.crashes;
+    deliveries += result.remote_deliveries;
     wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!result.ok) {
       report_failure(run, result);
@@ -159,9 +260,11 @@ int main(int argc, char** argv) {
     }
   } while (wall < args.seconds);
   const double simulated = static_cast<double>(simulated_ns) / 1e9;
-  fmt::print("explored {} seeds ({}..{}): {} events, {} messages acknowledged, {} crashes, "
-             "{:.1f} simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} "
-             "events/s)\n", seeds, seed - seeds, seed - 1, events, acknowledged, crashes,
-             simulated, wall, simulated / wall, static_cast<double>(events) / wall);
+  fmt::print("explored {} seeds ({}..{}): {} events, {} messages acknowledged, {} remote "
+             "deliveries, {} crashes, {:.1f} simulated seconds in {:.2f} wall seconds ({:.0f}x "
+             "real time, {:.0f} events/s)\n", seeds, seed - seeds, seed - 1, events,
+             acknowledged, deliveries, crashes, simulated, wall, simulated / wall,
+             static_cast<double>(events) / wall);
+  print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;
 }

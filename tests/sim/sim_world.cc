@@ -19,205 +19,12 @@
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
 
+#include "sim_world_internal.h"
+#include "sim_outbound.h"
+
 namespace ringmta::sim {
-namespace {
+namespace internal {
 
-constexpr std::int64_t epoch_seconds = 1'800'000'000;  // the simulated wall clock at t = 0
-constexpr std::size_t trace_lines = 40;
-constexpr std::string_view storage_text = "Local error: message not stored, try again later";
-
-// One transaction as the client means it: what must be stored if it is answered 250.
-struct transaction {
-  std::string reverse_path;
-  std::vector<std::string> recipients;  // every RCPT sent; "bad-" ones get 550
-  std::string body;                     // CRLF lines, as the message is (not dot-stuffed)
-  bool bdat = false;
-  std::vector<std::size_t> chunks;      // BDAT chunk sizes (the last may be 0)
-};
-
-// RFC 5321 §4.5.2: a line starting with "." gets another one.
-std::string dot_stuff(std::string_view body) {
-  std::string out;
-  out.reserve(body.size() + body.size() / 64);
-  std::size_t line = 0;
-  while (line < body.size()) {
-    if (body[line] == '.') out.push_back('.');
-    const std::size_t end = body.find('\n', line);
-    const std::size_t next = end == std::string_view::npos ? body.size() : end + 1;
-    out.append(body.substr(line, next - line));
-    line = next;
-  }
-  return out;
-}
-
-constexpr std::string_view letters =
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 abcdefghijklmnopqrstuvwxyz";
-
-bool is_bad(std::string_view address) { return address.substr(0, 4) == "bad-"; }
-
-// What a recovered message must look like, and what the world knows of its fate.
-enum class fate : std::uint8_t {
-  in_flight,     // commit ticket issued, outcome not yet reported
-  acknowledged,  // answered 250 (or adopted after a recovery found it)
-  failed,        // commit reported failed: answered 452
-  orphaned,      // reported durable after its client had gone: no 250 sent
-};
-enum class mark_state : std::uint8_t { none, unknown, delivered };
-
-struct expected_message {
-  std::string reverse_path;
-  std::vector<std::string> recipients;  // accepted ones
-  std::string body_wire;
-  std::string helo;
-  std::string client_address;
-  std::string origin;  // "client N transaction T", for messages
-  fate state = fate::in_flight;
-  std::vector<mark_state> marks;
-};
-
-enum class stage_kind : std::uint8_t { plain, data_command, data_end, bdat_end, quit };
-struct stage {
-  std::string bytes;
-  std::uint32_t replies = 1;
-  stage_kind kind = stage_kind::plain;
-};
-
-class world;
-
-// One SMTP connection: the client's script and the server's session (the real engine).
-class connection final : public smtp::server_handler {
- public:
-  connection(world& owner, std::uint32_t number, std::vector<transaction> transactions)
-      : _world(owner), number(number), transactions(std::move(transactions)) {}
-
-  smtp::verdict on_helo(std::string_view, bool) noexcept override {
-    return smtp::verdict::accept();
-  }
-  smtp::verdict on_mail_from(const smtp::mailbox& reverse_path,
-                             const smtp::mail_parameters&) noexcept override;
-  smtp::verdict on_rcpt_to(const smtp::mailbox& forward_path,
-                           const smtp::rcpt_parameters&) noexcept override;
-  smtp::verdict on_data_start() noexcept override;
-  void on_body(std::string_view slice, smtp::body_form form) noexcept override;
-  smtp::verdict on_data_end(const smtp::body_summary& summary) noexcept override;
-  void on_data_aborted(smtp::abort_reason) noexcept override;
-  void on_reset() noexcept override { envelope.recipients.clear(); }
-  smtp::verdict commit() noexcept;
-
-  world& _world;
-  const std::uint32_t number;
-  std::string client_address;
-  // server side
-  std::unique_ptr<smtp::server_session> session;
-  std::string inbox;                 // received, not yet fed
-  spool::message_handle message;
-  bool in_message = false;
-  bool commit_retry = false;
-  int message_error = 0;
-  std::uint64_t ticket = 0;          // commit awaiting its event
-  std::uint32_t mails = 0;           // MAIL commands accepted: the transaction's index + 1
-  spool::envelope envelope;
-  std::vector<spool::body_slice> body;
-  std::array<char, 64> reply_text{};
-  // client side
-  std::vector<transaction> transactions;
-  std::deque<stage> stages;
-  std::string replies;               // received, not yet parsed
-  std::uint32_t awaited = 0;
-  stage current;
-  std::uint16_t last_code = 0;
-  std::string last_text;
-  std::int64_t to_server_ns = 0;     // arrival time of the last byte sent each way
-  std::int64_t to_client_ns = 0;
-  bool client_gone = false;
-  bool server_closed = false;
-};
-
-class world {
- public:
-  explicit world(const options& settings);
-  ~world();
-  outcome run();
-
-  // used by connection
-  spool::store& store() { return *_store; }
-  std::int64_t wall_seconds() const { return epoch_seconds + _clock.now_ns() / 1'000'000'000; }
-  void fail(std::string message);
-  void note(std::string_view text);
-  void wait_for_spool(connection& c) { _waiting.insert(c.number); }
-  void on_ticket(connection& c, spool::message_id id);
-  scheduler& clock() { return _clock; }
-
- private:
-  // clients (client side of connection)
-  void spawn_client();
-  transaction make_transaction(std::uint32_t client, std::uint32_t index);
-  std::string make_body();
-  void build_stages(connection& c);
-  void client_next(connection& c);
-  void client_send(connection& c, std::string_view bytes);
-  void client_disconnect(std::uint32_t number);
-  void client_receive(std::uint32_t number, const std::string& bytes);
-  void client_reply(connection& c, std::uint16_t code, std::string_view text);
-  void client_stage_done(connection& c);
-  // server side
-  void server_receive(std::uint32_t number, const std::string& bytes);
-  void server_pump(connection& c);
-  void server_send(connection& c);
-  void server_close(connection& c);
-  void on_committed(const spool::event& event);
-  bool check_durable(connection& c, spool::message_id id);
-  // spool, disk, crashes
-  spool::store_config make_store_config();
-  void settle();
-  void check_bounds();
-  void deliver_tick();
-  void crash_tick();
-  void crash(bool torn);
-  bool recover_and_check();
-  bool check_recovered(spool::message_id id, expected_message& want);
-  bool check_content(spool::message_id id, const expected_message& want);
-  void list_undelivered();
-  std::int64_t latency_ns(std::int64_t low, std::int64_t high) {
-    return static_cast<std::int64_t>(_random.between(static_cast<std::uint64_t>(low),
-                                                     static_cast<std::uint64_t>(high)));
-  }
-  std::int64_t exponential_ns(std::int64_t mean_ns) {
-    const double u = (static_cast<double>(_random.next() >> 11) + 1) * 0x1.0p-53;
-    return static_cast<std::int64_t>(-std::log(u) * static_cast<double>(mean_ns));
-  }
-  bool active() const { return _transactions_left > 0 || !_connections.empty(); }
-
-  options _options;
-  scheduler _clock;
-  random _random;
-  std::unique_ptr<disk> _disk;
-  std::unique_ptr<spool::store> _store;
-  spool::store_config _store_config;
-  smtp::server_config _server_config;
-  std::map<std::uint32_t, std::unique_ptr<connection>> _connections;
-  std::set<std::uint32_t> _waiting;             // connections waiting for the spool
-  std::map<std::uint64_t, std::uint32_t> _tickets;  // commit ticket -> connection
-  std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
-  std::map<spool::message_id, expected_message> _expected;
-  std::vector<spool::message_id> _undelivered;  // acknowledged, maybe with unmarked recipients
-  std::set<spool::message_id> _refused;   // commit failed (452) and not recovered
-  std::set<spool::message_id> _finished;  // recovered final: may come back final, never queued
-  std::uint32_t _transactions_left = 0;
-  std::uint32_t _next_client = 1;
-  bool _completions = false;                    // the disk completed something: retry waiters
-  bool _failed = false;
-  // run parameters, drawn from the seed
-  std::int64_t _net_ns_max = 0;
-  std::int64_t _arrival_mean_ns = 0;
-  std::int64_t _crash_mean_ns = 0;
-  std::int64_t _deliver_mean_ns = 0;
-  double _disconnect_chance = 0;
-  // event log
-  std::deque<std::string> _trace;
-  std::uint64_t _digest = 0xcbf29ce484222325ull;
-  outcome _outcome;
-};
 
 // ---- connection: the server handler, as src/server/inbound_connection.cc drives the store
 
@@ -230,9 +37,16 @@ smtp::verdict connection::on_mail_from(const smtp::mailbox& reverse_path,
 }
 
 smtp::verdict connection::on_rcpt_to(const smtp::mailbox& forward_path,
-                                     const smtp::rcpt_parameters&) noexcept {
-  if (is_bad(forward_path.address)) return smtp::verdict::respond(550, "5.1.1", "no such user");
-  envelope.recipients.emplace_back().address.assign(forward_path.address);
+                                     const smtp::rcpt_parameters& parameters) noexcept {
+  if (is_bad(forward_path.address)) {
+    if (_world.settings().glue == glue_bug::deliver_refused) {
+      envelope.recipients.emplace_back().address.assign(forward_path.address);
+    }
+    return smtp::verdict::respond(550, "5.1.1", "no such user");
+  }
+  auto& recipient = envelope.recipients.emplace_back();
+  recipient.address.assign(forward_path.address);
+  recipient.notify = parameters.notify;
   return smtp::verdict::accept();
 }
 
@@ -331,6 +145,7 @@ world::world(const options& settings) : _options(settings), _random(settings.see
 }
 
 world::~world() {
+  _outbound.reset();
   _connections.clear();
   _store.reset();
 }
@@ -363,6 +178,12 @@ void world::note(std::string_view text) {
   _digest = (_digest ^ '\n') * 0x100000001b3ull;
   ++_outcome.events;
   if (_options.verbose) fmt::print("{}\n", line);
+  for (const auto& token : _options.trace_filter) {
+    if (line.find(token) != std::string::npos) {
+      _outcome.filtered_events.push_back(line);
+      break;
+    }
+  }
   if (_trace.size() == trace_lines) _trace.pop_front();
   _trace.push_back(line);
 }
@@ -377,11 +198,24 @@ void world::fail(std::string message) {
 }
 
 outcome world::run() {
+  if (_options.outbound) _outbound = std::make_unique<outbound>(*this, _options.seed);
   if (!recover_and_check()) return _outcome;  // an empty spool, through the real recovery
   _clock.after(0, [this] { spawn_client(); });
-  _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
+  if (!_outbound) _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
   if (_options.crashes) _clock.after(exponential_ns(_crash_mean_ns), [this] { crash_tick(); });
-  while (!_failed && _clock.run_one()) settle();
+  while (!_failed && _clock.run_one()) {
+    settle();
+    if (_outbound && !_healed && !_heal_scheduled && !active()) {
+      // Faults go on a while after the clients are done (crashes among deliveries), then heal.
+      _heal_scheduled = true;
+      _clock.after(exponential_ns(_outbound ? 60'000'000'000 : 1), [this] { heal(); });
+    }
+    if (_healed && _clock.now_ns() - _healed_ns > liveness_bound_ns && _outbound &&
+        !_outbound->idle()) {
+      fail(fmt::format("LIVENESS: two simulated days after faults were healed, the queue has "
+                       "not drained: {}", _outbound->busy_reason()));
+    }
+  }
   if (!_failed && !_connections.empty()) {
     fail(fmt::format("{} session(s) never finished: first is client {} (awaiting {} replies, "
                      "{} stages left)", _connections.size(), _connections.begin()->first,
@@ -389,14 +223,49 @@ outcome world::run() {
                      _connections.begin()->second->stages.size()));
   }
   if (!_failed && _store && !_store->idle()) fail("the store is not idle after the run drained");
+  if (!_failed && _outbound && !_outbound->idle()) {
+    fail(fmt::format("LIVENESS: the event queue ran dry with work left: {}",
+                     _outbound->busy_reason()));
+  }
   if (!_failed) {
     note("final restart: every acknowledged message must be recovered");
     crash(false);
   }
+  if (!_failed && _outbound) _outbound->check_final(*_store);
   _outcome.simulated_ns = _clock.now_ns();
   _outcome.digest = _digest;
   _outcome.disk = _disk->stats();
   return _outcome;
+}
+
+// Clients are done: the faults stop (disk, remotes, DNS, operator holds; no more crashes) and
+// everything queued must drain (liveness).
+void world::heal() {
+  _healed = true;
+  _healed_ns = _clock.now_ns();
+  note("faults healed: the queue must drain");
+  _disk->set_faults(false);
+  if (_outbound) _outbound->heal();
+}
+
+bool world::mark(spool::message_id id, std::uint16_t recipient, spool::recipient_state state) {
+  if (!_store) return false;
+  const spool::recipient_status status{state, 1, 0};
+  auto ticket = _store->mark(id, recipient, status);
+  note(fmt::format("mark {:016x}/{} {}: {}", id, recipient, spool::recipient_state_name(state),
+                   ticket ? 0 : ticket.error()));
+  // EINVAL: already final; ENOENT: no longer queued (final, reclaimed): nothing to retry.
+  if (!ticket) return ticket.error() == EINVAL || ticket.error() == ENOENT;
+  _mark_tickets[ticket.value()] = {id, recipient};
+  const auto found = _expected.find(id);
+  if (found != _expected.end() && found->second.marks.at(recipient) == mark_state::none) {
+    found->second.marks[recipient] = mark_state::unknown;
+  }
+  return true;
+}
+
+void world::expect(spool::message_id id, expected_message want) {
+  _expected[id] = std::move(want);
 }
 
 // After every event, as the reactor at the end of a loop iteration: flush the store, give
@@ -415,7 +284,11 @@ void world::settle() {
     while (_store && _store->next_event(event)) {
       progress = true;
       if (event.kind == spool::event_kind::committed) {
-        on_committed(event);
+        if (_outbound && _outbound->owns_ticket(event.ticket)) {
+          _outbound->on_committed(event);
+        } else {
+          on_committed(event);
+        }
         continue;
       }
       const auto found = _mark_tickets.find(event.ticket);
@@ -428,10 +301,12 @@ void world::settle() {
         message->second.marks[recipient] = mark_state::delivered;
         ++_outcome.delivered_marks;
       }
+      if (event.error == 0 && _outbound) _outbound->on_mark_durable(id, recipient);
     }
     if (_completions) {
       _completions = false;
       progress = true;
+      if (_outbound) _outbound->on_completions();
       const std::set<std::uint32_t> waiting = std::move(_waiting);
       _waiting.clear();
       for (const auto number : waiting) {
@@ -483,9 +358,13 @@ void world::spawn_client() {
   });
 }
 
-std::string world::make_body() {
-  std::string body = fmt::format("Subject: sim {}\r\nFrom: <a@sim.example>\r\n\r\n",
-                                 _random.next() % 100000);
+std::string world::make_body(std::string_view key) {
+  // The Message-ID names the transaction at the remote MTAs (and inside DSNs about it).
+  // (Without the delivery side, the first slice's bodies: its seeds replay the same runs.)
+  std::string body = fmt::format("Subject: sim {}\r\nFrom: <a@sim.example>\r\n{}\r\n",
+                                 _random.next() % 100000,
+                                 _outbound ? fmt::format("Message-ID: <{}@sim.example>\r\n", key)
+                                           : std::string());
   const bool big = _random.chance(0.03);
   const std::uint64_t lines = big ? _random.between(500, 4000) : _random.between(0, 40);
   for (std::uint64_t i = 0; i < lines; ++i) {
@@ -510,8 +389,11 @@ transaction world::make_transaction(std::uint32_t client, std::uint32_t index) {
   for (std::uint64_t r = 0; r < recipients; ++r) {
     t.recipients.push_back(fmt::format("{}r{}@rcpt{}.example", _random.chance(0.1) ? "bad-" : "",
                                        r, _random.below(3)));
+    const std::uint64_t notify = _outbound ? _random.below(20) : 2;  // 5% NEVER, 5% FAILURE
+    t.notify.push_back(notify == 0 ? smtp::notify_never : notify == 1 ? smtp::notify_failure : 0);
   }
-  t.body = make_body();
+  t.key = fmt::format("sim.c{}.t{}", client, index);
+  t.body = make_body(t.key);
   t.bdat = _random.chance(0.3);
   if (t.bdat) {
     std::size_t left = t.body.size();
@@ -535,8 +417,13 @@ void world::build_stages(connection& c) {
     if (&t != &c.transactions.front()) units.push_back(stage{"RSET\r\n", 1, stage_kind::plain});
     units.push_back(stage{fmt::format("MAIL FROM:<{}>\r\n", t.reverse_path), 1,
                           stage_kind::plain});
-    for (const auto& r : t.recipients) {
-      units.push_back(stage{fmt::format("RCPT TO:<{}>\r\n", r), 1, stage_kind::plain});
+    for (std::size_t r = 0; r < t.recipients.size(); ++r) {
+      const std::uint8_t notify = t.notify[r];
+      units.push_back(stage{fmt::format("RCPT TO:<{}>{}\r\n", t.recipients[r],
+                                        notify == smtp::notify_never     ? " NOTIFY=NEVER"
+                                        : notify == smtp::notify_failure ? " NOTIFY=FAILURE"
+                                                                         : ""),
+                            1, stage_kind::plain});
     }
     if (!t.bdat) {
       units.push_back(stage{"DATA\r\n", 1, stage_kind::data_command});
@@ -737,9 +624,12 @@ void world::on_ticket(connection& c, spool::message_id id) {
   const transaction& t = c.transactions.at(c.mails - 1);
   expected_message want;
   want.reverse_path = t.reverse_path;
-  for (const auto& r : t.recipients) {
-    if (!is_bad(r)) want.recipients.push_back(r);
+  for (std::size_t r = 0; r < t.recipients.size(); ++r) {
+    if (is_bad(t.recipients[r])) continue;
+    want.recipients.push_back(t.recipients[r]);
+    want.notify.push_back(t.notify[r]);
   }
+  want.key = t.key;
   want.body_wire = dot_stuff(t.body);
   want.helo = fmt::format("client{}.sim.example", c.number);
   want.client_address = c.client_address;
@@ -768,6 +658,17 @@ void world::on_committed(const spool::event& event) {
     }
   } else {
     if (!check_durable(c, event.id)) return;
+    if (_outbound) {
+      // Delivery takes the envelope the glue stored (not the client's idea of it).
+      expected_message stored = want;
+      stored.recipients.clear();
+      stored.notify.clear();
+      for (const auto& r : c.envelope.recipients) {
+        stored.recipients.push_back(r.address);
+        stored.notify.push_back(r.notify);
+      }
+      _outbound->enqueue(event.id, stored);
+    }
     if (c.session->wants_close() || c.client_gone) {
       want.state = fate::orphaned;
     } else {
@@ -847,7 +748,7 @@ void world::deliver_tick() {
 }
 
 void world::crash_tick() {
-  if (_failed || !active()) return;
+  if (_failed || _healed || (!_outbound && !active())) return;
   crash(_random.chance(0.7));
   _clock.after(exponential_ns(_crash_mean_ns), [this] { crash_tick(); });
 }
@@ -862,6 +763,7 @@ void world::crash(bool torn) {
   _waiting.clear();
   _tickets.clear();
   _mark_tickets.clear();
+  if (_outbound) _outbound->crash();
   _store.reset();
   _disk->crash(torn);
   recover_and_check();
@@ -934,6 +836,7 @@ bool world::recover_and_check() {
     it = done ? _expected.erase(it) : std::next(it);
   }
   list_undelivered();
+  if (_outbound && !_failed) _outbound->recovered(*_store);
   settle();
   return !_failed;
 }
@@ -960,9 +863,9 @@ bool world::check_recovered(spool::message_id id, expected_message& want) {
     ++_outcome.adopted;
   }
   for (std::size_t r = 0; r < want.marks.size(); ++r) {
-    const bool delivered = entry->recipients.at(r).state == spool::recipient_state::delivered;
+    const bool delivered = spool::is_final(entry->recipients.at(r).state);
     if (want.marks[r] == mark_state::delivered && !delivered) {
-      fail(fmt::format("LOST MARK: recipient {} of {:016x} was durably marked delivered but "
+      fail(fmt::format("LOST MARK: recipient {} of {:016x} was durably marked final but "
                        "recovered as {}", r, id,
                        spool::recipient_state_name(entry->recipients[r].state)));
       return false;
@@ -1027,10 +930,10 @@ void world::list_undelivered() {
   }
 }
 
-}  // namespace
+}  // namespace internal
 
 outcome run(const options& settings) {
-  world simulation(settings);
+  internal::world simulation(settings);
   return simulation.run();
 }
 

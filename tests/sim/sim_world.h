@@ -20,6 +20,8 @@
 // - the store keeps its bounds (buffered bytes, open messages) and keeps its promises
 //   (append takes what can_append allowed);
 // - once faults stop and clients are done, everything drains (no session left waiting).
+// Outbound (sim_outbound.h): the real queue::scheduler, smtp::client_session and dns::resolver
+// deliver every durable message to simulated remote MTAs; its invariants are listed there.
 // The same seed gives the same events and the same digest of the event log.
 #pragma once
 
@@ -31,16 +33,31 @@
 
 namespace ringmta::sim {
 
+// Bugs planted in the simulated MTA's glue, to show the delivery invariants catch them.
+enum class glue_bug : std::uint8_t {
+  none,
+  bounce_without_dsn,  // a bounce marks the recipient and sends no DSN: UNDELIVERED
+  mark_before_dsn,     // the recipient is marked bounced before its DSN is durable: a crash
+                       // in between loses the DSN (UNDELIVERED)
+  deliver_refused,     // a recipient answered 550 at RCPT stays in the envelope
+  leak_connection,     // a closed connection is not reported to the scheduler: LIVENESS
+};
+
 struct options {
   std::uint64_t seed = 1;
   std::uint32_t messages = 300;  // transactions the clients attempt in all
   disk_bug bug = disk_bug::none;
+  glue_bug glue = glue_bug::none;
   bool crashes = true;
   bool faults = true;
   bool verbose = false;          // print every event as it happens
   std::uint32_t arrival_ms = 0;  // mean time between client arrivals; 0: drawn from the seed
   bool strict = false;
-  bool ack_check = true;         // false: only recovery after crashes can find lost mail           // a 452'd message coming back is a violation (known issue)
+  bool ack_check = true;         // false: only recovery after crashes can find lost mail
+  bool outbound = true;          // false: no delivery side, recipients marked at random
+  // Replay of a failure: only events naming one of these tokens (message ids, connections)
+  // are kept, all of them (sim_main.cc's shortest trace).
+  std::vector<std::string> trace_filter;
 };
 
 struct outcome {
@@ -58,6 +75,15 @@ struct outcome {
   std::uint64_t recovered_checked = 0;   // acknowledged messages verified after crashes
   std::uint64_t adopted = 0;             // recovered though never answered 250 (in flight)
   std::uint64_t resurrected = 0;         // answered 452, gone, then back (docs/notes.md)
+  std::vector<std::string> filtered_events;  // with trace_filter: the matching events
+  // outbound (sim_outbound.cc)
+  std::uint64_t remote_deliveries = 0;   // recipients accepted by remote MTAs (duplicates too)
+  std::uint64_t duplicates = 0;          // of those, deliveries of a recipient seen before
+  std::uint64_t bounces = 0;             // recipients bounced (5xx, expiry, operator)
+  std::uint64_t dsns = 0;                // DSNs made durable in the spool
+  std::uint64_t outbound_connections = 0;
+  std::uint64_t dns_queries = 0;
+  std::uint64_t operator_actions = 0;
   disk_stats disk;
 };
 

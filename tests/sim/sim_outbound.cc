@@ -1,0 +1,1339 @@
+#include "sim_outbound.h"
+
+// First: without it ldns/common.h #defines bool, true and false as macros in C++.
+#include <stdbool.h>  // NOLINT(modernize-deprecated-headers)
+#include <ldns/ldns.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ringmta/dns/resolver.h"
+#include "ringmta/dns/wire.h"
+#include "ringmta/queue/dsn.h"
+#include "ringmta/queue/scheduler.h"
+#include "ringmta/smtp/client_session.h"
+
+namespace ringmta::sim::internal {
+namespace {
+
+constexpr std::int64_t ms_ns = 1'000'000;
+constexpr std::int64_t client_timeout_ns = 60'000 * ms_ns;   // every phase (RFC: minutes)
+constexpr std::string_view our_name = "mx.sim.example";
+constexpr std::uint32_t domain_count = 4;  // rcpt0..rcpt2.example and sender.example
+
+std::string domain_of(std::string_view address) {
+  const auto at = address.rfind('@');
+  return dns::normalize_name(at == std::string_view::npos ? address : address.substr(at + 1));
+}
+
+// "sim.c12.t0" from "Message-ID: <sim.c12.t0@sim.example>" (the first one: a DSN's own
+// Message-ID has another form, the original's is in its returned header section).
+std::string find_key(std::string_view body) {
+  const auto at = body.find("<sim.c");
+  if (at == std::string_view::npos) return {};
+  const auto end = body.find('@', at);
+  return end == std::string_view::npos ? std::string{} : std::string(body.substr(at + 1,
+                                                                            end - at - 1));
+}
+
+// RFC 5321 §4.5.2 in reverse: the raw message a BDAT chunk carries.
+std::string unstuff(std::string_view wire) {
+  std::string out;
+  out.reserve(wire.size());
+  bool line_start = true;
+  for (std::size_t i = 0; i < wire.size(); ++i) {
+    if (line_start && wire[i] == '.') {
+      line_start = false;
+      continue;
+    }
+    out.push_back(wire[i]);
+    line_start = wire[i] == '\n';
+  }
+  return out;
+}
+
+// A reply to (id, name, type) built with ldns (as tests/unit/dns does); an empty answer
+// section gets an SOA in the authority section (RFC 2308 §5: the negative TTL).
+std::vector<std::uint8_t> encode_reply(std::uint16_t id, const std::string& name,
+                                       dns::record_type type, ldns_pkt_rcode rcode,
+                                       const std::vector<std::string>& answer,
+                                       std::uint64_t ttl) {
+  ldns_pkt* packet = ldns_pkt_new();
+  ldns_pkt_set_id(packet, id);
+  ldns_pkt_set_qr(packet, true);
+  ldns_pkt_set_rd(packet, true);
+  ldns_pkt_set_ra(packet, true);
+  ldns_pkt_set_rcode(packet, static_cast<std::uint8_t>(rcode));
+  ldns_rr* question = ldns_rr_new();
+  ldns_rr_set_owner(question, ldns_dname_new_frm_str(name.c_str()));
+  ldns_rr_set_type(question, static_cast<ldns_rr_type>(type));
+  ldns_rr_set_class(question, LDNS_RR_CLASS_IN);
+  ldns_rr_set_question(question, true);
+  ldns_pkt_push_rr(packet, LDNS_SECTION_QUESTION, question);
+  for (const auto& text : answer) {
+    ldns_rr* rr = nullptr;
+    if (ldns_rr_new_frm_str(&rr, text.c_str(), 300, nullptr, nullptr) == LDNS_STATUS_OK) {
+      ldns_pkt_push_rr(packet, LDNS_SECTION_ANSWER, rr);
+    }
+  }
+  if (answer.empty() && rcode != LDNS_RCODE_SERVFAIL) {
+    ldns_rr* soa = nullptr;
+    const std::string text = fmt::format("example. {} IN SOA ns.example. h.example. 1 2 3 4 {}",
+                                         ttl, ttl);
+    if (ldns_rr_new_frm_str(&soa, text.c_str(), 300, nullptr, nullptr) == LDNS_STATUS_OK) {
+      ldns_pkt_push_rr(packet, LDNS_SECTION_AUTHORITY, soa);
+    }
+  }
+  std::uint8_t* wire = nullptr;
+  std::size_t size = 0;
+  std::vector<std::uint8_t> out;
+  if (ldns_pkt2wire(&wire, packet, &size) == LDNS_STATUS_OK) out.assign(wire, wire + size);
+  std::free(wire);
+  ldns_pkt_free(packet);
+  return out;
+}
+
+// What the delivery side knows of a message (process memory: rebuilt after a crash).
+struct message_data {
+  std::string reverse_path;
+  std::vector<std::string> recipients;
+  std::vector<std::uint8_t> notify;
+  std::string body_wire;
+  std::string key;
+  std::int64_t received_seconds = 0;
+  bool dsn = false;
+};
+
+// The test's ledger of a durable message: survives crashes.
+struct ledger_entry {
+  std::string key;
+  std::string reverse_path;
+  std::vector<std::string> recipients;
+  bool dsn = false;
+};
+
+struct remote_host {
+  std::string name;
+  std::uint32_t domain = 0;
+  smtp::extension_set extensions;
+  std::uint64_t message_bytes_max = 0;
+  double refuse = 0, greet_reject = 0, drop = 0, stall = 0, temporary = 0, permanent = 0;
+};
+
+}  // namespace
+
+struct outbound::state {
+  struct connection;
+
+  // A remote MTA's side of one connection: the real server engine, random answers.
+  struct remote_handler final : smtp::server_handler {
+    remote_handler(state& owner, connection& link) : s(owner), c(link) {}
+    smtp::verdict answer(const char* what);
+    smtp::verdict on_helo(std::string_view, bool) noexcept override { return answer("HELO"); }
+    smtp::verdict on_mail_from(const smtp::mailbox& from,
+                               const smtp::mail_parameters&) noexcept override {
+      reverse_path.assign(from.address);
+      recipients.clear();
+      body.clear();
+      return answer("MAIL");
+    }
+    smtp::verdict on_rcpt_to(const smtp::mailbox& to,
+                             const smtp::rcpt_parameters&) noexcept override;
+    smtp::verdict on_data_start() noexcept override { return answer("DATA"); }
+    void on_body(std::string_view slice, smtp::body_form) noexcept override {
+      body.append(slice);
+    }
+    smtp::verdict on_data_end(const smtp::body_summary&) noexcept override;
+    void on_reset() noexcept override { recipients.clear(); body.clear(); }
+    state& s;
+    connection& c;
+    std::string reverse_path;
+    std::vector<std::string> recipients;
+    std::string body;
+  };
+
+  struct connection {
+    std::uint64_t number = 0;
+    queue::connection_id id;
+    queue::destination_id destination;
+    std::string destination_name;
+    std::uint64_t lookup = 0;
+    std::vector<dns::mx_host> hosts;
+    std::size_t host_index = 0;
+    remote_host* remote = nullptr;
+    std::unique_ptr<smtp::client_session> client;
+    std::unique_ptr<remote_handler> handler;
+    smtp::server_config server_config;  // the session keeps a reference
+    std::unique_ptr<smtp::server_session> server;
+    bool stalled = false;
+    bool took_job = false;
+    std::uint64_t timer = 0;  // generation of the armed timeout
+    std::int64_t to_remote_ns = 0, to_client_ns = 0;
+    // the transaction in progress
+    bool has_job = false;
+    queue::job_view job;
+    std::vector<std::uint16_t> indices;
+    std::vector<smtp::client_recipient> recipients;
+    std::vector<smtp::client_outcome> outcomes;
+    std::vector<std::string> texts;
+    std::string reverse_path;
+    std::string body;
+  };
+
+  struct pending_dsn {
+    spool::message_id original = 0;
+    std::vector<std::uint16_t> recipients;
+    std::vector<std::string> diagnostics;
+    bool begun = false;
+    spool::message_handle handle;
+    spool::message_id id = 0;
+    std::string wire;
+    std::size_t offset = 0;
+    std::uint64_t ticket = 0;
+    spool::envelope envelope;
+  };
+
+  state(world& owner, std::uint64_t seed);
+  void reset_process();
+  // time
+  std::int64_t now_ns() const { return w.clock().now_ns(); }
+  std::int64_t now_ms() const { return epoch_seconds * 1000 + now_ns() / ms_ns; }
+  std::uint64_t dns_ms() const { return static_cast<std::uint64_t>(now_ns() / ms_ns); }
+  std::int64_t latency_ns() { return static_cast<std::int64_t>(rng.between(20'000, net_ns_max)); }
+  template <typename F> void later(std::int64_t delay_ns, F&& action) {
+    w.clock().after(delay_ns, [this, generation = process, action = std::forward<F>(action)] {
+      if (generation == process && !w.failed_now()) action();
+    });
+  }
+  void note(std::string_view text) { w.note(text); }
+  // scheduler
+  void add_jobs(spool::message_id id, const std::vector<bool>& live);
+  void rearm();
+  void wake();
+  void drain_events();
+  void bounce(spool::message_id id, const std::vector<std::uint16_t>& indices,
+              const std::vector<std::string>& diagnostics);
+  void final_mark(spool::message_id id, std::uint16_t index, spool::recipient_state state);
+  void retry_marks();
+  // DSNs
+  void pump_dsns();
+  static expected_message expected_dsn(const pending_dsn& d, fate now) {
+    expected_message want;
+    want.recipients = {d.envelope.recipients[0].address};
+    want.notify = {0};
+    want.body_wire = d.wire;
+    want.origin = fmt::format("DSN for {:016x}", d.original);
+    want.state = now;
+    want.marks.assign(1, mark_state::none);
+    return want;
+  }
+  bool start_dsn(pending_dsn& d);
+  // DNS
+  void resolver_drain();
+  void resolver_rearm();
+  void dns_server(const dns::action& query);
+  std::vector<std::uint8_t> dns_reply(std::uint16_t id, const std::string& name,
+                                      dns::record_type type, bool& drop);
+  void on_lookup(std::uint64_t lookup, dns::mx_result& result);
+  // connections
+  void open(const queue::connect_request& request);
+  void connect_host(connection& c);
+  void give_up(connection& c, const queue::failure& why);
+  void to_remote(connection& c, std::string bytes);
+  void remote_receive(std::uint64_t number, const std::string& bytes);
+  void remote_send(connection& c);
+  void client_receive(std::uint64_t number, const std::string& bytes);
+  void client_drain(connection& c);
+  void client_event(connection& c, const smtp::client_event& event);
+  void take_next(connection& c);
+  void start_job(connection& c, const queue::job_view& job);
+  void finish_job(connection& c, smtp::client_outcome outcome, std::string_view text);
+  void arm_timer(connection& c);
+  void peer_lost(std::uint64_t number);
+  void close(connection& c);
+  connection* find(std::uint64_t number) {
+    const auto found = connections.find(number);
+    return found == connections.end() ? nullptr : found->second.get();
+  }
+  // operator
+  void operator_tick();
+  // invariants
+  void check_limit(const connection& c);
+  void delivered_remotely(remote_handler& h);
+
+  world& w;
+  random rng;
+  std::uint64_t process = 1;  // bumped by a crash: stale timers do nothing
+  std::int64_t net_ns_max = 0;
+  std::vector<remote_host> hosts;
+  std::vector<int> domain_mode;  // 0 MX, 1 implicit MX, 2 null MX, 3 NXDOMAIN
+  double dns_timeout = 0, dns_servfail = 0;
+  std::vector<std::int64_t> retry_delays_ms;
+  std::int64_t lifetime_ms = 0;
+  std::uint32_t connections_max = 1;
+  std::int64_t operator_mean_ns = 0;
+  // process state
+  std::unique_ptr<queue::scheduler> scheduler;
+  std::unique_ptr<dns::resolver> resolver;
+  std::map<std::uint64_t, std::unique_ptr<connection>> connections;
+  std::map<std::uint64_t, std::uint64_t> lookups;  // lookup -> connection
+  std::map<spool::message_id, message_data> messages;
+  std::map<std::string, std::uint32_t> open_count;  // destination -> open connections
+  std::vector<pending_dsn> dsns;
+  std::map<std::uint64_t, std::size_t> dsn_tickets;
+  std::vector<std::tuple<spool::message_id, std::uint16_t, spool::recipient_state>> mark_retry;
+  std::int64_t wakeup_ns = -1;
+  std::int64_t resolver_ns = -1;
+  std::uint64_t next_connection = 1;
+  std::set<std::string> suspended;
+  // the ledger (outlives crashes): what the final check compares the mailboxes with
+  std::map<spool::message_id, ledger_entry> ledger;
+  std::map<std::pair<std::string, std::string>, std::uint32_t> mailbox;      // key, rcpt
+  std::map<std::pair<std::string, std::string>, std::uint32_t> dsn_mailbox;  // key, rcpt
+  std::set<std::pair<std::string, std::string>> final_durable;  // key, rcpt
+  std::set<std::pair<spool::message_id, std::uint16_t>> no_dsn_due;
+  std::map<std::pair<spool::message_id, std::uint16_t>, std::vector<spool::message_id>> dsn_of;
+  std::set<spool::message_id> dsn_refused;  // a DSN refused 5xx by the sender's MTA
+};
+
+outbound::state::state(world& owner, std::uint64_t seed)
+    : w(owner), rng(seed * 0x9e3779b97f4a7c15ull + 0x0b0d) {
+  const bool faults = w.settings().faults;
+  net_ns_max = static_cast<std::int64_t>(rng.between(100'000, 20'000'000));
+  for (std::uint32_t d = 0; d < domain_count; ++d) {
+    const std::uint64_t draw = rng.below(100);
+    domain_mode.push_back(draw < 75 ? 0 : draw < 90 ? 1 : draw < 95 ? 2 : 3);
+    for (int h = 1; h <= 2; ++h) {
+      remote_host host;
+      host.domain = d;
+      host.name = fmt::format("mx{}.{}", h, d < 3 ? fmt::format("rcpt{}.example", d)
+                                                 : std::string("sender.example"));
+      host.extensions.pipelining = rng.chance(0.7);
+      host.extensions.eight_bit_mime = rng.chance(0.7);
+      host.extensions.size = rng.chance(0.7);
+      host.extensions.chunking = rng.chance(0.5);
+      host.extensions.binary_mime = false;
+      host.message_bytes_max = rng.chance(0.2) ? 64u << 10 : 8u << 20;
+      if (faults) {
+        host.refuse = static_cast<double>(rng.below(20)) / 100;
+        host.greet_reject = static_cast<double>(rng.below(10)) / 100;
+        host.drop = static_cast<double>(rng.below(5)) / 100;
+        host.stall = static_cast<double>(rng.below(3)) / 100;
+        host.temporary = static_cast<double>(rng.below(10)) / 100;
+        host.permanent = static_cast<double>(rng.below(4)) / 100;
+      }
+      hosts.push_back(std::move(host));
+    }
+  }
+  if (faults) {
+    dns_timeout = static_cast<double>(rng.below(15)) / 100;
+    dns_servfail = static_cast<double>(rng.below(15)) / 100;
+  }
+  const std::int64_t base = static_cast<std::int64_t>(rng.between(1, 30)) * 1000;
+  retry_delays_ms = {base, base * 2, base * 4, base * 8};
+  lifetime_ms = static_cast<std::int64_t>(rng.between(60, 1800)) * 1000;
+  connections_max = static_cast<std::uint32_t>(rng.between(1, 4));
+  operator_mean_ns = static_cast<std::int64_t>(rng.between(2, 60)) * 1000 * ms_ns;
+  note(fmt::format("outbound: net<{}us dns timeout {} servfail {} domains {},{},{},{} retry {}s "
+                   "lifetime {}s connections {}", net_ns_max / 1000, dns_timeout, dns_servfail,
+                   domain_mode[0], domain_mode[1], domain_mode[2], domain_mode[3], base / 1000,
+                   lifetime_ms / 1000, connections_max));
+  reset_process();
+}
+
+void outbound::state::reset_process() {
+  ++process;
+  queue::scheduler_config config;
+  config.limits.connections_max = connections_max;
+  config.limits.messages_per_connection_max = static_cast<std::uint32_t>(rng.between(1, 20));
+  config.limits.recipients_per_transaction_max = static_cast<std::uint32_t>(rng.between(1, 3));
+  config.retry_delays_ms = retry_delays_ms;
+  config.lifetime_max_ms = lifetime_ms;
+  config.delay_warning_ms = 0;
+  config.random_seed = rng.next() | 1;
+  scheduler = std::make_unique<queue::scheduler>(config);
+  dns::resolver_config resolver_config;
+  resolver_config.servers = {dns::server_address{dns::ip_address::v4(192, 0, 2, 53), 53},
+                             dns::server_address{dns::ip_address::v4(192, 0, 2, 54), 53}};
+  resolver_config.timeout_ms = 2000;
+  resolver_config.attempts = 2;
+  resolver_config.ipv6 = false;
+  resolver = std::make_unique<dns::resolver>(resolver_config, dns::seeded_random(rng.next()));
+  connections.clear();
+  lookups.clear();
+  messages.clear();
+  open_count.clear();
+  dsns.clear();
+  dsn_tickets.clear();
+  mark_retry.clear();
+  suspended.clear();
+  wakeup_ns = -1;
+  resolver_ns = -1;
+  if (!w.healed()) {
+    later(static_cast<std::int64_t>(rng.between(1, 2) * operator_mean_ns),
+          [this] { operator_tick(); });
+  }
+}
+
+// ---- the queue
+
+void outbound::state::add_jobs(spool::message_id id, const std::vector<bool>& live) {
+  const message_data& m = messages.at(id);
+  std::map<std::string, std::vector<std::uint16_t>> by_domain;
+  for (std::size_t r = 0; r < m.recipients.size(); ++r) {
+    if (live[r]) by_domain[domain_of(m.recipients[r])].push_back(static_cast<std::uint16_t>(r));
+  }
+  for (const auto& [domain, indices] : by_domain) {
+    queue::job_spec spec;
+    spec.message = id;
+    spec.received_seconds = m.received_seconds;
+    spec.recipients = indices;
+    const auto added = scheduler->add(domain, spec, now_ms(), queue::admission::forced);
+    if (added.status != queue::add_status::added) {
+      w.fail(fmt::format("scheduler refused a forced add of {:016x} for {}", id, domain));
+    }
+  }
+  rearm();
+}
+
+void outbound::state::rearm() {
+  const std::int64_t at_ms = scheduler->next_wakeup_ms();
+  if (at_ms == queue::no_wakeup_ms) return;
+  const std::int64_t at_ns = std::max(now_ns(), (at_ms - epoch_seconds * 1000) * ms_ns);
+  if (wakeup_ns >= 0 && wakeup_ns <= at_ns) return;
+  wakeup_ns = at_ns;
+  later(at_ns - now_ns(), [this, at_ns] {
+    if (wakeup_ns == at_ns) wakeup_ns = -1;
+    wake();
+  });
+}
+
+void outbound::state::wake() {
+  std::vector<queue::connect_request> requests;
+  scheduler->poll(now_ms(), requests);
+  for (const auto& request : requests) open(request);
+  drain_events();
+  rearm();
+}
+
+void outbound::state::drain_events() {
+  queue::job_event event;
+  while (scheduler->next_event(event)) {
+    if (event.kind != queue::event_kind::expired &&
+        event.kind != queue::event_kind::bounced_by_operator) {
+      continue;
+    }
+    std::vector<std::uint16_t> indices;
+    event.job.for_each_recipient([&](std::uint16_t r) { indices.push_back(r); });
+    const std::string why = event.kind == queue::event_kind::expired
+                                ? "expired: " + std::string(event.job.last_error)
+                                : std::string("bounced by the operator");
+    note(fmt::format("msg {:016x} {} at {}", event.job.message, why, domain_of(
+        messages.count(event.job.message) ? messages.at(event.job.message).recipients.at(
+            indices.at(0)) : std::string("?"))));
+    bounce(event.job.message, indices, std::vector<std::string>(indices.size(), why));
+  }
+}
+
+// A final failure: a DSN when one is due (made durable before the recipient is marked
+// bounced, so a crash in between bounces again rather than losing the DSN), else the mark.
+void outbound::state::bounce(spool::message_id id, const std::vector<std::uint16_t>& indices,
+                             const std::vector<std::string>& diagnostics) {
+  const message_data& m = messages.at(id);
+  if (m.dsn) dsn_refused.insert(id);  // a DSN is never bounced with another (RFC 3464 §4)
+  pending_dsn d;
+  d.original = id;
+  const glue_bug bug = w.settings().glue;
+  for (std::size_t k = 0; k < indices.size(); ++k) {
+    ++w.counters().bounces;
+    if (bug == glue_bug::bounce_without_dsn) {
+      final_mark(id, indices[k], spool::recipient_state::bounced);
+      continue;
+    }
+    if (!queue::should_send_dsn(m.reverse_path, m.notify.at(indices[k]),
+                                queue::dsn_action::failed)) {
+      note(fmt::format("msg {:016x}/{} bounced, no DSN due (sender <{}>)", id, indices[k],
+                       m.reverse_path));
+      no_dsn_due.insert({id, indices[k]});
+      final_mark(id, indices[k], spool::recipient_state::bounced);
+      continue;
+    }
+    if (bug == glue_bug::mark_before_dsn) {
+      final_mark(id, indices[k], spool::recipient_state::bounced);
+    }
+    d.recipients.push_back(indices[k]);
+    d.diagnostics.push_back(diagnostics.at(k));
+  }
+  if (d.recipients.empty()) return;
+  dsns.push_back(std::move(d));
+  pump_dsns();
+}
+
+void outbound::state::final_mark(spool::message_id id, std::uint16_t index,
+                                 spool::recipient_state state) {
+  if (!w.mark(id, index, state)) mark_retry.emplace_back(id, index, state);
+}
+
+void outbound::state::retry_marks() {
+  auto waiting = std::move(mark_retry);
+  mark_retry.clear();
+  for (const auto& [id, index, state] : waiting) final_mark(id, index, state);
+}
+
+// ---- DSNs: built by queue::build_dsn, committed to the spool as messages from <>
+
+bool outbound::state::start_dsn(pending_dsn& d) {
+  spool::store* store = w.store_or_null();
+  auto handle = store->begin(w.wall_seconds());
+  if (!handle) return false;
+  d.begun = true;
+  d.handle = handle.value();
+  d.id = store->id_of(d.handle);
+  const message_data& m = messages.at(d.original);
+  spool::envelope original;
+  original.id = d.original;
+  original.reverse_path = m.reverse_path;
+  original.received_seconds = m.received_seconds;
+  for (std::size_t r = 0; r < m.recipients.size(); ++r) {
+    original.recipients.push_back(spool::recipient{m.recipients[r], m.notify[r], {}});
+  }
+  std::vector<queue::dsn_recipient> recipients;
+  for (std::size_t k = 0; k < d.recipients.size(); ++k) {
+    queue::dsn_recipient r;
+    r.address = m.recipients.at(d.recipients[k]);
+    r.diagnostic = d.diagnostics[k];
+    r.last_attempt_seconds = w.wall_seconds();
+    recipients.push_back(r);
+  }
+  const std::string_view pieces[] = {m.body_wire};
+  queue::dsn_request request;
+  request.reporting_mta = our_name;
+  request.original = &original;
+  request.recipients = recipients;
+  request.original_body = pieces;
+  request.original_body_bytes = m.body_wire.size();
+  request.dsn_id = d.id;
+  request.now_seconds = w.wall_seconds();
+  d.wire.clear();
+  auto built = queue::build_dsn(request, d.wire);
+  if (!built) {
+    w.fail(fmt::format("build_dsn for {:016x}: {}", d.original, std::strerror(built.error())));
+    return false;
+  }
+  if (d.wire.size() < 2 || d.wire.substr(d.wire.size() - 2) != "\r\n") d.wire.append("\r\n");
+  d.offset = 0;
+  d.envelope = {};
+  d.envelope.id = d.id;
+  d.envelope.recipients.push_back(spool::recipient{m.reverse_path, 0, {}});
+  d.envelope.received_seconds = w.wall_seconds();
+  return true;
+}
+
+void outbound::state::pump_dsns() {
+  spool::store* store = w.store_or_null();
+  if (store == nullptr) return;
+  for (std::size_t i = 0; i < dsns.size(); ++i) {
+    pending_dsn& d = dsns[i];
+    if (d.ticket != 0) continue;
+    if (!d.begun && !start_dsn(d)) return;
+    while (d.offset < d.wire.size()) {
+      auto taken = store->append(d.handle, std::string_view(d.wire).substr(d.offset));
+      if (!taken) {  // the message failed: start over
+        store->abort(d.handle);
+        d.begun = false;
+        return;
+      }
+      if (taken.value() == 0) return;  // buffers full: after the next completion
+      d.offset += taken.value();
+    }
+    auto committed = store->commit(d.handle, d.envelope);
+    if (!committed && committed.error() == EAGAIN) return;
+    if (!committed) {
+      d.begun = false;
+      return;
+    }
+    d.ticket = committed.value();
+    dsn_tickets[d.ticket] = i;
+    // Known to the world from now on: a crash before the ticket is reported may still find it
+    // recovered (then adopted, like a client's message whose 250 never went out).
+    w.expect(d.id, expected_dsn(d, fate::in_flight));
+    note(fmt::format("dsn {:016x} for msg {:016x} committing (ticket {})", d.id, d.original,
+                     d.ticket));
+  }
+}
+
+// ---- DNS: a simulated server answering with ldns-built packets
+
+std::vector<std::uint8_t> outbound::state::dns_reply(std::uint16_t id, const std::string& name,
+                                                     dns::record_type type, bool& drop) {
+  drop = false;
+  const bool healed = w.healed();
+  if (!healed && rng.chance(dns_timeout)) {
+    drop = true;
+    return {};
+  }
+  ldns_pkt_rcode rcode = LDNS_RCODE_NOERROR;
+  std::vector<std::string> answer;
+  int domain = -1;
+  for (std::uint32_t d = 0; d < domain_count; ++d) {
+    const std::string zone = d < 3 ? fmt::format("rcpt{}.example", d) : "sender.example";
+    if (name == zone || (name.size() > zone.size() &&
+                         name.compare(name.size() - zone.size() - 1, std::string::npos,
+                                      "." + zone) == 0)) {
+      domain = static_cast<int>(d);
+    }
+  }
+  const std::uint64_t ttl = rng.below(300);  // changing TTLs: the cache expires at random
+  if (!healed && rng.chance(dns_servfail)) {
+    rcode = LDNS_RCODE_SERVFAIL;
+  } else if (domain < 0 || domain_mode[domain] == 3) {
+    rcode = LDNS_RCODE_NXDOMAIN;
+  } else {
+    const int mode = domain_mode[domain];
+    const bool apex = name.find('.') == name.rfind('.') || name.rfind("rcpt", 0) == 0 ||
+                      name.rfind("sender", 0) == 0;
+    if (type == dns::record_type::mx && apex) {
+      if (mode == 0) {
+        answer.push_back(fmt::format("{}. {} IN MX 10 mx1.{}.", name, ttl, name));
+        answer.push_back(fmt::format("{}. {} IN MX 20 mx2.{}.", name, ttl, name));
+      } else if (mode == 2) {
+        answer.push_back(fmt::format("{}. {} IN MX 0 .", name, ttl));
+      }
+    } else if (type == dns::record_type::a) {
+      // mx1/mx2 have addresses; the apex only for an implicit MX (mode 1): host 1's.
+      const int host = name.rfind("mx1.", 0) == 0 ? 0 : name.rfind("mx2.", 0) == 0 ? 1
+                       : (apex && mode == 1) ? 0 : -1;
+      if (host >= 0) {
+        answer.push_back(fmt::format("{}. {} IN A 198.51.100.{}", name, ttl,
+                                     domain * 2 + host + 1));
+      }
+    }
+  }
+  return encode_reply(id, name, type, rcode, answer, ttl);
+}
+
+void outbound::state::dns_server(const dns::action& query) {
+  ++w.counters().dns_queries;
+  if (query.via != dns::transport::udp) return;  // never truncated here: no TCP
+  ldns_pkt* packet = nullptr;
+  if (ldns_wire2pkt(&packet, query.bytes.data(), query.bytes.size()) != LDNS_STATUS_OK) {
+    w.fail("the resolver sent a query ldns cannot decode");
+    return;
+  }
+  const std::uint16_t id = ldns_pkt_id(packet);
+  const ldns_rr* question = ldns_rr_list_rr(ldns_pkt_question(packet), 0);
+  char* owner = ldns_rdf2str(ldns_rr_owner(question));
+  const std::string name = dns::normalize_name(owner);
+  std::free(owner);
+  const auto type = static_cast<dns::record_type>(ldns_rr_get_type(question));
+  ldns_pkt_free(packet);
+  bool drop = false;
+  auto reply = dns_reply(id, name, type, drop);
+  note(fmt::format("dns {} {}: {}", name, dns::record_type_name(type),
+                   drop ? "no answer" : fmt::format("{} bytes", reply.size())));
+  if (drop) return;
+  const std::uint32_t server = query.server_index;
+  later(latency_ns(), [this, server, reply = std::move(reply)] {
+    resolver->on_udp_packet(server, reply, dns_ms());
+    resolver_drain();
+  });
+}
+
+void outbound::state::resolver_drain() {
+  while (dns::action* a = resolver->next_action()) {
+    if (a->kind == dns::action_kind::send) {
+      dns_server(*a);
+    } else if (a->kind == dns::action_kind::lookup_done) {
+      on_lookup(a->lookup, a->result);
+    }
+  }
+  resolver_rearm();
+}
+
+void outbound::state::resolver_rearm() {
+  const std::uint64_t at = resolver->next_deadline_ms();
+  if (at == dns::resolver::no_deadline) return;
+  const std::int64_t at_ns = std::max(now_ns(), static_cast<std::int64_t>(at) * ms_ns);
+  if (resolver_ns >= 0 && resolver_ns <= at_ns) return;
+  resolver_ns = at_ns;
+  later(at_ns - now_ns(), [this, at_ns] {
+    if (resolver_ns == at_ns) resolver_ns = -1;
+    resolver->on_time(dns_ms());
+    resolver_drain();
+  });
+}
+
+void outbound::state::on_lookup(std::uint64_t lookup, dns::mx_result& result) {
+  const auto found = lookups.find(lookup);
+  if (found == lookups.end()) return;
+  connection* c = find(found->second);
+  lookups.erase(found);
+  if (c == nullptr) return;
+  note(fmt::format("oc{} {}: dns {} {}", c->number, c->destination_name,
+                   result.status == dns::lookup_status::ok ? "ok" : result.enhanced_code(),
+                   result.text));
+  if (result.status == dns::lookup_status::ok) {
+    c->hosts = std::move(result.hosts);
+    c->host_index = 0;
+    return connect_host(*c);
+  }
+  const auto status = queue::parse_status_code(result.enhanced_code()).value_or(
+      queue::status_code{4, 4, 3});
+  const queue::failure why{0, status, result.text};
+  if (result.status == dns::lookup_status::temporary_failure) return give_up(*c, why);
+  // Permanent (NXDOMAIN, null MX, no route): every job of the destination bounces.
+  for (;;) {
+    const auto taken = scheduler->take_for_connection(c->id, now_ms());
+    if (taken.status != queue::take_status::job) break;
+    std::vector<std::uint16_t> indices;
+    taken.job.for_each_recipient([&](std::uint16_t r) { indices.push_back(r); });
+    const spool::message_id id = taken.job.message;
+    scheduler->failed(taken.job.id, now_ms(), why);
+    note(fmt::format("msg {:016x} fails at {}: {}", id, c->destination_name, result.text));
+    bounce(id, indices, std::vector<std::string>(indices.size(), result.text));
+  }
+  close(*c);
+}
+
+// ---- connections
+
+void outbound::state::check_limit(const connection& c) {
+  queue::destination_info info;
+  if (!scheduler->inspect(c.destination, info)) return;
+  const std::uint32_t open = open_count[c.destination_name];
+  if (open > info.limits.connections_max) {
+    w.fail(fmt::format("CONNECTION LIMIT: {} connections open to {} (limit {})", open,
+                       c.destination_name, info.limits.connections_max));
+  }
+}
+
+void outbound::state::open(const queue::connect_request& request) {
+  auto owned = std::make_unique<connection>();
+  connection& c = *owned;
+  c.number = next_connection++;
+  c.id = request.connection;
+  c.destination = request.destination;
+  c.destination_name.assign(request.name);
+  connections.emplace(c.number, std::move(owned));
+  ++open_count[c.destination_name];
+  ++w.counters().outbound_connections;
+  check_limit(c);
+  c.lookup = resolver->start_mx_lookup(c.destination_name, dns_ms());
+  lookups[c.lookup] = c.number;
+  note(fmt::format("oc{} opens for {}{}", c.number, c.destination_name,
+                   request.probe ? " (probe)" : ""));
+  resolver_drain();
+}
+
+void outbound::state::connect_host(connection& c) {
+  for (; c.host_index < c.hosts.size(); ++c.host_index) {
+    const std::string& name = c.hosts[c.host_index].name;
+    remote_host* remote = nullptr;
+    for (auto& host : hosts) {
+      if (host.name == name) remote = &host;
+    }
+    if (remote == nullptr && !c.hosts[c.host_index].addresses.empty()) {
+      // implicit MX: the domain's own address is its first host's
+      const auto& address = c.hosts[c.host_index].addresses[0];
+      const std::size_t index = address.bytes[3] - 1u;
+      if (index < hosts.size()) remote = &hosts[index];
+    }
+    if (remote == nullptr) continue;
+    if (!w.healed() && rng.chance(remote->refuse)) {
+      note(fmt::format("oc{} {} refuses the connection", c.number, name));
+      continue;
+    }
+    c.remote = remote;
+    ++c.host_index;
+    c.client = std::make_unique<smtp::client_session>(smtp::client_config{
+        our_name, smtp::client_tls_policy::none, {}, rng.chance(0.8), rng.chance(0.7)});
+    c.handler = std::make_unique<remote_handler>(*this, c);
+    c.server.reset();
+    c.server_config = {};
+    c.server_config.hostname = remote->name;
+    c.server_config.extensions = remote->extensions;
+    c.server_config.limits.message_bytes_max = remote->message_bytes_max;
+    c.server = std::make_unique<smtp::server_session>(c.server_config, *c.handler);
+    c.stalled = false;
+    c.took_job = false;
+    note(fmt::format("oc{} connected to {}", c.number, name));
+    if (!w.healed() && rng.chance(remote->greet_reject)) {
+      c.server->start_refusing("busy");
+    } else {
+      c.server->start();
+    }
+    remote_send(c);
+    arm_timer(c);
+    return;
+  }
+  give_up(c, queue::failure{0, {4, 4, 1}, "all MX hosts refused the connection"});
+}
+
+// The connection could not be used: the destination backs off (RFC 5321 §4.5.4.1).
+void outbound::state::give_up(connection& c, const queue::failure& why) {
+  note(fmt::format("oc{} failed: {}", c.number, why.text));
+  scheduler->connection_failed(c.id, now_ms(), why);
+  drain_events();
+  --open_count[c.destination_name];
+  connections.erase(c.number);
+  rearm();
+}
+
+void outbound::state::close(connection& c) {
+  note(fmt::format("oc{} closed", c.number));
+  if (w.settings().glue != glue_bug::leak_connection) {
+    scheduler->connection_closed(c.id, now_ms());
+  }
+  drain_events();
+  --open_count[c.destination_name];
+  connections.erase(c.number);
+  rearm();
+}
+
+void outbound::state::to_remote(connection& c, std::string bytes) {
+  const std::int64_t when = std::max(c.to_remote_ns, now_ns() + latency_ns());
+  c.to_remote_ns = when;
+  later(when - now_ns(), [this, number = c.number, bytes = std::move(bytes)] {
+    remote_receive(number, bytes);
+  });
+}
+
+void outbound::state::remote_receive(std::uint64_t number, const std::string& bytes) {
+  connection* c = find(number);
+  if (c == nullptr || c->server == nullptr || c->stalled) return;
+  if (!w.healed() && rng.chance(c->remote->drop)) {
+    note(fmt::format("oc{} dropped by {}", number, c->remote->name));
+    c->server.reset();
+    later(latency_ns(), [this, number] { peer_lost(number); });
+    return;
+  }
+  if (!w.healed() && rng.chance(c->remote->stall)) {
+    note(fmt::format("oc{} {} stalls", number, c->remote->name));
+    c->stalled = true;
+    return;
+  }
+  std::string_view rest(bytes);
+  for (int guard = 0; !rest.empty() && guard < 10000; ++guard) {
+    const std::size_t taken = c->server->feed(rest);
+    rest.remove_prefix(taken);
+    remote_send(*c);
+    if (c->server->wants_close()) break;
+  }
+  if (c->server->wants_close()) {
+    c->server.reset();
+    later(latency_ns(), [this, number] { peer_lost(number); });
+  }
+}
+
+void outbound::state::remote_send(connection& c) {
+  const std::string_view output = c.server->output();
+  if (output.empty()) return;
+  std::string bytes(output);
+  c.server->consume_output(output.size());
+  const std::int64_t when = std::max(c.to_client_ns, now_ns() + latency_ns());
+  c.to_client_ns = when;
+  later(when - now_ns(), [this, number = c.number, bytes = std::move(bytes)] {
+    client_receive(number, bytes);
+  });
+}
+
+void outbound::state::client_receive(std::uint64_t number, const std::string& bytes) {
+  connection* c = find(number);
+  if (c == nullptr || c->client == nullptr) return;
+  std::string_view rest(bytes);
+  for (int guard = 0; !rest.empty() && guard < 10000; ++guard) {
+    rest.remove_prefix(c->client->feed(rest));
+    client_drain(*c);
+    if ((c = find(number)) == nullptr) return;
+  }
+  arm_timer(*c);
+}
+
+void outbound::state::peer_lost(std::uint64_t number) {
+  connection* c = find(number);
+  if (c == nullptr || c->client == nullptr) return;
+  c->client->on_peer_closed();
+  client_drain(*c);
+}
+
+void outbound::state::arm_timer(connection& c) {
+  const std::uint64_t generation = ++c.timer;
+  later(client_timeout_ns, [this, number = c.number, generation] {
+    connection* c = find(number);
+    if (c == nullptr || c->client == nullptr || c->timer != generation) return;
+    note(fmt::format("oc{} times out in {}", number, smtp::describe(c->client->phase())));
+    c->client->on_timeout();
+    client_drain(*c);
+  });
+}
+
+void outbound::state::client_drain(connection& c) {
+  const std::uint64_t number = c.number;
+  for (int guard = 0; guard < 10000; ++guard) {
+    connection* live = find(number);
+    if (live == nullptr) return;
+    const smtp::client_event event = live->client->next_event();
+    if (event.kind == smtp::client_event_kind::none) break;
+    client_event(*live, event);
+  }
+  connection* live = find(number);
+  if (live == nullptr) return;
+  const std::string_view output = live->client->output();
+  if (!output.empty()) {
+    std::string bytes(output);
+    live->client->consume_output(output.size());
+    if (live->server != nullptr) to_remote(*live, std::move(bytes));
+  }
+}
+
+void outbound::state::client_event(connection& c, const smtp::client_event& event) {
+  using kind = smtp::client_event_kind;
+  switch (event.kind) {
+    case kind::ready:
+      return take_next(c);
+    case kind::recipient_result:
+      c.outcomes.at(event.recipient_index) = event.outcome;
+      c.texts.at(event.recipient_index) =
+          fmt::format("{} {}", event.reply->code, event.reply->text());
+      return;
+    case kind::send_body: {
+      // The command before it (BDAT n LAST) first, then the body (RFC 3030 §2).
+      std::string bytes(c.client->output());
+      c.client->consume_output(bytes.size());
+      bytes.append(c.body);
+      if (c.server != nullptr) to_remote(c, std::move(bytes));
+      c.client->body_sent();
+      return;
+    }
+    case kind::message_result:
+      return finish_job(c, event.outcome,
+                        fmt::format("{} {}", event.reply->code, event.reply->text()));
+    case kind::start_tls:
+      c.client->tls_failed("no TLS in the simulation");
+      return;
+    case kind::closed: {
+      note(fmt::format("oc{} session closed: {}", c.number, smtp::describe(event.close_reason)));
+      if (c.server != nullptr) c.server->connection_lost();
+      c.server.reset();
+      c.client.reset();
+      if (!c.took_job && event.close_reason != smtp::client_close_reason::quit) {
+        // greeting or EHLO refused, dropped, timed out before any job: the next MX host
+        return connect_host(c);
+      }
+      return close(c);
+    }
+    case kind::none:
+      return;
+  }
+}
+
+void outbound::state::take_next(connection& c) {
+  const auto taken = scheduler->take_for_connection(c.id, now_ms());
+  drain_events();
+  if (taken.status == queue::take_status::job) return start_job(c, taken.job);
+  if (taken.status == queue::take_status::throttled) {
+    later(std::max<std::int64_t>(0, taken.retry_at_ms - now_ms()) * ms_ns,
+          [this, number = c.number] {
+            connection* c = find(number);
+            if (c != nullptr && c->client != nullptr &&
+                c->client->phase() == smtp::client_phase::ready) {
+              take_next(*c);
+              client_drain(*c);
+            }
+          });
+    return;
+  }
+  c.client->quit();
+}
+
+void outbound::state::start_job(connection& c, const queue::job_view& job) {
+  const auto found = messages.find(job.message);
+  if (found == messages.end()) {
+    w.fail(fmt::format("the scheduler handed out {:016x}, unknown to the delivery side",
+                       job.message));
+    return;
+  }
+  const message_data& m = found->second;
+  c.took_job = true;
+  c.has_job = true;
+  c.job = job;
+  c.job.last_error = {};
+  c.indices.clear();
+  job.for_each_recipient([&](std::uint16_t r) { c.indices.push_back(r); });
+  c.recipients.clear();
+  for (const auto r : c.indices) {
+    c.recipients.push_back(smtp::client_recipient{m.recipients.at(r), {}, {}, {}});
+  }
+  c.outcomes.assign(c.indices.size(), smtp::client_outcome::transient_failure);
+  c.texts.assign(c.indices.size(), {});
+  c.reverse_path = m.reverse_path;
+  smtp::client_envelope envelope;
+  envelope.reverse_path = c.reverse_path;
+  envelope.recipients = c.recipients;
+  envelope.size_bytes = m.body_wire.size();
+  if (c.client->chunking_active() && rng.chance(0.5)) {
+    c.body = unstuff(m.body_wire);
+    envelope.chunk_bytes = c.body.size();
+  } else {
+    c.body = m.body_wire;
+  }
+  note(fmt::format("oc{} sends msg {:016x} to {} recipient(s){}", c.number, job.message,
+                   c.indices.size(), envelope.chunk_bytes ? " with BDAT" : ""));
+  c.client->start_transaction(envelope);
+}
+
+void outbound::state::finish_job(connection& c, smtp::client_outcome outcome,
+                                 std::string_view text) {
+  c.has_job = false;
+  const spool::message_id id = c.job.message;
+  std::uint64_t keep = 0;
+  std::vector<std::uint16_t> failed;
+  std::vector<std::string> diagnostics;
+  std::string deferral;
+  for (std::size_t k = 0; k < c.indices.size(); ++k) {
+    const std::uint64_t bit = std::uint64_t{1} << (c.indices[k] - c.job.first_recipient);
+    const auto mine = c.outcomes[k];
+    if (mine == smtp::client_outcome::accepted && outcome == smtp::client_outcome::accepted) {
+      final_mark(id, c.indices[k], spool::recipient_state::delivered);
+    } else if (mine == smtp::client_outcome::permanent_failure ||
+               (mine == smtp::client_outcome::accepted &&
+                outcome == smtp::client_outcome::permanent_failure)) {
+      failed.push_back(c.indices[k]);
+      diagnostics.push_back(mine == smtp::client_outcome::accepted ? std::string(text)
+                                                                   : c.texts[k]);
+    } else {
+      keep |= bit;
+      deferral = mine == smtp::client_outcome::accepted ? std::string(text) : c.texts[k];
+    }
+  }
+  note(fmt::format("oc{} msg {:016x}: {} ({} deferred, {} failed): {}", c.number, id,
+                   smtp::describe(outcome), __builtin_popcountll(keep), failed.size(),
+                   text.substr(0, 60)));
+  if (!failed.empty()) bounce(id, failed, diagnostics);
+  if (keep == 0) {
+    scheduler->delivered(c.job.id, now_ms());
+  } else {
+    const auto result = scheduler->deferred(c.job.id, now_ms(),
+                                            queue::failure{421, {4, 0, 0}, deferral}, keep);
+    if (result.status == queue::defer_status::expired ||
+        result.status == queue::defer_status::bounced_by_operator) {
+      std::vector<std::uint16_t> kept;
+      for (std::size_t k = 0; k < c.indices.size(); ++k) {
+        if (keep & (std::uint64_t{1} << (c.indices[k] - c.job.first_recipient))) {
+          kept.push_back(c.indices[k]);
+        }
+      }
+      note(fmt::format("msg {:016x} {} after deferral", id,
+                       result.status == queue::defer_status::expired ? "expires" : "bounced"));
+      bounce(id, kept, std::vector<std::string>(kept.size(), "gave up: " + deferral));
+    }
+  }
+  drain_events();
+  rearm();
+}
+
+// ---- the remote MTA's answers and its mailboxes
+
+smtp::verdict outbound::state::remote_handler::answer(const char* what) {
+  if (s.w.healed()) return smtp::verdict::accept();
+  if (s.rng.chance(c.remote->temporary)) {
+    s.note(fmt::format("oc{} {} answers {} with 451", c.number, c.remote->name, what));
+    return smtp::verdict::respond(451, "4.3.0", "try again later");
+  }
+  if (s.rng.chance(c.remote->permanent)) {
+    s.note(fmt::format("oc{} {} answers {} with 554", c.number, c.remote->name, what));
+    return smtp::verdict::respond(554, "5.7.1", "refused");
+  }
+  return smtp::verdict::accept();
+}
+
+smtp::verdict outbound::state::remote_handler::on_rcpt_to(
+    const smtp::mailbox& to, const smtp::rcpt_parameters&) noexcept {
+  if (is_bad(to.address)) {
+    s.w.fail(fmt::format("REFUSED RECIPIENT: {} was refused 5xx at RCPT by our server but "
+                         "reached {} (oc{})", to.address, c.remote->name, c.number));
+  }
+  smtp::verdict verdict = answer("RCPT");
+  if (verdict.what() == smtp::verdict::kind::accept) recipients.emplace_back(to.address);
+  return verdict;
+}
+
+smtp::verdict outbound::state::remote_handler::on_data_end(const smtp::body_summary&) noexcept {
+  smtp::verdict verdict = answer("end of data");
+  if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
+  recipients.clear();
+  body.clear();
+  return verdict;
+}
+
+void outbound::state::delivered_remotely(remote_handler& h) {
+  const std::string key = find_key(h.body);
+  const bool report = h.reverse_path.empty() &&
+                      h.body.find("multipart/report") != std::string::npos;
+  for (const auto& rcpt : h.recipients) {
+    ++w.counters().remote_deliveries;
+    if (report) {
+      // Each Final-Recipient of the DSN: bounced and reported to the sender.
+      for (std::size_t at = h.body.find("Final-Recipient: rfc822;"); at != std::string::npos;
+           at = h.body.find("Final-Recipient: rfc822;", at + 1)) {
+        std::size_t from = at + 24;
+        while (from < h.body.size() && h.body[from] == ' ') ++from;
+        const std::string final_rcpt = h.body.substr(from, h.body.find('\r', from) - from);
+        ++dsn_mailbox[{key, final_rcpt}];
+        note(fmt::format("{} receives a DSN about {} for {}", h.c.remote->name, key,
+                         final_rcpt));
+      }
+      continue;
+    }
+    const auto slot = std::make_pair(key, rcpt);
+    if (final_durable.count(slot) != 0) {
+      w.fail(fmt::format("DUPLICATE: {} delivered to {} again (oc{}) after its final state was "
+                         "durably recorded", key, rcpt, h.c.number));
+    }
+    if (mailbox[slot]++ > 0) ++w.counters().duplicates;
+    note(fmt::format("{} delivers {} to {} (oc{})", h.c.remote->name, key, rcpt, h.c.number));
+  }
+}
+
+// ---- operator actions
+
+void outbound::state::operator_tick() {
+  if (w.healed()) return;
+  ++w.counters().operator_actions;
+  static constexpr std::string_view names[] = {"rcpt0.example", "rcpt1.example",
+                                               "rcpt2.example", "sender.example"};
+  const std::string_view destination = names[rng.below(4)];
+  const std::uint64_t action = rng.below(100);
+  const std::int64_t now = now_ms();
+  if (action < 25) {
+    if (suspended.insert(std::string(destination)).second) {
+      scheduler->suspend(destination, now);
+      note(fmt::format("operator: suspend {}", destination));
+      later(static_cast<std::int64_t>(rng.between(1, 120)) * 1000 * ms_ns,
+            [this, name = std::string(destination)] {
+              if (suspended.erase(name) == 0) return;
+              scheduler->resume(name, now_ms());
+              note(fmt::format("operator: resume {}", name));
+              rearm();
+            });
+    }
+  } else if (action < 45 && !messages.empty()) {
+    auto it = messages.begin();
+    std::advance(it, static_cast<long>(rng.below(messages.size())));
+    std::set<std::string> domains;
+    for (const auto& r : it->second.recipients) domains.insert(domain_of(r));
+    for (const auto& domain : domains) {
+      const auto result = scheduler->bounce_message(domain, it->first, now);
+      if (result.found) {
+        note(fmt::format("operator: bounce msg {:016x} at {} ({} now, {} in flight)", it->first,
+                         domain, result.jobs, result.in_flight));
+      }
+    }
+  } else if (action < 50) {
+    note(fmt::format("operator: bounce all of {} ({} jobs)", destination,
+                     scheduler->bounce_all(destination, now)));
+  } else if (action < 80) {
+    note(fmt::format("operator: flush ({} jobs)", scheduler->flush_all(now)));
+  } else {
+    // A reload: a new retry schedule and connection limit (queued jobs keep their times).
+    queue::scheduler_config next = scheduler->config();
+    const std::int64_t base = static_cast<std::int64_t>(rng.between(1, 30)) * 1000;
+    next.retry_delays_ms = {base, base * 3, base * 9};
+    next.limits.connections_max = static_cast<std::uint32_t>(rng.between(1, 4));
+    scheduler->set_policy(next);
+    note(fmt::format("operator: reload (retry {}s, connections {})", base / 1000,
+                     next.limits.connections_max));
+  }
+  drain_events();
+  rearm();
+  later(static_cast<std::int64_t>(rng.between(1, 2 * 1000)) * operator_mean_ns / 1000,
+        [this] { operator_tick(); });
+}
+
+}  // namespace ringmta::sim::internal
+
+// ---- outbound: the world's view
+
+namespace ringmta::sim::internal {
+
+outbound::outbound(world& owner, std::uint64_t seed)
+    : _state(std::make_unique<state>(owner, seed)) {}
+outbound::~outbound() = default;
+
+void outbound::enqueue(spool::message_id id, const expected_message& message) {
+  state& s = *_state;
+  message_data m;
+  m.reverse_path = message.reverse_path;
+  m.recipients = message.recipients;
+  m.notify = message.notify;
+  m.notify.resize(m.recipients.size(), 0);
+  m.body_wire = message.body_wire;
+  m.key = message.key.empty() ? find_key(message.body_wire) : message.key;
+  m.received_seconds = s.w.wall_seconds();
+  m.dsn = message.reverse_path.empty() && message.key.empty();
+  s.ledger.emplace(id, ledger_entry{m.key, m.reverse_path, m.recipients, m.dsn});
+  s.messages[id] = std::move(m);
+  s.add_jobs(id, std::vector<bool>(message.recipients.size(), true));
+}
+
+void outbound::recovered(spool::store& store) {
+  state& s = *_state;
+  std::vector<spool::message_id> queued;
+  store.for_each_message([&](const spool::message_entry& entry) {
+    if (entry.status != spool::message_status::final) queued.push_back(entry.id);
+  });
+  std::sort(queued.begin(), queued.end());  // the index's order is not the seed's
+  for (const auto id : queued) {
+    auto stored = store.read(id);
+    if (!stored) {
+      s.w.fail(fmt::format("LOST MAIL: queued message {:016x} unreadable after recovery: {}", id,
+                           std::strerror(stored.error())));
+      return;
+    }
+    message_data m;
+    const auto& envelope = stored.value().envelope;
+    m.reverse_path = envelope.reverse_path;
+    for (const auto& r : envelope.recipients) {
+      m.recipients.push_back(r.address);
+      m.notify.push_back(r.notify);
+    }
+    for (const auto& slice : stored.value().body) {
+      const std::size_t at = m.body_wire.size();
+      m.body_wire.resize(at + slice.length);
+      if (::pread(slice.fd, m.body_wire.data() + at, slice.length,
+                  static_cast<off_t>(slice.offset)) != static_cast<ssize_t>(slice.length)) {
+        s.w.fail(fmt::format("message {:016x}: short read of its body", id));
+        return;
+      }
+    }
+    m.key = find_key(m.body_wire);
+    m.received_seconds = envelope.received_seconds;
+    m.dsn = envelope.reverse_path.empty() &&
+            m.body_wire.find("multipart/report") != std::string::npos;
+    s.ledger.emplace(id, ledger_entry{m.dsn ? std::string() : m.key, m.reverse_path,
+                                      m.recipients, m.dsn});
+    std::vector<bool> live;
+    const spool::message_entry* entry = store.find(id);
+    for (const auto& r : entry->recipients) live.push_back(!spool::is_final(r.state));
+    s.messages[id] = std::move(m);
+    s.add_jobs(id, live);
+  }
+  s.note(fmt::format("outbound: {} queued message(s) back in the scheduler", queued.size()));
+}
+
+void outbound::crash() { _state->reset_process(); }
+
+void outbound::heal() {
+  state& s = *_state;
+  for (const auto& name : s.suspended) s.scheduler->resume(name, s.now_ms());
+  s.suspended.clear();
+  s.note(fmt::format("outbound healed: flush ({} jobs)", s.scheduler->flush_all(s.now_ms())));
+  s.drain_events();
+  s.rearm();
+}
+
+bool outbound::owns_ticket(std::uint64_t ticket) const {
+  return _state->dsn_tickets.count(ticket) != 0;
+}
+
+void outbound::on_committed(const spool::event& event) {
+  state& s = *_state;
+  const auto found = s.dsn_tickets.find(event.ticket);
+  const std::size_t index = found->second;
+  s.dsn_tickets.erase(found);
+  state::pending_dsn d = std::move(s.dsns.at(index));
+  s.dsns.erase(s.dsns.begin() + static_cast<long>(index));
+  for (auto& [ticket, at] : s.dsn_tickets) {
+    if (at > index) --at;
+  }
+  s.note(fmt::format("dsn {:016x} for msg {:016x} durable: {}", d.id, d.original, event.error));
+  if (event.error != 0) {  // failed: build it again (the world treats it as a 452'd message)
+    s.w.expect(d.id, state::expected_dsn(d, fate::failed));
+    state::pending_dsn retry;
+    retry.original = d.original;
+    retry.recipients = std::move(d.recipients);
+    retry.diagnostics = std::move(d.diagnostics);
+    s.dsns.push_back(std::move(retry));
+    return s.pump_dsns();
+  }
+  ++s.w.counters().dsns;
+  const expected_message want = state::expected_dsn(d, fate::acknowledged);
+  s.w.expect(d.id, want);
+  enqueue(d.id, want);
+  for (const auto r : d.recipients) {
+    s.dsn_of[{d.original, r}].push_back(d.id);
+    if (s.w.settings().glue != glue_bug::mark_before_dsn) {
+      s.final_mark(d.original, r, spool::recipient_state::bounced);
+    }
+  }
+  s.pump_dsns();
+}
+
+void outbound::on_mark_durable(spool::message_id id, std::uint16_t recipient) {
+  const auto found = _state->ledger.find(id);
+  if (found == _state->ledger.end() || found->second.dsn) return;
+  _state->final_durable.insert({found->second.key, found->second.recipients.at(recipient)});
+}
+
+void outbound::on_completions() {
+  _state->retry_marks();
+  _state->pump_dsns();
+}
+
+bool outbound::idle() const { return busy_reason().empty(); }
+
+std::string outbound::busy_reason() const {
+  const state& s = *_state;
+  const auto stats = s.scheduler->stats();
+  if (stats.jobs != 0) {
+    return fmt::format("{} job(s) still queued ({} ready, {} scheduled, {} in flight)",
+                       stats.jobs, stats.ready, stats.scheduled, stats.in_flight);
+  }
+  if (!s.connections.empty()) return fmt::format("{} connection(s) open", s.connections.size());
+  if (!s.dsns.empty()) return fmt::format("{} DSN(s) not yet durable", s.dsns.size());
+  if (!s.mark_retry.empty()) return fmt::format("{} mark(s) not recorded", s.mark_retry.size());
+  return {};
+}
+
+void outbound::check_final(spool::store& store) {
+  state& s = *_state;
+  bool queued = false;
+  store.for_each_message([&](const spool::message_entry& entry) {
+    if (!queued && entry.status != spool::message_status::final) {
+      queued = true;
+      s.w.fail(fmt::format("LIVENESS: message {:016x} still queued after the queue drained and "
+                           "the last restart", entry.id));
+    }
+  });
+  for (const auto& [id, entry] : s.ledger) {
+    if (entry.dsn || queued) continue;
+    for (std::uint16_t r = 0; r < entry.recipients.size(); ++r) {
+      const auto& address = entry.recipients[r];
+      if (s.mailbox.count({entry.key, address}) != 0 || s.no_dsn_due.count({id, r}) != 0) {
+        continue;
+      }
+      bool reported = false;
+      const auto dsns = s.dsn_of.find({id, r});
+      if (dsns != s.dsn_of.end()) {
+        reported = s.dsn_mailbox.count({entry.key, address}) != 0;
+        for (const auto dsn : dsns->second) reported = reported || s.dsn_refused.count(dsn) != 0;
+      }
+      if (!reported) {
+        s.w.fail(fmt::format("UNDELIVERED: message {:016x} ({}) recipient {} <{}> was neither "
+                             "delivered nor bounced with a DSN to <{}>{}", id, entry.key, r,
+                             address, entry.reverse_path,
+                             dsns == s.dsn_of.end() ? " (no DSN was stored)"
+                                                    : " (its DSN never arrived)"));
+        return;
+      }
+    }
+  }
+}
+
+}  // namespace ringmta::sim::internal

@@ -1,0 +1,242 @@
+// The simulated world's types, shared by sim_world.cc (clients, inbound, spool, crashes) and
+// sim_outbound.cc (scheduler, DNS, remote MTAs, operator actions). Internal to tests/sim.
+// Never: included outside tests/sim.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ringmta/smtp/server_session.h"
+#include "ringmta/spool/recovery.h"
+#include "ringmta/spool/store.h"
+#include "sim_disk.h"
+#include "sim_world.h"
+
+namespace ringmta::sim::internal {
+
+inline constexpr std::int64_t epoch_seconds = 1'800'000'000;  // the simulated wall clock at t = 0
+inline constexpr std::size_t trace_lines = 40;
+// After the faults are healed the queue must drain within this (LIVENESS).
+inline constexpr std::int64_t liveness_bound_ns = 2 * 86'400'000'000'000LL;
+inline constexpr std::string_view storage_text = "Local error: message not stored, try again later";
+
+// One transaction as the client means it: what must be stored if it is answered 250.
+struct transaction {
+  std::string reverse_path;
+  std::vector<std::string> recipients;  // every RCPT sent; "bad-" ones get 550
+  std::vector<std::uint8_t> notify;     // per recipient: smtp::notify_* bits (0: no NOTIFY)
+  std::string key;                      // the body's Message-ID, "sim.cN.tI": names it remotely
+  std::string body;                     // CRLF lines, as the message is (not dot-stuffed)
+  bool bdat = false;
+  std::vector<std::size_t> chunks;      // BDAT chunk sizes (the last may be 0)
+};
+
+// RFC 5321 §4.5.2: a line starting with "." gets another one.
+inline std::string dot_stuff(std::string_view body) {
+  std::string out;
+  out.reserve(body.size() + body.size() / 64);
+  std::size_t line = 0;
+  while (line < body.size()) {
+    if (body[line] == '.') out.push_back('.');
+    const std::size_t end = body.find('\n', line);
+    const std::size_t next = end == std::string_view::npos ? body.size() : end + 1;
+    out.append(body.substr(line, next - line));
+    line = next;
+  }
+  return out;
+}
+
+inline constexpr std::string_view letters =
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 abcdefghijklmnopqrstuvwxyz";
+
+inline bool is_bad(std::string_view address) { return address.substr(0, 4) == "bad-"; }
+
+// What a recovered message must look like, and what the world knows of its fate.
+enum class fate : std::uint8_t {
+  in_flight,     // commit ticket issued, outcome not yet reported
+  acknowledged,  // answered 250 (or adopted after a recovery found it)
+  failed,        // commit reported failed: answered 452
+  orphaned,      // reported durable after its client had gone: no 250 sent
+};
+// delivered: a final state (delivered, bounced) reported durable.
+enum class mark_state : std::uint8_t { none, unknown, delivered };
+
+struct expected_message {
+  std::string reverse_path;
+  std::vector<std::string> recipients;  // accepted ones
+  std::vector<std::uint8_t> notify;     // their NOTIFY bits
+  std::string key;                      // the body's Message-ID (empty for a DSN)
+  std::string body_wire;
+  std::string helo;
+  std::string client_address;
+  std::string origin;  // "client N transaction T", for messages
+  fate state = fate::in_flight;
+  std::vector<mark_state> marks;
+};
+
+enum class stage_kind : std::uint8_t { plain, data_command, data_end, bdat_end, quit };
+struct stage {
+  std::string bytes;
+  std::uint32_t replies = 1;
+  stage_kind kind = stage_kind::plain;
+};
+
+class world;
+class outbound;
+
+// One SMTP connection: the client's script and the server's session (the real engine).
+class connection final : public smtp::server_handler {
+ public:
+  connection(world& owner, std::uint32_t number, std::vector<transaction> transactions)
+      : _world(owner), number(number), transactions(std::move(transactions)) {}
+
+  smtp::verdict on_helo(std::string_view, bool) noexcept override {
+    return smtp::verdict::accept();
+  }
+  smtp::verdict on_mail_from(const smtp::mailbox& reverse_path,
+                             const smtp::mail_parameters&) noexcept override;
+  smtp::verdict on_rcpt_to(const smtp::mailbox& forward_path,
+                           const smtp::rcpt_parameters&) noexcept override;
+  smtp::verdict on_data_start() noexcept override;
+  void on_body(std::string_view slice, smtp::body_form form) noexcept override;
+  smtp::verdict on_data_end(const smtp::body_summary& summary) noexcept override;
+  void on_data_aborted(smtp::abort_reason) noexcept override;
+  void on_reset() noexcept override { envelope.recipients.clear(); }
+  smtp::verdict commit() noexcept;
+
+  world& _world;
+  const std::uint32_t number;
+  std::string client_address;
+  // server side
+  std::unique_ptr<smtp::server_session> session;
+  std::string inbox;                 // received, not yet fed
+  spool::message_handle message;
+  bool in_message = false;
+  bool commit_retry = false;
+  int message_error = 0;
+  std::uint64_t ticket = 0;          // commit awaiting its event
+  std::uint32_t mails = 0;           // MAIL commands accepted: the transaction's index + 1
+  spool::envelope envelope;
+  std::vector<spool::body_slice> body;
+  std::array<char, 64> reply_text{};
+  // client side
+  std::vector<transaction> transactions;
+  std::deque<stage> stages;
+  std::string replies;               // received, not yet parsed
+  std::uint32_t awaited = 0;
+  stage current;
+  std::uint16_t last_code = 0;
+  std::string last_text;
+  std::int64_t to_server_ns = 0;     // arrival time of the last byte sent each way
+  std::int64_t to_client_ns = 0;
+  bool client_gone = false;
+  bool server_closed = false;
+};
+
+class world {
+ public:
+  explicit world(const options& settings);
+  ~world();
+  outcome run();
+
+  // used by connection and outbound
+  spool::store& store() { return *_store; }
+  spool::store* store_or_null() { return _store.get(); }
+  const options& settings() const { return _options; }
+  outcome& counters() { return _outcome; }
+  bool healed() const { return _healed; }
+  bool failed_now() const { return _failed; }
+  // Records a recipient's final state in the store; false when the store refused it.
+  bool mark(spool::message_id id, std::uint16_t recipient, spool::recipient_state state);
+  // A message the outbound side committed itself (a DSN), reported durable.
+  void expect(spool::message_id id, expected_message want);
+  std::int64_t wall_seconds() const { return epoch_seconds + _clock.now_ns() / 1'000'000'000; }
+  void fail(std::string message);
+  void note(std::string_view text);
+  void wait_for_spool(connection& c) { _waiting.insert(c.number); }
+  void on_ticket(connection& c, spool::message_id id);
+  scheduler& clock() { return _clock; }
+
+ private:
+  // clients (client side of connection)
+  void spawn_client();
+  transaction make_transaction(std::uint32_t client, std::uint32_t index);
+  std::string make_body(std::string_view key);
+  void build_stages(connection& c);
+  void client_next(connection& c);
+  void client_send(connection& c, std::string_view bytes);
+  void client_disconnect(std::uint32_t number);
+  void client_receive(std::uint32_t number, const std::string& bytes);
+  void client_reply(connection& c, std::uint16_t code, std::string_view text);
+  void client_stage_done(connection& c);
+  // server side
+  void server_receive(std::uint32_t number, const std::string& bytes);
+  void server_pump(connection& c);
+  void server_send(connection& c);
+  void server_close(connection& c);
+  void on_committed(const spool::event& event);
+  bool check_durable(connection& c, spool::message_id id);
+  // spool, disk, crashes
+  spool::store_config make_store_config();
+  void settle();
+  void check_bounds();
+  void deliver_tick();
+  void crash_tick();
+  void crash(bool torn);
+  bool recover_and_check();
+  bool check_recovered(spool::message_id id, expected_message& want);
+  bool check_content(spool::message_id id, const expected_message& want);
+  void list_undelivered();
+  std::int64_t latency_ns(std::int64_t low, std::int64_t high) {
+    return static_cast<std::int64_t>(_random.between(static_cast<std::uint64_t>(low),
+                                                     static_cast<std::uint64_t>(high)));
+  }
+  std::int64_t exponential_ns(std::int64_t mean_ns) {
+    const double u = (static_cast<double>(_random.next() >> 11) + 1) * 0x1.0p-53;
+    return static_cast<std::int64_t>(-std::log(u) * static_cast<double>(mean_ns));
+  }
+  bool active() const { return _transactions_left > 0 || !_connections.empty(); }
+
+  void heal();
+
+  options _options;
+  std::unique_ptr<outbound> _outbound;
+  bool _healed = false;
+  bool _heal_scheduled = false;
+  std::int64_t _healed_ns = 0;
+  scheduler _clock;
+  random _random;
+  std::unique_ptr<disk> _disk;
+  std::unique_ptr<spool::store> _store;
+  spool::store_config _store_config;
+  smtp::server_config _server_config;
+  std::map<std::uint32_t, std::unique_ptr<connection>> _connections;
+  std::set<std::uint32_t> _waiting;             // connections waiting for the spool
+  std::map<std::uint64_t, std::uint32_t> _tickets;  // commit ticket -> connection
+  std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
+  std::map<spool::message_id, expected_message> _expected;
+  std::vector<spool::message_id> _undelivered;  // acknowledged, maybe with unmarked recipients
+  std::set<spool::message_id> _refused;   // commit failed (452) and not recovered
+  std::set<spool::message_id> _finished;  // recovered final: may come back final, never queued
+  std::uint32_t _transactions_left = 0;
+  std::uint32_t _next_client = 1;
+  bool _completions = false;                    // the disk completed something: retry waiters
+  bool _failed = false;
+  // run parameters, drawn from the seed
+  std::int64_t _net_ns_max = 0;
+  std::int64_t _arrival_mean_ns = 0;
+  std::int64_t _crash_mean_ns = 0;
+  std::int64_t _deliver_mean_ns = 0;
+  double _disconnect_chance = 0;
+  // event log
+  std::deque<std::string> _trace;
+  std::uint64_t _digest = 0xcbf29ce484222325ull;
+  outcome _outcome;
+};
+}  // namespace ringmta::sim::internal
