@@ -750,9 +750,10 @@ void relay::state::open(const queue::connect_request& request) noexcept {
       (std::uint64_t{request.connection.slot} << 32) | request.connection.generation;
   const relay_route where = route_for(request.name);
   const shape shaped = shape_of(request.name);
+  const std::string_view domain = split_egress(request.name).first;  // without its source
   outbound::route target{where.mx ? outbound::route_kind::mx : outbound::route_kind::host,
-                         where.mx ? request.name : std::string_view(where.host), where.port,
-                         shaped.tls_set ? shaped.tls : tls_policy_for(config, request.name)};
+                         where.mx ? domain : std::string_view(where.host), where.port,
+                         shaped.tls_set ? shaped.tls : tls_policy_for(config, domain)};
   target.helo_name = shaped.ehlo_name;
   bind_source(request.name, target);
   target.timeout_connect_ms = shaped.timeout_connect_ms;
