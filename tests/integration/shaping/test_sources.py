@@ -18,6 +18,7 @@ new default pool moves new mail to it; bad configs are exit 2 naming FILE:LINE a
 usage: test_sources.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT"""
 import collections
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -33,6 +34,10 @@ tap = Tap()
 ringmta, sink_binary, dns_script = sys.argv[1:4]
 if not shutil.which("nsd"):
     tap.skip_all("nsd is not installed")
+try:
+    import dkim  # python3-dkim, from /usr/bin/python3
+except ImportError:
+    dkim = None
 
 sink_address = "127.0.0.51"
 port = free_port(sink_address)
@@ -44,6 +49,14 @@ sink = Sink(sink_binary, sink_address, port, ["--reply-delay-ms", "60"])
 
 work = tempfile.mkdtemp(prefix="ringmta-sources-")
 config = os.path.join(work, "ringmta.toml")
+# other.test's mail is DKIM-signed with h= naming X-Ringmta-Pool: the signature verifies at the
+# receiver only if the signer never saw the field (it is removed before signing).
+key_file = os.path.join(work, "other.key")
+keygen = subprocess.run([ringmta, "dkim", "keygen", "--domain", "other.test", "--selector", "s",
+                         "--algorithm", "ed25519", "--out", key_file],
+                        capture_output=True, text=True, timeout=60)
+dkim_record = "".join(re.findall(r'"([^"]*)"',
+                                 keygen.stdout.split("TXT (", 1)[-1].split(")", 1)[0]))
 egress = """
 [[source]]
 name = "s2"
@@ -75,6 +88,12 @@ sources = ["s4"]
 sender_domain = "news.test"
 pool = "bulk"
 
+[[dkim]]
+domain = "other.test"
+selector = "s"
+key_file = "{key_file}"
+headers = ["from", "to", "subject", "x-ringmta-pool"]
+
 [[shaping]]
 mx = "*.psite.test"
 max_connections = 1
@@ -85,7 +104,8 @@ max_messages_per_connection = 5
 def write_config(default):
     with open(config, "w") as f:
         f.write('[server]\nmynetworks = ["127.0.0.1/32"]\n\n[relay]\n'
-                'relay_domains = ["solo.test"]\n' + egress.replace("{default}", default))
+                'relay_domains = ["solo.test"]\n' + egress.replace("{default}", default)
+                .replace("{key_file}", key_file))
 
 
 write_config("s2")
@@ -99,7 +119,8 @@ def send(messages, source=None):
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30,
                       source_address=(source, 0) if source else None) as client:
         for n, (sender, rcpt, extra) in enumerate(messages):
-            body = f"{extra}Subject: {sender} {n}\r\n\r\nbody {n}\r\n"
+            body = f"From: {sender}\r\n{extra}To: {rcpt}\r\nSubject: {sender} {n}\r\n\r\n" \
+                   f"body {n}\r\n"
             client.sendmail(sender, [rcpt], body.encode())
 
 
@@ -170,6 +191,13 @@ tap.ok({client_of(e) for e, _ in tagged} == {"127.0.0.4"},
        [client_of(e) for e, _ in tagged])
 tap.ok(all(b"ringmta-pool" not in m.lower() and b"tenant" not in m for _, m in tagged),
        "the header never reached the receiver", [m[:300] for _, m in tagged])
+if dkim:
+    lookup = lambda name, timeout=5: (dkim_record if name.decode().rstrip(".") ==  # noqa: E731
+                                      "s._domainkey.other.test" else "").encode()
+    verdicts = [dkim.DKIM(m).verify(dnsfunc=lookup) for _, m in tagged]
+    tap.ok(verdicts == [True, True] and all(b"DKIM-Signature" in m for _, m in tagged),
+           "their DKIM signatures (h= asks for X-Ringmta-Pool) verify at the receiver",
+           verdicts)
 tap.ok(any(r.get("pool") == "tenant" for r in daemon.events("received")),
        "the received record names the pool")
 
