@@ -286,7 +286,8 @@ void parse_dkim_field(dkim_key& key, std::string_view name, const values& v) {
 // ---- shaping (issue 15): [[shaping]] tables and --shaping.
 constexpr std::string_view shaping_table_keys[] = {
     "domain", "mx", "max_connections", "max_messages_per_connection", "max_messages_per_second",
-    "connect_timeout", "reply_timeout", "retry_schedule", "lifetime", "tls_policy", "ehlo_name"};
+    "connect_timeout", "reply_timeout", "retry_schedule", "lifetime", "tls_policy", "ehlo_name",
+    "sender_domain", "pool"};
 
 // "0", "50", "0.5": messages per second (0: unlimited); finite and within integer reach.
 double parse_rate(std::string_view text) {
@@ -310,6 +311,88 @@ std::string parse_mx_pattern(std::string_view text) {
   return lowercase(text);
 }
 
+// A [[source]] or [[pool]] name: it appears in queue names and log records.
+std::string parse_egress_name(std::string_view text) {
+  const bool ok = !text.empty() && text.size() <= 32 &&
+                  std::all_of(text.begin(), text.end(), [](char c) {
+                    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+                           c == '-';
+                  });
+  if (!ok) expected("a name of up to 32 characters a-z, 0-9, _ and -", text);
+  return std::string(text);
+}
+
+void parse_source_field(source_entry& e, std::string_view name, const values& v) {
+  if (name == "name") {
+    e.name = parse_egress_name(one(v));
+  } else if (name == "address") {
+    const auto text = one(v);
+    auto parsed = core::endpoint::parse(text, std::uint16_t{0});
+    if (!parsed) parsed = core::endpoint::parse(fmt::format("[{}]", text), std::uint16_t{0});
+    if (!parsed || parsed->port() != 0) expected("a local address such as 192.0.2.10", text);
+    e.address = *parsed;
+  } else if (name == "ehlo_name") {
+    e.ehlo_name = parse_domain(one(v));
+  } else {
+    throw bad_value("unknown field; use name, address, ehlo_name");
+  }
+}
+
+void check_source(const source_entry& e) {
+  if (e.name.empty()) throw bad_value("missing name");
+  if (e.address.length == 0) throw bad_value("missing address");
+}
+
+// "NAME" or "NAME:WEIGHT" (weight 1 to 10000; default 1).
+void parse_pool_field(pool_entry& e, std::string_view name, const values& v) {
+  if (name == "name") {
+    e.name = parse_egress_name(one(v));
+  } else if (name == "sources") {
+    e.sources.clear();
+    for (const std::string_view item : v) {
+      const auto colon = item.find(':');
+      const auto weight =
+          colon == std::string_view::npos ? 1u : parse_count(item.substr(colon + 1), 1, 10000);
+      e.sources.emplace_back(parse_egress_name(item.substr(0, colon)), weight);
+    }
+  } else {
+    throw bad_value("unknown field; use name, sources (\"NAME\" or \"NAME:WEIGHT\")");
+  }
+}
+
+void check_pool(const pool_entry& e) {
+  if (e.name.empty()) throw bad_value("missing name");
+  if (e.sources.empty()) throw bad_value("missing sources");
+}
+
+// --source "NAME ADDRESS [EHLO]" and --pool "NAME SOURCE[:WEIGHT]...".
+source_entry parse_source_flag(std::string_view text) {
+  source_entry e;
+  e.origin = "command line";
+  std::istringstream words{std::string(text)};
+  std::string name, address, ehlo, extra;
+  if (!(words >> name >> address) || (words >> ehlo && words >> extra))
+    expected("NAME ADDRESS [EHLO-NAME]", text);
+  parse_source_field(e, "name", {name});
+  parse_source_field(e, "address", {address});
+  if (!ehlo.empty()) parse_source_field(e, "ehlo_name", {ehlo});
+  return e;
+}
+
+pool_entry parse_pool_flag(std::string_view text) {
+  pool_entry e;
+  e.origin = "command line";
+  std::istringstream words{std::string(text)};
+  std::string name;
+  values items;
+  words >> name;
+  for (std::string item; words >> item;) items.push_back(item);
+  if (name.empty() || items.empty()) expected("NAME SOURCE[:WEIGHT]...", text);
+  parse_pool_field(e, "name", {name});
+  parse_pool_field(e, "sources", items);
+  return e;
+}
+
 void parse_shaping_field(shaping_entry& e, std::string_view name, const values& v) {
   const auto milliseconds = [](const std::string& text) {
     const std::uint64_t seconds = parse_seconds(text);
@@ -322,6 +405,12 @@ void parse_shaping_field(shaping_entry& e, std::string_view name, const values& 
     e.domain = (subdomains ? "." : "") + parse_domain(std::string_view(text).substr(subdomains));
   } else if (name == "mx") {
     e.mx = parse_mx_pattern(one(v));
+  } else if (name == "sender_domain") {
+    shaping_entry scratch;
+    parse_shaping_field(scratch, "domain", v);
+    e.sender_domain = scratch.domain;
+  } else if (name == "pool") {
+    e.pool = parse_egress_name(one(v));
   } else if (name == "max_connections") {
     e.connections_max = static_cast<std::uint32_t>(parse_unsigned(one(v), 10000));
     if (*e.connections_max == 0) expected("at least 1 connection", one(v));
@@ -350,8 +439,17 @@ void parse_shaping_field(shaping_entry& e, std::string_view name, const values& 
 }
 
 void check_shaping_entry(const shaping_entry& e) {
-  if (e.domain.empty() == e.mx.empty())
-    throw bad_value("give exactly one of domain (example.com, .example.com) or mx (*.host)");
+  const int matches = !e.domain.empty() + !e.mx.empty() + !e.sender_domain.empty();
+  if (matches != 1)
+    throw bad_value("give exactly one of domain (example.com, .example.com), mx (*.host) or "
+                    "sender_domain");
+  if (e.sender_domain.empty() != e.pool.empty())
+    throw bad_value("pool is chosen per sender: give sender_domain and pool together");
+  const bool more = e.connections_max || e.messages_per_connection_max ||
+                    e.messages_per_second_max || e.timeout_connect_ms || e.timeout_reply_ms ||
+                    e.retry_schedule_s || e.queue_lifetime_s || e.tls || e.ehlo_name;
+  if (!e.sender_domain.empty() && more)
+    throw bad_value("a sender_domain entry sets only pool (limits are per destination)");
 }
 
 // --shaping "MATCH KEY=VALUE ...": MATCH is a domain, .domain or mx:PATTERN; lists (the
@@ -367,6 +465,8 @@ shaping_entry parse_shaping_flag(std::string_view text) {
     if (first) {
       first = false;
       if (word.rfind("mx:", 0) == 0) parse_shaping_field(e, "mx", {word.substr(3)});
+      else if (word.rfind("from:", 0) == 0)
+        parse_shaping_field(e, "sender_domain", {word.substr(5)});
       else parse_shaping_field(e, "domain", {word});
       continue;
     }
@@ -379,7 +479,8 @@ shaping_entry parse_shaping_flag(std::string_view text) {
     ++fields;
   }
   if (fields == 0)
-    expected("MATCH KEY=VALUE ... (MATCH: example.com, .example.com, mx:*.host)", text);
+    expected("MATCH KEY=VALUE ... (MATCH: example.com, .example.com, mx:*.host, from:domain)",
+             text);
   check_shaping_entry(e);
   return e;
 }
@@ -521,6 +622,9 @@ std::string shaping_tables(const std::vector<shaping_entry>& entries) {
     std::vector<std::string> fields;
     if (!e.domain.empty()) fields.push_back("domain = " + toml_string(e.domain));
     if (!e.mx.empty()) fields.push_back("mx = " + toml_string(e.mx));
+    if (!e.sender_domain.empty())
+      fields.push_back("sender_domain = " + toml_string(e.sender_domain));
+    if (!e.pool.empty()) fields.push_back("pool = " + toml_string(e.pool));
     if (e.connections_max) fields.push_back(fmt::format("max_connections = {}", *e.connections_max));
     if (e.messages_per_connection_max)
       fields.push_back(
@@ -539,6 +643,29 @@ std::string shaping_tables(const std::vector<shaping_entry>& entries) {
     if (e.tls) fields.push_back("tls_policy = " + toml_string(tls_policy_name(*e.tls)));
     if (e.ehlo_name) fields.push_back("ehlo_name = " + toml_string(*e.ehlo_name));
     out += fmt::format("{}{{{}}}", out.size() > 1 ? ", " : "", fmt::join(fields, ", "));
+  }
+  return out + "]";
+}
+
+std::string source_tables(const std::vector<source_entry>& sources) {
+  std::string out = "[";
+  for (const auto& e : sources) {
+    out += fmt::format("{}{{name = {}, address = {}", out.size() > 1 ? ", " : "",
+                       toml_string(e.name), toml_string(e.address.address_string()));
+    if (!e.ehlo_name.empty()) out += ", ehlo_name = " + toml_string(e.ehlo_name);
+    out += "}";
+  }
+  return out + "]";
+}
+
+std::string pool_tables(const std::vector<pool_entry>& pools) {
+  std::string out = "[";
+  for (const auto& e : pools) {
+    std::vector<std::string> items;
+    for (const auto& [name, weight] : e.sources)
+      items.push_back(toml_string(fmt::format("{}:{}", name, weight)));
+    out += fmt::format("{}{{name = {}, sources = [{}]}}", out.size() > 1 ? ", " : "",
+                       toml_string(e.name), fmt::join(items, ", "));
   }
   return out + "]";
 }
@@ -936,6 +1063,22 @@ const std::vector<setting_spec>& table() {
        for (const auto& text : v) s.shaping.push_back(parse_shaping_flag(text));
      },
      [](const settings& s) { return shaping_tables(s.shaping); }, live},
+    {"source", "--source", "NAME ADDRESS [EHLO-NAME]", arity::list,
+     "an egress source: a local address outbound connections bind to, and its EHLO name "
+     "(repeatable; TOML: [[source]] tables with name, address, ehlo_name)",
+     [](settings& s, const values& v) {
+       s.sources.clear();
+       for (const auto& text : v) s.sources.push_back(parse_source_flag(text));
+     },
+     [](const settings& s) { return source_tables(s.sources); }, live},
+    {"pool", "--pool", "NAME SOURCE[:WEIGHT]...", arity::list,
+     "an egress pool: weighted sources (repeatable; TOML: [[pool]] tables with name, sources); "
+     "chosen by [[shaping]] sender_domain, a trusted X-Ringmta-Pool header, else \"default\"",
+     [](settings& s, const values& v) {
+       s.pools.clear();
+       for (const auto& text : v) s.pools.push_back(parse_pool_flag(text));
+     },
+     [](const settings& s) { return pool_tables(s.pools); }, live},
     // ---- DKIM signing (issue 13): [[dkim]] keys and [signing]. The keys are only parsed
     // here; dkim::build_key_table reads and checks the files at start-up.
     {"dkim", "--dkim", "DOMAIN:SELECTOR:KEYFILE", arity::list,
@@ -1369,6 +1512,15 @@ void apply_shaping_tables(settings& s, const toml::node& node, const std::string
                                              check_shaping_entry);
 }
 
+void apply_egress_tables(settings& s, std::string_view key, const toml::node& node,
+                         const std::string& origin) {
+  if (key == "source")
+    s.sources = array_of_tables<source_entry>(node, origin, "source", parse_source_field,
+                                              check_source);
+  else
+    s.pools = array_of_tables<pool_entry>(node, origin, "pool", parse_pool_field, check_pool);
+}
+
 void apply_reply_rule_tables(settings& s, const toml::node& node, const std::string& origin) {
   s.reply_rules = array_of_tables<reply_rule_entry>(node, origin, "reply_rule",
                                                     parse_reply_rule_field, check_reply_rule);
@@ -1413,6 +1565,10 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
         apply_reply_rule_tables(s, *node.node(), origin);
         continue;
       }
+      if (std::string_view(spec.key) == "source" || std::string_view(spec.key) == "pool") {
+        apply_egress_tables(s, spec.key, *node.node(), origin);
+        continue;
+      }
       if (spec.kind == arity::list && node.is_table()) {
         // [relay.routes] "example.com" = "192.0.2.1:25" is --route example.com=192.0.2.1:25
         values entries;
@@ -1447,6 +1603,7 @@ void apply_toml(settings& s, const toml::table& root, const std::string& origin)
     if (section.str() == "dkim") continue;  // [[dkim]]: checked by apply_dkim_tables
     if (section.str() == "shaping") continue;  // [[shaping]]: apply_shaping_tables
     if (section.str() == "reply_rule") continue;  // [[reply_rule]]: apply_reply_rule_tables
+    if (section.str() == "source" || section.str() == "pool") continue;  // apply_egress_tables
     const auto* section_table = body.as_table();
     if (!section_table)
       throw error(fmt::format("{}: '{}': settings live in sections such as [server]",

@@ -52,6 +52,8 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
                                            : where.helo_name);
   timeout_connect_ms = where.timeout_connect_ms;
   timeout_reply_ms = where.timeout_reply_ms;
+  source.reset();
+  if (where.source != nullptr) source = *where.source;
   candidates.clear();
   next_candidate = current = 0;
   tried_any = false;
@@ -145,12 +147,7 @@ void connection::connect_to(std::uint32_t index, bool plaintext_retry) noexcept 
     // The engine batches commands itself; the final "." must not wait for a delayed ACK.
     const int on = 1;
     ::setsockopt(socket_fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-    const auto& source = family == AF_INET6 ? config.source_ipv6 : config.source_ipv4;
-    if (source) {
-      // Pick the port at connect time: many connections from one address share ports.
-      ::setsockopt(socket_fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
-      if (::bind(socket_fd, source->sockaddr_pointer(), source->length) != 0) error = errno;
-    }
+    error = bind_source(socket_fd, family);
   }
   if (error == 0) {
     const auto queued = server.owner().ring().prep_connect(
@@ -169,6 +166,18 @@ void connection::connect_to(std::uint32_t index, bool plaintext_retry) noexcept 
   ++ops;
   schedule(timer_purpose::connect,
            timeout_connect_ms != 0 ? timeout_connect_ms : config.timeout_connect_ms);
+}
+
+// The route's egress source (of this address's family), else the configured one.
+int connection::bind_source(int socket_fd, int family) const noexcept {
+  const auto& config = server.config();
+  const auto& fallback = family == AF_INET6 ? config.source_ipv6 : config.source_ipv4;
+  const auto& chosen = source && source->family() == family ? source : fallback;
+  if (!chosen) return 0;
+  // Pick the port at connect time: many connections from one address share ports.
+  const int on = 1;
+  ::setsockopt(socket_fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
+  return ::bind(socket_fd, chosen->sockaddr_pointer(), chosen->length) != 0 ? errno : 0;
 }
 
 void connection::on_connected(const io::completion& done) noexcept {

@@ -95,6 +95,7 @@ struct connection {
   std::string helo_name;
   std::uint32_t timeout_connect_ms = 0;
   std::uint32_t timeout_reply_ms = 0;
+  std::optional<core::endpoint> source;  // the route's egress source, else the config's
   std::uint32_t reply_timeout(std::uint32_t configured) const noexcept {
     return timeout_reply_ms != 0 ? timeout_reply_ms : configured;
   }
@@ -171,6 +172,7 @@ struct connection {
   void open(std::uint64_t destination_cookie, const route& where) noexcept;
   void on_lookup_done(dns::mx_result& result) noexcept;
   void try_next_address() noexcept;
+  int bind_source(int socket_fd, int family) const noexcept;  // 0 or an errno
   void on_connected(const io::completion& done) noexcept;
   void on_received(const io::completion& done) noexcept;
   void on_sent(const io::completion& done) noexcept;

@@ -160,8 +160,9 @@ class shard_services final : public shard::iteration_hook {
       _front.on_committed(done.ticket, done.error);
     });
     _front.set_accepted_listener(
-        [this](const spool::envelope& envelope, std::span<const spool::body_slice> body) {
-          _relay.route(envelope, body);
+        [this](const spool::envelope& envelope, std::span<const spool::body_slice> body,
+               std::string_view pool) {
+          _relay.route(envelope, body, pool);
         });
     owner.add_iteration_hook(*this);  // the spool's group commit: one flush per iteration
     if (auto ready = _front.start();

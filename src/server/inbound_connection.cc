@@ -572,6 +572,8 @@ smtp::verdict connection::on_data_start() noexcept {
   // sessions' appends cannot come in between.
   received_header.assign(header, net::format_received_header(fields, header, sizeof header));
   hops.reset();
+  pool_header.reset();
+  pool.clear();
   dkim_begin();
   return smtp::verdict::accept();
 }
@@ -579,12 +581,15 @@ smtp::verdict connection::on_data_start() noexcept {
 void connection::on_body(std::string_view slice, smtp::body_form form) noexcept {
   if (message_error != 0 || !in_message) return;
   hops.feed(slice);
-  dkim_feed(slice, form);
   if (!received_header.empty()) {
     spool_bytes(received_header, smtp::body_form::wire);
     received_header.clear();
   }
-  spool_bytes(slice, form);
+  // X-Ringmta-Pool never leaves: neither the spool nor the signature sees it (egress.h).
+  pool_header.feed(slice, [&](std::string_view kept) {
+    dkim_feed(kept, form);
+    spool_bytes(kept, form);
+  });
 }
 
 void connection::spool_bytes(std::string_view slice, smtp::body_form form) noexcept {
@@ -607,6 +612,11 @@ smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcep
   else if (summary.eight_bit && envelope.body == spool::body_type::seven_bit)
     envelope.body = spool::body_type::unspecified;  // a client's BODY=7BIT was not true
   if (!received_header.empty()) on_body({}, smtp::body_form::wire);  // an empty body
+  pool_header.finish([&](std::string_view kept) {
+    dkim_feed(kept, smtp::body_form::wire);  // a line start held back: never starts with '.'
+    spool_bytes(kept, smtp::body_form::wire);
+  });
+  choose_pool();
   if (message_error != 0) {
     server.store().abort(message);
     in_message = false;
@@ -631,6 +641,13 @@ smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcep
   }
   envelope.helo.assign(helo_for_records());
   return commit();
+}
+
+// The tenant header chooses a pool only for our own submitters (mynetworks or AUTH, as for
+// DKIM signing): a stranger must not choose the addresses, and so the reputation, that mail
+// leaves from. Either way the field is gone from the message.
+void connection::choose_pool() noexcept {
+  if (pool_header.found() && signs_for_client()) pool.assign(pool_header.value());
 }
 
 smtp::verdict connection::commit() noexcept {
@@ -684,6 +701,8 @@ void connection::on_commit_result(int error) noexcept {
       .field("helo", envelope.helo)
       .field("protocol", message_protocol);
   if (!login.empty()) record.field("login", login);
+  if (!pool.empty()) record.field("pool", pool);
+  else if (pool_header.found()) record.field("pool_ignored", pool_header.value());
   dkim_accepted(record);
   if (tls && tls->established()) {
     record.field("tls_version", tls->protocol())
@@ -691,7 +710,7 @@ void connection::on_commit_result(int error) noexcept {
         .field("tls_client_certificate", tls->peer_certificate());
   }
   record.end();
-  if (server.accepted_listener) server.accepted_listener(envelope, body);
+  if (server.accepted_listener) server.accepted_listener(envelope, body, pool);
   pump();
 }
 

@@ -12,8 +12,10 @@
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/dkim/signer.h"
 #include "ringmta/io/buffer_ring.h"
+#include "ringmta/net/header_filter.h"
 #include "ringmta/net/proxy_protocol.h"
 #include "ringmta/net/received_header.h"
+#include "ringmta/server/egress.h"
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/spool_ring_driver.h"
 #include "ringmta/spool/envelope.h"
@@ -92,6 +94,10 @@ struct connection final : smtp::server_handler {
   std::vector<spool::body_slice> body;  // where commit() put the body
   std::string received_header;  // formatted at DATA, spooled with the first body bytes
   net::received_counter hops;   // the client's Received: fields (RFC 5321 §6.3)
+  // X-Ringmta-Pool: stripped from every message; honoured from trusted submitters only.
+  net::header_filter pool_header{server::pool_header_name};
+  std::string pool;  // the egress pool this message asked for (empty: none)
+  void choose_pool() noexcept;
   std::unique_ptr<dkim::message_signer> dkim;  // made at the first message to sign
 
   // TLS (inbound_tls.cc): the session exists from the handshake to the end of the connection.

@@ -189,6 +189,7 @@ relay_config make_relay_config(const config::settings& settings) {
   s.limits = limits_from(limits.connections_max, limits.messages_per_connection_max,
                          limits.messages_per_second_max);
   c.shaping = build_shaping_table(settings);
+  c.egress = std::make_shared<const egress_table>(settings);
   std::string problem;
   c.classifier = events::bounce_classifier::load(settings.bounce_classes_file, problem);
   if (!c.classifier) {
@@ -313,8 +314,9 @@ core::result<void> relay::start() noexcept {
   return {};
 }
 
-void relay::route(const spool::envelope& envelope, std::span<const spool::body_slice> body) {
-  _state->route(envelope, body);
+void relay::route(const spool::envelope& envelope, std::span<const spool::body_slice> body,
+                  std::string_view pool) {
+  _state->route(envelope, body, pool);
 }
 bool relay::on_committed(std::uint64_t ticket, int error) noexcept {
   return _state->on_committed(ticket, error);
@@ -487,7 +489,8 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
 
 // ---- owner role: jobs in, connections out
 
-relay_route relay::state::route_for(std::string_view destination) const {
+relay_route relay::state::route_for(std::string_view name) const {
+  const std::string_view destination = split_egress(name).first;  // "example.com@ip2"
   for (const auto& fixed : live->routes) {
     if (fixed.destination == destination) return relay_route{false, fixed.host, fixed.port};
   }
@@ -515,9 +518,10 @@ shape relay::state::shape_of(std::string_view destination) const {
   return out;
 }
 
-shape relay::state::base_shape_of(std::string_view destination) const {
+shape relay::state::base_shape_of(std::string_view name) const {
+  const std::string_view destination = split_egress(name).first;  // limits per source × domain
   if (!shaping->has_mx_entries()) return shaping->for_domain(destination);
-  if (const auto found = mx_hosts.find(std::string(destination)); found != mx_hosts.end()) {
+  if (const auto found = mx_hosts.find(std::string(name)); found != mx_hosts.end()) {
     std::vector<std::string_view> hosts(found->second.begin(), found->second.end());
     return shaping->for_destination(destination, hosts);
   }
@@ -539,7 +543,7 @@ const config::reply_rule_entry* relay::state::rule_for(const std::string& destin
   std::vector<std::string_view> hosts;
   if (const auto found = mx_hosts.find(destination); found != mx_hosts.end())
     hosts.assign(found->second.begin(), found->second.end());
-  return shaping->match_reply(destination, hosts, reply);
+  return shaping->match_reply(split_egress(destination).first, hosts, reply);
 }
 
 // A rule fired by one domain's reply acts on its whole MX site (relay_site.cc): the members
@@ -746,10 +750,12 @@ void relay::state::open(const queue::connect_request& request) noexcept {
       (std::uint64_t{request.connection.slot} << 32) | request.connection.generation;
   const relay_route where = route_for(request.name);
   const shape shaped = shape_of(request.name);
+  const std::string_view domain = split_egress(request.name).first;  // without its source
   outbound::route target{where.mx ? outbound::route_kind::mx : outbound::route_kind::host,
-                         where.mx ? request.name : std::string_view(where.host), where.port,
-                         shaped.tls_set ? shaped.tls : tls_policy_for(config, request.name)};
+                         where.mx ? domain : std::string_view(where.host), where.port,
+                         shaped.tls_set ? shaped.tls : tls_policy_for(config, domain)};
   target.helo_name = shaped.ehlo_name;
+  bind_source(request.name, target);
   target.timeout_connect_ms = shaped.timeout_connect_ms;
   target.timeout_reply_ms = shaped.timeout_reply_ms;
   if (where.relayhost) {  // never an MX's: the password goes to the host it is for
@@ -764,6 +770,19 @@ void relay::state::open(const queue::connect_request& request) noexcept {
   connection_names[cookie] = std::string(request.name);
   connection_sessions[cookie] = next_session++;
   metrics.connections.add();
+}
+
+// The queue's source ("example.com@ip2"): its address to bind and its EHLO name. A source a
+// reload removed leaves its queued mail to the kernel's choice of address, never stuck.
+void relay::state::bind_source(std::string_view name, outbound::route& target) const noexcept {
+  const auto source = split_egress(name).second;
+  if (source.empty() || !has_pools()) return;
+  const egress_table& egress = *live->egress;
+  const auto index = egress.source_named(source);
+  if (!index) return;
+  const egress_source& chosen = egress.sources()[*index];
+  target.source = &chosen.address;
+  if (!chosen.ehlo_name.empty()) target.helo_name = chosen.ehlo_name;
 }
 
 namespace {
@@ -892,7 +911,9 @@ void relay::state::finish_delivery(std::uint32_t slot,
   bool all_permanent = true;
   const recipient_report* first_transient = nullptr;
   const bool rules = shaping->has_reply_rules();
-  const std::string name = rules ? destination_name(flight.job.destination) : std::string();
+  const std::string name =
+      rules || has_pools() ? destination_name(flight.job.destination) : std::string();
+  const std::string_view source = split_egress(name).second;
   const config::reply_rule_entry* fired = nullptr;
   recipient_report fired_by;
   for (std::size_t i = 0; i < flight.results.size(); ++i) {
@@ -920,6 +941,7 @@ void relay::state::finish_delivery(std::uint32_t slot,
     }
     r.attempts = static_cast<std::uint16_t>(flight.job.attempts + 1);
     r.session = flight.session;
+    r.source.assign(source);
     r.attempt_ms = now - flight.started_ms;
     if (r.kind == outcome_kind::deferred) {
       keep_mask |= std::uint64_t{1} << (flight.indices[i] - flight.job.first_recipient);
@@ -1001,6 +1023,7 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
   s.drop_idle(s.idle_key(name), destination);
   recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
   why.session = session;
+  why.source.assign(split_egress(name).second);
   // A 421 greeting, or a connection the server ended with 4xx/5xx: reply rules may fire.
   const bool refused = result.reason == outbound::close_reason::destination_failed ||
                        result.reason == outbound::close_reason::lost;

@@ -67,7 +67,7 @@ std::unique_ptr<spooled_message> relay::state::load(spool::message_id id) noexce
 }
 
 void relay::state::route(const spool::envelope& envelope,
-                         std::span<const spool::body_slice> body) {
+                         std::span<const spool::body_slice> body, std::string_view pool) {
   auto message = std::make_unique<spooled_message>();
   message->id = envelope.id;
   message->home = owner.id();
@@ -77,7 +77,37 @@ void relay::state::route(const spool::envelope& envelope,
   for (const auto& slice : body) message->body_bytes += slice.length;
   spooled_message& routed = *message;
   messages[envelope.id] = std::move(message);
-  route_recipients(routed, nullptr);
+  route_recipients(routed, nullptr, pool);
+}
+
+// The pool: a trusted X-Ringmta-Pool naming a known pool, else the sender domain's, else
+// "default" (egress.h). After a restart the header is gone from the spool: recovered mail
+// takes the sender's or the default pool.
+std::string relay::state::egress_name(const spooled_message& message, std::string destination,
+                                      std::string_view pool) noexcept {
+  const egress_table& egress = *live->egress;
+  if (picker_table != &egress) {
+    picker.reset(egress);
+    picker_table = &egress;
+  }
+  std::optional<std::uint32_t> chosen = pool.empty() ? std::nullopt : egress.pool_named(pool);
+  if (!chosen) {
+    const std::string_view sender = message.envelope.reverse_path;
+    const auto at = sender.rfind('@');
+    chosen = egress.pool_for_sender(
+        at == std::string_view::npos ? std::string() : destination_of(sender, config.hostname));
+    if (!pool.empty()) {
+      log.set_time(core::wall_milliseconds());
+      log.record("pool_unknown")
+          .field("id", std::string_view(spool::format_message_id(message.id).data(), 16))
+          .field("pool", pool)
+          .field("used", chosen ? std::string_view(egress.pools()[*chosen].name) : "none")
+          .end();
+    }
+  }
+  if (!chosen) return destination;
+  const auto source = picker.pick(egress, *chosen);
+  return egress_destination(destination, egress.sources()[source].name);
 }
 
 // Start-up: every queued message of this shard's spool goes back to its destinations' queues
@@ -100,7 +130,8 @@ void relay::state::recover() noexcept {
 // Groups the open recipients by destination (and, after a restart, by their retry state) and
 // hands each group to the destination's owner.
 void relay::state::route_recipients(spooled_message& message,
-                                    const spool::message_entry* recovered) noexcept {
+                                    const spool::message_entry* recovered,
+                                    std::string_view pool) noexcept {
   using key = std::tuple<std::string, std::uint16_t, std::int64_t>;
   std::map<key, std::vector<std::uint16_t>> groups;
   const auto& recipients = message.envelope.recipients;
@@ -116,6 +147,13 @@ void relay::state::route_recipients(spooled_message& message,
     }
     groups[{destination_of(recipients[i].address, config.hostname), attempts, not_before_ms}]
         .push_back(static_cast<std::uint16_t>(i));
+  }
+  if (has_pools()) {  // each destination's queue leaves from its pool's next source
+    decltype(groups) named;
+    for (auto& [group, indices] : groups)
+      named[{egress_name(message, std::get<0>(group), pool), std::get<1>(group),
+             std::get<2>(group)}] = std::move(indices);
+    groups = std::move(named);
   }
   const unsigned shards = static_cast<unsigned>(config.shards->size());
   for (auto& [group, indices] : groups) {
@@ -189,6 +227,7 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
       .seconds_field("delay", now_ms - message.received_ms);
   if (r.attempt_ms >= 0) line.seconds_field("delay_attempt", r.attempt_ms);
   if (r.session != 0) line.hex_field("session", r.session);
+  if (!r.source.empty()) line.field("source", r.source);
   if (r.kind == outcome_kind::deferred) line.field("retry_at_s", r.next_attempt_ms / 1000);
   std::size_t klass = 0;
   if (r.kind != outcome_kind::delivered) {  // the enhanced code and its class (bounce rules)

@@ -97,6 +97,7 @@ struct recipient_report {
   std::string mx;            // "mx.example.com": also the DSN's Remote-MTA (RFC 3464 §2.3.5)
   std::string ip;            // "192.0.2.1:25"
   std::uint64_t session = 0;
+  std::string source;        // the egress source ([[source]] name) it left from, if any
   std::int64_t attempt_ms = -1;
   bool from_server = false;  // `text` is a reply a server sent (else our own reason)
   bool remote_dsn = false;   // the server offered DSN: the parameters went on with the message
@@ -163,9 +164,18 @@ struct relay::state {
   std::unordered_map<spool::message_id, std::unique_ptr<spooled_message>> messages;
   std::vector<std::unique_ptr<pending_dsn>> dsns;               // being appended / committed
   std::unordered_map<std::uint64_t, std::unique_ptr<pending_dsn>> dsn_tickets;
-  void route(const spool::envelope& envelope, std::span<const spool::body_slice> body);
+  void route(const spool::envelope& envelope, std::span<const spool::body_slice> body,
+             std::string_view pool = {});  // a DSN: the default pool
   void recover() noexcept;
-  void route_recipients(spooled_message& message, const spool::message_entry* recovered) noexcept;
+  void route_recipients(spooled_message& message, const spool::message_entry* recovered,
+                        std::string_view pool = {}) noexcept;
+  // Egress (egress.h): the queue name for a destination, with the source its pool picks.
+  bool has_pools() const noexcept { return live->egress && !live->egress->empty(); }
+  egress_picker picker;
+  const egress_table* picker_table = nullptr;  // the table `picker` was reset for
+  std::string egress_name(const spooled_message& message, std::string destination,
+                          std::string_view pool) noexcept;
+  void bind_source(std::string_view name, outbound::route& target) const noexcept;
   void on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept;
   void record(spooled_message& message, const recipient_report& report) noexcept;
   void queue_dsn(spooled_message& message) noexcept;

@@ -43,9 +43,11 @@ unsigned relay::holder_of(std::string_view destination) const {
   const auto& s = *_state;
   queue::destination_info info;
   if (s.scheduler.inspect(destination, info)) return s.owner.id();
-  const auto known = s.sites.find(std::string(destination));
+  const auto [domain, source] = split_egress(destination);  // "example.com@s3": its site's
+  const auto known = s.sites.find(std::string(domain));
   if (known == s.sites.end()) return s.owner.id();
-  return owner_of(known->second.site, static_cast<unsigned>(s.config.shards->size()));
+  return owner_of(egress_destination(known->second.site, source),
+                  static_cast<unsigned>(s.config.shards->size()));
 }
 
 void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
@@ -55,12 +57,14 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
 
 // On the domain's owner: true when the job was taken (forwarded to its site, or held until
 // the domain's MX lookup answers); false: queue it here.
+// Egress: "example.com@ip2" is looked up as example.com (one lookup for every source) and
+// joins the site of its source, "mx1,mx2@ip2": site limits are per source × site.
 bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
-  const std::string& domain = job->destination;
+  const std::string domain(split_egress(job->destination).first);
   if (!live->site_rollup || domain.empty() || domain.front() == '[' || !route_for(domain).mx)
     return false;
   queue::destination_info info;
-  if (scheduler.inspect(domain, info) && info.suspended) return false;  // the operator's: here
+  if (scheduler.inspect(job->destination, info) && info.suspended) return false;  // the operator's
   if (const auto known = sites.find(domain); known != sites.end()) {
     if (core::wall_milliseconds() - known->second.learned_ms < site_relearn_ms) {
       forward_to_site(std::move(job), known->second.site);
@@ -107,7 +111,7 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
 }
 
 void relay::state::forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept {
-  job->site = std::move(site);
+  job->site = egress_destination(site, split_egress(job->destination).second);
   const unsigned to = owner_of(job->site, static_cast<unsigned>(config.shards->size()));
   if (to == owner.id()) return queue_job(std::move(job));
   shard::message m{};
@@ -120,7 +124,7 @@ void relay::state::forward_to_site(std::unique_ptr<routed_job> job, std::string 
 // The site's limits: the MX layer of shaping over the global settings (a domain's own
 // [[shaping]] entry still limits that domain's queue within the site).
 shape relay::state::site_shape(std::string_view site) const {
-  const auto hosts = hosts_of(site);
+  const auto hosts = hosts_of(split_egress(site).first);
   return shaping->for_destination("", hosts);
 }
 
@@ -130,7 +134,7 @@ void relay::state::join_site(const routed_job& job, queue::destination_id destin
   if (scheduler.site_of(destination) == job.site) return;
   if (shaping->has_mx_entries() && mx_hosts.count(job.destination) == 0) {
     std::vector<std::string> hosts;
-    for (const auto host : hosts_of(job.site)) hosts.emplace_back(host);
+    for (const auto host : hosts_of(split_egress(job.site).first)) hosts.emplace_back(host);
     constexpr std::size_t destinations_max = 100'000;
     if (mx_hosts.size() >= destinations_max) mx_hosts.clear();
     mx_hosts.emplace(job.destination, std::move(hosts));

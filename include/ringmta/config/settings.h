@@ -77,6 +77,10 @@ struct dkim_key {
 struct shaping_entry {
   std::string domain;  // "example.com" exactly, ".example.com" its subdomains; lowercase
   std::string mx;      // MX host pattern, '*' matches any run: "*.google.com"; lowercase
+  // Or the sender's domain (MAIL FROM), as `domain`: such an entry only chooses the egress
+  // pool of the message (`pool`), the one thing decided per sender rather than per destination.
+  std::string sender_domain;
+  std::string pool;  // [[pool]] name (sender_domain entries only)
   std::optional<std::uint32_t> connections_max;
   std::optional<std::uint32_t> messages_per_connection_max;
   std::optional<double> messages_per_second_max;
@@ -87,6 +91,25 @@ struct shaping_entry {
   std::optional<tls_policy> tls;
   std::optional<std::string> ehlo_name;
   std::string origin;  // "FILE:LINE" or "command line", for start-up errors and logs
+};
+
+// One [[source]] table or --source: a local address outbound connections bind() to, and the
+// EHLO name they use from it (server/egress.h). The address must be local (checked when the
+// egress table is built: a bind that fails is a start-up error).
+struct source_entry {
+  std::string name;        // [a-z0-9_-]+, unique
+  core::endpoint address;  // port 0
+  std::string ehlo_name;   // empty: the destination's (shaping) or the host name
+  std::string origin;
+};
+
+// One [[pool]] table or --pool: a weighted set of sources (smooth weighted round robin).
+// The pool named "default" is used when neither a sender_domain entry nor a trusted
+// X-Ringmta-Pool header chooses one; without it, mail leaves from the kernel's choice.
+struct pool_entry {
+  std::string name;
+  std::vector<std::pair<std::string, std::uint32_t>> sources;  // source name, weight >= 1
+  std::string origin;
 };
 
 // One [[reply_rule]] table or --reply-rule: what a reply from a destination's servers does
@@ -167,6 +190,8 @@ struct settings {
   destination_limits default_destination_limits;
   std::vector<shaping_entry> shaping;  // [[shaping]] tables, in file order
   std::vector<reply_rule_entry> reply_rules;  // [[reply_rule]] tables, first match wins
+  std::vector<source_entry> sources;  // [[source]] tables (egress addresses)
+  std::vector<pool_entry> pools;      // [[pool]] tables
 
   // [[dkim]] keys and [signing]: DKIM signing of mail from mynetworks (and, once AUTH
   // exists, authenticated clients). See dkim/key_table.h for how a key is chosen.

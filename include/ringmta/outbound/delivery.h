@@ -75,6 +75,10 @@ struct route {
   std::string_view helo_name;            // empty: outbound_config::helo_name
   std::uint32_t timeout_connect_ms = 0;  // 0: outbound_config's
   std::uint32_t timeout_reply_ms = 0;    // 0: outbound_config's; else every reply wait
+  // Egress source (server/egress.h): bind() to it before connect (port 0, chosen at connect);
+  // null: outbound_config's source_ipv4/6. Copied by open_connection. Used only for an
+  // address of its family (an IPv4 source never binds an IPv6 socket).
+  const core::endpoint* source = nullptr;
   // AUTH to this host (a relayhost only, never an MX: the password goes to the host it is for).
   // Used under tls required/verify once TLS is up, or always with auth_plaintext; otherwise
   // the connection ends before MAIL and the mail is deferred (smtp::client_auth_mode).

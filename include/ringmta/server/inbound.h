@@ -195,9 +195,10 @@ class inbound {
   // The spool reports a commit ticket durable (error 0) or failed.
   void on_committed(std::uint64_t ticket, int error) noexcept;
   // Called for every message answered 250 (it is durable), with its envelope and where the
-  // spool put its body: the relay takes it from there.
-  using accepted_fn =
-      std::function<void(const spool::envelope&, std::span<const spool::body_slice>)>;
+  // spool put its body: the relay takes it from there. `pool`: the X-Ringmta-Pool a trusted
+  // submitter named (server/egress.h; the field itself was stripped), else empty.
+  using accepted_fn = std::function<void(const spool::envelope&,
+                                         std::span<const spool::body_slice>, std::string_view)>;
   void set_accepted_listener(accepted_fn listener);
   // A password check finished (the verifier's result, posted to this shard).
   void on_auth_result(std::unique_ptr<auth::verify_result> result) noexcept;

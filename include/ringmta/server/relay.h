@@ -39,6 +39,7 @@
 #include "ringmta/outbound/outbound.h"
 #include "ringmta/queue/scheduler.h"
 #include "ringmta/server/downgrade.h"
+#include "ringmta/server/egress.h"
 #include "ringmta/server/shaping.h"
 #include "ringmta/shard/runtime.h"
 #include "ringmta/spool/store.h"
@@ -79,6 +80,9 @@ struct relay_config {
   // brings a new one: live queues are reshaped at once, open connections keep the timeouts
   // and EHLO name they were opened with.
   std::shared_ptr<const shaping_table> shaping;
+  // [[source]] and [[pool]] (egress.h): immutable like shaping; a reload's pools apply to mail
+  // routed from then on and the connections opened for it.
+  std::shared_ptr<const egress_table> egress;
   outbound::outbound_config outbound;
   outbound::dns_client_config dns;
   std::vector<relay*>* shards = nullptr;  // every shard's relay, by shard id (set before start)
@@ -160,7 +164,9 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   core::result<void> start() noexcept;
   // A message of this shard's spool became durable: deliver it. `body` is where the spool
   // put it (store::commit told), so nothing is read back.
-  void route(const spool::envelope& envelope, std::span<const spool::body_slice> body);
+  // `pool`: the egress pool a trusted submitter asked for (X-Ringmta-Pool), or empty.
+  void route(const spool::envelope& envelope, std::span<const spool::body_slice> body,
+             std::string_view pool = {});
   // The spool reports a ticket; true when it was one of ours (a DSN being spooled).
   bool on_committed(std::uint64_t ticket, int error) noexcept;
   // Stop opening connections; finish or abandon deliveries. Queued mail stays in the spool.

@@ -231,8 +231,11 @@ TEST(settings, shipped_config_file_states_the_defaults) {
   for (const auto& info : describe()) {
     if (info.key == "server.hostname") continue;  // the machine's name: commented out
     if (info.key == "dkim") continue;  // no key by default: [[dkim]] examples commented out
-    // None by default either: [[shaping]] and [[reply_rule]] examples are commented out.
-    if (info.key == "shaping" || info.key == "reply_rule") continue;
+    // None by default either: [[shaping]], [[reply_rule]], [[source]] and [[pool]] examples
+    // are commented out.
+    if (info.key == "shaping" || info.key == "reply_rule" || info.key == "source" ||
+        info.key == "pool")
+      continue;
     EXPECT_EQ(show(file, info.key), show(builtin, info.key)) << info.key;
     EXPECT_TRUE(file.origins.count(info.key)) << info.key << " is not in conf/ringmta.toml";
   }

@@ -116,8 +116,8 @@ TEST(shaping, flags_and_errors_name_file_line_key) {
                 "shaping.toml:3: shaping.speed: unknown field", 0),
             0u);
   EXPECT_EQ(error_of("\n[[shaping]]\nmax_connections = 2\n"),
-            "shaping.toml:2: shaping: give exactly one of domain (example.com, .example.com) or "
-            "mx (*.host)");
+            "shaping.toml:2: shaping: give exactly one of domain (example.com, .example.com), "
+            "mx (*.host) or sender_domain");
   EXPECT_EQ(error_of("[[shaping]]\nmx = \"*.a..b\"\n"),
             "shaping.toml:2: shaping.mx: expected an MX host pattern such as *.google.com, "
             "got '*.a..b'");
