@@ -234,7 +234,7 @@ void connection::on_body_completion(io::op_kind kind, const io::completion& done
     release_transfer(false);
     return pump();  // whatever waited for the step (closing, the next output)
   }
-  if (socket_ending) return abort_body();
+  if (_phase == connection_phase::closing) return abort_body();
   if (body.how == body_progress::path::spliced) return on_splice_done(kind, done.res);
   if (body.how == body_progress::path::encrypted) {  // a ring read for TLS (tls.cc)
     if (done.res <= 0) return body_failed_locally(done.res < 0 ? -done.res : EIO);
@@ -293,7 +293,7 @@ void connection::abort_body() noexcept {
   body.how = body_progress::path::none;
   if (body.step_in_flight) {  // the kernel may still use the pipe/buffer: release on completion
     body.aborted = true;
-    if (!socket_ending && fd >= 0) ::shutdown(fd, SHUT_RDWR);  // unblock a waiting splice
+    if (_phase != connection_phase::closing && fd >= 0) ::shutdown(fd, SHUT_RDWR);  // unblock a waiting splice
     return;
   }
   release_transfer(false);

@@ -35,6 +35,45 @@ std::string as_literal(std::string_view name) {
 connection::connection(outbound_server& owner_server, std::uint32_t slot_index) noexcept
     : server(owner_server), slot(slot_index) {}
 
+// ---- the phase: one writer, legal transitions only, invariants around every step
+
+void connection::enter(connection_phase next) noexcept {
+  RINGMTA_ASSERT(legal_transition(_phase, next));
+  _phase = next;
+}
+
+void connection::check_invariants() const noexcept {
+  using p = connection_phase;
+  // Every op flag is an SQE in flight, counted in ops, on the current socket.
+  RINGMTA_ASSERT(ops >= unsigned{connect_in_flight} + unsigned{receive_armed} +
+                            unsigned{send_in_flight} + unsigned{close_queued});
+  RINGMTA_ASSERT(fd >= 0 ||
+                 (!connect_in_flight && !receive_armed && !send_in_flight && !close_queued));
+  RINGMTA_ASSERT(!close_queued || _phase == p::closing);
+  RINGMTA_ASSERT(!connect_in_flight || _phase == p::connecting || _phase == p::closing);
+  switch (_phase) {
+    case p::free:
+    case p::resolving:
+    case p::unconnected:
+    case p::finished:
+      RINGMTA_ASSERT(fd < 0 && ops == 0);
+      return;
+    case p::connecting:
+      RINGMTA_ASSERT(fd >= 0 && connect_in_flight && !receive_armed && !send_in_flight);
+      return;
+    case p::talking:
+    case p::delivering:
+      RINGMTA_ASSERT(fd >= 0 && session);
+      return;
+    case p::idle:
+      RINGMTA_ASSERT(fd >= 0 && session && ever_ready);
+      return;
+    case p::closing:
+      RINGMTA_ASSERT(fd >= 0);
+      return;
+  }
+}
+
 remote_host connection::remote() const noexcept {
   if (!tried_any || current >= candidates.size()) return {};
   const bool dsn = session && session->extensions().dsn;
@@ -61,15 +100,15 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
   attempts.reset();
   fd = -1;
   ops = 0;
-  connecting = connect_timed_out = receive_armed = send_in_flight = false;
-  socket_ending = close_queued = retry_receive = deferred = false;
+  connect_in_flight = connect_timed_out = receive_armed = send_in_flight = false;
+  close_queued = retry_receive = deferred = false;
   then = after_close::finish;
   tls_wanted = where.tls;
   auth = where.auth;
   auth_plaintext = where.auth_plaintext;
   end_tls();
   tls_note.clear();
-  ever_ready = idle = delivering = quit_requested = finishing = body_failed = false;
+  ever_ready = quit_requested = body_failed = false;
   drop_after_results = false;
   deliveries = 0;
   body = body_progress{};
@@ -80,7 +119,7 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
     session = std::make_unique<smtp::client_session>(server.engine_config());
     staging = std::make_unique<char[]>(server.staging_bytes());
   }
-  resolving = true;
+  enter(connection_phase::resolving);
   const std::uint64_t cookie = std::uint64_t{generation} << 32 | slot;
   // The result comes from the DNS client's own loop, never from inside this call.
   lookup = kind == route_kind::mx ? server.dns().start_mx_lookup(route_name, server, cookie)
@@ -136,8 +175,8 @@ void connection::connect_to(std::uint32_t index, bool plaintext_retry) noexcept 
   ++addresses_tried;
   ++server.counters().connect_attempts;
   choose_tls(index, plaintext_retry);  // resets the session with this socket's TLS policy
-  connecting = connect_timed_out = receive_armed = send_in_flight = false;
-  socket_ending = close_queued = false;
+  connect_in_flight = connect_timed_out = receive_armed = send_in_flight = false;
+  close_queued = false;
   then = after_close::finish;
   staged_begin = staged_end = 0;
   const int family = to.address.family();
@@ -162,7 +201,8 @@ void connection::connect_to(std::uint32_t index, bool plaintext_retry) noexcept 
     return;
   }
   fd = socket_fd;
-  connecting = true;
+  enter(connection_phase::connecting);
+  connect_in_flight = true;
   ++ops;
   schedule(timer_purpose::connect,
            timeout_connect_ms != 0 ? timeout_connect_ms : config.timeout_connect_ms);
@@ -181,13 +221,14 @@ int connection::bind_source(int socket_fd, int family) const noexcept {
 }
 
 void connection::on_connected(const io::completion& done) noexcept {
-  connecting = false;
-  if (socket_ending) return;  // abandoned meanwhile
+  connect_in_flight = false;
+  if (_phase == connection_phase::closing) return;  // abandoned meanwhile
   if (done.res < 0) {
     const int error = connect_timed_out ? ETIMEDOUT : -done.res;
     ++server.counters().connect_failures;
     return fail_attempt(attempt_failure::connect_failed, error, nullptr);
   }
+  enter(connection_phase::talking);
   restart_timer();  // the greeting (RFC 5321 §4.5.3.2.1)
   arm_receive();
 }
@@ -203,7 +244,7 @@ void connection::fail_attempt(attempt_failure how, int error,
 // ---- receive -> feed -> events
 
 void connection::arm_receive() noexcept {
-  if (receive_armed || fd < 0 || connecting || socket_ending) return;
+  if (receive_armed || !connected(_phase)) return;
   const auto queued = server.owner().ring().prep_recv_select(
       fd, server.buffers().group_id(), server.user_data(server.receive_kind, *this));
   if (!queued) {  // the kernel refused a submission: try again at the end of the iteration
@@ -232,7 +273,7 @@ void connection::on_received(const io::completion& done) noexcept {
     server.defer(*this);
     return;
   }
-  if (socket_ending || session->phase() == smtp::client_phase::closed) {
+  if (_phase == connection_phase::closing || session->phase() == smtp::client_phase::closed) {
     recycle();
     return pump();
   }
@@ -261,7 +302,7 @@ void connection::on_received(const io::completion& done) noexcept {
     const std::size_t used = session->feed(chunk);
     chunk.remove_prefix(used);
     process_events();
-    if (!live || generation != owner_generation || finishing || socket_ending) break;
+    if (generation != owner_generation || !connected(_phase)) break;
     if (session->phase() == smtp::client_phase::closed) break;
     if (used == 0 && !session->event_pending()) break;  // the engine takes nothing more now
   }
@@ -272,7 +313,7 @@ void connection::on_received(const io::completion& done) noexcept {
 
 void connection::process_events() noexcept {
   const std::uint32_t owner_generation = generation;
-  while (live && generation == owner_generation && !finishing) {
+  while (generation == owner_generation && active(_phase)) {
     const smtp::client_event event = session->next_event();
     switch (event.kind) {
       case smtp::client_event_kind::none: return;
@@ -294,6 +335,8 @@ void connection::on_session_ready() noexcept {
     ever_ready = true;
     ++server.counters().sessions_ready;
   }
+  // An event drained while the socket is being shut down (deferred work): nothing to offer.
+  if (_phase == connection_phase::closing) return;
   if (drop_after_results) {  // no QUIT: the server may still be reading body bytes
     reason = close_reason::lost;
     close_reply.copy_from(local_reply);
@@ -307,12 +350,13 @@ void connection::on_session_ready() noexcept {
     session->quit();
     return restart_timer();
   }
-  idle = true;
+  enter(connection_phase::idle);
   restart_timer();  // the idle lifetime
   const std::uint32_t owner_generation = generation;
   server.handler().on_ready(handle(), destination);
   // Kept for later: an idle TLS connection gives its record buffers back (tls/session.h).
-  if (live && generation == owner_generation && idle && tls_session) tls_session->trim();
+  if (generation == owner_generation && _phase == connection_phase::idle && tls_session)
+    tls_session->trim();
 }
 
 void connection::report(const smtp::client_event& event) noexcept {
@@ -350,7 +394,7 @@ void connection::report(const smtp::client_event& event) noexcept {
     body.open = false;
     abort_body();
   }
-  delivering = false;
+  if (_phase == connection_phase::delivering) enter(connection_phase::talking);
   ++deliveries;
   if (outcome == smtp::client_outcome::accepted) ++counters.deliveries_accepted;
   else ++counters.deliveries_failed;
@@ -361,7 +405,7 @@ void connection::report(const smtp::client_event& event) noexcept {
 }
 
 void connection::on_session_closed(const smtp::client_event& event) noexcept {
-  idle = false;
+  if (_phase == connection_phase::idle) enter(connection_phase::talking);
   if (event.close_reason == smtp::client_close_reason::timeout) ++server.counters().timeouts;
   if (!ever_ready && !quit_requested && retry_in_plaintext(event)) {
     then = after_close::plaintext_retry;  // tls.cc: opportunistic, the handshake failed
@@ -426,7 +470,7 @@ bool connection::queue_send(const char* bytes, std::uint32_t size) noexcept {
 
 void connection::on_sent(const io::completion& done) noexcept {
   send_in_flight = false;
-  if (socket_ending) return;
+  if (_phase == connection_phase::closing) return;
   if (tls != tls_state::plaintext) return on_ciphertext_sent(done);  // tls.cc
   if (done.res < 0) {  // EPIPE, ECONNRESET: what is staged can never go out
     staged_begin = staged_end = 0;
@@ -449,14 +493,14 @@ void connection::on_sent(const io::completion& done) noexcept {
 
 // Makes progress with whatever is due: abandoning, output, the body, closing, receiving.
 void connection::pump() noexcept {
-  if (!live || finishing) return;
+  if (!active(_phase)) return;
   if (!ever_ready && quit_requested) {  // abandoned before it was ready
     reason = quit_reason;
     failure = smtp::client_outcome::accepted;
     close_reply.assign_local(421, enhanced(4, 3, 2), "connection abandoned before it was ready");
-    if (resolving) {
+    if (_phase == connection_phase::resolving) {
       server.dns().cancel(lookup);
-      resolving = false;
+      enter(connection_phase::unconnected);
       return finish();
     }
     if (fd >= 0) {
@@ -465,7 +509,7 @@ void connection::pump() noexcept {
     }
     return finish();
   }
-  if (fd < 0 || connecting || socket_ending) return;
+  if (!connected(_phase)) return;
   if (session->phase() != smtp::client_phase::closed) arm_receive();
   if (tls != tls_state::plaintext) return pump_tls();  // tls.cc
   if (send_in_flight || body.step_in_flight) return;
@@ -492,8 +536,7 @@ void connection::start_delivery(const delivery& next) noexcept {
   std::uint64_t total = 0;
   for (const spool::body_slice& piece : job.body) total += piece.length;
   if (job.envelope.size_bytes == 0) job.envelope.size_bytes = total;
-  idle = false;
-  delivering = true;
+  enter(connection_phase::delivering);
   RINGMTA_ASSERT(!body.step_in_flight && !body.holds_transfer);
   body = body_progress{};
   body.total = total;
@@ -508,8 +551,9 @@ void connection::request_quit(close_reason why) noexcept {
   if (quit_requested) return;
   quit_requested = true;
   quit_reason = why;
-  if (idle) {  // otherwise the QUIT follows the delivery in progress (on_session_ready)
-    idle = false;
+  // Otherwise the QUIT follows the delivery in progress (on_session_ready).
+  if (_phase == connection_phase::idle) {
+    enter(connection_phase::talking);
     session->quit();
     restart_timer();
     server.defer(*this);
@@ -531,7 +575,7 @@ void connection::schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcep
 }
 
 void connection::restart_timer() noexcept {
-  if (fd < 0 || connecting || socket_ending || finishing) return;
+  if (!connected(_phase)) return;
   const auto& config = server.config();
   switch (session->phase()) {
     case smtp::client_phase::greeting:
@@ -543,7 +587,8 @@ void connection::restart_timer() noexcept {
     case smtp::client_phase::tls_handshake:
       return schedule(timer_purpose::reply, reply_timeout(config.timeout_hello_ms));
     case smtp::client_phase::ready:
-      if (idle) return schedule(timer_purpose::idle, config.idle_timeout_ms);
+      if (_phase == connection_phase::idle)
+        return schedule(timer_purpose::idle, config.idle_timeout_ms);
       return server.owner().timers().cancel(timer);
     case smtp::client_phase::rset:
     case smtp::client_phase::mail:
@@ -564,6 +609,7 @@ void connection::restart_timer() noexcept {
 }
 
 void connection::on_timer() noexcept {
+  const step_guard checked(*this);
   switch (timer_use) {
     case timer_purpose::connect: {
       ++server.counters().timeouts;
@@ -576,7 +622,7 @@ void connection::on_timer() noexcept {
       return;
     }
     case timer_purpose::idle:
-      if (idle) request_quit(close_reason::idle_timeout);
+      if (_phase == connection_phase::idle) request_quit(close_reason::idle_timeout);
       return pump();
     case timer_purpose::reply:  // RFC 5321 §4.5.3.2: a timeout is a transient failure
       if (tls == tls_state::handshake) {  // as a failed handshake (opportunistic: plaintext)
@@ -597,11 +643,11 @@ void connection::on_timer() noexcept {
 
 void connection::end_socket() noexcept {
   if (fd < 0) return;
-  if (!socket_ending) {
-    socket_ending = true;
+  if (_phase != connection_phase::closing) {
+    enter(connection_phase::closing);
     server.owner().timers().cancel(timer);
     abort_body();
-    if (connecting) {
+    if (connect_in_flight) {
       (void)server.owner().ring().prep_cancel(server.user_data(server.connect_kind, *this),
                                               io::pack_user_data(server.misc_kind, 0, 0), false,
                                               io::sqe::skip_success);
@@ -621,7 +667,8 @@ void connection::end_socket() noexcept {
 
 void connection::on_fd_closed() noexcept {
   fd = -1;
-  close_queued = socket_ending = false;
+  close_queued = false;
+  enter(connection_phase::unconnected);
   end_tls();
   if (!ever_ready && quit_requested) return pump();  // abandoned: finish with its reason
   const after_close next = then;
@@ -638,12 +685,10 @@ void connection::on_fd_closed() noexcept {
 
 void connection::finish() noexcept {
   RINGMTA_ASSERT(fd < 0 && ops == 0);
-  if (finishing) return;
-  finishing = true;
+  if (_phase == connection_phase::finished) return;
+  if (_phase == connection_phase::resolving) server.dns().cancel(lookup);
+  enter(connection_phase::finished);
   server.owner().timers().cancel(timer);
-  if (resolving) server.dns().cancel(lookup);
-  resolving = false;
-  idle = delivering = false;
   if (reason == close_reason::destination_failed) ++server.counters().destination_failures;
   const close_result result{reason,  ever_ready,   deliveries, addresses_tried,
                             failure, &close_reply, remote()};

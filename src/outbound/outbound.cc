@@ -122,14 +122,14 @@ core::result<void> outbound_server::start() noexcept {
 connection* outbound_server::find(connection_handle handle) noexcept {
   if (handle.slot >= _connections.size() || !_connections[handle.slot]) return nullptr;
   connection& c = *_connections[handle.slot];
-  if (!c.live || c.generation != handle.generation || c.finishing) return nullptr;
+  if (!active(c.phase()) || c.generation != handle.generation) return nullptr;
   return &c;
 }
 
 connection* outbound_server::find(const io::op_tag& tag) noexcept {
   if (tag.slot >= _connections.size() || !_connections[tag.slot]) return nullptr;
   connection& c = *_connections[tag.slot];
-  if (!c.live || c.generation != (tag.generation & io::generation_mask)) return nullptr;
+  if (!c.live() || c.generation != (tag.generation & io::generation_mask)) return nullptr;
   return &c;
 }
 
@@ -142,7 +142,6 @@ core::result<connection_handle> outbound_server::open_connection(std::uint64_t d
   _free_slots.pop_back();
   auto& c = _connections[slot];
   if (!c) c = std::make_unique<connection>(*this, slot);  // first use of this slot only
-  c->live = true;
   ++_live;
   ++_counters.connections_opened;
   c->open(destination, where);
@@ -151,7 +150,7 @@ core::result<connection_handle> outbound_server::open_connection(std::uint64_t d
 
 std::span<const candidate> outbound_server::route_candidates(connection_handle handle) noexcept {
   const connection* c = find(handle);
-  if (c == nullptr || c->resolving) return {};
+  if (c == nullptr || c->phase() == connection_phase::resolving) return {};
   return c->candidates;
 }
 
@@ -170,6 +169,7 @@ core::result<void> outbound_server::deliver(connection_handle handle,
   connection* c = find(handle);
   if (c == nullptr) return core::fail(EINVAL);
   if (!c->takes_delivery()) return core::fail(EBUSY);
+  const connection::step_guard checked(*c);
   for (const spool::body_slice& piece : job.body) {
     if (piece.fd < 0) return core::fail(EINVAL);
   }
@@ -181,6 +181,7 @@ core::result<void> outbound_server::deliver(connection_handle handle,
 void outbound_server::release(connection_handle handle) noexcept {
   connection* c = find(handle);
   if (c == nullptr) return;
+  const connection::step_guard checked(*c);
   if (!c->ever_ready) return c->abandon(close_reason::released);
   c->request_quit(close_reason::released);
 }
@@ -189,7 +190,7 @@ void outbound_server::begin_shutdown() noexcept {
   if (_shutting_down) return;
   _shutting_down = true;
   for (auto& c : _connections) {
-    if (!c || !c->live || c->finishing) continue;
+    if (!c || !active(c->phase())) continue;
     if (!c->ever_ready) c->abandon(close_reason::shutdown);
     else c->request_quit(close_reason::shutdown);
   }
@@ -199,10 +200,12 @@ void outbound_server::stop() noexcept {
   _stopped = true;
   _owner.timers().cancel(_kick);
   for (auto& c : _connections) {
-    if (!c || !c->live) continue;
+    if (!c || !c->live()) continue;
     _owner.timers().cancel(c->timer);
-    if (c->resolving) _dns.cancel(c->lookup);
-    c->resolving = false;
+    if (c->phase() == connection_phase::resolving) {
+      _dns.cancel(c->lookup);
+      c->enter(connection_phase::unconnected);  // a late result finds nothing to resume
+    }
     if (c->fd >= 0) ::shutdown(c->fd, SHUT_RDWR);  // pending ops end; the destructor closes
   }
 }
@@ -228,13 +231,15 @@ void outbound_server::run_deferred() noexcept {
   for (const connection_handle handle : _deferred_batch) {
     connection* c = find(handle);
     if (c == nullptr) continue;
+    const connection::step_guard checked(*c);
     c->deferred = false;
     if (c->retry_receive) {
       c->retry_receive = false;
       c->arm_receive();
     }
-    if (c->session && c->fd >= 0 && !c->connecting) c->process_events();
-    if (c->live && c->generation == handle.generation) c->pump();
+    const connection_phase now = c->phase();
+    if (c->session && (connected(now) || now == connection_phase::closing)) c->process_events();
+    if (c->live() && c->generation == handle.generation) c->pump();
   }
   _deferred_batch.clear();
 }
@@ -243,8 +248,9 @@ void outbound_server::on_lookup_done(std::uint64_t cookie, dns::mx_result& resul
   const connection_handle handle{static_cast<std::uint32_t>(cookie),
                                  static_cast<std::uint32_t>(cookie >> 32)};
   connection* c = find(handle);
-  if (c == nullptr || !c->resolving) return;
-  c->resolving = false;
+  if (c == nullptr || c->phase() != connection_phase::resolving) return;
+  const connection::step_guard checked(*c);
+  c->enter(connection_phase::unconnected);
   c->on_lookup_done(result);
 }
 
@@ -259,6 +265,7 @@ void outbound_server::on_completion(shard::shard&, const io::completion& done) n
     return;
   }
   if (kind == misc_kind) return;
+  const connection::step_guard checked(*c);
   if (c->ops > 0) --c->ops;
   if (kind == close_kind) return c->on_fd_closed();
   if (kind == receive_kind) c->on_received(done);
@@ -266,7 +273,8 @@ void outbound_server::on_completion(shard::shard&, const io::completion& done) n
   else if (kind == connect_kind) c->on_connected(done);
   else c->on_body_completion(kind, done);
   // A socket being shut down is closed once its last op has completed.
-  if (c->live && c->socket_ending && c->ops == 0 && !c->close_queued) c->end_socket();
+  if (c->phase() == connection_phase::closing && c->ops == 0 && !c->close_queued)
+    c->end_socket();
 }
 
 void outbound_server::wait_for_transfer(connection& c) noexcept {
@@ -289,8 +297,8 @@ void outbound_server::transfer_released() noexcept {
 }
 
 void outbound_server::release_slot(connection& c) noexcept {
-  RINGMTA_ASSERT(c.live && c.ops == 0 && !c.timer.armed());
-  c.live = false;
+  RINGMTA_ASSERT(c.ops == 0 && !c.timer.armed());
+  c.enter(connection_phase::free);
   c.generation = (c.generation + 1) & io::generation_mask;
   _free_slots.push_back(c.slot);
   --_live;

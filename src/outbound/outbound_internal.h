@@ -10,6 +10,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "connection_phase.h"
+#include "ringmta/core/step_guard.h"
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/io/buffer_ring.h"
 #include "ringmta/outbound/attempt_plan.h"
@@ -83,8 +85,16 @@ struct connection {
   outbound_server& server;
   const std::uint32_t slot;
   std::uint32_t generation = 0;
-  bool live = false;
   std::uint64_t destination = 0;
+
+  // The lifecycle (connection_phase.h). enter() is its only writer and asserts the transition;
+  // check_invariants() runs at the entry and exit of every step (a completion, a timer, a DNS
+  // result, deferred work, an API call).
+  connection_phase phase() const noexcept { return _phase; }
+  bool live() const noexcept { return _phase != connection_phase::free; }
+  void enter(connection_phase next) noexcept;
+  void check_invariants() const noexcept;
+  using step_guard = core::step_guard<connection>;  // the invariants around one step
 
   // Route and attempts.
   route_kind kind = route_kind::mx;
@@ -99,34 +109,31 @@ struct connection {
   std::uint32_t reply_timeout(std::uint32_t configured) const noexcept {
     return timeout_reply_ms != 0 ? timeout_reply_ms : configured;
   }
-  bool resolving = false;
-  std::uint64_t lookup = 0;
+  std::uint64_t lookup = 0;  // the DNS lookup of phase resolving
   std::vector<candidate> candidates;
   std::uint32_t next_candidate = 0;
   std::uint32_t current = 0;  // index of the candidate of the socket (valid once one is tried)
-  bool tried_any = false;
+  bool tried_any = false;  // fact: some address was tried (remote() names it)
   std::uint32_t addresses_tried = 0;
   attempt_tracker attempts;
 
-  // The socket of the current try.
+  // The socket of the current try. The booleans are facts independent of the phase: ops in
+  // flight (each also counted in `ops`) and membership of the server's deferred list.
   int fd = -1;
   std::uint8_t ops = 0;  // SQEs in flight that name this connection (skip_success ones aside)
-  bool connecting = false;
-  bool connect_timed_out = false;
+  bool connect_in_flight = false;
+  bool connect_timed_out = false;  // the connect timer fired: its cancellation means ETIMEDOUT
   bool receive_armed = false;
   bool send_in_flight = false;
-  bool socket_ending = false;  // shut down; close the fd once ops drain
-  bool close_queued = false;
+  bool close_queued = false;   // closing: the close SQE is in flight
   bool retry_receive = false;  // a receive ended with ENOBUFS: re-arm at the end of iteration
   bool deferred = false;       // listed in outbound_server's deferred work
   after_close then = after_close::finish;  // once the fd is closed
 
   // The SMTP session.
   std::unique_ptr<smtp::client_session> session;
-  bool ever_ready = false;
-  bool idle = false;          // ready and given nothing yet
-  bool delivering = false;
-  bool quit_requested = false;
+  bool ever_ready = false;      // fact: the session was ready once (reuse, not a new address)
+  bool quit_requested = false;  // a request, in any phase: QUIT once ready, or abandon before
   close_reason quit_reason = close_reason::released;
   std::uint32_t deliveries = 0;
   delivery job;
@@ -152,18 +159,17 @@ struct connection {
   tls_outcome tls_report;  // rebuilt for each delivery result
 
   // How it ended.
-  bool finishing = false;
   close_reason reason = close_reason::lost;
   smtp::client_outcome failure = smtp::client_outcome::accepted;
   smtp::parsed_reply close_reply;
   smtp::parsed_reply local_reply;  // replaces engine replies after a local body failure
-  bool body_failed = false;
+  bool body_failed = false;         // fact of the transaction: the spool could not be read
   bool drop_after_results = false;  // the server answered mid-body: close, no QUIT, no reuse
 
   remote_host remote() const noexcept;
   // Ready and given nothing: deliver() may hand it a job now.
   bool takes_delivery() const noexcept {
-    return idle && !delivering && !quit_requested && session &&
+    return _phase == connection_phase::idle && !quit_requested && session &&
            session->phase() == smtp::client_phase::ready && !session->event_pending();
   }
   connection_handle handle() const noexcept { return {slot, generation}; }
@@ -237,6 +243,8 @@ struct connection {
   void on_splice_done(io::op_kind kind, std::int32_t result) noexcept;
   void encrypted_read_step() noexcept;  // tls.cc: the next piece of a large body over TLS
   bool encrypt_body() noexcept;
+
+  connection_phase _phase = connection_phase::free;
 };
 
 // Skips empty slices; true while bytes of the body remain (body.cc).

@@ -190,7 +190,7 @@ bool connection::retry_in_plaintext(const smtp::client_event& event) noexcept {
 bool connection::feed_tls(std::string_view& chunk) noexcept {
   const std::uint32_t owner_generation = generation;
   const auto gone = [&] {
-    return !live || generation != owner_generation || finishing || socket_ending ||
+    return generation != owner_generation || !connected(_phase) ||
            session->phase() == smtp::client_phase::closed;
   };
   const std::size_t taken = tls_session->feed(chunk);

@@ -250,11 +250,8 @@ void run_downgrade_job(std::unique_ptr<downgrade_request> request,
   for (;;) {
     shard::runtime* runtime = g_worker_runtime.load(std::memory_order_acquire);
     if (runtime != nullptr) {
-      // post_owned frees what it could not post: hand it a copy, keep ours for a retry.
-      auto copy = std::make_unique<downgrade_result>(*result);
-      if (shard::post_owned<downgrade_result, &on_downgraded>(*runtime, result->shard,
-                                                              std::move(copy)))
-        return;  // the memfd travels with the copy
+      const unsigned to = result->shard;
+      if (shard::post<&on_downgraded>(*runtime, to, result)) return;  // with its memfd
     }
     if (runtime == nullptr || pool.stopping()) {
       if (result->fd >= 0) ::close(result->fd);
@@ -273,9 +270,8 @@ std::unique_ptr<auth::verifier> make_verifier(const config::settings& settings) 
       [](std::unique_ptr<auth::verify_result>& result) {
         shard::runtime* runtime = g_worker_runtime.load(std::memory_order_acquire);
         if (runtime == nullptr) return true;  // stopping: nobody waits for it any more
-        // post_owned frees what it could not post: hand it a copy, keep ours for a retry.
-        return shard::post_owned<auth::verify_result, &on_auth_verified>(
-            *runtime, result->reply_to.shard, std::make_unique<auth::verify_result>(*result));
+        // A full queue leaves `result` with the verifier, which retries.
+        return shard::post<&on_auth_verified>(*runtime, result->reply_to.shard, result);
       });
 }
 
@@ -309,28 +305,19 @@ struct admin_request {
   std::promise<std::string> answer;
 };
 
-void on_admin_request(shard::shard& target, const shard::message& m) noexcept {
-  auto* request = reinterpret_cast<std::shared_ptr<admin_request>*>(m.words[0]);
+void on_admin_request(shard::shard& target, std::unique_ptr<admin_request> request) noexcept {
   try {
-    (*request)->answer.set_value((*request)->work((*g_services)[target.id()]->delivery()));
+    request->answer.set_value(request->work((*g_services)[target.id()]->delivery()));
   } catch (...) {  // admin work may allocate; the shard keeps running whatever happens
   }
-  delete request;
 }
 
 std::optional<std::string> ask_shard(shard::runtime& runtime, unsigned shard,
                                      std::function<std::string(relay&)> work) {
-  auto request = std::make_shared<admin_request>();
+  auto request = std::make_unique<admin_request>();
   request->work = std::move(work);
-  auto answer = request->answer.get_future();
-  shard::message m{};
-  m.handler = &on_admin_request;
-  auto* owned = new std::shared_ptr<admin_request>(request);
-  m.words[0] = reinterpret_cast<std::uintptr_t>(owned);
-  if (!runtime.post(shard, m)) {
-    delete owned;
-    return std::nullopt;
-  }
+  auto answer = request->answer.get_future();  // the future keeps the shared state alive
+  if (!shard::post<&on_admin_request>(runtime, shard, request)) return std::nullopt;
   if (answer.wait_for(std::chrono::seconds(2)) != std::future_status::ready) return std::nullopt;
   return answer.get();
 }
@@ -747,9 +734,9 @@ void post_to_shards(shard::runtime& runtime, const shard_configuration& next,
   auto applied = std::make_shared<std::atomic<unsigned>>(0);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (unsigned shard = 0; shard < shards; ++shard) {
-    while (!shard::post_owned<shard_update, &on_shard_update>(
-        runtime, shard, std::make_unique<shard_update>(
-                            shard_update{next.inbound, next.relay, format, applied}))) {
+    auto update =
+        std::make_unique<shard_update>(shard_update{next.inbound, next.relay, format, applied});
+    while (!shard::post<&on_shard_update>(runtime, shard, update)) {
       if (std::chrono::steady_clock::now() > deadline) break;  // full: the shard is stuck
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
@@ -926,6 +913,10 @@ admin::http_response reload_api(reloader& reloads, admin::log_writer& writer,
                               outcome.json() + "\n"};
 }
 
+void begin_shutdown_on(shard::shard& target, std::uint32_t grace_ms) noexcept {
+  (*g_services)[target.id()]->begin_shutdown(grace_ms);
+}
+
 // Stops accepting on every shard and waits until their sessions finished (the grace time,
 // then 421 and a few seconds to close) and the spool's last writes and syncs completed.
 // Returns whether all of them finished in time.
@@ -933,12 +924,7 @@ bool drain_shards(shard::runtime& runtime,
                   const std::vector<std::unique_ptr<shard_services>>& services,
                   std::uint32_t grace_s, const sigset_t& signals, admin::log_writer& writer) {
   for (unsigned shard = 0; shard < runtime.shard_count(); ++shard) {
-    shard::message begin{};
-    begin.handler = [](shard::shard& target, const shard::message& m) noexcept {
-      (*g_services)[target.id()]->begin_shutdown(static_cast<std::uint32_t>(m.words[0]));
-    };
-    begin.words[0] = grace_s * 1000ull;
-    runtime.post(shard, begin);
+    shard::post_value<&begin_shutdown_on>(runtime, shard, grace_s * 1000u);
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(grace_s + 10);
   auto all_finished = [&] {

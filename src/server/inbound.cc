@@ -213,7 +213,7 @@ inbound_server::~inbound_server() {
   if (_ticket_timer.armed()) _owner.timers().cancel(_ticket_timer);
   for (auto& c : _connections) {
     if (c && c->timer.armed()) _owner.timers().cancel(c->timer);
-    if (c && c->fd >= 0 && !c->fd_closed) ::close(c->fd);
+    if (c && c->fd >= 0 && c->phase() != inbound_phase::closed) ::close(c->fd);
   }
   for (int fd : _listeners) ::close(fd);
 }
@@ -257,6 +257,7 @@ void inbound_server::on_completion(shard::shard&, const io::completion& done) no
     }
     return;
   }
+  const connection::step_guard checked(*c);
   if (kind == _recv_kind) c->on_received(done);
   else if (kind == _send_kind) c->on_sent(done);
   else if (kind == _close_kind) c->on_closed();
@@ -266,7 +267,7 @@ connection* inbound_server::find(const io::completion& done) noexcept {
   const io::op_tag tag = done.tag();
   if (tag.slot >= _connections.size() || !_connections[tag.slot]) return nullptr;
   connection& c = *_connections[tag.slot];
-  if (!c.live || c.generation != tag.generation) return nullptr;
+  if (!c.live() || c.generation != tag.generation) return nullptr;
   return &c;
 }
 
@@ -310,6 +311,7 @@ void inbound_server::on_accepted(std::size_t listener, const io::completion& don
   c->submission = listener < _config.submission.size() && _config.submission[listener];
   c->open(fd, core::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&address), length),
           false);
+  c->check_invariants();
 }
 
 // Out of descriptors (or memory): an accept re-armed now would fail at once, over and over,
@@ -356,7 +358,10 @@ void inbound_server::update_load() noexcept {
     _loaded = true;
     _metrics.load_episodes.add();
     for (auto& c : _connections) {
-      if (c && c->live) c->apply_load();
+      if (c && c->live()) {
+        const connection::step_guard checked(*c);
+        c->apply_load();
+      }
     }
   } else if (_loaded && used < leave) {
     _loaded = false;
@@ -369,7 +374,7 @@ connection* inbound_server::acquire() noexcept {
   _free_slots.pop_back();
   auto& c = _connections[slot];
   if (!c) c = std::make_unique<connection>(*this, slot);  // first use of this slot only
-  c->live = true;
+  c->enter(inbound_phase::accepted);
   ++_live;
   _metrics.sessions.set(_live);
   update_load();
@@ -377,10 +382,10 @@ connection* inbound_server::acquire() noexcept {
 }
 
 void inbound_server::release(connection& c) noexcept {
-  RINGMTA_ASSERT(c.live && c.ops_in_flight == 0);
+  RINGMTA_ASSERT(c.ops_in_flight == 0);
   if (c.counted_client) _config.clients->remove(c.counted_peer);
   c.counted_client = false;
-  c.live = false;
+  c.enter(inbound_phase::free);
   c.generation = (c.generation + 1) & io::generation_mask;
   c.session.reset();
   c.sasl.reset();
@@ -413,7 +418,9 @@ void inbound_server::retry_waiting() noexcept {
   for (const std::uint32_t slot : _retrying) {
     connection& c = *_connections[slot];
     c.waiting_for_spool = false;
-    if (c.live) c.pump();
+    if (!c.live()) continue;
+    const connection::step_guard checked(c);
+    c.pump();
   }
   _retrying.clear();
 }
@@ -422,7 +429,8 @@ void inbound_server::on_committed(std::uint64_t ticket, int error) noexcept {
   const auto waiter = _tickets.take(ticket);
   if (!waiter) return;
   connection& c = *_connections[waiter->first];
-  if (!c.live || c.generation != waiter->second) return;  // client left before the 250
+  if (!c.live() || c.generation != waiter->second) return;  // client left before the 250
+  const connection::step_guard checked(c);
   c.on_commit_result(error);
 }
 
@@ -430,7 +438,8 @@ void inbound_server::on_auth_result(std::unique_ptr<auth::verify_result> result)
   const auto& to = result->reply_to;
   if (to.slot >= _connections.size() || !_connections[to.slot]) return;
   connection& c = *_connections[to.slot];
-  if (!c.live || c.generation != to.generation) return;  // the client left meanwhile
+  if (!c.live() || c.generation != to.generation) return;  // the client left meanwhile
+  const connection::step_guard checked(c);
   c.on_auth_result(std::move(result));
 }
 
@@ -456,13 +465,19 @@ void inbound_server::begin_shutdown(std::uint32_t grace_ms) noexcept {
   // Idle sessions have nothing to finish: 421 now, so one idle client does not hold the
   // whole grace period. The others get it once their transaction is over (connection::pump).
   for (auto& c : _connections) {
-    if (c && c->live && c->idle()) c->shutdown_now();
+    if (c && c->live() && c->idle()) {
+      const connection::step_guard checked(*c);
+      c->shutdown_now();
+    }
   }
 }
 
 void inbound_server::on_grace_expired() noexcept {
   for (auto& c : _connections) {
-    if (c && c->live) c->shutdown_now();
+    if (c && c->live()) {
+      const connection::step_guard checked(*c);
+      c->shutdown_now();
+    }
   }
 }
 

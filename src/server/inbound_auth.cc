@@ -79,7 +79,7 @@ smtp::verdict connection::auth_step(const auth::sasl_step& step) noexcept {
 }
 
 void connection::on_auth_result(std::unique_ptr<auth::verify_result> result) noexcept {
-  if (closing || !session || !session->awaiting_verdict()) return;
+  if (ending() || !session || !session->awaiting_verdict()) return;
   auth_held = std::move(result);
   if (auth_held->outcome == auth::verify_outcome::failure && auth_held->delay_ms > 0)
     return schedule(timer_purpose::auth_delay, auth_held->delay_ms);  // growing delays

@@ -49,6 +49,43 @@ spool::dsn_return to_spool(smtp::dsn_return ret) noexcept {
 connection::connection(inbound_server& owner_server, std::uint32_t slot_index) noexcept
     : server(owner_server), slot(slot_index), deadline(owner_server.deadlines()) {}
 
+// ---- the phase: one writer, legal transitions only, invariants around every step
+
+void connection::enter(inbound_phase next) noexcept {
+  RINGMTA_ASSERT(legal_transition(_phase, next));
+  _phase = next;
+}
+
+void connection::check_invariants() const noexcept {
+  using p = inbound_phase;
+  // Every op flag is an SQE in flight, counted in ops_in_flight.
+  RINGMTA_ASSERT(ops_in_flight >= unsigned{recv_armed} + unsigned{send_in_flight});
+  switch (_phase) {
+    case p::free:
+      RINGMTA_ASSERT(fd < 0 && ops_in_flight == 0 && !holding && !in_message);
+      return;
+    case p::accepted:  // taken by acquire(); open() brings the socket (load is checked between)
+      RINGMTA_ASSERT(ops_in_flight == 0 && !holding && !in_message);
+      return;
+    case p::proxy:
+    case p::greeting_delay:  // nothing said yet, nothing taken as SMTP
+      RINGMTA_ASSERT(fd >= 0 && !send_in_flight && !holding && !in_message);
+      return;
+    case p::session:
+      RINGMTA_ASSERT(fd >= 0);
+      return;
+    case p::refusing:
+      RINGMTA_ASSERT(fd >= 0 && !in_message);
+      return;
+    case p::closing:  // close() let go of the input and the message
+      RINGMTA_ASSERT(fd >= 0 && !holding && !in_message && !commit_retry);
+      return;
+    case p::closed:
+      RINGMTA_ASSERT(!recv_armed && !send_in_flight && !holding && !in_message);
+      return;
+  }
+}
+
 // ---- opening, greeting, PROXY header
 
 void connection::open(int accepted_fd, const core::endpoint& peer_address, bool) noexcept {
@@ -63,10 +100,8 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   messages_accepted = 0;
   end_reason = nullptr;
   rejection_detail.clear();
-  awaiting_proxy = config.proxy_protocol;
-  greeted = recv_armed = send_in_flight = closing = fd_closed = false;
+  recv_armed = send_in_flight = false;
   waiting_for_spool = holding = in_message = commit_retry = false;
-  close_after_literal = false;
   literal = {};
   message_error = 0;
   ops_in_flight = 0;
@@ -82,13 +117,14 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   xclient_address_unknown = false;
   xclient_helo.clear();
   client_name.clear();
-  if (awaiting_proxy && !proxy_peer_trusted()) {
+  if (config.proxy_protocol) enter(inbound_phase::proxy);
+  if (_phase == inbound_phase::proxy && !proxy_peer_trusted()) {
     // Anyone else could claim an address inside mynetworks and relay anywhere.
     server.metrics().proxy_untrusted.add();
     log_connect();
     return close("PROXY connection from an untrusted peer (not in proxy_trusted)");
   }
-  if (awaiting_proxy) {  // policy waits for the real client address in the PROXY header
+  if (_phase == inbound_phase::proxy) {  // policy waits for the client's address in the header
     arm_receive();
     schedule(timer_purpose::proxy_header, config.timeout_proxy_header_ms);
     return;
@@ -117,6 +153,7 @@ void connection::admit() noexcept {
   envelope.client_address = peer.address_string();  // once: every message's Received/envelope
   if (implicit_tls) return begin_tls();  // RFC 8314 §3.3: the handshake comes first
   if (config.greeting_delay_ms > 0) {  // a client that talks first is not a real MTA
+    enter(inbound_phase::greeting_delay);
     arm_receive();
     schedule(timer_purpose::greeting_delay, config.greeting_delay_ms);
     return;
@@ -128,7 +165,7 @@ void connection::admit() noexcept {
 // small struct, and the ~12 KiB protocol engine is created when the client first speaks.
 void connection::greet() noexcept {
   literal = settings->greeting;
-  greeted = true;
+  enter(inbound_phase::session);
   restart_timer();
   pump();
 }
@@ -161,8 +198,7 @@ bool connection::take_proxy_header(std::string_view bytes) noexcept {
     close("bad PROXY header");
     return false;
   }
-  if (result.has_addresses) peer = result.source;
-  awaiting_proxy = false;
+  if (result.has_addresses) peer = result.source;  // the phase moves on: refusing or admitted
   const std::size_t rest = proxy_reader.trailing_bytes();
   proxy_reader.reset();
   if (rest > 0) {  // SMTP bytes behind the header: the client spoke before our greeting
@@ -178,12 +214,12 @@ bool connection::take_proxy_header(std::string_view bytes) noexcept {
 // ---- the pump: feed held input, send replies, re-arm the receive
 
 void connection::pump() noexcept {
-  if (closing) return finish_close();
+  if (ending()) return finish_close();
   if (send_in_flight) return;  // the session's output buffer must not move under the kernel
   if (!literal.empty() || tls_output_pending()) return send_output();
-  if (close_after_literal) return close();
+  if (_phase == inbound_phase::refusing) return close();
   if (pump_tls()) return;  // STARTTLS's 220, the handshake, a TLS failure
-  if (!greeted) return;
+  if (!greeted(_phase)) return;
   if (server.shutting_down() && idle()) return shutdown_now();  // its transaction is over
   if (holding || tls_plaintext_pending()) ensure_session();
   if (!session) {  // greeted, nothing received yet
@@ -246,8 +282,7 @@ void connection::send_bytes(std::string_view bytes) noexcept {
 void connection::send_literal_and_close(std::string_view reply, const char* reason) noexcept {
   if (end_reason == nullptr) end_reason = reason;
   literal = reply;
-  close_after_literal = true;
-  greeted = true;
+  enter(inbound_phase::refusing);
   pump();
 }
 
@@ -263,21 +298,21 @@ void connection::on_received(const io::completion& done) noexcept {
     server.buffers().note_enobufs();
     return server.wait_for_spool(*this);
   }
-  if (closing || done.res <= 0) {  // EOF, reset, or our own shutdown
+  if (ending() || done.res <= 0) {  // EOF, reset, or our own shutdown
     if (done.has_buffer()) server.buffers().recycle(done.buffer_id());
-    if (!closing && tls) tls_end_of_input();
-    if (!closing && session) session->connection_lost();
+    if (!ending() && tls) tls_end_of_input();
+    if (!ending() && session) session->connection_lost();
     return close(done.res == 0 ? "client closed" : "receive failed");
   }
   const std::uint16_t buffer_id = done.buffer_id();
-  if (awaiting_proxy) {
+  if (_phase == inbound_phase::proxy) {
     take_proxy_header(bytes);
     server.buffers().recycle(buffer_id);
     // The header came in pieces: read on (pump() arms receives only once we have greeted).
-    if (awaiting_proxy && !closing && !recv_armed) arm_receive();
+    if (_phase == inbound_phase::proxy && !recv_armed) arm_receive();
     return pump();
   }
-  if (!greeted) {  // data during the greeting delay
+  if (!greeted(_phase)) {  // data during the greeting delay
     server.buffers().recycle(buffer_id);
     server.metrics().early_talkers.add();
     return send_literal_and_close(early_talker_reply, "early talker");
@@ -294,8 +329,8 @@ void connection::on_received(const io::completion& done) noexcept {
 void connection::on_sent(const io::completion& done) noexcept {
   send_in_flight = false;
   --ops_in_flight;
-  if (done.res < 0 || closing) {
-    if (!closing && session) session->connection_lost();
+  if (done.res < 0 || ending()) {
+    if (!ending() && session) session->connection_lost();
     return close("send failed");
   }
   const auto sent = static_cast<std::size_t>(done.res);
@@ -327,7 +362,7 @@ void connection::restart_timer() noexcept {
 // After received bytes were fed: a completed command or message sets a new deadline, message
 // octets extend it by the minimum data rate, a partial command line extends nothing.
 void connection::note_received(std::uint64_t bytes) noexcept {
-  if (closing || close_after_literal || !greeted || awaiting_proxy) return;
+  if (_phase != inbound_phase::session) return;
   if (tls_phase == tls_stage::handshake) return;  // the handshake has one deadline, not per read
   if (session && session->wants_close()) return;  // the hard-close timer runs
   const std::uint64_t progress = session ? session->progress() : 0;
@@ -338,7 +373,7 @@ void connection::note_received(std::uint64_t bytes) noexcept {
 }
 
 void connection::apply_load() noexcept {
-  if (closing || close_after_literal || !greeted || awaiting_proxy) return;
+  if (_phase != inbound_phase::session) return;
   if (session && session->wants_close()) return;
   if (timer_use != timer_purpose::command && timer_use != timer_purpose::data_block) return;
   schedule_deadline(deadline.shorten(server.owner().now_ms(), true));
@@ -352,14 +387,16 @@ void connection::schedule_deadline(std::uint64_t deadline_ms) noexcept {
 }
 
 bool connection::idle() const noexcept {
-  if (closing || close_after_literal || !greeted || awaiting_proxy || in_message) return false;
+  if (_phase != inbound_phase::session || in_message) return false;
   return !session || session->idle();
 }
 
 void connection::on_timeout() noexcept {
+  const step_guard checked(*this);
   switch (timer_use) {
-    case timer_purpose::greeting_delay:
-      return greet();
+    case timer_purpose::greeting_delay:  // stale once an early talker is being refused
+      if (_phase == inbound_phase::greeting_delay) greet();
+      return;
     case timer_purpose::proxy_header:
       return close("no PROXY header");
     case timer_purpose::hard_close:
@@ -383,10 +420,10 @@ void connection::on_timeout() noexcept {
 }
 
 void connection::shutdown_now() noexcept {
-  if (closing || close_after_literal) return;
+  if (ending() || _phase == inbound_phase::refusing) return;
   schedule(timer_purpose::hard_close, hard_close_ms);
   if (end_reason == nullptr) end_reason = "shutdown";
-  if (!greeted || awaiting_proxy || tls_phase == tls_stage::handshake) return close();
+  if (!greeted(_phase) || tls_phase == tls_stage::handshake) return close();
   ensure_session();
   session->shutdown();
   pump();
@@ -396,8 +433,8 @@ void connection::shutdown_now() noexcept {
 
 void connection::close(const char* reason) noexcept {
   if (end_reason == nullptr) end_reason = reason;
-  if (!closing) {
-    closing = true;
+  if (!ending()) {
+    enter(inbound_phase::closing);
     if (timer.armed()) server.owner().timers().cancel(timer);
     release_held();
     if (in_message) {
@@ -415,8 +452,8 @@ void connection::close(const char* reason) noexcept {
 }
 
 void connection::finish_close() noexcept {
-  if (ops_in_flight > 0 || fd_closed) return;
-  fd_closed = true;
+  if (ops_in_flight > 0 || _phase == inbound_phase::closed) return;
+  enter(inbound_phase::closed);
   const auto queued =
       server.owner().ring().prep_close(fd, server.user_data(server.close_kind(), *this));
   if (!queued) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ringmta/auth/sasl.h"
+#include "ringmta/core/step_guard.h"
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/dkim/signer.h"
 #include "ringmta/io/buffer_ring.h"
@@ -19,6 +20,7 @@
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/spool_ring_driver.h"
 #include "ringmta/spool/envelope.h"
+#include "inbound_phase.h"
 #include "session_deadline.h"
 
 namespace ringmta::server {
@@ -51,17 +53,26 @@ struct connection final : smtp::server_handler {
   session_deadline deadline;
   std::uint64_t seen_progress = 0;  // session->progress() when the deadline was last set
 
-  bool live = false;
+  // The lifecycle (inbound_phase.h). enter() is its only writer and asserts the transition;
+  // check_invariants() runs at the entry and exit of every step (a completion, a timer, a
+  // commit result, an AUTH verdict, room in the spool, load and shutdown).
+  inbound_phase phase() const noexcept { return _phase; }
+  bool live() const noexcept { return _phase != inbound_phase::free; }
+  // close() was called: the phase is closing or closed.
+  bool ending() const noexcept {
+    return _phase == inbound_phase::closing || _phase == inbound_phase::closed;
+  }
+  void enter(inbound_phase next) noexcept;
+  void check_invariants() const noexcept;
+  using step_guard = core::step_guard<connection>;  // the invariants around one step
+
+  // Facts independent of the phase: ops in flight (each counted in ops_in_flight), a client
+  // slot held, relay rights, membership of the spool-room wait list.
   bool counted_client = false;  // holds a client_counters slot
-  bool awaiting_proxy = false;  // PROXY header not yet received
-  bool greeted = false;         // the greeting's send completed (early-talker check)
   bool recv_armed = false;
   bool send_in_flight = false;
-  bool closing = false;         // close requested: no new ops, fd closed when ops drain
-  bool fd_closed = false;
   bool relay_allowed = false;   // client is in mynetworks
   bool waiting_for_spool = false;  // input held until the spool has buffer room
-  bool close_after_literal = false;  // a fixed reply (limit, early talker), then close
   std::string_view literal;          // fixed reply still to send (static storage)
   std::uint8_t ops_in_flight = 0;
 
@@ -209,6 +220,8 @@ struct connection final : smtp::server_handler {
   void feed_held_tls() noexcept;
   void send_output_tls() noexcept;
   void tls_end_of_input() noexcept;
+
+  inbound_phase _phase = inbound_phase::free;
   bool tls_output_pending() const noexcept { return tls && !tls->ciphertext().empty(); }
   bool tls_plaintext_pending() const noexcept { return tls && !tls->plaintext().empty(); }
   std::string_view held_view() const noexcept;

@@ -65,7 +65,7 @@ void connection::begin_tls() noexcept {
   }
   // Received bytes are the handshake, not an early talker; an implicit listener's greeting
   // waits for the handshake (on_tls_established).
-  greeted = true;
+  if (_phase != inbound_phase::session) enter(inbound_phase::session);
   schedule(timer_purpose::tls_handshake, settings->timeout_tls_handshake_ms);
   pump();
 }
@@ -128,8 +128,7 @@ void connection::on_tls_established() noexcept {
   tls_summary = fmt::format("(using {} with cipher {} ({}/{} bits))", tls->protocol(),
                             tls->cipher(), bits, algorithm_bits);
   if (implicit_tls) {  // now the 220 greeting, encrypted (RFC 8314 §3.3)
-    literal = settings->greeting;
-    greeted = true;
+    literal = settings->greeting;  // the phase is session since begin_tls
   } else {
     session->tls_established();  // RFC 3207 §4.2: forget everything, EHLO again
   }

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "ringmta/core/clock.h"
+#include "ringmta/shard/typed_message.h"
 
 namespace ringmta::server {
 namespace {
@@ -22,8 +23,8 @@ std::optional<std::uint32_t> number(std::string_view text, std::uint32_t max) {
 }
 
 // Deliberately blocks the shard's thread: the one place a shard may sleep, and only on request.
-void freeze_shard(shard::shard&, const shard::message& m) noexcept {
-  std::this_thread::sleep_for(std::chrono::milliseconds(m.words[0]));
+void freeze_shard(shard::shard&, std::uint32_t ms) noexcept {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 }
 
 }  // namespace
@@ -57,10 +58,7 @@ admin::http_response debug_request(shard::runtime& running, const admin::http_re
     return {400, "text/plain",
             fmt::format("expected /debug/freeze/SHARD?ms=N with SHARD < {} and N <= {}\n",
                         running.shard_count(), freeze_ms_max)};
-  shard::message m{};
-  m.handler = &freeze_shard;
-  m.words[0] = *ms;
-  if (!running.post(*id, m)) return {503, "text/plain", "shard queue full\n"};
+  if (!shard::post_value<&freeze_shard>(running, *id, *ms)) return {503, "text/plain", "shard queue full\n"};
   return {200, "text/plain", fmt::format("shard {} frozen for {} ms\n", *id, *ms)};
 }
 

@@ -227,16 +227,14 @@ relay_config make_relay_config(const config::settings& settings) {
 
 // ---- cross-shard messages: a pointer whose ownership moves with the message
 
-void on_job_message(shard::shard& target, const shard::message& received) noexcept {
-  auto& registry = *reinterpret_cast<std::vector<relay*>*>(received.words[1]);
-  registry[target.id()]->_state->accept_job(
-      std::unique_ptr<routed_job>(reinterpret_cast<routed_job*>(received.words[0])));
+void relay::state::on_job_message(shard::shard& target, std::vector<relay*>& shards,
+                                  std::unique_ptr<routed_job> job) noexcept {
+  shards[target.id()]->_state->accept_job(std::move(job));
 }
 
-void on_outcome_message(shard::shard& target, const shard::message& received) noexcept {
-  auto& registry = *reinterpret_cast<std::vector<relay*>*>(received.words[1]);
-  registry[target.id()]->_state->on_outcomes(
-      std::unique_ptr<outcome_batch>(reinterpret_cast<outcome_batch*>(received.words[0])));
+void relay::state::on_outcome_message(shard::shard& target, std::vector<relay*>& shards,
+                                      std::unique_ptr<outcome_batch> batch) noexcept {
+  shards[target.id()]->_state->on_outcomes(std::move(batch));
 }
 
 void relay::state::send(unsigned to, const shard::message& m) noexcept {
@@ -256,12 +254,8 @@ void relay::state::flush_backlog() noexcept {
 void relay::state::report(spooled_message* message, unsigned home,
                           std::vector<recipient_report> reports) noexcept {
   if (reports.empty()) return;
-  auto* batch = new outcome_batch{message, std::move(reports)};
-  shard::message m{};
-  m.handler = &on_outcome_message;
-  m.words[0] = reinterpret_cast<std::uintptr_t>(batch);
-  m.words[1] = reinterpret_cast<std::uintptr_t>(config.shards);
-  send(home, m);
+  std::unique_ptr<outcome_batch> batch(new outcome_batch{message, std::move(reports)});
+  send(home, shard::make_message<&on_outcome_message>(std::move(batch), *config.shards));
 }
 
 // ---- relay and its state

@@ -46,11 +46,9 @@ std::string id_text(spool::message_id id) {
 
 }  // namespace
 
-void on_message_action_message(shard::shard& target, const shard::message& received) noexcept {
-  auto& registry = *reinterpret_cast<std::vector<relay*>*>(received.words[1]);
-  const std::unique_ptr<message_action_job> job(
-      reinterpret_cast<message_action_job*>(received.words[0]));
-  registry[target.id()]->_state->apply_message_action(*job);
+void relay::state::on_message_action_message(shard::shard& target, std::vector<relay*>& shards,
+                                             std::unique_ptr<message_action_job> job) noexcept {
+  shards[target.id()]->_state->apply_message_action(*job);
 }
 
 void relay::state::send_message_action(spool::message_id id, const std::string& destination,
@@ -59,12 +57,9 @@ void relay::state::send_message_action(spool::message_id id, const std::string& 
                          message_action_job{id, destination, op, std::string(reason)});
 }
 
-void relay::state::send_message_action_to(unsigned shard, message_action_job job) noexcept {
-  shard::message m{};
-  m.handler = &on_message_action_message;
-  m.words[0] = reinterpret_cast<std::uintptr_t>(new message_action_job(std::move(job)));
-  m.words[1] = reinterpret_cast<std::uintptr_t>(config.shards);
-  send(shard, m);
+void relay::state::send_message_action_to(unsigned to, message_action_job job) noexcept {
+  send(to, shard::make_message<&on_message_action_message>(
+                  std::make_unique<message_action_job>(std::move(job)), *config.shards));
 }
 
 // Owner side: the scheduler decides; jobs that leave come out as events (bounced: a DSN;

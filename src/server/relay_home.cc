@@ -166,13 +166,11 @@ void relay::state::route_recipients(spooled_message& message,
                              : static_cast<std::uint8_t>(recovered->flags &
                                                          (spool::message_flag_held |
                                                           spool::message_flag_bounce));
-    auto* job = new routed_job{&message, std::get<0>(group), std::move(indices),
-                               std::get<1>(group), std::get<2>(group), flags};
-    shard::message m{};
-    m.handler = &on_job_message;
-    m.words[0] = reinterpret_cast<std::uintptr_t>(job);
-    m.words[1] = reinterpret_cast<std::uintptr_t>(config.shards);
-    send(owner_of(job->destination, shards), m);
+    std::unique_ptr<routed_job> job(new routed_job{&message, std::get<0>(group),
+                                                   std::move(indices), std::get<1>(group),
+                                                   std::get<2>(group), flags});
+    const unsigned to = owner_of(job->destination, shards);
+    send(to, shard::make_message<&on_job_message>(std::move(job), *config.shards));
   }
   if (message.recipients_open == 0) messages.erase(message.id);  // nothing left to do
 }

@@ -12,6 +12,7 @@
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/queue/dsn.h"
 #include "ringmta/server/relay.h"
+#include "ringmta/shard/typed_message.h"
 #include "ringmta/spool/envelope.h"
 
 namespace ringmta::server {
@@ -70,7 +71,6 @@ struct message_action_job {
   message_op op = message_op::hold;
   std::string reason;  // bounce: for the DSN and the log
 };
-void on_message_action_message(shard::shard& target, const shard::message& received) noexcept;
 
 // deleted: an operator deleted the message (no DSN, like postsuper -d).
 enum class outcome_kind : std::uint8_t { delivered, deferred, bounced, delayed, deleted };
@@ -295,6 +295,13 @@ struct relay::state {
   // both: cross-shard sends that found the target's queue full, retried every iteration
   std::vector<std::pair<unsigned, shard::message>> backlog;
   void send(unsigned to, const shard::message& m) noexcept;
+  // Typed cross-shard messages (shard/typed_message.h); `shards` finds the target's relay.
+  static void on_job_message(shard::shard& target, std::vector<relay*>& shards,
+                             std::unique_ptr<routed_job> job) noexcept;
+  static void on_outcome_message(shard::shard& target, std::vector<relay*>& shards,
+                                 std::unique_ptr<outcome_batch> batch) noexcept;
+  static void on_message_action_message(shard::shard& target, std::vector<relay*>& shards,
+                                        std::unique_ptr<message_action_job> job) noexcept;
   void flush_backlog() noexcept;
   relay& peer(unsigned shard) const noexcept { return *(*config.shards)[shard]; }
 };

@@ -114,11 +114,7 @@ void relay::state::forward_to_site(std::unique_ptr<routed_job> job, std::string 
   job->site = egress_destination(site, split_egress(job->destination).second);
   const unsigned to = owner_of(job->site, static_cast<unsigned>(config.shards->size()));
   if (to == owner.id()) return queue_job(std::move(job));
-  shard::message m{};
-  m.handler = &on_job_message;
-  m.words[0] = reinterpret_cast<std::uintptr_t>(job.release());
-  m.words[1] = reinterpret_cast<std::uintptr_t>(config.shards);
-  send(to, m);
+  send(to, shard::make_message<&on_job_message>(std::move(job), *config.shards));
 }
 
 // The site's limits: the MX layer of shaping over the global settings (a domain's own

@@ -58,12 +58,11 @@ void spool_ring_driver::file_worker_main() noexcept {
     const bool first = _file_results.empty();
     _file_results.emplace_back(op.token, result);
     if (!first) continue;  // a message is on its way already and will take this one too
-    shard::message m{};
-    m.handler = &spool_ring_driver::on_file_results;
-    m.words[0] = reinterpret_cast<std::uintptr_t>(this);
+    const shard::home_ptr<spool_ring_driver> self(this, _owner.id());
     lock.unlock();
     // Full only under a flood of admin requests; the shard drains it every iteration.
-    while (!_owner.owner().post(_owner.id(), m)) {
+    while (!shard::post_value<&spool_ring_driver::on_file_results>(_owner.owner(), _owner.id(),
+                                                                   self)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
       std::lock_guard stopping(_file_mutex);
       if (_file_stop) return;
@@ -72,8 +71,9 @@ void spool_ring_driver::file_worker_main() noexcept {
   }
 }
 
-void spool_ring_driver::on_file_results(shard::shard&, const shard::message& m) noexcept {
-  auto& self = *reinterpret_cast<spool_ring_driver*>(m.words[0]);
+void spool_ring_driver::on_file_results(shard::shard&,
+                                        shard::home_ptr<spool_ring_driver> driver) noexcept {
+  spool_ring_driver& self = *driver;  // asserts this is the driver's shard
   {
     std::lock_guard lock(self._file_mutex);
     self._file_batch.swap(self._file_results);

@@ -226,10 +226,6 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   struct state;  // defined in relay_internal.h
 
  private:
-  friend void on_job_message(shard::shard& target, const shard::message& received) noexcept;
-  friend void on_outcome_message(shard::shard& target, const shard::message& received) noexcept;
-  friend void on_message_action_message(shard::shard& target,
-                                        const shard::message& received) noexcept;
   std::unique_ptr<state> _state;
 };
 

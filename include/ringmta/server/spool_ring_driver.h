@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "ringmta/shard/runtime.h"
+#include "ringmta/shard/typed_message.h"
 #include "ringmta/spool/store.h"
 
 namespace ringmta::server {
@@ -52,7 +53,8 @@ class spool_ring_driver final : public shard::completion_handler {
  private:
   void submit(const spool::operation& op) noexcept;
   void file_worker_main() noexcept;
-  static void on_file_results(shard::shard& owner, const shard::message& m) noexcept;
+  static void on_file_results(shard::shard& owner,
+                              shard::home_ptr<spool_ring_driver> self) noexcept;
   std::uint32_t remember(std::uint64_t token);
   std::uint64_t forget(std::uint32_t slot) noexcept;
 

@@ -35,6 +35,7 @@
 #include "ringmta/core/clock.h"
 #include "ringmta/outbound/outbound.h"
 #include "ringmta/shard/runtime.h"
+#include "ringmta/shard/typed_message.h"
 #include "ringmta/spool/dot_stuffer.h"
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/sync_driver.h"
@@ -562,25 +563,9 @@ class harness {
 
   // Runs fn on shard `id`'s thread and waits for it (bounded).
   void run(unsigned id, std::function<void(shard_parts&)> fn) {
-    struct job {
-      std::function<void(shard_parts&)> fn;
-      harness* owner;
-      std::mutex mutex;
-      std::condition_variable done_cv;
-      bool done = false;
-    };
-    auto* work = new job{std::move(fn), this};
-    std::shared_ptr<job> keep(work);
-    shard::message m;
-    m.handler = [](shard::shard& s, const shard::message& received) noexcept {
-      auto* w = reinterpret_cast<job*>(received.words[0]);
-      w->fn(w->owner->_parts[s.id()]);
-      std::lock_guard lock(w->mutex);
-      w->done = true;
-      w->done_cv.notify_all();
-    };
-    m.words[0] = reinterpret_cast<std::uint64_t>(work);
-    if (!_runtime->post(id, m)) std::abort();
+    auto work = std::make_shared<run_job>(std::move(fn), this);
+    auto ticket = std::make_unique<std::shared_ptr<run_job>>(work);
+    if (!shard::post<&on_run>(*_runtime, id, ticket)) std::abort();
     std::unique_lock lock(work->mutex);
     if (!work->done_cv.wait_for(lock, std::chrono::seconds(30), [&] { return work->done; })) {
       std::abort();  // a shard that does not answer in 30 s is stuck: fail loudly
@@ -619,6 +604,24 @@ class harness {
   recorder log;
 
  private:
+  // One run(): the test thread waits on it while the shard runs fn.
+  struct run_job {
+    run_job(std::function<void(shard_parts&)> work, harness* self)
+        : fn(std::move(work)), owner(self) {}
+    std::function<void(shard_parts&)> fn;
+    harness* owner;
+    std::mutex mutex;
+    std::condition_variable done_cv;
+    bool done = false;
+  };
+  static void on_run(shard::shard& s, std::unique_ptr<std::shared_ptr<run_job>> ticket) noexcept {
+    run_job& w = **ticket;
+    w.fn(w.owner->_parts[s.id()]);
+    std::lock_guard lock(w.mutex);
+    w.done = true;
+    w.done_cv.notify_all();
+  }
+
   harness_options _options;
   std::vector<shard_parts> _parts;
   std::unique_ptr<shard::runtime> _runtime;
