@@ -164,7 +164,17 @@ struct relay::state {
   std::vector<std::unique_ptr<pending_dsn>> dsns;               // being appended / committed
   std::unordered_map<std::uint64_t, std::unique_ptr<pending_dsn>> dsn_tickets;
   void route(const spool::envelope& envelope, std::span<const spool::body_slice> body);
+  // Start-up: the queued ids (ascending) go back to their destinations' queues a slice per
+  // loop turn (recover_slice), so the shard greets and delivers while it recovers; an
+  // operator action on one not routed yet routes it first (recover_one).
   void recover() noexcept;
+  void recover_slice() noexcept;
+  bool recover_one(spool::message_id id) noexcept;
+  void route_recovered(spool::message_id id) noexcept;
+  std::vector<spool::message_id> recovering;
+  std::size_t recovering_next = 0;
+  std::int64_t recovering_since_ms = 0;
+  core::member_timer<state, &state::recover_slice> recovery_timer{*this};
   void route_recipients(spooled_message& message, const spool::message_entry* recovered) noexcept;
   void on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept;
   void record(spooled_message& message, const recipient_report& report) noexcept;
