@@ -297,8 +297,15 @@ void scheduler::state::schedule(destination_record& d, std::uint32_t slot,
   std::push_heap(d.scheduled.begin(), d.scheduled.end(), heap_later{});
 }
 
-void scheduler::state::move_due(destination_record& d, std::int64_t now_ms) noexcept {
-  while (!d.scheduled.empty() && d.scheduled.front().time_ms <= now_ms) {
+// While a destination probes (a connection failed), due jobs wait on the destination, not on
+// their own timers: only the probe's job is made ready, so a dead destination costs one
+// attempt (one deferral, one log record, one spool mark) per retry, not one per queued job.
+// The probe's first take clears `probing` and the rest follow. flush() moves them all.
+void scheduler::state::move_due(destination_record& d, std::int64_t now_ms,
+                                bool probe_limit) noexcept {
+  const std::uint32_t ready_max = probe_limit && d.probing ? 1 : 0xffffffffu;
+  while (!d.scheduled.empty() && d.scheduled.front().time_ms <= now_ms &&
+         d.ready.count < ready_max) {
     std::pop_heap(d.scheduled.begin(), d.scheduled.end(), heap_later{});
     std::uint32_t slot = d.scheduled.back().slot;
     d.scheduled.pop_back();
@@ -407,6 +414,7 @@ bool scheduler::state::can_open(destination_record& d, std::int64_t now_ms) cons
 std::int64_t scheduler::state::compute_wake(destination_record& d, std::int64_t now_ms) noexcept {
   if (d.suspended) return no_wakeup_ms;
   std::int64_t wake = d.scheduled.empty() ? no_wakeup_ms : d.scheduled.front().time_ms;
+  if (d.probing && d.ready.count > 0) wake = no_wakeup_ms;  // due jobs wait for the probe
   std::uint32_t limit = d.probing ? 1 : d.limits.connections_max;
   if (d.ready.count > d.connections_starting && d.connections < limit) {
     refill(d, now_ms);
@@ -522,16 +530,40 @@ void scheduler::state::backoff(std::uint32_t slot, std::int64_t now_ms, const fa
     push_event(event_kind::deferred, job_slot, until);
     if (warn_delay(job, now_ms)) push_event(event_kind::delay_warning, job_slot, until);
   }
-  // Scheduled jobs due before the destination is back wait for it too (one shared time).
+  wait_for_destination(d, now_ms, until, error);
+  reschedule(slot, now_ms);
+}
+
+// Scheduled jobs due before the destination is back wait for it too (one shared time). They
+// were not attempted (move_due held them back for the probe), so they get no deferral; the
+// lifetime and the delay warning are still checked here, at every destination failure, as
+// they would be for a job that went out and was deferred. One pass over integers, no I/O.
+void scheduler::state::wait_for_destination(destination_record& d, std::int64_t now_ms,
+                                            std::int64_t until, std::uint32_t error) noexcept {
   bool moved = false;
-  for (heap_entry& entry : d.scheduled) {
-    if (entry.time_ms >= until) continue;
-    entry.time_ms = until;
-    jobs[entry.slot].next_attempt_ms = until;
+  for (std::size_t i = 0; i < d.scheduled.size();) {
+    heap_entry& entry = d.scheduled[i];
+    if (entry.time_ms >= until) {
+      ++i;
+      continue;
+    }
+    const std::uint32_t job_slot = entry.slot;
+    job_record& job = jobs[job_slot];
     moved = true;
+    if (now_ms >= expiry_ms(job)) {
+      entry = d.scheduled.back();  // the heap is rebuilt below
+      d.scheduled.pop_back();
+      note_attempt(job, now_ms, error);
+      ++counters.expired;
+      push_event(event_kind::expired, job_slot, 0);
+      continue;
+    }
+    entry.time_ms = until;
+    job.next_attempt_ms = until;
+    if (warn_delay(job, now_ms)) push_event(event_kind::delay_warning, job_slot, until);
+    ++i;
   }
   if (moved) std::make_heap(d.scheduled.begin(), d.scheduled.end(), heap_later{});
-  reschedule(slot, now_ms);
 }
 
 // ---------------------------------------------------------------- public: construction

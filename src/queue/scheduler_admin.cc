@@ -44,7 +44,7 @@ std::size_t scheduler::flush(std::string_view name, std::int64_t now_ms) noexcep
   destination_record* d = s.find(name);
   if (d == nullptr) return 0;
   std::size_t moved = d->scheduled.size();
-  s.move_due(*d, std::numeric_limits<std::int64_t>::max());
+  s.move_due(*d, std::numeric_limits<std::int64_t>::max(), false);
   d->backoff_until_ms = 0;
   s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
   return moved;
@@ -57,7 +57,7 @@ std::size_t scheduler::flush_all(std::int64_t now_ms) noexcept {
     destination_record& d = s.destinations[slot];
     if (!d.live) continue;
     moved += d.scheduled.size();
-    s.move_due(d, std::numeric_limits<std::int64_t>::max());
+    s.move_due(d, std::numeric_limits<std::int64_t>::max(), false);
     d.backoff_until_ms = 0;
     s.reschedule(slot, now_ms);
   }

@@ -195,7 +195,8 @@ struct scheduler::state {
   std::int64_t compute_wake(destination_record& d, std::int64_t now_ms) noexcept;
   bool can_open(destination_record& d, std::int64_t now_ms) const noexcept;
   void service(std::uint32_t slot, std::int64_t now_ms, std::vector<connect_request>& out);
-  void move_due(destination_record& d, std::int64_t now_ms) noexcept;
+  // Due jobs to the ready list; while probing (probe_limit) only until one is ready.
+  void move_due(destination_record& d, std::int64_t now_ms, bool probe_limit = true) noexcept;
   void apply_limits(destination_record& d, const destination_limits& limits) noexcept;
   // token bucket
   void refill(destination_record& d, std::int64_t now_ms) const noexcept;
@@ -228,6 +229,8 @@ struct scheduler::state {
   // until_ms > 0: to that time (a pause), without counting a connection failure.
   void backoff(std::uint32_t slot, std::int64_t now_ms, const failure& reason,
                std::int64_t until_ms = 0) noexcept;
+  void wait_for_destination(destination_record& d, std::int64_t now_ms, std::int64_t until,
+                            std::uint32_t error) noexcept;
   void release_connection(connection_id id, std::int64_t now_ms) noexcept;
   void fill_info(std::uint32_t slot, destination_info& out) const noexcept;
   // sites (scheduler_site.cc)

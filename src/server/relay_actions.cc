@@ -92,7 +92,8 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
   if (!op) return {};
   const std::int64_t now = core::wall_milliseconds();
   nlohmann::json out = {{"id", id_text(id)}, {"action", action}, {"found", false}};
-  const auto found = s.messages.find(id);
+  auto found = s.messages.find(id);
+  if (found == s.messages.end() && s.recover_one(id)) found = s.messages.find(id);
   const spool::message_entry* entry = s.store.find(id);
   if (found == s.messages.end() || entry == nullptr ||
       entry->status != spool::message_status::queued ||

@@ -166,7 +166,17 @@ struct relay::state {
   std::unordered_map<std::uint64_t, std::unique_ptr<pending_dsn>> dsn_tickets;
   void route(const spool::envelope& envelope, std::span<const spool::body_slice> body,
              std::string_view pool = {});  // a DSN: the default pool
+  // Start-up: the queued ids (ascending) go back to their destinations' queues a slice per
+  // loop turn (recover_slice), so the shard greets and delivers while it recovers; an
+  // operator action on one not routed yet routes it first (recover_one).
   void recover() noexcept;
+  void recover_slice() noexcept;
+  bool recover_one(spool::message_id id) noexcept;
+  void route_recovered(spool::message_id id) noexcept;
+  std::vector<spool::message_id> recovering;
+  std::size_t recovering_next = 0;
+  std::int64_t recovering_since_ms = 0;
+  core::member_timer<state, &state::recover_slice> recovery_timer{*this};
   void route_recipients(spooled_message& message, const spool::message_entry* recovered,
                         std::string_view pool = {}) noexcept;
   // Egress (egress.h): the queue name for a destination, with the source its pool picks.

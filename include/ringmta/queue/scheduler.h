@@ -33,9 +33,13 @@
 // Destination-wide backoff uses the destination's count of consecutive connection failures
 // in the same schedule (connections failing during a backoff count once); after it the
 // destination probes with one connection until a connection succeeds (its first
-// take_for_connection is the proof). Expiry during a destination-wide backoff is checked at
-// the failure that moves a job, so a job may outlive its lifetime by up to one backoff delay.
-// flush() lifts the backoff but keeps the single probe connection.
+// take_for_connection is the proof). While it probes, its due jobs wait on the destination:
+// only one is made ready (the probe's), so a failed probe defers that one job, and the others
+// move to the next shared time without an attempt or an event (a dead destination costs one
+// deferral per retry, not one per queued job). Expiry and the delay warning of every job due
+// before the destination is back are checked at each failure, so a job may outlive its
+// lifetime by up to one backoff delay. flush() lifts the backoff, makes every scheduled job
+// ready, but keeps the single probe connection.
 //
 // Memory: 64 bytes per job record (static_assert below) + 16 bytes per scheduled job (heap
 // entry) + 4 bytes per free slot; containers grow geometrically, so up to 2x that in slack.

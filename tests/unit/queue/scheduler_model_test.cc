@@ -117,8 +117,9 @@ class model_run {
   }
 
   // The scheduler moves due jobs to ready in (time, slot) order when it services a
-  // destination (poll, take, flush).
-  void move_due(const std::string& name, std::int64_t upto_ms) {
+  // destination (poll, take, flush); a probing destination only until one is ready (the
+  // probe's job), except on flush (`all`).
+  void move_due(const std::string& name, std::int64_t upto_ms, bool all = false) {
     std::vector<std::pair<std::pair<std::int64_t, std::uint32_t>, key>> due;
     for (auto& [k, job] : _jobs) {
       if (job.destination == name && job.where == model_job::scheduled && job.next_ms <= upto_ms)
@@ -126,6 +127,7 @@ class model_run {
     }
     std::sort(due.begin(), due.end());
     for (auto& [order, k] : due) {
+      if (!all && model_of(name).probing && !model_of(name).ready.empty()) break;
       _jobs[k].where = model_job::ready;
       model_of(name).ready.push_back(k);
     }
@@ -365,10 +367,24 @@ class model_run {
       }
     }
     d.ready.clear();
+    // Jobs due before the destination is back wait for it, unattempted; their lifetime and
+    // delay warning are checked now.
     for (auto& [k, job] : _jobs) {
-      if (job.destination == c.destination && job.where == model_job::scheduled &&
-          job.next_ms < until)
-        job.next_ms = until;
+      if (job.destination != c.destination || job.where != model_job::scheduled ||
+          job.next_ms >= until)
+        continue;
+      if (_now >= job.received_ms + _config.lifetime_max_ms) {
+        ++job.attempts;
+        _expected_events.insert({k, event_kind::expired});
+        job.where = model_job::in_flight;
+        job.next_ms = -1;
+        continue;
+      }
+      job.next_ms = until;
+      if (!job.warned && _now >= job.received_ms + _config.delay_warning_ms) {
+        job.warned = true;
+        _expected_events.insert({k, event_kind::delay_warning});
+      }
     }
   }
 
@@ -389,7 +405,7 @@ class model_run {
         std::size_t scheduled = 0;
         for (auto& [k, job] : _jobs)
           scheduled += job.destination == name && job.where == model_job::scheduled;
-        move_due(name, std::numeric_limits<std::int64_t>::max());
+        move_due(name, std::numeric_limits<std::int64_t>::max(), true);
         ASSERT_EQ(_queue->flush(name, _now), scheduled) << where();
         d.backoff_until_ms = 0;
         break;
@@ -466,7 +482,10 @@ class model_run {
       ASSERT_EQ(info.probing, d.probing) << where();
       if (d.suspended) continue;
       // The wake-up covers the earliest scheduled job and any connection wanted now.
-      ASSERT_LE(wake, earliest) << where() << " " << name;
+      // (A probing destination with a ready job: the rest wait for the probe.)
+      if (!d.probing || d.ready.empty()) {
+        ASSERT_LE(wake, earliest) << where() << " " << name;
+      }
       bool wants = d.connections < limit(d) && d.ready.size() > d.starting && !_rate &&
                    _connections.size() < _config.connections_max;
       if (wants) {

@@ -984,3 +984,93 @@ TEST(scheduler_message, recovered_held_jobs_are_held_at_once) {
 
 }  // namespace
 }  // namespace ringmta::queue
+
+namespace ringmta::queue {
+namespace {
+
+// Issue 15 (backlog at scale): a dead destination holding many jobs costs one attempt per
+// retry, not one per job. After the first failure (every ready job deferred once), each
+// probe takes one job; when it fails only that job is deferred (one event), the others move
+// to the next shared time unattempted, and the wake-ups are one per destination.
+TEST(scheduler, a_probing_destination_defers_one_job_per_retry) {
+  scheduler_config config = plain_config();
+  config.retry_delays_ms = {1000};
+  harness h(config);
+  constexpr int jobs = 100;
+  for (int id = 1; id <= jobs; ++id)
+    h.add("dead.example", static_cast<spool::message_id>(id), {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), config.limits.connections_max);
+  for (const auto& request : requests) h.queue.connection_failed(request.connection, t0, refused);
+  EXPECT_EQ(h.events().size(), static_cast<std::size_t>(jobs));  // the first failure: all tried
+  std::int64_t now = t0;
+  for (int round = 0; round < 5; ++round) {
+    now = h.queue.next_wakeup_ms();
+    EXPECT_EQ(now, t0 + 1000 * (round + 1));
+    requests = h.poll(now);
+    ASSERT_EQ(requests.size(), 1u);
+    EXPECT_TRUE(requests[0].probe);
+    destination_info info = h.info("dead.example");
+    EXPECT_EQ(info.ready, 1u);  // the probe's job; the rest wait on the destination
+    EXPECT_EQ(info.scheduled, static_cast<std::uint32_t>(jobs - 1));
+    EXPECT_TRUE(h.poll(now).empty());
+    EXPECT_EQ(h.queue.next_wakeup_ms(), no_wakeup_ms);  // nothing until the probe ends
+    h.queue.connection_failed(requests[0].connection, now, refused);
+    auto events = h.events();
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_EQ(events[0].kind, event_kind::deferred);
+    // (time, slot) order: the same job is the probe each time; its attempts count up.
+    EXPECT_EQ(events[0].job.message, 1u);
+    EXPECT_EQ(events[0].job.attempts, 2u + static_cast<unsigned>(round));
+  }
+  std::vector<job_view> listed;
+  h.queue.list_jobs("dead.example", jobs, listed);
+  ASSERT_EQ(listed.size(), static_cast<std::size_t>(jobs));
+  std::uint32_t attempts = 0;
+  for (const job_view& job : listed) {
+    EXPECT_EQ(job.next_attempt_ms, now + 1000);  // every job shares the destination's time
+    attempts += job.attempts;
+  }
+  EXPECT_EQ(attempts, static_cast<std::uint32_t>(jobs + 5));  // 100 at first, then 1 a round
+  // The probe works: every due job goes out on the open connections.
+  requests = h.poll(now + 1000);
+  ASSERT_EQ(requests.size(), 1u);
+  ASSERT_EQ(h.queue.take_for_connection(requests[0].connection, now + 1000).status,
+            take_status::job);
+  EXPECT_EQ(h.info("dead.example").ready, static_cast<std::uint32_t>(jobs - 1));
+}
+
+// The jobs that wait on a probing destination still expire and still get their delay
+// warning: both are checked at each failure of the probe.
+TEST(scheduler, jobs_waiting_on_a_probe_expire_and_warn) {
+  scheduler_config config = plain_config();
+  config.retry_delays_ms = {1000};
+  config.lifetime_max_ms = 10'000;
+  config.delay_warning_ms = 2'500;
+  harness h(config);
+  h.add("dead.example", 1, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 1u);
+  h.queue.connection_failed(requests[0].connection, t0, refused);
+  ASSERT_EQ(h.events().size(), 1u);
+  h.add("dead.example", 2, {0}, t0 + 500, t0 + 600);  // arrives during the backoff
+  std::set<std::pair<spool::message_id, event_kind>> seen;
+  std::int64_t now = t0;
+  for (int round = 0; round < 20 && h.queue.stats().jobs > 0; ++round) {
+    now = h.queue.next_wakeup_ms();
+    requests = h.poll(now);  // none at t0 + 600: job 2 is made ready, the backoff runs on
+    ASSERT_LE(requests.size(), 1u);
+    if (requests.empty()) continue;
+    h.queue.connection_failed(requests[0].connection, now, refused);
+    for (const auto& event : h.events()) seen.insert({event.job.message, event.kind});
+  }
+  EXPECT_EQ(h.queue.stats().jobs, 0u);
+  EXPECT_LE(now, t0 + 10'000 + 1000);  // at most one backoff delay past the lifetime
+  for (spool::message_id id : {1u, 2u}) {
+    EXPECT_TRUE(seen.contains({id, event_kind::expired})) << id;
+    EXPECT_TRUE(seen.contains({id, event_kind::delay_warning})) << id;
+  }
+}
+
+}  // namespace
+}  // namespace ringmta::queue
