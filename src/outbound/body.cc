@@ -25,15 +25,16 @@
 namespace ringmta::outbound {
 
 void connection::start_body() noexcept {
-  RINGMTA_ASSERT(staged_begin == staged_end && !send_in_flight && body.open);
+  RINGMTA_ASSERT(staged_begin == staged_end && !send_in_flight &&
+                 body.phase() == body_phase::wanted);
   const auto& config = server.config();
-  body.wanted = false;
   body.slice = 0;
   body.slice_done = 0;
   if (body.total <= config.copy_body_bytes_max &&
       body.total + 16 <= server.staging_bytes()) {
     body.how = body_progress::path::staged;
     body.staged = 0;
+    body.enter(body_phase::transferring);
     ++server.counters().bodies_staged;
     return read_staged_step();
   }
@@ -44,11 +45,12 @@ void connection::start_body() noexcept {
   const auto slot = server.transfers().acquire(splice, error);
   if (!slot) {
     if (error != 0) return body_failed_locally(error);
-    body.wanted = true;  // pump() starts again once a slot is free (resume_body)
+    body.enter(body_phase::waiting);  // pump() starts again once a slot is free (resume_body)
     return server.wait_for_transfer(*this);
   }
   body.transfer = *slot;
   body.holds_transfer = true;
+  body.enter(body_phase::transferring);
   body.in_pipe = 0;
   if (encrypted) {
     body.how = body_progress::path::encrypted;
@@ -111,7 +113,7 @@ void connection::stage_chunk() noexcept {
 }
 
 void connection::resume_body() noexcept {
-  body.wanted = true;
+  body.enter(body_phase::wanted);
   server.defer(*this);  // pump() calls start_body() at the end of the iteration
 }
 
@@ -129,7 +131,7 @@ void connection::read_staged_step() noexcept {
   if (!next_bytes(job, body)) {
     staged_begin = 0;
     staged_end = body.staged;
-    body.open = false;
+    body.enter(body_phase::sent);
     session->body_sent();  // the engine's ".CRLF" (RFC 5321 §4.1.1.4) follows the body's tail
     stage_output();
     server.counters().body_bytes += body.total;
@@ -229,9 +231,9 @@ void connection::copy_step() noexcept {
 
 void connection::on_body_completion(io::op_kind kind, const io::completion& done) noexcept {
   body.step_in_flight = false;
-  if (body.aborted) {  // abandoned meanwhile: the pipe/buffer is free of the kernel now
-    body.aborted = false;
+  if (body.phase() == body_phase::aborting) {  // the pipe/buffer is free of the kernel now
     release_transfer(false);
+    body.enter(body_phase::none);
     return pump();  // whatever waited for the step (closing, the next output)
   }
   if (_phase == connection_phase::closing) return abort_body();
@@ -274,7 +276,7 @@ void connection::on_body_completion(io::op_kind kind, const io::completion& done
 void connection::body_done() noexcept {
   release_transfer(body.in_pipe == 0);
   body.how = body_progress::path::none;
-  body.open = false;
+  body.enter(body_phase::sent);
   session->body_sent();  // pump() sends the ".CRLF" now
   restart_timer();
   pump();
@@ -287,16 +289,16 @@ void connection::release_transfer(bool clean) noexcept {
   server.transfer_released();
 }
 
+// A queued wait (phase waiting) is skipped when its turn comes (transfer_released).
 void connection::abort_body() noexcept {
-  body.wanted = false;
-  body.waiting = false;  // a queued wait is skipped when its turn comes
   body.how = body_progress::path::none;
   if (body.step_in_flight) {  // the kernel may still use the pipe/buffer: release on completion
-    body.aborted = true;
+    if (body.phase() != body_phase::aborting) body.enter(body_phase::aborting);
     if (_phase != connection_phase::closing && fd >= 0) ::shutdown(fd, SHUT_RDWR);  // unblock a waiting splice
     return;
   }
   release_transfer(false);
+  if (body.phase() != body_phase::none) body.enter(body_phase::none);
 }
 
 void connection::body_failed_locally(int error) noexcept {

@@ -42,11 +42,46 @@ void connection::enter(connection_phase next) noexcept {
   _phase = next;
 }
 
+void body_progress::enter(body_phase next) noexcept {
+  RINGMTA_ASSERT(legal_transition(_phase, next));
+  _phase = next;
+}
+
+void body_progress::clear() noexcept {
+  RINGMTA_ASSERT(_phase == body_phase::none && !step_in_flight && !holds_transfer);
+  *this = body_progress{};
+}
+
+// The body's phase against its facts and the connection's phase (body_phase.h).
+static void check_body(const body_progress& body, connection_phase phase) noexcept {
+  using b = body_phase;
+  using path = body_progress::path;
+  const b now = body.phase();
+  RINGMTA_ASSERT(!body.step_in_flight || now == b::transferring || now == b::aborting);
+  RINGMTA_ASSERT(now != b::aborting || body.step_in_flight);
+  RINGMTA_ASSERT(!body.holds_transfer || now == b::transferring || now == b::aborting);
+  if (now == b::transferring) {
+    // The paths that move a large body own a pipe or buffer while they run.
+    const bool pooled = body.how == path::spliced || body.how == path::copied ||
+                        body.how == path::encrypted;
+    RINGMTA_ASSERT(pooled == body.holds_transfer && (pooled || body.how == path::staged));
+  }
+  if (now == b::wanted || now == b::waiting) RINGMTA_ASSERT(body.how == path::none);
+  // A body under way only within a transaction; one given up in flight only once the
+  // transaction's result is out (talking) or the socket is going (closing).
+  if (now != b::none && now != b::aborting) RINGMTA_ASSERT(phase == connection_phase::delivering);
+  if (now == b::aborting) {
+    RINGMTA_ASSERT(phase == connection_phase::talking || phase == connection_phase::closing);
+  }
+}
+
 void connection::check_invariants() const noexcept {
   using p = connection_phase;
   // Every op flag is an SQE in flight, counted in ops, on the current socket.
   RINGMTA_ASSERT(ops >= unsigned{connect_in_flight} + unsigned{receive_armed} +
-                            unsigned{send_in_flight} + unsigned{close_queued});
+                            unsigned{send_in_flight} + unsigned{close_queued} +
+                            unsigned{body.step_in_flight});
+  check_body(body, _phase);
   RINGMTA_ASSERT(fd >= 0 ||
                  (!connect_in_flight && !receive_armed && !send_in_flight && !close_queued));
   RINGMTA_ASSERT(!close_queued || _phase == p::closing);
@@ -111,7 +146,7 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
   ever_ready = quit_requested = body_failed = false;
   drop_after_results = false;
   deliveries = 0;
-  body = body_progress{};
+  body.clear();
   staged_begin = staged_end = 0;
   reason = close_reason::lost;
   failure = smtp::client_outcome::accepted;
@@ -322,7 +357,7 @@ void connection::process_events() noexcept {
       case smtp::client_event_kind::message_result: report(event); break;
       case smtp::client_event_kind::send_body:
         // BDAT: the chunk goes with the commands (pump, chunk_due); DATA: start the body.
-        if (!body.chunked) body.wanted = body.open = true;
+        if (!body.chunked) body.enter(body_phase::wanted);
         break;
       case smtp::client_event_kind::start_tls: begin_tls(); break;  // tls.cc
       case smtp::client_event_kind::closed: return on_session_closed(event);
@@ -378,7 +413,7 @@ void connection::report(const smtp::client_event& event) noexcept {
                                                 remote()});
     return;
   }
-  if (body.open) {
+  if (body.open()) {
     // A reply before our ".": the server gave up on the message (or is broken). Whatever it
     // said, the body did not get through: never count it delivered, never reuse the session
     // (the rest of the body would be read as commands).
@@ -391,14 +426,14 @@ void connection::report(const smtp::client_event& event) noexcept {
         outcome = smtp::client_outcome::transient_failure;
       }
     }
-    body.open = false;
     abort_body();
   }
   if (_phase == connection_phase::delivering) enter(connection_phase::talking);
   ++deliveries;
   if (outcome == smtp::client_outcome::accepted) ++counters.deliveries_accepted;
   else ++counters.deliveries_failed;
-  if (!body.step_in_flight) body = body_progress{};
+  if (body.phase() == body_phase::sent) body.enter(body_phase::none);
+  if (body.phase() == body_phase::none) body.clear();  // else aborting: cleared on completion
   server.handler().on_delivery_done(
       handle(), destination,
       delivery_result{job.token, outcome, reply, remote(), &describe_tls()});
@@ -527,7 +562,9 @@ void connection::pump() noexcept {
     if (!send_staged()) process_events();
     return;
   }
-  if (body.wanted && !body.waiting && body.how == body_progress::path::none) return start_body();
+  if (body.phase() == body_phase::wanted && body.how == body_progress::path::none) {
+    return start_body();
+  }
   if (session->phase() == smtp::client_phase::closed) end_socket();
 }
 
@@ -537,8 +574,7 @@ void connection::start_delivery(const delivery& next) noexcept {
   for (const spool::body_slice& piece : job.body) total += piece.length;
   if (job.envelope.size_bytes == 0) job.envelope.size_bytes = total;
   enter(connection_phase::delivering);
-  RINGMTA_ASSERT(!body.step_in_flight && !body.holds_transfer);
-  body = body_progress{};
+  body.clear();
   body.total = total;
   body_failed = false;
   ++server.counters().deliveries;

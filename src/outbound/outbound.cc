@@ -279,7 +279,6 @@ void outbound_server::on_completion(shard::shard&, const io::completion& done) n
 
 void outbound_server::wait_for_transfer(connection& c) noexcept {
   ++_counters.transfer_waits;
-  c.body.waiting = true;
   _transfer_waiters.push_back(c.handle());
 }
 
@@ -289,8 +288,7 @@ void outbound_server::transfer_released() noexcept {
     const connection_handle handle = _transfer_waiters.front();
     _transfer_waiters.erase(_transfer_waiters.begin());
     connection* c = find(handle);
-    if (c == nullptr || !c->body.waiting) continue;
-    c->body.waiting = false;
+    if (c == nullptr || c->body.phase() != body_phase::waiting) continue;  // given up meanwhile
     c->resume_body();
     return;
   }

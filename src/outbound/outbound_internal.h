@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "body_phase.h"
 #include "connection_phase.h"
 #include "ringmta/core/step_guard.h"
 #include "ringmta/core/timer_wheel.h"
@@ -36,12 +37,17 @@ struct body_progress {
   enum class path : std::uint8_t {
     none, staged, spliced, copied, chunk_ready, chunk_sending, encrypted
   };
+
+  // The lifecycle (body_phase.h); enter() is its only writer and asserts the transition.
+  body_phase phase() const noexcept { return _phase; }
+  bool open() const noexcept { return body_open(_phase); }
+  void enter(body_phase next) noexcept;
+  // A new transaction or connection: only from none (nothing in flight, no slot held).
+  void clear() noexcept;
+
   path how = path::none;
-  bool open = false;            // send_body seen, body_sent() not yet called
-  bool wanted = false;          // open and not started: starts once output and sends are done
-  bool waiting = false;         // queued for a free transfer slot
+  // Facts: an SQE of the transfer in flight (counted in the connection's ops); a transfer slot.
   bool step_in_flight = false;
-  bool aborted = false;         // abandoned while a step was in flight: clean up on completion
   bool holds_transfer = false;
   std::uint32_t transfer = 0;   // slot in the transfer pool (spliced, copied)
   std::uint32_t slice = 0;      // next slice to move
@@ -55,6 +61,9 @@ struct body_progress {
   bool last_read = false;       // the buffer holds the body's tail
   std::uint32_t chunk_bytes = 0;  // BDAT: the raw (unstuffed) message size
   bool chunked = false;           // this transaction uses BDAT: send_body needs nothing more
+
+ private:
+  body_phase _phase = body_phase::none;
 };
 
 // What follows once the current socket's fd is closed.

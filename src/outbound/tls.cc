@@ -233,7 +233,7 @@ void connection::pump_tls() noexcept {
     return;
   }
   if (body.step_in_flight) return;  // a spool read is on its way
-  if (tls == tls_state::established && body.wanted && !body.waiting &&
+  if (tls == tls_state::established && body.phase() == body_phase::wanted &&
       body.how == body_progress::path::none) {
     return start_body();
   }
@@ -322,7 +322,7 @@ bool connection::encrypt_body() noexcept {
   // Every byte is in the session: the engine's ".CRLF" follows in the same stream.
   release_transfer(true);
   body.how = body_progress::path::none;
-  body.open = false;
+  body.enter(body_phase::sent);
   session->body_sent();
   return true;
 }

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "phase_table.h"
+
 namespace ringmta::outbound {
 namespace {
 
@@ -46,24 +48,9 @@ TEST(connection_phase, no_phase_stays_in_place_and_none_skips_the_lookup) {
   EXPECT_FALSE(legal_transition(p::finished, p::resolving));  // a slot is released, then reused
 }
 
-// Breadth-first over the table: all phases reachable from free, free reachable from all.
-std::set<p> reachable(p start, bool forward) {
-  std::set<p> seen{start};
-  std::vector<p> todo{start};
-  while (!todo.empty()) {
-    const p at = todo.back();
-    todo.pop_back();
-    for (const p other : all) {
-      const bool edge = forward ? legal_transition(at, other) : legal_transition(other, at);
-      if (edge && seen.insert(other).second) todo.push_back(other);
-    }
-  }
-  return seen;
-}
-
 TEST(connection_phase, every_phase_is_reachable_and_every_connection_ends_free) {
-  EXPECT_EQ(reachable(p::free, true).size(), all.size());
-  EXPECT_EQ(reachable(p::free, false).size(), all.size());
+  EXPECT_EQ(phase_tables::reachable(all, p::free, true).size(), all.size());
+  EXPECT_EQ(phase_tables::reachable(all, p::free, false).size(), all.size());
 }
 
 TEST(connection_phase, helpers_agree_with_the_phases) {
