@@ -17,7 +17,7 @@ the default pool with a pool_unknown record; delivery records name the source; S
 new default pool moves new mail to it; an operator's suspend/resume of a domain reaches its
 queue on every source, of "domain@source" that queue only; bad configs are exit 2 naming
 FILE:LINE and the key.
-usage: test_sources.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT"""
+usage: test_sources.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT RINGMTA_CTL"""
 import collections
 import json
 import os
@@ -34,7 +34,7 @@ from harness import Daemon, Tap, free_port
 from peers import DnsServer, Sink, wait_until
 
 tap = Tap()
-ringmta, sink_binary, dns_script = sys.argv[1:4]
+ringmta, sink_binary, dns_script, ctl = sys.argv[1:5]
 if not shutil.which("nsd"):
     tap.skip_all("nsd is not installed")
 try:
@@ -256,9 +256,12 @@ tap.ok({client_of(e) for e, _ in sink.messages()[count:]} == {"127.0.0.3"} and
        sorted(j["destination"] for j in solo_jobs()) == ["solo.test@s2", "solo.test@s4"] and
        all(j["state"] == "suspended" for j in solo_jobs()),
        "from 127.0.0.3; the other sources' mail still suspended", solo_jobs())
-status, body = admin("POST", "/queue/solo.test/resume")
-tap.ok(status == 200 and {"solo.test@s2", "solo.test@s4"} <= set(body["queues"]),
-       "resume solo.test resumes every source's queue", (status, body))
+done = subprocess.run([ctl, "--spool", daemon.spool, "resume", "solo.test"], capture_output=True,
+                      text=True, timeout=60)
+tap.ok(done.returncode == 0 and "solo.test: resumed" in done.stdout and
+       "solo.test@s2" in done.stdout and "solo.test@s4" in done.stdout,
+       "ringmta-ctl resume solo.test resumes every source's queue and names them",
+       (done.returncode, done.stdout, done.stderr))
 tap.ok(arrived(count + 5), "the other 2 arrived")
 tap.ok({client_of(e) for e, _ in sink.messages()[count + 3:]} == {"127.0.0.2", "127.0.0.4"},
        "from 127.0.0.2 and 127.0.0.4", [client_of(e) for e, _ in sink.messages()[count:]])
