@@ -20,6 +20,7 @@
 #include "ringmta/admin/log_writer.h"
 #include "ringmta/admin/metrics.h"
 #include "ringmta/core/clock.h"
+#include "ringmta/server/egress.h"
 #include "ringmta/server/relay.h"
 #include "ringmta/server/suspensions.h"
 #include "ringmta/spool/listing.h"
@@ -123,6 +124,42 @@ std::optional<json> destination(const admin_api& api, const std::string& name) {
   return std::nullopt;
 }
 
+// The queues `name` addresses (egress.h queues_of): with [[source]]s configured a bare domain
+// is its queue on every source ("example.com@s3"), those with mail or a suspension and, for a
+// suspension (`configured`), every configured source's; "example.com@s3" is that queue only.
+// nullopt: a shard did not answer.
+std::optional<std::vector<std::string>> queues_named(const admin_api& api,
+                                                     const std::string& name, bool configured) {
+  const auto sources = api.ask(0, [](relay& owner) { return owner.egress_sources_json(); });
+  if (!sources) return std::nullopt;
+  const json names = json::parse(*sources);
+  if (names.empty() || !split_egress(name).second.empty()) return std::vector<std::string>{name};
+  auto all = gather(api, [](relay& owner) { return owner.destinations_json(100'000); });
+  if (!all) return std::nullopt;
+  std::vector<std::string> existing;
+  for (const auto& d : *all) existing.push_back(d.value("destination", ""));
+  for (const auto& entry : api.suspensions->all()) existing.push_back(entry.destination);
+  return queues_of(name, configured ? names.get<std::vector<std::string>>()
+                                    : std::vector<std::string>{}, existing);
+}
+
+// Queued jobs (at most `limit` per queue) of every queue `domain` addresses; all when empty.
+std::optional<json> jobs_of(const admin_api& api, const std::string& domain, std::size_t limit) {
+  const auto work = [limit](std::string name) {
+    return [name, limit](relay& owner) { return owner.jobs_json(name, limit); };
+  };
+  if (domain.empty()) return gather(api, work(""));
+  const auto queues = queues_named(api, domain, false);
+  if (!queues) return std::nullopt;
+  json all = json::array();
+  for (const auto& queue : *queues) {
+    auto part = api.ask(holder_of(api, queue), work(queue));
+    if (!part) return std::nullopt;
+    for (auto& job : json::parse(*part)) all.push_back(std::move(job));
+  }
+  return all;
+}
+
 http_response messages(const admin_api& api, const http_request& r) {
   const std::string domain = lowercase(r.param("domain"));
   const std::string state = r.param("state");
@@ -139,10 +176,7 @@ http_response messages(const admin_api& api, const http_request& r) {
     if (!parsed) return error(400, "older_than: a duration such as 30m, 4h or 2d");
     older_than_s = *parsed;
   }
-  const auto work = [domain, limit](relay& owner) { return owner.jobs_json(domain, limit); };
-  std::optional<json> all;
-  if (domain.empty()) all = gather(api, work);
-  else if (auto part = api.ask(holder_of(api, domain), work)) all = json::parse(*part);
+  auto all = jobs_of(api, domain, limit);
   if (!all) return error(503, "a shard did not answer");
   const std::int64_t now_s = core::wall_milliseconds() / 1000;
   json out = json::array();
@@ -158,13 +192,13 @@ http_response messages(const admin_api& api, const http_request& r) {
   return reply(200, out);
 }
 
+// Every queue of `queues` (recorded first: a restart applies it) is suspended on its holder.
 http_response suspend(const admin_api& api, const http_request& r, const std::string& name,
-                      bool known) {
+                      const std::vector<std::string>& queues, bool known) {
   if (!known && r.param("force") != "1")
     return error(404, fmt::format("no queue for {}: check the name (force=1 suspends a "
                                   "destination with no mail yet)", name));
   suspension entry;
-  entry.destination = name;
   entry.since_ms = core::wall_milliseconds();
   entry.reason = r.param("reason");
   entry.by = who(r);
@@ -173,39 +207,57 @@ http_response suspend(const admin_api& api, const http_request& r, const std::st
     if (!seconds) return error(400, "duration: a duration such as 90s, 15m, 1h or 2d");
     entry.until_ms = entry.since_ms + *seconds * 1000;
   }
-  if (auto saved = api.suspensions->put(entry); !saved)
-    return error(500, fmt::format("cannot record the suspension: {}", saved.error_text()));
-  auto answer = api.ask(holder_of(api, name),
-                        [name](relay& owner) { return owner.operate(name, "suspend"); });
-  if (!answer) return error(503, "recorded, but the shard did not answer: applies at restart");
-  return reply(200, json{{"destination", name}, {"action", "suspend"},
+  for (const auto& queue : queues) {
+    entry.destination = queue;
+    if (auto saved = api.suspensions->put(entry); !saved)
+      return error(500, fmt::format("cannot record the suspension: {}", saved.error_text()));
+  }
+  for (const auto& queue : queues)
+    if (!api.ask(holder_of(api, queue),
+                 [queue](relay& owner) { return owner.operate(queue, "suspend"); }))
+      return error(503, "recorded, but a shard did not answer: applies at restart");
+  return reply(200, json{{"destination", name}, {"action", "suspend"}, {"queues", queues},
                          {"until_ms", entry.until_ms}, {"reason", entry.reason}});
 }
 
+// A destination action on every queue the name addresses that has mail or a suspension; the
+// answer lists them ("queues") and sums their jobs.
 http_response act(const admin_api& api, const http_request& r, const std::string& name,
                   const std::string& action) {
   if (r.method != "POST") return error(405, "use POST /queue/DESTINATION/ACTION");
-  const auto found = destination(api, name);
-  if (found && found->is_null()) return error(503, "the shard did not answer");
-  const bool known = found.has_value();
-  if (action == "suspend") return suspend(api, r, name, known);
-  std::string operation = action == "retry" ? "flush" : action;
-  if (operation != "resume" && operation != "flush" && operation != "bounce")
+  const std::string operation = action == "retry" ? "flush" : action;
+  if (operation != "suspend" && operation != "resume" && operation != "flush" &&
+      operation != "bounce")
     return error(400, "unknown action " + action + ": suspend, resume, retry, bounce");
-  bool was_suspended = false;
-  if (operation == "resume") {
-    auto erased = api.suspensions->erase(name);
-    if (!erased) return error(500, fmt::format("cannot record: {}", erased.error_text()));
-    was_suspended = erased.value();
+  const auto queues = queues_named(api, name, operation == "suspend");
+  if (!queues) return error(503, "a shard did not answer");
+  std::vector<std::string> known;
+  for (const auto& queue : *queues) {
+    const auto found = destination(api, queue);
+    if (found && found->is_null()) return error(503, "the shard did not answer");
+    if (found) known.push_back(queue);
   }
-  if (!known && !was_suspended) return error(404, "no queue for " + name);
-  auto answer = api.ask(holder_of(api, name), [name, operation](relay& owner) {
-    return owner.operate(name, operation);
-  });
-  if (!answer) return error(503, "the shard did not answer");
-  auto out = json::parse(*answer);
-  out["action"] = action;
-  return reply(200, out);
+  if (operation == "suspend") return suspend(api, r, name, *queues, !known.empty());
+  std::vector<std::string> affected;
+  std::size_t jobs = 0;
+  for (const auto& queue : *queues) {
+    bool was_suspended = false;
+    if (operation == "resume") {
+      auto erased = api.suspensions->erase(queue);
+      if (!erased) return error(500, fmt::format("cannot record: {}", erased.error_text()));
+      was_suspended = erased.value();
+    }
+    if (!was_suspended && std::find(known.begin(), known.end(), queue) == known.end()) continue;
+    auto answer = api.ask(holder_of(api, queue), [queue, operation](relay& owner) {
+      return owner.operate(queue, operation);
+    });
+    if (!answer) return error(503, "the shard did not answer");
+    jobs += json::parse(*answer).value("jobs", std::size_t{0});
+    affected.push_back(queue);
+  }
+  if (affected.empty()) return error(404, "no queue for " + name);
+  return reply(200, json{{"destination", name}, {"action", action}, {"known", !known.empty()},
+                         {"jobs", jobs}, {"queues", affected}});
 }
 
 std::uint64_t spool_bytes(const std::string& directory) {
@@ -379,10 +431,7 @@ http_response act_on_messages(const admin_api& api, const http_request& r,
   const std::string state = r.param("state");
   if (domain.empty() && state != "deferred")
     return error(400, "name the messages: ?domain=DOMAIN or ?state=deferred");
-  const auto work = [domain](relay& owner) { return owner.jobs_json(domain, 100'000); };
-  std::optional<json> jobs;
-  if (domain.empty()) jobs = gather(api, work);
-  else if (auto part = api.ask(owner_of(domain, api.shards), work)) jobs = json::parse(*part);
+  auto jobs = jobs_of(api, domain, 100'000);
   if (!jobs) return error(503, "a shard did not answer");
   std::set<std::string> ids;
   for (const auto& job : *jobs)

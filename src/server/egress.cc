@@ -131,4 +131,17 @@ std::pair<std::string_view, std::string_view> split_egress(std::string_view name
   return {name.substr(0, at), name.substr(at + 1)};
 }
 
+std::vector<std::string> queues_of(std::string_view name, const std::vector<std::string>& sources,
+                                   const std::vector<std::string>& existing) {
+  std::vector<std::string> out{std::string(name)};
+  if (split_egress(name).second.empty()) {
+    for (const auto& source : sources) out.push_back(egress_destination(name, source));
+    for (const auto& queue : existing)
+      if (split_egress(queue).first == name) out.push_back(queue);
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 }  // namespace ringmta::server

@@ -416,6 +416,13 @@ std::string relay::destinations_json(std::size_t count_max) const {
   return dump(out);
 }
 
+std::string relay::egress_sources_json() const {
+  auto out = nlohmann::json::array();
+  if (_state->live->egress)
+    for (const auto& source : _state->live->egress->sources()) out.push_back(source.name);
+  return dump(out);
+}
+
 bool relay::knows(std::string_view destination) const {
   queue::destination_info info;
   return _state->scheduler.inspect(destination, info);

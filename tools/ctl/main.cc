@@ -313,12 +313,22 @@ int show_body(const context& c, const std::string& id) {
   return done;
 }
 
+// The queues a destination action reached: with egress pools a domain is one queue per
+// source ("example.com@s1"); printed when they are not just the name itself.
+std::string queues_text(const json& out) {
+  const json queues = out.value("queues", json::array());
+  if (queues.size() == 1 && queues[0] == out.value("destination", "")) return {};
+  std::string text;
+  for (const auto& queue : queues) text += (text.empty() ? "" : " ") + queue.get<std::string>();
+  return " (queues: " + text + ")";
+}
+
 int act(const context& c, const std::string& path,
         const std::map<std::string, std::string>& query, const std::string& done_text) {
   json out;
   if (auto failed = call(c, "POST", path, query, out)) return *failed;
   if (c.json_output) std::cout << out.dump(2) << "\n";
-  else std::cout << done_text << out.value("jobs", 0) << " job(s)\n";
+  else std::cout << done_text << out.value("jobs", 0) << " job(s)" << queues_text(out) << "\n";
   return done;
 }
 
@@ -421,8 +431,8 @@ int main(int argc, char** argv) {
     if (auto failed = call(c, "POST", "/queue/" + percent_encoded(target) + "/suspend", query, out))
       return *failed;
     if (c.json_output) std::cout << out.dump(2) << "\n";
-    else std::cout << target << ": suspended"
-                   << (duration.empty() ? "" : " for " + duration) << "\n";
+    else std::cout << target << ": suspended" << (duration.empty() ? "" : " for " + duration)
+                   << queues_text(out) << "\n";
     return done;
   }
   if (resume->parsed())

@@ -19,6 +19,9 @@
 //   POST /messages/ACTION?domain=D | ?state=deferred   every message queued there (bulk)
 //   GET  /messages/ID/body                   the whole message (message/rfc822)
 //   POST /reload, /debug/... (handed to the daemon)
+// With [[source]]s a bare domain DEST (and ?domain=) is its queue on every source
+// ("example.com@s3"; egress.h queues_of), "example.com@s3" that queue only; a destination
+// action's answer lists the queues it reached ("queues").
 // Unknown destinations are 404 (a typo never creates a destination; suspend of one with no
 // mail yet needs force=1). Every request that changes something is logged ("admin_action")
 // with who asked: "unix" plus the user ringmta-ctl names, or the TCP peer.

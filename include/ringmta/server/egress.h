@@ -86,4 +86,13 @@ class egress_picker {
 std::string egress_destination(std::string_view destination, std::string_view source);
 std::pair<std::string_view, std::string_view> split_egress(std::string_view name) noexcept;
 
+// The queues an operator's destination name addresses (admin API; docs/notes.md "Egress"): a
+// name with a source ("example.com@s3") only itself; a bare domain itself, "domain@S" for each
+// source name S of `sources` (the configured ones: a suspension then covers mail not queued
+// yet), and each name of `existing` (queues, suspensions: a retired source's too) whose domain
+// part is exactly the domain, never a prefix ("example.com" never takes "example.com.au@s3").
+// Sorted, without duplicates.
+std::vector<std::string> queues_of(std::string_view name, const std::vector<std::string>& sources,
+                                   const std::vector<std::string>& existing);
+
 }  // namespace ringmta::server

@@ -184,6 +184,9 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   std::string operate(std::string_view destination, std::string_view action);
   // The destinations this shard owns, as a JSON array (at most `count_max`).
   std::string destinations_json(std::size_t count_max) const;
+  // The names of the live [[source]] table as a JSON array (the admin API addresses every
+  // source's queue of a domain: egress.h queues_of).
+  std::string egress_sources_json() const;
   // Whether this shard has queue state for the destination (the admin API's 404).
   bool knows(std::string_view destination) const;
   // Asked on the destination's owner: the shard holding its queue (itself, or the owner of

@@ -14,9 +14,12 @@ to one site never shares a connection (each sender's mail only from its pool's a
 X-Ringmta-Pool from a trusted client picks the pool (folded, any case) and never reaches the
 sink; from an untrusted client it is ignored and still removed; an unknown pool falls back to
 the default pool with a pool_unknown record; delivery records name the source; SIGHUP with a
-new default pool moves new mail to it; bad configs are exit 2 naming FILE:LINE and the key.
-usage: test_sources.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT"""
+new default pool moves new mail to it; an operator's suspend/resume of a domain reaches its
+queue on every source, of "domain@source" that queue only; bad configs are exit 2 naming
+FILE:LINE and the key.
+usage: test_sources.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT RINGMTA_CTL"""
 import collections
+import json
 import os
 import re
 import shutil
@@ -31,7 +34,7 @@ from harness import Daemon, Tap, free_port
 from peers import DnsServer, Sink, wait_until
 
 tap = Tap()
-ringmta, sink_binary, dns_script = sys.argv[1:4]
+ringmta, sink_binary, dns_script, ctl = sys.argv[1:5]
 if not shutil.which("nsd"):
     tap.skip_all("nsd is not installed")
 try:
@@ -221,6 +224,61 @@ tap.ok(client_of(e) == "127.0.0.2" and unknown and unknown[-1].get("pool") == "n
        unknown[-1].get("used") == "default",
        "an unknown pool falls back to the default pool, with a pool_unknown record",
        (client_of(e), unknown))
+
+# --- operator actions by domain reach every source's queue ("solo.test@s3"); by queue, one
+def admin(method, path):
+    status, body = daemon.admin(method, path)
+    return status, json.loads(body)
+
+
+def solo_jobs():
+    return admin("GET", "/queue/messages?domain=solo.test")[1]
+
+
+status, body = admin("POST", "/queue/solo.test/suspend?force=1&reason=test")
+tap.ok(status == 200 and {"solo.test@s2", "solo.test@s3", "solo.test@s4"} <= set(body["queues"])
+       and all(q.split("@")[0] == "solo.test" for q in body["queues"]),
+       "suspend solo.test suspends its queue on every source", (status, body))
+count = len(sink.messages())
+send([("n@news.test", f"p{i}@solo.test", "") for i in range(4)] +
+     [("o@other.test", "p4@solo.test", "")])
+tap.ok(wait_until(lambda: len(solo_jobs()) == 5, 60) and
+       all(j["state"] == "suspended" for j in solo_jobs()),
+       "all 5 messages wait, suspended, listed by domain", solo_jobs())
+queued = collections.Counter(j["destination"] for j in solo_jobs())
+tap.ok(queued == {"solo.test@s3": 3, "solo.test@s4": 1, "solo.test@s2": 1} and
+       len(sink.messages()) == count, "in three sources' queues; none delivered", queued)
+status, body = admin("POST", "/queue/solo.test@s3/resume")
+tap.ok(status == 200 and body["queues"] == ["solo.test@s3"] and body["jobs"] == 0,
+       "resume solo.test@s3 resumes that queue only", (status, body))
+tap.ok(arrived(count + 3), "its 3 messages arrived")
+tap.ok({client_of(e) for e, _ in sink.messages()[count:]} == {"127.0.0.3"} and
+       sorted(j["destination"] for j in solo_jobs()) == ["solo.test@s2", "solo.test@s4"] and
+       all(j["state"] == "suspended" for j in solo_jobs()),
+       "from 127.0.0.3; the other sources' mail still suspended", solo_jobs())
+done = subprocess.run([ctl, "--spool", daemon.spool, "resume", "solo.test"], capture_output=True,
+                      text=True, timeout=60)
+tap.ok(done.returncode == 0 and "solo.test: resumed" in done.stdout and
+       "solo.test@s2" in done.stdout and "solo.test@s4" in done.stdout,
+       "ringmta-ctl resume solo.test resumes every source's queue and names them",
+       (done.returncode, done.stdout, done.stderr))
+tap.ok(arrived(count + 5), "the other 2 arrived")
+tap.ok({client_of(e) for e, _ in sink.messages()[count + 3:]} == {"127.0.0.2", "127.0.0.4"},
+       "from 127.0.0.2 and 127.0.0.4", [client_of(e) for e, _ in sink.messages()[count:]])
+status, body = admin("POST", "/queue/solo.test@s4/suspend")
+tap.ok(status == 200 and body["queues"] == ["solo.test@s4"],
+       "suspend solo.test@s4 suspends that queue only", (status, body))
+count = len(sink.messages())
+send([("o@other.test", "q1@solo.test", "X-Ringmta-Pool: tenant\r\n"),
+      ("o@other.test", "q2@solo.test", "")])
+tap.ok(arrived(count + 1) and client_of(sink.messages()[count][0]) == "127.0.0.2",
+       "mail on s2 still leaves", [client_of(e) for e, _ in sink.messages()[count:]])
+waiting = [("solo.test@s4", "suspended")]
+tap.ok(wait_until(lambda: [(j["destination"], j["state"]) for j in solo_jobs()] == waiting, 30),
+       "mail on s4 waits", solo_jobs())
+status, body = admin("POST", "/queue/solo.test@s4/resume")
+tap.ok(status == 200 and arrived(count + 2) and len(sink.messages()) == count + 2,
+       "resumed, it arrived", (status, body))
 
 # --- reload: a new default pool for new mail
 write_config("s3")

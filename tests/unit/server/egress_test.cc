@@ -163,5 +163,23 @@ TEST(egress, queue_names_carry_the_source) {
   EXPECT_TRUE(split_egress("example.com").second.empty());
 }
 
+// An operator naming a domain reaches every source's queue of exactly that domain; a name
+// with its source reaches that queue only.
+TEST(egress, operator_names_reach_every_source_of_the_domain) {
+  using names = std::vector<std::string>;
+  const names sources{"s1", "s2"};
+  const names existing{"example.com@s1",    "example.com@gone",    "example.com.au@s1",
+                       "mail.example.com@s2", "other.test@s1",     "example.com",
+                       "[192.0.2.1]@s1"};
+  EXPECT_EQ(queues_of("example.com", sources, existing),
+            (names{"example.com", "example.com@gone", "example.com@s1", "example.com@s2"}));
+  EXPECT_EQ(queues_of("example.com@s2", sources, existing), (names{"example.com@s2"}));
+  EXPECT_EQ(queues_of("example.com@gone", sources, existing), (names{"example.com@gone"}));
+  EXPECT_EQ(queues_of("example", sources, existing), (names{"example", "example@s1",
+                                                            "example@s2"}));
+  EXPECT_EQ(queues_of("[192.0.2.1]", {}, existing), (names{"[192.0.2.1]", "[192.0.2.1]@s1"}));
+  EXPECT_EQ(queues_of("example.com", {}, {}), (names{"example.com"}));  // no pools: as before
+}
+
 }  // namespace
 }  // namespace ringmta::server
