@@ -12,7 +12,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <cerrno>
+#include <exception>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -845,18 +845,25 @@ std::vector<std::unique_ptr<spool::store>> recover_spool(const config::settings&
     std::vector<std::jthread> readers;
     for (unsigned shard = 0; shard < shards; ++shard)
       readers.emplace_back([&one = work[shard], &settings, shard] {
-        auto recovered = spool::recover(one.directory, shard);
-        if (!recovered) {
-          one.error = recovered.error_text();
-          return;
+        // An exception must not leave the thread (std::terminate): it becomes the start-up
+        // error below, like a recovery that failed.
+        try {
+          auto recovered = spool::recover(one.directory, shard);
+          if (!recovered) {
+            one.error = recovered.error_text();
+            return;
+          }
+          one.report = recovered.value().report;
+          spool::store_config store_settings;
+          store_settings.directory = one.directory;
+          store_settings.shard = shard;
+          store_settings.random_seed = spool::random_seed();
+          store_settings.segment_bytes = settings.spool_segment_bytes;
+          one.store =
+              std::make_unique<spool::store>(store_settings, std::move(recovered).value());
+        } catch (const std::exception& e) {
+          one.error = e.what();
         }
-        one.report = recovered.value().report;
-        spool::store_config store_settings;
-        store_settings.directory = one.directory;
-        store_settings.shard = shard;
-        store_settings.random_seed = spool::random_seed();
-        store_settings.segment_bytes = settings.spool_segment_bytes;
-        one.store = std::make_unique<spool::store>(store_settings, std::move(recovered).value());
       });
   }  // joined here
   std::vector<std::unique_ptr<spool::store>> stores;
