@@ -48,6 +48,7 @@ store::store(store_config config, recovered_state recovered)
     slot.write_offset = file.file_bytes;
     slot.capacity = file.file_bytes;
     slot.path = _config.directory + "/" + segment_file_name(file.id);
+    slot.void_targets = std::move(file.void_targets);
   }
   for (auto& file : recovered.journals) {
     auto& slot = _journals[file.id];
@@ -255,6 +256,9 @@ void store::place_voids() noexcept {
                           std::string_view(payload, sizeof payload),
                           format::seed(_current->salt, offset));
     put_bytes(std::string_view(payload, sizeof payload));
+    // If this batch is lost the mark is placed again elsewhere; this entry then only keeps
+    // the segment a little longer.
+    _current->void_targets.push_back(mark.segment);
     mark.batch = _batch_seq;
   }
 }

@@ -811,16 +811,12 @@ bool world::recover_and_check() {
       return false;
     }
     if (_expected.count(id) == 0 && _refused.count(id) != 0) {
-      // Known store issue (docs/notes.md, seed 121): a commit reported failed (452) whose void
-      // record went away with its segment comes back. A duplicate for the retrying client,
-      // never a loss; counted, and a violation only with --strict.
-      note(fmt::format("RESURRECTED: message {:016x} answered 452 is recovered", id));
+      // A commit reported failed (452) must never come back: the client retried, so it would
+      // be a duplicate (seeds 121, 113: a void record reclaimed with its segment before the
+      // voided segment, fixed in store::maybe_remove_segment; docs/notes.md).
       ++_outcome.resurrected;
-      if (_options.strict) {
-        fail(fmt::format("RESURRECTED: message {:016x} was answered 452 but is recovered", id));
-        return false;
-      }
-      continue;
+      fail(fmt::format("RESURRECTED: message {:016x} was answered 452 but is recovered", id));
+      return false;
     }
     if (_expected.count(id) == 0 && _finished.count(id) == 0) {
       fail(fmt::format("PHANTOM: message {:016x} recovered but never committed", id));
