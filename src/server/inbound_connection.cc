@@ -682,13 +682,14 @@ smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcep
 
 // The tenant header chooses a pool only for our own submitters (mynetworks or AUTH, as for
 // DKIM signing): a stranger must not choose the addresses, and so the reputation, that mail
-// leaves from. Either way the field is gone from the message.
+// leaves from. Either way the field is gone from the message. The choice is stored with the
+// envelope (commit()), so recovered mail leaves from the same pool after a restart.
 void connection::choose_pool() noexcept {
   if (header_walk.found() && signs_for_client()) pool.assign(header_walk.value());
 }
 
 smtp::verdict connection::commit() noexcept {
-  auto committed = server.store().commit(message, envelope, &body, dkim_fields());
+  auto committed = server.store().commit(message, envelope, &body, dkim_fields(), pool);
   if (!committed && committed.error() == EAGAIN) {  // no segment ready yet: retry shortly
     commit_retry = true;
     server.wait_for_spool(*this);

@@ -353,7 +353,8 @@ core::result<std::size_t> store::append_raw(message_handle handle, std::string_v
 
 core::result<std::uint64_t> store::commit(message_handle handle, const envelope& value,
                                           std::vector<body_slice>* body,
-                                          std::string_view header_prefix) noexcept {
+                                          std::string_view header_prefix,
+                                          std::string_view pool) noexcept {
   auto& message = *lookup(handle);
   RINGMTA_ASSERT(value.id == message.id);
   RINGMTA_ASSERT(header_prefix.size() <= header_prefix_bytes_max);
@@ -384,7 +385,7 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
     _scratch.append(bytes, sizeof bytes);
   }
   const std::size_t envelope_at = _scratch.size();
-  encode_envelope(value, _scratch);
+  encode_envelope(value, _scratch, pool);
   format::store_le<std::uint32_t>(_scratch.data() + 12,
                                   static_cast<std::uint32_t>(_scratch.size() - envelope_at));
   const std::uint64_t record_bytes = format::header_bytes + _scratch.size();
@@ -581,9 +582,9 @@ core::result<stored_message> store::read(message_id id) const {
   const std::string_view payload = record.value();
   auto view = decode_commit(payload);
   if (!view) return core::fail(view.error());
-  auto decoded = decode_envelope(view.value().envelope_bytes);
-  if (!decoded) return core::fail(decoded.error());
   stored_message message;
+  auto decoded = decode_envelope(view.value().envelope_bytes, &message.pool);
+  if (!decoded) return core::fail(decoded.error());
   message.envelope = std::move(decoded.value());
   message.body_bytes = view.value().body_bytes;
   message.body.reserve(view.value().ranges.size());
