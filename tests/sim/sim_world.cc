@@ -265,6 +265,7 @@ bool world::mark(spool::message_id id, std::uint16_t recipient, spool::recipient
 }
 
 void world::expect(spool::message_id id, expected_message want) {
+  _refused.erase(id);  // an id given again after a crash (see the commit path)
   _expected[id] = std::move(want);
 }
 
@@ -635,6 +636,10 @@ void world::on_ticket(connection& c, spool::message_id id) {
   want.client_address = c.client_address;
   want.origin = fmt::format("client {} transaction {}", c.number, c.mails - 1);
   want.marks.assign(want.recipients.size(), mark_state::none);
+  // A failed commit whose bytes never reached the disk leaves no trace, so after a crash its
+  // id may be given again (the floor is the highest id recovery saw): the id is this
+  // message's now, not a refused one that could come back.
+  _refused.erase(id);
   _expected[id] = std::move(want);
   _tickets[c.ticket] = c.number;
   note(fmt::format("commit {:016x} ({}) ticket {}", id, _expected[id].origin, c.ticket));
