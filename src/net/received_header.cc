@@ -144,39 +144,4 @@ std::size_t format_received_header(const received_fields& fields, char* out,
   return length + 2;
 }
 
-void received_counter::feed(std::string_view bytes) noexcept {
-  static constexpr std::string_view name = "received:";
-  for (std::size_t i = 0; i < bytes.size() && _in_headers; ++i) {
-    const char c = bytes[i];
-    if (_line_start) {
-      if (c == '\r' || c == '\n') {  // the empty line: the body follows
-        _in_headers = false;
-        return;
-      }
-      _line_start = false;
-      _skip_line = false;
-      _matched = 0;
-    }
-    if (c == '\n') {
-      _line_start = true;
-      continue;
-    }
-    if (_skip_line) {  // skip to the end of the line without looking at every byte
-      const std::size_t next = bytes.find('\n', i);
-      if (next == std::string_view::npos) return;
-      i = next - 1;
-      continue;
-    }
-    const char lower = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (lower != name[_matched]) {
-      _skip_line = true;
-      continue;
-    }
-    if (++_matched == name.size()) {
-      ++_count;
-      _skip_line = true;
-    }
-  }
-}
-
 }  // namespace ringmta::net

@@ -608,8 +608,7 @@ smtp::verdict connection::on_data_start() noexcept {
   // Spooled with the first body bytes: one record (and one read at delivery) for both, as other
   // sessions' appends cannot come in between.
   received_header.assign(header, net::format_received_header(fields, header, sizeof header));
-  hops.reset();
-  pool_header.reset();
+  header_walk.reset();
   pool.clear();
   dkim_begin();
   return smtp::verdict::accept();
@@ -617,13 +616,13 @@ smtp::verdict connection::on_data_start() noexcept {
 
 void connection::on_body(std::string_view slice, smtp::body_form form) noexcept {
   if (message_error != 0 || !in_message) return;
-  hops.feed(slice);
   if (!received_header.empty()) {
     spool_bytes(received_header, smtp::body_form::wire);
     received_header.clear();
   }
-  // X-Ringmta-Pool never leaves: neither the spool nor the signature sees it (egress.h).
-  pool_header.feed(slice, [&](std::string_view kept) {
+  // X-Ringmta-Pool never leaves: neither the spool nor the signature sees it (egress.h). The
+  // same walk counts the Received: fields.
+  header_walk.feed(slice, [&](std::string_view kept) {
     dkim_feed(kept, form);
     spool_bytes(kept, form);
   });
@@ -649,7 +648,7 @@ smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcep
   else if (summary.eight_bit && envelope.body == spool::body_type::seven_bit)
     envelope.body = spool::body_type::unspecified;  // a client's BODY=7BIT was not true
   if (!received_header.empty()) on_body({}, smtp::body_form::wire);  // an empty body
-  pool_header.finish([&](std::string_view kept) {
+  header_walk.finish([&](std::string_view kept) {
     dkim_feed(kept, smtp::body_form::wire);  // a line start held back: never starts with '.'
     spool_bytes(kept, smtp::body_form::wire);
   });
@@ -662,11 +661,12 @@ smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcep
   }
   // RFC 5321 §6.3 asks for a threshold of "at least 100 Received entries": a message may
   // arrive with hops_max of them (ours makes hops_max + 1); one more is taken for a loop.
-  if (hops.count() > settings->hops_max) {
+  const std::uint32_t hops = header_walk.received_fields();
+  if (hops > settings->hops_max) {
     server.store().abort(message);
     in_message = false;
     server.metrics().messages_rejected.add();
-    rejection_detail = fmt::format("{} Received: fields", hops.count());
+    rejection_detail = fmt::format("{} Received: fields", hops);
     // A static text: the verdict's view must outlive this call (smtp/reply.h).
     return smtp::verdict::respond(554, "5.4.6", "too many hops (Received: fields): mail loop?");
   }
@@ -682,13 +682,14 @@ smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcep
 
 // The tenant header chooses a pool only for our own submitters (mynetworks or AUTH, as for
 // DKIM signing): a stranger must not choose the addresses, and so the reputation, that mail
-// leaves from. Either way the field is gone from the message.
+// leaves from. Either way the field is gone from the message. The choice is stored with the
+// envelope (commit()), so recovered mail leaves from the same pool after a restart.
 void connection::choose_pool() noexcept {
-  if (pool_header.found() && signs_for_client()) pool.assign(pool_header.value());
+  if (header_walk.found() && signs_for_client()) pool.assign(header_walk.value());
 }
 
 smtp::verdict connection::commit() noexcept {
-  auto committed = server.store().commit(message, envelope, &body, dkim_fields());
+  auto committed = server.store().commit(message, envelope, &body, dkim_fields(), pool);
   if (!committed && committed.error() == EAGAIN) {  // no segment ready yet: retry shortly
     commit_retry = true;
     server.wait_for_spool(*this);
@@ -739,7 +740,7 @@ void connection::on_commit_result(int error) noexcept {
       .field("protocol", message_protocol);
   if (!login.empty()) record.field("login", login);
   if (!pool.empty()) record.field("pool", pool);
-  else if (pool_header.found()) record.field("pool_ignored", pool_header.value());
+  else if (header_walk.found()) record.field("pool_ignored", header_walk.value());
   dkim_accepted(record);
   if (tls && tls->established()) {
     record.field("tls_version", tls->protocol())

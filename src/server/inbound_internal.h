@@ -15,7 +15,6 @@
 #include "ringmta/io/buffer_ring.h"
 #include "ringmta/net/header_filter.h"
 #include "ringmta/net/proxy_protocol.h"
-#include "ringmta/net/received_header.h"
 #include "ringmta/server/egress.h"
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/spool_ring_driver.h"
@@ -104,9 +103,9 @@ struct connection final : smtp::server_handler {
   spool::envelope envelope;  // client_address is set once per connection (admit)
   std::vector<spool::body_slice> body;  // where commit() put the body
   std::string received_header;  // formatted at DATA, spooled with the first body bytes
-  net::received_counter hops;   // the client's Received: fields (RFC 5321 §6.3)
-  // X-Ringmta-Pool: stripped from every message; honoured from trusted submitters only.
-  net::header_filter pool_header{server::pool_header_name};
+  // One walk over the header block: X-Ringmta-Pool stripped from every message (honoured from
+  // trusted submitters only) and the client's Received: fields counted (RFC 5321 §6.3).
+  net::header_filter header_walk{server::pool_header_name};
   std::string pool;  // the egress pool this message asked for (empty: none)
   void choose_pool() noexcept;
   std::unique_ptr<dkim::message_signer> dkim;  // made at the first message to sign

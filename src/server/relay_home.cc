@@ -47,7 +47,8 @@ std::string read_prefix(const std::vector<spool::body_slice>& body, std::uint64_
 
 }  // namespace
 
-std::unique_ptr<spooled_message> relay::state::load(spool::message_id id) noexcept {
+std::unique_ptr<spooled_message> relay::state::load(spool::message_id id,
+                                                    std::string& pool) noexcept {
   auto stored = store.read(id);
   if (!stored) {
     log.set_time(core::wall_milliseconds());
@@ -62,6 +63,7 @@ std::unique_ptr<spooled_message> relay::state::load(spool::message_id id) noexce
   message->envelope = std::move(stored.value().envelope);
   message->body = std::move(stored.value().body);
   message->body_bytes = stored.value().body_bytes;
+  pool = std::move(stored.value().pool);
   message->received_ms = message->envelope.received_seconds * 1000;
   return message;
 }
@@ -81,8 +83,8 @@ void relay::state::route(const spool::envelope& envelope,
 }
 
 // The pool: a trusted X-Ringmta-Pool naming a known pool, else the sender domain's, else
-// "default" (egress.h). After a restart the header is gone from the spool: recovered mail
-// takes the sender's or the default pool.
+// "default" (egress.h). After a restart the header's choice comes from the spool
+// (stored_message::pool; route_recovered).
 std::string relay::state::egress_name(const spooled_message& message, std::string destination,
                                       std::string_view pool) noexcept {
   const egress_table& egress = *live->egress;
@@ -156,11 +158,12 @@ void relay::state::route_recovered(spool::message_id id) noexcept {
   if (messages.find(id) != messages.end()) return;  // recover_one routed it already
   const spool::message_entry* entry = store.find(id);
   if (entry == nullptr || entry->status != spool::message_status::queued) return;
-  auto message = load(id);
+  std::string pool;
+  auto message = load(id, pool);
   if (!message) return;
   spooled_message& routed = *message;
   messages[id] = std::move(message);
-  route_recipients(routed, store.find(id));
+  route_recipients(routed, store.find(id), pool);
 }
 
 // Groups the open recipients by destination (and, after a restart, by their retry state) and

@@ -191,7 +191,8 @@ struct relay::state {
   void queue_dsn(spooled_message& message) noexcept;
   void continue_dsns() noexcept;
   bool on_committed(std::uint64_t ticket, int error) noexcept;
-  std::unique_ptr<spooled_message> load(spool::message_id id) noexcept;  // recovery only
+  // recovery only; `pool`: the stored X-Ringmta-Pool choice
+  std::unique_ptr<spooled_message> load(spool::message_id id, std::string& pool) noexcept;
 
   // owner role (relay.cc)
   struct owned_message {

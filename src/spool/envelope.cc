@@ -10,6 +10,9 @@ namespace ringmta::spool {
 namespace {
 
 constexpr std::uint8_t encoding_version = 1;
+// Optional fields after the recipients, each a tag byte and its value; absent when empty, so
+// an envelope without them encodes exactly as before they existed. Unknown tags: EBADMSG.
+enum optional_field : std::uint8_t { field_pool = 1 };
 
 template <typename T>
 void put(std::string& out, T value) {
@@ -72,7 +75,7 @@ const char* recipient_state_name(recipient_state state) noexcept {
   return "unknown";
 }
 
-void encode_envelope(const envelope& value, std::string& out) {
+void encode_envelope(const envelope& value, std::string& out, std::string_view pool) {
   RINGMTA_ASSERT(value.recipients.size() <= envelope_recipients_max);
   put<std::uint8_t>(out, encoding_version);
   put<std::uint64_t>(out, value.id);
@@ -91,9 +94,13 @@ void encode_envelope(const envelope& value, std::string& out) {
     put_string(out, rcpt.address);
     put_string(out, rcpt.orcpt);
   }
+  if (!pool.empty()) {
+    put<std::uint8_t>(out, field_pool);
+    put_string(out, pool);
+  }
 }
 
-core::result<envelope> decode_envelope(std::string_view bytes) {
+core::result<envelope> decode_envelope(std::string_view bytes, std::string* pool) {
   reader in(bytes);
   envelope value;
   if (in.get<std::uint8_t>() != encoding_version) return core::fail(EBADMSG);
@@ -122,7 +129,16 @@ core::result<envelope> decode_envelope(std::string_view bytes) {
     rcpt.address = in.get_string();
     rcpt.orcpt = in.get_string();
   }
-  if (!in.ok() || !in.at_end()) return core::fail(EBADMSG);
+  std::string pool_value;
+  bool pool_seen = false;
+  while (in.ok() && !in.at_end()) {
+    if (in.get<std::uint8_t>() != field_pool || pool_seen) return core::fail(EBADMSG);
+    pool_value = in.get_string();
+    pool_seen = true;
+    if (in.ok() && pool_value.empty()) return core::fail(EBADMSG);  // never written empty
+  }
+  if (!in.ok()) return core::fail(EBADMSG);
+  if (pool != nullptr) *pool = std::move(pool_value);
   return value;
 }
 

@@ -166,6 +166,7 @@ struct commit_seen {
 struct void_seen {
   std::uint64_t segment;
   std::uint64_t valid_end;
+  std::uint32_t carrier;  // the segment holding the record
 };
 
 struct scan_context {
@@ -272,7 +273,8 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
     case format::record_type::void_tail:
       if (record.payload.size() == format::void_payload_bytes) {
         ctx.voids.push_back(void_seen{format::load_le<std::uint64_t>(record.payload.data()),
-                                      format::load_le<std::uint64_t>(record.payload.data() + 8)});
+                                      format::load_le<std::uint64_t>(record.payload.data() + 8),
+                                      segment});
         return;
       }
       break;
@@ -498,6 +500,15 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
     if (scan_file(ctx, id, false, file)) state.segments.push_back(std::move(file));
   }
   state.report.segments = state.segments.size();
+  for (const auto& mark : ctx.voids) {
+    for (auto& file : state.segments) {
+      if (file.id == mark.carrier && mark.segment != mark.carrier &&
+          std::find(file.void_targets.begin(), file.void_targets.end(), mark.segment) ==
+              file.void_targets.end()) {
+        file.void_targets.push_back(static_cast<std::uint32_t>(mark.segment));
+      }
+    }
+  }
   std::vector<message_id> incomplete;
   build_messages(ctx, incomplete);
   for (auto id : journal_ids) {

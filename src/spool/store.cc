@@ -48,6 +48,7 @@ store::store(store_config config, recovered_state recovered)
     slot.write_offset = file.file_bytes;
     slot.capacity = file.file_bytes;
     slot.path = _config.directory + "/" + segment_file_name(file.id);
+    slot.void_targets = std::move(file.void_targets);
   }
   for (auto& file : recovered.journals) {
     auto& slot = _journals[file.id];
@@ -255,6 +256,9 @@ void store::place_voids() noexcept {
                           std::string_view(payload, sizeof payload),
                           format::seed(_current->salt, offset));
     put_bytes(std::string_view(payload, sizeof payload));
+    // If this batch is lost the mark is placed again elsewhere; this entry then only keeps
+    // the segment a little longer.
+    _current->void_targets.push_back(mark.segment);
     mark.batch = _batch_seq;
   }
 }
@@ -349,7 +353,8 @@ core::result<std::size_t> store::append_raw(message_handle handle, std::string_v
 
 core::result<std::uint64_t> store::commit(message_handle handle, const envelope& value,
                                           std::vector<body_slice>* body,
-                                          std::string_view header_prefix) noexcept {
+                                          std::string_view header_prefix,
+                                          std::string_view pool) noexcept {
   auto& message = *lookup(handle);
   RINGMTA_ASSERT(value.id == message.id);
   RINGMTA_ASSERT(header_prefix.size() <= header_prefix_bytes_max);
@@ -380,7 +385,7 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
     _scratch.append(bytes, sizeof bytes);
   }
   const std::size_t envelope_at = _scratch.size();
-  encode_envelope(value, _scratch);
+  encode_envelope(value, _scratch, pool);
   format::store_le<std::uint32_t>(_scratch.data() + 12,
                                   static_cast<std::uint32_t>(_scratch.size() - envelope_at));
   const std::uint64_t record_bytes = format::header_bytes + _scratch.size();
@@ -577,9 +582,9 @@ core::result<stored_message> store::read(message_id id) const {
   const std::string_view payload = record.value();
   auto view = decode_commit(payload);
   if (!view) return core::fail(view.error());
-  auto decoded = decode_envelope(view.value().envelope_bytes);
-  if (!decoded) return core::fail(decoded.error());
   stored_message message;
+  auto decoded = decode_envelope(view.value().envelope_bytes, &message.pool);
+  if (!decoded) return core::fail(decoded.error());
   message.envelope = std::move(decoded.value());
   message.body_bytes = view.value().body_bytes;
   message.body.reserve(view.value().ranges.size());

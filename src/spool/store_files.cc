@@ -119,14 +119,32 @@ void store::on_remove_done(std::uint32_t id, bool journal, std::int64_t result) 
       _index.erase(entry);
     }
   }
-  if (!journal) ++_stats.segments_removed;
+  if (journal) {
+    files.erase(found);
+    return;
+  }
+  ++_stats.segments_removed;
   files.erase(found);
+  // Its void records are no longer needed: their carriers may go now.
+  for (auto& [carrier_id, carrier] : _segments) {
+    if (std::erase(carrier.void_targets, id) != 0) maybe_remove_segment(carrier);
+  }
 }
 
-// A sealed segment goes when no live message touches it, no unfinished batch wrote to it, and a
-// newer segment (whose header carries the id floor) exists on disk.
+// A sealed segment goes when no live message touches it, no unfinished batch wrote to it, a
+// newer segment (whose header carries the id floor) exists on disk, and it carries no void_tail
+// record for a segment still present (issue 16, sim seed 121).
+// Why the last condition is enough: recovery skips a commit only while it sees the void record
+// for the commit's segment. That record is needed exactly as long as the voided segment's file
+// can be on disk, i.e. until its removal is done (unlink, then the directory fsync'd:
+// operation.h), which is when its slot leaves _segments. Keeping the carrier until then needs
+// no rewrite of the mark; a carrier found by recovery is kept the same way (recovered_file::
+// void_targets), so the argument holds across restarts.
 void store::maybe_remove_segment(file_slot& segment) noexcept {
   if (segment.role != file_role::sealed || segment.refs != 0 || segment.remove_failed) return;
+  for (std::uint32_t target : segment.void_targets) {
+    if (target != segment.id && _segments.count(target) != 0) return;
+  }
   const std::uint64_t unfinished = _flight->active ? _flight->seq : _batch_seq;
   if (segment.last_batch >= unfinished) return;
   for (const auto& start : _unsynced_starts) {

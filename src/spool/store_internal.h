@@ -52,6 +52,9 @@ struct store::file_slot {
   std::string path;
   char header[format::first_record_offset] = {};
   std::vector<message_id> final_ids;  // final messages whose commit record lives here
+  // Segments whose void_tail record this segment carries (placed here, or found here by
+  // recovery). It stays while any of them is still in _segments: see maybe_remove_segment.
+  std::vector<std::uint32_t> void_targets;
 };
 
 // The data record at the end of the open batch, still growing: consecutive appends of one

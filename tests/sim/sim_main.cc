@@ -9,7 +9,8 @@
 //                                       a bug in the delivery glue
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
 //   --no-outbound                       no delivery side (recipients marked at random)
-//   --strict                            a message answered 452 that comes back is a violation
+//   --strict                            accepted, the default now: a message answered 452
+//                                       that comes back is always a violation
 //   --no-ack-check                      no durability check at the 250: crashes must find it
 // Exit 0: no violation; 1: a violation (its seed, message and the events before it are
 // printed); 2: bad arguments. Only this driver reads the wall clock (for --seconds).
@@ -108,7 +109,7 @@ int parse(int argc, char** argv, arguments& out) {
     } else if (flag == "--no-ack-check") {
       out.base.ack_check = false;
     } else if (flag == "--strict") {
-      out.base.strict = true;
+      // The default now (RESURRECTED is always a violation); kept for old replay lines.
     } else if (flag == "--verbose") {
       out.base.verbose = true;
     } else {
@@ -170,7 +171,6 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
              run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults",
              run.outbound ? "" : " --no-outbound");
   print_related(run, result.violation);
-  if (run.strict) fmt::print("  (with --strict)\n");
   if (!run.ack_check) fmt::print("  (with --no-ack-check)\n");
 }
 

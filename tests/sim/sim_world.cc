@@ -265,6 +265,7 @@ bool world::mark(spool::message_id id, std::uint16_t recipient, spool::recipient
 }
 
 void world::expect(spool::message_id id, expected_message want) {
+  _refused.erase(id);  // an id given again after a crash (see the commit path)
   _expected[id] = std::move(want);
 }
 
@@ -635,6 +636,10 @@ void world::on_ticket(connection& c, spool::message_id id) {
   want.client_address = c.client_address;
   want.origin = fmt::format("client {} transaction {}", c.number, c.mails - 1);
   want.marks.assign(want.recipients.size(), mark_state::none);
+  // A failed commit whose bytes never reached the disk leaves no trace, so after a crash its
+  // id may be given again (the floor is the highest id recovery saw): the id is this
+  // message's now, not a refused one that could come back.
+  _refused.erase(id);
   _expected[id] = std::move(want);
   _tickets[c.ticket] = c.number;
   note(fmt::format("commit {:016x} ({}) ticket {}", id, _expected[id].origin, c.ticket));
@@ -811,16 +816,12 @@ bool world::recover_and_check() {
       return false;
     }
     if (_expected.count(id) == 0 && _refused.count(id) != 0) {
-      // Known store issue (docs/notes.md, seed 121): a commit reported failed (452) whose void
-      // record went away with its segment comes back. A duplicate for the retrying client,
-      // never a loss; counted, and a violation only with --strict.
-      note(fmt::format("RESURRECTED: message {:016x} answered 452 is recovered", id));
+      // A commit reported failed (452) must never come back: the client retried, so it would
+      // be a duplicate (seeds 121, 113: a void record reclaimed with its segment before the
+      // voided segment, fixed in store::maybe_remove_segment; docs/notes.md).
       ++_outcome.resurrected;
-      if (_options.strict) {
-        fail(fmt::format("RESURRECTED: message {:016x} was answered 452 but is recovered", id));
-        return false;
-      }
-      continue;
+      fail(fmt::format("RESURRECTED: message {:016x} was answered 452 but is recovered", id));
+      return false;
     }
     if (_expected.count(id) == 0 && _finished.count(id) == 0) {
       fail(fmt::format("PHANTOM: message {:016x} recovered but never committed", id));

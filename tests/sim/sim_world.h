@@ -52,7 +52,6 @@ struct options {
   bool faults = true;
   bool verbose = false;          // print every event as it happens
   std::uint32_t arrival_ms = 0;  // mean time between client arrivals; 0: drawn from the seed
-  bool strict = false;
   bool ack_check = true;         // false: only recovery after crashes can find lost mail
   bool outbound = true;          // false: no delivery side, recipients marked at random
   // Replay of a failure: only events naming one of these tokens (message ids, connections)

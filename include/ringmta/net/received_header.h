@@ -45,22 +45,7 @@ std::size_t format_received_header(const received_fields& fields, char* out,
 // "Sat, 21 Nov 2026 21:55:35 +0000" (RFC 5322 §3.3), always in UTC. `out` ≥ 32 bytes.
 std::size_t format_rfc5322_date(std::int64_t unix_seconds, char* out) noexcept;
 
-// Counts the Received: fields in a message's header section, fed in pieces split anywhere
-// (RFC 5321 §6.3: a relay counts them to stop mail loops). Only lines starting with
-// "Received:" (any case) count; the header section ends at the first empty line. A few bytes of
-// state, no allocation.
-class received_counter {
- public:
-  void feed(std::string_view bytes) noexcept;
-  std::uint32_t count() const noexcept { return _count; }
-  void reset() noexcept { *this = received_counter{}; }
-
- private:
-  bool _in_headers = true;
-  bool _line_start = true;
-  bool _skip_line = false;        // this line is not a Received: field (or was counted)
-  std::uint8_t _matched = 0;      // bytes of "received:" matched at this line's start
-  std::uint32_t _count = 0;
-};
+// The Received: fields a message arrives with are counted (RFC 5321 §6.3) by the inbound
+// header walk, net::header_filter::received_fields() (header_filter.h).
 
 }  // namespace ringmta::net

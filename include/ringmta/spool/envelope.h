@@ -79,7 +79,14 @@ struct recipient_status {
 inline constexpr std::size_t envelope_string_bytes_max = 4096;
 inline constexpr std::size_t envelope_recipients_max = 65535;  // recipient index is 16 bits
 
-void encode_envelope(const envelope& value, std::string& out);
-core::result<envelope> decode_envelope(std::string_view bytes);
+// `pool`: the egress pool a trusted X-Ringmta-Pool header chose (server/egress.h), stored as an
+// optional tagged field after the recipients, absent when empty: an envelope without one
+// encodes to the bytes written before the field existed, and those decode as before. It is
+// kept out of `envelope` because the relay holds an envelope per queued message in memory
+// (server/relay_internal.h, spooled_message: 256 bytes) and needs the pool only when it routes
+// recovered mail. decode_envelope gives it through `pool` when asked (else it is checked and
+// dropped).
+void encode_envelope(const envelope& value, std::string& out, std::string_view pool = {});
+core::result<envelope> decode_envelope(std::string_view bytes, std::string* pool = nullptr);
 
 }  // namespace ringmta::spool

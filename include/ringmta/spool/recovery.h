@@ -46,6 +46,9 @@ struct recovered_file {
   std::uint64_t salt = 0;
   std::uint64_t valid_bytes = 0;  // end of the last verifying record
   std::uint64_t file_bytes = 0;
+  // Segments: the other segments named by the void_tail records found in this one (the store
+  // keeps this file while they exist, or their voided commits would come back).
+  std::vector<std::uint32_t> void_targets;
 };
 
 struct recovery_report {

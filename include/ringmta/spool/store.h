@@ -82,6 +82,7 @@ struct stored_message {
   spool::envelope envelope;
   std::uint64_t body_bytes = 0;
   std::vector<body_slice> body;
+  std::string pool;  // the egress pool given to commit() (envelope.h), empty: none
 };
 
 struct store_stats {
@@ -127,9 +128,12 @@ class store {
   // lines that never start with ".", so wire and raw form agree) is stored in its own data
   // record in the same group commit and becomes the FIRST body range: every reader (delivery,
   // `spool cat`, DSNs) sees it ahead of the received bytes. At most header_prefix_bytes_max.
+  // `pool` (the egress pool an X-Ringmta-Pool header chose) is stored with the envelope and
+  // given back by read().
   core::result<std::uint64_t> commit(message_handle handle, const envelope& value,
                                      std::vector<body_slice>* body = nullptr,
-                                     std::string_view header_prefix = {}) noexcept;
+                                     std::string_view header_prefix = {},
+                                     std::string_view pool = {}) noexcept;
   void abort(message_handle handle) noexcept;
 
   // --- delivery ---

@@ -14,9 +14,10 @@ to one site never shares a connection (each sender's mail only from its pool's a
 X-Ringmta-Pool from a trusted client picks the pool (folded, any case) and never reaches the
 sink; from an untrusted client it is ignored and still removed; an unknown pool falls back to
 the default pool with a pool_unknown record; delivery records name the source; SIGHUP with a
-new default pool moves new mail to it; an operator's suspend/resume of a domain reaches its
-queue on every source, of "domain@source" that queue only; bad configs are exit 2 naming
-FILE:LINE and the key.
+new default pool moves new mail to it; the header's pool still applies to mail recovered
+after a restart (the destination refusing until then); an operator's suspend/resume of a
+domain reaches its queue on every source, of "domain@source" that queue only; bad configs are
+exit 2 naming FILE:LINE and the key.
 usage: test_sources.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT RINGMTA_CTL"""
 import collections
 import json
@@ -112,9 +113,9 @@ def write_config(default):
 
 
 write_config("s2")
-daemon = Daemon(ringmta, shards=1, args=["--config", config, "--resolver", dns.address,
-                                         "--delivery-port", str(port), "--retry-schedule", "1h",
-                                         "--timeout-connect", "2s"]).start()
+daemon_args = ["--config", config, "--resolver", dns.address, "--delivery-port", str(port),
+               "--retry-schedule", "1h", "--timeout-connect", "2s"]
+daemon = Daemon(ringmta, shards=1, args=daemon_args).start()
 
 
 def send(messages, source=None):
@@ -292,6 +293,32 @@ tap.ok(arrived(count + 2), "mail after the reload arrived")
 tap.ok({client_of(e) for e, _ in sink.messages()[count:]} == {"127.0.0.3"},
        "after the reload the default pool leaves from 127.0.0.3",
        [client_of(e) for e, _ in sink.messages()[count:]])
+
+# --- the header's pool survives a restart: it is stored with the envelope (the header itself
+# never is). The destination refuses while the message waits; after the restart it accepts.
+sink.stop()
+send([("o@other.test", "r1@solo.test", "X-Ringmta-Pool: tenant\r\n")])
+tap.ok(wait_until(lambda: any(r.get("to") == "r1@solo.test" for r in daemon.events("deferred")),
+                  60), "the message with the header is deferred: the destination refuses",
+       daemon.events("deferred")[-3:])
+tap.ok(daemon.stop() == 0, "the daemon stops cleanly with it queued")
+daemon = Daemon(ringmta, spool=daemon.spool, shards=1, args=daemon_args).start()
+sink = Sink(sink_binary, sink_address, port, ["--reply-delay-ms", "60"])
+status, body = admin("POST", "/queue/solo.test/retry")
+
+
+def recovered():
+    return [(e, m) for e, m in sink.messages() if "r1@solo.test" in e["rcpt"]]
+
+
+# Matched by recipient: another message may come again after the restart (a delivery mark not
+# yet durable means a redelivery, never a loss).
+tap.ok(status == 200 and wait_until(lambda: recovered(), int(os.environ.get("WAIT", 120))),
+       "after the restart, retried, it arrived", (status, body))
+e, m = (recovered() or [({"client": "none:0"}, b"")])[0]
+tap.ok(client_of(e) == "127.0.0.4" and b"ringmta-pool" not in m.lower(),
+       "it left from the header's pool (tenant: 127.0.0.4), not the default (127.0.0.3)",
+       (client_of(e), [(x["rcpt"], client_of(x)) for x, _ in sink.messages()]))
 daemon.stop()
 
 

@@ -69,31 +69,5 @@ TEST(received_header, oversized_fields_are_truncated_within_the_buffer) {
   EXPECT_EQ(header.substr(header.size() - 34), "\tThu, 01 Jan 1970 00:00:00 +0000\r\n");
 }
 
-TEST(received_counter, counts_received_fields_of_the_header_section_only) {
-  const std::string message =
-      "Received: from a by b; Sat, 21 Nov 2026 21:55:35 +0000\r\n"
-      "X-Received: not one\r\n"
-      "RECEIVED: by c\r\n"
-      "\tReceived: a folded line, not a field\r\n"
-      "Subject: Received: no\r\n"
-      "received:x\r\n"
-      "Receive: short\r\n"
-      "\r\n"
-      "Received: in the body, not counted\r\n";
-  received_counter whole;
-  whole.feed(message);
-  EXPECT_EQ(whole.count(), 3u);
-  for (std::size_t split = 1; split < 12; ++split) {  // pieces split anywhere give the same
-    received_counter pieces;
-    for (std::size_t at = 0; at < message.size(); at += split)
-      pieces.feed(std::string_view(message).substr(at, split));
-    EXPECT_EQ(pieces.count(), 3u) << split;
-  }
-  whole.reset();
-  EXPECT_EQ(whole.count(), 0u);
-  whole.feed("\r\nReceived: body\r\n");  // no header section at all
-  EXPECT_EQ(whole.count(), 0u);
-}
-
 }  // namespace
 }  // namespace ringmta::net

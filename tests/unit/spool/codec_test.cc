@@ -109,6 +109,35 @@ TEST(envelope, garbage_is_rejected_never_crashes) {
   EXPECT_LT(decoded, 20000);
 }
 
+// Issue 15: the pool an X-Ringmta-Pool header chose is stored as an optional trailing field.
+// A record without it (as written before the field existed: the same bytes) still decodes.
+TEST(envelope, optional_pool_field_is_backward_compatible) {
+  const envelope value = sample_envelope();
+  std::string old_bytes;
+  encode_envelope(value, old_bytes);
+  std::string bytes;
+  encode_envelope(value, bytes, "bulk-pool");
+  // The new record is the old one followed by the tagged field.
+  ASSERT_EQ(bytes.substr(0, old_bytes.size()), old_bytes);
+  EXPECT_EQ(bytes.substr(old_bytes.size()), std::string("\x01\x09\x00", 3) + "bulk-pool");
+  std::string pool = "stale";
+  ASSERT_TRUE(decode_envelope(bytes, &pool).ok());
+  EXPECT_EQ(decode_envelope(bytes, &pool).value(), value);
+  EXPECT_EQ(pool, "bulk-pool");
+  EXPECT_TRUE(decode_envelope(bytes).ok());  // not asked for: checked, dropped
+  ASSERT_TRUE(decode_envelope(old_bytes, &pool).ok());
+  EXPECT_EQ(pool, "");
+  // Cut inside the field, an unknown tag, the field twice, an empty value: rejected.
+  for (std::size_t cut = old_bytes.size() + 1; cut < bytes.size(); ++cut) {
+    EXPECT_FALSE(decode_envelope(std::string_view(bytes).substr(0, cut)).ok()) << cut;
+  }
+  std::string unknown = bytes;
+  unknown[old_bytes.size()] = 2;
+  EXPECT_FALSE(decode_envelope(unknown).ok());
+  EXPECT_FALSE(decode_envelope(bytes + bytes.substr(old_bytes.size())).ok());
+  EXPECT_FALSE(decode_envelope(old_bytes + std::string("\x01\x00\x00", 3)).ok());
+}
+
 std::string stuff(dot_stuffer& stuffer, std::string_view input) {
   std::string out;
   stuffer.feed(input, [&](std::string_view piece) { out.append(piece); });

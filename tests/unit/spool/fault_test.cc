@@ -813,5 +813,79 @@ TEST(spool_faults, failed_segment_creations_do_not_use_up_ids) {
   EXPECT_EQ(found, log.size());
 }
 
+// Issue 16, sim seed 121: a failed sync voids a commit in segment V through a void_tail record
+// placed in the next segment S. S then holds nothing live and would be reclaimed while V lives
+// on (it holds a good message): the voided commit came back at the next recovery. S must stay
+// while V does, also after a restart (recovery tells the store which segment carries which
+// void record).
+TEST(spool_faults, void_record_outlives_its_carrier_segment_until_the_voided_segment_goes) {
+  temp_dir dir;
+  const auto config = small_config(dir.shard(0));
+  std::map<message_id, sent> good;
+  std::map<message_id, sent> failed;
+  auto target = open_store(config);
+  recording_driver driver(*target);
+  int sync_failures = 0;
+  driver.fault = [&](const operation& op) -> std::int64_t {
+    if (op.kind == operation_kind::datasync && sync_failures > 0) {
+      --sync_failures;
+      perform(op);  // the commit reaches the disk, the kernel reports an error
+      return -EIO;
+    }
+    return 0;
+  };
+  driver.run();
+  ASSERT_TRUE(send(*target, driver, 1, 2000, good).ok());  // keeps segment V alive
+  target->flush();
+  driver.run();
+  sync_failures = 2;
+  ASSERT_TRUE(send(*target, driver, 2, 2000, failed).ok());
+  target->flush();
+  driver.run();
+  sync_failures = 0;
+  const message_id voided = failed.begin()->first;
+  bool reported_failed = false;
+  for (const auto& item : driver.events) {
+    reported_failed |= item.kind == event_kind::committed && item.id == voided && item.error != 0;
+  }
+  ASSERT_TRUE(reported_failed);
+  // Segment S (void record + the start of a message spanning into T), then that message is
+  // delivered: S holds nothing live, T is current.
+  std::map<message_id, sent> spanning;
+  ASSERT_TRUE(send(*target, driver, 3, 1'200'000, spanning).ok());
+  target->flush();
+  driver.run();
+  const message_id big = spanning.begin()->first;
+  ASSERT_TRUE(target->mark(big, 0, {recipient_state::delivered, 1, 0}).ok());
+  ASSERT_TRUE(target->mark(big, 1, {recipient_state::delivered, 1, 0}).ok());
+  target->flush();
+  driver.run();
+  // More segments: each creation looks for segments to reclaim.
+  ASSERT_TRUE(send(*target, driver, 4, 1'200'000, good).ok());
+  target->flush();
+  driver.run();
+  target.reset();
+  auto contains_voided = [&] {
+    auto recovered = recover(config.directory, 0);
+    EXPECT_TRUE(recovered.ok());
+    for (const auto& entry : recovered.value().messages) {
+      if (entry.id == voided) return true;
+    }
+    return false;
+  };
+  EXPECT_FALSE(contains_voided()) << "voided commit recovered after the first restart";
+  // A restart, its start-up clean-up, and another restart.
+  {
+    auto reopened = open_store(config);
+    run_operations(*reopened);
+  }
+  EXPECT_FALSE(contains_voided()) << "voided commit recovered after the second restart";
+  auto recovered = recover(config.directory, 0);
+  ASSERT_TRUE(recovered.ok());
+  bool good_found = false;
+  for (const auto& entry : recovered.value().messages) good_found |= good.count(entry.id) != 0;
+  EXPECT_TRUE(good_found);
+}
+
 }  // namespace
 }  // namespace ringmta::spool

@@ -162,6 +162,39 @@ TEST(spool_store, header_prefix_is_sent_first_and_recovered) {
   expect_recovered(config, expected);
 }
 
+// Issue 15: the egress pool an X-Ringmta-Pool header chose is stored with the envelope and
+// read back after a restart (the header itself is never spooled).
+TEST(spool_store, pool_given_at_commit_is_read_back_after_a_restart) {
+  temp_dir dir;
+  const auto config = small_config(dir.shard(0));
+  message_id with_pool = 0;
+  message_id without = 0;
+  {
+    auto spool = sync_spool::open(config);
+    ASSERT_TRUE(spool.ok());
+    auto& s = *spool.value();
+    for (int i = 0; i < 2; ++i) {
+      auto handle = s.begin(1000).value();
+      ASSERT_TRUE(s.append(handle, "Subject: x\r\n\r\nbody\r\n").ok());
+      const message_id id = s.core().id_of(handle);
+      ASSERT_TRUE(s.core().commit(handle, make_envelope(id, 1, 5), nullptr, {},
+                                  i == 0 ? "tenant" : "").ok());
+      (i == 0 ? with_pool : without) = id;
+    }
+    s.flush();
+    ASSERT_EQ(s.core().read(with_pool).value().pool, "tenant");
+  }
+  auto spool = sync_spool::open(config);
+  ASSERT_TRUE(spool.ok());
+  auto& s = *spool.value();
+  auto stored = s.core().read(with_pool);
+  ASSERT_TRUE(stored.ok()) << stored.error_text();
+  EXPECT_EQ(stored.value().pool, "tenant");
+  EXPECT_EQ(stored.value().envelope, make_envelope(with_pool, 1, 5));
+  ASSERT_TRUE(s.core().read(without).ok());
+  EXPECT_EQ(s.core().read(without).value().pool, "");
+}
+
 TEST(spool_store, bdat_raw_chunks_are_stored_dot_stuffed) {
   temp_dir dir;
   const auto config = small_config(dir.shard(0));
