@@ -149,11 +149,16 @@ void shard::flush_buffer_rings() noexcept {
   for (io::buffer_ring* buffers : _buffer_rings) buffers->flush();
 }
 
+void shard::read_clock() noexcept {
+  _now_ms = monotonic_ms();
+  _wall_ms = core::wall_milliseconds();
+}
+
 void shard::run() noexcept {
   const runtime_options& options = _owner.options();
   while (!_stop_requested.load(std::memory_order_relaxed)) {
     ++_counters.loop_iterations;
-    _now_ms = monotonic_ms();
+    read_clock();
     _last_turn_ms.store(_now_ms, std::memory_order_relaxed);  // heartbeat: one plain store
     _counters.timers_fired += _timers.advance(_now_ms);
     drain_inbound();
@@ -182,7 +187,7 @@ void shard::run() noexcept {
     _wake_pending.store(false, std::memory_order_seq_cst);
     // The wait may have lasted long: handlers must see the time after it, or a timeout they
     // schedule "after N ms" would be measured from before the sleep and fire early.
-    _now_ms = monotonic_ms();
+    read_clock();
     _counters.timers_fired += _timers.advance(_now_ms);
     dispatch_all();
   }
