@@ -140,7 +140,7 @@ void connection::read_staged_step() noexcept {
     return;
   }
   const spool::body_slice& piece = job.body[body.slice];
-  const auto queued = server.owner().ring().prep_read(
+  const auto queued = server.io().prep_read(
       piece.fd, staging.get() + body.staged,
       static_cast<std::uint32_t>(piece.length - body.slice_done), piece.offset + body.slice_done,
       server.user_data(server.body_read_kind, *this));
@@ -156,7 +156,7 @@ void connection::read_staged_step() noexcept {
 // an io-wq worker when the file ended early: in the test of a short spool file neither an
 // async cancel nor a shutdown of the socket ended it.)
 void connection::splice_step() noexcept {
-  auto& ring = server.owner().ring();
+  auto& ring = server.io();
   const transfer_pool::slot& pipe = server.transfers().at(body.transfer);
   if (body.in_pipe > 0) {  // pipe -> socket: may block on the peer (shutdown wakes it)
     const auto queued = ring.prep_splice(pipe.pipe_read, -1, fd, -1, body.in_pipe,
@@ -203,7 +203,7 @@ void connection::on_splice_done(io::op_kind kind, std::int32_t result) noexcept 
 // ---- copied: read a chunk, send it
 
 void connection::copy_step() noexcept {
-  auto& ring = server.owner().ring();
+  auto& ring = server.io();
   transfer_pool::slot& buffer = server.transfers().at(body.transfer);
   if (body.buffer_sent < body.buffer_filled) {
     const auto queued = ring.prep_send(fd, buffer.buffer.get() + body.buffer_sent,

@@ -224,7 +224,7 @@ void connection::connect_to(std::uint32_t index, bool plaintext_retry) noexcept 
     error = bind_source(socket_fd, family);
   }
   if (error == 0) {
-    const auto queued = server.owner().ring().prep_connect(
+    const auto queued = server.io().prep_connect(
         socket_fd, to.address.sockaddr_pointer(), to.address.length,
         server.user_data(server.connect_kind, *this));
     if (!queued) error = queued.error();
@@ -280,7 +280,7 @@ void connection::fail_attempt(attempt_failure how, int error,
 
 void connection::arm_receive() noexcept {
   if (receive_armed || !connected(_phase)) return;
-  const auto queued = server.owner().ring().prep_recv_select(
+  const auto queued = server.io().prep_recv_select(
       fd, server.buffers().group_id(), server.user_data(server.receive_kind, *this));
   if (!queued) {  // the kernel refused a submission: try again at the end of the iteration
     retry_receive = true;
@@ -491,7 +491,7 @@ bool connection::send_staged() noexcept {
 
 // One send in flight (plaintext staging or TLS ciphertext); the bytes stay put until it ends.
 bool connection::queue_send(const char* bytes, std::uint32_t size) noexcept {
-  const auto queued = server.owner().ring().prep_send(fd, bytes, size,
+  const auto queued = server.io().prep_send(fd, bytes, size,
                                                       server.user_data(server.send_kind, *this));
   if (!queued) {  // cannot talk to the kernel: treat as a lost connection
     staged_begin = staged_end = 0;
@@ -651,7 +651,7 @@ void connection::on_timer() noexcept {
       ++server.counters().timeouts;
       connect_timed_out = true;
       // The connect completes with -ECANCELED, reported as a timeout (next address).
-      const auto queued = server.owner().ring().prep_cancel(
+      const auto queued = server.io().prep_cancel(
           server.user_data(server.connect_kind, *this),
           io::pack_user_data(server.misc_kind, 0, 0), false, io::sqe::skip_success);
       if (!queued) fail_attempt(attempt_failure::connect_failed, ETIMEDOUT, nullptr);
@@ -684,7 +684,7 @@ void connection::end_socket() noexcept {
     server.owner().timers().cancel(timer);
     abort_body();
     if (connect_in_flight) {
-      (void)server.owner().ring().prep_cancel(server.user_data(server.connect_kind, *this),
+      (void)server.io().prep_cancel(server.user_data(server.connect_kind, *this),
                                               io::pack_user_data(server.misc_kind, 0, 0), false,
                                               io::sqe::skip_success);
     }
@@ -693,7 +693,7 @@ void connection::end_socket() noexcept {
   }
   if (ops > 0 || close_queued) return;
   close_queued = true;
-  if (server.owner().ring().prep_close(fd, server.user_data(server.close_kind, *this))) {
+  if (server.io().prep_close(fd, server.user_data(server.close_kind, *this))) {
     ++ops;
     return;
   }

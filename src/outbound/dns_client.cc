@@ -10,7 +10,6 @@
 #include <cstring>
 
 #include "ringmta/core/assert.h"
-#include "ringmta/core/clock.h"
 #include "ringmta/outbound/attempt_plan.h"
 
 namespace ringmta::outbound {
@@ -73,6 +72,7 @@ struct dns_client::tcp_exchange {
 
 dns_client::dns_client(shard::shard& owner, dns_client_config config)
     : _owner(owner),
+      _io(owner.io()),
       _config(std::move(config)),
       _resolver(_config.resolver, kernel_random()),
       _sends(std::max<std::uint32_t>(1, _config.udp_sends_max)),
@@ -100,8 +100,6 @@ dns_client::~dns_client() {
     }
   }
 }
-
-std::uint64_t dns_client::now_ms() noexcept { return core::monotonic_ns() / 1'000'000; }
 
 std::uint8_t* dns_client::tcp_query_bytes(std::uint32_t slot) noexcept {
   return _tcp_bytes.data() +
@@ -256,7 +254,7 @@ void dns_client::on_completion(shard::shard&, const io::completion& done) noexce
 void dns_client::arm_udp_receive(std::uint32_t server) noexcept {
   udp_socket& socket = _udp[server];
   if (_stopped || socket.receive_armed || socket.fd < 0) return;
-  const auto queued = _owner.ring().prep_recv(socket.fd, socket.buffer.get(),
+  const auto queued = _io.prep_recv(socket.fd, socket.buffer.get(),
                                               _config.receive_buffer_bytes,
                                               io::pack_user_data(_udp_recv_kind, 0, server));
   socket.receive_armed = queued.ok();
@@ -299,7 +297,7 @@ void dns_client::send_udp(dns::action& next) noexcept {
   std::uint8_t* bytes = _send_bytes.data() + std::size_t{slot->slot} * query_bytes_max;
   std::memcpy(bytes, next.bytes.data(), next.bytes.size());
   udp_socket& socket = _udp[next.server_index];
-  const auto queued = _owner.ring().prep_send(socket.fd, bytes,
+  const auto queued = _io.prep_send(socket.fd, bytes,
                                               static_cast<std::uint32_t>(next.bytes.size()),
                                               _sends.user_data(_udp_send_kind, *slot));
   if (!queued) {
@@ -346,7 +344,7 @@ void dns_client::send_tcp(dns::action& next) noexcept {
   exchange.peer = to_endpoint(server.ip, server.port);
   exchange.fd = ::socket(exchange.peer.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
   std::memcpy(tcp_query_bytes(slot), next.bytes.data(), next.bytes.size());
-  auto& ring = _owner.ring();
+  auto& ring = _io;
   // Connect, then (linked: only once connected) the framed query.
   const bool queued =
       exchange.fd >= 0 && ring.reserve(2).ok() &&
@@ -372,7 +370,7 @@ void dns_client::send_tcp(dns::action& next) noexcept {
 
 void dns_client::arm_tcp_receive(tcp_exchange& exchange, std::uint32_t slot) noexcept {
   if (exchange.ending) return;
-  const auto queued = _owner.ring().prep_recv(exchange.fd, tcp_receive_bytes(slot),
+  const auto queued = _io.prep_recv(exchange.fd, tcp_receive_bytes(slot),
                                               _config.receive_buffer_bytes,
                                               tcp_user_data(_tcp_recv_kind, slot));
   if (!queued) return end_tcp(exchange, slot, true);
@@ -424,7 +422,7 @@ void dns_client::end_tcp(tcp_exchange& exchange, std::uint32_t slot, bool tell) 
   exchange.ending = true;
   if (tell) _resolver.on_tcp_closed(exchange.exchange, now_ms());
   if (exchange.connecting) {
-    (void)_owner.ring().prep_cancel(tcp_user_data(_tcp_connect_kind, slot),
+    (void)_io.prep_cancel(tcp_user_data(_tcp_connect_kind, slot),
                                     io::pack_user_data(_misc_kind, 0, 0), false,
                                     io::sqe::skip_success);
   }
@@ -435,7 +433,7 @@ void dns_client::end_tcp(tcp_exchange& exchange, std::uint32_t slot, bool tell) 
 void dns_client::close_tcp_when_idle(tcp_exchange& exchange, std::uint32_t slot) noexcept {
   if (!exchange.ending || exchange.ops > 0 || exchange.close_queued) return;
   exchange.close_queued = true;
-  if (_owner.ring().prep_close(exchange.fd, tcp_user_data(_tcp_close_kind, slot))) {
+  if (_io.prep_close(exchange.fd, tcp_user_data(_tcp_close_kind, slot))) {
     ++exchange.ops;
     return;
   }

@@ -68,6 +68,7 @@ void transfer_pool::release(std::uint32_t index, bool clean) noexcept {
 outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_handler& handler,
                                  const outbound_config& config)
     : _owner(owner),
+      _io(owner.io()),
       _dns(dns),
       _handler(handler),
       _config(config),

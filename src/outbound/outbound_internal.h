@@ -318,6 +318,11 @@ class outbound_server final : public shard::completion_handler,
   // For connections.
   const outbound_config& config() const noexcept { return _config; }
   shard::shard& owner() noexcept { return _owner; }
+  // Every op of the glue goes through io() and every time it needs comes from the owner's
+  // loop (issue 16 item 1): the same code runs over a simulated io::operations and clock.
+  io::operations& io() noexcept { return _io; }
+  std::uint64_t now_ms() const noexcept { return _owner.now_ms(); }  // monotonic
+  std::int64_t wall_ms() const noexcept { return _owner.wall_ms(); }
   dns_client& dns() noexcept { return _dns; }
   delivery_handler& handler() noexcept { return _handler; }
   io::buffer_ring& buffers() noexcept { return _buffers; }
@@ -359,6 +364,7 @@ class outbound_server final : public shard::completion_handler,
 
 
   shard::shard& _owner;
+  io::operations& _io;  // _owner.io()
   dns_client& _dns;
   delivery_handler& _handler;
   outbound_config _config;

@@ -18,7 +18,6 @@
 
 #include "outbound_internal.h"
 #include "ringmta/core/assert.h"
-#include "ringmta/core/clock.h"
 
 namespace ringmta::outbound {
 
@@ -126,7 +125,7 @@ void connection::begin_tls() noexcept {
   options.verify = verify;
   options.cache = &server.tls_cache();
   options.cache_key = key;
-  options.now_s = core::wall_seconds();
+  options.now_s = server.wall_ms() / 1000;
   tls_session = tls::session::connect(context, options);
   if (!tls_session) return session->tls_failed("TLS: out of memory");
   set_tls_state(tls_state::handshake);
@@ -343,7 +342,7 @@ void connection::encrypted_read_step() noexcept {
     return;
   }
   // EAGAIN (not cached), or an error or a short file the ring read reports in its completion.
-  const auto queued = server.owner().ring().prep_read(
+  const auto queued = server.io().prep_read(
       piece.fd, buffer.buffer.get(), length, offset,
       server.user_data(server.body_read_kind, *this));
   if (!queued) {
@@ -386,7 +385,7 @@ const tls_outcome& connection::describe_tls() noexcept {
 
 void outbound_server::remember_tls_failure(const core::endpoint& address,
                                            std::string_view why) noexcept {
-  const std::int64_t now = core::wall_milliseconds();
+  const auto now = static_cast<std::int64_t>(now_ms());
   if (_tls_failures.size() >= std::max<std::uint32_t>(1, _config.tls_plaintext_memory_entries)) {
     std::erase_if(_tls_failures, [&](const auto& entry) { return entry.second.until_ms <= now; });
     if (_tls_failures.size() >= _config.tls_plaintext_memory_entries) {
@@ -401,7 +400,7 @@ const std::string* outbound_server::tls_failure_remembered(const core::endpoint&
   if (_tls_failures.empty()) return nullptr;
   const auto found = _tls_failures.find(address.to_string());
   if (found == _tls_failures.end()) return nullptr;
-  if (found->second.until_ms <= core::wall_milliseconds()) {
+  if (found->second.until_ms <= static_cast<std::int64_t>(now_ms())) {
     _tls_failures.erase(found);
     return nullptr;
   }

@@ -149,11 +149,30 @@ void shard::flush_buffer_rings() noexcept {
   for (io::buffer_ring* buffers : _buffer_rings) buffers->flush();
 }
 
+namespace {
+
+// The loop turns several times per message and a clock read is a vDSO call, so the wall
+// clock is derived from the monotonic stamp and read for real once a second (a clock step
+// shows within a second). Per shard thread (one shard per thread).
+thread_local std::int64_t wall_minus_monotonic_ms = 0;
+thread_local std::uint64_t wall_reread_at_ms = 0;
+
+}  // namespace
+
+void shard::read_clock() noexcept {
+  _now_ms = monotonic_ms();
+  if (_now_ms >= wall_reread_at_ms) {
+    wall_minus_monotonic_ms = core::wall_milliseconds() - static_cast<std::int64_t>(_now_ms);
+    wall_reread_at_ms = _now_ms + 1000;
+  }
+  _wall_ms = static_cast<std::int64_t>(_now_ms) + wall_minus_monotonic_ms;
+}
+
 void shard::run() noexcept {
   const runtime_options& options = _owner.options();
   while (!_stop_requested.load(std::memory_order_relaxed)) {
     ++_counters.loop_iterations;
-    _now_ms = monotonic_ms();
+    read_clock();
     _last_turn_ms.store(_now_ms, std::memory_order_relaxed);  // heartbeat: one plain store
     _counters.timers_fired += _timers.advance(_now_ms);
     drain_inbound();
@@ -182,7 +201,7 @@ void shard::run() noexcept {
     _wake_pending.store(false, std::memory_order_seq_cst);
     // The wait may have lasted long: handlers must see the time after it, or a timeout they
     // schedule "after N ms" would be measured from before the sleep and fire early.
-    _now_ms = monotonic_ms();
+    read_clock();
     _counters.timers_fired += _timers.advance(_now_ms);
     dispatch_all();
   }

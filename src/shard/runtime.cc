@@ -7,7 +7,6 @@
 #include <cerrno>
 
 #include "ringmta/core/assert.h"
-#include "ringmta/core/clock.h"
 #include "shard/kinds.h"
 
 namespace ringmta::shard {
@@ -15,8 +14,6 @@ namespace ringmta::shard {
 namespace {
 
 thread_local shard* current_shard = nullptr;
-
-std::uint64_t monotonic_ms() noexcept { return core::monotonic_ns() / 1'000'000; }
 
 }  // namespace
 
@@ -172,7 +169,7 @@ void shard::thread_main(std::function<core::result<void>(shard&)>* on_start,
     error = ok.error();
     failed_stage = "io_uring setup";
   }
-  _now_ms = monotonic_ms();
+  read_clock();
   _timers.advance(_now_ms);
   bool started = false;
   if (error == 0 && *on_start) {

@@ -32,26 +32,12 @@
 #include <string>
 
 #include "ringmta/core/result.h"
+#include "ringmta/io/operations.h"
 #include "ringmta/io/user_data.h"
 
 struct io_uring;  // liburing's type, complete only inside src/io
 
 namespace ringmta::io {
-
-// SQE flags (values of IOSQE_*), combinable with |.
-using sqe_flags = std::uint8_t;
-namespace sqe {
-inline constexpr sqe_flags none = 0;
-inline constexpr sqe_flags fixed_file = 1u << 0;    // fd is an index into the registered table
-inline constexpr sqe_flags drain = 1u << 1;         // start after every earlier SQE completed
-inline constexpr sqe_flags link = 1u << 2;          // next SQE starts only if this one succeeds
-inline constexpr sqe_flags hardlink = 1u << 3;      // next SQE starts whatever this one's result
-inline constexpr sqe_flags async = 1u << 4;         // go straight to a worker (blocking file ops)
-inline constexpr sqe_flags skip_success = 1u << 6;  // no CQE unless the op fails
-}  // namespace sqe
-
-// Target of a direct (fixed-table) install: let the kernel choose a free index.
-inline constexpr std::uint32_t fixed_index_alloc = ~0u;
 
 struct ring_options {
   unsigned sq_entries = 256;
@@ -104,7 +90,8 @@ struct ring_counters {
   std::uint64_t cq_overflow_seen = 0;  // times the kernel flagged a CQ overflow
 };
 
-class ring {
+// The kernel's implementation of io::operations (final: callers holding a ring& call directly).
+class ring final : public operations {
  public:
   ring() noexcept;
   ~ring();
@@ -122,29 +109,32 @@ class ring {
   // Multishot: one CQE per accepted connection (res = fd, or fixed index when direct) while
   // cqe_flag_more is set. direct: install into the fixed table (fixed_index_alloc) instead.
   core::result<void> prep_accept(int listen_fd, std::uint64_t user_data, bool multishot,
-                                 bool direct = false, sqe_flags flags = sqe::none) noexcept;
+                                 bool direct = false,
+                                 sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_connect(int fd, const sockaddr* address, socklen_t address_length,
-                                  std::uint64_t user_data, sqe_flags flags = sqe::none) noexcept;
+                                  std::uint64_t user_data,
+                                  sqe_flags flags = sqe::none) noexcept override;
   // Into the caller's buffer.
   core::result<void> prep_recv(int fd, void* buffer, std::uint32_t length,
-                               std::uint64_t user_data, sqe_flags flags = sqe::none) noexcept;
+                               std::uint64_t user_data,
+                               sqe_flags flags = sqe::none) noexcept override;
   // From provided buffer group `group` (io::buffer_ring); one completion; -ENOBUFS when empty.
   core::result<void> prep_recv_select(int fd, std::uint16_t group, std::uint64_t user_data,
-                                      sqe_flags flags = sqe::none) noexcept;
+                                      sqe_flags flags = sqe::none) noexcept override;
   // Multishot from a buffer group: a CQE per arrival, each with a buffer id, while
   // cqe_flag_more. Ends on EOF (res 0), error, or -ENOBUFS (group empty): re-arm after
   // recycling. An idle connection holds no buffer.
   core::result<void> prep_recv_multishot(int fd, std::uint16_t group, std::uint64_t user_data,
-                                         sqe_flags flags = sqe::none) noexcept;
+                                         sqe_flags flags = sqe::none) noexcept override;
   // Ordering: two sends in flight on one stream socket may complete out of order (one can go
   // async while the next does not): keep one send per connection in flight, or link them.
   core::result<void> prep_send(int fd, const void* data, std::uint32_t length,
                                std::uint64_t user_data, sqe_flags flags = sqe::none,
-                               int msg_flags = MSG_NOSIGNAL) noexcept;
+                               int msg_flags = MSG_NOSIGNAL) noexcept override;
   // Vectored send (writev-like), e.g. reply + body pieces in one op.
   core::result<void> prep_sendmsg(int fd, const msghdr* message, std::uint64_t user_data,
                                   sqe_flags flags = sqe::none,
-                                  int msg_flags = MSG_NOSIGNAL) noexcept;
+                                  int msg_flags = MSG_NOSIGNAL) noexcept override;
   // Zero-copy send. Usually two CQEs with the same user_data: first the result (res = bytes,
   // cqe_flag_more set when a notification follows), then the notification (cqe_flag_notification,
   // res 0) once the kernel no longer reads `data`: only then may the buffer be reused. With
@@ -153,73 +143,78 @@ class ring {
   core::result<void> prep_send_zc(int fd, const void* data, std::uint32_t length,
                                   std::uint64_t user_data, bool report_usage = false,
                                   sqe_flags flags = sqe::none,
-                                  int msg_flags = MSG_NOSIGNAL) noexcept;
+                                  int msg_flags = MSG_NOSIGNAL) noexcept override;
   core::result<void> prep_shutdown(int fd, int how, std::uint64_t user_data,
-                                   sqe_flags flags = sqe::none) noexcept;
+                                   sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_poll(int fd, std::uint32_t poll_events, std::uint64_t user_data,
-                               bool multishot = false, sqe_flags flags = sqe::none) noexcept;
+                               bool multishot = false,
+                               sqe_flags flags = sqe::none) noexcept override;
 
   // ---- Files. offset ~0ull means "current file position" for read/write.
   core::result<void> prep_read(int fd, void* buffer, std::uint32_t length, std::uint64_t offset,
-                               std::uint64_t user_data, sqe_flags flags = sqe::none) noexcept;
+                               std::uint64_t user_data,
+                               sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_write(int fd, const void* data, std::uint32_t length,
                                 std::uint64_t offset, std::uint64_t user_data,
-                                sqe_flags flags = sqe::none) noexcept;
+                                sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_writev(int fd, const iovec* pieces, unsigned piece_count,
                                  std::uint64_t offset, std::uint64_t user_data,
-                                 sqe_flags flags = sqe::none) noexcept;
+                                 sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_fsync(int fd, std::uint64_t user_data,
-                                sqe_flags flags = sqe::none) noexcept;
+                                sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_fdatasync(int fd, std::uint64_t user_data,
-                                    sqe_flags flags = sqe::none) noexcept;
+                                    sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_openat(int directory_fd, const char* path, int open_flags,
                                  mode_t mode, std::uint64_t user_data,
-                                 sqe_flags flags = sqe::none) noexcept;
+                                 sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_close(int fd, std::uint64_t user_data,
-                                sqe_flags flags = sqe::none) noexcept;
+                                sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_close_fixed(std::uint32_t fixed_index, std::uint64_t user_data,
-                                      sqe_flags flags = sqe::none) noexcept;
+                                      sqe_flags flags = sqe::none) noexcept override;
   // One side must be a pipe. offset -1: use/advance the file position (or none for pipes).
   // Chaining file->pipe->socket: a short splice (normal) fails a plain sqe::link and cancels the
   // next op, so chain the halves with sqe::hardlink.
   core::result<void> prep_splice(int fd_in, std::int64_t offset_in, int fd_out,
                                  std::int64_t offset_out, std::uint32_t length,
-                                 std::uint64_t user_data, sqe_flags flags = sqe::none) noexcept;
+                                 std::uint64_t user_data,
+                                 sqe_flags flags = sqe::none) noexcept override;
 
   // ---- Time and control. Durations in nanoseconds, relative to now (CLOCK_MONOTONIC).
   // Completes with -ETIME when it expires, 0 when count completions arrived first (count > 0),
   // -ECANCELED when removed.
   core::result<void> prep_timeout(std::uint64_t timeout_ns, std::uint64_t user_data,
-                                  unsigned count = 0, sqe_flags flags = sqe::none) noexcept;
+                                  unsigned count = 0,
+                                  sqe_flags flags = sqe::none) noexcept override;
   // Fires every timeout_ns (cqe_flag_more each time) `repeat_count` times, 0 = forever.
   // Needs features().multishot_timeout.
   core::result<void> prep_timeout_multishot(std::uint64_t timeout_ns, unsigned repeat_count,
                                             std::uint64_t user_data,
-                                            sqe_flags flags = sqe::none) noexcept;
+                                            sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_timeout_update(std::uint64_t target_user_data,
                                          std::uint64_t timeout_ns, std::uint64_t user_data,
-                                         sqe_flags flags = sqe::none) noexcept;
+                                         sqe_flags flags = sqe::none) noexcept override;
   core::result<void> prep_timeout_remove(std::uint64_t target_user_data, std::uint64_t user_data,
-                                         sqe_flags flags = sqe::none) noexcept;
+                                         sqe_flags flags = sqe::none) noexcept override;
   // Bounds the previous SQE, which must carry sqe::link: it is cancelled (-ECANCELED) if it
   // has not completed within timeout_ns; this op then completes with -ETIME (or -ECANCELED
   // when the bounded op finished first).
   core::result<void> prep_link_timeout(std::uint64_t timeout_ns, std::uint64_t user_data,
-                                       sqe_flags flags = sqe::none) noexcept;
+                                       sqe_flags flags = sqe::none) noexcept override;
   // Cancels the op(s) with target_user_data; res = 0 found, -ENOENT none, -EALREADY running.
   core::result<void> prep_cancel(std::uint64_t target_user_data, std::uint64_t user_data,
-                                 bool all = false, sqe_flags flags = sqe::none) noexcept;
+                                 bool all = false, sqe_flags flags = sqe::none) noexcept override;
   // Cancels every op on fd; res = number cancelled or -ENOENT.
   core::result<void> prep_cancel_fd(int fd, std::uint64_t user_data,
-                                    sqe_flags flags = sqe::none) noexcept;
-  core::result<void> prep_nop(std::uint64_t user_data, sqe_flags flags = sqe::none) noexcept;
+                                    sqe_flags flags = sqe::none) noexcept override;
+  core::result<void> prep_nop(std::uint64_t user_data,
+                              sqe_flags flags = sqe::none) noexcept override;
 
   // ---- Between rings.
   // Posts a CQE {user_data = target_user_data, res = value, flags 0} on the ring whose fd is
   // target_ring_fd. This ring gets its own CQE for the send (use sqe::skip_success to drop it).
   core::result<void> prep_msg_ring(int target_ring_fd, std::int32_t value,
                                    std::uint64_t target_user_data, std::uint64_t user_data,
-                                   sqe_flags flags = sqe::none) noexcept;
+                                   sqe_flags flags = sqe::none) noexcept override;
   // Installs our fixed file source_fixed_index into the target ring's fixed table
   // (target_fixed_index, or fixed_index_alloc) and posts a CQE there {user_data =
   // target_user_data, res = the target's index}. The source slot stays installed here: close it
@@ -227,11 +222,11 @@ class ring {
   core::result<void> prep_msg_ring_fd(int target_ring_fd, std::uint32_t source_fixed_index,
                                       std::uint32_t target_fixed_index,
                                       std::uint64_t target_user_data, std::uint64_t user_data,
-                                      sqe_flags flags = sqe::none) noexcept;
+                                      sqe_flags flags = sqe::none) noexcept override;
   // Turns fixed file fixed_index into a normal fd (res = fd, close-on-exec). The fixed slot
   // stays: close it with prep_close_fixed. Needs features().fixed_fd_install.
   core::result<void> prep_fixed_fd_install(std::uint32_t fixed_index, std::uint64_t user_data,
-                                           sqe_flags flags = sqe::none) noexcept;
+                                           sqe_flags flags = sqe::none) noexcept override;
 
   // ---- Registrations (synchronous; set-up or rare paths).
   // Sets fixed table slot `fixed_index` to `fd` (-1 clears it). The table holds its own
@@ -240,7 +235,7 @@ class ring {
 
   // ---- Submission and completion.
   // Ensures `count` free SQEs (submitting queued ones if needed) so a linked chain stays whole.
-  core::result<void> reserve(unsigned count) noexcept;
+  core::result<void> reserve(unsigned count) noexcept override;
   unsigned pending_sqes() const noexcept;
   core::result<unsigned> submit() noexcept;  // returns SQEs submitted
   // Submits, then sleeps until at least wait_count CQEs are ready or timeout_ns passed

@@ -100,7 +100,8 @@ class dns_client final : public shard::completion_handler, public shard::iterati
     std::uint64_t cookie = 0;
   };
 
-  static std::uint64_t now_ms() noexcept;
+  // The owner's loop clock (issue 16: never read here).
+  std::uint64_t now_ms() const noexcept { return _owner.now_ms(); }
   void actions_waiting() noexcept;
   void drain() noexcept;
   void handle(dns::action& next) noexcept;
@@ -121,6 +122,7 @@ class dns_client final : public shard::completion_handler, public shard::iterati
   void on_deadline() noexcept;
 
   shard::shard& _owner;
+  io::operations& _io;  // _owner.io(): every op goes through it
   dns_client_config _config;
   dns::resolver _resolver;
   std::vector<udp_socket> _udp;  // one per server

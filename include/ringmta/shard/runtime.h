@@ -142,9 +142,16 @@ class shard {
   // The runtime this shard belongs to (for runtime::post from helper threads).
   runtime& owner() noexcept { return _owner; }
   io::ring& ring() noexcept { return _ring; }
+  // The same ring as the interface the glue submits through (io/operations.h, issue 16): glue
+  // that names only this runs unchanged over a simulated implementation.
+  io::operations& io() noexcept { return _ring; }
   // Ticks are milliseconds of the monotonic clock; now_ms() is read once per loop iteration.
   core::timer_wheel& timers() noexcept { return _timers; }
+  // The loop's clock, read at the start of each iteration and again after its wait, so the
+  // glue never reads one (issue 16: the clock is passed in). now_ms: monotonic (durations,
+  // timeouts); wall_ms: milliseconds since the epoch (certificate validity, records).
   std::uint64_t now_ms() const noexcept { return _now_ms; }
+  std::int64_t wall_ms() const noexcept { return _wall_ms; }
   const shard_counters& counters() const noexcept { return _counters; }
   // Heartbeat: the monotonic millisecond at which this shard's loop last began an iteration
   // (0 before it runs). Any thread may read it; an idle shard still turns every
@@ -193,12 +200,14 @@ class shard {
   void dispatch_all() noexcept;
   void flush_buffer_rings() noexcept;
   void pin() noexcept;
+  void read_clock() noexcept;  // sets _now_ms and _wall_ms
 
   runtime& _owner;
   const unsigned _id;
   io::ring _ring;
   core::timer_wheel _timers;
   std::uint64_t _now_ms = 0;
+  std::int64_t _wall_ms = 0;
   shard_counters _counters;
   completion_handler* _handlers[256] = {};
   unsigned _next_kind = io::op_kind_first_free;

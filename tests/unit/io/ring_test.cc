@@ -1,5 +1,6 @@
 // io::ring on the real kernel: set-up and feature report, NOP round trips, SQ-full handling,
-// vectored file writes at an offset, cancellation by user_data.
+// vectored file writes at an offset, cancellation by user_data, and the io::operations
+// contract the glue relies on, exercised through the interface.
 #include "ringmta/io/ring.h"
 
 #include <fcntl.h>
@@ -9,7 +10,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <map>
 #include <string>
+#include <type_traits>
 
 #include "support.h"
 
@@ -143,6 +146,44 @@ TEST(ring, vectored_send_and_poll) {
   char back[12];
   EXPECT_EQ(test::read_full(pair[1], back, sizeof back), sizeof back);
   EXPECT_EQ(std::string(back, 12), "250 ok\r\nbody");
+  close(pair[0]);
+  close(pair[1]);
+}
+
+// The ring is the production io::operations and final, so callers holding a ring& keep
+// direct calls (io/operations.h: "Cost").
+static_assert(std::is_base_of_v<operations, ring> && std::is_final_v<ring>);
+
+// What src/outbound does through io::operations&: a send and a receive on a stream socket,
+// a timeout measured by the implementation, the cancellation of a waiting receive. Every op
+// completes once, with its own user_data, after the prep (never inside it).
+TEST(ring, operations_interface_keeps_the_completion_contract) {
+  ring r;
+  RINGMTA_INIT_OR_SKIP(r, ring_options{});
+  operations& io = r;
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const std::uint64_t send_ud = pack_user_data(20, 3, 1), recv_ud = pack_user_data(20, 3, 2);
+  const std::uint64_t timeout_ud = pack_user_data(20, 3, 3), idle_ud = pack_user_data(20, 3, 4);
+  const std::uint64_t cancel_ud = pack_user_data(21, 3, 5);
+  char greeting[] = "220 ready\r\n", received[32] = {}, idle[8];
+  ASSERT_TRUE(io.prep_send(pair[0], greeting, 11, send_ud).ok());
+  ASSERT_TRUE(io.prep_recv(pair[1], received, sizeof received, recv_ud).ok());
+  ASSERT_TRUE(io.prep_timeout(1'000'000, timeout_ud).ok());
+  ASSERT_TRUE(io.prep_recv(pair[0], idle, sizeof idle, idle_ud).ok());
+  EXPECT_EQ(r.pending_sqes(), 4u);  // queued only: nothing has completed yet
+  ASSERT_TRUE(r.submit().ok());
+  ASSERT_TRUE(io.prep_cancel(idle_ud, cancel_ud).ok());
+  const auto got = test::wait_completions(r, 5);
+  ASSERT_EQ(got.size(), 5u);
+  std::map<std::uint64_t, std::int32_t> result;
+  for (const completion& c : got) EXPECT_TRUE(result.emplace(c.user_data, c.res).second);
+  EXPECT_EQ(result.at(send_ud), 11);
+  EXPECT_EQ(result.at(recv_ud), 11);
+  EXPECT_EQ(std::string(received, 11), "220 ready\r\n");
+  EXPECT_EQ(result.at(timeout_ud), -ETIME);
+  EXPECT_EQ(result.at(idle_ud), -ECANCELED);
+  EXPECT_EQ(result.at(cancel_ud), 0);
   close(pair[0]);
   close(pair[1]);
 }
