@@ -149,23 +149,13 @@ void shard::flush_buffer_rings() noexcept {
   for (io::buffer_ring* buffers : _buffer_rings) buffers->flush();
 }
 
-namespace {
-
-// The loop turns several times per message and a clock read is a vDSO call, so the wall
-// clock is derived from the monotonic stamp and read for real once a second (a clock step
-// shows within a second). Per shard thread (one shard per thread).
-thread_local std::int64_t wall_minus_monotonic_ms = 0;
-thread_local std::uint64_t wall_reread_at_ms = 0;
-
-}  // namespace
-
 void shard::read_clock() noexcept {
   _now_ms = monotonic_ms();
-  if (_now_ms >= wall_reread_at_ms) {
-    wall_minus_monotonic_ms = core::wall_milliseconds() - static_cast<std::int64_t>(_now_ms);
-    wall_reread_at_ms = _now_ms + 1000;
+  if (_now_ms >= _wall_reread_at_ms) {
+    _wall_minus_monotonic_ms = core::wall_milliseconds() - static_cast<std::int64_t>(_now_ms);
+    _wall_reread_at_ms = _now_ms + 1000;
   }
-  _wall_ms = static_cast<std::int64_t>(_now_ms) + wall_minus_monotonic_ms;
+  _wall_ms = static_cast<std::int64_t>(_now_ms) + _wall_minus_monotonic_ms;
 }
 
 void shard::run() noexcept {

@@ -208,6 +208,11 @@ class shard {
   core::timer_wheel _timers;
   std::uint64_t _now_ms = 0;
   std::int64_t _wall_ms = 0;
+  // The loop turns several times per message and a clock read is a vDSO call, so the wall
+  // clock is derived from the monotonic stamp and read for real once a second (a clock step
+  // shows within a second).
+  std::int64_t _wall_minus_monotonic_ms = 0;
+  std::uint64_t _wall_reread_at_ms = 0;
   shard_counters _counters;
   completion_handler* _handlers[256] = {};
   unsigned _next_kind = io::op_kind_first_free;
