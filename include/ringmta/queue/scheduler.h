@@ -101,6 +101,10 @@ struct scheduler_config {
   std::uint32_t jobs_per_destination_max = 1'000'000;
   std::uint32_t jobs_max = 10'000'000;                   // whole shard
   std::uint32_t connections_max = 4096;                  // whole shard
+  // Drain fairness: while destinations wait for one of the shard's connections_max, a
+  // connection closes after this many messages (its turn) so the next one gets the slot;
+  // 0: never (a connection keeps its slot until messages_per_connection_max or no job).
+  std::uint32_t turn_messages = 10;
   std::uint32_t error_texts_max = 4096;                  // distinct retained error texts
   std::uint64_t random_seed = 1;                         // jitter source (splitmix64)
 };

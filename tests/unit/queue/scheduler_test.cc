@@ -1072,5 +1072,49 @@ TEST(scheduler, jobs_waiting_on_a_probe_expire_and_warn) {
   }
 }
 
+// Issue 15 drain fairness: four destinations with 30 jobs each and room for two connections
+// in the whole shard. A connection that has had its turn (turn_messages) closes while others
+// wait, and the slot goes to the longest waiting destination: each has its first delivery
+// within the first four turns (the first had both slots before anyone waited; then one
+// connection each while others wait), and the shard's limit holds throughout. Without turns
+// the first destinations kept their connections until empty (the fourth waited 90 messages).
+std::vector<std::size_t> first_delivery_order(std::uint32_t turn_messages) {
+  scheduler_config config = plain_config();
+  config.connections_max = 2;
+  config.limits.connections_max = 2;
+  config.turn_messages = turn_messages;
+  harness h(config);
+  const std::vector<std::string> names = {"a.test", "b.test", "c.test", "d.test"};
+  for (spool::message_id id = 1; id <= 120; ++id)
+    EXPECT_EQ(h.add(names[id % 4], id, {0}).status, add_status::added);
+  std::vector<std::size_t> first(names.size(), 0);  // 1-based delivery count at the first
+  std::size_t delivered = 0;
+  for (int round = 0; round < 1000 && delivered < 120; ++round) {
+    const auto opened = h.poll(t0);
+    EXPECT_LE(h.queue.stats().connections, 2u);
+    for (const auto& request : opened) {
+      for (;;) {
+        const auto taken = h.queue.take_for_connection(request.connection, t0);
+        if (taken.status != take_status::job) break;
+        ++delivered;
+        const auto index = static_cast<std::size_t>(
+            std::find(names.begin(), names.end(), request.name) - names.begin());
+        if (first[index] == 0) first[index] = delivered;
+        h.queue.delivered(taken.job.id, t0);
+      }
+      h.queue.connection_closed(request.connection, t0);
+    }
+  }
+  EXPECT_EQ(delivered, 120u);
+  return first;
+}
+
+TEST(scheduler, drain_hands_the_connection_slot_on_after_a_turn) {
+  for (const std::size_t at : first_delivery_order(10)) EXPECT_LE(at, 4u * 10 + 1);
+  // The same drain without turns: the last destination waits for most of it.
+  const auto unfair = first_delivery_order(0);
+  EXPECT_GT(*std::max_element(unfair.begin(), unfair.end()), 60u);
+}
+
 }  // namespace
 }  // namespace ringmta::queue
