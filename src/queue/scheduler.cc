@@ -372,6 +372,34 @@ std::int64_t scheduler::state::retry_delay(const destination_record& d,
   return jittered(delays[index - 1]);
 }
 
+// The destination-wide backoff after its connection_failures-th consecutive failure: the
+// retry schedule's delay, or longer with probe_backoff_max_ms (scheduler_config), but then
+// not past the first expiry or delay warning among its jobs, so a longer wait never delays
+// a bounce or a "delayed" DSN (they are issued at the failure of the probe then).
+std::int64_t scheduler::state::probe_delay(const destination_record& d,
+                                           std::int64_t now_ms) noexcept {
+  const std::int64_t scheduled = retry_delay(d, d.connection_failures);
+  const std::int64_t grown_max = config.probe_backoff_max_ms;
+  if (grown_max <= 0 || d.connection_failures <= 1) return scheduled;
+  const auto& own = d.limits.retry_delays_ms;
+  std::int64_t grown = own && !own->empty() ? own->front() : config.retry_delays_ms.front();
+  for (std::uint32_t n = 1; n < d.connection_failures && grown < grown_max; ++n) grown *= 2;
+  grown = jittered(std::min(grown, grown_max));
+  if (grown <= scheduled) return scheduled;
+  std::int64_t deadline = no_wakeup_ms;
+  const auto consider = [&](const job_record& job) {
+    const std::int64_t warn = std::int64_t{job.received_seconds} * 1000 + config.delay_warning_ms;
+    if (config.delay_warning_ms > 0 && (job.flags & job_flag_delay_warned) == 0 && warn > now_ms)
+      deadline = std::min(deadline, warn);
+    if (const std::int64_t expiry = expiry_ms(job); expiry > now_ms)
+      deadline = std::min(deadline, expiry);
+  };
+  for (const heap_entry& entry : d.scheduled) consider(jobs[entry.slot]);
+  for (std::uint32_t slot = d.ready.head; slot != nil_slot; slot = jobs[slot].next)
+    consider(jobs[slot]);
+  return std::max(scheduled, std::min(grown, deadline - now_ms));
+}
+
 std::int64_t scheduler::state::expiry_ms(const job_record& job) const noexcept {
   const std::int64_t own = destinations[job.destination].limits.lifetime_max_ms;
   return std::int64_t{job.received_seconds} * 1000 + (own > 0 ? own : config.lifetime_max_ms);
@@ -532,7 +560,7 @@ void scheduler::state::backoff(std::uint32_t slot, std::int64_t now_ms, const fa
     // Connections that were opened together and fail together are one failure: only a
     // failure outside a backoff raises the count (and so the delay).
     if (d.connection_failures < 0xffffffffu) ++d.connection_failures;
-    d.backoff_until_ms = now_ms + retry_delay(d, d.connection_failures);
+    d.backoff_until_ms = now_ms + probe_delay(d, now_ms);
   }
   std::int64_t until = d.backoff_until_ms;
   d.probing = true;

@@ -131,6 +131,7 @@ void scheduler::set_policy(const scheduler_config& next) noexcept {
   s.config.retry_delays_ms = next.retry_delays_ms;  // the vector keeps its capacity mostly
   s.config.lifetime_max_ms = next.lifetime_max_ms;
   s.config.delay_warning_ms = next.delay_warning_ms;
+  s.config.probe_backoff_max_ms = next.probe_backoff_max_ms;
   if (s.config.limits == next.limits && !s.config.limits_for) return;
   s.config.limits = next.limits;
   for (std::uint32_t slot = 0; slot < s.destinations.size(); ++slot) {

@@ -97,12 +97,13 @@ void scheduler::state::leave_site(destination_record& d) noexcept {
   d.site = nil_slot;
 }
 
-// A member other than `except` that a connection of the site may serve now (round robin).
+// A member other than `except` that a connection of the site may serve now (round robin),
+// looking at `scan_max` members at most.
 std::uint32_t scheduler::state::site_member_with_work(const site_record& site,
-                                                      std::uint32_t except,
-                                                      std::int64_t now_ms) const noexcept {
+                                                      std::uint32_t except, std::int64_t now_ms,
+                                                      std::size_t scan_max) const noexcept {
   const std::size_t count = site.members.size();
-  for (std::size_t i = 0; i < count; ++i) {
+  for (std::size_t i = 0; i < std::min(count, scan_max); ++i) {
     const std::uint32_t slot = site.members[(site.next_member_hint + i) % count];
     const destination_record& m = destinations[slot];
     if (slot == except || m.suspended || m.paused_until_ms > now_ms) continue;
@@ -190,10 +191,14 @@ take_result scheduler::take_for_site(connection_id id, std::int64_t now_ms) noex
     }
     // Fairness within the site: after each message the connection goes on with the next
     // member that has work (round robin), so no domain of a site waits for another's
-    // backlog to empty; with no other member waiting it stays where it is.
+    // backlog to empty; with no other member waiting it stays where it is. The look is
+    // bounded per message (a site may have thousands of members, most without mail now).
     if (c.started && c.taken > 0) {
-      const std::uint32_t to = s.site_member_with_work(s.sites[site_slot], c.destination, now_ms);
+      constexpr std::size_t scan_max = 16;
+      const std::uint32_t to =
+          s.site_member_with_work(s.sites[site_slot], c.destination, now_ms, scan_max);
       if (to != nil_slot) s.move_within_site(c, to, now_ms);
+      else s.sites[site_slot].next_member_hint += scan_max;  // the next message looks further
     }
   }
   take_result result = take_for_connection(id, now_ms);

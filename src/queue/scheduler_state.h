@@ -232,6 +232,7 @@ struct scheduler::state {
   std::int64_t jittered(std::int64_t delay_ms) noexcept;
   std::int64_t retry_delay(const destination_record& d, std::uint32_t attempts) noexcept;
   std::int64_t expiry_ms(const job_record& job) const noexcept;
+  std::int64_t probe_delay(const destination_record& d, std::int64_t now_ms) noexcept;
   void note_attempt(job_record& job, std::int64_t now_ms, std::uint32_t error) noexcept;
   bool warn_delay(job_record& job, std::int64_t now_ms) const noexcept;
   void push_event(event_kind kind, std::uint32_t slot, std::int64_t next_ms) noexcept;
@@ -267,7 +268,8 @@ struct scheduler::state {
   void leave_site(destination_record& d) noexcept;
   void move_within_site(connection_record& c, std::uint32_t to, std::int64_t now_ms) noexcept;
   std::uint32_t site_member_with_work(const site_record& site, std::uint32_t except,
-                                      std::int64_t now_ms) const noexcept;
+                                      std::int64_t now_ms,
+                                      std::size_t scan_max = SIZE_MAX) const noexcept;
 };
 
 }  // namespace ringmta::queue

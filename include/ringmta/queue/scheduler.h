@@ -31,7 +31,8 @@
 // message's expiry time, and a deferral at or after expiry (received + lifetime_max_ms)
 // expires the job instead (the caller bounces: RFC 5321 §4.5.4.1 give-up time).
 // Destination-wide backoff uses the destination's count of consecutive connection failures
-// in the same schedule (connections failing during a backoff count once); after it the
+// in the same schedule (connections failing during a backoff count once), grown by
+// probe_backoff_max_ms when that is set; after it the
 // destination probes with one connection until a connection succeeds (its first
 // take_for_connection is the proof). While it probes, its due jobs wait on the destination:
 // only one is made ready (the probe's), so a failed probe defers that one job, and the others
@@ -93,6 +94,12 @@ struct scheduler_config {
   // Delay after the n-th failed attempt; the last one repeats. Must not be empty.
   std::vector<std::int64_t> retry_delays_ms = {5 * 60'000, 15 * 60'000, 30 * 60'000,
                                                 60 * 60'000, 2 * 3'600'000, 4 * 3'600'000};
+  // A destination whose connections keep failing (Postfix: a dead destination's backoff
+  // doubles from minimal_backoff_time to maximal_backoff_time): after its n-th consecutive
+  // failure it waits max(schedule(n), retry_delays_ms[0] × 2^(n-1)) capped here, but no
+  // longer than until the first lifetime expiry or delay warning among its jobs (those are
+  // checked at the probe). 0: the retry schedule alone.
+  std::int64_t probe_backoff_max_ms = 0;
   std::uint32_t jitter_permille = 100;                   // ±10% of each delay
   std::int64_t lifetime_max_ms = 5 * 86'400'000LL;       // then expire (bounce)
   std::int64_t delay_warning_ms = 4 * 3'600'000LL;       // "delayed" DSN once; 0: never

@@ -1116,5 +1116,50 @@ TEST(scheduler, drain_hands_the_connection_slot_on_after_a_turn) {
   EXPECT_GT(*std::max_element(unfair.begin(), unfair.end()), 60u);
 }
 
+// Issue 15 idle backlog: with probe_backoff_max_ms a dead destination's probes thin out,
+// doubling from the first retry delay (Postfix's minimal/maximal_backoff_time); the wait is
+// never shorter than the schedule's and ends at the first expiry or delay warning, so the
+// bounce is not delayed. Probes go at +0, +1, +3, +7 s; the next wait (8 s) would pass the
+// 10 s lifetime and is cut to it: the probe at +10 s expires the job.
+TEST(scheduler, probe_backoff_doubles_to_its_cap_but_not_past_expiry) {
+  scheduler_config config = plain_config();
+  config.retry_delays_ms = {1000};
+  config.probe_backoff_max_ms = 8000;
+  config.lifetime_max_ms = 10'000;
+  harness h(config);
+  h.add("dead.example", 1, {0});
+  std::vector<std::int64_t> probes;
+  std::int64_t now = t0;
+  std::vector<harness::event_copy> events;
+  for (int round = 0; round < 10 && h.queue.stats().jobs != 0; ++round) {
+    const auto requests = h.poll(now);
+    ASSERT_EQ(requests.size(), 1u) << "at +" << now - t0;
+    probes.push_back(now - t0);
+    h.queue.connection_failed(requests[0].connection, now, refused);
+    for (auto& event : h.events()) events.push_back(event);
+    now = h.queue.next_wakeup_ms();
+    if (now == no_wakeup_ms) break;
+  }
+  EXPECT_EQ(probes, (std::vector<std::int64_t>{0, 1000, 3000, 7000, 10'000}));
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().kind, event_kind::expired);
+  // Without an expiry in reach the wait stops growing at the cap; the schedule's own delay
+  // wins when it is longer.
+  config.lifetime_max_ms = 86'400'000;
+  config.retry_delays_ms = {1000, 1000, 1000, 1000, 1000, 20'000};
+  harness capped(config);
+  capped.add("dead.example", 1, {0});
+  std::vector<std::int64_t> waits;
+  now = t0;
+  for (int round = 0; round < 7; ++round) {
+    const auto requests = capped.poll(now);
+    ASSERT_EQ(requests.size(), 1u);
+    capped.queue.connection_failed(requests[0].connection, now, refused);
+    waits.push_back(capped.queue.next_wakeup_ms() - now);
+    now = capped.queue.next_wakeup_ms();
+  }
+  EXPECT_EQ(waits, (std::vector<std::int64_t>{1000, 2000, 4000, 8000, 8000, 20'000, 20'000}));
+}
+
 }  // namespace
 }  // namespace ringmta::queue
