@@ -42,6 +42,10 @@
 // lifetime by up to one backoff delay. flush() lifts the backoff, makes every scheduled job
 // ready, but keeps the single probe connection.
 //
+// Fairness: while destinations wait for one of the shard's connections_max, a connection
+// that has carried turn_messages is told to close, and poll() gives the freed slots to the
+// waiting destinations in the order they began to wait, one connection each (round robin).
+//
 // Memory: 64 bytes per job record (static_assert below) + 16 bytes per scheduled job (heap
 // entry) + 4 bytes per free slot; containers grow geometrically, so up to 2x that in slack.
 // About 80-100 bytes per queued job; 10 M jobs ~ 1 GiB. Per destination ~ 250 bytes + name.
@@ -379,12 +383,14 @@ class scheduler {
 
   // --- MX sites (KumoMTA's site_name; scheduler_site.cc) ---
   // Domains whose MX host sets are equal form a site: the connections of all its members
-  // count against the site's connections_max and messages_per_connection_max (each member's
-  // own limits still apply too), and a connection opened for one member may carry another
-  // member's jobs (take_for_site). Queues, retry times, backoff, suspension and bounces stay
-  // per member destination. join_site() creates the site on first use and sets its limits
-  // (a later call replaces them); false when the destination is unknown. A destination
-  // leaves its site when it is forgotten; the site ends with its last member.
+  // count against the site's connections_max and messages_per_connection_max, their
+  // messages against the site's rate (one token bucket; each member's own limits still
+  // apply too), and a connection opened for one member may carry another member's jobs
+  // (take_for_site, round robin over the members with work, one message each). Queues,
+  // retry times, backoff, suspension and bounces stay per member destination. join_site()
+  // creates the site on first use and sets its limits (a later call replaces them); false
+  // when the destination is unknown. A destination leaves its site when it is forgotten;
+  // the site ends with its last member.
   bool join_site(std::string_view destination, std::string_view site,
                  const destination_limits& site_limits);
   bool reshape_site(std::string_view site, const destination_limits& site_limits);
