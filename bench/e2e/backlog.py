@@ -27,8 +27,10 @@ The retry schedule (--retry, default 1m) decides when the deferred backlog is tr
 the restart's first delivery waits for the earliest retry time the spool recorded.
 Every wait is bounded; the spool and logs are removed at the end (--keep to keep them).
 usage: bench/e2e/backlog.py [N=1000000] [--domains 10000] [--probe 20000] [--shards 2]
-       [--build build] [--retry 1m] [--cpu-window 30] [--cpu-windows 4] [--keep] [--no-release]"""
+       [--build build] [--retry 1m] [--cpu-window 30] [--cpu-windows 4] [--keep] [--no-release]
+       [--suspend] [--perf FILE] [--daemon-arg=--probe-backoff-max --daemon-arg=1h]"""
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -145,7 +147,7 @@ def start_daemon(args, spool, dns, port, log):
                           "--retry-schedule", args.retry,
                           "--max-sessions-per-client", "100000",
                           "--max-connections-per-destination", str(args.per_destination),
-                          "--max-messages-per-connection", "1000"])
+                          "--max-messages-per-connection", "1000"] + args.daemon_arg)
     return daemon
 
 
@@ -183,7 +185,7 @@ def backlog_phase(args, work, dns, port):
     pid = daemon.process.pid
     time.sleep(3)
     idle = rss_bytes(pid)
-    say(f"idle daemon RSS {idle / 1e6:.1f} MB")
+    say(f"idle daemon RSS {idle / 1e6:.1f} MB (pid {pid})")
     # One message per destination first: every destination's MX lookup and first refused
     # connection happen here, not in the probes (else the empty queue pays for them).
     warm, warm_rate = blast(args, daemon.port, "w0", args.domains)
@@ -207,11 +209,20 @@ def backlog_phase(args, work, dns, port):
     # is tried once after it arrives: a deferral, a log record, a spool mark); once every
     # message has been tried (one retry period), what is left is the idle cost of holding it.
     for window in range(args.cpu_windows):
+        perf = None
+        if args.perf and window == args.cpu_windows - 1:  # the last window: the idle cost
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", args.perf, "-p", str(pid),
+                                     "--", "sleep", str(args.cpu_window)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0 = cpu_seconds(pid)
         time.sleep(args.cpu_window)
         cpu = cpu_seconds(pid) - cpu0
+        if perf is not None:
+            perf.wait(timeout=120)
         say(f"daemon CPU while nothing can be delivered, window {window + 1}: {cpu:.2f} s over "
             f"{args.cpu_window} s = {100 * cpu / args.cpu_window:.1f}% of a core")
+    if args.suspend:
+        suspend_all(args, daemon)
     got1, rate1 = blast(args, daemon.port, "p1", args.probe)
     say(f"accept with the backlog: {got1} messages at {rate1:.0f} msg/s = {rate1 / rate0:.2f}x "
         f"the empty queue")
@@ -222,6 +233,28 @@ def backlog_phase(args, work, dns, port):
     daemon.stop(timeout=300)
     say(f"daemon stopped in {time.monotonic() - t_stop:.1f} s")
     return spool, queued + got1
+
+
+def suspend_all(args, daemon):
+    """ringmta-ctl suspend of every destination (the admin API it calls), then the CPU of a
+    backlog whose every destination is suspended: nothing to probe, nothing to wake."""
+    t0 = time.monotonic()
+    # 32 at once: each suspension is journaled (fdatasync) before it answers.
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(lambda i: daemon.admin("POST", f"/queue/d{i}.test/suspend",
+                                                        timeout=120)[0], range(args.domains)))
+    failed = sum(status != 200 for status in statuses)
+    say(f"suspended {args.domains - failed} destinations in {time.monotonic() - t0:.1f} s "
+        f"({failed} refused)")
+    for window in range(args.cpu_windows):
+        cpu0 = cpu_seconds(daemon.process.pid)
+        time.sleep(args.cpu_window)
+        cpu = cpu_seconds(daemon.process.pid) - cpu0
+        say(f"daemon CPU with every destination suspended, window {window + 1}: {cpu:.2f} s "
+            f"over {args.cpu_window} s = {100 * cpu / args.cpu_window:.1f}% of a core")
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda i: daemon.admin("POST", f"/queue/d{i}.test/resume", timeout=120),
+                      range(args.domains)))
 
 
 def sink_start(args, port, work, runs):
@@ -374,6 +407,12 @@ def main():
     parser.add_argument("--restart-timeout", type=int, default=300)
     parser.add_argument("--drain-timeout", type=int, default=1800)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--suspend", action="store_true",
+                        help="then suspend every destination and measure the CPU again")
+    parser.add_argument("--daemon-arg", action="append", default=[], metavar="ARG",
+                        help="one more daemon argument (repeatable: --daemon-arg=--flag)")
+    parser.add_argument("--perf", metavar="FILE",
+                        help="perf record -g the daemon during the last CPU window into FILE")
     parser.add_argument("--no-release", action="store_true",
                         help="stop after the backlog measurements (no restart, no drain)")
     args = parser.parse_args()

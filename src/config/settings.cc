@@ -1020,6 +1020,14 @@ const std::vector<setting_spec>& table() {
          throw bad_value("expected from 1 to 100 durations");
      },
      [](const settings& s) { return array(s.retry_schedule_s, duration_text); }, live},
+    {"queue.probe_backoff_max", "--probe-backoff-max", "DURATION", arity::one,
+     "a destination whose connections keep failing is probed less often: its wait doubles "
+     "from the first retry delay up to this (never shorter than the retry schedule, never "
+     "past a message's expiry or delay warning); 0: the retry schedule alone (0 to 30d)",
+     [](settings& s, const values& v) {
+       s.probe_backoff_max_s = parse_seconds_in(one(v), 0, 30 * 86400);
+     },
+     [](const settings& s) { return duration(s.probe_backoff_max_s); }, live},
     {"queue.max_connections_per_destination", "--max-connections-per-destination", "N",
      arity::one, "concurrent connections to one destination",
      [](settings& s, const values& v) {

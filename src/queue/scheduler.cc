@@ -97,8 +97,7 @@ destination_record& scheduler::state::at(destination_id id) noexcept {
 void scheduler::state::apply_limits(destination_record& d,
                                     const destination_limits& limits) noexcept {
   d.limits = limits;
-  std::int64_t capacity = std::int64_t{limits.rate_burst} * limits.rate_period_ms;
-  d.bucket_units = std::min(d.bucket_units, capacity);
+  d.bucket.clamp(limits);
 }
 
 std::uint32_t scheduler::state::create(std::string_view name, std::int64_t now_ms) noexcept {
@@ -121,8 +120,7 @@ std::uint32_t scheduler::state::create(std::string_view name, std::int64_t now_m
              : config.limits_for                ? config.limits_for(name)
                                                 : config.limits;
   RINGMTA_ASSERT(limits_valid(d.limits));
-  d.bucket_units = std::int64_t{d.limits.rate_burst} * d.limits.rate_period_ms;  // full
-  d.bucket_time_ms = now_ms;
+  d.bucket.fill(d.limits, now_ms);
   by_name.emplace(d.name, slot);
   ++live_destinations;
   return slot;
@@ -207,28 +205,43 @@ bool scheduler::state::forget_one_idle(std::int64_t now_ms) noexcept {
 
 // ---------------------------------------------------------------- token bucket
 
-void scheduler::state::refill(destination_record& d, std::int64_t now_ms) const noexcept {
-  if (d.limits.rate_messages == 0) return;
-  std::int64_t elapsed = now_ms - d.bucket_time_ms;
-  if (elapsed <= 0) return;  // a clock that stepped back adds nothing
-  std::int64_t capacity = std::int64_t{d.limits.rate_burst} * d.limits.rate_period_ms;
-  std::int64_t missing = capacity - d.bucket_units;
-  std::int64_t needed_ms = (missing + d.limits.rate_messages - 1) / d.limits.rate_messages;
-  d.bucket_units = elapsed >= needed_ms
-                       ? capacity
-                       : d.bucket_units + elapsed * std::int64_t{d.limits.rate_messages};
-  d.bucket_time_ms = now_ms;
+void token_bucket::fill(const destination_limits& limits, std::int64_t now_ms) noexcept {
+  units = std::int64_t{limits.rate_burst} * limits.rate_period_ms;
+  time_ms = now_ms;
 }
 
-// When the bucket holds `messages` tokens (as of its last refill), or no_wakeup_ms if it
-// never can (more than the burst).
-std::int64_t scheduler::state::bucket_time_for(const destination_record& d,
-                                               std::uint32_t messages) const noexcept {
-  if (d.limits.rate_messages == 0) return 0;
-  if (messages > d.limits.rate_burst) return no_wakeup_ms;
-  std::int64_t needed = std::int64_t{messages} * d.limits.rate_period_ms - d.bucket_units;
-  if (needed <= 0) return d.bucket_time_ms;
-  return d.bucket_time_ms + (needed + d.limits.rate_messages - 1) / d.limits.rate_messages;
+void token_bucket::clamp(const destination_limits& limits) noexcept {
+  units = std::min(units, std::int64_t{limits.rate_burst} * limits.rate_period_ms);
+}
+
+void token_bucket::refill(const destination_limits& limits, std::int64_t now_ms) noexcept {
+  if (limits.rate_messages == 0) return;
+  std::int64_t elapsed = now_ms - time_ms;
+  if (elapsed <= 0) return;  // a clock that stepped back adds nothing
+  std::int64_t capacity = std::int64_t{limits.rate_burst} * limits.rate_period_ms;
+  std::int64_t missing = capacity - units;
+  std::int64_t needed_ms = (missing + limits.rate_messages - 1) / limits.rate_messages;
+  units = elapsed >= needed_ms ? capacity : units + elapsed * std::int64_t{limits.rate_messages};
+  time_ms = now_ms;
+}
+
+std::int64_t token_bucket::time_for(const destination_limits& limits,
+                                    std::uint32_t messages) const noexcept {
+  if (limits.rate_messages == 0) return 0;
+  if (messages > limits.rate_burst) return no_wakeup_ms;
+  std::int64_t needed = std::int64_t{messages} * limits.rate_period_ms - units;
+  if (needed <= 0) return time_ms;
+  return time_ms + (needed + limits.rate_messages - 1) / limits.rate_messages;
+}
+
+void token_bucket::take(const destination_limits& limits) noexcept {
+  if (limits.rate_messages != 0) units -= limits.rate_period_ms;
+}
+
+std::int64_t scheduler::state::rate_time_for(destination_record& d, std::uint32_t messages,
+                                             std::int64_t now_ms) noexcept {
+  d.bucket.refill(d.limits, now_ms);
+  return std::max(d.bucket.time_for(d.limits, messages), site_rate_time(d, now_ms, true));
 }
 
 // ---------------------------------------------------------------- jobs
@@ -359,6 +372,34 @@ std::int64_t scheduler::state::retry_delay(const destination_record& d,
   return jittered(delays[index - 1]);
 }
 
+// The destination-wide backoff after its connection_failures-th consecutive failure: the
+// retry schedule's delay, or longer with probe_backoff_max_ms (scheduler_config), but then
+// not past the first expiry or delay warning among its jobs, so a longer wait never delays
+// a bounce or a "delayed" DSN (they are issued at the failure of the probe then).
+std::int64_t scheduler::state::probe_delay(const destination_record& d,
+                                           std::int64_t now_ms) noexcept {
+  const std::int64_t scheduled = retry_delay(d, d.connection_failures);
+  const std::int64_t grown_max = config.probe_backoff_max_ms;
+  if (grown_max <= 0 || d.connection_failures <= 1) return scheduled;
+  const auto& own = d.limits.retry_delays_ms;
+  std::int64_t grown = own && !own->empty() ? own->front() : config.retry_delays_ms.front();
+  for (std::uint32_t n = 1; n < d.connection_failures && grown < grown_max; ++n) grown *= 2;
+  grown = jittered(std::min(grown, grown_max));
+  if (grown <= scheduled) return scheduled;
+  std::int64_t deadline = no_wakeup_ms;
+  const auto consider = [&](const job_record& job) {
+    const std::int64_t warn = std::int64_t{job.received_seconds} * 1000 + config.delay_warning_ms;
+    if (config.delay_warning_ms > 0 && (job.flags & job_flag_delay_warned) == 0 && warn > now_ms)
+      deadline = std::min(deadline, warn);
+    if (const std::int64_t expiry = expiry_ms(job); expiry > now_ms)
+      deadline = std::min(deadline, expiry);
+  };
+  for (const heap_entry& entry : d.scheduled) consider(jobs[entry.slot]);
+  for (std::uint32_t slot = d.ready.head; slot != nil_slot; slot = jobs[slot].next)
+    consider(jobs[slot]);
+  return std::max(scheduled, std::min(grown, deadline - now_ms));
+}
+
 std::int64_t scheduler::state::expiry_ms(const job_record& job) const noexcept {
   const std::int64_t own = destinations[job.destination].limits.lifetime_max_ms;
   return std::int64_t{job.received_seconds} * 1000 + (own > 0 ? own : config.lifetime_max_ms);
@@ -400,14 +441,23 @@ void scheduler::state::push_event(event_kind kind, std::uint32_t slot,
 
 // ---------------------------------------------------------------- wake-ups
 
-bool scheduler::state::can_open(destination_record& d, std::int64_t now_ms) const noexcept {
+bool scheduler::state::can_open(destination_record& d, std::int64_t now_ms) noexcept {
   std::uint32_t limit = d.probing ? 1 : d.limits.connections_max;
   if (d.suspended || d.connections >= limit) return false;
   if (d.ready.count <= d.connections_starting) return false;  // the starting ones take them
   if (site_full(d)) return false;
   if (d.backoff_until_ms > now_ms) return false;
-  refill(d, now_ms);
-  return bucket_time_for(d, d.connections_starting + 1) <= now_ms;
+  return rate_time_for(d, d.connections_starting + 1, now_ms) <= now_ms;
+}
+
+// Postfix's queue manager serves destinations round robin; here a connection slot is the
+// unit, so a connection that carried its turn's messages closes while another destination
+// waits for a slot, which poll() gives to the longest waiting one. Without waiters a
+// connection goes on to messages_per_connection_max as before.
+bool scheduler::state::turn_over(const destination_record& d,
+                                 const connection_record& c) const noexcept {
+  if (config.turn_messages == 0 || c.taken < config.turn_messages) return false;
+  return starved.size() > (d.starved ? 1u : 0u);
 }
 
 // Earliest time poll() has something to do for this destination.
@@ -417,11 +467,10 @@ std::int64_t scheduler::state::compute_wake(destination_record& d, std::int64_t 
   if (d.probing && d.ready.count > 0) wake = no_wakeup_ms;  // due jobs wait for the probe
   std::uint32_t limit = d.probing ? 1 : d.limits.connections_max;
   if (d.ready.count > d.connections_starting && d.connections < limit) {
-    refill(d, now_ms);
     std::int64_t at = std::max({now_ms, d.backoff_until_ms,
-                                bucket_time_for(d, d.connections_starting + 1)});
-    if (at != no_wakeup_ms && site_full(d)) {
-      site_wait(d);  // woken when one of the site's connections ends
+                                rate_time_for(d, d.connections_starting + 1, now_ms)});
+    if (d.site != nil_slot && (at == no_wakeup_ms || site_full(d))) {
+      site_wait(d);  // woken when one of the site's connections ends or starts
       at = no_wakeup_ms;
     }
     if (at != no_wakeup_ms && live_connections >= config.connections_max) {
@@ -448,11 +497,12 @@ void scheduler::state::reschedule(std::uint32_t slot, std::int64_t now_ms) noexc
 }
 
 void scheduler::state::service(std::uint32_t slot, std::int64_t now_ms,
-                               std::vector<connect_request>& out) {
+                               std::vector<connect_request>& out, std::uint32_t open_max) {
   destination_record& d = destinations[slot];
   if (d.suspended) return;
   move_due(d, now_ms);
-  while (live_connections < config.connections_max && can_open(d, now_ms)) {
+  for (; open_max > 0 && live_connections < config.connections_max && can_open(d, now_ms);
+       --open_max) {
     std::uint32_t c;
     if (!free_connections.empty()) {
       c = free_connections.back();
@@ -482,7 +532,10 @@ void scheduler::state::release_connection(connection_id id, std::int64_t now_ms)
   destination_record& d = destinations[record.destination];
   RINGMTA_ASSERT(d.connections > 0);
   --d.connections;
-  if (!record.started) --d.connections_starting;
+  if (!record.started) {
+    --d.connections_starting;
+    site_connection_started(d, now_ms);
+  }
   record.live = false;
   ++record.generation;
   free_connections.push_back(id.slot);
@@ -507,7 +560,7 @@ void scheduler::state::backoff(std::uint32_t slot, std::int64_t now_ms, const fa
     // Connections that were opened together and fail together are one failure: only a
     // failure outside a backoff raises the count (and so the delay).
     if (d.connection_failures < 0xffffffffu) ++d.connection_failures;
-    d.backoff_until_ms = now_ms + retry_delay(d, d.connection_failures);
+    d.backoff_until_ms = now_ms + probe_delay(d, now_ms);
   }
   std::int64_t until = d.backoff_until_ms;
   d.probing = true;

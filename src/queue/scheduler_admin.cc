@@ -104,7 +104,7 @@ void scheduler::set_limits(std::string_view name, const destination_limits& limi
   s.overrides.insert_or_assign(std::string(name), limits);
   if (destination_record* d = s.find(name); d != nullptr) {
     s.apply_limits(*d, limits);
-    s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket_time_ms);
+    s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket.time_ms);
   }
 }
 
@@ -117,7 +117,7 @@ bool scheduler::reshape(std::string_view name, const destination_limits& limits)
   if (d == nullptr) return false;
   if (s.overrides.count(name) != 0 || d->limits == limits) return true;  // an operator's wins
   s.apply_limits(*d, limits);
-  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket_time_ms);
+  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket.time_ms);
   return true;
 }
 
@@ -131,13 +131,14 @@ void scheduler::set_policy(const scheduler_config& next) noexcept {
   s.config.retry_delays_ms = next.retry_delays_ms;  // the vector keeps its capacity mostly
   s.config.lifetime_max_ms = next.lifetime_max_ms;
   s.config.delay_warning_ms = next.delay_warning_ms;
+  s.config.probe_backoff_max_ms = next.probe_backoff_max_ms;
   if (s.config.limits == next.limits && !s.config.limits_for) return;
   s.config.limits = next.limits;
   for (std::uint32_t slot = 0; slot < s.destinations.size(); ++slot) {
     destination_record& d = s.destinations[slot];
     if (!d.live || s.overrides.find(d.name) != s.overrides.end()) continue;
     s.apply_limits(d, s.config.limits_for ? s.config.limits_for(d.name) : next.limits);
-    s.reschedule(slot, d.bucket_time_ms);
+    s.reschedule(slot, d.bucket.time_ms);
   }
 }
 
@@ -146,7 +147,7 @@ void scheduler::clear_limits(std::string_view name) {
   if (auto found = s.overrides.find(name); found != s.overrides.end()) s.overrides.erase(found);
   if (destination_record* d = s.find(name); d != nullptr) {
     s.apply_limits(*d, s.config.limits);
-    s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket_time_ms);
+    s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket.time_ms);
   }
 }
 

@@ -137,22 +137,27 @@ std::int64_t scheduler::next_wakeup_ms() noexcept {
 
 std::size_t scheduler::poll(std::int64_t now_ms, std::vector<connect_request>& out) noexcept {
   state& s = *_state;
+  const std::size_t before = out.size();
   s.sweep_idle(now_ms);
-  // Destinations that waited for a shard-wide connection slot all try again now; the ones
-  // that find no slot starve again (compute_wake).
+  // Destinations that waited for a shard-wide connection slot go first, one connection each
+  // while others wait, in the order they started waiting (round robin: one that had a turn
+  // and wants more waits at the back), and
+  // before the wake heap (whose order is by time and slot, not by waiting); those that find
+  // no slot starve again (compute_wake), at the back.
   if (s.live_connections < s.config.connections_max) {
     s.starved_wake_ms = no_wakeup_ms;
-    for (std::size_t count = s.starved.size(); count > 0; --count) {
+    for (std::size_t count = s.starved.size();
+         count > 0 && s.live_connections < s.config.connections_max; --count) {
       std::uint32_t slot = s.starved.front();
       s.starved.pop_front();
       destination_record& d = s.destinations[slot];
       if (!d.live || !d.starved) continue;
       d.starved = false;
       d.wake_ms = no_wakeup_ms;  // force a fresh heap entry
+      s.service(slot, now_ms, out, s.starved.empty() ? 0xffffffffu : 1);  // one each per turn
       s.reschedule(slot, now_ms);
     }
   }
-  std::size_t before = out.size();
   s.due.clear();
   while (!s.wake.empty() && s.wake.front().time_ms <= now_ms) {
     std::pop_heap(s.wake.begin(), s.wake.end(), heap_later{});
@@ -192,6 +197,7 @@ take_result scheduler::take_for_connection(connection_id id, std::int64_t now_ms
   if (!c.started) {  // the connection works: the destination is reachable again
     c.started = true;
     --d.connections_starting;
+    s.site_connection_started(d, now_ms);
     d.connection_failures = 0;
     d.probing = false;
     if (d.paused_until_ms <= now_ms) d.backoff_until_ms = 0;
@@ -199,7 +205,8 @@ take_result scheduler::take_for_connection(connection_id id, std::int64_t now_ms
   const bool paused = d.paused_until_ms > now_ms;
   if (!d.suspended && !paused) s.move_due(d, now_ms);
   std::uint32_t per_connection = d.limits.messages_per_connection_max;
-  if (d.suspended || paused || (per_connection != 0 && c.taken >= per_connection)) {
+  if (d.suspended || paused || (per_connection != 0 && c.taken >= per_connection) ||
+      s.turn_over(d, c)) {
     result.status = take_status::close;
   } else if (d.ready.head == nil_slot || (reused && d.ready.count <= d.connections_starting)) {
     // poll() opened a connection for each ready job beyond those starting; a connection that
@@ -208,8 +215,9 @@ take_result scheduler::take_for_connection(connection_id id, std::int64_t now_ms
     // idles instead; if the starting one fails, the job is still ready for it.
     result.status = take_status::none;
   } else {
-    s.refill(d, now_ms);
-    std::int64_t at = s.bucket_time_for(d, 1);
+    d.bucket.refill(d.limits, now_ms);
+    const std::int64_t at =
+        std::max(d.bucket.time_for(d.limits, 1), s.site_rate_time(d, now_ms, false));
     if (at > now_ms) {
       result.status = take_status::throttled;
       result.retry_at_ms = at;
@@ -218,7 +226,8 @@ take_result scheduler::take_for_connection(connection_id id, std::int64_t now_ms
       s.unlink(d.ready, job_slot);
       s.jobs[job_slot].state = job_state::in_flight;
       s.push_back(d.in_flight, job_slot);
-      if (d.limits.rate_messages != 0) d.bucket_units -= d.limits.rate_period_ms;
+      d.bucket.take(d.limits);
+      s.site_take(d);
       ++c.taken;
       result.status = take_status::job;
       result.job = s.view(job_slot);

@@ -62,6 +62,20 @@ struct heap_later {
   }
 };
 
+// Token bucket of a destination or a site (destination_limits: rate_messages per
+// rate_period_ms, at most rate_burst banked; one message costs rate_period_ms units).
+struct token_bucket {
+  std::int64_t units = 0;
+  std::int64_t time_ms = 0;  // of the last refill
+  void fill(const destination_limits& limits, std::int64_t now_ms) noexcept;  // full
+  void clamp(const destination_limits& limits) noexcept;  // to the (new) capacity
+  void refill(const destination_limits& limits, std::int64_t now_ms) noexcept;
+  // When the bucket holds `messages` tokens (as of its last refill), or no_wakeup_ms if it
+  // never can (more than the burst); 0 without a rate.
+  std::int64_t time_for(const destination_limits& limits, std::uint32_t messages) const noexcept;
+  void take(const destination_limits& limits) noexcept;  // one message
+};
+
 struct job_list {
   std::uint32_t head = nil_slot;
   std::uint32_t tail = nil_slot;
@@ -86,8 +100,7 @@ struct destination_record {
   std::uint32_t connection_failures = 0;   // consecutive
   std::int64_t backoff_until_ms = 0;
   std::int64_t paused_until_ms = 0;        // reply rule: nothing goes before this
-  std::int64_t bucket_units = 0;           // token bucket level (see destination_limits)
-  std::int64_t bucket_time_ms = 0;
+  token_bucket bucket;                     // rate limit (see destination_limits)
   std::int64_t wake_ms = no_wakeup_ms;
   std::uint32_t idle_prev = nil_slot;
   std::uint32_t idle_next = nil_slot;
@@ -107,7 +120,10 @@ struct destination_record {
 // connections may carry any member's jobs. Exists while it has members.
 struct site_record {
   std::string name;
-  destination_limits limits;  // connections_max and messages_per_connection_max apply here
+  // connections_max, messages_per_connection_max and the rate apply to the site as a whole
+  destination_limits limits;
+  token_bucket bucket;  // the site's rate: every member's messages take from it
+  std::uint32_t connections_starting = 0;  // of every member: opened, no take yet
   std::vector<std::uint32_t> members;  // destination slots
   std::uint32_t connections = 0;  // of every member
   std::vector<std::uint32_t> waiting;  // member slots held by the limit: rescheduled on release
@@ -193,15 +209,18 @@ struct scheduler::state {
   void unlink_idle(std::uint32_t slot) noexcept;
   void reschedule(std::uint32_t slot, std::int64_t now_ms) noexcept;
   std::int64_t compute_wake(destination_record& d, std::int64_t now_ms) noexcept;
-  bool can_open(destination_record& d, std::int64_t now_ms) const noexcept;
-  void service(std::uint32_t slot, std::int64_t now_ms, std::vector<connect_request>& out);
+  bool can_open(destination_record& d, std::int64_t now_ms) noexcept;
+  // Drain fairness: the connection has had its turn (config.turn_messages) and another
+  // destination waits for a shard-wide connection slot: it closes and hands the slot on.
+  bool turn_over(const destination_record& d, const connection_record& c) const noexcept;
+  void service(std::uint32_t slot, std::int64_t now_ms, std::vector<connect_request>& out,
+               std::uint32_t open_max = 0xffffffffu);
   // Due jobs to the ready list; while probing (probe_limit) only until one is ready.
   void move_due(destination_record& d, std::int64_t now_ms, bool probe_limit = true) noexcept;
   void apply_limits(destination_record& d, const destination_limits& limits) noexcept;
-  // token bucket
-  void refill(destination_record& d, std::int64_t now_ms) const noexcept;
-  std::int64_t bucket_time_for(const destination_record& d, std::uint32_t messages) const
-      noexcept;
+  // token buckets: when the destination (and its site) may send `messages` more
+  std::int64_t rate_time_for(destination_record& d, std::uint32_t messages,
+                             std::int64_t now_ms) noexcept;
   // jobs
   std::uint32_t allocate_job() noexcept;
   void free_job(std::uint32_t slot) noexcept;
@@ -213,6 +232,7 @@ struct scheduler::state {
   std::int64_t jittered(std::int64_t delay_ms) noexcept;
   std::int64_t retry_delay(const destination_record& d, std::uint32_t attempts) noexcept;
   std::int64_t expiry_ms(const job_record& job) const noexcept;
+  std::int64_t probe_delay(const destination_record& d, std::int64_t now_ms) noexcept;
   void note_attempt(job_record& job, std::int64_t now_ms, std::uint32_t error) noexcept;
   bool warn_delay(job_record& job, std::int64_t now_ms) const noexcept;
   void push_event(event_kind kind, std::uint32_t slot, std::int64_t next_ms) noexcept;
@@ -237,10 +257,19 @@ struct scheduler::state {
   bool site_full(const destination_record& d) const noexcept;
   void site_wait(destination_record& d) noexcept;  // held by the site limit: wake on release
   void site_connection_opened(destination_record& d) noexcept;
+  void site_connection_started(destination_record& d, std::int64_t now_ms) noexcept;
+  void wake_site_waiting(site_record& site, std::int64_t now_ms) noexcept;
+  // When the site's bucket holds one token (0: no site or no site rate), beyond one for each
+  // of the site's starting connections when `reserve_starting`; site_take charges one.
+  std::int64_t site_rate_time(destination_record& d, std::int64_t now_ms,
+                              bool reserve_starting) noexcept;
+  void site_take(destination_record& d) noexcept;
   void site_connection_released(destination_record& d, std::int64_t now_ms) noexcept;
   void leave_site(destination_record& d) noexcept;
+  void move_within_site(connection_record& c, std::uint32_t to, std::int64_t now_ms) noexcept;
   std::uint32_t site_member_with_work(const site_record& site, std::uint32_t except,
-                                      std::int64_t now_ms) const noexcept;
+                                      std::int64_t now_ms,
+                                      std::size_t scan_max = SIZE_MAX) const noexcept;
 };
 
 }  // namespace ringmta::queue

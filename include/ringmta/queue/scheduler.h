@@ -31,7 +31,8 @@
 // message's expiry time, and a deferral at or after expiry (received + lifetime_max_ms)
 // expires the job instead (the caller bounces: RFC 5321 §4.5.4.1 give-up time).
 // Destination-wide backoff uses the destination's count of consecutive connection failures
-// in the same schedule (connections failing during a backoff count once); after it the
+// in the same schedule (connections failing during a backoff count once), grown by
+// probe_backoff_max_ms when that is set; after it the
 // destination probes with one connection until a connection succeeds (its first
 // take_for_connection is the proof). While it probes, its due jobs wait on the destination:
 // only one is made ready (the probe's), so a failed probe defers that one job, and the others
@@ -40,6 +41,10 @@
 // before the destination is back are checked at each failure, so a job may outlive its
 // lifetime by up to one backoff delay. flush() lifts the backoff, makes every scheduled job
 // ready, but keeps the single probe connection.
+//
+// Fairness: while destinations wait for one of the shard's connections_max, a connection
+// that has carried turn_messages is told to close, and poll() gives the freed slots to the
+// waiting destinations in the order they began to wait, one connection each (round robin).
 //
 // Memory: 64 bytes per job record (static_assert below) + 16 bytes per scheduled job (heap
 // entry) + 4 bytes per free slot; containers grow geometrically, so up to 2x that in slack.
@@ -93,6 +98,12 @@ struct scheduler_config {
   // Delay after the n-th failed attempt; the last one repeats. Must not be empty.
   std::vector<std::int64_t> retry_delays_ms = {5 * 60'000, 15 * 60'000, 30 * 60'000,
                                                 60 * 60'000, 2 * 3'600'000, 4 * 3'600'000};
+  // A destination whose connections keep failing (Postfix: a dead destination's backoff
+  // doubles from minimal_backoff_time to maximal_backoff_time): after its n-th consecutive
+  // failure it waits max(schedule(n), retry_delays_ms[0] × 2^(n-1)) capped here, but no
+  // longer than until the first lifetime expiry or delay warning among its jobs (those are
+  // checked at the probe). 0: the retry schedule alone.
+  std::int64_t probe_backoff_max_ms = 0;
   std::uint32_t jitter_permille = 100;                   // ±10% of each delay
   std::int64_t lifetime_max_ms = 5 * 86'400'000LL;       // then expire (bounce)
   std::int64_t delay_warning_ms = 4 * 3'600'000LL;       // "delayed" DSN once; 0: never
@@ -101,6 +112,10 @@ struct scheduler_config {
   std::uint32_t jobs_per_destination_max = 1'000'000;
   std::uint32_t jobs_max = 10'000'000;                   // whole shard
   std::uint32_t connections_max = 4096;                  // whole shard
+  // Drain fairness: while destinations wait for one of the shard's connections_max, a
+  // connection closes after this many messages (its turn) so the next one gets the slot;
+  // 0: never (a connection keeps its slot until messages_per_connection_max or no job).
+  std::uint32_t turn_messages = 10;
   std::uint32_t error_texts_max = 4096;                  // distinct retained error texts
   std::uint64_t random_seed = 1;                         // jitter source (splitmix64)
 };
@@ -368,12 +383,14 @@ class scheduler {
 
   // --- MX sites (KumoMTA's site_name; scheduler_site.cc) ---
   // Domains whose MX host sets are equal form a site: the connections of all its members
-  // count against the site's connections_max and messages_per_connection_max (each member's
-  // own limits still apply too), and a connection opened for one member may carry another
-  // member's jobs (take_for_site). Queues, retry times, backoff, suspension and bounces stay
-  // per member destination. join_site() creates the site on first use and sets its limits
-  // (a later call replaces them); false when the destination is unknown. A destination
-  // leaves its site when it is forgotten; the site ends with its last member.
+  // count against the site's connections_max and messages_per_connection_max, their
+  // messages against the site's rate (one token bucket; each member's own limits still
+  // apply too), and a connection opened for one member may carry another member's jobs
+  // (take_for_site, round robin over the members with work, one message each). Queues,
+  // retry times, backoff, suspension and bounces stay per member destination. join_site()
+  // creates the site on first use and sets its limits (a later call replaces them); false
+  // when the destination is unknown. A destination leaves its site when it is forgotten;
+  // the site ends with its last member.
   bool join_site(std::string_view destination, std::string_view site,
                  const destination_limits& site_limits);
   bool reshape_site(std::string_view site, const destination_limits& site_limits);

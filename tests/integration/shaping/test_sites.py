@@ -12,6 +12,9 @@ shard), and resuming it delivers its mail; the other domain is untouched by the 
 A reply rule acts on the whole site: h1.test and h2.test share MX hosts on a scripted server
 that answers RCPT slow*@ with Yahoo's "421 4.7.0 [TSS04]"; the rule (mx = "*.hsite.test")
 fired by h1.test's reply suspends h2.test too, and h2.test's next message waits.
+A site's rate applies to its members together: r1.test and r2.test share MX hosts (a sink on
+127.0.0.44) shaped to 5 messages/s (burst 5); 15 messages each at once, and the sink's arrival
+times must stay within that one bucket (each member alone was allowed 5/s: together 10/s).
 usage: test_sites.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT SCRIPTED_SINK"""
 import collections
 import json
@@ -39,9 +42,13 @@ zones["solo.test"] = ["@ MX 10 mx", "mx A 127.0.0.42"]
 for d in ["h1.test", "h2.test"]:
     zones[d] = ["@ MX 10 mx1.hsite.test."]
 zones["hsite.test"] = ["mx1 A 127.0.0.43"]
+for d in ["r1.test", "r2.test"]:
+    zones[d] = ["@ MX 10 mx1.rsite.test.", "@ MX 20 mx2.rsite.test."]
+zones["rsite.test"] = ["mx1 A 127.0.0.44", "mx2 A 127.0.0.44"]
 dns = DnsServer(dns_script, zones)
 site_sink = Sink(sink_binary, "127.0.0.41", port, ["--reply-delay-ms", "100"])
 solo_sink = Sink(sink_binary, "127.0.0.42", port)
+rate_sink = Sink(sink_binary, "127.0.0.44", port)
 
 work = tempfile.mkdtemp(prefix="ringmta-sites-")
 scripted_dir = os.path.join(work, "scripted")
@@ -61,6 +68,10 @@ max_connections_per_destination = 8
 mx = "*.gsite.test"
 max_connections = 2
 max_messages_per_connection = 12
+
+[[shaping]]
+mx = "*.rsite.test"
+max_messages_per_second = 5
 
 [[reply_rule]]
 mx = "*.hsite.test"
@@ -157,6 +168,24 @@ time.sleep(2)  # the site would have delivered it by now: one connection, nothin
 tap.ok(h2 and h2[0]["next_attempt_ms"] > time.time() * 1000 + 30 * 60 * 1000 and
        scripted_mails() == mails, "h2.test's next message waits for the site's suspension; "
        "nothing was sent", (h2[:1], scripted_mails(), mails))
+# --- the site's rate holds for its members together
+rate_total = 30
+send([f"r{n}@r{1 + n % 2}.test" for n in range(rate_total)])
+tap.ok(wait_until(lambda: len(rate_sink.messages()) >= rate_total, 120),
+       "every message for r1.test and r2.test arrived", len(rate_sink.messages()))
+rate_messages = [e for e, _ in rate_sink.messages()]
+arrivals = sorted(int(e["time-ms"]) for e in rate_messages)
+members = {r.split("@")[1] for e in rate_messages for r in e["rcpt"]}
+# Upper bounds on what the sink saw (limit checks): a bucket of 5/s with 5 banked lets at most
+# 5 + 5 through in any second (one more for the delivery's own latency spread), and 30 need
+# (30 - 5) / 5 = 5 s; the members' own 5/s each would have allowed 10/s (about 2 s for 30).
+busiest = max(sum(1 for b in arrivals[i:] if b < a + 1000) for i, a in enumerate(arrivals))
+tap.ok(busiest <= 11, "the site never exceeded its 5 messages/s for r1.test and r2.test "
+       "together (most in any second)", busiest)
+span = arrivals[-1] - arrivals[0] if arrivals else 0
+tap.ok(span >= 4000, "30 messages took at least (30 - 5) / 5 s minus latency at the sink",
+       f"{span} ms")
+tap.ok(members == {"r1.test", "r2.test"}, "both members were delivered", members)
 daemon.stop()
 scripted.stdin.close()
 scripted.wait(30)

@@ -51,6 +51,7 @@ relay_domains = ["example.com"]
 "example.org" = "192.0.2.7:2526"
 [queue]
 retry_schedule = ["1m", "10m"]
+probe_backoff_max = "2h"
 )");
   ASSERT_EQ(s.listen.size(), 2u);
   EXPECT_EQ(s.listen[1].to_string(), "[::1]:2525");
@@ -64,6 +65,7 @@ retry_schedule = ["1m", "10m"]
   EXPECT_EQ(s.routes[0].host, "192.0.2.7");
   EXPECT_EQ(s.routes[0].port, 2526);
   EXPECT_EQ(s.retry_schedule_s, (std::vector<std::uint32_t>{60, 600}));
+  EXPECT_EQ(s.probe_backoff_max_s, 7200u);
 }
 
 TEST(settings, flags_override_file) {
@@ -401,6 +403,9 @@ TEST(settings, nonsensical_values_are_errors) {
   EXPECT_EQ(error_of("", {"--retry-schedule", "0"}),
             "command line: --retry-schedule: expected a duration from 1s to 30d such as 30s, "
             "5m or 2h, got '0'");
+  EXPECT_EQ(error_of("[queue]\nprobe_backoff_max = \"31d\"\n"),
+            "test.toml:2: queue.probe_backoff_max: expected a duration from 0s to 30d such as "
+            "30s, 5m or 2h, got '31d'");
   EXPECT_EQ(error_of("[queue]\nlifetime = 0\n"),
             "test.toml:2: queue.lifetime: expected a duration from 1s to 365d such as 30s, 5m "
             "or 2h, got '0'");

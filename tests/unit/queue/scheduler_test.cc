@@ -1072,5 +1072,94 @@ TEST(scheduler, jobs_waiting_on_a_probe_expire_and_warn) {
   }
 }
 
+// Issue 15 drain fairness: four destinations with 30 jobs each and room for two connections
+// in the whole shard. A connection that has had its turn (turn_messages) closes while others
+// wait, and the slot goes to the longest waiting destination: each has its first delivery
+// within the first four turns (the first had both slots before anyone waited; then one
+// connection each while others wait), and the shard's limit holds throughout. Without turns
+// the first destinations kept their connections until empty (the fourth waited 90 messages).
+std::vector<std::size_t> first_delivery_order(std::uint32_t turn_messages) {
+  scheduler_config config = plain_config();
+  config.connections_max = 2;
+  config.limits.connections_max = 2;
+  config.turn_messages = turn_messages;
+  harness h(config);
+  const std::vector<std::string> names = {"a.test", "b.test", "c.test", "d.test"};
+  for (spool::message_id id = 1; id <= 120; ++id)
+    EXPECT_EQ(h.add(names[id % 4], id, {0}).status, add_status::added);
+  std::vector<std::size_t> first(names.size(), 0);  // 1-based delivery count at the first
+  std::size_t delivered = 0;
+  for (int round = 0; round < 1000 && delivered < 120; ++round) {
+    const auto opened = h.poll(t0);
+    EXPECT_LE(h.queue.stats().connections, 2u);
+    for (const auto& request : opened) {
+      for (;;) {
+        const auto taken = h.queue.take_for_connection(request.connection, t0);
+        if (taken.status != take_status::job) break;
+        ++delivered;
+        const auto index = static_cast<std::size_t>(
+            std::find(names.begin(), names.end(), request.name) - names.begin());
+        if (first[index] == 0) first[index] = delivered;
+        h.queue.delivered(taken.job.id, t0);
+      }
+      h.queue.connection_closed(request.connection, t0);
+    }
+  }
+  EXPECT_EQ(delivered, 120u);
+  return first;
+}
+
+TEST(scheduler, drain_hands_the_connection_slot_on_after_a_turn) {
+  for (const std::size_t at : first_delivery_order(10)) EXPECT_LE(at, 4u * 10 + 1);
+  // The same drain without turns: the last destination waits for most of it.
+  const auto unfair = first_delivery_order(0);
+  EXPECT_GT(*std::max_element(unfair.begin(), unfair.end()), 60u);
+}
+
+// Issue 15 idle backlog: with probe_backoff_max_ms a dead destination's probes thin out,
+// doubling from the first retry delay (Postfix's minimal/maximal_backoff_time); the wait is
+// never shorter than the schedule's and ends at the first expiry or delay warning, so the
+// bounce is not delayed. Probes go at +0, +1, +3, +7 s; the next wait (8 s) would pass the
+// 10 s lifetime and is cut to it: the probe at +10 s expires the job.
+TEST(scheduler, probe_backoff_doubles_to_its_cap_but_not_past_expiry) {
+  scheduler_config config = plain_config();
+  config.retry_delays_ms = {1000};
+  config.probe_backoff_max_ms = 8000;
+  config.lifetime_max_ms = 10'000;
+  harness h(config);
+  h.add("dead.example", 1, {0});
+  std::vector<std::int64_t> probes;
+  std::int64_t now = t0;
+  std::vector<harness::event_copy> events;
+  for (int round = 0; round < 10 && h.queue.stats().jobs != 0; ++round) {
+    const auto requests = h.poll(now);
+    ASSERT_EQ(requests.size(), 1u) << "at +" << now - t0;
+    probes.push_back(now - t0);
+    h.queue.connection_failed(requests[0].connection, now, refused);
+    for (auto& event : h.events()) events.push_back(event);
+    now = h.queue.next_wakeup_ms();
+    if (now == no_wakeup_ms) break;
+  }
+  EXPECT_EQ(probes, (std::vector<std::int64_t>{0, 1000, 3000, 7000, 10'000}));
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().kind, event_kind::expired);
+  // Without an expiry in reach the wait stops growing at the cap; the schedule's own delay
+  // wins when it is longer.
+  config.lifetime_max_ms = 86'400'000;
+  config.retry_delays_ms = {1000, 1000, 1000, 1000, 1000, 20'000};
+  harness capped(config);
+  capped.add("dead.example", 1, {0});
+  std::vector<std::int64_t> waits;
+  now = t0;
+  for (int round = 0; round < 7; ++round) {
+    const auto requests = capped.poll(now);
+    ASSERT_EQ(requests.size(), 1u);
+    capped.queue.connection_failed(requests[0].connection, now, refused);
+    waits.push_back(capped.queue.next_wakeup_ms() - now);
+    now = capped.queue.next_wakeup_ms();
+  }
+  EXPECT_EQ(waits, (std::vector<std::int64_t>{1000, 2000, 4000, 8000, 8000, 20'000, 20'000}));
+}
+
 }  // namespace
 }  // namespace ringmta::queue
