@@ -87,32 +87,20 @@ std::vector<spool::body_slice> packed_message::body() const {
   return out;
 }
 
-std::unique_ptr<spooled_message> relay::state::make_message(
-    const spool::envelope& envelope, std::span<const spool::body_slice> body,
-    std::uint64_t body_bytes) noexcept {
-  auto message = std::make_unique<spooled_message>();
-  message->id = envelope.id;
-  message->home = owner.id();
-  message->packed.pack(envelope, body);
-  message->body_bytes = body_bytes;
-  message->received_seconds = envelope.received_seconds;
-  return message;
-}
-
-std::unique_ptr<spooled_message> relay::state::load(spool::message_id id,
-                                                    spool::envelope& envelope) noexcept {
-  auto stored = store.read(id);
-  if (!stored) {
-    log.set_time(core::wall_milliseconds());
-    log.record("spool_read_failed")
-        .field("id", std::string_view(spool::format_message_id(id).data(), 16))
-        .field("error", stored.error_text());
-    return nullptr;
-  }
-  envelope = std::move(stored.value().envelope);
-  envelope.id = id;
-  auto message = make_message(envelope, stored.value().body, stored.value().body_bytes);
-  message->received_ms = envelope.received_seconds * 1000;
+// The message lives in the map's node (nodes do not move: jobs point to it).
+spooled_message& relay::state::add_message(const spool::envelope& envelope,
+                                           std::span<const spool::body_slice> body,
+                                           std::uint64_t body_bytes,
+                                           std::int64_t received_ms) noexcept {
+  const auto [it, added] = messages.try_emplace(envelope.id);
+  RINGMTA_ASSERT(added);  // ids are unique: a second one would free what jobs point to
+  spooled_message& message = it->second;
+  message.id = envelope.id;
+  message.home = owner.id();
+  message.packed.pack(envelope, body);
+  message.body_bytes = body_bytes;
+  message.received_seconds = envelope.received_seconds;
+  message.received_ms = received_ms;
   return message;
 }
 
@@ -120,11 +108,9 @@ void relay::state::route(const spool::envelope& envelope,
                          std::span<const spool::body_slice> body, std::string_view pool) {
   std::uint64_t body_bytes = 0;
   for (const auto& slice : body) body_bytes += slice.length;
-  auto message = make_message(envelope, body, body_bytes);
-  message->received_ms = core::wall_milliseconds();
-  spooled_message& routed = *message;
-  messages[envelope.id] = std::move(message);
-  route_recipients(routed, envelope, nullptr, pool);
+  spooled_message& message =
+      add_message(envelope, body, body_bytes, core::wall_milliseconds());
+  route_recipients(message, envelope, nullptr, pool);
 }
 
 // The pool: a trusted X-Ringmta-Pool naming a known pool, else the sender domain's, else
@@ -202,12 +188,20 @@ void relay::state::route_recovered(spool::message_id id) noexcept {
   if (messages.find(id) != messages.end()) return;  // recover_one routed it already
   const spool::message_entry* entry = store.find(id);
   if (entry == nullptr || entry->status != spool::message_status::queued) return;
-  spool::envelope envelope;
-  auto message = load(id, envelope);
-  if (!message) return;
-  spooled_message& routed = *message;
-  messages[id] = std::move(message);
-  route_recipients(routed, envelope, store.find(id));
+  auto stored = store.read(id);
+  if (!stored) {
+    log.set_time(core::wall_milliseconds());
+    log.record("spool_read_failed")
+        .field("id", std::string_view(spool::format_message_id(id).data(), 16))
+        .field("error", stored.error_text());
+    return;
+  }
+  spool::envelope& envelope = stored.value().envelope;
+  envelope.id = id;
+  spooled_message& message = add_message(envelope, stored.value().body,
+                                         stored.value().body_bytes,
+                                         envelope.received_seconds * 1000);
+  route_recipients(message, envelope, store.find(id));  // the read may have moved entries
 }
 
 // Groups the open recipients by destination (and, after a restart, by their retry state) and
@@ -234,8 +228,8 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
   if (has_pools()) {  // each destination's queue leaves from its pool's next source
     decltype(groups) named;
     for (auto& [group, indices] : groups)
-      named[{egress_name(message, envelope.reverse_path, std::get<0>(group), pool), std::get<1>(group),
-             std::get<2>(group)}] = std::move(indices);
+      named[{egress_name(message, envelope.reverse_path, std::get<0>(group), pool),
+             std::get<1>(group), std::get<2>(group)}] = std::move(indices);
     groups = std::move(named);
   }
   const unsigned shards = static_cast<unsigned>(config.shards->size());
@@ -255,7 +249,8 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
     const unsigned to = owner_of(job->destination, shards);
     send(to, shard::make_message<&on_job_message>(std::move(job), *config.shards));
   }
-  if (message.recipients_open == 0) messages.erase(message.id);  // nothing left to do
+  // Nothing left to do (the key is copied: it lives in the node erased).
+  if (message.recipients_open == 0) messages.erase(spool::message_id{message.id});
 }
 
 void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
@@ -287,7 +282,7 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
       --message.recipients_open;
     }
   }
-  if (message.recipients_open == 0) messages.erase(message.id);
+  if (message.recipients_open == 0) messages.erase(spool::message_id{message.id});
 }
 
 // Logs one outcome and keeps what a DSN needs (RFC 3461: as NOTIFY asks; never for <>).

@@ -50,7 +50,7 @@ class packed_message {
 // A queued message as every shard sees it: immutable after the home built it, except the
 // home-only fields. Freed by the home once every recipient is final.
 // One is kept per queued message, so its size is memory per message (docs/notes.md, "Backlog
-// at scale"): it must stay within mimalloc's 64-byte size class.
+// at scale"): it must stay within 64 bytes (with the `messages` map's node: the 80-byte class).
 struct spooled_message {
   spool::message_id id = 0;
   unsigned home = 0;
@@ -180,7 +180,7 @@ struct relay::state {
   bool shutting_down = false;
 
   // home role (relay_home.cc)
-  std::unordered_map<spool::message_id, std::unique_ptr<spooled_message>> messages;
+  std::unordered_map<spool::message_id, spooled_message> messages;  // in the nodes
   std::vector<std::unique_ptr<pending_dsn>> dsns;               // being appended / committed
   std::unordered_map<std::uint64_t, std::unique_ptr<pending_dsn>> dsn_tickets;
   void route(const spool::envelope& envelope, std::span<const spool::body_slice> body,
@@ -212,11 +212,9 @@ struct relay::state {
   void queue_dsn(spooled_message& message, const spool::envelope& envelope) noexcept;
   void continue_dsns() noexcept;
   bool on_committed(std::uint64_t ticket, int error) noexcept;
-  // Recovery only: the message and its envelope, read from the spool.
-  std::unique_ptr<spooled_message> load(spool::message_id id, spool::envelope& envelope) noexcept;
-  std::unique_ptr<spooled_message> make_message(const spool::envelope& envelope,
-                                                std::span<const spool::body_slice> body,
-                                                std::uint64_t body_bytes) noexcept;
+  spooled_message& add_message(const spool::envelope& envelope,
+                               std::span<const spool::body_slice> body, std::uint64_t body_bytes,
+                               std::int64_t received_ms) noexcept;
 
   // owner role (relay.cc)
   struct owned_message {
