@@ -50,7 +50,9 @@ std::string read_prefix(const std::vector<spool::body_slice>& body, std::uint64_
 
 void packed_message::pack(const spool::envelope& envelope,
                           std::span<const spool::body_slice> body) {
-  std::string bytes;
+  // The encoding grows a string: one per thread, reused, keeps that off the per-message path.
+  thread_local std::string bytes;
+  bytes.clear();
   spool::encode_envelope(envelope, bytes);
   RINGMTA_ASSERT(bytes.size() <= UINT32_MAX && body.size() <= UINT32_MAX);
   _envelope_bytes = static_cast<std::uint32_t>(bytes.size());
