@@ -416,6 +416,19 @@ std::string relay::destinations_json(std::size_t count_max) const {
   return dump(out);
 }
 
+std::string relay::queue_totals_json() const {
+  std::uint64_t count = 0, ready = 0, scheduled = 0, in_flight = 0, connections = 0;
+  _state->scheduler.list_destinations(SIZE_MAX, [&](const queue::destination_info& d) {
+    ++count;
+    ready += d.ready;
+    scheduled += d.scheduled;
+    in_flight += d.in_flight;
+    connections += d.connections;
+  });
+  return fmt::format(R"({{"destinations":{},"ready":{},"scheduled":{},"in_flight":{},)"
+                     R"("connections":{}}})", count, ready, scheduled, in_flight, connections);
+}
+
 std::string relay::egress_sources_json() const {
   auto out = nlohmann::json::array();
   if (_state->live->egress)
