@@ -8,8 +8,10 @@ refused: nothing can be delivered, every destination backs off). Measured, in on
   idle        daemon RSS before any mail
   warm-up     one message per destination (MX lookups, first refused connections)
   accept 0    accept rate of --probe messages with only the warm-up queued
-  backlog     RSS after N are queued: bytes per queued message beyond the idle daemon (the
-              spool's own size on disk is printed beside it)
+  backlog     RSS after N are queued: bytes per queued message beyond the idle daemon, and
+              per backlog message beyond the daemon holding the warm-up (every destination
+              known: without the per-destination state) (the spool's own size on disk is
+              printed beside it)
   cpu         daemon CPU (utime+stime from /proc/PID/stat) over --cpu-windows consecutive
               windows of --cpu-window seconds (the first hold the backlog's first attempts) while
               nothing can be delivered
@@ -194,6 +196,10 @@ def backlog_phase(args, work, dns, port):
     got, rate0 = blast(args, daemon.port, "p0", args.probe)
     say(f"accept, queue holding only the warm-up: {got} messages at {rate0:.0f} msg/s")
     got += warm
+    # Every destination is known now (scheduler queue, DNS answer, site): what the backlog adds
+    # beyond this is the cost per queued message without the per-destination state.
+    quiet_queue(daemon, 300)
+    before = rss_bytes(pid)
     t0 = time.monotonic()
     injected, inject_rate = blast(args, daemon.port, "bk", args.messages)
     say(f"injected {injected} in {time.monotonic() - t0:.1f} s ({inject_rate:.0f} msg/s)")
@@ -205,6 +211,8 @@ def backlog_phase(args, work, dns, port):
     say(f"backlog RSS {rss / 1e6:.1f} MB: {(rss - idle) / queued:.0f} bytes per queued message "
         f"beyond the idle daemon ({queued} queued; spool on disk {spool_bytes / 1e6:.0f} MB = "
         f"{spool_bytes / queued:.0f} bytes/message)")
+    say(f"backlog RSS beyond the daemon holding the warm-up and probe ({before / 1e6:.1f} MB): "
+        f"{(rss - before) / max(injected, 1):.0f} bytes per backlog message")
     # Consecutive windows: the first ones hold the backlog's first attempts (each message
     # is tried once after it arrives: a deferral, a log record, a spool mark); once every
     # message has been tried (one retry period), what is left is the idle cost of holding it.

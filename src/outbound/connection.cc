@@ -150,9 +150,11 @@ void connection::open(std::uint64_t destination_cookie, const route& where) noex
   staged_begin = staged_end = 0;
   reason = close_reason::lost;
   failure = smtp::client_outcome::accepted;
-  if (!session) {  // first use of this slot: the only allocations of a connection
+  if (!session) {  // first use of this slot (or its buffers were given back on release)
     session = std::make_unique<smtp::client_session>(server.engine_config());
-    staging = std::make_unique<char[]>(server.staging_bytes());
+    // Not zeroed: only the bytes staged are ever read, and pages never written (a refused
+    // connection writes none) are not made resident.
+    staging = std::make_unique_for_overwrite<char[]>(server.staging_bytes());
   }
   enter(connection_phase::resolving);
   const std::uint64_t cookie = std::uint64_t{generation} << 32 | slot;

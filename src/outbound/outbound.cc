@@ -143,6 +143,7 @@ core::result<connection_handle> outbound_server::open_connection(std::uint64_t d
   _free_slots.pop_back();
   auto& c = _connections[slot];
   if (!c) c = std::make_unique<connection>(*this, slot);  // first use of this slot only
+  if (c->session) --_buffered_free;
   ++_live;
   ++_counters.connections_opened;
   c->open(destination, where);
@@ -299,6 +300,15 @@ void outbound_server::release_slot(connection& c) noexcept {
   RINGMTA_ASSERT(c.ops == 0 && !c.timer.armed());
   c.enter(connection_phase::free);
   c.generation = (c.generation + 1) & io::generation_mask;
+  // A free slot keeps its session and staging buffer (~80 KB) only while few free slots do: a
+  // burst of connections (10,000 destinations each tried at once) must not leave every slot of
+  // the table holding them for the daemon's life (docs/notes.md "Backlog at scale").
+  if (c.session && _buffered_free < free_slots_buffered_max) {
+    ++_buffered_free;
+  } else {
+    c.session.reset();
+    c.staging.reset();
+  }
   _free_slots.push_back(c.slot);
   --_live;
   ++_counters.connections_closed;

@@ -86,8 +86,13 @@ enum class tls_intent : std::uint8_t {
 // A new socket starts over at plaintext. Asserted at every transition (set_tls_state).
 enum class tls_state : std::uint8_t { plaintext, handshake, established, failed };
 
+// Free slots of the table that keep their connection's session (~10 KB) and staging buffer
+// (~68 KB) for the next connection; the others give them back when released.
+inline constexpr std::uint32_t free_slots_buffered_max = 64;
+
 // One outgoing connection; lives in outbound_server's table and is reused (the session and
-// the staging buffer are allocated on the slot's first use only).
+// the staging buffer are allocated on the slot's first use, kept by at most
+// free_slots_buffered_max free slots).
 struct connection {
   connection(outbound_server& server, std::uint32_t slot) noexcept;
 
@@ -385,6 +390,7 @@ class outbound_server final : public shard::completion_handler,
   std::unordered_map<std::string, tls_failure_note> _tls_failures;  // by "address:port"
   core::member_timer<outbound_server, &outbound_server::on_kick> _kick{*this};
   std::uint32_t _live = 0;
+  std::uint32_t _buffered_free = 0;  // free slots that kept their session and staging buffer
   bool _shutting_down = false;
   bool _stopped = false;
   outbound_counters _counters;

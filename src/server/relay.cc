@@ -417,6 +417,19 @@ std::string relay::destinations_json(std::size_t count_max) const {
   return dump(out);
 }
 
+std::string relay::queue_totals_json() const {
+  std::uint64_t count = 0, ready = 0, scheduled = 0, in_flight = 0, connections = 0;
+  _state->scheduler.list_destinations(SIZE_MAX, [&](const queue::destination_info& d) {
+    ++count;
+    ready += d.ready;
+    scheduled += d.scheduled;
+    in_flight += d.in_flight;
+    connections += d.connections;
+  });
+  return fmt::format(R"({{"destinations":{},"ready":{},"scheduled":{},"in_flight":{},)"
+                     R"("connections":{}}})", count, ready, scheduled, in_flight, connections);
+}
+
 std::string relay::egress_sources_json() const {
   auto out = nlohmann::json::array();
   if (_state->live->egress)
@@ -452,11 +465,13 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
       const auto owned = _state->owned.find(j.message);
       const spooled_message* message =
           owned != _state->owned.end() ? owned->second.message : nullptr;
+      const spool::envelope envelope =
+          message != nullptr ? message->packed.envelope() : spool::envelope{};
       auto recipients = nlohmann::json::array();
       j.for_each_recipient([&](std::uint16_t index) {
-        const bool known = message != nullptr && index < message->envelope.recipients.size();
+        const bool known = index < envelope.recipients.size();
         recipients.push_back({{"index", index},
-                              {"address", known ? message->envelope.recipients[index].address
+                              {"address", known ? envelope.recipients[index].address
                                                 : std::string()}});
       });
       // list_jobs: in flight, then ready, then scheduled; a suspended destination holds all;
@@ -479,7 +494,7 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
       out.push_back({{"id", std::string(spool::format_message_id(j.message).data())},
                      {"destination", name},
                      {"state", state}, {"recipients", recipients},
-                     {"sender", message ? message->envelope.reverse_path : std::string()},
+                     {"sender", envelope.reverse_path},
                      {"size", message ? message->body_bytes : 0},
                      {"attempts", j.attempts}, {"received_s", j.received_seconds},
                      {"last_attempt_ms", j.last_attempt_ms},
@@ -626,7 +641,7 @@ void relay::state::learn_mx(const std::string& destination,
 void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   spooled_message& message = *job->message;
   const std::int64_t now = core::wall_milliseconds();
-  queue::job_spec spec{message.id, message.envelope.received_seconds, job->recipients,
+  queue::job_spec spec{message.id, message.received_seconds, job->recipients,
                        job->attempts, job->not_before_ms};
   // A destination a reply rule suspended: the job waits for the end (no attempt), and its
   // home records that time, so a restart meanwhile does not send it early.
@@ -846,15 +861,16 @@ void relay::state::start_delivery(outbound::connection_handle connection, std::u
   flight.started_ms = core::wall_milliseconds();
   flight.connection = connection;
   flight.cookie = cookie;
+  flight.body = message.packed.body();
   const auto& envelope =
-      flight.storage.assign(message.envelope, flight.indices, message.body_bytes);
+      flight.storage.assign(message.packed.envelope(), flight.indices, message.body_bytes);
   // RFC 6152 §3: 8-bit content to a server without 8BITMIME is converted (or bounced 5.6.3
   // by the client engine when conversion is off).
   if (envelope.body == smtp::client_body_type::eight_bit_mime &&
       !out.offers_8bitmime(connection) && request_downgrade(slot)) {
     return;  // on_downgraded continues
   }
-  hand_off(slot, envelope, message.body);
+  hand_off(slot, envelope, flight.body);
 }
 
 void relay::state::hand_off(std::uint32_t slot, const smtp::client_envelope& envelope,

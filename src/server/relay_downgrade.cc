@@ -27,7 +27,7 @@ bool relay::state::request_downgrade(std::uint32_t slot) noexcept {
   request->shard = owner.id();
   request->flight = slot;
   request->job = job_key(flight.job.id);
-  const bool duplicated = duplicate_body(flight.message->body, *request);
+  const bool duplicated = duplicate_body(flight.body, *request);
   const int error = errno;
   if (!duplicated || !config.downgrader->submit(std::move(request))) {
     smtp::parsed_reply reply;
@@ -79,7 +79,7 @@ void relay::on_downgraded(std::unique_ptr<downgrade_result> result) noexcept {
     case downgrade_outcome::unchanged:  // labelled 8-bit, but nothing 8-bit in it
       flight.converted_envelope = flight.storage.envelope();
       flight.converted_envelope.body = smtp::client_body_type::seven_bit;
-      return s.hand_off(slot, flight.converted_envelope, flight.message->body);
+      return s.hand_off(slot, flight.converted_envelope, flight.body);
     case downgrade_outcome::refused:
     case downgrade_outcome::signed_message:
     case downgrade_outcome::too_large:

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <tuple>
 
@@ -47,46 +48,78 @@ std::string read_prefix(const std::vector<spool::body_slice>& body, std::uint64_
 
 }  // namespace
 
-std::unique_ptr<spooled_message> relay::state::load(spool::message_id id,
-                                                    std::string& pool) noexcept {
-  auto stored = store.read(id);
-  if (!stored) {
-    log.set_time(core::wall_milliseconds());
-    log.record("spool_read_failed")
-        .field("id", std::string_view(spool::format_message_id(id).data(), 16))
-        .field("error", stored.error_text());
-    return nullptr;
+void packed_message::pack(const spool::envelope& envelope,
+                          std::span<const spool::body_slice> body) {
+  // The encoding grows a string: one per thread, reused, keeps that off the per-message path.
+  thread_local std::string bytes;
+  bytes.clear();
+  spool::encode_envelope(envelope, bytes);
+  RINGMTA_ASSERT(bytes.size() <= UINT32_MAX && body.size() <= UINT32_MAX);
+  _envelope_bytes = static_cast<std::uint32_t>(bytes.size());
+  _slices = static_cast<std::uint32_t>(body.size());
+  _bytes.reset(new char[bytes.size() + body.size() * 16]);
+  std::memcpy(_bytes.get(), bytes.data(), bytes.size());
+  char* at = _bytes.get() + bytes.size();
+  for (const auto& slice : body) {  // 16 bytes, not sizeof(body_slice) with its padding
+    const std::int32_t fd = slice.fd;
+    std::memcpy(at, &fd, 4);
+    std::memcpy(at + 4, &slice.length, 4);
+    std::memcpy(at + 8, &slice.offset, 8);
+    at += 16;
   }
-  auto message = std::make_unique<spooled_message>();
-  message->id = id;
-  message->home = owner.id();
-  message->envelope = std::move(stored.value().envelope);
-  message->body = std::move(stored.value().body);
-  message->body_bytes = stored.value().body_bytes;
-  pool = std::move(stored.value().pool);
-  message->received_ms = message->envelope.received_seconds * 1000;
+}
+
+spool::envelope packed_message::envelope() const {
+  auto decoded = spool::decode_envelope({_bytes.get(), _envelope_bytes});
+  RINGMTA_ASSERT(decoded.ok());
+  return std::move(decoded.value());
+}
+
+std::vector<spool::body_slice> packed_message::body() const {
+  std::vector<spool::body_slice> out(_slices);
+  const char* at = _bytes.get() + _envelope_bytes;
+  for (auto& slice : out) {
+    std::int32_t fd = 0;
+    std::memcpy(&fd, at, 4);
+    slice.fd = fd;
+    std::memcpy(&slice.length, at + 4, 4);
+    std::memcpy(&slice.offset, at + 8, 8);
+    at += 16;
+  }
+  return out;
+}
+
+// The message lives in the map's node (nodes do not move: jobs point to it).
+spooled_message& relay::state::add_message(const spool::envelope& envelope,
+                                           std::span<const spool::body_slice> body,
+                                           std::uint64_t body_bytes,
+                                           std::int64_t received_ms) noexcept {
+  const auto [it, added] = messages.try_emplace(envelope.id);
+  RINGMTA_ASSERT(added);  // ids are unique: a second one would free what jobs point to
+  spooled_message& message = it->second;
+  message.id = envelope.id;
+  message.home = owner.id();
+  message.packed.pack(envelope, body);
+  message.body_bytes = body_bytes;
+  message.received_seconds = envelope.received_seconds;
+  message.received_ms = received_ms;
   return message;
 }
 
 void relay::state::route(const spool::envelope& envelope,
                          std::span<const spool::body_slice> body, std::string_view pool) {
-  auto message = std::make_unique<spooled_message>();
-  message->id = envelope.id;
-  message->home = owner.id();
-  message->envelope = envelope;
-  message->received_ms = core::wall_milliseconds();
-  message->body.assign(body.begin(), body.end());
-  for (const auto& slice : body) message->body_bytes += slice.length;
-  spooled_message& routed = *message;
-  messages[envelope.id] = std::move(message);
-  route_recipients(routed, nullptr, pool);
+  std::uint64_t body_bytes = 0;
+  for (const auto& slice : body) body_bytes += slice.length;
+  spooled_message& message =
+      add_message(envelope, body, body_bytes, core::wall_milliseconds());
+  route_recipients(message, envelope, nullptr, pool);
 }
 
 // The pool: a trusted X-Ringmta-Pool naming a known pool, else the sender domain's, else
 // "default" (egress.h). After a restart the header's choice comes from the spool
 // (stored_message::pool; route_recovered).
-std::string relay::state::egress_name(const spooled_message& message, std::string destination,
-                                      std::string_view pool) noexcept {
+std::string relay::state::egress_name(const spooled_message& message, std::string_view sender,
+                                      std::string destination, std::string_view pool) noexcept {
   const egress_table& egress = *live->egress;
   if (picker_table != &egress) {
     picker.reset(egress);
@@ -94,7 +127,6 @@ std::string relay::state::egress_name(const spooled_message& message, std::strin
   }
   std::optional<std::uint32_t> chosen = pool.empty() ? std::nullopt : egress.pool_named(pool);
   if (!chosen) {
-    const std::string_view sender = message.envelope.reverse_path;
     const auto at = sender.rfind('@');
     chosen = egress.pool_for_sender(
         at == std::string_view::npos ? std::string() : destination_of(sender, config.hostname));
@@ -158,22 +190,31 @@ void relay::state::route_recovered(spool::message_id id) noexcept {
   if (messages.find(id) != messages.end()) return;  // recover_one routed it already
   const spool::message_entry* entry = store.find(id);
   if (entry == nullptr || entry->status != spool::message_status::queued) return;
-  std::string pool;
-  auto message = load(id, pool);
-  if (!message) return;
-  spooled_message& routed = *message;
-  messages[id] = std::move(message);
-  route_recipients(routed, store.find(id), pool);
+  auto stored = store.read(id);
+  if (!stored) {
+    log.set_time(core::wall_milliseconds());
+    log.record("spool_read_failed")
+        .field("id", std::string_view(spool::format_message_id(id).data(), 16))
+        .field("error", stored.error_text());
+    return;
+  }
+  spool::envelope& envelope = stored.value().envelope;
+  envelope.id = id;
+  spooled_message& message = add_message(envelope, stored.value().body,
+                                         stored.value().body_bytes,
+                                         envelope.received_seconds * 1000);
+  // store.find again: the read may have moved entries
+  route_recipients(message, envelope, store.find(id), stored.value().pool);
 }
 
 // Groups the open recipients by destination (and, after a restart, by their retry state) and
 // hands each group to the destination's owner.
-void relay::state::route_recipients(spooled_message& message,
+void relay::state::route_recipients(spooled_message& message, const spool::envelope& envelope,
                                     const spool::message_entry* recovered,
                                     std::string_view pool) noexcept {
   using key = std::tuple<std::string, std::uint16_t, std::int64_t>;
   std::map<key, std::vector<std::uint16_t>> groups;
-  const auto& recipients = message.envelope.recipients;
+  const auto& recipients = envelope.recipients;
   for (std::size_t i = 0; i < recipients.size(); ++i) {
     std::uint16_t attempts = 0;
     std::int64_t not_before_ms = 0;
@@ -190,8 +231,8 @@ void relay::state::route_recipients(spooled_message& message,
   if (has_pools()) {  // each destination's queue leaves from its pool's next source
     decltype(groups) named;
     for (auto& [group, indices] : groups)
-      named[{egress_name(message, std::get<0>(group), pool), std::get<1>(group),
-             std::get<2>(group)}] = std::move(indices);
+      named[{egress_name(message, envelope.reverse_path, std::get<0>(group), pool),
+             std::get<1>(group), std::get<2>(group)}] = std::move(indices);
     groups = std::move(named);
   }
   const unsigned shards = static_cast<unsigned>(config.shards->size());
@@ -211,15 +252,17 @@ void relay::state::route_recipients(spooled_message& message,
     const unsigned to = owner_of(job->destination, shards);
     send(to, shard::make_message<&on_job_message>(std::move(job), *config.shards));
   }
-  if (message.recipients_open == 0) messages.erase(message.id);  // nothing left to do
+  // Nothing left to do (the key is copied: it lives in the node erased).
+  if (message.recipients_open == 0) messages.erase(spool::message_id{message.id});
 }
 
 void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
   spooled_message& message = *batch->message;
   RINGMTA_ASSERT(message.home == owner.id());
-  for (const auto& r : batch->reports) record(message, r);
+  const spool::envelope envelope = message.packed.envelope();
+  for (const auto& r : batch->reports) record(message, envelope, r);
   // The DSN reads the original before the marks let the spool reclaim its segment.
-  if (message.notes && !message.notes->empty()) queue_dsn(message);
+  if (message.notes && !message.notes->empty()) queue_dsn(message, envelope);
   const std::int64_t now_seconds = core::wall_seconds();
   for (const auto& r : batch->reports) {
     spool::recipient_status status;
@@ -242,19 +285,20 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
       --message.recipients_open;
     }
   }
-  if (message.recipients_open == 0) messages.erase(message.id);
+  if (message.recipients_open == 0) messages.erase(spool::message_id{message.id});
 }
 
 // Logs one outcome and keeps what a DSN needs (RFC 3461: as NOTIFY asks; never for <>).
-void relay::state::record(spooled_message& message, const recipient_report& r) noexcept {
-  const auto& recipient = message.envelope.recipients.at(r.index);
+void relay::state::record(spooled_message& message, const spool::envelope& envelope,
+                          const recipient_report& r) noexcept {
+  const auto& recipient = envelope.recipients.at(r.index);
   const std::int64_t now_ms = core::wall_milliseconds();
   log.set_time(now_ms);
   // What operators search for: the size, the MX host and its address apart, the attempt
   // number, the outbound session, and delays to the millisecond.
   auto line = log.record(event_name(r.kind));
   line.field("id", std::string_view(spool::format_message_id(message.id).data(), 16))
-      .field("from", message.envelope.reverse_path)
+      .field("from", envelope.reverse_path)
       .field("to", recipient.address)
       .field("size", message.body_bytes)
       .field("mx", r.mx)
@@ -319,7 +363,7 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
       return;
     case outcome_kind::deleted: return;  // no DSN: the operator deleted it (postsuper -d)
   }
-  if (!queue::should_send_dsn(message.envelope.reverse_path, recipient.notify, action)) return;
+  if (!queue::should_send_dsn(envelope.reverse_path, recipient.notify, action)) return;
   dsn_note note;
   note.index = r.index;
   note.action = action;
@@ -334,7 +378,7 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
   note.diagnostic_from_server = r.from_server;
   note.last_attempt_seconds = core::wall_seconds();
   note.retry_until_seconds =
-      message.envelope.received_seconds + live->scheduler.lifetime_max_ms / 1000;
+      message.received_seconds + live->scheduler.lifetime_max_ms / 1000;
   if (!message.notes) message.notes = std::make_unique<std::vector<dsn_note>>();
   message.notes->push_back(std::move(note));
 }
@@ -342,7 +386,8 @@ void relay::state::record(spooled_message& message, const recipient_report& r) n
 // Builds the DSN for the notes gathered on `message` and starts spooling it from <> to the
 // original sender (RFC 3464). The bytes go into the spool over the next iterations if the
 // spool's buffers are busy.
-void relay::state::queue_dsn(spooled_message& message) noexcept {
+void relay::state::queue_dsn(spooled_message& message,
+                             const spool::envelope& original_envelope) noexcept {
   std::vector<dsn_note> notes;
   notes.swap(*message.notes);
   const std::int64_t now_seconds = core::wall_seconds();
@@ -356,7 +401,7 @@ void relay::state::queue_dsn(spooled_message& message) noexcept {
   pending->id = store.id_of(handle.value());
   std::vector<queue::dsn_recipient> recipients;
   for (const auto& note : notes) {
-    const auto& original = message.envelope.recipients.at(note.index);
+    const auto& original = original_envelope.recipients.at(note.index);
     const bool delayed = note.action == queue::dsn_action::delayed;
     recipients.push_back({original.address, original.orcpt, note.action, note.status, note.remote,
                           note.diagnostic, note.last_attempt_seconds,
@@ -365,12 +410,13 @@ void relay::state::queue_dsn(spooled_message& message) noexcept {
   }
   queue::dsn_request request;
   request.reporting_mta = config.hostname;
-  request.original = &message.envelope;
+  request.original = &original_envelope;
   request.recipients = recipients;
   request.original_body_bytes = message.body_bytes;
   request.dsn_id = pending->id;
   request.now_seconds = now_seconds;
-  const std::string original = read_prefix(message.body, queue::dsn_original_bytes_needed(request));
+  const std::string original =
+      read_prefix(message.packed.body(), queue::dsn_original_bytes_needed(request));
   const std::string_view pieces[] = {original};
   request.original_body = pieces;
   auto built = queue::build_dsn(request, pending->bytes);
@@ -382,7 +428,7 @@ void relay::state::queue_dsn(spooled_message& message) noexcept {
   auto& envelope = pending->envelope;
   envelope.id = pending->id;
   envelope.reverse_path.clear();  // from <>: never bounced again (RFC 5321 §4.5.5)
-  envelope.recipients.push_back({message.envelope.reverse_path, 0, {}});
+  envelope.recipients.push_back({original_envelope.reverse_path, 0, {}});
   envelope.body = built.value().body;
   envelope.smtputf8 = built.value().smtputf8;
   envelope.received_seconds = now_seconds;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -29,23 +30,40 @@ struct dsn_note {
   std::int64_t retry_until_seconds = 0;
 };
 
+// The envelope and where the body lies in the spool, packed into one allocation while the
+// message waits: the spool's envelope encoding (spool/envelope.h), then the body slices (16
+// bytes each). A queued message keeps only this, not a spool::envelope with its vector and
+// strings (docs/notes.md, "Backlog at scale"); a delivery, a log record, a DSN or a listing
+// unpacks what it needs. Immutable once packed: owners on other shards unpack it too.
+class packed_message {
+ public:
+  void pack(const spool::envelope& envelope, std::span<const spool::body_slice> body);
+  spool::envelope envelope() const;  // asserts: pack() encoded a valid one
+  std::vector<spool::body_slice> body() const;
+
+ private:
+  std::unique_ptr<char[]> _bytes;
+  std::uint32_t _envelope_bytes = 0;
+  std::uint32_t _slices = 0;
+};
+
 // A queued message as every shard sees it: immutable after the home built it, except the
 // home-only fields. Freed by the home once every recipient is final.
 // One is kept per queued message, so its size is memory per message (docs/notes.md, "Backlog
-// at scale"): it must stay within mimalloc's 256-byte size class (272 bytes took 320).
+// at scale"): it must stay within 64 bytes (with the `messages` map's node: the 80-byte class).
 struct spooled_message {
   spool::message_id id = 0;
   unsigned home = 0;
   std::uint32_t recipients_open = 0;  // home only (here: it shares a word with `home`)
-  spool::envelope envelope;
-  std::vector<spool::body_slice> body;  // wire form, in the home's segment files
+  packed_message packed;              // envelope and body slices
   std::uint64_t body_bytes = 0;
+  std::int64_t received_seconds = 0;  // the envelope's (the scheduler's job has it)
   std::int64_t received_ms = 0;  // when it was answered 250 (recovered: the envelope's second)
   // home only: outcomes waiting to be reported by a DSN; allocated by the first one (most
   // messages never have one).
   std::unique_ptr<std::vector<dsn_note>> notes;
 };
-static_assert(sizeof(spooled_message) <= 256, "bytes per queued message: see the comment");
+static_assert(sizeof(spooled_message) <= 64, "bytes per queued message: see the comment");
 
 // Home → owner: some recipients of a message for one destination.
 struct routed_job {
@@ -118,6 +136,7 @@ struct in_flight {
   flight_phase phase = flight_phase::free;
   queue::job_view job;  // job.last_error must not be read: it points into the scheduler
   spooled_message* message = nullptr;
+  std::vector<spool::body_slice> body;       // unpacked from the message for the delivery
   std::vector<std::uint16_t> indices;        // envelope indices, in the order sent
   std::vector<recipient_report> results;     // by position in `indices`
   outbound::envelope_storage storage;
@@ -161,7 +180,7 @@ struct relay::state {
   bool shutting_down = false;
 
   // home role (relay_home.cc)
-  std::unordered_map<spool::message_id, std::unique_ptr<spooled_message>> messages;
+  std::unordered_map<spool::message_id, spooled_message> messages;  // in the nodes
   std::vector<std::unique_ptr<pending_dsn>> dsns;               // being appended / committed
   std::unordered_map<std::uint64_t, std::unique_ptr<pending_dsn>> dsn_tickets;
   void route(const spool::envelope& envelope, std::span<const spool::body_slice> body,
@@ -177,22 +196,25 @@ struct relay::state {
   std::size_t recovering_next = 0;
   std::int64_t recovering_since_ms = 0;
   core::member_timer<state, &state::recover_slice> recovery_timer{*this};
-  void route_recipients(spooled_message& message, const spool::message_entry* recovered,
+  void route_recipients(spooled_message& message, const spool::envelope& envelope,
+                        const spool::message_entry* recovered,
                         std::string_view pool = {}) noexcept;
   // Egress (egress.h): the queue name for a destination, with the source its pool picks.
   bool has_pools() const noexcept { return live->egress && !live->egress->empty(); }
   egress_picker picker;
   const egress_table* picker_table = nullptr;  // the table `picker` was reset for
-  std::string egress_name(const spooled_message& message, std::string destination,
-                          std::string_view pool) noexcept;
+  std::string egress_name(const spooled_message& message, std::string_view sender,
+                          std::string destination, std::string_view pool) noexcept;
   void bind_source(std::string_view name, outbound::route& target) const noexcept;
   void on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept;
-  void record(spooled_message& message, const recipient_report& report) noexcept;
-  void queue_dsn(spooled_message& message) noexcept;
+  void record(spooled_message& message, const spool::envelope& envelope,
+              const recipient_report& report) noexcept;
+  void queue_dsn(spooled_message& message, const spool::envelope& envelope) noexcept;
   void continue_dsns() noexcept;
   bool on_committed(std::uint64_t ticket, int error) noexcept;
-  // recovery only; `pool`: the stored X-Ringmta-Pool choice
-  std::unique_ptr<spooled_message> load(spool::message_id id, std::string& pool) noexcept;
+  spooled_message& add_message(const spool::envelope& envelope,
+                               std::span<const spool::body_slice> body, std::uint64_t body_bytes,
+                               std::int64_t received_ms) noexcept;
 
   // owner role (relay.cc)
   struct owned_message {

@@ -184,6 +184,11 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   std::string operate(std::string_view destination, std::string_view action);
   // The destinations this shard owns, as a JSON array (at most `count_max`).
   std::string destinations_json(std::size_t count_max) const;
+  // This shard's queue summed over its destinations, one small JSON object: {"destinations",
+  // "ready", "scheduled", "in_flight", "connections"}. For GET /status, which a monitor polls:
+  // no per-destination tree is built (10,000 destinations made ~15 MB per poll, kept by the
+  // allocator: docs/notes.md "Backlog at scale").
+  std::string queue_totals_json() const;
   // The names of the live [[source]] table as a JSON array (the admin API addresses every
   // source's queue of a domain: egress.h queues_of).
   std::string egress_sources_json() const;
