@@ -43,6 +43,17 @@ class Tap:
         sys.exit(1 if self.failed else 0)
 
 
+def wait_until(condition, timeout, step=0.2):
+    """condition()'s first truthy value within `timeout` seconds, else its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    return condition()
+
+
 def free_port(address="127.0.0.1"):
     """A TCP port free on `address` right now (the OS picks it)."""
     with socket.socket() as s:

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 
-from harness import Daemon, Tap, free_port, queued_id, spool_list
+from harness import Daemon, Tap, free_port, queued_id, spool_list, wait_until
 
 ringmta, ctl = sys.argv[1], sys.argv[2]
 tap = Tap()
@@ -48,16 +48,6 @@ def ctl_json(*arguments):
         return done.returncode, json.loads(done.stdout)
     except ValueError:
         return done.returncode, done.stdout + done.stderr
-
-
-def wait_until(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    return None
 
 
 def destination(name):

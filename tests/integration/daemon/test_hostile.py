@@ -12,21 +12,11 @@ import socket
 import sys
 import time
 
-from harness import Conversation, Daemon, Tap
+from harness import Conversation, Daemon, Tap, wait_until
 from lax_downstream import LaxDownstream
 
 tap = Tap()
 binary = sys.argv[1]
-
-
-def wait_until(condition, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return condition()
 
 
 def session(port, ehlo=True):
