@@ -30,7 +30,13 @@ the restart's first delivery waits for the earliest retry time the spool recorde
 Every wait is bounded; the spool and logs are removed at the end (--keep to keep them).
 usage: bench/e2e/backlog.py [N=1000000] [--domains 10000] [--probe 20000] [--shards 2]
        [--build build] [--retry 1m] [--cpu-window 30] [--cpu-windows 4] [--keep] [--no-release]
-       [--suspend] [--perf FILE] [--daemon-arg=--probe-backoff-max --daemon-arg=1h]"""
+       [--suspend] [--perf FILE] [--daemon-arg=--probe-backoff-max --daemon-arg=1h]
+       [--heaptrack FILE]
+
+--heaptrack FILE: the daemon runs under heaptrack (every allocation recorded with its stack);
+after the warm-up and probe it is killed (SIGKILL: nothing is freed) and the run ends there.
+`heaptrack_print --print-leaks 1 FILE.zst` then lists what the daemon held at that moment by
+call site: the per-destination state and the warm-up's messages (docs/notes.md)."""
 import argparse
 import concurrent.futures
 import json
@@ -141,10 +147,20 @@ def blast(args, port, run, messages, per_session=100):
     return accepted, accepted / elapsed
 
 
-def start_daemon(args, spool, dns, port, log):
+def heaptrack_prefix(output, work):
+    """heaptrack, with operator new routed through malloc (new_to_malloc.cc says why)."""
+    shim = os.path.join(work, "new_to_malloc.so")
+    subprocess.run(["g++", "-std=c++20", "-O2", "-shared", "-fPIC", "-o", shim,
+                    os.path.join(HERE, "new_to_malloc.cc")], check=True, timeout=300)
+    return ["env", f"LD_PRELOAD={shim}", "heaptrack", "-o", output]
+
+
+def start_daemon(args, spool, dns, port, log, heaptrack=None):
+    prefix = heaptrack_prefix(heaptrack, os.path.dirname(log)) if heaptrack else []
+    allow_root = ["--allow-root"] if heaptrack and os.geteuid() == 0 else []
     daemon = Daemon(args.ringmta, spool=spool, shards=args.shards, log_lines=LogTail(log),
-                    stdout=subprocess.DEVNULL,
-                    args=["--resolver", dns.address, "--delivery-port", str(port),
+                    stdout=subprocess.DEVNULL, prefix=prefix,
+                    args=allow_root + ["--resolver", dns.address, "--delivery-port", str(port),
                           "--log-output", "file", "--log-file", log,
                           "--retry-schedule", args.retry,
                           "--max-sessions-per-client", "100000",
@@ -181,10 +197,28 @@ def quiet_queue(daemon, timeout):
     return wait_until(settled, timeout, 1.0)
 
 
+def profiled_pid(daemon):
+    """The daemon's own pid under heaptrack (the script's child running ringmta)."""
+    if not daemon.prefix:
+        return daemon.process.pid
+    pids = [daemon.process.pid]
+    while pids:
+        pid = pids.pop()
+        try:
+            if os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "ringmta":
+                return pid
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                pids += [int(child) for child in f.read().split()]
+        except OSError:
+            continue
+    raise RuntimeError("no ringmta process under heaptrack")
+
+
 def backlog_phase(args, work, dns, port):
     spool = os.path.join(work, "spool")
-    daemon = start_daemon(args, spool, dns, port, os.path.join(work, "ringmta-1.log")).start()
-    pid = daemon.process.pid
+    daemon = start_daemon(args, spool, dns, port, os.path.join(work, "ringmta-1.log"),
+                          args.heaptrack).start(timeout=120 if args.heaptrack else 20)
+    pid = profiled_pid(daemon)
     time.sleep(3)
     idle = rss_bytes(pid)
     say(f"idle daemon RSS {idle / 1e6:.1f} MB (pid {pid})")
@@ -200,6 +234,14 @@ def backlog_phase(args, work, dns, port):
     # beyond this is the cost per queued message without the per-destination state.
     quiet_queue(daemon, 300)
     before = rss_bytes(pid)
+    if args.heaptrack:
+        time.sleep(5)
+        before = rss_bytes(pid)
+        say(f"RSS holding the warm-up and probe {before / 1e6:.1f} MB: {(before - idle) / 1e6:.1f}"
+            f" MB above the idle daemon; killing it for heaptrack's record ({args.heaptrack})")
+        os.kill(pid, signal.SIGKILL)
+        daemon.process.wait(600)  # heaptrack's script ends once it has written the record
+        return None, 0
     t0 = time.monotonic()
     injected, inject_rate = blast(args, daemon.port, "bk", args.messages)
     say(f"injected {injected} in {time.monotonic() - t0:.1f} s ({inject_rate:.0f} msg/s)")
@@ -211,8 +253,14 @@ def backlog_phase(args, work, dns, port):
     say(f"backlog RSS {rss / 1e6:.1f} MB: {(rss - idle) / queued:.0f} bytes per queued message "
         f"beyond the idle daemon ({queued} queued; spool on disk {spool_bytes / 1e6:.0f} MB = "
         f"{spool_bytes / queued:.0f} bytes/message)")
+    per_message = (rss - before) / max(injected, 1)
     say(f"backlog RSS beyond the daemon holding the warm-up and probe ({before / 1e6:.1f} MB): "
-        f"{(rss - before) / max(injected, 1):.0f} bytes per backlog message")
+        f"{per_message:.0f} bytes per backlog message")
+    # The warm daemon's growth over the idle one, less its messages at the backlog's rate: what
+    # knowing the destinations costs (scheduler, sites, DNS, outbound slots), per destination.
+    say(f"per destination: ({before / 1e6:.1f} - {idle / 1e6:.1f} MB - {got} messages x "
+        f"{per_message:.0f} B) / {args.domains} = "
+        f"{(before - idle - got * per_message) / args.domains:.0f} bytes")
     # Consecutive windows: the first ones hold the backlog's first attempts (each message
     # is tried once after it arrives: a deferral, a log record, a spool mark); once every
     # message has been tried (one retry period), what is left is the idle cost of holding it.
@@ -421,6 +469,8 @@ def main():
                         help="one more daemon argument (repeatable: --daemon-arg=--flag)")
     parser.add_argument("--perf", metavar="FILE",
                         help="perf record -g the daemon during the last CPU window into FILE")
+    parser.add_argument("--heaptrack", metavar="FILE",
+                        help="run the daemon under heaptrack, kill it after the warm-up and probe")
     parser.add_argument("--no-release", action="store_true",
                         help="stop after the backlog measurements (no restart, no drain)")
     args = parser.parse_args()
@@ -435,7 +485,7 @@ def main():
     port = free_port("127.0.0.3")  # nothing listens here until the release
     try:
         spool, total = backlog_phase(args, work, dns, port)
-        if not args.no_release:
+        if not args.no_release and not args.heaptrack:
             release_phase(args, work, dns, port, spool, total)
     finally:
         dns.stop()

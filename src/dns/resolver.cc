@@ -74,6 +74,10 @@ resolver::resolver(resolver_config config, random_source random)
   for (std::uint32_t i = _config.queries_in_flight_max; i > 0; --i) _free_queries.push_back(i - 1);
   _lookups.resize(_config.lookups_max);
   for (std::uint32_t i = _config.lookups_max; i > 0; --i) _free_lookups.push_back(i - 1);
+  // Allocated at start-up: push_deadline keeps the heap below this (rebuilt past it).
+  const std::size_t slots = std::size_t{_config.queries_in_flight_max} + _config.lookups_max;
+  _deadlines.reserve(2 * slots + 65);
+  _due_scratch.reserve(slots);
 }
 
 resolver::~resolver() = default;
@@ -99,12 +103,44 @@ action* resolver::next_action() noexcept {
 }
 
 std::uint64_t resolver::next_deadline_ms() const noexcept {
-  std::uint64_t earliest = no_deadline;
+  while (!_deadlines.empty() && !deadline_live(_deadlines.front())) {
+    std::pop_heap(_deadlines.begin(), _deadlines.end(), deadline_later{});
+    _deadlines.pop_back();
+  }
+  return _deadlines.empty() ? no_deadline : _deadlines.front().at_ms;
+}
+
+// ---- deadlines -----------------------------------------------------------------------------
+
+void resolver::push_deadline(std::uint64_t at_ms, std::uint64_t key, bool is_query) {
+  _deadlines.push_back(deadline_entry{at_ms, key, is_query});
+  std::push_heap(_deadlines.begin(), _deadlines.end(), deadline_later{});
+  // Stale entries below a live top stay until they surface: bound them by the live count.
+  if (_deadlines.size() > 2 * (_queries_active + _lookups_active) + 64) rebuild_deadlines();
+}
+
+// Live: its owner is still waiting for exactly this deadline (same attempt, same lookup).
+bool resolver::deadline_live(const deadline_entry& entry) const noexcept {
+  if (entry.is_query) {
+    const auto slot = static_cast<std::size_t>(entry.key & exchange_slot_mask);
+    if (slot >= _queries.size()) return false;
+    const query& q = _queries[slot];
+    return q.active && q.exchange == entry.key && q.deadline_ms == entry.at_ms;
+  }
+  const auto index = static_cast<std::size_t>(entry.key & lookup_index_mask);
+  if (index >= _lookups.size()) return false;
+  const lookup& l = _lookups[index];
+  return l.active && l.id == entry.key && l.deadline_ms == entry.at_ms;
+}
+
+// One pass over the slots, amortized over the pushes that made the heap this large.
+void resolver::rebuild_deadlines() {
+  _deadlines.clear();
   for (const auto& q : _queries)
-    if (q.active) earliest = std::min(earliest, q.deadline_ms);
+    if (q.active) _deadlines.push_back(deadline_entry{q.deadline_ms, q.exchange, true});
   for (const auto& l : _lookups)
-    if (l.active) earliest = std::min(earliest, l.deadline_ms);
-  return earliest;
+    if (l.active) _deadlines.push_back(deadline_entry{l.deadline_ms, l.id, false});
+  std::make_heap(_deadlines.begin(), _deadlines.end(), deadline_later{});
 }
 
 // ---- lookups -------------------------------------------------------------------------------
@@ -142,6 +178,7 @@ std::uint64_t resolver::start_lookup(bool mx, std::string_view name, std::uint64
   l.queued_blocked = false;
   l.id = sequence << lookup_index_bits | index;
   l.deadline_ms = deadline_ms != 0 ? deadline_ms : now_ms + _config.lookup_timeout_ms;
+  push_deadline(l.deadline_ms, l.id, false);
   l.domain = normalize_name(name);
   l.needs.clear();
   l.hosts.clear();
@@ -431,8 +468,10 @@ void resolver::transmit(std::uint32_t slot, std::uint32_t server, bool tcp,
                                  q.edns ? _config.edns_payload_bytes : 0, tcp, q.packet);
   if (!built) {  // names are checked before; should it still fail, time out (never recurse)
     q.deadline_ms = now_ms;
+    push_deadline(q.deadline_ms, q.exchange, true);
     return;
   }
+  push_deadline(q.deadline_ms, q.exchange, true);
   if (!tcp) q.tried_mask |= 1u << server;
   ++(tcp ? _counters.tcp_sent : _counters.udp_sent);
   action& send = push_action(action_kind::send);
@@ -609,12 +648,28 @@ void resolver::on_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
 }
 
 void resolver::on_time(std::uint64_t now_ms) {
-  for (std::uint32_t slot = 0; slot < _queries.size(); ++slot) {
-    if (_queries[slot].active && _queries[slot].deadline_ms <= now_ms)
-      attempt_failed(slot, answer_status::timeout, now_ms);
+  _due_scratch.clear();
+  while (!_deadlines.empty() && _deadlines.front().at_ms <= now_ms) {
+    std::pop_heap(_deadlines.begin(), _deadlines.end(), deadline_later{});
+    if (deadline_live(_deadlines.back())) _due_scratch.push_back(_deadlines.back());
+    _deadlines.pop_back();
   }
-  for (auto& l : _lookups) {
-    if (!l.active || l.deadline_ms > now_ms) continue;
+  // The order the slot scan had: query attempts first (a timed-out attempt may end a lookup
+  // with its own answer), then lookups past their deadline; each by slot.
+  std::sort(_due_scratch.begin(), _due_scratch.end(),
+            [](const deadline_entry& a, const deadline_entry& b) {
+              if (a.is_query != b.is_query) return a.is_query;
+              const std::uint64_t mask = a.is_query ? exchange_slot_mask : lookup_index_mask;
+              return (a.key & mask) < (b.key & mask);
+            });
+  for (const deadline_entry& due : _due_scratch) {  // never re-entered: nothing calls on_time
+    if (!deadline_live(due)) continue;  // ended by an earlier one of this pass
+    if (due.is_query) {
+      attempt_failed(static_cast<std::uint32_t>(due.key & exchange_slot_mask),
+                     answer_status::timeout, now_ms);
+      continue;
+    }
+    const lookup& l = _lookups[due.key & lookup_index_mask];
     complete(l.id, failure_result(failure_kind::timeout,
                                   "DNS lookup for " + l.domain + " did not finish in time"));
   }

@@ -220,4 +220,30 @@ std::string_view scheduler::site_of(destination_id id) const noexcept {
   return s.sites[d.site].name;
 }
 
+std::string_view scheduler::site_of(std::string_view destination) const noexcept {
+  const state& s = *_state;
+  const destination_record* d = s.find(destination);
+  return d == nullptr || d->site == nil_slot ? std::string_view{} : s.sites[d->site].name;
+}
+
+bool scheduler::has_sites() const noexcept { return !_state->sites_by_name.empty(); }
+
+std::vector<std::string> scheduler::site_members(std::string_view destination) const {
+  const state& s = *_state;
+  std::vector<std::string> out;
+  const destination_record* d = s.find(destination);
+  if (d == nullptr || d->site == nil_slot) return out;
+  for (const std::uint32_t member : s.sites[d->site].members) {
+    if (&s.destinations[member] != d) out.push_back(s.destinations[member].name);
+  }
+  return out;
+}
+
+std::vector<std::string> scheduler::site_names() const {
+  std::vector<std::string> out;
+  out.reserve(_state->sites_by_name.size());
+  for (const auto& [name, index] : _state->sites_by_name) out.push_back(name);
+  return out;
+}
+
 }  // namespace ringmta::queue

@@ -82,39 +82,42 @@ struct job_list {
   std::uint32_t count = 0;
 };
 
+// Fields grouped by size (8-byte, 4-byte, flags): no padding between them (was 256 bytes
+// with 22 of padding). One per known destination: 10,000 refusing destinations keep 10,000.
 struct destination_record {
   std::string name;
+  destination_limits limits;
+  std::vector<heap_entry> scheduled;  // min-heap of job slots by next attempt
+  token_bucket bucket;                // rate limit (see destination_limits)
+  std::int64_t backoff_until_ms = 0;
+  std::int64_t paused_until_ms = 0;   // reply rule: nothing goes before this
+  std::int64_t wake_ms = no_wakeup_ms;
+  std::int64_t idle_since_ms = 0;
+  std::int64_t last_error_ms = 0;
+  job_list ready;
+  job_list in_flight;
+  job_list held;                      // operator holds: never taken, no wake-up, no expiry
   std::uint32_t generation = 0;
+  std::uint32_t connections = 0;
+  std::uint32_t connections_starting = 0;  // opened, no take_for_connection yet
+  std::uint32_t connection_failures = 0;   // consecutive
+  std::uint32_t idle_prev = nil_slot;
+  std::uint32_t idle_next = nil_slot;
+  std::uint32_t error = 0;
+  std::uint32_t site = nil_slot;  // MX site (scheduler_site.cc), nil: connections of its own
   bool live = false;
   bool suspended = false;
   bool probing = false;
   bool idle = false;
-  bool starved = false;  // waiting for a shard-wide connection slot
-  destination_limits limits;
-  job_list ready;
-  job_list in_flight;
-  job_list held;                      // operator holds: never taken, no wake-up, no expiry
-  std::vector<heap_entry> scheduled;  // min-heap of job slots by next attempt
-  std::uint32_t connections = 0;
-  std::uint32_t connections_starting = 0;  // opened, no take_for_connection yet
-  std::uint32_t connection_failures = 0;   // consecutive
-  std::int64_t backoff_until_ms = 0;
-  std::int64_t paused_until_ms = 0;        // reply rule: nothing goes before this
-  token_bucket bucket;                     // rate limit (see destination_limits)
-  std::int64_t wake_ms = no_wakeup_ms;
-  std::uint32_t idle_prev = nil_slot;
-  std::uint32_t idle_next = nil_slot;
-  std::int64_t idle_since_ms = 0;
-  std::uint32_t error = 0;
-  std::int64_t last_error_ms = 0;
-  std::uint32_t site = nil_slot;  // MX site (scheduler_site.cc), nil: connections of its own
-  bool site_waiting = false;      // on its site's waiting list (the site limit held it)
+  bool starved = false;       // waiting for a shard-wide connection slot
+  bool site_waiting = false;  // on its site's waiting list (the site limit held it)
 
   std::uint32_t job_count() const noexcept {
     return ready.count + in_flight.count + held.count +
            static_cast<std::uint32_t>(scheduled.size());
   }
 };
+static_assert(sizeof(destination_record) <= 240, "per-destination bytes: docs/notes.md");
 
 // An MX site (scheduler_site.cc): destinations whose connections share one limit, and whose
 // connections may carry any member's jobs. Exists while it has members.
@@ -123,12 +126,13 @@ struct site_record {
   // connections_max, messages_per_connection_max and the rate apply to the site as a whole
   destination_limits limits;
   token_bucket bucket;  // the site's rate: every member's messages take from it
-  std::uint32_t connections_starting = 0;  // of every member: opened, no take yet
   std::vector<std::uint32_t> members;  // destination slots
-  std::uint32_t connections = 0;  // of every member
   std::vector<std::uint32_t> waiting;  // member slots held by the limit: rescheduled on release
+  std::uint32_t connections_starting = 0;  // of every member: opened, no take yet
+  std::uint32_t connections = 0;  // of every member
   std::uint32_t next_member_hint = 0;  // round robin start for take_for_site
 };
+static_assert(sizeof(site_record) <= 160, "grouped by size: no padding between fields");
 
 struct connection_record {
   std::uint32_t destination = nil_slot;

@@ -244,7 +244,7 @@ struct relay::state {
   void queue_job(std::unique_ptr<routed_job> job) noexcept;  // into this shard's scheduler
   // MX site rollup (relay_site.cc). On the domain's owner: domain → site (learned by an MX
   // lookup, bounded, relearned after an hour) and the jobs held while the lookup runs. On the
-  // site's owner: which destinations joined which site (for idle connections and reloads).
+  // site's owner, the scheduler knows which destinations joined which site.
   struct known_site {
     std::string site;
     std::int64_t learned_ms = 0;
@@ -253,7 +253,6 @@ struct relay::state {
   std::unordered_map<std::string, std::vector<std::unique_ptr<routed_job>>> resolving;
   std::unordered_map<std::uint64_t, std::string> lookups;  // lookup cookie → domain
   std::uint64_t next_lookup = 0;
-  std::unordered_map<std::string, std::string> joined;
   struct site_resolver final : outbound::lookup_handler {
     explicit site_resolver(state& owner_state) : s(owner_state) {}
     void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;

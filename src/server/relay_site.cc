@@ -126,6 +126,7 @@ shape relay::state::site_shape(std::string_view site) const {
 
 // On the site's owner, after the job was added under its domain: the domain joins the site
 // (once; the scheduler forgets idle domains, which then join again with their next job).
+// The scheduler keeps the membership; idle_key and site_members ask it.
 void relay::state::join_site(const routed_job& job, queue::destination_id destination) noexcept {
   if (scheduler.site_of(destination) == job.site) return;
   if (shaping->has_mx_entries() && mx_hosts.count(job.destination) == 0) {
@@ -136,42 +137,25 @@ void relay::state::join_site(const routed_job& job, queue::destination_id destin
     mx_hosts.emplace(job.destination, std::move(hosts));
     scheduler.reshape(job.destination, shape_of(job.destination).limits);  // the MX layer
   }
-  if (!scheduler.join_site(job.destination, job.site, site_shape(job.site).limits)) return;
-  if (joined.size() >= sites_max) joined.clear();
-  joined[job.destination] = job.site;
+  scheduler.join_site(job.destination, job.site, site_shape(job.site).limits);
 }
 
 void relay::state::reshape_sites() noexcept {
-  for (auto it = joined.begin(); it != joined.end();) {
-    queue::destination_info info;
-    if (!scheduler.inspect(it->first, info) || scheduler.site_of(info.id) != it->second) {
-      it = joined.erase(it);
-      continue;
-    }
-    scheduler.reshape_site(it->second, site_shape(it->second).limits);
-    ++it;
-  }
+  for (const auto& site : scheduler.site_names())
+    scheduler.reshape_site(site, site_shape(site).limits);
 }
 
-// Idle connections wait per site for the members of a site, per destination otherwise.
+// Idle connections wait per site for the members of a site, per destination otherwise. The
+// scheduler is where a destination's site is kept (no second map here: it cost ~100 bytes
+// per destination, more with long MX host lists, and a scan of every destination per rule).
 std::string relay::state::idle_key(const std::string& destination) const {
-  if (joined.empty()) return destination;
-  const auto found = joined.find(destination);
-  return found == joined.end() ? destination : "site " + found->second;
+  if (!scheduler.has_sites()) return destination;
+  const std::string_view site = scheduler.site_of(std::string_view(destination));
+  return site.empty() ? destination : "site " + std::string(site);
 }
 
 std::vector<std::string> relay::state::site_members(const std::string& destination) const {
-  std::vector<std::string> out;
-  const auto own = joined.find(destination);
-  if (own == joined.end()) return out;
-  for (const auto& [name, site] : joined) {
-    queue::destination_info info;
-    if (name == destination || site != own->second || !scheduler.inspect(name, info) ||
-        scheduler.site_of(info.id) != site)
-      continue;
-    out.push_back(name);
-  }
-  return out;
+  return scheduler.site_members(destination);
 }
 
 void relay::state::follow_job(std::uint64_t cookie, const queue::job_view& job) noexcept {

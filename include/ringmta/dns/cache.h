@@ -1,4 +1,8 @@
 // A bounded TTL cache of answers keyed by (name, type), with LRU eviction.
+// An entry holds its key and its answer packed into one string (a few dozen bytes for an MX or
+// an address answer, where an `answer` with its strings and vectors costs ~250 in 3-4
+// allocations): at 10,000 destinations the cache is full, and it holds what they wait with.
+// find() unpacks the answer into a scratch value the cache owns.
 //
 // Invariants: size() <= entries_max and bytes() <= bytes_max after every insert; an entry is
 // never returned after its expiry time; positive TTLs are capped by ttl_max_s and negative ones
@@ -23,7 +27,8 @@ class cache {
         std::uint32_t negative_ttl_max_s);
 
   // A live entry for (name, type), marked most recently used; nullptr on a miss (an expired
-  // entry is dropped). The pointer is valid until the next non-const call.
+  // entry is dropped). The pointer (to the cache's scratch copy) is valid until the next
+  // non-const call.
   const answer* find(std::string_view name, record_type type, std::uint64_t now_ms);
 
   // Stores `value` (replacing an older entry) for its capped TTL. Temporary failures and TTL 0
@@ -37,10 +42,11 @@ class cache {
 
  private:
   struct entry {
-    std::string key;  // type (2 bytes, big-endian) then the name
-    answer value;
-    std::uint64_t expires_ms;
-    std::size_t bytes;
+    std::string data;  // the key: type (2 bytes, big-endian) and name; then the packed answer
+    std::uint64_t expires_ms = 0;
+    std::uint32_t bytes = 0;      // what it counts against bytes_max
+    std::uint16_t key_bytes = 0;  // of data
+    std::string_view key() const noexcept { return std::string_view(data).substr(0, key_bytes); }
   };
   using entry_list = std::list<entry>;
 
@@ -54,11 +60,14 @@ class cache {
   entry_list _lru;  // front: most recently used
   std::unordered_map<std::string_view, entry_list::iterator> _index;  // views into entry::key
   std::string _key;  // scratch, keeps its capacity
+  answer _found;     // find()'s unpacked answer; keeps its capacity
   std::size_t _bytes = 0;
   std::uint64_t _evictions = 0;
 };
 
-// What an answer costs in the cache's byte bound: its strings and vectors plus node overhead.
-std::size_t answer_bytes(const answer& value) noexcept;
+// The cache's encoding of an answer (appended to `out`), and back; unpack reuses the capacity
+// of `out`'s strings and vectors. Exposed for the round-trip test.
+void pack_answer(const answer& value, std::string& out);
+void unpack_answer(std::string_view packed, answer& out);
 
 }  // namespace ringmta::dns

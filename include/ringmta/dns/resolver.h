@@ -115,7 +115,8 @@ class resolver {
   void on_send_failed(std::uint64_t exchange, std::uint64_t now_ms);
   void on_time(std::uint64_t now_ms);
 
-  // When on_time must next be called; no_deadline when nothing is waiting.
+  // When on_time must next be called; no_deadline when nothing is waiting. The top of a heap
+  // of deadlines, not a scan of the slots: the embedder asks after every event.
   std::uint64_t next_deadline_ms() const noexcept;
 
   // The next thing to do, or nullptr. Drain until nullptr after every call. An action stays
@@ -133,6 +134,18 @@ class resolver {
   struct query;
   struct lookup;
   struct need;
+  // A query attempt's or a lookup's deadline. Entries are never removed when their owner
+  // moves on (a reply, a new attempt, a cancel): they go stale and are skipped at the top.
+  struct deadline_entry {
+    std::uint64_t at_ms = 0;
+    std::uint64_t key = 0;   // the query's exchange or the lookup's id: unique, never reused
+    bool is_query = false;
+  };
+  struct deadline_later {
+    bool operator()(const deadline_entry& a, const deadline_entry& b) const noexcept {
+      return a.at_ms > b.at_ms;
+    }
+  };
 
   std::uint64_t start_lookup(bool mx, std::string_view name, std::uint64_t now_ms,
                              std::uint64_t deadline_ms);
@@ -157,6 +170,10 @@ class resolver {
   lookup* find_lookup(std::uint64_t lookup_id) noexcept;
   void wake_blocked(std::uint64_t now_ms);
   action& push_action(action_kind kind);
+  // Deadlines
+  void push_deadline(std::uint64_t at_ms, std::uint64_t key, bool is_query);
+  bool deadline_live(const deadline_entry& entry) const noexcept;
+  void rebuild_deadlines();
 
   resolver_config _config;
   random_source _random;
@@ -169,6 +186,10 @@ class resolver {
   std::vector<std::uint32_t> _free_lookups;
   std::size_t _lookups_active = 0;
   std::deque<std::uint64_t> _blocked;  // lookups waiting for a free query slot, oldest first
+  // Min-heap on at_ms; mutable: next_deadline_ms() drops the stale entries it finds on top.
+  // At most 2 x (active queries + lookups) + 64 entries: rebuilt from the slots past that.
+  mutable std::vector<deadline_entry> _deadlines;
+  std::vector<deadline_entry> _due_scratch;  // on_time: the due entries, taken off the heap
   std::deque<action> _actions;  // stable addresses; [_action_next, _action_count) are pending
   std::size_t _action_count = 0;
   std::size_t _action_next = 0;

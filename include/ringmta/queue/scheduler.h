@@ -401,6 +401,12 @@ class scheduler {
   take_result take_for_site(connection_id connection, std::int64_t now_ms) noexcept;
   // The site of a destination ("" when none); valid until the next call that changes sites.
   std::string_view site_of(destination_id destination) const noexcept;
+  std::string_view site_of(std::string_view destination) const noexcept;
+  bool has_sites() const noexcept;
+  // The other members of the destination's site (none without a site), and every site's
+  // name: what the relay asks instead of keeping a destination → site map of its own.
+  std::vector<std::string> site_members(std::string_view destination) const;
+  std::vector<std::string> site_names() const;
 
   // --- inspection ---
   bool inspect(std::string_view destination, destination_info& out) const noexcept;

@@ -99,7 +99,7 @@ TEST(dns_alloc, lookups_cost_a_bounded_and_steady_number_of_allocations) {
               third.network, third.cached);
   EXPECT_EQ(second.network, third.network);
   EXPECT_EQ(second.cached, third.cached);
-  EXPECT_LE(third.network, 30);  // measured 16 with libstdc++ 12
+  EXPECT_LE(third.network, 30);  // measured 17 with libstdc++ 12 (16 before the packed cache)
   EXPECT_LE(third.cached, 10);   // measured 6
 }
 

@@ -103,5 +103,52 @@ TEST(dns_cache, byte_bound_holds_under_many_inserts) {
   EXPECT_EQ(c.find("host0.test", record_type::a, 0), nullptr);
 }
 
+// Entries are packed: every field of an answer comes back from a hit as it went in.
+TEST(dns_cache, packed_entries_keep_every_field) {
+  answer value;
+  value.status = answer_status::ok;
+  value.canonical_name = "alias.example.test";
+  value.mx = {{10, "mx1.example.test"}, {20, "mx2.example.test"}, {0, ""}};
+  value.addresses = {ip_address::v4(192, 0, 2, 7), ip_address::parse("2001:db8::25").value()};
+  value.texts = {"v=spf1 -all", std::string(300, 'x')};
+  value.ttl_s = 600;
+  cache c(100, 1 << 20, 300, 60);
+  c.insert("example.test", record_type::mx, value, 0);
+  const answer* found = c.find("example.test", record_type::mx, 0);
+  ASSERT_NE(found, nullptr);
+  value.ttl_s = 300;  // capped
+  EXPECT_EQ(found->status, value.status);
+  EXPECT_EQ(found->canonical_name, value.canonical_name);
+  EXPECT_EQ(found->mx, value.mx);
+  EXPECT_EQ(found->addresses, value.addresses);
+  EXPECT_EQ(found->texts, value.texts);
+  EXPECT_EQ(found->ttl_s, 300u);
+  // A smaller answer in the same scratch: nothing of the larger one is left over.
+  c.insert("host.test", record_type::a, addresses(60, 9), 0);
+  found = c.find("host.test", record_type::a, 0);
+  ASSERT_NE(found, nullptr);
+  EXPECT_TRUE(found->mx.empty());
+  EXPECT_TRUE(found->texts.empty());
+  ASSERT_EQ(found->addresses.size(), 1u);
+  EXPECT_EQ(found->addresses[0], ip_address::v4(192, 0, 2, 9));
+  EXPECT_EQ(found->canonical_name, "host.test");
+}
+
+// What an entry counts against bytes_max: a one-host MX answer and a one-address answer,
+// as a destination waiting in the queue leaves them (an unpacked `answer` counted ~250).
+TEST(dns_cache, an_mx_or_address_entry_costs_under_180_bytes) {
+  cache c(100, 1 << 20, 86400, 3600);
+  answer mx;
+  mx.status = answer_status::ok;
+  mx.canonical_name = "d1234.test";
+  mx.mx = {{10, "mx.d1234.test"}};
+  mx.ttl_s = 3600;
+  c.insert("d1234.test", record_type::mx, mx, 0);
+  EXPECT_LE(c.bytes(), 180u);
+  const std::size_t one = c.bytes();
+  c.insert("mx.d1234.test", record_type::a, addresses(3600, 3), 0);
+  EXPECT_LE(c.bytes() - one, 180u);
+}
+
 }  // namespace
 }  // namespace ringmta::dns

@@ -440,6 +440,47 @@ TEST(dns_resolver, lookup_deadline_ends_a_stuck_lookup) {
   EXPECT_EQ(h.r.queries_in_flight(), 1u);  // the question goes on, to fill the cache
 }
 
+// next_deadline_ms is the top of a heap whose entries go stale (answered, cancelled, retried):
+// it must name the earliest deadline still live, never one that ended.
+TEST(dns_resolver, next_deadline_follows_the_earliest_live_deadline) {
+  auto config = test_config();
+  config.timeout_ms = 1000;
+  harness h(config);
+  const auto early = h.r.start_mx_lookup("early.test", h.now_ms, h.now_ms + 500);
+  h.mx("late.test");
+  h.drain();
+  EXPECT_EQ(h.r.next_deadline_ms(), h.now_ms + 500);  // the lookup's own, before any attempt's
+  h.r.cancel(early);  // its question goes on: the attempt's deadline is next
+  EXPECT_EQ(h.r.next_deadline_ms(), h.now_ms + 1000);
+  h.answer(h.find("early.test", mx), nxdomain());
+  EXPECT_EQ(h.r.next_deadline_ms(), h.now_ms + 1000);  // late.test's first attempt
+  h.advance_time(1000);  // late.test's first attempt times out, the second goes to server 1
+  EXPECT_EQ(h.r.next_deadline_ms(), h.now_ms + 1000);
+  h.answer(h.find("late.test", mx), nxdomain());
+  EXPECT_EQ(h.r.next_deadline_ms(), resolver::no_deadline);
+  EXPECT_EQ(h.results.count(early), 0u);
+}
+
+// Many lookups that end before their deadlines leave stale entries earlier than the live one;
+// they are skipped (and the heap rebuilt from the live slots), never reported as due.
+TEST(dns_resolver, stale_deadlines_do_not_hide_a_live_one) {
+  auto config = test_config();
+  config.timeout_ms = 1000;
+  harness h(config);
+  const std::uint64_t start_ms = h.now_ms;
+  h.mx("waiting.test");  // its first attempt ends at start + 1000
+  for (int i = 0; i < 600; ++i) {
+    h.now_ms += 1;
+    h.r.start_mx_lookup("gone" + std::to_string(i) + ".test", h.now_ms, h.now_ms + 100);
+    h.drain();
+    h.answer(h.sent.size() - 1, nxdomain());  // ends long before its 100 ms
+    ASSERT_EQ(h.r.next_deadline_ms(), start_ms + 1000);
+  }
+  h.advance_time(start_ms + 1000 - h.now_ms);
+  EXPECT_EQ(h.count("waiting.test", mx), 2u);  // the second attempt went out on time
+  EXPECT_EQ(h.r.next_deadline_ms(), start_ms + 2000);
+}
+
 TEST(dns_resolver, cancelled_lookup_reports_nothing) {
   harness h;
   const auto id = h.mx("example.test");

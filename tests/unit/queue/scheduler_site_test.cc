@@ -1,5 +1,7 @@
 // queue::scheduler MX sites: one connection limit for every member, connections carried
 // across members, per-member suspension, leaving the site when forgotten.
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include <map>
@@ -139,6 +141,36 @@ TEST(scheduler_site, forgotten_members_leave_and_the_site_ends) {
   h.add("b.test", 2);
   ASSERT_TRUE(h.queue.join_site("b.test", "s", h.site_limits(3)));
   EXPECT_TRUE(h.queue.reshape_site("s", h.site_limits(3)));
+}
+
+// The relay keeps no destination → site map of its own: it asks these (idle connection keys,
+// reply rules applied to every member, reloads reshaping every site).
+TEST(scheduler_site, membership_by_name_members_and_site_names) {
+  site_harness h;
+  EXPECT_FALSE(h.queue.has_sites());
+  h.add("a.test", 1);
+  h.add("b.test", 2);
+  h.add("c.test", 3);
+  h.add("alone.test", 4);
+  ASSERT_TRUE(h.queue.join_site("a.test", "s", h.site_limits(2)));
+  ASSERT_TRUE(h.queue.join_site("b.test", "s", h.site_limits(2)));
+  ASSERT_TRUE(h.queue.join_site("c.test", "t", h.site_limits(2)));
+  EXPECT_TRUE(h.queue.has_sites());
+  EXPECT_EQ(h.queue.site_of(std::string_view("a.test")), "s");
+  EXPECT_EQ(h.queue.site_of(std::string_view("c.test")), "t");
+  EXPECT_EQ(h.queue.site_of(std::string_view("alone.test")), "");
+  EXPECT_EQ(h.queue.site_of(std::string_view("unknown.test")), "");
+  EXPECT_EQ(h.queue.site_members("a.test"), std::vector<std::string>{"b.test"});
+  EXPECT_TRUE(h.queue.site_members("c.test").empty());
+  EXPECT_TRUE(h.queue.site_members("alone.test").empty());
+  auto names = h.queue.site_names();
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"s", "t"}));
+  ASSERT_TRUE(h.queue.join_site("c.test", "s", h.site_limits(2)));  // t ends with its member
+  EXPECT_EQ(h.queue.site_names(), std::vector<std::string>{"s"});
+  auto members = h.queue.site_members("c.test");
+  std::sort(members.begin(), members.end());
+  EXPECT_EQ(members, (std::vector<std::string>{"a.test", "b.test"}));
 }
 
 // Issue 15: the site's rate applies to its members together. Two members, each with more
