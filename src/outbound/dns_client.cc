@@ -70,7 +70,7 @@ struct dns_client::tcp_exchange {
   bool close_queued = false;
 };
 
-dns_client::dns_client(shard::shard& owner, dns_client_config config)
+dns_client::dns_client(shard::host& owner, dns_client_config config)
     : _owner(owner),
       _io(owner.io()),
       _config(std::move(config)),
@@ -186,7 +186,7 @@ void dns_client::actions_waiting() noexcept {
   if (!_stopped) _owner.timers().schedule_after(_timer, 0);
 }
 
-void dns_client::before_wait(shard::shard&) noexcept {
+void dns_client::before_wait() noexcept {
   if (_actions_waiting) drain();
 }
 
@@ -240,7 +240,7 @@ void dns_client::on_deadline() noexcept {
 
 // ---- completions
 
-void dns_client::on_completion(shard::shard&, const io::completion& done) noexcept {
+void dns_client::on_completion(const io::completion& done) noexcept {
   const io::op_kind kind = done.kind();
   if (kind == _udp_recv_kind) on_udp_received(done.tag().slot, done);
   else if (kind == _udp_send_kind) on_udp_sent(done);

@@ -65,7 +65,7 @@ void transfer_pool::release(std::uint32_t index, bool clean) noexcept {
 
 // ---- outbound_server
 
-outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_handler& handler,
+outbound_server::outbound_server(shard::host& owner, dns_client& dns, delivery_handler& handler,
                                  const outbound_config& config)
     : _owner(owner),
       _io(owner.io()),
@@ -114,8 +114,7 @@ core::result<void> outbound_server::start() noexcept {
   options.group_id = _config.buffer_group;
   options.buffer_count = _config.receive_buffer_count;
   options.buffer_bytes = _config.receive_buffer_bytes;
-  if (auto ready = _buffers.init(_owner.ring(), options); !ready) return ready;
-  _owner.add_buffer_ring(_buffers);
+  if (auto ready = _owner.register_buffer_ring(_buffers, options); !ready) return ready;
   _owner.add_iteration_hook(*this);
   return {};
 }
@@ -222,7 +221,7 @@ void outbound_server::defer(connection& c) noexcept {
   _deferred.push_back(c.handle());
 }
 
-void outbound_server::before_wait(shard::shard&) noexcept { run_deferred(); }
+void outbound_server::before_wait() noexcept { run_deferred(); }
 
 // Runs what API calls left for later (events the engine produced synchronously, output to
 // send, receives that found no buffer). Work deferred meanwhile waits for the next round.
@@ -256,7 +255,7 @@ void outbound_server::on_lookup_done(std::uint64_t cookie, dns::mx_result& resul
   c->on_lookup_done(result);
 }
 
-void outbound_server::on_completion(shard::shard&, const io::completion& done) noexcept {
+void outbound_server::on_completion(const io::completion& done) noexcept {
   const io::op_kind kind = done.kind();
   connection* c = find(done.tag());
   if (c == nullptr || _stopped) {  // stale: give back what the CQE carries
@@ -316,7 +315,7 @@ void outbound_server::release_slot(connection& c) noexcept {
 
 // ---- outbound (the public face)
 
-outbound::outbound(shard::shard& owner, dns_client& dns, delivery_handler& handler,
+outbound::outbound(shard::host& owner, dns_client& dns, delivery_handler& handler,
                    const outbound_config& config)
     : _server(std::make_unique<outbound_server>(owner, dns, handler, config)) {}
 outbound::~outbound() = default;

@@ -292,11 +292,11 @@ class transfer_pool {
   std::uint32_t _buffer_bytes;
 };
 
-class outbound_server final : public shard::completion_handler,
-                              public shard::iteration_hook,
+class outbound_server final : public shard::host_handler,
+                              public shard::host_hook,
                               public lookup_handler {
  public:
-  outbound_server(shard::shard& owner, dns_client& dns, delivery_handler& handler,
+  outbound_server(shard::host& owner, dns_client& dns, delivery_handler& handler,
                   const outbound_config& config);
   ~outbound_server();
 
@@ -313,8 +313,8 @@ class outbound_server final : public shard::completion_handler,
   std::uint32_t live() const noexcept { return _live; }
   outbound_counters& counters() noexcept { return _counters; }
 
-  void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
-  void before_wait(shard::shard& owner) noexcept override;
+  void on_completion(const io::completion& done) noexcept override;
+  void before_wait() noexcept override;
   void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;
 
   // A reload: connects started from now wait this long.
@@ -322,7 +322,7 @@ class outbound_server final : public shard::completion_handler,
 
   // For connections.
   const outbound_config& config() const noexcept { return _config; }
-  shard::shard& owner() noexcept { return _owner; }
+  shard::host& owner() noexcept { return _owner; }
   // Every op of the glue goes through io() and every time it needs comes from the owner's
   // loop (issue 16 item 1): the same code runs over a simulated io::operations and clock.
   io::operations& io() noexcept { return _io; }
@@ -368,7 +368,7 @@ class outbound_server final : public shard::completion_handler,
   void on_kick() noexcept { run_deferred(); }
 
 
-  shard::shard& _owner;
+  shard::host& _owner;  // the shard's loop, or the simulator's (shard/host.h)
   io::operations& _io;  // _owner.io()
   dns_client& _dns;
   delivery_handler& _handler;
