@@ -276,7 +276,9 @@ class transfer_pool {
     bool busy = false;
   };
 
-  transfer_pool(std::uint32_t count, std::uint32_t pipe_bytes, std::uint32_t buffer_bytes);
+  // Pipes come from `descriptors` (the host's: kernel pipes, or the simulator's).
+  transfer_pool(io::descriptors& descriptors, std::uint32_t count, std::uint32_t pipe_bytes,
+                std::uint32_t buffer_bytes);
   ~transfer_pool();
 
   // A free slot with a pipe (want_pipe) or a buffer ready; nullopt when all are busy (or a
@@ -287,6 +289,7 @@ class transfer_pool {
   std::uint32_t buffer_bytes() const noexcept { return _buffer_bytes; }
 
  private:
+  io::descriptors& _descriptors;
   std::vector<slot> _slots;
   std::uint32_t _pipe_bytes;
   std::uint32_t _buffer_bytes;
@@ -326,6 +329,8 @@ class outbound_server final : public shard::host_handler,
   // Every op of the glue goes through io() and every time it needs comes from the owner's
   // loop (issue 16 item 1): the same code runs over a simulated io::operations and clock.
   io::operations& io() noexcept { return _io; }
+  // Sockets, pipes, bind, shutdown, close beside the ring (io/descriptors.h): the host's.
+  io::descriptors& descriptors() noexcept { return _owner.descriptors(); }
   std::uint64_t now_ms() const noexcept { return _owner.now_ms(); }  // monotonic
   std::int64_t wall_ms() const noexcept { return _owner.wall_ms(); }
   dns_client& dns() noexcept { return _dns; }
