@@ -18,6 +18,7 @@
 #include "ringmta/queue/dsn.h"
 #include "ringmta/queue/scheduler.h"
 #include "ringmta/smtp/client_session.h"
+#include "sim_dns.h"
 
 namespace ringmta::sim::internal {
 namespace {
@@ -55,47 +56,6 @@ std::string unstuff(std::string_view wire) {
     out.push_back(wire[i]);
     line_start = wire[i] == '\n';
   }
-  return out;
-}
-
-// A reply to (id, name, type) built with ldns (as tests/unit/dns does); an empty answer
-// section gets an SOA in the authority section (RFC 2308 §5: the negative TTL).
-std::vector<std::uint8_t> encode_reply(std::uint16_t id, const std::string& name,
-                                       dns::record_type type, ldns_pkt_rcode rcode,
-                                       const std::vector<std::string>& answer,
-                                       std::uint64_t ttl) {
-  ldns_pkt* packet = ldns_pkt_new();
-  ldns_pkt_set_id(packet, id);
-  ldns_pkt_set_qr(packet, true);
-  ldns_pkt_set_rd(packet, true);
-  ldns_pkt_set_ra(packet, true);
-  ldns_pkt_set_rcode(packet, static_cast<std::uint8_t>(rcode));
-  ldns_rr* question = ldns_rr_new();
-  ldns_rr_set_owner(question, ldns_dname_new_frm_str(name.c_str()));
-  ldns_rr_set_type(question, static_cast<ldns_rr_type>(type));
-  ldns_rr_set_class(question, LDNS_RR_CLASS_IN);
-  ldns_rr_set_question(question, true);
-  ldns_pkt_push_rr(packet, LDNS_SECTION_QUESTION, question);
-  for (const auto& text : answer) {
-    ldns_rr* rr = nullptr;
-    if (ldns_rr_new_frm_str(&rr, text.c_str(), 300, nullptr, nullptr) == LDNS_STATUS_OK) {
-      ldns_pkt_push_rr(packet, LDNS_SECTION_ANSWER, rr);
-    }
-  }
-  if (answer.empty() && rcode != LDNS_RCODE_SERVFAIL) {
-    ldns_rr* soa = nullptr;
-    const std::string text = fmt::format("example. {} IN SOA ns.example. h.example. 1 2 3 4 {}",
-                                         ttl, ttl);
-    if (ldns_rr_new_frm_str(&soa, text.c_str(), 300, nullptr, nullptr) == LDNS_STATUS_OK) {
-      ldns_pkt_push_rr(packet, LDNS_SECTION_AUTHORITY, soa);
-    }
-  }
-  std::uint8_t* wire = nullptr;
-  std::size_t size = 0;
-  std::vector<std::uint8_t> out;
-  if (ldns_pkt2wire(&wire, packet, &size) == LDNS_STATUS_OK) out.assign(wire, wire + size);
-  std::free(wire);
-  ldns_pkt_free(packet);
   return out;
 }
 
