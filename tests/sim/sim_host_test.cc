@@ -74,8 +74,10 @@ std::string unstuff(std::string_view wire) {
 // A remote MTA's side of one connection: the real server engine, accepting everything.
 class remote_mta final : public stream_peer, public smtp::server_handler {
  public:
-  remote_mta(world_record& record, std::string name, const smtp::extension_set& extensions)
-      : _record(record), _name(std::move(name)) {
+  // stalls: accepts the connection and never says a word (the client's greeting timeout).
+  remote_mta(world_record& record, std::string name, const smtp::extension_set& extensions,
+             bool stalls)
+      : _record(record), _name(std::move(name)), _stalls(stalls) {
     _config.hostname = _name;
     _config.extensions = extensions;
     _config.extensions.binary_mime = false;
@@ -83,10 +85,12 @@ class remote_mta final : public stream_peer, public smtp::server_handler {
   }
 
   void on_connected(sim_host& host, int fd) override {
+    if (_stalls) return;
     _session->start();
     flush(host, fd);
   }
   void on_bytes(sim_host& host, int fd, std::string_view bytes) override {
+    if (_stalls) return;
     std::string_view rest = bytes;
     for (int guard = 0; !rest.empty() && !_session->wants_close() && guard < 100000; ++guard) {
       rest.remove_prefix(_session->feed(rest));
@@ -142,6 +146,7 @@ class remote_mta final : public stream_peer, public smtp::server_handler {
   std::vector<std::string> _recipients;
   std::string _body;
   bool _wire_form = false;  // DATA (dot-stuffed) rather than BDAT (raw)
+  bool _stalls = false;
   bool _closed = false;
 };
 
@@ -247,6 +252,8 @@ struct run_result {
   sim_host_counters host;
   outbound::outbound_counters out;
   std::uint64_t refusals_expected = 0;  // destinations with mail whose mx1 refuses
+  std::uint64_t stalls_expected = 0;    // destinations with mail whose mx1 stalls
+  std::int64_t simulated_ns = 0;  // when the last connection closed
 };
 
 // One seeded world: DNS, remote MTAs, messages; the real outbound delivers them all.
@@ -261,6 +268,7 @@ run_result run_world(std::uint64_t seed) {
     std::string name;
     smtp::extension_set extensions;
     bool refuses = false;
+    bool stalls = false;
   };
   std::map<std::string, host_plan> hosts_by_address;
   for (std::uint32_t d = 0; d < destination_count; ++d) {
@@ -272,6 +280,7 @@ run_result run_world(std::uint64_t seed) {
       plan.extensions.eight_bit_mime = rng.chance(0.7);
       plan.extensions.size = rng.chance(0.7);
       plan.refuses = h == 1 && rng.chance(0.3);
+      plan.stalls = h == 1 && rng.chance(0.2) && !plan.refuses;
       hosts_by_address[fmt::format("198.51.100.{}:25", 2 * d + h)] = plan;
     }
   }
@@ -281,7 +290,7 @@ run_result run_world(std::uint64_t seed) {
     const auto found = hosts_by_address.find(address.to_string());
     if (found == hosts_by_address.end() || found->second.refuses) return nullptr;
     return std::make_unique<remote_mta>(result.record, found->second.name,
-                                        found->second.extensions);
+                                        found->second.extensions, found->second.stalls);
   };
   network.datagram = [&](const core::endpoint&, std::string_view bytes) {
     std::uint16_t id = 0;
@@ -375,9 +384,9 @@ run_result run_world(std::uint64_t seed) {
     std::set<std::uint32_t> destinations;
     for (const auto& m : result.messages) destinations.insert(m->destination);
     for (std::uint32_t d : destinations) {
-      if (hosts_by_address[fmt::format("198.51.100.{}:25", 2 * d + 1)].refuses) {
-        ++result.refusals_expected;
-      }
+      const host_plan& mx1 = hosts_by_address[fmt::format("198.51.100.{}:25", 2 * d + 1)];
+      if (mx1.refuses) ++result.refusals_expected;
+      if (mx1.stalls) ++result.stalls_expected;
       outbound::route where;
       const std::string name = destination_name(d);
       where.kind = outbound::route_kind::mx;
@@ -389,6 +398,7 @@ run_result run_world(std::uint64_t seed) {
     result.finished = host.run([&] { return queue.closed() == result.connections; },
                                actions_max);
     result.sockets_open_when_done = host.open_sockets();
+    result.simulated_ns = clock.now_ns();  // when the last connection closed
     out.stop();
     dns.stop();
     result.out = out.counters();
@@ -427,8 +437,15 @@ TEST(SimHost, RealOutboundDeliversEveryMessageThroughSimulatedDnsAndNetwork) {
     EXPECT_EQ(r.sockets_left_destroyed, 0u);
     EXPECT_EQ(r.host.unsupported_ops, 0u);
     EXPECT_EQ(r.host.stale_completions, 0u);
-    // A refusing mx1 made its destination's one connection try mx2 (RFC 5321 §5.1).
+    // A refusing or stalling mx1 made its destination's one connection try mx2 (RFC 5321
+    // §5.1); a stall ends with the greeting timeout (§4.5.3.2.1: 5 simulated minutes).
     EXPECT_EQ(r.host.connects_refused, r.refusals_expected);
+    EXPECT_EQ(r.out.connect_attempts,
+              r.connections + r.refusals_expected + r.stalls_expected);
+    if (r.stalls_expected > 0) {
+      EXPECT_GE(r.host.timers_fired, r.stalls_expected);
+      EXPECT_GE(r.simulated_ns, 300'000'000'000);
+    }
   }
 }
 
