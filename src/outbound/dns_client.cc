@@ -74,7 +74,7 @@ dns_client::dns_client(shard::host& owner, dns_client_config config)
     : _owner(owner),
       _io(owner.io()),
       _config(std::move(config)),
-      _resolver(_config.resolver, kernel_random()),
+      _resolver(_config.resolver, _config.random ? _config.random : kernel_random()),
       _sends(std::max<std::uint32_t>(1, _config.udp_sends_max)),
       _tcp(std::max<std::uint32_t>(1, _config.tcp_exchanges_max)) {
   RINGMTA_ASSERT(_config.receive_buffer_bytes >= 512);

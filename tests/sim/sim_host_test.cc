@@ -445,7 +445,7 @@ run_result run_world(std::uint64_t seed, bool with_faults) {
         }
       }
     }
-    result.record.transcript += fmt::format("dns {} {}: {} answers\n", name,
+    result.record.transcript += fmt::format("dns {:04x} {} {}: {} answers\n", id, name,
                                             dns::record_type_name(type), answer.size());
     const auto reply = encode_reply(id, name, type, rcode, answer, 300);
     replies.emplace_back(reply.begin(), reply.end());
@@ -459,6 +459,8 @@ run_result run_world(std::uint64_t seed, bool with_faults) {
     dns_config.resolver.servers.push_back(
         dns::server_address{dns::ip_address::v4(192, 0, 2, 53), 53});
     dns_config.resolver.ipv6 = false;
+    // Seeded: the query ids are in the transcript, so a replay checks them too.
+    dns_config.random = [dns_rng = random(seed ^ 0xd115)]() mutable { return dns_rng.next(); };
     outbound::outbound_config config;
     config.helo_name = "mx.sim.example";
     config.ipv6 = false;

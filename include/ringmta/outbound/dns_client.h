@@ -38,6 +38,9 @@ struct dns_client_config {
   std::uint32_t tcp_exchanges_max = 16;
   std::uint32_t udp_sends_max = 64;
   std::uint32_t receive_buffer_bytes = 4096;  // > the EDNS0 payload size (1232)
+  // Query ids and MX shuffles (RFC 5452 §9.2: the id is the secret). Empty: the kernel's
+  // CSPRNG. Only a simulation sets it (a seeded source makes a run's packets replayable).
+  dns::random_source random;
 };
 
 class lookup_handler {
