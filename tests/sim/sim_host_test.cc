@@ -7,9 +7,12 @@
 // some mx1 hosts refuse connections or accept and never greet (the attempt plan moves on to
 // mx2); every remote MTA offers a seeded set of PIPELINING/CHUNKING/8BITMIME/SIZE. Without
 // faults it accepts every command; with faults it answers 451/554 to MAIL, RCPT, DATA and the
-// end of data and drops connections at seeded rates. The embedder (this file) plays the
-// queue: one delivery per on_ready, transient recipients retried, a new connection when one
-// closes with mail left, release when its destination has nothing left.
+// end of data and drops connections at seeded rates, DNS queries are lost (the resolver's
+// timeout) or answered SERVFAIL, and dest3.example may not exist (NXDOMAIN). The embedder
+// (this file) plays the queue: one delivery per on_ready, transient recipients retried, a new
+// connection when one closes with mail left (20 s later on the host's timer wheel after a
+// destination failure), a permanently failed destination's mail bounced, release when a
+// destination has nothing left.
 //
 // Checks: every recipient ends delivered exactly once with the message's exact body, or
 // bounced and never delivered; every connection closes; the callbacks keep delivery.h's
@@ -38,6 +41,7 @@ namespace {
 
 constexpr std::uint32_t destination_count = 4;
 constexpr int rcode_noerror = 0;
+constexpr int rcode_servfail = 2;
 constexpr int rcode_nxdomain = 3;
 constexpr std::uint64_t actions_max = 2'000'000;
 
@@ -223,8 +227,15 @@ std::string dot_stuff(const std::string& raw) {
 class embedder final : public outbound::delivery_handler {
  public:
   static constexpr std::uint32_t reopen_max = 200;
+  // After a destination failed (DNS, every address): wait before the next connection, on the
+  // host's timer wheel, as the queue's backoff would (RFC 5321 §4.5.4.1).
+  static constexpr std::uint64_t retry_after_failure_ms = 20'000;
 
-  embedder(scheduler& clock, world_record& record) : _clock(clock), _record(record) {}
+  embedder(scheduler& clock, world_record& record, shard::host& host)
+      : _clock(clock), _record(record), _host(host) {}
+  ~embedder() {
+    for (auto& [destination, timer] : _retry) _host.timers().cancel(timer);
+  }
 
   void attach(outbound::outbound& out) { _out = &out; }
   void add(message& m) { _waiting[m.destination].push_back(&m); }
@@ -319,12 +330,32 @@ class embedder final : public outbound::delivery_handler {
       _in_flight.erase(found);
     }
     const auto d = static_cast<std::uint32_t>(destination);
-    if (!_waiting[d].empty() && result.reason != outbound::close_reason::shutdown) {
-      if (_reopened[d]++ < reopen_max) return open(d);
-      note(fmt::format("dest{} given up", destination));
+    if (result.reason == outbound::close_reason::destination_failed &&
+        result.failure == smtp::client_outcome::permanent_failure) {
+      return bounce_destination(d, result);  // NXDOMAIN, null MX, every server said 5xx
     }
+    if (_waiting[d].empty() || result.reason == outbound::close_reason::shutdown) return;
+    if (_reopened[d]++ >= reopen_max) {
+      note(fmt::format("dest{} given up", destination));
+      return;
+    }
+    if (result.reason != outbound::close_reason::destination_failed) return open(d);
+    retry_timer& timer = _retry[d];
+    timer.owner = this;
+    timer.destination = d;
+    _host.timers().schedule_after(timer, retry_after_failure_ms);
   }
 
+  // No connection open or waiting to be opened.
+  bool idle() const {
+    if (_closed != _opened) return false;
+    for (const auto& [destination, timer] : _retry) {
+      if (timer.armed()) return false;
+    }
+    return true;
+  }
+
+  std::uint32_t bounced_destinations() const { return _bounced_destinations; }
   std::uint32_t opened() const { return _opened; }
   std::uint32_t closed() const { return _closed; }
   std::uint32_t deliver_refused() const { return _deliver_refused + _open_refused; }
@@ -332,12 +363,36 @@ class embedder final : public outbound::delivery_handler {
   const std::set<std::string>& reasons() const { return _reasons; }
 
  private:
+  struct retry_timer : core::timer_node {
+    retry_timer() noexcept : core::timer_node(&fire) {}
+    static void fire(core::timer_node& node) noexcept {
+      auto& self = static_cast<retry_timer&>(node);
+      self.owner->open(self.destination);
+    }
+    embedder* owner = nullptr;
+    std::uint32_t destination = 0;
+  };
+
+  void bounce_destination(std::uint32_t d, const outbound::close_result& result) {
+    note(fmt::format("dest{} fails for good: {}", d, result.reply->code));
+    ++_bounced_destinations;
+    for (message* m : _waiting[d]) {
+      for (recipient_state& state : m->states) {
+        if (state == recipient_state::pending) state = recipient_state::bounced;
+      }
+    }
+    _waiting[d].clear();
+  }
+
   void note(const std::string& text) {
     _record.transcript += fmt::format("{:>12} {}\n", _clock.now_ns() / 1000, text);
   }
 
   scheduler& _clock;
   world_record& _record;
+  shard::host& _host;
+  std::map<std::uint32_t, retry_timer> _retry;
+  std::uint32_t _bounced_destinations = 0;
   outbound::outbound* _out = nullptr;
   std::vector<std::unique_ptr<message>>* _messages = nullptr;
   std::map<std::uint32_t, std::deque<message*>> _waiting;
@@ -370,6 +425,8 @@ struct run_result {
   std::uint64_t refusals_expected = 0;  // destinations with mail whose mx1 refuses
   std::uint64_t stalls_expected = 0;    // destinations with mail whose mx1 stalls
   std::int64_t simulated_ns = 0;  // when the last connection closed
+  bool dest3_missing = false;      // NXDOMAIN for dest3.example
+  std::uint32_t bounced_destinations = 0;
 };
 
 // One seeded world: DNS, remote MTAs, messages; the real outbound delivers them all.
@@ -386,6 +443,16 @@ run_result run_world(std::uint64_t seed, bool with_faults) {
     faults.permanent = static_cast<double>(rng.below(4)) / 100;
     faults.drop = static_cast<double>(rng.below(5)) / 100;
   }
+  // DNS faults (with_faults only): queries lost (the resolver's timeout and retry on the
+  // timer wheel), SERVFAIL, and dest3.example not existing (NXDOMAIN: its mail bounces).
+  double dns_lost = 0, dns_servfail = 0;
+  bool dest3_missing = false;
+  if (with_faults) {
+    dns_lost = static_cast<double>(rng.below(15)) / 100;
+    dns_servfail = static_cast<double>(rng.below(15)) / 100;
+    dest3_missing = rng.chance(0.3);
+  }
+  result.dest3_missing = dest3_missing;
 
   // Remote MTAs: mx1/mx2 of each destination at 198.51.100.(2d+h).
   struct host_plan {
@@ -426,9 +493,20 @@ run_result run_world(std::uint64_t seed, bool with_faults) {
                       name, type)) {
       return replies;
     }
+    if (fault_rng.chance(dns_lost)) {
+      result.record.transcript += fmt::format("dns {:04x} {}: lost\n", id, name);
+      return replies;
+    }
+    if (fault_rng.chance(dns_servfail)) {
+      result.record.transcript += fmt::format("dns {:04x} {}: SERVFAIL\n", id, name);
+      const auto reply = encode_reply(id, name, type, rcode_servfail, {}, 0);
+      replies.emplace_back(reply.begin(), reply.end());
+      return replies;
+    }
     std::vector<std::string> answer;
     int rcode = rcode_nxdomain;
     for (std::uint32_t d = 0; d < destination_count; ++d) {
+      if (d == 3 && dest3_missing) continue;
       const std::string zone = destination_name(d);
       if (name == zone) {
         rcode = rcode_noerror;
@@ -453,7 +531,7 @@ run_result run_world(std::uint64_t seed, bool with_faults) {
   };
 
   sim_host host(clock, seed, std::move(network), net_ns_max, 1'800'000'000'000);
-  embedder queue(clock, result.record);
+  embedder queue(clock, result.record, host);
   {
     outbound::dns_client_config dns_config;
     dns_config.resolver.servers.push_back(
@@ -513,7 +591,7 @@ run_result run_world(std::uint64_t seed, bool with_faults) {
       queue.open(d);
       ++result.destinations;
     }
-    result.finished = host.run([&] { return queue.closed() == queue.opened(); }, actions_max);
+    result.finished = host.run([&] { return queue.idle(); }, actions_max);
     result.sockets_open_when_done = host.open_sockets();
     result.simulated_ns = clock.now_ns();  // when the last connection closed
     out.stop();
@@ -523,6 +601,7 @@ run_result run_world(std::uint64_t seed, bool with_faults) {
     result.closed = queue.closed();
     result.deliver_refused = queue.deliver_refused();
     result.protocol_breaches = queue.protocol_breaches();
+    result.bounced_destinations = queue.bounced_destinations();
     result.close_reasons = queue.reasons();
     // Cancelled receives and closes still complete: let them, as the shard's drain does.
     (void)host.run([] { return false; }, 10'000);
@@ -608,6 +687,15 @@ TEST(SimHost, RealOutboundUnderRemoteFaultsSettlesEveryRecipient) {
                   reason == "destination failed")
           << reason;
     }
+    // NXDOMAIN (RFC 5321 §5.1; 550 5.1.2): dest3's mail bounces, nothing reaches a server.
+    bool dest3_has_mail = false;
+    for (const auto& m : r.messages) {
+      if (m->destination != 3) continue;
+      dest3_has_mail = true;
+      if (!r.dest3_missing) continue;
+      for (recipient_state state : m->states) EXPECT_EQ(state, recipient_state::bounced);
+    }
+    EXPECT_EQ(r.bounced_destinations, r.dest3_missing && dest3_has_mail ? 1u : 0u);
   }
 }
 
