@@ -38,7 +38,15 @@ sim_host::sim_host(scheduler& clock, std::uint64_t seed, sim_network network,
       _epoch_ms(epoch_ms),
       _timers(now_ms()) {}
 
-sim_host::~sim_host() = default;
+sim_host::~sim_host() { *_alive = false; }
+
+// Every action the host queues checks that the host still exists: the world's scheduler
+// outlives a simulated process (a crash destroys its host with actions still queued).
+void sim_host::at(std::int64_t when_ns, std::function<void()> action) {
+  _clock.at(when_ns, [alive = _alive, action = std::move(action)] {
+    if (*alive) action();
+  });
+}
 
 // ---- shard::host
 
@@ -93,7 +101,7 @@ void sim_host::arm_timer_wake() noexcept {
     return;  // an earlier (or the same) wake is already queued
   }
   _timer_wake_ns = at_ns;
-  _clock.at(at_ns, [this, at_ns] {
+  at(at_ns, [this, at_ns] {
     if (_timer_wake_ns == at_ns) _timer_wake_ns = -1;
     turn();
   });
@@ -102,7 +110,7 @@ void sim_host::arm_timer_wake() noexcept {
 void sim_host::complete(std::uint64_t user_data, std::int32_t res, std::uint32_t flags,
                         std::int64_t delay_ns, io::sqe_flags sqe_flags) {
   if (res >= 0 && (sqe_flags & io::sqe::skip_success) != 0) return;
-  _clock.after(delay_ns, [this, done = io::completion{user_data, res, flags}] {
+  at(_clock.now_ns() + delay_ns, [this, done = io::completion{user_data, res, flags}] {
     dispatch(done);
     turn();
   });
@@ -156,7 +164,7 @@ core::result<void> sim_host::prep_connect(int fd, const sockaddr* address,
   s->remote = core::endpoint::from_sockaddr(address, address_length);
   s->connect_user_data = user_data;
   ++_counters.connects;
-  _clock.after(latency_ns(), [this, fd, user_data] {
+  at(_clock.now_ns() + latency_ns(), [this, fd, user_data] {
     socket* s = find(fd);
     if (s == nullptr || s->connect_user_data != user_data) return;  // cancelled or closed
     s->connect_user_data = 0;
@@ -274,7 +282,7 @@ core::result<void> sim_host::prep_send(int fd, const void* data, std::uint32_t l
     std::vector<std::string> replies =
         _network.datagram ? _network.datagram(s->remote, bytes) : std::vector<std::string>{};
     for (std::string& reply : replies) {
-      _clock.after(latency_ns() * 2, [this, fd, reply = std::move(reply)]() mutable {
+      at(_clock.now_ns() + latency_ns() * 2, [this, fd, reply = std::move(reply)]() mutable {
         socket* s = find(fd);
         if (s == nullptr) return;
         s->inbound.push_back(std::move(reply));
@@ -288,7 +296,7 @@ core::result<void> sim_host::prep_send(int fd, const void* data, std::uint32_t l
   // A stream: the bytes reach the peer after the ones sent before them.
   const std::int64_t when = std::max(s->to_peer_ns, _clock.now_ns() + latency_ns());
   s->to_peer_ns = when;
-  _clock.at(when, [this, fd, bytes = std::move(bytes)] {
+  at(when, [this, fd, bytes = std::move(bytes)] {
     socket* s = find(fd);
     if (s == nullptr || !s->peer) return;
     s->peer->on_bytes(*this, fd, bytes);
@@ -303,7 +311,7 @@ void sim_host::peer_send(int fd, std::string bytes) {
   if (s == nullptr || bytes.empty()) return;
   const std::int64_t when = std::max(s->to_us_ns, _clock.now_ns() + latency_ns());
   s->to_us_ns = when;
-  _clock.at(when, [this, fd, bytes = std::move(bytes)]() mutable {
+  at(when, [this, fd, bytes = std::move(bytes)]() mutable {
     socket* s = find(fd);
     if (s == nullptr || s->end_of_stream) return;
     s->inbound.push_back(std::move(bytes));
@@ -317,7 +325,7 @@ void sim_host::peer_close(int fd) {
   if (s == nullptr) return;
   const std::int64_t when = std::max(s->to_us_ns, _clock.now_ns() + latency_ns());
   s->to_us_ns = when;
-  _clock.at(when, [this, fd] {
+  at(when, [this, fd] {
     socket* s = find(fd);
     if (s == nullptr) return;
     s->end_of_stream = true;
@@ -523,7 +531,7 @@ void sim_host::shutdown(int fd, int) noexcept {
   s->shut = true;
   if (s->peer) {
     stream_peer* peer = s->peer.get();
-    _clock.after(latency_ns(), [this, fd, peer] {
+    at(_clock.now_ns() + latency_ns(), [this, fd, peer] {
       socket* s = find(fd);
       if (s == nullptr || s->peer.get() != peer) return;
       s->peer->on_client_gone(*this, fd);

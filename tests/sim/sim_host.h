@@ -22,6 +22,8 @@
 // Not simulated: the other ops (prep fails with EOPNOTSUPP, so glue that needs them sees a
 // kernel without them), linked SQEs (EOPNOTSUPP: dns_client's TCP fallback is refused),
 // pipes (open_pipe: EOPNOTSUPP; run outbound with body_transfer::copy), TLS peers.
+// Lifetime: the scheduler may outlive the host (a simulated crash); actions the host queued
+// do nothing once it is destroyed. Destroy the glue that uses the host before the host.
 // Never: reads a clock, draws randomness but from its seed, or runs two actions at once.
 #pragma once
 
@@ -188,6 +190,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
     io::buffer_ring* group = nullptr;  // provided-buffer receive
   };
 
+  void at(std::int64_t when_ns, std::function<void()> action);
   socket* find(int fd) noexcept;
   std::int64_t latency_ns() noexcept;
   // Queues the completion as an action `delay_ns` from now (skip_success honoured).
@@ -205,6 +208,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
   core::result<void> refuse_linked(io::sqe_flags flags) noexcept;
 
   scheduler& _clock;
+  std::shared_ptr<bool> _alive = std::make_shared<bool>(true);  // false once destroyed
   random _random;
   sim_network _network;
   std::int64_t _net_ns_max;

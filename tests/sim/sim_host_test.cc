@@ -699,6 +699,63 @@ TEST(SimHost, RealOutboundUnderRemoteFaultsSettlesEveryRecipient) {
   }
 }
 
+// A crash destroys the host (and the glue on it) while its actions are still queued on the
+// world's scheduler: they must do nothing after it.
+TEST(SimHost, ActionsQueuedByADestroyedHostDoNothing) {
+  struct counting_peer final : stream_peer {
+    explicit counting_peer(std::uint32_t& calls) : calls(calls) {}
+    void on_connected(sim_host& host, int fd) override {
+      ++calls;
+      host.peer_send(fd, "220 hello\r\n");
+      host.peer_close(fd);
+    }
+    void on_bytes(sim_host&, int, std::string_view) override { ++calls; }
+    void on_client_gone(sim_host&, int) override { ++calls; }
+    std::uint32_t& calls;
+  };
+  struct recording_handler final : shard::host_handler {
+    void on_completion(const io::completion&) noexcept override { ++completions; }
+    std::uint32_t completions = 0;
+  };
+  scheduler clock;
+  std::uint32_t peer_calls = 0;
+  recording_handler handler;
+  {
+    sim_network network;
+    network.connect = [&](const core::endpoint&) {
+      return std::make_unique<counting_peer>(peer_calls);
+    };
+    sim_host host(clock, 5, std::move(network), 1'000'000, 0);
+    const auto kind = host.add_handler(handler);
+    ASSERT_TRUE(kind.ok());
+    const auto fd = host.open_socket(AF_INET, SOCK_STREAM);
+    ASSERT_TRUE(fd.ok());
+    const auto to = core::endpoint::parse("192.0.2.1:25");
+    ASSERT_TRUE(to.has_value());
+    ASSERT_TRUE(host.prep_connect(fd.value(), to->sockaddr_pointer(), to->length,
+                                  io::pack_user_data(kind.value(), 0, 1), io::sqe::none)
+                    .ok());
+    static char buffer[64];
+    ASSERT_TRUE(host.prep_recv(fd.value(), buffer, sizeof buffer,
+                               io::pack_user_data(kind.value(), 0, 2), io::sqe::none)
+                    .ok());
+    // Until the connect has completed: the greeting and the end of stream are still queued.
+    ASSERT_TRUE(host.run([&] { return handler.completions == 1; }, 100));
+    EXPECT_EQ(peer_calls, 1u);
+    // A completion queued at the moment of the crash.
+    ASSERT_TRUE(host.prep_nop(io::pack_user_data(kind.value(), 0, 3), io::sqe::none).ok());
+    ASSERT_FALSE(clock.empty());
+  }
+  const std::uint32_t completions = handler.completions;
+  std::uint32_t ran = 0;
+  while (clock.run_one() && ran < 1000) ++ran;
+  EXPECT_GT(ran, 0u);
+  EXPECT_EQ(handler.completions, completions);
+  // Nothing reached the peer after the host went (its destruction is a crash: the peer is
+  // destroyed with the socket and hears no close).
+  EXPECT_EQ(peer_calls, 1u);
+}
+
 TEST(SimHost, ASeedReplaysToTheSameTranscript) {
   const run_result first = run_world(53, true);
   const run_result second = run_world(53, true);
