@@ -116,6 +116,15 @@ void sim_host::complete(std::uint64_t user_data, std::int32_t res, std::uint32_t
   });
 }
 
+void sim_host::wake() {
+  if (_wake_queued) return;
+  _wake_queued = true;
+  at(_clock.now_ns(), [this] {
+    _wake_queued = false;
+    turn();
+  });
+}
+
 bool sim_host::run(const std::function<bool()>& done, std::uint64_t actions_max) {
   turn();
   for (std::uint64_t actions = 0; !done(); ++actions) {

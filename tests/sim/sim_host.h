@@ -174,6 +174,9 @@ class sim_host final : public shard::host, public io::operations, public io::des
   // From the peer of stream socket `fd`: bytes (in order, after a latency), then end of stream.
   void peer_send(int fd, std::string bytes);
   void peer_close(int fd);
+  // A loop turn as the next action at the current time: call it after using the glue's API
+  // from outside the host's callbacks (their deferred work runs in a turn, as on a shard).
+  void wake();
   // One loop turn now (after API calls made from outside a callback), then actions until
   // `done()` holds or `actions_max` ran; false when the bound stopped it.
   bool run(const std::function<bool()>& done, std::uint64_t actions_max);
@@ -216,6 +219,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
   std::uint64_t _start_ms = 1'000'000;  // the monotonic clock does not start at 0
   core::timer_wheel _timers;
   std::int64_t _timer_wake_ns = -1;  // a tick action is scheduled for this time
+  bool _wake_queued = false;         // wake(): a turn is queued at the current time
   shard::host_handler* _handlers[256] = {};
   unsigned _next_kind = io::op_kind_first_free;
   std::vector<shard::host_hook*> _hooks;
