@@ -126,7 +126,8 @@ class remote_mta final : public stream_peer, public smtp::server_handler {
     _body.clear();
     return answer("MAIL");
   }
-  smtp::verdict on_rcpt_to(const smtp::mailbox& to, const smtp::rcpt_parameters&) noexcept override {
+  smtp::verdict on_rcpt_to(const smtp::mailbox& to,
+                           const smtp::rcpt_parameters&) noexcept override {
     smtp::verdict verdict = answer("RCPT");
     if (verdict.what() == smtp::verdict::kind::accept) _recipients.emplace_back(to.address);
     return verdict;
@@ -255,7 +256,8 @@ class embedder final : public outbound::delivery_handler {
     }
   }
 
-  void on_ready(outbound::connection_handle connection, std::uint64_t destination) noexcept override {
+  void on_ready(outbound::connection_handle connection,
+                std::uint64_t destination) noexcept override {
     auto& queue = _waiting[static_cast<std::uint32_t>(destination)];
     if (queue.empty()) {
       note(fmt::format("dest{} ready, nothing left: release", destination));
@@ -429,163 +431,208 @@ struct run_result {
   std::uint32_t bounced_destinations = 0;
 };
 
+// A remote MTA as a seed plans it.
+struct host_plan {
+  std::string name;
+  smtp::extension_set extensions;
+  bool refuses = false;
+  bool stalls = false;
+};
+
+// What a seed decides before anything runs.
+struct world_plan {
+  std::int64_t net_ns_max = 0;
+  fault_rates faults;
+  // DNS faults (with_faults only): queries lost (the resolver's timeout and retry on the
+  // timer wheel), SERVFAIL, and dest3.example not existing (NXDOMAIN: its mail bounces).
+  double dns_lost = 0;
+  double dns_servfail = 0;
+  bool dest3_missing = false;
+  std::map<std::string, host_plan> hosts_by_address;  // mx1/mx2 of d at 198.51.100.(2d+h)
+};
+
+std::string remote_address(std::uint32_t destination, std::uint32_t host) {
+  return fmt::format("198.51.100.{}:25", 2 * destination + host);
+}
+
+world_plan plan_world(random& rng, bool with_faults) {
+  world_plan plan;
+  plan.net_ns_max = static_cast<std::int64_t>(rng.between(100'000, 20'000'000));
+  if (with_faults) {
+    plan.faults.temporary = static_cast<double>(rng.below(10)) / 100;
+    plan.faults.permanent = static_cast<double>(rng.below(4)) / 100;
+    plan.faults.drop = static_cast<double>(rng.below(5)) / 100;
+    plan.dns_lost = static_cast<double>(rng.below(15)) / 100;
+    plan.dns_servfail = static_cast<double>(rng.below(15)) / 100;
+    plan.dest3_missing = rng.chance(0.3);
+  }
+  for (std::uint32_t d = 0; d < destination_count; ++d) {
+    for (std::uint32_t h = 1; h <= 2; ++h) {
+      host_plan host;
+      host.name = fmt::format("mx{}.{}", h, destination_name(d));
+      host.extensions.pipelining = rng.chance(0.7);
+      host.extensions.chunking = rng.chance(0.5);
+      host.extensions.eight_bit_mime = rng.chance(0.7);
+      host.extensions.size = rng.chance(0.7);
+      host.refuses = h == 1 && rng.chance(0.3);
+      host.stalls = h == 1 && rng.chance(0.2) && !host.refuses;
+      plan.hosts_by_address[remote_address(d, h)] = host;
+    }
+  }
+  return plan;
+}
+
+// The records of the zone: dest<d>.example MX 10 mx1, MX 20 mx2; mx<h> A 198.51.100.(2d+h).
+int zone_answer(const world_plan& plan, const std::string& name, dns::record_type type,
+                std::vector<std::string>& answer) {
+  int rcode = rcode_nxdomain;
+  for (std::uint32_t d = 0; d < destination_count; ++d) {
+    if (d == 3 && plan.dest3_missing) continue;
+    const std::string zone = destination_name(d);
+    if (name == zone) {
+      rcode = rcode_noerror;
+      if (type == dns::record_type::mx) {
+        answer.push_back(fmt::format("{}. 300 IN MX 10 mx1.{}.", zone, zone));
+        answer.push_back(fmt::format("{}. 300 IN MX 20 mx2.{}.", zone, zone));
+      }
+    }
+    for (std::uint32_t h = 1; h <= 2; ++h) {
+      if (name != fmt::format("mx{}.{}", h, zone)) continue;
+      rcode = rcode_noerror;
+      if (type == dns::record_type::a) {
+        answer.push_back(fmt::format("{}. 300 IN A 198.51.100.{}", name, 2 * d + h));
+      }
+    }
+  }
+  return rcode;
+}
+
+// The simulated DNS server: the datagrams it sends back for one query (none: lost).
+std::vector<std::string> serve_dns(const world_plan& plan, random& fault_rng,
+                                   world_record& record, std::string_view bytes) {
+  std::uint16_t id = 0;
+  std::string name;
+  dns::record_type type{};
+  std::vector<std::string> replies;
+  if (!decode_query(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), id, name,
+                    type)) {
+    return replies;
+  }
+  if (fault_rng.chance(plan.dns_lost)) {
+    record.transcript += fmt::format("dns {:04x} {}: lost\n", id, name);
+    return replies;
+  }
+  if (fault_rng.chance(plan.dns_servfail)) {
+    record.transcript += fmt::format("dns {:04x} {}: SERVFAIL\n", id, name);
+    const auto reply = encode_reply(id, name, type, rcode_servfail, {}, 0);
+    replies.emplace_back(reply.begin(), reply.end());
+    return replies;
+  }
+  std::vector<std::string> answer;
+  const int rcode = zone_answer(plan, name, type, answer);
+  record.transcript += fmt::format("dns {:04x} {} {}: {} answers\n", id, name,
+                                   dns::record_type_name(type), answer.size());
+  const auto reply = encode_reply(id, name, type, rcode, answer, 300);
+  replies.emplace_back(reply.begin(), reply.end());
+  return replies;
+}
+
+sim_network make_network(const world_plan& plan, random& fault_rng, world_record& record) {
+  sim_network network;
+  network.connect = [plan = &plan, rng = &fault_rng, record = &record](
+                        const core::endpoint& address) -> std::unique_ptr<stream_peer> {
+    const auto found = plan->hosts_by_address.find(address.to_string());
+    if (found == plan->hosts_by_address.end() || found->second.refuses) return nullptr;
+    const host_plan& host = found->second;
+    return std::make_unique<remote_mta>(*record, host.name, host.extensions, host.stalls,
+                                        plan->faults, *rng);
+  };
+  network.datagram = [plan = &plan, rng = &fault_rng, record = &record](
+                         const core::endpoint&, std::string_view bytes) {
+    return serve_dns(*plan, *rng, *record, bytes);
+  };
+  return network;
+}
+
+outbound::dns_client_config dns_config_for(std::uint64_t seed) {
+  outbound::dns_client_config config;
+  config.resolver.servers.push_back(dns::server_address{dns::ip_address::v4(192, 0, 2, 53), 53});
+  config.resolver.ipv6 = false;
+  // Seeded: the query ids are in the transcript, so a replay checks them too.
+  config.random = [dns_rng = random(seed ^ 0xd115)]() mutable { return dns_rng.next(); };
+  return config;
+}
+
+outbound::outbound_config outbound_config_for_test() {
+  outbound::outbound_config config;
+  config.helo_name = "mx.sim.example";
+  config.ipv6 = false;
+  config.connections_max = 16;
+  config.idle_timeout_ms = 1'000;
+  config.transfer = outbound::body_transfer::copy;  // no pipes in the simulated kernel
+  config.copy_body_bytes_max = 2048;                // larger bodies take the copy path
+  config.copy_chunk_bytes = 4096;
+  config.receive_buffer_count = 16;
+  config.tls_context = nullptr;
+  return config;
+}
+
+// Messages: 1..3 recipients at one destination, bodies of 1..150 lines (some starting with
+// a dot), each body a file of the host in wire form.
+void add_messages(random& rng, std::uint64_t seed, sim_host& host, embedder& queue,
+                  std::vector<std::unique_ptr<message>>& messages) {
+  const auto message_count = static_cast<std::uint32_t>(rng.between(5, 25));
+  for (std::uint32_t i = 0; i < message_count; ++i) {
+    auto m = std::make_unique<message>();
+    m->key = fmt::format("key.{}.{}", seed, i);
+    m->destination = static_cast<std::uint32_t>(rng.below(destination_count));
+    m->reverse_path = "sender@origin.example";
+    const auto rcpts = rng.between(1, 3);
+    for (std::uint64_t r = 0; r < rcpts; ++r) {
+      m->recipients.push_back(fmt::format("user{}@{}", r, destination_name(m->destination)));
+    }
+    m->states.assign(m->recipients.size(), recipient_state::pending);
+    m->raw_body = fmt::format("Message-ID: <{}@sim.example>\r\nSubject: {}\r\n\r\n", m->key, i);
+    const auto lines = rng.between(1, 150);
+    for (std::uint64_t l = 0; l < lines; ++l) {
+      m->raw_body += l % 7 == 3 ? fmt::format(".dot line {}\r\n", l)
+                                : fmt::format("line {} of {} ....................\r\n", l, i);
+    }
+    const std::string wire = dot_stuff(m->raw_body);
+    m->slice = spool::body_slice{host.add_file(wire), 0, static_cast<std::uint32_t>(wire.size())};
+    m->job.envelope.reverse_path = m->reverse_path;
+    m->job.body = {&m->slice, 1};
+    m->job.token = i;
+    queue.add(*m);
+    messages.push_back(std::move(m));
+  }
+}
+
 // One seeded world: DNS, remote MTAs, messages; the real outbound delivers them all.
-// with_faults: the remote MTAs answer 451/554 and drop connections at seeded rates.
+// with_faults: the remote MTAs answer 451/554 and drop connections, DNS loses queries and
+// answers SERVFAIL, at seeded rates.
 run_result run_world(std::uint64_t seed, bool with_faults) {
   run_result result;
   random rng(seed);
   random fault_rng(seed * 0x9e3779b97f4a7c15ull + 0xfa17);
   scheduler clock;
-  const auto net_ns_max = static_cast<std::int64_t>(rng.between(100'000, 20'000'000));
-  fault_rates faults;
-  if (with_faults) {
-    faults.temporary = static_cast<double>(rng.below(10)) / 100;
-    faults.permanent = static_cast<double>(rng.below(4)) / 100;
-    faults.drop = static_cast<double>(rng.below(5)) / 100;
-  }
-  // DNS faults (with_faults only): queries lost (the resolver's timeout and retry on the
-  // timer wheel), SERVFAIL, and dest3.example not existing (NXDOMAIN: its mail bounces).
-  double dns_lost = 0, dns_servfail = 0;
-  bool dest3_missing = false;
-  if (with_faults) {
-    dns_lost = static_cast<double>(rng.below(15)) / 100;
-    dns_servfail = static_cast<double>(rng.below(15)) / 100;
-    dest3_missing = rng.chance(0.3);
-  }
-  result.dest3_missing = dest3_missing;
-
-  // Remote MTAs: mx1/mx2 of each destination at 198.51.100.(2d+h).
-  struct host_plan {
-    std::string name;
-    smtp::extension_set extensions;
-    bool refuses = false;
-    bool stalls = false;
-  };
-  std::map<std::string, host_plan> hosts_by_address;
-  for (std::uint32_t d = 0; d < destination_count; ++d) {
-    for (std::uint32_t h = 1; h <= 2; ++h) {
-      host_plan plan;
-      plan.name = fmt::format("mx{}.{}", h, destination_name(d));
-      plan.extensions.pipelining = rng.chance(0.7);
-      plan.extensions.chunking = rng.chance(0.5);
-      plan.extensions.eight_bit_mime = rng.chance(0.7);
-      plan.extensions.size = rng.chance(0.7);
-      plan.refuses = h == 1 && rng.chance(0.3);
-      plan.stalls = h == 1 && rng.chance(0.2) && !plan.refuses;
-      hosts_by_address[fmt::format("198.51.100.{}:25", 2 * d + h)] = plan;
-    }
-  }
-
-  sim_network network;
-  network.connect = [&](const core::endpoint& address) -> std::unique_ptr<stream_peer> {
-    const auto found = hosts_by_address.find(address.to_string());
-    if (found == hosts_by_address.end() || found->second.refuses) return nullptr;
-    return std::make_unique<remote_mta>(result.record, found->second.name,
-                                        found->second.extensions, found->second.stalls, faults,
-                                        fault_rng);
-  };
-  network.datagram = [&](const core::endpoint&, std::string_view bytes) {
-    std::uint16_t id = 0;
-    std::string name;
-    dns::record_type type{};
-    std::vector<std::string> replies;
-    if (!decode_query(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), id,
-                      name, type)) {
-      return replies;
-    }
-    if (fault_rng.chance(dns_lost)) {
-      result.record.transcript += fmt::format("dns {:04x} {}: lost\n", id, name);
-      return replies;
-    }
-    if (fault_rng.chance(dns_servfail)) {
-      result.record.transcript += fmt::format("dns {:04x} {}: SERVFAIL\n", id, name);
-      const auto reply = encode_reply(id, name, type, rcode_servfail, {}, 0);
-      replies.emplace_back(reply.begin(), reply.end());
-      return replies;
-    }
-    std::vector<std::string> answer;
-    int rcode = rcode_nxdomain;
-    for (std::uint32_t d = 0; d < destination_count; ++d) {
-      if (d == 3 && dest3_missing) continue;
-      const std::string zone = destination_name(d);
-      if (name == zone) {
-        rcode = rcode_noerror;
-        if (type == dns::record_type::mx) {
-          answer.push_back(fmt::format("{}. 300 IN MX 10 mx1.{}.", zone, zone));
-          answer.push_back(fmt::format("{}. 300 IN MX 20 mx2.{}.", zone, zone));
-        }
-      }
-      for (std::uint32_t h = 1; h <= 2; ++h) {
-        if (name != fmt::format("mx{}.{}", h, zone)) continue;
-        rcode = rcode_noerror;
-        if (type == dns::record_type::a) {
-          answer.push_back(fmt::format("{}. 300 IN A 198.51.100.{}", name, 2 * d + h));
-        }
-      }
-    }
-    result.record.transcript += fmt::format("dns {:04x} {} {}: {} answers\n", id, name,
-                                            dns::record_type_name(type), answer.size());
-    const auto reply = encode_reply(id, name, type, rcode, answer, 300);
-    replies.emplace_back(reply.begin(), reply.end());
-    return replies;
-  };
-
-  sim_host host(clock, seed, std::move(network), net_ns_max, 1'800'000'000'000);
+  const world_plan plan = plan_world(rng, with_faults);
+  result.dest3_missing = plan.dest3_missing;
+  sim_host host(clock, seed, make_network(plan, fault_rng, result.record), plan.net_ns_max,
+                1'800'000'000'000);
   embedder queue(clock, result.record, host);
   {
-    outbound::dns_client_config dns_config;
-    dns_config.resolver.servers.push_back(
-        dns::server_address{dns::ip_address::v4(192, 0, 2, 53), 53});
-    dns_config.resolver.ipv6 = false;
-    // Seeded: the query ids are in the transcript, so a replay checks them too.
-    dns_config.random = [dns_rng = random(seed ^ 0xd115)]() mutable { return dns_rng.next(); };
-    outbound::outbound_config config;
-    config.helo_name = "mx.sim.example";
-    config.ipv6 = false;
-    config.connections_max = 16;
-    config.idle_timeout_ms = 1'000;
-    config.transfer = outbound::body_transfer::copy;  // no pipes in the simulated kernel
-    config.copy_body_bytes_max = 2048;                // larger bodies take the copy path
-    config.copy_chunk_bytes = 4096;
-    config.receive_buffer_count = 16;
-    config.tls_context = nullptr;
-    outbound::dns_client dns(host, dns_config);
-    outbound::outbound out(host, dns, queue, config);
+    outbound::dns_client dns(host, dns_config_for(seed));
+    outbound::outbound out(host, dns, queue, outbound_config_for_test());
     queue.attach(out);
     queue.set_messages(result.messages);
     EXPECT_TRUE(dns.start().ok());
     EXPECT_TRUE(out.start().ok());
-
-    // Messages: 1..3 recipients at one destination, bodies of 1..150 lines.
-    const auto message_count = static_cast<std::uint32_t>(rng.between(5, 25));
-    for (std::uint32_t i = 0; i < message_count; ++i) {
-      auto m = std::make_unique<message>();
-      m->key = fmt::format("key.{}.{}", seed, i);
-      m->destination = static_cast<std::uint32_t>(rng.below(destination_count));
-      m->reverse_path = "sender@origin.example";
-      const auto rcpts = rng.between(1, 3);
-      for (std::uint64_t r = 0; r < rcpts; ++r) {
-        m->recipients.push_back(fmt::format("user{}@{}", r, destination_name(m->destination)));
-      }
-      m->states.assign(m->recipients.size(), recipient_state::pending);
-      m->raw_body = fmt::format("Message-ID: <{}@sim.example>\r\nSubject: {}\r\n\r\n", m->key, i);
-      const auto lines = rng.between(1, 150);
-      for (std::uint64_t l = 0; l < lines; ++l) {
-        m->raw_body += l % 7 == 3 ? fmt::format(".dot line {}\r\n", l)
-                                  : fmt::format("line {} of {} ....................\r\n", l, i);
-      }
-      const std::string wire = dot_stuff(m->raw_body);
-      m->slice = spool::body_slice{host.add_file(wire), 0, static_cast<std::uint32_t>(wire.size())};
-      m->job.envelope.reverse_path = m->reverse_path;
-      m->job.body = {&m->slice, 1};
-      m->job.token = i;
-      queue.add(*m);
-      result.messages.push_back(std::move(m));
-    }
+    add_messages(rng, seed, host, queue, result.messages);
     std::set<std::uint32_t> destinations;
     for (const auto& m : result.messages) destinations.insert(m->destination);
     for (std::uint32_t d : destinations) {
-      const host_plan& mx1 = hosts_by_address[fmt::format("198.51.100.{}:25", 2 * d + 1)];
+      const host_plan& mx1 = plan.hosts_by_address.at(remote_address(d, 1));
       if (mx1.refuses) ++result.refusals_expected;
       if (mx1.stalls) ++result.stalls_expected;
       queue.open(d);

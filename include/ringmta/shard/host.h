@@ -57,8 +57,8 @@ class host {
   virtual void add_iteration_hook(host_hook& hook) noexcept = 0;
   // Sets up `buffers` as provided-buffer group options.group_id on this host's ring and flushes
   // its recycles once per loop iteration. `buffers` must outlive the host's ring.
-  virtual core::result<void> register_buffer_ring(io::buffer_ring& buffers,
-                                                  const io::buffer_ring_options& options) noexcept = 0;
+  virtual core::result<void> register_buffer_ring(
+      io::buffer_ring& buffers, const io::buffer_ring_options& options) noexcept = 0;
   // Ticks are milliseconds of now_ms()'s clock.
   virtual core::timer_wheel& timers() noexcept = 0;
   virtual io::operations& io() noexcept = 0;
