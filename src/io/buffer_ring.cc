@@ -47,18 +47,13 @@ void buffer_ring::release_memory() noexcept {
 
 // liburing 2.3 has io_uring_register_buf_ring but not io_uring_setup_buf_ring: we map the ring
 // (page aligned, as the kernel requires), fill it with every buffer, and register it.
-core::result<void> buffer_ring::init(ring& owner, const buffer_ring_options& options) noexcept {
-  RINGMTA_ASSERT(_owner == nullptr);
+core::result<void> buffer_ring::allocate(const buffer_ring_options& options) noexcept {
+  RINGMTA_ASSERT(_owner == nullptr && _ring == nullptr);
   if (options.buffer_count == 0 || options.buffer_count > 32768 ||
       !std::has_single_bit(options.buffer_count) || options.buffer_bytes == 0 ||
       options.group_id == 0xffff || options.recycle_batch == 0) {
     return core::fail(EINVAL);
   }
-  if (!owner.features().buffer_ring) return core::fail(EOPNOTSUPP);
-  if (options.incremental && !owner.features().buffer_ring_incremental) {
-    return core::fail(EOPNOTSUPP);
-  }
-  _owner = &owner;
   _options = options;
   _ring_bytes = round_up_to_page(sizeof(io_uring_buf) * options.buffer_count);
   _buffers_bytes = round_up_to_page(std::size_t{options.buffer_count} * options.buffer_bytes);
@@ -70,6 +65,27 @@ core::result<void> buffer_ring::init(ring& owner, const buffer_ring_options& opt
     return core::fail(ENOMEM);
   }
   io_uring_buf_ring_init(_ring);
+  return {};
+}
+
+void buffer_ring::publish_every_buffer() noexcept {
+  const int mask = io_uring_buf_ring_mask(_options.buffer_count);
+  for (std::uint32_t id = 0; id < _options.buffer_count; ++id) {
+    io_uring_buf_ring_add(_ring, _buffers + std::size_t{id} * _options.buffer_bytes,
+                          _options.buffer_bytes, static_cast<unsigned short>(id), mask,
+                          static_cast<int>(id));
+  }
+  io_uring_buf_ring_advance(_ring, static_cast<int>(_options.buffer_count));
+  _tail = static_cast<std::uint16_t>(_options.buffer_count);
+}
+
+core::result<void> buffer_ring::init(ring& owner, const buffer_ring_options& options) noexcept {
+  if (!owner.features().buffer_ring) return core::fail(EOPNOTSUPP);
+  if (options.incremental && !owner.features().buffer_ring_incremental) {
+    return core::fail(EOPNOTSUPP);
+  }
+  if (auto allocated = allocate(options); !allocated) return allocated;
+  _owner = &owner;
   io_uring_buf_reg reg{};
   reg.ring_addr = reinterpret_cast<std::uintptr_t>(_ring);
   reg.ring_entries = options.buffer_count;
@@ -80,15 +96,30 @@ core::result<void> buffer_ring::init(ring& owner, const buffer_ring_options& opt
     return core::fail(-rc);
   }
   _registered = true;
-  const int mask = io_uring_buf_ring_mask(options.buffer_count);
-  for (std::uint32_t id = 0; id < options.buffer_count; ++id) {
-    io_uring_buf_ring_add(_ring, _buffers + std::size_t{id} * options.buffer_bytes,
-                          options.buffer_bytes, static_cast<unsigned short>(id), mask,
-                          static_cast<int>(id));
-  }
-  io_uring_buf_ring_advance(_ring, static_cast<int>(options.buffer_count));
-  _tail = static_cast<std::uint16_t>(options.buffer_count);
+  publish_every_buffer();
   return {};
+}
+
+core::result<void> buffer_ring::init_unregistered(const buffer_ring_options& options) noexcept {
+  if (options.incremental) return core::fail(EINVAL);
+  if (auto allocated = allocate(options); !allocated) return allocated;
+  publish_every_buffer();
+  return {};
+}
+
+// What the kernel does for a receive on the group (io_uring/kbuf.c): the entry at head, if
+// head has not reached the published tail, then head + 1.
+std::optional<buffer_ring::kernel_pick> buffer_ring::take_as_kernel() noexcept {
+  RINGMTA_ASSERT(_ring != nullptr && !_registered);
+  if (_simulated_head == _tail) return std::nullopt;
+  const int mask = io_uring_buf_ring_mask(_options.buffer_count);
+  const io_uring_buf& entry = _ring->bufs[_simulated_head & mask];
+  ++_simulated_head;
+  kernel_pick pick;
+  pick.buffer_id = entry.bid;
+  pick.memory = {reinterpret_cast<std::byte*>(static_cast<std::uintptr_t>(entry.addr)),
+                 entry.len};
+  return pick;
 }
 
 std::span<std::byte> buffer_ring::consume(const completion& done) noexcept {

@@ -294,7 +294,9 @@ void connection::abort_body() noexcept {
   body.how = body_progress::path::none;
   if (body.step_in_flight) {  // the kernel may still use the pipe/buffer: release on completion
     if (body.phase() != body_phase::aborting) body.enter(body_phase::aborting);
-    if (_phase != connection_phase::closing && fd >= 0) ::shutdown(fd, SHUT_RDWR);  // unblock a waiting splice
+    if (_phase != connection_phase::closing && fd >= 0) {
+      server.descriptors().shutdown(fd, SHUT_RDWR);  // unblock a waiting splice
+    }
     return;
   }
   release_transfer(false);

@@ -217,12 +217,13 @@ void connection::connect_to(std::uint32_t index, bool plaintext_retry) noexcept 
   then = after_close::finish;
   staged_begin = staged_end = 0;
   const int family = to.address.family();
-  const int socket_fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int error = socket_fd < 0 ? errno : 0;
+  io::descriptors& descriptors = server.descriptors();
+  const auto opened = descriptors.open_socket(family, SOCK_STREAM);
+  const int socket_fd = opened ? opened.value() : -1;
+  int error = opened ? 0 : opened.error();
   if (socket_fd >= 0) {
     // The engine batches commands itself; the final "." must not wait for a delayed ACK.
-    const int on = 1;
-    ::setsockopt(socket_fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    (void)descriptors.set_option(socket_fd, IPPROTO_TCP, TCP_NODELAY, 1);
     error = bind_source(socket_fd, family);
   }
   if (error == 0) {
@@ -232,7 +233,7 @@ void connection::connect_to(std::uint32_t index, bool plaintext_retry) noexcept 
     if (!queued) error = queued.error();
   }
   if (error != 0) {
-    if (socket_fd >= 0) ::close(socket_fd);
+    if (socket_fd >= 0) descriptors.close(socket_fd);
     ++server.counters().connect_failures;
     attempts.record(to, attempt_failure::connect_failed, error, nullptr);
     return;
@@ -252,9 +253,10 @@ int connection::bind_source(int socket_fd, int family) const noexcept {
   const auto& chosen = source && source->family() == family ? source : fallback;
   if (!chosen) return 0;
   // Pick the port at connect time: many connections from one address share ports.
-  const int on = 1;
-  ::setsockopt(socket_fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
-  return ::bind(socket_fd, chosen->sockaddr_pointer(), chosen->length) != 0 ? errno : 0;
+  io::descriptors& descriptors = server.descriptors();
+  (void)descriptors.set_option(socket_fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+  const auto bound = descriptors.bind(socket_fd, chosen->sockaddr_pointer(), chosen->length);
+  return bound ? 0 : bound.error();
 }
 
 void connection::on_connected(const io::completion& done) noexcept {
@@ -691,7 +693,7 @@ void connection::end_socket() noexcept {
                                               io::sqe::skip_success);
     }
     // Ends a pending receive (0), a send or splice blocked on a peer that stopped reading.
-    ::shutdown(fd, SHUT_RDWR);
+    server.descriptors().shutdown(fd, SHUT_RDWR);
   }
   if (ops > 0 || close_queued) return;
   close_queued = true;
@@ -699,7 +701,7 @@ void connection::end_socket() noexcept {
     ++ops;
     return;
   }
-  ::close(fd);
+  server.descriptors().close(fd);
   on_fd_closed();
 }
 

@@ -70,11 +70,11 @@ struct dns_client::tcp_exchange {
   bool close_queued = false;
 };
 
-dns_client::dns_client(shard::shard& owner, dns_client_config config)
+dns_client::dns_client(shard::host& owner, dns_client_config config)
     : _owner(owner),
       _io(owner.io()),
       _config(std::move(config)),
-      _resolver(_config.resolver, kernel_random()),
+      _resolver(_config.resolver, _config.random ? _config.random : kernel_random()),
       _sends(std::max<std::uint32_t>(1, _config.udp_sends_max)),
       _tcp(std::max<std::uint32_t>(1, _config.tcp_exchanges_max)) {
   RINGMTA_ASSERT(_config.receive_buffer_bytes >= 512);
@@ -91,12 +91,12 @@ dns_client::dns_client(shard::shard& owner, dns_client_config config)
 dns_client::~dns_client() {
   RINGMTA_ASSERT(!_timer.armed());  // stop() on the shard's thread first
   for (auto& socket : _udp) {
-    if (socket.fd >= 0) ::close(socket.fd);
+    if (socket.fd >= 0) _owner.descriptors().close(socket.fd);
   }
   for (std::uint32_t slot = 0; slot < _tcp.capacity(); ++slot) {
     tcp_exchange* exchange = _tcp.get(slot, _tcp.generation(slot));
     if (exchange != nullptr && exchange->fd >= 0 && !exchange->close_queued) {
-      ::close(exchange->fd);
+      _owner.descriptors().close(exchange->fd);
     }
   }
 }
@@ -125,11 +125,18 @@ core::result<void> dns_client::start() noexcept {
   std::size_t usable = 0;
   for (std::uint32_t i = 0; i < servers.size(); ++i) {
     const core::endpoint at = to_endpoint(servers[i].ip, servers[i].port);
-    const int fd = ::socket(at.family(), SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    io::descriptors& descriptors = _owner.descriptors();
+    const auto opened = descriptors.open_socket(at.family(), SOCK_DGRAM | SOCK_NONBLOCK);
+    if (!opened) {
+      last_error = opened.error();
+      continue;
+    }
     // A connected socket: the kernel drops datagrams from anyone but this server.
-    if (fd < 0 || ::connect(fd, at.sockaddr_pointer(), at.length) != 0) {
-      last_error = errno;
-      if (fd >= 0) ::close(fd);
+    const int fd = opened.value();
+    if (auto connected = descriptors.connect_datagram(fd, at.sockaddr_pointer(), at.length);
+        !connected) {
+      last_error = connected.error();
+      descriptors.close(fd);
       continue;
     }
     _udp[i].fd = fd;
@@ -145,7 +152,7 @@ void dns_client::stop() noexcept {
   _owner.timers().cancel(_timer);
   _waiters.clear();
   for (auto& socket : _udp) {
-    if (socket.fd >= 0) ::shutdown(socket.fd, SHUT_RDWR);  // ends the armed receive
+    if (socket.fd >= 0) _owner.descriptors().shutdown(socket.fd, SHUT_RDWR);  // ends the receive
   }
   for (std::uint32_t slot = 0; slot < _tcp.capacity(); ++slot) {
     if (tcp_exchange* exchange = _tcp.get(slot, _tcp.generation(slot))) {
@@ -186,7 +193,7 @@ void dns_client::actions_waiting() noexcept {
   if (!_stopped) _owner.timers().schedule_after(_timer, 0);
 }
 
-void dns_client::before_wait(shard::shard&) noexcept {
+void dns_client::before_wait() noexcept {
   if (_actions_waiting) drain();
 }
 
@@ -240,7 +247,7 @@ void dns_client::on_deadline() noexcept {
 
 // ---- completions
 
-void dns_client::on_completion(shard::shard&, const io::completion& done) noexcept {
+void dns_client::on_completion(const io::completion& done) noexcept {
   const io::op_kind kind = done.kind();
   if (kind == _udp_recv_kind) on_udp_received(done.tag().slot, done);
   else if (kind == _udp_send_kind) on_udp_sent(done);
@@ -342,7 +349,8 @@ void dns_client::send_tcp(dns::action& next) noexcept {
   exchange.server = next.server_index;
   const auto& server = _config.resolver.servers[next.server_index];
   exchange.peer = to_endpoint(server.ip, server.port);
-  exchange.fd = ::socket(exchange.peer.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const auto opened = _owner.descriptors().open_socket(exchange.peer.family(), SOCK_STREAM);
+  exchange.fd = opened ? opened.value() : -1;
   std::memcpy(tcp_query_bytes(slot), next.bytes.data(), next.bytes.size());
   auto& ring = _io;
   // Connect, then (linked: only once connected) the framed query.
@@ -352,7 +360,7 @@ void dns_client::send_tcp(dns::action& next) noexcept {
                         tcp_user_data(_tcp_connect_kind, slot), io::sqe::link)
           .ok();
   if (!queued) {
-    if (exchange.fd >= 0) ::close(exchange.fd);
+    if (exchange.fd >= 0) _owner.descriptors().close(exchange.fd);
     _tcp.release(slot);
     ++_counters.tcp_refused;
     _resolver.on_tcp_closed(next.exchange, now_ms());
@@ -426,7 +434,8 @@ void dns_client::end_tcp(tcp_exchange& exchange, std::uint32_t slot, bool tell) 
                                     io::pack_user_data(_misc_kind, 0, 0), false,
                                     io::sqe::skip_success);
   }
-  ::shutdown(exchange.fd, SHUT_RDWR);  // ends a pending receive (0) or send (EPIPE)
+  // Ends a pending receive (0) or send (EPIPE).
+  _owner.descriptors().shutdown(exchange.fd, SHUT_RDWR);
   close_tcp_when_idle(exchange, slot);
 }
 
@@ -437,7 +446,7 @@ void dns_client::close_tcp_when_idle(tcp_exchange& exchange, std::uint32_t slot)
     ++exchange.ops;
     return;
   }
-  ::close(exchange.fd);
+  _owner.descriptors().close(exchange.fd);
   _tcp.release(slot);
 }
 

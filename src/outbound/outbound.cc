@@ -1,8 +1,6 @@
 // outbound::outbound: the connection table, the API, DNS results, deferred work and the pool of
 // body transfers. One SMTP session over the ring is in connection.cc, the body in body.cc.
-#include <fcntl.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -14,14 +12,15 @@ namespace ringmta::outbound {
 
 // ---- transfer_pool
 
-transfer_pool::transfer_pool(std::uint32_t count, std::uint32_t pipe_bytes,
-                             std::uint32_t buffer_bytes)
-    : _slots(count), _pipe_bytes(pipe_bytes), _buffer_bytes(buffer_bytes) {}
+transfer_pool::transfer_pool(io::descriptors& descriptors, std::uint32_t count,
+                             std::uint32_t pipe_bytes, std::uint32_t buffer_bytes)
+    : _descriptors(descriptors), _slots(count), _pipe_bytes(pipe_bytes),
+      _buffer_bytes(buffer_bytes) {}
 
 transfer_pool::~transfer_pool() {
   for (slot& s : _slots) {
-    if (s.pipe_read >= 0) ::close(s.pipe_read);
-    if (s.pipe_write >= 0) ::close(s.pipe_write);
+    if (s.pipe_read >= 0) _descriptors.close(s.pipe_read);
+    if (s.pipe_write >= 0) _descriptors.close(s.pipe_write);
   }
 }
 
@@ -31,19 +30,17 @@ std::optional<std::uint32_t> transfer_pool::acquire(bool want_pipe, int& error) 
     slot& s = _slots[i];
     if (s.busy) continue;
     if (want_pipe && s.pipe_read < 0) {
-      int fds[2];
       // A blocking pipe: the pipe -> socket splice then waits for the socket in an io-wq
       // worker instead of failing with EAGAIN (an O_NONBLOCK pipe makes the splice
       // non-blocking on both ends).
-      if (::pipe2(fds, O_CLOEXEC) != 0) {
-        error = errno;
+      auto made = _descriptors.open_pipe(_pipe_bytes);
+      if (!made) {
+        error = made.error();
         return std::nullopt;
       }
-      s.pipe_read = fds[0];
-      s.pipe_write = fds[1];
-      (void)::fcntl(s.pipe_write, F_SETPIPE_SZ, static_cast<int>(_pipe_bytes));  // best effort
-      const int capacity = ::fcntl(s.pipe_write, F_GETPIPE_SZ);
-      s.pipe_capacity = capacity > 0 ? static_cast<std::uint32_t>(capacity) : 4096;
+      s.pipe_read = made.value().read_end;
+      s.pipe_write = made.value().write_end;
+      s.pipe_capacity = made.value().capacity;
     }
     if (!want_pipe && !s.buffer) s.buffer = std::make_unique<char[]>(_buffer_bytes);
     s.busy = true;
@@ -57,15 +54,15 @@ void transfer_pool::release(std::uint32_t index, bool clean) noexcept {
   slot& s = _slots[index];
   s.busy = false;
   if (!clean && s.pipe_read >= 0) {  // bytes may be left inside: never hand it out again
-    ::close(s.pipe_read);
-    ::close(s.pipe_write);
+    _descriptors.close(s.pipe_read);
+    _descriptors.close(s.pipe_write);
     s.pipe_read = s.pipe_write = -1;
   }
 }
 
 // ---- outbound_server
 
-outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_handler& handler,
+outbound_server::outbound_server(shard::host& owner, dns_client& dns, delivery_handler& handler,
                                  const outbound_config& config)
     : _owner(owner),
       _io(owner.io()),
@@ -77,7 +74,8 @@ outbound_server::outbound_server(shard::shard& owner, dns_client& dns, delivery_
       _staging_bytes(static_cast<std::uint32_t>(
           std::max<std::size_t>(2 * smtp::client_output_bytes_max,
                                 chunk_offset + std::size_t{config.copy_body_bytes_max} + 16))),
-      _transfers(std::max<std::uint32_t>(1, config.transfers_max), config.pipe_bytes,
+      _transfers(owner.descriptors(), std::max<std::uint32_t>(1, config.transfers_max),
+                 config.pipe_bytes,
                  std::max<std::uint32_t>(4096, config.copy_chunk_bytes) + 16),
       _tls_cache(std::max<std::uint32_t>(1, config.tls_cache_entries)) {
   RINGMTA_ASSERT(config.connections_max > 0);
@@ -98,7 +96,7 @@ outbound_server::~outbound_server() {
   for (auto& c : _connections) {
     if (!c) continue;
     RINGMTA_ASSERT(!c->timer.armed());  // stop() on the shard's thread first
-    if (c->fd >= 0 && !c->close_queued) ::close(c->fd);
+    if (c->fd >= 0 && !c->close_queued) descriptors().close(c->fd);
   }
 }
 
@@ -114,8 +112,7 @@ core::result<void> outbound_server::start() noexcept {
   options.group_id = _config.buffer_group;
   options.buffer_count = _config.receive_buffer_count;
   options.buffer_bytes = _config.receive_buffer_bytes;
-  if (auto ready = _buffers.init(_owner.ring(), options); !ready) return ready;
-  _owner.add_buffer_ring(_buffers);
+  if (auto ready = _owner.register_buffer_ring(_buffers, options); !ready) return ready;
   _owner.add_iteration_hook(*this);
   return {};
 }
@@ -208,7 +205,8 @@ void outbound_server::stop() noexcept {
       _dns.cancel(c->lookup);
       c->enter(connection_phase::unconnected);  // a late result finds nothing to resume
     }
-    if (c->fd >= 0) ::shutdown(c->fd, SHUT_RDWR);  // pending ops end; the destructor closes
+    // Pending ops end; the destructor closes.
+    if (c->fd >= 0) descriptors().shutdown(c->fd, SHUT_RDWR);
   }
 }
 
@@ -222,7 +220,7 @@ void outbound_server::defer(connection& c) noexcept {
   _deferred.push_back(c.handle());
 }
 
-void outbound_server::before_wait(shard::shard&) noexcept { run_deferred(); }
+void outbound_server::before_wait() noexcept { run_deferred(); }
 
 // Runs what API calls left for later (events the engine produced synchronously, output to
 // send, receives that found no buffer). Work deferred meanwhile waits for the next round.
@@ -256,7 +254,7 @@ void outbound_server::on_lookup_done(std::uint64_t cookie, dns::mx_result& resul
   c->on_lookup_done(result);
 }
 
-void outbound_server::on_completion(shard::shard&, const io::completion& done) noexcept {
+void outbound_server::on_completion(const io::completion& done) noexcept {
   const io::op_kind kind = done.kind();
   connection* c = find(done.tag());
   if (c == nullptr || _stopped) {  // stale: give back what the CQE carries
@@ -316,7 +314,7 @@ void outbound_server::release_slot(connection& c) noexcept {
 
 // ---- outbound (the public face)
 
-outbound::outbound(shard::shard& owner, dns_client& dns, delivery_handler& handler,
+outbound::outbound(shard::host& owner, dns_client& dns, delivery_handler& handler,
                    const outbound_config& config)
     : _server(std::make_unique<outbound_server>(owner, dns, handler, config)) {}
 outbound::~outbound() = default;

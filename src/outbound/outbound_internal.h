@@ -276,7 +276,9 @@ class transfer_pool {
     bool busy = false;
   };
 
-  transfer_pool(std::uint32_t count, std::uint32_t pipe_bytes, std::uint32_t buffer_bytes);
+  // Pipes come from `descriptors` (the host's: kernel pipes, or the simulator's).
+  transfer_pool(io::descriptors& descriptors, std::uint32_t count, std::uint32_t pipe_bytes,
+                std::uint32_t buffer_bytes);
   ~transfer_pool();
 
   // A free slot with a pipe (want_pipe) or a buffer ready; nullopt when all are busy (or a
@@ -287,16 +289,17 @@ class transfer_pool {
   std::uint32_t buffer_bytes() const noexcept { return _buffer_bytes; }
 
  private:
+  io::descriptors& _descriptors;
   std::vector<slot> _slots;
   std::uint32_t _pipe_bytes;
   std::uint32_t _buffer_bytes;
 };
 
-class outbound_server final : public shard::completion_handler,
-                              public shard::iteration_hook,
+class outbound_server final : public shard::host_handler,
+                              public shard::host_hook,
                               public lookup_handler {
  public:
-  outbound_server(shard::shard& owner, dns_client& dns, delivery_handler& handler,
+  outbound_server(shard::host& owner, dns_client& dns, delivery_handler& handler,
                   const outbound_config& config);
   ~outbound_server();
 
@@ -313,8 +316,8 @@ class outbound_server final : public shard::completion_handler,
   std::uint32_t live() const noexcept { return _live; }
   outbound_counters& counters() noexcept { return _counters; }
 
-  void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
-  void before_wait(shard::shard& owner) noexcept override;
+  void on_completion(const io::completion& done) noexcept override;
+  void before_wait() noexcept override;
   void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;
 
   // A reload: connects started from now wait this long.
@@ -322,10 +325,12 @@ class outbound_server final : public shard::completion_handler,
 
   // For connections.
   const outbound_config& config() const noexcept { return _config; }
-  shard::shard& owner() noexcept { return _owner; }
+  shard::host& owner() noexcept { return _owner; }
   // Every op of the glue goes through io() and every time it needs comes from the owner's
   // loop (issue 16 item 1): the same code runs over a simulated io::operations and clock.
   io::operations& io() noexcept { return _io; }
+  // Sockets, pipes, bind, shutdown, close beside the ring (io/descriptors.h): the host's.
+  io::descriptors& descriptors() noexcept { return _owner.descriptors(); }
   std::uint64_t now_ms() const noexcept { return _owner.now_ms(); }  // monotonic
   std::int64_t wall_ms() const noexcept { return _owner.wall_ms(); }
   dns_client& dns() noexcept { return _dns; }
@@ -368,7 +373,7 @@ class outbound_server final : public shard::completion_handler,
   void on_kick() noexcept { run_deferred(); }
 
 
-  shard::shard& _owner;
+  shard::host& _owner;  // the shard's loop, or the simulator's (shard/host.h)
   io::operations& _io;  // _owner.io()
   dns_client& _dns;
   delivery_handler& _handler;

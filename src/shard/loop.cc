@@ -118,6 +118,8 @@ void shard::dispatch(const io::completion& done) noexcept {
   if (kind >= io::op_kind_first_free) {
     if (completion_handler* handler = _handlers[kind]) {
       handler->on_completion(*this, done);
+    } else if (host_handler* host_only = _host_handlers[kind]) {
+      host_only->on_completion(done);
     } else {
       ++_counters.stale_completions;
     }
@@ -149,6 +151,16 @@ void shard::flush_buffer_rings() noexcept {
   for (io::buffer_ring* buffers : _buffer_rings) buffers->flush();
 }
 
+void shard::run_iteration_hooks() noexcept {
+  for (const hook_entry& hook : _hooks) {
+    if (hook.shard_hook != nullptr) {
+      hook.shard_hook->before_wait(*this);
+    } else {
+      hook.host_only->before_wait();
+    }
+  }
+}
+
 void shard::read_clock() noexcept {
   _now_ms = monotonic_ms();
   if (_now_ms >= _wall_reread_at_ms) {
@@ -166,7 +178,7 @@ void shard::run() noexcept {
     _last_turn_ms.store(_now_ms, std::memory_order_relaxed);  // heartbeat: one plain store
     _counters.timers_fired += _timers.advance(_now_ms);
     drain_inbound();
-    for (iteration_hook* hook : _hooks) hook->before_wait(*this);
+    run_iteration_hooks();
     flush_wakeups();
     flush_buffer_rings();
     // Sleep only when nothing is waiting: announce it, fence, and look once more.

@@ -127,15 +127,32 @@ shard* shard::current() noexcept { return current_shard; }
 
 unsigned shard::count() const noexcept { return _owner.shard_count(); }
 
-core::result<io::op_kind> shard::add_handler(completion_handler& handler) noexcept {
+core::result<io::op_kind> shard::next_free_kind() noexcept {
   if (_next_kind > 255) return core::fail(ENOSPC);
-  const auto kind = static_cast<io::op_kind>(_next_kind++);
-  _handlers[kind] = &handler;
+  return static_cast<io::op_kind>(_next_kind++);
+}
+
+core::result<io::op_kind> shard::add_handler(completion_handler& handler) noexcept {
+  auto kind = next_free_kind();
+  if (kind) _handlers[kind.value()] = &handler;
+  return kind;
+}
+
+core::result<io::op_kind> shard::add_handler(host_handler& handler) noexcept {
+  auto kind = next_free_kind();
+  if (kind) _host_handlers[kind.value()] = &handler;
   return kind;
 }
 
 void shard::add_buffer_ring(io::buffer_ring& buffers) noexcept {
   _buffer_rings.push_back(&buffers);
+}
+
+core::result<void> shard::register_buffer_ring(io::buffer_ring& buffers,
+                                               const io::buffer_ring_options& options) noexcept {
+  if (auto ready = buffers.init(_ring, options); !ready) return ready;
+  add_buffer_ring(buffers);
+  return {};
 }
 
 void shard::request_stop() noexcept { _owner.request_stop(); }

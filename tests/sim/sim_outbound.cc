@@ -3,7 +3,9 @@
 // First: without it ldns/common.h #defines bool, true and false as macros in C++.
 #include <stdbool.h>  // NOLINT(modernize-deprecated-headers)
 #include <ldns/ldns.h>
+#include <arpa/inet.h>
 #include <fmt/format.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,11 +15,14 @@
 #include <string>
 #include <vector>
 
-#include "ringmta/dns/resolver.h"
 #include "ringmta/dns/wire.h"
+#include "ringmta/outbound/dns_client.h"
+#include "ringmta/outbound/outbound.h"
 #include "ringmta/queue/dsn.h"
 #include "ringmta/queue/scheduler.h"
 #include "ringmta/smtp/client_session.h"
+#include "sim_dns.h"
+#include "sim_host.h"
 
 namespace ringmta::sim::internal {
 namespace {
@@ -40,63 +45,6 @@ std::string find_key(std::string_view body) {
   const auto end = body.find('@', at);
   return end == std::string_view::npos ? std::string{} : std::string(body.substr(at + 1,
                                                                             end - at - 1));
-}
-
-// RFC 5321 §4.5.2 in reverse: the raw message a BDAT chunk carries.
-std::string unstuff(std::string_view wire) {
-  std::string out;
-  out.reserve(wire.size());
-  bool line_start = true;
-  for (std::size_t i = 0; i < wire.size(); ++i) {
-    if (line_start && wire[i] == '.') {
-      line_start = false;
-      continue;
-    }
-    out.push_back(wire[i]);
-    line_start = wire[i] == '\n';
-  }
-  return out;
-}
-
-// A reply to (id, name, type) built with ldns (as tests/unit/dns does); an empty answer
-// section gets an SOA in the authority section (RFC 2308 §5: the negative TTL).
-std::vector<std::uint8_t> encode_reply(std::uint16_t id, const std::string& name,
-                                       dns::record_type type, ldns_pkt_rcode rcode,
-                                       const std::vector<std::string>& answer,
-                                       std::uint64_t ttl) {
-  ldns_pkt* packet = ldns_pkt_new();
-  ldns_pkt_set_id(packet, id);
-  ldns_pkt_set_qr(packet, true);
-  ldns_pkt_set_rd(packet, true);
-  ldns_pkt_set_ra(packet, true);
-  ldns_pkt_set_rcode(packet, static_cast<std::uint8_t>(rcode));
-  ldns_rr* question = ldns_rr_new();
-  ldns_rr_set_owner(question, ldns_dname_new_frm_str(name.c_str()));
-  ldns_rr_set_type(question, static_cast<ldns_rr_type>(type));
-  ldns_rr_set_class(question, LDNS_RR_CLASS_IN);
-  ldns_rr_set_question(question, true);
-  ldns_pkt_push_rr(packet, LDNS_SECTION_QUESTION, question);
-  for (const auto& text : answer) {
-    ldns_rr* rr = nullptr;
-    if (ldns_rr_new_frm_str(&rr, text.c_str(), 300, nullptr, nullptr) == LDNS_STATUS_OK) {
-      ldns_pkt_push_rr(packet, LDNS_SECTION_ANSWER, rr);
-    }
-  }
-  if (answer.empty() && rcode != LDNS_RCODE_SERVFAIL) {
-    ldns_rr* soa = nullptr;
-    const std::string text = fmt::format("example. {} IN SOA ns.example. h.example. 1 2 3 4 {}",
-                                         ttl, ttl);
-    if (ldns_rr_new_frm_str(&soa, text.c_str(), 300, nullptr, nullptr) == LDNS_STATUS_OK) {
-      ldns_pkt_push_rr(packet, LDNS_SECTION_AUTHORITY, soa);
-    }
-  }
-  std::uint8_t* wire = nullptr;
-  std::size_t size = 0;
-  std::vector<std::uint8_t> out;
-  if (ldns_pkt2wire(&wire, packet, &size) == LDNS_STATUS_OK) out.assign(wire, wire + size);
-  std::free(wire);
-  ldns_pkt_free(packet);
-  return out;
 }
 
 // What the delivery side knows of a message (process memory: rebuilt after a crash).
@@ -131,9 +79,23 @@ struct remote_host {
 struct outbound::state {
   struct connection;
 
-  // A remote MTA's side of one connection: the real server engine, random answers.
-  struct remote_handler final : smtp::server_handler {
-    remote_handler(state& owner, connection& link) : s(owner), c(link) {}
+  // A remote MTA's side of one connection: the real server engine, random answers, and the
+  // network's faults as bytes arrive (a drop loses them and closes; a stall never answers).
+  struct remote_peer final : stream_peer, smtp::server_handler {
+    remote_peer(state& owner, remote_host& host, std::uint64_t connection_number)
+        : s(owner), remote(host), number(connection_number) {
+      config.hostname = remote.name;
+      config.extensions = remote.extensions;
+      config.limits.message_bytes_max = remote.message_bytes_max;
+      server = std::make_unique<smtp::server_session>(config, *this);
+    }
+    void on_connected(sim_host& host, int fd) override;
+    void on_bytes(sim_host& host, int fd, std::string_view bytes) override;
+    void on_client_gone(sim_host&, int) override {
+      if (server != nullptr && !server->wants_close()) server->connection_lost();
+      server.reset();
+    }
+    void flush(sim_host& host, int fd);
     smtp::verdict answer(const char* what);
     smtp::verdict on_helo(std::string_view, bool) noexcept override { return answer("HELO"); }
     smtp::verdict on_mail_from(const smtp::mailbox& from,
@@ -152,29 +114,25 @@ struct outbound::state {
     smtp::verdict on_data_end(const smtp::body_summary&) noexcept override;
     void on_reset() noexcept override { recipients.clear(); body.clear(); }
     state& s;
-    connection& c;
+    remote_host& remote;
+    std::uint64_t number;  // for the notes: the remote's own count of connections
+    smtp::server_config config;  // the session keeps a reference
+    std::unique_ptr<smtp::server_session> server;
+    bool stalled = false;
     std::string reverse_path;
     std::vector<std::string> recipients;
     std::string body;
   };
 
+  // One connection the scheduler asked for, carried by the real outbound (its destination
+  // cookie is `number`).
   struct connection {
     std::uint64_t number = 0;
     queue::connection_id id;
     queue::destination_id destination;
     std::string destination_name;
-    std::uint64_t lookup = 0;
-    std::vector<dns::mx_host> hosts;
-    std::size_t host_index = 0;
-    remote_host* remote = nullptr;
-    std::unique_ptr<smtp::client_session> client;
-    std::unique_ptr<remote_handler> handler;
-    smtp::server_config server_config;  // the session keeps a reference
-    std::unique_ptr<smtp::server_session> server;
-    bool stalled = false;
+    ringmta::outbound::connection_handle handle;
     bool took_job = false;
-    std::uint64_t timer = 0;  // generation of the armed timeout
-    std::int64_t to_remote_ns = 0, to_client_ns = 0;
     // the transaction in progress
     bool has_job = false;
     queue::job_view job;
@@ -183,8 +141,13 @@ struct outbound::state {
     std::vector<smtp::client_outcome> outcomes;
     std::vector<std::string> texts;
     std::string reverse_path;
-    std::string body;
+    spool::body_slice slice;  // the body as a file of the simulated host
+    ringmta::outbound::delivery delivery;
   };
+
+  // One process's delivery glue: the REAL outbound::outbound over the REAL dns_client on a
+  // simulated host (sim_host.h); this object is their delivery_handler. A crash destroys it.
+  struct process_glue;
 
   struct pending_dsn {
     spool::message_id original = 0;
@@ -204,8 +167,6 @@ struct outbound::state {
   // time
   std::int64_t now_ns() const { return w.clock().now_ns(); }
   std::int64_t now_ms() const { return epoch_seconds * 1000 + now_ns() / ms_ns; }
-  std::uint64_t dns_ms() const { return static_cast<std::uint64_t>(now_ns() / ms_ns); }
-  std::int64_t latency_ns() { return static_cast<std::int64_t>(rng.between(20'000, net_ns_max)); }
   template <typename F> void later(std::int64_t delay_ns, F&& action) {
     w.clock().after(delay_ns, [this, generation = process, action = std::forward<F>(action)] {
       if (generation == process && !w.failed_now()) action();
@@ -235,27 +196,22 @@ struct outbound::state {
   }
   bool start_dsn(pending_dsn& d);
   // DNS
-  void resolver_drain();
-  void resolver_rearm();
-  void dns_server(const dns::action& query);
   std::vector<std::uint8_t> dns_reply(std::uint16_t id, const std::string& name,
                                       dns::record_type type, bool& drop);
-  void on_lookup(std::uint64_t lookup, dns::mx_result& result);
+  std::vector<std::string> dns_datagram(std::string_view query);
   // connections
+  std::unique_ptr<stream_peer> connect_remote(const core::endpoint& address);
   void open(const queue::connect_request& request);
-  void connect_host(connection& c);
   void give_up(connection& c, const queue::failure& why);
-  void to_remote(connection& c, std::string bytes);
-  void remote_receive(std::uint64_t number, const std::string& bytes);
-  void remote_send(connection& c);
-  void client_receive(std::uint64_t number, const std::string& bytes);
-  void client_drain(connection& c);
-  void client_event(connection& c, const smtp::client_event& event);
+  void on_ready(std::uint64_t number);
+  void on_recipient_result(std::uint64_t number,
+                           const ringmta::outbound::recipient_result& result);
+  void on_delivery_done(std::uint64_t number, const ringmta::outbound::delivery_result& result);
+  void on_closed(std::uint64_t number, const ringmta::outbound::close_result& result);
+  void fail_destination(connection& c, const ringmta::outbound::close_result& result);
   void take_next(connection& c);
   void start_job(connection& c, const queue::job_view& job);
   void finish_job(connection& c, smtp::client_outcome outcome, std::string_view text);
-  void arm_timer(connection& c);
-  void peer_lost(std::uint64_t number);
   void close(connection& c);
   connection* find(std::uint64_t number) {
     const auto found = connections.find(number);
@@ -265,7 +221,7 @@ struct outbound::state {
   void operator_tick();
   // invariants
   void check_limit(const connection& c);
-  void delivered_remotely(remote_handler& h);
+  void delivered_remotely(remote_peer& h);
 
   world& w;
   random rng;
@@ -280,17 +236,16 @@ struct outbound::state {
   std::int64_t operator_mean_ns = 0;
   // process state
   std::unique_ptr<queue::scheduler> scheduler;
-  std::unique_ptr<dns::resolver> resolver;
+  std::unique_ptr<process_glue> glue;
   std::map<std::uint64_t, std::unique_ptr<connection>> connections;
-  std::map<std::uint64_t, std::uint64_t> lookups;  // lookup -> connection
   std::map<spool::message_id, message_data> messages;
   std::map<std::string, std::uint32_t> open_count;  // destination -> open connections
   std::vector<pending_dsn> dsns;
   std::map<std::uint64_t, std::size_t> dsn_tickets;
   std::vector<std::tuple<spool::message_id, std::uint16_t, spool::recipient_state>> mark_retry;
   std::int64_t wakeup_ns = -1;
-  std::int64_t resolver_ns = -1;
   std::uint64_t next_connection = 1;
+  std::uint64_t next_remote_connection = 1;
   std::set<std::string> suspended;
   // the ledger (outlives crashes): what the final check compares the mailboxes with
   std::map<spool::message_id, ledger_entry> ledger;
@@ -347,6 +302,76 @@ outbound::state::state(world& owner, std::uint64_t seed)
   reset_process();
 }
 
+struct outbound::state::process_glue final : ringmta::outbound::delivery_handler {
+  explicit process_glue(state& owner) : s(owner) {
+    sim_network network;
+    network.connect = [this](const core::endpoint& address) { return s.connect_remote(address); };
+    network.datagram = [this](const core::endpoint&, std::string_view query) {
+      return s.dns_datagram(query);
+    };
+    host = std::make_unique<sim_host>(s.w.clock(), s.rng.next(), std::move(network),
+                                      s.net_ns_max, epoch_seconds * 1000);
+    ringmta::outbound::dns_client_config dns_config;
+    dns_config.resolver.servers = {
+        dns::server_address{dns::ip_address::v4(192, 0, 2, 53), 53},
+        dns::server_address{dns::ip_address::v4(192, 0, 2, 54), 53}};
+    dns_config.resolver.timeout_ms = 2000;
+    dns_config.resolver.attempts = 2;
+    dns_config.resolver.ipv6 = false;
+    dns_config.random = dns::seeded_random(s.rng.next());
+    ringmta::outbound::outbound_config config;
+    config.helo_name = std::string(our_name);
+    config.pipelining = s.rng.chance(0.8);
+    config.chunking = s.rng.chance(0.7);
+    config.ipv6 = false;
+    config.connections_max = 64;
+    // Every phase waits client_timeout_ns (the RFC's minutes would only slow the run).
+    const auto timeout_ms = static_cast<std::uint32_t>(client_timeout_ns / ms_ns);
+    config.timeout_connect_ms = config.timeout_greeting_ms = config.timeout_hello_ms =
+        config.timeout_mail_ms = config.timeout_rcpt_ms = config.timeout_data_init_ms =
+            config.timeout_data_block_ms = config.timeout_data_end_ms = config.timeout_quit_ms =
+                timeout_ms;
+    config.idle_timeout_ms = timeout_ms;
+    config.transfer = ringmta::outbound::body_transfer::copy;  // no pipes in sim_host
+    config.receive_buffer_count = 64;
+    dns = std::make_unique<ringmta::outbound::dns_client>(*host, dns_config);
+    out = std::make_unique<ringmta::outbound::outbound>(*host, *dns, *this, config);
+    if (auto started = dns->start(); !started) {
+      s.w.fail(fmt::format("dns_client::start on the simulated host: {}", started.error_text()));
+    }
+    if (auto started = out->start(); !started) {
+      s.w.fail(fmt::format("outbound::start on the simulated host: {}", started.error_text()));
+    }
+  }
+  ~process_glue() {
+    out->stop();
+    dns->stop();
+    out.reset();
+    dns.reset();
+  }
+
+  void on_ready(ringmta::outbound::connection_handle, std::uint64_t number) noexcept override {
+    s.on_ready(number);
+  }
+  void on_recipient_result(ringmta::outbound::connection_handle, std::uint64_t number,
+                           const ringmta::outbound::recipient_result& result) noexcept override {
+    s.on_recipient_result(number, result);
+  }
+  void on_delivery_done(ringmta::outbound::connection_handle, std::uint64_t number,
+                        const ringmta::outbound::delivery_result& result) noexcept override {
+    s.on_delivery_done(number, result);
+  }
+  void on_closed(ringmta::outbound::connection_handle, std::uint64_t number,
+                 const ringmta::outbound::close_result& result) noexcept override {
+    s.on_closed(number, result);
+  }
+
+  state& s;
+  std::unique_ptr<sim_host> host;
+  std::unique_ptr<ringmta::outbound::dns_client> dns;
+  std::unique_ptr<ringmta::outbound::outbound> out;
+};
+
 void outbound::state::reset_process() {
   ++process;
   queue::scheduler_config config;
@@ -358,15 +383,11 @@ void outbound::state::reset_process() {
   config.delay_warning_ms = 0;
   config.random_seed = rng.next() | 1;
   scheduler = std::make_unique<queue::scheduler>(config);
-  dns::resolver_config resolver_config;
-  resolver_config.servers = {dns::server_address{dns::ip_address::v4(192, 0, 2, 53), 53},
-                             dns::server_address{dns::ip_address::v4(192, 0, 2, 54), 53}};
-  resolver_config.timeout_ms = 2000;
-  resolver_config.attempts = 2;
-  resolver_config.ipv6 = false;
-  resolver = std::make_unique<dns::resolver>(resolver_config, dns::seeded_random(rng.next()));
+  // The old process's glue goes first (its sockets close on its own host), then its
+  // connections; actions its host still had queued do nothing (sim_host.h).
+  glue.reset();
   connections.clear();
-  lookups.clear();
+  glue = std::make_unique<process_glue>(*this);
   messages.clear();
   open_count.clear();
   dsns.clear();
@@ -374,7 +395,6 @@ void outbound::state::reset_process() {
   mark_retry.clear();
   suspended.clear();
   wakeup_ns = -1;
-  resolver_ns = -1;
   if (!w.healed()) {
     later(static_cast<std::int64_t>(rng.between(1, 2) * operator_mean_ns),
           [this] { operator_tick(); });
@@ -618,87 +638,23 @@ std::vector<std::uint8_t> outbound::state::dns_reply(std::uint16_t id, const std
   return encode_reply(id, name, type, rcode, answer, ttl);
 }
 
-void outbound::state::dns_server(const dns::action& query) {
+// A query from the real dns_client, as the simulated server at 192.0.2.53/54 sees it.
+std::vector<std::string> outbound::state::dns_datagram(std::string_view query) {
   ++w.counters().dns_queries;
-  if (query.via != dns::transport::udp) return;  // never truncated here: no TCP
-  ldns_pkt* packet = nullptr;
-  if (ldns_wire2pkt(&packet, query.bytes.data(), query.bytes.size()) != LDNS_STATUS_OK) {
+  std::uint16_t id = 0;
+  std::string name;
+  dns::record_type type{};
+  if (!decode_query(reinterpret_cast<const std::uint8_t*>(query.data()), query.size(), id, name,
+                    type)) {
     w.fail("the resolver sent a query ldns cannot decode");
-    return;
+    return {};
   }
-  const std::uint16_t id = ldns_pkt_id(packet);
-  const ldns_rr* question = ldns_rr_list_rr(ldns_pkt_question(packet), 0);
-  char* owner = ldns_rdf2str(ldns_rr_owner(question));
-  const std::string name = dns::normalize_name(owner);
-  std::free(owner);
-  const auto type = static_cast<dns::record_type>(ldns_rr_get_type(question));
-  ldns_pkt_free(packet);
   bool drop = false;
   auto reply = dns_reply(id, name, type, drop);
   note(fmt::format("dns {} {}: {}", name, dns::record_type_name(type),
                    drop ? "no answer" : fmt::format("{} bytes", reply.size())));
-  if (drop) return;
-  const std::uint32_t server = query.server_index;
-  later(latency_ns(), [this, server, reply = std::move(reply)] {
-    resolver->on_udp_packet(server, reply, dns_ms());
-    resolver_drain();
-  });
-}
-
-void outbound::state::resolver_drain() {
-  while (dns::action* a = resolver->next_action()) {
-    if (a->kind == dns::action_kind::send) {
-      dns_server(*a);
-    } else if (a->kind == dns::action_kind::lookup_done) {
-      on_lookup(a->lookup, a->result);
-    }
-  }
-  resolver_rearm();
-}
-
-void outbound::state::resolver_rearm() {
-  const std::uint64_t at = resolver->next_deadline_ms();
-  if (at == dns::resolver::no_deadline) return;
-  const std::int64_t at_ns = std::max(now_ns(), static_cast<std::int64_t>(at) * ms_ns);
-  if (resolver_ns >= 0 && resolver_ns <= at_ns) return;
-  resolver_ns = at_ns;
-  later(at_ns - now_ns(), [this, at_ns] {
-    if (resolver_ns == at_ns) resolver_ns = -1;
-    resolver->on_time(dns_ms());
-    resolver_drain();
-  });
-}
-
-void outbound::state::on_lookup(std::uint64_t lookup, dns::mx_result& result) {
-  const auto found = lookups.find(lookup);
-  if (found == lookups.end()) return;
-  connection* c = find(found->second);
-  lookups.erase(found);
-  if (c == nullptr) return;
-  note(fmt::format("oc{} {}: dns {} {}", c->number, c->destination_name,
-                   result.status == dns::lookup_status::ok ? "ok" : result.enhanced_code(),
-                   result.text));
-  if (result.status == dns::lookup_status::ok) {
-    c->hosts = std::move(result.hosts);
-    c->host_index = 0;
-    return connect_host(*c);
-  }
-  const auto status = queue::parse_status_code(result.enhanced_code()).value_or(
-      queue::status_code{4, 4, 3});
-  const queue::failure why{0, status, result.text};
-  if (result.status == dns::lookup_status::temporary_failure) return give_up(*c, why);
-  // Permanent (NXDOMAIN, null MX, no route): every job of the destination bounces.
-  for (;;) {
-    const auto taken = scheduler->take_for_connection(c->id, now_ms());
-    if (taken.status != queue::take_status::job) break;
-    std::vector<std::uint16_t> indices;
-    taken.job.for_each_recipient([&](std::uint16_t r) { indices.push_back(r); });
-    const spool::message_id id = taken.job.message;
-    scheduler->failed(taken.job.id, now_ms(), why);
-    note(fmt::format("msg {:016x} fails at {}: {}", id, c->destination_name, result.text));
-    bounce(id, indices, std::vector<std::string>(indices.size(), result.text));
-  }
-  close(*c);
+  if (drop) return {};
+  return {std::string(reply.begin(), reply.end())};
 }
 
 // ---- connections
@@ -724,55 +680,75 @@ void outbound::state::open(const queue::connect_request& request) {
   ++open_count[c.destination_name];
   ++w.counters().outbound_connections;
   check_limit(c);
-  c.lookup = resolver->start_mx_lookup(c.destination_name, dns_ms());
-  lookups[c.lookup] = c.number;
   note(fmt::format("oc{} opens for {}{}", c.number, c.destination_name,
                    request.probe ? " (probe)" : ""));
-  resolver_drain();
-}
-
-void outbound::state::connect_host(connection& c) {
-  for (; c.host_index < c.hosts.size(); ++c.host_index) {
-    const std::string& name = c.hosts[c.host_index].name;
-    remote_host* remote = nullptr;
-    for (auto& host : hosts) {
-      if (host.name == name) remote = &host;
-    }
-    if (remote == nullptr && !c.hosts[c.host_index].addresses.empty()) {
-      // implicit MX: the domain's own address is its first host's
-      const auto& address = c.hosts[c.host_index].addresses[0];
-      const std::size_t index = address.bytes[3] - 1u;
-      if (index < hosts.size()) remote = &hosts[index];
-    }
-    if (remote == nullptr) continue;
-    if (!w.healed() && rng.chance(remote->refuse)) {
-      note(fmt::format("oc{} {} refuses the connection", c.number, name));
-      continue;
-    }
-    c.remote = remote;
-    ++c.host_index;
-    c.client = std::make_unique<smtp::client_session>(smtp::client_config{
-        our_name, smtp::client_tls_policy::none, {}, rng.chance(0.8), rng.chance(0.7)});
-    c.handler = std::make_unique<remote_handler>(*this, c);
-    c.server.reset();
-    c.server_config = {};
-    c.server_config.hostname = remote->name;
-    c.server_config.extensions = remote->extensions;
-    c.server_config.limits.message_bytes_max = remote->message_bytes_max;
-    c.server = std::make_unique<smtp::server_session>(c.server_config, *c.handler);
-    c.stalled = false;
-    c.took_job = false;
-    note(fmt::format("oc{} connected to {}", c.number, name));
-    if (!w.healed() && rng.chance(remote->greet_reject)) {
-      c.server->start_refusing("busy");
-    } else {
-      c.server->start();
-    }
-    remote_send(c);
-    arm_timer(c);
+  ringmta::outbound::route where;
+  where.kind = ringmta::outbound::route_kind::mx;
+  where.name = c.destination_name;
+  where.tls = ringmta::outbound::tls_policy::none;
+  auto opened = glue->out->open_connection(c.number, where);
+  if (!opened) {
+    w.fail(fmt::format("outbound::open_connection refused oc{}: {}", c.number,
+                       opened.error_text()));
     return;
   }
-  give_up(c, queue::failure{0, {4, 4, 1}, "all MX hosts refused the connection"});
+  c.handle = opened.value();
+  glue->host->wake();  // outside the host's callbacks: its loop picks the work up
+}
+
+// The simulated network's side of a connect to 198.51.100.N: remote host N-1, or a refusal.
+std::unique_ptr<stream_peer> outbound::state::connect_remote(const core::endpoint& address) {
+  const auto* in = reinterpret_cast<const sockaddr_in*>(address.sockaddr_pointer());
+  const std::size_t index = (ntohl(in->sin_addr.s_addr) & 0xff) - 1u;
+  if (address.family() != AF_INET || index >= hosts.size()) return nullptr;
+  remote_host& remote = hosts[index];
+  if (!w.healed() && rng.chance(remote.refuse)) {
+    note(fmt::format("{} refuses a connection", remote.name));
+    return nullptr;
+  }
+  return std::make_unique<remote_peer>(*this, remote, next_remote_connection++);
+}
+
+void outbound::state::remote_peer::on_connected(sim_host& host, int fd) {
+  s.note(fmt::format("{} accepts connection r{}", remote.name, number));
+  if (!s.w.healed() && s.rng.chance(remote.greet_reject)) {
+    server->start_refusing("busy");
+  } else {
+    server->start();
+  }
+  flush(host, fd);
+}
+
+void outbound::state::remote_peer::on_bytes(sim_host& host, int fd, std::string_view bytes) {
+  if (server == nullptr || stalled) return;
+  if (!s.w.healed() && s.rng.chance(remote.drop)) {
+    s.note(fmt::format("r{} dropped by {}", number, remote.name));
+    server.reset();
+    host.peer_close(fd);
+    return;
+  }
+  if (!s.w.healed() && s.rng.chance(remote.stall)) {
+    s.note(fmt::format("r{} {} stalls", number, remote.name));
+    stalled = true;
+    return;
+  }
+  std::string_view rest(bytes);
+  for (int guard = 0; !rest.empty() && guard < 10000; ++guard) {
+    rest.remove_prefix(server->feed(rest));
+    flush(host, fd);
+    if (server->wants_close()) break;
+  }
+  if (server->wants_close()) {
+    server.reset();
+    host.peer_close(fd);
+  }
+}
+
+void outbound::state::remote_peer::flush(sim_host& host, int fd) {
+  const std::string_view output = server->output();
+  if (output.empty()) return;
+  host.peer_send(fd, std::string(output));
+  server->consume_output(output.size());
 }
 
 // The connection could not be used: the destination backs off (RFC 5321 §4.5.4.1).
@@ -796,141 +772,69 @@ void outbound::state::close(connection& c) {
   rearm();
 }
 
-void outbound::state::to_remote(connection& c, std::string bytes) {
-  const std::int64_t when = std::max(c.to_remote_ns, now_ns() + latency_ns());
-  c.to_remote_ns = when;
-  later(when - now_ns(), [this, number = c.number, bytes = std::move(bytes)] {
-    remote_receive(number, bytes);
-  });
+void outbound::state::on_ready(std::uint64_t number) {
+  connection* c = find(number);
+  if (c == nullptr) return;
+  take_next(*c);
 }
 
-void outbound::state::remote_receive(std::uint64_t number, const std::string& bytes) {
+void outbound::state::on_recipient_result(std::uint64_t number,
+                                          const ringmta::outbound::recipient_result& result) {
   connection* c = find(number);
-  if (c == nullptr || c->server == nullptr || c->stalled) return;
-  if (!w.healed() && rng.chance(c->remote->drop)) {
-    note(fmt::format("oc{} dropped by {}", number, c->remote->name));
-    c->server.reset();
-    later(latency_ns(), [this, number] { peer_lost(number); });
+  if (c == nullptr || !c->has_job) return;
+  c->outcomes.at(result.recipient_index) = result.outcome;
+  c->texts.at(result.recipient_index) =
+      fmt::format("{} {}", result.reply->code, result.reply->text());
+}
+
+void outbound::state::on_delivery_done(std::uint64_t number,
+                                       const ringmta::outbound::delivery_result& result) {
+  connection* c = find(number);
+  if (c == nullptr || !c->has_job) return;
+  glue->host->close(c->slice.fd);
+  finish_job(*c, result.outcome, fmt::format("{} {}", result.reply->code, result.reply->text()));
+}
+
+void outbound::state::on_closed(std::uint64_t number,
+                                const ringmta::outbound::close_result& result) {
+  connection* c = find(number);
+  if (c == nullptr) return;
+  note(fmt::format("oc{} session closed: {} ({} addresses tried): {} {}", c->number,
+                   ringmta::outbound::describe(result.reason), result.addresses_tried,
+                   result.reply->code, result.reply->text()));
+  if (c->has_job) {  // delivery.h: never (the delivery's result comes first)
+    w.fail(fmt::format("oc{} closed with a delivery in flight and no result", c->number));
     return;
   }
-  if (!w.healed() && rng.chance(c->remote->stall)) {
-    note(fmt::format("oc{} {} stalls", number, c->remote->name));
-    c->stalled = true;
-    return;
+  if (result.reason == ringmta::outbound::close_reason::destination_failed) {
+    return fail_destination(*c, result);
   }
-  std::string_view rest(bytes);
-  for (int guard = 0; !rest.empty() && guard < 10000; ++guard) {
-    const std::size_t taken = c->server->feed(rest);
-    rest.remove_prefix(taken);
-    remote_send(*c);
-    if (c->server->wants_close()) break;
-  }
-  if (c->server->wants_close()) {
-    c->server.reset();
-    later(latency_ns(), [this, number] { peer_lost(number); });
-  }
+  close(*c);
 }
 
-void outbound::state::remote_send(connection& c) {
-  const std::string_view output = c.server->output();
-  if (output.empty()) return;
-  std::string bytes(output);
-  c.server->consume_output(output.size());
-  const std::int64_t when = std::max(c.to_client_ns, now_ns() + latency_ns());
-  c.to_client_ns = when;
-  later(when - now_ns(), [this, number = c.number, bytes = std::move(bytes)] {
-    client_receive(number, bytes);
-  });
-}
-
-void outbound::state::client_receive(std::uint64_t number, const std::string& bytes) {
-  connection* c = find(number);
-  if (c == nullptr || c->client == nullptr) return;
-  std::string_view rest(bytes);
-  for (int guard = 0; !rest.empty() && guard < 10000; ++guard) {
-    rest.remove_prefix(c->client->feed(rest));
-    client_drain(*c);
-    if ((c = find(number)) == nullptr) return;
+// No server could be used: DNS failed, or every address refused, failed or answered 4xx/5xx.
+// Permanent (NXDOMAIN, null MX, every server 5xx): every job of the destination bounces.
+void outbound::state::fail_destination(connection& c,
+                                       const ringmta::outbound::close_result& result) {
+  const auto& enhanced = result.reply->enhanced;
+  const queue::status_code status =
+      enhanced.present()
+          ? queue::status_code{enhanced.status_class, enhanced.subject, enhanced.detail}
+          : queue::status_code{4, 4, 1};
+  const std::string text(result.reply->text());
+  const queue::failure why{result.reply->code, status, text};
+  if (result.failure != smtp::client_outcome::permanent_failure) return give_up(c, why);
+  for (;;) {
+    const auto taken = scheduler->take_for_connection(c.id, now_ms());
+    if (taken.status != queue::take_status::job) break;
+    std::vector<std::uint16_t> indices;
+    taken.job.for_each_recipient([&](std::uint16_t r) { indices.push_back(r); });
+    const spool::message_id id = taken.job.message;
+    scheduler->failed(taken.job.id, now_ms(), why);
+    note(fmt::format("msg {:016x} fails at {}: {}", id, c.destination_name, text));
+    bounce(id, indices, std::vector<std::string>(indices.size(), text));
   }
-  arm_timer(*c);
-}
-
-void outbound::state::peer_lost(std::uint64_t number) {
-  connection* c = find(number);
-  if (c == nullptr || c->client == nullptr) return;
-  c->client->on_peer_closed();
-  client_drain(*c);
-}
-
-void outbound::state::arm_timer(connection& c) {
-  const std::uint64_t generation = ++c.timer;
-  later(client_timeout_ns, [this, number = c.number, generation] {
-    connection* c = find(number);
-    if (c == nullptr || c->client == nullptr || c->timer != generation) return;
-    note(fmt::format("oc{} times out in {}", number, smtp::describe(c->client->phase())));
-    c->client->on_timeout();
-    client_drain(*c);
-  });
-}
-
-void outbound::state::client_drain(connection& c) {
-  const std::uint64_t number = c.number;
-  for (int guard = 0; guard < 10000; ++guard) {
-    connection* live = find(number);
-    if (live == nullptr) return;
-    const smtp::client_event event = live->client->next_event();
-    if (event.kind == smtp::client_event_kind::none) break;
-    client_event(*live, event);
-  }
-  connection* live = find(number);
-  if (live == nullptr) return;
-  const std::string_view output = live->client->output();
-  if (!output.empty()) {
-    std::string bytes(output);
-    live->client->consume_output(output.size());
-    if (live->server != nullptr) to_remote(*live, std::move(bytes));
-  }
-}
-
-void outbound::state::client_event(connection& c, const smtp::client_event& event) {
-  using kind = smtp::client_event_kind;
-  switch (event.kind) {
-    case kind::ready:
-      return take_next(c);
-    case kind::recipient_result:
-      c.outcomes.at(event.recipient_index) = event.outcome;
-      c.texts.at(event.recipient_index) =
-          fmt::format("{} {}", event.reply->code, event.reply->text());
-      return;
-    case kind::send_body: {
-      // The command before it (BDAT n LAST) first, then the body (RFC 3030 §2).
-      std::string bytes(c.client->output());
-      c.client->consume_output(bytes.size());
-      bytes.append(c.body);
-      if (c.server != nullptr) to_remote(c, std::move(bytes));
-      c.client->body_sent();
-      return;
-    }
-    case kind::message_result:
-      return finish_job(c, event.outcome,
-                        fmt::format("{} {}", event.reply->code, event.reply->text()));
-    case kind::start_tls:
-      c.client->tls_failed("no TLS in the simulation");
-      return;
-    case kind::closed: {
-      note(fmt::format("oc{} session closed: {}", c.number, smtp::describe(event.close_reason)));
-      if (c.server != nullptr) c.server->connection_lost();
-      c.server.reset();
-      c.client.reset();
-      if (!c.took_job && event.close_reason != smtp::client_close_reason::quit) {
-        // greeting or EHLO refused, dropped, timed out before any job: the next MX host
-        return connect_host(c);
-      }
-      return close(c);
-    }
-    case kind::none:
-      return;
-  }
+  close(c);
 }
 
 void outbound::state::take_next(connection& c) {
@@ -941,15 +845,13 @@ void outbound::state::take_next(connection& c) {
     later(std::max<std::int64_t>(0, taken.retry_at_ms - now_ms()) * ms_ns,
           [this, number = c.number] {
             connection* c = find(number);
-            if (c != nullptr && c->client != nullptr &&
-                c->client->phase() == smtp::client_phase::ready) {
-              take_next(*c);
-              client_drain(*c);
-            }
+            if (c == nullptr || c->has_job || !glue->out->can_deliver(c->handle)) return;
+            take_next(*c);
+            glue->host->wake();
           });
     return;
   }
-  c.client->quit();
+  glue->out->release(c.handle);
 }
 
 void outbound::state::start_job(connection& c, const queue::job_view& job) {
@@ -973,19 +875,20 @@ void outbound::state::start_job(connection& c, const queue::job_view& job) {
   c.outcomes.assign(c.indices.size(), smtp::client_outcome::transient_failure);
   c.texts.assign(c.indices.size(), {});
   c.reverse_path = m.reverse_path;
-  smtp::client_envelope envelope;
-  envelope.reverse_path = c.reverse_path;
-  envelope.recipients = c.recipients;
-  envelope.size_bytes = m.body_wire.size();
-  if (c.client->chunking_active() && rng.chance(0.5)) {
-    c.body = unstuff(m.body_wire);
-    envelope.chunk_bytes = c.body.size();
-  } else {
-    c.body = m.body_wire;
+  // The body as the spool holds it (wire form) in a file of the simulated host.
+  c.slice = spool::body_slice{glue->host->add_file(m.body_wire), 0,
+                              static_cast<std::uint32_t>(m.body_wire.size())};
+  c.delivery = {};
+  c.delivery.envelope.reverse_path = c.reverse_path;
+  c.delivery.envelope.recipients = c.recipients;
+  c.delivery.body = {&c.slice, 1};
+  c.delivery.token = job.message;
+  note(fmt::format("oc{} sends msg {:016x} to {} recipient(s)", c.number, job.message,
+                   c.indices.size()));
+  if (auto sent = glue->out->deliver(c.handle, c.delivery); !sent) {
+    w.fail(fmt::format("outbound::deliver refused msg {:016x} on oc{}: {}", job.message,
+                       c.number, sent.error_text()));
   }
-  note(fmt::format("oc{} sends msg {:016x} to {} recipient(s){}", c.number, job.message,
-                   c.indices.size(), envelope.chunk_bytes ? " with BDAT" : ""));
-  c.client->start_transaction(envelope);
 }
 
 void outbound::state::finish_job(connection& c, smtp::client_outcome outcome,
@@ -1040,31 +943,31 @@ void outbound::state::finish_job(connection& c, smtp::client_outcome outcome,
 
 // ---- the remote MTA's answers and its mailboxes
 
-smtp::verdict outbound::state::remote_handler::answer(const char* what) {
+smtp::verdict outbound::state::remote_peer::answer(const char* what) {
   if (s.w.healed()) return smtp::verdict::accept();
-  if (s.rng.chance(c.remote->temporary)) {
-    s.note(fmt::format("oc{} {} answers {} with 451", c.number, c.remote->name, what));
+  if (s.rng.chance(remote.temporary)) {
+    s.note(fmt::format("r{} {} answers {} with 451", number, remote.name, what));
     return smtp::verdict::respond(451, "4.3.0", "try again later");
   }
-  if (s.rng.chance(c.remote->permanent)) {
-    s.note(fmt::format("oc{} {} answers {} with 554", c.number, c.remote->name, what));
+  if (s.rng.chance(remote.permanent)) {
+    s.note(fmt::format("r{} {} answers {} with 554", number, remote.name, what));
     return smtp::verdict::respond(554, "5.7.1", "refused");
   }
   return smtp::verdict::accept();
 }
 
-smtp::verdict outbound::state::remote_handler::on_rcpt_to(
+smtp::verdict outbound::state::remote_peer::on_rcpt_to(
     const smtp::mailbox& to, const smtp::rcpt_parameters&) noexcept {
   if (is_bad(to.address)) {
     s.w.fail(fmt::format("REFUSED RECIPIENT: {} was refused 5xx at RCPT by our server but "
-                         "reached {} (oc{})", to.address, c.remote->name, c.number));
+                         "reached {} (r{})", to.address, remote.name, number));
   }
   smtp::verdict verdict = answer("RCPT");
   if (verdict.what() == smtp::verdict::kind::accept) recipients.emplace_back(to.address);
   return verdict;
 }
 
-smtp::verdict outbound::state::remote_handler::on_data_end(const smtp::body_summary&) noexcept {
+smtp::verdict outbound::state::remote_peer::on_data_end(const smtp::body_summary&) noexcept {
   smtp::verdict verdict = answer("end of data");
   if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
   recipients.clear();
@@ -1072,7 +975,7 @@ smtp::verdict outbound::state::remote_handler::on_data_end(const smtp::body_summ
   return verdict;
 }
 
-void outbound::state::delivered_remotely(remote_handler& h) {
+void outbound::state::delivered_remotely(remote_peer& h) {
   const std::string key = find_key(h.body);
   const bool report = h.reverse_path.empty() &&
                       h.body.find("multipart/report") != std::string::npos;
@@ -1086,7 +989,7 @@ void outbound::state::delivered_remotely(remote_handler& h) {
         while (from < h.body.size() && h.body[from] == ' ') ++from;
         const std::string final_rcpt = h.body.substr(from, h.body.find('\r', from) - from);
         ++dsn_mailbox[{key, final_rcpt}];
-        note(fmt::format("{} receives a DSN about {} for {}", h.c.remote->name, key,
+        note(fmt::format("{} receives a DSN about {} for {}", h.remote.name, key,
                          final_rcpt));
       }
       continue;
@@ -1094,10 +997,10 @@ void outbound::state::delivered_remotely(remote_handler& h) {
     const auto slot = std::make_pair(key, rcpt);
     if (final_durable.count(slot) != 0) {
       w.fail(fmt::format("DUPLICATE: {} delivered to {} again (oc{}) after its final state was "
-                         "durably recorded", key, rcpt, h.c.number));
+                         "durably recorded", key, rcpt, h.number));
     }
     if (mailbox[slot]++ > 0) ++w.counters().duplicates;
-    note(fmt::format("{} delivers {} to {} (oc{})", h.c.remote->name, key, rcpt, h.c.number));
+    note(fmt::format("{} delivers {} to {} (r{})", h.remote.name, key, rcpt, h.number));
   }
 }
 

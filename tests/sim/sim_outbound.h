@@ -1,15 +1,17 @@
 // sim::internal::outbound: the delivery side of the simulated MTA (issue 16, second slice).
 //
 // Real engines: queue::scheduler decides what to deliver and when (retry schedule, lifetime
-// expiry, destination backoff, connection limits, operator actions); smtp::client_session
-// speaks SMTP to each remote MTA; dns::resolver turns a destination into MX hosts from the
-// wire bytes of a simulated DNS server (ldns builds its replies); queue::build_dsn writes the
-// DSNs, which are committed to the real spool::store as new messages from <>. Each remote MTA
-// is a real smtp::server_session whose handler answers 2xx/4xx/5xx at random per command and
-// offers or withholds PIPELINING, 8BITMIME, SIZE, CHUNKING; the network between them drops
-// connections and stalls past the client's timeouts. The glue (this file) plays what
-// src/outbound does on the ring; it is a second copy of that glue until item 1 of the issue
-// lets the real one run here.
+// expiry, destination backoff, connection limits, operator actions); the REAL src/outbound
+// (outbound::outbound over outbound::dns_client, on a sim_host: sim_host.h) resolves each
+// destination from the wire bytes of a simulated DNS server (ldns builds its replies; queries
+// are lost or answered SERVFAIL at random) and speaks SMTP to its remote MTAs over simulated
+// TCP; queue::build_dsn writes the DSNs, which are committed to the real spool::store as new
+// messages from <>. Each remote MTA is a real smtp::server_session whose handler answers
+// 2xx/4xx/5xx at random per command and offers or withholds PIPELINING, 8BITMIME, SIZE,
+// CHUNKING; the network between them refuses, drops connections and stalls past the client's
+// timeouts. This file is the queue's side of the glue (what src/server/relay*.cc does in the
+// daemon: jobs to connections, results to marks, bounces to DSNs); it is a second copy of
+// that until src/server runs on a simulated host too.
 //
 // Invariants (each a violation with its message):
 // - UNDELIVERED: at the end (faults healed, everything drained, a last restart), every

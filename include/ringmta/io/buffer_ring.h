@@ -27,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 
 #include "ringmta/core/result.h"
@@ -54,6 +55,18 @@ class buffer_ring {
   buffer_ring& operator=(const buffer_ring&) = delete;
 
   core::result<void> init(ring& owner, const buffer_ring_options& options) noexcept;
+  // For a simulated host (tests/sim, issue 16): the same memory and ring entries, registered
+  // with no kernel; the simulator plays the kernel's side with take_as_kernel(). Not
+  // incremental (EINVAL).
+  core::result<void> init_unregistered(const buffer_ring_options& options) noexcept;
+  // The kernel's side of an unregistered ring: the next buffer published to it (flush()), in
+  // ring order, as the kernel picks one for a receive; nullopt when none is (the kernel's
+  // -ENOBUFS). The caller writes at most buffer_bytes() into it and completes with its id.
+  struct kernel_pick {
+    std::uint16_t buffer_id = 0;
+    std::span<std::byte> memory;
+  };
+  std::optional<kernel_pick> take_as_kernel() noexcept;
 
   std::uint16_t group_id() const noexcept { return _options.group_id; }
   std::uint32_t buffer_count() const noexcept { return _options.buffer_count; }
@@ -91,6 +104,8 @@ class buffer_ring {
 
   void give_back(std::uint16_t buffer_id) noexcept;
   void release_memory() noexcept;
+  core::result<void> allocate(const buffer_ring_options& options) noexcept;
+  void publish_every_buffer() noexcept;
 
   ring* _owner = nullptr;
   buffer_ring_options _options;
@@ -100,6 +115,7 @@ class buffer_ring {
   std::size_t _buffers_bytes = 0;
   std::unique_ptr<buffer_state[]> _states;
   std::uint16_t _tail = 0;  // the tail last published to the kernel
+  std::uint16_t _simulated_head = 0;  // unregistered: the kernel's head, as take_as_kernel saw
   std::uint32_t _unpublished = 0;
   std::uint32_t _out_count = 0;
   std::uint32_t _held_count = 0;

@@ -38,6 +38,9 @@ struct dns_client_config {
   std::uint32_t tcp_exchanges_max = 16;
   std::uint32_t udp_sends_max = 64;
   std::uint32_t receive_buffer_bytes = 4096;  // > the EDNS0 payload size (1232)
+  // Query ids and MX shuffles (RFC 5452 §9.2: the id is the secret). Empty: the kernel's
+  // CSPRNG. Only a simulation sets it (a seeded source makes a run's packets replayable).
+  dns::random_source random;
 };
 
 class lookup_handler {
@@ -57,11 +60,12 @@ struct dns_client_counters {
   std::uint64_t port_unreachable = 0;   // ECONNREFUSED seen on a UDP socket
 };
 
-class dns_client final : public shard::completion_handler, public shard::iteration_hook {
+class dns_client final : public shard::host_handler, public shard::host_hook {
  public:
   // `config.resolver` must pass validate() (asserted): validate at start-up. Throws only on
   // allocation failure (start-up).
-  dns_client(shard::shard& owner, dns_client_config config);
+  // `owner`: the shard (or the simulator's host) whose loop runs this object.
+  dns_client(shard::host& owner, dns_client_config config);
   ~dns_client();
   dns_client(const dns_client&) = delete;
   dns_client& operator=(const dns_client&) = delete;
@@ -87,9 +91,9 @@ class dns_client final : public shard::completion_handler, public shard::iterati
   const dns_client_counters& counters() const noexcept { return _counters; }
   std::size_t lookups_waiting() const noexcept { return _waiters.size(); }
 
-  // shard::completion_handler, shard::iteration_hook
-  void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
-  void before_wait(shard::shard& owner) noexcept override;
+  // shard::host_handler, shard::host_hook
+  void on_completion(const io::completion& done) noexcept override;
+  void before_wait() noexcept override;
 
  private:
   struct udp_socket;
@@ -121,7 +125,7 @@ class dns_client final : public shard::completion_handler, public shard::iterati
   void reschedule() noexcept;
   void on_deadline() noexcept;
 
-  shard::shard& _owner;
+  shard::host& _owner;
   io::operations& _io;  // _owner.io(): every op goes through it
   dns_client_config _config;
   dns::resolver _resolver;

@@ -163,7 +163,8 @@ class outbound_server;
 class outbound {
  public:
   // `dns` must outlive this object. helo_name is copied.
-  outbound(shard::shard& owner, dns_client& dns, delivery_handler& handler,
+  // `owner`: the shard (or the simulator's host) whose loop runs this object.
+  outbound(shard::host& owner, dns_client& dns, delivery_handler& handler,
            const outbound_config& config);
   ~outbound();
   outbound(const outbound&) = delete;

@@ -46,6 +46,7 @@
 #include "ringmta/io/buffer_ring.h"
 #include "ringmta/io/ring.h"
 #include "ringmta/io/user_data.h"
+#include "ringmta/shard/host.h"
 #include "ringmta/shard/spsc_queue.h"
 
 namespace ringmta::shard {
@@ -65,7 +66,8 @@ struct message {
 };
 static_assert(sizeof(message) == 32);
 
-// Owns one op kind on one shard: every completion whose user_data carries that kind.
+// Owns one op kind on one shard: every completion whose user_data carries that kind. Glue that
+// needs only the loop's services implements shard::host_handler instead (shard/host.h).
 class completion_handler {
  public:
   virtual void on_completion(shard& owner, const io::completion& done) noexcept = 0;
@@ -128,7 +130,9 @@ struct shard_counters {
   int cpu = -1;  // pinned CPU, -1 when not pinned
 };
 
-class shard {
+// Implements shard::host (shard/host.h) over its own ring, timers and clock; final, so calls
+// through a shard& stay direct.
+class shard final : public host {
  public:
   shard(const shard&) = delete;
   shard& operator=(const shard&) = delete;
@@ -144,14 +148,16 @@ class shard {
   io::ring& ring() noexcept { return _ring; }
   // The same ring as the interface the glue submits through (io/operations.h, issue 16): glue
   // that names only this runs unchanged over a simulated implementation.
-  io::operations& io() noexcept { return _ring; }
+  io::operations& io() noexcept override { return _ring; }
+  // The kernel's socket, pipe and close calls (io/descriptors.h).
+  io::descriptors& descriptors() noexcept override { return _descriptors; }
   // Ticks are milliseconds of the monotonic clock; now_ms() is read once per loop iteration.
-  core::timer_wheel& timers() noexcept { return _timers; }
+  core::timer_wheel& timers() noexcept override { return _timers; }
   // The loop's clock, read at the start of each iteration and again after its wait, so the
   // glue never reads one (issue 16: the clock is passed in). now_ms: monotonic (durations,
   // timeouts); wall_ms: milliseconds since the epoch (certificate validity, records).
-  std::uint64_t now_ms() const noexcept { return _now_ms; }
-  std::int64_t wall_ms() const noexcept { return _wall_ms; }
+  std::uint64_t now_ms() const noexcept override { return _now_ms; }
+  std::int64_t wall_ms() const noexcept override { return _wall_ms; }
   const shard_counters& counters() const noexcept { return _counters; }
   // Heartbeat: the monotonic millisecond at which this shard's loop last began an iteration
   // (0 before it runs). Any thread may read it; an idle shard still turns every
@@ -162,10 +168,15 @@ class shard {
 
   // Routes completions of a fresh op kind to `handler`; ENOSPC when all 240 kinds are taken.
   core::result<io::op_kind> add_handler(completion_handler& handler) noexcept;
+  core::result<io::op_kind> add_handler(host_handler& handler) noexcept override;
   // The loop flushes this buffer ring's recycles once per iteration.
   void add_buffer_ring(io::buffer_ring& buffers) noexcept;
-  // Runs hook.before_wait() once per loop iteration, in the order added.
-  void add_iteration_hook(iteration_hook& hook) noexcept { _hooks.push_back(&hook); }
+  // init() on this shard's ring, then add_buffer_ring.
+  core::result<void> register_buffer_ring(io::buffer_ring& buffers,
+                                          const io::buffer_ring_options& options) noexcept override;
+  // Runs hook.before_wait() once per loop iteration; both kinds in the order added.
+  void add_iteration_hook(iteration_hook& hook) noexcept { _hooks.push_back({&hook, nullptr}); }
+  void add_iteration_hook(host_hook& hook) noexcept override { _hooks.push_back({nullptr, &hook}); }
   void set_fd_handoff_handler(fd_handoff_handler& handler) noexcept { _fd_handler = &handler; }
 
   // Queues `m` for shard `to` (may be this shard). False when that queue is full.
@@ -201,10 +212,19 @@ class shard {
   void flush_buffer_rings() noexcept;
   void pin() noexcept;
   void read_clock() noexcept;  // sets _now_ms and _wall_ms
+  core::result<io::op_kind> next_free_kind() noexcept;
+  void run_iteration_hooks() noexcept;
+
+  // One entry per add_iteration_hook call: exactly one of the two is set.
+  struct hook_entry {
+    iteration_hook* shard_hook = nullptr;
+    host_hook* host_only = nullptr;
+  };
 
   runtime& _owner;
   const unsigned _id;
   io::ring _ring;
+  io::system_descriptors _descriptors;
   core::timer_wheel _timers;
   std::uint64_t _now_ms = 0;
   std::int64_t _wall_ms = 0;
@@ -214,11 +234,13 @@ class shard {
   std::int64_t _wall_minus_monotonic_ms = 0;
   std::uint64_t _wall_reread_at_ms = 0;
   shard_counters _counters;
+  // By op kind: at most one of the two is set (host-only glue registers the second kind).
   completion_handler* _handlers[256] = {};
+  host_handler* _host_handlers[256] = {};
   unsigned _next_kind = io::op_kind_first_free;
   fd_handoff_handler* _fd_handler = nullptr;
   std::vector<io::buffer_ring*> _buffer_rings;
-  std::vector<iteration_hook*> _hooks;
+  std::vector<hook_entry> _hooks;
   std::vector<std::uint8_t> _owes_wakeup;  // per target: pushed since the last flush
   std::vector<unsigned> _owed_targets;
   int _ring_fd = -1;  // published before any loop starts; read by other shards

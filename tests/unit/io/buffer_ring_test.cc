@@ -1,5 +1,6 @@
 // io::buffer_ring on the real kernel: every buffer comes back after recycle, an empty group gives
-// -ENOBUFS, held buffers are not reused, batched recycles are published at flush().
+// -ENOBUFS, held buffers are not reused, batched recycles are published at flush(); and the
+// unregistered ring a simulated host uses.
 #include "ringmta/io/buffer_ring.h"
 
 #include <gtest/gtest.h>
@@ -132,6 +133,45 @@ TEST_F(fixture, recycles_are_batched_until_flush) {
   buffers.flush();
   EXPECT_EQ(buffers.recycled_total(), 3u);
   EXPECT_EQ(buffers.buffers_out(), 0u);
+}
+
+// Unregistered (a simulated host's kernel, tests/sim): take_as_kernel hands out the published
+// buffers in ring order, then nothing (the kernel's -ENOBUFS); a buffer comes back once
+// consumed, recycled and flushed, as with the kernel.
+TEST(unregistered_buffer_ring, the_simulated_kernel_side_takes_what_was_published) {
+  buffer_ring buffers;
+  buffer_ring_options options;
+  options.group_id = 3;
+  options.buffer_count = 8;
+  options.buffer_bytes = 64;
+  options.recycle_batch = 2;  // one recycle stays unpublished until flush()
+  ASSERT_TRUE(buffers.init_unregistered(options).ok());
+  std::set<std::uint16_t> taken;
+  for (int i = 0; i < 8; ++i) {
+    const auto pick = buffers.take_as_kernel();
+    ASSERT_TRUE(pick.has_value());
+    EXPECT_EQ(pick->memory.size(), 64u);
+    taken.insert(pick->buffer_id);
+  }
+  EXPECT_EQ(taken.size(), 8u);
+  EXPECT_FALSE(buffers.take_as_kernel().has_value());
+  // Buffer 2 "received" 5 bytes: consumed, recycled, then published at flush().
+  const completion done{pack_user_data(20, 0, 1), 5, cqe_flag_buffer | (2u << cqe_buffer_shift)};
+  EXPECT_EQ(buffers.consume(done).size(), 5u);
+  buffers.recycle(2);
+  EXPECT_FALSE(buffers.take_as_kernel().has_value());
+  buffers.flush();
+  const auto again = buffers.take_as_kernel();
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->buffer_id, 2);
+  EXPECT_FALSE(buffers.take_as_kernel().has_value());
+}
+
+TEST(unregistered_buffer_ring, incremental_mode_is_refused) {
+  buffer_ring buffers;
+  buffer_ring_options options;
+  options.incremental = true;
+  EXPECT_EQ(buffers.init_unregistered(options).error(), EINVAL);
 }
 
 }  // namespace

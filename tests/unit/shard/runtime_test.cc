@@ -1,6 +1,7 @@
 // shard::runtime on real rings: start/stop hooks, ordered loss-free messages across 4 shards under
 // back-pressure, wake-ups of sleeping shards, control-plane posts, fd hand-off, timers, start
-// failure and shutdown with ops in flight. Every wait is bounded; a stuck runtime is stopped.
+// failure, shutdown with ops in flight, and shard::host handlers and hooks beside the shard's.
+// Every wait is bounded; a stuck runtime is stopped.
 #include "ringmta/shard/runtime.h"
 
 #include <gtest/gtest.h>
@@ -421,6 +422,66 @@ TEST(runtime, shutdown_lets_cancelled_ops_complete) {
   EXPECT_EQ(final_result.load(), -ECANCELED);
   close(pair[0]);
   close(pair[1]);
+}
+
+// shard::host (shard/host.h): host-only handlers and hooks registered on a real shard get
+// their completions and iterations, beside the shard's own kind, in the order added.
+TEST(runtime, host_handlers_and_hooks_run_beside_shard_handlers) {
+  struct host_side final : host_handler, host_hook {
+    void on_completion(const io::completion& done) noexcept override {
+      if (done.tag().slot == 7) ++completions;
+    }
+    void before_wait() noexcept override { order.push_back('h'); }
+    std::atomic<int> completions{0};
+    std::vector<char> order;
+  };
+  struct shard_side final : iteration_hook {
+    void before_wait(shard&) noexcept override { order->push_back('s'); }
+    std::vector<char>* order = nullptr;
+  };
+  runtime rt(small_options(1));
+  host_side on_host;
+  shard_side on_shard;
+  on_shard.order = &on_host.order;
+  lambda_handler shard_kind;
+  std::atomic<int> shard_completions{0};
+  shard_kind.fn = [&](shard&, const io::completion& done) {
+    if (done.tag().slot == 9) ++shard_completions;
+  };
+  std::atomic<bool> registered{false};
+  ASSERT_TRUE(rt.start([&](shard& s) -> core::result<void> {
+                  host& as_host = s;
+                  auto shard_owned = s.add_handler(shard_kind);
+                  auto host_owned = as_host.add_handler(on_host);
+                  if (!shard_owned || !host_owned) return core::fail(EINVAL);
+                  as_host.add_iteration_hook(on_host);
+                  s.add_iteration_hook(on_shard);
+                  // Through the interface, as host-only glue submits.
+                  if (auto queued = as_host.io().prep_nop(
+                          io::pack_user_data(host_owned.value(), 0, 7));
+                      !queued) {
+                    return queued;
+                  }
+                  if (auto queued = s.ring().prep_nop(
+                          io::pack_user_data(shard_owned.value(), 0, 9));
+                      !queued) {
+                    return queued;
+                  }
+                  registered = true;
+                  return {};
+                })
+                  .ok());
+  EXPECT_TRUE(finish(rt, [&] { return on_host.completions == 1 && shard_completions == 1; }));
+  EXPECT_TRUE(registered.load());
+  EXPECT_EQ(on_host.completions.load(), 1);
+  EXPECT_EQ(shard_completions.load(), 1);
+  // Every iteration ran the host hook, then the shard hook (the order they were added).
+  ASSERT_GE(on_host.order.size(), 2u);
+  for (std::size_t i = 0; i + 1 < on_host.order.size(); i += 2) {
+    EXPECT_EQ(on_host.order[i], 'h');
+    EXPECT_EQ(on_host.order[i + 1], 's');
+  }
+  EXPECT_EQ(rt.at(0).counters().stale_completions, 0u);
 }
 
 }  // namespace

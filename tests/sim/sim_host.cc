@@ -1,0 +1,578 @@
+#include "sim_host.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace ringmta::sim {
+
+namespace {
+constexpr std::int64_t ms_ns = 1'000'000;
+}  // namespace
+
+struct sim_host::socket {
+  enum class kind : std::uint8_t { stream, datagram, file };
+  kind what = kind::stream;
+  int family = AF_INET;
+  core::endpoint remote;
+  bool connected = false;
+  std::uint64_t connect_user_data = 0;  // a connect in flight (0: none)
+  std::unique_ptr<stream_peer> peer;
+  std::deque<std::string> inbound;  // stream chunks or whole datagrams, in arrival order
+  bool end_of_stream = false;       // the peer closed: receives return 0 once inbound is empty
+  bool shut = false;                // shutdown(2) by us
+  std::deque<waiting_receive> receives;
+  std::int64_t to_peer_ns = 0;  // the last byte sent arrives then: later sends arrive after
+  std::int64_t to_us_ns = 0;
+  std::string file;  // kind file: its bytes
+};
+
+sim_host::sim_host(scheduler& clock, std::uint64_t seed, sim_network network,
+                   std::int64_t net_ns_max, std::int64_t epoch_ms)
+    : _clock(clock),
+      _random(seed * 0x9e3779b97f4a7c15ull + 0x4057),
+      _network(std::move(network)),
+      _net_ns_max(std::max<std::int64_t>(net_ns_max, 20'000)),
+      _epoch_ms(epoch_ms),
+      _timers(now_ms()) {}
+
+sim_host::~sim_host() { *_alive = false; }
+
+// Every action the host queues checks that the host still exists: the world's scheduler
+// outlives a simulated process (a crash destroys its host with actions still queued).
+void sim_host::at(std::int64_t when_ns, std::function<void()> action) {
+  _clock.at(when_ns, [alive = _alive, action = std::move(action)] {
+    if (*alive) action();
+  });
+}
+
+// ---- shard::host
+
+core::result<io::op_kind> sim_host::add_handler(shard::host_handler& handler) noexcept {
+  if (_next_kind > 255) return core::fail(ENOSPC);
+  const auto kind = static_cast<io::op_kind>(_next_kind++);
+  _handlers[kind] = &handler;
+  return kind;
+}
+
+core::result<void> sim_host::register_buffer_ring(io::buffer_ring& buffers,
+                                                  const io::buffer_ring_options& options) noexcept {
+  if (_groups.count(options.group_id) != 0) return core::fail(EEXIST);
+  if (auto ready = buffers.init_unregistered(options); !ready) return ready;
+  _groups[options.group_id] = &buffers;
+  return {};
+}
+
+std::uint64_t sim_host::now_ms() const noexcept {
+  return _start_ms + static_cast<std::uint64_t>(_clock.now_ns() / ms_ns);
+}
+
+std::int64_t sim_host::wall_ms() const noexcept { return _epoch_ms + _clock.now_ns() / ms_ns; }
+
+// ---- the loop
+
+void sim_host::dispatch(const io::completion& done) noexcept {
+  ++_counters.completions;
+  const io::op_kind kind = done.kind();
+  if (shard::host_handler* handler = _handlers[kind]) {
+    handler->on_completion(done);
+  } else {
+    ++_counters.stale_completions;
+  }
+}
+
+// shard::shard::run's order: timers, hooks, buffer-ring recycles; then (here) the next wake.
+void sim_host::turn() noexcept {
+  ++_counters.turns;
+  _counters.timers_fired += _timers.advance(now_ms());
+  for (shard::host_hook* hook : _hooks) hook->before_wait();
+  for (auto& [group, buffers] : _groups) buffers->flush();
+  arm_timer_wake();
+}
+
+void sim_host::arm_timer_wake() noexcept {
+  const std::uint64_t next = _timers.next_tick();
+  if (next == core::timer_wheel::no_timer) return;
+  const std::int64_t at_ns =
+      std::max(_clock.now_ns(), static_cast<std::int64_t>(next - _start_ms) * ms_ns);
+  if (_timer_wake_ns >= 0 && _timer_wake_ns <= at_ns && _timer_wake_ns >= _clock.now_ns()) {
+    return;  // an earlier (or the same) wake is already queued
+  }
+  _timer_wake_ns = at_ns;
+  at(at_ns, [this, at_ns] {
+    if (_timer_wake_ns == at_ns) _timer_wake_ns = -1;
+    turn();
+  });
+}
+
+void sim_host::complete(std::uint64_t user_data, std::int32_t res, std::uint32_t flags,
+                        std::int64_t delay_ns, io::sqe_flags sqe_flags) {
+  if (res >= 0 && (sqe_flags & io::sqe::skip_success) != 0) return;
+  at(_clock.now_ns() + delay_ns, [this, done = io::completion{user_data, res, flags}] {
+    dispatch(done);
+    turn();
+  });
+}
+
+void sim_host::wake() {
+  if (_wake_queued) return;
+  _wake_queued = true;
+  at(_clock.now_ns(), [this] {
+    _wake_queued = false;
+    turn();
+  });
+}
+
+bool sim_host::run(const std::function<bool()>& done, std::uint64_t actions_max) {
+  turn();
+  for (std::uint64_t actions = 0; !done(); ++actions) {
+    if (actions >= actions_max || !_clock.run_one()) return done();
+  }
+  return true;
+}
+
+std::int64_t sim_host::latency_ns() noexcept {
+  return static_cast<std::int64_t>(
+      _random.between(20'000, static_cast<std::uint64_t>(_net_ns_max)));
+}
+
+sim_host::socket* sim_host::find(int fd) noexcept {
+  const auto found = _sockets.find(fd);
+  return found == _sockets.end() ? nullptr : found->second.get();
+}
+
+std::size_t sim_host::open_sockets() const noexcept {
+  return static_cast<std::size_t>(std::count_if(_sockets.begin(), _sockets.end(),
+                                                [](const auto& entry) {
+                                                  return entry.second->what !=
+                                                         socket::kind::file;
+                                                }));
+}
+
+core::result<void> sim_host::unsupported() noexcept {
+  ++_counters.unsupported_ops;
+  return core::fail(EOPNOTSUPP);
+}
+
+core::result<void> sim_host::refuse_linked(io::sqe_flags flags) noexcept {
+  if ((flags & (io::sqe::link | io::sqe::hardlink | io::sqe::drain)) != 0) return unsupported();
+  return {};
+}
+
+// ---- network ops
+
+core::result<void> sim_host::prep_connect(int fd, const sockaddr* address,
+                                          socklen_t address_length, std::uint64_t user_data,
+                                          io::sqe_flags flags) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  socket* s = find(fd);
+  if (s == nullptr || s->what != socket::kind::stream) return core::fail(EBADF);
+  if (s->connected || s->connect_user_data != 0) return core::fail(EISCONN);
+  s->remote = core::endpoint::from_sockaddr(address, address_length);
+  s->connect_user_data = user_data;
+  ++_counters.connects;
+  at(_clock.now_ns() + latency_ns(), [this, fd, user_data] {
+    socket* s = find(fd);
+    if (s == nullptr || s->connect_user_data != user_data) return;  // cancelled or closed
+    s->connect_user_data = 0;
+    std::unique_ptr<stream_peer> peer = _network.connect ? _network.connect(s->remote) : nullptr;
+    if (!peer) {
+      ++_counters.connects_refused;
+      dispatch(io::completion{user_data, -ECONNREFUSED, 0});
+      return turn();
+    }
+    s->peer = std::move(peer);
+    s->connected = true;
+    s->peer->on_connected(*this, fd);
+    dispatch(io::completion{user_data, 0, 0});
+    turn();
+  });
+  return {};
+}
+
+core::result<void> sim_host::prep_recv(int fd, void* buffer, std::uint32_t length,
+                                       std::uint64_t user_data, io::sqe_flags flags) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  socket* s = find(fd);
+  if (s == nullptr || s->what == socket::kind::file) return core::fail(EBADF);
+  s->receives.push_back(waiting_receive{user_data, buffer, length, nullptr});
+  satisfy_receives(fd);
+  return {};
+}
+
+core::result<void> sim_host::prep_recv_select(int fd, std::uint16_t group,
+                                              std::uint64_t user_data,
+                                              io::sqe_flags flags) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  socket* s = find(fd);
+  if (s == nullptr || s->what == socket::kind::file) return core::fail(EBADF);
+  const auto found = _groups.find(group);
+  if (found == _groups.end()) return core::fail(ENOENT);
+  s->receives.push_back(waiting_receive{user_data, nullptr, 0, found->second});
+  satisfy_receives(fd);
+  return {};
+}
+
+// Copies what `chunk` holds into the receive's memory; returns the byte count or -errno.
+std::int32_t sim_host::fill(const waiting_receive& wanted, std::string& chunk, bool datagram,
+                            std::uint32_t& flags) {
+  std::byte* into = static_cast<std::byte*>(wanted.buffer);
+  std::uint32_t room = wanted.length;
+  if (wanted.group != nullptr) {
+    const auto pick = wanted.group->take_as_kernel();
+    if (!pick) {
+      ++_counters.enobufs;
+      return -ENOBUFS;
+    }
+    into = pick->memory.data();
+    room = static_cast<std::uint32_t>(pick->memory.size());
+    flags = io::cqe_flag_buffer | (std::uint32_t{pick->buffer_id} << io::cqe_buffer_shift);
+  }
+  const std::size_t taken = std::min<std::size_t>(room, chunk.size());
+  std::memcpy(into, chunk.data(), taken);
+  // A datagram larger than the buffer is truncated (MSG_TRUNC not reported: not used here).
+  if (datagram || taken == chunk.size()) {
+    chunk.clear();
+  } else {
+    chunk.erase(0, taken);
+  }
+  return static_cast<std::int32_t>(taken);
+}
+
+void sim_host::satisfy_receives(int fd) {
+  socket* s = find(fd);
+  if (s == nullptr) return;
+  const bool datagram = s->what == socket::kind::datagram;
+  while (!s->receives.empty()) {
+    const waiting_receive wanted = s->receives.front();
+    if (!s->inbound.empty()) {
+      std::uint32_t flags = 0;
+      const std::int32_t res = fill(wanted, s->inbound.front(), datagram, flags);
+      if (res == -ENOBUFS) {
+        s->receives.pop_front();
+        complete(wanted.user_data, res);
+        continue;
+      }
+      if (s->inbound.front().empty()) s->inbound.pop_front();
+      s->receives.pop_front();
+      _counters.bytes_from_peers += static_cast<std::uint64_t>(res);
+      complete(wanted.user_data, res, flags);
+      continue;
+    }
+    if (s->end_of_stream || s->shut) {
+      s->receives.pop_front();
+      complete(wanted.user_data, 0);
+      continue;
+    }
+    return;  // nothing yet: the receive waits
+  }
+}
+
+core::result<void> sim_host::prep_send(int fd, const void* data, std::uint32_t length,
+                                       std::uint64_t user_data, io::sqe_flags flags,
+                                       int) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  socket* s = find(fd);
+  if (s == nullptr || s->what == socket::kind::file) return core::fail(EBADF);
+  if (!s->connected) {
+    complete(user_data, -ENOTCONN);
+    return {};
+  }
+  if (s->shut || (s->what == socket::kind::stream && !s->peer)) {
+    complete(user_data, -EPIPE);
+    return {};
+  }
+  std::string bytes(static_cast<const char*>(data), length);
+  _counters.bytes_to_peers += length;
+  if (s->what == socket::kind::datagram) {
+    ++_counters.datagrams;
+    std::vector<std::string> replies =
+        _network.datagram ? _network.datagram(s->remote, bytes) : std::vector<std::string>{};
+    for (std::string& reply : replies) {
+      at(_clock.now_ns() + latency_ns() * 2, [this, fd, reply = std::move(reply)]() mutable {
+        socket* s = find(fd);
+        if (s == nullptr) return;
+        s->inbound.push_back(std::move(reply));
+        satisfy_receives(fd);
+        turn();
+      });
+    }
+    complete(user_data, static_cast<std::int32_t>(length));
+    return {};
+  }
+  // A stream: the bytes reach the peer after the ones sent before them.
+  const std::int64_t when = std::max(s->to_peer_ns, _clock.now_ns() + latency_ns());
+  s->to_peer_ns = when;
+  at(when, [this, fd, bytes = std::move(bytes)] {
+    socket* s = find(fd);
+    if (s == nullptr || !s->peer) return;
+    s->peer->on_bytes(*this, fd, bytes);
+    turn();
+  });
+  complete(user_data, static_cast<std::int32_t>(length));
+  return {};
+}
+
+void sim_host::peer_send(int fd, std::string bytes) {
+  socket* s = find(fd);
+  if (s == nullptr || bytes.empty()) return;
+  const std::int64_t when = std::max(s->to_us_ns, _clock.now_ns() + latency_ns());
+  s->to_us_ns = when;
+  at(when, [this, fd, bytes = std::move(bytes)]() mutable {
+    socket* s = find(fd);
+    if (s == nullptr || s->end_of_stream) return;
+    s->inbound.push_back(std::move(bytes));
+    satisfy_receives(fd);
+    turn();
+  });
+}
+
+void sim_host::peer_close(int fd) {
+  socket* s = find(fd);
+  if (s == nullptr) return;
+  const std::int64_t when = std::max(s->to_us_ns, _clock.now_ns() + latency_ns());
+  s->to_us_ns = when;
+  at(when, [this, fd] {
+    socket* s = find(fd);
+    if (s == nullptr) return;
+    s->end_of_stream = true;
+    s->peer.reset();
+    satisfy_receives(fd);
+    turn();
+  });
+}
+
+core::result<void> sim_host::prep_read(int fd, void* buffer, std::uint32_t length,
+                                       std::uint64_t offset, std::uint64_t user_data,
+                                       io::sqe_flags flags) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  socket* s = find(fd);
+  if (s == nullptr || s->what != socket::kind::file) return core::fail(EBADF);
+  if (offset == ~0ull) return unsupported();  // no file position is kept
+  std::int32_t res = 0;
+  if (offset < s->file.size()) {
+    const std::size_t taken = std::min<std::size_t>(length, s->file.size() - offset);
+    std::memcpy(buffer, s->file.data() + offset, taken);
+    res = static_cast<std::int32_t>(taken);
+  }
+  complete(user_data, res);
+  return {};
+}
+
+core::result<void> sim_host::prep_close(int fd, std::uint64_t user_data,
+                                        io::sqe_flags flags) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  if (find(fd) == nullptr) return core::fail(EBADF);
+  close(fd);
+  complete(user_data, 0, 0, 0, flags);
+  return {};
+}
+
+// Removes the ops `matches(fd, user_data)` names, each completing with -ECANCELED.
+bool sim_host::cancel_matching(const std::function<bool(int, std::uint64_t)>& matches) {
+  bool any = false;
+  for (auto& [fd, s] : _sockets) {
+    for (auto it = s->receives.begin(); it != s->receives.end();) {
+      if (matches(fd, it->user_data)) {
+        complete(it->user_data, -ECANCELED);
+        it = s->receives.erase(it);
+        any = true;
+      } else {
+        ++it;
+      }
+    }
+    if (s->connect_user_data != 0 && matches(fd, s->connect_user_data)) {
+      complete(s->connect_user_data, -ECANCELED);
+      s->connect_user_data = 0;
+      any = true;
+    }
+  }
+  return any;
+}
+
+core::result<void> sim_host::prep_cancel(std::uint64_t target_user_data, std::uint64_t user_data,
+                                         bool all, io::sqe_flags flags) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  bool first_only_done = false;
+  const bool any = cancel_matching([&](int, std::uint64_t candidate) {
+    if (candidate != target_user_data || first_only_done) return false;
+    first_only_done = !all;
+    return true;
+  });
+  complete(user_data, any ? 0 : -ENOENT, 0, 0, flags);
+  return {};
+}
+
+core::result<void> sim_host::prep_cancel_fd(int fd, std::uint64_t user_data,
+                                            io::sqe_flags flags) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  const bool any = cancel_matching([fd](int candidate, std::uint64_t) { return candidate == fd; });
+  complete(user_data, any ? 0 : -ENOENT, 0, 0, flags);
+  return {};
+}
+
+core::result<void> sim_host::prep_nop(std::uint64_t user_data, io::sqe_flags flags) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  complete(user_data, 0, 0, 0, flags);
+  return {};
+}
+
+// ---- not simulated: the caller sees a kernel without the op
+
+core::result<void> sim_host::prep_accept(int, std::uint64_t, bool, bool, io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_recv_multishot(int, std::uint16_t, std::uint64_t,
+                                                 io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_sendmsg(int, const msghdr*, std::uint64_t, io::sqe_flags,
+                                          int) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_send_zc(int, const void*, std::uint32_t, std::uint64_t, bool,
+                                          io::sqe_flags, int) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_shutdown(int, int, std::uint64_t, io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_poll(int, std::uint32_t, std::uint64_t, bool,
+                                       io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_write(int, const void*, std::uint32_t, std::uint64_t,
+                                        std::uint64_t, io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_writev(int, const iovec*, unsigned, std::uint64_t,
+                                         std::uint64_t, io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_fsync(int, std::uint64_t, io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_fdatasync(int, std::uint64_t, io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_openat(int, const char*, int, mode_t, std::uint64_t,
+                                         io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_close_fixed(std::uint32_t, std::uint64_t,
+                                              io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_splice(int, std::int64_t, int, std::int64_t, std::uint32_t,
+                                         std::uint64_t, io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_timeout(std::uint64_t, std::uint64_t, unsigned,
+                                          io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_timeout_multishot(std::uint64_t, unsigned, std::uint64_t,
+                                                    io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_timeout_update(std::uint64_t, std::uint64_t, std::uint64_t,
+                                                 io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_timeout_remove(std::uint64_t, std::uint64_t,
+                                                 io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_link_timeout(std::uint64_t, std::uint64_t,
+                                               io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_msg_ring(int, std::int32_t, std::uint64_t, std::uint64_t,
+                                           io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_msg_ring_fd(int, std::uint32_t, std::uint32_t, std::uint64_t,
+                                              std::uint64_t, io::sqe_flags) noexcept {
+  return unsupported();
+}
+core::result<void> sim_host::prep_fixed_fd_install(std::uint32_t, std::uint64_t,
+                                                   io::sqe_flags) noexcept {
+  return unsupported();
+}
+
+// ---- io::descriptors
+
+core::result<int> sim_host::open_socket(int family, int type) noexcept {
+  const int base_type = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (base_type != SOCK_STREAM && base_type != SOCK_DGRAM) return core::fail(EPROTONOSUPPORT);
+  auto s = std::make_unique<socket>();
+  s->what = base_type == SOCK_STREAM ? socket::kind::stream : socket::kind::datagram;
+  s->family = family;
+  const int fd = _next_fd++;
+  _sockets[fd] = std::move(s);
+  return fd;
+}
+
+core::result<void> sim_host::set_option(int fd, int, int, int) noexcept {
+  if (find(fd) == nullptr) return core::fail(EBADF);
+  return {};  // options change nothing in the simulated network
+}
+
+core::result<void> sim_host::bind(int fd, const sockaddr*, socklen_t) noexcept {
+  if (find(fd) == nullptr) return core::fail(EBADF);
+  return {};  // the source address is not modelled
+}
+
+core::result<void> sim_host::connect_datagram(int fd, const sockaddr* address,
+                                              socklen_t address_length) noexcept {
+  socket* s = find(fd);
+  if (s == nullptr || s->what != socket::kind::datagram) return core::fail(EBADF);
+  s->remote = core::endpoint::from_sockaddr(address, address_length);
+  s->connected = true;
+  return {};
+}
+
+void sim_host::shutdown(int fd, int) noexcept {
+  socket* s = find(fd);
+  if (s == nullptr || s->shut) return;
+  s->shut = true;
+  if (s->peer) {
+    stream_peer* peer = s->peer.get();
+    at(_clock.now_ns() + latency_ns(), [this, fd, peer] {
+      socket* s = find(fd);
+      if (s == nullptr || s->peer.get() != peer) return;
+      s->peer->on_client_gone(*this, fd);
+      s->peer.reset();
+    });
+  }
+  satisfy_receives(fd);
+}
+
+void sim_host::close(int fd) noexcept {
+  const auto found = _sockets.find(fd);
+  if (found == _sockets.end()) return;
+  socket& s = *found->second;
+  // Closing a descriptor cancels what is pending on it (the kernel ends those ops).
+  for (const waiting_receive& wanted : s.receives) complete(wanted.user_data, -ECANCELED);
+  if (s.connect_user_data != 0) complete(s.connect_user_data, -ECANCELED);
+  if (s.peer) s.peer->on_client_gone(*this, fd);
+  _sockets.erase(found);
+}
+
+core::result<io::pipe_ends> sim_host::open_pipe(std::uint32_t) noexcept {
+  ++_counters.unsupported_ops;
+  return core::fail(EOPNOTSUPP);
+}
+
+int sim_host::add_file(std::string bytes) {
+  auto s = std::make_unique<socket>();
+  s->what = socket::kind::file;
+  s->file = std::move(bytes);
+  const int fd = _next_fd++;
+  _sockets[fd] = std::move(s);
+  return fd;
+}
+
+}  // namespace ringmta::sim

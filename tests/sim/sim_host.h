@@ -1,0 +1,232 @@
+// sim::sim_host: a shard::host, io::operations and io::descriptors on the simulator's clock and
+// network (issue 16 item 1, step 3), so the REAL src/outbound (outbound::outbound over
+// outbound::dns_client) runs inside a simulated world.
+//
+// The loop: every simulated event (a completion, a timer tick) is one scheduler action that
+// ends with a turn of the loop as shard::shard::run does it: timers advance to now, the
+// iteration hooks run, the buffer rings' recycles are published, and the next timer deadline
+// is scheduled. Completions are never delivered from inside a prep_* (io/operations.h): each is
+// an action of its own, at now or later.
+//
+// The simulated kernel:
+//   - stream sockets connect to whatever network::connect returns for the address (a
+//     stream_peer: a remote MTA) or fail with ECONNREFUSED; bytes take a seeded latency each
+//     way and keep their order; the peer answers with peer_send/peer_close;
+//   - datagram sockets (connect_datagram fixes the peer) hand each datagram to
+//     network::datagram, whose replies come back after a latency each;
+//   - receives (plain, or from a provided-buffer group: the group's io::buffer_ring is
+//     initialised unregistered and its buffers taken as the kernel does, -ENOBUFS included)
+//     complete when data or end of stream arrives; shutdown ends them with 0;
+//   - read from descriptors made by add_file (the test's spool segments);
+//   - cancel (by user_data, or every op of a descriptor), close, nop.
+// Not simulated: the other ops (prep fails with EOPNOTSUPP, so glue that needs them sees a
+// kernel without them), linked SQEs (EOPNOTSUPP: dns_client's TCP fallback is refused),
+// pipes (open_pipe: EOPNOTSUPP; run outbound with body_transfer::copy), TLS peers.
+// Lifetime: the scheduler may outlive the host (a simulated crash); actions the host queued
+// do nothing once it is destroyed. Destroy the glue that uses the host before the host.
+// Never: reads a clock, draws randomness but from its seed, or runs two actions at once.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ringmta/core/endpoint.h"
+#include "ringmta/shard/host.h"
+#include "sim_random.h"
+#include "sim_scheduler.h"
+
+namespace ringmta::sim {
+
+class sim_host;
+
+// The far end of one simulated stream connection (a remote MTA's session).
+class stream_peer {
+ public:
+  virtual ~stream_peer() = default;
+  // The connection is up: `fd` is the client's descriptor, to name in sim_host::peer_send.
+  virtual void on_connected(sim_host& host, int fd) = 0;
+  virtual void on_bytes(sim_host& host, int fd, std::string_view bytes) = 0;
+  // The client shut the socket down or closed it; nothing more arrives.
+  virtual void on_client_gone(sim_host& host, int fd) = 0;
+};
+
+struct sim_network {
+  // A stream connect to `address`: its peer, or null for ECONNREFUSED.
+  std::function<std::unique_ptr<stream_peer>(const core::endpoint& address)> connect;
+  // A datagram to `address`: the datagrams sent back (none: lost).
+  std::function<std::vector<std::string>(const core::endpoint& address, std::string_view bytes)>
+      datagram;
+};
+
+struct sim_host_counters {
+  std::uint64_t completions = 0;
+  std::uint64_t stale_completions = 0;  // a kind with no handler
+  std::uint64_t turns = 0;
+  std::uint64_t timers_fired = 0;
+  std::uint64_t connects = 0;
+  std::uint64_t connects_refused = 0;
+  std::uint64_t bytes_to_peers = 0;
+  std::uint64_t bytes_from_peers = 0;
+  std::uint64_t datagrams = 0;
+  std::uint64_t enobufs = 0;
+  std::uint64_t unsupported_ops = 0;  // preps refused with EOPNOTSUPP
+};
+
+class sim_host final : public shard::host, public io::operations, public io::descriptors {
+ public:
+  // net_ns_max: the largest one-way latency (drawn per message from the seed's stream).
+  sim_host(scheduler& clock, std::uint64_t seed, sim_network network, std::int64_t net_ns_max,
+           std::int64_t epoch_ms);
+  ~sim_host();
+  sim_host(const sim_host&) = delete;
+  sim_host& operator=(const sim_host&) = delete;
+
+  // ---- shard::host
+  core::result<io::op_kind> add_handler(shard::host_handler& handler) noexcept override;
+  void add_iteration_hook(shard::host_hook& hook) noexcept override { _hooks.push_back(&hook); }
+  core::result<void> register_buffer_ring(io::buffer_ring& buffers,
+                                          const io::buffer_ring_options& options) noexcept override;
+  core::timer_wheel& timers() noexcept override { return _timers; }
+  io::operations& io() noexcept override { return *this; }
+  io::descriptors& descriptors() noexcept override { return *this; }
+  std::uint64_t now_ms() const noexcept override;
+  std::int64_t wall_ms() const noexcept override;
+
+  // ---- io::operations (see the header comment for what is simulated)
+  core::result<void> prep_accept(int, std::uint64_t, bool, bool, io::sqe_flags) noexcept override;
+  core::result<void> prep_connect(int fd, const sockaddr* address, socklen_t address_length,
+                                  std::uint64_t user_data, io::sqe_flags flags) noexcept override;
+  core::result<void> prep_recv(int fd, void* buffer, std::uint32_t length,
+                               std::uint64_t user_data, io::sqe_flags flags) noexcept override;
+  core::result<void> prep_recv_select(int fd, std::uint16_t group, std::uint64_t user_data,
+                                      io::sqe_flags flags) noexcept override;
+  core::result<void> prep_recv_multishot(int, std::uint16_t, std::uint64_t,
+                                         io::sqe_flags) noexcept override;
+  core::result<void> prep_send(int fd, const void* data, std::uint32_t length,
+                               std::uint64_t user_data, io::sqe_flags flags,
+                               int msg_flags) noexcept override;
+  core::result<void> prep_sendmsg(int, const msghdr*, std::uint64_t, io::sqe_flags,
+                                  int) noexcept override;
+  core::result<void> prep_send_zc(int, const void*, std::uint32_t, std::uint64_t, bool,
+                                  io::sqe_flags, int) noexcept override;
+  core::result<void> prep_shutdown(int, int, std::uint64_t, io::sqe_flags) noexcept override;
+  core::result<void> prep_poll(int, std::uint32_t, std::uint64_t, bool,
+                               io::sqe_flags) noexcept override;
+  core::result<void> prep_read(int fd, void* buffer, std::uint32_t length, std::uint64_t offset,
+                               std::uint64_t user_data, io::sqe_flags flags) noexcept override;
+  core::result<void> prep_write(int, const void*, std::uint32_t, std::uint64_t, std::uint64_t,
+                                io::sqe_flags) noexcept override;
+  core::result<void> prep_writev(int, const iovec*, unsigned, std::uint64_t, std::uint64_t,
+                                 io::sqe_flags) noexcept override;
+  core::result<void> prep_fsync(int, std::uint64_t, io::sqe_flags) noexcept override;
+  core::result<void> prep_fdatasync(int, std::uint64_t, io::sqe_flags) noexcept override;
+  core::result<void> prep_openat(int, const char*, int, mode_t, std::uint64_t,
+                                 io::sqe_flags) noexcept override;
+  core::result<void> prep_close(int fd, std::uint64_t user_data,
+                                io::sqe_flags flags) noexcept override;
+  core::result<void> prep_close_fixed(std::uint32_t, std::uint64_t,
+                                      io::sqe_flags) noexcept override;
+  core::result<void> prep_splice(int, std::int64_t, int, std::int64_t, std::uint32_t,
+                                 std::uint64_t, io::sqe_flags) noexcept override;
+  core::result<void> prep_timeout(std::uint64_t, std::uint64_t, unsigned,
+                                  io::sqe_flags) noexcept override;
+  core::result<void> prep_timeout_multishot(std::uint64_t, unsigned, std::uint64_t,
+                                            io::sqe_flags) noexcept override;
+  core::result<void> prep_timeout_update(std::uint64_t, std::uint64_t, std::uint64_t,
+                                         io::sqe_flags) noexcept override;
+  core::result<void> prep_timeout_remove(std::uint64_t, std::uint64_t,
+                                         io::sqe_flags) noexcept override;
+  core::result<void> prep_link_timeout(std::uint64_t, std::uint64_t,
+                                       io::sqe_flags) noexcept override;
+  core::result<void> prep_cancel(std::uint64_t target_user_data, std::uint64_t user_data,
+                                 bool all, io::sqe_flags flags) noexcept override;
+  core::result<void> prep_cancel_fd(int fd, std::uint64_t user_data,
+                                    io::sqe_flags flags) noexcept override;
+  core::result<void> prep_nop(std::uint64_t user_data, io::sqe_flags flags) noexcept override;
+  core::result<void> prep_msg_ring(int, std::int32_t, std::uint64_t, std::uint64_t,
+                                   io::sqe_flags) noexcept override;
+  core::result<void> prep_msg_ring_fd(int, std::uint32_t, std::uint32_t, std::uint64_t,
+                                      std::uint64_t, io::sqe_flags) noexcept override;
+  core::result<void> prep_fixed_fd_install(std::uint32_t, std::uint64_t,
+                                           io::sqe_flags) noexcept override;
+  core::result<void> reserve(unsigned) noexcept override { return {}; }
+
+  // ---- io::descriptors
+  core::result<int> open_socket(int family, int type) noexcept override;
+  core::result<void> set_option(int fd, int level, int name, int value) noexcept override;
+  core::result<void> bind(int fd, const sockaddr* address,
+                          socklen_t address_length) noexcept override;
+  core::result<void> connect_datagram(int fd, const sockaddr* address,
+                                      socklen_t address_length) noexcept override;
+  void shutdown(int fd, int how) noexcept override;
+  void close(int fd) noexcept override;
+  core::result<io::pipe_ends> open_pipe(std::uint32_t bytes) noexcept override;
+
+  // ---- the test's side
+  // A read-only descriptor over `bytes` (a spool segment file).
+  int add_file(std::string bytes);
+  // From the peer of stream socket `fd`: bytes (in order, after a latency), then end of stream.
+  void peer_send(int fd, std::string bytes);
+  void peer_close(int fd);
+  // A loop turn as the next action at the current time: call it after using the glue's API
+  // from outside the host's callbacks (their deferred work runs in a turn, as on a shard).
+  void wake();
+  // One loop turn now (after API calls made from outside a callback), then actions until
+  // `done()` holds or `actions_max` ran; false when the bound stopped it.
+  bool run(const std::function<bool()>& done, std::uint64_t actions_max);
+  const sim_host_counters& counters() const noexcept { return _counters; }
+  // Descriptors not closed yet (files excluded): a leak check at the end of a run.
+  std::size_t open_sockets() const noexcept;
+
+ private:
+  struct socket;
+  struct waiting_receive {
+    std::uint64_t user_data = 0;
+    void* buffer = nullptr;  // plain receive
+    std::uint32_t length = 0;
+    io::buffer_ring* group = nullptr;  // provided-buffer receive
+  };
+
+  void at(std::int64_t when_ns, std::function<void()> action);
+  socket* find(int fd) noexcept;
+  std::int64_t latency_ns() noexcept;
+  // Queues the completion as an action `delay_ns` from now (skip_success honoured).
+  void complete(std::uint64_t user_data, std::int32_t res, std::uint32_t flags = 0,
+                std::int64_t delay_ns = 0, io::sqe_flags sqe_flags = io::sqe::none);
+  void dispatch(const io::completion& done) noexcept;
+  void turn() noexcept;
+  void arm_timer_wake() noexcept;
+  // Hands waiting receives what has arrived (data, end of stream) on `fd`.
+  void satisfy_receives(int fd);
+  std::int32_t fill(const waiting_receive& wanted, std::string& chunk, bool datagram,
+                    std::uint32_t& flags);
+  bool cancel_matching(const std::function<bool(int, std::uint64_t)>& matches);
+  core::result<void> unsupported() noexcept;
+  core::result<void> refuse_linked(io::sqe_flags flags) noexcept;
+
+  scheduler& _clock;
+  std::shared_ptr<bool> _alive = std::make_shared<bool>(true);  // false once destroyed
+  random _random;
+  sim_network _network;
+  std::int64_t _net_ns_max;
+  std::int64_t _epoch_ms;
+  std::uint64_t _start_ms = 1'000'000;  // the monotonic clock does not start at 0
+  core::timer_wheel _timers;
+  std::int64_t _timer_wake_ns = -1;  // a tick action is scheduled for this time
+  bool _wake_queued = false;         // wake(): a turn is queued at the current time
+  shard::host_handler* _handlers[256] = {};
+  unsigned _next_kind = io::op_kind_first_free;
+  std::vector<shard::host_hook*> _hooks;
+  std::map<std::uint16_t, io::buffer_ring*> _groups;
+  std::map<int, std::unique_ptr<socket>> _sockets;
+  int _next_fd = 100;
+  sim_host_counters _counters;
+};
+
+}  // namespace ringmta::sim
