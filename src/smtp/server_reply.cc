@@ -39,6 +39,7 @@ std::string_view describe(abort_reason reason) noexcept {
     case abort_reason::timeout: return "timeout";
     case abort_reason::shutdown: return "shutdown";
     case abort_reason::connection_lost: return "connection lost";
+    case abort_reason::refused: return "message refused at its first chunk";
   }
   return "aborted";
 }

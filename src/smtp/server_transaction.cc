@@ -233,7 +233,14 @@ void server_session::command_bdat(std::string_view argument) noexcept {
 
 void server_session::apply_bdat_start(bool ok, const verdict& answer) noexcept {
   if (!ok) {
-    _message_open = false;
+    // RFC 3030 §2: the transaction failed; chunks of this message already in the pipeline are
+    // read and dropped, each answered with the refusal (write_failure_reply), and its LAST
+    // chunk ends it. Opening a new message at the next chunk instead accepted the message
+    // without the refused chunk (simulator, seed 158391188475168). The handler refused, so it
+    // holds nothing: no on_data_aborted. A refused LAST chunk ends the message at once
+    // (end_of_chunk) and leaves the transaction, as a refused DATA does.
+    _message_failed = true;
+    _failure = abort_reason::refused;
     const reply& r = answer.get_reply();
     discard_chunk(r.code, r.enhanced.empty() ? std::string_view(r.code >= 500 ? "5.0.0" : "4.0.0")
                                              : r.enhanced,
@@ -260,6 +267,11 @@ void server_session::write_failure_reply() noexcept {
       break;
     case abort_reason::line_too_long:  // RFC 5321 §4.5.3.1.6
       write_reply(550, "5.6.0", "Message has a line longer than the limit");
+      break;
+    case abort_reason::refused:  // the first chunk's refusal (discard_chunk kept it)
+      write_reply(_deferred_code,
+                  std::string_view(_deferred_enhanced.data(), _deferred_enhanced_bytes),
+                  std::string_view(_deferred_text.data(), _deferred_text_bytes), true);
       break;
     default:
       write_reply(451, "4.3.0", "Message aborted");
@@ -294,6 +306,7 @@ void server_session::end_of_chunk() noexcept {
     write_reply(_deferred_code,
                 std::string_view(_deferred_enhanced.data(), _deferred_enhanced_bytes),
                 std::string_view(_deferred_text.data(), _deferred_text_bytes), true);
+    if (_bdat_last && _message_open) _message_open = false;  // a refused one-chunk message
     return;
   }
   if (_bdat_last) finish_bdat_message();

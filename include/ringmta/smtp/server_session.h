@@ -122,6 +122,7 @@ enum class abort_reason : std::uint8_t {
   timeout,           // on_timeout() during a message
   shutdown,          // shutdown() during a message
   connection_lost,   // connection_lost() during a message
+  refused,           // on_data_start refused a BDAT message: its later chunks get that reply
 };
 std::string_view describe(abort_reason reason) noexcept;
 
