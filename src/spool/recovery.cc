@@ -10,7 +10,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <unordered_map>
+#include <memory>
+#include <span>
 
 #include "format.h"
 #include "ringmta/spool/store.h"
@@ -152,6 +153,14 @@ class file_reader {
   std::string _buffer;
 };
 
+// Issue 15: with millions of messages queued, recovery keeps flat vectors (no node or vector
+// per message): data records and commits in scan order, sorted by id once the segments are
+// read; the messages in id order, found by id through a flat table during the journal pass.
+struct data_seen {
+  message_id id = 0;
+  body_range range;  // in file order: segments ascending, offsets ascending within one
+};
+
 struct commit_seen {
   message_id id = 0;
   std::uint32_t segment = 0;
@@ -160,7 +169,8 @@ struct commit_seen {
   std::uint64_t body_bytes = 0;
   std::int64_t received_seconds = 0;
   std::uint32_t recipients = 0;
-  std::vector<body_range> ranges;
+  std::uint32_t range_count = 0;
+  std::size_t range_first = 0;  // its ranges: scan_context::named[first, first + count)
 };
 
 struct void_seen {
@@ -169,15 +179,59 @@ struct void_seen {
   std::uint32_t carrier;  // the segment holding the record
 };
 
+// Message id → position in the recovered messages: open addressing, linear probing, at most
+// half full. One allocation for the whole table instead of a node per message.
+class id_table {
+ public:
+  explicit id_table(const std::vector<message_entry>& messages) {
+    std::size_t slots = 16;
+    while (slots < messages.size() * 2) slots <<= 1;
+    _mask = slots - 1;
+    _slots.assign(slots, slot{});
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+      std::size_t at = home(messages[i].id);
+      while (_slots[at].position_plus_one != 0) at = (at + 1) & _mask;
+      _slots[at] = slot{messages[i].id, i + 1};
+    }
+  }
+  // Position of `id`, or npos.
+  std::size_t find(message_id id) const noexcept {
+    for (std::size_t at = home(id);; at = (at + 1) & _mask) {
+      const slot& here = _slots[at];
+      if (here.position_plus_one == 0) return npos;
+      if (here.id == id) return here.position_plus_one - 1;
+    }
+  }
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+ private:
+  struct slot {
+    message_id id = 0;
+    std::size_t position_plus_one = 0;  // 0: empty
+  };
+  std::size_t home(message_id id) const noexcept {
+    return static_cast<std::size_t>((id * 0x9e3779b97f4a7c15ull) >> 32) & _mask;
+  }
+  std::vector<slot> _slots;
+  std::size_t _mask = 0;
+};
+
 struct scan_context {
   std::string directory;
   std::uint32_t shard = 0;
   recovered_state* state = nullptr;
-  std::unordered_map<message_id, std::vector<body_range>> data;
-  std::unordered_map<message_id, commit_seen> commits;
+  std::vector<data_seen> data;
+  std::vector<commit_seen> commits;
+  std::vector<body_range> named;  // the ranges every commit names, back to back
+  commit_view commit;             // reused for every commit record
   std::vector<void_seen> voids;
-  std::unordered_map<message_id, message_entry> messages;
+  std::vector<message_entry> messages;  // ascending id, after build_messages
+  std::unique_ptr<id_table> positions;  // of `messages`, for the journal pass
 
+  message_entry* message(message_id id) {
+    const std::size_t at = positions->find(id);
+    return at == id_table::npos ? nullptr : &messages[at];
+  }
   void problem(const std::string& text) {
     auto& problems = state->report.problems;
     if (problems.size() < problems_max) problems.push_back(text);
@@ -241,21 +295,18 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
   if (header.id != 0) state.id_floor = std::max(state.id_floor, header.id);
   switch (header.type) {
     case format::record_type::data:
-      ctx.data[header.id].push_back(body_range{segment, header.payload_bytes,
-                                               record.offset + format::header_bytes});
+      ctx.data.push_back(data_seen{header.id, body_range{segment, header.payload_bytes,
+                                                         record.offset + format::header_bytes}});
       return;
     case format::record_type::commit: {
-      auto view = decode_commit(record.payload);
-      auto decoded = view ? decode_envelope(view.value().envelope_bytes)
-                          : core::result<envelope>(core::fail(EBADMSG));
-      if (!decoded || decoded.value().id != header.id) {
+      // Only the envelope's received time and recipient count are needed here (the rest is
+      // read when the message is delivered); the summary checks it as the full decode would.
+      const bool decoded_commit = static_cast<bool>(decode_commit(record.payload, ctx.commit));
+      auto summary = decoded_commit ? decode_envelope_summary(ctx.commit.envelope_bytes)
+                                    : core::result<envelope_summary>(core::fail(EBADMSG));
+      if (!summary || summary.value().id != header.id) {
         ctx.problem("segment " + std::to_string(segment) + ": undecodable commit record at " +
                     std::to_string(record.offset));
-        return;
-      }
-      if (ctx.commits.count(header.id) != 0) {
-        ctx.problem("duplicate commit of message " +
-                    std::string(format_message_id(header.id).data()));
         return;
       }
       commit_seen seen;
@@ -263,11 +314,13 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
       seen.segment = segment;
       seen.offset = record.offset;
       seen.bytes = format::header_bytes + header.payload_bytes;
-      seen.body_bytes = view.value().body_bytes;
-      seen.received_seconds = decoded.value().received_seconds;
-      seen.recipients = static_cast<std::uint32_t>(decoded.value().recipients.size());
-      seen.ranges = std::move(view.value().ranges);
-      ctx.commits.emplace(header.id, std::move(seen));
+      seen.body_bytes = ctx.commit.body_bytes;
+      seen.received_seconds = summary.value().received_seconds;
+      seen.recipients = summary.value().recipients;
+      seen.range_first = ctx.named.size();
+      seen.range_count = static_cast<std::uint32_t>(ctx.commit.ranges.size());
+      ctx.named.insert(ctx.named.end(), ctx.commit.ranges.begin(), ctx.commit.ranges.end());
+      ctx.commits.push_back(seen);  // a duplicate is found once they are sorted by id
       return;
     }
     case format::record_type::void_tail:
@@ -288,16 +341,15 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
 // records around it). Unknown actions are reported and ignored.
 void on_action_record(scan_context& ctx, std::uint32_t journal, const record_view& record) {
   const auto payload = format::decode_action(record.payload.data());
-  auto found = ctx.messages.find(record.header.id);
-  if (found == ctx.messages.end()) return;  // message reclaimed or never complete
+  message_entry* found = ctx.message(record.header.id);
+  if (found == nullptr) return;  // message reclaimed or never complete
   if (payload.action < static_cast<std::uint8_t>(message_action::hold) ||
       payload.action > static_cast<std::uint8_t>(message_action::bounce)) {
     ctx.problem("journal " + std::to_string(journal) + ": bad action record at " +
                 std::to_string(record.offset));
     return;
   }
-  found->second.flags =
-      apply_action(found->second.flags, static_cast<message_action>(payload.action));
+  found->flags = apply_action(found->flags, static_cast<message_action>(payload.action));
 }
 
 void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_view& record) {
@@ -314,9 +366,9 @@ void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_vi
   }
   ++ctx.state->report.state_records;
   const auto payload = format::decode_state(record.payload.data());
-  auto found = ctx.messages.find(record.header.id);
-  if (found == ctx.messages.end()) return;  // message reclaimed or never complete
-  auto& recipients = found->second.recipients;
+  message_entry* found = ctx.message(record.header.id);
+  if (found == nullptr) return;  // message reclaimed or never complete
+  auto& recipients = found->recipients;
   if (payload.recipient >= recipients.size() || payload.state > recipient_state_max) {
     ctx.problem("journal " + std::to_string(journal) + ": bad state record at " +
                 std::to_string(record.offset));
@@ -396,67 +448,138 @@ bool scan_file(scan_context& ctx, std::uint32_t id, bool journal, recovered_file
   return true;
 }
 
+std::span<const body_range> named_by(const scan_context& ctx, const commit_seen& commit) {
+  return std::span<const body_range>(ctx.named).subspan(commit.range_first, commit.range_count);
+}
+
 bool voided(const scan_context& ctx, const commit_seen& commit) {
   for (const auto& mark : ctx.voids) {
     if (mark.segment == commit.segment && commit.offset >= mark.valid_end) return true;
-    for (const auto& range : commit.ranges) {
+    for (const auto& range : named_by(ctx, commit)) {
       if (mark.segment == range.segment && range.offset >= mark.valid_end) return true;
     }
   }
   return false;
 }
 
+bool file_order(const body_range& a, const body_range& b) {
+  return a.segment != b.segment ? a.segment < b.segment : a.offset < b.offset;
+}
+
 // Whether the commit names exactly the verified data records of its message. `seen` is in
 // file order; the commit may list a record out of that order: a header prefix (DKIM-Signature)
 // is written at the end of data, after the body, but named first (store::commit). Spools
 // without prefixes list them in file order, as before.
-bool same_records(const std::vector<body_range>& seen, std::vector<body_range> named) {
+bool same_records(std::span<const data_seen> seen, std::span<const body_range> named,
+                  std::vector<body_range>& scratch) {
   if (seen.size() != named.size()) return false;
-  std::sort(named.begin(), named.end(), [](const body_range& a, const body_range& b) {
-    return a.segment != b.segment ? a.segment < b.segment : a.offset < b.offset;
-  });
-  return seen == named;
+  scratch.assign(named.begin(), named.end());
+  if (!std::is_sorted(scratch.begin(), scratch.end(), file_order))
+    std::sort(scratch.begin(), scratch.end(), file_order);
+  for (std::size_t i = 0; i < seen.size(); ++i)
+    if (!(seen[i].range == scratch[i])) return false;
+  return true;
 }
 
-// Turns verified commits into index entries. `complete` is false when data is missing.
-void build_messages(scan_context& ctx, std::vector<message_id>& incomplete) {
+// Commits and data records by id; the first commit seen of an id wins, later ones are reported.
+// Data records keep file order within an id (the sort key includes their place).
+void sort_by_id(scan_context& ctx) {
+  std::stable_sort(ctx.commits.begin(), ctx.commits.end(),
+                   [](const commit_seen& a, const commit_seen& b) { return a.id < b.id; });
+  std::sort(ctx.data.begin(), ctx.data.end(), [](const data_seen& a, const data_seen& b) {
+    return a.id != b.id ? a.id < b.id : file_order(a.range, b.range);
+  });
+}
+
+message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool& complete) {
+  message_entry entry;
+  entry.id = commit.id;
+  entry.body_bytes = commit.body_bytes;
+  entry.received_seconds = commit.received_seconds;
+  entry.commit_offset = commit.offset;
+  entry.commit_segment = commit.segment;
+  entry.commit_bytes = commit.bytes;
+  entry.status = message_status::queued;
+  entry.first_segment = commit.segment;
+  const auto named = named_by(ctx, commit);
+  for (const auto& range : named) entry.first_segment = std::min(entry.first_segment, range.segment);
+  complete = commit.segment - entry.first_segment < 64;
+  if (complete) {
+    entry.segment_mask = std::uint64_t{1} << (commit.segment - entry.first_segment);
+    for (const auto& range : named) {
+      entry.segment_mask |= std::uint64_t{1} << (range.segment - entry.first_segment);
+    }
+  }
+  entry.recipients.resize(commit.recipients);
+  return entry;
+}
+
+// Turns verified commits into index entries, in id order. `incomplete` gets the positions
+// (ascending) of those whose data is missing or does not match.
+void build_messages(scan_context& ctx, std::vector<std::size_t>& incomplete) {
   auto& report = ctx.state->report;
-  for (auto& [id, commit] : ctx.commits) {
+  sort_by_id(ctx);
+  ctx.messages.reserve(ctx.commits.size());
+  std::vector<body_range> scratch;
+  std::size_t data_at = 0;  // first data record whose id is not below the commit's
+  for (std::size_t i = 0; i < ctx.commits.size(); ++i) {
+    const commit_seen& commit = ctx.commits[i];
+    if (i > 0 && ctx.commits[i - 1].id == commit.id) {
+      ctx.problem("duplicate commit of message " +
+                  std::string(format_message_id(commit.id).data()));
+      continue;
+    }
+    while (data_at < ctx.data.size() && ctx.data[data_at].id < commit.id) ++data_at;
+    std::size_t data_end = data_at;
+    while (data_end < ctx.data.size() && ctx.data[data_end].id == commit.id) ++data_end;
+    const auto data = std::span<const data_seen>(ctx.data).subspan(data_at, data_end - data_at);
+    data_at = data_end;
     if (voided(ctx, commit)) {
       ++report.voided_messages;
       continue;
     }
-    message_entry entry;
-    entry.id = id;
-    entry.body_bytes = commit.body_bytes;
-    entry.received_seconds = commit.received_seconds;
-    entry.commit_offset = commit.offset;
-    entry.commit_segment = commit.segment;
-    entry.commit_bytes = commit.bytes;
-    entry.status = message_status::queued;
-    entry.first_segment = commit.segment;
-    for (const auto& range : commit.ranges) {
-      entry.first_segment = std::min(entry.first_segment, range.segment);
-    }
-    bool complete = commit.segment - entry.first_segment < 64;
-    if (complete) {
-      entry.segment_mask = std::uint64_t{1} << (commit.segment - entry.first_segment);
-      for (const auto& range : commit.ranges) {
-        entry.segment_mask |= std::uint64_t{1} << (range.segment - entry.first_segment);
-      }
-    }
-    auto data = ctx.data.find(id);
-    if (commit.ranges.empty()) {
-      complete = complete && data == ctx.data.end();
-    } else {
-      complete = complete && data != ctx.data.end() && same_records(data->second, commit.ranges);
-    }
-    entry.recipients.resize(commit.recipients);
-    if (!complete) incomplete.push_back(id);
-    ctx.messages.emplace(id, std::move(entry));
+    bool complete = false;
+    ctx.messages.push_back(entry_of(ctx, commit, complete));
+    // No ranges: the message has no data records at all (an empty body).
+    complete = complete && same_records(data, named_by(ctx, commit), scratch);
+    if (!complete) incomplete.push_back(ctx.messages.size() - 1);
   }
-  ctx.data.clear();
-  ctx.commits.clear();
+  std::vector<data_seen>().swap(ctx.data);
+  std::vector<commit_seen>().swap(ctx.commits);
+  std::vector<body_range>().swap(ctx.named);
+  ctx.positions = std::make_unique<id_table>(ctx.messages);
+}
+
+bool all_final(const message_entry& entry) {
+  return std::all_of(entry.recipients.begin(), entry.recipients.end(),
+                     [](const recipient_status& s) { return is_final(s.state); });
+}
+
+// A live message with data missing cannot be delivered: dropped (reported). A final one may
+// have lost data segments to reclaim already: kept (as final) so its state stays in the
+// journal. The rest get their status and are counted.
+void settle_messages(scan_context& ctx, const std::vector<std::size_t>& incomplete) {
+  auto& report = ctx.state->report;
+  auto& messages = ctx.messages;
+  std::size_t kept = 0;
+  auto next_incomplete = incomplete.begin();
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    message_entry& entry = messages[i];
+    const bool final = all_final(entry);
+    const bool missing_data = next_incomplete != incomplete.end() && *next_incomplete == i;
+    if (missing_data) ++next_incomplete;
+    if (missing_data && !final) {
+      ++report.incomplete_messages;
+      ctx.problem("message " + std::string(format_message_id(entry.id).data()) +
+                  ": body data missing or corrupt, dropped");
+      continue;
+    }
+    entry.status = final ? message_status::final : message_status::queued;
+    ++(final ? report.final_messages : report.messages);
+    if (kept != i) messages[kept] = std::move(entry);
+    ++kept;
+  }
+  messages.erase(messages.begin() + static_cast<std::ptrdiff_t>(kept), messages.end());
 }
 
 }  // namespace
@@ -509,7 +632,7 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
       }
     }
   }
-  std::vector<message_id> incomplete;
+  std::vector<std::size_t> incomplete;
   build_messages(ctx, incomplete);
   for (auto id : journal_ids) {
     state.next_file_id = std::max(state.next_file_id, id + 1);
@@ -517,36 +640,16 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
     if (scan_file(ctx, id, true, file)) state.journals.push_back(std::move(file));
   }
   state.report.journals = state.journals.size();
+  ctx.positions.reset();
   // A delete is final for every recipient it found open (the journal may not have had the
   // per-recipient marks yet): never resurrected, never delivered again.
-  for (auto& [id, entry] : ctx.messages) {
+  for (auto& entry : ctx.messages) {
     if ((entry.flags & message_flag_deleted) == 0) continue;
     for (auto& status : entry.recipients)
       if (!is_final(status.state)) status = recipient_status{recipient_state::deleted, 0, 0};
   }
-  for (message_id id : incomplete) {
-    auto found = ctx.messages.find(id);
-    const auto& recipients = found->second.recipients;
-    const bool final = std::all_of(recipients.begin(), recipients.end(),
-                                   [](const recipient_status& s) { return is_final(s.state); });
-    // A final message may have lost data segments to reclaim already: keep it (as final) so
-    // its state stays in the journal. A live one with missing data cannot be delivered.
-    if (final) continue;
-    ++state.report.incomplete_messages;
-    ctx.problem("message " + std::string(format_message_id(id).data()) +
-                ": body data missing or corrupt, dropped");
-    ctx.messages.erase(found);
-  }
-  state.messages.reserve(ctx.messages.size());
-  for (auto& [id, entry] : ctx.messages) {
-    const bool final = std::all_of(entry.recipients.begin(), entry.recipients.end(),
-                                   [](const recipient_status& s) { return is_final(s.state); });
-    entry.status = final ? message_status::final : message_status::queued;
-    ++(final ? state.report.final_messages : state.report.messages);
-    state.messages.push_back(std::move(entry));
-  }
-  std::sort(state.messages.begin(), state.messages.end(),
-            [](const message_entry& a, const message_entry& b) { return a.id < b.id; });
+  settle_messages(ctx, incomplete);
+  state.messages = std::move(ctx.messages);  // ascending id already (build_messages)
   return state;
 }
 
