@@ -10,7 +10,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <span>
 
 #include "format.h"
@@ -179,41 +178,17 @@ struct void_seen {
   std::uint32_t carrier;  // the segment holding the record
 };
 
-// Message id → position in the recovered messages: open addressing, linear probing, at most
-// half full. One allocation for the whole table instead of a node per message.
-class id_table {
- public:
-  explicit id_table(const std::vector<message_entry>& messages) {
-    std::size_t slots = 16;
-    while (slots < messages.size() * 2) slots <<= 1;
-    _mask = slots - 1;
-    _slots.assign(slots, slot{});
-    for (std::size_t i = 0; i < messages.size(); ++i) {
-      std::size_t at = home(messages[i].id);
-      while (_slots[at].position_plus_one != 0) at = (at + 1) & _mask;
-      _slots[at] = slot{messages[i].id, i + 1};
-    }
-  }
-  // Position of `id`, or npos.
-  std::size_t find(message_id id) const noexcept {
-    for (std::size_t at = home(id);; at = (at + 1) & _mask) {
-      const slot& here = _slots[at];
-      if (here.position_plus_one == 0) return npos;
-      if (here.id == id) return here.position_plus_one - 1;
-    }
-  }
-  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
-
- private:
-  struct slot {
-    message_id id = 0;
-    std::size_t position_plus_one = 0;  // 0: empty
-  };
-  std::size_t home(message_id id) const noexcept {
-    return static_cast<std::size_t>((id * 0x9e3779b97f4a7c15ull) >> 32) & _mask;
-  }
-  std::vector<slot> _slots;
-  std::size_t _mask = 0;
+// A state or action record of a journal, kept until every journal is read and then applied
+// in (id, journal, offset) order: each message's records in journal order (only the order of
+// one message's records matters), and the messages walked in id order, without a lookup per
+// record (issue 15: random probes into millions of entries cost more than one sort).
+struct journal_seen {
+  message_id id = 0;
+  std::uint64_t offset = 0;
+  std::uint32_t journal = 0;
+  bool action = false;
+  format::state_payload state;  // state records
+  std::uint8_t action_code = 0;  // action records
 };
 
 struct scan_context {
@@ -226,12 +201,7 @@ struct scan_context {
   commit_view commit;             // reused for every commit record
   std::vector<void_seen> voids;
   std::vector<message_entry> messages;  // ascending id, after build_messages
-  std::unique_ptr<id_table> positions;  // of `messages`, for the journal pass
-
-  message_entry* message(message_id id) {
-    const std::size_t at = positions->find(id);
-    return at == id_table::npos ? nullptr : &messages[at];
-  }
+  std::vector<journal_seen> journal;    // every state and action record, in journal order
   void problem(const std::string& text) {
     auto& problems = state->report.problems;
     if (problems.size() < problems_max) problems.push_back(text);
@@ -337,26 +307,18 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
               std::to_string(static_cast<int>(header.type)));
 }
 
-// An action record: the message's flags change (applied in journal order, with the state
-// records around it). Unknown actions are reported and ignored.
-void on_action_record(scan_context& ctx, std::uint32_t journal, const record_view& record) {
-  const auto payload = format::decode_action(record.payload.data());
-  message_entry* found = ctx.message(record.header.id);
-  if (found == nullptr) return;  // message reclaimed or never complete
-  if (payload.action < static_cast<std::uint8_t>(message_action::hold) ||
-      payload.action > static_cast<std::uint8_t>(message_action::bounce)) {
-    ctx.problem("journal " + std::to_string(journal) + ": bad action record at " +
-                std::to_string(record.offset));
-    return;
-  }
-  found->flags = apply_action(found->flags, static_cast<message_action>(payload.action));
-}
-
 void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_view& record) {
+  journal_seen seen;
+  seen.id = record.header.id;
+  seen.offset = record.offset;
+  seen.journal = journal;
   if (record.header.type == format::record_type::action &&
       record.payload.size() == format::action_payload_bytes) {
     ++ctx.state->report.action_records;
-    return on_action_record(ctx, journal, record);
+    seen.action = true;
+    seen.action_code = format::decode_action(record.payload.data()).action;
+    ctx.journal.push_back(seen);
+    return;
   }
   if (record.header.type != format::record_type::state ||
       record.payload.size() != format::state_payload_bytes) {
@@ -365,18 +327,55 @@ void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_vi
     return;
   }
   ++ctx.state->report.state_records;
-  const auto payload = format::decode_state(record.payload.data());
-  message_entry* found = ctx.message(record.header.id);
-  if (found == nullptr) return;  // message reclaimed or never complete
-  auto& recipients = found->recipients;
+  seen.state = format::decode_state(record.payload.data());
+  ctx.journal.push_back(seen);
+}
+
+// An action record: the message's flags change (in journal order, with the state records
+// around it). Unknown actions are reported and ignored.
+void apply_action_record(scan_context& ctx, const journal_seen& record, message_entry& entry) {
+  if (record.action_code < static_cast<std::uint8_t>(message_action::hold) ||
+      record.action_code > static_cast<std::uint8_t>(message_action::bounce)) {
+    ctx.problem("journal " + std::to_string(record.journal) + ": bad action record at " +
+                std::to_string(record.offset));
+    return;
+  }
+  entry.flags = apply_action(entry.flags, static_cast<message_action>(record.action_code));
+}
+
+void apply_state_record(scan_context& ctx, const journal_seen& record, message_entry& entry) {
+  const auto& payload = record.state;
+  auto& recipients = entry.recipients;
   if (payload.recipient >= recipients.size() || payload.state > recipient_state_max) {
-    ctx.problem("journal " + std::to_string(journal) + ": bad state record at " +
+    ctx.problem("journal " + std::to_string(record.journal) + ": bad state record at " +
                 std::to_string(record.offset));
     return;
   }
   recipients[payload.recipient] = recipient_status{
       static_cast<recipient_state>(payload.state), payload.attempts,
       payload.next_attempt_seconds};
+}
+
+// Applies the journals' records to the messages (both by id). Records of a message not
+// recovered (reclaimed, or never complete) are ignored.
+void apply_journal(scan_context& ctx) {
+  auto& records = ctx.journal;
+  std::sort(records.begin(), records.end(), [](const journal_seen& a, const journal_seen& b) {
+    if (a.id != b.id) return a.id < b.id;
+    return a.journal != b.journal ? a.journal < b.journal : a.offset < b.offset;
+  });
+  auto message = ctx.messages.begin();
+  for (const auto& record : records) {
+    while (message != ctx.messages.end() && message->id < record.id) ++message;
+    if (message == ctx.messages.end()) break;
+    if (message->id != record.id) continue;
+    if (record.action) {
+      apply_action_record(ctx, record, *message);
+    } else {
+      apply_state_record(ctx, record, *message);
+    }
+  }
+  std::vector<journal_seen>().swap(records);
 }
 
 // Reads one file's header and records. False when the file has no usable header.
@@ -483,12 +482,17 @@ bool same_records(std::span<const data_seen> seen, std::span<const body_range> n
 
 // Commits and data records by id; the first commit seen of an id wins, later ones are reported.
 // Data records keep file order within an id (the sort key includes their place).
+// Both are nearly in id order already (ids grow with time, commits follow in the order their
+// sessions end): the check is one cheap pass, the sort only what it has to be.
 void sort_by_id(scan_context& ctx) {
-  std::stable_sort(ctx.commits.begin(), ctx.commits.end(),
-                   [](const commit_seen& a, const commit_seen& b) { return a.id < b.id; });
-  std::sort(ctx.data.begin(), ctx.data.end(), [](const data_seen& a, const data_seen& b) {
+  const auto by_id = [](const commit_seen& a, const commit_seen& b) { return a.id < b.id; };
+  if (!std::is_sorted(ctx.commits.begin(), ctx.commits.end(), by_id))
+    std::stable_sort(ctx.commits.begin(), ctx.commits.end(), by_id);
+  const auto by_id_then_place = [](const data_seen& a, const data_seen& b) {
     return a.id != b.id ? a.id < b.id : file_order(a.range, b.range);
-  });
+  };
+  if (!std::is_sorted(ctx.data.begin(), ctx.data.end(), by_id_then_place))
+    std::sort(ctx.data.begin(), ctx.data.end(), by_id_then_place);
 }
 
 message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool& complete) {
@@ -547,7 +551,6 @@ void build_messages(scan_context& ctx, std::vector<std::size_t>& incomplete) {
   std::vector<data_seen>().swap(ctx.data);
   std::vector<commit_seen>().swap(ctx.commits);
   std::vector<body_range>().swap(ctx.named);
-  ctx.positions = std::make_unique<id_table>(ctx.messages);
 }
 
 bool all_final(const message_entry& entry) {
@@ -580,6 +583,34 @@ void settle_messages(scan_context& ctx, const std::vector<std::size_t>& incomple
     ++kept;
   }
   messages.erase(messages.begin() + static_cast<std::ptrdiff_t>(kept), messages.end());
+}
+
+std::uint64_t bytes_of(const scan_context& ctx, const std::vector<std::uint32_t>& ids,
+                       bool journal) {
+  std::uint64_t bytes = 0;
+  for (auto id : ids) {
+    struct stat info {};
+    const std::string path =
+        ctx.directory + "/" + (journal ? journal_file_name(id) : segment_file_name(id));
+    if (::stat(path.c_str(), &info) == 0) bytes += static_cast<std::uint64_t>(info.st_size);
+  }
+  return bytes;
+}
+
+// Room for the records the segments can hold at about 1 KiB a message, so that the vectors
+// are not grown (copied, their pages touched twice) a dozen times with millions of messages.
+// Pages of reserved room never used are never touched. Smaller messages: the vectors grow.
+void reserve_for_segments(scan_context& ctx, const std::vector<std::uint32_t>& segment_ids) {
+  const auto messages = static_cast<std::size_t>(bytes_of(ctx, segment_ids, false) / 1024);
+  ctx.data.reserve(messages);
+  ctx.commits.reserve(messages);
+  ctx.named.reserve(messages);
+}
+
+// A journal holds at most one record per header + state payload bytes.
+void reserve_for_journals(scan_context& ctx, const std::vector<std::uint32_t>& journal_ids) {
+  ctx.journal.reserve(static_cast<std::size_t>(
+      bytes_of(ctx, journal_ids, true) / (format::header_bytes + format::state_payload_bytes)));
 }
 
 }  // namespace
@@ -617,6 +648,7 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
   ctx.directory = shard_directory;
   ctx.shard = shard;
   ctx.state = &state;
+  reserve_for_segments(ctx, segment_ids);
   for (auto id : segment_ids) {
     state.next_file_id = std::max(state.next_file_id, id + 1);
     recovered_file file;
@@ -634,13 +666,14 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
   }
   std::vector<std::size_t> incomplete;
   build_messages(ctx, incomplete);
+  reserve_for_journals(ctx, journal_ids);
   for (auto id : journal_ids) {
     state.next_file_id = std::max(state.next_file_id, id + 1);
     recovered_file file;
     if (scan_file(ctx, id, true, file)) state.journals.push_back(std::move(file));
   }
   state.report.journals = state.journals.size();
-  ctx.positions.reset();
+  apply_journal(ctx);
   // A delete is final for every recipient it found open (the journal may not have had the
   // per-recipient marks yet): never resurrected, never delivered again.
   for (auto& entry : ctx.messages) {
