@@ -179,7 +179,7 @@ struct void_seen {
 };
 
 // A state or action record of a journal, kept until every journal is read and then applied
-// in (id, journal, offset) order: each message's records in journal order (only the order of
+// in (id, journal, offset) order (sort_by_id keeps the reading order within an id): each message's records in journal order (only the order of
 // one message's records matters), and the messages walked in id order, without a lookup per
 // record (issue 15: random probes into millions of entries cost more than one sort).
 struct journal_seen {
@@ -207,6 +207,25 @@ struct scan_context {
     if (problems.size() < problems_max) problems.push_back(text);
   }
 };
+
+// Sorts records by message id, those of one id kept in the order they were read (file order:
+// the order that decides which commit counts and which journal record is the last). They are
+// nearly in id order already (ids grow with time; commits follow in the order sessions end):
+// one cheap pass checks that; otherwise 16-byte keys are sorted instead of the records, which
+// are then moved once (issue 15: 40-56 byte records, millions of them).
+template <typename Record>
+void sort_by_id(std::vector<Record>& records) {
+  const auto by_id = [](const Record& a, const Record& b) { return a.id < b.id; };
+  if (std::is_sorted(records.begin(), records.end(), by_id)) return;
+  std::vector<std::pair<message_id, std::size_t>> keys;
+  keys.reserve(records.size());
+  for (std::size_t i = 0; i < records.size(); ++i) keys.emplace_back(records[i].id, i);
+  std::sort(keys.begin(), keys.end());
+  std::vector<Record> sorted;
+  sorted.reserve(records.size());
+  for (const auto& key : keys) sorted.push_back(std::move(records[key.second]));
+  records.swap(sorted);
+}
 
 struct record_view {
   format::record_header header;
@@ -371,10 +390,7 @@ void apply_state_record(scan_context& ctx, const journal_seen& record, message_e
 // recovered (reclaimed, or never complete) are ignored.
 void apply_journal(scan_context& ctx) {
   auto& records = ctx.journal;
-  std::sort(records.begin(), records.end(), [](const journal_seen& a, const journal_seen& b) {
-    if (a.id != b.id) return a.id < b.id;
-    return a.journal != b.journal ? a.journal < b.journal : a.offset < b.offset;
-  });
+  sort_by_id(records);  // read in journal order: each message's records stay in it
   auto message = ctx.messages.begin();
   for (const auto& record : records) {
     while (message != ctx.messages.end() && message->id < record.id) ++message;
@@ -493,19 +509,6 @@ bool same_records(std::span<const data_seen> seen, std::span<const body_range> n
 
 // Commits and data records by id; the first commit seen of an id wins, later ones are reported.
 // Data records keep file order within an id (the sort key includes their place).
-// Both are nearly in id order already (ids grow with time, commits follow in the order their
-// sessions end): the check is one cheap pass, the sort only what it has to be.
-void sort_by_id(scan_context& ctx) {
-  const auto by_id = [](const commit_seen& a, const commit_seen& b) { return a.id < b.id; };
-  if (!std::is_sorted(ctx.commits.begin(), ctx.commits.end(), by_id))
-    std::stable_sort(ctx.commits.begin(), ctx.commits.end(), by_id);
-  const auto by_id_then_place = [](const data_seen& a, const data_seen& b) {
-    return a.id != b.id ? a.id < b.id : file_order(a.range, b.range);
-  };
-  if (!std::is_sorted(ctx.data.begin(), ctx.data.end(), by_id_then_place))
-    std::sort(ctx.data.begin(), ctx.data.end(), by_id_then_place);
-}
-
 message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool& complete) {
   message_entry entry;
   entry.id = commit.id;
@@ -533,7 +536,8 @@ message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool&
 // (ascending) of those whose data is missing or does not match.
 void build_messages(scan_context& ctx, std::vector<std::size_t>& incomplete) {
   auto& report = ctx.state->report;
-  sort_by_id(ctx);
+  sort_by_id(ctx.commits);
+  sort_by_id(ctx.data);
   ctx.messages.reserve(ctx.commits.size());
   std::vector<body_range> scratch;
   std::size_t data_at = 0;  // first data record whose id is not below the commit's
