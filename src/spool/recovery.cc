@@ -123,6 +123,15 @@ class file_reader {
  public:
   file_reader(int fd, std::uint64_t size) : _fd(fd), _size(size) {}
   std::uint64_t size() const noexcept { return _size; }
+  // The first offset at or after `offset` that may hold data: what lies before it reads as
+  // zeros (a hole, or on ext4 an extent preallocated and never written nor read: the open
+  // segment's tail). `offset` itself when the filesystem cannot tell; size() when nothing
+  // follows (SEEK_DATA, Linux 3.1; no data is read, so no page is zero-filled and copied).
+  std::uint64_t next_data(std::uint64_t offset) const noexcept {
+    const off_t data = ::lseek(_fd, static_cast<off_t>(offset), SEEK_DATA);
+    if (data < 0) return errno == ENXIO ? _size : offset;
+    return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(data), offset, _size);
+  }
   // Bytes [offset, offset+bytes) or an empty view past the end or on a read error.
   std::string_view get(std::uint64_t offset, std::size_t bytes) {
     if (offset > _size || bytes > _size - offset) return {};
@@ -260,6 +269,8 @@ std::uint64_t resync(file_reader& in, std::uint64_t from, std::uint64_t salt, bo
   zeros_only = true;
   std::uint64_t at = from;
   while (in.size() - at >= 4) {
+    at = in.next_data(at);  // skipped bytes are zeros: no magic there, zeros_only holds
+    if (in.size() - at < 4) break;
     const auto chunk = in.get(at, static_cast<std::size_t>(
                                       std::min<std::uint64_t>(window_bytes, in.size() - at)));
     if (chunk.size() < 4) break;
