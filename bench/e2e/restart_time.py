@@ -13,6 +13,7 @@ usage: bench/e2e/restart_time.py SPOOL BINARY [BINARY ...] [--rounds 3] [--shard
 """
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,15 @@ def one_start(binary, spool, shards, work, perf=None):
     cpu = cpu_seconds(pid)
     print(f"  listening after {listening:.2f} s", flush=True)
     daemon.stop(timeout=300)
+    # What recovery found, per shard (the binaries compared must agree on it).
+    recovered = []
+    with open(log, errors="replace") as f:  # start-up events go to stderr, before the log file
+        for line in daemon.stderr_lines + f.readlines():
+            if "spool_recovered" in line:
+                found = re.search(r"shard (\d+): (\d+) queued", line)
+                if found:
+                    recovered.append(f"shard {found.group(1)}: {found.group(2)} queued")
+    print(f"  recovered: {', '.join(recovered)}", flush=True)
     return greeted, cpu
 
 
