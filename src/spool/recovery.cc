@@ -162,8 +162,8 @@ class file_reader {
 };
 
 // Issue 15: with millions of messages queued, recovery keeps flat vectors (no node or vector
-// per message): data records and commits in scan order, sorted by id once the segments are
-// read; the messages in id order, found by id through a flat table during the journal pass.
+// per message): data records, commits and journal records in scan order, sorted by id once
+// they are all read; the messages built in id order and walked in it by the journal pass.
 struct data_seen {
   message_id id = 0;
   body_range range;  // in file order: segments ascending, offsets ascending within one
@@ -188,9 +188,10 @@ struct void_seen {
 };
 
 // A state or action record of a journal, kept until every journal is read and then applied
-// in (id, journal, offset) order (sort_by_id keeps the reading order within an id): each message's records in journal order (only the order of
-// one message's records matters), and the messages walked in id order, without a lookup per
-// record (issue 15: random probes into millions of entries cost more than one sort).
+// in (id, journal, offset) order (sort_by_id keeps the reading order within an id): each
+// message's records in journal order (only the order of one message's records matters), the
+// messages walked in id order, without a lookup per record (issue 15: random probes into
+// millions of entries cost more than one sort).
 struct journal_seen {
   message_id id = 0;
   std::uint64_t offset = 0;
@@ -518,8 +519,7 @@ bool same_records(std::span<const data_seen> seen, std::span<const body_range> n
   return true;
 }
 
-// Commits and data records by id; the first commit seen of an id wins, later ones are reported.
-// Data records keep file order within an id (the sort key includes their place).
+// The index entry of a verified commit; `complete` is false when its segments span 64 or more.
 message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool& complete) {
   message_entry entry;
   entry.id = commit.id;
@@ -531,7 +531,9 @@ message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool&
   entry.status = message_status::queued;
   entry.first_segment = commit.segment;
   const auto named = named_by(ctx, commit);
-  for (const auto& range : named) entry.first_segment = std::min(entry.first_segment, range.segment);
+  for (const auto& range : named) {
+    entry.first_segment = std::min(entry.first_segment, range.segment);
+  }
   complete = commit.segment - entry.first_segment < 64;
   if (complete) {
     entry.segment_mask = std::uint64_t{1} << (commit.segment - entry.first_segment);
@@ -544,7 +546,8 @@ message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool&
 }
 
 // Turns verified commits into index entries, in id order. `incomplete` gets the positions
-// (ascending) of those whose data is missing or does not match.
+// (ascending) of those whose data is missing or does not match. Of the commits of one id the
+// first read wins, later ones are reported; data records keep file order within an id.
 void build_messages(scan_context& ctx, std::vector<std::size_t>& incomplete) {
   auto& report = ctx.state->report;
   sort_by_id(ctx.commits);
