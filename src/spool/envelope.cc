@@ -42,13 +42,14 @@ class reader {
     _position += sizeof value;
     return value;
   }
-  std::string get_string() {
+  // A view into the input (no copy: recovery walks millions of envelopes).
+  std::string_view get_string() noexcept {
     const auto size = get<std::uint16_t>();
     if (!_ok || size > envelope_string_bytes_max || _bytes.size() - _position < size) {
       _ok = false;
       return {};
     }
-    std::string value(_bytes.substr(_position, size));
+    const auto value = _bytes.substr(_position, size);
     _position += size;
     return value;
   }
@@ -100,46 +101,73 @@ void encode_envelope(const envelope& value, std::string& out, std::string_view p
   }
 }
 
-core::result<envelope> decode_envelope(std::string_view bytes, std::string* pool) {
+namespace {
+
+// The one walk over the encoding, shared by decode_envelope and decode_envelope_summary so that
+// both accept exactly the same inputs. `whole`: copy the strings and recipients into `value`;
+// otherwise only the fixed fields and the recipient count are kept (no allocation).
+template <bool whole>
+bool decode_into(std::string_view bytes, envelope& value, std::uint32_t& recipients,
+                 std::string* pool) {
   reader in(bytes);
-  envelope value;
-  if (in.get<std::uint8_t>() != encoding_version) return core::fail(EBADMSG);
+  if (in.get<std::uint8_t>() != encoding_version) return false;
   value.id = in.get<std::uint64_t>();
   value.received_seconds = in.get<std::int64_t>();
   value.size_declared = in.get<std::uint64_t>();
   const auto body = in.get<std::uint8_t>();
   const auto smtputf8 = in.get<std::uint8_t>();
   const auto ret = in.get<std::uint8_t>();
-  if (body > 3 || smtputf8 > 1 || ret > 2) return core::fail(EBADMSG);
+  if (body > 3 || smtputf8 > 1 || ret > 2) return false;
   value.body = static_cast<body_type>(body);
   value.smtputf8 = smtputf8 == 1;
   value.ret = static_cast<dsn_return>(ret);
-  value.reverse_path = in.get_string();
-  value.envid = in.get_string();
-  value.client_address = in.get_string();
-  value.helo = in.get_string();
+  const auto text = [&in](std::string& to) {
+    const auto read = in.get_string();
+    if constexpr (whole) to.assign(read);
+  };
+  text(value.reverse_path);
+  text(value.envid);
+  text(value.client_address);
+  text(value.helo);
   const auto count = in.get<std::uint32_t>();
   // Each recipient takes at least 5 bytes: reject counts the input cannot hold before reserving.
-  if (!in.ok() || count > envelope_recipients_max || count > in.remaining() / 5) {
-    return core::fail(EBADMSG);
+  if (!in.ok() || count > envelope_recipients_max || count > in.remaining() / 5) return false;
+  recipients = count;
+  if constexpr (whole) value.recipients.resize(count);
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const auto notify = in.get<std::uint8_t>();
+    const auto address = in.get_string();
+    const auto orcpt = in.get_string();
+    if constexpr (whole) value.recipients[i] = recipient{std::string(address), notify,
+                                                         std::string(orcpt)};
   }
-  value.recipients.resize(count);
-  for (auto& rcpt : value.recipients) {
-    rcpt.notify = in.get<std::uint8_t>();
-    rcpt.address = in.get_string();
-    rcpt.orcpt = in.get_string();
-  }
-  std::string pool_value;
+  std::string_view pool_value;
   bool pool_seen = false;
   while (in.ok() && !in.at_end()) {
-    if (in.get<std::uint8_t>() != field_pool || pool_seen) return core::fail(EBADMSG);
+    if (in.get<std::uint8_t>() != field_pool || pool_seen) return false;
     pool_value = in.get_string();
     pool_seen = true;
-    if (in.ok() && pool_value.empty()) return core::fail(EBADMSG);  // never written empty
+    if (in.ok() && pool_value.empty()) return false;  // never written empty
   }
-  if (!in.ok()) return core::fail(EBADMSG);
-  if (pool != nullptr) *pool = std::move(pool_value);
+  if (!in.ok()) return false;
+  if (pool != nullptr) pool->assign(pool_value);
+  return true;
+}
+
+}  // namespace
+
+core::result<envelope> decode_envelope(std::string_view bytes, std::string* pool) {
+  envelope value;
+  std::uint32_t recipients = 0;
+  if (!decode_into<true>(bytes, value, recipients, pool)) return core::fail(EBADMSG);
   return value;
+}
+
+core::result<envelope_summary> decode_envelope_summary(std::string_view bytes) {
+  envelope value;  // its strings and recipients stay empty: nothing is allocated
+  std::uint32_t recipients = 0;
+  if (!decode_into<false>(bytes, value, recipients, nullptr)) return core::fail(EBADMSG);
+  return envelope_summary{value.id, value.received_seconds, recipients};
 }
 
 }  // namespace ringmta::spool

@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <unordered_map>
+#include <span>
 
 #include "format.h"
 #include "ringmta/spool/store.h"
@@ -123,6 +123,15 @@ class file_reader {
  public:
   file_reader(int fd, std::uint64_t size) : _fd(fd), _size(size) {}
   std::uint64_t size() const noexcept { return _size; }
+  // The first offset at or after `offset` that may hold data: what lies before it reads as
+  // zeros (a hole, or on ext4 an extent preallocated and never written nor read: the open
+  // segment's tail). `offset` itself when the filesystem cannot tell; size() when nothing
+  // follows (SEEK_DATA, Linux 3.1; no data is read, so no page is zero-filled and copied).
+  std::uint64_t next_data(std::uint64_t offset) const noexcept {
+    const off_t data = ::lseek(_fd, static_cast<off_t>(offset), SEEK_DATA);
+    if (data < 0) return errno == ENXIO ? _size : offset;
+    return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(data), offset, _size);
+  }
   // Bytes [offset, offset+bytes) or an empty view past the end or on a read error.
   std::string_view get(std::uint64_t offset, std::size_t bytes) {
     if (offset > _size || bytes > _size - offset) return {};
@@ -152,6 +161,14 @@ class file_reader {
   std::string _buffer;
 };
 
+// Issue 15: with millions of messages queued, recovery keeps flat vectors (no node or vector
+// per message): data records, commits and journal records in scan order, sorted by id once
+// they are all read; the messages built in id order and walked in it by the journal pass.
+struct data_seen {
+  message_id id = 0;
+  body_range range;  // in file order: segments ascending, offsets ascending within one
+};
+
 struct commit_seen {
   message_id id = 0;
   std::uint32_t segment = 0;
@@ -160,7 +177,8 @@ struct commit_seen {
   std::uint64_t body_bytes = 0;
   std::int64_t received_seconds = 0;
   std::uint32_t recipients = 0;
-  std::vector<body_range> ranges;
+  std::uint32_t range_count = 0;
+  std::size_t range_first = 0;  // its ranges: scan_context::named[first, first + count)
 };
 
 struct void_seen {
@@ -169,20 +187,55 @@ struct void_seen {
   std::uint32_t carrier;  // the segment holding the record
 };
 
+// A state or action record of a journal, kept until every journal is read and then applied
+// in (id, journal, offset) order (sort_by_id keeps the reading order within an id): each
+// message's records in journal order (only the order of one message's records matters), the
+// messages walked in id order, without a lookup per record (issue 15: random probes into
+// millions of entries cost more than one sort).
+struct journal_seen {
+  message_id id = 0;
+  std::uint64_t offset = 0;
+  std::uint32_t journal = 0;
+  bool action = false;
+  format::state_payload state;  // state records
+  std::uint8_t action_code = 0;  // action records
+};
+
 struct scan_context {
   std::string directory;
   std::uint32_t shard = 0;
   recovered_state* state = nullptr;
-  std::unordered_map<message_id, std::vector<body_range>> data;
-  std::unordered_map<message_id, commit_seen> commits;
+  std::vector<data_seen> data;
+  std::vector<commit_seen> commits;
+  std::vector<body_range> named;  // the ranges every commit names, back to back
+  commit_view commit;             // reused for every commit record
   std::vector<void_seen> voids;
-  std::unordered_map<message_id, message_entry> messages;
-
+  std::vector<message_entry> messages;  // ascending id, after build_messages
+  std::vector<journal_seen> journal;    // every state and action record, in journal order
   void problem(const std::string& text) {
     auto& problems = state->report.problems;
     if (problems.size() < problems_max) problems.push_back(text);
   }
 };
+
+// Sorts records by message id, those of one id kept in the order they were read (file order:
+// the order that decides which commit counts and which journal record is the last). They are
+// nearly in id order already (ids grow with time; commits follow in the order sessions end):
+// one cheap pass checks that; otherwise 16-byte keys are sorted instead of the records, which
+// are then moved once (issue 15: 40-56 byte records, millions of them).
+template <typename Record>
+void sort_by_id(std::vector<Record>& records) {
+  const auto by_id = [](const Record& a, const Record& b) { return a.id < b.id; };
+  if (std::is_sorted(records.begin(), records.end(), by_id)) return;
+  std::vector<std::pair<message_id, std::size_t>> keys;
+  keys.reserve(records.size());
+  for (std::size_t i = 0; i < records.size(); ++i) keys.emplace_back(records[i].id, i);
+  std::sort(keys.begin(), keys.end());
+  std::vector<Record> sorted;
+  sorted.reserve(records.size());
+  for (const auto& key : keys) sorted.push_back(std::move(records[key.second]));
+  records.swap(sorted);
+}
 
 struct record_view {
   format::record_header header;
@@ -205,6 +258,11 @@ bool read_record(file_reader& in, std::uint64_t offset, std::uint64_t salt, reco
   return format::verify(whole.data(), out.payload, format::seed(salt, offset));
 }
 
+bool all_zero(std::string_view bytes) {
+  return bytes.empty() ||
+         (bytes[0] == 0 && std::memcmp(bytes.data(), bytes.data() + 1, bytes.size() - 1) == 0);
+}
+
 // The first offset at or after `from` where a verifying record starts, or the file size.
 // zeros_only tells whether everything skipped was zero (the preallocated, unwritten tail).
 std::uint64_t resync(file_reader& in, std::uint64_t from, std::uint64_t salt, bool& zeros_only) {
@@ -212,9 +270,17 @@ std::uint64_t resync(file_reader& in, std::uint64_t from, std::uint64_t salt, bo
   zeros_only = true;
   std::uint64_t at = from;
   while (in.size() - at >= 4) {
+    at = in.next_data(at);  // skipped bytes are zeros: no magic there, zeros_only holds
+    if (in.size() - at < 4) break;
     const auto chunk = in.get(at, static_cast<std::size_t>(
                                       std::min<std::uint64_t>(window_bytes, in.size() - at)));
     if (chunk.size() < 4) break;
+    // The usual case: the preallocated, never written tail of the open segment (tens of MB of
+    // zeros). Checked a word at a time by memcmp instead of searched for a magic byte by byte.
+    if (all_zero(chunk)) {
+      at += chunk.size() - 3;  // as below: a magic may straddle two chunks
+      continue;
+    }
     const void* hit = ::memmem(chunk.data(), chunk.size(), magic_bytes, 4);
     // Without a hit, keep the last 3 bytes: a magic may straddle two chunks.
     const std::size_t stop = hit == nullptr ? chunk.size() - 3
@@ -241,21 +307,18 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
   if (header.id != 0) state.id_floor = std::max(state.id_floor, header.id);
   switch (header.type) {
     case format::record_type::data:
-      ctx.data[header.id].push_back(body_range{segment, header.payload_bytes,
-                                               record.offset + format::header_bytes});
+      ctx.data.push_back(data_seen{header.id, body_range{segment, header.payload_bytes,
+                                                         record.offset + format::header_bytes}});
       return;
     case format::record_type::commit: {
-      auto view = decode_commit(record.payload);
-      auto decoded = view ? decode_envelope(view.value().envelope_bytes)
-                          : core::result<envelope>(core::fail(EBADMSG));
-      if (!decoded || decoded.value().id != header.id) {
+      // Only the envelope's received time and recipient count are needed here (the rest is
+      // read when the message is delivered); the summary checks it as the full decode would.
+      const bool decoded_commit = static_cast<bool>(decode_commit(record.payload, ctx.commit));
+      auto summary = decoded_commit ? decode_envelope_summary(ctx.commit.envelope_bytes)
+                                    : core::result<envelope_summary>(core::fail(EBADMSG));
+      if (!summary || summary.value().id != header.id) {
         ctx.problem("segment " + std::to_string(segment) + ": undecodable commit record at " +
                     std::to_string(record.offset));
-        return;
-      }
-      if (ctx.commits.count(header.id) != 0) {
-        ctx.problem("duplicate commit of message " +
-                    std::string(format_message_id(header.id).data()));
         return;
       }
       commit_seen seen;
@@ -263,11 +326,13 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
       seen.segment = segment;
       seen.offset = record.offset;
       seen.bytes = format::header_bytes + header.payload_bytes;
-      seen.body_bytes = view.value().body_bytes;
-      seen.received_seconds = decoded.value().received_seconds;
-      seen.recipients = static_cast<std::uint32_t>(decoded.value().recipients.size());
-      seen.ranges = std::move(view.value().ranges);
-      ctx.commits.emplace(header.id, std::move(seen));
+      seen.body_bytes = ctx.commit.body_bytes;
+      seen.received_seconds = summary.value().received_seconds;
+      seen.recipients = summary.value().recipients;
+      seen.range_first = ctx.named.size();
+      seen.range_count = static_cast<std::uint32_t>(ctx.commit.ranges.size());
+      ctx.named.insert(ctx.named.end(), ctx.commit.ranges.begin(), ctx.commit.ranges.end());
+      ctx.commits.push_back(seen);  // a duplicate is found once they are sorted by id
       return;
     }
     case format::record_type::void_tail:
@@ -284,27 +349,18 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
               std::to_string(static_cast<int>(header.type)));
 }
 
-// An action record: the message's flags change (applied in journal order, with the state
-// records around it). Unknown actions are reported and ignored.
-void on_action_record(scan_context& ctx, std::uint32_t journal, const record_view& record) {
-  const auto payload = format::decode_action(record.payload.data());
-  auto found = ctx.messages.find(record.header.id);
-  if (found == ctx.messages.end()) return;  // message reclaimed or never complete
-  if (payload.action < static_cast<std::uint8_t>(message_action::hold) ||
-      payload.action > static_cast<std::uint8_t>(message_action::bounce)) {
-    ctx.problem("journal " + std::to_string(journal) + ": bad action record at " +
-                std::to_string(record.offset));
-    return;
-  }
-  found->second.flags =
-      apply_action(found->second.flags, static_cast<message_action>(payload.action));
-}
-
 void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_view& record) {
+  journal_seen seen;
+  seen.id = record.header.id;
+  seen.offset = record.offset;
+  seen.journal = journal;
   if (record.header.type == format::record_type::action &&
       record.payload.size() == format::action_payload_bytes) {
     ++ctx.state->report.action_records;
-    return on_action_record(ctx, journal, record);
+    seen.action = true;
+    seen.action_code = format::decode_action(record.payload.data()).action;
+    ctx.journal.push_back(seen);
+    return;
   }
   if (record.header.type != format::record_type::state ||
       record.payload.size() != format::state_payload_bytes) {
@@ -313,18 +369,52 @@ void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_vi
     return;
   }
   ++ctx.state->report.state_records;
-  const auto payload = format::decode_state(record.payload.data());
-  auto found = ctx.messages.find(record.header.id);
-  if (found == ctx.messages.end()) return;  // message reclaimed or never complete
-  auto& recipients = found->second.recipients;
+  seen.state = format::decode_state(record.payload.data());
+  ctx.journal.push_back(seen);
+}
+
+// An action record: the message's flags change (in journal order, with the state records
+// around it). Unknown actions are reported and ignored.
+void apply_action_record(scan_context& ctx, const journal_seen& record, message_entry& entry) {
+  if (record.action_code < static_cast<std::uint8_t>(message_action::hold) ||
+      record.action_code > static_cast<std::uint8_t>(message_action::bounce)) {
+    ctx.problem("journal " + std::to_string(record.journal) + ": bad action record at " +
+                std::to_string(record.offset));
+    return;
+  }
+  entry.flags = apply_action(entry.flags, static_cast<message_action>(record.action_code));
+}
+
+void apply_state_record(scan_context& ctx, const journal_seen& record, message_entry& entry) {
+  const auto& payload = record.state;
+  auto& recipients = entry.recipients;
   if (payload.recipient >= recipients.size() || payload.state > recipient_state_max) {
-    ctx.problem("journal " + std::to_string(journal) + ": bad state record at " +
+    ctx.problem("journal " + std::to_string(record.journal) + ": bad state record at " +
                 std::to_string(record.offset));
     return;
   }
   recipients[payload.recipient] = recipient_status{
       static_cast<recipient_state>(payload.state), payload.attempts,
       payload.next_attempt_seconds};
+}
+
+// Applies the journals' records to the messages (both by id). Records of a message not
+// recovered (reclaimed, or never complete) are ignored.
+void apply_journal(scan_context& ctx) {
+  auto& records = ctx.journal;
+  sort_by_id(records);  // read in journal order: each message's records stay in it
+  auto message = ctx.messages.begin();
+  for (const auto& record : records) {
+    while (message != ctx.messages.end() && message->id < record.id) ++message;
+    if (message == ctx.messages.end()) break;
+    if (message->id != record.id) continue;
+    if (record.action) {
+      apply_action_record(ctx, record, *message);
+    } else {
+      apply_state_record(ctx, record, *message);
+    }
+  }
+  std::vector<journal_seen>().swap(records);
 }
 
 // Reads one file's header and records. False when the file has no usable header.
@@ -396,67 +486,160 @@ bool scan_file(scan_context& ctx, std::uint32_t id, bool journal, recovered_file
   return true;
 }
 
+std::span<const body_range> named_by(const scan_context& ctx, const commit_seen& commit) {
+  return std::span<const body_range>(ctx.named).subspan(commit.range_first, commit.range_count);
+}
+
 bool voided(const scan_context& ctx, const commit_seen& commit) {
   for (const auto& mark : ctx.voids) {
     if (mark.segment == commit.segment && commit.offset >= mark.valid_end) return true;
-    for (const auto& range : commit.ranges) {
+    for (const auto& range : named_by(ctx, commit)) {
       if (mark.segment == range.segment && range.offset >= mark.valid_end) return true;
     }
   }
   return false;
 }
 
+bool file_order(const body_range& a, const body_range& b) {
+  return a.segment != b.segment ? a.segment < b.segment : a.offset < b.offset;
+}
+
 // Whether the commit names exactly the verified data records of its message. `seen` is in
 // file order; the commit may list a record out of that order: a header prefix (DKIM-Signature)
 // is written at the end of data, after the body, but named first (store::commit). Spools
 // without prefixes list them in file order, as before.
-bool same_records(const std::vector<body_range>& seen, std::vector<body_range> named) {
+bool same_records(std::span<const data_seen> seen, std::span<const body_range> named,
+                  std::vector<body_range>& scratch) {
   if (seen.size() != named.size()) return false;
-  std::sort(named.begin(), named.end(), [](const body_range& a, const body_range& b) {
-    return a.segment != b.segment ? a.segment < b.segment : a.offset < b.offset;
-  });
-  return seen == named;
+  scratch.assign(named.begin(), named.end());
+  if (!std::is_sorted(scratch.begin(), scratch.end(), file_order))
+    std::sort(scratch.begin(), scratch.end(), file_order);
+  for (std::size_t i = 0; i < seen.size(); ++i)
+    if (!(seen[i].range == scratch[i])) return false;
+  return true;
 }
 
-// Turns verified commits into index entries. `complete` is false when data is missing.
-void build_messages(scan_context& ctx, std::vector<message_id>& incomplete) {
+// The index entry of a verified commit; `complete` is false when its segments span 64 or more.
+message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool& complete) {
+  message_entry entry;
+  entry.id = commit.id;
+  entry.body_bytes = commit.body_bytes;
+  entry.received_seconds = commit.received_seconds;
+  entry.commit_offset = commit.offset;
+  entry.commit_segment = commit.segment;
+  entry.commit_bytes = commit.bytes;
+  entry.status = message_status::queued;
+  entry.first_segment = commit.segment;
+  const auto named = named_by(ctx, commit);
+  for (const auto& range : named) {
+    entry.first_segment = std::min(entry.first_segment, range.segment);
+  }
+  complete = commit.segment - entry.first_segment < 64;
+  if (complete) {
+    entry.segment_mask = std::uint64_t{1} << (commit.segment - entry.first_segment);
+    for (const auto& range : named) {
+      entry.segment_mask |= std::uint64_t{1} << (range.segment - entry.first_segment);
+    }
+  }
+  entry.recipients.resize(commit.recipients);
+  return entry;
+}
+
+// Turns verified commits into index entries, in id order. `incomplete` gets the positions
+// (ascending) of those whose data is missing or does not match. Of the commits of one id the
+// first read wins, later ones are reported; data records keep file order within an id.
+void build_messages(scan_context& ctx, std::vector<std::size_t>& incomplete) {
   auto& report = ctx.state->report;
-  for (auto& [id, commit] : ctx.commits) {
+  sort_by_id(ctx.commits);
+  sort_by_id(ctx.data);
+  ctx.messages.reserve(ctx.commits.size());
+  std::vector<body_range> scratch;
+  std::size_t data_at = 0;  // first data record whose id is not below the commit's
+  for (std::size_t i = 0; i < ctx.commits.size(); ++i) {
+    const commit_seen& commit = ctx.commits[i];
+    if (i > 0 && ctx.commits[i - 1].id == commit.id) {
+      ctx.problem("duplicate commit of message " +
+                  std::string(format_message_id(commit.id).data()));
+      continue;
+    }
+    while (data_at < ctx.data.size() && ctx.data[data_at].id < commit.id) ++data_at;
+    std::size_t data_end = data_at;
+    while (data_end < ctx.data.size() && ctx.data[data_end].id == commit.id) ++data_end;
+    const auto data = std::span<const data_seen>(ctx.data).subspan(data_at, data_end - data_at);
+    data_at = data_end;
     if (voided(ctx, commit)) {
       ++report.voided_messages;
       continue;
     }
-    message_entry entry;
-    entry.id = id;
-    entry.body_bytes = commit.body_bytes;
-    entry.received_seconds = commit.received_seconds;
-    entry.commit_offset = commit.offset;
-    entry.commit_segment = commit.segment;
-    entry.commit_bytes = commit.bytes;
-    entry.status = message_status::queued;
-    entry.first_segment = commit.segment;
-    for (const auto& range : commit.ranges) {
-      entry.first_segment = std::min(entry.first_segment, range.segment);
-    }
-    bool complete = commit.segment - entry.first_segment < 64;
-    if (complete) {
-      entry.segment_mask = std::uint64_t{1} << (commit.segment - entry.first_segment);
-      for (const auto& range : commit.ranges) {
-        entry.segment_mask |= std::uint64_t{1} << (range.segment - entry.first_segment);
-      }
-    }
-    auto data = ctx.data.find(id);
-    if (commit.ranges.empty()) {
-      complete = complete && data == ctx.data.end();
-    } else {
-      complete = complete && data != ctx.data.end() && same_records(data->second, commit.ranges);
-    }
-    entry.recipients.resize(commit.recipients);
-    if (!complete) incomplete.push_back(id);
-    ctx.messages.emplace(id, std::move(entry));
+    bool complete = false;
+    ctx.messages.push_back(entry_of(ctx, commit, complete));
+    // No ranges: the message has no data records at all (an empty body).
+    complete = complete && same_records(data, named_by(ctx, commit), scratch);
+    if (!complete) incomplete.push_back(ctx.messages.size() - 1);
   }
-  ctx.data.clear();
-  ctx.commits.clear();
+  std::vector<data_seen>().swap(ctx.data);
+  std::vector<commit_seen>().swap(ctx.commits);
+  std::vector<body_range>().swap(ctx.named);
+}
+
+bool all_final(const message_entry& entry) {
+  return std::all_of(entry.recipients.begin(), entry.recipients.end(),
+                     [](const recipient_status& s) { return is_final(s.state); });
+}
+
+// A live message with data missing cannot be delivered: dropped (reported). A final one may
+// have lost data segments to reclaim already: kept (as final) so its state stays in the
+// journal. The rest get their status and are counted.
+void settle_messages(scan_context& ctx, const std::vector<std::size_t>& incomplete) {
+  auto& report = ctx.state->report;
+  auto& messages = ctx.messages;
+  std::size_t kept = 0;
+  auto next_incomplete = incomplete.begin();
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    message_entry& entry = messages[i];
+    const bool final = all_final(entry);
+    const bool missing_data = next_incomplete != incomplete.end() && *next_incomplete == i;
+    if (missing_data) ++next_incomplete;
+    if (missing_data && !final) {
+      ++report.incomplete_messages;
+      ctx.problem("message " + std::string(format_message_id(entry.id).data()) +
+                  ": body data missing or corrupt, dropped");
+      continue;
+    }
+    entry.status = final ? message_status::final : message_status::queued;
+    ++(final ? report.final_messages : report.messages);
+    if (kept != i) messages[kept] = std::move(entry);
+    ++kept;
+  }
+  messages.erase(messages.begin() + static_cast<std::ptrdiff_t>(kept), messages.end());
+}
+
+std::uint64_t bytes_of(const scan_context& ctx, const std::vector<std::uint32_t>& ids,
+                       bool journal) {
+  std::uint64_t bytes = 0;
+  for (auto id : ids) {
+    struct stat info {};
+    const std::string path =
+        ctx.directory + "/" + (journal ? journal_file_name(id) : segment_file_name(id));
+    if (::stat(path.c_str(), &info) == 0) bytes += static_cast<std::uint64_t>(info.st_size);
+  }
+  return bytes;
+}
+
+// Room for the records the segments can hold at about 1 KiB a message, so that the vectors
+// are not grown (copied, their pages touched twice) a dozen times with millions of messages.
+// Pages of reserved room never used are never touched. Smaller messages: the vectors grow.
+void reserve_for_segments(scan_context& ctx, const std::vector<std::uint32_t>& segment_ids) {
+  const auto messages = static_cast<std::size_t>(bytes_of(ctx, segment_ids, false) / 1024);
+  ctx.data.reserve(messages);
+  ctx.commits.reserve(messages);
+  ctx.named.reserve(messages);
+}
+
+// A journal holds at most one record per header + state payload bytes.
+void reserve_for_journals(scan_context& ctx, const std::vector<std::uint32_t>& journal_ids) {
+  ctx.journal.reserve(static_cast<std::size_t>(
+      bytes_of(ctx, journal_ids, true) / (format::header_bytes + format::state_payload_bytes)));
 }
 
 }  // namespace
@@ -494,6 +677,7 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
   ctx.directory = shard_directory;
   ctx.shard = shard;
   ctx.state = &state;
+  reserve_for_segments(ctx, segment_ids);
   for (auto id : segment_ids) {
     state.next_file_id = std::max(state.next_file_id, id + 1);
     recovered_file file;
@@ -509,44 +693,25 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
       }
     }
   }
-  std::vector<message_id> incomplete;
+  std::vector<std::size_t> incomplete;
   build_messages(ctx, incomplete);
+  reserve_for_journals(ctx, journal_ids);
   for (auto id : journal_ids) {
     state.next_file_id = std::max(state.next_file_id, id + 1);
     recovered_file file;
     if (scan_file(ctx, id, true, file)) state.journals.push_back(std::move(file));
   }
   state.report.journals = state.journals.size();
+  apply_journal(ctx);
   // A delete is final for every recipient it found open (the journal may not have had the
   // per-recipient marks yet): never resurrected, never delivered again.
-  for (auto& [id, entry] : ctx.messages) {
+  for (auto& entry : ctx.messages) {
     if ((entry.flags & message_flag_deleted) == 0) continue;
     for (auto& status : entry.recipients)
       if (!is_final(status.state)) status = recipient_status{recipient_state::deleted, 0, 0};
   }
-  for (message_id id : incomplete) {
-    auto found = ctx.messages.find(id);
-    const auto& recipients = found->second.recipients;
-    const bool final = std::all_of(recipients.begin(), recipients.end(),
-                                   [](const recipient_status& s) { return is_final(s.state); });
-    // A final message may have lost data segments to reclaim already: keep it (as final) so
-    // its state stays in the journal. A live one with missing data cannot be delivered.
-    if (final) continue;
-    ++state.report.incomplete_messages;
-    ctx.problem("message " + std::string(format_message_id(id).data()) +
-                ": body data missing or corrupt, dropped");
-    ctx.messages.erase(found);
-  }
-  state.messages.reserve(ctx.messages.size());
-  for (auto& [id, entry] : ctx.messages) {
-    const bool final = std::all_of(entry.recipients.begin(), entry.recipients.end(),
-                                   [](const recipient_status& s) { return is_final(s.state); });
-    entry.status = final ? message_status::final : message_status::queued;
-    ++(final ? state.report.final_messages : state.report.messages);
-    state.messages.push_back(std::move(entry));
-  }
-  std::sort(state.messages.begin(), state.messages.end(),
-            [](const message_entry& a, const message_entry& b) { return a.id < b.id; });
+  settle_messages(ctx, incomplete);
+  state.messages = std::move(ctx.messages);  // ascending id already (build_messages)
   return state;
 }
 

@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 
 #include "store_internal.h"
@@ -61,8 +62,10 @@ store::store(store_config config, recovered_state recovered)
   _index.reserve(recovered.messages.size());
   for (auto& entry : recovered.messages) {
     const bool final = entry.status == message_status::final;
-    for (unsigned bit = 0; bit < 64; ++bit) {
-      if ((entry.segment_mask >> bit & 1) == 0 || final) continue;
+    // Only the set bits (usually one: the message's own segment); a queued message keeps each
+    // segment it touches.
+    for (std::uint64_t mask = final ? 0 : entry.segment_mask; mask != 0; mask &= mask - 1) {
+      const auto bit = static_cast<std::uint32_t>(std::countr_zero(mask));
       auto found = _segments.find(entry.first_segment + bit);
       if (found != _segments.end()) ++found->second.refs;
     }
@@ -548,15 +551,20 @@ core::result<std::uint64_t> store::act(message_id id, message_action action,
 }
 
 core::result<commit_view> decode_commit(std::string_view payload) {
-  if (payload.size() < format::commit_fixed_bytes) return core::fail(EBADMSG);
   commit_view view;
+  if (auto decoded = decode_commit(payload, view); !decoded) return core::fail(decoded.error());
+  return view;
+}
+
+core::result<void> decode_commit(std::string_view payload, commit_view& view) {
+  if (payload.size() < format::commit_fixed_bytes) return core::fail(EBADMSG);
   view.body_bytes = format::load_le<std::uint64_t>(payload.data());
   const auto count = format::load_le<std::uint32_t>(payload.data() + 8);
   const auto envelope_bytes = format::load_le<std::uint32_t>(payload.data() + 12);
   const std::uint64_t expected = format::commit_fixed_bytes +
                                  std::uint64_t{count} * format::range_bytes + envelope_bytes;
   if (expected != payload.size()) return core::fail(EBADMSG);
-  view.ranges.resize(count);
+  view.ranges.resize(count);  // keeps its capacity when `view` is reused
   std::uint64_t total = 0;
   const char* at = payload.data() + format::commit_fixed_bytes;
   for (auto& range : view.ranges) {
@@ -568,7 +576,7 @@ core::result<commit_view> decode_commit(std::string_view payload) {
   }
   if (total != view.body_bytes) return core::fail(EBADMSG);
   view.envelope_bytes = payload.substr(payload.size() - envelope_bytes);
-  return view;
+  return {};
 }
 
 core::result<stored_message> store::read(message_id id) const {

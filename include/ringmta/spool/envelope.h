@@ -89,4 +89,14 @@ inline constexpr std::size_t envelope_recipients_max = 65535;  // recipient inde
 void encode_envelope(const envelope& value, std::string& out, std::string_view pool = {});
 core::result<envelope> decode_envelope(std::string_view bytes, std::string* pool = nullptr);
 
+// What start-up recovery needs of each commit's envelope, without copying its strings (issue
+// 15: millions of envelopes before the first greeting). Accepts exactly the inputs
+// decode_envelope accepts (one shared walk), and its fields equal decode_envelope's.
+struct envelope_summary {
+  message_id id = 0;
+  std::int64_t received_seconds = 0;
+  std::uint32_t recipients = 0;
+};
+core::result<envelope_summary> decode_envelope_summary(std::string_view bytes);
+
 }  // namespace ringmta::spool

@@ -298,5 +298,7 @@ struct commit_view {
   std::string_view envelope_bytes;
 };
 core::result<commit_view> decode_commit(std::string_view payload);
+// The same into a view the caller reuses (recovery: no allocation per commit).
+core::result<void> decode_commit(std::string_view payload, commit_view& view);
 
 }  // namespace ringmta::spool

@@ -109,6 +109,34 @@ TEST(envelope, garbage_is_rejected_never_crashes) {
   EXPECT_LT(decoded, 20000);
 }
 
+// Issue 15 (restart): recovery reads only the summary. It must accept exactly what the full
+// decode accepts (else a commit would be queued that store::read later rejects) and agree on
+// the fields, for intact, cut and mutated input, with and without the pool field.
+TEST(envelope, summary_agrees_with_the_full_decode) {
+  std::string plain;
+  encode_envelope(sample_envelope(), plain);
+  std::string pooled;
+  encode_envelope(sample_envelope(), pooled, "bulk-pool");
+  std::mt19937 random(11);
+  int accepted = 0;
+  for (int round = 0; round < 40000; ++round) {
+    std::string bytes = round % 2 ? plain : pooled;
+    if (round >= 2) bytes[random() % bytes.size()] = static_cast<char>(random());
+    if (round >= 2 && random() % 2) bytes.resize(random() % (bytes.size() + 1));
+    const auto full = decode_envelope(bytes);
+    const auto summary = decode_envelope_summary(bytes);
+    ASSERT_EQ(full.ok(), summary.ok()) << round;
+    if (!full.ok()) continue;
+    ++accepted;
+    EXPECT_EQ(summary.value().id, full.value().id);
+    EXPECT_EQ(summary.value().received_seconds, full.value().received_seconds);
+    EXPECT_EQ(summary.value().recipients, full.value().recipients.size());
+  }
+  EXPECT_GE(accepted, 2);  // the two intact encodings at least
+  EXPECT_EQ(decode_envelope_summary(plain).value().recipients, 2u);
+  EXPECT_EQ(decode_envelope_summary(plain).value().received_seconds, 1'700'000'000);
+}
+
 // Issue 15: the pool an X-Ringmta-Pool header chose is stored as an optional trailing field.
 // A record without it (as written before the field existed: the same bytes) still decodes.
 TEST(envelope, optional_pool_field_is_backward_compatible) {
