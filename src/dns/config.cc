@@ -19,6 +19,8 @@ std::string resolver_config::validate() const {
   if (queries_in_flight_max == 0 || queries_in_flight_max > 65535)
     return "queries_in_flight_max must be in 1..65535";
   if (lookups_max == 0 || lookups_max >= (1u << 20)) return "lookups_max must be in 1..1048575";
+  if (std::uint64_t{lookups_max} + lookups_waiting_max >= (1u << 20))
+    return "lookups_max + lookups_waiting_max must be below 1048576";
   if (mx_hosts_max == 0) return "mx_hosts_max must be positive";
   if (lookup_timeout_ms == 0) return "DNS lookup timeout must be positive";
   if (!ipv4 && !ipv6) return "at least one of IPv4 and IPv6 must be enabled";

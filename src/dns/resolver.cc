@@ -55,9 +55,11 @@ struct resolver::lookup {
   bool addresses_stage = false;
   bool implicit_mx = false;
   bool queued_blocked = false;
+  bool waiting = false;  // asked while lookups_max were running: in _waiting, no question yet
   std::uint64_t id = 0;
   std::uint64_t deadline_ms = 0;
   std::string domain;
+  std::string asked;  // the name as the caller gave it (an address literal keeps its form)
   std::vector<need> needs;
   std::vector<mx_record> hosts;  // in delivery order, during the addresses stage
 };
@@ -72,10 +74,11 @@ resolver::resolver(resolver_config config, random_source random)
   _queries.resize(_config.queries_in_flight_max);
   _query_by_id.assign(65536, 0);
   for (std::uint32_t i = _config.queries_in_flight_max; i > 0; --i) _free_queries.push_back(i - 1);
-  _lookups.resize(_config.lookups_max);
-  for (std::uint32_t i = _config.lookups_max; i > 0; --i) _free_lookups.push_back(i - 1);
+  const std::uint32_t lookup_slots = _config.lookups_max + _config.lookups_waiting_max;
+  _lookups.resize(lookup_slots);
+  for (std::uint32_t i = lookup_slots; i > 0; --i) _free_lookups.push_back(i - 1);
   // Allocated at start-up: push_deadline keeps the heap below this (rebuilt past it).
-  const std::size_t slots = std::size_t{_config.queries_in_flight_max} + _config.lookups_max;
+  const std::size_t slots = std::size_t{_config.queries_in_flight_max} + lookup_slots;
   _deadlines.reserve(2 * slots + 65);
   _due_scratch.reserve(slots);
 }
@@ -158,8 +161,9 @@ std::uint64_t resolver::start_host_lookup(std::string_view host, std::uint64_t n
 std::uint64_t resolver::start_lookup(bool mx, std::string_view name, std::uint64_t now_ms,
                                      std::uint64_t deadline_ms) {
   ++_counters.lookups_started;
+  _last_now_ms = std::max(_last_now_ms, now_ms);
   const std::uint64_t sequence = ++_lookup_sequence;
-  if (_free_lookups.empty()) {  // every slot busy: refuse now, the queue retries later
+  if (_free_lookups.empty()) {  // running and waiting slots all busy: refuse, the queue retries
     const std::uint64_t id = sequence << lookup_index_bits | lookup_index_mask;
     action& done = push_action(action_kind::lookup_done);
     done.lookup = id;
@@ -176,27 +180,43 @@ std::uint64_t resolver::start_lookup(bool mx, std::string_view name, std::uint64
   l.addresses_stage = false;
   l.implicit_mx = false;
   l.queued_blocked = false;
+  l.waiting = false;
   l.id = sequence << lookup_index_bits | index;
+  // A waiting lookup's deadline counts from now too: the caller's wait is bounded the same.
   l.deadline_ms = deadline_ms != 0 ? deadline_ms : now_ms + _config.lookup_timeout_ms;
   push_deadline(l.deadline_ms, l.id, false);
   l.domain = normalize_name(name);
+  l.asked.assign(name);
   l.needs.clear();
   l.hosts.clear();
   const std::uint64_t id = l.id;
+  if (_lookups_running >= _config.lookups_max) {  // wait for a running one to end (FIFO)
+    l.waiting = true;
+    _waiting.push_back(id);
+    return id;
+  }
+  ++_lookups_running;
+  begin(l, now_ms);
+  start_waiting(now_ms);
+  return id;
+}
 
-  if (const auto literal = parse_address_literal(name)) {  // RFC 5321 §5.1: no DNS at all
+// The lookup's first step: an address literal or a bad name ends it here, else its questions.
+void resolver::begin(lookup& l, std::uint64_t now_ms) {
+  const std::uint64_t id = l.id;
+  if (const auto literal = parse_address_literal(l.asked)) {  // RFC 5321 §5.1: no DNS at all
     mx_result result;
     result.status = lookup_status::ok;
-    result.hosts.push_back(mx_host{std::string(name), 0, {*literal}});
+    result.hosts.push_back(mx_host{l.asked, 0, {*literal}});
     complete(id, std::move(result));
-    return id;
+    return;
   }
-  if (!is_valid_domain(name)) {
+  if (!is_valid_domain(l.asked)) {
     complete(id, failure_result(failure_kind::bad_domain,
-                                "invalid domain name: " + std::string(name.substr(0, 255))));
-    return id;
+                                "invalid domain name: " + l.asked.substr(0, 255)));
+    return;
   }
-  if (mx) {
+  if (l.mx) {
     l.needs.emplace_back();
     l.needs.back().name = l.domain;
     l.needs.back().type = record_type::mx;
@@ -205,14 +225,42 @@ std::uint64_t resolver::start_lookup(bool mx, std::string_view name, std::uint64
     plan_addresses(l, now_ms);
   }
   advance(id, now_ms);
-  return id;
+}
+
+// Starts waiting lookups, oldest first, while fewer than lookups_max run. Called at the end of
+// every entry point (never from inside one: begin() may complete a lookup, which frees a
+// running slot, and a loop here instead of recursion keeps the stack flat).
+void resolver::start_waiting(std::uint64_t now_ms) {
+  while (_lookups_running < _config.lookups_max && !_waiting.empty()) {
+    const std::uint64_t lookup_id = _waiting.front();
+    _waiting.pop_front();
+    lookup* l = find_lookup(lookup_id);
+    if (l == nullptr || !l->waiting) continue;  // cancelled or past its deadline meanwhile
+    l->waiting = false;
+    ++_lookups_running;
+    begin(*l, now_ms);
+  }
+  // Ids of lookups that ended while waiting stay until they reach the front: bound them.
+  if (_waiting.size() > 2 * lookups_waiting() + 64) {
+    std::erase_if(_waiting, [this](std::uint64_t lookup_id) {
+      const lookup* l = find_lookup(lookup_id);
+      return l == nullptr || !l->waiting;
+    });
+  }
 }
 
 void resolver::cancel(std::uint64_t lookup_id) noexcept {
+  release_lookup(lookup_id);
+  start_waiting(_last_now_ms);
+}
+
+void resolver::release_lookup(std::uint64_t lookup_id) noexcept {
   lookup* l = find_lookup(lookup_id);
   if (l == nullptr) return;
   l->active = false;
   --_lookups_active;
+  if (!l->waiting) --_lookups_running;
+  l->waiting = false;
   _free_lookups.push_back(static_cast<std::uint32_t>(lookup_id & lookup_index_mask));
 }
 
@@ -227,7 +275,7 @@ void resolver::complete(std::uint64_t lookup_id, mx_result result) {
   lookup* l = find_lookup(lookup_id);
   RINGMTA_ASSERT(l != nullptr);
   RINGMTA_ASSERT(result.status != lookup_status::ok || !result.hosts.empty());
-  cancel(lookup_id);
+  release_lookup(lookup_id);  // not cancel(): waiting lookups start at the end of the entry
   action& done = push_action(action_kind::lookup_done);
   done.lookup = lookup_id;
   done.result = std::move(result);
@@ -594,8 +642,8 @@ void resolver::finish_query(std::uint32_t slot, answer result, std::uint64_t now
 
 // ---- events --------------------------------------------------------------------------------
 
-void resolver::on_udp_packet(std::uint32_t server_index, std::span<const std::uint8_t> bytes,
-                             std::uint64_t now_ms) {
+void resolver::handle_udp_packet(std::uint32_t server_index,
+                                 std::span<const std::uint8_t> bytes, std::uint64_t now_ms) {
   const int id = message_id(bytes);
   const std::uint16_t slot_plus_one = id < 0 ? 0 : _query_by_id[static_cast<std::size_t>(id)];
   if (slot_plus_one == 0 || server_index >= _config.servers.size()) {
@@ -611,8 +659,8 @@ void resolver::on_udp_packet(std::uint32_t server_index, std::span<const std::ui
   handle_reply(slot, bytes, false, now_ms);
 }
 
-void resolver::on_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t> bytes,
-                           std::uint64_t now_ms) {
+void resolver::handle_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t> bytes,
+                               std::uint64_t now_ms) {
   const auto slot = static_cast<std::uint32_t>(exchange & exchange_slot_mask);
   if (slot >= _queries.size()) return;
   query& q = _queries[slot];
@@ -630,7 +678,7 @@ void resolver::on_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t>
   handle_reply(slot, std::span(q.tcp_in).subspan(2), true, now_ms);
 }
 
-void resolver::on_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
+void resolver::handle_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
   const auto slot = static_cast<std::uint32_t>(exchange & exchange_slot_mask);
   if (slot >= _queries.size()) return;
   query& q = _queries[slot];
@@ -639,7 +687,7 @@ void resolver::on_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
   attempt_failed(slot, answer_status::server_failure, now_ms);
 }
 
-void resolver::on_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
+void resolver::handle_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
   const auto slot = static_cast<std::uint32_t>(exchange & exchange_slot_mask);
   if (slot >= _queries.size()) return;
   query& q = _queries[slot];
@@ -647,7 +695,7 @@ void resolver::on_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
   attempt_failed(slot, answer_status::server_failure, now_ms);
 }
 
-void resolver::on_time(std::uint64_t now_ms) {
+void resolver::handle_time(std::uint64_t now_ms) {
   _due_scratch.clear();
   while (!_deadlines.empty() && _deadlines.front().at_ms <= now_ms) {
     std::pop_heap(_deadlines.begin(), _deadlines.end(), deadline_later{});
@@ -671,8 +719,42 @@ void resolver::on_time(std::uint64_t now_ms) {
     }
     const lookup& l = _lookups[due.key & lookup_index_mask];
     complete(l.id, failure_result(failure_kind::timeout,
-                                  "DNS lookup for " + l.domain + " did not finish in time"));
+                                  "DNS lookup for " + l.domain + " did not finish in time" +
+                                      (l.waiting ? " (waited for a lookup slot)" : "")));
   }
+}
+
+// Each entry point ends by starting lookups that waited for a slot one of its lookups freed.
+void resolver::on_udp_packet(std::uint32_t server_index, std::span<const std::uint8_t> bytes,
+                             std::uint64_t now_ms) {
+  _last_now_ms = std::max(_last_now_ms, now_ms);
+  handle_udp_packet(server_index, bytes, now_ms);
+  start_waiting(now_ms);
+}
+
+void resolver::on_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t> bytes,
+                           std::uint64_t now_ms) {
+  _last_now_ms = std::max(_last_now_ms, now_ms);
+  handle_tcp_data(exchange, bytes, now_ms);
+  start_waiting(now_ms);
+}
+
+void resolver::on_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
+  _last_now_ms = std::max(_last_now_ms, now_ms);
+  handle_tcp_closed(exchange, now_ms);
+  start_waiting(now_ms);
+}
+
+void resolver::on_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
+  _last_now_ms = std::max(_last_now_ms, now_ms);
+  handle_send_failed(exchange, now_ms);
+  start_waiting(now_ms);
+}
+
+void resolver::on_time(std::uint64_t now_ms) {
+  _last_now_ms = std::max(_last_now_ms, now_ms);
+  handle_time(now_ms);
+  start_waiting(now_ms);
 }
 
 }  // namespace ringmta::dns

@@ -85,7 +85,7 @@ dns_client::dns_client(shard::host& owner, dns_client_config config)
   _send_bytes.resize(std::size_t{_sends.capacity()} * query_bytes_max);
   _tcp_bytes.resize(std::size_t{_tcp.capacity()} *
                     (tcp_query_bytes_max + _config.receive_buffer_bytes));
-  _waiters.reserve(_config.resolver.lookups_max);
+  _waiters.reserve(std::size_t{_config.resolver.lookups_max} + _config.resolver.lookups_waiting_max);
 }
 
 dns_client::~dns_client() {
@@ -182,6 +182,7 @@ std::uint64_t dns_client::start_host_lookup(std::string_view host, lookup_handle
 void dns_client::cancel(std::uint64_t lookup) noexcept {
   if (_waiters.erase(lookup) == 0) return;
   _resolver.cancel(lookup);
+  actions_waiting();  // a lookup that waited for the freed slot may have sent its questions
 }
 
 // Actions wait for the end of this iteration (no callback from inside start_*). The hook may

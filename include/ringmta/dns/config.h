@@ -32,6 +32,12 @@ struct resolver_config {
   std::uint32_t negative_ttl_max_s = 3600;    // RFC 2308 §5: one to three hours is sensible
   std::uint32_t queries_in_flight_max = 256;  // distinct (name, type) questions on the wire
   std::uint32_t lookups_max = 1024;           // mx/host lookups in progress
+  // Lookups asked while lookups_max are in progress wait for a slot, oldest first, up to this
+  // many (beyond it they fail at once, 4.3.0). A restart makes every destination due at once
+  // (issue 15): four connections per destination ask together, far past lookups_max. 4096 is
+  // the shard's default outbound connection slots (1024) x 4 connections a destination may
+  // open, so a burst of connection starts waits instead of deferring jobs. 0: never wait.
+  std::uint32_t lookups_waiting_max = 4096;
   std::uint32_t mx_hosts_max = 10;            // MX hosts whose addresses are resolved
   std::uint32_t cname_depth_max = 8;          // CNAME links followed for one question
   std::uint32_t lookup_timeout_ms = 30000;    // default deadline of an mx/host lookup

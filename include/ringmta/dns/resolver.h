@@ -31,7 +31,10 @@
 //
 // Invariants: every lookup ends in exactly one lookup_done action (unless cancelled), by its
 // deadline at the latest; at most queries_in_flight_max questions are on the wire, each asked
-// once however many lookups want it (coalescing); memory is bounded by the config.
+// once however many lookups want it (coalescing); at most lookups_max lookups ask questions,
+// up to lookups_waiting_max more wait for one of them to end (FIFO; their deadline counts from
+// when they were asked, so a caller's wait is bounded the same); memory is bounded by the
+// config.
 // Never: makes a syscall, reads a clock, throws, or blocks. ldns allocates inside wire.cc only.
 #pragma once
 
@@ -97,12 +100,15 @@ class resolver {
   // RFC 5321 §5.1 route for `domain` (a name, or an address literal "[192.0.2.1]"): MX, then the
   // A/AAAA of each MX host, or the domain's own A/AAAA when it has no MX. Finishes by
   // `deadline_ms` (default now + lookup_timeout_ms) with a temporary failure at the latest.
+  // With lookups_max in progress it waits for one to end; with lookups_waiting_max waiting
+  // too it fails at once (failure_kind::overloaded).
   std::uint64_t start_mx_lookup(std::string_view domain, std::uint64_t now_ms,
                                 std::uint64_t deadline_ms = 0);
   // The addresses of one host (a smarthost): the result has one host of preference 0.
   std::uint64_t start_host_lookup(std::string_view host, std::uint64_t now_ms,
                                   std::uint64_t deadline_ms = 0);
-  // Forgets a lookup: no lookup_done comes for it. Its questions still finish into the cache.
+  // Forgets a lookup (asking or waiting): no lookup_done comes for it. Its questions still
+  // finish into the cache. A lookup waiting for a slot may start in its place: drain actions.
   void cancel(std::uint64_t lookup) noexcept;
 
   void on_udp_packet(std::uint32_t server_index, std::span<const std::uint8_t> bytes,
@@ -128,7 +134,8 @@ class resolver {
   const resolver_config& config() const noexcept { return _config; }
   const dns::cache& answer_cache() const noexcept { return _cache; }
   std::size_t queries_in_flight() const noexcept { return _queries_active; }
-  std::size_t lookups_in_flight() const noexcept { return _lookups_active; }
+  std::size_t lookups_in_flight() const noexcept { return _lookups_active; }  // with waiting
+  std::size_t lookups_waiting() const noexcept { return _lookups_active - _lookups_running; }
 
  private:
   struct query;
@@ -149,6 +156,17 @@ class resolver {
 
   std::uint64_t start_lookup(bool mx, std::string_view name, std::uint64_t now_ms,
                              std::uint64_t deadline_ms);
+  void begin(lookup& l, std::uint64_t now_ms);
+  void start_waiting(std::uint64_t now_ms);
+  void release_lookup(std::uint64_t lookup) noexcept;
+  // The entry points' work; the public on_* add start_waiting() after it.
+  void handle_udp_packet(std::uint32_t server_index, std::span<const std::uint8_t> bytes,
+                         std::uint64_t now_ms);
+  void handle_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t> bytes,
+                       std::uint64_t now_ms);
+  void handle_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms);
+  void handle_send_failed(std::uint64_t exchange, std::uint64_t now_ms);
+  void handle_time(std::uint64_t now_ms);
   // Questions
   void ask(lookup& owner, std::uint64_t owner_id, need& wanted, std::uint64_t now_ms);
   std::uint32_t start_query(std::string_view name, record_type type, std::uint64_t now_ms);
@@ -184,7 +202,10 @@ class resolver {
   std::size_t _queries_active = 0;
   std::vector<lookup> _lookups;
   std::vector<std::uint32_t> _free_lookups;
-  std::size_t _lookups_active = 0;
+  std::size_t _lookups_active = 0;   // slots in use: asking or waiting
+  std::size_t _lookups_running = 0;  // of those, asking questions: at most lookups_max
+  std::deque<std::uint64_t> _waiting;  // lookup ids waiting for a running slot, oldest first
+  std::uint64_t _last_now_ms = 0;      // cancel() has no clock: it starts waiters at this time
   std::deque<std::uint64_t> _blocked;  // lookups waiting for a free query slot, oldest first
   // Min-heap on at_ms; mutable: next_deadline_ms() drops the stale entries it finds on top.
   // At most 2 x (active queries + lookups) + 64 entries: rebuilt from the slots past that.

@@ -506,9 +506,10 @@ TEST(dns_resolver, bounded_queries_queue_lookups_until_a_slot_frees) {
   EXPECT_EQ(h.results.at(second).failure, failure_kind::no_such_domain);
 }
 
-TEST(dns_resolver, bounded_lookups_refuse_with_a_temporary_failure) {
+TEST(dns_resolver, bounded_lookups_refuse_past_the_waiting_bound) {
   auto config = test_config();
   config.lookups_max = 2;
+  config.lookups_waiting_max = 0;
   harness h(config);
   h.mx("one.test");
   h.mx("two.test");
@@ -516,6 +517,97 @@ TEST(dns_resolver, bounded_lookups_refuse_with_a_temporary_failure) {
   EXPECT_EQ(h.results.at(third).failure, failure_kind::overloaded);
   EXPECT_EQ(h.results.at(third).status, lookup_status::temporary_failure);
   EXPECT_EQ(h.sent.size(), 2u);
+}
+
+// Issue 15: a restart asks for every destination at once; lookups past lookups_max wait for a
+// slot (oldest first) instead of failing, and only past lookups_waiting_max more are refused.
+TEST(dns_resolver, lookups_past_the_bound_wait_for_a_slot_in_order) {
+  auto config = test_config();
+  config.lookups_max = 2;
+  config.lookups_waiting_max = 2;
+  harness h(config);
+  const auto one = h.mx("one.test");
+  const auto two = h.mx("two.test");
+  const auto three = h.mx("three.test");
+  const auto four = h.mx("four.test");
+  const auto five = h.mx("five.test");
+  EXPECT_EQ(h.sent.size(), 2u);  // only the running two ask
+  EXPECT_EQ(h.r.lookups_waiting(), 2u);
+  EXPECT_EQ(h.results.count(three), 0u);
+  EXPECT_EQ(h.results.count(four), 0u);
+  ASSERT_EQ(h.results.count(five), 1u);  // past the waiting bound: refused as before
+  EXPECT_EQ(h.results.at(five).failure, failure_kind::overloaded);
+  h.answer(1, nxdomain());  // two ends: three (the oldest waiting) starts, not four
+  EXPECT_EQ(h.results.at(two).failure, failure_kind::no_such_domain);
+  ASSERT_EQ(h.sent.size(), 3u);
+  EXPECT_EQ(h.sent[2].query.name, "three.test");
+  EXPECT_EQ(h.r.lookups_waiting(), 1u);
+  h.answer(0, nxdomain());
+  ASSERT_EQ(h.sent.size(), 4u);
+  EXPECT_EQ(h.sent[3].query.name, "four.test");
+  h.answer(2, nxdomain());
+  h.answer(3, nxdomain());
+  EXPECT_EQ(h.results.at(one).failure, failure_kind::no_such_domain);
+  EXPECT_EQ(h.results.at(three).failure, failure_kind::no_such_domain);
+  EXPECT_EQ(h.results.at(four).failure, failure_kind::no_such_domain);
+  EXPECT_EQ(h.r.lookups_in_flight(), 0u);
+  EXPECT_EQ(h.r.counters().lookups_started, h.r.counters().lookups_done);
+}
+
+TEST(dns_resolver, cancel_works_for_a_waiting_lookup_and_frees_a_slot_for_the_next) {
+  auto config = test_config();
+  config.lookups_max = 1;
+  config.lookups_waiting_max = 2;
+  harness h(config);
+  const auto one = h.mx("one.test");
+  const auto two = h.mx("two.test");
+  const auto three = h.mx("three.test");
+  h.r.cancel(two);  // waiting: it never asks and never finishes
+  EXPECT_EQ(h.r.lookups_waiting(), 1u);
+  h.r.cancel(one);  // running: its slot goes to three, which asks at once
+  h.drain();
+  ASSERT_EQ(h.sent.size(), 2u);
+  EXPECT_EQ(h.sent[1].query.name, "three.test");
+  h.answer(1, nxdomain());
+  EXPECT_EQ(h.results.at(three).failure, failure_kind::no_such_domain);
+  EXPECT_EQ(h.results.count(one), 0u);
+  EXPECT_EQ(h.results.count(two), 0u);
+  EXPECT_EQ(h.r.lookups_in_flight(), 0u);
+}
+
+TEST(dns_resolver, waiting_lookup_deadline_counts_from_when_it_was_asked) {
+  auto config = test_config();
+  config.lookups_max = 1;
+  config.lookup_timeout_ms = 10'000;
+  config.timeout_ms = 60'000;  // the running lookup's question outlives the waiting one
+  harness h(config);
+  h.r.start_mx_lookup("one.test", h.now_ms, h.now_ms + 60'000);  // keeps the slot
+  h.drain();
+  const auto waiting = h.mx("two.test");
+  h.now_ms += 10'000;
+  EXPECT_EQ(h.r.next_deadline_ms(), h.now_ms);
+  h.r.on_time(h.now_ms);
+  h.drain();
+  ASSERT_EQ(h.results.count(waiting), 1u);
+  EXPECT_EQ(h.results.at(waiting).failure, failure_kind::timeout);
+  EXPECT_NE(h.results.at(waiting).text.find("waited for a lookup slot"), std::string::npos);
+  EXPECT_EQ(h.sent.size(), 1u);  // it never asked
+  EXPECT_EQ(h.r.lookups_waiting(), 0u);
+}
+
+TEST(dns_resolver, waiting_address_literal_and_cached_lookups_finish_in_a_loop) {
+  auto config = test_config();
+  config.lookups_max = 1;
+  config.lookups_waiting_max = 300;
+  harness h(config);
+  const auto first = h.mx("one.test");
+  std::vector<std::uint64_t> literals;
+  for (int i = 0; i < 300; ++i) literals.push_back(h.mx("[192.0.2." + std::to_string(i % 250) + "]"));
+  EXPECT_EQ(h.results.size(), 0u);
+  h.answer(0, nxdomain());  // each literal ends as it starts: the next takes its slot
+  EXPECT_EQ(h.results.at(first).failure, failure_kind::no_such_domain);
+  for (const auto id : literals) EXPECT_EQ(h.results.at(id).status, lookup_status::ok);
+  EXPECT_EQ(h.r.lookups_in_flight(), 0u);
 }
 
 TEST(dns_resolver, host_lookup_for_a_smarthost) {
