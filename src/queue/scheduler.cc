@@ -551,9 +551,16 @@ void scheduler::state::release_connection(connection_id id, std::int64_t now_ms)
 
 // RFC 5321 §4.5.4.1: a destination that cannot be reached is retried later as a whole; every
 // ready job shares one next attempt, so a dead host sees one probe, not one per message.
+// A connection failure (DNS, every address refused) tried no job: it counts one attempt for
+// one job only, the probe's (the oldest ready), and only when it starts a backoff; the other
+// ready jobs wait on the destination unattempted, as move_due holds them back while probing.
+// A failed destination so costs one deferral (one log record, one spool mark) per failure,
+// not one per queued job (issue 15: 1.97 M deferrals at a restart's DNS storm). A pause
+// (until_ms > 0, a reply rule that saw the reply) defers every ready job as before.
 void scheduler::state::backoff(std::uint32_t slot, std::int64_t now_ms, const failure& reason,
                                std::int64_t until_ms) noexcept {
   destination_record& d = destinations[slot];
+  std::uint32_t attempted_max = 0xffffffffu;
   if (until_ms > 0) {
     d.backoff_until_ms = std::max(d.backoff_until_ms, until_ms);
   } else if (++counters.connection_failures; d.backoff_until_ms <= now_ms) {
@@ -561,6 +568,9 @@ void scheduler::state::backoff(std::uint32_t slot, std::int64_t now_ms, const fa
     // failure outside a backoff raises the count (and so the delay).
     if (d.connection_failures < 0xffffffffu) ++d.connection_failures;
     d.backoff_until_ms = now_ms + probe_delay(d, now_ms);
+    attempted_max = 1;
+  } else {
+    attempted_max = 0;  // one of the connections opened with it failed first: counted there
   }
   std::int64_t until = d.backoff_until_ms;
   d.probing = true;
@@ -568,19 +578,24 @@ void scheduler::state::backoff(std::uint32_t slot, std::int64_t now_ms, const fa
   release(d.error);
   d.error = error;
   d.last_error_ms = now_ms;
-  while (d.ready.head != nil_slot) {
+  for (std::uint32_t attempted = 0; d.ready.head != nil_slot;) {
     std::uint32_t job_slot = d.ready.head;
     unlink(d.ready, job_slot);
     job_record& job = jobs[job_slot];
-    note_attempt(job, now_ms, error);
-    ++counters.deferred;
+    const bool attempt = attempted < attempted_max;
+    if (attempt) {
+      ++attempted;
+      note_attempt(job, now_ms, error);
+      ++counters.deferred;
+    }
     if (now_ms >= expiry_ms(job)) {
+      if (!attempt) note_attempt(job, now_ms, error);  // as wait_for_destination does
       ++counters.expired;
       push_event(event_kind::expired, job_slot, 0);
       continue;
     }
     schedule(d, job_slot, until);
-    push_event(event_kind::deferred, job_slot, until);
+    if (attempt) push_event(event_kind::deferred, job_slot, until);
     if (warn_delay(job, now_ms)) push_event(event_kind::delay_warning, job_slot, until);
   }
   wait_for_destination(d, now_ms, until, error);

@@ -37,7 +37,10 @@
 // take_for_connection is the proof). While it probes, its due jobs wait on the destination:
 // only one is made ready (the probe's), so a failed probe defers that one job, and the others
 // move to the next shared time without an attempt or an event (a dead destination costs one
-// deferral per retry, not one per queued job). Expiry and the delay warning of every job due
+// deferral per retry, not one per queued job). The first failure too: a connection that
+// failed before it took a job counts one attempt for the oldest ready job only when it starts
+// the backoff (none when a connection opened with it failed first); the other ready jobs
+// wait unattempted (issue 15: a restart's DNS storm deferred every queued job). Expiry and the delay warning of every job due
 // before the destination is back are checked at each failure, so a job may outlive its
 // lifetime by up to one backoff delay. flush() lifts the backoff, makes every scheduled job
 // ready, but keeps the single probe connection.
@@ -309,7 +312,8 @@ class scheduler {
   take_result take_for_connection(connection_id connection, std::int64_t now_ms) noexcept;
   void connection_closed(connection_id connection, std::int64_t now_ms) noexcept;
   // The connection could not be used at all: the destination backs off (all its ready jobs
-  // move to one shared next attempt; expired ones come out as events). Ends the connection.
+  // move to one shared next attempt, one of them deferred when this failure starts the
+  // backoff; expired ones come out as events). Ends the connection.
   void connection_failed(connection_id connection, std::int64_t now_ms,
                          const failure& reason) noexcept;
   // The same backoff without a connection (e.g. DNS says the domain has no usable MX).

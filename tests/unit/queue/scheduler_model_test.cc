@@ -338,7 +338,11 @@ class model_run {
     _queue->connection_failed(c.id, _now, failure{0, status_code{4, 4, 1}, "refused"});
     destination_info info;
     ASSERT_TRUE(_queue->inspect(c.destination, info)) << where();
+    // A failure that starts a backoff counts an attempt for the oldest ready job (the probe's);
+    // the other ready jobs wait on the destination unattempted (issue 15).
+    std::size_t attempted_max = 0;
     if (d.backoff_until_ms <= _now) {
+      attempted_max = 1;
       ++seen.backoffs;
       ++d.failures;
       std::int64_t delay = _config.retry_delays_ms[std::min<std::size_t>(d.failures, 3) - 1];
@@ -349,18 +353,22 @@ class model_run {
     ASSERT_EQ(info.backoff_until_ms, d.backoff_until_ms) << where();
     d.probing = true;
     std::int64_t until = d.backoff_until_ms;
+    std::size_t attempted = 0;
     for (const key& k : d.ready) {
       model_job& job = _jobs[k];
-      ++job.attempts;
+      const bool attempt = attempted < attempted_max;
+      attempted += attempt;
+      ++job.attempts;  // an unattempted job counts one only when it expires here
       if (_now >= job.received_ms + _config.lifetime_max_ms) {
         _expected_events.insert({k, event_kind::expired});
         job.where = model_job::in_flight;  // leaving: erased when the event is seen
         job.next_ms = -1;
         continue;
       }
+      if (!attempt) --job.attempts;
       job.where = model_job::scheduled;
       job.next_ms = until;
-      _expected_events.insert({k, event_kind::deferred});
+      if (attempt) _expected_events.insert({k, event_kind::deferred});
       if (!job.warned && _now >= job.received_ms + _config.delay_warning_ms) {
         job.warned = true;
         _expected_events.insert({k, event_kind::delay_warning});
