@@ -5,7 +5,9 @@ the same moment, with an attempt count that did not advance. Every recipient mus
 one record per attempt, numbered 1, 2, 3, … across the restart, and the spool's attempt
 count must match the last record. (Issue 15: while the destination keeps refusing, only its
 probe's job is attempted again; the others wait on the destination without records, across the
-restart too.)
+restart too. Since s6-dnsstorm that holds from the first refusal: a refused connection tried no
+job, so it counts one attempt, the probe's, and a job that never was the probe has no record
+and 0 attempts in the spool.)
 usage: test_restart_records.py RINGMTA"""
 import collections
 import sys
@@ -52,9 +54,8 @@ first = Daemon(binary, args=args).start()
 for n in range(3):
     tap.ok(send(first, n) == [250, 250, 354, 250], f"message {n} accepted")
     time.sleep(0.7)  # different retry times per message
-tap.ok(wait_for(lambda: all(attempts_by_recipient(first)[r] for r in recipients) and
-                sum(len(a) for a in attempts_by_recipient(first).values()) >= 5, 30),
-       "every recipient deferred, the destination probed again, before the restart")
+tap.ok(wait_for(lambda: sum(len(a) for a in attempts_by_recipient(first).values()) >= 5, 30),
+       "the destination deferred and probed again, before the restart")
 tap.ok(first.stop() == 0, "first daemon stops cleanly")
 before = attempts_by_recipient(first)
 
@@ -77,7 +78,8 @@ for r in recipients:
 stored = {rc["address"]: rc["attempts"] for m in spool_list(binary, second.spool)
           for rc in m["recipients"]}
 for r in recipients:
-    last = (before[r] + after[r])[-1]
+    sequence = before[r] + after[r]
+    last = sequence[-1] if sequence else 0  # never the probe: never attempted
     tap.ok(stored.get(r) == last, f"{r}: the spool holds the last record's attempt ({last})",
            stored)
 tap.ok(len(listing) == 3, "the live spool listing showed the three messages", listing)
