@@ -85,7 +85,8 @@ dns_client::dns_client(shard::host& owner, dns_client_config config)
   _send_bytes.resize(std::size_t{_sends.capacity()} * query_bytes_max);
   _tcp_bytes.resize(std::size_t{_tcp.capacity()} *
                     (tcp_query_bytes_max + _config.receive_buffer_bytes));
-  _waiters.reserve(std::size_t{_config.resolver.lookups_max} + _config.resolver.lookups_waiting_max);
+  _waiters.reserve(std::size_t{_config.resolver.lookups_max} +
+                   _config.resolver.lookups_waiting_max);
 }
 
 dns_client::~dns_client() {

@@ -40,10 +40,10 @@
 // deferral per retry, not one per queued job). The first failure too: a connection that
 // failed before it took a job counts one attempt for the oldest ready job only when it starts
 // the backoff (none when a connection opened with it failed first); the other ready jobs
-// wait unattempted (issue 15: a restart's DNS storm deferred every queued job). Expiry and the delay warning of every job due
-// before the destination is back are checked at each failure, so a job may outlive its
-// lifetime by up to one backoff delay. flush() lifts the backoff, makes every scheduled job
-// ready, but keeps the single probe connection.
+// wait unattempted (issue 15: a restart's DNS storm deferred every queued job). Expiry and
+// the delay warning of every job due before the destination is back are checked at each
+// failure, so a job may outlive its lifetime by up to one backoff delay. flush() lifts the
+// backoff, makes every scheduled job ready, but keeps the single probe connection.
 //
 // Fairness: while destinations wait for one of the shard's connections_max, a connection
 // that has carried turn_messages is told to close, and poll() gives the freed slots to the

@@ -602,7 +602,8 @@ TEST(dns_resolver, waiting_address_literal_and_cached_lookups_finish_in_a_loop) 
   harness h(config);
   const auto first = h.mx("one.test");
   std::vector<std::uint64_t> literals;
-  for (int i = 0; i < 300; ++i) literals.push_back(h.mx("[192.0.2." + std::to_string(i % 250) + "]"));
+  for (int i = 0; i < 300; ++i)
+    literals.push_back(h.mx("[192.0.2." + std::to_string(i % 250) + "]"));
   EXPECT_EQ(h.results.size(), 0u);
   h.answer(0, nxdomain());  // each literal ends as it starts: the next takes its slot
   EXPECT_EQ(h.results.at(first).failure, failure_kind::no_such_domain);
