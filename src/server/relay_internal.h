@@ -173,7 +173,8 @@ struct relay::state {
   spool::store& store;
   relay_metrics& metrics;
   admin::log_buffer& log;
-  static queue::scheduler_config shaped(queue::scheduler_config config, state& self);
+  static queue::scheduler_config shaped(queue::scheduler_config config,
+                                        std::uint32_t outbound_slots, state& self);
   queue::scheduler scheduler;
   outbound::dns_client dns;
   outbound::outbound out;

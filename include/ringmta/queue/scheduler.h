@@ -114,12 +114,9 @@ struct scheduler_config {
   std::uint32_t destinations_max = 100'000;
   std::uint32_t jobs_per_destination_max = 1'000'000;
   std::uint32_t jobs_max = 10'000'000;                   // whole shard
-  // Whole shard. At most the outbound's connection slots (outbound_config::connections_max,
-  // 1024): a request past them is refused by the outbound and offered again at once, a loop
-  // on the shard's CPU, and the drain's fairness (turn_messages) never sees the shard full.
-  // Issue 15 (s6-dnsstorm): with lookups waiting for the resolver, connections hold their
-  // slots longer, and 4096 here against 1024 there spent 171 s of CPU before the first
-  // delivery of a restart.
+  // Whole shard. The relay caps it at the outbound's connection slots (relay::state::shaped):
+  // a request past them is refused by the outbound and offered again at once, a loop on the
+  // shard's CPU, and the drain's fairness (turn_messages) never sees the shard full.
   std::uint32_t connections_max = 1024;
   // Drain fairness: while destinations wait for one of the shard's connections_max, a
   // connection closes after this many messages (its turn) so the next one gets the slot;
