@@ -10,6 +10,9 @@ import subprocess
 import tempfile
 import time
 
+# Every user of this module has tests/integration/daemon on its path too (meson envs, bench).
+from harness import wait_until  # noqa: F401 (imported from here by the delivery tests)
+
 
 class DnsServer:
     def __init__(self, script, zones, broken=()):
@@ -115,16 +118,6 @@ def make_test_ca(directory, names):
             "-extfile", path("server.ext"), "-out", path("server.pem"))
     os.chmod(path("server.key"), 0o644)  # read by Postfix's smtpd in the tests
     return {"ca": path("ca.pem"), "cert": path("server.pem"), "key": path("server.key")}
-
-
-def wait_until(condition, timeout, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return condition()
 
 
 def without_received(message):
