@@ -158,6 +158,17 @@ class recording_driver {
   std::uint64_t _step = 0;
 };
 
+// A fault for recording_driver: while `count` > 0, a datasync is performed (its bytes reach
+// the disk) and then reported failed with EIO, as the kernel may; each one lowers `count`.
+std::function<std::int64_t(const operation&)> syncs_that_wrote_but_failed(int& count) {
+  return [&count](const operation& op) -> std::int64_t {
+    if (op.kind != operation_kind::datasync || count <= 0) return 0;
+    --count;
+    perform(op);
+    return -EIO;
+  };
+}
+
 std::unique_ptr<store> open_store(const store_config& config) {
   ::mkdir(config.directory.c_str(), 0750);
   auto recovered = recover(config.directory, config.shard);
@@ -330,14 +341,7 @@ TEST(spool_faults, failed_sync_voids_the_batch_even_if_its_bytes_reached_the_dis
   auto target = open_store(config);
   recording_driver driver(*target);
   int sync_failures = 0;
-  driver.fault = [&](const operation& op) -> std::int64_t {
-    if (op.kind == operation_kind::datasync && sync_failures > 0) {
-      --sync_failures;
-      perform(op);  // the bytes are there, the kernel just reported an error
-      return -EIO;
-    }
-    return 0;
-  };
+  driver.fault = syncs_that_wrote_but_failed(sync_failures);
   driver.run();
   for (std::uint32_t i = 0; i < 5; ++i) ASSERT_TRUE(send(*target, driver, i, 2000, good).ok());
   target->flush();
@@ -826,14 +830,7 @@ TEST(spool_faults, void_record_outlives_its_carrier_segment_until_the_voided_seg
   auto target = open_store(config);
   recording_driver driver(*target);
   int sync_failures = 0;
-  driver.fault = [&](const operation& op) -> std::int64_t {
-    if (op.kind == operation_kind::datasync && sync_failures > 0) {
-      --sync_failures;
-      perform(op);  // the commit reaches the disk, the kernel reports an error
-      return -EIO;
-    }
-    return 0;
-  };
+  driver.fault = syncs_that_wrote_but_failed(sync_failures);
   driver.run();
   ASSERT_TRUE(send(*target, driver, 1, 2000, good).ok());  // keeps segment V alive
   target->flush();
