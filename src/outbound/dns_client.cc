@@ -264,8 +264,8 @@ void dns_client::arm_udp_receive(std::uint32_t server) noexcept {
   udp_socket& socket = _udp[server];
   if (_stopped || socket.receive_armed || socket.fd < 0) return;
   const auto queued = _io.prep_recv(socket.fd, socket.buffer.get(),
-                                              _config.receive_buffer_bytes,
-                                              io::pack_user_data(_udp_recv_kind, 0, server));
+                                    _config.receive_buffer_bytes,
+                                    io::pack_user_data(_udp_recv_kind, 0, server));
   socket.receive_armed = queued.ok();
 }
 
@@ -307,8 +307,8 @@ void dns_client::send_udp(dns::action& next) noexcept {
   std::memcpy(bytes, next.bytes.data(), next.bytes.size());
   udp_socket& socket = _udp[next.server_index];
   const auto queued = _io.prep_send(socket.fd, bytes,
-                                              static_cast<std::uint32_t>(next.bytes.size()),
-                                              _sends.user_data(_udp_send_kind, *slot));
+                                    static_cast<std::uint32_t>(next.bytes.size()),
+                                    _sends.user_data(_udp_send_kind, *slot));
   if (!queued) {
     _sends.release(slot->slot);
     ++_counters.udp_send_errors;
@@ -381,8 +381,8 @@ void dns_client::send_tcp(dns::action& next) noexcept {
 void dns_client::arm_tcp_receive(tcp_exchange& exchange, std::uint32_t slot) noexcept {
   if (exchange.ending) return;
   const auto queued = _io.prep_recv(exchange.fd, tcp_receive_bytes(slot),
-                                              _config.receive_buffer_bytes,
-                                              tcp_user_data(_tcp_recv_kind, slot));
+                                    _config.receive_buffer_bytes,
+                                    tcp_user_data(_tcp_recv_kind, slot));
   if (!queued) return end_tcp(exchange, slot, true);
   ++exchange.ops;
 }
