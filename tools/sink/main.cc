@@ -268,7 +268,7 @@ void add_flags(CLI::App& app, cli_options& cli, sink_config& config) {
   app.add_option("--disconnect-rate", config.disconnect_rate,
                  "probability of closing at end of data instead of replying")
       ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--reply-delay-ms", config.reply_delay_ms, "delay of every end-of-data reply");
+  app.add_option("--reply-delay-ms", config.reply_delay_ms, "delay of every end-of-data reply (at least this many ms)");
   app.add_option("--max-connections", config.max_connections,
                  "concurrent connections; more get 421")->check(CLI::Range(1u, 1u << 20));
   app.add_option("--idle-timeout-ms", config.idle_timeout_ms, "421 after this long idle");

@@ -43,7 +43,7 @@ struct sink_config {
   loadkit::fault_rates tempfail;
   loadkit::fault_rates permfail;
   double disconnect_rate = 0;        // per end-of-data: close instead of replying
-  std::uint32_t reply_delay_ms = 0;  // before every end-of-data reply
+  std::uint32_t reply_delay_ms = 0;  // at least, before every end-of-data reply
   std::uint32_t max_connections = 10000;  // total; each shard takes its share
   std::uint32_t idle_timeout_ms = 300000;  // RFC 5321 §4.5.3.2.7: 5 minutes
   std::uint64_t seed = 1;
