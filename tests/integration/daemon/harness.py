@@ -30,8 +30,12 @@ class Tap:
         print(f"{status} {self.count} - {description}", flush=True)
         if not condition:
             self.failed += 1
+            # Also on stderr: meson's summary of a failed test shows only stderr, so CI's log
+            # then says which check failed and why.
+            print(f"not ok {self.count} - {description}", file=sys.stderr, flush=True)
             for line in str(detail).splitlines()[:40]:
                 print(f"# {line}", flush=True)
+                print(f"# {line}", file=sys.stderr, flush=True)
         return condition
 
     def skip_all(self, reason):

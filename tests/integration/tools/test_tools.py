@@ -605,8 +605,10 @@ def main():
         except Exception:  # noqa: BLE001 - every failure becomes a TAP diagnostic
             failed += 1
             print(f"not ok {number} - {name}", flush=True)
+            print(f"not ok {number} - {name}", file=sys.stderr, flush=True)  # CI shows stderr
             for line in traceback.format_exc().splitlines():
                 print(f"# {line}", flush=True)
+                print(f"# {line}", file=sys.stderr, flush=True)
     for proc in PROCESSES:
         if proc.poll() is None:
             proc.kill()
