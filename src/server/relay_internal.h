@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -253,7 +254,11 @@ struct relay::state {
   std::unordered_map<std::string, known_site> sites;
   std::unordered_map<std::string, std::vector<std::unique_ptr<routed_job>>> resolving;
   std::unordered_map<std::uint64_t, std::string> lookups;  // lookup cookie → domain
+  // Domains whose lookup waits for one of the site_lookups_max slots (oldest first): their
+  // jobs are held in `resolving` meanwhile.
+  std::deque<std::string> site_lookups_waiting;
   std::uint64_t next_lookup = 0;
+  void start_site_lookups() noexcept;
   struct site_resolver final : outbound::lookup_handler {
     explicit site_resolver(state& owner_state) : s(owner_state) {}
     void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;
