@@ -70,12 +70,23 @@ struct dns_client::tcp_exchange {
   bool close_queued = false;
 };
 
+namespace {
+// A question has at most one datagram in flight (a retry follows a timeout, long after the
+// first send completed), so one slot per question the resolver may have on the wire means a
+// send never fails for want of a slot. Fewer made a burst of lookups (a restart's recovered
+// destinations, 256 questions asked in one loop turn) fail "server failure" past the 64th
+// datagram: 960 deferrals after a restart with 200,000 queued (docs/notes.md).
+std::uint32_t send_slots(const dns_client_config& config) {
+  return std::max({1u, config.udp_sends_max, config.resolver.queries_in_flight_max});
+}
+}  // namespace
+
 dns_client::dns_client(shard::host& owner, dns_client_config config)
     : _owner(owner),
       _io(owner.io()),
       _config(std::move(config)),
       _resolver(_config.resolver, _config.random ? _config.random : kernel_random()),
-      _sends(std::max<std::uint32_t>(1, _config.udp_sends_max)),
+      _sends(send_slots(_config)),
       _tcp(std::max<std::uint32_t>(1, _config.tcp_exchanges_max)) {
   RINGMTA_ASSERT(_config.receive_buffer_bytes >= 512);
   _udp.resize(_config.resolver.servers.size());

@@ -9,8 +9,9 @@
 // handler and a cookie; the handler gets the mx_result (moved out, the handler may keep it).
 //
 // Bounded: the resolver bounds lookups, questions and cache; here at most tcp_exchanges_max TCP
-// connections and udp_sends_max datagrams in flight (a send beyond them fails that attempt,
-// the resolver moves on to the next server). An ICMP "port unreachable" (ECONNREFUSED on the
+// connections and one datagram in flight per question the resolver may have on the wire
+// (queries_in_flight_max, or udp_sends_max if larger; a send beyond them would fail that
+// attempt and the resolver move on to the next server). An ICMP "port unreachable" (ECONNREFUSED on the
 // socket) fails the last few exchanges sent to that server at once instead of waiting for
 // their timeouts.
 //
@@ -36,7 +37,7 @@ namespace ringmta::outbound {
 struct dns_client_config {
   dns::resolver_config resolver;  // servers from dns::load_resolv_conf or --resolver ADDR:PORT
   std::uint32_t tcp_exchanges_max = 16;
-  std::uint32_t udp_sends_max = 64;
+  std::uint32_t udp_sends_max = 0;  // datagrams in flight; at least resolver.queries_in_flight_max
   std::uint32_t receive_buffer_bytes = 4096;  // > the EDNS0 payload size (1232)
   // Query ids and MX shuffles (RFC 5452 §9.2: the id is the secret). Empty: the kernel's
   // CSPRNG. Only a simulation sets it (a seeded source makes a run's packets replayable).
