@@ -241,9 +241,9 @@ class memory_spool {
         return 0;
       case spool::operation_kind::create_file: {
         std::string file;
-        if (!_spare.empty()) {
-          file = std::move(_spare.back());
-          _spare.pop_back();
+        if (auto& spare = spare_files(); !spare.empty()) {
+          file = std::move(spare.back());
+          spare.pop_back();
         }
         file.reserve(op.bytes);  // fallocate's role
         file.assign(static_cast<const char*>(op.header), op.header_bytes);
@@ -251,17 +251,22 @@ class memory_spool {
         return _files.add_file(std::move(file));
       }
       case spool::operation_kind::remove_file:
-        // The memory is kept for the next file: fresh pages would add a page fault per 4 KiB
-        // written (the disk's cost, which this benchmark leaves out).
-        if (op.fd >= 0) _spare.push_back(_files.take_file(op.fd));
+        if (op.fd >= 0) spare_files().push_back(_files.take_file(op.fd));
         ++files_removed;
         return 0;
     }
     return -EINVAL;
   }
 
+  // Removed files' bytes, cleared when reused, kept across runs (each benchmark run makes a
+  // new spool): fresh pages would add a page fault per 4 KiB written, the disk's cost (the
+  // page cache's), which this benchmark leaves out. A few segments' worth (~64 MiB each).
+  static std::vector<std::string>& spare_files() {
+    static std::vector<std::string> spare;
+    return spare;
+  }
+
   sim::sim_host& _files;
-  std::vector<std::string> _spare;  // removed files' bytes, cleared when reused
   spool::store _store;
 };
 
