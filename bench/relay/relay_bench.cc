@@ -29,6 +29,7 @@
 // Never: a syscall in the steady state (segment and journal files are strings of the simulated
 // host, sockets and DNS are simulated), a clock read (time is the simulator's: each batch
 // starts 1 ms after the previous one ended), or a sleep.
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdint>
@@ -245,7 +246,9 @@ class memory_spool {
           file = std::move(spare.back());
           spare.pop_back();
         }
-        file.reserve(op.bytes);  // fallocate's role
+        // fallocate's role; journals too get a segment's room, so that any spare fits any
+        // file and is never reallocated (which would fault fresh pages in again)
+        file.reserve(std::max<std::uint64_t>(op.bytes, _store.config().segment_bytes));
         file.assign(static_cast<const char*>(op.header), op.header_bytes);
         ++files_created;
         return _files.add_file(std::move(file));
