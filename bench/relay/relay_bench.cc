@@ -952,8 +952,10 @@ class outbound_carrier final : public carrier, private outbound::delivery_handle
   }
   void on_closed(outbound::connection_handle, std::uint64_t index,
                  const outbound::close_result& result) noexcept override {
-    if (result.reason != outbound::close_reason::released)
-      fmt::print(stderr, "closed: {} {}\n", outbound::describe(result.reason), result.reply->text());
+    if (result.reason != outbound::close_reason::released) {  // say why before the assertion
+      fmt::print(stderr, "closed: {} {}\n", outbound::describe(result.reason),
+                 result.reply->text());
+    }
     RINGMTA_ASSERT(result.reason == outbound::close_reason::released);
     _queue->closed(_queue->connection(index));
   }
