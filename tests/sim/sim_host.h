@@ -171,6 +171,11 @@ class sim_host final : public shard::host, public io::operations, public io::des
   // ---- the test's side
   // A read-only descriptor over `bytes` (a spool segment file).
   int add_file(std::string bytes);
+  // Writes into a descriptor made by add_file (growing it): a spool that keeps its segment
+  // files on the host (bench/relay). False when `fd` is not such a file.
+  bool write_file(int fd, std::uint64_t offset, std::string_view bytes);
+  // Closes a descriptor made by add_file and gives its bytes back (their memory to reuse).
+  std::string take_file(int fd);
   // From the peer of stream socket `fd`: bytes (in order, after a latency), then end of stream.
   void peer_send(int fd, std::string bytes);
   void peer_close(int fd);

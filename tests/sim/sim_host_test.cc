@@ -811,5 +811,39 @@ TEST(SimHost, ASeedReplaysToTheSameTranscript) {
   EXPECT_NE(first.record.transcript, run_world(54, true).record.transcript);
 }
 
+// A spool keeping its files on the host (bench/relay): writes append or land at an offset
+// (a gap reads as zeros), ring reads see them, take_file gives the bytes back and closes.
+TEST(SimHost, FilesTakeWritesAndGiveTheirBytesBack) {
+  struct recording_handler final : shard::host_handler {
+    void on_completion(const io::completion& done) noexcept override {
+      results.push_back(done.res);
+    }
+    std::vector<std::int32_t> results;
+  };
+  scheduler clock;
+  sim_host host(clock, 3, sim_network{}, 1'000'000, 0);
+  recording_handler handler;
+  const auto kind = host.add_handler(handler);
+  ASSERT_TRUE(kind.ok());
+  const int fd = host.add_file("head");
+  EXPECT_TRUE(host.write_file(fd, 4, "-tail"));
+  EXPECT_TRUE(host.write_file(fd, 12, "X"));
+  EXPECT_TRUE(host.write_file(fd, 0, "H"));
+  EXPECT_FALSE(host.write_file(fd + 1, 0, "no such file"));
+  char buffer[16] = {};
+  ASSERT_TRUE(host.prep_read(fd, buffer, sizeof buffer, 1, io::pack_user_data(kind.value(), 0, 1),
+                             io::sqe::none)
+                  .ok());
+  ASSERT_TRUE(host.run([&] { return handler.results.size() == 1; }, 100));
+  EXPECT_EQ(handler.results[0], 12);
+  EXPECT_EQ(std::string(buffer, 12), std::string("ead-tail\0\0\0X", 12));
+  EXPECT_EQ(host.take_file(fd), std::string("Head-tail\0\0\0X", 13));
+  EXPECT_FALSE(host.write_file(fd, 0, "closed"));
+  EXPECT_TRUE(host.take_file(fd).empty());
+  EXPECT_FALSE(host.prep_read(fd, buffer, sizeof buffer, 0, io::pack_user_data(kind.value(), 0, 2),
+                              io::sqe::none)
+                   .ok());
+}
+
 }  // namespace
 }  // namespace ringmta::sim
