@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstring>
 
 #include "ringmta/core/assert.h"
 
@@ -29,9 +28,14 @@ recipient_list& recipient_list::operator=(const recipient_list& other) {
 recipient_list& recipient_list::operator=(recipient_list&& other) noexcept {
   if (this == &other) return *this;
   release();
-  // Every field is plain data (the array pointer included): take them, leave `other` empty.
-  std::memcpy(static_cast<void*>(this), static_cast<const void*>(&other), sizeof *this);
-  other._count = 0;
+  if (other._count > 1) {
+    _many = other._many;  // taken: `other` is left empty, not freeing it
+  } else {
+    _next_attempt_seconds = other._next_attempt_seconds;
+  }
+  _attempts = other._attempts;
+  _state = other._state;
+  _count = std::exchange(other._count, 0);
   return *this;
 }
 

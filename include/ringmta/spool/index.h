@@ -113,7 +113,7 @@ class recipient_list {
   };
   std::uint32_t _attempts = 0;
   recipient_state _state = recipient_state::queued;
-  std::uint8_t _spare = 0;
+  // (one byte of padding)
   std::uint16_t _count = 0;
 };
 static_assert(sizeof(recipient_list) == 16);
