@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <string>
 
+#include "bench_envelope.h"
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
 #include "ringmta/spool/sync_driver.h"
@@ -30,6 +31,7 @@
 namespace {
 
 using namespace ringmta::spool;
+using ringmta::spool::bench::bench_envelope;
 using clock_type = std::chrono::steady_clock;
 
 struct options {
@@ -61,18 +63,6 @@ rss read_rss() {
 
 double seconds_since(clock_type::time_point start) {
   return std::chrono::duration<double>(clock_type::now() - start).count();
-}
-
-envelope bench_envelope(message_id id, std::uint32_t recipients) {
-  envelope value;
-  value.id = id;
-  value.reverse_path = "sender@example.org";
-  value.received_seconds = 1'700'000'000;
-  value.client_address = "192.0.2.1";
-  value.helo = "client.example";
-  for (std::uint32_t i = 0; i < recipients; ++i)
-    value.recipients.push_back({"rcpt" + std::to_string(i) + "@example.net", 0, ""});
-  return value;
 }
 
 // Performs an operation without a disk: what the store sees is a disk that never fails.

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <iterator>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -53,36 +54,45 @@ enum message_flag : std::uint8_t {
 // The flags after `action`: a delete or a bounce ends a hold, nothing follows a delete.
 std::uint8_t apply_action(std::uint8_t flags, message_action action) noexcept;
 
+// Walks a container by position with its operator[] (which gives `Reference`: a value for
+// recipient_list, a reference for message_entries).
+template <typename Container, typename Reference>
+class indexed_iterator {
+ public:
+  using iterator_category = std::forward_iterator_tag;
+  using value_type = std::remove_cvref_t<Reference>;
+  using difference_type = std::ptrdiff_t;
+  using reference = Reference;
+  indexed_iterator() noexcept = default;
+  indexed_iterator(Container* items, std::size_t at) noexcept : _items(items), _at(at) {}
+  Reference operator*() const noexcept { return (*_items)[_at]; }
+  auto* operator->() const noexcept
+    requires std::is_reference_v<Reference>
+  {
+    return &(*_items)[_at];
+  }
+  indexed_iterator& operator++() noexcept {
+    ++_at;
+    return *this;
+  }
+  indexed_iterator operator++(int) noexcept {
+    indexed_iterator before = *this;
+    ++_at;
+    return before;
+  }
+  bool operator==(const indexed_iterator& other) const noexcept { return _at == other._at; }
+
+ private:
+  Container* _items = nullptr;
+  std::size_t _at = 0;
+};
+
 // The delivery state of a message's recipients in 16 bytes: one recipient's state inline (the
 // common case: no allocation), more in one array of their own. Reads give values (the inline
 // state is not stored as a recipient_status object); writes go through set().
 class recipient_list {
  public:
-  class iterator {
-   public:
-    using iterator_category = std::forward_iterator_tag;
-    using value_type = recipient_status;
-    using difference_type = std::ptrdiff_t;
-    using pointer = void;
-    using reference = recipient_status;
-    iterator() noexcept = default;
-    iterator(const recipient_list* list, std::size_t at) noexcept : _list(list), _at(at) {}
-    recipient_status operator*() const noexcept { return (*_list)[_at]; }
-    iterator& operator++() noexcept {
-      ++_at;
-      return *this;
-    }
-    iterator operator++(int) noexcept {
-      iterator before = *this;
-      ++_at;
-      return before;
-    }
-    bool operator==(const iterator& other) const noexcept { return _at == other._at; }
-
-   private:
-    const recipient_list* _list = nullptr;
-    std::size_t _at = 0;
-  };
+  using iterator = indexed_iterator<const recipient_list, recipient_status>;
 
   recipient_list() noexcept = default;
   explicit recipient_list(std::size_t count) { assign(count); }
@@ -164,35 +174,8 @@ class message_entries {
   void truncate(std::size_t size) noexcept;  // keeps the first `size` entries
   std::size_t bytes() const noexcept;        // chunk memory held (not the recipient arrays)
 
-  template <typename Entries, typename Entry>
-  class basic_iterator {
-   public:
-    using iterator_category = std::forward_iterator_tag;
-    using value_type = message_entry;
-    using difference_type = std::ptrdiff_t;
-    using pointer = Entry*;
-    using reference = Entry&;
-    basic_iterator() noexcept = default;
-    basic_iterator(Entries* entries, std::size_t at) noexcept : _entries(entries), _at(at) {}
-    Entry& operator*() const noexcept { return (*_entries)[_at]; }
-    Entry* operator->() const noexcept { return &(*_entries)[_at]; }
-    basic_iterator& operator++() noexcept {
-      ++_at;
-      return *this;
-    }
-    basic_iterator operator++(int) noexcept {
-      basic_iterator before = *this;
-      ++_at;
-      return before;
-    }
-    bool operator==(const basic_iterator& other) const noexcept { return _at == other._at; }
-
-   private:
-    Entries* _entries = nullptr;
-    std::size_t _at = 0;
-  };
-  using iterator = basic_iterator<message_entries, message_entry>;
-  using const_iterator = basic_iterator<const message_entries, const message_entry>;
+  using iterator = indexed_iterator<message_entries, message_entry&>;
+  using const_iterator = indexed_iterator<const message_entries, const message_entry&>;
   iterator begin() noexcept { return iterator(this, 0); }
   iterator end() noexcept { return iterator(this, _size); }
   const_iterator begin() const noexcept { return const_iterator(this, 0); }
