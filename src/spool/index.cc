@@ -186,15 +186,24 @@ void message_index::rebuild(std::size_t slots) {
 
 message_entry& message_index::insert(message_entry entry) {
   RINGMTA_ASSERT(!full());
-  RINGMTA_ASSERT(find(entry.id) == nullptr);
-  const std::size_t needed = slots_for(_entries.size() + 1, slots_min);
-  const std::uint64_t hash = mix(entry.id);
-  message_entry& placed = _entries.push_back(std::move(entry));
-  if (_slots == nullptr || needed > slot_count()) {
-    rebuild(needed);  // places the new entry too
-  } else {
-    place(hash, static_cast<std::uint32_t>(_entries.size() - 1));
+  if (_slots == nullptr || (_entries.size() + 1) * 4 > slot_count() * 3) {
+    const message_id id = entry.id;
+    message_entry& placed = _entries.push_back(std::move(entry));
+    rebuild(_slots == nullptr ? slots_min : slot_count() * 2);  // places the new entry too
+    RINGMTA_ASSERT(find(id) == &placed);  // else the id was there already
+    return placed;
   }
+  // One probe finds the free slot and checks on the way that the id is new.
+  const std::uint64_t hash = mix(entry.id);
+  const std::uint32_t want = tag(hash);
+  std::size_t slot = home(hash);
+  for (; _slots[slot] != 0; slot = (slot + 1) & _slot_mask) {
+    const std::uint32_t value = _slots[slot];
+    RINGMTA_ASSERT((value & ~position_mask) != want ||
+                   _entries[(value & position_mask) - 1].id != entry.id);
+  }
+  message_entry& placed = _entries.push_back(std::move(entry));
+  _slots[slot] = want | static_cast<std::uint32_t>(_entries.size());  // position + 1
   return placed;
 }
 

@@ -15,11 +15,6 @@
 namespace ringmta::spool {
 namespace {
 
-using test::make_body;
-using test::make_envelope;
-using test::small_config;
-using test::temp_dir;
-
 recipient_status status_of(std::size_t i) {
   return recipient_status{i % 2 == 0 ? recipient_state::deferred : recipient_state::delivered,
                           static_cast<std::uint32_t>(i + 1),
@@ -181,8 +176,8 @@ TEST(spool_index, adopts_recovered_entries) {
 // them finished so that their segments are reclaimed (entries erased, others moved), then two
 // restarts (recovery, then the start-up snapshot): every state comes back where it was.
 TEST(spool_index, store_keeps_states_through_reclaim_and_restarts) {
-  temp_dir dir;
-  auto config = small_config(dir.shard(0));
+  test::temp_dir dir;
+  auto config = test::small_config(dir.shard(0));
   config.segment_bytes = 128u << 10;
   std::map<message_id, std::vector<recipient_status>> live;
   std::vector<message_id> finished;
@@ -191,10 +186,10 @@ TEST(spool_index, store_keeps_states_through_reclaim_and_restarts) {
     for (std::uint32_t i = 0; i < 400; ++i) {
       const std::size_t count = recipients_of(i);
       auto handle = spool->begin(1000 + i / 50).value();
-      ASSERT_TRUE(spool->append(handle, make_body(1500, i)).ok());
+      ASSERT_TRUE(spool->append(handle, test::make_body(1500, i)).ok());
       const message_id id = spool->core().id_of(handle);
-      ASSERT_TRUE(
-          spool->commit(handle, make_envelope(id, static_cast<std::uint32_t>(count), i)).ok());
+      const auto value = test::make_envelope(id, static_cast<std::uint32_t>(count), i);
+      ASSERT_TRUE(spool->commit(handle, value).ok());
       if (i % 40 == 39) spool->flush();
       // The first 300 finish (their segments go); of the rest every recipient is deferred.
       std::vector<recipient_status>& states = live[id];
