@@ -14,12 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_envelope.h"
 #include "ringmta/spool/file_store.h"
 #include "ringmta/spool/sync_driver.h"
 
 namespace {
 
 using namespace ringmta::spool;
+using ringmta::spool::bench::bench_envelope;
 using clock_type = std::chrono::steady_clock;
 
 struct options {
@@ -34,17 +36,6 @@ struct outcome {
   double seconds = 0;
   std::uint64_t failures = 0;
 };
-
-envelope bench_envelope(message_id id) {
-  envelope value;
-  value.id = id;
-  value.reverse_path = "sender@example.org";
-  value.received_seconds = 1'700'000'000;
-  value.client_address = "192.0.2.1";
-  value.helo = "client.example";
-  value.recipients.push_back({"rcpt@example.net", 0, ""});
-  return value;
-}
 
 std::string make_body(std::size_t bytes) {
   std::string body;

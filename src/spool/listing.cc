@@ -45,8 +45,8 @@ void list_shard(const std::string& directory, std::uint32_t shard, spool_listing
     message.shard = shard;
     message.id = entry.id;
     message.sender = std::move(value.value().reverse_path);
-    message.body_bytes = entry.body_bytes;
-    message.received_seconds = entry.received_seconds;
+    message.body_bytes = view.value().body_bytes;  // the index keeps neither (index.h)
+    message.received_seconds = value.value().received_seconds;
     message.held = (entry.flags & message_flag_held) != 0;
     for (std::size_t i = 0; i < value.value().recipients.size(); ++i) {
       message.recipients.push_back(

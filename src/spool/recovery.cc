@@ -174,8 +174,6 @@ struct commit_seen {
   std::uint32_t segment = 0;
   std::uint32_t bytes = 0;
   std::uint64_t offset = 0;
-  std::uint64_t body_bytes = 0;
-  std::int64_t received_seconds = 0;
   std::uint32_t recipients = 0;
   std::uint32_t range_count = 0;
   std::size_t range_first = 0;  // its ranges: scan_context::named[first, first + count)
@@ -210,7 +208,7 @@ struct scan_context {
   std::vector<body_range> named;  // the ranges every commit names, back to back
   commit_view commit;             // reused for every commit record
   std::vector<void_seen> voids;
-  std::vector<message_entry> messages;  // ascending id, after build_messages
+  message_entries messages;  // ascending id, after build_messages
   std::vector<journal_seen> journal;    // every state and action record, in journal order
   void problem(const std::string& text) {
     auto& problems = state->report.problems;
@@ -311,8 +309,8 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
                                                          record.offset + format::header_bytes}});
       return;
     case format::record_type::commit: {
-      // Only the envelope's received time and recipient count are needed here (the rest is
-      // read when the message is delivered); the summary checks it as the full decode would.
+      // Only the envelope's recipient count is needed here (the rest is read when the message
+      // is delivered or listed); the summary checks it as the full decode would.
       const bool decoded_commit = static_cast<bool>(decode_commit(record.payload, ctx.commit));
       auto summary = decoded_commit ? decode_envelope_summary(ctx.commit.envelope_bytes)
                                     : core::result<envelope_summary>(core::fail(EBADMSG));
@@ -326,8 +324,6 @@ void on_segment_record(scan_context& ctx, std::uint32_t segment, const record_vi
       seen.segment = segment;
       seen.offset = record.offset;
       seen.bytes = format::header_bytes + header.payload_bytes;
-      seen.body_bytes = ctx.commit.body_bytes;
-      seen.received_seconds = summary.value().received_seconds;
       seen.recipients = summary.value().recipients;
       seen.range_first = ctx.named.size();
       seen.range_count = static_cast<std::uint32_t>(ctx.commit.ranges.size());
@@ -393,9 +389,9 @@ void apply_state_record(scan_context& ctx, const journal_seen& record, message_e
                 std::to_string(record.offset));
     return;
   }
-  recipients[payload.recipient] = recipient_status{
-      static_cast<recipient_state>(payload.state), payload.attempts,
-      payload.next_attempt_seconds};
+  recipients.set(payload.recipient,
+                 recipient_status{static_cast<recipient_state>(payload.state),
+                                  payload.attempts, payload.next_attempt_seconds});
 }
 
 // Applies the journals' records to the messages (both by id). Records of a message not
@@ -523,8 +519,6 @@ bool same_records(std::span<const data_seen> seen, std::span<const body_range> n
 message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool& complete) {
   message_entry entry;
   entry.id = commit.id;
-  entry.body_bytes = commit.body_bytes;
-  entry.received_seconds = commit.received_seconds;
   entry.commit_offset = commit.offset;
   entry.commit_segment = commit.segment;
   entry.commit_bytes = commit.bytes;
@@ -541,7 +535,7 @@ message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool&
       entry.segment_mask |= std::uint64_t{1} << (range.segment - entry.first_segment);
     }
   }
-  entry.recipients.resize(commit.recipients);
+  entry.recipients.assign(commit.recipients);
   return entry;
 }
 
@@ -552,7 +546,6 @@ void build_messages(scan_context& ctx, std::vector<std::size_t>& incomplete) {
   auto& report = ctx.state->report;
   sort_by_id(ctx.commits);
   sort_by_id(ctx.data);
-  ctx.messages.reserve(ctx.commits.size());
   std::vector<body_range> scratch;
   std::size_t data_at = 0;  // first data record whose id is not below the commit's
   for (std::size_t i = 0; i < ctx.commits.size(); ++i) {
@@ -611,7 +604,7 @@ void settle_messages(scan_context& ctx, const std::vector<std::size_t>& incomple
     if (kept != i) messages[kept] = std::move(entry);
     ++kept;
   }
-  messages.erase(messages.begin() + static_cast<std::ptrdiff_t>(kept), messages.end());
+  messages.truncate(kept);
 }
 
 std::uint64_t bytes_of(const scan_context& ctx, const std::vector<std::uint32_t>& ids,
@@ -707,8 +700,9 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
   // per-recipient marks yet): never resurrected, never delivered again.
   for (auto& entry : ctx.messages) {
     if ((entry.flags & message_flag_deleted) == 0) continue;
-    for (auto& status : entry.recipients)
-      if (!is_final(status.state)) status = recipient_status{recipient_state::deleted, 0, 0};
+    for (std::size_t i = 0; i < entry.recipients.size(); ++i)
+      if (!is_final(entry.recipients[i].state))
+        entry.recipients.set(i, recipient_status{recipient_state::deleted, 0, 0});
   }
   settle_messages(ctx, incomplete);
   state.messages = std::move(ctx.messages);  // ascending id already (build_messages)

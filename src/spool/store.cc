@@ -59,8 +59,7 @@ store::store(store_config config, recovered_state recovered)
     slot.fd = file.fd.release();
     slot.path = _config.directory + "/" + journal_file_name(file.id);
   }
-  _index.reserve(recovered.messages.size());
-  for (auto& entry : recovered.messages) {
+  for (const auto& entry : recovered.messages) {
     const bool final = entry.status == message_status::final;
     // Only the set bits (usually one: the message's own segment); a queued message keeps each
     // segment it touches.
@@ -73,8 +72,8 @@ store::store(store_config config, recovered_state recovered)
       auto found = _segments.find(entry.commit_segment);
       if (found != _segments.end()) found->second.final_ids.push_back(entry.id);
     }
-    _index.emplace(entry.id, std::move(entry));
   }
+  _index = message_index(std::move(recovered.messages));
   _snapshot_needed = true;  // start-up compacts the journals into a fresh one
   request_segment();
   request_journal();
@@ -364,6 +363,7 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
   if (value.recipients.empty() || value.recipients.size() > envelope_recipients_max) {
     message.error = EINVAL;  // RFC 5321 §3.3: no DATA without a recipient; index is 16 bits
   }
+  if (_index.full()) message.error = ENOSPC;  // index.h: entries_max (134 M) a shard
   if (message.error != 0) {
     const int error = message.error;
     forget_pending(message);
@@ -419,16 +419,14 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
 
   message_entry entry;
   entry.id = message.id;
-  entry.body_bytes = message.body_bytes;
-  entry.received_seconds = value.received_seconds;
   entry.commit_offset = offset;
   entry.commit_segment = _current->id;
   entry.commit_bytes = static_cast<std::uint32_t>(record_bytes);
   entry.first_segment = message.first_segment;
   entry.segment_mask = message.segment_mask;
   entry.status = message_status::committing;
-  entry.recipients.resize(value.recipients.size());
-  _index.insert_or_assign(message.id, std::move(entry));
+  entry.recipients.assign(value.recipients.size());
+  _index.insert(std::move(entry));  // ids are fresh (the generator's floor): never present
   const std::uint64_t ticket = _next_ticket++;
   _open->tickets.emplace_back(ticket, message.id);
   if (body != nullptr) {
@@ -482,18 +480,21 @@ void store::forget_pending(pending_message& message) noexcept {
 void store::abort(message_handle handle) noexcept { forget_pending(*lookup(handle)); }
 
 const message_entry* store::find(message_id id) const noexcept {
-  auto found = _index.find(id);
-  if (found == _index.end() || found->second.status == message_status::committing) return nullptr;
-  return &found->second;
+  const message_entry* entry = _index.find(id);
+  if (entry == nullptr || entry->status == message_status::committing) return nullptr;
+  return entry;
+}
+
+message_entry* store::find_queued(message_id id) noexcept {
+  message_entry* entry = _index.find(id);
+  return entry == nullptr || entry->status != message_status::queued ? nullptr : entry;
 }
 
 core::result<std::uint64_t> store::mark(message_id id, std::uint16_t recipient,
                                         recipient_status status) noexcept {
-  auto found = _index.find(id);
-  if (found == _index.end() || found->second.status != message_status::queued) {
-    return core::fail(ENOENT);
-  }
-  auto& entry = found->second;
+  message_entry* found = find_queued(id);
+  if (found == nullptr) return core::fail(ENOENT);
+  auto& entry = *found;
   if (recipient >= entry.recipients.size() || is_final(entry.recipients[recipient].state)) {
     return core::fail(EINVAL);
   }
@@ -501,7 +502,7 @@ core::result<std::uint64_t> store::mark(message_id id, std::uint16_t recipient,
       _config.journal_buffered_bytes_max) {
     return core::fail(ENOBUFS);
   }
-  entry.recipients[recipient] = status;
+  entry.recipients.set(recipient, status);
   // The outcome of a message an operator bounced or deleted: no lag. Recovery would bounce or
   // delete a recipient whose delivered mark was lost, instead of delivering it again.
   if ((entry.flags & (message_flag_bounce | message_flag_deleted)) != 0) {
@@ -529,15 +530,13 @@ core::result<std::uint64_t> store::mark(message_id id, std::uint16_t recipient,
 
 core::result<std::uint64_t> store::act(message_id id, message_action action,
                                        std::int64_t now_seconds) noexcept {
-  auto found = _index.find(id);
-  if (found == _index.end() || found->second.status != message_status::queued) {
-    return core::fail(ENOENT);
-  }
+  message_entry* found = find_queued(id);
+  if (found == nullptr) return core::fail(ENOENT);
   if ((_journal_open->items.size() + 1) * state_record_bytes >
       _config.journal_buffered_bytes_max) {
     return core::fail(ENOBUFS);
   }
-  found->second.flags = apply_action(found->second.flags, action);
+  found->flags = apply_action(found->flags, action);
   journal_item item;
   item.id = id;
   item.type = format::record_type::action;
@@ -630,7 +629,7 @@ store_stats store::stats() const noexcept {
   store_stats out = _stats;
   out.buffered_bytes = _buffered_bytes;
   out.queued_messages = 0;
-  for (const auto& [id, entry] : _index) {
+  for (const auto& entry : _index) {
     if (entry.status == message_status::queued) ++out.queued_messages;
   }
   return out;

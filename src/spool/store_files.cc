@@ -114,10 +114,8 @@ void store::on_remove_done(std::uint32_t id, bool journal, std::int64_t result) 
     return;
   }
   for (message_id message : slot.final_ids) {
-    auto entry = _index.find(message);
-    if (entry != _index.end() && entry->second.status == message_status::final) {
-      _index.erase(entry);
-    }
+    const message_entry* entry = _index.find(message);
+    if (entry != nullptr && entry->status == message_status::final) _index.erase(message);
   }
   if (journal) {
     files.erase(found);
@@ -190,10 +188,11 @@ void store::encode_journal_items(std::string& out, std::uint64_t salt,
 // Every durable message's non-initial recipient states, as state records at `offset` onward.
 void store::encode_snapshot(std::string& out, std::uint64_t salt, std::uint64_t offset) const {
   const recipient_status initial;
-  for (const auto& [id, entry] : _index) {
+  for (const auto& entry : _index) {
+    const message_id id = entry.id;
     if (entry.status == message_status::committing) continue;
     for (std::size_t i = 0; i < entry.recipients.size(); ++i) {
-      const auto& status = entry.recipients[i];
+      const recipient_status status = entry.recipients[i];
       if (status == initial) continue;
       format::state_payload payload;
       payload.recipient = static_cast<std::uint16_t>(i);

@@ -271,9 +271,9 @@ void store::finish_segment_part() noexcept {
   _unsynced_since = 0;
   _unsynced_starts.clear();
   for (const auto& [ticket, id] : f.segments.tickets) {
-    auto found = _index.find(id);
-    RINGMTA_ASSERT(found != _index.end());
-    found->second.status = message_status::queued;
+    message_entry* found = _index.find(id);
+    RINGMTA_ASSERT(found != nullptr);
+    found->status = message_status::queued;
     ++_stats.commits_durable;
     push_event(event_kind::committed, ticket, id, 0);
   }
@@ -305,9 +305,9 @@ void store::finish_journal_part() noexcept {
   } else {
     for (const auto& [ticket, id] : batch.tickets) push_event(event_kind::marked, ticket, id, 0);
     for (message_id id : batch.finals) {
-      auto found = _index.find(id);
-      RINGMTA_ASSERT(found != _index.end() && found->second.status == message_status::final);
-      auto& entry = found->second;
+      const message_entry* found = _index.find(id);
+      RINGMTA_ASSERT(found != nullptr && found->status == message_status::final);
+      const auto& entry = *found;
       auto holder = _segments.find(entry.commit_segment);
       RINGMTA_ASSERT(holder != _segments.end());
       holder->second.final_ids.push_back(id);
@@ -359,11 +359,11 @@ void store::fail_segments(int error) noexcept {
       }
     }
     for (const auto& [ticket, id] : batch->tickets) {
-      auto found = _index.find(id);
-      RINGMTA_ASSERT(found != _index.end());
-      const std::uint32_t first = found->second.first_segment;
-      const std::uint64_t mask = found->second.segment_mask;
-      _index.erase(found);
+      const message_entry* found = _index.find(id);
+      RINGMTA_ASSERT(found != nullptr);
+      const std::uint32_t first = found->first_segment;
+      const std::uint64_t mask = found->segment_mask;
+      _index.erase(id);
       release_segments(first, mask);
       ++_stats.commits_failed;
       push_event(event_kind::committed, ticket, id, error);

@@ -1,11 +1,25 @@
-// The in-memory index entry of one spooled message: everything the spool keeps per message.
+// The in-memory index of one shard's spooled messages: everything the spool keeps per message.
 //
-// Bytes per message (x86-64, libstdc++): 80 for the entry + 16 per recipient + about 40 for the
-// hash-map node and bucket, so ~136 bytes for a one-recipient message. The envelope and the
-// body ranges stay on disk (one pread of the commit record brings them back: store::read).
+// Issue 15 (memory per queued message): a message costs its 56-byte `message_entry` in a dense
+// array of fixed chunks plus one 4-byte slot of an open-addressing table at a load between 3/8
+// and 3/4 (5-11 bytes): ~61-67 bytes for a message of one recipient, whose state is held in
+// the entry; a message of more recipients adds one allocation of 16 bytes per recipient. (The
+// std::unordered_map before: a 96-byte node, a 16-byte vector allocation, ~12 bytes of bucket.)
+// The envelope, body ranges, body size and arrival time stay on disk (one read of the commit
+// record brings them back: store::read).
+//
+// Invariants: ids are unique in an index; entries never move when the index grows (the chunks
+// stay where they are, only the slot table is rebuilt); erase() moves the last entry into the
+// hole, so a pointer to an entry is valid until the next erase. Never throws except for
+// allocation failure; at most message_index::entries_max entries.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
+#include <memory>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ringmta/spool/envelope.h"
@@ -40,18 +54,201 @@ enum message_flag : std::uint8_t {
 // The flags after `action`: a delete or a bounce ends a hold, nothing follows a delete.
 std::uint8_t apply_action(std::uint8_t flags, message_action action) noexcept;
 
+// Walks a container by position with its operator[] (which gives `Reference`: a value for
+// recipient_list, a reference for message_entries).
+template <typename Container, typename Reference>
+class indexed_iterator {
+ public:
+  using iterator_category = std::forward_iterator_tag;
+  using value_type = std::remove_cvref_t<Reference>;
+  using difference_type = std::ptrdiff_t;
+  using reference = Reference;
+  indexed_iterator() noexcept = default;
+  indexed_iterator(Container* items, std::size_t at) noexcept : _items(items), _at(at) {}
+  Reference operator*() const noexcept { return (*_items)[_at]; }
+  auto* operator->() const noexcept
+    requires std::is_reference_v<Reference>
+  {
+    return &(*_items)[_at];
+  }
+  indexed_iterator& operator++() noexcept {
+    ++_at;
+    return *this;
+  }
+  indexed_iterator operator++(int) noexcept {
+    indexed_iterator before = *this;
+    ++_at;
+    return before;
+  }
+  bool operator==(const indexed_iterator& other) const noexcept { return _at == other._at; }
+
+ private:
+  Container* _items = nullptr;
+  std::size_t _at = 0;
+};
+
+// The delivery state of a message's recipients in 16 bytes: one recipient's state inline (the
+// common case: no allocation), more in one array of their own. Reads give values (the inline
+// state is not stored as a recipient_status object); writes go through set().
+class recipient_list {
+ public:
+  using iterator = indexed_iterator<const recipient_list, recipient_status>;
+
+  recipient_list() noexcept = default;
+  explicit recipient_list(std::size_t count) { assign(count); }
+  recipient_list(const recipient_list& other);
+  recipient_list(recipient_list&& other) noexcept;
+  recipient_list& operator=(const recipient_list& other);
+  recipient_list& operator=(recipient_list&& other) noexcept;
+  ~recipient_list() { release(); }
+
+  // `count` recipients (at most envelope_recipients_max), each in the initial state.
+  void assign(std::size_t count);
+  std::size_t size() const noexcept { return _count; }
+  bool empty() const noexcept { return _count == 0; }
+  recipient_status operator[](std::size_t i) const noexcept;
+  recipient_status at(std::size_t i) const;  // asserts i < size()
+  void set(std::size_t i, const recipient_status& status) noexcept;
+  iterator begin() const noexcept { return iterator(this, 0); }
+  iterator end() const noexcept { return iterator(this, _count); }
+
+ private:
+  bool inline_one() const noexcept { return _count == 1; }
+  void release() noexcept;
+
+  // _count == 1: the one state is next_attempt_seconds, _attempts, _state; more: _many.
+  union {
+    std::int64_t _next_attempt_seconds = 0;
+    recipient_status* _many;
+  };
+  std::uint32_t _attempts = 0;
+  recipient_state _state = recipient_state::queued;
+  // (one byte of padding)
+  std::uint16_t _count = 0;
+};
+static_assert(sizeof(recipient_list) == 16);
+static_assert(envelope_recipients_max <= UINT16_MAX);
+
 struct message_entry {
   message_id id = 0;
-  std::uint64_t body_bytes = 0;
-  std::int64_t received_seconds = 0;
-  std::uint64_t commit_offset = 0;   // of the commit record's header
-  std::uint32_t commit_segment = 0;
-  std::uint32_t commit_bytes = 0;    // header + payload
-  std::uint32_t first_segment = 0;   // segments touched: bit i of segment_mask = first + i
-  message_status status = message_status::committing;
-  std::uint8_t flags = 0;            // message_flag bits (fits in the padding: still 80 bytes)
+  std::uint64_t commit_offset = 0;  // of the commit record's header
   std::uint64_t segment_mask = 0;
-  std::vector<recipient_status> recipients;
+  std::uint32_t commit_segment = 0;
+  std::uint32_t commit_bytes = 0;   // header + payload
+  std::uint32_t first_segment = 0;  // segments touched: bit i of segment_mask = first + i
+  message_status status = message_status::committing;
+  std::uint8_t flags = 0;  // message_flag bits
+  recipient_list recipients;
+};
+static_assert(sizeof(message_entry) == 56);
+
+// Entries in chunks of a fixed size: growing never moves (nor copies) an entry, and memory is
+// within one chunk of what the entries need. Recovery builds one; the store's index adopts it.
+class message_entries {
+ public:
+  static constexpr unsigned chunk_bits = 10;  // 1,024 entries (56 KiB) a chunk
+  static constexpr std::size_t chunk_entries = std::size_t{1} << chunk_bits;
+
+  message_entries() noexcept = default;
+  message_entries(message_entries&& other) noexcept
+      : _chunks(std::move(other._chunks)), _size(std::exchange(other._size, 0)) {}
+  message_entries& operator=(message_entries&& other) noexcept {
+    truncate(0);
+    _chunks = std::move(other._chunks);
+    _size = std::exchange(other._size, 0);
+    return *this;
+  }
+  ~message_entries() { truncate(0); }
+
+  std::size_t size() const noexcept { return _size; }
+  bool empty() const noexcept { return _size == 0; }
+  message_entry& operator[](std::size_t i) noexcept {
+    return _chunks[i >> chunk_bits][i & (chunk_entries - 1)];
+  }
+  const message_entry& operator[](std::size_t i) const noexcept {
+    return _chunks[i >> chunk_bits][i & (chunk_entries - 1)];
+  }
+  message_entry& back() noexcept { return (*this)[_size - 1]; }
+  message_entry& push_back(message_entry entry);
+  void pop_back() noexcept;
+  void truncate(std::size_t size) noexcept;  // keeps the first `size` entries
+  std::size_t bytes() const noexcept;        // chunk memory held (not the recipient arrays)
+
+  using iterator = indexed_iterator<message_entries, message_entry&>;
+  using const_iterator = indexed_iterator<const message_entries, const message_entry&>;
+  iterator begin() noexcept { return iterator(this, 0); }
+  iterator end() noexcept { return iterator(this, _size); }
+  const_iterator begin() const noexcept { return const_iterator(this, 0); }
+  const_iterator end() const noexcept { return const_iterator(this, _size); }
+
+ private:
+  std::vector<std::unique_ptr<message_entry[]>> _chunks;
+  std::size_t _size = 0;
+};
+
+// Id → entry: a table of 4-byte slots, linear probing, deletion by backward shift (no
+// tombstones). A slot holds the entry's position + 1 in its low bits (0: empty) and 5 bits of
+// the id's hash above, so a probe reads an entry only when those bits match.
+//
+// Ids are not spread in their low bits: seconds | shard | sequence (message_id.h), so at a few
+// messages a second most ids end in sequence 0. The slot comes from the top bits of a mixed
+// 64-bit hash (splitmix64's finalizer) instead; tests/unit/spool/index_test.cc checks the
+// probe lengths on such ids.
+//
+// Growth (past 3/4 full) frees the slot table and rebuilds it twice as large from the entries:
+// no old and new table side by side, and entries never move; at 5,000,000 entries the slot
+// table is 32 MiB, built in one pass over the entries. Below 1/16 full it is rebuilt half as
+// large, and trailing chunks are freed as the entries shrink: a drained backlog gives its
+// memory back.
+class message_index {
+ public:
+  static constexpr unsigned position_bits = 27;
+  static constexpr std::size_t entries_max = (std::size_t{1} << position_bits) - 2;
+
+  message_index() noexcept = default;
+  // Adopts recovered entries (ascending ids, as recovery gives them; asserted).
+  explicit message_index(message_entries entries);
+  message_index(message_index&&) noexcept = default;
+  message_index& operator=(message_index&&) noexcept = default;
+
+  std::size_t size() const noexcept { return _entries.size(); }
+  bool full() const noexcept { return _entries.size() >= entries_max; }
+  message_entry* find(message_id id) noexcept;
+  const message_entry* find(message_id id) const noexcept;
+  // `entry.id` must not be in the index, and !full(). Moves no other entry.
+  message_entry& insert(message_entry entry);
+  // Whether `id` was there. The last entry moves into its place.
+  bool erase(message_id id) noexcept;
+  // Memory held by the chunks and the slot table (recipient arrays not counted).
+  std::size_t bytes() const noexcept;
+  std::size_t slot_count() const noexcept { return _slots == nullptr ? 0 : _slot_mask + 1; }
+  // The longest probe sequence of any entry (slots examined to find it): for tests.
+  std::size_t probe_length_max() const noexcept;
+
+  // Every entry, dense (positions 0..size-1); in insertion order until erasures move some.
+  message_entries::iterator begin() noexcept { return _entries.begin(); }
+  message_entries::iterator end() noexcept { return _entries.end(); }
+  message_entries::const_iterator begin() const noexcept { return _entries.begin(); }
+  message_entries::const_iterator end() const noexcept { return _entries.end(); }
+
+ private:
+  static constexpr std::uint32_t position_mask = (std::uint32_t{1} << position_bits) - 1;
+  static constexpr std::size_t slots_min = 16;
+
+  std::size_t home(std::uint64_t hash) const noexcept;
+  static std::uint32_t tag(std::uint64_t hash) noexcept {
+    return static_cast<std::uint32_t>(hash) & ~position_mask;
+  }
+  // The slot holding `id`, or slot_count() when absent.
+  std::size_t slot_of(message_id id) const noexcept;
+  void place(std::uint64_t hash, std::uint32_t position) noexcept;
+  void rebuild(std::size_t slots);
+  void remove_slot(std::size_t slot) noexcept;
+
+  message_entries _entries;
+  std::unique_ptr<std::uint32_t[]> _slots;
+  std::size_t _slot_mask = 0;  // slot_count() - 1; 0 before the first insert
+  unsigned _slot_shift = 64;   // 64 - log2(slot_count())
 };
 
 }  // namespace ringmta::spool

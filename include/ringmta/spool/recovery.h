@@ -71,7 +71,7 @@ struct recovered_state {
   std::uint32_t shard = 0;
   std::vector<recovered_file> segments;  // ascending id
   std::vector<recovered_file> journals;  // ascending id
-  std::vector<message_entry> messages;   // status queued or final, ascending id
+  message_entries messages;  // status queued or final, ascending id (the store adopts them)
   message_id id_floor = 0;
   std::uint32_t next_file_id = 1;
   recovery_report report;

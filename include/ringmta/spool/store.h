@@ -26,7 +26,6 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "ringmta/core/result.h"
@@ -137,7 +136,10 @@ class store {
   void abort(message_handle handle) noexcept;
 
   // --- delivery ---
-  // A durable message, queued or final; nullptr when unknown or not yet durable.
+  // A durable message, queued or final; nullptr when unknown or not yet durable. The pointer
+  // is valid until the next complete() (where finished messages leave the index and other
+  // entries move into their places: index.h); begin/append/commit/mark/act/read/flush never
+  // move an entry. Hold the id, not the pointer, across a completion.
   const message_entry* find(message_id id) const noexcept;
   // Records a recipient's new state (final states are final: EINVAL to change them). The
   // ticket is reported (event_kind::marked) when the change is durable; delivery need not
@@ -162,7 +164,7 @@ class store {
   // Every durable message, in no particular order.
   template <typename Visit>
   void for_each_message(Visit&& visit) const {
-    for (const auto& [id, entry] : _index) {
+    for (const auto& entry : _index) {
       if (entry.status != message_status::committing) visit(entry);
     }
   }
@@ -200,6 +202,7 @@ class store {
 
   // reception helpers (store.cc)
   pending_message* lookup(message_handle handle) noexcept;
+  message_entry* find_queued(message_id id) noexcept;  // nullptr unless queued
   int ensure_room(std::uint64_t record_bytes, bool splittable) noexcept;
   void touch(pending_message& message, std::uint32_t segment) noexcept;
   std::size_t append_wire(pending_message& message, std::string_view wire) noexcept;
@@ -263,7 +266,7 @@ class store {
   int _create_error = 0;               // last segment creation failure, until one succeeds
   int _journal_create_error = 0;
   bool _snapshot_needed = true;        // the next journal write starts a fresh journal
-  std::unordered_map<message_id, message_entry> _index;
+  message_index _index;
   std::vector<pending_message> _pending;
   std::vector<std::uint32_t> _pending_free;
   std::vector<void_mark> _voids;

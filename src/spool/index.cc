@@ -1,0 +1,266 @@
+// spool::message_index and its parts (index.h): recipient lists, entry chunks, the id table.
+#include "ringmta/spool/index.h"
+
+#include <algorithm>
+#include <bit>
+
+#include "ringmta/core/assert.h"
+
+namespace ringmta::spool {
+
+// --- recipient_list ---
+
+recipient_list::recipient_list(const recipient_list& other) {
+  *this = other;
+}
+
+recipient_list::recipient_list(recipient_list&& other) noexcept {
+  *this = std::move(other);
+}
+
+recipient_list& recipient_list::operator=(const recipient_list& other) {
+  if (this == &other) return *this;
+  assign(other._count);
+  for (std::size_t i = 0; i < _count; ++i) set(i, other[i]);
+  return *this;
+}
+
+recipient_list& recipient_list::operator=(recipient_list&& other) noexcept {
+  if (this == &other) return *this;
+  release();
+  if (other._count > 1) {
+    _many = other._many;  // taken: `other` is left empty, not freeing it
+  } else {
+    _next_attempt_seconds = other._next_attempt_seconds;
+  }
+  _attempts = other._attempts;
+  _state = other._state;
+  _count = std::exchange(other._count, 0);
+  return *this;
+}
+
+void recipient_list::release() noexcept {
+  if (_count > 1) delete[] _many;
+  _count = 0;
+  _next_attempt_seconds = 0;
+  _attempts = 0;
+  _state = recipient_state::queued;
+}
+
+void recipient_list::assign(std::size_t count) {
+  RINGMTA_ASSERT(count <= envelope_recipients_max);
+  release();
+  if (count > 1) _many = new recipient_status[count];
+  _count = static_cast<std::uint16_t>(count);
+}
+
+recipient_status recipient_list::operator[](std::size_t i) const noexcept {
+  if (inline_one()) return recipient_status{_state, _attempts, _next_attempt_seconds};
+  return _many[i];
+}
+
+recipient_status recipient_list::at(std::size_t i) const {
+  RINGMTA_ASSERT(i < _count);
+  return (*this)[i];
+}
+
+void recipient_list::set(std::size_t i, const recipient_status& status) noexcept {
+  RINGMTA_ASSERT(i < _count);
+  if (!inline_one()) {
+    _many[i] = status;
+    return;
+  }
+  _state = status.state;
+  _attempts = status.attempts;
+  _next_attempt_seconds = status.next_attempt_seconds;
+}
+
+// --- message_entries ---
+
+message_entry& message_entries::push_back(message_entry entry) {
+  if ((_size >> chunk_bits) == _chunks.size()) {
+    // Default-constructed entries (no allocation each); pages are touched as they fill.
+    _chunks.push_back(std::make_unique<message_entry[]>(chunk_entries));
+  }
+  message_entry& slot = (*this)[_size];
+  slot = std::move(entry);
+  ++_size;
+  return slot;
+}
+
+void message_entries::pop_back() noexcept {
+  RINGMTA_ASSERT(_size > 0);
+  --_size;
+  (*this)[_size].recipients.assign(0);  // frees a recipient array now, not with the chunk
+  // Keep one empty chunk past the last used one, so that an index at a chunk boundary does
+  // not allocate and free a chunk on every insert and erase.
+  const std::size_t needed = (_size + chunk_entries - 1) >> chunk_bits;
+  if (_chunks.size() > needed + 1) _chunks.pop_back();
+}
+
+void message_entries::truncate(std::size_t size) noexcept {
+  while (_size > size) pop_back();
+  if (_size == 0) _chunks.clear();
+}
+
+std::size_t message_entries::bytes() const noexcept {
+  return _chunks.size() * chunk_entries * sizeof(message_entry) +
+         _chunks.capacity() * sizeof(_chunks[0]);
+}
+
+// --- message_index ---
+
+namespace {
+
+// splitmix64's finalizer (Steele, Lea, Flood 2014): every input bit changes every output bit
+// with probability ~1/2, so ids differing only in their seconds or sequence spread evenly.
+std::uint64_t mix(std::uint64_t x) noexcept {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+// Slots for `entries` at most 3/4 full (a power of two).
+std::size_t slots_for(std::size_t entries, std::size_t minimum) noexcept {
+  std::size_t slots = minimum;
+  while (entries * 4 > slots * 3) slots *= 2;
+  return slots;
+}
+
+}  // namespace
+
+message_index::message_index(message_entries entries) : _entries(std::move(entries)) {
+  RINGMTA_ASSERT(_entries.size() <= entries_max);
+  if (_entries.empty()) return;
+  // Ascending (recovery builds them so) is unique, checked in one sequential pass.
+  for (std::size_t i = 1; i < _entries.size(); ++i)
+    RINGMTA_ASSERT(_entries[i - 1].id < _entries[i].id);
+  rebuild(slots_for(_entries.size(), slots_min));
+}
+
+std::size_t message_index::home(std::uint64_t hash) const noexcept {
+  return static_cast<std::size_t>(hash >> _slot_shift);
+}
+
+std::size_t message_index::slot_of(message_id id) const noexcept {
+  if (_slots == nullptr) return 0;  // slot_count()
+  const std::uint64_t hash = mix(id);
+  const std::uint32_t want = tag(hash);
+  for (std::size_t slot = home(hash);; slot = (slot + 1) & _slot_mask) {
+    const std::uint32_t value = _slots[slot];
+    if (value == 0) return slot_count();
+    if ((value & ~position_mask) == want && _entries[(value & position_mask) - 1].id == id)
+      return slot;
+  }
+}
+
+message_entry* message_index::find(message_id id) noexcept {
+  const std::size_t slot = slot_of(id);
+  if (slot >= slot_count()) return nullptr;
+  return &_entries[(_slots[slot] & position_mask) - 1];
+}
+
+const message_entry* message_index::find(message_id id) const noexcept {
+  return const_cast<message_index*>(this)->find(id);
+}
+
+void message_index::place(std::uint64_t hash, std::uint32_t position) noexcept {
+  std::size_t slot = home(hash);
+  while (_slots[slot] != 0) slot = (slot + 1) & _slot_mask;
+  _slots[slot] = tag(hash) | (position + 1);
+}
+
+// Frees the table first, then builds the new one from the entries: the only transient is the
+// new table itself.
+void message_index::rebuild(std::size_t slots) {
+  _slots.reset();
+  _slots = std::make_unique<std::uint32_t[]>(slots);  // zeroed: every slot empty
+  _slot_mask = slots - 1;
+  _slot_shift = static_cast<unsigned>(64 - std::countr_zero(slots));
+  for (std::size_t i = 0; i < _entries.size(); ++i)
+    place(mix(_entries[i].id), static_cast<std::uint32_t>(i));
+}
+
+message_entry& message_index::insert(message_entry entry) {
+  RINGMTA_ASSERT(!full());
+  if (_slots == nullptr || (_entries.size() + 1) * 4 > slot_count() * 3) {
+    const message_id id = entry.id;
+    message_entry& placed = _entries.push_back(std::move(entry));
+    rebuild(_slots == nullptr ? slots_min : slot_count() * 2);  // places the new entry too
+    RINGMTA_ASSERT(find(id) == &placed);  // else the id was there already
+    return placed;
+  }
+  // One probe finds the free slot and checks on the way that the id is new.
+  const std::uint64_t hash = mix(entry.id);
+  const std::uint32_t want = tag(hash);
+  std::size_t slot = home(hash);
+  for (; _slots[slot] != 0; slot = (slot + 1) & _slot_mask) {
+    const std::uint32_t value = _slots[slot];
+    RINGMTA_ASSERT((value & ~position_mask) != want ||
+                   _entries[(value & position_mask) - 1].id != entry.id);
+  }
+  message_entry& placed = _entries.push_back(std::move(entry));
+  _slots[slot] = want | static_cast<std::uint32_t>(_entries.size());  // position + 1
+  return placed;
+}
+
+// Backward-shift deletion (Knuth 6.4, algorithm R): every entry after the hole whose home
+// lies cyclically at or before the hole moves back into it, so no probe sequence is cut.
+void message_index::remove_slot(std::size_t hole) noexcept {
+  _slots[hole] = 0;
+  for (std::size_t slot = (hole + 1) & _slot_mask; _slots[slot] != 0;
+       slot = (slot + 1) & _slot_mask) {
+    const message_id id = _entries[(_slots[slot] & position_mask) - 1].id;
+    const std::size_t from = home(mix(id));
+    // Distance of `slot` from its home, and of the hole from the same home (cyclic).
+    if (((slot - from) & _slot_mask) >= ((slot - hole) & _slot_mask)) {
+      _slots[hole] = _slots[slot];
+      _slots[slot] = 0;
+      hole = slot;
+    }
+  }
+}
+
+bool message_index::erase(message_id id) noexcept {
+  const std::size_t slot = slot_of(id);
+  if (slot >= slot_count()) return false;
+  const std::uint32_t position = (_slots[slot] & position_mask) - 1;
+  remove_slot(slot);
+  const std::uint32_t last = static_cast<std::uint32_t>(_entries.size() - 1);
+  if (position != last) {
+    // The last entry fills the hole; its slot learns the new position.
+    const std::size_t moved = slot_of(_entries[last].id);
+    RINGMTA_ASSERT(moved < slot_count());
+    _slots[moved] = (_slots[moved] & ~position_mask) | (position + 1);
+    _entries[position] = std::move(_entries[last]);
+  }
+  _entries.pop_back();
+  if (_entries.empty()) {
+    _slots.reset();
+    _slot_mask = 0;
+    _slot_shift = 64;
+  } else if (slot_count() > slots_min && _entries.size() * 16 < slot_count()) {
+    rebuild(slot_count() / 2);  // ≤ 1/8 full afterwards: far from growing again
+  }
+  return true;
+}
+
+std::size_t message_index::bytes() const noexcept {
+  return _entries.bytes() + (_slots == nullptr ? 0 : slot_count() * sizeof(std::uint32_t));
+}
+
+std::size_t message_index::probe_length_max() const noexcept {
+  std::size_t longest = 0;
+  if (_slots == nullptr) return 0;
+  for (std::size_t slot = 0; slot < slot_count(); ++slot) {
+    if (_slots[slot] == 0) continue;
+    const message_id id = _entries[(_slots[slot] & position_mask) - 1].id;
+    longest = std::max(longest, ((slot - home(mix(id))) & _slot_mask) + 1);
+  }
+  return longest;
+}
+
+}  // namespace ringmta::spool
