@@ -633,7 +633,10 @@ void connection::spool_bytes(std::string_view slice, smtp::body_form form) noexc
   const auto taken = form == smtp::body_form::wire ? store.append(message, slice)
                                                    : store.append_raw(message, slice);
   if (!taken) message_error = taken.error();
-  else if (taken.value() < slice.size()) message_error = ENOBUFS;  // room was checked: a bug
+  else if (taken.value() < slice.size()) {  // room was checked: a bug
+    message_error = ENOBUFS;
+    server.metrics().spool_short_appends.add();
+  }
   message_bytes += slice.size();
 }
 
