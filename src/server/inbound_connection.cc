@@ -61,7 +61,7 @@ void connection::check_invariants() const noexcept {
   RINGMTA_ASSERT(ops_in_flight >= unsigned{recv_armed} + unsigned{send_in_flight});
   switch (_phase) {
     case p::free:
-      RINGMTA_ASSERT(fd < 0 && ops_in_flight == 0 && !holding && !in_message);
+      RINGMTA_ASSERT(fd < 0 && ops_in_flight == 0 && !holding && !in_message && ticket == 0);
       return;
     case p::accepted:  // taken by acquire(); open() brings the socket (load is checked between)
       RINGMTA_ASSERT(ops_in_flight == 0 && !holding && !in_message);
@@ -76,8 +76,8 @@ void connection::check_invariants() const noexcept {
     case p::refusing:
       RINGMTA_ASSERT(fd >= 0 && !in_message);
       return;
-    case p::closing:  // close() let go of the input and the message
-      RINGMTA_ASSERT(fd >= 0 && !holding && !in_message && !commit_retry);
+    case p::closing:  // close() let go of the input, the message and its commit
+      RINGMTA_ASSERT(fd >= 0 && !holding && !in_message && !commit_retry && ticket == 0);
       return;
     case p::closed:
       RINGMTA_ASSERT(!recv_armed && !send_in_flight && !holding && !in_message);
@@ -441,6 +441,8 @@ void connection::close(const char* reason) noexcept {
       in_message = false;
     }
     commit_retry = false;
+    if (ticket != 0) server.orphan(*this);  // durable or not, the spool decides without us
+    ticket = 0;
     auth_held.reset();
     sasl.reset();
     // Ends a pending receive or a send to a client that stopped reading (they complete with
@@ -716,6 +718,7 @@ void connection::retry_commit() noexcept {
 }
 
 void connection::on_commit_result(int error) noexcept {
+  ticket = 0;
   auto& metrics = server.metrics();
   if (error != 0) {
     metrics.spool_failures.add();

@@ -99,7 +99,7 @@ struct connection final : smtp::server_handler {
   bool commit_retry = false;  // the store had no segment ready: commit again later
   int message_error = 0;      // a spool append failed: answer 452 at the end of data
   spool::message_handle message{};
-  std::uint64_t ticket = 0;
+  std::uint64_t ticket = 0;  // a commit in flight (tickets start at 1; 0: none)
   std::uint64_t data_end_ms = 0;  // host().now_ms() at the end of data: the commit latency
   std::uint64_t message_bytes = 0;
   spool::envelope envelope;  // client_address is set once per connection (admit)
@@ -305,14 +305,26 @@ class inbound_server final : public shard::host_handler {
   io::op_kind send_kind() const noexcept { return _send_kind; }
   io::op_kind close_kind() const noexcept { return _close_kind; }
   void release(connection& c) noexcept;
+  // The connection closes with its commit in flight: keep what routing needs until the spool
+  // reports it (on_committed hands a durable one on, though no 250 could be sent).
+  void orphan(const connection& c) noexcept;
 
  private:
+  // A message whose client left before its commit was reported (one per ticket in flight).
+  struct orphan_message {
+    std::uint64_t ticket = 0;
+    std::uint64_t session_id = 0;
+    spool::envelope envelope;
+    std::vector<spool::body_slice> body;
+    std::string pool;
+  };
 
   connection* acquire() noexcept;
   connection* find(const io::completion& done) noexcept;
   void on_grace_expired() noexcept;
   void update_load() noexcept;
   void on_ticket_timer() noexcept;
+  bool take_orphan(std::uint64_t ticket, int error) noexcept;
 
   const std::shared_ptr<const inbound_config> _first;
   const inbound_config& _config;             // *_first: what cannot change without a restart
@@ -331,6 +343,7 @@ class inbound_server final : public shard::host_handler {
   std::vector<std::uint32_t> _free_slots;
   std::vector<std::uint32_t> _waiting;   // slots waiting for spool room or a commit retry
   std::vector<std::uint32_t> _retrying;  // _waiting being retried
+  std::vector<orphan_message> _orphans;  // few: at most the commits in flight
   std::uint32_t _live = 0;
   std::uint64_t _next_session = 0;  // log session ids (admin::session_id_base)
   bool _shutting_down = false;
