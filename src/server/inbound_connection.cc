@@ -295,7 +295,7 @@ void connection::on_received(const io::completion& done) noexcept {
   }
   if (done.res == -ENOBUFS) {  // every receive buffer is held: try again once some come back
     server.buffers().note_enobufs();
-    return server.wait_for_spool(*this);
+    return server.wait_for_buffer(*this);
   }
   if (ending() || done.res <= 0) {  // EOF, reset, or our own shutdown
     if (done.has_buffer()) server.buffers().recycle(done.buffer_id());

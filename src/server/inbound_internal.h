@@ -73,7 +73,7 @@ struct connection final : smtp::server_handler {
   bool recv_armed = false;
   bool send_in_flight = false;
   bool relay_allowed = false;   // client is in mynetworks
-  bool waiting_for_spool = false;  // input held until the spool has buffer room
+  bool waiting_for_spool = false;  // input held until the spool (or a receive buffer) has room
   std::string_view literal;          // fixed reply still to send (static storage)
   std::uint8_t ops_in_flight = 0;
 
@@ -298,6 +298,8 @@ class inbound_server final : public shard::host_handler {
   std::uint64_t next_session_id() noexcept { return _next_session++; }
   bool spool_has_room() const noexcept;
   void wait_for_spool(connection& c) noexcept;
+  // A receive ended with -ENOBUFS: armed again once a buffer is back within the kernel's reach.
+  void wait_for_buffer(connection& c) noexcept;
   std::uint64_t user_data(io::op_kind kind, const connection& c) const noexcept {
     return io::pack_user_data(kind, c.generation, c.slot);
   }
@@ -343,6 +345,7 @@ class inbound_server final : public shard::host_handler {
   std::vector<std::uint32_t> _free_slots;
   std::vector<std::uint32_t> _waiting;   // slots waiting for spool room or a commit retry
   std::vector<std::uint32_t> _retrying;  // _waiting being retried
+  std::vector<std::uint32_t> _buffer_waiters;  // slots whose receive found no buffer
   std::vector<orphan_message> _orphans;  // few: at most the commits in flight
   std::uint32_t _live = 0;
   std::uint64_t _next_session = 0;  // log session ids (admin::session_id_base)

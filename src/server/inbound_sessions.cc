@@ -78,6 +78,7 @@ inbound_server::inbound_server(std::shared_ptr<const inbound_config> config,
   for (std::uint32_t slot = sessions_max; slot-- > 0;) _free_slots.push_back(slot);
   _waiting.reserve(sessions_max);
   _retrying.reserve(sessions_max);
+  _buffer_waiters.reserve(sessions_max);
 }
 
 inbound_server::~inbound_server() {
@@ -209,7 +210,20 @@ void inbound_server::wait_for_spool(connection& c) noexcept {
   _waiting.push_back(c.slot);
 }
 
+// Re-arming a receive at once after -ENOBUFS, while every buffer is held, only gets -ENOBUFS
+// again: the shard spun until the spool gave some back, and the simulator, whose -ENOBUFS comes
+// at the same simulated instant, never reached the disk completion that ends it (seed 5041).
+void inbound_server::wait_for_buffer(connection& c) noexcept {
+  if (c.waiting_for_spool) return;
+  c.waiting_for_spool = true;
+  _buffer_waiters.push_back(c.slot);
+}
+
 void inbound_server::retry_waiting() noexcept {
+  if (!_buffer_waiters.empty() && _buffers.buffers_out() < _buffers.buffer_count()) {
+    _waiting.insert(_waiting.end(), _buffer_waiters.begin(), _buffer_waiters.end());
+    _buffer_waiters.clear();
+  }
   if (_waiting.empty()) return;
   _retrying.swap(_waiting);  // a connection still blocked re-adds itself to _waiting
   for (const std::uint32_t slot : _retrying) {
