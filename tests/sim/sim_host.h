@@ -171,6 +171,9 @@ class sim_host final : public shard::host, public io::operations, public io::des
   // ---- the test's side
   // A read-only descriptor over `bytes` (a spool segment file).
   int add_file(std::string bytes);
+  // From the peer of stream socket `fd`: bytes (in order, after a latency), then end of stream.
+  void peer_send(int fd, std::string bytes);
+  void peer_close(int fd);
   // A connected stream socket whose far end is `peer` at `remote`: what accept(2) returns for
   // a simulated client (inbound sessions). The peer talks with peer_send/peer_close and hears
   // the descriptor's sends in on_bytes; on_connected is not called (the caller has the fd).
@@ -181,9 +184,6 @@ class sim_host final : public shard::host, public io::operations, public io::des
   void set_close_listener(std::function<void(int fd)> listener) {
     _close_listener = std::move(listener);
   }
-  // From the peer of stream socket `fd`: bytes (in order, after a latency), then end of stream.
-  void peer_send(int fd, std::string bytes);
-  void peer_close(int fd);
   // A loop turn as the next action at the current time: call it after using the glue's API
   // from outside the host's callbacks (their deferred work runs in a turn, as on a shard).
   void wake();
