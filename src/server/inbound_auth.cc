@@ -9,7 +9,6 @@
 #include <fmt/format.h>
 
 #include "inbound_internal.h"
-#include "ringmta/core/clock.h"
 
 namespace ringmta::server {
 namespace {
@@ -67,7 +66,7 @@ smtp::verdict connection::auth_step(const auth::sasl_step& step) noexcept {
   sasl.reset();  // wipes the password (sasl_exchange::clear)
   request->client = envelope.client_address;
   request->table = settings->auth_credentials;
-  request->reply_to = {server.owner().id(), slot, generation};
+  request->reply_to = {server.shard_id(), slot, generation};
   const std::string user = request->user;
   if (!settings->auth_verifier->submit(std::move(request))) {  // RFC 4954 §6: 454
     server.metrics().auth_busy.add();
@@ -128,7 +127,7 @@ void connection::answer_auth() noexcept {
 
 void connection::log_auth(std::string_view user, std::string_view result) noexcept {
   auto& log = server.log();
-  log.set_time(core::wall_milliseconds());
+  log.set_time(server.host().wall_ms());
   log.record("auth")
       .hex_field("session", session_id)
       .field("client", peer.to_chars(client_text, sizeof client_text))

@@ -1,7 +1,7 @@
-// One inbound SMTP session over the ring: receive → feed → send, the spool path from DATA to
-// the 250, timeouts, PROXY header, early talkers, and closing. See server/inbound.h.
+// One inbound SMTP session over a shard::host (its ring ops, timers and clock): receive → feed →
+// send, the spool path from DATA to the 250, timeouts, PROXY header, early talkers, and
+// closing. See server/inbound.h and server/inbound_sessions.h.
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -10,7 +10,6 @@
 
 #include "inbound_internal.h"
 #include "ringmta/core/assert.h"
-#include "ringmta/core/clock.h"
 #include "ringmta/net/proxy_protocol.h"
 #include "ringmta/net/received_header.h"
 
@@ -62,7 +61,7 @@ void connection::check_invariants() const noexcept {
   RINGMTA_ASSERT(ops_in_flight >= unsigned{recv_armed} + unsigned{send_in_flight});
   switch (_phase) {
     case p::free:
-      RINGMTA_ASSERT(fd < 0 && ops_in_flight == 0 && !holding && !in_message);
+      RINGMTA_ASSERT(fd < 0 && ops_in_flight == 0 && !holding && !in_message && ticket == 0);
       return;
     case p::accepted:  // taken by acquire(); open() brings the socket (load is checked between)
       RINGMTA_ASSERT(ops_in_flight == 0 && !holding && !in_message);
@@ -77,8 +76,8 @@ void connection::check_invariants() const noexcept {
     case p::refusing:
       RINGMTA_ASSERT(fd >= 0 && !in_message);
       return;
-    case p::closing:  // close() let go of the input and the message
-      RINGMTA_ASSERT(fd >= 0 && !holding && !in_message && !commit_retry);
+    case p::closing:  // close() let go of the input, the message and its commit
+      RINGMTA_ASSERT(fd >= 0 && !holding && !in_message && !commit_retry && ticket == 0);
       return;
     case p::closed:
       RINGMTA_ASSERT(!recv_armed && !send_in_flight && !holding && !in_message);
@@ -96,7 +95,7 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   fd = accepted_fd;
   peer = peer_address;
   session_id = server.next_session_id();
-  opened_ms = core::wall_milliseconds();
+  opened_ms = server.host().wall_ms();
   messages_accepted = 0;
   end_reason = nullptr;
   rejection_detail.clear();
@@ -257,7 +256,7 @@ void connection::release_held() noexcept {
 }
 
 void connection::arm_receive() noexcept {
-  const auto queued = server.owner().ring().prep_recv_select(
+  const auto queued = server.host().io().prep_recv_select(
       fd, server.buffers().group_id(), server.user_data(server.recv_kind(), *this));
   if (!queued) return close();
   recv_armed = true;
@@ -271,7 +270,7 @@ void connection::send_output() noexcept {
 
 // One send in flight; `bytes` must stay in place until on_sent().
 void connection::send_bytes(std::string_view bytes) noexcept {
-  const auto queued = server.owner().ring().prep_send(
+  const auto queued = server.host().io().prep_send(
       fd, bytes.data(), static_cast<std::uint32_t>(bytes.size()),
       server.user_data(server.send_kind(), *this));
   if (!queued) return close();
@@ -296,7 +295,7 @@ void connection::on_received(const io::completion& done) noexcept {
   }
   if (done.res == -ENOBUFS) {  // every receive buffer is held: try again once some come back
     server.buffers().note_enobufs();
-    return server.wait_for_spool(*this);
+    return server.wait_for_buffer(*this);
   }
   if (ending() || done.res <= 0) {  // EOF, reset, or our own shutdown
     if (done.has_buffer()) server.buffers().recycle(done.buffer_id());
@@ -347,7 +346,7 @@ void connection::on_sent(const io::completion& done) noexcept {
 // ---- timers
 
 void connection::schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept {
-  auto& timers = server.owner().timers();
+  auto& timers = server.host().timers();
   if (timer.armed()) timers.cancel(timer);
   timer_use = purpose;
   timers.schedule_after(timer, delay_ms);
@@ -356,7 +355,7 @@ void connection::schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcep
 // A command is due (after the greeting): session_deadline.h has the rules.
 void connection::restart_timer() noexcept {
   if (tls_phase == tls_stage::handshake) return;  // the handshake has one deadline, not per read
-  schedule_deadline(deadline.expect_command(server.owner().now_ms(), server.loaded()));
+  schedule_deadline(deadline.expect_command(server.host().now_ms(), server.loaded()));
 }
 
 // After received bytes were fed: a completed command or message sets a new deadline, message
@@ -367,7 +366,7 @@ void connection::note_received(std::uint64_t bytes) noexcept {
   if (session && session->wants_close()) return;  // the hard-close timer runs
   const std::uint64_t progress = session ? session->progress() : 0;
   const bool in_data = session && session->in_message();
-  schedule_deadline(deadline.received(server.owner().now_ms(), bytes, in_data,
+  schedule_deadline(deadline.received(server.host().now_ms(), bytes, in_data,
                                       progress != seen_progress, server.loaded()));
   seen_progress = progress;
 }
@@ -376,11 +375,11 @@ void connection::apply_load() noexcept {
   if (_phase != inbound_phase::session) return;
   if (session && session->wants_close()) return;
   if (timer_use != timer_purpose::command && timer_use != timer_purpose::data_block) return;
-  schedule_deadline(deadline.shorten(server.owner().now_ms(), true));
+  schedule_deadline(deadline.shorten(server.host().now_ms(), true));
 }
 
 void connection::schedule_deadline(std::uint64_t deadline_ms) noexcept {
-  const std::uint64_t now = server.owner().now_ms();
+  const std::uint64_t now = server.host().now_ms();
   const bool data = session && session->in_message();
   schedule(data ? timer_purpose::data_block : timer_purpose::command,
            static_cast<std::uint32_t>(deadline_ms > now ? deadline_ms - now : 0));
@@ -435,18 +434,20 @@ void connection::close(const char* reason) noexcept {
   if (end_reason == nullptr) end_reason = reason;
   if (!ending()) {
     enter(inbound_phase::closing);
-    if (timer.armed()) server.owner().timers().cancel(timer);
+    if (timer.armed()) server.host().timers().cancel(timer);
     release_held();
     if (in_message) {
       server.store().abort(message);
       in_message = false;
     }
     commit_retry = false;
+    if (ticket != 0) server.orphan(*this);  // durable or not, the spool decides without us
+    ticket = 0;
     auth_held.reset();
     sasl.reset();
     // Ends a pending receive or a send to a client that stopped reading (they complete with
     // 0 / -EPIPE); the fd itself is closed through the ring once no op refers to it.
-    ::shutdown(fd, SHUT_RDWR);
+    server.host().descriptors().shutdown(fd, SHUT_RDWR);
   }
   finish_close();
 }
@@ -455,9 +456,9 @@ void connection::finish_close() noexcept {
   if (ops_in_flight > 0 || _phase == inbound_phase::closed) return;
   enter(inbound_phase::closed);
   const auto queued =
-      server.owner().ring().prep_close(fd, server.user_data(server.close_kind(), *this));
+      server.host().io().prep_close(fd, server.user_data(server.close_kind(), *this));
   if (!queued) {
-    ::close(fd);
+    server.host().descriptors().close(fd);
     return on_closed();
   }
   ++ops_in_flight;
@@ -474,16 +475,16 @@ void connection::on_closed() noexcept {
 
 void connection::log_connect() noexcept {
   auto& log = server.log();
-  log.set_time(core::wall_milliseconds());
+  log.set_time(server.host().wall_ms());
   log.record("connect")
       .hex_field("session", session_id)
       .field("client", peer.to_chars(client_text, sizeof client_text))
-      .field("shard", server.owner().id());
+      .field("shard", server.shard_id());
 }
 
 void connection::log_disconnect() noexcept {
   auto& log = server.log();
-  const std::int64_t now_ms = core::wall_milliseconds();
+  const std::int64_t now_ms = server.host().wall_ms();
   log.set_time(now_ms);
   log.record("disconnect")
       .hex_field("session", session_id)
@@ -504,7 +505,7 @@ void connection::log_rejections(std::string_view sent) noexcept {
     sent.remove_prefix(end + 2);
     if (line.size() < 4 || (line[0] != '4' && line[0] != '5') || line[3] != ' ') continue;
     auto& log = server.log();
-    log.set_time(core::wall_milliseconds());
+    log.set_time(server.host().wall_ms());
     auto record = log.record("rejected");
     record.hex_field("session", session_id)
         .field("client", peer.to_chars(client_text, sizeof client_text))
@@ -581,7 +582,7 @@ smtp::verdict connection::on_rcpt_to(const smtp::mailbox& forward_path,
 }
 
 smtp::verdict connection::on_data_start() noexcept {
-  const std::int64_t now_seconds = core::wall_seconds();
+  const std::int64_t now_seconds = server.host().wall_ms() / 1000;
   auto handle = server.store().begin(now_seconds);
   if (!handle) {
     server.metrics().spool_failures.add();
@@ -634,12 +635,15 @@ void connection::spool_bytes(std::string_view slice, smtp::body_form form) noexc
   const auto taken = form == smtp::body_form::wire ? store.append(message, slice)
                                                    : store.append_raw(message, slice);
   if (!taken) message_error = taken.error();
-  else if (taken.value() < slice.size()) message_error = ENOBUFS;  // room was checked: a bug
+  else if (taken.value() < slice.size()) {  // room was checked: a bug
+    message_error = ENOBUFS;
+    server.metrics().spool_short_appends.add();
+  }
   message_bytes += slice.size();
 }
 
 smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcept {
-  data_end_ns = core::monotonic_ns();
+  data_end_ms = server.host().now_ms();
   // The body type records what the content is, not only what the client declared: "7bit" means
   // no octet above 127 arrived (so an SMTPUTF8 message has UTF-8 in its addresses only, which
   // lets delivery use A-label domains to a server without SMTPUTF8: outbound/delivery.cc).
@@ -702,7 +706,8 @@ smtp::verdict connection::commit() noexcept {
   }
   ticket = committed.value();
   server.tickets().insert(ticket, slot, generation);
-  server.driver().pump();  // a batch may be full already
+  if (server.commit_observer) server.commit_observer(ticket, envelope);
+  server.spool().pump();  // a batch may be full already
   return smtp::verdict::pending();
 }
 
@@ -713,6 +718,7 @@ void connection::retry_commit() noexcept {
 }
 
 void connection::on_commit_result(int error) noexcept {
+  ticket = 0;
   auto& metrics = server.metrics();
   if (error != 0) {
     metrics.spool_failures.add();
@@ -722,13 +728,13 @@ void connection::on_commit_result(int error) noexcept {
   metrics.messages_accepted.add();
   ++messages_accepted;
   metrics.message_bytes.add(message_bytes);
-  metrics.commit_latency.record_us((core::monotonic_ns() - data_end_ns) / 1000);
+  metrics.commit_latency.record_us((server.host().now_ms() - data_end_ms) * 1000);
   const auto id_text = spool::format_message_id(envelope.id);
   const std::string_view id(id_text.data(), 16);
   char text[64];
   const auto length = fmt::format_to_n(text, sizeof text, "Ok: queued as {}", id).size;
   session->resume(smtp::verdict::respond(250, "2.0.0", std::string_view(text, length)));
-  server.log().set_time(core::wall_milliseconds());
+  server.log().set_time(server.host().wall_ms());
   admin::log_record record = server.log().record("received");
   record.field("id", id)
       .hex_field("session", session_id)

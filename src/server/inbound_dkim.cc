@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 
 #include "inbound_internal.h"
-#include "ringmta/core/clock.h"
 
 namespace ringmta::server {
 
@@ -48,7 +47,7 @@ std::optional<smtp::verdict> connection::dkim_finish() noexcept {
   if (!dkim || !dkim->active()) return std::nullopt;
   auto& counters = server.metrics().dkim;
   // Replies are static texts: a verdict's view must outlive this call (smtp/reply.h).
-  switch (dkim->finish(core::wall_seconds())) {
+  switch (dkim->finish(server.host().wall_ms() / 1000)) {
     case dkim::sign_outcome::not_signed:
     case dkim::sign_outcome::signed_ok:
       return std::nullopt;

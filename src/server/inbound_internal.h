@@ -1,8 +1,10 @@
-// Internals of server::inbound shared by inbound.cc (listeners, accept, the connection table,
-// shutdown) and inbound_connection.cc (one SMTP session over the ring).
+// Internals of server::inbound shared by inbound_sessions.cc (the connection table, tickets,
+// shutdown of sessions), inbound_connection.cc (one SMTP session over a shard::host) and its
+// helpers (TLS, AUTH, XCLIENT, DKIM). Listeners and accept (inbound.cc) need none of it.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,7 +19,7 @@
 #include "ringmta/net/proxy_protocol.h"
 #include "ringmta/server/egress.h"
 #include "ringmta/server/inbound.h"
-#include "ringmta/server/spool_ring_driver.h"
+#include "ringmta/server/inbound_sessions.h"
 #include "ringmta/spool/envelope.h"
 #include "inbound_phase.h"
 #include "session_deadline.h"
@@ -71,7 +73,7 @@ struct connection final : smtp::server_handler {
   bool recv_armed = false;
   bool send_in_flight = false;
   bool relay_allowed = false;   // client is in mynetworks
-  bool waiting_for_spool = false;  // input held until the spool has buffer room
+  bool waiting_for_spool = false;  // input held until the spool (or a receive buffer) has room
   std::string_view literal;          // fixed reply still to send (static storage)
   std::uint8_t ops_in_flight = 0;
 
@@ -97,8 +99,8 @@ struct connection final : smtp::server_handler {
   bool commit_retry = false;  // the store had no segment ready: commit again later
   int message_error = 0;      // a spool append failed: answer 452 at the end of data
   spool::message_handle message{};
-  std::uint64_t ticket = 0;
-  std::uint64_t data_end_ns = 0;
+  std::uint64_t ticket = 0;  // a commit in flight (tickets start at 1; 0: none)
+  std::uint64_t data_end_ms = 0;  // host().now_ms() at the end of data: the commit latency
   std::uint64_t message_bytes = 0;
   spool::envelope envelope;  // client_address is set once per connection (admit)
   std::vector<spool::body_slice> body;  // where commit() put the body
@@ -246,39 +248,46 @@ class ticket_table {
   std::size_t _mask;
 };
 
-class inbound_server final : public shard::completion_handler {
+// The sessions of one shard (inbound_sessions' implementation): the connection table, commit
+// tickets, receive buffers, load and the shutdown of sessions, over a shard::host. Listeners
+// and accept are server::inbound's (inbound.cc), which hands it accepted sockets.
+class inbound_server final : public shard::host_handler {
  public:
-  inbound_server(std::shared_ptr<const inbound_config> config, shard::shard& owner,
-                 spool::store& store, spool_ring_driver& driver, inbound_metrics& metrics,
-                 admin::log_buffer& log);
+  inbound_server(std::shared_ptr<const inbound_config> config, shard::host& host,
+                 unsigned shard_id, spool::store& store, spool_pump& spool,
+                 inbound_metrics& metrics, admin::log_buffer& log);
   ~inbound_server();
 
   core::result<void> start() noexcept;
+  bool open(int fd, const core::endpoint& peer, session_origin origin) noexcept;
   void begin_shutdown(std::uint32_t grace_ms) noexcept;
   bool drained() const noexcept { return _shutting_down && _live == 0; }
   std::uint32_t sessions() const noexcept { return _live; }
   void on_committed(std::uint64_t ticket, int error) noexcept;
   void on_auth_result(std::unique_ptr<auth::verify_result> result) noexcept;
-  inbound::accepted_fn accepted_listener;
-  void on_completion(shard::shard& owner, const io::completion& done) noexcept override;
+  inbound_sessions::accepted_fn accepted_listener;
+  std::function<void()> release_listener;
+  inbound_sessions::commit_issued_fn commit_observer;
+  void on_completion(const io::completion& done) noexcept override;
   const std::shared_ptr<const tls::server_context>& tls_context() const noexcept { return _tls; }
   void set_tls_context(std::shared_ptr<const tls::server_context> context) noexcept;
   // Gives held input another chance once the spool has room again (end of each iteration).
   void retry_waiting() noexcept;
 
-  // A reload's configuration, for sessions that start from now on.
   // A reload: new sessions take `next`; STARTTLS and the ticket timer use its TLS context.
   void update(std::shared_ptr<const inbound_config> next) noexcept {
     set_tls_context(next->tls);
     _current = std::move(next);
   }
 
-  // For connections. config() holds what is fixed at start-up (tables, listeners, buffers).
+  // For connections. config() holds what is fixed at start-up (tables, buffers).
   const inbound_config& config() const noexcept { return _config; }
   const std::shared_ptr<const inbound_config>& current() const noexcept { return _current; }
-  shard::shard& owner() noexcept { return _owner; }
+  // The loop services sessions use: ring ops, descriptors, timers, the clock (shard/host.h).
+  shard::host& host() noexcept { return _host; }
+  unsigned shard_id() const noexcept { return _shard_id; }
   spool::store& store() noexcept { return _store; }
-  spool_ring_driver& driver() noexcept { return _driver; }
+  spool_pump& spool() noexcept { return _spool; }
   inbound_metrics& metrics() noexcept { return _metrics; }
   admin::log_buffer& log() noexcept { return _log; }
   io::buffer_ring& buffers() noexcept { return _buffers; }
@@ -289,6 +298,8 @@ class inbound_server final : public shard::completion_handler {
   std::uint64_t next_session_id() noexcept { return _next_session++; }
   bool spool_has_room() const noexcept;
   void wait_for_spool(connection& c) noexcept;
+  // A receive ended with -ENOBUFS: armed again once a buffer is back within the kernel's reach.
+  void wait_for_buffer(connection& c) noexcept;
   std::uint64_t user_data(io::op_kind kind, const connection& c) const noexcept {
     return io::pack_user_data(kind, c.generation, c.slot);
   }
@@ -296,49 +307,52 @@ class inbound_server final : public shard::completion_handler {
   io::op_kind send_kind() const noexcept { return _send_kind; }
   io::op_kind close_kind() const noexcept { return _close_kind; }
   void release(connection& c) noexcept;
+  // The connection closes with its commit in flight: keep what routing needs until the spool
+  // reports it (on_committed hands a durable one on, though no 250 could be sent).
+  void orphan(const connection& c) noexcept;
 
  private:
-  void arm_accept(std::size_t listener) noexcept;
-  void on_accepted(std::size_t listener, const io::completion& done) noexcept;
+  // A message whose client left before its commit was reported (one per ticket in flight).
+  struct orphan_message {
+    std::uint64_t ticket = 0;
+    std::uint64_t session_id = 0;
+    spool::envelope envelope;
+    std::vector<spool::body_slice> body;
+    std::string pool;
+  };
+
   connection* acquire() noexcept;
   connection* find(const io::completion& done) noexcept;
   void on_grace_expired() noexcept;
-  void pause_accepting(std::size_t listener, int error) noexcept;
-  void resume_accepting() noexcept;
   void update_load() noexcept;
   void on_ticket_timer() noexcept;
+  bool take_orphan(std::uint64_t ticket, int error) noexcept;
 
   const std::shared_ptr<const inbound_config> _first;
   const inbound_config& _config;             // *_first: what cannot change without a restart
   std::shared_ptr<const inbound_config> _current;
-  shard::shard& _owner;
+  shard::host& _host;
+  const unsigned _shard_id;
   spool::store& _store;
-  spool_ring_driver& _driver;
+  spool_pump& _spool;
   inbound_metrics& _metrics;
   admin::log_buffer& _log;
   io::buffer_ring _buffers;
   ticket_table _tickets;
-  std::vector<int> _listeners;            // this shard's sockets, one per configured listener
-  std::vector<bool> _accept_armed;
-  // Listeners that hit EMFILE/ENFILE: not re-armed until a connection closes or the retry
-  // timer fires (re-arming at once would spin: the error comes straight back).
-  std::vector<bool> _accept_paused;
-  std::uint64_t _accept_pauses = 0;       // since start, for the log line
-  std::uint64_t _pause_logged_ms = 0;     // when the last accept_paused line was written
   deadline_limits _deadlines;
   bool _loaded = false;                   // sessions above load_threshold_percent
   std::vector<std::unique_ptr<connection>> _connections;  // by slot; created on first use
   std::vector<std::uint32_t> _free_slots;
   std::vector<std::uint32_t> _waiting;   // slots waiting for spool room or a commit retry
   std::vector<std::uint32_t> _retrying;  // _waiting being retried
+  std::vector<std::uint32_t> _buffer_waiters;  // slots whose receive found no buffer
+  std::vector<orphan_message> _orphans;  // few: at most the commits in flight
   std::uint32_t _live = 0;
   std::uint64_t _next_session = 0;  // log session ids (admin::session_id_base)
   bool _shutting_down = false;
   core::member_timer<inbound_server, &inbound_server::on_grace_expired> _grace_timer{*this};
-  core::member_timer<inbound_server, &inbound_server::resume_accepting> _accept_timer{*this};
   std::shared_ptr<const tls::server_context> _tls;  // for new TLS sessions of this shard
   core::member_timer<inbound_server, &inbound_server::on_ticket_timer> _ticket_timer{*this};
-  io::op_kind _accept_kind = io::op_kind_invalid;
   io::op_kind _recv_kind = io::op_kind_invalid;
   io::op_kind _send_kind = io::op_kind_invalid;
   io::op_kind _close_kind = io::op_kind_invalid;

@@ -18,7 +18,6 @@
 
 #include "inbound_internal.h"
 #include "ringmta/core/assert.h"
-#include "ringmta/core/clock.h"
 
 namespace ringmta::server {
 
@@ -142,7 +141,7 @@ void connection::on_tls_failed() noexcept {
   set_tls_stage(tls_stage::failed);
   if (during_handshake) {
     server.metrics().tls_failures[static_cast<std::size_t>(reason)].add();
-    server.log().set_time(core::wall_milliseconds());
+    server.log().set_time(server.host().wall_ms());
     server.log()
         .record("tls_failed")
         .field("client", envelope.client_address)

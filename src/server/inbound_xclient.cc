@@ -14,7 +14,6 @@
 #include <cstring>
 
 #include "inbound_internal.h"
-#include "ringmta/core/clock.h"
 
 namespace ringmta::server {
 namespace {
@@ -74,7 +73,7 @@ smtp::verdict connection::on_xclient(const smtp::xclient_attributes& a) noexcept
   if (a.name.state != smtp::xclient_state::absent) client_name.assign(a.name.text);
   server.metrics().xclient_accepted.add();
   auto& log = server.log();
-  log.set_time(core::wall_milliseconds());
+  log.set_time(server.host().wall_ms());
   auto record = log.record("xclient");
   record.hex_field("session", session_id)
       .field("client", peer.to_chars(client_text, sizeof client_text))
@@ -92,7 +91,7 @@ smtp::verdict connection::on_xclient(const smtp::xclient_attributes& a) noexcept
 void connection::on_xclient_refused() noexcept {
   server.metrics().xclient_untrusted.add();
   auto& log = server.log();
-  log.set_time(core::wall_milliseconds());
+  log.set_time(server.host().wall_ms());
   log.record("xclient")
       .hex_field("session", session_id)
       .field("client", peer.to_chars(client_text, sizeof client_text))

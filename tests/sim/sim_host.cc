@@ -558,12 +558,26 @@ void sim_host::close(int fd) noexcept {
   for (const waiting_receive& wanted : s.receives) complete(wanted.user_data, -ECANCELED);
   if (s.connect_user_data != 0) complete(s.connect_user_data, -ECANCELED);
   if (s.peer) s.peer->on_client_gone(*this, fd);
+  const bool stream = s.what == socket::kind::stream;
   _sockets.erase(found);
+  if (stream && _close_listener) _close_listener(fd);
 }
 
 core::result<io::pipe_ends> sim_host::open_pipe(std::uint32_t) noexcept {
   ++_counters.unsupported_ops;
   return core::fail(EOPNOTSUPP);
+}
+
+int sim_host::add_stream(std::unique_ptr<stream_peer> peer, const core::endpoint& remote) {
+  auto s = std::make_unique<socket>();
+  s->what = socket::kind::stream;
+  s->family = remote.family();
+  s->remote = remote;
+  s->connected = true;
+  s->peer = std::move(peer);
+  const int fd = _next_fd++;
+  _sockets[fd] = std::move(s);
+  return fd;
 }
 
 int sim_host::add_file(std::string bytes) {

@@ -179,6 +179,16 @@ class sim_host final : public shard::host, public io::operations, public io::des
   // From the peer of stream socket `fd`: bytes (in order, after a latency), then end of stream.
   void peer_send(int fd, std::string bytes);
   void peer_close(int fd);
+  // A connected stream socket whose far end is `peer` at `remote`: what accept(2) returns for
+  // a simulated client (inbound sessions). The peer talks with peer_send/peer_close and hears
+  // the descriptor's sends in on_bytes; on_connected is not called (the caller has the fd).
+  int add_stream(std::unique_ptr<stream_peer> peer, const core::endpoint& remote);
+  // Called with each stream descriptor the glue closes (close(2) or a completed prep_close),
+  // after its pending ops were ended: the test learns that a session is over even when its
+  // peer had closed first (then on_client_gone is not called: the peer is gone).
+  void set_close_listener(std::function<void(int fd)> listener) {
+    _close_listener = std::move(listener);
+  }
   // A loop turn as the next action at the current time: call it after using the glue's API
   // from outside the host's callbacks (their deferred work runs in a turn, as on a shard).
   void wake();
@@ -230,6 +240,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
   std::vector<shard::host_hook*> _hooks;
   std::map<std::uint16_t, io::buffer_ring*> _groups;
   std::map<int, std::unique_ptr<socket>> _sockets;
+  std::function<void(int fd)> _close_listener;
   int _next_fd = 100;
   sim_host_counters _counters;
 };

@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -15,101 +17,104 @@
 #include <string>
 #include <vector>
 
-#include "ringmta/smtp/server_session.h"
+#include "ringmta/admin/log.h"
+#include "ringmta/net/received_header.h"
+#include "ringmta/server/inbound.h"
+#include "ringmta/server/inbound_sessions.h"
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
 
-#include "sim_world_internal.h"
+#include "sim_host.h"
 #include "sim_outbound.h"
+#include "sim_world_internal.h"
 
 namespace ringmta::sim {
 namespace internal {
 
 
-// ---- connection: the server handler, as src/server/inbound_connection.cc drives the store
+// ---- the inbound process: src/server's sessions on a sim_host of their own
 
-smtp::verdict connection::on_mail_from(const smtp::mailbox& reverse_path,
-                                       const smtp::mail_parameters&) noexcept {
-  ++mails;
-  envelope = {};
-  envelope.reverse_path.assign(reverse_path.address);
-  return smtp::verdict::accept();
+namespace {
+
+constexpr std::string_view our_hostname = "mx.sim.example";
+
+// The client's HELO name, which the session records: it names the client in commit events.
+std::string helo_of(std::uint32_t client) { return fmt::format("client{}.sim.example", client); }
+
+std::uint32_t client_of_helo(std::string_view helo) {
+  return helo.substr(0, 6) == "client" ? static_cast<std::uint32_t>(std::atoi(helo.data() + 6))
+                                       : 0;
 }
 
-smtp::verdict connection::on_rcpt_to(const smtp::mailbox& forward_path,
-                                     const smtp::rcpt_parameters& parameters) noexcept {
-  if (is_bad(forward_path.address)) {
-    if (_world.settings().glue == glue_bug::deliver_refused) {
-      envelope.recipients.emplace_back().address.assign(forward_path.address);
-    }
-    return smtp::verdict::respond(550, "5.1.1", "no such user");
+// settle() runs after every action what a shard runs at the end of each loop iteration
+// (store flush, operations, events, retry_waiting): the kick after a commit has nothing to add.
+class settle_pump final : public server::spool_pump {
+ public:
+  void pump() noexcept override {}
+};
+
+// A simulated client as the far end of its session's socket.
+class client_peer final : public stream_peer {
+ public:
+  client_peer(world& owner, std::uint32_t number) : _world(owner), _number(number) {}
+  void on_connected(sim_host&, int) override {}
+  void on_bytes(sim_host&, int, std::string_view bytes) override {
+    _world.client_receive(_number, std::string(bytes));
   }
-  auto& recipient = envelope.recipients.emplace_back();
-  recipient.address.assign(forward_path.address);
-  recipient.notify = parameters.notify;
-  return smtp::verdict::accept();
+  // The session shut the socket down: its close follows (sim_host's close listener).
+  void on_client_gone(sim_host&, int) override {}
+
+ private:
+  world& _world;
+  const std::uint32_t _number;
+};
+
+// The daemon's inbound settings where the simulation needs them: clients outside mynetworks
+// may send to rcpt0..2.example only (so "bad-" recipients at mx1.rcptN.example are refused
+// 554 5.7.1 at RCPT by the real relay policy), no TLS, AUTH, PROXY or DKIM.
+std::shared_ptr<const server::inbound_config> inbound_settings(
+    server::client_counters& clients, std::uint32_t buffer_bytes, std::uint32_t buffer_count) {
+  server::inbound_config config;
+  config.hostname = std::string(our_hostname);
+  config.greeting_text = "ESMTP ringmta-sim";
+  config.engine.limits.message_bytes_max = 4u << 20;
+  config.relay.relay_domains = {"rcpt0.example", "rcpt1.example", "rcpt2.example"};
+  config.recipients.hostname = std::string(our_hostname);
+  config.sessions_per_shard_max = 4096;
+  config.receive_buffer_bytes = buffer_bytes;
+  config.receive_buffer_count = buffer_count;
+  config.clients = &clients;
+  return server::freeze(std::move(config));
 }
 
-smtp::verdict connection::on_data_start() noexcept {
-  auto handle = _world.store().begin(_world.wall_seconds());
-  if (!handle) return smtp::verdict::respond(452, "4.3.1", storage_text);
-  message = handle.value();
-  in_message = true;
-  message_error = 0;
-  envelope.id = _world.store().id_of(message);
-  envelope.received_seconds = _world.wall_seconds();
-  return smtp::verdict::accept();
-}
+}  // namespace
 
-void connection::on_body(std::string_view slice, smtp::body_form form) noexcept {
-  if (message_error != 0 || !in_message) return;
-  auto& store = _world.store();
-  const auto taken = form == smtp::body_form::wire ? store.append(message, slice)
-                                                   : store.append_raw(message, slice);
-  if (!taken) {
-    message_error = taken.error();
-  } else if (taken.value() < slice.size()) {
-    _world.fail(fmt::format("store took {} of {} body bytes ({}) although can_append allowed "
-                            "them (buffered {} of {}; can_append({}) now: {})", taken.value(),
-                            slice.size(), form == smtp::body_form::wire ? "DATA" : "BDAT",
-                            store.buffered_bytes(), store.config().buffered_bytes_max,
-                            slice.size() - taken.value(),
-                            store.can_append(slice.size() - taken.value())));
-    message_error = ENOBUFS;
+// One simulated MTA process's inbound side: the sessions over the process's store, on a host
+// whose peers are the clients. outbound (sim_outbound.cc) has a host of its own: the two share
+// the clock, not a kernel. A crash destroys it (sessions first, then the host, whose queued
+// actions then do nothing).
+struct inbound_process {
+  inbound_process(world& owner, scheduler& clock, std::uint64_t seed, std::int64_t net_ns_max,
+                  spool::store& store, std::uint32_t buffer_bytes, std::uint32_t buffer_count)
+      : host(clock, seed, sim_network{}, net_ns_max, epoch_seconds * 1000),
+        sessions(inbound_settings(clients, buffer_bytes, buffer_count), host, 0, store, pump,
+                 metrics, log) {
+    host.set_close_listener([&owner](int fd) { owner.on_session_closed(fd); });
+    sessions.set_commit_observer([&owner](std::uint64_t ticket, const spool::envelope& e) {
+      owner.on_commit_issued(ticket, e);
+    });
+    sessions.set_accepted_listener([&owner](const spool::envelope& e,
+                                            std::span<const spool::body_slice> body,
+                                            std::string_view) { owner.on_accepted(e, body); });
   }
-}
 
-smtp::verdict connection::on_data_end(const smtp::body_summary&) noexcept {
-  if (message_error != 0) {
-    _world.store().abort(message);
-    in_message = false;
-    return smtp::verdict::respond(452, "4.3.1", storage_text);
-  }
-  envelope.helo.assign(session->helo_name());
-  envelope.client_address = client_address;
-  return commit();
-}
-
-smtp::verdict connection::commit() noexcept {
-  auto committed = _world.store().commit(message, envelope, &body);
-  if (!committed && committed.error() == EAGAIN) {  // no segment ready yet: retry
-    commit_retry = true;
-    _world.wait_for_spool(*this);
-    return smtp::verdict::pending();
-  }
-  commit_retry = false;
-  in_message = false;
-  if (!committed) return smtp::verdict::respond(452, "4.3.1", storage_text);
-  ticket = committed.value();
-  _world.on_ticket(*this, envelope.id);
-  return smtp::verdict::pending();
-}
-
-void connection::on_data_aborted(smtp::abort_reason) noexcept {
-  if (in_message) _world.store().abort(message);
-  in_message = false;
-  commit_retry = false;
-}
+  sim_host host;
+  server::client_counters clients;
+  server::inbound_metrics metrics;
+  admin::log_buffer log{admin::log_format::json, 64 << 10};
+  settle_pump pump;
+  server::inbound_sessions sessions;  // declared last: gone before what it uses
+};
 
 // ---- world: set-up and the event loop
 
@@ -136,9 +141,12 @@ world::world(const options& settings) : _options(settings), _random(settings.see
   _deliver_mean_ns = latency_ns(1'000'000, 50'000'000);
   _disconnect_chance = static_cast<double>(_random.between(0, 100)) / 1000;
   _transactions_left = settings.messages;
-  _server_config.hostname = "mx.sim.example";
-  _server_config.limits.message_bytes_max = 4u << 20;
   _store_config = make_store_config();
+  // A feed asks the store for twice a receive buffer (inbound_server::spool_has_room): the
+  // buffers must leave that room within the store's buffering, or input would wait forever.
+  _receive_buffer_bytes = static_cast<std::uint32_t>(
+      std::min<std::uint64_t>(16384, std::bit_floor(_store_config.buffered_bytes_max / 4)));
+  _receive_buffer_count = 1u << _random.between(4, 8);  // 16..256: ENOBUFS under load
   note(fmt::format("seed {} faults w{} s{} c{} net<{}us arrivals~{}ms crashes~{}ms",
                    settings.seed, profile.write_error, profile.sync_error, profile.step_error,
                    _net_ns_max / 1000, _arrival_mean_ns / 1'000'000, _crash_mean_ns / 1'000'000));
@@ -146,6 +154,7 @@ world::world(const options& settings) : _options(settings), _random(settings.see
 
 world::~world() {
   _outbound.reset();
+  _process.reset();
   _connections.clear();
   _store.reset();
 }
@@ -222,6 +231,10 @@ outcome world::run() {
                      _connections.begin()->second->awaited,
                      _connections.begin()->second->stages.size()));
   }
+  if (!_failed && _process && _process->sessions.sessions() != 0) {
+    fail(fmt::format("{} inbound session(s) still open after every client left",
+                     _process->sessions.sessions()));
+  }
   if (!_failed && _store && !_store->idle()) fail("the store is not idle after the run drained");
   if (!_failed && _outbound && !_outbound->idle()) {
     fail(fmt::format("LIVENESS: the event queue ran dry with work left: {}",
@@ -274,6 +287,7 @@ void world::expect(spool::message_id id, expected_message want) {
 void world::settle() {
   if (!_store) return;
   for (int round = 0; round < 1000 && !_failed; ++round) {
+    if (_process) _process->sessions.retry_waiting();  // input held for spool room
     _store->flush();
     bool progress = false;
     spool::operation op;
@@ -308,12 +322,6 @@ void world::settle() {
       _completions = false;
       progress = true;
       if (_outbound) _outbound->on_completions();
-      const std::set<std::uint32_t> waiting = std::move(_waiting);
-      _waiting.clear();
-      for (const auto number : waiting) {
-        const auto found = _connections.find(number);
-        if (found != _connections.end()) server_pump(*found->second);
-      }
     }
     if (!progress) break;
   }
@@ -322,6 +330,11 @@ void world::settle() {
 
 void world::check_bounds() {
   if (!_store) return;
+  if (_process && _process->metrics.spool_short_appends.read() != 0) {
+    fail(fmt::format("the store took fewer body bytes than can_append allowed (buffered {} of "
+                     "{}): the session answers 452", _store->buffered_bytes(),
+                     _store->config().buffered_bytes_max));
+  }
   // append() pushes back at buffered_bytes_max; commit records and the void/prefix records
   // of one flush may go beyond it by at most a batch.
   const std::uint64_t bound = _store_config.buffered_bytes_max + _store_config.batch_bytes_max;
@@ -341,19 +354,25 @@ void world::spawn_client() {
   _transactions_left -= count;
   std::vector<transaction> transactions;
   for (std::uint32_t i = 0; i < count; ++i) transactions.push_back(make_transaction(number, i));
-  auto owned = std::make_unique<connection>(*this, number, std::move(transactions));
+  auto owned = std::make_unique<connection>(number, std::move(transactions));
   connection& c = *owned;
   _connections.emplace(number, std::move(owned));
   ++_outcome.sessions;
   c.client_address = fmt::format("192.0.2.{}", number % 250 + 1);
-  c.session = std::make_unique<smtp::server_session>(_server_config, c);
   build_stages(c);
   note(fmt::format("client {} connects: {} transaction(s), {} stages", number, count,
                    c.stages.size()));
   c.awaited = 1;  // the greeting
   c.current = stage{};
-  c.session->start();
-  server_send(c);
+  // Accepted: a socket whose far end is the client, handed to the real sessions.
+  const auto address = *core::endpoint::parse(
+      fmt::format("{}:{}", c.client_address, 1024 + number % 60000));
+  c.fd = _process->host.add_stream(std::make_unique<client_peer>(*this, number), address);
+  _by_fd[c.fd] = number;
+  if (!_process->sessions.open(c.fd, address, server::session_origin{})) {
+    note(fmt::format("client {} refused: sessions_per_shard_max", number));
+    _process->host.close(c.fd);
+  }
   if (_transactions_left > 0) _clock.after(exponential_ns(_arrival_mean_ns), [this] {
     spawn_client();
   });
@@ -388,8 +407,11 @@ transaction world::make_transaction(std::uint32_t client, std::uint32_t index) {
   if (!_random.chance(0.1)) t.reverse_path = fmt::format("s{}.{}@sender.example", client, index);
   const std::uint64_t recipients = _random.between(1, 4);
   for (std::uint64_t r = 0; r < recipients; ++r) {
-    t.recipients.push_back(fmt::format("{}r{}@rcpt{}.example", _random.chance(0.1) ? "bad-" : "",
-                                       r, _random.below(3)));
+    // A "bad-" one is at mx1.rcptN.example: outside relay_domains (554 5.7.1 at RCPT), yet a
+    // name the simulated DNS answers, so a glue that delivered it would reach a remote MTA.
+    const bool bad = _random.chance(0.1);
+    t.recipients.push_back(fmt::format("{}r{}@{}rcpt{}.example", bad ? "bad-" : "", r,
+                                       bad ? "mx1." : "", _random.below(3)));
     const std::uint64_t notify = _outbound ? _random.below(20) : 2;  // 5% NEVER, 5% FAILURE
     t.notify.push_back(notify == 0 ? smtp::notify_never : notify == 1 ? smtp::notify_failure : 0);
   }
@@ -438,8 +460,10 @@ void world::build_stages(connection& c) {
         offset += t.chunks[i];
       }
     }
+    const auto index = static_cast<std::uint32_t>(&t - c.transactions.data());
+    for (auto& u : units) u.transaction = index;
     if (pipelining) {  // RFC 2920: the whole group in one go, DATA (or the last BDAT) ends it
-      stage group{"", 0, units.back().kind};
+      stage group{"", 0, units.back().kind, index};
       for (const auto& u : units) {
         group.bytes += u.bytes;
         group.replies += u.replies;
@@ -448,7 +472,9 @@ void world::build_stages(connection& c) {
     } else {
       c.stages.insert(c.stages.end(), units.begin(), units.end());
     }
-    if (!t.bdat) c.stages.push_back(stage{dot_stuff(t.body) + ".\r\n", 1, stage_kind::data_end});
+    if (!t.bdat) {
+      c.stages.push_back(stage{dot_stuff(t.body) + ".\r\n", 1, stage_kind::data_end, index});
+    }
   }
   c.stages.push_back(stage{"QUIT\r\n", 1, stage_kind::quit});
 }
@@ -469,43 +495,29 @@ void world::client_next(connection& c) {
   }
   client_send(c, c.current.bytes);
   if (message && _random.chance(_disconnect_chance)) {  // gone while waiting for the reply
-    _clock.at(c.to_server_ns + latency_ns(0, 20'000'000),
-              [this, number = c.number] { client_disconnect(number); });
+    _clock.after(latency_ns(0, 20'000'000),
+                 [this, number = c.number] { client_disconnect(number); });
   }
 }
 
-// Splits the bytes at random points; each piece reaches the server after a network delay,
-// in order.
+// Splits the bytes at random points; each piece reaches the session after a network delay,
+// in order (the host's stream).
 void world::client_send(connection& c, std::string_view bytes) {
   while (!bytes.empty()) {
     const std::size_t piece = std::min<std::size_t>(
         bytes.size(), _random.chance(0.2) ? _random.between(1, 16) : _random.between(1, 9000));
-    const std::int64_t when =
-        std::max(c.to_server_ns, _clock.now_ns() + latency_ns(10'000, _net_ns_max));
-    c.to_server_ns = when;
-    _clock.at(when, [this, number = c.number, text = std::string(bytes.substr(0, piece))] {
-      server_receive(number, text);
-    });
+    _process->host.peer_send(c.fd, std::string(bytes.substr(0, piece)));
     bytes.remove_prefix(piece);
   }
 }
 
+// The client closes its end after what it sent; the session sees the end of the stream.
 void world::client_disconnect(std::uint32_t number) {
   const auto found = _connections.find(number);
-  if (found == _connections.end()) return;
-  connection& c = *found->second;
-  if (c.client_gone) return;
-  const std::int64_t when = std::max(c.to_server_ns, _clock.now_ns());
-  c.client_gone = true;
-  _clock.at(when, [this, number] {
-    const auto there = _connections.find(number);
-    if (there == _connections.end()) return;
-    connection& gone = *there->second;
-    note(fmt::format("server: client {} disconnected", number));
-    gone.inbox.clear();
-    if (!gone.server_closed) gone.session->connection_lost();
-    if (gone.ticket == 0) server_close(gone);  // else kept until its commit is reported
-  });
+  if (found == _connections.end() || found->second->client_gone) return;
+  found->second->client_gone = true;
+  note(fmt::format("client {} disconnects", number));
+  _process->host.peer_close(found->second->fd);
 }
 
 void world::client_receive(std::uint32_t number, const std::string& bytes) {
@@ -562,139 +574,113 @@ void world::client_stage_done(connection& c) {
   client_next(c);
 }
 
-// ---- server side
+// ---- server side: what the real sessions report
 
-void world::server_receive(std::uint32_t number, const std::string& bytes) {
+// The session's descriptor closed (its end, or the crash's): the client's connection is over.
+void world::on_session_closed(int fd) {
+  const auto found = _by_fd.find(fd);
+  if (found == _by_fd.end()) return;
+  const std::uint32_t number = found->second;
+  _by_fd.erase(found);
+  const auto there = _connections.find(number);
+  if (there == _connections.end()) return;
+  note(fmt::format("connection {} closed ({} stages left)", number, there->second->stages.size()));
+  _connections.erase(there);
+}
+
+// store::commit gave the session a ticket: the message is the client's current transaction
+// (it waits for the reply to its end of data). What must be recovered is the client's idea of
+// it behind the session's Received: field (RFC 5321 §4.4), built from the envelope's id and
+// time with the client's own HELO, address and accepted recipients.
+void world::on_commit_issued(std::uint64_t ticket, const spool::envelope& envelope) {
+  const std::uint32_t number = client_of_helo(envelope.helo);
   const auto found = _connections.find(number);
-  if (found == _connections.end() || found->second->server_closed) return;
-  found->second->inbox += bytes;
-  server_pump(*found->second);
-}
-
-// feed() what arrived while the session is not waiting, as inbound_connection's feed_held:
-// only when the spool has room for it (store::can_append), else wait for a completion.
-void world::server_pump(connection& c) {
-  if (c.server_closed) return;
-  if (c.commit_retry) {
-    c.commit_retry = false;
-    const smtp::verdict answer = c.commit();
-    if (!answer.is_pending()) c.session->resume(answer);
+  if (found == _connections.end()) {
+    return fail(fmt::format("commit {:016x} from HELO {} names no connected client",
+                            envelope.id, envelope.helo));
   }
-  while (!c.inbox.empty() && !c.session->wants_close() && !c.session->awaiting_verdict()) {
-    const std::size_t piece = std::min<std::size_t>(c.inbox.size(), 16384);
-    if (!_store->can_append(2 * piece + 64)) {
-      _waiting.insert(c.number);
-      break;
-    }
-    const std::size_t consumed = c.session->feed(std::string_view(c.inbox).substr(0, piece));
-    c.inbox.erase(0, consumed);
-    server_send(c);
-    if (consumed == 0 && !c.session->output_full()) break;
+  const connection& c = *found->second;
+  if (c.current.kind != stage_kind::data_end && c.current.kind != stage_kind::bdat_end) {
+    return fail(fmt::format("client {}: a commit before its end of data", number));
   }
-  server_send(c);
-  if (c.session->wants_close() && c.ticket == 0 && !c.commit_retry) server_close(c);
-}
-
-void world::server_send(connection& c) {
-  const std::string_view output = c.session->output();
-  if (output.empty()) return;
-  std::string bytes(output);
-  c.session->consume_output(output.size());
-  if (c.client_gone) return;
-  const std::int64_t when =
-      std::max(c.to_client_ns, _clock.now_ns() + latency_ns(10'000, _net_ns_max));
-  c.to_client_ns = when;
-  _clock.at(when, [this, number = c.number, bytes = std::move(bytes)] {
-    client_receive(number, bytes);
-  });
-}
-
-void world::server_close(connection& c) {
-  c.server_closed = true;
-  _clock.at(std::max(c.to_client_ns, _clock.now_ns()), [this, number = c.number] {
-    const auto found = _connections.find(number);
-    if (found == _connections.end()) return;
-    note(fmt::format("connection {} closed ({} stages left)", number,
-                     found->second->stages.size()));
-    _waiting.erase(number);
-    _connections.erase(found);
-  });
-}
-
-void world::on_ticket(connection& c, spool::message_id id) {
-  const transaction& t = c.transactions.at(c.mails - 1);
+  const transaction& t = c.transactions.at(c.current.transaction);
   expected_message want;
   want.reverse_path = t.reverse_path;
   for (std::size_t r = 0; r < t.recipients.size(); ++r) {
-    if (is_bad(t.recipients[r])) continue;
-    want.recipients.push_back(t.recipients[r]);
-    want.notify.push_back(t.notify[r]);
+    auto& into = is_bad(t.recipients[r]) ? want.refused : want.recipients;
+    into.push_back(t.recipients[r]);
+    if (!is_bad(t.recipients[r])) want.notify.push_back(t.notify[r]);
   }
   want.key = t.key;
-  want.body_wire = dot_stuff(t.body);
-  want.helo = fmt::format("client{}.sim.example", c.number);
+  want.helo = helo_of(number);
   want.client_address = c.client_address;
-  want.origin = fmt::format("client {} transaction {}", c.number, c.mails - 1);
+  const auto id_text = spool::format_message_id(envelope.id);
+  const net::received_fields fields{
+      want.helo, want.client_address, our_hostname, "ESMTP",
+      std::string_view(id_text.data(), 16),
+      want.recipients.size() == 1 ? std::string_view(want.recipients[0]) : std::string_view(),
+      envelope.received_seconds, {}, false};
+  char header[net::received_header_bytes_max];
+  want.body_wire.assign(header, net::format_received_header(fields, header, sizeof header));
+  want.body_wire += dot_stuff(t.body);
+  want.origin = fmt::format("client {} transaction {}", number, c.current.transaction);
   want.marks.assign(want.recipients.size(), mark_state::none);
   // A failed commit whose bytes never reached the disk leaves no trace, so after a crash its
   // id may be given again (the floor is the highest id recovery saw): the id is this
   // message's now, not a refused one that could come back.
-  _refused.erase(id);
-  _expected[id] = std::move(want);
-  _tickets[c.ticket] = c.number;
-  note(fmt::format("commit {:016x} ({}) ticket {}", id, _expected[id].origin, c.ticket));
+  _refused.erase(envelope.id);
+  _expected[envelope.id] = std::move(want);
+  _tickets.insert(ticket);
+  note(fmt::format("commit {:016x} ({}) ticket {}", envelope.id, _expected[envelope.id].origin,
+                   ticket));
 }
 
+// The store reports a session's commit: the world's bookkeeping first, then the session (whose
+// 250 for a durable message goes through on_accepted).
 void world::on_committed(const spool::event& event) {
-  const auto found = _tickets.find(event.ticket);
-  if (found == _tickets.end()) return fail(fmt::format("unknown commit ticket {}", event.ticket));
-  const std::uint32_t number = found->second;
-  _tickets.erase(found);
+  if (_tickets.erase(event.ticket) == 0) {
+    return fail(fmt::format("unknown commit ticket {}", event.ticket));
+  }
   auto& want = _expected.at(event.id);
-  const auto there = _connections.find(number);
-  if (there == _connections.end()) return fail("a commit outlived its connection");
-  connection& c = *there->second;
-  c.ticket = 0;
   note(fmt::format("commit {:016x} reported: {}", event.id, event.error));
-  if (event.error != 0) {
-    want.state = fate::failed;
-    if (!c.session->wants_close()) {
-      c.session->resume(smtp::verdict::respond(452, "4.3.1", storage_text));
-    }
-  } else {
-    if (!check_durable(c, event.id)) return;
-    if (_outbound) {
-      // Delivery takes the envelope the glue stored (not the client's idea of it).
-      expected_message stored = want;
-      stored.recipients.clear();
-      stored.notify.clear();
-      for (const auto& r : c.envelope.recipients) {
-        stored.recipients.push_back(r.address);
-        stored.notify.push_back(r.notify);
-      }
-      _outbound->enqueue(event.id, stored);
-    }
-    if (c.session->wants_close() || c.client_gone) {
-      want.state = fate::orphaned;
-    } else {
-      want.state = fate::acknowledged;
-      _undelivered.push_back(event.id);
-      ++_outcome.acknowledged;
-      const auto id_text = spool::format_message_id(event.id);
-      const auto length = fmt::format_to_n(c.reply_text.data(), c.reply_text.size(),
-                                           "Ok: queued as {}",
-                                           std::string_view(id_text.data(), 16)).size;
-      c.session->resume(smtp::verdict::respond(
-          250, "2.0.0", std::string_view(c.reply_text.data(), length)));
+  // Durable but not (yet) answered: the client may have gone; on_accepted makes it answered.
+  want.state = event.error != 0 ? fate::failed : fate::orphaned;
+  _process->sessions.on_committed(event.ticket, event.error);
+}
+
+// The session answers 250 (or, its client gone, hands the durable message on all the same):
+// from here the message must survive every crash and be delivered.
+void world::on_accepted(const spool::envelope& envelope, std::span<const spool::body_slice> body) {
+  const auto found = _expected.find(envelope.id);
+  if (found == _expected.end()) {
+    return fail(fmt::format("message {:016x} accepted but never committed", envelope.id));
+  }
+  if (!check_durable(envelope.id, body)) return;
+  expected_message& want = found->second;
+  want.state = fate::acknowledged;
+  _undelivered.push_back(envelope.id);
+  ++_outcome.acknowledged;
+  if (!_outbound) return;
+  // Delivery takes the envelope the session stored (not the client's idea of it).
+  expected_message stored = want;
+  stored.recipients.clear();
+  stored.notify.clear();
+  for (const auto& r : envelope.recipients) {
+    stored.recipients.push_back(r.address);
+    stored.notify.push_back(r.notify);
+  }
+  if (_options.glue == glue_bug::deliver_refused) {  // the planted bug: refused ones go too
+    for (const auto& refused : want.refused) {
+      stored.recipients.push_back(refused);
+      stored.notify.push_back(0);
     }
   }
-  if (c.client_gone) return server_close(c);
-  server_pump(c);
+  _outbound->enqueue(envelope.id, stored);
 }
 
 // The durability the 250 promises, checked on the simulated disk itself: the body's bytes
 // and the commit record are synced and the segment's name is durable in the directory.
-bool world::check_durable(connection& c, spool::message_id id) {
+bool world::check_durable(spool::message_id id, std::span<const spool::body_slice> body) {
   if (!_options.ack_check) return true;
   const spool::message_entry* entry = _store->find(id);
   if (entry == nullptr) {
@@ -704,7 +690,7 @@ bool world::check_durable(connection& c, spool::message_id id) {
   std::string why;
   bool durable = _disk->durable(_store->segment_fd(entry->commit_segment), entry->commit_offset,
                                 entry->commit_bytes, why);
-  for (const auto& slice : c.body) {
+  for (const auto& slice : body) {
     if (!durable) break;
     durable = _disk->durable(slice.fd, slice.offset, slice.length, why);
   }
@@ -765,7 +751,8 @@ void world::crash(bool torn) {
   note(fmt::format("CRASH {}{} ({} sessions, {} disk operations in flight)", _outcome.crashes,
                    torn ? " torn" : "", _connections.size(), _disk->in_flight()));
   _connections.clear();  // clients see a reset; their transactions in progress are lost
-  _waiting.clear();
+  _by_fd.clear();
+  _process.reset();      // the sessions, then their host (its queued actions do nothing)
   _tickets.clear();
   _mark_tickets.clear();
   if (_outbound) _outbound->crash();
@@ -806,6 +793,7 @@ bool world::recover_and_check() {
                    report.corrupt_regions, report.voided_messages,
                    report.incomplete_messages));
   _store = std::make_unique<spool::store>(_store_config, std::move(state));
+  start_process();
   // Every message the store has must be one the world knows; every one it must have, it has.
   std::set<spool::message_id> present;
   _store->for_each_message([&](const spool::message_entry& entry) { present.insert(entry.id); });
@@ -840,6 +828,16 @@ bool world::recover_and_check() {
   if (_outbound && !_failed) _outbound->recovered(*_store);
   settle();
   return !_failed;
+}
+
+// A new process's inbound sessions over the new store (at the start and after each crash).
+void world::start_process() {
+  _process = std::make_unique<inbound_process>(*this, _clock, _random.next(), _net_ns_max,
+                                               *_store, _receive_buffer_bytes,
+                                               _receive_buffer_count);
+  if (auto started = _process->sessions.start(); !started) {
+    fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
+  }
 }
 
 // One message the world knows against what recovery found (see sim_world.h).

@@ -1,11 +1,13 @@
-// sim::run: one seeded run of the simulated MTA (the first slice of issue 16).
+// sim::run: one seeded run of the simulated MTA (issue 16).
 //
-// A world of SMTP clients talks to the real smtp::server_session engine; each accepted message
-// goes through the real spool::store on a simulated disk (sim_disk.h); the 250 after the end
-// of data is given only when the store reports the commit ticket durable, as the daemon does.
-// Delivered recipients are marked (store::mark). Crashes come at random moments; after each,
-// the durable image is written to a real temporary directory, the real spool::recover() reads
-// it and a new store continues from what it found.
+// A world of SMTP clients talks to the daemon's own inbound sessions (server::inbound_sessions,
+// with the real smtp::server_session engine) on a simulated host (sim_host.h); each accepted
+// message goes through the real spool::store on a simulated disk (sim_disk.h), the world
+// being the store's driver; the 250 after the end of data is given only when the store
+// reports the commit ticket durable. Delivered recipients are marked (store::mark). Crashes
+// come at random moments; after each, the durable image is written to a real temporary
+// directory, the real spool::recover() reads it and a new store (and a new process's
+// sessions) continue from what it found.
 //
 // Invariants, checked at every step (a violation ends the run with its message):
 // - no 250 to an end of data before the message's body and commit record are durable on the
@@ -19,7 +21,8 @@
 //   such a message is adopted (it must then survive later crashes);
 // - the store keeps its bounds (buffered bytes, open messages) and keeps its promises
 //   (append takes what can_append allowed);
-// - once faults stop and clients are done, everything drains (no session left waiting).
+// - once faults stop and clients are done, everything drains (no session left waiting, every
+//   durable message handed on: one whose client left before its 250 too).
 // Outbound (sim_outbound.h): the real queue::scheduler, smtp::client_session and dns::resolver
 // deliver every durable message to simulated remote MTAs; its invariants are listed there.
 // The same seed gives the same events and the same digest of the event log.

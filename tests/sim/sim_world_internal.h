@@ -1,5 +1,6 @@
-// The simulated world's types, shared by sim_world.cc (clients, inbound, spool, crashes) and
-// sim_outbound.cc (scheduler, DNS, remote MTAs, operator actions). Internal to tests/sim.
+// The simulated world's types, shared by sim_world.cc (clients, the real inbound sessions,
+// spool, crashes) and sim_outbound.cc (scheduler, DNS, remote MTAs, operator actions).
+// Internal to tests/sim.
 // Never: included outside tests/sim.
 #pragma once
 
@@ -9,9 +10,11 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "ringmta/smtp/parameters.h"
 #include "ringmta/smtp/server_session.h"
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
@@ -71,6 +74,7 @@ struct expected_message {
   std::string reverse_path;
   std::vector<std::string> recipients;  // accepted ones
   std::vector<std::uint8_t> notify;     // their NOTIFY bits
+  std::vector<std::string> refused;     // refused at RCPT (never to be delivered)
   std::string key;                      // the body's Message-ID (empty for a DSN)
   std::string body_wire;
   std::string helo;
@@ -85,47 +89,22 @@ struct stage {
   std::string bytes;
   std::uint32_t replies = 1;
   stage_kind kind = stage_kind::plain;
+  std::uint32_t transaction = 0;  // the index of the transaction whose bytes these are
 };
 
 class world;
 class outbound;
+struct inbound_process;
 
-// One SMTP connection: the client's script and the server's session (the real engine).
-class connection final : public smtp::server_handler {
- public:
-  connection(world& owner, std::uint32_t number, std::vector<transaction> transactions)
-      : _world(owner), number(number), transactions(std::move(transactions)) {}
+// One simulated client's SMTP connection to the real inbound session (src/server's
+// inbound_sessions on the process's sim_host): the client's script and what it has seen.
+struct connection {
+  connection(std::uint32_t number, std::vector<transaction> transactions)
+      : number(number), transactions(std::move(transactions)) {}
 
-  smtp::verdict on_helo(std::string_view, bool) noexcept override {
-    return smtp::verdict::accept();
-  }
-  smtp::verdict on_mail_from(const smtp::mailbox& reverse_path,
-                             const smtp::mail_parameters&) noexcept override;
-  smtp::verdict on_rcpt_to(const smtp::mailbox& forward_path,
-                           const smtp::rcpt_parameters&) noexcept override;
-  smtp::verdict on_data_start() noexcept override;
-  void on_body(std::string_view slice, smtp::body_form form) noexcept override;
-  smtp::verdict on_data_end(const smtp::body_summary& summary) noexcept override;
-  void on_data_aborted(smtp::abort_reason) noexcept override;
-  void on_reset() noexcept override { envelope.recipients.clear(); }
-  smtp::verdict commit() noexcept;
-
-  world& _world;
   const std::uint32_t number;
-  std::string client_address;
-  // server side
-  std::unique_ptr<smtp::server_session> session;
-  std::string inbox;                 // received, not yet fed
-  spool::message_handle message;
-  bool in_message = false;
-  bool commit_retry = false;
-  int message_error = 0;
-  std::uint64_t ticket = 0;          // commit awaiting its event
-  std::uint32_t mails = 0;           // MAIL commands accepted: the transaction's index + 1
-  spool::envelope envelope;
-  std::vector<spool::body_slice> body;
-  std::array<char, 64> reply_text{};
-  // client side
+  std::string client_address;        // "192.0.2.N"
+  int fd = -1;                       // the session's descriptor on the process's host
   std::vector<transaction> transactions;
   std::deque<stage> stages;
   std::string replies;               // received, not yet parsed
@@ -133,10 +112,7 @@ class connection final : public smtp::server_handler {
   stage current;
   std::uint16_t last_code = 0;
   std::string last_text;
-  std::int64_t to_server_ns = 0;     // arrival time of the last byte sent each way
-  std::int64_t to_client_ns = 0;
   bool client_gone = false;
-  bool server_closed = false;
 };
 
 class world {
@@ -145,7 +121,7 @@ class world {
   ~world();
   outcome run();
 
-  // used by connection and outbound
+  // used by the clients' peers and outbound
   spool::store& store() { return *_store; }
   spool::store* store_or_null() { return _store.get(); }
   const options& settings() const { return _options; }
@@ -159,9 +135,13 @@ class world {
   std::int64_t wall_seconds() const { return epoch_seconds + _clock.now_ns() / 1'000'000'000; }
   void fail(std::string message);
   void note(std::string_view text);
-  void wait_for_spool(connection& c) { _waiting.insert(c.number); }
-  void on_ticket(connection& c, spool::message_id id);
   scheduler& clock() { return _clock; }
+  // From the inbound process (sim_world.cc): server bytes reaching client `number`, a session's
+  // descriptor closed, a commit ticket issued, a message answered 250.
+  void client_receive(std::uint32_t number, const std::string& bytes);
+  void on_session_closed(int fd);
+  void on_commit_issued(std::uint64_t ticket, const spool::envelope& envelope);
+  void on_accepted(const spool::envelope& envelope, std::span<const spool::body_slice> body);
 
  private:
   // clients (client side of connection)
@@ -172,16 +152,12 @@ class world {
   void client_next(connection& c);
   void client_send(connection& c, std::string_view bytes);
   void client_disconnect(std::uint32_t number);
-  void client_receive(std::uint32_t number, const std::string& bytes);
   void client_reply(connection& c, std::uint16_t code, std::string_view text);
   void client_stage_done(connection& c);
-  // server side
-  void server_receive(std::uint32_t number, const std::string& bytes);
-  void server_pump(connection& c);
-  void server_send(connection& c);
-  void server_close(connection& c);
+  // server side: src/server's sessions in an inbound_process
+  void start_process();
   void on_committed(const spool::event& event);
-  bool check_durable(connection& c, spool::message_id id);
+  bool check_durable(spool::message_id id, std::span<const spool::body_slice> body);
   // spool, disk, crashes
   spool::store_config make_store_config();
   void settle();
@@ -215,10 +191,12 @@ class world {
   std::unique_ptr<disk> _disk;
   std::unique_ptr<spool::store> _store;
   spool::store_config _store_config;
-  smtp::server_config _server_config;
+  std::unique_ptr<inbound_process> _process;  // the inbound sessions over _store; a crash ends it
+  std::uint32_t _receive_buffer_bytes = 0;    // drawn per seed, within the store's buffering
+  std::uint32_t _receive_buffer_count = 0;
   std::map<std::uint32_t, std::unique_ptr<connection>> _connections;
-  std::set<std::uint32_t> _waiting;             // connections waiting for the spool
-  std::map<std::uint64_t, std::uint32_t> _tickets;  // commit ticket -> connection
+  std::map<int, std::uint32_t> _by_fd;          // a session's descriptor -> its client
+  std::set<std::uint64_t> _tickets;             // the sessions' commit tickets in flight
   std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
   std::map<spool::message_id, expected_message> _expected;
   std::vector<spool::message_id> _undelivered;  // acknowledged, maybe with unmarked recipients
