@@ -670,6 +670,8 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
     return report(&message, message.home, std::move(reports));
   }
   if (!job->site.empty()) join_site(*job, added.destination);
+  // An entry with no jobs would never be erased and outlive its message (relay_internal.h).
+  RINGMTA_ASSERT(added.jobs_added > 0);
   owned_message* entry = find_owned(message.id);
   if (entry == nullptr) entry = &owned.insert(message.id, owned_message{0, 0, &message});
   entry->jobs += added.jobs_added;
