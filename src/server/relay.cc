@@ -467,9 +467,8 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
     for (std::size_t i = first; i < jobs.size(); ++i) {
       const auto& j = jobs[i];
       // The envelope is immutable once routed: the owner may read it (relay_internal.h).
-      const auto owned = _state->owned.find(j.message);
-      const spooled_message* message =
-          owned != _state->owned.end() ? owned->second.message : nullptr;
+      const auto* owned = _state->find_owned(j.message);
+      const spooled_message* message = owned != nullptr ? owned->message : nullptr;
       const spool::envelope envelope =
           message != nullptr ? message->packed.envelope() : spool::envelope{};
       auto recipients = nlohmann::json::array();
@@ -671,9 +670,11 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
     return report(&message, message.home, std::move(reports));
   }
   if (!job->site.empty()) join_site(*job, added.destination);
-  auto& entry = owned[message.id];
-  entry.message = &message;
-  entry.jobs += added.jobs_added;
+  // An entry with no jobs would never be erased and outlive its message (relay_internal.h).
+  RINGMTA_ASSERT(added.jobs_added > 0);
+  owned_message* entry = find_owned(message.id);
+  if (entry == nullptr) entry = &owned.insert(message.id, owned_message{0, 0, &message});
+  entry->jobs += added.jobs_added;
   metrics.queued_jobs.add(added.jobs_added);
   if ((job->flags & spool::message_flag_bounce) != 0) {  // an operator's bounce, recovered
     scheduler.bounce_message(job->destination, message.id, now);
@@ -842,9 +843,9 @@ std::uint64_t relay::state::session_of(std::uint64_t cookie) const noexcept {
 
 void relay::state::start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
                                   const queue::job_view& job) noexcept {
-  const auto found = owned.find(job.message);
-  RINGMTA_ASSERT(found != owned.end());
-  spooled_message& message = *found->second.message;
+  const owned_message* found = find_owned(job.message);
+  RINGMTA_ASSERT(found != nullptr);
+  spooled_message& message = *found->message;
   std::uint32_t slot;
   if (free_flights.empty()) {
     slot = static_cast<std::uint32_t>(flights.size());
@@ -1024,12 +1025,16 @@ void relay::state::finish_delivery(std::uint32_t slot,
   if (fired != nullptr) apply_rule(name, *fired, fired_by);
 }
 
+relay::state::owned_message* relay::state::find_owned(spool::message_id id) noexcept {
+  return owned.find(id, [id](const owned_message& m) { return m.message->id == id; });
+}
+
 void relay::state::job_left(spool::message_id id) noexcept {
   metrics.queued_jobs.add(-1);
-  const auto found = owned.find(id);
-  RINGMTA_ASSERT(found != owned.end() && found->second.jobs > 0);
-  if (--found->second.jobs == 0) {
-    owned.erase(found);
+  owned_message* const found = find_owned(id);
+  RINGMTA_ASSERT(found != nullptr && found->jobs > 0);
+  if (--found->jobs == 0) {
+    owned.erase(*found);
     bounce_reasons.erase(id);
   }
 }
@@ -1081,9 +1086,9 @@ void relay::state::drain_events(const recipient_report* why) noexcept {
 
 void relay::state::handle_event(const queue::job_event& event,
                                 const recipient_report* why) noexcept {
-  const auto found = owned.find(event.job.message);
-  RINGMTA_ASSERT(found != owned.end());
-  spooled_message* const message = found->second.message;
+  const owned_message* found = find_owned(event.job.message);
+  RINGMTA_ASSERT(found != nullptr);
+  spooled_message* const message = found->message;
   const unsigned home = message->home;
   std::vector<recipient_report> reports;
   queue::destination_info info;

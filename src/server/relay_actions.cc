@@ -68,7 +68,7 @@ void relay::state::apply_message_action(const message_action_job& job) noexcept 
   // MX site rollup: the domain's owner knows which shard queues it (its site's owner).
   if (const unsigned holder = self.holder_of(job.destination); holder != owner.id())
     return send_message_action_to(holder, job);
-  if (owned.find(job.id) == owned.end()) return;  // every job of it has been reported
+  if (find_owned(job.id) == nullptr) return;  // every job of it has been reported
   const std::int64_t now = core::wall_milliseconds();
   switch (job.op) {
     case message_op::hold: scheduler.hold_message(job.destination, job.id, now); break;
@@ -92,15 +92,15 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
   if (!op) return {};
   const std::int64_t now = core::wall_milliseconds();
   nlohmann::json out = {{"id", id_text(id)}, {"action", action}, {"found", false}};
-  auto found = s.messages.find(id);
-  if (found == s.messages.end() && s.recover_one(id)) found = s.messages.find(id);
+  spooled_message* found = s.find_message(id);
+  if (found == nullptr && s.recover_one(id)) found = s.find_message(id);
   const spool::message_entry* entry = s.store.find(id);
-  if (found == s.messages.end() || entry == nullptr ||
+  if (found == nullptr || entry == nullptr ||
       entry->status != spool::message_status::queued ||
       (entry->flags & spool::message_flag_deleted) != 0)
     return out.dump();
   out["found"] = true;
-  const spool::envelope envelope = found->second.packed.envelope();
+  const spool::envelope envelope = found->packed.envelope();
   const auto& recipients = envelope.recipients;
   if (*op == message_op::release) {
     // Released mail is due now, after a restart too: the marks go ahead of the action

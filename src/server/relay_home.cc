@@ -89,14 +89,34 @@ std::vector<spool::body_slice> packed_message::body() const {
   return out;
 }
 
-// The message lives in the map's node (nodes do not move: jobs point to it).
+relay::state::message_slot* relay::state::find_slot(spool::message_id id) noexcept {
+  return message_ids.find(id,
+                          [&](const message_slot& s) { return messages.at(s.index).id == id; });
+}
+
+spooled_message* relay::state::find_message(spool::message_id id) noexcept {
+  message_slot* const slot = find_slot(id);
+  return slot != nullptr ? &messages.at(slot->index) : nullptr;
+}
+
+void relay::state::forget_message(const spooled_message& message) noexcept {
+  message_slot* const slot = find_slot(message.id);
+  RINGMTA_ASSERT(slot != nullptr && &messages.at(slot->index) == &message);
+  const std::uint32_t index = slot->index;
+  message_ids.erase(*slot);
+  messages.release(index);
+}
+
+// The message lives in the slab (slots do not move: jobs point to it).
 spooled_message& relay::state::add_message(const spool::envelope& envelope,
                                            std::span<const spool::body_slice> body,
                                            std::uint64_t body_bytes,
                                            std::int64_t received_ms) noexcept {
-  const auto [it, added] = messages.try_emplace(envelope.id);
-  RINGMTA_ASSERT(added);  // ids are unique: a second one would free what jobs point to
-  spooled_message& message = it->second;
+  // Ids are unique: a second one would free what jobs point to.
+  RINGMTA_ASSERT(find_message(envelope.id) == nullptr);
+  const std::uint32_t index = messages.allocate();
+  message_ids.insert(envelope.id, message_slot{0, index});
+  spooled_message& message = messages.at(index);
   message.id = envelope.id;
   message.home = owner.id();
   message.packed.pack(envelope, body);
@@ -183,11 +203,11 @@ bool relay::state::recover_one(spool::message_id id) noexcept {
   const auto rest = recovering.begin() + static_cast<std::ptrdiff_t>(recovering_next);
   if (!std::binary_search(rest, recovering.end(), id)) return false;
   route_recovered(id);
-  return messages.find(id) != messages.end();
+  return find_message(id) != nullptr;
 }
 
 void relay::state::route_recovered(spool::message_id id) noexcept {
-  if (messages.find(id) != messages.end()) return;  // recover_one routed it already
+  if (find_message(id) != nullptr) return;  // recover_one routed it already
   const spool::message_entry* entry = store.find(id);
   if (entry == nullptr || entry->status != spool::message_status::queued) return;
   auto stored = store.read(id);
@@ -252,8 +272,7 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
     const unsigned to = owner_of(job->destination, shards);
     send(to, shard::make_message<&on_job_message>(std::move(job), *config.shards));
   }
-  // Nothing left to do (the key is copied: it lives in the node erased).
-  if (message.recipients_open == 0) messages.erase(spool::message_id{message.id});
+  if (message.recipients_open == 0) forget_message(message);  // nothing left to do
 }
 
 void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
@@ -285,7 +304,7 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
       --message.recipients_open;
     }
   }
-  if (message.recipients_open == 0) messages.erase(spool::message_id{message.id});
+  if (message.recipients_open == 0) forget_message(message);
 }
 
 // Logs one outcome and keeps what a DSN needs (RFC 3461: as NOTIFY asks; never for <>).

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "relay_tables.h"
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/queue/dsn.h"
 #include "ringmta/server/relay.h"
@@ -51,7 +52,7 @@ class packed_message {
 // A queued message as every shard sees it: immutable after the home built it, except the
 // home-only fields. Freed by the home once every recipient is final.
 // One is kept per queued message, so its size is memory per message (docs/notes.md, "Backlog
-// at scale"): it must stay within 64 bytes (with the `messages` map's node: the 80-byte class).
+// at scale"): it must stay within 64 bytes (a slot of the home's slab, relay_tables.h).
 struct spooled_message {
   spool::message_id id = 0;
   unsigned home = 0;
@@ -182,7 +183,17 @@ struct relay::state {
   bool shutting_down = false;
 
   // home role (relay_home.cc)
-  std::unordered_map<spool::message_id, spooled_message> messages;  // in the nodes
+  // The queued messages: in a slab (stable addresses: jobs on other shards point to them),
+  // found by id through a flat table of 8-byte entries (relay_tables.h).
+  struct message_slot {
+    std::uint32_t hash = 0;
+    std::uint32_t index = 0;  // in `messages`
+  };
+  slab<spooled_message> messages;
+  id_table<message_slot> message_ids;
+  message_slot* find_slot(spool::message_id id) noexcept;
+  spooled_message* find_message(spool::message_id id) noexcept;
+  void forget_message(const spooled_message& message) noexcept;  // every recipient final
   std::vector<std::unique_ptr<pending_dsn>> dsns;               // being appended / committed
   std::unordered_map<std::uint64_t, std::unique_ptr<pending_dsn>> dsn_tickets;
   void route(const spool::envelope& envelope, std::span<const spool::body_slice> body,
@@ -219,11 +230,16 @@ struct relay::state {
                                std::int64_t received_ms) noexcept;
 
   // owner role (relay.cc)
+  // The messages with jobs here, by id: 16 bytes each (the id is the message's own, read
+  // through the pointer). An entry's message is alive: its jobs' recipients are open, and
+  // job_left() erases the entry before the last outcome goes home (which may free it).
   struct owned_message {
-    spooled_message* message = nullptr;
+    std::uint32_t hash = 0;
     std::uint32_t jobs = 0;  // scheduler jobs of this message on this shard
+    spooled_message* message = nullptr;
   };
-  std::unordered_map<spool::message_id, owned_message> owned;
+  id_table<owned_message> owned;
+  owned_message* find_owned(spool::message_id id) noexcept;
   std::vector<std::unique_ptr<in_flight>> flights;
   std::vector<std::uint32_t> free_flights;
   std::unordered_map<std::uint64_t, std::string> connection_names;  // by connection cookie
