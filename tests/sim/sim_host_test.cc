@@ -811,36 +811,47 @@ TEST(SimHost, ASeedReplaysToTheSameTranscript) {
   EXPECT_NE(first.record.transcript, run_world(54, true).record.transcript);
 }
 
-// A spool keeping its files on the host (bench/relay): writes append or land at an offset
-// (a gap reads as zeros), ring reads see them, take_file gives the bytes back and closes.
-TEST(SimHost, FilesTakeWritesAndGiveTheirBytesBack) {
-  struct recording_handler final : shard::host_handler {
+// A host without a network and a handler recording each completion's result.
+struct bare_host {
+  struct recorder final : shard::host_handler {
     void on_completion(const io::completion& done) noexcept override {
       results.push_back(done.res);
     }
     std::vector<std::int32_t> results;
   };
+  explicit bare_host(std::uint64_t seed) : host(clock, seed, sim_network{}, 1'000'000, 0) {
+    kind = host.add_handler(handler).value();
+  }
+  std::uint64_t user_data(std::uint32_t serial) const {
+    return io::pack_user_data(kind, 0, serial);
+  }
   scheduler clock;
-  sim_host host(clock, 3, sim_network{}, 1'000'000, 0);
-  recording_handler handler;
-  const auto kind = host.add_handler(handler);
-  ASSERT_TRUE(kind.ok());
+  sim_host host;
+  recorder handler;
+  io::op_kind kind{};
+};
+
+// A spool keeping its files on the host (bench/relay): writes append or land at an offset
+// (a gap reads as zeros), ring reads see them, take_file gives the bytes back and closes.
+TEST(SimHost, FilesTakeWritesAndGiveTheirBytesBack) {
+  bare_host bare(3);
+  sim_host& host = bare.host;
   const int fd = host.add_file("head");
   EXPECT_TRUE(host.write_file(fd, 4, "-tail"));
   EXPECT_TRUE(host.write_file(fd, 12, "X"));
   EXPECT_TRUE(host.write_file(fd, 0, "H"));
   EXPECT_FALSE(host.write_file(fd + 1, 0, "no such file"));
   char buffer[16] = {};
-  ASSERT_TRUE(host.prep_read(fd, buffer, sizeof buffer, 1, io::pack_user_data(kind.value(), 0, 1),
+  ASSERT_TRUE(host.prep_read(fd, buffer, sizeof buffer, 1, bare.user_data(1),
                              io::sqe::none)
                   .ok());
-  ASSERT_TRUE(host.run([&] { return handler.results.size() == 1; }, 100));
-  EXPECT_EQ(handler.results[0], 12);
+  ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 1; }, 100));
+  EXPECT_EQ(bare.handler.results[0], 12);
   EXPECT_EQ(std::string(buffer, 12), std::string("ead-tail\0\0\0X", 12));
   EXPECT_EQ(host.take_file(fd), std::string("Head-tail\0\0\0X", 13));
   EXPECT_FALSE(host.write_file(fd, 0, "closed"));
   EXPECT_TRUE(host.take_file(fd).empty());
-  EXPECT_FALSE(host.prep_read(fd, buffer, sizeof buffer, 0, io::pack_user_data(kind.value(), 0, 2),
+  EXPECT_FALSE(host.prep_read(fd, buffer, sizeof buffer, 0, bare.user_data(2),
                               io::sqe::none)
                    .ok());
 }
@@ -888,17 +899,8 @@ TEST(SimScheduler, RunsActionsInTimeThenQueueOrderAndFreesTheirCaptures) {
 // out of order stay closed, the others keep working, numbers are never reused, and a cancel
 // by descriptor finds its op behind closed ones.
 TEST(SimHost, DescriptorsClosedOutOfOrderLeaveTheOthersWorking) {
-  struct recording_handler final : shard::host_handler {
-    void on_completion(const io::completion& done) noexcept override {
-      results.push_back(done.res);
-    }
-    std::vector<std::int32_t> results;
-  };
-  scheduler clock;
-  sim_host host(clock, 9, sim_network{}, 1'000'000, 0);
-  recording_handler handler;
-  const auto kind = host.add_handler(handler);
-  ASSERT_TRUE(kind.ok());
+  bare_host bare(9);
+  sim_host& host = bare.host;
   std::vector<int> fds;
   for (int i = 0; i < 5; ++i) {
     const auto fd = host.open_socket(AF_INET, SOCK_DGRAM);
@@ -920,13 +922,13 @@ TEST(SimHost, DescriptorsClosedOutOfOrderLeaveTheOthersWorking) {
   ASSERT_TRUE(next.ok());
   EXPECT_GT(next.value(), file);  // never a closed number again
   static char buffer[16];
-  ASSERT_TRUE(host.prep_recv(fds[4], buffer, sizeof buffer, io::pack_user_data(kind.value(), 0, 1),
+  ASSERT_TRUE(host.prep_recv(fds[4], buffer, sizeof buffer, bare.user_data(1),
                              io::sqe::none)
                   .ok());
-  ASSERT_TRUE(host.prep_cancel_fd(fds[4], io::pack_user_data(kind.value(), 0, 2), io::sqe::none)
+  ASSERT_TRUE(host.prep_cancel_fd(fds[4], bare.user_data(2), io::sqe::none)
                   .ok());
-  ASSERT_TRUE(host.run([&] { return handler.results.size() == 2; }, 100));
-  EXPECT_EQ(handler.results, (std::vector<std::int32_t>{-ECANCELED, 0}));
+  ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 2; }, 100));
+  EXPECT_EQ(bare.handler.results, (std::vector<std::int32_t>{-ECANCELED, 0}));
   EXPECT_EQ(host.take_file(file), "spool");
   host.close(fds[2]);
   host.close(fds[4]);
