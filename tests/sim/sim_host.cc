@@ -38,14 +38,9 @@ sim_host::sim_host(scheduler& clock, std::uint64_t seed, sim_network network,
       _epoch_ms(epoch_ms),
       _timers(now_ms()) {}
 
-sim_host::~sim_host() { *_alive = false; }
-
-// Every action the host queues checks that the host still exists: the world's scheduler
-// outlives a simulated process (a crash destroys its host with actions still queued).
-void sim_host::at(std::int64_t when_ns, std::function<void()> action) {
-  _clock.at(when_ns, [alive = _alive, action = std::move(action)] {
-    if (*alive) action();
-  });
+sim_host::~sim_host() {
+  _liveness->alive = false;
+  if (_liveness->holders == 0) delete _liveness;
 }
 
 // ---- shard::host
@@ -139,16 +134,30 @@ std::int64_t sim_host::latency_ns() noexcept {
 }
 
 sim_host::socket* sim_host::find(int fd) noexcept {
-  const auto found = _sockets.find(fd);
-  return found == _sockets.end() ? nullptr : found->second.get();
+  if (fd < _first_fd) return nullptr;
+  const auto index = static_cast<std::size_t>(fd - _first_fd);
+  return index < _sockets.size() ? _sockets[index].get() : nullptr;
+}
+
+int sim_host::add_socket(std::unique_ptr<socket> s) {
+  _sockets.push_back(std::move(s));  // fds only grow: the new one is the table's end
+  return _next_fd++;
+}
+
+void sim_host::erase_socket(int fd) noexcept {
+  if (find(fd) == nullptr) return;
+  _sockets[static_cast<std::size_t>(fd - _first_fd)].reset();
+  while (!_sockets.empty() && !_sockets.front()) {
+    _sockets.pop_front();
+    ++_first_fd;
+  }
 }
 
 std::size_t sim_host::open_sockets() const noexcept {
-  return static_cast<std::size_t>(std::count_if(_sockets.begin(), _sockets.end(),
-                                                [](const auto& entry) {
-                                                  return entry.second->what !=
-                                                         socket::kind::file;
-                                                }));
+  return static_cast<std::size_t>(
+      std::count_if(_sockets.begin(), _sockets.end(), [](const std::unique_ptr<socket>& s) {
+        return s && s->what != socket::kind::file;
+      }));
 }
 
 core::result<void> sim_host::unsupported() noexcept {
@@ -373,7 +382,10 @@ core::result<void> sim_host::prep_close(int fd, std::uint64_t user_data,
 // Removes the ops `matches(fd, user_data)` names, each completing with -ECANCELED.
 bool sim_host::cancel_matching(const std::function<bool(int, std::uint64_t)>& matches) {
   bool any = false;
-  for (auto& [fd, s] : _sockets) {
+  for (std::size_t index = 0; index < _sockets.size(); ++index) {
+    socket* s = _sockets[index].get();
+    const int fd = _first_fd + static_cast<int>(index);
+    if (s == nullptr) continue;
     for (auto it = s->receives.begin(); it != s->receives.end();) {
       if (matches(fd, it->user_data)) {
         complete(it->user_data, -ECANCELED);
@@ -510,9 +522,7 @@ core::result<int> sim_host::open_socket(int family, int type) noexcept {
   auto s = std::make_unique<socket>();
   s->what = base_type == SOCK_STREAM ? socket::kind::stream : socket::kind::datagram;
   s->family = family;
-  const int fd = _next_fd++;
-  _sockets[fd] = std::move(s);
-  return fd;
+  return add_socket(std::move(s));
 }
 
 core::result<void> sim_host::set_option(int fd, int, int, int) noexcept {
@@ -551,15 +561,15 @@ void sim_host::shutdown(int fd, int) noexcept {
 }
 
 void sim_host::close(int fd) noexcept {
-  const auto found = _sockets.find(fd);
-  if (found == _sockets.end()) return;
-  socket& s = *found->second;
+  socket* found = find(fd);
+  if (found == nullptr) return;
+  socket& s = *found;
   // Closing a descriptor cancels what is pending on it (the kernel ends those ops).
   for (const waiting_receive& wanted : s.receives) complete(wanted.user_data, -ECANCELED);
   if (s.connect_user_data != 0) complete(s.connect_user_data, -ECANCELED);
   if (s.peer) s.peer->on_client_gone(*this, fd);
   const bool stream = s.what == socket::kind::stream;
-  _sockets.erase(found);
+  erase_socket(fd);
   if (stream && _close_listener) _close_listener(fd);
 }
 
@@ -575,18 +585,14 @@ int sim_host::add_stream(std::unique_ptr<stream_peer> peer, const core::endpoint
   s->remote = remote;
   s->connected = true;
   s->peer = std::move(peer);
-  const int fd = _next_fd++;
-  _sockets[fd] = std::move(s);
-  return fd;
+  return add_socket(std::move(s));
 }
 
 int sim_host::add_file(std::string bytes) {
   auto s = std::make_unique<socket>();
   s->what = socket::kind::file;
   s->file = std::move(bytes);
-  const int fd = _next_fd++;
-  _sockets[fd] = std::move(s);
-  return fd;
+  return add_socket(std::move(s));
 }
 
 bool sim_host::write_file(int fd, std::uint64_t offset, std::string_view bytes) {
@@ -605,7 +611,7 @@ std::string sim_host::take_file(int fd) {
   socket* s = find(fd);
   if (s == nullptr || s->what != socket::kind::file) return {};
   std::string bytes = std::move(s->file);
-  _sockets.erase(fd);
+  erase_socket(fd);
   return bytes;
 }
 

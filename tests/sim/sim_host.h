@@ -34,6 +34,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ringmta/core/endpoint.h"
@@ -208,8 +209,18 @@ class sim_host final : public shard::host, public io::operations, public io::des
     io::buffer_ring* group = nullptr;  // provided-buffer receive
   };
 
-  void at(std::int64_t when_ns, std::function<void()> action);
+  // Every action the host queues checks that the host still exists: the world's scheduler
+  // outlives a simulated process (a crash destroys its host with actions still queued). One
+  // wrapping lambda, and a non-atomic count instead of a shared_ptr copy per event (issue 16).
+  template <class F>
+  void at(std::int64_t when_ns, F&& what) {
+    _clock.at(when_ns, [alive = liveness_ref(_liveness), what = std::forward<F>(what)]() mutable {
+      if (alive.host_alive()) what();
+    });
+  }
   socket* find(int fd) noexcept;
+  int add_socket(std::unique_ptr<socket> s);
+  void erase_socket(int fd) noexcept;
   std::int64_t latency_ns() noexcept;
   // Queues the completion as an action `delay_ns` from now (skip_success honoured).
   void complete(std::uint64_t user_data, std::int32_t res, std::uint32_t flags = 0,
@@ -225,8 +236,30 @@ class sim_host final : public shard::host, public io::operations, public io::des
   core::result<void> unsupported() noexcept;
   core::result<void> refuse_linked(io::sqe_flags flags) noexcept;
 
+  // Shared by the host and its queued actions (one thread: a plain count); the last of them
+  // frees it.
+  struct liveness {
+    bool alive = true;
+    std::uint32_t holders = 0;
+  };
+  class liveness_ref {
+   public:
+    explicit liveness_ref(liveness* shared) noexcept : _shared(shared) { ++_shared->holders; }
+    liveness_ref(liveness_ref&& other) noexcept : _shared(std::exchange(other._shared, nullptr)) {}
+    liveness_ref(const liveness_ref&) = delete;
+    liveness_ref& operator=(const liveness_ref&) = delete;
+    liveness_ref& operator=(liveness_ref&&) = delete;
+    ~liveness_ref() {
+      if (_shared != nullptr && --_shared->holders == 0 && !_shared->alive) delete _shared;
+    }
+    bool host_alive() const noexcept { return _shared->alive; }
+
+   private:
+    liveness* _shared;
+  };
+
   scheduler& _clock;
-  std::shared_ptr<bool> _alive = std::make_shared<bool>(true);  // false once destroyed
+  liveness* _liveness = new liveness;  // alive = false once destroyed
   random _random;
   sim_network _network;
   std::int64_t _net_ns_max;
@@ -239,8 +272,12 @@ class sim_host final : public shard::host, public io::operations, public io::des
   unsigned _next_kind = io::op_kind_first_free;
   std::vector<shard::host_hook*> _hooks;
   std::map<std::uint16_t, io::buffer_ring*> _groups;
-  std::map<int, std::unique_ptr<socket>> _sockets;
+  // Descriptors are allocated in increasing order and never reused, so the table is indexed
+  // by fd - _first_fd; closed slots at the front are dropped (issue 16: a std::map lookup
+  // ~15 times per delivery cost more than the delivery).
+  std::deque<std::unique_ptr<socket>> _sockets;
   std::function<void(int fd)> _close_listener;
+  int _first_fd = 100;
   int _next_fd = 100;
   sim_host_counters _counters;
 };

@@ -811,38 +811,130 @@ TEST(SimHost, ASeedReplaysToTheSameTranscript) {
   EXPECT_NE(first.record.transcript, run_world(54, true).record.transcript);
 }
 
-// A spool keeping its files on the host (bench/relay): writes append or land at an offset
-// (a gap reads as zeros), ring reads see them, take_file gives the bytes back and closes.
-TEST(SimHost, FilesTakeWritesAndGiveTheirBytesBack) {
-  struct recording_handler final : shard::host_handler {
+// A host without a network and a handler recording each completion's result.
+struct bare_host {
+  struct recorder final : shard::host_handler {
     void on_completion(const io::completion& done) noexcept override {
       results.push_back(done.res);
     }
     std::vector<std::int32_t> results;
   };
+  explicit bare_host(std::uint64_t seed) : host(clock, seed, sim_network{}, 1'000'000, 0) {
+    kind = host.add_handler(handler).value();
+  }
+  std::uint64_t user_data(std::uint32_t serial) const {
+    return io::pack_user_data(kind, 0, serial);
+  }
   scheduler clock;
-  sim_host host(clock, 3, sim_network{}, 1'000'000, 0);
-  recording_handler handler;
-  const auto kind = host.add_handler(handler);
-  ASSERT_TRUE(kind.ok());
+  sim_host host;
+  recorder handler;
+  io::op_kind kind{};
+};
+
+// A spool keeping its files on the host (bench/relay): writes append or land at an offset
+// (a gap reads as zeros), ring reads see them, take_file gives the bytes back and closes.
+TEST(SimHost, FilesTakeWritesAndGiveTheirBytesBack) {
+  bare_host bare(3);
+  sim_host& host = bare.host;
   const int fd = host.add_file("head");
   EXPECT_TRUE(host.write_file(fd, 4, "-tail"));
   EXPECT_TRUE(host.write_file(fd, 12, "X"));
   EXPECT_TRUE(host.write_file(fd, 0, "H"));
   EXPECT_FALSE(host.write_file(fd + 1, 0, "no such file"));
   char buffer[16] = {};
-  ASSERT_TRUE(host.prep_read(fd, buffer, sizeof buffer, 1, io::pack_user_data(kind.value(), 0, 1),
+  ASSERT_TRUE(host.prep_read(fd, buffer, sizeof buffer, 1, bare.user_data(1),
                              io::sqe::none)
                   .ok());
-  ASSERT_TRUE(host.run([&] { return handler.results.size() == 1; }, 100));
-  EXPECT_EQ(handler.results[0], 12);
+  ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 1; }, 100));
+  EXPECT_EQ(bare.handler.results[0], 12);
   EXPECT_EQ(std::string(buffer, 12), std::string("ead-tail\0\0\0X", 12));
   EXPECT_EQ(host.take_file(fd), std::string("Head-tail\0\0\0X", 13));
   EXPECT_FALSE(host.write_file(fd, 0, "closed"));
   EXPECT_TRUE(host.take_file(fd).empty());
-  EXPECT_FALSE(host.prep_read(fd, buffer, sizeof buffer, 0, io::pack_user_data(kind.value(), 0, 2),
+  EXPECT_FALSE(host.prep_read(fd, buffer, sizeof buffer, 0, bare.user_data(2),
                               io::sqe::none)
                    .ok());
+}
+
+// The scheduler's actions (issue 16's lean queue): same-time actions run in the order they
+// were queued whatever their captures (inline, on the heap, move-only), actions queued from
+// a running action (the slot table grows and reuses slots) keep that order, and clear()
+// destroys what is pending.
+TEST(SimScheduler, RunsActionsInTimeThenQueueOrderAndFreesTheirCaptures) {
+  scheduler clock;
+  std::vector<int> order;
+  struct big_capture {
+    char bytes[200] = {};
+  };
+  auto owned = std::make_unique<int>(3);
+  clock.at(10, [&order, big = big_capture{}] { order.push_back(big.bytes[0] + 2); });
+  clock.at(5, [&order] { order.push_back(1); });
+  clock.at(10, [&order, owned = std::move(owned)] { order.push_back(*owned); });
+  clock.at(10, [&clock, &order] {
+    order.push_back(4);
+    for (int i = 0; i < 40; ++i) clock.after(0, [&order, i] { order.push_back(100 + i); });
+    clock.at(1, [&order] { order.push_back(5); });  // in the past: runs now, after the 40
+  });
+  while (clock.run_one()) {
+  }
+  ASSERT_EQ(order.size(), 45u);
+  EXPECT_EQ((std::vector<int>(order.begin(), order.begin() + 4)), (std::vector<int>{1, 2, 3, 4}));
+  for (int i = 0; i < 40; ++i) EXPECT_EQ(order[4 + static_cast<std::size_t>(i)], 100 + i);
+  EXPECT_EQ(order.back(), 5);
+  EXPECT_EQ(clock.now_ns(), 10);
+
+  auto small = std::make_shared<int>(0);
+  auto large = std::make_shared<int>(0);
+  clock.after(1, [small] {});
+  clock.after(1, [large, big = big_capture{}] {});
+  EXPECT_EQ(small.use_count(), 2);
+  EXPECT_EQ(large.use_count(), 2);
+  clock.clear();
+  EXPECT_EQ(small.use_count(), 1);
+  EXPECT_EQ(large.use_count(), 1);
+  EXPECT_TRUE(clock.empty());
+}
+
+// The descriptor table (indexed by fd, closed slots at its front dropped): descriptors closed
+// out of order stay closed, the others keep working, numbers are never reused, and a cancel
+// by descriptor finds its op behind closed ones.
+TEST(SimHost, DescriptorsClosedOutOfOrderLeaveTheOthersWorking) {
+  bare_host bare(9);
+  sim_host& host = bare.host;
+  std::vector<int> fds;
+  for (int i = 0; i < 5; ++i) {
+    const auto fd = host.open_socket(AF_INET, SOCK_DGRAM);
+    ASSERT_TRUE(fd.ok());
+    fds.push_back(fd.value());
+  }
+  const int file = host.add_file("spool");
+  EXPECT_EQ(host.open_sockets(), 5u);
+  host.close(fds[1]);
+  host.close(fds[0]);  // the front of the table goes
+  host.close(fds[3]);
+  EXPECT_EQ(host.open_sockets(), 2u);
+  for (const int closed : {fds[0], fds[1], fds[3], fds[0] - 1, file + 1}) {
+    EXPECT_EQ(host.set_option(closed, 0, 0, 0).error(), EBADF) << closed;
+  }
+  EXPECT_TRUE(host.set_option(fds[2], 0, 0, 0).ok());
+  EXPECT_TRUE(host.set_option(fds[4], 0, 0, 0).ok());
+  const auto next = host.open_socket(AF_INET, SOCK_STREAM);
+  ASSERT_TRUE(next.ok());
+  EXPECT_GT(next.value(), file);  // never a closed number again
+  static char buffer[16];
+  ASSERT_TRUE(host.prep_recv(fds[4], buffer, sizeof buffer, bare.user_data(1),
+                             io::sqe::none)
+                  .ok());
+  ASSERT_TRUE(host.prep_cancel_fd(fds[4], bare.user_data(2), io::sqe::none)
+                  .ok());
+  ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 2; }, 100));
+  EXPECT_EQ(bare.handler.results, (std::vector<std::int32_t>{-ECANCELED, 0}));
+  EXPECT_EQ(host.take_file(file), "spool");
+  host.close(fds[2]);
+  host.close(fds[4]);
+  host.close(next.value());
+  EXPECT_EQ(host.open_sockets(), 0u);
+  EXPECT_EQ(host.set_option(next.value(), 0, 0, 0).error(), EBADF);
 }
 
 }  // namespace

@@ -4,44 +4,142 @@
 // from the queue: nothing in a simulated run reads the wall clock. Actions due at the same
 // time run in the order they were scheduled (a sequence number breaks ties), so the order of
 // events is a function of the seed alone.
+// Cost (issue 16: the relay benchmark runs millions of these): an action is a move-only
+// callable whose captures live inline when small (no allocation for the host's events), and
+// the heap orders 24-byte keys while the actions stay put in a slot table.
 // Never: run an action before its time, or run two at once (one thread).
 #pragma once
 
+#include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <new>
 #include <queue>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace ringmta::sim {
 
+// A move-only `void()` callable. Captures up to inline_bytes are stored in place; larger ones
+// on the heap. Unlike std::function it needs no copyable target and no allocation for the
+// common capture (this, a descriptor, a string).
+class action {
+ public:
+  static constexpr std::size_t inline_bytes = 64;
+
+  action() noexcept = default;
+  template <class F>
+    requires(!std::same_as<std::decay_t<F>, action> && std::invocable<std::decay_t<F>&>)
+  action(F&& target) {  // NOLINT(google-explicit-constructor): any lambda is an action
+    using T = std::decay_t<F>;
+    if constexpr (fits_inline<T>()) {
+      ::new (static_cast<void*>(_storage)) T(std::forward<F>(target));
+      _ops = &inline_ops<T>;
+    } else {
+      ::new (static_cast<void*>(_storage)) T*(new T(std::forward<F>(target)));
+      _ops = &heap_ops<T>;
+    }
+  }
+  action(action&& other) noexcept : _ops(other._ops) {
+    if (_ops != nullptr) _ops->move(other._storage, _storage);
+    other._ops = nullptr;
+  }
+  action& operator=(action&& other) noexcept {
+    if (this != &other) {
+      reset();
+      _ops = other._ops;
+      if (_ops != nullptr) _ops->move(other._storage, _storage);
+      other._ops = nullptr;
+    }
+    return *this;
+  }
+  action(const action&) = delete;
+  action& operator=(const action&) = delete;
+  ~action() { reset(); }
+
+  explicit operator bool() const noexcept { return _ops != nullptr; }
+  void operator()() { _ops->call(_storage); }
+
+ private:
+  struct operations {
+    void (*call)(void* storage);
+    void (*move)(void* from, void* to) noexcept;  // leaves `from` destroyed
+    void (*destroy)(void* storage) noexcept;
+  };
+  template <class T>
+  static constexpr bool fits_inline() {
+    return sizeof(T) <= inline_bytes && alignof(T) <= alignof(std::max_align_t) &&
+           std::is_nothrow_move_constructible_v<T>;
+  }
+  template <class T>
+  static constexpr operations inline_ops{
+      [](void* storage) { (*std::launder(static_cast<T*>(storage)))(); },
+      [](void* from, void* to) noexcept {
+        T* source = std::launder(static_cast<T*>(from));
+        ::new (to) T(std::move(*source));
+        source->~T();
+      },
+      [](void* storage) noexcept { std::launder(static_cast<T*>(storage))->~T(); }};
+  template <class T>
+  static constexpr operations heap_ops{
+      [](void* storage) { (**std::launder(static_cast<T**>(storage)))(); },
+      [](void* from, void* to) noexcept {
+        ::new (to) T*(*std::launder(static_cast<T**>(from)));
+      },
+      [](void* storage) noexcept { delete *std::launder(static_cast<T**>(storage)); }};
+
+  void reset() noexcept {
+    if (_ops != nullptr) _ops->destroy(_storage);
+    _ops = nullptr;
+  }
+
+  alignas(std::max_align_t) unsigned char _storage[inline_bytes];
+  const operations* _ops = nullptr;
+};
+
 class scheduler {
  public:
   std::int64_t now_ns() const noexcept { return _now_ns; }
 
-  void at(std::int64_t when_ns, std::function<void()> action) {
-    _queue.push(entry{when_ns < _now_ns ? _now_ns : when_ns, _sequence++, std::move(action)});
+  void at(std::int64_t when_ns, action what) {
+    std::uint32_t slot;
+    if (_free.empty()) {
+      slot = static_cast<std::uint32_t>(_actions.size());
+      _actions.push_back(std::move(what));
+    } else {
+      slot = _free.back();
+      _free.pop_back();
+      _actions[slot] = std::move(what);
+    }
+    _queue.push(entry{when_ns < _now_ns ? _now_ns : when_ns, _sequence++, slot});
   }
-  void after(std::int64_t delay_ns, std::function<void()> action) {
-    at(_now_ns + delay_ns, std::move(action));
-  }
+  void after(std::int64_t delay_ns, action what) { at(_now_ns + delay_ns, std::move(what)); }
   bool empty() const noexcept { return _queue.empty(); }
   // Advances the clock to the earliest action and runs it. False when nothing is queued.
   bool run_one() {
     if (_queue.empty()) return false;
-    entry next = std::move(const_cast<entry&>(_queue.top()));
+    const entry next = _queue.top();
     _queue.pop();
+    // Out of the table before it runs: the action may queue others (the table may grow).
+    action now = std::move(_actions[next.slot]);
+    _free.push_back(next.slot);
     _now_ns = next.when_ns;
-    next.action();
+    now();
     return true;
   }
-  void clear() { _queue = {}; }
+  void clear() {
+    _queue = {};
+    _actions.clear();
+    _free.clear();
+  }
 
  private:
   struct entry {
     std::int64_t when_ns;
     std::uint64_t sequence;
-    std::function<void()> action;
+    std::uint32_t slot;  // in _actions
     bool operator>(const entry& other) const noexcept {
       return when_ns != other.when_ns ? when_ns > other.when_ns : sequence > other.sequence;
     }
@@ -49,6 +147,8 @@ class scheduler {
   std::int64_t _now_ns = 0;
   std::uint64_t _sequence = 0;
   std::priority_queue<entry, std::vector<entry>, std::greater<>> _queue;
+  std::vector<action> _actions;
+  std::vector<std::uint32_t> _free;  // slots of _actions that ran
 };
 
 }  // namespace ringmta::sim
