@@ -643,7 +643,7 @@ void connection::spool_bytes(std::string_view slice, smtp::body_form form) noexc
 }
 
 smtp::verdict connection::on_data_end(const smtp::body_summary& summary) noexcept {
-  data_end_ms = server.host().now_ms();
+  data_end_ns = server.host().precise_ns();
   // The body type records what the content is, not only what the client declared: "7bit" means
   // no octet above 127 arrived (so an SMTPUTF8 message has UTF-8 in its addresses only, which
   // lets delivery use A-label domains to a server without SMTPUTF8: outbound/delivery.cc).
@@ -728,7 +728,7 @@ void connection::on_commit_result(int error) noexcept {
   metrics.messages_accepted.add();
   ++messages_accepted;
   metrics.message_bytes.add(message_bytes);
-  metrics.commit_latency.record_us((server.host().now_ms() - data_end_ms) * 1000);
+  metrics.commit_latency.record_us((server.host().precise_ns() - data_end_ns) / 1000);
   const auto id_text = spool::format_message_id(envelope.id);
   const std::string_view id(id_text.data(), 16);
   char text[64];

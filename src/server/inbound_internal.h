@@ -100,7 +100,7 @@ struct connection final : smtp::server_handler {
   int message_error = 0;      // a spool append failed: answer 452 at the end of data
   spool::message_handle message{};
   std::uint64_t ticket = 0;  // a commit in flight (tickets start at 1; 0: none)
-  std::uint64_t data_end_ms = 0;  // host().now_ms() at the end of data: the commit latency
+  std::uint64_t data_end_ns = 0;  // host().precise_ns() at the end of data: the commit latency
   std::uint64_t message_bytes = 0;
   spool::envelope envelope;  // client_address is set once per connection (admit)
   std::vector<spool::body_slice> body;  // where commit() put the body

@@ -66,6 +66,10 @@ std::uint64_t sim_host::now_ms() const noexcept {
 
 std::int64_t sim_host::wall_ms() const noexcept { return _epoch_ms + _clock.now_ns() / ms_ns; }
 
+std::uint64_t sim_host::precise_ns() const noexcept {
+  return _start_ms * ms_ns + static_cast<std::uint64_t>(_clock.now_ns());
+}
+
 // ---- the loop
 
 void sim_host::dispatch(const io::completion& done) noexcept {

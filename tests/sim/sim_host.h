@@ -98,6 +98,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
   io::descriptors& descriptors() noexcept override { return *this; }
   std::uint64_t now_ms() const noexcept override;
   std::int64_t wall_ms() const noexcept override;
+  std::uint64_t precise_ns() const noexcept override;  // the simulated clock
 
   // ---- io::operations (see the header comment for what is simulated)
   core::result<void> prep_accept(int, std::uint64_t, bool, bool, io::sqe_flags) noexcept override;

@@ -67,6 +67,9 @@ class host {
   // milliseconds since the epoch (certificate validity, records).
   virtual std::uint64_t now_ms() const noexcept = 0;
   virtual std::int64_t wall_ms() const noexcept = 0;
+  // A fresh monotonic reading in nanoseconds, for latency metrics finer than the loop's
+  // millisecond (a commit's fdatasync is often well under one); never for deadlines.
+  virtual std::uint64_t precise_ns() const noexcept = 0;
 
  protected:
   ~host() = default;

@@ -41,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "ringmta/core/clock.h"
 #include "ringmta/core/result.h"
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/io/buffer_ring.h"
@@ -158,6 +159,7 @@ class shard final : public host {
   // timeouts); wall_ms: milliseconds since the epoch (certificate validity, records).
   std::uint64_t now_ms() const noexcept override { return _now_ms; }
   std::int64_t wall_ms() const noexcept override { return _wall_ms; }
+  std::uint64_t precise_ns() const noexcept override { return core::monotonic_ns(); }
   const shard_counters& counters() const noexcept { return _counters; }
   // Heartbeat: the monotonic millisecond at which this shard's loop last began an iteration
   // (0 before it runs). Any thread may read it; an idle shard still turns every
