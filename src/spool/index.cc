@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <new>
 
 #include "ringmta/core/assert.h"
 
@@ -177,7 +178,12 @@ void message_index::place(std::uint64_t hash, std::uint32_t position) noexcept {
 // new table itself.
 void message_index::rebuild(std::size_t slots) {
   _slots.reset();
-  _slots = std::make_unique<std::uint32_t[]>(slots);  // zeroed: every slot empty
+  adopt(std::make_unique<std::uint32_t[]>(slots), slots);  // zeroed: every slot empty
+}
+
+// `table` (`slots` long, zeroed) replaces the slot table; every entry is placed in it.
+void message_index::adopt(std::unique_ptr<std::uint32_t[]> table, std::size_t slots) noexcept {
+  _slots = std::move(table);
   _slot_mask = slots - 1;
   _slot_shift = static_cast<unsigned>(64 - std::countr_zero(slots));
   for (std::size_t i = 0; i < _entries.size(); ++i)
@@ -243,7 +249,11 @@ bool message_index::erase(message_id id) noexcept {
     _slot_mask = 0;
     _slot_shift = 64;
   } else if (slot_count() > slots_min && _entries.size() * 16 < slot_count()) {
-    rebuild(slot_count() / 2);  // ≤ 1/8 full afterwards: far from growing again
+    // ≤ 1/8 full afterwards: far from growing again. Shrinking is optional (erase is noexcept
+    // and runs from the store's completions): without memory for it the table stays as is.
+    const std::size_t slots = slot_count() / 2;
+    if (std::unique_ptr<std::uint32_t[]> smaller{new (std::nothrow) std::uint32_t[slots]()})
+      adopt(std::move(smaller), slots);
   }
   return true;
 }

@@ -266,17 +266,17 @@ bool all_zero(std::string_view bytes) {
 std::uint64_t resync(file_reader& in, std::uint64_t from, std::uint64_t salt, bool& zeros_only) {
   static constexpr char magic_bytes[4] = {'R', 'M', 'S', 'R'};
   zeros_only = true;
-  std::uint64_t at = from;
+  // Bytes next_data skips are zeros: no magic there, zeros_only holds. Asked at the start and
+  // after a window of zeros only (not per candidate: one lseek each on a damaged file).
+  std::uint64_t at = in.next_data(from);
   while (in.size() - at >= 4) {
-    at = in.next_data(at);  // skipped bytes are zeros: no magic there, zeros_only holds
-    if (in.size() - at < 4) break;
     const auto chunk = in.get(at, static_cast<std::size_t>(
                                       std::min<std::uint64_t>(window_bytes, in.size() - at)));
     if (chunk.size() < 4) break;
     // The usual case: the preallocated, never written tail of the open segment (tens of MB of
     // zeros). Checked a word at a time by memcmp instead of searched for a magic byte by byte.
     if (all_zero(chunk)) {
-      at += chunk.size() - 3;  // as below: a magic may straddle two chunks
+      at = in.next_data(at + chunk.size() - 3);  // as below: a magic may straddle two chunks
       continue;
     }
     const void* hit = ::memmem(chunk.data(), chunk.size(), magic_bytes, 4);

@@ -2,7 +2,8 @@
 //
 // Issue 15 (memory per queued message): a message costs its 56-byte `message_entry` in a dense
 // array of fixed chunks plus one 4-byte slot of an open-addressing table at a load between 3/8
-// and 3/4 (5-11 bytes): ~61-67 bytes for a message of one recipient, whose state is held in
+// and 3/4 while it grows (5-11 bytes; down to 1/16 while a backlog drains, then halved):
+// ~61-67 bytes for a message of one recipient (67-69 measured), whose state is held in
 // the entry; a message of more recipients adds one allocation of 16 bytes per recipient. (The
 // std::unordered_map before: a 96-byte node, a 16-byte vector allocation, ~12 bytes of bucket.)
 // The envelope, body ranges, body size and arrival time stay on disk (one read of the commit
@@ -198,8 +199,8 @@ class message_entries {
 // Growth (past 3/4 full) frees the slot table and rebuilds it twice as large from the entries:
 // no old and new table side by side, and entries never move; at 5,000,000 entries the slot
 // table is 32 MiB, built in one pass over the entries. Below 1/16 full it is rebuilt half as
-// large, and trailing chunks are freed as the entries shrink: a drained backlog gives its
-// memory back.
+// large (when that allocation fails, it stays), and trailing chunks are freed as the entries
+// shrink: a drained backlog gives its memory back.
 class message_index {
  public:
   static constexpr unsigned position_bits = 27;
@@ -243,6 +244,7 @@ class message_index {
   std::size_t slot_of(message_id id) const noexcept;
   void place(std::uint64_t hash, std::uint32_t position) noexcept;
   void rebuild(std::size_t slots);
+  void adopt(std::unique_ptr<std::uint32_t[]> table, std::size_t slots) noexcept;
   void remove_slot(std::size_t slot) noexcept;
 
   message_entries _entries;
