@@ -244,8 +244,10 @@ class ticket_table {
     std::uint32_t slot = 0;
     std::uint32_t generation = 0;
   };
+  void grow();
   std::vector<entry> _entries;
   std::size_t _mask;
+  std::size_t _count = 0;
 };
 
 // The sessions of one shard (inbound_sessions' implementation): the connection table, commit

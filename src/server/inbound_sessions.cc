@@ -20,14 +20,30 @@ ticket_table::ticket_table(std::uint32_t sessions_max) {
   _mask = size - 1;
 }
 
+// Sized for one ticket per session, but a closed session's ticket stays until the spool
+// reports it (the orphan path) while its slot commits again: the tickets in flight are bounded
+// by the store's open messages, not by sessions. So the table doubles at half full instead of
+// trusting the first size (a full table would make insert probe for ever).
 void ticket_table::insert(std::uint64_t ticket, std::uint32_t slot,
                           std::uint32_t generation) noexcept {
   RINGMTA_ASSERT(ticket != 0);
+  if ((_count + 1) * 2 > _entries.size()) grow();
   for (std::size_t i = ticket & _mask;; i = (i + 1) & _mask) {
     if (_entries[i].ticket == 0) {
       _entries[i] = {ticket, slot, generation};
+      ++_count;
       return;
     }
+  }
+}
+
+void ticket_table::grow() {
+  std::vector<entry> old(_entries.size() * 2);
+  old.swap(_entries);
+  _mask = _entries.size() - 1;
+  _count = 0;
+  for (const entry& e : old) {
+    if (e.ticket != 0) insert(e.ticket, e.slot, e.generation);
   }
 }
 
@@ -49,6 +65,7 @@ std::optional<std::pair<std::uint32_t, std::uint32_t>> ticket_table::take(
     i = j;
   }
   _entries[i] = {};
+  --_count;
   return found;
 }
 
