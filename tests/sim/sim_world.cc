@@ -646,6 +646,10 @@ void world::on_committed(const spool::event& event) {
   // Durable but not (yet) answered: the client may have gone; on_accepted makes it answered.
   want.state = event.error != 0 ? fate::failed : fate::orphaned;
   _process->sessions.on_committed(event.ticket, event.error);
+  // Answered 250 or, its client gone, handed on: either way on_accepted ran just now.
+  if (want.state == fate::orphaned) {
+    fail(fmt::format("message {:016x} durable but never handed on", event.id));
+  }
 }
 
 // The session answers 250 (or, its client gone, hands the durable message on all the same):

@@ -65,7 +65,7 @@ enum class fate : std::uint8_t {
   in_flight,     // commit ticket issued, outcome not yet reported
   acknowledged,  // answered 250 (or adopted after a recovery found it)
   failed,        // commit reported failed: answered 452
-  orphaned,      // reported durable after its client had gone: no 250 sent
+  orphaned,      // reported durable, not yet handed on (on_committed checks it is, at once)
 };
 // delivered: a final state (delivered, bounced) reported durable.
 enum class mark_state : std::uint8_t { none, unknown, delivered };
