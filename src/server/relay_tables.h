@@ -33,7 +33,7 @@ class slab {
       _free.pop_back();
       return index;
     }
-    if (_used % chunk_objects == 0) _chunks.emplace_back(new T[chunk_objects]);
+    if (_used == _chunks.size() * chunk_objects) _chunks.emplace_back(new T[chunk_objects]);
     return _used++;
   }
   T& at(std::uint32_t index) noexcept {
@@ -44,15 +44,17 @@ class slab {
   void release(std::uint32_t index) {
     at(index) = T{};
     _free.push_back(index);
-    if (_free.size() == _used) clear();  // all free (a drained queue): give the chunks back
+    if (_free.size() == _used) clear();  // all free (a drained queue): give chunks back
   }
   std::size_t size() const noexcept { return _used - _free.size(); }
 
  private:
   // 1,024 objects per chunk: 64 KiB of 64-byte messages; the last chunk's slack is bounded.
   static constexpr std::uint32_t chunk_objects = 1024;
+  // Keeps the first chunk: a quiet server's queue goes 0 → 1 → 0 with every message, which
+  // must not cost a 64 KiB allocation each time.
   void clear() noexcept {
-    _chunks.clear();
+    _chunks.resize(std::min<std::size_t>(_chunks.size(), 1));
     _chunks.shrink_to_fit();
     _free.clear();
     _free.shrink_to_fit();
