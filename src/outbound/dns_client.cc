@@ -77,7 +77,7 @@ namespace {
 // destinations, 256 questions asked in one loop turn) fail "server failure" past the 64th
 // datagram: 960 deferrals after a restart with 200,000 queued (docs/notes.md).
 std::uint32_t send_slots(const dns_client_config& config) {
-  return std::max({1u, config.udp_sends_max, config.resolver.queries_in_flight_max});
+  return std::max(1u, config.resolver.queries_in_flight_max);
 }
 }  // namespace
 

@@ -10,8 +10,7 @@
 //
 // Bounded: the resolver bounds lookups, questions and cache; here at most tcp_exchanges_max TCP
 // connections and one datagram in flight per question the resolver may have on the wire
-// (queries_in_flight_max, or udp_sends_max if larger; a send beyond them would fail that
-// attempt and the resolver move on to the next server). An ICMP "port unreachable" (ECONNREFUSED on the
+// (queries_in_flight_max: a send never waits for a slot). An ICMP "port unreachable" (ECONNREFUSED on the
 // socket) fails the last few exchanges sent to that server at once instead of waiting for
 // their timeouts.
 //
@@ -37,7 +36,6 @@ namespace ringmta::outbound {
 struct dns_client_config {
   dns::resolver_config resolver;  // servers from dns::load_resolv_conf or --resolver ADDR:PORT
   std::uint32_t tcp_exchanges_max = 16;
-  std::uint32_t udp_sends_max = 0;  // datagrams in flight; at least resolver.queries_in_flight_max
   std::uint32_t receive_buffer_bytes = 4096;  // > the EDNS0 payload size (1232)
   // Query ids and MX shuffles (RFC 5452 §9.2: the id is the secret). Empty: the kernel's
   // CSPRNG. Only a simulation sets it (a seeded source makes a run's packets replayable).
@@ -55,7 +53,7 @@ class lookup_handler {
 struct dns_client_counters {
   std::uint64_t udp_receive_errors = 0;
   std::uint64_t udp_send_errors = 0;
-  std::uint64_t udp_sends_refused = 0;  // no free send slot: the attempt failed at once
+  std::uint64_t udp_sends_refused = 0;  // server socket unusable (or no slot): failed at once
   std::uint64_t tcp_connections = 0;
   std::uint64_t tcp_refused = 0;        // no free TCP slot
   std::uint64_t port_unreachable = 0;   // ECONNREFUSED seen on a UDP socket
@@ -133,7 +131,7 @@ class dns_client final : public shard::host_handler, public shard::host_hook {
   std::vector<udp_socket> _udp;  // one per server
   io::slot_table<udp_send> _sends;
   io::slot_table<tcp_exchange> _tcp;
-  std::vector<std::uint8_t> _send_bytes;  // udp_sends_max x query_bytes_max, by send slot
+  std::vector<std::uint8_t> _send_bytes;  // queries_in_flight_max x query_bytes_max, by slot
   std::vector<std::uint8_t> _tcp_bytes;   // per TCP slot: the framed query, then receive room
   std::unordered_map<std::uint64_t, waiter> _waiters;  // resolver lookup id -> who waits
   core::member_timer<dns_client, &dns_client::on_deadline> _timer{*this};
