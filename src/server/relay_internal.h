@@ -272,9 +272,15 @@ struct relay::state {
   std::unordered_map<std::uint64_t, std::string> lookups;  // lookup cookie → domain
   // Domains whose lookup waits for one of the site_lookups_max slots (oldest first): their
   // jobs are held in `resolving` meanwhile.
-  std::deque<std::string> site_lookups_waiting;
+  struct waiting_site_lookup {
+    std::string domain;
+    std::int64_t since_ms = 0;  // wall clock when it began to wait
+  };
+  std::deque<waiting_site_lookup> site_lookups_waiting;
   std::uint64_t next_lookup = 0;
   void start_site_lookups() noexcept;
+  // The domain's held jobs go to `site`, or are queued here when it is empty.
+  void release_held(const std::string& domain, const std::string& site) noexcept;
   struct site_resolver final : outbound::lookup_handler {
     explicit site_resolver(state& owner_state) : s(owner_state) {}
     void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;

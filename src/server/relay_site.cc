@@ -33,6 +33,11 @@ constexpr std::size_t resolving_max = 10'000;        // domains being looked up 
 // the connections' own MX lookups failed the same way (1,933 deferrals at 200,000 queued).
 // A quarter of the resolver's slots leaves the rest to the connections.
 constexpr std::size_t site_lookups_max = 256;
+// A domain that waited this long for a slot is not looked up: its jobs are queued here, as
+// after a failed lookup. Held jobs are not in the scheduler (not listed, out of reach of an
+// operator's hold or delete), and with a resolver that does not answer, 10,000 domains at 256
+// per 30-second lookup timeout would hold some for 20 minutes.
+constexpr std::int64_t site_lookup_wait_max_ms = 30'000;
 
 std::vector<std::string_view> hosts_of(std::string_view site) {
   std::vector<std::string_view> hosts;
@@ -83,19 +88,26 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   if (held == resolving.end()) {
     if (resolving.size() >= resolving_max) return false;
     held = resolving.emplace(domain, std::vector<std::unique_ptr<routed_job>>{}).first;
-    site_lookups_waiting.push_back(domain);
+    site_lookups_waiting.push_back({domain, core::wall_milliseconds()});
     start_site_lookups();
   }
   held->second.push_back(std::move(job));
   return true;
 }
 
-// Starts waiting site lookups, oldest first, while fewer than site_lookups_max run.
+// Starts waiting site lookups, oldest first, while fewer than site_lookups_max run; those that
+// waited past site_lookup_wait_max_ms are queued here unrolled instead.
 // (Lookups complete asynchronously: on_lookup_done never runs from inside this loop.)
 void relay::state::start_site_lookups() noexcept {
+  const std::int64_t now_ms = core::wall_milliseconds();
   while (lookups.size() < site_lookups_max && !site_lookups_waiting.empty()) {
-    std::string domain = std::move(site_lookups_waiting.front());
+    std::string domain = std::move(site_lookups_waiting.front().domain);
+    const std::int64_t since_ms = site_lookups_waiting.front().since_ms;
     site_lookups_waiting.pop_front();
+    if (now_ms - since_ms > site_lookup_wait_max_ms) {
+      release_held(domain, {});
+      continue;
+    }
     const std::uint64_t cookie = ++next_lookup;
     const std::string& name = lookups.emplace(cookie, std::move(domain)).first->second;
     dns.start_mx_lookup(name, site_lookups, cookie);
@@ -111,10 +123,6 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
   const std::string domain = std::move(name->second);
   s.lookups.erase(name);
   s.start_site_lookups();
-  const auto held = s.resolving.find(domain);
-  if (held == s.resolving.end()) return;
-  std::vector<std::unique_ptr<routed_job>> jobs = std::move(held->second);
-  s.resolving.erase(held);
   std::string site;
   if (result.status == dns::lookup_status::ok && !result.hosts.empty()) {
     std::vector<std::string_view> hosts;
@@ -123,9 +131,17 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
     if (s.sites.size() >= sites_max) s.sites.clear();
     s.sites[domain] = known_site{site, core::wall_milliseconds()};
   }
+  s.release_held(domain, site);
+}
+
+void relay::state::release_held(const std::string& domain, const std::string& site) noexcept {
+  const auto held = resolving.find(domain);
+  if (held == resolving.end()) return;
+  std::vector<std::unique_ptr<routed_job>> jobs = std::move(held->second);
+  resolving.erase(held);
   for (auto& job : jobs) {
-    if (site.empty()) s.queue_job(std::move(job));
-    else s.forward_to_site(std::move(job), site);
+    if (site.empty()) queue_job(std::move(job));
+    else forward_to_site(std::move(job), site);
   }
 }
 
