@@ -7,6 +7,8 @@ resolver is 127.0.0.1:9, lookups fail at once, due retries are only deferred aga
 a 220 on a new connection, reads the daemon's CPU (utime+stime of all its threads) at that
 moment, and stops it with SIGTERM. --drop-caches drops the page cache before every start
 (root only) for cold-cache numbers. Prints one line per start and the medians per binary.
+Every start works on SPOOL itself (retries deferred again, expired jobs bounced): use a copy.
+It stops if a start recovers other counts than the first (the comparison would not hold).
 
 usage: bench/e2e/restart_time.py SPOOL BINARY [BINARY ...] [--rounds 3] [--shards 2]
        [--drop-caches] [--perf FILE]   (--perf: perf record -g of the first binary's first start)
@@ -69,7 +71,10 @@ def one_start(binary, spool, shards, work, perf=None):
                 if found:
                     recovered.append(f"shard {found.group(1)}: {found.group(2)} queued")
     print(f"  recovered: {', '.join(recovered)}", flush=True)
-    return greeted, cpu
+    if greeted is None:
+        raise SystemExit(f"{binary} did not greet within 300 s; its last lines:\n" +
+                         "".join(daemon.stderr_lines[-20:]))
+    return greeted, cpu, recovered
 
 
 def main():
@@ -83,12 +88,19 @@ def main():
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="ringmta-restart-", dir="/var/tmp")
     results = {binary: [] for binary in args.binaries}
+    first_recovered = None
     for round_number in range(args.rounds):
         for index, binary in enumerate(args.binaries):
             if args.drop_caches:
                 drop_caches()
             perf = args.perf if args.perf and round_number == 0 and index == 0 else None
-            greeted, cpu = one_start(binary, args.spool, args.shards, work, perf)
+            greeted, cpu, recovered = one_start(binary, args.spool, args.shards, work, perf)
+            # Each start may change the spool (due retries deferred, expired jobs bounced):
+            # the comparison holds only while every start recovered the same messages.
+            first_recovered = first_recovered or recovered
+            if recovered != first_recovered:
+                raise SystemExit(f"{binary} recovered {recovered}, the first start "
+                                 f"{first_recovered}: the spool changed between starts")
             results[binary].append((greeted, cpu))
             print(f"round {round_number + 1} {binary}: greets after {greeted:.2f} s, daemon CPU "
                   f"until then {cpu:.2f} s (load {load()})", flush=True)
