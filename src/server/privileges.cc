@@ -30,6 +30,19 @@ unsigned thread_count() {
   return threads;
 }
 
+// The parallel spool readers were joined before the drop, but a joined thread is still listed
+// in /proc/self/task for a moment: pthread_join returns when the kernel clears the thread's
+// tid (mm_release), before the task is released. Only a thread still listed after a second
+// is one that really runs (start-up, main thread only: waiting here blocks no shard).
+unsigned threads_after_joined_ones_left() {
+  unsigned threads = thread_count();
+  for (int waited_ms = 0; threads > 1 && waited_ms < 1000; ++waited_ms) {
+    ::usleep(1000);
+    threads = thread_count();
+  }
+  return threads;
+}
+
 // Hands one entry (relative to an open directory) to uid:gid when root owns it. Symlinks and
 // hard-linked regular files are skipped: their target is not ours to give away.
 void hand_entry_over(int directory_fd, const char* name, const std::string& path,
@@ -96,7 +109,7 @@ void clear_capabilities() {
 }
 
 std::string drop(const privilege_plan& plan) {
-  if (const unsigned threads = thread_count(); threads > 1)
+  if (const unsigned threads = threads_after_joined_ones_left(); threads > 1)
     refuse(fmt::format("internal: privileges must be dropped before threads start ({} run)",
                        threads));
   if (plan.what == privilege_plan::action::switch_user) {
