@@ -901,6 +901,16 @@ const std::vector<setting_spec>& table() {
          expected("a size from 1M to 16G", one(v));
      },
      [](const settings& s) { return byte_size(s.spool_segment_bytes); }},
+    {"spool.journal_buffer_size", "--spool-journal-buffer-size", "BYTES", arity::one,
+     "delivery outcomes buffered per shard for the spool journal (64 to 1G); beyond, they "
+     "wait in memory",
+     [](settings& s, const values& v) {
+       // 64 bytes hold one 48-byte state record: the smallest buffer that still makes progress.
+       s.spool_journal_buffer_bytes = parse_bytes(one(v));
+       if (s.spool_journal_buffer_bytes < 64 || s.spool_journal_buffer_bytes > (1ull << 30))
+         expected("a size from 64 to 1G", one(v));
+     },
+     [](const settings& s) { return byte_size(s.spool_journal_buffer_bytes); }},
     {"spool.unsafe_no_fsync", "--unsafe-no-fsync", "", arity::flag,
      "DEBUG ONLY: answer 250 without fdatasync (loses mail on power failure)",
      [](settings& s, const values& v) { s.unsafe_no_fsync = parse_bool(one(v)); },

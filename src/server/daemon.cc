@@ -448,6 +448,9 @@ void register_metrics(admin::registry& registry, const relay_metrics& m) {
   registry.add("ringmta_outbound_connections_total", "Outbound SMTP connections opened",
                m.connections);
   registry.add("ringmta_queued_jobs", "Delivery jobs in the queues", m.queued_jobs);
+  registry.add("ringmta_spool_marks_waiting",
+               "Recipient states waiting for room in the spool journal (the disk is behind)",
+               m.marks_waiting);
   const char* downgrade_help = "8-bit messages for servers without 8BITMIME, by outcome";
   registry.add("ringmta_mime_downgrades_total{outcome=\"requested\"}", downgrade_help,
                m.downgrades_requested);
@@ -859,6 +862,7 @@ std::vector<std::unique_ptr<spool::store>> recover_spool(const config::settings&
           store_settings.shard = shard;
           store_settings.random_seed = spool::random_seed();
           store_settings.segment_bytes = settings.spool_segment_bytes;
+          store_settings.journal_buffered_bytes_max = settings.spool_journal_buffer_bytes;
           one.store =
               std::make_unique<spool::store>(store_settings, std::move(recovered).value());
         } catch (const std::exception& e) {

@@ -109,7 +109,7 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
       spool::recipient_status status = entry->recipients[i];
       if (status.state != spool::recipient_state::deferred) continue;
       status.next_attempt_seconds = now / 1000;
-      (void)s.store.mark(id, static_cast<std::uint16_t>(i), status);
+      s.mark_recipient(id, static_cast<std::uint16_t>(i), status);
     }
   }
   std::uint64_t ticket = 0;
@@ -152,6 +152,7 @@ std::string relay::action_state(std::uint64_t ticket) {
 }
 
 bool relay::on_marked(std::uint64_t ticket, int error) noexcept {
+  _state->on_marks_durable();  // a journal batch landed: its buffer has room
   const auto found = _state->action_tickets.find(ticket);
   if (found == _state->action_tickets.end()) return false;
   found->second = error;

@@ -298,13 +298,35 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
     }
     // Losing a mark to a crash means a redelivery after restart, never a loss: the delivery
     // does not wait for the mark to be durable.
-    (void)store.mark(message.id, r.index, status);
+    mark_recipient(message.id, r.index, status);
     if (spool::is_final(status.state)) {
       RINGMTA_ASSERT(message.recipients_open > 0);
       --message.recipients_open;
     }
   }
   if (message.recipients_open == 0) forget_message(message);
+}
+
+void relay::state::mark_recipient(spool::message_id id, std::uint16_t recipient,
+                                  spool::recipient_status status) noexcept {
+  // Behind a waiting mark, a newer state of the same recipient must wait too: order matters
+  // (deferred, then delivered).
+  if (marks_waiting.empty()) {
+    const auto marked = store.mark(id, recipient, status);
+    if (marked || marked.error() != ENOBUFS) return;  // ENOENT/EINVAL: nothing left to record
+  }
+  marks_waiting.push_back({id, recipient, status});
+  metrics.marks_waiting.add(1);
+}
+
+void relay::state::on_marks_durable() noexcept {
+  while (!marks_waiting.empty()) {
+    const waiting_mark& next = marks_waiting.front();
+    const auto marked = store.mark(next.id, next.recipient, next.status);
+    if (!marked && marked.error() == ENOBUFS) return;  // still full: the next batch frees room
+    marks_waiting.pop_front();
+    metrics.marks_waiting.add(-1);
+  }
 }
 
 // Logs one outcome and keeps what a DSN needs (RFC 3461: as NOTIFY asks; never for <>).

@@ -220,6 +220,19 @@ struct relay::state {
                           std::string destination, std::string_view pool) noexcept;
   void bind_source(std::string_view name, outbound::route& target) const noexcept;
   void on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept;
+  // Recipient-state marks the spool's journal buffer had no room for (ENOBUFS: the disk is
+  // behind, spool.journal_buffer_size). Dropping one would leave the message queued in the
+  // spool's index — its segment pinned, the recipient delivered again after a restart — so
+  // they wait here, in order, and go to the spool as its journal drains (on_marks_durable).
+  struct waiting_mark {
+    spool::message_id id = 0;
+    std::uint16_t recipient = 0;
+    spool::recipient_status status;
+  };
+  std::deque<waiting_mark> marks_waiting;
+  void mark_recipient(spool::message_id id, std::uint16_t recipient,
+                      spool::recipient_status status) noexcept;
+  void on_marks_durable() noexcept;  // journal room again: the waiting marks go first
   void record(spooled_message& message, const spool::envelope& envelope,
               const recipient_report& report) noexcept;
   void queue_dsn(spooled_message& message, const spool::envelope& envelope) noexcept;

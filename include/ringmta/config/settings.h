@@ -167,6 +167,9 @@ struct settings {
   std::string spool_dir = "/var/spool/ringmta";
   bool unsafe_no_fsync = false;  // debug only: breaks "250 means durable"
   std::uint64_t spool_segment_bytes = 64ull << 20;  // size of each preallocated segment file
+  // Recipient-state marks buffered per shard while the disk is busy; beyond, outcomes wait
+  // in the relay's memory (ringmta_spool_marks_waiting) until the journal drains.
+  std::uint64_t spool_journal_buffer_bytes = 4ull << 20;
 
   // [relay]
   std::vector<std::string> relay_domains;  // accepted for any client

@@ -110,6 +110,7 @@ struct relay_metrics {
   admin::counter dsn_failed;
   admin::counter connections;
   admin::gauge queued_jobs;
+  admin::gauge marks_waiting;  // recipient states waiting for room in the spool's journal
   // 8-bit messages to servers without 8BITMIME (server/downgrade.h).
   admin::counter downgrades_requested;
   admin::counter downgrades_converted;

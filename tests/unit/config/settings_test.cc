@@ -419,7 +419,8 @@ TEST(settings, nonsensical_values_are_errors) {
            {"--max-messages-per-second", "inf"}, {"--max-messages-per-second", "1e300"},
            {"--max-messages-per-second", "1e-300"}, {"--relayhost", "mx.example.com:0"},
            {"--route", "example.com=192.0.2.1:0"}, {"--resolver", "127.0.0.1:0"},
-           {"--spool", ""}, {"--spool-segment-size", "1T"}, {"--greeting-text", "a\r\n250 ok"},
+           {"--spool", ""}, {"--spool-segment-size", "1T"}, {"--spool-journal-buffer-size", "63"},
+           {"--spool-journal-buffer-size", "2G"}, {"--greeting-text", "a\r\n250 ok"},
            {"--log-output", "journal"}, {"--log-buffer-size", "1k"}}) {
     SCOPED_TRACE(flag + " " + value);
     EXPECT_EQ(error_of("", {flag, value}).rfind("command line: " + flag + ": expected ", 0), 0u)
