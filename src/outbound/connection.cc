@@ -730,10 +730,22 @@ void connection::finish() noexcept {
   enter(connection_phase::finished);
   server.owner().timers().cancel(timer);
   if (reason == close_reason::destination_failed) ++server.counters().destination_failures;
-  const close_result result{reason,  ever_ready,   deliveries, addresses_tried,
-                            failure, &close_reply, remote()};
-  server.handler().on_closed(handle(), destination, result);
+  // The slot is free before the handler hears of the close: it typically asks the queue for
+  // the next connection at once, and at the shard's connection limit that open would be
+  // refused for want of this very slot. So what the handler reads is copied out first (the
+  // slot may be reused inside on_closed), and `this` is not touched after it.
+  const smtp::parsed_reply reply = close_reply;
+  const connection_handle closed = handle();
+  const std::uint64_t cookie = destination;
+  remote_host last = remote();  // views into `candidates`: copied too
+  const std::string last_name(last.name);
+  const core::endpoint last_address = last.address != nullptr ? *last.address : core::endpoint{};
+  if (last.address != nullptr) last = {last_name, &last_address, last.offers_dsn};
+  const close_result result{reason, ever_ready, deliveries, addresses_tried,
+                            failure, &reply,    last};
+  delivery_handler& handler = server.handler();
   server.release_slot(*this);
+  handler.on_closed(closed, cookie, result);
 }
 
 }  // namespace ringmta::outbound

@@ -428,6 +428,9 @@ class scripted_embedder final : public delivery_handler {
   std::atomic<std::uint64_t> failed{0};
   std::function<void(std::uint64_t delivered)> on_delivered;  // count_only: after each delivery
   std::map<std::uint64_t, std::deque<const delivery*>> queue;  // shard thread only
+  // Called first in on_closed, as a queue opens the next connection there (it may reuse the
+  // closed one's slot before the result is read).
+  std::function<void(std::uint64_t destination)> on_close_first;
 
   void on_ready(connection_handle c, std::uint64_t destination) noexcept override {
     if (!count_only) _log.add(record{record::kind::ready, _shard, destination});
@@ -468,6 +471,7 @@ class scripted_embedder final : public delivery_handler {
   }
   void on_closed(connection_handle, std::uint64_t destination,
                  const close_result& result) noexcept override {
+    if (on_close_first) on_close_first(destination);
     record r = with_reply(record::kind::closed, destination, *result.reply, result.remote);
     r.outcome = result.failure;
     r.reason = result.reason;

@@ -359,6 +359,35 @@ TEST(outbound, refuses_connections_beyond_the_limit_and_bad_routes) {
   EXPECT_FALSE(closed.ever_ready);
 }
 
+// At the limit, the slot of a closing connection is free when the embedder hears of the close:
+// the next connection opens from on_closed (it used to be refused, EAGAIN, for want of that
+// very slot), and the close result stays intact although the new connection took the slot.
+TEST(outbound, a_connection_opened_from_on_closed_takes_the_slot_at_the_limit) {
+  auto config = test_config();
+  config.connections_max = 1;
+  harness h({1, config, {}});
+  ASSERT_TRUE(h.started());
+  std::vector<int> reopened;  // errno of each open from on_closed (0: opened)
+  h.embedder(0).on_close_first = [&](std::uint64_t destination) {
+    if (destination >= 103) return;
+    auto opened = h.embedder(0).out->open_connection(destination + 1, literal("127.0.0.1", 9));
+    reopened.push_back(opened ? 0 : opened.error());
+  };
+  h.run(0, [&](harness::shard_parts& parts) {
+    // Port 9 on loopback: refused, so each connection ends by itself.
+    ASSERT_TRUE(parts.out->open_connection(100, literal("127.0.0.1", 9)));
+  });
+  ASSERT_TRUE(h.log.wait_for(103, kind::closed, 1));
+  EXPECT_EQ(reopened, (std::vector<int>{0, 0, 0}));
+  for (std::uint64_t destination = 100; destination <= 103; ++destination) {
+    const auto closed = h.log.of(destination, kind::closed);
+    ASSERT_EQ(closed.size(), 1u) << destination;
+    EXPECT_EQ(code_of(closed[0]), "451 4.4.1") << destination;
+    EXPECT_EQ(closed[0].address, "127.0.0.1:9") << destination;
+    EXPECT_EQ(closed[0].reason, close_reason::destination_failed) << destination;
+  }
+}
+
 TEST(outbound, release_and_shutdown_end_connections_that_are_not_ready_yet_or_idle) {
   scripted_sink sink;  // .1 serves; .6 accepts and never greets
   ASSERT_TRUE(sink.start({"127.0.0.1", "127.0.0.6"}, {"--silent", "127.0.0.6"}));
