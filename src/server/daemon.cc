@@ -513,6 +513,15 @@ void register_metrics(admin::registry& registry, const inbound_metrics& m) {
                m.recipients_unknown);
   registry.add("ringmta_spool_failures_total", "Messages answered 452 for a spool failure",
                m.spool_failures);
+  const char* unanswered = "Messages whose client left before the spool's verdict, by outcome "
+                           "(durable: delivered, and the client may send it again)";
+  registry.add("ringmta_messages_unanswered_total{outcome=\"durable\"}", unanswered,
+               m.unanswered_durable);
+  registry.add("ringmta_messages_unanswered_total{outcome=\"failed\"}", unanswered,
+               m.unanswered_failed);
+  registry.add("ringmta_spool_short_appends_total",
+               "Appends the spool took short after promising room (a spool bug: answered 452)",
+               m.spool_short_appends);
   registry.add("ringmta_sessions", "Open SMTP sessions", m.sessions);
   registry.add("ringmta_accept_pauses_total",
                "Listener paused: accept failed for want of descriptors or memory", m.accept_pauses);

@@ -321,6 +321,9 @@ class inbound_server final : public shard::host_handler {
     spool::envelope envelope;
     std::vector<spool::body_slice> body;
     std::string pool;
+    std::uint64_t message_bytes = 0;
+    std::string_view protocol;  // static text ("ESMTPS"...)
+    std::string login;
   };
 
   connection* acquire() noexcept;

@@ -264,7 +264,8 @@ void inbound_server::on_committed(std::uint64_t ticket, int error) noexcept {
 }
 
 void inbound_server::orphan(const connection& c) noexcept {
-  _orphans.push_back(orphan_message{c.ticket, c.session_id, c.envelope, c.body, c.pool});
+  _orphans.push_back(orphan_message{c.ticket, c.session_id, c.envelope, c.body, c.pool,
+                                    c.message_bytes, c.message_protocol, c.login});
 }
 
 // A client that left between its end of data and the durable commit (no 250 reached it) may
@@ -277,20 +278,27 @@ bool inbound_server::take_orphan(std::uint64_t ticket, int error) noexcept {
   if (found == _orphans.end()) return false;
   orphan_message gone = std::move(*found);
   _orphans.erase(found);
-  if (error != 0) {
-    _metrics.spool_failures.add();
+  if (error != 0) {  // not queued, and nobody to answer 452 to
+    _metrics.unanswered_failed.add();
     return true;
   }
+  _metrics.unanswered_durable.add();
+  _metrics.message_bytes.add(gone.message_bytes);
   const auto id_text = spool::format_message_id(gone.envelope.id);
   _log.set_time(_host.wall_ms());
-  _log.record("received")
-      .field("id", std::string_view(id_text.data(), 16))
+  admin::log_record record = _log.record("received");
+  record.field("id", std::string_view(id_text.data(), 16))
       .hex_field("session", gone.session_id)
       .field("from", gone.envelope.reverse_path)
       .field("recipients", static_cast<std::uint64_t>(gone.envelope.recipients.size()))
+      .field("size", gone.message_bytes)
       .field("client", gone.envelope.client_address)
       .field("helo", gone.envelope.helo)
-      .field("answered", false);  // the client had gone: it may send the message again
+      .field("protocol", gone.protocol);
+  if (!gone.login.empty()) record.field("login", gone.login);
+  if (!gone.pool.empty()) record.field("pool", gone.pool);
+  record.field("answered", false);  // the client had gone: it may send the message again
+  record.end();
   if (accepted_listener) accepted_listener(gone.envelope, gone.body, gone.pool);
   return true;
 }

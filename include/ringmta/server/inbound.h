@@ -139,8 +139,12 @@ struct inbound_metrics {
   admin::counter recipients_unknown;    // own names without a mailbox (550 5.1.1)
   admin::counter relay_denied;
   admin::counter spool_failures;
+  // The client left between its end of data and the spool's verdict (no reply reached it):
+  // durable ones are delivered (the client may send them again), failed ones are not queued.
+  admin::counter unanswered_durable;
+  admin::counter unanswered_failed;
   // append took less than can_append had promised (answered 452): a store bug; the simulator
-  // fails on it. Not exported.
+  // fails on it.
   admin::counter spool_short_appends;
   admin::counter accept_pauses;  // EMFILE/ENFILE/ENOMEM from accept: listener paused
   admin::counter load_episodes;  // times the shard went above load_threshold_percent
