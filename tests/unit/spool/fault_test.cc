@@ -385,7 +385,10 @@ struct torn_setup {
   std::uint64_t end = 0;
 };
 
-torn_setup build_torn_setup(const store_config& config) {
+// `messages` committed in one batch (bodies of `bytes` + 37 per message), then a last batch
+// of three.
+torn_setup build_torn_setup(const store_config& config, std::uint32_t messages = 20,
+                            std::size_t bytes = 500) {
   torn_setup setup;
   auto spool = sync_spool::open(config);
   EXPECT_TRUE(spool.ok());
@@ -405,7 +408,7 @@ torn_setup build_torn_setup(const store_config& config) {
     setup.all[id] = {value, body};
     return id;
   };
-  for (std::uint32_t i = 0; i < 20; ++i) add(i, 500 + i * 37, i % 3 == 0);
+  for (std::uint32_t i = 0; i < messages; ++i) add(i, bytes + i * 37, i % 3 == 0);
   s.flush();
   for (std::uint32_t i = 100; i < 103; ++i) setup.last_batch.insert(add(i, 400, i == 101));
   s.flush();
@@ -488,6 +491,50 @@ TEST(spool_faults, flipped_bytes_lose_only_the_message_they_hit) {
   }
   ::close(fd);
   EXPECT_EQ(recovered_ids(config).size(), setup.all.size());
+}
+
+// Zeros over more than two of recovery's 1 MiB read windows in the middle of a segment (so at
+// least one window reads all zeros wherever the resync starts), written as zeros
+// (a torn write) or as a hole (punched): recovery resyncs past it (SEEK_DATA after a window of
+// zeros) and finds every message behind it; only the ones the zeros hit are lost.
+void zeros_mid_segment_lose_only_what_they_hit(bool punched) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  config.segment_bytes = 8u << 20;
+  const torn_setup setup = build_torn_setup(config, 120, 40u << 10);  // ~5 MB of records
+  const std::uint64_t from = 512u << 10;
+  const std::uint64_t to = from + (3u << 20);  // page-aligned for the hole
+  ASSERT_LT(to + (256u << 10), setup.end) << "records behind the zeros";
+  const int fd = ::open(setup.segment_path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  if (punched) {
+    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                          static_cast<off_t>(from), static_cast<off_t>(to - from)), 0);
+  } else {
+    const std::string zeros(to - from, '\0');
+    ASSERT_EQ(::pwrite(fd, zeros.data(), zeros.size(), static_cast<off_t>(from)),
+              static_cast<ssize_t>(zeros.size()));
+  }
+  ::close(fd);
+  std::set<message_id> expected;
+  std::size_t behind = 0;
+  for (const auto& [id, extents] : setup.records) {
+    const bool hit = std::any_of(extents.begin(), extents.end(),
+                                 [&](const auto& e) { return e.first < to && e.second > from; });
+    if (!hit) expected.insert(id);
+    behind += !hit && extents.front().first >= to;
+  }
+  EXPECT_GE(behind, 10u);
+  EXPECT_LT(expected.size(), setup.all.size());
+  EXPECT_EQ(recovered_ids(config), expected);
+}
+
+TEST(spool_faults, zeros_written_mid_segment_lose_only_what_they_hit) {
+  zeros_mid_segment_lose_only_what_they_hit(false);
+}
+
+TEST(spool_faults, hole_punched_mid_segment_loses_only_what_it_hit) {
+  zeros_mid_segment_lose_only_what_they_hit(true);
 }
 
 TEST(spool_faults, garbage_files_are_reported_never_fatal) {
