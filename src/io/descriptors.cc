@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -47,6 +48,15 @@ core::result<pipe_ends> system_descriptors::open_pipe(std::uint32_t bytes) noexc
   const int capacity = ::fcntl(ends.write_end, F_GETPIPE_SZ);
   ends.capacity = capacity > 0 ? static_cast<std::uint32_t>(capacity) : 4096;
   return ends;
+}
+
+core::result<std::size_t> system_descriptors::read_cached(int fd, void* buffer,
+                                                          std::size_t length,
+                                                          std::uint64_t offset) noexcept {
+  iovec part{buffer, length};
+  const ssize_t got = ::preadv2(fd, &part, 1, static_cast<off_t>(offset), RWF_NOWAIT);
+  if (got < 0) return core::fail(errno);
+  return static_cast<std::size_t>(got);
 }
 
 }  // namespace ringmta::io

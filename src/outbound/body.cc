@@ -70,7 +70,7 @@ void connection::start_body() noexcept {
   copy_step();
 }
 
-// Reads a small body for BDAT without blocking: RWF_NOWAIT fails unless the bytes are in the
+// Reads a small body for BDAT without blocking: read_cached fails unless the bytes are in the
 // page cache (they almost always are: the message was just written). Otherwise, or on any
 // error, the message goes with DATA and the ring reads it (and reports a failure) as usual.
 bool connection::prefetch_chunk() noexcept {
@@ -83,12 +83,12 @@ bool connection::prefetch_chunk() noexcept {
   std::uint64_t filled = 0;
   for (const spool::body_slice& piece : job.body) {
     for (std::uint64_t done = 0; done < piece.length;) {
-      iovec part{chunk + filled, static_cast<std::size_t>(piece.length - done)};
-      const ssize_t got = ::preadv2(piece.fd, &part, 1,
-                                    static_cast<off_t>(piece.offset + done), RWF_NOWAIT);
-      if (got <= 0) return false;
-      done += static_cast<std::uint64_t>(got);
-      filled += static_cast<std::uint64_t>(got);
+      const auto got = server.descriptors().read_cached(
+          piece.fd, chunk + filled, static_cast<std::size_t>(piece.length - done),
+          piece.offset + done);
+      if (!got || got.value() == 0) return false;
+      done += got.value();
+      filled += got.value();
     }
   }
   body.chunk_bytes = static_cast<std::uint32_t>(spool::undo_dot_stuffing(chunk, filled));

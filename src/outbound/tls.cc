@@ -8,7 +8,7 @@
 // ciphertext send in flight, sent straight from the session's buffer (queued ciphertext never
 // moves); plaintext is handed to the session only when established, so a failed or unverified
 // handshake sends no byte of mail. Never: a blocking read (spool bytes come from the page cache
-// with RWF_NOWAIT or from a ring read), a certificate file read (the CA store is in the
+// with read_cached or from a ring read), a certificate file read (the CA store is in the
 // client context, loaded at start-up).
 #include <sys/uio.h>
 
@@ -334,11 +334,10 @@ void connection::encrypted_read_step() noexcept {
   const auto length = static_cast<std::uint32_t>(std::min<std::uint64_t>(
       piece.length - body.slice_done, server.transfers().buffer_bytes()));
   const auto offset = piece.offset + body.slice_done;
-  iovec part{buffer.buffer.get(), length};
-  const ssize_t got = ::preadv2(piece.fd, &part, 1, static_cast<off_t>(offset), RWF_NOWAIT);
-  if (got > 0) {
-    body.slice_done += static_cast<std::uint64_t>(got);
-    body.buffer_filled = static_cast<std::uint32_t>(got);
+  const auto got = server.descriptors().read_cached(piece.fd, buffer.buffer.get(), length, offset);
+  if (got && got.value() > 0) {
+    body.slice_done += got.value();
+    body.buffer_filled = static_cast<std::uint32_t>(got.value());
     return;
   }
   // EAGAIN (not cached), or an error or a short file the ring read reports in its completion.

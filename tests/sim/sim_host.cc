@@ -577,6 +577,16 @@ void sim_host::close(int fd) noexcept {
   if (stream && _close_listener) _close_listener(fd);
 }
 
+core::result<std::size_t> sim_host::read_cached(int fd, void* buffer, std::size_t length,
+                                                std::uint64_t offset) noexcept {
+  socket* s = find(fd);
+  if (s == nullptr || s->what != socket::kind::file) return core::fail(EBADF);
+  if (offset >= s->file.size()) return std::size_t{0};
+  const std::size_t taken = std::min<std::size_t>(length, s->file.size() - offset);
+  std::memcpy(buffer, s->file.data() + offset, taken);
+  return taken;
+}
+
 core::result<io::pipe_ends> sim_host::open_pipe(std::uint32_t) noexcept {
   ++_counters.unsupported_ops;
   return core::fail(EOPNOTSUPP);

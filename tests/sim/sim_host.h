@@ -169,6 +169,9 @@ class sim_host final : public shard::host, public io::operations, public io::des
   void shutdown(int fd, int how) noexcept override;
   void close(int fd) noexcept override;
   core::result<io::pipe_ends> open_pipe(std::uint32_t bytes) noexcept override;
+  // A simulated file is always "in the page cache": the bytes at once.
+  core::result<std::size_t> read_cached(int fd, void* buffer, std::size_t length,
+                                        std::uint64_t offset) noexcept override;
 
   // ---- the test's side
   // A read-only descriptor over `bytes` (a spool segment file).

@@ -1,5 +1,6 @@
 // io::descriptors: the synchronous calls the glue makes beside the ring (issue 16 item 1, step
-// 2): making sockets and pipes, options, bind, a datagram socket's connect, shutdown and close.
+// 2): making sockets and pipes, options, bind, a datagram socket's connect, shutdown and close,
+// and a file read that only copies what the page cache already holds.
 // None of them blocks (no handshake, no I/O wait), so they run on the shard's thread; they are
 // an interface so that a simulated host hands out simulated descriptors that its simulated
 // io::operations understands, and the glue never calls the kernel by name.
@@ -42,6 +43,11 @@ class descriptors {
   virtual void close(int fd) noexcept = 0;
   // A blocking pipe2(O_CLOEXEC) whose capacity is raised toward `bytes` (best effort).
   virtual core::result<pipe_ends> open_pipe(std::uint32_t bytes) noexcept = 0;
+  // Up to `length` bytes of a file at `offset`, only if the page cache holds them
+  // (preadv2 RWF_NOWAIT, Linux 4.14): EAGAIN when it would wait for the disk, 0 at the end.
+  // The caller then reads through the ring (prep_read). Never waits.
+  virtual core::result<std::size_t> read_cached(int fd, void* buffer, std::size_t length,
+                                                std::uint64_t offset) noexcept = 0;
 
  protected:
   ~descriptors() = default;
@@ -58,6 +64,8 @@ class system_descriptors final : public descriptors {
   void shutdown(int fd, int how) noexcept override;
   void close(int fd) noexcept override;
   core::result<pipe_ends> open_pipe(std::uint32_t bytes) noexcept override;
+  core::result<std::size_t> read_cached(int fd, void* buffer, std::size_t length,
+                                        std::uint64_t offset) noexcept override;
 };
 
 }  // namespace ringmta::io
