@@ -445,6 +445,9 @@ void register_metrics(admin::registry& registry, const relay_metrics& m) {
                m.bounced);
   registry.add("ringmta_dsn_queued_total", "Delivery status notifications spooled", m.dsn_queued);
   registry.add("ringmta_dsn_failed_total", "DSNs that could not be spooled", m.dsn_failed);
+  registry.add("ringmta_dsn_original_read_failures_total",
+               "Reads of a bounced message from the spool that failed (its DSN quotes less)",
+               m.dsn_original_read_failures);
   registry.add("ringmta_outbound_connections_total", "Outbound SMTP connections opened",
                m.connections);
   registry.add("ringmta_queued_jobs", "Delivery jobs in the queues", m.queued_jobs);

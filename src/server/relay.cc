@@ -305,6 +305,9 @@ relay::~relay() {
 core::result<void> relay::start() noexcept {
   if (auto ready = _state->dns.start(); !ready) return ready;
   if (auto ready = _state->out.start(); !ready) return ready;
+  auto dsn_reads = _state->owner.add_handler(_state->dsn_reads);
+  if (!dsn_reads) return core::fail(dsn_reads.error());
+  _state->dsn_read_kind = dsn_reads.value();
   _state->owner.add_iteration_hook(*this);
   const unsigned shards = _state->live->shards ? static_cast<unsigned>(_state->live->shards->size())
                                                : 1;
@@ -329,8 +332,8 @@ void relay::begin_shutdown() noexcept {
 }
 
 bool relay::drained() const noexcept {
-  return _state->out.drained() && _state->backlog.empty() && _state->dsns.empty() &&
-         _state->dsn_tickets.empty();
+  return _state->out.drained() && _state->backlog.empty() && _state->dsn_reading.empty() &&
+         _state->dsns.empty() && _state->dsn_tickets.empty();
 }
 
 void relay::stop() noexcept {

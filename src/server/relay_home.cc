@@ -28,24 +28,6 @@ const char* event_name(outcome_kind kind) noexcept {
   return "?";
 }
 
-// The first `bytes` of a body given as slices, read with pread (page cache: just written).
-std::string read_prefix(const std::vector<spool::body_slice>& body, std::uint64_t bytes) {
-  std::string out;
-  for (const auto& slice : body) {
-    if (out.size() >= bytes) break;
-    const std::size_t want = static_cast<std::size_t>(
-        std::min<std::uint64_t>(slice.length, bytes - out.size()));
-    const std::size_t at = out.size();
-    out.resize(at + want);
-    const ssize_t got = ::pread(slice.fd, out.data() + at, want, static_cast<off_t>(slice.offset));
-    if (got != static_cast<ssize_t>(want)) {
-      out.resize(at + static_cast<std::size_t>(std::max<ssize_t>(got, 0)));
-      break;
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 void packed_message::pack(const spool::envelope& envelope,
@@ -281,9 +263,16 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
   const spool::envelope envelope = message.packed.envelope();
   for (const auto& r : batch->reports) record(message, envelope, r);
   // The DSN reads the original before the marks let the spool reclaim its segment.
-  if (message.notes && !message.notes->empty()) queue_dsn(message, envelope);
+  if (message.notes && !message.notes->empty())
+    return read_dsn_original(message, envelope, std::move(batch));
+  apply_outcomes(message, *batch);
+}
+
+// The outcomes' new recipient states go to the spool; the message is forgotten once every
+// recipient is final.
+void relay::state::apply_outcomes(spooled_message& message, const outcome_batch& batch) noexcept {
   const std::int64_t now_seconds = core::wall_seconds();
-  for (const auto& r : batch->reports) {
+  for (const auto& r : batch.reports) {
     spool::recipient_status status;
     status.attempts = r.attempts;
     switch (r.kind) {
@@ -424,13 +413,102 @@ void relay::state::record(spooled_message& message, const spool::envelope& envel
   message.notes->push_back(std::move(note));
 }
 
-// Builds the DSN for the notes gathered on `message` and starts spooling it from <> to the
+namespace {
+
+// What a DSN reports, per recipient (views into the read's envelope and notes).
+std::vector<queue::dsn_recipient> dsn_recipients(const dsn_original_read& read) {
+  std::vector<queue::dsn_recipient> recipients;
+  for (const auto& note : read.notes) {
+    const auto& original = read.envelope.recipients.at(note.index);
+    const bool delayed = note.action == queue::dsn_action::delayed;
+    recipients.push_back({original.address, original.orcpt, note.action, note.status, note.remote,
+                          note.diagnostic, note.last_attempt_seconds,
+                          delayed ? note.retry_until_seconds : 0,
+                          note.diagnostic_from_server ? "smtp" : "X-Ringmta"});
+  }
+  return recipients;
+}
+
+}  // namespace
+
+// A DSN quotes the original's headers or all of it (RFC 3461 RET): those bytes are read from
+// the spool through the ring, never with a blocking pread on the shard (a message bounced
+// after days in a large queue is rarely still in the page cache). The outcomes wait for the
+// read, then the DSN is built (queue_dsn) and the outcomes applied.
+void relay::state::read_dsn_original(spooled_message& message, const spool::envelope& envelope,
+                                     std::unique_ptr<outcome_batch> outcomes) noexcept {
+  auto read = std::make_unique<dsn_original_read>();
+  read->message = &message;
+  ++message.recipients_open;  // pinned: not forgotten while its bytes are read
+  read->envelope = envelope;
+  read->notes.swap(*message.notes);
+  read->outcomes = std::move(outcomes);
+  const std::vector<queue::dsn_recipient> recipients = dsn_recipients(*read);
+  queue::dsn_request sizing;  // how much of the original it quotes
+  sizing.original = &read->envelope;
+  sizing.recipients = recipients;
+  sizing.original_body_bytes = message.body_bytes;
+  const std::uint64_t wanted = queue::dsn_original_bytes_needed(sizing);
+  read->bytes.resize(static_cast<std::size_t>(wanted));
+  const std::uint32_t key = next_dsn_read++;
+  std::uint64_t queued = 0;  // bytes the queued reads will fill
+  for (const auto& slice : message.packed.body()) {
+    if (queued >= wanted) break;
+    const auto length =
+        static_cast<std::uint32_t>(std::min<std::uint64_t>(slice.length, wanted - queued));
+    const auto index = static_cast<std::uint32_t>(read->starts.size());
+    if (!owner.io().prep_read(slice.fd, read->bytes.data() + queued, length, slice.offset,
+                              io::pack_user_data(dsn_read_kind, index, key)))
+      break;  // the ring is full: the DSN quotes what was queued before
+    read->starts.push_back(queued);
+    queued += length;
+    ++read->reads_in_flight;
+  }
+  read->bytes.resize(static_cast<std::size_t>(queued));
+  read->valid = queued;  // lowered by a failed or short read
+  const bool nothing_to_read = read->reads_in_flight == 0;
+  dsn_reading.emplace(key, std::move(read));
+  if (nothing_to_read) on_dsn_original_read(key, 0, 0);
+}
+
+void relay::state::dsn_reader::on_completion(const io::completion& done) noexcept {
+  const io::op_tag tag = done.tag();
+  s.on_dsn_original_read(tag.slot, tag.generation, done.res);
+}
+
+// One read of a DSN's original completed (`result`: bytes or -errno). A failed or short read
+// cuts the quoted original there (build_dsn then quotes headers only, or nothing).
+void relay::state::on_dsn_original_read(std::uint32_t key, std::uint32_t index,
+                                        std::int32_t result) noexcept {
+  const auto found = dsn_reading.find(key);
+  RINGMTA_ASSERT(found != dsn_reading.end());
+  dsn_original_read& read = *found->second;
+  if (read.reads_in_flight > 0) {
+    --read.reads_in_flight;
+    const std::uint64_t start = read.starts.at(index);
+    const std::uint64_t end =
+        index + 1 < read.starts.size() ? read.starts[index + 1] : read.bytes.size();
+    if (result < 0 || start + static_cast<std::uint64_t>(result) < end) {
+      read.valid = std::min<std::uint64_t>(read.valid,
+                                           start + static_cast<std::uint64_t>(std::max(result, 0)));
+      metrics.dsn_original_read_failures.add();
+    }
+    if (read.reads_in_flight > 0) return;
+  }
+  const std::unique_ptr<dsn_original_read> finished = std::move(found->second);
+  dsn_reading.erase(found);
+  finished->bytes.resize(static_cast<std::size_t>(finished->valid));
+  queue_dsn(*finished);
+  spooled_message& message = *finished->message;
+  --message.recipients_open;  // unpinned: the outcomes may now make it final
+  apply_outcomes(message, *finished->outcomes);
+}
+
+// Builds the DSN for the notes gathered on a message and starts spooling it from <> to the
 // original sender (RFC 3464). The bytes go into the spool over the next iterations if the
 // spool's buffers are busy.
-void relay::state::queue_dsn(spooled_message& message,
-                             const spool::envelope& original_envelope) noexcept {
-  std::vector<dsn_note> notes;
-  notes.swap(*message.notes);
+void relay::state::queue_dsn(const dsn_original_read& read) noexcept {
+  const spool::envelope& original_envelope = read.envelope;
   const std::int64_t now_seconds = core::wall_seconds();
   auto handle = store.begin(now_seconds);
   if (!handle) {
@@ -440,25 +518,15 @@ void relay::state::queue_dsn(spooled_message& message,
   auto pending = std::make_unique<pending_dsn>();
   pending->handle = handle.value();
   pending->id = store.id_of(handle.value());
-  std::vector<queue::dsn_recipient> recipients;
-  for (const auto& note : notes) {
-    const auto& original = original_envelope.recipients.at(note.index);
-    const bool delayed = note.action == queue::dsn_action::delayed;
-    recipients.push_back({original.address, original.orcpt, note.action, note.status, note.remote,
-                          note.diagnostic, note.last_attempt_seconds,
-                          delayed ? note.retry_until_seconds : 0,
-                          note.diagnostic_from_server ? "smtp" : "X-Ringmta"});
-  }
+  const std::vector<queue::dsn_recipient> recipients = dsn_recipients(read);
   queue::dsn_request request;
   request.reporting_mta = config.hostname;
   request.original = &original_envelope;
   request.recipients = recipients;
-  request.original_body_bytes = message.body_bytes;
+  request.original_body_bytes = read.message->body_bytes;
   request.dsn_id = pending->id;
   request.now_seconds = now_seconds;
-  const std::string original =
-      read_prefix(message.packed.body(), queue::dsn_original_bytes_needed(request));
-  const std::string_view pieces[] = {original};
+  const std::string_view pieces[] = {read.bytes};
   request.original_body = pieces;
   auto built = queue::build_dsn(request, pending->bytes);
   if (!built) {

@@ -15,6 +15,7 @@
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/queue/dsn.h"
 #include "ringmta/server/relay.h"
+#include "ringmta/shard/host.h"
 #include "ringmta/shard/typed_message.h"
 #include "ringmta/spool/envelope.h"
 
@@ -153,6 +154,9 @@ struct in_flight {
 };
 
 // A DSN being written into this shard's spool.
+// A DSN (RFC 3464) on its way into the spool: the original's first bytes are read through the
+// ring (its reading state, dsn_reading below), then the DSN is built and appended (dsns) and
+// committed (dsn_tickets).
 struct pending_dsn {
   spool::message_handle handle{};
   spool::message_id id = 0;
@@ -160,7 +164,20 @@ struct pending_dsn {
   std::string bytes;
   std::vector<spool::body_slice> body;  // where the spool put it (from commit)
   std::size_t appended = 0;
-  bool committing = false;
+};
+
+// The original message of a DSN being read. Its outcomes' marks wait for the read: a final
+// mark could let the spool reclaim the segment being read. The message stays pinned (one more
+// in recipients_open) until then.
+struct dsn_original_read {
+  spooled_message* message = nullptr;
+  spool::envelope envelope;  // the original's
+  std::vector<dsn_note> notes;
+  std::unique_ptr<outcome_batch> outcomes;
+  std::string bytes;                  // its first bytes, as many as the DSN needs
+  std::uint64_t valid = 0;            // bytes read up to the first failed or short read
+  std::vector<std::uint64_t> starts;  // where each read begins in `bytes` (by read index)
+  std::uint32_t reads_in_flight = 0;
 };
 
 struct relay::state {
@@ -220,6 +237,7 @@ struct relay::state {
                           std::string destination, std::string_view pool) noexcept;
   void bind_source(std::string_view name, outbound::route& target) const noexcept;
   void on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept;
+  void apply_outcomes(spooled_message& message, const outcome_batch& batch) noexcept;
   // Recipient-state marks the spool's journal buffer had no room for (ENOBUFS: the disk is
   // behind, spool.journal_buffer_size). Dropping one would leave the message queued in the
   // spool's index — its segment pinned, the recipient delivered again after a restart — so
@@ -235,7 +253,20 @@ struct relay::state {
   void on_marks_durable() noexcept;  // journal room again: the waiting marks go first
   void record(spooled_message& message, const spool::envelope& envelope,
               const recipient_report& report) noexcept;
-  void queue_dsn(spooled_message& message, const spool::envelope& envelope) noexcept;
+  // DSNs: the original read through the ring (never a blocking pread on the shard), then built.
+  std::unordered_map<std::uint32_t, std::unique_ptr<dsn_original_read>> dsn_reading;
+  std::uint32_t next_dsn_read = 0;
+  io::op_kind dsn_read_kind = io::op_kind_invalid;
+  struct dsn_reader final : shard::host_handler {
+    explicit dsn_reader(state& owner_state) : s(owner_state) {}
+    void on_completion(const io::completion& done) noexcept override;
+    state& s;
+  };
+  dsn_reader dsn_reads{*this};
+  void read_dsn_original(spooled_message& message, const spool::envelope& envelope,
+                         std::unique_ptr<outcome_batch> outcomes) noexcept;
+  void on_dsn_original_read(std::uint32_t key, std::uint32_t read, std::int32_t result) noexcept;
+  void queue_dsn(const dsn_original_read& read) noexcept;
   void continue_dsns() noexcept;
   bool on_committed(std::uint64_t ticket, int error) noexcept;
   spooled_message& add_message(const spool::envelope& envelope,

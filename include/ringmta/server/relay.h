@@ -108,6 +108,7 @@ struct relay_metrics {
   admin::counter bounced;
   admin::counter dsn_queued;
   admin::counter dsn_failed;
+  admin::counter dsn_original_read_failures;  // a DSN quoting less of its original than asked
   admin::counter connections;
   admin::gauge queued_jobs;
   admin::gauge marks_waiting;  // recipient states waiting for room in the spool's journal

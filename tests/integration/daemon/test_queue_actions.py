@@ -9,6 +9,7 @@ to a sink that answers 451 after 4 s, slow.test to one that answers 250 after 4 
 
 usage: test_queue_actions.py RINGMTA RINGMTA_CTL RINGMTA_SINK
 """
+import glob
 import json
 import os
 import smtplib
@@ -168,7 +169,24 @@ after = wait_until(lambda: (lambda j: j if j and j[0]["attempts"] > before[0]["a
                    30)
 tap.ok(before and after, "the retried message was attempted again", (before, after))
 
-# --- bounce ID --reason: a DSN (RFC 3464) to the sender, with the reason; SIGKILL after it
+# --- bounce ID --reason: a DSN (RFC 3464) to the sender, with the reason; SIGKILL after it.
+# The original's pages leave the page cache first: the DSN quotes its headers read from the
+# disk through the ring (a message bounced after days in a large queue is rarely cached).
+def resident_bytes(path):
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", path],
+                         capture_output=True, text=True).stdout.strip()
+    return int(out) if out.isdigit() else -1
+
+
+segments = glob.glob(os.path.join(spool, "shard-*", "segment-*.log"))
+for path in segments:
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: written and synced
+    os.close(fd)
+on_tmpfs = subprocess.run(["stat", "-f", "-c", "%T", spool], capture_output=True,
+                          text=True).stdout.strip() == "tmpfs"  # its pages are the storage
+tap.ok(on_tmpfs or (segments and all(resident_bytes(p) == 0 for p in segments)),
+       "the spool's segments are out of the page cache", [resident_bytes(p) for p in segments])
 done = run_ctl("bounce", deferred_ids["bounce"], "--reason", "spam run 42")
 tap.ok(done.returncode == 0, "bounce ID --reason", done.stdout + done.stderr)
 daemon = restart_after_kill(daemon)
@@ -190,6 +208,9 @@ body = wait_until(dsn_body, 30)
 tap.ok(body and "multipart/report; report-type=delivery-status" in body and
        "Action: failed" in body and "spam run 42" in body,
        "the DSN to the sender is a delivery-status report naming the reason", body)
+quoted = body.split("Content-Type: message/rfc822", 1)[-1] if body else ""
+tap.ok("Subject: test" in quoted and "\nbody" in quoted.replace("\r\n", "\n"),
+       "it quotes the original (message/rfc822), read back from the disk", quoted[:300])
 
 # --- races with a delivery in flight (the sink holds its end-of-data reply for 4 s)
 race_hold = send(daemon.port, "race@stall.test")
