@@ -52,6 +52,7 @@ std::string read_prefix(const std::vector<spool::body_slice>& body, std::uint64_
 // and offset of each), then the envelope: a flags byte (below), the reverse path, SIZE and
 // ENVID when present, the recipient count, and per recipient notify·2 + (ORCPT present), its
 // address and its ORCPT. Numbers and lengths are LEB128 varints (7 bits a byte, low first).
+namespace {
 namespace packing {
 
 // The envelope's flags byte: body type (2 bits), RET (2 bits), SMTPUTF8, ENVID and SIZE present.
@@ -90,6 +91,7 @@ struct reader {
 };
 
 }  // namespace packing
+}  // namespace
 
 void packed_message::pack(const spool::envelope& envelope,
                           std::span<const spool::body_slice> body) {
