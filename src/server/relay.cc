@@ -473,7 +473,7 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
       const auto* owned = _state->find_owned(j.message);
       const spooled_message* message = owned != nullptr ? owned->message : nullptr;
       const spool::envelope envelope =
-          message != nullptr ? message->packed.envelope() : spool::envelope{};
+          message != nullptr ? message->envelope() : spool::envelope{};
       auto recipients = nlohmann::json::array();
       j.for_each_recipient([&](std::uint16_t index) {
         const bool known = index < envelope.recipients.size();
@@ -648,7 +648,7 @@ void relay::state::learn_mx(const std::string& destination,
 void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   spooled_message& message = *job->message;
   const std::int64_t now = core::wall_milliseconds();
-  queue::job_spec spec{message.id, message.received_seconds, job->recipients,
+  queue::job_spec spec{message.id, message.received_seconds(), job->recipients,
                        job->attempts, job->not_before_ms};
   // A destination a reply rule suspended: the job waits for the end (no attempt), and its
   // home records that time, so a restart meanwhile does not send it early.
@@ -870,9 +870,9 @@ void relay::state::start_delivery(outbound::connection_handle connection, std::u
   flight.started_ms = core::wall_milliseconds();
   flight.connection = connection;
   flight.cookie = cookie;
-  flight.body = message.packed.body();
+  flight.body = message.body();
   const auto& envelope =
-      flight.storage.assign(message.packed.envelope(), flight.indices, message.body_bytes);
+      flight.storage.assign(message.envelope(), flight.indices, message.body_bytes);
   // RFC 6152 §3: 8-bit content to a server without 8BITMIME is converted (or bounced 5.6.3
   // by the client engine when conversion is off).
   if (envelope.body == smtp::client_body_type::eight_bit_mime &&

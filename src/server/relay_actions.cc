@@ -100,7 +100,7 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
       (entry->flags & spool::message_flag_deleted) != 0)
     return out.dump();
   out["found"] = true;
-  const spool::envelope envelope = found->packed.envelope();
+  const spool::envelope envelope = found->envelope();
   const auto& recipients = envelope.recipients;
   if (*op == message_op::release) {
     // Released mail is due now, after a restart too: the marks go ahead of the action

@@ -30,45 +30,138 @@ const char* event_name(outcome_kind kind) noexcept {
 
 }  // namespace
 
+// packed_message's encoding (relay_internal.h): first the body slices (count, then fd, length
+// and offset of each), then the envelope: a flags byte (below), the reverse path, SIZE and
+// ENVID when present, the recipient count, and per recipient notify·2 + (ORCPT present), its
+// address and its ORCPT. Numbers and lengths are LEB128 varints (7 bits a byte, low first).
+namespace {
+namespace packing {
+
+// The envelope's flags byte: body type (2 bits), RET (2 bits), SMTPUTF8, ENVID and SIZE present.
+constexpr unsigned ret_shift = 2;
+constexpr std::uint8_t smtputf8 = 1 << 4, has_envid = 1 << 5, has_size = 1 << 6;
+
+void put_varint(std::string& out, std::uint64_t value) {
+  for (; value >= 0x80; value >>= 7) out.push_back(static_cast<char>(value | 0x80));
+  out.push_back(static_cast<char>(value));
+}
+
+void put_text(std::string& out, std::string_view text) {
+  put_varint(out, text.size());
+  out.append(text);
+}
+
+// Reads what pack() wrote; the bytes are our own and immutable, so no bounds to check.
+struct reader {
+  const char* at;
+  std::uint64_t varint() noexcept {
+    std::uint64_t value = 0;
+    for (unsigned shift = 0;; shift += 7) {
+      const auto byte = static_cast<std::uint8_t>(*at++);
+      value |= std::uint64_t{byte & 0x7fu} << shift;
+      if (byte < 0x80) return value;
+    }
+  }
+  std::string_view text() noexcept {
+    const auto size = static_cast<std::size_t>(varint());
+    at += size;
+    return {at - size, size};
+  }
+  void skip_body() noexcept {
+    for (std::uint64_t values = varint() * 3; values > 0; --values) varint();
+  }
+};
+
+}  // namespace packing
+}  // namespace
+
 void packed_message::pack(const spool::envelope& envelope,
                           std::span<const spool::body_slice> body) {
   // The encoding grows a string: one per thread, reused, keeps that off the per-message path.
   thread_local std::string bytes;
   bytes.clear();
-  spool::encode_envelope(envelope, bytes);
-  RINGMTA_ASSERT(bytes.size() <= UINT32_MAX && body.size() <= UINT32_MAX);
-  _envelope_bytes = static_cast<std::uint32_t>(bytes.size());
-  _slices = static_cast<std::uint32_t>(body.size());
-  _bytes.reset(new char[bytes.size() + body.size() * 16]);
-  std::memcpy(_bytes.get(), bytes.data(), bytes.size());
-  char* at = _bytes.get() + bytes.size();
-  for (const auto& slice : body) {  // 16 bytes, not sizeof(body_slice) with its padding
-    const std::int32_t fd = slice.fd;
-    std::memcpy(at, &fd, 4);
-    std::memcpy(at + 4, &slice.length, 4);
-    std::memcpy(at + 8, &slice.offset, 8);
-    at += 16;
+  packing::put_varint(bytes, body.size());
+  for (const auto& slice : body) {
+    // An fd as its 32 bits (-1 stays exact); a real one is small: one byte.
+    packing::put_varint(bytes, static_cast<std::uint32_t>(slice.fd));
+    packing::put_varint(bytes, slice.length);
+    packing::put_varint(bytes, slice.offset);
   }
+  bytes.push_back(static_cast<char>(
+      static_cast<unsigned>(envelope.body) |
+      static_cast<unsigned>(envelope.ret) << packing::ret_shift |
+      (envelope.smtputf8 ? packing::smtputf8 : 0) |
+      (envelope.envid.empty() ? 0 : packing::has_envid) |
+      (envelope.size_declared == 0 ? 0 : packing::has_size)));
+  packing::put_text(bytes, envelope.reverse_path);
+  if (envelope.size_declared != 0) packing::put_varint(bytes, envelope.size_declared);
+  if (!envelope.envid.empty()) packing::put_text(bytes, envelope.envid);
+  packing::put_varint(bytes, envelope.recipients.size());
+  for (const auto& recipient : envelope.recipients) {
+    packing::put_varint(bytes, std::uint64_t{recipient.notify} << 1 | !recipient.orcpt.empty());
+    packing::put_text(bytes, recipient.address);
+    if (!recipient.orcpt.empty()) packing::put_text(bytes, recipient.orcpt);
+  }
+  _bytes.reset(new char[bytes.size()]);
+  std::memcpy(_bytes.get(), bytes.data(), bytes.size());
 }
 
-spool::envelope packed_message::envelope() const {
-  auto decoded = spool::decode_envelope({_bytes.get(), _envelope_bytes});
-  RINGMTA_ASSERT(decoded.ok());
-  return std::move(decoded.value());
+spool::envelope packed_message::envelope(spool::message_id id,
+                                         std::int64_t received_seconds) const {
+  spool::envelope out;
+  decode(out);
+  out.id = id;
+  out.received_seconds = received_seconds;
+  return out;
+}
+
+const char* packed_message::decode(spool::envelope& out) const {
+  RINGMTA_ASSERT(_bytes != nullptr);
+  packing::reader in{_bytes.get()};
+  in.skip_body();
+  const auto flags = static_cast<std::uint8_t>(*in.at++);
+  out.body = static_cast<spool::body_type>(flags & 3);
+  out.ret = static_cast<spool::dsn_return>(flags >> packing::ret_shift & 3);
+  out.smtputf8 = (flags & packing::smtputf8) != 0;
+  out.reverse_path = in.text();
+  if ((flags & packing::has_size) != 0) out.size_declared = in.varint();
+  if ((flags & packing::has_envid) != 0) out.envid = in.text();
+  out.recipients.resize(static_cast<std::size_t>(in.varint()));
+  for (auto& recipient : out.recipients) {
+    const std::uint64_t notify_orcpt = in.varint();
+    recipient.notify = static_cast<std::uint8_t>(notify_orcpt >> 1);
+    recipient.address = in.text();
+    if ((notify_orcpt & 1) != 0) recipient.orcpt = in.text();
+  }
+  return in.at;
 }
 
 std::vector<spool::body_slice> packed_message::body() const {
-  std::vector<spool::body_slice> out(_slices);
-  const char* at = _bytes.get() + _envelope_bytes;
+  RINGMTA_ASSERT(_bytes != nullptr);
+  packing::reader in{_bytes.get()};
+  std::vector<spool::body_slice> out(static_cast<std::size_t>(in.varint()));
   for (auto& slice : out) {
-    std::int32_t fd = 0;
-    std::memcpy(&fd, at, 4);
-    slice.fd = fd;
-    std::memcpy(&slice.length, at + 4, 4);
-    std::memcpy(&slice.offset, at + 8, 8);
-    at += 16;
+    slice.fd = static_cast<int>(static_cast<std::uint32_t>(in.varint()));
+    slice.length = static_cast<std::uint32_t>(in.varint());
+    slice.offset = in.varint();
   }
   return out;
+}
+
+std::size_t packed_message::bytes() const {
+  if (_bytes == nullptr) return 0;
+  spool::envelope scratch;  // the walk that knows where the encoding ends (only tests ask)
+  return static_cast<std::size_t>(decode(scratch) - _bytes.get());
+}
+
+void spooled_message::set_received(std::int64_t ms, std::int64_t envelope_seconds) noexcept {
+  received_ms = ms;
+  // Both come from the wall clock (recovered: `ms` is the envelope's second), so the lag is a
+  // few seconds at most, either way if the clock stepped; 32 bits hold 68 years of it.
+  const std::int64_t lag = ms / 1000 - envelope_seconds;
+  RINGMTA_ASSERT(lag >= INT32_MIN && lag <= INT32_MAX);
+  received_lag_seconds = static_cast<std::int32_t>(lag);
+  RINGMTA_ASSERT(received_seconds() == envelope_seconds);
 }
 
 relay::state::message_slot* relay::state::find_slot(spool::message_id id) noexcept {
@@ -100,11 +193,11 @@ spooled_message& relay::state::add_message(const spool::envelope& envelope,
   message_ids.insert(envelope.id, message_slot{0, index});
   spooled_message& message = messages.at(index);
   message.id = envelope.id;
-  message.home = owner.id();
+  RINGMTA_ASSERT(owner.id() <= UINT16_MAX);
+  message.home = static_cast<std::uint16_t>(owner.id());
   message.packed.pack(envelope, body);
   message.body_bytes = body_bytes;
-  message.received_seconds = envelope.received_seconds;
-  message.received_ms = received_ms;
+  message.set_received(received_ms, envelope.received_seconds);
   return message;
 }
 
@@ -239,7 +332,10 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
   }
   const unsigned shards = static_cast<unsigned>(config.shards->size());
   for (auto& [group, indices] : groups) {
-    message.recipients_open += static_cast<std::uint32_t>(indices.size());
+    // Fits: a message has at most spool::envelope_recipients_max (65,535) recipients.
+    const std::size_t open = message.recipients_open + indices.size();
+    RINGMTA_ASSERT(open <= UINT16_MAX);
+    message.recipients_open = static_cast<std::uint16_t>(open);
     metrics.routed_recipients.add(indices.size());
     // Recovered operator actions travel with the job: held mail is never tried, a pending
     // bounce is carried out (a deleted message is final at recovery and never gets here).
@@ -260,7 +356,7 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
 void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
   spooled_message& message = *batch->message;
   RINGMTA_ASSERT(message.home == owner.id());
-  const spool::envelope envelope = message.packed.envelope();
+  const spool::envelope envelope = message.envelope();
   for (const auto& r : batch->reports) record(message, envelope, r);
   // The DSN reads the original before the marks let the spool reclaim its segment.
   if (message.notes && !message.notes->empty())
@@ -408,7 +504,7 @@ void relay::state::record(spooled_message& message, const spool::envelope& envel
   note.diagnostic_from_server = r.from_server;
   note.last_attempt_seconds = core::wall_seconds();
   note.retry_until_seconds =
-      message.received_seconds + live->scheduler.lifetime_max_ms / 1000;
+      message.received_seconds() + live->scheduler.lifetime_max_ms / 1000;
   if (!message.notes) message.notes = std::make_unique<std::vector<dsn_note>>();
   message.notes->push_back(std::move(note));
 }
@@ -438,8 +534,8 @@ std::vector<queue::dsn_recipient> dsn_recipients(const dsn_original_read& read) 
 void relay::state::read_dsn_original(spooled_message& message, const spool::envelope& envelope,
                                      std::unique_ptr<outcome_batch> outcomes) noexcept {
   auto read = std::make_unique<dsn_original_read>();
-  read->message = &message;
-  ++message.recipients_open;  // pinned: not forgotten while its bytes are read
+  read->id = message.id;
+  read->body_bytes = message.body_bytes;
   read->envelope = envelope;
   read->notes.swap(*message.notes);
   read->outcomes = std::move(outcomes);
@@ -452,7 +548,7 @@ void relay::state::read_dsn_original(spooled_message& message, const spool::enve
   read->bytes.resize(static_cast<std::size_t>(wanted));
   const std::uint32_t key = next_dsn_read++;
   std::uint64_t queued = 0;  // bytes the queued reads will fill
-  for (const auto& slice : message.packed.body()) {
+  for (const auto& slice : message.body()) {
     if (queued >= wanted) break;
     const auto length =
         static_cast<std::uint32_t>(std::min<std::uint64_t>(slice.length, wanted - queued));
@@ -499,9 +595,9 @@ void relay::state::on_dsn_original_read(std::uint32_t key, std::uint32_t index,
   dsn_reading.erase(found);
   finished->bytes.resize(static_cast<std::size_t>(finished->valid));
   queue_dsn(*finished);
-  spooled_message& message = *finished->message;
-  --message.recipients_open;  // unpinned: the outcomes may now make it final
-  apply_outcomes(message, *finished->outcomes);
+  // Gone: every recipient became final meanwhile, so these (deferred) marks are stale.
+  if (spooled_message* message = find_message(finished->id))
+    apply_outcomes(*message, *finished->outcomes);
 }
 
 // Builds the DSN for the notes gathered on a message and starts spooling it from <> to the
@@ -523,7 +619,7 @@ void relay::state::queue_dsn(const dsn_original_read& read) noexcept {
   request.reporting_mta = config.hostname;
   request.original = &original_envelope;
   request.recipients = recipients;
-  request.original_body_bytes = read.message->body_bytes;
+  request.original_body_bytes = read.body_bytes;
   request.dsn_id = pending->id;
   request.now_seconds = now_seconds;
   const std::string_view pieces[] = {read.bytes};

@@ -34,39 +34,54 @@ struct dsn_note {
 };
 
 // The envelope and where the body lies in the spool, packed into one allocation while the
-// message waits: the spool's envelope encoding (spool/envelope.h), then the body slices (16
-// bytes each). A queued message keeps only this, not a spool::envelope with its vector and
+// message waits. A queued message keeps only this, not a spool::envelope with its vector and
 // strings (docs/notes.md, "Backlog at scale"); a delivery, a log record, a DSN or a listing
 // unpacks what it needs. Immutable once packed: owners on other shards unpack it too.
+// The encoding is the relay's own, in memory only (the spool's on-disk one is unchanged):
+// varint numbers and lengths, the envelope's flags in one byte, and only what is read back.
+// Not packed: the id and the arrival second (spooled_message has them: the caller passes them
+// back), client_address and helo (the spool keeps them; nothing that unpacks reads them).
+// A typical queued message (one recipient, ~20-byte addresses, one slice) takes ~54 bytes:
+// one 56-byte allocation instead of the spool encoding's ~121 (a 128-byte one).
 class packed_message {
  public:
   void pack(const spool::envelope& envelope, std::span<const spool::body_slice> body);
-  spool::envelope envelope() const;  // asserts: pack() encoded a valid one
+  // Every field as packed; client_address and helo empty.
+  spool::envelope envelope(spool::message_id id, std::int64_t received_seconds) const;
   std::vector<spool::body_slice> body() const;
+  std::size_t bytes() const;  // the allocation's size (0: never packed)
 
  private:
-  std::unique_ptr<char[]> _bytes;
-  std::uint32_t _envelope_bytes = 0;
-  std::uint32_t _slices = 0;
+  const char* decode(spool::envelope& out) const;  // all but id and arrival; returns the end
+  std::unique_ptr<char[]> _bytes;  // self-delimiting: the counts say where it ends
 };
 
 // A queued message as every shard sees it: immutable after the home built it, except the
 // home-only fields. Freed by the home once every recipient is final.
 // One is kept per queued message, so its size is memory per message (docs/notes.md, "Backlog
-// at scale"): it must stay within 64 bytes (a slot of the home's slab, relay_tables.h).
+// at scale"): it must stay within 48 bytes (a slot of the home's slab, relay_tables.h).
 struct spooled_message {
   spool::message_id id = 0;
-  unsigned home = 0;
-  std::uint32_t recipients_open = 0;  // home only (here: it shares a word with `home`)
-  packed_message packed;              // envelope and body slices
-  std::uint64_t body_bytes = 0;
-  std::int64_t received_seconds = 0;  // the envelope's (the scheduler's job has it)
-  std::int64_t received_ms = 0;  // when it was answered 250 (recovered: the envelope's second)
+  packed_message packed;  // envelope and body slices
   // home only: outcomes waiting to be reported by a DSN; allocated by the first one (most
   // messages never have one).
   std::unique_ptr<std::vector<dsn_note>> notes;
+  std::uint64_t body_bytes = 0;
+  std::int64_t received_ms = 0;  // when it was answered 250 (recovered: the envelope's second)
+  // The envelope's arrival second (the scheduler's job and the DSN have it) is received_ms's
+  // second minus this: a second or two after a commit, 0 when recovered.
+  std::int32_t received_lag_seconds = 0;
+  std::uint16_t recipients_open = 0;  // home only; at most spool::envelope_recipients_max
+  std::uint16_t home = 0;             // the shard (add_message asserts it fits)
+
+  void set_received(std::int64_t ms, std::int64_t envelope_seconds) noexcept;
+  std::int64_t received_seconds() const noexcept {
+    return received_ms / 1000 - received_lag_seconds;
+  }
+  spool::envelope envelope() const { return packed.envelope(id, received_seconds()); }
+  std::vector<spool::body_slice> body() const { return packed.body(); }
 };
-static_assert(sizeof(spooled_message) <= 64, "bytes per queued message: see the comment");
+static_assert(sizeof(spooled_message) <= 48, "bytes per queued message: see the comment");
 
 // Home → owner: some recipients of a message for one destination.
 struct routed_job {
@@ -167,10 +182,12 @@ struct pending_dsn {
 };
 
 // The original message of a DSN being read. Its outcomes' marks wait for the read: a final
-// mark could let the spool reclaim the segment being read. The message stays pinned (one more
-// in recipients_open) until then.
+// mark could let the spool reclaim the segment being read. The message is found again by id
+// afterwards: a failed recipient's DSN keeps it open (that recipient's final outcome is among
+// the waiting ones), but a delay notice's deferred recipients may be finished meanwhile.
 struct dsn_original_read {
-  spooled_message* message = nullptr;
+  spool::message_id id = 0;
+  std::uint64_t body_bytes = 0;
   spool::envelope envelope;  // the original's
   std::vector<dsn_note> notes;
   std::unique_ptr<outcome_batch> outcomes;

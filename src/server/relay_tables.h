@@ -49,10 +49,10 @@ class slab {
   std::size_t size() const noexcept { return _used - _free.size(); }
 
  private:
-  // 1,024 objects per chunk: 64 KiB of 64-byte messages; the last chunk's slack is bounded.
+  // 1,024 objects per chunk: 48 KiB of 48-byte messages; the last chunk's slack is bounded.
   static constexpr std::uint32_t chunk_objects = 1024;
   // Keeps the first chunk: a quiet server's queue goes 0 → 1 → 0 with every message, which
-  // must not cost a 64 KiB allocation each time.
+  // must not cost a 48 KiB allocation each time.
   void clear() noexcept {
     _chunks.resize(std::min<std::size_t>(_chunks.size(), 1));
     _chunks.shrink_to_fit();
