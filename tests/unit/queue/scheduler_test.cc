@@ -749,7 +749,7 @@ TEST(scheduler, bytes_per_queued_job) {
   double per_job = static_cast<double>(stats.memory_bytes) / count;
   std::printf("scheduler memory: %.1f bytes per job (%d jobs, 1000 destinations)\n", per_job,
               count);
-  EXPECT_LT(per_job, 160.0);  // 64 + 8 (half of a 16-byte heap entry) + growth slack
+  EXPECT_LT(per_job, 80.0);  // 56 + 6 (half of a 12-byte heap entry) + growth slack
 }
 
 }  // namespace
