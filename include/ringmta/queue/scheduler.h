@@ -51,9 +51,9 @@
 //
 // Memory: 56 bytes per job record (static_assert in scheduler_state.h), in fixed chunks of
 // 128 records that never move (no growth slack, free slots chained through the records) +
-// 12 bytes per scheduled job (heap entry, its vector's growth slack included ~14).
+// 12 bytes per scheduled job (heap entry; its vector grows by a quarter: ~13 with slack).
 // About 70-80 bytes per queued job; 10 M jobs ~ 750 MiB. Per destination ~ 250 bytes + name.
-// Error texts are interned (refcounted, bounded count), a job holds a 4-byte reference.
+// Error texts are interned (refcounted, bounded count), a job holds a 13-bit reference.
 //
 // Never: reads a clock, allocates per job beyond amortized containers, or throws after
 // construction. Misuse (a stale handle, an outcome for a job not in flight) asserts.
