@@ -319,8 +319,8 @@ void scheduler::state::schedule(destination_record& d, std::uint32_t slot,
   job.state = job_state::scheduled;
   job.set_next_attempt_ms(at_ms);
   // Grown by a quarter, not doubled: a heap holds every deferred job of its destination, and
-  // doubling left ~44% of its entries unused on average (a quarter: ~12%); copying 12-byte
-  // entries ~4 times each over the growth is cheap beside the heap's own moves.
+  // doubling reserved ~44% more entries than used on average (a quarter: ~12%); copying
+  // 12-byte entries ~4 times each over the growth is cheap beside the heap's own moves.
   if (d.scheduled.size() == d.scheduled.capacity())
     d.scheduled.reserve(d.scheduled.size() + d.scheduled.size() / 4 + 4);
   d.scheduled.push_back(job_entry{at_ms, slot});
