@@ -85,7 +85,7 @@ std::size_t scheduler::bounce_all(std::string_view name, std::int64_t now_ms) no
     s.unlink(d.ready, job_slot);
     bounce(job_slot);
   }
-  for (const heap_entry& entry : d.scheduled) bounce(entry.slot);
+  for (const job_entry& entry : d.scheduled) bounce(entry.slot);
   d.scheduled.clear();
   for (std::uint32_t job_slot = d.in_flight.head; job_slot != nil_slot;
        job_slot = s.jobs[job_slot].next)
@@ -208,9 +208,9 @@ std::size_t scheduler::list_jobs(std::string_view name, std::size_t count_max,
   }
   std::size_t room = count_max - (out.size() - before);
   if (room > 0 && !d->scheduled.empty()) {
-    std::vector<heap_entry> order(d->scheduled);
+    std::vector<job_entry> order(d->scheduled);
     std::size_t take = std::min(room, order.size());
-    auto earlier = [](const heap_entry& a, const heap_entry& b) { return heap_later{}(b, a); };
+    auto earlier = [](const job_entry& a, const job_entry& b) { return heap_later{}(b, a); };
     std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(take),
                       order.end(), earlier);
     for (std::size_t i = 0; i < take; ++i) out.push_back(s.view(order[i].slot));
@@ -228,14 +228,13 @@ scheduler_stats scheduler::stats() const noexcept {
   out.jobs = s.live_jobs;
   out.connections = s.live_connections;
   out.ready = out.scheduled = out.in_flight = out.held = 0;
-  std::uint64_t bytes = s.jobs.capacity() * sizeof(job_record) +
-                        s.free_jobs.capacity() * sizeof(std::uint32_t) +
+  std::uint64_t bytes = s.jobs.capacity_bytes() +
                         s.destinations.capacity() * sizeof(destination_record) +
                         s.connections.capacity() * sizeof(connection_record) +
                         s.wake.capacity() * sizeof(heap_entry) +
                         s.by_name.size() * (sizeof(std::string) + 32);
   for (const destination_record& d : s.destinations) {
-    bytes += d.scheduled.capacity() * sizeof(heap_entry) + d.name.capacity();
+    bytes += d.scheduled.capacity() * sizeof(job_entry) + d.name.capacity();
     if (!d.live) continue;
     out.ready += d.ready.count;
     out.scheduled += d.scheduled.size();

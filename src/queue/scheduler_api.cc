@@ -101,13 +101,13 @@ add_result scheduler::add(std::string_view name, const job_spec& spec, std::int6
     destination_record& d = s.destinations[slot];
     if (spec.held) {
       job.state = job_state::held;
-      job.next_attempt_ms = spec.not_before_ms;
+      job.set_next_attempt_ms(spec.not_before_ms);
       s.push_back(d.held, job_slot);
     } else if (spec.not_before_ms > now_ms) {
       s.schedule(d, job_slot, spec.not_before_ms);
     } else {
       job.state = job_state::ready;
-      job.next_attempt_ms = now_ms;
+      job.set_next_attempt_ms(now_ms);
       s.push_back(d.ready, job_slot);
     }
     ++result.jobs_added;
@@ -337,7 +337,7 @@ defer_result scheduler::deferred(job_id id, std::int64_t now_ms, const failure& 
   if ((job.flags & job_flag_hold) != 0) {  // held while in flight: held now, no retry
     job.flags &= static_cast<std::uint8_t>(~job_flag_hold);
     job.state = job_state::held;
-    job.next_attempt_ms = next;
+    job.set_next_attempt_ms(next);
     s.push_back(d.held, id.slot);
     result.status = defer_status::held;
     result.next_attempt_ms = next;

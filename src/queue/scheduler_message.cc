@@ -16,7 +16,7 @@ constexpr std::string_view operator_bounce_text = "bounced by the operator";
 constexpr std::string_view operator_remove_text = "deleted by the operator";
 
 // The jobs of `message` in `list`, in list order.
-void collect(const std::vector<job_record>& jobs, const job_list& list, spool::message_id message,
+void collect(const job_slab& jobs, const job_list& list, spool::message_id message,
              std::vector<std::uint32_t>& out) {
   for (std::uint32_t slot = list.head; slot != nil_slot; slot = jobs[slot].next)
     if (jobs[slot].message == message) out.push_back(slot);
@@ -32,7 +32,7 @@ void scheduler::state::take_queued(destination_record& d, spool::message_id mess
   out.insert(out.end(), ready.begin(), ready.end());
   const auto first = std::stable_partition(
       d.scheduled.begin(), d.scheduled.end(),
-      [&](const heap_entry& e) { return jobs[e.slot].message != message; });
+      [&](const job_entry& e) { return jobs[e.slot].message != message; });
   for (auto it = first; it != d.scheduled.end(); ++it) out.push_back(it->slot);
   if (first != d.scheduled.end()) {
     d.scheduled.erase(first, d.scheduled.end());
@@ -77,7 +77,7 @@ scheduler::message_action_result scheduler::release_message(std::string_view nam
   for (const std::uint32_t slot : held) {
     s.unlink(d->held, slot);
     s.jobs[slot].state = job_state::ready;
-    s.jobs[slot].next_attempt_ms = now_ms;
+    s.jobs[slot].set_next_attempt_ms(now_ms);
     s.push_back(d->ready, slot);
   }
   std::vector<std::uint32_t> flying;
@@ -86,7 +86,7 @@ scheduler::message_action_result scheduler::release_message(std::string_view nam
     s.jobs[slot].flags &= static_cast<std::uint8_t>(~job_flag_hold);
   std::vector<std::uint32_t> queued;
   collect(s.jobs, d->ready, message, queued);
-  for (const heap_entry& e : d->scheduled)
+  for (const job_entry& e : d->scheduled)
     if (s.jobs[e.slot].message == message) queued.push_back(e.slot);
   result.jobs = static_cast<std::uint32_t>(held.size());
   result.in_flight = static_cast<std::uint32_t>(flying.size());
@@ -106,7 +106,7 @@ scheduler::message_action_result scheduler::retry_message(std::string_view name,
   s.take_queued(*d, message, slots);
   for (const std::uint32_t slot : slots) {
     s.jobs[slot].state = job_state::ready;
-    s.jobs[slot].next_attempt_ms = now_ms;
+    s.jobs[slot].set_next_attempt_ms(now_ms);
     s.push_back(d->ready, slot);
   }
   std::vector<std::uint32_t> others;

@@ -8,9 +8,11 @@
 // (no_wakeup_ms: none). Heap entries that do not match are stale and skipped.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -31,33 +33,90 @@ enum job_flag : std::uint8_t {
   job_flag_remove = 8,
 };
 
+// 56 bytes (was 64): the next attempt, the interned error, the flags and the state share one
+// word. Their limits are checked where the values enter: set_next_attempt_ms clamps to
+// [0, next_attempt_ms_max] (year 2248; the spool's and the other timestamps' seconds end in
+// 2106), error indices stay below job_error_limit (the constructor asserts error_texts_max).
+inline constexpr std::int64_t next_attempt_ms_max = (std::int64_t{1} << 43) - 1;
+inline constexpr std::uint32_t job_error_limit = 1u << 13;
+
 struct job_record {
   spool::message_id message = 0;
   std::uint64_t mask = 0;
-  std::int64_t next_attempt_ms = 0;
+  std::uint64_t next_attempt_bits : 43 = 0;  // ms; use next_attempt_ms()
+  std::uint64_t error : 13 = 0;              // interned error text, 0: none
+  std::uint64_t flags : 4 = 0;               // job_flag bits
+  job_state state : 4 = job_state::free;
   std::uint32_t received_seconds = 0;   // epoch seconds (fits until 2106)
   std::uint32_t first_attempt_seconds = 0;  // 0: never attempted
   std::uint32_t last_attempt_seconds = 0;
-  std::uint32_t prev = nil_slot;        // ready / in-flight list links
+  std::uint32_t prev = nil_slot;        // ready / in-flight / held list links; free: next free
   std::uint32_t next = nil_slot;
   std::uint32_t destination = nil_slot;
   std::uint32_t generation = 0;
-  std::uint32_t error = 0;              // interned error text, 0: none
   std::uint16_t attempts = 0;
   std::uint16_t first_recipient = 0;
-  job_state state = job_state::free;
-  std::uint8_t flags = 0;
-};
-static_assert(sizeof(job_record) == 64, "bytes per job are documented in scheduler.h");
 
+  std::int64_t next_attempt_ms() const noexcept {
+    return static_cast<std::int64_t>(next_attempt_bits);
+  }
+  void set_next_attempt_ms(std::int64_t ms) noexcept {
+    next_attempt_bits =
+        static_cast<std::uint64_t>(std::clamp<std::int64_t>(ms, 0, next_attempt_ms_max));
+  }
+};
+static_assert(sizeof(job_record) == 56, "bytes per job are documented in scheduler.h");
+
+// Job records in fixed chunks that never move: a doubling vector held up to twice the live
+// records' bytes and copied them all at each growth (64 MB of slack possible at 1 M jobs).
+// Free records form a stack through `next`, reused last-freed first as the free vector did
+// (slot numbers break ties in the heaps: the order of events must not change).
+class job_slab {
+ public:
+  job_record& operator[](std::uint32_t slot) noexcept {
+    return _chunks[slot >> chunk_shift][slot & chunk_mask];
+  }
+  const job_record& operator[](std::uint32_t slot) const noexcept {
+    return _chunks[slot >> chunk_shift][slot & chunk_mask];
+  }
+  std::uint32_t size() const noexcept { return _size; }  // slots ever used
+  // A cleared record (its generation kept) from the free stack, or a new one.
+  std::uint32_t allocate() noexcept;
+  void release(std::uint32_t slot) noexcept;  // free, generation advanced, on the free stack
+  std::size_t capacity_bytes() const noexcept {
+    return _chunks.size() * (chunk_records * sizeof(job_record)) +
+           _chunks.capacity() * sizeof(_chunks[0]);
+  }
+
+ private:
+  // 128 records, 7 KiB (an exact mimalloc size class): a small queue holds one chunk, the
+  // chunk table of 10 M jobs is 625 KB.
+  static constexpr unsigned chunk_shift = 7;
+  static constexpr std::uint32_t chunk_records = 1u << chunk_shift;
+  static constexpr std::uint32_t chunk_mask = chunk_records - 1;
+  std::vector<std::unique_ptr<job_record[]>> _chunks;
+  std::uint32_t _size = 0;
+  std::uint32_t _free_head = nil_slot;
+};
+
+// A scheduled job in its destination's heap: 12 bytes (was 16). No generation: a job leaves
+// the heap whenever it leaves the scheduled state, so an entry is never stale.
+struct [[gnu::packed, gnu::aligned(4)]] job_entry {
+  std::int64_t time_ms;
+  std::uint32_t slot;
+};
+static_assert(sizeof(job_entry) == 12);
+
+// A destination in the wake heap; entries that no longer match the destination are stale.
 struct heap_entry {
   std::int64_t time_ms;
   std::uint32_t slot;
-  std::uint32_t generation;  // of the job or destination the entry names
+  std::uint32_t generation;  // of the destination the entry names
 };
 // std heap functions build a max-heap; this order makes it a min-heap on (time, slot).
 struct heap_later {
-  bool operator()(const heap_entry& a, const heap_entry& b) const noexcept {
+  template <typename Entry>
+  bool operator()(const Entry& a, const Entry& b) const noexcept {
     return a.time_ms != b.time_ms ? a.time_ms > b.time_ms : a.slot > b.slot;
   }
 };
@@ -87,7 +146,7 @@ struct job_list {
 struct destination_record {
   std::string name;
   destination_limits limits;
-  std::vector<heap_entry> scheduled;  // min-heap of job slots by next attempt
+  std::vector<job_entry> scheduled;  // min-heap of job slots by next attempt
   token_bucket bucket;                // rate limit (see destination_limits)
   std::int64_t backoff_until_ms = 0;
   std::int64_t paused_until_ms = 0;   // reply rule: nothing goes before this
@@ -169,8 +228,7 @@ using name_map = std::unordered_map<std::string, Value, name_hash, std::equal_to
 struct scheduler::state {
   scheduler_config config;
   std::uint64_t random = 0;
-  std::vector<job_record> jobs;
-  std::vector<std::uint32_t> free_jobs;
+  job_slab jobs;
   std::uint32_t live_jobs = 0;
   std::vector<destination_record> destinations;
   std::vector<std::uint32_t> free_destinations;

@@ -5,7 +5,7 @@
 // threads, no exceptions on the data path. One scheduler per shard; not thread-safe.
 //
 // Work unit: a job = one message's recipients (indices into its envelope) for one
-// destination. The embedder owns the message; a job is a 64-byte record in a slab (see
+// destination. The embedder owns the message; a job is a 56-byte record in a slab (see
 // "Memory" below). Every job is in exactly one place: the destination's ready list (FIFO),
 // its scheduled heap (ordered by next attempt), or in flight (taken by a connection). Each
 // job leaves the scheduler exactly once: delivered(), failed(), deferred() → expired or
@@ -49,10 +49,11 @@
 // that has carried turn_messages is told to close, and poll() gives the freed slots to the
 // waiting destinations in the order they began to wait, one connection each (round robin).
 //
-// Memory: 64 bytes per job record (static_assert below) + 16 bytes per scheduled job (heap
-// entry) + 4 bytes per free slot; containers grow geometrically, so up to 2x that in slack.
-// About 80-100 bytes per queued job; 10 M jobs ~ 1 GiB. Per destination ~ 250 bytes + name.
-// Error texts are interned (refcounted, bounded count), a job holds a 4-byte reference.
+// Memory: 56 bytes per job record (static_assert in scheduler_state.h), in fixed chunks of
+// 128 records that never move (no growth slack, free slots chained through the records) +
+// 12 bytes per scheduled job (heap entry; its vector grows by a quarter: ~13 with slack).
+// About 70-80 bytes per queued job; 10 M jobs ~ 750 MiB. Per destination ~ 250 bytes + name.
+// Error texts are interned (refcounted, bounded count), a job holds a 13-bit reference.
 //
 // Never: reads a clock, allocates per job beyond amortized containers, or throws after
 // construction. Misuse (a stale handle, an outcome for a job not in flight) asserts.
