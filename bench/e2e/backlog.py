@@ -387,6 +387,11 @@ def release_phase(args, work, dns, port, spool, total):
     runs = [("w0", args.domains), ("p0", args.probe), ("bk", args.messages),
             ("p1", args.probe)]
     sink, stats = sink_start(args, port, work, runs)
+    if args.cold:  # after spool ls, which read every segment back into the page cache
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as caches:
+            caches.write("3\n")
+        say("page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches): a cold restart")
     log = os.path.join(work, "ringmta-2.log")
     daemon = start_daemon(args, spool, dns, port, log)
     t0 = time.monotonic()
@@ -471,6 +476,9 @@ def main():
                         help="perf record -g the daemon during the last CPU window into FILE")
     parser.add_argument("--heaptrack", metavar="FILE",
                         help="run the daemon under heaptrack, kill it after the warm-up and probe")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the page cache before the restart (root): recovery reads "
+                             "the spool from the disk")
     parser.add_argument("--no-release", action="store_true",
                         help="stop after the backlog measurements (no restart, no drain)")
     args = parser.parse_args()
