@@ -131,18 +131,21 @@ class scheduler {
       _free.pop_back();
     }
     _actions[slot].assign(std::forward<F>(what));
-    _queue.push(entry{when_ns < _now_ns ? _now_ns : when_ns, _sequence++, slot});
+    if (when_ns <= _now_ns) {
+      _due.push_back(entry{_now_ns, _sequence++, slot});
+    } else {
+      _queue.push(entry{when_ns, _sequence++, slot});
+    }
   }
   template <class F>
   void after(std::int64_t delay_ns, F&& what) {
     at(_now_ns + delay_ns, std::forward<F>(what));
   }
-  bool empty() const noexcept { return _queue.empty(); }
+  bool empty() const noexcept { return _queue.empty() && _due_head == _due.size(); }
   // Advances the clock to the earliest action and runs it. False when nothing is queued.
   bool run_one() {
-    if (_queue.empty()) return false;
-    const entry next = _queue.top();
-    _queue.pop();
+    if (empty()) return false;
+    const entry next = take_next();
     _now_ns = next.when_ns;
     // Runs in its slot: the table is a deque, so actions queued meanwhile never move it, and
     // the slot is freed (captures destroyed) only after it ran.
@@ -155,6 +158,8 @@ class scheduler {
   // Not from inside an action (the running one's slot would go).
   void clear() {
     _queue = {};
+    _due.clear();
+    _due_head = 0;
     _actions.clear();
     _free.clear();
   }
@@ -168,9 +173,28 @@ class scheduler {
       return when_ns != other.when_ns ? when_ns > other.when_ns : sequence > other.sequence;
     }
   };
+  // The earlier of the heap's top and the first action due now, by (time, sequence): the
+  // same order as one heap, but the many actions queued for the current time (a host's
+  // completions) skip the heap. The due list is empty before the clock moves on.
+  entry take_next() noexcept {
+    if (_due_head < _due.size() && (_queue.empty() || _queue.top() > _due[_due_head])) {
+      const entry next = _due[_due_head++];
+      if (_due_head == _due.size()) {
+        _due.clear();
+        _due_head = 0;
+      }
+      return next;
+    }
+    const entry next = _queue.top();
+    _queue.pop();
+    return next;
+  }
+
   std::int64_t _now_ns = 0;
   std::uint64_t _sequence = 0;
-  std::priority_queue<entry, std::vector<entry>, std::greater<>> _queue;
+  std::priority_queue<entry, std::vector<entry>, std::greater<>> _queue;  // later than now
+  std::vector<entry> _due;  // at now, in sequence order, from _due_head
+  std::size_t _due_head = 0;
   std::deque<action> _actions;  // by slot; a deque: references stay valid while it grows
   std::vector<std::uint32_t> _free;  // slots of _actions that ran
 };
