@@ -858,8 +858,9 @@ TEST(SimHost, FilesTakeWritesAndGiveTheirBytesBack) {
 
 // The scheduler's actions (issue 16's lean queue): same-time actions run in the order they
 // were queued whatever their captures (inline, on the heap, move-only), actions queued from
-// a running action (the slot table grows and reuses slots) keep that order, and clear()
-// destroys what is pending.
+// a running action (the slot table grows and reuses slots) keep that order — one queued for
+// now waits for the actions queued earlier for the same time (the due list and the heap
+// merged) — and clear() destroys what is pending.
 TEST(SimScheduler, RunsActionsInTimeThenQueueOrderAndFreesTheirCaptures) {
   scheduler clock;
   std::vector<int> order;
@@ -869,7 +870,10 @@ TEST(SimScheduler, RunsActionsInTimeThenQueueOrderAndFreesTheirCaptures) {
   auto owned = std::make_unique<int>(3);
   clock.at(10, [&order, big = big_capture{}] { order.push_back(big.bytes[0] + 2); });
   clock.at(5, [&order] { order.push_back(1); });
-  clock.at(10, [&order, owned = std::move(owned)] { order.push_back(*owned); });
+  clock.at(10, [&clock, &order, owned = std::move(owned)] {
+    order.push_back(*owned);
+    clock.after(0, [&order] { order.push_back(6); });  // after 4, queued for 10 before it
+  });
   clock.at(10, [&clock, &order] {
     order.push_back(4);
     for (int i = 0; i < 40; ++i) clock.after(0, [&order, i] { order.push_back(100 + i); });
@@ -877,9 +881,10 @@ TEST(SimScheduler, RunsActionsInTimeThenQueueOrderAndFreesTheirCaptures) {
   });
   while (clock.run_one()) {
   }
-  ASSERT_EQ(order.size(), 45u);
-  EXPECT_EQ((std::vector<int>(order.begin(), order.begin() + 4)), (std::vector<int>{1, 2, 3, 4}));
-  for (int i = 0; i < 40; ++i) EXPECT_EQ(order[4 + static_cast<std::size_t>(i)], 100 + i);
+  ASSERT_EQ(order.size(), 46u);
+  EXPECT_EQ((std::vector<int>(order.begin(), order.begin() + 5)),
+            (std::vector<int>{1, 2, 3, 4, 6}));
+  for (int i = 0; i < 40; ++i) EXPECT_EQ(order[5 + static_cast<std::size_t>(i)], 100 + i);
   EXPECT_EQ(order.back(), 5);
   EXPECT_EQ(clock.now_ns(), 10);
 
