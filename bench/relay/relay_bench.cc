@@ -402,7 +402,7 @@ class next_hop final : public sim::stream_peer, public smtp::server_handler {
   void flush(sim::sim_host& host, int fd) {
     const std::string_view output = _session.output();
     if (output.empty()) return;
-    host.peer_send(fd, std::string(output));
+    host.peer_send(fd, output);
     _session.consume_output(output.size());
   }
 
