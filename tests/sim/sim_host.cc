@@ -206,9 +206,14 @@ int sim_host::add_socket(std::unique_ptr<socket> s) {
 void sim_host::erase_socket(int fd) noexcept {
   if (find(fd) == nullptr) return;
   _sockets[static_cast<std::size_t>(fd - _first_fd)].reset();
-  while (!_sockets.empty() && !_sockets.front()) {
-    _sockets.pop_front();
-    ++_first_fd;
+  // Closed slots at the front go in blocks (amortised: a vector indexes in two instructions
+  // where a deque took a dozen, and find runs several times per event).
+  while (_closed_front < _sockets.size() && !_sockets[_closed_front]) ++_closed_front;
+  if (_closed_front * 2 >= _sockets.size()) {
+    _sockets.erase(_sockets.begin(),
+                   _sockets.begin() + static_cast<std::ptrdiff_t>(_closed_front));
+    _first_fd += static_cast<int>(_closed_front);
+    _closed_front = 0;
   }
 }
 
