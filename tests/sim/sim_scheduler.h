@@ -142,11 +142,14 @@ class scheduler {
     at(_now_ns + delay_ns, std::forward<F>(what));
   }
   bool empty() const noexcept { return _queue.empty() && _due_head == _due.size(); }
+  // Actions run so far (the relay bench reports them per message).
+  std::uint64_t actions_run() const noexcept { return _ran; }
   // Advances the clock to the earliest action and runs it. False when nothing is queued.
   bool run_one() {
     if (empty()) return false;
     const entry next = take_next();
     _now_ns = next.when_ns;
+    ++_ran;
     // Runs in its slot: the table is a deque, so actions queued meanwhile never move it, and
     // the slot is freed (captures destroyed) only after it ran.
     action& now = _actions[next.slot];
@@ -192,6 +195,7 @@ class scheduler {
 
   std::int64_t _now_ns = 0;
   std::uint64_t _sequence = 0;
+  std::uint64_t _ran = 0;
   std::priority_queue<entry, std::vector<entry>, std::greater<>> _queue;  // later than now
   std::vector<entry> _due;  // at now, in sequence order, from _due_head
   std::size_t _due_head = 0;
