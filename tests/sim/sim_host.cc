@@ -288,7 +288,8 @@ core::result<void> sim_host::prep_recv_select(int fd, std::uint16_t group,
   return {};
 }
 
-// Copies what `chunk` holds into the receive's memory; returns the byte count or -errno.
+// Copies from the first arrived segment into the receive's memory; returns the byte count or
+// -errno.
 std::int32_t sim_host::fill(const waiting_receive& wanted, byte_lane& inbound, bool datagram,
                             std::uint32_t& flags) {
   std::byte* into = static_cast<std::byte*>(wanted.buffer);

@@ -55,6 +55,7 @@ class stream_peer {
   virtual ~stream_peer() = default;
   // The connection is up: `fd` is the client's descriptor, to name in sim_host::peer_send.
   virtual void on_connected(sim_host& host, int fd) = 0;
+  // `bytes` lives in the socket's buffer for the call only; answer with peer_send/peer_close.
   virtual void on_bytes(sim_host& host, int fd, std::string_view bytes) = 0;
   // The client shut the socket down or closed it; nothing more arrives.
   virtual void on_client_gone(sim_host& host, int fd) = 0;
