@@ -139,6 +139,7 @@ class relay_machine {
   sim::sim_host& host() noexcept { return _host; }
   const sim::sim_host& host() const noexcept { return _host; }
   std::int64_t wall_ms() const noexcept { return _host.wall_ms(); }
+  std::uint64_t actions_run() const noexcept { return _clock.actions_run(); }
 
   // Runs whatever is due until `ms` later on the simulated clock (timers included).
   void advance_ms(std::int64_t ms) {
@@ -402,7 +403,7 @@ class next_hop final : public sim::stream_peer, public smtp::server_handler {
   void flush(sim::sim_host& host, int fd) {
     const std::string_view output = _session.output();
     if (output.empty()) return;
-    host.peer_send(fd, std::string(output));
+    host.peer_send(fd, output);
     _session.consume_output(output.size());
   }
 
@@ -1077,10 +1078,11 @@ class relay_pipeline final : private delivery_sink {
     const auto stats = _spool.store().stats();
     state.counters["segments"] = static_cast<double>(stats.segments_created);
     state.counters["journal_snapshots"] = static_cast<double>(stats.journal_snapshots);
-    // The simulated host's work: completions and loop turns per message relayed.
+    // The simulated host's work: completions, loop turns and scheduler actions per message.
     const auto& host = _machine.host().counters();
     state.counters["completions_per_msg"] = static_cast<double>(host.completions) / messages;
     state.counters["turns_per_msg"] = static_cast<double>(host.turns) / messages;
+    state.counters["actions_per_msg"] = static_cast<double>(_machine.actions_run()) / messages;
   }
 
   // Used by inbound_connection.

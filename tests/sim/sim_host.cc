@@ -12,6 +12,45 @@ namespace {
 constexpr std::int64_t ms_ns = 1'000'000;
 }  // namespace
 
+// One direction of a socket: bytes in order, [read | arrived | in flight], and the lengths of
+// the arrived segments. A receive takes from one segment at most (as a read returns what one
+// segment brought; a datagram is one segment). One buffer per direction, reused: no string
+// per send or reply (issue 16: the relay bench copied each into a fresh std::string).
+class sim_host::byte_lane {
+ public:
+  // Bytes on their way: they arrive, in order, with arrive() or are lost with lose().
+  void send(std::string_view bytes) { _bytes.append(bytes); }
+  // The oldest `length` bytes in flight arrive as one segment.
+  void arrive(std::size_t length) {
+    _segments.push_back(length);
+    _arrived_end += length;
+  }
+  // The oldest `length` bytes in flight never arrive (sent after the end of stream).
+  void lose(std::size_t length) { _bytes.erase(_arrived_end, length); }
+  bool has_segment() const noexcept { return _segment_head < _segments.size(); }
+  std::string_view segment() const noexcept {
+    return {_bytes.data() + _head, _segments[_segment_head]};
+  }
+  // Takes `length` bytes of the first segment; a segment taken whole is gone.
+  void consume(std::size_t length) noexcept {
+    _head += length;
+    if ((_segments[_segment_head] -= length) == 0) ++_segment_head;
+    if (_segment_head < _segments.size()) return;
+    _segments.clear();
+    _segment_head = 0;
+    _bytes.erase(0, _head);  // what is left is in flight: usually nothing
+    _arrived_end -= _head;
+    _head = 0;
+  }
+
+ private:
+  std::string _bytes;
+  std::size_t _head = 0;         // the first byte not read
+  std::size_t _arrived_end = 0;  // the first byte in flight
+  std::vector<std::size_t> _segments;
+  std::size_t _segment_head = 0;
+};
+
 struct sim_host::socket {
   enum class kind : std::uint8_t { stream, datagram, file };
   kind what = kind::stream;
@@ -20,10 +59,11 @@ struct sim_host::socket {
   bool connected = false;
   std::uint64_t connect_user_data = 0;  // a connect in flight (0: none)
   std::unique_ptr<stream_peer> peer;
-  std::deque<std::string> inbound;  // stream chunks or whole datagrams, in arrival order
-  bool end_of_stream = false;       // the peer closed: receives return 0 once inbound is empty
-  bool shut = false;                // shutdown(2) by us
-  std::deque<waiting_receive> receives;
+  byte_lane inbound;           // from the peer: stream segments or whole datagrams
+  byte_lane outbound;          // to the peer (streams)
+  bool end_of_stream = false;  // the peer closed: receives return 0 once inbound is empty
+  bool shut = false;           // shutdown(2) by us
+  std::vector<waiting_receive> receives;  // in submission order
   std::int64_t to_peer_ns = 0;  // the last byte sent arrives then: later sends arrive after
   std::int64_t to_us_ns = 0;
   std::string file;  // kind file: its bytes
@@ -107,12 +147,27 @@ void sim_host::arm_timer_wake() noexcept {
 }
 
 void sim_host::complete(std::uint64_t user_data, std::int32_t res, std::uint32_t flags,
-                        std::int64_t delay_ns, io::sqe_flags sqe_flags) {
+                        io::sqe_flags sqe_flags) {
   if (res >= 0 && (sqe_flags & io::sqe::skip_success) != 0) return;
-  at(_clock.now_ns() + delay_ns, [this, done = io::completion{user_data, res, flags}] {
-    dispatch(done);
-    turn();
+  _ready.push_back(io::completion{user_data, res, flags});
+  if (_reap_queued) return;
+  _reap_queued = true;
+  at(_clock.now_ns(), [this] {
+    _reap_queued = false;
+    reap();
   });
+}
+
+// shard::shard::run's order: the clock read and timers advanced, every completion ready
+// dispatched, then one turn. Completions posted meanwhile (a prep inside a handler) are the
+// next batch's, as SQEs are submitted only when the loop waits.
+void sim_host::reap() noexcept {
+  if (_ready.empty()) return;
+  _counters.timers_fired += _timers.advance(now_ms());
+  _reaping.swap(_ready);
+  for (const io::completion& done : _reaping) dispatch(done);
+  _reaping.clear();
+  turn();
 }
 
 void sim_host::wake() {
@@ -151,9 +206,14 @@ int sim_host::add_socket(std::unique_ptr<socket> s) {
 void sim_host::erase_socket(int fd) noexcept {
   if (find(fd) == nullptr) return;
   _sockets[static_cast<std::size_t>(fd - _first_fd)].reset();
-  while (!_sockets.empty() && !_sockets.front()) {
-    _sockets.pop_front();
-    ++_first_fd;
+  // Closed slots at the front go in blocks (amortised: a vector indexes in two instructions
+  // where a deque took a dozen, and find runs several times per event).
+  while (_closed_front < _sockets.size() && !_sockets[_closed_front]) ++_closed_front;
+  if (_closed_front * 2 >= _sockets.size()) {
+    _sockets.erase(_sockets.begin(),
+                   _sockets.begin() + static_cast<std::ptrdiff_t>(_closed_front));
+    _first_fd += static_cast<int>(_closed_front);
+    _closed_front = 0;
   }
 }
 
@@ -193,14 +253,14 @@ core::result<void> sim_host::prep_connect(int fd, const sockaddr* address,
     std::unique_ptr<stream_peer> peer = _network.connect ? _network.connect(s->remote) : nullptr;
     if (!peer) {
       ++_counters.connects_refused;
-      dispatch(io::completion{user_data, -ECONNREFUSED, 0});
-      return turn();
+      complete(user_data, -ECONNREFUSED);
+      return reap();
     }
     s->peer = std::move(peer);
     s->connected = true;
     s->peer->on_connected(*this, fd);
-    dispatch(io::completion{user_data, 0, 0});
-    turn();
+    complete(user_data, 0);
+    reap();
   });
   return {};
 }
@@ -228,8 +288,9 @@ core::result<void> sim_host::prep_recv_select(int fd, std::uint16_t group,
   return {};
 }
 
-// Copies what `chunk` holds into the receive's memory; returns the byte count or -errno.
-std::int32_t sim_host::fill(const waiting_receive& wanted, std::string& chunk, bool datagram,
+// Copies from the first arrived segment into the receive's memory; returns the byte count or
+// -errno.
+std::int32_t sim_host::fill(const waiting_receive& wanted, byte_lane& inbound, bool datagram,
                             std::uint32_t& flags) {
   std::byte* into = static_cast<std::byte*>(wanted.buffer);
   std::uint32_t room = wanted.length;
@@ -243,14 +304,11 @@ std::int32_t sim_host::fill(const waiting_receive& wanted, std::string& chunk, b
     room = static_cast<std::uint32_t>(pick->memory.size());
     flags = io::cqe_flag_buffer | (std::uint32_t{pick->buffer_id} << io::cqe_buffer_shift);
   }
-  const std::size_t taken = std::min<std::size_t>(room, chunk.size());
-  std::memcpy(into, chunk.data(), taken);
+  const std::string_view segment = inbound.segment();
+  const std::size_t taken = std::min<std::size_t>(room, segment.size());
+  std::memcpy(into, segment.data(), taken);
   // A datagram larger than the buffer is truncated (MSG_TRUNC not reported: not used here).
-  if (datagram || taken == chunk.size()) {
-    chunk.clear();
-  } else {
-    chunk.erase(0, taken);
-  }
+  inbound.consume(datagram ? segment.size() : taken);
   return static_cast<std::int32_t>(taken);
 }
 
@@ -260,26 +318,16 @@ void sim_host::satisfy_receives(int fd) {
   const bool datagram = s->what == socket::kind::datagram;
   while (!s->receives.empty()) {
     const waiting_receive wanted = s->receives.front();
-    if (!s->inbound.empty()) {
-      std::uint32_t flags = 0;
-      const std::int32_t res = fill(wanted, s->inbound.front(), datagram, flags);
-      if (res == -ENOBUFS) {
-        s->receives.pop_front();
-        complete(wanted.user_data, res);
-        continue;
-      }
-      if (s->inbound.front().empty()) s->inbound.pop_front();
-      s->receives.pop_front();
-      _counters.bytes_from_peers += static_cast<std::uint64_t>(res);
-      complete(wanted.user_data, res, flags);
-      continue;
+    std::int32_t res = 0;
+    std::uint32_t flags = 0;
+    if (s->inbound.has_segment()) {
+      res = fill(wanted, s->inbound, datagram, flags);
+      if (res > 0) _counters.bytes_from_peers += static_cast<std::uint64_t>(res);
+    } else if (!s->end_of_stream && !s->shut) {
+      return;  // nothing yet: the receive waits
     }
-    if (s->end_of_stream || s->shut) {
-      s->receives.pop_front();
-      complete(wanted.user_data, 0);
-      continue;
-    }
-    return;  // nothing yet: the receive waits
+    s->receives.erase(s->receives.begin());
+    complete(wanted.user_data, res, flags);
   }
 }
 
@@ -297,48 +345,63 @@ core::result<void> sim_host::prep_send(int fd, const void* data, std::uint32_t l
     complete(user_data, -EPIPE);
     return {};
   }
-  std::string bytes(static_cast<const char*>(data), length);
+  const std::string_view bytes(static_cast<const char*>(data), length);
   _counters.bytes_to_peers += length;
   if (s->what == socket::kind::datagram) {
-    ++_counters.datagrams;
-    std::vector<std::string> replies =
-        _network.datagram ? _network.datagram(s->remote, bytes) : std::vector<std::string>{};
-    for (std::string& reply : replies) {
-      at(_clock.now_ns() + latency_ns() * 2, [this, fd, reply = std::move(reply)]() mutable {
-        socket* s = find(fd);
-        if (s == nullptr) return;
-        s->inbound.push_back(std::move(reply));
-        satisfy_receives(fd);
-        turn();
-      });
-    }
-    complete(user_data, static_cast<std::int32_t>(length));
-    return {};
+    send_datagram(fd, *s, bytes);
+  } else {
+    send_stream(fd, *s, bytes);
   }
-  // A stream: the bytes reach the peer after the ones sent before them.
-  const std::int64_t when = std::max(s->to_peer_ns, _clock.now_ns() + latency_ns());
-  s->to_peer_ns = when;
-  at(when, [this, fd, bytes = std::move(bytes)] {
-    socket* s = find(fd);
-    if (s == nullptr || !s->peer) return;
-    s->peer->on_bytes(*this, fd, bytes);
-    turn();
-  });
   complete(user_data, static_cast<std::int32_t>(length));
   return {};
 }
 
-void sim_host::peer_send(int fd, std::string bytes) {
+// The network's replies come back after a latency each, in any order (UDP: RFC 768).
+void sim_host::send_datagram(int fd, socket& s, std::string_view bytes) {
+  ++_counters.datagrams;
+  std::vector<std::string> replies =
+      _network.datagram ? _network.datagram(s.remote, bytes) : std::vector<std::string>{};
+  for (std::string& reply : replies) {
+    at(_clock.now_ns() + latency_ns() * 2, [this, fd, reply = std::move(reply)] {
+      socket* s = find(fd);
+      if (s == nullptr) return;
+      s->inbound.send(reply);
+      s->inbound.arrive(reply.size());
+      satisfy_receives(fd);
+      reap();
+    });
+  }
+}
+
+// A stream: the bytes reach the peer after the ones sent before them. Their arrival is the
+// peer's business: nothing completes on this host, so no loop turn follows.
+void sim_host::send_stream(int fd, socket& s, std::string_view bytes) {
+  const std::int64_t when = std::max(s.to_peer_ns, _clock.now_ns() + latency_ns());
+  s.to_peer_ns = when;
+  s.outbound.send(bytes);
+  at(when, [this, fd, length = bytes.size()] {
+    socket* s = find(fd);
+    if (s == nullptr) return;
+    s->outbound.arrive(length);
+    // The view lives in the lane until consumed: the peer only queues its answers.
+    if (s->peer) s->peer->on_bytes(*this, fd, s->outbound.segment());
+    if ((s = find(fd)) != nullptr) s->outbound.consume(length);
+  });
+}
+
+void sim_host::peer_send(int fd, std::string_view bytes) {
   socket* s = find(fd);
   if (s == nullptr || bytes.empty()) return;
   const std::int64_t when = std::max(s->to_us_ns, _clock.now_ns() + latency_ns());
   s->to_us_ns = when;
-  at(when, [this, fd, bytes = std::move(bytes)]() mutable {
+  s->inbound.send(bytes);
+  at(when, [this, fd, length = bytes.size()] {
     socket* s = find(fd);
-    if (s == nullptr || s->end_of_stream) return;
-    s->inbound.push_back(std::move(bytes));
+    if (s == nullptr) return;
+    if (s->end_of_stream) return s->inbound.lose(length);
+    s->inbound.arrive(length);
     satisfy_receives(fd);
-    turn();
+    reap();
   });
 }
 
@@ -353,7 +416,7 @@ void sim_host::peer_close(int fd) {
     s->end_of_stream = true;
     s->peer.reset();
     satisfy_receives(fd);
-    turn();
+    reap();
   });
 }
 
@@ -379,7 +442,7 @@ core::result<void> sim_host::prep_close(int fd, std::uint64_t user_data,
   if (auto plain = refuse_linked(flags); !plain) return plain;
   if (find(fd) == nullptr) return core::fail(EBADF);
   close(fd);
-  complete(user_data, 0, 0, 0, flags);
+  complete(user_data, 0, 0, flags);
   return {};
 }
 
@@ -417,7 +480,7 @@ core::result<void> sim_host::prep_cancel(std::uint64_t target_user_data, std::ui
     first_only_done = !all;
     return true;
   });
-  complete(user_data, any ? 0 : -ENOENT, 0, 0, flags);
+  complete(user_data, any ? 0 : -ENOENT, 0, flags);
   return {};
 }
 
@@ -425,13 +488,13 @@ core::result<void> sim_host::prep_cancel_fd(int fd, std::uint64_t user_data,
                                             io::sqe_flags flags) noexcept {
   if (auto plain = refuse_linked(flags); !plain) return plain;
   const bool any = cancel_matching([fd](int candidate, std::uint64_t) { return candidate == fd; });
-  complete(user_data, any ? 0 : -ENOENT, 0, 0, flags);
+  complete(user_data, any ? 0 : -ENOENT, 0, flags);
   return {};
 }
 
 core::result<void> sim_host::prep_nop(std::uint64_t user_data, io::sqe_flags flags) noexcept {
   if (auto plain = refuse_linked(flags); !plain) return plain;
-  complete(user_data, 0, 0, 0, flags);
+  complete(user_data, 0, 0, flags);
   return {};
 }
 

@@ -2,11 +2,14 @@
 // network (issue 16 item 1, step 3), so the REAL src/outbound (outbound::outbound over
 // outbound::dns_client) runs inside a simulated world.
 //
-// The loop: every simulated event (a completion, a timer tick) is one scheduler action that
-// ends with a turn of the loop as shard::shard::run does it: timers advance to now, the
-// iteration hooks run, the buffer rings' recycles are published, and the next timer deadline
-// is scheduled. Completions are never delivered from inside a prep_* (io/operations.h): each is
-// an action of its own, at now or later.
+// The loop, as shard::shard::run turns: completions wait in a completion queue; a batch of
+// them is dispatched (timers advanced to now first) and followed by one turn: timers, the
+// iteration hooks, the buffer rings' recycles, and the next timer deadline scheduled. A
+// network event that completes receives (bytes, end of stream, a datagram, a connect) reaps
+// in its own action; completions posted by a prep_* wait for a reap action at the current
+// time (never delivered from inside a prep_*: io/operations.h); a timer tick or wake() is a
+// turn alone. An event that completes nothing (bytes reaching a peer) turns nothing: a shard
+// sleeps through it.
 //
 // The simulated kernel:
 //   - stream sockets connect to whatever network::connect returns for the address (a
@@ -52,6 +55,7 @@ class stream_peer {
   virtual ~stream_peer() = default;
   // The connection is up: `fd` is the client's descriptor, to name in sim_host::peer_send.
   virtual void on_connected(sim_host& host, int fd) = 0;
+  // `bytes` lives in the socket's buffer for the call only; answer with peer_send/peer_close.
   virtual void on_bytes(sim_host& host, int fd, std::string_view bytes) = 0;
   // The client shut the socket down or closed it; nothing more arrives.
   virtual void on_client_gone(sim_host& host, int fd) = 0;
@@ -182,7 +186,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
   // Closes a descriptor made by add_file and gives its bytes back (their memory to reuse).
   std::string take_file(int fd);
   // From the peer of stream socket `fd`: bytes (in order, after a latency), then end of stream.
-  void peer_send(int fd, std::string bytes);
+  void peer_send(int fd, std::string_view bytes);
   void peer_close(int fd);
   // A connected stream socket whose far end is `peer` at `remote`: what accept(2) returns for
   // a simulated client (inbound sessions). The peer talks with peer_send/peer_close and hears
@@ -206,6 +210,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
 
  private:
   struct socket;
+  class byte_lane;
   struct waiting_receive {
     std::uint64_t user_data = 0;
     void* buffer = nullptr;  // plain receive
@@ -226,16 +231,20 @@ class sim_host final : public shard::host, public io::operations, public io::des
   int add_socket(std::unique_ptr<socket> s);
   void erase_socket(int fd) noexcept;
   std::int64_t latency_ns() noexcept;
-  // Queues the completion as an action `delay_ns` from now (skip_success honoured).
+  // Posts the completion (skip_success honoured); a reap at the current time dispatches it.
   void complete(std::uint64_t user_data, std::int32_t res, std::uint32_t flags = 0,
-                std::int64_t delay_ns = 0, io::sqe_flags sqe_flags = io::sqe::none);
+                io::sqe_flags sqe_flags = io::sqe::none);
+  // Dispatches the completions posted so far, then turns the loop (nothing posted: nothing).
+  void reap() noexcept;
   void dispatch(const io::completion& done) noexcept;
   void turn() noexcept;
   void arm_timer_wake() noexcept;
   // Hands waiting receives what has arrived (data, end of stream) on `fd`.
   void satisfy_receives(int fd);
-  std::int32_t fill(const waiting_receive& wanted, std::string& chunk, bool datagram,
+  std::int32_t fill(const waiting_receive& wanted, byte_lane& inbound, bool datagram,
                     std::uint32_t& flags);
+  void send_datagram(int fd, socket& s, std::string_view bytes);
+  void send_stream(int fd, socket& s, std::string_view bytes);
   bool cancel_matching(const std::function<bool(int, std::uint64_t)>& matches);
   core::result<void> unsupported() noexcept;
   core::result<void> refuse_linked(io::sqe_flags flags) noexcept;
@@ -272,14 +281,19 @@ class sim_host final : public shard::host, public io::operations, public io::des
   core::timer_wheel _timers;
   std::int64_t _timer_wake_ns = -1;  // a tick action is scheduled for this time
   bool _wake_queued = false;         // wake(): a turn is queued at the current time
+  std::vector<io::completion> _ready;    // the completion queue: posted, not dispatched
+  std::vector<io::completion> _reaping;  // the batch being dispatched (capacity reused)
+  bool _reap_queued = false;             // a reap action is queued at the current time
   shard::host_handler* _handlers[256] = {};
   unsigned _next_kind = io::op_kind_first_free;
   std::vector<shard::host_hook*> _hooks;
   std::map<std::uint16_t, io::buffer_ring*> _groups;
   // Descriptors are allocated in increasing order and never reused, so the table is indexed
-  // by fd - _first_fd; closed slots at the front are dropped (issue 16: a std::map lookup
-  // ~15 times per delivery cost more than the delivery).
-  std::deque<std::unique_ptr<socket>> _sockets;
+  // by fd - _first_fd; closed slots at the front are dropped in blocks, once they are half
+  // the table (issue 16: a std::map lookup ~15 times per delivery cost more than the
+  // delivery; a deque's indexing was still ~700 instructions per relayed message).
+  std::vector<std::unique_ptr<socket>> _sockets;
+  std::size_t _closed_front = 0;  // _sockets[0, _closed_front) are closed
   std::function<void(int fd)> _close_listener;
   int _first_fd = 100;
   int _next_fd = 100;

@@ -174,7 +174,7 @@ class remote_mta final : public stream_peer, public smtp::server_handler {
   void flush(sim_host& host, int fd) {
     const std::string_view output = _session->output();
     if (output.empty()) return;
-    host.peer_send(fd, std::string(output));
+    host.peer_send(fd, output);
     _session->consume_output(output.size());
   }
 
@@ -856,10 +856,84 @@ TEST(SimHost, FilesTakeWritesAndGiveTheirBytesBack) {
                    .ok());
 }
 
+// The loop turns as a shard does (issue 16): completions posted together are dispatched by
+// one action and followed by one turn, bytes reaching the peer turn nothing. The socket's byte
+// lanes: a receive takes from one segment of the peer's at most, the peer hears each send as
+// sent, and what the peer sends after its close never arrives.
+TEST(SimHost, CompletionsReapInBatchesAndReceivesKeepTheirSegments) {
+  struct scripted_peer final : stream_peer {
+    explicit scripted_peer(std::string& heard) : heard(heard) {}
+    void on_connected(sim_host& host, int fd) override {
+      host.peer_send(fd, "220 a\r\n");
+      host.peer_send(fd, "250 bc\r\n");
+    }
+    void on_bytes(sim_host& host, int fd, std::string_view bytes) override {
+      heard.append(bytes).append("|");
+      if (bytes != "QUIT\r\n") return;
+      host.peer_send(fd, "221\r\n");
+      host.peer_close(fd);
+      host.peer_send(fd, "late\r\n");  // after the end of stream: lost
+    }
+    void on_client_gone(sim_host&, int) override {}
+    std::string& heard;
+  };
+  std::string heard;
+  sim_network network;
+  network.connect = [&heard](const core::endpoint&) {
+    return std::make_unique<scripted_peer>(heard);
+  };
+  scheduler clock;
+  sim_host host(clock, 11, std::move(network), 1'000'000, 0);
+  bare_host::recorder handler;
+  const io::op_kind kind = host.add_handler(handler).value();
+  const auto user_data = [kind](std::uint32_t serial) {
+    return io::pack_user_data(kind, 0, serial);
+  };
+  const int fd = host.open_socket(AF_INET, SOCK_STREAM).value();
+  const auto to = core::endpoint::parse("192.0.2.1:25");
+  ASSERT_TRUE(to.has_value());
+  ASSERT_TRUE(host.prep_connect(fd, to->sockaddr_pointer(), to->length, user_data(1),
+                                io::sqe::none)
+                  .ok());
+  ASSERT_TRUE(host.run([&] { return handler.results.size() == 1; }, 100));
+
+  const sim_host_counters before = host.counters();
+  ASSERT_TRUE(host.prep_nop(user_data(2), io::sqe::none).ok());
+  ASSERT_TRUE(host.prep_nop(user_data(3), io::sqe::none).ok());
+  ASSERT_TRUE(clock.run_one());  // the reap at the current time: before the peer's bytes
+  EXPECT_EQ(handler.results, (std::vector<std::int32_t>{0, 0, 0}));
+  EXPECT_EQ(host.counters().completions, before.completions + 2);
+  EXPECT_EQ(host.counters().turns, before.turns + 1);
+
+  char buffer[16];
+  const auto receive = [&](std::uint32_t serial, std::uint32_t length) -> std::string {
+    const std::size_t results = handler.results.size();
+    EXPECT_TRUE(host.prep_recv(fd, buffer, length, user_data(serial), io::sqe::none).ok());
+    EXPECT_TRUE(host.run([&] { return handler.results.size() > results; }, 100));
+    const std::int32_t res = handler.results.back();
+    return res < 0 ? "error" : std::string(buffer, static_cast<std::size_t>(res));
+  };
+  EXPECT_EQ(receive(10, 4), "220 ");
+  EXPECT_EQ(receive(11, 16), "a\r\n");  // the rest of the first segment only
+  EXPECT_EQ(receive(12, 16), "250 bc\r\n");
+
+  ASSERT_TRUE(host.prep_send(fd, "NOOP\r\n", 6, user_data(20), io::sqe::none, 0).ok());
+  ASSERT_TRUE(host.prep_send(fd, "QUIT\r\n", 6, user_data(21), io::sqe::none, 0).ok());
+  const std::uint64_t turns = host.counters().turns;
+  while (heard.size() < 14 && clock.run_one()) {
+  }
+  EXPECT_EQ(heard, "NOOP\r\n|QUIT\r\n|");
+  EXPECT_EQ(host.counters().turns, turns + 1);  // the sends' completions; the arrivals none
+  EXPECT_EQ(receive(22, 16), "221\r\n");
+  EXPECT_EQ(receive(23, 16), "");  // end of stream: "late" never arrives
+  host.close(fd);
+}
+
 // The scheduler's actions (issue 16's lean queue): same-time actions run in the order they
 // were queued whatever their captures (inline, on the heap, move-only), actions queued from
-// a running action (the slot table grows and reuses slots) keep that order, and clear()
-// destroys what is pending.
+// a running action (the slot table grows and reuses slots) keep that order — one queued for
+// now waits for the actions queued earlier for the same time (the due list and the heap
+// merged) — and clear() destroys what is pending.
 TEST(SimScheduler, RunsActionsInTimeThenQueueOrderAndFreesTheirCaptures) {
   scheduler clock;
   std::vector<int> order;
@@ -869,7 +943,10 @@ TEST(SimScheduler, RunsActionsInTimeThenQueueOrderAndFreesTheirCaptures) {
   auto owned = std::make_unique<int>(3);
   clock.at(10, [&order, big = big_capture{}] { order.push_back(big.bytes[0] + 2); });
   clock.at(5, [&order] { order.push_back(1); });
-  clock.at(10, [&order, owned = std::move(owned)] { order.push_back(*owned); });
+  clock.at(10, [&clock, &order, owned = std::move(owned)] {
+    order.push_back(*owned);
+    clock.after(0, [&order] { order.push_back(6); });  // after 4, queued for 10 before it
+  });
   clock.at(10, [&clock, &order] {
     order.push_back(4);
     for (int i = 0; i < 40; ++i) clock.after(0, [&order, i] { order.push_back(100 + i); });
@@ -877,9 +954,10 @@ TEST(SimScheduler, RunsActionsInTimeThenQueueOrderAndFreesTheirCaptures) {
   });
   while (clock.run_one()) {
   }
-  ASSERT_EQ(order.size(), 45u);
-  EXPECT_EQ((std::vector<int>(order.begin(), order.begin() + 4)), (std::vector<int>{1, 2, 3, 4}));
-  for (int i = 0; i < 40; ++i) EXPECT_EQ(order[4 + static_cast<std::size_t>(i)], 100 + i);
+  ASSERT_EQ(order.size(), 46u);
+  EXPECT_EQ((std::vector<int>(order.begin(), order.begin() + 5)),
+            (std::vector<int>{1, 2, 3, 4, 6}));
+  for (int i = 0; i < 40; ++i) EXPECT_EQ(order[5 + static_cast<std::size_t>(i)], 100 + i);
   EXPECT_EQ(order.back(), 5);
   EXPECT_EQ(clock.now_ns(), 10);
 

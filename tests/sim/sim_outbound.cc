@@ -747,7 +747,7 @@ void outbound::state::remote_peer::on_bytes(sim_host& host, int fd, std::string_
 void outbound::state::remote_peer::flush(sim_host& host, int fd) {
   const std::string_view output = server->output();
   if (output.empty()) return;
-  host.peer_send(fd, std::string(output));
+  host.peer_send(fd, output);
   server->consume_output(output.size());
 }
 

@@ -6,13 +6,15 @@
 // events is a function of the seed alone.
 // Cost (issue 16: the relay benchmark runs millions of these): an action is a move-only
 // callable whose captures live inline when small (no allocation for the host's events), and
-// the heap orders 24-byte keys while the actions stay put in a slot table.
+// the heap orders 24-byte keys while the actions stay put in a slot table, built there and run
+// there (no move per action).
 // Never: run an action before its time, or run two at once (one thread).
 #pragma once
 
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <new>
 #include <queue>
@@ -33,14 +35,7 @@ class action {
   template <class F>
     requires(!std::same_as<std::decay_t<F>, action> && std::invocable<std::decay_t<F>&>)
   action(F&& target) {  // NOLINT(google-explicit-constructor): any lambda is an action
-    using T = std::decay_t<F>;
-    if constexpr (fits_inline<T>()) {
-      ::new (static_cast<void*>(_storage)) T(std::forward<F>(target));
-      _ops = &inline_ops<T>;
-    } else {
-      ::new (static_cast<void*>(_storage)) T*(new T(std::forward<F>(target)));
-      _ops = &heap_ops<T>;
-    }
+    construct(std::forward<F>(target));
   }
   action(action&& other) noexcept : _ops(other._ops) {
     if (_ops != nullptr) _ops->move(other._storage, _storage);
@@ -59,8 +54,22 @@ class action {
   action& operator=(const action&) = delete;
   ~action() { reset(); }
 
+  // Replaces the target in place (the scheduler's slot: no temporary, no move of the capture).
+  template <class F>
+  void assign(F&& target) {
+    if constexpr (std::same_as<std::decay_t<F>, action>) {
+      *this = std::forward<F>(target);
+    } else {
+      reset();
+      construct(std::forward<F>(target));
+    }
+  }
   explicit operator bool() const noexcept { return _ops != nullptr; }
   void operator()() { _ops->call(_storage); }
+  void reset() noexcept {
+    if (_ops != nullptr) _ops->destroy(_storage);
+    _ops = nullptr;
+  }
 
  private:
   struct operations {
@@ -90,9 +99,16 @@ class action {
       },
       [](void* storage) noexcept { delete *std::launder(static_cast<T**>(storage)); }};
 
-  void reset() noexcept {
-    if (_ops != nullptr) _ops->destroy(_storage);
-    _ops = nullptr;
+  template <class F>
+  void construct(F&& target) {
+    using T = std::decay_t<F>;
+    if constexpr (fits_inline<T>()) {
+      ::new (static_cast<void*>(_storage)) T(std::forward<F>(target));
+      _ops = &inline_ops<T>;
+    } else {
+      ::new (static_cast<void*>(_storage)) T*(new T(std::forward<F>(target)));
+      _ops = &heap_ops<T>;
+    }
   }
 
   alignas(std::max_align_t) unsigned char _storage[inline_bytes];
@@ -103,34 +119,50 @@ class scheduler {
  public:
   std::int64_t now_ns() const noexcept { return _now_ns; }
 
-  void at(std::int64_t when_ns, action what) {
+  // The action is built in its slot (no temporary `action`, no move of its capture).
+  template <class F>
+  void at(std::int64_t when_ns, F&& what) {
     std::uint32_t slot;
     if (_free.empty()) {
       slot = static_cast<std::uint32_t>(_actions.size());
-      _actions.push_back(std::move(what));
+      _actions.emplace_back();
     } else {
       slot = _free.back();
       _free.pop_back();
-      _actions[slot] = std::move(what);
     }
-    _queue.push(entry{when_ns < _now_ns ? _now_ns : when_ns, _sequence++, slot});
+    _actions[slot].assign(std::forward<F>(what));
+    if (when_ns <= _now_ns) {
+      _due.push_back(entry{_now_ns, _sequence++, slot});
+    } else {
+      _queue.push(entry{when_ns, _sequence++, slot});
+    }
   }
-  void after(std::int64_t delay_ns, action what) { at(_now_ns + delay_ns, std::move(what)); }
-  bool empty() const noexcept { return _queue.empty(); }
+  template <class F>
+  void after(std::int64_t delay_ns, F&& what) {
+    at(_now_ns + delay_ns, std::forward<F>(what));
+  }
+  bool empty() const noexcept { return _queue.empty() && _due_head == _due.size(); }
+  // Actions run so far (the relay bench reports them per message).
+  std::uint64_t actions_run() const noexcept { return _ran; }
   // Advances the clock to the earliest action and runs it. False when nothing is queued.
   bool run_one() {
-    if (_queue.empty()) return false;
-    const entry next = _queue.top();
-    _queue.pop();
-    // Out of the table before it runs: the action may queue others (the table may grow).
-    action now = std::move(_actions[next.slot]);
-    _free.push_back(next.slot);
+    if (empty()) return false;
+    const entry next = take_next();
     _now_ns = next.when_ns;
+    ++_ran;
+    // Runs in its slot: the table is a deque, so actions queued meanwhile never move it, and
+    // the slot is freed (captures destroyed) only after it ran.
+    action& now = _actions[next.slot];
     now();
+    now.reset();
+    _free.push_back(next.slot);
     return true;
   }
+  // Not from inside an action (the running one's slot would go).
   void clear() {
     _queue = {};
+    _due.clear();
+    _due_head = 0;
     _actions.clear();
     _free.clear();
   }
@@ -144,10 +176,30 @@ class scheduler {
       return when_ns != other.when_ns ? when_ns > other.when_ns : sequence > other.sequence;
     }
   };
+  // The earlier of the heap's top and the first action due now, by (time, sequence): the
+  // same order as one heap, but the many actions queued for the current time (a host's
+  // completions) skip the heap. The due list is empty before the clock moves on.
+  entry take_next() noexcept {
+    if (_due_head < _due.size() && (_queue.empty() || _queue.top() > _due[_due_head])) {
+      const entry next = _due[_due_head++];
+      if (_due_head == _due.size()) {
+        _due.clear();
+        _due_head = 0;
+      }
+      return next;
+    }
+    const entry next = _queue.top();
+    _queue.pop();
+    return next;
+  }
+
   std::int64_t _now_ns = 0;
   std::uint64_t _sequence = 0;
-  std::priority_queue<entry, std::vector<entry>, std::greater<>> _queue;
-  std::vector<action> _actions;
+  std::uint64_t _ran = 0;
+  std::priority_queue<entry, std::vector<entry>, std::greater<>> _queue;  // later than now
+  std::vector<entry> _due;  // at now, in sequence order, from _due_head
+  std::size_t _due_head = 0;
+  std::deque<action> _actions;  // by slot; a deque: references stay valid while it grows
   std::vector<std::uint32_t> _free;  // slots of _actions that ran
 };
 
