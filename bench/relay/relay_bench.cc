@@ -872,9 +872,9 @@ outbound::outbound_config relay_outbound_config() {
   // The simulated kernel has no pipes: bodies over copy_body_bytes_max would be copied, not
   // spliced (a 1 KiB body is read into the staging buffer and sent with ".", either way).
   config.transfer = outbound::body_transfer::copy;
-  // BDAT's prefetch reads the segment file with preadv2(2) itself, outside io::operations:
-  // in the simulation that call fails (a host's descriptor is no kernel fd) and the message
-  // goes with DATA after a wasted syscall. DATA it is, as in stage/client_peer.
+  // DATA, as in stage/client_peer and the hand-pumped stage this bench is compared with (the
+  // simulated host serves BDAT's page-cache prefetch too, through io::descriptors::read_cached;
+  // tools/sim runs both).
   config.chunking = false;
   config.tls_context = nullptr;
   return config;
