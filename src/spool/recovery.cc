@@ -413,6 +413,17 @@ void apply_journal(scan_context& ctx) {
   std::vector<journal_seen>().swap(records);
 }
 
+// Asks the kernel to start reading a whole file into the page cache (POSIX_FADV_WILLNEED does
+// not wait for the disk): recovery reads every segment once, front to back, and with a cold
+// cache its synchronous 1 MiB preads would otherwise leave the disk idle while a window is
+// parsed. Issued for the next file while this one is scanned. Best effort.
+void prefetch(const std::string& path) noexcept {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+  ::close(fd);  // the page cache belongs to the file, not to this descriptor
+}
+
 // Reads one file's header and records. False when the file has no usable header.
 bool scan_file(scan_context& ctx, std::uint32_t id, bool journal, recovered_file& out) {
   auto& report = ctx.state->report;
@@ -671,7 +682,11 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
   ctx.shard = shard;
   ctx.state = &state;
   reserve_for_segments(ctx, segment_ids);
-  for (auto id : segment_ids) {
+  if (!segment_ids.empty()) prefetch(shard_directory + "/" + segment_file_name(segment_ids[0]));
+  for (std::size_t i = 0; i < segment_ids.size(); ++i) {
+    const std::uint32_t id = segment_ids[i];
+    if (i + 1 < segment_ids.size())
+      prefetch(shard_directory + "/" + segment_file_name(segment_ids[i + 1]));
     state.next_file_id = std::max(state.next_file_id, id + 1);
     recovered_file file;
     if (scan_file(ctx, id, false, file)) state.segments.push_back(std::move(file));
