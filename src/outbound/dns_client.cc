@@ -20,6 +20,9 @@ namespace {
 constexpr std::size_t query_bytes_max = 512;
 constexpr std::size_t tcp_query_bytes_max = query_bytes_max + 2;
 constexpr std::size_t recent_exchanges = 16;  // per server, failed at once on ECONNREFUSED
+// What one queued answer costs a socket's receive buffer: the datagram (up to the 1,232 bytes
+// EDNS offers) plus the kernel's buffer overhead, rounded up.
+constexpr std::uint64_t udp_answer_truesize_bytes = 4096;
 
 // Query ids and MX shuffles from the kernel's CSPRNG (RFC 5452 §9.2: the id is the secret),
 // fetched 64 values at a time.
@@ -151,6 +154,15 @@ core::result<void> dns_client::start() noexcept {
       descriptors.close(fd);
       continue;
     }
+    // Answers arrive in bursts (a restart asks for thousands of MX sites) while the shard is
+    // busy: the default buffer (~200 KB, ~90 loopback datagrams at their true size) drops the
+    // rest and each drop costs a timeout. Room for every question on the wire; the kernel caps
+    // it at net.core.rmem_max (best effort: no error).
+    (void)descriptors.set_option(fd, SOL_SOCKET, SO_RCVBUF,
+                                 static_cast<int>(std::min<std::uint64_t>(
+                                     std::uint64_t{_config.resolver.queries_in_flight_max} *
+                                         udp_answer_truesize_bytes,
+                                     INT32_MAX)));
     _udp[i].fd = fd;
     ++usable;
     arm_udp_receive(i);

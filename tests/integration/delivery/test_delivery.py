@@ -55,6 +55,27 @@ def message(subject, lines=3):
     return (f"Subject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\n{text}").encode()
 
 
+# --- the resolver's sockets: a receive buffer for every question on the wire (256 × 4 KiB,
+# which the kernel doubles), within net.core.rmem_max: answers in a burst are not dropped.
+def dns_socket_buffers():
+    listing = subprocess.run(["ss", "-u", "-a", "-m", "-p", "-n"], capture_output=True,
+                             text=True).stdout
+    buffers, ours = [], False
+    for line in listing.splitlines():
+        if not line.startswith("\t") and not line.startswith(" "):
+            ours = f"pid={daemon.process.pid}," in line and line.split()[4].endswith(
+                ":" + dns.address.rsplit(":", 1)[1])
+        elif ours and "rb" in line:
+            buffers.append(int(line.split(",rb", 1)[1].split(",", 1)[0]))
+    return buffers
+
+
+with open("/proc/sys/net/core/rmem_max") as f:
+    rmem_max = int(f.read())
+buffers = dns_socket_buffers()
+tap.ok(buffers and all(b >= 2 * min(256 * 4096, rmem_max) for b in buffers),
+       "the resolver's UDP sockets get a receive buffer for 256 answers", (buffers, rmem_max))
+
 # --- normal delivery: MX, MX fallback after a refused connection, implicit MX; byte-exact
 sent = {name: message(name, 40) for name in ("plain", "fallback", "implicit", "multi")}
 # Over copy_body_bytes_max (64 KiB): spliced from the spool after DATA although the sink offers
