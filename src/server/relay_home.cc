@@ -539,10 +539,10 @@ void relay::state::read_dsn_original(spooled_message& message, const spool::enve
   read->envelope = envelope;
   read->notes.swap(*message.notes);
   read->outcomes = std::move(outcomes);
-  const std::vector<queue::dsn_recipient> recipients = dsn_recipients(*read);
+  read->recipients = dsn_recipients(*read);
   queue::dsn_request sizing;  // how much of the original it quotes
   sizing.original = &read->envelope;
-  sizing.recipients = recipients;
+  sizing.recipients = read->recipients;
   sizing.original_body_bytes = message.body_bytes;
   const std::uint64_t wanted = queue::dsn_original_bytes_needed(sizing);
   read->bytes.resize(static_cast<std::size_t>(wanted));
@@ -614,11 +614,10 @@ void relay::state::queue_dsn(const dsn_original_read& read) noexcept {
   auto pending = std::make_unique<pending_dsn>();
   pending->handle = handle.value();
   pending->id = store.id_of(handle.value());
-  const std::vector<queue::dsn_recipient> recipients = dsn_recipients(read);
   queue::dsn_request request;
   request.reporting_mta = config.hostname;
   request.original = &original_envelope;
-  request.recipients = recipients;
+  request.recipients = read.recipients;
   request.original_body_bytes = read.body_bytes;
   request.dsn_id = pending->id;
   request.now_seconds = now_seconds;

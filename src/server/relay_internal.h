@@ -190,6 +190,7 @@ struct dsn_original_read {
   std::uint64_t body_bytes = 0;
   spool::envelope envelope;  // the original's
   std::vector<dsn_note> notes;
+  std::vector<queue::dsn_recipient> recipients;  // what the DSN reports (views into the above)
   std::unique_ptr<outcome_batch> outcomes;
   std::string bytes;                  // its first bytes, as many as the DSN needs
   std::uint64_t valid = 0;            // bytes read up to the first failed or short read
