@@ -736,17 +736,8 @@ void connection::on_commit_result(int error) noexcept {
   session->resume(smtp::verdict::respond(250, "2.0.0", std::string_view(text, length)));
   server.log().set_time(server.host().wall_ms());
   admin::log_record record = server.log().record("received");
-  record.field("id", id)
-      .hex_field("session", session_id)
-      .field("from", envelope.reverse_path)
-      .field("recipients", static_cast<std::uint64_t>(envelope.recipients.size()))
-      .field("size", message_bytes)
-      .field("client", envelope.client_address)
-      .field("helo", envelope.helo)
-      .field("protocol", message_protocol);
-  if (!login.empty()) record.field("login", login);
-  if (!pool.empty()) record.field("pool", pool);
-  else if (header_walk.found()) record.field("pool_ignored", header_walk.value());
+  received_fields(record, envelope, session_id, message_bytes, message_protocol, login, pool);
+  if (pool.empty() && header_walk.found()) record.field("pool_ignored", header_walk.value());
   dkim_accepted(record);
   if (tls && tls->established()) {
     record.field("tls_version", tls->protocol())

@@ -253,6 +253,13 @@ class ticket_table {
 // The sessions of one shard (inbound_sessions' implementation): the connection table, commit
 // tickets, receive buffers, load and the shutdown of sessions, over a shard::host. Listeners
 // and accept are server::inbound's (inbound.cc), which hands it accepted sockets.
+// The fields every "received" record has, for a message answered 250 and for one whose client
+// left before the answer (inbound_server::take_orphan): id, session, envelope, size, protocol,
+// login and pool.
+void received_fields(admin::log_record& record, const spool::envelope& envelope,
+                     std::uint64_t session_id, std::uint64_t message_bytes,
+                     std::string_view protocol, std::string_view login, std::string_view pool);
+
 class inbound_server final : public shard::host_handler {
  public:
   inbound_server(std::shared_ptr<const inbound_config> config, shard::host& host,

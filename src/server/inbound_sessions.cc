@@ -124,6 +124,22 @@ core::result<void> inbound_server::start() noexcept {
 }
 
 // An accepted socket becomes a session (the listener's flags decide TLS and submission).
+void received_fields(admin::log_record& record, const spool::envelope& envelope,
+                     std::uint64_t session_id, std::uint64_t message_bytes,
+                     std::string_view protocol, std::string_view login, std::string_view pool) {
+  const auto id_text = spool::format_message_id(envelope.id);
+  record.field("id", std::string_view(id_text.data(), 16))
+      .hex_field("session", session_id)
+      .field("from", envelope.reverse_path)
+      .field("recipients", static_cast<std::uint64_t>(envelope.recipients.size()))
+      .field("size", message_bytes)
+      .field("client", envelope.client_address)
+      .field("helo", envelope.helo)
+      .field("protocol", protocol);
+  if (!login.empty()) record.field("login", login);
+  if (!pool.empty()) record.field("pool", pool);
+}
+
 bool inbound_server::open(int fd, const core::endpoint& peer, session_origin origin) noexcept {
   connection* c = acquire();
   if (c == nullptr) return false;
@@ -284,19 +300,10 @@ bool inbound_server::take_orphan(std::uint64_t ticket, int error) noexcept {
   }
   _metrics.unanswered_durable.add();
   _metrics.message_bytes.add(gone.message_bytes);
-  const auto id_text = spool::format_message_id(gone.envelope.id);
   _log.set_time(_host.wall_ms());
   admin::log_record record = _log.record("received");
-  record.field("id", std::string_view(id_text.data(), 16))
-      .hex_field("session", gone.session_id)
-      .field("from", gone.envelope.reverse_path)
-      .field("recipients", static_cast<std::uint64_t>(gone.envelope.recipients.size()))
-      .field("size", gone.message_bytes)
-      .field("client", gone.envelope.client_address)
-      .field("helo", gone.envelope.helo)
-      .field("protocol", gone.protocol);
-  if (!gone.login.empty()) record.field("login", gone.login);
-  if (!gone.pool.empty()) record.field("pool", gone.pool);
+  received_fields(record, gone.envelope, gone.session_id, gone.message_bytes, gone.protocol,
+                  gone.login, gone.pool);
   record.field("answered", false);  // the client had gone: it may send the message again
   record.end();
   if (accepted_listener) accepted_listener(gone.envelope, gone.body, gone.pool);
