@@ -642,8 +642,25 @@ void resolver::finish_query(std::uint32_t slot, answer result, std::uint64_t now
 
 // ---- events --------------------------------------------------------------------------------
 
-void resolver::handle_udp_packet(std::uint32_t server_index,
-                                 std::span<const std::uint8_t> bytes, std::uint64_t now_ms) {
+// Every entry point below takes the event's time and, however it returns, ends by starting
+// the lookups that waited for a slot one of its lookups freed.
+class resolver::entry_point {
+ public:
+  entry_point(resolver& self, std::uint64_t now_ms) noexcept : _self(self), _now_ms(now_ms) {
+    _self._last_now_ms = std::max(_self._last_now_ms, now_ms);
+  }
+  ~entry_point() { _self.start_waiting(_now_ms); }
+  entry_point(const entry_point&) = delete;
+  entry_point& operator=(const entry_point&) = delete;
+
+ private:
+  resolver& _self;
+  std::uint64_t _now_ms;
+};
+
+void resolver::on_udp_packet(std::uint32_t server_index, std::span<const std::uint8_t> bytes,
+                             std::uint64_t now_ms) {
+  const entry_point entered(*this, now_ms);
   const int id = message_id(bytes);
   const std::uint16_t slot_plus_one = id < 0 ? 0 : _query_by_id[static_cast<std::size_t>(id)];
   if (slot_plus_one == 0 || server_index >= _config.servers.size()) {
@@ -659,8 +676,9 @@ void resolver::handle_udp_packet(std::uint32_t server_index,
   handle_reply(slot, bytes, false, now_ms);
 }
 
-void resolver::handle_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t> bytes,
-                               std::uint64_t now_ms) {
+void resolver::on_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t> bytes,
+                           std::uint64_t now_ms) {
+  const entry_point entered(*this, now_ms);
   const auto slot = static_cast<std::uint32_t>(exchange & exchange_slot_mask);
   if (slot >= _queries.size()) return;
   query& q = _queries[slot];
@@ -678,7 +696,8 @@ void resolver::handle_tcp_data(std::uint64_t exchange, std::span<const std::uint
   handle_reply(slot, std::span(q.tcp_in).subspan(2), true, now_ms);
 }
 
-void resolver::handle_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
+void resolver::on_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
+  const entry_point entered(*this, now_ms);
   const auto slot = static_cast<std::uint32_t>(exchange & exchange_slot_mask);
   if (slot >= _queries.size()) return;
   query& q = _queries[slot];
@@ -687,7 +706,8 @@ void resolver::handle_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
   attempt_failed(slot, answer_status::server_failure, now_ms);
 }
 
-void resolver::handle_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
+void resolver::on_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
+  const entry_point entered(*this, now_ms);
   const auto slot = static_cast<std::uint32_t>(exchange & exchange_slot_mask);
   if (slot >= _queries.size()) return;
   query& q = _queries[slot];
@@ -695,7 +715,8 @@ void resolver::handle_send_failed(std::uint64_t exchange, std::uint64_t now_ms) 
   attempt_failed(slot, answer_status::server_failure, now_ms);
 }
 
-void resolver::handle_time(std::uint64_t now_ms) {
+void resolver::on_time(std::uint64_t now_ms) {
+  const entry_point entered(*this, now_ms);
   _due_scratch.clear();
   while (!_deadlines.empty() && _deadlines.front().at_ms <= now_ms) {
     std::pop_heap(_deadlines.begin(), _deadlines.end(), deadline_later{});
@@ -722,39 +743,6 @@ void resolver::handle_time(std::uint64_t now_ms) {
                                   "DNS lookup for " + l.domain + " did not finish in time" +
                                       (l.waiting ? " (waited for a lookup slot)" : "")));
   }
-}
-
-// Each entry point ends by starting lookups that waited for a slot one of its lookups freed.
-void resolver::on_udp_packet(std::uint32_t server_index, std::span<const std::uint8_t> bytes,
-                             std::uint64_t now_ms) {
-  _last_now_ms = std::max(_last_now_ms, now_ms);
-  handle_udp_packet(server_index, bytes, now_ms);
-  start_waiting(now_ms);
-}
-
-void resolver::on_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t> bytes,
-                           std::uint64_t now_ms) {
-  _last_now_ms = std::max(_last_now_ms, now_ms);
-  handle_tcp_data(exchange, bytes, now_ms);
-  start_waiting(now_ms);
-}
-
-void resolver::on_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms) {
-  _last_now_ms = std::max(_last_now_ms, now_ms);
-  handle_tcp_closed(exchange, now_ms);
-  start_waiting(now_ms);
-}
-
-void resolver::on_send_failed(std::uint64_t exchange, std::uint64_t now_ms) {
-  _last_now_ms = std::max(_last_now_ms, now_ms);
-  handle_send_failed(exchange, now_ms);
-  start_waiting(now_ms);
-}
-
-void resolver::on_time(std::uint64_t now_ms) {
-  _last_now_ms = std::max(_last_now_ms, now_ms);
-  handle_time(now_ms);
-  start_waiting(now_ms);
 }
 
 }  // namespace ringmta::dns

@@ -159,14 +159,7 @@ class resolver {
   void begin(lookup& l, std::uint64_t now_ms);
   void start_waiting(std::uint64_t now_ms);
   void release_lookup(std::uint64_t lookup) noexcept;
-  // The entry points' work; the public on_* add start_waiting() after it.
-  void handle_udp_packet(std::uint32_t server_index, std::span<const std::uint8_t> bytes,
-                         std::uint64_t now_ms);
-  void handle_tcp_data(std::uint64_t exchange, std::span<const std::uint8_t> bytes,
-                       std::uint64_t now_ms);
-  void handle_tcp_closed(std::uint64_t exchange, std::uint64_t now_ms);
-  void handle_send_failed(std::uint64_t exchange, std::uint64_t now_ms);
-  void handle_time(std::uint64_t now_ms);
+  class entry_point;  // the on_* functions' time and their start_waiting() at the end
   // Questions
   void ask(lookup& owner, std::uint64_t owner_id, need& wanted, std::uint64_t now_ms);
   std::uint32_t start_query(std::string_view name, record_type type, std::uint64_t now_ms);
