@@ -184,13 +184,14 @@ class inbound_acceptor final : public shard::host_handler {
   inbound_sessions& _sessions;
   inbound_metrics& _metrics;
   admin::log_buffer& _log;
-  std::vector<int> _listeners;            // this shard's sockets, one per configured listener
-  std::vector<bool> _accept_armed;
-  // Listeners that hit EMFILE/ENFILE: not re-armed until a connection closes or the retry
-  // timer fires (re-arming at once would spin: the error comes straight back).
-  std::vector<bool> _accept_paused;
-  std::uint64_t _accept_pauses = 0;       // since start, for the log line
-  std::uint64_t _pause_logged_ms = 0;     // when the last accept_paused line was written
+  // A listener's multishot accept: `idle` (none queued: it ended, or the ring had no room),
+  // `armed`, or `paused` after EMFILE/ENFILE — not re-armed until a connection closes or the
+  // retry timer fires (re-arming at once would spin: the error comes straight back).
+  enum class accept_phase : std::uint8_t { idle, armed, paused };
+  std::vector<int> _listeners;           // this shard's sockets, one per configured listener
+  std::vector<accept_phase> _accepting;  // by listener
+  std::uint64_t _accept_pauses = 0;      // since start, for the log line
+  std::uint64_t _pause_logged_ms = 0;    // when the last accept_paused line was written
   bool _stopped = false;
   core::member_timer<inbound_acceptor, &inbound_acceptor::resume_accepting> _accept_timer{*this};
   io::op_kind _accept_kind = io::op_kind_invalid;
@@ -202,21 +203,21 @@ core::result<void> inbound_acceptor::start() noexcept {
   _accept_kind = registered.value();
   RINGMTA_ASSERT(_owner.id() < _config.listener_fds.size());
   _listeners = _config.listener_fds[_owner.id()];
-  _accept_armed.assign(_listeners.size(), false);
-  _accept_paused.assign(_listeners.size(), false);
+  _accepting.assign(_listeners.size(), accept_phase::idle);
   for (std::size_t i = 0; i < _listeners.size(); ++i) arm_accept(i);
   return {};
 }
 
 void inbound_acceptor::arm_accept(std::size_t listener) noexcept {
-  if (_stopped || _accept_armed[listener] || _accept_paused[listener]) return;
+  if (_stopped || _accepting[listener] != accept_phase::idle) return;
   const auto tag = io::pack_user_data(_accept_kind, 0, static_cast<std::uint32_t>(listener));
   const auto queued = _owner.ring().prep_accept(_listeners[listener], tag, /*multishot=*/true);
-  _accept_armed[listener] = queued.ok();
+  if (queued.ok()) _accepting[listener] = accept_phase::armed;
 }
 
 void inbound_acceptor::on_accepted(std::size_t listener, const io::completion& done) noexcept {
-  if (!done.more()) _accept_armed[listener] = false;
+  if (!done.more() && _accepting[listener] == accept_phase::armed)
+    _accepting[listener] = accept_phase::idle;
   if (done.failed()) {
     const int error = -done.res;
     if (error == EMFILE || error == ENFILE || error == ENOMEM || error == ENOBUFS)
@@ -261,7 +262,8 @@ void inbound_acceptor::on_accepted(std::size_t listener, const io::completion& d
 // a minute, with the count.
 void inbound_acceptor::pause_accepting(std::size_t listener, int error) noexcept {
   constexpr std::uint32_t accept_retry_ms = 250;
-  _accept_paused[listener] = true;
+  // An error that kept the multishot accept alive (F_MORE) leaves it armed: the kernel goes on.
+  if (_accepting[listener] == accept_phase::idle) _accepting[listener] = accept_phase::paused;
   ++_accept_pauses;
   _metrics.accept_pauses.add();
   if (!_accept_timer.armed()) _owner.timers().schedule_after(_accept_timer, accept_retry_ms);
@@ -278,9 +280,9 @@ void inbound_acceptor::pause_accepting(std::size_t listener, int error) noexcept
 
 void inbound_acceptor::resume_accepting() noexcept {
   if (_accept_timer.armed()) _owner.timers().cancel(_accept_timer);
-  for (std::size_t i = 0; i < _accept_paused.size(); ++i) {
-    if (!_accept_paused[i]) continue;
-    _accept_paused[i] = false;
+  for (std::size_t i = 0; i < _accepting.size(); ++i) {
+    if (_accepting[i] != accept_phase::paused) continue;
+    _accepting[i] = accept_phase::idle;
     arm_accept(i);
   }
 }
