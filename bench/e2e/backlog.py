@@ -16,6 +16,12 @@ refused: nothing can be delivered, every destination backs off). Measured, in on
               windows of --cpu-window seconds (the first hold the backlog's first attempts) while
               nothing can be delivered
   accept N    accept rate of --probe messages with the backlog queued (ratio to accept 0)
+  accept A/B  with --accept-rounds K: a second daemon (same settings, its own spool, the same
+              warm-up: one message per destination) stands beside the one holding the backlog,
+              and the two are probed in turn, K rounds of --probe messages each (the order
+              alternating per round), so both rates see the same machine load: the ratio per
+              round and their median. The single "accept N" pair is minutes apart, and on this
+              shared machine the empty queue's rate alone ranged over 4x between runs.
   restart     spool entries counted (ringmta spool ls) with the daemon stopped; ringmta-sink
               (accepting) started on the delivery port; the daemon restarted on the spool:
               seconds until it greets (220 on a new connection) and until the sink sees its
@@ -31,7 +37,7 @@ Every wait is bounded; the spool and logs are removed at the end (--keep to keep
 usage: bench/e2e/backlog.py [N=1000000] [--domains 10000] [--probe 20000] [--shards 2]
        [--build build] [--retry 1m] [--cpu-window 30] [--cpu-windows 4] [--keep] [--no-release]
        [--suspend] [--perf FILE] [--daemon-arg=--probe-backoff-max --daemon-arg=1h]
-       [--heaptrack FILE]
+       [--heaptrack FILE] [--accept-rounds K]
 
 --heaptrack FILE: the daemon runs under heaptrack (every allocation recorded with its stack);
 after the warm-up and probe it is killed (SIGKILL: nothing is freed) and the run ends there.
@@ -285,10 +291,48 @@ def backlog_phase(args, work, dns, port):
     quiet_queue(daemon, 300)
     rss_after = rss_bytes(pid)
     say(f"RSS after the second probe {rss_after / 1e6:.1f} MB")
+    got1 += accept_side_by_side(args, work, dns, port, daemon)
     t_stop = time.monotonic()
     daemon.stop(timeout=300)
     say(f"daemon stopped in {time.monotonic() - t_stop:.1f} s")
     return spool, queued + got1
+
+
+def accept_side_by_side(args, work, dns, port, backlog_daemon):
+    """--accept-rounds: the backlog daemon and a reference daemon holding only the warm-up,
+    probed in turn. Returns the messages the backlog daemon accepted (its queue holds them)."""
+    if args.accept_rounds <= 0:
+        return 0
+    reference = start_daemon(args, os.path.join(work, "reference-spool"), dns, port,
+                             os.path.join(work, "reference.log")).start(timeout=20)
+    try:
+        warm, _ = blast(args, reference.port, "rw", args.domains)
+        quiet_queue(reference, 300)
+        say(f"reference daemon: warm-up of {warm} messages (one per destination)")
+        ratios = []
+        accepted = 0
+        for round_index in range(args.accept_rounds):
+            rates = {}
+            order = [("reference", reference), ("backlog", backlog_daemon)]
+            if round_index % 2:
+                order.reverse()
+            for name, target in order:
+                run = f"r{round_index}" if name == "reference" else f"q{round_index}"
+                got, rates[name] = blast(args, target.port, run, args.probe)
+                if name == "backlog":
+                    accepted += got
+                quiet_queue(target, 300)
+            ratios.append(rates["backlog"] / rates["reference"])
+            say(f"accept round {round_index + 1}: backlog {rates['backlog']:.0f} msg/s, "
+                f"reference {rates['reference']:.0f} msg/s = {ratios[-1]:.2f}x")
+        ratios.sort()
+        say(f"accept with the backlog, side by side: median {ratios[len(ratios) // 2]:.2f}x "
+            f"the empty queue over {len(ratios)} rounds (min {ratios[0]:.2f}x, max "
+            f"{ratios[-1]:.2f}x)")
+        return accepted
+    finally:
+        reference.stop(timeout=120)
+        shutil.rmtree(os.path.join(work, "reference-spool"), ignore_errors=True)
 
 
 def suspend_all(args, daemon):
@@ -385,7 +429,7 @@ def release_phase(args, work, dns, port, spool, total):
     # queued but not in blast's count: drain until the sink has everything the spool holds.
     total = max(total, before)
     runs = [("w0", args.domains), ("p0", args.probe), ("bk", args.messages),
-            ("p1", args.probe)]
+            ("p1", args.probe)] + [(f"q{i}", args.probe) for i in range(args.accept_rounds)]
     sink, stats = sink_start(args, port, work, runs)
     if args.cold:  # after spool ls, which read every segment back into the page cache
         subprocess.run(["sync"], check=True)
@@ -479,6 +523,9 @@ def main():
     parser.add_argument("--cold", action="store_true",
                         help="drop the page cache before the restart (root): recovery reads "
                              "the spool from the disk")
+    parser.add_argument("--accept-rounds", type=int, default=0, metavar="K",
+                        help="probe the backlog daemon and an empty-queue reference daemon in "
+                             "turn, K rounds (the accept ratio side by side)")
     parser.add_argument("--no-release", action="store_true",
                         help="stop after the backlog measurements (no restart, no drain)")
     args = parser.parse_args()
