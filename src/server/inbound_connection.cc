@@ -108,6 +108,7 @@ void connection::open(int accepted_fd, const core::endpoint& peer_address, bool)
   proxy_reader.reset();
   tls_phase = tls_stage::off;  // implicit_tls was set by the listener that accepted us
   tls.reset();
+  tls_summary.clear();  // else a plaintext session's Received: names the slot's last TLS
   sasl.reset();
   login.clear();
   auth_held.reset();
