@@ -163,7 +163,11 @@ void connection::feed_held_tls() noexcept {
   while (!session->awaiting_verdict() && !session->wants_close()) {
     if (!server.spool_has_room()) return server.wait_for_spool(*this);
     if (tls_plaintext_pending()) {
-      const std::size_t used = session->feed(tls->plaintext());
+      // At most a receive buffer per feed, as for plaintext sessions: that is what
+      // spool_has_room() vouched for. A TLS record holds up to 16 KiB (RFC 8446 §5.1); with
+      // smaller receive buffers (the simulator's) a whole record overran the room: 452.
+      const std::size_t used =
+          session->feed(tls->plaintext().substr(0, settings->receive_buffer_bytes));
       tls->consume_plaintext(used);
       if (used == 0) return;  // output full: the pump sends, then comes back
       continue;
