@@ -288,7 +288,7 @@ outbound::state::state(world& owner, std::uint64_t seed)
       host.extensions.chunking = rng.chance(0.5);
       host.extensions.binary_mime = false;
       host.message_bytes_max = rng.chance(0.2) ? 64u << 10 : 8u << 20;
-      host.starttls = rng.chance(0.6);
+      host.starttls = rng.chance(0.3);
       if (faults) {
         host.refuse = static_cast<double>(rng.below(20)) / 100;
         host.greet_reject = static_cast<double>(rng.below(10)) / 100;

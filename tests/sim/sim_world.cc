@@ -214,10 +214,14 @@ outcome world::run() {
   if (_options.outbound) _outbound = std::make_unique<outbound>(*this, _options.seed);
   if (!recover_and_check()) return _outcome;  // an empty spool, through the real recovery
   _clock.after(0, [this] { spawn_client(); });
-  if (!_outbound) _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
+  if (!_outbound) {
+    _delivery_ticking = true;
+    _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
+  }
   if (_options.crashes) _clock.after(exponential_ns(_crash_mean_ns), [this] { crash_tick(); });
   while (!_failed && _clock.run_one()) {
     settle();
+    if (quiescent()) break;
     if (_outbound && !_healed && !_heal_scheduled && !active()) {
       // Faults go on a while after the clients are done (crashes among deliveries), then heal.
       _heal_scheduled = true;
@@ -438,7 +442,7 @@ void world::build_stages(connection& c) {
   const bool pipelining = _random.chance(0.7);
   const std::string ehlo = fmt::format("EHLO client{}.sim.example\r\n", c.number);
   c.stages.push_back(stage{ehlo, 1, stage_kind::plain});
-  if (_random.chance(0.4)) {  // RFC 3207: STARTTLS, then EHLO again over TLS (§4.2)
+  if (_random.chance(0.15)) {  // RFC 3207: STARTTLS, then EHLO again over TLS (§4.2)
     c.stages.push_back(stage{"STARTTLS\r\n", 1, stage_kind::starttls});
     c.stages.push_back(stage{ehlo, 1, stage_kind::plain});
   }
@@ -816,9 +820,19 @@ void world::deliver_tick() {
       }
     }
   }
-  if (active() || !_mark_tickets.empty()) {
-    _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
-  }
+  _delivery_ticking = active() || !_mark_tickets.empty();
+  if (_delivery_ticking) _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
+}
+
+// Nothing is left to happen but the daemon's housekeeping, which goes on forever as in the
+// daemon (the inbound's TLS ticket keys rotate on a one-minute timer): the clients are done,
+// every session closed, the store idle, and the delivery side drained after the faults healed
+// (or, without it, the marking ticks over).
+bool world::quiescent() const {
+  if (active() || (_process && _process->sessions.sessions() != 0)) return false;
+  if (!_store || !_store->idle()) return false;
+  if (_outbound) return _healed && _outbound->idle();
+  return !_delivery_ticking && _mark_tickets.empty();
 }
 
 void world::crash_tick() {

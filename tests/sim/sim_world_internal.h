@@ -173,6 +173,7 @@ class world {
   void settle();
   void check_bounds();
   void deliver_tick();
+  bool quiescent() const;  // nothing left but housekeeping timers: the run is over
   void crash_tick();
   void crash(bool torn);
   bool recover_and_check();
@@ -208,6 +209,7 @@ class world {
   std::map<int, std::uint32_t> _by_fd;          // a session's descriptor -> its client
   std::set<std::uint64_t> _tickets;             // the sessions' commit tickets in flight
   std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
+  bool _delivery_ticking = false;  // deliver_tick() is scheduled (no outbound)
   std::map<spool::message_id, expected_message> _expected;
   std::vector<spool::message_id> _undelivered;  // acknowledged, maybe with unmarked recipients
   std::set<spool::message_id> _refused;   // commit failed (452) and not recovered
