@@ -3,8 +3,10 @@
 #include <openssl/rand.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace ringmta::sim {
@@ -56,11 +58,23 @@ fwIgInWuGsnGOTVEFqlyYNeT6cYuhoCTNuxkgX20Tmc/OWA=
 -----END CERTIFICATE-----
 )";
 
-// load_server_context reads files (the daemon's certificates are files): the pair is written
-// once into a private temporary directory, loaded, and removed.
-std::shared_ptr<const tls::server_context> load_fixed_pair() {
+struct fixed_contexts {
+  std::shared_ptr<const tls::server_context> server;
+  std::shared_ptr<const tls::client_context> client;
+};
+
+[[noreturn]] void fixture_broken(const char* what, const std::string& error) {
+  std::fprintf(stderr, "sim: %s: %s\n", what, error.c_str());
+  std::abort();  // a broken test fixture, not a simulated fault
+}
+
+// The loaders read files (the daemon's certificates are files): the pair is written once
+// into a private temporary directory, loaded, and removed. The client trusts that one
+// certificate, not the machine's CA bundle: a run must not depend on the host's files
+// (opportunistic TLS verifies nothing anyway).
+fixed_contexts load_fixed_contexts() {
   char directory[] = "/tmp/ringmta-sim-tls-XXXXXX";
-  if (::mkdtemp(directory) == nullptr) return nullptr;
+  if (::mkdtemp(directory) == nullptr) fixture_broken("mkdtemp", std::strerror(errno));
   const std::string key_file = std::string(directory) + "/key.pem";
   const std::string certificate_file = std::string(directory) + "/cert.pem";
   const auto write = [](const std::string& path, const char* text) {
@@ -69,20 +83,28 @@ std::shared_ptr<const tls::server_context> load_fixed_pair() {
     const bool ok = std::fputs(text, f) >= 0;
     return std::fclose(f) == 0 && ok;
   };
-  tls::server_load_result loaded;
+  fixed_contexts made;
+  tls::server_load_result server;
+  tls::client_load_result client;
   if (write(key_file, key_pem) && write(certificate_file, certificate_pem)) {
     tls::server_settings settings;
     settings.certificates.push_back({certificate_file, key_file});
-    loaded = tls::load_server_context(settings, std::make_shared<tls::ticket_key_ring>());
+    server = tls::load_server_context(settings, std::make_shared<tls::ticket_key_ring>());
+    tls::client_settings trust;
+    trust.ca_file = certificate_file;
+    client = tls::load_client_context(trust);
   }
   ::unlink(key_file.c_str());
   ::unlink(certificate_file.c_str());
   ::rmdir(directory);
-  if (loaded.context == nullptr) {
-    std::fprintf(stderr, "sim: the simulated MTAs' TLS context: %s\n", loaded.error.c_str());
-    std::abort();  // a broken test fixture, not a simulated fault
-  }
-  return loaded.context;
+  if (server.context == nullptr) fixture_broken("the simulated MTAs' TLS context", server.error);
+  if (client.context == nullptr) fixture_broken("the clients' TLS context", client.error);
+  return {server.context, client.context};
+}
+
+const fixed_contexts& contexts() {
+  static const fixed_contexts made = load_fixed_contexts();
+  return made;
 }
 
 }  // namespace
@@ -94,30 +116,16 @@ void seed_openssl(std::uint64_t seed) {
 #pragma GCC diagnostic pop
   // The contexts draw random numbers (ticket keys) once per process: always from the stream's
   // start, so a seed replayed alone and the same seed in the middle of a search agree.
-  if (g_rand_state == 0) {
-    (void)simulated_server_context();
-    (void)simulated_client_context();
-  }
+  if (g_rand_state == 0) (void)contexts();
   g_rand_state = seed ^ 0x5eed0f7e15ull;
 }
 
 std::shared_ptr<const tls::server_context> simulated_server_context() {
-  static const auto context = load_fixed_pair();
-  return context;
+  return contexts().server;
 }
 
 std::shared_ptr<const tls::client_context> simulated_client_context() {
-  static const auto context = [] {
-    tls::client_settings settings;
-    settings.ca_required = false;  // opportunistic: nothing is verified
-    auto loaded = tls::load_client_context(settings);
-    if (loaded.context == nullptr) {
-      std::fprintf(stderr, "sim: the client TLS context: %s\n", loaded.error.c_str());
-      std::abort();
-    }
-    return loaded.context;
-  }();
-  return context;
+  return contexts().client;
 }
 
 bool server_tls_pipe::feed(std::string_view bytes, std::string& out) {
