@@ -178,13 +178,13 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
   fmt::print("seed {}: {} digest {:016x} events {} simulated {:.3f}s sessions {} "
              "acknowledged {} refused {} marks {} crashes {} verified {} adopted {} resurrected {} "
              "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
-             "bounces {} dsns {} dns queries {} operator actions {}\n", seed,
+             "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {})\n", seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
              r.disk.operations, r.disk.syncs, r.disk.faults, r.outbound_connections,
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
-             r.operator_actions);
+             r.operator_actions, r.tls_sessions, r.tls_broken);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts

@@ -23,6 +23,7 @@
 #include "ringmta/smtp/client_session.h"
 #include "sim_dns.h"
 #include "sim_host.h"
+#include "sim_tls.h"
 
 namespace ringmta::sim::internal {
 namespace {
@@ -71,6 +72,8 @@ struct remote_host {
   std::uint32_t domain = 0;
   smtp::extension_set extensions;
   std::uint64_t message_bytes_max = 0;
+  bool starttls = false;  // offers STARTTLS (RFC 3207): sim_tls.h
+  double tls_broken = 0;  // a connection's handshake fails (the client falls back to plaintext)
   double refuse = 0, greet_reject = 0, drop = 0, stall = 0, temporary = 0, permanent = 0;
 };
 
@@ -82,18 +85,27 @@ struct outbound::state {
   // A remote MTA's side of one connection: the real server engine, random answers, and the
   // network's faults as bytes arrive (a drop loses them and closes; a stall never answers).
   struct remote_peer final : stream_peer, smtp::server_handler {
-    remote_peer(state& owner, remote_host& host, std::uint64_t connection_number)
+    remote_peer(state& owner, remote_host& host, std::uint64_t connection_number,
+                bool tls_broken)
         : s(owner), remote(host), number(connection_number) {
       config.hostname = remote.name;
       config.extensions = remote.extensions;
       config.limits.message_bytes_max = remote.message_bytes_max;
+      config.starttls_offered = remote.starttls;
       server = std::make_unique<smtp::server_session>(config, *this);
+      pipe = std::make_unique<server_tls_pipe>(*server, tls_broken);
     }
     void on_connected(sim_host& host, int fd) override;
     void on_bytes(sim_host& host, int fd, std::string_view bytes) override;
     void on_client_gone(sim_host&, int) override {
       if (server != nullptr && !server->wants_close()) server->connection_lost();
+      pipe.reset();
       server.reset();
+    }
+    void hang_up(sim_host& host, int fd) {
+      pipe.reset();
+      server.reset();
+      host.peer_close(fd);
     }
     void flush(sim_host& host, int fd);
     smtp::verdict answer(const char* what);
@@ -118,6 +130,7 @@ struct outbound::state {
     std::uint64_t number;  // for the notes: the remote's own count of connections
     smtp::server_config config;  // the session keeps a reference
     std::unique_ptr<smtp::server_session> server;
+    std::unique_ptr<server_tls_pipe> pipe;  // plaintext until STARTTLS, then TLS (sim_tls.h)
     bool stalled = false;
     std::string reverse_path;
     std::vector<std::string> recipients;
@@ -275,6 +288,7 @@ outbound::state::state(world& owner, std::uint64_t seed)
       host.extensions.chunking = rng.chance(0.5);
       host.extensions.binary_mime = false;
       host.message_bytes_max = rng.chance(0.2) ? 64u << 10 : 8u << 20;
+      host.starttls = rng.chance(0.3);
       if (faults) {
         host.refuse = static_cast<double>(rng.below(20)) / 100;
         host.greet_reject = static_cast<double>(rng.below(10)) / 100;
@@ -282,6 +296,7 @@ outbound::state::state(world& owner, std::uint64_t seed)
         host.stall = static_cast<double>(rng.below(3)) / 100;
         host.temporary = static_cast<double>(rng.below(10)) / 100;
         host.permanent = static_cast<double>(rng.below(4)) / 100;
+        host.tls_broken = host.starttls ? static_cast<double>(rng.below(10)) / 100 : 0.0;
       }
       hosts.push_back(std::move(host));
     }
@@ -333,6 +348,7 @@ struct outbound::state::process_glue final : ringmta::outbound::delivery_handler
                 timeout_ms;
     config.idle_timeout_ms = timeout_ms;
     config.transfer = ringmta::outbound::body_transfer::copy;  // no pipes in sim_host
+    config.tls_context = simulated_client_context();
     config.receive_buffer_count = 64;
     dns = std::make_unique<ringmta::outbound::dns_client>(*host, dns_config);
     out = std::make_unique<ringmta::outbound::outbound>(*host, *dns, *this, config);
@@ -685,7 +701,7 @@ void outbound::state::open(const queue::connect_request& request) {
   ringmta::outbound::route where;
   where.kind = ringmta::outbound::route_kind::mx;
   where.name = c.destination_name;
-  where.tls = ringmta::outbound::tls_policy::none;
+  where.tls = ringmta::outbound::tls_policy::opportunistic;
   auto opened = glue->out->open_connection(c.number, where);
   if (!opened) {
     w.fail(fmt::format("outbound::open_connection refused oc{}: {}", c.number,
@@ -706,7 +722,8 @@ std::unique_ptr<stream_peer> outbound::state::connect_remote(const core::endpoin
     note(fmt::format("{} refuses a connection", remote.name));
     return nullptr;
   }
-  return std::make_unique<remote_peer>(*this, remote, next_remote_connection++);
+  const bool tls_broken = !w.healed() && rng.chance(remote.tls_broken);
+  return std::make_unique<remote_peer>(*this, remote, next_remote_connection++, tls_broken);
 }
 
 void outbound::state::remote_peer::on_connected(sim_host& host, int fd) {
@@ -723,8 +740,7 @@ void outbound::state::remote_peer::on_bytes(sim_host& host, int fd, std::string_
   if (server == nullptr || stalled) return;
   if (!s.w.healed() && s.rng.chance(remote.drop)) {
     s.note(fmt::format("r{} dropped by {}", number, remote.name));
-    server.reset();
-    host.peer_close(fd);
+    hang_up(host, fd);
     return;
   }
   if (!s.w.healed() && s.rng.chance(remote.stall)) {
@@ -732,23 +748,26 @@ void outbound::state::remote_peer::on_bytes(sim_host& host, int fd, std::string_
     stalled = true;
     return;
   }
-  std::string_view rest(bytes);
-  for (int guard = 0; !rest.empty() && guard < 10000; ++guard) {
-    rest.remove_prefix(server->feed(rest));
-    flush(host, fd);
-    if (server->wants_close()) break;
+  const bool was_encrypted = server->tls_active();
+  std::string out;
+  const bool open = pipe->feed(bytes, out);
+  if (!out.empty()) host.peer_send(fd, out);
+  if (server->tls_active() && !was_encrypted) {
+    ++s.w.counters().tls_sessions;
+    s.note(fmt::format("r{} TLS established", number));
   }
-  if (server->wants_close()) {
-    server.reset();
-    host.peer_close(fd);
+  if (!open) {
+    if (!server->tls_active()) ++s.w.counters().tls_broken;
+    s.note(fmt::format("r{} TLS ends the connection ({})", number,
+                       server->tls_active() ? "closed" : "handshake failed"));
   }
+  if (!open || server->wants_close()) hang_up(host, fd);
 }
 
 void outbound::state::remote_peer::flush(sim_host& host, int fd) {
-  const std::string_view output = server->output();
-  if (output.empty()) return;
-  host.peer_send(fd, output);
-  server->consume_output(output.size());
+  std::string out;
+  pipe->flush(out);
+  if (!out.empty()) host.peer_send(fd, out);
 }
 
 // The connection could not be used: the destination backs off (RFC 5321 §4.5.4.1).

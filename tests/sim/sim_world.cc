@@ -26,6 +26,7 @@
 
 #include "sim_host.h"
 #include "sim_outbound.h"
+#include "sim_tls.h"
 #include "sim_world_internal.h"
 
 namespace ringmta::sim {
@@ -84,6 +85,8 @@ std::shared_ptr<const server::inbound_config> inbound_settings(
   config.receive_buffer_bytes = buffer_bytes;
   config.receive_buffer_count = buffer_count;
   config.clients = &clients;
+  config.tls = simulated_server_context();  // STARTTLS offered (RFC 3207): sim_tls.h
+  config.engine.starttls_offered = true;
   return server::freeze(std::move(config));
 }
 
@@ -119,6 +122,7 @@ struct inbound_process {
 // ---- world: set-up and the event loop
 
 world::world(const options& settings) : _options(settings), _random(settings.seed) {
+  seed_openssl(settings.seed);
   disk_profile profile;
   if (settings.faults && _random.chance(0.7)) {
     profile.write_error = static_cast<double>(_random.between(1, 20)) / 1000;
@@ -210,10 +214,14 @@ outcome world::run() {
   if (_options.outbound) _outbound = std::make_unique<outbound>(*this, _options.seed);
   if (!recover_and_check()) return _outcome;  // an empty spool, through the real recovery
   _clock.after(0, [this] { spawn_client(); });
-  if (!_outbound) _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
+  if (!_outbound) {
+    _delivery_ticking = true;
+    _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
+  }
   if (_options.crashes) _clock.after(exponential_ns(_crash_mean_ns), [this] { crash_tick(); });
   while (!_failed && _clock.run_one()) {
     settle();
+    if (quiescent()) break;
     if (_outbound && !_healed && !_heal_scheduled && !active()) {
       // Faults go on a while after the clients are done (crashes among deliveries), then heal.
       _heal_scheduled = true;
@@ -432,8 +440,12 @@ transaction world::make_transaction(std::uint32_t client, std::uint32_t index) {
 
 void world::build_stages(connection& c) {
   const bool pipelining = _random.chance(0.7);
-  c.stages.push_back(stage{fmt::format("EHLO client{}.sim.example\r\n", c.number), 1,
-                           stage_kind::plain});
+  const std::string ehlo = fmt::format("EHLO client{}.sim.example\r\n", c.number);
+  c.stages.push_back(stage{ehlo, 1, stage_kind::plain});
+  if (_random.chance(0.15)) {  // RFC 3207: STARTTLS, then EHLO again over TLS (§4.2)
+    c.stages.push_back(stage{"STARTTLS\r\n", 1, stage_kind::starttls});
+    c.stages.push_back(stage{ehlo, 1, stage_kind::plain});
+  }
   for (const auto& t : c.transactions) {
     std::vector<stage> units;
     // A refused DATA leaves the transaction open (RFC 5321 §4.1.1.4): RSET before the next.
@@ -501,8 +513,24 @@ void world::client_next(connection& c) {
 }
 
 // Splits the bytes at random points; each piece reaches the session after a network delay,
-// in order (the host's stream).
+// in order (the host's stream). Over TLS the pieces are of the ciphertext.
 void world::client_send(connection& c, std::string_view bytes) {
+  if (c.tls == nullptr) return send_pieces(c, bytes);
+  while (!bytes.empty() && c.tls->established()) {
+    const std::size_t taken = c.tls->write(bytes);
+    bytes.remove_prefix(taken);
+    send_ciphertext(c);
+    if (taken == 0 && c.tls->ciphertext().empty()) break;
+  }
+}
+
+void world::send_ciphertext(connection& c) {
+  const std::string cipher(c.tls->ciphertext());
+  c.tls->consume_ciphertext(cipher.size());
+  send_pieces(c, cipher);
+}
+
+void world::send_pieces(connection& c, std::string_view bytes) {
   while (!bytes.empty()) {
     const std::size_t piece = std::min<std::size_t>(
         bytes.size(), _random.chance(0.2) ? _random.between(1, 16) : _random.between(1, 9000));
@@ -524,6 +552,50 @@ void world::client_receive(std::uint32_t number, const std::string& bytes) {
   const auto found = _connections.find(number);
   if (found == _connections.end() || found->second->client_gone) return;
   connection& c = *found->second;
+  if (c.tls != nullptr) return client_receive_tls(c, bytes);
+  client_parse_replies(c, bytes);
+}
+
+// Ciphertext from the session: the handshake's flights, then replies. A failed handshake
+// ends the client's connection (the session then closes its side too).
+void world::client_receive_tls(connection& c, std::string_view bytes) {
+  const std::uint32_t number = c.number;
+  for (int guard = 0; guard < 10000; ++guard) {
+    const std::size_t taken = c.tls->feed(bytes);
+    bytes.remove_prefix(taken);
+    if (!c.tls->ciphertext().empty()) send_ciphertext(c);
+    if (c.tls->state() == tls::state::failed) {
+      note(fmt::format("client {} TLS failed: {}", number, c.tls->error_detail()));
+      return client_disconnect(number);
+    }
+    if (c.handshaking && c.tls->handshake_completed()) {
+      c.handshaking = false;
+      note(fmt::format("client {} TLS established ({})", number, c.tls->protocol()));
+      client_next(c);
+      if (_connections.count(number) == 0) return;
+    }
+    const std::string plain(c.tls->plaintext());
+    c.tls->consume_plaintext(plain.size());
+    if (!plain.empty()) {
+      client_parse_replies(c, plain);
+      if (_connections.count(number) == 0) return;
+    }
+    if (taken == 0 && plain.empty()) break;
+  }
+}
+
+// RFC 3207 §4.2: the ClientHello follows the 220; what the server said before is forgotten.
+void world::client_start_tls(connection& c) {
+  tls::client_options options;
+  options.host = our_hostname;
+  c.tls = tls::session::connect(simulated_client_context(), options);
+  if (c.tls == nullptr) return fail("client TLS: no session (out of memory)");
+  c.handshaking = true;
+  send_ciphertext(c);
+}
+
+void world::client_parse_replies(connection& c, std::string_view bytes) {
+  const std::uint32_t number = c.number;
   c.replies += bytes;
   std::size_t start = 0;
   for (std::size_t end; (end = c.replies.find("\r\n", start)) != std::string::npos;
@@ -568,6 +640,9 @@ void world::client_stage_done(connection& c) {
       }
       break;
     }
+    case stage_kind::starttls:
+      if (c.last_code != 220) break;  // refused: the client goes on in plaintext
+      return client_start_tls(c);     // client_receive_tls goes on once it is established
     case stage_kind::plain:
     case stage_kind::quit: break;
   }
@@ -615,11 +690,19 @@ void world::on_commit_issued(std::uint64_t ticket, const spool::envelope& envelo
   want.helo = helo_of(number);
   want.client_address = c.client_address;
   const auto id_text = spool::format_message_id(envelope.id);
+  // Over TLS the field says so (RFC 3848 ESMTPS) with what the client's side negotiated.
+  std::string tls_summary;
+  if (c.tls != nullptr) {
+    int algorithm_bits = 0;
+    const int bits = c.tls->cipher_bits(&algorithm_bits);
+    tls_summary = fmt::format("(using {} with cipher {} ({}/{} bits))", c.tls->protocol(),
+                              c.tls->cipher(), bits, algorithm_bits);
+  }
   const net::received_fields fields{
-      want.helo, want.client_address, our_hostname, "ESMTP",
+      want.helo, want.client_address, our_hostname, c.tls != nullptr ? "ESMTPS" : "ESMTP",
       std::string_view(id_text.data(), 16),
       want.recipients.size() == 1 ? std::string_view(want.recipients[0]) : std::string_view(),
-      envelope.received_seconds, {}, false};
+      envelope.received_seconds, tls_summary, false};
   char header[net::received_header_bytes_max];
   want.body_wire.assign(header, net::format_received_header(fields, header, sizeof header));
   want.body_wire += dot_stuff(t.body);
@@ -737,9 +820,19 @@ void world::deliver_tick() {
       }
     }
   }
-  if (active() || !_mark_tickets.empty()) {
-    _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
-  }
+  _delivery_ticking = active() || !_mark_tickets.empty();
+  if (_delivery_ticking) _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
+}
+
+// Nothing is left to happen but the daemon's housekeeping, which goes on forever as in the
+// daemon (the inbound's TLS ticket keys rotate on a one-minute timer): the clients are done,
+// every session closed, the store idle, and the delivery side drained after the faults healed
+// (or, without it, the marking ticks over).
+bool world::quiescent() const {
+  if (active() || (_process && _process->sessions.sessions() != 0)) return false;
+  if (!_store || !_store->idle()) return false;
+  if (_outbound) return _healed && _outbound->idle();
+  return !_delivery_ticking && _mark_tickets.empty();
 }
 
 void world::crash_tick() {

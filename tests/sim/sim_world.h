@@ -84,6 +84,8 @@ struct outcome {
   std::uint64_t bounces = 0;             // recipients bounced (5xx, expiry, operator)
   std::uint64_t dsns = 0;                // DSNs made durable in the spool
   std::uint64_t outbound_connections = 0;
+  std::uint64_t tls_sessions = 0;  // remote connections that completed a TLS handshake
+  std::uint64_t tls_broken = 0;    // STARTTLS handshakes a remote MTA broke (sim_tls.h)
   std::uint64_t dns_queries = 0;
   std::uint64_t operator_actions = 0;
   disk_stats disk;

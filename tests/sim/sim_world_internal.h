@@ -18,6 +18,7 @@
 #include "ringmta/smtp/server_session.h"
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
+#include "ringmta/tls/session.h"
 #include "sim_disk.h"
 #include "sim_world.h"
 
@@ -84,7 +85,8 @@ struct expected_message {
   std::vector<mark_state> marks;
 };
 
-enum class stage_kind : std::uint8_t { plain, data_command, data_end, bdat_end, quit };
+// starttls: the 220 starts the client's TLS handshake (sim_tls.h); the next stage waits for it.
+enum class stage_kind : std::uint8_t { plain, starttls, data_command, data_end, bdat_end, quit };
 struct stage {
   std::string bytes;
   std::uint32_t replies = 1;
@@ -113,6 +115,9 @@ struct connection {
   std::uint16_t last_code = 0;
   std::string last_text;
   bool client_gone = false;
+  // After STARTTLS's 220: the client's side of TLS; every byte both ways goes through it.
+  std::unique_ptr<tls::session> tls;
+  bool handshaking = false;  // the next stage waits for the handshake to complete
 };
 
 class world {
@@ -151,6 +156,11 @@ class world {
   void build_stages(connection& c);
   void client_next(connection& c);
   void client_send(connection& c, std::string_view bytes);
+  void send_ciphertext(connection& c);  // what the client's TLS has to send
+  void send_pieces(connection& c, std::string_view bytes);
+  void client_start_tls(connection& c);
+  void client_receive_tls(connection& c, std::string_view bytes);
+  void client_parse_replies(connection& c, std::string_view bytes);
   void client_disconnect(std::uint32_t number);
   void client_reply(connection& c, std::uint16_t code, std::string_view text);
   void client_stage_done(connection& c);
@@ -163,6 +173,7 @@ class world {
   void settle();
   void check_bounds();
   void deliver_tick();
+  bool quiescent() const;  // nothing left but housekeeping timers: the run is over
   void crash_tick();
   void crash(bool torn);
   bool recover_and_check();
@@ -198,6 +209,7 @@ class world {
   std::map<int, std::uint32_t> _by_fd;          // a session's descriptor -> its client
   std::set<std::uint64_t> _tickets;             // the sessions' commit tickets in flight
   std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
+  bool _delivery_ticking = false;  // deliver_tick() is scheduled (no outbound)
   std::map<spool::message_id, expected_message> _expected;
   std::vector<spool::message_id> _undelivered;  // acknowledged, maybe with unmarked recipients
   std::set<spool::message_id> _refused;   // commit failed (452) and not recovered

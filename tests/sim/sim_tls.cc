@@ -1,0 +1,194 @@
+#include "sim_tls.h"
+
+#include <openssl/rand.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace ringmta::sim {
+namespace {
+
+// The seeded stream behind OpenSSL's RAND_bytes: splitmix64 (no state shared with the world's
+// own generator, so adding TLS to a run does not shift its other draws).
+std::uint64_t g_rand_state = 0;
+
+std::uint64_t next_random() noexcept {
+  std::uint64_t z = (g_rand_state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+int seeded_bytes(unsigned char* buffer, int length) {
+  for (int i = 0; i < length; ++i) buffer[i] = static_cast<unsigned char>(next_random() >> 56);
+  return 1;
+}
+int seeded_status() { return 1; }
+int seeded_seed(const void*, int) { return 1; }
+int seeded_add(const void*, int, double) { return 1; }
+
+// RAND_METHOD is deprecated in OpenSSL 3.0 but still consulted first by RAND_bytes_ex and
+// RAND_priv_bytes_ex (crypto/rand/rand_lib.c), which is all a deterministic replay needs.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+const RAND_METHOD seeded_method = {seeded_seed, seeded_bytes, nullptr, seeded_add, seeded_bytes,
+                                   seeded_status};
+#pragma GCC diagnostic pop
+
+constexpr char key_pem[] = R"(-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg2Vgpvkrcp4LGFurc
+SSWH3zcyYLfrpfki2NZsvcy8gYahRANCAAT7RYxunx90rdtwJBj9QHqee/L5Xzcm
+hczFyKM/3fUNH6x0f/ry1FZvUDPn+R3KG0qe7zjLIEcTpEFfGSf18oAC
+-----END PRIVATE KEY-----
+)";
+constexpr char certificate_pem[] = R"(-----BEGIN CERTIFICATE-----
+MIIBnzCCAUWgAwIBAgIUZGss7h9Llu9RlCP82h51EdwvHO0wCgYIKoZIzj0EAwIw
+GTEXMBUGA1UEAwwObXguc2ltLmV4YW1wbGUwIBcNMjYxMjA3MDU0NzM1WhgPMjEy
+NjExMTMwNTQ3MzVaMBkxFzAVBgNVBAMMDm14LnNpbS5leGFtcGxlMFkwEwYHKoZI
+zj0CAQYIKoZIzj0DAQcDQgAE+0WMbp8fdK3bcCQY/UB6nnvy+V83JoXMxcijP931
+DR+sdH/68tRWb1Az5/kdyhtKnu84yyBHE6RBXxkn9fKAAqNpMGcwHQYDVR0OBBYE
+FFBximER6IDU3J6Z+yWVUSCtuc9WMB8GA1UdIwQYMBaAFFBximER6IDU3J6Z+yWV
+USCtuc9WMA8GA1UdEwEB/wQFMAMBAf8wFAYDVR0RBA0wC4IJKi5leGFtcGxlMAoG
+CCqGSM49BAMCA0gAMEUCIQD4q4YcQE9AeKfWZbB9i7/kek6+//pyHlTGhg5hsh/g
+fwIgInWuGsnGOTVEFqlyYNeT6cYuhoCTNuxkgX20Tmc/OWA=
+-----END CERTIFICATE-----
+)";
+
+struct fixed_contexts {
+  std::shared_ptr<const tls::server_context> server;
+  std::shared_ptr<const tls::client_context> client;
+};
+
+[[noreturn]] void fixture_broken(const char* what, const std::string& error) {
+  std::fprintf(stderr, "sim: %s: %s\n", what, error.c_str());
+  std::abort();  // a broken test fixture, not a simulated fault
+}
+
+// The loaders read files (the daemon's certificates are files): the pair is written once
+// into a private temporary directory, loaded, and removed. The client trusts that one
+// certificate, not the machine's CA bundle: a run must not depend on the host's files
+// (opportunistic TLS verifies nothing anyway).
+fixed_contexts load_fixed_contexts() {
+  char directory[] = "/tmp/ringmta-sim-tls-XXXXXX";
+  if (::mkdtemp(directory) == nullptr) fixture_broken("mkdtemp", std::strerror(errno));
+  const std::string key_file = std::string(directory) + "/key.pem";
+  const std::string certificate_file = std::string(directory) + "/cert.pem";
+  const auto write = [](const std::string& path, const char* text) {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    if (f == nullptr) return false;
+    const bool ok = std::fputs(text, f) >= 0;
+    return std::fclose(f) == 0 && ok;
+  };
+  fixed_contexts made;
+  tls::server_load_result server;
+  tls::client_load_result client;
+  if (write(key_file, key_pem) && write(certificate_file, certificate_pem)) {
+    tls::server_settings settings;
+    settings.certificates.push_back({certificate_file, key_file});
+    server = tls::load_server_context(settings, std::make_shared<tls::ticket_key_ring>());
+    tls::client_settings trust;
+    trust.ca_file = certificate_file;
+    client = tls::load_client_context(trust);
+  }
+  ::unlink(key_file.c_str());
+  ::unlink(certificate_file.c_str());
+  ::rmdir(directory);
+  if (server.context == nullptr) fixture_broken("the simulated MTAs' TLS context", server.error);
+  if (client.context == nullptr) fixture_broken("the clients' TLS context", client.error);
+  return {server.context, client.context};
+}
+
+const fixed_contexts& contexts() {
+  static const fixed_contexts made = load_fixed_contexts();
+  return made;
+}
+
+}  // namespace
+
+void seed_openssl(std::uint64_t seed) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  RAND_set_rand_method(&seeded_method);
+#pragma GCC diagnostic pop
+  // The contexts draw random numbers (ticket keys) once per process: always from the stream's
+  // start, so a seed replayed alone and the same seed in the middle of a search agree.
+  if (g_rand_state == 0) (void)contexts();
+  g_rand_state = seed ^ 0x5eed0f7e15ull;
+}
+
+std::shared_ptr<const tls::server_context> simulated_server_context() {
+  return contexts().server;
+}
+
+std::shared_ptr<const tls::client_context> simulated_client_context() {
+  return contexts().client;
+}
+
+bool server_tls_pipe::feed(std::string_view bytes, std::string& out) {
+  if (_tls != nullptr) return feed_ciphertext(bytes, out);
+  std::string_view rest = bytes;
+  for (int guard = 0; !rest.empty() && guard < 10000; ++guard) {
+    rest.remove_prefix(_engine.feed(rest));
+    flush(out);
+    if (_engine.wants_close()) return true;
+    if (_engine.awaiting_tls()) {
+      // RFC 3207 §4: after the 220 the next octets are the ClientHello. Whatever the engine
+      // was given behind STARTTLS it discarded (CVE-2011-0411); the rest here is TLS.
+      if (_broken) {
+        out.append("\x15\x03\x03\x00\x02\x02\x28");  // a handshake_failure alert record
+        return false;
+      }
+      _tls = tls::session::accept(simulated_server_context());
+      if (_tls == nullptr) return false;
+      return rest.empty() || feed_ciphertext(rest, out);
+    }
+  }
+  return true;
+}
+
+bool server_tls_pipe::feed_ciphertext(std::string_view bytes, std::string& out) {
+  std::string_view rest = bytes;
+  for (int guard = 0; guard < 10000; ++guard) {
+    const std::size_t taken = _tls->feed(rest);
+    rest.remove_prefix(taken);
+    if (_tls->handshake_completed() && _engine.awaiting_tls()) _engine.tls_established();
+    std::string_view plain = _tls->plaintext();
+    if (!plain.empty()) {
+      const std::size_t used = _engine.feed(plain);
+      _tls->consume_plaintext(used);
+    }
+    flush(out);
+    const std::string_view cipher = _tls->ciphertext();
+    out.append(cipher);
+    _tls->consume_ciphertext(cipher.size());
+    if (_tls->state() == tls::state::failed || _tls->state() == tls::state::closed) return false;
+    if (_engine.wants_close()) return true;
+    if (taken == 0 && _tls->plaintext().empty()) break;
+  }
+  return true;
+}
+
+void server_tls_pipe::flush(std::string& out) {
+  std::string_view output = _engine.output();
+  if (output.empty()) return;
+  if (_tls == nullptr || !_tls->established()) {
+    out.append(output);  // plaintext SMTP (or the 220 to STARTTLS itself)
+    _engine.consume_output(output.size());
+    return;
+  }
+  while (!output.empty()) {
+    const std::size_t taken = _tls->write(output);
+    const std::string_view cipher = _tls->ciphertext();
+    out.append(cipher);
+    _tls->consume_ciphertext(cipher.size());
+    _engine.consume_output(taken);
+    output.remove_prefix(taken);
+    if (taken == 0 && cipher.empty()) break;
+  }
+}
+
+}  // namespace ringmta::sim

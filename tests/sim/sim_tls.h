@@ -1,0 +1,53 @@
+// TLS in the simulation (issue 16: "TLS connections run in the simulator too"): the daemon's
+// outbound STARTTLS (src/outbound/tls.cc over tls::session, OpenSSL through memory BIOs) meets
+// simulated MTAs that run the server side of the same tls::session.
+//
+// Replays stay exact: OpenSSL's random numbers (client and server randoms, key shares, ECDSA
+// nonces, session tickets) come from the seed (seed_openssl: RAND_set_rand_method, which
+// OpenSSL 3.0 still consults before its own generator), so every handshake of a run is the
+// same octets in the same sizes at every replay. The certificate is a fixed test key pair
+// (ECDSA P-256, self-signed, *.example): opportunistic TLS verifies nothing (RFC 7435), and the
+// simulated MTAs are not what certificate checks are tested against (tests/unit/tls is).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "ringmta/smtp/server_session.h"
+#include "ringmta/tls/context.h"
+#include "ringmta/tls/session.h"
+
+namespace ringmta::sim {
+
+// Every OpenSSL random number from now on comes from `seed`'s stream (process-wide).
+void seed_openssl(std::uint64_t seed);
+
+// The contexts, built once per process (the server's from the fixed key pair).
+std::shared_ptr<const tls::server_context> simulated_server_context();
+std::shared_ptr<const tls::client_context> simulated_client_context();
+
+// A simulated MTA's SMTP engine behind TLS once STARTTLS was accepted: ciphertext from the
+// network in, the engine's replies encrypted out. Until the engine's 220 to STARTTLS it is a
+// plain pipe; `broken` makes it answer the ClientHello with garbage (a middlebox that strips
+// TLS, or a broken server: the client's opportunistic fallback to plaintext is exercised).
+class server_tls_pipe {
+ public:
+  server_tls_pipe(smtp::server_session& engine, bool broken) : _engine(engine), _broken(broken) {}
+
+  // Octets from the client; appends what goes back to `out`. False: close the connection
+  // (the handshake failed, or the client closed TLS).
+  bool feed(std::string_view bytes, std::string& out);
+  // The engine's pending output (the greeting, a reply), encrypted once TLS is up.
+  void flush(std::string& out);
+  bool encrypted() const noexcept { return _tls != nullptr; }
+
+ private:
+  bool feed_ciphertext(std::string_view bytes, std::string& out);
+  smtp::server_session& _engine;
+  bool _broken;
+  std::unique_ptr<tls::session> _tls;
+};
+
+}  // namespace ringmta::sim
