@@ -70,11 +70,17 @@ class client_peer final : public stream_peer {
   const std::uint32_t _number;
 };
 
+// The simulated load balancer's address (the peer of every socket when PROXY is on) and the
+// clients' own addresses behind it (TEST-NET-3, RFC 5737).
+constexpr std::string_view balancer_address = "192.0.2.254";
+
 // The daemon's inbound settings where the simulation needs them: clients outside mynetworks
 // may send to rcpt0..2.example only (so "bad-" recipients at mx1.rcptN.example are refused
-// 554 5.7.1 at RCPT by the real relay policy), no TLS, AUTH, PROXY or DKIM.
+// 554 5.7.1 at RCPT by the real relay policy), STARTTLS, and with `proxy` the PROXY protocol
+// from a trusted balancer; no AUTH, XCLIENT or DKIM.
 std::shared_ptr<const server::inbound_config> inbound_settings(
-    server::client_counters& clients, std::uint32_t buffer_bytes, std::uint32_t buffer_count) {
+    server::client_counters& clients, std::uint32_t buffer_bytes, std::uint32_t buffer_count,
+    bool proxy) {
   server::inbound_config config;
   config.hostname = std::string(our_hostname);
   config.greeting_text = "ESMTP ringmta-sim";
@@ -87,6 +93,10 @@ std::shared_ptr<const server::inbound_config> inbound_settings(
   config.clients = &clients;
   config.tls = simulated_server_context();  // STARTTLS offered (RFC 3207): sim_tls.h
   config.engine.starttls_offered = true;
+  if (proxy) {
+    config.proxy_protocol = true;
+    config.proxy_trusted = {*core::cidr::parse(fmt::format("{}/32", balancer_address))};
+  }
   return server::freeze(std::move(config));
 }
 
@@ -98,10 +108,11 @@ std::shared_ptr<const server::inbound_config> inbound_settings(
 // actions then do nothing).
 struct inbound_process {
   inbound_process(world& owner, scheduler& clock, std::uint64_t seed, std::int64_t net_ns_max,
-                  spool::store& store, std::uint32_t buffer_bytes, std::uint32_t buffer_count)
+                  spool::store& store, std::uint32_t buffer_bytes, std::uint32_t buffer_count,
+                  bool proxy)
       : host(clock, seed, sim_network{}, net_ns_max, epoch_seconds * 1000),
-        sessions(inbound_settings(clients, buffer_bytes, buffer_count), host, 0, store, pump,
-                 metrics, log) {
+        sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy), host, 0, store,
+                 pump, metrics, log) {
     host.set_close_listener([&owner](int fd) { owner.on_session_closed(fd); });
     sessions.set_commit_observer([&owner](std::uint64_t ticket, const spool::envelope& e) {
       owner.on_commit_issued(ticket, e);
@@ -151,9 +162,11 @@ world::world(const options& settings) : _options(settings), _random(settings.see
   _receive_buffer_bytes = static_cast<std::uint32_t>(
       std::min<std::uint64_t>(16384, std::bit_floor(_store_config.buffered_bytes_max / 4)));
   _receive_buffer_count = 1u << _random.between(4, 8);  // 16..256: ENOBUFS under load
-  note(fmt::format("seed {} faults w{} s{} c{} net<{}us arrivals~{}ms crashes~{}ms",
+  _proxy = _random.chance(0.3);
+  note(fmt::format("seed {} faults w{} s{} c{} net<{}us arrivals~{}ms crashes~{}ms{}",
                    settings.seed, profile.write_error, profile.sync_error, profile.step_error,
-                   _net_ns_max / 1000, _arrival_mean_ns / 1'000'000, _crash_mean_ns / 1'000'000));
+                   _net_ns_max / 1000, _arrival_mean_ns / 1'000'000, _crash_mean_ns / 1'000'000,
+                   _proxy ? " proxy" : ""));
 }
 
 world::~world() {
@@ -366,20 +379,25 @@ void world::spawn_client() {
   connection& c = *owned;
   _connections.emplace(number, std::move(owned));
   ++_outcome.sessions;
-  c.client_address = fmt::format("192.0.2.{}", number % 250 + 1);
+  // Behind the balancer the client's address is the one its PROXY header names.
+  c.client_address = _proxy ? fmt::format("203.0.113.{}", number % 250 + 1)
+                            : fmt::format("192.0.2.{}", number % 250 + 1);
   build_stages(c);
   note(fmt::format("client {} connects: {} transaction(s), {} stages", number, count,
                    c.stages.size()));
   c.awaited = 1;  // the greeting
   c.current = stage{};
   // Accepted: a socket whose far end is the client, handed to the real sessions.
-  const auto address = *core::endpoint::parse(
-      fmt::format("{}:{}", c.client_address, 1024 + number % 60000));
+  const auto address = *core::endpoint::parse(fmt::format(
+      "{}:{}", _proxy ? balancer_address : std::string_view(c.client_address),
+      1024 + number % 60000));
   c.fd = _process->host.add_stream(std::make_unique<client_peer>(*this, number), address);
   _by_fd[c.fd] = number;
   if (!_process->sessions.open(c.fd, address, server::session_origin{})) {
     note(fmt::format("client {} refused: sessions_per_shard_max", number));
     _process->host.close(c.fd);
+  } else if (_proxy) {
+    client_send(c, proxy_header(c));  // the balancer speaks first, split like any input
   }
   if (_transactions_left > 0) _clock.after(exponential_ns(_arrival_mean_ns), [this] {
     spawn_client();
@@ -582,6 +600,27 @@ void world::client_receive_tls(connection& c, std::string_view bytes) {
     }
     if (taken == 0 && plain.empty()) break;
   }
+}
+
+// The header a load balancer puts before the client's bytes (haproxy's PROXY protocol, v1
+// text or v2 binary at random): the client's address and port, and ours.
+std::string world::proxy_header(const connection& c) {
+  const std::uint16_t port = static_cast<std::uint16_t>(1024 + c.number % 60000);
+  if (_random.chance(0.5)) {
+    return fmt::format("PROXY TCP4 {} 192.0.2.1 {} 25\r\n", c.client_address, port);
+  }
+  std::string header("\r\n\r\n\0\r\nQUIT\n", 12);
+  header += '\x21';  // version 2, PROXY command
+  header += '\x11';  // TCP over IPv4
+  header += std::string("\0\x0c", 2);  // 12 address octets follow
+  const auto address = *core::endpoint::parse(fmt::format("{}:{}", c.client_address, port));
+  const auto* in = reinterpret_cast<const sockaddr_in*>(address.sockaddr_pointer());
+  header.append(reinterpret_cast<const char*>(&in->sin_addr), 4);
+  header += std::string("\xc0\x00\x02\x01", 4);  // 192.0.2.1
+  header += static_cast<char>(port >> 8);
+  header += static_cast<char>(port & 0xff);
+  header += std::string("\0\x19", 2);  // port 25
+  return header;
 }
 
 // RFC 3207 §4.2: the ClientHello follows the 220; what the server said before is forgotten.
@@ -931,7 +970,7 @@ bool world::recover_and_check() {
 void world::start_process() {
   _process = std::make_unique<inbound_process>(*this, _clock, _random.next(), _net_ns_max,
                                                *_store, _receive_buffer_bytes,
-                                               _receive_buffer_count);
+                                               _receive_buffer_count, _proxy);
   if (auto started = _process->sessions.start(); !started) {
     fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
   }

@@ -159,6 +159,7 @@ class world {
   void send_ciphertext(connection& c);  // what the client's TLS has to send
   void send_pieces(connection& c, std::string_view bytes);
   void client_start_tls(connection& c);
+  std::string proxy_header(const connection& c);
   void client_receive_tls(connection& c, std::string_view bytes);
   void client_parse_replies(connection& c, std::string_view bytes);
   void client_disconnect(std::uint32_t number);
@@ -205,6 +206,7 @@ class world {
   std::unique_ptr<inbound_process> _process;  // the inbound sessions over _store; a crash ends it
   std::uint32_t _receive_buffer_bytes = 0;    // drawn per seed, within the store's buffering
   std::uint32_t _receive_buffer_count = 0;
+  bool _proxy = false;  // a load balancer in front: the sessions expect a PROXY header
   std::map<std::uint32_t, std::unique_ptr<connection>> _connections;
   std::map<int, std::uint32_t> _by_fd;          // a session's descriptor -> its client
   std::set<std::uint64_t> _tickets;             // the sessions' commit tickets in flight
