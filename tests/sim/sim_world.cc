@@ -76,8 +76,8 @@ constexpr std::string_view balancer_address = "192.0.2.254";
 
 // The daemon's inbound settings where the simulation needs them: clients outside mynetworks
 // may send to rcpt0..2.example only (so "bad-" recipients at mx1.rcptN.example are refused
-// 554 5.7.1 at RCPT by the real relay policy), STARTTLS, and with `proxy` the PROXY protocol
-// from a trusted balancer; no AUTH, XCLIENT or DKIM.
+// 554 5.7.1 at RCPT by the real relay policy), STARTTLS, with `proxy` the PROXY protocol
+// from a trusted balancer, else XCLIENT (Postfix's) for every client; no AUTH or DKIM.
 std::shared_ptr<const server::inbound_config> inbound_settings(
     server::client_counters& clients, std::uint32_t buffer_bytes, std::uint32_t buffer_count,
     bool proxy) {
@@ -96,6 +96,8 @@ std::shared_ptr<const server::inbound_config> inbound_settings(
   if (proxy) {
     config.proxy_protocol = true;
     config.proxy_trusted = {*core::cidr::parse(fmt::format("{}/32", balancer_address))};
+  } else {
+    config.xclient_trusted = {*core::cidr::parse("192.0.2.0/24")};
   }
   return server::freeze(std::move(config));
 }
@@ -379,18 +381,20 @@ void world::spawn_client() {
   connection& c = *owned;
   _connections.emplace(number, std::move(owned));
   ++_outcome.sessions;
-  // Behind the balancer the client's address is the one its PROXY header names.
-  c.client_address = _proxy ? fmt::format("203.0.113.{}", number % 250 + 1)
-                            : fmt::format("192.0.2.{}", number % 250 + 1);
-  build_stages(c);
+  // Behind the balancer the client's address is the one its PROXY header names; a client
+  // that sends XCLIENT (a trusted front end, Postfix's XCLIENT_README) names it there.
+  const bool xclient = !_proxy && _random.chance(0.2);
+  c.client_address = _proxy || xclient ? fmt::format("203.0.113.{}", number % 250 + 1)
+                                       : fmt::format("192.0.2.{}", number % 250 + 1);
+  build_stages(c, xclient);
   note(fmt::format("client {} connects: {} transaction(s), {} stages", number, count,
                    c.stages.size()));
   c.awaited = 1;  // the greeting
   c.current = stage{};
   // Accepted: a socket whose far end is the client, handed to the real sessions.
-  const auto address = *core::endpoint::parse(fmt::format(
-      "{}:{}", _proxy ? balancer_address : std::string_view(c.client_address),
-      1024 + number % 60000));
+  const auto address = *core::endpoint::parse(
+      _proxy ? fmt::format("{}:{}", balancer_address, 1024 + number % 60000)
+             : fmt::format("192.0.2.{}:{}", number % 250 + 1, 1024 + number % 60000));
   c.fd = _process->host.add_stream(std::make_unique<client_peer>(*this, number), address);
   _by_fd[c.fd] = number;
   if (!_process->sessions.open(c.fd, address, server::session_origin{})) {
@@ -456,10 +460,16 @@ transaction world::make_transaction(std::uint32_t client, std::uint32_t index) {
   return t;
 }
 
-void world::build_stages(connection& c) {
+void world::build_stages(connection& c, bool xclient) {
   const bool pipelining = _random.chance(0.7);
   const std::string ehlo = fmt::format("EHLO client{}.sim.example\r\n", c.number);
   c.stages.push_back(stage{ehlo, 1, stage_kind::plain});
+  if (xclient) {  // answered with a new greeting (220); the session starts over: EHLO again
+    c.stages.push_back(stage{fmt::format("XCLIENT ADDR={} NAME=client{}.front.example\r\n",
+                                         c.client_address, c.number),
+                             1, stage_kind::plain});
+    c.stages.push_back(stage{ehlo, 1, stage_kind::plain});
+  }
   if (_random.chance(0.15)) {  // RFC 3207: STARTTLS, then EHLO again over TLS (§4.2)
     c.stages.push_back(stage{"STARTTLS\r\n", 1, stage_kind::starttls});
     c.stages.push_back(stage{ehlo, 1, stage_kind::plain});

@@ -153,7 +153,7 @@ class world {
   void spawn_client();
   transaction make_transaction(std::uint32_t client, std::uint32_t index);
   std::string make_body(std::string_view key);
-  void build_stages(connection& c);
+  void build_stages(connection& c, bool xclient);
   void client_next(connection& c);
   void client_send(connection& c, std::string_view bytes);
   void send_ciphertext(connection& c);  // what the client's TLS has to send
