@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "ringmta/auth/credentials.h"
+#include "ringmta/auth/sasl.h"
 #include "ringmta/admin/log.h"
 #include "ringmta/net/received_header.h"
 #include "ringmta/server/inbound.h"
@@ -70,6 +72,34 @@ class client_peer final : public stream_peer {
   const std::uint32_t _number;
 };
 
+// AUTH (RFC 4954): one login, and its sender map lets it send as anyone @sender.example (the
+// simulated senders); a wrong password is refused 535 after the throttle's delay.
+constexpr std::string_view sim_login = "submitter";
+constexpr std::string_view sim_password = "pw-submitter";
+
+// The credentials back-end the sessions hand to the verifier (no hashing: the daemon's
+// workers do that off the shards; what is simulated here is the sessions' pending verdict).
+class sim_credentials final : public auth::backend {
+ public:
+  auth::check_result check(std::string_view user, std::string_view password,
+                           std::string_view) const noexcept override {
+    return user == sim_login && password == sim_password ? auth::check_result::accepted
+                                                         : auth::check_result::refused;
+  }
+};
+
+// The verifier's place in the simulation: requests go to the world's clock, not a thread.
+class sim_verifier final : public auth::verify_service {
+ public:
+  explicit sim_verifier(world& owner) : _world(owner) {}
+  bool submit(std::unique_ptr<auth::verify_request> request) noexcept override {
+    return _world.submit_auth(std::move(request));
+  }
+
+ private:
+  world& _world;
+};
+
 // The simulated load balancer's address (the peer of every socket when PROXY is on) and the
 // clients' own addresses behind it (TEST-NET-3, RFC 5737).
 constexpr std::string_view balancer_address = "192.0.2.254";
@@ -80,7 +110,7 @@ constexpr std::string_view balancer_address = "192.0.2.254";
 // from a trusted balancer, else XCLIENT (Postfix's) for every client; no AUTH or DKIM.
 std::shared_ptr<const server::inbound_config> inbound_settings(
     server::client_counters& clients, std::uint32_t buffer_bytes, std::uint32_t buffer_count,
-    bool proxy) {
+    bool proxy, auth::verify_service& verifier) {
   server::inbound_config config;
   config.hostname = std::string(our_hostname);
   config.greeting_text = "ESMTP ringmta-sim";
@@ -93,6 +123,11 @@ std::shared_ptr<const server::inbound_config> inbound_settings(
   config.clients = &clients;
   config.tls = simulated_server_context();  // STARTTLS offered (RFC 3207): sim_tls.h
   config.engine.starttls_offered = true;
+  config.auth_credentials = std::make_shared<sim_credentials>();
+  config.auth_senders = auth::sender_map::from_text(
+      fmt::format("@sender.example {}\n", sim_login), "sim");
+  config.auth_verifier = &verifier;
+  config.engine.auth_offered = true;  // after TLS (auth_requires_tls), PLAIN and LOGIN
   if (proxy) {
     config.proxy_protocol = true;
     config.proxy_trusted = {*core::cidr::parse(fmt::format("{}/32", balancer_address))};
@@ -113,8 +148,8 @@ struct inbound_process {
                   spool::store& store, std::uint32_t buffer_bytes, std::uint32_t buffer_count,
                   bool proxy)
       : host(clock, seed, sim_network{}, net_ns_max, epoch_seconds * 1000),
-        sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy), host, 0, store,
-                 pump, metrics, log) {
+        sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy, owner.verifier()),
+                 host, 0, store, pump, metrics, log) {
     host.set_close_listener([&owner](int fd) { owner.on_session_closed(fd); });
     sessions.set_commit_observer([&owner](std::uint64_t ticket, const spool::envelope& e) {
       owner.on_commit_issued(ticket, e);
@@ -134,7 +169,8 @@ struct inbound_process {
 
 // ---- world: set-up and the event loop
 
-world::world(const options& settings) : _options(settings), _random(settings.seed) {
+world::world(const options& settings)
+    : _options(settings), _random(settings.seed), _verifier(std::make_unique<sim_verifier>(*this)) {
   seed_openssl(settings.seed);
   disk_profile profile;
   if (settings.faults && _random.chance(0.7)) {
@@ -375,18 +411,25 @@ void world::spawn_client() {
   const auto count = static_cast<std::uint32_t>(
       std::min<std::uint64_t>(_transactions_left, _random.between(1, 4)));
   _transactions_left -= count;
+  client_plan plan;
+  plan.xclient = !_proxy && _random.chance(0.2);
+  plan.starttls = _random.chance(0.15);
+  plan.auth = plan.starttls && _random.chance(0.5);
+  plan.wrong_password = plan.auth && _random.chance(0.2);
+  const bool relays = plan.auth && !plan.wrong_password;
   std::vector<transaction> transactions;
-  for (std::uint32_t i = 0; i < count; ++i) transactions.push_back(make_transaction(number, i));
+  for (std::uint32_t i = 0; i < count; ++i) {
+    transactions.push_back(make_transaction(number, i, relays));
+  }
   auto owned = std::make_unique<connection>(number, std::move(transactions));
   connection& c = *owned;
   _connections.emplace(number, std::move(owned));
   ++_outcome.sessions;
   // Behind the balancer the client's address is the one its PROXY header names; a client
   // that sends XCLIENT (a trusted front end, Postfix's XCLIENT_README) names it there.
-  const bool xclient = !_proxy && _random.chance(0.2);
-  c.client_address = _proxy || xclient ? fmt::format("203.0.113.{}", number % 250 + 1)
-                                       : fmt::format("192.0.2.{}", number % 250 + 1);
-  build_stages(c, xclient);
+  c.client_address = _proxy || plan.xclient ? fmt::format("203.0.113.{}", number % 250 + 1)
+                                            : fmt::format("192.0.2.{}", number % 250 + 1);
+  build_stages(c, plan);
   note(fmt::format("client {} connects: {} transaction(s), {} stages", number, count,
                    c.stages.size()));
   c.awaited = 1;  // the greeting
@@ -432,14 +475,14 @@ std::string world::make_body(std::string_view key) {
   return body;
 }
 
-transaction world::make_transaction(std::uint32_t client, std::uint32_t index) {
+transaction world::make_transaction(std::uint32_t client, std::uint32_t index, bool relays) {
   transaction t;
   if (!_random.chance(0.1)) t.reverse_path = fmt::format("s{}.{}@sender.example", client, index);
   const std::uint64_t recipients = _random.between(1, 4);
   for (std::uint64_t r = 0; r < recipients; ++r) {
     // A "bad-" one is at mx1.rcptN.example: outside relay_domains (554 5.7.1 at RCPT), yet a
     // name the simulated DNS answers, so a glue that delivered it would reach a remote MTA.
-    const bool bad = _random.chance(0.1);
+    const bool bad = _random.chance(0.1) && !relays;
     t.recipients.push_back(fmt::format("{}r{}@{}rcpt{}.example", bad ? "bad-" : "", r,
                                        bad ? "mx1." : "", _random.below(3)));
     const std::uint64_t notify = _outbound ? _random.below(20) : 2;  // 5% NEVER, 5% FAILURE
@@ -460,19 +503,29 @@ transaction world::make_transaction(std::uint32_t client, std::uint32_t index) {
   return t;
 }
 
-void world::build_stages(connection& c, bool xclient) {
+void world::build_stages(connection& c, const client_plan& plan) {
   const bool pipelining = _random.chance(0.7);
   const std::string ehlo = fmt::format("EHLO client{}.sim.example\r\n", c.number);
   c.stages.push_back(stage{ehlo, 1, stage_kind::plain});
-  if (xclient) {  // answered with a new greeting (220); the session starts over: EHLO again
+  if (plan.xclient) {  // answered with a new greeting (220); the session starts over: EHLO again
     c.stages.push_back(stage{fmt::format("XCLIENT ADDR={} NAME=client{}.front.example\r\n",
                                          c.client_address, c.number),
                              1, stage_kind::plain});
     c.stages.push_back(stage{ehlo, 1, stage_kind::plain});
   }
-  if (_random.chance(0.15)) {  // RFC 3207: STARTTLS, then EHLO again over TLS (§4.2)
+  if (plan.starttls) {  // RFC 3207: STARTTLS, then EHLO again over TLS (§4.2)
     c.stages.push_back(stage{"STARTTLS\r\n", 1, stage_kind::starttls});
     c.stages.push_back(stage{ehlo, 1, stage_kind::plain});
+  }
+  if (plan.auth) {  // RFC 4954 with RFC 4616 PLAIN's initial response
+    const std::string credentials =
+        fmt::format("{}{}{}{}", '\0', sim_login, '\0',
+                    plan.wrong_password ? "guessed" : sim_password);
+    char encoded[128];
+    const auto length = auth::encode_base64(credentials, encoded);
+    c.stages.push_back(stage{fmt::format("AUTH PLAIN {}\r\n",
+                                         std::string_view(encoded, length.value_or(0))),
+                             1, stage_kind::auth});
   }
   for (const auto& t : c.transactions) {
     std::vector<stage> units;
@@ -633,6 +686,26 @@ std::string world::proxy_header(const connection& c) {
   return header;
 }
 
+// The daemon's workers check the password off the shard and post the result back; here the
+// answer comes after a seeded delay on the clock, through the same backend interface. A crash
+// meanwhile loses it, as the daemon's shard would (the process serial tells).
+bool world::submit_auth(std::unique_ptr<auth::verify_request> request) {
+  auto result = std::make_shared<auth::verify_result>();
+  const bool accepted = request->table->check(request->user, request->password,
+                                              request->client) == auth::check_result::accepted;
+  result->outcome = accepted ? auth::verify_outcome::success : auth::verify_outcome::failure;
+  result->delay_ms = accepted ? 0 : static_cast<std::uint32_t>(_random.between(0, 500));
+  result->user = request->user;
+  result->reply_to = request->reply_to;
+  note(fmt::format("auth check for {}: {}", result->user, accepted ? "accepted" : "refused"));
+  _clock.after(latency_ns(100'000, 20'000'000), [this, result, serial = _process_serial] {
+    if (_process && _process_serial == serial) {
+      _process->sessions.on_auth_result(std::make_unique<auth::verify_result>(*result));
+    }
+  });
+  return true;
+}
+
 // RFC 3207 §4.2: the ClientHello follows the 220; what the server said before is forgotten.
 void world::client_start_tls(connection& c) {
   tls::client_options options;
@@ -692,6 +765,9 @@ void world::client_stage_done(connection& c) {
     case stage_kind::starttls:
       if (c.last_code != 220) break;  // refused: the client goes on in plaintext
       return client_start_tls(c);     // client_receive_tls goes on once it is established
+    case stage_kind::auth:
+      c.authenticated = c.last_code == 235;
+      break;
     case stage_kind::plain:
     case stage_kind::quit: break;
   }
@@ -748,7 +824,8 @@ void world::on_commit_issued(std::uint64_t ticket, const spool::envelope& envelo
                               c.tls->cipher(), bits, algorithm_bits);
   }
   const net::received_fields fields{
-      want.helo, want.client_address, our_hostname, c.tls != nullptr ? "ESMTPS" : "ESMTP",
+      want.helo, want.client_address, our_hostname,
+      c.tls == nullptr ? "ESMTP" : c.authenticated ? "ESMTPSA" : "ESMTPS",
       std::string_view(id_text.data(), 16),
       want.recipients.size() == 1 ? std::string_view(want.recipients[0]) : std::string_view(),
       envelope.received_seconds, tls_summary, false};
@@ -978,6 +1055,7 @@ bool world::recover_and_check() {
 
 // A new process's inbound sessions over the new store (at the start and after each crash).
 void world::start_process() {
+  ++_process_serial;
   _process = std::make_unique<inbound_process>(*this, _clock, _random.next(), _net_ns_max,
                                                *_store, _receive_buffer_bytes,
                                                _receive_buffer_count, _proxy);

@@ -18,6 +18,7 @@
 #include "ringmta/smtp/server_session.h"
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
+#include "ringmta/auth/verifier.h"
 #include "ringmta/tls/session.h"
 #include "sim_disk.h"
 #include "sim_world.h"
@@ -86,7 +87,9 @@ struct expected_message {
 };
 
 // starttls: the 220 starts the client's TLS handshake (sim_tls.h); the next stage waits for it.
-enum class stage_kind : std::uint8_t { plain, starttls, data_command, data_end, bdat_end, quit };
+// auth: a 235 makes the client authenticated (its Received: then says ESMTPSA).
+enum class stage_kind : std::uint8_t {
+  plain, starttls, auth, data_command, data_end, bdat_end, quit };
 struct stage {
   std::string bytes;
   std::uint32_t replies = 1;
@@ -115,6 +118,7 @@ struct connection {
   std::uint16_t last_code = 0;
   std::string last_text;
   bool client_gone = false;
+  bool authenticated = false;  // AUTH answered 235
   // After STARTTLS's 220: the client's side of TLS; every byte both ways goes through it.
   std::unique_ptr<tls::session> tls;
   bool handshaking = false;  // the next stage waits for the handshake to complete
@@ -147,13 +151,26 @@ class world {
   void on_session_closed(int fd);
   void on_commit_issued(std::uint64_t ticket, const spool::envelope& envelope);
   void on_accepted(const spool::envelope& envelope, std::span<const spool::body_slice> body);
+  // The sessions' password checks (auth::verify_service): answered on the simulated clock.
+  bool submit_auth(std::unique_ptr<auth::verify_request> request);
+  auth::verify_service& verifier() { return *_verifier; }
 
  private:
   // clients (client side of connection)
   void spawn_client();
-  transaction make_transaction(std::uint32_t client, std::uint32_t index);
+  // `relays`: the client will be authenticated (may relay anywhere), so no "bad-" recipient
+  // (outside relay_domains) that the world expects refused.
+  transaction make_transaction(std::uint32_t client, std::uint32_t index, bool relays);
   std::string make_body(std::string_view key);
-  void build_stages(connection& c, bool xclient);
+  // How a client talks: XCLIENT first (a front end), STARTTLS, AUTH (only inside TLS), with
+  // the right password or not.
+  struct client_plan {
+    bool xclient = false;
+    bool starttls = false;
+    bool auth = false;
+    bool wrong_password = false;
+  };
+  void build_stages(connection& c, const client_plan& plan);
   void client_next(connection& c);
   void client_send(connection& c, std::string_view bytes);
   void send_ciphertext(connection& c);  // what the client's TLS has to send
@@ -212,6 +229,8 @@ class world {
   std::set<std::uint64_t> _tickets;             // the sessions' commit tickets in flight
   std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
   bool _delivery_ticking = false;  // deliver_tick() is scheduled (no outbound)
+  std::unique_ptr<auth::verify_service> _verifier;  // sim_world.cc: sim_verifier
+  std::uint64_t _process_serial = 0;  // start_process() count: late answers find no process
   std::map<spool::message_id, expected_message> _expected;
   std::vector<spool::message_id> _undelivered;  // acknowledged, maybe with unmarked recipients
   std::set<spool::message_id> _refused;   // commit failed (452) and not recovered

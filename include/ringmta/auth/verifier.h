@@ -95,7 +95,17 @@ struct verifier_counters {
   std::atomic<std::uint64_t> lockouts{0};  // addresses or logins that reached failures_max
 };
 
-class verifier {
+// Where a shard's sessions send password checks: the worker pool below in the daemon, a
+// simulated service in tests/sim (answers on the simulated clock).
+class verify_service {
+ public:
+  virtual ~verify_service() = default;
+  // From a shard: false (nothing queued) when the check cannot be taken now (RFC 4954 §6:
+  // the session answers 454 4.7.0); otherwise the result comes back to request->reply_to.
+  virtual bool submit(std::unique_ptr<verify_request> request) noexcept = 0;
+};
+
+class verifier final : public verify_service {
  public:
   // Delivers one result; false when the target cannot take it now (retried shortly).
   using deliver_fn = std::function<bool(std::unique_ptr<verify_result>&)>;
@@ -110,8 +120,8 @@ class verifier {
   // Stops taking work, ends the threads; results not yet delivered are dropped (their
   // connections are going away with the shards).
   void stop() noexcept { _pool.stop(); }
-  // From a shard: false (nothing queued) when the queue is full or the pool is stopped.
-  bool submit(std::unique_ptr<verify_request> request) noexcept;
+  // False when the queue is full or the pool is stopped.
+  bool submit(std::unique_ptr<verify_request> request) noexcept override;
   const verifier_counters& counters() const noexcept { return _counters; }
 
  private:

@@ -120,7 +120,7 @@ struct inbound_config {
   // outlives them.
   std::shared_ptr<const auth::backend> auth_credentials;
   std::shared_ptr<const auth::sender_map> auth_senders;  // null: a login sends as itself
-  auth::verifier* auth_verifier = nullptr;
+  auth::verify_service* auth_verifier = nullptr;
   bool auth_plaintext_loopback = false;
 };
 
