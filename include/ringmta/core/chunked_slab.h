@@ -56,7 +56,8 @@ class chunked_array {
   // a fresh T or what was left there before a shrink.
   std::uint32_t grow() {
     RINGMTA_ASSERT(_size < UINT32_MAX);
-    if ((_size >> ChunkBits) == _chunks.size())
+    // Only at a chunk's first position may the chunk be missing (tested first: cheaper).
+    if ((_size & (chunk_objects - 1)) == 0 && (_size >> ChunkBits) == _chunks.size())
       _chunks.push_back(std::make_unique<T[]>(chunk_objects));
     return _size++;
   }
