@@ -200,7 +200,8 @@ double thread_seconds() {
 int index_ops(const options& opts) {
   std::vector<message_id> ids(opts.messages);
   for (std::size_t i = 0; i < ids.size(); ++i)
-    ids[i] = (std::uint64_t{1'700'000'000 + i / 4096} << 30) | (std::uint64_t{1} << 22) | (i % 4096);
+    ids[i] = (std::uint64_t{1'700'000'000 + i / 4096} << 30) | (std::uint64_t{1} << 22) |
+             (i % 4096);
   std::vector<message_id> order = ids;
   std::mt19937_64 random(0x5eed);
   std::shuffle(order.begin(), order.end(), random);

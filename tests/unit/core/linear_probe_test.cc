@@ -42,10 +42,11 @@ class table {
   }
   std::size_t longest_probe() const {
     std::size_t longest = 0;
-    for (std::size_t s = 0; s < _slots.size(); ++s)
-      if (!empty(s))
-        longest = std::max(longest,
-                           probe_length(probe_home(_slots[s].hash, _slots.size()), s, _slots.size()));
+    for (std::size_t s = 0; s < _slots.size(); ++s) {
+      if (empty(s)) continue;
+      const std::size_t home = probe_home(_slots[s].hash, _slots.size());
+      longest = std::max(longest, probe_length(home, s, _slots.size()));
+    }
     return longest;
   }
   // Whether slot `s` (occupied) holds an entry that wrapped around the table's end.
@@ -134,7 +135,8 @@ TEST(linear_probe, mixed_hashes_grow_and_shrink) {
     if (--count * 16 < t.length() && t.length() > 16) t.rebuild(t.length() / 2);
   }
   EXPECT_LE(t.length(), 2048u);
-  for (std::uint64_t key = 1; key <= 10'000; ++key) EXPECT_EQ(t.find(key, hash_of(key)), key > 9'900);
+  for (std::uint64_t key = 1; key <= 10'000; ++key)
+    EXPECT_EQ(t.find(key, hash_of(key)), key > 9'900) << key;
   EXPECT_LT(t.longest_probe(), 20u);
 }
 
