@@ -247,15 +247,8 @@ std::int64_t scheduler::state::rate_time_for(destination_record& d, std::uint32_
 // ---------------------------------------------------------------- jobs
 
 std::uint32_t job_slab::allocate() noexcept {
-  std::uint32_t slot = _free_head;
-  if (slot != nil_slot) {
-    _free_head = (*this)[slot].next;
-  } else {
-    slot = _size++;
-    RINGMTA_ASSERT(slot != nil_slot);
-    if ((slot & chunk_mask) == 0) _chunks.push_back(std::make_unique<job_record[]>(chunk_records));
-  }
-  job_record& job = (*this)[slot];
+  const std::uint32_t slot = _records.allocate();
+  job_record& job = _records[slot];
   const std::uint32_t generation = job.generation;
   job = job_record{};
   job.generation = generation;
@@ -263,12 +256,11 @@ std::uint32_t job_slab::allocate() noexcept {
 }
 
 void job_slab::release(std::uint32_t slot) noexcept {
-  job_record& job = (*this)[slot];
+  job_record& job = _records[slot];
   job.state = job_state::free;
   ++job.generation;
   job.prev = nil_slot;
-  job.next = _free_head;
-  _free_head = slot;
+  _records.release(slot);  // job.next: the free stack's link
 }
 
 std::uint32_t scheduler::state::allocate_job() noexcept {

@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ringmta/core/chunked_slab.h"
 #include "ringmta/queue/scheduler.h"
 
 namespace ringmta::queue {
@@ -67,36 +68,28 @@ struct job_record {
 };
 static_assert(sizeof(job_record) == 56, "bytes per job are documented in scheduler.h");
 
-// Job records in fixed chunks that never move: a doubling vector held up to twice the live
-// records' bytes and copied them all at each growth (64 MB of slack possible at 1 M jobs).
-// Free records form a stack through `next`, reused last-freed first as the free vector did
-// (slot numbers break ties in the heaps: the order of events must not change).
+// Job records in fixed chunks that never move (core::chunked_slab): a doubling vector held up
+// to twice the live records' bytes and copied them all at each growth (64 MB of slack possible
+// at 1 M jobs). Free records form a stack through `next`, reused last-freed first as the free
+// vector did (slot numbers break ties in the heaps: the order of events must not change).
+// This layer keeps a record's generation across reuse (a stale job_id is caught), which is
+// also why a drained slab keeps its chunks: freeing one would forget its generations.
 class job_slab {
  public:
-  job_record& operator[](std::uint32_t slot) noexcept {
-    return _chunks[slot >> chunk_shift][slot & chunk_mask];
-  }
-  const job_record& operator[](std::uint32_t slot) const noexcept {
-    return _chunks[slot >> chunk_shift][slot & chunk_mask];
-  }
-  std::uint32_t size() const noexcept { return _size; }  // slots ever used
+  job_record& operator[](std::uint32_t slot) noexcept { return _records[slot]; }
+  const job_record& operator[](std::uint32_t slot) const noexcept { return _records[slot]; }
+  std::uint32_t size() const noexcept { return _records.used(); }  // slots ever used
   // A cleared record (its generation kept) from the free stack, or a new one.
   std::uint32_t allocate() noexcept;
   void release(std::uint32_t slot) noexcept;  // free, generation advanced, on the free stack
-  std::size_t capacity_bytes() const noexcept {
-    return _chunks.size() * (chunk_records * sizeof(job_record)) +
-           _chunks.capacity() * sizeof(_chunks[0]);
-  }
+  std::size_t capacity_bytes() const noexcept { return _records.bytes(); }
 
  private:
   // 128 records, 7 KiB (an exact mimalloc size class): a small queue holds one chunk, the
   // chunk table of 10 M jobs is 625 KB.
-  static constexpr unsigned chunk_shift = 7;
-  static constexpr std::uint32_t chunk_records = 1u << chunk_shift;
-  static constexpr std::uint32_t chunk_mask = chunk_records - 1;
-  std::vector<std::unique_ptr<job_record[]>> _chunks;
-  std::uint32_t _size = 0;
-  std::uint32_t _free_head = nil_slot;
+  using records = core::chunked_slab<job_record, 7, &job_record::next>;
+  static_assert(records::none == nil_slot, "a free record's next ends the stack with nil");
+  records _records;
 };
 
 // A scheduled job in its destination's heap: 12 bytes (was 16). No generation: a job leaves

@@ -2,10 +2,10 @@
 #include "ringmta/spool/index.h"
 
 #include <algorithm>
-#include <bit>
 #include <new>
 
 #include "ringmta/core/assert.h"
+#include "ringmta/core/linear_probe.h"
 
 namespace ringmta::spool {
 
@@ -79,34 +79,22 @@ void recipient_list::set(std::size_t i, const recipient_status& status) noexcept
 // --- message_entries ---
 
 message_entry& message_entries::push_back(message_entry entry) {
-  if ((_size >> chunk_bits) == _chunks.size()) {
-    // Default-constructed entries (no allocation each); pages are touched as they fill.
-    _chunks.push_back(std::make_unique<message_entry[]>(chunk_entries));
-  }
-  message_entry& slot = (*this)[_size];
+  // A new chunk holds default-constructed entries (no allocation each); its pages are
+  // touched as they fill.
+  message_entry& slot = _entries[_entries.grow()];
   slot = std::move(entry);
-  ++_size;
   return slot;
 }
 
 void message_entries::pop_back() noexcept {
-  RINGMTA_ASSERT(_size > 0);
-  --_size;
-  (*this)[_size].recipients.assign(0);  // frees a recipient array now, not with the chunk
-  // Keep one empty chunk past the last used one, so that an index at a chunk boundary does
-  // not allocate and free a chunk on every insert and erase.
-  const std::size_t needed = (_size + chunk_entries - 1) >> chunk_bits;
-  if (_chunks.size() > needed + 1) _chunks.pop_back();
+  RINGMTA_ASSERT(!empty());
+  back().recipients.assign(0);  // frees a recipient array now, not with the chunk
+  _entries.shrink(_entries.size() - 1, 1);
 }
 
 void message_entries::truncate(std::size_t size) noexcept {
-  while (_size > size) pop_back();
-  if (_size == 0) _chunks.clear();
-}
-
-std::size_t message_entries::bytes() const noexcept {
-  return _chunks.size() * chunk_entries * sizeof(message_entry) +
-         _chunks.capacity() * sizeof(_chunks[0]);
+  while (this->size() > size) pop_back();
+  if (empty()) _entries.shrink(0, 0);
 }
 
 // --- message_index ---
@@ -143,25 +131,24 @@ message_index::message_index(message_entries entries) : _entries(std::move(entri
 }
 
 std::size_t message_index::home(std::uint64_t hash) const noexcept {
-  return static_cast<std::size_t>(hash >> _slot_shift);
+  return core::probe_home(probe_hash(hash), _slot_count);
 }
 
 std::size_t message_index::slot_of(message_id id) const noexcept {
   if (_slots == nullptr) return 0;  // slot_count()
   const std::uint64_t hash = mix(id);
   const std::uint32_t want = tag(hash);
-  for (std::size_t slot = home(hash);; slot = (slot + 1) & _slot_mask) {
-    const std::uint32_t value = _slots[slot];
-    if (value == 0) return slot_count();
-    if ((value & ~position_mask) == want && _entries[(value & position_mask) - 1].id == id)
-      return slot;
-  }
+  const std::size_t slot = core::probe(probe_hash(hash), _slot_count, [&](std::size_t at) {
+    const std::uint32_t value = _slots[at];
+    return value == 0 || ((value & ~position_mask) == want && _entries[position_at(at)].id == id);
+  });
+  return _slots[slot] == 0 ? _slot_count : slot;
 }
 
 message_entry* message_index::find(message_id id) noexcept {
   const std::size_t slot = slot_of(id);
   if (slot >= slot_count()) return nullptr;
-  return &_entries[(_slots[slot] & position_mask) - 1];
+  return &_entries[position_at(slot)];
 }
 
 const message_entry* message_index::find(message_id id) const noexcept {
@@ -169,8 +156,8 @@ const message_entry* message_index::find(message_id id) const noexcept {
 }
 
 void message_index::place(std::uint64_t hash, std::uint32_t position) noexcept {
-  std::size_t slot = home(hash);
-  while (_slots[slot] != 0) slot = (slot + 1) & _slot_mask;
+  const std::size_t slot = core::probe(probe_hash(hash), _slot_count,
+                                       [&](std::size_t at) { return _slots[at] == 0; });
   _slots[slot] = tag(hash) | (position + 1);
 }
 
@@ -184,8 +171,7 @@ void message_index::rebuild(std::size_t slots) {
 // `table` (`slots` long, zeroed) replaces the slot table; every entry is placed in it.
 void message_index::adopt(std::unique_ptr<std::uint32_t[]> table, std::size_t slots) noexcept {
   _slots = std::move(table);
-  _slot_mask = slots - 1;
-  _slot_shift = static_cast<unsigned>(64 - std::countr_zero(slots));
+  _slot_count = slots;
   for (std::size_t i = 0; i < _entries.size(); ++i)
     place(mix(_entries[i].id), static_cast<std::uint32_t>(i));
 }
@@ -202,52 +188,46 @@ message_entry& message_index::insert(message_entry entry) {
   // One probe finds the free slot and checks on the way that the id is new.
   const std::uint64_t hash = mix(entry.id);
   const std::uint32_t want = tag(hash);
-  std::size_t slot = home(hash);
-  for (; _slots[slot] != 0; slot = (slot + 1) & _slot_mask) {
-    const std::uint32_t value = _slots[slot];
-    RINGMTA_ASSERT((value & ~position_mask) != want ||
-                   _entries[(value & position_mask) - 1].id != entry.id);
-  }
+  const std::size_t slot = core::probe(probe_hash(hash), _slot_count, [&](std::size_t at) {
+    const std::uint32_t value = _slots[at];
+    RINGMTA_ASSERT(value == 0 || (value & ~position_mask) != want ||
+                   _entries[position_at(at)].id != entry.id);
+    return value == 0;
+  });
   message_entry& placed = _entries.push_back(std::move(entry));
   _slots[slot] = want | static_cast<std::uint32_t>(_entries.size());  // position + 1
   return placed;
 }
 
-// Backward-shift deletion (Knuth 6.4, algorithm R): every entry after the hole whose home
-// lies cyclically at or before the hole moves back into it, so no probe sequence is cut.
+// The slot's home comes from its entry's id: the 4-byte slot holds no full hash.
 void message_index::remove_slot(std::size_t hole) noexcept {
-  _slots[hole] = 0;
-  for (std::size_t slot = (hole + 1) & _slot_mask; _slots[slot] != 0;
-       slot = (slot + 1) & _slot_mask) {
-    const message_id id = _entries[(_slots[slot] & position_mask) - 1].id;
-    const std::size_t from = home(mix(id));
-    // Distance of `slot` from its home, and of the hole from the same home (cyclic).
-    if (((slot - from) & _slot_mask) >= ((slot - hole) & _slot_mask)) {
-      _slots[hole] = _slots[slot];
-      _slots[slot] = 0;
-      hole = slot;
-    }
-  }
+  const std::size_t last = core::backward_shift(
+      hole, _slot_count, [&](std::size_t at) { return _slots[at] == 0; },
+      [&](std::size_t at) { return home(mix(_entries[position_at(at)].id)); },
+      [&](std::size_t from, std::size_t to) { _slots[to] = _slots[from]; });
+  _slots[last] = 0;
 }
 
-bool message_index::erase(message_id id) noexcept {
-  const std::size_t slot = slot_of(id);
-  if (slot >= slot_count()) return false;
-  const std::uint32_t position = (_slots[slot] & position_mask) - 1;
+// One probe for the erased id (the caller's, which found it), one for the entry that moves
+// into its place: that slot is known by its position, so the probe compares slots only.
+void message_index::erase_slot(std::size_t slot) noexcept {
+  const std::uint32_t position = position_at(slot);
   remove_slot(slot);
   const std::uint32_t last = static_cast<std::uint32_t>(_entries.size() - 1);
   if (position != last) {
     // The last entry fills the hole; its slot learns the new position.
-    const std::size_t moved = slot_of(_entries[last].id);
-    RINGMTA_ASSERT(moved < slot_count());
+    const std::uint64_t hash = mix(_entries[last].id);
+    const std::size_t moved = core::probe(probe_hash(hash), _slot_count, [&](std::size_t at) {
+      return _slots[at] == 0 || (_slots[at] & position_mask) == last + 1;
+    });
+    RINGMTA_ASSERT(_slots[moved] != 0);
     _slots[moved] = (_slots[moved] & ~position_mask) | (position + 1);
     _entries[position] = std::move(_entries[last]);
   }
   _entries.pop_back();
   if (_entries.empty()) {
     _slots.reset();
-    _slot_mask = 0;
-    _slot_shift = 64;
+    _slot_count = 0;
   } else if (slot_count() > slots_min && _entries.size() * 16 < slot_count()) {
     // ≤ 1/8 full afterwards: far from growing again. Shrinking is optional (erase is noexcept
     // and runs from the store's completions): without memory for it the table stays as is.
@@ -255,7 +235,6 @@ bool message_index::erase(message_id id) noexcept {
     if (std::unique_ptr<std::uint32_t[]> smaller{new (std::nothrow) std::uint32_t[slots]()})
       adopt(std::move(smaller), slots);
   }
-  return true;
 }
 
 std::size_t message_index::bytes() const noexcept {
@@ -267,8 +246,8 @@ std::size_t message_index::probe_length_max() const noexcept {
   if (_slots == nullptr) return 0;
   for (std::size_t slot = 0; slot < slot_count(); ++slot) {
     if (_slots[slot] == 0) continue;
-    const message_id id = _entries[(_slots[slot] & position_mask) - 1].id;
-    longest = std::max(longest, ((slot - home(mix(id))) & _slot_mask) + 1);
+    const std::size_t from = home(mix(_entries[position_at(slot)].id));
+    longest = std::max(longest, core::probe_length(from, slot, _slot_count));
   }
   return longest;
 }

@@ -413,30 +413,62 @@ void apply_journal(scan_context& ctx) {
   std::vector<journal_seen>().swap(records);
 }
 
-// Asks the kernel to start reading a whole file into the page cache (POSIX_FADV_WILLNEED does
-// not wait for the disk): recovery reads every segment once, front to back, and with a cold
-// cache its synchronous 1 MiB preads would otherwise leave the disk idle while a window is
-// parsed. Issued for the next file while this one is scanned. Best effort.
-void prefetch(const std::string& path) noexcept {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
-  (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
-  ::close(fd);  // the page cache belongs to the file, not to this descriptor
+// A file of the shard's directory, stat'ed once before any is read (the scan's vectors are
+// reserved from the sizes: reserve_for_segments) and opened once: for the read-ahead when it is
+// the next segment, then scanned through the same descriptor, which recovery hands on.
+struct listed_file {
+  std::uint32_t id = 0;
+  std::uint64_t bytes = 0;
+  int error = 0;  // of the stat or the open: the file is reported unreadable
+  unique_fd fd;
+};
+
+std::string path_of(const scan_context& ctx, std::uint32_t id, bool journal) {
+  return ctx.directory + "/" + (journal ? journal_file_name(id) : segment_file_name(id));
+}
+
+std::vector<listed_file> list_files(const scan_context& ctx, const std::vector<std::uint32_t>& ids,
+                                    bool journal) {
+  std::vector<listed_file> files(ids.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    struct stat info {};
+    files[i].id = ids[i];
+    if (::stat(path_of(ctx, ids[i], journal).c_str(), &info) == 0)
+      files[i].bytes = static_cast<std::uint64_t>(info.st_size);
+    else
+      files[i].error = errno;
+  }
+  return files;
+}
+
+// Opens the file (once: a file opened for its read-ahead stays open). The read-ahead asks the
+// kernel to start reading the whole file into the page cache (POSIX_FADV_WILLNEED does not
+// wait for the disk): recovery reads every segment once, front to back, and with a cold cache
+// its synchronous 1 MiB preads would otherwise leave the disk idle while a window is parsed.
+// Issued for the next file while this one is scanned. Best effort.
+void open_file(const scan_context& ctx, listed_file& file, bool journal, bool read_ahead) {
+  if (file.error != 0 || file.fd.get() >= 0) return;
+  file.fd = unique_fd(::open(path_of(ctx, file.id, journal).c_str(), O_RDONLY | O_CLOEXEC));
+  if (file.fd.get() < 0) {
+    file.error = errno;
+    return;
+  }
+  if (read_ahead) (void)::posix_fadvise(file.fd.get(), 0, 0, POSIX_FADV_WILLNEED);
 }
 
 // Reads one file's header and records. False when the file has no usable header.
-bool scan_file(scan_context& ctx, std::uint32_t id, bool journal, recovered_file& out) {
+bool scan_file(scan_context& ctx, listed_file& file, bool journal, recovered_file& out) {
   auto& report = ctx.state->report;
+  const std::uint32_t id = file.id;
   const std::string name = journal ? journal_file_name(id) : segment_file_name(id);
-  const std::string path = ctx.directory + "/" + name;
-  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  struct stat info {};
-  if (fd.get() < 0 || ::fstat(fd.get(), &info) != 0) {
-    ctx.problem(name + ": cannot open: " + std::strerror(errno));
+  open_file(ctx, file, journal, false);
+  if (file.error != 0) {
+    ctx.problem(name + ": cannot open: " + std::strerror(file.error));
     ++report.unreadable_files;
     return false;
   }
-  file_reader in(fd.get(), static_cast<std::uint64_t>(info.st_size));
+  unique_fd fd = std::move(file.fd);
+  file_reader in(fd.get(), file.bytes);
   out.id = id;
   out.file_bytes = in.size();
   record_view first;
@@ -618,32 +650,26 @@ void settle_messages(scan_context& ctx, const std::vector<std::size_t>& incomple
   messages.truncate(kept);
 }
 
-std::uint64_t bytes_of(const scan_context& ctx, const std::vector<std::uint32_t>& ids,
-                       bool journal) {
+std::uint64_t bytes_of(const std::vector<listed_file>& files) {
   std::uint64_t bytes = 0;
-  for (auto id : ids) {
-    struct stat info {};
-    const std::string path =
-        ctx.directory + "/" + (journal ? journal_file_name(id) : segment_file_name(id));
-    if (::stat(path.c_str(), &info) == 0) bytes += static_cast<std::uint64_t>(info.st_size);
-  }
+  for (const auto& file : files) bytes += file.bytes;
   return bytes;
 }
 
 // Room for the records the segments can hold at about 1 KiB a message, so that the vectors
 // are not grown (copied, their pages touched twice) a dozen times with millions of messages.
 // Pages of reserved room never used are never touched. Smaller messages: the vectors grow.
-void reserve_for_segments(scan_context& ctx, const std::vector<std::uint32_t>& segment_ids) {
-  const auto messages = static_cast<std::size_t>(bytes_of(ctx, segment_ids, false) / 1024);
+void reserve_for_segments(scan_context& ctx, const std::vector<listed_file>& segments) {
+  const auto messages = static_cast<std::size_t>(bytes_of(segments) / 1024);
   ctx.data.reserve(messages);
   ctx.commits.reserve(messages);
   ctx.named.reserve(messages);
 }
 
 // A journal holds at most one record per header + state payload bytes.
-void reserve_for_journals(scan_context& ctx, const std::vector<std::uint32_t>& journal_ids) {
+void reserve_for_journals(scan_context& ctx, const std::vector<listed_file>& journals) {
   ctx.journal.reserve(static_cast<std::size_t>(
-      bytes_of(ctx, journal_ids, true) / (format::header_bytes + format::state_payload_bytes)));
+      bytes_of(journals) / (format::header_bytes + format::state_payload_bytes)));
 }
 
 }  // namespace
@@ -681,15 +707,14 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
   ctx.directory = shard_directory;
   ctx.shard = shard;
   ctx.state = &state;
-  reserve_for_segments(ctx, segment_ids);
-  if (!segment_ids.empty()) prefetch(shard_directory + "/" + segment_file_name(segment_ids[0]));
-  for (std::size_t i = 0; i < segment_ids.size(); ++i) {
-    const std::uint32_t id = segment_ids[i];
-    if (i + 1 < segment_ids.size())
-      prefetch(shard_directory + "/" + segment_file_name(segment_ids[i + 1]));
-    state.next_file_id = std::max(state.next_file_id, id + 1);
+  std::vector<listed_file> segments = list_files(ctx, segment_ids, false);
+  reserve_for_segments(ctx, segments);
+  if (!segments.empty()) open_file(ctx, segments[0], false, true);
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    if (i + 1 < segments.size()) open_file(ctx, segments[i + 1], false, true);
+    state.next_file_id = std::max(state.next_file_id, segments[i].id + 1);
     recovered_file file;
-    if (scan_file(ctx, id, false, file)) state.segments.push_back(std::move(file));
+    if (scan_file(ctx, segments[i], false, file)) state.segments.push_back(std::move(file));
   }
   state.report.segments = state.segments.size();
   for (const auto& mark : ctx.voids) {
@@ -703,11 +728,12 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
   }
   std::vector<std::size_t> incomplete;
   build_messages(ctx, incomplete);
-  reserve_for_journals(ctx, journal_ids);
-  for (auto id : journal_ids) {
-    state.next_file_id = std::max(state.next_file_id, id + 1);
+  std::vector<listed_file> journals = list_files(ctx, journal_ids, true);
+  reserve_for_journals(ctx, journals);
+  for (auto& journal : journals) {
+    state.next_file_id = std::max(state.next_file_id, journal.id + 1);
     recovered_file file;
-    if (scan_file(ctx, id, true, file)) state.journals.push_back(std::move(file));
+    if (scan_file(ctx, journal, true, file)) state.journals.push_back(std::move(file));
   }
   state.report.journals = state.journals.size();
   apply_journal(ctx);

@@ -114,8 +114,9 @@ void store::on_remove_done(std::uint32_t id, bool journal, std::int64_t result) 
     return;
   }
   for (message_id message : slot.final_ids) {
-    const message_entry* entry = _index.find(message);
-    if (entry != nullptr && entry->status == message_status::final) _index.erase(message);
+    _index.erase_if(message, [](const message_entry& entry) {
+      return entry.status == message_status::final;
+    });
   }
   if (journal) {
     files.erase(found);

@@ -359,11 +359,14 @@ void store::fail_segments(int error) noexcept {
       }
     }
     for (const auto& [ticket, id] : batch->tickets) {
-      const message_entry* found = _index.find(id);
-      RINGMTA_ASSERT(found != nullptr);
-      const std::uint32_t first = found->first_segment;
-      const std::uint64_t mask = found->segment_mask;
-      _index.erase(id);
+      std::uint32_t first = 0;
+      std::uint64_t mask = 0;
+      const bool erased = _index.erase_if(id, [&](const message_entry& found) {
+        first = found.first_segment;
+        mask = found.segment_mask;
+        return true;
+      });
+      RINGMTA_ASSERT(erased);
       release_segments(first, mask);
       ++_stats.commits_failed;
       push_event(event_kind::committed, ticket, id, error);

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "ringmta/core/chunked_slab.h"
 #include "ringmta/spool/envelope.h"
 #include "ringmta/spool/message_id.h"
 
@@ -143,48 +144,37 @@ struct message_entry {
 };
 static_assert(sizeof(message_entry) == 56);
 
-// Entries in chunks of a fixed size: growing never moves (nor copies) an entry, and memory is
-// within one chunk of what the entries need. Recovery builds one; the store's index adopts it.
+// Entries in chunks of a fixed size (core::chunked_array): growing never moves (nor copies) an
+// entry, and memory is within one chunk of what the entries need. Recovery builds one; the
+// store's index adopts it. Dense, unlike the scheduler's and the relay's slabs (no free list):
+// the index erases by moving the last entry into the hole, so that it can be walked and rebuilt
+// by position and a slot holds a 27-bit position. Popping frees the entry's recipient array at
+// once (not when the chunk goes) and keeps one spare chunk past the last used one, so that an
+// index at a chunk boundary does not allocate and free a chunk on every insert and erase.
 class message_entries {
  public:
   static constexpr unsigned chunk_bits = 10;  // 1,024 entries (56 KiB) a chunk
   static constexpr std::size_t chunk_entries = std::size_t{1} << chunk_bits;
 
-  message_entries() noexcept = default;
-  message_entries(message_entries&& other) noexcept
-      : _chunks(std::move(other._chunks)), _size(std::exchange(other._size, 0)) {}
-  message_entries& operator=(message_entries&& other) noexcept {
-    truncate(0);
-    _chunks = std::move(other._chunks);
-    _size = std::exchange(other._size, 0);
-    return *this;
-  }
-  ~message_entries() { truncate(0); }
-
-  std::size_t size() const noexcept { return _size; }
-  bool empty() const noexcept { return _size == 0; }
-  message_entry& operator[](std::size_t i) noexcept {
-    return _chunks[i >> chunk_bits][i & (chunk_entries - 1)];
-  }
-  const message_entry& operator[](std::size_t i) const noexcept {
-    return _chunks[i >> chunk_bits][i & (chunk_entries - 1)];
-  }
-  message_entry& back() noexcept { return (*this)[_size - 1]; }
+  std::size_t size() const noexcept { return _entries.size(); }
+  bool empty() const noexcept { return _entries.size() == 0; }
+  message_entry& operator[](std::size_t i) noexcept { return _entries[i]; }
+  const message_entry& operator[](std::size_t i) const noexcept { return _entries[i]; }
+  message_entry& back() noexcept { return (*this)[size() - 1]; }
   message_entry& push_back(message_entry entry);
   void pop_back() noexcept;
   void truncate(std::size_t size) noexcept;  // keeps the first `size` entries
-  std::size_t bytes() const noexcept;        // chunk memory held (not the recipient arrays)
+  std::size_t bytes() const noexcept { return _entries.bytes(); }  // not the recipient arrays
 
   using iterator = indexed_iterator<message_entries, message_entry&>;
   using const_iterator = indexed_iterator<const message_entries, const message_entry&>;
   iterator begin() noexcept { return iterator(this, 0); }
-  iterator end() noexcept { return iterator(this, _size); }
+  iterator end() noexcept { return iterator(this, size()); }
   const_iterator begin() const noexcept { return const_iterator(this, 0); }
-  const_iterator end() const noexcept { return const_iterator(this, _size); }
+  const_iterator end() const noexcept { return const_iterator(this, size()); }
 
  private:
-  std::vector<std::unique_ptr<message_entry[]>> _chunks;
-  std::size_t _size = 0;
+  core::chunked_array<message_entry, chunk_bits> _entries;
 };
 
 // Id → entry: a table of 4-byte slots, linear probing, deletion by backward shift (no
@@ -201,6 +191,14 @@ class message_entries {
 // table is 32 MiB, built in one pass over the entries. Below 1/16 full it is rebuilt half as
 // large (when that allocation fails, it stays), and trailing chunks are freed as the entries
 // shrink: a drained backlog gives its memory back.
+//
+// The probe and the backward shift are core/linear_probe.h's, shared with the relay's
+// id_table (src/server/relay_tables.h). The rest differs for a reason: that table's 8-16 byte
+// entries carry their full hash and their payload, so it is rehashed from the old table and
+// kept 58-88% full (growing by half); here a slot has no room for the hash (5 bits of tag),
+// so it is rebuilt from the entries (and its home recomputed from the entry's id when a
+// deletion shifts it), and at 4 bytes a slot a looser load (3/8-3/4) keeps probes short for
+// ~2 bytes a message.
 class message_index {
  public:
   static constexpr unsigned position_bits = 27;
@@ -219,10 +217,21 @@ class message_index {
   // `entry.id` must not be in the index, and !full(). Moves no other entry.
   message_entry& insert(message_entry entry);
   // Whether `id` was there. The last entry moves into its place.
-  bool erase(message_id id) noexcept;
+  bool erase(message_id id) noexcept {
+    return erase_if(id, [](const message_entry&) { return true; });
+  }
+  // Erases `id` when `pred(entry)` holds, with one probe for it: a caller that reads the
+  // entry before erasing it asks here, not find() then erase() (two probes for it).
+  template <class Pred>
+  bool erase_if(message_id id, Pred&& pred) noexcept {
+    const std::size_t slot = slot_of(id);
+    if (slot >= slot_count() || !pred(std::as_const(_entries[position_at(slot)]))) return false;
+    erase_slot(slot);
+    return true;
+  }
   // Memory held by the chunks and the slot table (recipient arrays not counted).
   std::size_t bytes() const noexcept;
-  std::size_t slot_count() const noexcept { return _slots == nullptr ? 0 : _slot_mask + 1; }
+  std::size_t slot_count() const noexcept { return _slots == nullptr ? 0 : _slot_count; }
   // The longest probe sequence of any entry (slots examined to find it): for tests.
   std::size_t probe_length_max() const noexcept;
 
@@ -236,9 +245,16 @@ class message_index {
   static constexpr std::uint32_t position_mask = (std::uint32_t{1} << position_bits) - 1;
   static constexpr std::size_t slots_min = 16;
 
+  // The slot's home: from the hash's high 32 bits (the tag takes bits of the low ones).
+  static std::uint32_t probe_hash(std::uint64_t hash) noexcept {
+    return static_cast<std::uint32_t>(hash >> 32);
+  }
   std::size_t home(std::uint64_t hash) const noexcept;
   static std::uint32_t tag(std::uint64_t hash) noexcept {
     return static_cast<std::uint32_t>(hash) & ~position_mask;
+  }
+  std::uint32_t position_at(std::size_t slot) const noexcept {
+    return (_slots[slot] & position_mask) - 1;
   }
   // The slot holding `id`, or slot_count() when absent.
   std::size_t slot_of(message_id id) const noexcept;
@@ -246,11 +262,11 @@ class message_index {
   void rebuild(std::size_t slots);
   void adopt(std::unique_ptr<std::uint32_t[]> table, std::size_t slots) noexcept;
   void remove_slot(std::size_t slot) noexcept;
+  void erase_slot(std::size_t slot) noexcept;  // the entry of `slot` goes
 
   message_entries _entries;
   std::unique_ptr<std::uint32_t[]> _slots;
-  std::size_t _slot_mask = 0;  // slot_count() - 1; 0 before the first insert
-  unsigned _slot_shift = 64;   // 64 - log2(slot_count())
+  std::size_t _slot_count = 0;  // a power of two; 0 before the first insert
 };
 
 }  // namespace ringmta::spool

@@ -142,6 +142,37 @@ TEST(spool_index, find_after_erase) {
   expect_entry(index.find(ids[3]), ids[3], 2);
 }
 
+// erase_if reads the entry before it goes (the store's callers take fields from it) and keeps
+// it when the predicate says no; the entry moved into the hole is found, and in its place.
+TEST(spool_index, erase_if_asks_before_erasing) {
+  const auto ids = generated_ids(40, 50, 1);
+  message_index index;
+  for (std::size_t i = 0; i < ids.size(); ++i) index.insert(entry_for(ids[i], recipients_of(i)));
+  std::size_t asked = 0;
+  EXPECT_FALSE(index.erase_if(ids[7], [&](const message_entry& entry) {
+    ++asked;
+    EXPECT_EQ(entry.id, ids[7]);
+    return false;
+  }));
+  EXPECT_EQ(asked, 1u);
+  expect_entry(index.find(ids[7]), ids[7], recipients_of(7));
+  EXPECT_FALSE(index.erase_if(ids.back() + 1, [&](const message_entry&) { return ++asked, true; }));
+  EXPECT_EQ(asked, 1u);  // an absent id asks nothing
+  message_entry* const hole = index.find(ids[7]);
+  std::uint64_t offset = 0;
+  EXPECT_TRUE(index.erase_if(ids[7], [&](const message_entry& entry) {
+    offset = entry.commit_offset;
+    return true;
+  }));
+  EXPECT_EQ(offset, ids[7] * 3);
+  EXPECT_EQ(index.find(ids[7]), nullptr);
+  // The last entry moved into the hole: found there with its recipients.
+  EXPECT_EQ(index.find(ids.back()), hole);
+  expect_entry(hole, ids.back(), recipients_of(ids.size() - 1));
+  for (std::size_t i = 0; i + 1 < ids.size(); ++i)
+    if (i != 7) expect_entry(index.find(ids[i]), ids[i], recipients_of(i));
+}
+
 // Generated ids share their low bits (sequence 0 at one message a second) or their high bits
 // (one second, sequence 0..N): a table keyed on either would put them all in a run. With the
 // mixed hash the longest probe stays short in every shape.
