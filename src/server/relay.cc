@@ -313,7 +313,7 @@ core::result<void> relay::start() noexcept {
                                                : 1;
   for (const auto& name : _state->live->suspended_at_start)
     if (owner_of(name, shards) == _state->owner.id())
-      _state->scheduler.suspend(name, core::wall_milliseconds());
+      _state->scheduler.suspend(name, _state->owner.wall_ms());
   _state->recover();
   return {};
 }
@@ -381,7 +381,7 @@ void relay::before_wait(shard::shard&) noexcept {
 
 std::string relay::operate(std::string_view destination, std::string_view action) {
   auto& s = *_state;
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = s.owner.wall_ms();
   std::size_t jobs = 0;
   bool known = true;
   if (action == "suspend") {
@@ -466,7 +466,7 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
     scheduler.list_jobs(name, count_max - jobs.size(), jobs);
     queue::destination_info info;
     scheduler.inspect(name, info);
-    const std::int64_t now = core::wall_milliseconds();
+    const std::int64_t now = _state->owner.wall_ms();
     for (std::size_t i = first; i < jobs.size(); ++i) {
       const auto& j = jobs[i];
       // The envelope is immutable once routed: the owner may read it (relay_internal.h).
@@ -583,7 +583,7 @@ void relay::state::apply_rule(const std::string& destination,
 void relay::state::apply_rule_to(const std::string& destination,
                                  const config::reply_rule_entry& rule,
                                  const recipient_report& why) noexcept {
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   const std::int64_t until = now + std::int64_t{rule.duration_s} * 1000;
   queue::destination_info info;
   if (rule.action == config::reply_action::bounce || !scheduler.inspect(destination, info))
@@ -647,7 +647,7 @@ void relay::state::learn_mx(const std::string& destination,
 
 void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   spooled_message& message = *job->message;
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   queue::job_spec spec{message.id, message.received_seconds(), job->recipients,
                        job->attempts, job->not_before_ms};
   // A destination a reply rule suspended: the job waits for the end (no attempt), and its
@@ -748,7 +748,7 @@ void relay::state::arm_timer(std::int64_t now_ms) noexcept {
 }
 
 void relay::state::poll() noexcept {
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   if (!throttles.empty()) expire_throttles(now);
   queue::job_event event;
   while (scheduler.next_event(event)) handle_event(event, nullptr);
@@ -791,7 +791,7 @@ void relay::state::open(const queue::connect_request& request) noexcept {
   }
   auto opened = out.open_connection(cookie, target);
   if (!opened) {  // at the shard's connection limit: the scheduler offers it again later
-    scheduler.connection_closed(request.connection, core::wall_milliseconds());
+    scheduler.connection_closed(request.connection, owner.wall_ms());
     return;
   }
   connection_names[cookie] = std::string(request.name);
@@ -826,7 +826,7 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
       s.learn_mx(name->second, connection);
   }
   const auto taken = s.scheduler.take_for_site(connection_of(destination),
-                                               core::wall_milliseconds());
+                                               s.owner.wall_ms());
   if (taken.status == queue::take_status::job) {
     s.follow_job(destination, taken.job);
     return s.start_delivery(connection, destination, taken.job);
@@ -867,7 +867,7 @@ void relay::state::start_delivery(outbound::connection_handle connection, std::u
   job.for_each_recipient([&](std::uint16_t index) { flight.indices.push_back(index); });
   flight.results.assign(flight.indices.size(), recipient_report{});
   flight.session = session_of(cookie);
-  flight.started_ms = core::wall_milliseconds();
+  flight.started_ms = owner.wall_ms();
   flight.connection = connection;
   flight.cookie = cookie;
   flight.body = message.body();
@@ -934,7 +934,7 @@ void relay::state::finish_delivery(std::uint32_t slot,
                                    const outbound::delivery_result& result) noexcept {
   in_flight& flight = *flights[slot];
   RINGMTA_ASSERT(flight.phase != flight_phase::free);  // converting: failed before sending
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   std::uint64_t keep_mask = 0;
   bool all_permanent = true;
   const recipient_report* first_transient = nullptr;
@@ -1045,7 +1045,7 @@ void relay::state::job_left(spool::message_id id) noexcept {
 void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
                       const outbound::close_result& result) noexcept {
   auto& s = *_state;
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = s.owner.wall_ms();
   const auto connection = connection_of(destination);
   auto name_entry = s.connection_names.find(destination);
   const std::string name = name_entry != s.connection_names.end() ? name_entry->second : "";

@@ -69,7 +69,7 @@ void relay::state::apply_message_action(const message_action_job& job) noexcept 
   if (const unsigned holder = self.holder_of(job.destination); holder != owner.id())
     return send_message_action_to(holder, job);
   if (find_owned(job.id) == nullptr) return;  // every job of it has been reported
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   switch (job.op) {
     case message_op::hold: scheduler.hold_message(job.destination, job.id, now); break;
     case message_op::release: scheduler.release_message(job.destination, job.id, now); break;
@@ -90,7 +90,7 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
   auto& s = *_state;
   const auto op = op_named(action);
   if (!op) return {};
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = s.owner.wall_ms();
   nlohmann::json out = {{"id", id_text(id)}, {"action", action}, {"found", false}};
   spooled_message* found = s.find_message(id);
   if (found == nullptr && s.recover_one(id)) found = s.find_message(id);

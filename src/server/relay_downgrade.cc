@@ -9,7 +9,6 @@
 
 #include "relay_internal.h"
 #include "ringmta/core/assert.h"
-#include "ringmta/core/clock.h"
 
 namespace ringmta::server {
 namespace {
@@ -63,7 +62,7 @@ void relay::on_downgraded(std::unique_ptr<downgrade_result> result) noexcept {
   in_flight& flight = *s.flights[slot];
   const auto connection = flight.connection;
   const std::uint64_t cookie = flight.cookie;
-  s.log.set_time(core::wall_milliseconds());
+  s.log.set_time(s.owner.wall_ms());
   s.log.record("downgrade").field("id", fmt::format("{:016x}", flight.message->id))
       .field("session", flight.session).field("outcome", result->reason())
       .field("bytes", result->bytes);
