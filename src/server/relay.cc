@@ -228,24 +228,24 @@ relay_config make_relay_config(const config::settings& settings) {
 
 // ---- cross-shard messages: a pointer whose ownership moves with the message
 
-void relay::state::on_job_message(shard::shard& target, std::vector<relay*>& shards,
+void relay::state::on_job_message(shard::mesh& target, std::vector<relay*>& shards,
                                   std::unique_ptr<routed_job> job) noexcept {
   shards[target.id()]->_state->accept_job(std::move(job));
 }
 
-void relay::state::on_outcome_message(shard::shard& target, std::vector<relay*>& shards,
+void relay::state::on_outcome_message(shard::mesh& target, std::vector<relay*>& shards,
                                       std::unique_ptr<outcome_batch> batch) noexcept {
   shards[target.id()]->_state->on_outcomes(std::move(batch));
 }
 
-void relay::state::send(unsigned to, const shard::message& m) noexcept {
-  if (!backlog.empty() || !owner.try_send(to, m)) backlog.emplace_back(to, m);
+void relay::state::send(unsigned to, const shard::parcel& m) noexcept {
+  if (!backlog.empty() || !peers.try_send(to, m)) backlog.emplace_back(to, m);
 }
 
 void relay::state::flush_backlog() noexcept {
   std::size_t sent = 0;
   for (; sent < backlog.size(); ++sent) {
-    if (!owner.try_send(backlog[sent].first, backlog[sent].second)) break;
+    if (!peers.try_send(backlog[sent].first, backlog[sent].second)) break;
   }
   backlog.erase(backlog.begin(), backlog.begin() + static_cast<std::ptrdiff_t>(sent));
 }
@@ -256,7 +256,7 @@ void relay::state::report(spooled_message* message, unsigned home,
                           std::vector<recipient_report> reports) noexcept {
   if (reports.empty()) return;
   std::unique_ptr<outcome_batch> batch(new outcome_batch{message, std::move(reports)});
-  send(home, shard::make_message<&on_outcome_message>(std::move(batch), *config.shards));
+  send(home, shard::make_parcel<&on_outcome_message>(std::move(batch), *config.shards));
 }
 
 // ---- relay and its state
@@ -275,12 +275,13 @@ queue::scheduler_config relay::state::shaped(queue::scheduler_config config,
 }
 
 relay::state::state(relay& relay_self, const relay_config& relay_settings,
-                    shard::shard& shard_owner, spool::store& spool_store,
-                    relay_metrics& relay_counters, admin::log_buffer& log_buffer)
+                    shard::host& shard_owner, shard::mesh& shard_peers,
+                    spool::store& spool_store, relay_metrics& relay_counters, admin::log_buffer& log_buffer)
     : self(relay_self),
       config(relay_settings),
       live(std::make_shared<const relay_config>(relay_settings)),
       owner(shard_owner),
+      peers(shard_peers),
       store(spool_store),
       metrics(relay_counters),
       log(log_buffer),
@@ -288,14 +289,14 @@ relay::state::state(relay& relay_self, const relay_config& relay_settings,
       dns(shard_owner, relay_settings.dns),
       out(shard_owner, dns, relay_self, relay_settings.outbound),
       shaping(relay_settings.shaping) {
-  next_session = admin::session_id_base(shard_owner.id(), true);
+  next_session = admin::session_id_base(shard_peers.id(), true);
   if (!shaping) shaping = std::make_shared<const shaping_table>(config::settings{},
                                                                 relay_settings.scheduler.limits);
 }
 
-relay::relay(const relay_config& config, shard::shard& owner, spool::store& store,
-             relay_metrics& metrics, admin::log_buffer& log)
-    : _state(std::make_unique<state>(*this, config, owner, store, metrics, log)) {}
+relay::relay(const relay_config& config, shard::host& owner, shard::mesh& peers,
+             spool::store& store, relay_metrics& metrics, admin::log_buffer& log)
+    : _state(std::make_unique<state>(*this, config, owner, peers, store, metrics, log)) {}
 
 relay::~relay() {
   if (_state->timer.armed()) _state->owner.timers().cancel(_state->timer);
@@ -312,7 +313,7 @@ core::result<void> relay::start() noexcept {
   const unsigned shards = _state->live->shards ? static_cast<unsigned>(_state->live->shards->size())
                                                : 1;
   for (const auto& name : _state->live->suspended_at_start)
-    if (owner_of(name, shards) == _state->owner.id())
+    if (owner_of(name, shards) == _state->peers.id())
       _state->scheduler.suspend(name, _state->owner.wall_ms());
   _state->recover();
   return {};
@@ -351,7 +352,7 @@ void relay::update(std::shared_ptr<const relay_config> next) noexcept {
   s.poll();  // new limits may let a destination open connections now
 }
 
-void relay::before_wait(shard::shard&) noexcept {
+void relay::before_wait() noexcept {
   _state->flush_backlog();
   _state->continue_dsns();
   _state->poll();
@@ -413,7 +414,7 @@ std::string dump(const nlohmann::json& value) {
 std::string relay::destinations_json(std::size_t count_max) const {
   auto out = nlohmann::json::array();
   _state->scheduler.list_destinations(count_max, [&](const queue::destination_info& d) {
-    out.push_back({{"destination", std::string(d.name)}, {"shard", _state->owner.id()},
+    out.push_back({{"destination", std::string(d.name)}, {"shard", _state->peers.id()},
                    {"suspended", d.suspended}, {"ready", d.ready}, {"scheduled", d.scheduled},
                    {"in_flight", d.in_flight}, {"held", d.held},
                    {"connections", d.connections},

@@ -23,7 +23,7 @@ bool relay::state::request_downgrade(std::uint32_t slot) noexcept {
   if (!live->mime_downgrade || config.downgrader == nullptr) return false;  // engine: 5.6.3
   in_flight& flight = *flights[slot];
   auto request = std::make_unique<downgrade_request>();
-  request->shard = owner.id();
+  request->shard = peers.id();
   request->flight = slot;
   request->job = job_key(flight.job.id);
   const bool duplicated = duplicate_body(flight.body, *request);

@@ -193,8 +193,8 @@ spooled_message& relay::state::add_message(const spool::envelope& envelope,
   message_ids.insert(envelope.id, message_slot{0, index});
   spooled_message& message = messages.at(index);
   message.id = envelope.id;
-  RINGMTA_ASSERT(owner.id() <= UINT16_MAX);
-  message.home = static_cast<std::uint16_t>(owner.id());
+  RINGMTA_ASSERT(peers.id() <= UINT16_MAX);
+  message.home = static_cast<std::uint16_t>(peers.id());
   message.packed.pack(envelope, body);
   message.body_bytes = body_bytes;
   message.set_received(received_ms, envelope.received_seconds);
@@ -348,14 +348,14 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
                                                    std::move(indices), std::get<1>(group),
                                                    std::get<2>(group), flags});
     const unsigned to = owner_of(job->destination, shards);
-    send(to, shard::make_message<&on_job_message>(std::move(job), *config.shards));
+    send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
   }
   if (message.recipients_open == 0) forget_message(message);  // nothing left to do
 }
 
 void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
   spooled_message& message = *batch->message;
-  RINGMTA_ASSERT(message.home == owner.id());
+  RINGMTA_ASSERT(message.home == peers.id());
   const spool::envelope envelope = message.envelope();
   for (const auto& r : batch->reports) record(message, envelope, r);
   // The DSN reads the original before the marks let the spool reclaim its segment.

@@ -53,10 +53,10 @@ std::vector<std::string_view> hosts_of(std::string_view site) {
 unsigned relay::holder_of(std::string_view destination) const {
   const auto& s = *_state;
   queue::destination_info info;
-  if (s.scheduler.inspect(destination, info)) return s.owner.id();
+  if (s.scheduler.inspect(destination, info)) return s.peers.id();
   const auto [domain, source] = split_egress(destination);  // "example.com@s3": its site's
   const auto known = s.sites.find(std::string(domain));
-  if (known == s.sites.end()) return s.owner.id();
+  if (known == s.sites.end()) return s.peers.id();
   return owner_of(egress_destination(known->second.site, source),
                   static_cast<unsigned>(s.config.shards->size()));
 }
@@ -147,8 +147,8 @@ void relay::state::release_held(const std::string& domain, const std::string& si
 void relay::state::forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept {
   job->site = egress_destination(site, split_egress(job->destination).second);
   const unsigned to = owner_of(job->site, static_cast<unsigned>(config.shards->size()));
-  if (to == owner.id()) return queue_job(std::move(job));
-  send(to, shard::make_message<&on_job_message>(std::move(job), *config.shards));
+  if (to == peers.id()) return queue_job(std::move(job));
+  send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
 }
 
 // The site's limits: the MX layer of shaping over the global settings (a domain's own
