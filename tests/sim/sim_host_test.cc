@@ -420,20 +420,6 @@ outbound::dns_client_config dns_config_for(std::uint64_t seed) {
   return config;
 }
 
-outbound::outbound_config outbound_config_for_test() {
-  outbound::outbound_config config;
-  config.helo_name = "mx.sim.example";
-  config.ipv6 = false;
-  config.connections_max = 16;
-  config.idle_timeout_ms = 1'000;
-  config.transfer = outbound::body_transfer::copy;  // no pipes in the simulated kernel
-  config.copy_body_bytes_max = 2048;                // larger bodies take the copy path
-  config.copy_chunk_bytes = 4096;
-  config.receive_buffer_count = 16;
-  config.tls_context = nullptr;
-  return config;
-}
-
 // Messages: 1..3 recipients at one destination, bodies of 1..150 lines (some starting with
 // a dot), each body a file of the host in wire form.
 void add_messages(random& rng, std::uint64_t seed, sim_host& host, embedder& queue,
@@ -480,7 +466,7 @@ run_result run_world(std::uint64_t seed, bool with_faults) {
   embedder queue(clock, result.record, host);
   {
     outbound::dns_client dns(host, dns_config_for(seed));
-    outbound::outbound out(host, dns, queue, outbound_config_for_test());
+    outbound::outbound out(host, dns, queue, outbound_config_for_sim(16));
     queue.attach(out);
     queue.set_messages(result.messages);
     EXPECT_TRUE(dns.start().ok());

@@ -237,20 +237,6 @@ class sim_shard final : public shard::host_hook {
   std::map<std::uint64_t, committing> _tickets;
 };
 
-outbound::outbound_config outbound_config() {
-  outbound::outbound_config config;
-  config.helo_name = "mx.sim.example";
-  config.ipv6 = false;
-  config.connections_max = 16;
-  config.idle_timeout_ms = 1'000;
-  config.transfer = outbound::body_transfer::copy;  // no pipes in the simulated kernel
-  config.copy_body_bytes_max = 2048;
-  config.copy_chunk_bytes = 4096;
-  config.receive_buffer_count = 64;  // > connections_max, as the daemon has it: a reply never waits
-  config.tls_context = nullptr;
-  return config;
-}
-
 std::vector<std::string> every_domain() {
   std::vector<std::string> out = live_domains;
   out.emplace_back(refusing_domain);
@@ -270,7 +256,7 @@ server::relay_config relay_config_for(std::uint64_t seed, std::vector<server::re
   config.scheduler.delay_warning_ms = 0;
   config.scheduler.random_seed = seed | 1;
   config.egress = std::make_shared<const server::egress_table>(config::settings{});
-  config.outbound = outbound_config();
+  config.outbound = outbound_config_for_sim(64);  // > connections_max, as the daemon has it
   config.dns.resolver.servers.push_back(dns::server_address{dns::ip_address::v4(192, 0, 2, 53), 53});
   config.dns.resolver.ipv6 = false;
   config.dns.random = [dns_rng = random(seed ^ 0xd115)]() mutable { return dns_rng.next(); };

@@ -3,7 +3,8 @@
 // the rates a test gives, recording what it accepted per (message key, recipient). Shared by
 // the tests that run real delivery glue on a simulated host (sim_host_test: src/outbound;
 // sim_relay_test: src/server's relay over src/outbound).
-// A message's key is its Message-ID's local part "key.…" (find_key).
+// A message's key is its Message-ID's local part "key.…" (find_key). outbound_config_for_sim:
+// the client side those tests give src/outbound.
 // Never: reads a clock; draws from anything but the random stream it is given.
 #pragma once
 
@@ -17,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "ringmta/outbound/outbound.h"
 #include "ringmta/smtp/server_session.h"
 #include "sim_host.h"
 #include "sim_random.h"
@@ -166,5 +168,22 @@ class remote_mta final : public stream_peer, public smtp::server_handler {
   random& _rng;
   bool _closed = false;
 };
+
+// src/outbound as the simulated tests run it: 16 connections, bodies copied in 4 KiB chunks
+// (no pipes in the simulated kernel; bodies over 2 KiB take the copy path), no TLS.
+// `receive_buffers` above the connections a test opens means a reply never waits for one.
+inline outbound::outbound_config outbound_config_for_sim(std::uint32_t receive_buffers) {
+  outbound::outbound_config config;
+  config.helo_name = "mx.sim.example";
+  config.ipv6 = false;
+  config.connections_max = 16;
+  config.idle_timeout_ms = 1'000;
+  config.transfer = outbound::body_transfer::copy;
+  config.copy_body_bytes_max = 2048;
+  config.copy_chunk_bytes = 4096;
+  config.receive_buffer_count = receive_buffers;
+  config.tls_context = nullptr;
+  return config;
+}
 
 }  // namespace ringmta::sim
