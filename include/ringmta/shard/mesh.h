@@ -8,6 +8,8 @@
 // queues carry shard::messages and call on_shard with the target shard, a simulated mesh calls
 // on_mesh with its own mesh. make_parcel (typed_message.h) fills both from one handler taking
 // (mesh&, ...), so the handler never sees which kind delivered it, and no caller casts words.
+// `drop` frees the payload of a parcel that will never be delivered: a simulated mesh at a
+// simulated power loss (the runtime delivers every message it accepted).
 //
 // Invariants: like shard::try_send — a parcel runs on the target's loop, never inside
 // try_send, in the order sent per (sender, target) pair; false means the target's queue is
@@ -26,6 +28,7 @@ struct message;
 struct parcel {
   void (*on_shard)(shard& target, const message& received) noexcept = nullptr;
   void (*on_mesh)(mesh& target, const parcel& received) noexcept = nullptr;
+  void (*drop)(const parcel& unsent) noexcept = nullptr;
   std::uint64_t words[2] = {};
 };
 

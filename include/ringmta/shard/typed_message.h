@@ -127,6 +127,7 @@ parcel make_parcel(std::unique_ptr<T> object, C& context) noexcept {
   p.on_mesh = [](mesh& target, const parcel& received) noexcept {
     detail::deliver_parcel<Handler, T, C>(target, received.words);
   };
+  p.drop = [](const parcel& unsent) noexcept { delete detail::from_word<T>(unsent.words[0]); };
   p.words[0] = detail::to_word(object.release());
   p.words[1] = detail::to_word(&context);
   return p;
