@@ -143,6 +143,24 @@ struct test_message {
   bool routed = false;  // durable and handed to the relay
 };
 
+// A shard's spool. `busy`: one message in reception at a time and small buffers, so a DSN's
+// store::begin meets EAGAIN and its bytes go in over several loop turns.
+spool::store_config store_config_for(std::uint64_t seed, unsigned id, bool busy) {
+  spool::store_config config;
+  config.directory = fmt::format("/sim/shard-{}", id);  // never touched: the disk's names
+  config.shard = id;
+  config.segment_bytes = 256u << 10;
+  config.journal_bytes = 64u << 10;
+  config.random_seed = seed | 1;
+  if (busy) {
+    config.pending_messages_max = 1;
+    config.block_bytes = 4096;
+    config.batch_bytes_max = 8192;
+    config.buffered_bytes_max = 16384;
+  }
+  return config;
+}
+
 // One simulated shard: its host, disk, store and the daemon's relay over them. Its loop hook
 // plays the daemon's shard_services: the store's group commit, its operations to the disk,
 // its events to the relay (DSN commits, action records) or to the test's own commits.
@@ -152,22 +170,13 @@ class sim_shard final : public shard::host_hook {
   // spool::recover found on it (empty at the first start).
   sim_shard(scheduler& clock, std::uint64_t seed, unsigned id, sim_network network,
             shard::mesh& peers, const server::relay_config& config, disk& spool_disk,
-            spool::recovered_state recovered)
+            const spool::store_config& store_config, spool::recovered_state recovered)
       : _host(clock, seed * 31 + id, std::move(network), 2'000'000, epoch_ms),
         _disk(spool_disk),
         _log(admin::log_format::json) {
-    _store = std::make_unique<spool::store>(store_config_for(seed, id), std::move(recovered));
+    _store = std::make_unique<spool::store>(store_config, std::move(recovered));
     _host.add_iteration_hook(*this);  // before the relay's, as in the daemon
     _relay = std::make_unique<server::relay>(config, _host, peers, *_store, _metrics, _log);
-  }
-  static spool::store_config store_config_for(std::uint64_t seed, unsigned id) {
-    spool::store_config config;
-    config.directory = fmt::format("/sim/shard-{}", id);  // never touched: the disk's names
-    config.shard = id;
-    config.segment_bytes = 256u << 10;
-    config.journal_bytes = 64u << 10;
-    config.random_seed = seed | 1;
-    return config;
   }
   void on_disk_done(std::uint64_t token, std::int64_t result) {
     _store->complete(token, result);
@@ -317,8 +326,8 @@ struct run_result {
 // them, and the remote MTAs.
 class relay_world {
  public:
-  relay_world(std::uint64_t seed, unsigned shards)
-      : _seed(seed), _rng(seed), _fault_rng(seed * 0x9e3779b97f4a7c15ull + 0xfa17),
+  relay_world(std::uint64_t seed, unsigned shards, bool busy_spool)
+      : _seed(seed), _busy_spool(busy_spool), _rng(seed), _fault_rng(seed * 0x9e3779b97f4a7c15ull + 0xfa17),
         _relays(shards, nullptr), _config(relay_config_for(seed, _relays)),
         _hub(_clock, _rng, shards) {
     _result.shards = shards;
@@ -380,7 +389,8 @@ class relay_world {
 
   void start_shard(unsigned i, spool::recovered_state recovered) {
     _nodes[i] = std::make_unique<sim_shard>(_clock, _seed, i, network(), _hub.at(i), _config,
-                                            *_disks[i], std::move(recovered));
+                                            *_disks[i], store_config_for(_seed, i, _busy_spool),
+                                            std::move(recovered));
     _relays[i] = &_nodes[i]->relay();
     // One process, one descriptor table: an owner shard reads the body of a message from its
     // home shard's segment files (the daemon's shards share the spool's fds the same way).
@@ -507,6 +517,7 @@ class relay_world {
   }
 
   std::uint64_t _seed;
+  bool _busy_spool = false;
   scheduler _clock;
   random _rng;
   random _fault_rng;
@@ -521,8 +532,9 @@ class relay_world {
   std::vector<std::unique_ptr<sim_shard>> _nodes;
 };
 
-run_result run_world(std::uint64_t seed, unsigned shards, bool with_crash = false) {
-  relay_world world(seed, shards);
+run_result run_world(std::uint64_t seed, unsigned shards, bool with_crash = false,
+                     bool busy_spool = false) {
+  relay_world world(seed, shards, busy_spool);
   return world.run(with_crash);
 }
 
@@ -591,6 +603,21 @@ TEST(SimRelay, APowerLossMidDeliveryLosesNoRecipientAndRedeliversNoFinalOne) {
     recovered += r.recovered_queued;
   }
   EXPECT_GT(recovered, 0u) << "no crash found a queued message to route again";
+}
+
+// KNOWN BUG (docs/notes.md, s9-relaysim): the relay marks a bounced recipient final as soon as
+// its DSN is started, not once the DSN is durable. A DSN whose store::begin meets EAGAIN (the
+// spool's pending_messages_max), whose commit fails, or whose commit comes in a later loop turn
+// than the mark and is lost to a power loss, is gone while the recipient is recorded bounced:
+// the sender never hears (RFC 5321 §6.1). ringmta-sim's copy (sim_outbound.cc) marks only once
+// the DSN is durable, which is why the world never saw it. Run with
+// --gtest_also_run_disabled_tests: "no DSN for key.…" on most seeds.
+TEST(SimRelay, DISABLED_ABusySpoolOrAPowerLossLosesNoDsn) {
+  for (std::uint64_t seed = 1; seed <= 20; ++seed) {
+    SCOPED_TRACE(seed);
+    expect_every_recipient_settled(run_world(seed, 1 + static_cast<unsigned>(seed % 3),
+                                             seed % 2 == 0, true));
+  }
 }
 
 TEST(SimRelay, ASeedReplaysToTheSameTranscript) {
