@@ -134,7 +134,7 @@ class shard_services final : public shard::iteration_hook {
         _format(format),
         _metrics(metrics),
         _front(std::move(inbound_settings), owner, *_store, _driver, metrics.inbound, _log),
-        _relay(relay_settings, owner, *_store, metrics.relay, _log) {}
+        _relay(relay_settings, owner, owner, *_store, metrics.relay, _log) {}
 
   relay& delivery() noexcept { return _relay; }
   inbound& front() noexcept { return _front; }

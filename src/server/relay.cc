@@ -228,24 +228,24 @@ relay_config make_relay_config(const config::settings& settings) {
 
 // ---- cross-shard messages: a pointer whose ownership moves with the message
 
-void relay::state::on_job_message(shard::shard& target, std::vector<relay*>& shards,
+void relay::state::on_job_message(shard::mesh& target, std::vector<relay*>& shards,
                                   std::unique_ptr<routed_job> job) noexcept {
   shards[target.id()]->_state->accept_job(std::move(job));
 }
 
-void relay::state::on_outcome_message(shard::shard& target, std::vector<relay*>& shards,
+void relay::state::on_outcome_message(shard::mesh& target, std::vector<relay*>& shards,
                                       std::unique_ptr<outcome_batch> batch) noexcept {
   shards[target.id()]->_state->on_outcomes(std::move(batch));
 }
 
-void relay::state::send(unsigned to, const shard::message& m) noexcept {
-  if (!backlog.empty() || !owner.try_send(to, m)) backlog.emplace_back(to, m);
+void relay::state::send(unsigned to, const shard::parcel& m) noexcept {
+  if (!backlog.empty() || !peers.try_send(to, m)) backlog.emplace_back(to, m);
 }
 
 void relay::state::flush_backlog() noexcept {
   std::size_t sent = 0;
   for (; sent < backlog.size(); ++sent) {
-    if (!owner.try_send(backlog[sent].first, backlog[sent].second)) break;
+    if (!peers.try_send(backlog[sent].first, backlog[sent].second)) break;
   }
   backlog.erase(backlog.begin(), backlog.begin() + static_cast<std::ptrdiff_t>(sent));
 }
@@ -256,7 +256,7 @@ void relay::state::report(spooled_message* message, unsigned home,
                           std::vector<recipient_report> reports) noexcept {
   if (reports.empty()) return;
   std::unique_ptr<outcome_batch> batch(new outcome_batch{message, std::move(reports)});
-  send(home, shard::make_message<&on_outcome_message>(std::move(batch), *config.shards));
+  send(home, shard::make_parcel<&on_outcome_message>(std::move(batch), *config.shards));
 }
 
 // ---- relay and its state
@@ -275,12 +275,13 @@ queue::scheduler_config relay::state::shaped(queue::scheduler_config config,
 }
 
 relay::state::state(relay& relay_self, const relay_config& relay_settings,
-                    shard::shard& shard_owner, spool::store& spool_store,
-                    relay_metrics& relay_counters, admin::log_buffer& log_buffer)
+                    shard::host& shard_owner, shard::mesh& shard_peers,
+                    spool::store& spool_store, relay_metrics& relay_counters, admin::log_buffer& log_buffer)
     : self(relay_self),
       config(relay_settings),
       live(std::make_shared<const relay_config>(relay_settings)),
       owner(shard_owner),
+      peers(shard_peers),
       store(spool_store),
       metrics(relay_counters),
       log(log_buffer),
@@ -288,14 +289,14 @@ relay::state::state(relay& relay_self, const relay_config& relay_settings,
       dns(shard_owner, relay_settings.dns),
       out(shard_owner, dns, relay_self, relay_settings.outbound),
       shaping(relay_settings.shaping) {
-  next_session = admin::session_id_base(shard_owner.id(), true);
+  next_session = admin::session_id_base(shard_peers.id(), true);
   if (!shaping) shaping = std::make_shared<const shaping_table>(config::settings{},
                                                                 relay_settings.scheduler.limits);
 }
 
-relay::relay(const relay_config& config, shard::shard& owner, spool::store& store,
-             relay_metrics& metrics, admin::log_buffer& log)
-    : _state(std::make_unique<state>(*this, config, owner, store, metrics, log)) {}
+relay::relay(const relay_config& config, shard::host& owner, shard::mesh& peers,
+             spool::store& store, relay_metrics& metrics, admin::log_buffer& log)
+    : _state(std::make_unique<state>(*this, config, owner, peers, store, metrics, log)) {}
 
 relay::~relay() {
   if (_state->timer.armed()) _state->owner.timers().cancel(_state->timer);
@@ -312,8 +313,8 @@ core::result<void> relay::start() noexcept {
   const unsigned shards = _state->live->shards ? static_cast<unsigned>(_state->live->shards->size())
                                                : 1;
   for (const auto& name : _state->live->suspended_at_start)
-    if (owner_of(name, shards) == _state->owner.id())
-      _state->scheduler.suspend(name, core::wall_milliseconds());
+    if (owner_of(name, shards) == _state->peers.id())
+      _state->scheduler.suspend(name, _state->owner.wall_ms());
   _state->recover();
   return {};
 }
@@ -351,7 +352,7 @@ void relay::update(std::shared_ptr<const relay_config> next) noexcept {
   s.poll();  // new limits may let a destination open connections now
 }
 
-void relay::before_wait(shard::shard&) noexcept {
+void relay::before_wait() noexcept {
   _state->flush_backlog();
   _state->continue_dsns();
   _state->poll();
@@ -381,7 +382,7 @@ void relay::before_wait(shard::shard&) noexcept {
 
 std::string relay::operate(std::string_view destination, std::string_view action) {
   auto& s = *_state;
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = s.owner.wall_ms();
   std::size_t jobs = 0;
   bool known = true;
   if (action == "suspend") {
@@ -413,7 +414,7 @@ std::string dump(const nlohmann::json& value) {
 std::string relay::destinations_json(std::size_t count_max) const {
   auto out = nlohmann::json::array();
   _state->scheduler.list_destinations(count_max, [&](const queue::destination_info& d) {
-    out.push_back({{"destination", std::string(d.name)}, {"shard", _state->owner.id()},
+    out.push_back({{"destination", std::string(d.name)}, {"shard", _state->peers.id()},
                    {"suspended", d.suspended}, {"ready", d.ready}, {"scheduled", d.scheduled},
                    {"in_flight", d.in_flight}, {"held", d.held},
                    {"connections", d.connections},
@@ -466,7 +467,7 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
     scheduler.list_jobs(name, count_max - jobs.size(), jobs);
     queue::destination_info info;
     scheduler.inspect(name, info);
-    const std::int64_t now = core::wall_milliseconds();
+    const std::int64_t now = _state->owner.wall_ms();
     for (std::size_t i = first; i < jobs.size(); ++i) {
       const auto& j = jobs[i];
       // The envelope is immutable once routed: the owner may read it (relay_internal.h).
@@ -583,7 +584,7 @@ void relay::state::apply_rule(const std::string& destination,
 void relay::state::apply_rule_to(const std::string& destination,
                                  const config::reply_rule_entry& rule,
                                  const recipient_report& why) noexcept {
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   const std::int64_t until = now + std::int64_t{rule.duration_s} * 1000;
   queue::destination_info info;
   if (rule.action == config::reply_action::bounce || !scheduler.inspect(destination, info))
@@ -647,7 +648,7 @@ void relay::state::learn_mx(const std::string& destination,
 
 void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   spooled_message& message = *job->message;
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   queue::job_spec spec{message.id, message.received_seconds(), job->recipients,
                        job->attempts, job->not_before_ms};
   // A destination a reply rule suspended: the job waits for the end (no attempt), and its
@@ -748,7 +749,7 @@ void relay::state::arm_timer(std::int64_t now_ms) noexcept {
 }
 
 void relay::state::poll() noexcept {
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   if (!throttles.empty()) expire_throttles(now);
   queue::job_event event;
   while (scheduler.next_event(event)) handle_event(event, nullptr);
@@ -791,7 +792,7 @@ void relay::state::open(const queue::connect_request& request) noexcept {
   }
   auto opened = out.open_connection(cookie, target);
   if (!opened) {  // at the shard's connection limit: the scheduler offers it again later
-    scheduler.connection_closed(request.connection, core::wall_milliseconds());
+    scheduler.connection_closed(request.connection, owner.wall_ms());
     return;
   }
   connection_names[cookie] = std::string(request.name);
@@ -826,7 +827,7 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
       s.learn_mx(name->second, connection);
   }
   const auto taken = s.scheduler.take_for_site(connection_of(destination),
-                                               core::wall_milliseconds());
+                                               s.owner.wall_ms());
   if (taken.status == queue::take_status::job) {
     s.follow_job(destination, taken.job);
     return s.start_delivery(connection, destination, taken.job);
@@ -867,7 +868,7 @@ void relay::state::start_delivery(outbound::connection_handle connection, std::u
   job.for_each_recipient([&](std::uint16_t index) { flight.indices.push_back(index); });
   flight.results.assign(flight.indices.size(), recipient_report{});
   flight.session = session_of(cookie);
-  flight.started_ms = core::wall_milliseconds();
+  flight.started_ms = owner.wall_ms();
   flight.connection = connection;
   flight.cookie = cookie;
   flight.body = message.body();
@@ -934,7 +935,7 @@ void relay::state::finish_delivery(std::uint32_t slot,
                                    const outbound::delivery_result& result) noexcept {
   in_flight& flight = *flights[slot];
   RINGMTA_ASSERT(flight.phase != flight_phase::free);  // converting: failed before sending
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   std::uint64_t keep_mask = 0;
   bool all_permanent = true;
   const recipient_report* first_transient = nullptr;
@@ -1045,7 +1046,7 @@ void relay::state::job_left(spool::message_id id) noexcept {
 void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
                       const outbound::close_result& result) noexcept {
   auto& s = *_state;
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = s.owner.wall_ms();
   const auto connection = connection_of(destination);
   auto name_entry = s.connection_names.find(destination);
   const std::string name = name_entry != s.connection_names.end() ? name_entry->second : "";

@@ -46,7 +46,7 @@ std::string id_text(spool::message_id id) {
 
 }  // namespace
 
-void relay::state::on_message_action_message(shard::shard& target, std::vector<relay*>& shards,
+void relay::state::on_message_action_message(shard::mesh& target, std::vector<relay*>& shards,
                                              std::unique_ptr<message_action_job> job) noexcept {
   shards[target.id()]->_state->apply_message_action(*job);
 }
@@ -58,7 +58,7 @@ void relay::state::send_message_action(spool::message_id id, const std::string& 
 }
 
 void relay::state::send_message_action_to(unsigned to, message_action_job job) noexcept {
-  send(to, shard::make_message<&on_message_action_message>(
+  send(to, shard::make_parcel<&on_message_action_message>(
                   std::make_unique<message_action_job>(std::move(job)), *config.shards));
 }
 
@@ -66,10 +66,10 @@ void relay::state::send_message_action_to(unsigned to, message_action_job job) n
 // removed: recorded deleted) and go home like any outcome.
 void relay::state::apply_message_action(const message_action_job& job) noexcept {
   // MX site rollup: the domain's owner knows which shard queues it (its site's owner).
-  if (const unsigned holder = self.holder_of(job.destination); holder != owner.id())
+  if (const unsigned holder = self.holder_of(job.destination); holder != peers.id())
     return send_message_action_to(holder, job);
   if (find_owned(job.id) == nullptr) return;  // every job of it has been reported
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   switch (job.op) {
     case message_op::hold: scheduler.hold_message(job.destination, job.id, now); break;
     case message_op::release: scheduler.release_message(job.destination, job.id, now); break;
@@ -90,7 +90,7 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
   auto& s = *_state;
   const auto op = op_named(action);
   if (!op) return {};
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = s.owner.wall_ms();
   nlohmann::json out = {{"id", id_text(id)}, {"action", action}, {"found", false}};
   spooled_message* found = s.find_message(id);
   if (found == nullptr && s.recover_one(id)) found = s.find_message(id);
@@ -164,7 +164,7 @@ std::string relay::message_location_json(spool::message_id id) const {
   if (entry == nullptr || entry->status != spool::message_status::queued ||
       (entry->flags & spool::message_flag_deleted) != 0)
     return {};
-  return nlohmann::json{{"shard", _state->owner.id()},
+  return nlohmann::json{{"shard", _state->peers.id()},
                         {"commit_segment", entry->commit_segment},
                         {"commit_offset", entry->commit_offset},
                         {"commit_bytes", entry->commit_bytes},

@@ -9,7 +9,6 @@
 
 #include "relay_internal.h"
 #include "ringmta/core/assert.h"
-#include "ringmta/core/clock.h"
 
 namespace ringmta::server {
 namespace {
@@ -24,7 +23,7 @@ bool relay::state::request_downgrade(std::uint32_t slot) noexcept {
   if (!live->mime_downgrade || config.downgrader == nullptr) return false;  // engine: 5.6.3
   in_flight& flight = *flights[slot];
   auto request = std::make_unique<downgrade_request>();
-  request->shard = owner.id();
+  request->shard = peers.id();
   request->flight = slot;
   request->job = job_key(flight.job.id);
   const bool duplicated = duplicate_body(flight.body, *request);
@@ -63,7 +62,7 @@ void relay::on_downgraded(std::unique_ptr<downgrade_result> result) noexcept {
   in_flight& flight = *s.flights[slot];
   const auto connection = flight.connection;
   const std::uint64_t cookie = flight.cookie;
-  s.log.set_time(core::wall_milliseconds());
+  s.log.set_time(s.owner.wall_ms());
   s.log.record("downgrade").field("id", fmt::format("{:016x}", flight.message->id))
       .field("session", flight.session).field("outcome", result->reason())
       .field("bytes", result->bytes);

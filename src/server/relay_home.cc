@@ -193,8 +193,8 @@ spooled_message& relay::state::add_message(const spool::envelope& envelope,
   message_ids.insert(envelope.id, message_slot{0, index});
   spooled_message& message = messages.at(index);
   message.id = envelope.id;
-  RINGMTA_ASSERT(owner.id() <= UINT16_MAX);
-  message.home = static_cast<std::uint16_t>(owner.id());
+  RINGMTA_ASSERT(peers.id() <= UINT16_MAX);
+  message.home = static_cast<std::uint16_t>(peers.id());
   message.packed.pack(envelope, body);
   message.body_bytes = body_bytes;
   message.set_received(received_ms, envelope.received_seconds);
@@ -206,7 +206,7 @@ void relay::state::route(const spool::envelope& envelope,
   std::uint64_t body_bytes = 0;
   for (const auto& slice : body) body_bytes += slice.length;
   spooled_message& message =
-      add_message(envelope, body, body_bytes, core::wall_milliseconds());
+      add_message(envelope, body, body_bytes, owner.wall_ms());
   route_recipients(message, envelope, nullptr, pool);
 }
 
@@ -226,7 +226,7 @@ std::string relay::state::egress_name(const spooled_message& message, std::strin
     chosen = egress.pool_for_sender(
         at == std::string_view::npos ? std::string() : destination_of(sender, config.hostname));
     if (!pool.empty()) {
-      log.set_time(core::wall_milliseconds());
+      log.set_time(owner.wall_ms());
       log.record("pool_unknown")
           .field("id", std::string_view(spool::format_message_id(message.id).data(), 16))
           .field("pool", pool)
@@ -248,7 +248,7 @@ void relay::state::recover() noexcept {
   });
   std::sort(recovering.begin(), recovering.end());
   recovering_next = 0;
-  recovering_since_ms = core::wall_milliseconds();
+  recovering_since_ms = owner.wall_ms();
   recover_slice();
 }
 
@@ -264,7 +264,7 @@ void relay::state::recover_slice() noexcept {
     return;
   }
   if (recovering.empty()) return;
-  const std::int64_t now = core::wall_milliseconds();
+  const std::int64_t now = owner.wall_ms();
   log.set_time(now);
   log.record("queue_recovered")
       .field("messages", static_cast<std::uint64_t>(recovering_next))
@@ -287,7 +287,7 @@ void relay::state::route_recovered(spool::message_id id) noexcept {
   if (entry == nullptr || entry->status != spool::message_status::queued) return;
   auto stored = store.read(id);
   if (!stored) {
-    log.set_time(core::wall_milliseconds());
+    log.set_time(owner.wall_ms());
     log.record("spool_read_failed")
         .field("id", std::string_view(spool::format_message_id(id).data(), 16))
         .field("error", stored.error_text());
@@ -348,14 +348,14 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
                                                    std::move(indices), std::get<1>(group),
                                                    std::get<2>(group), flags});
     const unsigned to = owner_of(job->destination, shards);
-    send(to, shard::make_message<&on_job_message>(std::move(job), *config.shards));
+    send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
   }
   if (message.recipients_open == 0) forget_message(message);  // nothing left to do
 }
 
 void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
   spooled_message& message = *batch->message;
-  RINGMTA_ASSERT(message.home == owner.id());
+  RINGMTA_ASSERT(message.home == peers.id());
   const spool::envelope envelope = message.envelope();
   for (const auto& r : batch->reports) record(message, envelope, r);
   // The DSN reads the original before the marks let the spool reclaim its segment.
@@ -367,7 +367,7 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
 // The outcomes' new recipient states go to the spool; the message is forgotten once every
 // recipient is final.
 void relay::state::apply_outcomes(spooled_message& message, const outcome_batch& batch) noexcept {
-  const std::int64_t now_seconds = core::wall_seconds();
+  const std::int64_t now_seconds = owner.wall_ms() / 1000;
   for (const auto& r : batch.reports) {
     spool::recipient_status status;
     status.attempts = r.attempts;
@@ -418,7 +418,7 @@ void relay::state::on_marks_durable() noexcept {
 void relay::state::record(spooled_message& message, const spool::envelope& envelope,
                           const recipient_report& r) noexcept {
   const auto& recipient = envelope.recipients.at(r.index);
-  const std::int64_t now_ms = core::wall_milliseconds();
+  const std::int64_t now_ms = owner.wall_ms();
   log.set_time(now_ms);
   // What operators search for: the size, the MX host and its address apart, the attempt
   // number, the outbound session, and delays to the millisecond.
@@ -502,7 +502,7 @@ void relay::state::record(spooled_message& message, const spool::envelope& envel
   note.remote = r.mx;
   note.diagnostic = r.text;
   note.diagnostic_from_server = r.from_server;
-  note.last_attempt_seconds = core::wall_seconds();
+  note.last_attempt_seconds = owner.wall_ms() / 1000;
   note.retry_until_seconds =
       message.received_seconds() + live->scheduler.lifetime_max_ms / 1000;
   if (!message.notes) message.notes = std::make_unique<std::vector<dsn_note>>();
@@ -605,7 +605,7 @@ void relay::state::on_dsn_original_read(std::uint32_t key, std::uint32_t index,
 // spool's buffers are busy.
 void relay::state::queue_dsn(const dsn_original_read& read) noexcept {
   const spool::envelope& original_envelope = read.envelope;
-  const std::int64_t now_seconds = core::wall_seconds();
+  const std::int64_t now_seconds = owner.wall_ms() / 1000;
   auto handle = store.begin(now_seconds);
   if (!handle) {
     metrics.dsn_failed.add();
@@ -679,7 +679,7 @@ bool relay::state::on_committed(std::uint64_t ticket, int error) noexcept {
     return true;
   }
   metrics.dsn_queued.add();
-  log.set_time(core::wall_milliseconds());
+  log.set_time(owner.wall_ms());
   log.record("dsn_queued")
       .field("id", std::string_view(spool::format_message_id(dsn->id).data(), 16));
   route(dsn->envelope, dsn->body);

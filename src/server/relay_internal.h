@@ -199,14 +199,15 @@ struct dsn_original_read {
 };
 
 struct relay::state {
-  state(relay& self, const relay_config& config, shard::shard& owner, spool::store& store,
-        relay_metrics& metrics, admin::log_buffer& log);
+  state(relay& self, const relay_config& config, shard::host& owner, shard::mesh& peers,
+        spool::store& store, relay_metrics& metrics, admin::log_buffer& log);
 
   relay& self;
   const relay_config& config;  // as started: shards, host name (what a reload cannot change)
   // The latest reload's routes, relayhost, port, queue policy: for deliveries started from now.
   std::shared_ptr<const relay_config> live;
-  shard::shard& owner;
+  shard::host& owner;  // IO, timers, the loop's clock
+  shard::mesh& peers;  // this shard's id, the other shards
   spool::store& store;
   relay_metrics& metrics;
   admin::log_buffer& log;
@@ -415,14 +416,14 @@ struct relay::state {
   void learn_mx(const std::string& destination, outbound::connection_handle connection) noexcept;
 
   // both: cross-shard sends that found the target's queue full, retried every iteration
-  std::vector<std::pair<unsigned, shard::message>> backlog;
-  void send(unsigned to, const shard::message& m) noexcept;
+  std::vector<std::pair<unsigned, shard::parcel>> backlog;
+  void send(unsigned to, const shard::parcel& m) noexcept;
   // Typed cross-shard messages (shard/typed_message.h); `shards` finds the target's relay.
-  static void on_job_message(shard::shard& target, std::vector<relay*>& shards,
+  static void on_job_message(shard::mesh& target, std::vector<relay*>& shards,
                              std::unique_ptr<routed_job> job) noexcept;
-  static void on_outcome_message(shard::shard& target, std::vector<relay*>& shards,
+  static void on_outcome_message(shard::mesh& target, std::vector<relay*>& shards,
                                  std::unique_ptr<outcome_batch> batch) noexcept;
-  static void on_message_action_message(shard::shard& target, std::vector<relay*>& shards,
+  static void on_message_action_message(shard::mesh& target, std::vector<relay*>& shards,
                                         std::unique_ptr<message_action_job> job) noexcept;
   void flush_backlog() noexcept;
   relay& peer(unsigned shard) const noexcept { return *(*config.shards)[shard]; }

@@ -18,7 +18,6 @@
 #include <fmt/format.h>
 
 #include "relay_internal.h"
-#include "ringmta/core/clock.h"
 
 namespace ringmta::server {
 
@@ -54,10 +53,10 @@ std::vector<std::string_view> hosts_of(std::string_view site) {
 unsigned relay::holder_of(std::string_view destination) const {
   const auto& s = *_state;
   queue::destination_info info;
-  if (s.scheduler.inspect(destination, info)) return s.owner.id();
+  if (s.scheduler.inspect(destination, info)) return s.peers.id();
   const auto [domain, source] = split_egress(destination);  // "example.com@s3": its site's
   const auto known = s.sites.find(std::string(domain));
-  if (known == s.sites.end()) return s.owner.id();
+  if (known == s.sites.end()) return s.peers.id();
   return owner_of(egress_destination(known->second.site, source),
                   static_cast<unsigned>(s.config.shards->size()));
 }
@@ -78,7 +77,7 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   queue::destination_info info;
   if (scheduler.inspect(job->destination, info) && info.suspended) return false;  // the operator's
   if (const auto known = sites.find(domain); known != sites.end()) {
-    if (core::wall_milliseconds() - known->second.learned_ms < site_relearn_ms) {
+    if (owner.wall_ms() - known->second.learned_ms < site_relearn_ms) {
       forward_to_site(std::move(job), known->second.site);
       return true;
     }
@@ -88,7 +87,7 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   if (held == resolving.end()) {
     if (resolving.size() >= resolving_max) return false;
     held = resolving.emplace(domain, std::vector<std::unique_ptr<routed_job>>{}).first;
-    site_lookups_waiting.push_back({domain, core::wall_milliseconds()});
+    site_lookups_waiting.push_back({domain, owner.wall_ms()});
     start_site_lookups();
   }
   held->second.push_back(std::move(job));
@@ -99,7 +98,7 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
 // waited past site_lookup_wait_max_ms are queued here unrolled instead.
 // (Lookups complete asynchronously: on_lookup_done never runs from inside this loop.)
 void relay::state::start_site_lookups() noexcept {
-  const std::int64_t now_ms = core::wall_milliseconds();
+  const std::int64_t now_ms = owner.wall_ms();
   while (lookups.size() < site_lookups_max && !site_lookups_waiting.empty()) {
     std::string domain = std::move(site_lookups_waiting.front().domain);
     const std::int64_t since_ms = site_lookups_waiting.front().since_ms;
@@ -129,7 +128,7 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
     for (const auto& host : result.hosts) hosts.push_back(host.name);
     site = site_name(hosts);
     if (s.sites.size() >= sites_max) s.sites.clear();
-    s.sites[domain] = known_site{site, core::wall_milliseconds()};
+    s.sites[domain] = known_site{site, s.owner.wall_ms()};
   }
   s.release_held(domain, site);
 }
@@ -148,8 +147,8 @@ void relay::state::release_held(const std::string& domain, const std::string& si
 void relay::state::forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept {
   job->site = egress_destination(site, split_egress(job->destination).second);
   const unsigned to = owner_of(job->site, static_cast<unsigned>(config.shards->size()));
-  if (to == owner.id()) return queue_job(std::move(job));
-  send(to, shard::make_message<&on_job_message>(std::move(job), *config.shards));
+  if (to == peers.id()) return queue_job(std::move(job));
+  send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
 }
 
 // The site's limits: the MX layer of shaping over the global settings (a domain's own

@@ -37,6 +37,14 @@ bool shard::try_send(unsigned to, const message& m) noexcept {
   return true;
 }
 
+bool shard::try_send(unsigned to, const parcel& p) noexcept {
+  message m{};
+  m.handler = p.on_shard;
+  m.words[0] = p.words[0];
+  m.words[1] = p.words[1];
+  return try_send(to, m);
+}
+
 // Called by a sender after its push (and a full fence): true when it must send the wake-up.
 bool shard::wake_if_sleeping() noexcept {
   if (!_sleeping.load(std::memory_order_seq_cst)) return false;

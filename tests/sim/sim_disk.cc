@@ -384,6 +384,23 @@ bool disk::durable(int fd, std::uint64_t offset, std::uint64_t length, std::stri
   return true;
 }
 
+std::int64_t disk::read(int fd, std::uint64_t offset, void* into, std::uint32_t length) const {
+  const auto found = _fds.find(fd);
+  if (found == _fds.end()) return -EBADF;
+  inode file = _inodes.at(found->second.inode);  // a copy: the completed writes go on it
+  std::vector<const pending_write*> order;
+  for (const auto& write : file.pending) order.push_back(&write);
+  std::sort(order.begin(), order.end(),
+            [](const pending_write* a, const pending_write* b) { return a->serial < b->serial; });
+  for (const pending_write* write : order) apply(file, write->offset, write->bytes);
+  const std::uint64_t size = std::max(file.size, file.durable_size);
+  if (offset >= size) return 0;
+  const auto taken = static_cast<std::uint32_t>(std::min<std::uint64_t>(length, size - offset));
+  if (file.durable.size() < offset + taken) file.durable.resize(offset + taken);
+  std::memcpy(into, file.durable.data() + offset, taken);
+  return taken;
+}
+
 std::string disk::name_of(int fd) const {
   const auto found = _fds.find(fd);
   if (found == _fds.end()) return fmt::format("fd{}", fd);

@@ -87,6 +87,9 @@ class disk {
   // now; otherwise `why` says what is missing.
   bool durable(int fd, std::uint64_t offset, std::uint64_t length, std::string& why) const;
   std::string name_of(int fd) const;
+  // What a read of the file behind `fd` returns now (the page cache: every completed write,
+  // synced or not): up to `length` bytes at `offset` into `into`, the count, or -EBADF.
+  std::int64_t read(int fd, std::uint64_t offset, void* into, std::uint32_t length) const;
   const disk_stats& stats() const noexcept { return _stats; }
 
  private:

@@ -425,6 +425,10 @@ core::result<void> sim_host::prep_read(int fd, void* buffer, std::uint32_t lengt
                                        io::sqe_flags flags) noexcept {
   if (auto plain = refuse_linked(flags); !plain) return plain;
   socket* s = find(fd);
+  if (s == nullptr && _file_reader && offset != ~0ull) {
+    complete(user_data, static_cast<std::int32_t>(_file_reader(fd, offset, buffer, length)));
+    return {};
+  }
   if (s == nullptr || s->what != socket::kind::file) return core::fail(EBADF);
   if (offset == ~0ull) return unsupported();  // no file position is kept
   std::int32_t res = 0;
@@ -643,6 +647,11 @@ void sim_host::close(int fd) noexcept {
 core::result<std::size_t> sim_host::read_cached(int fd, void* buffer, std::size_t length,
                                                 std::uint64_t offset) noexcept {
   socket* s = find(fd);
+  if (s == nullptr && _file_reader) {
+    const std::int64_t got = _file_reader(fd, offset, buffer, static_cast<std::uint32_t>(length));
+    if (got < 0) return core::fail(static_cast<int>(-got));
+    return static_cast<std::size_t>(got);
+  }
   if (s == nullptr || s->what != socket::kind::file) return core::fail(EBADF);
   if (offset >= s->file.size()) return std::size_t{0};
   const std::size_t taken = std::min<std::size_t>(length, s->file.size() - offset);

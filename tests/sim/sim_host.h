@@ -180,6 +180,11 @@ class sim_host final : public shard::host, public io::operations, public io::des
   // ---- the test's side
   // A read-only descriptor over `bytes` (a spool segment file).
   int add_file(std::string bytes);
+  // Reads of descriptors the host did not make (a simulated disk's spool segments: disk::read):
+  // bytes at [offset, offset + length) into `into`; the count read, or -errno.
+  using file_reader =
+      std::function<std::int64_t(int fd, std::uint64_t offset, void* into, std::uint32_t length)>;
+  void set_file_reader(file_reader reader) { _file_reader = std::move(reader); }
   // Writes into a descriptor made by add_file (growing it): a spool that keeps its segment
   // files on the host (bench/relay). False when `fd` is not such a file.
   bool write_file(int fd, std::uint64_t offset, std::string_view bytes);
@@ -295,6 +300,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
   std::vector<std::unique_ptr<socket>> _sockets;
   std::size_t _closed_front = 0;  // _sockets[0, _closed_front) are closed
   std::function<void(int fd)> _close_listener;
+  file_reader _file_reader;
   int _first_fd = 100;
   int _next_fd = 100;
   sim_host_counters _counters;

@@ -34,6 +34,7 @@
 #include "sim_dns.h"
 #include "sim_host.h"
 #include "sim_random.h"
+#include "sim_remote_mta.h"
 #include "sim_scheduler.h"
 
 namespace ringmta::sim {
@@ -46,150 +47,6 @@ constexpr int rcode_nxdomain = 3;
 constexpr std::uint64_t actions_max = 2'000'000;
 
 std::string destination_name(std::uint32_t d) { return fmt::format("dest{}.example", d); }
-
-// What the remote MTAs received, and the log every run is compared by.
-struct world_record {
-  std::map<std::pair<std::string, std::string>, std::uint32_t> deliveries;  // (key, rcpt)
-  std::map<std::string, std::string> bodies;                                 // key -> body
-  std::string transcript;
-};
-
-std::string find_key(std::string_view body) {
-  const auto at = body.find("<key.");
-  if (at == std::string_view::npos) return {};
-  const auto end = body.find('@', at);
-  return end == std::string_view::npos ? std::string{}
-                                       : std::string(body.substr(at + 1, end - at - 1));
-}
-
-// RFC 5321 §4.5.2 in reverse: what a DATA body (wire form) carries.
-std::string unstuff(std::string_view wire) {
-  std::string out;
-  bool line_start = true;
-  for (char c : wire) {
-    if (line_start && c == '.') {
-      line_start = false;
-      continue;
-    }
-    out.push_back(c);
-    line_start = c == '\n';
-  }
-  return out;
-}
-
-// How a remote MTA misbehaves (per seed; all zero in the runs without faults).
-struct fault_rates {
-  double temporary = 0;  // 451 to MAIL, RCPT, DATA or the end of data
-  double permanent = 0;  // 554 to the same
-  double drop = 0;       // closes the connection when bytes arrive (they are lost)
-};
-
-// A remote MTA's side of one connection: the real server engine, answering as the faults say.
-class remote_mta final : public stream_peer, public smtp::server_handler {
- public:
-  // stalls: accepts the connection and never says a word (the client's greeting timeout).
-  remote_mta(world_record& record, std::string name, const smtp::extension_set& extensions,
-             bool stalls, const fault_rates& faults, random& rng)
-      : _record(record), _name(std::move(name)), _stalls(stalls), _faults(faults), _rng(rng) {
-    _config.hostname = _name;
-    _config.extensions = extensions;
-    _config.extensions.binary_mime = false;
-    _session = std::make_unique<smtp::server_session>(_config, *this);
-  }
-
-  void on_connected(sim_host& host, int fd) override {
-    if (_stalls) return;
-    _session->start();
-    flush(host, fd);
-  }
-  void on_bytes(sim_host& host, int fd, std::string_view bytes) override {
-    if (_stalls || _closed) return;
-    if (_rng.chance(_faults.drop)) {
-      _record.transcript += fmt::format("{} drops the connection\n", _name);
-      _closed = true;
-      return host.peer_close(fd);
-    }
-    std::string_view rest = bytes;
-    for (int guard = 0; !rest.empty() && !_session->wants_close() && guard < 100000; ++guard) {
-      rest.remove_prefix(_session->feed(rest));
-      flush(host, fd);
-    }
-    if (_session->wants_close() && !_closed) {
-      _closed = true;
-      host.peer_close(fd);
-    }
-  }
-  void on_client_gone(sim_host&, int) override { _closed = true; }
-
-  smtp::verdict on_mail_from(const smtp::mailbox&, const smtp::mail_parameters&) noexcept override {
-    _recipients.clear();
-    _body.clear();
-    return answer("MAIL");
-  }
-  smtp::verdict on_rcpt_to(const smtp::mailbox& to,
-                           const smtp::rcpt_parameters&) noexcept override {
-    smtp::verdict verdict = answer("RCPT");
-    if (verdict.what() == smtp::verdict::kind::accept) _recipients.emplace_back(to.address);
-    return verdict;
-  }
-  smtp::verdict on_data_start() noexcept override { return answer("DATA"); }
-  void on_body(std::string_view slice, smtp::body_form form) noexcept override {
-    _body.append(slice);
-    _wire_form = form == smtp::body_form::wire;
-  }
-  smtp::verdict on_data_end(const smtp::body_summary&) noexcept override {
-    smtp::verdict verdict = answer("end of data");
-    if (verdict.what() != smtp::verdict::kind::accept) {
-      _recipients.clear();
-      _body.clear();
-      return verdict;
-    }
-    const std::string body = _wire_form ? unstuff(_body) : _body;
-    const std::string key = find_key(body);
-    for (const auto& to : _recipients) ++_record.deliveries[{key, to}];
-    _record.bodies[key] = body;
-    _record.transcript += fmt::format("{} got {} for {} rcpt\n", _name, key, _recipients.size());
-    _recipients.clear();
-    _body.clear();
-    return smtp::verdict::accept();
-  }
-  void on_reset() noexcept override {
-    _recipients.clear();
-    _body.clear();
-  }
-
- private:
-  smtp::verdict answer(const char* what) {
-    if (_rng.chance(_faults.temporary)) {
-      _record.transcript += fmt::format("{} answers {} with 451\n", _name, what);
-      return smtp::verdict::respond(451, "4.3.0", "try again later");
-    }
-    if (_rng.chance(_faults.permanent)) {
-      _record.transcript += fmt::format("{} answers {} with 554\n", _name, what);
-      return smtp::verdict::respond(554, "5.7.1", "refused");
-    }
-    return smtp::verdict::accept();
-  }
-
-  void flush(sim_host& host, int fd) {
-    const std::string_view output = _session->output();
-    if (output.empty()) return;
-    host.peer_send(fd, output);
-    _session->consume_output(output.size());
-  }
-
-  world_record& _record;
-  std::string _name;
-  smtp::server_config _config;
-  std::unique_ptr<smtp::server_session> _session;
-  std::vector<std::string> _recipients;
-  std::string _body;
-  bool _wire_form = false;  // DATA (dot-stuffed) rather than BDAT (raw)
-  bool _stalls = false;
-  const fault_rates& _faults;
-  random& _rng;
-  bool _closed = false;
-};
 
 enum class recipient_state : std::uint8_t { pending, delivered, bounced };
 
@@ -563,20 +420,6 @@ outbound::dns_client_config dns_config_for(std::uint64_t seed) {
   return config;
 }
 
-outbound::outbound_config outbound_config_for_test() {
-  outbound::outbound_config config;
-  config.helo_name = "mx.sim.example";
-  config.ipv6 = false;
-  config.connections_max = 16;
-  config.idle_timeout_ms = 1'000;
-  config.transfer = outbound::body_transfer::copy;  // no pipes in the simulated kernel
-  config.copy_body_bytes_max = 2048;                // larger bodies take the copy path
-  config.copy_chunk_bytes = 4096;
-  config.receive_buffer_count = 16;
-  config.tls_context = nullptr;
-  return config;
-}
-
 // Messages: 1..3 recipients at one destination, bodies of 1..150 lines (some starting with
 // a dot), each body a file of the host in wire form.
 void add_messages(random& rng, std::uint64_t seed, sim_host& host, embedder& queue,
@@ -623,7 +466,7 @@ run_result run_world(std::uint64_t seed, bool with_faults) {
   embedder queue(clock, result.record, host);
   {
     outbound::dns_client dns(host, dns_config_for(seed));
-    outbound::outbound out(host, dns, queue, outbound_config_for_test());
+    outbound::outbound out(host, dns, queue, outbound_config_for_sim(16));
     queue.attach(out);
     queue.set_messages(result.messages);
     EXPECT_TRUE(dns.start().ok());

@@ -41,16 +41,13 @@
 #include "ringmta/server/downgrade.h"
 #include "ringmta/server/egress.h"
 #include "ringmta/server/shaping.h"
-#include "ringmta/shard/runtime.h"
+#include "ringmta/shard/host.h"
+#include "ringmta/shard/mesh.h"
 #include "ringmta/spool/store.h"
 
 namespace ringmta::server {
 
 class relay;
-
-// Handlers of the cross-shard messages between relays (shard::message::handler).
-void on_job_message(shard::shard& target, const shard::message& received) noexcept;
-void on_outcome_message(shard::shard& target, const shard::message& received) noexcept;
 
 // Where a destination's connections go.
 struct relay_route {
@@ -153,9 +150,11 @@ std::shared_ptr<const outbound::client_credentials> load_relayhost_auth(
 // The TLS policy for a destination domain (lowercase).
 outbound::tls_policy tls_policy_for(const relay_config& config, std::string_view destination);
 
-class relay final : public outbound::delivery_handler, public shard::iteration_hook {
+class relay final : public outbound::delivery_handler, public shard::host_hook {
  public:
-  relay(const relay_config& config, shard::shard& owner, spool::store& store,
+  // `owner` runs its IO, timers and clock; `peers` reaches the other shards' relays (the
+  // daemon passes its shard::shard as both; tests/sim a simulated host and mesh).
+  relay(const relay_config& config, shard::host& owner, shard::mesh& peers, spool::store& store,
         relay_metrics& metrics, admin::log_buffer& log);
   ~relay();
   relay(const relay&) = delete;
@@ -221,8 +220,8 @@ class relay final : public outbound::delivery_handler, public shard::iteration_h
   // segment files itself: no pread on the shard), as JSON, or "" when it is not queued here.
   std::string message_location_json(spool::message_id id) const;
 
-  // shard::iteration_hook
-  void before_wait(shard::shard& owner) noexcept override;
+  // shard::host_hook
+  void before_wait() noexcept override;
   // outbound::delivery_handler
   void on_ready(outbound::connection_handle connection,
                 std::uint64_t destination) noexcept override;

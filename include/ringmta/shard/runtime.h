@@ -48,6 +48,7 @@
 #include "ringmta/io/ring.h"
 #include "ringmta/io/user_data.h"
 #include "ringmta/shard/host.h"
+#include "ringmta/shard/mesh.h"
 #include "ringmta/shard/spsc_queue.h"
 
 namespace ringmta::shard {
@@ -131,9 +132,9 @@ struct shard_counters {
   int cpu = -1;  // pinned CPU, -1 when not pinned
 };
 
-// Implements shard::host (shard/host.h) over its own ring, timers and clock; final, so calls
-// through a shard& stay direct.
-class shard final : public host {
+// Implements shard::host (shard/host.h) over its own ring, timers and clock, and shard::mesh
+// (shard/mesh.h) over the runtime's queues; final, so calls through a shard& stay direct.
+class shard final : public host, public mesh {
  public:
   shard(const shard&) = delete;
   shard& operator=(const shard&) = delete;
@@ -142,8 +143,8 @@ class shard final : public host {
   // The shard running on the calling thread, nullptr elsewhere.
   static shard* current() noexcept;
 
-  unsigned id() const noexcept { return _id; }
-  unsigned count() const noexcept;
+  unsigned id() const noexcept override { return _id; }
+  unsigned count() const noexcept override;
   // The runtime this shard belongs to (for runtime::post from helper threads).
   runtime& owner() noexcept { return _owner; }
   io::ring& ring() noexcept { return _ring; }
@@ -183,6 +184,8 @@ class shard final : public host {
 
   // Queues `m` for shard `to` (may be this shard). False when that queue is full.
   bool try_send(unsigned to, const message& m) noexcept;
+  // A parcel travels as the message its on_shard entry makes (shard/mesh.h).
+  bool try_send(unsigned to, const parcel& p) noexcept override;
   // Sends wake-ups owed now instead of at the end of this iteration (for latency-critical
   // senders; the loop does it anyway).
   void flush_wakeups() noexcept;

@@ -8,6 +8,7 @@
 //   shard::try_post<&on_job>(self, to, j);            // shard to shard; j kept when full
 //   shard::post<&on_job>(runtime, to, j);             // from a thread that is not a shard
 //   shard::make_message<&on_job>(std::move(j));       // for a sender's own backlog
+//   shard::make_parcel<&on_job>(std::move(j), registry);  // for glue holding a shard::mesh
 //
 // Three payloads:
 //   - an owned object (std::unique_ptr<T>): ownership moves with the message and the handler
@@ -103,6 +104,33 @@ message make_message(std::unique_ptr<T> object, C& context) noexcept {
   m.words[0] = detail::to_word(object.release());
   m.words[1] = detail::to_word(&context);
   return m;
+}
+
+namespace detail {
+template <auto Handler, typename T, typename C>
+void deliver_parcel(mesh& target, const std::uint64_t (&words)[2]) noexcept {
+  Handler(target, *from_word<C>(words[1]), std::unique_ptr<T>(from_word<T>(words[0])));
+}
+}  // namespace detail
+
+// An owned object and a context for Handler(mesh&, C&, std::unique_ptr<T>), as a parcel
+// (shard/mesh.h): the same handler runs whether the runtime's queues or a simulated mesh
+// deliver it. Ownership moves as with make_message.
+template <auto Handler, typename T, typename C>
+parcel make_parcel(std::unique_ptr<T> object, C& context) noexcept {
+  static_assert(std::is_nothrow_invocable_v<decltype(Handler), mesh&, C&, std::unique_ptr<T>>,
+                "handler must be void(mesh&, C&, std::unique_ptr<T>) noexcept");
+  parcel p{};
+  p.on_shard = [](shard& target, const message& received) noexcept {
+    detail::deliver_parcel<Handler, T, C>(target, received.words);
+  };
+  p.on_mesh = [](mesh& target, const parcel& received) noexcept {
+    detail::deliver_parcel<Handler, T, C>(target, received.words);
+  };
+  p.drop = [](const parcel& unsent) noexcept { delete detail::from_word<T>(unsent.words[0]); };
+  p.words[0] = detail::to_word(object.release());
+  p.words[1] = detail::to_word(&context);
+  return p;
 }
 
 // A small value copied into the message, for Handler(shard&, V).
