@@ -591,26 +591,27 @@ void relay::state::on_dsn_original_read(std::uint32_t key, std::uint32_t index,
     }
     if (read.reads_in_flight > 0) return;
   }
-  const std::unique_ptr<dsn_original_read> finished = std::move(found->second);
+  std::unique_ptr<dsn_original_read> finished = std::move(found->second);
   dsn_reading.erase(found);
   finished->bytes.resize(static_cast<std::size_t>(finished->valid));
-  queue_dsn(*finished);
-  // Gone: every recipient became final meanwhile, so these (deferred) marks are stale.
-  if (spooled_message* message = find_message(finished->id))
-    apply_outcomes(*message, *finished->outcomes);
+  queue_dsn(std::move(finished));
+}
+
+// The outcomes that waited for the DSN. The message is gone when every recipient became
+// final meanwhile: these (deferred) marks are stale then.
+void relay::state::apply_original_outcomes(const dsn_original_read& read) noexcept {
+  if (spooled_message* message = find_message(read.id)) apply_outcomes(*message, *read.outcomes);
 }
 
 // Builds the DSN for the notes gathered on a message and starts spooling it from <> to the
 // original sender (RFC 3464). The bytes go into the spool over the next iterations if the
 // spool's buffers are busy.
-void relay::state::queue_dsn(const dsn_original_read& read) noexcept {
+void relay::state::queue_dsn(std::unique_ptr<dsn_original_read> original) noexcept {
+  const dsn_original_read& read = *original;
   const spool::envelope& original_envelope = read.envelope;
   const std::int64_t now_seconds = owner.wall_ms() / 1000;
   auto handle = store.begin(now_seconds);
-  if (!handle) {
-    metrics.dsn_failed.add();
-    return;
-  }
+  if (!handle) return retry_dsn_later(std::move(original));  // EAGAIN: pending_messages_max
   auto pending = std::make_unique<pending_dsn>();
   pending->handle = handle.value();
   pending->id = store.id_of(handle.value());
@@ -624,10 +625,14 @@ void relay::state::queue_dsn(const dsn_original_read& read) noexcept {
   const std::string_view pieces[] = {read.bytes};
   request.original_body = pieces;
   auto built = queue::build_dsn(request, pending->bytes);
-  if (!built) {
+  if (!built) {  // it never will be: the bounces stand without it (counted, logged)
     store.abort(pending->handle);
     metrics.dsn_failed.add();
-    return;
+    log.set_time(owner.wall_ms());
+    log.record("dsn_failed")
+        .field("id", std::string_view(spool::format_message_id(read.id).data(), 16))
+        .field("error", built.error_text());
+    return apply_original_outcomes(read);
   }
   auto& envelope = pending->envelope;
   envelope.id = pending->id;
@@ -638,8 +643,21 @@ void relay::state::queue_dsn(const dsn_original_read& read) noexcept {
   envelope.received_seconds = now_seconds;
   envelope.client_address = "local";
   envelope.helo = config.hostname;
+  pending->original = std::move(original);
   dsns.push_back(std::move(pending));
   continue_dsns();
+}
+
+void relay::state::retry_dsn_later(std::unique_ptr<dsn_original_read> read) noexcept {
+  metrics.dsn_failed.add();
+  dsn_retry.push_back(std::move(read));
+  if (!dsn_retry_timer.armed()) owner.timers().schedule_after(dsn_retry_timer, 1000);
+}
+
+void relay::state::retry_dsns() noexcept {
+  auto due = std::move(dsn_retry);
+  dsn_retry.clear();
+  for (auto& read : due) queue_dsn(std::move(read));
 }
 
 // Appends and commits the DSNs in progress as far as the spool takes them now.
@@ -650,7 +668,7 @@ void relay::state::continue_dsns() noexcept {
       auto taken = store.append(dsn.handle, std::string_view(dsn.bytes).substr(dsn.appended));
       if (!taken) {
         store.abort(dsn.handle);
-        metrics.dsn_failed.add();
+        retry_dsn_later(std::move(dsn.original));
         dsns.erase(dsns.begin() + static_cast<std::ptrdiff_t>(i));
         continue;
       }
@@ -660,7 +678,7 @@ void relay::state::continue_dsns() noexcept {
     auto committed = store.commit(dsn.handle, dsn.envelope, &dsn.body);
     if (!committed && committed.error() == EAGAIN) { ++i; continue; }
     if (!committed) {
-      metrics.dsn_failed.add();
+      retry_dsn_later(std::move(dsn.original));
     } else {
       dsn.bytes = std::string();  // the spool has them now
       dsn_tickets[committed.value()] = std::move(dsns[i]);
@@ -675,9 +693,11 @@ bool relay::state::on_committed(std::uint64_t ticket, int error) noexcept {
   const std::unique_ptr<pending_dsn> dsn = std::move(found->second);
   dsn_tickets.erase(found);
   if (error != 0) {
-    metrics.dsn_failed.add();
+    retry_dsn_later(std::move(dsn->original));
     return true;
   }
+  // Durable: now the bounces it reports may be final (RFC 5321 §6.1).
+  apply_original_outcomes(*dsn->original);
   metrics.dsn_queued.add();
   log.set_time(owner.wall_ms());
   log.record("dsn_queued")

@@ -168,19 +168,6 @@ struct in_flight {
   smtp::client_envelope converted_envelope;
 };
 
-// A DSN being written into this shard's spool.
-// A DSN (RFC 3464) on its way into the spool: the original's first bytes are read through the
-// ring (its reading state, dsn_reading below), then the DSN is built and appended (dsns) and
-// committed (dsn_tickets).
-struct pending_dsn {
-  spool::message_handle handle{};
-  spool::message_id id = 0;
-  spool::envelope envelope;
-  std::string bytes;
-  std::vector<spool::body_slice> body;  // where the spool put it (from commit)
-  std::size_t appended = 0;
-};
-
 // The original message of a DSN being read. Its outcomes' marks wait for the read: a final
 // mark could let the spool reclaim the segment being read. The message is found again by id
 // afterwards: a failed recipient's DSN keeps it open (that recipient's final outcome is among
@@ -196,6 +183,22 @@ struct dsn_original_read {
   std::uint64_t valid = 0;            // bytes read up to the first failed or short read
   std::vector<std::uint64_t> starts;  // where each read begins in `bytes` (by read index)
   std::uint32_t reads_in_flight = 0;
+};
+
+// A DSN (RFC 3464) on its way into the spool: the original's first bytes are read through the
+// ring (its reading state, dsn_reading below), then the DSN is built and appended (dsns) and
+// committed (dsn_tickets). The original's outcomes wait with it: a bounced recipient is
+// marked final only once its DSN is durable (RFC 5321 §6.1: a message is delivered or its
+// sender told), so a DSN the spool refuses, or one lost to a crash before its commit is
+// durable, is tried again (dsn_retry) or, after a restart, the bounce happens again.
+struct pending_dsn {
+  spool::message_handle handle{};
+  spool::message_id id = 0;
+  spool::envelope envelope;
+  std::string bytes;
+  std::vector<spool::body_slice> body;  // where the spool put it (from commit)
+  std::size_t appended = 0;
+  std::unique_ptr<dsn_original_read> original;  // its outcomes are applied once this is durable
 };
 
 struct relay::state {
@@ -285,8 +288,15 @@ struct relay::state {
   void read_dsn_original(spooled_message& message, const spool::envelope& envelope,
                          std::unique_ptr<outcome_batch> outcomes) noexcept;
   void on_dsn_original_read(std::uint32_t key, std::uint32_t read, std::int32_t result) noexcept;
-  void queue_dsn(const dsn_original_read& read) noexcept;
+  void queue_dsn(std::unique_ptr<dsn_original_read> read) noexcept;
   void continue_dsns() noexcept;
+  // A DSN the spool did not take (no handle now, an append or commit error, its commit
+  // failed): built again from its original a second later, its outcomes still waiting.
+  std::deque<std::unique_ptr<dsn_original_read>> dsn_retry;
+  void retry_dsn_later(std::unique_ptr<dsn_original_read> read) noexcept;
+  void retry_dsns() noexcept;
+  core::member_timer<state, &state::retry_dsns> dsn_retry_timer{*this};
+  void apply_original_outcomes(const dsn_original_read& read) noexcept;
   bool on_committed(std::uint64_t ticket, int error) noexcept;
   spooled_message& add_message(const spool::envelope& envelope,
                                std::span<const spool::body_slice> body, std::uint64_t body_bytes,
