@@ -300,6 +300,7 @@ relay::relay(const relay_config& config, shard::shard& owner, spool::store& stor
 relay::~relay() {
   if (_state->timer.armed()) _state->owner.timers().cancel(_state->timer);
   if (_state->recovery_timer.armed()) _state->owner.timers().cancel(_state->recovery_timer);
+  if (_state->eviction_timer.armed()) _state->owner.timers().cancel(_state->eviction_timer);
 }
 
 core::result<void> relay::start() noexcept {

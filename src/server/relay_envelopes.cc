@@ -21,10 +21,39 @@ namespace ringmta::server {
 
 // ---- home: the packed envelope in and out of memory
 
+namespace {
+
+// A message is routed, and its deliveries started, within milliseconds of being packed when
+// its destinations can take it; one still resident after this long waits for a backoff, a
+// connection slot or a retry. Its delivery reads it back (one read; the spool's pages are
+// likely still cached). Deliveries on the wire have their own copy meanwhile.
+constexpr std::uint64_t resident_ms_max = 2000;
+// Evictions per loop turn: a burst of a million routed messages must not stall the shard.
+constexpr std::size_t evictions_per_turn = 4096;
+
+}  // namespace
+
 void relay::state::pack(spooled_message& message, const spool::envelope& envelope,
                         std::span<const spool::body_slice> body) noexcept {
   message.packed.pack(envelope, body);
   metrics.envelopes_resident.add(1);
+  const std::uint64_t now = owner.now_ms();
+  packed_order.push_back({message.id, now});
+  if (!eviction_timer.armed()) owner.timers().schedule_at(eviction_timer, now + resident_ms_max);
+}
+
+void relay::state::evict_aged() noexcept {
+  const std::uint64_t now = owner.now_ms();
+  for (std::size_t done = 0;
+       !packed_order.empty() && packed_order.front().ms + resident_ms_max <= now; ++done) {
+    if (done == evictions_per_turn) return owner.timers().schedule_at(eviction_timer, now);
+    // Gone (delivered), evicted already, or packed again later: evict() sorts that out (a
+    // message packed again since goes early; its delivery's outcome then reads it once more).
+    if (spooled_message* message = find_message(packed_order.front().id)) evict(*message);
+    packed_order.pop_front();
+  }
+  if (!packed_order.empty())
+    owner.timers().schedule_at(eviction_timer, packed_order.front().ms + resident_ms_max);
 }
 
 void relay::state::evict(spooled_message& message) noexcept {
@@ -154,8 +183,9 @@ void relay::state::serve_request(std::unique_ptr<envelope_request> request) noex
   // A flight's job is open: the message is alive. A listed job may have ended since.
   RINGMTA_ASSERT(request->listing || message == request->message);
   if (message != request->message) return;
+  // A listing only wants it resident: a read under way does that already.
+  if (request->listing && message->packed.state() != envelope_state::evicted) return;
   if (!message->resident()) return wait_for_envelope(*message, std::move(request));
-  if (request->listing) return;
   request->envelope = message->envelope();
   request->body = message->body();
   const unsigned to = request->from;

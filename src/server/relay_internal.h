@@ -397,6 +397,15 @@ struct relay::state {
   void pack(spooled_message& message, const spool::envelope& envelope,
             std::span<const spool::body_slice> body) noexcept;
   void evict(spooled_message& message) noexcept;
+  // Packed messages, oldest first: one still resident a while after it was packed waits (a
+  // backoff, a connection slot) and is evicted (evict_aged), though no attempt reported.
+  struct packed_at {
+    spool::message_id id = 0;
+    std::uint64_t ms = 0;  // the shard's clock
+  };
+  std::deque<packed_at> packed_order;
+  void evict_aged() noexcept;
+  core::member_timer<state, &state::evict_aged> eviction_timer{*this};
   void wait_for_envelope(spooled_message& message, envelope_waiter waiter) noexcept;
   bool queue_envelope_read(std::uint32_t key) noexcept;
   void queue_envelope_reads() noexcept;  // those the ring had no room for
