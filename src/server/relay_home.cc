@@ -428,10 +428,11 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
 void relay::state::record_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
   spooled_message& message = *batch->message;
   const spool::envelope envelope = message.envelope();
-  for (const auto& r : batch->reports) record(message, envelope, r);
+  std::vector<dsn_note> notes;  // what the DSN reports (most batches have none)
+  for (const auto& r : batch->reports) record(message, envelope, r, notes);
   // The DSN reads the original before the marks let the spool reclaim its segment.
-  if (message.notes && !message.notes->empty())
-    return read_dsn_original(message, envelope, std::move(batch));
+  if (!notes.empty())
+    return read_dsn_original(message, envelope, std::move(notes), std::move(batch));
   apply_outcomes(message, *batch);
 }
 
@@ -492,7 +493,7 @@ void relay::state::on_marks_durable() noexcept {
 
 // Logs one outcome and keeps what a DSN needs (RFC 3461: as NOTIFY asks; never for <>).
 void relay::state::record(spooled_message& message, const spool::envelope& envelope,
-                          const recipient_report& r) noexcept {
+                          const recipient_report& r, std::vector<dsn_note>& notes) noexcept {
   const auto& recipient = envelope.recipients.at(r.index);
   const std::int64_t now_ms = core::wall_milliseconds();
   log.set_time(now_ms);
@@ -581,8 +582,7 @@ void relay::state::record(spooled_message& message, const spool::envelope& envel
   note.last_attempt_seconds = core::wall_seconds();
   note.retry_until_seconds =
       message.received_seconds() + live->scheduler.lifetime_max_ms / 1000;
-  if (!message.notes) message.notes = std::make_unique<std::vector<dsn_note>>();
-  message.notes->push_back(std::move(note));
+  notes.push_back(std::move(note));
 }
 
 namespace {
@@ -608,12 +608,13 @@ std::vector<queue::dsn_recipient> dsn_recipients(const dsn_original_read& read) 
 // after days in a large queue is rarely still in the page cache). The outcomes wait for the
 // read, then the DSN is built (queue_dsn) and the outcomes applied.
 void relay::state::read_dsn_original(spooled_message& message, const spool::envelope& envelope,
+                                     std::vector<dsn_note> notes,
                                      std::unique_ptr<outcome_batch> outcomes) noexcept {
   auto read = std::make_unique<dsn_original_read>();
   read->id = message.id;
   read->body_bytes = message.body_bytes;
   read->envelope = envelope;
-  read->notes.swap(*message.notes);
+  read->notes = std::move(notes);
   read->outcomes = std::move(outcomes);
   read->recipients = dsn_recipients(*read);
   queue::dsn_request sizing;  // how much of the original it quotes

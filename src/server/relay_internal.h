@@ -105,13 +105,10 @@ class packed_message {
 // A queued message as every shard sees it: immutable after the home built it, except the
 // home-only fields. Freed by the home once every recipient is final.
 // One is kept per queued message, so its size is memory per message (docs/notes.md, "Backlog
-// at scale"): it must stay within 48 bytes (a slot of the home's slab, relay_tables.h).
+// at scale"): it must stay within 40 bytes (a slot of the home's slab, relay_tables.h).
 struct spooled_message {
   spool::message_id id = 0;
   packed_message packed;  // envelope and body slices, while resident
-  // home only: outcomes waiting to be reported by a DSN; allocated by the first one (most
-  // messages never have one).
-  std::unique_ptr<std::vector<dsn_note>> notes;
   std::uint64_t body_bytes = 0;
   std::int64_t received_ms = 0;  // when it was answered 250 (recovered: the envelope's second)
   // The envelope's arrival second (the scheduler's job and the DSN have it) is received_ms's
@@ -129,7 +126,7 @@ struct spooled_message {
   std::vector<spool::body_slice> body() const { return packed.body(); }
   bool resident() const noexcept { return packed.state() == envelope_state::resident; }
 };
-static_assert(sizeof(spooled_message) <= 48, "bytes per queued message: see the comment");
+static_assert(sizeof(spooled_message) <= 40, "bytes per queued message: see the comment");
 
 // Home → owner: some recipients of a message for one destination.
 struct routed_job {
@@ -359,8 +356,9 @@ struct relay::state {
   void mark_recipient(spool::message_id id, std::uint16_t recipient,
                       spool::recipient_status status) noexcept;
   void on_marks_durable() noexcept;  // journal room again: the waiting marks go first
+  // Logs the outcome; what a DSN must report of it goes to `notes`.
   void record(spooled_message& message, const spool::envelope& envelope,
-              const recipient_report& report) noexcept;
+              const recipient_report& report, std::vector<dsn_note>& notes) noexcept;
   // DSNs: the original read through the ring (never a blocking pread on the shard), then built.
   std::unordered_map<std::uint32_t, std::unique_ptr<dsn_original_read>> dsn_reading;
   std::uint32_t next_dsn_read = 0;
@@ -372,6 +370,7 @@ struct relay::state {
   };
   dsn_reader dsn_reads{*this};
   void read_dsn_original(spooled_message& message, const spool::envelope& envelope,
+                         std::vector<dsn_note> notes,
                          std::unique_ptr<outcome_batch> outcomes) noexcept;
   void on_dsn_original_read(std::uint32_t key, std::uint32_t read, std::int32_t result) noexcept;
   void queue_dsn(const dsn_original_read& read) noexcept;
