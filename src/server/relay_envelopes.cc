@@ -107,8 +107,8 @@ void relay::state::queue_envelope_reads() noexcept {
                                     static_cast<std::ptrdiff_t>(queued));
 }
 
-void relay::state::envelope_reader::on_completion(const io::completion& done) noexcept {
-  s.on_envelope_read(done.tag().slot, done.res);
+void relay::state::on_envelope_read_done(const io::completion& done) noexcept {
+  on_envelope_read(done.tag().slot, done.res);
 }
 
 // `result`: bytes read or -errno. The record is checked (the spool's header, id and checksum)

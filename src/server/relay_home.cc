@@ -644,9 +644,9 @@ void relay::state::read_dsn_original(spooled_message& message, const spool::enve
   if (nothing_to_read) on_dsn_original_read(key, 0, 0);
 }
 
-void relay::state::dsn_reader::on_completion(const io::completion& done) noexcept {
+void relay::state::on_dsn_read_done(const io::completion& done) noexcept {
   const io::op_tag tag = done.tag();
-  s.on_dsn_original_read(tag.slot, tag.generation, done.res);
+  on_dsn_original_read(tag.slot, tag.generation, done.res);
 }
 
 // One read of a DSN's original completed (`result`: bytes or -errno). A failed or short read

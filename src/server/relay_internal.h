@@ -363,12 +363,15 @@ struct relay::state {
   std::unordered_map<std::uint32_t, std::unique_ptr<dsn_original_read>> dsn_reading;
   std::uint32_t next_dsn_read = 0;
   io::op_kind dsn_read_kind = io::op_kind_invalid;
-  struct dsn_reader final : shard::host_handler {
-    explicit dsn_reader(state& owner_state) : s(owner_state) {}
-    void on_completion(const io::completion& done) noexcept override;
+  // The completions of one kind of read the state queued, handed to a member of it.
+  template <void (state::*Done)(const io::completion&) noexcept>
+  struct reads_done final : shard::host_handler {
+    explicit reads_done(state& owner_state) : s(owner_state) {}
+    void on_completion(const io::completion& done) noexcept override { (s.*Done)(done); }
     state& s;
   };
-  dsn_reader dsn_reads{*this};
+  void on_dsn_read_done(const io::completion& done) noexcept;
+  reads_done<&state::on_dsn_read_done> dsn_reads{*this};
   void read_dsn_original(spooled_message& message, const spool::envelope& envelope,
                          std::vector<dsn_note> notes,
                          std::unique_ptr<outcome_batch> outcomes) noexcept;
@@ -387,12 +390,8 @@ struct relay::state {
   std::vector<std::uint32_t> envelope_reads_unqueued;
   std::uint32_t next_envelope_read = 0;
   io::op_kind envelope_read_kind = io::op_kind_invalid;
-  struct envelope_reader final : shard::host_handler {
-    explicit envelope_reader(state& owner_state) : s(owner_state) {}
-    void on_completion(const io::completion& done) noexcept override;
-    state& s;
-  };
-  envelope_reader envelope_reader_handler{*this};
+  void on_envelope_read_done(const io::completion& done) noexcept;
+  reads_done<&state::on_envelope_read_done> envelope_reader_handler{*this};
   void pack(spooled_message& message, const spool::envelope& envelope,
             std::span<const spool::body_slice> body) noexcept;
   void evict(spooled_message& message) noexcept;
