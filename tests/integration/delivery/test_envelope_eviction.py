@@ -79,8 +79,6 @@ tap.ok(wait_until(lambda: metric(daemon, "ringmta_recipients_deferred_total") >=
 tap.ok(wait_until(lambda: metric(daemon, "ringmta_relay_envelopes_resident") == 0, 10),
        "no envelope of a deferred message stays in memory",
        metric(daemon, "ringmta_relay_envelopes_resident"))
-tap.ok(metric(daemon, "ringmta_relay_envelope_reads_total") == 0,
-       "none was read back yet (the deferrals found them in memory)")
 
 # --- operator actions on evicted messages: hold, bounce (a DSN quoting the original)
 tap.ok(run_ctl(daemon, "hold", held).returncode == 0, "hold an evicted message")
@@ -122,7 +120,7 @@ tap.ok(wait_until(lambda: received(sink).get("hold-me"), 30) and
        "the released message is delivered with its envelope", received(sink).get("hold-me"))
 
 # --- a listing names the senders and addresses of evicted messages
-tap.ok(metric(daemon, "ringmta_relay_envelopes_resident") == 0,
+tap.ok(wait_until(lambda: metric(daemon, "ringmta_relay_envelopes_resident") == 0, 10),
        "nothing resident before the listing (the last one waits at other.test)",
        metric(daemon, "ringmta_relay_envelopes_resident"))
 listed = listing(daemon)
