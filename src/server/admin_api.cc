@@ -144,7 +144,8 @@ std::optional<std::vector<std::string>> queues_named(const admin_api& api,
 }
 
 // Queued jobs (at most `limit` per queue) of every queue `domain` addresses; all when empty.
-std::optional<json> jobs_of(const admin_api& api, const std::string& domain, std::size_t limit) {
+std::optional<json> jobs_once(const admin_api& api, const std::string& domain,
+                              std::size_t limit) {
   const auto work = [limit](std::string name) {
     return [name, limit](relay& owner) { return owner.jobs_json(name, limit); };
   };
@@ -158,6 +159,22 @@ std::optional<json> jobs_of(const admin_api& api, const std::string& domain, std
     for (auto& job : json::parse(*part)) all.push_back(std::move(job));
   }
   return all;
+}
+
+// The same, once the envelopes of the listed messages are in memory: a waiting message's is
+// only in the spool (relay_envelopes.cc), and listing it asks its home to read it back, so
+// the shards are asked again until none is "on_disk" (2 s at most; then those show
+// "(on disk)" for their addresses).
+std::optional<json> jobs_of(const admin_api& api, const std::string& domain, std::size_t limit) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    auto all = jobs_once(api, domain, limit);
+    if (!all || std::chrono::steady_clock::now() >= deadline ||
+        std::none_of(all->begin(), all->end(),
+                     [](const json& job) { return job.value("on_disk", false); }))
+      return all;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 }
 
 http_response messages(const admin_api& api, const http_request& r) {
@@ -433,7 +450,7 @@ http_response act_on_messages(const admin_api& api, const http_request& r,
   const std::string state = r.param("state");
   if (domain.empty() && state != "deferred")
     return error(400, "name the messages: ?domain=DOMAIN or ?state=deferred");
-  auto jobs = jobs_of(api, domain, 100'000);
+  auto jobs = jobs_once(api, domain, 100'000);  // ids only: no envelopes needed
   if (!jobs) return error(503, "a shard did not answer");
   std::set<std::string> ids;
   for (const auto& job : *jobs)

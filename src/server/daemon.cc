@@ -454,6 +454,15 @@ void register_metrics(admin::registry& registry, const relay_metrics& m) {
   registry.add("ringmta_spool_marks_waiting",
                "Recipient states waiting for room in the spool journal (the disk is behind)",
                m.marks_waiting);
+  registry.add("ringmta_relay_envelopes_resident",
+               "Queued messages whose envelope is in memory (the others wait in the spool)",
+               m.envelopes_resident);
+  registry.add("ringmta_relay_envelope_reads_total",
+               "Envelopes of waiting messages read back from the spool", m.envelope_reads);
+  registry.add("ringmta_relay_envelope_read_failures_total",
+               "Envelope reads from the spool that failed (a delivery deferred, or outcomes "
+               "applied without their log records and DSNs)",
+               m.envelope_read_failures);
   const char* downgrade_help = "8-bit messages for servers without 8BITMIME, by outcome";
   registry.add("ringmta_mime_downgrades_total{outcome=\"requested\"}", downgrade_help,
                m.downgrades_requested);

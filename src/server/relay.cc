@@ -304,6 +304,7 @@ relay::~relay() {
   // DSNs waiting for a retry are not lost: their bounces were never marked, so a restart
   // bounces those recipients again (pending_dsn).
   if (_state->dsn_retry_timer.armed()) _state->owner.timers().cancel(_state->dsn_retry_timer);
+  if (_state->eviction_timer.armed()) _state->owner.timers().cancel(_state->eviction_timer);
 }
 
 core::result<void> relay::start() noexcept {
@@ -312,6 +313,9 @@ core::result<void> relay::start() noexcept {
   auto dsn_reads = _state->owner.add_handler(_state->dsn_reads);
   if (!dsn_reads) return core::fail(dsn_reads.error());
   _state->dsn_read_kind = dsn_reads.value();
+  auto envelope_reads = _state->owner.add_handler(_state->envelope_reader_handler);
+  if (!envelope_reads) return core::fail(envelope_reads.error());
+  _state->envelope_read_kind = envelope_reads.value();
   _state->owner.add_iteration_hook(*this);
   const unsigned shards = _state->live->shards ? static_cast<unsigned>(_state->live->shards->size())
                                                : 1;
@@ -337,7 +341,7 @@ void relay::begin_shutdown() noexcept {
 
 bool relay::drained() const noexcept {
   return _state->out.drained() && _state->backlog.empty() && _state->dsn_reading.empty() &&
-         _state->dsns.empty() && _state->dsn_tickets.empty();
+         _state->dsns.empty() && _state->dsn_tickets.empty() && _state->envelope_reads.empty();
 }
 
 void relay::stop() noexcept {
@@ -357,6 +361,7 @@ void relay::update(std::shared_ptr<const relay_config> next) noexcept {
 
 void relay::before_wait() noexcept {
   _state->flush_backlog();
+  _state->queue_envelope_reads();
   _state->continue_dsns();
   _state->poll();
   const outbound::outbound_counters& out = _state->out.counters();
@@ -454,6 +459,22 @@ bool relay::knows(std::string_view destination) const {
   return _state->scheduler.inspect(destination, info);
 }
 
+namespace {
+
+// A listed job whose message's envelope is only in the spool: its home reads it back (at most
+// this many per listing) and the admin API asks again (admin_api.cc, jobs_of).
+constexpr std::size_t listing_reads_max = 1024;
+constexpr std::string_view on_disk_text = "(on disk)";
+
+// The envelope of a listed job's message, if resident (pinned: the home may evict it).
+bool unpack_listed(const spooled_message& message, spool::envelope& envelope) {
+  const packed_message::pin pinned(message.packed);
+  if (pinned) envelope = message.envelope();
+  return static_cast<bool>(pinned);
+}
+
+}  // namespace
+
 std::string relay::jobs_json(std::string_view destination, std::size_t count_max) const {
   const auto& scheduler = _state->scheduler;
   std::vector<std::string> names;
@@ -464,6 +485,7 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
     });
   auto out = nlohmann::json::array();
   std::vector<queue::job_view> jobs;
+  std::size_t asked = 0;  // envelopes asked of their homes for this listing
   for (const auto& name : names) {
     if (jobs.size() >= count_max) break;
     const std::size_t first = jobs.size();
@@ -473,17 +495,18 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
     const std::int64_t now = _state->owner.wall_ms();
     for (std::size_t i = first; i < jobs.size(); ++i) {
       const auto& j = jobs[i];
-      // The envelope is immutable once routed: the owner may read it (relay_internal.h).
+      spool::envelope envelope;
       const auto* owned = _state->find_owned(j.message);
-      const spooled_message* message = owned != nullptr ? owned->message : nullptr;
-      const spool::envelope envelope =
-          message != nullptr ? message->envelope() : spool::envelope{};
+      spooled_message* const message = owned != nullptr ? owned->message : nullptr;
+      const bool on_disk = message != nullptr && !unpack_listed(*message, envelope);
+      if (on_disk && asked++ < listing_reads_max) _state->request_envelope(*message, {});
       auto recipients = nlohmann::json::array();
       j.for_each_recipient([&](std::uint16_t index) {
         const bool known = index < envelope.recipients.size();
         recipients.push_back({{"index", index},
                               {"address", known ? envelope.recipients[index].address
-                                                : std::string()}});
+                                          : on_disk ? std::string(on_disk_text)
+                                                    : std::string()}});
       });
       // list_jobs: in flight, then ready, then scheduled; a suspended destination holds all;
       // a destination backing off after a connection failure holds even its ready jobs: they
@@ -505,7 +528,8 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
       out.push_back({{"id", std::string(spool::format_message_id(j.message).data())},
                      {"destination", name},
                      {"state", state}, {"recipients", recipients},
-                     {"sender", envelope.reverse_path},
+                     {"sender", on_disk ? std::string(on_disk_text) : envelope.reverse_path},
+                     {"on_disk", on_disk},
                      {"size", message ? message->body_bytes : 0},
                      {"attempts", j.attempts}, {"received_s", j.received_seconds},
                      {"last_attempt_ms", j.last_attempt_ms},
@@ -874,16 +898,24 @@ void relay::state::start_delivery(outbound::connection_handle connection, std::u
   flight.started_ms = owner.wall_ms();
   flight.connection = connection;
   flight.cookie = cookie;
+  const packed_message::pin pinned(message.packed);  // the home cannot evict it meanwhile
+  if (!pinned) return request_envelope(message, slot);  // on_envelope_reply continues
   flight.body = message.body();
-  const auto& envelope =
-      flight.storage.assign(message.envelope(), flight.indices, message.body_bytes);
+  continue_delivery(slot, message.envelope());
+}
+
+void relay::state::continue_delivery(std::uint32_t slot,
+                                     const spool::envelope& envelope) noexcept {
+  in_flight& flight = *flights[slot];
+  const auto& client =
+      flight.storage.assign(envelope, flight.indices, flight.message->body_bytes);
   // RFC 6152 §3: 8-bit content to a server without 8BITMIME is converted (or bounced 5.6.3
   // by the client engine when conversion is off).
-  if (envelope.body == smtp::client_body_type::eight_bit_mime &&
-      !out.offers_8bitmime(connection) && request_downgrade(slot)) {
+  if (client.body == smtp::client_body_type::eight_bit_mime &&
+      !out.offers_8bitmime(flight.connection) && request_downgrade(slot)) {
     return;  // on_downgraded continues
   }
-  hand_off(slot, envelope, flight.body);
+  hand_off(slot, client, flight.body);
 }
 
 void relay::state::hand_off(std::uint32_t slot, const smtp::client_envelope& envelope,

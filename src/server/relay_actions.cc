@@ -19,6 +19,17 @@ namespace ringmta::server {
 
 namespace {
 
+std::string_view action_name(message_op op) {
+  switch (op) {
+    case message_op::hold: return "hold";
+    case message_op::release: return "release";
+    case message_op::remove: return "delete";
+    case message_op::retry: return "retry";
+    case message_op::bounce: return "bounce";
+  }
+  return "?";
+}
+
 std::optional<message_op> op_named(std::string_view action) {
   if (action == "hold") return message_op::hold;
   if (action == "release") return message_op::release;
@@ -100,8 +111,6 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
       (entry->flags & spool::message_flag_deleted) != 0)
     return out.dump();
   out["found"] = true;
-  const spool::envelope envelope = found->envelope();
-  const auto& recipients = envelope.recipients;
   if (*op == message_op::release) {
     // Released mail is due now, after a restart too: the marks go ahead of the action
     // record, so they are durable with it.
@@ -125,27 +134,45 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
     }
     s.action_tickets[ticket] = -1;
   }
+  out["ticket"] = ticket;
+  pending_action pending{*op, std::string(reason), std::string(by), ticket};
+  // Which destinations: the recipients' (the envelope read back first if it was evicted; the
+  // owners apply it a moment later, as they do anyway: a cross-shard message).
+  if (!found->resident()) {
+    if (ticket != 0) s.actions_unsent.insert(ticket);
+    s.wait_for_envelope(*found, std::move(pending));
+    return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  out["destinations"] = s.send_actions(id, found->envelope(), pending);
+  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::size_t relay::state::send_actions(spool::message_id id, const spool::envelope& envelope,
+                                       const pending_action& action) noexcept {
+  actions_unsent.erase(action.ticket);
+  const spool::message_entry* entry = store.find(id);
+  if (entry == nullptr) return 0;  // final meanwhile
+  const auto& recipients = envelope.recipients;
   std::set<std::string> destinations;
   for (std::size_t i = 0; i < recipients.size() && i < entry->recipients.size(); ++i)
     if (!spool::is_final(entry->recipients[i].state))
-      destinations.insert(destination_of(recipients[i].address, s.config.hostname));
-  for (const auto& destination : destinations) s.send_message_action(id, destination, *op, reason);
-  s.log.set_time(now);
-  auto line = s.log.record("operator");
-  line.field("action", action).field("id", id_text(id)).field("by", by)
+      destinations.insert(destination_of(recipients[i].address, config.hostname));
+  for (const auto& destination : destinations)
+    send_message_action(id, destination, action.op, action.reason);
+  log.set_time(owner.wall_ms());
+  auto line = log.record("operator");
+  line.field("action", action_name(action.op)).field("id", id_text(id)).field("by", action.by)
       .field("destinations", static_cast<std::uint64_t>(destinations.size()));
-  if (!reason.empty()) line.field("reason", reason);
+  if (!action.reason.empty()) line.field("reason", action.reason);
   line.end();
-  out["ticket"] = ticket;
-  out["destinations"] = destinations.size();
-  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return destinations.size();
 }
 
 std::string relay::action_state(std::uint64_t ticket) {
   auto& tickets = _state->action_tickets;
   const auto found = tickets.find(ticket);
   if (found == tickets.end()) return "unknown ticket";
-  if (found->second < 0) return "pending";
+  if (found->second < 0 || _state->actions_unsent.count(ticket) != 0) return "pending";
   const int error = found->second;
   tickets.erase(found);
   return error == 0 ? "ok" : fmt::format("journal write failed: {}", std::strerror(error));

@@ -11,14 +11,6 @@
 #include "ringmta/core/assert.h"
 
 namespace ringmta::server {
-namespace {
-
-std::uint64_t job_key(const queue::job_id& id) noexcept {
-  return std::uint64_t{id.slot} << 32 | id.generation;
-}
-
-}  // namespace
-
 bool relay::state::request_downgrade(std::uint32_t slot) noexcept {
   if (!live->mime_downgrade || config.downgrader == nullptr) return false;  // engine: 5.6.3
   in_flight& flight = *flights[slot];

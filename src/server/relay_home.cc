@@ -102,8 +102,70 @@ void packed_message::pack(const spool::envelope& envelope,
     packing::put_text(bytes, recipient.address);
     if (!recipient.orcpt.empty()) packing::put_text(bytes, recipient.orcpt);
   }
-  _bytes.reset(new char[bytes.size()]);
-  std::memcpy(_bytes.get(), bytes.data(), bytes.size());
+  RINGMTA_ASSERT(state() != envelope_state::resident);
+  char* const stored = new char[bytes.size()];
+  std::memcpy(stored, bytes.data(), bytes.size());
+  const auto address = reinterpret_cast<std::uintptr_t>(stored);
+  RINGMTA_ASSERT((address & pin_mask) == 0);  // the low bits count pins
+  _word.store(address, std::memory_order_release);  // pins acquire it: they see the bytes
+}
+
+envelope_state packed_message::state() const noexcept {
+  const std::uintptr_t word = _word.load(std::memory_order_acquire);
+  if ((word & ~pin_mask) != 0) return envelope_state::resident;
+  return word == reading_word ? envelope_state::reading : envelope_state::evicted;
+}
+
+bool packed_message::evict() noexcept {
+  std::uintptr_t word = _word.load(std::memory_order_relaxed);
+  if ((word & ~pin_mask) == 0 || (word & pin_mask) != 0) return false;
+  // acquire: a pin released just before (release) has finished reading the bytes.
+  if (!_word.compare_exchange_strong(word, 0, std::memory_order_acq_rel)) return false;
+  delete[] reinterpret_cast<char*>(word);
+  return true;
+}
+
+void packed_message::set_reading() noexcept {
+  RINGMTA_ASSERT(state() == envelope_state::evicted);
+  _word.store(reading_word, std::memory_order_relaxed);
+}
+
+void packed_message::read_failed() noexcept {
+  RINGMTA_ASSERT(state() == envelope_state::reading);
+  _word.store(0, std::memory_order_relaxed);
+}
+
+void packed_message::release() noexcept {
+  const std::uintptr_t word = _word.exchange(0, std::memory_order_acq_rel);
+  RINGMTA_ASSERT((word & pin_mask) == 0 || (word & ~pin_mask) == 0);
+  if ((word & ~pin_mask) != 0) delete[] reinterpret_cast<char*>(word);
+}
+
+packed_message& packed_message::operator=(packed_message&& other) noexcept {
+  if (this == &other) return *this;
+  release();
+  _word.store(other._word.exchange(0, std::memory_order_acq_rel), std::memory_order_release);
+  return *this;
+}
+
+packed_message::pin::pin(const packed_message& packed) noexcept {
+  std::uintptr_t word = packed._word.load(std::memory_order_acquire);
+  for (;;) {  // a full count (7) is no pin: the caller asks the home, as for an evicted one
+    if ((word & ~pin_mask) == 0 || (word & pin_mask) == pin_mask) return;
+    if (packed._word.compare_exchange_weak(word, word + 1, std::memory_order_acquire))
+      break;
+  }
+  _packed = &packed;
+}
+
+packed_message::pin::~pin() {
+  if (_packed != nullptr) _packed->_word.fetch_sub(1, std::memory_order_release);
+}
+
+const char* packed_message::data() const noexcept {
+  const std::uintptr_t word = _word.load(std::memory_order_acquire);
+  RINGMTA_ASSERT((word & ~pin_mask) != 0);
+  return reinterpret_cast<const char*>(word & ~pin_mask);
 }
 
 spool::envelope packed_message::envelope(spool::message_id id,
@@ -116,8 +178,7 @@ spool::envelope packed_message::envelope(spool::message_id id,
 }
 
 const char* packed_message::decode(spool::envelope& out) const {
-  RINGMTA_ASSERT(_bytes != nullptr);
-  packing::reader in{_bytes.get()};
+  packing::reader in{data()};
   in.skip_body();
   const auto flags = static_cast<std::uint8_t>(*in.at++);
   out.body = static_cast<spool::body_type>(flags & 3);
@@ -137,8 +198,7 @@ const char* packed_message::decode(spool::envelope& out) const {
 }
 
 std::vector<spool::body_slice> packed_message::body() const {
-  RINGMTA_ASSERT(_bytes != nullptr);
-  packing::reader in{_bytes.get()};
+  packing::reader in{data()};
   std::vector<spool::body_slice> out(static_cast<std::size_t>(in.varint()));
   for (auto& slice : out) {
     slice.fd = static_cast<int>(static_cast<std::uint32_t>(in.varint()));
@@ -149,9 +209,9 @@ std::vector<spool::body_slice> packed_message::body() const {
 }
 
 std::size_t packed_message::bytes() const {
-  if (_bytes == nullptr) return 0;
+  if (state() != envelope_state::resident) return 0;
   spool::envelope scratch;  // the walk that knows where the encoding ends (only tests ask)
-  return static_cast<std::size_t>(decode(scratch) - _bytes.get());
+  return static_cast<std::size_t>(decode(scratch) - data());
 }
 
 void spooled_message::set_received(std::int64_t ms, std::int64_t envelope_seconds) noexcept {
@@ -178,6 +238,7 @@ void relay::state::forget_message(const spooled_message& message) noexcept {
   message_slot* const slot = find_slot(message.id);
   RINGMTA_ASSERT(slot != nullptr && &messages.at(slot->index) == &message);
   const std::uint32_t index = slot->index;
+  if (message.resident()) metrics.envelopes_resident.add(-1);
   message_ids.erase(*slot);
   messages.release(index);
 }
@@ -186,7 +247,7 @@ void relay::state::forget_message(const spooled_message& message) noexcept {
 spooled_message& relay::state::add_message(const spool::envelope& envelope,
                                            std::span<const spool::body_slice> body,
                                            std::uint64_t body_bytes,
-                                           std::int64_t received_ms) noexcept {
+                                           std::int64_t received_ms, bool resident) noexcept {
   // Ids are unique: a second one would free what jobs point to.
   RINGMTA_ASSERT(find_message(envelope.id) == nullptr);
   const std::uint32_t index = messages.allocate();
@@ -195,7 +256,7 @@ spooled_message& relay::state::add_message(const spool::envelope& envelope,
   message.id = envelope.id;
   RINGMTA_ASSERT(peers.id() <= UINT16_MAX);
   message.home = static_cast<std::uint16_t>(peers.id());
-  message.packed.pack(envelope, body);
+  if (resident) pack(message, envelope, body);
   message.body_bytes = body_bytes;
   message.set_received(received_ms, envelope.received_seconds);
   return message;
@@ -295,9 +356,11 @@ void relay::state::route_recovered(spool::message_id id) noexcept {
   }
   spool::envelope& envelope = stored.value().envelope;
   envelope.id = id;
+  // Not kept packed: recovering millions must not hold millions of envelopes; a delivery
+  // reads it back when its job's time comes (relay_envelopes.cc).
   spooled_message& message = add_message(envelope, stored.value().body,
                                          stored.value().body_bytes,
-                                         envelope.received_seconds * 1000);
+                                         envelope.received_seconds * 1000, false);
   // store.find again: the read may have moved entries
   route_recipients(message, envelope, store.find(id), stored.value().pool);
 }
@@ -356,11 +419,20 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
 void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
   spooled_message& message = *batch->message;
   RINGMTA_ASSERT(message.home == peers.id());
+  // The log records and DSNs name the addresses: an evicted envelope is read back first
+  // (batches of one message keep their order behind that read).
+  if (!message.resident()) return wait_for_envelope(message, std::move(batch));
+  record_outcomes(std::move(batch));
+}
+
+void relay::state::record_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
+  spooled_message& message = *batch->message;
   const spool::envelope envelope = message.envelope();
-  for (const auto& r : batch->reports) record(message, envelope, r);
+  std::vector<dsn_note> notes;  // what the DSN reports (most batches have none)
+  for (const auto& r : batch->reports) record(message, envelope, r, notes);
   // The DSN reads the original before the marks let the spool reclaim its segment.
-  if (message.notes && !message.notes->empty())
-    return read_dsn_original(message, envelope, std::move(batch));
+  if (!notes.empty())
+    return read_dsn_original(message, envelope, std::move(notes), std::move(batch));
   apply_outcomes(message, *batch);
 }
 
@@ -368,6 +440,7 @@ void relay::state::on_outcomes(std::unique_ptr<outcome_batch> batch) noexcept {
 // recipient is final.
 void relay::state::apply_outcomes(spooled_message& message, const outcome_batch& batch) noexcept {
   const std::int64_t now_seconds = owner.wall_ms() / 1000;
+  bool waits = false;  // a recipient goes back to wait for its retry
   for (const auto& r : batch.reports) {
     spool::recipient_status status;
     status.attempts = r.attempts;
@@ -378,6 +451,7 @@ void relay::state::apply_outcomes(spooled_message& message, const outcome_batch&
       case outcome_kind::deferred:
         status.state = spool::recipient_state::deferred;
         status.next_attempt_seconds = std::max<std::int64_t>(now_seconds, r.next_attempt_ms / 1000);
+        waits = true;
         break;
       case outcome_kind::delayed: continue;  // a notice, not a state change
     }
@@ -389,7 +463,10 @@ void relay::state::apply_outcomes(spooled_message& message, const outcome_batch&
       --message.recipients_open;
     }
   }
-  if (message.recipients_open == 0) forget_message(message);
+  if (message.recipients_open == 0) return forget_message(message);
+  // A deferred job needs nothing of the envelope until its retry (minutes to days away): it
+  // leaves memory. Jobs of other destinations still on the wire have their own copy.
+  if (waits) evict(message);
 }
 
 void relay::state::mark_recipient(spool::message_id id, std::uint16_t recipient,
@@ -416,7 +493,7 @@ void relay::state::on_marks_durable() noexcept {
 
 // Logs one outcome and keeps what a DSN needs (RFC 3461: as NOTIFY asks; never for <>).
 void relay::state::record(spooled_message& message, const spool::envelope& envelope,
-                          const recipient_report& r) noexcept {
+                          const recipient_report& r, std::vector<dsn_note>& notes) noexcept {
   const auto& recipient = envelope.recipients.at(r.index);
   const std::int64_t now_ms = owner.wall_ms();
   log.set_time(now_ms);
@@ -505,8 +582,7 @@ void relay::state::record(spooled_message& message, const spool::envelope& envel
   note.last_attempt_seconds = owner.wall_ms() / 1000;
   note.retry_until_seconds =
       message.received_seconds() + live->scheduler.lifetime_max_ms / 1000;
-  if (!message.notes) message.notes = std::make_unique<std::vector<dsn_note>>();
-  message.notes->push_back(std::move(note));
+  notes.push_back(std::move(note));
 }
 
 namespace {
@@ -532,12 +608,13 @@ std::vector<queue::dsn_recipient> dsn_recipients(const dsn_original_read& read) 
 // after days in a large queue is rarely still in the page cache). The outcomes wait for the
 // read, then the DSN is built (queue_dsn) and the outcomes applied.
 void relay::state::read_dsn_original(spooled_message& message, const spool::envelope& envelope,
+                                     std::vector<dsn_note> notes,
                                      std::unique_ptr<outcome_batch> outcomes) noexcept {
   auto read = std::make_unique<dsn_original_read>();
   read->id = message.id;
   read->body_bytes = message.body_bytes;
   read->envelope = envelope;
-  read->notes.swap(*message.notes);
+  read->notes = std::move(notes);
   read->outcomes = std::move(outcomes);
   read->recipients = dsn_recipients(*read);
   queue::dsn_request sizing;  // how much of the original it quotes
@@ -567,9 +644,9 @@ void relay::state::read_dsn_original(spooled_message& message, const spool::enve
   if (nothing_to_read) on_dsn_original_read(key, 0, 0);
 }
 
-void relay::state::dsn_reader::on_completion(const io::completion& done) noexcept {
+void relay::state::on_dsn_read_done(const io::completion& done) noexcept {
   const io::op_tag tag = done.tag();
-  s.on_dsn_original_read(tag.slot, tag.generation, done.res);
+  on_dsn_original_read(tag.slot, tag.generation, done.res);
 }
 
 // One read of a DSN's original completed (`result`: bytes or -errno). A failed or short read

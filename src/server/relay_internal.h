@@ -2,13 +2,16 @@
 // deliveries) and relay_home.cc (the home role: routing, outcomes, spool marks, DSNs).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <variant>
 #include <vector>
 
 #include "relay_tables.h"
@@ -18,6 +21,7 @@
 #include "ringmta/shard/host.h"
 #include "ringmta/shard/typed_message.h"
 #include "ringmta/spool/envelope.h"
+#include "ringmta/spool/store.h"
 
 namespace ringmta::server {
 
@@ -33,39 +37,78 @@ struct dsn_note {
   std::int64_t retry_until_seconds = 0;
 };
 
+// Where a queued message's envelope is (docs/notes.md, "Envelopes read back from the spool"):
+// in memory (resident), only in the spool's commit record (evicted: the message waits for a
+// retry and needs nothing of it until then), or being read back by its home (reading).
+enum class envelope_state : std::uint8_t { evicted, reading, resident };
+
 // The envelope and where the body lies in the spool, packed into one allocation while the
-// message waits. A queued message keeps only this, not a spool::envelope with its vector and
-// strings (docs/notes.md, "Backlog at scale"); a delivery, a log record, a DSN or a listing
-// unpacks what it needs. Immutable once packed: owners on other shards unpack it too.
+// message is resident. A queued message keeps only this, not a spool::envelope with its vector
+// and strings (docs/notes.md, "Backlog at scale"); a delivery, a log record, a DSN or a listing
+// unpacks what it needs. Immutable while resident: owners on other shards unpack it too.
 // The encoding is the relay's own, in memory only (the spool's on-disk one is unchanged):
 // varint numbers and lengths, the envelope's flags in one byte, and only what is read back.
 // Not packed: the id and the arrival second (spooled_message has them: the caller passes them
 // back), client_address and helo (the spool keeps them; nothing that unpacks reads them).
 // A typical queued message (one recipient, ~20-byte addresses, one slice) takes ~54 bytes:
 // one 56-byte allocation instead of the spool encoding's ~121 (a 128-byte one).
+// Only the home changes the state (pack, evict, reading); another shard unpacks only under a
+// `pin`, and the home evicts only an unpinned message: one atomic word holds the bytes' address
+// and the pin count (its low 3 bits; the allocation is 8-aligned), so a pin and an eviction
+// can never both succeed. Without a pin (evicted, reading, or 7 pins) the other shard asks the
+// home (relay_envelopes.cc).
 class packed_message {
  public:
+  packed_message() = default;
+  ~packed_message() { release(); }
+  packed_message(const packed_message&) = delete;
+  // The slab resets a freed message with this: no other shard holds it then (no pins).
+  packed_message& operator=(packed_message&& other) noexcept;
+
+  // Home: → resident.
   void pack(const spool::envelope& envelope, std::span<const spool::body_slice> body);
-  // Every field as packed; client_address and helo empty.
+  // Home: resident and unpinned → evicted (the bytes freed). False: not resident, or pinned.
+  bool evict() noexcept;
+  void set_reading() noexcept;  // home: evicted → reading
+  void read_failed() noexcept;  // home: reading → evicted
+  envelope_state state() const noexcept;
+
+  // A hold on a resident message's bytes; empty when there were none to hold.
+  class pin {
+   public:
+    explicit pin(const packed_message& packed) noexcept;
+    ~pin();
+    pin(const pin&) = delete;
+    pin& operator=(const pin&) = delete;
+    explicit operator bool() const noexcept { return _packed != nullptr; }
+
+   private:
+    const packed_message* _packed = nullptr;
+  };
+
+  // Resident only (the home, or another shard under a pin). Every field as packed;
+  // client_address and helo empty.
   spool::envelope envelope(spool::message_id id, std::int64_t received_seconds) const;
   std::vector<spool::body_slice> body() const;
-  std::size_t bytes() const;  // the allocation's size (0: never packed)
+  std::size_t bytes() const;  // the allocation's size (0: not resident)
 
  private:
+  static constexpr std::uintptr_t pin_mask = 7;
+  static constexpr std::uintptr_t reading_word = 1;  // no address: evicted (0) or reading (1)
+  const char* data() const noexcept;
   const char* decode(spool::envelope& out) const;  // all but id and arrival; returns the end
-  std::unique_ptr<char[]> _bytes;  // self-delimiting: the counts say where it ends
+  void release() noexcept;  // frees the bytes if resident (no pins)
+  // Self-delimiting bytes (the counts say where they end) | pins; or an address-less state.
+  mutable std::atomic<std::uintptr_t> _word{0};
 };
 
 // A queued message as every shard sees it: immutable after the home built it, except the
 // home-only fields. Freed by the home once every recipient is final.
 // One is kept per queued message, so its size is memory per message (docs/notes.md, "Backlog
-// at scale"): it must stay within 48 bytes (a slot of the home's slab, relay_tables.h).
+// at scale"): it must stay within 40 bytes (a slot of the home's slab, relay_tables.h).
 struct spooled_message {
   spool::message_id id = 0;
-  packed_message packed;  // envelope and body slices
-  // home only: outcomes waiting to be reported by a DSN; allocated by the first one (most
-  // messages never have one).
-  std::unique_ptr<std::vector<dsn_note>> notes;
+  packed_message packed;  // envelope and body slices, while resident
   std::uint64_t body_bytes = 0;
   std::int64_t received_ms = 0;  // when it was answered 250 (recovered: the envelope's second)
   // The envelope's arrival second (the scheduler's job and the DSN have it) is received_ms's
@@ -78,10 +121,12 @@ struct spooled_message {
   std::int64_t received_seconds() const noexcept {
     return received_ms / 1000 - received_lag_seconds;
   }
+  // Resident only (see packed_message).
   spool::envelope envelope() const { return packed.envelope(id, received_seconds()); }
   std::vector<spool::body_slice> body() const { return packed.body(); }
+  bool resident() const noexcept { return packed.state() == envelope_state::resident; }
 };
-static_assert(sizeof(spooled_message) <= 48, "bytes per queued message: see the comment");
+static_assert(sizeof(spooled_message) <= 40, "bytes per queued message: see the comment");
 
 // Home → owner: some recipients of a message for one destination.
 struct routed_job {
@@ -145,10 +190,52 @@ struct outcome_batch {
   std::vector<recipient_report> reports;
 };
 
+// Owner → home: a delivery (or a queue listing) needs a message whose envelope is not resident
+// (relay_envelopes.cc). Home → owner: the same object back with the envelope, or the error.
+// By flight slot and job: a slot that carries another job by then is not the one that asked.
+struct envelope_request {
+  spooled_message* message = nullptr;
+  spool::message_id id = 0;
+  std::uint32_t from = 0;    // the owner's shard
+  std::uint32_t flight = 0;  // its slot there
+  std::uint64_t job = 0;     // job_key of the flight's job
+  bool listing = false;      // nobody waits: make it resident for the listing asked again
+  int error = 0;             // the answer: 0, or why the envelope could not be read
+  spool::envelope envelope;
+  std::vector<spool::body_slice> body;
+};
+
+// An operator action (relay_actions.cc) waiting for the envelope: its recipients say which
+// destinations to send it to. It was journaled already.
+struct pending_action {
+  message_op op = message_op::hold;
+  std::string reason;
+  std::string by;
+  std::uint64_t ticket = 0;  // its journal record's (0: not journaled: retry)
+};
+
+// What waits at the home for an evicted message's envelope, served in arrival order.
+using envelope_waiter = std::variant<std::unique_ptr<envelope_request>,
+                                     std::unique_ptr<outcome_batch>, pending_action>;
+
+// One read of a message's commit record through the ring, shared by every waiter.
+struct envelope_read {
+  spool::message_id id = 0;
+  spool::commit_location where;
+  std::string record;
+  std::vector<envelope_waiter> waiters;
+};
+
+inline std::uint64_t job_key(const queue::job_id& id) noexcept {
+  return std::uint64_t{id.slot} << 32 | id.generation;
+}
+
 // A delivery on the wire (owner side); the storage keeps the engine's envelope alive.
-// A delivery slot: free → (converting →) delivering → free. converting: the body is with the
-// downgrade worker (relay_downgrade.cc) and the connection waits, reserved for this job.
-enum class flight_phase : std::uint8_t { free, converting, delivering };
+// A delivery slot: free → (reading →) (converting →) delivering → free. reading: the message's
+// envelope is being read back from the spool by its home (relay_envelopes.cc); converting: the
+// body is with the downgrade worker (relay_downgrade.cc). Meanwhile the connection waits,
+// reserved for this job.
+enum class flight_phase : std::uint8_t { free, reading, converting, delivering };
 
 struct in_flight {
   flight_phase phase = flight_phase::free;
@@ -273,19 +360,24 @@ struct relay::state {
   void mark_recipient(spool::message_id id, std::uint16_t recipient,
                       spool::recipient_status status) noexcept;
   void on_marks_durable() noexcept;  // journal room again: the waiting marks go first
+  // Logs the outcome; what a DSN must report of it goes to `notes`.
   void record(spooled_message& message, const spool::envelope& envelope,
-              const recipient_report& report) noexcept;
+              const recipient_report& report, std::vector<dsn_note>& notes) noexcept;
   // DSNs: the original read through the ring (never a blocking pread on the shard), then built.
   std::unordered_map<std::uint32_t, std::unique_ptr<dsn_original_read>> dsn_reading;
   std::uint32_t next_dsn_read = 0;
   io::op_kind dsn_read_kind = io::op_kind_invalid;
-  struct dsn_reader final : shard::host_handler {
-    explicit dsn_reader(state& owner_state) : s(owner_state) {}
-    void on_completion(const io::completion& done) noexcept override;
+  // The completions of one kind of read the state queued, handed to a member of it.
+  template <void (state::*Done)(const io::completion&) noexcept>
+  struct reads_done final : shard::host_handler {
+    explicit reads_done(state& owner_state) : s(owner_state) {}
+    void on_completion(const io::completion& done) noexcept override { (s.*Done)(done); }
     state& s;
   };
-  dsn_reader dsn_reads{*this};
+  void on_dsn_read_done(const io::completion& done) noexcept;
+  reads_done<&state::on_dsn_read_done> dsn_reads{*this};
   void read_dsn_original(spooled_message& message, const spool::envelope& envelope,
+                         std::vector<dsn_note> notes,
                          std::unique_ptr<outcome_batch> outcomes) noexcept;
   void on_dsn_original_read(std::uint32_t key, std::uint32_t read, std::int32_t result) noexcept;
   void queue_dsn(std::unique_ptr<dsn_original_read> read) noexcept;
@@ -298,9 +390,42 @@ struct relay::state {
   core::member_timer<state, &state::retry_dsns> dsn_retry_timer{*this};
   void apply_original_outcomes(const dsn_original_read& read) noexcept;
   bool on_committed(std::uint64_t ticket, int error) noexcept;
+  // `resident`: keep the envelope packed (a new message goes out now; a recovered one waits).
   spooled_message& add_message(const spool::envelope& envelope,
                                std::span<const spool::body_slice> body, std::uint64_t body_bytes,
-                               std::int64_t received_ms) noexcept;
+                               std::int64_t received_ms, bool resident = true) noexcept;
+  // Envelopes read back from the spool (relay_envelopes.cc): by read key, and the key of a
+  // message's read. Keys whose read the ring could not queue wait for the next loop turn.
+  std::unordered_map<std::uint32_t, std::unique_ptr<envelope_read>> envelope_reads;
+  std::unordered_map<spool::message_id, std::uint32_t> envelope_read_keys;
+  std::vector<std::uint32_t> envelope_reads_unqueued;
+  std::uint32_t next_envelope_read = 0;
+  io::op_kind envelope_read_kind = io::op_kind_invalid;
+  void on_envelope_read_done(const io::completion& done) noexcept;
+  reads_done<&state::on_envelope_read_done> envelope_reader_handler{*this};
+  void pack(spooled_message& message, const spool::envelope& envelope,
+            std::span<const spool::body_slice> body) noexcept;
+  void evict(spooled_message& message) noexcept;
+  // Packed messages, oldest first: one still resident a while after it was packed waits (a
+  // backoff, a connection slot) and is evicted (evict_aged), though no attempt reported.
+  struct packed_at {
+    spool::message_id id = 0;
+    std::uint64_t ms = 0;  // the shard's clock
+  };
+  std::deque<packed_at> packed_order;
+  void evict_aged() noexcept;
+  core::member_timer<state, &state::evict_aged> eviction_timer{*this};
+  void wait_for_envelope(spooled_message& message, envelope_waiter waiter) noexcept;
+  bool queue_envelope_read(std::uint32_t key) noexcept;
+  void queue_envelope_reads() noexcept;  // those the ring had no room for
+  void on_envelope_read(std::uint32_t key, std::int32_t result) noexcept;
+  void serve(envelope_waiter& waiter, const spool::stored_message* stored, int error) noexcept;
+  void serve_request(std::unique_ptr<envelope_request> request) noexcept;
+  void record_outcomes(std::unique_ptr<outcome_batch> batch) noexcept;
+  void outcomes_unrecorded(const outcome_batch& batch) noexcept;
+  // relay_actions.cc: the action sent to the destinations of the message's open recipients.
+  std::size_t send_actions(spool::message_id id, const spool::envelope& envelope,
+                           const pending_action& action) noexcept;
 
   // owner role (relay.cc)
   // The messages with jobs here, by id: 16 bytes each (the id is the message's own, read
@@ -373,6 +498,11 @@ struct relay::state {
   void open(const queue::connect_request& request) noexcept;
   void start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
                       const queue::job_view& job) noexcept;
+  // The envelope unpacked (or read back): its engine envelope, then the downgrade or the wire.
+  void continue_delivery(std::uint32_t slot, const spool::envelope& envelope) noexcept;
+  // A flight's slot; nullopt: a queue listing (relay::jobs_json).
+  void request_envelope(spooled_message& message, std::optional<std::uint32_t> slot) noexcept;
+  void on_envelope_reply(std::unique_ptr<envelope_request> reply) noexcept;
   std::uint64_t session_of(std::uint64_t cookie) const noexcept;
   void hand_off(std::uint32_t slot, const smtp::client_envelope& envelope,
                 std::span<const spool::body_slice> body) noexcept;
@@ -390,6 +520,9 @@ struct relay::state {
   // Per-message operator actions (relay_actions.cc): the home's pending journal tickets
   // (-1: not yet durable, else the errno), and the owner's side.
   std::unordered_map<std::uint64_t, int> action_tickets;
+  // Journaled actions waiting for their message's envelope: "pending" until sent to the
+  // owners, so an answered action has left the home (its bounce reason is not journaled).
+  std::set<std::uint64_t> actions_unsent;
   std::unordered_map<spool::message_id, std::string> bounce_reasons;  // owner: until reported
   void apply_message_action(const message_action_job& job) noexcept;
   void send_message_action_to(unsigned shard, message_action_job job) noexcept;
@@ -435,6 +568,10 @@ struct relay::state {
                                  std::unique_ptr<outcome_batch> batch) noexcept;
   static void on_message_action_message(shard::mesh& target, std::vector<relay*>& shards,
                                         std::unique_ptr<message_action_job> job) noexcept;
+  static void on_envelope_request_message(shard::mesh& target, std::vector<relay*>& shards,
+                                          std::unique_ptr<envelope_request> request) noexcept;
+  static void on_envelope_reply_message(shard::mesh& target, std::vector<relay*>& shards,
+                                        std::unique_ptr<envelope_request> reply) noexcept;
   void flush_backlog() noexcept;
   relay& peer(unsigned shard) const noexcept { return *(*config.shards)[shard]; }
 };

@@ -118,14 +118,22 @@ core::result<std::string> read_commit_record(int fd, std::uint64_t salt, std::ui
     if (got == 0) return core::fail(EIO);
     done += static_cast<std::size_t>(got);
   }
+  auto payload = check_commit_record(record, salt, offset, id);
+  if (!payload) return core::fail(payload.error());
+  return std::string(payload.value());
+}
+
+core::result<std::string_view> check_commit_record(std::string_view record, std::uint64_t salt,
+                                                   std::uint64_t offset, message_id id) noexcept {
+  if (record.size() < header_bytes) return core::fail(EBADMSG);
   record_header header;
-  const std::string_view payload = std::string_view(record).substr(header_bytes);
+  const std::string_view payload = record.substr(header_bytes);
   if (!decode_header(record.data(), header) || header.id != id ||
       header.type != record_type::commit || header.payload_bytes != payload.size() ||
       !verify(record.data(), payload, seed(salt, offset))) {
     return core::fail(EBADMSG);
   }
-  return std::string(payload);
+  return payload;
 }
 
 }  // namespace ringmta::spool::format

@@ -102,6 +102,10 @@ state_payload decode_state(const char* in) noexcept;
 void encode_action(const action_payload& value, char* out) noexcept;
 action_payload decode_action(const char* in) noexcept;
 
+// Checks a commit record of `id` read from `offset` (header + payload) and returns its
+// payload (a view into `record`); EBADMSG when it does not verify.
+core::result<std::string_view> check_commit_record(std::string_view record, std::uint64_t salt,
+                                                   std::uint64_t offset, message_id id) noexcept;
 // Reads and verifies the commit record of `id` at `offset` (`bytes` = header + payload) and
 // returns its payload. Blocking pread. EBADMSG when it does not verify.
 core::result<std::string> read_commit_record(int fd, std::uint64_t salt, std::uint64_t offset,

@@ -579,20 +579,42 @@ core::result<void> decode_commit(std::string_view payload, commit_view& view) {
 }
 
 core::result<stored_message> store::read(message_id id) const {
+  auto where = locate(id);
+  if (!where) return core::fail(where.error());
+  const auto salt = _segments.at(where.value().segment).salt;
+  auto record = format::read_commit_record(where.value().fd, salt, where.value().offset,
+                                          where.value().bytes, id);
+  if (!record) return core::fail(record.error());
+  return decode_stored(id, record.value());
+}
+
+core::result<commit_location> store::locate(message_id id) const noexcept {
   const message_entry* entry = find(id);
   if (entry == nullptr) return core::fail(ENOENT);
   auto segment = _segments.find(entry->commit_segment);
   if (segment == _segments.end() || segment->second.fd < 0) return core::fail(ENOENT);
-  auto record = format::read_commit_record(segment->second.fd, segment->second.salt,
-                                          entry->commit_offset, entry->commit_bytes, id);
-  if (!record) return core::fail(record.error());
-  const std::string_view payload = record.value();
+  return commit_location{segment->second.fd, entry->commit_segment, entry->commit_bytes,
+                         entry->commit_offset};
+}
+
+core::result<stored_message> store::parse_commit(message_id id, const commit_location& where,
+                                                 std::string_view record) const {
+  auto segment = _segments.find(where.segment);
+  if (segment == _segments.end() || record.size() != where.bytes) return core::fail(EBADMSG);
+  auto payload = format::check_commit_record(record, segment->second.salt, where.offset, id);
+  if (!payload) return core::fail(payload.error());
+  return decode_stored(id, payload.value());
+}
+
+// A commit record's payload (checked) as the envelope and where the body lies.
+core::result<stored_message> store::decode_stored(message_id id, std::string_view payload) const {
   auto view = decode_commit(payload);
   if (!view) return core::fail(view.error());
   stored_message message;
   auto decoded = decode_envelope(view.value().envelope_bytes, &message.pool);
   if (!decoded) return core::fail(decoded.error());
   message.envelope = std::move(decoded.value());
+  message.envelope.id = id;
   message.body_bytes = view.value().body_bytes;
   message.body.reserve(view.value().ranges.size());
   for (const auto& range : view.value().ranges) {

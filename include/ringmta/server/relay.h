@@ -109,6 +109,11 @@ struct relay_metrics {
   admin::counter connections;
   admin::gauge queued_jobs;
   admin::gauge marks_waiting;  // recipient states waiting for room in the spool's journal
+  // Queued messages' envelopes: packed in memory (a waiting one is evicted to the spool), and
+  // read back from the spool's commit records through the ring (relay_envelopes.cc).
+  admin::gauge envelopes_resident;
+  admin::counter envelope_reads;
+  admin::counter envelope_read_failures;
   // 8-bit messages to servers without 8BITMIME (server/downgrade.h).
   admin::counter downgrades_requested;
   admin::counter downgrades_converted;

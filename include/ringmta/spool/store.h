@@ -84,6 +84,14 @@ struct stored_message {
   std::string pool;  // the egress pool given to commit() (envelope.h), empty: none
 };
 
+// Where a message's commit record lies (store::locate): read `bytes` at `offset` of `fd`.
+struct commit_location {
+  int fd = -1;
+  std::uint32_t segment = 0;
+  std::uint32_t bytes = 0;  // header + payload
+  std::uint64_t offset = 0;
+};
+
 struct store_stats {
   std::uint64_t flushes = 0;
   std::uint64_t bytes_written = 0;
@@ -156,8 +164,14 @@ class store {
   core::result<std::uint64_t> act(message_id id, message_action action,
                                   std::int64_t now_seconds) noexcept;
   // Envelope and body location of a queued message (one blocking pread of its commit
-  // record; locate() + decode_commit() do the same through the ring).
+  // record; locate() + parse_commit() do the same through the ring).
   core::result<stored_message> read(message_id id) const;
+  // The commit record's place (ENOENT: not durable, or its segment is gone). The segment
+  // stays while a recipient of the message is open.
+  core::result<commit_location> locate(message_id id) const noexcept;
+  // What read() returns, from the record's bytes as read from `where` (checked: EBADMSG).
+  core::result<stored_message> parse_commit(message_id id, const commit_location& where,
+                                            std::string_view record) const;
   // The read-only-usable fd of a segment (-1 when unknown): for splice/sendfile of body_slices
   // and for reading a commit record through the ring.
   int segment_fd(std::uint32_t segment) const noexcept;
@@ -200,6 +214,7 @@ class store {
     std::uint64_t batch;  // 0: not yet placed in a batch
   };
 
+  core::result<stored_message> decode_stored(message_id id, std::string_view payload) const;
   // reception helpers (store.cc)
   pending_message* lookup(message_handle handle) noexcept;
   message_entry* find_queued(message_id id) noexcept;  // nullptr unless queued

@@ -4,9 +4,12 @@
 // issue 15 counts on.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <random>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -189,7 +192,86 @@ TEST(spooled_message, keeps_the_arrival_second_exactly) {
     EXPECT_EQ(message.received_ms, c.ms);
     EXPECT_EQ(message.received_seconds(), c.envelope_seconds) << c.ms;
   }
-  static_assert(sizeof(spooled_message) == 48);
+  static_assert(sizeof(spooled_message) == 40);
+}
+
+// Eviction (relay_envelopes.cc): the bytes leave memory; a read back packs them again.
+TEST(packed_message, evicted_reading_and_resident_again) {
+  const auto e = sample();
+  const std::vector<spool::body_slice> body = {{7, 4096, 900}};
+  packed_message packed;
+  EXPECT_EQ(packed.state(), envelope_state::evicted);  // never packed (a recovered message)
+  packed.pack(e, body);
+  EXPECT_EQ(packed.state(), envelope_state::resident);
+  EXPECT_TRUE(packed.evict());
+  EXPECT_EQ(packed.state(), envelope_state::evicted);
+  EXPECT_EQ(packed.bytes(), 0u);
+  EXPECT_FALSE(packed.evict());  // nothing left to evict
+  packed.set_reading();
+  EXPECT_EQ(packed.state(), envelope_state::reading);
+  EXPECT_FALSE(packed_message::pin(packed));  // no bytes to hold while reading
+  packed.read_failed();
+  EXPECT_EQ(packed.state(), envelope_state::evicted);
+  packed.set_reading();
+  packed.pack(e, body);  // the read's result
+  EXPECT_EQ(packed.state(), envelope_state::resident);
+  EXPECT_EQ(packed.envelope(e.id, e.received_seconds), unpackable(e));
+  expect_body(packed, body);
+  packed_message reset;
+  packed = std::move(reset);  // the slab's reset of a freed message frees the bytes
+  EXPECT_EQ(packed.state(), envelope_state::evicted);
+}
+
+// Another shard unpacks under a pin: the home cannot evict then, and at most 7 pins are held
+// (an eighth reader asks the home instead).
+TEST(packed_message, a_pinned_message_is_not_evicted) {
+  packed_message packed;
+  packed.pack(sample(), {});
+  {
+    std::vector<std::unique_ptr<packed_message::pin>> pins;
+    for (int i = 0; i < 7; ++i) {
+      pins.push_back(std::make_unique<packed_message::pin>(packed));
+      EXPECT_TRUE(*pins.back()) << i;
+    }
+    EXPECT_FALSE(packed_message::pin(packed));
+    EXPECT_FALSE(packed.evict());
+    pins.pop_back();
+    EXPECT_TRUE(packed_message::pin(packed));
+    pins.clear();
+  }
+  EXPECT_TRUE(packed.evict());
+}
+
+// One thread pins and unpacks (an owner), another evicts and packs again (the home): every
+// unpack under a pin sees the whole envelope, and both sides get their way many times.
+TEST(packed_message, pins_and_evictions_on_two_threads) {
+  const auto e = sample();
+  const std::vector<spool::body_slice> body = {{3, 1 << 20, 1024}};
+  packed_message packed;
+  packed.pack(e, body);
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> unpacked{0};
+  std::uint64_t wrong = 0, evicted = 0;
+  std::thread owner([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      const packed_message::pin pinned(packed);
+      if (!pinned) continue;
+      wrong += packed.envelope(e.id, e.received_seconds) != unpackable(e);
+      unpacked.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  // Until both sides got their way often (on a loaded machine the owner may start late).
+  while (evicted < 1000 || unpacked.load(std::memory_order_relaxed) < 1000) {
+    if (packed.evict()) {
+      ++evicted;
+      packed.set_reading();
+      packed.pack(e, body);
+    }
+    std::this_thread::yield();
+  }
+  stop = true;
+  owner.join();
+  EXPECT_EQ(wrong, 0u);
 }
 
 }  // namespace
