@@ -169,11 +169,18 @@ void relay::state::serve(envelope_waiter& waiter, const spool::stored_message* s
 }
 
 // No envelope to name the recipients with: the outcomes still reach the spool (a delivered
-// recipient must not be delivered again, a deferred one keeps its retry time); their log
-// records and DSNs are what is lost, and the failure is logged (on_envelope_read).
+// recipient must not be delivered again, a deferred one keeps its retry time) without their
+// log records (the failure is logged: on_envelope_read). A bounce is not marked: without the
+// envelope there is no DSN, and a bounce is final only with its DSN (pending_dsn), so the
+// recipient stays queued in the spool and is tried, and bounced, again after a restart.
 void relay::state::outcomes_unrecorded(const outcome_batch& batch) noexcept {
   spooled_message* const message = find_message(batch.message->id);
-  if (message == batch.message) apply_outcomes(*message, batch);
+  if (message != batch.message) return;
+  outcome_batch kept;
+  kept.message = batch.message;
+  for (const auto& report : batch.reports)
+    if (report.kind != outcome_kind::bounced) kept.reports.push_back(report);
+  apply_outcomes(*message, kept);
 }
 
 // An owner's request: a resident envelope (a read by another waiter just finished) is
