@@ -444,7 +444,11 @@ void register_metrics(admin::registry& registry, const relay_metrics& m) {
   registry.add("ringmta_recipients_bounced_total", "Recipients bounced (5xx or expired)",
                m.bounced);
   registry.add("ringmta_dsn_queued_total", "Delivery status notifications spooled", m.dsn_queued);
-  registry.add("ringmta_dsn_failed_total", "DSNs that could not be spooled", m.dsn_failed);
+  registry.add("ringmta_dsn_failed_total", "DSNs that could not be built (given up)",
+               m.dsn_failed);
+  registry.add("ringmta_dsn_retries_total",
+               "DSNs the spool did not take, built again a second later (their bounces wait)",
+               m.dsn_retries);
   registry.add("ringmta_dsn_original_read_failures_total",
                "Reads of a bounced message from the spool that failed (its DSN quotes less)",
                m.dsn_original_read_failures);

@@ -726,7 +726,7 @@ void relay::state::queue_dsn(std::unique_ptr<dsn_original_read> original) noexce
 }
 
 void relay::state::retry_dsn_later(std::unique_ptr<dsn_original_read> read) noexcept {
-  metrics.dsn_failed.add();
+  metrics.dsn_retries.add();
   dsn_retry.push_back(std::move(read));
   if (!dsn_retry_timer.armed()) owner.timers().schedule_after(dsn_retry_timer, 1000);
 }

@@ -104,7 +104,8 @@ struct relay_metrics {
   admin::counter deferred;
   admin::counter bounced;
   admin::counter dsn_queued;
-  admin::counter dsn_failed;
+  admin::counter dsn_failed;   // given up: the DSN cannot be built (its bounces stand)
+  admin::counter dsn_retries;  // the spool did not take a DSN: built again a second later
   admin::counter dsn_original_read_failures;  // a DSN quoting less of its original than asked
   admin::counter connections;
   admin::gauge queued_jobs;
