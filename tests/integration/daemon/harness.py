@@ -65,6 +65,10 @@ def free_port(address="127.0.0.1"):
         return s.getsockname()[1]
 
 
+# Signals a daemon dies of by itself only through a bug: abort (RINGMTA_ASSERT), bad memory.
+FAULT_SIGNALS = {signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
+
+
 class Daemon:
     """ringmta on 127.0.0.1:<free port> with its own spool; stderr is collected.
 
@@ -93,6 +97,7 @@ class Daemon:
         self.stderr_lines = []
         self.stdout_lines = []
         self._listening = threading.Event()
+        self._fault_reported = False
 
     def start(self, timeout=20):
         # No real DNS here: unless a test says otherwise, lookups fail at once (transient), so
@@ -168,9 +173,19 @@ class Daemon:
             return None
 
     def kill(self):
-        if self.process is not None and self.process.poll() is None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        elif -self.process.returncode in FAULT_SIGNALS and not self._fault_reported:
+            # It died of a fault on its own (an assertion is SIGABRT): its last words go to
+            # the test's stderr, which CI's log shows for a failed test.
+            self._fault_reported = True
+            print(f"# ringmta died of signal {-self.process.returncode}; its stderr ends:",
+                  file=sys.stderr, flush=True)
+            for line in self.stderr_lines[-40:]:
+                print(f"#   {line}", file=sys.stderr, flush=True)
 
     def admin_socket(self):
         """The daemon's control socket (--admin-socket, else SPOOL/admin.sock)."""
