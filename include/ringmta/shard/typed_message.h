@@ -12,8 +12,8 @@
 //
 // Three payloads:
 //   - an owned object (std::unique_ptr<T>): ownership moves with the message and the handler
-//     receives it; with a context (`make_message<&h>(std::move(j), registry)`) the handler
-//     also gets the context by reference: h(shard&, C&, std::unique_ptr<T>);
+//     receives it; a parcel (`make_parcel<&h>(std::move(j), registry)`) also gives the handler
+//     a context by reference: h(mesh&, C&, std::unique_ptr<T>);
 //   - a small value (trivially copyable, at most 16 bytes) copied into the words:
 //     h(shard&, V);
 //   - a home_ptr<T> is such a value: a pointer that may only be followed on its home shard.
@@ -90,22 +90,6 @@ message make_message(std::unique_ptr<T> object) noexcept {
   return m;
 }
 
-// An owned object and a context for Handler(shard&, C&, std::unique_ptr<T>); the context must
-// outlive the message (a registry every shard shares, set before the shards start).
-template <auto Handler, typename T, typename C>
-message make_message(std::unique_ptr<T> object, C& context) noexcept {
-  static_assert(std::is_nothrow_invocable_v<decltype(Handler), shard&, C&, std::unique_ptr<T>>,
-                "handler must be void(shard&, C&, std::unique_ptr<T>) noexcept");
-  message m{};
-  m.handler = [](shard& target, const message& received) noexcept {
-    Handler(target, *detail::from_word<C>(received.words[1]),
-            std::unique_ptr<T>(detail::from_word<T>(received.words[0])));
-  };
-  m.words[0] = detail::to_word(object.release());
-  m.words[1] = detail::to_word(&context);
-  return m;
-}
-
 namespace detail {
 template <auto Handler, typename T, typename C>
 void deliver_parcel(mesh& target, const std::uint64_t (&words)[2]) noexcept {
@@ -115,7 +99,8 @@ void deliver_parcel(mesh& target, const std::uint64_t (&words)[2]) noexcept {
 
 // An owned object and a context for Handler(mesh&, C&, std::unique_ptr<T>), as a parcel
 // (shard/mesh.h): the same handler runs whether the runtime's queues or a simulated mesh
-// deliver it. Ownership moves as with make_message.
+// deliver it. Ownership moves as with make_message; the context must outlive the parcel (a
+// registry every shard shares, set before the shards start).
 template <auto Handler, typename T, typename C>
 parcel make_parcel(std::unique_ptr<T> object, C& context) noexcept {
   static_assert(std::is_nothrow_invocable_v<decltype(Handler), mesh&, C&, std::unique_ptr<T>>,

@@ -77,7 +77,7 @@ TEST(typed_message, owned_object_moves_to_its_handler_and_is_freed_on_the_target
 struct registry {
   std::atomic<int> calls[2] = {};
 };
-void on_parcel_with(shard& target, registry& r, std::unique_ptr<parcel> p) noexcept {
+void on_parcel_with(mesh& target, registry& r, std::unique_ptr<parcel> p) noexcept {
   if (p->text == "ctx") ++r.calls[target.id()];
 }
 
@@ -88,7 +88,7 @@ TEST(typed_message, context_reaches_the_handler_by_reference) {
                   if (s.id() != 1) return {};
                   auto p = std::make_unique<parcel>();
                   p->text = "ctx";
-                  EXPECT_TRUE(s.try_send(0, make_message<&on_parcel_with>(std::move(p), shared)));
+                  EXPECT_TRUE(s.try_send(0, make_parcel<&on_parcel_with>(std::move(p), shared)));
                   return {};
                 }).ok());
   EXPECT_TRUE(finish(rt, [&] { return shared.calls[0].load() == 1; }));
