@@ -180,15 +180,20 @@ void server_tls_pipe::flush(std::string& out) {
     _engine.consume_output(output.size());
     return;
   }
-  while (!output.empty()) {
-    const std::size_t taken = _tls->write(output);
-    const std::string_view cipher = _tls->ciphertext();
+  _engine.consume_output(encrypt(*_tls, output, out));
+}
+
+std::size_t encrypt(tls::session& session, std::string_view plain, std::string& out) {
+  std::size_t taken_all = 0;
+  while (taken_all < plain.size() && session.established()) {
+    const std::size_t taken = session.write(plain.substr(taken_all));
+    taken_all += taken;
+    const std::string_view cipher = session.ciphertext();
     out.append(cipher);
-    _tls->consume_ciphertext(cipher.size());
-    _engine.consume_output(taken);
-    output.remove_prefix(taken);
-    if (taken == 0 && cipher.empty()) break;
+    session.consume_ciphertext(cipher.size());
+    if (taken == 0 && cipher.empty()) break;  // nothing moves: the session is gone
   }
+  return taken_all;
 }
 
 }  // namespace ringmta::sim

@@ -28,6 +28,10 @@ void seed_openssl(std::uint64_t seed);
 std::shared_ptr<const tls::server_context> simulated_server_context();
 std::shared_ptr<const tls::client_context> simulated_client_context();
 
+// Encrypts `plain` with an established session, appending its records to `out`; returns the
+// octets taken (all of them unless the session failed).
+std::size_t encrypt(tls::session& session, std::string_view plain, std::string& out);
+
 // A simulated MTA's SMTP engine behind TLS once STARTTLS was accepted: ciphertext from the
 // network in, the engine's replies encrypted out. Until the engine's 220 to STARTTLS it is a
 // plain pipe; `broken` makes it answer the ClientHello with garbage (a middlebox that strips

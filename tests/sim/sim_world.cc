@@ -597,12 +597,9 @@ void world::client_next(connection& c) {
 // in order (the host's stream). Over TLS the pieces are of the ciphertext.
 void world::client_send(connection& c, std::string_view bytes) {
   if (c.tls == nullptr) return send_pieces(c, bytes);
-  while (!bytes.empty() && c.tls->established()) {
-    const std::size_t taken = c.tls->write(bytes);
-    bytes.remove_prefix(taken);
-    send_ciphertext(c);
-    if (taken == 0 && c.tls->ciphertext().empty()) break;
-  }
+  std::string cipher;
+  encrypt(*c.tls, bytes, cipher);
+  send_pieces(c, cipher);
 }
 
 void world::send_ciphertext(connection& c) {
