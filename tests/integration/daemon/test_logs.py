@@ -253,6 +253,10 @@ c.command("EHLO client.test")
 c.command("MAIL FROM:<a@client.test>")
 tap.ok(c.command("RCPT TO:<x@elsewhere.test>")[0] == 554, "relaying is refused")
 tap.ok(c.command("BOGUS")[0] == 500, "a protocol error")
+# The two sessions above have quit; each frees its per-client place when the daemon has
+# closed it: wait until only `c` is open, or one held connection would be over the limit early.
+wait_for(lambda: sum(v for k, v in daemon.metrics().items()
+                     if k.split("{")[0] == "ringmta_sessions") == 1)
 held, greetings = [], []
 for _ in range(3):  # one at a time: with `c` the third is over the per-client limit of 3
     held.append(Conversation(daemon.port))
