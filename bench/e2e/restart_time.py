@@ -22,7 +22,6 @@ usage: bench/e2e/restart_time.py SPOOL BINARY [BINARY ...] [--rounds 3] [--shard
        [--first-delivery [--sink PATH]] [--probe-seconds S]
 """
 import argparse
-import json
 import os
 import re
 import shutil
@@ -38,22 +37,15 @@ ROOT = os.path.abspath(os.path.join(HERE, "../.."))
 sys.path.insert(0, os.path.join(ROOT, "tests/integration/daemon"))
 sys.path.insert(0, os.path.join(ROOT, "tests/integration/delivery"))
 sys.path.insert(0, HERE)
-from harness import Daemon  # noqa: E402
+from harness import Daemon, free_port  # noqa: E402
 from peers import wait_until  # noqa: E402
-from harness import free_port  # noqa: E402
-from relay import cpu_seconds, sink_start  # noqa: E402
+from relay import cpu_seconds, sink_count, sink_start  # noqa: E402
 from backlog import LogTail, greets, load  # noqa: E402
 
 
 def sink_messages(process, stats):
     """Messages whose end of data reached the sink (answered 451 here)."""
-    process.send_signal(10)  # SIGUSR1: rewrite the stats file
-    time.sleep(0.02)
-    try:
-        with open(stats) as f:
-            return json.load(f).get("messages", 0)
-    except (OSError, ValueError):
-        return 0
+    return sink_count(process, stats, "messages", 0.02)
 
 
 class FirstAtSink(threading.Thread):
