@@ -7,10 +7,11 @@ message comes back exactly once, and an operator action on a message not routed 
 RECOVERY_MESSAGES (default 20000) 1 KiB messages from ringmta-blast to 50 domains routed to a
 closed port (deferred, retry in 1 h); SIGKILL; restart; at once, together, `ringmta-ctl delete`
 of the newest message, `hold` of the one before it and `bounce --reason` of the third newest
-(their reads come last). The bounce's reason must reach its log record: an action that waits
-for the read is sent after the routing, and the job does not carry the journaled bounce flag
-(that path has no reason). Whether the actions came before the end of the recovery is printed:
-the checks hold either way.
+(their reads come last); SIGKILL; a restart stopped at once by SIGTERM. The bounce's reason
+must reach its log record: an action that waits for the read is sent after the routing, and
+the job does not carry the journaled bounce flag (that path has no reason). Whether the
+actions (and the SIGTERM) came before the end of the recovery is printed: the checks hold
+either way.
 
 usage: test_recovery_slices.py RINGMTA RINGMTA_CTL RINGMTA_BLAST
 """
@@ -106,4 +107,16 @@ kept = set(after) & (set(ids) - {third})
 tap.ok(newest not in after and after.get(second, {}).get("held") is True and
        kept == set(ids) - {newest, third}, "after SIGKILL: deleted stays gone, held stays held",
        (len(kept), after.get(second)))
+
+# SIGTERM at once, while the recovery's reads are likely still in flight: the shutdown waits
+# for them (or for none), routes nothing more, and every queued message stays in the spool.
+daemon = Daemon(ringmta, spool=spool, shards=1, args=args).start(timeout=120)
+code = daemon.stop(timeout=120)
+stopped = daemon.events("queue_recovered")
+print(f"# stopped after routing {stopped[0].get('messages') if stopped else None} of "
+      f"{len(after)}", flush=True)
+tap.ok(code == 0, "a SIGTERM during the recovery ends the daemon cleanly",
+       (code, daemon.stderr_lines[-10:]))
+tap.ok({m["id"] for m in spool_list(ringmta, spool)} == set(after),
+       "every queued message is still in the spool after it", len(after))
 tap.done()
