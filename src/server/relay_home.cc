@@ -360,7 +360,8 @@ bool relay::state::recover_one(spool::message_id id) noexcept {
   }
   envelope_read& read = *envelope_reads.at(envelope_read_keys.at(id));
   RINGMTA_ASSERT(read.purpose == read_purpose::recovery);
-  if (!read.flags) read.flags = store.find(id)->flags;  // queued: read_recovered checked it
+  const spool::message_entry* entry = store.find(id);
+  if (!read.flags && entry != nullptr) read.flags = entry->flags;  // before the action's
   return true;
 }
 
