@@ -56,11 +56,16 @@ def sink_start(binary, port, work, extra=()):
 
 
 def sink_accepted(process, stats):
+    return sink_count(process, stats, "accepted")
+
+
+def sink_count(process, stats, key, settle_s=0.05):
+    """One of the sink's counters (accepted, messages: ends of data, connections, ...)."""
     process.send_signal(10)  # SIGUSR1: rewrite the stats file
-    time.sleep(0.05)
+    time.sleep(settle_s)
     try:
         with open(stats) as f:
-            return json.load(f).get("accepted", 0)
+            return json.load(f).get(key, 0)
     except (OSError, ValueError):
         return 0
 

@@ -300,7 +300,6 @@ relay::relay(const relay_config& config, shard::host& owner, shard::mesh& peers,
 
 relay::~relay() {
   if (_state->timer.armed()) _state->owner.timers().cancel(_state->timer);
-  if (_state->recovery_timer.armed()) _state->owner.timers().cancel(_state->recovery_timer);
   // DSNs waiting for a retry are not lost: their bounces were never marked, so a restart
   // bounces those recipients again (pending_dsn).
   if (_state->dsn_retry_timer.armed()) _state->owner.timers().cancel(_state->dsn_retry_timer);

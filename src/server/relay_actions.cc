@@ -104,9 +104,9 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
   const std::int64_t now = s.owner.wall_ms();
   nlohmann::json out = {{"id", id_text(id)}, {"action", action}, {"found", false}};
   spooled_message* found = s.find_message(id);
-  if (found == nullptr && s.recover_one(id)) found = s.find_message(id);
+  const bool recovering = found == nullptr && s.recover_one(id);  // read at start-up, not routed
   const spool::message_entry* entry = s.store.find(id);
-  if (found == nullptr || entry == nullptr ||
+  if ((found == nullptr && !recovering) || entry == nullptr ||
       entry->status != spool::message_status::queued ||
       (entry->flags & spool::message_flag_deleted) != 0)
     return out.dump();
@@ -138,9 +138,10 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
   pending_action pending{*op, std::string(reason), std::string(by), ticket};
   // Which destinations: the recipients' (the envelope read back first if it was evicted; the
   // owners apply it a moment later, as they do anyway: a cross-shard message).
-  if (!found->resident()) {
+  if (recovering || !found->resident()) {
     if (ticket != 0) s.actions_unsent.insert(ticket);
-    s.wait_for_envelope(*found, std::move(pending));
+    if (recovering) s.join_read(id, std::move(pending));  // sent once it is routed
+    else s.wait_for_envelope(*found, std::move(pending));
     return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
   out["destinations"] = s.send_actions(id, found->envelope(), pending);

@@ -65,28 +65,43 @@ void relay::state::evict(spooled_message& message) noexcept {
 
 void relay::state::wait_for_envelope(spooled_message& message, envelope_waiter waiter) noexcept {
   RINGMTA_ASSERT(!message.resident());
-  if (message.packed.state() == envelope_state::reading) {
-    const auto key = envelope_read_keys.find(message.id);
-    RINGMTA_ASSERT(key != envelope_read_keys.end());
-    envelope_reads.at(key->second)->waiters.push_back(std::move(waiter));
-    return;
-  }
-  auto where = store.locate(message.id);
-  if (!where) {  // its segment is gone: nothing to read (cannot happen while a recipient is open)
+  if (message.packed.state() == envelope_state::reading)
+    return join_read(message.id, std::move(waiter));
+  int error = 0;
+  envelope_read* const read = read_commit(message.id, read_purpose::envelope, error);
+  if (read == nullptr) {  // its segment is gone (cannot happen while a recipient is open)
     metrics.envelope_read_failures.add();
-    return serve(waiter, nullptr, where.error());
+    return serve(waiter, nullptr, error);
   }
-  auto read = std::make_unique<envelope_read>();
-  read->id = message.id;
-  read->where = where.value();
-  read->record.resize(read->where.bytes);
   read->waiters.push_back(std::move(waiter));
-  const std::uint32_t key = next_envelope_read++;
-  envelope_reads.emplace(key, std::move(read));
-  envelope_read_keys.emplace(message.id, key);
   message.packed.set_reading();
   metrics.envelope_reads.add();
+}
+
+envelope_read* relay::state::read_commit(spool::message_id id, read_purpose purpose,
+                                         int& error) noexcept {
+  auto where = store.locate(id);
+  if (!where) {
+    error = where.error();
+    return nullptr;
+  }
+  auto read = std::make_unique<envelope_read>();
+  read->id = id;
+  read->purpose = purpose;
+  read->where = where.value();
+  read->record.resize(read->where.bytes);
+  envelope_read& started = *read;
+  const std::uint32_t key = next_envelope_read++;
+  envelope_reads.emplace(key, std::move(read));
+  envelope_read_keys.emplace(id, key);
   if (!queue_envelope_read(key)) envelope_reads_unqueued.push_back(key);
+  return &started;
+}
+
+void relay::state::join_read(spool::message_id id, envelope_waiter waiter) noexcept {
+  const auto key = envelope_read_keys.find(id);
+  RINGMTA_ASSERT(key != envelope_read_keys.end());
+  envelope_reads.at(key->second)->waiters.push_back(std::move(waiter));
 }
 
 bool relay::state::queue_envelope_read(std::uint32_t key) noexcept {
@@ -112,19 +127,25 @@ void relay::state::on_envelope_read_done(const io::completion& done) noexcept {
 }
 
 // `result`: bytes read or -errno. The record is checked (the spool's header, id and checksum)
-// and decoded; the message is packed again and its waiters are served.
+// and decoded.
+core::result<spool::stored_message> relay::state::parse_read(const envelope_read& read,
+                                                             std::int32_t result) const {
+  if (result < 0) return core::fail(-result);
+  if (static_cast<std::uint32_t>(result) != read.where.bytes) return core::fail(EIO);
+  return store.parse_commit(read.id, read.where, read.record);
+}
+
+// The message is packed again and its waiters are served (a recovery read: relay_home.cc).
 void relay::state::on_envelope_read(std::uint32_t key, std::int32_t result) noexcept {
   const auto found = envelope_reads.find(key);
   RINGMTA_ASSERT(found != envelope_reads.end());
   const std::unique_ptr<envelope_read> read = std::move(found->second);
   envelope_reads.erase(found);
   envelope_read_keys.erase(read->id);
+  if (read->purpose == read_purpose::recovery) return on_recovery_read(*read, result);
   spooled_message* const message = find_message(read->id);
-  int error = result < 0 ? -result : 0;
-  if (error == 0 && static_cast<std::uint32_t>(result) != read->where.bytes) error = EIO;
-  core::result<spool::stored_message> stored = core::fail(error != 0 ? error : ENOENT);
-  if (error == 0 && message != nullptr)
-    stored = store.parse_commit(read->id, read->where, read->record);
+  core::result<spool::stored_message> stored = core::fail(ENOENT);
+  if (message != nullptr) stored = parse_read(*read, result);
   if (message != nullptr) {
     if (stored) {
       pack(*message, stored.value().envelope, stored.value().body);

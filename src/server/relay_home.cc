@@ -268,7 +268,7 @@ void relay::state::route(const spool::envelope& envelope,
   for (const auto& slice : body) body_bytes += slice.length;
   spooled_message& message =
       add_message(envelope, body, body_bytes, owner.wall_ms());
-  route_recipients(message, envelope, nullptr, pool);
+  route_recipients(message, envelope, nullptr, 0, pool);
 }
 
 // The pool: a trusted X-Ringmta-Pool naming a known pool, else the sender domain's, else
@@ -301,8 +301,11 @@ std::string relay::state::egress_name(const spooled_message& message, std::strin
 }
 
 // Start-up: every queued message of this shard's spool goes back to its destinations' queues
-// with its recipients' attempts and retry times, oldest first. In slices: with a million
-// queued, routing them all before the first greeting took 20 s (bench/README.md).
+// with its recipients' attempts and retry times, oldest first. Each needs its commit record
+// (the recipients' addresses): read through the ring, a bounded number at a time, and routed as
+// the reads complete. With a million queued, routing them all before the first greeting took
+// 20 s, and one pread each on the shard thread blocked its sessions on every cold page
+// (bench/README.md, docs/notes.md "Recovery reads through the ring").
 void relay::state::recover() noexcept {
   store.for_each_message([&](const spool::message_entry& entry) {
     if (entry.status == spool::message_status::queued) recovering.push_back(entry.id);
@@ -310,21 +313,17 @@ void relay::state::recover() noexcept {
   std::sort(recovering.begin(), recovering.end());
   recovering_next = 0;
   recovering_since_ms = owner.wall_ms();
-  recover_slice();
+  recover_more();
 }
 
-void relay::state::recover_slice() noexcept {
-  // A slice costs ~10 ms (one pread and one routing per message): the shard's connections
-  // wait at most that long for their turn.
-  constexpr std::size_t slice = 256;
-  const std::size_t end = std::min(recovering.size(), recovering_next + slice);
-  for (; recovering_next < end && !shutting_down; ++recovering_next)
-    route_recovered(recovering[recovering_next]);
-  if (recovering_next < recovering.size() && !shutting_down) {
-    owner.timers().schedule_at(recovery_timer, owner.now_ms());  // next loop turn
-    return;
-  }
-  if (recovering.empty()) return;
+void relay::state::recover_more() noexcept {
+  // Enough to keep a disk's queue busy on a cold start (each read is one small record) and to
+  // route ~64 messages per loop turn on a warm one; few enough that a loop turn's routing stays
+  // short for the shard's sessions.
+  constexpr std::uint32_t reads_max = 64;
+  while (recovery_reads < reads_max && recovering_next < recovering.size() && !shutting_down)
+    read_recovered(recovering[recovering_next++]);
+  if (recovery_reads > 0 || recovering.empty()) return;  // more to come, or nothing to report
   const std::int64_t now = owner.wall_ms();
   log.set_time(now);
   log.record("queue_recovered")
@@ -334,42 +333,79 @@ void relay::state::recover_slice() noexcept {
   recovering_next = 0;
 }
 
-// An id still waiting for its slice is routed now (an operator action names it).
-bool relay::state::recover_one(spool::message_id id) noexcept {
-  const auto rest = recovering.begin() + static_cast<std::ptrdiff_t>(recovering_next);
-  if (!std::binary_search(rest, recovering.end(), id)) return false;
-  route_recovered(id);
-  return find_message(id) != nullptr;
-}
-
-void relay::state::route_recovered(spool::message_id id) noexcept {
-  if (find_message(id) != nullptr) return;  // recover_one routed it already
+// Starts the read of a queued message not routed yet (false: routed already, under way, final
+// meanwhile, or its record cannot be located: logged, it stays in the spool).
+bool relay::state::read_recovered(spool::message_id id) noexcept {
+  if (find_message(id) != nullptr || envelope_read_keys.count(id) != 0) return false;
   const spool::message_entry* entry = store.find(id);
-  if (entry == nullptr || entry->status != spool::message_status::queued) return;
-  auto stored = store.read(id);
-  if (!stored) {
+  if (entry == nullptr || entry->status != spool::message_status::queued) return false;
+  int error = 0;
+  if (read_commit(id, read_purpose::recovery, error) == nullptr) {
     log.set_time(owner.wall_ms());
     log.record("spool_read_failed")
         .field("id", std::string_view(spool::format_message_id(id).data(), 16))
-        .field("error", stored.error_text());
-    return;
+        .field("error", std::string_view(std::strerror(error)));
+    return false;
   }
-  spool::envelope& envelope = stored.value().envelope;
-  envelope.id = id;
+  ++recovery_reads;
+  return true;
+}
+
+// An operator action names an id not routed yet: its read starts now (unless under way) and
+// the action waits for it (join_read), as for an evicted envelope (relay_actions.cc).
+bool relay::state::recover_one(spool::message_id id) noexcept {
+  if (envelope_read_keys.count(id) == 0) {
+    const auto rest = recovering.begin() + static_cast<std::ptrdiff_t>(recovering_next);
+    if (!std::binary_search(rest, recovering.end(), id) || !read_recovered(id)) return false;
+  }
+  envelope_read& read = *envelope_reads.at(envelope_read_keys.at(id));
+  RINGMTA_ASSERT(read.purpose == read_purpose::recovery);
+  const spool::message_entry* entry = store.find(id);
+  if (!read.flags && entry != nullptr) read.flags = entry->flags;  // before the action's
+  return true;
+}
+
+// A recovery read completed: the message is routed (not while shutting down: it stays in the
+// spool), the actions that waited for it are sent, and the next reads start.
+void relay::state::on_recovery_read(envelope_read& read, std::int32_t result) noexcept {
+  RINGMTA_ASSERT(recovery_reads > 0);
+  --recovery_reads;
+  auto stored = parse_read(read, result);
+  const spool::message_entry* entry = store.find(read.id);
+  const bool routable = stored && !shutting_down && find_message(read.id) == nullptr &&
+                        entry != nullptr && entry->status == spool::message_status::queued;
+  if (!stored) {
+    log.set_time(owner.wall_ms());
+    log.record("spool_read_failed")
+        .field("id", std::string_view(spool::format_message_id(read.id).data(), 16))
+        .field("error", stored.error_text());
+  } else if (routable) {
+    route_recovered(read, stored.value(), *entry);
+  }
+  for (auto& waiter : read.waiters) {  // operator actions; unsent ones are journaled already
+    RINGMTA_ASSERT(std::holds_alternative<pending_action>(waiter));
+    serve(waiter, routable && find_message(read.id) != nullptr ? &stored.value() : nullptr,
+          stored ? ENOENT : stored.error());
+  }
+  recover_more();
+}
+
+void relay::state::route_recovered(const envelope_read& read, spool::stored_message& stored,
+                                   const spool::message_entry& entry) noexcept {
+  spool::envelope& envelope = stored.envelope;
+  envelope.id = read.id;
   // Not kept packed: recovering millions must not hold millions of envelopes; a delivery
   // reads it back when its job's time comes (relay_envelopes.cc).
-  spooled_message& message = add_message(envelope, stored.value().body,
-                                         stored.value().body_bytes,
+  spooled_message& message = add_message(envelope, stored.body, stored.body_bytes,
                                          envelope.received_seconds * 1000, false);
-  // store.find again: the read may have moved entries
-  route_recipients(message, envelope, store.find(id), stored.value().pool);
+  route_recipients(message, envelope, &entry, read.flags.value_or(entry.flags), stored.pool);
 }
 
 // Groups the open recipients by destination (and, after a restart, by their retry state) and
 // hands each group to the destination's owner.
 void relay::state::route_recipients(spooled_message& message, const spool::envelope& envelope,
                                     const spool::message_entry* recovered,
-                                    std::string_view pool) noexcept {
+                                    std::uint8_t flags, std::string_view pool) noexcept {
   using key = std::tuple<std::string, std::uint16_t, std::int64_t>;
   std::map<key, std::vector<std::uint16_t>> groups;
   const auto& recipients = envelope.recipients;
@@ -402,14 +438,11 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
     metrics.routed_recipients.add(indices.size());
     // Recovered operator actions travel with the job: held mail is never tried, a pending
     // bounce is carried out (a deleted message is final at recovery and never gets here).
-    const std::uint8_t flags =
-        recovered == nullptr ? 0
-                             : static_cast<std::uint8_t>(recovered->flags &
-                                                         (spool::message_flag_held |
-                                                          spool::message_flag_bounce));
+    const auto carried = static_cast<std::uint8_t>(
+        flags & (spool::message_flag_held | spool::message_flag_bounce));
     std::unique_ptr<routed_job> job(new routed_job{&message, std::get<0>(group),
                                                    std::move(indices), std::get<1>(group),
-                                                   std::get<2>(group), flags});
+                                                   std::get<2>(group), carried});
     const unsigned to = owner_of(job->destination, shards);
     send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
   }

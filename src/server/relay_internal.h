@@ -218,9 +218,19 @@ struct pending_action {
 using envelope_waiter = std::variant<std::unique_ptr<envelope_request>,
                                      std::unique_ptr<outcome_batch>, pending_action>;
 
+// Why a commit record is read: the envelope of an evicted message, for its waiters; or a
+// queued message found at start-up, to be routed (relay_home.cc, recover), its waiters then
+// being operator actions that named it before it was routed.
+enum class read_purpose : std::uint8_t { envelope, recovery };
+
 // One read of a message's commit record through the ring, shared by every waiter.
 struct envelope_read {
   spool::message_id id = 0;
+  read_purpose purpose = read_purpose::envelope;
+  // recovery: the operator flags (held, bounce) its jobs carry, as they were before the first
+  // action that waits here was journaled (that action is sent after the routing, as for a
+  // routed message; a bounce's reason is not journaled). Unset: the spool's flags when routed.
+  std::optional<std::uint8_t> flags;
   spool::commit_location where;
   std::string record;
   std::vector<envelope_waiter> waiters;
@@ -324,19 +334,23 @@ struct relay::state {
   std::unordered_map<std::uint64_t, std::unique_ptr<pending_dsn>> dsn_tickets;
   void route(const spool::envelope& envelope, std::span<const spool::body_slice> body,
              std::string_view pool = {});  // a DSN: the default pool
-  // Start-up: the queued ids (ascending) go back to their destinations' queues a slice per
-  // loop turn (recover_slice), so the shard greets and delivers while it recovers; an
-  // operator action on one not routed yet routes it first (recover_one).
+  // Start-up: the queued ids (ascending) go back to their destinations' queues, each routed
+  // when its commit record, read through the ring (never a pread on the shard), arrives; a
+  // bounded number of reads in flight, so the shard greets and delivers while it recovers.
+  // An operator action on one not routed yet reads it at once and waits (recover_one).
   void recover() noexcept;
-  void recover_slice() noexcept;
-  bool recover_one(spool::message_id id) noexcept;
-  void route_recovered(spool::message_id id) noexcept;
+  void recover_more() noexcept;  // reads up to the bound; queue_recovered once all are done
+  bool recover_one(spool::message_id id) noexcept;  // true: its read is under way
+  bool read_recovered(spool::message_id id) noexcept;
+  void on_recovery_read(envelope_read& read, std::int32_t result) noexcept;
+  void route_recovered(const envelope_read& read, spool::stored_message& stored,
+                       const spool::message_entry& entry) noexcept;
   std::vector<spool::message_id> recovering;
   std::size_t recovering_next = 0;
+  std::uint32_t recovery_reads = 0;  // in flight (recover_one's included)
   std::int64_t recovering_since_ms = 0;
-  core::member_timer<state, &state::recover_slice> recovery_timer{*this};
   void route_recipients(spooled_message& message, const spool::envelope& envelope,
-                        const spool::message_entry* recovered,
+                        const spool::message_entry* recovered, std::uint8_t flags = 0,
                         std::string_view pool = {}) noexcept;
   // Egress (egress.h): the queue name for a destination, with the source its pool picks.
   bool has_pools() const noexcept { return live->egress && !live->egress->empty(); }
@@ -416,6 +430,11 @@ struct relay::state {
   void evict_aged() noexcept;
   core::member_timer<state, &state::evict_aged> eviction_timer{*this};
   void wait_for_envelope(spooled_message& message, envelope_waiter waiter) noexcept;
+  // One read of `id`'s commit record (nullptr and `error`: the spool has none to read).
+  envelope_read* read_commit(spool::message_id id, read_purpose purpose, int& error) noexcept;
+  void join_read(spool::message_id id, envelope_waiter waiter) noexcept;  // one in flight
+  core::result<spool::stored_message> parse_read(const envelope_read& read,
+                                                 std::int32_t result) const;
   bool queue_envelope_read(std::uint32_t key) noexcept;
   void queue_envelope_reads() noexcept;  // those the ring had no room for
   void on_envelope_read(std::uint32_t key, std::int32_t result) noexcept;
