@@ -400,6 +400,7 @@ class outbound_server final : public shard::host_handler,
   core::member_timer<outbound_server, &outbound_server::on_kick> _kick{*this};
   std::uint32_t _live = 0;
   std::uint32_t _buffered_free = 0;  // free slots that kept their session and staging buffer
+  bool _hook_due = false;  // a completion was dispatched: before_wait() runs before the wait
   bool _shutting_down = false;
   bool _stopped = false;
   outbound_counters _counters;
