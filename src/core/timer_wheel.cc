@@ -68,7 +68,11 @@ void timer_wheel::place(timer_node& node) noexcept {
   node._next = &head;
   head._prev->_next = &node;
   head._prev = &node;
-  _occupied[level] |= std::uint64_t{1} << slot;
+  const std::uint64_t bit = std::uint64_t{1} << slot;
+  if ((_occupied[level] & bit) == 0 && _next_known) {
+    _next = std::min(_next, slot_tick(level, slot));
+  }
+  _occupied[level] |= bit;
 }
 
 void timer_wheel::unlink(timer_node& node) noexcept {
@@ -77,7 +81,9 @@ void timer_wheel::unlink(timer_node& node) noexcept {
   node._next->_prev = node._prev;
   node._next = node._prev = nullptr;
   const timer_node& head = _slots[node._level][node._slot].head;
-  if (head._next == &head) _occupied[node._level] &= ~(std::uint64_t{1} << node._slot);
+  if (head._next != &head) return;
+  _occupied[node._level] &= ~(std::uint64_t{1} << node._slot);
+  if (_next_known && slot_tick(node._level, node._slot) == _next) _next_known = false;
 }
 
 void timer_wheel::cascade(unsigned level) noexcept {
@@ -108,13 +114,14 @@ std::size_t timer_wheel::fire_slot(unsigned slot) noexcept {
 std::size_t timer_wheel::advance(std::uint64_t now_tick) noexcept {
   std::size_t fired = 0;
   while (_now < now_tick) {
+    _next_known = false;  // every slot's tick is seen from a new now (a callback may ask)
     if (_armed_count == 0) {
       _now = now_tick;
       break;
     }
     // Jump straight to the next tick with work (a level-0 deadline or the cascade of an occupied
     // slot): empty stretches cost nothing, whatever their length. Never past now_tick.
-    _now = std::min(next_tick(), now_tick);
+    _now = std::min(compute_next_tick(), now_tick);
     if ((_now & slot_mask) == 0) {
       // Highest level first: its nodes may land in the lower slots cascaded next.
       unsigned top = 1;
@@ -127,6 +134,14 @@ std::size_t timer_wheel::advance(std::uint64_t now_tick) noexcept {
 }
 
 std::uint64_t timer_wheel::next_tick() const noexcept {
+  if (!_next_known) {
+    _next = compute_next_tick();
+    _next_known = true;
+  }
+  return _next;
+}
+
+std::uint64_t timer_wheel::compute_next_tick() const noexcept {
   if (_armed_count == 0) return no_timer;
   std::uint64_t best = no_timer;
   for (unsigned level = 0; level < level_count; ++level) {
@@ -135,12 +150,17 @@ std::uint64_t timer_wheel::next_tick() const noexcept {
     const auto position = static_cast<int>((_now >> shift) & slot_mask);
     // Bit k of `rotated` is slot position+1+k: the first set bit is the nearest slot ahead.
     const std::uint64_t rotated = std::rotr(_occupied[level], position + 1);
-    const std::uint64_t distance = static_cast<std::uint64_t>(std::countr_zero(rotated)) + 1;
-    const std::uint64_t candidate =
-        level == 0 ? _now + distance : ((_now >> shift) + distance) << shift;
-    best = std::min(best, candidate);
+    const auto nearest = static_cast<unsigned>((position + 1 + std::countr_zero(rotated)));
+    best = std::min(best, slot_tick(level, nearest & slot_mask));
   }
   return best;
+}
+
+std::uint64_t timer_wheel::slot_tick(unsigned level, unsigned slot) const noexcept {
+  const unsigned shift = level_bits * level;
+  const auto position = static_cast<unsigned>((_now >> shift) & slot_mask);
+  const std::uint64_t distance = ((slot - position - 1) & slot_mask) + 1;  // 1..64 slots ahead
+  return level == 0 ? _now + distance : ((_now >> shift) + distance) << shift;
 }
 
 }  // namespace ringmta::core

@@ -127,26 +127,38 @@ bool next_bytes(const delivery& job, body_progress& body) noexcept {
 
 // ---- staged: read everything into staging, then one send with ".CRLF"
 
+// From the page cache at once when the bytes are there (the message was usually written a
+// moment ago, as for BDAT's prefetch and the TLS path): no ring read, no completion and no loop
+// iteration before the body goes out. Otherwise (EAGAIN: not cached, or an error or a short
+// file, which the ring read then reports in its completion) the ring reads the slice's rest.
+// Never a blocking read.
 void connection::read_staged_step() noexcept {
-  if (!next_bytes(job, body)) {
-    staged_begin = 0;
-    staged_end = body.staged;
-    body.enter(body_phase::sent);
-    session->body_sent();  // the engine's ".CRLF" (RFC 5321 §4.1.1.4) follows the body's tail
-    stage_output();
-    server.counters().body_bytes += body.total;
-    if (tls != tls_state::plaintext) return pump();  // through the TLS session (tls.cc)
-    if (!send_staged()) process_events();
+  while (next_bytes(job, body)) {
+    const spool::body_slice& piece = job.body[body.slice];
+    char* const into = staging.get() + body.staged;
+    const auto length = static_cast<std::uint32_t>(piece.length - body.slice_done);
+    const std::uint64_t offset = piece.offset + body.slice_done;
+    const auto got = server.descriptors().read_cached(piece.fd, into, length, offset);
+    if (got && got.value() > 0) {
+      body.slice_done += got.value();
+      body.staged += static_cast<std::uint32_t>(got.value());
+      continue;
+    }
+    const auto queued = server.io().prep_read(piece.fd, into, length, offset,
+                                              server.user_data(server.body_read_kind, *this));
+    if (!queued) return body_failed_locally(queued.error());
+    body.step_in_flight = true;
+    ++ops;
     return;
   }
-  const spool::body_slice& piece = job.body[body.slice];
-  const auto queued = server.io().prep_read(
-      piece.fd, staging.get() + body.staged,
-      static_cast<std::uint32_t>(piece.length - body.slice_done), piece.offset + body.slice_done,
-      server.user_data(server.body_read_kind, *this));
-  if (!queued) return body_failed_locally(queued.error());
-  body.step_in_flight = true;
-  ++ops;
+  staged_begin = 0;
+  staged_end = body.staged;
+  body.enter(body_phase::sent);
+  session->body_sent();  // the engine's ".CRLF" (RFC 5321 §4.1.1.4) follows the body's tail
+  stage_output();
+  server.counters().body_bytes += body.total;
+  if (tls != tls_state::plaintext) return pump();  // through the TLS session (tls.cc)
+  if (!send_staged()) process_events();
 }
 
 // ---- spliced: file -> pipe, then pipe -> socket

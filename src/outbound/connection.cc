@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -609,9 +610,18 @@ void connection::abandon(close_reason why) noexcept {
 
 // ---- timers
 
+// Every reply wait restarts the connection's deadline (RFC 5321 §4.5.3.2), several times per
+// transaction; the next wait is mostly longer than the one before (MAIL 5 min, data end 10
+// min after a few milliseconds), so the wheel is touched only when the new deadline comes
+// before the tick the node is armed for. A node armed too early fires and re-arms (on_timer):
+// a timeout never fires late, and the node fires early at most once per tick it was armed for.
 void connection::schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept {
+  core::timer_wheel& timers = server.owner().timers();
   timer_use = purpose;
-  server.owner().timers().schedule_after(timer, delay_ms);
+  deadline_ms = timers.now() + std::max<std::uint32_t>(delay_ms, 1);  // as schedule_after
+  if (!timer.armed() || timer.deadline_tick() > deadline_ms) {
+    timers.schedule_at(timer, deadline_ms);
+  }
 }
 
 void connection::restart_timer() noexcept {
@@ -649,6 +659,8 @@ void connection::restart_timer() noexcept {
 }
 
 void connection::on_timer() noexcept {
+  core::timer_wheel& timers = server.owner().timers();
+  if (deadline_ms > timers.now()) return timers.schedule_at(timer, deadline_ms);  // extended
   const step_guard checked(*this);
   switch (timer_use) {
     case timer_purpose::connect: {

@@ -107,10 +107,9 @@ smtp::client_body_type body_of(spool::body_type body) noexcept {
 // different spelling and the local part is ASCII (only SMTPUTF8 carries a non-ASCII one);
 // else empty.
 std::string ascii_domain_form(std::string_view address) {
+  if (net::is_ascii(address)) return {};  // nearly every address: no search for the '@'
   const auto at = address.rfind('@');
-  if (at == std::string_view::npos || net::is_ascii(address) ||
-      !net::is_ascii(address.substr(0, at)))
-    return {};
+  if (at == std::string_view::npos || !net::is_ascii(address.substr(0, at))) return {};
   return net::address_to_ascii_domain(address).value_or(std::string());
 }
 

@@ -213,14 +213,20 @@ void outbound_server::stop() noexcept {
 // Work for the end of the iteration. The hook may have run already (an API call from a later
 // hook or from our own deferred work): the kick timer, due at the next tick, keeps the shard
 // from sleeping on it.
+// Work deferred from inside one of our completions needs no kick: the host runs its hooks,
+// ours included, after the completions of a batch (shard::run, sim_host::reap); a delivery
+// handed over from on_delivery_done or on_ready, once per message, then costs no timer.
 void outbound_server::defer(connection& c) noexcept {
   if (c.deferred) return;  // once per round: the list stays within connections_max
   c.deferred = true;
-  if (_deferred.empty() && !_stopped) _owner.timers().schedule_after(_kick, 0);
+  if (_deferred.empty() && !_stopped && !_hook_due) _owner.timers().schedule_after(_kick, 0);
   _deferred.push_back(c.handle());
 }
 
-void outbound_server::before_wait() noexcept { run_deferred(); }
+void outbound_server::before_wait() noexcept {
+  _hook_due = false;  // from here on, work deferred waits for the kick (or the next round)
+  run_deferred();
+}
 
 // Runs what API calls left for later (events the engine produced synchronously, output to
 // send, receives that found no buffer). Work deferred meanwhile waits for the next round.
@@ -255,6 +261,7 @@ void outbound_server::on_lookup_done(std::uint64_t cookie, dns::mx_result& resul
 }
 
 void outbound_server::on_completion(const io::completion& done) noexcept {
+  _hook_due = true;  // before_wait() follows this batch of completions
   const io::op_kind kind = done.kind();
   connection* c = find(done.tag());
   if (c == nullptr || _stopped) {  // stale: give back what the CQE carries

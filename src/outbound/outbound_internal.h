@@ -159,7 +159,11 @@ struct connection {
   std::uint32_t staged_begin = 0;
   std::uint32_t staged_end = 0;
 
+  // One deadline per connection: what the current wait is for and when it ends. The wheel's
+  // node may be armed earlier than deadline_ms (schedule() moves it only to an earlier tick);
+  // firing early it re-arms itself for deadline_ms (on_timer).
   timer_purpose timer_use = timer_purpose::reply;
+  std::uint64_t deadline_ms = 0;
 
   // TLS of the current socket (tls.cc). The session exists from STARTTLS's 220 until the
   // socket is closed; while it exists every byte both ways goes through it.
@@ -396,6 +400,7 @@ class outbound_server final : public shard::host_handler,
   core::member_timer<outbound_server, &outbound_server::on_kick> _kick{*this};
   std::uint32_t _live = 0;
   std::uint32_t _buffered_free = 0;  // free slots that kept their session and staging buffer
+  bool _hook_due = false;  // a completion was dispatched: before_wait() runs before the wait
   bool _shutting_down = false;
   bool _stopped = false;
   outbound_counters _counters;

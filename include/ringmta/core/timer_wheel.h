@@ -90,7 +90,8 @@ class timer_wheel {
   std::size_t advance(std::uint64_t now_tick) noexcept;
 
   // Earliest tick at which advance() can have work: an exact deadline for level 0, else the
-  // next cascade of an occupied slot. `no_timer` when nothing is armed.
+  // next cascade of an occupied slot. `no_timer` when nothing is armed. Remembered between
+  // calls: a loop asks after every turn, and most turns change no slot's occupancy.
   static constexpr std::uint64_t no_timer = ~std::uint64_t{0};
   std::uint64_t next_tick() const noexcept;
 
@@ -106,9 +107,18 @@ class timer_wheel {
   void unlink(timer_node& node) noexcept;
   void cascade(unsigned level) noexcept;
   std::size_t fire_slot(unsigned slot) noexcept;
+  // The tick at which advance() reaches `slot` of `level` (its deadline at level 0, its
+  // cascade above), seen from now().
+  std::uint64_t slot_tick(unsigned level, unsigned slot) const noexcept;
+  std::uint64_t compute_next_tick() const noexcept;
 
   std::uint64_t _now;
   std::size_t _armed_count = 0;
+  // next_tick()'s answer while _next_known: the minimum of slot_tick() over occupied slots, so
+  // a newly occupied slot can only lower it, an emptied one only raise it (if it was that
+  // minimum), and moving now() changes every slot's tick.
+  mutable std::uint64_t _next = no_timer;
+  mutable bool _next_known = false;
   std::array<std::uint64_t, level_count> _occupied{};  // bit s set: slot s of that level non-empty
   std::array<std::array<slot_list, slots_per_level>, level_count> _slots;
 };

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -35,6 +36,23 @@ struct probe {
 };
 
 using fire_log = std::vector<std::pair<int, std::uint64_t>>;
+
+// Advances `wheel` to `tick`: every timer that fired did so at its expected tick (0: not armed;
+// cleared as they fire), and every one still expected is due later.
+void advance_and_check(timer_wheel& wheel, std::uint64_t tick, fire_log& log,
+                       std::vector<std::uint64_t>& expected) {
+  log.clear();
+  wheel.advance(tick);
+  for (const auto& [id, at] : log) {
+    EXPECT_EQ(at, expected[id]) << "timer " << id;
+    expected[id] = 0;
+  }
+  for (std::size_t k = 0; k < expected.size(); ++k) {
+    if (expected[k] != 0) {
+      ASSERT_GT(expected[k], tick) << "timer " << k << " did not fire";
+    }
+  }
+}
 
 TEST(timer_wheel, fires_at_deadline_in_order) {
   timer_wheel wheel(1000);
@@ -146,15 +164,95 @@ TEST(timer_wheel, next_tick_is_a_lower_bound_and_exact_at_level_zero) {
   EXPECT_LT(wakeups, 200u);
 }
 
+// The timers of a randomized test: `count` probes on one wheel, each one's expected tick.
+struct probe_set {
+  probe_set(std::uint64_t start_tick, int count) : wheel(start_tick), expected(count, 0) {
+    for (int i = 0; i < count; ++i) probes.push_back(std::make_unique<probe>(i, &log, &wheel));
+  }
+  ~probe_set() {
+    for (auto& p : probes) wheel.cancel(p->node);
+    EXPECT_EQ(wheel.size(), 0u);
+  }
+  timer_wheel wheel;
+  fire_log log;
+  std::vector<std::unique_ptr<probe>> probes;
+  std::vector<std::uint64_t> expected;  // 0: not armed
+};
+
+// next_tick() is remembered between calls: every schedule, re-arm, cancel and advance in between
+// must show in the next answer (a remembered tick that is too late sleeps past a deadline, one
+// that is too early wakes the loop for nothing).
+TEST(timer_wheel, next_tick_follows_schedules_and_cancels_between_queries) {
+  timer_wheel wheel(1000);
+  fire_log log;
+  probe a(1, &log, &wheel), b(2, &log, &wheel);
+  wheel.schedule_at(a.node, 6000);
+  const std::uint64_t cascade = wheel.next_tick();  // a's level-2 slot
+  EXPECT_GT(cascade, 1000u);
+  EXPECT_LE(cascade, 6000u);
+  wheel.schedule_at(b.node, 1010);
+  EXPECT_EQ(wheel.next_tick(), 1010u);  // a new earlier slot lowers it
+  wheel.cancel(b.node);
+  EXPECT_EQ(wheel.next_tick(), cascade);  // the earliest slot emptied: back to a's
+  wheel.schedule_at(b.node, 1010);
+  wheel.schedule_at(b.node, 1500);  // re-armed later: its old slot is empty
+  EXPECT_GT(wheel.next_tick(), 1010u);
+  EXPECT_LE(wheel.next_tick(), 1500u);
+  wheel.schedule_at(a.node, 1020);  // re-armed earlier
+  EXPECT_EQ(wheel.next_tick(), 1020u);
+  wheel.advance(1005);  // nothing due: the same deadline, seen from a new now
+  EXPECT_EQ(wheel.next_tick(), 1020u);
+  wheel.advance(1020);
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(log[0], std::make_pair(1, std::uint64_t{1020}));
+  EXPECT_GT(wheel.next_tick(), 1020u);
+  EXPECT_LE(wheel.next_tick(), 1500u);
+  wheel.cancel(b.node);
+  EXPECT_EQ(wheel.next_tick(), timer_wheel::no_timer);
+}
+
+// A loop that sleeps until next_tick(), asked after every change, fires every timer exactly at
+// its deadline while timers come and go between its wakeups (what shard::run does).
+TEST(timer_wheel, driven_only_at_next_tick_with_changes_between_wakeups) {
+  std::mt19937_64 random(7);
+  constexpr int count = 64;
+  probe_set set(5000, count);
+  auto& [wheel, log, probes, expected] = set;
+  for (int step = 0; step < 20000; ++step) {
+    const int i = static_cast<int>(random() % count);
+    const std::uint64_t before = wheel.next_tick();
+    switch (random() % 3) {
+      case 0: {
+        const std::uint64_t delay = 1 + random() % (random() % 4 == 0 ? 100000 : 200);
+        const bool rearmed = probes[i]->node.armed();
+        wheel.schedule_after(probes[i]->node, delay);
+        expected[i] = wheel.now() + delay;
+        EXPECT_LE(wheel.next_tick(), expected[i]);
+        if (!rearmed && delay < timer_wheel::slots_per_level) {  // exact at level 0
+          EXPECT_EQ(wheel.next_tick(), std::min(before, expected[i]));
+        }
+        break;
+      }
+      case 1:
+        wheel.cancel(probes[i]->node);
+        expected[i] = 0;
+        EXPECT_GE(wheel.next_tick(), before);
+        break;
+      default: {
+        const std::uint64_t wake = wheel.next_tick();
+        if (wake == timer_wheel::no_timer) break;
+        ASSERT_NO_FATAL_FAILURE(advance_and_check(wheel, wake, log, expected));
+      }
+    }
+  }
+}
+
 // Random schedules, cancels and re-arms against a simple model, across wraps of the lower levels.
 TEST(timer_wheel, random_operations_match_a_model) {
   std::mt19937_64 random(42);
-  timer_wheel wheel(123456);
-  fire_log log;
   constexpr int count = 2000;
-  std::vector<std::unique_ptr<probe>> probes;
-  std::vector<std::uint64_t> expected(count, 0);  // 0: not armed
-  for (int i = 0; i < count; ++i) probes.push_back(std::make_unique<probe>(i, &log, &wheel));
+  probe_set set(123456, count);
+  auto& [wheel, log, probes, expected] = set;
   std::uint64_t now = wheel.now();
   for (int step = 0; step < 20000; ++step) {
     const int i = static_cast<int>(random() % count);
@@ -172,22 +270,10 @@ TEST(timer_wheel, random_operations_match_a_model) {
         break;
       default: {
         now += random() % 200;
-        log.clear();
-        wheel.advance(now);
-        for (const auto& [id, tick] : log) {
-          EXPECT_EQ(tick, expected[id]) << "timer " << id;
-          expected[id] = 0;
-        }
-        for (int k = 0; k < count; ++k) {
-          if (expected[k] != 0) {
-            ASSERT_GT(expected[k], now) << "timer " << k << " did not fire";
-          }
-        }
+        ASSERT_NO_FATAL_FAILURE(advance_and_check(wheel, now, log, expected));
       }
     }
   }
-  for (auto& p : probes) wheel.cancel(p->node);
-  EXPECT_EQ(wheel.size(), 0u);
 }
 
 }  // namespace

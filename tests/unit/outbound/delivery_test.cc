@@ -59,6 +59,24 @@ TEST(envelope_storage, builds_the_engine_envelope_for_a_recipient_subset) {
   EXPECT_EQ(built.recipients[1].orcpt, "rfc822;a+2Bx@example.net");
 }
 
+// RFC 6531 §3.2: for a next hop without SMTPUTF8, an address whose only non-ASCII part is its
+// domain has an A-label form; an ASCII address needs none, a non-ASCII local part has none.
+TEST(envelope_storage, gives_a_label_forms_only_to_non_ascii_domains) {
+  spool::envelope value = sample();
+  value.reverse_path = "s@b\xc3\xbc" "cher.example";
+  value.recipients = {{"a@example.net", 0, ""},
+                      {"b@m\xc3\xbcller.example", 0, ""},
+                      {"j\xc3\xb6rg@m\xc3\xbcller.example", 0, ""}};
+  envelope_storage storage;
+  const std::uint16_t all[] = {0, 1, 2};
+  const auto& built = storage.assign(value, all, 10);
+  EXPECT_EQ(built.reverse_path_ascii, "s@xn--bcher-kva.example");
+  ASSERT_EQ(built.recipients.size(), 3u);
+  EXPECT_EQ(built.recipients[0].address_ascii, "");
+  EXPECT_EQ(built.recipients[1].address_ascii, "b@xn--mller-kva.example");
+  EXPECT_EQ(built.recipients[2].address_ascii, "");
+}
+
 TEST(envelope_storage, drops_advisory_parameters_that_grow_too_long) {
   spool::envelope value = sample();
   value.envid = std::string(60, '+');  // 180 bytes encoded: over RFC 3461's 100
