@@ -202,7 +202,7 @@ std::string relay::message_location_json(spool::message_id id) const {
     return {};
   return nlohmann::json{{"shard", _state->peers.id()},
                         {"commit_segment", entry->commit_segment},
-                        {"commit_offset", entry->commit_offset},
+                        {"commit_offset", std::uint64_t{entry->commit_offset}},
                         {"commit_bytes", entry->commit_bytes},
                         {"held", (entry->flags & spool::message_flag_held) != 0}}
       .dump();
