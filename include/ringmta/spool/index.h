@@ -213,7 +213,7 @@ class message_entries {
 // shrink: a drained backlog gives its memory back.
 //
 // The probe and the backward shift are core/linear_probe.h's, shared with the relay's
-// id_table (src/server/relay_tables.h). The rest differs for a reason: that table's 8-16 byte
+// id_table (src/server/relay_tables.h). The rest differs for a reason: that table's 8-byte
 // entries carry their full hash and their payload, so it is rehashed from the old table and
 // kept 58-88% full (growing by half); here a slot has no room for the hash (5 bits of tag),
 // so it is rebuilt from the entries (and its home recomputed from the entry's id when a
