@@ -16,15 +16,21 @@ constexpr std::string_view operator_bounce_text = "bounced by the operator";
 constexpr std::string_view operator_remove_text = "deleted by the operator";
 
 // The jobs of `message` in `list`, in list order.
-void collect(const job_slab& jobs, const job_list& list, spool::message_id message,
+void collect(const job_slab& jobs, const job_list& list, message_key message,
              std::vector<std::uint32_t>& out) {
   for (std::uint32_t slot = list.head; slot != nil_slot; slot = jobs[slot].next)
     if (jobs[slot].message == message) out.push_back(slot);
 }
 
+bool in_list(const job_slab& jobs, const job_list& list, message_key message) noexcept {
+  for (std::uint32_t slot = list.head; slot != nil_slot; slot = jobs[slot].next)
+    if (jobs[slot].message == message) return true;
+  return false;
+}
+
 }  // namespace
 
-void scheduler::state::take_queued(destination_record& d, spool::message_id message,
+void scheduler::state::take_queued(destination_record& d, message_key message,
                                    std::vector<std::uint32_t>& out) noexcept {
   std::vector<std::uint32_t> ready;
   collect(jobs, d.ready, message, ready);
@@ -40,8 +46,18 @@ void scheduler::state::take_queued(destination_record& d, spool::message_id mess
   }
 }
 
+bool scheduler::has_message(std::string_view name, message_key message) const noexcept {
+  const state& s = *_state;
+  const destination_record* d = s.find(name);
+  if (d == nullptr) return false;
+  return in_list(s.jobs, d->ready, message) || in_list(s.jobs, d->in_flight, message) ||
+         in_list(s.jobs, d->held, message) ||
+         std::any_of(d->scheduled.begin(), d->scheduled.end(),
+                     [&](const job_entry& e) { return s.jobs[e.slot].message == message; });
+}
+
 scheduler::message_action_result scheduler::hold_message(std::string_view name,
-                                                         spool::message_id message,
+                                                         message_key message,
                                                          std::int64_t now_ms) noexcept {
   state& s = *_state;
   message_action_result result;
@@ -66,7 +82,7 @@ scheduler::message_action_result scheduler::hold_message(std::string_view name,
 }
 
 scheduler::message_action_result scheduler::release_message(std::string_view name,
-                                                            spool::message_id message,
+                                                            message_key message,
                                                             std::int64_t now_ms) noexcept {
   state& s = *_state;
   message_action_result result;
@@ -96,7 +112,7 @@ scheduler::message_action_result scheduler::release_message(std::string_view nam
 }
 
 scheduler::message_action_result scheduler::retry_message(std::string_view name,
-                                                          spool::message_id message,
+                                                          message_key message,
                                                           std::int64_t now_ms) noexcept {
   state& s = *_state;
   message_action_result result;
@@ -122,7 +138,7 @@ scheduler::message_action_result scheduler::retry_message(std::string_view name,
 // bounce_message / remove_message: queued and held jobs leave as `kind` events now; jobs in
 // flight get `flag` and leave when their delivery defers.
 scheduler::message_action_result scheduler::state::end_jobs(std::string_view name,
-                                                            spool::message_id message,
+                                                            message_key message,
                                                             event_kind kind, job_flag flag,
                                                             std::string_view text,
                                                             std::uint64_t& counter,
@@ -159,14 +175,14 @@ scheduler::message_action_result scheduler::state::end_jobs(std::string_view nam
 }
 
 scheduler::message_action_result scheduler::bounce_message(std::string_view name,
-                                                           spool::message_id message,
+                                                           message_key message,
                                                            std::int64_t now_ms) noexcept {
   return _state->end_jobs(name, message, event_kind::bounced_by_operator, job_flag_bounce,
                           operator_bounce_text, _state->counters.bounced_by_operator, now_ms);
 }
 
 scheduler::message_action_result scheduler::remove_message(std::string_view name,
-                                                           spool::message_id message,
+                                                           message_key message,
                                                            std::int64_t now_ms) noexcept {
   return _state->end_jobs(name, message, event_kind::removed_by_operator, job_flag_remove,
                           operator_remove_text, _state->counters.removed_by_operator, now_ms);

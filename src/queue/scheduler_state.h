@@ -42,7 +42,7 @@ inline constexpr std::int64_t next_attempt_ms_max = (std::int64_t{1} << 43) - 1;
 inline constexpr std::uint32_t job_error_limit = 1u << 13;
 
 struct job_record {
-  spool::message_id message = 0;
+  message_key message = 0;  // the embedder's (scheduler.h)
   std::uint64_t mask = 0;
   std::uint64_t next_attempt_bits : 43 = 0;  // ms; use next_attempt_ms()
   std::uint64_t error : 13 = 0;              // interned error text, 0: none
@@ -293,11 +293,11 @@ struct scheduler::state {
   void push_event(event_kind kind, std::uint32_t slot, std::int64_t next_ms) noexcept;
   // Per-message actions (scheduler_message.cc): takes the queued jobs of `message` out of
   // the destination's ready list and scheduled heap, appending their slots to `out`.
-  void take_queued(destination_record& d, spool::message_id message,
+  void take_queued(destination_record& d, message_key message,
                    std::vector<std::uint32_t>& out) noexcept;
   // bounce_message / remove_message: ends the message's jobs at the destination `name` as
   // `kind` events, counted in `counter`.
-  scheduler::message_action_result end_jobs(std::string_view name, spool::message_id message,
+  scheduler::message_action_result end_jobs(std::string_view name, message_key message,
                                             event_kind kind, job_flag flag,
                                             std::string_view text, std::uint64_t& counter,
                                             std::int64_t now_ms) noexcept;

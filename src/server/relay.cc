@@ -251,7 +251,7 @@ void relay::state::flush_backlog() noexcept {
 }
 
 // After the last report of a message reaches its home, the home may free it at any moment:
-// callers drop their own reference (job_left) before reporting, and pass what they need.
+// callers end their job in the scheduler (job_left) before reporting, and pass what they need.
 void relay::state::report(spooled_message* message, unsigned home,
                           std::vector<recipient_report> reports) noexcept {
   if (reports.empty()) return;
@@ -495,10 +495,9 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
     for (std::size_t i = first; i < jobs.size(); ++i) {
       const auto& j = jobs[i];
       spool::envelope envelope;
-      const auto* owned = _state->find_owned(j.message);
-      spooled_message* const message = owned != nullptr ? owned->message : nullptr;
-      const bool on_disk = message != nullptr && !unpack_listed(*message, envelope);
-      if (on_disk && asked++ < listing_reads_max) _state->request_envelope(*message, {});
+      spooled_message& message = message_of(j.message);  // the listed job keeps it
+      const bool on_disk = !unpack_listed(message, envelope);
+      if (on_disk && asked++ < listing_reads_max) _state->request_envelope(message, {});
       auto recipients = nlohmann::json::array();
       j.for_each_recipient([&](std::uint16_t index) {
         const bool known = index < envelope.recipients.size();
@@ -524,12 +523,12 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
         next_attempt_ms = std::max(next_attempt_ms, info.backoff_until_ms);
         if (why.empty()) why = "destination backing off: " + std::string(info.last_error);
       }
-      out.push_back({{"id", std::string(spool::format_message_id(j.message).data())},
+      out.push_back({{"id", std::string(spool::format_message_id(message.id).data())},
                      {"destination", name},
                      {"state", state}, {"recipients", recipients},
                      {"sender", on_disk ? std::string(on_disk_text) : envelope.reverse_path},
                      {"on_disk", on_disk},
-                     {"size", message ? message->body_bytes : 0},
+                     {"size", message.body_bytes},
                      {"attempts", j.attempts}, {"received_s", j.received_seconds},
                      {"last_attempt_ms", j.last_attempt_ms},
                      {"next_attempt_ms", next_attempt_ms},
@@ -675,7 +674,7 @@ void relay::state::learn_mx(const std::string& destination,
 void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   spooled_message& message = *job->message;
   const std::int64_t now = owner.wall_ms();
-  queue::job_spec spec{message.id, message.received_seconds(), job->recipients,
+  queue::job_spec spec{message_key_of(message), message.received_seconds(), job->recipients,
                        job->attempts, job->not_before_ms};
   // A destination a reply rule suspended: the job waits for the end (no attempt), and its
   // home records that time, so a restart meanwhile does not send it early.
@@ -700,14 +699,10 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
     return report(&message, message.home, std::move(reports));
   }
   if (!job->site.empty()) join_site(*job, added.destination);
-  // An entry with no jobs would never be erased and outlive its message (relay_internal.h).
   RINGMTA_ASSERT(added.jobs_added > 0);
-  owned_message* entry = find_owned(message.id);
-  if (entry == nullptr) entry = &owned.insert(message.id, owned_message{0, 0, &message});
-  entry->jobs += added.jobs_added;
   metrics.queued_jobs.add(added.jobs_added);
   if ((job->flags & spool::message_flag_bounce) != 0) {  // an operator's bounce, recovered
-    scheduler.bounce_message(job->destination, message.id, now);
+    scheduler.bounce_message(job->destination, message_key_of(message), now);
     return drain_events(nullptr);  // the jobs are gone: bounced, DSN and all
   }
   if (paused) {
@@ -873,9 +868,7 @@ std::uint64_t relay::state::session_of(std::uint64_t cookie) const noexcept {
 
 void relay::state::start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
                                   const queue::job_view& job) noexcept {
-  const owned_message* found = find_owned(job.message);
-  RINGMTA_ASSERT(found != nullptr);
-  spooled_message& message = *found->message;
+  spooled_message& message = message_of(job.message);
   std::uint32_t slot;
   if (free_flights.empty()) {
     slot = static_cast<std::uint32_t>(flights.size());
@@ -1014,7 +1007,6 @@ void relay::state::finish_delivery(std::uint32_t slot,
   }
   spooled_message* const message = flight.message;
   const unsigned home = message->home;
-  const spool::message_id id = message->id;
   bool job_gone = true;
   if (all_permanent && !flight.results.empty()) {
     scheduler.failed(flight.job.id, now, failure_of(flight.results.front()));
@@ -1058,24 +1050,12 @@ void relay::state::finish_delivery(std::uint32_t slot,
     flight.converted = {};
   }
   free_flights.push_back(slot);
-  if (job_gone) job_left(id);
+  if (job_gone) job_left();
   report(message, home, std::move(reports));
   if (fired != nullptr) apply_rule(name, *fired, fired_by);
 }
 
-relay::state::owned_message* relay::state::find_owned(spool::message_id id) noexcept {
-  return owned.find(id, [id](const owned_message& m) { return m.message->id == id; });
-}
-
-void relay::state::job_left(spool::message_id id) noexcept {
-  metrics.queued_jobs.add(-1);
-  owned_message* const found = find_owned(id);
-  RINGMTA_ASSERT(found != nullptr && found->jobs > 0);
-  if (--found->jobs == 0) {
-    owned.erase(*found);
-    bounce_reasons.erase(id);
-  }
-}
+void relay::state::job_left() noexcept { metrics.queued_jobs.add(-1); }
 
 void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
                       const outbound::close_result& result) noexcept {
@@ -1124,9 +1104,7 @@ void relay::state::drain_events(const recipient_report* why) noexcept {
 
 void relay::state::handle_event(const queue::job_event& event,
                                 const recipient_report* why) noexcept {
-  const owned_message* found = find_owned(event.job.message);
-  RINGMTA_ASSERT(found != nullptr);
-  spooled_message* const message = found->message;
+  spooled_message* const message = &message_of(event.job.message);
   const unsigned home = message->home;
   std::vector<recipient_report> reports;
   queue::destination_info info;
@@ -1165,7 +1143,7 @@ void relay::state::handle_event(const queue::job_event& event,
       r.reply_code = expired ? 0 : 550;
       r.text = expired ? fmt::format("delivery time expired; last error: {}", event.job.last_error)
                        : std::string("bounced by the operator");
-      if (const auto why = bounce_reasons.find(event.job.message);
+      if (const auto why = bounce_reasons.find(message->id);
           !expired && why != bounce_reasons.end())
         r.text += ": " + why->second;
     }
@@ -1174,7 +1152,7 @@ void relay::state::handle_event(const queue::job_event& event,
   if (event.kind == queue::event_kind::expired ||
       event.kind == queue::event_kind::bounced_by_operator ||
       event.kind == queue::event_kind::removed_by_operator)
-    job_left(event.job.message);
+    job_left();
   report(message, home, std::move(reports));
 }
 

@@ -62,10 +62,12 @@ void relay::state::on_message_action_message(shard::mesh& target, std::vector<re
   shards[target.id()]->_state->apply_message_action(*job);
 }
 
-void relay::state::send_message_action(spool::message_id id, const std::string& destination,
-                                       message_op op, std::string_view reason) noexcept {
+void relay::state::send_message_action(const spooled_message& message,
+                                       const std::string& destination, message_op op,
+                                       std::string_view reason) noexcept {
   send_message_action_to(owner_of(destination, static_cast<unsigned>(config.shards->size())),
-                         message_action_job{id, destination, op, std::string(reason)});
+                         message_action_job{message.id, &message, destination, op,
+                                            std::string(reason)});
 }
 
 void relay::state::send_message_action_to(unsigned to, message_action_job job) noexcept {
@@ -79,19 +81,25 @@ void relay::state::apply_message_action(const message_action_job& job) noexcept 
   // MX site rollup: the domain's owner knows which shard queues it (its site's owner).
   if (const unsigned holder = self.holder_of(job.destination); holder != peers.id())
     return send_message_action_to(holder, job);
-  if (find_owned(job.id) == nullptr) return;  // every job of it has been reported
+  // No job of the key here: every job of it has been reported (the message may be freed).
+  // A job of the key: its message is alive, but is it the one meant (relay_internal.h)?
+  const queue::message_key key = message_key_of(*job.message);
+  if (!scheduler.has_message(job.destination, key) || job.message->id != job.id) return;
   const std::int64_t now = owner.wall_ms();
   switch (job.op) {
-    case message_op::hold: scheduler.hold_message(job.destination, job.id, now); break;
-    case message_op::release: scheduler.release_message(job.destination, job.id, now); break;
-    case message_op::retry: scheduler.retry_message(job.destination, job.id, now); break;
+    case message_op::hold: scheduler.hold_message(job.destination, key, now); break;
+    case message_op::release: scheduler.release_message(job.destination, key, now); break;
+    case message_op::retry: scheduler.retry_message(job.destination, key, now); break;
     case message_op::bounce:
       if (!job.reason.empty()) bounce_reasons[job.id] = job.reason;
-      scheduler.bounce_message(job.destination, job.id, now);
+      scheduler.bounce_message(job.destination, key, now);
       break;
-    case message_op::remove: scheduler.remove_message(job.destination, job.id, now); break;
+    case message_op::remove: scheduler.remove_message(job.destination, key, now); break;
   }
   drain_events(nullptr);
+  // The queued and held jobs it bounced came out now; those in flight bounce when they defer,
+  // with the transaction's own reply (relay.cc, finish_delivery).
+  bounce_reasons.erase(job.id);
   poll();
 }
 
@@ -152,14 +160,15 @@ std::size_t relay::state::send_actions(spool::message_id id, const spool::envelo
                                        const pending_action& action) noexcept {
   actions_unsent.erase(action.ticket);
   const spool::message_entry* entry = store.find(id);
-  if (entry == nullptr) return 0;  // final meanwhile
+  const spooled_message* message = find_message(id);
+  if (entry == nullptr || message == nullptr) return 0;  // final meanwhile
   const auto& recipients = envelope.recipients;
   std::set<std::string> destinations;
   for (std::size_t i = 0; i < recipients.size() && i < entry->recipients.size(); ++i)
     if (!spool::is_final(entry->recipients[i].state))
       destinations.insert(destination_of(recipients[i].address, config.hostname));
   for (const auto& destination : destinations)
-    send_message_action(id, destination, action.op, action.reason);
+    send_message_action(*message, destination, action.op, action.reason);
   log.set_time(owner.wall_ms());
   auto line = log.record("operator");
   line.field("action", action_name(action.op)).field("id", id_text(id)).field("by", action.by)
@@ -194,7 +203,7 @@ std::string relay::message_location_json(spool::message_id id) const {
     return {};
   return nlohmann::json{{"shard", _state->peers.id()},
                         {"commit_segment", entry->commit_segment},
-                        {"commit_offset", entry->commit_offset},
+                        {"commit_offset", std::uint64_t{entry->commit_offset}},
                         {"commit_bytes", entry->commit_bytes},
                         {"held", (entry->flags & spool::message_flag_held) != 0}}
       .dump();

@@ -128,6 +128,18 @@ struct spooled_message {
 };
 static_assert(sizeof(spooled_message) <= 40, "bytes per queued message: see the comment");
 
+// The scheduler's key of a message's jobs (queue::message_key): its address. A job keeps its
+// message alive: the home frees a message once every recipient is final, and an owner reports
+// a recipient final only after its job left the scheduler (relay.cc, job_left).
+inline queue::message_key message_key_of(const spooled_message& message) noexcept {
+  return reinterpret_cast<std::uintptr_t>(&message);
+}
+// The message of a job the scheduler holds (or of an event it just gave).
+inline spooled_message& message_of(queue::message_key key) noexcept {
+  RINGMTA_ASSERT(key != 0);
+  return *reinterpret_cast<spooled_message*>(static_cast<std::uintptr_t>(key));
+}
+
 // Home → owner: some recipients of a message for one destination.
 struct routed_job {
   spooled_message* message = nullptr;
@@ -144,10 +156,13 @@ struct routed_job {
 // What an operator asked of one message (relay_actions.cc).
 enum class message_op : std::uint8_t { hold, release, remove, retry, bounce };
 
-// Home → owner: apply an operator action to the message's jobs at one destination. By id,
-// not by pointer: the owner may have reported every job already (then it has nothing to do).
+// Home → owner: apply an operator action to the message's jobs at one destination. The
+// pointer is only the jobs' key there: the owner may have reported every job already and the
+// home freed the message, so the owner reads through it only once a job has the key, and acts
+// only when that message has the id (the address may be a newer message's).
 struct message_action_job {
   spool::message_id id = 0;
+  const spooled_message* message = nullptr;
   std::string destination;
   message_op op = message_op::hold;
   std::string reason;  // bounce: for the DSN and the log
@@ -447,16 +462,8 @@ struct relay::state {
                            const pending_action& action) noexcept;
 
   // owner role (relay.cc)
-  // The messages with jobs here, by id: 16 bytes each (the id is the message's own, read
-  // through the pointer). An entry's message is alive: its jobs' recipients are open, and
-  // job_left() erases the entry before the last outcome goes home (which may free it).
-  struct owned_message {
-    std::uint32_t hash = 0;
-    std::uint32_t jobs = 0;  // scheduler jobs of this message on this shard
-    spooled_message* message = nullptr;
-  };
-  id_table<owned_message> owned;
-  owned_message* find_owned(spool::message_id id) noexcept;
+  // A scheduler job's message key is its message's address (message_key_of): no table of the
+  // messages with jobs here (it was 16 bytes per queued message, issue 15).
   std::vector<std::unique_ptr<in_flight>> flights;
   std::vector<std::uint32_t> free_flights;
   std::unordered_map<std::uint64_t, std::string> connection_names;  // by connection cookie
@@ -535,18 +542,19 @@ struct relay::state {
   // `why`: the destination-wide failure that produced the events (deferred jobs report it).
   void handle_event(const queue::job_event& event, const recipient_report* why) noexcept;
   void drain_events(const recipient_report* why) noexcept;
-  void job_left(spool::message_id id) noexcept;
+  void job_left() noexcept;  // a job of this shard's scheduler is gone (its metric)
   // Per-message operator actions (relay_actions.cc): the home's pending journal tickets
   // (-1: not yet durable, else the errno), and the owner's side.
   std::unordered_map<std::uint64_t, int> action_tickets;
   // Journaled actions waiting for their message's envelope: "pending" until sent to the
   // owners, so an answered action has left the home (its bounce reason is not journaled).
   std::set<std::uint64_t> actions_unsent;
-  std::unordered_map<spool::message_id, std::string> bounce_reasons;  // owner: until reported
+  // Owner: the reason of the bounce being applied, for the events it drains at once.
+  std::unordered_map<spool::message_id, std::string> bounce_reasons;
   void apply_message_action(const message_action_job& job) noexcept;
   void send_message_action_to(unsigned shard, message_action_job job) noexcept;
-  void send_message_action(spool::message_id id, const std::string& destination, message_op op,
-                           std::string_view reason) noexcept;
+  void send_message_action(const spooled_message& message, const std::string& destination,
+                           message_op op, std::string_view reason) noexcept;
   void report(spooled_message* message, unsigned home,
               std::vector<recipient_report> reports) noexcept;
   void arm_timer(std::int64_t now_ms) noexcept;

@@ -6,13 +6,13 @@
 //   (core::chunked_slab, the storage the spool index and the scheduler use too).
 // - `id_table<Entry>`: message id → a small entry, open addressing with linear probing and
 //   backward-shift deletion (no tombstones). The table keeps a 32-bit hash of the id, not the
-//   id: the entry's payload (a slab index, a message pointer) leads to the full id, and
+//   id: the entry's payload (the home's: a slab index) leads to the full id, and
 //   `find` confirms a hash match against it, so a hash collision is never a wrong answer.
 //   It grows by half when 7/8 full (so 58-88% full; doubling left a table at 200,000 queued
 //   44% full: 2x the bytes per message) and halves below 1/8 full (a drained queue).
 //   The probe and the deletion are core/linear_probe.h's, shared with the spool index's
 //   table; the tables differ where their entries do: here an entry carries its 32-bit hash
-//   and payload (8-16 bytes) and is rehashed from the old table, the spool's 4-byte slot
+//   and payload (8 bytes) and is rehashed from the old table, the spool's 4-byte slot
 //   carries only a position and 5 hash bits, so that table is rebuilt from the entries.
 // Never: blocks, or allocates except when a table grows or shrinks (amortised).
 #pragma once

@@ -9,6 +9,15 @@
 
 namespace ringmta::spool {
 
+// --- message_entry ---
+
+void message_entry::set_first_segment(std::uint32_t first) noexcept {
+  // Unsigned: a segment number that wrapped past 2^32 still counts back correctly.
+  const std::uint32_t back = commit_segment - first;
+  RINGMTA_ASSERT(back < segment_span_max);
+  first_segment_back = back;
+}
+
 // --- recipient_list ---
 
 recipient_list::recipient_list(const recipient_list& other) {

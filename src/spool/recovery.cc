@@ -566,16 +566,15 @@ message_entry entry_of(const scan_context& ctx, const commit_seen& commit, bool&
   entry.commit_segment = commit.segment;
   entry.commit_bytes = commit.bytes;
   entry.status = message_status::queued;
-  entry.first_segment = commit.segment;
+  std::uint32_t first = commit.segment;
   const auto named = named_by(ctx, commit);
-  for (const auto& range : named) {
-    entry.first_segment = std::min(entry.first_segment, range.segment);
-  }
-  complete = commit.segment - entry.first_segment < 64;
+  for (const auto& range : named) first = std::min(first, range.segment);
+  complete = commit.segment - first < segment_span_max;
   if (complete) {
-    entry.segment_mask = std::uint64_t{1} << (commit.segment - entry.first_segment);
+    entry.set_first_segment(first);
+    entry.segment_mask = std::uint64_t{1} << (commit.segment - first);
     for (const auto& range : named) {
-      entry.segment_mask |= std::uint64_t{1} << (range.segment - entry.first_segment);
+      entry.segment_mask |= std::uint64_t{1} << (range.segment - first);
     }
   }
   entry.recipients.assign(commit.recipients);

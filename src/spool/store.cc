@@ -38,6 +38,7 @@ store::store(store_config config, recovered_state recovered)
   RINGMTA_ASSERT(_config.block_bytes >= 4096);
   RINGMTA_ASSERT(_config.buffered_bytes_max / _config.block_bytes <= 512);  // iovecs per write
   RINGMTA_ASSERT(_config.segment_bytes >= 64 * 1024);
+  RINGMTA_ASSERT(_config.segment_bytes <= commit_offset_limit);  // index.h: 34 bits
   RINGMTA_ASSERT(_config.data_record_bytes_max >= record_payload_bytes_min);
   RINGMTA_ASSERT(_config.data_record_bytes_max <= format::payload_bytes_max);
   for (auto& file : recovered.segments) {
@@ -65,7 +66,7 @@ store::store(store_config config, recovered_state recovered)
     // segment it touches.
     for (std::uint64_t mask = final ? 0 : entry.segment_mask; mask != 0; mask &= mask - 1) {
       const auto bit = static_cast<std::uint32_t>(std::countr_zero(mask));
-      auto found = _segments.find(entry.first_segment + bit);
+      auto found = _segments.find(entry.first_segment() + bit);
       if (found != _segments.end()) ++found->second.refs;
     }
     if (final) {
@@ -422,7 +423,7 @@ core::result<std::uint64_t> store::commit(message_handle handle, const envelope&
   entry.commit_offset = offset;
   entry.commit_segment = _current->id;
   entry.commit_bytes = static_cast<std::uint32_t>(record_bytes);
-  entry.first_segment = message.first_segment;
+  entry.set_first_segment(message.first_segment);
   entry.segment_mask = message.segment_mask;
   entry.status = message_status::committing;
   entry.recipients.assign(value.recipients.size());

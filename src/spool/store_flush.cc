@@ -311,7 +311,7 @@ void store::finish_journal_part() noexcept {
       auto holder = _segments.find(entry.commit_segment);
       RINGMTA_ASSERT(holder != _segments.end());
       holder->second.final_ids.push_back(id);
-      release_segments(entry.first_segment, entry.segment_mask);
+      release_segments(entry.first_segment(), entry.segment_mask);
     }
     if (f.journal_snapshot) {
       // Older journals are superseded by the snapshot now that it is durable.
@@ -362,7 +362,7 @@ void store::fail_segments(int error) noexcept {
       std::uint32_t first = 0;
       std::uint64_t mask = 0;
       const bool erased = _index.erase_if(id, [&](const message_entry& found) {
-        first = found.first_segment;
+        first = found.first_segment();
         mask = found.segment_mask;
         return true;
       });

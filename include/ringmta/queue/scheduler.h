@@ -78,6 +78,13 @@ inline constexpr std::size_t destination_name_bytes_max = 255 + 32;  // domain o
 inline constexpr std::size_t error_text_bytes_max = 512;             // longer texts are cut
 inline constexpr unsigned job_recipients_max = 64;                   // recipient window of a job
 
+// The embedder's handle of a message: 64 opaque bits the scheduler keeps in the job, gives
+// back in job views and events, and compares for equality in the per-message actions; it
+// never reads through it. The daemon's relay passes its message's address, so a job leads to
+// its message without an id → message table (issue 15: 16 bytes per queued message gone);
+// tests and benches may pass the spool's id. Two live messages must not share a key.
+using message_key = std::uint64_t;
+
 struct destination_limits {
   std::uint32_t connections_max = 10;               // concurrent connections (>= 1)
   std::uint32_t messages_per_connection_max = 100;  // 0: unlimited
@@ -145,7 +152,7 @@ struct job_id {
 
 // One message's recipients for one destination, as the embedder hands them in.
 struct job_spec {
-  spool::message_id message = 0;
+  message_key message = 0;
   std::int64_t received_seconds = 0;               // the envelope's; drives lifetime expiry
   std::span<const std::uint16_t> recipients;       // envelope indices, no duplicates
   // Recovery from the spool: attempts already made (clamp the spool's 32-bit count) and the
@@ -180,7 +187,7 @@ struct add_result {
 struct job_view {
   job_id id;
   destination_id destination;
-  spool::message_id message = 0;
+  message_key message = 0;
   std::uint64_t recipient_mask = 0;
   std::uint16_t first_recipient = 0;
   std::uint16_t attempts = 0;
@@ -370,15 +377,19 @@ class scheduler {
     std::uint32_t jobs = 0;       // jobs acted on now
     std::uint32_t in_flight = 0;  // jobs in flight: acted on when their delivery defers
   };
-  message_action_result hold_message(std::string_view destination, spool::message_id message,
+  // Whether the destination has a job of the message in any state (ready, scheduled, in
+  // flight, held): the relay's check that a key still names the message it meant (a key is
+  // an address, and a freed message's address may be a newer message's).
+  bool has_message(std::string_view destination, message_key message) const noexcept;
+  message_action_result hold_message(std::string_view destination, message_key message,
                                      std::int64_t now_ms) noexcept;
   message_action_result release_message(std::string_view destination,
-                                        spool::message_id message, std::int64_t now_ms) noexcept;
-  message_action_result retry_message(std::string_view destination, spool::message_id message,
+                                        message_key message, std::int64_t now_ms) noexcept;
+  message_action_result retry_message(std::string_view destination, message_key message,
                                       std::int64_t now_ms) noexcept;
-  message_action_result bounce_message(std::string_view destination, spool::message_id message,
+  message_action_result bounce_message(std::string_view destination, message_key message,
                                        std::int64_t now_ms) noexcept;
-  message_action_result remove_message(std::string_view destination, spool::message_id message,
+  message_action_result remove_message(std::string_view destination, message_key message,
                                        std::int64_t now_ms) noexcept;
   // Changes a live destination's limits without remembering them (shaping learned its MX
   // site, or a reload): false when the destination does not exist.

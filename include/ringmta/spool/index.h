@@ -1,11 +1,12 @@
 // The in-memory index of one shard's spooled messages: everything the spool keeps per message.
 //
-// Issue 15 (memory per queued message): a message costs its 56-byte `message_entry` in a dense
+// Issue 15 (memory per queued message): a message costs its 48-byte `message_entry` in a dense
 // array of fixed chunks plus one 4-byte slot of an open-addressing table at a load between 3/8
 // and 3/4 while it grows (5-11 bytes; down to 1/16 while a backlog drains, then halved):
-// ~61-67 bytes for a message of one recipient (67-69 measured), whose state is held in
-// the entry; a message of more recipients adds one allocation of 16 bytes per recipient. (The
-// std::unordered_map before: a 96-byte node, a 16-byte vector allocation, ~12 bytes of bucket.)
+// ~53-59 bytes for a message of one recipient (61-67 with the 56-byte entry before session 10),
+// whose state is held in the entry; a message of more recipients adds one allocation of 16
+// bytes per recipient. (The std::unordered_map before: a 96-byte node, a 16-byte vector
+// allocation, ~12 bytes of bucket.)
 // The envelope, body ranges, body size and arrival time stay on disk (one read of the commit
 // record brings them back: store::read).
 //
@@ -131,18 +132,37 @@ class recipient_list {
 static_assert(sizeof(recipient_list) == 16);
 static_assert(envelope_recipients_max <= UINT16_MAX);
 
+// The commit record's offset in its segment fits 34 bits: spool.segment_size is at most 16 GiB
+// (config/settings.cc), and the store asserts its segment size against this at start.
+inline constexpr std::uint64_t commit_offset_limit = std::uint64_t{1} << 34;
+// A message's segments span fewer than 64 (segment_mask; recovery drops a message whose data
+// lies farther back, store.cc never places one so).
+inline constexpr std::uint32_t segment_span_max = 64;
+
+// 48 bytes (was 56; docs/notes.md "Bytes per queued message, session 10"): the commit offset,
+// the first segment (as its distance back from the commit's), the status and the flags share
+// one word. Bit-fields cannot bind to a reference: copy one before handing it to a template
+// that takes `T&&` or `const T&` (nlohmann::json, EXPECT_EQ, emplace_back).
 struct message_entry {
   message_id id = 0;
-  std::uint64_t commit_offset = 0;  // of the commit record's header
-  std::uint64_t segment_mask = 0;
+  std::uint64_t segment_mask = 0;   // segments touched: bit i = first_segment() + i
+  std::uint64_t commit_offset : 34 = 0;  // of the commit record's header
+  std::uint64_t first_segment_back : 6 = 0;  // commit_segment - first_segment()
+  message_status status : 2 = message_status::committing;
+  std::uint8_t flags : 3 = 0;  // message_flag bits
   std::uint32_t commit_segment = 0;
   std::uint32_t commit_bytes = 0;   // header + payload
-  std::uint32_t first_segment = 0;  // segments touched: bit i of segment_mask = first + i
-  message_status status = message_status::committing;
-  std::uint8_t flags = 0;  // message_flag bits
   recipient_list recipients;
+
+  std::uint32_t first_segment() const noexcept {
+    return commit_segment - static_cast<std::uint32_t>(first_segment_back);
+  }
+  // After commit_segment: `first` at most segment_span_max - 1 segments before it (asserted).
+  void set_first_segment(std::uint32_t first) noexcept;
 };
-static_assert(sizeof(message_entry) == 56);
+static_assert(sizeof(message_entry) == 48, "bytes per queued message: the comment above");
+static_assert((message_flag_held | message_flag_deleted | message_flag_bounce) < 8,
+              "flags are 3 bits");
 
 // Entries in chunks of a fixed size (core::chunked_array): growing never moves (nor copies) an
 // entry, and memory is within one chunk of what the entries need. Recovery builds one; the
@@ -153,7 +173,7 @@ static_assert(sizeof(message_entry) == 56);
 // index at a chunk boundary does not allocate and free a chunk on every insert and erase.
 class message_entries {
  public:
-  static constexpr unsigned chunk_bits = 10;  // 1,024 entries (56 KiB) a chunk
+  static constexpr unsigned chunk_bits = 10;  // 1,024 entries (48 KiB) a chunk
   static constexpr std::size_t chunk_entries = std::size_t{1} << chunk_bits;
 
   std::size_t size() const noexcept { return _entries.size(); }
@@ -193,7 +213,7 @@ class message_entries {
 // shrink: a drained backlog gives its memory back.
 //
 // The probe and the backward shift are core/linear_probe.h's, shared with the relay's
-// id_table (src/server/relay_tables.h). The rest differs for a reason: that table's 8-16 byte
+// id_table (src/server/relay_tables.h). The rest differs for a reason: that table's 8-byte
 // entries carry their full hash and their payload, so it is rehashed from the old table and
 // kept 58-88% full (growing by half); here a slot has no room for the hash (5 bits of tag),
 // so it is rebuilt from the entries (and its home recomputed from the entry's id when a

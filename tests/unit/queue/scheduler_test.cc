@@ -29,7 +29,7 @@ struct harness {
   scheduler queue;
   std::vector<std::uint16_t> recipients_storage;
 
-  add_result add(std::string_view destination, spool::message_id message,
+  add_result add(std::string_view destination, message_key message,
                  std::vector<std::uint16_t> recipients, std::int64_t now = t0,
                  std::int64_t not_before = 0, std::uint16_t attempts = 0,
                  admission mode = admission::checked) {
@@ -968,6 +968,40 @@ TEST(scheduler_message, hold_keeps_jobs_out_until_release) {
   job = take_one(h, "example.org", later, connection);
   EXPECT_EQ(job.message, 1u);
   EXPECT_FALSE(job.held);
+}
+
+// The relay keys jobs by its message's address (message_key) and asks has_message before it
+// reads through a key an operator action carries: true in every state a job can be in, false
+// once the last job of the key at that destination is gone, and only at that destination.
+TEST(scheduler_message, has_message_sees_a_key_in_every_state_until_its_last_job_leaves) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;
+  harness h(config);
+  // Keys as the relay makes them: addresses, any 64-bit value, compared whole.
+  const message_key flying = 0x00007f12'34560008ull, ready = 0x00007f12'34560010ull,
+                    scheduled = 0x00007f12'34560018ull, held = 0xffffffff'fffffff8ull;
+  h.add("example.org", flying, {0});
+  h.add("example.org", ready, {0});
+  h.add("example.org", scheduled, {0}, t0, t0 + 5'000);
+  h.add("example.org", held, {0});
+  h.queue.hold_message("example.org", held, t0);
+  connection_id connection;
+  const job_view job = take_one(h, "example.org", t0, connection);
+  ASSERT_EQ(job.message, flying);
+  h.add("example.net", 0x00007f12'34560020ull, {0});
+  for (const message_key key : {flying, ready, scheduled, held})
+    EXPECT_TRUE(h.queue.has_message("example.org", key)) << std::hex << key;
+  EXPECT_FALSE(h.queue.has_message("example.org", flying + 0x1'00000000ull));  // no truncation
+  EXPECT_FALSE(h.queue.has_message("example.org", 0x00007f12'34560020ull));    // other place
+  EXPECT_FALSE(h.queue.has_message("nowhere.example", ready));
+  h.queue.delivered(job.id, t0 + 1);
+  EXPECT_FALSE(h.queue.has_message("example.org", flying));
+  h.queue.remove_message("example.org", held, t0 + 2);
+  h.queue.remove_message("example.org", scheduled, t0 + 2);
+  EXPECT_EQ(h.events().size(), 2u);
+  EXPECT_FALSE(h.queue.has_message("example.org", held));
+  EXPECT_FALSE(h.queue.has_message("example.org", scheduled));
+  EXPECT_TRUE(h.queue.has_message("example.org", ready));
 }
 
 TEST(scheduler_message, a_job_in_flight_finishes_then_the_action_applies) {

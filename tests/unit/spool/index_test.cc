@@ -43,10 +43,13 @@ TEST(spool_index, recipient_list_inline_and_out_of_line) {
   }
 }
 
+// A per-id marker in the entry's payload (the commit offset has 34 bits).
+std::uint64_t offset_for(message_id id) { return id * 3 % commit_offset_limit; }
+
 message_entry entry_for(message_id id, std::size_t recipients) {
   message_entry entry;
   entry.id = id;
-  entry.commit_offset = id * 3;
+  entry.commit_offset = offset_for(id);
   entry.recipients.assign(recipients);
   for (std::size_t i = 0; i < recipients; ++i) entry.recipients.set(i, status_of(id + i));
   return entry;
@@ -56,7 +59,7 @@ message_entry entry_for(message_id id, std::size_t recipients) {
 void expect_entry(const message_entry* entry, message_id id, std::size_t recipients) {
   ASSERT_NE(entry, nullptr) << id;
   EXPECT_EQ(entry->id, id);
-  EXPECT_EQ(entry->commit_offset, id * 3);
+  EXPECT_EQ(entry->commit_offset, offset_for(id));
   ASSERT_EQ(entry->recipients.size(), recipients) << id;
   for (std::size_t i = 0; i < recipients; ++i) EXPECT_EQ(entry->recipients[i], status_of(id + i));
 }
@@ -81,6 +84,52 @@ std::size_t recipients_of(std::size_t i) {
 
 // Growth from empty to 200,000 entries: every id found with its own entry at every size, an
 // entry's address never changes while entries are only added, and absent ids are not found.
+// The 48-byte entry's packed word: each field at its limits, set in every order, reads back
+// exactly and leaves its neighbours alone; the first segment counts back across a wrap.
+TEST(spool_index, the_packed_entry_keeps_every_field_at_its_limits) {
+  static_assert(sizeof(message_entry) == 48);
+  const std::uint64_t offsets[] = {0, 1, 4096, commit_offset_limit / 2 + 1,
+                                   commit_offset_limit - 1};
+  const message_status statuses[] = {message_status::committing, message_status::queued,
+                                     message_status::final};
+  const std::uint32_t commits[] = {0, 1, 63, 64, 1000, 0xffffffffu};
+  for (const std::uint64_t offset : offsets) {
+    for (const message_status status : statuses) {
+      for (std::uint8_t flags = 0; flags < 8; ++flags) {
+        for (const std::uint32_t commit : commits) {
+          for (const std::uint32_t back : {0u, 1u, segment_span_max - 1}) {
+            message_entry entry;
+            entry.id = ~message_id{0};
+            entry.segment_mask = ~std::uint64_t{0};
+            entry.commit_segment = commit;
+            entry.set_first_segment(commit - back);  // wraps below 0: still `back` behind
+            entry.flags = flags;
+            entry.commit_offset = offset;
+            entry.status = status;
+            entry.commit_bytes = 0xffffffffu;
+            EXPECT_EQ(entry.commit_offset, offset);
+            EXPECT_EQ(entry.first_segment(), commit - back) << commit << " " << back;
+            EXPECT_EQ(entry.status, status);
+            EXPECT_EQ(entry.flags, flags);
+            EXPECT_EQ(entry.commit_segment, commit);
+            EXPECT_EQ(entry.commit_bytes, 0xffffffffu);
+            EXPECT_EQ(entry.id, ~message_id{0});
+            EXPECT_EQ(entry.segment_mask, ~std::uint64_t{0});
+            // Rewriting one field keeps the others.
+            entry.status = message_status::final;
+            entry.flags = static_cast<std::uint8_t>(apply_action(flags, message_action::hold));
+            EXPECT_EQ(entry.commit_offset, offset);
+            EXPECT_EQ(entry.first_segment(), commit - back);
+            entry.commit_offset = 0;
+            EXPECT_EQ(entry.status, message_status::final);
+            EXPECT_EQ(entry.first_segment(), commit - back);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(spool_index, growth_keeps_every_entry_in_place) {
   const auto ids = generated_ids(2000, 100, 1);
   message_index index;
@@ -164,7 +213,7 @@ TEST(spool_index, erase_if_asks_before_erasing) {
     offset = entry.commit_offset;
     return true;
   }));
-  EXPECT_EQ(offset, ids[7] * 3);
+  EXPECT_EQ(offset, offset_for(ids[7]));
   EXPECT_EQ(index.find(ids[7]), nullptr);
   // The last entry moved into the hole: found there with its recipients.
   EXPECT_EQ(index.find(ids.back()), hole);
