@@ -79,6 +79,7 @@ void relay::state::apply_message_action(const message_action_job& job) noexcept 
   // MX site rollup: the domain's owner knows which shard queues it (its site's owner).
   if (const unsigned holder = self.holder_of(job.destination); holder != peers.id())
     return send_message_action_to(holder, job);
+  amend_resolving(job);  // jobs still waiting for their MX site (relay_site.cc)
   if (find_owned(job.id) == nullptr) return;  // every job of it has been reported
   const std::int64_t now = owner.wall_ms();
   switch (job.op) {
