@@ -5,10 +5,10 @@
 //                                       wall seconds; prints seeds, events, simulated time
 //   --inject-bug no-fsync|dir-fsync     a known durability bug on the simulated disk
 //   --arrival-ms A                      mean time between client arrivals (default: per seed)
-//   --inject-bug bounce-without-dsn|mark-before-dsn|deliver-refused|leak-connection
-//                                       a bug in the delivery glue
+//   --inject-bug deliver-refused        a bug in the glue between the inbound sessions and
+//                                       the relay: recipients refused at RCPT are routed too
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
-//   --no-outbound                       no delivery side (recipients marked at random)
+//   --no-outbound                       no relay (recipients marked at random)
 //   --strict                            accepted, the default now: a message answered 452
 //                                       that comes back is always a violation
 //   --no-ack-check                      no durability check at the 250: crashes must find it
@@ -43,7 +43,7 @@ struct arguments {
 
 int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
-             "[--first-seed S] [--inject-bug no-fsync|dir-fsync] [--messages M] [--arrival-ms A] "
+             "[--first-seed S] [--inject-bug no-fsync|dir-fsync|deliver-refused] [--messages M] [--arrival-ms A] "
              "[--no-crashes] [--no-faults] [--no-outbound] [--strict] [--no-ack-check] "
              "[--verbose]\n",
              problem);
@@ -63,10 +63,7 @@ const char* bug_name(const ringmta::sim::options& run) {
   if (run.bug == disk_bug::no_fsync) return "no-fsync";
   if (run.bug == disk_bug::dir_fsync) return "dir-fsync";
   switch (run.glue) {
-    case glue_bug::bounce_without_dsn: return "bounce-without-dsn";
-    case glue_bug::mark_before_dsn: return "mark-before-dsn";
     case glue_bug::deliver_refused: return "deliver-refused";
-    case glue_bug::leak_connection: return "leak-connection";
     case glue_bug::none: break;
   }
   return "";
@@ -94,12 +91,8 @@ int parse(int argc, char** argv, arguments& out) {
       const std::string_view bug(argv[++i]);
       if (bug == "no-fsync") out.base.bug = disk_bug::no_fsync;
       else if (bug == "dir-fsync") out.base.bug = disk_bug::dir_fsync;
-      else if (bug == "bounce-without-dsn") out.base.glue = glue_bug::bounce_without_dsn;
-      else if (bug == "mark-before-dsn") out.base.glue = glue_bug::mark_before_dsn;
       else if (bug == "deliver-refused") out.base.glue = glue_bug::deliver_refused;
-      else if (bug == "leak-connection") out.base.glue = glue_bug::leak_connection;
-      else return usage("--inject-bug takes no-fsync, dir-fsync, bounce-without-dsn, "
-                        "mark-before-dsn, deliver-refused or leak-connection");
+      else return usage("--inject-bug takes no-fsync, dir-fsync or deliver-refused");
     } else if (flag == "--no-crashes") {
       out.base.crashes = false;
     } else if (flag == "--no-outbound") {
@@ -122,10 +115,10 @@ int parse(int argc, char** argv, arguments& out) {
 }
 
 // Tokens that name the things a violation is about: spool ids (16 hex digits), message keys
-// ("sim.c12.t0"), outbound connections ("oc7"), clients ("client 5 ").
+// ("sim.c12.t0"), remote MTAs' connections ("(r7)"), clients ("client 5 ").
 std::vector<std::string> tokens_in(const std::string& text) {
   static const std::regex pattern(
-      R"(\b[0-9a-f]{16}\b|sim\.c[0-9]+\.t[0-9]+|\boc[0-9]+\b|client [0-9]+ )");
+      R"(\b[0-9a-f]{16}\b|sim\.c[0-9]+\.t[0-9]+|\(r[0-9]+\)|client [0-9]+ )");
   std::vector<std::string> out;
   for (auto it = std::sregex_iterator(text.begin(), text.end(), pattern);
        it != std::sregex_iterator(); ++it) {
