@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <deque>
 #include <cstdlib>
 #include <map>
 #include <set>
@@ -26,6 +27,9 @@ namespace {
 
 constexpr std::int64_t ms_ns = 1'000'000;
 constexpr std::uint32_t client_timeout_ms = 60'000;  // every phase (RFC 5321 §4.5.3.2: minutes)
+// From the relay's open to the connect that reaches a remote MTA: DNS retries, then each MX
+// host in turn, each up to a few timeouts.
+constexpr std::int64_t connection_setup_ns_max = 10 * 60'000 * ms_ns;
 constexpr std::string_view our_name = "mx.sim.example";
 constexpr std::uint32_t domain_count = 4;  // rcpt0..rcpt2.example and sender.example
 constexpr std::string_view domain_names[domain_count] = {"rcpt0.example", "rcpt1.example",
@@ -202,6 +206,7 @@ struct delivery::state {
   std::vector<std::uint32_t> open_count = std::vector<std::uint32_t>(domain_count, 0);
   std::vector<std::multiset<std::uint32_t>> open_limits =
       std::vector<std::multiset<std::uint32_t>>(domain_count);
+  std::deque<std::pair<std::int64_t, std::uint32_t>> retired_limits;  // (replaced at, limit)
   // the ledger (outlives crashes): what the final check compares the mailboxes with
   std::map<spool::message_id, ledger_entry> ledger;
   std::map<std::pair<std::string, std::string>, std::uint32_t> mailbox;      // key, rcpt
@@ -382,10 +387,17 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
   }
   ++w.counters().outbound_connections;
   // Open connections to the destination's MTAs against its limit: the one in force, or a
-  // higher one that a connection still open was opened under (a reload lowers it).
+  // higher one that a connection still open was opened under, or that was in force when the
+  // relay may have opened this one (a reload lowers it; resolving and trying MX hosts in turn
+  // takes up to a few timeouts between the relay's open and this connect).
   const std::uint32_t d = remote.domain;
   std::uint32_t limit = limits.connections_max;
   if (!open_limits[d].empty()) limit = std::max(limit, *open_limits[d].rbegin());
+  while (!retired_limits.empty() &&
+         w.clock().now_ns() - retired_limits.front().first > connection_setup_ns_max) {
+    retired_limits.pop_front();
+  }
+  for (const auto& [when, retired] : retired_limits) limit = std::max(limit, retired);
   if (++open_count[d] > limit) {
     w.fail(fmt::format("CONNECTION LIMIT: {} connections open to {} (limit {})", open_count[d],
                        domain_names[d], limit));
@@ -539,6 +551,7 @@ void delivery::state::hold(spool::message_id id) {
 void delivery::state::reload() {
   const std::int64_t base = static_cast<std::int64_t>(rng.between(1, 30)) * 1000;
   retry_delays_ms = {base, base * 3, base * 9};
+  retired_limits.emplace_back(w.clock().now_ns(), limits.connections_max);
   limits.connections_max = static_cast<std::uint32_t>(rng.between(1, 4));
   auto next = std::make_shared<server::relay_config>(make_config());
   next->shards = relays;
