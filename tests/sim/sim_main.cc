@@ -43,7 +43,8 @@ struct arguments {
 
 int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
-             "[--first-seed S] [--inject-bug no-fsync|dir-fsync|deliver-refused] [--messages M] [--arrival-ms A] "
+             "[--first-seed S] [--inject-bug no-fsync|dir-fsync|deliver-refused] "
+             "[--messages M] [--arrival-ms A] "
              "[--no-crashes] [--no-faults] [--no-outbound] [--strict] [--no-ack-check] "
              "[--verbose]\n",
              problem);

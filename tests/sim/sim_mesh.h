@@ -36,7 +36,8 @@ class sim_mesh_hub {
 
   sim_mesh_hub(scheduler& clock, random& rng, unsigned shards)
       : _clock(clock), _rng(rng), _lanes(shards * shards) {
-    for (unsigned i = 0; i < shards; ++i) _endpoints.push_back(std::make_unique<endpoint>(*this, i));
+    for (unsigned i = 0; i < shards; ++i)
+      _endpoints.push_back(std::make_unique<endpoint>(*this, i));
     _capacity = static_cast<std::size_t>(_rng.between(1, 4));
   }
   unsigned count() const noexcept { return static_cast<unsigned>(_endpoints.size()); }
