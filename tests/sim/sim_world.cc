@@ -1148,16 +1148,14 @@ bool world::recover_and_check() {
     it = done ? _expected.erase(it) : std::next(it);
   }
   list_undelivered();
-  if (_delivery && !_failed) {
-    _delivery->on_recovered(*_store);
-    start_relay();
-  }
+  if (_delivery && !_failed) start_relay();
   settle();
   return !_failed;
 }
 
 // The relay of the new process routes what the recovered spool holds (relay::start).
 void world::start_relay() {
+  _delivery->on_recovered(*_store);
   _relays[0] = _process->relay.get();
   if (auto started = _process->relay->start(); !started) {
     return fail(fmt::format("relay: {}", started.error_text()));
