@@ -451,6 +451,8 @@ void world::read_log() {
     at = end + 1;
   }
   _process->log.consume(text.size());
+  // The outcomes come from these records: none may be lost (read after every event).
+  if (_process->log.dropped_records() != 0) fail("the process's log buffer dropped records");
 }
 
 bool world::read_stored(spool::message_id id, expected_message& out) {
