@@ -78,6 +78,10 @@ class sim_mesh_hub {
       waiting.pop_front();
       next.on_mesh(at(to), next);
       _turn(to);
+      // The sender's backlog may fit now: a shard whose queue to `to` was full retries on its
+      // next loop turn, which the daemon takes within a second (idle_wait_ms_max) and a
+      // simulated host only when something wakes it.
+      if (from != to) _turn(from);
     });
     return true;
   }
