@@ -22,6 +22,11 @@
 #include "sim_dns.h"
 #include "sim_tls.h"
 
+namespace ringmta::server {
+// The shard owning a destination (relay_internal.h): where the admin API asks (holder_of).
+unsigned owner_of(std::string_view destination, unsigned shards) noexcept;
+}  // namespace ringmta::server
+
 namespace ringmta::sim::internal {
 namespace {
 
@@ -516,9 +521,14 @@ void delivery::state::delivered_remotely(remote_peer& h) {
 
 // ---- operator actions, through the relay's admin entry points (admin_api.cc calls the same)
 
+// On the shard holding the destination's queue, found as the admin API finds it: its owner
+// (hash), then the owner's answer (holder_of: the shard of its MX site).
 void delivery::state::operate(std::string_view destination, std::string_view action) {
+  const auto shards = static_cast<unsigned>(relays->size());
+  const unsigned owner = server::owner_of(destination, shards);
+  server::relay* holder = (*relays)[(*relays)[owner]->holder_of(destination)];
   note(fmt::format("operator: {} {}: {}", action, destination,
-                   relay->operate(destination, action)));
+                   holder->operate(destination, action)));
 }
 
 void delivery::state::act(spool::message_id id, std::string_view action) {
@@ -555,7 +565,7 @@ void delivery::state::reload() {
   limits.connections_max = static_cast<std::uint32_t>(rng.between(1, 4));
   auto next = std::make_shared<server::relay_config>(make_config());
   next->shards = relays;
-  relay->update(std::move(next));
+  for (auto* shard : *relays) shard->update(next);
   note(fmt::format("operator: reload (retry {}s, connections {})", base / 1000,
                    limits.connections_max));
 }
@@ -697,10 +707,12 @@ void delivery::heal() {
 std::string delivery::busy_reason(const spool::store& store) const {
   const state& s = *_state;
   if (s.relay == nullptr) return "no relay";
-  const std::string totals = s.relay->queue_totals_json();
-  if (totals.find(R"("ready":0,"scheduled":0,"in_flight":0,"connections":0})") ==
-      std::string::npos) {
-    return fmt::format("the relay's queues: {}", totals);
+  for (std::size_t shard = 0; shard < s.relays->size(); ++shard) {
+    const std::string totals = (*s.relays)[shard]->queue_totals_json();
+    if (totals.find(R"("ready":0,"scheduled":0,"in_flight":0,"connections":0})") ==
+        std::string::npos) {
+      return fmt::format("shard {}'s queues: {}", shard, totals);
+    }
   }
   std::uint32_t open = 0;
   for (const auto count : s.open_count) open += count;
@@ -711,7 +723,8 @@ std::string delivery::busy_reason(const spool::store& store) const {
       queued = fmt::format("message {:016x} still queued in the spool (flags {})", entry.id,
                            entry.flags);
   });
-  if (!queued.empty()) queued += fmt::format("; the relay's jobs: {}", s.relay->jobs_json("", 4));
+  for (std::size_t shard = 0; shard < s.relays->size() && !queued.empty(); ++shard)
+    queued += fmt::format("; shard {}'s jobs: {}", shard, (*s.relays)[shard]->jobs_json("", 4));
   return queued;
 }
 

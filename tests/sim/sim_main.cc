@@ -172,13 +172,15 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
   fmt::print("seed {}: {} digest {:016x} events {} simulated {:.3f}s sessions {} "
              "acknowledged {} refused {} marks {} crashes {} verified {} adopted {} resurrected {} "
              "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
-             "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {})\n", seed,
+             "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}) | "
+             "shards {} parcels crossed {} (refused {})\n", seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
              r.disk.operations, r.disk.syncs, r.disk.faults, r.outbound_connections,
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
-             r.operator_actions, r.tls_sessions, r.tls_broken);
+             r.operator_actions, r.tls_sessions, r.tls_broken, r.shards, r.parcels_crossed,
+             r.parcels_refused);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts
@@ -233,6 +235,7 @@ int main(int argc, char** argv) {
   fmt::print("searching seeds from {} for {}s{}{}\n", seed, args.seconds,
              *bug_name(args.base) != '\0' ? ", injected bug " : "", bug_name(args.base));
   std::uint64_t seeds = 0, events = 0, acknowledged = 0, crashes = 0, deliveries = 0;
+  std::uint64_t multi_shard = 0, crossed = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
   int status = 0;
@@ -246,6 +249,8 @@ int main(int argc, char** argv) {
     acknowledged += result.acknowledged;
     crashes += result.crashes;
     deliveries += result.remote_deliveries;
+    multi_shard += result.shards > 1 ? 1 : 0;
+    crossed += result.parcels_crossed;
     wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!result.ok) {
       report_failure(run, result);
@@ -255,9 +260,10 @@ int main(int argc, char** argv) {
   } while (wall < args.seconds);
   const double simulated = static_cast<double>(simulated_ns) / 1e9;
   fmt::print("explored {} seeds ({}..{}): {} events, {} messages acknowledged, {} remote "
-             "deliveries, {} crashes, {:.1f} simulated seconds in {:.2f} wall seconds ({:.0f}x "
-             "real time, {:.0f} events/s)\n", seeds, seed - seeds, seed - 1, events,
-             acknowledged, deliveries, crashes, simulated, wall, simulated / wall,
+             "deliveries, {} crashes, {} seeds of 2-3 shards ({} parcels crossed), {:.1f} "
+             "simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} events/s)\n",
+             seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
+             multi_shard, crossed, simulated, wall, simulated / wall,
              static_cast<double>(events) / wall);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;

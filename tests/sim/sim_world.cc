@@ -147,18 +147,19 @@ std::shared_ptr<const server::inbound_config> inbound_settings(
 // the simulated disk (its page cache). A crash destroys it (relay, sessions, then the host,
 // whose queued actions then do nothing).
 struct process {
+  // `peers.id()` 0 is the shard the clients reach (the world hears of its sessions).
   process(world& owner, scheduler& clock, std::uint64_t seed, std::int64_t net_ns_max,
-          sim_network network, spool::store& store, disk& spool_disk, std::uint32_t buffer_bytes,
+          sim_network network, spool::store& store, std::uint32_t buffer_bytes,
           std::uint32_t buffer_count, bool proxy,
           std::unique_ptr<const server::relay_config> relay_config, shard::mesh& peers)
       : host(clock, seed, std::move(network), net_ns_max, epoch_seconds * 1000),
         sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy, owner.verifier()),
-                 host, 0, store, pump, metrics, log),
+                 host, peers.id(), store, pump, metrics, log),
         relay_settings(std::move(relay_config)) {
-    host.set_close_listener([&owner](int fd) { owner.on_session_closed(fd); });
-    host.set_file_reader([&spool_disk](int fd, std::uint64_t offset, void* into,
-                                       std::uint32_t length) {
-      return spool_disk.read(fd, offset, into, length);
+    if (peers.id() == 0) host.set_close_listener([&owner](int fd) { owner.on_session_closed(fd); });
+    host.set_file_reader([&owner](int fd, std::uint64_t offset, void* into,
+                                  std::uint32_t length) {
+      return owner.read_any_disk(fd, offset, into, length);
     });
     sessions.set_commit_observer([&owner](std::uint64_t ticket, const spool::envelope& e) {
       owner.on_commit_issued(ticket, e);
@@ -234,7 +235,8 @@ world::world(const options& settings)
 
 world::~world() {
   _process.reset();
-  _hub.crash();  // parcels still queued free their payloads
+  _others.clear();
+  if (_hub) _hub->crash();  // parcels still queued free their payloads
   _delivery.reset();
   _connections.clear();
   _store.reset();
@@ -289,7 +291,29 @@ void world::fail(std::string message) {
 
 outcome world::run() {
   if (_options.outbound) _delivery = std::make_unique<delivery>(*this, _options.seed);
-  _hub.set_turn([this](unsigned) { wake_process(); });
+  // deliver-refused hands the relay recipients its spool does not have: one shard, where the
+  // first delivery shows it (several shards read the envelope back first, out of range).
+  const unsigned shards = _delivery && _options.glue == glue_bug::none
+                              ? 1 + static_cast<unsigned>(_mesh_random.below(3))
+                              : 1;
+  _hub = std::make_unique<sim_mesh_hub>(_clock, _mesh_random, shards);
+  _hub->set_turn([this](unsigned) { wake_process(); });
+  _relays.assign(shards, nullptr);
+  for (unsigned k = 1; k < shards; ++k) {
+    other_shard other;
+    other.config = _store_config;
+    other.config.shard = k;
+    other.config.directory = fmt::format("/sim/shard-{}", k);
+    other.spool_disk = std::make_unique<disk>(
+        _clock, _mesh_random, disk_profile{}, disk_bug::none,
+        [this, k](std::uint64_t token, std::int64_t result) {
+          _other_completions = true;
+          if (auto& store = _others[k - 1].store) store->complete(token, result);
+        },
+        [](std::string_view) {});
+    _others.push_back(std::move(other));
+  }
+  if (shards > 1) note(fmt::format("{} shards", shards));
   if (!recover_and_check()) return _outcome;  // an empty spool, through the real recovery
   _clock.after(0, [this] { spawn_client(); });
   if (!_delivery) {
@@ -334,6 +358,9 @@ outcome world::run() {
   }
   if (!_failed && _delivery) _delivery->check_final(*_store);
   _outcome.simulated_ns = _clock.now_ns();
+  _outcome.shards = static_cast<std::uint32_t>(_relays.size());
+  _outcome.parcels_crossed = _hub->crossed();
+  _outcome.parcels_refused = _hub->refused();
   _outcome.digest = _digest;
   _outcome.disk = _disk->stats();
   return _outcome;
@@ -361,6 +388,19 @@ spool::message_id world::random_queued_message(random& rng) const {
 
 void world::wake_process() {
   if (_process) _process->host.wake();
+  for (auto& other : _others)
+    if (other.proc) other.proc->host.wake();
+}
+
+std::int64_t world::read_any_disk(int fd, std::uint64_t offset, void* into,
+                                  std::uint32_t n) const {
+  const std::int64_t got = _disk->read(fd, offset, into, n);
+  if (got != -EBADF) return got;
+  for (const auto& other : _others) {
+    const std::int64_t there = other.spool_disk->read(fd, offset, into, n);
+    if (there != -EBADF) return there;
+  }
+  return -EBADF;
 }
 
 // After every event, as the reactor at the end of a loop iteration: flush the store, give
@@ -387,9 +427,25 @@ void world::settle() {
         on_committed(event);
       }
     }
+    for (auto& other : _others) {
+      if (!other.store) continue;
+      other.store->flush();
+      while (other.store->next_operation(op)) {
+        other.spool_disk->submit(op);
+        progress = true;
+      }
+      while (other.store->next_event(event)) {  // only its relay's: no client reaches it
+        progress = true;
+        if (event.kind == spool::event_kind::marked) {
+          other.proc->relay->on_marked(event.ticket, event.error);
+        } else {
+          other.proc->relay->on_committed(event.ticket, event.error);
+        }
+      }
+    }
     // A completion wakes the shard's loop: its hooks run (the relay's DSNs waiting for room).
-    if (_completions) {
-      _completions = false;
+    if (_completions || _other_completions) {
+      _completions = _other_completions = false;
       progress = true;
       wake_process();
     }
@@ -443,16 +499,21 @@ void world::on_dsn_committed(const spool::event& event) {
 
 // The records the process logged since the last look (the relay's outcomes among them).
 void world::read_log() {
-  if (!_process || !_delivery) return;
-  const std::string_view text = _process->log.pending();
-  for (std::size_t at = 0; at < text.size();) {
-    const std::size_t end = std::min(text.find('\n', at), text.size());
-    _delivery->on_log_record(text.substr(at, end - at));
-    at = end + 1;
-  }
-  _process->log.consume(text.size());
-  // The outcomes come from these records: none may be lost (read after every event).
-  if (_process->log.dropped_records() != 0) fail("the process's log buffer dropped records");
+  if (!_delivery) return;
+  auto read = [this](admin::log_buffer& log) {
+    const std::string_view text = log.pending();
+    for (std::size_t at = 0; at < text.size();) {
+      const std::size_t end = std::min(text.find('\n', at), text.size());
+      _delivery->on_log_record(text.substr(at, end - at));
+      at = end + 1;
+    }
+    log.consume(text.size());
+    // The outcomes come from these records: none may be lost (read after every event).
+    if (log.dropped_records() != 0) fail("a shard's log buffer dropped records");
+  };
+  if (_process) read(_process->log);
+  for (auto& other : _others)
+    if (other.proc) read(other.proc->log);
 }
 
 bool world::read_stored(spool::message_id id, expected_message& out) {
@@ -1055,6 +1116,8 @@ void world::deliver_tick() {
 bool world::quiescent() const {
   if (active() || (_process && _process->sessions.sessions() != 0)) return false;
   if (!_store || !_store->idle()) return false;
+  for (const auto& other : _others)
+    if (!other.store || !other.store->idle()) return false;
   if (_delivery) return _healed && _delivery->busy_reason(*_store).empty();
   return !_delivery_ticking && _mark_tickets.empty();
 }
@@ -1077,8 +1140,13 @@ void world::crash(bool torn) {
   _by_fd.clear();
   if (_delivery) _delivery->attach(nullptr);
   _process.reset();      // the relay, the sessions, then their host (its actions do nothing)
-  _relays[0] = nullptr;
-  _hub.crash();          // parcels on their way are gone
+  for (auto& other : _others) {
+    other.proc.reset();
+    other.store.reset();
+    other.spool_disk->crash(torn);
+  }
+  std::fill(_relays.begin(), _relays.end(), nullptr);
+  _hub->crash();         // parcels on their way are gone
   _tickets.clear();
   _mark_tickets.clear();
   _store.reset();
@@ -1086,31 +1154,43 @@ void world::crash(bool torn) {
   recover_and_check();
 }
 
-bool world::recover_and_check() {
+// The real recovery of a shard's spool: the disk's durable image written into a fresh real
+// directory, spool::recover() reading it, the files it keeps open adopted by the disk.
+std::optional<spool::recovered_state> world::recover_disk(disk& spool_disk, unsigned shard) {
   const char* base = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
   std::string directory = fmt::format("{}/ringmta-sim-XXXXXX", base);
   if (::mkdtemp(directory.data()) == nullptr) {
     fail(fmt::format("mkdtemp {}: {}", directory, std::strerror(errno)));
-    return false;
+    return std::nullopt;
   }
   auto cleanup = [&] {
     std::error_code ignored;
     std::filesystem::remove_all(directory, ignored);
   };
-  if (auto written = _disk->materialize(directory); !written) {
+  if (auto written = spool_disk.materialize(directory); !written) {
     cleanup();
     fail(fmt::format("materialize: {}", std::strerror(written.error())));
-    return false;
+    return std::nullopt;
   }
-  auto recovered = spool::recover(directory, 0);
+  auto recovered = spool::recover(directory, shard);
   cleanup();  // the files stay open through recovery's fds
   if (!recovered) {
-    fail(fmt::format("recovery failed: {}", std::strerror(recovered.error())));
-    return false;
+    fail(fmt::format("recovery of shard {} failed: {}", shard,
+                     std::strerror(recovered.error())));
+    return std::nullopt;
   }
   auto& state = recovered.value();
-  for (auto& file : state.segments) _disk->adopt(file.fd.get(), spool::segment_file_name(file.id));
-  for (auto& file : state.journals) _disk->adopt(file.fd.get(), spool::journal_file_name(file.id));
+  for (auto& file : state.segments)
+    spool_disk.adopt(file.fd.get(), spool::segment_file_name(file.id));
+  for (auto& file : state.journals)
+    spool_disk.adopt(file.fd.get(), spool::journal_file_name(file.id));
+  return std::move(state);
+}
+
+bool world::recover_and_check() {
+  auto recovered = recover_disk(*_disk, 0);
+  if (!recovered) return false;
+  auto& state = *recovered;
   const auto& report = state.report;
   note(fmt::format("recovered: {} segments, {} journals, {} messages ({} final), torn tails {}, "
                    "corrupt {}, voided {}, incomplete {}", report.segments, report.journals,
@@ -1159,11 +1239,33 @@ bool world::recover_and_check() {
 void world::start_relay() {
   _delivery->on_recovered(*_store);
   _relays[0] = _process->relay.get();
-  if (auto started = _process->relay->start(); !started) {
-    return fail(fmt::format("relay: {}", started.error_text()));
+  start_others();
+  if (_failed) return;
+  // Every relay is registered before any starts (a started relay may send to any other).
+  for (auto* relay : _relays) {
+    if (auto started = relay->start(); !started) {
+      return fail(fmt::format("relay: {}", started.error_text()));
+    }
   }
   _delivery->attach(_process->relay.get());
   wake_process();
+}
+
+// The other shards' processes, each on the store its disk's recovery finds (it holds nothing
+// queued: only shard 0's sessions receive mail, and DSNs go to their original's home).
+void world::start_others() {
+  for (unsigned k = 1; k <= _others.size(); ++k) {
+    other_shard& other = _others[k - 1];
+    auto recovered = recover_disk(*other.spool_disk, k);
+    if (!recovered) return;
+    other.store = std::make_unique<spool::store>(other.config, std::move(*recovered));
+    other.proc = std::make_unique<process>(
+        *this, _clock, _mesh_random.next(), _net_ns_max, _delivery->network(), *other.store,
+        _receive_buffer_bytes, _receive_buffer_count, _proxy,
+        std::make_unique<const server::relay_config>(_delivery->relay_config(_relays)),
+        _hub->at(k));
+    _relays[k] = other.proc->relay.get();
+  }
 }
 
 // Before a crash: a recipient the store holds final in memory may have been marked durably
@@ -1191,8 +1293,8 @@ void world::start_process() {
   }
   _process = std::make_unique<process>(*this, _clock, _random.next(), _net_ns_max,
                                        _delivery ? _delivery->network() : sim_network{}, *_store,
-                                       *_disk, _receive_buffer_bytes, _receive_buffer_count,
-                                       _proxy, std::move(relay_settings), _hub.at(0));
+                                       _receive_buffer_bytes, _receive_buffer_count, _proxy,
+                                       std::move(relay_settings), _hub->at(0));
   if (auto started = _process->sessions.start(); !started) {
     fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
   }

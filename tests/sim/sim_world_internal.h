@@ -9,6 +9,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -147,8 +148,10 @@ class world {
   bool failed_now() const { return _failed; }
   // An acknowledged message still queued, drawn with `rng` (0: none found): the operator's.
   spool::message_id random_queued_message(random& rng) const;
-  // A loop turn of the process's host (after calling the relay from outside its callbacks).
+  // A loop turn of the process's hosts (after calling a relay from outside its callbacks).
   void wake_process();
+  // Any shard's spool file (a body on its home shard's segment: one descriptor table).
+  std::int64_t read_any_disk(int fd, std::uint64_t offset, void* into, std::uint32_t n) const;
   std::int64_t wall_seconds() const { return epoch_seconds + _clock.now_ns() / 1'000'000'000; }
   void fail(std::string message);
   void note(std::string_view text);
@@ -193,6 +196,7 @@ class world {
   // server side: src/server's sessions and relay in a process
   void start_process();
   void start_relay();
+  void start_others();  // shards 1..: a store from each disk's recovery, a process, a relay
   void on_committed(const spool::event& event);
   void on_dsn_committed(const spool::event& event);  // one the relay spooled
   void on_marked(const spool::event& event);
@@ -208,6 +212,7 @@ class world {
   bool quiescent() const;  // nothing left but housekeeping timers: the run is over
   void crash_tick();
   void crash(bool torn);
+  std::optional<spool::recovered_state> recover_disk(disk& spool_disk, unsigned shard);
   bool recover_and_check();
   bool adopt_dsn(spool::message_id id);  // recovered, unknown: a DSN in flight at the crash?
   void note_marks_issued();  // before a crash: recipients the store holds final in memory
@@ -236,10 +241,21 @@ class world {
   std::unique_ptr<disk> _disk;
   std::unique_ptr<spool::store> _store;
   spool::store_config _store_config;
-  std::unique_ptr<process> _process;  // the sessions and relay over _store; a crash ends it
+  std::unique_ptr<process> _process;  // shard 0: sessions and relay over _store; a crash ends it
+  // Shards 1.. (1-3 shards per seed with the relay): the daemon's other shards, each with its
+  // own store on its own simulated disk (no faults), sessions no client reaches, and a relay
+  // owning its share of the destinations; their jobs and outcomes cross the simulated mesh.
+  struct other_shard {
+    std::unique_ptr<disk> spool_disk;
+    spool::store_config config;
+    std::unique_ptr<spool::store> store;
+    std::unique_ptr<process> proc;
+  };
+  std::vector<other_shard> _others;
+  bool _other_completions = false;
   random _mesh_random;  // its own stream: --no-outbound runs replay the first slice's
-  sim_mesh_hub _hub{_clock, _mesh_random, 1};  // the one shard's parcels to itself
-  std::vector<server::relay*> _relays{nullptr};  // relay_config.shards
+  std::unique_ptr<sim_mesh_hub> _hub;    // the shards' parcels
+  std::vector<server::relay*> _relays;   // relay_config.shards, by shard id
   std::uint32_t _receive_buffer_bytes = 0;    // drawn per seed, within the store's buffering
   std::uint32_t _receive_buffer_count = 0;
   bool _proxy = false;  // a load balancer in front: the sessions expect a PROXY header
