@@ -205,6 +205,10 @@ struct delivery::state {
   std::int64_t operator_mean_ns = 0;
   std::set<std::string> suspended;        // kept across restarts, as the daemon does
   std::set<spool::message_id> held;       // journaled in the spool: survive restarts too
+  // Every message ever held: a release that a crash caught before its journal record was
+  // durable leaves the hold in the spool (the API would have answered with an error, and the
+  // operator asked again); healing releases them all once more.
+  std::set<spool::message_id> ever_held;
   std::vector<std::uint64_t> action_tickets;  // asked about once (the API's poll)
   std::uint64_t next_remote_connection = 1;
   // per destination domain: open connections, and the limits they were opened under
@@ -551,6 +555,7 @@ void delivery::state::suspend(std::string_view destination) {
 
 void delivery::state::hold(spool::message_id id) {
   if (!held.insert(id).second) return;
+  ever_held.insert(id);
   act(id, "hold");
   later(static_cast<std::int64_t>(rng.between(1, 120)) * 1000 * ms_ns, [this, id] {
     if (held.erase(id) != 0) act(id, "release");
@@ -699,7 +704,7 @@ void delivery::heal() {
   if (s.relay == nullptr) return;
   for (const auto& name : s.suspended) s.operate(name, "resume");
   s.suspended.clear();
-  for (const auto id : s.held) s.act(id, "release");
+  for (const auto id : s.ever_held) s.act(id, "release");
   s.held.clear();
   for (const auto name : domain_names) s.operate(name, "flush");
 }
