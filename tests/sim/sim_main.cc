@@ -9,6 +9,8 @@
 //                                       the relay: recipients refused at RCPT are routed too
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
 //   --no-outbound                       no relay (recipients marked at random)
+//   --shards-max N                      1-3 shards per seed (default 1: docs/notes.md,
+//                                       s10-simworld, a relay bug with 2-3)
 //   --strict                            accepted, the default now: a message answered 452
 //                                       that comes back is always a violation
 //   --no-ack-check                      no durability check at the 250: crashes must find it
@@ -45,7 +47,8 @@ int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
              "[--first-seed S] [--inject-bug no-fsync|dir-fsync|deliver-refused] "
              "[--messages M] [--arrival-ms A] "
-             "[--no-crashes] [--no-faults] [--no-outbound] [--strict] [--no-ack-check] "
+             "[--no-crashes] [--no-faults] [--no-outbound] [--shards-max N] [--strict] "
+             "[--no-ack-check] "
              "[--verbose]\n",
              problem);
   return 2;
@@ -98,6 +101,9 @@ int parse(int argc, char** argv, arguments& out) {
       out.base.crashes = false;
     } else if (flag == "--no-outbound") {
       out.base.outbound = false;
+    } else if (flag == "--shards-max" && has_value && parse_number(argv[++i], number) &&
+               number >= 1 && number <= 3) {
+      out.base.shards_max = static_cast<std::uint32_t>(number);
     } else if (flag == "--no-faults") {
       out.base.faults = false;
     } else if (flag == "--no-ack-check") {
@@ -159,11 +165,12 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
   fmt::print("seed {}: VIOLATION: {}\nlast {} events:\n", run.seed, result.violation,
              result.last_events.size());
   for (const auto& line : result.last_events) fmt::print("  {}\n", line);
-  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}{}\n", run.seed, run.messages,
+  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}{}{}\n", run.seed, run.messages,
              run.arrival_ms > 0 ? fmt::format(" --arrival-ms {}", run.arrival_ms) : "",
              *bug_name(run) != '\0' ? " --inject-bug " : "", bug_name(run),
              run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults",
-             run.outbound ? "" : " --no-outbound");
+             run.outbound ? "" : " --no-outbound",
+             run.shards_max > 1 ? fmt::format(" --shards-max {}", run.shards_max) : "");
   print_related(run, result.violation);
   if (!run.ack_check) fmt::print("  (with --no-ack-check)\n");
 }

@@ -294,7 +294,7 @@ outcome world::run() {
   // deliver-refused hands the relay recipients its spool does not have: one shard, where the
   // first delivery shows it (several shards read the envelope back first, out of range).
   const unsigned shards = _delivery && _options.glue == glue_bug::none
-                              ? 1 + static_cast<unsigned>(_mesh_random.below(3))
+                              ? 1 + static_cast<unsigned>(_mesh_random.below(_options.shards_max))
                               : 1;
   _hub = std::make_unique<sim_mesh_hub>(_clock, _mesh_random, shards);
   _hub->set_turn([this](unsigned) { wake_process(); });
