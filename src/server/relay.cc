@@ -702,8 +702,11 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   RINGMTA_ASSERT(added.jobs_added > 0);
   metrics.queued_jobs.add(added.jobs_added);
   if ((job->flags & spool::message_flag_bounce) != 0) {  // an operator's bounce, recovered
+    const spool::message_id id = message.id;  // the message may be gone after the drain
     scheduler.bounce_message(job->destination, message_key_of(message), now);
-    return drain_events(nullptr);  // the jobs are gone: bounced, DSN and all
+    drain_events(nullptr);  // the jobs are gone: bounced, DSN and all
+    bounce_reasons.erase(id);  // an operator's reason kept for its jobs (amend_resolving)
+    return;
   }
   if (paused) {
     std::vector<recipient_report> reports;

@@ -52,6 +52,7 @@ disk::disk(scheduler& clock, random& random, disk_profile profile, disk_bug bug,
       _note(std::move(note)) {}
 
 disk::~disk() {
+  close_abandoned_removals();
   for (const auto& [fd, file] : _fds) {
     if (!file.store_owned) ::close(fd);
   }
@@ -310,7 +311,20 @@ void disk::keep_torn_prefix(inode& file) {
   _stats.torn_bytes_kept += boundary - cut.offset;
 }
 
+// The store leaves the descriptor of a file it is removing to the operation's close step (its
+// destructor skips it): when that step never runs, the process's death closes it. Without
+// this, every crash during a removal leaked a real descriptor, and a search's later seeds saw
+// other descriptor numbers than the same seed run alone (their digests differed; once they
+// reached 100, sim_host's descriptors).
+void disk::close_abandoned_removals() {
+  for (const auto& [serial, op] : _ops) {
+    if (op.op.kind == spool::operation_kind::remove_file && op.step == 0 && op.op.fd >= 0)
+      close_fd(op.op.fd);
+  }
+}
+
 void disk::crash(bool torn) {
+  close_abandoned_removals();
   _ops.clear();
   _chain_prev = 0;
   _chain_prev_outcome = 0;

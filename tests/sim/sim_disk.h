@@ -122,6 +122,7 @@ class disk {
   void sync_inode(inode& file, std::uint64_t up_to_serial, std::uint64_t size);
   void sync_directory() noexcept;
   void close_fd(int fd);
+  void close_abandoned_removals();
   void collect() noexcept;
   void keep_torn_prefix(inode& file);
   static void apply(inode& file, std::uint64_t offset, std::string_view bytes);

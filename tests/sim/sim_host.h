@@ -301,8 +301,13 @@ class sim_host final : public shard::host, public io::operations, public io::des
   std::size_t _closed_front = 0;  // _sockets[0, _closed_front) are closed
   std::function<void(int fd)> _close_listener;
   file_reader _file_reader;
-  int _first_fd = 100;
-  int _next_fd = 100;
+  // Above any real descriptor (RLIMIT_NOFILE's hard limit is 2^20 here): the spool files are
+  // real descriptors of the simulated disks, read through set_file_reader, and must never be
+  // taken for the host's own (they were 100 and up, and a search's leaked descriptors reached
+  // them: docs/notes.md, s10-simworld).
+  static constexpr int first_fd = 1 << 22;
+  int _first_fd = first_fd;
+  int _next_fd = first_fd;
   sim_host_counters _counters;
 };
 

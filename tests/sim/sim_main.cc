@@ -5,10 +5,12 @@
 //                                       wall seconds; prints seeds, events, simulated time
 //   --inject-bug no-fsync|dir-fsync     a known durability bug on the simulated disk
 //   --arrival-ms A                      mean time between client arrivals (default: per seed)
-//   --inject-bug bounce-without-dsn|mark-before-dsn|deliver-refused|leak-connection
-//                                       a bug in the delivery glue
+//   --inject-bug deliver-refused        a bug in the glue between the inbound sessions and
+//                                       the relay: recipients refused at RCPT are routed too
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
-//   --no-outbound                       no delivery side (recipients marked at random)
+//   --no-outbound                       no relay (recipients marked at random)
+//   --shards-max N                      1-3 shards per seed (default 1: docs/notes.md,
+//                                       s10-simworld, a relay bug with 2-3)
 //   --strict                            accepted, the default now: a message answered 452
 //                                       that comes back is always a violation
 //   --no-ack-check                      no durability check at the 250: crashes must find it
@@ -43,8 +45,10 @@ struct arguments {
 
 int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
-             "[--first-seed S] [--inject-bug no-fsync|dir-fsync] [--messages M] [--arrival-ms A] "
-             "[--no-crashes] [--no-faults] [--no-outbound] [--strict] [--no-ack-check] "
+             "[--first-seed S] [--inject-bug no-fsync|dir-fsync|deliver-refused] "
+             "[--messages M] [--arrival-ms A] "
+             "[--no-crashes] [--no-faults] [--no-outbound] [--shards-max N] [--strict] "
+             "[--no-ack-check] "
              "[--verbose]\n",
              problem);
   return 2;
@@ -63,10 +67,7 @@ const char* bug_name(const ringmta::sim::options& run) {
   if (run.bug == disk_bug::no_fsync) return "no-fsync";
   if (run.bug == disk_bug::dir_fsync) return "dir-fsync";
   switch (run.glue) {
-    case glue_bug::bounce_without_dsn: return "bounce-without-dsn";
-    case glue_bug::mark_before_dsn: return "mark-before-dsn";
     case glue_bug::deliver_refused: return "deliver-refused";
-    case glue_bug::leak_connection: return "leak-connection";
     case glue_bug::none: break;
   }
   return "";
@@ -94,16 +95,15 @@ int parse(int argc, char** argv, arguments& out) {
       const std::string_view bug(argv[++i]);
       if (bug == "no-fsync") out.base.bug = disk_bug::no_fsync;
       else if (bug == "dir-fsync") out.base.bug = disk_bug::dir_fsync;
-      else if (bug == "bounce-without-dsn") out.base.glue = glue_bug::bounce_without_dsn;
-      else if (bug == "mark-before-dsn") out.base.glue = glue_bug::mark_before_dsn;
       else if (bug == "deliver-refused") out.base.glue = glue_bug::deliver_refused;
-      else if (bug == "leak-connection") out.base.glue = glue_bug::leak_connection;
-      else return usage("--inject-bug takes no-fsync, dir-fsync, bounce-without-dsn, "
-                        "mark-before-dsn, deliver-refused or leak-connection");
+      else return usage("--inject-bug takes no-fsync, dir-fsync or deliver-refused");
     } else if (flag == "--no-crashes") {
       out.base.crashes = false;
     } else if (flag == "--no-outbound") {
       out.base.outbound = false;
+    } else if (flag == "--shards-max" && has_value && parse_number(argv[++i], number) &&
+               number >= 1 && number <= 3) {
+      out.base.shards_max = static_cast<std::uint32_t>(number);
     } else if (flag == "--no-faults") {
       out.base.faults = false;
     } else if (flag == "--no-ack-check") {
@@ -122,10 +122,10 @@ int parse(int argc, char** argv, arguments& out) {
 }
 
 // Tokens that name the things a violation is about: spool ids (16 hex digits), message keys
-// ("sim.c12.t0"), outbound connections ("oc7"), clients ("client 5 ").
+// ("sim.c12.t0"), remote MTAs' connections ("(r7)"), clients ("client 5 ").
 std::vector<std::string> tokens_in(const std::string& text) {
   static const std::regex pattern(
-      R"(\b[0-9a-f]{16}\b|sim\.c[0-9]+\.t[0-9]+|\boc[0-9]+\b|client [0-9]+ )");
+      R"(\b[0-9a-f]{16}\b|sim\.c[0-9]+\.t[0-9]+|\(r[0-9]+\)|client [0-9]+ )");
   std::vector<std::string> out;
   for (auto it = std::sregex_iterator(text.begin(), text.end(), pattern);
        it != std::sregex_iterator(); ++it) {
@@ -165,11 +165,12 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
   fmt::print("seed {}: VIOLATION: {}\nlast {} events:\n", run.seed, result.violation,
              result.last_events.size());
   for (const auto& line : result.last_events) fmt::print("  {}\n", line);
-  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}{}\n", run.seed, run.messages,
+  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}{}{}\n", run.seed, run.messages,
              run.arrival_ms > 0 ? fmt::format(" --arrival-ms {}", run.arrival_ms) : "",
              *bug_name(run) != '\0' ? " --inject-bug " : "", bug_name(run),
              run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults",
-             run.outbound ? "" : " --no-outbound");
+             run.outbound ? "" : " --no-outbound",
+             run.shards_max > 1 ? fmt::format(" --shards-max {}", run.shards_max) : "");
   print_related(run, result.violation);
   if (!run.ack_check) fmt::print("  (with --no-ack-check)\n");
 }
@@ -178,13 +179,15 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
   fmt::print("seed {}: {} digest {:016x} events {} simulated {:.3f}s sessions {} "
              "acknowledged {} refused {} marks {} crashes {} verified {} adopted {} resurrected {} "
              "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
-             "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {})\n", seed,
+             "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}) | "
+             "shards {} parcels crossed {} (refused {})\n", seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
              r.disk.operations, r.disk.syncs, r.disk.faults, r.outbound_connections,
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
-             r.operator_actions, r.tls_sessions, r.tls_broken);
+             r.operator_actions, r.tls_sessions, r.tls_broken, r.shards, r.parcels_crossed,
+             r.parcels_refused);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts
@@ -239,6 +242,7 @@ int main(int argc, char** argv) {
   fmt::print("searching seeds from {} for {}s{}{}\n", seed, args.seconds,
              *bug_name(args.base) != '\0' ? ", injected bug " : "", bug_name(args.base));
   std::uint64_t seeds = 0, events = 0, acknowledged = 0, crashes = 0, deliveries = 0;
+  std::uint64_t multi_shard = 0, crossed = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
   int status = 0;
@@ -252,6 +256,8 @@ int main(int argc, char** argv) {
     acknowledged += result.acknowledged;
     crashes += result.crashes;
     deliveries += result.remote_deliveries;
+    multi_shard += result.shards > 1 ? 1 : 0;
+    crossed += result.parcels_crossed;
     wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!result.ok) {
       report_failure(run, result);
@@ -261,9 +267,10 @@ int main(int argc, char** argv) {
   } while (wall < args.seconds);
   const double simulated = static_cast<double>(simulated_ns) / 1e9;
   fmt::print("explored {} seeds ({}..{}): {} events, {} messages acknowledged, {} remote "
-             "deliveries, {} crashes, {:.1f} simulated seconds in {:.2f} wall seconds ({:.0f}x "
-             "real time, {:.0f} events/s)\n", seeds, seed - seeds, seed - 1, events,
-             acknowledged, deliveries, crashes, simulated, wall, simulated / wall,
+             "deliveries, {} crashes, {} seeds of 2-3 shards ({} parcels crossed), {:.1f} "
+             "simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} events/s)\n",
+             seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
+             multi_shard, crossed, simulated, wall, simulated / wall,
              static_cast<double>(events) / wall);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;

@@ -23,11 +23,12 @@
 #include "ringmta/net/received_header.h"
 #include "ringmta/server/inbound.h"
 #include "ringmta/server/inbound_sessions.h"
+#include "ringmta/server/relay.h"
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
 
 #include "sim_host.h"
-#include "sim_outbound.h"
+#include "sim_delivery.h"
 #include "sim_tls.h"
 #include "sim_world_internal.h"
 
@@ -139,38 +140,63 @@ std::shared_ptr<const server::inbound_config> inbound_settings(
 
 }  // namespace
 
-// One simulated MTA process's inbound side: the sessions over the process's store, on a host
-// whose peers are the clients. outbound (sim_outbound.cc) has a host of its own: the two share
-// the clock, not a kernel. A crash destroys it (sessions first, then the host, whose queued
-// actions then do nothing).
-struct inbound_process {
-  inbound_process(world& owner, scheduler& clock, std::uint64_t seed, std::int64_t net_ns_max,
-                  spool::store& store, std::uint32_t buffer_bytes, std::uint32_t buffer_count,
-                  bool proxy)
-      : host(clock, seed, sim_network{}, net_ns_max, epoch_seconds * 1000),
+// One simulated MTA process, as a daemon shard runs it: the inbound sessions and the relay
+// (server::relay, the daemon's delivery side: jobs, connections, marks, DSNs) over the
+// process's store, on one host whose network reaches the remote MTAs and the DNS server
+// (sim_delivery.cc) and whose stream peers are the clients. The relay reads spool bodies from
+// the simulated disk (its page cache). A crash destroys it (relay, sessions, then the host,
+// whose queued actions then do nothing).
+struct process {
+  // `peers.id()` 0 is the shard the clients reach (the world hears of its sessions).
+  process(world& owner, scheduler& clock, std::uint64_t seed, std::int64_t net_ns_max,
+          sim_network network, spool::store& store, std::uint32_t buffer_bytes,
+          std::uint32_t buffer_count, bool proxy,
+          std::unique_ptr<const server::relay_config> relay_config, shard::mesh& peers)
+      : host(clock, seed, std::move(network), net_ns_max, epoch_seconds * 1000),
         sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy, owner.verifier()),
-                 host, 0, store, pump, metrics, log) {
-    host.set_close_listener([&owner](int fd) { owner.on_session_closed(fd); });
+                 host, peers.id(), store, pump, metrics, log),
+        relay_settings(std::move(relay_config)) {
+    if (peers.id() == 0) host.set_close_listener([&owner](int fd) { owner.on_session_closed(fd); });
+    host.set_file_reader([&owner](int fd, std::uint64_t offset, void* into,
+                                  std::uint32_t length) {
+      return owner.read_any_disk(fd, offset, into, length);
+    });
     sessions.set_commit_observer([&owner](std::uint64_t ticket, const spool::envelope& e) {
       owner.on_commit_issued(ticket, e);
     });
     sessions.set_accepted_listener([&owner](const spool::envelope& e,
                                             std::span<const spool::body_slice> body,
                                             std::string_view) { owner.on_accepted(e, body); });
+    if (relay_settings != nullptr) {
+      relay = std::make_unique<server::relay>(*relay_settings, host, peers, store,
+                                              relay_metrics, log);
+    }
   }
+  ~process() {
+    if (relay) relay->stop();
+    relay.reset();
+  }
+  process(const process&) = delete;
+  process& operator=(const process&) = delete;
 
   sim_host host;
   server::client_counters clients;
   server::inbound_metrics metrics;
-  admin::log_buffer log{admin::log_format::json, 64 << 10};
+  admin::log_buffer log{admin::log_format::json, 256 << 10};  // read by world::read_log
   settle_pump pump;
-  server::inbound_sessions sessions;  // declared last: gone before what it uses
+  server::inbound_sessions sessions;
+  server::relay_metrics relay_metrics;
+  std::unique_ptr<const server::relay_config> relay_settings;  // the relay keeps a reference
+  std::unique_ptr<server::relay> relay;  // null with --no-outbound
 };
 
 // ---- world: set-up and the event loop
 
 world::world(const options& settings)
-    : _options(settings), _random(settings.seed), _verifier(std::make_unique<sim_verifier>(*this)) {
+    : _options(settings),
+      _random(settings.seed),
+      _mesh_random(settings.seed * 0x9e3779b97f4a7c15ull + 0x3e54),
+      _verifier(std::make_unique<sim_verifier>(*this)) {
   seed_openssl(settings.seed);
   disk_profile profile;
   if (settings.faults && _random.chance(0.7)) {
@@ -208,8 +234,10 @@ world::world(const options& settings)
 }
 
 world::~world() {
-  _outbound.reset();
   _process.reset();
+  _others.clear();
+  if (_hub) _hub->crash();  // parcels still queued free their payloads
+  _delivery.reset();
   _connections.clear();
   _store.reset();
 }
@@ -262,10 +290,33 @@ void world::fail(std::string message) {
 }
 
 outcome world::run() {
-  if (_options.outbound) _outbound = std::make_unique<outbound>(*this, _options.seed);
+  if (_options.outbound) _delivery = std::make_unique<delivery>(*this, _options.seed);
+  // deliver-refused hands the relay recipients its spool does not have: one shard, where the
+  // first delivery shows it (several shards read the envelope back first, out of range).
+  const unsigned shards = _delivery && _options.glue == glue_bug::none
+                              ? 1 + static_cast<unsigned>(_mesh_random.below(_options.shards_max))
+                              : 1;
+  _hub = std::make_unique<sim_mesh_hub>(_clock, _mesh_random, shards);
+  _hub->set_turn([this](unsigned) { wake_process(); });
+  _relays.assign(shards, nullptr);
+  for (unsigned k = 1; k < shards; ++k) {
+    other_shard other;
+    other.config = _store_config;
+    other.config.shard = k;
+    other.config.directory = fmt::format("/sim/shard-{}", k);
+    other.spool_disk = std::make_unique<disk>(
+        _clock, _mesh_random, disk_profile{}, disk_bug::none,
+        [this, k](std::uint64_t token, std::int64_t result) {
+          _other_completions = true;
+          if (auto& store = _others[k - 1].store) store->complete(token, result);
+        },
+        [](std::string_view) {});
+    _others.push_back(std::move(other));
+  }
+  if (shards > 1) note(fmt::format("{} shards", shards));
   if (!recover_and_check()) return _outcome;  // an empty spool, through the real recovery
   _clock.after(0, [this] { spawn_client(); });
-  if (!_outbound) {
+  if (!_delivery) {
     _delivery_ticking = true;
     _clock.after(exponential_ns(_deliver_mean_ns), [this] { deliver_tick(); });
   }
@@ -273,15 +324,16 @@ outcome world::run() {
   while (!_failed && _clock.run_one()) {
     settle();
     if (quiescent()) break;
-    if (_outbound && !_healed && !_heal_scheduled && !active()) {
+    if (_delivery && !_healed && !_heal_scheduled && !active()) {
       // Faults go on a while after the clients are done (crashes among deliveries), then heal.
       _heal_scheduled = true;
-      _clock.after(exponential_ns(_outbound ? 60'000'000'000 : 1), [this] { heal(); });
+      _clock.after(exponential_ns(60'000'000'000), [this] { heal(); });
     }
-    if (_healed && _clock.now_ns() - _healed_ns > liveness_bound_ns && _outbound &&
-        !_outbound->idle()) {
-      fail(fmt::format("LIVENESS: two simulated days after faults were healed, the queue has "
-                       "not drained: {}", _outbound->busy_reason()));
+    if (_healed && _clock.now_ns() - _healed_ns > liveness_bound_ns && _delivery) {
+      if (auto busy = _delivery->busy_reason(*_store); !busy.empty()) {
+        fail(fmt::format("LIVENESS: two simulated days after faults were healed, the queue has "
+                         "not drained: {}", busy));
+      }
     }
   }
   if (!_failed && !_connections.empty()) {
@@ -295,16 +347,20 @@ outcome world::run() {
                      _process->sessions.sessions()));
   }
   if (!_failed && _store && !_store->idle()) fail("the store is not idle after the run drained");
-  if (!_failed && _outbound && !_outbound->idle()) {
-    fail(fmt::format("LIVENESS: the event queue ran dry with work left: {}",
-                     _outbound->busy_reason()));
+  if (!_failed && _delivery) {
+    if (auto busy = _delivery->busy_reason(*_store); !busy.empty()) {
+      fail(fmt::format("LIVENESS: the event queue ran dry with work left: {}", busy));
+    }
   }
   if (!_failed) {
     note("final restart: every acknowledged message must be recovered");
     crash(false);
   }
-  if (!_failed && _outbound) _outbound->check_final(*_store);
+  if (!_failed && _delivery) _delivery->check_final(*_store);
   _outcome.simulated_ns = _clock.now_ns();
+  _outcome.shards = static_cast<std::uint32_t>(_relays.size());
+  _outcome.parcels_crossed = _hub->crossed();
+  _outcome.parcels_refused = _hub->refused();
   _outcome.digest = _digest;
   _outcome.disk = _disk->stats();
   return _outcome;
@@ -317,28 +373,34 @@ void world::heal() {
   _healed_ns = _clock.now_ns();
   note("faults healed: the queue must drain");
   _disk->set_faults(false);
-  if (_outbound) _outbound->heal();
+  if (_delivery) _delivery->heal();
+  wake_process();
 }
 
-bool world::mark(spool::message_id id, std::uint16_t recipient, spool::recipient_state state) {
-  if (!_store) return false;
-  const spool::recipient_status status{state, 1, 0};
-  auto ticket = _store->mark(id, recipient, status);
-  note(fmt::format("mark {:016x}/{} {}: {}", id, recipient, spool::recipient_state_name(state),
-                   ticket ? 0 : ticket.error()));
-  // EINVAL: already final; ENOENT: no longer queued (final, reclaimed): nothing to retry.
-  if (!ticket) return ticket.error() == EINVAL || ticket.error() == ENOENT;
-  _mark_tickets[ticket.value()] = {id, recipient};
-  const auto found = _expected.find(id);
-  if (found != _expected.end() && found->second.marks.at(recipient) == mark_state::none) {
-    found->second.marks[recipient] = mark_state::unknown;
+spool::message_id world::random_queued_message(random& rng) const {
+  for (int tries = 0; tries < 4 && _store && !_undelivered.empty(); ++tries) {
+    const spool::message_id id = _undelivered[rng.below(_undelivered.size())];
+    const spool::message_entry* entry = _store->find(id);
+    if (entry != nullptr && entry->status == spool::message_status::queued) return id;
   }
-  return true;
+  return 0;
 }
 
-void world::expect(spool::message_id id, expected_message want) {
-  _refused.erase(id);  // an id given again after a crash (see the commit path)
-  _expected[id] = std::move(want);
+void world::wake_process() {
+  if (_process) _process->host.wake();
+  for (auto& other : _others)
+    if (other.proc) other.proc->host.wake();
+}
+
+std::int64_t world::read_any_disk(int fd, std::uint64_t offset, void* into,
+                                  std::uint32_t n) const {
+  const std::int64_t got = _disk->read(fd, offset, into, n);
+  if (got != -EBADF) return got;
+  for (const auto& other : _others) {
+    const std::int64_t there = other.spool_disk->read(fd, offset, into, n);
+    if (there != -EBADF) return there;
+  }
+  return -EBADF;
 }
 
 // After every event, as the reactor at the end of a loop iteration: flush the store, give
@@ -357,34 +419,135 @@ void world::settle() {
     spool::event event;
     while (_store && _store->next_event(event)) {
       progress = true;
-      if (event.kind == spool::event_kind::committed) {
-        if (_outbound && _outbound->owns_ticket(event.ticket)) {
-          _outbound->on_committed(event);
-        } else {
-          on_committed(event);
-        }
-        continue;
+      if (event.kind == spool::event_kind::marked) {
+        on_marked(event);
+      } else if (_process->relay && _process->relay->on_committed(event.ticket, event.error)) {
+        on_dsn_committed(event);
+      } else {
+        on_committed(event);
       }
-      const auto found = _mark_tickets.find(event.ticket);
-      if (found == _mark_tickets.end()) continue;
-      const auto [id, recipient] = found->second;
-      _mark_tickets.erase(found);
-      note(fmt::format("mark {:016x}/{} durable: {}", id, recipient, event.error));
-      const auto message = _expected.find(id);
-      if (event.error == 0 && message != _expected.end()) {
-        message->second.marks[recipient] = mark_state::delivered;
-        ++_outcome.delivered_marks;
-      }
-      if (event.error == 0 && _outbound) _outbound->on_mark_durable(id, recipient);
     }
-    if (_completions) {
-      _completions = false;
+    for (auto& other : _others) {
+      if (!other.store) continue;
+      other.store->flush();
+      while (other.store->next_operation(op)) {
+        other.spool_disk->submit(op);
+        progress = true;
+      }
+      while (other.store->next_event(event)) {  // only its relay's: no client reaches it
+        progress = true;
+        if (event.kind == spool::event_kind::marked) {
+          other.proc->relay->on_marked(event.ticket, event.error);
+        } else {
+          other.proc->relay->on_committed(event.ticket, event.error);
+        }
+      }
+    }
+    // A completion wakes the shard's loop: its hooks run (the relay's DSNs waiting for room).
+    if (_completions || _other_completions) {
+      _completions = _other_completions = false;
       progress = true;
-      if (_outbound) _outbound->on_completions();
+      wake_process();
     }
     if (!progress) break;
   }
+  read_log();
   check_bounds();
+}
+
+// A mark ticket: the relay's (its journal buffer has room again; an operator action's record),
+// or, with --no-outbound, the world's own.
+void world::on_marked(const spool::event& event) {
+  if (_process->relay) {
+    const bool action = _process->relay->on_marked(event.ticket, event.error);
+    if (!action && event.error == 0) ++_outcome.delivered_marks;
+    return;
+  }
+  const auto found = _mark_tickets.find(event.ticket);
+  if (found == _mark_tickets.end()) return;
+  const auto [id, recipient] = found->second;
+  _mark_tickets.erase(found);
+  note(fmt::format("mark {:016x}/{} durable: {}", id, recipient, event.error));
+  const auto message = _expected.find(id);
+  if (event.error == 0 && message != _expected.end()) {
+    message->second.marks[recipient] = mark_state::delivered;
+    ++_outcome.delivered_marks;
+  }
+}
+
+// A DSN the relay spooled: durable (then delivered like a client's message, and checked
+// across crashes), or failed (the relay builds it again; this one may still be recovered).
+void world::on_dsn_committed(const spool::event& event) {
+  note(fmt::format("dsn {:016x} committed: {}", event.id, event.error));
+  expected_message want;
+  want.origin = fmt::format("DSN {:016x}", event.id);
+  if (event.error != 0) {
+    want.state = fate::failed;
+    want.content_known = false;
+    _expected[event.id] = std::move(want);
+    return;
+  }
+  if (!read_stored(event.id, want)) {
+    return fail(fmt::format("DSN {:016x} reported durable but unreadable", event.id));
+  }
+  want.state = fate::acknowledged;
+  _refused.erase(event.id);
+  _undelivered.push_back(event.id);
+  _delivery->on_message(event.id, want);
+  _expected[event.id] = std::move(want);
+}
+
+// The records the process logged since the last look (the relay's outcomes among them).
+void world::read_log() {
+  if (!_delivery) return;
+  auto read = [this](admin::log_buffer& log) {
+    const std::string_view text = log.pending();
+    for (std::size_t at = 0; at < text.size();) {
+      const std::size_t end = std::min(text.find('\n', at), text.size());
+      _delivery->on_log_record(text.substr(at, end - at));
+      at = end + 1;
+    }
+    log.consume(text.size());
+    // The outcomes come from these records: none may be lost (read after every event).
+    if (log.dropped_records() != 0) fail("a shard's log buffer dropped records");
+  };
+  if (_process) read(_process->log);
+  for (auto& other : _others)
+    if (other.proc) read(other.proc->log);
+}
+
+bool world::read_stored(spool::message_id id, expected_message& out) {
+  const auto where = _store->locate(id);
+  if (!where) return false;
+  std::string record(where.value().bytes, '\0');
+  if (_disk->read(where.value().fd, where.value().offset, record.data(), where.value().bytes) !=
+      static_cast<std::int64_t>(record.size())) {
+    return false;
+  }
+  const auto stored = _store->parse_commit(id, where.value(), record);
+  if (!stored) return false;
+  const spool::envelope& envelope = stored.value().envelope;
+  out.reverse_path = envelope.reverse_path;
+  out.recipients.clear();
+  out.notify.clear();
+  for (const auto& r : envelope.recipients) {
+    out.recipients.push_back(r.address);
+    out.notify.push_back(r.notify);
+  }
+  out.helo = envelope.helo;
+  out.client_address = envelope.client_address;
+  out.body_wire.clear();
+  for (const auto& slice : stored.value().body) {
+    const std::size_t at = out.body_wire.size();
+    out.body_wire.resize(at + slice.length);
+    if (_disk->read(slice.fd, slice.offset, out.body_wire.data() + at, slice.length) !=
+        static_cast<std::int64_t>(slice.length)) {
+      return false;
+    }
+  }
+  out.marks.assign(out.recipients.size(), mark_state::none);
+  out.content_known = true;
+  return true;
 }
 
 void world::check_bounds() {
@@ -456,7 +619,7 @@ std::string world::make_body(std::string_view key) {
   // (Without the delivery side, the first slice's bodies: its seeds replay the same runs.)
   std::string body = fmt::format("Subject: sim {}\r\nFrom: <a@sim.example>\r\n{}\r\n",
                                  _random.next() % 100000,
-                                 _outbound ? fmt::format("Message-ID: <{}@sim.example>\r\n", key)
+                                 _delivery ? fmt::format("Message-ID: <{}@sim.example>\r\n", key)
                                            : std::string());
   const bool big = _random.chance(0.03);
   const std::uint64_t lines = big ? _random.between(500, 4000) : _random.between(0, 40);
@@ -485,7 +648,7 @@ transaction world::make_transaction(std::uint32_t client, std::uint32_t index, b
     const bool bad = _random.chance(0.1) && !relays;
     t.recipients.push_back(fmt::format("{}r{}@{}rcpt{}.example", bad ? "bad-" : "", r,
                                        bad ? "mx1." : "", _random.below(3)));
-    const std::uint64_t notify = _outbound ? _random.below(20) : 2;  // 5% NEVER, 5% FAILURE
+    const std::uint64_t notify = _delivery ? _random.below(20) : 2;  // 5% NEVER, 5% FAILURE
     t.notify.push_back(notify == 0 ? smtp::notify_never : notify == 1 ? smtp::notify_failure : 0);
   }
   t.key = fmt::format("sim.c{}.t{}", client, index);
@@ -870,8 +1033,8 @@ void world::on_accepted(const spool::envelope& envelope, std::span<const spool::
   want.state = fate::acknowledged;
   _undelivered.push_back(envelope.id);
   ++_outcome.acknowledged;
-  if (!_outbound) return;
-  // Delivery takes the envelope the session stored (not the client's idea of it).
+  if (!_delivery) return;
+  // The ledger takes the envelope the session stored (not the client's idea of it).
   expected_message stored = want;
   stored.recipients.clear();
   stored.notify.clear();
@@ -879,13 +1042,12 @@ void world::on_accepted(const spool::envelope& envelope, std::span<const spool::
     stored.recipients.push_back(r.address);
     stored.notify.push_back(r.notify);
   }
-  if (_options.glue == glue_bug::deliver_refused) {  // the planted bug: refused ones go too
-    for (const auto& refused : want.refused) {
-      stored.recipients.push_back(refused);
-      stored.notify.push_back(0);
-    }
-  }
-  _outbound->enqueue(envelope.id, stored);
+  _delivery->on_message(envelope.id, stored);
+  if (_options.glue != glue_bug::deliver_refused) return _process->relay->route(envelope, body);
+  // The planted bug, in the glue between the sessions and the relay: refused ones go too.
+  spool::envelope planted = envelope;
+  for (const auto& refused : want.refused) planted.recipients.push_back({refused, 0, {}});
+  _process->relay->route(planted, body);
 }
 
 // The durability the 250 promises, checked on the simulated disk itself: the body's bytes
@@ -954,12 +1116,14 @@ void world::deliver_tick() {
 bool world::quiescent() const {
   if (active() || (_process && _process->sessions.sessions() != 0)) return false;
   if (!_store || !_store->idle()) return false;
-  if (_outbound) return _healed && _outbound->idle();
+  for (const auto& other : _others)
+    if (!other.store || !other.store->idle()) return false;
+  if (_delivery) return _healed && _delivery->busy_reason(*_store).empty();
   return !_delivery_ticking && _mark_tickets.empty();
 }
 
 void world::crash_tick() {
-  if (_failed || _healed || (!_outbound && !active())) return;
+  if (_failed || _healed || (!_delivery && !active())) return;
   crash(_random.chance(0.7));
   _clock.after(exponential_ns(_crash_mean_ns), [this] { crash_tick(); });
 }
@@ -970,42 +1134,63 @@ void world::crash(bool torn) {
   ++_outcome.crashes;
   note(fmt::format("CRASH {}{} ({} sessions, {} disk operations in flight)", _outcome.crashes,
                    torn ? " torn" : "", _connections.size(), _disk->in_flight()));
+  read_log();
+  note_marks_issued();
   _connections.clear();  // clients see a reset; their transactions in progress are lost
   _by_fd.clear();
-  _process.reset();      // the sessions, then their host (its queued actions do nothing)
+  if (_delivery) _delivery->attach(nullptr);
+  _process.reset();      // the relay, the sessions, then their host (its actions do nothing)
+  for (auto& other : _others) {
+    other.proc.reset();
+    other.store.reset();
+    other.spool_disk->crash(torn);
+  }
+  std::fill(_relays.begin(), _relays.end(), nullptr);
+  _hub->crash();         // parcels on their way are gone
   _tickets.clear();
   _mark_tickets.clear();
-  if (_outbound) _outbound->crash();
   _store.reset();
   _disk->crash(torn);
   recover_and_check();
 }
 
-bool world::recover_and_check() {
+// The real recovery of a shard's spool: the disk's durable image written into a fresh real
+// directory, spool::recover() reading it, the files it keeps open adopted by the disk.
+std::optional<spool::recovered_state> world::recover_disk(disk& spool_disk, unsigned shard) {
   const char* base = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
   std::string directory = fmt::format("{}/ringmta-sim-XXXXXX", base);
   if (::mkdtemp(directory.data()) == nullptr) {
     fail(fmt::format("mkdtemp {}: {}", directory, std::strerror(errno)));
-    return false;
+    return std::nullopt;
   }
   auto cleanup = [&] {
     std::error_code ignored;
     std::filesystem::remove_all(directory, ignored);
   };
-  if (auto written = _disk->materialize(directory); !written) {
+  if (auto written = spool_disk.materialize(directory); !written) {
     cleanup();
     fail(fmt::format("materialize: {}", std::strerror(written.error())));
-    return false;
+    return std::nullopt;
   }
-  auto recovered = spool::recover(directory, 0);
+  auto recovered = spool::recover(directory, shard);
   cleanup();  // the files stay open through recovery's fds
   if (!recovered) {
-    fail(fmt::format("recovery failed: {}", std::strerror(recovered.error())));
-    return false;
+    fail(fmt::format("recovery of shard {} failed: {}", shard,
+                     std::strerror(recovered.error())));
+    return std::nullopt;
   }
   auto& state = recovered.value();
-  for (auto& file : state.segments) _disk->adopt(file.fd.get(), spool::segment_file_name(file.id));
-  for (auto& file : state.journals) _disk->adopt(file.fd.get(), spool::journal_file_name(file.id));
+  for (auto& file : state.segments)
+    spool_disk.adopt(file.fd.get(), spool::segment_file_name(file.id));
+  for (auto& file : state.journals)
+    spool_disk.adopt(file.fd.get(), spool::journal_file_name(file.id));
+  return std::move(state);
+}
+
+bool world::recover_and_check() {
+  auto recovered = recover_disk(*_disk, 0);
+  if (!recovered) return false;
+  auto& state = *recovered;
   const auto& report = state.report;
   note(fmt::format("recovered: {} segments, {} journals, {} messages ({} final), torn tails {}, "
                    "corrupt {}, voided {}, incomplete {}", report.segments, report.journals,
@@ -1031,7 +1216,7 @@ bool world::recover_and_check() {
       fail(fmt::format("RESURRECTED: message {:016x} was answered 452 but is recovered", id));
       return false;
     }
-    if (_expected.count(id) == 0 && _finished.count(id) == 0) {
+    if (_expected.count(id) == 0 && _finished.count(id) == 0 && !adopt_dsn(id)) {
       fail(fmt::format("PHANTOM: message {:016x} recovered but never committed", id));
       return false;
     }
@@ -1045,17 +1230,71 @@ bool world::recover_and_check() {
     it = done ? _expected.erase(it) : std::next(it);
   }
   list_undelivered();
-  if (_outbound && !_failed) _outbound->recovered(*_store);
+  if (_delivery && !_failed) start_relay();
   settle();
   return !_failed;
+}
+
+// The relay of the new process routes what the recovered spool holds (relay::start).
+void world::start_relay() {
+  _delivery->on_recovered(*_store);
+  _relays[0] = _process->relay.get();
+  start_others();
+  if (_failed) return;
+  // Every relay is registered before any starts (a started relay may send to any other).
+  for (auto* relay : _relays) {
+    if (auto started = relay->start(); !started) {
+      return fail(fmt::format("relay: {}", started.error_text()));
+    }
+  }
+  _delivery->attach(_process->relay.get());
+  wake_process();
+}
+
+// The other shards' processes, each on the store its disk's recovery finds (it holds nothing
+// queued: only shard 0's sessions receive mail, and DSNs go to their original's home).
+void world::start_others() {
+  for (unsigned k = 1; k <= _others.size(); ++k) {
+    other_shard& other = _others[k - 1];
+    auto recovered = recover_disk(*other.spool_disk, k);
+    if (!recovered) return;
+    other.store = std::make_unique<spool::store>(other.config, std::move(*recovered));
+    other.proc = std::make_unique<process>(
+        *this, _clock, _mesh_random.next(), _net_ns_max, _delivery->network(), *other.store,
+        _receive_buffer_bytes, _receive_buffer_count, _proxy,
+        std::make_unique<const server::relay_config>(_delivery->relay_config(_relays)),
+        _hub->at(k));
+    _relays[k] = other.proc->relay.get();
+  }
+}
+
+// Before a crash: a recipient the store holds final in memory may have been marked durably
+// (recovery may find it final); one never marked must come back queued (check_recovered).
+void world::note_marks_issued() {
+  if (!_store) return;
+  for (auto& [id, want] : _expected) {
+    if (want.state != fate::acknowledged) continue;
+    const spool::message_entry* entry = _store->find(id);  // null: final and reclaimed
+    for (std::size_t r = 0; r < want.marks.size(); ++r) {
+      if (want.marks[r] != mark_state::none) continue;
+      if (entry == nullptr || spool::is_final(entry->recipients.at(r).state)) {
+        want.marks[r] = mark_state::unknown;
+      }
+    }
+  }
 }
 
 // A new process's inbound sessions over the new store (at the start and after each crash).
 void world::start_process() {
   ++_process_serial;
-  _process = std::make_unique<inbound_process>(*this, _clock, _random.next(), _net_ns_max,
-                                               *_store, _receive_buffer_bytes,
-                                               _receive_buffer_count, _proxy);
+  std::unique_ptr<const server::relay_config> relay_settings;
+  if (_delivery) {
+    relay_settings = std::make_unique<const server::relay_config>(_delivery->relay_config(_relays));
+  }
+  _process = std::make_unique<process>(*this, _clock, _random.next(), _net_ns_max,
+                                       _delivery ? _delivery->network() : sim_network{}, *_store,
+                                       _receive_buffer_bytes, _receive_buffer_count, _proxy,
+                                       std::move(relay_settings), _hub->at(0));
   if (auto started = _process->sessions.start(); !started) {
     fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
   }
@@ -1076,11 +1315,16 @@ bool world::check_recovered(spool::message_id id, expected_message& want) {
     }
     return true;  // never acknowledged (its commit was in flight), or delivered and reclaimed
   }
+  if (!want.content_known && !read_stored(id, want)) {
+    fail(fmt::format("LOST MAIL: {} recovered but unreadable", want.origin));
+    return false;
+  }
   if (want.state != fate::acknowledged) {  // in flight at the crash, yet durable: adopted
     note(fmt::format("adopted {:016x} ({}): recovered though never answered 250", id,
                      want.origin));
     want.state = fate::acknowledged;
     ++_outcome.adopted;
+    if (_delivery) _delivery->on_message(id, want);
   }
   for (std::size_t r = 0; r < want.marks.size(); ++r) {
     const bool delivered = spool::is_final(entry->recipients.at(r).state);
@@ -1090,8 +1334,8 @@ bool world::check_recovered(spool::message_id id, expected_message& want) {
                        spool::recipient_state_name(entry->recipients[r].state)));
       return false;
     }
-    if (want.marks[r] == mark_state::none &&
-        entry->recipients[r].state != spool::recipient_state::queued) {
+    // Deferred (with its attempts and retry time) is still queued (RFC 5321 §4.5.4.1).
+    if (want.marks[r] == mark_state::none && delivered) {
       fail(fmt::format("recipient {} of {:016x} was never delivered but recovered as {}", r, id,
                        spool::recipient_state_name(entry->recipients[r].state)));
       return false;
@@ -1140,6 +1384,21 @@ bool world::check_content(spool::message_id id, const expected_message& want) {
     return false;
   }
   ++_outcome.recovered_checked;
+  return true;
+}
+
+// A recovered message the world never saw committed: a DSN whose commit the relay issued
+// before the crash (the relay spools DSNs from <> with client "local") is adopted like a
+// client's message in flight; anything else is a PHANTOM.
+bool world::adopt_dsn(spool::message_id id) {
+  if (!_delivery || _refused.count(id) != 0) return false;
+  expected_message want;
+  if (!read_stored(id, want) || !want.reverse_path.empty() || want.client_address != "local") {
+    return false;
+  }
+  want.origin = fmt::format("DSN {:016x}", id);
+  want.state = fate::in_flight;
+  _expected.emplace(id, std::move(want));
   return true;
 }
 

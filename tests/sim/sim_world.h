@@ -23,8 +23,9 @@
 //   (append takes what can_append allowed);
 // - once faults stop and clients are done, everything drains (no session left waiting, every
 //   durable message handed on: one whose client left before its 250 too).
-// Outbound (sim_outbound.h): the real queue::scheduler, smtp::client_session and dns::resolver
-// deliver every durable message to simulated remote MTAs; its invariants are listed there.
+// Delivery: the daemon's own server::relay (src/server/relay*.cc) in the same process, over the
+// real queue::scheduler, outbound and dns_client, delivers every durable message to simulated
+// remote MTAs (sim_delivery.h: DNS, remote MTAs, the operator; its invariants are listed there).
 // The same seed gives the same events and the same digest of the event log.
 #pragma once
 
@@ -36,14 +37,12 @@
 
 namespace ringmta::sim {
 
-// Bugs planted in the simulated MTA's glue, to show the delivery invariants catch them.
+// A bug planted in the world's glue between the inbound sessions and the relay, to show the
+// delivery invariants catch it. The relay's own bugs are not planted (no test hooks in
+// production code): docs/simulation.md says how its mutations were checked by hand.
 enum class glue_bug : std::uint8_t {
   none,
-  bounce_without_dsn,  // a bounce marks the recipient and sends no DSN: UNDELIVERED
-  mark_before_dsn,     // the recipient is marked bounced before its DSN is durable: a crash
-                       // in between loses the DSN (UNDELIVERED)
-  deliver_refused,     // a recipient answered 550 at RCPT stays in the envelope
-  leak_connection,     // a closed connection is not reported to the scheduler: LIVENESS
+  deliver_refused,  // a recipient answered 550 at RCPT is routed all the same
 };
 
 struct options {
@@ -56,7 +55,11 @@ struct options {
   bool verbose = false;          // print every event as it happens
   std::uint32_t arrival_ms = 0;  // mean time between client arrivals; 0: drawn from the seed
   bool ack_check = true;         // false: only recovery after crashes can find lost mail
-  bool outbound = true;          // false: no delivery side, recipients marked at random
+  bool outbound = true;          // false: no relay, recipients marked at random
+  // The process's shards are drawn from 1..shards_max (1-3). Default 1 until the relay keeps a
+  // domain's jobs on one shard: with MX site rollup a domain can be queued on its owner and on
+  // its site's owner at once, each with its own connection limit (docs/notes.md, s10-simworld).
+  std::uint32_t shards_max = 1;
   // Replay of a failure: only events naming one of these tokens (message ids, connections)
   // are kept, all of them (sim_main.cc's shortest trace).
   std::vector<std::string> trace_filter;
@@ -78,7 +81,7 @@ struct outcome {
   std::uint64_t adopted = 0;             // recovered though never answered 250 (in flight)
   std::uint64_t resurrected = 0;         // answered 452, gone, then back (docs/notes.md)
   std::vector<std::string> filtered_events;  // with trace_filter: the matching events
-  // outbound (sim_outbound.cc)
+  // delivery (the relay's log, the remote MTAs: sim_delivery.cc)
   std::uint64_t remote_deliveries = 0;   // recipients accepted by remote MTAs (duplicates too)
   std::uint64_t duplicates = 0;          // of those, deliveries of a recipient seen before
   std::uint64_t bounces = 0;             // recipients bounced (5xx, expiry, operator)
@@ -88,6 +91,9 @@ struct outcome {
   std::uint64_t tls_broken = 0;    // STARTTLS handshakes a remote MTA broke (sim_tls.h)
   std::uint64_t dns_queries = 0;
   std::uint64_t operator_actions = 0;
+  std::uint32_t shards = 1;               // the process's shards (1-3 per seed with the relay)
+  std::uint64_t parcels_crossed = 0;      // jobs, outcomes, actions sent to another shard
+  std::uint64_t parcels_refused = 0;      // a full pair queue: the relay's backlog kept them
   disk_stats disk;
 };
 

@@ -1,5 +1,5 @@
-// The simulated world's types, shared by sim_world.cc (clients, the real inbound sessions,
-// spool, crashes) and sim_outbound.cc (scheduler, DNS, remote MTAs, operator actions).
+// The simulated world's types, shared by sim_world.cc (clients, the process: the real inbound
+// sessions, relay and spool; crashes) and sim_delivery.cc (DNS, remote MTAs, the operator).
 // Internal to tests/sim.
 // Never: included outside tests/sim.
 #pragma once
@@ -9,6 +9,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -21,7 +22,12 @@
 #include "ringmta/auth/verifier.h"
 #include "ringmta/tls/session.h"
 #include "sim_disk.h"
+#include "sim_mesh.h"
 #include "sim_world.h"
+
+namespace ringmta::server {
+class relay;
+}
 
 namespace ringmta::sim::internal {
 
@@ -84,6 +90,9 @@ struct expected_message {
   std::string origin;  // "client N transaction T", for messages
   fate state = fate::in_flight;
   std::vector<mark_state> marks;
+  // false: a DSN whose commit the relay was told failed: its content is taken from the spool
+  // if a recovery finds it all the same (then checked like any other from there on).
+  bool content_known = true;
 };
 
 // starttls: the 220 starts the client's TLS handshake (sim_tls.h); the next stage waits for it.
@@ -98,8 +107,8 @@ struct stage {
 };
 
 class world;
-class outbound;
-struct inbound_process;
+class delivery;
+struct process;
 
 // One simulated client's SMTP connection to the real inbound session (src/server's
 // inbound_sessions on the process's sim_host): the client's script and what it has seen.
@@ -130,17 +139,19 @@ class world {
   ~world();
   outcome run();
 
-  // used by the clients' peers and outbound
+  // used by the clients' peers and the delivery side
   spool::store& store() { return *_store; }
   spool::store* store_or_null() { return _store.get(); }
   const options& settings() const { return _options; }
   outcome& counters() { return _outcome; }
   bool healed() const { return _healed; }
   bool failed_now() const { return _failed; }
-  // Records a recipient's final state in the store; false when the store refused it.
-  bool mark(spool::message_id id, std::uint16_t recipient, spool::recipient_state state);
-  // A message the outbound side committed itself (a DSN), reported durable.
-  void expect(spool::message_id id, expected_message want);
+  // An acknowledged message still queued, drawn with `rng` (0: none found): the operator's.
+  spool::message_id random_queued_message(random& rng) const;
+  // A loop turn of the process's hosts (after calling a relay from outside its callbacks).
+  void wake_process();
+  // Any shard's spool file (a body on its home shard's segment: one descriptor table).
+  std::int64_t read_any_disk(int fd, std::uint64_t offset, void* into, std::uint32_t n) const;
   std::int64_t wall_seconds() const { return epoch_seconds + _clock.now_ns() / 1'000'000'000; }
   void fail(std::string message);
   void note(std::string_view text);
@@ -182,9 +193,16 @@ class world {
   void client_disconnect(std::uint32_t number);
   void client_reply(connection& c, std::uint16_t code, std::string_view text);
   void client_stage_done(connection& c);
-  // server side: src/server's sessions in an inbound_process
+  // server side: src/server's sessions and relay in a process
   void start_process();
+  void start_relay();
+  void start_others();  // shards 1..: a store from each disk's recovery, a process, a relay
   void on_committed(const spool::event& event);
+  void on_dsn_committed(const spool::event& event);  // one the relay spooled
+  void on_marked(const spool::event& event);
+  void read_log();  // the process's log records, to the delivery side
+  // A durable message as the spool holds it now (the simulated disk's page cache).
+  bool read_stored(spool::message_id id, expected_message& out);
   bool check_durable(spool::message_id id, std::span<const spool::body_slice> body);
   // spool, disk, crashes
   spool::store_config make_store_config();
@@ -194,7 +212,10 @@ class world {
   bool quiescent() const;  // nothing left but housekeeping timers: the run is over
   void crash_tick();
   void crash(bool torn);
+  std::optional<spool::recovered_state> recover_disk(disk& spool_disk, unsigned shard);
   bool recover_and_check();
+  bool adopt_dsn(spool::message_id id);  // recovered, unknown: a DSN in flight at the crash?
+  void note_marks_issued();  // before a crash: recipients the store holds final in memory
   bool check_recovered(spool::message_id id, expected_message& want);
   bool check_content(spool::message_id id, const expected_message& want);
   void list_undelivered();
@@ -211,7 +232,7 @@ class world {
   void heal();
 
   options _options;
-  std::unique_ptr<outbound> _outbound;
+  std::unique_ptr<delivery> _delivery;
   bool _healed = false;
   bool _heal_scheduled = false;
   std::int64_t _healed_ns = 0;
@@ -220,7 +241,21 @@ class world {
   std::unique_ptr<disk> _disk;
   std::unique_ptr<spool::store> _store;
   spool::store_config _store_config;
-  std::unique_ptr<inbound_process> _process;  // the inbound sessions over _store; a crash ends it
+  std::unique_ptr<process> _process;  // shard 0: sessions and relay over _store; a crash ends it
+  // Shards 1.. (1-3 shards per seed with the relay): the daemon's other shards, each with its
+  // own store on its own simulated disk (no faults), sessions no client reaches, and a relay
+  // owning its share of the destinations; their jobs and outcomes cross the simulated mesh.
+  struct other_shard {
+    std::unique_ptr<disk> spool_disk;
+    spool::store_config config;
+    std::unique_ptr<spool::store> store;
+    std::unique_ptr<process> proc;
+  };
+  std::vector<other_shard> _others;
+  bool _other_completions = false;
+  random _mesh_random;  // its own stream: --no-outbound runs replay the first slice's
+  std::unique_ptr<sim_mesh_hub> _hub;    // the shards' parcels
+  std::vector<server::relay*> _relays;   // relay_config.shards, by shard id
   std::uint32_t _receive_buffer_bytes = 0;    // drawn per seed, within the store's buffering
   std::uint32_t _receive_buffer_count = 0;
   bool _proxy = false;  // a load balancer in front: the sessions expect a PROXY header
@@ -228,7 +263,7 @@ class world {
   std::map<int, std::uint32_t> _by_fd;          // a session's descriptor -> its client
   std::set<std::uint64_t> _tickets;             // the sessions' commit tickets in flight
   std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
-  bool _delivery_ticking = false;  // deliver_tick() is scheduled (no outbound)
+  bool _delivery_ticking = false;  // deliver_tick() is scheduled (--no-outbound)
   std::unique_ptr<auth::verify_service> _verifier;  // sim_world.cc: sim_verifier
   std::uint64_t _process_serial = 0;  // start_process() count: late answers find no process
   std::map<spool::message_id, expected_message> _expected;

@@ -1,0 +1,766 @@
+#include "sim_delivery.h"
+
+// First: without it ldns/common.h #defines bool, true and false as macros in C++.
+#include <stdbool.h>  // NOLINT(modernize-deprecated-headers)
+#include <ldns/ldns.h>
+#include <arpa/inet.h>
+#include <fmt/format.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <deque>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ringmta/config/settings.h"
+#include "ringmta/dns/wire.h"
+#include "ringmta/queue/dsn.h"
+#include "ringmta/server/egress.h"
+#include "sim_dns.h"
+#include "sim_tls.h"
+
+namespace ringmta::server {
+// The shard owning a destination (relay_internal.h): where the admin API asks (holder_of).
+unsigned owner_of(std::string_view destination, unsigned shards) noexcept;
+}  // namespace ringmta::server
+
+namespace ringmta::sim::internal {
+namespace {
+
+constexpr std::int64_t ms_ns = 1'000'000;
+constexpr std::uint32_t client_timeout_ms = 60'000;  // every phase (RFC 5321 §4.5.3.2: minutes)
+// From the relay's open to the connect that reaches a remote MTA: DNS retries, then each MX
+// host in turn, each up to a few timeouts.
+constexpr std::int64_t connection_setup_ns_max = 10 * 60'000 * ms_ns;
+constexpr std::string_view our_name = "mx.sim.example";
+constexpr std::uint32_t domain_count = 4;  // rcpt0..rcpt2.example and sender.example
+constexpr std::string_view domain_names[domain_count] = {"rcpt0.example", "rcpt1.example",
+                                                         "rcpt2.example", "sender.example"};
+
+// "sim.c12.t0" from "Message-ID: <sim.c12.t0@sim.example>" (the first one: a DSN's own
+// Message-ID has another form, the original's is in its returned header section).
+std::string message_key(std::string_view body) {
+  const auto at = body.find("<sim.c");
+  if (at == std::string_view::npos) return {};
+  const auto end = body.find('@', at);
+  return end == std::string_view::npos ? std::string{}
+                                       : std::string(body.substr(at + 1, end - at - 1));
+}
+
+// Each Final-Recipient of a DSN (RFC 3464 §2.3.2).
+std::vector<std::string> final_recipients(std::string_view body) {
+  constexpr std::string_view field = "Final-Recipient: rfc822;";
+  std::vector<std::string> out;
+  for (auto at = body.find(field); at != std::string_view::npos; at = body.find(field, at + 1)) {
+    std::size_t from = at + field.size();
+    while (from < body.size() && body[from] == ' ') ++from;
+    out.emplace_back(body.substr(from, body.find('\r', from) - from));
+  }
+  return out;
+}
+
+// A string field of one JSON log record ("" when absent); the values read here (ids,
+// addresses, event names) hold no escaped quote.
+std::string_view log_field(std::string_view line, std::string_view name) {
+  const std::string key = fmt::format("\"{}\":\"", name);
+  const auto at = line.find(key);
+  if (at == std::string_view::npos) return {};
+  const auto from = at + key.size();
+  const auto end = line.find('"', from);
+  return end == std::string_view::npos ? std::string_view{} : line.substr(from, end - from);
+}
+
+// The test's ledger of a durable message: survives crashes.
+struct ledger_entry {
+  std::string key;  // the client's Message-ID, or (a DSN) the original's it quotes
+  std::string reverse_path;
+  std::vector<std::string> recipients;
+  std::vector<std::uint8_t> notify;
+  bool dsn = false;
+};
+
+struct remote_host {
+  std::string name;
+  std::uint32_t domain = 0;
+  smtp::extension_set extensions;
+  std::uint64_t message_bytes_max = 0;
+  bool starttls = false;  // offers STARTTLS (RFC 3207): sim_tls.h
+  double tls_broken = 0;  // a connection's handshake fails (the client falls back to plaintext)
+  double refuse = 0, greet_reject = 0, drop = 0, stall = 0, temporary = 0, permanent = 0;
+};
+
+}  // namespace
+
+struct delivery::state {
+  // A remote MTA's side of one connection: the real server engine, random answers, and the
+  // network's faults as bytes arrive (a drop loses them and closes; a stall never answers).
+  struct remote_peer final : stream_peer, smtp::server_handler {
+    remote_peer(state& owner, remote_host& host, std::uint64_t connection_number,
+                bool tls_broken, std::uint32_t limit)
+        : s(owner), remote(host), number(connection_number), limit_at_open(limit) {
+      config.hostname = remote.name;
+      config.extensions = remote.extensions;
+      config.limits.message_bytes_max = remote.message_bytes_max;
+      config.starttls_offered = remote.starttls;
+      server = std::make_unique<smtp::server_session>(config, *this);
+      pipe = std::make_unique<server_tls_pipe>(*server, tls_broken);
+    }
+    ~remote_peer() override { gone(); }
+    void on_connected(sim_host& host, int fd) override;
+    void on_bytes(sim_host& host, int fd, std::string_view bytes) override;
+    void on_client_gone(sim_host&, int) override {
+      if (server != nullptr && !server->wants_close()) server->connection_lost();
+      pipe.reset();
+      server.reset();
+      gone();
+    }
+    void hang_up(sim_host& host, int fd) {
+      pipe.reset();
+      server.reset();
+      gone();
+      host.peer_close(fd);
+    }
+    // The connection no longer counts against its destination's limit (once).
+    void gone() {
+      if (counted) s.connection_gone(remote.domain, limit_at_open);
+      counted = false;
+    }
+    void flush(sim_host& host, int fd);
+    smtp::verdict answer(const char* what);
+    smtp::verdict on_helo(std::string_view, bool) noexcept override { return answer("HELO"); }
+    smtp::verdict on_mail_from(const smtp::mailbox& from,
+                               const smtp::mail_parameters&) noexcept override {
+      reverse_path.assign(from.address);
+      recipients.clear();
+      body.clear();
+      return answer("MAIL");
+    }
+    smtp::verdict on_rcpt_to(const smtp::mailbox& to,
+                             const smtp::rcpt_parameters&) noexcept override;
+    smtp::verdict on_data_start() noexcept override { return answer("DATA"); }
+    void on_body(std::string_view slice, smtp::body_form) noexcept override {
+      body.append(slice);
+    }
+    smtp::verdict on_data_end(const smtp::body_summary&) noexcept override;
+    void on_reset() noexcept override { recipients.clear(); body.clear(); }
+    state& s;
+    remote_host& remote;
+    std::uint64_t number;  // for the notes: the remote's own count of connections
+    std::uint32_t limit_at_open;  // the destination's connections_max when it connected
+    bool counted = true;
+    smtp::server_config config;  // the session keeps a reference
+    std::unique_ptr<smtp::server_session> server;
+    std::unique_ptr<server_tls_pipe> pipe;  // plaintext until STARTTLS, then TLS (sim_tls.h)
+    bool stalled = false;
+    std::string reverse_path;
+    std::vector<std::string> recipients;
+    std::string body;
+  };
+
+  state(world& owner, std::uint64_t seed);
+  void note(std::string_view text) { w.note(text); }
+  // The operator's next step (a person outside the process: crashes do not reset it; a
+  // restart is immediate, so there is always a relay to talk to).
+  template <typename F> void later(std::int64_t delay_ns, F&& action) {
+    w.clock().after(delay_ns, [this, action = std::forward<F>(action)] {
+      if (relay != nullptr && !w.failed_now()) action();
+    });
+  }
+  server::relay_config make_config() const;
+  // DNS
+  std::vector<std::uint8_t> dns_reply(std::uint16_t id, const std::string& name,
+                                      dns::record_type type, bool& drop);
+  std::vector<std::string> dns_datagram(std::string_view query);
+  // connections
+  std::unique_ptr<stream_peer> connect_remote(const core::endpoint& address);
+  void connection_gone(std::uint32_t domain, std::uint32_t limit);
+  void delivered_remotely(remote_peer& h);
+  // operator
+  void operator_tick();
+  void operate(std::string_view destination, std::string_view action);
+  void act(spool::message_id id, std::string_view action);
+  void suspend(std::string_view destination);
+  void hold(spool::message_id id);
+  void reload();
+  // the end
+  bool reported(const ledger_entry& entry, std::uint16_t r) const;
+
+  world& w;
+  random rng;
+  server::relay* relay = nullptr;
+  bool operator_started = false;
+  std::vector<server::relay*>* relays = nullptr;  // every shard's relay (relay_config.shards)
+  std::vector<remote_host> hosts;
+  std::vector<int> domain_mode;  // 0 MX, 1 implicit MX, 2 null MX, 3 NXDOMAIN
+  double dns_timeout = 0, dns_servfail = 0;
+  // The relay's settings (scheduler limits, retry schedule, lifetime: the operator reloads)
+  std::vector<std::int64_t> retry_delays_ms;
+  std::int64_t lifetime_ms = 0;
+  queue::destination_limits limits;
+  bool pipelining = true, chunking = true;
+  std::uint64_t scheduler_seed = 1, dns_seed = 1;
+  std::int64_t operator_mean_ns = 0;
+  std::set<std::string> suspended;        // kept across restarts, as the daemon does
+  std::set<spool::message_id> held;       // journaled in the spool: survive restarts too
+  // Every message ever held: a release that a crash caught before its journal record was
+  // durable leaves the hold in the spool (the API would have answered with an error, and the
+  // operator asked again); healing releases them all once more.
+  std::set<spool::message_id> ever_held;
+  std::vector<std::uint64_t> action_tickets;  // asked about once (the API's poll)
+  std::uint64_t next_remote_connection = 1;
+  // per destination domain: open connections, and the limits they were opened under
+  std::vector<std::uint32_t> open_count = std::vector<std::uint32_t>(domain_count, 0);
+  std::vector<std::multiset<std::uint32_t>> open_limits =
+      std::vector<std::multiset<std::uint32_t>>(domain_count);
+  std::deque<std::pair<std::int64_t, std::uint32_t>> retired_limits;  // (replaced at, limit)
+  // the ledger (outlives crashes): what the final check compares the mailboxes with
+  std::map<spool::message_id, ledger_entry> ledger;
+  std::map<std::pair<std::string, std::string>, std::uint32_t> mailbox;      // key, rcpt
+  std::map<std::pair<std::string, std::string>, std::uint32_t> dsn_mailbox;  // key, rcpt
+  std::set<std::pair<std::string, std::string>> final_durable;  // key, rcpt
+  // Durable DSNs reporting on (key, rcpt), and the DSNs the relay bounced (never reported on).
+  std::map<std::pair<std::string, std::string>, std::vector<spool::message_id>> dsn_reports;
+  std::set<spool::message_id> dsn_bounced;
+};
+
+delivery::state::state(world& owner, std::uint64_t seed)
+    : w(owner), rng(seed * 0x9e3779b97f4a7c15ull + 0x0b0d) {
+  const bool faults = w.settings().faults;
+  for (std::uint32_t d = 0; d < domain_count; ++d) {
+    const std::uint64_t draw = rng.below(100);
+    domain_mode.push_back(draw < 75 ? 0 : draw < 90 ? 1 : draw < 95 ? 2 : 3);
+    for (int h = 1; h <= 2; ++h) {
+      remote_host host;
+      host.domain = d;
+      host.name = fmt::format("mx{}.{}", h, domain_names[d]);
+      host.extensions.pipelining = rng.chance(0.7);
+      host.extensions.eight_bit_mime = rng.chance(0.7);
+      host.extensions.size = rng.chance(0.7);
+      host.extensions.chunking = rng.chance(0.5);
+      host.extensions.binary_mime = false;
+      host.message_bytes_max = rng.chance(0.2) ? 64u << 10 : 8u << 20;
+      host.starttls = rng.chance(0.3);
+      if (faults) {
+        host.refuse = static_cast<double>(rng.below(20)) / 100;
+        host.greet_reject = static_cast<double>(rng.below(10)) / 100;
+        host.drop = static_cast<double>(rng.below(5)) / 100;
+        host.stall = static_cast<double>(rng.below(3)) / 100;
+        host.temporary = static_cast<double>(rng.below(10)) / 100;
+        host.permanent = static_cast<double>(rng.below(4)) / 100;
+        host.tls_broken = host.starttls ? static_cast<double>(rng.below(10)) / 100 : 0.0;
+      }
+      hosts.push_back(std::move(host));
+    }
+  }
+  if (faults) {
+    dns_timeout = static_cast<double>(rng.below(15)) / 100;
+    dns_servfail = static_cast<double>(rng.below(15)) / 100;
+  }
+  const std::int64_t base = static_cast<std::int64_t>(rng.between(1, 30)) * 1000;
+  retry_delays_ms = {base, base * 2, base * 4, base * 8};
+  lifetime_ms = static_cast<std::int64_t>(rng.between(60, 1800)) * 1000;
+  limits.connections_max = static_cast<std::uint32_t>(rng.between(1, 4));
+  limits.messages_per_connection_max = static_cast<std::uint32_t>(rng.between(1, 20));
+  limits.recipients_per_transaction_max = static_cast<std::uint32_t>(rng.between(1, 3));
+  pipelining = rng.chance(0.8);
+  chunking = rng.chance(0.7);
+  scheduler_seed = rng.next() | 1;
+  dns_seed = rng.next();
+  operator_mean_ns = static_cast<std::int64_t>(rng.between(2, 60)) * 1000 * ms_ns;
+  note(fmt::format("delivery: dns timeout {} servfail {} domains {},{},{},{} retry {}s "
+                   "lifetime {}s connections {} messages/connection {} recipients/transaction "
+                   "{}", dns_timeout, dns_servfail, domain_mode[0], domain_mode[1],
+                   domain_mode[2], domain_mode[3], base / 1000, lifetime_ms / 1000,
+                   limits.connections_max, limits.messages_per_connection_max,
+                   limits.recipients_per_transaction_max));
+}
+
+// The daemon's relay settings where the simulation draws them; the rest are its defaults
+// (MX routing, opportunistic TLS, MX site rollup).
+server::relay_config delivery::state::make_config() const {
+  server::relay_config config;
+  config.hostname = std::string(our_name);
+  config.tls_default = outbound::tls_policy::opportunistic;
+  config.scheduler.limits = limits;
+  config.scheduler.retry_delays_ms = retry_delays_ms;
+  config.scheduler.lifetime_max_ms = lifetime_ms;
+  config.scheduler.delay_warning_ms = 0;
+  config.scheduler.random_seed = scheduler_seed;
+  config.egress = std::make_shared<const server::egress_table>(config::settings{});
+  config.suspended_at_start.assign(suspended.begin(), suspended.end());
+  auto& out = config.outbound;
+  out.helo_name = std::string(our_name);
+  out.pipelining = pipelining;
+  out.chunking = chunking;
+  out.ipv6 = false;
+  out.connections_max = 64;  // > connections_max per destination, as the daemon has it
+  // Every phase waits client_timeout_ms (the RFC's minutes would only slow the run).
+  out.timeout_connect_ms = out.timeout_greeting_ms = out.timeout_hello_ms = out.timeout_mail_ms =
+      out.timeout_rcpt_ms = out.timeout_data_init_ms = out.timeout_data_block_ms =
+          out.timeout_data_end_ms = out.timeout_quit_ms = client_timeout_ms;
+  out.idle_timeout_ms = client_timeout_ms;
+  out.transfer = outbound::body_transfer::copy;  // no pipes in sim_host
+  out.tls_context = simulated_client_context();
+  out.receive_buffer_count = 64;
+  config.dns.resolver.servers = {dns::server_address{dns::ip_address::v4(192, 0, 2, 53), 53},
+                                 dns::server_address{dns::ip_address::v4(192, 0, 2, 54), 53}};
+  config.dns.resolver.timeout_ms = 2000;
+  config.dns.resolver.attempts = 2;
+  config.dns.resolver.ipv6 = false;
+  config.dns.random = dns::seeded_random(dns_seed);
+  return config;
+}
+
+// ---- DNS: a simulated server answering with ldns-built packets
+
+std::vector<std::uint8_t> delivery::state::dns_reply(std::uint16_t id, const std::string& name,
+                                                     dns::record_type type, bool& drop) {
+  drop = false;
+  const bool healed = w.healed();
+  if (!healed && rng.chance(dns_timeout)) {
+    drop = true;
+    return {};
+  }
+  ldns_pkt_rcode rcode = LDNS_RCODE_NOERROR;
+  std::vector<std::string> answer;
+  int domain = -1;
+  for (std::uint32_t d = 0; d < domain_count; ++d) {
+    const std::string_view zone = domain_names[d];
+    if (name == zone || (name.size() > zone.size() &&
+                         name.compare(name.size() - zone.size() - 1, std::string::npos,
+                                      fmt::format(".{}", zone)) == 0)) {
+      domain = static_cast<int>(d);
+    }
+  }
+  const std::uint64_t ttl = rng.below(300);  // changing TTLs: the cache expires at random
+  if (!healed && rng.chance(dns_servfail)) {
+    rcode = LDNS_RCODE_SERVFAIL;
+  } else if (domain < 0 || domain_mode[domain] == 3) {
+    rcode = LDNS_RCODE_NXDOMAIN;
+  } else {
+    const int mode = domain_mode[domain];
+    const bool apex = name.find('.') == name.rfind('.') || name.rfind("rcpt", 0) == 0 ||
+                      name.rfind("sender", 0) == 0;
+    if (type == dns::record_type::mx && apex) {
+      if (mode == 0) {
+        answer.push_back(fmt::format("{}. {} IN MX 10 mx1.{}.", name, ttl, name));
+        answer.push_back(fmt::format("{}. {} IN MX 20 mx2.{}.", name, ttl, name));
+      } else if (mode == 2) {
+        answer.push_back(fmt::format("{}. {} IN MX 0 .", name, ttl));
+      }
+    } else if (type == dns::record_type::a) {
+      // mx1/mx2 have addresses; the apex only for an implicit MX (mode 1): host 1's.
+      const int host = name.rfind("mx1.", 0) == 0 ? 0 : name.rfind("mx2.", 0) == 0 ? 1
+                       : (apex && mode == 1) ? 0 : -1;
+      if (host >= 0) {
+        answer.push_back(fmt::format("{}. {} IN A 198.51.100.{}", name, ttl,
+                                     domain * 2 + host + 1));
+      }
+    }
+  }
+  return encode_reply(id, name, type, rcode, answer, ttl);
+}
+
+// A query from the real dns_client, as the simulated server at 192.0.2.53/54 sees it.
+std::vector<std::string> delivery::state::dns_datagram(std::string_view query) {
+  ++w.counters().dns_queries;
+  std::uint16_t id = 0;
+  std::string name;
+  dns::record_type type{};
+  if (!decode_query(reinterpret_cast<const std::uint8_t*>(query.data()), query.size(), id, name,
+                    type)) {
+    w.fail("the resolver sent a query ldns cannot decode");
+    return {};
+  }
+  bool drop = false;
+  auto reply = dns_reply(id, name, type, drop);
+  note(fmt::format("dns {} {}: {}", name, dns::record_type_name(type),
+                   drop ? "no answer" : fmt::format("{} bytes", reply.size())));
+  if (drop) return {};
+  return {std::string(reply.begin(), reply.end())};
+}
+
+// ---- connections: the simulated network's side of a connect to 198.51.100.N
+
+std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoint& address) {
+  const auto* in = reinterpret_cast<const sockaddr_in*>(address.sockaddr_pointer());
+  const std::size_t index = (ntohl(in->sin_addr.s_addr) & 0xff) - 1u;
+  if (address.family() != AF_INET || index >= hosts.size()) return nullptr;
+  remote_host& remote = hosts[index];
+  if (!w.healed() && rng.chance(remote.refuse)) {
+    note(fmt::format("{} refuses a connection", remote.name));
+    return nullptr;
+  }
+  ++w.counters().outbound_connections;
+  // Open connections to the destination's MTAs against its limit: the one in force, or a
+  // higher one that a connection still open was opened under, or that was in force when the
+  // relay may have opened this one (a reload lowers it; resolving and trying MX hosts in turn
+  // takes up to a few timeouts between the relay's open and this connect).
+  const std::uint32_t d = remote.domain;
+  std::uint32_t limit = limits.connections_max;
+  if (!open_limits[d].empty()) limit = std::max(limit, *open_limits[d].rbegin());
+  while (!retired_limits.empty() &&
+         w.clock().now_ns() - retired_limits.front().first > connection_setup_ns_max) {
+    retired_limits.pop_front();
+  }
+  for (const auto& [when, retired] : retired_limits) limit = std::max(limit, retired);
+  if (++open_count[d] > limit) {
+    w.fail(fmt::format("CONNECTION LIMIT: {} connections open to {} (limit {})", open_count[d],
+                       domain_names[d], limit));
+  }
+  open_limits[d].insert(limits.connections_max);
+  const bool tls_broken = !w.healed() && rng.chance(remote.tls_broken);
+  return std::make_unique<remote_peer>(*this, remote, next_remote_connection++, tls_broken,
+                                       limits.connections_max);
+}
+
+void delivery::state::connection_gone(std::uint32_t domain, std::uint32_t limit) {
+  --open_count[domain];
+  open_limits[domain].erase(open_limits[domain].find(limit));
+}
+
+void delivery::state::remote_peer::on_connected(sim_host& host, int fd) {
+  s.note(fmt::format("{} accepts connection (r{})", remote.name, number));
+  if (!s.w.healed() && s.rng.chance(remote.greet_reject)) {
+    server->start_refusing("busy");
+  } else {
+    server->start();
+  }
+  flush(host, fd);
+}
+
+void delivery::state::remote_peer::on_bytes(sim_host& host, int fd, std::string_view bytes) {
+  if (server == nullptr || stalled) return;
+  if (!s.w.healed() && s.rng.chance(remote.drop)) {
+    s.note(fmt::format("r{} dropped by {}", number, remote.name));
+    hang_up(host, fd);
+    return;
+  }
+  if (!s.w.healed() && s.rng.chance(remote.stall)) {
+    s.note(fmt::format("r{} {} stalls", number, remote.name));
+    stalled = true;
+    return;
+  }
+  const bool was_encrypted = server->tls_active();
+  std::string out;
+  const bool open = pipe->feed(bytes, out);
+  if (!out.empty()) host.peer_send(fd, out);
+  if (server->tls_active() && !was_encrypted) {
+    ++s.w.counters().tls_sessions;
+    s.note(fmt::format("r{} TLS established", number));
+  }
+  if (!open) {
+    if (!server->tls_active()) ++s.w.counters().tls_broken;
+    s.note(fmt::format("r{} TLS ends the connection ({})", number,
+                       server->tls_active() ? "closed" : "handshake failed"));
+  }
+  if (!open || server->wants_close()) hang_up(host, fd);
+}
+
+void delivery::state::remote_peer::flush(sim_host& host, int fd) {
+  std::string out;
+  pipe->flush(out);
+  if (!out.empty()) host.peer_send(fd, out);
+}
+
+// ---- the remote MTA's answers and its mailboxes
+
+smtp::verdict delivery::state::remote_peer::answer(const char* what) {
+  if (s.w.healed()) return smtp::verdict::accept();
+  if (s.rng.chance(remote.temporary)) {
+    s.note(fmt::format("r{} {} answers {} with 451", number, remote.name, what));
+    return smtp::verdict::respond(451, "4.3.0", "try again later");
+  }
+  if (s.rng.chance(remote.permanent)) {
+    s.note(fmt::format("r{} {} answers {} with 554", number, remote.name, what));
+    return smtp::verdict::respond(554, "5.7.1", "refused");
+  }
+  return smtp::verdict::accept();
+}
+
+smtp::verdict delivery::state::remote_peer::on_rcpt_to(
+    const smtp::mailbox& to, const smtp::rcpt_parameters&) noexcept {
+  if (is_bad(to.address)) {
+    s.w.fail(fmt::format("REFUSED RECIPIENT: {} was refused 5xx at RCPT by our server but "
+                         "reached {} (r{})", to.address, remote.name, number));
+  }
+  smtp::verdict verdict = answer("RCPT");
+  if (verdict.what() == smtp::verdict::kind::accept) recipients.emplace_back(to.address);
+  return verdict;
+}
+
+smtp::verdict delivery::state::remote_peer::on_data_end(const smtp::body_summary&) noexcept {
+  smtp::verdict verdict = answer("end of data");
+  if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
+  recipients.clear();
+  body.clear();
+  return verdict;
+}
+
+void delivery::state::delivered_remotely(remote_peer& h) {
+  const std::string key = message_key(h.body);
+  const bool report = h.reverse_path.empty() &&
+                      h.body.find("multipart/report") != std::string::npos;
+  for (const auto& rcpt : h.recipients) {
+    ++w.counters().remote_deliveries;
+    if (report) {  // each Final-Recipient of the DSN: bounced and reported to the sender
+      for (const auto& final_rcpt : final_recipients(h.body)) {
+        ++dsn_mailbox[{key, final_rcpt}];
+        note(fmt::format("{} receives a DSN about {} for {}", h.remote.name, key, final_rcpt));
+      }
+      continue;
+    }
+    const auto slot = std::make_pair(key, rcpt);
+    if (final_durable.count(slot) != 0) {
+      w.fail(fmt::format("DUPLICATE: {} delivered to {} again (r{}) after a recovery found its "
+                         "final state", key, rcpt, h.number));
+    }
+    if (mailbox[slot]++ > 0) ++w.counters().duplicates;
+    note(fmt::format("{} delivers {} to {} (r{})", h.remote.name, key, rcpt, h.number));
+  }
+}
+
+// ---- operator actions, through the relay's admin entry points (admin_api.cc calls the same)
+
+// On the shard holding the destination's queue, found as the admin API finds it: its owner
+// (hash), then the owner's answer (holder_of: the shard of its MX site).
+void delivery::state::operate(std::string_view destination, std::string_view action) {
+  const auto shards = static_cast<unsigned>(relays->size());
+  const unsigned owner = server::owner_of(destination, shards);
+  server::relay* holder = (*relays)[(*relays)[owner]->holder_of(destination)];
+  note(fmt::format("operator: {} {}: {}", action, destination,
+                   holder->operate(destination, action)));
+}
+
+void delivery::state::act(spool::message_id id, std::string_view action) {
+  const std::string answer = relay->act_on_message(id, action, "sim", "operator");
+  note(fmt::format("operator: {} {:016x}: {}", action, id, answer));
+  const auto at = answer.find("\"ticket\":");
+  if (at != std::string::npos) {
+    action_tickets.push_back(std::strtoull(answer.c_str() + at + 9, nullptr, 10));
+  }
+}
+
+void delivery::state::suspend(std::string_view destination) {
+  if (!suspended.insert(std::string(destination)).second) return;
+  operate(destination, "suspend");
+  later(static_cast<std::int64_t>(rng.between(1, 120)) * 1000 * ms_ns,
+        [this, name = std::string(destination)] {
+          if (suspended.erase(name) != 0) operate(name, "resume");
+        });
+}
+
+void delivery::state::hold(spool::message_id id) {
+  if (!held.insert(id).second) return;
+  ever_held.insert(id);
+  act(id, "hold");
+  later(static_cast<std::int64_t>(rng.between(1, 120)) * 1000 * ms_ns, [this, id] {
+    if (held.erase(id) != 0) act(id, "release");
+  });
+}
+
+// A reload: a new retry schedule and connection limit (queued jobs keep their times).
+void delivery::state::reload() {
+  const std::int64_t base = static_cast<std::int64_t>(rng.between(1, 30)) * 1000;
+  retry_delays_ms = {base, base * 3, base * 9};
+  retired_limits.emplace_back(w.clock().now_ns(), limits.connections_max);
+  limits.connections_max = static_cast<std::uint32_t>(rng.between(1, 4));
+  auto next = std::make_shared<server::relay_config>(make_config());
+  next->shards = relays;
+  for (auto* shard : *relays) shard->update(next);
+  note(fmt::format("operator: reload (retry {}s, connections {})", base / 1000,
+                   limits.connections_max));
+}
+
+void delivery::state::operator_tick() {
+  if (w.healed()) return;
+  ++w.counters().operator_actions;
+  // The API's poll of earlier message actions: their journal records landed (or failed).
+  std::erase_if(action_tickets, [this](std::uint64_t ticket) {
+    return relay->action_state(ticket) != "pending";
+  });
+  const std::string_view destination = domain_names[rng.below(domain_count)];
+  const std::uint64_t action = rng.below(100);
+  const spool::message_id message = w.random_queued_message(rng);
+  if (action < 20) {
+    suspend(destination);
+  } else if (action < 35 && message != 0) {
+    act(message, "bounce");
+  } else if (action < 45 && message != 0) {
+    hold(message);
+  } else if (action < 50) {
+    operate(destination, "bounce");
+  } else if (action < 80) {
+    for (const auto name : domain_names) operate(name, "flush");
+  } else {
+    reload();
+  }
+  w.wake_process();
+  later(static_cast<std::int64_t>(rng.between(1, 2 * 1000)) * operator_mean_ns / 1000,
+        [this] { operator_tick(); });
+}
+
+// ---- the end: every recipient delivered or reported
+
+// A DSN about the recipient was made durable, and reached the sender or was bounced itself.
+bool delivery::state::reported(const ledger_entry& entry, std::uint16_t r) const {
+  const auto slot = std::make_pair(entry.key, entry.recipients[r]);
+  if (dsn_mailbox.count(slot) != 0) return true;
+  const auto dsns = dsn_reports.find(slot);
+  if (dsns == dsn_reports.end()) return false;
+  return std::any_of(dsns->second.begin(), dsns->second.end(),
+                     [this](spool::message_id dsn) { return dsn_bounced.count(dsn) != 0; });
+}
+
+// ---- delivery: the world's view
+
+delivery::delivery(world& owner, std::uint64_t seed)
+    : _state(std::make_unique<state>(owner, seed)) {}
+delivery::~delivery() = default;
+
+sim_network delivery::network() {
+  sim_network network;
+  network.connect = [this](const core::endpoint& address) {
+    return _state->connect_remote(address);
+  };
+  network.datagram = [this](const core::endpoint&, std::string_view query) {
+    return _state->dns_datagram(query);
+  };
+  return network;
+}
+
+server::relay_config delivery::relay_config(std::vector<server::relay*>& relays) {
+  server::relay_config config = _state->make_config();
+  config.shards = &relays;
+  _state->relays = &relays;
+  return config;
+}
+
+void delivery::attach(server::relay* relay) {
+  state& s = *_state;
+  s.relay = relay;
+  s.action_tickets.clear();  // a new relay knows none of them
+  if (relay != nullptr && !s.operator_started) {
+    s.operator_started = true;
+    s.later(static_cast<std::int64_t>(s.rng.between(1, 2) * s.operator_mean_ns),
+            [&s] { s.operator_tick(); });
+  }
+}
+
+void delivery::on_message(spool::message_id id, const expected_message& message) {
+  state& s = *_state;
+  const bool dsn = message.client_address == "local";
+  ledger_entry entry{dsn ? message_key(message.body_wire) : message.key, message.reverse_path,
+                     message.recipients, message.notify, dsn};
+  entry.notify.resize(entry.recipients.size(), 0);
+  if (dsn) {
+    for (const auto& rcpt : final_recipients(message.body_wire))
+      s.dsn_reports[{entry.key, rcpt}].push_back(id);
+  }
+  s.ledger.emplace(id, std::move(entry));
+}
+
+void delivery::on_recovered(const spool::store& store) {
+  state& s = *_state;
+  for (const auto& [id, entry] : s.ledger) {
+    if (entry.dsn) continue;
+    const spool::message_entry* found = store.find(id);
+    for (std::size_t r = 0; r < entry.recipients.size(); ++r) {
+      // Not recovered: every recipient was final and the spool reclaimed it.
+      if (found == nullptr || spool::is_final(found->recipients[r].state))
+        s.final_durable.insert({entry.key, entry.recipients[r]});
+    }
+  }
+}
+
+void delivery::on_log_record(std::string_view line) {
+  state& s = *_state;
+  const std::string_view event = log_field(line, "event");
+  static constexpr std::string_view relay_events[] = {
+      "delivered", "bounced", "deferred", "dsn_queued", "dsn_failed", "spool_read_failed",
+      "envelope_read_failed", "queue_recovered"};
+  if (std::find(std::begin(relay_events), std::end(relay_events), event) ==
+      std::end(relay_events)) {
+    return;
+  }
+  const std::string_view id_text = log_field(line, "id");
+  const spool::message_id id = std::strtoull(std::string(id_text).c_str(), nullptr, 16);
+  s.note(fmt::format("relay {} {} {} {}", event, id_text, log_field(line, "to"),
+                     log_field(line, "mx")));
+  if (event == "bounced") {
+    ++s.w.counters().bounces;
+    const auto found = s.ledger.find(id);
+    if (found != s.ledger.end() && found->second.dsn) s.dsn_bounced.insert(id);
+  } else if (event == "dsn_queued") {
+    ++s.w.counters().dsns;
+  }
+}
+
+void delivery::heal() {
+  state& s = *_state;
+  if (s.relay == nullptr) return;
+  for (const auto& name : s.suspended) s.operate(name, "resume");
+  s.suspended.clear();
+  for (const auto id : s.ever_held) s.act(id, "release");
+  s.held.clear();
+  for (const auto name : domain_names) s.operate(name, "flush");
+}
+
+std::string delivery::busy_reason(const spool::store& store) const {
+  const state& s = *_state;
+  if (s.relay == nullptr) return "no relay";
+  for (std::size_t shard = 0; shard < s.relays->size(); ++shard) {
+    const std::string totals = (*s.relays)[shard]->queue_totals_json();
+    if (totals.find(R"("ready":0,"scheduled":0,"in_flight":0,"connections":0})") ==
+        std::string::npos) {
+      return fmt::format("shard {}'s queues: {}", shard, totals);
+    }
+  }
+  std::uint32_t open = 0;
+  for (const auto count : s.open_count) open += count;
+  if (open != 0) return fmt::format("{} connection(s) open at remote MTAs", open);
+  std::string queued;
+  store.for_each_message([&](const spool::message_entry& entry) {
+    if (queued.empty() && entry.status != spool::message_status::final)
+      queued = fmt::format("message {:016x} still queued in the spool (flags {})", entry.id,
+                           entry.flags);
+  });
+  for (std::size_t shard = 0; shard < s.relays->size() && !queued.empty(); ++shard)
+    queued += fmt::format("; shard {}'s jobs: {}", shard, (*s.relays)[shard]->jobs_json("", 4));
+  return queued;
+}
+
+void delivery::check_final(const spool::store& store) {
+  const state& s = *_state;
+  bool queued = false;
+  store.for_each_message([&](const spool::message_entry& entry) {
+    if (!queued && entry.status != spool::message_status::final) {
+      queued = true;
+      s.w.fail(fmt::format("LIVENESS: message {:016x} still queued after the queue drained and "
+                           "the last restart", entry.id));
+    }
+  });
+  for (const auto& [id, entry] : s.ledger) {
+    if (entry.dsn || queued) continue;
+    for (std::uint16_t r = 0; r < entry.recipients.size(); ++r) {
+      const auto& address = entry.recipients[r];
+      if (s.mailbox.count({entry.key, address}) != 0 ||
+          !queue::should_send_dsn(entry.reverse_path, entry.notify[r],
+                                  queue::dsn_action::failed) ||
+          s.reported(entry, r)) {
+        continue;
+      }
+      const bool stored = s.dsn_reports.count({entry.key, address}) != 0;
+      s.w.fail(fmt::format("UNDELIVERED: message {:016x} ({}) recipient {} <{}> was neither "
+                           "delivered nor bounced with a DSN to <{}>{}", id, entry.key, r,
+                           address, entry.reverse_path,
+                           stored ? " (its DSN never arrived)" : " (no DSN was stored)"));
+      return;
+    }
+  }
+}
+
+}  // namespace ringmta::sim::internal
