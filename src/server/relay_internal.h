@@ -515,6 +515,7 @@ struct relay::state {
   // An operator's action reaches the jobs of its message held in `resolving` (their flags);
   // true when it amended one (a bounce's reason then waits for them in bounce_reasons).
   bool amend_resolving(const message_action_job& action) noexcept;
+  std::string known_site_of(const std::string& domain) const;
   void forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept;
   void join_site(const routed_job& job, queue::destination_id destination) noexcept;
   shape site_shape(std::string_view site) const;

@@ -74,14 +74,19 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   const std::string domain(split_egress(job->destination).first);
   if (!live->site_rollup || domain.empty() || domain.front() == '[' || !route_for(domain).mx)
     return false;
+  // A domain with a queue here (an operator suspended it here, a lookup failed or waited too
+  // long, a restart recovered its suspension) keeps its jobs here until that queue is gone: a
+  // second queue on the site's owner would get connections of its own, and the two together
+  // exceed the domain's connection limit (ringmta-sim seed 280203166620281, 3 shards).
   queue::destination_info info;
-  if (scheduler.inspect(job->destination, info) && info.suspended) return false;  // the operator's
+  if (scheduler.inspect(job->destination, info)) return false;
   if (const auto known = sites.find(domain); known != sites.end()) {
     if (owner.wall_ms() - known->second.learned_ms < site_relearn_ms) {
       forward_to_site(std::move(job), known->second.site);
       return true;
     }
-    sites.erase(known);
+    // Stale: looked up again below; kept until then, so that a failed or late lookup sends
+    // the jobs on to the queue the site's owner may still hold, not to a second one here.
   }
   auto held = resolving.find(domain);
   if (held == resolving.end()) {
@@ -132,7 +137,7 @@ void relay::state::start_site_lookups() noexcept {
     const std::int64_t since_ms = site_lookups_waiting.front().since_ms;
     site_lookups_waiting.pop_front();
     if (now_ms - since_ms > site_lookup_wait_max_ms) {
-      release_held(domain, {});
+      release_held(domain, known_site_of(domain));
       continue;
     }
     const std::uint64_t cookie = ++next_lookup;
@@ -150,7 +155,7 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
   const std::string domain = std::move(name->second);
   s.lookups.erase(name);
   s.start_site_lookups();
-  std::string site;
+  std::string site = s.known_site_of(domain);  // a failed relearn keeps the stale site
   if (result.status == dns::lookup_status::ok && !result.hosts.empty()) {
     std::vector<std::string_view> hosts;
     for (const auto& host : result.hosts) hosts.push_back(host.name);
@@ -159,6 +164,12 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
     s.sites[domain] = known_site{site, s.owner.wall_ms()};
   }
   s.release_held(domain, site);
+}
+
+// The site last learned for a domain, fresh or stale ("" when none).
+std::string relay::state::known_site_of(const std::string& domain) const {
+  const auto known = sites.find(domain);
+  return known == sites.end() ? std::string() : known->second.site;
 }
 
 void relay::state::release_held(const std::string& domain, const std::string& site) noexcept {

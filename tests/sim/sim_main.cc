@@ -9,8 +9,8 @@
 //                                       the relay: recipients refused at RCPT are routed too
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
 //   --no-outbound                       no relay (recipients marked at random)
-//   --shards-max N                      1-3 shards per seed (default 1: docs/notes.md,
-//                                       s10-simworld, a relay bug with 2-3)
+//   --shards-max N                      1-3 shards per seed (default 1: the regression seeds'
+//                                       runs stay as they were; CI searches both)
 //   --strict                            accepted, the default now: a message answered 452
 //                                       that comes back is always a violation
 //   --no-ack-check                      no durability check at the 250: crashes must find it

@@ -56,9 +56,8 @@ struct options {
   std::uint32_t arrival_ms = 0;  // mean time between client arrivals; 0: drawn from the seed
   bool ack_check = true;         // false: only recovery after crashes can find lost mail
   bool outbound = true;          // false: no relay, recipients marked at random
-  // The process's shards are drawn from 1..shards_max (1-3). Default 1 until the relay keeps a
-  // domain's jobs on one shard: with MX site rollup a domain can be queued on its owner and on
-  // its site's owner at once, each with its own connection limit (docs/notes.md, s10-simworld).
+  // The process's shards are drawn from 1..shards_max (1-3). Default 1, so that the regression
+  // seeds replay the runs they were found in; CI's sim_search_shards searches 1-3.
   std::uint32_t shards_max = 1;
   // Replay of a failure: only events naming one of these tokens (message ids, connections)
   // are kept, all of them (sim_main.cc's shortest trace).
