@@ -178,7 +178,10 @@ void relay::state::release_held(const std::string& domain, const std::string& si
   std::vector<std::unique_ptr<routed_job>> jobs = std::move(held->second);
   resolving.erase(held);
   for (auto& job : jobs) {
-    if (site.empty()) queue_job(std::move(job));
+    // A queue made here meanwhile (the operator suspended the domain while it was looked up:
+    // holder_of named this shard) keeps them, as roll_up would (seed 55001145, 2 shards).
+    queue::destination_info info;
+    if (site.empty() || scheduler.inspect(job->destination, info)) queue_job(std::move(job));
     else forward_to_site(std::move(job), site);
   }
 }
