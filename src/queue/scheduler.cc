@@ -107,12 +107,13 @@ std::uint32_t scheduler::state::create(std::string_view name, std::int64_t now_m
     free_destinations.pop_back();
   } else {
     slot = static_cast<std::uint32_t>(destinations.size());
-    destinations.emplace_back();
+    destinations.grow();
   }
   destination_record& d = destinations[slot];
   std::uint32_t generation = d.generation;
   d = destination_record{};
   d.generation = generation;
+  d.slot = slot;
   d.live = true;
   d.name.assign(name);
   auto override_found = overrides.find(name);
@@ -485,7 +486,7 @@ std::int64_t scheduler::state::compute_wake(destination_record& d, std::int64_t 
     if (at != no_wakeup_ms && live_connections >= config.connections_max) {
       if (!d.starved) {  // woken when a connection slot frees up anywhere in the shard
         d.starved = true;
-        starved.push_back(static_cast<std::uint32_t>(&d - destinations.data()));
+        starved.push_back(d.slot);
       }
       at = no_wakeup_ms;
     }

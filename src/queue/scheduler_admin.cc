@@ -24,7 +24,7 @@ bool scheduler::suspend(std::string_view name, std::int64_t now_ms) noexcept {
     d = &s.destinations[s.create(name, now_ms)];
   }
   d->suspended = true;
-  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
+  s.reschedule(d->slot, now_ms);
   return true;
 }
 
@@ -33,7 +33,7 @@ bool scheduler::resume(std::string_view name, std::int64_t now_ms) noexcept {
   destination_record* d = s.find(name);
   if (d == nullptr) return false;
   d->suspended = false;
-  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
+  s.reschedule(d->slot, now_ms);
   return true;
 }
 
@@ -46,7 +46,7 @@ std::size_t scheduler::flush(std::string_view name, std::int64_t now_ms) noexcep
   std::size_t moved = d->scheduled.size();
   s.move_due(*d, std::numeric_limits<std::int64_t>::max(), false);
   d->backoff_until_ms = 0;
-  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
+  s.reschedule(d->slot, now_ms);
   return moved;
 }
 
@@ -68,7 +68,7 @@ std::size_t scheduler::bounce_all(std::string_view name, std::int64_t now_ms) no
   state& s = *_state;
   destination_record* found = s.find(name);
   if (found == nullptr) return 0;
-  std::uint32_t slot = static_cast<std::uint32_t>(found - s.destinations.data());
+  std::uint32_t slot = found->slot;
   std::uint32_t error = s.intern(failure{0, status_code{5, 0, 0}, operator_bounce_text});
   std::size_t bounced = 0;
   auto bounce = [&](std::uint32_t job_slot) {
@@ -104,7 +104,7 @@ void scheduler::set_limits(std::string_view name, const destination_limits& limi
   s.overrides.insert_or_assign(std::string(name), limits);
   if (destination_record* d = s.find(name); d != nullptr) {
     s.apply_limits(*d, limits);
-    s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket.time_ms);
+    s.reschedule(d->slot, d->bucket.time_ms);
   }
 }
 
@@ -117,7 +117,7 @@ bool scheduler::reshape(std::string_view name, const destination_limits& limits)
   if (d == nullptr) return false;
   if (s.overrides.count(name) != 0 || d->limits == limits) return true;  // an operator's wins
   s.apply_limits(*d, limits);
-  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket.time_ms);
+  s.reschedule(d->slot, d->bucket.time_ms);
   return true;
 }
 
@@ -147,7 +147,7 @@ void scheduler::clear_limits(std::string_view name) {
   if (auto found = s.overrides.find(name); found != s.overrides.end()) s.overrides.erase(found);
   if (destination_record* d = s.find(name); d != nullptr) {
     s.apply_limits(*d, s.config.limits);
-    s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), d->bucket.time_ms);
+    s.reschedule(d->slot, d->bucket.time_ms);
   }
 }
 
@@ -175,7 +175,7 @@ bool scheduler::inspect(std::string_view name, destination_info& out) const noex
   const state& s = *_state;
   const destination_record* d = s.find(name);
   if (d == nullptr) return false;
-  s.fill_info(static_cast<std::uint32_t>(d - s.destinations.data()), out);
+  s.fill_info(d->slot, out);
   return true;
 }
 
@@ -229,11 +229,12 @@ scheduler_stats scheduler::stats() const noexcept {
   out.connections = s.live_connections;
   out.ready = out.scheduled = out.in_flight = out.held = 0;
   std::uint64_t bytes = s.jobs.capacity_bytes() +
-                        s.destinations.capacity() * sizeof(destination_record) +
+                        s.destinations.bytes() + s.sites.bytes() +
                         s.connections.capacity() * sizeof(connection_record) +
                         s.wake.capacity() * sizeof(heap_entry) +
                         s.by_name.size() * (sizeof(std::string) + 32);
-  for (const destination_record& d : s.destinations) {
+  for (std::uint32_t slot = 0; slot < s.destinations.size(); ++slot) {
+    const destination_record& d = s.destinations[slot];
     bytes += d.scheduled.capacity() * sizeof(job_entry) + d.name.capacity();
     if (!d.live) continue;
     out.ready += d.ready.count;

@@ -68,7 +68,7 @@ add_result scheduler::add(std::string_view name, const job_spec& spec, std::int6
   }
   std::uint32_t slot;
   if (found != nullptr) {
-    slot = static_cast<std::uint32_t>(found - s.destinations.data());
+    slot = found->slot;
   } else {
     if (s.live_destinations >= s.config.destinations_max && !s.forget_one_idle(now_ms) &&
         mode == admission::checked) {

@@ -77,7 +77,7 @@ scheduler::message_action_result scheduler::hold_message(std::string_view name,
   result.jobs = static_cast<std::uint32_t>(already.size());
   result.in_flight = static_cast<std::uint32_t>(flying.size());
   result.found = result.jobs + result.in_flight > 0;
-  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
+  s.reschedule(d->slot, now_ms);
   return result;
 }
 
@@ -107,7 +107,7 @@ scheduler::message_action_result scheduler::release_message(std::string_view nam
   result.jobs = static_cast<std::uint32_t>(held.size());
   result.in_flight = static_cast<std::uint32_t>(flying.size());
   result.found = !queued.empty() || !flying.empty();
-  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
+  s.reschedule(d->slot, now_ms);
   return result;
 }
 
@@ -131,7 +131,7 @@ scheduler::message_action_result scheduler::retry_message(std::string_view name,
   result.jobs = static_cast<std::uint32_t>(slots.size());
   result.found = !slots.empty() || !others.empty();
   if (!slots.empty()) d->backoff_until_ms = 0;  // the operator asked for an attempt now
-  s.reschedule(static_cast<std::uint32_t>(d - s.destinations.data()), now_ms);
+  s.reschedule(d->slot, now_ms);
   return result;
 }
 
@@ -170,7 +170,7 @@ scheduler::message_action_result scheduler::state::end_jobs(std::string_view nam
   result.in_flight = static_cast<std::uint32_t>(flying.size());
   result.found = result.jobs + result.in_flight > 0;
   counter += result.jobs;
-  s.reschedule(static_cast<std::uint32_t>(&d - s.destinations.data()), now_ms);
+  s.reschedule(d.slot, now_ms);
   return result;
 }
 

@@ -21,7 +21,7 @@ bool scheduler::state::site_full(const destination_record& d) const noexcept {
 void scheduler::state::site_wait(destination_record& d) noexcept {
   if (d.site_waiting) return;
   d.site_waiting = true;
-  sites[d.site].waiting.push_back(static_cast<std::uint32_t>(&d - destinations.data()));
+  sites[d.site].waiting.push_back(d.slot);
 }
 
 void scheduler::state::site_connection_opened(destination_record& d) noexcept {
@@ -83,7 +83,7 @@ void scheduler::state::site_connection_released(destination_record& d,
 void scheduler::state::leave_site(destination_record& d) noexcept {
   if (d.site == nil_slot) return;
   site_record& site = sites[d.site];
-  const auto slot = static_cast<std::uint32_t>(&d - destinations.data());
+  const auto slot = d.slot;
   RINGMTA_ASSERT(d.connections == 0);
   std::erase(site.members, slot);
   std::erase(site.waiting, slot);
@@ -128,7 +128,7 @@ bool scheduler::join_site(std::string_view destination, std::string_view site_na
     s.free_sites.pop_back();
   } else {
     index = static_cast<std::uint32_t>(s.sites.size());
-    s.sites.emplace_back();
+    s.sites.grow();
   }
   site_record& site = s.sites[index];
   if (site.members.empty()) {
@@ -146,7 +146,7 @@ bool scheduler::join_site(std::string_view destination, std::string_view site_na
     s.leave_site(*d);
   }
   d->site = index;
-  site.members.push_back(static_cast<std::uint32_t>(d - s.destinations.data()));
+  site.members.push_back(d->slot);
   return true;
 }
 
