@@ -131,25 +131,30 @@ bool next_bytes(const delivery& job, body_progress& body) noexcept {
 // moment ago, as for BDAT's prefetch and the TLS path): no ring read, no completion and no loop
 // iteration before the body goes out. Otherwise (EAGAIN: not cached, or an error or a short
 // file, which the ring read then reports in its completion) the ring reads the slice's rest.
-// Never a blocking read.
+core::result<std::size_t> connection::read_body_bytes(char* into, std::uint32_t length) noexcept {
+  const spool::body_slice& piece = job.body[body.slice];
+  const std::uint64_t offset = piece.offset + body.slice_done;
+  const auto got = server.descriptors().read_cached(piece.fd, into, length, offset);
+  if (got && got.value() > 0) {
+    body.slice_done += got.value();
+    return got.value();
+  }
+  const auto queued = server.io().prep_read(piece.fd, into, length, offset,
+                                            server.user_data(server.body_read_kind, *this));
+  if (!queued) return core::fail(queued.error());
+  body.step_in_flight = true;
+  ++ops;
+  return std::size_t{0};
+}
+
 void connection::read_staged_step() noexcept {
   while (next_bytes(job, body)) {
     const spool::body_slice& piece = job.body[body.slice];
-    char* const into = staging.get() + body.staged;
-    const auto length = static_cast<std::uint32_t>(piece.length - body.slice_done);
-    const std::uint64_t offset = piece.offset + body.slice_done;
-    const auto got = server.descriptors().read_cached(piece.fd, into, length, offset);
-    if (got && got.value() > 0) {
-      body.slice_done += got.value();
-      body.staged += static_cast<std::uint32_t>(got.value());
-      continue;
-    }
-    const auto queued = server.io().prep_read(piece.fd, into, length, offset,
-                                              server.user_data(server.body_read_kind, *this));
-    if (!queued) return body_failed_locally(queued.error());
-    body.step_in_flight = true;
-    ++ops;
-    return;
+    const auto got = read_body_bytes(staging.get() + body.staged,
+                                     static_cast<std::uint32_t>(piece.length - body.slice_done));
+    if (!got) return body_failed_locally(got.error());
+    if (got.value() == 0) return;  // the ring reads it
+    body.staged += static_cast<std::uint32_t>(got.value());
   }
   staged_begin = 0;
   staged_end = body.staged;

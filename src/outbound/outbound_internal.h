@@ -253,6 +253,10 @@ struct connection {
   void schedule(timer_purpose purpose, std::uint32_t delay_ms) noexcept;
   // body.cc helpers
   void read_staged_step() noexcept;
+  // The current slice's next `length` bytes into `into`, never blocking: from the page cache
+  // at once (the count, slice_done advanced), else a ring read queued (0: its completion
+  // continues the body), or the ring's error (no room for the read).
+  core::result<std::size_t> read_body_bytes(char* into, std::uint32_t length) noexcept;
   void splice_step() noexcept;
   void copy_step() noexcept;
   void body_done() noexcept;

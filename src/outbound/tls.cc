@@ -333,23 +333,9 @@ void connection::encrypted_read_step() noexcept {
   const spool::body_slice& piece = job.body[body.slice];
   const auto length = static_cast<std::uint32_t>(std::min<std::uint64_t>(
       piece.length - body.slice_done, server.transfers().buffer_bytes()));
-  const auto offset = piece.offset + body.slice_done;
-  const auto got = server.descriptors().read_cached(piece.fd, buffer.buffer.get(), length, offset);
-  if (got && got.value() > 0) {
-    body.slice_done += got.value();
-    body.buffer_filled = static_cast<std::uint32_t>(got.value());
-    return;
-  }
-  // EAGAIN (not cached), or an error or a short file the ring read reports in its completion.
-  const auto queued = server.io().prep_read(
-      piece.fd, buffer.buffer.get(), length, offset,
-      server.user_data(server.body_read_kind, *this));
-  if (!queued) {
-    server.defer(*this);  // pump() tries again at the end of the iteration
-    return;
-  }
-  body.step_in_flight = true;
-  ++ops;
+  const auto got = read_body_bytes(buffer.buffer.get(), length);
+  if (!got) return server.defer(*this);  // pump() tries again at the end of the iteration
+  if (got.value() > 0) body.buffer_filled = static_cast<std::uint32_t>(got.value());
 }
 
 // ---- what delivery records say
