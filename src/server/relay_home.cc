@@ -341,14 +341,19 @@ bool relay::state::read_recovered(spool::message_id id) noexcept {
   if (entry == nullptr || entry->status != spool::message_status::queued) return false;
   int error = 0;
   if (read_commit(id, read_purpose::recovery, error) == nullptr) {
-    log.set_time(owner.wall_ms());
-    log.record("spool_read_failed")
-        .field("id", std::string_view(spool::format_message_id(id).data(), 16))
-        .field("error", std::string_view(std::strerror(error)));
+    log_read_failed(id, std::strerror(error));
     return false;
   }
   ++recovery_reads;
   return true;
+}
+
+// A queued message recovery could not read: it stays in the spool (the next start tries again).
+void relay::state::log_read_failed(spool::message_id id, std::string_view error) noexcept {
+  log.set_time(owner.wall_ms());
+  log.record("spool_read_failed")
+      .field("id", std::string_view(spool::format_message_id(id).data(), 16))
+      .field("error", error);
 }
 
 // An operator action names an id not routed yet: its read starts now (unless under way) and
@@ -375,10 +380,7 @@ void relay::state::on_recovery_read(envelope_read& read, std::int32_t result) no
   const bool routable = stored && !shutting_down && find_message(read.id) == nullptr &&
                         entry != nullptr && entry->status == spool::message_status::queued;
   if (!stored) {
-    log.set_time(owner.wall_ms());
-    log.record("spool_read_failed")
-        .field("id", std::string_view(spool::format_message_id(read.id).data(), 16))
-        .field("error", stored.error_text());
+    log_read_failed(read.id, stored.error_text());
   } else if (routable) {
     route_recovered(read, stored.value(), *entry);
   }

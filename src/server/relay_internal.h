@@ -357,6 +357,7 @@ struct relay::state {
   void recover_more() noexcept;  // reads up to the bound; queue_recovered once all are done
   bool recover_one(spool::message_id id) noexcept;  // true: its read is under way
   bool read_recovered(spool::message_id id) noexcept;
+  void log_read_failed(spool::message_id id, std::string_view error) noexcept;
   void on_recovery_read(envelope_read& read, std::int32_t result) noexcept;
   void route_recovered(const envelope_read& read, spool::stored_message& stored,
                        const spool::message_entry& entry) noexcept;
