@@ -703,9 +703,10 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   metrics.queued_jobs.add(added.jobs_added);
   if ((job->flags & spool::message_flag_bounce) != 0) {  // an operator's bounce, recovered
     const spool::message_id id = message.id;  // the message may be gone after the drain
+    if (!job->bounce_reason.empty()) bounce_reasons[id] = job->bounce_reason;
     scheduler.bounce_message(job->destination, message_key_of(message), now);
     drain_events(nullptr);  // the jobs are gone: bounced, DSN and all
-    bounce_reasons.erase(id);  // an operator's reason kept for its jobs (amend_resolving)
+    bounce_reasons.erase(id);
     return;
   }
   if (paused) {

@@ -81,11 +81,10 @@ void relay::state::apply_message_action(const message_action_job& job) noexcept 
   // MX site rollup: the domain's owner knows which shard queues it (its site's owner).
   if (const unsigned holder = self.holder_of(job.destination); holder != peers.id())
     return send_message_action_to(holder, job);
-  // Jobs still waiting for their MX site are amended where they wait (relay_site.cc).
-  const bool amended_waiting = amend_resolving(job);
+  amend_resolving(job);  // jobs still waiting for their MX site (relay_site.cc)
   // No job of the key here: every job of it has been reported (the message may be freed).
   // A job of the key: its message is alive, but is it the one meant (relay_internal.h)?
-  const queue::message_key key = message_key_of(*job.message);
+  const queue::message_key key = message_key_of(job.message);
   if (!scheduler.has_message(job.destination, key) || job.message->id != job.id) return;
   const std::int64_t now = owner.wall_ms();
   switch (job.op) {
@@ -100,9 +99,8 @@ void relay::state::apply_message_action(const message_action_job& job) noexcept 
   }
   drain_events(nullptr);
   // The queued and held jobs it bounced came out now; those in flight bounce when they defer,
-  // with the transaction's own reply (relay.cc, finish_delivery). Jobs still waiting for their
-  // site keep the reason until they are queued and bounced (relay.cc, enqueue).
-  if (!amended_waiting) bounce_reasons.erase(job.id);
+  // with the transaction's own reply (relay.cc, finish_delivery).
+  bounce_reasons.erase(job.id);
   poll();
 }
 

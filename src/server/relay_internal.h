@@ -131,8 +131,12 @@ static_assert(sizeof(spooled_message) <= 40, "bytes per queued message: see the 
 // The scheduler's key of a message's jobs (queue::message_key): its address. A job keeps its
 // message alive: the home frees a message once every recipient is final, and an owner reports
 // a recipient final only after its job left the scheduler (relay.cc, job_left).
+// The pointer form never reads the message: an operator action's may point at a freed one.
+inline queue::message_key message_key_of(const spooled_message* message) noexcept {
+  return reinterpret_cast<std::uintptr_t>(message);
+}
 inline queue::message_key message_key_of(const spooled_message& message) noexcept {
-  return reinterpret_cast<std::uintptr_t>(&message);
+  return message_key_of(&message);
 }
 // The message of a job the scheduler holds (or of an event it just gave).
 inline spooled_message& message_of(queue::message_key key) noexcept {
@@ -151,6 +155,9 @@ struct routed_job {
   // Set by the destination's owner once its MX hosts are known (relay_site.cc): the job goes
   // to the site's owner and joins the site there. Empty: not rolled up (yet).
   std::string site;
+  // An operator's bounce that reached the job while it waited for its site (amend_resolving):
+  // its reason travels with it to whichever shard queues it (queue_job).
+  std::string bounce_reason;
 };
 
 // What an operator asked of one message (relay_actions.cc).
@@ -513,9 +520,9 @@ struct relay::state {
   };
   site_resolver site_lookups{*this};
   bool roll_up(std::unique_ptr<routed_job>& job) noexcept;  // true: held or forwarded
-  // An operator's action reaches the jobs of its message held in `resolving` (their flags);
-  // true when it amended one (a bounce's reason then waits for them in bounce_reasons).
-  bool amend_resolving(const message_action_job& action) noexcept;
+  // An operator's action reaches the jobs of its message held in `resolving` (their flags,
+  // a bounce's reason).
+  void amend_resolving(const message_action_job& action) noexcept;
   std::string known_site_of(const std::string& domain) const;
   void forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept;
   void join_site(const routed_job& job, queue::destination_id destination) noexcept;

@@ -103,13 +103,11 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
 // rides on them instead (queue_job applies their flags), or a release after a restart left the
 // recovered hold in place for good — the spool said released, the job joined its queue held
 // (ringmta-sim seed 190292682438239, docs/notes.md s10-simworld). A delete is not carried.
-bool relay::state::amend_resolving(const message_action_job& action) noexcept {
+void relay::state::amend_resolving(const message_action_job& action) noexcept {
   const auto held = resolving.find(std::string(split_egress(action.destination).first));
-  if (held == resolving.end()) return false;
-  bool amended = false;
+  if (held == resolving.end()) return;
   for (const auto& job : held->second) {
     if (job->message->id != action.id) continue;
-    amended = true;
     switch (action.op) {
       case message_op::hold: job->flags |= spool::message_flag_held; break;
       case message_op::release:
@@ -117,14 +115,13 @@ bool relay::state::amend_resolving(const message_action_job& action) noexcept {
         job->not_before_ms = 0;  // released mail is due now (act_on_message)
         break;
       case message_op::bounce:
-        if (!action.reason.empty()) bounce_reasons[action.id] = action.reason;
+        job->bounce_reason = action.reason;
         job->flags |= spool::message_flag_bounce;
         break;
       case message_op::retry: job->not_before_ms = 0; break;
       case message_op::remove: break;
     }
   }
-  return amended;
 }
 
 // Starts waiting site lookups, oldest first, while fewer than site_lookups_max run; those that
