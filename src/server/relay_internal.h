@@ -524,6 +524,7 @@ struct relay::state {
   // a bounce's reason).
   void amend_resolving(const message_action_job& action) noexcept;
   std::string known_site_of(const std::string& domain) const;
+  bool queued_here(std::string_view destination) const noexcept;  // a scheduler queue here
   void forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept;
   void join_site(const routed_job& job, queue::destination_id destination) noexcept;
   shape site_shape(std::string_view site) const;

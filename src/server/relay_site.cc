@@ -52,8 +52,7 @@ std::vector<std::string_view> hosts_of(std::string_view site) {
 
 unsigned relay::holder_of(std::string_view destination) const {
   const auto& s = *_state;
-  queue::destination_info info;
-  if (s.scheduler.inspect(destination, info)) return s.peers.id();
+  if (s.queued_here(destination)) return s.peers.id();
   const auto [domain, source] = split_egress(destination);  // "example.com@s3": its site's
   const auto known = s.sites.find(std::string(domain));
   if (known == s.sites.end()) return s.peers.id();
@@ -74,12 +73,7 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   const std::string domain(split_egress(job->destination).first);
   if (!live->site_rollup || domain.empty() || domain.front() == '[' || !route_for(domain).mx)
     return false;
-  // A domain with a queue here (an operator suspended it here, a lookup failed or waited too
-  // long, a restart recovered its suspension) keeps its jobs here until that queue is gone: a
-  // second queue on the site's owner would get connections of its own, and the two together
-  // exceed the domain's connection limit (ringmta-sim seed 280203166620281, 3 shards).
-  queue::destination_info info;
-  if (scheduler.inspect(job->destination, info)) return false;
+  if (queued_here(job->destination)) return false;
   if (const auto known = sites.find(domain); known != sites.end()) {
     if (owner.wall_ms() - known->second.learned_ms < site_relearn_ms) {
       forward_to_site(std::move(job), known->second.site);
@@ -163,6 +157,15 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
   s.release_held(domain, site);
 }
 
+// A destination with a queue here (an operator suspended it here, its site lookup failed or
+// waited too long, a restart recovered its suspension) keeps its jobs here until that queue is
+// gone: a second queue on the site's owner would get connections of its own, and the two
+// together exceed the destination's connection limit (ringmta-sim seed 280203166620281).
+bool relay::state::queued_here(std::string_view destination) const noexcept {
+  queue::destination_info info;
+  return scheduler.inspect(destination, info);
+}
+
 // The site last learned for a domain, fresh or stale ("" when none).
 std::string relay::state::known_site_of(const std::string& domain) const {
   const auto known = sites.find(domain);
@@ -176,9 +179,8 @@ void relay::state::release_held(const std::string& domain, const std::string& si
   resolving.erase(held);
   for (auto& job : jobs) {
     // A queue made here meanwhile (the operator suspended the domain while it was looked up:
-    // holder_of named this shard) keeps them, as roll_up would (seed 55001145, 2 shards).
-    queue::destination_info info;
-    if (site.empty() || scheduler.inspect(job->destination, info)) queue_job(std::move(job));
+    // holder_of named this shard) keeps them (seed 55001145, 2 shards).
+    if (site.empty() || queued_here(job->destination)) queue_job(std::move(job));
     else forward_to_site(std::move(job), site);
   }
 }
