@@ -132,7 +132,9 @@ std::string relay::act_on_message(spool::message_id id, std::string_view action,
   }
   std::uint64_t ticket = 0;
   if (const auto persistent = journaled(*op)) {
-    auto acted = s.store.act(id, *persistent, now / 1000);
+    // A bounce's reason is journaled with it: its DSNs give it after a restart too.
+    const std::string_view journaled_reason = *op == message_op::bounce ? reason : "";
+    auto acted = s.store.act(id, *persistent, now / 1000, journaled_reason);
     if (!acted) {
       out["error"] = fmt::format("cannot journal the action: {}", acted.error_text());
       return out.dump();

@@ -445,6 +445,8 @@ void relay::state::route_recipients(spooled_message& message, const spool::envel
     std::unique_ptr<routed_job> job(new routed_job{&message, std::get<0>(group),
                                                    std::move(indices), std::get<1>(group),
                                                    std::get<2>(group), carried});
+    if ((carried & spool::message_flag_bounce) != 0)
+      job->bounce_reason = store.bounce_reason(message.id);
     const unsigned to = owner_of(job->destination, shards);
     send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
   }

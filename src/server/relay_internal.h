@@ -155,8 +155,9 @@ struct routed_job {
   // Set by the destination's owner once its MX hosts are known (relay_site.cc): the job goes
   // to the site's owner and joins the site there. Empty: not rolled up (yet).
   std::string site;
-  // An operator's bounce that reached the job while it waited for its site (amend_resolving):
-  // its reason travels with it to whichever shard queues it (queue_job).
+  // An operator's bounce that reached the job while it waited for its site (amend_resolving),
+  // or a recovered bounce's journaled reason: it travels with the job to whichever shard
+  // queues it (queue_job).
   std::string bounce_reason;
 };
 

@@ -43,7 +43,7 @@ void encode_record(char* out, record_type type, message_id id, std::string_view 
 bool decode_header(const char* in, record_header& out) noexcept {
   if (load_le<std::uint32_t>(in) != magic) return false;
   const auto type = static_cast<std::uint8_t>(in[4]);
-  if (type < 1 || type > static_cast<std::uint8_t>(record_type::action)) return false;
+  if (type < 1 || type > static_cast<std::uint8_t>(record_type::reason)) return false;
   out.type = static_cast<record_type>(type);
   out.payload_bytes = load_le<std::uint32_t>(in + 8);
   out.id = load_le<std::uint64_t>(in + 16);

@@ -34,6 +34,7 @@ enum class record_type : std::uint8_t {
   void_tail = 5, // "segment S is valid only below offset X" after a failed write
   state = 6,     // journal: one recipient's delivery state (last one wins)
   action = 7,    // journal: an operator action on the whole message (hold, release, delete, bounce)
+  reason = 8,    // journal: the operator's text for a message's bounce (follows its action record)
 };
 
 struct record_header {
@@ -74,6 +75,9 @@ struct action_payload {
 };
 inline constexpr std::uint32_t action_payload_bytes = 16;
 static_assert(action_payload_bytes == state_payload_bytes);
+
+// Payload of a reason record: the text itself (UTF-8, no terminator), 1 to
+// spool::bounce_reason_bytes_max octets (recovery.h).
 
 // Payload of a void_tail record.
 inline constexpr std::uint32_t void_payload_bytes = 16;  // u64 segment id, u64 valid end

@@ -199,6 +199,12 @@ struct journal_seen {
   std::uint8_t action_code = 0;  // action records
 };
 
+// A reason record: the operator's text for a message's bounce (few: operator actions).
+struct reason_seen {
+  message_id id = 0;
+  std::string text;
+};
+
 struct scan_context {
   std::string directory;
   std::uint32_t shard = 0;
@@ -210,6 +216,7 @@ struct scan_context {
   std::vector<void_seen> voids;
   message_entries messages;  // ascending id, after build_messages
   std::vector<journal_seen> journal;    // every state and action record, in journal order
+  std::vector<reason_seen> reasons;     // every reason record, in journal order
   void problem(const std::string& text) {
     auto& problems = state->report.problems;
     if (problems.size() < problems_max) problems.push_back(text);
@@ -358,6 +365,12 @@ void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_vi
     ctx.journal.push_back(seen);
     return;
   }
+  if (record.header.type == format::record_type::reason && !record.payload.empty() &&
+      record.payload.size() <= bounce_reason_bytes_max) {
+    ++ctx.state->report.reason_records;
+    ctx.reasons.push_back(reason_seen{record.header.id, std::string(record.payload)});
+    return;
+  }
   if (record.header.type != format::record_type::state ||
       record.payload.size() != format::state_payload_bytes) {
     ctx.problem("journal " + std::to_string(journal) + ": unexpected record at " +
@@ -411,6 +424,24 @@ void apply_journal(scan_context& ctx) {
     }
   }
   std::vector<journal_seen>().swap(records);
+}
+
+// The reason of each queued message with a bounce still to carry out: its last reason record.
+// Reasons of messages without the bounce flag (a delete came later) or final ones are dropped.
+void keep_bounce_reasons(scan_context& ctx, recovered_state& state) {
+  auto& reasons = ctx.reasons;
+  std::stable_sort(reasons.begin(), reasons.end(),
+                   [](const reason_seen& a, const reason_seen& b) { return a.id < b.id; });
+  auto message = ctx.messages.begin();
+  for (std::size_t i = 0; i < reasons.size(); ++i) {
+    if (i + 1 < reasons.size() && reasons[i + 1].id == reasons[i].id) continue;  // not the last
+    while (message != ctx.messages.end() && message->id < reasons[i].id) ++message;
+    if (message == ctx.messages.end()) break;
+    if (message->id == reasons[i].id && message->status == message_status::queued &&
+        (message->flags & message_flag_bounce) != 0)
+      state.bounce_reasons.emplace_back(reasons[i].id, std::move(reasons[i].text));
+  }
+  std::vector<reason_seen>().swap(reasons);
 }
 
 // A file of the shard's directory, stat'ed once before any is read (the scan's vectors are
@@ -745,6 +776,7 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
         entry.recipients.set(i, recipient_status{recipient_state::deleted, 0, 0});
   }
   settle_messages(ctx, incomplete);
+  keep_bounce_reasons(ctx, state);
   state.messages = std::move(ctx.messages);  // ascending id already (build_messages)
   return state;
 }

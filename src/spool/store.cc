@@ -75,6 +75,7 @@ store::store(store_config config, recovered_state recovered)
     }
   }
   _index = message_index(std::move(recovered.messages));
+  for (auto& [id, reason] : recovered.bounce_reasons) _bounce_reasons[id] = std::move(reason);
   _snapshot_needed = true;  // start-up compacts the journals into a fresh one
   request_segment();
   request_journal();
@@ -486,6 +487,17 @@ const message_entry* store::find(message_id id) const noexcept {
   return entry;
 }
 
+std::string_view store::bounce_reason(message_id id) const noexcept {
+  const auto found = _bounce_reasons.find(id);
+  return found == _bounce_reasons.end() ? std::string_view() : std::string_view(found->second);
+}
+
+bool store::journal_has_room(std::uint64_t record_bytes) const noexcept {
+  const std::uint64_t open = _journal_open->items.size() * std::uint64_t{state_record_bytes} +
+                             _journal_open->reason_bytes;
+  return open + record_bytes <= _config.journal_buffered_bytes_max;
+}
+
 message_entry* store::find_queued(message_id id) noexcept {
   message_entry* entry = _index.find(id);
   return entry == nullptr || entry->status != message_status::queued ? nullptr : entry;
@@ -499,10 +511,7 @@ core::result<std::uint64_t> store::mark(message_id id, std::uint16_t recipient,
   if (recipient >= entry.recipients.size() || is_final(entry.recipients[recipient].state)) {
     return core::fail(EINVAL);
   }
-  if ((_journal_open->items.size() + 1) * state_record_bytes >
-      _config.journal_buffered_bytes_max) {
-    return core::fail(ENOBUFS);
-  }
+  if (!journal_has_room(state_record_bytes)) return core::fail(ENOBUFS);
   entry.recipients.set(recipient, status);
   // The outcome of a message an operator bounced or deleted: no lag. Recovery would bounce or
   // delete a recipient whose delivered mark was lost, instead of delivering it again.
@@ -530,13 +539,15 @@ core::result<std::uint64_t> store::mark(message_id id, std::uint16_t recipient,
 }
 
 core::result<std::uint64_t> store::act(message_id id, message_action action,
-                                       std::int64_t now_seconds) noexcept {
+                                       std::int64_t now_seconds, std::string_view reason) noexcept {
   message_entry* found = find_queued(id);
   if (found == nullptr) return core::fail(ENOENT);
-  if ((_journal_open->items.size() + 1) * state_record_bytes >
-      _config.journal_buffered_bytes_max) {
-    return core::fail(ENOBUFS);
+  if (reason.size() > bounce_reason_bytes_max ||
+      (!reason.empty() && action != message_action::bounce)) {
+    return core::fail(EINVAL);
   }
+  const std::uint64_t reason_bytes = reason.empty() ? 0 : format::header_bytes + reason.size();
+  if (!journal_has_room(state_record_bytes + reason_bytes)) return core::fail(ENOBUFS);
   found->flags = apply_action(found->flags, action);
   journal_item item;
   item.id = id;
@@ -544,6 +555,12 @@ core::result<std::uint64_t> store::act(message_id id, message_action action,
   item.action.action = static_cast<std::uint8_t>(action);
   item.action.seconds = now_seconds;
   _journal_open->items.push_back(item);
+  if (!reason.empty()) {  // after the action: recovery keeps a reason only for a bounce
+    _bounce_reasons[id] = std::string(reason);
+    item.type = format::record_type::reason;
+    _journal_open->items.push_back(item);
+    _journal_open->reason_bytes += reason_bytes;
+  }
   _journal_open->urgent = true;
   const std::uint64_t ticket = _next_ticket++;
   _journal_open->tickets.emplace_back(ticket, id);

@@ -114,9 +114,10 @@ void store::on_remove_done(std::uint32_t id, bool journal, std::int64_t result) 
     return;
   }
   for (message_id message : slot.final_ids) {
-    _index.erase_if(message, [](const message_entry& entry) {
+    const bool erased = _index.erase_if(message, [](const message_entry& entry) {
       return entry.status == message_status::final;
     });
+    if (erased && !_bounce_reasons.empty()) _bounce_reasons.erase(message);
   }
   if (journal) {
     files.erase(found);
@@ -174,11 +175,32 @@ void append_journal_record(std::string& out, format::record_type type, message_i
   out.append(record, sizeof record);
 }
 
+// A reason record: the operator's text for a bounce, as its payload.
+void append_reason_record(std::string& out, message_id id, std::string_view reason,
+                          std::uint64_t salt, std::uint64_t offset) {
+  char header[format::header_bytes];
+  format::encode_record(header, format::record_type::reason, id, reason,
+                        format::seed(salt, offset + out.size()));
+  out.append(header, sizeof header);
+  out.append(reason);
+}
+
 }  // namespace
+
+// The message's bounce reason as a reason record (none when it has none).
+void store::encode_reason(std::string& out, message_id id, std::uint64_t salt,
+                          std::uint64_t offset) const {
+  const std::string_view reason = bounce_reason(id);
+  if (!reason.empty()) append_reason_record(out, id, reason, salt, offset);
+}
 
 void store::encode_journal_items(std::string& out, std::uint64_t salt,
                                  std::uint64_t offset) const {
   for (const auto& item : _flight->journal.items) {
+    if (item.type == format::record_type::reason) {
+      encode_reason(out, item.id, salt, offset);
+      continue;
+    }
     append_journal_record(out, item.type, item.id, salt, offset, [&](char* payload) {
       if (item.type == format::record_type::action) format::encode_action(item.action, payload);
       else format::encode_state(item.state, payload);
@@ -208,7 +230,7 @@ void store::encode_snapshot(std::string& out, std::uint64_t salt, std::uint64_t 
 }
 
 // The action records that restore a message's flags (after its state records, as in the
-// journal they come from): hold, delete, bounce. No flags: none.
+// journal they come from): hold, delete, bounce (with its reason). No flags: none.
 void store::encode_flag_actions(std::string& out, message_id id, std::uint8_t flags,
                                 std::uint64_t salt, std::uint64_t offset) const {
   const std::pair<std::uint8_t, message_action> kinds[] = {
@@ -221,6 +243,7 @@ void store::encode_flag_actions(std::string& out, message_id id, std::uint8_t fl
     payload.action = static_cast<std::uint8_t>(action);
     append_journal_record(out, format::record_type::action, id, salt, offset,
                           [&](char* out_payload) { format::encode_action(payload, out_payload); });
+    if (action == message_action::bounce) encode_reason(out, id, salt, offset);
   }
 }
 

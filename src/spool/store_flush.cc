@@ -140,10 +140,7 @@ bool store::submit_journal_part() noexcept {
     return false;  // marks wait in the open journal batch
   }
   std::swap(f.journal, *_journal_open);
-  _journal_open->items.clear();
-  _journal_open->tickets.clear();
-  _journal_open->finals.clear();
-  _journal_open->urgent = false;
+  _journal_open->clear();
   f.journal_bytes.clear();
   f.journal_snapshot = _snapshot_needed;
   if (_snapshot_needed) {
@@ -321,9 +318,7 @@ void store::finish_journal_part() noexcept {
     }
     if (journal_wants_compaction()) request_journal();
   }
-  batch.items.clear();
-  batch.tickets.clear();
-  batch.finals.clear();
+  batch.clear();
 }
 
 // A segment write or sync failed: nothing written since the last successful sync can be

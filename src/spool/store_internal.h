@@ -100,7 +100,8 @@ struct store::segment_batch {
   std::uint64_t bytes = 0;
 };
 
-// A state record, or an action record (type action: `action` is its payload).
+// A state record, an action record (type action: `action` is its payload) or a reason record
+// (type reason: the text is the store's _bounce_reasons entry of `id` when it is encoded).
 struct journal_item {
   message_id id = 0;
   format::state_payload state;
@@ -112,8 +113,16 @@ struct store::journal_batch {
   std::vector<journal_item> items;
   std::vector<ticket_ref> tickets;
   std::vector<message_id> finals;  // became final in memory, durable with this batch
+  std::uint64_t reason_bytes = 0;  // the reason records' (the others are state_record_bytes)
   bool urgent = false;  // holds an action record: synced with the next flight, never lagged
   bool empty() const noexcept { return items.empty() && tickets.empty() && finals.empty(); }
+  void clear() noexcept {  // keeps the vectors' capacity
+    items.clear();
+    tickets.clear();
+    finals.clear();
+    reason_bytes = 0;
+    urgent = false;
+  }
 };
 
 struct store::flight {

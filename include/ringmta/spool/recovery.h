@@ -59,6 +59,7 @@ struct recovery_report {
   std::uint64_t final_messages = 0;     // all recipients final, segment not yet reclaimed
   std::uint64_t state_records = 0;
   std::uint64_t action_records = 0;     // operator actions (hold, release, delete, bounce)
+  std::uint64_t reason_records = 0;     // the operator's reasons given with bounces
   std::uint64_t torn_tails = 0;         // non-zero bytes after the last record of a file
   std::uint64_t corrupt_regions = 0;    // unverifiable bytes followed by verifying records
   std::uint64_t voided_messages = 0;    // written by a batch whose write failed
@@ -67,11 +68,17 @@ struct recovery_report {
   std::vector<std::string> problems;   // one line each, for the log; capped at 100 lines
 };
 
+// The longest operator's bounce reason the journal keeps (store::act). The admin API cuts a
+// reason to 200 octets; the limit leaves room and bounds what recovery keeps per message.
+inline constexpr std::size_t bounce_reason_bytes_max = 1024;
+
 struct recovered_state {
   std::uint32_t shard = 0;
   std::vector<recovered_file> segments;  // ascending id
   std::vector<recovered_file> journals;  // ascending id
   message_entries messages;  // status queued or final, ascending id (the store adopts them)
+  // The operator's reason of each queued message's pending bounce that was given one.
+  std::vector<std::pair<message_id, std::string>> bounce_reasons;
   message_id id_floor = 0;
   std::uint32_t next_file_id = 1;
   recovery_report report;

@@ -26,6 +26,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "ringmta/core/result.h"
@@ -161,8 +162,14 @@ class store {
   // does not make the message final by itself (deliveries in flight still read its body):
   // the embedder marks each recipient `deleted` as its jobs leave; recovery does that for
   // every recipient not yet final. ENOENT: not queued; ENOBUFS: journal buffer full.
-  core::result<std::uint64_t> act(message_id id, message_action action,
-                                  std::int64_t now_seconds) noexcept;
+  // A bounce may carry the operator's reason (ringmta-ctl bounce --reason): journaled with
+  // the action, so the DSNs of a bounce carried out after a crash still give it (EINVAL:
+  // longer than bounce_reason_bytes_max, or given with another action).
+  core::result<std::uint64_t> act(message_id id, message_action action, std::int64_t now_seconds,
+                                  std::string_view reason = {}) noexcept;
+  // The reason of a message's journaled bounce ("" when none); kept until the message leaves
+  // the index.
+  std::string_view bounce_reason(message_id id) const noexcept;
   // Envelope and body location of a queued message (one blocking pread of its commit
   // record; locate() + parse_commit() do the same through the ring).
   core::result<stored_message> read(message_id id) const;
@@ -241,10 +248,13 @@ class store {
   void encode_flag_actions(std::string& out, message_id id, std::uint8_t flags,
                            std::uint64_t salt, std::uint64_t offset) const;
   void encode_journal_items(std::string& out, std::uint64_t salt, std::uint64_t offset) const;
+  void encode_reason(std::string& out, message_id id, std::uint64_t salt,
+                     std::uint64_t offset) const;
   void remove_unneeded_files() noexcept;
   std::uint64_t placeable_bytes() const noexcept;
   std::uint64_t salt_for(std::uint32_t file_id, bool journal) const noexcept;
   bool journal_wants_compaction() const noexcept;
+  bool journal_has_room(std::uint64_t record_bytes) const noexcept;
   // flushing (store_flush.cc)
   bool can_submit() const noexcept;
   void submit() noexcept;
@@ -282,6 +292,8 @@ class store {
   int _journal_create_error = 0;
   bool _snapshot_needed = true;        // the next journal write starts a fresh journal
   message_index _index;
+  // The operator's reasons of journaled bounces, by message (few: an operator's actions).
+  std::unordered_map<message_id, std::string> _bounce_reasons;
   std::vector<pending_message> _pending;
   std::vector<std::uint32_t> _pending_free;
   std::vector<void_mark> _voids;

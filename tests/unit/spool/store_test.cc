@@ -469,6 +469,57 @@ TEST(spool_store, operator_actions_are_durable_at_once_and_survive_restarts) {
   }
 }
 
+// An operator's bounce reason (ringmta-ctl bounce --reason) is journaled with the bounce, so a
+// bounce carried out after a crash still gives it in its DSNs: restored by recovery, by the
+// start-up snapshot and by a compaction's; the last one given wins; a later delete drops it.
+TEST(spool_store, bounce_reasons_survive_restarts_and_snapshots) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  config.journal_bytes = 16u << 10;  // compacted after a few hundred marks
+  std::vector<message_id> ids;
+  {
+    auto spool = open_spool(config);
+    for (std::uint32_t i = 0; i < 4; ++i) ids.push_back(commit_one(*spool, 1000, 2, i));
+    spool->flush();
+    (void)spool->take_events();
+    auto& core = spool->core();
+    EXPECT_EQ(core.act(ids[0], message_action::hold, 5, "not a bounce").error(), EINVAL);
+    EXPECT_EQ(core.act(ids[0], message_action::bounce, 5,
+                       std::string(bounce_reason_bytes_max + 1, 'x')).error(), EINVAL);
+    EXPECT_EQ(core.find(ids[0])->flags, 0) << "a refused action changes nothing";
+    ASSERT_TRUE(core.act(ids[0], message_action::bounce, 2000, "first try").ok());
+    ASSERT_TRUE(core.act(ids[0], message_action::bounce, 2001, "policy: mailbox retired").ok());
+    ASSERT_TRUE(core.act(ids[1], message_action::bounce, 2002).ok());  // no reason
+    ASSERT_TRUE(core.act(ids[2], message_action::bounce, 2003, "then deleted").ok());
+    ASSERT_TRUE(core.act(ids[2], message_action::remove, 2004).ok());
+    ASSERT_TRUE(core.act(ids[3], message_action::bounce, 2005,
+                         std::string(bounce_reason_bytes_max, 'r')).ok());
+    EXPECT_EQ(core.bounce_reason(ids[0]), "policy: mailbox retired");
+    spool->flush();
+  }
+  for (int restart = 0; restart < 3; ++restart) {  // 2nd: the start-up snapshot; 3rd: compaction's
+    auto spool = open_spool(config);
+    EXPECT_TRUE(spool->report().problems.empty()) << spool->report().problems.front();
+    auto& core = spool->core();
+    EXPECT_EQ(core.find(ids[0])->flags, message_flag_bounce);
+    EXPECT_EQ(core.bounce_reason(ids[0]), "policy: mailbox retired");
+    EXPECT_EQ(core.bounce_reason(ids[1]), "");
+    EXPECT_EQ(core.bounce_reason(ids[2]), "") << "a deleted message is never bounced";
+    EXPECT_EQ(core.bounce_reason(ids[3]), std::string(bounce_reason_bytes_max, 'r'));
+    if (restart == 0) {
+      EXPECT_EQ(spool->report().reason_records, 4u);
+    }
+    if (restart == 1) {  // marks until the journal is compacted while the store runs
+      const auto before = core.stats().journal_snapshots;
+      for (std::uint32_t attempt = 1; core.stats().journal_snapshots == before; ++attempt) {
+        ASSERT_LT(attempt, 5000u) << "no compaction";
+        ASSERT_TRUE(spool->mark(ids[1], 1, {recipient_state::deferred, attempt, 9000}).ok());
+        spool->flush();
+      }
+    }
+  }
+}
+
 TEST(spool_store, ids_unique_across_restarts_and_shards) {
   temp_dir dir;
   std::set<message_id> seen;
