@@ -64,6 +64,7 @@ sys.path.insert(0, HERE)
 from harness import Daemon, free_port  # noqa: E402
 from peers import wait_until  # noqa: E402
 from relay import cpu_seconds, sink_accepted  # noqa: E402
+import accept_cost  # noqa: E402
 
 
 def load():
@@ -309,30 +310,97 @@ def accept_side_by_side(args, work, dns, port, backlog_daemon):
         warm, _ = blast(args, reference.port, "rw", args.domains)
         quiet_queue(reference, 300)
         say(f"reference daemon: warm-up of {warm} messages (one per destination)")
-        ratios = []
-        accepted = 0
-        for round_index in range(args.accept_rounds):
-            rates = {}
-            order = [("reference", reference), ("backlog", backlog_daemon)]
-            if round_index % 2:
-                order.reverse()
-            for name, target in order:
-                run = f"r{round_index}" if name == "reference" else f"q{round_index}"
-                got, rates[name] = blast(args, target.port, run, args.probe)
-                if name == "backlog":
-                    accepted += got
-                quiet_queue(target, 300)
-            ratios.append(rates["backlog"] / rates["reference"])
-            say(f"accept round {round_index + 1}: backlog {rates['backlog']:.0f} msg/s, "
-                f"reference {rates['reference']:.0f} msg/s = {ratios[-1]:.2f}x")
-        ratios.sort()
-        say(f"accept with the backlog, side by side: median {ratios[len(ratios) // 2]:.2f}x "
-            f"the empty queue over {len(ratios)} rounds (min {ratios[0]:.2f}x, max "
-            f"{ratios[-1]:.2f}x)")
-        return accepted
+        daemons = {"reference": reference, "backlog": backlog_daemon}
+        rounds = [accept_round(args, daemons, i) for i in range(args.accept_rounds)]
+        accept_summary(rounds)
+        if args.accept_perf:
+            accept_profiles(args, daemons)
+        return sum(r["backlog"]["accepted"] for r in rounds) + args.accept_probe * bool(
+            args.accept_perf)
     finally:
         reference.stop(timeout=120)
         shutil.rmtree(os.path.join(work, "reference-spool"), ignore_errors=True)
+
+
+def probe_measured(args, daemon, run):
+    """One blast of --accept-probe messages with the daemon's cost around it: the CPU it spent
+    per second idle just before (--accept-idle seconds: retries, timers), then per message
+    during the blast (accept_cost.py)."""
+    pid = daemon.process.pid
+    idle0 = accept_cost.Snapshot(daemon, pid)
+    time.sleep(args.accept_idle)
+    before = accept_cost.Snapshot(daemon, pid)
+    background = accept_cost.delta(idle0, before)["run"] / args.accept_idle
+    t0 = time.monotonic()
+    got, rate = blast(args, daemon.port, run, args.accept_probe)
+    seconds = time.monotonic() - t0
+    spent = accept_cost.delta(before, accept_cost.Snapshot(daemon, pid))
+    quiet_queue(daemon, 300)
+    return dict(accepted=got, rate=rate, background=background,
+                **accept_cost.cost(spent, got, seconds, background))
+
+
+def accept_round(args, daemons, index):
+    """Both daemons probed once, the order alternating per round."""
+    order = ["reference", "backlog"] if index % 2 == 0 else ["backlog", "reference"]
+    result = {name: probe_measured(args, daemons[name], ("r" if name == "reference" else "q") +
+                                   str(index)) for name in order}
+    b, r = result["backlog"], result["reference"]
+    result["ratio"] = b["rate"] / max(r["rate"], 1e-9)
+    result["cpu_ratio"] = b["net_cpu_us"] / max(r["net_cpu_us"], 1e-9)
+    say(f"accept round {index + 1}: backlog {b['rate']:.0f} msg/s, reference {r['rate']:.0f} "
+        f"msg/s = {result['ratio']:.2f}x; daemon CPU per message {b['net_cpu_us']:.1f} / "
+        f"{r['net_cpu_us']:.1f} us net of idle ({b['background']:.2f} / {r['background']:.2f} "
+        f"cores idle) = {result['cpu_ratio']:.2f}x; run-queue wait {b['wait_us']:.1f} / "
+        f"{r['wait_us']:.1f} us; commit {b['commit_ms']:.2f} / {r['commit_ms']:.2f} ms, "
+        f"{b['datasyncs']:.3f} / {r['datasyncs']:.3f} datasyncs per message; rest of the "
+        f"machine {b['others_cores']:.2f} / {r['others_cores']:.2f} cores; backlog retries "
+        f"in the round {b['deferred']:.0f} deferred, {b['envelope_reads']:.0f} envelope reads; "
+        f"page cache dirty at the start {b['dirty_mb']:.0f} / {r['dirty_mb']:.0f} MB, written "
+        f"back during the round {b['written_mb']:.0f} / {r['written_mb']:.0f} MB")
+    return result
+
+
+def spread(values, digits=2):
+    """'median (min-max)' of a list of numbers."""
+    values = sorted(values)
+    return (f"{values[len(values) // 2]:.{digits}f} ({values[0]:.{digits}f}-"
+            f"{values[-1]:.{digits}f})")
+
+
+def accept_summary(rounds):
+    say(f"accept with the backlog, side by side over {len(rounds)} rounds, median (min-max): "
+        f"wall clock {spread([r['ratio'] for r in rounds])}x the empty queue; daemon CPU per "
+        f"message net of idle {spread([r['cpu_ratio'] for r in rounds])}x, gross "
+        f"{spread([r['backlog']['cpu_us'] / r['reference']['cpu_us'] for r in rounds])}x")
+    for name in ("backlog", "reference"):
+        per = [r[name] for r in rounds]
+        threads = sorted({t for p in per for t in p["threads_us"]})
+        say(f"  {name}: {spread([p['rate'] for p in per], 0)} msg/s; CPU per message "
+            f"{spread([p['net_cpu_us'] for p in per], 1)} us net, "
+            f"{spread([p['cpu_us'] for p in per], 1)} us gross; run-queue wait "
+            f"{spread([p['wait_us'] for p in per], 1)} us; commit {spread([p['commit_ms'] for p in per])}"
+            f" ms; idle {spread([p['background'] for p in per])} cores; blast client "
+            f"{spread([p['client_us'] for p in per], 1)} us; per thread (us per message): " +
+            ", ".join(f"{t} {spread([p['threads_us'].get(t, 0.0) for p in per], 1)}"
+                      for t in threads))
+
+
+def accept_profiles(args, daemons):
+    """--accept-perf DIR: one more probe of each daemon under perf record (cpu-clock samples:
+    this VM has no hardware counters), DIR/backlog.data and DIR/reference.data to diff."""
+    os.makedirs(args.accept_perf, exist_ok=True)
+    for name, daemon in daemons.items():
+        output = os.path.join(args.accept_perf, f"{name}.data")
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o",
+                                 output, "-p", str(daemon.process.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)  # perf attached to every thread
+        got, rate = blast(args, daemon.port, "x" + name[0], args.accept_probe)
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=300)
+        quiet_queue(daemon, 300)
+        say(f"perf record of the {name} daemon over {got} messages ({rate:.0f} msg/s): {output}")
 
 
 def suspend_all(args, daemon):
@@ -429,7 +497,9 @@ def release_phase(args, work, dns, port, spool, total):
     # queued but not in blast's count: drain until the sink has everything the spool holds.
     total = max(total, before)
     runs = [("w0", args.domains), ("p0", args.probe), ("bk", args.messages),
-            ("p1", args.probe)] + [(f"q{i}", args.probe) for i in range(args.accept_rounds)]
+            ("p1", args.probe)] + [(f"q{i}", args.accept_probe) for i in range(args.accept_rounds)]
+    if args.accept_perf and args.accept_rounds:
+        runs.append(("xb", args.accept_probe))
     sink, stats = sink_start(args, port, work, runs)
     if args.cold:  # after spool ls, which read every segment back into the page cache
         subprocess.run(["sync"], check=True)
@@ -525,10 +595,19 @@ def main():
                              "the spool from the disk")
     parser.add_argument("--accept-rounds", type=int, default=0, metavar="K",
                         help="probe the backlog daemon and an empty-queue reference daemon in "
-                             "turn, K rounds (the accept ratio side by side)")
+                             "turn, K rounds (the accept ratio side by side, and what each "
+                             "daemon spends per accepted message: accept_cost.py)")
+    parser.add_argument("--accept-probe", type=int, metavar="M",
+                        help="messages per side-by-side round (default --probe)")
+    parser.add_argument("--accept-idle", type=float, default=2.0, metavar="S",
+                        help="seconds each daemon's idle CPU is measured before its round")
+    parser.add_argument("--accept-perf", metavar="DIR",
+                        help="after the rounds, one more probe of each daemon under perf "
+                             "record: DIR/backlog.data, DIR/reference.data")
     parser.add_argument("--no-release", action="store_true",
                         help="stop after the backlog measurements (no restart, no drain)")
     args = parser.parse_args()
+    args.accept_probe = args.accept_probe or args.probe
     args.ringmta = os.path.join(args.build, "src/ringmta")
     args.blast = os.path.join(args.build, "tools/blast/ringmta-blast")
     args.sink = os.path.join(args.build, "tools/sink/ringmta-sink")
