@@ -75,6 +75,8 @@ COUNTERS = {
     "log_bytes": "ringmta_log_bytes_written_total",
     "load_episodes": "ringmta_load_episodes_total",
     "accept_pauses": "ringmta_accept_pauses_total",
+    "snapshots": "ringmta_spool_journal_snapshots_total",
+    "spool_bytes": "ringmta_spool_bytes_written_total",
 }
 
 
@@ -136,6 +138,8 @@ def cost(round_delta, messages, seconds, background_per_second=0.0):
         "datasyncs": c["datasyncs"] / n,
         "deferred": c["deferred"],
         "envelope_reads": c["envelope_reads"],
+        "snapshots": c["snapshots"],
+        "spool_bytes": c["spool_bytes"] / n,
         "dirty_mb": round_delta["dirty_mb"],
         "written_mb": round_delta["written_mb"],
         "threads_us": {name: 1e6 * run / n for name, run in round_delta["threads"].items()
