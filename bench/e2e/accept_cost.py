@@ -7,6 +7,7 @@ scheduler's own accounting separates the daemon's work from the machine's noise:
   /proc/PID/task/TID/schedstat  ns on a CPU, ns runnable but waiting for one (run queue
                                 delay: other processes' load, not the daemon's work)
   /proc/PID/task/TID/comm       the thread's name: which thread pays (shard, log, sync)
+  /proc/PID/stat                utime + stime of the process, ended threads included
   /proc/stat                    the machine's busy CPU time (everyone's)
   GET /metrics                  the daemon's own counters: commit latency (end of data to
                                 fdatasync done), datasyncs, retries it ran during the round
@@ -19,7 +20,7 @@ import re
 
 
 def thread_clocks(pid):
-    """{thread name: [run ns, wait ns, timeslices]} summed over the threads of that name."""
+    """{tid: (thread name, run ns, wait ns)} of the threads alive now."""
     clocks = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -30,14 +31,19 @@ def thread_clocks(pid):
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 name = re.sub(r"[0-9]+$", "", f.read().strip()) or "?"
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                run, wait, slices = (int(v) for v in f.read().split())
+                run, wait, _ = (int(v) for v in f.read().split())
         except (OSError, ValueError):
             continue  # a thread that ended between listdir and read
-        total = clocks.setdefault(name, [0, 0, 0])
-        total[0] += run
-        total[1] += wait
-        total[2] += slices
+        clocks[tid] = (name, run, wait)
     return clocks
+
+
+def process_cpu_seconds(pid):
+    """utime + stime of the whole process, threads that have ended included (io_uring's
+    io-wq workers come and go within a round: their time would vanish from thread_clocks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_seconds():
@@ -97,6 +103,7 @@ class Snapshot:
     def __init__(self, daemon, pid):
         self.counters = daemon_counters(daemon)
         self.threads = thread_clocks(pid)
+        self.process = process_cpu_seconds(pid)
         self.machine = machine_busy_seconds()
         self.client = children_cpu_seconds()
         self.dirty_mb, self.written_pages = page_cache_state()
@@ -104,14 +111,19 @@ class Snapshot:
 
 def delta(before, after):
     """Per-round figures between two Snapshots of one daemon; messages: those accepted."""
-    threads = {name: [a - b for a, b in zip(after.threads[name], before.threads.get(name, [0] * 3))]
-               for name in after.threads}
+    # Per thread: the threads alive at both ends (a new one from 0); the total from the
+    # process's own clock (10 ms ticks), which keeps the time of threads that ended.
+    threads, wait = {}, 0
+    for tid, (name, run, waited) in after.threads.items():
+        _, run0, waited0 = before.threads.get(tid, (name, 0, 0))
+        threads[name] = threads.get(name, 0) + run - run0
+        wait += waited - waited0
     counters = {key: after.counters.get(key, 0.0) - before.counters.get(key, 0.0)
                 for key in COUNTERS}
     return {
-        "run": sum(t[0] for t in threads.values()) / 1e9,
-        "wait": sum(t[1] for t in threads.values()) / 1e9,
-        "threads": {name: t[0] / 1e9 for name, t in threads.items()},
+        "run": after.process - before.process,
+        "wait": wait / 1e9,  # of the threads alive at both ends: a lower bound
+        "threads": {name: run / 1e9 for name, run in threads.items()},
         "machine": after.machine - before.machine,
         "client": after.client - before.client,
         "counters": counters,
