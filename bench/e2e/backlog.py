@@ -22,6 +22,18 @@ refused: nothing can be delivered, every destination backs off). Measured, in on
               alternating per round), so both rates see the same machine load: the ratio per
               round and their median. The single "accept N" pair is minutes apart, and on this
               shared machine the empty queue's rate alone ranged over 4x between runs.
+              Per round and daemon, what the wall clock does not separate from the machine's
+              load (accept_cost.py): the daemon's CPU per accepted message (/proc/PID/stat; net
+              of the CPU it spent per second in the --accept-idle seconds before: retries,
+              timers), its threads' run-queue wait per message (waiting for a core: others'
+              load), commit latency and datasyncs per message (GET /metrics), retries
+              (deferrals) before and during the round, page-cache dirty and written-back MB,
+              the rest of the machine's CPU in cores. The summary gives median (min-max) of the
+              wall ratio and of the CPU ratio, again over the rounds without retries in either
+              daemon (a wave of failed probes each retry period lands in whichever round meets
+              it), and the CPU per deferral of each daemon's idle windows. --accept-perf DIR
+              then records one more probe of each under perf (cpu-clock: no hardware counters
+              in this VM) to diff per symbol.
   restart     spool entries counted (ringmta spool ls) with the daemon stopped; ringmta-sink
               (accepting) started on the delivery port; the daemon restarted on the spool:
               seconds until it greets (220 on a new connection) and until the sink sees its
@@ -37,7 +49,8 @@ Every wait is bounded; the spool and logs are removed at the end (--keep to keep
 usage: bench/e2e/backlog.py [N=1000000] [--domains 10000] [--probe 20000] [--shards 2]
        [--build build] [--retry 1m] [--cpu-window 30] [--cpu-windows 4] [--keep] [--no-release]
        [--suspend] [--perf FILE] [--daemon-arg=--probe-backoff-max --daemon-arg=1h]
-       [--heaptrack FILE] [--accept-rounds K]
+       [--heaptrack FILE] [--accept-rounds K] [--accept-probe M] [--accept-idle S]
+       [--accept-perf DIR]
 
 --heaptrack FILE: the daemon runs under heaptrack (every allocation recorded with its stack);
 after the warm-up and probe it is killed (SIGKILL: nothing is freed) and the run ends there.
