@@ -18,6 +18,9 @@ this VM), so CPU time is the measure of work."""
 import os
 import re
 
+# Sampling frequency of backlog.py --accept-perf (cpu-clock), which perf_diff.py divides by.
+PERF_HZ = 4999
+
 
 def thread_clocks(pid):
     """{tid: (thread name, run ns, wait ns)} of the threads alive now."""

@@ -390,25 +390,36 @@ def spread(values, digits=2):
             f"{values[-1]:.{digits}f})")
 
 
+def pooled_ratio(rounds):
+    """The backlog daemon's CPU per message over the reference's, all rounds pooled (gross)."""
+    def pooled(name):
+        return (sum(r[name]["cpu_us"] * r[name]["accepted"] for r in rounds) /
+                max(sum(r[name]["accepted"] for r in rounds), 1))
+    return pooled("backlog") / max(pooled("reference"), 1e-9)
+
+
 def accept_summary(rounds):
     say(f"accept with the backlog, side by side over {len(rounds)} rounds, median (min-max): "
         f"wall clock {spread([r['ratio'] for r in rounds])}x the empty queue; daemon CPU per "
         f"message net of idle {spread([r['cpu_ratio'] for r in rounds])}x, gross "
-        f"{spread([r['backlog']['cpu_us'] / r['reference']['cpu_us'] for r in rounds])}x")
+        f"{spread([r['backlog']['cpu_us'] / r['reference']['cpu_us'] for r in rounds])}x; pooled "
+        f"(all rounds' CPU over all their messages) {pooled_ratio(rounds):.2f}x")
     quiet = [r for r in rounds if r["quiet"]]
     if quiet:
         say(f"  the {len(quiet)} rounds without retries in either daemon: wall clock "
             f"{spread([r['ratio'] for r in quiet])}x, CPU per message "
             f"{spread([r['cpu_ratio'] for r in quiet])}x")
+    # (key, unit, digits) of each daemon's per-round figures, as median (min-max).
+    fields = [("rate", "msg/s", 0), ("net_cpu_us", "us CPU per message net of idle", 1),
+              ("cpu_us", "us gross", 1), ("wait_us", "us run-queue wait", 1),
+              ("commit_ms", "ms commit", 2), ("background", "cores idle", 2),
+              ("client_us", "us blast client", 1)]
     for name in ("backlog", "reference"):
         per = [r[name] for r in rounds]
         threads = sorted({t for p in per for t in p["threads_us"]})
-        say(f"  {name}: {spread([p['rate'] for p in per], 0)} msg/s; CPU per message "
-            f"{spread([p['net_cpu_us'] for p in per], 1)} us net, "
-            f"{spread([p['cpu_us'] for p in per], 1)} us gross; run-queue wait "
-            f"{spread([p['wait_us'] for p in per], 1)} us; commit {spread([p['commit_ms'] for p in per])}"
-            f" ms; idle {spread([p['background'] for p in per])} cores; blast client "
-            f"{spread([p['client_us'] for p in per], 1)} us; per thread (us per message): " +
+        say(f"  {name}: " + "; ".join(f"{spread([p[key] for p in per], digits)} {unit}"
+                                      for key, unit, digits in fields) +
+            "; per thread (us per message): " +
             ", ".join(f"{t} {spread([p['threads_us'].get(t, 0.0) for p in per], 1)}"
                       for t in threads))
         deferred = sum(p["idle_deferred"] for p in per)
@@ -424,8 +435,9 @@ def accept_profiles(args, daemons):
     os.makedirs(args.accept_perf, exist_ok=True)
     for name, daemon in daemons.items():
         output = os.path.join(args.accept_perf, f"{name}.data")
-        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "4999", "-g", "-o",
-                                 output, "-p", str(daemon.process.pid)],
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F",
+                                 str(accept_cost.PERF_HZ), "-g", "-o", output, "-p",
+                                 str(daemon.process.pid)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)  # perf attached to every thread
         got, rate = blast(args, daemon.port, "x" + name[0], args.accept_probe)
