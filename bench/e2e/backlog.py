@@ -362,14 +362,19 @@ def accept_round(args, daemons, index):
                                    str(index)) for name in order}
     b, r = result["backlog"], result["reference"]
     result["ratio"] = b["rate"] / max(r["rate"], 1e-9)
-    result["cpu_ratio"] = b["net_cpu_us"] / max(r["net_cpu_us"], 1e-9)
+    result["cpu_ratio"] = b["cpu_us"] / max(r["cpu_us"], 1e-9)
+    # Net of the idle rate only where both stay positive: the idle window may meet a retry
+    # wave that is over by the blast (or the reverse), and the subtraction then overshoots.
+    result["net_ratio"] = (b["net_cpu_us"] / r["net_cpu_us"]
+                           if min(b["net_cpu_us"], r["net_cpu_us"]) > 0 else None)
     # Retries (a wave of failed probes each retry period) in either daemon during its idle
     # window or its blast: real work of the scenario, but it lands in whichever round meets it.
     result["quiet"] = not any(p["deferred"] or p["idle_deferred"] for p in (b, r))
     say(f"accept round {index + 1}: backlog {b['rate']:.0f} msg/s, reference {r['rate']:.0f} "
-        f"msg/s = {result['ratio']:.2f}x; daemon CPU per message {b['net_cpu_us']:.1f} / "
-        f"{r['net_cpu_us']:.1f} us net of idle ({b['background']:.2f} / {r['background']:.2f} "
-        f"cores idle) = {result['cpu_ratio']:.2f}x; run-queue wait {b['wait_us']:.1f} / "
+        f"msg/s = {result['ratio']:.2f}x; daemon CPU per message {b['cpu_us']:.1f} / "
+        f"{r['cpu_us']:.1f} us = {result['cpu_ratio']:.2f}x, net of idle {b['net_cpu_us']:.1f} / "
+        f"{r['net_cpu_us']:.1f} us ({b['background']:.2f} / {r['background']:.2f} cores idle); "
+        f"run-queue wait {b['wait_us']:.1f} / "
         f"{r['wait_us']:.1f} us; commit {b['commit_ms']:.2f} / {r['commit_ms']:.2f} ms, "
         f"{b['datasyncs']:.3f} / {r['datasyncs']:.3f} datasyncs per message; rest of the "
         f"machine {b['others_cores']:.2f} / {r['others_cores']:.2f} cores; backlog retries "
@@ -384,8 +389,10 @@ def accept_round(args, daemons, index):
 
 
 def spread(values, digits=2):
-    """'median (min-max)' of a list of numbers."""
-    values = sorted(values)
+    """'median (min-max)' of a list of numbers (None: left out)."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return "-"
     return (f"{values[len(values) // 2]:.{digits}f} ({values[0]:.{digits}f}-"
             f"{values[-1]:.{digits}f})")
 
@@ -401,17 +408,17 @@ def pooled_ratio(rounds):
 def accept_summary(rounds):
     say(f"accept with the backlog, side by side over {len(rounds)} rounds, median (min-max): "
         f"wall clock {spread([r['ratio'] for r in rounds])}x the empty queue; daemon CPU per "
-        f"message net of idle {spread([r['cpu_ratio'] for r in rounds])}x, gross "
-        f"{spread([r['backlog']['cpu_us'] / r['reference']['cpu_us'] for r in rounds])}x; pooled "
-        f"(all rounds' CPU over all their messages) {pooled_ratio(rounds):.2f}x")
+        f"message {spread([r['cpu_ratio'] for r in rounds])}x, net of idle "
+        f"{spread([r['net_ratio'] for r in rounds])}x; pooled (all rounds' CPU over all their "
+        f"messages) {pooled_ratio(rounds):.2f}x")
     quiet = [r for r in rounds if r["quiet"]]
     if quiet:
         say(f"  the {len(quiet)} rounds without retries in either daemon: wall clock "
             f"{spread([r['ratio'] for r in quiet])}x, CPU per message "
-            f"{spread([r['cpu_ratio'] for r in quiet])}x")
+            f"{spread([r['cpu_ratio'] for r in quiet])}x, pooled {pooled_ratio(quiet):.2f}x")
     # (key, unit, digits) of each daemon's per-round figures, as median (min-max).
-    fields = [("rate", "msg/s", 0), ("net_cpu_us", "us CPU per message net of idle", 1),
-              ("cpu_us", "us gross", 1), ("wait_us", "us run-queue wait", 1),
+    fields = [("rate", "msg/s", 0), ("cpu_us", "us CPU per message", 1),
+              ("net_cpu_us", "us net of idle", 1), ("wait_us", "us run-queue wait", 1),
               ("commit_ms", "ms commit", 2), ("background", "cores idle", 2),
               ("client_us", "us blast client", 1)]
     for name in ("backlog", "reference"):
