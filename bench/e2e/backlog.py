@@ -659,6 +659,8 @@ def main():
                         help="stop after the backlog measurements (no restart, no drain)")
     args = parser.parse_args()
     args.accept_probe = args.accept_probe or args.probe
+    if args.accept_idle <= 0 or args.accept_probe < 100:
+        parser.error("--accept-idle must be > 0 and --accept-probe at least 100 (one session)")
     args.ringmta = os.path.join(args.build, "src/ringmta")
     args.blast = os.path.join(args.build, "tools/blast/ringmta-blast")
     args.sink = os.path.join(args.build, "tools/sink/ringmta-sink")
