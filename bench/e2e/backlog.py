@@ -22,6 +22,18 @@ refused: nothing can be delivered, every destination backs off). Measured, in on
               alternating per round), so both rates see the same machine load: the ratio per
               round and their median. The single "accept N" pair is minutes apart, and on this
               shared machine the empty queue's rate alone ranged over 4x between runs.
+              Per round and daemon, what the wall clock does not separate from the machine's
+              load (accept_cost.py): the daemon's CPU per accepted message (/proc/PID/stat; net
+              of the CPU it spent per second in the --accept-idle seconds before: retries,
+              timers), its threads' run-queue wait per message (waiting for a core: others'
+              load), commit latency and datasyncs per message (GET /metrics), retries
+              (deferrals) before and during the round, page-cache dirty and written-back MB,
+              the rest of the machine's CPU in cores. The summary gives median (min-max) of the
+              wall ratio and of the CPU ratio, again over the rounds without retries in either
+              daemon (a wave of failed probes each retry period lands in whichever round meets
+              it), and the CPU per deferral of each daemon's idle windows. --accept-perf DIR
+              then records one more probe of each under perf (cpu-clock: no hardware counters
+              in this VM) to diff per symbol.
   restart     spool entries counted (ringmta spool ls) with the daemon stopped; ringmta-sink
               (accepting) started on the delivery port; the daemon restarted on the spool:
               seconds until it greets (220 on a new connection) and until the sink sees its
@@ -37,7 +49,8 @@ Every wait is bounded; the spool and logs are removed at the end (--keep to keep
 usage: bench/e2e/backlog.py [N=1000000] [--domains 10000] [--probe 20000] [--shards 2]
        [--build build] [--retry 1m] [--cpu-window 30] [--cpu-windows 4] [--keep] [--no-release]
        [--suspend] [--perf FILE] [--daemon-arg=--probe-backoff-max --daemon-arg=1h]
-       [--heaptrack FILE] [--accept-rounds K]
+       [--heaptrack FILE] [--accept-rounds K] [--accept-probe M] [--accept-idle S]
+       [--accept-perf DIR]
 
 --heaptrack FILE: the daemon runs under heaptrack (every allocation recorded with its stack);
 after the warm-up and probe it is killed (SIGKILL: nothing is freed) and the run ends there.
@@ -64,6 +77,7 @@ sys.path.insert(0, HERE)
 from harness import Daemon, free_port  # noqa: E402
 from peers import wait_until  # noqa: E402
 from relay import cpu_seconds, sink_accepted  # noqa: E402
+import accept_cost  # noqa: E402
 
 
 def load():
@@ -309,30 +323,135 @@ def accept_side_by_side(args, work, dns, port, backlog_daemon):
         warm, _ = blast(args, reference.port, "rw", args.domains)
         quiet_queue(reference, 300)
         say(f"reference daemon: warm-up of {warm} messages (one per destination)")
-        ratios = []
-        accepted = 0
-        for round_index in range(args.accept_rounds):
-            rates = {}
-            order = [("reference", reference), ("backlog", backlog_daemon)]
-            if round_index % 2:
-                order.reverse()
-            for name, target in order:
-                run = f"r{round_index}" if name == "reference" else f"q{round_index}"
-                got, rates[name] = blast(args, target.port, run, args.probe)
-                if name == "backlog":
-                    accepted += got
-                quiet_queue(target, 300)
-            ratios.append(rates["backlog"] / rates["reference"])
-            say(f"accept round {round_index + 1}: backlog {rates['backlog']:.0f} msg/s, "
-                f"reference {rates['reference']:.0f} msg/s = {ratios[-1]:.2f}x")
-        ratios.sort()
-        say(f"accept with the backlog, side by side: median {ratios[len(ratios) // 2]:.2f}x "
-            f"the empty queue over {len(ratios)} rounds (min {ratios[0]:.2f}x, max "
-            f"{ratios[-1]:.2f}x)")
-        return accepted
+        daemons = {"reference": reference, "backlog": backlog_daemon}
+        rounds = [accept_round(args, daemons, i) for i in range(args.accept_rounds)]
+        accept_summary(rounds)
+        if args.accept_perf:
+            accept_profiles(args, daemons)
+        return sum(r["backlog"]["accepted"] for r in rounds) + args.accept_probe * bool(
+            args.accept_perf)
     finally:
         reference.stop(timeout=120)
         shutil.rmtree(os.path.join(work, "reference-spool"), ignore_errors=True)
+
+
+def probe_measured(args, daemon, run):
+    """One blast of --accept-probe messages with the daemon's cost around it: the CPU it spent
+    per second idle just before (--accept-idle seconds: retries, timers), then per message
+    during the blast (accept_cost.py)."""
+    pid = daemon.process.pid
+    idle0 = accept_cost.Snapshot(daemon, pid)
+    time.sleep(args.accept_idle)
+    before = accept_cost.Snapshot(daemon, pid)
+    idle = accept_cost.delta(idle0, before)
+    background = idle["run"] / args.accept_idle
+    t0 = time.monotonic()
+    got, rate = blast(args, daemon.port, run, args.accept_probe)
+    seconds = time.monotonic() - t0
+    spent = accept_cost.delta(before, accept_cost.Snapshot(daemon, pid))
+    quiet_queue(daemon, 300)
+    return dict(accepted=got, rate=rate, background=background, idle_cpu=idle["run"],
+                idle_deferred=idle["counters"]["deferred"],
+                **accept_cost.cost(spent, got, seconds, background))
+
+
+def accept_round(args, daemons, index):
+    """Both daemons probed once, the order alternating per round."""
+    order = ["reference", "backlog"] if index % 2 == 0 else ["backlog", "reference"]
+    result = {name: probe_measured(args, daemons[name], ("r" if name == "reference" else "q") +
+                                   str(index)) for name in order}
+    b, r = result["backlog"], result["reference"]
+    result["ratio"] = b["rate"] / max(r["rate"], 1e-9)
+    result["cpu_ratio"] = b["cpu_us"] / max(r["cpu_us"], 1e-9)
+    # Net of the idle rate only where both stay positive: the idle window may meet a retry
+    # wave that is over by the blast (or the reverse), and the subtraction then overshoots.
+    result["net_ratio"] = (b["net_cpu_us"] / r["net_cpu_us"]
+                           if min(b["net_cpu_us"], r["net_cpu_us"]) > 0 else None)
+    # Retries (a wave of failed probes each retry period) in either daemon during its idle
+    # window or its blast: real work of the scenario, but it lands in whichever round meets it.
+    result["quiet"] = not any(p["deferred"] or p["idle_deferred"] for p in (b, r))
+    say(f"accept round {index + 1}: backlog {b['rate']:.0f} msg/s, reference {r['rate']:.0f} "
+        f"msg/s = {result['ratio']:.2f}x; daemon CPU per message {b['cpu_us']:.1f} / "
+        f"{r['cpu_us']:.1f} us = {result['cpu_ratio']:.2f}x, net of idle {b['net_cpu_us']:.1f} / "
+        f"{r['net_cpu_us']:.1f} us ({b['background']:.2f} / {r['background']:.2f} cores idle); "
+        f"run-queue wait {b['wait_us']:.1f} / "
+        f"{r['wait_us']:.1f} us; commit {b['commit_ms']:.2f} / {r['commit_ms']:.2f} ms, "
+        f"{b['datasyncs']:.3f} / {r['datasyncs']:.3f} datasyncs per message; rest of the "
+        f"machine {b['others_cores']:.2f} / {r['others_cores']:.2f} cores; backlog retries "
+        f"(deferred) before / in the round {b['idle_deferred']:.0f} / {b['deferred']:.0f}, "
+        f"reference {r['idle_deferred']:.0f} / {r['deferred']:.0f}; backlog "
+        f"{b['envelope_reads']:.0f} envelope reads, "
+        f"{b['snapshots']:.0f} / {r['snapshots']:.0f} journal snapshots, spool bytes written "
+        f"per message {b['spool_bytes']:.0f} / {r['spool_bytes']:.0f}; "
+        f"page cache dirty at the start {b['dirty_mb']:.0f} / {r['dirty_mb']:.0f} MB, written "
+        f"back during the round {b['written_mb']:.0f} / {r['written_mb']:.0f} MB")
+    return result
+
+
+def spread(values, digits=2):
+    """'median (min-max)' of a list of numbers (None: left out)."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return "-"
+    return (f"{values[len(values) // 2]:.{digits}f} ({values[0]:.{digits}f}-"
+            f"{values[-1]:.{digits}f})")
+
+
+def pooled_ratio(rounds):
+    """The backlog daemon's CPU per message over the reference's, all rounds pooled (gross)."""
+    def pooled(name):
+        return (sum(r[name]["cpu_us"] * r[name]["accepted"] for r in rounds) /
+                max(sum(r[name]["accepted"] for r in rounds), 1))
+    return pooled("backlog") / max(pooled("reference"), 1e-9)
+
+
+def accept_summary(rounds):
+    say(f"accept with the backlog, side by side over {len(rounds)} rounds, median (min-max): "
+        f"wall clock {spread([r['ratio'] for r in rounds])}x the empty queue; daemon CPU per "
+        f"message {spread([r['cpu_ratio'] for r in rounds])}x, net of idle "
+        f"{spread([r['net_ratio'] for r in rounds])}x; pooled (all rounds' CPU over all their "
+        f"messages) {pooled_ratio(rounds):.2f}x")
+    quiet = [r for r in rounds if r["quiet"]]
+    if quiet:
+        say(f"  the {len(quiet)} rounds without retries in either daemon: wall clock "
+            f"{spread([r['ratio'] for r in quiet])}x, CPU per message "
+            f"{spread([r['cpu_ratio'] for r in quiet])}x, pooled {pooled_ratio(quiet):.2f}x")
+    # (key, unit, digits) of each daemon's per-round figures, as median (min-max).
+    fields = [("rate", "msg/s", 0), ("cpu_us", "us CPU per message", 1),
+              ("net_cpu_us", "us net of idle", 1), ("wait_us", "us run-queue wait", 1),
+              ("commit_ms", "ms commit", 2), ("background", "cores idle", 2),
+              ("client_us", "us blast client", 1)]
+    for name in ("backlog", "reference"):
+        per = [r[name] for r in rounds]
+        threads = sorted({t for p in per for t in p["threads_us"]})
+        say(f"  {name}: " + "; ".join(f"{spread([p[key] for p in per], digits)} {unit}"
+                                      for key, unit, digits in fields) +
+            "; per thread (us per message): " +
+            ", ".join(f"{t} {spread([p['threads_us'].get(t, 0.0) for p in per], 1)}"
+                      for t in threads))
+        deferred = sum(p["idle_deferred"] for p in per)
+        if deferred:
+            say(f"  {name}: retry work in the idle windows: {sum(p['idle_cpu'] for p in per):.2f}"
+                f" s CPU for {deferred:.0f} deferrals (all windows' CPU per deferral "
+                f"{1e3 * sum(p['idle_cpu'] for p in per) / deferred:.2f} ms)")
+
+
+def accept_profiles(args, daemons):
+    """--accept-perf DIR: one more probe of each daemon under perf record (cpu-clock samples:
+    this VM has no hardware counters), DIR/backlog.data and DIR/reference.data to diff."""
+    os.makedirs(args.accept_perf, exist_ok=True)
+    for name, daemon in daemons.items():
+        output = os.path.join(args.accept_perf, f"{name}.data")
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F",
+                                 str(accept_cost.PERF_HZ), "-g", "-o", output, "-p",
+                                 str(daemon.process.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)  # perf attached to every thread
+        got, rate = blast(args, daemon.port, "x" + name[0], args.accept_probe)
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=300)
+        quiet_queue(daemon, 300)
+        say(f"perf record of the {name} daemon over {got} messages ({rate:.0f} msg/s): {output}")
 
 
 def suspend_all(args, daemon):
@@ -429,7 +548,9 @@ def release_phase(args, work, dns, port, spool, total):
     # queued but not in blast's count: drain until the sink has everything the spool holds.
     total = max(total, before)
     runs = [("w0", args.domains), ("p0", args.probe), ("bk", args.messages),
-            ("p1", args.probe)] + [(f"q{i}", args.probe) for i in range(args.accept_rounds)]
+            ("p1", args.probe)] + [(f"q{i}", args.accept_probe) for i in range(args.accept_rounds)]
+    if args.accept_perf and args.accept_rounds:
+        runs.append(("xb", args.accept_probe))
     sink, stats = sink_start(args, port, work, runs)
     if args.cold:  # after spool ls, which read every segment back into the page cache
         subprocess.run(["sync"], check=True)
@@ -525,10 +646,21 @@ def main():
                              "the spool from the disk")
     parser.add_argument("--accept-rounds", type=int, default=0, metavar="K",
                         help="probe the backlog daemon and an empty-queue reference daemon in "
-                             "turn, K rounds (the accept ratio side by side)")
+                             "turn, K rounds (the accept ratio side by side, and what each "
+                             "daemon spends per accepted message: accept_cost.py)")
+    parser.add_argument("--accept-probe", type=int, metavar="M",
+                        help="messages per side-by-side round (default --probe)")
+    parser.add_argument("--accept-idle", type=float, default=2.0, metavar="S",
+                        help="seconds each daemon's idle CPU is measured before its round")
+    parser.add_argument("--accept-perf", metavar="DIR",
+                        help="after the rounds, one more probe of each daemon under perf "
+                             "record: DIR/backlog.data, DIR/reference.data")
     parser.add_argument("--no-release", action="store_true",
                         help="stop after the backlog measurements (no restart, no drain)")
     args = parser.parse_args()
+    args.accept_probe = args.accept_probe or args.probe
+    if args.accept_idle <= 0 or args.accept_probe < 100:
+        parser.error("--accept-idle must be > 0 and --accept-probe at least 100 (one session)")
     args.ringmta = os.path.join(args.build, "src/ringmta")
     args.blast = os.path.join(args.build, "tools/blast/ringmta-blast")
     args.sink = os.path.join(args.build, "tools/sink/ringmta-sink")
