@@ -283,10 +283,17 @@ void connection::fail_attempt(attempt_failure how, int error,
 
 // ---- receive -> feed -> events
 
+// Multishot where the kernel has it: armed once and kept while its completions say more
+// comes, not re-armed for every reply (an SQE, and in the simulator a host step, per reply;
+// issue 16). It ends with the stream, an error or -ENOBUFS, and pump() arms it again.
 void connection::arm_receive() noexcept {
   if (receive_armed || !connected(_phase)) return;
-  const auto queued = server.io().prep_recv_select(
-      fd, server.buffers().group_id(), server.user_data(server.receive_kind, *this));
+  io::operations& io = server.io();
+  const std::uint16_t group = server.buffers().group_id();
+  const std::uint64_t user_data = server.user_data(server.receive_kind, *this);
+  const auto queued = io.recv_multishot_supported()
+                          ? io.prep_recv_multishot(fd, group, user_data)
+                          : io.prep_recv_select(fd, group, user_data);
   if (!queued) {  // the kernel refused a submission: try again at the end of the iteration
     retry_receive = true;
     server.defer(*this);
@@ -297,7 +304,7 @@ void connection::arm_receive() noexcept {
 }
 
 void connection::on_received(const io::completion& done) noexcept {
-  receive_armed = false;
+  receive_armed = done.more();  // a multishot receive goes on (still counted in ops)
   std::string_view chunk;
   if (done.has_buffer()) {
     const auto bytes = server.buffers().consume(done);

@@ -273,7 +273,7 @@ void outbound_server::on_completion(const io::completion& done) noexcept {
   }
   if (kind == misc_kind) return;
   const connection::step_guard checked(*c);
-  if (c->ops > 0) --c->ops;
+  if (c->ops > 0 && !done.more()) --c->ops;  // a multishot op stays in flight while more()
   if (kind == close_kind) return c->on_fd_closed();
   if (kind == receive_kind) c->on_received(done);
   else if (kind == send_kind) c->on_sent(done);

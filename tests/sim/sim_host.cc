@@ -94,10 +94,17 @@ core::result<io::op_kind> sim_host::add_handler(shard::host_handler& handler) no
 
 core::result<void> sim_host::register_buffer_ring(io::buffer_ring& buffers,
                                                   const io::buffer_ring_options& options) noexcept {
-  if (_groups.count(options.group_id) != 0) return core::fail(EEXIST);
+  if (group(options.group_id) != nullptr) return core::fail(EEXIST);
   if (auto ready = buffers.init_unregistered(options); !ready) return ready;
-  _groups[options.group_id] = &buffers;
+  _groups.emplace_back(options.group_id, &buffers);
   return {};
+}
+
+io::buffer_ring* sim_host::group(std::uint16_t id) const noexcept {
+  for (const auto& [group_id, buffers] : _groups) {
+    if (group_id == id) return buffers;
+  }
+  return nullptr;
 }
 
 std::uint64_t sim_host::now_ms() const noexcept {
@@ -267,24 +274,32 @@ core::result<void> sim_host::prep_connect(int fd, const sockaddr* address,
 
 core::result<void> sim_host::prep_recv(int fd, void* buffer, std::uint32_t length,
                                        std::uint64_t user_data, io::sqe_flags flags) noexcept {
-  if (auto plain = refuse_linked(flags); !plain) return plain;
-  socket* s = find(fd);
-  if (s == nullptr || s->what == socket::kind::file) return core::fail(EBADF);
-  s->receives.push_back(waiting_receive{user_data, buffer, length, nullptr});
-  satisfy_receives(fd);
-  return {};
+  return queue_receive(fd, waiting_receive{user_data, buffer, length, nullptr}, flags);
 }
 
 core::result<void> sim_host::prep_recv_select(int fd, std::uint16_t group,
                                               std::uint64_t user_data,
                                               io::sqe_flags flags) noexcept {
+  io::buffer_ring* const buffers = this->group(group);
+  if (buffers == nullptr) return core::fail(ENOENT);
+  return queue_receive(fd, waiting_receive{user_data, nullptr, 0, buffers}, flags);
+}
+
+core::result<void> sim_host::prep_recv_multishot(int fd, std::uint16_t group,
+                                                 std::uint64_t user_data,
+                                                 io::sqe_flags flags) noexcept {
+  io::buffer_ring* const buffers = this->group(group);
+  if (buffers == nullptr) return core::fail(ENOENT);
+  return queue_receive(fd, waiting_receive{user_data, nullptr, 0, buffers, true}, flags);
+}
+
+core::result<void> sim_host::queue_receive(int fd, waiting_receive wanted,
+                                           io::sqe_flags flags) noexcept {
   if (auto plain = refuse_linked(flags); !plain) return plain;
   socket* s = find(fd);
   if (s == nullptr || s->what == socket::kind::file) return core::fail(EBADF);
-  const auto found = _groups.find(group);
-  if (found == _groups.end()) return core::fail(ENOENT);
-  s->receives.push_back(waiting_receive{user_data, nullptr, 0, found->second});
-  satisfy_receives(fd);
+  s->receives.push_back(wanted);
+  satisfy_receives(*s);
   return {};
 }
 
@@ -312,9 +327,8 @@ std::int32_t sim_host::fill(const waiting_receive& wanted, byte_lane& inbound, b
   return static_cast<std::int32_t>(taken);
 }
 
-void sim_host::satisfy_receives(int fd) {
-  socket* s = find(fd);
-  if (s == nullptr) return;
+void sim_host::satisfy_receives(socket& receiver) {
+  socket* const s = &receiver;  // complete() only queues: the socket stays put
   const bool datagram = s->what == socket::kind::datagram;
   while (!s->receives.empty()) {
     const waiting_receive wanted = s->receives.front();
@@ -325,6 +339,10 @@ void sim_host::satisfy_receives(int fd) {
       if (res > 0) _counters.bytes_from_peers += static_cast<std::uint64_t>(res);
     } else if (!s->end_of_stream && !s->shut) {
       return;  // nothing yet: the receive waits
+    }
+    if (wanted.multishot && res > 0) {  // stays armed: the next segment completes it again
+      complete(wanted.user_data, res, flags | io::cqe_flag_more);
+      continue;
     }
     s->receives.erase(s->receives.begin());
     complete(wanted.user_data, res, flags);
@@ -367,7 +385,7 @@ void sim_host::send_datagram(int fd, socket& s, std::string_view bytes) {
       if (s == nullptr) return;
       s->inbound.send(reply);
       s->inbound.arrive(reply.size());
-      satisfy_receives(fd);
+      satisfy_receives(*s);
       reap();
     });
   }
@@ -400,7 +418,7 @@ void sim_host::peer_send(int fd, std::string_view bytes) {
     if (s == nullptr) return;
     if (s->end_of_stream) return s->inbound.lose(length);
     s->inbound.arrive(length);
-    satisfy_receives(fd);
+    satisfy_receives(*s);
     reap();
   });
 }
@@ -415,7 +433,7 @@ void sim_host::peer_close(int fd) {
     if (s == nullptr) return;
     s->end_of_stream = true;
     s->peer.reset();
-    satisfy_receives(fd);
+    satisfy_receives(*s);
     reap();
   });
 }
@@ -505,10 +523,6 @@ core::result<void> sim_host::prep_nop(std::uint64_t user_data, io::sqe_flags fla
 // ---- not simulated: the caller sees a kernel without the op
 
 core::result<void> sim_host::prep_accept(int, std::uint64_t, bool, bool, io::sqe_flags) noexcept {
-  return unsupported();
-}
-core::result<void> sim_host::prep_recv_multishot(int, std::uint16_t, std::uint64_t,
-                                                 io::sqe_flags) noexcept {
   return unsupported();
 }
 core::result<void> sim_host::prep_sendmsg(int, const msghdr*, std::uint64_t, io::sqe_flags,
@@ -628,7 +642,7 @@ void sim_host::shutdown(int fd, int) noexcept {
       s->peer.reset();
     });
   }
-  satisfy_receives(fd);
+  satisfy_receives(*s);
 }
 
 void sim_host::close(int fd) noexcept {

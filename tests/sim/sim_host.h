@@ -19,7 +19,9 @@
 //     network::datagram, whose replies come back after a latency each;
 //   - receives (plain, or from a provided-buffer group: the group's io::buffer_ring is
 //     initialised unregistered and its buffers taken as the kernel does, -ENOBUFS included)
-//     complete when data or end of stream arrives; shutdown ends them with 0;
+//     complete when data or end of stream arrives; shutdown ends them with 0; a multishot
+//     receive (from a group) completes with cqe_flag_more per segment until end of stream,
+//     an error or -ENOBUFS ends it (that completion without the flag);
 //   - read from descriptors made by add_file (the test's spool segments);
 //   - cancel (by user_data, or every op of a descriptor), close, nop.
 // Not simulated: the other ops (prep fails with EOPNOTSUPP, so glue that needs them sees a
@@ -112,8 +114,9 @@ class sim_host final : public shard::host, public io::operations, public io::des
                                std::uint64_t user_data, io::sqe_flags flags) noexcept override;
   core::result<void> prep_recv_select(int fd, std::uint16_t group, std::uint64_t user_data,
                                       io::sqe_flags flags) noexcept override;
-  core::result<void> prep_recv_multishot(int, std::uint16_t, std::uint64_t,
-                                         io::sqe_flags) noexcept override;
+  core::result<void> prep_recv_multishot(int fd, std::uint16_t group, std::uint64_t user_data,
+                                         io::sqe_flags flags) noexcept override;
+  bool recv_multishot_supported() const noexcept override { return true; }
   core::result<void> prep_send(int fd, const void* data, std::uint32_t length,
                                std::uint64_t user_data, io::sqe_flags flags,
                                int msg_flags) noexcept override;
@@ -221,6 +224,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
     void* buffer = nullptr;  // plain receive
     std::uint32_t length = 0;
     io::buffer_ring* group = nullptr;  // provided-buffer receive
+    bool multishot = false;            // stays until end of stream, an error or -ENOBUFS
   };
 
   // Every action the host queues checks that the host still exists: the world's scheduler
@@ -245,14 +249,16 @@ class sim_host final : public shard::host, public io::operations, public io::des
   void turn() noexcept;
   void arm_timer_wake() noexcept;
   // Hands waiting receives what has arrived (data, end of stream) on `fd`.
-  void satisfy_receives(int fd);
+  void satisfy_receives(socket& s);
   std::int32_t fill(const waiting_receive& wanted, byte_lane& inbound, bool datagram,
                     std::uint32_t& flags);
   void send_datagram(int fd, socket& s, std::string_view bytes);
   void send_stream(int fd, socket& s, std::string_view bytes);
   bool cancel_matching(const std::function<bool(int, std::uint64_t)>& matches);
+  io::buffer_ring* group(std::uint16_t id) const noexcept;
   core::result<void> unsupported() noexcept;
   core::result<void> refuse_linked(io::sqe_flags flags) noexcept;
+  core::result<void> queue_receive(int fd, waiting_receive wanted, io::sqe_flags flags) noexcept;
 
   // Shared by the host and its queued actions (one thread: a plain count); the last of them
   // frees it.
@@ -292,7 +298,9 @@ class sim_host final : public shard::host, public io::operations, public io::des
   shard::host_handler* _handlers[256] = {};
   unsigned _next_kind = io::op_kind_first_free;
   std::vector<shard::host_hook*> _hooks;
-  std::map<std::uint16_t, io::buffer_ring*> _groups;
+  // Provided-buffer groups by id: one or two per host, searched in a line (walked at every
+  // turn to flush, looked up at every receive queued).
+  std::vector<std::pair<std::uint16_t, io::buffer_ring*>> _groups;
   // Descriptors are allocated in increasing order and never reused, so the table is indexed
   // by fd - _first_fd; closed slots at the front are dropped in blocks, once they are half
   // the table (issue 16: a std::map lookup ~15 times per delivery cost more than the

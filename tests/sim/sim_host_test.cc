@@ -816,6 +816,76 @@ TEST(SimScheduler, RunsActionsInTimeThenQueueOrderAndFreesTheirCaptures) {
   EXPECT_TRUE(clock.empty());
 }
 
+// A multishot receive (the outbound arms one per connection, issue 16): one completion per
+// segment, each with its own buffer and cqe_flag_more, the op staying armed; a group with no
+// buffer left ends it with -ENOBUFS and no flag (re-armed after a recycle), and so does the
+// peer's end of stream (0).
+TEST(SimHost, AMultishotReceiveCompletesPerSegmentUntilItEnds) {
+  struct talking_peer final : stream_peer {
+    void on_connected(sim_host& host, int fd) override {
+      host.peer_send(fd, "220 a\r\n");
+      host.peer_send(fd, "250 b\r\n");
+      host.peer_send(fd, "250 c\r\n");
+    }
+    void on_bytes(sim_host& host, int fd, std::string_view) override {
+      host.peer_send(fd, "221 d\r\n");
+      host.peer_close(fd);
+    }
+    void on_client_gone(sim_host&, int) override {}
+  };
+  struct receiver final : shard::host_handler {
+    explicit receiver(io::buffer_ring& buffers) : buffers(buffers) {}
+    void on_completion(const io::completion& done) noexcept override {
+      std::string got = fmt::format("{}{}:", done.res, done.more() ? "+" : "");
+      if (done.has_buffer()) {
+        const auto bytes = buffers.consume(done);
+        got.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+        if (recycle) buffers.recycle(done.buffer_id());
+      }
+      heard.push_back(got);
+    }
+    io::buffer_ring& buffers;
+    bool recycle = false;
+    std::vector<std::string> heard;
+  };
+  sim_network network;
+  network.connect = [](const core::endpoint&) { return std::make_unique<talking_peer>(); };
+  scheduler clock;
+  sim_host host(clock, 5, std::move(network), 1'000'000, 0);
+  ASSERT_TRUE(host.recv_multishot_supported());
+  io::buffer_ring buffers;
+  ASSERT_TRUE(host.register_buffer_ring(buffers, {.group_id = 3, .buffer_count = 2,
+                                                  .buffer_bytes = 64, .recycle_batch = 1})
+                  .ok());
+  receiver handler(buffers);
+  const io::op_kind kind = host.add_handler(handler).value();
+  const int fd = host.open_socket(AF_INET, SOCK_STREAM).value();
+  const auto to = core::endpoint::parse("192.0.2.1:25");
+  ASSERT_TRUE(to.has_value());
+  ASSERT_TRUE(host.prep_connect(fd, to->sockaddr_pointer(), to->length,
+                                io::pack_user_data(kind, 0, 1), io::sqe::none)
+                  .ok());
+  ASSERT_TRUE(host.run([&] { return handler.heard.size() == 1; }, 100));
+  const std::uint64_t receive = io::pack_user_data(kind, 0, 2);
+  ASSERT_TRUE(host.prep_recv_multishot(fd, 3, receive, io::sqe::none).ok());
+  // Two buffers, never recycled: the third segment finds none.
+  ASSERT_TRUE(host.run([&] { return handler.heard.size() == 4; }, 100));
+  EXPECT_EQ(handler.heard, (std::vector<std::string>{"0:", "7+:220 a\r\n", "7+:250 b\r\n",
+                                                     "-105:"}));
+  EXPECT_EQ(host.counters().enobufs, 1u);
+  buffers.recycle(0);
+  buffers.recycle(1);
+  handler.recycle = true;
+  ASSERT_TRUE(host.prep_recv_multishot(fd, 3, receive, io::sqe::none).ok());
+  ASSERT_TRUE(host.prep_send(fd, "QUIT\r\n", 6, io::pack_user_data(kind, 0, 3), io::sqe::none,
+                             0)
+                  .ok());
+  ASSERT_TRUE(host.run([&] { return handler.heard.size() == 8; }, 100));
+  EXPECT_EQ((std::vector<std::string>(handler.heard.begin() + 4, handler.heard.end())),
+            (std::vector<std::string>{"7+:250 c\r\n", "6:", "7+:221 d\r\n", "0:"}));
+  host.close(fd);
+}
+
 // The descriptor table (indexed by fd, closed slots at its front dropped): descriptors closed
 // out of order stay closed, the others keep working, numbers are never reused, and a cancel
 // by descriptor finds its op behind closed ones.

@@ -62,9 +62,14 @@ class operations {
   virtual core::result<void> prep_recv_select(int fd, std::uint16_t group,
                                               std::uint64_t user_data,
                                               sqe_flags flags = sqe::none) noexcept = 0;
+  // Multishot from a buffer group: a completion per arrival while cqe_flag_more; the last
+  // one (end of stream, an error, -ENOBUFS) has no cqe_flag_more. Only where
+  // recv_multishot_supported(): a kernel without it fails the op in its completion.
   virtual core::result<void> prep_recv_multishot(int fd, std::uint16_t group,
                                                  std::uint64_t user_data,
                                                  sqe_flags flags = sqe::none) noexcept = 0;
+  // Probed at run time (io::ring: ring_features::multishot_recv, Linux 6.0).
+  virtual bool recv_multishot_supported() const noexcept = 0;
   virtual core::result<void> prep_send(int fd, const void* data, std::uint32_t length,
                                        std::uint64_t user_data, sqe_flags flags = sqe::none,
                                        int msg_flags = MSG_NOSIGNAL) noexcept = 0;

@@ -126,6 +126,7 @@ class ring final : public operations {
   // recycling. An idle connection holds no buffer.
   core::result<void> prep_recv_multishot(int fd, std::uint16_t group, std::uint64_t user_data,
                                          sqe_flags flags = sqe::none) noexcept override;
+  bool recv_multishot_supported() const noexcept override { return _features.multishot_recv; }
   // Ordering: two sends in flight on one stream socket may complete out of order (one can go
   // async while the next does not): keep one send per connection in flight, or link them.
   core::result<void> prep_send(int fd, const void* data, std::uint32_t length,
