@@ -224,22 +224,15 @@ void spooled_message::set_received(std::int64_t ms, std::int64_t envelope_second
   RINGMTA_ASSERT(received_seconds() == envelope_seconds);
 }
 
-relay::state::message_slot* relay::state::find_slot(spool::message_id id) noexcept {
-  return message_ids.find(id,
-                          [&](const message_slot& s) { return messages.at(s.index).id == id; });
-}
-
 spooled_message* relay::state::find_message(spool::message_id id) noexcept {
-  message_slot* const slot = find_slot(id);
-  return slot != nullptr ? &messages.at(slot->index) : nullptr;
+  const std::uint32_t index = message_ids.find(id);
+  return index != message_ids.none ? &messages.at(index) : nullptr;
 }
 
 void relay::state::forget_message(const spooled_message& message) noexcept {
-  message_slot* const slot = find_slot(message.id);
-  RINGMTA_ASSERT(slot != nullptr && &messages.at(slot->index) == &message);
-  const std::uint32_t index = slot->index;
   if (message.resident()) metrics.envelopes_resident.add(-1);
-  message_ids.erase(*slot);
+  const std::uint32_t index = message_ids.erase(message.id);
+  RINGMTA_ASSERT(&messages.at(index) == &message);
   messages.release(index);
 }
 
@@ -251,9 +244,9 @@ spooled_message& relay::state::add_message(const spool::envelope& envelope,
   // Ids are unique: a second one would free what jobs point to.
   RINGMTA_ASSERT(find_message(envelope.id) == nullptr);
   const std::uint32_t index = messages.allocate();
-  message_ids.insert(envelope.id, message_slot{0, index});
   spooled_message& message = messages.at(index);
   message.id = envelope.id;
+  message_ids.insert(index);
   RINGMTA_ASSERT(peers.id() <= UINT16_MAX);
   message.home = static_cast<std::uint16_t>(peers.id());
   if (resident) pack(message, envelope, body);

@@ -342,14 +342,9 @@ struct relay::state {
 
   // home role (relay_home.cc)
   // The queued messages: in a slab (stable addresses: jobs on other shards point to them),
-  // found by id through a flat table of 8-byte entries (relay_tables.h).
-  struct message_slot {
-    std::uint32_t hash = 0;
-    std::uint32_t index = 0;  // in `messages`
-  };
+  // found by id through a table of 4-byte slots (relay_tables.h).
   slab<spooled_message> messages;
-  id_table<message_slot> message_ids;
-  message_slot* find_slot(spool::message_id id) noexcept;
+  id_index<spooled_message> message_ids{messages};
   spooled_message* find_message(spool::message_id id) noexcept;
   void forget_message(const spooled_message& message) noexcept;  // every recipient final
   std::vector<std::unique_ptr<pending_dsn>> dsns;               // being appended / committed
