@@ -56,7 +56,7 @@ class slab {
   std::size_t bytes() const noexcept { return _objects.bytes(); }
 
  private:
-  // 1,024 objects per chunk: 40 KiB of 40-byte messages; the last chunk's slack is bounded.
+  // 1,024 objects per chunk: 32 KiB of 32-byte messages; the last chunk's slack is bounded.
   core::chunked_slab<T, 10> _objects;
 };
 
