@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -111,16 +112,18 @@ class packed_message {
 //   the envelope's second), and the envelope's arrival second (the scheduler's job and the DSN
 //   have it, exact) as a lag behind it (21 bits signed: ±12 days; see set_received);
 // - body_bytes < 2^40: a message's segments span < 64 (store.cc's touch) of at most 16 GiB
-//   (spool.segment_size); recipients_open ≤ spool::envelope_recipients_max (16 bits); home <
-//   2^8 (a message id has 8 shard bits, message_id.h).
+//   (spool.segment_size); home < 2^8 (a message id has 8 shard bits, message_id.h); then
+//   recipients_open ≤ spool::envelope_recipients_max (16 bits).
 struct spooled_message {
   spool::message_id id = 0;
   packed_message packed;  // envelope and body slices, while resident
   std::int64_t received_ms_bits : 43 = 0;
   std::int64_t received_lag_seconds : 21 = 0;
   std::uint64_t body_bytes : 40 = 0;
-  std::uint64_t recipients_open : 16 = 0;  // home only
-  std::uint64_t home : 8 = 0;              // the shard (add_message asserts it fits)
+  std::uint64_t home : 8 = 0;  // the shard (add_message asserts it fits)
+  // Home only, and written while other shards read the fields above: its own memory location
+  // (not a bit-field), in the bytes the bit-fields leave (C++20 [intro.memory]).
+  std::uint16_t recipients_open = 0;
 
   void set_received(std::int64_t ms, std::int64_t envelope_seconds) noexcept;
   std::int64_t received_ms() const noexcept { return received_ms_bits; }
@@ -134,6 +137,7 @@ struct spooled_message {
   bool resident() const noexcept { return packed.state() == envelope_state::resident; }
 };
 static_assert(sizeof(spooled_message) <= 32, "bytes per queued message: see the comment");
+static_assert(offsetof(spooled_message, recipients_open) == 30);
 inline constexpr std::uint64_t spooled_body_bytes_limit = std::uint64_t{1} << 40;
 inline constexpr std::int64_t spooled_lag_seconds_max = (std::int64_t{1} << 20) - 1;
 
