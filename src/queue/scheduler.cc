@@ -259,7 +259,7 @@ std::uint32_t job_slab::allocate() noexcept {
 void job_slab::release(std::uint32_t slot) noexcept {
   job_record& job = _records[slot];
   job.state = job_state::free;
-  ++job.generation;
+  job.generation = (job.generation + 1) & job_generation_mask;
   job.prev = nil_slot;
   _records.release(slot);  // job.next: the free stack's link
 }
@@ -347,7 +347,6 @@ job_view scheduler::state::view(std::uint32_t slot) const noexcept {
   out.first_recipient = job.first_recipient;
   out.attempts = job.attempts;
   out.received_seconds = job.received_seconds;
-  out.first_attempt_ms = std::int64_t{job.first_attempt_seconds} * 1000;
   out.last_attempt_ms = std::int64_t{job.last_attempt_seconds} * 1000;
   out.next_attempt_ms = job.next_attempt_ms();
   out.held = job.state == job_state::held;
@@ -418,7 +417,6 @@ std::int64_t scheduler::state::expiry_ms(const job_record& job) const noexcept {
 void scheduler::state::note_attempt(job_record& job, std::int64_t now_ms,
                                     std::uint32_t error) noexcept {
   if (job.attempts < 0xffff) ++job.attempts;
-  if (job.first_attempt_seconds == 0) job.first_attempt_seconds = seconds_of(now_ms);
   job.last_attempt_seconds = seconds_of(now_ms);
   retain(error);
   release(job.error);
@@ -653,6 +651,7 @@ scheduler::scheduler(scheduler_config config) : _state(std::make_unique<state>()
   RINGMTA_ASSERT(config.jitter_permille < 1000);
   RINGMTA_ASSERT(config.lifetime_max_ms > 0 && config.idle_forget_ms >= 0);
   RINGMTA_ASSERT(config.destinations_max >= 1 && config.connections_max >= 1);
+  RINGMTA_ASSERT(config.destinations_max <= destination_slots_max);  // job_record::destination
   RINGMTA_ASSERT(config.error_texts_max < job_error_limit);  // job_record::error's bits
   _state->random = config.random_seed;
   _state->config = std::move(config);

@@ -71,7 +71,7 @@ add_result scheduler::add(std::string_view name, const job_spec& spec, std::int6
     slot = found->slot;
   } else {
     if (s.live_destinations >= s.config.destinations_max && !s.forget_one_idle(now_ms) &&
-        mode == admission::checked) {
+        (mode == admission::checked || s.live_destinations >= destination_slots_max)) {
       result.status = add_status::destinations_full;
       return result;
     }

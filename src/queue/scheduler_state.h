@@ -34,12 +34,20 @@ enum job_flag : std::uint8_t {
   job_flag_remove = 8,
 };
 
-// 56 bytes (was 64): the next attempt, the interned error, the flags and the state share one
+// 48 bytes (was 56, 64): the next attempt, the interned error, the flags and the state share one
 // word. Their limits are checked where the values enter: set_next_attempt_ms clamps to
 // [0, next_attempt_ms_max] (year 2248; the spool's and the other timestamps' seconds end in
 // 2106), error indices stay below job_error_limit (the constructor asserts error_texts_max).
+// The destination slot and the record's generation share another: destination slots stay
+// below destination_slots_max (add() refuses a new destination there even when forced; the
+// constructor asserts destinations_max), and the generation is 8 bits: it only catches a
+// stale job_id in job_at's assertion, which now misses one whose slot was reused a multiple
+// of 256 times meanwhile. The list links stay 32 bits: jobs have no hard bound (recovery adds
+// them forced, past jobs_max).
 inline constexpr std::int64_t next_attempt_ms_max = (std::int64_t{1} << 43) - 1;
 inline constexpr std::uint32_t job_error_limit = 1u << 13;
+inline constexpr std::uint32_t destination_slots_max = 1u << 24;
+inline constexpr std::uint32_t job_generation_mask = 0xff;
 
 struct job_record {
   message_key message = 0;  // the embedder's (scheduler.h)
@@ -49,12 +57,11 @@ struct job_record {
   std::uint64_t flags : 4 = 0;               // job_flag bits
   job_state state : 4 = job_state::free;
   std::uint32_t received_seconds = 0;   // epoch seconds (fits until 2106)
-  std::uint32_t first_attempt_seconds = 0;  // 0: never attempted
-  std::uint32_t last_attempt_seconds = 0;
+  std::uint32_t last_attempt_seconds = 0;  // 0: never attempted
   std::uint32_t prev = nil_slot;        // ready / in-flight / held list links; free: next free
   std::uint32_t next = nil_slot;
-  std::uint32_t destination = nil_slot;
-  std::uint32_t generation = 0;
+  std::uint32_t destination : 24 = 0;   // < destination_slots_max
+  std::uint32_t generation : 8 = 0;     // job_generation_mask
   std::uint16_t attempts = 0;
   std::uint16_t first_recipient = 0;
 
@@ -66,7 +73,7 @@ struct job_record {
         static_cast<std::uint64_t>(std::clamp<std::int64_t>(ms, 0, next_attempt_ms_max));
   }
 };
-static_assert(sizeof(job_record) == 56, "bytes per job are documented in scheduler.h");
+static_assert(sizeof(job_record) == 48, "bytes per job are documented in scheduler.h");
 
 // Job records in fixed chunks that never move (core::chunked_slab): a doubling vector held up
 // to twice the live records' bytes and copied them all at each growth (64 MB of slack possible

@@ -528,7 +528,7 @@ std::string relay::jobs_json(std::string_view destination, std::size_t count_max
                      {"state", state}, {"recipients", recipients},
                      {"sender", on_disk ? std::string(on_disk_text) : envelope.reverse_path},
                      {"on_disk", on_disk},
-                     {"size", message.body_bytes},
+                     {"size", message.body_size()},
                      {"attempts", j.attempts}, {"received_s", j.received_seconds},
                      {"last_attempt_ms", j.last_attempt_ms},
                      {"next_attempt_ms", next_attempt_ms},

@@ -215,31 +215,27 @@ std::size_t packed_message::bytes() const {
 }
 
 void spooled_message::set_received(std::int64_t ms, std::int64_t envelope_seconds) noexcept {
-  received_ms = ms;
   // Both come from the wall clock (recovered: `ms` is the envelope's second), so the lag is a
-  // few seconds at most, either way if the clock stepped; 32 bits hold 68 years of it.
-  const std::int64_t lag = ms / 1000 - envelope_seconds;
-  RINGMTA_ASSERT(lag >= INT32_MIN && lag <= INT32_MAX);
-  received_lag_seconds = static_cast<std::int32_t>(lag);
-  RINGMTA_ASSERT(received_seconds() == envelope_seconds);
-}
-
-relay::state::message_slot* relay::state::find_slot(spool::message_id id) noexcept {
-  return message_ids.find(id,
-                          [&](const message_slot& s) { return messages.at(s.index).id == id; });
+  // few seconds at most, either way if the clock stepped. A step of more than 12 days between
+  // the envelope and the 250 moves `ms` to the lag's bound: the arrival second stays exact (the
+  // expiry and the DSN use it), only the log's delay of such a message counts from there.
+  const std::int64_t lag = std::clamp(ms / 1000 - envelope_seconds, -spooled_lag_seconds_max,
+                                      spooled_lag_seconds_max);
+  if (ms / 1000 - envelope_seconds != lag) ms = (envelope_seconds + lag) * 1000;
+  received_ms_bits = ms;
+  received_lag_seconds = lag;
+  RINGMTA_ASSERT(received_ms() == ms && received_seconds() == envelope_seconds);
 }
 
 spooled_message* relay::state::find_message(spool::message_id id) noexcept {
-  message_slot* const slot = find_slot(id);
-  return slot != nullptr ? &messages.at(slot->index) : nullptr;
+  const std::uint32_t index = message_ids.find(id);
+  return index != message_ids.none ? &messages.at(index) : nullptr;
 }
 
 void relay::state::forget_message(const spooled_message& message) noexcept {
-  message_slot* const slot = find_slot(message.id);
-  RINGMTA_ASSERT(slot != nullptr && &messages.at(slot->index) == &message);
-  const std::uint32_t index = slot->index;
   if (message.resident()) metrics.envelopes_resident.add(-1);
-  message_ids.erase(*slot);
+  const std::uint32_t index = message_ids.erase(message.id);
+  RINGMTA_ASSERT(&messages.at(index) == &message);
   messages.release(index);
 }
 
@@ -251,12 +247,13 @@ spooled_message& relay::state::add_message(const spool::envelope& envelope,
   // Ids are unique: a second one would free what jobs point to.
   RINGMTA_ASSERT(find_message(envelope.id) == nullptr);
   const std::uint32_t index = messages.allocate();
-  message_ids.insert(envelope.id, message_slot{0, index});
   spooled_message& message = messages.at(index);
   message.id = envelope.id;
-  RINGMTA_ASSERT(peers.id() <= UINT16_MAX);
-  message.home = static_cast<std::uint16_t>(peers.id());
+  message_ids.insert(index);
+  RINGMTA_ASSERT(peers.id() <= spool::message_id_shard_max);
+  message.home = peers.id();
   if (resident) pack(message, envelope, body);
+  RINGMTA_ASSERT(body_bytes < spooled_body_bytes_limit);
   message.body_bytes = body_bytes;
   message.set_received(received_ms, envelope.received_seconds);
   return message;
@@ -540,12 +537,12 @@ void relay::state::record(spooled_message& message, const spool::envelope& envel
   line.field("id", std::string_view(spool::format_message_id(message.id).data(), 16))
       .field("from", envelope.reverse_path)
       .field("to", recipient.address)
-      .field("size", message.body_bytes)
+      .field("size", message.body_size())
       .field("mx", r.mx)
       .field("ip", r.ip)
       .field("reply", r.text)
       .field("attempt", static_cast<std::uint64_t>(r.attempts))
-      .seconds_field("delay", now_ms - message.received_ms);
+      .seconds_field("delay", now_ms - message.received_ms());
   if (r.attempt_ms >= 0) line.seconds_field("delay_attempt", r.attempt_ms);
   if (r.session != 0) line.hex_field("session", r.session);
   if (!r.source.empty()) line.field("source", r.source);
@@ -581,7 +578,7 @@ void relay::state::record(spooled_message& message, const spool::envelope& envel
     case outcome_kind::delivered:
       metrics.delivered.add();
       metrics.delivery_latency.record_us(
-          static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ms - message.received_ms)) *
+          static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ms - message.received_ms())) *
           1000);
       // ringmta never delivers finally: it hands the message on. A next hop that offers DSN
       // got NOTIFY/ORCPT/ENVID/RET and reports success itself; we send nothing (RFC 3461

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -105,28 +106,40 @@ class packed_message {
 // A queued message as every shard sees it: immutable after the home built it, except the
 // home-only fields. Freed by the home once every recipient is final.
 // One is kept per queued message, so its size is memory per message (docs/notes.md, "Backlog
-// at scale"): it must stay within 40 bytes (a slot of the home's slab, relay_tables.h).
+// at scale"): it must stay within 32 bytes (a slot of the home's slab, relay_tables.h; 40
+// until issue 15's session 11). Packed in two words, each field within its bound:
+// - received: when it was answered 250 (ms, 43 bits signed: ±139 years around 1970; recovered:
+//   the envelope's second), and the envelope's arrival second (the scheduler's job and the DSN
+//   have it, exact) as a lag behind it (21 bits signed: ±12 days; see set_received);
+// - body_bytes < 2^40: a message's segments span < 64 (store.cc's touch) of at most 16 GiB
+//   (spool.segment_size); home < 2^8 (a message id has 8 shard bits, message_id.h); then
+//   recipients_open ≤ spool::envelope_recipients_max (16 bits).
 struct spooled_message {
   spool::message_id id = 0;
   packed_message packed;  // envelope and body slices, while resident
-  std::uint64_t body_bytes = 0;
-  std::int64_t received_ms = 0;  // when it was answered 250 (recovered: the envelope's second)
-  // The envelope's arrival second (the scheduler's job and the DSN have it) is received_ms's
-  // second minus this: a second or two after a commit, 0 when recovered.
-  std::int32_t received_lag_seconds = 0;
-  std::uint16_t recipients_open = 0;  // home only; at most spool::envelope_recipients_max
-  std::uint16_t home = 0;             // the shard (add_message asserts it fits)
+  std::int64_t received_ms_bits : 43 = 0;
+  std::int64_t received_lag_seconds : 21 = 0;
+  std::uint64_t body_bytes : 40 = 0;
+  std::uint64_t home : 8 = 0;  // the shard (add_message asserts it fits)
+  // Home only, and written while other shards read the fields above: its own memory location
+  // (not a bit-field), in the bytes the bit-fields leave (C++20 [intro.memory]).
+  std::uint16_t recipients_open = 0;
 
   void set_received(std::int64_t ms, std::int64_t envelope_seconds) noexcept;
+  std::int64_t received_ms() const noexcept { return received_ms_bits; }
   std::int64_t received_seconds() const noexcept {
-    return received_ms / 1000 - received_lag_seconds;
+    return received_ms() / 1000 - received_lag_seconds;
   }
+  std::uint64_t body_size() const noexcept { return body_bytes; }  // a value for T&& callees
   // Resident only (see packed_message).
   spool::envelope envelope() const { return packed.envelope(id, received_seconds()); }
   std::vector<spool::body_slice> body() const { return packed.body(); }
   bool resident() const noexcept { return packed.state() == envelope_state::resident; }
 };
-static_assert(sizeof(spooled_message) <= 40, "bytes per queued message: see the comment");
+static_assert(sizeof(spooled_message) <= 32, "bytes per queued message: see the comment");
+static_assert(offsetof(spooled_message, recipients_open) == 30);
+inline constexpr std::uint64_t spooled_body_bytes_limit = std::uint64_t{1} << 40;
+inline constexpr std::int64_t spooled_lag_seconds_max = (std::int64_t{1} << 20) - 1;
 
 // The scheduler's key of a message's jobs (queue::message_key): its address. A job keeps its
 // message alive: the home frees a message once every recipient is final, and an owner reports
@@ -343,14 +356,9 @@ struct relay::state {
 
   // home role (relay_home.cc)
   // The queued messages: in a slab (stable addresses: jobs on other shards point to them),
-  // found by id through a flat table of 8-byte entries (relay_tables.h).
-  struct message_slot {
-    std::uint32_t hash = 0;
-    std::uint32_t index = 0;  // in `messages`
-  };
+  // found by id through a table of 4-byte slots (relay_tables.h).
   slab<spooled_message> messages;
-  id_table<message_slot> message_ids;
-  message_slot* find_slot(spool::message_id id) noexcept;
+  id_index<spooled_message> message_ids{messages};
   spooled_message* find_message(spool::message_id id) noexcept;
   void forget_message(const spooled_message& message) noexcept;  // every recipient final
   std::vector<std::unique_ptr<pending_dsn>> dsns;               // being appended / committed

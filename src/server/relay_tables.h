@@ -4,16 +4,15 @@
 // - `slab<T>`: objects with stable addresses (owners on other shards hold `spooled_message*`),
 //   in chunks that never move; a freed slot is reused before a new one is taken
 //   (core::chunked_slab, the storage the spool index and the scheduler use too).
-// - `id_table<Entry>`: message id → a small entry, open addressing with linear probing and
-//   backward-shift deletion (no tombstones). The table keeps a 32-bit hash of the id, not the
-//   id: the entry's payload (the home's: a slab index) leads to the full id, and
-//   `find` confirms a hash match against it, so a hash collision is never a wrong answer.
-//   It grows by half when 7/8 full (so 58-88% full; doubling left a table at 200,000 queued
-//   44% full: 2x the bytes per message) and halves below 1/8 full (a drained queue).
-//   The probe and the deletion are core/linear_probe.h's, shared with the spool index's
-//   table; the tables differ where their entries do: here an entry carries its 32-bit hash
-//   and payload (8 bytes) and is rehashed from the old table, the spool's 4-byte slot
-//   carries only a position and 5 hash bits, so that table is rebuilt from the entries.
+// - `id_index<T>`: message id → the index of its object in a slab<T>, 4 bytes a message
+//   (core::tagged_slots, the spool index's slots; issue 15: its 8-byte entries carrying a
+//   32-bit hash were 13.6 B a message at 1 M queued). A slot keeps 5 bits of the id's hash
+//   and the slab index; `find` confirms a tag match against the object's id, so a collision is
+//   never a wrong answer, and a deletion's backward shift reads the shifted objects' ids for
+//   their homes. It grows by half when 3/4 full (so 50-75% full: 5.3-8 B a message; the
+//   looser bound keeps probe runs, hence the ids read per deletion, short) and halves below
+//   1/8 full (a drained queue). A resize frees the slots, then rebuilds them in one walk over
+//   the slab (sequential: the objects' ids), so no old and new table stand side by side.
 // Never: blocks, or allocates except when a table grows or shrinks (amortised).
 #pragma once
 
@@ -43,6 +42,11 @@ class slab {
     RINGMTA_ASSERT(index < _objects.used());
     return _objects[index];
   }
+  const T& at(std::uint32_t index) const noexcept {
+    RINGMTA_ASSERT(index < _objects.used());
+    return _objects[index];
+  }
+  std::uint32_t used() const noexcept { return _objects.used(); }  // slots ever handed out
   void release(std::uint32_t index) {
     at(index) = T{};
     _objects.release(index);
@@ -52,71 +56,78 @@ class slab {
   std::size_t bytes() const noexcept { return _objects.bytes(); }
 
  private:
-  // 1,024 objects per chunk: 40 KiB of 40-byte messages; the last chunk's slack is bounded.
+  // 1,024 objects per chunk: 32 KiB of 32-byte messages; the last chunk's slack is bounded.
   core::chunked_slab<T, 10> _objects;
 };
 
-// The id's hash as the tables keep it; never 0 (0 marks an empty slot). Ids of one shard
-// differ mostly in their low bits (sequence, message_id.h): a multiplicative mix spreads them.
-inline std::uint32_t id_hash(spool::message_id id) noexcept {
-  const std::uint32_t mixed = static_cast<std::uint32_t>((id * 0x9e3779b97f4a7c15ull) >> 32);
-  return mixed == 0 ? 1 : mixed;
-}
+// Ids of one shard differ mostly in their low bits (sequence, message_id.h): mixed.
+inline std::uint64_t id_hash(spool::message_id id) noexcept { return core::mix64(id); }
 
-// Entry: a standard-layout struct with a `std::uint32_t hash` member (0: empty) and its payload.
-template <class Entry>
-class id_table {
+// T: has `spool::message_id id`, 0 while its slab slot is free (slab::release resets it).
+template <class T>
+class id_index {
  public:
-  // The entry of `id`, or nullptr; `is_id(entry)` says whether an entry with id's hash is id's.
-  template <class IsId>
-  Entry* find(spool::message_id id, IsId is_id) noexcept {
-    if (_slots.empty()) return nullptr;
-    const std::uint32_t hash = id_hash(id);
-    Entry& slot = _slots[core::probe(hash, _slots.size(), [&](std::size_t at) {
-      return _slots[at].hash == 0 || (_slots[at].hash == hash && is_id(_slots[at]));
-    })];
-    return slot.hash != 0 ? &slot : nullptr;
+  static constexpr std::uint32_t none = 0xffffffffu;
+
+  explicit id_index(const slab<T>& objects) noexcept : _objects(objects) {}
+
+  // The slab index of id's object, or none.
+  std::uint32_t find(spool::message_id id) const noexcept {
+    const std::size_t slot = slot_of(id);
+    return slot < _slots.size() ? _slots.position_at(slot) : none;
   }
-  // Adds `entry` for `id` (the caller knows it is not there yet) and gives it back in place.
-  Entry& insert(spool::message_id id, Entry entry) {
-    if ((_count + 1) * 8 > _slots.size() * 7)
-      resize(std::max<std::size_t>(16, _slots.size() + _slots.size() / 2));
-    entry.hash = id_hash(id);
+  // Adds the object at `index`, whose id is set (and not in the table yet: asserted).
+  void insert(std::uint32_t index) {
     ++_count;
-    return place(entry);
+    if (_count * 4 > _slots.size() * 3) return rebuild(std::max<std::size_t>(
+                                            slots_min, _slots.size() + _slots.size() / 2));
+    const spool::message_id id = _objects.at(index).id;
+    _slots.place(id_hash(id), index,
+                 [&](std::uint32_t other) { return _objects.at(other).id != id; });
   }
-  // Removes the entry `find` gave (it must not be used afterwards).
-  void erase(Entry& entry) {
-    RINGMTA_ASSERT(_count > 0 && entry.hash != 0);
-    const std::size_t hole = core::backward_shift(
-        static_cast<std::size_t>(&entry - _slots.data()), _slots.size(),
-        [&](std::size_t at) { return _slots[at].hash == 0; },
-        [&](std::size_t at) { return core::probe_home(_slots[at].hash, _slots.size()); },
-        [&](std::size_t from, std::size_t to) { _slots[to] = _slots[from]; });
-    _slots[hole] = Entry{};
+  // Removes id's entry (it is there) and gives its slab index, before its object is released
+  // (the probe reads the object's id; a shrinking rebuild here walks the slab and leaves the
+  // object out).
+  std::uint32_t erase(spool::message_id id) noexcept {
+    const std::size_t slot = slot_of(id);
+    RINGMTA_ASSERT(slot < _slots.size() && _count > 0);
+    const std::uint32_t index = _slots.position_at(slot);
+    _slots.remove(slot, [&](std::uint32_t at) { return id_hash(_objects.at(at).id); });
     --_count;
-    // A drained queue gives its memory back (hysteresis: grow at 7/8, shrink below 1/8).
-    if (_slots.size() > 16 && _count * 8 < _slots.size())
-      resize(std::max<std::size_t>(16, _slots.size() / 2));
+    if (_count == 0) _slots.clear();  // a quiet server's queue goes 0 -> 1 -> 0 often
+    else if (_slots.size() > slots_min && _count * 8 < _slots.size())
+      rebuild(std::max<std::size_t>(slots_min, _slots.size() / 2), index);
+    return index;
   }
   std::size_t size() const noexcept { return _count; }
   std::size_t capacity() const noexcept { return _slots.size(); }
+  std::size_t bytes() const noexcept { return _slots.bytes(); }
+  std::size_t probe_length_max() const noexcept {
+    return _slots.probe_length_max([&](std::uint32_t at) { return id_hash(_objects.at(at).id); });
+  }
 
  private:
-  Entry& place(const Entry& entry) noexcept {
-    Entry& slot = _slots[core::probe(entry.hash, _slots.size(),
-                                     [&](std::size_t at) { return _slots[at].hash == 0; })];
-    slot = entry;
-    return slot;
+  static constexpr std::size_t slots_min = 16;
+
+  std::size_t slot_of(spool::message_id id) const noexcept {
+    return _slots.find(id_hash(id),
+                       [&](std::uint32_t index) { return _objects.at(index).id == id; });
   }
-  void resize(std::size_t slots) {
-    RINGMTA_ASSERT(slots >= 16 && slots <= (std::size_t{1} << 32));
-    std::vector<Entry> old(slots);
-    old.swap(_slots);
-    for (const Entry& entry : old)
-      if (entry.hash != 0) place(entry);
+  // Every live object of the slab but `skip` (one being erased) goes into `slots` new slots.
+  void rebuild(std::size_t slots, std::uint32_t skip = none) {
+    _slots.renew(slots);
+    std::size_t placed = 0;
+    for (std::uint32_t index = 0; index < _objects.used(); ++index) {
+      const spool::message_id id = _objects.at(index).id;
+      if (id == 0 || index == skip) continue;
+      _slots.place(id_hash(id), index);
+      ++placed;
+    }
+    RINGMTA_ASSERT(placed == _count);
   }
-  std::vector<Entry> _slots;  // at least 16 long, or empty
+
+  const slab<T>& _objects;
+  core::tagged_slots _slots;
   std::size_t _count = 0;
 };
 

@@ -110,17 +110,6 @@ void message_entries::truncate(std::size_t size) noexcept {
 
 namespace {
 
-// splitmix64's finalizer (Steele, Lea, Flood 2014): every input bit changes every output bit
-// with probability ~1/2, so ids differing only in their seconds or sequence spread evenly.
-std::uint64_t mix(std::uint64_t x) noexcept {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
-
 // Slots for `entries` at most 3/4 full (a power of two).
 std::size_t slots_for(std::size_t entries, std::size_t minimum) noexcept {
   std::size_t slots = minimum;
@@ -139,19 +128,13 @@ message_index::message_index(message_entries entries) : _entries(std::move(entri
   rebuild(slots_for(_entries.size(), slots_min));
 }
 
-std::size_t message_index::home(std::uint64_t hash) const noexcept {
-  return core::probe_home(probe_hash(hash), _slot_count);
+std::uint64_t message_index::hash_at(std::uint32_t position) const noexcept {
+  return core::mix64(_entries[position].id);
 }
 
 std::size_t message_index::slot_of(message_id id) const noexcept {
-  if (_slots == nullptr) return 0;  // slot_count()
-  const std::uint64_t hash = mix(id);
-  const std::uint32_t want = tag(hash);
-  const std::size_t slot = core::probe(probe_hash(hash), _slot_count, [&](std::size_t at) {
-    const std::uint32_t value = _slots[at];
-    return value == 0 || ((value & ~position_mask) == want && _entries[position_at(at)].id == id);
-  });
-  return _slots[slot] == 0 ? _slot_count : slot;
+  return _slots.find(core::mix64(id),
+                     [&](std::uint32_t position) { return _entries[position].id == id; });
 }
 
 message_entry* message_index::find(message_id id) noexcept {
@@ -164,101 +147,65 @@ const message_entry* message_index::find(message_id id) const noexcept {
   return const_cast<message_index*>(this)->find(id);
 }
 
-void message_index::place(std::uint64_t hash, std::uint32_t position) noexcept {
-  const std::size_t slot = core::probe(probe_hash(hash), _slot_count,
-                                       [&](std::size_t at) { return _slots[at] == 0; });
-  _slots[slot] = tag(hash) | (position + 1);
-}
-
 // Frees the table first, then builds the new one from the entries: the only transient is the
 // new table itself.
 void message_index::rebuild(std::size_t slots) {
-  _slots.reset();
-  adopt(std::make_unique<std::uint32_t[]>(slots), slots);  // zeroed: every slot empty
+  _slots.renew(slots);
+  place_all();
 }
 
-// `table` (`slots` long, zeroed) replaces the slot table; every entry is placed in it.
-void message_index::adopt(std::unique_ptr<std::uint32_t[]> table, std::size_t slots) noexcept {
-  _slots = std::move(table);
-  _slot_count = slots;
+void message_index::place_all() noexcept {
   for (std::size_t i = 0; i < _entries.size(); ++i)
-    place(mix(_entries[i].id), static_cast<std::uint32_t>(i));
+    _slots.place(hash_at(static_cast<std::uint32_t>(i)), static_cast<std::uint32_t>(i));
 }
 
 message_entry& message_index::insert(message_entry entry) {
   RINGMTA_ASSERT(!full());
-  if (_slots == nullptr || (_entries.size() + 1) * 4 > slot_count() * 3) {
+  if (slot_count() == 0 || (_entries.size() + 1) * 4 > slot_count() * 3) {
     const message_id id = entry.id;
     message_entry& placed = _entries.push_back(std::move(entry));
-    rebuild(_slots == nullptr ? slots_min : slot_count() * 2);  // places the new entry too
+    rebuild(slot_count() == 0 ? slots_min : slot_count() * 2);  // places the new entry too
     RINGMTA_ASSERT(find(id) == &placed);  // else the id was there already
     return placed;
   }
   // One probe finds the free slot and checks on the way that the id is new.
-  const std::uint64_t hash = mix(entry.id);
-  const std::uint32_t want = tag(hash);
-  const std::size_t slot = core::probe(probe_hash(hash), _slot_count, [&](std::size_t at) {
-    const std::uint32_t value = _slots[at];
-    RINGMTA_ASSERT(value == 0 || (value & ~position_mask) != want ||
-                   _entries[position_at(at)].id != entry.id);
-    return value == 0;
-  });
+  const message_id id = entry.id;
   message_entry& placed = _entries.push_back(std::move(entry));
-  _slots[slot] = want | static_cast<std::uint32_t>(_entries.size());  // position + 1
+  _slots.place(core::mix64(id), static_cast<std::uint32_t>(_entries.size() - 1),
+               [&](std::uint32_t position) { return _entries[position].id != id; });
   return placed;
-}
-
-// The slot's home comes from its entry's id: the 4-byte slot holds no full hash.
-void message_index::remove_slot(std::size_t hole) noexcept {
-  const std::size_t last = core::backward_shift(
-      hole, _slot_count, [&](std::size_t at) { return _slots[at] == 0; },
-      [&](std::size_t at) { return home(mix(_entries[position_at(at)].id)); },
-      [&](std::size_t from, std::size_t to) { _slots[to] = _slots[from]; });
-  _slots[last] = 0;
 }
 
 // One probe for the erased id (the caller's, which found it), one for the entry that moves
 // into its place: that slot is known by its position, so the probe compares slots only.
 void message_index::erase_slot(std::size_t slot) noexcept {
   const std::uint32_t position = position_at(slot);
-  remove_slot(slot);
+  // The slot's home comes from its entry's id: the 4-byte slot holds no full hash.
+  _slots.remove(slot, [&](std::uint32_t at) { return hash_at(at); });
   const std::uint32_t last = static_cast<std::uint32_t>(_entries.size() - 1);
   if (position != last) {
     // The last entry fills the hole; its slot learns the new position.
-    const std::uint64_t hash = mix(_entries[last].id);
-    const std::size_t moved = core::probe(probe_hash(hash), _slot_count, [&](std::size_t at) {
-      return _slots[at] == 0 || (_slots[at] & position_mask) == last + 1;
-    });
-    RINGMTA_ASSERT(_slots[moved] != 0);
-    _slots[moved] = (_slots[moved] & ~position_mask) | (position + 1);
+    _slots.move_position(_slots.find_position(hash_at(last), last), position);
     _entries[position] = std::move(_entries[last]);
   }
   _entries.pop_back();
   if (_entries.empty()) {
-    _slots.reset();
-    _slot_count = 0;
+    _slots.clear();
   } else if (slot_count() > slots_min && _entries.size() * 16 < slot_count()) {
     // ≤ 1/8 full afterwards: far from growing again. Shrinking is optional (erase is noexcept
     // and runs from the store's completions): without memory for it the table stays as is.
     const std::size_t slots = slot_count() / 2;
-    if (std::unique_ptr<std::uint32_t[]> smaller{new (std::nothrow) std::uint32_t[slots]()})
-      adopt(std::move(smaller), slots);
+    if (std::unique_ptr<std::uint32_t[]> smaller{new (std::nothrow) std::uint32_t[slots]()}) {
+      _slots.adopt(std::move(smaller), slots);
+      place_all();
+    }
   }
 }
 
-std::size_t message_index::bytes() const noexcept {
-  return _entries.bytes() + (_slots == nullptr ? 0 : slot_count() * sizeof(std::uint32_t));
-}
+std::size_t message_index::bytes() const noexcept { return _entries.bytes() + _slots.bytes(); }
 
 std::size_t message_index::probe_length_max() const noexcept {
-  std::size_t longest = 0;
-  if (_slots == nullptr) return 0;
-  for (std::size_t slot = 0; slot < slot_count(); ++slot) {
-    if (_slots[slot] == 0) continue;
-    const std::size_t from = home(mix(_entries[position_at(slot)].id));
-    longest = std::max(longest, core::probe_length(from, slot, _slot_count));
-  }
-  return longest;
+  return _slots.probe_length_max([&](std::uint32_t position) { return hash_at(position); });
 }
 
 }  // namespace ringmta::spool

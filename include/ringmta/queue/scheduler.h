@@ -5,7 +5,7 @@
 // threads, no exceptions on the data path. One scheduler per shard; not thread-safe.
 //
 // Work unit: a job = one message's recipients (indices into its envelope) for one
-// destination. The embedder owns the message; a job is a 56-byte record in a slab (see
+// destination. The embedder owns the message; a job is a 48-byte record in a slab (see
 // "Memory" below). Every job is in exactly one place: the destination's ready list (FIFO),
 // its scheduled heap (ordered by next attempt), or in flight (taken by a connection). Each
 // job leaves the scheduler exactly once: delivered(), failed(), deferred() → expired or
@@ -49,10 +49,10 @@
 // that has carried turn_messages is told to close, and poll() gives the freed slots to the
 // waiting destinations in the order they began to wait, one connection each (round robin).
 //
-// Memory: 56 bytes per job record (static_assert in scheduler_state.h), in fixed chunks of
+// Memory: 48 bytes per job record (static_assert in scheduler_state.h), in fixed chunks of
 // 128 records that never move (no growth slack, free slots chained through the records) +
 // 12 bytes per scheduled job (heap entry; its vector grows by a quarter: ~13 with slack).
-// About 70-80 bytes per queued job; 10 M jobs ~ 750 MiB. Per destination ~ 250 bytes + name.
+// About 60-70 bytes per queued job; 10 M jobs ~ 650 MiB. Per destination ~ 250 bytes + name.
 // Error texts are interned (refcounted, bounded count), a job holds a 13-bit reference.
 //
 // Never: reads a clock, allocates per job beyond amortized containers, or throws after
@@ -119,6 +119,8 @@ struct scheduler_config {
   std::int64_t lifetime_max_ms = 5 * 86'400'000LL;       // then expire (bounce)
   std::int64_t delay_warning_ms = 4 * 3'600'000LL;       // "delayed" DSN once; 0: never
   std::int64_t idle_forget_ms = 3'600'000;               // idle destination state is dropped
+  // At most 2^24 (a job keeps its destination's slot in 24 bits); a forced add() may pass
+  // this limit (recovery) but never that one.
   std::uint32_t destinations_max = 100'000;
   std::uint32_t jobs_per_destination_max = 1'000'000;
   std::uint32_t jobs_max = 10'000'000;                   // whole shard
@@ -172,7 +174,7 @@ enum class admission : std::uint8_t {
 enum class add_status : std::uint8_t {
   added,
   invalid,             // empty recipients, empty or too long destination name
-  destinations_full,   // destinations_max reached and no idle destination to forget
+  destinations_full,   // destinations_max (forced: 2^24) reached, no idle one to forget
   destination_full,    // jobs_per_destination_max
   jobs_full,           // jobs_max
 };
@@ -192,7 +194,6 @@ struct job_view {
   std::uint16_t first_recipient = 0;
   std::uint16_t attempts = 0;
   std::int64_t received_seconds = 0;
-  std::int64_t first_attempt_ms = 0;   // 0: never attempted (second resolution)
   std::int64_t last_attempt_ms = 0;    // 0: never attempted (second resolution)
   std::int64_t next_attempt_ms = 0;    // meaningful when scheduled
   std::uint16_t last_reply_code = 0;   // of the last deferral, 0 when none

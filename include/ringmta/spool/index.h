@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "ringmta/core/chunked_slab.h"
+#include "ringmta/core/linear_probe.h"
 #include "ringmta/spool/envelope.h"
 #include "ringmta/spool/message_id.h"
 
@@ -212,17 +213,14 @@ class message_entries {
 // large (when that allocation fails, it stays), and trailing chunks are freed as the entries
 // shrink: a drained backlog gives its memory back.
 //
-// The probe and the backward shift are core/linear_probe.h's, shared with the relay's
-// id_table (src/server/relay_tables.h). The rest differs for a reason: that table's 8-byte
-// entries carry their full hash and their payload, so it is rehashed from the old table and
-// kept 58-88% full (growing by half); here a slot has no room for the hash (5 bits of tag),
-// so it is rebuilt from the entries (and its home recomputed from the entry's id when a
-// deletion shifts it), and at 4 bytes a slot a looser load (3/8-3/4) keeps probes short for
-// ~2 bytes a message.
+// The slots (core::tagged_slots: position and tag, the probe, the backward shift) are
+// core/linear_probe.h's, shared with the relay home's id_index (src/server/relay_tables.h),
+// which rebuilds them from its slab instead of from dense entries. At 4 bytes a slot a loose
+// load (3/8-3/4) keeps probes short for ~2 bytes a message.
 class message_index {
  public:
-  static constexpr unsigned position_bits = 27;
-  static constexpr std::size_t entries_max = (std::size_t{1} << position_bits) - 2;
+  static constexpr unsigned position_bits = core::tagged_slots::position_bits;
+  static constexpr std::size_t entries_max = core::tagged_slots::position_limit;
 
   message_index() noexcept = default;
   // Adopts recovered entries (ascending ids, as recovery gives them; asserted).
@@ -251,7 +249,7 @@ class message_index {
   }
   // Memory held by the chunks and the slot table (recipient arrays not counted).
   std::size_t bytes() const noexcept;
-  std::size_t slot_count() const noexcept { return _slots == nullptr ? 0 : _slot_count; }
+  std::size_t slot_count() const noexcept { return _slots.size(); }
   // The longest probe sequence of any entry (slots examined to find it): for tests.
   std::size_t probe_length_max() const noexcept;
 
@@ -262,31 +260,18 @@ class message_index {
   message_entries::const_iterator end() const noexcept { return _entries.end(); }
 
  private:
-  static constexpr std::uint32_t position_mask = (std::uint32_t{1} << position_bits) - 1;
   static constexpr std::size_t slots_min = 16;
 
-  // The slot's home: from the hash's high 32 bits (the tag takes bits of the low ones).
-  static std::uint32_t probe_hash(std::uint64_t hash) noexcept {
-    return static_cast<std::uint32_t>(hash >> 32);
-  }
-  std::size_t home(std::uint64_t hash) const noexcept;
-  static std::uint32_t tag(std::uint64_t hash) noexcept {
-    return static_cast<std::uint32_t>(hash) & ~position_mask;
-  }
-  std::uint32_t position_at(std::size_t slot) const noexcept {
-    return (_slots[slot] & position_mask) - 1;
-  }
   // The slot holding `id`, or slot_count() when absent.
   std::size_t slot_of(message_id id) const noexcept;
-  void place(std::uint64_t hash, std::uint32_t position) noexcept;
+  std::uint32_t position_at(std::size_t slot) const noexcept { return _slots.position_at(slot); }
+  std::uint64_t hash_at(std::uint32_t position) const noexcept;
   void rebuild(std::size_t slots);
-  void adopt(std::unique_ptr<std::uint32_t[]> table, std::size_t slots) noexcept;
-  void remove_slot(std::size_t slot) noexcept;
+  void place_all() noexcept;
   void erase_slot(std::size_t slot) noexcept;  // the entry of `slot` goes
 
   message_entries _entries;
-  std::unique_ptr<std::uint32_t[]> _slots;
-  std::size_t _slot_count = 0;  // a power of two; 0 before the first insert
+  core::tagged_slots _slots;  // a power of two long; none before the first insert
 };
 
 }  // namespace ringmta::spool

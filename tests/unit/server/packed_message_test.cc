@@ -4,6 +4,8 @@
 // issue 15 counts on.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <atomic>
 #include <cstdint>
 #include <limits>
@@ -189,10 +191,37 @@ TEST(spooled_message, keeps_the_arrival_second_exactly) {
   for (const auto& c : cases) {
     spooled_message message;
     message.set_received(c.ms, c.envelope_seconds);
-    EXPECT_EQ(message.received_ms, c.ms);
+    EXPECT_EQ(message.received_ms(), c.ms);
     EXPECT_EQ(message.received_seconds(), c.envelope_seconds) << c.ms;
   }
-  static_assert(sizeof(spooled_message) == 40);
+  static_assert(sizeof(spooled_message) == 32);
+}
+
+// The 32-byte message (issue 15): each packed field at its bound. A clock stepped by more than
+// the lag's 12 days between the envelope and the 250 keeps the arrival second exact and moves
+// received_ms to the bound (only the log's delay counts from there).
+TEST(spooled_message, packed_fields_hold_their_bounds) {
+  const std::int64_t seconds = 1'765'000'000;
+  const std::int64_t lag_max = (std::int64_t{1} << 20) - 1;
+  for (const std::int64_t step : {lag_max, -lag_max, lag_max + 1, std::int64_t{30 * 86'400},
+                                  std::int64_t{-4'000'000}}) {
+    spooled_message message;
+    message.set_received((seconds + step) * 1000 + 250, seconds);
+    EXPECT_EQ(message.received_seconds(), seconds) << step;
+    const std::int64_t kept = std::clamp(step, -lag_max, lag_max);
+    EXPECT_EQ(message.received_ms(), kept == step ? (seconds + step) * 1000 + 250
+                                                  : (seconds + kept) * 1000)
+        << step;
+  }
+  spooled_message message;
+  message.body_bytes = (std::uint64_t{1} << 40) - 1;
+  message.recipients_open = 65'535;
+  message.home = 255;
+  message.set_received(std::int64_t{4'102'444'800} * 1000, 4'102'444'800);  // 2100-01-01
+  EXPECT_EQ(message.body_size(), (std::uint64_t{1} << 40) - 1);
+  EXPECT_EQ(message.recipients_open, 65'535u);
+  EXPECT_EQ(message.home, 255u);
+  EXPECT_EQ(message.received_seconds(), 4'102'444'800);
 }
 
 // Eviction (relay_envelopes.cc): the bytes leave memory; a read back packs them again.
