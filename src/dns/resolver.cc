@@ -75,8 +75,9 @@ resolver::resolver(resolver_config config, random_source random)
   _query_by_id.assign(65536, 0);
   for (std::uint32_t i = _config.queries_in_flight_max; i > 0; --i) _free_queries.push_back(i - 1);
   const std::uint32_t lookup_slots = _config.lookups_max + _config.lookups_waiting_max;
-  _lookups.resize(lookup_slots);
-  for (std::uint32_t i = lookup_slots; i > 0; --i) _free_lookups.push_back(i - 1);
+  // Lookup slots are made on first use (start_lookup), not all here: a restart would build and
+  // destroy thousands of them (issue 16). Reserved, so a slot never moves once made.
+  _lookups.reserve(lookup_slots);
   // Allocated at start-up: push_deadline keeps the heap below this (rebuilt past it).
   const std::size_t slots = std::size_t{_config.queries_in_flight_max} + lookup_slots;
   _deadlines.reserve(2 * slots + 65);
@@ -163,6 +164,13 @@ std::uint64_t resolver::start_lookup(bool mx, std::string_view name, std::uint64
   ++_counters.lookups_started;
   _last_now_ms = std::max(_last_now_ms, now_ms);
   const std::uint64_t sequence = ++_lookup_sequence;
+  if (_free_lookups.empty() &&
+      _lookups.size() < std::size_t{_config.lookups_max} + _config.lookups_waiting_max) {
+    // The next slot never used. Slots are taken in the order a full free list would give
+    // (0, 1, ...; then the last released first), so ids do not depend on when slots were made.
+    _free_lookups.push_back(static_cast<std::uint32_t>(_lookups.size()));
+    _lookups.emplace_back();
+  }
   if (_free_lookups.empty()) {  // running and waiting slots all busy: refuse, the queue retries
     const std::uint64_t id = sequence << lookup_index_bits | lookup_index_mask;
     action& done = push_action(action_kind::lookup_done);

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <span>
 
 #include "format.h"
@@ -135,30 +136,38 @@ class file_reader {
   // Bytes [offset, offset+bytes) or an empty view past the end or on a read error.
   std::string_view get(std::uint64_t offset, std::size_t bytes) {
     if (offset > _size || bytes > _size - offset) return {};
-    if (offset < _start || offset + bytes > _start + _buffer.size()) {
+    if (offset < _start || offset + bytes > _start + _length) {
       const std::size_t want = static_cast<std::size_t>(
           std::min<std::uint64_t>(std::max(bytes, window_bytes), _size - offset));
-      _buffer.resize(want);
+      // Not zero-filled (new char[], not a resize): pread overwrites what is used, and a
+      // restart reads many files, each a window of up to 1 MB (issue 16: a tenth of a
+      // crash-heavy simulation's instructions went to zeroing these windows).
+      if (want > _capacity) {
+        _buffer.reset(new char[want]);
+        _capacity = want;
+      }
       std::size_t done = 0;
       while (done < want) {
-        const ssize_t got = ::pread(_fd, _buffer.data() + done, want - done,
+        const ssize_t got = ::pread(_fd, _buffer.get() + done, want - done,
                                     static_cast<off_t>(offset + done));
         if (got < 0 && errno == EINTR) continue;
         if (got <= 0) break;
         done += static_cast<std::size_t>(got);
       }
-      _buffer.resize(done);
+      _length = done;
       _start = offset;
       if (bytes > done) return {};
     }
-    return std::string_view(_buffer).substr(offset - _start, bytes);
+    return std::string_view(_buffer.get() + (offset - _start), bytes);
   }
 
  private:
   int _fd;
   std::uint64_t _size;
   std::uint64_t _start = 0;
-  std::string _buffer;
+  std::unique_ptr<char[]> _buffer;
+  std::size_t _capacity = 0;
+  std::size_t _length = 0;  // bytes of _buffer read from _start
 };
 
 // Issue 15: with millions of messages queued, recovery keeps flat vectors (no node or vector
