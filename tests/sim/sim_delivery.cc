@@ -19,6 +19,7 @@
 #include "ringmta/dns/wire.h"
 #include "ringmta/queue/dsn.h"
 #include "ringmta/server/egress.h"
+#include <nlohmann/json.hpp>
 #include "sim_dns.h"
 #include "sim_tls.h"
 
@@ -181,8 +182,14 @@ struct delivery::state {
   // operator
   void operator_tick();
   void operate(std::string_view destination, std::string_view action);
-  void act(spool::message_id id, std::string_view action);
+  void act(spool::message_id id, std::string_view action, std::string_view reason = "sim");
+  void bounce(spool::message_id id);
   void suspend(std::string_view destination);
+  void note_in_flight(const std::string& destination);
+  void check_suspension(const remote_peer& h);
+  void check_reason_logged(spool::message_id id, std::string_view to, std::string_view reply);
+  void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
+  void forget_process();  // a crash: what only the dead process knew
   void hold(spool::message_id id);
   void reload();
   // the end
@@ -203,7 +210,11 @@ struct delivery::state {
   bool pipelining = true, chunking = true;
   std::uint64_t scheduler_seed = 1, dns_seed = 1;
   std::int64_t operator_mean_ns = 0;
-  std::set<std::string> suspended;        // kept across restarts, as the daemon does
+  // Suspended destinations (kept across restarts, as the daemon does), each with the (key,
+  // recipient) slots of the jobs in flight when it was suspended: a transaction already on the
+  // wire may finish; any other reaching the destination's MTAs is SUSPENSION IGNORED
+  // (queue::scheduler never hands a suspended destination's job to a connection).
+  std::map<std::string, std::set<std::pair<std::string, std::string>>> suspended;
   std::set<spool::message_id> held;       // journaled in the spool: survive restarts too
   // Every message ever held: a release that a crash caught before its journal record was
   // durable leaves the hold in the spool (the API would have answered with an error, and the
@@ -224,6 +235,13 @@ struct delivery::state {
   // Durable DSNs reporting on (key, rcpt), and the DSNs the relay bounced (never reported on).
   std::map<std::pair<std::string, std::string>, std::vector<spool::message_id>> dsn_reports;
   std::set<spool::message_id> dsn_bounced;
+  // The operator's bounce reasons (REASON LOST): per message bounced with a reason, the
+  // reason; per (key, recipient) whose `bounced` record named it, the reason its DSN must name.
+  // Destinations bounced as a whole meanwhile (no reason: either bounce may come first).
+  std::uint64_t reasons_given = 0;
+  std::map<spool::message_id, std::string> bounce_reasons;
+  std::map<std::pair<std::string, std::string>, std::string> dsn_reasons;
+  std::set<std::string> domains_bounced;
 };
 
 delivery::state::state(world& owner, std::uint64_t seed)
@@ -290,7 +308,7 @@ server::relay_config delivery::state::make_config() const {
   config.scheduler.delay_warning_ms = 0;
   config.scheduler.random_seed = scheduler_seed;
   config.egress = std::make_shared<const server::egress_table>(config::settings{});
-  config.suspended_at_start.assign(suspended.begin(), suspended.end());
+  for (const auto& [name, allowed] : suspended) config.suspended_at_start.push_back(name);
   auto& out = config.outbound;
   out.helo_name = std::string(our_name);
   out.pipelining = pipelining;
@@ -493,6 +511,7 @@ smtp::verdict delivery::state::remote_peer::on_rcpt_to(
 }
 
 smtp::verdict delivery::state::remote_peer::on_data_end(const smtp::body_summary&) noexcept {
+  s.check_suspension(*this);
   smtp::verdict verdict = answer("end of data");
   if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
   recipients.clear();
@@ -533,24 +552,122 @@ void delivery::state::operate(std::string_view destination, std::string_view act
   server::relay* holder = (*relays)[(*relays)[owner]->holder_of(destination)];
   note(fmt::format("operator: {} {}: {}", action, destination,
                    holder->operate(destination, action)));
+  if (action == "bounce") domains_bounced.emplace(destination);
 }
 
-void delivery::state::act(spool::message_id id, std::string_view action) {
-  const std::string answer = relay->act_on_message(id, action, "sim", "operator");
+void delivery::state::act(spool::message_id id, std::string_view action,
+                          std::string_view reason) {
+  const std::string answer = relay->act_on_message(id, action, reason, "operator");
   note(fmt::format("operator: {} {:016x}: {}", action, id, answer));
   const auto at = answer.find("\"ticket\":");
   if (at != std::string::npos) {
     action_tickets.push_back(std::strtoull(answer.c_str() + at + 9, nullptr, 10));
   }
+  if (action == "bounce" && answer.find("\"found\":true") != std::string::npos)
+    bounce_reasons[id] = std::string(reason);
+}
+
+// `ringmta-ctl bounce --reason`: a reason of its own per action, one word (a DSN folds its
+// diagnostic at spaces only), so the DSN can be told to name it.
+void delivery::state::bounce(spool::message_id id) {
+  act(id, "bounce", fmt::format("sim-reason-{}", ++reasons_given));
 }
 
 void delivery::state::suspend(std::string_view destination) {
-  if (!suspended.insert(std::string(destination)).second) return;
+  const std::string name(destination);
+  if (suspended.count(name) != 0) return;
   operate(destination, "suspend");
-  later(static_cast<std::int64_t>(rng.between(1, 120)) * 1000 * ms_ns,
-        [this, name = std::string(destination)] {
-          if (suspended.erase(name) != 0) operate(name, "resume");
-        });
+  note_in_flight(name);
+  later(static_cast<std::int64_t>(rng.between(1, 120)) * 1000 * ms_ns, [this, name] {
+    if (suspended.erase(name) != 0) operate(name, "resume");
+  });
+}
+
+// What may still reach a destination just suspended: the jobs the shards have on the wire
+// for it (the admin API's job listing, "active"), by the ledger's key and recipient.
+void delivery::state::note_in_flight(const std::string& destination) {
+  auto& allowed = suspended[destination];
+  for (auto* shard : *relays) {
+    for (const auto& job : nlohmann::json::parse(shard->jobs_json(destination, 100'000))) {
+      if (job.at("state") != "active") continue;
+      const auto id = std::strtoull(job.at("id").get<std::string>().c_str(), nullptr, 16);
+      const auto found = ledger.find(id);
+      if (found == ledger.end()) continue;
+      for (const auto& recipient : job.at("recipients")) {
+        const auto index = recipient.at("index").get<std::size_t>();
+        if (index < found->second.recipients.size())
+          allowed.emplace(found->second.key, found->second.recipients[index]);
+      }
+    }
+  }
+  note(fmt::format("operator: {} suspended with {} recipient(s) on the wire", destination,
+                   allowed.size()));
+}
+
+// A transaction reaching a suspended destination's MTA (at its end of data, where the body
+// names the message): every recipient's job must have been on the wire at the suspension.
+void delivery::state::check_suspension(const remote_peer& h) {
+  const auto found = suspended.find(std::string(domain_names[h.remote.domain]));
+  if (found == suspended.end()) return;
+  const std::string key = message_key(h.body);
+  ++w.counters().suspended_arrivals;
+  for (const auto& rcpt : h.recipients) {
+    if (found->second.count({key, rcpt}) != 0) continue;
+    w.fail(fmt::format("SUSPENSION IGNORED: {} for {} reached {} (r{}) while the operator's "
+                       "suspension of {} held, and was not on the wire when it began", key,
+                       rcpt, h.remote.name, h.number, found->first));
+    return;
+  }
+}
+
+// A `bounced` record of a message the operator bounced with a reason: unless its destination
+// was bounced as a whole too (no reason), the record names the reason, and so must its DSN.
+void delivery::state::check_reason_logged(spool::message_id id, std::string_view to,
+                                          std::string_view reply) {
+  const auto reason = bounce_reasons.find(id);
+  const auto entry = ledger.find(id);
+  constexpr std::string_view by_operator = "bounced by the operator";  // relay.cc handle_event
+  if (reason == bounce_reasons.end() || entry == ledger.end() || entry->second.dsn ||
+      reply.substr(0, by_operator.size()) != by_operator ||
+      domains_bounced.count(std::string(to.substr(to.find('@') + 1))) != 0) {
+    return;
+  }
+  if (reply.find(reason->second) == std::string_view::npos) {
+    return w.fail(fmt::format("REASON LOST: {:016x} ({}) bounced for <{}> by the operator "
+                              "with reason {}, but the relay's record says \"{}\"", id,
+                              entry->second.key, to, reason->second, reply));
+  }
+  dsn_reasons[{entry->second.key, std::string(to)}] = reason->second;
+}
+
+// A DSN made durable: it names the reason of each recipient it reports that the operator
+// bounced with one (RFC 3464 §2.3.6: the diagnostic; docs/notes.md, "Per-message actions").
+void delivery::state::check_reason_in_dsn(spool::message_id dsn, std::string_view body) {
+  const std::string key = message_key(body);
+  for (const auto& rcpt : final_recipients(body)) {
+    const auto want = dsn_reasons.find({key, rcpt});
+    if (want == dsn_reasons.end()) continue;
+    if (body.find(want->second) == std::string_view::npos) {
+      return w.fail(fmt::format("REASON LOST: DSN {:016x} about {} for <{}> does not name the "
+                                "operator's reason {}", dsn, key, rcpt, want->second));
+    }
+    ++w.counters().reasons_checked;
+    dsn_reasons.erase(want);
+  }
+}
+
+// The operator's bounce reason is not journaled (the spool's action record is 16 fixed bytes):
+// a crash between the action and the DSN being durable loses it, legitimately, and the
+// recovered bounce says only "bounced by the operator". Set when the reason is journaled.
+constexpr bool bounce_reason_survives_crash = false;
+
+void delivery::state::forget_process() {
+  for (auto& [name, allowed] : suspended) allowed.clear();  // a new relay has nothing on the wire
+  if (!bounce_reason_survives_crash) {
+    bounce_reasons.clear();
+    dsn_reasons.clear();
+  }
+  domains_bounced.clear();
 }
 
 void delivery::state::hold(spool::message_id id) {
@@ -588,7 +705,7 @@ void delivery::state::operator_tick() {
   if (action < 20) {
     suspend(destination);
   } else if (action < 35 && message != 0) {
-    act(message, "bounce");
+    bounce(message);
   } else if (action < 45 && message != 0) {
     hold(message);
   } else if (action < 50) {
@@ -643,6 +760,7 @@ void delivery::attach(server::relay* relay) {
   state& s = *_state;
   s.relay = relay;
   s.action_tickets.clear();  // a new relay knows none of them
+  if (relay == nullptr) s.forget_process();
   if (relay != nullptr && !s.operator_started) {
     s.operator_started = true;
     s.later(static_cast<std::int64_t>(s.rng.between(1, 2) * s.operator_mean_ns),
@@ -659,6 +777,7 @@ void delivery::on_message(spool::message_id id, const expected_message& message)
   if (dsn) {
     for (const auto& rcpt : final_recipients(message.body_wire))
       s.dsn_reports[{entry.key, rcpt}].push_back(id);
+    s.check_reason_in_dsn(id, message.body_wire);
   }
   s.ledger.emplace(id, std::move(entry));
 }
@@ -692,6 +811,7 @@ void delivery::on_log_record(std::string_view line) {
                      log_field(line, "mx")));
   if (event == "bounced") {
     ++s.w.counters().bounces;
+    s.check_reason_logged(id, log_field(line, "to"), log_field(line, "reply"));
     const auto found = s.ledger.find(id);
     if (found != s.ledger.end() && found->second.dsn) s.dsn_bounced.insert(id);
   } else if (event == "dsn_queued") {
@@ -702,7 +822,7 @@ void delivery::on_log_record(std::string_view line) {
 void delivery::heal() {
   state& s = *_state;
   if (s.relay == nullptr) return;
-  for (const auto& name : s.suspended) s.operate(name, "resume");
+  for (const auto& [name, allowed] : s.suspended) s.operate(name, "resume");
   s.suspended.clear();
   for (const auto id : s.ever_held) s.act(id, "release");
   s.held.clear();
