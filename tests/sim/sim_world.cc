@@ -227,10 +227,13 @@ world::world(const options& settings)
       std::min<std::uint64_t>(16384, std::bit_floor(_store_config.buffered_bytes_max / 4)));
   _receive_buffer_count = 1u << _random.between(4, 8);  // 16..256: ENOBUFS under load
   _proxy = _random.chance(0.3);
-  note(fmt::format("seed {} faults w{} s{} c{} net<{}us arrivals~{}ms crashes~{}ms{}",
+  random cache_draw(settings.seed * 0x9e3779b97f4a7c15ull + 0xcac4e);
+  if (settings.outbound && cache_draw.chance(0.5)) _cache_miss = static_cast<double>(cache_draw.between(1, 30)) / 100;
+  note(fmt::format("seed {} faults w{} s{} c{} net<{}us arrivals~{}ms crashes~{}ms{}{}",
                    settings.seed, profile.write_error, profile.sync_error, profile.step_error,
                    _net_ns_max / 1000, _arrival_mean_ns / 1'000'000, _crash_mean_ns / 1'000'000,
-                   _proxy ? " proxy" : ""));
+                   _proxy ? " proxy" : "",
+                   _cache_miss > 0 ? fmt::format(" page cache misses {}", _cache_miss) : ""));
 }
 
 world::~world() {
@@ -1264,8 +1267,14 @@ void world::start_others() {
         _receive_buffer_bytes, _receive_buffer_count, _proxy,
         std::make_unique<const server::relay_config>(_delivery->relay_config(_relays)),
         _hub->at(k));
+    start_host_cache(other.proc->host, k);
     _relays[k] = other.proc->relay.get();
   }
+}
+
+// Each process's host misses the page cache with the seed's chance, on a stream of its own.
+void world::start_host_cache(sim_host& host, unsigned shard) {
+  host.set_cache_misses(_cache_miss, _options.seed ^ (_process_serial << 8) ^ shard);
 }
 
 // Before a crash: a recipient the store holds final in memory may have been marked durably
@@ -1295,6 +1304,7 @@ void world::start_process() {
                                        _delivery ? _delivery->network() : sim_network{}, *_store,
                                        _receive_buffer_bytes, _receive_buffer_count, _proxy,
                                        std::move(relay_settings), _hub->at(0));
+  start_host_cache(_process->host, 0);
   if (auto started = _process->sessions.start(); !started) {
     fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
   }

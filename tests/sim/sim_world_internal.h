@@ -28,6 +28,9 @@
 namespace ringmta::server {
 class relay;
 }
+namespace ringmta::sim {
+class sim_host;
+}
 
 namespace ringmta::sim::internal {
 
@@ -259,6 +262,10 @@ class world {
   std::uint32_t _receive_buffer_bytes = 0;    // drawn per seed, within the store's buffering
   std::uint32_t _receive_buffer_count = 0;
   bool _proxy = false;  // a load balancer in front: the sessions expect a PROXY header
+  // Reads the hosts' page cache misses (sim_host::read_cached: EAGAIN, so the outbound's ring
+  // read runs); drawn apart from every stream, so runs without the relay are unchanged.
+  double _cache_miss = 0;
+  void start_host_cache(sim_host& host, unsigned shard);
   std::map<std::uint32_t, std::unique_ptr<connection>> _connections;
   std::map<int, std::uint32_t> _by_fd;          // a session's descriptor -> its client
   std::set<std::uint64_t> _tickets;             // the sessions' commit tickets in flight
