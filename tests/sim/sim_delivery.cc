@@ -189,6 +189,8 @@ struct delivery::state {
   void check_suspension(const remote_peer& h);
   void check_reason_logged(spool::message_id id, std::string_view to, std::string_view reply);
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
+  void on_deleted(spool::message_id id, std::string_view to);
+  void check_not_deleted(spool::message_id id, std::string_view to, std::string_view event);
   void forget_process();  // a crash: what only the dead process knew
   void hold(spool::message_id id);
   void reload();
@@ -220,7 +222,16 @@ struct delivery::state {
   // durable leaves the hold in the spool (the API would have answered with an error, and the
   // operator asked again); healing releases them all once more.
   std::set<spool::message_id> ever_held;
-  std::vector<std::uint64_t> action_tickets;  // asked about once (the API's poll)
+  // The API's poll of message actions' tickets (asked about once): ticket, message, action.
+  struct action_ticket {
+    std::uint64_t ticket;
+    spool::message_id id;
+    std::string action;
+  };
+  std::vector<action_ticket> action_tickets;
+  // Deletes the API would have acknowledged (the ticket "ok": journaled): every recovery must
+  // find the message deleted or gone (LOST DELETE).
+  std::set<spool::message_id> deletes_acknowledged;
   std::uint64_t next_remote_connection = 1;
   // per destination domain: open connections, and the limits they were opened under
   std::vector<std::uint32_t> open_count = std::vector<std::uint32_t>(domain_count, 0);
@@ -242,6 +253,16 @@ struct delivery::state {
   std::map<spool::message_id, std::string> bounce_reasons;
   std::map<std::pair<std::string, std::string>, std::string> dsn_reasons;
   std::set<std::string> domains_bounced;
+  // Deletes (docs/notes.md, "Per-message actions": deleted mail gets no DSN; a transaction on
+  // the wire finishes first, a job that defers then is deleted). Per (id, recipient) the relay
+  // logged `deleted` in this process: no later delivered or bounced record, no transaction at
+  // a remote MTA and no DSN about it (a crash before its mark was durable may bring it back:
+  // then recovery's states decide, DUPLICATE). Ever deleted (logged or recovered): accounted
+  // for at the end; a deleted DSN reports its original as the operator chose.
+  std::set<std::pair<spool::message_id, std::string>> deleted_now;
+  std::set<std::pair<std::string, std::string>> deleted_slots_now;  // key, rcpt (not DSNs)
+  std::set<std::pair<std::string, std::string>> deleted_ever;
+  std::set<spool::message_id> dsn_deleted;
 };
 
 delivery::state::state(world& owner, std::uint64_t seed)
@@ -533,6 +554,10 @@ void delivery::state::delivered_remotely(remote_peer& h) {
       continue;
     }
     const auto slot = std::make_pair(key, rcpt);
+    if (deleted_slots_now.count(slot) != 0) {
+      w.fail(fmt::format("DELETED, THEN DELIVERED: {} reached {} for {} (r{}) after the relay "
+                         "logged it deleted", key, h.remote.name, rcpt, h.number));
+    }
     if (final_durable.count(slot) != 0) {
       w.fail(fmt::format("DUPLICATE: {} delivered to {} again (r{}) after a recovery found its "
                          "final state", key, rcpt, h.number));
@@ -561,7 +586,8 @@ void delivery::state::act(spool::message_id id, std::string_view action,
   note(fmt::format("operator: {} {:016x}: {}", action, id, answer));
   const auto at = answer.find("\"ticket\":");
   if (at != std::string::npos) {
-    action_tickets.push_back(std::strtoull(answer.c_str() + at + 9, nullptr, 10));
+    action_tickets.push_back({std::strtoull(answer.c_str() + at + 9, nullptr, 10), id,
+                              std::string(action)});
   }
   if (action == "bounce" && answer.find("\"found\":true") != std::string::npos)
     bounce_reasons[id] = std::string(reason);
@@ -645,6 +671,11 @@ void delivery::state::check_reason_logged(spool::message_id id, std::string_view
 void delivery::state::check_reason_in_dsn(spool::message_id dsn, std::string_view body) {
   const std::string key = message_key(body);
   for (const auto& rcpt : final_recipients(body)) {
+    if (deleted_slots_now.count({key, rcpt}) != 0) {
+      return w.fail(fmt::format("DELETED, THEN BOUNCED: DSN {:016x} reports {} for <{}>, which "
+                                "the relay logged deleted (deleted mail gets no DSN)", dsn, key,
+                                rcpt));
+    }
     const auto want = dsn_reasons.find({key, rcpt});
     if (want == dsn_reasons.end()) continue;
     if (body.find(want->second) == std::string_view::npos) {
@@ -668,6 +699,27 @@ void delivery::state::forget_process() {
     dsn_reasons.clear();
   }
   domains_bounced.clear();
+  deleted_now.clear();
+  deleted_slots_now.clear();
+}
+
+void delivery::state::on_deleted(spool::message_id id, std::string_view to) {
+  const auto entry = ledger.find(id);
+  if (entry == ledger.end()) return;
+  deleted_now.emplace(id, to);
+  if (entry->second.dsn) {
+    dsn_deleted.insert(id);
+    return;
+  }
+  deleted_slots_now.emplace(entry->second.key, to);
+  deleted_ever.emplace(entry->second.key, to);
+}
+
+void delivery::state::check_not_deleted(spool::message_id id, std::string_view to,
+                                        std::string_view event) {
+  if (deleted_now.count({id, std::string(to)}) == 0) return;
+  w.fail(fmt::format("DELETED, THEN {}: {:016x} for <{}>: the relay logged it deleted, then {}",
+                     event == "delivered" ? "DELIVERED" : "BOUNCED", id, to, event));
 }
 
 void delivery::state::hold(spool::message_id id) {
@@ -696,19 +748,25 @@ void delivery::state::operator_tick() {
   if (w.healed()) return;
   ++w.counters().operator_actions;
   // The API's poll of earlier message actions: their journal records landed (or failed).
-  std::erase_if(action_tickets, [this](std::uint64_t ticket) {
-    return relay->action_state(ticket) != "pending";
+  std::erase_if(action_tickets, [this](const action_ticket& asked) {
+    const std::string answer = relay->action_state(asked.ticket);
+    if (answer == "ok" && asked.action == "delete") deletes_acknowledged.insert(asked.id);
+    return answer != "pending";
   });
   const std::string_view destination = domain_names[rng.below(domain_count)];
   const std::uint64_t action = rng.below(100);
   const spool::message_id message = w.random_queued_message(rng);
-  if (action < 20) {
+  if (action < 18) {
     suspend(destination);
-  } else if (action < 35 && message != 0) {
+  } else if (action < 30 && message != 0) {
     bounce(message);
-  } else if (action < 45 && message != 0) {
+  } else if (action < 38 && message != 0) {
     hold(message);
-  } else if (action < 50) {
+  } else if (action < 44 && message != 0) {
+    act(message, "delete");
+  } else if (action < 50 && message != 0) {
+    act(message, "retry");
+  } else if (action < 54) {
     operate(destination, "bounce");
   } else if (action < 80) {
     for (const auto name : domain_names) operate(name, "flush");
@@ -729,7 +787,9 @@ bool delivery::state::reported(const ledger_entry& entry, std::uint16_t r) const
   const auto dsns = dsn_reports.find(slot);
   if (dsns == dsn_reports.end()) return false;
   return std::any_of(dsns->second.begin(), dsns->second.end(),
-                     [this](spool::message_id dsn) { return dsn_bounced.count(dsn) != 0; });
+                     [this](spool::message_id dsn) {
+                       return dsn_bounced.count(dsn) != 0 || dsn_deleted.count(dsn) != 0;
+                     });
 }
 
 // ---- delivery: the world's view
@@ -785,11 +845,24 @@ void delivery::on_message(spool::message_id id, const expected_message& message)
 void delivery::on_recovered(const spool::store& store) {
   state& s = *_state;
   for (const auto& [id, entry] : s.ledger) {
-    if (entry.dsn) continue;
     const spool::message_entry* found = store.find(id);
+    const bool deleted = found != nullptr && (found->flags & spool::message_flag_deleted) != 0;
+    // (A message found final may have had its journal compacted: nothing open is left.)
+    if (found != nullptr && found->status == spool::message_status::queued && !deleted &&
+        s.deletes_acknowledged.count(id) != 0) {
+      return s.w.fail(fmt::format("LOST DELETE: {:016x} ({}): its delete was acknowledged "
+                                  "(journaled), yet it is recovered without it", id, entry.key));
+    }
     for (std::size_t r = 0; r < entry.recipients.size(); ++r) {
+      const auto state = found == nullptr ? spool::recipient_state::delivered
+                                          : found->recipients[r].state;
+      // A delete is the last word for every recipient still open (spool/recovery.cc).
+      if (state == spool::recipient_state::deleted ||
+          (deleted && !spool::is_final(state))) {
+        s.on_deleted(id, entry.recipients[r]);
+      }
       // Not recovered: every recipient was final and the spool reclaimed it.
-      if (found == nullptr || spool::is_final(found->recipients[r].state))
+      if (!entry.dsn && spool::is_final(state))
         s.final_durable.insert({entry.key, entry.recipients[r]});
     }
   }
@@ -799,7 +872,8 @@ void delivery::on_log_record(std::string_view line) {
   state& s = *_state;
   const std::string_view event = log_field(line, "event");
   static constexpr std::string_view relay_events[] = {
-      "delivered", "bounced", "deferred", "dsn_queued", "dsn_failed", "spool_read_failed",
+      "delivered", "bounced", "deferred", "deleted", "dsn_queued", "dsn_failed",
+      "spool_read_failed",
       "envelope_read_failed", "queue_recovered"};
   if (std::find(std::begin(relay_events), std::end(relay_events), event) ==
       std::end(relay_events)) {
@@ -809,9 +883,14 @@ void delivery::on_log_record(std::string_view line) {
   const spool::message_id id = std::strtoull(std::string(id_text).c_str(), nullptr, 16);
   s.note(fmt::format("relay {} {} {} {}", event, id_text, log_field(line, "to"),
                      log_field(line, "mx")));
-  if (event == "bounced") {
+  const std::string_view to = log_field(line, "to");
+  if (event == "delivered" || event == "bounced") s.check_not_deleted(id, to, event);
+  if (event == "deleted") {
+    ++s.w.counters().deletions;
+    s.on_deleted(id, to);
+  } else if (event == "bounced") {
     ++s.w.counters().bounces;
-    s.check_reason_logged(id, log_field(line, "to"), log_field(line, "reply"));
+    s.check_reason_logged(id, to, log_field(line, "reply"));
     const auto found = s.ledger.find(id);
     if (found != s.ledger.end() && found->second.dsn) s.dsn_bounced.insert(id);
   } else if (event == "dsn_queued") {
@@ -868,6 +947,7 @@ void delivery::check_final(const spool::store& store) {
     for (std::uint16_t r = 0; r < entry.recipients.size(); ++r) {
       const auto& address = entry.recipients[r];
       if (s.mailbox.count({entry.key, address}) != 0 ||
+          s.deleted_ever.count({entry.key, address}) != 0 ||
           !queue::should_send_dsn(entry.reverse_path, entry.notify[r],
                                   queue::dsn_action::failed) ||
           s.reported(entry, r)) {

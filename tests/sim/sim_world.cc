@@ -1284,9 +1284,12 @@ void world::note_marks_issued() {
   for (auto& [id, want] : _expected) {
     if (want.state != fate::acknowledged) continue;
     const spool::message_entry* entry = _store->find(id);  // null: final and reclaimed
+    // An operator's delete makes every open recipient final at recovery once its record is
+    // durable (spool/recovery.cc), marked or not.
+    const bool deleted = entry != nullptr && (entry->flags & spool::message_flag_deleted) != 0;
     for (std::size_t r = 0; r < want.marks.size(); ++r) {
       if (want.marks[r] != mark_state::none) continue;
-      if (entry == nullptr || spool::is_final(entry->recipients.at(r).state)) {
+      if (entry == nullptr || deleted || spool::is_final(entry->recipients.at(r).state)) {
         want.marks[r] = mark_state::unknown;
       }
     }
