@@ -227,6 +227,7 @@ struct delivery::state {
     std::uint64_t ticket;
     spool::message_id id;
     std::string action;
+    server::relay* home;  // its home shard's relay (the restart forgets these tickets)
   };
   std::vector<action_ticket> action_tickets;
   // Deletes the API would have acknowledged (the ticket "ok": journaled): every recovery must
@@ -582,12 +583,14 @@ void delivery::state::operate(std::string_view destination, std::string_view act
 
 void delivery::state::act(spool::message_id id, std::string_view action,
                           std::string_view reason) {
-  const std::string answer = relay->act_on_message(id, action, reason, "operator");
+  // On the message's home shard, as the admin API asks (the id's shard bits).
+  server::relay& home = *(*relays)[spool::message_id_shard(id)];
+  const std::string answer = home.act_on_message(id, action, reason, "operator");
   note(fmt::format("operator: {} {:016x}: {}", action, id, answer));
   const auto at = answer.find("\"ticket\":");
   if (at != std::string::npos) {
     action_tickets.push_back({std::strtoull(answer.c_str() + at + 9, nullptr, 10), id,
-                              std::string(action)});
+                              std::string(action), &home});
   }
   if (action == "bounce" && answer.find("\"found\":true") != std::string::npos)
     bounce_reasons[id] = std::string(reason);
@@ -749,7 +752,7 @@ void delivery::state::operator_tick() {
   ++w.counters().operator_actions;
   // The API's poll of earlier message actions: their journal records landed (or failed).
   std::erase_if(action_tickets, [this](const action_ticket& asked) {
-    const std::string answer = relay->action_state(asked.ticket);
+    const std::string answer = asked.home->action_state(asked.ticket);
     if (answer == "ok" && asked.action == "delete") deletes_acknowledged.insert(asked.id);
     return answer != "pending";
   });
@@ -842,10 +845,10 @@ void delivery::on_message(spool::message_id id, const expected_message& message)
   s.ledger.emplace(id, std::move(entry));
 }
 
-void delivery::on_recovered(const spool::store& store) {
+void delivery::on_recovered(const std::vector<const spool::store*>& stores) {
   state& s = *_state;
   for (const auto& [id, entry] : s.ledger) {
-    const spool::message_entry* found = store.find(id);
+    const spool::message_entry* found = stores.at(spool::message_id_shard(id))->find(id);
     const bool deleted = found != nullptr && (found->flags & spool::message_flag_deleted) != 0;
     // (A message found final may have had its journal compacted: nothing open is left.)
     if (found != nullptr && found->status == spool::message_status::queued && !deleted &&
@@ -908,7 +911,7 @@ void delivery::heal() {
   for (const auto name : domain_names) s.operate(name, "flush");
 }
 
-std::string delivery::busy_reason(const spool::store& store) const {
+std::string delivery::busy_reason(const std::vector<const spool::store*>& stores) const {
   const state& s = *_state;
   if (s.relay == nullptr) return "no relay";
   for (std::size_t shard = 0; shard < s.relays->size(); ++shard) {
@@ -922,26 +925,30 @@ std::string delivery::busy_reason(const spool::store& store) const {
   for (const auto count : s.open_count) open += count;
   if (open != 0) return fmt::format("{} connection(s) open at remote MTAs", open);
   std::string queued;
-  store.for_each_message([&](const spool::message_entry& entry) {
-    if (queued.empty() && entry.status != spool::message_status::final)
-      queued = fmt::format("message {:016x} still queued in the spool (flags {})", entry.id,
-                           entry.flags);
-  });
+  for (const auto* store : stores) {
+    store->for_each_message([&](const spool::message_entry& entry) {
+      if (queued.empty() && entry.status != spool::message_status::final)
+        queued = fmt::format("message {:016x} still queued in the spool (flags {})", entry.id,
+                             entry.flags);
+    });
+  }
   for (std::size_t shard = 0; shard < s.relays->size() && !queued.empty(); ++shard)
     queued += fmt::format("; shard {}'s jobs: {}", shard, (*s.relays)[shard]->jobs_json("", 4));
   return queued;
 }
 
-void delivery::check_final(const spool::store& store) {
+void delivery::check_final(const std::vector<const spool::store*>& stores) {
   const state& s = *_state;
   bool queued = false;
-  store.for_each_message([&](const spool::message_entry& entry) {
-    if (!queued && entry.status != spool::message_status::final) {
-      queued = true;
-      s.w.fail(fmt::format("LIVENESS: message {:016x} still queued after the queue drained and "
-                           "the last restart", entry.id));
-    }
-  });
+  for (const auto* store : stores) {
+    store->for_each_message([&](const spool::message_entry& entry) {
+      if (!queued && entry.status != spool::message_status::final) {
+        queued = true;
+        s.w.fail(fmt::format("LIVENESS: message {:016x} still queued after the queue drained "
+                             "and the last restart", entry.id));
+      }
+    });
+  }
   for (const auto& [id, entry] : s.ledger) {
     if (entry.dsn || queued) continue;
     for (std::uint16_t r = 0; r < entry.recipients.size(); ++r) {
