@@ -92,13 +92,14 @@ class sim_credentials final : public auth::backend {
 // The verifier's place in the simulation: requests go to the world's clock, not a thread.
 class sim_verifier final : public auth::verify_service {
  public:
-  explicit sim_verifier(world& owner) : _world(owner) {}
+  sim_verifier(world& owner, unsigned shard) : _world(owner), _shard(shard) {}
   bool submit(std::unique_ptr<auth::verify_request> request) noexcept override {
-    return _world.submit_auth(std::move(request));
+    return _world.submit_auth(_shard, std::move(request));
   }
 
  private:
   world& _world;
+  const unsigned _shard;  // the answer goes back to this shard's sessions
 };
 
 // The simulated load balancer's address (the peer of every socket when PROXY is on) and the
@@ -153,7 +154,8 @@ struct process {
           std::uint32_t buffer_count, bool proxy,
           std::unique_ptr<const server::relay_config> relay_config, shard::mesh& peers)
       : host(clock, seed, std::move(network), net_ns_max, epoch_seconds * 1000),
-        sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy, owner.verifier()),
+        sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy,
+                                  owner.verifier(peers.id())),
                  host, peers.id(), store, pump, metrics, log),
         relay_settings(std::move(relay_config)) {
     host.set_close_listener([&owner, shard = peers.id()](int fd) {
@@ -199,7 +201,8 @@ world::world(const options& settings)
     : _options(settings),
       _random(settings.seed),
       _mesh_random(settings.seed * 0x9e3779b97f4a7c15ull + 0x3e54),
-      _verifier(std::make_unique<sim_verifier>(*this)) {
+      _verifiers{std::make_unique<sim_verifier>(*this, 0), std::make_unique<sim_verifier>(*this, 1),
+                 std::make_unique<sim_verifier>(*this, 2)} {
   seed_openssl(settings.seed);
   disk_profile profile;
   if (settings.faults && _random.chance(0.7)) {
@@ -616,7 +619,6 @@ void world::spawn_client() {
   plan.starttls = _random.chance(0.15);
   plan.auth = plan.starttls && _random.chance(0.5);
   plan.wrong_password = plan.auth && _random.chance(0.2);
-  if (shard != 0) plan.auth = plan.wrong_password = false;  // submit_auth answers shard 0
   const bool relays = plan.auth && !plan.wrong_password;
   std::vector<transaction> transactions;
   for (std::uint32_t i = 0; i < count; ++i) {
@@ -889,7 +891,7 @@ std::string world::proxy_header(const connection& c) {
 // The daemon's workers check the password off the shard and post the result back; here the
 // answer comes after a seeded delay on the clock, through the same backend interface. A crash
 // meanwhile loses it, as the daemon's shard would (the process serial tells).
-bool world::submit_auth(std::unique_ptr<auth::verify_request> request) {
+bool world::submit_auth(unsigned shard, std::unique_ptr<auth::verify_request> request) {
   auto result = std::make_shared<auth::verify_result>();
   const bool accepted = request->table->check(request->user, request->password,
                                               request->client) == auth::check_result::accepted;
@@ -898,9 +900,9 @@ bool world::submit_auth(std::unique_ptr<auth::verify_request> request) {
   result->user = request->user;
   result->reply_to = request->reply_to;
   note(fmt::format("auth check for {}: {}", result->user, accepted ? "accepted" : "refused"));
-  _clock.after(latency_ns(100'000, 20'000'000), [this, result, serial = _process_serial] {
-    if (_process && _process_serial == serial) {
-      _process->sessions.on_auth_result(std::make_unique<auth::verify_result>(*result));
+  _clock.after(latency_ns(100'000, 20'000'000), [this, shard, result, serial = _process_serial] {
+    if (process_at(shard) != nullptr && _process_serial == serial) {
+      process_at(shard)->sessions.on_auth_result(std::make_unique<auth::verify_result>(*result));
     }
   });
   return true;

@@ -167,8 +167,8 @@ class world {
   void on_commit_issued(unsigned shard, std::uint64_t ticket, const spool::envelope& envelope);
   void on_accepted(const spool::envelope& envelope, std::span<const spool::body_slice> body);
   // The sessions' password checks (auth::verify_service): answered on the simulated clock.
-  bool submit_auth(std::unique_ptr<auth::verify_request> request);
-  auth::verify_service& verifier() { return *_verifier; }
+  bool submit_auth(unsigned shard, std::unique_ptr<auth::verify_request> request);
+  auth::verify_service& verifier(unsigned shard) { return *_verifiers.at(shard); }
 
  private:
   // clients (client side of connection)
@@ -280,7 +280,8 @@ class world {
   std::set<std::pair<unsigned, std::uint64_t>> _tickets;  // sessions' commit tickets in flight
   std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
   bool _delivery_ticking = false;  // deliver_tick() is scheduled (--no-outbound)
-  std::unique_ptr<auth::verify_service> _verifier;  // sim_world.cc: sim_verifier
+  // Per shard (1-3): the sessions' password checks, answered to that shard (sim_verifier).
+  std::array<std::unique_ptr<auth::verify_service>, 3> _verifiers;
   std::uint64_t _process_serial = 0;  // start_process() count: late answers find no process
   std::map<spool::message_id, expected_message> _expected;
   std::vector<spool::message_id> _undelivered;  // acknowledged, maybe with unmarked recipients
