@@ -235,7 +235,8 @@ world::world(const options& settings)
   _receive_buffer_count = 1u << _random.between(4, 8);  // 16..256: ENOBUFS under load
   _proxy = _random.chance(0.3);
   random cache_draw(settings.seed * 0x9e3779b97f4a7c15ull + 0xcac4e);
-  if (settings.outbound && cache_draw.chance(0.5)) _cache_miss = static_cast<double>(cache_draw.between(1, 30)) / 100;
+  if (settings.outbound && cache_draw.chance(0.5))
+    _cache_miss = static_cast<double>(cache_draw.between(1, 30)) / 100;
   note(fmt::format("seed {} faults w{} s{} c{} net<{}us arrivals~{}ms crashes~{}ms{}{}",
                    settings.seed, profile.write_error, profile.sync_error, profile.step_error,
                    _net_ns_max / 1000, _arrival_mean_ns / 1'000'000, _crash_mean_ns / 1'000'000,
@@ -1277,7 +1278,8 @@ bool world::recover_and_check() {
   }
   for (auto it = _expected.begin(); it != _expected.end();) {
     if (!check_recovered(it->first, it->second)) return false;
-    const spool::message_entry* entry = store_at(spool::message_id_shard(it->first))->find(it->first);
+    const spool::store* home = store_at(spool::message_id_shard(it->first));
+    const spool::message_entry* entry = home->find(it->first);
     const bool done = entry == nullptr || entry->status == spool::message_status::final;
     if (entry == nullptr && it->second.state == fate::failed) _refused.insert(it->first);
     if (done && entry != nullptr) _finished.insert(it->first);
