@@ -19,6 +19,7 @@
 #include "ringmta/dns/wire.h"
 #include "ringmta/queue/dsn.h"
 #include "ringmta/server/egress.h"
+#include <nlohmann/json.hpp>
 #include "sim_dns.h"
 #include "sim_tls.h"
 
@@ -181,8 +182,16 @@ struct delivery::state {
   // operator
   void operator_tick();
   void operate(std::string_view destination, std::string_view action);
-  void act(spool::message_id id, std::string_view action);
+  void act(spool::message_id id, std::string_view action, std::string_view reason = "sim");
+  void bounce(spool::message_id id);
   void suspend(std::string_view destination);
+  void note_in_flight(const std::string& destination);
+  void check_suspension(const remote_peer& h);
+  void check_reason_logged(spool::message_id id, std::string_view to, std::string_view reply);
+  void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
+  void on_deleted(spool::message_id id, std::string_view to);
+  void check_not_deleted(spool::message_id id, std::string_view to, std::string_view event);
+  void forget_process();  // a crash: what only the dead process knew
   void hold(spool::message_id id);
   void reload();
   // the end
@@ -203,13 +212,27 @@ struct delivery::state {
   bool pipelining = true, chunking = true;
   std::uint64_t scheduler_seed = 1, dns_seed = 1;
   std::int64_t operator_mean_ns = 0;
-  std::set<std::string> suspended;        // kept across restarts, as the daemon does
+  // Suspended destinations (kept across restarts, as the daemon does), each with the (key,
+  // recipient) slots of the jobs in flight when it was suspended: a transaction already on the
+  // wire may finish; any other reaching the destination's MTAs is SUSPENSION IGNORED
+  // (queue::scheduler never hands a suspended destination's job to a connection).
+  std::map<std::string, std::set<std::pair<std::string, std::string>>> suspended;
   std::set<spool::message_id> held;       // journaled in the spool: survive restarts too
   // Every message ever held: a release that a crash caught before its journal record was
   // durable leaves the hold in the spool (the API would have answered with an error, and the
   // operator asked again); healing releases them all once more.
   std::set<spool::message_id> ever_held;
-  std::vector<std::uint64_t> action_tickets;  // asked about once (the API's poll)
+  // The API's poll of message actions' tickets (asked about once): ticket, message, action.
+  struct action_ticket {
+    std::uint64_t ticket;
+    spool::message_id id;
+    std::string action;
+    server::relay* home;  // its home shard's relay (the restart forgets these tickets)
+  };
+  std::vector<action_ticket> action_tickets;
+  // Deletes the API would have acknowledged (the ticket "ok": journaled): every recovery must
+  // find the message deleted or gone (LOST DELETE).
+  std::set<spool::message_id> deletes_acknowledged;
   std::uint64_t next_remote_connection = 1;
   // per destination domain: open connections, and the limits they were opened under
   std::vector<std::uint32_t> open_count = std::vector<std::uint32_t>(domain_count, 0);
@@ -224,6 +247,23 @@ struct delivery::state {
   // Durable DSNs reporting on (key, rcpt), and the DSNs the relay bounced (never reported on).
   std::map<std::pair<std::string, std::string>, std::vector<spool::message_id>> dsn_reports;
   std::set<spool::message_id> dsn_bounced;
+  // The operator's bounce reasons (REASON LOST): per message bounced with a reason, the
+  // reason; per (key, recipient) whose `bounced` record named it, the reason its DSN must name.
+  // Destinations bounced as a whole meanwhile (no reason: either bounce may come first).
+  std::uint64_t reasons_given = 0;
+  std::map<spool::message_id, std::string> bounce_reasons;
+  std::map<std::pair<std::string, std::string>, std::string> dsn_reasons;
+  std::set<std::string> domains_bounced;
+  // Deletes (docs/notes.md, "Per-message actions": deleted mail gets no DSN; a transaction on
+  // the wire finishes first, a job that defers then is deleted). Per (id, recipient) the relay
+  // logged `deleted` in this process: no later delivered or bounced record, no transaction at
+  // a remote MTA and no DSN about it (a crash before its mark was durable may bring it back:
+  // then recovery's states decide, DUPLICATE). Ever deleted (logged or recovered): accounted
+  // for at the end; a deleted DSN reports its original as the operator chose.
+  std::set<std::pair<spool::message_id, std::string>> deleted_now;
+  std::set<std::pair<std::string, std::string>> deleted_slots_now;  // key, rcpt (not DSNs)
+  std::set<std::pair<std::string, std::string>> deleted_ever;
+  std::set<spool::message_id> dsn_deleted;
 };
 
 delivery::state::state(world& owner, std::uint64_t seed)
@@ -290,7 +330,7 @@ server::relay_config delivery::state::make_config() const {
   config.scheduler.delay_warning_ms = 0;
   config.scheduler.random_seed = scheduler_seed;
   config.egress = std::make_shared<const server::egress_table>(config::settings{});
-  config.suspended_at_start.assign(suspended.begin(), suspended.end());
+  for (const auto& [name, allowed] : suspended) config.suspended_at_start.push_back(name);
   auto& out = config.outbound;
   out.helo_name = std::string(our_name);
   out.pipelining = pipelining;
@@ -493,6 +533,7 @@ smtp::verdict delivery::state::remote_peer::on_rcpt_to(
 }
 
 smtp::verdict delivery::state::remote_peer::on_data_end(const smtp::body_summary&) noexcept {
+  s.check_suspension(*this);
   smtp::verdict verdict = answer("end of data");
   if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
   recipients.clear();
@@ -514,6 +555,10 @@ void delivery::state::delivered_remotely(remote_peer& h) {
       continue;
     }
     const auto slot = std::make_pair(key, rcpt);
+    if (deleted_slots_now.count(slot) != 0) {
+      w.fail(fmt::format("DELETED, THEN DELIVERED: {} reached {} for {} (r{}) after the relay "
+                         "logged it deleted", key, h.remote.name, rcpt, h.number));
+    }
     if (final_durable.count(slot) != 0) {
       w.fail(fmt::format("DUPLICATE: {} delivered to {} again (r{}) after a recovery found its "
                          "final state", key, rcpt, h.number));
@@ -533,24 +578,151 @@ void delivery::state::operate(std::string_view destination, std::string_view act
   server::relay* holder = (*relays)[(*relays)[owner]->holder_of(destination)];
   note(fmt::format("operator: {} {}: {}", action, destination,
                    holder->operate(destination, action)));
+  if (action == "bounce") domains_bounced.emplace(destination);
 }
 
-void delivery::state::act(spool::message_id id, std::string_view action) {
-  const std::string answer = relay->act_on_message(id, action, "sim", "operator");
+void delivery::state::act(spool::message_id id, std::string_view action,
+                          std::string_view reason) {
+  // On the message's home shard, as the admin API asks (the id's shard bits).
+  server::relay& home = *(*relays)[spool::message_id_shard(id)];
+  const std::string answer = home.act_on_message(id, action, reason, "operator");
   note(fmt::format("operator: {} {:016x}: {}", action, id, answer));
   const auto at = answer.find("\"ticket\":");
   if (at != std::string::npos) {
-    action_tickets.push_back(std::strtoull(answer.c_str() + at + 9, nullptr, 10));
+    action_tickets.push_back({std::strtoull(answer.c_str() + at + 9, nullptr, 10), id,
+                              std::string(action), &home});
   }
+  if (action == "bounce" && answer.find("\"found\":true") != std::string::npos)
+    bounce_reasons[id] = std::string(reason);
+}
+
+// `ringmta-ctl bounce --reason`: a reason of its own per action, one word (a DSN folds its
+// diagnostic at spaces only), so the DSN can be told to name it.
+void delivery::state::bounce(spool::message_id id) {
+  act(id, "bounce", fmt::format("sim-reason-{}", ++reasons_given));
 }
 
 void delivery::state::suspend(std::string_view destination) {
-  if (!suspended.insert(std::string(destination)).second) return;
+  const std::string name(destination);
+  if (suspended.count(name) != 0) return;
   operate(destination, "suspend");
-  later(static_cast<std::int64_t>(rng.between(1, 120)) * 1000 * ms_ns,
-        [this, name = std::string(destination)] {
-          if (suspended.erase(name) != 0) operate(name, "resume");
-        });
+  note_in_flight(name);
+  later(static_cast<std::int64_t>(rng.between(1, 120)) * 1000 * ms_ns, [this, name] {
+    if (suspended.erase(name) != 0) operate(name, "resume");
+  });
+}
+
+// What may still reach a destination just suspended: the jobs the shards have on the wire
+// for it (the admin API's job listing, "active"), by the ledger's key and recipient.
+void delivery::state::note_in_flight(const std::string& destination) {
+  auto& allowed = suspended[destination];
+  for (auto* shard : *relays) {
+    for (const auto& job : nlohmann::json::parse(shard->jobs_json(destination, 100'000))) {
+      if (job.at("state") != "active") continue;
+      const auto id = std::strtoull(job.at("id").get<std::string>().c_str(), nullptr, 16);
+      const auto found = ledger.find(id);
+      if (found == ledger.end()) continue;
+      for (const auto& recipient : job.at("recipients")) {
+        const auto index = recipient.at("index").get<std::size_t>();
+        if (index < found->second.recipients.size())
+          allowed.emplace(found->second.key, found->second.recipients[index]);
+      }
+    }
+  }
+  note(fmt::format("operator: {} suspended with {} recipient(s) on the wire", destination,
+                   allowed.size()));
+}
+
+// A transaction reaching a suspended destination's MTA (at its end of data, where the body
+// names the message): every recipient's job must have been on the wire at the suspension.
+void delivery::state::check_suspension(const remote_peer& h) {
+  const auto found = suspended.find(std::string(domain_names[h.remote.domain]));
+  if (found == suspended.end()) return;
+  const std::string key = message_key(h.body);
+  ++w.counters().suspended_arrivals;
+  for (const auto& rcpt : h.recipients) {
+    if (found->second.count({key, rcpt}) != 0) continue;
+    w.fail(fmt::format("SUSPENSION IGNORED: {} for {} reached {} (r{}) while the operator's "
+                       "suspension of {} held, and was not on the wire when it began", key,
+                       rcpt, h.remote.name, h.number, found->first));
+    return;
+  }
+}
+
+// A `bounced` record of a message the operator bounced with a reason: unless its destination
+// was bounced as a whole too (no reason), the record names the reason, and so must its DSN.
+void delivery::state::check_reason_logged(spool::message_id id, std::string_view to,
+                                          std::string_view reply) {
+  const auto reason = bounce_reasons.find(id);
+  const auto entry = ledger.find(id);
+  constexpr std::string_view by_operator = "bounced by the operator";  // relay.cc handle_event
+  if (reason == bounce_reasons.end() || entry == ledger.end() || entry->second.dsn ||
+      reply.substr(0, by_operator.size()) != by_operator ||
+      domains_bounced.count(std::string(to.substr(to.find('@') + 1))) != 0) {
+    return;
+  }
+  if (reply.find(reason->second) == std::string_view::npos) {
+    return w.fail(fmt::format("REASON LOST: {:016x} ({}) bounced for <{}> by the operator "
+                              "with reason {}, but the relay's record says \"{}\"", id,
+                              entry->second.key, to, reason->second, reply));
+  }
+  dsn_reasons[{entry->second.key, std::string(to)}] = reason->second;
+}
+
+// A DSN made durable: it names the reason of each recipient it reports that the operator
+// bounced with one (RFC 3464 §2.3.6: the diagnostic; docs/notes.md, "Per-message actions").
+void delivery::state::check_reason_in_dsn(spool::message_id dsn, std::string_view body) {
+  const std::string key = message_key(body);
+  for (const auto& rcpt : final_recipients(body)) {
+    if (deleted_slots_now.count({key, rcpt}) != 0) {
+      return w.fail(fmt::format("DELETED, THEN BOUNCED: DSN {:016x} reports {} for <{}>, which "
+                                "the relay logged deleted (deleted mail gets no DSN)", dsn, key,
+                                rcpt));
+    }
+    const auto want = dsn_reasons.find({key, rcpt});
+    if (want == dsn_reasons.end()) continue;
+    if (body.find(want->second) == std::string_view::npos) {
+      return w.fail(fmt::format("REASON LOST: DSN {:016x} about {} for <{}> does not name the "
+                                "operator's reason {}", dsn, key, rcpt, want->second));
+    }
+    ++w.counters().reasons_checked;
+    dsn_reasons.erase(want);
+  }
+}
+
+// The operator's bounce reason is not journaled (the spool's action record is 16 fixed bytes):
+// a crash between the action and the DSN being durable loses it, legitimately, and the
+// recovered bounce says only "bounced by the operator". Set when the reason is journaled.
+constexpr bool bounce_reason_survives_crash = false;
+
+void delivery::state::forget_process() {
+  for (auto& [name, allowed] : suspended) allowed.clear();  // a new relay has nothing on the wire
+  if (!bounce_reason_survives_crash) {
+    bounce_reasons.clear();
+    dsn_reasons.clear();
+  }
+  domains_bounced.clear();
+  deleted_now.clear();
+  deleted_slots_now.clear();
+}
+
+void delivery::state::on_deleted(spool::message_id id, std::string_view to) {
+  const auto entry = ledger.find(id);
+  if (entry == ledger.end()) return;
+  deleted_now.emplace(id, to);
+  if (entry->second.dsn) {
+    dsn_deleted.insert(id);
+    return;
+  }
+  deleted_slots_now.emplace(entry->second.key, to);
+  deleted_ever.emplace(entry->second.key, to);
+}
+
+void delivery::state::check_not_deleted(spool::message_id id, std::string_view to,
+                                        std::string_view event) {
+  if (deleted_now.count({id, std::string(to)}) == 0) return;
+  w.fail(fmt::format("DELETED, THEN {}: {:016x} for <{}>: the relay logged it deleted, then {}",
+                     event == "delivered" ? "DELIVERED" : "BOUNCED", id, to, event));
 }
 
 void delivery::state::hold(spool::message_id id) {
@@ -579,19 +751,25 @@ void delivery::state::operator_tick() {
   if (w.healed()) return;
   ++w.counters().operator_actions;
   // The API's poll of earlier message actions: their journal records landed (or failed).
-  std::erase_if(action_tickets, [this](std::uint64_t ticket) {
-    return relay->action_state(ticket) != "pending";
+  std::erase_if(action_tickets, [this](const action_ticket& asked) {
+    const std::string answer = asked.home->action_state(asked.ticket);
+    if (answer == "ok" && asked.action == "delete") deletes_acknowledged.insert(asked.id);
+    return answer != "pending";
   });
   const std::string_view destination = domain_names[rng.below(domain_count)];
   const std::uint64_t action = rng.below(100);
   const spool::message_id message = w.random_queued_message(rng);
-  if (action < 20) {
+  if (action < 18) {
     suspend(destination);
-  } else if (action < 35 && message != 0) {
-    act(message, "bounce");
-  } else if (action < 45 && message != 0) {
+  } else if (action < 30 && message != 0) {
+    bounce(message);
+  } else if (action < 38 && message != 0) {
     hold(message);
-  } else if (action < 50) {
+  } else if (action < 44 && message != 0) {
+    act(message, "delete");
+  } else if (action < 50 && message != 0) {
+    act(message, "retry");
+  } else if (action < 54) {
     operate(destination, "bounce");
   } else if (action < 80) {
     for (const auto name : domain_names) operate(name, "flush");
@@ -612,7 +790,9 @@ bool delivery::state::reported(const ledger_entry& entry, std::uint16_t r) const
   const auto dsns = dsn_reports.find(slot);
   if (dsns == dsn_reports.end()) return false;
   return std::any_of(dsns->second.begin(), dsns->second.end(),
-                     [this](spool::message_id dsn) { return dsn_bounced.count(dsn) != 0; });
+                     [this](spool::message_id dsn) {
+                       return dsn_bounced.count(dsn) != 0 || dsn_deleted.count(dsn) != 0;
+                     });
 }
 
 // ---- delivery: the world's view
@@ -643,6 +823,7 @@ void delivery::attach(server::relay* relay) {
   state& s = *_state;
   s.relay = relay;
   s.action_tickets.clear();  // a new relay knows none of them
+  if (relay == nullptr) s.forget_process();
   if (relay != nullptr && !s.operator_started) {
     s.operator_started = true;
     s.later(static_cast<std::int64_t>(s.rng.between(1, 2) * s.operator_mean_ns),
@@ -659,18 +840,32 @@ void delivery::on_message(spool::message_id id, const expected_message& message)
   if (dsn) {
     for (const auto& rcpt : final_recipients(message.body_wire))
       s.dsn_reports[{entry.key, rcpt}].push_back(id);
+    s.check_reason_in_dsn(id, message.body_wire);
   }
   s.ledger.emplace(id, std::move(entry));
 }
 
-void delivery::on_recovered(const spool::store& store) {
+void delivery::on_recovered(const std::vector<const spool::store*>& stores) {
   state& s = *_state;
   for (const auto& [id, entry] : s.ledger) {
-    if (entry.dsn) continue;
-    const spool::message_entry* found = store.find(id);
+    const spool::message_entry* found = stores.at(spool::message_id_shard(id))->find(id);
+    const bool deleted = found != nullptr && (found->flags & spool::message_flag_deleted) != 0;
+    // (A message found final may have had its journal compacted: nothing open is left.)
+    if (found != nullptr && found->status == spool::message_status::queued && !deleted &&
+        s.deletes_acknowledged.count(id) != 0) {
+      return s.w.fail(fmt::format("LOST DELETE: {:016x} ({}): its delete was acknowledged "
+                                  "(journaled), yet it is recovered without it", id, entry.key));
+    }
     for (std::size_t r = 0; r < entry.recipients.size(); ++r) {
+      const auto state = found == nullptr ? spool::recipient_state::delivered
+                                          : found->recipients[r].state;
+      // A delete is the last word for every recipient still open (spool/recovery.cc).
+      if (state == spool::recipient_state::deleted ||
+          (deleted && !spool::is_final(state))) {
+        s.on_deleted(id, entry.recipients[r]);
+      }
       // Not recovered: every recipient was final and the spool reclaimed it.
-      if (found == nullptr || spool::is_final(found->recipients[r].state))
+      if (!entry.dsn && spool::is_final(state))
         s.final_durable.insert({entry.key, entry.recipients[r]});
     }
   }
@@ -680,7 +875,8 @@ void delivery::on_log_record(std::string_view line) {
   state& s = *_state;
   const std::string_view event = log_field(line, "event");
   static constexpr std::string_view relay_events[] = {
-      "delivered", "bounced", "deferred", "dsn_queued", "dsn_failed", "spool_read_failed",
+      "delivered", "bounced", "deferred", "deleted", "dsn_queued", "dsn_failed",
+      "spool_read_failed",
       "envelope_read_failed", "queue_recovered"};
   if (std::find(std::begin(relay_events), std::end(relay_events), event) ==
       std::end(relay_events)) {
@@ -690,8 +886,14 @@ void delivery::on_log_record(std::string_view line) {
   const spool::message_id id = std::strtoull(std::string(id_text).c_str(), nullptr, 16);
   s.note(fmt::format("relay {} {} {} {}", event, id_text, log_field(line, "to"),
                      log_field(line, "mx")));
-  if (event == "bounced") {
+  const std::string_view to = log_field(line, "to");
+  if (event == "delivered" || event == "bounced") s.check_not_deleted(id, to, event);
+  if (event == "deleted") {
+    ++s.w.counters().deletions;
+    s.on_deleted(id, to);
+  } else if (event == "bounced") {
     ++s.w.counters().bounces;
+    s.check_reason_logged(id, to, log_field(line, "reply"));
     const auto found = s.ledger.find(id);
     if (found != s.ledger.end() && found->second.dsn) s.dsn_bounced.insert(id);
   } else if (event == "dsn_queued") {
@@ -702,14 +904,14 @@ void delivery::on_log_record(std::string_view line) {
 void delivery::heal() {
   state& s = *_state;
   if (s.relay == nullptr) return;
-  for (const auto& name : s.suspended) s.operate(name, "resume");
+  for (const auto& [name, allowed] : s.suspended) s.operate(name, "resume");
   s.suspended.clear();
   for (const auto id : s.ever_held) s.act(id, "release");
   s.held.clear();
   for (const auto name : domain_names) s.operate(name, "flush");
 }
 
-std::string delivery::busy_reason(const spool::store& store) const {
+std::string delivery::busy_reason(const std::vector<const spool::store*>& stores) const {
   const state& s = *_state;
   if (s.relay == nullptr) return "no relay";
   for (std::size_t shard = 0; shard < s.relays->size(); ++shard) {
@@ -723,31 +925,36 @@ std::string delivery::busy_reason(const spool::store& store) const {
   for (const auto count : s.open_count) open += count;
   if (open != 0) return fmt::format("{} connection(s) open at remote MTAs", open);
   std::string queued;
-  store.for_each_message([&](const spool::message_entry& entry) {
-    if (queued.empty() && entry.status != spool::message_status::final)
-      queued = fmt::format("message {:016x} still queued in the spool (flags {})", entry.id,
-                           entry.flags);
-  });
+  for (const auto* store : stores) {
+    store->for_each_message([&](const spool::message_entry& entry) {
+      if (queued.empty() && entry.status != spool::message_status::final)
+        queued = fmt::format("message {:016x} still queued in the spool (flags {})", entry.id,
+                             entry.flags);
+    });
+  }
   for (std::size_t shard = 0; shard < s.relays->size() && !queued.empty(); ++shard)
     queued += fmt::format("; shard {}'s jobs: {}", shard, (*s.relays)[shard]->jobs_json("", 4));
   return queued;
 }
 
-void delivery::check_final(const spool::store& store) {
+void delivery::check_final(const std::vector<const spool::store*>& stores) {
   const state& s = *_state;
   bool queued = false;
-  store.for_each_message([&](const spool::message_entry& entry) {
-    if (!queued && entry.status != spool::message_status::final) {
-      queued = true;
-      s.w.fail(fmt::format("LIVENESS: message {:016x} still queued after the queue drained and "
-                           "the last restart", entry.id));
-    }
-  });
+  for (const auto* store : stores) {
+    store->for_each_message([&](const spool::message_entry& entry) {
+      if (!queued && entry.status != spool::message_status::final) {
+        queued = true;
+        s.w.fail(fmt::format("LIVENESS: message {:016x} still queued after the queue drained "
+                             "and the last restart", entry.id));
+      }
+    });
+  }
   for (const auto& [id, entry] : s.ledger) {
     if (entry.dsn || queued) continue;
     for (std::uint16_t r = 0; r < entry.recipients.size(); ++r) {
       const auto& address = entry.recipients[r];
       if (s.mailbox.count({entry.key, address}) != 0 ||
+          s.deleted_ever.count({entry.key, address}) != 0 ||
           !queue::should_send_dsn(entry.reverse_path, entry.notify[r],
                                   queue::dsn_action::failed) ||
           s.reported(entry, r)) {

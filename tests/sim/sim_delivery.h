@@ -56,15 +56,15 @@ class delivery {
   // A durable message the process must deliver (a client's, or a DSN the relay spooled).
   void on_message(spool::message_id id, const expected_message& message);
   // After a recovery: recipients found final must never be delivered again (DUPLICATE).
-  void on_recovered(const spool::store& store);
+  void on_recovered(const std::vector<const spool::store*>& stores);
   // One record of the process's log (the relay's delivered/bounced/dsn_queued lines).
   void on_log_record(std::string_view line);
   // Faults stop (remotes and DNS answer, holds and suspensions lifted, queues flushed).
   void heal();
   // Empty when the delivery side is idle; else what is still going on.
-  std::string busy_reason(const spool::store& store) const;
+  std::string busy_reason(const std::vector<const spool::store*>& stores) const;
   // The final invariant (UNDELIVERED), after the last restart.
-  void check_final(const spool::store& store);
+  void check_final(const std::vector<const spool::store*>& stores);
 
  private:
   struct state;

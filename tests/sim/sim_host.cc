@@ -660,6 +660,7 @@ void sim_host::close(int fd) noexcept {
 
 core::result<std::size_t> sim_host::read_cached(int fd, void* buffer, std::size_t length,
                                                 std::uint64_t offset) noexcept {
+  if (_cache_miss > 0 && _cache_random.chance(_cache_miss)) return core::fail(EAGAIN);
   socket* s = find(fd);
   if (s == nullptr && _file_reader) {
     const std::int64_t got = _file_reader(fd, offset, buffer, static_cast<std::uint32_t>(length));

@@ -176,9 +176,15 @@ class sim_host final : public shard::host, public io::operations, public io::des
   void shutdown(int fd, int how) noexcept override;
   void close(int fd) noexcept override;
   core::result<io::pipe_ends> open_pipe(std::uint32_t bytes) noexcept override;
-  // A simulated file is always "in the page cache": the bytes at once.
+  // A simulated file is "in the page cache" (the bytes at once) but for a seeded share of
+  // calls (set_cache_misses): EAGAIN, as preadv2 RWF_NOWAIT says when it would wait, so the
+  // caller's ring read runs (the outbound's staged fallback).
   core::result<std::size_t> read_cached(int fd, void* buffer, std::size_t length,
                                         std::uint64_t offset) noexcept override;
+  void set_cache_misses(double chance, std::uint64_t seed) {
+    _cache_miss = chance;
+    _cache_random = random(seed);
+  }
 
   // ---- the test's side
   // A read-only descriptor over `bytes` (a spool segment file).
@@ -309,6 +315,8 @@ class sim_host final : public shard::host, public io::operations, public io::des
   std::size_t _closed_front = 0;  // _sockets[0, _closed_front) are closed
   std::function<void(int fd)> _close_listener;
   file_reader _file_reader;
+  double _cache_miss = 0;
+  random _cache_random{1};  // its own stream: misses change no other draw
   // Above any real descriptor (RLIMIT_NOFILE's hard limit is 2^20 here): the spool files are
   // real descriptors of the simulated disks, read through set_file_reader, and must never be
   // taken for the host's own (they were 100 and up, and a search's leaked descriptors reached

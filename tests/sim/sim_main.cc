@@ -180,14 +180,15 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              "acknowledged {} refused {} marks {} crashes {} verified {} adopted {} resurrected {} "
              "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
              "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}) | "
-             "shards {} parcels crossed {} (refused {})\n", seed,
+             "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
+             "reasons checked {} deleted {}\n", seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
              r.disk.operations, r.disk.syncs, r.disk.faults, r.outbound_connections,
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
              r.operator_actions, r.tls_sessions, r.tls_broken, r.shards, r.parcels_crossed,
-             r.parcels_refused);
+             r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts
@@ -242,7 +243,8 @@ int main(int argc, char** argv) {
   fmt::print("searching seeds from {} for {}s{}{}\n", seed, args.seconds,
              *bug_name(args.base) != '\0' ? ", injected bug " : "", bug_name(args.base));
   std::uint64_t seeds = 0, events = 0, acknowledged = 0, crashes = 0, deliveries = 0;
-  std::uint64_t multi_shard = 0, crossed = 0;
+  std::uint64_t multi_shard = 0, crossed = 0, suspended_arrivals = 0, reasons = 0;
+  std::uint64_t deletions = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
   int status = 0;
@@ -258,6 +260,9 @@ int main(int argc, char** argv) {
     deliveries += result.remote_deliveries;
     multi_shard += result.shards > 1 ? 1 : 0;
     crossed += result.parcels_crossed;
+    suspended_arrivals += result.suspended_arrivals;
+    reasons += result.reasons_checked;
+    deletions += result.deletions;
     wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!result.ok) {
       report_failure(run, result);
@@ -268,10 +273,12 @@ int main(int argc, char** argv) {
   const double simulated = static_cast<double>(simulated_ns) / 1e9;
   fmt::print("explored {} seeds ({}..{}): {} events, {} messages acknowledged, {} remote "
              "deliveries, {} crashes, {} seeds of 2-3 shards ({} parcels crossed), {:.1f} "
-             "simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} events/s)\n",
+             "simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} events/s); "
+             "{} transactions at suspended destinations, {} bounce reasons checked, {} recipients "
+             "deleted\n",
              seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
              multi_shard, crossed, simulated, wall, simulated / wall,
-             static_cast<double>(events) / wall);
+             static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;
 }

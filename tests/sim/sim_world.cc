@@ -92,13 +92,14 @@ class sim_credentials final : public auth::backend {
 // The verifier's place in the simulation: requests go to the world's clock, not a thread.
 class sim_verifier final : public auth::verify_service {
  public:
-  explicit sim_verifier(world& owner) : _world(owner) {}
+  sim_verifier(world& owner, unsigned shard) : _world(owner), _shard(shard) {}
   bool submit(std::unique_ptr<auth::verify_request> request) noexcept override {
-    return _world.submit_auth(std::move(request));
+    return _world.submit_auth(_shard, std::move(request));
   }
 
  private:
   world& _world;
+  const unsigned _shard;  // the answer goes back to this shard's sessions
 };
 
 // The simulated load balancer's address (the peer of every socket when PROXY is on) and the
@@ -153,17 +154,21 @@ struct process {
           std::uint32_t buffer_count, bool proxy,
           std::unique_ptr<const server::relay_config> relay_config, shard::mesh& peers)
       : host(clock, seed, std::move(network), net_ns_max, epoch_seconds * 1000),
-        sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy, owner.verifier()),
+        sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy,
+                                  owner.verifier(peers.id())),
                  host, peers.id(), store, pump, metrics, log),
         relay_settings(std::move(relay_config)) {
-    if (peers.id() == 0) host.set_close_listener([&owner](int fd) { owner.on_session_closed(fd); });
+    host.set_close_listener([&owner, shard = peers.id()](int fd) {
+      owner.on_session_closed(shard, fd);
+    });
     host.set_file_reader([&owner](int fd, std::uint64_t offset, void* into,
                                   std::uint32_t length) {
       return owner.read_any_disk(fd, offset, into, length);
     });
-    sessions.set_commit_observer([&owner](std::uint64_t ticket, const spool::envelope& e) {
-      owner.on_commit_issued(ticket, e);
-    });
+    sessions.set_commit_observer(
+        [&owner, shard = peers.id()](std::uint64_t ticket, const spool::envelope& e) {
+          owner.on_commit_issued(shard, ticket, e);
+        });
     sessions.set_accepted_listener([&owner](const spool::envelope& e,
                                             std::span<const spool::body_slice> body,
                                             std::string_view) { owner.on_accepted(e, body); });
@@ -196,7 +201,8 @@ world::world(const options& settings)
     : _options(settings),
       _random(settings.seed),
       _mesh_random(settings.seed * 0x9e3779b97f4a7c15ull + 0x3e54),
-      _verifier(std::make_unique<sim_verifier>(*this)) {
+      _verifiers{std::make_unique<sim_verifier>(*this, 0), std::make_unique<sim_verifier>(*this, 1),
+                 std::make_unique<sim_verifier>(*this, 2)} {
   seed_openssl(settings.seed);
   disk_profile profile;
   if (settings.faults && _random.chance(0.7)) {
@@ -206,6 +212,7 @@ world::world(const options& settings)
   }
   profile.write_ns_max = latency_ns(100'000, 3'000'000);
   profile.sync_ns_max = latency_ns(profile.sync_ns_min + 1, 20'000'000);
+  _disk_profile = profile;
   _disk = std::make_unique<disk>(
       _clock, _random, profile, settings.bug,
       [this](std::uint64_t token, std::int64_t result) {
@@ -227,10 +234,14 @@ world::world(const options& settings)
       std::min<std::uint64_t>(16384, std::bit_floor(_store_config.buffered_bytes_max / 4)));
   _receive_buffer_count = 1u << _random.between(4, 8);  // 16..256: ENOBUFS under load
   _proxy = _random.chance(0.3);
-  note(fmt::format("seed {} faults w{} s{} c{} net<{}us arrivals~{}ms crashes~{}ms{}",
+  random cache_draw(settings.seed * 0x9e3779b97f4a7c15ull + 0xcac4e);
+  if (settings.outbound && cache_draw.chance(0.5))
+    _cache_miss = static_cast<double>(cache_draw.between(1, 30)) / 100;
+  note(fmt::format("seed {} faults w{} s{} c{} net<{}us arrivals~{}ms crashes~{}ms{}{}",
                    settings.seed, profile.write_error, profile.sync_error, profile.step_error,
                    _net_ns_max / 1000, _arrival_mean_ns / 1'000'000, _crash_mean_ns / 1'000'000,
-                   _proxy ? " proxy" : ""));
+                   _proxy ? " proxy" : "",
+                   _cache_miss > 0 ? fmt::format(" page cache misses {}", _cache_miss) : ""));
 }
 
 world::~world() {
@@ -305,7 +316,7 @@ outcome world::run() {
     other.config.shard = k;
     other.config.directory = fmt::format("/sim/shard-{}", k);
     other.spool_disk = std::make_unique<disk>(
-        _clock, _mesh_random, disk_profile{}, disk_bug::none,
+        _clock, _mesh_random, _disk_profile, disk_bug::none,
         [this, k](std::uint64_t token, std::int64_t result) {
           _other_completions = true;
           if (auto& store = _others[k - 1].store) store->complete(token, result);
@@ -330,7 +341,7 @@ outcome world::run() {
       _clock.after(exponential_ns(60'000'000'000), [this] { heal(); });
     }
     if (_healed && _clock.now_ns() - _healed_ns > liveness_bound_ns && _delivery) {
-      if (auto busy = _delivery->busy_reason(*_store); !busy.empty()) {
+      if (auto busy = _delivery->busy_reason(stores()); !busy.empty()) {
         fail(fmt::format("LIVENESS: two simulated days after faults were healed, the queue has "
                          "not drained: {}", busy));
       }
@@ -342,13 +353,16 @@ outcome world::run() {
                      _connections.begin()->second->awaited,
                      _connections.begin()->second->stages.size()));
   }
-  if (!_failed && _process && _process->sessions.sessions() != 0) {
-    fail(fmt::format("{} inbound session(s) still open after every client left",
-                     _process->sessions.sessions()));
+  for (unsigned k = 0; k < _relays.size() && !_failed; ++k) {
+    if (process_at(k) != nullptr && process_at(k)->sessions.sessions() != 0) {
+      fail(fmt::format("{} inbound session(s) of shard {} still open after every client left",
+                       process_at(k)->sessions.sessions(), k));
+    }
+    if (!_failed && store_at(k) != nullptr && !store_at(k)->idle())
+      fail(fmt::format("shard {}'s store is not idle after the run drained", k));
   }
-  if (!_failed && _store && !_store->idle()) fail("the store is not idle after the run drained");
   if (!_failed && _delivery) {
-    if (auto busy = _delivery->busy_reason(*_store); !busy.empty()) {
+    if (auto busy = _delivery->busy_reason(stores()); !busy.empty()) {
       fail(fmt::format("LIVENESS: the event queue ran dry with work left: {}", busy));
     }
   }
@@ -356,7 +370,7 @@ outcome world::run() {
     note("final restart: every acknowledged message must be recovered");
     crash(false);
   }
-  if (!_failed && _delivery) _delivery->check_final(*_store);
+  if (!_failed && _delivery) _delivery->check_final(stores());
   _outcome.simulated_ns = _clock.now_ns();
   _outcome.shards = static_cast<std::uint32_t>(_relays.size());
   _outcome.parcels_crossed = _hub->crossed();
@@ -373,6 +387,7 @@ void world::heal() {
   _healed_ns = _clock.now_ns();
   note("faults healed: the queue must drain");
   _disk->set_faults(false);
+  for (auto& other : _others) other.spool_disk->set_faults(false);
   if (_delivery) _delivery->heal();
   wake_process();
 }
@@ -380,7 +395,8 @@ void world::heal() {
 spool::message_id world::random_queued_message(random& rng) const {
   for (int tries = 0; tries < 4 && _store && !_undelivered.empty(); ++tries) {
     const spool::message_id id = _undelivered[rng.below(_undelivered.size())];
-    const spool::message_entry* entry = _store->find(id);
+    const spool::store* home = store_at(spool::message_id_shard(id));
+    const spool::message_entry* entry = home == nullptr ? nullptr : home->find(id);
     if (entry != nullptr && entry->status == spool::message_status::queued) return id;
   }
   return 0;
@@ -408,41 +424,8 @@ std::int64_t world::read_any_disk(int fd, std::uint64_t offset, void* into,
 void world::settle() {
   if (!_store) return;
   for (int round = 0; round < 1000 && !_failed; ++round) {
-    if (_process) _process->sessions.retry_waiting();  // input held for spool room
-    _store->flush();
     bool progress = false;
-    spool::operation op;
-    while (_store->next_operation(op)) {
-      _disk->submit(op);
-      progress = true;
-    }
-    spool::event event;
-    while (_store && _store->next_event(event)) {
-      progress = true;
-      if (event.kind == spool::event_kind::marked) {
-        on_marked(event);
-      } else if (_process->relay && _process->relay->on_committed(event.ticket, event.error)) {
-        on_dsn_committed(event);
-      } else {
-        on_committed(event);
-      }
-    }
-    for (auto& other : _others) {
-      if (!other.store) continue;
-      other.store->flush();
-      while (other.store->next_operation(op)) {
-        other.spool_disk->submit(op);
-        progress = true;
-      }
-      while (other.store->next_event(event)) {  // only its relay's: no client reaches it
-        progress = true;
-        if (event.kind == spool::event_kind::marked) {
-          other.proc->relay->on_marked(event.ticket, event.error);
-        } else {
-          other.proc->relay->on_committed(event.ticket, event.error);
-        }
-      }
-    }
+    for (unsigned k = 0; k < _relays.size() && !_failed; ++k) progress |= settle_store(k);
     // A completion wakes the shard's loop: its hooks run (the relay's DSNs waiting for room).
     if (_completions || _other_completions) {
       _completions = _other_completions = false;
@@ -455,11 +438,57 @@ void world::settle() {
   check_bounds();
 }
 
+// One shard's loop end: its sessions' waiting input, the store's flush, operations to its
+// disk, its events — a commit ticket to the relay first (its DSNs), the sessions' otherwise.
+bool world::settle_store(unsigned shard) {
+  spool::store* store = store_at(shard);
+  process* proc = process_at(shard);
+  if (store == nullptr || proc == nullptr) return false;
+  proc->sessions.retry_waiting();  // input held for spool room
+  store->flush();
+  bool progress = false;
+  spool::operation op;
+  while (store->next_operation(op)) {
+    disk_at(shard).submit(op);
+    progress = true;
+  }
+  spool::event event;
+  while (!_failed && store_at(shard) == store && store->next_event(event)) {
+    progress = true;
+    if (event.kind == spool::event_kind::marked) {
+      on_marked(*proc, event);
+    } else if (proc->relay && proc->relay->on_committed(event.ticket, event.error)) {
+      on_dsn_committed(event);
+    } else {
+      on_committed(shard, event);
+    }
+  }
+  return progress;
+}
+
+spool::store* world::store_at(unsigned shard) const {
+  return shard == 0 ? _store.get() : _others.at(shard - 1).store.get();
+}
+
+disk& world::disk_at(unsigned shard) const {
+  return shard == 0 ? *_disk : *_others.at(shard - 1).spool_disk;
+}
+
+process* world::process_at(unsigned shard) const {
+  return shard == 0 ? _process.get() : _others.at(shard - 1).proc.get();
+}
+
+std::vector<const spool::store*> world::stores() const {
+  std::vector<const spool::store*> out;
+  for (unsigned k = 0; k < _relays.size(); ++k) out.push_back(store_at(k));
+  return out;
+}
+
 // A mark ticket: the relay's (its journal buffer has room again; an operator action's record),
 // or, with --no-outbound, the world's own.
-void world::on_marked(const spool::event& event) {
-  if (_process->relay) {
-    const bool action = _process->relay->on_marked(event.ticket, event.error);
+void world::on_marked(process& proc, const spool::event& event) {
+  if (proc.relay) {
+    const bool action = proc.relay->on_marked(event.ticket, event.error);
     if (!action && event.error == 0) ++_outcome.delivered_marks;
     return;
   }
@@ -517,14 +546,18 @@ void world::read_log() {
 }
 
 bool world::read_stored(spool::message_id id, expected_message& out) {
-  const auto where = _store->locate(id);
+  const unsigned home = spool::message_id_shard(id);
+  if (home >= _relays.size() || store_at(home) == nullptr) return false;
+  spool::store& store = *store_at(home);
+  disk& spool_disk = disk_at(home);
+  const auto where = store.locate(id);
   if (!where) return false;
   std::string record(where.value().bytes, '\0');
-  if (_disk->read(where.value().fd, where.value().offset, record.data(), where.value().bytes) !=
+  if (spool_disk.read(where.value().fd, where.value().offset, record.data(), where.value().bytes) !=
       static_cast<std::int64_t>(record.size())) {
     return false;
   }
-  const auto stored = _store->parse_commit(id, where.value(), record);
+  const auto stored = store.parse_commit(id, where.value(), record);
   if (!stored) return false;
   const spool::envelope& envelope = stored.value().envelope;
   out.reverse_path = envelope.reverse_path;
@@ -540,7 +573,7 @@ bool world::read_stored(spool::message_id id, expected_message& out) {
   for (const auto& slice : stored.value().body) {
     const std::size_t at = out.body_wire.size();
     out.body_wire.resize(at + slice.length);
-    if (_disk->read(slice.fd, slice.offset, out.body_wire.data() + at, slice.length) !=
+    if (spool_disk.read(slice.fd, slice.offset, out.body_wire.data() + at, slice.length) !=
         static_cast<std::int64_t>(slice.length)) {
       return false;
     }
@@ -551,18 +584,22 @@ bool world::read_stored(spool::message_id id, expected_message& out) {
 }
 
 void world::check_bounds() {
-  if (!_store) return;
-  if (_process && _process->metrics.spool_short_appends.read() != 0) {
-    fail(fmt::format("the store took fewer body bytes than can_append allowed (buffered {} of "
-                     "{}): the session answers 452", _store->buffered_bytes(),
-                     _store->config().buffered_bytes_max));
-  }
-  // append() pushes back at buffered_bytes_max; commit records and the void/prefix records
-  // of one flush may go beyond it by at most a batch.
-  const std::uint64_t bound = _store_config.buffered_bytes_max + _store_config.batch_bytes_max;
-  if (_store->buffered_bytes() > bound) {
-    fail(fmt::format("store buffers {} bytes, over its bound {}", _store->buffered_bytes(),
-                     bound));
+  for (unsigned k = 0; k < _relays.size() && !_failed; ++k) {
+    const spool::store* store = store_at(k);
+    const process* proc = process_at(k);
+    if (store == nullptr) continue;
+    if (proc != nullptr && proc->metrics.spool_short_appends.read() != 0) {
+      fail(fmt::format("the store took fewer body bytes than can_append allowed (buffered {} of "
+                       "{}): the session answers 452", store->buffered_bytes(),
+                       store->config().buffered_bytes_max));
+    }
+    // append() pushes back at buffered_bytes_max; commit records and the void/prefix records
+    // of one flush may go beyond it by at most a batch.
+    const std::uint64_t bound = _store_config.buffered_bytes_max + _store_config.batch_bytes_max;
+    if (store->buffered_bytes() > bound) {
+      fail(fmt::format("store buffers {} bytes, over its bound {}", store->buffered_bytes(),
+                       bound));
+    }
   }
 }
 
@@ -574,6 +611,10 @@ void world::spawn_client() {
   const auto count = static_cast<std::uint32_t>(
       std::min<std::uint64_t>(_transactions_left, _random.between(1, 4)));
   _transactions_left -= count;
+  // With several shards, each client reaches a drawn one (a stream of its own: one-shard runs
+  // keep their draws), so messages and their DSNs have homes on every shard.
+  const auto shard = static_cast<unsigned>(_relays.size() > 1 ? _mesh_random.below(_relays.size())
+                                                              : 0);
   client_plan plan;
   plan.xclient = !_proxy && _random.chance(0.2);
   plan.starttls = _random.chance(0.15);
@@ -586,6 +627,7 @@ void world::spawn_client() {
   }
   auto owned = std::make_unique<connection>(number, std::move(transactions));
   connection& c = *owned;
+  c.shard = shard;
   _connections.emplace(number, std::move(owned));
   ++_outcome.sessions;
   // Behind the balancer the client's address is the one its PROXY header names; a client
@@ -593,19 +635,20 @@ void world::spawn_client() {
   c.client_address = _proxy || plan.xclient ? fmt::format("203.0.113.{}", number % 250 + 1)
                                             : fmt::format("192.0.2.{}", number % 250 + 1);
   build_stages(c, plan);
-  note(fmt::format("client {} connects: {} transaction(s), {} stages", number, count,
-                   c.stages.size()));
+  note(fmt::format("client {} connects: {} transaction(s), {} stages{}", number, count,
+                   c.stages.size(), shard == 0 ? "" : fmt::format(" (shard {})", shard)));
   c.awaited = 1;  // the greeting
   c.current = stage{};
   // Accepted: a socket whose far end is the client, handed to the real sessions.
   const auto address = *core::endpoint::parse(
       _proxy ? fmt::format("{}:{}", balancer_address, 1024 + number % 60000)
              : fmt::format("192.0.2.{}:{}", number % 250 + 1, 1024 + number % 60000));
-  c.fd = _process->host.add_stream(std::make_unique<client_peer>(*this, number), address);
-  _by_fd[c.fd] = number;
-  if (!_process->sessions.open(c.fd, address, server::session_origin{})) {
+  process& proc = *process_at(shard);
+  c.fd = proc.host.add_stream(std::make_unique<client_peer>(*this, number), address);
+  _by_fd[{shard, c.fd}] = number;
+  if (!proc.sessions.open(c.fd, address, server::session_origin{})) {
     note(fmt::format("client {} refused: sessions_per_shard_max", number));
-    _process->host.close(c.fd);
+    proc.host.close(c.fd);
   } else if (_proxy) {
     client_send(c, proxy_header(c));  // the balancer speaks first, split like any input
   }
@@ -775,7 +818,7 @@ void world::send_pieces(connection& c, std::string_view bytes) {
   while (!bytes.empty()) {
     const std::size_t piece = std::min<std::size_t>(
         bytes.size(), _random.chance(0.2) ? _random.between(1, 16) : _random.between(1, 9000));
-    _process->host.peer_send(c.fd, std::string(bytes.substr(0, piece)));
+    process_at(c.shard)->host.peer_send(c.fd, std::string(bytes.substr(0, piece)));
     bytes.remove_prefix(piece);
   }
 }
@@ -786,7 +829,7 @@ void world::client_disconnect(std::uint32_t number) {
   if (found == _connections.end() || found->second->client_gone) return;
   found->second->client_gone = true;
   note(fmt::format("client {} disconnects", number));
-  _process->host.peer_close(found->second->fd);
+  process_at(found->second->shard)->host.peer_close(found->second->fd);
 }
 
 void world::client_receive(std::uint32_t number, const std::string& bytes) {
@@ -849,7 +892,7 @@ std::string world::proxy_header(const connection& c) {
 // The daemon's workers check the password off the shard and post the result back; here the
 // answer comes after a seeded delay on the clock, through the same backend interface. A crash
 // meanwhile loses it, as the daemon's shard would (the process serial tells).
-bool world::submit_auth(std::unique_ptr<auth::verify_request> request) {
+bool world::submit_auth(unsigned shard, std::unique_ptr<auth::verify_request> request) {
   auto result = std::make_shared<auth::verify_result>();
   const bool accepted = request->table->check(request->user, request->password,
                                               request->client) == auth::check_result::accepted;
@@ -858,9 +901,9 @@ bool world::submit_auth(std::unique_ptr<auth::verify_request> request) {
   result->user = request->user;
   result->reply_to = request->reply_to;
   note(fmt::format("auth check for {}: {}", result->user, accepted ? "accepted" : "refused"));
-  _clock.after(latency_ns(100'000, 20'000'000), [this, result, serial = _process_serial] {
-    if (_process && _process_serial == serial) {
-      _process->sessions.on_auth_result(std::make_unique<auth::verify_result>(*result));
+  _clock.after(latency_ns(100'000, 20'000'000), [this, shard, result, serial = _process_serial] {
+    if (process_at(shard) != nullptr && _process_serial == serial) {
+      process_at(shard)->sessions.on_auth_result(std::make_unique<auth::verify_result>(*result));
     }
   });
   return true;
@@ -937,8 +980,8 @@ void world::client_stage_done(connection& c) {
 // ---- server side: what the real sessions report
 
 // The session's descriptor closed (its end, or the crash's): the client's connection is over.
-void world::on_session_closed(int fd) {
-  const auto found = _by_fd.find(fd);
+void world::on_session_closed(unsigned shard, int fd) {
+  const auto found = _by_fd.find({shard, fd});
   if (found == _by_fd.end()) return;
   const std::uint32_t number = found->second;
   _by_fd.erase(found);
@@ -952,7 +995,8 @@ void world::on_session_closed(int fd) {
 // (it waits for the reply to its end of data). What must be recovered is the client's idea of
 // it behind the session's Received: field (RFC 5321 §4.4), built from the envelope's id and
 // time with the client's own HELO, address and accepted recipients.
-void world::on_commit_issued(std::uint64_t ticket, const spool::envelope& envelope) {
+void world::on_commit_issued(unsigned shard, std::uint64_t ticket,
+                             const spool::envelope& envelope) {
   const std::uint32_t number = client_of_helo(envelope.helo);
   const auto found = _connections.find(number);
   if (found == _connections.end()) {
@@ -999,22 +1043,22 @@ void world::on_commit_issued(std::uint64_t ticket, const spool::envelope& envelo
   // message's now, not a refused one that could come back.
   _refused.erase(envelope.id);
   _expected[envelope.id] = std::move(want);
-  _tickets.insert(ticket);
+  _tickets.emplace(shard, ticket);
   note(fmt::format("commit {:016x} ({}) ticket {}", envelope.id, _expected[envelope.id].origin,
                    ticket));
 }
 
 // The store reports a session's commit: the world's bookkeeping first, then the session (whose
 // 250 for a durable message goes through on_accepted).
-void world::on_committed(const spool::event& event) {
-  if (_tickets.erase(event.ticket) == 0) {
+void world::on_committed(unsigned shard, const spool::event& event) {
+  if (_tickets.erase({shard, event.ticket}) == 0) {
     return fail(fmt::format("unknown commit ticket {}", event.ticket));
   }
   auto& want = _expected.at(event.id);
   note(fmt::format("commit {:016x} reported: {}", event.id, event.error));
   // Durable but not (yet) answered: the client may have gone; on_accepted makes it answered.
   want.state = event.error != 0 ? fate::failed : fate::orphaned;
-  _process->sessions.on_committed(event.ticket, event.error);
+  process_at(shard)->sessions.on_committed(event.ticket, event.error);
   // Answered 250 or, its client gone, handed on: either way on_accepted ran just now.
   if (want.state == fate::orphaned) {
     fail(fmt::format("message {:016x} durable but never handed on", event.id));
@@ -1043,28 +1087,32 @@ void world::on_accepted(const spool::envelope& envelope, std::span<const spool::
     stored.notify.push_back(r.notify);
   }
   _delivery->on_message(envelope.id, stored);
-  if (_options.glue != glue_bug::deliver_refused) return _process->relay->route(envelope, body);
+  server::relay& home = *process_at(spool::message_id_shard(envelope.id))->relay;
+  if (_options.glue != glue_bug::deliver_refused) return home.route(envelope, body);
   // The planted bug, in the glue between the sessions and the relay: refused ones go too.
   spool::envelope planted = envelope;
   for (const auto& refused : want.refused) planted.recipients.push_back({refused, 0, {}});
-  _process->relay->route(planted, body);
+  home.route(planted, body);
 }
 
 // The durability the 250 promises, checked on the simulated disk itself: the body's bytes
 // and the commit record are synced and the segment's name is durable in the directory.
 bool world::check_durable(spool::message_id id, std::span<const spool::body_slice> body) {
   if (!_options.ack_check) return true;
-  const spool::message_entry* entry = _store->find(id);
+  const unsigned shard = spool::message_id_shard(id);
+  const spool::store& store = *store_at(shard);
+  disk& spool_disk = disk_at(shard);
+  const spool::message_entry* entry = store.find(id);
   if (entry == nullptr) {
     fail(fmt::format("message {:016x} reported durable but unknown to the store", id));
     return false;
   }
   std::string why;
-  bool durable = _disk->durable(_store->segment_fd(entry->commit_segment), entry->commit_offset,
-                                entry->commit_bytes, why);
+  bool durable = spool_disk.durable(store.segment_fd(entry->commit_segment),
+                                    entry->commit_offset, entry->commit_bytes, why);
   for (const auto& slice : body) {
     if (!durable) break;
-    durable = _disk->durable(slice.fd, slice.offset, slice.length, why);
+    durable = spool_disk.durable(slice.fd, slice.offset, slice.length, why);
   }
   if (!durable) {
     fail(fmt::format("LOST MAIL: 250 about to be sent for message {:016x} ({}) before it is "
@@ -1114,11 +1162,14 @@ void world::deliver_tick() {
 // every session closed, the store idle, and the delivery side drained after the faults healed
 // (or, without it, the marking ticks over).
 bool world::quiescent() const {
-  if (active() || (_process && _process->sessions.sessions() != 0)) return false;
-  if (!_store || !_store->idle()) return false;
-  for (const auto& other : _others)
-    if (!other.store || !other.store->idle()) return false;
-  if (_delivery) return _healed && _delivery->busy_reason(*_store).empty();
+  if (active()) return false;
+  for (unsigned k = 0; k < _relays.size(); ++k) {
+    const process* proc = process_at(k);
+    const spool::store* store = store_at(k);
+    if ((proc != nullptr && proc->sessions.sessions() != 0) || !store || !store->idle())
+      return false;
+  }
+  if (_delivery) return _healed && _delivery->busy_reason(stores()).empty();
   return !_delivery_ticking && _mark_tickets.empty();
 }
 
@@ -1199,11 +1250,15 @@ bool world::recover_and_check() {
                    report.incomplete_messages));
   _store = std::make_unique<spool::store>(_store_config, std::move(state));
   start_process();
-  // Every message the store has must be one the world knows; every one it must have, it has.
+  if (!recover_others()) return false;
+  // Every message the stores have must be one the world knows; every one they must have, they
+  // have.
   std::set<spool::message_id> present;
-  _store->for_each_message([&](const spool::message_entry& entry) { present.insert(entry.id); });
+  for (const auto* store : stores()) {
+    store->for_each_message([&](const spool::message_entry& entry) { present.insert(entry.id); });
+  }
   for (const auto id : present) {
-    const spool::message_entry* entry = _store->find(id);
+    const spool::message_entry* entry = store_at(spool::message_id_shard(id))->find(id);
     if (_finished.count(id) != 0 && entry->status != spool::message_status::final) {
       fail(fmt::format("LOST MARK: message {:016x} was recovered final before, now queued", id));
       return false;
@@ -1223,7 +1278,8 @@ bool world::recover_and_check() {
   }
   for (auto it = _expected.begin(); it != _expected.end();) {
     if (!check_recovered(it->first, it->second)) return false;
-    const spool::message_entry* entry = _store->find(it->first);
+    const spool::store* home = store_at(spool::message_id_shard(it->first));
+    const spool::message_entry* entry = home->find(it->first);
     const bool done = entry == nullptr || entry->status == spool::message_status::final;
     if (entry == nullptr && it->second.state == fate::failed) _refused.insert(it->first);
     if (done && entry != nullptr) _finished.insert(it->first);
@@ -1237,7 +1293,7 @@ bool world::recover_and_check() {
 
 // The relay of the new process routes what the recovered spool holds (relay::start).
 void world::start_relay() {
-  _delivery->on_recovered(*_store);
+  _delivery->on_recovered(stores());
   _relays[0] = _process->relay.get();
   start_others();
   if (_failed) return;
@@ -1251,21 +1307,39 @@ void world::start_relay() {
   wake_process();
 }
 
-// The other shards' processes, each on the store its disk's recovery finds (it holds nothing
-// queued: only shard 0's sessions receive mail, and DSNs go to their original's home).
-void world::start_others() {
+// The other shards' spools, each recovered from its disk's durable image (before the world
+// checks what every shard's recovery found).
+bool world::recover_others() {
   for (unsigned k = 1; k <= _others.size(); ++k) {
     other_shard& other = _others[k - 1];
     auto recovered = recover_disk(*other.spool_disk, k);
-    if (!recovered) return;
+    if (!recovered) return false;
     other.store = std::make_unique<spool::store>(other.config, std::move(*recovered));
+  }
+  return true;
+}
+
+// The other shards' processes (sessions and relay), each over its recovered store.
+void world::start_others() {
+  for (unsigned k = 1; k <= _others.size(); ++k) {
+    other_shard& other = _others[k - 1];
     other.proc = std::make_unique<process>(
         *this, _clock, _mesh_random.next(), _net_ns_max, _delivery->network(), *other.store,
         _receive_buffer_bytes, _receive_buffer_count, _proxy,
         std::make_unique<const server::relay_config>(_delivery->relay_config(_relays)),
         _hub->at(k));
+    start_host_cache(other.proc->host, k);
+    if (auto started = other.proc->sessions.start(); !started) {
+      return fail(fmt::format("inbound sessions of shard {}: {}", k,
+                              std::strerror(started.error())));
+    }
     _relays[k] = other.proc->relay.get();
   }
+}
+
+// Each process's host misses the page cache with the seed's chance, on a stream of its own.
+void world::start_host_cache(sim_host& host, unsigned shard) {
+  host.set_cache_misses(_cache_miss, _options.seed ^ (_process_serial << 8) ^ shard);
 }
 
 // Before a crash: a recipient the store holds final in memory may have been marked durably
@@ -1273,11 +1347,15 @@ void world::start_others() {
 void world::note_marks_issued() {
   if (!_store) return;
   for (auto& [id, want] : _expected) {
-    if (want.state != fate::acknowledged) continue;
-    const spool::message_entry* entry = _store->find(id);  // null: final and reclaimed
+    const spool::store* home = store_at(spool::message_id_shard(id));
+    if (want.state != fate::acknowledged || home == nullptr) continue;
+    const spool::message_entry* entry = home->find(id);  // null: final and reclaimed
+    // An operator's delete makes every open recipient final at recovery once its record is
+    // durable (spool/recovery.cc), marked or not.
+    const bool deleted = entry != nullptr && (entry->flags & spool::message_flag_deleted) != 0;
     for (std::size_t r = 0; r < want.marks.size(); ++r) {
       if (want.marks[r] != mark_state::none) continue;
-      if (entry == nullptr || spool::is_final(entry->recipients.at(r).state)) {
+      if (entry == nullptr || deleted || spool::is_final(entry->recipients.at(r).state)) {
         want.marks[r] = mark_state::unknown;
       }
     }
@@ -1295,6 +1373,7 @@ void world::start_process() {
                                        _delivery ? _delivery->network() : sim_network{}, *_store,
                                        _receive_buffer_bytes, _receive_buffer_count, _proxy,
                                        std::move(relay_settings), _hub->at(0));
+  start_host_cache(_process->host, 0);
   if (auto started = _process->sessions.start(); !started) {
     fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
   }
@@ -1302,7 +1381,7 @@ void world::start_process() {
 
 // One message the world knows against what recovery found (see sim_world.h).
 bool world::check_recovered(spool::message_id id, expected_message& want) {
-  const spool::message_entry* entry = _store->find(id);
+  const spool::message_entry* entry = store_at(spool::message_id_shard(id))->find(id);
   if (entry == nullptr) {
     // Marked delivered means delivered: once every recipient was (even if a mark's journal
     // write failed), the message may be reclaimed. One never marked must still be queued.
@@ -1348,7 +1427,7 @@ bool world::check_recovered(spool::message_id id, expected_message& want) {
 
 // The recovered envelope and body, read back through the store, against the client's.
 bool world::check_content(spool::message_id id, const expected_message& want) {
-  auto stored = _store->read(id);
+  auto stored = store_at(spool::message_id_shard(id))->read(id);
   if (!stored) {
     fail(fmt::format("LOST MAIL: message {:016x} ({}) recovered but unreadable: {}", id,
                      want.origin, std::strerror(stored.error())));

@@ -90,6 +90,9 @@ struct outcome {
   std::uint64_t tls_broken = 0;    // STARTTLS handshakes a remote MTA broke (sim_tls.h)
   std::uint64_t dns_queries = 0;
   std::uint64_t operator_actions = 0;
+  std::uint64_t suspended_arrivals = 0;  // transactions at a suspended destination (in flight)
+  std::uint64_t deletions = 0;           // recipients the relay logged deleted (operator)
+  std::uint64_t reasons_checked = 0;     // DSNs checked to name the operator's bounce reason
   std::uint32_t shards = 1;               // the process's shards (1-3 per seed with the relay)
   std::uint64_t parcels_crossed = 0;      // jobs, outcomes, actions sent to another shard
   std::uint64_t parcels_refused = 0;      // a full pair queue: the relay's backlog kept them

@@ -28,6 +28,9 @@
 namespace ringmta::server {
 class relay;
 }
+namespace ringmta::sim {
+class sim_host;
+}
 
 namespace ringmta::sim::internal {
 
@@ -117,8 +120,9 @@ struct connection {
       : number(number), transactions(std::move(transactions)) {}
 
   const std::uint32_t number;
+  unsigned shard = 0;                // whose sessions it reached (each shard has a listener)
   std::string client_address;        // "192.0.2.N"
-  int fd = -1;                       // the session's descriptor on the process's host
+  int fd = -1;                       // the session's descriptor on the shard's host
   std::vector<transaction> transactions;
   std::deque<stage> stages;
   std::string replies;               // received, not yet parsed
@@ -159,12 +163,12 @@ class world {
   // From the inbound process (sim_world.cc): server bytes reaching client `number`, a session's
   // descriptor closed, a commit ticket issued, a message answered 250.
   void client_receive(std::uint32_t number, const std::string& bytes);
-  void on_session_closed(int fd);
-  void on_commit_issued(std::uint64_t ticket, const spool::envelope& envelope);
+  void on_session_closed(unsigned shard, int fd);
+  void on_commit_issued(unsigned shard, std::uint64_t ticket, const spool::envelope& envelope);
   void on_accepted(const spool::envelope& envelope, std::span<const spool::body_slice> body);
   // The sessions' password checks (auth::verify_service): answered on the simulated clock.
-  bool submit_auth(std::unique_ptr<auth::verify_request> request);
-  auth::verify_service& verifier() { return *_verifier; }
+  bool submit_auth(unsigned shard, std::unique_ptr<auth::verify_request> request);
+  auth::verify_service& verifier(unsigned shard) { return *_verifiers.at(shard); }
 
  private:
   // clients (client side of connection)
@@ -197,9 +201,9 @@ class world {
   void start_process();
   void start_relay();
   void start_others();  // shards 1..: a store from each disk's recovery, a process, a relay
-  void on_committed(const spool::event& event);
+  void on_committed(unsigned shard, const spool::event& event);
   void on_dsn_committed(const spool::event& event);  // one the relay spooled
-  void on_marked(const spool::event& event);
+  void on_marked(process& proc, const spool::event& event);
   void read_log();  // the process's log records, to the delivery side
   // A durable message as the spool holds it now (the simulated disk's page cache).
   bool read_stored(spool::message_id id, expected_message& out);
@@ -212,6 +216,13 @@ class world {
   bool quiescent() const;  // nothing left but housekeeping timers: the run is over
   void crash_tick();
   void crash(bool torn);
+  // A message's home shard (its id's shard bits), and any shard: store, disk, process.
+  spool::store* store_at(unsigned shard) const;
+  disk& disk_at(unsigned shard) const;
+  process* process_at(unsigned shard) const;
+  std::vector<const spool::store*> stores() const;
+  bool settle_store(unsigned shard);  // progress made
+  bool recover_others();
   std::optional<spool::recovered_state> recover_disk(disk& spool_disk, unsigned shard);
   bool recover_and_check();
   bool adopt_dsn(spool::message_id id);  // recovered, unknown: a DSN in flight at the crash?
@@ -252,6 +263,7 @@ class world {
     std::unique_ptr<process> proc;
   };
   std::vector<other_shard> _others;
+  disk_profile _disk_profile;  // every shard's disk faults (drawn once per seed)
   bool _other_completions = false;
   random _mesh_random;  // its own stream: --no-outbound runs replay the first slice's
   std::unique_ptr<sim_mesh_hub> _hub;    // the shards' parcels
@@ -259,12 +271,17 @@ class world {
   std::uint32_t _receive_buffer_bytes = 0;    // drawn per seed, within the store's buffering
   std::uint32_t _receive_buffer_count = 0;
   bool _proxy = false;  // a load balancer in front: the sessions expect a PROXY header
+  // Reads the hosts' page cache misses (sim_host::read_cached: EAGAIN, so the outbound's ring
+  // read runs); drawn apart from every stream, so runs without the relay are unchanged.
+  double _cache_miss = 0;
+  void start_host_cache(sim_host& host, unsigned shard);
   std::map<std::uint32_t, std::unique_ptr<connection>> _connections;
-  std::map<int, std::uint32_t> _by_fd;          // a session's descriptor -> its client
-  std::set<std::uint64_t> _tickets;             // the sessions' commit tickets in flight
+  std::map<std::pair<unsigned, int>, std::uint32_t> _by_fd;  // (shard, descriptor) -> client
+  std::set<std::pair<unsigned, std::uint64_t>> _tickets;  // sessions' commit tickets in flight
   std::map<std::uint64_t, std::pair<spool::message_id, std::uint16_t>> _mark_tickets;
   bool _delivery_ticking = false;  // deliver_tick() is scheduled (--no-outbound)
-  std::unique_ptr<auth::verify_service> _verifier;  // sim_world.cc: sim_verifier
+  // Per shard (1-3): the sessions' password checks, answered to that shard (sim_verifier).
+  std::array<std::unique_ptr<auth::verify_service>, 3> _verifiers;
   std::uint64_t _process_serial = 0;  // start_process() count: late answers find no process
   std::map<spool::message_id, expected_message> _expected;
   std::vector<spool::message_id> _undelivered;  // acknowledged, maybe with unmarked recipients
