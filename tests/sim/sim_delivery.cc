@@ -690,17 +690,10 @@ void delivery::state::check_reason_in_dsn(spool::message_id dsn, std::string_vie
   }
 }
 
-// The operator's bounce reason is not journaled (the spool's action record is 16 fixed bytes):
-// a crash between the action and the DSN being durable loses it, legitimately, and the
-// recovered bounce says only "bounced by the operator". Set when the reason is journaled.
-constexpr bool bounce_reason_survives_crash = false;
-
+// The operator's bounce reasons outlive a crash (the spool journals them with the bounce: a
+// reason record, docs/spool.md), so the reasons expected stay across it.
 void delivery::state::forget_process() {
   for (auto& [name, allowed] : suspended) allowed.clear();  // a new relay has nothing on the wire
-  if (!bounce_reason_survives_crash) {
-    bounce_reasons.clear();
-    dsn_reasons.clear();
-  }
   domains_bounced.clear();
   deleted_now.clear();
   deleted_slots_now.clear();
