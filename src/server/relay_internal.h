@@ -264,8 +264,8 @@ struct envelope_read {
   spool::message_id id = 0;
   read_purpose purpose = read_purpose::envelope;
   // recovery: the operator flags (held, bounce) its jobs carry, as they were before the first
-  // action that waits here was journaled (that action is sent after the routing, as for a
-  // routed message; a bounce's reason is not journaled). Unset: the spool's flags when routed.
+  // action that waits here was journaled (that action, with a bounce's reason, is sent after
+  // the routing, as for a routed message). Unset: the spool's flags when routed.
   std::optional<std::uint8_t> flags;
   spool::commit_location where;
   std::string record;
@@ -569,7 +569,8 @@ struct relay::state {
   // (-1: not yet durable, else the errno), and the owner's side.
   std::unordered_map<std::uint64_t, int> action_tickets;
   // Journaled actions waiting for their message's envelope: "pending" until sent to the
-  // owners, so an answered action has left the home (its bounce reason is not journaled).
+  // owners, so an answered action has reached the shards that carry it out, not only the
+  // journal.
   std::set<std::uint64_t> actions_unsent;
   // Owner: the reason of the bounce being applied, for the events it drains at once.
   std::unordered_map<spool::message_id, std::string> bounce_reasons;
