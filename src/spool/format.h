@@ -34,7 +34,7 @@ enum class record_type : std::uint8_t {
   void_tail = 5, // "segment S is valid only below offset X" after a failed write
   state = 6,     // journal: one recipient's delivery state (last one wins)
   action = 7,    // journal: an operator action on the whole message (hold, release, delete, bounce)
-  reason = 8,    // journal: the operator's text for a message's bounce (follows its action record)
+  reason = 8,    // journal: the operator's text for a message's bounce (right before its action record)
 };
 
 struct record_header {

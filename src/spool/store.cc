@@ -551,16 +551,19 @@ core::result<std::uint64_t> store::act(message_id id, message_action action,
   found->flags = apply_action(found->flags, action);
   journal_item item;
   item.id = id;
-  item.type = format::record_type::action;
-  item.action.action = static_cast<std::uint8_t>(action);
-  item.action.seconds = now_seconds;
-  _journal_open->items.push_back(item);
-  if (!reason.empty()) {  // after the action: recovery keeps a reason only for a bounce
+  if (!reason.empty()) {
+    // Before the action: a crash that tears the batch keeps a prefix of it, so a surviving
+    // bounce always has its reason (ringmta-sim seed 91002316 lost it when the reason came
+    // second). Recovery keeps a reason only for a message whose bounce survived.
     _bounce_reasons[id] = std::string(reason);
     item.type = format::record_type::reason;
     _journal_open->items.push_back(item);
     _journal_open->reason_bytes += reason_bytes;
   }
+  item.type = format::record_type::action;
+  item.action.action = static_cast<std::uint8_t>(action);
+  item.action.seconds = now_seconds;
+  _journal_open->items.push_back(item);
   _journal_open->urgent = true;
   const std::uint64_t ticket = _next_ticket++;
   _journal_open->tickets.emplace_back(ticket, id);

@@ -230,7 +230,7 @@ void store::encode_snapshot(std::string& out, std::uint64_t salt, std::uint64_t 
 }
 
 // The action records that restore a message's flags (after its state records, as in the
-// journal they come from): hold, delete, bounce (with its reason). No flags: none.
+// journal they come from): hold, delete, bounce (its reason before it). No flags: none.
 void store::encode_flag_actions(std::string& out, message_id id, std::uint8_t flags,
                                 std::uint64_t salt, std::uint64_t offset) const {
   const std::pair<std::uint8_t, message_action> kinds[] = {
@@ -239,11 +239,11 @@ void store::encode_flag_actions(std::string& out, message_id id, std::uint8_t fl
       {message_flag_deleted, message_action::remove}};
   for (const auto& [flag, action] : kinds) {
     if ((flags & flag) == 0) continue;
+    if (action == message_action::bounce) encode_reason(out, id, salt, offset);  // first: act()
     format::action_payload payload;
     payload.action = static_cast<std::uint8_t>(action);
     append_journal_record(out, format::record_type::action, id, salt, offset,
                           [&](char* out_payload) { format::encode_action(payload, out_payload); });
-    if (action == message_action::bounce) encode_reason(out, id, salt, offset);
   }
 }
 
