@@ -701,14 +701,8 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   if (!job->site.empty()) join_site(*job, added.destination);
   RINGMTA_ASSERT(added.jobs_added > 0);
   metrics.queued_jobs.add(added.jobs_added);
-  if ((job->flags & spool::message_flag_bounce) != 0) {  // an operator's bounce, recovered
-    const spool::message_id id = message.id;  // the message may be gone after the drain
-    if (!job->bounce_reason.empty()) bounce_reasons[id] = job->bounce_reason;
-    scheduler.bounce_message(job->destination, message_key_of(message), now);
-    drain_events(nullptr);  // the jobs are gone: bounced, DSN and all
-    bounce_reasons.erase(id);
-    return;
-  }
+  if ((job->flags & spool::message_flag_bounce) != 0)  // an operator's bounce, recovered
+    return bounce_now(job->destination, message, job->bounce_reason, now);
   if (paused) {
     std::vector<recipient_report> reports;
     for (const std::uint16_t index : job->recipients) {
@@ -1061,6 +1055,17 @@ void relay::state::finish_delivery(std::uint32_t slot,
 
 void relay::state::job_left() noexcept { metrics.queued_jobs.add(-1); }
 
+// The message's queued and held jobs at `destination` are bounced now, their events (and so
+// their DSNs) drained with the operator's reason; jobs in flight bounce when they defer, with
+// the transaction's own reply (finish_delivery). The message may be freed by the drain.
+void relay::state::bounce_now(const std::string& destination, const spooled_message& message,
+                              std::string_view reason, std::int64_t now_ms) noexcept {
+  bouncing = operator_bounce{message.id, reason};
+  scheduler.bounce_message(destination, message_key_of(message), now_ms);
+  drain_events(nullptr);
+  bouncing = {};
+}
+
 void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
                       const outbound::close_result& result) noexcept {
   auto& s = *_state;
@@ -1147,9 +1152,8 @@ void relay::state::handle_event(const queue::job_event& event,
       r.reply_code = expired ? 0 : 550;
       r.text = expired ? fmt::format("delivery time expired; last error: {}", event.job.last_error)
                        : std::string("bounced by the operator");
-      if (const auto why = bounce_reasons.find(message->id);
-          !expired && why != bounce_reasons.end())
-        r.text += ": " + why->second;
+      if (!expired && bouncing.id == message->id && !bouncing.reason.empty())
+        r.text.append(": ").append(bouncing.reason);
     }
     reports.push_back(std::move(r));
   });

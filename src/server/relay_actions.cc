@@ -91,16 +91,10 @@ void relay::state::apply_message_action(const message_action_job& job) noexcept 
     case message_op::hold: scheduler.hold_message(job.destination, key, now); break;
     case message_op::release: scheduler.release_message(job.destination, key, now); break;
     case message_op::retry: scheduler.retry_message(job.destination, key, now); break;
-    case message_op::bounce:
-      if (!job.reason.empty()) bounce_reasons[job.id] = job.reason;
-      scheduler.bounce_message(job.destination, key, now);
-      break;
+    case message_op::bounce: bounce_now(job.destination, *job.message, job.reason, now); break;
     case message_op::remove: scheduler.remove_message(job.destination, key, now); break;
   }
   drain_events(nullptr);
-  // The queued and held jobs it bounced came out now; those in flight bounce when they defer,
-  // with the transaction's own reply (relay.cc, finish_delivery).
-  bounce_reasons.erase(job.id);
   poll();
 }
 

@@ -572,8 +572,15 @@ struct relay::state {
   // owners, so an answered action has reached the shards that carry it out, not only the
   // journal.
   std::set<std::uint64_t> actions_unsent;
-  // Owner: the reason of the bounce being applied, for the events it drains at once.
-  std::unordered_map<spool::message_id, std::string> bounce_reasons;
+  // Owner: an operator's bounce of a message's jobs at a destination, carried out at once;
+  // the events it drains name `reason` (bounce_now sets it for their duration).
+  struct operator_bounce {
+    spool::message_id id = 0;
+    std::string_view reason;
+  };
+  operator_bounce bouncing;
+  void bounce_now(const std::string& destination, const spooled_message& message,
+                  std::string_view reason, std::int64_t now_ms) noexcept;
   void apply_message_action(const message_action_job& job) noexcept;
   void send_message_action_to(unsigned shard, message_action_job job) noexcept;
   void send_message_action(const spooled_message& message, const std::string& destination,
