@@ -139,11 +139,11 @@ class file_reader {
     if (offset < _start || offset + bytes > _start + _length) {
       const std::size_t want = static_cast<std::size_t>(
           std::min<std::uint64_t>(std::max(bytes, window_bytes), _size - offset));
-      // Not zero-filled (new char[], not a resize): pread overwrites what is used, and a
+      // Not zero-filled (for overwrite, not a resize): pread overwrites what is used, and a
       // restart reads many files, each a window of up to 1 MB (issue 16: a tenth of a
       // crash-heavy simulation's instructions went to zeroing these windows).
       if (want > _capacity) {
-        _buffer.reset(new char[want]);
+        _buffer = std::make_unique_for_overwrite<char[]>(want);
         _capacity = want;
       }
       std::size_t done = 0;
