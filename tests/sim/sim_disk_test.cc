@@ -95,6 +95,16 @@ class disk_test : public ::testing::Test {
     payload_iovec = iovec{payload.data(), payload.size()};
   }
   int created_fd(std::uint64_t token) { return static_cast<int>(results.at(token)); }
+  // "/sim/a" (token 1), the payload written at 512 (token 2) linked to a datasync (token 3).
+  int create_a_with_synced_payload() {
+    target->submit(create(1, "/sim/a"));
+    run();
+    const int fd = created_fd(1);
+    target->submit(write(2, fd, 512, true));
+    target->submit(sync(3, fd));
+    run();
+    return fd;
+  }
 
   scheduler clock;
   random random_source{7};
@@ -137,12 +147,7 @@ TEST_F(disk_test, only_synced_writes_survive_a_crash) {
 
 TEST_F(disk_test, linked_write_then_sync_is_durable) {
   make();
-  target->submit(create(1, "/sim/a"));
-  run();
-  const int fd = created_fd(1);
-  target->submit(write(2, fd, 512, true));
-  target->submit(sync(3, fd));
-  run();
+  const int fd = create_a_with_synced_payload();
   std::string why;
   EXPECT_TRUE(target->durable(fd, 512, payload.size(), why)) << why;
   target->crash(false);
@@ -154,12 +159,7 @@ TEST_F(disk_test, failed_link_cancels_the_rest_of_the_chain) {
   disk_profile always_fails;
   always_fails.write_error = 1;
   make(disk_bug::none, always_fails);
-  target->submit(create(1, "/sim/a"));
-  run();
-  const int fd = created_fd(1);
-  target->submit(write(2, fd, 512, true));
-  target->submit(sync(3, fd));
-  run();
+  const int fd = create_a_with_synced_payload();
   EXPECT_TRUE(results.at(2) == -EIO || results.at(2) == -ENOSPC);
   EXPECT_EQ(results.at(3), -ECANCELED);
   ::close(fd);
@@ -167,12 +167,7 @@ TEST_F(disk_test, failed_link_cancels_the_rest_of_the_chain) {
 
 TEST_F(disk_test, no_fsync_bug_reports_success_and_keeps_nothing) {
   make(disk_bug::no_fsync);
-  target->submit(create(1, "/sim/a"));
-  run();
-  const int fd = created_fd(1);
-  target->submit(write(2, fd, 512, true));
-  target->submit(sync(3, fd));
-  run();
+  const int fd = create_a_with_synced_payload();
   EXPECT_EQ(results.at(3), 0);
   std::string why;
   EXPECT_FALSE(target->durable(fd, 512, payload.size(), why));
@@ -267,12 +262,7 @@ TEST_F(disk_test, materialize_into_the_last_directory_writes_only_what_changed) 
 // in completion order, up to the larger of the allocated and the written size.
 TEST_F(disk_test, read_sees_completed_writes_over_the_durable_image) {
   make();
-  target->submit(create(1, "/sim/a"));
-  run();
-  const int fd = created_fd(1);
-  target->submit(write(2, fd, 512, true));
-  target->submit(sync(3, fd));
-  run();
+  const int fd = create_a_with_synced_payload();
   set_payload('y');
   target->submit(write(4, fd, 1000));  // over the durable 'x' written at 512, not synced
   run();
