@@ -133,12 +133,26 @@ class file_reader {
     if (data < 0) return errno == ENXIO ? _size : offset;
     return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(data), offset, _size);
   }
+  // The end of the run of data `offset` is in: where the next hole (as next_data means it)
+  // starts, or size() (SEEK_HOLE; a filesystem that cannot tell has one hole, at the end).
+  // Always past `offset` when `offset` is before size(). Reading stops there: the zeros after
+  // it need not be copied and checked (issue 16: a restart of a simulated shard copied and
+  // compared up to 1 MiB of its segments' unwritten tails, each file, each restart).
+  std::uint64_t data_end(std::uint64_t offset) const noexcept {
+    const off_t hole = ::lseek(_fd, static_cast<off_t>(offset), SEEK_HOLE);
+    if (hole < 0 || static_cast<std::uint64_t>(hole) <= offset) return _size;
+    return std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), _size);
+  }
   // Bytes [offset, offset+bytes) or an empty view past the end or on a read error.
   std::string_view get(std::uint64_t offset, std::size_t bytes) {
     if (offset > _size || bytes > _size - offset) return {};
     if (offset < _start || offset + bytes > _start + _length) {
-      const std::size_t want = static_cast<std::size_t>(
+      std::size_t want = static_cast<std::size_t>(
           std::min<std::uint64_t>(std::max(bytes, window_bytes), _size - offset));
+      // The read-ahead stops at the end of the data (the bytes asked for are read whatever
+      // follows: a record cut by a hole reads as zeros there and fails its checksum).
+      const std::uint64_t data = data_end(offset) - offset;
+      if (data >= bytes && data < want) want = static_cast<std::size_t>(data);
       // Not zero-filled (for overwrite, not a resize): pread overwrites what is used, and a
       // restart reads many files, each a window of up to 1 MB (issue 16: a tenth of a
       // crash-heavy simulation's instructions went to zeroing these windows).
@@ -286,22 +300,26 @@ std::uint64_t resync(file_reader& in, std::uint64_t from, std::uint64_t salt, bo
   // after a window of zeros only (not per candidate: one lseek each on a damaged file).
   std::uint64_t at = in.next_data(from);
   while (in.size() - at >= 4) {
+    // Chunks end where the run of data does: a hole holds no magic, and no magic straddles
+    // into one ('RMSR' has no zero byte), so the last chunk of a run keeps no bytes back.
+    const std::uint64_t end = in.data_end(at);
     const auto chunk = in.get(at, static_cast<std::size_t>(
-                                      std::min<std::uint64_t>(window_bytes, in.size() - at)));
-    if (chunk.size() < 4) break;
+                                      std::min<std::uint64_t>(window_bytes, end - at)));
+    const bool run_ends = at + chunk.size() == end;
+    if (chunk.size() < 4 && !run_ends) break;
+    const std::size_t keep = run_ends ? 0 : 3;  // a magic may straddle two chunks of a run
     // The usual case: the preallocated, never written tail of the open segment (tens of MB of
     // zeros). Checked a word at a time by memcmp instead of searched for a magic byte by byte.
     if (all_zero(chunk)) {
-      at = in.next_data(at + chunk.size() - 3);  // as below: a magic may straddle two chunks
+      at = in.next_data(at + chunk.size() - keep);
       continue;
     }
     const void* hit = ::memmem(chunk.data(), chunk.size(), magic_bytes, 4);
-    // Without a hit, keep the last 3 bytes: a magic may straddle two chunks.
-    const std::size_t stop = hit == nullptr ? chunk.size() - 3
+    const std::size_t stop = hit == nullptr ? chunk.size() - keep
                                             : static_cast<const char*>(hit) - chunk.data();
     for (std::size_t i = 0; zeros_only && i < stop; ++i) zeros_only = chunk[i] == 0;
     if (hit == nullptr) {
-      at += stop;
+      at = run_ends ? in.next_data(at + stop) : at + stop;
       continue;
     }
     const std::uint64_t candidate = at + stop;

@@ -166,13 +166,16 @@ void disk::sync_inode(inode& file, std::uint64_t up_to_serial, std::uint64_t siz
     }
   }
   file.pending.erase(keep, file.pending.end());
-  file.durable_size = std::max(file.durable_size, size);
+  if (size <= file.durable_size) return;
+  file.durable_size = size;
+  ++file.version;
 }
 
 void disk::apply(inode& file, std::uint64_t offset, std::string_view bytes) {
   if (file.durable.size() < offset + bytes.size()) file.durable.resize(offset + bytes.size());
   std::memcpy(file.durable.data() + offset, bytes.data(), bytes.size());
   file.durable_size = std::max(file.durable_size, offset + bytes.size());
+  ++file.version;
 }
 
 void disk::sync_directory() noexcept {
@@ -341,19 +344,42 @@ void disk::crash(bool torn) {
   }
 }
 
-core::result<void> disk::materialize(const std::string& directory) const {
-  for (const auto& [name, number] : _durable_names) {
-    const inode& file = _inodes.at(number);
-    const std::string path = directory + "/" + name;
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-    if (fd < 0) return core::fail(errno);
-    const std::uint64_t bytes = std::min<std::uint64_t>(file.durable.size(), file.durable_size);
-    const bool ok = ::pwrite(fd, file.durable.data(), bytes, 0) == static_cast<ssize_t>(bytes) &&
-                    ::ftruncate(fd, static_cast<off_t>(file.durable_size)) == 0;
-    const int error = errno;
-    ::close(fd);
-    if (!ok) return core::fail(error);
+core::result<void> disk::materialize(const std::string& directory) {
+  if (directory != _image_directory) _image.clear();  // a new directory: empty
+  _image_directory = directory;
+  for (auto it = _image.begin(); it != _image.end();) {
+    const auto named = _durable_names.find(it->first);
+    const bool current = named != _durable_names.end() && named->second == it->second.inode &&
+                         _inodes.at(named->second).version == it->second.version;
+    if (current) {
+      ++it;
+      continue;
+    }
+    if (::unlink((directory + "/" + it->first).c_str()) != 0) return core::fail(errno);
+    it = _image.erase(it);
   }
+  for (const auto& [name, number] : _durable_names) {
+    if (_image.count(name) != 0) continue;  // written before, unchanged since
+    const inode& file = _inodes.at(number);
+    if (auto written = write_image(directory + "/" + name, file); !written) {
+      _image.clear();
+      _image_directory.clear();
+      return written;
+    }
+    _image[name] = image_file{number, file.version};
+  }
+  return {};
+}
+
+core::result<void> disk::write_image(const std::string& path, const inode& file) const {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  if (fd < 0) return core::fail(errno);
+  const std::uint64_t bytes = std::min<std::uint64_t>(file.durable.size(), file.durable_size);
+  const bool ok = ::pwrite(fd, file.durable.data(), bytes, 0) == static_cast<ssize_t>(bytes) &&
+                  ::ftruncate(fd, static_cast<off_t>(file.durable_size)) == 0;
+  const int error = errno;
+  ::close(fd);
+  if (!ok) return core::fail(error);
   return {};
 }
 
@@ -398,20 +424,29 @@ bool disk::durable(int fd, std::uint64_t offset, std::uint64_t length, std::stri
   return true;
 }
 
+// The page cache: the durable bytes (zeros past them), then every completed write in
+// completion order (`pending` keeps it: appended as they complete, filtered in place by syncs).
+// Only the bytes asked for are assembled, not a copy of the whole file (issue 16).
 std::int64_t disk::read(int fd, std::uint64_t offset, void* into, std::uint32_t length) const {
   const auto found = _fds.find(fd);
   if (found == _fds.end()) return -EBADF;
-  inode file = _inodes.at(found->second.inode);  // a copy: the completed writes go on it
-  std::vector<const pending_write*> order;
-  for (const auto& write : file.pending) order.push_back(&write);
-  std::sort(order.begin(), order.end(),
-            [](const pending_write* a, const pending_write* b) { return a->serial < b->serial; });
-  for (const pending_write* write : order) apply(file, write->offset, write->bytes);
-  const std::uint64_t size = std::max(file.size, file.durable_size);
+  const inode& file = _inodes.at(found->second.inode);
+  std::uint64_t size = std::max(file.size, file.durable_size);
+  for (const auto& write : file.pending) size = std::max(size, write.offset + write.bytes.size());
   if (offset >= size) return 0;
   const auto taken = static_cast<std::uint32_t>(std::min<std::uint64_t>(length, size - offset));
-  if (file.durable.size() < offset + taken) file.durable.resize(offset + taken);
-  std::memcpy(into, file.durable.data() + offset, taken);
+  const std::uint64_t end = offset + taken;
+  auto* out = static_cast<char*>(into);
+  const std::uint64_t stored = std::min<std::uint64_t>(file.durable.size(), end);
+  const std::uint64_t copied = stored > offset ? stored - offset : 0;
+  if (copied != 0) std::memcpy(out, file.durable.data() + offset, copied);
+  std::memset(out + copied, 0, taken - copied);
+  for (const auto& write : file.pending) {
+    const std::uint64_t from = std::max(offset, write.offset);
+    const std::uint64_t to = std::min(end, write.offset + write.bytes.size());
+    if (from < to)
+      std::memcpy(out + (from - offset), write.bytes.data() + (from - write.offset), to - from);
+  }
   return taken;
 }
 

@@ -79,8 +79,12 @@ class disk {
 
   // Power loss: call after the store is destroyed (it closes the fds it owns).
   void crash(bool torn);
-  // Writes the durable image into `directory` (existing and empty).
-  core::result<void> materialize(const std::string& directory) const;
+  // Makes `directory` hold the durable image, for the real recovery to read. The first call
+  // into a directory needs it existing and empty; later calls into the same one write only the
+  // files whose durable image changed since the last call (as new inodes: a descriptor recovery
+  // kept open still reads what it read) and unlink the names no longer durable. Issue 16: a
+  // restart every ~2 simulated seconds wrote every file of the spool again.
+  core::result<void> materialize(const std::string& directory);
   // Recovery opened `name` as `fd` and gave the fd to the new store.
   void adopt(int fd, std::string_view name);
   // Whether bytes [offset, offset + length) of the file behind `fd` would survive a power loss
@@ -103,7 +107,12 @@ class disk {
     std::string durable;  // durable bytes (zeros beyond, up to durable_size)
     std::uint64_t durable_size = 0;
     std::uint64_t size = 0;
+    std::uint64_t version = 0;  // bumped when the durable image changes (materialize)
     std::vector<pending_write> pending;
+  };
+  struct image_file {  // what materialize last wrote under a name
+    std::uint64_t inode = 0;
+    std::uint64_t version = 0;
   };
   struct open_file {
     std::uint64_t inode = 0;
@@ -126,6 +135,7 @@ class disk {
   void collect() noexcept;
   void keep_torn_prefix(inode& file);
   static void apply(inode& file, std::uint64_t offset, std::string_view bytes);
+  core::result<void> write_image(const std::string& path, const inode& file) const;
   bool fault(double probability) noexcept;
   inode* inode_of(int fd) noexcept;
 
@@ -147,6 +157,8 @@ class disk {
   std::uint64_t _chain_prev = 0;         // serial of a link_next op the next one waits for
   int _chain_prev_outcome = 0;           // 0: in flight, 1: succeeded, -1: failed
   disk_stats _stats;
+  std::string _image_directory;               // where materialize wrote last
+  std::map<std::string, image_file> _image;  // and what it holds there
 };
 
 }  // namespace ringmta::sim

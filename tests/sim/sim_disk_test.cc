@@ -1,6 +1,7 @@
 // sim::disk against the semantics the simulator relies on: what a power loss keeps.
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -62,6 +63,11 @@ class disk_test : public ::testing::Test {
     char directory[] = "/tmp/sim-disk-test-XXXXXX";
     EXPECT_NE(::mkdtemp(directory), nullptr);
     EXPECT_TRUE(target->materialize(directory));
+    auto files = contents(directory);
+    std::filesystem::remove_all(directory);
+    return files;
+  }
+  static std::map<std::string, std::string> contents(const std::string& directory) {
     std::map<std::string, std::string> files;
     for (const auto& entry : std::filesystem::directory_iterator(directory)) {
       std::ifstream in(entry.path(), std::ios::binary);
@@ -69,10 +75,36 @@ class disk_test : public ::testing::Test {
       text << in.rdbuf();
       files[entry.path().filename().string()] = text.str();
     }
-    std::filesystem::remove_all(directory);
     return files;
   }
+  static ino_t inode_number(const std::string& path) {
+    struct stat status {};
+    return ::stat(path.c_str(), &status) == 0 ? status.st_ino : 0;
+  }
+  spool::operation remove(std::uint64_t token, int fd, const char* path) {
+    spool::operation op;
+    op.kind = spool::operation_kind::remove_file;
+    op.token = token;
+    op.fd = fd;  // the disk closes it
+    op.path = path;
+    op.directory = "/sim";
+    return op;
+  }
+  void set_payload(char fill) {
+    payload = std::string(1500, fill);
+    payload_iovec = iovec{payload.data(), payload.size()};
+  }
   int created_fd(std::uint64_t token) { return static_cast<int>(results.at(token)); }
+  // "/sim/a" (token 1), the payload written at 512 (token 2) linked to a datasync (token 3).
+  int create_a_with_synced_payload() {
+    target->submit(create(1, "/sim/a"));
+    run();
+    const int fd = created_fd(1);
+    target->submit(write(2, fd, 512, true));
+    target->submit(sync(3, fd));
+    run();
+    return fd;
+  }
 
   scheduler clock;
   random random_source{7};
@@ -115,12 +147,7 @@ TEST_F(disk_test, only_synced_writes_survive_a_crash) {
 
 TEST_F(disk_test, linked_write_then_sync_is_durable) {
   make();
-  target->submit(create(1, "/sim/a"));
-  run();
-  const int fd = created_fd(1);
-  target->submit(write(2, fd, 512, true));
-  target->submit(sync(3, fd));
-  run();
+  const int fd = create_a_with_synced_payload();
   std::string why;
   EXPECT_TRUE(target->durable(fd, 512, payload.size(), why)) << why;
   target->crash(false);
@@ -132,12 +159,7 @@ TEST_F(disk_test, failed_link_cancels_the_rest_of_the_chain) {
   disk_profile always_fails;
   always_fails.write_error = 1;
   make(disk_bug::none, always_fails);
-  target->submit(create(1, "/sim/a"));
-  run();
-  const int fd = created_fd(1);
-  target->submit(write(2, fd, 512, true));
-  target->submit(sync(3, fd));
-  run();
+  const int fd = create_a_with_synced_payload();
   EXPECT_TRUE(results.at(2) == -EIO || results.at(2) == -ENOSPC);
   EXPECT_EQ(results.at(3), -ECANCELED);
   ::close(fd);
@@ -145,12 +167,7 @@ TEST_F(disk_test, failed_link_cancels_the_rest_of_the_chain) {
 
 TEST_F(disk_test, no_fsync_bug_reports_success_and_keeps_nothing) {
   make(disk_bug::no_fsync);
-  target->submit(create(1, "/sim/a"));
-  run();
-  const int fd = created_fd(1);
-  target->submit(write(2, fd, 512, true));
-  target->submit(sync(3, fd));
-  run();
+  const int fd = create_a_with_synced_payload();
   EXPECT_EQ(results.at(3), 0);
   std::string why;
   EXPECT_FALSE(target->durable(fd, 512, payload.size(), why));
@@ -176,13 +193,7 @@ TEST_F(disk_test, removal_is_durable_after_its_directory_fsync_only) {
   make();
   target->submit(create(1, "/sim/a"));
   run();
-  spool::operation remove;
-  remove.kind = spool::operation_kind::remove_file;
-  remove.token = 2;
-  remove.fd = created_fd(1);  // the disk closes it
-  remove.path = "/sim/a";
-  remove.directory = "/sim";
-  target->submit(remove);
+  target->submit(remove(2, created_fd(1), "/sim/a"));
   run();
   EXPECT_EQ(results.at(2), 0);
   target->crash(false);
@@ -213,6 +224,62 @@ TEST_F(disk_test, torn_crash_keeps_a_sector_aligned_prefix_of_unsynced_writes) {
     clock.clear();
   }
   EXPECT_TRUE(kept_some);
+}
+
+// A restart updates the image directory of the last one: what changed is written again (a new
+// inode), what is gone is unlinked, the rest is left as it is; the result is the durable image.
+TEST_F(disk_test, materialize_into_the_last_directory_writes_only_what_changed) {
+  make();
+  target->submit(create(1, "/sim/a"));
+  target->submit(create(2, "/sim/b"));
+  target->submit(create(3, "/sim/c"));
+  run();
+  char made[] = "/tmp/sim-disk-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(made), nullptr);
+  const std::string directory = made;
+  ASSERT_TRUE(target->materialize(directory));
+  const ino_t b_before = inode_number(directory + "/b");
+  const ino_t c_before = inode_number(directory + "/c");
+  target->submit(write(4, created_fd(2), 512, true));
+  target->submit(sync(5, created_fd(2)));
+  target->submit(remove(6, created_fd(1), "/sim/a"));
+  run();
+  ASSERT_EQ(results.at(5), 0);
+  ASSERT_EQ(results.at(6), 0);
+  ASSERT_TRUE(target->materialize(directory));
+  const auto updated = contents(directory);
+  EXPECT_EQ(updated, image());  // the same as a fresh directory
+  EXPECT_EQ(updated.count("a"), 0u);
+  EXPECT_EQ(updated.at("b").substr(512, payload.size()), payload);
+  EXPECT_NE(inode_number(directory + "/b"), b_before);
+  EXPECT_EQ(inode_number(directory + "/c"), c_before);
+  std::filesystem::remove_all(directory);
+  ::close(created_fd(2));
+  ::close(created_fd(3));
+}
+
+// read() is the page cache: the durable bytes, zeros past them, every completed write on top
+// in completion order, up to the larger of the allocated and the written size.
+TEST_F(disk_test, read_sees_completed_writes_over_the_durable_image) {
+  make();
+  const int fd = create_a_with_synced_payload();
+  set_payload('y');
+  target->submit(write(4, fd, 1000));  // over the durable 'x' written at 512, not synced
+  run();
+  set_payload('z');
+  target->submit(write(5, fd, 9000));  // past the allocated 8192
+  run();
+  std::string want = header + std::string(512 - header.size(), '\0') +
+                     std::string(1000 - 512, 'x') + std::string(1500, 'y');
+  want += std::string(9000 - want.size(), '\0') + std::string(1500, 'z');
+  std::string got(20000, '?');
+  ASSERT_EQ(target->read(fd, 0, got.data(), 20000), 10500);
+  EXPECT_EQ(got.substr(0, 10500), want);
+  ASSERT_EQ(target->read(fd, 2400, got.data(), 200), 200);
+  EXPECT_EQ(got.substr(0, 200), want.substr(2400, 200));
+  EXPECT_EQ(target->read(fd, 10500, got.data(), 10), 0);
+  EXPECT_EQ(target->read(fd + 1000, 0, got.data(), 10), -EBADF);
+  ::close(fd);
 }
 
 }  // namespace

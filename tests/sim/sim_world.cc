@@ -251,6 +251,10 @@ world::~world() {
   _delivery.reset();
   _connections.clear();
   _store.reset();
+  for (const auto& directory : _image_directories) {
+    std::error_code ignored;
+    if (!directory.empty()) std::filesystem::remove_all(directory, ignored);
+  }
 }
 
 spool::store_config world::make_store_config() {
@@ -1205,26 +1209,32 @@ void world::crash(bool torn) {
   recover_and_check();
 }
 
-// The real recovery of a shard's spool: the disk's durable image written into a fresh real
-// directory, spool::recover() reading it, the files it keeps open adopted by the disk.
-std::optional<spool::recovered_state> world::recover_disk(disk& spool_disk, unsigned shard) {
+// The shard's image directory (sim_world_internal.h), made on first use; null on failure.
+const std::string* world::image_directory(unsigned shard) {
+  if (_image_directories.size() <= shard) _image_directories.resize(shard + 1);
+  std::string& directory = _image_directories[shard];
+  if (!directory.empty()) return &directory;
   const char* base = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-  std::string directory = fmt::format("{}/ringmta-sim-XXXXXX", base);
-  if (::mkdtemp(directory.data()) == nullptr) {
-    fail(fmt::format("mkdtemp {}: {}", directory, std::strerror(errno)));
-    return std::nullopt;
+  std::string made = fmt::format("{}/ringmta-sim-XXXXXX", base);
+  if (::mkdtemp(made.data()) == nullptr) {
+    fail(fmt::format("mkdtemp {}: {}", made, std::strerror(errno)));
+    return nullptr;
   }
-  auto cleanup = [&] {
-    std::error_code ignored;
-    std::filesystem::remove_all(directory, ignored);
-  };
-  if (auto written = spool_disk.materialize(directory); !written) {
-    cleanup();
+  directory = std::move(made);
+  return &directory;
+}
+
+// The real recovery of a shard's spool: the disk's durable image brought up to date in the
+// shard's real directory, spool::recover() reading it, the files it keeps open adopted by the
+// disk. Recovery only reads (O_RDONLY), so the directory holds what materialize last wrote.
+std::optional<spool::recovered_state> world::recover_disk(disk& spool_disk, unsigned shard) {
+  const std::string* directory = image_directory(shard);
+  if (directory == nullptr) return std::nullopt;
+  if (auto written = spool_disk.materialize(*directory); !written) {
     fail(fmt::format("materialize: {}", std::strerror(written.error())));
     return std::nullopt;
   }
-  auto recovered = spool::recover(directory, shard);
-  cleanup();  // the files stay open through recovery's fds
+  auto recovered = spool::recover(*directory, shard);
   if (!recovered) {
     fail(fmt::format("recovery of shard {} failed: {}", shard,
                      std::strerror(recovered.error())));
