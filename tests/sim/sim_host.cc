@@ -459,6 +459,30 @@ core::result<void> sim_host::prep_read(int fd, void* buffer, std::uint32_t lengt
   return {};
 }
 
+// ---- a file writer's descriptors (the spool's ring driver over a simulated disk)
+
+core::result<void> sim_host::prep_writev(int fd, const iovec* pieces, unsigned piece_count,
+                                         std::uint64_t offset, std::uint64_t user_data,
+                                         io::sqe_flags flags) noexcept {
+  return forward_file_op(file_op{false, fd, pieces, piece_count, offset, user_data,
+                                 (flags & io::sqe::link) != 0},
+                         flags);
+}
+
+core::result<void> sim_host::prep_fdatasync(int fd, std::uint64_t user_data,
+                                            io::sqe_flags flags) noexcept {
+  return forward_file_op(file_op{true, fd, nullptr, 0, 0, user_data, (flags & io::sqe::link) != 0},
+                         flags);
+}
+
+core::result<void> sim_host::forward_file_op(const file_op& op, io::sqe_flags flags) noexcept {
+  if (!_file_writer || find(op.fd) != nullptr) return unsupported();
+  if ((flags & (io::sqe::hardlink | io::sqe::drain | io::sqe::skip_success)) != 0)
+    return unsupported();
+  _file_writer(op);
+  return {};
+}
+
 core::result<void> sim_host::prep_close(int fd, std::uint64_t user_data,
                                         io::sqe_flags flags) noexcept {
   if (auto plain = refuse_linked(flags); !plain) return plain;
@@ -544,14 +568,7 @@ core::result<void> sim_host::prep_write(int, const void*, std::uint32_t, std::ui
                                         std::uint64_t, io::sqe_flags) noexcept {
   return unsupported();
 }
-core::result<void> sim_host::prep_writev(int, const iovec*, unsigned, std::uint64_t,
-                                         std::uint64_t, io::sqe_flags) noexcept {
-  return unsupported();
-}
 core::result<void> sim_host::prep_fsync(int, std::uint64_t, io::sqe_flags) noexcept {
-  return unsupported();
-}
-core::result<void> sim_host::prep_fdatasync(int, std::uint64_t, io::sqe_flags) noexcept {
   return unsupported();
 }
 core::result<void> sim_host::prep_openat(int, const char*, int, mode_t, std::uint64_t,

@@ -23,9 +23,12 @@
 //     receive (from a group) completes with cqe_flag_more per segment until end of stream,
 //     an error or -ENOBUFS ends it (that completion without the flag);
 //   - read from descriptors made by add_file (the test's spool segments);
+//   - writev and fdatasync of a file writer's descriptors (a simulated disk: the spool's ring
+//     driver), linked into chains as the driver submits them;
 //   - cancel (by user_data, or every op of a descriptor), close, nop.
 // Not simulated: the other ops (prep fails with EOPNOTSUPP, so glue that needs them sees a
-// kernel without them), linked SQEs (EOPNOTSUPP: dns_client's TCP fallback is refused),
+// kernel without them), linked SQEs but the file writer's (EOPNOTSUPP: dns_client's TCP
+// fallback is refused),
 // pipes (open_pipe: EOPNOTSUPP; run outbound with body_transfer::copy), TLS peers.
 // Lifetime: the scheduler may outlive the host (a simulated crash); actions the host queued
 // do nothing once it is destroyed. Destroy the glue that uses the host before the host.
@@ -194,6 +197,25 @@ class sim_host final : public shard::host, public io::operations, public io::des
   using file_reader =
       std::function<std::int64_t(int fd, std::uint64_t offset, void* into, std::uint32_t length)>;
   void set_file_reader(file_reader reader) { _file_reader = std::move(reader); }
+  // Writes and datasyncs of descriptors the host did not make (a simulated disk's spool files:
+  // the real server::spool_ring_driver's ring ops) go to a file writer, which completes each
+  // one later with complete_file_op. `linked` is IOSQE_IO_LINK: the writer keeps the chain's
+  // order and cancels the rest of it after a failure (spool/operation.h).
+  struct file_op {
+    bool datasync = false;  // else a write of `pieces` at `offset`
+    int fd = -1;
+    const iovec* pieces = nullptr;
+    unsigned piece_count = 0;
+    std::uint64_t offset = 0;
+    std::uint64_t user_data = 0;
+    bool linked = false;
+  };
+  using file_writer = std::function<void(const file_op& op)>;
+  void set_file_writer(file_writer writer) { _file_writer = std::move(writer); }
+  // A file writer's result: a completion of the op's user_data, reaped as any other.
+  void complete_file_op(std::uint64_t user_data, std::int32_t result) {
+    complete(user_data, result);
+  }
   // Writes into a descriptor made by add_file (growing it): a spool that keeps its segment
   // files on the host (bench/relay). False when `fd` is not such a file.
   bool write_file(int fd, std::uint64_t offset, std::string_view bytes);
@@ -265,6 +287,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
   core::result<void> unsupported() noexcept;
   core::result<void> refuse_linked(io::sqe_flags flags) noexcept;
   core::result<void> queue_receive(int fd, waiting_receive wanted, io::sqe_flags flags) noexcept;
+  core::result<void> forward_file_op(const file_op& op, io::sqe_flags flags) noexcept;
 
   // Shared by the host and its queued actions (one thread: a plain count); the last of them
   // frees it.
@@ -315,6 +338,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
   std::size_t _closed_front = 0;  // _sockets[0, _closed_front) are closed
   std::function<void(int fd)> _close_listener;
   file_reader _file_reader;
+  file_writer _file_writer;
   double _cache_miss = 0;
   random _cache_random{1};  // its own stream: misses change no other draw
   // Above any real descriptor (RLIMIT_NOFILE's hard limit is 2^20 here): the spool files are
