@@ -22,6 +22,7 @@
 #include "ringmta/admin/log.h"
 #include "ringmta/net/received_header.h"
 #include "ringmta/server/inbound.h"
+#include "ringmta/server/inbound_acceptor.h"
 #include "ringmta/server/inbound_sessions.h"
 #include "ringmta/server/relay.h"
 #include "ringmta/server/spool_ring_driver.h"
@@ -113,8 +114,13 @@ constexpr std::string_view balancer_address = "192.0.2.254";
 // from a trusted balancer, else XCLIENT (Postfix's) for every client; no AUTH or DKIM.
 std::shared_ptr<const server::inbound_config> inbound_settings(
     server::client_counters& clients, std::uint32_t buffer_bytes, std::uint32_t buffer_count,
-    bool proxy, auth::verify_service& verifier) {
+    bool proxy, auth::verify_service& verifier, unsigned shard, int listener) {
   server::inbound_config config;
+  config.listen = {*core::endpoint::parse("192.0.2.1:25")};  // the process's one listener
+  config.listener_fds.assign(shard + 1, {});
+  config.listener_fds[shard] = {listener};
+  config.implicit_tls = {false};
+  config.submission = {false};
   config.hostname = std::string(our_hostname);
   config.greeting_text = "ESMTP ringmta-sim";
   config.engine.limits.message_bytes_max = 4u << 20;
@@ -171,10 +177,13 @@ struct process {
       : host(clock, seed, std::move(network), net_ns_max, epoch_seconds * 1000),
         files(owner, peers.id()),
         driver(host, store, files, unsafe_no_fsync),
-        sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy,
-                                  owner.verifier(peers.id())),
-                 host, peers.id(), store, pump, metrics, log),
+        listener(host.add_listener()),
+        inbound(inbound_settings(clients, buffer_bytes, buffer_count, proxy,
+                                 owner.verifier(peers.id()), peers.id(), listener)),
+        sessions(inbound, host, peers.id(), store, pump, metrics, log),
+        acceptor(*inbound, host, peers.id(), sessions, metrics, log),
         relay_settings(std::move(relay_config)) {
+    sessions.set_release_listener([this] { acceptor.on_session_released(); });
     // The spool's ring driver first, as shard_services starts it before the sessions.
     host.set_file_writer([&owner, shard = peers.id()](const sim_host::file_op& op) {
       owner.submit_ring_op(shard, op);
@@ -223,7 +232,10 @@ struct process {
   server::inbound_metrics metrics;
   admin::log_buffer log{admin::log_format::json, 256 << 10};  // read by world::read_log
   settle_pump pump;
+  int listener;  // the clients connect here (sim_host::connect_client)
+  std::shared_ptr<const server::inbound_config> inbound;
   server::inbound_sessions sessions;
+  server::inbound_acceptor acceptor;  // the daemon's: accept, getpeername, the session limit
   server::relay_metrics relay_metrics;
   std::unique_ptr<const server::relay_config> relay_settings;  // the relay keeps a reference
   std::unique_ptr<server::relay> relay;  // null with --no-outbound
@@ -718,15 +730,16 @@ void world::spawn_client() {
   const auto address = *core::endpoint::parse(
       _proxy ? fmt::format("{}:{}", balancer_address, 1024 + number % 60000)
              : fmt::format("192.0.2.{}:{}", number % 250 + 1, 1024 + number % 60000));
+  // The connection waits in the listener's backlog until the daemon's acceptor takes it (a
+  // session at the limit gets the acceptor's 421 and a close).
   process& proc = *process_at(shard);
-  c.fd = proc.host.add_stream(std::make_unique<client_peer>(*this, number), address);
+  c.fd = proc.host.connect_client(proc.listener, std::make_unique<client_peer>(*this, number),
+                                  address);
   _by_fd[{shard, c.fd}] = number;
-  if (!proc.sessions.open(c.fd, address, server::session_origin{})) {
-    note(fmt::format("client {} refused: sessions_per_shard_max", number));
-    proc.host.close(c.fd);
-  } else if (_proxy) {
-    client_send(c, proxy_header(c));  // the balancer speaks first, split like any input
-  }
+  if (_proxy) client_send(c, proxy_header(c));  // the balancer speaks first, split like any input
+  _clock.after(greeting_bound_ns, [this, number, serial = _process_serial] {
+    check_greeted(number, serial);
+  });
   if (_transactions_left > 0) _clock.after(exponential_ns(_arrival_mean_ns), [this] {
     spawn_client();
   });
@@ -1265,6 +1278,7 @@ void world::crash(bool torn) {
   _connections.clear();  // clients see a reset; their transactions in progress are lost
   _by_fd.clear();
   if (_delivery) _delivery->attach(nullptr);
+  count_accepts();
   _process.reset();      // the relay, the sessions, then their host (its actions do nothing)
   for (auto& other : _others) {
     other.proc.reset();
@@ -1408,6 +1422,7 @@ void world::start_others() {
       return fail(fmt::format("inbound sessions of shard {}: {}", k,
                               std::strerror(started.error())));
     }
+    start_acceptor(*other.proc, k);
     _relays[k] = other.proc->relay.get();
   }
 }
@@ -1451,7 +1466,45 @@ void world::start_process() {
                                        _unsafe_no_fsync);
   start_host_cache(_process->host, 0);
   if (auto started = _process->sessions.start(); !started) {
-    fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
+    return fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
+  }
+  start_acceptor(*_process, 0);
+}
+
+// LIVENESS of the acceptor: a client whose connection the process took (no crash since) hears
+// the greeting within 5 s. Nothing here delays it (no greeting delay, the session limit
+// is never reached), but an accept that failed EMFILE pauses accepting for 250 ms or until a
+// session ends — and must resume.
+void world::check_greeted(std::uint32_t number, std::uint64_t serial) {
+  const auto found = _connections.find(number);
+  if (_failed || serial != _process_serial || found == _connections.end()) return;
+  if (found->second->last_code != 0) return;
+  fail(fmt::format("LIVENESS: client {} connected {} s ago and was never greeted (accepts {}, "
+                   "failed EMFILE {} on its shard)", number, greeting_bound_ns / 1'000'000'000,
+                   process_at(found->second->shard)->host.counters().accepts,
+                   process_at(found->second->shard)->host.counters().accepts_failed));
+}
+
+// The daemon's acceptor on the process's listener; in a third of the seeds its accepts fail
+// EMFILE at 1-20% (drawn on a stream of its own), so accepting pauses and resumes.
+// Before the processes go: what their hosts' listeners saw.
+void world::count_accepts() {
+  for (unsigned k = 0; k < _relays.size() || k == 0; ++k) {
+    if (const process* proc = process_at(k)) {
+      _outcome.accepts += proc->host.counters().accepts;
+      _outcome.accepts_failed += proc->host.counters().accepts_failed;
+    }
+  }
+}
+
+void world::start_acceptor(process& proc, unsigned shard) {
+  random draw(_options.seed * 0x9e3779b97f4a7c15ull + 0xacce97);
+  if (draw.chance(0.33)) {
+    proc.host.set_accept_failures(static_cast<double>(draw.between(1, 20)) / 100,
+                                  _options.seed ^ (_process_serial << 8) ^ shard ^ 0xacce97);
+  }
+  if (auto started = proc.acceptor.start(); !started) {
+    fail(fmt::format("acceptor of shard {}: {}", shard, started.error_text()));
   }
 }
 

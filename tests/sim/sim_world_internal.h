@@ -209,6 +209,10 @@ class world {
   void start_process();
   void start_relay();
   void start_others();  // shards 1..: a store from each disk's recovery, a process, a relay
+  void start_acceptor(process& proc, unsigned shard);
+  void count_accepts();
+  static constexpr std::int64_t greeting_bound_ns = 5'000'000'000;
+  void check_greeted(std::uint32_t number, std::uint64_t serial);
   void on_committed(unsigned shard, const spool::event& event);
   void on_dsn_committed(const spool::event& event);  // one the relay spooled
   void on_marked(process& proc, const spool::event& event);
