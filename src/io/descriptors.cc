@@ -59,4 +59,16 @@ core::result<std::size_t> system_descriptors::read_cached(int fd, void* buffer,
   return static_cast<std::size_t>(got);
 }
 
+core::result<void> system_descriptors::peer_name(int fd, sockaddr_storage& address,
+                                                 socklen_t& length) noexcept {
+  length = sizeof address;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) < 0)
+    return core::fail(errno);
+  return {};
+}
+
+void system_descriptors::send_now(int fd, const void* data, std::size_t length) noexcept {
+  (void)::send(fd, data, length, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
 }  // namespace ringmta::io

@@ -127,7 +127,8 @@ class shard_services final : public shard::iteration_hook {
                  bool unsafe_no_fsync, shard_metrics& metrics, admin::log_writer& writer,
                  std::size_t log_bytes, admin::log_format format)
       : _store(std::move(store)),
-        _driver(owner, *_store, unsafe_no_fsync),
+        _files(owner),
+        _driver(owner, *_store, _files, unsafe_no_fsync),
         _log(format, log_bytes),
         _writer(writer),
         _log_channel(writer.channel(owner.id())),
@@ -149,6 +150,8 @@ class shard_services final : public shard::iteration_hook {
       return true;
     };
     if (auto ready = _driver.start(); failed("spool.dir, spool.segment_size: spool driver", ready))
+      return ready;
+    if (auto ready = _files.start(_driver); failed("spool.dir: spool file worker", ready))
       return ready;
     _driver.set_listener([this](const spool::event& done) {
       if (done.kind == spool::event_kind::marked) {
@@ -208,6 +211,7 @@ class shard_services final : public shard::iteration_hook {
 
  private:
   std::unique_ptr<spool::store> _store;
+  spool_file_thread _files;  // segment creation and removal, off the shard thread
   spool_ring_driver _driver;
   admin::log_buffer _log;
   admin::log_writer& _writer;

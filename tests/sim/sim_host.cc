@@ -52,7 +52,7 @@ class sim_host::byte_lane {
 };
 
 struct sim_host::socket {
-  enum class kind : std::uint8_t { stream, datagram, file };
+  enum class kind : std::uint8_t { stream, datagram, file, listener };
   kind what = kind::stream;
   int family = AF_INET;
   core::endpoint remote;
@@ -67,6 +67,10 @@ struct sim_host::socket {
   std::int64_t to_peer_ns = 0;  // the last byte sent arrives then: later sends arrive after
   std::int64_t to_us_ns = 0;
   std::string file;  // kind file: its bytes
+  // kind listener: connections not accepted yet, and the accept waiting for them (0: none)
+  std::deque<int> backlog;
+  std::uint64_t accept_user_data = 0;
+  bool accept_multishot = false;
 };
 
 sim_host::sim_host(scheduler& clock, std::uint64_t seed, sim_network network,
@@ -459,6 +463,108 @@ core::result<void> sim_host::prep_read(int fd, void* buffer, std::uint32_t lengt
   return {};
 }
 
+// ---- listeners: accept(2) of the connections connect_client queued
+
+core::result<void> sim_host::prep_accept(int listen_fd, std::uint64_t user_data, bool multishot,
+                                         bool direct, io::sqe_flags flags) noexcept {
+  if (auto plain = refuse_linked(flags); !plain) return plain;
+  if (direct) return unsupported();  // no fixed-file table
+  socket* s = find(listen_fd);
+  if (s == nullptr || s->what != socket::kind::listener) return core::fail(EBADF);
+  if (s->accept_user_data != 0) return core::fail(EBUSY);  // one accept per listener here
+  if (s->shut) {
+    complete(user_data, -EINVAL);  // accept(2) on a listener shut down
+    return {};
+  }
+  s->accept_user_data = user_data;
+  s->accept_multishot = multishot;
+  if (!s->backlog.empty()) queue_accepts(listen_fd);
+  return {};
+}
+
+int sim_host::add_listener() {
+  auto s = std::make_unique<socket>();
+  s->what = socket::kind::listener;
+  return add_socket(std::move(s));
+}
+
+int sim_host::connect_client(int listen_fd, std::unique_ptr<stream_peer> peer,
+                             const core::endpoint& remote) {
+  socket* listener = find(listen_fd);
+  if (listener == nullptr || listener->what != socket::kind::listener || listener->shut)
+    return -1;
+  const int fd = add_stream(std::move(peer), remote);
+  listener = find(listen_fd);  // the table may have moved
+  listener->backlog.push_back(fd);
+  if (listener->accept_user_data != 0) queue_accepts(listen_fd);
+  return fd;
+}
+
+// The waiting accept takes the backlog (a multishot one all of it, with F_MORE on each), in an
+// action at the current time (never from inside a prep). With the seed's chance an accept
+// fails EMFILE instead (the connection stays queued) and a multishot accept ends, as the
+// kernel's does on an error.
+void sim_host::queue_accepts(int listen_fd) {
+  at(_clock.now_ns(), [this, listen_fd] {
+    socket* s = find(listen_fd);
+    while (s != nullptr && s->accept_user_data != 0 && !s->backlog.empty()) {
+      const std::uint64_t user_data = s->accept_user_data;
+      if (_accept_failure > 0 && _accept_random.chance(_accept_failure)) {
+        s->accept_user_data = 0;
+        ++_counters.accepts_failed;
+        complete(user_data, -EMFILE);
+        return;
+      }
+      const int fd = s->backlog.front();
+      s->backlog.pop_front();
+      if (find(fd) == nullptr) continue;  // closed by the test before it was accepted
+      if (!s->accept_multishot) s->accept_user_data = 0;
+      ++_counters.accepts;
+      complete(user_data, fd, s->accept_multishot ? io::cqe_flag_more : 0);
+    }
+  });
+}
+
+core::result<void> sim_host::peer_name(int fd, sockaddr_storage& address,
+                                       socklen_t& length) noexcept {
+  socket* s = find(fd);
+  if (s == nullptr || s->what != socket::kind::stream) return core::fail(EBADF);
+  if (!s->connected) return core::fail(ENOTCONN);
+  address = s->remote.address;
+  length = s->remote.length;
+  return {};
+}
+
+void sim_host::send_now(int fd, const void* data, std::size_t length) noexcept {
+  socket* s = find(fd);
+  if (s == nullptr || s->what != socket::kind::stream || !s->connected || s->shut) return;
+  send_stream(fd, *s, {static_cast<const char*>(data), length});
+}
+
+// ---- a file writer's descriptors (the spool's ring driver over a simulated disk)
+
+core::result<void> sim_host::prep_writev(int fd, const iovec* pieces, unsigned piece_count,
+                                         std::uint64_t offset, std::uint64_t user_data,
+                                         io::sqe_flags flags) noexcept {
+  return forward_file_op(file_op{false, fd, pieces, piece_count, offset, user_data,
+                                 (flags & io::sqe::link) != 0},
+                         flags);
+}
+
+core::result<void> sim_host::prep_fdatasync(int fd, std::uint64_t user_data,
+                                            io::sqe_flags flags) noexcept {
+  return forward_file_op(file_op{true, fd, nullptr, 0, 0, user_data, (flags & io::sqe::link) != 0},
+                         flags);
+}
+
+core::result<void> sim_host::forward_file_op(const file_op& op, io::sqe_flags flags) noexcept {
+  if (!_file_writer || find(op.fd) != nullptr) return unsupported();
+  if ((flags & (io::sqe::hardlink | io::sqe::drain | io::sqe::skip_success)) != 0)
+    return unsupported();
+  _file_writer(op);
+  return {};
+}
+
 core::result<void> sim_host::prep_close(int fd, std::uint64_t user_data,
                                         io::sqe_flags flags) noexcept {
   if (auto plain = refuse_linked(flags); !plain) return plain;
@@ -522,9 +628,6 @@ core::result<void> sim_host::prep_nop(std::uint64_t user_data, io::sqe_flags fla
 
 // ---- not simulated: the caller sees a kernel without the op
 
-core::result<void> sim_host::prep_accept(int, std::uint64_t, bool, bool, io::sqe_flags) noexcept {
-  return unsupported();
-}
 core::result<void> sim_host::prep_sendmsg(int, const msghdr*, std::uint64_t, io::sqe_flags,
                                           int) noexcept {
   return unsupported();
@@ -544,14 +647,7 @@ core::result<void> sim_host::prep_write(int, const void*, std::uint32_t, std::ui
                                         std::uint64_t, io::sqe_flags) noexcept {
   return unsupported();
 }
-core::result<void> sim_host::prep_writev(int, const iovec*, unsigned, std::uint64_t,
-                                         std::uint64_t, io::sqe_flags) noexcept {
-  return unsupported();
-}
 core::result<void> sim_host::prep_fsync(int, std::uint64_t, io::sqe_flags) noexcept {
-  return unsupported();
-}
-core::result<void> sim_host::prep_fdatasync(int, std::uint64_t, io::sqe_flags) noexcept {
   return unsupported();
 }
 core::result<void> sim_host::prep_openat(int, const char*, int, mode_t, std::uint64_t,
@@ -633,6 +729,7 @@ void sim_host::shutdown(int fd, int) noexcept {
   socket* s = find(fd);
   if (s == nullptr || s->shut) return;
   s->shut = true;
+  if (s->what == socket::kind::listener) return end_listener(*s);
   if (s->peer) {
     stream_peer* peer = s->peer.get();
     at(_clock.now_ns() + latency_ns(), [this, fd, peer] {
@@ -652,10 +749,18 @@ void sim_host::close(int fd) noexcept {
   // Closing a descriptor cancels what is pending on it (the kernel ends those ops).
   for (const waiting_receive& wanted : s.receives) complete(wanted.user_data, -ECANCELED);
   if (s.connect_user_data != 0) complete(s.connect_user_data, -ECANCELED);
+  if (s.what == socket::kind::listener) end_listener(s);
   if (s.peer) s.peer->on_client_gone(*this, fd);
   const bool stream = s.what == socket::kind::stream;
   erase_socket(fd);
   if (stream && _close_listener) _close_listener(fd);
+}
+
+// A listener shut down or closed: its accept ends (EINVAL, no F_MORE), and the connections
+// never accepted are reset (their peers hear the client gone).
+void sim_host::end_listener(socket& listener) {
+  if (listener.accept_user_data != 0) complete(std::exchange(listener.accept_user_data, 0), -EINVAL);
+  for (const int fd : std::exchange(listener.backlog, {})) close(fd);
 }
 
 core::result<std::size_t> sim_host::read_cached(int fd, void* buffer, std::size_t length,

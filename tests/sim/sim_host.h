@@ -22,10 +22,18 @@
 //     complete when data or end of stream arrives; shutdown ends them with 0; a multishot
 //     receive (from a group) completes with cqe_flag_more per segment until end of stream,
 //     an error or -ENOBUFS ends it (that completion without the flag);
+//   - listeners (add_listener): connect_client queues a connection, a (multishot) accept
+//     takes it, EMFILE at a seeded rate; getpeername; a send that never waits;
 //   - read from descriptors made by add_file (the test's spool segments);
+//   - writev and fdatasync of a file writer's descriptors (a simulated disk: the spool's ring
+//     driver), linked into chains as the driver submits them;
 //   - cancel (by user_data, or every op of a descriptor), close, nop.
+// A close drops the bytes still on their way to the peer (no lingering until they arrive): the
+// acceptor's 421 at the session limit, sent and closed at once, never reaches a simulated
+// client (the simulation's session limit is never reached).
 // Not simulated: the other ops (prep fails with EOPNOTSUPP, so glue that needs them sees a
-// kernel without them), linked SQEs (EOPNOTSUPP: dns_client's TCP fallback is refused),
+// kernel without them), linked SQEs but the file writer's (EOPNOTSUPP: dns_client's TCP
+// fallback is refused),
 // pipes (open_pipe: EOPNOTSUPP; run outbound with body_transfer::copy), TLS peers.
 // Lifetime: the scheduler may outlive the host (a simulated crash); actions the host queued
 // do nothing once it is destroyed. Destroy the glue that uses the host before the host.
@@ -83,6 +91,8 @@ struct sim_host_counters {
   std::uint64_t datagrams = 0;
   std::uint64_t enobufs = 0;
   std::uint64_t unsupported_ops = 0;  // preps refused with EOPNOTSUPP
+  std::uint64_t accepts = 0;
+  std::uint64_t accepts_failed = 0;  // EMFILE (set_accept_failures)
 };
 
 class sim_host final : public shard::host, public io::operations, public io::descriptors {
@@ -185,6 +195,9 @@ class sim_host final : public shard::host, public io::operations, public io::des
     _cache_miss = chance;
     _cache_random = random(seed);
   }
+  core::result<void> peer_name(int fd, sockaddr_storage& address,
+                               socklen_t& length) noexcept override;
+  void send_now(int fd, const void* data, std::size_t length) noexcept override;
 
   // ---- the test's side
   // A read-only descriptor over `bytes` (a spool segment file).
@@ -194,6 +207,25 @@ class sim_host final : public shard::host, public io::operations, public io::des
   using file_reader =
       std::function<std::int64_t(int fd, std::uint64_t offset, void* into, std::uint32_t length)>;
   void set_file_reader(file_reader reader) { _file_reader = std::move(reader); }
+  // Writes and datasyncs of descriptors the host did not make (a simulated disk's spool files:
+  // the real server::spool_ring_driver's ring ops) go to a file writer, which completes each
+  // one later with complete_file_op. `linked` is IOSQE_IO_LINK: the writer keeps the chain's
+  // order and cancels the rest of it after a failure (spool/operation.h).
+  struct file_op {
+    bool datasync = false;  // else a write of `pieces` at `offset`
+    int fd = -1;
+    const iovec* pieces = nullptr;
+    unsigned piece_count = 0;
+    std::uint64_t offset = 0;
+    std::uint64_t user_data = 0;
+    bool linked = false;
+  };
+  using file_writer = std::function<void(const file_op& op)>;
+  void set_file_writer(file_writer writer) { _file_writer = std::move(writer); }
+  // A file writer's result: a completion of the op's user_data, reaped as any other.
+  void complete_file_op(std::uint64_t user_data, std::int32_t result) {
+    complete(user_data, result);
+  }
   // Writes into a descriptor made by add_file (growing it): a spool that keeps its segment
   // files on the host (bench/relay). False when `fd` is not such a file.
   bool write_file(int fd, std::uint64_t offset, std::string_view bytes);
@@ -206,6 +238,20 @@ class sim_host final : public shard::host, public io::operations, public io::des
   // a simulated client (inbound sessions). The peer talks with peer_send/peer_close and hears
   // the descriptor's sends in on_bytes; on_connected is not called (the caller has the fd).
   int add_stream(std::unique_ptr<stream_peer> peer, const core::endpoint& remote);
+  // A listening socket (what the daemon's open_listeners makes): its accepts take the
+  // connections connect_client queues, in order.
+  int add_listener();
+  // A client connecting to `listen_fd`: the connection's descriptor (already connected, its
+  // peer talking as add_stream's), queued until an accept takes it; -1 when the listener is
+  // gone or shut down (refused).
+  int connect_client(int listen_fd, std::unique_ptr<stream_peer> peer,
+                     const core::endpoint& remote);
+  // Accepts fail EMFILE with this chance (the connection stays queued; a multishot accept
+  // ends), on a stream of their own.
+  void set_accept_failures(double chance, std::uint64_t seed) {
+    _accept_failure = chance;
+    _accept_random = random(seed);
+  }
   // Called with each stream descriptor the glue closes (close(2) or a completed prep_close),
   // after its pending ops were ended: the test learns that a session is over even when its
   // peer had closed first (then on_client_gone is not called: the peer is gone).
@@ -265,6 +311,9 @@ class sim_host final : public shard::host, public io::operations, public io::des
   core::result<void> unsupported() noexcept;
   core::result<void> refuse_linked(io::sqe_flags flags) noexcept;
   core::result<void> queue_receive(int fd, waiting_receive wanted, io::sqe_flags flags) noexcept;
+  core::result<void> forward_file_op(const file_op& op, io::sqe_flags flags) noexcept;
+  void queue_accepts(int listen_fd);
+  void end_listener(socket& listener);
 
   // Shared by the host and its queued actions (one thread: a plain count); the last of them
   // frees it.
@@ -315,8 +364,11 @@ class sim_host final : public shard::host, public io::operations, public io::des
   std::size_t _closed_front = 0;  // _sockets[0, _closed_front) are closed
   std::function<void(int fd)> _close_listener;
   file_reader _file_reader;
+  file_writer _file_writer;
   double _cache_miss = 0;
   random _cache_random{1};  // its own stream: misses change no other draw
+  double _accept_failure = 0;
+  random _accept_random{1};  // its own stream too
   // Above any real descriptor (RLIMIT_NOFILE's hard limit is 2^20 here): the spool files are
   // real descriptors of the simulated disks, read through set_file_reader, and must never be
   // taken for the host's own (they were 100 and up, and a search's leaked descriptors reached

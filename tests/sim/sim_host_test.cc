@@ -928,5 +928,119 @@ TEST(SimHost, DescriptorsClosedOutOfOrderLeaveTheOthersWorking) {
   EXPECT_EQ(host.set_option(next.value(), 0, 0, 0).error(), EBADF);
 }
 
+
+// A listener (the daemon's acceptor's side): connections queued before the accept is armed
+// are taken by one multishot accept in order, with F_MORE; getpeername names each client; a
+// send that never waits reaches the peer; shutting the listener down ends the accept (EINVAL,
+// no F_MORE) and refuses later clients. (A close right after the send would drop the bytes
+// still on their way: sim_host.h.)
+TEST(SimHost, AListenersMultishotAcceptTakesQueuedClientsUntilShutDown) {
+  struct heard_peer final : stream_peer {
+    explicit heard_peer(std::string& heard) : heard(heard) {}
+    void on_connected(sim_host&, int) override {}
+    void on_bytes(sim_host&, int, std::string_view bytes) override { heard.append(bytes); }
+    void on_client_gone(sim_host&, int) override {}
+    std::string& heard;
+  };
+  struct accepts final : shard::host_handler {
+    void on_completion(const io::completion& done) noexcept override {
+      results.push_back(done.res);
+      more.push_back(done.more());
+    }
+    std::vector<std::int32_t> results;
+    std::vector<bool> more;
+  };
+  scheduler clock;
+  sim_host host(clock, 11, sim_network{}, 1'000'000, 0);
+  accepts handler;
+  const io::op_kind kind = host.add_handler(handler).value();
+  const int listener = host.add_listener();
+  std::string heard;
+  const auto first = *core::endpoint::parse("192.0.2.7:4000");
+  const auto second = *core::endpoint::parse("192.0.2.8:4001");
+  const int a = host.connect_client(listener, std::make_unique<heard_peer>(heard), first);
+  const int b = host.connect_client(listener, std::make_unique<heard_peer>(heard), second);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  EXPECT_EQ(host.prep_accept(a, io::pack_user_data(kind, 0, 1), true, false, io::sqe::none).error(), EBADF);
+  ASSERT_TRUE(host.prep_accept(listener, io::pack_user_data(kind, 0, 1), true, false, io::sqe::none).ok());
+  ASSERT_TRUE(host.run([&] { return handler.results.size() == 2; }, 100));
+  EXPECT_EQ(handler.results, (std::vector<std::int32_t>{a, b}));
+  EXPECT_EQ(handler.more, (std::vector<bool>{true, true}));
+  EXPECT_EQ(host.counters().accepts, 2u);
+  sockaddr_storage address{};
+  socklen_t length = 0;
+  ASSERT_TRUE(host.peer_name(b, address, length).ok());
+  EXPECT_EQ(core::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&address), length), second);
+  host.send_now(a, "421 busy\r\n", 10);
+  ASSERT_TRUE(host.run([&] { return heard == "421 busy\r\n"; }, 100));
+  host.close(a);
+  host.shutdown(listener, SHUT_RDWR);
+  ASSERT_TRUE(host.run([&] { return handler.results.size() == 3; }, 100));
+  EXPECT_EQ(handler.results.back(), -EINVAL);
+  EXPECT_FALSE(handler.more.back());
+  EXPECT_EQ(host.connect_client(listener, std::make_unique<heard_peer>(heard), first), -1);
+  host.close(b);
+  host.close(listener);
+  EXPECT_EQ(host.open_sockets(), 0u);
+}
+
+// Accept failures (set_accept_failures): the accept ends with EMFILE, the client stays
+// queued, and the next accept takes it.
+TEST(SimHost, AFailedAcceptLeavesTheClientQueued) {
+  struct silent_peer final : stream_peer {
+    void on_connected(sim_host&, int) override {}
+    void on_bytes(sim_host&, int, std::string_view) override {}
+    void on_client_gone(sim_host&, int) override {}
+  };
+  bare_host bare(12);
+  sim_host& host = bare.host;
+  host.set_accept_failures(1.0, 5);
+  const int listener = host.add_listener();
+  const int client = host.connect_client(listener, std::make_unique<silent_peer>(),
+                                         *core::endpoint::parse("192.0.2.9:25"));
+  ASSERT_TRUE(host.prep_accept(listener, bare.user_data(1), true, false, io::sqe::none).ok());
+  ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 1; }, 100));
+  EXPECT_EQ(bare.handler.results[0], -EMFILE);
+  host.set_accept_failures(0, 5);
+  ASSERT_TRUE(host.prep_accept(listener, bare.user_data(2), false, false, io::sqe::none).ok());
+  ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 2; }, 100));
+  EXPECT_EQ(bare.handler.results[1], client);
+  EXPECT_EQ(host.counters().accepts_failed, 1u);
+  host.close(client);
+  host.close(listener);
+}
+
+// A file writer's descriptors (the spool's ring driver over a simulated disk): writev and
+// fdatasync go to the writer with their link flag, in order; its results complete as any op.
+// Without a writer, or on the host's own descriptors, they are not simulated.
+TEST(SimHost, WritesAndSyncsOfForeignDescriptorsGoToTheFileWriter) {
+  bare_host bare(13);
+  sim_host& host = bare.host;
+  static char bytes[] = "abcdef";
+  const iovec pieces[] = {{bytes, 2}, {bytes + 2, 4}};
+  EXPECT_EQ(host.prep_writev(7, pieces, 2, 0, bare.user_data(1), io::sqe::none).error(),
+            EOPNOTSUPP);
+  std::vector<sim_host::file_op> seen;
+  host.set_file_writer([&](const sim_host::file_op& op) { seen.push_back(op); });
+  ASSERT_TRUE(host.prep_writev(7, pieces, 2, 4096, bare.user_data(1), io::sqe::link).ok());
+  ASSERT_TRUE(host.prep_fdatasync(7, bare.user_data(2), io::sqe::none).ok());
+  EXPECT_EQ(host.prep_fdatasync(7, bare.user_data(3), io::sqe::hardlink).error(), EOPNOTSUPP);
+  const int own = host.add_file("x");
+  EXPECT_EQ(host.prep_fdatasync(own, bare.user_data(4), io::sqe::none).error(), EOPNOTSUPP);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_FALSE(seen[0].datasync);
+  EXPECT_TRUE(seen[0].linked);
+  EXPECT_EQ(seen[0].offset, 4096u);
+  EXPECT_EQ(seen[0].piece_count, 2u);
+  EXPECT_TRUE(seen[1].datasync);
+  EXPECT_FALSE(seen[1].linked);
+  host.complete_file_op(seen[0].user_data, 6);
+  host.complete_file_op(seen[1].user_data, -EIO);
+  ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 2; }, 100));
+  EXPECT_EQ(bare.handler.results, (std::vector<std::int32_t>{6, -EIO}));
+  host.take_file(own);
+}
+
 }  // namespace
 }  // namespace ringmta::sim

@@ -181,14 +181,15 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
              "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}) | "
              "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
-             "reasons checked {} deleted {}\n", seed,
+             "reasons checked {} deleted {} | accepts {} (failed {})\n", seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
              r.disk.operations, r.disk.syncs, r.disk.faults, r.outbound_connections,
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
              r.operator_actions, r.tls_sessions, r.tls_broken, r.shards, r.parcels_crossed,
-             r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions);
+             r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions,
+             r.accepts, r.accepts_failed);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts

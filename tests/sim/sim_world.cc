@@ -22,8 +22,10 @@
 #include "ringmta/admin/log.h"
 #include "ringmta/net/received_header.h"
 #include "ringmta/server/inbound.h"
+#include "ringmta/server/inbound_acceptor.h"
 #include "ringmta/server/inbound_sessions.h"
 #include "ringmta/server/relay.h"
+#include "ringmta/server/spool_ring_driver.h"
 #include "ringmta/spool/recovery.h"
 #include "ringmta/spool/store.h"
 
@@ -112,8 +114,13 @@ constexpr std::string_view balancer_address = "192.0.2.254";
 // from a trusted balancer, else XCLIENT (Postfix's) for every client; no AUTH or DKIM.
 std::shared_ptr<const server::inbound_config> inbound_settings(
     server::client_counters& clients, std::uint32_t buffer_bytes, std::uint32_t buffer_count,
-    bool proxy, auth::verify_service& verifier) {
+    bool proxy, auth::verify_service& verifier, unsigned shard, int listener) {
   server::inbound_config config;
+  config.listen = {*core::endpoint::parse("192.0.2.1:25")};  // the process's one listener
+  config.listener_fds.assign(shard + 1, {});
+  config.listener_fds[shard] = {listener};
+  config.implicit_tls = {false};
+  config.submission = {false};
   config.hostname = std::string(our_hostname);
   config.greeting_text = "ESMTP ringmta-sim";
   config.engine.limits.message_bytes_max = 4u << 20;
@@ -141,6 +148,19 @@ std::shared_ptr<const server::inbound_config> inbound_settings(
 
 }  // namespace
 
+// The daemon's file worker (server::spool_file_thread) in the simulation: the store's file
+// creations and removals go to the shard's simulated disk, which runs their real steps with
+// latencies and faults; the results come back to the driver as the thread's message would.
+class disk_file_worker final : public server::spool_file_worker {
+ public:
+  disk_file_worker(world& owner, unsigned shard) noexcept : _world(owner), _shard(shard) {}
+  void submit(const spool::operation& op) noexcept override { _world.submit_file_op(_shard, op); }
+
+ private:
+  world& _world;
+  unsigned _shard;
+};
+
 // One simulated MTA process, as a daemon shard runs it: the inbound sessions and the relay
 // (server::relay, the daemon's delivery side: jobs, connections, marks, DSNs) over the
 // process's store, on one host whose network reaches the remote MTAs and the DNS server
@@ -152,12 +172,26 @@ struct process {
   process(world& owner, scheduler& clock, std::uint64_t seed, std::int64_t net_ns_max,
           sim_network network, spool::store& store, std::uint32_t buffer_bytes,
           std::uint32_t buffer_count, bool proxy,
-          std::unique_ptr<const server::relay_config> relay_config, shard::mesh& peers)
+          std::unique_ptr<const server::relay_config> relay_config, shard::mesh& peers,
+          bool unsafe_no_fsync)
       : host(clock, seed, std::move(network), net_ns_max, epoch_seconds * 1000),
-        sessions(inbound_settings(clients, buffer_bytes, buffer_count, proxy,
-                                  owner.verifier(peers.id())),
-                 host, peers.id(), store, pump, metrics, log),
+        files(owner, peers.id()),
+        driver(host, store, files, unsafe_no_fsync),
+        listener(host.add_listener()),
+        inbound(inbound_settings(clients, buffer_bytes, buffer_count, proxy,
+                                 owner.verifier(peers.id()), peers.id(), listener)),
+        sessions(inbound, host, peers.id(), store, pump, metrics, log),
+        acceptor(*inbound, host, peers.id(), sessions, metrics, log),
         relay_settings(std::move(relay_config)) {
+    sessions.set_release_listener([this] { acceptor.on_session_released(); });
+    // The spool's ring driver first, as shard_services starts it before the sessions.
+    host.set_file_writer([&owner, shard = peers.id()](const sim_host::file_op& op) {
+      owner.submit_ring_op(shard, op);
+    });
+    if (auto started = driver.start(); !started) std::abort();  // a fresh host has op kinds
+    driver.set_listener([&owner, shard = peers.id()](const spool::event& event) {
+      owner.on_store_event(shard, event);
+    });
     host.set_close_listener([&owner, shard = peers.id()](int fd) {
       owner.on_session_closed(shard, fd);
     });
@@ -185,11 +219,23 @@ struct process {
   process& operator=(const process&) = delete;
 
   sim_host host;
+  disk_file_worker files;
+  server::spool_ring_driver driver;  // the daemon's, over the host and the shard's disk
+  // The disk's tokens of this process's driver ops in flight: a ring op's user_data, or a file
+  // worker op's store token.
+  struct disk_op {
+    bool ring = false;
+    std::uint64_t id = 0;
+  };
+  std::map<std::uint64_t, disk_op> disk_ops;
   server::client_counters clients;
   server::inbound_metrics metrics;
   admin::log_buffer log{admin::log_format::json, 256 << 10};  // read by world::read_log
   settle_pump pump;
+  int listener;  // the clients connect here (sim_host::connect_client)
+  std::shared_ptr<const server::inbound_config> inbound;
   server::inbound_sessions sessions;
+  server::inbound_acceptor acceptor;  // the daemon's: accept, getpeername, the session limit
   server::relay_metrics relay_metrics;
   std::unique_ptr<const server::relay_config> relay_settings;  // the relay keeps a reference
   std::unique_ptr<server::relay> relay;  // null with --no-outbound
@@ -213,12 +259,11 @@ world::world(const options& settings)
   profile.write_ns_max = latency_ns(100'000, 3'000'000);
   profile.sync_ns_max = latency_ns(profile.sync_ns_min + 1, 20'000'000);
   _disk_profile = profile;
+  // no-fsync is the daemon's --unsafe-no-fsync, the real driver's switch (every shard's).
+  _unsafe_no_fsync = settings.bug == disk_bug::no_fsync;
   _disk = std::make_unique<disk>(
-      _clock, _random, profile, settings.bug,
-      [this](std::uint64_t token, std::int64_t result) {
-        _completions = true;
-        if (_store) _store->complete(token, result);
-      },
+      _clock, _random, profile, _unsafe_no_fsync ? disk_bug::none : settings.bug,
+      [this](std::uint64_t token, std::int64_t result) { on_disk_done(0, token, result); },
       [this](std::string_view text) { note(text); });
   _net_ns_max = latency_ns(100'000, 5'000'000);
   _arrival_mean_ns = latency_ns(2'000'000, 200'000'000);
@@ -321,10 +366,7 @@ outcome world::run() {
     other.config.directory = fmt::format("/sim/shard-{}", k);
     other.spool_disk = std::make_unique<disk>(
         _clock, _mesh_random, _disk_profile, disk_bug::none,
-        [this, k](std::uint64_t token, std::int64_t result) {
-          _other_completions = true;
-          if (auto& store = _others[k - 1].store) store->complete(token, result);
-        },
+        [this, k](std::uint64_t token, std::int64_t result) { on_disk_done(k, token, result); },
         [](std::string_view) {});
     _others.push_back(std::move(other));
   }
@@ -450,24 +492,69 @@ bool world::settle_store(unsigned shard) {
   if (store == nullptr || proc == nullptr) return false;
   proc->sessions.retry_waiting();  // input held for spool room
   store->flush();
-  bool progress = false;
-  spool::operation op;
-  while (store->next_operation(op)) {
-    disk_at(shard).submit(op);
-    progress = true;
+  const std::uint64_t before = _store_activity;
+  proc->driver.pump();
+  return _store_activity != before;
+}
+
+// The driver's ring op (a write or a datasync, maybe linked) to the shard's disk, in the order
+// the driver submitted it (the disk keeps chains in that order).
+void world::submit_ring_op(unsigned shard, const sim_host::file_op& op) {
+  spool::operation io;
+  io.kind = op.datasync ? spool::operation_kind::datasync : spool::operation_kind::write;
+  io.fd = op.fd;
+  io.offset = op.offset;
+  io.iovecs = op.pieces;
+  io.iovec_count = op.piece_count;
+  for (unsigned i = 0; i < op.piece_count; ++i) io.bytes += op.pieces[i].iov_len;
+  io.link_next = op.linked;
+  io.token = ++_disk_serial;
+  process_at(shard)->disk_ops[io.token] = process::disk_op{true, op.user_data};
+  ++_store_activity;
+  disk_at(shard).submit(io);
+}
+
+void world::submit_file_op(unsigned shard, const spool::operation& op) {
+  spool::operation io = op;
+  io.token = ++_disk_serial;
+  process_at(shard)->disk_ops[io.token] = process::disk_op{false, op.token};
+  ++_store_activity;
+  disk_at(shard).submit(io);
+}
+
+// A disk op of the shard's process finished (a crash forgets the ops in flight, so the process
+// is the one that submitted it): a ring op completes on the host (reaped in a loop turn); a
+// file op goes to the driver as the daemon's file thread hands it over, then a pump.
+void world::on_disk_done(unsigned shard, std::uint64_t token, std::int64_t result) {
+  (shard == 0 ? _completions : _other_completions) = true;
+  process* proc = process_at(shard);
+  if (proc == nullptr) return;
+  const auto found = proc->disk_ops.find(token);
+  if (found == proc->disk_ops.end()) return;
+  const process::disk_op op = found->second;
+  proc->disk_ops.erase(found);
+  if (op.ring) {
+    proc->host.complete_file_op(op.id, static_cast<std::int32_t>(result));
+    return;
   }
-  spool::event event;
-  while (!_failed && store_at(shard) == store && store->next_event(event)) {
-    progress = true;
-    if (event.kind == spool::event_kind::marked) {
-      on_marked(*proc, event);
-    } else if (proc->relay && proc->relay->on_committed(event.ticket, event.error)) {
-      on_dsn_committed(event);
-    } else {
-      on_committed(shard, event);
-    }
+  proc->driver.file_done(op.id, result);
+  proc->driver.pump();
+}
+
+// The driver's listener, as shard_services': a mark ticket to the relay (or, with
+// --no-outbound, the world's own), a commit ticket to the relay first (its DSNs), the
+// sessions' otherwise.
+void world::on_store_event(unsigned shard, const spool::event& event) {
+  ++_store_activity;
+  process* proc = process_at(shard);
+  if (_failed || proc == nullptr) return;
+  if (event.kind == spool::event_kind::marked) {
+    on_marked(*proc, event);
+  } else if (proc->relay && proc->relay->on_committed(event.ticket, event.error)) {
+    on_dsn_committed(event);
+  } else {
+    on_committed(shard, event);
   }
-  return progress;
 }
 
 spool::store* world::store_at(unsigned shard) const {
@@ -647,15 +734,16 @@ void world::spawn_client() {
   const auto address = *core::endpoint::parse(
       _proxy ? fmt::format("{}:{}", balancer_address, 1024 + number % 60000)
              : fmt::format("192.0.2.{}:{}", number % 250 + 1, 1024 + number % 60000));
+  // The connection waits in the listener's backlog until the daemon's acceptor takes it (a
+  // session at the limit gets the acceptor's 421 and a close).
   process& proc = *process_at(shard);
-  c.fd = proc.host.add_stream(std::make_unique<client_peer>(*this, number), address);
+  c.fd = proc.host.connect_client(proc.listener, std::make_unique<client_peer>(*this, number),
+                                  address);
   _by_fd[{shard, c.fd}] = number;
-  if (!proc.sessions.open(c.fd, address, server::session_origin{})) {
-    note(fmt::format("client {} refused: sessions_per_shard_max", number));
-    proc.host.close(c.fd);
-  } else if (_proxy) {
-    client_send(c, proxy_header(c));  // the balancer speaks first, split like any input
-  }
+  if (_proxy) client_send(c, proxy_header(c));  // the balancer speaks first, split like any input
+  _clock.after(greeting_bound_ns, [this, number, serial = _process_serial] {
+    check_greeted(number, serial);
+  });
   if (_transactions_left > 0) _clock.after(exponential_ns(_arrival_mean_ns), [this] {
     spawn_client();
   });
@@ -1194,6 +1282,7 @@ void world::crash(bool torn) {
   _connections.clear();  // clients see a reset; their transactions in progress are lost
   _by_fd.clear();
   if (_delivery) _delivery->attach(nullptr);
+  count_accepts();
   _process.reset();      // the relay, the sessions, then their host (its actions do nothing)
   for (auto& other : _others) {
     other.proc.reset();
@@ -1337,12 +1426,13 @@ void world::start_others() {
         *this, _clock, _mesh_random.next(), _net_ns_max, _delivery->network(), *other.store,
         _receive_buffer_bytes, _receive_buffer_count, _proxy,
         std::make_unique<const server::relay_config>(_delivery->relay_config(_relays)),
-        _hub->at(k));
+        _hub->at(k), _unsafe_no_fsync);
     start_host_cache(other.proc->host, k);
     if (auto started = other.proc->sessions.start(); !started) {
       return fail(fmt::format("inbound sessions of shard {}: {}", k,
                               std::strerror(started.error())));
     }
+    start_acceptor(*other.proc, k);
     _relays[k] = other.proc->relay.get();
   }
 }
@@ -1382,10 +1472,49 @@ void world::start_process() {
   _process = std::make_unique<process>(*this, _clock, _random.next(), _net_ns_max,
                                        _delivery ? _delivery->network() : sim_network{}, *_store,
                                        _receive_buffer_bytes, _receive_buffer_count, _proxy,
-                                       std::move(relay_settings), _hub->at(0));
+                                       std::move(relay_settings), _hub->at(0),
+                                       _unsafe_no_fsync);
   start_host_cache(_process->host, 0);
   if (auto started = _process->sessions.start(); !started) {
-    fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
+    return fail(fmt::format("inbound sessions: {}", std::strerror(started.error())));
+  }
+  start_acceptor(*_process, 0);
+}
+
+// LIVENESS of the acceptor: a client whose connection the process took (no crash since) hears
+// the greeting within 5 s. Nothing here delays it (no greeting delay, the session limit
+// is never reached), but an accept that failed EMFILE pauses accepting for 250 ms or until a
+// session ends — and must resume.
+void world::check_greeted(std::uint32_t number, std::uint64_t serial) {
+  const auto found = _connections.find(number);
+  if (_failed || serial != _process_serial || found == _connections.end()) return;
+  if (found->second->last_code != 0) return;
+  fail(fmt::format("LIVENESS: client {} connected {} s ago and was never greeted (accepts {}, "
+                   "failed EMFILE {} on its shard)", number, greeting_bound_ns / 1'000'000'000,
+                   process_at(found->second->shard)->host.counters().accepts,
+                   process_at(found->second->shard)->host.counters().accepts_failed));
+}
+
+// The daemon's acceptor on the process's listener; in a third of the seeds its accepts fail
+// EMFILE at 1-20% (drawn on a stream of its own), so accepting pauses and resumes.
+// Before the processes go: what their hosts' listeners saw.
+void world::count_accepts() {
+  for (unsigned k = 0; k < _relays.size() || k == 0; ++k) {
+    if (const process* proc = process_at(k)) {
+      _outcome.accepts += proc->host.counters().accepts;
+      _outcome.accepts_failed += proc->host.counters().accepts_failed;
+    }
+  }
+}
+
+void world::start_acceptor(process& proc, unsigned shard) {
+  random draw(_options.seed * 0x9e3779b97f4a7c15ull + 0xacce97);
+  if (draw.chance(0.33)) {
+    proc.host.set_accept_failures(static_cast<double>(draw.between(1, 20)) / 100,
+                                  _options.seed ^ (_process_serial << 8) ^ shard ^ 0xacce97);
+  }
+  if (auto started = proc.acceptor.start(); !started) {
+    fail(fmt::format("acceptor of shard {}: {}", shard, started.error_text()));
   }
 }
 

@@ -96,6 +96,8 @@ struct outcome {
   std::uint32_t shards = 1;               // the process's shards (1-3 per seed with the relay)
   std::uint64_t parcels_crossed = 0;      // jobs, outcomes, actions sent to another shard
   std::uint64_t parcels_refused = 0;      // a full pair queue: the relay's backlog kept them
+  std::uint64_t accepts = 0;              // connections the daemon's acceptor took
+  std::uint64_t accepts_failed = 0;       // accepts that failed EMFILE (the acceptor paused)
   disk_stats disk;
 };
 

@@ -22,6 +22,7 @@
 #include "ringmta/auth/verifier.h"
 #include "ringmta/tls/session.h"
 #include "sim_disk.h"
+#include "sim_host.h"
 #include "sim_mesh.h"
 #include "sim_world.h"
 
@@ -169,8 +170,15 @@ class world {
   // The sessions' password checks (auth::verify_service): answered on the simulated clock.
   bool submit_auth(unsigned shard, std::unique_ptr<auth::verify_request> request);
   auth::verify_service& verifier(unsigned shard) { return *_verifiers.at(shard); }
+  // The process's spool_ring_driver at work: its ring ops (through the host's file writer) and
+  // its file worker's creations and removals go to the shard's disk; each result comes back
+  // the way the daemon gets it (a completion on the host; the file worker's message).
+  void submit_ring_op(unsigned shard, const sim_host::file_op& op);
+  void submit_file_op(unsigned shard, const spool::operation& op);
+  void on_store_event(unsigned shard, const spool::event& event);  // the driver's listener
 
  private:
+  void on_disk_done(unsigned shard, std::uint64_t token, std::int64_t result);
   // clients (client side of connection)
   void spawn_client();
   // `relays`: the client will be authenticated (may relay anywhere), so no "bad-" recipient
@@ -201,6 +209,10 @@ class world {
   void start_process();
   void start_relay();
   void start_others();  // shards 1..: a store from each disk's recovery, a process, a relay
+  void start_acceptor(process& proc, unsigned shard);
+  void count_accepts();
+  static constexpr std::int64_t greeting_bound_ns = 5'000'000'000;
+  void check_greeted(std::uint32_t number, std::uint64_t serial);
   void on_committed(unsigned shard, const spool::event& event);
   void on_dsn_committed(const spool::event& event);  // one the relay spooled
   void on_marked(process& proc, const spool::event& event);
@@ -294,6 +306,9 @@ class world {
   std::uint32_t _transactions_left = 0;
   std::uint32_t _next_client = 1;
   bool _completions = false;                    // the disk completed something: retry waiters
+  bool _unsafe_no_fsync = false;  // --inject-bug no-fsync: the daemon's --unsafe-no-fsync
+  std::uint64_t _disk_serial = 0;     // the disks' tokens: which op of which driver (below)
+  std::uint64_t _store_activity = 0;  // driver ops submitted and events heard (settle's progress)
   bool _failed = false;
   // run parameters, drawn from the seed
   std::int64_t _net_ns_max = 0;

@@ -1,6 +1,7 @@
 // io::descriptors: the synchronous calls the glue makes beside the ring (issue 16 item 1, step
 // 2): making sockets and pipes, options, bind, a datagram socket's connect, shutdown and close,
-// and a file read that only copies what the page cache already holds.
+// a file read that only copies what the page cache already holds, and for the acceptor an
+// accepted socket's peer and a send that never waits.
 // None of them blocks (no handshake, no I/O wait), so they run on the shard's thread; they are
 // an interface so that a simulated host hands out simulated descriptors that its simulated
 // io::operations understands, and the glue never calls the kernel by name.
@@ -48,6 +49,13 @@ class descriptors {
   // The caller then reads through the ring (prep_read). Never waits.
   virtual core::result<std::size_t> read_cached(int fd, void* buffer, std::size_t length,
                                                 std::uint64_t offset) noexcept = 0;
+  // getpeername(2): the address of an accepted socket's client (or load balancer).
+  virtual core::result<void> peer_name(int fd, sockaddr_storage& address,
+                                       socklen_t& length) noexcept = 0;
+  // A best-effort send(2) that never waits (MSG_DONTWAIT | MSG_NOSIGNAL): a fixed reply on a
+  // socket about to be closed (the 421 at the session limit), where a fresh socket's buffer
+  // always has room. Bytes the kernel does not take are dropped.
+  virtual void send_now(int fd, const void* data, std::size_t length) noexcept = 0;
 
  protected:
   ~descriptors() = default;
@@ -66,6 +74,9 @@ class system_descriptors final : public descriptors {
   core::result<pipe_ends> open_pipe(std::uint32_t bytes) noexcept override;
   core::result<std::size_t> read_cached(int fd, void* buffer, std::size_t length,
                                         std::uint64_t offset) noexcept override;
+  core::result<void> peer_name(int fd, sockaddr_storage& address,
+                               socklen_t& length) noexcept override;
+  void send_now(int fd, const void* data, std::size_t length) noexcept override;
 };
 
 }  // namespace ringmta::io
