@@ -184,6 +184,7 @@ std::unique_ptr<session> session::connect(std::shared_ptr<const client_context> 
   SSL_set_verify(ssl, options.verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
   s->_cache = options.cache;
   s->_cache_key = options.cache_key.empty() ? host : std::string(options.cache_key);
+  s->_now_s = options.now_s;
   if (s->_cache != nullptr) {
     if (SSL_SESSION* cached = s->_cache->find(s->_cache_key, options.now_s)) {
       SSL_set_session(ssl, cached);
@@ -425,7 +426,7 @@ void session::on_new_client_session(ssl_session_st* received) noexcept {
     SSL_SESSION_free(received);
     return;
   }
-  _cache->store(_cache_key, received);
+  _cache->store(_cache_key, received, _now_s);
 }
 
 // ---- client_session_cache
@@ -443,9 +444,7 @@ ssl_session_st* client_session_cache::find(std::string_view key, std::int64_t no
   const auto found = _entries.find(std::string(key));
   if (found == _entries.end()) return nullptr;
   SSL_SESSION* s = found->second.session;
-  const std::int64_t expires = static_cast<std::int64_t>(SSL_SESSION_get_time(s)) +
-                               static_cast<std::int64_t>(SSL_SESSION_get_timeout(s));
-  if (SSL_SESSION_is_resumable(s) != 1 || (now_s != 0 && now_s >= expires)) {
+  if (SSL_SESSION_is_resumable(s) != 1 || (now_s != 0 && now_s >= found->second.expires_s)) {
     SSL_SESSION_free(s);
     _entries.erase(found);
     return nullptr;
@@ -453,12 +452,15 @@ ssl_session_st* client_session_cache::find(std::string_view key, std::int64_t no
   return s;
 }
 
-void client_session_cache::store(std::string_view key, ssl_session_st* session) noexcept {
+void client_session_cache::store(std::string_view key, ssl_session_st* session,
+                                 std::int64_t now_s) noexcept {
+  const std::int64_t from = now_s != 0 ? now_s : static_cast<std::int64_t>(SSL_SESSION_get_time(session));
+  const std::int64_t expires_s = from + static_cast<std::int64_t>(SSL_SESSION_get_timeout(session));
   std::string name(key);
   auto found = _entries.find(name);
   if (found != _entries.end()) {
     SSL_SESSION_free(found->second.session);
-    found->second = {session, ++_clock};
+    found->second = {session, ++_clock, expires_s};
     return;
   }
   if (_entries.size() >= _entries_max) {  // drop the entry stored longest ago
@@ -468,7 +470,7 @@ void client_session_cache::store(std::string_view key, ssl_session_st* session) 
     SSL_SESSION_free(oldest->second.session);
     _entries.erase(oldest);
   }
-  _entries.emplace(std::move(name), entry{session, ++_clock});
+  _entries.emplace(std::move(name), entry{session, ++_clock, expires_s});
 }
 
 void client_session_cache::erase(std::string_view key) noexcept {

@@ -76,17 +76,22 @@ class client_session_cache {
   client_session_cache(const client_session_cache&) = delete;
   client_session_cache& operator=(const client_session_cache&) = delete;
 
-  // A session still valid for `key` (borrowed: valid until the next store or erase), or null.
+  // A session still valid for `key` at `now_s` (borrowed: valid until the next store or
+  // erase), or null. now_s 0: no expiry check.
   ssl_session_st* find(std::string_view key, std::int64_t now_s) noexcept;
-  // Takes ownership of one reference to `session`.
-  void store(std::string_view key, ssl_session_st* session) noexcept;
+  // Takes ownership of one reference to `session`, valid for its timeout from `now_s`. Expiry
+  // is measured on the caller's clock (the shard's), not on the time OpenSSL stamped into the
+  // session (its own clock): a cache must not mix two clocks (in the simulation they differ,
+  // and no session was ever resumed). now_s 0: from OpenSSL's stamp.
+  void store(std::string_view key, ssl_session_st* session, std::int64_t now_s) noexcept;
   void erase(std::string_view key) noexcept;
   std::size_t size() const noexcept { return _entries.size(); }
 
  private:
   struct entry {
     ssl_session_st* session = nullptr;
-    std::uint64_t stored = 0;
+    std::uint64_t stored = 0;     // store() count: the oldest entry goes first
+    std::int64_t expires_s = 0;   // on the clock of store()'s now_s
   };
   std::unordered_map<std::string, entry> _entries;
   std::size_t _entries_max;
@@ -178,6 +183,7 @@ class session {
   std::shared_ptr<const client_context> _client_context;
   client_session_cache* _cache = nullptr;
   std::string _cache_key;
+  std::int64_t _now_s = 0;  // client_options::now_s: when a new session is stored
   std::unique_ptr<buffers> _buffers;
   // The view feed() was given, read by the BIO.
   const char* _input = nullptr;

@@ -176,6 +176,39 @@ TEST(tls_session, resumption_with_tickets_and_client_cache) {
   EXPECT_FALSE(server_side);
 }
 
+// The cache's expiry runs on the caller's clock (a shard's, or a simulated one), whatever
+// time OpenSSL stamped into the session: a session stored at the caller's t resumes at
+// t + 10 s and is gone once its timeout has passed on that clock. (It compared OpenSSL's stamp
+// with the caller's clock: in the simulation, years apart, no session ever resumed.)
+TEST(tls_session, client_cache_expiry_follows_the_callers_clock) {
+  auto keys = std::make_shared<ticket_key_ring>(3600);
+  auto context = server(version::tls1_2, keys);
+  auto ctx = client(pki().ca_cert);
+  client_session_cache cache;
+  constexpr std::int64_t simulated_s = 4'000'000'000;  // far from the real clock
+  auto resumes_at = [&](std::int64_t now_s) {
+    auto s = session::accept(context);
+    client_options options;
+    options.host = "mx.test.example";
+    options.cache = &cache;
+    options.now_s = now_s;
+    auto c = session::connect(ctx, options);
+    wire w{*c, *s};
+    w.run();
+    EXPECT_EQ(c->state(), state::established);
+    s->write("220 hello\r\n");  // TLS 1.3 tickets arrive with the first data
+    w.run();
+    return c->resumed();
+  };
+  EXPECT_FALSE(resumes_at(simulated_s));
+  ASSERT_EQ(cache.size(), 1u);
+  EXPECT_TRUE(resumes_at(simulated_s + 10));
+  // Each handshake stored a fresh session (tickets are single use in TLS 1.3); its timeout
+  // counts from when it was stored, on the same clock.
+  EXPECT_EQ(cache.find("mx.test.example", simulated_s + 20 + 7 * 24 * 3600), nullptr);
+  EXPECT_EQ(cache.size(), 0u);
+}
+
 TEST(ticket_key_ring, keys_rotate_and_expire) {
   ticket_key_ring ring(100);
   EXPECT_TRUE(ring.rotate_if_due(1000));
