@@ -26,9 +26,9 @@
 // recipient is delivered exactly once; the next hop receives as many body octets as the spool
 // got (and the same octets, compared byte for byte, for every 1024th message); no message is
 // left queued at the end of any batch; the totals agree at the end of every run.
-// Never: a syscall in the steady state (segment and journal files are strings of the simulated
-// host, sockets and DNS are simulated), a clock read (time is the simulator's: each batch
-// starts 1 ms after the previous one ended), or a sleep.
+// Never: a syscall in the steady state (segment and journal files are rings in memory read
+// through the simulated host, sockets and DNS are simulated), a clock read (time is the
+// simulator's: each batch starts 1 ms after the previous one ended), or a sleep.
 #include <algorithm>
 #include <array>
 #include <cerrno>
