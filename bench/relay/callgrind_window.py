@@ -15,7 +15,8 @@ Dump out.(k+1) holds batch k (it is taken before batch k+1's receive()). The sam
 every binary compared gives the same work (the batches are deterministic): the first batches'
 DNS lookups and connects, and the reconnects every ~156 batches, weigh the same. Prints all
 stages and stages 3-4 (the inclusive cost of deliver(), or dispatcher::run in the hand-pumped
-reference) per message (64 per batch).
+reference) per message (64 per batch). With `--cache-sim=yes` it prints every event per message
+too (D1mr, DLmw, ...: the cache simulation's misses; issue 16, s12-benchgap).
 """
 import re
 import sys
@@ -25,10 +26,14 @@ MESSAGES_PER_BATCH = 64
 
 
 def batch_costs(path):
-    """(all collected Ir, Ir inside the calls to stage 4) of one dump file."""
-    names, callee, in_call, total, stage4 = {}, None, False, 0, 0
+    """(every event's collected cost, Ir inside the calls to stage 4, event names) of one dump
+    file; the first event is Ir."""
+    names, callee, in_call, total, stage4, events = {}, None, False, [], 0, ['Ir']
     with open(path) as dump:
         for line in dump:
+            if line.startswith('events:'):
+                events = line.split()[1:]
+                continue
             named = re.match(r'(c?fn)=\((\d+)\)(?: (.*))?', line)
             if named:
                 if named.group(3):
@@ -40,21 +45,24 @@ def batch_costs(path):
             elif in_call:  # the line after calls=: the call's inclusive cost
                 stage4 += int(line.split()[1])
                 in_call = False
-            elif line.startswith(('totals:', 'summary:')) and total == 0:
-                total = int(line.split()[1])
-    return total, stage4
+            elif line.startswith(('totals:', 'summary:')) and not total:
+                total = [int(field) for field in line.split()[1:]]
+    return total, stage4, events
 
 
 def main():
     directory, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    total = stage4 = 0
+    total, stage4, events = [], 0, []
     for batch in range(first, last + 1):
-        batch_total, batch_stage4 = batch_costs(f'{directory}/out.{batch + 1}')
-        total += batch_total
+        batch_total, batch_stage4, events = batch_costs(f'{directory}/out.{batch + 1}')
+        total = [a + b for a, b in zip(total, batch_total)] if total else batch_total
         stage4 += batch_stage4
     messages = (last - first + 1) * MESSAGES_PER_BATCH
-    print(f'batches {first}..{last}: {total / messages:.0f} Ir per message, '
+    print(f'batches {first}..{last}: {total[0] / messages:.0f} Ir per message, '
           f'stages 3-4 {stage4 / messages:.0f}')
+    if len(events) > 1:
+        print('per message: ' + ' '.join(
+            f'{name} {cost / messages:.1f}' for name, cost in zip(events, total)))
 
 
 if __name__ == '__main__':

@@ -801,24 +801,4 @@ int sim_host::add_file(std::string bytes) {
   return add_socket(std::move(s));
 }
 
-bool sim_host::write_file(int fd, std::uint64_t offset, std::string_view bytes) {
-  socket* s = find(fd);
-  if (s == nullptr || s->what != socket::kind::file) return false;
-  if (offset == s->file.size()) {
-    s->file.append(bytes);
-    return true;
-  }
-  if (s->file.size() < offset + bytes.size()) s->file.resize(offset + bytes.size());
-  std::memcpy(s->file.data() + offset, bytes.data(), bytes.size());
-  return true;
-}
-
-std::string sim_host::take_file(int fd) {
-  socket* s = find(fd);
-  if (s == nullptr || s->what != socket::kind::file) return {};
-  std::string bytes = std::move(s->file);
-  erase_socket(fd);
-  return bytes;
-}
-
 }  // namespace ringmta::sim

@@ -226,11 +226,6 @@ class sim_host final : public shard::host, public io::operations, public io::des
   void complete_file_op(std::uint64_t user_data, std::int32_t result) {
     complete(user_data, result);
   }
-  // Writes into a descriptor made by add_file (growing it): a spool that keeps its segment
-  // files on the host (bench/relay). False when `fd` is not such a file.
-  bool write_file(int fd, std::uint64_t offset, std::string_view bytes);
-  // Closes a descriptor made by add_file and gives its bytes back (their memory to reuse).
-  std::string take_file(int fd);
   // From the peer of stream socket `fd`: bytes (in order, after a latency), then end of stream.
   void peer_send(int fd, std::string_view bytes);
   void peer_close(int fd);

@@ -674,31 +674,6 @@ struct bare_host {
   io::op_kind kind{};
 };
 
-// A spool keeping its files on the host (bench/relay): writes append or land at an offset
-// (a gap reads as zeros), ring reads see them, take_file gives the bytes back and closes.
-TEST(SimHost, FilesTakeWritesAndGiveTheirBytesBack) {
-  bare_host bare(3);
-  sim_host& host = bare.host;
-  const int fd = host.add_file("head");
-  EXPECT_TRUE(host.write_file(fd, 4, "-tail"));
-  EXPECT_TRUE(host.write_file(fd, 12, "X"));
-  EXPECT_TRUE(host.write_file(fd, 0, "H"));
-  EXPECT_FALSE(host.write_file(fd + 1, 0, "no such file"));
-  char buffer[16] = {};
-  ASSERT_TRUE(host.prep_read(fd, buffer, sizeof buffer, 1, bare.user_data(1),
-                             io::sqe::none)
-                  .ok());
-  ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 1; }, 100));
-  EXPECT_EQ(bare.handler.results[0], 12);
-  EXPECT_EQ(std::string(buffer, 12), std::string("ead-tail\0\0\0X", 12));
-  EXPECT_EQ(host.take_file(fd), std::string("Head-tail\0\0\0X", 13));
-  EXPECT_FALSE(host.write_file(fd, 0, "closed"));
-  EXPECT_TRUE(host.take_file(fd).empty());
-  EXPECT_FALSE(host.prep_read(fd, buffer, sizeof buffer, 0, bare.user_data(2),
-                              io::sqe::none)
-                   .ok());
-}
-
 // The loop turns as a shard does (issue 16): completions posted together are dispatched by
 // one action and followed by one turn, bytes reaching the peer turn nothing. The socket's byte
 // lanes: a receive takes from one segment of the peer's at most, the peer hears each send as
@@ -920,7 +895,10 @@ TEST(SimHost, DescriptorsClosedOutOfOrderLeaveTheOthersWorking) {
                   .ok());
   ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 2; }, 100));
   EXPECT_EQ(bare.handler.results, (std::vector<std::int32_t>{-ECANCELED, 0}));
-  EXPECT_EQ(host.take_file(file), "spool");
+  char byte = 0;  // the file is still open and readable, then closed like a socket
+  EXPECT_EQ(host.read_cached(file, &byte, 1, 0).value(), 1u);
+  host.close(file);
+  EXPECT_EQ(host.read_cached(file, &byte, 1, 0).error(), EBADF);
   host.close(fds[2]);
   host.close(fds[4]);
   host.close(next.value());
@@ -1039,7 +1017,7 @@ TEST(SimHost, WritesAndSyncsOfForeignDescriptorsGoToTheFileWriter) {
   host.complete_file_op(seen[1].user_data, -EIO);
   ASSERT_TRUE(host.run([&] { return bare.handler.results.size() == 2; }, 100));
   EXPECT_EQ(bare.handler.results, (std::vector<std::int32_t>{6, -EIO}));
-  host.take_file(own);
+  host.close(own);
 }
 
 }  // namespace
