@@ -181,14 +181,16 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
              "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}) | "
              "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
-             "reasons checked {} deleted {}\n", seed,
+             "reasons checked {} deleted {} | rate checks {} rules fired {} delay dsns {}\n",
+             seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
              r.disk.operations, r.disk.syncs, r.disk.faults, r.outbound_connections,
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
              r.operator_actions, r.tls_sessions, r.tls_broken, r.shards, r.parcels_crossed,
-             r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions);
+             r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions,
+             r.rate_checks, r.rules_fired, r.delay_dsns);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts
@@ -244,7 +246,7 @@ int main(int argc, char** argv) {
              *bug_name(args.base) != '\0' ? ", injected bug " : "", bug_name(args.base));
   std::uint64_t seeds = 0, events = 0, acknowledged = 0, crashes = 0, deliveries = 0;
   std::uint64_t multi_shard = 0, crossed = 0, suspended_arrivals = 0, reasons = 0;
-  std::uint64_t deletions = 0;
+  std::uint64_t deletions = 0, rate_checks = 0, rules_fired = 0, delay_dsns = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
   int status = 0;
@@ -263,6 +265,9 @@ int main(int argc, char** argv) {
     suspended_arrivals += result.suspended_arrivals;
     reasons += result.reasons_checked;
     deletions += result.deletions;
+    rate_checks += result.rate_checks;
+    rules_fired += result.rules_fired;
+    delay_dsns += result.delay_dsns;
     wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!result.ok) {
       report_failure(run, result);
@@ -275,10 +280,12 @@ int main(int argc, char** argv) {
              "deliveries, {} crashes, {} seeds of 2-3 shards ({} parcels crossed), {:.1f} "
              "simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} events/s); "
              "{} transactions at suspended destinations, {} bounce reasons checked, {} recipients "
-             "deleted\n",
+             "deleted; {} transactions checked against a rate, {} reply rules fired, {} delayed "
+             "DSN recipients checked\n",
              seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
              multi_shard, crossed, simulated, wall, simulated / wall,
-             static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions);
+             static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions, rate_checks,
+             rules_fired, delay_dsns);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;
 }

@@ -91,6 +91,9 @@ struct outcome {
   std::uint64_t dns_queries = 0;
   std::uint64_t operator_actions = 0;
   std::uint64_t suspended_arrivals = 0;  // transactions at a suspended destination (in flight)
+  std::uint64_t rate_checks = 0;         // transactions checked against a rate (sim_shaping.h)
+  std::uint64_t rules_fired = 0;         // reply rules that paused a destination
+  std::uint64_t delay_dsns = 0;          // "delayed" DSN recipients checked
   std::uint64_t deletions = 0;           // recipients the relay logged deleted (operator)
   std::uint64_t reasons_checked = 0;     // DSNs checked to name the operator's bounce reason
   std::uint32_t shards = 1;               // the process's shards (1-3 per seed with the relay)
