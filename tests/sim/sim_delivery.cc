@@ -152,7 +152,8 @@ struct delivery::state {
       reverse_path.assign(from.address);
       recipients.clear();
       body.clear();
-      s.check_rate(*this);
+      taken_after_ns = last_mail_ns;
+      rate_checked = false;
       last_mail_ns = s.w.clock().now_ns();
       return answer("MAIL");
     }
@@ -173,8 +174,10 @@ struct delivery::state {
     std::unique_ptr<smtp::server_session> server;
     std::unique_ptr<server_tls_pipe> pipe;  // plaintext until STARTTLS, then TLS (sim_tls.h)
     bool stalled = false;
-    // The relay took this connection's next job after this (its accept, its last MAIL).
-    std::int64_t last_mail_ns = 0;
+    // The relay took this transaction's job after taken_after_ns (the connection's accept, or
+    // its previous MAIL) and before last_mail_ns (this MAIL).
+    std::int64_t last_mail_ns = 0, taken_after_ns = 0;
+    bool rate_checked = false;  // at the transaction's first RCPT
     std::string reverse_path;
     std::vector<std::string> recipients;
     std::string body;
@@ -198,7 +201,7 @@ struct delivery::state {
   std::unique_ptr<stream_peer> connect_remote(const core::endpoint& address);
   void connection_gone(std::uint32_t domain, std::uint32_t limit);
   void delivered_remotely(remote_peer& h);
-  void check_rate(const remote_peer& h);
+  void check_rate(const remote_peer& h, std::string_view recipient);
   // operator
   void operator_tick();
   void operate(std::string_view destination, std::string_view action);
@@ -568,6 +571,8 @@ smtp::verdict delivery::state::remote_peer::on_rcpt_to(
     s.w.fail(fmt::format("REFUSED RECIPIENT: {} was refused 5xx at RCPT by our server but "
                          "reached {} (r{})", to.address, remote.name, number));
   }
+  if (!rate_checked) s.check_rate(*this, to.address);
+  rate_checked = true;
   smtp::verdict verdict = answer("RCPT");
   if (verdict.what() == smtp::verdict::kind::accept) recipients.emplace_back(to.address);
   return verdict;
@@ -700,14 +705,19 @@ void delivery::state::check_suspension(const remote_peer& h) {
   }
 }
 
-// A transaction starting at a remote MTA (its MAIL FROM) against its destination's rate.
-void delivery::state::check_rate(const remote_peer& h) {
-  const std::string why = shape.on_transaction(h.remote.domain, h.last_mail_ns,
-                                               w.clock().now_ns());
+// A transaction started at a remote MTA (its MAIL FROM) against its destination's rate: the
+// domain of its first recipient (another destination may share the MTA: a refused recipient's
+// domain mx1.rcptN.example under --inject-bug deliver-refused resolves to it).
+void delivery::state::check_rate(const remote_peer& h, std::string_view recipient) {
+  const auto domain = recipient.substr(recipient.find('@') + 1);
+  const auto* named = std::find(std::begin(domain_names), std::end(domain_names), domain);
+  if (named == std::end(domain_names)) return;
+  const auto d = static_cast<std::uint32_t>(named - std::begin(domain_names));
+  // Checked in arrival order: every transaction counted so far arrived by now.
+  const std::string why = shape.on_transaction(d, h.taken_after_ns, w.clock().now_ns());
   w.counters().rate_checks = shape.rate_checks();
   if (why.empty()) return;
-  w.fail(fmt::format("RATE LIMIT: {} (r{}) for {}: {}", h.remote.name, h.number,
-                     domain_names[h.remote.domain], why));
+  w.fail(fmt::format("RATE LIMIT: {} (r{}) for {}: {}", h.remote.name, h.number, domain, why));
 }
 
 // A transaction reaching an MTA of a destination a reply rule paused (at its end of data).
@@ -715,7 +725,8 @@ void delivery::state::check_pause(const remote_peer& h) {
   const std::string destination(domain_names[h.remote.domain]);
   const std::string why =
       shape.check_pause(destination, message_key(h.body), h.recipients, w.clock().now_ns());
-  if (!why.empty()) w.fail(fmt::format("PAUSE IGNORED: {} (r{}): {}", h.remote.name, h.number, why));
+  if (why.empty()) return;
+  w.fail(fmt::format("PAUSE IGNORED: {} (r{}): {}", h.remote.name, h.number, why));
 }
 
 // The relay's "reply_rule" record (relay.cc apply_rule_to): the destination takes nothing new
@@ -739,8 +750,9 @@ void delivery::state::on_reply_rule(std::string_view line) {
 // A "delayed" DSN made durable about (key, rcpt): the sender asked for it (RFC 3461 §4.1:
 // NOTIFY absent means FAILURE,DELAY here; NEVER, or a list without DELAY, means none; the
 // null reverse path never gets one: RFC 5321 §4.5.5), the relay had not logged the recipient
-// delivered (in this process) nor a recovery found it final, and this process sent no other (the scheduler's "warned" flag is per job in
-// memory: a restart may warn again; a DSN adopted by recovery is checked for NOTIFY only).
+// delivered (in this process) nor a recovery found it final, and this process sent no other
+// (the scheduler's "warned" flag is per job in memory: a restart may warn again; a DSN adopted
+// by recovery is checked for NOTIFY only).
 void delivery::state::check_delay_dsn(spool::message_id dsn, std::string_view key,
                                       std::string_view rcpt) {
   ++w.counters().delay_dsns;
@@ -941,7 +953,8 @@ void delivery::attach(server::relay* relay) {
   state& s = *_state;
   s.relay = relay;
   s.action_tickets.clear();  // a new relay knows none of them
-  s.shape.restart(s.w.clock().now_ns());  // the new scheduler's buckets start full; the pauses are forgotten
+  // The new scheduler's buckets start full; the pauses are forgotten.
+  s.shape.restart(s.w.clock().now_ns());
   if (relay == nullptr) s.forget_process();
   if (relay != nullptr && !s.operator_started) {
     s.operator_started = true;

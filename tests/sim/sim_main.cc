@@ -284,8 +284,8 @@ int main(int argc, char** argv) {
              "DSN recipients checked\n",
              seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
              multi_shard, crossed, simulated, wall, simulated / wall,
-             static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions, rate_checks,
-             rules_fired, delay_dsns);
+             static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions,
+             rate_checks, rules_fired, delay_dsns);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;
 }

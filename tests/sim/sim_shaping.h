@@ -2,8 +2,9 @@
 // checks of what the daemon promises about it, seen on the simulated network:
 // - RATE LIMIT: per destination, the transactions its remote MTAs see start (MAIL FROM) never
 //   outrun the token bucket the relay was configured with (queue::destination_limits: burst +
-//   rate × window), in any window. The scheduler charges a token when it hands a job to a
-//   connection (take_for_connection), seen from the remote between two bounds (rate_check).
+//   rate × window), in any window (counted at the first RCPT: the recipient names the
+//   destination). The scheduler charges a token when it hands a job to a connection
+//   (take_for_connection), seen from the remote between two bounds (rate_check).
 //   What the daemon promises across changes (docs/simulation.md, "Shaping"): a restart starts
 //   every bucket full (the scheduler lives in memory: a crash may give a fresh burst), and a
 //   reload that changes a destination's rate may too (the banked units are carried over and
@@ -47,8 +48,9 @@ inline constexpr std::int64_t rate_horizon_ns = 60'000'000'000;
 
 // One destination's check. The scheduler takes a token when it hands a job to a connection;
 // the remote cannot see that moment, only bounds of it: after the connection's previous MAIL
-// (or its accept: the job is taken once the last one is done) and before this MAIL arrives
-// (an envelope read may come between: up to 343 ms seen). Transactions whose bounds both lie
+// (or its accept: the job is taken once the last one is done) and before its first RCPT
+// arrives (an envelope read may come between: up to 343 ms seen); checked then, with the
+// recipient's domain (two destinations may share an MTA). Transactions whose bounds both lie
 // in a window [a, b] were taken in it, so there can be at most burst + rate × (b − a) of them
 // (+1 ms: the scheduler's clock is whole milliseconds). Only bounds after the last restart or
 // change of rate count (a fresh bucket).
@@ -56,8 +58,8 @@ class rate_check {
  public:
   void set(const sim_rate& rate, std::int64_t now_ns);  // the rate in force from now
   void restart(std::int64_t now_ns);  // a new process: its buckets start full
-  // A transaction starts at a remote MTA now (MAIL FROM), taken no earlier than `after_ns`:
-  // empty when within the rate, else why not.
+  // A transaction reaches a remote MTA now, taken no earlier than `after_ns` (every one
+  // counted before arrived by now): empty when within the rate, else why not.
   std::string on_transaction(std::int64_t after_ns, std::int64_t now_ns);
 
  private:
@@ -78,8 +80,8 @@ class shaping {
   // A reload: new rates (when the seed has rates); returns a note, or empty.
   std::string reload(std::int64_t now_ns);
   void restart(std::int64_t now_ns);
-  // A remote MTA of `domain` starts a transaction now (MAIL FROM), taken by the relay no
-  // earlier than `after_ns`: a violation or empty.
+  // A transaction for `domain` reaches a remote MTA now (its first RCPT), taken by the relay
+  // no earlier than `after_ns`: a violation or empty.
   std::string on_transaction(std::uint32_t domain, std::int64_t after_ns, std::int64_t now_ns);
   std::uint64_t rate_checks() const { return _rate_checks; }
 
