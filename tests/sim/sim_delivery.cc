@@ -491,6 +491,9 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
                        domain_names[d], limit));
   }
   open_limits[d].insert(limits.connections_max);
+  const std::string storm = shape.on_connect(std::string(domain_names[d]), limit,
+                                             w.clock().now_ns());
+  if (!storm.empty()) w.fail(fmt::format("PAUSE IGNORED: {}", storm));
   const bool tls_broken = !w.healed() && rng.chance(remote.tls_broken);
   return std::make_unique<remote_peer>(*this, remote, next_remote_connection++, tls_broken,
                                        limits.connections_max);

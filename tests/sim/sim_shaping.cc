@@ -188,4 +188,14 @@ std::string shaping::check_pause(const std::string& destination, std::string_vie
   return {};
 }
 
+std::string shaping::on_connect(const std::string& destination, std::uint32_t opening_max,
+                               std::int64_t now_ns) {
+  const auto found = _paused.find(destination);
+  if (found == _paused.end() || now_ns >= found->second.until_ns) return {};
+  if (++found->second.connects <= 2 * opening_max) return {};
+  return fmt::format("{} connections reached {}'s MTAs while a reply rule's pause held ({} ms "
+                     "left; at most {} were being opened when it began)", found->second.connects,
+                     destination, (found->second.until_ns - now_ns) / 1'000'000, opening_max);
+}
+
 }  // namespace ringmta::sim::internal

@@ -97,6 +97,11 @@ class shaping {
   std::string check_pause(const std::string& destination, std::string_view key,
                           const std::vector<std::string>& recipients, std::int64_t now_ns);
   void forget_pauses() { _paused.clear(); }
+  // A connection reaches an MTA of `destination` now, `opening_max` at most being opened when
+  // a pause began: a violation or empty (a pause opens none; those on their way may connect,
+  // twice with a TLS fallback).
+  std::string on_connect(const std::string& destination, std::uint32_t opening_max,
+                         std::int64_t now_ns);
 
  private:
   sim_rate draw_rate();
@@ -120,6 +125,7 @@ class shaping {
   struct pause {
     std::int64_t until_ns = 0;
     std::set<std::pair<std::string, std::string>> on_wire;
+    std::uint32_t connects = 0;
   };
   std::map<std::string, pause> _paused;
   std::int64_t _delay_warning_ms = 0;
