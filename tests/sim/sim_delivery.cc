@@ -303,7 +303,7 @@ struct delivery::state {
 delivery::state::state(world& owner, std::uint64_t seed)
     : w(owner),
       rng(seed * 0x9e3779b97f4a7c15ull + 0x0b0d),
-      shape(seed, owner.settings().faults,
+      shape(seed, owner.settings().shaping, owner.settings().faults,
             std::vector<std::string>(std::begin(domain_names), std::end(domain_names))) {
   const bool faults = w.settings().faults;
   for (std::uint32_t d = 0; d < domain_count; ++d) {

@@ -9,6 +9,8 @@
 //                                       the relay: recipients refused at RCPT are routed too
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
 //   --no-outbound                       no relay (recipients marked at random)
+//   --no-shaping                        no rates, reply rules or delay warnings (the runs of
+//                                       seeds before session 12: older regression seeds)
 //   --shards-max N                      1-3 shards per seed (default 1: the regression seeds'
 //                                       runs stay as they were; CI searches both)
 //   --strict                            accepted, the default now: a message answered 452
@@ -47,7 +49,8 @@ int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
              "[--first-seed S] [--inject-bug no-fsync|dir-fsync|deliver-refused] "
              "[--messages M] [--arrival-ms A] "
-             "[--no-crashes] [--no-faults] [--no-outbound] [--shards-max N] [--strict] "
+             "[--no-crashes] [--no-faults] [--no-outbound] [--no-shaping] [--shards-max N] "
+             "[--strict] "
              "[--no-ack-check] "
              "[--verbose]\n",
              problem);
@@ -101,6 +104,8 @@ int parse(int argc, char** argv, arguments& out) {
       out.base.crashes = false;
     } else if (flag == "--no-outbound") {
       out.base.outbound = false;
+    } else if (flag == "--no-shaping") {
+      out.base.shaping = false;
     } else if (flag == "--shards-max" && has_value && parse_number(argv[++i], number) &&
                number >= 1 && number <= 3) {
       out.base.shards_max = static_cast<std::uint32_t>(number);
@@ -165,11 +170,12 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
   fmt::print("seed {}: VIOLATION: {}\nlast {} events:\n", run.seed, result.violation,
              result.last_events.size());
   for (const auto& line : result.last_events) fmt::print("  {}\n", line);
-  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}{}{}\n", run.seed, run.messages,
+  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}{}{}{}\n", run.seed,
+             run.messages,
              run.arrival_ms > 0 ? fmt::format(" --arrival-ms {}", run.arrival_ms) : "",
              *bug_name(run) != '\0' ? " --inject-bug " : "", bug_name(run),
              run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults",
-             run.outbound ? "" : " --no-outbound",
+             run.outbound ? "" : " --no-outbound", run.shaping ? "" : " --no-shaping",
              run.shards_max > 1 ? fmt::format(" --shards-max {}", run.shards_max) : "");
   print_related(run, result.violation);
   if (!run.ack_check) fmt::print("  (with --no-ack-check)\n");

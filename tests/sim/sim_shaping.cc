@@ -44,11 +44,13 @@ std::string rate_check::on_transaction(std::int64_t after_ns, std::int64_t now_n
 
 // ---- the seed's shaping
 
-shaping::shaping(std::uint64_t seed, bool faults, std::vector<std::string> domains)
+shaping::shaping(std::uint64_t seed, bool enabled, bool faults,
+                 std::vector<std::string> domains)
     : _rng(seed * 0x9e3779b97f4a7c15ull + 0x5ca1e), _domains(std::move(domains)) {
   _per_second.resize(_domains.size());
   _checks.resize(_domains.size());
   _tss04.assign(_domains.size(), 0.0);
+  if (!enabled) return;
   _rates = _rng.chance(0.35);
   if (_rates) {
     if (_rng.chance(0.5)) _default_rate = draw_rate();

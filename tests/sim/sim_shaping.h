@@ -70,7 +70,8 @@ class rate_check {
 
 class shaping {
  public:
-  shaping(std::uint64_t seed, bool faults, std::vector<std::string> domains);
+  // `enabled` false: nothing is drawn (the run of a seed before shaping existed).
+  shaping(std::uint64_t seed, bool enabled, bool faults, std::vector<std::string> domains);
 
   // Sets the relay's shaping table, default rate and delay warning (when the seed drew them).
   void configure(server::relay_config& config) const;

@@ -56,6 +56,7 @@ struct options {
   std::uint32_t arrival_ms = 0;  // mean time between client arrivals; 0: drawn from the seed
   bool ack_check = true;         // false: only recovery after crashes can find lost mail
   bool outbound = true;          // false: no relay, recipients marked at random
+  bool shaping = true;           // false: no rates, reply rules or delay warnings drawn
   // The process's shards are drawn from 1..shards_max (1-3). Default 1, so that the regression
   // seeds replay the runs they were found in; CI's sim_search_shards searches 1-3.
   std::uint32_t shards_max = 1;
