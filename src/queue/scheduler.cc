@@ -454,7 +454,9 @@ bool scheduler::state::can_open(destination_record& d, std::int64_t now_ms) noex
   if (d.suspended || d.connections >= limit) return false;
   if (d.ready.count <= d.connections_starting) return false;  // the starting ones take them
   if (site_full(d)) return false;
-  if (d.backoff_until_ms > now_ms) return false;
+  // A reply rule's pause is not a backoff: flush() lifts the backoff, not the pause (else each
+  // poll opens a connection take_for_connection closes at once: ringmta-sim seed 7059).
+  if (std::max(d.backoff_until_ms, d.paused_until_ms) > now_ms) return false;
   return rate_time_for(d, d.connections_starting + 1, now_ms) <= now_ms;
 }
 
@@ -475,7 +477,7 @@ std::int64_t scheduler::state::compute_wake(destination_record& d, std::int64_t 
   if (d.probing && d.ready.count > 0) wake = no_wakeup_ms;  // due jobs wait for the probe
   std::uint32_t limit = d.probing ? 1 : d.limits.connections_max;
   if (d.ready.count > d.connections_starting && d.connections < limit) {
-    std::int64_t at = std::max({now_ms, d.backoff_until_ms,
+    std::int64_t at = std::max({now_ms, d.backoff_until_ms, d.paused_until_ms,
                                 rate_time_for(d, d.connections_starting + 1, now_ms)});
     if (d.site != nil_slot && (at == no_wakeup_ms || site_full(d))) {
       site_wait(d);  // woken when one of the site's connections ends or starts

@@ -21,6 +21,7 @@
 #include "ringmta/server/egress.h"
 #include <nlohmann/json.hpp>
 #include "sim_dns.h"
+#include "sim_shaping.h"
 #include "sim_tls.h"
 
 namespace ringmta::server {
@@ -59,6 +60,20 @@ std::vector<std::string> final_recipients(std::string_view body) {
     std::size_t from = at + field.size();
     while (from < body.size() && body[from] == ' ') ++from;
     out.emplace_back(body.substr(from, body.find('\r', from) - from));
+  }
+  return out;
+}
+
+// Each recipient of a DSN with its Action (RFC 3464 §2.3.2, §2.3.3): "failed", "delayed", ...
+std::vector<std::pair<std::string, std::string>> reported_actions(std::string_view body) {
+  constexpr std::string_view field = "\r\nAction: ";
+  std::vector<std::pair<std::string, std::string>> out;
+  std::size_t from = 0;
+  for (const auto& rcpt : final_recipients(body)) {
+    from = body.find(field, body.find(rcpt, from));
+    if (from == std::string_view::npos) break;
+    from += field.size();
+    out.emplace_back(rcpt, body.substr(from, body.find('\r', from) - from));
   }
   return out;
 }
@@ -140,6 +155,9 @@ struct delivery::state {
       reverse_path.assign(from.address);
       recipients.clear();
       body.clear();
+      taken_after_ns = last_mail_ns;
+      rate_checked = false;
+      last_mail_ns = s.w.clock().now_ns();
       return answer("MAIL");
     }
     smtp::verdict on_rcpt_to(const smtp::mailbox& to,
@@ -159,6 +177,10 @@ struct delivery::state {
     std::unique_ptr<smtp::server_session> server;
     std::unique_ptr<server_tls_pipe> pipe;  // plaintext until STARTTLS, then TLS (sim_tls.h)
     bool stalled = false;
+    // The relay took this transaction's job after taken_after_ns (the connection's accept, or
+    // its previous MAIL) and before last_mail_ns (this MAIL).
+    std::int64_t last_mail_ns = 0, taken_after_ns = 0;
+    bool rate_checked = false;  // at the transaction's first RCPT
     std::string reverse_path;
     std::vector<std::string> recipients;
     std::string body;
@@ -182,6 +204,7 @@ struct delivery::state {
   std::unique_ptr<stream_peer> connect_remote(const core::endpoint& address);
   void connection_gone(std::uint32_t domain, std::uint32_t limit);
   void delivered_remotely(remote_peer& h);
+  void check_rate(const remote_peer& h, std::string_view recipient);
   // operator
   void operator_tick();
   void operate(std::string_view destination, std::string_view action);
@@ -189,7 +212,11 @@ struct delivery::state {
   void bounce(spool::message_id id);
   void suspend(std::string_view destination);
   void note_in_flight(const std::string& destination);
+  std::set<std::pair<std::string, std::string>> on_wire(const std::string& destination);
   void check_suspension(const remote_peer& h);
+  void check_pause(const remote_peer& h);
+  void on_reply_rule(std::string_view line);
+  void check_delay_dsn(spool::message_id dsn, std::string_view key, std::string_view rcpt);
   void check_reason_logged(spool::message_id id, std::string_view to, std::string_view reply);
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
   void on_deleted(spool::message_id id, std::string_view to);
@@ -202,6 +229,7 @@ struct delivery::state {
 
   world& w;
   random rng;
+  shaping shape;  // rates, reply rules, delay warnings: a random stream of their own
   server::relay* relay = nullptr;
   bool operator_started = false;
   std::vector<server::relay*>* relays = nullptr;  // every shard's relay (relay_config.shards)
@@ -267,10 +295,19 @@ struct delivery::state {
   std::set<std::pair<std::string, std::string>> deleted_slots_now;  // key, rcpt (not DSNs)
   std::set<std::pair<std::string, std::string>> deleted_ever;
   std::set<spool::message_id> dsn_deleted;
+  // Delay warnings (RFC 3464 §2.3.3 "delayed", queue::scheduler: once per job): the messages
+  // by key; per (key, recipient) the relay's delivered record (no delay DSN after it) and the
+  // delayed DSNs made durable by this process.
+  std::map<std::string, spool::message_id> keys;
+  std::set<std::pair<std::string, std::string>> delivered_logged;
+  std::map<std::pair<std::string, std::string>, std::uint32_t> delays_now;
 };
 
 delivery::state::state(world& owner, std::uint64_t seed)
-    : w(owner), rng(seed * 0x9e3779b97f4a7c15ull + 0x0b0d) {
+    : w(owner),
+      rng(seed * 0x9e3779b97f4a7c15ull + 0x0b0d),
+      shape(seed, owner.settings().shaping, owner.settings().faults,
+            std::vector<std::string>(std::begin(domain_names), std::end(domain_names))) {
   const bool faults = w.settings().faults;
   for (std::uint32_t d = 0; d < domain_count; ++d) {
     const std::uint64_t draw = rng.below(100);
@@ -319,6 +356,7 @@ delivery::state::state(world& owner, std::uint64_t seed)
                    domain_mode[2], domain_mode[3], base / 1000, lifetime_ms / 1000,
                    limits.connections_max, limits.messages_per_connection_max,
                    limits.recipients_per_transaction_max));
+  if (const auto drawn = shape.describe(); !drawn.empty()) note(drawn);
 }
 
 // The daemon's relay settings where the simulation draws them; the rest are its defaults
@@ -354,6 +392,7 @@ server::relay_config delivery::state::make_config() const {
   config.dns.resolver.attempts = 2;
   config.dns.resolver.ipv6 = false;
   config.dns.random = dns::seeded_random(dns_seed);
+  shape.configure(config);
   return config;
 }
 
@@ -455,6 +494,9 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
                        domain_names[d], limit));
   }
   open_limits[d].insert(limits.connections_max);
+  const std::string storm = shape.on_connect(std::string(domain_names[d]), limit,
+                                             w.clock().now_ns());
+  if (!storm.empty()) w.fail(fmt::format("PAUSE IGNORED: {}", storm));
   const bool tls_broken = !w.healed() && rng.chance(remote.tls_broken);
   return std::make_unique<remote_peer>(*this, remote, next_remote_connection++, tls_broken,
                                        limits.connections_max);
@@ -467,6 +509,7 @@ void delivery::state::connection_gone(std::uint32_t domain, std::uint32_t limit)
 
 void delivery::state::remote_peer::on_connected(sim_host& host, int fd) {
   s.note(fmt::format("{} accepts connection (r{})", remote.name, number));
+  last_mail_ns = s.w.clock().now_ns();
   if (!s.w.healed() && s.rng.chance(remote.greet_reject)) {
     server->start_refusing("busy");
   } else {
@@ -513,6 +556,10 @@ void delivery::state::remote_peer::flush(sim_host& host, int fd) {
 
 smtp::verdict delivery::state::remote_peer::answer(const char* what) {
   if (s.w.healed()) return smtp::verdict::accept();
+  if (s.shape.says_tss04(remote.domain)) {  // Yahoo's volume deferral: a reply rule's cue
+    s.note(fmt::format("r{} {} answers {} with 421 TSS04", number, remote.name, what));
+    return smtp::verdict::respond(421, "4.7.0", shaping::tss04_text);
+  }
   if (s.rng.chance(remote.temporary)) {
     s.note(fmt::format("r{} {} answers {} with 451", number, remote.name, what));
     return smtp::verdict::respond(451, "4.3.0", "try again later");
@@ -530,6 +577,8 @@ smtp::verdict delivery::state::remote_peer::on_rcpt_to(
     s.w.fail(fmt::format("REFUSED RECIPIENT: {} was refused 5xx at RCPT by our server but "
                          "reached {} (r{})", to.address, remote.name, number));
   }
+  if (!rate_checked) s.check_rate(*this, to.address);
+  rate_checked = true;
   smtp::verdict verdict = answer("RCPT");
   if (verdict.what() == smtp::verdict::kind::accept) recipients.emplace_back(to.address);
   return verdict;
@@ -537,6 +586,7 @@ smtp::verdict delivery::state::remote_peer::on_rcpt_to(
 
 smtp::verdict delivery::state::remote_peer::on_data_end(const smtp::body_summary&) noexcept {
   s.check_suspension(*this);
+  s.check_pause(*this);
   smtp::verdict verdict = answer("end of data");
   if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
   recipients.clear();
@@ -619,6 +669,16 @@ void delivery::state::suspend(std::string_view destination) {
 // for it (the admin API's job listing, "active"), by the ledger's key and recipient.
 void delivery::state::note_in_flight(const std::string& destination) {
   auto& allowed = suspended[destination];
+  allowed.merge(on_wire(destination));
+  note(fmt::format("operator: {} suspended with {} recipient(s) on the wire", destination,
+                   allowed.size()));
+}
+
+// The (key, recipient) slots of the jobs the shards have on the wire for a destination (the
+// admin API's job listing, "active").
+std::set<std::pair<std::string, std::string>> delivery::state::on_wire(
+    const std::string& destination) {
+  std::set<std::pair<std::string, std::string>> allowed;
   for (auto* shard : *relays) {
     for (const auto& job : nlohmann::json::parse(shard->jobs_json(destination, 100'000))) {
       if (job.at("state") != "active") continue;
@@ -632,8 +692,7 @@ void delivery::state::note_in_flight(const std::string& destination) {
       }
     }
   }
-  note(fmt::format("operator: {} suspended with {} recipient(s) on the wire", destination,
-                   allowed.size()));
+  return allowed;
 }
 
 // A transaction reaching a suspended destination's MTA (at its end of data, where the body
@@ -649,6 +708,83 @@ void delivery::state::check_suspension(const remote_peer& h) {
                        "suspension of {} held, and was not on the wire when it began", key,
                        rcpt, h.remote.name, h.number, found->first));
     return;
+  }
+}
+
+// A transaction started at a remote MTA (its MAIL FROM) against its destination's rate: the
+// domain of its first recipient (another destination may share the MTA: a refused recipient's
+// domain mx1.rcptN.example under --inject-bug deliver-refused resolves to it).
+void delivery::state::check_rate(const remote_peer& h, std::string_view recipient) {
+  const auto domain = recipient.substr(recipient.find('@') + 1);
+  const auto* named = std::find(std::begin(domain_names), std::end(domain_names), domain);
+  if (named == std::end(domain_names)) return;
+  const auto d = static_cast<std::uint32_t>(named - std::begin(domain_names));
+  // Checked in arrival order: every transaction counted so far arrived by now.
+  const std::string why = shape.on_transaction(d, h.taken_after_ns, w.clock().now_ns());
+  w.counters().rate_checks = shape.rate_checks();
+  if (why.empty()) return;
+  w.fail(fmt::format("RATE LIMIT: {} (r{}) for {}: {}", h.remote.name, h.number, domain, why));
+}
+
+// A transaction reaching an MTA of a destination a reply rule paused (at its end of data).
+void delivery::state::check_pause(const remote_peer& h) {
+  const std::string destination(domain_names[h.remote.domain]);
+  const std::string why =
+      shape.check_pause(destination, message_key(h.body), h.recipients, w.clock().now_ns());
+  if (why.empty()) return;
+  w.fail(fmt::format("PAUSE IGNORED: {} (r{}): {}", h.remote.name, h.number, why));
+}
+
+// The relay's "reply_rule" record (relay.cc apply_rule_to): the destination takes nothing new
+// until until_ms (a suspend), but what was on the wire then.
+void delivery::state::on_reply_rule(std::string_view line) {
+  std::string destination(log_field(line, "destination"));
+  destination = destination.substr(0, destination.find('@'));  // without its egress source
+  constexpr std::string_view until_key = "\"until_ms\":";
+  const auto at = line.find(until_key);
+  if (log_field(line, "action") != "suspend" || at == std::string_view::npos) return;
+  const std::int64_t until_ms =
+      std::strtoll(std::string(line.substr(at + until_key.size(), 24)).c_str(), nullptr, 10);
+  const std::int64_t until_ns = (until_ms - epoch_seconds * 1000) * ms_ns;
+  auto allowed = on_wire(destination);
+  note(fmt::format("reply rule pauses {} for {} ms with {} recipient(s) on the wire",
+                   destination, (until_ns - w.clock().now_ns()) / ms_ns, allowed.size()));
+  ++w.counters().rules_fired;
+  shape.on_pause(destination, until_ns, std::move(allowed));
+}
+
+// A "delayed" DSN made durable about (key, rcpt): the sender asked for it (RFC 3461 §4.1:
+// NOTIFY absent means FAILURE,DELAY here; NEVER, or a list without DELAY, means none; the
+// null reverse path never gets one: RFC 5321 §4.5.5), the relay had not logged the recipient
+// delivered (in this process) nor a recovery found it final, and this process sent no other
+// (the scheduler's "warned" flag is per job in memory: a restart may warn again; a DSN adopted
+// by recovery is checked for NOTIFY only).
+void delivery::state::check_delay_dsn(spool::message_id dsn, std::string_view key,
+                                      std::string_view rcpt) {
+  ++w.counters().delay_dsns;
+  const auto slot = std::make_pair(std::string(key), std::string(rcpt));
+  const auto id = keys.find(slot.first);
+  if (id == keys.end()) return;  // the original is not the world's: nothing to compare
+  const ledger_entry& original = ledger.at(id->second);
+  const auto r = std::find(original.recipients.begin(), original.recipients.end(), rcpt);
+  if (r == original.recipients.end()) {
+    return w.fail(fmt::format("DELAY DSN: {:016x} reports {} for <{}>, not a recipient of it",
+                              dsn, key, rcpt));
+  }
+  const std::uint8_t notify = original.notify[r - original.recipients.begin()];
+  const bool wanted = !original.reverse_path.empty() && (notify & smtp::notify_never) == 0 &&
+                      (notify == 0 || (notify & smtp::notify_delay) != 0);
+  const bool adopted = relay == nullptr;  // recovery found it: the dead process's decision
+  const char* problem = !wanted   ? "whose sender did not ask for delay notices"
+                        : adopted ? nullptr
+                        : delivered_logged.count(slot) != 0 ? "after the relay logged it delivered"
+                        : final_durable.count(slot) != 0 ? "after a recovery found it final"
+                        : ++delays_now[slot] > 1
+                            ? "a second time in one process" : nullptr;
+  if (problem != nullptr) {
+    w.fail(fmt::format("DELAY DSN: {:016x} reports {} for <{}> delayed {} (NOTIFY bits {}, "
+                       "reverse path <{}>)", dsn, key, rcpt, problem, notify,
+                       original.reverse_path));
   }
 }
 
@@ -700,6 +836,9 @@ void delivery::state::forget_process() {
   domains_bounced.clear();
   deleted_now.clear();
   deleted_slots_now.clear();
+  delays_now.clear();
+  delivered_logged.clear();  // a delivery whose mark was lost is tried again: a new story
+  shape.forget_pauses();
 }
 
 void delivery::state::on_deleted(spool::message_id id, std::string_view to) {
@@ -732,6 +871,7 @@ void delivery::state::hold(spool::message_id id) {
 
 // A reload: a new retry schedule and connection limit (queued jobs keep their times).
 void delivery::state::reload() {
+  if (const auto rates = shape.reload(w.clock().now_ns()); !rates.empty()) note(rates);
   const std::int64_t base = static_cast<std::int64_t>(rng.between(1, 30)) * 1000;
   retry_delays_ms = {base, base * 3, base * 9};
   retired_limits.emplace_back(w.clock().now_ns(), limits.connections_max);
@@ -819,6 +959,8 @@ void delivery::attach(server::relay* relay) {
   state& s = *_state;
   s.relay = relay;
   s.action_tickets.clear();  // a new relay knows none of them
+  // The new scheduler's buckets start full; the pauses are forgotten.
+  s.shape.restart(s.w.clock().now_ns());
   if (relay == nullptr) s.forget_process();
   if (relay != nullptr && !s.operator_started) {
     s.operator_started = true;
@@ -834,9 +976,13 @@ void delivery::on_message(spool::message_id id, const expected_message& message)
                      message.recipients, message.notify, dsn};
   entry.notify.resize(entry.recipients.size(), 0);
   if (dsn) {
-    for (const auto& rcpt : final_recipients(message.body_wire))
-      s.dsn_reports[{entry.key, rcpt}].push_back(id);
+    for (const auto& [rcpt, action] : reported_actions(message.body_wire)) {
+      if (action == "delayed") s.check_delay_dsn(id, entry.key, rcpt);
+      else s.dsn_reports[{entry.key, rcpt}].push_back(id);  // a final report (failed)
+    }
     s.check_reason_in_dsn(id, message.body_wire);
+  } else {
+    s.keys.emplace(entry.key, id);
   }
   s.ledger.emplace(id, std::move(entry));
 }
@@ -873,6 +1019,7 @@ void delivery::on_recovered(const std::vector<const spool::store*>& stores) {
 void delivery::on_log_record(std::string_view line) {
   state& s = *_state;
   const std::string_view event = log_field(line, "event");
+  if (event == "reply_rule") return s.on_reply_rule(line);
   static constexpr std::string_view relay_events[] = {
       "delivered", "bounced", "deferred", "deleted", "dsn_queued", "dsn_failed",
       "spool_read_failed",
@@ -887,6 +1034,8 @@ void delivery::on_log_record(std::string_view line) {
                      log_field(line, "mx")));
   const std::string_view to = log_field(line, "to");
   if (event == "delivered" || event == "bounced") s.check_not_deleted(id, to, event);
+  if (const auto found = s.ledger.find(id); event == "delivered" && found != s.ledger.end())
+    s.delivered_logged.emplace(found->second.key, to);
   if (event == "deleted") {
     ++s.w.counters().deletions;
     s.on_deleted(id, to);

@@ -22,6 +22,10 @@
 // - REFUSED RECIPIENT: no remote MTA ever sees a recipient our server refused 5xx at RCPT;
 // - CONNECTION LIMIT: connections open to a destination's MTAs never exceed its
 //   connections_max (the limit in force, or the one a connection still open was opened under);
+// - RATE LIMIT, PAUSE IGNORED (sim_shaping.h): transactions within each destination's token
+//   bucket; none new while a reply rule's pause holds;
+// - DELAY DSN: a "delayed" DSN only for a recipient whose sender asked for it, not after the
+//   relay logged it delivered or a recovery found it final, once per process;
 // - LIVENESS (sim_world.cc): once faults are healed the queue drains within a bounded
 //   simulated time, and the last restart finds nothing queued.
 // Never: reads a clock or draws from the world's random stream (its own stream, one seed).

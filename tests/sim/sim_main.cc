@@ -9,6 +9,8 @@
 //                                       the relay: recipients refused at RCPT are routed too
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
 //   --no-outbound                       no relay (recipients marked at random)
+//   --no-shaping                        no rates, reply rules or delay warnings (the runs of
+//                                       seeds before session 12: older regression seeds)
 //   --shards-max N                      1-3 shards per seed (default 1: the regression seeds'
 //                                       runs stay as they were; CI searches both)
 //   --strict                            accepted, the default now: a message answered 452
@@ -47,7 +49,8 @@ int usage(const char* problem) {
   fmt::print(stderr, "tools/sim: {}\nusage: tools/sim [--seed S]... [--seconds N] "
              "[--first-seed S] [--inject-bug no-fsync|dir-fsync|deliver-refused] "
              "[--messages M] [--arrival-ms A] "
-             "[--no-crashes] [--no-faults] [--no-outbound] [--shards-max N] [--strict] "
+             "[--no-crashes] [--no-faults] [--no-outbound] [--no-shaping] [--shards-max N] "
+             "[--strict] "
              "[--no-ack-check] "
              "[--verbose]\n",
              problem);
@@ -101,6 +104,8 @@ int parse(int argc, char** argv, arguments& out) {
       out.base.crashes = false;
     } else if (flag == "--no-outbound") {
       out.base.outbound = false;
+    } else if (flag == "--no-shaping") {
+      out.base.shaping = false;
     } else if (flag == "--shards-max" && has_value && parse_number(argv[++i], number) &&
                number >= 1 && number <= 3) {
       out.base.shards_max = static_cast<std::uint32_t>(number);
@@ -165,11 +170,12 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
   fmt::print("seed {}: VIOLATION: {}\nlast {} events:\n", run.seed, result.violation,
              result.last_events.size());
   for (const auto& line : result.last_events) fmt::print("  {}\n", line);
-  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}{}{}\n", run.seed, run.messages,
+  fmt::print("replay: tools/sim --seed {} --messages {}{}{}{}{}{}{}{}{}\n", run.seed,
+             run.messages,
              run.arrival_ms > 0 ? fmt::format(" --arrival-ms {}", run.arrival_ms) : "",
              *bug_name(run) != '\0' ? " --inject-bug " : "", bug_name(run),
              run.crashes ? "" : " --no-crashes", run.faults ? "" : " --no-faults",
-             run.outbound ? "" : " --no-outbound",
+             run.outbound ? "" : " --no-outbound", run.shaping ? "" : " --no-shaping",
              run.shards_max > 1 ? fmt::format(" --shards-max {}", run.shards_max) : "");
   print_related(run, result.violation);
   if (!run.ack_check) fmt::print("  (with --no-ack-check)\n");
@@ -181,7 +187,9 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
              "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}) | "
              "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
-             "reasons checked {} deleted {} | accepts {} (failed {})\n", seed,
+             "reasons checked {} deleted {} | accepts {} (failed {}) | rate checks {} rules fired {} "
+             "delay dsns {}\n",
+             seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
@@ -189,7 +197,7 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
              r.operator_actions, r.tls_sessions, r.tls_broken, r.shards, r.parcels_crossed,
              r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions,
-             r.accepts, r.accepts_failed);
+             r.accepts, r.accepts_failed, r.rate_checks, r.rules_fired, r.delay_dsns);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts
@@ -245,7 +253,7 @@ int main(int argc, char** argv) {
              *bug_name(args.base) != '\0' ? ", injected bug " : "", bug_name(args.base));
   std::uint64_t seeds = 0, events = 0, acknowledged = 0, crashes = 0, deliveries = 0;
   std::uint64_t multi_shard = 0, crossed = 0, suspended_arrivals = 0, reasons = 0;
-  std::uint64_t deletions = 0;
+  std::uint64_t deletions = 0, rate_checks = 0, rules_fired = 0, delay_dsns = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
   int status = 0;
@@ -264,6 +272,9 @@ int main(int argc, char** argv) {
     suspended_arrivals += result.suspended_arrivals;
     reasons += result.reasons_checked;
     deletions += result.deletions;
+    rate_checks += result.rate_checks;
+    rules_fired += result.rules_fired;
+    delay_dsns += result.delay_dsns;
     wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!result.ok) {
       report_failure(run, result);
@@ -276,10 +287,12 @@ int main(int argc, char** argv) {
              "deliveries, {} crashes, {} seeds of 2-3 shards ({} parcels crossed), {:.1f} "
              "simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} events/s); "
              "{} transactions at suspended destinations, {} bounce reasons checked, {} recipients "
-             "deleted\n",
+             "deleted; {} transactions checked against a rate, {} reply rules fired, {} delayed "
+             "DSN recipients checked\n",
              seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
              multi_shard, crossed, simulated, wall, simulated / wall,
-             static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions);
+             static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions,
+             rate_checks, rules_fired, delay_dsns);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;
 }

@@ -56,6 +56,7 @@ struct options {
   std::uint32_t arrival_ms = 0;  // mean time between client arrivals; 0: drawn from the seed
   bool ack_check = true;         // false: only recovery after crashes can find lost mail
   bool outbound = true;          // false: no relay, recipients marked at random
+  bool shaping = true;           // false: no rates, reply rules or delay warnings drawn
   // The process's shards are drawn from 1..shards_max (1-3). Default 1, so that the regression
   // seeds replay the runs they were found in; CI's sim_search_shards searches 1-3.
   std::uint32_t shards_max = 1;
@@ -91,6 +92,9 @@ struct outcome {
   std::uint64_t dns_queries = 0;
   std::uint64_t operator_actions = 0;
   std::uint64_t suspended_arrivals = 0;  // transactions at a suspended destination (in flight)
+  std::uint64_t rate_checks = 0;         // transactions checked against a rate (sim_shaping.h)
+  std::uint64_t rules_fired = 0;         // reply rules that paused a destination
+  std::uint64_t delay_dsns = 0;          // "delayed" DSN recipients checked
   std::uint64_t deletions = 0;           // recipients the relay logged deleted (operator)
   std::uint64_t reasons_checked = 0;     // DSNs checked to name the operator's bounce reason
   std::uint32_t shards = 1;               // the process's shards (1-3 per seed with the relay)

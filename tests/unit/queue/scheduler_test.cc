@@ -514,6 +514,27 @@ TEST(scheduler, flush_all_lifts_backoff) {
   EXPECT_EQ(h.poll(t0 + 1).size(), 2u);
 }
 
+// A reply rule's pause is not a backoff: a flush (or a message's retry) lifts the backoff but
+// the pause holds, else every poll opens a connection that take_for_connection closes at once
+// (ringmta-sim seed 7059: 19,976 connections to a paused MTA after the operator's flush).
+TEST(scheduler, flush_keeps_a_reply_rule_pause) {
+  harness h(plain_config());
+  h.add("a.example", 1, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 1u);
+  const auto taken = h.queue.take_for_connection(requests[0].connection, t0);
+  ASSERT_EQ(taken.status, take_status::job);
+  h.queue.pause(requests[0].destination, t0 + 1, t0 + 60'000, temporary);
+  h.queue.deferred(taken.job.id, t0 + 1, temporary);
+  h.queue.connection_closed(requests[0].connection, t0 + 1);
+  h.add("a.example", 2, {0}, t0 + 2);
+  EXPECT_EQ(h.queue.flush("a.example", t0 + 2), 1u);
+  EXPECT_TRUE(h.poll(t0 + 2).empty());
+  EXPECT_GE(h.queue.next_wakeup_ms(), t0 + 60'000);
+  EXPECT_TRUE(h.poll(t0 + 59'999).empty());
+  EXPECT_EQ(h.poll(t0 + 60'000).size(), 1u);
+}
+
 TEST(scheduler, bounce_all_hands_back_every_job) {
   scheduler_config config = plain_config();
   config.limits.connections_max = 1;

@@ -1,0 +1,203 @@
+#include "sim_shaping.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "ringmta/config/settings.h"
+#include "ringmta/server/shaping.h"
+
+namespace ringmta::sim::internal {
+
+// ---- one destination's bounds
+
+void rate_check::set(const sim_rate& rate, std::int64_t now_ns) {
+  if (rate == _rate) return;
+  _rate = rate;
+  restart(now_ns);
+}
+
+void rate_check::restart(std::int64_t now_ns) {
+  _epoch_ns = now_ns;
+  _taken_after.clear();
+}
+
+std::string rate_check::on_transaction(std::int64_t after_ns, std::int64_t now_ns) {
+  if (_rate.messages == 0 || after_ns < _epoch_ns) return {};
+  while (!_taken_after.empty() && _taken_after.front() < now_ns - rate_horizon_ns)
+    _taken_after.pop_front();
+  _taken_after.insert(std::upper_bound(_taken_after.begin(), _taken_after.end(), after_ns),
+                      after_ns);
+  // The k latest lower bounds: k transactions taken within [that bound, now].
+  std::size_t k = 0;
+  for (auto at = _taken_after.rbegin(); at != _taken_after.rend(); ++at) {
+    ++k;
+    const double window_ms = static_cast<double>(now_ns - *at) / 1e6 + 1;
+    const double allowed = _rate.burst + window_ms * _rate.messages / _rate.period_ms;
+    if (static_cast<double>(k) <= allowed + 1e-9) continue;
+    return fmt::format("{} transactions taken within {:.3f} s, beyond {} per {} ms with a burst "
+                       "of {} ({:.2f} allowed)", k, window_ms / 1000, _rate.messages,
+                       _rate.period_ms, _rate.burst, allowed);
+  }
+  return {};
+}
+
+// ---- the seed's shaping
+
+shaping::shaping(std::uint64_t seed, bool enabled, bool faults,
+                 std::vector<std::string> domains)
+    : _rng(seed * 0x9e3779b97f4a7c15ull + 0x5ca1e), _domains(std::move(domains)) {
+  _per_second.resize(_domains.size());
+  _checks.resize(_domains.size());
+  _tss04.assign(_domains.size(), 0.0);
+  if (!enabled) return;
+  _rates = _rng.chance(0.35);
+  if (_rates) {
+    if (_rng.chance(0.5)) _default_rate = draw_rate();
+    for (auto& own : _per_second) {
+      if (!_rng.chance(0.4)) continue;
+      // "n per second" (burst n) or "one per k seconds" (burst 1): what a config can say.
+      own = _rng.chance(0.5) ? static_cast<double>(_rng.between(1, 20))
+                             : 1.0 / static_cast<double>(_rng.between(1, 10));
+    }
+    apply_rates(0);
+  }
+  _rule = faults && _rng.chance(0.25);
+  if (_rule) {
+    const std::uint64_t which = _rng.below(_domains.size() + 1);
+    _rule_domain = which < _domains.size() ? _domains[which] : std::string();
+    _rule_duration_s = static_cast<std::uint32_t>(_rng.between(1, 60));
+    for (auto& chance : _tss04) chance = static_cast<double>(_rng.below(8)) / 100;
+  }
+  if (_rng.chance(0.3)) _delay_warning_ms = static_cast<std::int64_t>(_rng.between(2, 120)) * 1000;
+}
+
+// The scheduler's own bucket (queue::destination_limits) takes any triple; the global
+// default is drawn that way: 1-20 messages per 1-10 s, 1-5 banked.
+sim_rate shaping::draw_rate() {
+  sim_rate rate;
+  rate.messages = static_cast<std::uint32_t>(_rng.between(1, 20));
+  rate.period_ms = static_cast<std::uint32_t>(_rng.between(1, 10)) * 1000;
+  rate.burst = static_cast<std::uint32_t>(_rng.between(1, 5));
+  return rate;
+}
+
+// shaping.h: "a rate below 1/s becomes one message per 1000/rate ms", a burst of the rate.
+sim_rate shaping::expected(std::uint32_t domain) const {
+  const auto& own = _per_second[domain];
+  if (!own) return _default_rate.value_or(sim_rate{});
+  if (*own >= 1) {
+    const auto n = static_cast<std::uint32_t>(*own);
+    return {n, 1000, n};
+  }
+  return {1, static_cast<std::uint32_t>(1000 / *own), 1};
+}
+
+void shaping::apply_rates(std::int64_t now_ns) {
+  for (std::uint32_t d = 0; d < _domains.size(); ++d) _checks[d].set(expected(d), now_ns);
+}
+
+void shaping::configure(server::relay_config& config) const {
+  if (_delay_warning_ms > 0) config.scheduler.delay_warning_ms = _delay_warning_ms;
+  if (!_rates && !_rule) return;
+  auto& limits = config.scheduler.limits;
+  if (_default_rate) {
+    limits.rate_messages = _default_rate->messages;
+    limits.rate_period_ms = _default_rate->period_ms;
+    limits.rate_burst = _default_rate->burst;
+  }
+  config::settings settings;
+  for (std::uint32_t d = 0; d < _domains.size(); ++d) {
+    if (!_per_second[d]) continue;
+    config::shaping_entry entry;
+    entry.domain = _domains[d];
+    entry.messages_per_second_max = *_per_second[d];
+    entry.origin = fmt::format("sim:{}", d);
+    settings.shaping.push_back(std::move(entry));
+  }
+  if (_rule) {
+    config::reply_rule_entry rule;
+    rule.domain = _rule_domain;
+    rule.pattern = R"(^421 4\.7\.0 \[TSS04\])";
+    rule.action = config::reply_action::suspend;
+    rule.duration_s = _rule_duration_s;
+    rule.origin = "sim:rule";
+    settings.reply_rules.push_back(std::move(rule));
+  }
+  config.shaping = std::make_shared<const server::shaping_table>(settings, limits);
+}
+
+std::string shaping::describe() const {
+  if (!_rates && !_rule && _delay_warning_ms == 0) return {};
+  std::string out = "shaping:";
+  for (std::uint32_t d = 0; d < _domains.size() && _rates; ++d) {
+    const sim_rate r = expected(d);
+    out += fmt::format(" {} {}/{}ms burst {}", _domains[d], r.messages, r.period_ms, r.burst);
+  }
+  if (_rule) out += fmt::format(" | rule TSS04 on '{}' {}s", _rule_domain, _rule_duration_s);
+  if (_delay_warning_ms > 0) out += fmt::format(" | delay warning {}s", _delay_warning_ms / 1000);
+  return out;
+}
+
+std::string shaping::reload(std::int64_t now_ns) {
+  if (!_rates) return {};
+  if (_rng.chance(0.5)) {
+    _default_rate = _rng.chance(0.8) ? std::optional<sim_rate>(draw_rate()) : std::nullopt;
+  }
+  for (auto& own : _per_second) {
+    if (_rng.chance(0.3)) own = static_cast<double>(_rng.between(1, 20));
+  }
+  apply_rates(now_ns);
+  return describe();
+}
+
+void shaping::restart(std::int64_t now_ns) {
+  for (auto& check : _checks) check.restart(now_ns);
+  _paused.clear();
+}
+
+std::string shaping::on_transaction(std::uint32_t domain, std::int64_t after_ns,
+                                    std::int64_t now_ns) {
+  if (!_rates) return {};
+  ++_rate_checks;
+  return _checks.at(domain).on_transaction(after_ns, now_ns);
+}
+
+bool shaping::says_tss04(std::uint32_t domain) {
+  return _tss04.at(domain) > 0 && _rng.chance(_tss04[domain]);
+}
+
+void shaping::on_pause(const std::string& destination, std::int64_t until_ns,
+                       std::set<std::pair<std::string, std::string>> on_wire) {
+  _paused[destination] = pause{until_ns, std::move(on_wire)};
+}
+
+std::string shaping::check_pause(const std::string& destination, std::string_view key,
+                                 const std::vector<std::string>& recipients,
+                                 std::int64_t now_ns) {
+  const auto found = _paused.find(destination);
+  if (found == _paused.end()) return {};
+  if (now_ns >= found->second.until_ns) {
+    _paused.erase(found);
+    return {};
+  }
+  for (const auto& rcpt : recipients) {
+    if (found->second.on_wire.count({std::string(key), rcpt}) != 0) continue;
+    return fmt::format("{} for {} arrived {} ms before the reply rule's pause of {} ended, "
+                       "and was not on the wire when it began", key, rcpt,
+                       (found->second.until_ns - now_ns) / 1'000'000, destination);
+  }
+  return {};
+}
+
+std::string shaping::on_connect(const std::string& destination, std::uint32_t opening_max,
+                               std::int64_t now_ns) {
+  const auto found = _paused.find(destination);
+  if (found == _paused.end() || now_ns >= found->second.until_ns) return {};
+  if (++found->second.connects <= 2 * opening_max) return {};
+  return fmt::format("{} connections reached {}'s MTAs while a reply rule's pause held ({} ms "
+                     "left; at most {} were being opened when it began)", found->second.connects,
+                     destination, (found->second.until_ns - now_ns) / 1'000'000, opening_max);
+}
+
+}  // namespace ringmta::sim::internal
