@@ -536,6 +536,7 @@ void delivery::state::remote_peer::on_bytes(sim_host& host, int fd, std::string_
   if (!out.empty()) host.peer_send(fd, out);
   if (server->tls_active() && !was_encrypted) {
     ++s.w.counters().tls_sessions;
+    if (pipe->resumed()) ++s.w.counters().tls_resumed;  // counted, not noted: digests stay
     s.note(fmt::format("r{} TLS established", number));
   }
   if (!open) {

@@ -46,6 +46,7 @@ class server_tls_pipe {
   // The engine's pending output (the greeting, a reply), encrypted once TLS is up.
   void flush(std::string& out);
   bool encrypted() const noexcept { return _tls != nullptr; }
+  bool resumed() const noexcept { return _tls != nullptr && _tls->resumed(); }
 
  private:
   bool feed_ciphertext(std::string_view bytes, std::string& out);

@@ -89,6 +89,7 @@ struct outcome {
   std::uint64_t outbound_connections = 0;
   std::uint64_t tls_sessions = 0;  // remote connections that completed a TLS handshake
   std::uint64_t tls_broken = 0;    // STARTTLS handshakes a remote MTA broke (sim_tls.h)
+  std::uint64_t tls_resumed = 0;   // of tls_sessions, abbreviated (the outbound's cache)
   std::uint64_t dns_queries = 0;
   std::uint64_t operator_actions = 0;
   std::uint64_t suspended_arrivals = 0;  // transactions at a suspended destination (in flight)
