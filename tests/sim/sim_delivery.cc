@@ -300,6 +300,9 @@ struct delivery::state {
   // delayed DSNs made durable by this process.
   std::map<std::string, spool::message_id> keys;
   std::set<std::pair<std::string, std::string>> delivered_logged;
+  // (key, rcpt) whose delay notice the relay logged before any delivery of it (this process).
+  std::set<std::pair<std::string, std::string>> noticed_undelivered;
+  void on_delay_notice(spool::message_id id, std::string_view to);
   std::map<std::pair<std::string, std::string>, std::uint32_t> delays_now;
 };
 
@@ -776,9 +779,14 @@ void delivery::state::check_delay_dsn(spool::message_id dsn, std::string_view ke
   const bool wanted = !original.reverse_path.empty() && (notify & smtp::notify_never) == 0 &&
                       (notify == 0 || (notify & smtp::notify_delay) != 0);
   const bool adopted = relay == nullptr;  // recovery found it: the dead process's decision
+  // The notice is decided when the relay logs it (`delayed`); its DSN is built and spooled
+  // after the original is read, so a delivery may be logged meanwhile (seed 97000152
+  // --shards-max 3: 640 ms between): only a notice decided after the delivery is wrong.
+  const bool decided_before_delivery = noticed_undelivered.count(slot) != 0;
   const char* problem = !wanted   ? "whose sender did not ask for delay notices"
                         : adopted ? nullptr
-                        : delivered_logged.count(slot) != 0 ? "after the relay logged it delivered"
+                        : delivered_logged.count(slot) != 0 && !decided_before_delivery
+                            ? "after the relay logged it delivered"
                         : final_durable.count(slot) != 0 ? "after a recovery found it final"
                         : ++delays_now[slot] > 1
                             ? "a second time in one process" : nullptr;
@@ -787,6 +795,15 @@ void delivery::state::check_delay_dsn(spool::message_id dsn, std::string_view ke
                        "reverse path <{}>)", dsn, key, rcpt, problem, notify,
                        original.reverse_path));
   }
+}
+
+// The relay's `delayed` record: a delay notice decided for (message, recipient); whether the
+// relay had logged the recipient delivered before deciding it is what check_delay_dsn needs.
+void delivery::state::on_delay_notice(spool::message_id id, std::string_view to) {
+  const auto found = ledger.find(id);
+  if (found == ledger.end()) return;
+  const auto slot = std::make_pair(found->second.key, std::string(to));
+  if (delivered_logged.count(slot) == 0) noticed_undelivered.insert(slot);
 }
 
 // A `bounced` record of a message the operator bounced with a reason: unless its destination
@@ -839,6 +856,7 @@ void delivery::state::forget_process() {
   deleted_slots_now.clear();
   delays_now.clear();
   delivered_logged.clear();  // a delivery whose mark was lost is tried again: a new story
+  noticed_undelivered.clear();
   shape.forget_pauses();
 }
 
@@ -1022,7 +1040,7 @@ void delivery::on_log_record(std::string_view line) {
   const std::string_view event = log_field(line, "event");
   if (event == "reply_rule") return s.on_reply_rule(line);
   static constexpr std::string_view relay_events[] = {
-      "delivered", "bounced", "deferred", "deleted", "dsn_queued", "dsn_failed",
+      "delivered", "bounced", "deferred", "delayed", "deleted", "dsn_queued", "dsn_failed",
       "spool_read_failed",
       "envelope_read_failed", "queue_recovered"};
   if (std::find(std::begin(relay_events), std::end(relay_events), event) ==
@@ -1031,9 +1049,10 @@ void delivery::on_log_record(std::string_view line) {
   }
   const std::string_view id_text = log_field(line, "id");
   const spool::message_id id = std::strtoull(std::string(id_text).c_str(), nullptr, 16);
+  const std::string_view to = log_field(line, "to");
+  if (event == "delayed") return s.on_delay_notice(id, to);  // not noted: digests stay
   s.note(fmt::format("relay {} {} {} {}", event, id_text, log_field(line, "to"),
                      log_field(line, "mx")));
-  const std::string_view to = log_field(line, "to");
   if (event == "delivered" || event == "bounced") s.check_not_deleted(id, to, event);
   if (const auto found = s.ledger.find(id); event == "delivered" && found != s.ledger.end())
     s.delivered_logged.emplace(found->second.key, to);
