@@ -28,6 +28,7 @@ class sim_host::byte_lane {
   // The oldest `length` bytes in flight never arrive (sent after the end of stream).
   void lose(std::size_t length) { _bytes.erase(_arrived_end, length); }
   bool has_segment() const noexcept { return _segment_head < _segments.size(); }
+  bool in_flight() const noexcept { return _arrived_end < _bytes.size(); }
   std::string_view segment() const noexcept {
     return {_bytes.data() + _head, _segments[_segment_head]};
   }
@@ -63,6 +64,9 @@ struct sim_host::socket {
   byte_lane outbound;          // to the peer (streams)
   bool end_of_stream = false;  // the peer closed: receives return 0 once inbound is empty
   bool shut = false;           // shutdown(2) by us
+  // A close lets the bytes in flight arrive first (set by send_now: the acceptor's 421, sent
+  // and closed at once). Other closes drop them (see sim_host.h).
+  bool linger = false;
   std::vector<waiting_receive> receives;  // in submission order
   std::int64_t to_peer_ns = 0;  // the last byte sent arrives then: later sends arrive after
   std::int64_t to_us_ns = 0;
@@ -71,6 +75,11 @@ struct sim_host::socket {
   std::deque<int> backlog;
   std::uint64_t accept_user_data = 0;
   bool accept_multishot = false;
+};
+
+struct sim_host::lingering {
+  std::unique_ptr<stream_peer> peer;
+  byte_lane outbound;  // its bytes in flight arrive; nothing comes back
 };
 
 sim_host::sim_host(scheduler& clock, std::uint64_t seed, sim_network network,
@@ -403,7 +412,7 @@ void sim_host::send_stream(int fd, socket& s, std::string_view bytes) {
   s.outbound.send(bytes);
   at(when, [this, fd, length = bytes.size()] {
     socket* s = find(fd);
-    if (s == nullptr) return;
+    if (s == nullptr) return linger_arrive(fd, length);
     s->outbound.arrive(length);
     // The view lives in the lane until consumed: the peer only queues its answers.
     if (s->peer) s->peer->on_bytes(*this, fd, s->outbound.segment());
@@ -538,6 +547,7 @@ core::result<void> sim_host::peer_name(int fd, sockaddr_storage& address,
 void sim_host::send_now(int fd, const void* data, std::size_t length) noexcept {
   socket* s = find(fd);
   if (s == nullptr || s->what != socket::kind::stream || !s->connected || s->shut) return;
+  s->linger = true;
   send_stream(fd, *s, {static_cast<const char*>(data), length});
 }
 
@@ -750,10 +760,31 @@ void sim_host::close(int fd) noexcept {
   for (const waiting_receive& wanted : s.receives) complete(wanted.user_data, -ECANCELED);
   if (s.connect_user_data != 0) complete(s.connect_user_data, -ECANCELED);
   if (s.what == socket::kind::listener) end_listener(s);
-  if (s.peer) s.peer->on_client_gone(*this, fd);
+  if (s.peer && s.linger && s.outbound.in_flight()) {
+    // close(2) after send(2): the kernel still delivers what was sent, then the FIN.
+    _lingering.emplace(fd, std::make_unique<lingering>(
+                               lingering{std::move(s.peer), std::move(s.outbound)}));
+  } else if (s.peer) {
+    s.peer->on_client_gone(*this, fd);
+  }
   const bool stream = s.what == socket::kind::stream;
   erase_socket(fd);
   if (stream && _close_listener) _close_listener(fd);
+}
+
+// Bytes sent before a close reach the peer (its answers go nowhere: the descriptor is gone);
+// after the last of them, the peer hears the client gone.
+void sim_host::linger_arrive(int fd, std::size_t length) {
+  const auto found = _lingering.find(fd);
+  if (found == _lingering.end()) return;
+  lingering& l = *found->second;
+  l.outbound.arrive(length);
+  l.peer->on_bytes(*this, fd, l.outbound.segment());
+  l.outbound.consume(length);
+  if (l.outbound.in_flight()) return;
+  std::unique_ptr<stream_peer> peer = std::move(l.peer);
+  _lingering.erase(found);
+  peer->on_client_gone(*this, fd);
 }
 
 // A listener shut down or closed: its accept ends (EINVAL, no F_MORE), and the connections

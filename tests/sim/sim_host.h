@@ -28,9 +28,10 @@
 //   - writev and fdatasync of a file writer's descriptors (a simulated disk: the spool's ring
 //     driver), linked into chains as the driver submits them;
 //   - cancel (by user_data, or every op of a descriptor), close, nop.
-// A close drops the bytes still on their way to the peer (no lingering until they arrive): the
-// acceptor's 421 at the session limit, sent and closed at once, never reaches a simulated
-// client (the simulation's session limit is never reached).
+// A close drops the bytes still on their way to the peer (the peer hears the client gone at
+// once: the remote MTAs count connections to the close, which the relay's limit is about),
+// except after send_now, whose bytes arrive first, then the close (the kernel's behaviour
+// for the acceptor's 421 at the session limit, sent and closed at once).
 // Not simulated: the other ops (prep fails with EOPNOTSUPP, so glue that needs them sees a
 // kernel without them), linked SQEs but the file writer's (EOPNOTSUPP: dns_client's TCP
 // fallback is refused),
@@ -309,6 +310,7 @@ class sim_host final : public shard::host, public io::operations, public io::des
   core::result<void> forward_file_op(const file_op& op, io::sqe_flags flags) noexcept;
   void queue_accepts(int listen_fd);
   void end_listener(socket& listener);
+  void linger_arrive(int fd, std::size_t length);
 
   // Shared by the host and its queued actions (one thread: a plain count); the last of them
   // frees it.
@@ -360,6 +362,9 @@ class sim_host final : public shard::host, public io::operations, public io::des
   std::function<void(int fd)> _close_listener;
   file_reader _file_reader;
   file_writer _file_writer;
+  // Closed stream descriptors whose sent bytes are still on their way to the peer.
+  struct lingering;
+  std::map<int, std::unique_ptr<lingering>> _lingering;
   double _cache_miss = 0;
   random _cache_random{1};  // its own stream: misses change no other draw
   double _accept_failure = 0;

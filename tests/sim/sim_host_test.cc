@@ -910,14 +910,13 @@ TEST(SimHost, DescriptorsClosedOutOfOrderLeaveTheOthersWorking) {
 // A listener (the daemon's acceptor's side): connections queued before the accept is armed
 // are taken by one multishot accept in order, with F_MORE; getpeername names each client; a
 // send that never waits reaches the peer; shutting the listener down ends the accept (EINVAL,
-// no F_MORE) and refuses later clients. (A close right after the send would drop the bytes
-// still on their way: sim_host.h.)
+// no F_MORE) and refuses later clients.
 TEST(SimHost, AListenersMultishotAcceptTakesQueuedClientsUntilShutDown) {
   struct heard_peer final : stream_peer {
     explicit heard_peer(std::string& heard) : heard(heard) {}
     void on_connected(sim_host&, int) override {}
     void on_bytes(sim_host&, int, std::string_view bytes) override { heard.append(bytes); }
-    void on_client_gone(sim_host&, int) override {}
+    void on_client_gone(sim_host&, int) override { heard.append("|gone"); }
     std::string& heard;
   };
   struct accepts final : shard::host_handler {
@@ -951,8 +950,8 @@ TEST(SimHost, AListenersMultishotAcceptTakesQueuedClientsUntilShutDown) {
   ASSERT_TRUE(host.peer_name(b, address, length).ok());
   EXPECT_EQ(core::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&address), length), second);
   host.send_now(a, "421 busy\r\n", 10);
-  ASSERT_TRUE(host.run([&] { return heard == "421 busy\r\n"; }, 100));
-  host.close(a);
+  host.close(a);  // the bytes sent still arrive, then the peer hears the client gone
+  ASSERT_TRUE(host.run([&] { return heard == "421 busy\r\n|gone"; }, 100));
   host.shutdown(listener, SHUT_RDWR);
   ASSERT_TRUE(host.run([&] { return handler.results.size() == 3; }, 100));
   EXPECT_EQ(handler.results.back(), -EINVAL);

@@ -187,7 +187,7 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
              "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}, resumed {}) | "
              "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
-             "reasons checked {} deleted {} | accepts {} (failed {}) | rate checks {} rules fired {} "
+             "reasons checked {} deleted {} | accepts {} (failed {}, refused {}) | rate checks {} rules fired {} "
              "delay dsns {}\n",
              seed,
              r.ok ? "ok" : "FAILED", r.digest,
@@ -197,7 +197,7 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
              r.operator_actions, r.tls_sessions, r.tls_broken, r.tls_resumed, r.shards, r.parcels_crossed,
              r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions,
-             r.accepts, r.accepts_failed, r.rate_checks, r.rules_fired, r.delay_dsns);
+             r.accepts, r.accepts_failed, r.refused_at_limit, r.rate_checks, r.rules_fired, r.delay_dsns);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts

@@ -114,7 +114,8 @@ constexpr std::string_view balancer_address = "192.0.2.254";
 // from a trusted balancer, else XCLIENT (Postfix's) for every client; no AUTH or DKIM.
 std::shared_ptr<const server::inbound_config> inbound_settings(
     server::client_counters& clients, std::uint32_t buffer_bytes, std::uint32_t buffer_count,
-    bool proxy, auth::verify_service& verifier, unsigned shard, int listener) {
+    bool proxy, auth::verify_service& verifier, unsigned shard, int listener,
+    std::uint32_t sessions_max) {
   server::inbound_config config;
   config.listen = {*core::endpoint::parse("192.0.2.1:25")};  // the process's one listener
   config.listener_fds.assign(shard + 1, {});
@@ -126,7 +127,7 @@ std::shared_ptr<const server::inbound_config> inbound_settings(
   config.engine.limits.message_bytes_max = 4u << 20;
   config.relay.relay_domains = {"rcpt0.example", "rcpt1.example", "rcpt2.example"};
   config.recipients.hostname = std::string(our_hostname);
-  config.sessions_per_shard_max = 4096;
+  config.sessions_per_shard_max = sessions_max;
   config.receive_buffer_bytes = buffer_bytes;
   config.receive_buffer_count = buffer_count;
   config.clients = &clients;
@@ -179,7 +180,8 @@ struct process {
         driver(host, store, files, unsafe_no_fsync),
         listener(host.add_listener()),
         inbound(inbound_settings(clients, buffer_bytes, buffer_count, proxy,
-                                 owner.verifier(peers.id()), peers.id(), listener)),
+                                 owner.verifier(peers.id()), peers.id(), listener,
+                                 owner.sessions_max())),
         sessions(inbound, host, peers.id(), store, pump, metrics, log),
         acceptor(*inbound, host, peers.id(), sessions, metrics, log),
         relay_settings(std::move(relay_config)) {
@@ -279,6 +281,10 @@ world::world(const options& settings)
       std::min<std::uint64_t>(16384, std::bit_floor(_store_config.buffered_bytes_max / 4)));
   _receive_buffer_count = 1u << _random.between(4, 8);  // 16..256: ENOBUFS under load
   _proxy = _random.chance(0.3);
+  // In a tenth of the seeds a shard takes 2-6 sessions at once (sessions_per_shard_max), so
+  // the acceptor refuses clients with its 421 (a stream of its own: no other draw moves).
+  random limit_draw(settings.seed * 0x9e3779b97f4a7c15ull + 0x5e55);
+  if (limit_draw.chance(0.1)) _sessions_max = static_cast<std::uint32_t>(limit_draw.between(2, 6));
   random cache_draw(settings.seed * 0x9e3779b97f4a7c15ull + 0xcac4e);
   if (settings.outbound && cache_draw.chance(0.5))
     _cache_miss = static_cast<double>(cache_draw.between(1, 30)) / 100;
@@ -925,6 +931,7 @@ void world::client_disconnect(std::uint32_t number) {
 }
 
 void world::client_receive(std::uint32_t number, const std::string& bytes) {
+  if (_awaiting_refusal.count(number) != 0) return on_refusal(number, bytes);
   const auto found = _connections.find(number);
   if (found == _connections.end() || found->second->client_gone) return;
   connection& c = *found->second;
@@ -1080,6 +1087,7 @@ void world::on_session_closed(unsigned shard, int fd) {
   const auto there = _connections.find(number);
   if (there == _connections.end()) return;
   note(fmt::format("connection {} closed ({} stages left)", number, there->second->stages.size()));
+  if (there->second->last_code == 0 && !there->second->client_gone) expect_refusal(number);
   _connections.erase(there);
 }
 
@@ -1281,6 +1289,7 @@ void world::crash(bool torn) {
   note_marks_issued();
   _connections.clear();  // clients see a reset; their transactions in progress are lost
   _by_fd.clear();
+  _awaiting_refusal.clear();
   if (_delivery) _delivery->attach(nullptr);
   count_accepts();
   _process.reset();      // the relay, the sessions, then their host (its actions do nothing)
@@ -1493,6 +1502,33 @@ void world::check_greeted(std::uint32_t number, std::uint64_t serial) {
                    "failed EMFILE {} on its shard)", number, greeting_bound_ns / 1'000'000'000,
                    process_at(found->second->shard)->host.counters().accepts,
                    process_at(found->second->shard)->host.counters().accepts_failed));
+}
+
+// A session closed before any reply: only the acceptor's refusal at the session limit does
+// that here (its 421, sent just before the close, still on its way). Within a second, with no
+// crash between, the client must have it (RFC 5321 §3.8: 421 and close when the service must
+// shut the channel).
+void world::expect_refusal(std::uint32_t number) {
+  _awaiting_refusal.insert(number);
+  _clock.after(1'000'000'000, [this, number, serial = _process_serial] {
+    if (_failed || serial != _process_serial || _awaiting_refusal.erase(number) == 0) return;
+    fail(fmt::format("CLOSED UNGREETED: client {}'s connection was closed without a reply "
+                     "(no greeting, no 421)", number));
+  });
+}
+
+void world::on_refusal(std::uint32_t number, const std::string& bytes) {
+  _awaiting_refusal.erase(number);
+  if (bytes.rfind("421 4.7.0 ", 0) != 0) {
+    return fail(fmt::format("CLOSED UNGREETED: client {} was closed with \"{}\" instead of a 421",
+                            number, bytes.substr(0, 60)));
+  }
+  if (_sessions_max >= session_limit_default) {
+    return fail(fmt::format("client {} refused at the session limit, which is {}: no more than "
+                            "a few clients are ever open", number, _sessions_max));
+  }
+  ++_outcome.refused_at_limit;
+  note(fmt::format("client {} refused: {}", number, bytes.substr(0, bytes.find('\r'))));
 }
 
 // The daemon's acceptor on the process's listener; in a third of the seeds its accepts fail

@@ -103,6 +103,7 @@ struct outcome {
   std::uint64_t parcels_refused = 0;      // a full pair queue: the relay's backlog kept them
   std::uint64_t accepts = 0;              // connections the daemon's acceptor took
   std::uint64_t accepts_failed = 0;       // accepts that failed EMFILE (the acceptor paused)
+  std::uint64_t refused_at_limit = 0;     // clients given the acceptor's 421 (session limit)
   disk_stats disk;
 };
 

@@ -170,6 +170,7 @@ class world {
   // The sessions' password checks (auth::verify_service): answered on the simulated clock.
   bool submit_auth(unsigned shard, std::unique_ptr<auth::verify_request> request);
   auth::verify_service& verifier(unsigned shard) { return *_verifiers.at(shard); }
+  std::uint32_t sessions_max() const { return _sessions_max; }
   // The process's spool_ring_driver at work: its ring ops (through the host's file writer) and
   // its file worker's creations and removals go to the shard's disk; each result comes back
   // the way the daemon gets it (a completion on the host; the file worker's message).
@@ -213,6 +214,11 @@ class world {
   void count_accepts();
   static constexpr std::int64_t greeting_bound_ns = 5'000'000'000;
   void check_greeted(std::uint32_t number, std::uint64_t serial);
+  void expect_refusal(std::uint32_t number);
+  void on_refusal(std::uint32_t number, const std::string& bytes);
+  static constexpr std::uint32_t session_limit_default = 4096;
+  std::uint32_t _sessions_max = session_limit_default;  // sessions_per_shard_max (drawn)
+  std::set<std::uint32_t> _awaiting_refusal;  // closed before any reply: the 421 is on its way
   void on_committed(unsigned shard, const spool::event& event);
   void on_dsn_committed(const spool::event& event);  // one the relay spooled
   void on_marked(process& proc, const spool::event& event);
