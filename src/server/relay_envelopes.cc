@@ -162,6 +162,11 @@ void relay::state::on_envelope_read(std::uint32_t key, std::int32_t result) noex
   for (auto& waiter : read->waiters) {
     // Every recipient final meanwhile (a DSN's marks landed): nothing is left to serve.
     if (message != nullptr && find_message(read->id) != message) break;
+    // An earlier waiter may have evicted it again (a deferral's outcomes leave memory:
+    // apply_outcomes), and the next one needs it: a delay warning's notice waiting behind the
+    // same read aborted the daemon here (--delay-warning, test_delivery), packed from the read.
+    if (message != nullptr && stored && !message->resident())
+      pack(*message, stored.value().envelope, stored.value().body);
     serve(waiter, value, stored ? 0 : stored.error());
   }
 }
