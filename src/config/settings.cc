@@ -1021,6 +1021,14 @@ const std::vector<setting_spec>& table() {
        s.queue_lifetime_s = parse_seconds_in(one(v), 1, 365 * 86400);
      },
      [](const settings& s) { return duration(s.queue_lifetime_s); }, live},
+    {"queue.delay_warning", "--delay-warning", "DURATION",
+     arity::one,
+     "a \"delayed\" DSN (RFC 3464) once a message has waited this long undelivered, as its "
+     "NOTIFY asks (absent: FAILURE,DELAY); 0: never (Postfix's delay_warning_time) (0 to 30d)",
+     [](settings& s, const values& v) {
+       s.delay_warning_s = parse_seconds_in(one(v), 0, 30 * 86400);
+     },
+     [](const settings& s) { return duration(s.delay_warning_s); }, live},
     {"queue.retry_schedule", "--retry-schedule", "DURATION,...", arity::list,
      "waits between attempts; the last one repeats (each 1s to 30d)",
      [](settings& s, const values& v) {

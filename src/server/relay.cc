@@ -186,6 +186,7 @@ relay_config make_relay_config(const config::settings& settings) {
   for (const auto delay : settings.retry_schedule_s) s.retry_delays_ms.push_back(delay * 1000ll);
   s.lifetime_max_ms = settings.queue_lifetime_s * 1000ll;
   s.probe_backoff_max_ms = settings.probe_backoff_max_s * 1000ll;
+  s.delay_warning_ms = settings.delay_warning_s * 1000ll;
   const auto& limits = settings.default_destination_limits;
   s.limits = limits_from(limits.connections_max, limits.messages_per_connection_max,
                          limits.messages_per_second_max);

@@ -191,6 +191,7 @@ struct settings {
   std::uint32_t queue_lifetime_s = 5 * 24 * 3600;
   std::vector<std::uint32_t> retry_schedule_s = {60, 300, 900, 1800, 3600, 7200, 14400};
   std::uint32_t probe_backoff_max_s = 0;  // dead destinations: doubling probe wait, 0: off
+  std::uint32_t delay_warning_s = 4 * 3600;  // "delayed" DSN once a job waited this; 0: never
   destination_limits default_destination_limits;
   std::vector<shaping_entry> shaping;  // [[shaping]] tables, in file order
   std::vector<reply_rule_entry> reply_rules;  // [[reply_rule]] tables, first match wins

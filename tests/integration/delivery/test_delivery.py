@@ -208,6 +208,22 @@ tap.ok(expired and dsn_fields(last).get("status") == ["4.4.7"] and
        dsn_fields(last).get("action") == ["failed"],
        "expired message: DSN failed 4.4.7 to the sender", last[-1500:])
 tap.ok(expiring.stop() == 0, "clean exit")
+
+# --- delay warning (--delay-warning): a "delayed" DSN once, the message still queued
+before = len(sender_domain.messages())
+warning = Daemon(ringmta, args=["--resolver", dns.address, "--delivery-port", str(port),
+                                "--retry-schedule", "1s", "--delay-warning", "2s"]).start()
+with smtplib.SMTP("127.0.0.1", warning.port, timeout=30) as client:
+    client.sendmail("sender@sender.test", ["slow@broken.test"], message("delay warning"))
+warned = wait_until(lambda: len(sender_domain.messages()) > before, 30)
+last = sender_domain.messages()[-1][1] if warned else b""
+fields = dsn_fields(last)
+tap.ok(warned and fields.get("action") == ["delayed"] and fields.get("status", [""])[0][:2] == "4.",
+       "--delay-warning 2s: a delayed DSN (RFC 3464) to the sender", last[-1500:])
+queued = warning.admin("GET", "/queue", timeout=10)[1]
+tap.ok(b"broken.test" in (queued if isinstance(queued, bytes) else queued.encode()),
+       "the message stays queued after its delay warning", queued)
+tap.ok(warning.stop() == 0, "clean exit")
 # --- operator actions through the admin API: list, suspend, flush, bounce
 
 def admin(daemon, method, path):

@@ -52,6 +52,7 @@ relay_domains = ["example.com"]
 [queue]
 retry_schedule = ["1m", "10m"]
 probe_backoff_max = "2h"
+delay_warning = "0"
 )");
   ASSERT_EQ(s.listen.size(), 2u);
   EXPECT_EQ(s.listen[1].to_string(), "[::1]:2525");
@@ -66,6 +67,8 @@ probe_backoff_max = "2h"
   EXPECT_EQ(s.routes[0].port, 2526);
   EXPECT_EQ(s.retry_schedule_s, (std::vector<std::uint32_t>{60, 600}));
   EXPECT_EQ(s.probe_backoff_max_s, 7200u);
+  EXPECT_EQ(s.delay_warning_s, 0u);  // off; the default is 4h
+  EXPECT_EQ(from("", {"--delay-warning", "30m"}).delay_warning_s, 1800u);
 }
 
 TEST(settings, flags_override_file) {
@@ -405,6 +408,9 @@ TEST(settings, nonsensical_values_are_errors) {
             "5m or 2h, got '0'");
   EXPECT_EQ(error_of("[queue]\nprobe_backoff_max = \"31d\"\n"),
             "test.toml:2: queue.probe_backoff_max: expected a duration from 0s to 30d such as "
+            "30s, 5m or 2h, got '31d'");
+  EXPECT_EQ(error_of("[queue]\ndelay_warning = \"31d\"\n"),
+            "test.toml:2: queue.delay_warning: expected a duration from 0s to 30d such as "
             "30s, 5m or 2h, got '31d'");
   EXPECT_EQ(error_of("[queue]\nlifetime = 0\n"),
             "test.toml:2: queue.lifetime: expected a duration from 1s to 365d such as 30s, 5m "
