@@ -188,7 +188,7 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}, resumed {}) | "
              "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
              "reasons checked {} deleted {} | accepts {} (failed {}, refused {}) | rate checks {} rules fired {} "
-             "delay dsns {}\n",
+             "delay dsns {} | relay host auths {} (refused {})\n",
              seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
@@ -197,7 +197,8 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
              r.operator_actions, r.tls_sessions, r.tls_broken, r.tls_resumed, r.shards, r.parcels_crossed,
              r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions,
-             r.accepts, r.accepts_failed, r.refused_at_limit, r.rate_checks, r.rules_fired, r.delay_dsns);
+             r.accepts, r.accepts_failed, r.refused_at_limit, r.rate_checks, r.rules_fired, r.delay_dsns,
+             r.relayhost_auths, r.relayhost_auth_refused);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts
