@@ -798,14 +798,16 @@ smtp::verdict delivery::state::unauthenticated_mail(const remote_peer& h) {
 
 // The daemon's promise for a relay host that refuses its credentials (535 5.7.8) or AUTH for
 // now (454): the outbound records an AUTH failure, always transient (attempt_plan.cc summary),
-// so the mail waits for the operator's fix; it bounces only when its lifetime ends
-// (relay.cc: "delivery time expired; last error: ..."). A `bounced` record naming AUTH that is
-// no expiry (nor the operator's bounce) broke it: AUTH BOUNCED.
+// so the mail waits for the operator's fix; it bounces only when its lifetime ends (relay.cc:
+// "delivery time expired; last error: ...", or "... (gave up: queue lifetime expired)" for a
+// job on the wire then). A `bounced` record naming AUTH that is no expiry (nor the operator's
+// bounce) broke it: AUTH BOUNCED.
 void delivery::state::check_auth_bounce(spool::message_id id, std::string_view to,
                                         std::string_view reply) {
   if (!relayhost.on || reply.find("AUTH") == std::string_view::npos) return;
   for (const std::string_view allowed : {"delivery time expired", "bounced by the operator"})
     if (reply.substr(0, allowed.size()) == allowed) return;
+  if (reply.find(" (gave up: ") != std::string_view::npos) return;
   w.fail(fmt::format("AUTH BOUNCED: {:016x} for <{}> bounced for an AUTH failure at the relay "
                      "host (a transient one: the mail waits for the credentials' fix): {}", id,
                      to, reply));
