@@ -445,15 +445,19 @@ void delivery::state::draw_relayhost(std::uint64_t seed) {
       relayhost.fix_after_ns = static_cast<std::int64_t>(draw.between(5, 300)) * 1000 * ms_ns;
     }
     relayhost.auth_temporary = draw.chance(0.5) ? static_cast<double>(draw.below(40)) / 100 : 0;
+    // Half the wrong passwords outlive messages (a lifetime of 20-90 s): their bounces must be
+    // expiries (AUTH BOUNCED), and their DSNs wait for the fix like all mail.
+    if (relayhost.fix_after_ns > 0 && draw.chance(0.5))
+      lifetime_ms = static_cast<std::int64_t>(draw.between(20, 90)) * 1000;
   }
   hosts.push_back(std::move(host));
-  note(fmt::format("delivery: relay host {} AUTH {}{}, password {}, 454 to AUTH {}",
+  note(fmt::format("delivery: relay host {} AUTH {}{}, password {}, 454 to AUTH {}, lifetime {}s",
                    relayhost_name, relayhost.login_only ? "LOGIN" : "PLAIN LOGIN",
                    relayhost.plaintext ? " (plaintext allowed)" : "",
                    relayhost.fix_after_ns > 0
                        ? fmt::format("wrong for {}s", relayhost.fix_after_ns / 1000 / ms_ns)
                        : "right",
-                   relayhost.auth_temporary));
+                   relayhost.auth_temporary, lifetime_ms / 1000));
 }
 
 // Every destination to the relay host (relay.cc route_for), with --relayhost-auth's credentials
