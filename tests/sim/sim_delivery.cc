@@ -137,6 +137,29 @@ constexpr std::string_view relayhost_name = "smarthost.sim.example";
 constexpr std::string_view relayhost_user = "sim-relay";
 constexpr std::string_view relayhost_password = "sim-secret";
 
+// The relay host's MTA: its extensions, STARTTLS (always unless AUTH may go in the clear) and
+// with faults its own rates of refusing, dropping, answering 451/554 and breaking TLS.
+remote_host relayhost_mta(random& draw, bool plaintext, bool faults) {
+  remote_host host;
+  host.name = std::string(relayhost_name);
+  host.domain = domain_count;
+  host.relayhost = true;
+  host.extensions.pipelining = draw.chance(0.7);
+  host.extensions.eight_bit_mime = draw.chance(0.7);
+  host.extensions.size = draw.chance(0.7);
+  host.extensions.chunking = draw.chance(0.5);
+  host.extensions.binary_mime = false;
+  host.message_bytes_max = 8u << 20;
+  host.starttls = !plaintext || draw.chance(0.5);
+  if (!faults) return host;
+  host.refuse = static_cast<double>(draw.below(10)) / 100;
+  host.drop = static_cast<double>(draw.below(3)) / 100;
+  host.temporary = static_cast<double>(draw.below(10)) / 100;
+  host.permanent = static_cast<double>(draw.below(3)) / 100;
+  host.tls_broken = host.starttls ? static_cast<double>(draw.below(10)) / 100 : 0.0;
+  return host;
+}
+
 }  // namespace
 
 struct delivery::state {
@@ -423,23 +446,8 @@ void delivery::state::draw_relayhost(std::uint64_t seed) {
   if (!relayhost.on) return;
   relayhost.plaintext = draw.chance(0.2);
   relayhost.login_only = draw.chance(0.3);
-  remote_host host;
-  host.name = std::string(relayhost_name);
-  host.domain = domain_count;
-  host.relayhost = true;
-  host.extensions.pipelining = draw.chance(0.7);
-  host.extensions.eight_bit_mime = draw.chance(0.7);
-  host.extensions.size = draw.chance(0.7);
-  host.extensions.chunking = draw.chance(0.5);
-  host.extensions.binary_mime = false;
-  host.message_bytes_max = 8u << 20;
-  host.starttls = !relayhost.plaintext || draw.chance(0.5);
+  hosts.push_back(relayhost_mta(draw, relayhost.plaintext, w.settings().faults));
   if (w.settings().faults) {
-    host.refuse = static_cast<double>(draw.below(10)) / 100;
-    host.drop = static_cast<double>(draw.below(3)) / 100;
-    host.temporary = static_cast<double>(draw.below(10)) / 100;
-    host.permanent = static_cast<double>(draw.below(3)) / 100;
-    host.tls_broken = host.starttls ? static_cast<double>(draw.below(10)) / 100 : 0.0;
     if (draw.chance(0.4)) {
       relayhost.configured = relayhost_plan::password::wrong;
       relayhost.fix_after_ns = static_cast<std::int64_t>(draw.between(5, 300)) * 1000 * ms_ns;
@@ -450,7 +458,6 @@ void delivery::state::draw_relayhost(std::uint64_t seed) {
     if (relayhost.fix_after_ns > 0 && draw.chance(0.5))
       lifetime_ms = static_cast<std::int64_t>(draw.between(20, 90)) * 1000;
   }
-  hosts.push_back(std::move(host));
   note(fmt::format("delivery: relay host {} AUTH {}{}, password {}, 454 to AUTH {}, lifetime {}s",
                    relayhost_name, relayhost.login_only ? "LOGIN" : "PLAIN LOGIN",
                    relayhost.plaintext ? " (plaintext allowed)" : "",
@@ -686,7 +693,8 @@ void delivery::state::remote_peer::flush(sim_host& host, int fd) {
 
 smtp::verdict delivery::state::remote_peer::answer(const char* what) {
   if (s.w.healed()) return smtp::verdict::accept();
-  if (!remote.relayhost && s.shape.says_tss04(remote.domain)) {  // Yahoo's volume deferral: a reply rule's cue
+  // Yahoo's volume deferral: a reply rule's cue (a domain's MTAs only)
+  if (!remote.relayhost && s.shape.says_tss04(remote.domain)) {
     s.note(fmt::format("r{} {} answers {} with 421 TSS04", number, remote.name, what));
     return smtp::verdict::respond(421, "4.7.0", shaping::tss04_text);
   }
