@@ -1035,8 +1035,12 @@ void delivery::state::check_reason_logged(spool::message_id id, std::string_view
   const auto reason = bounce_reasons.find(id);
   const auto entry = ledger.find(id);
   constexpr std::string_view by_operator = "bounced by the operator";  // relay.cc handle_event
-  if (reason == bounce_reasons.end() || entry == ledger.end() || entry->second.dsn ||
-      reply.substr(0, by_operator.size()) != by_operator ||
+  const bool operators = reply.substr(0, by_operator.size()) == by_operator;
+  // Bounced otherwise (an expiry, a 5xx): a crash lost the operator's bounce before it was
+  // durable (seed 31048: torn with the journal write in flight), and the DSN now due reports
+  // this bounce, not the reason of the lost one.
+  if (!operators && entry != ledger.end()) dsn_reasons.erase({entry->second.key, std::string(to)});
+  if (reason == bounce_reasons.end() || entry == ledger.end() || entry->second.dsn || !operators ||
       domains_bounced.count(std::string(to.substr(to.find('@') + 1))) != 0) {
     return;
   }
