@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ringmta/auth/sasl.h"
 #include "ringmta/config/settings.h"
 #include "ringmta/dns/wire.h"
 #include "ringmta/queue/dsn.h"
@@ -78,6 +79,13 @@ std::vector<std::pair<std::string, std::string>> reported_actions(std::string_vi
   return out;
 }
 
+// The index of an address's domain in domain_names; domain_count when it is none of them.
+std::uint32_t domain_of(std::string_view address) {
+  const auto domain = address.substr(address.find('@') + 1);
+  const auto* named = std::find(std::begin(domain_names), std::end(domain_names), domain);
+  return static_cast<std::uint32_t>(named - std::begin(domain_names));
+}
+
 // A string field of one JSON log record ("" when absent); the values read here (ids,
 // addresses, event names) hold no escaped quote.
 std::string_view log_field(std::string_view line, std::string_view name) {
@@ -109,7 +117,48 @@ struct remote_host {
   bool starttls = false;  // offers STARTTLS (RFC 3207): sim_tls.h
   double tls_broken = 0;  // a connection's handshake fails (the client falls back to plaintext)
   double refuse = 0, greet_reject = 0, drop = 0, stall = 0, temporary = 0, permanent = 0;
+  bool relayhost = false;  // the relay host: every destination's mail, AUTH required
 };
+
+// A relay host receiving all mail (relay_config::relayhost, a ~quarter of the seeds), with
+// STARTTLS (RFC 3207) and AUTH PLAIN/LOGIN (RFC 4954) required before MAIL. Drawn from a stream
+// of its own: seeds without one draw and log exactly what they did before.
+struct relayhost_plan {
+  // The daemon's --relayhost-auth file: right, or wrong until the operator fixes it (a reload).
+  enum class password : std::uint8_t { right, wrong };
+  bool on = false;
+  bool plaintext = false;    // relayhost_auth_plaintext: AUTH even without TLS
+  bool login_only = false;   // offers LOGIN only, else PLAIN LOGIN (the client prefers PLAIN)
+  password configured = password::right;
+  std::int64_t fix_after_ns = 0;  // a wrong password's fix (a reload), after the first start
+  double auth_temporary = 0;      // 454 4.7.0 to AUTH, until healed
+};
+constexpr std::string_view relayhost_name = "smarthost.sim.example";
+constexpr std::string_view relayhost_user = "sim-relay";
+constexpr std::string_view relayhost_password = "sim-secret";
+
+// The relay host's MTA: its extensions, STARTTLS (always unless AUTH may go in the clear) and
+// with faults its own rates of refusing, dropping, answering 451/554 and breaking TLS.
+remote_host relayhost_mta(random& draw, bool plaintext, bool faults) {
+  remote_host host;
+  host.name = std::string(relayhost_name);
+  host.domain = domain_count;
+  host.relayhost = true;
+  host.extensions.pipelining = draw.chance(0.7);
+  host.extensions.eight_bit_mime = draw.chance(0.7);
+  host.extensions.size = draw.chance(0.7);
+  host.extensions.chunking = draw.chance(0.5);
+  host.extensions.binary_mime = false;
+  host.message_bytes_max = 8u << 20;
+  host.starttls = !plaintext || draw.chance(0.5);
+  if (!faults) return host;
+  host.refuse = static_cast<double>(draw.below(10)) / 100;
+  host.drop = static_cast<double>(draw.below(3)) / 100;
+  host.temporary = static_cast<double>(draw.below(10)) / 100;
+  host.permanent = static_cast<double>(draw.below(3)) / 100;
+  host.tls_broken = host.starttls ? static_cast<double>(draw.below(10)) / 100 : 0.0;
+  return host;
+}
 
 }  // namespace
 
@@ -124,6 +173,11 @@ struct delivery::state {
       config.extensions = remote.extensions;
       config.limits.message_bytes_max = remote.message_bytes_max;
       config.starttls_offered = remote.starttls;
+      // AUTH is advertised before TLS too: a client that would send its password in the clear
+      // is seen doing it (relay_auth), not kept from it by a 538.
+      config.auth_offered = remote.relayhost;
+      config.auth_requires_tls = false;
+      config.auth_mechanisms = owner.relayhost.login_only ? "LOGIN" : "PLAIN LOGIN";
       server = std::make_unique<smtp::server_session>(config, *this);
       pipe = std::make_unique<server_tls_pipe>(*server, tls_broken);
     }
@@ -152,6 +206,7 @@ struct delivery::state {
     smtp::verdict on_helo(std::string_view, bool) noexcept override { return answer("HELO"); }
     smtp::verdict on_mail_from(const smtp::mailbox& from,
                                const smtp::mail_parameters&) noexcept override {
+      if (remote.relayhost && !server->authenticated()) return s.unauthenticated_mail(*this);
       reverse_path.assign(from.address);
       recipients.clear();
       body.clear();
@@ -168,6 +223,13 @@ struct delivery::state {
     }
     smtp::verdict on_data_end(const smtp::body_summary&) noexcept override;
     void on_reset() noexcept override { recipients.clear(); body.clear(); }
+    smtp::verdict on_auth(std::string_view mechanism,
+                          std::string_view initial_response) noexcept override {
+      return s.relay_auth(*this, sasl.start(mechanism, initial_response));
+    }
+    smtp::verdict on_auth_response(std::string_view line) noexcept override {
+      return s.relay_auth(*this, sasl.respond(line));
+    }
     state& s;
     remote_host& remote;
     std::uint64_t number;  // for the notes: the remote's own count of connections
@@ -176,6 +238,7 @@ struct delivery::state {
     smtp::server_config config;  // the session keeps a reference
     std::unique_ptr<smtp::server_session> server;
     std::unique_ptr<server_tls_pipe> pipe;  // plaintext until STARTTLS, then TLS (sim_tls.h)
+    auth::sasl_exchange sasl;  // the relay host's side of AUTH (the daemon's own machine)
     bool stalled = false;
     // The relay took this transaction's job after taken_after_ns (the connection's accept, or
     // its previous MAIL) and before last_mail_ns (this MAIL).
@@ -204,6 +267,15 @@ struct delivery::state {
   std::unique_ptr<stream_peer> connect_remote(const core::endpoint& address);
   void connection_gone(std::uint32_t domain, std::uint32_t limit);
   void delivered_remotely(remote_peer& h);
+  std::uint32_t destination_of(const remote_peer& h) const;
+  // the relay host (relayhost_plan)
+  void draw_relayhost(std::uint64_t seed);
+  void configure_relayhost(server::relay_config& config) const;
+  smtp::verdict relay_auth(remote_peer& h, const auth::sasl_step& step);
+  smtp::verdict unauthenticated_mail(const remote_peer& h);
+  void check_auth_bounce(spool::message_id id, std::string_view to, std::string_view reply);
+  void fix_credentials();
+  void push_config();
   void check_rate(const remote_peer& h, std::string_view recipient);
   // operator
   void operator_tick();
@@ -234,6 +306,7 @@ struct delivery::state {
   bool operator_started = false;
   std::vector<server::relay*>* relays = nullptr;  // every shard's relay (relay_config.shards)
   std::vector<remote_host> hosts;
+  relayhost_plan relayhost;
   std::vector<int> domain_mode;  // 0 MX, 1 implicit MX, 2 null MX, 3 NXDOMAIN
   double dns_timeout = 0, dns_servfail = 0;
   // The relay's settings (scheduler limits, retry schedule, lifetime: the operator reloads)
@@ -266,9 +339,10 @@ struct delivery::state {
   std::set<spool::message_id> deletes_acknowledged;
   std::uint64_t next_remote_connection = 1;
   // per destination domain: open connections, and the limits they were opened under
-  std::vector<std::uint32_t> open_count = std::vector<std::uint32_t>(domain_count, 0);
+  // (the relay host's after the domains': it carries them all)
+  std::vector<std::uint32_t> open_count = std::vector<std::uint32_t>(domain_count + 1, 0);
   std::vector<std::multiset<std::uint32_t>> open_limits =
-      std::vector<std::multiset<std::uint32_t>>(domain_count);
+      std::vector<std::multiset<std::uint32_t>>(domain_count + 1);
   std::deque<std::pair<std::int64_t, std::uint32_t>> retired_limits;  // (replaced at, limit)
   // the ledger (outlives crashes): what the final check compares the mailboxes with
   std::map<spool::message_id, ledger_entry> ledger;
@@ -360,6 +434,53 @@ delivery::state::state(world& owner, std::uint64_t seed)
                    limits.connections_max, limits.messages_per_connection_max,
                    limits.recipients_per_transaction_max));
   if (const auto drawn = shape.describe(); !drawn.empty()) note(drawn);
+  draw_relayhost(seed);
+}
+
+// After every other draw, from a stream of its own: a seed without a relay host runs as before.
+// --no-shaping (the runs of the seeds found before session 12) has none either: regression
+// seeds 1000 and 5041 would draw one and replay another run.
+void delivery::state::draw_relayhost(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x5ec7e7);
+  relayhost.on = draw.chance(0.25) && w.settings().shaping;
+  if (!relayhost.on) return;
+  relayhost.plaintext = draw.chance(0.2);
+  relayhost.login_only = draw.chance(0.3);
+  hosts.push_back(relayhost_mta(draw, relayhost.plaintext, w.settings().faults));
+  if (w.settings().faults) {
+    if (draw.chance(0.4)) {
+      relayhost.configured = relayhost_plan::password::wrong;
+      relayhost.fix_after_ns = static_cast<std::int64_t>(draw.between(5, 300)) * 1000 * ms_ns;
+    }
+    relayhost.auth_temporary = draw.chance(0.5) ? static_cast<double>(draw.below(40)) / 100 : 0;
+    // Half the wrong passwords outlive messages (a lifetime of 20-90 s): their bounces must be
+    // expiries (AUTH BOUNCED), and their DSNs wait for the fix like all mail.
+    if (relayhost.fix_after_ns > 0 && draw.chance(0.5))
+      lifetime_ms = static_cast<std::int64_t>(draw.between(20, 90)) * 1000;
+  }
+  note(fmt::format("delivery: relay host {} AUTH {}{}, password {}, 454 to AUTH {}, lifetime {}s",
+                   relayhost_name, relayhost.login_only ? "LOGIN" : "PLAIN LOGIN",
+                   relayhost.plaintext ? " (plaintext allowed)" : "",
+                   relayhost.fix_after_ns > 0
+                       ? fmt::format("wrong for {}s", relayhost.fix_after_ns / 1000 / ms_ns)
+                       : "right",
+                   relayhost.auth_temporary, lifetime_ms / 1000));
+}
+
+// Every destination to the relay host (relay.cc route_for), with --relayhost-auth's credentials
+// as the file holds them now. TLS required (never plaintext, RFC 3207 §4.1) unless the operator
+// allowed AUTH without it: with opportunistic TLS the outbound sends no credentials at all.
+void delivery::state::configure_relayhost(server::relay_config& config) const {
+  if (!relayhost.on) return;
+  config.has_relayhost = true;
+  config.relayhost = server::relay_route{false, std::string(relayhost_name), 25, true};
+  auto credentials = std::make_shared<outbound::client_credentials>();
+  credentials->user = std::string(relayhost_user);
+  credentials->password = relayhost.configured == relayhost_plan::password::right
+                              ? std::string(relayhost_password) : "sim-secret-typo";
+  config.relayhost_auth = std::move(credentials);
+  config.relayhost_auth_plaintext = relayhost.plaintext;
+  if (!relayhost.plaintext) config.tls_default = outbound::tls_policy::required;
 }
 
 // The daemon's relay settings where the simulation draws them; the rest are its defaults
@@ -396,6 +517,7 @@ server::relay_config delivery::state::make_config() const {
   config.dns.resolver.ipv6 = false;
   config.dns.random = dns::seeded_random(dns_seed);
   shape.configure(config);
+  configure_relayhost(config);
   return config;
 }
 
@@ -423,6 +545,9 @@ std::vector<std::uint8_t> delivery::state::dns_reply(std::uint16_t id, const std
   const std::uint64_t ttl = rng.below(300);  // changing TTLs: the cache expires at random
   if (!healed && rng.chance(dns_servfail)) {
     rcode = LDNS_RCODE_SERVFAIL;
+  } else if (relayhost.on && name == relayhost_name) {  // its address: after the domains' MTAs
+    if (type == dns::record_type::a)
+      answer.push_back(fmt::format("{}. {} IN A 198.51.100.{}", name, ttl, hosts.size()));
   } else if (domain < 0 || domain_mode[domain] == 3) {
     rcode = LDNS_RCODE_NXDOMAIN;
   } else {
@@ -475,6 +600,10 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
   const std::size_t index = (ntohl(in->sin_addr.s_addr) & 0xff) - 1u;
   if (address.family() != AF_INET || index >= hosts.size()) return nullptr;
   remote_host& remote = hosts[index];
+  if (relayhost.on && !remote.relayhost) {
+    w.fail(fmt::format("RELAYHOST BYPASSED: a connection to {} while every destination's mail "
+                       "goes to the relay host {}", remote.name, relayhost_name));
+  }
   if (!w.healed() && rng.chance(remote.refuse)) {
     note(fmt::format("{} refuses a connection", remote.name));
     return nullptr;
@@ -483,7 +612,8 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
   // Open connections to the destination's MTAs against its limit: the one in force, or a
   // higher one that a connection still open was opened under, or that was in force when the
   // relay may have opened this one (a reload lowers it; resolving and trying MX hosts in turn
-  // takes up to a few timeouts between the relay's open and this connect).
+  // takes up to a few timeouts between the relay's open and this connect). The relay host
+  // carries every destination's connections: at most each one's limit.
   const std::uint32_t d = remote.domain;
   std::uint32_t limit = limits.connections_max;
   if (!open_limits[d].empty()) limit = std::max(limit, *open_limits[d].rbegin());
@@ -492,13 +622,16 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
     retired_limits.pop_front();
   }
   for (const auto& [when, retired] : retired_limits) limit = std::max(limit, retired);
-  if (++open_count[d] > limit) {
+  const std::uint32_t bound = remote.relayhost ? limit * domain_count : limit;
+  if (++open_count[d] > bound) {
     w.fail(fmt::format("CONNECTION LIMIT: {} connections open to {} (limit {})", open_count[d],
-                       domain_names[d], limit));
+                       remote.relayhost ? relayhost_name : domain_names[d], bound));
   }
   open_limits[d].insert(limits.connections_max);
-  const std::string storm = shape.on_connect(std::string(domain_names[d]), limit,
-                                             w.clock().now_ns());
+  // (A connection to the relay host is for no destination in particular until its RCPT.)
+  const std::string storm = remote.relayhost ? std::string()
+                                             : shape.on_connect(std::string(domain_names[d]),
+                                                                limit, w.clock().now_ns());
   if (!storm.empty()) w.fail(fmt::format("PAUSE IGNORED: {}", storm));
   const bool tls_broken = !w.healed() && rng.chance(remote.tls_broken);
   return std::make_unique<remote_peer>(*this, remote, next_remote_connection++, tls_broken,
@@ -560,7 +693,8 @@ void delivery::state::remote_peer::flush(sim_host& host, int fd) {
 
 smtp::verdict delivery::state::remote_peer::answer(const char* what) {
   if (s.w.healed()) return smtp::verdict::accept();
-  if (s.shape.says_tss04(remote.domain)) {  // Yahoo's volume deferral: a reply rule's cue
+  // Yahoo's volume deferral: a reply rule's cue (a domain's MTAs only)
+  if (!remote.relayhost && s.shape.says_tss04(remote.domain)) {
     s.note(fmt::format("r{} {} answers {} with 421 TSS04", number, remote.name, what));
     return smtp::verdict::respond(421, "4.7.0", shaping::tss04_text);
   }
@@ -623,6 +757,91 @@ void delivery::state::delivered_remotely(remote_peer& h) {
     if (mailbox[slot]++ > 0) ++w.counters().duplicates;
     note(fmt::format("{} delivers {} to {} (r{})", h.remote.name, key, rcpt, h.number));
   }
+}
+
+// The destination a transaction at a remote MTA is for: the MTA's domain, or at the relay host
+// its first recipient's (a job's recipients share a destination); domain_count for none.
+std::uint32_t delivery::state::destination_of(const remote_peer& h) const {
+  if (!h.remote.relayhost) return h.remote.domain;
+  return h.recipients.empty() ? domain_count : domain_of(h.recipients.front());
+}
+
+// ---- the relay host: AUTH (RFC 4954) with the daemon's credentials
+
+// A step of the relay host's SASL exchange (auth::sasl_exchange, the daemon's own server side):
+// a challenge or refusal as it says; credentials are checked against the relay host's account,
+// after a possible 454 4.7.0 (RFC 4954 §6: temporary failure) while faults last. Credentials on
+// a connection without TLS are UNAUTHENTICATED RELAY unless relayhost_auth_plaintext.
+smtp::verdict delivery::state::relay_auth(remote_peer& h, const auth::sasl_step& step) {
+  if (step.what == auth::sasl_step::kind::challenge)
+    return smtp::verdict::respond(334, "", step.text);
+  if (step.what == auth::sasl_step::kind::refuse) {
+    note(fmt::format("r{} {} refuses AUTH: {} {}", h.number, h.remote.name, step.code,
+                     step.text));
+    return smtp::verdict::respond(step.code, step.enhanced, step.text);
+  }
+  const bool right = h.sasl.user() == relayhost_user && h.sasl.password() == relayhost_password;
+  h.sasl.clear();
+  if (!h.server->tls_active() && !relayhost.plaintext) {
+    w.fail(fmt::format("UNAUTHENTICATED RELAY: r{} sent the relay host credentials without "
+                       "TLS (relayhost_auth_plaintext is off)", h.number));
+  }
+  if (!w.healed() && rng.chance(relayhost.auth_temporary)) {
+    note(fmt::format("r{} {} answers AUTH with 454", h.number, h.remote.name));
+    ++w.counters().relayhost_auth_refused;
+    return smtp::verdict::respond(454, "4.7.0", "Temporary authentication failure");
+  }
+  if (!right) {
+    note(fmt::format("r{} {} answers AUTH with 535", h.number, h.remote.name));
+    ++w.counters().relayhost_auth_refused;
+    return smtp::verdict::respond(535, "5.7.8", "Authentication credentials invalid");
+  }
+  note(fmt::format("r{} {} authenticates {} ({})", h.number, h.remote.name, relayhost_user,
+                   h.server->tls_active() ? "TLS" : "plaintext"));
+  ++w.counters().relayhost_auths;
+  return smtp::verdict::accept();
+}
+
+// MAIL at the relay host on a connection that did not authenticate with the right credentials:
+// the daemon must never try it (smtp::client_session ends such a session before MAIL).
+smtp::verdict delivery::state::unauthenticated_mail(const remote_peer& h) {
+  w.fail(fmt::format("UNAUTHENTICATED RELAY: r{} sent MAIL to the relay host {} without "
+                     "authenticating", h.number, h.remote.name));
+  return smtp::verdict::respond(530, "5.7.0", "Authentication required");
+}
+
+// The daemon's promise for a relay host that refuses its credentials (535 5.7.8) or AUTH for
+// now (454): the outbound records an AUTH failure, always transient (attempt_plan.cc summary),
+// so the mail waits for the operator's fix; it bounces only when its lifetime ends (relay.cc:
+// "delivery time expired; last error: ...", or "... (gave up: queue lifetime expired)" for a
+// job on the wire then). A `bounced` record naming AUTH that is no expiry (nor the operator's
+// bounce) broke it: AUTH BOUNCED.
+void delivery::state::check_auth_bounce(spool::message_id id, std::string_view to,
+                                        std::string_view reply) {
+  if (!relayhost.on || reply.find("AUTH") == std::string_view::npos) return;
+  for (const std::string_view allowed : {"delivery time expired", "bounced by the operator"})
+    if (reply.substr(0, allowed.size()) == allowed) return;
+  if (reply.find(" (gave up: ") != std::string_view::npos) return;
+  w.fail(fmt::format("AUTH BOUNCED: {:016x} for <{}> bounced for an AUTH failure at the relay "
+                     "host (a transient one: the mail waits for the credentials' fix): {}", id,
+                     to, reply));
+}
+
+// The operator corrects the --relayhost-auth file and reloads (relay::update): connections
+// opened from now on carry the right password. Also at the heal, or (no relay at a crash) for
+// the next process's configuration.
+void delivery::state::fix_credentials() {
+  if (relayhost.configured == relayhost_plan::password::right) return;
+  relayhost.configured = relayhost_plan::password::right;
+  note("operator: relay host credentials fixed (reload)");
+  if (relay != nullptr) push_config();
+}
+
+// A reload: every shard's relay takes the settings in force (relay::update).
+void delivery::state::push_config() {
+  auto next = std::make_shared<server::relay_config>(make_config());
+  next->shards = relays;
+  for (auto* shard : *relays) shard->update(next);
 }
 
 // ---- operator actions, through the relay's admin entry points (admin_api.cc calls the same)
@@ -702,7 +921,9 @@ std::set<std::pair<std::string, std::string>> delivery::state::on_wire(
 // A transaction reaching a suspended destination's MTA (at its end of data, where the body
 // names the message): every recipient's job must have been on the wire at the suspension.
 void delivery::state::check_suspension(const remote_peer& h) {
-  const auto found = suspended.find(std::string(domain_names[h.remote.domain]));
+  const std::uint32_t d = destination_of(h);
+  if (d >= domain_count) return;
+  const auto found = suspended.find(std::string(domain_names[d]));
   if (found == suspended.end()) return;
   const std::string key = message_key(h.body);
   ++w.counters().suspended_arrivals;
@@ -719,10 +940,9 @@ void delivery::state::check_suspension(const remote_peer& h) {
 // domain of its first recipient (another destination may share the MTA: a refused recipient's
 // domain mx1.rcptN.example under --inject-bug deliver-refused resolves to it).
 void delivery::state::check_rate(const remote_peer& h, std::string_view recipient) {
-  const auto domain = recipient.substr(recipient.find('@') + 1);
-  const auto* named = std::find(std::begin(domain_names), std::end(domain_names), domain);
-  if (named == std::end(domain_names)) return;
-  const auto d = static_cast<std::uint32_t>(named - std::begin(domain_names));
+  const std::uint32_t d = domain_of(recipient);
+  if (d >= domain_count) return;
+  const std::string_view domain = domain_names[d];
   // Checked in arrival order: every transaction counted so far arrived by now.
   const std::string why = shape.on_transaction(d, h.taken_after_ns, w.clock().now_ns());
   w.counters().rate_checks = shape.rate_checks();
@@ -732,7 +952,9 @@ void delivery::state::check_rate(const remote_peer& h, std::string_view recipien
 
 // A transaction reaching an MTA of a destination a reply rule paused (at its end of data).
 void delivery::state::check_pause(const remote_peer& h) {
-  const std::string destination(domain_names[h.remote.domain]);
+  const std::uint32_t d = destination_of(h);
+  if (d >= domain_count) return;
+  const std::string destination(domain_names[d]);
   const std::string why =
       shape.check_pause(destination, message_key(h.body), h.recipients, w.clock().now_ns());
   if (why.empty()) return;
@@ -813,8 +1035,12 @@ void delivery::state::check_reason_logged(spool::message_id id, std::string_view
   const auto reason = bounce_reasons.find(id);
   const auto entry = ledger.find(id);
   constexpr std::string_view by_operator = "bounced by the operator";  // relay.cc handle_event
-  if (reason == bounce_reasons.end() || entry == ledger.end() || entry->second.dsn ||
-      reply.substr(0, by_operator.size()) != by_operator ||
+  const bool operators = reply.substr(0, by_operator.size()) == by_operator;
+  // Bounced otherwise (an expiry, a 5xx): a crash lost the operator's bounce before it was
+  // durable (seed 31048: torn with the journal write in flight), and the DSN now due reports
+  // this bounce, not the reason of the lost one.
+  if (!operators && entry != ledger.end()) dsn_reasons.erase({entry->second.key, std::string(to)});
+  if (reason == bounce_reasons.end() || entry == ledger.end() || entry->second.dsn || !operators ||
       domains_bounced.count(std::string(to.substr(to.find('@') + 1))) != 0) {
     return;
   }
@@ -895,9 +1121,7 @@ void delivery::state::reload() {
   retry_delays_ms = {base, base * 3, base * 9};
   retired_limits.emplace_back(w.clock().now_ns(), limits.connections_max);
   limits.connections_max = static_cast<std::uint32_t>(rng.between(1, 4));
-  auto next = std::make_shared<server::relay_config>(make_config());
-  next->shards = relays;
-  for (auto* shard : *relays) shard->update(next);
+  push_config();
   note(fmt::format("operator: reload (retry {}s, connections {})", base / 1000,
                    limits.connections_max));
 }
@@ -985,6 +1209,9 @@ void delivery::attach(server::relay* relay) {
     s.operator_started = true;
     s.later(static_cast<std::int64_t>(s.rng.between(1, 2) * s.operator_mean_ns),
             [&s] { s.operator_tick(); });
+    if (s.relayhost.fix_after_ns > 0) s.later(s.relayhost.fix_after_ns, [&s] {
+      s.fix_credentials();
+    });
   }
 }
 
@@ -1062,6 +1289,7 @@ void delivery::on_log_record(std::string_view line) {
   } else if (event == "bounced") {
     ++s.w.counters().bounces;
     s.check_reason_logged(id, to, log_field(line, "reply"));
+    s.check_auth_bounce(id, to, log_field(line, "reply"));
     const auto found = s.ledger.find(id);
     if (found != s.ledger.end() && found->second.dsn) s.dsn_bounced.insert(id);
   } else if (event == "dsn_queued") {
@@ -1071,6 +1299,7 @@ void delivery::on_log_record(std::string_view line) {
 
 void delivery::heal() {
   state& s = *_state;
+  s.fix_credentials();
   if (s.relay == nullptr) return;
   for (const auto& [name, allowed] : s.suspended) s.operate(name, "resume");
   s.suspended.clear();

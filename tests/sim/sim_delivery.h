@@ -26,6 +26,11 @@
 //   bucket; none new while a reply rule's pause holds;
 // - DELAY DSN: a "delayed" DSN only for a recipient whose sender asked for it, not after the
 //   relay logged it delivered or a recovery found it final, once per process;
+// - UNAUTHENTICATED RELAY, RELAYHOST BYPASSED, AUTH BOUNCED (a quarter of the seeds send all
+//   mail to a relay host with STARTTLS and AUTH, RFC 4954): MAIL there only after AUTH with
+//   the configured credentials, credentials only under TLS unless relayhost_auth_plaintext;
+//   no connection to any other MTA; an AUTH refusal (535, 454) defers, it bounces only at the
+//   end of the message's lifetime;
 // - LIVENESS (sim_world.cc): once faults are healed the queue drains within a bounded
 //   simulated time, and the last restart finds nothing queued.
 // Never: reads a clock or draws from the world's random stream (its own stream, one seed).

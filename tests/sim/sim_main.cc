@@ -9,8 +9,9 @@
 //                                       the relay: recipients refused at RCPT are routed too
 //   --messages M  --no-crashes  --no-faults  --verbose (every event)
 //   --no-outbound                       no relay (recipients marked at random)
-//   --no-shaping                        no rates, reply rules or delay warnings (the runs of
-//                                       seeds before session 12: older regression seeds)
+//   --no-shaping                        no rates, reply rules, delay warnings or relay host
+//                                       (the runs of seeds before session 12: older
+//                                       regression seeds)
 //   --shards-max N                      1-3 shards per seed (default 1: the regression seeds'
 //                                       runs stay as they were; CI searches both)
 //   --strict                            accepted, the default now: a message answered 452
@@ -188,7 +189,7 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}, resumed {}) | "
              "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
              "reasons checked {} deleted {} | accepts {} (failed {}, refused {}) | rate checks {} rules fired {} "
-             "delay dsns {}\n",
+             "delay dsns {} | relay host auths {} (refused {})\n",
              seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
@@ -197,7 +198,8 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
              r.operator_actions, r.tls_sessions, r.tls_broken, r.tls_resumed, r.shards, r.parcels_crossed,
              r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions,
-             r.accepts, r.accepts_failed, r.refused_at_limit, r.rate_checks, r.rules_fired, r.delay_dsns);
+             r.accepts, r.accepts_failed, r.refused_at_limit, r.rate_checks, r.rules_fired, r.delay_dsns,
+             r.relayhost_auths, r.relayhost_auth_refused);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts
@@ -254,6 +256,7 @@ int main(int argc, char** argv) {
   std::uint64_t seeds = 0, events = 0, acknowledged = 0, crashes = 0, deliveries = 0;
   std::uint64_t multi_shard = 0, crossed = 0, suspended_arrivals = 0, reasons = 0;
   std::uint64_t deletions = 0, rate_checks = 0, rules_fired = 0, delay_dsns = 0;
+  std::uint64_t relayhost_seeds = 0, relayhost_auths = 0, relayhost_refused = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
   int status = 0;
@@ -275,6 +278,9 @@ int main(int argc, char** argv) {
     rate_checks += result.rate_checks;
     rules_fired += result.rules_fired;
     delay_dsns += result.delay_dsns;
+    relayhost_seeds += result.relayhost_auths + result.relayhost_auth_refused > 0 ? 1 : 0;
+    relayhost_auths += result.relayhost_auths;
+    relayhost_refused += result.relayhost_auth_refused;
     wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!result.ok) {
       report_failure(run, result);
@@ -288,11 +294,12 @@ int main(int argc, char** argv) {
              "simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} events/s); "
              "{} transactions at suspended destinations, {} bounce reasons checked, {} recipients "
              "deleted; {} transactions checked against a rate, {} reply rules fired, {} delayed "
-             "DSN recipients checked\n",
+             "DSN recipients checked; {} seeds with a relay host: {} AUTHs ({} refused)\n",
              seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
              multi_shard, crossed, simulated, wall, simulated / wall,
              static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions,
-             rate_checks, rules_fired, delay_dsns);
+             rate_checks, rules_fired, delay_dsns, relayhost_seeds, relayhost_auths,
+             relayhost_refused);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;
 }
