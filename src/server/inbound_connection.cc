@@ -219,6 +219,14 @@ void connection::pump() noexcept {
   if (!literal.empty() || tls_output_pending()) return send_output();
   if (_phase == inbound_phase::refusing) return close();
   if (pump_tls()) return;  // STARTTLS's 220, the handshake, a TLS failure
+  // The PROXY header is read before any greeting: a receive that ended with -ENOBUFS (every
+  // buffer held) is re-armed here once retry_waiting finds buffers back. Without it the
+  // connection waited for its header timeout and was closed unserved (ringmta-sim seed
+  // 124724684777224: a burst of 46 accepts after an accept pause, 16 receive buffers).
+  if (_phase == inbound_phase::proxy) {
+    if (!recv_armed && !waiting_for_spool) arm_receive();
+    return;
+  }
   if (!greeted(_phase)) return;
   if (server.shutting_down() && idle()) return shutdown_now();  // its transaction is over
   if (holding || tls_plaintext_pending()) ensure_session();
