@@ -46,6 +46,13 @@ void scheduler::state::take_queued(destination_record& d, message_key message,
   }
 }
 
+bool scheduler::has_job(job_id job) const noexcept {
+  const state& s = *_state;
+  if (job.slot >= s.jobs.size()) return false;
+  const job_record& record = s.jobs[job.slot];
+  return record.state != job_state::free && record.generation == job.generation;
+}
+
 bool scheduler::has_message(std::string_view name, message_key message) const noexcept {
   const state& s = *_state;
   const destination_record* d = s.find(name);

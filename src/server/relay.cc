@@ -636,13 +636,8 @@ void relay::state::apply_rule_to(const std::string& destination,
     // A job whose lifetime ends before `until` came out of the pause expired (bounced just
     // now, its message maybe freed: the key may name another one): report the jobs still
     // queued only (ringmta-sim seed 1049 --shards-max 3, an out-of-range recipient index).
-    std::vector<queue::job_view> queued;
-    scheduler.list_jobs(destination, jobs_reported_max, queued);
     for (auto& job : waiting) {
-      const bool still = std::any_of(queued.begin(), queued.end(), [&](const auto& q) {
-        return q.id == job.id;
-      });
-      if (!still) continue;
+      if (!scheduler.has_job(job.id)) continue;
       job.last_error = {};
       handle_event(queue::job_event{queue::event_kind::deferred, job, until}, &why);
     }

@@ -382,6 +382,9 @@ class scheduler {
   // flight, held): the relay's check that a key still names the message it meant (a key is
   // an address, and a freed message's address may be a newer message's).
   bool has_message(std::string_view destination, message_key message) const noexcept;
+  // Whether `job` is still queued (its slot live, of the same generation): a job_view taken
+  // before a call that may expire or bounce jobs (pause) still names the job it meant.
+  bool has_job(job_id job) const noexcept;
   message_action_result hold_message(std::string_view destination, message_key message,
                                      std::int64_t now_ms) noexcept;
   message_action_result release_message(std::string_view destination,

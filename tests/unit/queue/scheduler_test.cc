@@ -535,6 +535,23 @@ TEST(scheduler, flush_keeps_a_reply_rule_pause) {
   EXPECT_EQ(h.poll(t0 + 60'000).size(), 1u);
 }
 
+// has_job: a job id taken earlier names its job until the job leaves; its slot reused by
+// another job (a new generation) does not make it live again.
+TEST(scheduler, has_job_follows_a_job_until_it_leaves) {
+  harness h(plain_config());
+  h.add("a.example", 1, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 1u);
+  const auto taken = h.queue.take_for_connection(requests[0].connection, t0);
+  ASSERT_EQ(taken.status, take_status::job);
+  EXPECT_TRUE(h.queue.has_job(taken.job.id));
+  h.queue.delivered(taken.job.id, t0 + 1);
+  EXPECT_FALSE(h.queue.has_job(taken.job.id));
+  h.add("a.example", 2, {0}, t0 + 2);  // reuses the freed slot
+  EXPECT_FALSE(h.queue.has_job(taken.job.id));
+  EXPECT_FALSE(h.queue.has_job(queue::job_id{1u << 20, 0}));  // a slot never used
+}
+
 TEST(scheduler, bounce_all_hands_back_every_job) {
   scheduler_config config = plain_config();
   config.limits.connections_max = 1;
