@@ -141,16 +141,34 @@ constexpr std::string_view relayhost_name = "smarthost.sim.example";
 // instead) or a verified certificate (`verify`: the chain to the simulated CA and the MX host's
 // name, or the relay host's, RFC 6125). Their MTAs offer STARTTLS more often, and under
 // `verify` present a good certificate or, with faults, one for another name or a self-signed
-// one until the heal (the operator renews it). Drawn from a stream of its own after every
-// other: a seed without policies draws, logs and replays exactly as before.
+// one until the heal (the operator renews it). In half of them a reload makes one domain's
+// policy stricter during the run. Drawn from a stream of its own after every other: a seed
+// without policies draws, logs and replays exactly as before.
 struct tls_policy_plan {
   bool on = false;
   outbound::tls_policy fallback = outbound::tls_policy::opportunistic;  // tls_default
-  outbound::tls_policy policy[domain_count] = {};  // opportunistic unless drawn
+  outbound::tls_policy policy[domain_count] = {};    // in force; opportunistic unless drawn
+  outbound::tls_policy eventual[domain_count] = {};  // after the reload: the hosts serve it
+  outbound::tls_policy previous[domain_count] = {};  // before the reload
+  std::int64_t changed_ns[domain_count] = {};        // when the reload changed it
+  std::uint32_t tightened = domain_count;            // the domain the reload makes stricter
+  std::int64_t tighten_after_ns = 0;                 // after the first start
+
+  outbound::tls_policy resolve(outbound::tls_policy entry) const noexcept {
+    return entry != outbound::tls_policy::opportunistic ? entry : fallback;
+  }
   outbound::tls_policy for_destination(std::uint32_t domain) const noexcept {
-    return domain < domain_count && policy[domain] != outbound::tls_policy::opportunistic
-               ? policy[domain]
-               : fallback;
+    return domain < domain_count ? resolve(policy[domain]) : fallback;
+  }
+  outbound::tls_policy eventually(std::uint32_t domain) const noexcept {
+    return domain < domain_count ? resolve(eventual[domain]) : fallback;
+  }
+  // The policy a job taken after `taken_after_ns` was given: the one in force then, or (taken
+  // around the reload) the weaker one before it.
+  outbound::tls_policy for_job(std::uint32_t domain, std::int64_t taken_after_ns) const noexcept {
+    if (domain < domain_count && changed_ns[domain] > taken_after_ns)
+      return resolve(previous[domain]);
+    return for_destination(domain);
   }
   bool demands_tls(outbound::tls_policy wanted) const noexcept {
     return wanted == outbound::tls_policy::required || wanted == outbound::tls_policy::verify;
@@ -268,6 +286,9 @@ struct delivery::state {
     // its previous MAIL) and before last_mail_ns (this MAIL).
     std::int64_t last_mail_ns = 0, taken_after_ns = 0;
     bool rate_checked = false;  // at the transaction's first RCPT
+    // The relay chose this transaction's job after this: the connection's accept, or the end of
+    // its previous message (a reload before it must hold for the job).
+    std::int64_t ready_after_ns = 0;
     std::string reverse_path;
     std::vector<std::string> recipients;
     std::string body;
@@ -304,6 +325,7 @@ struct delivery::state {
   void check_rate(const remote_peer& h, std::string_view recipient);
   // TLS policies (tls_policy_plan)
   void draw_tls_policies(std::uint64_t seed);
+  void tighten_tls_policy();
   bool demands_tls(const remote_host& host) const;
   bool demands_verify(const remote_host& host) const;
   bool offers_starttls(const remote_host& host) const;
@@ -513,8 +535,22 @@ void delivery::state::draw_tls_policies(std::uint64_t seed) {
       outbound::tls_policy::required, outbound::tls_policy::verify};
   std::string drawn;
   for (std::uint32_t d = 0; d < domain_count; ++d) {
-    tls_plan.policy[d] = choices[draw.below(4)];
+    tls_plan.policy[d] = tls_plan.eventual[d] = choices[draw.below(4)];
     drawn += fmt::format(" {}={}", domain_names[d], outbound::describe(tls_plan.policy[d]));
+  }
+  if (draw.chance(0.5)) {  // a reload makes one domain stricter
+    const auto d = static_cast<std::uint32_t>(draw.below(domain_count));
+    const auto now = tls_plan.policy[d];
+    if (now != outbound::tls_policy::verify) {
+      tls_plan.tightened = d;
+      tls_plan.eventual[d] = now == outbound::tls_policy::opportunistic && draw.chance(0.5)
+                                 ? outbound::tls_policy::required
+                                 : outbound::tls_policy::verify;
+      tls_plan.tighten_after_ns = static_cast<std::int64_t>(draw.between(5, 120)) * 1000 * ms_ns;
+      drawn += fmt::format(" | {} becomes {} by a reload after {}s", domain_names[d],
+                           outbound::describe(tls_plan.eventual[d]),
+                           tls_plan.tighten_after_ns / 1000 / ms_ns);
+    }
   }
   const bool faults = w.settings().faults;
   for (auto& host : hosts) {
@@ -540,16 +576,16 @@ void delivery::state::draw_tls_policies(std::uint64_t seed) {
 // connects to) every destination.
 bool delivery::state::demands_tls(const remote_host& host) const {
   if (!tls_plan.on || relayhost.on != host.relayhost) return false;
-  if (!host.relayhost) return tls_plan.demands_tls(tls_plan.for_destination(host.domain));
+  if (!host.relayhost) return tls_plan.demands_tls(tls_plan.eventually(host.domain));
   for (std::uint32_t d = 0; d < domain_count; ++d)
-    if (tls_plan.demands_tls(tls_plan.for_destination(d))) return true;
+    if (tls_plan.demands_tls(tls_plan.eventually(d))) return true;
   return false;
 }
 bool delivery::state::demands_verify(const remote_host& host) const {
   if (!tls_plan.on || relayhost.on != host.relayhost) return false;
   for (std::uint32_t d = 0; d < domain_count; ++d) {
     if ((host.relayhost || host.domain == d) &&
-        tls_plan.for_destination(d) == outbound::tls_policy::verify)
+        tls_plan.eventually(d) == outbound::tls_policy::verify)
       return true;
   }
   return false;
@@ -564,13 +600,25 @@ certificate delivery::state::presented_by(const remote_host& host) const {
   return w.healed() && demands_verify(host) ? certificate::good : host.presented;
 }
 
+// The operator makes a domain's TLS policy stricter and reloads (relay::update on every shard;
+// without a relay now, the next process starts with it).
+void delivery::state::tighten_tls_policy() {
+  const std::uint32_t d = tls_plan.tightened;
+  tls_plan.previous[d] = tls_plan.policy[d];
+  tls_plan.policy[d] = tls_plan.eventual[d];
+  tls_plan.changed_ns[d] = w.clock().now_ns();
+  note(fmt::format("operator: {} = {} (reload)", domain_names[d],
+                   outbound::describe(tls_plan.policy[d])));
+  if (relay != nullptr) push_config();
+}
+
 // At each RCPT: the destination's policy holds on this connection. Plaintext where TLS is
 // demanded (RFC 3207 §4.1: a client that requires TLS must not fall back), or TLS with a
 // certificate that does not verify for the host under `verify`, is a violation.
 void delivery::state::check_tls_policy(const remote_peer& h, std::string_view recipient) {
   if (!tls_plan.on) return;
   const std::uint32_t destination = h.remote.relayhost ? domain_of(recipient) : h.remote.domain;
-  const outbound::tls_policy wanted = tls_plan.for_destination(destination);
+  const outbound::tls_policy wanted = tls_plan.for_job(destination, h.ready_after_ns);
   if (!tls_plan.demands_tls(wanted)) return;
   ++w.counters().tls_policy_checks;
   const std::string_view name =
@@ -772,7 +820,7 @@ void delivery::state::connection_gone(std::uint32_t domain, std::uint32_t limit)
 
 void delivery::state::remote_peer::on_connected(sim_host& host, int fd) {
   s.note(fmt::format("{} accepts connection (r{})", remote.name, number));
-  last_mail_ns = s.w.clock().now_ns();
+  last_mail_ns = ready_after_ns = s.w.clock().now_ns();
   if (!s.w.healed() && s.rng.chance(remote.greet_reject)) {
     server->start_refusing("busy");
   } else {
@@ -857,6 +905,7 @@ smtp::verdict delivery::state::remote_peer::on_data_end(const smtp::body_summary
   if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
   recipients.clear();
   body.clear();
+  ready_after_ns = s.w.clock().now_ns();
   return verdict;
 }
 
@@ -1350,6 +1399,11 @@ void delivery::attach(server::relay* relay) {
     if (s.relayhost.fix_after_ns > 0) s.later(s.relayhost.fix_after_ns, [&s] {
       s.fix_credentials();
     });
+    if (s.tls_plan.tighten_after_ns > 0) {
+      s.w.clock().after(s.tls_plan.tighten_after_ns, [&s] {
+        if (!s.w.failed_now()) s.tighten_tls_policy();
+      });
+    }
   }
 }
 
