@@ -352,6 +352,7 @@ void relay::stop() noexcept {
 void relay::update(std::shared_ptr<const relay_config> next) noexcept {
   auto& s = *_state;
   s.live = std::move(next);
+  ++s.reloads;  // open connections retire at their next job (opened_before_reload)
   if (s.live->shaping) s.shaping = s.live->shaping;  // [[shaping]], [[reply_rule]] reload too
   s.scheduler.set_policy(s.live->scheduler);
   s.reshape_sites();
@@ -739,6 +740,11 @@ bool relay::state::serve_idle(const std::string& destination, std::int64_t now_m
       waiting.pop_back();
       continue;
     }
+    if (opened_before_reload(c.cookie)) {  // on_closed follows
+      waiting.pop_back();
+      out.release(c.handle);
+      continue;
+    }
     const auto connection = queue::connection_id{static_cast<std::uint32_t>(c.cookie >> 32),
                                                  static_cast<std::uint32_t>(c.cookie)};
     const auto taken = scheduler.take_for_site(connection, now_ms);
@@ -805,7 +811,7 @@ void relay::state::open(const queue::connect_request& request) noexcept {
   const std::string_view domain = split_egress(request.name).first;  // without its source
   outbound::route target{where.mx ? outbound::route_kind::mx : outbound::route_kind::host,
                          where.mx ? domain : std::string_view(where.host), where.port,
-                         shaped.tls_set ? shaped.tls : tls_policy_for(config, domain)};
+                         shaped.tls_set ? shaped.tls : tls_policy_for(*live, domain)};
   target.helo_name = shaped.ehlo_name;
   bind_source(request.name, target);
   target.timeout_connect_ms = shaped.timeout_connect_ms;
@@ -820,7 +826,7 @@ void relay::state::open(const queue::connect_request& request) noexcept {
     return;
   }
   connection_names[cookie] = std::string(request.name);
-  connection_sessions[cookie] = next_session++;
+  opened_connections[cookie] = opened_connection{next_session++, reloads};
   metrics.connections.add();
 }
 
@@ -845,7 +851,7 @@ queue::connection_id connection_of(std::uint64_t cookie) noexcept {
 
 void relay::on_ready(outbound::connection_handle connection, std::uint64_t destination) noexcept {
   auto& s = *_state;
-  if (s.shutting_down) return s.out.release(connection);
+  if (s.shutting_down || s.opened_before_reload(destination)) return s.out.release(connection);
   if (s.shaping->has_mx_entries()) {
     if (const auto name = s.connection_names.find(destination); name != s.connection_names.end())
       s.learn_mx(name->second, connection);
@@ -865,8 +871,16 @@ void relay::on_ready(outbound::connection_handle connection, std::uint64_t desti
 }
 
 std::uint64_t relay::state::session_of(std::uint64_t cookie) const noexcept {
-  const auto found = connection_sessions.find(cookie);
-  return found != connection_sessions.end() ? found->second : 0;
+  const auto found = opened_connections.find(cookie);
+  return found != opened_connections.end() ? found->second.session : 0;
+}
+
+// A connection opened before the latest reload takes no more jobs: it may carry an older TLS
+// policy or relay host (ringmta-sim: TLS POLICY BYPASSED after `policy_for` was tightened).
+// Released, it closes with QUIT; the scheduler opens a new one for the queue's next job.
+bool relay::state::opened_before_reload(std::uint64_t cookie) const noexcept {
+  const auto found = opened_connections.find(cookie);
+  return found != opened_connections.end() && found->second.configuration != reloads;
 }
 
 void relay::state::start_delivery(outbound::connection_handle connection, std::uint64_t cookie,
@@ -1080,7 +1094,7 @@ void relay::on_closed(outbound::connection_handle, std::uint64_t destination,
   const std::string name = name_entry != s.connection_names.end() ? name_entry->second : "";
   if (name_entry != s.connection_names.end()) s.connection_names.erase(name_entry);
   const std::uint64_t session = s.session_of(destination);
-  s.connection_sessions.erase(destination);
+  s.opened_connections.erase(destination);
   s.drop_idle(s.idle_key(name), destination);
   recipient_report why = report_from(*result.reply, result.remote, 0, outcome_kind::deferred);
   why.session = session;

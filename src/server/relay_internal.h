@@ -484,7 +484,17 @@ struct relay::state {
   std::vector<std::unique_ptr<in_flight>> flights;
   std::vector<std::uint32_t> free_flights;
   std::unordered_map<std::uint64_t, std::string> connection_names;  // by connection cookie
-  std::unordered_map<std::uint64_t, std::uint64_t> connection_sessions;  // cookie → session id
+  // By connection cookie: its session id (session_id_base) and the configuration it was opened
+  // under. A reload retires every connection opened before it at its next job boundary: mail
+  // handed out after a reload goes out as the reload says (its TLS policy, relay host and
+  // credentials, source, EHLO name), as after Postfix's reload.
+  struct opened_connection {
+    std::uint64_t session = 0;
+    std::uint64_t configuration = 0;  // `reloads` when it was opened
+  };
+  std::unordered_map<std::uint64_t, opened_connection> opened_connections;
+  std::uint64_t reloads = 0;  // relay::update calls
+  bool opened_before_reload(std::uint64_t cookie) const noexcept;
   std::uint64_t next_session = 0;  // outbound session ids for log records (session_id_base)
   // Ready connections with nothing to send, by destination: reused when the destination gets
   // work (the outbound closes them after its idle timeout). `woken` lists destinations that

@@ -118,6 +118,7 @@ struct remote_host {
   double tls_broken = 0;  // a connection's handshake fails (the client falls back to plaintext)
   double refuse = 0, greet_reject = 0, drop = 0, stall = 0, temporary = 0, permanent = 0;
   bool relayhost = false;  // the relay host: every destination's mail, AUTH required
+  certificate presented = certificate::self_signed;  // until healed (tls_policy_plan)
 };
 
 // A relay host receiving all mail (relay_config::relayhost, a ~quarter of the seeds), with
@@ -134,6 +135,45 @@ struct relayhost_plan {
   double auth_temporary = 0;      // 454 4.7.0 to AUTH, until healed
 };
 constexpr std::string_view relayhost_name = "smarthost.sim.example";
+
+// TLS policies ([relay.tls.policy_for]) in about a third of the seeds: each domain keeps
+// opportunistic TLS or demands it (`required`: STARTTLS or wait, RFC 3207 §4.1 never plaintext
+// instead) or a verified certificate (`verify`: the chain to the simulated CA and the MX host's
+// name, or the relay host's, RFC 6125). Their MTAs offer STARTTLS more often, and under
+// `verify` present a good certificate or, with faults, one for another name or a self-signed
+// one until the heal (the operator renews it). In half of them a reload makes one domain's
+// policy stricter during the run. Drawn from a stream of its own after every other: a seed
+// without policies draws, logs and replays exactly as before.
+struct tls_policy_plan {
+  bool on = false;
+  outbound::tls_policy fallback = outbound::tls_policy::opportunistic;  // tls_default
+  outbound::tls_policy policy[domain_count] = {};    // in force; opportunistic unless drawn
+  outbound::tls_policy eventual[domain_count] = {};  // after the reload: the hosts serve it
+  outbound::tls_policy previous[domain_count] = {};  // before the reload
+  std::int64_t changed_ns[domain_count] = {};        // when the reload changed it
+  std::uint32_t tightened = domain_count;            // the domain the reload makes stricter
+  std::int64_t tighten_after_ns = 0;                 // after the first start
+
+  outbound::tls_policy resolve(outbound::tls_policy entry) const noexcept {
+    return entry != outbound::tls_policy::opportunistic ? entry : fallback;
+  }
+  outbound::tls_policy for_destination(std::uint32_t domain) const noexcept {
+    return domain < domain_count ? resolve(policy[domain]) : fallback;
+  }
+  outbound::tls_policy eventually(std::uint32_t domain) const noexcept {
+    return domain < domain_count ? resolve(eventual[domain]) : fallback;
+  }
+  // The policy a job taken after `taken_after_ns` was given: the one in force then, or (taken
+  // around the reload) the weaker one before it.
+  outbound::tls_policy for_job(std::uint32_t domain, std::int64_t taken_after_ns) const noexcept {
+    if (domain < domain_count && changed_ns[domain] > taken_after_ns)
+      return resolve(previous[domain]);
+    return for_destination(domain);
+  }
+  bool demands_tls(outbound::tls_policy wanted) const noexcept {
+    return wanted == outbound::tls_policy::required || wanted == outbound::tls_policy::verify;
+  }
+};
 constexpr std::string_view relayhost_user = "sim-relay";
 constexpr std::string_view relayhost_password = "sim-secret";
 
@@ -168,18 +208,19 @@ struct delivery::state {
   struct remote_peer final : stream_peer, smtp::server_handler {
     remote_peer(state& owner, remote_host& host, std::uint64_t connection_number,
                 bool tls_broken, std::uint32_t limit)
-        : s(owner), remote(host), number(connection_number), limit_at_open(limit) {
+        : s(owner), remote(host), number(connection_number), limit_at_open(limit),
+          presented(owner.presented_by(host)) {
       config.hostname = remote.name;
       config.extensions = remote.extensions;
       config.limits.message_bytes_max = remote.message_bytes_max;
-      config.starttls_offered = remote.starttls;
+      config.starttls_offered = owner.offers_starttls(remote);
       // AUTH is advertised before TLS too: a client that would send its password in the clear
       // is seen doing it (relay_auth), not kept from it by a 538.
       config.auth_offered = remote.relayhost;
       config.auth_requires_tls = false;
       config.auth_mechanisms = owner.relayhost.login_only ? "LOGIN" : "PLAIN LOGIN";
       server = std::make_unique<smtp::server_session>(config, *this);
-      pipe = std::make_unique<server_tls_pipe>(*server, tls_broken);
+      pipe = std::make_unique<server_tls_pipe>(*server, tls_broken, presented);
     }
     ~remote_peer() override { gone(); }
     void on_connected(sim_host& host, int fd) override;
@@ -234,6 +275,7 @@ struct delivery::state {
     remote_host& remote;
     std::uint64_t number;  // for the notes: the remote's own count of connections
     std::uint32_t limit_at_open;  // the destination's connections_max when it connected
+    certificate presented;        // what its STARTTLS handshake shows (sim_tls.h)
     bool counted = true;
     smtp::server_config config;  // the session keeps a reference
     std::unique_ptr<smtp::server_session> server;
@@ -244,6 +286,9 @@ struct delivery::state {
     // its previous MAIL) and before last_mail_ns (this MAIL).
     std::int64_t last_mail_ns = 0, taken_after_ns = 0;
     bool rate_checked = false;  // at the transaction's first RCPT
+    // The relay chose this transaction's job after this: the connection's accept, or the end of
+    // its previous message (a reload before it must hold for the job).
+    std::int64_t ready_after_ns = 0;
     std::string reverse_path;
     std::vector<std::string> recipients;
     std::string body;
@@ -273,10 +318,19 @@ struct delivery::state {
   void configure_relayhost(server::relay_config& config) const;
   smtp::verdict relay_auth(remote_peer& h, const auth::sasl_step& step);
   smtp::verdict unauthenticated_mail(const remote_peer& h);
-  void check_auth_bounce(spool::message_id id, std::string_view to, std::string_view reply);
+  void check_transient_bounce(spool::message_id id, std::string_view to,
+                              std::string_view reply);
   void fix_credentials();
   void push_config();
   void check_rate(const remote_peer& h, std::string_view recipient);
+  // TLS policies (tls_policy_plan)
+  void draw_tls_policies(std::uint64_t seed);
+  void tighten_tls_policy();
+  bool demands_tls(const remote_host& host) const;
+  bool demands_verify(const remote_host& host) const;
+  bool offers_starttls(const remote_host& host) const;
+  certificate presented_by(const remote_host& host) const;
+  void check_tls_policy(const remote_peer& h, std::string_view recipient);
   // operator
   void operator_tick();
   void operate(std::string_view destination, std::string_view action);
@@ -307,6 +361,7 @@ struct delivery::state {
   std::vector<server::relay*>* relays = nullptr;  // every shard's relay (relay_config.shards)
   std::vector<remote_host> hosts;
   relayhost_plan relayhost;
+  tls_policy_plan tls_plan;
   std::vector<int> domain_mode;  // 0 MX, 1 implicit MX, 2 null MX, 3 NXDOMAIN
   double dns_timeout = 0, dns_servfail = 0;
   // The relay's settings (scheduler limits, retry schedule, lifetime: the operator reloads)
@@ -435,6 +490,7 @@ delivery::state::state(world& owner, std::uint64_t seed)
                    limits.recipients_per_transaction_max));
   if (const auto drawn = shape.describe(); !drawn.empty()) note(drawn);
   draw_relayhost(seed);
+  draw_tls_policies(seed);
 }
 
 // After every other draw, from a stream of its own: a seed without a relay host runs as before.
@@ -465,6 +521,121 @@ void delivery::state::draw_relayhost(std::uint64_t seed) {
                        ? fmt::format("wrong for {}s", relayhost.fix_after_ns / 1000 / ms_ns)
                        : "right",
                    relayhost.auth_temporary, lifetime_ms / 1000));
+}
+
+// After the relay host's draw (its TLS default is a policy's fallback), from a stream of its
+// own; not under --no-shaping (the runs of the older regression seeds).
+void delivery::state::draw_tls_policies(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x7150c1e5);
+  tls_plan.on = draw.chance(0.35) && w.settings().shaping;
+  if (!tls_plan.on) return;
+  if (relayhost.on && !relayhost.plaintext) tls_plan.fallback = outbound::tls_policy::required;
+  constexpr outbound::tls_policy choices[] = {
+      outbound::tls_policy::opportunistic, outbound::tls_policy::opportunistic,
+      outbound::tls_policy::required, outbound::tls_policy::verify};
+  std::string drawn;
+  for (std::uint32_t d = 0; d < domain_count; ++d) {
+    tls_plan.policy[d] = tls_plan.eventual[d] = choices[draw.below(4)];
+    drawn += fmt::format(" {}={}", domain_names[d], outbound::describe(tls_plan.policy[d]));
+  }
+  if (draw.chance(0.5)) {  // a reload makes one domain stricter
+    const auto d = static_cast<std::uint32_t>(draw.below(domain_count));
+    const auto now = tls_plan.policy[d];
+    if (now != outbound::tls_policy::verify) {
+      tls_plan.tightened = d;
+      tls_plan.eventual[d] = now == outbound::tls_policy::opportunistic && draw.chance(0.5)
+                                 ? outbound::tls_policy::required
+                                 : outbound::tls_policy::verify;
+      tls_plan.tighten_after_ns = static_cast<std::int64_t>(draw.between(5, 120)) * 1000 * ms_ns;
+      drawn += fmt::format(" | {} becomes {} by a reload after {}s", domain_names[d],
+                           outbound::describe(tls_plan.eventual[d]),
+                           tls_plan.tighten_after_ns / 1000 / ms_ns);
+    }
+  }
+  const bool faults = w.settings().faults;
+  for (auto& host : hosts) {
+    if (demands_tls(host) && !host.starttls) {
+      host.starttls = !faults || draw.chance(0.5);  // the rest offer it once healed
+      if (faults && host.starttls) host.tls_broken = static_cast<double>(draw.below(10)) / 100;
+    }
+    if (!demands_verify(host)) continue;
+    const std::uint64_t kind = faults ? draw.below(20) : 0;
+    host.presented = kind < 14 ? certificate::good
+                     : kind < 17 ? certificate::wrong_name : certificate::self_signed;
+    if (host.presented != certificate::good)
+      drawn += fmt::format(" | {}: {}", host.name, describe(host.presented));
+  }
+  for (const auto& host : hosts) {
+    if (demands_tls(host) && !host.starttls) drawn += fmt::format(" | {}: no STARTTLS", host.name);
+  }
+  note(fmt::format("delivery: TLS policies{}", drawn));
+}
+
+// Whether some destination's mail to `host` must go over TLS (verified), as the relay decides:
+// an MX host serves its domain, the relay host (when there is one, the only host the relay
+// connects to) every destination.
+bool delivery::state::demands_tls(const remote_host& host) const {
+  if (!tls_plan.on || relayhost.on != host.relayhost) return false;
+  if (!host.relayhost) return tls_plan.demands_tls(tls_plan.eventually(host.domain));
+  for (std::uint32_t d = 0; d < domain_count; ++d)
+    if (tls_plan.demands_tls(tls_plan.eventually(d))) return true;
+  return false;
+}
+bool delivery::state::demands_verify(const remote_host& host) const {
+  if (!tls_plan.on || relayhost.on != host.relayhost) return false;
+  for (std::uint32_t d = 0; d < domain_count; ++d) {
+    if ((host.relayhost || host.domain == d) &&
+        tls_plan.eventually(d) == outbound::tls_policy::verify)
+      return true;
+  }
+  return false;
+}
+
+// What a connection to `host` meets now: once healed, STARTTLS and a good certificate wherever
+// a policy demands them (the operator fixed the server), so everything drains.
+bool delivery::state::offers_starttls(const remote_host& host) const {
+  return host.starttls || (w.healed() && demands_tls(host));
+}
+certificate delivery::state::presented_by(const remote_host& host) const {
+  return w.healed() && demands_verify(host) ? certificate::good : host.presented;
+}
+
+// The operator makes a domain's TLS policy stricter and reloads (relay::update on every shard;
+// without a relay now, the next process starts with it).
+void delivery::state::tighten_tls_policy() {
+  const std::uint32_t d = tls_plan.tightened;
+  tls_plan.previous[d] = tls_plan.policy[d];
+  tls_plan.policy[d] = tls_plan.eventual[d];
+  tls_plan.changed_ns[d] = w.clock().now_ns();
+  note(fmt::format("operator: {} = {} (reload)", domain_names[d],
+                   outbound::describe(tls_plan.policy[d])));
+  if (relay != nullptr) push_config();
+}
+
+// At each RCPT: the destination's policy holds on this connection. Plaintext where TLS is
+// demanded (RFC 3207 §4.1: a client that requires TLS must not fall back), or TLS with a
+// certificate that does not verify for the host under `verify`, is a violation.
+void delivery::state::check_tls_policy(const remote_peer& h, std::string_view recipient) {
+  if (!tls_plan.on) return;
+  const std::uint32_t destination = h.remote.relayhost ? domain_of(recipient) : h.remote.domain;
+  const outbound::tls_policy wanted = tls_plan.for_job(destination, h.ready_after_ns);
+  if (!tls_plan.demands_tls(wanted)) return;
+  ++w.counters().tls_policy_checks;
+  const std::string_view name =
+      destination < domain_count ? domain_names[destination] : std::string_view("?");
+  if (!h.server->tls_active()) {
+    w.fail(fmt::format("TLS POLICY BYPASSED: r{} sent RCPT <{}> to {} in plaintext, but {} "
+                       "demands TLS ({})", h.number, recipient, h.remote.name, name,
+                       outbound::describe(wanted)));
+    return;
+  }
+  if (wanted != outbound::tls_policy::verify) return;
+  ++w.counters().tls_verify_checks;
+  if (h.presented != certificate::good) {
+    w.fail(fmt::format("UNVERIFIED TLS: r{} sent RCPT <{}> to {} over TLS with {}, but {} = "
+                       "verify", h.number, recipient, h.remote.name,
+                       describe(h.presented), name));
+  }
 }
 
 // Every destination to the relay host (relay.cc route_for), with --relayhost-auth's credentials
@@ -518,6 +689,10 @@ server::relay_config delivery::state::make_config() const {
   config.dns.random = dns::seeded_random(dns_seed);
   shape.configure(config);
   configure_relayhost(config);
+  for (std::uint32_t d = 0; d < domain_count && tls_plan.on; ++d) {
+    if (tls_plan.policy[d] != outbound::tls_policy::opportunistic)
+      config.tls_policies.emplace(domain_names[d], tls_plan.policy[d]);
+  }
   return config;
 }
 
@@ -645,7 +820,7 @@ void delivery::state::connection_gone(std::uint32_t domain, std::uint32_t limit)
 
 void delivery::state::remote_peer::on_connected(sim_host& host, int fd) {
   s.note(fmt::format("{} accepts connection (r{})", remote.name, number));
-  last_mail_ns = s.w.clock().now_ns();
+  last_mail_ns = ready_after_ns = s.w.clock().now_ns();
   if (!s.w.healed() && s.rng.chance(remote.greet_reject)) {
     server->start_refusing("busy");
   } else {
@@ -716,6 +891,7 @@ smtp::verdict delivery::state::remote_peer::on_rcpt_to(
                          "reached {} (r{})", to.address, remote.name, number));
   }
   if (!rate_checked) s.check_rate(*this, to.address);
+  s.check_tls_policy(*this, to.address);
   rate_checked = true;
   smtp::verdict verdict = answer("RCPT");
   if (verdict.what() == smtp::verdict::kind::accept) recipients.emplace_back(to.address);
@@ -729,6 +905,7 @@ smtp::verdict delivery::state::remote_peer::on_data_end(const smtp::body_summary
   if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
   recipients.clear();
   body.clear();
+  ready_after_ns = s.w.clock().now_ns();
   return verdict;
 }
 
@@ -810,21 +987,31 @@ smtp::verdict delivery::state::unauthenticated_mail(const remote_peer& h) {
   return smtp::verdict::respond(530, "5.7.0", "Authentication required");
 }
 
-// The daemon's promise for a relay host that refuses its credentials (535 5.7.8) or AUTH for
-// now (454): the outbound records an AUTH failure, always transient (attempt_plan.cc summary),
-// so the mail waits for the operator's fix; it bounces only when its lifetime ends (relay.cc:
-// "delivery time expired; last error: ...", or "... (gave up: queue lifetime expired)" for a
-// job on the wire then). A `bounced` record naming AUTH that is no expiry (nor the operator's
-// bounce) broke it: AUTH BOUNCED.
-void delivery::state::check_auth_bounce(spool::message_id id, std::string_view to,
-                                        std::string_view reply) {
-  if (!relayhost.on || reply.find("AUTH") == std::string_view::npos) return;
+// Failures the daemon promises are transient (attempt_plan.cc summary: "transient whatever the
+// server said"): AUTH the relay host refuses (535 5.7.8, or 454 for now) — the mail waits for
+// the operator's fix of the credentials — and TLS a policy demands that did not happen (no
+// STARTTLS, a failed handshake, a certificate that does not verify) — the mail waits for the
+// server's fix. Such mail bounces only when its lifetime ends (relay.cc: "delivery time
+// expired; last error: ...", or "... (gave up: queue lifetime expired)" for a job on the wire
+// then) or by the operator. A `bounced` record naming AUTH or TLS otherwise broke it: AUTH
+// BOUNCED, TLS BOUNCED.
+void delivery::state::check_transient_bounce(spool::message_id id, std::string_view to,
+                                             std::string_view reply) {
+  const bool auth = relayhost.on && reply.find("AUTH") != std::string_view::npos;
+  const bool tls = reply.find("TLS") != std::string_view::npos;
+  if (!auth && !tls) return;
   for (const std::string_view allowed : {"delivery time expired", "bounced by the operator"})
     if (reply.substr(0, allowed.size()) == allowed) return;
   if (reply.find(" (gave up: ") != std::string_view::npos) return;
-  w.fail(fmt::format("AUTH BOUNCED: {:016x} for <{}> bounced for an AUTH failure at the relay "
-                     "host (a transient one: the mail waits for the credentials' fix): {}", id,
-                     to, reply));
+  if (auth) {
+    w.fail(fmt::format("AUTH BOUNCED: {:016x} for <{}> bounced for an AUTH failure at the relay "
+                       "host (a transient one: the mail waits for the credentials' fix): {}",
+                       id, to, reply));
+  } else {
+    w.fail(fmt::format("TLS BOUNCED: {:016x} for <{}> bounced for a TLS failure (a transient "
+                       "one: the mail waits for the server's STARTTLS or certificate): {}", id,
+                       to, reply));
+  }
 }
 
 // The operator corrects the --relayhost-auth file and reloads (relay::update): connections
@@ -1212,6 +1399,11 @@ void delivery::attach(server::relay* relay) {
     if (s.relayhost.fix_after_ns > 0) s.later(s.relayhost.fix_after_ns, [&s] {
       s.fix_credentials();
     });
+    if (s.tls_plan.tighten_after_ns > 0) {
+      s.w.clock().after(s.tls_plan.tighten_after_ns, [&s] {
+        if (!s.w.failed_now()) s.tighten_tls_policy();
+      });
+    }
   }
 }
 
@@ -1289,7 +1481,7 @@ void delivery::on_log_record(std::string_view line) {
   } else if (event == "bounced") {
     ++s.w.counters().bounces;
     s.check_reason_logged(id, to, log_field(line, "reply"));
-    s.check_auth_bounce(id, to, log_field(line, "reply"));
+    s.check_transient_bounce(id, to, log_field(line, "reply"));
     const auto found = s.ledger.find(id);
     if (found != s.ledger.end() && found->second.dsn) s.dsn_bounced.insert(id);
   } else if (event == "dsn_queued") {

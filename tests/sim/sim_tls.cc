@@ -58,8 +58,55 @@ fwIgInWuGsnGOTVEFqlyYNeT6cYuhoCTNuxkgX20Tmc/OWA=
 -----END CERTIFICATE-----
 )";
 
+// The simulated CA (ECDSA P-256, the key above) that the outbound trusts, and two server
+// certificates it signed with the same key: one naming every simulated MX host, each domain
+// (an implicit MX's host name, RFC 5321 §5.1) and the relay host (RFC 6125 DNS-IDs), one
+// naming a host that is not there. The self-signed one above is
+// the third kind: no chain to the CA.
+constexpr char ca_pem[] = R"(-----BEGIN CERTIFICATE-----
+MIIBpzCCAU2gAwIBAgIUVKjOSnfVPXBd4ghOa/v4/WStMDowCgYIKoZIzj0EAwIw
+IDEeMBwGA1UEAwwVcmluZ210YSBzaW11bGF0aW9uIENBMCAXDTI2MTIwNzE3NDkx
+NFoYDzIxMjYxMTEzMTc0OTE0WjAgMR4wHAYDVQQDDBVyaW5nbXRhIHNpbXVsYXRp
+b24gQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAT7RYxunx90rdtwJBj9QHqe
+e/L5XzcmhczFyKM/3fUNH6x0f/ry1FZvUDPn+R3KG0qe7zjLIEcTpEFfGSf18oAC
+o2MwYTAdBgNVHQ4EFgQUUHGKYRHogNTcnpn7JZVRIK25z1YwHwYDVR0jBBgwFoAU
+UHGKYRHogNTcnpn7JZVRIK25z1YwDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8BAf8E
+BAMCAgQwCgYIKoZIzj0EAwIDSAAwRQIhAJ5vL691vbENUsi5idzLozcXKYb7YrkE
+I/6ojS1rNFdBAiBykoT/5c0k4WcEKlSA09J6DasCyuLEWOU+ygT6x22zBw==
+-----END CERTIFICATE-----
+)";
+constexpr char good_certificate_pem[] = R"(-----BEGIN CERTIFICATE-----
+MIICbjCCAhSgAwIBAgIBAjAKBggqhkjOPQQDAjAgMR4wHAYDVQQDDBVyaW5nbXRh
+IHNpbXVsYXRpb24gQ0EwIBcNMjYxMjA3MTc1NDE2WhgPMjEyNjExMTMxNzU0MTZa
+MBwxGjAYBgNVBAMMEW14MS5yY3B0MC5leGFtcGxlMFkwEwYHKoZIzj0CAQYIKoZI
+zj0DAQcDQgAE+0WMbp8fdK3bcCQY/UB6nnvy+V83JoXMxcijP931DR+sdH/68tRW
+b1Az5/kdyhtKnu84yyBHE6RBXxkn9fKAAqOCAT8wggE7MIH5BgNVHREEgfEwge6C
+EW14MS5yY3B0MC5leGFtcGxlghFteDIucmNwdDAuZXhhbXBsZYIRbXgxLnJjcHQx
+LmV4YW1wbGWCEW14Mi5yY3B0MS5leGFtcGxlghFteDEucmNwdDIuZXhhbXBsZYIR
+bXgyLnJjcHQyLmV4YW1wbGWCEm14MS5zZW5kZXIuZXhhbXBsZYISbXgyLnNlbmRl
+ci5leGFtcGxlgg1yY3B0MC5leGFtcGxlgg1yY3B0MS5leGFtcGxlgg1yY3B0Mi5l
+eGFtcGxlgg5zZW5kZXIuZXhhbXBsZYIVc21hcnRob3N0LnNpbS5leGFtcGxlMAkG
+A1UdEwQCMAAwEwYDVR0lBAwwCgYIKwYBBQUHAwEwHQYDVR0OBBYEFFBximER6IDU
+3J6Z+yWVUSCtuc9WMAoGCCqGSM49BAMCA0gAMEUCIBX8l9spf6H92UC1f6ZdAwB9
+JH64HXGPo4MLTDAqYYxVAiEA/qC8O0YKW4gmHuwwNUVkmvMncyXN2sqyFKI2l5K1
+IXY=
+-----END CERTIFICATE-----
+)";
+constexpr char wrong_name_certificate_pem[] = R"(-----BEGIN CERTIFICATE-----
+MIIBkzCCATigAwIBAgIBAzAKBggqhkjOPQQDAjAgMR4wHAYDVQQDDBVyaW5nbXRh
+IHNpbXVsYXRpb24gQ0EwIBcNMjYxMjA3MTc0OTE0WhgPMjEyNjExMTMxNzQ5MTRa
+MB8xHTAbBgNVBAMMFG14LmVsc2V3aGVyZS5pbnZhbGlkMFkwEwYHKoZIzj0CAQYI
+KoZIzj0DAQcDQgAE+0WMbp8fdK3bcCQY/UB6nnvy+V83JoXMxcijP931DR+sdH/6
+8tRWb1Az5/kdyhtKnu84yyBHE6RBXxkn9fKAAqNiMGAwHwYDVR0RBBgwFoIUbXgu
+ZWxzZXdoZXJlLmludmFsaWQwCQYDVR0TBAIwADATBgNVHSUEDDAKBggrBgEFBQcD
+ATAdBgNVHQ4EFgQUUHGKYRHogNTcnpn7JZVRIK25z1YwCgYIKoZIzj0EAwIDSQAw
+RgIhAO1ja0fFraEbVsr3Gq9WYFi+opCvz6lr2aw4nYBFxYaXAiEAj9hWaUzWw7at
+91ffKNACCIGnTLfuY+5p+aUbI5mhDu4=
+-----END CERTIFICATE-----
+)";
+
 struct fixed_contexts {
-  std::shared_ptr<const tls::server_context> server;
+  std::shared_ptr<const tls::server_context> server[certificate_kinds];
   std::shared_ptr<const tls::client_context> client;
 };
 
@@ -68,38 +115,52 @@ struct fixed_contexts {
   std::abort();  // a broken test fixture, not a simulated fault
 }
 
-// The loaders read files (the daemon's certificates are files): the pair is written once
-// into a private temporary directory, loaded, and removed. The client trusts that one
-// certificate, not the machine's CA bundle: a run must not depend on the host's files
-// (opportunistic TLS verifies nothing anyway).
+// The loaders read files (the daemon's certificates are files): the PEMs are written once
+// into a private temporary directory, loaded, and removed. The client trusts the simulated CA,
+// not the machine's bundle: a run must not depend on the host's files. The servers share one
+// ticket key ring, as a host that changes its certificate keeps its ticket keys.
 fixed_contexts load_fixed_contexts() {
   char directory[] = "/tmp/ringmta-sim-tls-XXXXXX";
   if (::mkdtemp(directory) == nullptr) fixture_broken("mkdtemp", std::strerror(errno));
-  const std::string key_file = std::string(directory) + "/key.pem";
-  const std::string certificate_file = std::string(directory) + "/cert.pem";
-  const auto write = [](const std::string& path, const char* text) {
-    std::FILE* f = std::fopen(path.c_str(), "w");
+  const std::string path = directory;
+  const std::string key_file = path + "/key.pem";
+  const std::string ca_file = path + "/ca.pem";
+  const std::string certificate_files[certificate_kinds] = {
+      path + "/self-signed.pem", path + "/good.pem", path + "/wrong-name.pem"};
+  const char* const certificate_texts[certificate_kinds] = {
+      certificate_pem, good_certificate_pem, wrong_name_certificate_pem};
+  const auto write = [](const std::string& file, const char* text) {
+    std::FILE* f = std::fopen(file.c_str(), "w");
     if (f == nullptr) return false;
     const bool ok = std::fputs(text, f) >= 0;
     return std::fclose(f) == 0 && ok;
   };
+  bool written = write(key_file, key_pem) && write(ca_file, ca_pem);
+  for (std::size_t kind = 0; kind < certificate_kinds; ++kind)
+    written = written && write(certificate_files[kind], certificate_texts[kind]);
   fixed_contexts made;
-  tls::server_load_result server;
-  tls::client_load_result client;
-  if (write(key_file, key_pem) && write(certificate_file, certificate_pem)) {
-    tls::server_settings settings;
-    settings.certificates.push_back({certificate_file, key_file});
-    server = tls::load_server_context(settings, std::make_shared<tls::ticket_key_ring>());
+  std::string error = written ? "" : "cannot write the fixture's files";
+  if (written) {
+    const auto tickets = std::make_shared<tls::ticket_key_ring>();
+    for (std::size_t kind = 0; kind < certificate_kinds; ++kind) {
+      tls::server_settings settings;
+      settings.certificates.push_back({certificate_files[kind], key_file});
+      auto server = tls::load_server_context(settings, tickets);
+      made.server[kind] = server.context;
+      if (server.context == nullptr) error = server.error;
+    }
     tls::client_settings trust;
-    trust.ca_file = certificate_file;
-    client = tls::load_client_context(trust);
+    trust.ca_file = ca_file;
+    auto client = tls::load_client_context(trust);
+    made.client = client.context;
+    if (client.context == nullptr) error = client.error;
   }
+  for (const auto& file : certificate_files) ::unlink(file.c_str());
   ::unlink(key_file.c_str());
-  ::unlink(certificate_file.c_str());
+  ::unlink(ca_file.c_str());
   ::rmdir(directory);
-  if (server.context == nullptr) fixture_broken("the simulated MTAs' TLS context", server.error);
-  if (client.context == nullptr) fixture_broken("the clients' TLS context", client.error);
-  return {server.context, client.context};
+  if (!error.empty()) fixture_broken("the simulated TLS contexts", error);
+  return made;
 }
 
 const fixed_contexts& contexts() {
@@ -108,6 +169,15 @@ const fixed_contexts& contexts() {
 }
 
 }  // namespace
+
+std::string_view describe(certificate presented) noexcept {
+  switch (presented) {
+    case certificate::self_signed: return "a self-signed certificate";
+    case certificate::good: return "a good certificate";
+    case certificate::wrong_name: return "a certificate for another name";
+  }
+  return "?";
+}
 
 void seed_openssl(std::uint64_t seed) {
 #pragma GCC diagnostic push
@@ -120,8 +190,8 @@ void seed_openssl(std::uint64_t seed) {
   g_rand_state = seed ^ 0x5eed0f7e15ull;
 }
 
-std::shared_ptr<const tls::server_context> simulated_server_context() {
-  return contexts().server;
+std::shared_ptr<const tls::server_context> simulated_server_context(certificate presented) {
+  return contexts().server[static_cast<std::size_t>(presented)];
 }
 
 std::shared_ptr<const tls::client_context> simulated_client_context() {
@@ -142,7 +212,7 @@ bool server_tls_pipe::feed(std::string_view bytes, std::string& out) {
         out.append("\x15\x03\x03\x00\x02\x02\x28");  // a handshake_failure alert record
         return false;
       }
-      _tls = tls::session::accept(simulated_server_context());
+      _tls = tls::session::accept(simulated_server_context(_presented));
       if (_tls == nullptr) return false;
       return rest.empty() || feed_ciphertext(rest, out);
     }

@@ -5,11 +5,15 @@
 // Replays stay exact: OpenSSL's random numbers (client and server randoms, key shares, ECDSA
 // nonces, session tickets) come from the seed (seed_openssl: RAND_set_rand_method, which
 // OpenSSL 3.0 still consults before its own generator), so every handshake of a run is the
-// same octets in the same sizes at every replay. The certificate is a fixed test key pair
-// (ECDSA P-256, self-signed, *.example): opportunistic TLS verifies nothing (RFC 7435), and the
-// simulated MTAs are not what certificate checks are tested against (tests/unit/tls is).
+// same octets in the same sizes at every replay. The certificates are fixed (ECDSA P-256, one
+// key): a self-signed one (*.example), what every simulated MTA presents unless a `verify`
+// policy is drawn (opportunistic TLS verifies nothing, RFC 7435), and two signed by the
+// simulated CA the outbound trusts: one naming every simulated MX host and the relay host,
+// one naming another host (sim_delivery.cc, TLS policies: RFC 6125's check through the daemon's
+// own tls::session).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -24,8 +28,18 @@ namespace ringmta::sim {
 // Every OpenSSL random number from now on comes from `seed`'s stream (process-wide).
 void seed_openssl(std::uint64_t seed);
 
-// The contexts, built once per process (the server's from the fixed key pair).
-std::shared_ptr<const tls::server_context> simulated_server_context();
+// What a simulated server presents.
+enum class certificate : std::uint8_t {
+  self_signed,  // no chain to the simulated CA
+  good,         // the CA's, naming every simulated MX host and the relay host
+  wrong_name,   // the CA's, naming a host that is not there
+};
+inline constexpr std::size_t certificate_kinds = 3;
+std::string_view describe(certificate presented) noexcept;
+
+// The contexts, built once per process.
+std::shared_ptr<const tls::server_context> simulated_server_context(
+    certificate presented = certificate::self_signed);
 std::shared_ptr<const tls::client_context> simulated_client_context();
 
 // Encrypts `plain` with an established session, appending its records to `out`; returns the
@@ -38,7 +52,9 @@ std::size_t encrypt(tls::session& session, std::string_view plain, std::string& 
 // TLS, or a broken server: the client's opportunistic fallback to plaintext is exercised).
 class server_tls_pipe {
  public:
-  server_tls_pipe(smtp::server_session& engine, bool broken) : _engine(engine), _broken(broken) {}
+  server_tls_pipe(smtp::server_session& engine, bool broken,
+                  certificate presented = certificate::self_signed)
+      : _engine(engine), _broken(broken), _presented(presented) {}
 
   // Octets from the client; appends what goes back to `out`. False: close the connection
   // (the handshake failed, or the client closed TLS).
@@ -52,6 +68,7 @@ class server_tls_pipe {
   bool feed_ciphertext(std::string_view bytes, std::string& out);
   smtp::server_session& _engine;
   bool _broken;
+  certificate _presented;
   std::unique_ptr<tls::session> _tls;
 };
 

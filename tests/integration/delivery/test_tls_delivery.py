@@ -13,9 +13,12 @@ CBC-only cipher list, so every handshake fails).
   opportunistic, handshake fails       -> delivered in plaintext on the retry; the next
                                           connection goes plaintext at once (remembered)
   smarthost (--relayhost) with verify  -> the relay host's name is what is verified
+  a reload makes a domain `required`   -> delivered in plaintext before it, deferred 4.7.4
+                                          after it (new and idle connections alike)
 usage: test_tls_delivery.py RINGMTA DNS_SERVER_SCRIPT"""
 import os
 import re
+import signal
 import shutil
 import smtplib
 import subprocess
@@ -38,10 +41,10 @@ port = free_port()
 mailboxes = os.path.join(work, "mailboxes")
 os.makedirs(mailboxes)
 shutil.chown(mailboxes, "nobody", "nogroup")
-users = ["good", "big", "wrong", "plain", "broken", "broken2", "relay", "relaywrong"]
+users = ["good", "big", "wrong", "plain", "broken", "broken2", "relay", "relaywrong", "late"]
 domains = {"good": "good", "big": "good", "wrong": "wrong", "plain": "plain",
            "broken": "broken", "broken2": "broken2", "relay": "relay",
-           "relaywrong": "relaywrong"}
+           "relaywrong": "relaywrong", "late": "late"}
 mailbox_map = ", ".join(f"{u}@{domains[u]}.tls.test={u}" for u in users)
 extra_main_cf = os.path.join(work, "main.cf")
 with open(extra_main_cf, "w") as f:
@@ -71,7 +74,8 @@ with open(extra_master_cf, "w") as f:
 instance = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools",
                         "postfix_instance.sh")
 dns = DnsServer(dns_script, {"tls.test": [
-    "good MX 10 mx", "wrong MX 10 other", "plain MX 10 plainmx", "broken MX 10 brokenmx",
+    "good MX 10 mx", "wrong MX 10 other", "plain MX 10 plainmx", "late MX 10 plainmx",
+    "broken MX 10 brokenmx",
     "broken2 MX 10 brokenmx3", "mx A 127.0.0.1", "other A 127.0.0.1", "plainmx A 127.0.0.2",
     "brokenmx A 127.0.0.3", "brokenmx3 A 127.0.0.3"]})
 # broken2's MX is another name for the same server: another MX site (a site would carry its
@@ -213,6 +217,41 @@ try:
            mailbox("relaywrong") == b"",
            "a relay host whose name the certificate lacks is deferred", refused)
     tap.ok(relay.stop() == 0, "clean exit")
+
+    # --- a reload makes a domain `required`: mail handed out after it never goes in plaintext,
+    # whether on a new connection or on one left idle from before (ringmta-sim found both:
+    # new connections read the policy of the start's configuration, and an idle connection
+    # kept the policy it was opened with).
+    config = os.path.join(work, "reload.toml")
+
+    def write_policy(entries):
+        with open(config + ".new", "w") as f:
+            f.write("[relay.tls.policy_for]\n" +
+                    "".join(f'"{domain}" = "{policy}"\n' for domain, policy in entries))
+        os.replace(config + ".new", config)
+
+    write_policy([])
+    late = Daemon(ringmta, shards=1, args=[
+        "--config", config, "--resolver", dns.address, "--delivery-port", str(port),
+        "--retry-schedule", "1h", "--tls-policy", "opportunistic"]).start()
+    send(late, "late@late.tls.test", message("late1"))
+    before = wait_until(lambda: event_for(late, "delivered", "late@late.tls.test"), 30)
+    tap.ok(before and before[0].get("tls") == "none" and b"line 19 of late1" in mailbox("late"),
+           "opportunistic: delivered in plaintext to the server without STARTTLS", before)
+    write_policy([("late.tls.test", "required")])
+    late.process.send_signal(signal.SIGHUP)
+    tap.ok(wait_until(lambda: late.events("reloaded"), 20),
+           "SIGHUP reloads policy_for", late.events("reload_rejected"))
+    send(late, "late@late.tls.test", message("late2"))
+    after = wait_until(lambda: event_for(late, "deferred", "late@late.tls.test"), 30)
+    reply = after[0]["reply"] if after else ""
+    tap.ok(reply.startswith("451 4.7.4 ") and "STARTTLS was not offered" in reply and
+           b"late2" not in mailbox("late"),
+           "after the reload: deferred 4.7.4, never sent in plaintext", after or mailbox("late"))
+    tap.ok(len(event_for(late, "delivered", "late@late.tls.test")) == 1,
+           "only the message from before the reload was delivered",
+           event_for(late, "delivered", "late@late.tls.test"))
+    tap.ok(late.stop() == 0, "clean exit")
 finally:
     subprocess.run([instance, "stop", work], capture_output=True)
     dns.stop()
