@@ -11,6 +11,7 @@
 #include <deque>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -133,6 +134,17 @@ struct relayhost_plan {
   password configured = password::right;
   std::int64_t fix_after_ns = 0;  // a wrong password's fix (a reload), after the first start
   double auth_temporary = 0;      // 454 4.7.0 to AUTH, until healed
+  // In some seeds a reload adds the relay host (MX routing before) or removes it (after).
+  bool routed = false;             // every destination goes to it now (relay_config)
+  std::int64_t switch_after_ns = 0;  // the reload that adds or removes it, after the first start
+  std::int64_t switched_ns = 0;      // when it did
+  bool mx_used() const noexcept { return !on || switch_after_ns > 0; }
+  // Whether a job the relay took after `taken_after_ns` went to the relay host; unknown
+  // (nullopt) for a job taken around the reload.
+  std::optional<bool> routed_for_job(std::int64_t taken_after_ns) const noexcept {
+    if (switched_ns > taken_after_ns) return std::nullopt;
+    return routed;
+  }
 };
 constexpr std::string_view relayhost_name = "smarthost.sim.example";
 
@@ -315,6 +327,9 @@ struct delivery::state {
   std::uint32_t destination_of(const remote_peer& h) const;
   // the relay host (relayhost_plan)
   void draw_relayhost(std::uint64_t seed);
+  void draw_relayhost_switch(std::uint64_t seed);
+  void switch_relayhost();
+  void check_route(const remote_peer& h, std::string_view recipient);
   void configure_relayhost(server::relay_config& config) const;
   smtp::verdict relay_auth(remote_peer& h, const auth::sasl_step& step);
   smtp::verdict unauthenticated_mail(const remote_peer& h);
@@ -503,6 +518,8 @@ void delivery::state::draw_relayhost(std::uint64_t seed) {
   relayhost.plaintext = draw.chance(0.2);
   relayhost.login_only = draw.chance(0.3);
   hosts.push_back(relayhost_mta(draw, relayhost.plaintext, w.settings().faults));
+  relayhost.routed = true;
+  draw_relayhost_switch(seed);
   if (w.settings().faults) {
     if (draw.chance(0.4)) {
       relayhost.configured = relayhost_plan::password::wrong;
@@ -523,13 +540,53 @@ void delivery::state::draw_relayhost(std::uint64_t seed) {
                    relayhost.auth_temporary, lifetime_ms / 1000));
 }
 
+// A third of the relay host seeds (a stream of their own) switch routes by a reload 5-120 s
+// after the first start: half start with MX routing and add the relay host, half remove it.
+// The TLS default stays `required` all along (unless AUTH may go in the clear), as an
+// operator's [relay.tls] would: the MX hosts are held to it too.
+void delivery::state::draw_relayhost_switch(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x5e17c4);
+  if (!draw.chance(1.0 / 3)) return;
+  relayhost.routed = draw.chance(0.5);
+  relayhost.switch_after_ns = static_cast<std::int64_t>(draw.between(5, 120)) * 1000 * ms_ns;
+  note(fmt::format("delivery: a reload {} the relay host after {}s",
+                   relayhost.routed ? "removes" : "adds",
+                   relayhost.switch_after_ns / 1000 / ms_ns));
+}
+
+// The operator adds or removes the relay host and reloads (relay::update on every shard;
+// without a relay now, the next process starts with it).
+void delivery::state::switch_relayhost() {
+  relayhost.routed = !relayhost.routed;
+  relayhost.switched_ns = w.clock().now_ns();
+  note(fmt::format("operator: relay host {} (reload)", relayhost.routed ? "added" : "removed"));
+  if (relay != nullptr) push_config();
+}
+
+// At each RCPT: a job the relay took while the relay host was configured goes there, and
+// only then (RELAYHOST BYPASSED, RELAYHOST AFTER REMOVAL); a job taken around the reload may
+// go either way.
+void delivery::state::check_route(const remote_peer& h, std::string_view recipient) {
+  if (!relayhost.on) return;
+  const auto routed = relayhost.routed_for_job(h.ready_after_ns);
+  if (!routed || *routed == h.remote.relayhost) return;
+  if (*routed) {
+    w.fail(fmt::format("RELAYHOST BYPASSED: r{} sent RCPT <{}> to {} while every destination's "
+                       "mail goes to the relay host {}", h.number, recipient, h.remote.name,
+                       relayhost_name));
+  } else {
+    w.fail(fmt::format("RELAYHOST AFTER REMOVAL: r{} sent RCPT <{}> to the relay host {} after "
+                       "a reload removed it", h.number, recipient, relayhost_name));
+  }
+}
+
 // After the relay host's draw (its TLS default is a policy's fallback), from a stream of its
 // own; not under --no-shaping (the runs of the older regression seeds).
 void delivery::state::draw_tls_policies(std::uint64_t seed) {
   random draw(seed * 0x9e3779b97f4a7c15ull + 0x7150c1e5);
+  if (relayhost.on && !relayhost.plaintext) tls_plan.fallback = outbound::tls_policy::required;
   tls_plan.on = draw.chance(0.35) && w.settings().shaping;
   if (!tls_plan.on) return;
-  if (relayhost.on && !relayhost.plaintext) tls_plan.fallback = outbound::tls_policy::required;
   constexpr outbound::tls_policy choices[] = {
       outbound::tls_policy::opportunistic, outbound::tls_policy::opportunistic,
       outbound::tls_policy::required, outbound::tls_policy::verify};
@@ -575,14 +632,15 @@ void delivery::state::draw_tls_policies(std::uint64_t seed) {
 // an MX host serves its domain, the relay host (when there is one, the only host the relay
 // connects to) every destination.
 bool delivery::state::demands_tls(const remote_host& host) const {
-  if (!tls_plan.on || relayhost.on != host.relayhost) return false;
+  if (!tls_plan.on && tls_plan.fallback == outbound::tls_policy::opportunistic) return false;
+  if (!(host.relayhost ? relayhost.on : relayhost.mx_used())) return false;
   if (!host.relayhost) return tls_plan.demands_tls(tls_plan.eventually(host.domain));
   for (std::uint32_t d = 0; d < domain_count; ++d)
     if (tls_plan.demands_tls(tls_plan.eventually(d))) return true;
   return false;
 }
 bool delivery::state::demands_verify(const remote_host& host) const {
-  if (!tls_plan.on || relayhost.on != host.relayhost) return false;
+  if (!tls_plan.on || !(host.relayhost ? relayhost.on : relayhost.mx_used())) return false;
   for (std::uint32_t d = 0; d < domain_count; ++d) {
     if ((host.relayhost || host.domain == d) &&
         tls_plan.eventually(d) == outbound::tls_policy::verify)
@@ -643,6 +701,8 @@ void delivery::state::check_tls_policy(const remote_peer& h, std::string_view re
 // allowed AUTH without it: with opportunistic TLS the outbound sends no credentials at all.
 void delivery::state::configure_relayhost(server::relay_config& config) const {
   if (!relayhost.on) return;
+  if (!relayhost.plaintext) config.tls_default = outbound::tls_policy::required;
+  if (!relayhost.routed) return;
   config.has_relayhost = true;
   config.relayhost = server::relay_route{false, std::string(relayhost_name), 25, true};
   auto credentials = std::make_shared<outbound::client_credentials>();
@@ -651,7 +711,6 @@ void delivery::state::configure_relayhost(server::relay_config& config) const {
                               ? std::string(relayhost_password) : "sim-secret-typo";
   config.relayhost_auth = std::move(credentials);
   config.relayhost_auth_plaintext = relayhost.plaintext;
-  if (!relayhost.plaintext) config.tls_default = outbound::tls_policy::required;
 }
 
 // The daemon's relay settings where the simulation draws them; the rest are its defaults
@@ -775,7 +834,10 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
   const std::size_t index = (ntohl(in->sin_addr.s_addr) & 0xff) - 1u;
   if (address.family() != AF_INET || index >= hosts.size()) return nullptr;
   remote_host& remote = hosts[index];
-  if (relayhost.on && !remote.relayhost) {
+  // (A connection the relay opened before a reload added the relay host may still connect;
+  // it takes no job: check_route.)
+  if (relayhost.routed && !remote.relayhost &&
+      w.clock().now_ns() - relayhost.switched_ns > connection_setup_ns_max) {
     w.fail(fmt::format("RELAYHOST BYPASSED: a connection to {} while every destination's mail "
                        "goes to the relay host {}", remote.name, relayhost_name));
   }
@@ -892,6 +954,7 @@ smtp::verdict delivery::state::remote_peer::on_rcpt_to(
   }
   if (!rate_checked) s.check_rate(*this, to.address);
   s.check_tls_policy(*this, to.address);
+  s.check_route(*this, to.address);
   rate_checked = true;
   smtp::verdict verdict = answer("RCPT");
   if (verdict.what() == smtp::verdict::kind::accept) recipients.emplace_back(to.address);
@@ -1399,6 +1462,11 @@ void delivery::attach(server::relay* relay) {
     if (s.relayhost.fix_after_ns > 0) s.later(s.relayhost.fix_after_ns, [&s] {
       s.fix_credentials();
     });
+    if (s.relayhost.switch_after_ns > 0) {
+      s.w.clock().after(s.relayhost.switch_after_ns, [&s] {
+        if (!s.w.failed_now()) s.switch_relayhost();
+      });
+    }
     if (s.tls_plan.tighten_after_ns > 0) {
       s.w.clock().after(s.tls_plan.tighten_after_ns, [&s] {
         if (!s.w.failed_now()) s.tighten_tls_policy();
