@@ -144,13 +144,14 @@ struct alignas(64) connection {
   bool body_failed = false;         // fact of the transaction: the spool could not be read
   bool drop_after_results = false;  // the server answered mid-body: close, no QUIT, no reuse
   std::unique_ptr<smtp::client_session> session;
-  std::uint32_t deliveries = 0;
 
   // Staging: engine output copied here when handed to the kernel (client_session says the
   // output may move once consumed), and small bodies read here to go out with ".CRLF".
   std::uint32_t staged_begin = 0;
   std::uint32_t staged_end = 0;
-  std::unique_ptr<char[]> staging;
+  // The first cache line ends here; the body's progress is the second (check_invariants reads
+  // both at every step), the deadline and its timer node the third.
+  body_progress body;
 
   // One deadline per connection: what the current wait is for and when it ends. The wheel's
   // node may be armed earlier than deadline_ms (schedule() moves it only to an earlier tick);
@@ -165,14 +166,15 @@ struct alignas(64) connection {
   // Declared after on_timer: a member pointer needs the member declared first.
   core::member_timer<connection, &connection::on_timer> timer{*this};
 
+  std::unique_ptr<char[]> staging;
+  std::uint32_t deliveries = 0;
   // The server of the current socket (remote() names it in every result).
-  bool tried_any = false;  // fact: some address was tried (remote() names it)
   std::uint32_t current = 0;  // index of the candidate of the socket (valid once one is tried)
+  bool tried_any = false;  // fact: some address was tried (remote() names it)
   std::vector<candidate> candidates;
   std::unique_ptr<tls::session> tls_session;  // from STARTTLS's 220 until the socket closes
 
   delivery job;
-  body_progress body;
   tls_outcome tls_report;  // rebuilt for each delivery result
 
   // ---- cold: opening, address fallback, TLS and AUTH set-up, the close report
