@@ -3,6 +3,7 @@
 // the body from the spool to the socket).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -93,9 +94,18 @@ inline constexpr std::uint32_t free_slots_buffered_max = 64;
 // One outgoing connection; lives in outbound_server's table and is reused (the session and
 // the staging buffer are allocated on the slot's first use, kept by at most
 // free_slots_buffered_max free slots).
-struct connection {
+//
+// Layout: a pooled connection is touched again only after its destination's next job, with
+// the other destinations' connections, sessions and buffers through the caches in between
+// (bench/relay: 100 destinations, ~100 messages apart). So every field a delivery's steps
+// touch (the phase, the socket's facts, the session, staging, the deadline, the job, the body,
+// the result's TLS record) sits in the first cache lines, and what only opening, failing,
+// TLS set-up or the close report read (route, candidates' bookkeeping, attempts, replies kept
+// for logs) follows them. bench/relay/README.md, session 13, has the misses this saves.
+struct alignas(64) connection {
   connection(outbound_server& server, std::uint32_t slot) noexcept;
 
+  // ---- hot: every step of a delivery
   outbound_server& server;
   const std::uint32_t slot;
   std::uint32_t generation = 0;
@@ -110,79 +120,92 @@ struct connection {
   void check_invariants() const noexcept;
   using step_guard = core::step_guard<connection>;  // the invariants around one step
 
-  // Route and attempts.
-  route_kind kind = route_kind::mx;
-  std::string route_name;
-  std::uint16_t port = 25;
-  // Shaping (route): the EHLO name the session uses (the engine keeps a view of it) and
-  // timeouts; 0 keeps the outbound's.
-  std::string helo_name;
-  std::uint32_t timeout_connect_ms = 0;
-  std::uint32_t timeout_reply_ms = 0;
-  std::optional<core::endpoint> source;  // the route's egress source, else the config's
-  std::uint32_t reply_timeout(std::uint32_t configured) const noexcept {
-    return timeout_reply_ms != 0 ? timeout_reply_ms : configured;
-  }
-  std::uint64_t lookup = 0;  // the DNS lookup of phase resolving
-  std::vector<candidate> candidates;
-  std::uint32_t next_candidate = 0;
-  std::uint32_t current = 0;  // index of the candidate of the socket (valid once one is tried)
-  bool tried_any = false;  // fact: some address was tried (remote() names it)
-  std::uint32_t addresses_tried = 0;
-  attempt_tracker attempts;
+ private:
+  connection_phase _phase = connection_phase::free;  // beside generation: find() reads both
 
+ public:
   // The socket of the current try. The booleans are facts independent of the phase: ops in
   // flight (each also counted in `ops`) and membership of the server's deferred list.
-  int fd = -1;
   std::uint8_t ops = 0;  // SQEs in flight that name this connection (skip_success ones aside)
   bool connect_in_flight = false;
-  bool connect_timed_out = false;  // the connect timer fired: its cancellation means ETIMEDOUT
   bool receive_armed = false;
   bool send_in_flight = false;
   bool close_queued = false;   // closing: the close SQE is in flight
   bool retry_receive = false;  // a receive ended with ENOBUFS: re-arm at the end of iteration
   bool deferred = false;       // listed in outbound_server's deferred work
+  int fd = -1;
   after_close then = after_close::finish;  // once the fd is closed
+  tls_state tls = tls_state::plaintext;    // of the current socket (tls.cc)
+  tls_intent intent = tls_intent::none;
 
   // The SMTP session.
-  std::unique_ptr<smtp::client_session> session;
   bool ever_ready = false;      // fact: the session was ready once (reuse, not a new address)
   bool quit_requested = false;  // a request, in any phase: QUIT once ready, or abandon before
   close_reason quit_reason = close_reason::released;
-  std::uint32_t deliveries = 0;
-  delivery job;
-  body_progress body;
+  bool body_failed = false;         // fact of the transaction: the spool could not be read
+  bool drop_after_results = false;  // the server answered mid-body: close, no QUIT, no reuse
+  std::unique_ptr<smtp::client_session> session;
 
   // Staging: engine output copied here when handed to the kernel (client_session says the
   // output may move once consumed), and small bodies read here to go out with ".CRLF".
-  std::unique_ptr<char[]> staging;
   std::uint32_t staged_begin = 0;
   std::uint32_t staged_end = 0;
+  // The first cache line ends here; the body's progress is the second (check_invariants reads
+  // both at every step), the deadline and its timer node the third.
+  body_progress body;
 
   // One deadline per connection: what the current wait is for and when it ends. The wheel's
   // node may be armed earlier than deadline_ms (schedule() moves it only to an earlier tick);
   // firing early it re-arms itself for deadline_ms (on_timer).
   timer_purpose timer_use = timer_purpose::reply;
+  std::uint32_t timeout_reply_ms = 0;  // the route's (shaping); 0 keeps the outbound's
+  std::uint32_t reply_timeout(std::uint32_t configured) const noexcept {
+    return timeout_reply_ms != 0 ? timeout_reply_ms : configured;
+  }
   std::uint64_t deadline_ms = 0;
+  void on_timer() noexcept;
+  // Declared after on_timer: a member pointer needs the member declared first.
+  core::member_timer<connection, &connection::on_timer> timer{*this};
+
+  std::unique_ptr<char[]> staging;
+  std::uint32_t deliveries = 0;
+  // The server of the current socket (remote() names it in every result).
+  std::uint32_t current = 0;  // index of the candidate of the socket (valid once one is tried)
+  bool tried_any = false;  // fact: some address was tried (remote() names it)
+  std::vector<candidate> candidates;
+  std::unique_ptr<tls::session> tls_session;  // from STARTTLS's 220 until the socket closes
+
+  delivery job;
+  tls_outcome tls_report;  // rebuilt for each delivery result
+
+  // ---- cold: opening, address fallback, TLS and AUTH set-up, the close report
+
+  // Route and attempts.
+  route_kind kind = route_kind::mx;
+  std::uint16_t port = 25;
+  std::uint32_t timeout_connect_ms = 0;  // the route's; 0 keeps the outbound's
+  std::string route_name;
+  // Shaping (route): the EHLO name the session uses (the engine keeps a view of it).
+  std::string helo_name;
+  std::optional<core::endpoint> source;  // the route's egress source, else the config's
+  std::uint64_t lookup = 0;  // the DNS lookup of phase resolving
+  std::uint32_t next_candidate = 0;
+  std::uint32_t addresses_tried = 0;
+  attempt_tracker attempts;
+  bool connect_timed_out = false;  // the connect timer fired: its cancellation means ETIMEDOUT
 
   // TLS of the current socket (tls.cc). The session exists from STARTTLS's 220 until the
   // socket is closed; while it exists every byte both ways goes through it.
   tls_policy tls_wanted = tls_policy::opportunistic;  // the route's
-  std::shared_ptr<const client_credentials> auth;  // the route's AUTH (a relayhost), or null
   bool auth_plaintext = false;
-  tls_intent intent = tls_intent::none;
-  tls_state tls = tls_state::plaintext;
-  std::unique_ptr<tls::session> tls_session;
+  std::shared_ptr<const client_credentials> auth;  // the route's AUTH (a relayhost), or null
   std::string tls_note;  // fallback: why the handshake failed (for delivery records)
-  tls_outcome tls_report;  // rebuilt for each delivery result
 
   // How it ended.
   close_reason reason = close_reason::lost;
   smtp::client_outcome failure = smtp::client_outcome::accepted;
   smtp::parsed_reply close_reply;
   smtp::parsed_reply local_reply;  // replaces engine replies after a local body failure
-  bool body_failed = false;         // fact of the transaction: the spool could not be read
-  bool drop_after_results = false;  // the server answered mid-body: close, no QUIT, no reuse
 
   remote_host remote() const noexcept;
   // Ready and given nothing: deliver() may hand it a job now.
@@ -201,9 +224,6 @@ struct connection {
   void on_received(const io::completion& done) noexcept;
   void on_sent(const io::completion& done) noexcept;
   void on_fd_closed() noexcept;
-  void on_timer() noexcept;
-  // Declared after on_timer: a member pointer needs the member declared first.
-  core::member_timer<connection, &connection::on_timer> timer{*this};
   void pump() noexcept;
   void process_events() noexcept;
   void start_delivery(const delivery& next) noexcept;
@@ -265,9 +285,19 @@ struct connection {
   void on_splice_done(io::op_kind kind, std::int32_t result) noexcept;
   void encrypted_read_step() noexcept;  // tls.cc: the next piece of a large body over TLS
   bool encrypt_body() noexcept;
-
-  connection_phase _phase = connection_phase::free;
 };
+
+// The layout above, kept: a field moved into the hot lines (or grown) fails the build. Members
+// are laid out in declaration order, so everything declared before staged_end shares the
+// first line. (offsetof on a type that is not standard-layout is conditionally supported;
+// GCC and Clang give the declaration-order offsets.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winvalid-offsetof"
+static_assert(offsetof(connection, staged_end) + sizeof(std::uint32_t) <= 64);
+static_assert(offsetof(connection, body) == 64 && sizeof(body_progress) <= 64);
+static_assert(offsetof(connection, timer) + sizeof(connection::timer) <= 3 * 64);
+static_assert(offsetof(connection, tls_report) + sizeof(tls_outcome) <= 7 * 64);
+#pragma GCC diagnostic pop
 
 // Skips empty slices; true while bytes of the body remain (body.cc).
 bool next_bytes(const delivery& job, body_progress& body) noexcept;

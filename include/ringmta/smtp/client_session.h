@@ -298,6 +298,8 @@ class client_session {
   void fail_all_recipients(client_outcome outcome, const parsed_reply& reply) noexcept;
   void conclude(client_outcome outcome, const parsed_reply& reply, bool rset_needed) noexcept;
   recipient_problem check_recipient(std::uint32_t index) const noexcept;
+  // The same; `eight_bit` set when the path sent has a byte >= 0x80 (before a refused one).
+  recipient_problem check_recipient(std::uint32_t index, bool& eight_bit) const noexcept;
   std::string_view sent_path(std::string_view path, std::string_view ascii) const noexcept;
   std::uint32_t skip_unsendable(std::uint32_t step) const noexcept;
   client_phase phase_for_step(std::uint32_t step) const noexcept;

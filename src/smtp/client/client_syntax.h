@@ -3,7 +3,9 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
 
 #include "ringmta/smtp/client_session.h"
@@ -17,13 +19,39 @@ inline client_outcome outcome_of(const parsed_reply& reply) noexcept {
 
 // A path as we put it between <> (RFC 5321 §4.1.2): bounded, no controls, no brackets. Bytes
 // >= 0x80 are allowed and make the transaction need SMTPUTF8 (RFC 6531 §3.3).
-inline bool path_ok(std::string_view path, bool& eight_bit) noexcept {
-  if (path.size() > client_path_bytes_max) return false;
+inline bool path_ok_bytewise(std::string_view path, bool& eight_bit) noexcept {
   for (const char c : path) {
     const auto byte = static_cast<unsigned char>(c);
     if (byte < 0x20 || byte == 0x7f || c == '<' || c == '>') return false;
     if (byte >= 0x80) eight_bit = true;
   }
+  return true;
+}
+
+// Each byte's class for path_ok: what path_ok_bytewise tests, one table load per byte.
+inline constexpr std::uint8_t path_byte_refused = 1;
+inline constexpr std::uint8_t path_byte_eight_bit = 2;
+inline constexpr auto path_byte_classes = [] {
+  std::array<std::uint8_t, 256> classes{};
+  for (unsigned byte = 0; byte < 256; ++byte) {
+    if (byte < 0x20 || byte == 0x7f || byte == '<' || byte == '>') {
+      classes[byte] = path_byte_refused;
+    } else if (byte >= 0x80) {
+      classes[byte] = path_byte_eight_bit;
+    }
+  }
+  return classes;
+}();
+
+// path_ok_bytewise's answer, without a branch per byte (paths are checked several times per
+// transaction; issue 16): the classes of all bytes ORed, and only a refused path scanned again
+// byte by byte, so eight_bit counts exactly the bytes before the first refused one, as before.
+inline bool path_ok(std::string_view path, bool& eight_bit) noexcept {
+  if (path.size() > client_path_bytes_max) return false;
+  unsigned seen = 0;
+  for (const char c : path) seen |= path_byte_classes[static_cast<unsigned char>(c)];
+  if ((seen & path_byte_refused) != 0) return path_ok_bytewise(path, eight_bit);
+  if ((seen & path_byte_eight_bit) != 0) eight_bit = true;
   return true;
 }
 

@@ -33,9 +33,14 @@ std::string_view client_session::sent_path(std::string_view path,
 
 client_session::recipient_problem client_session::check_recipient(
     std::uint32_t index) const noexcept {
+  bool eight_bit = false;
+  return check_recipient(index, eight_bit);
+}
+
+client_session::recipient_problem client_session::check_recipient(
+    std::uint32_t index, bool& eight_bit) const noexcept {
   const client_recipient& recipient = _envelope.recipients[index];
   const std::string_view address = sent_path(recipient.address, recipient.address_ascii);
-  bool eight_bit = false;
   if (address.empty() || !path_ok(address, eight_bit)) {
     return recipient_problem::bad_address;
   }
@@ -94,9 +99,8 @@ bool client_session::fail_locally(const client_envelope& envelope) noexcept {
   bool eight_bit = false;
   std::uint32_t sendable = 0;
   for (std::uint32_t i = 0; i < recipient_count(); ++i) {
-    if (check_recipient(i) == recipient_problem::none) ++sendable;
-    const auto& recipient = envelope.recipients[i];
-    (void)path_ok(sent_path(recipient.address, recipient.address_ascii), eight_bit);
+    // One scan of each path: its bytes >= 0x80 are counted by the same check.
+    if (check_recipient(i, eight_bit) == recipient_problem::none) ++sendable;
   }
   const bool reverse_path_ok =
       path_ok(sent_path(envelope.reverse_path, envelope.reverse_path_ascii), eight_bit);
