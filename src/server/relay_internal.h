@@ -626,7 +626,8 @@ struct relay::state {
   void learn_mx(const std::string& destination, outbound::connection_handle connection) noexcept;
 
   // both: cross-shard sends that found the target's queue full, retried every iteration
-  std::vector<std::pair<unsigned, shard::parcel>> backlog;
+  // (a deque: each flush sends a queue's room from the front; a vector moved the whole rest)
+  std::deque<std::pair<unsigned, shard::parcel>> backlog;
   void send(unsigned to, const shard::parcel& m) noexcept;
   // Typed cross-shard messages (shard/typed_message.h); `shards` finds the target's relay.
   static void on_job_message(shard::mesh& target, std::vector<relay*>& shards,

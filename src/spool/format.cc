@@ -7,6 +7,7 @@
 
 #include <bit>
 #include <cerrno>
+#include <cstring>
 
 namespace ringmta::spool::format {
 
@@ -25,8 +26,21 @@ void encode_header_prefix(char* out, record_type type, std::uint32_t payload_byt
   store_le<std::uint64_t>(out + 16, id);
 }
 
+// XXH3's streaming and one-shot forms give the same value for the same bytes. A record of up
+// to 240 bytes with its header (journal states, voids, small envelopes: most records) is copied
+// together and hashed in one call: the streaming state costs ~1,000 instructions a record (its
+// reset derives a secret from the seed, each update buffers), against ~100 for the short
+// one-shot path — recovery verifies every live record at each start (ringmta-sim: 9% of a
+// run with crashes). Longer ones (bodies) stream: their bytes dominate, not the overhead.
 static std::uint64_t checksum(const char* header, std::string_view payload,
                               std::uint64_t seed_value) noexcept {
+  constexpr std::size_t one_shot_bytes_max = 240;  // XXH3's mid-size inputs, no long loop
+  if (payload.size() + 24 <= one_shot_bytes_max) {
+    char bytes[one_shot_bytes_max];
+    std::memcpy(bytes, payload.data(), payload.size());
+    std::memcpy(bytes + payload.size(), header, 24);
+    return XXH3_64bits_withSeed(bytes, payload.size() + 24, seed_value);
+  }
   XXH3_state_t state;
   XXH3_64bits_reset_withSeed(&state, seed_value);
   XXH3_64bits_update(&state, payload.data(), payload.size());

@@ -286,15 +286,20 @@ void disk::finish(std::uint64_t serial, std::int64_t result) {
   _clock.after(0, [this, next = op.next_linked] { finish(next, -ECANCELED); });
 }
 
+// The inodes no name and no descriptor refers to are gone. The references are gathered once
+// (a search per inode over every name and descriptor was quadratic: with a queue held by a
+// paused destination, 6-15% of a run's instructions, at every directory sync and removal).
 void disk::collect() noexcept {
-  for (auto it = _inodes.begin(); it != _inodes.end();) {
-    bool used = false;
-    for (const auto* names : {&_volatile_names, &_durable_names}) {
-      for (const auto& [name, number] : *names) used = used || number == it->first;
-    }
-    for (const auto& [fd, file] : _fds) used = used || file.inode == it->first;
-    it = used ? std::next(it) : _inodes.erase(it);
+  std::vector<std::uint64_t> used;
+  used.reserve(_volatile_names.size() + _durable_names.size() + _fds.size());
+  for (const auto* names : {&_volatile_names, &_durable_names}) {
+    for (const auto& [name, number] : *names) used.push_back(number);
   }
+  for (const auto& [fd, file] : _fds) used.push_back(file.inode);
+  std::sort(used.begin(), used.end());
+  std::erase_if(_inodes, [&](const auto& entry) {
+    return !std::binary_search(used.begin(), used.end(), entry.first);
+  });
 }
 
 void disk::keep_torn_prefix(inode& file) {

@@ -248,6 +248,7 @@ class world {
   void note_marks_issued();  // before a crash: recipients the store holds final in memory
   bool check_recovered(spool::message_id id, expected_message& want);
   bool check_content(spool::message_id id, const expected_message& want);
+  const char* read_slice(const spool::body_slice& slice);
   void list_undelivered();
   std::int64_t latency_ns(std::int64_t low, std::int64_t high) {
     return static_cast<std::int64_t>(_random.between(static_cast<std::uint64_t>(low),
@@ -316,6 +317,8 @@ class world {
   std::uint64_t _disk_serial = 0;     // the disks' tokens: which op of which driver (below)
   std::uint64_t _store_activity = 0;  // driver ops submitted and events heard (settle's progress)
   bool _failed = false;
+  std::unique_ptr<char[]> _slice_buffer;  // check_content's reads (the largest slice yet)
+  std::size_t _slice_buffer_bytes = 0;
   // run parameters, drawn from the seed
   std::int64_t _net_ns_max = 0;
   std::int64_t _arrival_mean_ns = 0;

@@ -1,5 +1,6 @@
 // Message ids, envelope encoding and dot-stuffing.
 #include <gtest/gtest.h>
+#include <xxhash.h>
 
 #include <random>
 #include <set>
@@ -7,6 +8,7 @@
 #include "ringmta/spool/dot_stuffer.h"
 #include "ringmta/spool/envelope.h"
 #include "ringmta/spool/message_id.h"
+#include "../../../src/spool/format.h"
 
 namespace ringmta::spool {
 namespace {
@@ -195,6 +197,27 @@ TEST(dot_stuffer, undo_is_the_inverse_of_stuffing) {
   std::string wire = "..leading\r\nmid.dot\r\n...three\r\n";
   wire.resize(undo_dot_stuffing(wire.data(), wire.size()));
   EXPECT_EQ(wire, ".leading\r\nmid.dot\r\n..three\r\n");
+}
+
+// The checksum is part of the file format (format.h: XXH3-64 of the payload, then header bytes
+// 0..24, seeded): short records take a one-shot path, longer ones stream; both must give the
+// value the format defines, at every length around the switch, and verify must agree.
+TEST(record_checksum, is_xxh3_of_payload_then_header_at_every_length) {
+  std::mt19937_64 rng(16);
+  for (std::size_t length = 0; length <= 600; ++length) {
+    std::string payload(length, '\0');
+    for (auto& c : payload) c = static_cast<char>(rng());
+    const std::uint64_t seed = format::seed(rng(), length * 4096);
+    std::string record(format::header_bytes + length, '\0');
+    format::encode_record(record.data(), format::record_type::data, rng(), payload, seed);
+    std::string hashed = payload + record.substr(0, 24);
+    const std::uint64_t want = XXH3_64bits_withSeed(hashed.data(), hashed.size(), seed);
+    ASSERT_EQ(format::load_le<std::uint64_t>(record.data() + 24), want) << "length " << length;
+    ASSERT_TRUE(format::verify(record.data(), payload, seed)) << "length " << length;
+    if (length == 0) continue;
+    payload[rng() % length] ^= 1;
+    ASSERT_FALSE(format::verify(record.data(), payload, seed)) << "length " << length;
+  }
 }
 
 }  // namespace
