@@ -484,7 +484,10 @@ void relay::state::apply_outcomes(spooled_message& message, const outcome_batch&
       case outcome_kind::deleted: status.state = spool::recipient_state::deleted; break;
       case outcome_kind::deferred:
         status.state = spool::recipient_state::deferred;
-        status.next_attempt_seconds = std::max<std::int64_t>(now_seconds, r.next_attempt_ms / 1000);
+        // Rounded up: a retry time recorded early would, after a restart, send mail up to a
+        // second before a reply rule's pause ends (ringmta-sim seed 7 --shards-max 3).
+        status.next_attempt_seconds =
+            std::max<std::int64_t>(now_seconds, (r.next_attempt_ms + 999) / 1000);
         waits = true;
         break;
       case outcome_kind::delayed: continue;  // a notice, not a state change
