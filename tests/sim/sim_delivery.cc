@@ -221,11 +221,17 @@ struct delivery::state {
       taken_after_ns = last_mail_ns;
       rate_checked = false;
       last_mail_ns = s.w.clock().now_ns();
-      return answer("MAIL");
+      smtp::verdict verdict = answer("MAIL");
+      s.told_tss04_early(*this);
+      return verdict;
     }
     smtp::verdict on_rcpt_to(const smtp::mailbox& to,
                              const smtp::rcpt_parameters&) noexcept override;
-    smtp::verdict on_data_start() noexcept override { return answer("DATA"); }
+    smtp::verdict on_data_start() noexcept override {
+      smtp::verdict verdict = answer("DATA");
+      s.told_tss04_early(*this);
+      return verdict;
+    }
     void on_body(std::string_view slice, smtp::body_form) noexcept override {
       body.append(slice);
     }
@@ -398,7 +404,8 @@ struct delivery::state {
   // end of data under a bounce rule that covers it, the addresses it answered so at RCPT, and
   // the (key, recipient) the relay logged bounced (DELIVERED AFTER BOUNCE).
   std::set<std::pair<std::string, std::string>> told_tss04;
-  std::multiset<std::string> told_tss04_at_rcpt;
+  std::uint64_t told_tss04_unnamed = 0;  // recipients of transactions told before their body
+  void told_tss04_early(const remote_peer& h);
   std::set<std::pair<std::string, std::string>> bounced_now;
 };
 
@@ -747,7 +754,7 @@ smtp::verdict delivery::state::remote_peer::on_rcpt_to(
   rate_checked = true;
   smtp::verdict verdict = answer("RCPT");
   if (verdict.what() == smtp::verdict::kind::accept) recipients.emplace_back(to.address);
-  if (said_tss04 && s.rule_covers(remote.domain)) s.told_tss04_at_rcpt.emplace(to.address);
+  s.told_tss04_early(*this);
   return verdict;
 }
 
@@ -1059,6 +1066,15 @@ bool delivery::state::rule_covers(std::uint32_t d) const {
 // rule named; the relay deferring one it heard [TSS04] about, or bouncing by the rule one no
 // server said it about, broke it. A recipient logged bounced is never delivered after, in this
 // process (DELIVERED AFTER BOUNCE).
+// [TSS04] at MAIL, RCPT or DATA: a 421 closes the connection (RFC 5321 §3.8), and the client
+// takes it as the reply for every recipient of the transaction not yet settled, accepted ones
+// too (smtp::client_session): up to a transaction's recipients, whose names this remote may
+// not have seen (pipelined RCPTs after it are not read).
+void delivery::state::told_tss04_early(const remote_peer& h) {
+  if (h.said_tss04 && rule_covers(h.remote.domain))
+    told_tss04_unnamed += limits.recipients_per_transaction_max;
+}
+
 void delivery::state::check_rule_bounce(spool::message_id id, std::string_view event,
                                         std::string_view to, std::string_view reply) {
   const auto entry = ledger.find(id);
@@ -1073,13 +1089,12 @@ void delivery::state::check_rule_bounce(spool::message_id id, std::string_view e
                               "its bounce rule matches: {}", id, slot.first, to, reply));
   }
   if (!by_rule) return;
-  const auto at_rcpt = told_tss04_at_rcpt.find(slot.second);
-  if (!told && at_rcpt == told_tss04_at_rcpt.end()) {
+  if ((!told && told_tss04_unnamed == 0) || reply.find("[TSS04]") == std::string_view::npos) {
     return w.fail(fmt::format("BOUNCE RULE MISAPPLIED: {:016x} ({}) for <{}> bounced by the "
                               "reply rule, but no server said [TSS04] about it: {}", id,
                               slot.first, to, reply));
   }
-  if (!told) told_tss04_at_rcpt.erase(at_rcpt);
+  if (!told) --told_tss04_unnamed;
   ++w.counters().rule_bounces_checked;
 }
 
@@ -1188,7 +1203,7 @@ void delivery::state::forget_process() {
   delivered_logged.clear();  // a delivery whose mark was lost is tried again: a new story
   noticed_undelivered.clear();
   told_tss04.clear();
-  told_tss04_at_rcpt.clear();
+  told_tss04_unnamed = 0;
   bounced_now.clear();
   shape.forget_pauses();
 }
