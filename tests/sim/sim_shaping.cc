@@ -311,9 +311,11 @@ std::vector<std::string> shaping::kept_pauses() const {
 }
 
 // relay.cc apply_rule_to: the jobs a pause moved are reported deferred to its end, which
-// their homes journal (relay_home.cc apply_outcomes: whole seconds). A recipient recovered
-// with a retry time in the pause's last second or later was moved by it (or deferred past
-// it): the new process must not send it before the pause's end.
+// their homes journal (relay_home.cc apply_outcomes: whole seconds, rounded up). A recipient
+// recovered with a retry time at the pause's end or later (moved by it, or deferred past it):
+// the new process must not send it before the end. (One whose move was not durable comes back
+// with its earlier time and may go; that the relay reports every move is PAUSE NOT JOURNALED,
+// sim_delivery.cc.)
 void shaping::restart_pauses(
     const std::string& destination,
     const std::vector<std::tuple<std::string, std::string, std::int64_t>>& deferred,
@@ -325,9 +327,8 @@ void shaping::restart_pauses(
     _paused.erase(found);
     return;
   }
-  constexpr std::int64_t second_ns = 1'000'000'000;
   for (const auto& [key, rcpt, retry_ns] : deferred) {
-    if (retry_ns <= p.until_ns - second_ns || !p.recovered.emplace(key, rcpt).second) continue;
+    if (retry_ns < p.until_ns || !p.recovered.emplace(key, rcpt).second) continue;
     ++_restart_checked;
   }
 }

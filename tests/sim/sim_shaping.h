@@ -13,8 +13,9 @@
 //   "reply_rule" record), no transaction reaches its MTAs until the pause ends, but those on
 //   the wire when it fired. Across a restart the daemon keeps the pause only in the retry
 //   times of the jobs it moved (journaled, relay.cc apply_rule_to): new mail may go at once,
-//   but a recipient recovered deferred to the pause's end (its last second or later) goes no
-//   earlier than the end, unless the operator flushed, retried or released it since.
+//   but a recipient recovered deferred to the pause's end (or later) goes no earlier than the
+//   end, unless the operator flushed, retried or released it since. That every job the pause
+//   holds is reported so is PAUSE NOT JOURNALED (sim_delivery.cc).
 // - THROTTLE: after a rule's `throttle` fired, until its end (or a restart: the daemon keeps
 //   throttles in memory), the destination's rate is the lower of its own and the rule's, and
 //   its connections at most the rule's connections_max or as many as the relay had open or
