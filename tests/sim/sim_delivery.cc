@@ -1168,7 +1168,7 @@ void delivery::state::check_rule_bounce(spool::message_id id, std::string_view e
   if (!by_rule) return;
   if ((!told && told_tss04_unnamed == 0) || reply.find("[TSS04]") == std::string_view::npos) {
     return w.fail(fmt::format("BOUNCE RULE MISAPPLIED: {:016x} ({}) for <{}> bounced by the "
-                              "reply rule, but no server said [TSS04] about it: {}", id,
+                              "reply rule, but no server the rule covers said [TSS04] about it: {}", id,
                               slot.first, to, reply));
   }
   if (!told) --told_tss04_unnamed;
