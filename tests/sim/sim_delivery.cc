@@ -86,6 +86,14 @@ std::uint32_t domain_of(std::string_view address) {
   return static_cast<std::uint32_t>(named - std::begin(domain_names));
 }
 
+// A number field of one JSON log record (0 when absent).
+std::int64_t log_number(std::string_view line, std::string_view name) {
+  const std::string key = fmt::format("\"{}\":", name);
+  const auto at = line.find(key);
+  if (at == std::string_view::npos) return 0;
+  return std::strtoll(std::string(line.substr(at + key.size(), 24)).c_str(), nullptr, 10);
+}
+
 // A domain's MX host names as the simulated DNS gives them (an implicit MX: the domain itself).
 std::vector<std::string> mx_hosts_of(std::uint32_t domain, int mode) {
   const std::string name(domain_names[domain]);
@@ -1041,17 +1049,14 @@ void delivery::state::check_pause(const remote_peer& h) {
 void delivery::state::on_reply_rule(std::string_view line) {
   std::string destination(log_field(line, "destination"));
   destination = destination.substr(0, destination.find('@'));  // without its egress source
-  constexpr std::string_view until_key = "\"until_ms\":";
-  const auto at = line.find(until_key);
   const std::uint32_t d = domain_of(fmt::format("@{}", destination));
   if (d >= domain_count || !rule_covers(d)) {
     return w.fail(fmt::format("RULE MISAPPLIED: the relay applied its reply rule to {}, which "
                               "the rule does not name: {}", destination, line));
   }
   const std::string_view action = log_field(line, "action");
-  if (at == std::string_view::npos) return;
-  const std::int64_t until_ms =
-      std::strtoll(std::string(line.substr(at + until_key.size(), 24)).c_str(), nullptr, 10);
+  const std::int64_t until_ms = log_number(line, "until_ms");
+  if (until_ms == 0) return;
   const std::int64_t until_ns = (until_ms - epoch_seconds * 1000) * ms_ns;
   if (action == "throttle") return on_throttle(d, until_ns);
   if (action != "suspend") return;
@@ -1102,12 +1107,8 @@ void delivery::state::note_moved(std::string_view event, spool::message_id id,
   if (d >= domain_count) return;
   const auto found = moves.find(std::string(domain_names[d]));
   if (found == moves.end()) return;
-  constexpr std::string_view retry_key = "\"retry_at_s\":";
-  const auto at = line.find(retry_key);
-  const std::int64_t retry_s =
-      at == std::string_view::npos
-          ? 0 : std::strtoll(std::string(line.substr(at + retry_key.size(), 24)).c_str(), nullptr, 10);
-  if (event == "deferred" && retry_s * 1000 < found->second.until_ms) return;
+  if (event == "deferred" && log_number(line, "retry_at_s") * 1000 < found->second.until_ms)
+    return;
   found->second.unreported.erase({fmt::format("{:016x}", id), std::string(to)});
 }
 
@@ -1128,7 +1129,8 @@ std::uint32_t delivery::state::connections_at(const std::string& destination) co
   std::uint32_t count = 0;
   for (auto* shard : *relays) {
     for (const auto& entry : nlohmann::json::parse(shard->destinations_json(100'000))) {
-      if (entry.at("destination") == destination) count += entry.at("connections").get<std::uint32_t>();
+      if (entry.at("destination") == destination)
+        count += entry.at("connections").get<std::uint32_t>();
     }
   }
   return count;
@@ -1168,7 +1170,8 @@ void delivery::state::check_rule_bounce(spool::message_id id, std::string_view e
   if (!by_rule) return;
   if ((!told && told_tss04_unnamed == 0) || reply.find("[TSS04]") == std::string_view::npos) {
     return w.fail(fmt::format("BOUNCE RULE MISAPPLIED: {:016x} ({}) for <{}> bounced by the "
-                              "reply rule, but no server the rule covers said [TSS04] about it: {}", id,
+                              "reply rule, but no server the rule covers said [TSS04] about "
+                              "it: {}", id,
                               slot.first, to, reply));
   }
   if (!told) --told_tss04_unnamed;
@@ -1291,7 +1294,7 @@ void delivery::state::forget_process() {
 // deferred, with their journaled retry times (sim_shaping.h, PAUSE IGNORED across restarts).
 void delivery::state::restart_pauses(const std::vector<const spool::store*>& stores) {
   for (const auto& destination : shape.kept_pauses()) {
-    std::vector<std::tuple<std::string, std::string, std::int64_t>> deferred;
+    std::vector<shaping::recovered_slot> deferred;
     for (const auto& [id, entry] : ledger) {
       const spool::message_entry* found = stores.at(spool::message_id_shard(id))->find(id);
       if (entry.dsn || found == nullptr || found->status != spool::message_status::queued)

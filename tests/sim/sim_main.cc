@@ -303,9 +303,10 @@ int main(int argc, char** argv) {
              "simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} events/s); "
              "{} transactions at suspended destinations, {} bounce reasons checked, {} recipients "
              "deleted; {} transactions checked against a rate, {} reply rules fired, {} delayed "
-             "DSN recipients checked; {} reply rules throttled ({} connections checked against them), "
-             "{} recipients bounced by a rule checked, {} recipients held by a pause across a "
-             "restart, {} pauses checked journaled; {} seeds with a relay host: {} AUTHs ({} refused)\n",
+             "DSN recipients checked; {} reply rules throttled ({} connections checked against "
+             "them), {} recipients bounced by a rule checked, {} recipients held by a pause across "
+             "a restart, {} pauses checked journaled; {} seeds with a relay host: {} AUTHs ({} "
+             "refused)\n",
              seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
              multi_shard, crossed, simulated, wall, simulated / wall,
              static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions,

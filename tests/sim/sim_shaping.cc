@@ -316,10 +316,8 @@ std::vector<std::string> shaping::kept_pauses() const {
 // the new process must not send it before the end. (One whose move was not durable comes back
 // with its earlier time and may go; that the relay reports every move is PAUSE NOT JOURNALED,
 // sim_delivery.cc.)
-void shaping::restart_pauses(
-    const std::string& destination,
-    const std::vector<std::tuple<std::string, std::string, std::int64_t>>& deferred,
-    std::int64_t now_ns) {
+void shaping::restart_pauses(const std::string& destination,
+                             const std::vector<recovered_slot>& deferred, std::int64_t now_ns) {
   const auto found = _paused.find(destination);
   if (found == _paused.end()) return;
   pause& p = found->second;

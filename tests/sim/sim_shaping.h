@@ -124,9 +124,9 @@ class shaping {
   // After a recovery: `deferred` lists each (key, recipient, journaled retry in ms) of a
   // destination recovered deferred; those deferred to a kept pause's last second or later
   // must wait for its end.
+  using recovered_slot = std::tuple<std::string, std::string, std::int64_t>;
   void restart_pauses(const std::string& destination,
-                      const std::vector<std::tuple<std::string, std::string, std::int64_t>>& deferred,
-                      std::int64_t now_ns);
+                      const std::vector<recovered_slot>& deferred, std::int64_t now_ns);
   std::vector<std::string> kept_pauses() const;
   // The operator flushed `destination` (empty: every one) or retried/released the message
   // `key`: its recipients may go now.
