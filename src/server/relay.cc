@@ -567,6 +567,7 @@ shape relay::state::shape_of(std::string_view destination) const {
                             l.messages_per_connection_max, lowered);
   limits.retry_delays_ms = l.retry_delays_ms;
   limits.lifetime_max_ms = l.lifetime_max_ms;
+  limits.recipients_per_transaction_max = l.recipients_per_transaction_max;
   l = limits;
   return out;
 }

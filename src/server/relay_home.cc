@@ -28,6 +28,11 @@ const char* event_name(outcome_kind kind) noexcept {
   return "?";
 }
 
+// A retry time as the journal and the log keep it: whole seconds, rounded up — recorded early,
+// a restart would send mail up to a second before a reply rule's pause ends (ringmta-sim seed
+// 7 --shards-max 3).
+std::int64_t retry_seconds(std::int64_t ms) noexcept { return (ms + 999) / 1000; }
+
 }  // namespace
 
 // packed_message's encoding (relay_internal.h): first the body slices (count, then fd, length
@@ -484,7 +489,8 @@ void relay::state::apply_outcomes(spooled_message& message, const outcome_batch&
       case outcome_kind::deleted: status.state = spool::recipient_state::deleted; break;
       case outcome_kind::deferred:
         status.state = spool::recipient_state::deferred;
-        status.next_attempt_seconds = std::max<std::int64_t>(now_seconds, r.next_attempt_ms / 1000);
+        status.next_attempt_seconds =
+            std::max<std::int64_t>(now_seconds, retry_seconds(r.next_attempt_ms));
         waits = true;
         break;
       case outcome_kind::delayed: continue;  // a notice, not a state change
@@ -546,7 +552,7 @@ void relay::state::record(spooled_message& message, const spool::envelope& envel
   if (r.attempt_ms >= 0) line.seconds_field("delay_attempt", r.attempt_ms);
   if (r.session != 0) line.hex_field("session", r.session);
   if (!r.source.empty()) line.field("source", r.source);
-  if (r.kind == outcome_kind::deferred) line.field("retry_at_s", r.next_attempt_ms / 1000);
+  if (r.kind == outcome_kind::deferred) line.field("retry_at_s", retry_seconds(r.next_attempt_ms));
   std::size_t klass = 0;
   if (r.kind != outcome_kind::delivered) {  // the enhanced code and its class (bounce rules)
     const auto status = queue::format_status_code(r.status);

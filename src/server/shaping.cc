@@ -72,8 +72,10 @@ namespace {
 void apply(shape& out, const config::shaping_entry& e) {
   auto& l = out.limits;
   if (e.connections_max || e.messages_per_connection_max || e.messages_per_second_max) {
+    // limits_from makes the three it is given; the rest are the layers' below.
     const auto retry = l.retry_delays_ms;
     const auto lifetime = l.lifetime_max_ms;
+    const auto recipients = l.recipients_per_transaction_max;
     const double rate = e.messages_per_second_max
                             ? *e.messages_per_second_max
                             : (l.rate_messages == 0 ? 0.0
@@ -82,6 +84,7 @@ void apply(shape& out, const config::shaping_entry& e) {
                     e.messages_per_connection_max.value_or(l.messages_per_connection_max), rate);
     l.retry_delays_ms = retry;
     l.lifetime_max_ms = lifetime;
+    l.recipients_per_transaction_max = recipients;
   }
   if (e.retry_schedule_s) {
     auto delays = std::make_shared<std::vector<std::int64_t>>();

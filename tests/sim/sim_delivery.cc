@@ -87,6 +87,22 @@ std::uint32_t domain_of(std::string_view address) {
   return static_cast<std::uint32_t>(named - std::begin(domain_names));
 }
 
+// A number field of one JSON log record (0 when absent).
+std::int64_t log_number(std::string_view line, std::string_view name) {
+  const std::string key = fmt::format("\"{}\":", name);
+  const auto at = line.find(key);
+  if (at == std::string_view::npos) return 0;
+  return std::strtoll(std::string(line.substr(at + key.size(), 24)).c_str(), nullptr, 10);
+}
+
+// A domain's MX host names as the simulated DNS gives them (an implicit MX: the domain itself).
+std::vector<std::string> mx_hosts_of(std::uint32_t domain, int mode) {
+  const std::string name(domain_names[domain]);
+  if (mode == 1) return {name};
+  if (mode != 0) return {};
+  return {fmt::format("mx1.{}", name), fmt::format("mx2.{}", name)};
+}
+
 // A string field of one JSON log record ("" when absent); the values read here (ids,
 // addresses, event names) hold no escaped quote.
 std::string_view log_field(std::string_view line, std::string_view name) {
@@ -266,15 +282,22 @@ struct delivery::state {
       taken_after_ns = last_mail_ns;
       rate_checked = false;
       last_mail_ns = s.w.clock().now_ns();
-      return answer("MAIL");
+      smtp::verdict verdict = answer("MAIL");
+      s.told_tss04_early(*this);
+      return verdict;
     }
     smtp::verdict on_rcpt_to(const smtp::mailbox& to,
                              const smtp::rcpt_parameters&) noexcept override;
-    smtp::verdict on_data_start() noexcept override { return answer("DATA"); }
+    smtp::verdict on_data_start() noexcept override {
+      smtp::verdict verdict = answer("DATA");
+      s.told_tss04_early(*this);
+      return verdict;
+    }
     void on_body(std::string_view slice, smtp::body_form) noexcept override {
       body.append(slice);
     }
     smtp::verdict on_data_end(const smtp::body_summary&) noexcept override;
+    std::uint32_t destination_of_peer() const { return s.destination_of(*this); }
     void on_reset() noexcept override { recipients.clear(); body.clear(); }
     smtp::verdict on_auth(std::string_view mechanism,
                           std::string_view initial_response) noexcept override {
@@ -294,6 +317,7 @@ struct delivery::state {
     std::unique_ptr<server_tls_pipe> pipe;  // plaintext until STARTTLS, then TLS (sim_tls.h)
     auth::sasl_exchange sasl;  // the relay host's side of AUTH (the daemon's own machine)
     bool stalled = false;
+    bool said_tss04 = false;  // the last answer was the reply rules' cue
     // The relay took this transaction's job after taken_after_ns (the connection's accept, or
     // its previous MAIL) and before last_mail_ns (this MAIL).
     std::int64_t last_mail_ns = 0, taken_after_ns = 0;
@@ -354,15 +378,29 @@ struct delivery::state {
   void suspend(std::string_view destination);
   void note_in_flight(const std::string& destination);
   std::set<std::pair<std::string, std::string>> on_wire(const std::string& destination);
+  // The (key, recipient) of the shards' listed jobs at `destination` (`active`: on the wire;
+  // else queued, not held, due by `until_ms`, by message id: two DSNs may share a key).
+  std::set<std::pair<std::string, std::string>> listed(const std::string& destination,
+                                                       bool active, std::int64_t until_ms,
+                                                       std::size_t* jobs = nullptr);
+  void check_pause_journaled(const std::string& destination, std::uint64_t process);
+  void note_moved(std::string_view event, spool::message_id id, std::string_view to,
+                  std::string_view line);
   void check_suspension(const remote_peer& h);
   void check_pause(const remote_peer& h);
   void on_reply_rule(std::string_view line);
+  void on_throttle(std::uint32_t d, std::int64_t until_ns);
+  bool rule_covers(std::uint32_t d) const;
+  void check_rule_bounce(spool::message_id id, std::string_view event, std::string_view to,
+                         std::string_view reply);
+  std::uint32_t connections_at(const std::string& destination) const;
   void check_delay_dsn(spool::message_id dsn, std::string_view key, std::string_view rcpt);
   void check_reason_logged(spool::message_id id, std::string_view to, std::string_view reply);
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
   void on_deleted(spool::message_id id, std::string_view to);
   void check_not_deleted(spool::message_id id, std::string_view to, std::string_view event);
   void forget_process();  // a crash: what only the dead process knew
+  void restart_pauses(const std::vector<const spool::store*>& stores);
   void hold(spool::message_id id);
   void reload();
   // the end
@@ -448,6 +486,22 @@ struct delivery::state {
   std::set<std::pair<std::string, std::string>> noticed_undelivered;
   void on_delay_notice(spool::message_id id, std::string_view to);
   std::map<std::pair<std::string, std::string>, std::uint32_t> delays_now;
+  // Reply rules' `bounce` (this process): (key, recipient) a remote answered [TSS04] at the
+  // end of data under a bounce rule that covers it, the addresses it answered so at RCPT, and
+  // the (key, recipient) the relay logged bounced (DELIVERED AFTER BOUNCE).
+  std::set<std::pair<std::string, std::string>> told_tss04;
+  std::uint64_t told_tss04_unnamed = 0;  // recipients of transactions told before their body
+  void told_tss04_early(const remote_peer& h);
+  std::set<std::pair<std::string, std::string>> bounced_now;
+  // PAUSE NOT JOURNALED: per destination a reply rule paused in this process, the (message id
+  // in hex, recipient) queued there (not on the wire) when it fired, until the relay logs each one
+  // deferred to the pause's end (retry_at_s, as its home journals it) or settled.
+  struct pause_moves {
+    std::int64_t until_ms = 0;
+    std::set<std::pair<std::string, std::string>> unreported;
+  };
+  std::map<std::string, pause_moves> moves;
+  std::uint64_t process_number = 0;  // a crash: the reports on their way are lost
 };
 
 delivery::state::state(world& owner, std::uint64_t seed)
@@ -859,10 +913,14 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
     retired_limits.pop_front();
   }
   for (const auto& [when, retired] : retired_limits) limit = std::max(limit, retired);
-  const std::uint32_t bound = remote.relayhost ? limit * domain_count : limit;
+  const std::uint32_t throttled =
+      remote.relayhost ? UINT32_MAX : shape.throttle_bound(d, w.clock().now_ns());
+  const std::uint32_t bound = remote.relayhost ? limit * domain_count : std::min(limit, throttled);
+  w.counters().throttle_checks = shape.throttles_checked();
   if (++open_count[d] > bound) {
-    w.fail(fmt::format("CONNECTION LIMIT: {} connections open to {} (limit {})", open_count[d],
-                       remote.relayhost ? relayhost_name : domain_names[d], bound));
+    w.fail(fmt::format("CONNECTION LIMIT: {} connections open to {} (limit {}{})", open_count[d],
+                       remote.relayhost ? relayhost_name : domain_names[d], bound,
+                       bound == throttled ? ", a reply rule's throttle" : ""));
   }
   open_limits[d].insert(limits.connections_max);
   // (A connection to the relay host is for no destination in particular until its RCPT.)
@@ -929,10 +987,12 @@ void delivery::state::remote_peer::flush(sim_host& host, int fd) {
 // ---- the remote MTA's answers and its mailboxes
 
 smtp::verdict delivery::state::remote_peer::answer(const char* what) {
+  said_tss04 = false;
   if (s.w.healed()) return smtp::verdict::accept();
   // Yahoo's volume deferral: a reply rule's cue (a domain's MTAs only)
   if (!remote.relayhost && s.shape.says_tss04(remote.domain)) {
     s.note(fmt::format("r{} {} answers {} with 421 TSS04", number, remote.name, what));
+    said_tss04 = true;
     return smtp::verdict::respond(421, "4.7.0", shaping::tss04_text);
   }
   if (s.rng.chance(remote.temporary)) {
@@ -958,6 +1018,7 @@ smtp::verdict delivery::state::remote_peer::on_rcpt_to(
   rate_checked = true;
   smtp::verdict verdict = answer("RCPT");
   if (verdict.what() == smtp::verdict::kind::accept) recipients.emplace_back(to.address);
+  s.told_tss04_early(*this);
   return verdict;
 }
 
@@ -966,6 +1027,9 @@ smtp::verdict delivery::state::remote_peer::on_data_end(const smtp::body_summary
   s.check_pause(*this);
   smtp::verdict verdict = answer("end of data");
   if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
+  if (said_tss04 && s.rule_covers(destination_of_peer())) {
+    for (const auto& rcpt : recipients) s.told_tss04.emplace(message_key(body), rcpt);
+  }
   recipients.clear();
   body.clear();
   ready_after_ns = s.w.clock().now_ns();
@@ -989,6 +1053,10 @@ void delivery::state::delivered_remotely(remote_peer& h) {
     if (deleted_slots_now.count(slot) != 0) {
       w.fail(fmt::format("DELETED, THEN DELIVERED: {} reached {} for {} (r{}) after the relay "
                          "logged it deleted", key, h.remote.name, rcpt, h.number));
+    }
+    if (bounced_now.count(slot) != 0) {
+      w.fail(fmt::format("DELIVERED AFTER BOUNCE: {} reached {} for {} (r{}) after the relay "
+                         "logged it bounced", key, h.remote.name, rcpt, h.number));
     }
     if (final_durable.count(slot) != 0) {
       w.fail(fmt::format("DUPLICATE: {} delivered to {} again (r{}) after a recovery found its "
@@ -1105,6 +1173,7 @@ void delivery::state::operate(std::string_view destination, std::string_view act
   note(fmt::format("operator: {} {}: {}", action, destination,
                    holder->operate(destination, action)));
   if (action == "bounce") domains_bounced.emplace(destination);
+  if (action == "flush") shape.released(std::string(destination), {});
 }
 
 void delivery::state::act(spool::message_id id, std::string_view action,
@@ -1120,6 +1189,9 @@ void delivery::state::act(spool::message_id id, std::string_view action,
   }
   if (action == "bounce" && answer.find("\"found\":true") != std::string::npos)
     bounce_reasons[id] = std::string(reason);
+  const auto entry = ledger.find(id);
+  if ((action == "retry" || action == "release") && entry != ledger.end())
+    shape.released({}, entry->second.key);
 }
 
 // `ringmta-ctl bounce --reason`: a reason of its own per action, one word (a DSN folds its
@@ -1154,22 +1226,39 @@ void delivery::state::note_in_flight(const std::string& destination) {
 // the run it checks, and cost more than the rest of the run's checks (s13-simspeed).
 std::set<std::pair<std::string, std::string>> delivery::state::on_wire(
     const std::string& destination) {
+  return listed(destination, true, 0);
+}
+
+std::set<std::pair<std::string, std::string>> delivery::state::listed(
+    const std::string& destination, bool active, std::int64_t until_ms, std::size_t* jobs) {
   std::set<std::pair<std::string, std::string>> allowed;
   for (auto* shard : *relays) {
-    std::size_t in_flight = 0;
-    for (const auto& d : nlohmann::json::parse(shard->destinations_json(100'000))) {
-      if (d.at("destination") == destination) in_flight = d.at("in_flight").get<std::size_t>();
+    // On the wire: only the destination's in-flight jobs are listed (their count first), so
+    // the relay reads no evicted envelope back for them (s13-simspeed). The queued ones
+    // (PAUSE NOT JOURNALED) need the whole listing.
+    std::size_t limit = 100'000;
+    if (active) {
+      limit = 0;
+      for (const auto& d : nlohmann::json::parse(shard->destinations_json(100'000))) {
+        if (d.at("destination") == destination) limit = d.at("in_flight").get<std::size_t>();
+      }
+      if (limit == 0) continue;
     }
-    if (in_flight == 0) continue;
-    for (const auto& job : nlohmann::json::parse(shard->jobs_json(destination, in_flight))) {
-      if (job.at("state") != "active") continue;
+    for (const auto& job : nlohmann::json::parse(shard->jobs_json(destination, limit))) {
+      if (jobs != nullptr) ++*jobs;
+      const bool on_wire = job.at("state") == "active";
+      if (on_wire != active || job.at("state") == "held" ||
+          (!active && job.at("next_attempt_ms").get<std::int64_t>() > until_ms)) {
+        continue;
+      }
       const auto id = std::strtoull(job.at("id").get<std::string>().c_str(), nullptr, 16);
       const auto found = ledger.find(id);
       if (found == ledger.end()) continue;
       for (const auto& recipient : job.at("recipients")) {
         const auto index = recipient.at("index").get<std::size_t>();
         if (index < found->second.recipients.size())
-          allowed.emplace(found->second.key, found->second.recipients[index]);
+          allowed.emplace(active ? found->second.key : job.at("id").get<std::string>(),
+                          found->second.recipients[index]);
       }
     }
   }
@@ -1224,17 +1313,133 @@ void delivery::state::check_pause(const remote_peer& h) {
 void delivery::state::on_reply_rule(std::string_view line) {
   std::string destination(log_field(line, "destination"));
   destination = destination.substr(0, destination.find('@'));  // without its egress source
-  constexpr std::string_view until_key = "\"until_ms\":";
-  const auto at = line.find(until_key);
-  if (log_field(line, "action") != "suspend" || at == std::string_view::npos) return;
-  const std::int64_t until_ms =
-      std::strtoll(std::string(line.substr(at + until_key.size(), 24)).c_str(), nullptr, 10);
+  const std::uint32_t d = domain_of(fmt::format("@{}", destination));
+  if (d >= domain_count || !rule_covers(d)) {
+    return w.fail(fmt::format("RULE MISAPPLIED: the relay applied its reply rule to {}, which "
+                              "the rule does not name: {}", destination, line));
+  }
+  const std::string_view action = log_field(line, "action");
+  const std::int64_t until_ms = log_number(line, "until_ms");
+  if (until_ms == 0) return;
   const std::int64_t until_ns = (until_ms - epoch_seconds * 1000) * ms_ns;
+  if (action == "throttle") return on_throttle(d, until_ns);
+  if (action != "suspend") return;
   auto allowed = on_wire(destination);
   note(fmt::format("reply rule pauses {} for {} ms with {} recipient(s) on the wire",
                    destination, (until_ns - w.clock().now_ns()) / ms_ns, allowed.size()));
   ++w.counters().rules_fired;
   shape.on_pause(destination, until_ns, std::move(allowed));
+  // The relay reports the first 1,000 jobs it lists (relay.cc apply_rule_to: bounded work on
+  // the shard); beyond that its promise is not kept, by design.
+  std::size_t jobs = 0;
+  auto queued = listed(destination, false, until_ms, &jobs);
+  if (jobs <= 1000) moves[destination] = pause_moves{until_ms, std::move(queued)};
+  // Reports to another shard's home take milliseconds, those behind envelope reads (evicted
+  // envelopes: up to ~50 read back at once, a quarter second seen, seed 102); crashes come every
+  // 0.3-5 s: checked two seconds later, or at the pause's end.
+  constexpr std::int64_t report_wait_ns = 2000 * ms_ns;
+  later(std::min(until_ns - w.clock().now_ns(), report_wait_ns), [this, destination,
+                                                                   p = process_number] {
+    check_pause_journaled(destination, p);
+  });
+}
+
+// relay.cc apply_rule_to: the jobs a pause holds are reported deferred to its end, so that
+// their homes journal it and a restart meanwhile keeps them waiting (PAUSE IGNORED across
+// restarts checks that the new process does). One the relay holds but never reported would go
+// at once after a crash: PAUSE NOT JOURNALED, checked a little later (no crash between: a
+// crash loses the reports on their way to another shard).
+void delivery::state::check_pause_journaled(const std::string& destination,
+                                            std::uint64_t process) {
+  const auto found = moves.find(destination);
+  if (found == moves.end() || process != process_number) return;
+  const pause_moves done = std::move(found->second);
+  moves.erase(found);
+  w.counters().pause_moves_checked += 1;
+  if (done.unreported.empty()) return;
+  const auto& [id, rcpt] = *done.unreported.begin();
+  w.fail(fmt::format("PAUSE NOT JOURNALED: {} for {} was queued at {} when a reply rule paused "
+                     "it until {} ms, and the relay never recorded its deferral to the pause's "
+                     "end ({} such recipient(s)): a restart would send it early", id, rcpt,
+                     destination, done.until_ms - epoch_seconds * 1000, done.unreported.size()));
+}
+
+// A relay record about (id, to): a deferral to a pause's end, or an outcome, settles it.
+void delivery::state::note_moved(std::string_view event, spool::message_id id,
+                                 std::string_view to, std::string_view line) {
+  const std::uint32_t d = domain_of(to);
+  if (d >= domain_count) return;
+  const auto found = moves.find(std::string(domain_names[d]));
+  if (found == moves.end()) return;
+  if (event == "deferred" && log_number(line, "retry_at_s") * 1000 < found->second.until_ms)
+    return;
+  found->second.unreported.erase({fmt::format("{:016x}", id), std::string(to)});
+}
+
+// A throttle (relay.cc apply_rule_to): the connections open or opening then stay (the
+// scheduler closes none), no new one beyond the rule's limit, the rule's rate (sim_shaping.h).
+void delivery::state::on_throttle(std::uint32_t d, std::int64_t until_ns) {
+  const std::string destination(domain_names[d]);
+  const std::uint32_t connections = connections_at(destination);
+  note(fmt::format("reply rule throttles {} for {} ms ({} connection(s) open or opening)",
+                   destination, (until_ns - w.clock().now_ns()) / ms_ns, connections));
+  ++w.counters().rules_throttled;
+  shape.on_throttle(d, until_ns, connections, w.clock().now_ns());
+}
+
+// The scheduler's connections (open and starting) of a destination, on every shard (as
+// `ringmta-ctl destinations` lists them).
+std::uint32_t delivery::state::connections_at(const std::string& destination) const {
+  std::uint32_t count = 0;
+  for (auto* shard : *relays) {
+    for (const auto& entry : nlohmann::json::parse(shard->destinations_json(100'000))) {
+      if (entry.at("destination") == destination)
+        count += entry.at("connections").get<std::uint32_t>();
+    }
+  }
+  return count;
+}
+
+bool delivery::state::rule_covers(std::uint32_t d) const {
+  return d < domain_count && shape.rule_applies(d, mx_hosts_of(d, domain_mode[d]));
+}
+
+// Reply rules' `bounce` (relay.cc finish_delivery): a recipient whose own reply matched (at
+// RCPT, or the end of data for every recipient of the transaction) bounces now, with the
+// rule named; the relay deferring one it heard [TSS04] about, or bouncing by the rule one no
+// server said it about, broke it. A recipient logged bounced is never delivered after, in this
+// process (DELIVERED AFTER BOUNCE).
+// [TSS04] at MAIL, RCPT or DATA: a 421 closes the connection (RFC 5321 §3.8), and the client
+// takes it as the reply for every recipient of the transaction not yet settled, accepted ones
+// too (smtp::client_session): up to a transaction's recipients, whose names this remote may
+// not have seen (pipelined RCPTs after it are not read).
+void delivery::state::told_tss04_early(const remote_peer& h) {
+  if (h.said_tss04 && rule_covers(h.remote.domain))
+    told_tss04_unnamed += limits.recipients_per_transaction_max;
+}
+
+void delivery::state::check_rule_bounce(spool::message_id id, std::string_view event,
+                                        std::string_view to, std::string_view reply) {
+  const auto entry = ledger.find(id);
+  if (entry == ledger.end() || entry->second.dsn) return;
+  const auto slot = std::make_pair(entry->second.key, std::string(to));
+  const bool told = told_tss04.erase(slot) != 0;
+  const bool by_rule = reply.find("(bounced by reply rule ") != std::string_view::npos;
+  if (event == "bounced") bounced_now.insert(slot);
+  if (told && event == "deferred" && reply.find("[TSS04]") != std::string_view::npos &&
+      shape.rule_action() == config::reply_action::bounce) {
+    return w.fail(fmt::format("BOUNCE RULE IGNORED: {:016x} ({}) for <{}> deferred on a reply "
+                              "its bounce rule matches: {}", id, slot.first, to, reply));
+  }
+  if (!by_rule) return;
+  if ((!told && told_tss04_unnamed == 0) || reply.find("[TSS04]") == std::string_view::npos) {
+    return w.fail(fmt::format("BOUNCE RULE MISAPPLIED: {:016x} ({}) for <{}> bounced by the "
+                              "reply rule, but no server the rule covers said [TSS04] about "
+                              "it: {}", id,
+                              slot.first, to, reply));
+  }
+  if (!told) --told_tss04_unnamed;
+  ++w.counters().rule_bounces_checked;
 }
 
 // A "delayed" DSN made durable about (key, rcpt): the sender asked for it (RFC 3461 §4.1:
@@ -1341,7 +1546,37 @@ void delivery::state::forget_process() {
   delays_now.clear();
   delivered_logged.clear();  // a delivery whose mark was lost is tried again: a new story
   noticed_undelivered.clear();
+  told_tss04.clear();
+  told_tss04_unnamed = 0;
+  bounced_now.clear();
+  moves.clear();
+  ++process_number;
   shape.forget_pauses();
+}
+
+// The pauses running at a crash, after the recovery: each destination's recipients recovered
+// deferred, with their journaled retry times (sim_shaping.h, PAUSE IGNORED across restarts).
+void delivery::state::restart_pauses(const std::vector<const spool::store*>& stores) {
+  for (const auto& destination : shape.kept_pauses()) {
+    std::vector<shaping::recovered_slot> deferred;
+    for (const auto& [id, entry] : ledger) {
+      const spool::message_entry* found = stores.at(spool::message_id_shard(id))->find(id);
+      if (entry.dsn || found == nullptr || found->status != spool::message_status::queued)
+        continue;
+      for (std::size_t r = 0; r < entry.recipients.size(); ++r) {
+        const auto status = found->recipients[r];
+        const std::uint32_t d = domain_of(entry.recipients[r]);
+        if (status.state != spool::recipient_state::deferred || d >= domain_count ||
+            domain_names[d] != destination) {
+          continue;
+        }
+        deferred.emplace_back(entry.key, entry.recipients[r],
+                              (status.next_attempt_seconds - epoch_seconds) * 1000 * ms_ns);
+      }
+    }
+    shape.restart_pauses(destination, deferred, w.clock().now_ns());
+  }
+  w.counters().restart_pauses_checked = shape.restart_pauses_checked();
 }
 
 void delivery::state::on_deleted(spool::message_id id, std::string_view to) {
@@ -1528,6 +1763,7 @@ void delivery::on_recovered(const std::vector<const spool::store*>& stores) {
     }
     entry.finals_recorded = all_final;
   }
+  s.restart_pauses(stores);
 }
 
 void delivery::on_log_record(std::string_view line) {
@@ -1549,6 +1785,11 @@ void delivery::on_log_record(std::string_view line) {
   s.note(fmt::format("relay {} {} {} {}", event, id_text, log_field(line, "to"),
                      log_field(line, "mx")));
   if (event == "delivered" || event == "bounced") s.check_not_deleted(id, to, event);
+  if (event == "delivered" || event == "bounced" || event == "deferred") {
+    s.check_rule_bounce(id, event, to, log_field(line, "reply"));
+    s.note_moved(event, id, to, line);
+  }
+  if (event == "deleted") s.note_moved(event, id, to, line);
   if (const auto found = s.ledger.find(id); event == "delivered" && found != s.ledger.end())
     s.delivered_logged.emplace(found->second.key, to);
   if (event == "deleted") {

@@ -23,7 +23,14 @@
 // - CONNECTION LIMIT: connections open to a destination's MTAs never exceed its
 //   connections_max (the limit in force, or the one a connection still open was opened under);
 // - RATE LIMIT, PAUSE IGNORED (sim_shaping.h): transactions within each destination's token
-//   bucket; none new while a reply rule's pause holds;
+//   bucket (a reply rule's throttle's while it holds); none new while a reply rule's pause
+//   holds, and after a restart none recovered deferred to its end before the end;
+// - PAUSE NOT JOURNALED: every job a pause holds is reported deferred to its end (its home
+//   journals that: a restart keeps it waiting);
+// - RULE MISAPPLIED, BOUNCE RULE IGNORED/MISAPPLIED, DELIVERED AFTER BOUNCE: a reply rule acts
+//   on the destinations it names (domain or MX pattern); a bounce rule bounces the recipients
+//   a matching reply was about, and no others; nothing the relay logged bounced is delivered
+//   later in the same process;
 // - DELAY DSN: a "delayed" DSN only for a recipient whose sender asked for it, not after the
 //   relay logged it delivered or a recovery found it final, once per process;
 // - UNAUTHENTICATED RELAY, RELAYHOST BYPASSED, AUTH BOUNCED (a quarter of the seeds send all

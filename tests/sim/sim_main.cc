@@ -189,7 +189,9 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}, resumed {}) | "
              "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
              "reasons checked {} deleted {} | accepts {} (failed {}, refused {}) | rate checks {} rules fired {} "
-             "delay dsns {} | relay host auths {} (refused {}) | tls policy checks {} (verify {})\n",
+             "delay dsns {} | throttles {} (connections checked {}) rule bounces {} paused across "
+             "restarts {} (pauses journaled {}) | relay host auths {} (refused {}) | tls policy "
+             "checks {} (verify {})\n",
              seed,
              r.ok ? "ok" : "FAILED", r.digest,
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
@@ -199,8 +201,9 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              r.operator_actions, r.tls_sessions, r.tls_broken, r.tls_resumed, r.shards, r.parcels_crossed,
              r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions,
              r.accepts, r.accepts_failed, r.refused_at_limit, r.rate_checks, r.rules_fired, r.delay_dsns,
-             r.relayhost_auths, r.relayhost_auth_refused, r.tls_policy_checks,
-             r.tls_verify_checks);
+             r.rules_throttled, r.throttle_checks, r.rule_bounces_checked, r.restart_pauses_checked,
+             r.pause_moves_checked, r.relayhost_auths, r.relayhost_auth_refused,
+             r.tls_policy_checks, r.tls_verify_checks);
 }
 
 // CPU seconds of this process (user + system): on a loaded machine the wall clock also counts
@@ -259,6 +262,8 @@ int main(int argc, char** argv) {
   std::uint64_t deletions = 0, rate_checks = 0, rules_fired = 0, delay_dsns = 0;
   std::uint64_t relayhost_seeds = 0, relayhost_auths = 0, relayhost_refused = 0;
   std::uint64_t tls_policy_checks = 0, tls_verify_checks = 0;
+  std::uint64_t throttles = 0, throttle_checks = 0, rule_bounces = 0, restart_pauses = 0;
+  std::uint64_t pauses_journaled = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
   int status = 0;
@@ -280,6 +285,11 @@ int main(int argc, char** argv) {
     rate_checks += result.rate_checks;
     rules_fired += result.rules_fired;
     delay_dsns += result.delay_dsns;
+    throttles += result.rules_throttled;
+    throttle_checks += result.throttle_checks;
+    rule_bounces += result.rule_bounces_checked;
+    restart_pauses += result.restart_pauses_checked;
+    pauses_journaled += result.pause_moves_checked;
     relayhost_seeds += result.relayhost_auths + result.relayhost_auth_refused > 0 ? 1 : 0;
     relayhost_auths += result.relayhost_auths;
     relayhost_refused += result.relayhost_auth_refused;
@@ -298,12 +308,15 @@ int main(int argc, char** argv) {
              "simulated seconds in {:.2f} wall seconds ({:.0f}x real time, {:.0f} events/s); "
              "{} transactions at suspended destinations, {} bounce reasons checked, {} recipients "
              "deleted; {} transactions checked against a rate, {} reply rules fired, {} delayed "
-             "DSN recipients checked; {} seeds with a relay host: {} AUTHs ({} refused); {} RCPTs "
-             "checked against a TLS policy ({} under verify)\n",
+             "DSN recipients checked; {} reply rules throttled ({} connections checked against "
+             "them), {} recipients bounced by a rule checked, {} recipients held by a pause across "
+             "a restart, {} pauses checked journaled; {} seeds with a relay host: {} AUTHs ({} "
+             "refused); {} RCPTs checked against a TLS policy ({} under verify)\n",
              seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
              multi_shard, crossed, simulated, wall, simulated / wall,
              static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions,
-             rate_checks, rules_fired, delay_dsns, relayhost_seeds, relayhost_auths,
+             rate_checks, rules_fired, delay_dsns, throttles, throttle_checks, rule_bounces,
+             restart_pauses, pauses_journaled, relayhost_seeds, relayhost_auths,
              relayhost_refused, tls_policy_checks, tls_verify_checks);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;

@@ -49,6 +49,7 @@ shaping::shaping(std::uint64_t seed, bool enabled, bool faults,
     : _rng(seed * 0x9e3779b97f4a7c15ull + 0x5ca1e), _domains(std::move(domains)) {
   _per_second.resize(_domains.size());
   _checks.resize(_domains.size());
+  _throttles.resize(_domains.size());
   _tss04.assign(_domains.size(), 0.0);
   if (!enabled) return;
   _rates = _rng.chance(0.35);
@@ -68,8 +69,31 @@ shaping::shaping(std::uint64_t seed, bool enabled, bool faults,
     _rule_domain = which < _domains.size() ? _domains[which] : std::string();
     _rule_duration_s = static_cast<std::uint32_t>(_rng.between(1, 60));
     for (auto& chance : _tss04) chance = static_cast<double>(_rng.below(8)) / 100;
+    draw_action(seed);
   }
   if (_rng.chance(0.3)) _delay_warning_ms = static_cast<std::int64_t>(_rng.between(2, 120)) * 1000;
+}
+
+// The rule's action and its MX pattern, from a stream of their own (session 13): every other
+// draw stays; a seed whose rule stays a suspend naming a domain replays as before.
+void shaping::draw_action(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x7e1e5);
+  const std::uint64_t action = draw.below(100);
+  if (action >= 70) {
+    _rule_action = config::reply_action::bounce;
+  } else if (action >= 40) {
+    _rule_action = config::reply_action::throttle;
+    if (draw.chance(0.5)) _throttle_connections = static_cast<std::uint32_t>(draw.between(1, 2));
+    if (!_throttle_connections || draw.chance(0.6)) {
+      _throttle_per_second = draw.chance(0.5) ? static_cast<double>(draw.between(1, 5))
+                                              : 1.0 / static_cast<double>(draw.between(2, 10));
+    }
+  }
+  if (!draw.chance(0.3)) return;
+  // Every MX host of one domain (not an implicit MX: the domain's own name), or of every one.
+  const std::uint64_t which = draw.below(_domains.size() + 1);
+  _rule_mx = which < _domains.size() ? fmt::format("*.{}", _domains[which]) : "*.example";
+  _rule_domain.clear();
 }
 
 // The scheduler's own bucket (queue::destination_limits) takes any triple; the global
@@ -82,19 +106,41 @@ sim_rate shaping::draw_rate() {
   return rate;
 }
 
+namespace {
 // shaping.h: "a rate below 1/s becomes one message per 1000/rate ms", a burst of the rate.
-sim_rate shaping::expected(std::uint32_t domain) const {
-  const auto& own = _per_second[domain];
-  if (!own) return _default_rate.value_or(sim_rate{});
-  if (*own >= 1) {
-    const auto n = static_cast<std::uint32_t>(*own);
+sim_rate per_second(double rate) {
+  if (rate >= 1) {
+    const auto n = static_cast<std::uint32_t>(rate);
     return {n, 1000, n};
   }
-  return {1, static_cast<std::uint32_t>(1000 / *own), 1};
+  return {1, static_cast<std::uint32_t>(1000 / rate), 1};
+}
+}  // namespace
+
+sim_rate shaping::expected(std::uint32_t domain) const {
+  const auto& own = _per_second[domain];
+  return own ? per_second(*own) : _default_rate.value_or(sim_rate{});
+}
+
+// settings.h: a throttle's limits "become these", and a reply rule lowers, never raises
+// (relay.cc shape_of): the lower of the two rates, with the smaller burst.
+sim_rate shaping::throttled(std::uint32_t domain) const {
+  const sim_rate own = expected(domain);
+  if (!_throttle_per_second) return own;
+  const sim_rate rule = per_second(*_throttle_per_second);
+  if (own.messages == 0) return rule;
+  const bool rule_lower = std::uint64_t{rule.messages} * own.period_ms <
+                          std::uint64_t{own.messages} * rule.period_ms;
+  sim_rate out = rule_lower ? rule : own;
+  out.burst = std::min(rule.burst, own.burst);
+  return out;
 }
 
 void shaping::apply_rates(std::int64_t now_ns) {
-  for (std::uint32_t d = 0; d < _domains.size(); ++d) _checks[d].set(expected(d), now_ns);
+  for (std::uint32_t d = 0; d < _domains.size(); ++d) {
+    const bool throttling = _throttles[d].until_ns > now_ns;
+    _checks[d].set(throttling ? throttled(d) : expected(d), now_ns);
+  }
 }
 
 void shaping::configure(server::relay_config& config) const {
@@ -118,9 +164,12 @@ void shaping::configure(server::relay_config& config) const {
   if (_rule) {
     config::reply_rule_entry rule;
     rule.domain = _rule_domain;
+    rule.mx = _rule_mx;
     rule.pattern = R"(^421 4\.7\.0 \[TSS04\])";
-    rule.action = config::reply_action::suspend;
+    rule.action = _rule_action;
     rule.duration_s = _rule_duration_s;
+    rule.connections_max = _throttle_connections;
+    rule.messages_per_second_max = _throttle_per_second;
     rule.origin = "sim:rule";
     settings.reply_rules.push_back(std::move(rule));
   }
@@ -134,7 +183,16 @@ std::string shaping::describe() const {
     const sim_rate r = expected(d);
     out += fmt::format(" {} {}/{}ms burst {}", _domains[d], r.messages, r.period_ms, r.burst);
   }
-  if (_rule) out += fmt::format(" | rule TSS04 on '{}' {}s", _rule_domain, _rule_duration_s);
+  if (_rule && _rule_action == config::reply_action::suspend && _rule_mx.empty()) {
+    out += fmt::format(" | rule TSS04 on '{}' {}s", _rule_domain, _rule_duration_s);  // as before
+  } else if (_rule) {
+    constexpr const char* actions[] = {"suspend", "throttle", "bounce"};
+    out += fmt::format(" | rule TSS04 on {} '{}' {} {}s", _rule_mx.empty() ? "domain" : "mx",
+                       _rule_mx.empty() ? _rule_domain : _rule_mx,
+                       actions[static_cast<int>(_rule_action)], _rule_duration_s);
+    if (_throttle_connections) out += fmt::format(" connections {}", *_throttle_connections);
+    if (_throttle_per_second) out += fmt::format(" rate {}/s", *_throttle_per_second);
+  }
   if (_delay_warning_ms > 0) out += fmt::format(" | delay warning {}s", _delay_warning_ms / 1000);
   return out;
 }
@@ -151,20 +209,52 @@ std::string shaping::reload(std::int64_t now_ns) {
   return describe();
 }
 
+// The scheduler and the relay's throttles live in memory: a new process starts every bucket
+// full and throttles nothing. (Pauses: forget_pauses and restart_pauses.)
 void shaping::restart(std::int64_t now_ns) {
+  for (auto& t : _throttles) t = throttle{};
+  apply_rates(now_ns);
   for (auto& check : _checks) check.restart(now_ns);
-  _paused.clear();
 }
 
 std::string shaping::on_transaction(std::uint32_t domain, std::int64_t after_ns,
                                     std::int64_t now_ns) {
-  if (!_rates) return {};
+  if (!_rates && !_throttle_per_second) return {};
+  throttle_bound(domain, now_ns);  // a throttle that ended: the destination's own rate again
   ++_rate_checks;
   return _checks.at(domain).on_transaction(after_ns, now_ns);
 }
 
 bool shaping::says_tss04(std::uint32_t domain) {
   return _tss04.at(domain) > 0 && _rng.chance(_tss04[domain]);
+}
+
+bool shaping::rule_applies(std::uint32_t domain, const std::vector<std::string>& mx_hosts) const {
+  if (!_rule) return false;
+  if (_rule_mx.empty()) return _rule_domain.empty() || _rule_domain == _domains.at(domain);
+  return !mx_hosts.empty() &&
+         std::all_of(mx_hosts.begin(), mx_hosts.end(), [this](const std::string& host) {
+           return server::mx_pattern_matches(_rule_mx, host);
+         });
+}
+
+void shaping::on_throttle(std::uint32_t domain, std::int64_t until_ns, std::uint32_t connections,
+                          std::int64_t now_ns) {
+  _throttles.at(domain) = throttle{until_ns, connections};
+  _checks[domain].set(throttled(domain), now_ns);
+}
+
+std::uint32_t shaping::throttle_bound(std::uint32_t domain, std::int64_t now_ns) {
+  throttle& t = _throttles.at(domain);
+  if (t.until_ns == 0) return UINT32_MAX;
+  if (now_ns >= t.until_ns) {  // ended (relay.cc expire_throttles): a fresh bucket from then
+    _checks[domain].set(expected(domain), t.until_ns);
+    t = throttle{};
+    return UINT32_MAX;
+  }
+  if (!_throttle_connections) return UINT32_MAX;
+  ++_throttles_checked;
+  return std::max(*_throttle_connections, t.connections_then);
 }
 
 void shaping::on_pause(const std::string& destination, std::int64_t until_ns,
@@ -181,6 +271,15 @@ std::string shaping::check_pause(const std::string& destination, std::string_vie
     _paused.erase(found);
     return {};
   }
+  if (found->second.restarted) {
+    for (const auto& rcpt : recipients) {
+      if (found->second.recovered.count({std::string(key), rcpt}) == 0) continue;
+      return fmt::format("{} for {} arrived {} ms before the reply rule's pause of {} ended, "
+                         "after a restart that recovered it deferred to the pause's end", key,
+                         rcpt, (found->second.until_ns - now_ns) / 1'000'000, destination);
+    }
+    return {};
+  }
   for (const auto& rcpt : recipients) {
     if (found->second.on_wire.count({std::string(key), rcpt}) != 0) continue;
     return fmt::format("{} for {} arrived {} ms before the reply rule's pause of {} ended, "
@@ -193,11 +292,50 @@ std::string shaping::check_pause(const std::string& destination, std::string_vie
 std::string shaping::on_connect(const std::string& destination, std::uint32_t opening_max,
                                std::int64_t now_ns) {
   const auto found = _paused.find(destination);
-  if (found == _paused.end() || now_ns >= found->second.until_ns) return {};
+  if (found == _paused.end() || now_ns >= found->second.until_ns || found->second.restarted)
+    return {};  // (after a restart, new mail may open connections at once)
   if (++found->second.connects <= 2 * opening_max) return {};
   return fmt::format("{} connections reached {}'s MTAs while a reply rule's pause held ({} ms "
                      "left; at most {} were being opened when it began)", found->second.connects,
                      destination, (found->second.until_ns - now_ns) / 1'000'000, opening_max);
+}
+
+void shaping::forget_pauses() {
+  for (auto& [name, p] : _paused) p = pause{p.until_ns, {}, 0, true, {}};
+}
+
+std::vector<std::string> shaping::kept_pauses() const {
+  std::vector<std::string> out;
+  for (const auto& [name, p] : _paused) out.push_back(name);
+  return out;
+}
+
+// relay.cc apply_rule_to: the jobs a pause moved are reported deferred to its end, which
+// their homes journal (relay_home.cc apply_outcomes: whole seconds, rounded up). A recipient
+// recovered with a retry time at the pause's end or later (moved by it, or deferred past it):
+// the new process must not send it before the end. (One whose move was not durable comes back
+// with its earlier time and may go; that the relay reports every move is PAUSE NOT JOURNALED,
+// sim_delivery.cc.)
+void shaping::restart_pauses(const std::string& destination,
+                             const std::vector<recovered_slot>& deferred, std::int64_t now_ns) {
+  const auto found = _paused.find(destination);
+  if (found == _paused.end()) return;
+  pause& p = found->second;
+  if (now_ns >= p.until_ns) {
+    _paused.erase(found);
+    return;
+  }
+  for (const auto& [key, rcpt, retry_ns] : deferred) {
+    if (retry_ns < p.until_ns || !p.recovered.emplace(key, rcpt).second) continue;
+    ++_restart_checked;
+  }
+}
+
+void shaping::released(const std::string& destination, const std::string& key) {
+  for (auto& [name, p] : _paused) {
+    if (!destination.empty() && name != destination) continue;
+    std::erase_if(p.recovered, [&](const auto& slot) { return key.empty() || slot.first == key; });
+  }
 }
 
 }  // namespace ringmta::sim::internal

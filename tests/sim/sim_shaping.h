@@ -11,8 +11,16 @@
 //   capped at the new burst).
 // - PAUSE IGNORED: after a reply rule's `suspend` fired for a destination (the relay's
 //   "reply_rule" record), no transaction reaches its MTAs until the pause ends, but those on
-//   the wire when it fired. A restart forgets the pause (the daemon keeps it only in the retry
-//   times of the jobs it moved: new mail may go at once).
+//   the wire when it fired. Across a restart the daemon keeps the pause only in the retry
+//   times of the jobs it moved (journaled, relay.cc apply_rule_to): new mail may go at once,
+//   but a recipient recovered deferred to the pause's end (or later) goes no earlier than the
+//   end, unless the operator flushed, retried or released it since. That every job the pause
+//   holds is reported so is PAUSE NOT JOURNALED (sim_delivery.cc).
+// - THROTTLE: after a rule's `throttle` fired, until its end (or a restart: the daemon keeps
+//   throttles in memory), the destination's rate is the lower of its own and the rule's, and
+//   its connections at most the rule's connections_max or as many as the relay had open or
+//   opening when it fired (those are not closed).
+// - Reply rules' `bounce` and MX patterns: sim_delivery.cc (BOUNCE RULE, RULE MISAPPLIED).
 // The settings go through the daemon's own path: [[shaping]] entries and [[reply_rule]] in
 // config::settings, built into the relay's shaping_table; the default rate is the scheduler's
 // default limits (the global setting).
@@ -27,9 +35,11 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "ringmta/config/settings.h"
 #include "ringmta/server/relay.h"
 #include "sim_random.h"
 
@@ -88,6 +98,18 @@ class shaping {
 
   // Reply rules: whether this remote answers "421 4.7.0 [TSS04]" now (never without rules).
   bool says_tss04(std::uint32_t domain);
+  bool has_rule() const { return _rule; }
+  config::reply_action rule_action() const { return _rule_action; }
+  // Whether the rule covers `domain`: by its name, or every one of its MX hosts (as the
+  // simulated DNS names them) matches the rule's MX pattern (shaping.h mx_pattern_matches).
+  bool rule_applies(std::uint32_t domain, const std::vector<std::string>& mx_hosts) const;
+  // A `throttle` fired for `domain` now, until `until_ns`, while the relay had `connections`
+  // open or opening there.
+  void on_throttle(std::uint32_t domain, std::int64_t until_ns, std::uint32_t connections,
+                   std::int64_t now_ns);
+  // The connections a throttle in force allows at `domain` now (UINT32_MAX: none in force).
+  std::uint32_t throttle_bound(std::uint32_t domain, std::int64_t now_ns);
+  std::uint64_t throttles_checked() const { return _throttles_checked; }
   static constexpr std::string_view tss04_text =
       "[TSS04] Messages temporarily deferred due to unexpected volume";
   // The relay paused `destination` until `until_ns`; `on_wire` (key, recipient) may still
@@ -97,7 +119,19 @@ class shaping {
   // A transaction's end of data at a remote MTA of `destination`: a violation or empty.
   std::string check_pause(const std::string& destination, std::string_view key,
                           const std::vector<std::string>& recipients, std::int64_t now_ns);
-  void forget_pauses() { _paused.clear(); }
+  // A crash: what was on the wire is gone; each pause still running is kept for restart().
+  void forget_pauses();
+  // After a recovery: `deferred` lists each (key, recipient, journaled retry in ms) of a
+  // destination recovered deferred; those deferred to a kept pause's last second or later
+  // must wait for its end.
+  using recovered_slot = std::tuple<std::string, std::string, std::int64_t>;
+  void restart_pauses(const std::string& destination,
+                      const std::vector<recovered_slot>& deferred, std::int64_t now_ns);
+  std::vector<std::string> kept_pauses() const;
+  // The operator flushed `destination` (empty: every one) or retried/released the message
+  // `key`: its recipients may go now.
+  void released(const std::string& destination, const std::string& key);
+  std::uint64_t restart_pauses_checked() const { return _restart_checked; }
   // A connection reaches an MTA of `destination` now, `opening_max` at most being opened when
   // a pause began: a violation or empty (a pause opens none; those on their way may connect,
   // twice with a TLS fallback).
@@ -107,7 +141,9 @@ class shaping {
  private:
   sim_rate draw_rate();
   sim_rate expected(std::uint32_t domain) const;
+  sim_rate throttled(std::uint32_t domain) const;
   void apply_rates(std::int64_t now_ns);
+  void draw_action(std::uint64_t seed);
 
   random _rng;
   std::vector<std::string> _domains;
@@ -121,14 +157,28 @@ class shaping {
   // remotes' chance of answering TSS04.
   bool _rule = false;
   std::string _rule_domain;
+  std::string _rule_mx;  // an MX pattern instead of a domain ("*.rcpt1.example", "*.example")
   std::uint32_t _rule_duration_s = 0;
+  config::reply_action _rule_action = config::reply_action::suspend;
+  std::optional<std::uint32_t> _throttle_connections;
+  std::optional<double> _throttle_per_second;
   std::vector<double> _tss04;
   struct pause {
     std::int64_t until_ns = 0;
     std::set<std::pair<std::string, std::string>> on_wire;
     std::uint32_t connects = 0;
+    // After a restart: only these (key, recipient) are held (their journaled retry times).
+    bool restarted = false;
+    std::set<std::pair<std::string, std::string>> recovered;
   };
   std::map<std::string, pause> _paused;
+  std::uint64_t _restart_checked = 0;
+  struct throttle {
+    std::int64_t until_ns = 0;
+    std::uint32_t connections_then = 0;
+  };
+  std::vector<throttle> _throttles;  // per domain; until_ns 0: none
+  std::uint64_t _throttles_checked = 0;
   std::int64_t _delay_warning_ms = 0;
 };
 

@@ -4,6 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <iterator>
+#include <memory>
+#include <string_view>
+#include <vector>
+
 #include "ringmta/config/settings.h"
 #include "ringmta/queue/scheduler.h"
 
@@ -180,6 +185,21 @@ TEST(shaping, scheduler_uses_per_destination_retry_and_lifetime) {
   EXPECT_FALSE(scheduler.reshape("unknown.net", limits));
   ASSERT_TRUE(scheduler.inspect("other.net", info));
   EXPECT_EQ(info.limits.connections_max, 3u);
+}
+
+// A layer sets the limits it names and keeps the others the layers below gave: the defaults'
+// recipients per transaction survived no [[shaping]] entry with a limit (limits_from made a
+// fresh set; ringmta-sim seed 13000100 --shards-max 3 sent 3 recipients where 1 was the limit).
+TEST(shaping, a_layer_keeps_the_limits_it_does_not_name) {
+  queue::destination_limits defaults = limits_from(4, 10, 0);
+  defaults.recipients_per_transaction_max = 2;
+  const auto table = std::make_shared<const shaping_table>(parse(three_layers), defaults);
+  for (const char* name : {"a.example.org", "b.example.org", "other.net"})
+    EXPECT_EQ(table->for_domain(name).limits.recipients_per_transaction_max, 2u) << name;
+  const char* hosts[] = {"mx1.l.google.com"};
+  const std::vector<std::string_view> mx(std::begin(hosts), std::end(hosts));
+  EXPECT_EQ(table->for_destination("gmail.com", mx).limits.recipients_per_transaction_max, 2u);
+  EXPECT_EQ(table->for_destination("gmail.com", mx).limits.connections_max, 5u);
 }
 
 // Reply rules: scope (domain, .suffix, mx, all), RE2 on "CODE X.Y.Z text", first match wins;
