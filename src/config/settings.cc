@@ -1106,7 +1106,7 @@ const std::vector<setting_spec>& table() {
      },
      [](const settings& s) { return pool_tables(s.pools); }, live},
     // ---- DKIM signing (issue 13): [[dkim]] keys and [signing]. The keys are only parsed
-    // here; dkim::build_key_table reads and checks the files at start-up.
+    // here; dkim::build_key_table reads and checks the files at start-up and at each reload.
     {"dkim", "--dkim", "DOMAIN:SELECTOR:KEYFILE", arity::list,
      "sign mail From DOMAIN with this key (repeatable; TOML: [[dkim]] tables)",
      [](settings& s, const values& v) {

@@ -106,7 +106,8 @@ bool webhook::post(const batch& sending, const webhook_config& config, std::stri
   {
     std::lock_guard lock(_mutex);
     if (_stopping) return false;
-    if (!_client || _config_changed) {
+    if (!_client || _client_origin != config.url.origin ||
+        _client_timeout_ms != config.timeout_ms) {
       auto made = std::make_shared<httplib::Client>(config.url.origin);
       const auto seconds = static_cast<time_t>(config.timeout_ms / 1000);
       const auto micros = static_cast<time_t>(config.timeout_ms % 1000 * 1000);
@@ -115,7 +116,8 @@ bool webhook::post(const batch& sending, const webhook_config& config, std::stri
       made->set_write_timeout(seconds, micros);
       made->set_keep_alive(true);
       _client = made;
-      _config_changed = false;
+      _client_origin = config.url.origin;
+      _client_timeout_ms = config.timeout_ms;
     }
     client = std::static_pointer_cast<httplib::Client>(_client);
   }
@@ -147,6 +149,7 @@ void webhook::run() noexcept {
       std::lock_guard lock(_mutex);
       if (_stopping) return;
       config = _config;
+      _config_changed = false;  // a later update() ends a backoff
     }
     report_dropped();
     if (pending.empty() || _log->cursor() != pending.start) {  // none, or dropped under it

@@ -352,4 +352,8 @@ void outbound::set_timeout_connect_ms(std::uint32_t ms) noexcept {
   _server->set_timeout_connect_ms(ms);
 }
 
+void outbound::set_tls_context(std::shared_ptr<const tls::client_context> context) noexcept {
+  _server->set_tls_context(std::move(context));
+}
+
 }  // namespace ringmta::outbound

@@ -360,6 +360,11 @@ class outbound_server final : public shard::host_handler,
 
   // A reload: connects started from now wait this long.
   void set_timeout_connect_ms(std::uint32_t ms) noexcept { _config.timeout_connect_ms = ms; }
+  void set_tls_context(std::shared_ptr<const tls::client_context> context) noexcept {
+    if (context == _config.tls_context) return;
+    _config.tls_context = std::move(context);
+    _tls_cache.clear();
+  }
 
   // For connections.
   const outbound_config& config() const noexcept { return _config; }

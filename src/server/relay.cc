@@ -357,6 +357,10 @@ void relay::update(std::shared_ptr<const relay_config> next) noexcept {
   s.scheduler.set_policy(s.live->scheduler);
   s.reshape_sites();
   s.out.set_timeout_connect_ms(s.live->outbound.timeout_connect_ms);
+  // The reload's CA store (relay.tls.ca_file), or a context at all when TLS was off everywhere
+  // at the start (make_relay_config builds none then): a policy reloaded to verify must not
+  // meet the start's trust, or "TLS is not configured".
+  s.out.set_tls_context(s.live->outbound.tls_context);
   s.poll();  // new limits may let a destination open connections now
 }
 

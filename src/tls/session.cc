@@ -473,6 +473,11 @@ void client_session_cache::store(std::string_view key, ssl_session_st* session,
   _entries.emplace(std::move(name), entry{session, ++_clock, expires_s});
 }
 
+void client_session_cache::clear() noexcept {
+  for (auto& [key, e] : _entries) SSL_SESSION_free(e.session);
+  _entries.clear();
+}
+
 void client_session_cache::erase(std::string_view key) noexcept {
   const auto found = _entries.find(std::string(key));
   if (found == _entries.end()) return;

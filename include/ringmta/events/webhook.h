@@ -88,6 +88,11 @@ class webhook {
   bool _config_changed = false;
   bool _stopping = false;
   std::shared_ptr<void> _client;  // httplib::Client (kept out of this header)
+  // What _client was built for: a post with another origin or timeout builds a new one (an
+  // update() between run()'s copy of the configuration and the post must not leave the old
+  // host with the new path).
+  std::string _client_origin;
+  std::uint32_t _client_timeout_ms = 0;
   webhook_counters _counters;
   std::thread _thread;
 };

@@ -204,6 +204,10 @@ class outbound {
 
   // A reload: connects started from now wait this long (the other settings are fixed).
   void set_timeout_connect_ms(std::uint32_t ms) noexcept;
+  // A reload's TLS client context (its CA store; null: outbound TLS off), for connections
+  // opened from now on. The session cache empties: a session verified under the old trust
+  // must not resume, unchecked, into a connection that verifies under the new one.
+  void set_tls_context(std::shared_ptr<const tls::client_context> context) noexcept;
 
   std::uint32_t connections() const noexcept;
   const outbound_counters& counters() const noexcept;

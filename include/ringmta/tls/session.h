@@ -85,6 +85,7 @@ class client_session_cache {
   // and no session was ever resumed). now_s 0: from OpenSSL's stamp.
   void store(std::string_view key, ssl_session_st* session, std::int64_t now_s) noexcept;
   void erase(std::string_view key) noexcept;
+  void clear() noexcept;  // every session (a new trust store: none may resume unchecked)
   std::size_t size() const noexcept { return _entries.size(); }
 
  private:

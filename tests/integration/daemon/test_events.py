@@ -260,9 +260,9 @@ hook = Receiver(port, stall_s=0)
 hook.up()
 
 
-def configure(types, classes_file):
+def configure(types, classes_file, url_port=port):
     with open(config + ".new", "w") as f:
-        f.write(f'[events]\nurl = "http://127.0.0.1:{port}/"\ntypes = {json.dumps(types)}\n'
+        f.write(f'[events]\nurl = "http://127.0.0.1:{url_port}/"\ntypes = {json.dumps(types)}\n'
                 f'interval = "100ms"\n[bounce]\nclasses_file = "{classes_file}"\n')
     os.replace(config + ".new", config)
 
@@ -309,6 +309,27 @@ tap.ok(rejected and f"{rules}:1: rule.text" in json.dumps(rejected[-1]),
 got, _ = run_load(daemon, run, 5, 202_000, "third.example")
 tap.ok(wait_for(lambda: deferred_of(got), 90) and deferred_of(got)[0]["class"] == "rate-limit",
        "and the running rules stay")
+
+# events.url reloaded to another endpoint while the webhook thread waits for records: the next
+# batches go there (the thread posted them with the configuration it had copied before the
+# wait, so the client was rebuilt for the old host and port, and kept them for good).
+moved = Receiver(free_port(), stall_s=0)
+moved.up()
+configure(["deferred", "received"], "", url_port=moved.port)  # the built-in rules again
+tap.ok(reload_and_wait("reloaded"), "SIGHUP reloads events.url to another port")
+got, _ = run_load(daemon, run, 5, 203_000, "fourth.example")
+new_ids = set(got.values())
+
+
+def received_ids(receiver):
+    return {r.get("id") for r in receiver.records() if r.get("event") == "received"}
+
+
+tap.ok(wait_for(lambda: new_ids <= received_ids(moved), 60) and
+       not new_ids & received_ids(hook),
+       "after the reload, the records go to the new endpoint only",
+       f"new: {sorted(new_ids & received_ids(moved))} old: {sorted(new_ids & received_ids(hook))}")
+moved.down()
 daemon.stop()
 shutil.rmtree(work, True)
 tap.done()

@@ -15,6 +15,8 @@ CBC-only cipher list, so every handshake fails).
   smarthost (--relayhost) with verify  -> the relay host's name is what is verified
   a reload makes a domain `required`   -> delivered in plaintext before it, deferred 4.7.4
                                           after it (new and idle connections alike)
+  a reload turns TLS on with verify    -> started with policy none (no TLS client context at
+  and a CA file                           all): delivered verified with the reloaded CA
 usage: test_tls_delivery.py RINGMTA DNS_SERVER_SCRIPT"""
 import os
 import re
@@ -224,24 +226,28 @@ try:
     # kept the policy it was opened with).
     config = os.path.join(work, "reload.toml")
 
-    def write_policy(entries):
+    def write_policy(entries, default="none", ca_file=""):
         with open(config + ".new", "w") as f:
-            f.write("[relay.tls.policy_for]\n" +
+            f.write(f'[relay.tls]\npolicy = "{default}"\nca_file = "{ca_file}"\n'
+                    "[relay.tls.policy_for]\n" +
                     "".join(f'"{domain}" = "{policy}"\n' for domain, policy in entries))
         os.replace(config + ".new", config)
 
-    write_policy([])
+    def reload(daemon):
+        count = len(daemon.events("reloaded"))
+        daemon.process.send_signal(signal.SIGHUP)
+        return wait_until(lambda: len(daemon.events("reloaded")) > count, 20)
+
+    write_policy([])  # TLS off everywhere: the daemon builds no client context at all
     late = Daemon(ringmta, shards=1, args=[
         "--config", config, "--resolver", dns.address, "--delivery-port", str(port),
-        "--retry-schedule", "1h", "--tls-policy", "opportunistic"]).start()
+        "--retry-schedule", "1h"]).start()
     send(late, "late@late.tls.test", message("late1"))
     before = wait_until(lambda: event_for(late, "delivered", "late@late.tls.test"), 30)
     tap.ok(before and before[0].get("tls") == "none" and b"line 19 of late1" in mailbox("late"),
-           "opportunistic: delivered in plaintext to the server without STARTTLS", before)
+           "policy none: delivered in plaintext", before)
     write_policy([("late.tls.test", "required")])
-    late.process.send_signal(signal.SIGHUP)
-    tap.ok(wait_until(lambda: late.events("reloaded"), 20),
-           "SIGHUP reloads policy_for", late.events("reload_rejected"))
+    tap.ok(reload(late), "SIGHUP reloads policy_for", late.events("reload_rejected"))
     send(late, "late@late.tls.test", message("late2"))
     after = wait_until(lambda: event_for(late, "deferred", "late@late.tls.test"), 30)
     reply = after[0]["reply"] if after else ""
@@ -251,6 +257,17 @@ try:
     tap.ok(len(event_for(late, "delivered", "late@late.tls.test")) == 1,
            "only the message from before the reload was delivered",
            event_for(late, "delivered", "late@late.tls.test"))
+    # The reload's CA store reaches the outbound (it kept the start's context, here none:
+    # "TLS is not configured (no client context)").
+    write_policy([("late.tls.test", "required")], default="verify", ca_file=pki["ca"])
+    tap.ok(reload(late), "SIGHUP reloads policy = verify with ca_file",
+           late.events("reload_rejected"))
+    send(late, "good@good.tls.test", message("good2"))
+    verified = wait_until(lambda: event_for(late, "delivered", "good@good.tls.test"), 30)
+    tap.ok(verified and verified[0].get("tls_verified") is True and
+           b"line 19 of good2" in mailbox("good"),
+           "after the reload: delivered over TLS verified with the reloaded CA",
+           verified or event_for(late, "deferred", "good@good.tls.test"))
     tap.ok(late.stop() == 0, "clean exit")
 finally:
     subprocess.run([instance, "stop", work], capture_output=True)

@@ -209,6 +209,35 @@ TEST(tls_session, client_cache_expiry_follows_the_callers_clock) {
   EXPECT_EQ(cache.size(), 0u);
 }
 
+// A reload's new trust store empties the cache (outbound::set_tls_context): no session
+// verified under the old one resumes unchecked.
+TEST(tls_session, client_cache_clear_forgets_every_session) {
+  auto keys = std::make_shared<ticket_key_ring>(3600);
+  auto context = server(version::tls1_2, keys);
+  auto ctx = client(pki().ca_cert);
+  client_session_cache cache;
+  auto resumes = [&] {
+    auto s = session::accept(context);
+    client_options options;
+    options.host = "mx.test.example";
+    options.cache = &cache;
+    auto c = session::connect(ctx, options);
+    wire w{*c, *s};
+    w.run();
+    EXPECT_EQ(c->state(), state::established);
+    s->write("220 hello\r\n");
+    w.run();
+    return c->resumed();
+  };
+  EXPECT_FALSE(resumes());
+  EXPECT_TRUE(resumes());
+  ASSERT_EQ(cache.size(), 1u);
+  cache.clear();
+  EXPECT_EQ(cache.size(), 0u);
+  EXPECT_EQ(cache.find("mx.test.example", 0), nullptr);
+  EXPECT_FALSE(resumes());
+}
+
 TEST(ticket_key_ring, keys_rotate_and_expire) {
   ticket_key_ring ring(100);
   EXPECT_TRUE(ring.rotate_if_due(1000));
