@@ -139,6 +139,26 @@ TEST(tls_session, certificate_chosen_by_signature_algorithms) {
   }
 }
 
+// One client handshake to "mx.test.example" through `cache` (now_s: the caller's clock, 0:
+// none), with a first reply exchanged (TLS 1.3 tickets arrive with the first data): whether the
+// client resumed.
+bool resumes_through(const std::shared_ptr<const server_context>& context,
+                     const std::shared_ptr<const client_context>& ctx,
+                     client_session_cache& cache, std::int64_t now_s = 0) {
+  auto s = session::accept(context);
+  client_options options;
+  options.host = "mx.test.example";
+  options.cache = &cache;
+  options.now_s = now_s;
+  auto c = session::connect(ctx, options);
+  wire w{*c, *s};
+  w.run();
+  EXPECT_EQ(c->state(), state::established);
+  s->write("220 hello\r\n");
+  w.run();
+  return c->resumed();
+}
+
 TEST(tls_session, resumption_with_tickets_and_client_cache) {
   auto keys = std::make_shared<ticket_key_ring>(3600);
   auto context = server(version::tls1_2, keys);
@@ -187,18 +207,7 @@ TEST(tls_session, client_cache_expiry_follows_the_callers_clock) {
   client_session_cache cache;
   constexpr std::int64_t simulated_s = 4'000'000'000;  // far from the real clock
   auto resumes_at = [&](std::int64_t now_s) {
-    auto s = session::accept(context);
-    client_options options;
-    options.host = "mx.test.example";
-    options.cache = &cache;
-    options.now_s = now_s;
-    auto c = session::connect(ctx, options);
-    wire w{*c, *s};
-    w.run();
-    EXPECT_EQ(c->state(), state::established);
-    s->write("220 hello\r\n");  // TLS 1.3 tickets arrive with the first data
-    w.run();
-    return c->resumed();
+    return resumes_through(context, ctx, cache, now_s);
   };
   EXPECT_FALSE(resumes_at(simulated_s));
   ASSERT_EQ(cache.size(), 1u);
@@ -216,19 +225,7 @@ TEST(tls_session, client_cache_clear_forgets_every_session) {
   auto context = server(version::tls1_2, keys);
   auto ctx = client(pki().ca_cert);
   client_session_cache cache;
-  auto resumes = [&] {
-    auto s = session::accept(context);
-    client_options options;
-    options.host = "mx.test.example";
-    options.cache = &cache;
-    auto c = session::connect(ctx, options);
-    wire w{*c, *s};
-    w.run();
-    EXPECT_EQ(c->state(), state::established);
-    s->write("220 hello\r\n");
-    w.run();
-    return c->resumed();
-  };
+  auto resumes = [&] { return resumes_through(context, ctx, cache); };
   EXPECT_FALSE(resumes());
   EXPECT_TRUE(resumes());
   ASSERT_EQ(cache.size(), 1u);
