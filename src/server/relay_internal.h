@@ -605,6 +605,7 @@ struct relay::state {
   std::unordered_map<std::string, std::vector<std::string>> mx_hosts;
   shape shape_of(std::string_view destination) const;
   shape base_shape_of(std::string_view destination) const;  // without reply-rule throttles
+  bool connects_its_own_way(const std::string& domain) const;  // not rolled up into a site
   // Reply rules: throttles in force (by destination, until a time), and the rule matching a
   // reply from a destination's server.
   struct throttle {

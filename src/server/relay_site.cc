@@ -73,7 +73,7 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   const std::string domain(split_egress(job->destination).first);
   if (!live->site_rollup || domain.empty() || domain.front() == '[' || !route_for(domain).mx)
     return false;
-  if (queued_here(job->destination)) return false;
+  if (queued_here(job->destination) || connects_its_own_way(domain)) return false;
   if (const auto known = sites.find(domain); known != sites.end()) {
     if (owner.wall_ms() - known->second.learned_ms < site_relearn_ms) {
       forward_to_site(std::move(job), known->second.site);
@@ -190,6 +190,17 @@ void relay::state::forward_to_site(std::unique_ptr<routed_job> job, std::string 
   const unsigned to = owner_of(job->site, static_cast<unsigned>(config.shards->size()));
   if (to == peers.id()) return queue_job(std::move(job));
   send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
+}
+
+// A site's connections carry any member's jobs (take_for_site), with the TLS policy and EHLO
+// name of the member they were opened for. A domain whose own policy_for or [[shaping]] entry
+// asks for another TLS policy (verify where the rest is opportunistic) or EHLO name is not
+// rolled up: its mail would otherwise ride a connection that never verified the certificate,
+// or said another name. Its queue keeps its own limits (the site's does not count it).
+bool relay::state::connects_its_own_way(const std::string& domain) const {
+  const shape own = shaping->for_domain(domain);
+  const outbound::tls_policy policy = own.tls_set ? own.tls : tls_policy_for(*live, domain);
+  return policy != live->tls_default || !own.ehlo_name.empty();
 }
 
 // The site's limits: the MX layer of shaping over the global settings (a domain's own

@@ -43,10 +43,11 @@ port = free_port()
 mailboxes = os.path.join(work, "mailboxes")
 os.makedirs(mailboxes)
 shutil.chown(mailboxes, "nobody", "nogroup")
-users = ["good", "big", "wrong", "plain", "broken", "broken2", "relay", "relaywrong", "late"]
+users = ["good", "big", "wrong", "plain", "broken", "broken2", "relay", "relaywrong", "late",
+         "strict"]
 domains = {"good": "good", "big": "good", "wrong": "wrong", "plain": "plain",
            "broken": "broken", "broken2": "broken2", "relay": "relay",
-           "relaywrong": "relaywrong", "late": "late"}
+           "relaywrong": "relaywrong", "late": "late", "strict": "strict"}
 mailbox_map = ", ".join(f"{u}@{domains[u]}.tls.test={u}" for u in users)
 extra_main_cf = os.path.join(work, "main.cf")
 with open(extra_main_cf, "w") as f:
@@ -77,7 +78,7 @@ instance = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools
                         "postfix_instance.sh")
 dns = DnsServer(dns_script, {"tls.test": [
     "good MX 10 mx", "wrong MX 10 other", "plain MX 10 plainmx", "late MX 10 plainmx",
-    "broken MX 10 brokenmx",
+    "broken MX 10 brokenmx", "strict MX 10 brokenmx",
     "broken2 MX 10 brokenmx3", "mx A 127.0.0.1", "other A 127.0.0.1", "plainmx A 127.0.0.2",
     "brokenmx A 127.0.0.3", "brokenmx3 A 127.0.0.3"]})
 # broken2's MX is another name for the same server: another MX site (a site would carry its
@@ -128,6 +129,7 @@ try:
         "--tls-policy-for", "plain.tls.test=required",
         "--tls-policy-for", ".tls.test=verify",
         "--tls-policy-for", "broken.tls.test=opportunistic",
+        "--tls-policy-for", "strict.tls.test=required",
         "--tls-policy-for", "broken2.tls.test=opportunistic"]).start()
     small = message("good")
     large = message("big", 6000)  # > 64 KiB: read from the spool and encrypted, not spliced
@@ -181,6 +183,17 @@ try:
     tap.ok(record.get("tls") == "none" and "TLS handshake failed" in record.get("tls_note", "")
            and b"line 19 of broken" in mailbox("broken"),
            "opportunistic: a failed handshake is retried in plaintext and delivered", record)
+    # strict.tls.test has broken's MX host (one MX site), but demands TLS: the idle plaintext
+    # connection left by broken's retry must not carry its mail (a site's connections carry any
+    # member's jobs: a domain with a policy of its own is not rolled up into the site).
+    send(daemon, "strict@strict.tls.test", message("strict"))
+    strict = wait_until(lambda: event_for(daemon, "deferred", "strict@strict.tls.test"), 30)
+    reply = strict[0]["reply"] if strict else ""
+    tap.ok(reply.startswith("451 4.7.") and "TLS handshake failed" in reply and
+           mailbox("strict") == b"" and
+           not event_for(daemon, "delivered", "strict@strict.tls.test"),
+           "required, sharing an MX with an opportunistic domain: deferred, never plaintext",
+           strict or event_for(daemon, "delivered", "strict@strict.tls.test"))
     broken_log = [line for line in log_text().splitlines() if "postfix-broken/smtpd" in line]
     tap.ok(any("starttls=1/1" not in line and "starttls=" in line for line in broken_log
                if "disconnect from" in line),
@@ -197,7 +210,7 @@ try:
                    if k.startswith("ringmta_outbound_tls_failures_total"))
     tap.ok(metrics.get("ringmta_outbound_tls_handshakes_total", 0) >= 1 and
            metrics.get('ringmta_outbound_tls_failures_total{reason="certificate"}') == 1 and
-           failures == 2 and metrics.get("ringmta_outbound_tls_unavailable_total") == 1,
+           failures == 3 and metrics.get("ringmta_outbound_tls_unavailable_total") == 1,
            "/metrics counts handshakes and failures by reason",
            {k: v for k, v in metrics.items() if "tls" in k})
     tap.ok(daemon.stop() == 0, "clean exit")
