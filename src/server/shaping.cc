@@ -23,6 +23,22 @@ queue::destination_limits limits_from(std::uint32_t connections_max,
   return out;
 }
 
+queue::destination_limits layered_limits(const queue::destination_limits& below,
+                                         std::optional<std::uint32_t> connections_max,
+                                         std::optional<std::uint32_t> messages_per_connection_max,
+                                         std::optional<double> messages_per_second_max) {
+  queue::destination_limits out = below;
+  if (connections_max) out.connections_max = std::max<std::uint32_t>(1, *connections_max);
+  if (messages_per_connection_max) out.messages_per_connection_max = *messages_per_connection_max;
+  if (messages_per_second_max) {
+    const auto rated = limits_from(1, 0, *messages_per_second_max);
+    out.rate_messages = rated.rate_messages;
+    out.rate_period_ms = rated.rate_period_ms;
+    out.rate_burst = rated.rate_burst;
+  }
+  return out;
+}
+
 std::string site_name(std::span<const std::string_view> mx_hosts) {
   std::vector<std::string> hosts;
   hosts.reserve(mx_hosts.size());
@@ -71,21 +87,8 @@ namespace {
 // One layer over what the layers below gave.
 void apply(shape& out, const config::shaping_entry& e) {
   auto& l = out.limits;
-  if (e.connections_max || e.messages_per_connection_max || e.messages_per_second_max) {
-    // limits_from makes the three it is given; the rest are the layers' below.
-    const auto retry = l.retry_delays_ms;
-    const auto lifetime = l.lifetime_max_ms;
-    const auto recipients = l.recipients_per_transaction_max;
-    const double rate = e.messages_per_second_max
-                            ? *e.messages_per_second_max
-                            : (l.rate_messages == 0 ? 0.0
-                                                    : l.rate_messages * 1000.0 / l.rate_period_ms);
-    l = limits_from(e.connections_max.value_or(l.connections_max),
-                    e.messages_per_connection_max.value_or(l.messages_per_connection_max), rate);
-    l.retry_delays_ms = retry;
-    l.lifetime_max_ms = lifetime;
-    l.recipients_per_transaction_max = recipients;
-  }
+  l = layered_limits(l, e.connections_max, e.messages_per_connection_max,
+                     e.messages_per_second_max);
   if (e.retry_schedule_s) {
     auto delays = std::make_shared<std::vector<std::int64_t>>();
     for (const auto seconds : *e.retry_schedule_s)

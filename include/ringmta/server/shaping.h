@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -48,6 +49,15 @@ struct shape {
 queue::destination_limits limits_from(std::uint32_t connections_max,
                                       std::uint32_t messages_per_connection_max,
                                       double messages_per_second_max);
+// `below` with what a layer names: connections and messages per connection as given; a rate
+// given replaces the bucket (limits_from's rate and burst). Everything not named stays as
+// below: a layer naming only connections keeps "20 per 10 s, burst 1" as it is (rebuilt from
+// its per-second rate it became 2 per second, burst 2), and the retry schedule, lifetime and
+// recipients per transaction.
+queue::destination_limits layered_limits(const queue::destination_limits& below,
+                                         std::optional<std::uint32_t> connections_max,
+                                         std::optional<std::uint32_t> messages_per_connection_max,
+                                         std::optional<double> messages_per_second_max);
 
 // The site of a destination (KumoMTA's site_name): its MX host names, lowercase, sorted,
 // without duplicates, joined by ','. Domains with the same MX set have the same site.

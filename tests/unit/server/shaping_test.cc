@@ -202,6 +202,26 @@ TEST(shaping, a_layer_keeps_the_limits_it_does_not_name) {
   EXPECT_EQ(table->for_destination("gmail.com", mx).limits.connections_max, 5u);
 }
 
+// A layer (or a reply rule's throttle) that names no rate keeps the bucket below as it is: it
+// was rebuilt from its per-second rate, so "18 per second, burst 3" became burst 18.
+TEST(shaping, a_layer_naming_no_rate_keeps_the_bucket) {
+  queue::destination_limits below = limits_from(4, 10, 0);
+  below.rate_messages = 18;
+  below.rate_period_ms = 1000;
+  below.rate_burst = 3;
+  const auto connections_only = layered_limits(below, 2, std::nullopt, std::nullopt);
+  EXPECT_EQ(connections_only.connections_max, 2u);
+  EXPECT_EQ(connections_only.messages_per_connection_max, 10u);
+  EXPECT_EQ(connections_only.rate_messages, 18u);
+  EXPECT_EQ(connections_only.rate_period_ms, 1000u);
+  EXPECT_EQ(connections_only.rate_burst, 3u);
+  const auto rated = layered_limits(below, std::nullopt, std::nullopt, 0.5);
+  EXPECT_EQ(rated.connections_max, 4u);
+  EXPECT_EQ(rated.rate_messages, 1u);
+  EXPECT_EQ(rated.rate_period_ms, 2000u);
+  EXPECT_EQ(rated.rate_burst, 1u);
+}
+
 // Reply rules: scope (domain, .suffix, mx, all), RE2 on "CODE X.Y.Z text", first match wins;
 // a bad pattern is a start-up error naming the rule's file:line.
 TEST(shaping, reply_rules_match_by_scope_and_pattern) {
