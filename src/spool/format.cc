@@ -26,6 +26,9 @@ void encode_header_prefix(char* out, record_type type, std::uint32_t payload_byt
   store_le<std::uint64_t>(out + 16, id);
 }
 
+// The checksum covers the payload, then the header up to the checksum itself (its last 8 bytes).
+constexpr std::size_t checksummed_header_bytes = header_bytes - sizeof(std::uint64_t);
+
 // XXH3's streaming and one-shot forms give the same value for the same bytes. A record of up
 // to 240 bytes with its header (journal states, voids, small envelopes: most records) is copied
 // together and hashed in one call: the streaming state costs ~1,000 instructions a record (its
@@ -35,23 +38,23 @@ void encode_header_prefix(char* out, record_type type, std::uint32_t payload_byt
 static std::uint64_t checksum(const char* header, std::string_view payload,
                               std::uint64_t seed_value) noexcept {
   constexpr std::size_t one_shot_bytes_max = 240;  // XXH3's mid-size inputs, no long loop
-  if (payload.size() + 24 <= one_shot_bytes_max) {
+  if (payload.size() + checksummed_header_bytes <= one_shot_bytes_max) {
     char bytes[one_shot_bytes_max];
     std::memcpy(bytes, payload.data(), payload.size());
-    std::memcpy(bytes + payload.size(), header, 24);
-    return XXH3_64bits_withSeed(bytes, payload.size() + 24, seed_value);
+    std::memcpy(bytes + payload.size(), header, checksummed_header_bytes);
+    return XXH3_64bits_withSeed(bytes, payload.size() + checksummed_header_bytes, seed_value);
   }
   XXH3_state_t state;
   XXH3_64bits_reset_withSeed(&state, seed_value);
   XXH3_64bits_update(&state, payload.data(), payload.size());
-  XXH3_64bits_update(&state, header, 24);
+  XXH3_64bits_update(&state, header, checksummed_header_bytes);
   return XXH3_64bits_digest(&state);
 }
 
 void encode_record(char* out, record_type type, message_id id, std::string_view payload,
                    std::uint64_t seed_value) noexcept {
   encode_header_prefix(out, type, static_cast<std::uint32_t>(payload.size()), id);
-  store_le<std::uint64_t>(out + 24, checksum(out, payload, seed_value));
+  store_le<std::uint64_t>(out + checksummed_header_bytes, checksum(out, payload, seed_value));
 }
 
 bool decode_header(const char* in, record_header& out) noexcept {
@@ -61,12 +64,13 @@ bool decode_header(const char* in, record_header& out) noexcept {
   out.type = static_cast<record_type>(type);
   out.payload_bytes = load_le<std::uint32_t>(in + 8);
   out.id = load_le<std::uint64_t>(in + 16);
-  out.checksum = load_le<std::uint64_t>(in + 24);
+  out.checksum = load_le<std::uint64_t>(in + checksummed_header_bytes);
   return out.payload_bytes <= payload_bytes_max;
 }
 
 bool verify(const char* header, std::string_view payload, std::uint64_t seed_value) noexcept {
-  return checksum(header, payload, seed_value) == load_le<std::uint64_t>(header + 24);
+  return checksum(header, payload, seed_value) ==
+         load_le<std::uint64_t>(header + checksummed_header_bytes);
 }
 
 void encode_file_header(const file_header& value, char* out) noexcept {

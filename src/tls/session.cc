@@ -436,9 +436,7 @@ client_session_cache::client_session_cache(std::size_t entries_max)
   _entries.reserve(_entries_max);
 }
 
-client_session_cache::~client_session_cache() {
-  for (auto& [key, e] : _entries) SSL_SESSION_free(e.session);
-}
+client_session_cache::~client_session_cache() { clear(); }
 
 ssl_session_st* client_session_cache::find(std::string_view key, std::int64_t now_s) noexcept {
   const auto found = _entries.find(std::string(key));

@@ -47,6 +47,17 @@ struct harness {
     queue.poll(now, out);
     return out;
   }
+  // The one connection the queued work asks for at `now`, and the job taken on it.
+  struct opened {
+    connect_request request;
+    take_result taken;
+  };
+  opened open_one(std::int64_t now) {
+    auto requests = poll(now);
+    EXPECT_EQ(requests.size(), 1u);
+    if (requests.empty()) return {};
+    return {requests[0], queue.take_for_connection(requests[0].connection, now)};
+  }
   destination_info info(std::string_view name) {
     destination_info out;
     EXPECT_TRUE(queue.inspect(name, out)) << name;
@@ -520,13 +531,11 @@ TEST(scheduler, flush_all_lifts_backoff) {
 TEST(scheduler, flush_keeps_a_reply_rule_pause) {
   harness h(plain_config());
   h.add("a.example", 1, {0});
-  auto requests = h.poll(t0);
-  ASSERT_EQ(requests.size(), 1u);
-  const auto taken = h.queue.take_for_connection(requests[0].connection, t0);
+  const auto [request, taken] = h.open_one(t0);
   ASSERT_EQ(taken.status, take_status::job);
-  h.queue.pause(requests[0].destination, t0 + 1, t0 + 60'000, temporary);
+  h.queue.pause(request.destination, t0 + 1, t0 + 60'000, temporary);
   h.queue.deferred(taken.job.id, t0 + 1, temporary);
-  h.queue.connection_closed(requests[0].connection, t0 + 1);
+  h.queue.connection_closed(request.connection, t0 + 1);
   h.add("a.example", 2, {0}, t0 + 2);
   EXPECT_EQ(h.queue.flush("a.example", t0 + 2), 1u);
   EXPECT_TRUE(h.poll(t0 + 2).empty());
@@ -540,9 +549,7 @@ TEST(scheduler, flush_keeps_a_reply_rule_pause) {
 TEST(scheduler, has_job_follows_a_job_until_it_leaves) {
   harness h(plain_config());
   h.add("a.example", 1, {0});
-  auto requests = h.poll(t0);
-  ASSERT_EQ(requests.size(), 1u);
-  const auto taken = h.queue.take_for_connection(requests[0].connection, t0);
+  const auto taken = h.open_one(t0).taken;
   ASSERT_EQ(taken.status, take_status::job);
   EXPECT_TRUE(h.queue.has_job(taken.job.id));
   h.queue.delivered(taken.job.id, t0 + 1);
