@@ -888,6 +888,7 @@ std::uint64_t relay::state::session_of(std::uint64_t cookie) const noexcept {
 // policy or relay host (ringmta-sim: TLS POLICY BYPASSED after `policy_for` was tightened).
 // Released, it closes with QUIT; the scheduler opens a new one for the queue's next job.
 bool relay::state::opened_before_reload(std::uint64_t cookie) const noexcept {
+  if (reloads == 0) return false;  // never reloaded: no lookup per job
   const auto found = opened_connections.find(cookie);
   return found != opened_connections.end() && found->second.configuration != reloads;
 }

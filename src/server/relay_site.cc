@@ -198,6 +198,8 @@ void relay::state::forward_to_site(std::unique_ptr<routed_job> job, std::string 
 // rolled up: its mail would otherwise ride a connection that never verified the certificate,
 // or said another name. Its queue keeps its own limits (the site's does not count it).
 bool relay::state::connects_its_own_way(const std::string& domain) const {
+  // Most configurations have neither: no shape is built per job then.
+  if (live->tls_policies.empty() && !shaping->has_domain_connection_entries()) return false;
   const shape own = shaping->for_domain(domain);
   const outbound::tls_policy policy = own.tls_set ? own.tls : tls_policy_for(*live, domain);
   return policy != live->tls_default || !own.ehlo_name.empty();

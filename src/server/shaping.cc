@@ -132,6 +132,7 @@ shaping_table::shaping_table(const config::settings& settings,
       _by_mx.push_back(i);
       continue;
     }
+    _domain_connection_entries |= e.tls.has_value() || e.ehlo_name.has_value();
     const auto at = std::lower_bound(
         _by_domain.begin(), _by_domain.end(), e.domain,
         [](const auto& entry, const std::string& name) { return entry.first < name; });

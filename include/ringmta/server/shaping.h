@@ -76,6 +76,8 @@ class shaping_table {
   shape for_destination(std::string_view domain,
                         std::span<const std::string_view> mx_hosts) const;
   bool has_mx_entries() const noexcept { return !_by_mx.empty() || _rules_use_mx; }
+  // Whether a domain entry names a TLS policy or an EHLO name (what a connection carries).
+  bool has_domain_connection_entries() const noexcept { return _domain_connection_entries; }
   // Reply rules ([[reply_rule]]): the first rule for this destination whose RE2 pattern is
   // found in `reply` ("421 4.7.0 text"), or nullptr. A rule names a domain (or .suffix), an
   // MX pattern (needs the MX hosts), or nothing (every destination).
@@ -101,6 +103,7 @@ class shaping_table {
   std::vector<config::reply_rule_entry> _rules;
   std::vector<std::unique_ptr<re2::RE2>> _patterns;  // compiled, by rule
   bool _rules_use_mx = false;
+  bool _domain_connection_entries = false;
 };
 
 // Builds the table from the settings; throws config::error naming the entry's origin.
