@@ -552,6 +552,7 @@ void scheduler::state::release_connection(connection_id id, std::int64_t now_ms)
   --live_connections;
   std::uint32_t slot = record.destination;
   site_connection_released(d, now_ms);
+  if (d.leaving_site && d.connections == 0) leave_site(d);
   // A starved destination may go now: poll() wakes them all (next_wakeup_ms says when).
   if (!starved.empty()) starved_wake_ms = std::min(starved_wake_ms, now_ms);
   reschedule(slot, now_ms);

@@ -88,6 +88,7 @@ void scheduler::state::leave_site(destination_record& d) noexcept {
   std::erase(site.members, slot);
   std::erase(site.waiting, slot);
   d.site_waiting = false;
+  d.leaving_site = false;
   if (site.members.empty()) {
     RINGMTA_ASSERT(site.connections == 0);
     sites_by_name.erase(site.name);
@@ -106,7 +107,7 @@ std::uint32_t scheduler::state::site_member_with_work(const site_record& site,
   for (std::size_t i = 0; i < std::min(count, scan_max); ++i) {
     const std::uint32_t slot = site.members[(site.next_member_hint + i) % count];
     const destination_record& m = destinations[slot];
-    if (slot == except || m.suspended || m.paused_until_ms > now_ms) continue;
+    if (slot == except || m.suspended || m.leaving_site || m.paused_until_ms > now_ms) continue;
     if (m.backoff_until_ms > now_ms) continue;
     const bool due = !m.scheduled.empty() && m.scheduled.front().time_ms <= now_ms;
     if (m.ready.count > m.connections_starting || due) return slot;
@@ -150,6 +151,15 @@ bool scheduler::join_site(std::string_view destination, std::string_view site_na
   return true;
 }
 
+bool scheduler::leave_site(std::string_view destination) noexcept {
+  state& s = *_state;
+  destination_record* d = s.find(destination);
+  if (d == nullptr || d->site == nil_slot) return false;
+  if (d->connections == 0) s.leave_site(*d);
+  else d->leaving_site = true;  // release_connection completes it
+  return true;
+}
+
 bool scheduler::reshape_site(std::string_view site_name, const destination_limits& limits) {
   state& s = *_state;
   const auto found = s.sites_by_name.find(site_name);
@@ -181,7 +191,8 @@ take_result scheduler::take_for_site(connection_id id, std::int64_t now_ms) noex
   RINGMTA_ASSERT(id.slot < s.connections.size());
   connection_record& c = s.connections[id.slot];
   RINGMTA_ASSERT(c.live && c.generation == id.generation);
-  const std::uint32_t site_slot = s.destinations[c.destination].site;
+  const destination_record& own = s.destinations[c.destination];
+  const std::uint32_t site_slot = own.leaving_site ? nil_slot : own.site;
   if (site_slot != nil_slot) {
     const std::uint32_t per_connection = s.sites[site_slot].limits.messages_per_connection_max;
     if (per_connection != 0 && c.taken >= per_connection) {
@@ -205,7 +216,7 @@ take_result scheduler::take_for_site(connection_id id, std::int64_t now_ms) noex
   if (result.status != take_status::none) return result;
   const std::uint32_t from = c.destination;
   destination_record& d = s.destinations[from];
-  if (d.site == nil_slot) return result;
+  if (d.site == nil_slot || d.leaving_site) return result;
   const std::uint32_t to = s.site_member_with_work(s.sites[d.site], from, now_ms);
   if (to == nil_slot) return result;
   s.move_within_site(c, to, now_ms);  // take_for_connection started it
@@ -236,6 +247,16 @@ std::vector<std::string> scheduler::site_members(std::string_view destination) c
   for (const std::uint32_t member : s.sites[d->site].members) {
     if (&s.destinations[member] != d) out.push_back(s.destinations[member].name);
   }
+  return out;
+}
+
+std::vector<std::string> scheduler::members_of_site(std::string_view site) const {
+  const state& s = *_state;
+  std::vector<std::string> out;
+  const auto found = s.sites_by_name.find(site);
+  if (found == s.sites_by_name.end()) return out;
+  for (const std::uint32_t member : s.sites[found->second].members)
+    out.push_back(s.destinations[member].name);
   return out;
 }
 

@@ -171,6 +171,7 @@ struct destination_record {
   bool idle = false;
   bool starved = false;       // waiting for a shard-wide connection slot
   bool site_waiting = false;  // on its site's waiting list (the site limit held it)
+  bool leaving_site = false;  // leave_site: no site connection moves to it; leaves when idle
 
   std::uint32_t job_count() const noexcept {
     return ready.count + in_flight.count + held.count +

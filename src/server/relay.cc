@@ -356,6 +356,7 @@ void relay::update(std::shared_ptr<const relay_config> next) noexcept {
   if (s.live->shaping) s.shaping = s.live->shaping;  // [[shaping]], [[reply_rule]] reload too
   s.scheduler.set_policy(s.live->scheduler);
   s.reshape_sites();
+  s.release_own_way_members();
   s.out.set_timeout_connect_ms(s.live->outbound.timeout_connect_ms);
   // The reload's CA store (relay.tls.ca_file), or a context at all when TLS was off everywhere
   // at the start (make_relay_config builds none then): a policy reloaded to verify must not

@@ -168,6 +168,10 @@ struct routed_job {
   // Set by the destination's owner once its MX hosts are known (relay_site.cc): the job goes
   // to the site's owner and joins the site there. Empty: not rolled up (yet).
   std::string site;
+  // Set by the destination's owner for a job that is not rolled up (a relay host or route, or
+  // rollup turned off, by a reload) while its domain's queue may still be on the site's owner:
+  // queued there under the domain, without joining the site (relay_site.cc roll_up).
+  bool to_queue_holder = false;
   // An operator's bounce that reached the job while it waited for its site (amend_resolving),
   // or a recovered bounce's journaled reason: it travels with the job to whichever shard
   // queues it (queue_job).
@@ -539,6 +543,7 @@ struct relay::state {
   };
   site_resolver site_lookups{*this};
   bool roll_up(std::unique_ptr<routed_job>& job) noexcept;  // true: held or forwarded
+  bool follow_site_queue(std::unique_ptr<routed_job>& job, const std::string& domain) noexcept;
   // An operator's action reaches the jobs of its message held in `resolving` (their flags,
   // a bounce's reason).
   void amend_resolving(const message_action_job& action) noexcept;
@@ -548,6 +553,7 @@ struct relay::state {
   void join_site(const routed_job& job, queue::destination_id destination) noexcept;
   shape site_shape(std::string_view site) const;
   void reshape_sites() noexcept;
+  void release_own_way_members() noexcept;
   std::string idle_key(const std::string& destination) const;
   // A site connection may carry another member's job: its name follows the job.
   void follow_job(std::uint64_t cookie, const queue::job_view& job) noexcept;

@@ -7,8 +7,10 @@
 // there (held meanwhile; the answer is cached per domain for an hour) → the site's owner, with
 // routed_job::site set → queued under its domain, joined to the site. Jobs of a domain whose
 // lookup fails, of a domain an operator suspended on its owner, of routes and of a relayhost
-// are queued on the domain's owner as before. Per-domain operations keep working: the admin
-// API asks the domain's owner where the queue is (holder_of).
+// are queued on the domain's owner as before — unless a reload changed the route while the
+// site's owner held the domain's queue: then they follow it there (follow_site_queue), so a
+// domain never has two queues at once. Per-domain operations keep working: the admin API asks
+// the domain's owner where the queue is (holder_of).
 //
 // Never: blocks on DNS (the lookup is the shard's resolver over the ring), loses a held job
 // (it stays owned by the held list until forwarded or queued), or moves a job that a scheduler
@@ -71,9 +73,10 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
 // joins the site of its source, "mx1,mx2@ip2": site limits are per source × site.
 bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   const std::string domain(split_egress(job->destination).first);
-  if (!live->site_rollup || domain.empty() || domain.front() == '[' || !route_for(domain).mx)
-    return false;
-  if (queued_here(job->destination) || connects_its_own_way(domain)) return false;
+  if (domain.empty() || domain.front() == '[') return false;
+  if (!live->site_rollup || !route_for(domain).mx || connects_its_own_way(domain))
+    return follow_site_queue(job, domain);
+  if (queued_here(job->destination)) return false;
   if (const auto known = sites.find(domain); known != sites.end()) {
     if (owner.wall_ms() - known->second.learned_ms < site_relearn_ms) {
       forward_to_site(std::move(job), known->second.site);
@@ -90,6 +93,30 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
     start_site_lookups();
   }
   held->second.push_back(std::move(job));
+  return true;
+}
+
+// A domain that is not rolled up (any more): a reload added a relay host or a route for it,
+// gave it a TLS policy or EHLO name of its own, or turned rollup off. Its queue may still be on
+// its site's owner, where the jobs taken before the reload wait: a second queue here would get connections and a rate bucket of its own, and
+// the two together exceed the domain's limits (ringmta-sim --shards-max 3: seed 170001082, a
+// relay host added, two DSNs to sender.example 0.1 s apart under 1 per second, one from each
+// queue; 170002219, sender.example made `verify`, a second connection beside a stalled one
+// under a limit of 1). So the jobs keep going to the shard that may hold the queue — queued there under
+// the domain, not joined to the site (its connections would carry other members' jobs on this
+// route) — for as long as the site is remembered: until the sites are forgotten (a restart,
+// sites_max), one hop more per job. The way back (the relay host removed) is queued_here.
+bool relay::state::follow_site_queue(std::unique_ptr<routed_job>& job,
+                                     const std::string& domain) noexcept {
+  if (job->to_queue_holder) return false;
+  const auto known = sites.find(domain);
+  if (known == sites.end() || queued_here(job->destination)) return false;
+  const std::string site =
+      egress_destination(known->second.site, split_egress(job->destination).second);
+  const unsigned to = owner_of(site, static_cast<unsigned>(config.shards->size()));
+  if (to == peers.id()) return false;
+  job->to_queue_holder = true;
+  send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
   return true;
 }
 
@@ -231,6 +258,20 @@ void relay::state::join_site(const routed_job& job, queue::destination_id destin
 void relay::state::reshape_sites() noexcept {
   for (const auto& site : scheduler.site_names())
     scheduler.reshape_site(site, site_shape(site).limits);
+}
+
+// After a reload: a member whose domain now connects its own way (connects_its_own_way) leaves
+// its site, so that no connection of the site carries its jobs (a `verify` domain's mail on
+// a member's unverified connection; session 13's bug 7, by a reload) once its own connections
+// have ended. Connections opened before the reload take no more jobs (opened_before_reload).
+void relay::state::release_own_way_members() noexcept {
+  if (!scheduler.has_sites()) return;
+  for (const auto& site : scheduler.site_names()) {
+    for (const auto& member : scheduler.members_of_site(site)) {
+      if (connects_its_own_way(std::string(split_egress(member).first)))
+        scheduler.leave_site(member);
+    }
+  }
 }
 
 // Idle connections wait per site for the members of a site, per destination otherwise. The

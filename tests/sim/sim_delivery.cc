@@ -613,7 +613,6 @@ void delivery::state::draw_relayhost_switch(std::uint64_t seed) {
 void delivery::state::switch_relayhost() {
   relayhost.routed = !relayhost.routed;
   relayhost.switched_ns = w.clock().now_ns();
-  shape.fresh_buckets(relayhost.switched_ns);
   note(fmt::format("operator: relay host {} (reload)", relayhost.routed ? "added" : "removed"));
   if (relay != nullptr) push_config();
 }

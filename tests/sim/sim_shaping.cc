@@ -217,10 +217,6 @@ void shaping::restart(std::int64_t now_ns) {
   for (auto& check : _checks) check.restart(now_ns);
 }
 
-void shaping::fresh_buckets(std::int64_t now_ns) {
-  for (auto& check : _checks) check.restart(now_ns);
-}
-
 std::string shaping::on_transaction(std::uint32_t domain, std::int64_t after_ns,
                                     std::int64_t now_ns) {
   if (!_rates && !_throttle_per_second) return {};

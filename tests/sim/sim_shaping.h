@@ -91,10 +91,6 @@ class shaping {
   // A reload: new rates (when the seed has rates); returns a note, or empty.
   std::string reload(std::int64_t now_ns);
   void restart(std::int64_t now_ns);
-  // A reload that moves queues between shards (the relay host added or removed: MX site
-  // rollup applies to MX routes only, so a domain's queue goes from its site's owner to its
-  // own owner or back): the queue there starts with a full bucket (docs/simulation.md).
-  void fresh_buckets(std::int64_t now_ns);
   // A transaction for `domain` reaches a remote MTA now (its first RCPT), taken by the relay
   // no earlier than `after_ns`: a violation or empty.
   std::string on_transaction(std::uint32_t domain, std::int64_t after_ns, std::int64_t now_ns);

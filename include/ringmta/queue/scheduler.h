@@ -417,6 +417,11 @@ class scheduler {
   bool join_site(std::string_view destination, std::string_view site,
                  const destination_limits& site_limits);
   bool reshape_site(std::string_view site, const destination_limits& site_limits);
+  // A member whose jobs the site's connections must no longer carry (a reload gave its domain
+  // a TLS policy or EHLO name of its own): from now no connection moves to it or from it
+  // within the site, and it leaves the site once its own connections have ended (at once
+  // without any). False when the destination is unknown or in no site.
+  bool leave_site(std::string_view destination) noexcept;
   // take_for_connection(); when that finds nothing ready for the connection's destination
   // and the destination is in a site, the connection moves to another member with ready
   // jobs (not suspended, paused or backing off) and takes from it: the job's destination
@@ -427,9 +432,11 @@ class scheduler {
   std::string_view site_of(std::string_view destination) const noexcept;
   bool has_sites() const noexcept;
   // The other members of the destination's site (none without a site), and every site's
-  // name: what the relay asks instead of keeping a destination → site map of its own.
+  // name, and every member of a site: what the relay asks instead of keeping a destination →
+  // site map of its own.
   std::vector<std::string> site_members(std::string_view destination) const;
   std::vector<std::string> site_names() const;
+  std::vector<std::string> members_of_site(std::string_view site) const;
 
   // --- inspection ---
   bool inspect(std::string_view destination, destination_info& out) const noexcept;

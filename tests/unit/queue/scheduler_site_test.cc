@@ -96,6 +96,56 @@ TEST(scheduler_site, a_connection_carries_every_members_jobs) {
   EXPECT_EQ(h.queue.take_for_connection(opened[0].connection, t0).status, take_status::none);
 }
 
+// A reload gave googlemail.test a TLS policy of its own (relay_site.cc
+// release_own_way_members): the site's connection no longer carries its jobs, nor does its own
+// connection carry the others'; it leaves the site when its connection ends.
+TEST(scheduler_site, a_leaving_member_is_carried_no_more_and_leaves_when_idle) {
+  site_harness h;
+  h.add("gmail.test", 1);
+  h.add("googlemail.test", 2);
+  ASSERT_TRUE(h.queue.join_site("gmail.test", "g", h.site_limits(2)));
+  ASSERT_TRUE(h.queue.join_site("googlemail.test", "g", h.site_limits(2)));
+  EXPECT_FALSE(h.queue.leave_site("unknown.test"));
+  const auto opened = h.poll();
+  ASSERT_EQ(opened.size(), 2u);
+  const auto& leaving = opened[0].name == "googlemail.test" ? opened[0] : opened[1];
+  const auto& staying = opened[0].name == "googlemail.test" ? opened[1] : opened[0];
+  ASSERT_EQ(staying.name, "gmail.test");
+  ASSERT_TRUE(h.queue.leave_site("googlemail.test"));
+  EXPECT_EQ(h.queue.site_of(std::string_view("googlemail.test")), "g");  // its connection is open
+  h.add("googlemail.test", 3);
+  h.add("gmail.test", 4);
+  // gmail.test's connection takes gmail.test's jobs only.
+  for (;;) {
+    const auto taken = h.queue.take_for_site(staying.connection, t0);
+    if (taken.status != take_status::job) break;
+    destination_info info;
+    ASSERT_TRUE(h.queue.inspect(taken.job.destination, info));
+    EXPECT_EQ(info.name, "gmail.test");
+    h.queue.delivered(taken.job.id, t0);
+  }
+  // googlemail.test's own connection takes its own jobs (not gmail.test's: none left anyway).
+  std::size_t own = 0;
+  for (;;) {
+    const auto taken = h.queue.take_for_site(leaving.connection, t0);
+    if (taken.status != take_status::job) break;
+    destination_info info;
+    ASSERT_TRUE(h.queue.inspect(taken.job.destination, info));
+    EXPECT_EQ(info.name, "googlemail.test");
+    h.queue.delivered(taken.job.id, t0);
+    ++own;
+  }
+  EXPECT_EQ(own, 2u);
+  h.queue.connection_closed(leaving.connection, t0);
+  EXPECT_EQ(h.queue.site_of(std::string_view("googlemail.test")), "");
+  EXPECT_EQ(h.queue.members_of_site("g"), std::vector<std::string>{"gmail.test"});
+  // A member without connections leaves at once.
+  h.queue.connection_closed(staying.connection, t0);
+  EXPECT_EQ(h.queue.site_of(std::string_view("gmail.test")), "g");
+  ASSERT_TRUE(h.queue.leave_site("gmail.test"));
+  EXPECT_FALSE(h.queue.has_sites());
+}
+
 TEST(scheduler_site, suspension_stays_per_member_and_site_per_connection_limit_closes) {
   site_harness h;
   h.add("gmail.test", 1);
