@@ -543,13 +543,18 @@ struct relay::state {
   };
   site_resolver site_lookups{*this};
   bool roll_up(std::unique_ptr<routed_job>& job) noexcept;  // true: held or forwarded
+  bool rolls_up(const std::string& domain) const;
   bool follow_site_queue(std::unique_ptr<routed_job>& job, const std::string& domain) noexcept;
   // An operator's action reaches the jobs of its message held in `resolving` (their flags,
   // a bounce's reason).
   void amend_resolving(const message_action_job& action) noexcept;
   std::string known_site_of(const std::string& domain) const;
   bool queued_here(std::string_view destination) const noexcept;  // a scheduler queue here
-  void forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept;
+  // At the site's owner a job joins the site, or is queued under its domain only (a domain
+  // not rolled up whose queue the owner may hold: follow_site_queue).
+  enum class at_site : bool { join, queue_only };
+  void forward_to_site(std::unique_ptr<routed_job> job, const std::string& site,
+                       at_site how) noexcept;
   void join_site(const routed_job& job, queue::destination_id destination) noexcept;
   shape site_shape(std::string_view site) const;
   void reshape_sites() noexcept;

@@ -74,12 +74,11 @@ void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
 bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   const std::string domain(split_egress(job->destination).first);
   if (domain.empty() || domain.front() == '[') return false;
-  if (!live->site_rollup || !route_for(domain).mx || connects_its_own_way(domain))
-    return follow_site_queue(job, domain);
+  if (!rolls_up(domain)) return follow_site_queue(job, domain);
   if (queued_here(job->destination)) return false;
   if (const auto known = sites.find(domain); known != sites.end()) {
     if (owner.wall_ms() - known->second.learned_ms < site_relearn_ms) {
-      forward_to_site(std::move(job), known->second.site);
+      forward_to_site(std::move(job), known->second.site, at_site::join);
       return true;
     }
     // Stale: looked up again below; kept until then, so that a failed or late lookup sends
@@ -94,6 +93,12 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   }
   held->second.push_back(std::move(job));
   return true;
+}
+
+// Jobs of the domain join its MX site: MX routing, rollup on, and no TLS policy or EHLO name
+// of its own.
+bool relay::state::rolls_up(const std::string& domain) const {
+  return live->site_rollup && route_for(domain).mx && !connects_its_own_way(domain);
 }
 
 // A domain that is not rolled up (any more): a reload added a relay host or a route for it,
@@ -111,12 +116,7 @@ bool relay::state::follow_site_queue(std::unique_ptr<routed_job>& job,
   if (job->to_queue_holder) return false;
   const auto known = sites.find(domain);
   if (known == sites.end() || queued_here(job->destination)) return false;
-  const std::string site =
-      egress_destination(known->second.site, split_egress(job->destination).second);
-  const unsigned to = owner_of(site, static_cast<unsigned>(config.shards->size()));
-  if (to == peers.id()) return false;
-  job->to_queue_holder = true;
-  send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
+  forward_to_site(std::move(job), known->second.site, at_site::queue_only);
   return true;
 }
 
@@ -204,17 +204,22 @@ void relay::state::release_held(const std::string& domain, const std::string& si
   if (held == resolving.end()) return;
   std::vector<std::unique_ptr<routed_job>> jobs = std::move(held->second);
   resolving.erase(held);
+  // A reload meanwhile may have changed the domain's route or TLS policy (roll_up's test).
+  const bool joins = rolls_up(domain);
   for (auto& job : jobs) {
     // A queue made here meanwhile (the operator suspended the domain while it was looked up:
     // holder_of named this shard) keeps them (seed 55001145, 2 shards).
     if (site.empty() || queued_here(job->destination)) queue_job(std::move(job));
-    else forward_to_site(std::move(job), site);
+    else forward_to_site(std::move(job), site, joins ? at_site::join : at_site::queue_only);
   }
 }
 
-void relay::state::forward_to_site(std::unique_ptr<routed_job> job, std::string site) noexcept {
-  job->site = egress_destination(site, split_egress(job->destination).second);
-  const unsigned to = owner_of(job->site, static_cast<unsigned>(config.shards->size()));
+void relay::state::forward_to_site(std::unique_ptr<routed_job> job, const std::string& site,
+                                   at_site how) noexcept {
+  std::string where = egress_destination(site, split_egress(job->destination).second);
+  const unsigned to = owner_of(where, static_cast<unsigned>(config.shards->size()));
+  if (how == at_site::join) job->site = std::move(where);
+  else job->to_queue_holder = true;  // queued under its domain there (follow_site_queue)
   if (to == peers.id()) return queue_job(std::move(job));
   send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
 }
