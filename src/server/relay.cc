@@ -574,9 +574,14 @@ shape relay::state::shape_of(std::string_view destination) const {
   const std::uint32_t connections =
       std::min(l.connections_max, t.connections_max.value_or(UINT32_MAX));
   auto limits = layered_limits(l, connections, std::nullopt, lowered);
-  // 4 per second has a burst of 4; over "18 per second, burst 3" it stays 3 (ringmta-sim seed
-  // 260995242623237: 4 transactions in 69 ms under a throttle).
-  if (lowered && rate > 0) limits.rate_burst = std::min(limits.rate_burst, l.rate_burst);
+  // Each bound is the lower of the two, the burst too. 4 per second has a burst of 4; over
+  // "18 per second, burst 3" it stays 3 (ringmta-sim seed 260995242623237: 4 transactions in
+  // 69 ms under a throttle). "3 per second" over "9 per 8 s, burst 4" keeps the slower rate
+  // with a burst of 3: 4 at once would be more than the rule's 3 in a second (seed 172000707).
+  if (t.messages_per_second_max && *t.messages_per_second_max > 0 && rate > 0) {
+    const auto rule_burst = limits_from(1, 0, *t.messages_per_second_max).rate_burst;
+    limits.rate_burst = std::min({limits.rate_burst, l.rate_burst, rule_burst});
+  }
   l = limits;
   return out;
 }
