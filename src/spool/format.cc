@@ -1,7 +1,6 @@
 #include "format.h"
 
-#define XXH_STATIC_LINKING_ONLY
-#include <xxhash.h>
+#include "xxh3.h"
 
 #include <unistd.h>
 
@@ -42,13 +41,13 @@ static std::uint64_t checksum(const char* header, std::string_view payload,
     char bytes[one_shot_bytes_max];
     std::memcpy(bytes, payload.data(), payload.size());
     std::memcpy(bytes + payload.size(), header, checksummed_header_bytes);
-    return XXH3_64bits_withSeed(bytes, payload.size() + checksummed_header_bytes, seed_value);
+    return xxh3::hash(bytes, payload.size() + checksummed_header_bytes, seed_value);
   }
   XXH3_state_t state;
-  XXH3_64bits_reset_withSeed(&state, seed_value);
-  XXH3_64bits_update(&state, payload.data(), payload.size());
-  XXH3_64bits_update(&state, header, checksummed_header_bytes);
-  return XXH3_64bits_digest(&state);
+  xxh3::reset(state, seed_value);
+  xxh3::update(state, payload.data(), payload.size());
+  xxh3::update(state, header, checksummed_header_bytes);
+  return xxh3::digest(state);
 }
 
 void encode_record(char* out, record_type type, message_id id, std::string_view payload,

@@ -243,8 +243,8 @@ void store::close_open_record() noexcept {
   if (!record.active) return;
   format::encode_header_prefix(record.header, format::record_type::data, record.payload_bytes,
                                _pending[record.slot].id);
-  XXH3_64bits_update(&record.hash, record.header, 24);
-  format::store_le<std::uint64_t>(record.header + 24, XXH3_64bits_digest(&record.hash));
+  xxh3::update(record.hash, record.header, 24);
+  format::store_le<std::uint64_t>(record.header + 24, xxh3::digest(record.hash));
   record.active = false;
 }
 
@@ -282,7 +282,7 @@ std::size_t store::append_wire(pending_message& message, std::string_view wire) 
            _current->capacity - _current->write_offset});
       const auto piece = wire.substr(done, n);
       put_bytes(piece);
-      XXH3_64bits_update(&record.hash, piece.data(), piece.size());
+      xxh3::update(record.hash, piece.data(), piece.size());
       record.payload_bytes += static_cast<std::uint32_t>(n);
       message.ranges.back().length += static_cast<std::uint32_t>(n);
       message.body_bytes += n;
@@ -304,7 +304,7 @@ std::size_t store::append_wire(pending_message& message, std::string_view wire) 
     record.payload_bytes = 0;
     record.segment = _current->id;
     record.offset = offset;
-    XXH3_64bits_reset_withSeed(&record.hash, format::seed(_current->salt, offset));
+    xxh3::reset(record.hash, format::seed(_current->salt, offset));
     message.ranges.push_back(body_range{_current->id, 0, offset + format::header_bytes});
   }
   if (done > 0) message.last_batch = _batch_seq;

@@ -3,14 +3,12 @@
 
 #include <sys/uio.h>
 
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack / in place
-#include <xxhash.h>
-
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "format.h"
+#include "xxh3.h"  // XXH3_state_t in place
 #include "ringmta/spool/store.h"
 
 namespace ringmta::spool {
