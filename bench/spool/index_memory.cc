@@ -6,8 +6,9 @@
 //     store's memory is its index; prints the RSS growth per message (resident pages: what the
 //     machine pays, allocator rounding and slack included), the peak RSS growth per message
 //     (a transient while the index grows) and the time per commit.
-//   spool_index_memory fill    --dir D [--messages N] [--recipients R]
-//     Writes N such messages into a real spool in D/shard-0 (sync_driver), for `recover`.
+//   spool_index_memory fill    --dir D [--messages N] [--recipients R] [--body-bytes B]
+//     Writes N such messages into a real spool in D/shard-0 (sync_driver), for `recover`;
+//     with B, each has a body of B bytes (recovery then checksums bodies, as with real mail).
 //   spool_index_memory recover --dir D
 //     Recovers D/shard-0 and builds the store from it (what the daemon does at start-up before
 //     its shard runs); prints the time and the RSS growth per recovered message.
@@ -50,6 +51,7 @@ struct options {
   std::string directory;
   std::size_t messages = 1'000'000;
   std::uint32_t recipients = 1;
+  std::size_t body_bytes = 0;
 };
 
 // Resident and peak resident bytes of this process (/proc/self/status: VmRSS, VmHWM).
@@ -157,10 +159,14 @@ int fill(const options& opts) {
   config.random_seed = random_seed();
   auto spool = sync_spool::open(config);
   if (!spool) return 1;
+  std::string body;  // dot-stuffed wire lines of 76 characters, CRLF
+  while (body.size() < opts.body_bytes) body += std::string(76, 'a' + body.size() % 26) + "\r\n";
+  body.resize(opts.body_bytes);
   for (std::size_t i = 0; i < opts.messages; ++i) {
     auto handle = spool.value()->begin(1'700'000'000 + static_cast<std::int64_t>(i / 4096));
     if (!handle) return 1;
     const message_id id = spool.value()->core().id_of(handle.value());
+    if (!body.empty() && !spool.value()->append(handle.value(), body)) return 1;
     if (!spool.value()->commit(handle.value(), bench_envelope(id, opts.recipients))) return 1;
     if (i % 256 == 255) spool.value()->flush();
   }
@@ -239,7 +245,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: %s insert|fill|recover|ops [--dir D] [--messages N] "
-                 "[--recipients R]\n",
+                 "[--recipients R] [--body-bytes B]\n",
                  argv[0]);
     return 2;
   }
@@ -252,6 +258,8 @@ int main(int argc, char** argv) {
       opts.messages = std::strtoull(argv[i + 1], nullptr, 10);
     else if (name == "--recipients")
       opts.recipients = static_cast<std::uint32_t>(std::atoi(argv[i + 1]));
+    else if (name == "--body-bytes")
+      opts.body_bytes = std::strtoull(argv[i + 1], nullptr, 10);
     else
       return 2;
   }
