@@ -136,6 +136,9 @@ struct remote_host {
   double refuse = 0, greet_reject = 0, drop = 0, stall = 0, temporary = 0, permanent = 0;
   bool relayhost = false;  // the relay host: every destination's mail, AUTH required
   certificate presented = certificate::self_signed;  // until healed (tls_policy_plan)
+  // Another domain whose MX records name this host too (a shared MX site: shared_site_plan);
+  // domain_count when none.
+  std::uint32_t shared_by = domain_count;
 };
 
 // A relay host receiving all mail (relay_config::relayhost, a ~quarter of the seeds), with
@@ -200,6 +203,22 @@ struct tls_policy_plan {
   }
   bool demands_tls(outbound::tls_policy wanted) const noexcept {
     return wanted == outbound::tls_policy::required || wanted == outbound::tls_policy::verify;
+  }
+};
+// An MX site shared by two domains (issue 16; relay_site.cc rolls domains with equal MX sets
+// into one site, whose connections carry any member's jobs) in about a sixth of the shaping
+// seeds: the `sharer`'s MX records name the `owner`'s two hosts. Mostly the sharer demands TLS
+// (`required` or `verify`) where the owner is opportunistic: its mail must not ride the owner's
+// connections (relay_site.cc connects_its_own_way; docs/notes.md, session 13 late). Only in
+// seeds without a relay host (it would carry every domain anyway) and without a reply rule (its
+// pauses and cues are per domain at the domain's own hosts). Drawn from a stream of its own
+// after every other: a seed without it draws, logs and replays exactly as before.
+struct shared_site_plan {
+  std::uint32_t sharer = domain_count, owner = domain_count;
+  bool on() const noexcept { return sharer < domain_count; }
+  // The domain whose MX host names `domain`'s MX records give.
+  std::uint32_t mx_domain(std::uint32_t domain) const noexcept {
+    return domain == sharer ? owner : domain;
   }
 };
 constexpr std::string_view relayhost_user = "sim-relay";
@@ -349,6 +368,7 @@ struct delivery::state {
   void connection_gone(std::uint32_t domain, std::uint32_t limit);
   void delivered_remotely(remote_peer& h);
   std::uint32_t destination_of(const remote_peer& h) const;
+  std::uint32_t destination_of(const remote_peer& h, std::string_view recipient) const;
   // the relay host (relayhost_plan)
   void draw_relayhost(std::uint64_t seed);
   void draw_relayhost_switch(std::uint64_t seed);
@@ -364,6 +384,8 @@ struct delivery::state {
   void check_rate(const remote_peer& h, std::string_view recipient);
   // TLS policies (tls_policy_plan)
   void draw_tls_policies(std::uint64_t seed);
+  void prepare_hosts_for_policies(random& draw, std::string& drawn);
+  void draw_shared_site(std::uint64_t seed);
   void tighten_tls_policy();
   bool demands_tls(const remote_host& host) const;
   bool demands_verify(const remote_host& host) const;
@@ -415,6 +437,7 @@ struct delivery::state {
   std::vector<remote_host> hosts;
   relayhost_plan relayhost;
   tls_policy_plan tls_plan;
+  shared_site_plan shared_site;
   std::vector<int> domain_mode;  // 0 MX, 1 implicit MX, 2 null MX, 3 NXDOMAIN
   double dns_timeout = 0, dns_servfail = 0;
   // The relay's settings (scheduler limits, retry schedule, lifetime: the operator reloads)
@@ -560,6 +583,7 @@ delivery::state::state(world& owner, std::uint64_t seed)
   if (const auto drawn = shape.describe(); !drawn.empty()) note(drawn);
   draw_relayhost(seed);
   draw_tls_policies(seed);
+  draw_shared_site(seed);
 }
 
 // After every other draw, from a stream of its own: a seed without a relay host runs as before.
@@ -664,6 +688,13 @@ void delivery::state::draw_tls_policies(std::uint64_t seed) {
                            tls_plan.tighten_after_ns / 1000 / ms_ns);
     }
   }
+  prepare_hosts_for_policies(draw, drawn);
+  note(fmt::format("delivery: TLS policies{}", drawn));
+}
+
+// The MTAs of domains that demand TLS mostly offer it (the rest once healed); under `verify`
+// they present a good certificate, or with faults one for another name or a self-signed one.
+void delivery::state::prepare_hosts_for_policies(random& draw, std::string& drawn) {
   const bool faults = w.settings().faults;
   for (auto& host : hosts) {
     if (demands_tls(host) && !host.starttls) {
@@ -680,7 +711,33 @@ void delivery::state::draw_tls_policies(std::uint64_t seed) {
   for (const auto& host : hosts) {
     if (demands_tls(host) && !host.starttls) drawn += fmt::format(" | {}: no STARTTLS", host.name);
   }
-  note(fmt::format("delivery: TLS policies{}", drawn));
+}
+
+// After every other draw, from a stream of its own (shared_site_plan). Both domains must have
+// MX records (mode 0). Three times in four the sharer demands TLS and the owner does not (a
+// reload's tightening of either keeps the policies drawn: it is the case of its own).
+void delivery::state::draw_shared_site(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x5a7e51e);
+  if (!draw.chance(0.3) || !w.settings().shaping || relayhost.on || shape.has_rule()) return;
+  const auto owner = static_cast<std::uint32_t>(draw.below(3));  // rcpt0..rcpt2
+  const auto sharer = static_cast<std::uint32_t>((owner + 1 + draw.below(2)) % 3);
+  if (domain_mode[owner] != 0 || domain_mode[sharer] != 0) return;
+  shared_site.owner = owner;
+  shared_site.sharer = sharer;
+  hosts[owner * 2].shared_by = hosts[owner * 2 + 1].shared_by = sharer;
+  std::string drawn;
+  if (draw.chance(0.75) && tls_plan.tightened != owner && tls_plan.tightened != sharer) {
+    tls_plan.on = true;
+    tls_plan.policy[owner] = tls_plan.eventual[owner] = outbound::tls_policy::opportunistic;
+    tls_plan.policy[sharer] = tls_plan.eventual[sharer] =
+        draw.chance(0.5) ? outbound::tls_policy::verify : outbound::tls_policy::required;
+    drawn = fmt::format(", {} = {}, {} = {}", domain_names[sharer],
+                        outbound::describe(tls_plan.policy[sharer]), domain_names[owner],
+                        outbound::describe(tls_plan.policy[owner]));
+  }
+  prepare_hosts_for_policies(draw, drawn);
+  note(fmt::format("delivery: {} shares the MX hosts of {}{}", domain_names[sharer],
+                   domain_names[owner], drawn));
 }
 
 // Whether some destination's mail to `host` must go over TLS (verified), as the relay decides:
@@ -689,7 +746,11 @@ void delivery::state::draw_tls_policies(std::uint64_t seed) {
 bool delivery::state::demands_tls(const remote_host& host) const {
   if (!tls_plan.on && tls_plan.fallback == outbound::tls_policy::opportunistic) return false;
   if (!(host.relayhost ? relayhost.on : relayhost.mx_used())) return false;
-  if (!host.relayhost) return tls_plan.demands_tls(tls_plan.eventually(host.domain));
+  if (!host.relayhost) {
+    return tls_plan.demands_tls(tls_plan.eventually(host.domain)) ||
+           (host.shared_by < domain_count &&
+            tls_plan.demands_tls(tls_plan.eventually(host.shared_by)));
+  }
   for (std::uint32_t d = 0; d < domain_count; ++d)
     if (tls_plan.demands_tls(tls_plan.eventually(d))) return true;
   return false;
@@ -697,7 +758,7 @@ bool delivery::state::demands_tls(const remote_host& host) const {
 bool delivery::state::demands_verify(const remote_host& host) const {
   if (!tls_plan.on || !(host.relayhost ? relayhost.on : relayhost.mx_used())) return false;
   for (std::uint32_t d = 0; d < domain_count; ++d) {
-    if ((host.relayhost || host.domain == d) &&
+    if ((host.relayhost || host.domain == d || host.shared_by == d) &&
         tls_plan.eventually(d) == outbound::tls_policy::verify)
       return true;
   }
@@ -730,10 +791,11 @@ void delivery::state::tighten_tls_policy() {
 // certificate that does not verify for the host under `verify`, is a violation.
 void delivery::state::check_tls_policy(const remote_peer& h, std::string_view recipient) {
   if (!tls_plan.on) return;
-  const std::uint32_t destination = h.remote.relayhost ? domain_of(recipient) : h.remote.domain;
+  const std::uint32_t destination = destination_of(h, recipient);
   const outbound::tls_policy wanted = tls_plan.for_job(destination, h.ready_after_ns);
   if (!tls_plan.demands_tls(wanted)) return;
   ++w.counters().tls_policy_checks;
+  if (destination != h.remote.domain && !h.remote.relayhost) ++w.counters().shared_site_checks;
   const std::string_view name =
       destination < domain_count ? domain_names[destination] : std::string_view("?");
   if (!h.server->tls_active()) {
@@ -845,8 +907,12 @@ std::vector<std::uint8_t> delivery::state::dns_reply(std::uint16_t id, const std
                       name.rfind("sender", 0) == 0;
     if (type == dns::record_type::mx && apex) {
       if (mode == 0) {
-        answer.push_back(fmt::format("{}. {} IN MX 10 mx1.{}.", name, ttl, name));
-        answer.push_back(fmt::format("{}. {} IN MX 20 mx2.{}.", name, ttl, name));
+        const auto d = static_cast<std::uint32_t>(domain);
+        const std::string_view hosts_zone =
+            shared_site.mx_domain(d) == d ? std::string_view(name)
+                                          : domain_names[shared_site.mx_domain(d)];
+        answer.push_back(fmt::format("{}. {} IN MX 10 mx1.{}.", name, ttl, hosts_zone));
+        answer.push_back(fmt::format("{}. {} IN MX 20 mx2.{}.", name, ttl, hosts_zone));
       } else if (mode == 2) {
         answer.push_back(fmt::format("{}. {} IN MX 0 .", name, ttl));
       }
@@ -916,7 +982,11 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
   for (const auto& [when, retired] : retired_limits) limit = std::max(limit, retired);
   const std::uint32_t throttled =
       remote.relayhost ? UINT32_MAX : shape.throttle_bound(d, w.clock().now_ns());
-  const std::uint32_t bound = remote.relayhost ? limit * domain_count : std::min(limit, throttled);
+  // A shared MX site's hosts: the site's connections and the stricter member's own (it is not
+  // rolled up, connects_its_own_way), or two domains' when their site lookups failed.
+  const std::uint32_t carried = remote.relayhost ? domain_count
+                                : remote.shared_by < domain_count ? 2 : 1;
+  const std::uint32_t bound = carried > 1 ? limit * carried : std::min(limit, throttled);
   w.counters().throttle_checks = shape.throttles_checked();
   if (++open_count[d] > bound) {
     w.fail(fmt::format("CONNECTION LIMIT: {} connections open to {} (limit {}{})", open_count[d],
@@ -1071,8 +1141,15 @@ void delivery::state::delivered_remotely(remote_peer& h) {
 // The destination a transaction at a remote MTA is for: the MTA's domain, or at the relay host
 // its first recipient's (a job's recipients share a destination); domain_count for none.
 std::uint32_t delivery::state::destination_of(const remote_peer& h) const {
-  if (!h.remote.relayhost) return h.remote.domain;
-  return h.recipients.empty() ? domain_count : domain_of(h.recipients.front());
+  return h.recipients.empty() ? destination_of(h, {}) : destination_of(h, h.recipients.front());
+}
+
+// The destination of one recipient at a remote MTA: the MTA's domain, or (the relay host, a
+// shared MX site's host) the recipient's; domain_count for none.
+std::uint32_t delivery::state::destination_of(const remote_peer& h,
+                                              std::string_view recipient) const {
+  if (!h.remote.relayhost && h.remote.shared_by == domain_count) return h.remote.domain;
+  return recipient.empty() ? domain_count : domain_of(recipient);
 }
 
 // ---- the relay host: AUTH (RFC 4954) with the daemon's credentials
