@@ -184,6 +184,8 @@ struct tls_policy_plan {
   std::int64_t changed_ns[domain_count] = {};        // when the reload changed it
   std::uint32_t tightened = domain_count;            // the domain the reload makes stricter
   std::int64_t tighten_after_ns = 0;                 // after the first start
+  std::uint32_t weakened = domain_count;             // the domain a reload makes weaker
+  std::int64_t weaken_after_ns = 0;                  // after the first start
 
   outbound::tls_policy resolve(outbound::tls_policy entry) const noexcept {
     return entry != outbound::tls_policy::opportunistic ? entry : fallback;
@@ -195,10 +197,10 @@ struct tls_policy_plan {
     return domain < domain_count ? resolve(eventual[domain]) : fallback;
   }
   // The policy a job taken after `taken_after_ns` was given: the one in force then, or (taken
-  // around the reload) the weaker one before it.
+  // around the reload) the weaker of the one before it and the one after.
   outbound::tls_policy for_job(std::uint32_t domain, std::int64_t taken_after_ns) const noexcept {
     if (domain < domain_count && changed_ns[domain] > taken_after_ns)
-      return resolve(previous[domain]);
+      return std::min(resolve(previous[domain]), for_destination(domain));  // none < … < verify
     return for_destination(domain);
   }
   bool demands_tls(outbound::tls_policy wanted) const noexcept {
@@ -256,7 +258,7 @@ struct delivery::state {
     remote_peer(state& owner, remote_host& host, std::uint64_t connection_number,
                 bool tls_broken, std::uint32_t limit)
         : s(owner), remote(host), number(connection_number), limit_at_open(limit),
-          presented(owner.presented_by(host)) {
+          presented(owner.presented_by(host)), tls_broken(tls_broken) {
       config.hostname = remote.name;
       config.extensions = remote.extensions;
       config.limits.message_bytes_max = remote.message_bytes_max;
@@ -273,6 +275,9 @@ struct delivery::state {
     void on_connected(sim_host& host, int fd) override;
     void on_bytes(sim_host& host, int fd, std::string_view bytes) override;
     void on_client_gone(sim_host&, int) override {
+      // The outbound ends a handshake it refuses without an alert (connection.cc
+      // fail_tls_handshake): the connection closes mid-handshake.
+      if (pipe != nullptr && pipe->handshaking() && !stalled) s.check_certificate_refusal(*this);
       if (server != nullptr && !server->wants_close()) server->connection_lost();
       pipe.reset();
       server.reset();
@@ -330,6 +335,8 @@ struct delivery::state {
     std::uint64_t number;  // for the notes: the remote's own count of connections
     std::uint32_t limit_at_open;  // the destination's connections_max when it connected
     certificate presented;        // what its STARTTLS handshake shows (sim_tls.h)
+    bool tls_broken;              // answers the ClientHello with garbage (server_tls_pipe)
+    std::int64_t accepted_ns = 0;  // when it accepted the connection
     bool counted = true;
     smtp::server_config config;  // the session keeps a reference
     std::unique_ptr<smtp::server_session> server;
@@ -386,7 +393,9 @@ struct delivery::state {
   void draw_tls_policies(std::uint64_t seed);
   void prepare_hosts_for_policies(random& draw, std::string& drawn);
   void draw_shared_site(std::uint64_t seed);
-  void tighten_tls_policy();
+  void change_tls_policy(std::uint32_t d);
+  void draw_tls_weakening(std::uint64_t seed);
+  void check_certificate_refusal(const remote_peer& h);
   bool demands_tls(const remote_host& host) const;
   bool demands_verify(const remote_host& host) const;
   bool offers_starttls(const remote_host& host) const;
@@ -584,6 +593,7 @@ delivery::state::state(world& owner, std::uint64_t seed)
   draw_relayhost(seed);
   draw_tls_policies(seed);
   draw_shared_site(seed);
+  draw_tls_weakening(seed);
 }
 
 // After every other draw, from a stream of its own: a seed without a relay host runs as before.
@@ -713,6 +723,44 @@ void delivery::state::prepare_hosts_for_policies(random& draw, std::string& draw
   }
 }
 
+// A reload that makes a domain's policy weaker (issue 16): in half the policy seeds without a
+// tightening, after 5-120 s, a `verify` domain whose MTAs present a certificate that does not
+// verify (with faults; the reason an operator gives up on verifying; they offer STARTTLS and
+// do not break it) becomes `required` or
+// opportunistic. Its mail then goes (the certificates stay as they are after the heal), and a
+// connection the relay opens after the reload never refuses their certificate
+// (check_certificate_refusal). Last of the draws, from a stream of its own.
+void delivery::state::draw_tls_weakening(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x3eaca5e);
+  if (!tls_plan.on || relayhost.on || tls_plan.tightened < domain_count || !draw.chance(0.5))
+    return;
+  const auto start = static_cast<std::uint32_t>(draw.below(domain_count));
+  for (std::uint32_t i = 0; i < domain_count; ++i) {
+    const std::uint32_t d = (start + i) % domain_count;
+    if (tls_plan.policy[d] != outbound::tls_policy::verify || shared_site.owner == d ||
+        shared_site.sharer == d)
+      continue;
+    tls_plan.weakened = d;
+    tls_plan.eventual[d] =
+        draw.chance(0.5) ? outbound::tls_policy::required : outbound::tls_policy::opportunistic;
+    tls_plan.weaken_after_ns = static_cast<std::int64_t>(draw.between(5, 120)) * 1000 * ms_ns;
+    std::string drawn;
+    if (w.settings().faults) {
+      for (auto& host : hosts) {
+        if (host.relayhost || host.domain != d) continue;
+        host.starttls = true;  // the handshakes happen: the certificate is what fails
+        host.tls_broken = 0;
+        host.presented = draw.chance(0.5) ? certificate::wrong_name : certificate::self_signed;
+        drawn += fmt::format(" | {}: {}", host.name, describe(host.presented));
+      }
+    }
+    note(fmt::format("delivery: {} becomes {} by a reload after {}s{}", domain_names[d],
+                     outbound::describe(tls_plan.eventual[d]),
+                     tls_plan.weaken_after_ns / 1000 / ms_ns, drawn));
+    return;
+  }
+}
+
 // After every other draw, from a stream of its own (shared_site_plan). Both domains must have
 // MX records (mode 0). Three times in four the sharer demands TLS and the owner does not (a
 // reload's tightening of either keeps the policies drawn: it is the case of its own).
@@ -774,10 +822,9 @@ certificate delivery::state::presented_by(const remote_host& host) const {
   return w.healed() && demands_verify(host) ? certificate::good : host.presented;
 }
 
-// The operator makes a domain's TLS policy stricter and reloads (relay::update on every shard;
-// without a relay now, the next process starts with it).
-void delivery::state::tighten_tls_policy() {
-  const std::uint32_t d = tls_plan.tightened;
+// The operator makes a domain's TLS policy stricter or weaker and reloads (relay::update on
+// every shard; without a relay now, the next process starts with it).
+void delivery::state::change_tls_policy(std::uint32_t d) {
   tls_plan.previous[d] = tls_plan.policy[d];
   tls_plan.policy[d] = tls_plan.eventual[d];
   tls_plan.changed_ns[d] = w.clock().now_ns();
@@ -811,6 +858,36 @@ void delivery::state::check_tls_policy(const remote_peer& h, std::string_view re
                        "verify", h.number, recipient, h.remote.name,
                        describe(h.presented), name));
   }
+}
+
+// A TLS handshake the client ended (closed mid-handshake; the host's pipe not broken nor
+// stalled, its certificate not one that verifies): the client verified it, so the connection was opened for
+// a destination whose policy is `verify` (VERIFIED WITHOUT VERIFY otherwise: a reload that
+// weakened the policy was not applied, or opportunistic TLS verifies, against RFC 7435 §3).
+// Only at a domain's first MX host (mx1, or the implicit MX): the relay's open, which reads
+// the policy, came at most a DNS lookup before its connect (first_connect_ns_max), so a
+// connection accepted later than that after a reload was opened after it.
+void delivery::state::check_certificate_refusal(const remote_peer& h) {
+  const remote_host& host = h.remote;
+  // (No relay: a crash is tearing the connections down, world::crash.)
+  if (relay == nullptr || h.tls_broken || h.presented == certificate::good || host.relayhost ||
+      host.shared_by < domain_count || &host != &hosts[host.domain * 2])
+    return;
+  constexpr std::int64_t first_connect_ns_max = 60'000 * ms_ns;
+  const std::uint32_t d = host.domain;
+  if (tls_plan.changed_ns[d] > 0 && h.accepted_ns - tls_plan.changed_ns[d] < first_connect_ns_max)
+    return;  // opened around the reload: under either policy
+  ++w.counters().certificate_refusals_checked;
+  const outbound::tls_policy policy = tls_plan.for_destination(d);
+  if (policy == outbound::tls_policy::verify) return;
+  w.fail(fmt::format("VERIFIED WITHOUT VERIFY: r{} at {} (accepted {:.3f}s) ended the TLS "
+                     "handshake at {}, but {} = {}{}", h.number, host.name,
+                     static_cast<double>(h.accepted_ns) / 1e9, describe(h.presented),
+                     domain_names[d], outbound::describe(policy),
+                     tls_plan.changed_ns[d] > 0
+                         ? fmt::format(" since a reload at {:.3f}s",
+                                       static_cast<double>(tls_plan.changed_ns[d]) / 1e9)
+                         : ""));
 }
 
 // Every destination to the relay host (relay.cc route_for), with --relayhost-auth's credentials
@@ -1011,7 +1088,7 @@ void delivery::state::connection_gone(std::uint32_t domain, std::uint32_t limit)
 
 void delivery::state::remote_peer::on_connected(sim_host& host, int fd) {
   s.note(fmt::format("{} accepts connection (r{})", remote.name, number));
-  last_mail_ns = ready_after_ns = s.w.clock().now_ns();
+  last_mail_ns = ready_after_ns = accepted_ns = s.w.clock().now_ns();
   if (!s.w.healed() && s.rng.chance(remote.greet_reject)) {
     server->start_refusing("busy");
   } else {
@@ -1790,7 +1867,12 @@ void delivery::attach(server::relay* relay) {
     }
     if (s.tls_plan.tighten_after_ns > 0) {
       s.w.clock().after(s.tls_plan.tighten_after_ns, [&s] {
-        if (!s.w.failed_now()) s.tighten_tls_policy();
+        if (!s.w.failed_now()) s.change_tls_policy(s.tls_plan.tightened);
+      });
+    }
+    if (s.tls_plan.weaken_after_ns > 0) {
+      s.w.clock().after(s.tls_plan.weaken_after_ns, [&s] {
+        if (!s.w.failed_now()) s.change_tls_policy(s.tls_plan.weakened);
       });
     }
   }
