@@ -136,6 +136,9 @@ struct remote_host {
   double refuse = 0, greet_reject = 0, drop = 0, stall = 0, temporary = 0, permanent = 0;
   bool relayhost = false;  // the relay host: every destination's mail, AUTH required
   certificate presented = certificate::self_signed;  // until healed (tls_policy_plan)
+  // Another domain whose MX records name this host too (a shared MX site: shared_site_plan);
+  // domain_count when none.
+  std::uint32_t shared_by = domain_count;
 };
 
 // A relay host receiving all mail (relay_config::relayhost, a ~quarter of the seeds), with
@@ -181,6 +184,8 @@ struct tls_policy_plan {
   std::int64_t changed_ns[domain_count] = {};        // when the reload changed it
   std::uint32_t tightened = domain_count;            // the domain the reload makes stricter
   std::int64_t tighten_after_ns = 0;                 // after the first start
+  std::uint32_t weakened = domain_count;             // the domain a reload makes weaker
+  std::int64_t weaken_after_ns = 0;                  // after the first start
 
   outbound::tls_policy resolve(outbound::tls_policy entry) const noexcept {
     return entry != outbound::tls_policy::opportunistic ? entry : fallback;
@@ -192,14 +197,30 @@ struct tls_policy_plan {
     return domain < domain_count ? resolve(eventual[domain]) : fallback;
   }
   // The policy a job taken after `taken_after_ns` was given: the one in force then, or (taken
-  // around the reload) the weaker one before it.
+  // around the reload) the weaker of the one before it and the one after.
   outbound::tls_policy for_job(std::uint32_t domain, std::int64_t taken_after_ns) const noexcept {
     if (domain < domain_count && changed_ns[domain] > taken_after_ns)
-      return resolve(previous[domain]);
+      return std::min(resolve(previous[domain]), for_destination(domain));  // none < … < verify
     return for_destination(domain);
   }
   bool demands_tls(outbound::tls_policy wanted) const noexcept {
     return wanted == outbound::tls_policy::required || wanted == outbound::tls_policy::verify;
+  }
+};
+// An MX site shared by two domains (issue 16; relay_site.cc rolls domains with equal MX sets
+// into one site, whose connections carry any member's jobs) in about a sixth of the shaping
+// seeds: the `sharer`'s MX records name the `owner`'s two hosts. Mostly the sharer demands TLS
+// (`required` or `verify`) where the owner is opportunistic: its mail must not ride the owner's
+// connections (relay_site.cc connects_its_own_way; docs/notes.md, session 13 late). Only in
+// seeds without a relay host (it would carry every domain anyway) and without a reply rule (its
+// pauses and cues are per domain at the domain's own hosts). Drawn from a stream of its own
+// after every other: a seed without it draws, logs and replays exactly as before.
+struct shared_site_plan {
+  std::uint32_t sharer = domain_count, owner = domain_count;
+  bool on() const noexcept { return sharer < domain_count; }
+  // The domain whose MX host names `domain`'s MX records give.
+  std::uint32_t mx_domain(std::uint32_t domain) const noexcept {
+    return domain == sharer ? owner : domain;
   }
 };
 constexpr std::string_view relayhost_user = "sim-relay";
@@ -237,7 +258,7 @@ struct delivery::state {
     remote_peer(state& owner, remote_host& host, std::uint64_t connection_number,
                 bool tls_broken, std::uint32_t limit)
         : s(owner), remote(host), number(connection_number), limit_at_open(limit),
-          presented(owner.presented_by(host)) {
+          presented(owner.presented_by(host)), tls_broken(tls_broken) {
       config.hostname = remote.name;
       config.extensions = remote.extensions;
       config.limits.message_bytes_max = remote.message_bytes_max;
@@ -254,6 +275,9 @@ struct delivery::state {
     void on_connected(sim_host& host, int fd) override;
     void on_bytes(sim_host& host, int fd, std::string_view bytes) override;
     void on_client_gone(sim_host&, int) override {
+      // The outbound ends a handshake it refuses without an alert (connection.cc
+      // fail_tls_handshake): the connection closes mid-handshake.
+      if (pipe != nullptr && pipe->handshaking() && !stalled) s.check_certificate_refusal(*this);
       if (server != nullptr && !server->wants_close()) server->connection_lost();
       pipe.reset();
       server.reset();
@@ -311,6 +335,8 @@ struct delivery::state {
     std::uint64_t number;  // for the notes: the remote's own count of connections
     std::uint32_t limit_at_open;  // the destination's connections_max when it connected
     certificate presented;        // what its STARTTLS handshake shows (sim_tls.h)
+    bool tls_broken;              // answers the ClientHello with garbage (server_tls_pipe)
+    std::int64_t accepted_ns = 0;  // when it accepted the connection
     bool counted = true;
     smtp::server_config config;  // the session keeps a reference
     std::unique_ptr<smtp::server_session> server;
@@ -349,6 +375,7 @@ struct delivery::state {
   void connection_gone(std::uint32_t domain, std::uint32_t limit);
   void delivered_remotely(remote_peer& h);
   std::uint32_t destination_of(const remote_peer& h) const;
+  std::uint32_t destination_of(const remote_peer& h, std::string_view recipient) const;
   // the relay host (relayhost_plan)
   void draw_relayhost(std::uint64_t seed);
   void draw_relayhost_switch(std::uint64_t seed);
@@ -364,7 +391,11 @@ struct delivery::state {
   void check_rate(const remote_peer& h, std::string_view recipient);
   // TLS policies (tls_policy_plan)
   void draw_tls_policies(std::uint64_t seed);
-  void tighten_tls_policy();
+  void prepare_hosts_for_policies(random& draw, std::string& drawn);
+  void draw_shared_site(std::uint64_t seed);
+  void change_tls_policy(std::uint32_t d);
+  void draw_tls_weakening(std::uint64_t seed);
+  void check_certificate_refusal(const remote_peer& h);
   bool demands_tls(const remote_host& host) const;
   bool demands_verify(const remote_host& host) const;
   bool offers_starttls(const remote_host& host) const;
@@ -415,6 +446,7 @@ struct delivery::state {
   std::vector<remote_host> hosts;
   relayhost_plan relayhost;
   tls_policy_plan tls_plan;
+  shared_site_plan shared_site;
   std::vector<int> domain_mode;  // 0 MX, 1 implicit MX, 2 null MX, 3 NXDOMAIN
   double dns_timeout = 0, dns_servfail = 0;
   // The relay's settings (scheduler limits, retry schedule, lifetime: the operator reloads)
@@ -560,6 +592,8 @@ delivery::state::state(world& owner, std::uint64_t seed)
   if (const auto drawn = shape.describe(); !drawn.empty()) note(drawn);
   draw_relayhost(seed);
   draw_tls_policies(seed);
+  draw_shared_site(seed);
+  draw_tls_weakening(seed);
 }
 
 // After every other draw, from a stream of its own: a seed without a relay host runs as before.
@@ -663,6 +697,13 @@ void delivery::state::draw_tls_policies(std::uint64_t seed) {
                            tls_plan.tighten_after_ns / 1000 / ms_ns);
     }
   }
+  prepare_hosts_for_policies(draw, drawn);
+  note(fmt::format("delivery: TLS policies{}", drawn));
+}
+
+// The MTAs of domains that demand TLS mostly offer it (the rest once healed); under `verify`
+// they present a good certificate, or with faults one for another name or a self-signed one.
+void delivery::state::prepare_hosts_for_policies(random& draw, std::string& drawn) {
   const bool faults = w.settings().faults;
   for (auto& host : hosts) {
     if (demands_tls(host) && !host.starttls) {
@@ -679,7 +720,71 @@ void delivery::state::draw_tls_policies(std::uint64_t seed) {
   for (const auto& host : hosts) {
     if (demands_tls(host) && !host.starttls) drawn += fmt::format(" | {}: no STARTTLS", host.name);
   }
-  note(fmt::format("delivery: TLS policies{}", drawn));
+}
+
+// A reload that makes a domain's policy weaker (issue 16): in half the policy seeds without a
+// tightening, after 5-120 s, a `verify` domain whose MTAs present a certificate that does not
+// verify (with faults; the reason an operator gives up on verifying; they offer STARTTLS and
+// do not break it) becomes `required` or
+// opportunistic. Its mail then goes (the certificates stay as they are after the heal), and a
+// connection the relay opens after the reload never refuses their certificate
+// (check_certificate_refusal). Last of the draws, from a stream of its own.
+void delivery::state::draw_tls_weakening(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x3eaca5e);
+  if (!tls_plan.on || relayhost.on || tls_plan.tightened < domain_count || !draw.chance(0.5))
+    return;
+  const auto start = static_cast<std::uint32_t>(draw.below(domain_count));
+  for (std::uint32_t i = 0; i < domain_count; ++i) {
+    const std::uint32_t d = (start + i) % domain_count;
+    if (tls_plan.policy[d] != outbound::tls_policy::verify || shared_site.owner == d ||
+        shared_site.sharer == d)
+      continue;
+    tls_plan.weakened = d;
+    tls_plan.eventual[d] =
+        draw.chance(0.5) ? outbound::tls_policy::required : outbound::tls_policy::opportunistic;
+    tls_plan.weaken_after_ns = static_cast<std::int64_t>(draw.between(5, 120)) * 1000 * ms_ns;
+    std::string drawn;
+    if (w.settings().faults) {
+      for (auto& host : hosts) {
+        if (host.relayhost || host.domain != d) continue;
+        host.starttls = true;  // the handshakes happen: the certificate is what fails
+        host.tls_broken = 0;
+        host.presented = draw.chance(0.5) ? certificate::wrong_name : certificate::self_signed;
+        drawn += fmt::format(" | {}: {}", host.name, describe(host.presented));
+      }
+    }
+    note(fmt::format("delivery: {} becomes {} by a reload after {}s{}", domain_names[d],
+                     outbound::describe(tls_plan.eventual[d]),
+                     tls_plan.weaken_after_ns / 1000 / ms_ns, drawn));
+    return;
+  }
+}
+
+// After every other draw, from a stream of its own (shared_site_plan). Both domains must have
+// MX records (mode 0). Three times in four the sharer demands TLS and the owner does not (a
+// reload's tightening of either keeps the policies drawn: it is the case of its own).
+void delivery::state::draw_shared_site(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x5a7e51e);
+  if (!draw.chance(0.3) || !w.settings().shaping || relayhost.on || shape.has_rule()) return;
+  const auto owner = static_cast<std::uint32_t>(draw.below(3));  // rcpt0..rcpt2
+  const auto sharer = static_cast<std::uint32_t>((owner + 1 + draw.below(2)) % 3);
+  if (domain_mode[owner] != 0 || domain_mode[sharer] != 0) return;
+  shared_site.owner = owner;
+  shared_site.sharer = sharer;
+  hosts[owner * 2].shared_by = hosts[owner * 2 + 1].shared_by = sharer;
+  std::string drawn;
+  if (draw.chance(0.75) && tls_plan.tightened != owner && tls_plan.tightened != sharer) {
+    tls_plan.on = true;
+    tls_plan.policy[owner] = tls_plan.eventual[owner] = outbound::tls_policy::opportunistic;
+    tls_plan.policy[sharer] = tls_plan.eventual[sharer] =
+        draw.chance(0.5) ? outbound::tls_policy::verify : outbound::tls_policy::required;
+    drawn = fmt::format(", {} = {}, {} = {}", domain_names[sharer],
+                        outbound::describe(tls_plan.policy[sharer]), domain_names[owner],
+                        outbound::describe(tls_plan.policy[owner]));
+  }
+  prepare_hosts_for_policies(draw, drawn);
+  note(fmt::format("delivery: {} shares the MX hosts of {}{}", domain_names[sharer],
+                   domain_names[owner], drawn));
 }
 
 // Whether some destination's mail to `host` must go over TLS (verified), as the relay decides:
@@ -688,7 +793,11 @@ void delivery::state::draw_tls_policies(std::uint64_t seed) {
 bool delivery::state::demands_tls(const remote_host& host) const {
   if (!tls_plan.on && tls_plan.fallback == outbound::tls_policy::opportunistic) return false;
   if (!(host.relayhost ? relayhost.on : relayhost.mx_used())) return false;
-  if (!host.relayhost) return tls_plan.demands_tls(tls_plan.eventually(host.domain));
+  if (!host.relayhost) {
+    return tls_plan.demands_tls(tls_plan.eventually(host.domain)) ||
+           (host.shared_by < domain_count &&
+            tls_plan.demands_tls(tls_plan.eventually(host.shared_by)));
+  }
   for (std::uint32_t d = 0; d < domain_count; ++d)
     if (tls_plan.demands_tls(tls_plan.eventually(d))) return true;
   return false;
@@ -696,7 +805,7 @@ bool delivery::state::demands_tls(const remote_host& host) const {
 bool delivery::state::demands_verify(const remote_host& host) const {
   if (!tls_plan.on || !(host.relayhost ? relayhost.on : relayhost.mx_used())) return false;
   for (std::uint32_t d = 0; d < domain_count; ++d) {
-    if ((host.relayhost || host.domain == d) &&
+    if ((host.relayhost || host.domain == d || host.shared_by == d) &&
         tls_plan.eventually(d) == outbound::tls_policy::verify)
       return true;
   }
@@ -712,10 +821,9 @@ certificate delivery::state::presented_by(const remote_host& host) const {
   return w.healed() && demands_verify(host) ? certificate::good : host.presented;
 }
 
-// The operator makes a domain's TLS policy stricter and reloads (relay::update on every shard;
-// without a relay now, the next process starts with it).
-void delivery::state::tighten_tls_policy() {
-  const std::uint32_t d = tls_plan.tightened;
+// The operator makes a domain's TLS policy stricter or weaker and reloads (relay::update on
+// every shard; without a relay now, the next process starts with it).
+void delivery::state::change_tls_policy(std::uint32_t d) {
   tls_plan.previous[d] = tls_plan.policy[d];
   tls_plan.policy[d] = tls_plan.eventual[d];
   tls_plan.changed_ns[d] = w.clock().now_ns();
@@ -729,10 +837,11 @@ void delivery::state::tighten_tls_policy() {
 // certificate that does not verify for the host under `verify`, is a violation.
 void delivery::state::check_tls_policy(const remote_peer& h, std::string_view recipient) {
   if (!tls_plan.on) return;
-  const std::uint32_t destination = h.remote.relayhost ? domain_of(recipient) : h.remote.domain;
+  const std::uint32_t destination = destination_of(h, recipient);
   const outbound::tls_policy wanted = tls_plan.for_job(destination, h.ready_after_ns);
   if (!tls_plan.demands_tls(wanted)) return;
   ++w.counters().tls_policy_checks;
+  if (destination != h.remote.domain && !h.remote.relayhost) ++w.counters().shared_site_checks;
   const std::string_view name =
       destination < domain_count ? domain_names[destination] : std::string_view("?");
   if (!h.server->tls_active()) {
@@ -748,6 +857,36 @@ void delivery::state::check_tls_policy(const remote_peer& h, std::string_view re
                        "verify", h.number, recipient, h.remote.name,
                        describe(h.presented), name));
   }
+}
+
+// A TLS handshake the client ended (closed mid-handshake; the host's pipe not broken nor
+// stalled, its certificate not one that verifies): the client verified it, so the connection was opened for
+// a destination whose policy is `verify` (VERIFIED WITHOUT VERIFY otherwise: a reload that
+// weakened the policy was not applied, or opportunistic TLS verifies, against RFC 7435 §3).
+// Only at a domain's first MX host (mx1, or the implicit MX): the relay's open, which reads
+// the policy, came at most a DNS lookup before its connect (first_connect_ns_max), so a
+// connection accepted later than that after a reload was opened after it.
+void delivery::state::check_certificate_refusal(const remote_peer& h) {
+  const remote_host& host = h.remote;
+  // (No relay: a crash is tearing the connections down, world::crash.)
+  if (relay == nullptr || h.tls_broken || h.presented == certificate::good || host.relayhost ||
+      host.shared_by < domain_count || &host != &hosts[host.domain * 2])
+    return;
+  constexpr std::int64_t first_connect_ns_max = 60'000 * ms_ns;
+  const std::uint32_t d = host.domain;
+  if (tls_plan.changed_ns[d] > 0 && h.accepted_ns - tls_plan.changed_ns[d] < first_connect_ns_max)
+    return;  // opened around the reload: under either policy
+  ++w.counters().certificate_refusals_checked;
+  const outbound::tls_policy policy = tls_plan.for_destination(d);
+  if (policy == outbound::tls_policy::verify) return;
+  w.fail(fmt::format("VERIFIED WITHOUT VERIFY: r{} at {} (accepted {:.3f}s) ended the TLS "
+                     "handshake at {}, but {} = {}{}", h.number, host.name,
+                     static_cast<double>(h.accepted_ns) / 1e9, describe(h.presented),
+                     domain_names[d], outbound::describe(policy),
+                     tls_plan.changed_ns[d] > 0
+                         ? fmt::format(" since a reload at {:.3f}s",
+                                       static_cast<double>(tls_plan.changed_ns[d]) / 1e9)
+                         : ""));
 }
 
 // Every destination to the relay host (relay.cc route_for), with --relayhost-auth's credentials
@@ -844,8 +983,12 @@ std::vector<std::uint8_t> delivery::state::dns_reply(std::uint16_t id, const std
                       name.rfind("sender", 0) == 0;
     if (type == dns::record_type::mx && apex) {
       if (mode == 0) {
-        answer.push_back(fmt::format("{}. {} IN MX 10 mx1.{}.", name, ttl, name));
-        answer.push_back(fmt::format("{}. {} IN MX 20 mx2.{}.", name, ttl, name));
+        const auto d = static_cast<std::uint32_t>(domain);
+        const std::string_view hosts_zone =
+            shared_site.mx_domain(d) == d ? std::string_view(name)
+                                          : domain_names[shared_site.mx_domain(d)];
+        answer.push_back(fmt::format("{}. {} IN MX 10 mx1.{}.", name, ttl, hosts_zone));
+        answer.push_back(fmt::format("{}. {} IN MX 20 mx2.{}.", name, ttl, hosts_zone));
       } else if (mode == 2) {
         answer.push_back(fmt::format("{}. {} IN MX 0 .", name, ttl));
       }
@@ -915,7 +1058,11 @@ std::unique_ptr<stream_peer> delivery::state::connect_remote(const core::endpoin
   for (const auto& [when, retired] : retired_limits) limit = std::max(limit, retired);
   const std::uint32_t throttled =
       remote.relayhost ? UINT32_MAX : shape.throttle_bound(d, w.clock().now_ns());
-  const std::uint32_t bound = remote.relayhost ? limit * domain_count : std::min(limit, throttled);
+  // A shared MX site's hosts: the site's connections and the stricter member's own (it is not
+  // rolled up, connects_its_own_way), or two domains' when their site lookups failed.
+  const std::uint32_t carried = remote.relayhost ? domain_count
+                                : remote.shared_by < domain_count ? 2 : 1;
+  const std::uint32_t bound = carried > 1 ? limit * carried : std::min(limit, throttled);
   w.counters().throttle_checks = shape.throttles_checked();
   if (++open_count[d] > bound) {
     w.fail(fmt::format("CONNECTION LIMIT: {} connections open to {} (limit {}{})", open_count[d],
@@ -940,7 +1087,7 @@ void delivery::state::connection_gone(std::uint32_t domain, std::uint32_t limit)
 
 void delivery::state::remote_peer::on_connected(sim_host& host, int fd) {
   s.note(fmt::format("{} accepts connection (r{})", remote.name, number));
-  last_mail_ns = ready_after_ns = s.w.clock().now_ns();
+  last_mail_ns = ready_after_ns = accepted_ns = s.w.clock().now_ns();
   if (!s.w.healed() && s.rng.chance(remote.greet_reject)) {
     server->start_refusing("busy");
   } else {
@@ -1070,8 +1217,15 @@ void delivery::state::delivered_remotely(remote_peer& h) {
 // The destination a transaction at a remote MTA is for: the MTA's domain, or at the relay host
 // its first recipient's (a job's recipients share a destination); domain_count for none.
 std::uint32_t delivery::state::destination_of(const remote_peer& h) const {
-  if (!h.remote.relayhost) return h.remote.domain;
-  return h.recipients.empty() ? domain_count : domain_of(h.recipients.front());
+  return h.recipients.empty() ? destination_of(h, {}) : destination_of(h, h.recipients.front());
+}
+
+// The destination of one recipient at a remote MTA: the MTA's domain, or (the relay host, a
+// shared MX site's host) the recipient's; domain_count for none.
+std::uint32_t delivery::state::destination_of(const remote_peer& h,
+                                              std::string_view recipient) const {
+  if (!h.remote.relayhost && h.remote.shared_by == domain_count) return h.remote.domain;
+  return recipient.empty() ? domain_count : domain_of(recipient);
 }
 
 // ---- the relay host: AUTH (RFC 4954) with the daemon's credentials
@@ -1715,7 +1869,12 @@ void delivery::attach(server::relay* relay) {
     }
     if (s.tls_plan.tighten_after_ns > 0) {
       s.w.clock().after(s.tls_plan.tighten_after_ns, [&s] {
-        if (!s.w.failed_now()) s.tighten_tls_policy();
+        if (!s.w.failed_now()) s.change_tls_policy(s.tls_plan.tightened);
+      });
+    }
+    if (s.tls_plan.weaken_after_ns > 0) {
+      s.w.clock().after(s.tls_plan.weaken_after_ns, [&s] {
+        if (!s.w.failed_now()) s.change_tls_policy(s.tls_plan.weakened);
       });
     }
   }

@@ -38,6 +38,9 @@
 //   the configured credentials, credentials only under TLS unless relayhost_auth_plaintext;
 //   no connection to any other MTA; an AUTH refusal (535, 454) defers, it bounces only at the
 //   end of the message's lifetime;
+// - TLS POLICY BYPASSED, UNVERIFIED TLS, TLS BOUNCED (TLS policies, also at an MX site shared
+//   by two domains: the recipient's domain's policy), VERIFIED WITHOUT VERIFY (a connection
+//   the relay opened after a reload weakened `verify` never refuses a certificate);
 // - LIVENESS (sim_world.cc): once faults are healed the queue drains within a bounded
 //   simulated time, and the last restart finds nothing queued.
 // Never: reads a clock or draws from the world's random stream (its own stream, one seed).

@@ -261,7 +261,8 @@ int main(int argc, char** argv) {
   std::uint64_t multi_shard = 0, crossed = 0, suspended_arrivals = 0, reasons = 0;
   std::uint64_t deletions = 0, rate_checks = 0, rules_fired = 0, delay_dsns = 0;
   std::uint64_t relayhost_seeds = 0, relayhost_auths = 0, relayhost_refused = 0;
-  std::uint64_t tls_policy_checks = 0, tls_verify_checks = 0;
+  std::uint64_t tls_policy_checks = 0, tls_verify_checks = 0, shared_site_checks = 0;
+  std::uint64_t shared_site_seeds = 0, certificate_refusals = 0;
   std::uint64_t throttles = 0, throttle_checks = 0, rule_bounces = 0, restart_pauses = 0;
   std::uint64_t pauses_journaled = 0;
   std::int64_t simulated_ns = 0;
@@ -295,6 +296,9 @@ int main(int argc, char** argv) {
     relayhost_refused += result.relayhost_auth_refused;
     tls_policy_checks += result.tls_policy_checks;
     tls_verify_checks += result.tls_verify_checks;
+    shared_site_checks += result.shared_site_checks;
+    shared_site_seeds += result.shared_site_checks > 0 ? 1 : 0;
+    certificate_refusals += result.certificate_refusals_checked;
     wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!result.ok) {
       report_failure(run, result);
@@ -311,13 +315,16 @@ int main(int argc, char** argv) {
              "DSN recipients checked; {} reply rules throttled ({} connections checked against "
              "them), {} recipients bounced by a rule checked, {} recipients held by a pause across "
              "a restart, {} pauses checked journaled; {} seeds with a relay host: {} AUTHs ({} "
-             "refused); {} RCPTs checked against a TLS policy ({} under verify)\n",
+             "refused); {} RCPTs checked against a TLS policy ({} under verify; {} at another "
+             "domain's MX host, a shared site, in {} seeds); {} certificate refusals "
+             "checked against the policy\n",
              seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
              multi_shard, crossed, simulated, wall, simulated / wall,
              static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions,
              rate_checks, rules_fired, delay_dsns, throttles, throttle_checks, rule_bounces,
              restart_pauses, pauses_journaled, relayhost_seeds, relayhost_auths,
-             relayhost_refused, tls_policy_checks, tls_verify_checks);
+             relayhost_refused, tls_policy_checks, tls_verify_checks, shared_site_checks,
+             shared_site_seeds, certificate_refusals);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;
 }

@@ -63,6 +63,8 @@ class server_tls_pipe {
   void flush(std::string& out);
   bool encrypted() const noexcept { return _tls != nullptr; }
   bool resumed() const noexcept { return _tls != nullptr && _tls->resumed(); }
+  // The handshake began and has not completed (a client that ends it here refused it).
+  bool handshaking() const noexcept { return _tls != nullptr && !_tls->handshake_completed(); }
 
  private:
   bool feed_ciphertext(std::string_view bytes, std::string& out);
