@@ -182,6 +182,9 @@ std::unique_ptr<session> session::connect(std::shared_ptr<const client_context> 
     else X509_VERIFY_PARAM_set1_host(param, host.c_str(), host.size());
   }
   SSL_set_verify(ssl, options.verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
+  // Validity periods are checked at the caller's time (the shard's clock, simulated in
+  // ringmta-sim), not at a time OpenSSL reads itself: the clock is passed in, never read.
+  if (options.now_s > 0) X509_VERIFY_PARAM_set_time(SSL_get0_param(ssl), options.now_s);
   s->_cache = options.cache;
   s->_cache_key = options.cache_key.empty() ? host : std::string(options.cache_key);
   s->_now_s = options.now_s;

@@ -395,6 +395,7 @@ struct delivery::state {
   void draw_shared_site(std::uint64_t seed);
   void change_tls_policy(std::uint32_t d);
   void draw_tls_weakening(std::uint64_t seed);
+  void draw_expired_certificates(std::uint64_t seed);
   void check_certificate_refusal(const remote_peer& h);
   bool demands_tls(const remote_host& host) const;
   bool demands_verify(const remote_host& host) const;
@@ -594,6 +595,7 @@ delivery::state::state(world& owner, std::uint64_t seed)
   draw_tls_policies(seed);
   draw_shared_site(seed);
   draw_tls_weakening(seed);
+  draw_expired_certificates(seed);
 }
 
 // After every other draw, from a stream of its own: a seed without a relay host runs as before.
@@ -720,6 +722,24 @@ void delivery::state::prepare_hosts_for_policies(random& draw, std::string& draw
   for (const auto& host : hosts) {
     if (demands_tls(host) && !host.starttls) drawn += fmt::format(" | {}: no STARTTLS", host.name);
   }
+}
+
+// Certificate expiry (issue 16), last of the draws, from a stream of its own: with faults, in a
+// third of the policy seeds, each MTA of a `verify` domain that presents a good certificate
+// presents an expired one instead with a chance of 1 in 3, until the heal (the operator renews
+// it: presented_by). Expired by the simulated clock, not by the machine's (sim_tls.h): a relay
+// that verifies at the machine's time accepts it, and UNVERIFIED TLS says so.
+void delivery::state::draw_expired_certificates(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0xe8b12ed);
+  if (!tls_plan.on || !w.settings().faults || !draw.chance(1.0 / 3)) return;
+  std::string drawn;
+  for (auto& host : hosts) {
+    if (!demands_verify(host) || host.presented != certificate::good || !draw.chance(1.0 / 3))
+      continue;
+    host.presented = certificate::expired;
+    drawn += fmt::format(" | {}: {}", host.name, describe(host.presented));
+  }
+  if (!drawn.empty()) note(fmt::format("delivery: expired certificates{}", drawn));
 }
 
 // A reload that makes a domain's policy weaker (issue 16): in half the policy seeds without a

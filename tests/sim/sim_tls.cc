@@ -105,6 +105,27 @@ RgIhAO1ja0fFraEbVsr3Gq9WYFi+opCvz6lr2aw4nYBFxYaXAiEAj9hWaUzWw7at
 -----END CERTIFICATE-----
 )";
 
+// The good certificate's names, valid 2026-12-01 to 2027-01-10: the simulated clock starts on
+// 2027-01-15 (epoch_seconds), so it has expired by then — but not by the real clock of today's
+// machines, so only an outbound that verifies at the time it is given (tls::client_options
+// now_s), not at the machine's, refuses it.
+constexpr char expired_certificate_pem[] = R"(-----BEGIN CERTIFICATE-----
+MIICbDCCAhKgAwIBAgIBBDAKBggqhkjOPQQDAjAgMR4wHAYDVQQDDBVyaW5nbXRh
+IHNpbXVsYXRpb24gQ0EwHhcNMjYxMjAxMDAwMDAwWhcNMjcwMTEwMDAwMDAwWjAc
+MRowGAYDVQQDDBFteDEucmNwdDAuZXhhbXBsZTBZMBMGByqGSM49AgEGCCqGSM49
+AwEHA0IABPtFjG6fH3St23AkGP1Aep578vlfNyaFzMXIoz/d9Q0frHR/+vLUVm9Q
+M+f5HcobSp7vOMsgRxOkQV8ZJ/XygAKjggE/MIIBOzCB+QYDVR0RBIHxMIHughFt
+eDEucmNwdDAuZXhhbXBsZYIRbXgyLnJjcHQwLmV4YW1wbGWCEW14MS5yY3B0MS5l
+eGFtcGxlghFteDIucmNwdDEuZXhhbXBsZYIRbXgxLnJjcHQyLmV4YW1wbGWCEW14
+Mi5yY3B0Mi5leGFtcGxlghJteDEuc2VuZGVyLmV4YW1wbGWCEm14Mi5zZW5kZXIu
+ZXhhbXBsZYINcmNwdDAuZXhhbXBsZYINcmNwdDEuZXhhbXBsZYINcmNwdDIuZXhh
+bXBsZYIOc2VuZGVyLmV4YW1wbGWCFXNtYXJ0aG9zdC5zaW0uZXhhbXBsZTAJBgNV
+HRMEAjAAMBMGA1UdJQQMMAoGCCsGAQUFBwMBMB0GA1UdDgQWBBRQcYphEeiA1Nye
+mfsllVEgrbnPVjAKBggqhkjOPQQDAgNIADBFAiEAy2QJbXaO/UTrh25jNNprhgRm
+4wBswHGOWOUKFSH6Wb0CIA7pgoi6oE5xWyoZg1BdDt5qWsG0bNkItQH4y9sVKA4Z
+-----END CERTIFICATE-----
+)";
+
 struct fixed_contexts {
   std::shared_ptr<const tls::server_context> server[certificate_kinds];
   std::shared_ptr<const tls::client_context> client;
@@ -126,9 +147,11 @@ fixed_contexts load_fixed_contexts() {
   const std::string key_file = path + "/key.pem";
   const std::string ca_file = path + "/ca.pem";
   const std::string certificate_files[certificate_kinds] = {
-      path + "/self-signed.pem", path + "/good.pem", path + "/wrong-name.pem"};
+      path + "/self-signed.pem", path + "/good.pem", path + "/wrong-name.pem",
+      path + "/expired.pem"};
   const char* const certificate_texts[certificate_kinds] = {
-      certificate_pem, good_certificate_pem, wrong_name_certificate_pem};
+      certificate_pem, good_certificate_pem, wrong_name_certificate_pem,
+      expired_certificate_pem};
   const auto write = [](const std::string& file, const char* text) {
     std::FILE* f = std::fopen(file.c_str(), "w");
     if (f == nullptr) return false;
@@ -175,6 +198,7 @@ std::string_view describe(certificate presented) noexcept {
     case certificate::self_signed: return "a self-signed certificate";
     case certificate::good: return "a good certificate";
     case certificate::wrong_name: return "a certificate for another name";
+    case certificate::expired: return "an expired certificate";
   }
   return "?";
 }

@@ -33,8 +33,9 @@ enum class certificate : std::uint8_t {
   self_signed,  // no chain to the simulated CA
   good,         // the CA's, naming every simulated MX host and the relay host
   wrong_name,   // the CA's, naming a host that is not there
+  expired,      // the CA's, naming every host, expired five days before the simulated clock starts
 };
-inline constexpr std::size_t certificate_kinds = 3;
+inline constexpr std::size_t certificate_kinds = 4;
 std::string_view describe(certificate presented) noexcept;
 
 // The contexts, built once per process.

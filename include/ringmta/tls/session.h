@@ -104,7 +104,7 @@ struct client_options {
   bool verify = false;         // fail the handshake unless chain and host name verify
   client_session_cache* cache = nullptr;  // resume from / store into it (may be null)
   std::string_view cache_key;  // defaults to host
-  std::int64_t now_s = 0;      // for the cache's expiry check
+  std::int64_t now_s = 0;      // cache expiry, certificate validity; 0: OpenSSL's clock
 };
 
 class session {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <random>
 #include <string>
@@ -285,6 +286,34 @@ TEST(tls_session, untrusted_chain_and_wrong_host_fail_verification) {
   w.run();
   EXPECT_EQ(c->state(), state::established);
   EXPECT_FALSE(c->peer_verified());
+}
+
+// Validity is checked at client_options::now_s (the shard's clock), not at OpenSSL's reading
+// of the machine's: the test certificates are valid from an hour ago for 30 days.
+TEST(tls_session, certificate_validity_is_checked_at_the_time_given) {
+  const std::int64_t now = static_cast<std::int64_t>(::time(nullptr));
+  struct time_case {
+    std::int64_t now_s;
+    bool verifies;
+  };
+  for (const time_case& t : {time_case{now, true}, time_case{now + 31 * 86400, false},
+                             time_case{now - 2 * 86400, false}, time_case{0, true}}) {
+    auto s = session::accept(server());
+    client_options options;
+    options.host = "mx.test.example";
+    options.verify = true;
+    options.now_s = t.now_s;
+    auto c = session::connect(client(pki().ca_cert), options);
+    wire w{*c, *s};
+    w.run();
+    if (t.verifies) {
+      EXPECT_EQ(c->state(), state::established) << t.now_s << ": " << c->error_detail();
+      EXPECT_TRUE(c->peer_verified());
+    } else {
+      EXPECT_EQ(c->state(), state::failed) << t.now_s;
+      EXPECT_EQ(c->error(), failure::certificate) << c->error_detail();
+    }
+  }
 }
 
 TEST(tls_session, version_floor) {
