@@ -586,11 +586,18 @@ core::result<void> store::pause_destination(const destination_pause& value,
   _journal_open->pauses.push_back(value);
   _journal_open->items.push_back(item);
   _journal_open->variable_bytes += bytes;
+  // Lagged, a crash could lose the firing's only record (the jobs it holds no longer carry
+  // the pause in their retry times).
+  _journal_open->urgent = true;
   return {};
 }
 
 std::vector<destination_pause> store::live_pauses(std::int64_t now_ms) {
   forget_expired_pauses(now_ms);
+  return pauses();
+}
+
+std::vector<destination_pause> store::pauses() const {
   std::vector<destination_pause> out;
   out.reserve(_pauses.size());
   for (const auto& [name, pause] : _pauses) out.push_back(pause);

@@ -172,8 +172,9 @@ class store {
   std::string_view bounce_reason(message_id id) const noexcept;
   // --- reply rules' destination pauses (recovery.h: destination_pause; issue 16) ---
   // Journals a destination's suspension, throttle or lift (kind lifted); the last one of a
-  // destination wins, and every snapshot carries the ones in force. Not waited for (no
-  // ticket): a lost record only ends the pause at a crash, as before. Forgets the pauses
+  // destination wins, and every snapshot carries the ones in force. Synced with the next
+  // flight (never lagged behind commits), but not waited for (no ticket): a lost record only
+  // ends the pause at a crash, as before. Forgets the pauses
   // expired at now_ms. EINVAL: empty name or longer than destination_name_bytes_max;
   // ENOBUFS: journal buffer full.
   core::result<void> pause_destination(const destination_pause& value,
@@ -181,6 +182,8 @@ class store {
   // The pauses in force at now_ms (recovered, or set since), by name; forgets expired ones,
   // so the next snapshot drops them.
   std::vector<destination_pause> live_pauses(std::int64_t now_ms);
+  // Every pause the store holds (recovered or set since), expired ones not yet forgotten too.
+  std::vector<destination_pause> pauses() const;
   // Envelope and body location of a queued message (one blocking pread of its commit
   // record; locate() + parse_commit() do the same through the ring).
   core::result<stored_message> read(message_id id) const;
