@@ -322,6 +322,7 @@ core::result<void> relay::start() noexcept {
   for (const auto& name : _state->live->suspended_at_start)
     if (owner_of(name, shards) == _state->peers.id())
       _state->scheduler.suspend(name, _state->owner.wall_ms());
+  _state->restore_pauses();  // before the recovered jobs: they are queued under the pauses
   _state->recover();
   return {};
 }
@@ -637,16 +638,13 @@ void relay::state::apply_rule_to(const std::string& destination,
   log.record("reply_rule").field("destination", destination).field("rule", rule.origin)
       .field("action", rule.action == config::reply_action::suspend ? "suspend" : "throttle")
       .field("until_ms", static_cast<std::uint64_t>(until)).field("reply", why.text);
+  const bool journaled = store.pause_destination(pause_of(destination, rule, until), now).ok();
   if (rule.action == config::reply_action::suspend) {
-    // Jobs waiting for a retry move to `until` without an attempt (no scheduler event): their
-    // homes are told here, like the ready ones through events, so the suspension survives a
-    // restart in the journal's retry times (bounded, as destination-wide deferrals are).
-    constexpr std::size_t jobs_reported_max = 1000;
+    // The journal's pause record holds the waiting jobs too (queue_job after a restart): one
+    // record per firing, not one per job. Without it (journal buffer full), each waiting
+    // job's home records `until` as its retry time instead, as before issue 16.
     std::vector<queue::job_view> waiting;
-    scheduler.list_jobs(destination, jobs_reported_max, waiting);
-    std::erase_if(waiting, [&](const queue::job_view& job) {
-      return job.next_attempt_ms <= now || job.next_attempt_ms >= until;
-    });
+    if (!journaled) waiting = jobs_waiting_within(destination, now, until);
     scheduler.pause(info.id, now, until, failure_of(why));
     drain_events(&why);
     // A job whose lifetime ends before `until` came out of the pause expired (bounced just
@@ -661,6 +659,99 @@ void relay::state::apply_rule_to(const std::string& destination,
   }
   throttles[destination] = throttle{until, rule.connections_max, rule.messages_per_second_max};
   scheduler.reshape(destination, shape_of(destination).limits);
+}
+
+// Jobs waiting for a retry between now and `until` (bounded, as destination-wide deferrals
+// are): a pause moves them without an attempt, so no scheduler event tells their homes.
+std::vector<queue::job_view> relay::state::jobs_waiting_within(const std::string& destination,
+                                                               std::int64_t now,
+                                                               std::int64_t until) const {
+  constexpr std::size_t jobs_reported_max = 1000;
+  std::vector<queue::job_view> waiting;
+  scheduler.list_jobs(destination, jobs_reported_max, waiting);
+  std::erase_if(waiting, [&](const queue::job_view& job) {
+    return job.next_attempt_ms <= now || job.next_attempt_ms >= until;
+  });
+  return waiting;
+}
+
+// ---- reply-rule pauses across a restart (issue 16)
+
+namespace {
+const queue::failure recovered_pause_failure{0, {4, 4, 5},
+                                             "destination suspended by a reply rule"};
+}  // namespace
+
+spool::destination_pause relay::state::pause_of(const std::string& destination,
+                                                const config::reply_rule_entry& rule,
+                                                std::int64_t until_ms) {
+  spool::destination_pause pause;
+  pause.destination = destination;
+  pause.until_ms = until_ms;
+  if (rule.action == config::reply_action::suspend) return pause;
+  pause.kind = spool::pause_kind::throttle;
+  pause.connections_max = rule.connections_max.value_or(0);
+  pause.messages_per_second_max = rule.messages_per_second_max.value_or(0);
+  return pause;
+}
+
+// The pauses this shard's journal kept go to their destinations' owners (another shard when
+// the shard count changed: the typed cross-shard post).
+void relay::state::restore_pauses() noexcept {
+  const auto shards = static_cast<unsigned>(config.shards ? config.shards->size() : 1);
+  for (auto& pause : store.live_pauses(owner.wall_ms())) {
+    const unsigned to = owner_of(pause.destination, shards);
+    if (to == peers.id()) {
+      restore_pause(pause);
+      continue;
+    }
+    send(to, shard::make_parcel<&on_pause_message>(
+                 std::make_unique<spool::destination_pause>(std::move(pause)), *config.shards));
+  }
+}
+
+void relay::state::on_pause_message(shard::mesh& target, std::vector<relay*>& shards,
+                                    std::unique_ptr<spool::destination_pause> pause) noexcept {
+  shards[target.id()]->_state->restore_pause(*pause);
+}
+
+// Owner side. The journal that kept it keeps carrying it in its snapshots until it expires
+// (another shard's, after a change of the shard count): a later restart finds it again.
+void relay::state::restore_pause(const spool::destination_pause& pause) noexcept {
+  const std::int64_t now = owner.wall_ms();
+  if (pause.until_ms <= now) return;
+  log.set_time(now);
+  log.record("reply_rule_recovered").field("destination", pause.destination)
+      .field("action", pause.kind == spool::pause_kind::throttle ? "throttle" : "suspend")
+      .field("until_ms", static_cast<std::uint64_t>(pause.until_ms));
+  if (pause.kind == spool::pause_kind::throttle) {
+    throttles[pause.destination] = throttle{
+        pause.until_ms,
+        pause.connections_max == 0 ? std::nullopt : std::optional(pause.connections_max),
+        pause.messages_per_second_max <= 0 ? std::nullopt
+                                           : std::optional(pause.messages_per_second_max)};
+    scheduler.reshape(pause.destination, shape_of(pause.destination).limits);
+    return;
+  }
+  queue::destination_info info;
+  if (scheduler.inspect(pause.destination, info)) {  // jobs came first (another shard's post)
+    scheduler.pause(info.id, now, pause.until_ms, recovered_pause_failure);
+    drain_events(nullptr);
+    return;
+  }
+  auto& until = recovered_pauses[pause.destination];
+  until = std::max(until, pause.until_ms);
+}
+
+// The end of a recovered suspension of `destination` still ahead (0: none). Once the
+// destination exists in the scheduler, queue_job hands the pause to it and forgets it here.
+std::int64_t relay::state::recovered_pause_until(const std::string& destination,
+                                                 std::int64_t now_ms) noexcept {
+  const auto found = recovered_pauses.find(destination);
+  if (found == recovered_pauses.end()) return 0;
+  if (found->second > now_ms) return found->second;
+  recovered_pauses.erase(found);
+  return 0;
 }
 
 void relay::state::expire_throttles(std::int64_t now_ms) noexcept {
@@ -699,10 +790,17 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
                        job->attempts, job->not_before_ms};
   // A destination a reply rule suspended: the job waits for the end (no attempt), and its
   // home records that time, so a restart meanwhile does not send it early.
+  // A suspension recovered from the journal holds it the same way (issue 16).
   queue::destination_info info;
-  const bool paused = shaping->has_reply_rules() && scheduler.inspect(job->destination, info) &&
-                      info.paused_until_ms > std::max(now, job->not_before_ms);
-  if (paused) spec.not_before_ms = info.paused_until_ms;
+  const std::int64_t recovered_until =
+      recovered_pauses.empty() ? 0 : recovered_pause_until(job->destination, now);
+  const std::int64_t paused_until =
+      std::max(recovered_until, (shaping->has_reply_rules() || recovered_until > 0) &&
+                                        scheduler.inspect(job->destination, info)
+                                    ? info.paused_until_ms
+                                    : 0);
+  const bool paused = paused_until > std::max(now, job->not_before_ms);
+  if (paused) spec.not_before_ms = paused_until;
   spec.held = (job->flags & spool::message_flag_held) != 0;  // an operator's hold, recovered
   const auto added = scheduler.add(job->destination, spec, now, queue::admission::forced);
   if (added.status != queue::add_status::added) {
@@ -721,6 +819,10 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   }
   if (!job->site.empty()) join_site(*job, added.destination);
   RINGMTA_ASSERT(added.jobs_added > 0);
+  if (recovered_until > 0) {  // the scheduler holds the pause from now on
+    recovered_pauses.erase(job->destination);
+    scheduler.pause(added.destination, now, recovered_until, recovered_pause_failure);
+  }
   metrics.queued_jobs.add(added.jobs_added);
   if ((job->flags & spool::message_flag_bounce) != 0)  // an operator's bounce, recovered
     return bounce_now(job->destination, message, job->bounce_reason, now);
@@ -731,7 +833,7 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
       r.index = index;
       r.kind = outcome_kind::deferred;
       r.attempts = job->attempts;
-      r.next_attempt_ms = info.paused_until_ms;
+      r.next_attempt_ms = paused_until;
       r.status = {4, 4, 5};
       r.text = fmt::format("destination {} suspended by a reply rule", job->destination);
       reports.push_back(std::move(r));

@@ -625,6 +625,21 @@ struct relay::state {
     std::optional<double> messages_per_second_max;
   };
   std::unordered_map<std::string, throttle> throttles;
+  // Suspensions the spool's journal kept across a restart (store::live_pauses), by destination,
+  // until the destination's first job arrives here: the scheduler has no destination before it
+  // (queue_job moves the pause into the scheduler then).
+  std::unordered_map<std::string, std::int64_t> recovered_pauses;
+  static spool::destination_pause pause_of(const std::string& destination,
+                                           const config::reply_rule_entry& rule,
+                                           std::int64_t until_ms);
+  std::vector<queue::job_view> jobs_waiting_within(const std::string& destination,
+                                                   std::int64_t now, std::int64_t until) const;
+  void restore_pauses() noexcept;  // start-up: this shard's journaled pauses, to their owners
+  void restore_pause(const spool::destination_pause& pause) noexcept;
+  static void on_pause_message(shard::mesh& target, std::vector<relay*>& shards,
+                               std::unique_ptr<spool::destination_pause> pause) noexcept;
+  std::int64_t recovered_pause_until(const std::string& destination,
+                                     std::int64_t now_ms) noexcept;
   const config::reply_rule_entry* rule_for(const std::string& destination,
                                            std::string_view reply) const noexcept;
   void apply_rule(const std::string& destination, const config::reply_rule_entry& rule,

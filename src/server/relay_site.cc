@@ -190,7 +190,10 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
 // together exceed the destination's connection limit (ringmta-sim seed 280203166620281).
 bool relay::state::queued_here(std::string_view destination) const noexcept {
   queue::destination_info info;
-  return scheduler.inspect(destination, info);
+  if (scheduler.inspect(destination, info)) return true;
+  // A suspension recovered from the journal (relay.cc restore_pause) holds its jobs here,
+  // where it is, until its first job makes the queue.
+  return !recovered_pauses.empty() && recovered_pauses.count(std::string(destination)) != 0;
 }
 
 // The site last learned for a domain, fresh or stale ("" when none).

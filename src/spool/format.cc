@@ -59,7 +59,7 @@ void encode_record(char* out, record_type type, message_id id, std::string_view 
 bool decode_header(const char* in, record_header& out) noexcept {
   if (load_le<std::uint32_t>(in) != magic) return false;
   const auto type = static_cast<std::uint8_t>(in[4]);
-  if (type < 1 || type > static_cast<std::uint8_t>(record_type::reason)) return false;
+  if (type < 1 || type > static_cast<std::uint8_t>(record_type::pause)) return false;
   out.type = static_cast<record_type>(type);
   out.payload_bytes = load_le<std::uint32_t>(in + 8);
   out.id = load_le<std::uint64_t>(in + 16);
@@ -120,6 +120,31 @@ action_payload decode_action(const char* in) noexcept {
   value.action = static_cast<std::uint8_t>(in[0]);
   value.seconds = load_le<std::int64_t>(in + 8);
   return value;
+}
+
+void encode_pause(const destination_pause& value, std::string& out) {
+  char fixed[pause_fixed_bytes] = {};
+  fixed[0] = static_cast<char>(value.kind);
+  store_le(fixed + 4, value.connections_max);
+  store_le(fixed + 8, value.until_ms);
+  store_le(fixed + 16, value.messages_per_second_max);
+  out.append(fixed, sizeof fixed);
+  out.append(value.destination);
+}
+
+bool decode_pause(std::string_view payload, destination_pause& out) {
+  if (payload.size() <= pause_fixed_bytes ||
+      payload.size() > pause_fixed_bytes + destination_name_bytes_max) {
+    return false;
+  }
+  const auto kind = static_cast<std::uint8_t>(payload[0]);
+  if (kind > static_cast<std::uint8_t>(pause_kind::throttle)) return false;
+  out.kind = static_cast<pause_kind>(kind);
+  out.connections_max = load_le<std::uint32_t>(payload.data() + 4);
+  out.until_ms = load_le<std::int64_t>(payload.data() + 8);
+  out.messages_per_second_max = load_le<double>(payload.data() + 16);
+  out.destination.assign(payload.substr(pause_fixed_bytes));
+  return true;
 }
 
 core::result<std::string> read_commit_record(int fd, std::uint64_t salt, std::uint64_t offset,

@@ -18,6 +18,7 @@
 #include "ringmta/core/result.h"
 
 #include "ringmta/spool/message_id.h"
+#include "ringmta/spool/recovery.h"
 
 namespace ringmta::spool::format {
 
@@ -35,6 +36,7 @@ enum class record_type : std::uint8_t {
   state = 6,     // journal: one recipient's delivery state (last one wins)
   action = 7,    // journal: an operator action on the whole message (hold, release, delete, bounce)
   reason = 8,    // journal: the operator's text for a message's bounce (right before its action record)
+  pause = 9,     // journal: a destination's reply-rule pause or throttle (last one wins; id 0)
 };
 
 struct record_header {
@@ -79,6 +81,11 @@ static_assert(action_payload_bytes == state_payload_bytes);
 // Payload of a reason record: the text itself (UTF-8, no terminator), 1 to
 // spool::bounce_reason_bytes_max octets (recovery.h).
 
+// Payload of a pause record (spool::destination_pause, recovery.h): u8 kind | u8[3] zero |
+// u32 connections_max | i64 until_ms | f64 messages_per_second_max (IEEE bits) | destination
+// (1 to destination_name_bytes_max octets). The record's message id is 0.
+inline constexpr std::uint32_t pause_fixed_bytes = 24;
+
 // Payload of a void_tail record.
 inline constexpr std::uint32_t void_payload_bytes = 16;  // u64 segment id, u64 valid end
 
@@ -105,6 +112,10 @@ void encode_state(const state_payload& value, char* out) noexcept;
 state_payload decode_state(const char* in) noexcept;
 void encode_action(const action_payload& value, char* out) noexcept;
 action_payload decode_action(const char* in) noexcept;
+// Appends a pause record's payload to `out`.
+void encode_pause(const destination_pause& value, std::string& out);
+// False when the payload is malformed (length, kind, name length).
+bool decode_pause(std::string_view payload, destination_pause& out);
 
 // Checks a commit record of `id` read from `offset` (header + payload) and returns its
 // payload (a view into `record`); EBADMSG when it does not verify.

@@ -240,6 +240,7 @@ struct scan_context {
   message_entries messages;  // ascending id, after build_messages
   std::vector<journal_seen> journal;    // every state and action record, in journal order
   std::vector<reason_seen> reasons;     // every reason record, in journal order
+  std::vector<destination_pause> pauses;  // every pause record, in journal order
   void problem(const std::string& text) {
     auto& problems = state->report.problems;
     if (problems.size() < problems_max) problems.push_back(text);
@@ -398,6 +399,14 @@ void on_journal_record(scan_context& ctx, std::uint32_t journal, const record_vi
     ctx.reasons.push_back(reason_seen{record.header.id, std::string(record.payload)});
     return;
   }
+  if (record.header.type == format::record_type::pause) {
+    destination_pause pause;
+    if (format::decode_pause(record.payload, pause)) {
+      ++ctx.state->report.pause_records;
+      ctx.pauses.push_back(std::move(pause));
+      return;
+    }
+  }
   if (record.header.type != format::record_type::state ||
       record.payload.size() != format::state_payload_bytes) {
     ctx.problem("journal " + std::to_string(journal) + ": unexpected record at " +
@@ -469,6 +478,21 @@ void keep_bounce_reasons(scan_context& ctx, recovered_state& state) {
       state.bounce_reasons.emplace_back(reasons[i].id, std::move(reasons[i].text));
   }
   std::vector<reason_seen>().swap(reasons);
+}
+
+// The last pause record of each destination (journals are scanned in id order, records in
+// file order: the last one read is the newest), unless it lifted the pause.
+void keep_pauses(scan_context& ctx, recovered_state& state) {
+  auto& pauses = ctx.pauses;
+  std::stable_sort(pauses.begin(), pauses.end(),
+                   [](const destination_pause& a, const destination_pause& b) {
+                     return a.destination < b.destination;
+                   });
+  for (std::size_t i = 0; i < pauses.size(); ++i) {
+    if (i + 1 < pauses.size() && pauses[i + 1].destination == pauses[i].destination) continue;
+    if (pauses[i].kind != pause_kind::lifted) state.pauses.push_back(std::move(pauses[i]));
+  }
+  std::vector<destination_pause>().swap(pauses);
 }
 
 // A file of the shard's directory, stat'ed once before any is read (the scan's vectors are
@@ -804,6 +828,7 @@ core::result<recovered_state> recover(const std::string& shard_directory, std::u
   }
   settle_messages(ctx, incomplete);
   keep_bounce_reasons(ctx, state);
+  keep_pauses(ctx, state);
   state.messages = std::move(ctx.messages);  // ascending id already (build_messages)
   return state;
 }

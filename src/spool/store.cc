@@ -76,6 +76,7 @@ store::store(store_config config, recovered_state recovered)
   }
   _index = message_index(std::move(recovered.messages));
   for (auto& [id, reason] : recovered.bounce_reasons) _bounce_reasons[id] = std::move(reason);
+  for (auto& pause : recovered.pauses) _pauses[pause.destination] = std::move(pause);
   _snapshot_needed = true;  // start-up compacts the journals into a fresh one
   request_segment();
   request_journal();
@@ -494,7 +495,7 @@ std::string_view store::bounce_reason(message_id id) const noexcept {
 
 bool store::journal_has_room(std::uint64_t record_bytes) const noexcept {
   const std::uint64_t open = _journal_open->items.size() * std::uint64_t{state_record_bytes} +
-                             _journal_open->reason_bytes;
+                             _journal_open->variable_bytes;
   return open + record_bytes <= _config.journal_buffered_bytes_max;
 }
 
@@ -558,7 +559,7 @@ core::result<std::uint64_t> store::act(message_id id, message_action action,
     _bounce_reasons[id] = std::string(reason);
     item.type = format::record_type::reason;
     _journal_open->items.push_back(item);
-    _journal_open->reason_bytes += reason_bytes;
+    _journal_open->variable_bytes += reason_bytes;
   }
   item.type = format::record_type::action;
   item.action.action = static_cast<std::uint8_t>(action);
@@ -568,6 +569,43 @@ core::result<std::uint64_t> store::act(message_id id, message_action action,
   const std::uint64_t ticket = _next_ticket++;
   _journal_open->tickets.emplace_back(ticket, id);
   return ticket;
+}
+
+core::result<void> store::pause_destination(const destination_pause& value,
+                                            std::int64_t now_ms) noexcept {
+  if (value.destination.empty() || value.destination.size() > destination_name_bytes_max)
+    return core::fail(EINVAL);
+  const std::uint64_t bytes = format::pause_fixed_bytes + value.destination.size();
+  if (!journal_has_room(state_record_bytes + bytes)) return core::fail(ENOBUFS);
+  forget_expired_pauses(now_ms);
+  if (value.kind == pause_kind::lifted) _pauses.erase(value.destination);
+  else _pauses[value.destination] = value;
+  journal_item item;
+  item.type = format::record_type::pause;
+  item.id = _journal_open->pauses.size();
+  _journal_open->pauses.push_back(value);
+  _journal_open->items.push_back(item);
+  _journal_open->variable_bytes += bytes;
+  // Lagged, a crash could lose the firing's only record (the jobs it holds no longer carry
+  // the pause in their retry times).
+  _journal_open->urgent = true;
+  return {};
+}
+
+std::vector<destination_pause> store::live_pauses(std::int64_t now_ms) {
+  forget_expired_pauses(now_ms);
+  return pauses();
+}
+
+std::vector<destination_pause> store::pauses() const {
+  std::vector<destination_pause> out;
+  out.reserve(_pauses.size());
+  for (const auto& [name, pause] : _pauses) out.push_back(pause);
+  return out;
+}
+
+void store::forget_expired_pauses(std::int64_t now_ms) noexcept {
+  std::erase_if(_pauses, [&](const auto& entry) { return entry.second.until_ms <= now_ms; });
 }
 
 core::result<commit_view> decode_commit(std::string_view payload) {

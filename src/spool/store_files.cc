@@ -175,14 +175,13 @@ void append_journal_record(std::string& out, format::record_type type, message_i
   out.append(record, sizeof record);
 }
 
-// A reason record: the operator's text for a bounce, as its payload.
-void append_reason_record(std::string& out, message_id id, std::string_view reason,
-                          std::uint64_t salt, std::uint64_t offset) {
+// A record of variable length (reason, pause): header, then `payload` as given.
+void append_sized_record(std::string& out, format::record_type type, message_id id,
+                         std::string_view payload, std::uint64_t salt, std::uint64_t offset) {
   char header[format::header_bytes];
-  format::encode_record(header, format::record_type::reason, id, reason,
-                        format::seed(salt, offset + out.size()));
+  format::encode_record(header, type, id, payload, format::seed(salt, offset + out.size()));
   out.append(header, sizeof header);
-  out.append(reason);
+  out.append(payload);
 }
 
 }  // namespace
@@ -191,14 +190,28 @@ void append_reason_record(std::string& out, message_id id, std::string_view reas
 void store::encode_reason(std::string& out, message_id id, std::uint64_t salt,
                           std::uint64_t offset) const {
   const std::string_view reason = bounce_reason(id);
-  if (!reason.empty()) append_reason_record(out, id, reason, salt, offset);
+  if (!reason.empty())
+    append_sized_record(out, format::record_type::reason, id, reason, salt, offset);
+}
+
+// A pause record (message id 0: it names a destination, not a message).
+void store::encode_pause(std::string& out, const destination_pause& value, std::uint64_t salt,
+                         std::uint64_t offset) const {
+  std::string payload;  // few: one per destination a reply rule paused
+  format::encode_pause(value, payload);
+  append_sized_record(out, format::record_type::pause, 0, payload, salt, offset);
 }
 
 void store::encode_journal_items(std::string& out, std::uint64_t salt,
                                  std::uint64_t offset) const {
-  for (const auto& item : _flight->journal.items) {
+  const auto& batch = _flight->journal;
+  for (const auto& item : batch.items) {
     if (item.type == format::record_type::reason) {
       encode_reason(out, item.id, salt, offset);
+      continue;
+    }
+    if (item.type == format::record_type::pause) {
+      encode_pause(out, batch.pauses[item.id], salt, offset);
       continue;
     }
     append_journal_record(out, item.type, item.id, salt, offset, [&](char* payload) {
@@ -227,6 +240,9 @@ void store::encode_snapshot(std::string& out, std::uint64_t salt, std::uint64_t 
     }
     encode_flag_actions(out, id, entry.flags, salt, offset);
   }
+  // Expired ones were forgotten when a pause was last set or listed (the store has no clock);
+  // recovery's reader drops any left (store::live_pauses).
+  for (const auto& [name, pause] : _pauses) encode_pause(out, pause, salt, offset);
 }
 
 // The action records that restore a message's flags (after its state records, as in the

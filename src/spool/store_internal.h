@@ -98,8 +98,9 @@ struct store::segment_batch {
   std::uint64_t bytes = 0;
 };
 
-// A state record, an action record (type action: `action` is its payload) or a reason record
-// (type reason: the text is the store's _bounce_reasons entry of `id` when it is encoded).
+// A state record, an action record (type action: `action` is its payload), a reason record
+// (type reason: the text is the store's _bounce_reasons entry of `id` when it is encoded) or a
+// pause record (type pause: `id` indexes the batch's pauses).
 struct journal_item {
   message_id id = 0;
   format::state_payload state;
@@ -111,14 +112,17 @@ struct store::journal_batch {
   std::vector<journal_item> items;
   std::vector<ticket_ref> tickets;
   std::vector<message_id> finals;  // became final in memory, durable with this batch
-  std::uint64_t reason_bytes = 0;  // the reason records' (the others are state_record_bytes)
+  std::vector<destination_pause> pauses;  // the pause records' payloads
+  // the reason and pause records' (each of the others is state_record_bytes)
+  std::uint64_t variable_bytes = 0;
   bool urgent = false;  // holds an action record: synced with the next flight, never lagged
   bool empty() const noexcept { return items.empty() && tickets.empty() && finals.empty(); }
   void clear() noexcept {  // keeps the vectors' capacity
     items.clear();
     tickets.clear();
     finals.clear();
-    reason_bytes = 0;
+    variable_bytes = 0;
+    pauses.clear();
     urgent = false;
   }
 };

@@ -271,6 +271,13 @@ std::string shaping::check_pause(const std::string& destination, std::string_vie
     _paused.erase(found);
     return {};
   }
+  if (found->second.restarted && found->second.journaled) {
+    if (found->second.released_keys.count(std::string(key)) != 0) return {};
+    return fmt::format("{} for {} arrived {} ms before the reply rule's pause of {} ended, "
+                       "after a restart that recovered the pause from the journal", key,
+                       recipients.front(), (found->second.until_ns - now_ns) / 1'000'000,
+                       destination);
+  }
   if (found->second.restarted) {
     for (const auto& rcpt : recipients) {
       if (found->second.recovered.count({std::string(key), rcpt}) == 0) continue;
@@ -301,7 +308,7 @@ std::string shaping::on_connect(const std::string& destination, std::uint32_t op
 }
 
 void shaping::forget_pauses() {
-  for (auto& [name, p] : _paused) p = pause{p.until_ns, {}, 0, true, {}};
+  for (auto& [name, p] : _paused) p = pause{p.until_ns, {}, 0, true, {}, false, {}};
 }
 
 std::vector<std::string> shaping::kept_pauses() const {
@@ -317,13 +324,19 @@ std::vector<std::string> shaping::kept_pauses() const {
 // with its earlier time and may go; that the relay reports every move is PAUSE NOT JOURNALED,
 // sim_delivery.cc.)
 void shaping::restart_pauses(const std::string& destination,
-                             const std::vector<recovered_slot>& deferred, std::int64_t now_ns) {
+                             const std::vector<recovered_slot>& deferred, std::int64_t now_ns,
+                             std::int64_t journaled_until_ns) {
   const auto found = _paused.find(destination);
   if (found == _paused.end()) return;
   pause& p = found->second;
   if (now_ns >= p.until_ns) {
     _paused.erase(found);
     return;
+  }
+  // A later restart without it (its snapshot kept it: never) keeps what the earlier one saw.
+  if (journaled_until_ns >= p.until_ns && !p.journaled) {
+    p.journaled = true;
+    ++_journaled_kept;
   }
   for (const auto& [key, rcpt, retry_ns] : deferred) {
     if (retry_ns < p.until_ns || !p.recovered.emplace(key, rcpt).second) continue;
@@ -334,6 +347,8 @@ void shaping::restart_pauses(const std::string& destination,
 void shaping::released(const std::string& destination, const std::string& key) {
   for (auto& [name, p] : _paused) {
     if (!destination.empty() && name != destination) continue;
+    if (key.empty()) p.journaled = false;  // a flush: everything may go
+    else p.released_keys.insert(key);
     std::erase_if(p.recovered, [&](const auto& slot) { return key.empty() || slot.first == key; });
   }
 }

@@ -11,11 +11,13 @@
 //   capped at the new burst).
 // - PAUSE IGNORED: after a reply rule's `suspend` fired for a destination (the relay's
 //   "reply_rule" record), no transaction reaches its MTAs until the pause ends, but those on
-//   the wire when it fired. Across a restart the daemon keeps the pause only in the retry
-//   times of the jobs it moved (journaled, relay.cc apply_rule_to): new mail may go at once,
-//   but a recipient recovered deferred to the pause's end (or later) goes no earlier than the
-//   end, unless the operator flushed, retried or released it since. That every job the pause
-//   holds is reported so is PAUSE NOT JOURNALED (sim_delivery.cc).
+//   the wire when it fired. Across a restart the daemon keeps the pause as one journal record
+//   (issue 16: store::pause_destination): when a spool recovered it, no mail at all goes to
+//   the destination before the end, old or ARRIVING after the restart, unless the operator
+//   flushed it or retried/released the message since. When the record was lost (a crash
+//   before its batch was durable), or the journal had no room (the relay then reports each
+//   job the pause moved, PAUSE NOT JOURNALED in sim_delivery.cc), only a recipient recovered
+//   deferred to the pause's end (or later) must wait.
 // - THROTTLE: after a rule's `throttle` fired, until its end (or a restart: the daemon keeps
 //   throttles in memory), the destination's rate is the lower of its own and the rule's, and
 //   its connections at most the rule's connections_max or as many as the relay had open or
@@ -125,8 +127,11 @@ class shaping {
   // destination recovered deferred; those deferred to a kept pause's last second or later
   // must wait for its end.
   using recovered_slot = std::tuple<std::string, std::string, std::int64_t>;
+  // `journaled_until_ns`: the end of the destination's pause a spool recovered (0: none).
   void restart_pauses(const std::string& destination,
-                      const std::vector<recovered_slot>& deferred, std::int64_t now_ns);
+                      const std::vector<recovered_slot>& deferred, std::int64_t now_ns,
+                      std::int64_t journaled_until_ns);
+  std::uint64_t journaled_pauses_kept() const { return _journaled_kept; }
   std::vector<std::string> kept_pauses() const;
   // The operator flushed `destination` (empty: every one) or retried/released the message
   // `key`: its recipients may go now.
@@ -170,7 +175,12 @@ class shaping {
     // After a restart: only these (key, recipient) are held (their journaled retry times).
     bool restarted = false;
     std::set<std::pair<std::string, std::string>> recovered;
+    // After a restart that recovered the pause's record: everything is held, but the messages
+    // the operator retried or released (by key) since.
+    bool journaled = false;
+    std::set<std::string> released_keys;
   };
+  std::uint64_t _journaled_kept = 0;
   std::map<std::string, pause> _paused;
   std::uint64_t _restart_checked = 0;
   struct throttle {

@@ -60,6 +60,7 @@ struct recovery_report {
   std::uint64_t state_records = 0;
   std::uint64_t action_records = 0;     // operator actions (hold, release, delete, bounce)
   std::uint64_t reason_records = 0;     // the operator's reasons given with bounces
+  std::uint64_t pause_records = 0;      // reply rules' destination pauses and throttles
   std::uint64_t torn_tails = 0;         // non-zero bytes after the last record of a file
   std::uint64_t corrupt_regions = 0;    // unverifiable bytes followed by verifying records
   std::uint64_t voided_messages = 0;    // written by a batch whose write failed
@@ -72,6 +73,24 @@ struct recovery_report {
 // reason to 200 octets; the limit leaves room and bounds what recovery keeps per message.
 inline constexpr std::size_t bounce_reason_bytes_max = 1024;
 
+// A destination's suspension or throttle set by a [[reply_rule]] (store::pause_destination),
+// journaled so that "suspended for 10 min" means 10 min across a restart (issue 16). One
+// record per firing, not one per waiting job; the last record of a destination wins, and a
+// snapshot carries only the unexpired ones. until_ms is wall-clock milliseconds: the queue's
+// own unit, so a job recovered under the pause waits for exactly the moment the live pause
+// ends (seconds would let it go up to 999 ms early, into the 421 again).
+enum class pause_kind : std::uint8_t { lifted = 0, suspend = 1, throttle = 2 };
+struct destination_pause {
+  std::string destination;  // the scheduler's name ("example.com", "example.com@ip2")
+  pause_kind kind = pause_kind::suspend;
+  std::int64_t until_ms = 0;
+  std::uint32_t connections_max = 0;      // throttle: 0 = not lowered
+  double messages_per_second_max = 0;     // throttle: 0 = not lowered
+  bool operator==(const destination_pause&) const = default;
+};
+// A domain (RFC 1035: 255 octets) plus an egress source's name, with room to spare.
+inline constexpr std::size_t destination_name_bytes_max = 512;
+
 struct recovered_state {
   std::uint32_t shard = 0;
   std::vector<recovered_file> segments;  // ascending id
@@ -79,6 +98,9 @@ struct recovered_state {
   message_entries messages;  // status queued or final, ascending id (the store adopts them)
   // The operator's reason of each queued message's pending bounce that was given one.
   std::vector<std::pair<message_id, std::string>> bounce_reasons;
+  // The last pause record of each destination (not lifted), expired ones included: recovery
+  // has no clock (the simulator's is not the wall's); store::live_pauses drops them.
+  std::vector<destination_pause> pauses;
   message_id id_floor = 0;
   std::uint32_t next_file_id = 1;
   recovery_report report;

@@ -170,6 +170,20 @@ class store {
   // The reason of a message's journaled bounce ("" when none); kept until the message leaves
   // the index.
   std::string_view bounce_reason(message_id id) const noexcept;
+  // --- reply rules' destination pauses (recovery.h: destination_pause; issue 16) ---
+  // Journals a destination's suspension, throttle or lift (kind lifted); the last one of a
+  // destination wins, and every snapshot carries the ones in force. Synced with the next
+  // flight (never lagged behind commits), but not waited for (no ticket): a lost record only
+  // ends the pause at a crash, as before. Forgets the pauses
+  // expired at now_ms. EINVAL: empty name or longer than destination_name_bytes_max;
+  // ENOBUFS: journal buffer full.
+  core::result<void> pause_destination(const destination_pause& value,
+                                       std::int64_t now_ms) noexcept;
+  // The pauses in force at now_ms (recovered, or set since), by name; forgets expired ones,
+  // so the next snapshot drops them.
+  std::vector<destination_pause> live_pauses(std::int64_t now_ms);
+  // Every pause the store holds (recovered or set since), expired ones not yet forgotten too.
+  std::vector<destination_pause> pauses() const;
   // Envelope and body location of a queued message (one blocking pread of its commit
   // record; locate() + parse_commit() do the same through the ring).
   core::result<stored_message> read(message_id id) const;
@@ -250,6 +264,9 @@ class store {
   void encode_journal_items(std::string& out, std::uint64_t salt, std::uint64_t offset) const;
   void encode_reason(std::string& out, message_id id, std::uint64_t salt,
                      std::uint64_t offset) const;
+  void encode_pause(std::string& out, const destination_pause& value, std::uint64_t salt,
+                    std::uint64_t offset) const;
+  void forget_expired_pauses(std::int64_t now_ms) noexcept;
   void remove_unneeded_files() noexcept;
   std::uint64_t placeable_bytes() const noexcept;
   std::uint64_t salt_for(std::uint32_t file_id, bool journal) const noexcept;
@@ -294,6 +311,8 @@ class store {
   message_index _index;
   // The operator's reasons of journaled bounces, by message (few: an operator's actions).
   std::unordered_map<message_id, std::string> _bounce_reasons;
+  // Reply rules' pauses by destination (few: one per destination a rule fired for).
+  std::map<std::string, destination_pause, std::less<>> _pauses;
   std::vector<pending_message> _pending;
   std::vector<std::uint32_t> _pending_free;
   std::vector<void_mark> _voids;

@@ -11,7 +11,8 @@ Reply rules ([[reply_rule]], RE2): a scripted server answers y.test's DATA with 
 "421 4.7.0 [TSS04]": y.test is suspended for an hour (one attempt, though its retry schedule
 says 1 s) while d.test keeps delivering; a 452 "over quota" for w.test bounces at once.
 SIGHUP reloads [[shaping]] (a new EHLO name on the next connections), and a restart keeps
-y.test's jobs waiting for the end of the suspension.
+y.test's jobs waiting for the end of the suspension; after a SIGKILL and a restart (the
+suspension's journal record, issue 16) mail ARRIVING for y.test waits for its end too.
 usage: test_shaping.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT SCRIPTED_SINK"""
 import collections
 import json
@@ -265,6 +266,26 @@ now_ms = time.time() * 1000
 tap.ok(listed and listed[0]["next_attempt_ms"] > now_ms + 30 * 60 * 1000,
        "after a restart y.test's two jobs still wait for the suspension's end", listed[:1])
 # y.test's own retry schedule is 1 s: three seconds without a MAIL show nothing went early.
+time.sleep(3)
+tap.ok(scripted_stats()["mail"] == mail_commands, "and no attempt was made meanwhile",
+       scripted_stats()["mail"])
+
+# --- SIGKILL, restart: the suspension is a journal record (issue 16), so NEW mail for y.test
+# waits for its end as well (before, it went at once and drew the 421 again).
+restarted.kill()
+restarted = Daemon(ringmta, spool=daemon.spool,
+                   args=["--config", config, "--resolver", dns.address, "--delivery-port",
+                         str(port), "--retry-schedule", "1h", "--timeout-connect", "2s"]).start()
+recovered = wait_until(lambda: [e for e in restarted.events("reply_rule_recovered")
+                                if e["destination"] == "y.test"], 20)
+tap.ok(recovered and recovered[0]["action"] == "suspend" and
+       recovered[0]["until_ms"] > now_ms + 30 * 60 * 1000,
+       "after a SIGKILL the restart recovers y.test's suspension from the journal", recovered[:1])
+with smtplib.SMTP("127.0.0.1", restarted.port, timeout=30) as client:
+    client.sendmail("s@sender.test", ["u3@y.test"], b"Subject: y3\r\n\r\nbody\r\n")
+listed = wait_until(lambda: [d for d in y_jobs() if d["scheduled"] == 3], 20)
+tap.ok(listed and listed[0]["next_attempt_ms"] > now_ms + 30 * 60 * 1000,
+       "mail arriving after the restart waits for the suspension's end too", listed[:1])
 time.sleep(3)
 tap.ok(scripted_stats()["mail"] == mail_commands, "and no attempt was made meanwhile",
        scripted_stats()["mail"])

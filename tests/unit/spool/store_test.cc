@@ -520,6 +520,119 @@ TEST(spool_store, bounce_reasons_survive_restarts_and_snapshots) {
   }
 }
 
+destination_pause make_pause(std::string name, pause_kind kind, std::int64_t until_ms) {
+  destination_pause value;
+  value.destination = std::move(name);
+  value.kind = kind;
+  value.until_ms = until_ms;
+  return value;
+}
+
+std::map<std::string, destination_pause> pauses_by_name(store& core, std::int64_t now_ms) {
+  std::map<std::string, destination_pause> out;
+  for (auto& pause : core.live_pauses(now_ms)) out[pause.destination] = pause;
+  return out;
+}
+
+// A reply rule's pause or throttle is one journal record per firing (issue 16): recovered
+// after a restart (the last one of a destination wins, a lift removes it), carried by the
+// start-up snapshot and by a compaction's, which drop the expired ones.
+TEST(spool_store, destination_pauses_survive_restarts_and_compactions) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  config.journal_bytes = 16u << 10;  // compacted after a few hundred marks
+  destination_pause throttled = make_pause("b.example@ip2", pause_kind::throttle, 20'000);
+  throttled.connections_max = 2;
+  throttled.messages_per_second_max = 1.5;
+  const destination_pause longest =
+      make_pause(std::string(destination_name_bytes_max, 'n'), pause_kind::suspend, 30'000);
+  message_id id = 0;
+  {
+    auto spool = open_spool(config);
+    id = commit_one(*spool, 1000, 2, 0);
+    auto& core = spool->core();
+    EXPECT_EQ(core.pause_destination(make_pause("", pause_kind::suspend, 9), 0).error(), EINVAL);
+    auto too_long = longest;
+    too_long.destination += 'n';
+    EXPECT_EQ(core.pause_destination(too_long, 0).error(), EINVAL);
+    ASSERT_TRUE(core.pause_destination(make_pause("a.example", pause_kind::suspend, 10'000), 0).ok());
+    ASSERT_TRUE(core.pause_destination(throttled, 0).ok());
+    ASSERT_TRUE(core.pause_destination(make_pause("c.example", pause_kind::suspend, 500), 0).ok());
+    ASSERT_TRUE(core.pause_destination(make_pause("d.example", pause_kind::suspend, 9000), 0).ok());
+    ASSERT_TRUE(core.pause_destination(make_pause("d.example", pause_kind::lifted, 0), 0).ok());
+    ASSERT_TRUE(core.pause_destination(make_pause("a.example", pause_kind::suspend, 12'000), 0).ok());
+    ASSERT_TRUE(core.pause_destination(longest, 0).ok());
+    spool->flush();
+  }
+  for (int restart = 0; restart < 3; ++restart) {
+    auto spool = open_spool(config);
+    EXPECT_TRUE(spool->report().problems.empty()) << spool->report().problems.front();
+    auto& core = spool->core();
+    if (restart == 0) {
+      EXPECT_EQ(spool->report().pause_records, 7u);
+      EXPECT_EQ(pauses_by_name(core, 0).count("c.example"), 1u) << "recovery has no clock";
+    }
+    if (restart == 2) {
+      EXPECT_EQ(spool->report().pause_records, 3u) << "the compaction dropped the expired one";
+    }
+    auto live = pauses_by_name(core, 1000);  // c.example has expired: forgotten
+    ASSERT_EQ(live.size(), 3u);
+    EXPECT_EQ(live["a.example"], make_pause("a.example", pause_kind::suspend, 12'000));
+    EXPECT_EQ(live["b.example@ip2"], throttled);
+    EXPECT_EQ(live[longest.destination], longest);
+    if (restart == 1) {  // marks until the journal is compacted while the store runs
+      const auto before = core.stats().journal_snapshots;
+      for (std::uint32_t attempt = 1; core.stats().journal_snapshots == before; ++attempt) {
+        ASSERT_LT(attempt, 5000u) << "no compaction";
+        ASSERT_TRUE(spool->mark(id, 1, {recipient_state::deferred, attempt, 9000}).ok());
+        spool->flush();
+      }
+    }
+  }
+}
+
+// A torn last pause record is lost (that firing's pause ends at the crash, as before the
+// record existed); the ones before it stand.
+TEST(spool_store, torn_pause_record_keeps_the_earlier_ones) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  {
+    auto spool = open_spool(config);
+    ASSERT_TRUE(spool->core().pause_destination(
+        make_pause("a.example", pause_kind::suspend, 10'000), 0).ok());
+    spool->flush();
+    ASSERT_TRUE(spool->core().pause_destination(
+        make_pause("a.example", pause_kind::suspend, 50'000), 0).ok());
+    ASSERT_TRUE(spool->core().pause_destination(
+        make_pause("z.example", pause_kind::suspend, 50'000), 0).ok());
+    spool->flush();
+  }
+  // Journals are preallocated: tear the last record where it ends (recovery says where), as a
+  // crash in the middle of its write would.
+  std::uint64_t end = 0;
+  std::uint32_t journal = 0;
+  {
+    auto recovered = recover(dir.shard(0), 0);
+    ASSERT_TRUE(recovered.ok());
+    for (const auto& file : recovered.value().journals) {
+      if (file.valid_bytes > end) std::tie(end, journal) = std::pair(file.valid_bytes, file.id);
+    }
+  }
+  {
+    const std::string path = dir.shard(0) + "/" + journal_file_name(journal);
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    const char flipped = 0x5a;
+    ASSERT_EQ(::pwrite(fd, &flipped, 1, static_cast<off_t>(end - 1)), 1);
+    ::close(fd);
+  }
+  auto spool = open_spool(config);
+  EXPECT_EQ(spool->report().torn_tails, 1u);
+  auto live = pauses_by_name(spool->core(), 0);
+  ASSERT_EQ(live.size(), 1u) << "z.example's record was torn";
+  EXPECT_EQ(live["a.example"].until_ms, 50'000) << "a.example's second record was whole";
+}
+
 TEST(spool_store, ids_unique_across_restarts_and_shards) {
   temp_dir dir;
   std::set<message_id> seen;
