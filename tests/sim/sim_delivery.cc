@@ -410,14 +410,6 @@ struct delivery::state {
   void suspend(std::string_view destination);
   void note_in_flight(const std::string& destination);
   std::set<std::pair<std::string, std::string>> on_wire(const std::string& destination);
-  // The (key, recipient) of the shards' listed jobs at `destination` (`active`: on the wire;
-  // else queued, not held, due by `until_ms`, by message id: two DSNs may share a key).
-  std::set<std::pair<std::string, std::string>> listed(const std::string& destination,
-                                                       bool active, std::int64_t until_ms,
-                                                       std::size_t* jobs = nullptr);
-  void check_pause_journaled(const std::string& destination, std::uint64_t process);
-  void note_moved(std::string_view event, spool::message_id id, std::string_view to,
-                  std::string_view line);
   void check_suspension(const remote_peer& h);
   void check_pause(const remote_peer& h);
   void on_reply_rule(std::string_view line);
@@ -526,15 +518,6 @@ struct delivery::state {
   std::uint64_t told_tss04_unnamed = 0;  // recipients of transactions told before their body
   void told_tss04_early(const remote_peer& h);
   std::set<std::pair<std::string, std::string>> bounced_now;
-  // PAUSE NOT JOURNALED: per destination a reply rule paused in this process, the (message id
-  // in hex, recipient) queued there (not on the wire) when it fired, until the relay logs each one
-  // deferred to the pause's end (retry_at_s, as its home journals it) or settled.
-  struct pause_moves {
-    std::int64_t until_ms = 0;
-    std::set<std::pair<std::string, std::string>> unreported;
-  };
-  std::map<std::string, pause_moves> moves;
-  std::uint64_t process_number = 0;  // a crash: the reports on their way are lost
 };
 
 delivery::state::state(world& owner, std::uint64_t seed)
@@ -1400,39 +1383,22 @@ void delivery::state::note_in_flight(const std::string& destination) {
 // the run it checks, and cost more than the rest of the run's checks (s13-simspeed).
 std::set<std::pair<std::string, std::string>> delivery::state::on_wire(
     const std::string& destination) {
-  return listed(destination, true, 0);
-}
-
-std::set<std::pair<std::string, std::string>> delivery::state::listed(
-    const std::string& destination, bool active, std::int64_t until_ms, std::size_t* jobs) {
   std::set<std::pair<std::string, std::string>> allowed;
   for (auto* shard : *relays) {
-    // On the wire: only the destination's in-flight jobs are listed (their count first), so
-    // the relay reads no evicted envelope back for them (s13-simspeed). The queued ones
-    // (PAUSE NOT JOURNALED) need the whole listing.
-    std::size_t limit = 100'000;
-    if (active) {
-      limit = 0;
-      for (const auto& d : nlohmann::json::parse(shard->destinations_json(100'000))) {
-        if (d.at("destination") == destination) limit = d.at("in_flight").get<std::size_t>();
-      }
-      if (limit == 0) continue;
+    std::size_t in_flight = 0;
+    for (const auto& d : nlohmann::json::parse(shard->destinations_json(100'000))) {
+      if (d.at("destination") == destination) in_flight = d.at("in_flight").get<std::size_t>();
     }
-    for (const auto& job : nlohmann::json::parse(shard->jobs_json(destination, limit))) {
-      if (jobs != nullptr) ++*jobs;
-      const bool on_wire = job.at("state") == "active";
-      if (on_wire != active || job.at("state") == "held" ||
-          (!active && job.at("next_attempt_ms").get<std::int64_t>() > until_ms)) {
-        continue;
-      }
+    if (in_flight == 0) continue;
+    for (const auto& job : nlohmann::json::parse(shard->jobs_json(destination, in_flight))) {
+      if (job.at("state") != "active") continue;
       const auto id = std::strtoull(job.at("id").get<std::string>().c_str(), nullptr, 16);
       const auto found = ledger.find(id);
       if (found == ledger.end()) continue;
       for (const auto& recipient : job.at("recipients")) {
         const auto index = recipient.at("index").get<std::size_t>();
         if (index < found->second.recipients.size())
-          allowed.emplace(active ? found->second.key : job.at("id").get<std::string>(),
-                          found->second.recipients[index]);
+          allowed.emplace(found->second.key, found->second.recipients[index]);
       }
     }
   }
@@ -1503,41 +1469,9 @@ void delivery::state::on_reply_rule(std::string_view line) {
                    destination, (until_ns - w.clock().now_ns()) / ms_ns, allowed.size()));
   ++w.counters().rules_fired;
   shape.on_pause(destination, until_ns, std::move(allowed));
-  // Issue 16: the pause is one journal record (sim_shaping.h, PAUSE IGNORED across restarts);
-  // the relay reports each job it moved only when the journal had no room for it, which the
-  // simulation cannot see from here: PAUSE NOT JOURNALED is not armed.
-}
-
-// relay.cc apply_rule_to: the jobs a pause holds are reported deferred to its end, so that
-// their homes journal it and a restart meanwhile keeps them waiting (PAUSE IGNORED across
-// restarts checks that the new process does). One the relay holds but never reported would go
-// at once after a crash: PAUSE NOT JOURNALED, checked a little later (no crash between: a
-// crash loses the reports on their way to another shard).
-void delivery::state::check_pause_journaled(const std::string& destination,
-                                            std::uint64_t process) {
-  const auto found = moves.find(destination);
-  if (found == moves.end() || process != process_number) return;
-  const pause_moves done = std::move(found->second);
-  moves.erase(found);
-  w.counters().pause_moves_checked += 1;
-  if (done.unreported.empty()) return;
-  const auto& [id, rcpt] = *done.unreported.begin();
-  w.fail(fmt::format("PAUSE NOT JOURNALED: {} for {} was queued at {} when a reply rule paused "
-                     "it until {} ms, and the relay never recorded its deferral to the pause's "
-                     "end ({} such recipient(s)): a restart would send it early", id, rcpt,
-                     destination, done.until_ms - epoch_seconds * 1000, done.unreported.size()));
-}
-
-// A relay record about (id, to): a deferral to a pause's end, or an outcome, settles it.
-void delivery::state::note_moved(std::string_view event, spool::message_id id,
-                                 std::string_view to, std::string_view line) {
-  const std::uint32_t d = domain_of(to);
-  if (d >= domain_count) return;
-  const auto found = moves.find(std::string(domain_names[d]));
-  if (found == moves.end()) return;
-  if (event == "deferred" && log_number(line, "retry_at_s") * 1000 < found->second.until_ms)
-    return;
-  found->second.unreported.erase({fmt::format("{:016x}", id), std::string(to)});
+  // The pause is one journal record (session 14): PAUSE IGNORED holds it across restarts for
+  // every transaction to the destination (sim_shaping.h). The per-job reports the relay made
+  // before (PAUSE NOT JOURNALED checked them) are gone but for a journal without room.
 }
 
 // A throttle (relay.cc apply_rule_to): the connections open or opening then stay (the
@@ -1716,8 +1650,6 @@ void delivery::state::forget_process() {
   told_tss04.clear();
   told_tss04_unnamed = 0;
   bounced_now.clear();
-  moves.clear();
-  ++process_number;
   shape.forget_pauses();
 }
 
@@ -1970,9 +1902,7 @@ void delivery::on_log_record(std::string_view line) {
   if (event == "delivered" || event == "bounced") s.check_not_deleted(id, to, event);
   if (event == "delivered" || event == "bounced" || event == "deferred") {
     s.check_rule_bounce(id, event, to, log_field(line, "reply"));
-    s.note_moved(event, id, to, line);
   }
-  if (event == "deleted") s.note_moved(event, id, to, line);
   if (const auto found = s.ledger.find(id); event == "delivered" && found != s.ledger.end())
     s.delivered_logged.emplace(found->second.key, to);
   if (event == "deleted") {

@@ -25,8 +25,6 @@
 // - RATE LIMIT, PAUSE IGNORED (sim_shaping.h): transactions within each destination's token
 //   bucket (a reply rule's throttle's while it holds); none new while a reply rule's pause
 //   holds, and after a restart none recovered deferred to its end before the end;
-// - PAUSE NOT JOURNALED: every job a pause holds is reported deferred to its end (its home
-//   journals that: a restart keeps it waiting);
 // - RULE MISAPPLIED, BOUNCE RULE IGNORED/MISAPPLIED, DELIVERED AFTER BOUNCE: a reply rule acts
 //   on the destinations it names (domain or MX pattern); a bounce rule bounces the recipients
 //   a matching reply was about, and no others; nothing the relay logged bounced is delivered

@@ -190,7 +190,7 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
              "reasons checked {} deleted {} | accepts {} (failed {}, refused {}) | rate checks {} rules fired {} "
              "delay dsns {} | throttles {} (connections checked {}) rule bounces {} paused across "
-             "restarts {} (pauses journaled {}) | relay host auths {} (refused {}) | tls policy "
+             "restarts {} | relay host auths {} (refused {}) | tls policy "
              "checks {} (verify {})\n",
              seed,
              r.ok ? "ok" : "FAILED", r.digest,
@@ -202,7 +202,7 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions,
              r.accepts, r.accepts_failed, r.refused_at_limit, r.rate_checks, r.rules_fired, r.delay_dsns,
              r.rules_throttled, r.throttle_checks, r.rule_bounces_checked, r.restart_pauses_checked,
-             r.pause_moves_checked, r.relayhost_auths, r.relayhost_auth_refused,
+             r.relayhost_auths, r.relayhost_auth_refused,
              r.tls_policy_checks, r.tls_verify_checks);
 }
 
@@ -264,7 +264,6 @@ int main(int argc, char** argv) {
   std::uint64_t tls_policy_checks = 0, tls_verify_checks = 0, shared_site_checks = 0;
   std::uint64_t shared_site_seeds = 0, certificate_refusals = 0;
   std::uint64_t throttles = 0, throttle_checks = 0, rule_bounces = 0, restart_pauses = 0;
-  std::uint64_t pauses_journaled = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
   int status = 0;
@@ -290,7 +289,6 @@ int main(int argc, char** argv) {
     throttle_checks += result.throttle_checks;
     rule_bounces += result.rule_bounces_checked;
     restart_pauses += result.restart_pauses_checked;
-    pauses_journaled += result.pause_moves_checked;
     relayhost_seeds += result.relayhost_auths + result.relayhost_auth_refused > 0 ? 1 : 0;
     relayhost_auths += result.relayhost_auths;
     relayhost_refused += result.relayhost_auth_refused;
@@ -314,7 +312,7 @@ int main(int argc, char** argv) {
              "deleted; {} transactions checked against a rate, {} reply rules fired, {} delayed "
              "DSN recipients checked; {} reply rules throttled ({} connections checked against "
              "them), {} recipients bounced by a rule checked, {} recipients held by a pause across "
-             "a restart, {} pauses checked journaled; {} seeds with a relay host: {} AUTHs ({} "
+             "a restart; {} seeds with a relay host: {} AUTHs ({} "
              "refused); {} RCPTs checked against a TLS policy ({} under verify; {} at another "
              "domain's MX host, a shared site, in {} seeds); {} certificate refusals "
              "checked against the policy\n",
@@ -322,7 +320,7 @@ int main(int argc, char** argv) {
              multi_shard, crossed, simulated, wall, simulated / wall,
              static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions,
              rate_checks, rules_fired, delay_dsns, throttles, throttle_checks, rule_bounces,
-             restart_pauses, pauses_journaled, relayhost_seeds, relayhost_auths,
+             restart_pauses, relayhost_seeds, relayhost_auths,
              relayhost_refused, tls_policy_checks, tls_verify_checks, shared_site_checks,
              shared_site_seeds, certificate_refusals);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);

@@ -317,12 +317,10 @@ std::vector<std::string> shaping::kept_pauses() const {
   return out;
 }
 
-// relay.cc apply_rule_to: the jobs a pause moved are reported deferred to its end, which
-// their homes journal (relay_home.cc apply_outcomes: whole seconds, rounded up). A recipient
-// recovered with a retry time at the pause's end or later (moved by it, or deferred past it):
-// the new process must not send it before the end. (One whose move was not durable comes back
-// with its earlier time and may go; that the relay reports every move is PAUSE NOT JOURNALED,
-// sim_delivery.cc.)
+// After a restart: the pause's journal record recovered (`journaled_until_ns` at its end or
+// later) holds every transaction to the destination until the end (relay.cc restore_pauses);
+// a recipient recovered with a retry time at the end or later (deferred past it) must not go
+// before it either, journal record or not.
 void shaping::restart_pauses(const std::string& destination,
                              const std::vector<recovered_slot>& deferred, std::int64_t now_ns,
                              std::int64_t journaled_until_ns) {

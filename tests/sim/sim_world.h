@@ -99,7 +99,6 @@ struct outcome {
   std::uint64_t throttle_checks = 0;     // connections checked against a throttle's limit
   std::uint64_t rule_bounces_checked = 0;    // recipients a bounce rule bounced, checked
   std::uint64_t restart_pauses_checked = 0;  // recipients held by a pause across a restart
-  std::uint64_t pause_moves_checked = 0;     // pauses whose reported moves were checked
   std::uint64_t delay_dsns = 0;          // "delayed" DSN recipients checked
   std::uint64_t deletions = 0;           // recipients the relay logged deleted (operator)
   std::uint64_t reasons_checked = 0;     // DSNs checked to name the operator's bounce reason
