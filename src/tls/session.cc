@@ -4,10 +4,12 @@
 #include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <cstring>
+#include <ctime>
 #include <new>
 
 #include "ringmta/core/assert.h"
@@ -158,6 +160,18 @@ bool is_address_literal(const std::string& host) noexcept {
   return inet_pton(AF_INET, host.c_str(), address) == 1 ||
          inet_pton(AF_INET6, host.c_str(), address) == 1;
 }
+
+// A resumption shows no certificate: a session whose server certificate has ended since it was
+// verified must not be resumed, or the client goes on trusting a certificate it would refuse
+// now (RFC 8446 §4.6.1 lets a ticket live up to 7 days; certificates end inside that). At the
+// caller's time (now_s, the shard's clock), else the machine's.
+bool peer_certificate_current(SSL_SESSION* cached, std::int64_t now_s) noexcept {
+  const X509* peer = SSL_SESSION_get0_peer(cached);
+  if (peer == nullptr) return true;
+  std::time_t at = now_s > 0 ? static_cast<std::time_t>(now_s) : std::time(nullptr);
+  return X509_cmp_time(X509_get0_notAfter(peer), &at) > 0;
+}
+
 }  // namespace
 
 std::unique_ptr<session> session::connect(std::shared_ptr<const client_context> context,
@@ -190,7 +204,8 @@ std::unique_ptr<session> session::connect(std::shared_ptr<const client_context> 
   s->_now_s = options.now_s;
   if (s->_cache != nullptr) {
     if (SSL_SESSION* cached = s->_cache->find(s->_cache_key, options.now_s)) {
-      SSL_set_session(ssl, cached);
+      if (peer_certificate_current(cached, options.now_s)) SSL_set_session(ssl, cached);
+      else s->_cache->erase(s->_cache_key);  // a full handshake checks the certificate now
     }
   }
   s->advance();  // the ClientHello

@@ -401,6 +401,7 @@ struct delivery::state {
   bool demands_verify(const remote_host& host) const;
   bool offers_starttls(const remote_host& host) const;
   certificate presented_by(const remote_host& host) const;
+  certificate verified_as(const remote_peer& h) const;
   void check_tls_policy(const remote_peer& h, std::string_view recipient);
   // operator
   void operator_tick();
@@ -709,9 +710,11 @@ void delivery::state::prepare_hosts_for_policies(random& draw, std::string& draw
 
 // Certificate expiry (issue 16), last of the draws, from a stream of its own: with faults, in a
 // third of the policy seeds, each MTA of a `verify` domain that presents a good certificate
-// presents an expired one instead with a chance of 1 in 3, until the heal (the operator renews
-// it: presented_by). Expired by the simulated clock, not by the machine's (sim_tls.h): a relay
-// that verifies at the machine's time accepts it, and UNVERIFIED TLS says so.
+// presents, with a chance of 1 in 3, an expired one or one that expires at 90 s (half each),
+// until the heal (the operator renews it: presented_by). Expired by the simulated clock, not by
+// the machine's (sim_tls.h): a relay that verifies at the machine's time accepts it, and
+// UNVERIFIED TLS says so; one that resumes a session verified before the expiry after it too
+// (verified_as).
 void delivery::state::draw_expired_certificates(std::uint64_t seed) {
   random draw(seed * 0x9e3779b97f4a7c15ull + 0xe8b12ed);
   if (!tls_plan.on || !w.settings().faults || !draw.chance(1.0 / 3)) return;
@@ -719,7 +722,7 @@ void delivery::state::draw_expired_certificates(std::uint64_t seed) {
   for (auto& host : hosts) {
     if (!demands_verify(host) || host.presented != certificate::good || !draw.chance(1.0 / 3))
       continue;
-    host.presented = certificate::expired;
+    host.presented = draw.chance(0.5) ? certificate::expired : certificate::expiring;
     drawn += fmt::format(" | {}: {}", host.name, describe(host.presented));
   }
   if (!drawn.empty()) note(fmt::format("delivery: expired certificates{}", drawn));
@@ -824,6 +827,18 @@ certificate delivery::state::presented_by(const remote_host& host) const {
   return w.healed() && demands_verify(host) ? certificate::good : host.presented;
 }
 
+// What a verifying client must make of the certificate a connection presents: the expiring one
+// is good before its end and expired after it (at the connection's accept; its handshake
+// follows within the network's delay). Within 5 s of the end either: `expiring` (no check).
+certificate delivery::state::verified_as(const remote_peer& h) const {
+  if (h.presented != certificate::expiring) return h.presented;
+  constexpr std::int64_t margin_ns = 5'000 * ms_ns;
+  const std::int64_t end_ns = (expiring_not_after_s - epoch_seconds) * 1000 * ms_ns;
+  if (h.accepted_ns < end_ns - margin_ns) return certificate::good;
+  if (h.accepted_ns > end_ns + margin_ns) return certificate::expired;
+  return certificate::expiring;
+}
+
 // The operator makes a domain's TLS policy stricter or weaker and reloads (relay::update on
 // every shard; without a relay now, the next process starts with it).
 void delivery::state::change_tls_policy(std::uint32_t d) {
@@ -855,10 +870,13 @@ void delivery::state::check_tls_policy(const remote_peer& h, std::string_view re
   }
   if (wanted != outbound::tls_policy::verify) return;
   ++w.counters().tls_verify_checks;
-  if (h.presented != certificate::good) {
-    w.fail(fmt::format("UNVERIFIED TLS: r{} sent RCPT <{}> to {} over TLS with {}, but {} = "
-                       "verify", h.number, recipient, h.remote.name,
-                       describe(h.presented), name));
+  const certificate seen = verified_as(h);
+  if (seen != certificate::good && seen != certificate::expiring) {
+    const bool resumed = h.pipe != nullptr && h.pipe->resumed();
+    w.fail(fmt::format("UNVERIFIED TLS: r{} sent RCPT <{}> to {} over TLS{} with {}{}, but {} "
+                       "= verify", h.number, recipient, h.remote.name, resumed ? " (resumed)" : "",
+                       describe(h.presented),
+                       h.presented == certificate::expiring ? ", expired then" : "", name));
   }
 }
 
@@ -872,7 +890,9 @@ void delivery::state::check_tls_policy(const remote_peer& h, std::string_view re
 void delivery::state::check_certificate_refusal(const remote_peer& h) {
   const remote_host& host = h.remote;
   // (No relay: a crash is tearing the connections down, world::crash.)
-  if (relay == nullptr || h.tls_broken || h.presented == certificate::good || host.relayhost ||
+  const certificate seen = verified_as(h);
+  if (relay == nullptr || h.tls_broken || seen == certificate::good ||
+      seen == certificate::expiring || host.relayhost ||
       host.shared_by < domain_count || &host != &hosts[host.domain * 2])
     return;
   constexpr std::int64_t first_connect_ns_max = 60'000 * ms_ns;

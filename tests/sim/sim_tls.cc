@@ -126,6 +126,24 @@ mfsllVEgrbnPVjAKBggqhkjOPQQDAgNIADBFAiEAy2QJbXaO/UTrh25jNNprhgRm
 -----END CERTIFICATE-----
 )";
 
+// The same, valid until 2027-01-15 08:01:30 (expiring_not_after_s): it expires during a run.
+constexpr char expiring_certificate_pem[] = R"(-----BEGIN CERTIFICATE-----
+MIICbDCCAhKgAwIBAgIBBTAKBggqhkjOPQQDAjAgMR4wHAYDVQQDDBVyaW5nbXRh
+IHNpbXVsYXRpb24gQ0EwHhcNMjYxMjAxMDAwMDAwWhcNMjcwMTE1MDgwMTMwWjAc
+MRowGAYDVQQDDBFteDEucmNwdDAuZXhhbXBsZTBZMBMGByqGSM49AgEGCCqGSM49
+AwEHA0IABPtFjG6fH3St23AkGP1Aep578vlfNyaFzMXIoz/d9Q0frHR/+vLUVm9Q
+M+f5HcobSp7vOMsgRxOkQV8ZJ/XygAKjggE/MIIBOzCB+QYDVR0RBIHxMIHughFt
+eDEucmNwdDAuZXhhbXBsZYIRbXgyLnJjcHQwLmV4YW1wbGWCEW14MS5yY3B0MS5l
+eGFtcGxlghFteDIucmNwdDEuZXhhbXBsZYIRbXgxLnJjcHQyLmV4YW1wbGWCEW14
+Mi5yY3B0Mi5leGFtcGxlghJteDEuc2VuZGVyLmV4YW1wbGWCEm14Mi5zZW5kZXIu
+ZXhhbXBsZYINcmNwdDAuZXhhbXBsZYINcmNwdDEuZXhhbXBsZYINcmNwdDIuZXhh
+bXBsZYIOc2VuZGVyLmV4YW1wbGWCFXNtYXJ0aG9zdC5zaW0uZXhhbXBsZTAJBgNV
+HRMEAjAAMBMGA1UdJQQMMAoGCCsGAQUFBwMBMB0GA1UdDgQWBBRQcYphEeiA1Nye
+mfsllVEgrbnPVjAKBggqhkjOPQQDAgNIADBFAiEAm9XPyk9IGlvccSQ28/GBthBn
+DsxGFtLS3SsXb4CyNFkCIFqGLZTMVcpRg16NnczP1rHrBI99aBOWmPtMEuC6WNUW
+-----END CERTIFICATE-----
+)";
+
 struct fixed_contexts {
   std::shared_ptr<const tls::server_context> server[certificate_kinds];
   std::shared_ptr<const tls::client_context> client;
@@ -148,10 +166,10 @@ fixed_contexts load_fixed_contexts() {
   const std::string ca_file = path + "/ca.pem";
   const std::string certificate_files[certificate_kinds] = {
       path + "/self-signed.pem", path + "/good.pem", path + "/wrong-name.pem",
-      path + "/expired.pem"};
+      path + "/expired.pem", path + "/expiring.pem"};
   const char* const certificate_texts[certificate_kinds] = {
       certificate_pem, good_certificate_pem, wrong_name_certificate_pem,
-      expired_certificate_pem};
+      expired_certificate_pem, expiring_certificate_pem};
   const auto write = [](const std::string& file, const char* text) {
     std::FILE* f = std::fopen(file.c_str(), "w");
     if (f == nullptr) return false;
@@ -199,6 +217,7 @@ std::string_view describe(certificate presented) noexcept {
     case certificate::good: return "a good certificate";
     case certificate::wrong_name: return "a certificate for another name";
     case certificate::expired: return "an expired certificate";
+    case certificate::expiring: return "a certificate that expires at 90 s";
   }
   return "?";
 }

@@ -34,8 +34,11 @@ enum class certificate : std::uint8_t {
   good,         // the CA's, naming every simulated MX host and the relay host
   wrong_name,   // the CA's, naming a host that is not there
   expired,      // the CA's, naming every host, expired five days before the simulated clock starts
+  expiring,     // the CA's, naming every host, valid until 90 s after the clock starts
 };
-inline constexpr std::size_t certificate_kinds = 4;
+inline constexpr std::size_t certificate_kinds = 5;
+// The end of the `expiring` certificate's validity: epoch_seconds (2027-01-15 08:00:00) + 90.
+inline constexpr std::int64_t expiring_not_after_s = 1'800'000'090;
 std::string_view describe(certificate presented) noexcept;
 
 // The contexts, built once per process.

@@ -2,7 +2,9 @@
 // byte streams, resumption with the ticket key ring and the client cache, verification
 // failures, the version floor, flow control and start-up errors.
 #include <gtest/gtest.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -200,13 +202,15 @@ TEST(tls_session, resumption_with_tickets_and_client_cache) {
 // The cache's expiry runs on the caller's clock (a shard's, or a simulated one), whatever
 // time OpenSSL stamped into the session: a session stored at the caller's t resumes at
 // t + 10 s and is gone once its timeout has passed on that clock. (It compared OpenSSL's stamp
-// with the caller's clock: in the simulation, years apart, no session ever resumed.)
+// with the caller's clock: in the simulation, years apart, no session ever resumed.) The
+// caller's clock is 20 days ahead: beyond the 7-day timeout from OpenSSL's stamp, within the
+// test certificate's 30 days (no session resumes past its certificate's end).
 TEST(tls_session, client_cache_expiry_follows_the_callers_clock) {
   auto keys = std::make_shared<ticket_key_ring>(3600);
   auto context = server(version::tls1_2, keys);
   auto ctx = client(pki().ca_cert);
   client_session_cache cache;
-  constexpr std::int64_t simulated_s = 4'000'000'000;  // far from the real clock
+  const std::int64_t simulated_s = static_cast<std::int64_t>(::time(nullptr)) + 20 * 86400;
   auto resumes_at = [&](std::int64_t now_s) {
     return resumes_through(context, ctx, cache, now_s);
   };
@@ -217,6 +221,53 @@ TEST(tls_session, client_cache_expiry_follows_the_callers_clock) {
   // counts from when it was stored, on the same clock.
   EXPECT_EQ(cache.find("mx.test.example", simulated_s + 20 + 7 * 24 * 3600), nullptr);
   EXPECT_EQ(cache.size(), 0u);
+}
+
+// A session verified before the server's certificate ended is not resumed after the end: a
+// resumption shows no certificate, so the client would go on trusting one it must refuse now
+// (ringmta-sim: an MTA's certificate that expires during the run). A full handshake then
+// fails verification, as a new connection's would.
+TEST(tls_session, no_resumption_past_the_certificates_end) {
+  auto keys = std::make_shared<ticket_key_ring>(3600);
+  auto context = server(version::tls1_2, keys);
+  auto ctx = client(pki().ca_cert);
+  client_session_cache cache;
+  std::int64_t not_after = 0;
+  {
+    std::FILE* f = std::fopen(pki().ecdsa_cert.c_str(), "r");
+    ASSERT_NE(f, nullptr);
+    X509* cert = PEM_read_X509(f, nullptr, nullptr, nullptr);
+    std::fclose(f);
+    ASSERT_NE(cert, nullptr);
+    std::tm end{};
+    ASSERT_EQ(ASN1_TIME_to_tm(X509_get0_notAfter(cert), &end), 1);
+    X509_free(cert);
+    not_after = static_cast<std::int64_t>(timegm(&end));
+  }
+  auto connect_at = [&](std::int64_t now_s, bool& resumed) {
+    auto s = session::accept(context);
+    client_options options;
+    options.host = "mx.test.example";
+    options.verify = true;
+    options.cache = &cache;
+    options.now_s = now_s;
+    auto c = session::connect(ctx, options);
+    wire w{*c, *s};
+    w.run();
+    if (c->state() == state::established) {
+      s->write("220 hello\r\n");
+      w.run();
+    }
+    resumed = c->resumed();
+    return c->state();
+  };
+  bool resumed = true;
+  EXPECT_EQ(connect_at(not_after - 120, resumed), state::established);
+  EXPECT_FALSE(resumed);
+  EXPECT_EQ(connect_at(not_after - 60, resumed), state::established);
+  EXPECT_TRUE(resumed);  // before the end: resumed as usual
+  EXPECT_EQ(connect_at(not_after + 60, resumed), state::failed);
+  EXPECT_FALSE(resumed);
 }
 
 // A reload's new trust store empties the cache (outbound::set_tls_context): no session
