@@ -163,7 +163,8 @@ bool is_address_literal(const std::string& host) noexcept {
 
 // A resumption shows no certificate: a session whose server certificate has ended since it was
 // verified must not be resumed, or the client goes on trusting a certificate it would refuse
-// now (RFC 8446 §4.6.1 lets a ticket live up to 7 days; certificates end inside that). At the
+// now (RFC 8446 §4.6.1 lets a ticket live up to 7 days; certificates end inside that): the
+// cache drops it like an expired entry, and a full handshake checks the certificate. At the
 // caller's time (now_s, the shard's clock), else the machine's.
 bool peer_certificate_current(SSL_SESSION* cached, std::int64_t now_s) noexcept {
   const X509* peer = SSL_SESSION_get0_peer(cached);
@@ -204,8 +205,7 @@ std::unique_ptr<session> session::connect(std::shared_ptr<const client_context> 
   s->_now_s = options.now_s;
   if (s->_cache != nullptr) {
     if (SSL_SESSION* cached = s->_cache->find(s->_cache_key, options.now_s)) {
-      if (peer_certificate_current(cached, options.now_s)) SSL_set_session(ssl, cached);
-      else s->_cache->erase(s->_cache_key);  // a full handshake checks the certificate now
+      SSL_set_session(ssl, cached);
     }
   }
   s->advance();  // the ClientHello
@@ -460,7 +460,8 @@ ssl_session_st* client_session_cache::find(std::string_view key, std::int64_t no
   const auto found = _entries.find(std::string(key));
   if (found == _entries.end()) return nullptr;
   SSL_SESSION* s = found->second.session;
-  if (SSL_SESSION_is_resumable(s) != 1 || (now_s != 0 && now_s >= found->second.expires_s)) {
+  if (SSL_SESSION_is_resumable(s) != 1 || (now_s != 0 && now_s >= found->second.expires_s) ||
+      !peer_certificate_current(s, now_s)) {
     SSL_SESSION_free(s);
     _entries.erase(found);
     return nullptr;

@@ -77,7 +77,8 @@ class client_session_cache {
   client_session_cache& operator=(const client_session_cache&) = delete;
 
   // A session still valid for `key` at `now_s` (borrowed: valid until the next store or
-  // erase), or null. now_s 0: no expiry check.
+  // erase), or null: not past its timeout nor its server certificate's end (a resumption
+  // shows no certificate). now_s 0: no timeout check, the certificate at the machine's time.
   ssl_session_st* find(std::string_view key, std::int64_t now_s) noexcept;
   // Takes ownership of one reference to `session`, valid for its timeout from `now_s`. Expiry
   // is measured on the caller's clock (the shard's), not on the time OpenSSL stamped into the
