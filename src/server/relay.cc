@@ -567,22 +567,20 @@ shape relay::state::shape_of(std::string_view destination) const {
   const throttle& t = found->second;  // a reply rule lowers, never raises: rate nor burst
   auto& l = out.limits;
   const double rate = l.rate_messages == 0 ? 0.0 : l.rate_messages * 1000.0 / l.rate_period_ms;
-  std::optional<double> lowered;
-  if (t.messages_per_second_max && *t.messages_per_second_max > 0 &&
-      (rate == 0 || *t.messages_per_second_max < rate)) {
-    lowered = *t.messages_per_second_max;
-  }
+  const std::optional<double> rule_rate =
+      t.messages_per_second_max && *t.messages_per_second_max > 0 ? t.messages_per_second_max
+                                                                   : std::nullopt;
+  const bool rule_slower = rule_rate && (rate == 0 || *rule_rate < rate);
   const std::uint32_t connections =
       std::min(l.connections_max, t.connections_max.value_or(UINT32_MAX));
-  auto limits = layered_limits(l, connections, std::nullopt, lowered);
+  auto limits = layered_limits(l, connections, std::nullopt,
+                               rule_slower ? rule_rate : std::nullopt);
   // Each bound is the lower of the two, the burst too. 4 per second has a burst of 4; over
   // "18 per second, burst 3" it stays 3 (ringmta-sim seed 260995242623237: 4 transactions in
   // 69 ms under a throttle). "3 per second" over "9 per 8 s, burst 4" keeps the slower rate
   // with a burst of 3: 4 at once would be more than the rule's 3 in a second (seed 172000707).
-  if (t.messages_per_second_max && *t.messages_per_second_max > 0 && rate > 0) {
-    const auto rule_burst = limits_from(1, 0, *t.messages_per_second_max).rate_burst;
-    limits.rate_burst = std::min({limits.rate_burst, l.rate_burst, rule_burst});
-  }
+  if (rule_rate && rate > 0)
+    limits.rate_burst = std::min(l.rate_burst, limits_from(1, 0, *rule_rate).rate_burst);
   l = limits;
   return out;
 }
@@ -791,14 +789,13 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
   // A destination a reply rule suspended: the job waits for the end (no attempt), and its
   // home records that time, so a restart meanwhile does not send it early.
   // A suspension recovered from the journal holds it the same way (issue 16).
-  queue::destination_info info;
   const std::int64_t recovered_until =
       recovered_pauses.empty() ? 0 : recovered_pause_until(job->destination, now);
-  const std::int64_t paused_until =
-      std::max(recovered_until, (shaping->has_reply_rules() || recovered_until > 0) &&
-                                        scheduler.inspect(job->destination, info)
-                                    ? info.paused_until_ms
-                                    : 0);
+  std::int64_t paused_until = recovered_until;
+  queue::destination_info info;
+  if ((shaping->has_reply_rules() || recovered_until > 0) &&
+      scheduler.inspect(job->destination, info))
+    paused_until = std::max(paused_until, info.paused_until_ms);
   const bool paused = paused_until > std::max(now, job->not_before_ms);
   if (paused) spec.not_before_ms = paused_until;
   spec.held = (job->flags & spool::message_flag_held) != 0;  // an operator's hold, recovered

@@ -103,14 +103,15 @@ bool relay::state::rolls_up(const std::string& domain) const {
 
 // A domain that is not rolled up (any more): a reload added a relay host or a route for it,
 // gave it a TLS policy or EHLO name of its own, or turned rollup off. Its queue may still be on
-// its site's owner, where the jobs taken before the reload wait: a second queue here would get connections and a rate bucket of its own, and
-// the two together exceed the domain's limits (ringmta-sim --shards-max 3: seed 170001082, a
-// relay host added, two DSNs to sender.example 0.1 s apart under 1 per second, one from each
-// queue; 170002219, sender.example made `verify`, a second connection beside a stalled one
-// under a limit of 1). So the jobs keep going to the shard that may hold the queue — queued there under
-// the domain, not joined to the site (its connections would carry other members' jobs on this
-// route) — for as long as the site is remembered: until the sites are forgotten (a restart,
-// sites_max), one hop more per job. The way back (the relay host removed) is queued_here.
+// its site's owner, where the jobs taken before the reload wait: a second queue here would get
+// connections and a rate bucket of its own, and the two together exceed the domain's limits
+// (ringmta-sim --shards-max 3: seed 170001082, a relay host added, two DSNs to sender.example
+// 0.1 s apart under 1 per second, one from each queue; 170002219, sender.example made
+// `verify`, a second connection beside a stalled one under a limit of 1). So the jobs keep
+// going to the shard that may hold the queue — queued there under the domain, not joined to
+// the site (its connections would carry other members' jobs on this route) — for as long as
+// the site is remembered: until the sites are forgotten (a restart, sites_max), one hop more
+// per job. The way back (the relay host removed) is queued_here.
 bool relay::state::follow_site_queue(std::unique_ptr<routed_job>& job,
                                      const std::string& domain) noexcept {
   if (job->to_queue_holder) return false;
