@@ -25,9 +25,6 @@ void encode_header_prefix(char* out, record_type type, std::uint32_t payload_byt
   store_le<std::uint64_t>(out + 16, id);
 }
 
-// The checksum covers the payload, then the header up to the checksum itself (its last 8 bytes).
-constexpr std::size_t checksummed_header_bytes = header_bytes - sizeof(std::uint64_t);
-
 // XXH3's streaming and one-shot forms give the same value for the same bytes. A record of up
 // to 240 bytes with its header (journal states, voids, small envelopes: most records) is copied
 // together and hashed in one call: the streaming state costs ~1,000 instructions a record (its

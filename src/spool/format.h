@@ -25,6 +25,8 @@ namespace ringmta::spool::format {
 inline constexpr std::uint32_t magic = 0x52534d52;  // "RMSR"
 inline constexpr std::uint32_t version = 1;
 inline constexpr std::uint32_t header_bytes = 32;
+// The checksum covers the payload, then the header up to the checksum itself (its last 8 bytes).
+inline constexpr std::uint32_t checksummed_header_bytes = header_bytes - sizeof(std::uint64_t);
 inline constexpr std::uint32_t payload_bytes_max = 64u << 20;
 
 enum class record_type : std::uint8_t {

@@ -244,8 +244,9 @@ void store::close_open_record() noexcept {
   if (!record.active) return;
   format::encode_header_prefix(record.header, format::record_type::data, record.payload_bytes,
                                _pending[record.slot].id);
-  xxh3::update(record.hash, record.header, 24);
-  format::store_le<std::uint64_t>(record.header + 24, xxh3::digest(record.hash));
+  xxh3::update(record.hash, record.header, format::checksummed_header_bytes);
+  format::store_le<std::uint64_t>(record.header + format::checksummed_header_bytes,
+                                  xxh3::digest(record.hash));
   record.active = false;
 }
 
