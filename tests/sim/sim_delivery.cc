@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <deque>
@@ -121,6 +122,11 @@ struct ledger_entry {
   std::vector<std::string> recipients;
   std::vector<std::uint8_t> notify;
   bool dsn = false;
+  // The body as the client's message must reach every remote MTA (messages only): what the
+  // spool holds in wire form (the Received: field the inbound added, then the client's body
+  // dot-stuffed), its size and XXH3. BODY ALTERED compares each delivery with it.
+  std::size_t body_bytes = 0;
+  std::uint64_t body_hash = 0;
   // Every recipient was found final at a recovery, so all are in final_durable already: later
   // recoveries skip re-inserting them (issue 16: a tenth of a crash-heavy run's instructions).
   bool finals_recorded = false;
@@ -317,8 +323,9 @@ struct delivery::state {
       s.told_tss04_early(*this);
       return verdict;
     }
-    void on_body(std::string_view slice, smtp::body_form) noexcept override {
+    void on_body(std::string_view slice, smtp::body_form form) noexcept override {
       body.append(slice);
+      body_form = form;
     }
     smtp::verdict on_data_end(const smtp::body_summary&) noexcept override;
     std::uint32_t destination_of_peer() const { return s.destination_of(*this); }
@@ -354,6 +361,7 @@ struct delivery::state {
     std::string reverse_path;
     std::vector<std::string> recipients;
     std::string body;
+    smtp::body_form body_form = smtp::body_form::wire;  // raw: it came by BDAT (RFC 3030)
   };
 
   state(world& owner, std::uint64_t seed);
@@ -422,6 +430,7 @@ struct delivery::state {
   void check_delay_dsn(spool::message_id dsn, std::string_view key, std::string_view rcpt);
   void check_reason_logged(spool::message_id id, std::string_view to, std::string_view reply);
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
+  void check_body(const remote_peer& h, const std::string& key);
   void on_deleted(spool::message_id id, std::string_view to);
   void check_not_deleted(spool::message_id id, std::string_view to, std::string_view event);
   void forget_process();  // a crash: what only the dead process knew
@@ -1210,6 +1219,7 @@ void delivery::state::delivered_remotely(remote_peer& h) {
   const std::string key = message_key(h.body);
   const bool report = h.reverse_path.empty() &&
                       h.body.find("multipart/report") != std::string::npos;
+  if (!report && !h.recipients.empty()) check_body(h, key);
   for (const auto& rcpt : h.recipients) {
     ++w.counters().remote_deliveries;
     if (report) {  // each Final-Recipient of the DSN: bounced and reported to the sender
@@ -1635,6 +1645,29 @@ void delivery::state::check_reason_logged(spool::message_id id, std::string_view
 
 // A DSN made durable: it names the reason of each recipient it reports that the operator
 // bounced with one (RFC 3464 §2.3.6: the diagnostic; docs/notes.md, "Per-message actions").
+// BODY ALTERED: a remote MTA accepted a message whose body is not, octet for octet, what the
+// inbound answered 250 for (RFC 5321 §2.3.10: the content is delivered unchanged but for trace
+// fields added at reception). The same in both transfers: DATA's wire form is the spool's
+// (dot-stuffed, §4.5.2), BDAT's raw octets are that unstuffed (RFC 3030 §2), so they are
+// stuffed again here to compare. Catches a body read at the wrong offset or length after a
+// restart, a slice skipped or sent twice, a transfer cut short and taken for whole.
+void delivery::state::check_body(const remote_peer& h, const std::string& key) {
+  const auto id = keys.find(key);
+  if (id == keys.end()) return;  // not a client's message (no Message-ID of the world's)
+  const auto entry = ledger.find(id->second);
+  if (entry == ledger.end() || entry->second.body_bytes == 0) return;
+  const std::string stuffed = h.body_form == smtp::body_form::raw ? dot_stuff(h.body) : "";
+  const std::string_view got = h.body_form == smtp::body_form::raw ? stuffed : h.body;
+  ++w.counters().bodies_checked;
+  if (got.size() == entry->second.body_bytes &&
+      XXH3_64bits(got.data(), got.size()) == entry->second.body_hash)
+    return;
+  w.fail(fmt::format("BODY ALTERED: {} reached {} (r{}, by {}) as {} octets, the spool took {} "
+                     "octets with another XXH3", key, h.remote.name, h.number,
+                     h.body_form == smtp::body_form::raw ? "BDAT" : "DATA", got.size(),
+                     entry->second.body_bytes));
+}
+
 void delivery::state::check_reason_in_dsn(spool::message_id dsn, std::string_view body) {
   const std::string key = message_key(body);
   for (const auto& [rcpt, action] : reported_actions(body)) {
@@ -1866,6 +1899,8 @@ void delivery::on_message(spool::message_id id, const expected_message& message)
     }
     s.check_reason_in_dsn(id, message.body_wire);
   } else {
+    entry.body_bytes = message.body_wire.size();
+    entry.body_hash = XXH3_64bits(message.body_wire.data(), message.body_wire.size());
     s.keys.emplace(entry.key, id);
   }
   s.ledger.emplace(id, std::move(entry));

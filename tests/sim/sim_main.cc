@@ -185,7 +185,8 @@ void report_failure(const ringmta::sim::options& run, const ringmta::sim::outcom
 void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
   fmt::print("seed {}: {} digest {:016x} events {} simulated {:.3f}s sessions {} "
              "acknowledged {} refused {} marks {} crashes {} verified {} adopted {} resurrected {} "
-             "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} duplicates {} "
+             "disk ops {} syncs {} faults {} | outbound connections {} deliveries {} (bodies checked {}) "
+             "duplicates {} "
              "bounces {} dsns {} dns queries {} operator actions {} tls {} (broken {}, resumed {}) | "
              "shards {} parcels crossed {} (refused {}) | at suspended destinations {} "
              "reasons checked {} deleted {} | accepts {} (failed {}, refused {}) | rate checks {} rules fired {} "
@@ -197,7 +198,7 @@ void print_summary(std::uint64_t seed, const ringmta::sim::outcome& r) {
              r.events, static_cast<double>(r.simulated_ns) / 1e9, r.sessions, r.acknowledged,
              r.refused, r.delivered_marks, r.crashes, r.recovered_checked, r.adopted, r.resurrected,
              r.disk.operations, r.disk.syncs, r.disk.faults, r.outbound_connections,
-             r.remote_deliveries, r.duplicates, r.bounces, r.dsns, r.dns_queries,
+             r.remote_deliveries, r.bodies_checked, r.duplicates, r.bounces, r.dsns, r.dns_queries,
              r.operator_actions, r.tls_sessions, r.tls_broken, r.tls_resumed, r.shards, r.parcels_crossed,
              r.parcels_refused, r.suspended_arrivals, r.reasons_checked, r.deletions,
              r.accepts, r.accepts_failed, r.refused_at_limit, r.rate_checks, r.rules_fired, r.delay_dsns,

@@ -102,6 +102,7 @@ struct outcome {
   std::uint64_t delay_dsns = 0;          // "delayed" DSN recipients checked
   std::uint64_t deletions = 0;           // recipients the relay logged deleted (operator)
   std::uint64_t reasons_checked = 0;     // DSNs checked to name the operator's bounce reason
+  std::uint64_t bodies_checked = 0;      // deliveries whose body was compared (BODY ALTERED)
   std::uint64_t relayhost_auths = 0;        // AUTHs the relay host accepted (sim_delivery.cc)
   std::uint64_t relayhost_auth_refused = 0;  // AUTHs it answered 535 or 454
   std::uint64_t tls_policy_checks = 0;  // RCPTs checked under a policy demanding TLS
