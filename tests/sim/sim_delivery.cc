@@ -40,6 +40,10 @@ constexpr std::uint32_t client_timeout_ms = 60'000;  // every phase (RFC 5321 §
 // From the relay's open to the connect that reaches a remote MTA: DNS retries, then each MX
 // host in turn, each up to a few timeouts.
 constexpr std::int64_t connection_setup_ns_max = 10 * 60'000 * ms_ns;
+// After the heal no remote, resolver or disk fails any more: an attempt begun later succeeds.
+// Attempts begun before it may still end in a deferral this long after (a connection's setup,
+// then a transaction's phases, each up to client_timeout_ms).
+constexpr std::int64_t heal_grace_ns = connection_setup_ns_max + 5 * client_timeout_ms * ms_ns;
 constexpr std::string_view our_name = "mx.sim.example";
 constexpr std::uint32_t domain_count = 4;  // rcpt0..rcpt2.example and sender.example
 constexpr std::string_view domain_names[domain_count] = {"rcpt0.example", "rcpt1.example",
@@ -183,10 +187,20 @@ constexpr std::string_view relayhost_name = "smarthost.sim.example";
 // without policies draws, logs and replays exactly as before.
 struct tls_policy_plan {
   bool on = false;
-  outbound::tls_policy fallback = outbound::tls_policy::opportunistic;  // tls_default
-  outbound::tls_policy policy[domain_count] = {};    // in force; opportunistic unless drawn
-  outbound::tls_policy eventual[domain_count] = {};  // after the reload: the hosts serve it
-  outbound::tls_policy previous[domain_count] = {};  // before the reload
+  static constexpr auto opportunistic = outbound::tls_policy::opportunistic;
+  static_assert(domain_count == 4, "one initializer per domain below");
+  outbound::tls_policy fallback = opportunistic;  // tls_default
+  // Opportunistic unless drawn: an entry that defers to tls_default (resolve). Written out, as
+  // `= {}` would make them `none` (the enum's first value), which resolve keeps: with the relay
+  // host's `required` default and no policies drawn, the MX hosts were held to nothing, never
+  // offered STARTTLS after the heal, and their mail waited for its lifetime (found by DEFERRED
+  // AFTER HEAL, seed 182000201 --shards-max 3).
+  outbound::tls_policy policy[domain_count] = {opportunistic, opportunistic, opportunistic,
+                                               opportunistic};  // in force
+  outbound::tls_policy eventual[domain_count] = {opportunistic, opportunistic, opportunistic,
+                                                 opportunistic};  // after the reload
+  outbound::tls_policy previous[domain_count] = {opportunistic, opportunistic, opportunistic,
+                                                 opportunistic};  // before the reload
   std::int64_t changed_ns[domain_count] = {};        // when the reload changed it
   std::uint32_t tightened = domain_count;            // the domain the reload makes stricter
   std::int64_t tighten_after_ns = 0;                 // after the first start
@@ -431,6 +445,8 @@ struct delivery::state {
   void check_reason_logged(spool::message_id id, std::string_view to, std::string_view reply);
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
   void check_body(const remote_peer& h, const std::string& key);
+  void check_deferral_after_heal(spool::message_id id, std::string_view to,
+                                 std::string_view reply);
   void on_deleted(spool::message_id id, std::string_view to);
   void check_not_deleted(spool::message_id id, std::string_view to, std::string_view event);
   void forget_process();  // a crash: what only the dead process knew
@@ -1313,6 +1329,19 @@ smtp::verdict delivery::state::unauthenticated_mail(const remote_peer& h) {
 // expired; last error: ...", or "... (gave up: queue lifetime expired)" for a job on the wire
 // then) or by the operator. A `bounced` record naming AUTH or TLS otherwise broke it: AUTH
 // BOUNCED, TLS BOUNCED.
+// DEFERRED AFTER HEAL: once nothing fails any more, an attempt must not end in a deferral (the
+// faults it could be blamed on are gone): a relay that keeps deferring then — a body it cannot
+// read back, a state it cannot leave — would drain only by bouncing everything at the end of
+// its lifetime, which UNDELIVERED accepts as "bounced with a DSN". Attempts begun before the
+// heal may still fail within heal_grace_ns.
+void delivery::state::check_deferral_after_heal(spool::message_id id, std::string_view to,
+                                                std::string_view reply) {
+  if (!w.healed() || w.clock().now_ns() - w.healed_ns() <= heal_grace_ns) return;
+  w.fail(fmt::format("DEFERRED AFTER HEAL: {:016x} for <{}> deferred {:.1f} s after the faults "
+                     "were healed: {}", id, to,
+                     static_cast<double>(w.clock().now_ns() - w.healed_ns()) / 1e9, reply));
+}
+
 void delivery::state::check_transient_bounce(spool::message_id id, std::string_view to,
                                              std::string_view reply) {
   const bool auth = relayhost.on && reply.find("AUTH") != std::string_view::npos;
@@ -1958,6 +1987,7 @@ void delivery::on_log_record(std::string_view line) {
   if (event == "delivered" || event == "bounced" || event == "deferred") {
     s.check_rule_bounce(id, event, to, log_field(line, "reply"));
   }
+  if (event == "deferred") s.check_deferral_after_heal(id, to, log_field(line, "reply"));
   if (const auto found = s.ledger.find(id); event == "delivered" && found != s.ledger.end())
     s.delivered_logged.emplace(found->second.key, to);
   if (event == "deleted") {

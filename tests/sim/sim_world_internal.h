@@ -150,6 +150,7 @@ class world {
   const options& settings() const { return _options; }
   outcome& counters() { return _outcome; }
   bool healed() const { return _healed; }
+  std::int64_t healed_ns() const { return _healed_ns; }  // when the faults stopped
   bool failed_now() const { return _failed; }
   // An acknowledged message still queued, drawn with `rng` (0: none found): the operator's.
   spool::message_id random_queued_message(random& rng) const;
