@@ -821,8 +821,15 @@ void relay::state::queue_job(std::unique_ptr<routed_job> job) noexcept {
     scheduler.pause(added.destination, now, recovered_until, recovered_pause_failure);
   }
   metrics.queued_jobs.add(added.jobs_added);
-  if ((job->flags & spool::message_flag_bounce) != 0)  // an operator's bounce, recovered
+  // An operator's bounce, recovered or met while the job waited for its site; a delete met
+  // there (amend_resolving). Both set: the bounce came first (a deleted message takes no more
+  // actions: act_on_message), and a bounced job is gone before a delete could find it.
+  if ((job->flags & spool::message_flag_bounce) != 0)
     return bounce_now(job->destination, message, job->bounce_reason, now);
+  if ((job->flags & spool::message_flag_deleted) != 0) {
+    scheduler.remove_message(job->destination, message_key_of(message), now);
+    return drain_events(nullptr);
+  }
   if (paused) {
     std::vector<recipient_report> reports;
     for (const std::uint16_t index : job->recipients) {

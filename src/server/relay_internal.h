@@ -164,7 +164,9 @@ struct routed_job {
   std::vector<std::uint16_t> recipients;
   std::uint16_t attempts = 0;
   std::int64_t not_before_ms = 0;
-  std::uint8_t flags = 0;  // spool::message_flag_held / _bounce: recovered operator actions
+  // spool::message_flag_held / _bounce: recovered operator actions; _deleted (and the others):
+  // an action met while waiting for the site (relay_site.cc amend_resolving)
+  std::uint8_t flags = 0;
   // Set by the destination's owner once its MX hosts are known (relay_site.cc): the job goes
   // to the site's owner and joins the site there. Empty: not rolled up (yet).
   std::string site;

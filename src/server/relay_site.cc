@@ -124,7 +124,10 @@ bool relay::state::follow_site_queue(std::unique_ptr<routed_job>& job,
 // Jobs held for their site's lookup are in no scheduler: an operator's action on their message
 // rides on them instead (queue_job applies their flags), or a release after a restart left the
 // recovered hold in place for good — the spool said released, the job joined its queue held
-// (ringmta-sim seed 190292682438239, docs/notes.md s10-simworld). A delete is not carried.
+// (ringmta-sim seed 190292682438239, docs/notes.md s10-simworld). A delete rides the same way:
+// uncarried, the spool said deleted while the job joined its queue as it was — held for good
+// (a release then finds the message deleted), or delivered after the operator's delete
+// (seed 183000137: a delete 0.5 s after a restart, the job waiting for its site's answer).
 void relay::state::amend_resolving(const message_action_job& action) noexcept {
   const auto held = resolving.find(std::string(split_egress(action.destination).first));
   if (held == resolving.end()) return;
@@ -141,7 +144,7 @@ void relay::state::amend_resolving(const message_action_job& action) noexcept {
         job->flags |= spool::message_flag_bounce;
         break;
       case message_op::retry: job->not_before_ms = 0; break;
-      case message_op::remove: break;
+      case message_op::remove: job->flags |= spool::message_flag_deleted; break;
     }
   }
 }
