@@ -445,6 +445,8 @@ struct delivery::state {
   void check_reason_logged(spool::message_id id, std::string_view to, std::string_view reply);
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
   void check_body(const remote_peer& h, const std::string& key);
+  void check_not_deleted_before(const remote_peer& h, const std::string& key);
+  void poll_action_tickets();
   void check_deferral_after_heal(spool::message_id id, std::string_view to,
                                  std::string_view reply);
   void on_deleted(spool::message_id id, std::string_view to);
@@ -493,9 +495,10 @@ struct delivery::state {
     server::relay* home;  // its home shard's relay (the restart forgets these tickets)
   };
   std::vector<action_ticket> action_tickets;
-  // Deletes the API would have acknowledged (the ticket "ok": journaled): every recovery must
-  // find the message deleted or gone (LOST DELETE).
-  std::set<spool::message_id> deletes_acknowledged;
+  // Deletes the API would have acknowledged (the ticket "ok": journaled), with when the
+  // operator's poll saw it: every recovery must find the message deleted or gone (LOST DELETE),
+  // and no job of it taken after that reaches a remote MTA (DELIVERED AFTER DELETE).
+  std::map<spool::message_id, std::int64_t> deletes_acknowledged;
   std::uint64_t next_remote_connection = 1;
   // per destination domain: open connections, and the limits they were opened under
   // (the relay host's after the domains': it carries them all)
@@ -1235,7 +1238,10 @@ void delivery::state::delivered_remotely(remote_peer& h) {
   const std::string key = message_key(h.body);
   const bool report = h.reverse_path.empty() &&
                       h.body.find("multipart/report") != std::string::npos;
-  if (!report && !h.recipients.empty()) check_body(h, key);
+  if (!report && !h.recipients.empty()) {
+    check_body(h, key);
+    check_not_deleted_before(h, key);
+  }
   for (const auto& rcpt : h.recipients) {
     ++w.counters().remote_deliveries;
     if (report) {  // each Final-Recipient of the DSN: bounced and reported to the sender
@@ -1329,6 +1335,23 @@ smtp::verdict delivery::state::unauthenticated_mail(const remote_peer& h) {
 // expired; last error: ...", or "... (gave up: queue lifetime expired)" for a job on the wire
 // then) or by the operator. A `bounced` record naming AUTH or TLS otherwise broke it: AUTH
 // BOUNCED, TLS BOUNCED.
+// DELIVERED AFTER DELETE: the relay took this transaction's job (after h.taken_after_ns) once
+// the operator had seen the message's delete acknowledged — journaled, and sent to the shards
+// that queue its jobs (action_state says "pending" until then), so every job of it had been
+// removed or was on the wire already. Only a job on the wire at the delete may still deliver.
+// (DELETED, THEN DELIVERED needs the relay's `deleted` record: a job the delete never reached
+// logs none.)
+void delivery::state::check_not_deleted_before(const remote_peer& h, const std::string& key) {
+  const auto id = keys.find(key);
+  if (id == keys.end()) return;
+  const auto deleted = deletes_acknowledged.find(id->second);
+  if (deleted == deletes_acknowledged.end() || h.taken_after_ns <= deleted->second) return;
+  w.fail(fmt::format("DELIVERED AFTER DELETE: {} ({:016x}) reached {} (r{}): its job was taken "
+                     "after {:.3f}s, its delete acknowledged at {:.3f}s", key, id->second,
+                     h.remote.name, h.number, static_cast<double>(h.taken_after_ns) / 1e9,
+                     static_cast<double>(deleted->second) / 1e9));
+}
+
 // DEFERRED AFTER HEAL: once nothing fails any more, an attempt must not end in a deferral (the
 // faults it could be blamed on are gone): a relay that keeps deferring then — a body it cannot
 // read back, a state it cannot leave — would drain only by bouncing everything at the end of
@@ -1811,15 +1834,26 @@ void delivery::state::reload() {
                    limits.connections_max));
 }
 
+// The API's poll of earlier message actions: their journal records landed (or failed). Run
+// as each action's record becomes durable, and at the operator's every step (an action whose
+// jobs waited for their envelope's read answers "pending" until it is sent to them).
+void delivery::state::poll_action_tickets() {
+  std::erase_if(action_tickets, [this](const action_ticket& asked) {
+    const std::string answer = asked.home->action_state(asked.ticket);
+    if (answer == "ok" && asked.action == "delete")
+      deletes_acknowledged.emplace(asked.id, w.clock().now_ns());
+    return answer != "pending";
+  });
+}
+
+void delivery::on_action_durable() {
+  if (_state->relay != nullptr) _state->poll_action_tickets();
+}
+
 void delivery::state::operator_tick() {
   if (w.healed()) return;
   ++w.counters().operator_actions;
-  // The API's poll of earlier message actions: their journal records landed (or failed).
-  std::erase_if(action_tickets, [this](const action_ticket& asked) {
-    const std::string answer = asked.home->action_state(asked.ticket);
-    if (answer == "ok" && asked.action == "delete") deletes_acknowledged.insert(asked.id);
-    return answer != "pending";
-  });
+  poll_action_tickets();
   const std::string_view destination = domain_names[rng.below(domain_count)];
   const std::uint64_t action = rng.below(100);
   const spool::message_id message = w.random_queued_message(rng);

@@ -76,6 +76,9 @@ class delivery {
   void on_recovered(const std::vector<const spool::store*>& stores);
   // One record of the process's log (the relay's delivered/bounced/dsn_queued lines).
   void on_log_record(std::string_view line);
+  // An operator action's journal record was synced (relay::on_marked took its ticket): the
+  // API's poll of it would answer now.
+  void on_action_durable();
   // Faults stop (remotes and DNS answer, holds and suspensions lifted, queues flushed).
   void heal();
   // Empty when the delivery side is idle; else what is still going on.

@@ -588,6 +588,7 @@ void world::on_marked(process& proc, const spool::event& event) {
   if (proc.relay) {
     const bool action = proc.relay->on_marked(event.ticket, event.error);
     if (!action && event.error == 0) ++_outcome.delivered_marks;
+    if (action && _delivery) _delivery->on_action_durable();
     return;
   }
   const auto found = _mark_tickets.find(event.ticket);
