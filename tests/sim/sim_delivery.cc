@@ -1327,14 +1327,6 @@ smtp::verdict delivery::state::unauthenticated_mail(const remote_peer& h) {
   return smtp::verdict::respond(530, "5.7.0", "Authentication required");
 }
 
-// Failures the daemon promises are transient (attempt_plan.cc summary: "transient whatever the
-// server said"): AUTH the relay host refuses (535 5.7.8, or 454 for now) — the mail waits for
-// the operator's fix of the credentials — and TLS a policy demands that did not happen (no
-// STARTTLS, a failed handshake, a certificate that does not verify) — the mail waits for the
-// server's fix. Such mail bounces only when its lifetime ends (relay.cc: "delivery time
-// expired; last error: ...", or "... (gave up: queue lifetime expired)" for a job on the wire
-// then) or by the operator. A `bounced` record naming AUTH or TLS otherwise broke it: AUTH
-// BOUNCED, TLS BOUNCED.
 // DELIVERED AFTER DELETE: the relay took this transaction's job (after h.taken_after_ns) once
 // the operator had seen the message's delete acknowledged — journaled, and sent to the shards
 // that queue its jobs (action_state says "pending" until then), so every job of it had been
@@ -1365,14 +1357,35 @@ void delivery::state::check_deferral_after_heal(spool::message_id id, std::strin
                      static_cast<double>(w.clock().now_ns() - w.healed_ns()) / 1e9, reply));
 }
 
+// Failures the daemon promises are transient (attempt_plan.cc summary: "transient whatever the
+// server said"): AUTH the relay host refuses (535 5.7.8, or 454 for now) — the mail waits for
+// the operator's fix of the credentials — and TLS a policy demands that did not happen (no
+// STARTTLS, a failed handshake, a certificate that does not verify) — the mail waits for the
+// server's fix. Such mail bounces only when its lifetime ends (relay.cc: "delivery time
+// expired; last error: ...", or "... (gave up: queue lifetime expired)" for a job on the wire
+// then) or by the operator. A `bounced` record naming AUTH or TLS otherwise broke it: AUTH
+// BOUNCED, TLS BOUNCED. The same for every other transient failure (session 15): a bounce whose
+// reply is a 4xx, or quotes a server's 4xx ("said: 4..."), made a transient failure permanent
+// (RFC 5321 §4.2.1: 4yz is "Transient Negative Completion") unless the lifetime ended, the
+// operator bounced it or a reply rule did ("(bounced by reply rule ...)", checked by BOUNCE
+// RULE): TRANSIENT BOUNCED.
 void delivery::state::check_transient_bounce(spool::message_id id, std::string_view to,
                                              std::string_view reply) {
-  const bool auth = relayhost.on && reply.find("AUTH") != std::string_view::npos;
-  const bool tls = reply.find("TLS") != std::string_view::npos;
-  if (!auth && !tls) return;
   for (const std::string_view allowed : {"delivery time expired", "bounced by the operator"})
     if (reply.substr(0, allowed.size()) == allowed) return;
   if (reply.find(" (gave up: ") != std::string_view::npos) return;
+  const bool auth = relayhost.on && reply.find("AUTH") != std::string_view::npos;
+  const bool tls = reply.find("TLS") != std::string_view::npos;
+  const bool transient =
+      reply.substr(0, 1) == "4" || reply.find(" said: 4") != std::string_view::npos;
+  const bool by_rule = reply.find(" (bounced by reply rule ") != std::string_view::npos;
+  if (transient && !auth && !tls && !by_rule) {
+    w.fail(fmt::format("TRANSIENT BOUNCED: {:016x} for <{}> bounced for a transient failure "
+                       "(the mail waits for the next attempt, until its lifetime ends): {}", id,
+                       to, reply));
+    return;
+  }
+  if (!auth && !tls) return;
   if (auth) {
     w.fail(fmt::format("AUTH BOUNCED: {:016x} for <{}> bounced for an AUTH failure at the relay "
                        "host (a transient one: the mail waits for the credentials' fix): {}",
