@@ -120,6 +120,17 @@ std::string_view log_field(std::string_view line, std::string_view name) {
 }
 
 // The test's ledger of a durable message: survives crashes.
+// A body's size and XXH3 (BODY ALTERED).
+struct body_digest {
+  std::size_t bytes = 0;
+  std::uint64_t xxh3 = 0;
+  bool operator==(const body_digest&) const = default;
+};
+
+body_digest digest_of(std::string_view body) {
+  return {body.size(), XXH3_64bits(body.data(), body.size())};
+}
+
 struct ledger_entry {
   std::string key;  // the client's Message-ID, or (a DSN) the original's it quotes
   std::string reverse_path;
@@ -129,8 +140,7 @@ struct ledger_entry {
   // The body as the client's message must reach every remote MTA (messages only): what the
   // spool holds in wire form (the Received: field the inbound added, then the client's body
   // dot-stuffed), its size and XXH3. BODY ALTERED compares each delivery with it.
-  std::size_t body_bytes = 0;
-  std::uint64_t body_hash = 0;
+  body_digest body;
   // Every recipient was found final at a recovery, so all are in final_durable already: later
   // recoveries skip re-inserting them (issue 16: a tenth of a crash-heavy run's instructions).
   bool finals_recorded = false;
@@ -445,6 +455,8 @@ struct delivery::state {
   void check_reason_logged(spool::message_id id, std::string_view to, std::string_view reply);
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
   void check_body(const remote_peer& h, const std::string& key);
+  void check_dsn_body(const remote_peer& h, const std::string& key);
+  static body_digest delivered_digest(const remote_peer& h);
   void check_not_deleted_before(const remote_peer& h, const std::string& key);
   void poll_action_tickets();
   void check_deferral_after_heal(spool::message_id id, std::string_view to,
@@ -535,6 +547,8 @@ struct delivery::state {
   // by key; per (key, recipient) the relay's delivered record (no delay DSN after it) and the
   // delayed DSNs made durable by this process.
   std::map<std::string, spool::message_id> keys;
+  // The DSNs spooled about each message (by its key): size and XXH3 of each body (BODY ALTERED).
+  std::map<std::string, std::vector<body_digest>> dsn_bodies;
   std::set<std::pair<std::string, std::string>> delivered_logged;
   // (key, rcpt) whose delay notice the relay logged before any delivery of it (this process).
   std::set<std::pair<std::string, std::string>> noticed_undelivered;
@@ -1238,6 +1252,7 @@ void delivery::state::delivered_remotely(remote_peer& h) {
   const std::string key = message_key(h.body);
   const bool report = h.reverse_path.empty() &&
                       h.body.find("multipart/report") != std::string::npos;
+  if (report && !h.recipients.empty()) check_dsn_body(h, key);
   if (!report && !h.recipients.empty()) {
     check_body(h, key);
     check_not_deleted_before(h, key);
@@ -1708,31 +1723,50 @@ void delivery::state::check_reason_logged(spool::message_id id, std::string_view
   dsn_reasons[{entry->second.key, std::string(to)}] = reason->second;
 }
 
-// A DSN made durable: it names the reason of each recipient it reports that the operator
-// bounced with one (RFC 3464 §2.3.6: the diagnostic; docs/notes.md, "Per-message actions").
+// The size and XXH3 of a delivered body in the spool's wire form: DATA's is (dot-stuffed,
+// RFC 5321 §4.5.2), BDAT's raw octets are that unstuffed (RFC 3030 §2), so they are stuffed
+// again.
+body_digest delivery::state::delivered_digest(const remote_peer& h) {
+  if (h.body_form != smtp::body_form::raw) return digest_of(h.body);
+  return digest_of(dot_stuff(h.body));
+}
+
 // BODY ALTERED: a remote MTA accepted a message whose body is not, octet for octet, what the
 // inbound answered 250 for (RFC 5321 §2.3.10: the content is delivered unchanged but for trace
-// fields added at reception). The same in both transfers: DATA's wire form is the spool's
-// (dot-stuffed, §4.5.2), BDAT's raw octets are that unstuffed (RFC 3030 §2), so they are
-// stuffed again here to compare. Catches a body read at the wrong offset or length after a
-// restart, a slice skipped or sent twice, a transfer cut short and taken for whole.
+// fields added at reception), in either transfer. Catches a body read at the wrong offset or
+// length after a restart, a slice skipped or sent twice, a transfer cut short and taken for
+// whole.
 void delivery::state::check_body(const remote_peer& h, const std::string& key) {
   const auto id = keys.find(key);
   if (id == keys.end()) return;  // not a client's message (no Message-ID of the world's)
   const auto entry = ledger.find(id->second);
-  if (entry == ledger.end() || entry->second.body_bytes == 0) return;
-  const std::string stuffed = h.body_form == smtp::body_form::raw ? dot_stuff(h.body) : "";
-  const std::string_view got = h.body_form == smtp::body_form::raw ? stuffed : h.body;
+  if (entry == ledger.end() || entry->second.body.bytes == 0) return;
   ++w.counters().bodies_checked;
-  if (got.size() == entry->second.body_bytes &&
-      XXH3_64bits(got.data(), got.size()) == entry->second.body_hash)
-    return;
+  const body_digest got = delivered_digest(h);
+  if (got == entry->second.body) return;
   w.fail(fmt::format("BODY ALTERED: {} reached {} (r{}, by {}) as {} octets, the spool took {} "
                      "octets with another XXH3", key, h.remote.name, h.number,
-                     h.body_form == smtp::body_form::raw ? "BDAT" : "DATA", got.size(),
-                     entry->second.body_bytes));
+                     h.body_form == smtp::body_form::raw ? "BDAT" : "DATA", got.bytes,
+                     entry->second.body.bytes));
 }
 
+// The same for a DSN: the remote MTA got, octet for octet, one of the DSNs about the message
+// that the relay spooled (several may quote one message: a delay notice, a failure report).
+void delivery::state::check_dsn_body(const remote_peer& h, const std::string& key) {
+  const auto spooled = dsn_bodies.find(key);
+  if (spooled == dsn_bodies.end()) return;  // not known to the world (commit reported failed)
+  ++w.counters().bodies_checked;
+  const body_digest got = delivered_digest(h);
+  if (std::find(spooled->second.begin(), spooled->second.end(), got) != spooled->second.end())
+    return;
+  w.fail(fmt::format("BODY ALTERED: a DSN about {} reached {} (r{}, by {}) as {} octets, unlike "
+                     "each of the {} the relay spooled about it", key, h.remote.name, h.number,
+                     h.body_form == smtp::body_form::raw ? "BDAT" : "DATA", got.bytes,
+                     spooled->second.size()));
+}
+
+// A DSN made durable: it names the reason of each recipient it reports that the operator
+// bounced with one (RFC 3464 §2.3.6: the diagnostic; docs/notes.md, "Per-message actions").
 void delivery::state::check_reason_in_dsn(spool::message_id dsn, std::string_view body) {
   const std::string key = message_key(body);
   for (const auto& [rcpt, action] : reported_actions(body)) {
@@ -1974,9 +2008,9 @@ void delivery::on_message(spool::message_id id, const expected_message& message)
       else s.dsn_reports[{entry.key, rcpt}].push_back(id);  // a final report (failed)
     }
     s.check_reason_in_dsn(id, message.body_wire);
+    s.dsn_bodies[entry.key].push_back(digest_of(message.body_wire));
   } else {
-    entry.body_bytes = message.body_wire.size();
-    entry.body_hash = XXH3_64bits(message.body_wire.data(), message.body_wire.size());
+    entry.body = digest_of(message.body_wire);
     s.keys.emplace(entry.key, id);
   }
   s.ledger.emplace(id, std::move(entry));
