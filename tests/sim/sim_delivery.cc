@@ -456,6 +456,7 @@ struct delivery::state {
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
   void check_body(const remote_peer& h, const std::string& key);
   void check_dsn_body(const remote_peer& h, const std::string& key);
+  void check_dsn_addressed(const remote_peer& h, const std::string& key, std::string_view rcpt);
   static body_digest delivered_digest(const remote_peer& h);
   void check_not_deleted_before(const remote_peer& h, const std::string& key);
   void poll_action_tickets();
@@ -1260,6 +1261,7 @@ void delivery::state::delivered_remotely(remote_peer& h) {
   for (const auto& rcpt : h.recipients) {
     ++w.counters().remote_deliveries;
     if (report) {  // each Final-Recipient of the DSN: bounced and reported to the sender
+      check_dsn_addressed(h, key, rcpt);
       for (const auto& final_rcpt : final_recipients(h.body)) {
         ++dsn_mailbox[{key, final_rcpt}];
         note(fmt::format("{} receives a DSN about {} for {}", h.remote.name, key, final_rcpt));
@@ -1763,6 +1765,20 @@ void delivery::state::check_dsn_body(const remote_peer& h, const std::string& ke
                      "each of the {} the relay spooled about it", key, h.remote.name, h.number,
                      h.body_form == smtp::body_form::raw ? "BDAT" : "DATA", got.bytes,
                      spooled->second.size()));
+}
+
+// DSN MISADDRESSED: a DSN goes to the reverse path of the message it reports on (RFC 3461
+// §6.2 / RFC 5321 §4.5.5: to the MAIL FROM address, from the null reverse path), and to nobody
+// else. Before, a DSN counted as "reached the sender" at whichever address it was delivered.
+void delivery::state::check_dsn_addressed(const remote_peer& h, const std::string& key,
+                                          std::string_view rcpt) {
+  const auto id = keys.find(key);
+  if (id == keys.end()) return;
+  const auto entry = ledger.find(id->second);
+  if (entry == ledger.end() || entry->second.reverse_path == rcpt) return;
+  w.fail(fmt::format("DSN MISADDRESSED: a DSN about {} reached {} (r{}) for <{}>, but its "
+                     "sender was <{}>", key, h.remote.name, h.number, rcpt,
+                     entry->second.reverse_path));
 }
 
 // A DSN made durable: it names the reason of each recipient it reports that the operator
