@@ -456,6 +456,7 @@ struct delivery::state {
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
   void check_body(const remote_peer& h, const std::string& key);
   void check_dsn_body(const remote_peer& h, const std::string& key);
+  void check_failure_dsn(spool::message_id dsn, std::string_view key, std::string_view rcpt);
   void check_dsn_addressed(const remote_peer& h, const std::string& key, std::string_view rcpt);
   static body_digest delivered_digest(const remote_peer& h);
   void check_not_deleted_before(const remote_peer& h, const std::string& key);
@@ -1692,6 +1693,29 @@ void delivery::state::check_delay_dsn(spool::message_id dsn, std::string_view ke
   }
 }
 
+// UNWANTED DSN: a failure report made durable about (key, rcpt) that its sender did not ask
+// for (RFC 3461 §4.1: NOTIFY=NEVER, or a list without FAILURE; absent means FAILURE,DELAY) or
+// that goes to the null reverse path (RFC 5321 §4.5.5: never a DSN about a DSN), or about an
+// address that was not a recipient of the message.
+void delivery::state::check_failure_dsn(spool::message_id dsn, std::string_view key,
+                                        std::string_view rcpt) {
+  const auto id = keys.find(std::string(key));
+  if (id == keys.end()) return;  // the original is not the world's: nothing to compare
+  const ledger_entry& original = ledger.at(id->second);
+  const auto r = std::find(original.recipients.begin(), original.recipients.end(), rcpt);
+  if (r == original.recipients.end()) {
+    return w.fail(fmt::format("UNWANTED DSN: {:016x} reports {} failed for <{}>, not a "
+                              "recipient of it", dsn, key, rcpt));
+  }
+  const std::uint8_t notify = original.notify[r - original.recipients.begin()];
+  const bool wanted = !original.reverse_path.empty() && (notify & smtp::notify_never) == 0 &&
+                      (notify == 0 || (notify & smtp::notify_failure) != 0);
+  if (wanted) return;
+  w.fail(fmt::format("UNWANTED DSN: {:016x} reports {} failed for <{}>, whose sender did not "
+                     "ask for failure reports (NOTIFY bits {}, reverse path <{}>)", dsn, key,
+                     rcpt, notify, original.reverse_path));
+}
+
 // The relay's `delayed` record: a delay notice decided for (message, recipient); whether the
 // relay had logged the recipient delivered before deciding it is what check_delay_dsn needs.
 void delivery::state::on_delay_notice(spool::message_id id, std::string_view to) {
@@ -2020,8 +2044,12 @@ void delivery::on_message(spool::message_id id, const expected_message& message)
   entry.notify.resize(entry.recipients.size(), 0);
   if (dsn) {
     for (const auto& [rcpt, action] : reported_actions(message.body_wire)) {
-      if (action == "delayed") s.check_delay_dsn(id, entry.key, rcpt);
-      else s.dsn_reports[{entry.key, rcpt}].push_back(id);  // a final report (failed)
+      if (action == "delayed") {
+        s.check_delay_dsn(id, entry.key, rcpt);
+      } else {  // a final report (failed)
+        s.check_failure_dsn(id, entry.key, rcpt);
+        s.dsn_reports[{entry.key, rcpt}].push_back(id);
+      }
     }
     s.check_reason_in_dsn(id, message.body_wire);
     s.dsn_bodies[entry.key].push_back(digest_of(message.body_wire));
