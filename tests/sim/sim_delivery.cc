@@ -456,6 +456,7 @@ struct delivery::state {
   void check_reason_in_dsn(spool::message_id dsn, std::string_view body);
   void check_body(const remote_peer& h, const std::string& key);
   void check_dsn_body(const remote_peer& h, const std::string& key);
+  void check_envelope(const remote_peer& h, const std::string& key);
   void check_failure_dsn(spool::message_id dsn, std::string_view key, std::string_view rcpt);
   void check_dsn_addressed(const remote_peer& h, const std::string& key, std::string_view rcpt);
   static body_digest delivered_digest(const remote_peer& h);
@@ -1257,6 +1258,7 @@ void delivery::state::delivered_remotely(remote_peer& h) {
   if (report && !h.recipients.empty()) check_dsn_body(h, key);
   if (!report && !h.recipients.empty()) {
     check_body(h, key);
+    check_envelope(h, key);
     check_not_deleted_before(h, key);
   }
   for (const auto& rcpt : h.recipients) {
@@ -1774,6 +1776,28 @@ void delivery::state::check_body(const remote_peer& h, const std::string& key) {
                      "octets with another XXH3", key, h.remote.name, h.number,
                      h.body_form == smtp::body_form::raw ? "BDAT" : "DATA", got.bytes,
                      entry->second.body.bytes));
+}
+
+// ENVELOPE ALTERED: a message reaches a remote MTA from its own sender and only for its own
+// recipients (those the inbound accepted). A recipient of another message, or another sender,
+// would be mail delivered to someone it was not addressed to: jobs of two messages mixed in one
+// transaction, a recipient index read against the wrong envelope.
+void delivery::state::check_envelope(const remote_peer& h, const std::string& key) {
+  const auto id = keys.find(key);
+  if (id == keys.end()) return;
+  const auto entry = ledger.find(id->second);
+  if (entry == ledger.end()) return;
+  const auto& recipients = entry->second.recipients;
+  if (h.reverse_path != entry->second.reverse_path) {
+    return w.fail(fmt::format("ENVELOPE ALTERED: {} reached {} (r{}) from <{}>, its sender is "
+                              "<{}>", key, h.remote.name, h.number, h.reverse_path,
+                              entry->second.reverse_path));
+  }
+  for (const auto& rcpt : h.recipients) {
+    if (std::find(recipients.begin(), recipients.end(), rcpt) != recipients.end()) continue;
+    return w.fail(fmt::format("ENVELOPE ALTERED: {} reached {} (r{}) for <{}>, not one of its "
+                              "recipients", key, h.remote.name, h.number, rcpt));
+  }
 }
 
 // The same for a DSN: the remote MTA got, octet for octet, one of the DSNs about the message
