@@ -693,18 +693,24 @@ spool::destination_pause relay::state::pause_of(const std::string& destination,
   return pause;
 }
 
-// The pauses this shard's journal kept go to their destinations' owners (another shard when
-// the shard count changed: the typed cross-shard post).
+// The pauses this shard's journal kept go to every shard (the typed cross-shard post): a
+// domain's queue is on its owner or, rolled up, on its MX site's owner, which is known only
+// once the site's lookup answers. Sent to the owner alone, a suspension held the domain's jobs
+// there (queued_here) while the jobs routed before the post arrived had joined the site's
+// owner already: two queues, each with the domain's connection limit (ringmta-sim seed
+// 194000668 --shards-max 3: 5 connections under a limit of 4 when the suspension ended).
+// Each shard applies it to the jobs it queues (queue_job) or already holds (restore_pause).
 void relay::state::restore_pauses() noexcept {
   const auto shards = static_cast<unsigned>(config.shards ? config.shards->size() : 1);
   for (auto& pause : store.live_pauses(owner.wall_ms())) {
-    const unsigned to = owner_of(pause.destination, shards);
-    if (to == peers.id()) {
-      restore_pause(pause);
-      continue;
+    for (unsigned shard = 0; shard < shards; ++shard) {
+      if (shard == peers.id()) {
+        restore_pause(pause);
+        continue;
+      }
+      send(shard, shard::make_parcel<&on_pause_message>(
+                      std::make_unique<spool::destination_pause>(pause), *config.shards));
     }
-    send(to, shard::make_parcel<&on_pause_message>(
-                 std::make_unique<spool::destination_pause>(std::move(pause)), *config.shards));
   }
 }
 

@@ -189,15 +189,13 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
 }
 
 // A destination with a queue here (an operator suspended it here, its site lookup failed or
-// waited too long, a restart recovered its suspension) keeps its jobs here until that queue is
-// gone: a second queue on the site's owner would get connections of its own, and the two
-// together exceed the destination's connection limit (ringmta-sim seed 280203166620281).
+// waited too long) keeps its jobs here until that queue is gone: a second queue on the site's
+// owner would get connections of its own, and the two together exceed the destination's
+// connection limit (ringmta-sim seed 280203166620281). A suspension recovered from the journal
+// makes no queue of its own: every shard knows it (relay.cc restore_pauses).
 bool relay::state::queued_here(std::string_view destination) const noexcept {
   queue::destination_info info;
-  if (scheduler.inspect(destination, info)) return true;
-  // A suspension recovered from the journal (relay.cc restore_pause) holds its jobs here,
-  // where it is, until its first job makes the queue.
-  return !recovered_pauses.empty() && recovered_pauses.count(std::string(destination)) != 0;
+  return scheduler.inspect(destination, info);
 }
 
 // The site last learned for a domain, fresh or stale ("" when none).
