@@ -270,7 +270,8 @@ void relay::state::send_to_site(std::unique_ptr<routed_job> job, const known_sit
 // its earlier jobs did), or, with no queue here any more, on to the new site; the destination's
 // owner then sends the next jobs there directly. The jobs of one destination reach this shard
 // in the order its owner sent them, so once none is queued here none will be: later ones were
-// sent before the owner heard, and go on too.
+// sent before the owner heard, and go on too. (An operator's suspend in that moment, sent here
+// by holder_of, would make a queue here beside the new one: one parcel's latency, not closed.)
 void relay::state::take_via_old_site(std::unique_ptr<routed_job> job) noexcept {
   const auto change = std::move(job->via_old_site);
   if (queued_here(job->destination)) return queue_job(std::move(job));
