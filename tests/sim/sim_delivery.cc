@@ -649,6 +649,7 @@ void delivery::state::draw_mx_change(std::uint64_t seed) {
 // sees it at its next relearn (or the next lookup its cache lets through).
 void delivery::state::change_mx_set() {
   mx_change.one_host = !mx_change.one_host;
+  ++w.counters().mx_set_changes;
   note(fmt::format("dns: {}'s MX set is now {}", domain_names[mx_change.domain],
                    mx_change.one_host ? fmt::format("mx{} only", mx_change.kept_host + 1)
                                       : std::string("mx1 and mx2")));
