@@ -255,7 +255,7 @@ void relay::state::release_held(const std::string& domain) noexcept {
 // On the destination's owner. After a change of the domain's MX set the old site's owner may
 // still hold the domain's queue: the job goes there first (take_via_old_site), one hop more,
 // until that owner reports the queue gone (ringmta-sim --shards-max 3 --no-crashes: seeds
-// 150000236, 152000004, 152000044, two connections open at a limit of one, one per queue).
+// 152000004, 152000044, two connections open at a limit of one, one per queue).
 void relay::state::send_to_site(std::unique_ptr<routed_job> job, const known_site& known,
                                 at_site how) noexcept {
   if (known.via_old_site(split_egress(job->destination).second)) {

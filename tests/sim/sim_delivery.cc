@@ -1039,7 +1039,12 @@ server::relay_config delivery::state::make_config() const {
   config.dns.random = dns::seeded_random(dns_seed);
   shape.configure(config);
   configure_relayhost(config);
-  if (mx_change.on()) config.site_relearn_ms = std::int64_t{mx_change.relearn_s} * 1000;
+  if (mx_change.on()) {
+    config.site_relearn_ms = std::int64_t{mx_change.relearn_s} * 1000;
+    config.scheduler.idle_forget_ms = mx_change.idle_forget_ms;
+    // (A ready connection kept for reuse keeps its destination busy until it closes.)
+    config.outbound.idle_timeout_ms = 2000;
+  }
   for (std::uint32_t d = 0; d < domain_count && tls_plan.on; ++d) {
     if (tls_plan.policy[d] != outbound::tls_policy::opportunistic)
       config.tls_policies.emplace(domain_names[d], tls_plan.policy[d]);

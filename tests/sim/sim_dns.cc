@@ -80,7 +80,8 @@ std::string mx_change_plan::describe(std::string_view domain_name) const {
   for (const auto when : changes_ns)
     at += fmt::format("{}{:.1f}s", at.empty() ? "" : ",", static_cast<double>(when) / 1e9);
   return fmt::format("delivery: {}'s MX set becomes mx{} only (then both again, and so on) "
-                     "after {} (site relearn {}s)", domain_name, kept_host + 1, at, relearn_s);
+                     "after {} (site relearn {}s, idle queues forgotten after {}s)", domain_name,
+                     kept_host + 1, at, relearn_s, idle_forget_ms / 1000);
 }
 
 mx_change_plan draw_mx_change(std::uint64_t seed, const std::vector<std::uint32_t>& candidates) {
@@ -94,6 +95,7 @@ mx_change_plan draw_mx_change(std::uint64_t seed, const std::vector<std::uint32_
   for (std::uint64_t i = 0; i < changes; ++i)
     plan.changes_ns.push_back(static_cast<std::int64_t>(draw.between(500, 30'000)) * 1'000'000);
   std::sort(plan.changes_ns.begin(), plan.changes_ns.end());
+  plan.idle_forget_ms = static_cast<std::int64_t>(draw.between(1, 10)) * 1000;
   return plan;
 }
 

@@ -30,7 +30,10 @@ bool decode_query(const std::uint8_t* bytes, std::size_t size, std::uint16_t& id
 // records name only one of its two hosts from a drawn time on, both again from the next, and
 // so on (1-4 changes, 0.5-30 s after the first start: while the clients' mail arrives), while
 // the relay relearns MX sites every 1-8 s (relay.site_relearn) instead of hourly, and the
-// domain's records live 0-2 s in its DNS cache. The one-host set is another MX site (another
+// domain's records live 0-2 s in its DNS cache. The scheduler forgets an idle destination
+// after 1-10 s (1 h in the daemon) and a ready connection waits 2 s for work (60 s in the
+// other seeds), so that a domain's old queue can end within a run and its jobs move to the
+// new site (with sparse arrivals: --arrival-ms 3000). The one-host set is another MX site (another
 // site name, with 3 shards another owner two times in three): the relay must not give the
 // domain a second queue on the new site's owner while the old one still holds its jobs
 // (CONNECTION LIMIT, RATE LIMIT). Drawn from a stream of its own: a seed without it draws,
@@ -41,6 +44,9 @@ struct mx_change_plan {
   int kept_host = 0;                    // 0: mx1, 1: mx2 — the host of the one-host set
   std::vector<std::int64_t> changes_ns;  // after the first start, ascending
   std::uint32_t relearn_s = 3600;       // relay.site_relearn
+  // The scheduler forgets an idle destination after this (1 h in the daemon): within a run
+  // the old site's queue of the domain then goes, and its jobs move to the new site.
+  std::int64_t idle_forget_ms = 3'600'000;
   bool one_host = false;                // the set in force now
   bool on() const noexcept { return domain != none; }
   // The MX records' host labels for the domain now ("mx1", "mx2"), when it is `domain`.
