@@ -987,6 +987,11 @@ const std::vector<setting_spec>& table() {
      "limit, connections reused across them (KumoMTA's site_name)",
      [](settings& s, const values& v) { s.site_rollup = parse_bool(one(v)); },
      [](const settings& s) { return boolean(s.site_rollup); }, live},
+    {"relay.site_relearn", "--site-relearn", "DURATION", arity::one,
+     "how long a domain's MX site (site_rollup) is used before its MX hosts are looked up "
+     "again; a changed MX set moves the domain to its new site once its old queue is gone",
+     [](settings& s, const values& v) { s.site_relearn_s = parse_seconds_in(one(v), 1, 86400); },
+     [](const settings& s) { return duration(s.site_relearn_s); }, live},
     // ---- outbound TLS (issue 11): [relay.tls] policy, per-domain policies, the CA store.
     {"relay.tls.policy", "--tls-policy", "none|opportunistic|required|verify", arity::one,
      "outbound TLS: STARTTLS when offered (opportunistic), required, or required with the "

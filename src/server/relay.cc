@@ -180,6 +180,7 @@ relay_config make_relay_config(const config::settings& settings) {
   c.relayhost_auth_plaintext = settings.relayhost_auth_plaintext;
   c.routes = settings.routes;
   c.site_rollup = settings.site_rollup;
+  c.site_relearn_ms = std::int64_t{settings.site_relearn_s} * 1000;
   configure_tls(settings, c);
   auto& s = c.scheduler;
   s.retry_delays_ms.clear();

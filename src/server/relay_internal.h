@@ -15,6 +15,7 @@
 #include <variant>
 #include <vector>
 
+#include "known_site.h"
 #include "relay_tables.h"
 #include "ringmta/core/timer_wheel.h"
 #include "ringmta/queue/dsn.h"
@@ -174,6 +175,13 @@ struct routed_job {
   // rollup turned off, by a reload) while its domain's queue may still be on the site's owner:
   // queued there under the domain, without joining the site (relay_site.cc roll_up).
   bool to_queue_holder = false;
+  // Set by the destination's owner while its domain's MX site changed at a relearn and the old
+  // site's owner may still hold the domain's queue: the job goes there first, and is queued
+  // there or sent on to the new site (relay_site.cc take_via_old_site). Null: no change.
+  struct site_change {
+    std::string from, to;  // site names, without the egress source
+  };
+  std::unique_ptr<site_change> via_old_site;
   // An operator's bounce that reached the job while it waited for its site (amend_resolving),
   // or a recovered bounce's journaled reason: it travels with the job to whichever shard
   // queues it (queue_job).
@@ -520,10 +528,6 @@ struct relay::state {
   // MX site rollup (relay_site.cc). On the domain's owner: domain → site (learned by an MX
   // lookup, bounded, relearned after an hour) and the jobs held while the lookup runs. On the
   // site's owner, the scheduler knows which destinations joined which site.
-  struct known_site {
-    std::string site;
-    std::int64_t learned_ms = 0;
-  };
   std::unordered_map<std::string, known_site> sites;
   std::unordered_map<std::string, std::vector<std::unique_ptr<routed_job>>> resolving;
   std::unordered_map<std::uint64_t, std::string> lookups;  // lookup cookie → domain
@@ -536,8 +540,8 @@ struct relay::state {
   std::deque<waiting_site_lookup> site_lookups_waiting;
   std::uint64_t next_lookup = 0;
   void start_site_lookups() noexcept;
-  // The domain's held jobs go to `site`, or are queued here when it is empty.
-  void release_held(const std::string& domain, const std::string& site) noexcept;
+  // The domain's held jobs go to its known site, or are queued here when none is known.
+  void release_held(const std::string& domain) noexcept;
   struct site_resolver final : outbound::lookup_handler {
     explicit site_resolver(state& owner_state) : s(owner_state) {}
     void on_lookup_done(std::uint64_t cookie, dns::mx_result& result) noexcept override;
@@ -550,13 +554,22 @@ struct relay::state {
   // An operator's action reaches the jobs of its message held in `resolving` (their flags,
   // a bounce's reason).
   void amend_resolving(const message_action_job& action) noexcept;
-  std::string known_site_of(const std::string& domain) const;
   bool queued_here(std::string_view destination) const noexcept;  // a scheduler queue here
   // At the site's owner a job joins the site, or is queued under its domain only (a domain
   // not rolled up whose queue the owner may hold: follow_site_queue).
   enum class at_site : bool { join, queue_only };
   void forward_to_site(std::unique_ptr<routed_job> job, const std::string& site,
                        at_site how) noexcept;
+  // To the site's owner, or first to the old site's owner after a change (known_site.h).
+  void send_to_site(std::unique_ptr<routed_job> job, const known_site& known,
+                    at_site how) noexcept;
+  void take_via_old_site(std::unique_ptr<routed_job> job) noexcept;
+  struct old_queue_gone {
+    std::string destination, old_site;
+  };
+  static void on_old_queue_gone_message(shard::mesh& target, std::vector<relay*>& shards,
+                                        std::unique_ptr<old_queue_gone> gone) noexcept;
+  void note_old_queue_gone(const old_queue_gone& gone) noexcept;
   void join_site(const routed_job& job, queue::destination_id destination) noexcept;
   shape site_shape(std::string_view site) const;
   void reshape_sites() noexcept;

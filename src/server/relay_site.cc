@@ -9,8 +9,10 @@
 // lookup fails, of a domain an operator suspended on its owner, of routes and of a relayhost
 // are queued on the domain's owner as before — unless a reload changed the route while the
 // site's owner held the domain's queue: then they follow it there (follow_site_queue), so a
-// domain never has two queues at once. Per-domain operations keep working: the admin API asks
-// the domain's owner where the queue is (holder_of).
+// domain never has two queues at once. The same after a relearn found another MX set: the jobs
+// go through the old site's owner while it holds the domain's queue (known_site.h,
+// take_via_old_site). Per-domain operations keep working: the admin API asks the domain's
+// owner where the queue is (holder_of).
 //
 // Never: blocks on DNS (the lookup is the shard's resolver over the ring), loses a held job
 // (it stays owned by the held list until forwarded or queued), or moves a job that a scheduler
@@ -24,7 +26,6 @@
 namespace ringmta::server {
 
 namespace {
-constexpr std::int64_t site_relearn_ms = 3'600'000;  // MX sets change rarely; relearn hourly
 constexpr std::size_t sites_max = 100'000;           // known domains per shard (then cleared)
 constexpr std::size_t resolving_max = 10'000;        // domains being looked up per shard
 // Site lookups in flight per shard. After a restart every recovered domain wants its site at
@@ -58,11 +59,47 @@ unsigned relay::holder_of(std::string_view destination) const {
   const auto [domain, source] = split_egress(destination);  // "example.com@s3": its site's
   const auto known = s.sites.find(std::string(domain));
   if (known == s.sites.end()) return s.peers.id();
-  return owner_of(egress_destination(known->second.site, source),
+  return owner_of(egress_destination(known->second.holder_for(source), source),
                   static_cast<unsigned>(s.config.shards->size()));
 }
 
+// A change of the MX set: the owner of the site in use until now may hold the domain's queue
+// (of every source that had one), so that site becomes old_site. A change while an old_site
+// is kept: when some source moved on, its queue is on the owner of the site in use until now
+// (for the usual single source, every queue: old_site is then that site); when none did,
+// every queue is still on old_site's owner, which stays — unless the MX set went back to
+// old_site, whose owner then takes the jobs directly. (With several egress sources, a third
+// MX set before every source moved may leave an unmoved source's old queue unfollowed.)
+void known_site::learn(std::string_view fresh, std::int64_t now_ms) {
+  learned_ms = now_ms;
+  if (fresh == site) return;
+  if (!site.empty()) {
+    if (old_site.empty() || !moved_sources.empty()) {
+      old_site = site;
+      moved_sources.clear();
+    } else if (fresh == old_site) {
+      old_site.clear();
+    }
+  }
+  site.assign(fresh);
+}
+
+const std::string& known_site::holder_for(std::string_view source) const noexcept {
+  return via_old_site(source) ? old_site : site;
+}
+
+bool known_site::via_old_site(std::string_view source) const noexcept {
+  return !old_site.empty() &&
+         std::find(moved_sources.begin(), moved_sources.end(), source) == moved_sources.end();
+}
+
+void known_site::old_queue_gone(std::string_view old, std::string_view source) {
+  if (old != old_site || !via_old_site(source)) return;  // a later change: not that queue
+  moved_sources.emplace_back(source);
+}
+
 void relay::state::accept_job(std::unique_ptr<routed_job> job) noexcept {
+  if (job->via_old_site) return take_via_old_site(std::move(job));
   if (job->site.empty() && roll_up(job)) return;
   queue_job(std::move(job));
 }
@@ -77,8 +114,8 @@ bool relay::state::roll_up(std::unique_ptr<routed_job>& job) noexcept {
   if (!rolls_up(domain)) return follow_site_queue(job, domain);
   if (queued_here(job->destination)) return false;
   if (const auto known = sites.find(domain); known != sites.end()) {
-    if (owner.wall_ms() - known->second.learned_ms < site_relearn_ms) {
-      forward_to_site(std::move(job), known->second.site, at_site::join);
+    if (owner.wall_ms() - known->second.learned_ms < live->site_relearn_ms) {
+      send_to_site(std::move(job), known->second, at_site::join);
       return true;
     }
     // Stale: looked up again below; kept until then, so that a failed or late lookup sends
@@ -117,7 +154,7 @@ bool relay::state::follow_site_queue(std::unique_ptr<routed_job>& job,
   if (job->to_queue_holder) return false;
   const auto known = sites.find(domain);
   if (known == sites.end() || queued_here(job->destination)) return false;
-  forward_to_site(std::move(job), known->second.site, at_site::queue_only);
+  send_to_site(std::move(job), known->second, at_site::queue_only);
   return true;
 }
 
@@ -159,7 +196,7 @@ void relay::state::start_site_lookups() noexcept {
     const std::int64_t since_ms = site_lookups_waiting.front().since_ms;
     site_lookups_waiting.pop_front();
     if (now_ms - since_ms > site_lookup_wait_max_ms) {
-      release_held(domain, known_site_of(domain));
+      release_held(domain);
       continue;
     }
     const std::uint64_t cookie = ++next_lookup;
@@ -177,15 +214,14 @@ void relay::state::site_resolver::on_lookup_done(std::uint64_t cookie,
   const std::string domain = std::move(name->second);
   s.lookups.erase(name);
   s.start_site_lookups();
-  std::string site = s.known_site_of(domain);  // a failed relearn keeps the stale site
+  // (A failed relearn keeps the stale site.)
   if (result.status == dns::lookup_status::ok && !result.hosts.empty()) {
     std::vector<std::string_view> hosts;
     for (const auto& host : result.hosts) hosts.push_back(host.name);
-    site = site_name(hosts);
-    if (s.sites.size() >= sites_max) s.sites.clear();
-    s.sites[domain] = known_site{site, s.owner.wall_ms()};
+    if (s.sites.size() >= sites_max && s.sites.count(domain) == 0) s.sites.clear();
+    s.sites[domain].learn(site_name(hosts), s.owner.wall_ms());
   }
-  s.release_held(domain, site);
+  s.release_held(domain);
 }
 
 // A destination with a queue here (an operator suspended it here, its site lookup failed or
@@ -198,25 +234,64 @@ bool relay::state::queued_here(std::string_view destination) const noexcept {
   return scheduler.inspect(destination, info);
 }
 
-// The site last learned for a domain, fresh or stale ("" when none).
-std::string relay::state::known_site_of(const std::string& domain) const {
-  const auto known = sites.find(domain);
-  return known == sites.end() ? std::string() : known->second.site;
-}
-
-void relay::state::release_held(const std::string& domain, const std::string& site) noexcept {
+void relay::state::release_held(const std::string& domain) noexcept {
   const auto held = resolving.find(domain);
   if (held == resolving.end()) return;
   std::vector<std::unique_ptr<routed_job>> jobs = std::move(held->second);
   resolving.erase(held);
+  const auto known = sites.find(domain);
   // A reload meanwhile may have changed the domain's route or TLS policy (roll_up's test).
   const bool joins = rolls_up(domain);
   for (auto& job : jobs) {
     // A queue made here meanwhile (the operator suspended the domain while it was looked up:
     // holder_of named this shard) keeps them (seed 55001145, 2 shards).
-    if (site.empty() || queued_here(job->destination)) queue_job(std::move(job));
-    else forward_to_site(std::move(job), site, joins ? at_site::join : at_site::queue_only);
+    if (known == sites.end() || queued_here(job->destination)) queue_job(std::move(job));
+    else send_to_site(std::move(job), known->second, joins ? at_site::join : at_site::queue_only);
   }
+}
+
+// On the destination's owner. After a change of the domain's MX set the old site's owner may
+// still hold the domain's queue: the job goes there first (take_via_old_site), one hop more,
+// until that owner reports the queue gone (ringmta-sim --shards-max 3 --no-crashes: seeds
+// 152000004, 152000044, two connections open at a limit of one, one per queue).
+void relay::state::send_to_site(std::unique_ptr<routed_job> job, const known_site& known,
+                                at_site how) noexcept {
+  if (known.via_old_site(split_egress(job->destination).second)) {
+    job->via_old_site = std::make_unique<routed_job::site_change>(
+        routed_job::site_change{known.old_site, known.site});
+    return forward_to_site(std::move(job), known.old_site, how);
+  }
+  forward_to_site(std::move(job), known.site, how);
+}
+
+// On the old site's owner: queued here, where the domain's queue is (joining the old site as
+// its earlier jobs did), or, with no queue here any more, on to the new site; the destination's
+// owner then sends the next jobs there directly. The jobs of one destination reach this shard
+// in the order its owner sent them, so once none is queued here none will be: later ones were
+// sent before the owner heard, and go on too. (An operator's suspend in that moment, sent here
+// by holder_of, would make a queue here beside the new one: one parcel's latency, not closed.)
+void relay::state::take_via_old_site(std::unique_ptr<routed_job> job) noexcept {
+  const auto change = std::move(job->via_old_site);
+  if (queued_here(job->destination)) return queue_job(std::move(job));
+  const at_site how = job->to_queue_holder ? at_site::queue_only : at_site::join;
+  job->site.clear();
+  job->to_queue_holder = false;
+  const unsigned to = owner_of(job->destination, static_cast<unsigned>(config.shards->size()));
+  std::unique_ptr<old_queue_gone> gone(new old_queue_gone{job->destination, change->from});
+  forward_to_site(std::move(job), change->to, how);
+  if (to == peers.id()) return note_old_queue_gone(*gone);
+  send(to, shard::make_parcel<&on_old_queue_gone_message>(std::move(gone), *config.shards));
+}
+
+void relay::state::on_old_queue_gone_message(shard::mesh& target, std::vector<relay*>& shards,
+                                             std::unique_ptr<old_queue_gone> gone) noexcept {
+  shards[target.id()]->_state->note_old_queue_gone(*gone);
+}
+
+void relay::state::note_old_queue_gone(const old_queue_gone& gone) noexcept {
+  const auto [domain, source] = split_egress(gone.destination);
+  const auto known = sites.find(std::string(domain));
+  if (known != sites.end()) known->second.old_queue_gone(gone.old_site, source);
 }
 
 void relay::state::forward_to_site(std::unique_ptr<routed_job> job, const std::string& site,
@@ -225,7 +300,8 @@ void relay::state::forward_to_site(std::unique_ptr<routed_job> job, const std::s
   const unsigned to = owner_of(where, static_cast<unsigned>(config.shards->size()));
   if (how == at_site::join) job->site = std::move(where);
   else job->to_queue_holder = true;  // queued under its domain there (follow_site_queue)
-  if (to == peers.id()) return queue_job(std::move(job));
+  if (to == peers.id())
+    return job->via_old_site ? take_via_old_site(std::move(job)) : queue_job(std::move(job));
   send(to, shard::make_parcel<&on_job_message>(std::move(job), *config.shards));
 }
 

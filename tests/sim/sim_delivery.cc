@@ -425,6 +425,8 @@ struct delivery::state {
   void draw_tls_policies(std::uint64_t seed);
   void prepare_hosts_for_policies(random& draw, std::string& drawn);
   void draw_shared_site(std::uint64_t seed);
+  void draw_mx_change(std::uint64_t seed);
+  void change_mx_set();
   void change_tls_policy(std::uint32_t d);
   void draw_tls_weakening(std::uint64_t seed);
   void draw_expired_certificates(std::uint64_t seed);
@@ -483,6 +485,7 @@ struct delivery::state {
   relayhost_plan relayhost;
   tls_policy_plan tls_plan;
   shared_site_plan shared_site;
+  mx_change_plan mx_change;  // sim_dns.h
   std::vector<int> domain_mode;  // 0 MX, 1 implicit MX, 2 null MX, 3 NXDOMAIN
   double dns_timeout = 0, dns_servfail = 0;
   // The relay's settings (scheduler limits, retry schedule, lifetime: the operator reloads)
@@ -625,6 +628,33 @@ delivery::state::state(world& owner, std::uint64_t seed)
   draw_shared_site(seed);
   draw_tls_weakening(seed);
   draw_expired_certificates(seed);
+  draw_mx_change(seed);
+}
+
+// After every other draw (mx_change_plan): a domain with MX records of its own, in seeds with
+// shaping (not the --no-shaping runs of older regression seeds), without a relay host (its
+// routes skip rollup) and outside a shared MX site (its hosts count two domains' connections);
+// only in runs that may have several shards (--shards-max 2 or 3, where a changed site may
+// have another owner), so the default runs keep their digests (seeds 1 and 100).
+void delivery::state::draw_mx_change(std::uint64_t seed) {
+  if (!w.settings().shaping || relayhost.on || w.settings().shards_max < 2) return;
+  std::vector<std::uint32_t> candidates;
+  for (std::uint32_t d = 0; d < 3; ++d) {  // rcpt0..rcpt2
+    if (domain_mode[d] == 0 && shared_site.owner != d && shared_site.sharer != d)
+      candidates.push_back(d);
+  }
+  mx_change = sim::draw_mx_change(seed, candidates);
+  if (mx_change.on()) note(mx_change.describe(domain_names[mx_change.domain]));
+}
+
+// The simulated DNS answers the domain's MX query with the other set from now on; the relay
+// sees it at its next relearn (or the next lookup its cache lets through).
+void delivery::state::change_mx_set() {
+  mx_change.one_host = !mx_change.one_host;
+  ++w.counters().mx_set_changes;
+  note(fmt::format("dns: {}'s MX set is now {}", domain_names[mx_change.domain],
+                   mx_change.one_host ? fmt::format("mx{} only", mx_change.kept_host + 1)
+                                      : std::string("mx1 and mx2")));
 }
 
 // After every other draw, from a stream of its own: a seed without a relay host runs as before.
@@ -1009,6 +1039,12 @@ server::relay_config delivery::state::make_config() const {
   config.dns.random = dns::seeded_random(dns_seed);
   shape.configure(config);
   configure_relayhost(config);
+  if (mx_change.on()) {
+    config.site_relearn_ms = std::int64_t{mx_change.relearn_s} * 1000;
+    config.scheduler.idle_forget_ms = mx_change.idle_forget_ms;
+    // (A ready connection kept for reuse keeps its destination busy until it closes.)
+    config.outbound.idle_timeout_ms = 2000;
+  }
   for (std::uint32_t d = 0; d < domain_count && tls_plan.on; ++d) {
     if (tls_plan.policy[d] != outbound::tls_policy::opportunistic)
       config.tls_policies.emplace(domain_names[d], tls_plan.policy[d]);
@@ -1037,7 +1073,10 @@ std::vector<std::uint8_t> delivery::state::dns_reply(std::uint16_t id, const std
       domain = static_cast<int>(d);
     }
   }
-  const std::uint64_t ttl = rng.below(300);  // changing TTLs: the cache expires at random
+  std::uint64_t ttl = rng.below(300);  // changing TTLs: the cache expires at random
+  // A domain whose MX set changes has a short TTL (as an operator sets before a change): the
+  // relay's relearn sees the new set, not its cached answer.
+  if (mx_change.on() && domain == static_cast<int>(mx_change.domain)) ttl %= 3;
   if (!healed && rng.chance(dns_servfail)) {
     rcode = LDNS_RCODE_SERVFAIL;
   } else if (relayhost.on && name == relayhost_name) {  // its address: after the domains' MTAs
@@ -1055,8 +1094,14 @@ std::vector<std::uint8_t> delivery::state::dns_reply(std::uint16_t id, const std
         const std::string_view hosts_zone =
             shared_site.mx_domain(d) == d ? std::string_view(name)
                                           : domain_names[shared_site.mx_domain(d)];
-        answer.push_back(fmt::format("{}. {} IN MX 10 mx1.{}.", name, ttl, hosts_zone));
-        answer.push_back(fmt::format("{}. {} IN MX 20 mx2.{}.", name, ttl, hosts_zone));
+        if (mx_change.domain == d) {
+          for (const auto label : mx_change.labels())
+            answer.push_back(fmt::format("{}. {} IN MX {} {}.{}.", name, ttl,
+                                         label == "mx1" ? 10 : 20, label, hosts_zone));
+        } else {
+          answer.push_back(fmt::format("{}. {} IN MX 10 mx1.{}.", name, ttl, hosts_zone));
+          answer.push_back(fmt::format("{}. {} IN MX 20 mx2.{}.", name, ttl, hosts_zone));
+        }
       } else if (mode == 2) {
         answer.push_back(fmt::format("{}. {} IN MX 0 .", name, ttl));
       }
@@ -2055,6 +2100,11 @@ void delivery::attach(server::relay* relay) {
     if (s.tls_plan.weaken_after_ns > 0) {
       s.w.clock().after(s.tls_plan.weaken_after_ns, [&s] {
         if (!s.w.failed_now()) s.change_tls_policy(s.tls_plan.weakened);
+      });
+    }
+    for (const auto when : s.mx_change.changes_ns) {
+      s.w.clock().after(when, [&s] {
+        if (!s.w.failed_now()) s.change_mx_set();
       });
     }
   }

@@ -5,9 +5,11 @@
 #include <ldns/ldns.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "ringmta/dns/wire.h"
+#include "sim_random.h"
 
 namespace ringmta::sim {
 
@@ -66,6 +68,35 @@ bool decode_query(const std::uint8_t* bytes, std::size_t size, std::uint16_t& id
   type = static_cast<dns::record_type>(ldns_rr_get_type(question));
   ldns_pkt_free(packet);
   return true;
+}
+
+std::vector<std::string_view> mx_change_plan::labels() const {
+  if (!one_host) return {"mx1", "mx2"};
+  return {kept_host == 0 ? "mx1" : "mx2"};
+}
+
+std::string mx_change_plan::describe(std::string_view domain_name) const {
+  std::string at;
+  for (const auto when : changes_ns)
+    at += fmt::format("{}{:.1f}s", at.empty() ? "" : ",", static_cast<double>(when) / 1e9);
+  return fmt::format("delivery: {}'s MX set becomes mx{} only (then both again, and so on) "
+                     "after {} (site relearn {}s, idle queues forgotten after {}s)", domain_name,
+                     kept_host + 1, at, relearn_s, idle_forget_ms / 1000);
+}
+
+mx_change_plan draw_mx_change(std::uint64_t seed, const std::vector<std::uint32_t>& candidates) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x3c4a96e);
+  mx_change_plan plan;
+  if (candidates.empty() || !draw.chance(1.0 / 3)) return plan;
+  plan.domain = candidates[draw.below(candidates.size())];
+  plan.kept_host = static_cast<int>(draw.below(2));
+  plan.relearn_s = static_cast<std::uint32_t>(draw.between(1, 8));
+  const std::uint64_t changes = draw.between(1, 4);
+  for (std::uint64_t i = 0; i < changes; ++i)
+    plan.changes_ns.push_back(static_cast<std::int64_t>(draw.between(500, 30'000)) * 1'000'000);
+  std::sort(plan.changes_ns.begin(), plan.changes_ns.end());
+  plan.idle_forget_ms = static_cast<std::int64_t>(draw.between(1, 10)) * 1000;
+  return plan;
 }
 
 }  // namespace ringmta::sim

@@ -264,6 +264,7 @@ int main(int argc, char** argv) {
   std::uint64_t relayhost_seeds = 0, relayhost_auths = 0, relayhost_refused = 0;
   std::uint64_t tls_policy_checks = 0, tls_verify_checks = 0, shared_site_checks = 0;
   std::uint64_t shared_site_seeds = 0, certificate_refusals = 0;
+  std::uint64_t mx_change_seeds = 0, mx_changes = 0, mx_change_shards = 0;
   std::uint64_t throttles = 0, throttle_checks = 0, rule_bounces = 0, restart_pauses = 0;
   std::int64_t simulated_ns = 0;
   double wall = 0;
@@ -298,6 +299,9 @@ int main(int argc, char** argv) {
     shared_site_checks += result.shared_site_checks;
     shared_site_seeds += result.shared_site_checks > 0 ? 1 : 0;
     certificate_refusals += result.certificate_refusals_checked;
+    mx_change_seeds += result.mx_set_changes > 0 ? 1 : 0;
+    mx_change_shards += result.mx_set_changes > 0 && result.shards > 1 ? 1 : 0;
+    mx_changes += result.mx_set_changes;
     wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!result.ok) {
       report_failure(run, result);
@@ -316,14 +320,15 @@ int main(int argc, char** argv) {
              "a restart; {} seeds with a relay host: {} AUTHs ({} "
              "refused); {} RCPTs checked against a TLS policy ({} under verify; {} at another "
              "domain's MX host, a shared site, in {} seeds); {} certificate refusals "
-             "checked against the policy\n",
+             "checked against the policy; {} MX set changes in {} seeds ({} of 2-3 shards)\n",
              seeds, seed - seeds, seed - 1, events, acknowledged, deliveries, crashes,
              multi_shard, crossed, simulated, wall, simulated / wall,
              static_cast<double>(events) / wall, suspended_arrivals, reasons, deletions,
              rate_checks, rules_fired, delay_dsns, throttles, throttle_checks, rule_bounces,
              restart_pauses, relayhost_seeds, relayhost_auths,
              relayhost_refused, tls_policy_checks, tls_verify_checks, shared_site_checks,
-             shared_site_seeds, certificate_refusals);
+             shared_site_seeds, certificate_refusals, mx_changes, mx_change_seeds,
+             mx_change_shards);
   print_speed(simulated, events, wall, cpu_seconds() - cpu_start);
   return status;
 }

@@ -109,6 +109,7 @@ struct outcome {
   std::uint64_t tls_verify_checks = 0;  // of those, under `verify`
   std::uint64_t shared_site_checks = 0;  // of those, at another domain's MX host (shared site)
   std::uint64_t certificate_refusals_checked = 0;  // handshakes the client ended, checked
+  std::uint64_t mx_set_changes = 0;  // a domain's MX set changed (sim_dns.h mx_change_plan)
   std::uint32_t shards = 1;               // the process's shards (1-3 per seed with the relay)
   std::uint64_t parcels_crossed = 0;      // jobs, outcomes, actions sent to another shard
   std::uint64_t parcels_refused = 0;      // a full pair queue: the relay's backlog kept them

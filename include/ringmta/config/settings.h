@@ -182,6 +182,7 @@ struct settings {
   std::vector<core::endpoint> resolvers;   // empty: /etc/resolv.conf
   std::vector<route> routes;
   bool site_rollup = true;  // domains with the same MX hosts share one site queue (issue 15)
+  std::uint32_t site_relearn_s = 3600;  // a domain's MX site is looked up again after this
   // [relay.tls]: outbound TLS (the CA store is read once at start-up)
   tls_policy relay_tls_policy = tls_policy::opportunistic;
   std::vector<tls_policy_entry> relay_tls_policy_for;  // per destination domain

@@ -95,6 +95,9 @@ struct relay_config {
   // MX site rollup (relay.site_rollup; docs/notes.md "MX sites"): an MX-routed domain is
   // looked up first, then its jobs join its site's queue on the site's owner shard.
   bool site_rollup = true;
+  // relay.site_relearn: a domain's site is used this long, then its MX hosts are looked up
+  // again (relay_site.cc roll_up).
+  std::int64_t site_relearn_ms = 3'600'000;
 };
 
 // Per-shard counters, registered by the daemon.

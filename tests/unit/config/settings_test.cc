@@ -417,7 +417,7 @@ TEST(settings, nonsensical_values_are_errors) {
             "or 2h, got '0'");
   for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
            {"--timeout-command", "0"}, {"--timeout-command", "50d"},
-           {"--timeout-data-block", "0"}, {"--timeout-connect", "0"},
+           {"--timeout-data-block", "0"}, {"--timeout-connect", "0"}, {"--site-relearn", "0"},
            {"--max-connections-per-destination", "0"}, {"--delivery-port", "0"},
            {"--max-sessions-per-shard", "0"}, {"--max-sessions-per-shard", "4294967295"},
            {"--max-sessions-per-client", "0"}, {"--max-recipients", "0"},
