@@ -675,6 +675,30 @@ TEST(scheduler, idle_destinations_are_forgotten_unless_backing_off) {
   EXPECT_EQ(h.queue.stats().destinations, 0u);
 }
 
+// Forgetting an idle destination whose rate bucket is still refilling would give its next job
+// a new, full bucket: two messages inside one rate period (ringmta-sim seed 31004703039256).
+TEST(scheduler, an_idle_destination_is_kept_until_its_rate_bucket_is_full_again) {
+  scheduler_config config = plain_config();
+  config.idle_forget_ms = 4'000;
+  config.limits.rate_messages = 1;
+  config.limits.rate_period_ms = 10'000;
+  config.limits.rate_burst = 1;
+  harness h(config);
+  h.add("slow.example", 1, {0});
+  auto requests = h.poll(t0);
+  ASSERT_EQ(requests.size(), 1u);
+  take_result taken = h.queue.take_for_connection(requests[0].connection, t0);
+  ASSERT_EQ(taken.status, take_status::job);
+  h.queue.delivered(taken.job.id, t0);
+  h.queue.connection_closed(requests[0].connection, t0);
+  destination_info info;
+  h.poll(t0 + 5'000);  // idle past idle_forget_ms, its one token not back before t0 + 10 s
+  EXPECT_TRUE(h.queue.inspect("slow.example", info));
+  h.add("slow.example", 2, {0});
+  EXPECT_TRUE(h.poll(t0 + 9'000).empty());  // the rate holds across the idle spell
+  EXPECT_EQ(h.poll(t0 + 10'000).size(), 1u);
+}
+
 TEST(scheduler, shard_connection_limit_starves_then_wakes) {
   scheduler_config config = plain_config();
   config.connections_max = 1;
