@@ -143,10 +143,19 @@ void shaping::apply_rates(std::int64_t now_ns) {
   }
 }
 
+// The daemon's make_relay_config always builds the shaping table, over the configured limits:
+// every destination's limits come from it (the scheduler's limits_for). So does the simulation,
+// drawn or not: a configuration without one made relay::update keep the table of the start and
+// its limits, and the operator's reloads of connections_max never applied in seeds that drew no
+// rates or rules (162000158 --arrival-ms 3000 --no-crashes --shards-max 3 on the simulator of
+// 6ce4a71: connections_max reloaded to 1, sender.example kept 3).
 void shaping::configure(server::relay_config& config) const {
   if (_delay_warning_ms > 0) config.scheduler.delay_warning_ms = _delay_warning_ms;
-  if (!_rates && !_rule) return;
   auto& limits = config.scheduler.limits;
+  if (!_rates && !_rule) {
+    config.shaping = std::make_shared<const server::shaping_table>(config::settings{}, limits);
+    return;
+  }
   if (_default_rate) {
     limits.rate_messages = _default_rate->messages;
     limits.rate_period_ms = _default_rate->period_ms;
