@@ -146,6 +146,8 @@ class file_reader {
   // Bytes [offset, offset+bytes) or an empty view past the end or on a read error.
   std::string_view get(std::uint64_t offset, std::size_t bytes) {
     if (offset > _size || bytes > _size - offset) return {};
+    if (const auto held = _io.in_memory(_fd, offset, bytes); bytes != 0 && held.size() == bytes)
+      return held;
     if (offset < _start || offset + bytes > _start + _length) {
       std::size_t want = static_cast<std::size_t>(
           std::min<std::uint64_t>(std::max(bytes, window_bytes), _size - offset));

@@ -50,6 +50,8 @@ class posix_io final : public recovery_io {
     return got < 0 ? -errno : got;
   }
 
+  std::string_view in_memory(int, std::uint64_t, std::size_t) override { return {}; }
+
   void close(int fd) override { ::close(fd); }
 
  private:
