@@ -122,7 +122,8 @@ std::uint32_t parse_file_id(std::string_view name, std::string_view prefix) {
 // Buffered positional reads over one file.
 class file_reader {
  public:
-  file_reader(recovery_io& io, int fd, std::uint64_t size) : _io(io), _fd(fd), _size(size) {}
+  file_reader(recovery_io& io, int fd, std::uint64_t size)
+      : _io(io), _fd(fd), _size(size), _held(io.in_memory(fd)) {}
   std::uint64_t size() const noexcept { return _size; }
   // The first offset at or after `offset` that may hold data: what lies before it reads as
   // zeros (a hole, or on ext4 an extent preallocated and never written nor read: the open
@@ -146,8 +147,8 @@ class file_reader {
   // Bytes [offset, offset+bytes) or an empty view past the end or on a read error.
   std::string_view get(std::uint64_t offset, std::size_t bytes) {
     if (offset > _size || bytes > _size - offset) return {};
-    if (const auto held = _io.in_memory(_fd, offset, bytes); bytes != 0 && held.size() == bytes)
-      return held;
+    if (offset <= _held.size() && bytes <= _held.size() - offset)
+      return _held.substr(static_cast<std::size_t>(offset), bytes);
     if (offset < _start || offset + bytes > _start + _length) {
       std::size_t want = static_cast<std::size_t>(
           std::min<std::uint64_t>(std::max(bytes, window_bytes), _size - offset));
@@ -180,6 +181,7 @@ class file_reader {
   recovery_io& _io;
   int _fd;
   std::uint64_t _size;
+  std::string_view _held;  // recovery_io::in_memory: read in place, not into _buffer
   std::uint64_t _start = 0;
   std::unique_ptr<char[]> _buffer;
   std::size_t _capacity = 0;

@@ -50,7 +50,7 @@ class posix_io final : public recovery_io {
     return got < 0 ? -errno : got;
   }
 
-  std::string_view in_memory(int, std::uint64_t, std::size_t) override { return {}; }
+  std::string_view in_memory(int) override { return {}; }
 
   void close(int fd) override { ::close(fd); }
 

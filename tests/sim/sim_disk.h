@@ -140,7 +140,7 @@ class disk {
     std::int64_t seek_data(int fd, std::uint64_t offset) override;
     std::int64_t seek_hole(int fd, std::uint64_t offset) override;
     std::int64_t read_at(int fd, void* into, std::size_t bytes, std::uint64_t offset) override;
-    std::string_view in_memory(int fd, std::uint64_t offset, std::size_t bytes) override;
+    std::string_view in_memory(int fd) override;
     void close(int fd) override { _disk.close_fd(fd); }
 
    private:

@@ -44,10 +44,11 @@ class recovery_io {
   virtual std::int64_t seek_hole(int fd, std::uint64_t offset) = 0;
   // pread: the bytes read (0 at the end of the file), or -errno.
   virtual std::int64_t read_at(int fd, void* into, std::size_t bytes, std::uint64_t offset) = 0;
-  // Bytes [offset, offset + bytes) where the file is in memory already (a simulated disk's
-  // image), valid until the file is closed: recovery checks them in place instead of copying
-  // them into its window. Empty: read them with read_at (the kernel's, always).
-  virtual std::string_view in_memory(int fd, std::uint64_t offset, std::size_t bytes) = 0;
+  // The file's first bytes where they are in memory already (a simulated disk's image): what
+  // read_at would give for [0, size()) of the view, valid until the file is closed. Recovery
+  // checks them in place instead of copying them into its window, and reads the rest (zeros
+  // up to the file's size) with read_at. Empty: read everything with read_at (the kernel's).
+  virtual std::string_view in_memory(int fd) = 0;
   // Closes a descriptor open_read() gave.
   virtual void close(int fd) = 0;
 };
