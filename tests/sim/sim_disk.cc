@@ -527,6 +527,16 @@ std::int64_t disk::read(int fd, std::uint64_t offset, void* into, std::uint32_t 
   return taken;
 }
 
+std::string_view disk::durable_view(int fd, std::uint64_t offset, std::uint32_t length) const {
+  const auto found = _fds.find(fd);
+  if (found == _fds.end()) return {};
+  const inode& file = _inodes.at(found->second.inode);
+  if (offset > file.durable.size() || length > file.durable.size() - offset) return {};
+  for (const auto& write : file.pending)
+    if (write.offset < offset + length && offset < write.offset + write.bytes.size()) return {};
+  return std::string_view(file.durable).substr(offset, length);
+}
+
 std::string disk::name_of(int fd) const {
   const auto found = _fds.find(fd);
   if (found == _fds.end()) return fmt::format("fd{}", fd);

@@ -104,6 +104,9 @@ class disk {
   // What a read of the file behind `fd` returns now (the page cache: every completed write,
   // synced or not): up to `length` bytes at `offset` into `into`, the count, or -EBADF.
   std::int64_t read(int fd, std::uint64_t offset, void* into, std::uint32_t length) const;
+  // The same bytes in place when they are all stored durable bytes that no completed write
+  // overlaps (after a restart: every recovered body); empty otherwise (read() them).
+  std::string_view durable_view(int fd, std::uint64_t offset, std::uint32_t length) const;
   const disk_stats& stats() const noexcept { return _stats; }
 
  private:

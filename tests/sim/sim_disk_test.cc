@@ -287,6 +287,10 @@ TEST_F(disk_test, read_sees_completed_writes_over_the_durable_image) {
   EXPECT_EQ(got.substr(0, 200), want.substr(2400, 200));
   EXPECT_EQ(target->read(fd, 10500, got.data(), 10), 0);
   EXPECT_EQ(target->read(fd + 1000, 0, got.data(), 10), -EBADF);
+  // In place only where nothing unsynced lies over the durable bytes.
+  EXPECT_EQ(target->durable_view(fd, 520, 100), std::string(100, 'x'));
+  EXPECT_EQ(target->durable_view(fd, 900, 200), "");   // under the unsynced 'y' at 1000
+  EXPECT_EQ(target->durable_view(fd, 2000, 100), "");  // past the durable bytes (2,012)
   ::close(fd);
 }
 

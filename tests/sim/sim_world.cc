@@ -1633,9 +1633,11 @@ bool world::check_content(spool::message_id id, const expected_message& want) {
   return true;
 }
 
-// One slice of a recovered body, read into a buffer kept for the next (uninitialized: it is
-// read over at once); nullptr on a short read.
+// One slice of a recovered body: in place in the disk's durable image, else read into a buffer
+// kept for the next (uninitialized: it is read over at once); nullptr on a short read.
 const char* world::read_slice(const disk& home_disk, const spool::body_slice& slice) {
+  const std::string_view held = home_disk.durable_view(slice.fd, slice.offset, slice.length);
+  if (held.size() == slice.length && slice.length != 0) return held.data();  // not copied
   if (_slice_buffer_bytes < slice.length) {
     _slice_buffer = std::make_unique_for_overwrite<char[]>(slice.length);
     _slice_buffer_bytes = slice.length;
