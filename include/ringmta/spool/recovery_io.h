@@ -7,7 +7,7 @@
 // restart runs the real recovery code without writing the image into real files and reading
 // it back (issue 16: ~1.3 MB and ~130 syscalls per restart, a restart every ~2 simulated s).
 //
-// Contract: each call means what its POSIX namesake means. open() returns a real descriptor
+// Contract: each call means what its POSIX namesake means. open_read() gives a real descriptor
 // the caller may own: recovery hands it on in recovered_file::fd, whose unique_fd closes it
 // with ::close; a descriptor recovery does not hand on it gives back through close().
 // Blocking (start-up only, like recovery); never writes. The simulator's image serves bytes in
