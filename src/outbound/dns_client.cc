@@ -96,11 +96,12 @@ dns_client::dns_client(shard::host& owner, dns_client_config config)
   for (auto& socket : _udp) {
     socket.buffer = std::make_unique<std::uint8_t[]>(_config.receive_buffer_bytes);
   }
-  _send_bytes.resize(std::size_t{_sends.capacity()} * query_bytes_max);
-  _tcp_bytes.resize(std::size_t{_tcp.capacity()} *
-                    (tcp_query_bytes_max + _config.receive_buffer_bytes));
-  _waiters.reserve(std::size_t{_config.resolver.lookups_max} +
-                   _config.resolver.lookups_waiting_max);
+  _send_bytes = std::make_unique_for_overwrite<std::uint8_t[]>(std::size_t{_sends.capacity()} *
+                                                               query_bytes_max);
+  _tcp_bytes = std::make_unique_for_overwrite<std::uint8_t[]>(
+      std::size_t{_tcp.capacity()} * (tcp_query_bytes_max + _config.receive_buffer_bytes));
+  // _waiters grows with the lookups (as the cache's index does, dns/cache.cc): not reserved
+  // for lookups_max + lookups_waiting_max at each start (issue 16: a simulated restart's).
 }
 
 dns_client::~dns_client() {
@@ -117,7 +118,7 @@ dns_client::~dns_client() {
 }
 
 std::uint8_t* dns_client::tcp_query_bytes(std::uint32_t slot) noexcept {
-  return _tcp_bytes.data() +
+  return _tcp_bytes.get() +
          std::size_t{slot} * (tcp_query_bytes_max + _config.receive_buffer_bytes);
 }
 
@@ -326,7 +327,7 @@ void dns_client::send_udp(dns::action& next) noexcept {
   udp_send& send = *_sends.get(slot->slot, slot->generation);
   send.exchange = next.exchange;
   send.server = next.server_index;
-  std::uint8_t* bytes = _send_bytes.data() + std::size_t{slot->slot} * query_bytes_max;
+  std::uint8_t* bytes = _send_bytes.get() + std::size_t{slot->slot} * query_bytes_max;
   std::memcpy(bytes, next.bytes.data(), next.bytes.size());
   udp_socket& socket = _udp[next.server_index];
   const auto queued = _io.prep_send(socket.fd, bytes,

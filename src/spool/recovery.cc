@@ -122,15 +122,16 @@ std::uint32_t parse_file_id(std::string_view name, std::string_view prefix) {
 // Buffered positional reads over one file.
 class file_reader {
  public:
-  file_reader(int fd, std::uint64_t size) : _fd(fd), _size(size) {}
+  file_reader(recovery_io& io, int fd, std::uint64_t size)
+      : _io(io), _fd(fd), _size(size), _held(io.in_memory(fd)) {}
   std::uint64_t size() const noexcept { return _size; }
   // The first offset at or after `offset` that may hold data: what lies before it reads as
   // zeros (a hole, or on ext4 an extent preallocated and never written nor read: the open
   // segment's tail). `offset` itself when the filesystem cannot tell; size() when nothing
   // follows (SEEK_DATA, Linux 3.1; no data is read, so no page is zero-filled and copied).
   std::uint64_t next_data(std::uint64_t offset) const noexcept {
-    const off_t data = ::lseek(_fd, static_cast<off_t>(offset), SEEK_DATA);
-    if (data < 0) return errno == ENXIO ? _size : offset;
+    const std::int64_t data = _io.seek_data(_fd, offset);
+    if (data < 0) return data == -ENXIO ? _size : offset;
     return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(data), offset, _size);
   }
   // The end of the run of data `offset` is in: where the next hole (as next_data means it)
@@ -139,13 +140,15 @@ class file_reader {
   // it need not be copied and checked (issue 16: a restart of a simulated shard copied and
   // compared up to 1 MiB of its segments' unwritten tails, each file, each restart).
   std::uint64_t data_end(std::uint64_t offset) const noexcept {
-    const off_t hole = ::lseek(_fd, static_cast<off_t>(offset), SEEK_HOLE);
+    const std::int64_t hole = _io.seek_hole(_fd, offset);
     if (hole < 0 || static_cast<std::uint64_t>(hole) <= offset) return _size;
     return std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), _size);
   }
   // Bytes [offset, offset+bytes) or an empty view past the end or on a read error.
   std::string_view get(std::uint64_t offset, std::size_t bytes) {
     if (offset > _size || bytes > _size - offset) return {};
+    if (offset <= _held.size() && bytes <= _held.size() - offset)
+      return _held.substr(static_cast<std::size_t>(offset), bytes);
     if (offset < _start || offset + bytes > _start + _length) {
       std::size_t want = static_cast<std::size_t>(
           std::min<std::uint64_t>(std::max(bytes, window_bytes), _size - offset));
@@ -162,9 +165,8 @@ class file_reader {
       }
       std::size_t done = 0;
       while (done < want) {
-        const ssize_t got = ::pread(_fd, _buffer.get() + done, want - done,
-                                    static_cast<off_t>(offset + done));
-        if (got < 0 && errno == EINTR) continue;
+        const std::int64_t got = _io.read_at(_fd, _buffer.get() + done, want - done, offset + done);
+        if (got == -EINTR) continue;
         if (got <= 0) break;
         done += static_cast<std::size_t>(got);
       }
@@ -176,8 +178,10 @@ class file_reader {
   }
 
  private:
+  recovery_io& _io;
   int _fd;
   std::uint64_t _size;
+  std::string_view _held;  // recovery_io::in_memory: read in place, not into _buffer
   std::uint64_t _start = 0;
   std::unique_ptr<char[]> _buffer;
   std::size_t _capacity = 0;
@@ -229,6 +233,7 @@ struct reason_seen {
 };
 
 struct scan_context {
+  recovery_io* io = nullptr;
   std::string directory;
   std::uint32_t shard = 0;
   recovered_state* state = nullptr;
@@ -513,12 +518,12 @@ std::vector<listed_file> list_files(const scan_context& ctx, const std::vector<s
                                     bool journal) {
   std::vector<listed_file> files(ids.size());
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    struct stat info {};
     files[i].id = ids[i];
-    if (::stat(path_of(ctx, ids[i], journal).c_str(), &info) == 0)
-      files[i].bytes = static_cast<std::uint64_t>(info.st_size);
+    const auto bytes = ctx.io->size_of(path_of(ctx, ids[i], journal));
+    if (bytes)
+      files[i].bytes = bytes.value();
     else
-      files[i].error = errno;
+      files[i].error = bytes.error();
   }
   return files;
 }
@@ -530,27 +535,22 @@ std::vector<listed_file> list_files(const scan_context& ctx, const std::vector<s
 // Issued for the next file while this one is scanned. Best effort.
 void open_file(const scan_context& ctx, listed_file& file, bool journal, bool read_ahead) {
   if (file.error != 0 || file.fd.get() >= 0) return;
-  file.fd = unique_fd(::open(path_of(ctx, file.id, journal).c_str(), O_RDONLY | O_CLOEXEC));
-  if (file.fd.get() < 0) {
-    file.error = errno;
+  const auto opened = ctx.io->open_read(path_of(ctx, file.id, journal));
+  if (!opened) {
+    file.error = opened.error();
     return;
   }
-  if (read_ahead) (void)::posix_fadvise(file.fd.get(), 0, 0, POSIX_FADV_WILLNEED);
+  file.fd = unique_fd(opened.value());
+  if (read_ahead) ctx.io->will_need(file.fd.get());
 }
 
-// Reads one file's header and records. False when the file has no usable header.
-bool scan_file(scan_context& ctx, listed_file& file, bool journal, recovered_file& out) {
+// Reads one file's header and records through `fd`. False when the file has no usable header.
+bool scan_records(scan_context& ctx, const listed_file& file, bool journal, unique_fd& fd,
+                  recovered_file& out) {
   auto& report = ctx.state->report;
   const std::uint32_t id = file.id;
   const std::string name = journal ? journal_file_name(id) : segment_file_name(id);
-  open_file(ctx, file, journal, false);
-  if (file.error != 0) {
-    ctx.problem(name + ": cannot open: " + std::strerror(file.error));
-    ++report.unreadable_files;
-    return false;
-  }
-  unique_fd fd = std::move(file.fd);
-  file_reader in(fd.get(), file.bytes);
+  file_reader in(*ctx.io, fd.get(), file.bytes);
   out.id = id;
   out.file_bytes = in.size();
   record_view first;
@@ -605,6 +605,22 @@ bool scan_file(scan_context& ctx, listed_file& file, bool journal, recovered_fil
   }
   out.fd = std::move(fd);
   return true;
+}
+
+// Opens (unless open already) and scans one file; a file it does not hand on in `out` is
+// closed through the interface that opened it.
+bool scan_file(scan_context& ctx, listed_file& file, bool journal, recovered_file& out) {
+  open_file(ctx, file, journal, false);
+  if (file.error != 0) {
+    const std::string name = journal ? journal_file_name(file.id) : segment_file_name(file.id);
+    ctx.problem(name + ": cannot open: " + std::strerror(file.error));
+    ++ctx.state->report.unreadable_files;
+    return false;
+  }
+  unique_fd fd = std::move(file.fd);
+  const bool scanned = scan_records(ctx, file, journal, fd, out);
+  if (fd.get() >= 0) ctx.io->close(fd.release());
+  return scanned;
 }
 
 std::span<const body_range> named_by(const scan_context& ctx, const commit_seen& commit) {
@@ -768,23 +784,22 @@ std::uint8_t apply_action(std::uint8_t flags, message_action action) noexcept {
   return flags;
 }
 
-core::result<recovered_state> recover(const std::string& shard_directory, std::uint32_t shard) {
-  DIR* directory = ::opendir(shard_directory.c_str());
-  if (directory == nullptr) return core::fail(errno);
+core::result<recovered_state> recover(const std::string& shard_directory, std::uint32_t shard,
+                                      recovery_io& io) {
   std::vector<std::uint32_t> segment_ids;
   std::vector<std::uint32_t> journal_ids;
-  while (const dirent* item = ::readdir(directory)) {
-    const std::string_view name(item->d_name);
+  auto listed = io.list(shard_directory, [&](std::string_view name) {
     if (const auto id = parse_file_id(name, "segment-"); id != 0) segment_ids.push_back(id);
     if (const auto id = parse_file_id(name, "journal-"); id != 0) journal_ids.push_back(id);
-  }
-  ::closedir(directory);
+  });
+  if (!listed) return core::fail(listed.error());
   std::sort(segment_ids.begin(), segment_ids.end());
   std::sort(journal_ids.begin(), journal_ids.end());
 
   recovered_state state;
   state.shard = shard;
   scan_context ctx;
+  ctx.io = &io;
   ctx.directory = shard_directory;
   ctx.shard = shard;
   ctx.state = &state;

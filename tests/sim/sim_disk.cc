@@ -394,6 +394,78 @@ void disk::adopt(int fd, std::string_view name) {
   _fds[fd] = open_file{named->second, true};
 }
 
+// tmpfs and ext4 (4 KiB blocks) report data and holes per page: materialize's one pwrite of
+// the stored bytes makes every page it touches data, its ftruncate to the durable size leaves
+// the rest a hole (the preallocated, never synced tail of a segment).
+std::uint64_t disk::data_end_of(const inode& file) noexcept {
+  constexpr std::uint64_t page_bytes = 4096;
+  const std::uint64_t stored = std::min<std::uint64_t>(file.durable.size(), file.durable_size);
+  const std::uint64_t pages_end = (stored + page_bytes - 1) / page_bytes * page_bytes;
+  return std::min(pages_end, file.durable_size);
+}
+
+core::result<void> disk::image_io::list(const std::string&,
+                                        const std::function<void(std::string_view)>& each) {
+  for (const auto& [name, number] : _disk._durable_names) each(name);
+  return {};
+}
+
+const disk::inode* disk::image_io::durable_inode(const std::string& path) const {
+  const auto named = _disk._durable_names.find(basename_of(path.c_str()));
+  return named == _disk._durable_names.end() ? nullptr : &_disk._inodes.at(named->second);
+}
+
+core::result<std::uint64_t> disk::image_io::size_of(const std::string& path) {
+  const inode* file = durable_inode(path);
+  if (file == nullptr) return core::fail(ENOENT);
+  return file->durable_size;
+}
+
+core::result<int> disk::image_io::open_read(const std::string& path) {
+  const auto named = _disk._durable_names.find(basename_of(path.c_str()));
+  if (named == _disk._durable_names.end()) return core::fail(ENOENT);
+  const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return core::fail(errno);
+  _disk._fds[fd] = open_file{named->second, true};  // the store's once recovery hands it on
+  return fd;
+}
+
+// lseek's SEEK_DATA and SEEK_HOLE over the durable image (one run of data, then a hole).
+std::int64_t disk::image_io::seek_data(int fd, std::uint64_t offset) {
+  const inode* file = _disk.inode_of(fd);
+  if (file == nullptr) return -EBADF;
+  if (offset >= file->durable_size || offset >= data_end_of(*file)) return -ENXIO;
+  return static_cast<std::int64_t>(offset);
+}
+
+std::int64_t disk::image_io::seek_hole(int fd, std::uint64_t offset) {
+  const inode* file = _disk.inode_of(fd);
+  if (file == nullptr) return -EBADF;
+  if (offset >= file->durable_size) return -ENXIO;
+  return static_cast<std::int64_t>(std::max(offset, data_end_of(*file)));
+}
+
+std::int64_t disk::image_io::read_at(int fd, void* into, std::size_t bytes, std::uint64_t offset) {
+  const inode* file = _disk.inode_of(fd);
+  if (file == nullptr) return -EBADF;
+  if (offset >= file->durable_size) return 0;
+  const std::uint64_t taken = std::min<std::uint64_t>(bytes, file->durable_size - offset);
+  const std::uint64_t stored = std::min<std::uint64_t>(file->durable.size(), offset + taken);
+  const std::uint64_t copied = stored > offset ? stored - offset : 0;
+  auto* out = static_cast<char*>(into);
+  if (copied != 0) std::memcpy(out, file->durable.data() + offset, copied);
+  std::memset(out + copied, 0, taken - copied);
+  return static_cast<std::int64_t>(taken);
+}
+
+// The stored bytes in place (past them the image holds zeros, which read_at supplies).
+std::string_view disk::image_io::in_memory(int fd) {
+  const inode* file = _disk.inode_of(fd);
+  if (file == nullptr) return {};
+  const std::uint64_t stored = std::min<std::uint64_t>(file->durable.size(), file->durable_size);
+  return std::string_view(file->durable).substr(0, stored);
+}
+
 bool disk::durable(int fd, std::uint64_t offset, std::uint64_t length, std::string& why) const {
   const auto found = _fds.find(fd);
   if (found == _fds.end()) {
@@ -453,6 +525,16 @@ std::int64_t disk::read(int fd, std::uint64_t offset, void* into, std::uint32_t 
       std::memcpy(out + (from - offset), write.bytes.data() + (from - write.offset), to - from);
   }
   return taken;
+}
+
+std::string_view disk::durable_view(int fd, std::uint64_t offset, std::uint32_t length) const {
+  const auto found = _fds.find(fd);
+  if (found == _fds.end()) return {};
+  const inode& file = _inodes.at(found->second.inode);
+  if (offset > file.durable.size() || length > file.durable.size() - offset) return {};
+  for (const auto& write : file.pending)
+    if (write.offset < offset + length && offset < write.offset + write.bytes.size()) return {};
+  return std::string_view(file.durable).substr(offset, length);
 }
 
 std::string disk::name_of(int fd) const {

@@ -29,7 +29,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <functional>
 #include <deque>
 #include <map>
@@ -418,22 +417,13 @@ class relay_world {
       for (auto& node : _nodes) node->relay().begin_shutdown();
   }
 
+  // The real recovery over the disk's durable image (disk::image(): no real files).
   static spool::recovered_state recover(disk& spool_disk, unsigned shard) {
-    const char* base = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    std::string directory = fmt::format("{}/ringmta-sim-relay-XXXXXX", base);
-    EXPECT_NE(::mkdtemp(directory.data()), nullptr);
-    EXPECT_TRUE(spool_disk.materialize(directory).ok());
-    auto recovered = spool::recover(directory, shard);
-    std::error_code ignored;
-    std::filesystem::remove_all(directory, ignored);  // the files stay open through its fds
+    auto recovered = spool::recover(fmt::format("/sim/shard-{}", shard), shard,
+                                    spool_disk.image());
     EXPECT_TRUE(recovered.ok());
     if (!recovered) return {};
-    auto& state = recovered.value();
-    for (auto& file : state.segments)
-      spool_disk.adopt(file.fd.get(), spool::segment_file_name(file.id));
-    for (auto& file : state.journals)
-      spool_disk.adopt(file.fd.get(), spool::journal_file_name(file.id));
-    return std::move(state);
+    return std::move(recovered.value());
   }
 
   void note_final_recipients(

@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <set>
@@ -303,10 +302,6 @@ world::~world() {
   _delivery.reset();
   _connections.clear();
   _store.reset();
-  for (const auto& directory : _image_directories) {
-    std::error_code ignored;
-    if (!directory.empty()) std::filesystem::remove_all(directory, ignored);
-  }
 }
 
 spool::store_config world::make_store_config() {
@@ -1309,43 +1304,16 @@ void world::crash(bool torn) {
   recover_and_check();
 }
 
-// The shard's image directory (sim_world_internal.h), made on first use; null on failure.
-const std::string* world::image_directory(unsigned shard) {
-  if (_image_directories.size() <= shard) _image_directories.resize(shard + 1);
-  std::string& directory = _image_directories[shard];
-  if (!directory.empty()) return &directory;
-  const char* base = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-  std::string made = fmt::format("{}/ringmta-sim-XXXXXX", base);
-  if (::mkdtemp(made.data()) == nullptr) {
-    fail(fmt::format("mkdtemp {}: {}", made, std::strerror(errno)));
-    return nullptr;
-  }
-  directory = std::move(made);
-  return &directory;
-}
-
-// The real recovery of a shard's spool: the disk's durable image brought up to date in the
-// shard's real directory, spool::recover() reading it, the files it keeps open adopted by the
-// disk. Recovery only reads (O_RDONLY), so the directory holds what materialize last wrote.
+// The real recovery of a shard's spool, reading the disk's durable image through
+// disk::image() (no real files: issue 16); the files it keeps open are the disk's already.
 std::optional<spool::recovered_state> world::recover_disk(disk& spool_disk, unsigned shard) {
-  const std::string* directory = image_directory(shard);
-  if (directory == nullptr) return std::nullopt;
-  if (auto written = spool_disk.materialize(*directory); !written) {
-    fail(fmt::format("materialize: {}", std::strerror(written.error())));
-    return std::nullopt;
-  }
-  auto recovered = spool::recover(*directory, shard);
+  auto recovered = spool::recover(fmt::format("/sim/shard-{}", shard), shard, spool_disk.image());
   if (!recovered) {
     fail(fmt::format("recovery of shard {} failed: {}", shard,
                      std::strerror(recovered.error())));
     return std::nullopt;
   }
-  auto& state = recovered.value();
-  for (auto& file : state.segments)
-    spool_disk.adopt(file.fd.get(), spool::segment_file_name(file.id));
-  for (auto& file : state.journals)
-    spool_disk.adopt(file.fd.get(), spool::journal_file_name(file.id));
-  return std::move(state);
+  return std::move(recovered.value());
 }
 
 bool world::recover_and_check() {
@@ -1602,9 +1570,25 @@ bool world::check_recovered(spool::message_id id, expected_message& want) {
   return entry->status == spool::message_status::final || check_content(id, want);
 }
 
-// The recovered envelope and body, read back through the store, against the client's.
+// What store::read() gives, read through the disk: recovered descriptors are the disk's (on
+// /dev/null), not files holding the image, so a real pread would find nothing.
+core::result<spool::stored_message> world::read_through_disk(spool::message_id id) const {
+  const unsigned home = spool::message_id_shard(id);
+  const spool::store& store = *store_at(home);
+  const auto where = store.locate(id);
+  if (!where) return core::fail(where.error());
+  std::string record(where.value().bytes, '\0');
+  const std::int64_t got =
+      disk_at(home).read(where.value().fd, where.value().offset, record.data(), where.value().bytes);
+  if (got < 0) return core::fail(static_cast<int>(-got));
+  if (got != static_cast<std::int64_t>(record.size())) return core::fail(EIO);
+  return store.parse_commit(id, where.value(), record);
+}
+
+// The recovered envelope and body, read back through the store and the disk, against the
+// client's.
 bool world::check_content(spool::message_id id, const expected_message& want) {
-  auto stored = store_at(spool::message_id_shard(id))->read(id);
+  auto stored = read_through_disk(id);
   if (!stored) {
     fail(fmt::format("LOST MAIL: message {:016x} ({}) recovered but unreadable: {}", id,
                      want.origin, std::strerror(stored.error())));
@@ -1615,8 +1599,9 @@ bool world::check_content(spool::message_id id, const expected_message& want) {
   // checked after every crash).
   std::size_t body_bytes = 0;
   bool same_body = true;
+  const disk& home_disk = disk_at(spool::message_id_shard(id));
   for (const auto& slice : stored.value().body) {
-    const char* read = read_slice(slice);
+    const char* read = read_slice(home_disk, slice);
     if (read == nullptr) {
       fail(fmt::format("message {:016x}: short read of its body", id));
       return false;
@@ -1648,16 +1633,18 @@ bool world::check_content(spool::message_id id, const expected_message& want) {
   return true;
 }
 
-// One slice of a recovered body, read into a buffer kept for the next (uninitialized: it is
-// read over at once); nullptr on a short read.
-const char* world::read_slice(const spool::body_slice& slice) {
+// One slice of a recovered body: in place in the disk's durable image, else read into a buffer
+// kept for the next (uninitialized: it is read over at once); nullptr on a short read.
+const char* world::read_slice(const disk& home_disk, const spool::body_slice& slice) {
+  const std::string_view held = home_disk.durable_view(slice.fd, slice.offset, slice.length);
+  if (held.size() == slice.length && slice.length != 0) return held.data();  // not copied
   if (_slice_buffer_bytes < slice.length) {
     _slice_buffer = std::make_unique_for_overwrite<char[]>(slice.length);
     _slice_buffer_bytes = slice.length;
   }
-  const ssize_t read = ::pread(slice.fd, _slice_buffer.get(), slice.length,
-                               static_cast<off_t>(slice.offset));
-  return read == static_cast<ssize_t>(slice.length) ? _slice_buffer.get() : nullptr;
+  const std::int64_t read =
+      home_disk.read(slice.fd, slice.offset, _slice_buffer.get(), slice.length);
+  return read == static_cast<std::int64_t>(slice.length) ? _slice_buffer.get() : nullptr;
 }
 
 // A recovered message the world never saw committed: a DSN whose commit the relay issued

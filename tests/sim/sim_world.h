@@ -5,9 +5,9 @@
 // message goes through the real spool::store on a simulated disk (sim_disk.h), the world
 // being the store's driver; the 250 after the end of data is given only when the store
 // reports the commit ticket durable. Delivered recipients are marked (store::mark). Crashes
-// come at random moments; after each, the durable image is written to a real temporary
-// directory, the real spool::recover() reads it and a new store (and a new process's
-// sessions) continue from what it found.
+// come at random moments; after each, the real spool::recover() reads the disk's durable
+// image (from memory: disk::image()) and a new store (and a new process's sessions) continue
+// from what it found.
 //
 // Invariants, checked at every step (a violation ends the run with its message):
 // - no 250 to an end of data before the message's body and commit record are durable on the

@@ -243,13 +243,13 @@ class world {
   bool settle_store(unsigned shard);  // progress made
   bool recover_others();
   std::optional<spool::recovered_state> recover_disk(disk& spool_disk, unsigned shard);
-  const std::string* image_directory(unsigned shard);
   bool recover_and_check();
   bool adopt_dsn(spool::message_id id);  // recovered, unknown: a DSN in flight at the crash?
   void note_marks_issued();  // before a crash: recipients the store holds final in memory
   bool check_recovered(spool::message_id id, expected_message& want);
   bool check_content(spool::message_id id, const expected_message& want);
-  const char* read_slice(const spool::body_slice& slice);
+  core::result<spool::stored_message> read_through_disk(spool::message_id id) const;
+  const char* read_slice(const disk& home_disk, const spool::body_slice& slice);
   void list_undelivered();
   std::int64_t latency_ns(std::int64_t low, std::int64_t high) {
     return static_cast<std::int64_t>(_random.between(static_cast<std::uint64_t>(low),
@@ -284,9 +284,6 @@ class world {
     std::unique_ptr<process> proc;
   };
   std::vector<other_shard> _others;
-  // Per shard: the real directory its disk's durable image is kept in for the real recovery,
-  // made at the first restart, updated at each (disk::materialize), removed with the world.
-  std::vector<std::string> _image_directories;
   disk_profile _disk_profile;  // every shard's disk faults (drawn once per seed)
   bool _other_completions = false;
   random _mesh_random;  // its own stream: --no-outbound runs replay the first slice's

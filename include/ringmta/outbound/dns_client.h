@@ -131,8 +131,10 @@ class dns_client final : public shard::host_handler, public shard::host_hook {
   std::vector<udp_socket> _udp;  // one per server
   io::slot_table<udp_send> _sends;
   io::slot_table<tcp_exchange> _tcp;
-  std::vector<std::uint8_t> _send_bytes;  // queries_in_flight_max x query_bytes_max, by slot
-  std::vector<std::uint8_t> _tcp_bytes;   // per TCP slot: the framed query, then receive room
+  // Not zero-filled: each query is copied in before it is sent, each answer received before
+  // it is read (issue 16: zeroing them was 1% of a crash-heavy simulation, 2 x ~100 KiB a start).
+  std::unique_ptr<std::uint8_t[]> _send_bytes;  // queries_in_flight_max x query_bytes_max
+  std::unique_ptr<std::uint8_t[]> _tcp_bytes;   // per TCP slot: the framed query, receive room
   std::unordered_map<std::uint64_t, waiter> _waiters;  // resolver lookup id -> who waits
   core::member_timer<dns_client, &dns_client::on_deadline> _timer{*this};
   io::op_kind _udp_recv_kind = io::op_kind_invalid;

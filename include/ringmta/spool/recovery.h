@@ -14,6 +14,7 @@
 
 #include "ringmta/core/result.h"
 #include "ringmta/spool/index.h"
+#include "ringmta/spool/recovery_io.h"
 
 namespace ringmta::spool {
 
@@ -107,8 +108,10 @@ struct recovered_state {
 };
 
 // `shard_directory` must exist. Fails only when the directory cannot be listed; damaged
-// files are reported in the result, never fatal.
-core::result<recovered_state> recover(const std::string& shard_directory, std::uint32_t shard);
+// files are reported in the result, never fatal. Every file call goes through `io`: the
+// kernel's by default, the simulator's disk image in tests/sim (recovery_io.h).
+core::result<recovered_state> recover(const std::string& shard_directory, std::uint32_t shard,
+                                      recovery_io& io = posix_recovery_io());
 
 // "DIR/shard-<n>"; make_shard_directory creates it (and DIR) when missing.
 std::string shard_directory(const std::string& spool_directory, std::uint32_t shard);
