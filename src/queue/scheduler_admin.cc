@@ -37,6 +37,20 @@ bool scheduler::resume(std::string_view name, std::int64_t now_ms) noexcept {
   return true;
 }
 
+// A backoff beyond the pause (connection failures after it began) stays; jobs with a retry
+// time of their own after the pause's end keep it.
+bool scheduler::lift_pause(std::string_view name, std::int64_t now_ms) noexcept {
+  state& s = *_state;
+  destination_record* d = s.find(name);
+  if (d == nullptr || d->paused_until_ms <= now_ms) return false;
+  const std::int64_t until = d->paused_until_ms;
+  d->paused_until_ms = 0;
+  s.move_due(*d, until, false);
+  if (d->backoff_until_ms <= until) d->backoff_until_ms = 0;
+  s.reschedule(d->slot, now_ms);
+  return true;
+}
+
 // Everything scheduled becomes ready now (in next-attempt order); attempts stay as they are.
 // A destination-wide backoff is lifted too: the operator asked for an attempt now.
 std::size_t scheduler::flush(std::string_view name, std::int64_t now_ms) noexcept {

@@ -352,6 +352,10 @@ class scheduler {
   // --- operator actions (by destination name; false/0 when unknown) ---
   bool suspend(std::string_view destination, std::int64_t now_ms) noexcept;  // creates it
   bool resume(std::string_view destination, std::int64_t now_ms) noexcept;
+  // An operator's resume ends a reply rule's pause() now: the jobs it held (waiting for its
+  // end, or queued meanwhile with its end as their first attempt) become ready and the backoff
+  // it set ends. flush() keeps a pause (the remote asked us to slow down). False: no pause.
+  bool lift_pause(std::string_view destination, std::int64_t now_ms) noexcept;
   std::size_t flush(std::string_view destination, std::int64_t now_ms) noexcept;
   std::size_t flush_all(std::int64_t now_ms) noexcept;
   // Ready and scheduled jobs come out as bounced_by_operator events at once; jobs in flight

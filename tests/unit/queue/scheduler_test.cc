@@ -544,6 +544,39 @@ TEST(scheduler, flush_keeps_a_reply_rule_pause) {
   EXPECT_EQ(h.poll(t0 + 60'000).size(), 1u);
 }
 
+// An operator's resume ends a reply rule's pause (ringmta-ctl resume, issue 16): the job the
+// pause moved to its end and one queued meanwhile for that end go now; one whose own retry
+// time is after the end keeps it. resume() alone (an operator's suspension ending) does not.
+TEST(scheduler, lift_pause_sends_what_the_pause_held) {
+  scheduler_config config = plain_config();
+  config.limits.connections_max = 1;
+  harness h(config);
+  h.add("a.example", 1, {0});
+  const auto [request, taken] = h.open_one(t0);
+  ASSERT_EQ(taken.status, take_status::job);
+  h.queue.pause(request.destination, t0 + 1, t0 + 60'000, temporary);
+  h.queue.deferred(taken.job.id, t0 + 1, temporary);
+  h.queue.connection_closed(request.connection, t0 + 1);
+  h.add("a.example", 2, {0}, t0 + 2, t0 + 60'000);   // as relay.cc queue_job queues it
+  h.add("a.example", 3, {0}, t0 + 2, t0 + 600'000);  // its own retry time, after the end
+  EXPECT_TRUE(h.queue.resume("a.example", t0 + 3));
+  EXPECT_TRUE(h.poll(t0 + 3).empty());
+  EXPECT_FALSE(h.queue.lift_pause("b.example", t0 + 3));
+  EXPECT_TRUE(h.queue.lift_pause("a.example", t0 + 3));
+  EXPECT_EQ(h.info("a.example").paused_until_ms, 0);
+  EXPECT_FALSE(h.queue.lift_pause("a.example", t0 + 3));  // nothing left to lift
+  const auto requests = h.poll(t0 + 3);
+  ASSERT_EQ(requests.size(), 1u);
+  std::set<spool::message_id> sent;
+  for (;;) {
+    const take_result next = h.queue.take_for_connection(requests[0].connection, t0 + 3);
+    if (next.status != take_status::job) break;
+    sent.insert(next.job.message);
+  }
+  EXPECT_EQ(sent, (std::set<spool::message_id>{1, 2}));
+  EXPECT_EQ(h.info("a.example").scheduled, 1u);
+}
+
 // has_job: a job id taken earlier names its job until the job leaves; its slot reused by
 // another job (a new generation) does not make it live again.
 TEST(scheduler, has_job_follows_a_job_until_it_leaves) {
