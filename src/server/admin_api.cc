@@ -264,12 +264,18 @@ http_response act(const admin_api& api, const http_request& r, const std::string
       if (!erased) return error(500, fmt::format("cannot record: {}", erased.error_text()));
       was_suspended = erased.value();
     }
-    if (!was_suspended && std::find(known.begin(), known.end(), queue) == known.end()) continue;
+    const bool listed =
+        was_suspended || std::find(known.begin(), known.end(), queue) != known.end();
+    // A resume also ends a reply rule's pause, which a queue without mail may still have (a
+    // pause recovered from the journal waits there for the domain's first job).
+    if (!listed && operation != "resume") continue;
     auto answer = api.ask(holder_of(api, queue), [queue, operation](relay& owner) {
       return owner.operate(queue, operation);
     });
     if (!answer) return error(503, "the shard did not answer");
-    jobs += json::parse(*answer).value("jobs", std::size_t{0});
+    const json answered = json::parse(*answer);
+    if (!listed && !answered.value("lifted", false)) continue;
+    jobs += answered.value("jobs", std::size_t{0});
     affected.push_back(queue);
   }
   if (affected.empty()) return error(404, "no queue for " + name);

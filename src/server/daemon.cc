@@ -1266,11 +1266,12 @@ int run_daemon(const config::settings& settings, const daemon_hooks& hooks) {
   g_worker_runtime.store(&runtime, std::memory_order_release);
   runtime_pointer = &runtime;
   runtime_ready = true;
-  // A timed suspension ends: resume the destination on its shard (the table drops it).
+  // A timed suspension ends: resume the destination on its shard (the table drops it). Not an
+  // operator's resume: a reply rule's pause that began meanwhile keeps its end.
   suspensions->start([&](const suspension& ended) {
     const auto name = ended.destination;
     api.ask(holder_of(api, name),
-            [name](relay& owner) { return owner.operate(name, "resume"); });
+            [name](relay& owner) { return owner.operate(name, "resume_suspension"); });
     writer.post_record("suspension_ended", [&](admin::log_record& r) {
       r.field("destination", name).field("reason", ended.reason).field("by", ended.by);
     });

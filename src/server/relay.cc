@@ -401,9 +401,13 @@ std::string relay::operate(std::string_view destination, std::string_view action
   const std::int64_t now = s.owner.wall_ms();
   std::size_t jobs = 0;
   bool known = true;
+  bool lifted = false;
   if (action == "suspend") {
     known = s.scheduler.suspend(destination, now);
-  } else if (action == "resume") {
+  } else if (action == "resume") {  // the operator's: a reply rule's pause ends too
+    known = s.scheduler.resume(destination, now);
+    lifted = s.lift_everywhere(std::string(destination), now);
+  } else if (action == "resume_suspension") {  // a timed suspension ended: the rules' stay
     known = s.scheduler.resume(destination, now);
   } else if (action == "flush") {
     jobs = s.scheduler.flush(destination, now);
@@ -416,8 +420,10 @@ std::string relay::operate(std::string_view destination, std::string_view action
   s.log.record("operator").field("action", action).field("destination", destination)
       .field("jobs", static_cast<std::uint64_t>(jobs));
   s.poll();  // bounced jobs come out as events; flushed ones may go now
-  return fmt::format("{{\"destination\":\"{}\",\"action\":\"{}\",\"known\":{},\"jobs\":{}}}",
-                     json_escape(destination), action, known ? "true" : "false", jobs);
+  // "lifted" (a reply rule's pause or throttle ended) only when it did: the admin API reads it.
+  return fmt::format("{{\"destination\":\"{}\",\"action\":\"{}\",\"known\":{},\"jobs\":{}{}}}",
+                     json_escape(destination), action, known ? "true" : "false", jobs,
+                     lifted ? ",\"lifted\":true" : "");
 }
 
 namespace {
@@ -757,6 +763,52 @@ std::int64_t relay::state::recovered_pause_until(const std::string& destination,
   if (found->second > now_ms) return found->second;
   recovered_pauses.erase(found);
   return 0;
+}
+
+// ---- an operator's resume ends a reply rule's pause and throttle (issue 16)
+
+// `ringmta-ctl resume DEST` means "send to it now" (KumoMTA cancels a TSA suspension; Postfix's
+// flush unthrottles a dead destination). The pause may live on several shards: the scheduler's
+// on the queue's holder, a recovered one not yet handed to the scheduler on the domain's owner,
+// and its journal record in the store of the shard that fired it (after a restart, or a change
+// of the shard count, not always the holder). Each shard lifts what it has, so a later restart
+// does not bring the pause back.
+bool relay::state::lift_everywhere(const std::string& destination, std::int64_t now) noexcept {
+  const unsigned shards = config.shards ? static_cast<unsigned>(config.shards->size()) : 1;
+  for (unsigned to = 0; to < shards; ++to) {
+    if (to == peers.id()) continue;
+    send(to, shard::make_parcel<&on_lift_message>(std::make_unique<std::string>(destination),
+                                                  *config.shards));
+  }
+  return lift_rule_pauses(destination, now);
+}
+
+void relay::state::on_lift_message(shard::mesh& target, std::vector<relay*>& shards,
+                                   std::unique_ptr<std::string> destination) noexcept {
+  relay::state& s = *shards[target.id()]->_state;
+  if (s.lift_rule_pauses(*destination, s.owner.wall_ms())) s.poll();
+}
+
+bool relay::state::lift_rule_pauses(const std::string& destination, std::int64_t now) noexcept {
+  const bool paused = scheduler.lift_pause(destination, now);
+  const bool recovered = recovered_pauses.erase(destination) != 0;
+  const bool throttled = throttles.erase(destination) != 0;
+  if (throttled) scheduler.reshape(destination, shape_of(destination).limits);
+  const auto held = store.live_pauses(now);
+  const bool journaled = std::any_of(held.begin(), held.end(), [&](const auto& pause) {
+    return pause.destination == destination;
+  });
+  spool::destination_pause lift;
+  lift.destination = destination;
+  lift.kind = spool::pause_kind::lifted;
+  // A journal without room: the record stays, and a restart brings the pause back (logged).
+  const bool lift_journaled = !journaled || store.pause_destination(lift, now).ok();
+  if (!paused && !recovered && !throttled && !journaled) return false;
+  log.set_time(now);
+  log.record("reply_rule_lifted").field("destination", destination).field("by", "operator")
+      .field("suspend", paused || recovered).field("throttle", throttled)
+      .field("journaled", lift_journaled);
+  return true;
 }
 
 void relay::state::expire_throttles(std::int64_t now_ms) noexcept {

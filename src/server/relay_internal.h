@@ -655,6 +655,12 @@ struct relay::state {
                                std::unique_ptr<spool::destination_pause> pause) noexcept;
   std::int64_t recovered_pause_until(const std::string& destination,
                                      std::int64_t now_ms) noexcept;
+  // An operator's resume: ends the reply rules' pause and throttle of `destination` on every
+  // shard (lift_rule_pauses here, on_lift_message on the others); true when this shard had one.
+  bool lift_everywhere(const std::string& destination, std::int64_t now_ms) noexcept;
+  bool lift_rule_pauses(const std::string& destination, std::int64_t now_ms) noexcept;
+  static void on_lift_message(shard::mesh& target, std::vector<relay*>& shards,
+                              std::unique_ptr<std::string> destination) noexcept;
   const config::reply_rule_entry* rule_for(const std::string& destination,
                                            std::string_view reply) const noexcept;
   void apply_rule(const std::string& destination, const config::reply_rule_entry& rule,
