@@ -374,7 +374,7 @@ struct delivery::state {
     std::unique_ptr<server_tls_pipe> pipe;  // plaintext until STARTTLS, then TLS (sim_tls.h)
     auth::sasl_exchange sasl;  // the relay host's side of AUTH (the daemon's own machine)
     bool stalled = false;
-    bool said_tss04 = false;  // the last answer was the reply rules' cue
+    int said_cue = -1;  // the last answer was this reply rules' cue (shaping::cues)
     // The relay took this transaction's job after taken_after_ns (the connection's accept, or
     // its previous MAIL) and before last_mail_ns (this MAIL).
     std::int64_t last_mail_ns = 0, taken_after_ns = 0;
@@ -448,8 +448,10 @@ struct delivery::state {
   void check_suspension(const remote_peer& h);
   void check_pause(const remote_peer& h);
   void on_reply_rule(std::string_view line);
-  void on_throttle(std::uint32_t d, std::int64_t until_ns);
-  bool rule_covers(std::uint32_t d) const;
+  void on_throttle(std::uint32_t d, std::int64_t until_ns, const shaping::sim_rule& rule);
+  const shaping::sim_rule* rule_for(std::uint32_t d, std::string_view reply) const;
+  void check_pause_kept(const std::string& destination, bool its_own_record);
+  void draw_rule_resume(std::uint32_t d);
   void check_rule_bounce(spool::message_id id, std::string_view event, std::string_view to,
                          std::string_view reply);
   std::uint32_t connections_at(const std::string& destination) const;
@@ -563,8 +565,12 @@ struct delivery::state {
   // Reply rules' `bounce` (this process): (key, recipient) a remote answered [TSS04] at the
   // end of data under a bounce rule that covers it, the addresses it answered so at RCPT, and
   // the (key, recipient) the relay logged bounced (DELIVERED AFTER BOUNCE).
-  std::set<std::pair<std::string, std::string>> told_tss04;
+  std::map<std::pair<std::string, std::string>, std::int64_t> told_tss04;  // (slot, when)
   std::uint64_t told_tss04_unnamed = 0;  // recipients of transactions told before their body
+  // An operator's resume of a destination a reply rule paused or throttled (session 15): a
+  // stream of its own, so a seed without rules replays as before.
+  random resume_rng;
+  std::set<std::string> unjournaled_pauses;  // suspensions whose record the journal had no room for
   void told_tss04_early(const remote_peer& h);
   std::set<std::pair<std::string, std::string>> bounced_now;
 };
@@ -573,7 +579,8 @@ delivery::state::state(world& owner, std::uint64_t seed)
     : w(owner),
       rng(seed * 0x9e3779b97f4a7c15ull + 0x0b0d),
       shape(seed, owner.settings().shaping, owner.settings().faults,
-            std::vector<std::string>(std::begin(domain_names), std::end(domain_names))) {
+            std::vector<std::string>(std::begin(domain_names), std::end(domain_names))),
+      resume_rng(seed * 0x9e3779b97f4a7c15ull + 0x2e5e3e) {
   const bool faults = w.settings().faults;
   for (std::uint32_t d = 0; d < domain_count; ++d) {
     const std::uint64_t draw = rng.below(100);
@@ -1247,13 +1254,15 @@ void delivery::state::remote_peer::flush(sim_host& host, int fd) {
 // ---- the remote MTA's answers and its mailboxes
 
 smtp::verdict delivery::state::remote_peer::answer(const char* what) {
-  said_tss04 = false;
+  said_cue = -1;
   if (s.w.healed()) return smtp::verdict::accept();
-  // Yahoo's volume deferral: a reply rule's cue (a domain's MTAs only)
-  if (!remote.relayhost && s.shape.says_tss04(remote.domain)) {
-    s.note(fmt::format("r{} {} answers {} with 421 TSS04", number, remote.name, what));
-    said_tss04 = true;
-    return smtp::verdict::respond(421, "4.7.0", shaping::tss04_text);
+  // Yahoo's volume deferral and a rate limit: reply rules' cues (a domain's MTAs only)
+  if (const int c = remote.relayhost ? -1 : s.shape.says_cue(remote.domain); c >= 0) {
+    const shaping::cue& cue = shaping::cues[c];
+    s.note(fmt::format("r{} {} answers {} with {} {}", number, remote.name, what, cue.code,
+                       cue.name));
+    said_cue = c;
+    return smtp::verdict::respond(cue.code, cue.status, cue.text);
   }
   if (s.rng.chance(remote.temporary)) {
     s.note(fmt::format("r{} {} answers {} with 451", number, remote.name, what));
@@ -1287,8 +1296,9 @@ smtp::verdict delivery::state::remote_peer::on_data_end(const smtp::body_summary
   s.check_pause(*this);
   smtp::verdict verdict = answer("end of data");
   if (verdict.what() == smtp::verdict::kind::accept) s.delivered_remotely(*this);
-  if (said_tss04 && s.rule_covers(destination_of_peer())) {
-    for (const auto& rcpt : recipients) s.told_tss04.emplace(message_key(body), rcpt);
+  if (said_cue >= 0 && s.rule_for(destination_of_peer(), shaping::reply_of(said_cue))) {
+    for (const auto& rcpt : recipients)
+      s.told_tss04[{message_key(body), rcpt}] = s.w.clock().now_ns();
   }
   recipients.clear();
   body.clear();
@@ -1491,6 +1501,10 @@ void delivery::state::operate(std::string_view destination, std::string_view act
                    holder->operate(destination, action)));
   if (action == "bounce") domains_bounced.emplace(destination);
   if (action == "flush") shape.released(std::string(destination), {});
+  // An operator's resume ends a reply rule's pause and throttle too (relay.cc
+  // lift_rule_pauses): mail may go at once.
+  const std::uint32_t d = domain_of(fmt::format("@{}", destination));
+  if (action == "resume" && d < domain_count) shape.lifted(d, w.clock().now_ns());
 }
 
 void delivery::state::act(spool::message_id id, std::string_view action,
@@ -1610,25 +1624,41 @@ void delivery::state::check_pause(const remote_peer& h) {
 
 // The relay's "reply_rule" record (relay.cc apply_rule_to): the destination takes nothing new
 // until until_ms (a suspend), but what was on the wire then.
+// Several rules (session 15): the record must name the rule the daemon's order makes win for
+// its reply's cue at that destination (the first match: shaping.cc match_reply), with its
+// action.
 void delivery::state::on_reply_rule(std::string_view line) {
   std::string destination(log_field(line, "destination"));
   destination = destination.substr(0, destination.find('@'));  // without its egress source
   const std::uint32_t d = domain_of(fmt::format("@{}", destination));
-  if (d >= domain_count || !rule_covers(d)) {
+  const std::string_view action = log_field(line, "action");
+  const auto* rule = rule_for(d, log_field(line, "reply"));
+  if (d >= domain_count || rule == nullptr) {
     return w.fail(fmt::format("RULE MISAPPLIED: the relay applied its reply rule to {}, which "
                               "the rule does not name: {}", destination, line));
   }
-  const std::string_view action = log_field(line, "action");
+  constexpr const char* actions[] = {"suspend", "throttle", "bounce"};
+  const char* rule_action = actions[static_cast<int>(rule->action)];
+  if (log_field(line, "rule") != rule->origin || action != rule_action) {
+    return w.fail(fmt::format("RULE MISAPPLIED: the first rule matching the reply at {} is {} "
+                              "({}), but the relay applied: {}", destination, rule->origin,
+                              rule_action, line));
+  }
   const std::int64_t until_ms = log_number(line, "until_ms");
   if (until_ms == 0) return;
   const std::int64_t until_ns = (until_ms - epoch_seconds * 1000) * ms_ns;
-  if (action == "throttle") return on_throttle(d, until_ns);
+  if (action == "throttle") {
+    on_throttle(d, until_ns, *rule);
+    return check_pause_kept(destination, false);
+  }
   if (action != "suspend") return;
   auto allowed = on_wire(destination);
   note(fmt::format("reply rule pauses {} for {} ms with {} recipient(s) on the wire",
                    destination, (until_ns - w.clock().now_ns()) / ms_ns, allowed.size()));
   ++w.counters().rules_fired;
   shape.on_pause(destination, until_ns, std::move(allowed));
+  check_pause_kept(destination, true);
+  draw_rule_resume(d);
   // The pause is one journal record (session 14): PAUSE IGNORED holds it across restarts for
   // every transaction to the destination (sim_shaping.h). The per-job reports the relay made
   // before (PAUSE NOT JOURNALED checked them) are gone but for a journal without room.
@@ -1636,13 +1666,56 @@ void delivery::state::on_reply_rule(std::string_view line) {
 
 // A throttle (relay.cc apply_rule_to): the connections open or opening then stay (the
 // scheduler closes none), no new one beyond the rule's limit, the rule's rate (sim_shaping.h).
-void delivery::state::on_throttle(std::uint32_t d, std::int64_t until_ns) {
+void delivery::state::on_throttle(std::uint32_t d, std::int64_t until_ns,
+                                  const shaping::sim_rule& rule) {
   const std::string destination(domain_names[d]);
   const std::uint32_t connections = connections_at(destination);
   note(fmt::format("reply rule throttles {} for {} ms ({} connection(s) open or opening)",
                    destination, (until_ns - w.clock().now_ns()) / ms_ns, connections));
   ++w.counters().rules_throttled;
-  shape.on_throttle(d, until_ns, connections, w.clock().now_ns());
+  shape.on_throttle(d, until_ns, connections, w.clock().now_ns(), rule);
+  draw_rule_resume(d);
+}
+
+// PAUSE NOT KEPT: a suspension in force is one journal record (store::pause_destination); a
+// later record of the same destination (a throttle by another rule) must not replace it, or a
+// restart sends its mail into the servers that asked for the pause. Read from the stores'
+// memory (what their journals and snapshots carry), right after each record; a suspension
+// whose own record found no room (ENOBUFS: the relay reports its jobs instead) is skipped.
+void delivery::state::check_pause_kept(const std::string& destination, bool its_own_record) {
+  const std::int64_t until_ns = shape.live_pause_until(destination, w.clock().now_ns());
+  if (until_ns == 0) return;
+  if (!its_own_record && unjournaled_pauses.count(destination) != 0) return;
+  bool kept = false;
+  for (const auto* store : w.live_stores()) {
+    for (const auto& pause : store->pauses()) {
+      if (pause.kind != spool::pause_kind::suspend ||
+          pause.destination.substr(0, pause.destination.find('@')) != destination)
+        continue;
+      kept = kept || (pause.until_ms - epoch_seconds * 1000) * ms_ns >= until_ns;
+    }
+  }
+  if (its_own_record) {
+    if (kept) unjournaled_pauses.erase(destination);
+    else unjournaled_pauses.insert(destination);
+    return;
+  }
+  if (kept) return;
+  w.fail(fmt::format("PAUSE NOT KEPT: the spools no longer hold the suspension of {} ({} ms "
+                     "left) after another rule's record: a restart would send its mail now",
+                     destination, (until_ns - w.clock().now_ns()) / ms_ns));
+}
+
+// The operator resumes a destination a reply rule just paused or throttled (a third of the
+// firings, 1-30 s later): the pause and the throttle end (relay.cc lift_rule_pauses), and so
+// does the journal's record (a restart after it must not bring the pause back).
+void delivery::state::draw_rule_resume(std::uint32_t d) {
+  if (!resume_rng.chance(0.3)) return;
+  const std::string name(domain_names[d]);
+  const auto delay = static_cast<std::int64_t>(resume_rng.between(1, 30)) * 1000 * ms_ns;
+  later(delay, [this, name] {
+    if (suspended.count(name) == 0) operate(name, "resume");
+  });
 }
 
 // The scheduler's connections (open and starting) of a destination, on every shard (as
@@ -1658,8 +1731,10 @@ std::uint32_t delivery::state::connections_at(const std::string& destination) co
   return count;
 }
 
-bool delivery::state::rule_covers(std::uint32_t d) const {
-  return d < domain_count && shape.rule_applies(d, mx_hosts_of(d, domain_mode[d]));
+const shaping::sim_rule* delivery::state::rule_for(std::uint32_t d,
+                                                   std::string_view reply) const {
+  if (d >= domain_count) return nullptr;
+  return shape.winner(d, reply, mx_hosts_of(d, domain_mode[d]));
 }
 
 // Reply rules' `bounce` (relay.cc finish_delivery): a recipient whose own reply matched (at
@@ -1672,7 +1747,8 @@ bool delivery::state::rule_covers(std::uint32_t d) const {
 // too (smtp::client_session): up to a transaction's recipients, whose names this remote may
 // not have seen (pipelined RCPTs after it are not read).
 void delivery::state::told_tss04_early(const remote_peer& h) {
-  if (h.said_tss04 && rule_covers(h.remote.domain))
+  const std::uint32_t d = h.remote.domain;
+  if (h.said_cue >= 0 && !h.remote.relayhost && shape.covered(d, mx_hosts_of(d, domain_mode[d])))
     told_tss04_unnamed += limits.recipients_per_transaction_max;
 }
 
@@ -1681,20 +1757,29 @@ void delivery::state::check_rule_bounce(spool::message_id id, std::string_view e
   const auto entry = ledger.find(id);
   if (entry == ledger.end() || entry->second.dsn) return;
   const auto slot = std::make_pair(entry->second.key, std::string(to));
-  const bool told = told_tss04.erase(slot) != 0;
-  const bool by_rule = reply.find("(bounced by reply rule ") != std::string_view::npos;
+  const auto told_at = told_tss04.find(slot);
+  const bool told = told_at != told_tss04.end();
+  // Told before a reload that changed the rules: the relay may have read it under either.
+  const bool told_now = told && told_at->second > shape.rules_changed_ns();
+  if (told) told_tss04.erase(told_at);
+  constexpr std::string_view by_rule_text = "(bounced by reply rule ";
+  const auto by_rule_at = reply.find(by_rule_text);
+  const bool by_rule = by_rule_at != std::string_view::npos;
   if (event == "bounced") bounced_now.insert(slot);
-  if (told && event == "deferred" && reply.find("[TSS04]") != std::string_view::npos &&
-      shape.rule_action() == config::reply_action::bounce) {
+  const auto* rule = rule_for(domain_of(to), reply);
+  const bool bounces = rule != nullptr && rule->action == config::reply_action::bounce;
+  if (told_now && event == "deferred" && bounces) {
     return w.fail(fmt::format("BOUNCE RULE IGNORED: {:016x} ({}) for <{}> deferred on a reply "
                               "its bounce rule matches: {}", id, slot.first, to, reply));
   }
   if (!by_rule) return;
-  if ((!told && told_tss04_unnamed == 0) || reply.find("[TSS04]") == std::string_view::npos) {
+  const std::string_view named = reply.substr(by_rule_at + by_rule_text.size());
+  if ((!told && told_tss04_unnamed == 0) || !bounces ||
+      named.substr(0, named.find(')')) != rule->origin) {
     return w.fail(fmt::format("BOUNCE RULE MISAPPLIED: {:016x} ({}) for <{}> bounced by the "
-                              "reply rule, but no server the rule covers said [TSS04] about "
-                              "it: {}", id,
-                              slot.first, to, reply));
+                              "reply rule, but no server said a cue whose first matching rule "
+                              "({}) bounces: {}", id, slot.first, to,
+                              rule == nullptr ? "none" : rule->origin, reply));
   }
   if (!told) --told_tss04_unnamed;
   ++w.counters().rule_bounces_checked;
@@ -1981,6 +2066,7 @@ void delivery::state::hold(spool::message_id id) {
 // A reload: a new retry schedule and connection limit (queued jobs keep their times).
 void delivery::state::reload() {
   if (const auto rates = shape.reload(w.clock().now_ns()); !rates.empty()) note(rates);
+  if (const auto rules = shape.reload_rules(w.clock().now_ns()); !rules.empty()) note(rules);
   const std::int64_t base = static_cast<std::int64_t>(rng.between(1, 30)) * 1000;
   retry_delays_ms = {base, base * 3, base * 9};
   retired_limits.emplace_back(w.clock().now_ns(), limits.connections_max);

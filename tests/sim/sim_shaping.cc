@@ -3,11 +3,31 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <memory>
+
+#include <re2/re2.h>
 
 #include "ringmta/config/settings.h"
 #include "ringmta/server/shaping.h"
 
 namespace ringmta::sim::internal {
+
+namespace {
+// The rules' patterns by their cues (bit 0 [TSS04], bit 1 [RL28]), compiled as the daemon
+// compiles a [[reply_rule]]'s (shaping.cc): case-insensitive.
+constexpr const char* rule_patterns[] = {"", R"(^421 4\.7\.0 \[TSS04\])",
+                                         R"(^451 4\.7\.28 \[RL28\])", R"(\[(TSS04|RL28)\])"};
+const RE2& compiled_pattern(unsigned cues) {
+  static const auto compiled = [] {
+    std::vector<std::unique_ptr<RE2>> out;
+    RE2::Options options;
+    options.set_case_sensitive(false);
+    for (const char* pattern : rule_patterns) out.push_back(std::make_unique<RE2>(pattern, options));
+    return out;
+  }();
+  return *compiled.at(cues);
+}
+}  // namespace
 
 // ---- one destination's bounds
 
@@ -46,11 +66,14 @@ std::string rate_check::on_transaction(std::int64_t after_ns, std::int64_t now_n
 
 shaping::shaping(std::uint64_t seed, bool enabled, bool faults,
                  std::vector<std::string> domains)
-    : _rng(seed * 0x9e3779b97f4a7c15ull + 0x5ca1e), _domains(std::move(domains)) {
+    : _rng(seed * 0x9e3779b97f4a7c15ull + 0x5ca1e), _domains(std::move(domains)),
+      _cue_rng(seed * 0x9e3779b97f4a7c15ull + 0xc0e28),
+      _reload_rng(seed * 0x9e3779b97f4a7c15ull + 0x4e10ad) {
   _per_second.resize(_domains.size());
   _checks.resize(_domains.size());
   _throttles.resize(_domains.size());
   _tss04.assign(_domains.size(), 0.0);
+  _rl28.assign(_domains.size(), 0.0);
   if (!enabled) return;
   _rates = _rng.chance(0.35);
   if (_rates) {
@@ -63,37 +86,78 @@ shaping::shaping(std::uint64_t seed, bool enabled, bool faults,
     }
     apply_rates(0);
   }
-  _rule = faults && _rng.chance(0.25);
-  if (_rule) {
+  if (faults && _rng.chance(0.25)) {
+    sim_rule rule;
+    rule.origin = "sim:rule";
     const std::uint64_t which = _rng.below(_domains.size() + 1);
-    _rule_domain = which < _domains.size() ? _domains[which] : std::string();
-    _rule_duration_s = static_cast<std::uint32_t>(_rng.between(1, 60));
+    rule.domain = which < _domains.size() ? _domains[which] : std::string();
+    rule.duration_s = static_cast<std::uint32_t>(_rng.between(1, 60));
     for (auto& chance : _tss04) chance = static_cast<double>(_rng.below(8)) / 100;
-    draw_action(seed);
+    draw_action(seed, rule);
+    _throttle_rates = rule.per_second.has_value();
+    _rules.push_back(std::move(rule));
+    draw_more_rules(seed);
   }
   if (_rng.chance(0.3)) _delay_warning_ms = static_cast<std::int64_t>(_rng.between(2, 120)) * 1000;
 }
 
 // The rule's action and its MX pattern, from a stream of their own (session 13): every other
 // draw stays; a seed whose rule stays a suspend naming a domain replays as before.
-void shaping::draw_action(std::uint64_t seed) {
+void shaping::draw_action(std::uint64_t seed, sim_rule& rule) {
   random draw(seed * 0x9e3779b97f4a7c15ull + 0x7e1e5);
+  draw_action_of(draw, rule);
+}
+
+void shaping::draw_action_of(random& draw, sim_rule& rule) {
+  rule.action = config::reply_action::suspend;
+  rule.connections.reset();
+  rule.per_second.reset();
   const std::uint64_t action = draw.below(100);
   if (action >= 70) {
-    _rule_action = config::reply_action::bounce;
+    rule.action = config::reply_action::bounce;
   } else if (action >= 40) {
-    _rule_action = config::reply_action::throttle;
-    if (draw.chance(0.5)) _throttle_connections = static_cast<std::uint32_t>(draw.between(1, 2));
-    if (!_throttle_connections || draw.chance(0.6)) {
-      _throttle_per_second = draw.chance(0.5) ? static_cast<double>(draw.between(1, 5))
-                                              : 1.0 / static_cast<double>(draw.between(2, 10));
+    rule.action = config::reply_action::throttle;
+    if (draw.chance(0.5)) rule.connections = static_cast<std::uint32_t>(draw.between(1, 2));
+    if (!rule.connections || draw.chance(0.6)) {
+      rule.per_second = draw.chance(0.5) ? static_cast<double>(draw.between(1, 5))
+                                         : 1.0 / static_cast<double>(draw.between(2, 10));
     }
   }
   if (!draw.chance(0.3)) return;
   // Every MX host of one domain (not an implicit MX: the domain's own name), or of every one.
   const std::uint64_t which = draw.below(_domains.size() + 1);
-  _rule_mx = which < _domains.size() ? fmt::format("*.{}", _domains[which]) : "*.example";
-  _rule_domain.clear();
+  rule.mx = which < _domains.size() ? fmt::format("*.{}", _domains[which]) : "*.example";
+  rule.domain.clear();
+}
+
+// Rules beyond the first (session 15), from a stream of their own: a seed that draws none
+// replays as before. Half the seeds with a rule get one or two more, anywhere in the config's
+// order, and some domains' remotes answer the second cue ([RL28], a 451 that does not end the
+// session) too.
+void shaping::draw_more_rules(std::uint64_t seed) {
+  random draw(seed * 0x9e3779b97f4a7c15ull + 0x5e7e2a1);
+  if (draw.chance(0.5)) return;
+  const std::uint64_t more = draw.between(1, 2);
+  for (auto& chance : _rl28) chance = static_cast<double>(draw.below(8)) / 100;
+  for (std::uint64_t n = 0; n < more; ++n) {
+    sim_rule rule = draw_rule(draw);
+    const std::uint64_t at = draw.below(_rules.size() + 1);
+    _rules.insert(_rules.begin() + static_cast<std::ptrdiff_t>(at), std::move(rule));
+  }
+}
+
+// A rule's cues: [TSS04] only, [RL28] only, or either (one pattern over both: it overlaps
+// every other rule of the same destination).
+shaping::sim_rule shaping::draw_rule(random& draw) {
+  sim_rule rule;
+  rule.origin = fmt::format("sim:rule{}", ++_rules_drawn);
+  rule.cues = static_cast<unsigned>(draw.between(1, 3));
+  rule.duration_s = static_cast<std::uint32_t>(draw.between(1, 60));
+  const std::uint64_t which = draw.below(_domains.size() + 1);
+  rule.domain = which < _domains.size() ? _domains[which] : std::string();
+  draw_action_of(draw, rule);
+  if (rule.per_second) _throttle_rates = true;
+  return rule;
 }
 
 // The scheduler's own bucket (queue::destination_limits) takes any triple; the global
@@ -126,8 +190,9 @@ sim_rate shaping::expected(std::uint32_t domain) const {
 // (relay.cc shape_of): the lower of the two rates, with the smaller burst.
 sim_rate shaping::throttled(std::uint32_t domain) const {
   const sim_rate own = expected(domain);
-  if (!_throttle_per_second) return own;
-  const sim_rate rule = per_second(*_throttle_per_second);
+  const std::optional<double>& rate = _throttles[domain].per_second;
+  if (!rate) return own;
+  const sim_rate rule = per_second(*rate);
   if (own.messages == 0) return rule;
   const bool rule_lower = std::uint64_t{rule.messages} * own.period_ms <
                           std::uint64_t{own.messages} * rule.period_ms;
@@ -152,7 +217,7 @@ void shaping::apply_rates(std::int64_t now_ns) {
 void shaping::configure(server::relay_config& config) const {
   if (_delay_warning_ms > 0) config.scheduler.delay_warning_ms = _delay_warning_ms;
   auto& limits = config.scheduler.limits;
-  if (!_rates && !_rule) {
+  if (!_rates && _rules.empty()) {
     config.shaping = std::make_shared<const server::shaping_table>(config::settings{}, limits);
     return;
   }
@@ -170,40 +235,86 @@ void shaping::configure(server::relay_config& config) const {
     entry.origin = fmt::format("sim:{}", d);
     settings.shaping.push_back(std::move(entry));
   }
-  if (_rule) {
+  for (const auto& drawn : _rules) {
     config::reply_rule_entry rule;
-    rule.domain = _rule_domain;
-    rule.mx = _rule_mx;
-    rule.pattern = R"(^421 4\.7\.0 \[TSS04\])";
-    rule.action = _rule_action;
-    rule.duration_s = _rule_duration_s;
-    rule.connections_max = _throttle_connections;
-    rule.messages_per_second_max = _throttle_per_second;
-    rule.origin = "sim:rule";
+    rule.domain = drawn.domain;
+    rule.mx = drawn.mx;
+    rule.pattern = rule_patterns[drawn.cues];
+    rule.action = drawn.action;
+    rule.duration_s = drawn.duration_s;
+    rule.connections_max = drawn.connections;
+    rule.messages_per_second_max = drawn.per_second;
+    rule.origin = drawn.origin;
     settings.reply_rules.push_back(std::move(rule));
   }
   config.shaping = std::make_shared<const server::shaping_table>(settings, limits);
 }
 
 std::string shaping::describe() const {
-  if (!_rates && !_rule && _delay_warning_ms == 0) return {};
+  if (!_rates && _rules.empty() && _delay_warning_ms == 0) return {};
   std::string out = "shaping:";
   for (std::uint32_t d = 0; d < _domains.size() && _rates; ++d) {
     const sim_rate r = expected(d);
     out += fmt::format(" {} {}/{}ms burst {}", _domains[d], r.messages, r.period_ms, r.burst);
   }
-  if (_rule && _rule_action == config::reply_action::suspend && _rule_mx.empty()) {
-    out += fmt::format(" | rule TSS04 on '{}' {}s", _rule_domain, _rule_duration_s);  // as before
-  } else if (_rule) {
-    constexpr const char* actions[] = {"suspend", "throttle", "bounce"};
-    out += fmt::format(" | rule TSS04 on {} '{}' {} {}s", _rule_mx.empty() ? "domain" : "mx",
-                       _rule_mx.empty() ? _rule_domain : _rule_mx,
-                       actions[static_cast<int>(_rule_action)], _rule_duration_s);
-    if (_throttle_connections) out += fmt::format(" connections {}", *_throttle_connections);
-    if (_throttle_per_second) out += fmt::format(" rate {}/s", *_throttle_per_second);
-  }
+  out += describe_rules();
   if (_delay_warning_ms > 0) out += fmt::format(" | delay warning {}s", _delay_warning_ms / 1000);
   return out;
+}
+
+// One rule as the seeds before session 15 wrote it; several with their cues and origins.
+std::string shaping::describe_rules() const {
+  constexpr const char* actions[] = {"suspend", "throttle", "bounce"};
+  constexpr const char* cue_names[] = {"", "TSS04", "RL28", "TSS04|RL28"};
+  std::string out;
+  const bool several = _rules.size() > 1 || _rules_changed_ns >= 0;
+  for (const auto& rule : _rules) {
+    if (!several && rule.action == config::reply_action::suspend && rule.mx.empty()) {
+      out += fmt::format(" | rule TSS04 on '{}' {}s", rule.domain, rule.duration_s);  // as before
+      continue;
+    }
+    out += fmt::format(" | rule {} on {} '{}' {} {}s", cue_names[rule.cues],
+                       rule.mx.empty() ? "domain" : "mx", rule.mx.empty() ? rule.domain : rule.mx,
+                       actions[static_cast<int>(rule.action)], rule.duration_s);
+    if (rule.connections) out += fmt::format(" connections {}", *rule.connections);
+    if (rule.per_second) out += fmt::format(" rate {}/s", *rule.per_second);
+    if (several) out += fmt::format(" ({})", rule.origin);
+  }
+  return out;
+}
+
+// A reload that changes the reply rules (a stream of its own; only seeds that drew rules): adds
+// one, removes one, or changes one's action or duration. Pauses and throttles already issued
+// are the daemon's to keep until their end (docs/operations.md): the checks keep them too.
+std::string shaping::reload_rules(std::int64_t now_ns) {
+  if (_rules.empty() && _rules_changed_ns < 0) return {};
+  const std::uint64_t what = _reload_rng.below(10);
+  if (what < 5) return {};
+  if (what < 7 && _rules.size() < 3) {
+    sim_rule rule = draw_rule(_reload_rng);
+    if ((rule.cues & 2) != 0 && std::all_of(_rl28.begin(), _rl28.end(), [](double c) {
+          return c == 0;
+        })) {
+      for (auto& chance : _rl28) chance = static_cast<double>(_reload_rng.below(8)) / 100;
+    }
+    const std::uint64_t at = _reload_rng.below(_rules.size() + 1);
+    _rules.insert(_rules.begin() + static_cast<std::ptrdiff_t>(at), std::move(rule));
+  } else if (what < 8 && !_rules.empty()) {
+    _rules.erase(_rules.begin() + static_cast<std::ptrdiff_t>(_reload_rng.below(_rules.size())));
+  } else if (!_rules.empty()) {
+    sim_rule& rule = _rules[_reload_rng.below(_rules.size())];
+    if (_reload_rng.chance(0.5)) {
+      rule.duration_s = static_cast<std::uint32_t>(_reload_rng.between(1, 60));
+    } else {
+      draw_action_of(_reload_rng, rule);
+      if (rule.per_second) _throttle_rates = true;
+    }
+  } else {
+    return {};
+  }
+  _rules_changed_ns = now_ns;
+  return fmt::format("operator: reload changes the reply rules:{}",
+                     _rules.empty() ? std::string(" none") : describe_rules());
 }
 
 std::string shaping::reload(std::int64_t now_ns) {
@@ -228,29 +339,89 @@ void shaping::restart(std::int64_t now_ns) {
 
 std::string shaping::on_transaction(std::uint32_t domain, std::int64_t after_ns,
                                     std::int64_t now_ns) {
-  if (!_rates && !_throttle_per_second) return {};
+  if (!_rates && !_throttle_rates) return {};
   throttle_bound(domain, now_ns);  // a throttle that ended: the destination's own rate again
   ++_rate_checks;
   return _checks.at(domain).on_transaction(after_ns, now_ns);
 }
 
-bool shaping::says_tss04(std::uint32_t domain) {
-  return _tss04.at(domain) > 0 && _rng.chance(_tss04[domain]);
+int shaping::says_cue(std::uint32_t domain) {
+  if (_tss04.at(domain) > 0 && _rng.chance(_tss04[domain])) return 0;
+  if (_rl28.at(domain) > 0 && _cue_rng.chance(_rl28[domain])) return 1;
+  return -1;
 }
 
-bool shaping::rule_applies(std::uint32_t domain, const std::vector<std::string>& mx_hosts) const {
-  if (!_rule) return false;
-  if (_rule_mx.empty()) return _rule_domain.empty() || _rule_domain == _domains.at(domain);
+std::string shaping::reply_of(int c) {
+  return fmt::format("{} {} {}", cues[c].code, cues[c].status, cues[c].text);
+}
+
+bool shaping::applies(const sim_rule& rule, std::uint32_t domain,
+                      const std::vector<std::string>& mx_hosts) const {
+  if (rule.mx.empty()) return rule.domain.empty() || rule.domain == _domains.at(domain);
   return !mx_hosts.empty() &&
-         std::all_of(mx_hosts.begin(), mx_hosts.end(), [this](const std::string& host) {
-           return server::mx_pattern_matches(_rule_mx, host);
+         std::all_of(mx_hosts.begin(), mx_hosts.end(), [&](const std::string& host) {
+           return server::mx_pattern_matches(rule.mx, host);
          });
 }
 
+const shaping::sim_rule* shaping::winner(std::uint32_t domain, std::string_view reply,
+                                         const std::vector<std::string>& mx_hosts) const {
+  for (const auto& rule : _rules) {
+    if (applies(rule, domain, mx_hosts) &&
+        RE2::PartialMatch(re2::StringPiece(reply.data(), reply.size()),
+                          compiled_pattern(rule.cues)))
+      return &rule;
+  }
+  return nullptr;
+}
+
+bool shaping::covered(std::uint32_t domain, const std::vector<std::string>& mx_hosts) const {
+  return std::any_of(_rules.begin(), _rules.end(),
+                     [&](const sim_rule& rule) { return applies(rule, domain, mx_hosts); });
+}
+
+namespace {
+std::optional<double> lower(std::optional<double> a, std::optional<double> b) {
+  if (!a || !b) return a ? a : b;
+  return std::min(*a, *b);
+}
+std::optional<std::uint32_t> lower(std::optional<std::uint32_t> a,
+                                   std::optional<std::uint32_t> b) {
+  if (!a || !b) return a ? a : b;
+  return std::min(*a, *b);
+}
+}  // namespace
+
+// A throttle firing while another holds the destination: a rule lowers, never raises, so each
+// limit is the lower of the two until the later end.
 void shaping::on_throttle(std::uint32_t domain, std::int64_t until_ns, std::uint32_t connections,
-                          std::int64_t now_ns) {
-  _throttles.at(domain) = throttle{until_ns, connections};
+                          std::int64_t now_ns, const sim_rule& rule) {
+  throttle& t = _throttles.at(domain);
+  throttle next{until_ns, connections, rule.connections, rule.per_second};
+  if (t.until_ns > now_ns) {
+    next.until_ns = std::max(t.until_ns, until_ns);
+    next.connections_then = std::max(t.connections_then, connections);
+    next.connections = lower(t.connections, rule.connections);
+    next.per_second = lower(t.per_second, rule.per_second);
+  }
+  t = next;
   _checks[domain].set(throttled(domain), now_ns);
+}
+
+void shaping::lifted(std::uint32_t domain, std::int64_t now_ns) {
+  _paused.erase(_domains.at(domain));
+  throttle& t = _throttles.at(domain);
+  if (t.until_ns == 0) return;
+  t = throttle{};
+  _checks[domain].set(expected(domain), now_ns);
+}
+
+std::int64_t shaping::live_pause_until(const std::string& destination,
+                                       std::int64_t now_ns) const {
+  const auto found = _paused.find(destination);
+  if (found == _paused.end() || found->second.restarted || found->second.until_ns <= now_ns)
+    return 0;
+  return found->second.until_ns;
 }
 
 std::uint32_t shaping::throttle_bound(std::uint32_t domain, std::int64_t now_ns) {
@@ -261,9 +432,9 @@ std::uint32_t shaping::throttle_bound(std::uint32_t domain, std::int64_t now_ns)
     t = throttle{};
     return UINT32_MAX;
   }
-  if (!_throttle_connections) return UINT32_MAX;
+  if (!t.connections) return UINT32_MAX;
   ++_throttles_checked;
-  return std::max(*_throttle_connections, t.connections_then);
+  return std::max(*t.connections, t.connections_then);
 }
 
 void shaping::on_pause(const std::string& destination, std::int64_t until_ns,

@@ -23,6 +23,14 @@
 //   its connections at most the rule's connections_max or as many as the relay had open or
 //   opening when it fired (those are not closed).
 // - Reply rules' `bounce` and MX patterns: sim_delivery.cc (BOUNCE RULE, RULE MISAPPLIED).
+// - Several rules (session 15): up to three, over two cues ("421 4.7.0 [TSS04]" and "451
+//   4.7.28 [RL28]") with patterns that may overlap; the daemon takes the first rule in the
+//   config's order whose destination and pattern match (shaping.cc match_reply), so each
+//   check asks `winner`. Overlapping throttles of one destination: each limit is the lowest any
+//   of them set, until the last one ends (a rule lowers, never raises). A reload may add,
+//   remove or change rules: pauses and throttles already issued keep their end (KumoMTA's TSA
+//   keeps suspensions it issued; docs/operations.md). An operator's resume ends both
+//   (`lifted`).
 // The settings go through the daemon's own path: [[shaping]] entries and [[reply_rule]] in
 // config::settings, built into the relay's shaping_table; the default rate is the scheduler's
 // default limits (the global setting).
@@ -98,22 +106,53 @@ class shaping {
   std::string on_transaction(std::uint32_t domain, std::int64_t after_ns, std::int64_t now_ns);
   std::uint64_t rate_checks() const { return _rate_checks; }
 
-  // Reply rules: whether this remote answers "421 4.7.0 [TSS04]" now (never without rules).
-  bool says_tss04(std::uint32_t domain);
-  bool has_rule() const { return _rule; }
-  config::reply_action rule_action() const { return _rule_action; }
-  // Whether the rule covers `domain`: by its name, or every one of its MX hosts (as the
+  // Reply rules. The remotes' cues: what a remote answers to ask for less mail.
+  struct cue {
+    int code;
+    const char* status;
+    std::string_view text;
+    std::string_view name;  // for the event log
+  };
+  static constexpr cue cues[] = {
+      {421, "4.7.0", "[TSS04] Messages temporarily deferred due to unexpected volume", "TSS04"},
+      {451, "4.7.28", "[RL28] Unusual rate of mail from your address, slow down", "RL28"}};
+  // The cue a remote of `domain` answers now (-1: none; never without rules).
+  int says_cue(std::uint32_t domain);
+  static std::string reply_of(int c);  // "CODE X.Y.Z text", as the relay reads a reply
+  bool has_rule() const { return !_rules.empty(); }
+  struct sim_rule {
+    std::string domain;  // the destination it names ("" every one, unless `mx`)
+    std::string mx;      // an MX pattern instead ("*.rcpt1.example", "*.example")
+    std::uint32_t duration_s = 0;
+    config::reply_action action = config::reply_action::suspend;
+    std::optional<std::uint32_t> connections;
+    std::optional<double> per_second;
+    unsigned cues = 1;  // bit c: the rule's pattern matches cue c
+    std::string origin;
+  };
+  // The rule the daemon applies to `reply` from a server of `domain` (the first match in the
+  // config's order, its pattern searched case-insensitively: shaping.cc match_reply), nullptr:
+  // none. A rule covers `domain` by its name, or when every one of its MX hosts (as the
   // simulated DNS names them) matches the rule's MX pattern (shaping.h mx_pattern_matches).
-  bool rule_applies(std::uint32_t domain, const std::vector<std::string>& mx_hosts) const;
-  // A `throttle` fired for `domain` now, until `until_ns`, while the relay had `connections`
-  // open or opening there.
+  const sim_rule* winner(std::uint32_t domain, std::string_view reply,
+                         const std::vector<std::string>& mx_hosts) const;
+  // Whether any rule covers `domain` (whatever the reply).
+  bool covered(std::uint32_t domain, const std::vector<std::string>& mx_hosts) const;
+  std::int64_t rules_changed_ns() const { return _rules_changed_ns; }
+  // A reload may change the rules (a stream of its own): a note, or empty.
+  std::string reload_rules(std::int64_t now_ns);
+  // A `throttle` by `rule` fired for `domain` now, until `until_ns`, while the relay had
+  // `connections` open or opening there.
   void on_throttle(std::uint32_t domain, std::int64_t until_ns, std::uint32_t connections,
-                   std::int64_t now_ns);
+                   std::int64_t now_ns, const sim_rule& rule);
+  // An operator's resume of `domain`'s destination: its pause and throttle end now.
+  void lifted(std::uint32_t domain, std::int64_t now_ns);
+  // The end (ns) of the suspension running for `destination` that was not recovered after a
+  // restart (0: none).
+  std::int64_t live_pause_until(const std::string& destination, std::int64_t now_ns) const;
   // The connections a throttle in force allows at `domain` now (UINT32_MAX: none in force).
   std::uint32_t throttle_bound(std::uint32_t domain, std::int64_t now_ns);
   std::uint64_t throttles_checked() const { return _throttles_checked; }
-  static constexpr std::string_view tss04_text =
-      "[TSS04] Messages temporarily deferred due to unexpected volume";
   // The relay paused `destination` until `until_ns`; `on_wire` (key, recipient) may still
   // arrive meanwhile.
   void on_pause(const std::string& destination, std::int64_t until_ns,
@@ -148,7 +187,13 @@ class shaping {
   sim_rate expected(std::uint32_t domain) const;
   sim_rate throttled(std::uint32_t domain) const;
   void apply_rates(std::int64_t now_ns);
-  void draw_action(std::uint64_t seed);
+  void draw_action(std::uint64_t seed, sim_rule& rule);
+  void draw_action_of(random& draw, sim_rule& rule);
+  void draw_more_rules(std::uint64_t seed);
+  sim_rule draw_rule(random& draw);
+  bool applies(const sim_rule& rule, std::uint32_t domain,
+               const std::vector<std::string>& mx_hosts) const;
+  std::string describe_rules() const;
 
   random _rng;
   std::vector<std::string> _domains;
@@ -158,16 +203,16 @@ class shaping {
   std::vector<std::optional<double>> _per_second;
   std::vector<rate_check> _checks;
   std::uint64_t _rate_checks = 0;
-  // [[reply_rule]]: the domain it names ("" every destination), its pause, each domain's
-  // remotes' chance of answering TSS04.
-  bool _rule = false;
-  std::string _rule_domain;
-  std::string _rule_mx;  // an MX pattern instead of a domain ("*.rcpt1.example", "*.example")
-  std::uint32_t _rule_duration_s = 0;
-  config::reply_action _rule_action = config::reply_action::suspend;
-  std::optional<std::uint32_t> _throttle_connections;
-  std::optional<double> _throttle_per_second;
+  // [[reply_rule]] in the config's order; each domain's remotes' chance of answering each cue
+  // (the second cue, rules beyond the first and their reloads: streams of their own).
+  std::vector<sim_rule> _rules;
   std::vector<double> _tss04;
+  std::vector<double> _rl28;
+  random _cue_rng;
+  random _reload_rng;
+  std::uint32_t _rules_drawn = 0;
+  std::int64_t _rules_changed_ns = -1;
+  bool _throttle_rates = false;  // a rule with a rate was configured at some time
   struct pause {
     std::int64_t until_ns = 0;
     std::set<std::pair<std::string, std::string>> on_wire;
@@ -186,6 +231,8 @@ class shaping {
   struct throttle {
     std::int64_t until_ns = 0;
     std::uint32_t connections_then = 0;
+    std::optional<std::uint32_t> connections;  // the lowest the throttles in force set
+    std::optional<double> per_second;
   };
   std::vector<throttle> _throttles;  // per domain; until_ns 0: none
   std::uint64_t _throttles_checked = 0;

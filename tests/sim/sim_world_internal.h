@@ -158,6 +158,7 @@ class world {
   void wake_process();
   // Any shard's spool file (a body on its home shard's segment: one descriptor table).
   std::int64_t read_any_disk(int fd, std::uint64_t offset, void* into, std::uint32_t n) const;
+  std::vector<const spool::store*> live_stores() const { return stores(); }  // every shard's
   std::int64_t wall_seconds() const { return epoch_seconds + _clock.now_ns() / 1'000'000'000; }
   void fail(std::string message);
   void note(std::string_view text);
