@@ -644,9 +644,11 @@ struct relay::state {
   // until the destination's first job arrives here: the scheduler has no destination before it
   // (queue_job moves the pause into the scheduler then).
   std::unordered_map<std::string, std::int64_t> recovered_pauses;
+  // The journal record of a suspension (limits nullptr) or of a throttle.
   static spool::destination_pause pause_of(const std::string& destination,
-                                           const config::reply_rule_entry& rule,
-                                           std::int64_t until_ms);
+                                           std::int64_t until_ms, const throttle* limits);
+  void throttle_by(const std::string& destination, const config::reply_rule_entry& rule,
+                   std::int64_t until) noexcept;
   std::vector<queue::job_view> jobs_waiting_within(const std::string& destination,
                                                    std::int64_t now, std::int64_t until) const;
   void restore_pauses() noexcept;  // start-up: this shard's journaled pauses, to their owners
