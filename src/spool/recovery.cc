@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <span>
 
@@ -485,19 +486,21 @@ void keep_bounce_reasons(scan_context& ctx, recovered_state& state) {
   std::vector<reason_seen>().swap(reasons);
 }
 
-// The last pause record of each destination (journals are scanned in id order, records in
-// file order: the last one read is the newest), unless it lifted the pause.
+// The last pause record of each kind of each destination (journals are scanned in id order,
+// records in file order: the last one read is the newest), unless a later one lifted both: a
+// suspension and a throttle of one destination (two reply rules) stand side by side.
 void keep_pauses(scan_context& ctx, recovered_state& state) {
-  auto& pauses = ctx.pauses;
-  std::stable_sort(pauses.begin(), pauses.end(),
-                   [](const destination_pause& a, const destination_pause& b) {
-                     return a.destination < b.destination;
-                   });
-  for (std::size_t i = 0; i < pauses.size(); ++i) {
-    if (i + 1 < pauses.size() && pauses[i + 1].destination == pauses[i].destination) continue;
-    if (pauses[i].kind != pause_kind::lifted) state.pauses.push_back(std::move(pauses[i]));
+  std::map<std::pair<std::string, pause_kind>, destination_pause> last;
+  for (auto& pause : ctx.pauses) {
+    if (pause.kind == pause_kind::lifted) {
+      last.erase({pause.destination, pause_kind::suspend});
+      last.erase({pause.destination, pause_kind::throttle});
+      continue;
+    }
+    last[{pause.destination, pause.kind}] = std::move(pause);
   }
-  std::vector<destination_pause>().swap(pauses);
+  for (auto& [key, pause] : last) state.pauses.push_back(std::move(pause));
+  std::vector<destination_pause>().swap(ctx.pauses);
 }
 
 // A file of the shard's directory, stat'ed once before any is read (the scan's vectors are

@@ -76,7 +76,7 @@ store::store(store_config config, recovered_state recovered)
   }
   _index = message_index(std::move(recovered.messages));
   for (auto& [id, reason] : recovered.bounce_reasons) _bounce_reasons[id] = std::move(reason);
-  for (auto& pause : recovered.pauses) _pauses[pause.destination] = std::move(pause);
+  for (auto& pause : recovered.pauses) _pauses[{pause.destination, pause.kind}] = std::move(pause);
   _snapshot_needed = true;  // start-up compacts the journals into a fresh one
   request_segment();
   request_journal();
@@ -579,8 +579,12 @@ core::result<void> store::pause_destination(const destination_pause& value,
   const std::uint64_t bytes = format::pause_fixed_bytes + value.destination.size();
   if (!journal_has_room(state_record_bytes + bytes)) return core::fail(ENOBUFS);
   forget_expired_pauses(now_ms);
-  if (value.kind == pause_kind::lifted) _pauses.erase(value.destination);
-  else _pauses[value.destination] = value;
+  if (value.kind == pause_kind::lifted) {
+    _pauses.erase({value.destination, pause_kind::suspend});
+    _pauses.erase({value.destination, pause_kind::throttle});
+  } else {
+    _pauses[{value.destination, value.kind}] = value;
+  }
   journal_item item;
   item.type = format::record_type::pause;
   item.id = _journal_open->pauses.size();

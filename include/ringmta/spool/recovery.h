@@ -99,8 +99,9 @@ struct recovered_state {
   message_entries messages;  // status queued or final, ascending id (the store adopts them)
   // The operator's reason of each queued message's pending bounce that was given one.
   std::vector<std::pair<message_id, std::string>> bounce_reasons;
-  // The last pause record of each destination (not lifted), expired ones included: recovery
-  // has no clock (the simulator's is not the wall's); store::live_pauses drops them.
+  // The last pause record of each kind of each destination (not lifted), expired ones
+  // included: recovery has no clock (the simulator's is not the wall's); store::live_pauses
+  // drops them.
   std::vector<destination_pause> pauses;
   message_id id_floor = 0;
   std::uint32_t next_file_id = 1;

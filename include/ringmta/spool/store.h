@@ -171,8 +171,9 @@ class store {
   // the index.
   std::string_view bounce_reason(message_id id) const noexcept;
   // --- reply rules' destination pauses (recovery.h: destination_pause; issue 16) ---
-  // Journals a destination's suspension, throttle or lift (kind lifted); the last one of a
-  // destination wins, and every snapshot carries the ones in force. Synced with the next
+  // Journals a destination's suspension, throttle or lift (kind lifted); the last one of each
+  // kind of a destination wins (a suspension and a throttle stand side by side), a lift ends
+  // both, and every snapshot carries the ones in force. Synced with the next
   // flight (never lagged behind commits), but not waited for (no ticket): a lost record only
   // ends the pause at a crash, as before. Forgets the pauses
   // expired at now_ms. EINVAL: empty name or longer than destination_name_bytes_max;
@@ -311,8 +312,9 @@ class store {
   message_index _index;
   // The operator's reasons of journaled bounces, by message (few: an operator's actions).
   std::unordered_map<message_id, std::string> _bounce_reasons;
-  // Reply rules' pauses by destination (few: one per destination a rule fired for).
-  std::map<std::string, destination_pause, std::less<>> _pauses;
+  // Reply rules' pauses by destination and kind (few: a suspension and a throttle per
+  // destination a rule fired for; one of each kind, kept side by side).
+  std::map<std::pair<std::string, pause_kind>, destination_pause> _pauses;
   std::vector<pending_message> _pending;
   std::vector<std::uint32_t> _pending_free;
   std::vector<void_mark> _voids;

@@ -591,6 +591,47 @@ TEST(spool_store, destination_pauses_survive_restarts_and_compactions) {
   }
 }
 
+// A suspension and a throttle of one destination (two reply rules) are two pauses: the later
+// record of one kind must not replace the other's, in memory, in a snapshot or at recovery
+// (a throttle firing during a suspension made a restart send the suspended mail at once). A
+// lift (an operator's resume) ends both.
+TEST(spool_store, a_suspension_and_a_throttle_of_one_destination_are_both_kept) {
+  temp_dir dir;
+  auto config = small_config(dir.shard(0));
+  destination_pause throttled = make_pause("a.example", pause_kind::throttle, 20'000);
+  throttled.connections_max = 1;
+  const auto suspended = make_pause("a.example", pause_kind::suspend, 30'000);
+  const auto kinds = [](store& core) {
+    std::map<pause_kind, destination_pause> out;
+    for (auto& pause : core.live_pauses(1000)) out[pause.kind] = pause;
+    return out;
+  };
+  {
+    auto spool = open_spool(config);
+    ASSERT_TRUE(spool->core().pause_destination(suspended, 0).ok());
+    ASSERT_TRUE(spool->core().pause_destination(throttled, 0).ok());
+    EXPECT_EQ(kinds(spool->core()).size(), 2u);
+    ASSERT_TRUE(spool->core().pause_destination(
+        make_pause("b.example", pause_kind::throttle, 40'000), 0).ok());
+    ASSERT_TRUE(spool->core().pause_destination(
+        make_pause("b.example", pause_kind::suspend, 40'000), 0).ok());
+    ASSERT_TRUE(spool->core().pause_destination(
+        make_pause("b.example", pause_kind::lifted, 0), 0).ok());
+    spool->flush();
+  }
+  for (int restart = 0; restart < 2; ++restart) {  // the journal's records, then the snapshot
+    auto spool = open_spool(config);
+    auto live = kinds(spool->core());
+    ASSERT_EQ(live.size(), 2u) << "restart " << restart;
+    EXPECT_EQ(live[pause_kind::suspend], suspended);
+    EXPECT_EQ(live[pause_kind::throttle], throttled);
+  }
+  auto spool = open_spool(config);
+  ASSERT_TRUE(spool->core().pause_destination(make_pause("a.example", pause_kind::lifted, 0),
+                                              0).ok());
+  EXPECT_TRUE(spool->core().live_pauses(1000).empty());
+}
+
 // A torn last pause record is lost (that firing's pause ends at the crash, as before the
 // record existed); the ones before it stand.
 TEST(spool_store, torn_pause_record_keeps_the_earlier_ones) {
