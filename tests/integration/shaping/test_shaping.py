@@ -12,7 +12,8 @@ Reply rules ([[reply_rule]], RE2): a scripted server answers y.test's DATA with 
 says 1 s) while d.test keeps delivering; a 452 "over quota" for w.test bounces at once.
 SIGHUP reloads [[shaping]] (a new EHLO name on the next connections), and a restart keeps
 y.test's jobs waiting for the end of the suspension; after a SIGKILL and a restart (the
-suspension's journal record, issue 16) mail ARRIVING for y.test waits for its end too.
+suspension's journal record, issue 16) mail ARRIVING for y.test waits for its end too; an
+operator's resume ends the suspension at once, and a restart after it does not bring it back.
 usage: test_shaping.py RINGMTA RINGMTA_SINK DNS_SERVER_SCRIPT SCRIPTED_SINK"""
 import collections
 import json
@@ -289,6 +290,39 @@ tap.ok(listed and listed[0]["next_attempt_ms"] > now_ms + 30 * 60 * 1000,
 time.sleep(3)
 tap.ok(scripted_stats()["mail"] == mail_commands, "and no attempt was made meanwhile",
        scripted_stats()["mail"])
+
+# --- ringmta-ctl resume ends the reply rule's suspension (issue 16): y.test's mail goes at once
+# (and draws the 421 again, a new suspension); the end is journaled: resumed once more with
+# nothing queued, a SIGKILL and a restart do not bring the suspension back.
+fired_before = len([e for e in restarted.events("reply_rule") if e["destination"] == "y.test"])
+status, body = restarted.admin("POST", "/queue/y.test/resume")
+lifted = wait_until(lambda: [e for e in restarted.events("reply_rule_lifted")
+                             if e["destination"] == "y.test"], 10)
+tap.ok(status == 200 and lifted and lifted[0]["suspend"] and lifted[0]["journaled"],
+       "resume ends the recovered suspension of y.test (reply_rule_lifted)", (status, body, lifted))
+tap.ok(wait_until(lambda: scripted_stats()["mail"] > mail_commands, 20),
+       "after the resume y.test's mail is tried at once", scripted_stats()["mail"])
+tap.ok(wait_until(lambda: len([e for e in restarted.events("reply_rule")
+                               if e["destination"] == "y.test"]) > fired_before, 20),
+       "and its 421 [TSS04] suspends y.test again")
+status, body = restarted.admin("POST", "/queue/y.test/bounce")
+tap.ok(status == 200, "the operator bounces y.test's queued mail", body)
+lifts = len(restarted.events("reply_rule_lifted"))
+status, body = restarted.admin("POST", "/queue/y.test/resume")
+tap.ok(status == 200 and wait_until(lambda: restarted.events("reply_rule_lifted")[lifts:], 10),
+       "and resumes y.test again (nothing queued: the suspension ends all the same)", body)
+time.sleep(1)  # the lift record's journal batch (synced with the next flight)
+restarted.kill()
+restarted = Daemon(ringmta, spool=daemon.spool,
+                   args=["--config", config, "--resolver", dns.address, "--delivery-port",
+                         str(port), "--retry-schedule", "1h", "--timeout-connect", "2s"]).start()
+mail_commands = scripted_stats()["mail"]
+with smtplib.SMTP("127.0.0.1", restarted.port, timeout=30) as client:
+    client.sendmail("s@sender.test", ["u4@y.test"], b"Subject: y4\r\n\r\nbody\r\n")
+tap.ok(wait_until(lambda: scripted_stats()["mail"] > mail_commands, 20) and
+       not [e for e in restarted.events("reply_rule_recovered") if e["destination"] == "y.test"],
+       "after a SIGKILL and a restart the lifted suspension stays lifted: new mail goes at once",
+       (scripted_stats()["mail"], restarted.events("reply_rule_recovered")))
 restarted.stop()
 scripted.stdin.close()
 scripted.wait(30)
