@@ -757,10 +757,13 @@ void relay::state::on_pause_message(shard::mesh& target, std::vector<relay*>& sh
 void relay::state::restore_pause(const spool::destination_pause& pause) noexcept {
   const std::int64_t now = owner.wall_ms();
   if (pause.until_ms <= now) return;
-  log.set_time(now);
-  log.record("reply_rule_recovered").field("destination", pause.destination)
-      .field("action", pause.kind == spool::pause_kind::throttle ? "throttle" : "suspend")
-      .field("until_ms", static_cast<std::uint64_t>(pause.until_ms));
+  const auto shards = static_cast<unsigned>(config.shards ? config.shards->size() : 1);
+  if (owner_of(pause.destination, shards) == peers.id()) {  // once, though every shard has it
+    log.set_time(now);
+    log.record("reply_rule_recovered").field("destination", pause.destination)
+        .field("action", pause.kind == spool::pause_kind::throttle ? "throttle" : "suspend")
+        .field("until_ms", static_cast<std::uint64_t>(pause.until_ms));
+  }
   if (pause.kind == spool::pause_kind::throttle) {
     throttles[pause.destination] = throttle{
         pause.until_ms,

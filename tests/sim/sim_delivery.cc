@@ -2033,6 +2033,14 @@ void delivery::state::restart_pauses(const std::vector<const spool::store*>& sto
   }
   w.counters().restart_pauses_checked =
       shape.restart_pauses_checked() + shape.journaled_pauses_kept();
+  for (const auto* store : stores) {  // throttles: restored when the new relay runs (attach)
+    for (const auto& pause : store->pauses()) {
+      const std::uint32_t d =
+          domain_of(fmt::format("@{}", pause.destination.substr(0, pause.destination.find('@'))));
+      if (pause.kind == spool::pause_kind::throttle && d < domain_count)
+        shape.recovered_throttle(d, (pause.until_ms - epoch_seconds * 1000) * ms_ns);
+    }
+  }
 }
 
 void delivery::state::on_deleted(spool::message_id id, std::string_view to) {
@@ -2165,6 +2173,7 @@ void delivery::attach(server::relay* relay) {
   s.action_tickets.clear();  // a new relay knows none of them
   // The new scheduler's buckets start full; the pauses are forgotten.
   s.shape.restart(s.w.clock().now_ns());
+  if (relay != nullptr) s.shape.restore_throttles(s.w.clock().now_ns());
   if (relay == nullptr) s.forget_process();
   if (relay != nullptr && !s.operator_started) {
     s.operator_started = true;

@@ -72,6 +72,8 @@ shaping::shaping(std::uint64_t seed, bool enabled, bool faults,
   _per_second.resize(_domains.size());
   _checks.resize(_domains.size());
   _throttles.resize(_domains.size());
+  _throttles_at_crash.resize(_domains.size());
+  _throttles_recovered.assign(_domains.size(), 0);
   _tss04.assign(_domains.size(), 0.0);
   _rl28.assign(_domains.size(), 0.0);
   if (!enabled) return;
@@ -329,10 +331,14 @@ std::string shaping::reload(std::int64_t now_ns) {
   return describe();
 }
 
-// The scheduler and the relay's throttles live in memory: a new process starts every bucket
-// full and throttles nothing. (Pauses: forget_pauses and restart_pauses.)
+// The scheduler lives in memory: a new process starts every bucket full. A throttle is one
+// journal record (s14-pause): restore_throttles brings back those whose record the spools
+// recovered. (Pauses: forget_pauses and restart_pauses.)
 void shaping::restart(std::int64_t now_ns) {
-  for (auto& t : _throttles) t = throttle{};
+  for (std::uint32_t d = 0; d < _domains.size(); ++d) {
+    if (_throttles[d].until_ns > now_ns) _throttles_at_crash[d] = _throttles[d];
+    _throttles[d] = throttle{};
+  }
   apply_rates(now_ns);
   for (auto& check : _checks) check.restart(now_ns);
 }
@@ -422,6 +428,26 @@ std::int64_t shaping::live_pause_until(const std::string& destination,
   if (found == _paused.end() || found->second.restarted || found->second.until_ns <= now_ns)
     return 0;
   return found->second.until_ns;
+}
+
+void shaping::recovered_throttle(std::uint32_t domain, std::int64_t until_ns) {
+  _throttles_recovered.at(domain) = std::max(_throttles_recovered[domain], until_ns);
+}
+
+// The daemon re-applies a recovered throttle where the destination's queue is (relay.cc
+// restore_pause). Its record carries the combined limits that were in force (throttle_by); a
+// record ending earlier than the throttle the world saw was lost or older: not held to it.
+void shaping::restore_throttles(std::int64_t now_ns) {
+  for (std::uint32_t d = 0; d < _domains.size(); ++d) {
+    const throttle crashed = _throttles_at_crash[d];
+    const std::int64_t recovered = _throttles_recovered[d];
+    _throttles_at_crash[d] = throttle{};
+    _throttles_recovered[d] = 0;
+    if (crashed.until_ns <= now_ns || recovered + 1'000'000 < crashed.until_ns) continue;
+    _throttles[d] = throttle{crashed.until_ns, 0, crashed.connections, crashed.per_second};
+    _checks[d].set(throttled(d), now_ns);
+    ++_throttles_restored;
+  }
 }
 
 std::uint32_t shaping::throttle_bound(std::uint32_t domain, std::int64_t now_ns) {

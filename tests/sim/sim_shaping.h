@@ -152,6 +152,12 @@ class shaping {
   std::int64_t live_pause_until(const std::string& destination, std::int64_t now_ns) const;
   // The connections a throttle in force allows at `domain` now (UINT32_MAX: none in force).
   std::uint32_t throttle_bound(std::uint32_t domain, std::int64_t now_ns);
+  // Across a restart (session 15): a spool recovered a throttle record of `domain` ending at
+  // `until_ns`; once the new process runs (restore_throttles), a throttle in force at the
+  // crash whose record came back holds again, with no connection open.
+  void recovered_throttle(std::uint32_t domain, std::int64_t until_ns);
+  void restore_throttles(std::int64_t now_ns);
+  std::uint64_t throttles_restored() const { return _throttles_restored; }
   std::uint64_t throttles_checked() const { return _throttles_checked; }
   // The relay paused `destination` until `until_ns`; `on_wire` (key, recipient) may still
   // arrive meanwhile.
@@ -235,6 +241,9 @@ class shaping {
     std::optional<double> per_second;
   };
   std::vector<throttle> _throttles;  // per domain; until_ns 0: none
+  std::vector<throttle> _throttles_at_crash;
+  std::vector<std::int64_t> _throttles_recovered;  // the end of each domain's recovered record
+  std::uint64_t _throttles_restored = 0;
   std::uint64_t _throttles_checked = 0;
   std::int64_t _delay_warning_ms = 0;
 };
