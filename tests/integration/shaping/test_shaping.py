@@ -296,9 +296,17 @@ tap.ok(scripted_stats()["mail"] == mail_commands, "and no attempt was made meanw
 # nothing queued, a SIGKILL and a restart do not bring the suspension back.
 fired_before = len([e for e in restarted.events("reply_rule") if e["destination"] == "y.test"])
 status, body = restarted.admin("POST", "/queue/y.test/resume")
-lifted = wait_until(lambda: [e for e in restarted.events("reply_rule_lifted")
-                             if e["destination"] == "y.test"], 10)
-tap.ok(status == 200 and lifted and lifted[0]["suspend"] and lifted[0]["journaled"],
+
+
+def y_lifts():
+    return [e for e in restarted.events("reply_rule_lifted") if e["destination"] == "y.test"]
+
+
+# Each shard logs what it lifted: the suspension where the queue is, the journal record in the
+# store of the shard that fired it (after a restart not always the same shard).
+wait_until(lambda: any(e["suspend"] for e in y_lifts()), 10)
+lifted = y_lifts()
+tap.ok(status == 200 and any(e["suspend"] for e in lifted) and all(e["journaled"] for e in lifted),
        "resume ends the recovered suspension of y.test (reply_rule_lifted)", (status, body, lifted))
 tap.ok(wait_until(lambda: scripted_stats()["mail"] > mail_commands, 20),
        "after the resume y.test's mail is tried at once", scripted_stats()["mail"])
