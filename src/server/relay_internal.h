@@ -649,6 +649,8 @@ struct relay::state {
                                            std::int64_t until_ms, const throttle* limits);
   void throttle_by(const std::string& destination, const config::reply_rule_entry& rule,
                    std::int64_t until) noexcept;
+  throttle add_throttle(const std::string& destination, throttle next,
+                        std::int64_t now) noexcept;
   std::vector<queue::job_view> jobs_waiting_within(const std::string& destination,
                                                    std::int64_t now, std::int64_t until) const;
   void restore_pauses() noexcept;  // start-up: this shard's journaled pauses, to their owners
