@@ -151,12 +151,20 @@ bool scheduler::join_site(std::string_view destination, std::string_view site_na
   return true;
 }
 
-bool scheduler::leave_site(std::string_view destination) noexcept {
+bool scheduler::leave_site(std::string_view destination, std::int64_t now_ms) noexcept {
   state& s = *_state;
   destination_record* d = s.find(destination);
   if (d == nullptr || d->site == nil_slot) return false;
-  if (d->connections == 0) s.leave_site(*d);
-  else d->leaving_site = true;  // release_connection completes it
+  if (d->connections != 0) {
+    d->leaving_site = true;  // release_connection completes it (and reschedules)
+    return true;
+  }
+  s.leave_site(*d);
+  // A member parked on the site's waiting list (the site's connections or rate) had no heap
+  // entry; out of the site nothing would wake it again: 119 ready jobs and no connection for
+  // two simulated days (ringmta-sim seed 197000189 --no-crashes --shards-max 3). A fresh entry.
+  d->wake_ms = no_wakeup_ms;
+  s.reschedule(d->slot, now_ms);
   return true;
 }
 

@@ -355,7 +355,7 @@ void relay::state::release_own_way_members() noexcept {
   for (const auto& site : scheduler.site_names()) {
     for (const auto& member : scheduler.members_of_site(site)) {
       if (connects_its_own_way(std::string(split_egress(member).first)))
-        scheduler.leave_site(member);
+        scheduler.leave_site(member, owner.wall_ms());
     }
   }
 }

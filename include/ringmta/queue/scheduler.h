@@ -424,8 +424,9 @@ class scheduler {
   // A member whose jobs the site's connections must no longer carry (a reload gave its domain
   // a TLS policy or EHLO name of its own): from now no connection moves to it or from it
   // within the site, and it leaves the site once its own connections have ended (at once
-  // without any). False when the destination is unknown or in no site.
-  bool leave_site(std::string_view destination) noexcept;
+  // without any, looking for a connection of its own from now_ms). False when the
+  // destination is unknown or in no site.
+  bool leave_site(std::string_view destination, std::int64_t now_ms) noexcept;
   // take_for_connection(); when that finds nothing ready for the connection's destination
   // and the destination is in a site, the connection moves to another member with ready
   // jobs (not suspended, paused or backing off) and takes from it: the job's destination

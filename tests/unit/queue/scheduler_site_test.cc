@@ -117,13 +117,13 @@ TEST(scheduler_site, a_leaving_member_is_carried_no_more_and_leaves_when_idle) {
   h.add("googlemail.test", 2);
   ASSERT_TRUE(h.queue.join_site("gmail.test", "g", h.site_limits(2)));
   ASSERT_TRUE(h.queue.join_site("googlemail.test", "g", h.site_limits(2)));
-  EXPECT_FALSE(h.queue.leave_site("unknown.test"));
+  EXPECT_FALSE(h.queue.leave_site("unknown.test", t0));
   const auto opened = h.poll();
   ASSERT_EQ(opened.size(), 2u);
   const auto& leaving = opened[0].name == "googlemail.test" ? opened[0] : opened[1];
   const auto& staying = opened[0].name == "googlemail.test" ? opened[1] : opened[0];
   ASSERT_EQ(staying.name, "gmail.test");
-  ASSERT_TRUE(h.queue.leave_site("googlemail.test"));
+  ASSERT_TRUE(h.queue.leave_site("googlemail.test", t0));
   EXPECT_EQ(h.queue.site_of(std::string_view("googlemail.test")), "g");  // its connection is open
   h.add("googlemail.test", 3);
   h.add("gmail.test", 4);
@@ -138,8 +138,27 @@ TEST(scheduler_site, a_leaving_member_is_carried_no_more_and_leaves_when_idle) {
   // A member without connections leaves at once.
   h.queue.connection_closed(staying.connection, t0);
   EXPECT_EQ(h.queue.site_of(std::string_view("gmail.test")), "g");
-  ASSERT_TRUE(h.queue.leave_site("gmail.test"));
+  ASSERT_TRUE(h.queue.leave_site("gmail.test", t0));
   EXPECT_FALSE(h.queue.has_sites());
+}
+
+// A member that waited for the site's one connection (held on the site's waiting list, no
+// wakeup of its own) and leaves the site looks for a connection of its own at once
+// (ringmta-sim seed 197000189: it was never woken again).
+TEST(scheduler_site, a_member_waiting_for_the_site_gets_its_own_connection_when_it_leaves) {
+  site_harness h;
+  h.add("gmail.test", 1);
+  h.add("googlemail.test", 2);
+  ASSERT_TRUE(h.queue.join_site("gmail.test", "g", h.site_limits(1)));
+  ASSERT_TRUE(h.queue.join_site("googlemail.test", "g", h.site_limits(1)));
+  const auto opened = h.poll();
+  ASSERT_EQ(opened.size(), 1u);  // the site's one connection; the other member waits for it
+  const std::string waiting = opened[0].name == "gmail.test" ? "googlemail.test" : "gmail.test";
+  EXPECT_TRUE(h.poll().empty());
+  ASSERT_TRUE(h.queue.leave_site(waiting, t0));
+  const auto own = h.poll();
+  ASSERT_EQ(own.size(), 1u);
+  EXPECT_EQ(own[0].name, waiting);
 }
 
 TEST(scheduler_site, suspension_stays_per_member_and_site_per_connection_limit_closes) {
