@@ -718,12 +718,9 @@ TEST(scheduler, an_idle_destination_is_kept_until_its_rate_bucket_is_full_again)
   config.limits.rate_burst = 1;
   harness h(config);
   h.add("slow.example", 1, {0});
-  auto requests = h.poll(t0);
-  ASSERT_EQ(requests.size(), 1u);
-  take_result taken = h.queue.take_for_connection(requests[0].connection, t0);
-  ASSERT_EQ(taken.status, take_status::job);
-  h.queue.delivered(taken.job.id, t0);
-  h.queue.connection_closed(requests[0].connection, t0);
+  connection_id connection;
+  h.queue.delivered(take_one(h, "slow.example", t0, connection).id, t0);
+  h.queue.connection_closed(connection, t0);
   destination_info info;
   h.poll(t0 + 5'000);  // idle past idle_forget_ms, its one token not back before t0 + 10 s
   EXPECT_TRUE(h.queue.inspect("slow.example", info));
