@@ -525,17 +525,23 @@ TEST(scheduler, flush_all_lifts_backoff) {
   EXPECT_EQ(h.poll(t0 + 1).size(), 2u);
 }
 
-// A reply rule's pause is not a backoff: a flush (or a message's retry) lifts the backoff but
-// the pause holds, else every poll opens a connection that take_for_connection closes at once
-// (ringmta-sim seed 7059: 19,976 connections to a paused MTA after the operator's flush).
-TEST(scheduler, flush_keeps_a_reply_rule_pause) {
-  harness h(plain_config());
+// a.example's first job taken at t0, then a reply rule's pause of a.example until t0 + 60 s
+// (fired at t0 + 1 by that job's reply), the job deferred to it and its connection closed.
+void pause_after_first_attempt(harness& h) {
   h.add("a.example", 1, {0});
   const auto [request, taken] = h.open_one(t0);
   ASSERT_EQ(taken.status, take_status::job);
   h.queue.pause(request.destination, t0 + 1, t0 + 60'000, temporary);
   h.queue.deferred(taken.job.id, t0 + 1, temporary);
   h.queue.connection_closed(request.connection, t0 + 1);
+}
+
+// A reply rule's pause is not a backoff: a flush (or a message's retry) lifts the backoff but
+// the pause holds, else every poll opens a connection that take_for_connection closes at once
+// (ringmta-sim seed 7059: 19,976 connections to a paused MTA after the operator's flush).
+TEST(scheduler, flush_keeps_a_reply_rule_pause) {
+  harness h(plain_config());
+  pause_after_first_attempt(h);
   h.add("a.example", 2, {0}, t0 + 2);
   EXPECT_EQ(h.queue.flush("a.example", t0 + 2), 1u);
   EXPECT_TRUE(h.poll(t0 + 2).empty());
@@ -551,12 +557,7 @@ TEST(scheduler, lift_pause_sends_what_the_pause_held) {
   scheduler_config config = plain_config();
   config.limits.connections_max = 1;
   harness h(config);
-  h.add("a.example", 1, {0});
-  const auto [request, taken] = h.open_one(t0);
-  ASSERT_EQ(taken.status, take_status::job);
-  h.queue.pause(request.destination, t0 + 1, t0 + 60'000, temporary);
-  h.queue.deferred(taken.job.id, t0 + 1, temporary);
-  h.queue.connection_closed(request.connection, t0 + 1);
+  pause_after_first_attempt(h);
   h.add("a.example", 2, {0}, t0 + 2, t0 + 60'000);   // as relay.cc queue_job queues it
   h.add("a.example", 3, {0}, t0 + 2, t0 + 600'000);  // its own retry time, after the end
   EXPECT_TRUE(h.queue.resume("a.example", t0 + 3));
